@@ -1,0 +1,50 @@
+# moec: the two set-up commands are `make demo` and `make test`; each installs what is missing first.
+#   make demo    install deps, build, run the demo (prints what it does)
+#   make test    install deps, build, run every test through ctest
+#   make build   configure + build only (tools land in build/bin/)
+#   make docs    re-render the ODS reference pages into docs/
+#   make clean   remove the build tree
+BUILD      ?= build
+BUILD_TYPE ?= Release
+JOBS       ?= $(shell nproc)
+CMAKE_ARGS ?=
+CTEST_ARGS ?=
+
+CC_19  := $(shell command -v clang-19 2>/dev/null)
+CXX_19 := $(shell command -v clang++-19 2>/dev/null)
+
+.PHONY: all deps configure build test demo docs clean help
+all: build
+
+help:
+	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
+
+deps:
+	@echo "==> checking dependencies (scripts/install-deps.sh)"
+	@bash scripts/install-deps.sh
+
+$(BUILD)/build.ninja:
+	@echo "==> configuring $(BUILD)/ ($(BUILD_TYPE), Ninja, clang-19)"
+	cmake -G Ninja -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
+	  -DCMAKE_C_COMPILER=$(or $(CC_19),clang-19) -DCMAKE_CXX_COMPILER=$(or $(CXX_19),clang++-19) \
+	  -DCMAKE_EXE_LINKER_FLAGS=-fuse-ld=lld -DCMAKE_SHARED_LINKER_FLAGS=-fuse-ld=lld \
+	  -DCMAKE_MODULE_LINKER_FLAGS=-fuse-ld=lld $(CMAKE_ARGS)
+
+configure: deps $(BUILD)/build.ninja
+
+build: configure
+	@echo "==> building (ninja -j$(JOBS))"
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	@echo "==> running tests (ctest)"
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+demo: build
+	@MOEC_BUILD=$(BUILD) bash scripts/demo.sh
+
+docs: build
+	python3 scripts/sync-docs.py --build $(BUILD)
+
+clean:
+	rm -rf $(BUILD)

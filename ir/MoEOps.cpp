@@ -1,0 +1,290 @@
+//===- MoEOps.cpp - moe dialect ops: verifiers, folds, canonicalisations --===//
+#include "ir/MoEOps.h"
+
+#include "mlir/IR/Matchers.h"
+#include "mlir/IR/OpImplementation.h"
+#include "mlir/IR/PatternMatch.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/SmallString.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+using namespace moec::moe;
+
+#define GET_OP_CLASSES
+#include "ir/MoEOps.cpp.inc"
+
+namespace {
+
+std::string shapeStr(ShapedType t) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << '[';
+  llvm::interleave(
+      t.getShape(), os,
+      [&](int64_t d) {
+        if (ShapedType::isDynamic(d))
+          os << '?';
+        else
+          os << d;
+      },
+      ", ");
+  os << ']';
+  return s;
+}
+
+bool dimsConflict(int64_t a, int64_t b) {
+  return !ShapedType::isDynamic(a) && !ShapedType::isDynamic(b) && a != b;
+}
+
+/// Checks one operand's shape against expectations; each expected dim carries a name for the message.
+/// A dynamic dim on either side is accepted (checked at run time).
+struct ShapeChecker {
+  SparseMoEOp op;
+  LogicalResult check(StringRef operand, Value v, ArrayRef<std::pair<int64_t, StringRef>> expected) {
+    auto t = cast<RankedTensorType>(v.getType());
+    if (t.getRank() != static_cast<int64_t>(expected.size())) {
+      std::string want;
+      llvm::raw_string_ostream os(want);
+      os << '[';
+      llvm::interleave(
+          expected, os, [&](auto &e) { os << e.second; }, ", ");
+      os << ']';
+      return op.emitOpError() << "operand '" << operand << "' must have rank " << expected.size() << " ("
+                              << want << "), got " << shapeStr(t);
+    }
+    for (auto [i, e] : llvm::enumerate(expected)) {
+      if (dimsConflict(t.getDimSize(i), e.first))
+        return op.emitOpError() << "operand '" << operand << "' " << shapeStr(t) << ": dim " << i
+                                << " must be " << e.second << " = " << e.first << ", got " << t.getDimSize(i);
+    }
+    return success();
+  }
+};
+
+/// Logical K (reduction length) stored in a packed last dim, or dynamic.
+int64_t unpackedDim(int64_t stored, WeightQuantAttr q) {
+  if (!q || ShapedType::isDynamic(stored))
+    return stored;
+  return stored * 8 / q.getBits();
+}
+
+} // namespace
+
+int64_t SparseMoEOp::getHiddenDim() {
+  auto fc2 = getFc2().getType();
+  return unpackedDim(fc2.getDimSize(2), getFc2QuantAttr());
+}
+
+int64_t SparseMoEOp::getActiveHiddenDim() {
+  if (auto keep = getKeep())
+    return *keep;
+  int64_t f = getHiddenDim();
+  DenseElementsAttr mask;
+  if (!getMask() || !matchPattern(getMask(), m_Constant(&mask)) || ShapedType::isDynamic(f))
+    return f;
+  int64_t best = 0;
+  int64_t experts = mask.getType().getDimSize(0);
+  auto values = llvm::to_vector(mask.getValues<APInt>());
+  for (int64_t e = 0; e < experts; ++e) {
+    int64_t count = 0;
+    for (int64_t j = 0; j < f; ++j)
+      count += !values[e * f + j].isZero();
+    best = std::max(best, count);
+  }
+  return best;
+}
+
+LogicalResult SparseMoEOp::verify() {
+  ShapeChecker c{*this};
+  auto inputT = getInput().getType();
+  if (inputT.getRank() != 2)
+    return emitOpError() << "operand 'input' must have rank 2 ([T, H]), got " << shapeStr(inputT);
+  auto outT = getOutput().getType();
+  if (outT.getElementType() != inputT.getElementType())
+    return emitOpError() << "result element type " << outT.getElementType()
+                         << " must match operand 'input' element type " << inputT.getElementType();
+  int64_t t = inputT.getDimSize(0), h = inputT.getDimSize(1);
+  if (failed(c.check("result", getOutput(), {{t, "T"}, {h, "H"}})))
+    return failure();
+
+  // fc1 / fc2 and their quantisation decide E, F and H as the weights see them.
+  auto fc1T = getFc1().getType(), fc2T = getFc2().getType();
+  auto q1 = getFc1QuantAttr(), q2 = getFc2QuantAttr();
+  for (auto [name, type, quant, scales] :
+       {std::make_tuple("fc1", fc1T, q1, getFc1Scales()), std::make_tuple("fc2", fc2T, q2, getFc2Scales())}) {
+    bool isInt = type.getElementType().isInteger(8);
+    if (isInt && !quant)
+      return emitOpError() << "operand '" << name << "' holds integers (" << type.getElementType()
+                           << ") but the op has no '" << name << "_quant' attribute";
+    if (!isInt && quant)
+      return emitOpError() << "attribute '" << name << "_quant' needs integer weights in operand '" << name
+                           << "', got " << type.getElementType();
+    if (bool(quant) != bool(scales))
+      return emitOpError() << "operand '" << name << "_scales' must be given exactly when '" << name
+                           << "' is quantised";
+    if (type.getRank() != 3)
+      return emitOpError() << "operand '" << name << "' must have rank 3, got " << shapeStr(type);
+  }
+  int64_t e = fc1T.getDimSize(0);
+  int64_t fc1Rows = fc1T.getDimSize(1);
+  int64_t f = getHiddenDim();
+  if (isGated() && !ShapedType::isDynamic(fc1Rows) && fc1Rows % 2 != 0)
+    return emitOpError() << "operand 'fc1' " << shapeStr(fc1T) << ": gated activation '"
+                         << stringifyActivation(getActivation()) << "' needs an even row count (gate and up)";
+  int64_t fFromFc1 = ShapedType::isDynamic(fc1Rows) ? fc1Rows : (isGated() ? fc1Rows / 2 : fc1Rows);
+  if (dimsConflict(fFromFc1, f))
+    return emitOpError() << "operand 'fc1' " << shapeStr(fc1T) << " has " << fc1Rows
+                         << " rows but operand 'fc2' " << shapeStr(fc2T) << " implies F = " << f
+                         << " (activation '" << stringifyActivation(getActivation()) << "' needs "
+                         << (isGated() ? "2F" : "F") << " rows)";
+  if (ShapedType::isDynamic(f))
+    f = fFromFc1;
+  if (dimsConflict(unpackedDim(fc1T.getDimSize(2), q1), h))
+    return emitOpError() << "operand 'fc1' " << shapeStr(fc1T) << ": reduction dim holds "
+                         << unpackedDim(fc1T.getDimSize(2), q1)
+                         << " values but operand 'input' has H = " << h;
+  if (failed(c.check("fc2", getFc2(), {{e, "E"}, {h, "H"}, {fc2T.getDimSize(2), "F"}})))
+    return failure();
+
+  if (q1 && !ShapedType::isDynamic(h) && (h * q1.getBits()) % 8 != 0)
+    return emitOpError() << "H = " << h << " cannot be packed at " << q1.getBits() << " bits";
+  for (auto [name, scales, quant, rows, red] : {std::make_tuple("fc1_scales", getFc1Scales(), q1, fc1Rows, h),
+                                                std::make_tuple("fc2_scales", getFc2Scales(), q2, h, f)}) {
+    if (!scales)
+      continue;
+    if (quant.getBlockSize() == 0) {
+      if (failed(c.check(name, scales, {{e, "E"}, {rows, "rows"}})))
+        return failure();
+      continue;
+    }
+    if (!ShapedType::isDynamic(red) && red % quant.getBlockSize() != 0)
+      return emitOpError() << "operand '" << name << "': reduction length " << red
+                           << " is not a multiple of block_size " << quant.getBlockSize();
+    int64_t blocks = ShapedType::isDynamic(red) ? red : red / quant.getBlockSize();
+    if (failed(c.check(name, scales, {{e, "E"}, {rows, "rows"}, {blocks, "blocks"}})))
+      return failure();
+  }
+
+  // Router.
+  int64_t n = ShapedType::isDynamic(e) ? e : e + getZeroExperts();
+  if (getRouterKind() == RouterKind::linear) {
+    if (failed(c.check("router", getRouter(), {{h, "H"}, {n, "E + zero_experts"}})))
+      return failure();
+  } else if (failed(c.check("router", getRouter(), {{t, "T"}, {n, "E + zero_experts"}}))) {
+    return failure();
+  }
+  if (getRouterBias() && failed(c.check("router_bias", getRouterBias(), {{n, "E + zero_experts"}})))
+    return failure();
+  if (getSelectionBias() && failed(c.check("selection_bias", getSelectionBias(), {{n, "E + zero_experts"}})))
+    return failure();
+  if (!ShapedType::isDynamic(n) && static_cast<int64_t>(getK()) > n)
+    return emitOpError() << "k = " << getK() << " exceeds the " << n << " router columns (E + zero_experts)";
+
+  // Grouped top-k (DeepSeek-V3 style).
+  if (getExpertGroups() > 1) {
+    int64_t groups = getExpertGroups();
+    if (!getGroupTopk())
+      return emitOpError() << "expert_groups = " << groups << " needs 'group_topk'";
+    if (static_cast<int64_t>(*getGroupTopk()) > groups)
+      return emitOpError() << "group_topk = " << *getGroupTopk() << " exceeds expert_groups = " << groups;
+    if (!ShapedType::isDynamic(n) && n % groups != 0)
+      return emitOpError() << "expert_groups = " << groups << " does not divide the " << n
+                           << " router columns";
+    if (!ShapedType::isDynamic(n) &&
+        static_cast<int64_t>(getK()) > static_cast<int64_t>(*getGroupTopk()) * (n / groups))
+      return emitOpError() << "k = " << getK() << " exceeds the " << *getGroupTopk() * (n / groups)
+                           << " experts in the chosen groups";
+  } else if (getGroupTopk()) {
+    return emitOpError() << "'group_topk' needs expert_groups > 1";
+  }
+
+  // Biases.
+  if (getFc1Bias() && failed(c.check("fc1_bias", getFc1Bias(), {{e, "E"}, {fc1Rows, "fc1 rows"}})))
+    return failure();
+  if (getFc2Bias() && failed(c.check("fc2_bias", getFc2Bias(), {{e, "E"}, {h, "H"}})))
+    return failure();
+
+  // Fine-grained dim selection: static mask or low-rank predictor + keep.
+  if (getMask() && failed(c.check("mask", getMask(), {{e, "E"}, {f, "F"}})))
+    return failure();
+  if (bool(getPredA()) != bool(getPredB()))
+    return emitOpError() << "operands 'pred_a' and 'pred_b' must be given together";
+  if (getPredA()) {
+    if (getMask())
+      return emitOpError() << "operand 'mask' and the predictor ('pred_a', 'pred_b') are mutually exclusive";
+    auto aT = cast<RankedTensorType>(getPredA().getType());
+    int64_t r = aT.getRank() == 3 ? aT.getDimSize(2) : ShapedType::kDynamic;
+    if (failed(c.check("pred_a", getPredA(), {{e, "E"}, {h, "H"}, {r, "R"}})) ||
+        failed(c.check("pred_b", getPredB(), {{e, "E"}, {r, "R"}, {f, "F"}})))
+      return failure();
+    if (!getKeep())
+      return emitOpError() << "the predictor ('pred_a', 'pred_b') needs attribute 'keep'";
+    if (!ShapedType::isDynamic(f) && static_cast<int64_t>(*getKeep()) > f)
+      return emitOpError() << "keep = " << *getKeep() << " exceeds the expert hidden size F = " << f;
+  } else if (getKeep()) {
+    return emitOpError() << "attribute 'keep' needs the predictor operands 'pred_a' and 'pred_b'";
+  }
+
+  if (getActivationLimit() && !(getActivationLimit()->convertToFloat() > 0.0f))
+    return emitOpError() << "activation_limit must be positive";
+  if (!isGated() && getGatedLayout() != GatedLayout::block)
+    return emitOpError() << "gated_layout only applies to gated activations (swiglu, geglu), not '"
+                         << stringifyActivation(getActivation()) << "'";
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Canonicalisation: optional operands that change nothing are dropped, so later passes and codegen see
+// the simplest form (no bias add of zeros, no mask that keeps every dim).
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+bool isAllZeroFloat(Value v) {
+  DenseElementsAttr attr;
+  if (!v || !matchPattern(v, m_Constant(&attr)))
+    return false;
+  if (attr.isSplat())
+    return attr.getSplatValue<APFloat>().isZero();
+  return llvm::all_of(attr.getValues<APFloat>(), [](const APFloat &x) { return x.isZero(); });
+}
+
+bool isAllNonZeroMask(Value v) {
+  DenseElementsAttr attr;
+  if (!v || !matchPattern(v, m_Constant(&attr)))
+    return false;
+  if (attr.isSplat())
+    return !attr.getSplatValue<APInt>().isZero();
+  return llvm::all_of(attr.getValues<APInt>(), [](const APInt &x) { return !x.isZero(); });
+}
+
+struct DropNoOpOperands final : OpRewritePattern<SparseMoEOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(SparseMoEOp op, PatternRewriter &rewriter) const override {
+    bool mask = isAllNonZeroMask(op.getMask()), routerBias = isAllZeroFloat(op.getRouterBias()),
+         selectionBias = isAllZeroFloat(op.getSelectionBias()), fc1Bias = isAllZeroFloat(op.getFc1Bias()),
+         fc2Bias = isAllZeroFloat(op.getFc2Bias());
+    if (!(mask || routerBias || selectionBias || fc1Bias || fc2Bias))
+      return failure();
+    rewriter.modifyOpInPlace(op, [&] {
+      if (mask)
+        op.getMaskMutable().clear();
+      if (routerBias)
+        op.getRouterBiasMutable().clear();
+      if (selectionBias)
+        op.getSelectionBiasMutable().clear();
+      if (fc1Bias)
+        op.getFc1BiasMutable().clear();
+      if (fc2Bias)
+        op.getFc2BiasMutable().clear();
+    });
+    return success();
+  }
+};
+
+} // namespace
+
+void SparseMoEOp::getCanonicalizationPatterns(RewritePatternSet &results, MLIRContext *context) {
+  results.add<DropNoOpOperands>(context);
+}

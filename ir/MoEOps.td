@@ -1,0 +1,120 @@
+//===- MoEOps.td - moe dialect ops -------------------------*- tablegen -*-===//
+
+#ifndef MOEC_IR_MOEOPS_TD
+#define MOEC_IR_MOEOPS_TD
+
+include "ir/MoEBase.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+include "mlir/IR/OpBase.td"
+
+class MoE_Op<string mnemonic, list<Trait> traits = []> : Op<MoE_Dialect, mnemonic, traits>;
+
+def MoE_FloatTensor : RankedTensorOf<[F32, F16, BF16]>;
+def MoE_WeightTensor : RankedTensorOf<[F32, F16, BF16, I8, UI8]>;
+def MoE_MaskTensor : RankedTensorOf<[I1, I8, UI8]>;
+
+def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
+  let summary = "a whole sparse Mixture-of-Experts layer: routing, dim mask, expert FFN and combine";
+  let description = [{
+    Computes, for every token `t` of `input` (`[T, H]`):
+
+    ```
+    logits[t]  = router_kind == linear ? input[t] x router (+ router_bias) : router[t]         // [N]
+    scores[t]  = gate(logits[t])                     // softmax over all N, or elementwise sigmoid
+    chosen(t)  = the k indices with the largest scores[t] + selection_bias (ties: lower index),
+                 restricted to the best `group_topk` of `expert_groups` groups when grouping is set
+    w[t, e]    = scores[t, e] for e in chosen(t); divided by their sum when `normalize`; times `scale`
+    output[t]  = sum over e in chosen(t), e < E of
+                 w[t, e] * (fc2[e][:, D_e(t)] x act(fc1[e][D_e(t), :] x input[t] + fc1_bias[e]) + fc2_bias[e])
+    ```
+
+    where `N = E + zero_experts`: the last `zero_experts` router columns are experts whose output is zero
+    (ZAYA1's skip class, MoE++'s zero experts). They take a routing slot and a share of the weight, but read no
+    weights. `D_e(t)` is the set of hidden dims of expert `e` that are computed: all `F` dims; or, with a
+    static `mask` (`[E, F]`, nonzero = keep), the masked-in dims; or, with a low-rank predictor
+    (`pred_a [E, H, R]`, `pred_b [E, R, F]`), the `keep` dims with the largest `(input[t] x pred_a[e]) x
+    pred_b[e]` (ties: lower index).
+
+    Gated activations (`swiglu`, `geglu`) read `2F` rows of `fc1` per expert, a gate `g` and an up
+    projection `u` per hidden dim, laid out by `gated_layout` (`block`: gate rows first; `interleaved`:
+    even rows gate, odd rows up). With `activation_limit` set, `g = min(g, limit)` and
+    `u = clamp(u, -limit, limit)` first. Then `swiglu: g * sigmoid(alpha * g) * (u + beta)` and
+    `geglu: gelu(g) * (u + beta)`, with `alpha = activation_alpha`, `beta = activation_beta`.
+    Ungated activations: `identity`, `relu`, `gelu` (erf form), `silu`.
+
+    Weights may be weight-only quantised (`fc1_quant`/`fc2_quant`, see `#moe.weight_quant`); then `fc1`/`fc2`
+    hold packed integers and `fc1_scales`/`fc2_scales` their scales. Accumulation is in f32.
+
+    Example, a Mixtral-style layer (8 experts, top-2, renormalised, SwiGLU) with a dynamic token count:
+
+    ```mlir
+    %y = moe.sparse_moe %x, %router_w, fc1 %w1, fc2 %w2 {
+           k = 2, router_kind = #moe.router<linear>, gate = #moe.gate<softmax>, normalize = true,
+           activation = #moe.activation<swiglu>}
+         : (tensor<?x4096xf32>, tensor<4096x8xf32>, tensor<8x28672x4096xf32>, tensor<8x4096x14336xf32>)
+           -> tensor<?x4096xf32>
+    ```
+  }];
+
+  let arguments = (ins
+    MoE_FloatTensor:$input,
+    MoE_FloatTensor:$router,
+    Optional<MoE_FloatTensor>:$router_bias,
+    Optional<MoE_FloatTensor>:$selection_bias,
+    MoE_WeightTensor:$fc1,
+    Optional<MoE_FloatTensor>:$fc1_bias,
+    Optional<MoE_FloatTensor>:$fc1_scales,
+    MoE_WeightTensor:$fc2,
+    Optional<MoE_FloatTensor>:$fc2_bias,
+    Optional<MoE_FloatTensor>:$fc2_scales,
+    Optional<MoE_MaskTensor>:$mask,
+    Optional<MoE_FloatTensor>:$pred_a,
+    Optional<MoE_FloatTensor>:$pred_b,
+
+    ConfinedAttr<I64Attr, [IntMinValue<1>]>:$k,
+    DefaultValuedAttr<MoE_RouterKindAttr, "RouterKind::linear">:$router_kind,
+    DefaultValuedAttr<MoE_GateFuncAttr, "GateFunc::softmax">:$gate,
+    DefaultValuedAttr<BoolAttr, "false">:$normalize,
+    DefaultValuedAttr<F32Attr, "1.0f">:$scale,
+    DefaultValuedAttr<ConfinedAttr<I64Attr, [IntNonNegative]>, "0">:$zero_experts,
+    DefaultValuedAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>, "1">:$expert_groups,
+    OptionalAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>>:$group_topk,
+    MoE_ActivationAttr:$activation,
+    DefaultValuedAttr<MoE_GatedLayoutAttr, "GatedLayout::block">:$gated_layout,
+    DefaultValuedAttr<F32Attr, "1.0f">:$activation_alpha,
+    DefaultValuedAttr<F32Attr, "0.0f">:$activation_beta,
+    OptionalAttr<F32Attr>:$activation_limit,
+    OptionalAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>>:$keep,
+    OptionalAttr<MoE_WeightQuantAttr>:$fc1_quant,
+    OptionalAttr<MoE_WeightQuantAttr>:$fc2_quant
+  );
+  let results = (outs MoE_FloatTensor:$output);
+
+  let assemblyFormat = [{
+    $input `,` $router
+    (`router_bias` $router_bias^)? (`selection_bias` $selection_bias^)?
+    `,` `fc1` $fc1 (`fc1_bias` $fc1_bias^)? (`fc1_scales` $fc1_scales^)?
+    `,` `fc2` $fc2 (`fc2_bias` $fc2_bias^)? (`fc2_scales` $fc2_scales^)?
+    (`mask` $mask^)? (`predictor` `(` $pred_a^ `,` $pred_b `)`)?
+    attr-dict `:` functional-type(operands, results)
+  }];
+
+  let hasVerifier = 1;
+  let hasCanonicalizer = 1;
+
+  let extraClassDeclaration = [{
+    /// True for activations that read a gate and an up row per hidden dim (fc1 has 2F rows).
+    bool isGated() { return getActivation() == Activation::swiglu || getActivation() == Activation::geglu; }
+    /// Number of real (weight-carrying) experts E.
+    int64_t getNumExperts() { return getFc1().getType().getDimSize(0); }
+    /// Number of router columns N = E + zero_experts.
+    int64_t getNumRouterColumns() { return getNumExperts() + getZeroExperts(); }
+    /// Expert hidden size F (dynamic if unknown).
+    int64_t getHiddenDim();
+    /// Hidden dims each token computes per chosen expert: keep (predictor), F, or the largest masked-in
+    /// count when the mask is a constant.
+    int64_t getActiveHiddenDim();
+  }];
+}
+
+#endif // MOEC_IR_MOEOPS_TD

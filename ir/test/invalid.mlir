@@ -1,0 +1,239 @@
+// Every verifier error of moe.sparse_moe names the operand or attribute at fault.
+// RUN: moec-opt %s --split-input-file --verify-diagnostics
+
+func.func @input_rank(%x: tensor<2x4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<2x4x64xf32> {
+  // expected-error @+1 {{operand 'input' must have rank 2 ([T, H]), got [2, 4, 64]}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
+     : (tensor<2x4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<2x4x64xf32>
+  return %y : tensor<2x4x64xf32>
+}
+
+// -----
+
+func.func @fc1_hidden(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x60xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'fc1' [8, 32, 60]: reduction dim holds 60 values but operand 'input' has H = 64}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x60xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @fc2_hidden(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x32x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'fc2' [8, 32, 32]: dim 1 must be H = 64, got 32}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x32x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @expert_count(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<7x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'fc2' [7, 64, 32]: dim 0 must be E = 8, got 7}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<7x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @gated_rows(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'fc1' [8, 32, 64] has 32 rows but operand 'fc2' [8, 64, 32] implies F = 32 (activation 'swiglu' needs 2F rows)}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<swiglu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @router_columns(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'router' [64, 8]: dim 1 must be E + zero_experts = 9, got 8}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, zero_experts = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @logits_tokens(%x: tensor<4x64xf32>, %r: tensor<5x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'router' [5, 8]: dim 0 must be T = 4, got 5}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, router_kind = #moe.router<logits>, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<5x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @k_too_large(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{k = 9 exceeds the 8 router columns (E + zero_experts)}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 9, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @k_zero(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{attribute 'k' failed to satisfy constraint}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 0, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @bias_shape(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %b1: tensor<8x16xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'fc1_bias' [8, 16]: dim 1 must be fc1 rows = 32, got 16}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1 fc1_bias %b1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x16xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @mask_shape(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>, %m: tensor<8x31xi1>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'mask' [8, 31]: dim 1 must be F = 32, got 31}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 mask %m {k = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>, tensor<8x31xi1>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @predictor_needs_keep(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>,
+                                %pa: tensor<8x64x4xf32>, %pb: tensor<8x4x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{the predictor ('pred_a', 'pred_b') needs attribute 'keep'}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 predictor(%pa, %pb) {k = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>, tensor<8x64x4xf32>, tensor<8x4x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @predictor_rank(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>,
+                          %pa: tensor<8x64x4xf32>, %pb: tensor<8x5x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'pred_b' [8, 5, 32]: dim 1 must be R = 4, got 5}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 predictor(%pa, %pb) {k = 1, keep = 4, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>, tensor<8x64x4xf32>, tensor<8x5x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @keep_too_large(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>,
+                          %pa: tensor<8x64x4xf32>, %pb: tensor<8x4x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{keep = 33 exceeds the expert hidden size F = 32}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 predictor(%pa, %pb) {k = 1, keep = 33, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>, tensor<8x64x4xf32>, tensor<8x4x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @keep_without_predictor(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{attribute 'keep' needs the predictor operands 'pred_a' and 'pred_b'}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, keep = 8, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @mask_and_predictor(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>,
+                              %m: tensor<8x32xi1>, %pa: tensor<8x64x4xf32>, %pb: tensor<8x4x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'mask' and the predictor ('pred_a', 'pred_b') are mutually exclusive}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 mask %m predictor(%pa, %pb) {k = 1, keep = 4, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>, tensor<8x32xi1>, tensor<8x64x4xf32>, tensor<8x4x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @groups_need_topk(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{expert_groups = 4 needs 'group_topk'}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, expert_groups = 4, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @groups_divide(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{expert_groups = 3 does not divide the 8 router columns}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, expert_groups = 3, group_topk = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @groups_k(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{k = 3 exceeds the 2 experts in the chosen groups}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 3, expert_groups = 4, group_topk = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @int_weights_need_quant(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x32xui8>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'fc1' holds integers ('ui8') but the op has no 'fc1_quant' attribute}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x32xui8>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @scales_shape(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x32xui8>, %s1: tensor<8x32x4xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'fc1_scales' [8, 32, 4]: dim 2 must be blocks = 2, got 4}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1 fc1_scales %s1, fc2 %w2 {k = 1, activation = #moe.activation<relu>, fc1_quant = #moe.weight_quant<bits = 4, block_size = 32>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x32xui8>, tensor<8x32x4xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @packed_width(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xui8>, %s1: tensor<8x32xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'fc1' [8, 32, 64]: reduction dim holds 128 values but operand 'input' has H = 64}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1 fc1_scales %s1, fc2 %w2 {k = 1, activation = #moe.activation<relu>, fc1_quant = #moe.weight_quant<bits = 4>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xui8>, tensor<8x32xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @quant_bits(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x32xui8>, %s1: tensor<8x32xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{#moe.weight_quant: bits must be 4 or 8, got 3}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1 fc1_scales %s1, fc2 %w2 {k = 1, activation = #moe.activation<relu>, fc1_quant = #moe.weight_quant<bits = 3>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x32xui8>, tensor<8x32xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @result_type(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf16> {
+  // expected-error @+1 {{result element type 'f16' must match operand 'input' element type 'f32'}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf16>
+  return %y : tensor<4x64xf16>
+}
+
+// -----
+
+func.func @layout_ungated(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{gated_layout only applies to gated activations (swiglu, geglu), not 'relu'}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>, gated_layout = #moe.gated_layout<interleaved>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @bad_activation(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+2 {{expected ::moec::moe::Activation to be one of: identity, relu, gelu, silu, swiglu, geglu}}
+  // expected-error @+1 {{failed to parse MoE_ActivationAttr parameter 'value'}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<tanh>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}

@@ -1,0 +1,79 @@
+//===- MoECost.cpp - work and weight traffic of one MoE layer ------------===//
+#include "passes/MoECost.h"
+
+#include "ir/MoEOps.h"
+
+using namespace mlir;
+
+namespace moec {
+
+int64_t MoELayerCost::flopsPerToken() const {
+  if (routerFlops < 0 || predictorFlops < 0 || expertFlops < 0)
+    return -1;
+  return routerFlops + predictorFlops + expertFlops;
+}
+
+int64_t MoELayerCost::weightBytesPerToken() const {
+  return weightBytesPerExpert < 0 ? -1 : expertsPerToken * weightBytesPerExpert;
+}
+
+namespace {
+/// Bytes of one stored value of a weight tensor: packed bits when quantised, the element width otherwise.
+double valueBytes(RankedTensorType t, moe::WeightQuantAttr q) {
+  if (q)
+    return q.getBits() / 8.0;
+  return t.getElementTypeBitWidth() / 8.0;
+}
+
+/// Scale bytes for `rows` rows of reduction length `k` of which `active` values are read.
+double scaleBytes(Value scales, moe::WeightQuantAttr q, int64_t rows, int64_t k, int64_t active) {
+  if (!scales)
+    return 0;
+  double perScale = cast<RankedTensorType>(scales.getType()).getElementTypeBitWidth() / 8.0;
+  double blocks = q.getBlockSize() == 0 ? 1.0 : double(k) / q.getBlockSize();
+  return rows * perScale * blocks * (double(active) / k);
+}
+} // namespace
+
+MoELayerCost computeMoELayerCost(moe::SparseMoEOp op) {
+  MoELayerCost c;
+  c.expertsPerToken = op.getK();
+  int64_t e = op.getNumExperts();
+  int64_t h = op.getInput().getType().getDimSize(1);
+  int64_t f = op.getHiddenDim();
+  int64_t a = op.getActiveHiddenDim();
+  if (ShapedType::isDynamic(e) || ShapedType::isDynamic(h) || ShapedType::isDynamic(f) ||
+      ShapedType::isDynamic(a))
+    return c;
+  c.activeHiddenDim = a;
+  int64_t n = e + op.getZeroExperts();
+  int64_t gate = op.isGated() ? 2 : 1;
+  int64_t k = op.getK();
+
+  c.routerFlops = op.getRouterKind() == moe::RouterKind::linear ? 2 * h * n : 0;
+  int64_t r = 0;
+  double predictorBytes = 0;
+  if (op.getPredA()) {
+    auto aT = cast<RankedTensorType>(op.getPredA().getType());
+    r = aT.getDimSize(2);
+    if (ShapedType::isDynamic(r))
+      return c;
+    predictorBytes = (h * r) * aT.getElementTypeBitWidth() / 8.0 +
+                     (r * f) * cast<RankedTensorType>(op.getPredB().getType()).getElementTypeBitWidth() / 8.0;
+  }
+  c.predictorFlops = k * (2 * h * r + 2 * r * f);
+  c.expertFlops = k * (2 * h * a * gate + 2 * h * a);
+
+  auto fc1 = op.getFc1().getType(), fc2 = op.getFc2().getType();
+  auto q1 = op.getFc1QuantAttr(), q2 = op.getFc2QuantAttr();
+  double b1 = valueBytes(fc1, q1), b2 = valueBytes(fc2, q2);
+  double perExpert = a * gate * h * b1 + scaleBytes(op.getFc1Scales(), q1, a * gate, h, h) + h * a * b2 +
+                     scaleBytes(op.getFc2Scales(), q2, h, f, a) + predictorBytes;
+  c.weightBytesPerExpert = static_cast<int64_t>(perExpert + 0.5);
+  double all = f * gate * h * b1 + scaleBytes(op.getFc1Scales(), q1, f * gate, h, h) + h * f * b2 +
+               scaleBytes(op.getFc2Scales(), q2, h, f, f);
+  c.totalWeightBytes = static_cast<int64_t>(e * all + 0.5);
+  return c;
+}
+
+} // namespace moec

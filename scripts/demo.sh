@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The README's demo: the furthest real step of the pipeline that exists today. Run by `make demo` and, as
+# an end-to-end check, by ctest (label e2e). Prints each command before it runs it.
+set -euo pipefail
+src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${MOEC_BUILD:-$src/build}
+[[ "$build" = /* ]] || build="$src/$build"
+opt="$build/bin/moec-opt"
+plugin="$build/lib/MoECExamplePlugin.so"
+example="$src/examples/mlir/moe_layers.mlir"
+[ -x "$opt" ] || { echo "demo: $opt not built; run 'make build' first" >&2; exit 1; }
+
+run() { echo; echo "\$ ${*/#$src\//}"; "$@"; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+t0=$EPOCHREALTIME
+
+echo "== moec demo: the MoE layers in examples/mlir/moe_layers.mlir through moec-opt =="
+echo "-- 1. cost of each layer per token (moe-print-cost; remarks go to stderr)"
+run "$opt" "$example" --moe-print-cost -o /dev/null 2>&1
+echo "-- 2. canonicalise: the zero router bias and the keep-everything mask disappear"
+run "$opt" "$example" --canonicalize --symbol-dce
+echo "-- 3. a user's pass from a plugin (examples/plugin): cap top-k at 1"
+if [ -f "$plugin" ]; then
+  run "$opt" "$example" --load-pass-plugin="$plugin" --load-dialect-plugin="$plugin" \
+    --pass-pipeline='builtin.module(moe-example-cap-topk{max-k=1},canonicalize)' -o "$tmp/capped.mlir"
+  grep -E "moe_example.note|k = " "$tmp/capped.mlir" | sed 's/^ */  /' | cut -c1-160
+  run "$opt" "$example" --load-pass-plugin="$plugin" --load-dialect-plugin="$plugin" \
+    --pass-pipeline='builtin.module(moe-example-cap-topk{max-k=1},func.func(moe-print-cost))' -o /dev/null 2>&1
+else
+  echo "(examples not built: configure with -DMOEC_BUILD_EXAMPLES=ON)"
+fi
+t1=$EPOCHREALTIME
+printf '\n== demo done in %s s ==\n' "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')"

@@ -1,0 +1,105 @@
+//===- MoEDialectTest.cpp - C++ API of the moe dialect -------------------===//
+#include "ir/MoEOps.h"
+#include "passes/MoECost.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Parser/Parser.h"
+
+#include <gtest/gtest.h>
+
+using namespace mlir;
+
+namespace {
+
+struct MoEDialectTest : ::testing::Test {
+  MoEDialectTest() { ctx.loadDialect<moec::moe::MoEDialect, func::FuncDialect>(); }
+
+  /// Parses `body` as the body of a function taking `args`; returns the module (null on error) and
+  /// collects diagnostics.
+  OwningOpRef<ModuleOp> parse(const std::string &src) {
+    ScopedDiagnosticHandler handler(&ctx, [&](Diagnostic &d) {
+      diagnostics += d.str() + "\n";
+      return success();
+    });
+    return parseSourceString<ModuleOp>(src, &ctx);
+  }
+
+  moec::moe::SparseMoEOp firstMoE(ModuleOp m) {
+    moec::moe::SparseMoEOp found;
+    m.walk([&](moec::moe::SparseMoEOp op) { found = op; });
+    return found;
+  }
+
+  MLIRContext ctx;
+  std::string diagnostics;
+};
+
+const char *kMixtralLike = R"mlir(
+func.func @f(%x: tensor<?x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x256x64xbf16>, %w2: tensor<8x64x128xbf16>)
+    -> tensor<?x64xf32> {
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 2, normalize = true, activation = #moe.activation<swiglu>}
+     : (tensor<?x64xf32>, tensor<64x8xf32>, tensor<8x256x64xbf16>, tensor<8x64x128xbf16>) -> tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+)mlir";
+
+TEST_F(MoEDialectTest, ParsesAndExposesLayerGeometry) {
+  auto m = parse(kMixtralLike);
+  ASSERT_TRUE(m) << diagnostics;
+  auto op = firstMoE(*m);
+  ASSERT_TRUE(op);
+  EXPECT_EQ(op.getNumExperts(), 8);
+  EXPECT_EQ(op.getHiddenDim(), 128);
+  EXPECT_EQ(op.getActiveHiddenDim(), 128);
+  EXPECT_TRUE(op.isGated());
+  EXPECT_EQ(op.getRouterKind(), moec::moe::RouterKind::linear);
+  EXPECT_EQ(op.getGate(), moec::moe::GateFunc::softmax);
+  EXPECT_TRUE(op.getNormalize());
+  EXPECT_FLOAT_EQ(op.getScale().convertToFloat(), 1.0f);
+}
+
+TEST_F(MoEDialectTest, CostModelCountsChosenExpertsOnly) {
+  auto m = parse(kMixtralLike);
+  ASSERT_TRUE(m) << diagnostics;
+  moec::MoELayerCost c = moec::computeMoELayerCost(firstMoE(*m));
+  // H=64, F=128, E=8, k=2, gated: fc1 reads 2F x H, fc2 reads H x F, bf16 = 2 bytes.
+  EXPECT_EQ(c.routerFlops, 2 * 64 * 8);
+  EXPECT_EQ(c.expertFlops, 2 * (2 * 64 * 128 * 2 + 2 * 64 * 128));
+  EXPECT_EQ(c.weightBytesPerExpert, (256 * 64 + 64 * 128) * 2);
+  EXPECT_EQ(c.weightBytesPerToken(), 2 * (256 * 64 + 64 * 128) * 2);
+  EXPECT_EQ(c.totalWeightBytes, 8 * (256 * 64 + 64 * 128) * 2);
+}
+
+TEST_F(MoEDialectTest, VerifierNamesTheOffendingOperand) {
+  // fc2 says H = 32 while the input has H = 64.
+  auto m = parse(R"mlir(
+func.func @f(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x128x64xf32>, %w2: tensor<8x32x128xf32>)
+    -> tensor<4x64xf32> {
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x128x64xf32>, tensor<8x32x128xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+)mlir");
+  EXPECT_FALSE(m);
+  EXPECT_NE(diagnostics.find("operand 'fc2'"), std::string::npos) << diagnostics;
+  EXPECT_NE(diagnostics.find("must be H = 64, got 32"), std::string::npos) << diagnostics;
+}
+
+TEST_F(MoEDialectTest, WeightQuantAttrRejectsUnsupportedBits) {
+  std::string errors;
+  auto emit = [&]() -> InFlightDiagnostic { return mlir::emitError(UnknownLoc::get(&ctx)); };
+  ScopedDiagnosticHandler handler(&ctx, [&](Diagnostic &d) {
+    errors += d.str();
+    return success();
+  });
+  EXPECT_TRUE(succeeded(moec::moe::WeightQuantAttr::verify(emit, 4, 32)));
+  EXPECT_TRUE(succeeded(moec::moe::WeightQuantAttr::verify(emit, 8, 0)));
+  EXPECT_TRUE(failed(moec::moe::WeightQuantAttr::verify(emit, 3, 0)));
+  EXPECT_TRUE(failed(moec::moe::WeightQuantAttr::verify(emit, 4, 24)));
+  EXPECT_NE(errors.find("bits must be 4 or 8"), std::string::npos) << errors;
+}
+
+} // namespace
