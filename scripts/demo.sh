@@ -15,7 +15,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 t0=$EPOCHREALTIME
 
-echo "== moec demo: the MoE layers in examples/mlir/moe_layers.mlir through moec-opt =="
+echo "== moec demo =="
+echo "-- 0. import an ONNX router (ONNX text syntax) into moec's graph IR"
+run "$build/bin/moec" import "$src/examples/mlir/router.onnxtxt"
+echo "-- the MoE layers in examples/mlir/moe_layers.mlir through moec-opt"
 echo "-- 1. cost of each layer per token (moe-print-cost; remarks go to stderr)"
 run "$opt" "$example" --moe-print-cost -o /dev/null 2>&1
 echo "-- 2. canonicalise: the zero router bias and the keep-everything mask disappear"

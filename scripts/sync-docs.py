@@ -1,20 +1,61 @@
 #!/usr/bin/env python3
-"""Keeps docs/ in step with the reference pages tablegen renders from ODS into build/docs/.
+"""Keeps docs/ in step with what the build knows: the reference pages tablegen renders from ODS into
+build/docs/, and tables the tools print (e.g. `moec import --list-ops` into docs/onnx-support.md).
 
-  sync-docs.py --build build            copy the rendered pages into docs/
+  sync-docs.py --build build            update docs/
   sync-docs.py --build build --check    exit 1 (and say which) if a committed page differs
 """
 import argparse
+import collections
 import filecmp
 import pathlib
+import re
 import shutil
+import subprocess
 import sys
 
 # Rendered file (under build/docs) -> committed file (under docs/).
 PAGES = {
     "dialects/MoEDialect.md": "dialects/moe.md",
+    "dialects/ONNXDialect.md": "dialects/onnx.md",
     "passes/MoECPasses.md": "passes.md",
 }
+
+
+def onnx_ops_table(build):
+    """Markdown table of `moec import --list-ops`: one row per (domain, op), its since-versions."""
+    out = subprocess.run([str(build / "bin" / "moec"), "import", "--list-ops"], check=True,
+                         capture_output=True, text=True).stdout
+    versions = collections.OrderedDict()
+    for line in out.splitlines()[1:]:
+        domain, op, since = line.split("\t")
+        versions.setdefault((domain, op), []).append(int(since))
+    rows = ["| domain | op | imported from opset (forms) |", "|---|---|---|"]
+    for (domain, op), vs in sorted(versions.items()):
+        rows.append(f"| {domain} | {op} | {', '.join(str(v) for v in sorted(vs))} |")
+    return "\n".join(rows)
+
+
+# Generated sections: committed file -> (marker name, generator).
+SECTIONS = {
+    "onnx-support.md": ("moec import --list-ops", onnx_ops_table),
+}
+
+
+def sync_section(path, marker, body, check):
+    text = path.read_text()
+    pattern = re.compile(rf"(<!-- BEGIN {re.escape(marker)} -->\n).*?(<!-- END {re.escape(marker)} -->)", re.S)
+    if not pattern.search(text):
+        print(f"sync-docs: {path} lacks the '{marker}' markers", file=sys.stderr)
+        return False
+    updated = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+    if updated == text:
+        return True
+    if check:
+        return False
+    path.write_text(updated)
+    print(f"sync-docs: updated {path}")
+    return True
 
 
 def main():
@@ -39,6 +80,9 @@ def main():
             c.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(r, c)
             print(f"sync-docs: updated {c}")
+    for committed, (marker, generate) in SECTIONS.items():
+        if not sync_section(src_docs / committed, marker, generate(pathlib.Path(args.build)), args.check):
+            stale.append(str(src_docs / committed))
     if stale:
         print("sync-docs: out of date (run `make docs` and commit): " + ", ".join(stale), file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "ir/MoEDialect.h"
+#include "ir/ONNXOps.h"
 #include "passes/Passes.h"
 
 #include "mlir/IR/DialectRegistry.h"
@@ -20,7 +21,7 @@ int main(int argc, char **argv) {
   mlir::DialectRegistry registry;
   mlir::registerAllDialects(registry);
   mlir::registerAllExtensions(registry);
-  registry.insert<moec::moe::MoEDialect>();
+  registry.insert<moec::moe::MoEDialect, moec::onnxir::ONNXDialect>();
 
   return mlir::asMainReturnCode(mlir::MlirOptMain(
       argc, argv, "moec-opt: runs moec and MLIR passes over MLIR files (see docs/ARCHITECTURE.md)\n",

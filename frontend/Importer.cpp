@@ -1,0 +1,419 @@
+//===- Importer.cpp - walk an ONNX graph and build MLIR -------------------===//
+#include "frontend/Importer.h"
+
+#include "frontend/NodeImporter.h"
+#include "ir/MoEDialect.h"
+#include "ir/ONNXOps.h"
+
+#include "onnx/onnx_pb.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/AsmState.h"
+#include "mlir/IR/BuiltinDialect.h"
+#include "mlir/IR/DialectResourceBlobManager.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/Verifier.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/StringSet.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+using namespace moec::frontend;
+
+namespace {
+
+std::string sanitize(llvm::StringRef name, llvm::StringRef fallback) {
+  std::string out;
+  for (char c : name)
+    out.push_back(llvm::isAlnum(c) || c == '_' ? c : '_');
+  if (out.empty() || llvm::isDigit(out[0]))
+    out = fallback.str() + (out.empty() ? "" : "_" + out);
+  return out;
+}
+
+class GraphImporter final : public NodeImporter {
+public:
+  GraphImporter(std::shared_ptr<OnnxModel> model, MLIRContext &ctx, const ImportOptions &options)
+      : model(std::move(model)), ctx(ctx), options(options), b(&ctx) {}
+
+  OwningOpRef<ModuleOp> run(std::string &error);
+
+  // NodeImporter.
+  const onnx::NodeProto &node() const override { return *current; }
+  int64_t opset() const override { return currentOpset; }
+  OpBuilder &builder() override { return b; }
+  Location loc() const override { return currentLoc; }
+  unsigned numInputs() const override { return current->input_size(); }
+  Value input(unsigned i) const override {
+    if (i >= static_cast<unsigned>(current->input_size()) || current->input(i).empty())
+      return nullptr;
+    return values.lookup(current->input(i));
+  }
+  std::optional<DenseElementsAttr> constantInput(unsigned i) const override {
+    Value v = input(i);
+    if (!v)
+      return std::nullopt;
+    auto c = v.getDefiningOp<moec::onnxir::ConstantOp>();
+    if (!c)
+      return std::nullopt;
+    if (auto dense = dyn_cast<DenseElementsAttr>(c.getValue()))
+      return dense;
+    return std::nullopt;
+  }
+  const onnx::AttributeProto *attribute(llvm::StringRef name) const override {
+    for (const auto &a : current->attribute())
+      if (a.name() == name)
+        return &a;
+    return nullptr;
+  }
+  LogicalResult convertAttributes(SmallVectorImpl<NamedAttribute> &out) override;
+  Type outputType(unsigned i, Type fallbackElement) const override;
+  unsigned numOutputs() const override { return current->output_size(); }
+  void setOutputs(ValueRange results) override {
+    for (auto [i, v] : llvm::enumerate(results))
+      if (i < static_cast<size_t>(current->output_size()) && !current->output(i).empty())
+        values[current->output(i)] = v;
+  }
+  LogicalResult fail(const llvm::Twine &message) override {
+    const onnx::NodeProto &n = *current;
+    std::string domain = n.domain().empty() ? "ai.onnx" : n.domain();
+    firstError = model->path().str() + ": node '" + (n.name().empty() ? "#" + std::to_string(nodeIndex) : n.name()) +
+                 "' (" + n.op_type() + ", " + domain + " opset " + std::to_string(currentOpset) +
+                 "): " + message.str();
+    return failure();
+  }
+  Type elementType(int onnxDataType) const override;
+
+private:
+  LogicalResult importInitializer(const onnx::TensorProto &t, std::string &error);
+  FailureOr<ElementsAttr> tensorAttr(const onnx::TensorProto &t, bool allowResource, std::string &error);
+  Type typeFromProto(const onnx::TypeProto *type, Type fallbackElement) const;
+  LogicalResult importNode(const onnx::NodeProto &n);
+
+  std::shared_ptr<OnnxModel> model;
+  MLIRContext &ctx;
+  const ImportOptions &options;
+  OpBuilder b;
+  llvm::StringMap<Value> values;
+  const onnx::NodeProto *current = nullptr;
+  int64_t currentOpset = 0;
+  int nodeIndex = 0;
+  Location currentLoc = UnknownLoc::get(&ctx);
+  std::string firstError;
+};
+
+Type GraphImporter::elementType(int t) const {
+  MLIRContext *c = const_cast<MLIRContext *>(&ctx);
+  Builder bb(c);
+  switch (t) {
+  case onnx::TensorProto::FLOAT:
+    return bb.getF32Type();
+  case onnx::TensorProto::FLOAT16:
+    return bb.getF16Type();
+  case onnx::TensorProto::BFLOAT16:
+    return bb.getBF16Type();
+  case onnx::TensorProto::DOUBLE:
+    return bb.getF64Type();
+  case onnx::TensorProto::BOOL:
+    return bb.getI1Type();
+  case onnx::TensorProto::INT8:
+    return bb.getIntegerType(8);
+  case onnx::TensorProto::INT16:
+    return bb.getIntegerType(16);
+  case onnx::TensorProto::INT32:
+    return bb.getIntegerType(32);
+  case onnx::TensorProto::INT64:
+    return bb.getIntegerType(64);
+  case onnx::TensorProto::UINT8:
+    return bb.getIntegerType(8, /*isSigned=*/false);
+  case onnx::TensorProto::UINT16:
+    return bb.getIntegerType(16, false);
+  case onnx::TensorProto::UINT32:
+    return bb.getIntegerType(32, false);
+  case onnx::TensorProto::UINT64:
+    return bb.getIntegerType(64, false);
+  default:
+    return nullptr;
+  }
+}
+
+Type GraphImporter::typeFromProto(const onnx::TypeProto *type, Type fallbackElement) const {
+  if (!type || !type->has_tensor_type())
+    return fallbackElement ? UnrankedTensorType::get(fallbackElement) : Type();
+  const auto &tt = type->tensor_type();
+  Type elem = elementType(tt.elem_type());
+  if (!elem)
+    elem = fallbackElement;
+  if (!elem)
+    return nullptr;
+  if (!tt.has_shape())
+    return UnrankedTensorType::get(elem);
+  SmallVector<int64_t> dims;
+  for (const auto &d : tt.shape().dim())
+    dims.push_back(d.has_dim_value() && d.dim_value() >= 0 ? d.dim_value() : ShapedType::kDynamic);
+  return RankedTensorType::get(dims, elem);
+}
+
+Type GraphImporter::outputType(unsigned i, Type fallbackElement) const {
+  if (!fallbackElement && numInputs() > 0 && input(0))
+    fallbackElement = cast<ShapedType>(input(0).getType()).getElementType();
+  if (i < static_cast<unsigned>(current->output_size()) && !current->output(i).empty())
+    if (Type t = typeFromProto(model->valueType(current->output(i)), fallbackElement))
+      return t;
+  return fallbackElement ? UnrankedTensorType::get(fallbackElement) : Type();
+}
+
+FailureOr<ElementsAttr> GraphImporter::tensorAttr(const onnx::TensorProto &t, bool allowResource,
+                                                  std::string &error) {
+  Type elem = elementType(t.data_type());
+  if (!elem) {
+    error = model->path().str() + ": tensor '" + t.name() + "': data type " +
+            onnxDataTypeName(t.data_type()).str() + " is not supported";
+    return failure();
+  }
+  TensorBytes bytes;
+  if (!model->tensorBytes(t, bytes, error))
+    return failure();
+  SmallVector<int64_t> dims(t.dims().begin(), t.dims().end());
+  auto type = RankedTensorType::get(dims, elem);
+  if (elem.isInteger(1)) { // ONNX stores one byte per bool; MLIR wants bools
+    SmallVector<bool> bits;
+    for (char c : bytes.data)
+      bits.push_back(c != 0);
+    return ElementsAttr(DenseElementsAttr::get(type, bits));
+  }
+  if (!allowResource || bytes.data.size() <= options.inlineConstantBytes) {
+    bool splat = false;
+    if (!DenseElementsAttr::isValidRawBuffer(type, bytes.data, splat)) {
+      error = model->path().str() + ": tensor '" + t.name() + "': data does not match its type";
+      return failure();
+    }
+    return ElementsAttr(DenseElementsAttr::getFromRawBuffer(type, bytes.data));
+  }
+  // Large: a resource blob pointing at the model's memory. The deleter keeps the model alive for as long
+  // as the context holds the blob. Misaligned data (rare) is copied once.
+  size_t align = std::max<size_t>(1, onnxElementSize(t.data_type()));
+  AsmResourceBlob blob;
+  if (reinterpret_cast<uintptr_t>(bytes.data.data()) % align == 0) {
+    std::shared_ptr<OnnxModel> keepAlive = model;
+    blob = UnmanagedAsmResourceBlob::allocateWithAlign(
+        bytes.data, align, [keepAlive](void *, size_t, size_t) mutable { keepAlive.reset(); });
+  } else {
+    blob = HeapAsmResourceBlob::allocateAndCopyWithAlign(bytes.data, align);
+  }
+  return ElementsAttr(
+      DenseResourceElementsAttr::get(type, sanitize(t.name(), "weight"), std::move(blob)));
+}
+
+LogicalResult GraphImporter::convertAttributes(SmallVectorImpl<NamedAttribute> &out) {
+  for (const auto &a : current->attribute()) {
+    Attribute v;
+    switch (a.type()) {
+    case onnx::AttributeProto::INT:
+      v = b.getI64IntegerAttr(a.i());
+      break;
+    case onnx::AttributeProto::FLOAT:
+      v = b.getF32FloatAttr(a.f());
+      break;
+    case onnx::AttributeProto::STRING:
+      v = b.getStringAttr(a.s());
+      break;
+    case onnx::AttributeProto::INTS:
+      v = b.getI64ArrayAttr(SmallVector<int64_t>(a.ints().begin(), a.ints().end()));
+      break;
+    case onnx::AttributeProto::FLOATS:
+      v = b.getF32ArrayAttr(SmallVector<float>(a.floats().begin(), a.floats().end()));
+      break;
+    case onnx::AttributeProto::TENSOR: {
+      std::string error;
+      auto attr = tensorAttr(a.t(), /*allowResource=*/false, error);
+      if (failed(attr))
+        return fail("attribute '" + a.name() + "': " + error);
+      v = *attr;
+      break;
+    }
+    default:
+      return fail("attribute '" + a.name() + "' has a kind moec does not support (" +
+                  onnx::AttributeProto_AttributeType_Name(a.type()) + ")");
+    }
+    out.push_back(b.getNamedAttr(a.name(), v));
+  }
+  return success();
+}
+
+LogicalResult GraphImporter::importInitializer(const onnx::TensorProto &t, std::string &error) {
+  auto attr = tensorAttr(t, /*allowResource=*/true, error);
+  if (failed(attr))
+    return failure();
+  values[t.name()] =
+      b.create<moec::onnxir::ConstantOp>(NameLoc::get(b.getStringAttr(t.name())), *attr);
+  return success();
+}
+
+LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
+  current = &n;
+  llvm::StringRef domain = n.domain() == "ai.onnx" ? "" : llvm::StringRef(n.domain());
+  currentOpset = model->opsetVersion(domain);
+  currentLoc = NameLoc::get(b.getStringAttr(n.name().empty() ? n.op_type() : n.name()),
+                            FileLineColLoc::get(b.getStringAttr(model->path()), nodeIndex + 1, 0));
+  for (int i = 0; i < n.input_size(); ++i)
+    if (!n.input(i).empty() && !values.count(n.input(i)))
+      return fail("input '" + n.input(i) + "' is not produced by any earlier node, initializer or graph input");
+
+  const OpTableEntry *best = nullptr;
+  int oldestSince = 0;
+  for (const OpTableEntry &e : opTable()) {
+    if (e.domain != domain || e.op != n.op_type())
+      continue;
+    if (!oldestSince || e.sinceVersion < oldestSince)
+      oldestSince = e.sinceVersion;
+    if (e.sinceVersion <= currentOpset && (!best || e.sinceVersion > best->sinceVersion))
+      best = &e;
+  }
+  if (!best) {
+    if (oldestSince)
+      return fail("supported from opset " + std::to_string(oldestSince) +
+                  " only; see docs/onnx-support.md for the supported ops");
+    return fail("unsupported op; see docs/onnx-support.md (or `moec import --list-ops`) for the supported ops");
+  }
+  if (failed(best->build(*this)))
+    return failure();
+  for (int i = 0; i < n.output_size(); ++i)
+    if (!n.output(i).empty() && !values.count(n.output(i)))
+      return fail("output '" + n.output(i) + "' is not supported by moec's importer");
+  return success();
+}
+
+OwningOpRef<ModuleOp> GraphImporter::run(std::string &error) {
+  const onnx::GraphProto &g = model->proto().graph();
+  auto module = ModuleOp::create(FileLineColLoc::get(b.getStringAttr(model->path()), 0, 0));
+  b.setInsertionPointToEnd(module.getBody());
+
+  llvm::StringSet<> initializerNames;
+  for (const auto &t : g.initializer())
+    initializerNames.insert(t.name());
+  SmallVector<Type> argTypes;
+  SmallVector<const onnx::ValueInfoProto *> args;
+  for (const auto &in : g.input()) {
+    if (initializerNames.contains(in.name()))
+      continue; // an initializer listed as input (IR < 4 style): a constant, not an argument
+    Type t = typeFromProto(in.has_type() ? &in.type() : nullptr, nullptr);
+    if (!t || !isa<TensorType>(t)) {
+      error = model->path().str() + ": graph input '" + in.name() + "' is not a tensor of a supported type";
+      return nullptr;
+    }
+    argTypes.push_back(t);
+    args.push_back(&in);
+  }
+
+  auto func = b.create<func::FuncOp>(module.getLoc(), sanitize(g.name(), "main"),
+                                     b.getFunctionType(argTypes, {}));
+  Block *entry = func.addEntryBlock();
+  b.setInsertionPointToStart(entry);
+  for (auto [i, in] : llvm::enumerate(args)) {
+    values[in->name()] = entry->getArgument(i);
+    SmallVector<Attribute> dimNames;
+    bool anyNamed = false;
+    for (const auto &d : in->type().tensor_type().shape().dim()) {
+      dimNames.push_back(b.getStringAttr(d.has_dim_param() ? d.dim_param() : ""));
+      anyNamed |= d.has_dim_param();
+    }
+    func.setArgAttr(i, "onnx.name", b.getStringAttr(in->name()));
+    if (anyNamed)
+      func.setArgAttr(i, "onnx.dim_params", b.getArrayAttr(dimNames));
+  }
+
+  for (const auto &t : g.initializer())
+    if (failed(importInitializer(t, error)))
+      return nullptr;
+  for (const auto &n : g.node()) {
+    if (failed(importNode(n))) {
+      error = firstError;
+      return nullptr;
+    }
+    ++nodeIndex;
+  }
+
+  SmallVector<Value> results;
+  SmallVector<Type> resultTypes;
+  for (const auto &out : g.output()) {
+    Value v = values.lookup(out.name());
+    if (!v) {
+      error = model->path().str() + ": graph output '" + out.name() + "' is not produced by the graph";
+      return nullptr;
+    }
+    results.push_back(v);
+    resultTypes.push_back(v.getType());
+  }
+  b.create<func::ReturnOp>(func.getLoc(), results);
+  func.setFunctionType(b.getFunctionType(argTypes, resultTypes));
+  for (auto [i, out] : llvm::enumerate(g.output()))
+    func.setResultAttr(i, "onnx.name", b.getStringAttr(out.name()));
+
+  // Builders are expected to produce valid IR; verify so that a gap shows up as an error, not a crash later.
+  std::string diag;
+  {
+    ScopedDiagnosticHandler handler(&ctx, [&](Diagnostic &d) {
+      if (diag.empty()) {
+        llvm::raw_string_ostream os(diag);
+        os << d.getLocation() << ": " << d.str();
+      }
+      return success();
+    });
+    if (failed(verify(module))) {
+      error = model->path().str() + ": imported IR does not verify: " + diag;
+      return nullptr;
+    }
+  }
+  return OwningOpRef<ModuleOp>(module);
+}
+
+} // namespace
+
+std::optional<SmallVector<int64_t>> NodeImporter::constantInts(unsigned i) const {
+  auto c = constantInput(i);
+  if (!c || !c->getElementType().isIntOrIndex())
+    return std::nullopt;
+  SmallVector<int64_t> out;
+  for (const APInt &v : c->getValues<APInt>())
+    out.push_back(v.getSExtValue());
+  return out;
+}
+
+Value NodeImporter::constant(ElementsAttr value) {
+  return builder().create<moec::onnxir::ConstantOp>(loc(), value);
+}
+
+Value NodeImporter::constantI64(ArrayRef<int64_t> values) {
+  auto type = RankedTensorType::get({static_cast<int64_t>(values.size())}, builder().getI64Type());
+  return constant(DenseElementsAttr::get(type, values));
+}
+
+void moec::frontend::registerImportDialects(DialectRegistry &registry) {
+  registry.insert<func::FuncDialect, moec::onnxir::ONNXDialect, moec::moe::MoEDialect>();
+}
+
+OwningOpRef<ModuleOp> moec::frontend::importOnnxModel(llvm::StringRef path, MLIRContext &context,
+                                                      const ImportOptions &options, std::string &error,
+                                                      std::vector<std::string> *warnings) {
+  DialectRegistry registry;
+  registerImportDialects(registry);
+  context.appendDialectRegistry(registry);
+  context.loadAllAvailableDialects();
+
+  std::shared_ptr<OnnxModel> model = OnnxModel::load(path, options.load, error);
+  if (!model)
+    return nullptr;
+  if (warnings)
+    *warnings = model->warnings();
+  GraphImporter importer(model, context, options);
+  return importer.run(error);
+}
+
+std::vector<SupportedOp> moec::frontend::supportedOps() {
+  std::vector<SupportedOp> out;
+  for (const OpTableEntry &e : opTable())
+    out.push_back({e.domain, e.op, e.sinceVersion});
+  return out;
+}

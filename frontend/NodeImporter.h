@@ -1,0 +1,80 @@
+//===- NodeImporter.h - what an op-table builder sees -----------*- C++ -*-===//
+//
+// Internal to frontend/: the interface between the graph walk (Importer.cpp) and the per-op builders in
+// the op table (OpTable.cpp).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOEC_FRONTEND_NODEIMPORTER_H
+#define MOEC_FRONTEND_NODEIMPORTER_H
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/Value.h"
+
+#include <optional>
+#include <string>
+
+namespace onnx {
+class NodeProto;
+class AttributeProto;
+} // namespace onnx
+
+namespace moec::frontend {
+
+class NodeImporter {
+public:
+  virtual ~NodeImporter() = default;
+
+  virtual const onnx::NodeProto &node() const = 0;
+  /// Opset version of the node's domain in this model.
+  virtual int64_t opset() const = 0;
+  virtual mlir::OpBuilder &builder() = 0;
+  virtual mlir::Location loc() const = 0;
+
+  /// Number of inputs as written (trailing optional inputs may be absent).
+  virtual unsigned numInputs() const = 0;
+  /// Input `i`, or null when absent or given as "" (an omitted optional input).
+  virtual mlir::Value input(unsigned i) const = 0;
+  /// Input `i`'s value when it is a compile-time constant (initializer or Constant node) held inline.
+  virtual std::optional<mlir::DenseElementsAttr> constantInput(unsigned i) const = 0;
+  /// Integer values of a constant input (e.g. `axes`), or nullopt when not a constant integer tensor.
+  std::optional<llvm::SmallVector<int64_t>> constantInts(unsigned i) const;
+
+  virtual const onnx::AttributeProto *attribute(llvm::StringRef name) const = 0;
+  /// The node's attributes converted to MLIR attributes under their ONNX names; fails with an error
+  /// for attribute kinds moec cannot represent.
+  virtual mlir::LogicalResult convertAttributes(llvm::SmallVectorImpl<mlir::NamedAttribute> &out) = 0;
+
+  /// Type of output `i` as inferred by libonnx or declared in the model; `fallbackElement` (or the first
+  /// input's element type when null) builds an unranked type when neither knows it.
+  virtual mlir::Type outputType(unsigned i, mlir::Type fallbackElement = nullptr) const = 0;
+  virtual unsigned numOutputs() const = 0;
+  /// Binds the node's outputs (in order) to `values`.
+  virtual void setOutputs(mlir::ValueRange values) = 0;
+
+  /// Records an error about this node; the message is completed with the node's name, op and opset.
+  virtual mlir::LogicalResult fail(const llvm::Twine &message) = 0;
+
+  /// ONNX TensorProto data type -> MLIR element type (null if unsupported).
+  virtual mlir::Type elementType(int onnxDataType) const = 0;
+  /// A constant tensor op holding `value`.
+  mlir::Value constant(mlir::ElementsAttr value);
+  /// A constant 1-D i64 tensor.
+  mlir::Value constantI64(llvm::ArrayRef<int64_t> values);
+};
+
+using OpBuilderFn = mlir::LogicalResult (*)(NodeImporter &);
+
+struct OpTableEntry {
+  llvm::StringRef domain; // "" for the default ONNX domain
+  llvm::StringRef op;
+  int sinceVersion;
+  OpBuilderFn build;
+};
+
+/// The importer's op table: every supported (domain, op, since-version).
+llvm::ArrayRef<OpTableEntry> opTable();
+
+} // namespace moec::frontend
+
+#endif // MOEC_FRONTEND_NODEIMPORTER_H

@@ -1,0 +1,300 @@
+//===- OnnxModel.cpp - load, check and shape-infer ONNX models with libonnx -===//
+//
+// Compiled with exceptions: libonnx reports checker and inference failures by throwing.
+//
+//===----------------------------------------------------------------------===//
+#include "frontend/OnnxModel.h"
+
+#include "onnx/checker.h"
+#include "onnx/defs/parser.h"
+#include "onnx/defs/schema.h"
+#include "onnx/onnx_pb.h"
+#include "onnx/shape_inference/implementation.h"
+
+#include "llvm/ADT/SmallString.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
+
+#include <cstring>
+#include <exception>
+
+using namespace moec::frontend;
+
+namespace {
+constexpr int kCheckerIrVersion = onnx::Version::IR_VERSION;
+
+int64_t knownOpsetMax(const std::string &domain) {
+  const auto &map = onnx::OpSchemaRegistry::DomainToVersionRange::Instance().Map();
+  auto it = map.find(domain);
+  return it == map.end() ? 0 : it->second.second;
+}
+
+std::string firstLine(const std::string &s) {
+  std::string line = s.substr(0, s.find('\n'));
+  while (!line.empty() && (line.back() == ' ' || line.back() == '\r'))
+    line.pop_back();
+  return line;
+}
+} // namespace
+
+size_t moec::frontend::onnxElementSize(int dataType) {
+  switch (dataType) {
+  case onnx::TensorProto::FLOAT:
+  case onnx::TensorProto::INT32:
+  case onnx::TensorProto::UINT32:
+    return 4;
+  case onnx::TensorProto::UINT8:
+  case onnx::TensorProto::INT8:
+  case onnx::TensorProto::BOOL:
+    return 1;
+  case onnx::TensorProto::UINT16:
+  case onnx::TensorProto::INT16:
+  case onnx::TensorProto::FLOAT16:
+  case onnx::TensorProto::BFLOAT16:
+    return 2;
+  case onnx::TensorProto::INT64:
+  case onnx::TensorProto::UINT64:
+  case onnx::TensorProto::DOUBLE:
+    return 8;
+  default:
+    return 0;
+  }
+}
+
+llvm::StringRef moec::frontend::onnxDataTypeName(int dataType) {
+  if (onnx::TensorProto_DataType_IsValid(dataType))
+    return onnx::TensorProto_DataType_Name(static_cast<onnx::TensorProto_DataType>(dataType));
+  return "UNKNOWN";
+}
+
+OnnxModel::OnnxModel() : model(std::make_unique<onnx::ModelProto>()) {}
+OnnxModel::~OnnxModel() = default;
+
+std::unique_ptr<OnnxModel> OnnxModel::load(llvm::StringRef path, const LoadOptions &options,
+                                           std::string &error) {
+  std::unique_ptr<OnnxModel> m(new OnnxModel());
+  m->modelPath = path.str();
+  m->modelDir = llvm::sys::path::parent_path(path).str();
+  auto fail = [&](const std::string &what) {
+    error = path.str() + ": " + what;
+    return nullptr;
+  };
+
+  auto buffer = llvm::MemoryBuffer::getFile(path, /*IsText=*/false, /*RequiresNullTerminator=*/false);
+  if (!buffer)
+    return fail("cannot read model file: " + buffer.getError().message());
+  llvm::StringRef bytes = (*buffer)->getBuffer();
+  if (bytes.empty())
+    return fail("model file is empty");
+
+  bool text = path.ends_with(".onnxtxt") || path.ends_with(".onnx.txt");
+  try {
+    if (text) {
+      std::string source = bytes.str();
+      auto status = onnx::OnnxParser::Parse(*m->model, source.c_str());
+      if (!status.IsOK())
+        return fail("cannot parse ONNX text: " + firstLine(status.ErrorMessage()));
+    } else {
+      if (bytes.size() > static_cast<size_t>(INT32_MAX))
+        return fail("model file is over 2 GiB; store the weights as external data (ONNX's limit for one "
+                    "protobuf)");
+      if (!m->model->ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
+        return fail("not a valid ONNX model: protobuf parsing failed (truncated or not an ONNX file?)");
+    }
+  } catch (const std::exception &e) {
+    return fail(std::string("cannot parse model: ") + firstLine(e.what()));
+  }
+  buffer->reset(); // the proto owns copies of what it needs; drop the mapping of the model file
+
+  const onnx::ModelProto &proto = *m->model;
+  if (!proto.has_graph())
+    return fail("not a valid ONNX model: it has no graph (truncated or not an ONNX file?)");
+  if (proto.ir_version() <= 0)
+    return fail("not a valid ONNX model: ir_version is missing");
+  if (proto.opset_import_size() == 0)
+    return fail("not a valid ONNX model: it imports no opset");
+
+  int64_t defaultOpset = m->opsetVersion("");
+  int64_t knownMax = knownOpsetMax("");
+  bool newerOpset = defaultOpset > knownMax;
+  if (newerOpset)
+    m->notes.push_back("model uses opset " + std::to_string(defaultOpset) + " but libonnx knows ops up to opset " +
+                       std::to_string(knownMax) +
+                       ": its checker and shape inference were skipped (moec's importer still checks each node)");
+  else if (proto.ir_version() > kCheckerIrVersion)
+    m->notes.push_back("model IR version " + std::to_string(proto.ir_version()) + " is newer than libonnx's (" +
+                       std::to_string(kCheckerIrVersion) + "); checked as IR version " +
+                       std::to_string(kCheckerIrVersion));
+
+  try {
+    if (options.runChecker && !newerOpset) {
+      onnx::checker::CheckerContext ctx;
+      ctx.set_ir_version(static_cast<int>(std::min<int64_t>(proto.ir_version(), kCheckerIrVersion)));
+      std::unordered_map<std::string, int> opsets;
+      for (const auto &imp : proto.opset_import())
+        opsets[imp.domain()] = static_cast<int>(imp.version());
+      ctx.set_opset_imports(opsets);
+      ctx.set_model_dir(m->modelDir.empty() ? "." : m->modelDir);
+      onnx::checker::LexicalScopeContext lex;
+      onnx::checker::check_graph(proto.graph(), ctx, lex);
+    }
+  } catch (const std::exception &e) {
+    return fail("ONNX checker: " + firstLine(e.what()));
+  }
+  try {
+    if (options.runShapeInference && !newerOpset) {
+      onnx::ShapeInferenceOptions inferOptions(/*check_type=*/false, /*strict_mode=*/0, /*data_prop=*/true);
+      onnx::shape_inference::InferShapes(*m->model, onnx::OpSchemaRegistry::Instance(), inferOptions);
+    }
+  } catch (const std::exception &e) {
+    return fail("ONNX shape inference: " + firstLine(e.what()));
+  }
+
+  const onnx::GraphProto &g = m->model->graph();
+  for (const auto &vi : g.value_info())
+    if (vi.has_type())
+      m->types[vi.name()] = &vi.type();
+  for (const auto &vi : g.input())
+    if (vi.has_type())
+      m->types[vi.name()] = &vi.type();
+  for (const auto &vi : g.output())
+    if (vi.has_type())
+      m->types[vi.name()] = &vi.type();
+  return m;
+}
+
+int64_t OnnxModel::opsetVersion(llvm::StringRef domain) const {
+  for (const auto &imp : model->opset_import()) {
+    llvm::StringRef d = imp.domain();
+    bool isDefault = d.empty() || d == "ai.onnx";
+    if ((domain.empty() || domain == "ai.onnx") ? isDefault : d == domain)
+      return imp.version();
+  }
+  return 0;
+}
+
+const onnx::TypeProto *OnnxModel::valueType(llvm::StringRef name) const {
+  auto it = types.find(name);
+  return it == types.end() ? nullptr : it->second;
+}
+
+bool OnnxModel::tensorBytes(const onnx::TensorProto &t, TensorBytes &out, std::string &error) {
+  const std::string name = t.name().empty() ? std::string("<unnamed>") : t.name();
+  auto fail = [&](const std::string &what) {
+    error = modelPath + ": tensor '" + name + "': " + what;
+    return false;
+  };
+  size_t elemSize = onnxElementSize(t.data_type());
+  if (elemSize == 0)
+    return fail("data type " + onnxDataTypeName(t.data_type()).str() + " is not supported");
+  uint64_t count = 1;
+  for (int64_t d : t.dims()) {
+    if (d < 0)
+      return fail("negative dimension " + std::to_string(d));
+    if (d != 0 && count > UINT64_MAX / static_cast<uint64_t>(d))
+      return fail("element count overflows");
+    count *= static_cast<uint64_t>(d);
+  }
+  if (count > UINT64_MAX / elemSize)
+    return fail("byte size overflows");
+  uint64_t expected = count * elemSize;
+
+  if (t.data_location() == onnx::TensorProto::EXTERNAL) {
+    std::string location;
+    uint64_t offset = 0, length = expected;
+    bool haveLength = false;
+    for (const auto &kv : t.external_data()) {
+      const std::string &v = kv.value();
+      if (kv.key() == "location") {
+        location = v;
+      } else if (kv.key() == "offset" || kv.key() == "length") {
+        char *end = nullptr;
+        unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+        if (v.empty() || *end != '\0')
+          return fail("external data " + kv.key() + " '" + v + "' is not a number");
+        (kv.key() == "offset" ? offset : length) = n;
+        haveLength |= kv.key() == "length";
+      }
+    }
+    if (location.empty())
+      return fail("external data has no 'location'");
+    if (llvm::sys::path::is_absolute(location) || llvm::StringRef(location).contains(".."))
+      return fail("external data location '" + location + "' must be a path inside the model's folder");
+    if (haveLength && length != expected)
+      return fail("external data length " + std::to_string(length) + " does not match its shape and type (" +
+                  std::to_string(expected) + " bytes)");
+    llvm::SmallString<256> file(modelDir);
+    llvm::sys::path::append(file, location);
+    auto it = externalFiles.find(file);
+    if (it == externalFiles.end()) {
+      auto mapped = llvm::MemoryBuffer::getFile(file, /*IsText=*/false, /*RequiresNullTerminator=*/false);
+      if (!mapped)
+        return fail("cannot read external data file '" + file.str().str() + "': " + mapped.getError().message());
+      it = externalFiles.try_emplace(file, std::move(*mapped)).first;
+    }
+    llvm::StringRef whole = it->second->getBuffer();
+    if (offset > whole.size() || expected > whole.size() - offset)
+      return fail("external data [" + std::to_string(offset) + ", " + std::to_string(offset + expected) +
+                  ") lies outside '" + file.str().str() + "' (" + std::to_string(whole.size()) +
+                  " bytes; truncated?)");
+    out.data = llvm::ArrayRef<char>(whole.data() + offset, expected);
+    out.external = true;
+    return true;
+  }
+
+  out.external = false;
+  if (t.has_raw_data()) {
+    if (t.raw_data().size() != expected)
+      return fail("raw_data has " + std::to_string(t.raw_data().size()) + " bytes, its shape and type need " +
+                  std::to_string(expected));
+    out.data = llvm::ArrayRef<char>(t.raw_data().data(), expected);
+    return true;
+  }
+
+  // Typed fields. Those stored at their own width are referenced; narrower types packed into int32_data
+  // are converted once and kept alive with the model.
+  auto reference = [&](const void *p, size_t n, size_t width) {
+    if (n * width != expected)
+      return fail("holds " + std::to_string(n) + " values, its shape needs " + std::to_string(count));
+    out.data = llvm::ArrayRef<char>(static_cast<const char *>(p), expected);
+    return true;
+  };
+  switch (t.data_type()) {
+  case onnx::TensorProto::FLOAT:
+    return reference(t.float_data().data(), t.float_data_size(), 4);
+  case onnx::TensorProto::DOUBLE:
+    return reference(t.double_data().data(), t.double_data_size(), 8);
+  case onnx::TensorProto::INT64:
+    return reference(t.int64_data().data(), t.int64_data_size(), 8);
+  case onnx::TensorProto::UINT64:
+    return reference(t.uint64_data().data(), t.uint64_data_size(), 8);
+  case onnx::TensorProto::INT32:
+    return reference(t.int32_data().data(), t.int32_data_size(), 4);
+  case onnx::TensorProto::UINT32: {
+    if (static_cast<uint64_t>(t.uint64_data_size()) != count)
+      return fail("holds " + std::to_string(t.uint64_data_size()) + " values, its shape needs " +
+                  std::to_string(count));
+    auto buf = std::make_unique<std::vector<char>>(expected);
+    for (uint64_t i = 0; i < count; ++i) {
+      uint32_t v = static_cast<uint32_t>(t.uint64_data(static_cast<int>(i)));
+      std::memcpy(buf->data() + i * 4, &v, 4);
+    }
+    out.data = llvm::ArrayRef<char>(buf->data(), expected);
+    converted.push_back(std::move(buf));
+    return true;
+  }
+  default: { // INT8, UINT8, BOOL, INT16, UINT16, FLOAT16, BFLOAT16: one value per int32_data entry
+    if (static_cast<uint64_t>(t.int32_data_size()) != count)
+      return fail("holds " + std::to_string(t.int32_data_size()) + " values, its shape needs " +
+                  std::to_string(count));
+    auto buf = std::make_unique<std::vector<char>>(expected);
+    for (uint64_t i = 0; i < count; ++i) {
+      uint32_t v = static_cast<uint32_t>(t.int32_data(static_cast<int>(i)));
+      std::memcpy(buf->data() + i * elemSize, &v, elemSize); // little-endian: low bytes first
+    }
+    out.data = llvm::ArrayRef<char>(buf->data(), expected);
+    converted.push_back(std::move(buf));
+    return true;
+  }
+  }
+}

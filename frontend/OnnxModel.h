@@ -1,0 +1,79 @@
+//===- OnnxModel.h - an ONNX model loaded, checked and shape-inferred -*- C++ -*-===//
+//
+// The only part of moec that talks to libonnx (compiled with exceptions, which libonnx throws; everything
+// it throws is turned into an error string here). Loads binary (.onnx) or textual (.onnxtxt, ONNX's own
+// text syntax) models, maps external data files instead of reading them, runs libonnx's checker and shape
+// inference, and hands out tensor bytes without copying.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOEC_FRONTEND_ONNXMODEL_H
+#define MOEC_FRONTEND_ONNXMODEL_H
+
+#include "llvm/ADT/ArrayRef.h"
+#include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/StringRef.h"
+#include "llvm/Support/MemoryBuffer.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace onnx {
+class ModelProto;
+class TensorProto;
+class TypeProto;
+} // namespace onnx
+
+namespace moec::frontend {
+
+struct LoadOptions {
+  bool runChecker = true;
+  bool runShapeInference = true;
+};
+
+/// Bytes of a tensor's data in little-endian storage order, pointing into the model or a mapped file.
+struct TensorBytes {
+  llvm::ArrayRef<char> data;
+  /// True when `data` points into a mapped external-data file (no copy was made).
+  bool external = false;
+};
+
+class OnnxModel {
+public:
+  ~OnnxModel();
+
+  /// Loads `path`. On failure returns null and sets `error` to one line naming the file and the problem.
+  static std::unique_ptr<OnnxModel> load(llvm::StringRef path, const LoadOptions &options, std::string &error);
+
+  const onnx::ModelProto &proto() const { return *model; }
+  llvm::StringRef path() const { return modelPath; }
+  /// Opset version imported for `domain` ("" and "ai.onnx" are the default domain); 0 if not imported.
+  int64_t opsetVersion(llvm::StringRef domain) const;
+  /// Inferred or declared type of a value, or null if neither libonnx nor the model knows it.
+  const onnx::TypeProto *valueType(llvm::StringRef name) const;
+  /// Notes for the user that are not errors (e.g. a model newer than the checker).
+  const std::vector<std::string> &warnings() const { return notes; }
+
+  /// Raw bytes of `tensor` (raw_data, typed fields or external data). Returns false and sets `error` when
+  /// the data is missing, out of bounds or inconsistent with the tensor's shape.
+  bool tensorBytes(const onnx::TensorProto &tensor, TensorBytes &out, std::string &error);
+
+private:
+  OnnxModel();
+  std::unique_ptr<onnx::ModelProto> model;
+  std::string modelPath, modelDir;
+  llvm::StringMap<const onnx::TypeProto *> types;
+  llvm::StringMap<std::unique_ptr<llvm::MemoryBuffer>> externalFiles;
+  /// Storage for tensors whose data is not laid out as raw bytes in the proto (e.g. f16 in int32_data).
+  std::vector<std::unique_ptr<std::vector<char>>> converted;
+  std::vector<std::string> notes;
+};
+
+/// Number of bytes one element of ONNX data type `dataType` takes in raw_data (0 if unsupported).
+size_t onnxElementSize(int dataType);
+/// Name of an ONNX TensorProto data type ("FLOAT", "INT64", ...).
+llvm::StringRef onnxDataTypeName(int dataType);
+
+} // namespace moec::frontend
+
+#endif // MOEC_FRONTEND_ONNXMODEL_H

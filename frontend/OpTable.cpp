@@ -1,0 +1,391 @@
+//===- OpTable.cpp - (domain, op, since-version) -> builder ----------------===//
+//
+// The importer's op table. Adding an op: one row in `kTable` (most ops use `generic<OpTy>`), one op in
+// ir/ONNXOps.td if it is new, and one lit test in frontend/test/. Rows for an op at several since-versions
+// normalise older opsets into the form ir/ONNXOps.td documents (newest semantics).
+//
+//===----------------------------------------------------------------------===//
+#include "frontend/NodeImporter.h"
+#include "frontend/OnnxModel.h"
+#include "ir/ONNXOps.h"
+
+#include "onnx/onnx_pb.h"
+
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/Verifier.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+using namespace moec::frontend;
+namespace ox = moec::onnxir;
+
+namespace {
+
+/// Element type of results when libonnx's shape inference did not give one.
+enum class Elem { SameAsInput0, Bool, I64, SameAsInput2 };
+
+Type fallbackElement(NodeImporter &ni, Elem rule) {
+  OpBuilder &b = ni.builder();
+  switch (rule) {
+  case Elem::Bool:
+    return b.getI1Type();
+  case Elem::I64:
+    return b.getI64Type();
+  case Elem::SameAsInput2:
+    return ni.input(2) ? cast<ShapedType>(ni.input(2).getType()).getElementType() : Type();
+  case Elem::SameAsInput0:
+    return nullptr; // outputType's own default
+  }
+  return nullptr;
+}
+
+/// Creates `OpTy` with `operands` and `attrs`, verifies it (so a bad attribute is reported at its node)
+/// and binds the node's outputs.
+template <typename OpTy>
+LogicalResult finish(NodeImporter &ni, ValueRange operands, ArrayRef<NamedAttribute> attrs,
+                     ArrayRef<Type> resultTypes) {
+  OperationState state(ni.loc(), OpTy::getOperationName());
+  state.addOperands(operands);
+  state.addTypes(resultTypes);
+  state.addAttributes(attrs);
+  Operation *op = ni.builder().create(state);
+  // An inherent attribute of the wrong kind is dropped by OperationState instead of failing; catch that.
+  for (NamedAttribute a : attrs) {
+    if (op->getAttr(a.getName()) == a.getValue())
+      continue;
+    std::string shown;
+    llvm::raw_string_ostream os(shown);
+    os << a.getValue();
+    op->erase();
+    return ni.fail("attribute '" + a.getName().getValue() + "' has an unsupported kind or value (" + shown + ")");
+  }
+  std::string diag;
+  {
+    ScopedDiagnosticHandler handler(op->getContext(), [&](Diagnostic &d) {
+      if (diag.empty())
+        diag = d.str();
+      return success();
+    });
+    if (failed(verify(op))) {
+      op->erase();
+      return ni.fail(diag);
+    }
+  }
+  ni.setOutputs(op->getResults());
+  return success();
+}
+
+/// Converts the node's attributes, rejecting those `OpTy` does not declare and those in `dropped`.
+template <typename OpTy>
+LogicalResult declaredAttributes(NodeImporter &ni, SmallVectorImpl<NamedAttribute> &attrs,
+                                 ArrayRef<StringRef> dropped = {}) {
+  SmallVector<NamedAttribute> all;
+  if (failed(ni.convertAttributes(all)))
+    return failure();
+  for (NamedAttribute a : all) {
+    if (llvm::is_contained(dropped, a.getName().getValue()))
+      continue;
+    if (!llvm::is_contained(OpTy::getAttributeNames(), a.getName().getValue()))
+      return ni.fail("attribute '" + a.getName().getValue() + "' is not supported");
+    attrs.push_back(a);
+  }
+  return success();
+}
+
+SmallVector<Type> resultTypes(NodeImporter &ni, int count, Elem rule = Elem::SameAsInput0,
+                              ArrayRef<Elem> perResult = {}) {
+  SmallVector<Type> types;
+  for (int i = 0; i < count; ++i)
+    types.push_back(ni.outputType(i, fallbackElement(ni, i < (int)perResult.size() ? perResult[i] : rule)));
+  return types;
+}
+
+LogicalResult collectInputs(NodeImporter &ni, SmallVectorImpl<Value> &operands, unsigned maxInputs = ~0u) {
+  unsigned n = std::min(ni.numInputs(), maxInputs);
+  // Drop omitted trailing optional inputs; an omitted input before a present one is not representable.
+  while (n > 0 && !ni.input(n - 1))
+    --n;
+  for (unsigned i = 0; i < n; ++i) {
+    if (!ni.input(i))
+      return ni.fail("input " + std::to_string(i) + " is omitted but later inputs are given");
+    operands.push_back(ni.input(i));
+  }
+  return success();
+}
+
+/// One MLIR op per ONNX node: inputs in order, attributes under their names, `Results` results
+/// (-1: as many as the node has).
+template <typename OpTy, int Results = 1, Elem Rule = Elem::SameAsInput0>
+LogicalResult generic(NodeImporter &ni) {
+  SmallVector<Value> operands;
+  SmallVector<NamedAttribute> attrs;
+  if (failed(collectInputs(ni, operands)) || failed(declaredAttributes<OpTy>(ni, attrs)))
+    return failure();
+  int count = Results < 0 ? static_cast<int>(ni.numOutputs()) : Results;
+  return finish<OpTy>(ni, operands, attrs, resultTypes(ni, count, Rule));
+}
+
+/// Rank of `v` when known.
+std::optional<int64_t> rankOf(Value v) {
+  if (auto t = dyn_cast<RankedTensorType>(v.getType()))
+    return t.getRank();
+  return std::nullopt;
+}
+
+/// Softmax/LogSoftmax before opset 13 flatten to 2-D at `axis` (default 1); that equals the opset-13 form
+/// exactly when `axis` is the last dim.
+template <typename OpTy> LogicalResult softmaxV1(NodeImporter &ni) {
+  int64_t axis = 1;
+  if (auto *a = ni.attribute("axis"))
+    axis = a->i();
+  auto rank = rankOf(ni.input(0));
+  if (!rank)
+    return ni.fail("needs a known input rank before opset 13");
+  if (axis < 0)
+    axis += *rank;
+  if (axis != *rank - 1)
+    return ni.fail("axis " + std::to_string(axis) + " of rank " + std::to_string(*rank) +
+                   " flattens the input before opset 13, which moec does not support; re-export with opset >= 13");
+  return finish<OpTy>(ni, {ni.input(0)}, {ni.builder().getNamedAttr("axis", ni.builder().getI64IntegerAttr(-1))},
+                      resultTypes(ni, 1));
+}
+
+/// Ops whose `axes` moved from an attribute to an optional input: a constant input becomes the attribute.
+template <typename OpTy, bool AxesRequired = false> LogicalResult axesFromInput(NodeImporter &ni) {
+  SmallVector<NamedAttribute> attrs;
+  if (failed(declaredAttributes<OpTy>(ni, attrs)))
+    return failure();
+  if (ni.input(1)) {
+    auto axes = ni.constantInts(1);
+    if (!axes)
+      return ni.fail("input 'axes' must be a constant");
+    attrs.push_back(ni.builder().getNamedAttr("axes", ni.builder().getI64ArrayAttr(*axes)));
+  } else if (AxesRequired) {
+    return ni.fail("input 'axes' is required");
+  }
+  return finish<OpTy>(ni, {ni.input(0)}, attrs, resultTypes(ni, 1));
+}
+
+LogicalResult topkV1(NodeImporter &ni) {
+  auto *k = ni.attribute("k");
+  if (!k)
+    return ni.fail("attribute 'k' is required");
+  Value kv = ni.constantI64({k->i()});
+  SmallVector<NamedAttribute> attrs;
+  if (failed(declaredAttributes<ox::TopKOp>(ni, attrs, {"k"})))
+    return failure();
+  return finish<ox::TopKOp>(ni, {ni.input(0), kv}, attrs, resultTypes(ni, 2, Elem::SameAsInput0, {Elem::SameAsInput0, Elem::I64}));
+}
+
+LogicalResult topk(NodeImporter &ni) {
+  SmallVector<Value> operands;
+  SmallVector<NamedAttribute> attrs;
+  if (failed(collectInputs(ni, operands)) || failed(declaredAttributes<ox::TopKOp>(ni, attrs)))
+    return failure();
+  return finish<ox::TopKOp>(ni, operands, attrs, resultTypes(ni, 2, Elem::SameAsInput0, {Elem::SameAsInput0, Elem::I64}));
+}
+
+LogicalResult castOp(NodeImporter &ni) {
+  auto *to = ni.attribute("to");
+  if (!to || to->type() != onnx::AttributeProto::INT)
+    return ni.fail("attribute 'to' (an integer data type) is required");
+  Type elem = ni.elementType(static_cast<int>(to->i()));
+  if (!elem)
+    return ni.fail("cast to data type " + onnxDataTypeName(static_cast<int>(to->i())).str() + " is not supported");
+  SmallVector<NamedAttribute> attrs;
+  if (failed(declaredAttributes<ox::CastOp>(ni, attrs, {"to"})))
+    return failure();
+  attrs.push_back(ni.builder().getNamedAttr("to", TypeAttr::get(elem)));
+  return finish<ox::CastOp>(ni, {ni.input(0)}, attrs, {ni.outputType(0, elem)});
+}
+
+LogicalResult constantNode(NodeImporter &ni) {
+  OpBuilder &b = ni.builder();
+  if (ni.node().attribute_size() != 1)
+    return ni.fail("expects exactly one value attribute");
+  const onnx::AttributeProto &a = ni.node().attribute(0);
+  ElementsAttr value;
+  if (a.name() == "value") {
+    SmallVector<NamedAttribute> converted;
+    if (failed(ni.convertAttributes(converted)))
+      return failure();
+    value = cast<ElementsAttr>(converted[0].getValue());
+  } else if (a.name() == "value_float") {
+    value = DenseElementsAttr::get(RankedTensorType::get({}, b.getF32Type()), a.f());
+  } else if (a.name() == "value_int") {
+    value = DenseElementsAttr::get(RankedTensorType::get({}, b.getI64Type()), static_cast<int64_t>(a.i()));
+  } else if (a.name() == "value_floats") {
+    SmallVector<float> v(a.floats().begin(), a.floats().end());
+    value = DenseElementsAttr::get(RankedTensorType::get({(int64_t)v.size()}, b.getF32Type()), ArrayRef(v));
+  } else if (a.name() == "value_ints") {
+    SmallVector<int64_t> v(a.ints().begin(), a.ints().end());
+    value = DenseElementsAttr::get(RankedTensorType::get({(int64_t)v.size()}, b.getI64Type()), ArrayRef(v));
+  } else {
+    return ni.fail("attribute '" + a.name() + "' is not supported");
+  }
+  ni.setOutputs(ni.constant(value));
+  return success();
+}
+
+LogicalResult constantOfShape(NodeImporter &ni) {
+  SmallVector<NamedAttribute> attrs;
+  if (failed(declaredAttributes<ox::ConstantOfShapeOp>(ni, attrs)))
+    return failure();
+  Type elem = ni.builder().getF32Type();
+  for (NamedAttribute a : attrs)
+    if (a.getName() == "value")
+      elem = cast<ElementsAttr>(a.getValue()).getElementType();
+  return finish<ox::ConstantOfShapeOp>(ni, {ni.input(0)}, attrs, {ni.outputType(0, elem)});
+}
+
+/// Split: explicit sizes in every opset (attribute before 13, input from 13, num_outputs from 18).
+LogicalResult split(NodeImporter &ni) {
+  OpBuilder &b = ni.builder();
+  int64_t axis = 0;
+  if (auto *a = ni.attribute("axis"))
+    axis = a->i();
+  int64_t outputs = ni.numOutputs();
+  SmallVector<int64_t> sizes;
+  if (auto *a = ni.attribute("split")) {
+    sizes.assign(a->ints().begin(), a->ints().end());
+  } else if (ni.input(1)) {
+    auto c = ni.constantInts(1);
+    if (!c)
+      return ni.fail("input 'split' must be a constant");
+    sizes = *c;
+  } else {
+    if (auto *a = ni.attribute("num_outputs"))
+      outputs = a->i();
+    auto t = dyn_cast<RankedTensorType>(ni.input(0).getType());
+    int64_t rank = t ? t.getRank() : 0;
+    int64_t ax = axis < 0 ? axis + rank : axis;
+    if (!t || ax < 0 || ax >= rank || t.isDynamicDim(ax))
+      return ni.fail("an even split needs a static size along axis " + std::to_string(axis));
+    int64_t dim = t.getDimSize(ax), chunk = (dim + outputs - 1) / outputs;
+    for (int64_t i = 0; i < outputs; ++i)
+      sizes.push_back(std::max<int64_t>(0, std::min(chunk, dim - i * chunk)));
+  }
+  if ((int64_t)sizes.size() != outputs)
+    return ni.fail("has " + std::to_string(outputs) + " outputs but " + std::to_string(sizes.size()) +
+                   " split sizes");
+  SmallVector<NamedAttribute> attrs = {b.getNamedAttr("axis", b.getI64IntegerAttr(axis)),
+                                       b.getNamedAttr("split", b.getI64ArrayAttr(sizes))};
+  return finish<ox::SplitOp>(ni, {ni.input(0)}, attrs, resultTypes(ni, outputs));
+}
+
+/// Slice: starts/ends/axes/steps as inputs (attributes before opset 10), with defaults materialised.
+LogicalResult slice(NodeImporter &ni) {
+  Value data = ni.input(0), starts, ends, axes, steps;
+  size_t n = 0;
+  if (ni.opset() < 10) {
+    auto ints = [&](const char *name) -> std::optional<SmallVector<int64_t>> {
+      if (auto *a = ni.attribute(name))
+        return SmallVector<int64_t>(a->ints().begin(), a->ints().end());
+      return std::nullopt;
+    };
+    auto s = ints("starts"), e = ints("ends"), a = ints("axes");
+    if (!s || !e)
+      return ni.fail("attributes 'starts' and 'ends' are required");
+    n = s->size();
+    starts = ni.constantI64(*s);
+    ends = ni.constantI64(*e);
+    if (a)
+      axes = ni.constantI64(*a);
+  } else {
+    starts = ni.input(1);
+    ends = ni.input(2);
+    axes = ni.input(3);
+    steps = ni.input(4);
+    auto st = dyn_cast<RankedTensorType>(starts.getType());
+    if ((!axes || !steps) && (!st || st.isDynamicDim(0)))
+      return ni.fail("omitted 'axes' or 'steps' need a static length of 'starts'");
+    n = st ? st.getDimSize(0) : 0;
+  }
+  if (!axes) {
+    SmallVector<int64_t> all;
+    for (size_t i = 0; i < n; ++i)
+      all.push_back(static_cast<int64_t>(i));
+    axes = ni.constantI64(all);
+  }
+  if (!steps)
+    steps = ni.constantI64(SmallVector<int64_t>(n, 1));
+  return finish<ox::SliceOp>(ni, {data, starts, ends, axes, steps}, {}, resultTypes(ni, 1));
+}
+
+LogicalResult layerNorm(NodeImporter &ni) {
+  for (unsigned i = 1; i < ni.numOutputs(); ++i)
+    if (!ni.node().output(i).empty())
+      return ni.fail("outputs Mean and InvStdDev are not supported (only Y)");
+  SmallVector<Value> operands;
+  SmallVector<NamedAttribute> attrs;
+  if (failed(collectInputs(ni, operands)) || failed(declaredAttributes<ox::LayerNormalizationOp>(ni, attrs)))
+    return failure();
+  return finish<ox::LayerNormalizationOp>(ni, operands, attrs, resultTypes(ni, 1));
+}
+
+#define UNARY(NAME, SINCE) {"", #NAME, SINCE, generic<ox::NAME##Op>}
+#define BINARY(NAME) {"", #NAME, 7, generic<ox::NAME##Op>}
+#define COMPARE(NAME, SINCE) {"", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::Bool>}
+
+const OpTableEntry kTable[] = {
+    // Elementwise (unary ops before opset 6 had `consumed_inputs`; binary ops before 7 legacy broadcast).
+    UNARY(Abs, 6), UNARY(Ceil, 6), UNARY(Cos, 7), UNARY(Erf, 9), UNARY(Exp, 6), UNARY(Floor, 6),
+    UNARY(Identity, 1), UNARY(Log, 6), UNARY(Neg, 6), UNARY(Reciprocal, 6), UNARY(Relu, 6), UNARY(Sigmoid, 6),
+    UNARY(Sin, 7), UNARY(Sqrt, 6), UNARY(Tanh, 6), COMPARE(Not, 1),
+    BINARY(Add), BINARY(Sub), BINARY(Mul), BINARY(Div), BINARY(Pow),
+    COMPARE(Equal, 7), COMPARE(Greater, 7), COMPARE(Less, 7), COMPARE(GreaterOrEqual, 12),
+    COMPARE(LessOrEqual, 12), COMPARE(And, 7), COMPARE(Or, 7),
+    {"", "Where", 9, generic<ox::WhereOp, 1, Elem::SameAsInput2>},
+    // Linear algebra.
+    {"", "MatMul", 1, generic<ox::MatMulOp>},
+    {"", "Gemm", 7, generic<ox::GemmOp>},
+    {"", "Einsum", 12, generic<ox::EinsumOp>},
+    // Normalisation and routing.
+    {"", "Softmax", 1, softmaxV1<ox::SoftmaxOp>},
+    {"", "Softmax", 13, generic<ox::SoftmaxOp>},
+    {"", "LogSoftmax", 1, softmaxV1<ox::LogSoftmaxOp>},
+    {"", "LogSoftmax", 13, generic<ox::LogSoftmaxOp>},
+    {"", "LayerNormalization", 17, layerNorm},
+    {"", "TopK", 1, topkV1},
+    {"", "TopK", 10, topk},
+    {"", "ArgMax", 1, generic<ox::ArgMaxOp, 1, Elem::I64>},
+    {"", "CumSum", 11, generic<ox::CumSumOp>},
+    // Reductions (axes: attribute, then input from 13 for ReduceSum and from 18 for the others).
+    {"", "ReduceSum", 1, generic<ox::ReduceSumOp>},
+    {"", "ReduceSum", 13, axesFromInput<ox::ReduceSumOp>},
+    {"", "ReduceMean", 1, generic<ox::ReduceMeanOp>},
+    {"", "ReduceMean", 18, axesFromInput<ox::ReduceMeanOp>},
+    {"", "ReduceMax", 1, generic<ox::ReduceMaxOp>},
+    {"", "ReduceMax", 18, axesFromInput<ox::ReduceMaxOp>},
+    // Indexing.
+    {"", "Gather", 1, generic<ox::GatherOp>},
+    {"", "GatherElements", 11, generic<ox::GatherElementsOp>},
+    {"", "ScatterElements", 11, generic<ox::ScatterElementsOp>},
+    {"", "ScatterND", 11, generic<ox::ScatterNDOp>},
+    {"", "OneHot", 9, generic<ox::OneHotOp, 1, Elem::SameAsInput2>},
+    {"", "Trilu", 14, generic<ox::TriluOp>},
+    // Shapes and data movement.
+    {"", "Cast", 6, castOp},
+    {"", "Reshape", 5, generic<ox::ReshapeOp>},
+    {"", "Transpose", 1, generic<ox::TransposeOp>},
+    {"", "Squeeze", 1, generic<ox::SqueezeOp>},
+    {"", "Squeeze", 13, axesFromInput<ox::SqueezeOp>},
+    {"", "Unsqueeze", 1, generic<ox::UnsqueezeOp>},
+    {"", "Unsqueeze", 13, axesFromInput<ox::UnsqueezeOp, /*AxesRequired=*/true>},
+    {"", "Concat", 4, generic<ox::ConcatOp>},
+    {"", "Split", 2, split},
+    {"", "Slice", 1, slice},
+    {"", "Expand", 8, generic<ox::ExpandOp>},
+    {"", "Shape", 1, generic<ox::ShapeOp, 1, Elem::I64>},
+    {"", "ConstantOfShape", 9, constantOfShape},
+    {"", "Range", 11, generic<ox::RangeOp>},
+    {"", "Constant", 1, constantNode},
+};
+
+#undef UNARY
+#undef BINARY
+#undef COMPARE
+
+} // namespace
+
+ArrayRef<OpTableEntry> moec::frontend::opTable() { return kTable; }

@@ -1,0 +1,227 @@
+//===- ONNXOps.td - the onnx graph dialect -----------------*- tablegen -*-===//
+//
+// moec's graph IR for standard ONNX ops: one op per ONNX operator, named exactly like it (`onnx.MatMul`),
+// with the semantics of the newest opset the importer knows. The importer normalises older opsets into
+// this form (e.g. `axes` inputs that are constants become the `axes` attribute, optional inputs with
+// defaults are materialised), so passes match one spelling per operator.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_IR_ONNXOPS_TD
+#define MOEC_IR_ONNXOPS_TD
+
+include "mlir/IR/OpBase.td"
+include "mlir/IR/AttrTypeBase.td"
+include "mlir/IR/BuiltinAttributes.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+
+def ONNX_Dialect : Dialect {
+  let name = "onnx";
+  let cppNamespace = "::moec::onnxir";
+  let summary = "ONNX operators as imported by moec";
+  let description = [{
+    Standard ONNX operators in moec's graph IR. Each op carries its ONNX attributes under their ONNX names;
+    tensor constants (initializers, `Constant` nodes) are `arith.constant`s, large ones backed by the
+    mapped model file (`dense_resource`). The importer's op table (`frontend/OpTable.cpp`) lists which
+    (domain, op, since-version) map here.
+  }];
+}
+
+class ONNX_Op<string mnemonic, list<Trait> traits = []>
+    : Op<ONNX_Dialect, mnemonic, !listconcat([Pure], traits)> {
+  let summary = "ONNX " # mnemonic;
+  let description = "The ONNX `" # mnemonic # "` operator (newest opset semantics; see the ONNX operator "
+                    # "documentation).";
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def ONNX_ConstantOp : ONNX_Op<"Constant", [ConstantLike, AllTypesMatch<["value", "output"]>]> {
+  let summary = "a tensor constant (initializer or ONNX Constant node)";
+  let description = [{
+    Holds an initializer or the value of an ONNX `Constant` node. Small values are inline
+    `dense<...>` attributes; large ones are `dense_resource` blobs that point into the mapped model or
+    external-data file, so importing a model does not copy its weights. Unlike `arith.constant` it accepts
+    unsigned element types (ONNX's `uint8` is `ui8`).
+  }];
+  let arguments = (ins ElementsAttr:$value);
+  let results = (outs AnyTensor:$output);
+  let assemblyFormat = "attr-dict $value";
+  let hasFolder = 1;
+  let builders = [OpBuilder<(ins "::mlir::ElementsAttr":$value), [{
+    build($_builder, $_state, value.getShapedType(), value);
+  }]>];
+}
+
+class ONNX_UnaryOp<string mnemonic> : ONNX_Op<mnemonic> {
+  let arguments = (ins AnyTensor:$X);
+  let results = (outs AnyTensor:$Y);
+}
+
+class ONNX_BinaryOp<string mnemonic> : ONNX_Op<mnemonic> {
+  let arguments = (ins AnyTensor:$A, AnyTensor:$B);
+  let results = (outs AnyTensor:$C);
+}
+
+foreach name = ["Abs", "Ceil", "Cos", "Erf", "Exp", "Floor", "Identity", "Log", "Neg", "Not", "Reciprocal",
+                "Relu", "Sigmoid", "Sin", "Sqrt", "Tanh"] in
+  def ONNX_#name#Op : ONNX_UnaryOp<name>;
+
+foreach name = ["Add", "And", "Div", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Mul", "Or",
+                "Pow", "Sub"] in
+  def ONNX_#name#Op : ONNX_BinaryOp<name>;
+
+def ONNX_MatMulOp : ONNX_Op<"MatMul"> {
+  let arguments = (ins AnyTensor:$A, AnyTensor:$B);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_GemmOp : ONNX_Op<"Gemm"> {
+  let arguments = (ins AnyTensor:$A, AnyTensor:$B, Optional<AnyTensor>:$C,
+                   DefaultValuedAttr<F32Attr, "1.0f">:$alpha, DefaultValuedAttr<F32Attr, "1.0f">:$beta,
+                   DefaultValuedAttr<I64Attr, "0">:$transA, DefaultValuedAttr<I64Attr, "0">:$transB);
+  let results = (outs AnyTensor:$Y);
+}
+
+foreach name = ["Softmax", "LogSoftmax"] in
+  def ONNX_#name#Op : ONNX_Op<name> {
+    let arguments = (ins AnyTensor:$input, DefaultValuedAttr<I64Attr, "-1">:$axis);
+    let results = (outs AnyTensor:$output);
+  }
+
+def ONNX_TopKOp : ONNX_Op<"TopK"> {
+  let arguments = (ins AnyTensor:$X, AnyTensor:$K, DefaultValuedAttr<I64Attr, "-1">:$axis,
+                   DefaultValuedAttr<I64Attr, "1">:$largest, DefaultValuedAttr<I64Attr, "1">:$sorted);
+  let results = (outs AnyTensor:$Values, AnyTensor:$Indices);
+}
+
+def ONNX_ArgMaxOp : ONNX_Op<"ArgMax"> {
+  let arguments = (ins AnyTensor:$data, DefaultValuedAttr<I64Attr, "0">:$axis,
+                   DefaultValuedAttr<I64Attr, "1">:$keepdims, DefaultValuedAttr<I64Attr, "0">:$select_last_index);
+  let results = (outs AnyTensor:$reduced);
+}
+
+foreach name = ["ReduceMax", "ReduceMean", "ReduceSum"] in
+  def ONNX_#name#Op : ONNX_Op<name> {
+    let arguments = (ins AnyTensor:$data, OptionalAttr<I64ArrayAttr>:$axes,
+                     DefaultValuedAttr<I64Attr, "1">:$keepdims,
+                     DefaultValuedAttr<I64Attr, "0">:$noop_with_empty_axes);
+    let results = (outs AnyTensor:$reduced);
+  }
+
+def ONNX_GatherOp : ONNX_Op<"Gather"> {
+  let arguments = (ins AnyTensor:$data, AnyTensor:$indices, DefaultValuedAttr<I64Attr, "0">:$axis);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_GatherElementsOp : ONNX_Op<"GatherElements"> {
+  let arguments = (ins AnyTensor:$data, AnyTensor:$indices, DefaultValuedAttr<I64Attr, "0">:$axis);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_ScatterElementsOp : ONNX_Op<"ScatterElements"> {
+  let arguments = (ins AnyTensor:$data, AnyTensor:$indices, AnyTensor:$updates,
+                   DefaultValuedAttr<I64Attr, "0">:$axis, DefaultValuedAttr<StrAttr, "\"none\"">:$reduction);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_ScatterNDOp : ONNX_Op<"ScatterND"> {
+  let arguments = (ins AnyTensor:$data, AnyTensor:$indices, AnyTensor:$updates,
+                   DefaultValuedAttr<StrAttr, "\"none\"">:$reduction);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_OneHotOp : ONNX_Op<"OneHot"> {
+  let arguments = (ins AnyTensor:$indices, AnyTensor:$depth, AnyTensor:$values,
+                   DefaultValuedAttr<I64Attr, "-1">:$axis);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_WhereOp : ONNX_Op<"Where"> {
+  let arguments = (ins AnyTensor:$condition, AnyTensor:$X, AnyTensor:$Y);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_CastOp : ONNX_Op<"Cast"> {
+  let arguments = (ins AnyTensor:$input, TypeAttr:$to, DefaultValuedAttr<I64Attr, "1">:$saturate);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_ReshapeOp : ONNX_Op<"Reshape"> {
+  let arguments = (ins AnyTensor:$data, AnyTensor:$shape, DefaultValuedAttr<I64Attr, "0">:$allowzero);
+  let results = (outs AnyTensor:$reshaped);
+}
+
+def ONNX_TransposeOp : ONNX_Op<"Transpose"> {
+  let arguments = (ins AnyTensor:$data, OptionalAttr<I64ArrayAttr>:$perm);
+  let results = (outs AnyTensor:$transposed);
+}
+
+def ONNX_SqueezeOp : ONNX_Op<"Squeeze"> {
+  let arguments = (ins AnyTensor:$data, OptionalAttr<I64ArrayAttr>:$axes);
+  let results = (outs AnyTensor:$squeezed);
+}
+
+def ONNX_UnsqueezeOp : ONNX_Op<"Unsqueeze"> {
+  let arguments = (ins AnyTensor:$data, I64ArrayAttr:$axes);
+  let results = (outs AnyTensor:$expanded);
+}
+
+def ONNX_ConcatOp : ONNX_Op<"Concat"> {
+  let arguments = (ins Variadic<AnyTensor>:$inputs, I64Attr:$axis);
+  let results = (outs AnyTensor:$concat_result);
+}
+
+def ONNX_SplitOp : ONNX_Op<"Split"> {
+  let arguments = (ins AnyTensor:$input, DefaultValuedAttr<I64Attr, "0">:$axis, I64ArrayAttr:$split);
+  let results = (outs Variadic<AnyTensor>:$outputs);
+}
+
+def ONNX_SliceOp : ONNX_Op<"Slice"> {
+  let arguments = (ins AnyTensor:$data, AnyTensor:$starts, AnyTensor:$ends, AnyTensor:$axes, AnyTensor:$steps);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_ExpandOp : ONNX_Op<"Expand"> {
+  let arguments = (ins AnyTensor:$input, AnyTensor:$shape);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_ShapeOp : ONNX_Op<"Shape"> {
+  let arguments = (ins AnyTensor:$data, DefaultValuedAttr<I64Attr, "0">:$start, OptionalAttr<I64Attr>:$end);
+  let results = (outs AnyTensor:$shape);
+}
+
+def ONNX_ConstantOfShapeOp : ONNX_Op<"ConstantOfShape"> {
+  let arguments = (ins AnyTensor:$input, OptionalAttr<ElementsAttr>:$value);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_RangeOp : ONNX_Op<"Range"> {
+  let arguments = (ins AnyTensor:$start, AnyTensor:$limit, AnyTensor:$delta);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_CumSumOp : ONNX_Op<"CumSum"> {
+  let arguments = (ins AnyTensor:$x, AnyTensor:$axis, DefaultValuedAttr<I64Attr, "0">:$exclusive,
+                   DefaultValuedAttr<I64Attr, "0">:$reverse);
+  let results = (outs AnyTensor:$y);
+}
+
+def ONNX_EinsumOp : ONNX_Op<"Einsum"> {
+  let arguments = (ins Variadic<AnyTensor>:$Inputs, StrAttr:$equation);
+  let results = (outs AnyTensor:$Output);
+}
+
+def ONNX_LayerNormalizationOp : ONNX_Op<"LayerNormalization"> {
+  let arguments = (ins AnyTensor:$X, AnyTensor:$Scale, Optional<AnyTensor>:$B,
+                   DefaultValuedAttr<I64Attr, "-1">:$axis, DefaultValuedAttr<F32Attr, "1e-5f">:$epsilon,
+                   DefaultValuedAttr<I64Attr, "1">:$stash_type);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_TriluOp : ONNX_Op<"Trilu"> {
+  let arguments = (ins AnyTensor:$input, Optional<AnyTensor>:$k, DefaultValuedAttr<I64Attr, "1">:$upper);
+  let results = (outs AnyTensor:$output);
+}
+
+#endif // MOEC_IR_ONNXOPS_TD
