@@ -78,9 +78,9 @@ public:
   LogicalResult fail(const llvm::Twine &message) override {
     const onnx::NodeProto &n = *current;
     std::string domain = n.domain().empty() ? "ai.onnx" : n.domain();
-    firstError = model->path().str() + ": node '" + (n.name().empty() ? "#" + std::to_string(nodeIndex) : n.name()) +
-                 "' (" + n.op_type() + ", " + domain + " opset " + std::to_string(currentOpset) +
-                 "): " + message.str();
+    firstError = model->path().str() + ": node '" +
+                 (n.name().empty() ? "#" + std::to_string(nodeIndex) : n.name()) + "' (" + n.op_type() +
+                 ", " + domain + " opset " + std::to_string(currentOpset) + "): " + message.str();
     return failure();
   }
   Type elementType(int onnxDataType) const override;
@@ -202,8 +202,7 @@ FailureOr<ElementsAttr> GraphImporter::tensorAttr(const onnx::TensorProto &t, bo
   } else {
     blob = HeapAsmResourceBlob::allocateAndCopyWithAlign(bytes.data, align);
   }
-  return ElementsAttr(
-      DenseResourceElementsAttr::get(type, sanitize(t.name(), "weight"), std::move(blob)));
+  return ElementsAttr(DenseResourceElementsAttr::get(type, sanitize(t.name(), "weight"), std::move(blob)));
 }
 
 LogicalResult GraphImporter::convertAttributes(SmallVectorImpl<NamedAttribute> &out) {
@@ -246,8 +245,7 @@ LogicalResult GraphImporter::importInitializer(const onnx::TensorProto &t, std::
   auto attr = tensorAttr(t, /*allowResource=*/true, error);
   if (failed(attr))
     return failure();
-  values[t.name()] =
-      b.create<moec::onnxir::ConstantOp>(NameLoc::get(b.getStringAttr(t.name())), *attr);
+  values[t.name()] = b.create<moec::onnxir::ConstantOp>(NameLoc::get(b.getStringAttr(t.name())), *attr);
   return success();
 }
 
@@ -259,7 +257,8 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
                             FileLineColLoc::get(b.getStringAttr(model->path()), nodeIndex + 1, 0));
   for (int i = 0; i < n.input_size(); ++i)
     if (!n.input(i).empty() && !values.count(n.input(i)))
-      return fail("input '" + n.input(i) + "' is not produced by any earlier node, initializer or graph input");
+      return fail("input '" + n.input(i) +
+                  "' is not produced by any earlier node, initializer or graph input");
 
   const OpTableEntry *best = nullptr;
   int oldestSince = 0;
@@ -275,7 +274,8 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
     if (oldestSince)
       return fail("supported from opset " + std::to_string(oldestSince) +
                   " only; see docs/onnx-support.md for the supported ops");
-    return fail("unsupported op; see docs/onnx-support.md (or `moec import --list-ops`) for the supported ops");
+    return fail(
+        "unsupported op; see docs/onnx-support.md (or `moec import --list-ops`) for the supported ops");
   }
   if (failed(best->build(*this)))
     return failure();
@@ -307,8 +307,8 @@ OwningOpRef<ModuleOp> GraphImporter::run(std::string &error) {
     args.push_back(&in);
   }
 
-  auto func = b.create<func::FuncOp>(module.getLoc(), sanitize(g.name(), "main"),
-                                     b.getFunctionType(argTypes, {}));
+  auto func =
+      b.create<func::FuncOp>(module.getLoc(), sanitize(g.name(), "main"), b.getFunctionType(argTypes, {}));
   Block *entry = func.addEntryBlock();
   b.setInsertionPointToStart(entry);
   for (auto [i, in] : llvm::enumerate(args)) {
@@ -388,6 +388,40 @@ Value NodeImporter::constant(ElementsAttr value) {
 Value NodeImporter::constantI64(ArrayRef<int64_t> values) {
   auto type = RankedTensorType::get({static_cast<int64_t>(values.size())}, builder().getI64Type());
   return constant(DenseElementsAttr::get(type, values));
+}
+
+Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<NamedAttribute> attrs,
+                                  TypeRange resultTypes) {
+  OperationState state(loc(), name);
+  state.addOperands(operands);
+  state.addTypes(resultTypes);
+  state.addAttributes(attrs);
+  Operation *op = builder().create(state);
+  // OperationState drops an inherent attribute of the wrong kind instead of failing; catch that.
+  for (NamedAttribute a : attrs) {
+    if (op->getAttr(a.getName()) == a.getValue())
+      continue;
+    std::string shown;
+    llvm::raw_string_ostream os(shown);
+    os << a.getValue();
+    op->erase();
+    (void)fail("attribute '" + a.getName().getValue() + "' has an unsupported kind or value (" + shown + ")");
+    return nullptr;
+  }
+  std::string diag;
+  {
+    ScopedDiagnosticHandler handler(op->getContext(), [&](Diagnostic &d) {
+      if (diag.empty())
+        diag = d.str();
+      return success();
+    });
+    if (failed(verify(op))) {
+      op->erase();
+      (void)fail(diag);
+      return nullptr;
+    }
+  }
+  return op;
 }
 
 void moec::frontend::registerImportDialects(DialectRegistry &registry) {

@@ -55,6 +55,11 @@ public:
   /// Records an error about this node; the message is completed with the node's name, op and opset.
   virtual mlir::LogicalResult fail(const llvm::Twine &message) = 0;
 
+  /// Creates op `name` at the node's location and verifies it; on failure erases it, records an error
+  /// naming the node and returns null. An attribute the op cannot hold is an error, not silently dropped.
+  mlir::Operation *createOp(llvm::StringRef name, mlir::ValueRange operands,
+                            llvm::ArrayRef<mlir::NamedAttribute> attrs, mlir::TypeRange resultTypes);
+
   /// ONNX TensorProto data type -> MLIR element type (null if unsupported).
   virtual mlir::Type elementType(int onnxDataType) const = 0;
   /// A constant tensor op holding `value`.
@@ -74,6 +79,12 @@ struct OpTableEntry {
 
 /// The importer's op table: every supported (domain, op, since-version).
 llvm::ArrayRef<OpTableEntry> opTable();
+
+/// Builders for the MoE ops (MoEImport.cpp): ONNX Runtime's com.microsoft.MoE / QMoE and moec.SparseMoE,
+/// all imported as one moe.sparse_moe.
+mlir::LogicalResult importOrtMoE(NodeImporter &ni);
+mlir::LogicalResult importOrtQMoE(NodeImporter &ni);
+mlir::LogicalResult importSparseMoE(NodeImporter &ni);
 
 } // namespace moec::frontend
 

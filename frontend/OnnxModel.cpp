@@ -118,13 +118,14 @@ std::unique_ptr<OnnxModel> OnnxModel::load(llvm::StringRef path, const LoadOptio
   int64_t knownMax = knownOpsetMax("");
   bool newerOpset = defaultOpset > knownMax;
   if (newerOpset)
-    m->notes.push_back("model uses opset " + std::to_string(defaultOpset) + " but libonnx knows ops up to opset " +
-                       std::to_string(knownMax) +
-                       ": its checker and shape inference were skipped (moec's importer still checks each node)");
+    m->notes.push_back(
+        "model uses opset " + std::to_string(defaultOpset) + " but libonnx knows ops up to opset " +
+        std::to_string(knownMax) +
+        ": its checker and shape inference were skipped (moec's importer still checks each node)");
   else if (proto.ir_version() > kCheckerIrVersion)
-    m->notes.push_back("model IR version " + std::to_string(proto.ir_version()) + " is newer than libonnx's (" +
-                       std::to_string(kCheckerIrVersion) + "); checked as IR version " +
-                       std::to_string(kCheckerIrVersion));
+    m->notes.push_back("model IR version " + std::to_string(proto.ir_version()) +
+                       " is newer than libonnx's (" + std::to_string(kCheckerIrVersion) +
+                       "); checked as IR version " + std::to_string(kCheckerIrVersion));
 
   try {
     if (options.runChecker && !newerOpset) {
@@ -229,7 +230,8 @@ bool OnnxModel::tensorBytes(const onnx::TensorProto &t, TensorBytes &out, std::s
     if (it == externalFiles.end()) {
       auto mapped = llvm::MemoryBuffer::getFile(file, /*IsText=*/false, /*RequiresNullTerminator=*/false);
       if (!mapped)
-        return fail("cannot read external data file '" + file.str().str() + "': " + mapped.getError().message());
+        return fail("cannot read external data file '" + file.str().str() +
+                    "': " + mapped.getError().message());
       it = externalFiles.try_emplace(file, std::move(*mapped)).first;
     }
     llvm::StringRef whole = it->second->getBuffer();

@@ -43,7 +43,8 @@ public:
   ~OnnxModel();
 
   /// Loads `path`. On failure returns null and sets `error` to one line naming the file and the problem.
-  static std::unique_ptr<OnnxModel> load(llvm::StringRef path, const LoadOptions &options, std::string &error);
+  static std::unique_ptr<OnnxModel> load(llvm::StringRef path, const LoadOptions &options,
+                                         std::string &error);
 
   const onnx::ModelProto &proto() const { return *model; }
   llvm::StringRef path() const { return modelPath; }

@@ -11,10 +11,6 @@
 
 #include "onnx/onnx_pb.h"
 
-#include "mlir/IR/Diagnostics.h"
-#include "mlir/IR/Verifier.h"
-#include "llvm/Support/raw_ostream.h"
-
 using namespace mlir;
 using namespace moec::frontend;
 namespace ox = moec::onnxir;
@@ -39,38 +35,13 @@ Type fallbackElement(NodeImporter &ni, Elem rule) {
   return nullptr;
 }
 
-/// Creates `OpTy` with `operands` and `attrs`, verifies it (so a bad attribute is reported at its node)
-/// and binds the node's outputs.
+/// Creates `OpTy` with `operands` and `attrs`, verifies it and binds the node's outputs.
 template <typename OpTy>
 LogicalResult finish(NodeImporter &ni, ValueRange operands, ArrayRef<NamedAttribute> attrs,
                      ArrayRef<Type> resultTypes) {
-  OperationState state(ni.loc(), OpTy::getOperationName());
-  state.addOperands(operands);
-  state.addTypes(resultTypes);
-  state.addAttributes(attrs);
-  Operation *op = ni.builder().create(state);
-  // An inherent attribute of the wrong kind is dropped by OperationState instead of failing; catch that.
-  for (NamedAttribute a : attrs) {
-    if (op->getAttr(a.getName()) == a.getValue())
-      continue;
-    std::string shown;
-    llvm::raw_string_ostream os(shown);
-    os << a.getValue();
-    op->erase();
-    return ni.fail("attribute '" + a.getName().getValue() + "' has an unsupported kind or value (" + shown + ")");
-  }
-  std::string diag;
-  {
-    ScopedDiagnosticHandler handler(op->getContext(), [&](Diagnostic &d) {
-      if (diag.empty())
-        diag = d.str();
-      return success();
-    });
-    if (failed(verify(op))) {
-      op->erase();
-      return ni.fail(diag);
-    }
-  }
+  Operation *op = ni.createOp(OpTy::getOperationName(), operands, attrs, resultTypes);
+  if (!op)
+    return failure();
   ni.setOutputs(op->getResults());
   return success();
 }
@@ -144,9 +115,11 @@ template <typename OpTy> LogicalResult softmaxV1(NodeImporter &ni) {
   if (axis < 0)
     axis += *rank;
   if (axis != *rank - 1)
-    return ni.fail("axis " + std::to_string(axis) + " of rank " + std::to_string(*rank) +
-                   " flattens the input before opset 13, which moec does not support; re-export with opset >= 13");
-  return finish<OpTy>(ni, {ni.input(0)}, {ni.builder().getNamedAttr("axis", ni.builder().getI64IntegerAttr(-1))},
+    return ni.fail(
+        "axis " + std::to_string(axis) + " of rank " + std::to_string(*rank) +
+        " flattens the input before opset 13, which moec does not support; re-export with opset >= 13");
+  return finish<OpTy>(ni, {ni.input(0)},
+                      {ni.builder().getNamedAttr("axis", ni.builder().getI64IntegerAttr(-1))},
                       resultTypes(ni, 1));
 }
 
@@ -174,7 +147,8 @@ LogicalResult topkV1(NodeImporter &ni) {
   SmallVector<NamedAttribute> attrs;
   if (failed(declaredAttributes<ox::TopKOp>(ni, attrs, {"k"})))
     return failure();
-  return finish<ox::TopKOp>(ni, {ni.input(0), kv}, attrs, resultTypes(ni, 2, Elem::SameAsInput0, {Elem::SameAsInput0, Elem::I64}));
+  return finish<ox::TopKOp>(ni, {ni.input(0), kv}, attrs,
+                            resultTypes(ni, 2, Elem::SameAsInput0, {Elem::SameAsInput0, Elem::I64}));
 }
 
 LogicalResult topk(NodeImporter &ni) {
@@ -182,7 +156,8 @@ LogicalResult topk(NodeImporter &ni) {
   SmallVector<NamedAttribute> attrs;
   if (failed(collectInputs(ni, operands)) || failed(declaredAttributes<ox::TopKOp>(ni, attrs)))
     return failure();
-  return finish<ox::TopKOp>(ni, operands, attrs, resultTypes(ni, 2, Elem::SameAsInput0, {Elem::SameAsInput0, Elem::I64}));
+  return finish<ox::TopKOp>(ni, operands, attrs,
+                            resultTypes(ni, 2, Elem::SameAsInput0, {Elem::SameAsInput0, Elem::I64}));
 }
 
 LogicalResult castOp(NodeImporter &ni) {
@@ -191,7 +166,8 @@ LogicalResult castOp(NodeImporter &ni) {
     return ni.fail("attribute 'to' (an integer data type) is required");
   Type elem = ni.elementType(static_cast<int>(to->i()));
   if (!elem)
-    return ni.fail("cast to data type " + onnxDataTypeName(static_cast<int>(to->i())).str() + " is not supported");
+    return ni.fail("cast to data type " + onnxDataTypeName(static_cast<int>(to->i())).str() +
+                   " is not supported");
   SmallVector<NamedAttribute> attrs;
   if (failed(declaredAttributes<ox::CastOp>(ni, attrs, {"to"})))
     return failure();
@@ -323,18 +299,43 @@ LogicalResult layerNorm(NodeImporter &ni) {
   return finish<ox::LayerNormalizationOp>(ni, operands, attrs, resultTypes(ni, 1));
 }
 
-#define UNARY(NAME, SINCE) {"", #NAME, SINCE, generic<ox::NAME##Op>}
-#define BINARY(NAME) {"", #NAME, 7, generic<ox::NAME##Op>}
-#define COMPARE(NAME, SINCE) {"", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::Bool>}
+#define UNARY(NAME, SINCE)                                                                                   \
+  { "", #NAME, SINCE, generic<ox::NAME##Op> }
+#define BINARY(NAME)                                                                                         \
+  { "", #NAME, 7, generic<ox::NAME##Op> }
+#define COMPARE(NAME, SINCE)                                                                                 \
+  { "", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::Bool> }
 
 const OpTableEntry kTable[] = {
     // Elementwise (unary ops before opset 6 had `consumed_inputs`; binary ops before 7 legacy broadcast).
-    UNARY(Abs, 6), UNARY(Ceil, 6), UNARY(Cos, 7), UNARY(Erf, 9), UNARY(Exp, 6), UNARY(Floor, 6),
-    UNARY(Identity, 1), UNARY(Log, 6), UNARY(Neg, 6), UNARY(Reciprocal, 6), UNARY(Relu, 6), UNARY(Sigmoid, 6),
-    UNARY(Sin, 7), UNARY(Sqrt, 6), UNARY(Tanh, 6), COMPARE(Not, 1),
-    BINARY(Add), BINARY(Sub), BINARY(Mul), BINARY(Div), BINARY(Pow),
-    COMPARE(Equal, 7), COMPARE(Greater, 7), COMPARE(Less, 7), COMPARE(GreaterOrEqual, 12),
-    COMPARE(LessOrEqual, 12), COMPARE(And, 7), COMPARE(Or, 7),
+    UNARY(Abs, 6),
+    UNARY(Ceil, 6),
+    UNARY(Cos, 7),
+    UNARY(Erf, 9),
+    UNARY(Exp, 6),
+    UNARY(Floor, 6),
+    UNARY(Identity, 1),
+    UNARY(Log, 6),
+    UNARY(Neg, 6),
+    UNARY(Reciprocal, 6),
+    UNARY(Relu, 6),
+    UNARY(Sigmoid, 6),
+    UNARY(Sin, 7),
+    UNARY(Sqrt, 6),
+    UNARY(Tanh, 6),
+    COMPARE(Not, 1),
+    BINARY(Add),
+    BINARY(Sub),
+    BINARY(Mul),
+    BINARY(Div),
+    BINARY(Pow),
+    COMPARE(Equal, 7),
+    COMPARE(Greater, 7),
+    COMPARE(Less, 7),
+    COMPARE(GreaterOrEqual, 12),
+    COMPARE(LessOrEqual, 12),
+    COMPARE(And, 7),
+    COMPARE(Or, 7),
     {"", "Where", 9, generic<ox::WhereOp, 1, Elem::SameAsInput2>},
     // Linear algebra.
     {"", "MatMul", 1, generic<ox::MatMulOp>},
@@ -380,6 +381,10 @@ const OpTableEntry kTable[] = {
     {"", "ConstantOfShape", 9, constantOfShape},
     {"", "Range", 11, generic<ox::RangeOp>},
     {"", "Constant", 1, constantNode},
+    // Mixture-of-Experts layers (MoEImport.cpp).
+    {"com.microsoft", "MoE", 1, importOrtMoE},
+    {"com.microsoft", "QMoE", 1, importOrtQMoE},
+    {"moec", "SparseMoE", 1, importSparseMoE},
 };
 
 #undef UNARY

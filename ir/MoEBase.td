@@ -39,7 +39,8 @@ def MoE_Activation : I32EnumAttr<"Activation", "activation applied between an ex
     I32EnumAttrCase<"gelu", 2>,    // erf GELU
     I32EnumAttrCase<"silu", 3>,
     I32EnumAttrCase<"swiglu", 4>,  // gated: silu(alpha * gate) * gate ... see sparse_moe's description
-    I32EnumAttrCase<"geglu", 5>    // gated: gelu(gate) * (up + beta)
+    I32EnumAttrCase<"geglu", 5>,   // gated: gelu(gate) * (up + beta)
+    I32EnumAttrCase<"gelu_tanh", 6> // tanh-approximated GELU (what ONNX Runtime's MoE kernels compute)
   ]> {
   let cppNamespace = "::moec::moe";
   let genSpecializedAttr = 0;

@@ -21,8 +21,9 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     ```
     logits[t]  = router_kind == linear ? input[t] x router (+ router_bias) : router[t]         // [N]
     scores[t]  = gate(logits[t])                     // softmax over all N, or elementwise sigmoid
-    chosen(t)  = the k indices with the largest scores[t] + selection_bias (ties: lower index),
-                 restricted to the best `group_topk` of `expert_groups` groups when grouping is set
+    chosen(t)  = the k indices with the largest scores[t] + selection_bias (ties: lower index); with
+                 `expert_groups` > 1 the N columns form equal consecutive groups, each scored by the sum of
+                 its two largest biased scores, and only the best `group_topk` groups compete
     w[t, e]    = scores[t, e] for e in chosen(t); divided by their sum when `normalize`; times `scale`
     output[t]  = sum over e in chosen(t), e < E of
                  w[t, e] * (fc2[e][:, D_e(t)] x act(fc1[e][D_e(t), :] x input[t] + fc1_bias[e]) + fc2_bias[e])
@@ -40,7 +41,9 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     even rows gate, odd rows up). With `activation_limit` set, `g = min(g, limit)` and
     `u = clamp(u, -limit, limit)` first. Then `swiglu: g * sigmoid(alpha * g) * (u + beta)` and
     `geglu: gelu(g) * (u + beta)`, with `alpha = activation_alpha`, `beta = activation_beta`.
-    Ungated activations: `identity`, `relu`, `gelu` (erf form), `silu`.
+    Ungated activations: `identity`, `relu`, `gelu` (erf form: `0.5 a (1 + erf(a / sqrt 2))`), `gelu_tanh`
+    (`0.5 a (1 + tanh(sqrt(2 / pi) (a + 0.044715 a^3)))`, which ONNX Runtime's MoE computes for "gelu"),
+    `silu`.
 
     Weights may be weight-only quantised (`fc1_quant`/`fc2_quant`, see `#moe.weight_quant`); then `fc1`/`fc2`
     hold packed integers and `fc1_scales`/`fc2_scales` their scales. Accumulation is in f32.

@@ -231,7 +231,7 @@ func.func @layout_ungated(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tenso
 // -----
 
 func.func @bad_activation(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
-  // expected-error @+2 {{expected ::moec::moe::Activation to be one of: identity, relu, gelu, silu, swiglu, geglu}}
+  // expected-error @+2 {{expected ::moec::moe::Activation to be one of: identity, relu, gelu, silu, swiglu, geglu, gelu_tanh}}
   // expected-error @+1 {{failed to parse MoE_ActivationAttr parameter 'value'}}
   %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<tanh>}
      : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>

@@ -30,22 +30,24 @@ cl::SubCommand compileCmd("compile", "Compile an ONNX model. Today only --emit=m
                                      "`moec import`); artifacts (.moex) come with code generation");
 
 cl::OptionCategory category("moec options");
-cl::opt<std::string> inputPath(cl::Positional, cl::desc("<model.onnx>"), cl::sub(importCmd), cl::sub(compileCmd),
-                               cl::cat(category));
+cl::opt<std::string> inputPath(cl::Positional, cl::desc("<model.onnx>"), cl::sub(importCmd),
+                               cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> outputPath("o", cl::desc("Output file ('-' for stdout, the default)"),
-                                cl::value_desc("file"), cl::init("-"), cl::sub(importCmd), cl::sub(compileCmd),
-                                cl::cat(category));
+                                cl::value_desc("file"), cl::init("-"), cl::sub(importCmd),
+                                cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> emit("emit", cl::desc("What to write: mlir (graph IR after import)"), cl::init("mlir"),
                           cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> noCheck("no-check", cl::desc("Skip libonnx's model checker"), cl::sub(importCmd),
                       cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> noShapeInference("no-shape-inference", cl::desc("Skip libonnx's shape inference"),
                                cl::sub(importCmd), cl::sub(compileCmd), cl::cat(category));
-cl::opt<int64_t> elideWeights("elide-weights-larger-than",
-                              cl::desc("Leave weight blobs over this many bytes out of the printout (default 1024; "
-                                       "-1 prints every byte, so the output parses back with its weights)"),
-                              cl::init(1024), cl::sub(importCmd), cl::sub(compileCmd), cl::cat(category));
-cl::opt<bool> listOps("list-ops", cl::desc("Print the supported ONNX ops (domain, op, since-version) and exit"),
+cl::opt<int64_t>
+    elideWeights("elide-weights-larger-than",
+                 cl::desc("Leave weight blobs over this many bytes out of the printout (default 1024; "
+                          "-1 prints every byte, so the output parses back with its weights)"),
+                 cl::init(1024), cl::sub(importCmd), cl::sub(compileCmd), cl::cat(category));
+cl::opt<bool> listOps("list-ops",
+                      cl::desc("Print the supported ONNX ops (domain, op, since-version) and exit"),
                       cl::sub(importCmd), cl::cat(category));
 
 int error(const Twine &message) {
@@ -57,7 +59,8 @@ int runImport() {
   if (listOps) {
     outs() << "domain\top\tsince_version\n";
     for (const auto &op : moec::frontend::supportedOps())
-      outs() << (op.domain.empty() ? "ai.onnx" : op.domain) << "\t" << op.op << "\t" << op.sinceVersion << "\n";
+      outs() << (op.domain.empty() ? "ai.onnx" : op.domain) << "\t" << op.op << "\t" << op.sinceVersion
+             << "\n";
     return 0;
   }
   if (inputPath.empty())

@@ -1,0 +1,299 @@
+//===- MoEImport.cpp - MoE ops of ONNX Runtime and moec -> moe.sparse_moe --===//
+//
+// com.microsoft.MoE, com.microsoft.QMoE (ONNX Runtime contrib ops, semantics in docs/onnx-support.md) and
+// moec.SparseMoE (our own op, docs/ops.md) each become one moe.sparse_moe. Differences in layout are
+// settled here: a separate fc3 (up projection) is concatenated after fc1 (block layout), 3-D inputs are
+// flattened to [tokens, hidden] and the result reshaped back.
+//
+//===----------------------------------------------------------------------===//
+#include "frontend/NodeImporter.h"
+#include "ir/MoEOps.h"
+#include "ir/ONNXOps.h"
+
+#include "onnx/onnx_pb.h"
+
+using namespace mlir;
+using namespace moec::frontend;
+namespace moe = moec::moe;
+namespace ox = moec::onnxir;
+
+namespace {
+
+/// Operands of moe.sparse_moe in ODS order; null = absent.
+struct MoEOperands {
+  Value input, router, routerBias, selectionBias, fc1, fc1Bias, fc1Scales, fc2, fc2Bias, fc2Scales, mask,
+      predA, predB;
+};
+
+int64_t intAttr(NodeImporter &ni, StringRef name, int64_t dflt) {
+  auto *a = ni.attribute(name);
+  return a ? a->i() : dflt;
+}
+std::optional<float> floatAttr(NodeImporter &ni, StringRef name) {
+  if (auto *a = ni.attribute(name))
+    return a->f();
+  return std::nullopt;
+}
+std::string stringAttr(NodeImporter &ni, StringRef name, StringRef dflt) {
+  auto *a = ni.attribute(name);
+  return a ? a->s() : dflt.str();
+}
+
+/// Fails on attributes of the node that `known` does not list (a typo must not be ignored).
+LogicalResult onlyKnownAttributes(NodeImporter &ni, ArrayRef<StringRef> known) {
+  for (const auto &a : ni.node().attribute())
+    if (!llvm::is_contained(known, a.name()))
+      return ni.fail("attribute '" + a.name() + "' is not supported");
+  return success();
+}
+
+FailureOr<moe::Activation> parseActivation(NodeImporter &ni, StringRef name) {
+  if (auto act = moe::symbolizeActivation(name))
+    return *act;
+  (void)ni.fail("activation '" + name +
+                "' is not supported (identity, relu, gelu, gelu_tanh, silu, swiglu, geglu)");
+  return failure();
+}
+
+/// Concatenates two [E, rows, K] (or [E, rows]) tensors along rows.
+Value concatRows(NodeImporter &ni, Value a, Value b) {
+  auto ta = cast<RankedTensorType>(a.getType()), tb = cast<RankedTensorType>(b.getType());
+  SmallVector<int64_t> shape(ta.getShape());
+  shape[1] =
+      ta.isDynamicDim(1) || tb.isDynamicDim(1) ? ShapedType::kDynamic : ta.getDimSize(1) + tb.getDimSize(1);
+  auto type = RankedTensorType::get(shape, ta.getElementType());
+  return ni.builder().create<ox::ConcatOp>(ni.loc(), type, ValueRange{a, b},
+                                           ni.builder().getI64IntegerAttr(1));
+}
+
+/// Builds moe.sparse_moe over `ops`, flattening a 3-D input to [tokens, hidden] and restoring its shape.
+LogicalResult emitSparseMoE(NodeImporter &ni, MoEOperands ops, SmallVector<NamedAttribute> attrs) {
+  OpBuilder &b = ni.builder();
+  for (auto [name, v] : {std::pair<StringRef, Value>{"input", ops.input},
+                         {"router", ops.router},
+                         {"fc1", ops.fc1},
+                         {"fc2", ops.fc2}})
+    if (!v)
+      return ni.fail("input '" + name + "' is required");
+  Value original = ops.input;
+  auto inType = dyn_cast<RankedTensorType>(original.getType());
+  if (!inType || (inType.getRank() != 2 && inType.getRank() != 3))
+    return ni.fail("input must be a ranked 2-D [tokens, hidden] or 3-D [batch, sequence, hidden] tensor");
+  int64_t hidden = inType.getShape().back();
+  if (inType.getRank() == 3) {
+    if (ShapedType::isDynamic(hidden))
+      return ni.fail("a 3-D input needs a static hidden size");
+    int64_t tokens = inType.isDynamicDim(0) || inType.isDynamicDim(1)
+                         ? ShapedType::kDynamic
+                         : inType.getDimSize(0) * inType.getDimSize(1);
+    auto flat = RankedTensorType::get({tokens, hidden}, inType.getElementType());
+    ops.input = b.create<ox::ReshapeOp>(ni.loc(), flat, ops.input, ni.constantI64({-1, hidden}),
+                                        b.getI64IntegerAttr(0));
+  }
+  auto flatType = cast<RankedTensorType>(ops.input.getType());
+
+  SmallVector<Value> operands;
+  SmallVector<int32_t> segments;
+  for (Value v : {ops.input, ops.router, ops.routerBias, ops.selectionBias, ops.fc1, ops.fc1Bias,
+                  ops.fc1Scales, ops.fc2, ops.fc2Bias, ops.fc2Scales, ops.mask, ops.predA, ops.predB}) {
+    segments.push_back(v ? 1 : 0);
+    if (v)
+      operands.push_back(v);
+  }
+  attrs.push_back(b.getNamedAttr("operandSegmentSizes", b.getDenseI32ArrayAttr(segments)));
+  Operation *op = ni.createOp(moe::SparseMoEOp::getOperationName(), operands, attrs, {flatType});
+  if (!op)
+    return failure();
+  Value result = op->getResult(0);
+  if (inType.getRank() == 3) {
+    auto shapeType = RankedTensorType::get({3}, b.getI64Type());
+    Value shape = b.create<ox::ShapeOp>(ni.loc(), shapeType, original, b.getI64IntegerAttr(0), IntegerAttr());
+    result = b.create<ox::ReshapeOp>(ni.loc(), inType, result, shape, b.getI64IntegerAttr(0));
+  }
+  ni.setOutputs(result);
+  return success();
+}
+
+/// The routing and activation attributes ONNX Runtime's MoE and QMoE share, plus their fc1/fc3 layout.
+LogicalResult ortCommon(NodeImporter &ni, MoEOperands &ops, Value fc3, Value fc3Bias, Value fc3Scales,
+                        SmallVectorImpl<NamedAttribute> &attrs) {
+  OpBuilder &b = ni.builder();
+  if (intAttr(ni, "use_sparse_mixer", 0) != 0)
+    return ni.fail("use_sparse_mixer=1 (SparseMixer routing) is not supported");
+  auto act = parseActivation(ni, stringAttr(ni, "activation_type", "relu"));
+  if (failed(act))
+    return failure();
+  if (*act == moe::Activation::geglu || *act == moe::Activation::gelu_tanh)
+    return ni.fail("activation '" + moe::stringifyActivation(*act) +
+                   "' is not an ONNX Runtime activation_type");
+  // ONNX Runtime's MoE kernels compute "gelu" with the tanh approximation (checked against its output in
+  // tests/reference/check_sparse_moe_reference.py), so that is what the model means.
+  if (*act == moe::Activation::gelu)
+    act = moe::Activation::gelu_tanh;
+  int64_t fusion = intAttr(ni, "swiglu_fusion", 0);
+  if (*act == moe::Activation::swiglu) {
+    if (fusion == 1 || fusion == 2) {
+      if (fc3)
+        return ni.fail("fc3_experts_weights must be absent when swiglu_fusion=" + std::to_string(fusion));
+      if (fusion == 1)
+        attrs.push_back(b.getNamedAttr(
+            "gated_layout", moe::GatedLayoutAttr::get(b.getContext(), moe::GatedLayout::interleaved)));
+    } else if (fusion == 0) {
+      if (!fc3)
+        return ni.fail("swiglu with swiglu_fusion=0 needs fc3_experts_weights (the up projection)");
+      if (bool(ops.fc1Bias) != bool(fc3Bias))
+        return ni.fail("fc1_experts_bias and fc3_experts_bias must be given together");
+      if (bool(ops.fc1Scales) != bool(fc3Scales))
+        return ni.fail("fc1_scales and fc3_scales must be given together");
+      // Gate rows (fc1) then up rows (fc3): the block layout.
+      ops.fc1 = concatRows(ni, ops.fc1, fc3);
+      if (ops.fc1Bias)
+        ops.fc1Bias = concatRows(ni, ops.fc1Bias, fc3Bias);
+      if (ops.fc1Scales)
+        ops.fc1Scales = concatRows(ni, ops.fc1Scales, fc3Scales);
+    } else {
+      return ni.fail("swiglu_fusion=" + std::to_string(fusion) + " is not 0, 1 or 2");
+    }
+  } else {
+    if (fc3)
+      return ni.fail("fc3_experts_weights with activation_type '" + moe::stringifyActivation(*act) +
+                     "' is not supported");
+    if (fusion != 0)
+      return ni.fail("swiglu_fusion applies only to activation_type 'swiglu'");
+  }
+  attrs.push_back(b.getNamedAttr("k", b.getI64IntegerAttr(intAttr(ni, "k", 1))));
+  attrs.push_back(
+      b.getNamedAttr("router_kind", moe::RouterKindAttr::get(b.getContext(), moe::RouterKind::logits)));
+  attrs.push_back(
+      b.getNamedAttr("normalize", b.getBoolAttr(intAttr(ni, "normalize_routing_weights", 0) != 0)));
+  attrs.push_back(b.getNamedAttr("activation", moe::ActivationAttr::get(b.getContext(), *act)));
+  if (auto alpha = floatAttr(ni, "activation_alpha"))
+    attrs.push_back(b.getNamedAttr("activation_alpha", b.getF32FloatAttr(*alpha)));
+  if (auto beta = floatAttr(ni, "activation_beta"))
+    attrs.push_back(b.getNamedAttr("activation_beta", b.getF32FloatAttr(*beta)));
+  if (auto limit = floatAttr(ni, "swiglu_limit"))
+    attrs.push_back(b.getNamedAttr("activation_limit", b.getF32FloatAttr(*limit)));
+  return success();
+}
+
+const StringRef kOrtCommonAttrs[] = {"k",
+                                     "activation_type",
+                                     "normalize_routing_weights",
+                                     "use_sparse_mixer",
+                                     "swiglu_fusion",
+                                     "swiglu_limit",
+                                     "activation_alpha",
+                                     "activation_beta"};
+
+} // namespace
+
+LogicalResult moec::frontend::importOrtMoE(NodeImporter &ni) {
+  if (failed(onlyKnownAttributes(ni, kOrtCommonAttrs)))
+    return failure();
+  MoEOperands ops;
+  ops.input = ni.input(0);
+  ops.router = ni.input(1);
+  ops.fc1 = ni.input(2);
+  ops.fc1Bias = ni.input(3);
+  ops.fc2 = ni.input(4);
+  ops.fc2Bias = ni.input(5);
+  SmallVector<NamedAttribute> attrs;
+  if (failed(ortCommon(ni, ops, ni.input(6), ni.input(7), Value(), attrs)))
+    return failure();
+  return emitSparseMoE(ni, ops, attrs);
+}
+
+LogicalResult moec::frontend::importOrtQMoE(NodeImporter &ni) {
+  SmallVector<StringRef> known(std::begin(kOrtCommonAttrs), std::end(kOrtCommonAttrs));
+  known.append({"quant_type", "expert_weight_bits", "fc1_expert_weight_bits", "fc2_expert_weight_bits",
+                "fc3_expert_weight_bits", "block_size", "weights_prepacked", "accuracy_level"});
+  if (failed(onlyKnownAttributes(ni, known)))
+    return failure();
+  OpBuilder &b = ni.builder();
+  std::string quantType = stringAttr(ni, "quant_type", "int");
+  if (quantType != "int")
+    return ni.fail("quant_type '" + quantType + "' is not supported (only 'int')");
+  if (intAttr(ni, "weights_prepacked", 0) != 0)
+    return ni.fail("weights_prepacked must be 0 (raw [E, N, K/pack] weights)");
+  static const char *const unsupportedInputs[] = {"fc1_zero_points", "fc2_zero_points", "fc3_zero_points",
+                                                  "router_weights"};
+  for (unsigned i = 11; i < ni.numInputs(); ++i)
+    if (ni.input(i))
+      return ni.fail(std::string("input '") + (i < 15 ? unsupportedInputs[i - 11] : "fp4/fp8 scales") +
+                     "' is not supported");
+
+  MoEOperands ops;
+  ops.input = ni.input(0);
+  ops.router = ni.input(1);
+  ops.fc1 = ni.input(2);
+  ops.fc1Scales = ni.input(3);
+  ops.fc1Bias = ni.input(4);
+  ops.fc2 = ni.input(5);
+  ops.fc2Scales = ni.input(6);
+  ops.fc2Bias = ni.input(7);
+  if (!ops.fc1Scales || !ops.fc2Scales)
+    return ni.fail("integer quantisation needs fc1_scales and fc2_scales");
+  SmallVector<NamedAttribute> attrs;
+  if (failed(ortCommon(ni, ops, ni.input(8), ni.input(10), ni.input(9), attrs)))
+    return failure();
+  // ONNX Runtime's QMoE kernel renormalises the top-k routing weights whatever normalize_routing_weights
+  // says (checked against its output in tests/reference/check_sparse_moe_reference.py).
+  for (NamedAttribute &a : attrs)
+    if (a.getName() == "normalize")
+      a.setValue(b.getBoolAttr(true));
+  int64_t bits = intAttr(ni, "expert_weight_bits", 4);
+  int64_t fc1Bits = intAttr(ni, "fc1_expert_weight_bits", bits),
+          fc2Bits = intAttr(ni, "fc2_expert_weight_bits", bits);
+  if (ni.input(8) && intAttr(ni, "fc3_expert_weight_bits", bits) != fc1Bits)
+    return ni.fail("fc3 must use the same bit width as fc1");
+  int64_t block = intAttr(ni, "block_size", 0);
+  if (block < 0)
+    block = 0;
+  for (auto [name, w] : {std::pair<StringRef, int64_t>{"fc1_quant", fc1Bits}, {"fc2_quant", fc2Bits}}) {
+    if (w != 4 && w != 8)
+      return ni.fail("expert weight bits " + std::to_string(w) + " are not supported (4 or 8)");
+    attrs.push_back(b.getNamedAttr(name, moe::WeightQuantAttr::get(b.getContext(), w, block)));
+  }
+  return emitSparseMoE(ni, ops, attrs);
+}
+
+LogicalResult moec::frontend::importSparseMoE(NodeImporter &ni) {
+  if (failed(onlyKnownAttributes(
+          ni, {"k", "router", "gate", "normalize", "scale", "zero_experts", "activation", "keep"})))
+    return failure();
+  OpBuilder &b = ni.builder();
+  MoEOperands ops;
+  ops.input = ni.input(0);
+  ops.router = ni.input(1);
+  ops.routerBias = ni.input(2);
+  ops.fc1 = ni.input(3);
+  ops.fc1Bias = ni.input(4);
+  ops.fc2 = ni.input(5);
+  ops.fc2Bias = ni.input(6);
+  ops.mask = ni.input(7);
+  ops.predA = ni.input(8);
+  ops.predB = ni.input(9);
+
+  SmallVector<NamedAttribute> attrs;
+  std::string router = stringAttr(ni, "router", "linear");
+  auto routerKind = moe::symbolizeRouterKind(router);
+  if (!routerKind)
+    return ni.fail("router '" + router + "' is not 'linear' or 'logits'");
+  std::string gate = stringAttr(ni, "gate", "softmax");
+  auto gateFunc = moe::symbolizeGateFunc(gate);
+  if (!gateFunc)
+    return ni.fail("gate '" + gate + "' is not 'softmax' or 'sigmoid'");
+  auto act = parseActivation(ni, stringAttr(ni, "activation", "swiglu"));
+  if (failed(act))
+    return failure();
+  attrs.push_back(b.getNamedAttr("k", b.getI64IntegerAttr(intAttr(ni, "k", 1))));
+  attrs.push_back(b.getNamedAttr("router_kind", moe::RouterKindAttr::get(b.getContext(), *routerKind)));
+  attrs.push_back(b.getNamedAttr("gate", moe::GateFuncAttr::get(b.getContext(), *gateFunc)));
+  attrs.push_back(b.getNamedAttr("normalize", b.getBoolAttr(intAttr(ni, "normalize", 0) != 0)));
+  attrs.push_back(b.getNamedAttr("scale", b.getF32FloatAttr(floatAttr(ni, "scale").value_or(1.0f))));
+  attrs.push_back(b.getNamedAttr("zero_experts", b.getI64IntegerAttr(intAttr(ni, "zero_experts", 0))));
+  attrs.push_back(b.getNamedAttr("activation", moe::ActivationAttr::get(b.getContext(), *act)));
+  if (auto *keep = ni.attribute("keep"))
+    attrs.push_back(b.getNamedAttr("keep", b.getI64IntegerAttr(keep->i())));
+  return emitSparseMoE(ni, ops, attrs);
+}
