@@ -123,21 +123,23 @@ template <typename OpTy> LogicalResult softmaxV1(NodeImporter &ni) {
                       resultTypes(ni, 1));
 }
 
-/// Ops whose `axes` moved from an attribute to an optional input: a constant input becomes the attribute.
-template <typename OpTy, bool AxesRequired = false> LogicalResult axesFromInput(NodeImporter &ni) {
+/// Ops whose `axes` (or Split's `split`) moved from an attribute to an input: before that opset the
+/// attribute becomes a constant input, so the IR has the newest form.
+template <typename OpTy, unsigned InputIndex = 1> LogicalResult attrToInput(NodeImporter &ni, StringRef name) {
   SmallVector<NamedAttribute> attrs;
-  if (failed(declaredAttributes<OpTy>(ni, attrs)))
+  if (failed(declaredAttributes<OpTy>(ni, attrs, {name})))
     return failure();
-  if (ni.input(1)) {
-    auto axes = ni.constantInts(1);
-    if (!axes)
-      return ni.fail("input 'axes' must be a constant");
-    attrs.push_back(ni.builder().getNamedAttr("axes", ni.builder().getI64ArrayAttr(*axes)));
-  } else if (AxesRequired) {
-    return ni.fail("input 'axes' is required");
-  }
-  return finish<OpTy>(ni, {ni.input(0)}, attrs, resultTypes(ni, 1));
+  SmallVector<Value> operands;
+  if (failed(collectInputs(ni, operands)))
+    return failure();
+  if (operands.size() > InputIndex)
+    return ni.fail("has more inputs than this opset allows");
+  if (auto *a = ni.attribute(name))
+    operands.push_back(ni.constantI64(SmallVector<int64_t>(a->ints().begin(), a->ints().end())));
+  int results = std::is_same_v<OpTy, ox::SplitOp> ? static_cast<int>(ni.numOutputs()) : 1;
+  return finish<OpTy>(ni, operands, attrs, resultTypes(ni, results));
 }
+template <typename OpTy> LogicalResult axesAttrToInput(NodeImporter &ni) { return attrToInput<OpTy>(ni, "axes"); }
 
 LogicalResult topkV1(NodeImporter &ni) {
   auto *k = ni.attribute("k");
@@ -214,40 +216,7 @@ LogicalResult constantOfShape(NodeImporter &ni) {
   return finish<ox::ConstantOfShapeOp>(ni, {ni.input(0)}, attrs, {ni.outputType(0, elem)});
 }
 
-/// Split: explicit sizes in every opset (attribute before 13, input from 13, num_outputs from 18).
-LogicalResult split(NodeImporter &ni) {
-  OpBuilder &b = ni.builder();
-  int64_t axis = 0;
-  if (auto *a = ni.attribute("axis"))
-    axis = a->i();
-  int64_t outputs = ni.numOutputs();
-  SmallVector<int64_t> sizes;
-  if (auto *a = ni.attribute("split")) {
-    sizes.assign(a->ints().begin(), a->ints().end());
-  } else if (ni.input(1)) {
-    auto c = ni.constantInts(1);
-    if (!c)
-      return ni.fail("input 'split' must be a constant");
-    sizes = *c;
-  } else {
-    if (auto *a = ni.attribute("num_outputs"))
-      outputs = a->i();
-    auto t = dyn_cast<RankedTensorType>(ni.input(0).getType());
-    int64_t rank = t ? t.getRank() : 0;
-    int64_t ax = axis < 0 ? axis + rank : axis;
-    if (!t || ax < 0 || ax >= rank || t.isDynamicDim(ax))
-      return ni.fail("an even split needs a static size along axis " + std::to_string(axis));
-    int64_t dim = t.getDimSize(ax), chunk = (dim + outputs - 1) / outputs;
-    for (int64_t i = 0; i < outputs; ++i)
-      sizes.push_back(std::max<int64_t>(0, std::min(chunk, dim - i * chunk)));
-  }
-  if ((int64_t)sizes.size() != outputs)
-    return ni.fail("has " + std::to_string(outputs) + " outputs but " + std::to_string(sizes.size()) +
-                   " split sizes");
-  SmallVector<NamedAttribute> attrs = {b.getNamedAttr("axis", b.getI64IntegerAttr(axis)),
-                                       b.getNamedAttr("split", b.getI64ArrayAttr(sizes))};
-  return finish<ox::SplitOp>(ni, {ni.input(0)}, attrs, resultTypes(ni, outputs));
-}
+LogicalResult splitV2(NodeImporter &ni) { return attrToInput<ox::SplitOp>(ni, "split"); }
 
 /// Slice: starts/ends/axes/steps as inputs (attributes before opset 10), with defaults materialised.
 LogicalResult slice(NodeImporter &ni) {
@@ -286,17 +255,6 @@ LogicalResult slice(NodeImporter &ni) {
   if (!steps)
     steps = ni.constantI64(SmallVector<int64_t>(n, 1));
   return finish<ox::SliceOp>(ni, {data, starts, ends, axes, steps}, {}, resultTypes(ni, 1));
-}
-
-LogicalResult layerNorm(NodeImporter &ni) {
-  for (unsigned i = 1; i < ni.numOutputs(); ++i)
-    if (!ni.node().output(i).empty())
-      return ni.fail("outputs Mean and InvStdDev are not supported (only Y)");
-  SmallVector<Value> operands;
-  SmallVector<NamedAttribute> attrs;
-  if (failed(collectInputs(ni, operands)) || failed(declaredAttributes<ox::LayerNormalizationOp>(ni, attrs)))
-    return failure();
-  return finish<ox::LayerNormalizationOp>(ni, operands, attrs, resultTypes(ni, 1));
 }
 
 #define UNARY(NAME, SINCE)                                                                                   \
@@ -346,18 +304,18 @@ const OpTableEntry kTable[] = {
     {"", "Softmax", 13, generic<ox::SoftmaxOp>},
     {"", "LogSoftmax", 1, softmaxV1<ox::LogSoftmaxOp>},
     {"", "LogSoftmax", 13, generic<ox::LogSoftmaxOp>},
-    {"", "LayerNormalization", 17, layerNorm},
+    {"", "LayerNormalization", 17, generic<ox::LayerNormalizationOp, 3>},
     {"", "TopK", 1, topkV1},
     {"", "TopK", 10, topk},
     {"", "ArgMax", 1, generic<ox::ArgMaxOp, 1, Elem::I64>},
     {"", "CumSum", 11, generic<ox::CumSumOp>},
     // Reductions (axes: attribute, then input from 13 for ReduceSum and from 18 for the others).
-    {"", "ReduceSum", 1, generic<ox::ReduceSumOp>},
-    {"", "ReduceSum", 13, axesFromInput<ox::ReduceSumOp>},
-    {"", "ReduceMean", 1, generic<ox::ReduceMeanOp>},
-    {"", "ReduceMean", 18, axesFromInput<ox::ReduceMeanOp>},
-    {"", "ReduceMax", 1, generic<ox::ReduceMaxOp>},
-    {"", "ReduceMax", 18, axesFromInput<ox::ReduceMaxOp>},
+    {"", "ReduceSum", 1, axesAttrToInput<ox::ReduceSumOp>},
+    {"", "ReduceSum", 13, generic<ox::ReduceSumOp>},
+    {"", "ReduceMean", 1, axesAttrToInput<ox::ReduceMeanOp>},
+    {"", "ReduceMean", 18, generic<ox::ReduceMeanOp>},
+    {"", "ReduceMax", 1, axesAttrToInput<ox::ReduceMaxOp>},
+    {"", "ReduceMax", 18, generic<ox::ReduceMaxOp>},
     // Indexing.
     {"", "Gather", 1, generic<ox::GatherOp>},
     {"", "GatherElements", 11, generic<ox::GatherElementsOp>},
@@ -369,12 +327,13 @@ const OpTableEntry kTable[] = {
     {"", "Cast", 6, castOp},
     {"", "Reshape", 5, generic<ox::ReshapeOp>},
     {"", "Transpose", 1, generic<ox::TransposeOp>},
-    {"", "Squeeze", 1, generic<ox::SqueezeOp>},
-    {"", "Squeeze", 13, axesFromInput<ox::SqueezeOp>},
-    {"", "Unsqueeze", 1, generic<ox::UnsqueezeOp>},
-    {"", "Unsqueeze", 13, axesFromInput<ox::UnsqueezeOp, /*AxesRequired=*/true>},
+    {"", "Squeeze", 1, axesAttrToInput<ox::SqueezeOp>},
+    {"", "Squeeze", 13, generic<ox::SqueezeOp>},
+    {"", "Unsqueeze", 1, axesAttrToInput<ox::UnsqueezeOp>},
+    {"", "Unsqueeze", 13, generic<ox::UnsqueezeOp>},
     {"", "Concat", 4, generic<ox::ConcatOp>},
-    {"", "Split", 2, split},
+    {"", "Split", 2, splitV2},
+    {"", "Split", 13, generic<ox::SplitOp, -1>},
     {"", "Slice", 1, slice},
     {"", "Expand", 8, generic<ox::ExpandOp>},
     {"", "Shape", 1, generic<ox::ShapeOp, 1, Elem::I64>},

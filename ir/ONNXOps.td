@@ -2,8 +2,8 @@
 //
 // moec's graph IR for standard ONNX ops: one op per ONNX operator, named exactly like it (`onnx.MatMul`),
 // with the semantics of the newest opset the importer knows. The importer normalises older opsets into
-// this form (e.g. `axes` inputs that are constants become the `axes` attribute, optional inputs with
-// defaults are materialised), so passes match one spelling per operator.
+// this form (e.g. an `axes` attribute of opset 11 becomes the constant `axes` input of opset 13/18, optional
+// inputs with defaults are materialised), so passes match one spelling per operator.
 //
 //===----------------------------------------------------------------------===//
 
@@ -102,7 +102,7 @@ def ONNX_ArgMaxOp : ONNX_Op<"ArgMax"> {
 
 foreach name = ["ReduceMax", "ReduceMean", "ReduceSum"] in
   def ONNX_#name#Op : ONNX_Op<name> {
-    let arguments = (ins AnyTensor:$data, OptionalAttr<I64ArrayAttr>:$axes,
+    let arguments = (ins AnyTensor:$data, Optional<AnyTensor>:$axes,
                      DefaultValuedAttr<I64Attr, "1">:$keepdims,
                      DefaultValuedAttr<I64Attr, "0">:$noop_with_empty_axes);
     let results = (outs AnyTensor:$reduced);
@@ -157,12 +157,12 @@ def ONNX_TransposeOp : ONNX_Op<"Transpose"> {
 }
 
 def ONNX_SqueezeOp : ONNX_Op<"Squeeze"> {
-  let arguments = (ins AnyTensor:$data, OptionalAttr<I64ArrayAttr>:$axes);
+  let arguments = (ins AnyTensor:$data, Optional<AnyTensor>:$axes);
   let results = (outs AnyTensor:$squeezed);
 }
 
 def ONNX_UnsqueezeOp : ONNX_Op<"Unsqueeze"> {
-  let arguments = (ins AnyTensor:$data, I64ArrayAttr:$axes);
+  let arguments = (ins AnyTensor:$data, AnyTensor:$axes);
   let results = (outs AnyTensor:$expanded);
 }
 
@@ -172,7 +172,8 @@ def ONNX_ConcatOp : ONNX_Op<"Concat"> {
 }
 
 def ONNX_SplitOp : ONNX_Op<"Split"> {
-  let arguments = (ins AnyTensor:$input, DefaultValuedAttr<I64Attr, "0">:$axis, I64ArrayAttr:$split);
+  let arguments = (ins AnyTensor:$input, Optional<AnyTensor>:$split, DefaultValuedAttr<I64Attr, "0">:$axis,
+                   OptionalAttr<I64Attr>:$num_outputs);
   let results = (outs Variadic<AnyTensor>:$outputs);
 }
 
@@ -216,7 +217,7 @@ def ONNX_LayerNormalizationOp : ONNX_Op<"LayerNormalization"> {
   let arguments = (ins AnyTensor:$X, AnyTensor:$Scale, Optional<AnyTensor>:$B,
                    DefaultValuedAttr<I64Attr, "-1">:$axis, DefaultValuedAttr<F32Attr, "1e-5f">:$epsilon,
                    DefaultValuedAttr<I64Attr, "1">:$stash_type);
-  let results = (outs AnyTensor:$Y);
+  let results = (outs AnyTensor:$Y, AnyTensor:$Mean, AnyTensor:$InvStdDev);
 }
 
 def ONNX_TriluOp : ONNX_Op<"Trilu"> {
