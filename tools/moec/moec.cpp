@@ -12,6 +12,9 @@
 #include "ir/ONNXOps.h"
 
 #include "mlir/IR/AsmState.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/BuiltinDialect.h"
+#include "mlir/IR/DialectResourceBlobManager.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/OperationSupport.h"
 #include "llvm/Support/CommandLine.h"
@@ -86,8 +89,18 @@ int runImport() {
   if (ec)
     return error("cannot write '" + outputPath + "': " + ec.message());
   mlir::OpPrintingFlags flags;
-  if (elideWeights >= 0)
-    flags.elideLargeResourceString(elideWeights);
+  if (elideWeights >= 0) {
+    // MLIR's own resource elision renders each blob as hex before deciding to drop it (4x a model's size in
+    // memory), so when a blob is too large the resource section is left out altogether.
+    bool tooLarge = false;
+    module->walk([&](moec::onnxir::ConstantOp c) {
+      if (auto r = dyn_cast<mlir::DenseResourceElementsAttr>(c.getValue()))
+        if (auto *blob = r.getRawHandle().getBlob())
+          tooLarge |= static_cast<int64_t>(blob->getData().size()) > elideWeights;
+    });
+    if (tooLarge)
+      flags.useLocalScope();
+  }
   module->print(out.os(), flags);
   out.os() << "\n";
   out.os().flush();
