@@ -428,21 +428,35 @@ void moec::frontend::registerImportDialects(DialectRegistry &registry) {
   registry.insert<func::FuncDialect, moec::onnxir::ONNXDialect, moec::moe::MoEDialect>();
 }
 
-OwningOpRef<ModuleOp> moec::frontend::importOnnxModel(llvm::StringRef path, MLIRContext &context,
-                                                      const ImportOptions &options, std::string &error,
-                                                      std::vector<std::string> *warnings) {
+namespace {
+OwningOpRef<ModuleOp> importLoaded(std::shared_ptr<OnnxModel> model, MLIRContext &context,
+                                   const ImportOptions &options, std::string &error,
+                                   std::vector<std::string> *warnings) {
+  if (!model)
+    return nullptr;
   DialectRegistry registry;
   registerImportDialects(registry);
   context.appendDialectRegistry(registry);
   context.loadAllAvailableDialects();
-
-  std::shared_ptr<OnnxModel> model = OnnxModel::load(path, options.load, error);
-  if (!model)
-    return nullptr;
   if (warnings)
     *warnings = model->warnings();
   GraphImporter importer(model, context, options);
   return importer.run(error);
+}
+} // namespace
+
+OwningOpRef<ModuleOp> moec::frontend::importOnnxModel(llvm::StringRef path, MLIRContext &context,
+                                                      const ImportOptions &options, std::string &error,
+                                                      std::vector<std::string> *warnings) {
+  return importLoaded(OnnxModel::load(path, options.load, error), context, options, error, warnings);
+}
+
+OwningOpRef<ModuleOp> moec::frontend::importOnnxModelFromMemory(llvm::StringRef bytes, llvm::StringRef name,
+                                                                MLIRContext &context,
+                                                                const ImportOptions &options,
+                                                                std::string &error) {
+  return importLoaded(OnnxModel::loadFromMemory(bytes, name, options.load, error), context, options, error,
+                      nullptr);
 }
 
 std::vector<SupportedOp> moec::frontend::supportedOps() {

@@ -34,6 +34,11 @@ mlir::OwningOpRef<mlir::ModuleOp> importOnnxModel(llvm::StringRef path, mlir::ML
                                                   const ImportOptions &options, std::string &error,
                                                   std::vector<std::string> *warnings = nullptr);
 
+/// Same, for a binary model held in memory (used by the fuzzer); `name` stands for the file in messages.
+mlir::OwningOpRef<mlir::ModuleOp> importOnnxModelFromMemory(llvm::StringRef bytes, llvm::StringRef name,
+                                                            mlir::MLIRContext &context,
+                                                            const ImportOptions &options, std::string &error);
+
 /// One row per supported (domain, op, since-version): for `moec import --list-ops` and the docs.
 struct SupportedOp {
   llvm::StringRef domain, op;

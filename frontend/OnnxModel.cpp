@@ -83,11 +83,28 @@ std::unique_ptr<OnnxModel> OnnxModel::load(llvm::StringRef path, const LoadOptio
   auto buffer = llvm::MemoryBuffer::getFile(path, /*IsText=*/false, /*RequiresNullTerminator=*/false);
   if (!buffer)
     return fail("cannot read model file: " + buffer.getError().message());
-  llvm::StringRef bytes = (*buffer)->getBuffer();
+  bool text = path.ends_with(".onnxtxt") || path.ends_with(".onnx.txt");
+  // The proto keeps copies of what it needs, so the mapping of the model file ends with this call.
+  return parse(std::move(m), (*buffer)->getBuffer(), text, options, error);
+}
+
+std::unique_ptr<OnnxModel> OnnxModel::loadFromMemory(llvm::StringRef bytes, llvm::StringRef name,
+                                                     const LoadOptions &options, std::string &error) {
+  std::unique_ptr<OnnxModel> m(new OnnxModel());
+  m->modelPath = name.str();
+  return parse(std::move(m), bytes, /*text=*/false, options, error);
+}
+
+std::unique_ptr<OnnxModel> OnnxModel::parse(std::unique_ptr<OnnxModel> m, llvm::StringRef bytes, bool text,
+                                            const LoadOptions &options, std::string &error) {
+  const std::string path = m->modelPath;
+  auto fail = [&](const std::string &what) {
+    error = path + ": " + what;
+    return nullptr;
+  };
   if (bytes.empty())
     return fail("model file is empty");
 
-  bool text = path.ends_with(".onnxtxt") || path.ends_with(".onnx.txt");
   try {
     if (text) {
       std::string source = bytes.str();
@@ -104,7 +121,6 @@ std::unique_ptr<OnnxModel> OnnxModel::load(llvm::StringRef path, const LoadOptio
   } catch (const std::exception &e) {
     return fail(std::string("cannot parse model: ") + firstLine(e.what()));
   }
-  buffer->reset(); // the proto owns copies of what it needs; drop the mapping of the model file
 
   const onnx::ModelProto &proto = *m->model;
   if (!proto.has_graph())

@@ -45,6 +45,10 @@ public:
   /// Loads `path`. On failure returns null and sets `error` to one line naming the file and the problem.
   static std::unique_ptr<OnnxModel> load(llvm::StringRef path, const LoadOptions &options,
                                          std::string &error);
+  /// Loads a binary model held in memory; `name` stands for the file in messages, and external data is
+  /// looked up relative to the current directory.
+  static std::unique_ptr<OnnxModel> loadFromMemory(llvm::StringRef bytes, llvm::StringRef name,
+                                                   const LoadOptions &options, std::string &error);
 
   const onnx::ModelProto &proto() const { return *model; }
   llvm::StringRef path() const { return modelPath; }
@@ -61,6 +65,8 @@ public:
 
 private:
   OnnxModel();
+  static std::unique_ptr<OnnxModel> parse(std::unique_ptr<OnnxModel> m, llvm::StringRef bytes, bool text,
+                                          const LoadOptions &options, std::string &error);
   std::unique_ptr<onnx::ModelProto> model;
   std::string modelPath, modelDir;
   llvm::StringMap<const onnx::TypeProto *> types;

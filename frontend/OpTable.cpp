@@ -125,7 +125,8 @@ template <typename OpTy> LogicalResult softmaxV1(NodeImporter &ni) {
 
 /// Ops whose `axes` (or Split's `split`) moved from an attribute to an input: before that opset the
 /// attribute becomes a constant input, so the IR has the newest form.
-template <typename OpTy, unsigned InputIndex = 1> LogicalResult attrToInput(NodeImporter &ni, StringRef name) {
+template <typename OpTy, unsigned InputIndex = 1>
+LogicalResult attrToInput(NodeImporter &ni, StringRef name) {
   SmallVector<NamedAttribute> attrs;
   if (failed(declaredAttributes<OpTy>(ni, attrs, {name})))
     return failure();
@@ -139,7 +140,9 @@ template <typename OpTy, unsigned InputIndex = 1> LogicalResult attrToInput(Node
   int results = std::is_same_v<OpTy, ox::SplitOp> ? static_cast<int>(ni.numOutputs()) : 1;
   return finish<OpTy>(ni, operands, attrs, resultTypes(ni, results));
 }
-template <typename OpTy> LogicalResult axesAttrToInput(NodeImporter &ni) { return attrToInput<OpTy>(ni, "axes"); }
+template <typename OpTy> LogicalResult axesAttrToInput(NodeImporter &ni) {
+  return attrToInput<OpTy>(ni, "axes");
+}
 
 LogicalResult topkV1(NodeImporter &ni) {
   auto *k = ni.attribute("k");
