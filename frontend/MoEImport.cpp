@@ -25,6 +25,20 @@ struct MoEOperands {
       predA, predB;
 };
 
+/// Reads the node's inputs into `ops`: input i goes to `fields[i]` (null: an input the importer handles
+/// elsewhere or not at all).
+using Field = Value MoEOperands::*;
+MoEOperands readInputs(NodeImporter &ni, std::initializer_list<Field> fields) {
+  MoEOperands ops;
+  unsigned i = 0;
+  for (Field f : fields) {
+    if (f)
+      ops.*f = ni.input(i);
+    ++i;
+  }
+  return ops;
+}
+
 int64_t intAttr(NodeImporter &ni, StringRef name, int64_t dflt) {
   auto *a = ni.attribute(name);
   return a ? a->i() : dflt;
@@ -190,13 +204,9 @@ const StringRef kOrtCommonAttrs[] = {"k",
 LogicalResult moec::frontend::importOrtMoE(NodeImporter &ni) {
   if (failed(onlyKnownAttributes(ni, kOrtCommonAttrs)))
     return failure();
-  MoEOperands ops;
-  ops.input = ni.input(0);
-  ops.router = ni.input(1);
-  ops.fc1 = ni.input(2);
-  ops.fc1Bias = ni.input(3);
-  ops.fc2 = ni.input(4);
-  ops.fc2Bias = ni.input(5);
+  // input, router_probs, fc1_experts_weights, fc1_experts_bias, fc2_experts_weights, fc2_experts_bias; fc3*
+  MoEOperands ops = readInputs(ni, {&MoEOperands::input, &MoEOperands::router, &MoEOperands::fc1,
+                                    &MoEOperands::fc1Bias, &MoEOperands::fc2, &MoEOperands::fc2Bias});
   SmallVector<NamedAttribute> attrs;
   if (failed(ortCommon(ni, ops, ni.input(6), ni.input(7), Value(), attrs)))
     return failure();
@@ -222,15 +232,9 @@ LogicalResult moec::frontend::importOrtQMoE(NodeImporter &ni) {
       return ni.fail(std::string("input '") + (i < 15 ? unsupportedInputs[i - 11] : "fp4/fp8 scales") +
                      "' is not supported");
 
-  MoEOperands ops;
-  ops.input = ni.input(0);
-  ops.router = ni.input(1);
-  ops.fc1 = ni.input(2);
-  ops.fc1Scales = ni.input(3);
-  ops.fc1Bias = ni.input(4);
-  ops.fc2 = ni.input(5);
-  ops.fc2Scales = ni.input(6);
-  ops.fc2Bias = ni.input(7);
+  MoEOperands ops = readInputs(ni, {&MoEOperands::input, &MoEOperands::router, &MoEOperands::fc1,
+                                    &MoEOperands::fc1Scales, &MoEOperands::fc1Bias, &MoEOperands::fc2,
+                                    &MoEOperands::fc2Scales, &MoEOperands::fc2Bias});
   if (!ops.fc1Scales || !ops.fc2Scales)
     return ni.fail("integer quantisation needs fc1_scales and fc2_scales");
   SmallVector<NamedAttribute> attrs;
@@ -262,17 +266,11 @@ LogicalResult moec::frontend::importSparseMoE(NodeImporter &ni) {
           ni, {"k", "router", "gate", "normalize", "scale", "zero_experts", "activation", "keep"})))
     return failure();
   OpBuilder &b = ni.builder();
-  MoEOperands ops;
-  ops.input = ni.input(0);
-  ops.router = ni.input(1);
-  ops.routerBias = ni.input(2);
-  ops.fc1 = ni.input(3);
-  ops.fc1Bias = ni.input(4);
-  ops.fc2 = ni.input(5);
-  ops.fc2Bias = ni.input(6);
-  ops.mask = ni.input(7);
-  ops.predA = ni.input(8);
-  ops.predB = ni.input(9);
+  // The input order of docs/ops.md.
+  MoEOperands ops =
+      readInputs(ni, {&MoEOperands::input, &MoEOperands::router, &MoEOperands::routerBias, &MoEOperands::fc1,
+                      &MoEOperands::fc1Bias, &MoEOperands::fc2, &MoEOperands::fc2Bias, &MoEOperands::mask,
+                      &MoEOperands::predA, &MoEOperands::predB});
 
   SmallVector<NamedAttribute> attrs;
   std::string router = stringAttr(ni, "router", "linear");

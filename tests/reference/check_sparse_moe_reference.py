@@ -29,39 +29,33 @@ def check(name, got, want, tol=1e-5):
     print(f"{'PASS' if ok else 'FAIL'}: {name} (normalised max error {err:.2e}, bound {tol:.0e})")
 
 
-def ort_moe(x, logits, fc1, fc2, fc1_bias=None, fc2_bias=None, fc3=None, **attrs):
-    names = ["x", "logits", "fc1", "fc1_bias", "fc2", "fc2_bias", "fc3"]
-    arrays = [x, logits, fc1, fc1_bias, fc2, fc2_bias, fc3]
-    inputs, feeds, node_inputs = [], {}, []
-    for n, a in zip(names, arrays):
-        if a is None:
-            node_inputs.append("")
-            continue
-        node_inputs.append(n)
-        inputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, list(a.shape)))
-        feeds[n] = a.astype(np.float32)
-    while node_inputs and node_inputs[-1] == "":
-        node_inputs.pop()
-    node = helper.make_node("MoE", node_inputs, ["y"], domain="com.microsoft", **attrs)
-    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))
-    model = helper.make_model(helper.make_graph([node], "moe", inputs, [out]),
+def run_ort(op, node_inputs, feeds, out_shape, **attrs):
+    """Runs one com.microsoft node on ONNX Runtime's CPU provider. `feeds` maps input names to arrays
+    (uint8 arrays become uint8 inputs); "" in `node_inputs` omits an optional input."""
+    inputs = [helper.make_tensor_value_info(n, TensorProto.UINT8 if a.dtype == np.uint8 else TensorProto.FLOAT,
+                                            list(a.shape)) for n, a in feeds.items()]
+    node = helper.make_node(op, node_inputs, ["y"], domain="com.microsoft", **attrs)
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))
+    model = helper.make_model(helper.make_graph([node], op.lower(), inputs, [out]),
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
                               ir_version=8)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)[0]
+
+
+def ort_moe(x, logits, fc1, fc2, fc1_bias=None, fc2_bias=None, fc3=None, **attrs):
+    named = {"x": x, "logits": logits, "fc1": fc1, "fc1_bias": fc1_bias, "fc2": fc2, "fc2_bias": fc2_bias,
+             "fc3": fc3}
+    node_inputs = [n if a is not None else "" for n, a in named.items()]
+    while node_inputs[-1] == "":
+        node_inputs.pop()
+    feeds = {n: a.astype(np.float32) for n, a in named.items() if a is not None}
+    return run_ort("MoE", node_inputs, feeds, x.shape, **attrs)
 
 
 def ort_qmoe(x, logits, q1, s1, q2, s2, **attrs):
     feeds = {"x": x, "logits": logits, "q1": q1, "s1": s1, "q2": q2, "s2": s2}
-    types = {"q1": TensorProto.UINT8, "q2": TensorProto.UINT8}
-    inputs = [helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), list(a.shape)) for n, a in feeds.items()]
-    node = helper.make_node("QMoE", ["x", "logits", "q1", "s1", "", "q2", "s2"], ["y"], domain="com.microsoft", **attrs)
-    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))
-    model = helper.make_model(helper.make_graph([node], "qmoe", inputs, [out]),
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-                              ir_version=8)
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)[0]
+    return run_ort("QMoE", ["x", "logits", "q1", "s1", "", "q2", "s2"], feeds, x.shape, **attrs)
 
 
 def main():
