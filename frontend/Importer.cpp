@@ -50,17 +50,6 @@ public:
       return nullptr;
     return values.lookup(current->input(i));
   }
-  std::optional<DenseElementsAttr> constantInput(unsigned i) const override {
-    Value v = input(i);
-    if (!v)
-      return std::nullopt;
-    auto c = v.getDefiningOp<moec::onnxir::ConstantOp>();
-    if (!c)
-      return std::nullopt;
-    if (auto dense = dyn_cast<DenseElementsAttr>(c.getValue()))
-      return dense;
-    return std::nullopt;
-  }
   const onnx::AttributeProto *attribute(llvm::StringRef name) const override {
     for (const auto &a : current->attribute())
       if (a.name() == name)
@@ -370,16 +359,6 @@ OwningOpRef<ModuleOp> GraphImporter::run(std::string &error) {
 }
 
 } // namespace
-
-std::optional<SmallVector<int64_t>> NodeImporter::constantInts(unsigned i) const {
-  auto c = constantInput(i);
-  if (!c || !c->getElementType().isIntOrIndex())
-    return std::nullopt;
-  SmallVector<int64_t> out;
-  for (const APInt &v : c->getValues<APInt>())
-    out.push_back(v.getSExtValue());
-  return out;
-}
 
 Value NodeImporter::constant(ElementsAttr value) {
   return builder().create<moec::onnxir::ConstantOp>(loc(), value);

@@ -35,11 +35,6 @@ public:
   virtual unsigned numInputs() const = 0;
   /// Input `i`, or null when absent or given as "" (an omitted optional input).
   virtual mlir::Value input(unsigned i) const = 0;
-  /// Input `i`'s value when it is a compile-time constant (initializer or Constant node) held inline.
-  virtual std::optional<mlir::DenseElementsAttr> constantInput(unsigned i) const = 0;
-  /// Integer values of a constant input (e.g. `axes`), or nullopt when not a constant integer tensor.
-  std::optional<llvm::SmallVector<int64_t>> constantInts(unsigned i) const;
-
   virtual const onnx::AttributeProto *attribute(llvm::StringRef name) const = 0;
   /// The node's attributes converted to MLIR attributes under their ONNX names; fails with an error
   /// for attribute kinds moec cannot represent.

@@ -19,6 +19,5 @@ config.environment["PATH"] = os.pathsep.join(
 )
 config.substitutions.append(("%moec_lib", config.moec_lib_dir))
 config.substitutions.append(("%moec_tools", config.moec_tools_dir))
-config.substitutions.append(("%moec_src", config.moec_src_root))
 if config.moec_build_examples:
     config.available_features.add("examples")
