@@ -23,4 +23,18 @@ def MoEPrintCostPass : Pass<"moe-print-cost"> {
   }];
 }
 
+def MoEPruneStaticMaskPass : Pass<"moe-prune-static-mask"> {
+  let summary = "Drop the hidden dims a constant mask removes from the expert weights, at compile time";
+  let description = [{
+    For a `moe.sparse_moe` whose `mask` and expert weights (`fc1`, `fc2`, optional `fc1_bias`) are constants,
+    gathers each expert's kept rows of `fc1` (gate and up rows for gated activations, in the op's layout)
+    and kept columns of `fc2` into new constants of hidden size F' = the largest kept count over experts,
+    pads experts that keep fewer dims with zero rows and columns, and drops the mask. The masked work and
+    weight bytes disappear; the result is unchanged, since a padded dim meets a zero column of `fc2`.
+    Leaves the op alone when F' = F (nothing to gain), when any of those operands is not a constant, and
+    for quantised weights.
+  }];
+  let dependentDialects = ["::mlir::arith::ArithDialect"];
+}
+
 #endif // MOEC_PASSES_TD
