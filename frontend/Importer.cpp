@@ -93,8 +93,7 @@ private:
 };
 
 Type GraphImporter::elementType(int t) const {
-  MLIRContext *c = const_cast<MLIRContext *>(&ctx);
-  Builder bb(c);
+  Builder bb(&ctx);
   switch (t) {
   case onnx::TensorProto::FLOAT:
     return bb.getF32Type();

@@ -71,8 +71,8 @@ SmallVector<Type> resultTypes(NodeImporter &ni, int count, Elem rule = Elem::Sam
   return types;
 }
 
-LogicalResult collectInputs(NodeImporter &ni, SmallVectorImpl<Value> &operands, unsigned maxInputs = ~0u) {
-  unsigned n = std::min(ni.numInputs(), maxInputs);
+LogicalResult collectInputs(NodeImporter &ni, SmallVectorImpl<Value> &operands) {
+  unsigned n = ni.numInputs();
   // Drop omitted trailing optional inputs; an omitted input before a present one is not representable.
   while (n > 0 && !ni.input(n - 1))
     --n;
@@ -125,7 +125,7 @@ template <typename OpTy> LogicalResult softmaxV1(NodeImporter &ni) {
 
 /// Ops whose `axes` (or Split's `split`) moved from an attribute to an input: before that opset the
 /// attribute becomes a constant input, so the IR has the newest form.
-template <typename OpTy, unsigned InputIndex = 1>
+template <typename OpTy>
 LogicalResult attrToInput(NodeImporter &ni, StringRef name) {
   SmallVector<NamedAttribute> attrs;
   if (failed(declaredAttributes<OpTy>(ni, attrs, {name})))
@@ -133,7 +133,7 @@ LogicalResult attrToInput(NodeImporter &ni, StringRef name) {
   SmallVector<Value> operands;
   if (failed(collectInputs(ni, operands)))
     return failure();
-  if (operands.size() > InputIndex)
+  if (operands.size() > 1)
     return ni.fail("has more inputs than this opset allows");
   if (auto *a = ni.attribute(name))
     operands.push_back(ni.constantI64(SmallVector<int64_t>(a->ints().begin(), a->ints().end())));
