@@ -125,8 +125,7 @@ template <typename OpTy> LogicalResult softmaxV1(NodeImporter &ni) {
 
 /// Ops whose `axes` (or Split's `split`) moved from an attribute to an input: before that opset the
 /// attribute becomes a constant input, so the IR has the newest form.
-template <typename OpTy>
-LogicalResult attrToInput(NodeImporter &ni, StringRef name) {
+template <typename OpTy> LogicalResult attrToInput(NodeImporter &ni, StringRef name) {
   SmallVector<NamedAttribute> attrs;
   if (failed(declaredAttributes<OpTy>(ni, attrs, {name})))
     return failure();
