@@ -109,7 +109,9 @@ LogicalResult emitSparseMoE(NodeImporter &ni, MoEOperands ops, SmallVector<Named
   SmallVector<Value> operands;
   SmallVector<int32_t> segments;
   for (Value v : {ops.input, ops.router, ops.routerBias, ops.selectionBias, ops.fc1, ops.fc1Bias,
-                  ops.fc1Scales, ops.fc2, ops.fc2Bias, ops.fc2Scales, ops.mask, ops.predA, ops.predB}) {
+                  ops.fc1Scales, ops.fc2, ops.fc2Bias, ops.fc2Scales, ops.mask, ops.predA, ops.predB,
+                  /*norm_weight, norm_bias, shared_fc1, shared_fc2, shared_gate, residual*/ Value(), Value(),
+                  Value(), Value(), Value(), Value()}) {
     segments.push_back(v ? 1 : 0);
     if (v)
       operands.push_back(v);

@@ -274,6 +274,7 @@ const OpTableEntry kTable[] = {
     UNARY(Erf, 9),
     UNARY(Exp, 6),
     UNARY(Floor, 6),
+    {"", "Gelu", 20, generic<ox::GeluOp>},
     UNARY(Identity, 1),
     UNARY(Log, 6),
     UNARY(Neg, 6),
@@ -321,6 +322,7 @@ const OpTableEntry kTable[] = {
     // Indexing.
     {"", "Gather", 1, generic<ox::GatherOp>},
     {"", "GatherElements", 11, generic<ox::GatherElementsOp>},
+    {"", "GatherND", 11, generic<ox::GatherNDOp>},
     {"", "ScatterElements", 11, generic<ox::ScatterElementsOp>},
     {"", "ScatterND", 11, generic<ox::ScatterNDOp>},
     {"", "OneHot", 9, generic<ox::OneHotOp, 1, Elem::SameAsInput2>},

@@ -82,6 +82,18 @@ def MoE_GatedLayoutAttr : EnumAttr<MoE_Dialect, MoE_GatedLayout, "gated_layout">
   let assemblyFormat = "`<` $value `>`";
 }
 
+def MoE_Norm : I32EnumAttr<"NormKind", "normalisation applied to a MoE layer's input before routing", [
+    I32EnumAttrCase<"none", 0>,
+    I32EnumAttrCase<"rms", 1>,   // x / sqrt(mean(x^2) + eps) * norm_weight
+    I32EnumAttrCase<"layer", 2>  // (x - mean) / sqrt(var + eps) * norm_weight + norm_bias
+  ]> {
+  let cppNamespace = "::moec::moe";
+  let genSpecializedAttr = 0;
+}
+def MoE_NormAttr : EnumAttr<MoE_Dialect, MoE_Norm, "norm"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
 //===----------------------------------------------------------------------===//
 // Attributes
 //===----------------------------------------------------------------------===//

@@ -226,6 +226,39 @@ LogicalResult SparseMoEOp::verify() {
     return emitOpError() << "attribute 'keep' needs the predictor operands 'pred_a' and 'pred_b'";
   }
 
+  // Fused norm, shared expert and residual.
+  if (getNorm() == NormKind::none) {
+    if (getNormWeight() || getNormBias())
+      return emitOpError() << "operands 'norm_weight'/'norm_bias' need attribute 'norm' (rms or layer)";
+  } else {
+    if (!getNormWeight())
+      return emitOpError() << "norm = " << stringifyNormKind(getNorm()) << " needs operand 'norm_weight'";
+    if (failed(c.check("norm_weight", getNormWeight(), {{h, "H"}})))
+      return failure();
+    if (getNormBias() && getNorm() != NormKind::layer)
+      return emitOpError() << "operand 'norm_bias' only applies to norm = layer";
+    if (getNormBias() && failed(c.check("norm_bias", getNormBias(), {{h, "H"}})))
+      return failure();
+    if (!(getNormEpsilon().convertToFloat() >= 0.0f))
+      return emitOpError() << "norm_epsilon must be non-negative";
+  }
+  if (bool(getSharedFc1()) != bool(getSharedFc2()))
+    return emitOpError() << "operands 'shared_fc1' and 'shared_fc2' must be given together";
+  if (getSharedGate() && !getSharedFc1())
+    return emitOpError() << "operand 'shared_gate' needs a shared expert ('shared_fc1', 'shared_fc2')";
+  if (getSharedFc1()) {
+    auto s2 = cast<RankedTensorType>(getSharedFc2().getType());
+    int64_t fs = s2.getRank() == 2 ? s2.getDimSize(1) : ShapedType::kDynamic;
+    int64_t rows = ShapedType::isDynamic(fs) ? fs : (isGated() ? 2 * fs : fs);
+    if (failed(c.check("shared_fc2", getSharedFc2(), {{h, "H"}, {fs, "Fs"}})) ||
+        failed(c.check("shared_fc1", getSharedFc1(), {{rows, isGated() ? "2Fs" : "Fs"}, {h, "H"}})))
+      return failure();
+    if (getSharedGate() && failed(c.check("shared_gate", getSharedGate(), {{h, "H"}})))
+      return failure();
+  }
+  if (getResidual() && failed(c.check("residual", getResidual(), {{t, "T"}, {h, "H"}})))
+    return failure();
+
   if (getActivationLimit() && !(getActivationLimit()->convertToFloat() > 0.0f))
     return emitOpError() << "activation_limit must be positive";
   if (!isGated() && getGatedLayout() != GatedLayout::block)
@@ -264,8 +297,8 @@ struct DropNoOpOperands final : OpRewritePattern<SparseMoEOp> {
   LogicalResult matchAndRewrite(SparseMoEOp op, PatternRewriter &rewriter) const override {
     bool mask = isAllNonZeroMask(op.getMask()), routerBias = isAllZeroFloat(op.getRouterBias()),
          selectionBias = isAllZeroFloat(op.getSelectionBias()), fc1Bias = isAllZeroFloat(op.getFc1Bias()),
-         fc2Bias = isAllZeroFloat(op.getFc2Bias());
-    if (!(mask || routerBias || selectionBias || fc1Bias || fc2Bias))
+         fc2Bias = isAllZeroFloat(op.getFc2Bias()), normBias = isAllZeroFloat(op.getNormBias());
+    if (!(mask || routerBias || selectionBias || fc1Bias || fc2Bias || normBias))
       return failure();
     rewriter.modifyOpInPlace(op, [&] {
       if (mask)
@@ -278,6 +311,8 @@ struct DropNoOpOperands final : OpRewritePattern<SparseMoEOp> {
         op.getFc1BiasMutable().clear();
       if (fc2Bias)
         op.getFc2BiasMutable().clear();
+      if (normBias)
+        op.getNormBiasMutable().clear();
     });
     return success();
   }

@@ -25,7 +25,7 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
                  `expert_groups` > 1 the N columns form equal consecutive groups, each scored by the sum of
                  its two largest biased scores, and only the best `group_topk` groups compete
     w[t, e]    = scores[t, e] for e in chosen(t); divided by their sum when `normalize`; times `scale`
-    output[t]  = sum over e in chosen(t), e < E of
+    routed[t]  = sum over e in chosen(t), e < E of
                  w[t, e] * (fc2[e][:, D_e(t)] x act(fc1[e][D_e(t), :] x input[t] + fc1_bias[e]) + fc2_bias[e])
     ```
 
@@ -44,6 +44,23 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     Ungated activations: `identity`, `relu`, `gelu` (erf form: `0.5 a (1 + erf(a / sqrt 2))`), `gelu_tanh`
     (`0.5 a (1 + tanh(sqrt(2 / pi) (a + 0.044715 a^3)))`, which ONNX Runtime's MoE computes for "gelu"),
     `silu`.
+
+    Three optional parts around the routed experts let one op be the whole MoE sub-block of a transformer
+    layer, which codegen turns into one dispatch:
+
+    ```
+    x          = norm == none ? input : norm(input)      // applied before everything above; `input[t]`
+                                                         // above means x[t]
+    rms:         x[t] = input[t] / sqrt(mean(input[t]^2) + norm_epsilon) * norm_weight
+    layer:       x[t] = (input[t] - mean) / sqrt(var(input[t]) + norm_epsilon) * norm_weight (+ norm_bias)
+    shared[t]  = shared_fc2 x act(shared_fc1 x x[t])     // an always-active expert with weight 1, same
+                                                         // activation and gated layout as the routed ones
+                 times sigmoid(x[t] . shared_gate) when `shared_gate` (`[H]`) is given (Qwen2-MoE)
+    output[t]  = routed[t] + shared[t] + residual[t]    // the op's result
+    ```
+
+    `shared_fc1` is `[Fs, H]` (`[2Fs, H]` gated) and `shared_fc2` `[H, Fs]`; several shared experts are one
+    with their hidden dims concatenated. `residual` (`[T, H]`) is usually the layer's pre-norm input.
 
     Weights may be weight-only quantised (`fc1_quant`/`fc2_quant`, see `#moe.weight_quant`); then `fc1`/`fc2`
     hold packed integers and `fc1_scales`/`fc2_scales` their scales. Accumulation is in f32.
@@ -73,6 +90,12 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     Optional<MoE_MaskTensor>:$mask,
     Optional<MoE_FloatTensor>:$pred_a,
     Optional<MoE_FloatTensor>:$pred_b,
+    Optional<MoE_FloatTensor>:$norm_weight,
+    Optional<MoE_FloatTensor>:$norm_bias,
+    Optional<MoE_FloatTensor>:$shared_fc1,
+    Optional<MoE_FloatTensor>:$shared_fc2,
+    Optional<MoE_FloatTensor>:$shared_gate,
+    Optional<MoE_FloatTensor>:$residual,
 
     ConfinedAttr<I64Attr, [IntMinValue<1>]>:$k,
     DefaultValuedAttr<MoE_RouterKindAttr, "RouterKind::linear">:$router_kind,
@@ -89,7 +112,9 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     OptionalAttr<F32Attr>:$activation_limit,
     OptionalAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>>:$keep,
     OptionalAttr<MoE_WeightQuantAttr>:$fc1_quant,
-    OptionalAttr<MoE_WeightQuantAttr>:$fc2_quant
+    OptionalAttr<MoE_WeightQuantAttr>:$fc2_quant,
+    DefaultValuedAttr<MoE_NormAttr, "NormKind::none">:$norm,
+    DefaultValuedAttr<F32Attr, "1.0e-5f">:$norm_epsilon
   );
   let results = (outs MoE_FloatTensor:$output);
 
@@ -99,6 +124,9 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     `,` `fc1` $fc1 (`fc1_bias` $fc1_bias^)? (`fc1_scales` $fc1_scales^)?
     `,` `fc2` $fc2 (`fc2_bias` $fc2_bias^)? (`fc2_scales` $fc2_scales^)?
     (`mask` $mask^)? (`predictor` `(` $pred_a^ `,` $pred_b `)`)?
+    (`norm_weight` $norm_weight^)? (`norm_bias` $norm_bias^)?
+    (`shared` `(` $shared_fc1^ `,` $shared_fc2 `)`)? (`shared_gate` $shared_gate^)?
+    (`residual` $residual^)?
     attr-dict `:` functional-type(operands, results)
   }];
 

@@ -66,6 +66,11 @@ foreach name = ["Abs", "Ceil", "Cos", "Erf", "Exp", "Floor", "Identity", "Log", 
                 "Relu", "Sigmoid", "Sin", "Sqrt", "Tanh"] in
   def ONNX_#name#Op : ONNX_UnaryOp<name>;
 
+def ONNX_GeluOp : ONNX_Op<"Gelu"> {
+  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<StrAttr, "\"none\"">:$approximate);
+  let results = (outs AnyTensor:$Y);
+}
+
 foreach name = ["Add", "And", "Div", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Mul", "Or",
                 "Pow", "Sub"] in
   def ONNX_#name#Op : ONNX_BinaryOp<name>;
@@ -115,6 +120,11 @@ def ONNX_GatherOp : ONNX_Op<"Gather"> {
 
 def ONNX_GatherElementsOp : ONNX_Op<"GatherElements"> {
   let arguments = (ins AnyTensor:$data, AnyTensor:$indices, DefaultValuedAttr<I64Attr, "0">:$axis);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_GatherNDOp : ONNX_Op<"GatherND"> {
+  let arguments = (ins AnyTensor:$data, AnyTensor:$indices, DefaultValuedAttr<I64Attr, "0">:$batch_dims);
   let results = (outs AnyTensor:$output);
 }
 

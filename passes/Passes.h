@@ -2,6 +2,8 @@
 #ifndef MOEC_PASSES_PASSES_H
 #define MOEC_PASSES_PASSES_H
 
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "ir/MoEDialect.h"
 #include "mlir/Pass/Pass.h"
 #include <memory>
 

@@ -37,4 +37,61 @@ def MoEPruneStaticMaskPass : Pass<"moe-prune-static-mask"> {
   let dependentDialects = ["::mlir::arith::ArithDialect"];
 }
 
+def MoERaiseDecomposedPass : Pass<"moe-raise-decomposed"> {
+  let summary = "Raise MoE blocks exported from PyTorch (router + batched experts) to moe.sparse_moe";
+  let description = [{
+    Finds the graph `torch.onnx.export` writes for a transformers MoE block whose experts run through the
+    `batched_mm` experts implementation (docs/pytorch-export.md): the router (softmax or sigmoid scores,
+    optional selection bias, optional DeepSeek-V3 grouped top-k, top-k, optional renormalisation and
+    scaling, optional ZAYA skip class) and the experts (per-(token, slot) gathered expert weights, SwiGLU /
+    GeGLU / SiLU / GELU / ReLU, down projection, weighted sum over the k slots). Each match becomes one
+    `moe.sparse_moe` with `router_kind = logits`; `moe-fold-router` then folds a linear router.
+
+    Near misses are left alone: softmax or top-k over the wrong axis, a different k in router and experts,
+    mismatched expert counts, different ids for the two projections, and any intermediate of the pattern
+    that something outside it also reads. With `remarks=true` each one gets a remark saying why.
+  }];
+  let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
+  let dependentDialects = ["::moec::moe::MoEDialect"];
+}
+
+def MoEFoldRouterPass : Pass<"moe-fold-router"> {
+  let summary = "Fold a linear router subgraph (x @ W + b) into its moe.sparse_moe";
+  let description = [{
+    For a `moe.sparse_moe` with `router_kind = logits` whose logits are a linear layer (`MatMul` with an
+    optional bias `Add`, or `Gemm`) of the layer's own input with constant weights, and are read by nothing
+    else, makes the weights the op's router (`[H, N]`, transposed when stored `[N, H]`), the bias its
+    `router_bias`, and sets `router_kind = linear`. This is how `com.microsoft.MoE` with its router MatMul
+    in front, and raised PyTorch blocks, get their gating inside the fused dispatch.
+  }];
+  let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
+  let dependentDialects = ["::mlir::arith::ArithDialect"];
+}
+
+def MoEFuseSharedExpertPass : Pass<"moe-fuse-shared-expert"> {
+  let summary = "Fold an always-active shared expert MLP added to a MoE layer's output into the op";
+  let description = [{
+    Matches `Add(moe.sparse_moe(x), mlp(x))` and `Add(moe.sparse_moe(x), sigmoid(x @ g) * mlp(x))`
+    (through reshapes), where `mlp` is a bias-free `down(act(gate(x)) * up(x))` or `down(act(up(x)))` with
+    the routed experts' activation and constant weights (Qwen2-MoE's gated shared expert, DeepSeek-V3's
+    shared experts). The MLP becomes the op's `shared_fc1`/`shared_fc2` (and `shared_gate`) and the Add
+    disappears. Left alone when the activation differs, the MLP reads another tensor, or an intermediate is
+    read elsewhere.
+  }];
+  let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
+  let dependentDialects = ["::mlir::arith::ArithDialect"];
+}
+
+def MoEFuseNormResidualPass : Pass<"moe-fuse-norm-residual"> {
+  let summary = "Fold the RMSNorm/LayerNorm in front of a MoE layer and the residual Add after it into the op";
+  let description = [{
+    When a `moe.sparse_moe`'s input is (through reshapes) an RMSNorm (`w * x / sqrt(mean(x^2) + eps)` in the
+    forms PyTorch exports) or an `onnx.LayerNormalization` over the last axis, and nothing else reads the
+    norm's output, the op takes the un-normalised tensor as input with `norm`, `norm_weight`
+    (`norm_bias`) and `norm_epsilon`. When the op's result (through reshapes) feeds exactly one `Add` of a
+    same-shaped tensor, that tensor becomes the op's `residual` and the Add disappears.
+  }];
+  let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
+}
+
 #endif // MOEC_PASSES_TD

@@ -1,5 +1,6 @@
 //===- PruneStaticMask.cpp - remove masked hidden dims from expert weights -===//
 #include "ir/MoEOps.h"
+#include "passes/MatchUtils.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -14,48 +15,11 @@ namespace moec {
 } // namespace moec
 
 using namespace mlir;
+using moec::constantBytes;
+using moec::makeConstant;
 using moec::moe::SparseMoEOp;
 
 namespace {
-
-/// Row-major bytes of a constant float tensor (inline or resource); empty when not available.
-std::vector<char> constantBytes(Value v) {
-  Attribute attr;
-  if (!v || !matchPattern(v, m_Constant(&attr)))
-    return {};
-  auto type = dyn_cast<RankedTensorType>(cast<TypedAttr>(attr).getType());
-  if (!type || !type.hasStaticShape() || !isa<FloatType>(type.getElementType()))
-    return {};
-  size_t width = type.getElementTypeBitWidth() / 8, count = type.getNumElements();
-  std::vector<char> out(width * count);
-  if (auto dense = dyn_cast<DenseElementsAttr>(attr)) {
-    ArrayRef<char> raw = dense.getRawData();
-    if (dense.isSplat()) {
-      for (size_t i = 0; i < count; ++i)
-        std::memcpy(out.data() + i * width, raw.data(), width);
-    } else {
-      std::memcpy(out.data(), raw.data(), out.size());
-    }
-    return out;
-  }
-  if (auto res = dyn_cast<DenseResourceElementsAttr>(attr))
-    if (AsmResourceBlob *blob = res.getRawHandle().getBlob())
-      if (blob->getData().size() == out.size()) {
-        std::memcpy(out.data(), blob->getData().data(), out.size());
-        return out;
-      }
-  return {};
-}
-
-/// A constant holding `bytes` of `type`: inline when small, a resource blob otherwise.
-Value makeConstant(OpBuilder &b, Location loc, RankedTensorType type, ArrayRef<char> bytes, StringRef name) {
-  ElementsAttr attr;
-  if (bytes.size() <= 4096)
-    attr = DenseElementsAttr::getFromRawBuffer(type, bytes);
-  else
-    attr = DenseResourceElementsAttr::get(type, name, HeapAsmResourceBlob::allocateAndCopyInferAlign(bytes));
-  return b.create<arith::ConstantOp>(loc, type, cast<TypedAttr>(attr));
-}
 
 LogicalResult prune(SparseMoEOp op) {
   if (!op.getMask() || op.getFc1QuantAttr() || op.getFc2QuantAttr())

@@ -237,3 +237,48 @@ func.func @bad_activation(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tenso
      : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
   return %y : tensor<4x64xf32>
 }
+
+// -----
+
+func.func @norm_without_weight(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{norm = rms needs operand 'norm_weight'}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>, norm = #moe.norm<rms>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @norm_bias_rms(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>, %n: tensor<64xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'norm_bias' only applies to norm = layer}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 norm_weight %n norm_bias %n {k = 1, activation = #moe.activation<relu>, norm = #moe.norm<rms>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>, tensor<64xf32>, tensor<64xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @norm_weight_shape(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>, %n: tensor<32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'norm_weight' [32]: dim 0 must be H = 64, got 32}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 norm_weight %n {k = 1, activation = #moe.activation<relu>, norm = #moe.norm<layer>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>, tensor<32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @shared_gated_rows(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x64x64xf32>, %w2: tensor<8x64x32xf32>, %s1: tensor<48x64xf32>, %s2: tensor<64x48xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'shared_fc1' [48, 64]: dim 0 must be 2Fs = 96, got 48}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 shared(%s1, %s2) {k = 1, activation = #moe.activation<swiglu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x64x64xf32>, tensor<8x64x32xf32>, tensor<48x64xf32>, tensor<64x48xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @residual_shape(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>, %res: tensor<4x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{operand 'residual' [4, 32]: dim 1 must be H = 64, got 32}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 residual %res {k = 1, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>, tensor<4x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}

@@ -98,3 +98,19 @@ func.func @masked_dynamic(%x: tensor<?x?xf32>, %r: tensor<?x?xf32>, %rb: tensor<
      : (tensor<?x?xf32>, tensor<?x?xf32>, tensor<?xf32>, tensor<?x?x?xf32>, tensor<?x?x?xf32>, tensor<?x?xi1>) -> tensor<?x?xf32>
   return %y : tensor<?x?xf32>
 }
+
+// -----
+
+// The whole MoE sub-block of a Qwen2-MoE layer: RMSNorm in front, a gated shared expert and the residual.
+// CHECK-LABEL: func.func @fused_block
+// CHECK: moe.sparse_moe %{{.*}}, %{{.*}}, fc1 %{{.*}}, fc2 %{{.*}} norm_weight %{{.*}} shared(%{{.*}}, %{{.*}}) shared_gate %{{.*}} residual %arg0 {
+// CHECK-SAME: norm = #moe.norm<rms>
+// CHECK-SAME: norm_epsilon = 9.99999997E-7 : f32
+func.func @fused_block(%x: tensor<?x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x64x64xf32>, %w2: tensor<8x64x32xf32>,
+                       %nw: tensor<64xf32>, %s1: tensor<96x64xf32>, %s2: tensor<64x48xf32>, %sg: tensor<64xf32>) -> tensor<?x64xf32> {
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 norm_weight %nw shared(%s1, %s2) shared_gate %sg residual %x
+       {k = 2, activation = #moe.activation<swiglu>, norm = #moe.norm<rms>, norm_epsilon = 1.0e-6 : f32}
+     : (tensor<?x64xf32>, tensor<64x8xf32>, tensor<8x64x64xf32>, tensor<8x64x32xf32>, tensor<64xf32>,
+        tensor<96x64xf32>, tensor<64x48xf32>, tensor<64xf32>, tensor<?x64xf32>) -> tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}

@@ -1,0 +1,259 @@
+//===- FuseNormResidual.cpp - fold the norm before and the residual after a MoE layer -===//
+//
+// A transformer layer's MoE half is `y = x + moe(norm(x))`. When the norm's output feeds nothing but the
+// MoE layer (router, experts and shared expert already inside it), the norm moves into the op (`norm`,
+// `norm_weight`, `norm_bias`, `norm_epsilon`, input = x); when the op's result (through reshapes) feeds
+// exactly one Add, the Add's other operand becomes the op's `residual`. Norms recognised:
+//
+//   RMSNorm:   w * (x * Reciprocal(Sqrt(ReduceMean(x^2, -1) + eps)))   (also x / Sqrt(...), Mul(x, x))
+//   LayerNorm: onnx.LayerNormalization(x, w, b?) over the last axis
+//
+//===----------------------------------------------------------------------===//
+#include "ir/MoEOps.h"
+#include "ir/ONNXOps.h"
+#include "passes/MatchUtils.h"
+#include "passes/Passes.h"
+
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/Matchers.h"
+
+#include <functional>
+
+namespace moec {
+#define GEN_PASS_DEF_MOEFUSENORMRESIDUALPASS
+#include "passes/Passes.h.inc"
+} // namespace moec
+
+using namespace mlir;
+using namespace moec;
+namespace ox = moec::onnxir;
+namespace moe = moec::moe;
+
+namespace {
+
+struct NormMatch {
+  Value x, weight, bias;
+  moe::NormKind kind = moe::NormKind::none;
+  double eps = 0;
+  SmallVector<Operation *> ops;
+};
+
+bool isLastAxisMean(ox::ReduceMeanOp m, Value x) {
+  auto axes = m.getAxes() ? constantInts(m.getAxes()) : std::nullopt;
+  return m.getData() && m.getKeepdims() == 1 && axes && axes->size() == 1 &&
+         normAxis((*axes)[0], rankOf(x)) == rankOf(x) - 1;
+}
+
+/// `x^2` as Pow(x, 2) or Mul(x, x); returns x.
+Value matchSquare(Value v, SmallVectorImpl<Operation *> &ops) {
+  if (auto p = defOp<ox::PowOp>(v)) {
+    auto e = constantScalar(p.getB());
+    if (e && *e == 2.0) {
+      ops.push_back(p);
+      return p.getA();
+    }
+  }
+  if (auto m = defOp<ox::MulOp>(v); m && m.getA() == m.getB()) {
+    ops.push_back(m);
+    return m.getA();
+  }
+  return {};
+}
+
+/// `Sqrt(ReduceMean(x^2) + eps)`; sets x and eps.
+bool matchRms(Value v, NormMatch &n) {
+  auto sq = defOp<ox::SqrtOp>(v);
+  auto add = sq ? defOp<ox::AddOp>(sq.getX()) : ox::AddOp();
+  if (!add)
+    return false;
+  for (int i = 0; i < 2; ++i) {
+    auto eps = constantScalar(add->getOperand(i));
+    auto mean = defOp<ox::ReduceMeanOp>(add->getOperand(1 - i));
+    if (!eps || !mean)
+      continue;
+    SmallVector<Operation *> ops{sq, add, mean};
+    Value x = matchSquare(mean.getData(), ops);
+    if (!x || !isLastAxisMean(mean, x))
+      continue;
+    n.x = x;
+    n.eps = *eps;
+    n.ops.append(ops);
+    return true;
+  }
+  return false;
+}
+
+/// The normalised tensor `v` (before the weight): x * Reciprocal(Sqrt(...)) or x / Sqrt(...).
+bool matchNormalised(Value v, NormMatch &n) {
+  if (auto div = defOp<ox::DivOp>(v))
+    if (matchRms(div.getB(), n) && n.x == div.getA()) {
+      n.ops.push_back(div);
+      return true;
+    }
+  if (auto mul = defOp<ox::MulOp>(v))
+    for (int i = 0; i < 2; ++i)
+      if (auto rec = defOp<ox::ReciprocalOp>(mul->getOperand(i))) {
+        NormMatch trial;
+        if (matchRms(rec.getX(), trial) && trial.x == mul->getOperand(1 - i)) {
+          n = trial;
+          n.ops.append({mul, rec});
+          return true;
+        }
+      }
+  return false;
+}
+
+std::optional<NormMatch> matchNorm(Value v, int64_t hdim) {
+  NormMatch n;
+  if (auto ln = defOp<ox::LayerNormalizationOp>(v)) {
+    if (normAxis(ln.getAxis(), rankOf(ln.getX())) != rankOf(ln.getX()) - 1 || !ln.getMean().use_empty() ||
+        !ln.getInvStdDev().use_empty() || rankOf(ln.getScale()) != 1 || (ln.getB() && rankOf(ln.getB()) != 1))
+      return std::nullopt;
+    n.x = ln.getX();
+    n.weight = ln.getScale();
+    n.bias = ln.getB();
+    n.kind = moe::NormKind::layer;
+    n.eps = ln.getEpsilon().convertToDouble();
+    n.ops.push_back(ln);
+    return n;
+  }
+  auto mul = defOp<ox::MulOp>(v);
+  if (!mul)
+    return std::nullopt;
+  for (int i = 0; i < 2; ++i) {
+    Value w = mul->getOperand(i);
+    NormMatch trial;
+    if (rankOf(w) == 1 && matchNormalised(mul->getOperand(1 - i), trial)) {
+      trial.weight = w;
+      trial.kind = moe::NormKind::rms;
+      trial.ops.insert(trial.ops.begin(), mul);
+      n = trial;
+      break;
+    }
+  }
+  if (n.kind == moe::NormKind::none)
+    return std::nullopt;
+  auto wt = cast<RankedTensorType>(n.weight.getType());
+  if (wt.getDimSize(0) != hdim)
+    return std::nullopt;
+  return n;
+}
+
+/// `v` as [T, H]: itself when already 2-D, else a new Reshape(v, [-1, H]).
+Value flatten(OpBuilder &b, Location loc, Value v, RankedTensorType flatType) {
+  if (v.getType() == flatType)
+    return v;
+  if (rankOf(v) == 2 && cast<RankedTensorType>(v.getType()).getDimSize(1) == flatType.getDimSize(1))
+    return v;
+  auto i64 = RankedTensorType::get({2}, b.getI64Type());
+  Value shape = b.create<ox::ConstantOp>(
+      loc, DenseIntElementsAttr::get(i64, ArrayRef<int64_t>{-1, flatType.getDimSize(1)}));
+  return b.create<ox::ReshapeOp>(loc, flatType, v, shape, b.getI64IntegerAttr(0));
+}
+
+std::string fuseNorm(moe::SparseMoEOp op) {
+  if (op.getNorm() != moe::NormKind::none)
+    return "";
+  Value in = op.getInput();
+  SmallVector<Operation *> chain;
+  Value v = in;
+  while (auto r = defOp<ox::ReshapeOp>(v)) {
+    chain.push_back(r);
+    v = r.getData();
+  }
+  auto inT = op.getInput().getType();
+  auto n = matchNorm(v, inT.getDimSize(1));
+  if (!n)
+    return ""; // no norm in front: nothing to say
+  // Every use of the norm's output must reach only this op's input (through reshapes).
+  Operation *reader = nullptr;
+  std::function<bool(Value)> onlyFeedsOp = [&](Value v) {
+    for (Operation *user : v.getUsers()) {
+      if (user == op.getOperation())
+        continue;
+      if (isa<ox::ReshapeOp>(user) && onlyFeedsOp(user->getResult(0)))
+        continue;
+      reader = user;
+      return false;
+    }
+    return true;
+  };
+  if (!onlyFeedsOp(n->ops.front()->getResult(0)))
+    return "the norm's output is also read by '" + reader->getName().getStringRef().str() +
+           "' outside the MoE layer";
+  SmallVector<Operation *> all(n->ops);
+  if (!usedOnlyWithin(all, n->ops.front()))
+    return "an intermediate of the norm is also read outside it";
+  all.append(chain.begin(), chain.end());
+  if (!matchPattern(n->weight, m_Constant()) || (n->bias && !matchPattern(n->bias, m_Constant())))
+    return "the norm's weight or bias is not a constant";
+  for (Value w : {n->weight, n->bias})
+    if (w && cast<RankedTensorType>(w.getType()).getElementType() != inT.getElementType())
+      return "the norm's weights differ in element type from the layer's input";
+  OpBuilder b(op);
+  Value x = flatten(b, op.getLoc(), n->x, inT);
+  op.getInputMutable().assign(x);
+  op.getNormWeightMutable().assign(n->weight);
+  if (n->bias)
+    op.getNormBiasMutable().assign(n->bias);
+  op.setNorm(n->kind);
+  op.setNormEpsilon(APFloat(static_cast<float>(n->eps)));
+  eraseDeadOps(all);
+  noteFused(op, n->kind == moe::NormKind::rms ? "rms_norm" : "layer_norm");
+  return "";
+}
+
+std::string fuseResidual(moe::SparseMoEOp op) {
+  if (op.getResidual())
+    return "";
+  SmallVector<Operation *> chain;
+  Value r = op.getResult();
+  while (r.hasOneUse() && isa<ox::ReshapeOp>(*r.getUsers().begin())) {
+    chain.push_back(*r.getUsers().begin());
+    r = chain.back()->getResult(0);
+  }
+  if (!r.hasOneUse())
+    return "";
+  auto add = dyn_cast<ox::AddOp>(*r.getUsers().begin());
+  if (!add)
+    return "";
+  Value other = otherOperand(add, r);
+  if (!other || other.getType() != add.getType() || r.getType() != add.getType())
+    return "the residual Add broadcasts";
+  auto outT = op.getResult().getType();
+  OpBuilder b(op);
+  // Reuse the flattened input when the residual is the layer's (pre-norm) input.
+  Value res = sameData(other, op.getInput()) && other != op.getInput() && rankOf(other) != 2
+                  ? op.getInput()
+                  : Value();
+  if (!res) {
+    if (Operation *d = other.getDefiningOp(); d && !d->isBeforeInBlock(op) && d->getBlock() == op->getBlock())
+      return "the residual is computed after the MoE layer";
+    res = flatten(b, op.getLoc(), other, outT);
+  }
+  if (!sameData(res, other))
+    return "the residual cannot be flattened to [T, H]";
+  op.getResidualMutable().assign(res);
+  add.getResult().replaceAllUsesWith(r);
+  add->erase();
+  noteFused(op, "residual_add");
+  return "";
+}
+
+struct MoEFuseNormResidualPass final : moec::impl::MoEFuseNormResidualPassBase<MoEFuseNormResidualPass> {
+  using Base::Base;
+  void runOnOperation() override {
+    SmallVector<moe::SparseMoEOp> layers; // collected first: fusion erases ops the walk would visit next
+    getOperation()->walk([&](moe::SparseMoEOp op) { layers.push_back(op); });
+    for (moe::SparseMoEOp op : layers) {
+      std::string why = fuseNorm(op);
+      if (!why.empty() && remarks)
+        emitRemark(op.getLoc()) << "norm not fused into the MoE layer: " << why;
+      why = fuseResidual(op);
+      if (!why.empty() && remarks)
+        emitRemark(op.getLoc()) << "residual Add not fused into the MoE layer: " << why;
+    }
+  }
+};
+
+} // namespace

@@ -1,0 +1,198 @@
+//===- MatchUtils.cpp - helpers shared by moec's raising and fusion passes -===//
+#include "passes/MatchUtils.h"
+#include "ir/ONNXOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/DialectResourceBlobManager.h"
+#include "mlir/IR/Matchers.h"
+
+#include <cstring>
+
+using namespace mlir;
+namespace ox = moec::onnxir;
+
+namespace moec {
+
+std::vector<char> constantBytes(Value v) {
+  Attribute attr;
+  if (!v || !matchPattern(v, m_Constant(&attr)))
+    return {};
+  auto type = dyn_cast<RankedTensorType>(cast<TypedAttr>(attr).getType());
+  if (!type || !type.hasStaticShape() || !isa<FloatType>(type.getElementType()))
+    return {};
+  size_t width = type.getElementTypeBitWidth() / 8, count = type.getNumElements();
+  std::vector<char> out(width * count);
+  if (auto dense = dyn_cast<DenseElementsAttr>(attr)) {
+    ArrayRef<char> raw = dense.getRawData();
+    if (dense.isSplat()) {
+      for (size_t i = 0; i < count; ++i)
+        std::memcpy(out.data() + i * width, raw.data(), width);
+    } else {
+      std::memcpy(out.data(), raw.data(), out.size());
+    }
+    return out;
+  }
+  if (auto res = dyn_cast<DenseResourceElementsAttr>(attr))
+    if (AsmResourceBlob *blob = res.getRawHandle().getBlob())
+      if (blob->getData().size() == out.size()) {
+        std::memcpy(out.data(), blob->getData().data(), out.size());
+        return out;
+      }
+  return {};
+}
+
+Value makeConstant(OpBuilder &b, Location loc, RankedTensorType type, ArrayRef<char> bytes, StringRef name) {
+  ElementsAttr attr;
+  if (bytes.size() <= 4096)
+    attr = DenseElementsAttr::getFromRawBuffer(type, bytes);
+  else
+    attr = DenseResourceElementsAttr::get(type, name, HeapAsmResourceBlob::allocateAndCopyInferAlign(bytes));
+  return b.create<arith::ConstantOp>(loc, type, cast<TypedAttr>(attr));
+}
+
+std::optional<SmallVector<int64_t>> constantInts(Value v) {
+  DenseIntElementsAttr attr;
+  if (!v || !matchPattern(v, m_Constant(&attr)))
+    return std::nullopt;
+  SmallVector<int64_t> out;
+  for (const APInt &x : attr.getValues<APInt>())
+    out.push_back(x.getSExtValue());
+  return out;
+}
+
+std::optional<double> constantScalar(Value v) {
+  DenseFPElementsAttr attr;
+  if (!v || !matchPattern(v, m_Constant(&attr)) || attr.getNumElements() != 1)
+    return std::nullopt;
+  return (*attr.getValues<APFloat>().begin()).convertToDouble();
+}
+
+Value stripReshapes(Value v) {
+  while (v) {
+    if (auto r = defOp<ox::ReshapeOp>(v))
+      v = r.getData();
+    else if (auto i = defOp<ox::IdentityOp>(v))
+      v = i.getX();
+    else
+      break;
+  }
+  return v;
+}
+
+bool sameData(Value a, Value b) { return a && b && stripReshapes(a) == stripReshapes(b); }
+
+Value otherOperand(Operation *op, Value known) {
+  if (!op || op->getNumOperands() != 2)
+    return {};
+  if (op->getOperand(0) == known)
+    return op->getOperand(1);
+  if (op->getOperand(1) == known)
+    return op->getOperand(0);
+  return {};
+}
+
+std::optional<int64_t> normAxis(int64_t axis, int64_t rank) {
+  if (axis < 0)
+    axis += rank;
+  if (axis < 0 || axis >= rank)
+    return std::nullopt;
+  return axis;
+}
+
+int64_t rankOf(Value v) {
+  auto t = v ? dyn_cast<RankedTensorType>(v.getType()) : RankedTensorType();
+  return t ? t.getRank() : -1;
+}
+
+std::optional<LinearMatch> matchLinear(Value v) {
+  LinearMatch l;
+  Value mmOut = v;
+  if (auto add = defOp<ox::AddOp>(v)) {
+    for (int i = 0; i < 2; ++i)
+      if (matchPattern(add->getOperand(i), m_Constant()) && rankOf(add->getOperand(i)) == 1 &&
+          (defOp<ox::MatMulOp>(add->getOperand(1 - i)) || defOp<ox::GemmOp>(add->getOperand(1 - i)))) {
+        l.bias = add->getOperand(i);
+        mmOut = add->getOperand(1 - i);
+        l.ops.push_back(add);
+        break;
+      }
+  }
+  if (auto mm = defOp<ox::MatMulOp>(mmOut)) {
+    l.x = mm.getA();
+    l.weight = mm.getB();
+    l.ops.push_back(mm);
+  } else if (auto g = defOp<ox::GemmOp>(mmOut)) {
+    if (g.getTransA() != 0 || g.getAlpha().convertToDouble() != 1.0 || (g.getC() && l.bias))
+      return std::nullopt;
+    if (g.getC()) {
+      if (g.getBeta().convertToDouble() != 1.0 || !matchPattern(g.getC(), m_Constant()))
+        return std::nullopt;
+      l.bias = g.getC();
+    }
+    l.x = g.getA();
+    l.weight = g.getB();
+    l.weightIsOutIn = g.getTransB() != 0;
+    l.ops.push_back(g);
+  } else {
+    return std::nullopt;
+  }
+  auto wt = dyn_cast<RankedTensorType>(l.weight.getType());
+  if (!wt || wt.getRank() != 2 || !wt.hasStaticShape() || !matchPattern(l.weight, m_Constant()))
+    return std::nullopt;
+  l.out = wt.getDimSize(l.weightIsOutIn ? 0 : 1);
+  l.in = wt.getDimSize(l.weightIsOutIn ? 1 : 0);
+  if (l.bias) {
+    auto bt = dyn_cast<RankedTensorType>(l.bias.getType());
+    if (!bt || bt.getNumElements() != l.out)
+      return std::nullopt;
+  }
+  return l;
+}
+
+std::vector<char> linearWeightOutIn(const LinearMatch &l) {
+  std::vector<char> bytes = constantBytes(l.weight);
+  if (bytes.empty() || l.weightIsOutIn)
+    return bytes;
+  size_t width = bytes.size() / (l.in * l.out);
+  std::vector<char> t(bytes.size());
+  for (int64_t i = 0; i < l.in; ++i)
+    for (int64_t o = 0; o < l.out; ++o)
+      std::memcpy(&t[(o * l.in + i) * width], &bytes[(i * l.out + o) * width], width);
+  return t;
+}
+
+bool usedOnlyWithin(ArrayRef<Operation *> ops, Operation *except) {
+  for (Operation *op : ops) {
+    if (op == except)
+      continue;
+    for (Operation *user : op->getUsers())
+      if (!llvm::is_contained(ops, user))
+        return false;
+  }
+  return true;
+}
+
+void eraseDeadOps(ArrayRef<Operation *> ops) {
+  SmallVector<Operation *> live(ops.begin(), ops.end());
+  bool changed = true;
+  while (changed) {
+    changed = false;
+    for (Operation *&op : live)
+      if (op && !op->hasTrait<OpTrait::ConstantLike>() && op->use_empty()) {
+        op->erase();
+        op = nullptr;
+        changed = true;
+      }
+  }
+}
+
+void noteFused(Operation *op, StringRef what) {
+  SmallVector<Attribute> list;
+  if (auto old = op->getAttrOfType<ArrayAttr>("moe.fused"))
+    list.append(old.begin(), old.end());
+  list.push_back(StringAttr::get(op->getContext(), what));
+  op->setAttr("moe.fused", ArrayAttr::get(op->getContext(), list));
+}
+
+} // namespace moec

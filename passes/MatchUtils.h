@@ -1,0 +1,78 @@
+//===- MatchUtils.h - helpers shared by moec's raising and fusion passes ---===//
+//
+// Reading constants (inline or resource blobs), seeing through layout-only ops, and making new weight
+// constants. Raising passes match def-use chains of `onnx.*` ops; these helpers keep that code about the
+// pattern, not about attribute plumbing.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOEC_PASSES_MATCHUTILS_H
+#define MOEC_PASSES_MATCHUTILS_H
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/Value.h"
+#include "llvm/ADT/SmallVector.h"
+
+#include <optional>
+#include <vector>
+
+namespace moec {
+
+/// Row-major bytes of a constant float tensor (inline `DenseElementsAttr` or a resource blob) with a static
+/// shape; empty when `v` is not such a constant.
+std::vector<char> constantBytes(mlir::Value v);
+
+/// A constant holding `bytes` of `type`: inline when small, a heap resource blob named `name` otherwise.
+mlir::Value makeConstant(mlir::OpBuilder &b, mlir::Location loc, mlir::RankedTensorType type,
+                         llvm::ArrayRef<char> bytes, llvm::StringRef name);
+
+/// The integers of a constant integer tensor (any rank), or nullopt.
+std::optional<llvm::SmallVector<int64_t>> constantInts(mlir::Value v);
+
+/// The value of a constant float tensor with exactly one element (any rank), or nullopt.
+std::optional<double> constantScalar(mlir::Value v);
+
+/// `v` with `onnx.Reshape` and `onnx.Identity` stripped: reshapes keep row-major order, so two values with
+/// the same base hold the same data in the same order.
+mlir::Value stripReshapes(mlir::Value v);
+
+/// True when `a` and `b` hold the same data in the same row-major order (same value up to reshapes).
+bool sameData(mlir::Value a, mlir::Value b);
+
+/// The defining op of `v` as `OpTy`, or null.
+template <typename OpTy> OpTy defOp(mlir::Value v) { return v ? v.getDefiningOp<OpTy>() : OpTy(); }
+
+/// The other operand of a commutative binary op given one of them, or null when `known` is neither.
+mlir::Value otherOperand(mlir::Operation *op, mlir::Value known);
+
+/// Normalises a possibly negative axis against `rank`; nullopt when out of range.
+std::optional<int64_t> normAxis(int64_t axis, int64_t rank);
+
+/// Rank of `v`'s ranked tensor type, or -1.
+int64_t rankOf(mlir::Value v);
+
+/// `x @ W (+ b)` as ONNX writes a linear layer: `Gemm(x, W, C?)` (alpha = beta = 1, no transA) or
+/// `MatMul(x, W)` with an optional `Add` of a constant bias, `W` a constant 2-D matrix.
+struct LinearMatch {
+  mlir::Value x, weight, bias;
+  bool weightIsOutIn = false; ///< W stored [out, in] (Gemm transB = 1), else [in, out]
+  int64_t in = 0, out = 0;
+  llvm::SmallVector<mlir::Operation *, 2> ops; ///< the Gemm / MatMul (+ Add)
+};
+std::optional<LinearMatch> matchLinear(mlir::Value v);
+
+/// W as an [out, in] row-major byte matrix (transposing an [in, out] one).
+std::vector<char> linearWeightOutIn(const LinearMatch &l);
+
+/// True when every user of every result of `ops` (other than `except`) is itself in `ops`.
+bool usedOnlyWithin(llvm::ArrayRef<mlir::Operation *> ops, mlir::Operation *except = nullptr);
+
+/// Erases the ops of `ops` that have no users, repeatedly, until none is left to erase.
+void eraseDeadOps(llvm::ArrayRef<mlir::Operation *> ops);
+
+/// Appends `what` to op's `moe.fused` list (what the fusion passes folded into it, for `moec --report`).
+void noteFused(mlir::Operation *op, llvm::StringRef what);
+
+} // namespace moec
+
+#endif // MOEC_PASSES_MATCHUTILS_H
