@@ -81,7 +81,8 @@ Value concatRows(NodeImporter &ni, Value a, Value b) {
 }
 
 /// Builds moe.sparse_moe over `ops`, flattening a 3-D input to [tokens, hidden] and restoring its shape.
-LogicalResult emitSparseMoE(NodeImporter &ni, MoEOperands ops, SmallVector<NamedAttribute> attrs) {
+LogicalResult emitSparseMoE(NodeImporter &ni, MoEOperands ops, SmallVector<NamedAttribute> attrs,
+                            StringRef source) {
   OpBuilder &b = ni.builder();
   for (auto [name, v] : {std::pair<StringRef, Value>{"input", ops.input},
                          {"router", ops.router},
@@ -120,6 +121,7 @@ LogicalResult emitSparseMoE(NodeImporter &ni, MoEOperands ops, SmallVector<Named
   Operation *op = ni.createOp(moe::SparseMoEOp::getOperationName(), operands, attrs, {flatType});
   if (!op)
     return failure();
+  op->setAttr("moe.source", b.getStringAttr(source)); // the form it came in, for `moec compile --report`
   Value result = op->getResult(0);
   if (inType.getRank() == 3) {
     auto shapeType = RankedTensorType::get({3}, b.getI64Type());
@@ -212,7 +214,7 @@ LogicalResult moec::frontend::importOrtMoE(NodeImporter &ni) {
   SmallVector<NamedAttribute> attrs;
   if (failed(ortCommon(ni, ops, ni.input(6), ni.input(7), Value(), attrs)))
     return failure();
-  return emitSparseMoE(ni, ops, attrs);
+  return emitSparseMoE(ni, ops, attrs, "com.microsoft.MoE");
 }
 
 LogicalResult moec::frontend::importOrtQMoE(NodeImporter &ni) {
@@ -260,7 +262,7 @@ LogicalResult moec::frontend::importOrtQMoE(NodeImporter &ni) {
       return ni.fail("expert weight bits " + std::to_string(w) + " are not supported (4 or 8)");
     attrs.push_back(b.getNamedAttr(name, moe::WeightQuantAttr::get(b.getContext(), w, block)));
   }
-  return emitSparseMoE(ni, ops, attrs);
+  return emitSparseMoE(ni, ops, attrs, "com.microsoft.QMoE");
 }
 
 LogicalResult moec::frontend::importSparseMoE(NodeImporter &ni) {
@@ -295,5 +297,5 @@ LogicalResult moec::frontend::importSparseMoE(NodeImporter &ni) {
   attrs.push_back(b.getNamedAttr("activation", moe::ActivationAttr::get(b.getContext(), *act)));
   if (auto *keep = ni.attribute("keep"))
     attrs.push_back(b.getNamedAttr("keep", b.getI64IntegerAttr(keep->i())));
-  return emitSparseMoE(ni, ops, attrs);
+  return emitSparseMoE(ni, ops, attrs, "moec.SparseMoE");
 }

@@ -43,7 +43,8 @@ std::string fold(moe::SparseMoEOp op) {
   if (!lin)
     return "the router logits are not a linear layer (x @ W + b with constant W)";
   if (!sameData(lin->x, op.getInput()))
-    return "the router's linear layer reads a tensor other than the layer's input";
+    return "the router is not one linear layer of the layer's input (an MLP router, say): its logits stay "
+           "computed outside the dispatch";
   auto inT = op.getInput().getType();
   auto wT = cast<RankedTensorType>(lin->weight.getType());
   if (lin->in != inT.getDimSize(1) || lin->out != op.getNumRouterColumns())
@@ -80,6 +81,7 @@ std::string fold(moe::SparseMoEOp op) {
   op.getRouterMutable().assign(w);
   if (bias)
     op.getRouterBiasMutable().assign(bias);
+  noteFused(op, "router_matmul");
   // The router subgraph is dead now; `all` runs from the op outwards, so users go first.
   for (Operation *dead : all)
     if (dead->use_empty())

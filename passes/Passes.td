@@ -94,4 +94,17 @@ def MoEFuseNormResidualPass : Pass<"moe-fuse-norm-residual"> {
   let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
 }
 
+def MoEApplyPatternsPass : Pass<"moe-apply-patterns"> {
+  let summary = "Apply the PDL rewrite patterns of a file (compiled from PDLL) with MLIR's PDL interpreter";
+  let description = [{
+    Loads `file`, an MLIR module of `pdl.pattern` ops (write the patterns in PDLL and compile them with
+    `mlir-pdll-19 patterns.pdll -x=mlir -o patterns.mlir`), and applies them greedily to the whole module
+    until nothing matches. Patterns can match and create any op of the `onnx`, `moe` and upstream dialects;
+    native (C++) constraints and rewrites are not available. This is what `moec compile --patterns=FILE`
+    runs; see docs/writing-fusion-passes.md.
+  }];
+  let options = [Option<"file", "file", "std::string", "", "MLIR file holding the pdl.pattern ops">];
+  let dependentDialects = ["::mlir::pdl::PDLDialect", "::mlir::pdl_interp::PDLInterpDialect"];
+}
+
 #endif // MOEC_PASSES_TD

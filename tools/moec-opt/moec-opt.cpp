@@ -7,6 +7,7 @@
 #include "ir/MoEDialect.h"
 #include "ir/ONNXOps.h"
 #include "passes/Passes.h"
+#include "passes/Pipeline.h"
 
 #include "mlir/IR/DialectRegistry.h"
 #include "mlir/InitAllDialects.h"
@@ -17,6 +18,7 @@
 int main(int argc, char **argv) {
   mlir::registerAllPasses();
   moec::registerMoECPasses();
+  moec::registerFusionPipeline();
 
   mlir::DialectRegistry registry;
   mlir::registerAllDialects(registry);

@@ -1,7 +1,8 @@
 //===- moec.cpp - the moec compiler driver --------------------------------===//
 //
 //   moec import MODEL.onnx [-o OUT.mlir]          ONNX -> moec's graph IR (MLIR)
-//   moec compile MODEL.onnx --emit=mlir [-o OUT]  same, through the compile driver
+//   moec compile MODEL.onnx --emit=mlir [-o OUT]  import, then raise and fuse MoE layers
+//                                                 (passes/Pipeline.h), with user plugins and patterns
 //   moec import --list-ops                        the supported (domain, op, since-version) table
 //
 // Errors are one line on stderr, the exit code is non-zero, and no output file is left behind.
@@ -9,14 +10,23 @@
 //===----------------------------------------------------------------------===//
 #include "frontend/Importer.h"
 #include "ir/MoEDialect.h"
+#include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
+#include "passes/Passes.h"
+#include "passes/Pipeline.h"
 
 #include "mlir/IR/AsmState.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/BuiltinDialect.h"
 #include "mlir/IR/DialectResourceBlobManager.h"
 #include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/OperationSupport.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassRegistry.h"
+#include "mlir/Tools/Plugins/DialectPlugin.h"
+#include "mlir/Tools/Plugins/PassPlugin.h"
+#include "mlir/Transforms/Passes.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/InitLLVM.h"
@@ -29,8 +39,9 @@ using namespace llvm;
 namespace {
 cl::SubCommand importCmd("import", "Import an ONNX model (.onnx, or ONNX text syntax .onnxtxt) into moec's "
                                    "graph IR and print it as MLIR");
-cl::SubCommand compileCmd("compile", "Compile an ONNX model. Today only --emit=mlir exists (the same as "
-                                     "`moec import`); artifacts (.moex) come with code generation");
+cl::SubCommand compileCmd("compile", "Compile an ONNX model: import, raise every MoE layer to one fused "
+                                     "moe.sparse_moe dispatch, and write the result (--emit=mlir; artifacts "
+                                     "(.moex) come with code generation)");
 
 cl::OptionCategory category("moec options");
 cl::opt<std::string> inputPath(cl::Positional, cl::desc("<model.onnx>"), cl::sub(importCmd),
@@ -49,6 +60,41 @@ cl::opt<int64_t>
                  cl::desc("Leave weight blobs over this many bytes out of the printout (default 1024; "
                           "-1 prints every byte, so the output parses back with its weights)"),
                  cl::init(1024), cl::sub(importCmd), cl::sub(compileCmd), cl::cat(category));
+cl::OptionCategory passCategory("moec compile: passes, plugins and visibility");
+cl::opt<bool> report("report",
+                     cl::desc("Print to stderr which MoE layers were found, in which form, what was fused "
+                              "into each, and why near misses were not"),
+                     cl::sub(compileCmd), cl::cat(passCategory));
+cl::list<std::string> passPlugins("load-pass-plugin",
+                                  cl::desc("Load a pass plugin (shared library exporting "
+                                           "mlirGetPassPluginInfo); its passes can be named in --passes"),
+                                  cl::value_desc("lib.so"), cl::sub(compileCmd), cl::cat(passCategory));
+cl::list<std::string> dialectPlugins("load-dialect-plugin",
+                                     cl::desc("Load a dialect plugin (shared library exporting "
+                                              "mlirGetDialectPluginInfo)"),
+                                     cl::value_desc("lib.so"), cl::sub(compileCmd), cl::cat(passCategory));
+cl::opt<std::string> userPasses("passes",
+                                cl::desc("A pass pipeline to run at the --hook point, in MLIR's textual form "
+                                         "(e.g. 'moe-example-cap-topk{max-k=1},canonicalize')"),
+                                cl::value_desc("pipeline"), cl::sub(compileCmd), cl::cat(passCategory));
+cl::list<std::string> patternFiles("patterns",
+                                   cl::desc("Apply the PDL patterns of this file (mlir-pdll-19 -x=mlir output) "
+                                            "at the --hook point; may be repeated"),
+                                   cl::value_desc("file.mlir"), cl::sub(compileCmd), cl::cat(passCategory));
+cl::opt<std::string> hookPoint("hook",
+                               cl::desc("Where --passes and --patterns run: before-fusion (default; after "
+                                        "import cleanup, so moec's raising and fusion see their result) or "
+                                        "after-fusion (on the fused dispatches, before codegen)"),
+                               cl::init("before-fusion"), cl::sub(compileCmd), cl::cat(passCategory));
+cl::opt<bool> printAfterAll("print-ir-after-all", cl::desc("Print the IR after every pass (to stderr)"),
+                            cl::sub(compileCmd), cl::cat(passCategory));
+cl::list<std::string> printAfter("print-ir-after",
+                                 cl::desc("Print the IR after each pass with this name (e.g. "
+                                          "moe-raise-decomposed); may be repeated"),
+                                 cl::value_desc("pass"), cl::sub(compileCmd), cl::cat(passCategory));
+cl::opt<bool> noFusion("no-fusion", cl::desc("Skip moec's raising and fusion passes (user hooks still run)"),
+                       cl::sub(compileCmd), cl::cat(passCategory));
+
 cl::opt<bool> listOps("list-ops",
                       cl::desc("Print the supported ONNX ops (domain, op, since-version) and exit"),
                       cl::sub(importCmd), cl::cat(category));
@@ -56,6 +102,107 @@ cl::opt<bool> listOps("list-ops",
 int error(const Twine &message) {
   WithColor::error(errs(), "moec") << message << "\n";
   return 1;
+}
+
+/// One line per MoE layer: where, from which form, its shape and what was fused into it.
+void printReport(mlir::ModuleOp module, ArrayRef<std::string> misses) {
+  using namespace moec::moe;
+  SmallVector<SparseMoEOp> layers;
+  module.walk([&](SparseMoEOp op) { layers.push_back(op); });
+  errs() << "moec report: " << inputPath << ": " << layers.size() << " MoE layer"
+         << (layers.size() == 1 ? "" : "s") << " (one fused dispatch each)\n";
+  auto dim = [](int64_t d) { return mlir::ShapedType::isDynamic(d) ? std::string("?") : std::to_string(d); };
+  for (auto [i, op] : llvm::enumerate(layers)) {
+    std::string loc;
+    raw_string_ostream los(loc);
+    op.getLoc().print(los);
+    auto source = op->getAttrOfType<mlir::StringAttr>("moe.source");
+    errs() << "  [" << i << "] " << loc << "\n      form: " << (source ? source.getValue() : "moe.sparse_moe")
+           << "; E=" << dim(op.getNumExperts());
+    if (op.getZeroExperts())
+      errs() << " (+" << op.getZeroExperts() << " zero)";
+    errs() << " k=" << op.getK() << " H=" << dim(op.getInput().getType().getDimSize(1))
+           << " F=" << dim(op.getHiddenDim()) << " " << stringifyActivation(op.getActivation()) << "; router "
+           << stringifyRouterKind(op.getRouterKind()) << ", " << stringifyGateFunc(op.getGate());
+    if (op.getExpertGroups() > 1)
+      errs() << ", grouped top-" << *op.getGroupTopk() << " of " << op.getExpertGroups() << " groups";
+    if (op.getNormalize())
+      errs() << ", renormalised";
+    if (op.getScale().convertToDouble() != 1.0)
+      errs() << ", scale " << op.getScale().convertToDouble();
+    errs() << "\n      fused:";
+    auto fused = op->getAttrOfType<mlir::ArrayAttr>("moe.fused");
+    if (!fused || fused.empty())
+      errs() << " (nothing beyond the layer itself)";
+    else
+      for (auto f : fused.getAsRange<mlir::StringAttr>())
+        errs() << " " << f.getValue();
+    errs() << "\n";
+  }
+  if (!misses.empty()) {
+    errs() << "  not fused (near misses):\n";
+    for (const auto &m : misses)
+      errs() << "    " << m << "\n";
+  }
+}
+
+mlir::LogicalResult runCompilePipeline(mlir::ModuleOp module) {
+  mlir::MLIRContext *ctx = module.getContext();
+  mlir::PassManager pm(ctx);
+  if (hookPoint != "before-fusion" && hookPoint != "after-fusion")
+    return error("--hook=" + hookPoint + ": expected before-fusion or after-fusion"), mlir::failure();
+  moec::HookPoint where =
+      hookPoint == "after-fusion" ? moec::HookPoint::AfterFusion : moec::HookPoint::BeforeFusion;
+  std::string pipelineError;
+  moec::PipelineOptions options;
+  options.remarks = report;
+  options.hook = [&](mlir::OpPassManager &opm, moec::HookPoint at) {
+    if (at != where)
+      return;
+    for (const auto &file : patternFiles) {
+      moec::MoEApplyPatternsPassOptions po;
+      po.file = file;
+      opm.addPass(moec::createMoEApplyPatternsPass(po));
+    }
+    if (!userPasses.empty()) {
+      std::string message;
+      raw_string_ostream os(message);
+      if (mlir::failed(mlir::parsePassPipeline(userPasses, opm, os)))
+        pipelineError = "--passes='" + userPasses + "': " + message;
+    }
+  };
+  if (noFusion) {
+    options.hook(pm, where);
+  } else {
+    moec::buildFusionPipeline(pm, options);
+  }
+  if (!pipelineError.empty())
+    return error(StringRef(pipelineError).rtrim()), mlir::failure();
+  if (printAfterAll || !printAfter.empty()) {
+    ctx->disableMultithreading();
+    auto after = [](mlir::Pass *pass, mlir::Operation *) {
+      return printAfterAll || llvm::is_contained(printAfter, pass->getArgument().str());
+    };
+    pm.enableIRPrinting([](mlir::Pass *, mlir::Operation *) { return false; }, after,
+                        /*printModuleScope=*/true, /*printAfterOnlyOnChange=*/false,
+                        /*printAfterOnlyOnFailure=*/false, errs(),
+                        mlir::OpPrintingFlags().elideLargeElementsAttrs(16).elideLargeResourceString(64));
+  }
+  SmallVector<std::string> misses;
+  mlir::ScopedDiagnosticHandler handler(ctx, [&](mlir::Diagnostic &d) {
+    if (d.getSeverity() != mlir::DiagnosticSeverity::Remark || !report)
+      return mlir::failure(); // the default handler prints it
+    std::string loc;
+    raw_string_ostream los(loc);
+    d.getLocation().print(los);
+    misses.push_back(loc + ": " + d.str());
+    return mlir::success();
+  });
+  if (mlir::failed(pm.run(module)))
+    return error(inputPath + ": compilation failed (see the errors above)"), mlir::failure();
+  if (report)
+    printReport(module, misses);
+  return mlir::success();
 }
 
 int runImport() {
@@ -72,7 +219,20 @@ int runImport() {
   if (compileCmd && emit != "mlir")
     return error("--emit=" + emit + " is not available yet; this build can only --emit=mlir");
 
-  mlir::MLIRContext context;
+  mlir::DialectRegistry registry;
+  for (const auto &path : dialectPlugins) {
+    auto plugin = mlir::DialectPlugin::load(path);
+    if (!plugin)
+      return error("cannot load dialect plugin '" + path + "': " + toString(plugin.takeError()));
+    plugin->registerDialectRegistryCallbacks(registry);
+  }
+  for (const auto &path : passPlugins) {
+    auto plugin = mlir::PassPlugin::load(path);
+    if (!plugin)
+      return error("cannot load pass plugin '" + path + "': " + toString(plugin.takeError()));
+    plugin->registerPassRegistryCallbacks();
+  }
+  mlir::MLIRContext context(registry);
   moec::frontend::ImportOptions options;
   options.load.runChecker = !noCheck;
   options.load.runShapeInference = !noShapeInference;
@@ -83,6 +243,9 @@ int runImport() {
     WithColor::warning(errs(), "moec") << inputPath << ": " << w << "\n";
   if (!module)
     return error(message);
+
+  if (compileCmd && failed(runCompilePipeline(*module)))
+    return 1;
 
   std::error_code ec;
   ToolOutputFile out(outputPath, ec, sys::fs::OF_None);
@@ -113,11 +276,17 @@ int runImport() {
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
-  cl::HideUnrelatedOptions(category);
+  moec::registerMoECPasses();
+  mlir::registerCanonicalizerPass();
+  mlir::registerCSEPass();
+  mlir::registerSymbolDCEPass();
+  mlir::registerInlinerPass();
+  cl::HideUnrelatedOptions({&category, &passCategory});
   cl::ParseCommandLineOptions(argc, argv,
                               "moec: ahead-of-time compiler for sparse Mixture-of-Experts models\n\n"
                               "  moec import MODEL.onnx [-o OUT.mlir]\n"
-                              "  moec compile MODEL.onnx --emit=mlir [-o OUT.mlir]\n");
+                              "  moec compile MODEL.onnx --emit=mlir [-o OUT.mlir] [--report]\n"
+                              "               [--load-pass-plugin=lib.so --passes=PIPELINE] [--patterns=p.mlir]\n");
   if (importCmd || compileCmd)
     return runImport();
   return error("no command given; run `moec --help` (commands: import, compile)");
