@@ -76,9 +76,21 @@ def _gated_rows(dims, f, activation, gated_layout):
 def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax", normalize=False, scale=1.0,
                zero_experts=0, activation="swiglu", gated_layout="block", alpha=1.0, beta=0.0, limit=None,
                router_bias=None, selection_bias=None, expert_groups=1, group_topk=None, fc1_bias=None,
-               fc2_bias=None, mask=None, pred_a=None, pred_b=None, keep=None):
-    """Y[t] = sum over chosen experts e < E of w[t, e] * (fc2[e][:, D] @ act(fc1[e][D, :] @ x[t] + b1) + b2)."""
+               fc2_bias=None, mask=None, pred_a=None, pred_b=None, keep=None, norm=None, norm_weight=None,
+               norm_bias=None, norm_epsilon=1e-5, shared_fc1=None, shared_fc2=None, shared_gate=None,
+               residual=None):
+    """Y[t] = sum over chosen experts e < E of w[t, e] * (fc2[e][:, D] @ act(fc1[e][D, :] @ x[t] + b1) + b2)
+    (+ shared expert + residual), with x = norm(input) when `norm` is "rms" or "layer"."""
     x = np.asarray(x, dtype=np.float64)
+    if norm == "rms":
+        x = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + norm_epsilon) * np.asarray(norm_weight, np.float64)
+    elif norm == "layer":
+        c = x - x.mean(axis=-1, keepdims=True)
+        x = c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + norm_epsilon) * np.asarray(norm_weight, np.float64)
+        if norm_bias is not None:
+            x = x + np.asarray(norm_bias, np.float64)
+    else:
+        assert norm is None, norm
     fc1 = np.asarray(fc1, dtype=np.float64)
     fc2 = np.asarray(fc2, dtype=np.float64)
     n_tokens, _ = x.shape
@@ -129,4 +141,14 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
             if fc2_bias is not None:
                 y = y + np.asarray(fc2_bias, np.float64)[e_idx]
             out[t] += weight * y
+    if shared_fc1 is not None:
+        s1, s2 = np.asarray(shared_fc1, np.float64), np.asarray(shared_fc2, np.float64)
+        fs = s2.shape[1]
+        for t in range(n_tokens):
+            y = s2 @ _activation(s1 @ x[t], activation, fs, gated_layout, alpha, beta, limit)
+            if shared_gate is not None:
+                y = y * sigmoid(x[t] @ np.asarray(shared_gate, np.float64))
+            out[t] += y
+    if residual is not None:
+        out = out + np.asarray(residual, np.float64)
     return out
