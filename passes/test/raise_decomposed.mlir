@@ -1,0 +1,311 @@
+// moe-raise-decomposed: a Mixtral block exported by torch.onnx (dynamo, batched_mm experts; 3 experts,
+// top-2 renormalised, SwiGLU) becomes one moe.sparse_moe; near misses stay as they are, with a remark.
+// RUN: moec-opt %s --split-input-file --moe-raise-decomposed | FileCheck %s
+// RUN: moec-opt %s --split-input-file --moe-raise-decomposed=remarks=true --verify-diagnostics -o /dev/null
+
+// CHECK-LABEL: func.func @mixtral
+// CHECK: %[[X:.+]] = onnx.Reshape %arg0
+// CHECK: %[[LOGITS:.+]] = onnx.Gemm
+// CHECK-NOT: onnx.Softmax
+// CHECK-NOT: onnx.TopK
+// CHECK-NOT: onnx.GatherND
+// CHECK: %[[Y:.+]] = moe.sparse_moe %[[X]], %[[LOGITS]], fc1 %{{.*}}, fc2 %{{.*}} {activation = #moe.activation<swiglu>, k = 2 : i64, moe.source = "pytorch-batched-mm", normalize = true, router_kind = #moe.router<logits>}
+// CHECK-SAME: (tensor<?x4xf32>, tensor<?x3xf32>, tensor<3x4x4xf32>, tensor<3x4x2xf32>) -> tensor<?x4xf32>
+// CHECK-NOT: onnx.MatMul
+// CHECK: onnx.Reshape %[[Y]]
+func.func @mixtral(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
+    %0 = onnx.Constant dense<1.000000e+00> : tensor<3x4xf32>
+    %1 = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %2 = onnx.Constant dense<-1> : tensor<1xi64>
+    %3 = onnx.Constant dense<5.000000e-01> : tensor<3x4x4xf32>
+    %4 = onnx.Constant dense<2.500000e-01> : tensor<3x4x2xf32>
+    %5 = onnx.Constant dense<2> : tensor<1xi64>
+    %6 = onnx.Constant dense<1> : tensor<1xi64>
+    %7 = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %8 = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %9 = onnx.Constant dense<[1, -1, 4]> : tensor<3xi64>
+    %10 = onnx.Reshape %arg0, %1 {allowzero = 1 : i64} : (tensor<1x?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %11 = onnx.Reshape %10, %1 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %12 = onnx.Gemm %11, %0 {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>) -> tensor<?x3xf32>
+    %13 = onnx.Softmax %12 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %Values, %Indices = onnx.TopK %13, %5 : (tensor<?x3xf32>, tensor<1xi64>) -> (tensor<?x2xf32>, tensor<?x2xi64>)
+    %14 = onnx.ReduceSum %Values, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %15 = onnx.Div %Values, %14 : (tensor<?x2xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %16 = onnx.Unsqueeze %10, %6 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %17 = onnx.Expand %16, %7 : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %18 = onnx.Reshape %17, %1 : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %19 = onnx.Reshape %Indices, %2 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %20 = onnx.Unsqueeze %19, %2 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %21 = onnx.GatherND %3, %20 : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %22 = onnx.Unsqueeze %18, %2 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x4x1xf32>
+    %23 = onnx.MatMul %21, %22 : (tensor<?x4x4xf32>, tensor<?x4x1xf32>) -> tensor<?x4x1xf32>
+    %24 = onnx.Squeeze %23, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %25:2 = onnx.Split %24 {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<?x4xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>)
+    %26 = onnx.Sigmoid %25#0 : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %27 = onnx.Mul %25#0, %26 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %28 = onnx.Mul %27, %25#1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %29 = onnx.GatherND %4, %20 : (tensor<3x4x2xf32>, tensor<?x1xi64>) -> tensor<?x4x2xf32>
+    %30 = onnx.Unsqueeze %28, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x2x1xf32>
+    %31 = onnx.MatMul %29, %30 : (tensor<?x4x2xf32>, tensor<?x2x1xf32>) -> tensor<?x4x1xf32>
+    %32 = onnx.Squeeze %31, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %33 = onnx.Reshape %15, %2 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %34 = onnx.Unsqueeze %33, %2 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %35 = onnx.Mul %32, %34 : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %36 = onnx.Reshape %35, %8 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %37 = onnx.ReduceSum %36, %6 {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
+    return %38 : tensor<1x?x4xf32>
+}
+
+// -----
+
+// Softmax over tokens instead of experts.
+// CHECK-LABEL: func.func @softmax_wrong_axis
+// CHECK-NOT: moe.sparse_moe
+// CHECK: onnx.GatherND
+func.func @softmax_wrong_axis(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
+    %0 = onnx.Constant dense<1.000000e+00> : tensor<3x4xf32>
+    %1 = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %2 = onnx.Constant dense<-1> : tensor<1xi64>
+    %3 = onnx.Constant dense<5.000000e-01> : tensor<3x4x4xf32>
+    %4 = onnx.Constant dense<2.500000e-01> : tensor<3x4x2xf32>
+    %5 = onnx.Constant dense<2> : tensor<1xi64>
+    %6 = onnx.Constant dense<1> : tensor<1xi64>
+    %7 = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %8 = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %9 = onnx.Constant dense<[1, -1, 4]> : tensor<3xi64>
+    %10 = onnx.Reshape %arg0, %1 {allowzero = 1 : i64} : (tensor<1x?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %11 = onnx.Reshape %10, %1 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %12 = onnx.Gemm %11, %0 {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>) -> tensor<?x3xf32>
+    %13 = onnx.Softmax %12 {axis = 0 : i64} : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %Values, %Indices = onnx.TopK %13, %5 : (tensor<?x3xf32>, tensor<1xi64>) -> (tensor<?x2xf32>, tensor<?x2xi64>)
+    %14 = onnx.ReduceSum %Values, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %15 = onnx.Div %Values, %14 : (tensor<?x2xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %16 = onnx.Unsqueeze %10, %6 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %17 = onnx.Expand %16, %7 : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %18 = onnx.Reshape %17, %1 : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %19 = onnx.Reshape %Indices, %2 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %20 = onnx.Unsqueeze %19, %2 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %21 = onnx.GatherND %3, %20 : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %22 = onnx.Unsqueeze %18, %2 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x4x1xf32>
+    %23 = onnx.MatMul %21, %22 : (tensor<?x4x4xf32>, tensor<?x4x1xf32>) -> tensor<?x4x1xf32>
+    %24 = onnx.Squeeze %23, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %25:2 = onnx.Split %24 {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<?x4xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>)
+    %26 = onnx.Sigmoid %25#0 : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %27 = onnx.Mul %25#0, %26 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %28 = onnx.Mul %27, %25#1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %29 = onnx.GatherND %4, %20 : (tensor<3x4x2xf32>, tensor<?x1xi64>) -> tensor<?x4x2xf32>
+    %30 = onnx.Unsqueeze %28, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x2x1xf32>
+    %31 = onnx.MatMul %29, %30 : (tensor<?x4x2xf32>, tensor<?x2x1xf32>) -> tensor<?x4x1xf32>
+    %32 = onnx.Squeeze %31, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %33 = onnx.Reshape %15, %2 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %34 = onnx.Unsqueeze %33, %2 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %35 = onnx.Mul %32, %34 : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %36 = onnx.Reshape %35, %8 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    // expected-remark @+1 {{MoE experts not raised: softmax over the wrong axis (0; experts are the last dim)}}
+    %37 = onnx.ReduceSum %36, %6 {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
+    return %38 : tensor<1x?x4xf32>
+}
+
+// -----
+
+// Top-k over tokens instead of experts.
+// CHECK-LABEL: func.func @topk_wrong_dim
+// CHECK-NOT: moe.sparse_moe
+func.func @topk_wrong_dim(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
+    %0 = onnx.Constant dense<1.000000e+00> : tensor<3x4xf32>
+    %1 = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %2 = onnx.Constant dense<-1> : tensor<1xi64>
+    %3 = onnx.Constant dense<5.000000e-01> : tensor<3x4x4xf32>
+    %4 = onnx.Constant dense<2.500000e-01> : tensor<3x4x2xf32>
+    %5 = onnx.Constant dense<2> : tensor<1xi64>
+    %6 = onnx.Constant dense<1> : tensor<1xi64>
+    %7 = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %8 = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %9 = onnx.Constant dense<[1, -1, 4]> : tensor<3xi64>
+    %10 = onnx.Reshape %arg0, %1 {allowzero = 1 : i64} : (tensor<1x?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %11 = onnx.Reshape %10, %1 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %12 = onnx.Gemm %11, %0 {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>) -> tensor<?x3xf32>
+    %13 = onnx.Softmax %12 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %Values, %Indices = onnx.TopK %13, %5 {axis = 0 : i64} : (tensor<?x3xf32>, tensor<1xi64>) -> (tensor<?x2xf32>, tensor<?x2xi64>)
+    %14 = onnx.ReduceSum %Values, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %15 = onnx.Div %Values, %14 : (tensor<?x2xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %16 = onnx.Unsqueeze %10, %6 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %17 = onnx.Expand %16, %7 : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %18 = onnx.Reshape %17, %1 : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %19 = onnx.Reshape %Indices, %2 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %20 = onnx.Unsqueeze %19, %2 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %21 = onnx.GatherND %3, %20 : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %22 = onnx.Unsqueeze %18, %2 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x4x1xf32>
+    %23 = onnx.MatMul %21, %22 : (tensor<?x4x4xf32>, tensor<?x4x1xf32>) -> tensor<?x4x1xf32>
+    %24 = onnx.Squeeze %23, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %25:2 = onnx.Split %24 {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<?x4xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>)
+    %26 = onnx.Sigmoid %25#0 : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %27 = onnx.Mul %25#0, %26 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %28 = onnx.Mul %27, %25#1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %29 = onnx.GatherND %4, %20 : (tensor<3x4x2xf32>, tensor<?x1xi64>) -> tensor<?x4x2xf32>
+    %30 = onnx.Unsqueeze %28, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x2x1xf32>
+    %31 = onnx.MatMul %29, %30 : (tensor<?x4x2xf32>, tensor<?x2x1xf32>) -> tensor<?x4x1xf32>
+    %32 = onnx.Squeeze %31, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %33 = onnx.Reshape %15, %2 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %34 = onnx.Unsqueeze %33, %2 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %35 = onnx.Mul %32, %34 : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %36 = onnx.Reshape %35, %8 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    // expected-remark @+1 {{MoE experts not raised: top-k over the wrong dim (axis 0 of a rank-2 tensor; experts are the last dim)}}
+    %37 = onnx.ReduceSum %36, %6 {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
+    return %38 : tensor<1x?x4xf32>
+}
+
+// -----
+
+// The router scores 4 experts, the weights hold 3.
+// CHECK-LABEL: func.func @expert_count_mismatch
+// CHECK-NOT: moe.sparse_moe
+func.func @expert_count_mismatch(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
+    %0 = onnx.Constant dense<1.000000e+00> : tensor<4x4xf32>
+    %1 = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %2 = onnx.Constant dense<-1> : tensor<1xi64>
+    %3 = onnx.Constant dense<5.000000e-01> : tensor<3x4x4xf32>
+    %4 = onnx.Constant dense<2.500000e-01> : tensor<3x4x2xf32>
+    %5 = onnx.Constant dense<2> : tensor<1xi64>
+    %6 = onnx.Constant dense<1> : tensor<1xi64>
+    %7 = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %8 = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %9 = onnx.Constant dense<[1, -1, 4]> : tensor<3xi64>
+    %10 = onnx.Reshape %arg0, %1 {allowzero = 1 : i64} : (tensor<1x?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %11 = onnx.Reshape %10, %1 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %12 = onnx.Gemm %11, %0 {transB = 1 : i64} : (tensor<?x4xf32>, tensor<4x4xf32>) -> tensor<?x4xf32>
+    %13 = onnx.Softmax %12 : (tensor<?x4xf32>) -> tensor<?x4xf32>
+    %Values, %Indices = onnx.TopK %13, %5 : (tensor<?x4xf32>, tensor<1xi64>) -> (tensor<?x2xf32>, tensor<?x2xi64>)
+    %14 = onnx.ReduceSum %Values, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %15 = onnx.Div %Values, %14 : (tensor<?x2xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %16 = onnx.Unsqueeze %10, %6 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %17 = onnx.Expand %16, %7 : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %18 = onnx.Reshape %17, %1 : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %19 = onnx.Reshape %Indices, %2 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %20 = onnx.Unsqueeze %19, %2 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %21 = onnx.GatherND %3, %20 : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %22 = onnx.Unsqueeze %18, %2 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x4x1xf32>
+    %23 = onnx.MatMul %21, %22 : (tensor<?x4x4xf32>, tensor<?x4x1xf32>) -> tensor<?x4x1xf32>
+    %24 = onnx.Squeeze %23, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %25:2 = onnx.Split %24 {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<?x4xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>)
+    %26 = onnx.Sigmoid %25#0 : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %27 = onnx.Mul %25#0, %26 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %28 = onnx.Mul %27, %25#1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %29 = onnx.GatherND %4, %20 : (tensor<3x4x2xf32>, tensor<?x1xi64>) -> tensor<?x4x2xf32>
+    %30 = onnx.Unsqueeze %28, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x2x1xf32>
+    %31 = onnx.MatMul %29, %30 : (tensor<?x4x2xf32>, tensor<?x2x1xf32>) -> tensor<?x4x1xf32>
+    %32 = onnx.Squeeze %31, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %33 = onnx.Reshape %15, %2 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %34 = onnx.Unsqueeze %33, %2 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %35 = onnx.Mul %32, %34 : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %36 = onnx.Reshape %35, %8 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    // expected-remark @+1 {{MoE experts not raised: mismatched expert count: the router scores 4 experts, the weights hold 3}}
+    %37 = onnx.ReduceSum %36, %6 {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
+    return %38 : tensor<1x?x4xf32>
+}
+
+// -----
+
+// The router probabilities are also a graph output: fusing would lose them.
+// CHECK-LABEL: func.func @probs_read_outside
+// CHECK-NOT: moe.sparse_moe
+func.func @probs_read_outside(%arg0: tensor<1x?x4xf32>) -> (tensor<1x?x4xf32>, tensor<?x3xf32>) {
+    %0 = onnx.Constant dense<1.000000e+00> : tensor<3x4xf32>
+    %1 = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %2 = onnx.Constant dense<-1> : tensor<1xi64>
+    %3 = onnx.Constant dense<5.000000e-01> : tensor<3x4x4xf32>
+    %4 = onnx.Constant dense<2.500000e-01> : tensor<3x4x2xf32>
+    %5 = onnx.Constant dense<2> : tensor<1xi64>
+    %6 = onnx.Constant dense<1> : tensor<1xi64>
+    %7 = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %8 = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %9 = onnx.Constant dense<[1, -1, 4]> : tensor<3xi64>
+    %10 = onnx.Reshape %arg0, %1 {allowzero = 1 : i64} : (tensor<1x?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %11 = onnx.Reshape %10, %1 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %12 = onnx.Gemm %11, %0 {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>) -> tensor<?x3xf32>
+    %13 = onnx.Softmax %12 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %Values, %Indices = onnx.TopK %13, %5 : (tensor<?x3xf32>, tensor<1xi64>) -> (tensor<?x2xf32>, tensor<?x2xi64>)
+    %14 = onnx.ReduceSum %Values, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %15 = onnx.Div %Values, %14 : (tensor<?x2xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %16 = onnx.Unsqueeze %10, %6 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %17 = onnx.Expand %16, %7 : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %18 = onnx.Reshape %17, %1 : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %19 = onnx.Reshape %Indices, %2 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %20 = onnx.Unsqueeze %19, %2 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %21 = onnx.GatherND %3, %20 : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %22 = onnx.Unsqueeze %18, %2 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x4x1xf32>
+    %23 = onnx.MatMul %21, %22 : (tensor<?x4x4xf32>, tensor<?x4x1xf32>) -> tensor<?x4x1xf32>
+    %24 = onnx.Squeeze %23, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %25:2 = onnx.Split %24 {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<?x4xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>)
+    %26 = onnx.Sigmoid %25#0 : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %27 = onnx.Mul %25#0, %26 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %28 = onnx.Mul %27, %25#1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %29 = onnx.GatherND %4, %20 : (tensor<3x4x2xf32>, tensor<?x1xi64>) -> tensor<?x4x2xf32>
+    %30 = onnx.Unsqueeze %28, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x2x1xf32>
+    %31 = onnx.MatMul %29, %30 : (tensor<?x4x2xf32>, tensor<?x2x1xf32>) -> tensor<?x4x1xf32>
+    %32 = onnx.Squeeze %31, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %33 = onnx.Reshape %15, %2 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %34 = onnx.Unsqueeze %33, %2 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %35 = onnx.Mul %32, %34 : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %36 = onnx.Reshape %35, %8 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    // expected-remark @+1 {{MoE experts not raised: 'onnx.Softmax' inside the pattern is also read by 'func.return' outside it}}
+    %37 = onnx.ReduceSum %36, %6 {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
+    return %38, %13 : tensor<1x?x4xf32>, tensor<?x3xf32>
+}
+
+// -----
+
+// The down projection gathers experts with other ids than the flattened top-k ones.
+// CHECK-LABEL: func.func @down_ids_differ
+// CHECK-NOT: moe.sparse_moe
+func.func @down_ids_differ(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
+    %0 = onnx.Constant dense<1.000000e+00> : tensor<3x4xf32>
+    %1 = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %2 = onnx.Constant dense<-1> : tensor<1xi64>
+    %3 = onnx.Constant dense<5.000000e-01> : tensor<3x4x4xf32>
+    %4 = onnx.Constant dense<2.500000e-01> : tensor<3x4x2xf32>
+    %5 = onnx.Constant dense<2> : tensor<1xi64>
+    %6 = onnx.Constant dense<1> : tensor<1xi64>
+    %7 = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %8 = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %9 = onnx.Constant dense<[1, -1, 4]> : tensor<3xi64>
+    %10 = onnx.Reshape %arg0, %1 {allowzero = 1 : i64} : (tensor<1x?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %11 = onnx.Reshape %10, %1 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %12 = onnx.Gemm %11, %0 {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>) -> tensor<?x3xf32>
+    %13 = onnx.Softmax %12 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %Values, %Indices = onnx.TopK %13, %5 : (tensor<?x3xf32>, tensor<1xi64>) -> (tensor<?x2xf32>, tensor<?x2xi64>)
+    %14 = onnx.ReduceSum %Values, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %15 = onnx.Div %Values, %14 : (tensor<?x2xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %16 = onnx.Unsqueeze %10, %6 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %17 = onnx.Expand %16, %7 : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %18 = onnx.Reshape %17, %1 : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %19 = onnx.Reshape %Indices, %2 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %20 = onnx.Unsqueeze %19, %2 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %col = onnx.Constant dense<[-1, 1]> : tensor<2xi64>
+    %ids2 = onnx.Reshape %Indices, %col : (tensor<?x2xi64>, tensor<2xi64>) -> tensor<?x1xi64>
+    %21 = onnx.GatherND %3, %20 : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %22 = onnx.Unsqueeze %18, %2 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x4x1xf32>
+    %23 = onnx.MatMul %21, %22 : (tensor<?x4x4xf32>, tensor<?x4x1xf32>) -> tensor<?x4x1xf32>
+    %24 = onnx.Squeeze %23, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %25:2 = onnx.Split %24 {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<?x4xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>)
+    %26 = onnx.Sigmoid %25#0 : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %27 = onnx.Mul %25#0, %26 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %28 = onnx.Mul %27, %25#1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %29 = onnx.GatherND %4, %ids2 : (tensor<3x4x2xf32>, tensor<?x1xi64>) -> tensor<?x4x2xf32>
+    %30 = onnx.Unsqueeze %28, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x2x1xf32>
+    %31 = onnx.MatMul %29, %30 : (tensor<?x4x2xf32>, tensor<?x2x1xf32>) -> tensor<?x4x1xf32>
+    %32 = onnx.Squeeze %31, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %33 = onnx.Reshape %15, %2 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %34 = onnx.Unsqueeze %33, %2 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %35 = onnx.Mul %32, %34 : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %36 = onnx.Reshape %35, %8 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    // expected-remark @+1 {{MoE experts not raised: the down projection's expert gather is not indexed by the flattened top-k ids}}
+    %37 = onnx.ReduceSum %36, %6 {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
+    return %38 : tensor<1x?x4xf32>
+}
