@@ -266,6 +266,22 @@ LogicalResult slice(NodeImporter &ni) {
 #define COMPARE(NAME, SINCE)                                                                                 \
   { "", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::Bool> }
 
+/// Clip from opset 11: min and max are optional inputs, either may be omitted on its own.
+LogicalResult clip(NodeImporter &ni) {
+  SmallVector<Value> operands{ni.input(0)};
+  SmallVector<int32_t> segments{1, 0, 0};
+  for (unsigned i = 1; i < 3 && i < ni.numInputs(); ++i)
+    if (Value v = ni.input(i)) {
+      operands.push_back(v);
+      segments[i] = 1;
+    }
+  if (ni.node().attribute_size() != 0)
+    return ni.fail("attributes are not supported from opset 11 on");
+  SmallVector<NamedAttribute> attrs{
+      ni.builder().getNamedAttr("operandSegmentSizes", ni.builder().getDenseI32ArrayAttr(segments))};
+  return finish<ox::ClipOp>(ni, operands, attrs, resultTypes(ni, 1));
+}
+
 const OpTableEntry kTable[] = {
     // Elementwise (unary ops before opset 6 had `consumed_inputs`; binary ops before 7 legacy broadcast).
     UNARY(Abs, 6),
@@ -274,6 +290,11 @@ const OpTableEntry kTable[] = {
     UNARY(Erf, 9),
     UNARY(Exp, 6),
     UNARY(Floor, 6),
+    COMPARE(IsNaN, 9),
+    {"", "Max", 8, generic<ox::MaxOp>},
+    {"", "Min", 8, generic<ox::MinOp>},
+    {"", "Clip", 11, clip},
+    {"", "Conv", 1, generic<ox::ConvOp>},
     {"", "Gelu", 20, generic<ox::GeluOp>},
     UNARY(Identity, 1),
     UNARY(Log, 6),
@@ -315,6 +336,8 @@ const OpTableEntry kTable[] = {
     // Reductions (axes: attribute, then input from 13 for ReduceSum and from 18 for the others).
     {"", "ReduceSum", 1, axesAttrToInput<ox::ReduceSumOp>},
     {"", "ReduceSum", 13, generic<ox::ReduceSumOp>},
+    {"", "ReduceL2", 1, axesAttrToInput<ox::ReduceL2Op>},
+    {"", "ReduceL2", 18, generic<ox::ReduceL2Op>},
     {"", "ReduceMean", 1, axesAttrToInput<ox::ReduceMeanOp>},
     {"", "ReduceMean", 18, generic<ox::ReduceMeanOp>},
     {"", "ReduceMax", 1, axesAttrToInput<ox::ReduceMaxOp>},

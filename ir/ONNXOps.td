@@ -66,6 +66,27 @@ foreach name = ["Abs", "Ceil", "Cos", "Erf", "Exp", "Floor", "Identity", "Log", 
                 "Relu", "Sigmoid", "Sin", "Sqrt", "Tanh"] in
   def ONNX_#name#Op : ONNX_UnaryOp<name>;
 
+def ONNX_IsNaNOp : ONNX_UnaryOp<"IsNaN">;
+
+foreach name = ["Max", "Min"] in
+  def ONNX_#name#Op : ONNX_Op<name> {
+    let arguments = (ins Variadic<AnyTensor>:$data_0);
+    let results = (outs AnyTensor:$result);
+  }
+
+def ONNX_ClipOp : ONNX_Op<"Clip", [AttrSizedOperandSegments]> {
+  let arguments = (ins AnyTensor:$input, Optional<AnyTensor>:$min, Optional<AnyTensor>:$max);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_ConvOp : ONNX_Op<"Conv"> {
+  let arguments = (ins AnyTensor:$X, AnyTensor:$W, Optional<AnyTensor>:$B,
+                   DefaultValuedAttr<StrAttr, "\"NOTSET\"">:$auto_pad, OptionalAttr<I64ArrayAttr>:$dilations,
+                   DefaultValuedAttr<I64Attr, "1">:$group, OptionalAttr<I64ArrayAttr>:$kernel_shape,
+                   OptionalAttr<I64ArrayAttr>:$pads, OptionalAttr<I64ArrayAttr>:$strides);
+  let results = (outs AnyTensor:$Y);
+}
+
 def ONNX_GeluOp : ONNX_Op<"Gelu"> {
   let arguments = (ins AnyTensor:$X, DefaultValuedAttr<StrAttr, "\"none\"">:$approximate);
   let results = (outs AnyTensor:$Y);
@@ -105,7 +126,7 @@ def ONNX_ArgMaxOp : ONNX_Op<"ArgMax"> {
   let results = (outs AnyTensor:$reduced);
 }
 
-foreach name = ["ReduceMax", "ReduceMean", "ReduceSum"] in
+foreach name = ["ReduceL2", "ReduceMax", "ReduceMean", "ReduceSum"] in
   def ONNX_#name#Op : ONNX_Op<name> {
     let arguments = (ins AnyTensor:$data, Optional<AnyTensor>:$axes,
                      DefaultValuedAttr<I64Attr, "1">:$keepdims,
