@@ -268,6 +268,8 @@ LogicalResult slice(NodeImporter &ni) {
 
 /// Clip from opset 11: min and max are optional inputs, either may be omitted on its own.
 LogicalResult clip(NodeImporter &ni) {
+  if (ni.numInputs() == 0 || !ni.input(0))
+    return ni.fail("input 0 (the tensor to clip) is required");
   SmallVector<Value> operands{ni.input(0)};
   SmallVector<int32_t> segments{1, 0, 0};
   for (unsigned i = 1; i < 3 && i < ni.numInputs(); ++i)
