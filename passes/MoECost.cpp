@@ -10,11 +10,11 @@ namespace moec {
 int64_t MoELayerCost::flopsPerToken() const {
   if (routerFlops < 0 || predictorFlops < 0 || expertFlops < 0)
     return -1;
-  return routerFlops + predictorFlops + expertFlops;
+  return routerFlops + predictorFlops + expertFlops + sharedFlops;
 }
 
 int64_t MoELayerCost::weightBytesPerToken() const {
-  return weightBytesPerExpert < 0 ? -1 : expertsPerToken * weightBytesPerExpert;
+  return weightBytesPerExpert < 0 ? -1 : expertsPerToken * weightBytesPerExpert + sharedWeightBytes;
 }
 
 namespace {
@@ -73,6 +73,17 @@ MoELayerCost computeMoELayerCost(moe::SparseMoEOp op) {
   double all = f * gate * h * b1 + scaleBytes(op.getFc1Scales(), q1, f * gate, h, h) + h * f * b2 +
                scaleBytes(op.getFc2Scales(), q2, h, f, f);
   c.totalWeightBytes = static_cast<int64_t>(e * all + 0.5);
+  if (op.getSharedFc1()) {
+    auto s1 = cast<RankedTensorType>(op.getSharedFc1().getType());
+    auto s2 = cast<RankedTensorType>(op.getSharedFc2().getType());
+    int64_t rows = s1.getDimSize(0), fs = s2.getDimSize(1);
+    if (ShapedType::isDynamic(rows) || ShapedType::isDynamic(fs))
+      return c;
+    c.sharedFlops = 2 * h * rows + 2 * h * fs + (op.getSharedGate() ? 2 * h : 0);
+    c.sharedWeightBytes = (rows * h) * s1.getElementTypeBitWidth() / 8 + (h * fs) * s2.getElementTypeBitWidth() / 8 +
+                          (op.getSharedGate() ? h * s1.getElementTypeBitWidth() / 8 : 0);
+    c.totalWeightBytes += c.sharedWeightBytes;
+  }
   return c;
 }
 

@@ -29,9 +29,11 @@ struct MoEPrintCostPass final : moec::impl::MoEPrintCostPassBase<MoEPrintCostPas
         return;
       }
       diag << " active_F=" << c.activeHiddenDim << ": per token <= " << c.flopsPerToken() << " FLOPs ("
-           << c.routerFlops << " router, " << c.predictorFlops << " predictor, " << c.expertFlops
-           << " experts), <= " << c.weightBytesPerToken() << " weight bytes; all expert weights "
-           << c.totalWeightBytes << " bytes";
+           << c.routerFlops << " router, " << c.predictorFlops << " predictor, " << c.expertFlops << " experts";
+      if (op.getSharedFc1())
+        diag << ", " << c.sharedFlops << " shared expert";
+      diag << "), <= " << c.weightBytesPerToken() << " weight bytes; all expert weights " << c.totalWeightBytes
+           << " bytes";
     });
     markAllAnalysesPreserved();
   }

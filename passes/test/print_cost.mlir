@@ -63,3 +63,18 @@ func.func @dynamic(%x: tensor<?x?xf32>, %r: tensor<?x?xf32>, %w1: tensor<?x?x?xf
      : (tensor<?x?xf32>, tensor<?x?xf32>, tensor<?x?x?xf32>, tensor<?x?x?xf32>) -> tensor<?x?xf32>
   return %y : tensor<?x?xf32>
 }
+
+// -----
+
+// A shared expert (SwiGLU, Fs = 3, H = 4, with a gate) adds 2*4*6 + 2*4*3 + 2*4 = 80 FLOPs and
+// (6*4 + 4*3 + 4) * 4 = 160 bytes per token to the routed part (k = 1 of 2 experts, F = 2: 2*4*4 + 2*4*2 = 48
+// FLOPs, (4*4 + 4*2) * 4 = 96 bytes), and no router matmul (precomputed logits).
+func.func @shared(%x: tensor<?x4xf32>, %l: tensor<?x2xf32>, %w1: tensor<2x4x4xf32>, %w2: tensor<2x4x2xf32>,
+                  %s1: tensor<6x4xf32>, %s2: tensor<4x3xf32>, %g: tensor<4xf32>) -> tensor<?x4xf32> {
+  // expected-remark @+1 {{E=2 zero_experts=0 k=1 H=4 F=2 activation=swiglu active_F=2: per token <= 128 FLOPs (0 router, 0 predictor, 48 experts, 80 shared expert), <= 256 weight bytes; all expert weights 352 bytes}}
+  %y = moe.sparse_moe %x, %l, fc1 %w1, fc2 %w2 shared(%s1, %s2) shared_gate %g
+       {k = 1, router_kind = #moe.router<logits>, activation = #moe.activation<swiglu>}
+     : (tensor<?x4xf32>, tensor<?x2xf32>, tensor<2x4x4xf32>, tensor<2x4x2xf32>, tensor<6x4xf32>, tensor<4x3xf32>,
+        tensor<4xf32>) -> tensor<?x4xf32>
+  return %y : tensor<?x4xf32>
+}
