@@ -35,6 +35,42 @@ std::string firstLine(const std::string &s) {
     line.pop_back();
   return line;
 }
+
+/// libonnx 1.12's shape inference divides by convolution and pooling attributes without checking them
+/// (a zero stride is a SIGFPE). Such nodes are rejected with a clear error before it runs.
+std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
+  static const char *const kConvLike[] = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool",
+                                          "AveragePool", "LpPool", "MaxUnpool", "Col2Im"};
+  for (int index = 0; index < graph.node_size(); ++index) {
+    const auto &node = graph.node(index);
+    bool convLike = false;
+    for (const char *op : kConvLike)
+      convLike |= node.domain().empty() && node.op_type() == op;
+    for (const auto &attr : node.attribute()) {
+      if (attr.type() == onnx::AttributeProto::GRAPH) {
+        std::string why = libonnxInferenceHazard(attr.g());
+        if (!why.empty())
+          return why;
+      }
+      if (!convLike)
+        continue;
+      const std::string &name = attr.name();
+      bool positive = name == "strides" || name == "dilations" || name == "kernel_shape" || name == "group";
+      bool nonNegative = name == "pads" || name == "output_padding";
+      if (!positive && !nonNegative)
+        continue;
+      std::vector<int64_t> values(attr.ints().begin(), attr.ints().end());
+      if (attr.type() == onnx::AttributeProto::INT)
+        values.push_back(attr.i());
+      for (int64_t v : values)
+        if (positive ? v <= 0 : v < 0)
+          return "node '" + (node.name().empty() ? "#" + std::to_string(index) : node.name()) + "' (" +
+                 node.op_type() + "): attribute '" + name + "' must be " +
+                 (positive ? "positive" : "non-negative") + ", got " + std::to_string(v);
+    }
+  }
+  return "";
+}
 } // namespace
 
 size_t moec::frontend::onnxElementSize(int dataType) {
@@ -157,6 +193,11 @@ std::unique_ptr<OnnxModel> OnnxModel::parse(std::unique_ptr<OnnxModel> m, llvm::
     }
   } catch (const std::exception &e) {
     return fail("ONNX checker: " + firstLine(e.what()));
+  }
+  if (options.runShapeInference && !newerOpset) {
+    std::string why = libonnxInferenceHazard(proto.graph());
+    if (!why.empty())
+      return fail(why);
   }
   try {
     if (options.runShapeInference && !newerOpset) {
