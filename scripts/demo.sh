@@ -20,7 +20,7 @@ echo "-- 0. import an ONNX router (ONNX text syntax) into moec's graph IR"
 run "$build/bin/moec" import "$src/examples/mlir/router.onnxtxt"
 echo "-- 0b. compile a Qwen2-MoE layer exported from PyTorch: RMSNorm, router, experts, gated shared expert and"
 echo "--     residual Add become one moe.sparse_moe dispatch (the report goes to stderr)"
-run "$build/bin/moec" compile "$src/tests/fixtures/transformers/qwen2_moe.onnx" --report -o "$tmp/qwen2_moe.mlir" 2>&1 \
+run "$build/bin/moec" compile --emit=mlir "$src/tests/fixtures/transformers/qwen2_moe.onnx" --report -o "$tmp/qwen2_moe.mlir" 2>&1 \
   | grep -v "warning: "
 echo "   ops left in the compiled graph:"
 grep -oE "= (onnx|moe|arith)\.[A-Za-z_]+" "$tmp/qwen2_moe.mlir" | sort | uniq -c | sed 's/= //; s/^/  /'

@@ -1,13 +1,15 @@
 //===- moec.cpp - the moec compiler driver --------------------------------===//
 //
 //   moec import MODEL.onnx [-o OUT.mlir]          ONNX -> moec's graph IR (MLIR)
-//   moec compile MODEL.onnx --emit=mlir [-o OUT]  import, then raise and fuse MoE layers
-//                                                 (passes/Pipeline.h), with user plugins and patterns
+//   moec compile MODEL.onnx -o OUT.moex           import, raise and fuse MoE layers (passes/Pipeline.h, with
+//                                                 user plugins and patterns), generate code, write an artifact
+//   moec compile MODEL.onnx --emit=mlir [-o OUT]  stop after fusion and print the IR
 //   moec import --list-ops                        the supported (domain, op, since-version) table
 //
 // Errors are one line on stderr, the exit code is non-zero, and no output file is left behind.
 //
 //===----------------------------------------------------------------------===//
+#include "codegen/cpu/CpuCodegen.h"
 #include "frontend/Importer.h"
 #include "ir/MoEDialect.h"
 #include "ir/MoEOps.h"
@@ -40,8 +42,8 @@ namespace {
 cl::SubCommand importCmd("import", "Import an ONNX model (.onnx, or ONNX text syntax .onnxtxt) into moec's "
                                    "graph IR and print it as MLIR");
 cl::SubCommand compileCmd("compile", "Compile an ONNX model: import, raise every MoE layer to one fused "
-                                     "moe.sparse_moe dispatch, and write the result (--emit=mlir; artifacts "
-                                     "(.moex) come with code generation)");
+                                     "moe.sparse_moe dispatch, generate code and write an artifact (.moex) "
+                                     "that `moert run` executes; or stop after fusion with --emit=mlir");
 
 cl::OptionCategory category("moec options");
 cl::opt<std::string> inputPath(cl::Positional, cl::desc("<model.onnx>"), cl::sub(importCmd),
@@ -49,8 +51,22 @@ cl::opt<std::string> inputPath(cl::Positional, cl::desc("<model.onnx>"), cl::sub
 cl::opt<std::string> outputPath("o", cl::desc("Output file ('-' for stdout, the default)"),
                                 cl::value_desc("file"), cl::init("-"), cl::sub(importCmd),
                                 cl::sub(compileCmd), cl::cat(category));
-cl::opt<std::string> emit("emit", cl::desc("What to write: mlir (graph IR after import)"), cl::init("mlir"),
-                          cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> emit("emit",
+                          cl::desc("What to write: artifact (a .moex file for moert), mlir (the IR after fusion), "
+                                   "or auto (default: mlir when writing to stdout or a .mlir file, else artifact)"),
+                          cl::init("auto"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> target("target", cl::desc("Code generation target: cpu (hip and cuda: not in this build yet)"),
+                            cl::init("cpu"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> cpu("cpu",
+                         cl::desc("CPU the code is generated for (-march): x86-64-v3 (default: AVX2, runs on "
+                                  "most x86-64 machines of the last decade), x86-64-v4 (AVX-512), native (this "
+                                  "machine), x86-64, znver4, sapphirerapids, ..."),
+                         cl::init("x86-64-v3"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> dumpKernels("dump-kernels", cl::desc("Also write the generated kernel sources to this folder"),
+                                 cl::value_desc("dir"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> cxxPath("cxx", cl::desc("C++ compiler for the CPU kernels (default: $MOEC_CXX, clang++-19)"),
+                             cl::value_desc("path"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<bool> quiet("quiet", cl::desc("No progress lines on stderr"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> noCheck("no-check", cl::desc("Skip libonnx's model checker"), cl::sub(importCmd),
                       cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> noShapeInference("no-shape-inference", cl::desc("Skip libonnx's shape inference"),
@@ -216,8 +232,19 @@ int runImport() {
   if (inputPath.empty())
     return error("no input model given (usage: moec " + std::string(importCmd ? "import" : "compile") +
                  " MODEL.onnx [-o OUT])");
-  if (compileCmd && emit != "mlir")
-    return error("--emit=" + emit + " is not available yet; this build can only --emit=mlir");
+  bool artifact = false;
+  if (compileCmd) {
+    if (emit == "auto")
+      artifact = outputPath != "-" && !StringRef(outputPath).ends_with(".mlir");
+    else if (emit == "artifact")
+      artifact = true;
+    else if (emit != "mlir")
+      return error("--emit=" + emit + ": expected artifact, mlir or auto");
+    if (artifact && outputPath == "-")
+      return error("an artifact is a binary file: give its path with -o OUT.moex (or --emit=mlir for the IR)");
+    if (artifact && target != "cpu")
+      return error("--target=" + target + ": this build generates code for cpu only (hip and cuda: issue 6)");
+  }
 
   mlir::DialectRegistry registry;
   for (const auto &path : dialectPlugins) {
@@ -246,6 +273,19 @@ int runImport() {
 
   if (compileCmd && failed(runCompilePipeline(*module)))
     return 1;
+  if (artifact) {
+    moec::codegen::CpuOptions cpuOptions;
+    cpuOptions.cpu = cpu;
+    cpuOptions.cxx = cxxPath;
+    cpuOptions.dumpKernelsDir = dumpKernels;
+    std::string message;
+    if (!moec::codegen::compileCpuArtifact(*module, cpuOptions, outputPath, inputPath, message,
+                                           quiet ? nullptr : &errs()))
+      return error(inputPath + ": " + message);
+    if (!quiet)
+      errs() << "moec: wrote " << outputPath << "\n";
+    return 0;
+  }
 
   std::error_code ec;
   ToolOutputFile out(outputPath, ec, sys::fs::OF_None);
@@ -285,6 +325,7 @@ int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(argc, argv,
                               "moec: ahead-of-time compiler for sparse Mixture-of-Experts models\n\n"
                               "  moec import MODEL.onnx [-o OUT.mlir]\n"
+                              "  moec compile MODEL.onnx -o OUT.moex [--cpu=native] [--report]\n"
                               "  moec compile MODEL.onnx --emit=mlir [-o OUT.mlir] [--report]\n"
                               "               [--load-pass-plugin=lib.so --passes=PIPELINE] [--patterns=p.mlir]\n");
   if (importCmd || compileCmd)

@@ -1,0 +1,36 @@
+//===- Artifact.h - writing a .moex artifact file ----------------------------===//
+//
+// Collects sections (weights, code) and the metadata, then writes the file in one go: header, metadata,
+// 64-byte-aligned sections, checksum (docs/artifact-format.md). The file appears only when complete.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOEC_CODEGEN_ARTIFACT_H
+#define MOEC_CODEGEN_ARTIFACT_H
+
+#include "runtime/artifact.pb.h"
+
+#include "llvm/ADT/StringRef.h"
+
+#include <string>
+#include <vector>
+
+namespace moec::codegen {
+
+class ArtifactWriter {
+public:
+  /// Adds a section and returns its index in the metadata's section list.
+  int addSection(llvm::StringRef name, moert::proto::Section::Kind kind, std::vector<char> bytes);
+  moert::proto::Artifact &meta() { return meta_; }
+  uint64_t sectionBytes(moert::proto::Section::Kind kind) const;
+  /// Writes the artifact to `path` (atomically: a temporary file renamed into place). False + `error` on
+  /// failure.
+  bool write(llvm::StringRef path, std::string &error);
+
+private:
+  moert::proto::Artifact meta_;
+  std::vector<std::vector<char>> payloads_;
+};
+
+} // namespace moec::codegen
+
+#endif // MOEC_CODEGEN_ARTIFACT_H

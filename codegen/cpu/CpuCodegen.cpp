@@ -1,0 +1,589 @@
+//===- CpuCodegen.cpp - fused graph -> CPU artifact --------------------------===//
+#include "codegen/cpu/CpuCodegen.h"
+#include "codegen/Artifact.h"
+#include "ir/MoEOps.h"
+#include "ir/ONNXOps.h"
+#include "passes/MatchUtils.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/Matchers.h"
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/ScopeExit.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Format.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/Program.h"
+#include "llvm/TargetParser/Host.h"
+
+#include <cmath>
+#include <cstring>
+
+using namespace mlir;
+using namespace moec;
+using namespace moec::codegen;
+namespace ox = moec::onnxir;
+namespace moe = moec::moe;
+namespace pb = moert::proto;
+
+namespace {
+
+const std::pair<const char *, const char *> kKernelSources[] = {
+#include "codegen/cpu/KernelSources.inc"
+};
+
+// Kernel weight slots (kernels/cpu/moert_kernel_abi.h).
+enum Slot {
+  FC1 = 0, FC2, ROUTER, ROUTER_BIAS, SEL_BIAS, FC1_BIAS, FC2_BIAS, MASK, PRED_A, PRED_B, NORM_W, NORM_B,
+  SHARED1, SHARED2, SHARED_GATE, NUM_SLOTS
+};
+
+/// CPU features each -march needs at run time (checked by moert before it loads the code).
+struct CpuInfo {
+  const char *name;
+  std::vector<std::string> features;
+};
+const std::vector<std::string> kV3 = {"avx2", "fma", "bmi2", "f16c"};
+std::vector<std::string> plus(std::vector<std::string> a, std::vector<std::string> b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+const std::vector<CpuInfo> &cpuTable() {
+  static const std::vector<CpuInfo> table = {
+      {"x86-64", {}},
+      {"x86-64-v2", {"sse4.2", "popcnt"}},
+      {"x86-64-v3", kV3},
+      {"x86-64-v4", plus(kV3, {"avx512f", "avx512bw", "avx512vl", "avx512dq"})},
+      {"haswell", kV3},
+      {"znver3", kV3},
+      {"znver4", plus(kV3, {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512bf16", "avx512vnni"})},
+      {"skylake-avx512", plus(kV3, {"avx512f", "avx512bw", "avx512vl", "avx512dq"})},
+      {"icelake-server", plus(kV3, {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni"})},
+      {"sapphirerapids",
+       plus(kV3, {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16"})},
+  };
+  return table;
+}
+
+/// The host's features among those moert can check.
+std::vector<std::string> hostFeatures() {
+  static const char *const kCheckable[] = {"sse4.2", "popcnt", "avx2", "fma", "bmi2", "f16c", "avx512f",
+                                           "avx512bw", "avx512vl", "avx512dq", "avx512bf16", "avx512vnni"};
+  std::vector<std::string> out;
+  llvm::StringMap<bool> host = llvm::sys::getHostCPUFeatures();
+  for (const char *f : kCheckable)
+    if (host.lookup(f))
+      out.push_back(f);
+  return out;
+}
+
+std::string floatLit(double v) {
+  if (std::isinf(v))
+    return v > 0 ? "INFINITY" : "-INFINITY";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.9gf", v);
+  std::string s = buf;
+  if (s.find_first_of(".e") == std::string::npos)
+    s.insert(s.size() - 1, ".0");
+  return s;
+}
+
+/// The f32 values of a constant operand, or an error naming it.
+bool f32Constant(Value v, StringRef what, std::vector<float> &out, std::string &error) {
+  auto t = v ? dyn_cast<RankedTensorType>(v.getType()) : RankedTensorType();
+  if (!t || !t.getElementType().isF32()) {
+    error = "operand '" + what.str() + "' must be an f32 tensor for CPU code generation (this build packs f32 "
+            "weights only)";
+    return false;
+  }
+  std::vector<char> bytes = constantBytes(v);
+  if (bytes.empty()) {
+    error = "operand '" + what.str() + "' must be a constant (an ONNX initializer) to be packed into the "
+            "artifact";
+    return false;
+  }
+  out.resize(bytes.size() / 4);
+  std::memcpy(out.data(), bytes.data(), bytes.size());
+  return true;
+}
+
+std::vector<char> asBytes(const std::vector<float> &v) {
+  std::vector<char> b(v.size() * 4);
+  std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+struct Emitter {
+  const CpuOptions &opts;
+  ArtifactWriter writer;
+  llvm::DenseMap<Value, uint32_t> ids;
+  pb::Program *program;
+  std::string source; // the generated C++ translation unit
+  int dispatches = 0;
+  std::string error;
+  raw_ostream *progress;
+
+  explicit Emitter(const CpuOptions &o, raw_ostream *p) : opts(o), program(writer.meta().mutable_program()), progress(p) {}
+
+  bool fail(Operation *op, const Twine &msg) {
+    std::string loc;
+    llvm::raw_string_ostream os(loc);
+    op->getLoc().print(os);
+    error = loc + ": " + msg.str();
+    return false;
+  }
+
+  static pb::DType dtypeOf(Type t) {
+    if (t.isF32())
+      return pb::F32;
+    if (t.isF16())
+      return pb::F16;
+    if (t.isBF16())
+      return pb::BF16;
+    if (t.isInteger(64))
+      return pb::I64;
+    if (t.isInteger(32))
+      return pb::I32;
+    if (t.isInteger(8))
+      return pb::I8;
+    if (t.isInteger(1))
+      return pb::BOOL;
+    return pb::DTYPE_UNKNOWN;
+  }
+
+  uint32_t addValue(Value v, StringRef name, ArrayAttr dimNames = {}) {
+    auto *val = program->add_values();
+    val->set_name(name.str());
+    auto t = cast<RankedTensorType>(v.getType());
+    val->mutable_type()->set_dtype(dtypeOf(t.getElementType()));
+    for (int64_t i = 0; i < t.getRank(); ++i) {
+      auto *d = val->mutable_type()->add_dims();
+      if (!t.isDynamicDim(i)) {
+        d->set_size(t.getDimSize(i));
+        continue;
+      }
+      d->set_size(-1);
+      std::string sym;
+      if (dimNames && i < static_cast<int64_t>(dimNames.size()))
+        if (auto s = dyn_cast<StringAttr>(dimNames[i]))
+          sym = s.getValue().str();
+      d->set_symbol(sym.empty() ? "?" : sym);
+    }
+    uint32_t id = program->values_size() - 1;
+    ids[v] = id;
+    return id;
+  }
+
+  bool valueId(Operation *user, Value v, StringRef what, uint32_t &id) {
+    auto it = ids.find(v);
+    if (it == ids.end())
+      return fail(user, "operand '" + what + "' is a constant or an unsupported value; CPU code generation "
+                        "needs it computed by the graph");
+    id = it->second;
+    return true;
+  }
+
+  bool emitReshape(ox::ReshapeOp op) {
+    auto shape = constantInts(op.getShape());
+    if (!shape)
+      return fail(op, "onnx.Reshape with a computed (non-constant) shape has no CPU code generation yet");
+    auto *step = program->add_steps()->mutable_reshape();
+    uint32_t in;
+    if (!valueId(op, op.getData(), "data", in))
+      return false;
+    step->set_input(in);
+    for (int64_t s : *shape)
+      step->add_shape(s);
+    step->set_allowzero(op.getAllowzero() != 0);
+    step->set_output(addValue(op.getResult(), "reshape" + std::to_string(program->values_size())));
+    return true;
+  }
+
+  int weightSection(moe::SparseMoEOp op, int slot, StringRef name, std::vector<char> bytes) {
+    (void)slot;
+    return writer.addSection(("d" + std::to_string(dispatches) + "." + name).str(), pb::Section::WEIGHTS,
+                             std::move(bytes));
+  }
+
+  bool emitMoE(moe::SparseMoEOp op) {
+    if (op.getFc1QuantAttr() || op.getFc2QuantAttr())
+      return fail(op, "quantised expert weights (int4/int8) have no CPU code generation yet");
+    auto inT = op.getInput().getType();
+    if (!inT.getElementType().isF32())
+      return fail(op, "moe.sparse_moe on " + llvm::Twine(inT.getElementType().isF16() ? "f16" : "non-f32") +
+                          " activations has no CPU code generation yet (f32 only)");
+    int64_t h = inT.getDimSize(1), e = op.getNumExperts(), f = op.getHiddenDim(), n = op.getNumRouterColumns();
+    if (ShapedType::isDynamic(h) || ShapedType::isDynamic(e) || ShapedType::isDynamic(f))
+      return fail(op, "the layer's H, E and F must be static");
+    bool gated = op.isGated();
+    int64_t g = gated ? 2 : 1;
+    bool interleaved = op.getGatedLayout() == moe::GatedLayout::interleaved;
+    std::vector<int64_t> sections(NUM_SLOTS, -1);
+    uint64_t weightBytes = 0;
+    auto add = [&](int slot, StringRef name, std::vector<float> data) {
+      weightBytes += data.size() * 4;
+      sections[slot] = weightSection(op, slot, name, asBytes(data));
+    };
+    // fc1 [E, g*F, H] -> [E][F][g][H]; fc2 [E, H, F] -> [E][F][H].
+    std::vector<float> w1, w2;
+    if (!f32Constant(op.getFc1(), "fc1", w1, error) || !f32Constant(op.getFc2(), "fc2", w2, error))
+      return fail(op, error);
+    auto gatedRow = [&](int64_t j, int64_t part, int64_t fdim) {
+      return !gated ? j : (interleaved ? 2 * j + part : part * fdim + j);
+    };
+    {
+      std::vector<float> p1(w1.size()), p2(w2.size());
+      for (int64_t x = 0; x < e; ++x)
+        for (int64_t j = 0; j < f; ++j) {
+          for (int64_t part = 0; part < g; ++part)
+            std::memcpy(&p1[((x * f + j) * g + part) * h], &w1[(x * g * f + gatedRow(j, part, f)) * h], h * 4);
+          for (int64_t r = 0; r < h; ++r)
+            p2[(x * f + j) * h + r] = w2[(x * h + r) * f + j];
+        }
+      add(FC1, "fc1", std::move(p1));
+      add(FC2, "fc2", std::move(p2));
+    }
+    bool linear = op.getRouterKind() == moe::RouterKind::linear;
+    int64_t logitsId = -1;
+    if (linear) {
+      std::vector<float> r;
+      if (!f32Constant(op.getRouter(), "router", r, error))
+        return fail(op, error);
+      std::vector<float> rt(r.size());
+      for (int64_t i = 0; i < h; ++i)
+        for (int64_t c = 0; c < n; ++c)
+          rt[c * h + i] = r[i * n + c];
+      add(ROUTER, "router", std::move(rt));
+    } else {
+      uint32_t id;
+      if (!valueId(op, op.getRouter(), "router", id))
+        return false;
+      logitsId = id;
+    }
+    auto plain = [&](Value v, int slot, StringRef name) {
+      if (!v)
+        return true;
+      std::vector<float> d;
+      if (!f32Constant(v, name, d, error))
+        return fail(op, error);
+      add(slot, name, std::move(d));
+      return true;
+    };
+    if (!plain(op.getRouterBias(), ROUTER_BIAS, "router_bias") ||
+        !plain(op.getSelectionBias(), SEL_BIAS, "selection_bias") ||
+        !plain(op.getFc2Bias(), FC2_BIAS, "fc2_bias") || !plain(op.getNormWeight(), NORM_W, "norm_weight") ||
+        !plain(op.getNormBias(), NORM_B, "norm_bias") || !plain(op.getSharedGate(), SHARED_GATE, "shared_gate"))
+      return false;
+    if (Value b1v = op.getFc1Bias()) {
+      std::vector<float> b1;
+      if (!f32Constant(b1v, "fc1_bias", b1, error))
+        return fail(op, error);
+      std::vector<float> p(b1.size());
+      for (int64_t x = 0; x < e; ++x)
+        for (int64_t j = 0; j < f; ++j)
+          for (int64_t part = 0; part < g; ++part)
+            p[(x * f + j) * g + part] = b1[x * g * f + gatedRow(j, part, f)];
+      add(FC1_BIAS, "fc1_bias", std::move(p));
+    }
+    if (Value m = op.getMask()) {
+      DenseElementsAttr attr;
+      if (!matchPattern(m, m_Constant(&attr)))
+        return fail(op, "a mask computed at run time has no CPU code generation yet (constant masks only)");
+      std::vector<char> bytes;
+      for (const APInt &v : attr.getValues<APInt>())
+        bytes.push_back(v.isZero() ? 0 : 1);
+      weightBytes += bytes.size();
+      sections[MASK] = weightSection(op, MASK, "mask", std::move(bytes));
+    }
+    int64_t r = 0, keep = op.getKeep() ? static_cast<int64_t>(*op.getKeep()) : 0;
+    if (op.getPredA()) {
+      std::vector<float> a, b;
+      if (!f32Constant(op.getPredA(), "pred_a", a, error) || !f32Constant(op.getPredB(), "pred_b", b, error))
+        return fail(op, error);
+      r = cast<RankedTensorType>(op.getPredA().getType()).getDimSize(2);
+      std::vector<float> at(a.size());
+      for (int64_t x = 0; x < e; ++x)
+        for (int64_t i = 0; i < h; ++i)
+          for (int64_t k = 0; k < r; ++k)
+            at[(x * r + k) * h + i] = a[(x * h + i) * r + k];
+      add(PRED_A, "pred_a", std::move(at));
+      add(PRED_B, "pred_b", std::move(b));
+    }
+    int64_t fs = 0;
+    if (op.getSharedFc1()) {
+      std::vector<float> s1, s2;
+      if (!f32Constant(op.getSharedFc1(), "shared_fc1", s1, error) ||
+          !f32Constant(op.getSharedFc2(), "shared_fc2", s2, error))
+        return fail(op, error);
+      fs = cast<RankedTensorType>(op.getSharedFc2().getType()).getDimSize(1);
+      std::vector<float> p1(s1.size()), p2(s2.size());
+      for (int64_t j = 0; j < fs; ++j) {
+        for (int64_t part = 0; part < g; ++part)
+          std::memcpy(&p1[(j * g + part) * h], &s1[gatedRow(j, part, fs) * h], h * 4);
+        for (int64_t i = 0; i < h; ++i)
+          p2[j * h + i] = s2[i * fs + j];
+      }
+      add(SHARED1, "shared_fc1", std::move(p1));
+      add(SHARED2, "shared_fc2", std::move(p2));
+    }
+
+    // The dispatch's step and its specialised kernel.
+    int index = dispatches++;
+    auto *step = program->add_steps()->mutable_moe();
+    step->set_index(index);
+    uint32_t in;
+    if (!valueId(op, op.getInput(), "input", in))
+      return false;
+    step->set_input(in);
+    step->set_logits(logitsId);
+    int64_t residual = -1;
+    if (op.getResidual()) {
+      uint32_t id;
+      if (!valueId(op, op.getResidual(), "residual", id))
+        return false;
+      residual = id;
+    }
+    step->set_residual(residual);
+    for (int64_t s : sections)
+      step->add_weight_sections(s);
+    step->set_hidden(h);
+    step->set_experts(e);
+    step->set_top_k(op.getK());
+    step->set_weight_bytes(weightBytes);
+    std::string desc;
+    llvm::raw_string_ostream ds(desc);
+    ds << "sparse_moe E=" << e;
+    if (op.getZeroExperts())
+      ds << "+" << op.getZeroExperts() << " zero";
+    ds << " k=" << op.getK() << " H=" << h << " F=" << f << " " << moe::stringifyActivation(op.getActivation())
+       << ", router " << moe::stringifyRouterKind(op.getRouterKind()) << "/" << moe::stringifyGateFunc(op.getGate());
+    if (op.getPredA())
+      ds << ", predictor R=" << r << " keep=" << keep;
+    if (op.getMask())
+      ds << ", static mask";
+    if (op.getSharedFc1())
+      ds << ", shared expert Fs=" << fs;
+    if (op.getNorm() != moe::NormKind::none)
+      ds << ", " << moe::stringifyNormKind(op.getNorm()) << " norm";
+    if (op.getResidual())
+      ds << ", residual";
+    step->set_description(desc);
+    step->set_output(addValue(op.getResult(), "moe" + std::to_string(index)));
+
+    auto b = [](bool v) { return v ? "true" : "false"; };
+    llvm::raw_string_ostream os(source);
+    os << "\n// dispatch " << index << ": " << desc << "\nnamespace {\nstruct C" << index << " {\n"
+       << "  static constexpr int64_t H = " << h << ", F = " << f << ", E = " << e << ", N = " << n
+       << ", K = " << op.getK() << ", R = " << r << ", KEEP = " << keep << ", FS = " << fs
+       << ", GROUPS = " << op.getExpertGroups() << ", GROUP_TOPK = " << (op.getGroupTopk() ? *op.getGroupTopk() : 0)
+       << ";\n  static constexpr int ACT = " << static_cast<int>(op.getActivation())
+       << ", NORM = " << static_cast<int>(op.getNorm()) << ";\n"
+       << "  static constexpr bool LINEAR_ROUTER = " << b(linear)
+       << ", SIGMOID_GATE = " << b(op.getGate() == moe::GateFunc::sigmoid) << ", NORMALIZE = " << b(op.getNormalize())
+       << ", HAS_SHARED = " << b(fs > 0) << ", HAS_PRED = " << b(op.getPredA() != nullptr) << ";\n"
+       << "  static constexpr float SCALE = " << floatLit(op.getScale().convertToDouble())
+       << ", ALPHA = " << floatLit(op.getActivationAlpha().convertToDouble())
+       << ", BETA = " << floatLit(op.getActivationBeta().convertToDouble())
+       << ", LIMIT = " << floatLit(op.getActivationLimit() ? op.getActivationLimit()->convertToDouble() : -1.0)
+       << ", EPS = " << floatLit(op.getNormEpsilon().convertToDouble()) << ";\n};\n}\n"
+       << "extern \"C\" MOERT_EXPORT int moert_dispatch_" << index
+       << "(const moert_moe_args *a) { return moert_cpu::Kernel<C" << index << ">::run(a); }\n"
+       << "extern \"C\" MOERT_EXPORT size_t moert_dispatch_" << index
+       << "_scratch(int64_t t, int threads) { return moert_cpu::Kernel<C" << index << ">::scratch(t, threads); }\n"
+       << "extern \"C\" MOERT_EXPORT uint64_t moert_dispatch_" << index << "_weight_bytes(int slot) {\n"
+       << "  static const uint64_t bytes[] = {";
+    for (int s = 0; s < NUM_SLOTS; ++s)
+      os << (s ? ", " : "")
+         << (sections[s] < 0 ? 0 : writer.meta().sections(sections[s]).size());
+    os << "};\n  return slot >= 0 && slot < " << NUM_SLOTS << " ? bytes[slot] : 0;\n}\n"
+       << "extern \"C\" MOERT_EXPORT int64_t moert_dispatch_" << index << "_dims(int which) { return which == 0 ? "
+       << h << " : " << n << "; }\n";
+    return true;
+  }
+
+  bool emitFunction(func::FuncOp fn) {
+    for (auto [i, arg] : llvm::enumerate(fn.getArguments())) {
+      auto t = dyn_cast<RankedTensorType>(arg.getType());
+      if (!t)
+        return fail(fn, "graph input " + Twine(i) + " has an unranked type");
+      std::string name = "input" + std::to_string(i);
+      if (auto n = fn.getArgAttrOfType<StringAttr>(i, "onnx.name"))
+        name = n.getValue().str();
+      program->add_inputs(addValue(arg, name, fn.getArgAttrOfType<ArrayAttr>(i, "onnx.dim_params")));
+    }
+    for (Operation &op : fn.getBody().front()) {
+      if (op.hasTrait<OpTrait::ConstantLike>())
+        continue;
+      if (auto r = dyn_cast<ox::ReshapeOp>(op)) {
+        if (!emitReshape(r))
+          return false;
+      } else if (auto m = dyn_cast<moe::SparseMoEOp>(op)) {
+        if (!emitMoE(m))
+          return false;
+      } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+        for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
+          uint32_t id;
+          if (!valueId(ret, v, "output " + std::to_string(i), id))
+            return false;
+          std::string name = "output" + std::to_string(i);
+          if (auto n = fn.getResultAttrOfType<StringAttr>(i, "onnx.name"))
+            name = n.getValue().str();
+          // Outputs are named after the graph's outputs (a value may be an output under its own name).
+          program->mutable_values(id)->set_name(name);
+          program->add_outputs(id);
+        }
+      } else {
+        return fail(&op, "op '" + op.getName().getStringRef() +
+                             "' has no CPU code generation yet (this build compiles graphs of fused MoE "
+                             "layers and reshapes; see docs/ARCHITECTURE.md)");
+      }
+    }
+    return true;
+  }
+};
+
+std::string findCompiler(const CpuOptions &o) {
+  if (!o.cxx.empty())
+    return o.cxx;
+  if (const char *env = std::getenv("MOEC_CXX"))
+    return env;
+  if (auto p = llvm::sys::findProgramByName("clang++-19"))
+    return *p;
+  if (llvm::sys::fs::can_execute("/usr/lib/llvm-19/bin/clang++"))
+    return "/usr/lib/llvm-19/bin/clang++";
+  return "";
+}
+
+} // namespace
+
+std::vector<std::string> moec::codegen::knownCpus() {
+  std::vector<std::string> out{"native"};
+  for (const auto &c : cpuTable())
+    out.push_back(c.name);
+  return out;
+}
+
+bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &options, StringRef outPath,
+                                       StringRef sourceModel, std::string &error, raw_ostream *progress) {
+  std::vector<std::string> features;
+  if (options.cpu == "native") {
+    features = hostFeatures();
+  } else {
+    const CpuInfo *info = nullptr;
+    for (const auto &c : cpuTable())
+      if (options.cpu == c.name)
+        info = &c;
+    if (!info) {
+      error = "--cpu=" + options.cpu + " is not a CPU this build knows (" + llvm::join(knownCpus(), ", ") + ")";
+      return false;
+    }
+    features = info->features;
+  }
+
+  func::FuncOp entry;
+  module.walk([&](func::FuncOp fn) {
+    if (!entry && !fn.isPrivate())
+      entry = fn;
+  });
+  if (!entry) {
+    error = "the module has no public function to compile";
+    return false;
+  }
+  Emitter em(options, progress);
+  em.source = "// Generated by moec from " + sourceModel.str() +
+              ": one exported function per fused MoE dispatch.\n#include \"sparse_moe.h\"\n"
+              "#define MOERT_EXPORT __attribute__((visibility(\"default\")))\n"
+              "extern \"C\" MOERT_EXPORT uint32_t moert_kernel_abi_version(void) { return "
+              "MOERT_KERNEL_ABI_VERSION; }\n";
+  if (!em.emitFunction(entry)) {
+    error = em.error;
+    return false;
+  }
+  if (progress)
+    *progress << "moec: " << em.dispatches << " MoE dispatch" << (em.dispatches == 1 ? "" : "es") << ", "
+              << llvm::format("%.2f", em.writer.sectionBytes(pb::Section::WEIGHTS) / 1048576.0)
+              << " MiB of packed weights\n";
+
+  // Sources into a private directory, compiled to one shared object.
+  SmallString<128> dir;
+  if (auto ec = llvm::sys::fs::createUniqueDirectory("moec-cpu", dir)) {
+    error = "cannot create a temporary directory: " + ec.message();
+    return false;
+  }
+  auto cleanup = llvm::make_scope_exit([&] { llvm::sys::fs::remove_directories(dir); });
+  auto writeFile = [&](StringRef path, StringRef text) {
+    std::error_code ec;
+    llvm::raw_fd_ostream os(path, ec);
+    if (ec)
+      return false;
+    os << text;
+    return !os.has_error();
+  };
+  std::vector<std::pair<std::string, std::string>> files;
+  for (const auto &[name, text] : kKernelSources)
+    files.emplace_back(name, text);
+  files.emplace_back("dispatches.cpp", em.source);
+  for (const auto &[name, text] : files) {
+    SmallString<128> p(dir);
+    llvm::sys::path::append(p, name);
+    if (!writeFile(p, text)) {
+      error = "cannot write '" + std::string(p) + "'";
+      return false;
+    }
+    if (!options.dumpKernelsDir.empty()) {
+      llvm::sys::fs::create_directories(options.dumpKernelsDir);
+      SmallString<128> d(options.dumpKernelsDir);
+      llvm::sys::path::append(d, name);
+      if (!writeFile(d, text)) {
+        error = "--dump-kernels: cannot write '" + std::string(d) + "'";
+        return false;
+      }
+    }
+  }
+  std::string cxx = findCompiler(options);
+  if (cxx.empty()) {
+    error = "no C++ compiler for the CPU kernels: install clang-19 (Debian: clang-19) or set MOEC_CXX";
+    return false;
+  }
+  SmallString<128> src(dir), so(dir), log(dir);
+  llvm::sys::path::append(src, "dispatches.cpp");
+  llvm::sys::path::append(so, "code.so");
+  llvm::sys::path::append(log, "compile.log");
+  std::string march = "-march=" + options.cpu;
+  SmallVector<StringRef> args{cxx, "-std=c++17", "-O3", march, "-fPIC", "-shared", "-fopenmp-simd",
+                              "-fno-exceptions", "-fno-rtti", "-fvisibility=hidden", "-fno-math-errno",
+                              "-w", "-o", so, src};
+  if (progress)
+    *progress << "moec: compiling the CPU kernels (" << march << ") with " << cxx << "\n";
+  std::optional<StringRef> redirects[] = {std::nullopt, StringRef(log), StringRef(log)};
+  std::string execError;
+  int rc = llvm::sys::ExecuteAndWait(cxx, args, std::nullopt, redirects, 0, 0, &execError);
+  if (rc != 0) {
+    std::string first;
+    if (auto buf = llvm::MemoryBuffer::getFile(log))
+      first = (*buf)->getBuffer().split('\n').first.str();
+    error = "compiling the CPU kernels failed (" + (execError.empty() ? "exit " + std::to_string(rc) : execError) +
+            ")" + (first.empty() ? "" : ": " + first);
+    return false;
+  }
+  auto code = llvm::MemoryBuffer::getFile(so);
+  if (!code) {
+    error = "cannot read the compiled kernels";
+    return false;
+  }
+  auto &meta = em.writer.meta();
+  meta.set_producer("moec 0.1.0");
+  meta.set_target("cpu");
+  meta.set_cpu(options.cpu);
+  for (const auto &f : features)
+    meta.add_cpu_features(f);
+  meta.set_kernel_abi(1);
+  meta.set_source_model(llvm::sys::path::filename(sourceModel).str());
+  std::vector<char> bytes((*code)->getBufferStart(), (*code)->getBufferEnd());
+  meta.set_code_section(em.writer.addSection("code", pb::Section::CODE, std::move(bytes)));
+  if (!em.writer.write(outPath, error))
+    return false;
+  return true;
+}

@@ -1,0 +1,41 @@
+//===- CpuCodegen.h - fused graph -> CPU artifact ----------------------------===//
+//
+// Turns a module after moec's fusion pipeline into a .moex artifact for x86-64 CPUs: the graph becomes a
+// program of steps (reshapes, fused MoE dispatches), each `moe.sparse_moe` becomes a C++ translation unit
+// specialising kernels/cpu/sparse_moe.h to its shapes and options, compiled by clang-19 for the chosen CPU
+// into one shared object stored in the artifact, and its weights are packed (rows a hidden dim needs made
+// contiguous) into 64-byte-aligned sections.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOEC_CODEGEN_CPU_CPUCODEGEN_H
+#define MOEC_CODEGEN_CPU_CPUCODEGEN_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "llvm/ADT/StringRef.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <string>
+#include <vector>
+
+namespace moec::codegen {
+
+struct CpuOptions {
+  /// -march for the generated code: native, x86-64, x86-64-v2, x86-64-v3, x86-64-v4, znver4, ...
+  std::string cpu = "x86-64-v3";
+  /// The C++ compiler; empty: $MOEC_CXX, then clang++-19 on PATH, then /usr/lib/llvm-19/bin/clang++.
+  std::string cxx;
+  /// When set, the generated C++ sources are also written here.
+  std::string dumpKernelsDir;
+};
+
+/// The CPU names --cpu accepts (besides `native`), for --help and errors.
+std::vector<std::string> knownCpus();
+
+/// Compiles `module` (after the fusion pipeline) into an artifact at `outPath`. On failure returns false
+/// with one line in `error`; no file is left behind. Progress lines go to `progress` when given.
+bool compileCpuArtifact(mlir::ModuleOp module, const CpuOptions &options, llvm::StringRef outPath,
+                        llvm::StringRef sourceModel, std::string &error, llvm::raw_ostream *progress);
+
+} // namespace moec::codegen
+
+#endif // MOEC_CODEGEN_CPU_CPUCODEGEN_H

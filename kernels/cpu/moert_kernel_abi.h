@@ -1,0 +1,72 @@
+/*===- moert_kernel_abi.h - the C ABI between moert and generated CPU code --===*
+ *
+ * Generated code (one shared object per artifact, built by `moec compile` from kernels/cpu/) exports, per
+ * fused MoE dispatch `i`:
+ *
+ *   int    moert_dispatch_<i>(const moert_moe_args *args);               0 on success
+ *   size_t moert_dispatch_<i>_scratch(int64_t tokens, int threads);      scratch bytes one call needs
+ *
+ * and `moert_kernel_abi_version()`. The runtime owns threads and memory: it passes a parallel-for and a
+ * scratch buffer; generated code allocates nothing and never calls back into libmoert by symbol.
+ *
+ *===----------------------------------------------------------------------===*/
+#ifndef MOERT_KERNEL_ABI_H
+#define MOERT_KERNEL_ABI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOERT_KERNEL_ABI_VERSION 1
+
+/* Runs fn(ctx, i) for i in [0, n) on the runtime's threads; returns when all are done. `thread` is the
+ * index of the worker running the call, in [0, threads). */
+typedef void (*moert_task_fn)(void *ctx, int64_t i, int thread);
+typedef struct moert_exec {
+  void (*parallel_for)(void *pool, int64_t n, void *ctx, moert_task_fn fn);
+  void *pool;
+  int threads;
+} moert_exec;
+
+/* Weight slots of a sparse MoE dispatch (pointers into the artifact's 64-byte-aligned weight sections). */
+enum moert_moe_slot {
+  MOERT_FC1 = 0,         /* [E][F][2][H] gated (gate, up rows per hidden dim) or [E][F][H]          */
+  MOERT_FC2 = 1,         /* [E][F][H]: fc2 transposed, so hidden dim f's column is one row          */
+  MOERT_ROUTER = 2,      /* [N][H]: router weights transposed (router_kind = linear)               */
+  MOERT_ROUTER_BIAS = 3, /* [N]                                                                    */
+  MOERT_SEL_BIAS = 4,    /* [N]                                                                    */
+  MOERT_FC1_BIAS = 5,    /* [E][F][2] or [E][F]                                                     */
+  MOERT_FC2_BIAS = 6,    /* [E][H]                                                                 */
+  MOERT_MASK = 7,        /* [E][F] uint8, nonzero = keep                                            */
+  MOERT_PRED_A = 8,      /* [E][R][H]: pred_a transposed                                            */
+  MOERT_PRED_B = 9,      /* [E][R][F]                                                               */
+  MOERT_NORM_W = 10,     /* [H]                                                                    */
+  MOERT_NORM_B = 11,     /* [H]                                                                    */
+  MOERT_SHARED1 = 12,    /* [Fs][2][H] or [Fs][H]                                                   */
+  MOERT_SHARED2 = 13,    /* [Fs][H]: shared_fc2 transposed                                          */
+  MOERT_SHARED_GATE = 14,/* [H]                                                                    */
+  MOERT_MOE_SLOTS = 15
+};
+
+typedef struct moert_moe_args {
+  int64_t tokens;                        /* T                                                      */
+  const float *input;                    /* [T][H]                                                 */
+  const float *logits;                   /* [T][N] when router_kind = logits, else NULL            */
+  const float *residual;                 /* [T][H] or NULL                                         */
+  float *output;                         /* [T][H]                                                 */
+  const void *weights[MOERT_MOE_SLOTS];  /* NULL where the layer has no such operand               */
+  void *scratch;                         /* moert_dispatch_<i>_scratch(tokens, threads) bytes, 64-aligned */
+  const moert_exec *exec;
+} moert_moe_args;
+
+typedef int (*moert_moe_fn)(const moert_moe_args *args);
+typedef size_t (*moert_scratch_fn)(int64_t tokens, int threads);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOERT_KERNEL_ABI_H */

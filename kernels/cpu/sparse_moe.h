@@ -1,0 +1,427 @@
+//===- sparse_moe.h - the fused sparse MoE kernel template for CPUs ------------===//
+//
+// `moec compile` specialises this template per `moe.sparse_moe` dispatch: it writes a translation unit that
+// defines a config struct `C` (every shape, k, activation, flag as a compile-time constant), includes this
+// header and exports `moert_dispatch_<i>` (kernels/cpu/moert_kernel_abi.h). clang-19 then compiles it for the
+// target CPU (-march), so loops over H and F have known trip counts and vectorise for AVX-512 / AVX2.
+//
+// One call computes, for T tokens, exactly `moe.sparse_moe`'s contract (ir/MoEOps.td):
+//
+//   A. per token (parallel): optional RMSNorm/LayerNorm, router logits, softmax/sigmoid, selection bias,
+//      grouped top-k, top-k (ties: lower index), renormalise, scale;
+//   B. tokens grouped by expert (counting sort, token order kept);
+//   C. work items (parallel): one expert x a tile of up to TT tokens x a chunk of the hidden dims. Each
+//      weight row is read once per tile and used for every token in it; only the chosen experts' rows (and
+//      only kept dims: masked or predicted) are read. A token's contribution goes to its own partial buffer
+//      P[t][slot][chunk], so no two items write the same memory;
+//   D. per token (parallel): output = residual + sum over slots, then chunks, of P — a fixed order, so the
+//      result does not depend on which thread ran what (it does depend on the chunk count, which follows
+//      T and the thread count).
+//
+// Decode (few tokens) splits F into chunks so every thread streams a part of each chosen expert (bandwidth
+// bound); prefill uses token tiles (weights reused TT times from cache) and one chunk.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_KERNELS_CPU_SPARSE_MOE_H
+#define MOERT_KERNELS_CPU_SPARSE_MOE_H
+
+#include "moert_kernel_abi.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace moert_cpu {
+
+enum Act { IDENTITY = 0, RELU = 1, GELU = 2, SILU = 3, SWIGLU = 4, GEGLU = 5, GELU_TANH = 6 };
+enum Norm { NO_NORM = 0, RMS_NORM = 1, LAYER_NORM = 2 };
+
+constexpr int64_t kTile = 8;       // tokens per work item (weight reuse in prefill)
+constexpr int64_t kMaxChunks = 16; // hidden-dim chunks per expert visit (parallelism in decode)
+
+inline float dot(const float *__restrict a, const float *__restrict b, int64_t n) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i)
+    acc += a[i] * b[i];
+  return acc;
+}
+
+inline void axpy(float *__restrict y, float a, const float *__restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i)
+    y[i] += a * x[i];
+}
+
+inline float sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
+inline float gelu_erf(float a) { return 0.5f * a * (1.0f + std::erf(a * 0.70710678118654752f)); }
+inline float gelu_tanh(float a) {
+  return 0.5f * a * (1.0f + std::tanh(0.79788456080286536f * (a + 0.044715f * a * a * a)));
+}
+
+inline size_t align64(size_t n) { return (n + 63) & ~size_t(63); }
+
+template <class C> struct Kernel {
+  static constexpr int64_t H = C::H, F = C::F, E = C::E, N = C::N, K = C::K;
+  static constexpr int64_t G = (C::ACT == SWIGLU || C::ACT == GEGLU) ? 2 : 1;
+  static constexpr int64_t S = K + (C::HAS_SHARED ? 1 : 0); // slots: k routed + the shared expert
+
+  struct Item {
+    int32_t expert; // -1: shared expert
+    int32_t begin, end; // range in the entry list (routed) or token range (shared)
+    int32_t f0, f1, chunk;
+  };
+
+  struct Layout {
+    int64_t T, chunks, maxItems;
+    size_t x, chosen, weight, counts, entries, items, partial, pred, total;
+  };
+
+  static int64_t chunkCount(int64_t T, int threads) {
+    if (C::HAS_PRED)
+      return 1;
+    int64_t tiles = (T * K + kTile - 1) / kTile + (C::HAS_SHARED ? (T + kTile - 1) / kTile : 0);
+    int64_t want = tiles >= 2 * threads ? 1 : (2 * threads + tiles - 1) / tiles;
+    int64_t byDims = std::max<int64_t>(1, F / 16);
+    return std::max<int64_t>(1, std::min({want, kMaxChunks, byDims}));
+  }
+
+  static Layout layout(int64_t T, int threads) {
+    Layout l{};
+    l.T = T;
+    l.chunks = chunkCount(T, threads);
+    l.maxItems = ((T * K + kTile - 1) / kTile + E + (T + kTile - 1) / kTile + 1) * l.chunks + T * K;
+    size_t off = 0;
+    auto take = [&](size_t bytes) {
+      size_t at = off;
+      off += align64(bytes);
+      return at;
+    };
+    l.x = take(C::NORM != NO_NORM ? sizeof(float) * T * H : 0);
+    l.chosen = take(sizeof(int32_t) * T * K);
+    l.weight = take(sizeof(float) * T * K);
+    l.counts = take(sizeof(int64_t) * (E + 1));
+    l.entries = take(sizeof(int32_t) * 2 * T * K);
+    l.items = take(sizeof(Item) * l.maxItems);
+    l.partial = take(sizeof(float) * T * S * l.chunks * H);
+    l.pred = take(C::HAS_PRED ? (sizeof(float) * (C::R + F) + sizeof(int32_t) * F) * threads : 0);
+    l.total = off;
+    return l;
+  }
+
+  struct Ctx {
+    const moert_moe_args *a;
+    Layout l;
+    const float *X; // normalised input rows
+    int32_t *chosen;
+    float *weight;
+    int64_t *counts;
+    int32_t *entries;
+    Item *items;
+    float *partial;
+    char *pred;
+  };
+
+  // ---- A: normalise and route one token ----------------------------------------------------------------
+  static void route(void *p, int64_t t, int) {
+    Ctx &c = *static_cast<Ctx *>(p);
+    const moert_moe_args &a = *c.a;
+    const float *in = a.input + t * H;
+    const float *x = in;
+    if (C::NORM != NO_NORM) {
+      float *xn = const_cast<float *>(c.X) + t * H;
+      const float *w = static_cast<const float *>(a.weights[MOERT_NORM_W]);
+      if (C::NORM == RMS_NORM) {
+        float inv = 1.0f / std::sqrt(dot(in, in, H) / float(H) + C::EPS);
+        for (int64_t h = 0; h < H; ++h)
+          xn[h] = in[h] * inv * w[h];
+      } else {
+        float mean = 0.0f;
+        for (int64_t h = 0; h < H; ++h)
+          mean += in[h];
+        mean /= float(H);
+        float var = 0.0f;
+        for (int64_t h = 0; h < H; ++h)
+          var += (in[h] - mean) * (in[h] - mean);
+        float inv = 1.0f / std::sqrt(var / float(H) + C::EPS);
+        const float *b = static_cast<const float *>(a.weights[MOERT_NORM_B]);
+        for (int64_t h = 0; h < H; ++h)
+          xn[h] = (in[h] - mean) * inv * w[h] + (b ? b[h] : 0.0f);
+      }
+      x = xn;
+    }
+    float logits[N], scores[N], choice[N];
+    if (C::LINEAR_ROUTER) {
+      const float *r = static_cast<const float *>(a.weights[MOERT_ROUTER]);
+      const float *rb = static_cast<const float *>(a.weights[MOERT_ROUTER_BIAS]);
+      for (int64_t n = 0; n < N; ++n)
+        logits[n] = dot(r + n * H, x, H) + (rb ? rb[n] : 0.0f);
+    } else {
+      std::memcpy(logits, a.logits + t * N, sizeof(logits));
+    }
+    if (C::SIGMOID_GATE) {
+      for (int64_t n = 0; n < N; ++n)
+        scores[n] = sigmoid(logits[n]);
+    } else {
+      float mx = logits[0];
+      for (int64_t n = 1; n < N; ++n)
+        mx = std::max(mx, logits[n]);
+      float sum = 0.0f;
+      for (int64_t n = 0; n < N; ++n)
+        sum += scores[n] = std::exp(logits[n] - mx);
+      for (int64_t n = 0; n < N; ++n)
+        scores[n] /= sum;
+    }
+    const float *sb = static_cast<const float *>(a.weights[MOERT_SEL_BIAS]);
+    for (int64_t n = 0; n < N; ++n)
+      choice[n] = scores[n] + (sb ? sb[n] : 0.0f);
+    if (C::GROUPS > 1) {
+      constexpr int64_t per = N / C::GROUPS;
+      float groupScore[C::GROUPS];
+      bool keepGroup[C::GROUPS] = {};
+      for (int64_t g = 0; g < C::GROUPS; ++g) {
+        float best = -INFINITY, second = -INFINITY;
+        for (int64_t j = 0; j < per; ++j) {
+          float v = choice[g * per + j];
+          if (v > best) {
+            second = best;
+            best = v;
+          } else if (v > second) {
+            second = v;
+          }
+        }
+        groupScore[g] = per >= 2 ? best + second : best;
+      }
+      for (int64_t pick = 0; pick < C::GROUP_TOPK; ++pick) {
+        int64_t arg = -1;
+        for (int64_t g = 0; g < C::GROUPS; ++g)
+          if (!keepGroup[g] && (arg < 0 || groupScore[g] > groupScore[arg]))
+            arg = g;
+        keepGroup[arg] = true;
+      }
+      for (int64_t n = 0; n < N; ++n)
+        if (!keepGroup[n / per])
+          choice[n] = -INFINITY;
+    }
+    bool taken[N] = {};
+    int32_t *chosen = c.chosen + t * K;
+    float *w = c.weight + t * K;
+    float wsum = 0.0f;
+    for (int64_t s = 0; s < K; ++s) {
+      int64_t arg = -1;
+      for (int64_t n = 0; n < N; ++n)
+        if (!taken[n] && (arg < 0 || choice[n] > choice[arg]))
+          arg = n;
+      taken[arg] = true;
+      chosen[s] = int32_t(arg);
+      w[s] = scores[arg];
+      wsum += w[s];
+    }
+    for (int64_t s = 0; s < K; ++s)
+      w[s] = (C::NORMALIZE ? w[s] / wsum : w[s]) * C::SCALE;
+  }
+
+  static float activate(float g, float u) {
+    if (G == 2) {
+      if (C::LIMIT > 0.0f) {
+        g = std::min(g, C::LIMIT);
+        u = std::min(std::max(u, -C::LIMIT), C::LIMIT);
+      }
+      if (C::ACT == SWIGLU)
+        return g * sigmoid(C::ALPHA * g) * (u + C::BETA);
+      return gelu_erf(g) * (u + C::BETA);
+    }
+    switch (C::ACT) {
+    case RELU:
+      return g > 0.0f ? g : 0.0f;
+    case GELU:
+      return gelu_erf(g);
+    case GELU_TANH:
+      return gelu_tanh(g);
+    case SILU:
+      return g * sigmoid(g);
+    default:
+      return g;
+    }
+  }
+
+  // ---- C: one expert (or the shared expert) over a token tile and a chunk of hidden dims ----------------
+  static void work(void *p, int64_t index, int thread) {
+    Ctx &c = *static_cast<Ctx *>(p);
+    const moert_moe_args &a = *c.a;
+    const Item &it = c.items[index];
+    const int64_t chunks = c.l.chunks;
+    const float *xs[kTile];
+    float *dst[kTile];
+    float ws[kTile];
+    int64_t n = 0;
+    const float *w1, *w2, *b1 = nullptr, *b2 = nullptr;
+    const uint8_t *mask = nullptr;
+    int64_t fdim;
+    if (it.expert >= 0) {
+      const int64_t e = it.expert;
+      fdim = F;
+      w1 = static_cast<const float *>(a.weights[MOERT_FC1]) + e * F * G * H;
+      w2 = static_cast<const float *>(a.weights[MOERT_FC2]) + e * F * H;
+      if (a.weights[MOERT_FC1_BIAS])
+        b1 = static_cast<const float *>(a.weights[MOERT_FC1_BIAS]) + e * F * G;
+      if (a.weights[MOERT_FC2_BIAS])
+        b2 = static_cast<const float *>(a.weights[MOERT_FC2_BIAS]) + e * H;
+      if (a.weights[MOERT_MASK])
+        mask = static_cast<const uint8_t *>(a.weights[MOERT_MASK]) + e * F;
+      for (int64_t j = it.begin; j < it.end; ++j, ++n) {
+        int64_t t = c.entries[2 * j], slot = c.entries[2 * j + 1];
+        xs[n] = c.X + t * H;
+        ws[n] = c.weight[t * K + slot];
+        dst[n] = c.partial + ((t * S + slot) * chunks + it.chunk) * H;
+      }
+    } else {
+      fdim = C::FS;
+      w1 = static_cast<const float *>(a.weights[MOERT_SHARED1]);
+      w2 = static_cast<const float *>(a.weights[MOERT_SHARED2]);
+      const float *gate = static_cast<const float *>(a.weights[MOERT_SHARED_GATE]);
+      for (int64_t t = it.begin; t < it.end; ++t, ++n) {
+        xs[n] = c.X + t * H;
+        ws[n] = gate ? sigmoid(dot(gate, xs[n], H)) : 1.0f;
+        dst[n] = c.partial + ((t * S + K) * chunks + it.chunk) * H;
+      }
+    }
+    for (int64_t i = 0; i < n; ++i)
+      std::memset(dst[i], 0, sizeof(float) * H);
+
+    if (C::HAS_PRED && it.expert >= 0) {
+      // One token: score every hidden dim with the low-rank predictor, keep the top KEEP (ties: lower
+      // index), and compute only those, in ascending order.
+      const int64_t e = it.expert;
+      char *mine = c.pred + size_t(thread) * ((sizeof(float) * (C::R + F) + sizeof(int32_t) * F));
+      float *pr = reinterpret_cast<float *>(mine);
+      float *sc = pr + C::R;
+      int32_t *idx = reinterpret_cast<int32_t *>(sc + F);
+      const float *pa = static_cast<const float *>(a.weights[MOERT_PRED_A]) + e * C::R * H;
+      const float *pb = static_cast<const float *>(a.weights[MOERT_PRED_B]) + e * C::R * F;
+      for (int64_t r = 0; r < C::R; ++r)
+        pr[r] = dot(pa + r * H, xs[0], H);
+      std::memset(sc, 0, sizeof(float) * F);
+      for (int64_t r = 0; r < C::R; ++r)
+        axpy(sc, pr[r], pb + r * F, F);
+      for (int64_t f = 0; f < F; ++f)
+        idx[f] = int32_t(f);
+      std::partial_sort(idx, idx + C::KEEP, idx + F, [&](int32_t x, int32_t y) {
+        return sc[x] > sc[y] || (sc[x] == sc[y] && x < y);
+      });
+      std::sort(idx, idx + C::KEEP);
+      for (int64_t j = 0; j < C::KEEP; ++j) {
+        int64_t f = idx[j];
+        const float *row = w1 + f * G * H;
+        float g = dot(row, xs[0], H) + (b1 ? b1[f * G] : 0.0f);
+        float u = G == 2 ? dot(row + H, xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+        axpy(dst[0], ws[0] * activate(g, u), w2 + f * H, H);
+      }
+    } else {
+      float coef[kTile];
+      for (int64_t f = it.f0; f < it.f1; ++f) {
+        if (mask && !mask[f])
+          continue;
+        const float *row = w1 + f * G * H;
+        for (int64_t i = 0; i < n; ++i) {
+          float g = dot(row, xs[i], H) + (b1 ? b1[f * G] : 0.0f);
+          float u = G == 2 ? dot(row + H, xs[i], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+          coef[i] = ws[i] * activate(g, u);
+        }
+        const float *col = w2 + f * H;
+        for (int64_t i = 0; i < n; ++i)
+          axpy(dst[i], coef[i], col, H);
+      }
+      (void)fdim;
+    }
+    if (b2 && it.chunk == 0)
+      for (int64_t i = 0; i < n; ++i)
+        axpy(dst[i], ws[i], b2, H);
+  }
+
+  // ---- D: sum one token's slots in a fixed order --------------------------------------------------------
+  static void combine(void *p, int64_t t, int) {
+    Ctx &c = *static_cast<Ctx *>(p);
+    const moert_moe_args &a = *c.a;
+    float *out = a.output + t * H;
+    if (a.residual)
+      std::memcpy(out, a.residual + t * H, sizeof(float) * H);
+    else
+      std::memset(out, 0, sizeof(float) * H);
+    for (int64_t s = 0; s < S; ++s) {
+      if (s < K && c.chosen[t * K + s] >= E)
+        continue; // a zero expert: a slot and a share of the weight, no output
+      for (int64_t ch = 0; ch < c.l.chunks; ++ch) {
+        const float *src = c.partial + ((t * S + s) * c.l.chunks + ch) * H;
+#pragma omp simd
+        for (int64_t h = 0; h < H; ++h)
+          out[h] += src[h];
+      }
+    }
+  }
+
+  static size_t scratch(int64_t T, int threads) { return layout(T, threads).total; }
+
+  static int run(const moert_moe_args *a) {
+    const int64_t T = a->tokens;
+    if (T <= 0)
+      return 0;
+    const moert_exec &ex = *a->exec;
+    Ctx c{};
+    c.a = a;
+    c.l = layout(T, ex.threads);
+    char *base = static_cast<char *>(a->scratch);
+    c.X = C::NORM != NO_NORM ? reinterpret_cast<float *>(base + c.l.x) : a->input;
+    c.chosen = reinterpret_cast<int32_t *>(base + c.l.chosen);
+    c.weight = reinterpret_cast<float *>(base + c.l.weight);
+    c.counts = reinterpret_cast<int64_t *>(base + c.l.counts);
+    c.entries = reinterpret_cast<int32_t *>(base + c.l.entries);
+    c.items = reinterpret_cast<Item *>(base + c.l.items);
+    c.partial = reinterpret_cast<float *>(base + c.l.partial);
+    c.pred = base + c.l.pred;
+
+    ex.parallel_for(ex.pool, T, &c, &route);
+
+    // B: group (token, slot) pairs by expert, keeping token order (counting sort).
+    std::memset(c.counts, 0, sizeof(int64_t) * (E + 1));
+    for (int64_t i = 0; i < T * K; ++i)
+      if (c.chosen[i] < E)
+        ++c.counts[c.chosen[i] + 1];
+    for (int64_t e = 0; e < E; ++e)
+      c.counts[e + 1] += c.counts[e];
+    int64_t fill[E];
+    for (int64_t e = 0; e < E; ++e)
+      fill[e] = c.counts[e];
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t s = 0; s < K; ++s) {
+        int32_t e = c.chosen[t * K + s];
+        if (e >= E)
+          continue;
+        int64_t at = fill[e]++;
+        c.entries[2 * at] = int32_t(t);
+        c.entries[2 * at + 1] = int32_t(s);
+      }
+
+    // Work items: expert x token tile x hidden-dim chunk (predicted layers: one token per item).
+    int64_t items = 0;
+    const int64_t chunks = c.l.chunks, tile = C::HAS_PRED ? 1 : kTile;
+    auto addTiles = [&](int32_t expert, int64_t begin, int64_t end, int64_t fdim) {
+      for (int64_t b = begin; b < end; b += tile)
+        for (int64_t ch = 0; ch < chunks; ++ch)
+          c.items[items++] = Item{expert, int32_t(b), int32_t(std::min(end, b + tile)),
+                                  int32_t(fdim * ch / chunks), int32_t(fdim * (ch + 1) / chunks), int32_t(ch)};
+    };
+    for (int64_t e = 0; e < E; ++e)
+      addTiles(int32_t(e), c.counts[e], c.counts[e + 1], F);
+    if (C::HAS_SHARED)
+      addTiles(-1, 0, T, C::FS);
+    ex.parallel_for(ex.pool, items, &c, &work);
+    ex.parallel_for(ex.pool, T, &c, &combine);
+    return 0;
+  }
+};
+
+} // namespace moert_cpu
+
+#endif // MOERT_KERNELS_CPU_SPARSE_MOE_H

@@ -1,0 +1,70 @@
+//===- ArtifactFormat.h - the fixed part of a .moex artifact file -------------===//
+//
+// Shared by the writer (codegen/Artifact.cpp, in moec) and the reader (runtime/src/Artifact.cpp, in
+// libmoert). Dependency-free. docs/artifact-format.md is the specification.
+//
+//   [0, 64)            FileHeader
+//   [64, ...)          metadata: a serialized moert.proto.Artifact (runtime/artifact.proto)
+//   64-byte aligned    sections (weights, code), located by the metadata
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_ARTIFACT_FORMAT_H
+#define MOERT_ARTIFACT_FORMAT_H
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace moert::format {
+
+inline constexpr char kMagic[8] = {'M', 'O', 'E', 'X', '\0', '\x1a', '\r', '\n'};
+inline constexpr uint32_t kVersion = 1;    // bump on any incompatible change
+inline constexpr uint64_t kAlignment = 64; // every section starts at a multiple of this
+
+struct FileHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t headerSize;     // sizeof(FileHeader) = 64
+  uint64_t fileSize;       // the whole file, in bytes
+  uint64_t metadataOffset; // = 64
+  uint64_t metadataSize;
+  uint64_t checksum;       // checksum() of the file with this field zeroed
+  uint8_t reserved[16];    // zero
+};
+static_assert(sizeof(FileHeader) == 64, "the header is 64 bytes");
+
+/// A fast 64-bit hash of `n` bytes (four interleaved multiply-xorshift lanes; not cryptographic). Detects
+/// truncation and bit flips; it is not a defence against a crafted file.
+inline uint64_t checksum(const void *data, size_t n, uint64_t seed = 0x6d6f65632d6d6f65ull) {
+  const unsigned char *p = static_cast<const unsigned char *>(data);
+  const uint64_t kMul = 0x9e3779b97f4a7c15ull;
+  uint64_t lane[4] = {seed, seed ^ 0x1234567ull, seed ^ 0xabcdefull, seed ^ 0x7654321ull};
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int l = 0; l < 4; ++l) {
+      uint64_t w;
+      std::memcpy(&w, p + i + 8 * l, 8);
+      lane[l] = (lane[l] ^ w) * kMul;
+      lane[l] ^= lane[l] >> 29;
+    }
+  uint64_t h = lane[0] ^ (lane[1] * 3) ^ (lane[2] * 5) ^ (lane[3] * 7) ^ n;
+  for (; i < n; ++i)
+    h = (h ^ p[i]) * kMul;
+  h ^= h >> 32;
+  return h * kMul;
+}
+
+/// checksum() of a whole file image with the header's checksum field treated as zero.
+inline uint64_t fileChecksum(const unsigned char *file, size_t n) {
+  FileHeader h;
+  std::memcpy(&h, file, sizeof h);
+  h.checksum = 0;
+  uint64_t a = checksum(&h, sizeof h);
+  return checksum(file + sizeof h, n - sizeof h, a);
+}
+
+inline uint64_t alignUp(uint64_t x) { return (x + kAlignment - 1) / kAlignment * kAlignment; }
+
+} // namespace moert::format
+
+#endif // MOERT_ARTIFACT_FORMAT_H

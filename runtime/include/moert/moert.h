@@ -1,0 +1,100 @@
+/*===- moert.h - the moert C API: load a .moex artifact and run it ----------===*
+ *
+ *   moert_model *model;
+ *   moert_status st = moert_load("model.moex", NULL, &model);     // NULL options: defaults
+ *   if (st) { fprintf(stderr, "%s\n", moert_status_message(st)); moert_status_free(st); }
+ *   moert_tensor in = {"x", MOERT_F32, 2, dims, data};
+ *   moert_result *res;
+ *   st = moert_run(model, NULL, &in, 1, &res);
+ *   const moert_tensor *out = moert_result_output(res, 0);
+ *   moert_result_free(res);
+ *   moert_free(model);
+ *
+ * Conventions: functions return a moert_status (NULL on success; otherwise an error you must free), take
+ * opaque handles, options structs (NULL = defaults; set `struct_size` to sizeof the struct so the library
+ * can grow them), and put out-parameters last. A loaded model is immutable: moert_run may be called on it
+ * from several threads at once. Weights stay memory-mapped from the file; nothing links LLVM or MLIR.
+ *
+ *===----------------------------------------------------------------------===*/
+#ifndef MOERT_MOERT_H
+#define MOERT_MOERT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(MOERT_BUILDING_LIBRARY)
+#define MOERT_API __attribute__((visibility("default")))
+#else
+#define MOERT_API
+#endif
+
+typedef struct moert_status_s *moert_status; /* NULL = success */
+typedef struct moert_model moert_model;
+typedef struct moert_result moert_result;
+
+typedef enum moert_dtype {
+  MOERT_DTYPE_UNKNOWN = 0,
+  MOERT_F32 = 1,
+  MOERT_F16 = 2,
+  MOERT_BF16 = 3,
+  MOERT_I64 = 4,
+  MOERT_I32 = 5,
+  MOERT_I8 = 6,
+  MOERT_U8 = 7,
+  MOERT_BOOL = 8
+} moert_dtype;
+
+/* A dense row-major tensor. For inputs `data` is read only; `name` may be NULL to bind by position. */
+typedef struct moert_tensor {
+  const char *name;
+  moert_dtype dtype;
+  int32_t rank;
+  const int64_t *dims;
+  void *data;
+} moert_tensor;
+
+typedef struct moert_load_options {
+  size_t struct_size;  /* sizeof(moert_load_options) */
+  int threads;         /* worker threads; 0 = one per available core */
+  int verify_checksum; /* nonzero (default) to check the whole file's checksum at load */
+} moert_load_options;
+
+typedef struct moert_run_options {
+  size_t struct_size; /* sizeof(moert_run_options) */
+  int profile;        /* nonzero: record each step's time (moert_result_profile_json) */
+} moert_run_options;
+
+MOERT_API const char *moert_status_message(moert_status status);
+MOERT_API void moert_status_free(moert_status status);
+
+MOERT_API moert_status moert_load(const char *path, const moert_load_options *options, moert_model **out);
+MOERT_API void moert_free(moert_model *model);
+
+/* What the model takes and gives. Dims are -1 where symbolic; `symbol` names it (e.g. "T"). */
+MOERT_API size_t moert_num_inputs(const moert_model *model);
+MOERT_API size_t moert_num_outputs(const moert_model *model);
+MOERT_API const char *moert_input_name(const moert_model *model, size_t i);
+MOERT_API const char *moert_output_name(const moert_model *model, size_t i);
+/* Human-readable summary (inputs, outputs, dispatches, target, sizes, versions); valid while loaded. */
+MOERT_API const char *moert_describe(const moert_model *model);
+
+/* Runs the model on `inputs` (all of them, by name or in order). Shapes and dtypes are checked against the
+ * artifact; symbolic dims (the token count) are bound from the inputs. */
+MOERT_API moert_status moert_run(moert_model *model, const moert_run_options *options, const moert_tensor *inputs,
+                                 size_t num_inputs, moert_result **out);
+MOERT_API size_t moert_result_num_outputs(const moert_result *result);
+/* Output i (name, dtype, dims, data owned by the result). */
+MOERT_API const moert_tensor *moert_result_output(const moert_result *result, size_t i);
+/* Chrome-trace JSON of the run's steps when run with profile set, else NULL. */
+MOERT_API const char *moert_result_profile_json(const moert_result *result);
+MOERT_API void moert_result_free(moert_result *result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOERT_MOERT_H */

@@ -1,0 +1,269 @@
+//===- Artifact.cpp - loading and validating a .moex artifact ----------------===//
+//
+// Everything read from the file is checked before it is used: header fields, the checksum, the metadata,
+// section bounds and alignment, value ids in the program, and each dispatch's weight sections against the
+// sizes its generated code was compiled for (so a bad file is an error, never an out-of-bounds read).
+//
+//===----------------------------------------------------------------------===//
+#include "Model.h"
+#include "runtime/ArtifactFormat.h"
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <sstream>
+#include <thread>
+
+namespace fmt = moert::format;
+namespace pb = moert::proto;
+
+moert_status moert::makeError(std::string message) { return new moert_status_s{std::move(message)}; }
+
+moert_model::~moert_model() {
+  dispatches.clear();
+  pool.reset();
+  if (code)
+    dlclose(code);
+  if (codeFd >= 0)
+    close(codeFd);
+  if (map)
+    munmap(const_cast<unsigned char *>(map), mapSize);
+}
+
+namespace {
+
+bool cpuHas(const std::string &f) {
+  __builtin_cpu_init();
+#define MOERT_FEATURE(NAME)                                                                                    \
+  if (f == NAME)                                                                                               \
+    return __builtin_cpu_supports(NAME);
+  MOERT_FEATURE("sse4.2")
+  MOERT_FEATURE("popcnt")
+  MOERT_FEATURE("avx2")
+  MOERT_FEATURE("fma")
+  MOERT_FEATURE("bmi2")
+  MOERT_FEATURE("f16c")
+  MOERT_FEATURE("avx512f")
+  MOERT_FEATURE("avx512bw")
+  MOERT_FEATURE("avx512vl")
+  MOERT_FEATURE("avx512dq")
+  MOERT_FEATURE("avx512bf16")
+  MOERT_FEATURE("avx512vnni")
+#undef MOERT_FEATURE
+  return false; // a feature this moert cannot check: refuse rather than risk SIGILL
+}
+
+std::string mib(uint64_t bytes) {
+  std::ostringstream os;
+  os.precision(bytes < 10 * 1048576ull ? 3 : 1);
+  os << std::fixed << bytes / 1048576.0 << " MiB";
+  return os.str();
+}
+
+const char *dtypeName(int d) {
+  static const char *const names[] = {"?", "f32", "f16", "bf16", "i64", "i32", "i8", "u8", "bool"};
+  return d >= 0 && d <= 8 ? names[d] : "?";
+}
+
+std::string typeString(const pb::TensorType &t) {
+  std::string s = std::string(dtypeName(t.dtype())) + "[";
+  for (int i = 0; i < t.dims_size(); ++i) {
+    if (i)
+      s += ", ";
+    s += t.dims(i).size() >= 0 ? std::to_string(t.dims(i).size()) : t.dims(i).symbol();
+  }
+  return s + "]";
+}
+
+template <typename T> bool resolve(void *handle, const std::string &name, T &out) {
+  out = reinterpret_cast<T>(dlsym(handle, name.c_str()));
+  return out != nullptr;
+}
+
+} // namespace
+
+moert_status moert::loadArtifact(const std::string &path, const moert_load_options &options, moert_model &m) {
+  auto bad = [&](const std::string &why) { return makeError(path + ": " + why); };
+  m.path = path;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return bad(std::string("cannot open: ") + std::strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return bad("not a regular file");
+  }
+  size_t size = static_cast<size_t>(st.st_size);
+  if (size < sizeof(fmt::FileHeader)) {
+    close(fd);
+    return bad("is not a moec artifact: " + std::to_string(size) + " bytes, shorter than the 64-byte header");
+  }
+  void *map = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (map == MAP_FAILED)
+    return bad(std::string("cannot map: ") + std::strerror(errno));
+  m.map = static_cast<const unsigned char *>(map);
+  m.mapSize = size;
+
+  fmt::FileHeader h;
+  std::memcpy(&h, m.map, sizeof h);
+  if (std::memcmp(h.magic, fmt::kMagic, sizeof h.magic) != 0)
+    return bad("is not a moec artifact (wrong magic bytes)");
+  if (h.version > fmt::kVersion)
+    return bad("was written by a newer moec (artifact format " + std::to_string(h.version) +
+               "; this moert reads format " + std::to_string(fmt::kVersion) + "): recompile it or update moert");
+  if (h.version != fmt::kVersion)
+    return bad("has unsupported artifact format " + std::to_string(h.version));
+  if (h.headerSize != sizeof(fmt::FileHeader))
+    return bad("has a corrupted header (header size " + std::to_string(h.headerSize) + ")");
+  if (h.fileSize != size)
+    return bad(h.fileSize > size ? "is truncated: the header says " + std::to_string(h.fileSize) +
+                                       " bytes, the file has " + std::to_string(size)
+                                 : "has " + std::to_string(size - h.fileSize) + " unexpected bytes after its end");
+  if (h.metadataOffset != sizeof(fmt::FileHeader) || h.metadataSize > size - h.metadataOffset)
+    return bad("has a corrupted header (metadata out of bounds)");
+  if (options.verify_checksum && fmt::fileChecksum(m.map, size) != h.checksum)
+    return bad("is corrupted (checksum mismatch)");
+  if (!m.meta.ParseFromArray(m.map + h.metadataOffset, static_cast<int>(h.metadataSize)))
+    return bad("has corrupted metadata");
+
+  const pb::Artifact &a = m.meta;
+  if (a.target() != "cpu")
+    return bad("targets '" + a.target() + "'; this moert runs cpu artifacts");
+  if (a.kernel_abi() != MOERT_KERNEL_ABI_VERSION)
+    return bad("uses kernel ABI " + std::to_string(a.kernel_abi()) + "; this moert speaks " +
+               std::to_string(MOERT_KERNEL_ABI_VERSION));
+  for (const auto &f : a.cpu_features())
+    if (!cpuHas(f))
+      return bad("was compiled for --cpu=" + a.cpu() + ", which needs the CPU feature '" + f +
+                 "' this machine lacks; recompile with --cpu=native (or x86-64-v3)");
+  for (int i = 0; i < a.sections_size(); ++i) {
+    const auto &s = a.sections(i);
+    if (s.offset() % fmt::kAlignment != 0 || s.offset() < h.metadataOffset + h.metadataSize ||
+        s.offset() > size || s.size() > size - s.offset())
+      return bad("has a corrupted section table (section '" + s.name() + "' out of bounds)");
+    if (s.kind() != pb::Section::WEIGHTS && s.kind() != pb::Section::CODE)
+      return bad("has a section of unknown kind ('" + s.name() + "')");
+  }
+  if (a.code_section() < 0 || a.code_section() >= a.sections_size() ||
+      a.sections(a.code_section()).kind() != pb::Section::CODE)
+    return bad("has no code section");
+
+  // The program: every id in range.
+  const pb::Program &p = a.program();
+  auto validId = [&](int64_t id) { return id >= 0 && id < p.values_size(); };
+  for (uint32_t id : p.inputs())
+    if (!validId(id))
+      return bad("has a corrupted program (input id)");
+  for (uint32_t id : p.outputs())
+    if (!validId(id))
+      return bad("has a corrupted program (output id)");
+  int dispatchCount = 0;
+  for (const auto &s : p.steps()) {
+    if (s.has_reshape()) {
+      if (!validId(s.reshape().input()) || !validId(s.reshape().output()))
+        return bad("has a corrupted program (reshape ids)");
+    } else if (s.has_moe()) {
+      const auto &d = s.moe();
+      if (!validId(d.input()) || !validId(d.output()) || (d.logits() != -1 && !validId(d.logits())) ||
+          (d.residual() != -1 && !validId(d.residual())) || d.weight_sections_size() != MOERT_MOE_SLOTS ||
+          static_cast<int>(d.index()) != dispatchCount)
+        return bad("has a corrupted program (dispatch " + std::to_string(dispatchCount) + ")");
+      ++dispatchCount;
+    } else {
+      return bad("has a program step this moert does not know (written by a newer moec?)");
+    }
+  }
+
+  // The code: from memory through a memfd, so nothing is written to disk.
+  const auto &cs = a.sections(a.code_section());
+  m.codeFd = memfd_create("moex-code", MFD_CLOEXEC);
+  if (m.codeFd < 0)
+    return bad(std::string("cannot create a memory file for the code: ") + std::strerror(errno));
+  for (uint64_t done = 0; done < cs.size();) {
+    ssize_t w = write(m.codeFd, m.map + cs.offset() + done, cs.size() - done);
+    if (w <= 0)
+      return bad("cannot stage the code section");
+    done += static_cast<uint64_t>(w);
+  }
+  std::string fdPath = "/proc/self/fd/" + std::to_string(m.codeFd);
+  m.code = dlopen(fdPath.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!m.code)
+    return bad(std::string("cannot load its code section: ") + dlerror());
+  uint32_t (*abi)() = nullptr;
+  if (!resolve(m.code, "moert_kernel_abi_version", abi) || abi() != MOERT_KERNEL_ABI_VERSION)
+    return bad("has a code section of another kernel ABI");
+
+  m.dispatches.resize(dispatchCount);
+  for (const auto &s : p.steps()) {
+    if (!s.has_moe())
+      continue;
+    const auto &d = s.moe();
+    moert::Dispatch &x = m.dispatches[d.index()];
+    std::string base = "moert_dispatch_" + std::to_string(d.index());
+    uint64_t (*expected)(int) = nullptr;
+    int64_t (*dims)(int) = nullptr;
+    if (!resolve(m.code, base, x.run) || !resolve(m.code, base + "_scratch", x.scratch) ||
+        !resolve(m.code, base + "_weight_bytes", expected) || !resolve(m.code, base + "_dims", dims))
+      return bad("its code lacks dispatch " + std::to_string(d.index()));
+    x.hidden = dims(0);
+    x.routerColumns = dims(1);
+    if (x.hidden != d.hidden())
+      return bad("has dispatch " + std::to_string(d.index()) + " metadata that disagrees with its code");
+    for (int slot = 0; slot < MOERT_MOE_SLOTS; ++slot) {
+      int64_t sec = d.weight_sections(slot);
+      uint64_t want = expected(slot);
+      if (sec < 0) {
+        if (want != 0)
+          return bad("lacks a weight section dispatch " + std::to_string(d.index()) + " needs");
+        continue;
+      }
+      if (sec >= a.sections_size() || a.sections(sec).kind() != pb::Section::WEIGHTS || a.sections(sec).size() != want)
+        return bad("has a weight section of the wrong size for dispatch " + std::to_string(d.index()));
+      x.weights[slot] = m.map + a.sections(sec).offset();
+    }
+  }
+
+  int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
+  m.pool = std::make_unique<moert::ThreadPool>(std::max(1, threads));
+
+  // The summary `moert inspect` prints.
+  std::ostringstream os;
+  uint64_t weights = 0, codeBytes = cs.size();
+  for (const auto &s : a.sections())
+    if (s.kind() == pb::Section::WEIGHTS)
+      weights += s.size();
+  os << "artifact: " << path << " (" << mib(size) << ", format " << h.version << ", " << a.producer()
+     << ", from " << a.source_model() << ")\n";
+  os << "target:   " << a.target() << " --cpu=" << a.cpu();
+  if (a.cpu_features_size()) {
+    os << " (needs";
+    for (const auto &f : a.cpu_features())
+      os << " " << f;
+    os << ")";
+  }
+  os << "; kernel ABI " << a.kernel_abi() << "; " << m.pool->threads() << " threads\n";
+  os << "inputs:\n";
+  for (uint32_t id : p.inputs())
+    os << "  " << p.values(id).name() << ": " << typeString(p.values(id).type()) << "\n";
+  os << "outputs:\n";
+  for (uint32_t id : p.outputs())
+    os << "  " << p.values(id).name() << ": " << typeString(p.values(id).type()) << "\n";
+  os << "steps:\n";
+  for (const auto &s : p.steps()) {
+    if (s.has_reshape())
+      os << "  reshape " << p.values(s.reshape().input()).name() << " -> " << p.values(s.reshape().output()).name()
+         << "\n";
+    else
+      os << "  dispatch " << s.moe().index() << ": " << s.moe().description() << " ("
+         << mib(s.moe().weight_bytes()) << " of weights)\n";
+  }
+  os << "sections: " << a.sections_size() << " (weights " << mib(weights) << ", code " << mib(codeBytes)
+     << "), 64-byte aligned, mapped from the file\n";
+  m.description = os.str();
+  return nullptr;
+}

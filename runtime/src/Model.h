@@ -1,0 +1,47 @@
+//===- Model.h - a loaded artifact (internal to libmoert) --------------------===//
+#ifndef MOERT_SRC_MODEL_H
+#define MOERT_SRC_MODEL_H
+
+#include "ThreadPool.h"
+#include "kernels/cpu/moert_kernel_abi.h"
+#include "moert/moert.h"
+#include "runtime/artifact.pb.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+struct moert_status_s {
+  std::string message;
+};
+
+namespace moert {
+
+moert_status makeError(std::string message);
+
+struct Dispatch {
+  moert_moe_fn run = nullptr;
+  moert_scratch_fn scratch = nullptr;
+  const void *weights[MOERT_MOE_SLOTS] = {};
+  int64_t hidden = 0, routerColumns = 0;
+};
+
+/// Loads and validates `path`; on success fills `m`. Every inconsistency is one error naming the file.
+moert_status loadArtifact(const std::string &path, const moert_load_options &options, struct ::moert_model &m);
+
+} // namespace moert
+
+struct moert_model {
+  std::string path;
+  const unsigned char *map = nullptr; // the whole file, mmap'd read-only
+  size_t mapSize = 0;
+  moert::proto::Artifact meta;
+  void *code = nullptr; // dlopen handle
+  int codeFd = -1;
+  std::vector<moert::Dispatch> dispatches; // by MoEDispatch.index
+  std::unique_ptr<moert::ThreadPool> pool;
+  std::string description;
+  ~moert_model();
+};
+
+#endif // MOERT_SRC_MODEL_H

@@ -1,0 +1,310 @@
+//===- Runtime.cpp - the moert C API: load, describe, run --------------------===//
+#include "Model.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <sstream>
+
+namespace pb = moert::proto;
+using moert::makeError;
+
+struct moert_result {
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> dims;
+  std::vector<std::vector<char>> data;
+  std::vector<moert_tensor> tensors;
+  std::string profile;
+  bool hasProfile = false;
+};
+
+namespace {
+
+size_t dtypeSize(int d) {
+  switch (d) {
+  case MOERT_F32:
+  case MOERT_I32:
+    return 4;
+  case MOERT_F16:
+  case MOERT_BF16:
+    return 2;
+  case MOERT_I64:
+    return 8;
+  case MOERT_I8:
+  case MOERT_U8:
+  case MOERT_BOOL:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+const char *dtypeName(int d) {
+  static const char *const names[] = {"?", "f32", "f16", "bf16", "i64", "i32", "i8", "u8", "bool"};
+  return d >= 0 && d <= 8 ? names[d] : "?";
+}
+
+std::string dimsString(const std::vector<int64_t> &d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+int64_t numel(const std::vector<int64_t> &d) {
+  int64_t n = 1;
+  for (int64_t x : d)
+    n *= x;
+  return n;
+}
+
+/// A value during a run: its shape and where its data is (owned here or borrowed from an input).
+struct Tensor {
+  std::vector<int64_t> dims;
+  const char *data = nullptr;
+  std::shared_ptr<char> owned;
+};
+
+std::shared_ptr<char> alignedAlloc(size_t bytes) {
+  void *p = nullptr;
+  if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+    return nullptr;
+  return std::shared_ptr<char>(static_cast<char *>(p), [](char *q) { std::free(q); });
+}
+
+void parallelForThunk(void *pool, int64_t n, void *ctx, moert_task_fn fn) {
+  static_cast<moert::ThreadPool *>(pool)->parallelFor(n, ctx, fn);
+}
+
+} // namespace
+
+extern "C" {
+
+const char *moert_status_message(moert_status status) { return status ? status->message.c_str() : "ok"; }
+void moert_status_free(moert_status status) { delete status; }
+
+moert_status moert_load(const char *path, const moert_load_options *options, moert_model **out) {
+  if (!path || !out)
+    return makeError("moert_load: path and out must not be NULL");
+  *out = nullptr;
+  moert_load_options opts{sizeof(moert_load_options), 0, 1};
+  if (options) {
+    if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_load_options))
+      return makeError("moert_load: options.struct_size must be sizeof(moert_load_options)");
+    std::memcpy(&opts, options, options->struct_size);
+  }
+  auto *m = new moert_model;
+  if (moert_status st = moert::loadArtifact(path, opts, *m)) {
+    delete m;
+    return st;
+  }
+  *out = m;
+  return nullptr;
+}
+
+void moert_free(moert_model *model) { delete model; }
+
+size_t moert_num_inputs(const moert_model *m) { return m ? m->meta.program().inputs_size() : 0; }
+size_t moert_num_outputs(const moert_model *m) { return m ? m->meta.program().outputs_size() : 0; }
+const char *moert_input_name(const moert_model *m, size_t i) {
+  if (!m || i >= moert_num_inputs(m))
+    return nullptr;
+  return m->meta.program().values(m->meta.program().inputs(i)).name().c_str();
+}
+const char *moert_output_name(const moert_model *m, size_t i) {
+  if (!m || i >= moert_num_outputs(m))
+    return nullptr;
+  return m->meta.program().values(m->meta.program().outputs(i)).name().c_str();
+}
+const char *moert_describe(const moert_model *m) { return m ? m->description.c_str() : ""; }
+
+moert_status moert_run(moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
+                       size_t numInputs, moert_result **out) {
+  if (!m || !out || (numInputs && !inputs))
+    return makeError("moert_run: model, inputs and out must not be NULL");
+  *out = nullptr;
+  bool profile = options && options->struct_size >= offsetof(moert_run_options, profile) + sizeof(int) &&
+                 options->profile;
+  const pb::Program &p = m->meta.program();
+  if (numInputs != static_cast<size_t>(p.inputs_size()))
+    return makeError("the model takes " + std::to_string(p.inputs_size()) + " input(s), " +
+                     std::to_string(numInputs) + " given");
+  std::vector<Tensor> values(p.values_size());
+  std::map<std::string, int64_t> symbols;
+
+  // Bind inputs (by name when every given tensor has one, else by position), checking dtype and shape.
+  bool byName = true;
+  for (size_t i = 0; i < numInputs; ++i)
+    byName &= inputs[i].name != nullptr;
+  for (int i = 0; i < p.inputs_size(); ++i) {
+    const pb::Value &v = p.values(p.inputs(i));
+    const moert_tensor *t = nullptr;
+    if (byName) {
+      for (size_t j = 0; j < numInputs && !t; ++j)
+        if (v.name() == inputs[j].name)
+          t = &inputs[j];
+      if (!t)
+        return makeError("input '" + v.name() + "' is missing");
+    } else {
+      t = &inputs[i];
+    }
+    if (static_cast<int>(t->dtype) != v.type().dtype())
+      return makeError("input '" + v.name() + "': dtype " + dtypeName(t->dtype) + ", the model takes " +
+                       dtypeName(v.type().dtype()));
+    if (t->rank != v.type().dims_size())
+      return makeError("input '" + v.name() + "': rank " + std::to_string(t->rank) + ", the model takes rank " +
+                       std::to_string(v.type().dims_size()));
+    if (t->rank > 0 && (!t->dims || !t->data))
+      return makeError("input '" + v.name() + "': dims and data must not be NULL");
+    std::vector<int64_t> dims(t->dims, t->dims + t->rank);
+    for (int d = 0; d < t->rank; ++d) {
+      const pb::Dim &want = v.type().dims(d);
+      if (dims[d] < 0)
+        return makeError("input '" + v.name() + "': negative dim " + std::to_string(dims[d]));
+      if (want.size() >= 0 && dims[d] != want.size())
+        return makeError("input '" + v.name() + "': dim " + std::to_string(d) + " is " + std::to_string(dims[d]) +
+                         ", the model was compiled for " + std::to_string(want.size()));
+      if (want.size() < 0 && want.symbol() != "?") {
+        auto [it, fresh] = symbols.emplace(want.symbol(), dims[d]);
+        if (!fresh && it->second != dims[d])
+          return makeError("input '" + v.name() + "': dim " + std::to_string(d) + " ('" + want.symbol() + "') is " +
+                           std::to_string(dims[d]) + " but another input gives it " + std::to_string(it->second));
+      }
+    }
+    values[p.inputs(i)] = Tensor{std::move(dims), static_cast<const char *>(t->data), nullptr};
+  }
+
+  moert_exec exec{&parallelForThunk, m->pool.get(), m->pool->threads()};
+  std::ostringstream trace;
+  auto t0 = std::chrono::steady_clock::now();
+  auto us = [&](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double, std::micro>(t - t0).count();
+  };
+  bool firstEvent = true;
+  for (int si = 0; si < p.steps_size(); ++si) {
+    const pb::Step &s = p.steps(si);
+    auto start = std::chrono::steady_clock::now();
+    std::string label;
+    if (s.has_reshape()) {
+      const auto &r = s.reshape();
+      const Tensor &in = values[r.input()];
+      if (!in.data && numel(in.dims) != 0)
+        return makeError("internal: reshape of a value not computed yet");
+      std::vector<int64_t> dims;
+      int64_t known = 1, infer = -1;
+      for (int i = 0; i < r.shape_size(); ++i) {
+        int64_t d = r.shape(i);
+        if (d == 0 && !r.allowzero()) {
+          if (i >= static_cast<int>(in.dims.size()))
+            return makeError("reshape " + p.values(r.output()).name() + ": 0 copies dim " + std::to_string(i) +
+                             " of a rank-" + std::to_string(in.dims.size()) + " tensor");
+          d = in.dims[i];
+        }
+        if (d == -1) {
+          if (infer >= 0)
+            return makeError("reshape " + p.values(r.output()).name() + ": two -1 dims");
+          infer = i;
+          dims.push_back(1);
+          continue;
+        }
+        if (d < 0)
+          return makeError("reshape " + p.values(r.output()).name() + ": bad dim " + std::to_string(d));
+        known *= d;
+        dims.push_back(d);
+      }
+      int64_t total = numel(in.dims);
+      if (infer >= 0) {
+        if (known == 0 || total % known != 0)
+          return makeError("cannot reshape " + dimsString(in.dims) + " for " + p.values(r.output()).name());
+        dims[infer] = total / known;
+      }
+      if (numel(dims) != total)
+        return makeError("cannot reshape " + dimsString(in.dims) + " to " + dimsString(dims));
+      values[r.output()] = Tensor{std::move(dims), in.data, in.owned};
+      label = "reshape";
+    } else {
+      const auto &d = s.moe();
+      const moert::Dispatch &x = m->dispatches[d.index()];
+      const Tensor &in = values[d.input()];
+      if (in.dims.size() != 2 || in.dims[1] != x.hidden)
+        return makeError("dispatch " + std::to_string(d.index()) + ": input " + dimsString(in.dims) +
+                         ", expected [T, " + std::to_string(x.hidden) + "]");
+      int64_t T = in.dims[0];
+      const float *logits = nullptr, *residual = nullptr;
+      if (d.logits() >= 0) {
+        const Tensor &l = values[d.logits()];
+        if (l.dims != std::vector<int64_t>{T, x.routerColumns})
+          return makeError("dispatch " + std::to_string(d.index()) + ": router logits " + dimsString(l.dims) +
+                           ", expected [" + std::to_string(T) + ", " + std::to_string(x.routerColumns) + "]");
+        logits = reinterpret_cast<const float *>(l.data);
+      }
+      if (d.residual() >= 0) {
+        const Tensor &r = values[d.residual()];
+        if (r.dims != in.dims)
+          return makeError("dispatch " + std::to_string(d.index()) + ": residual " + dimsString(r.dims) +
+                           ", expected " + dimsString(in.dims));
+        residual = reinterpret_cast<const float *>(r.data);
+      }
+      auto output = alignedAlloc(sizeof(float) * T * x.hidden);
+      auto scratch = alignedAlloc(x.scratch(T, exec.threads));
+      if (!output || !scratch)
+        return makeError("out of memory for dispatch " + std::to_string(d.index()));
+      moert_moe_args args{};
+      args.tokens = T;
+      args.input = reinterpret_cast<const float *>(in.data);
+      args.logits = logits;
+      args.residual = residual;
+      args.output = reinterpret_cast<float *>(output.get());
+      std::memcpy(args.weights, x.weights, sizeof args.weights);
+      args.scratch = scratch.get();
+      args.exec = &exec;
+      if (int rc = x.run(&args))
+        return makeError("dispatch " + std::to_string(d.index()) + " failed (code " + std::to_string(rc) + ")");
+      values[d.output()] = Tensor{in.dims, output.get(), output};
+      label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ")";
+    }
+    if (profile) {
+      auto end = std::chrono::steady_clock::now();
+      trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"" << label << "\", \"ph\": \"X\", \"pid\": 0, \"tid\": 0, "
+            << "\"ts\": " << us(start) << ", \"dur\": " << us(end) - us(start) << "}";
+      firstEvent = false;
+    }
+  }
+
+  auto *res = new moert_result;
+  for (int i = 0; i < p.outputs_size(); ++i) {
+    const pb::Value &v = p.values(p.outputs(i));
+    const Tensor &t = values[p.outputs(i)];
+    size_t bytes = numel(t.dims) * dtypeSize(v.type().dtype());
+    if (!t.data && bytes) {
+      delete res;
+      return makeError("output '" + v.name() + "' was not computed");
+    }
+    res->names.push_back(v.name());
+    res->dims.push_back(t.dims);
+    res->data.emplace_back(t.data, t.data + bytes);
+  }
+  for (size_t i = 0; i < res->names.size(); ++i)
+    res->tensors.push_back(moert_tensor{res->names[i].c_str(),
+                                        static_cast<moert_dtype>(p.values(p.outputs(i)).type().dtype()),
+                                        static_cast<int32_t>(res->dims[i].size()), res->dims[i].data(),
+                                        res->data[i].data()});
+  if (profile) {
+    res->hasProfile = true;
+    res->profile = "{\"traceEvents\": [\n" + trace.str() + "\n], \"displayTimeUnit\": \"ms\"}\n";
+  }
+  *out = res;
+  return nullptr;
+}
+
+size_t moert_result_num_outputs(const moert_result *r) { return r ? r->tensors.size() : 0; }
+const moert_tensor *moert_result_output(const moert_result *r, size_t i) {
+  return r && i < r->tensors.size() ? &r->tensors[i] : nullptr;
+}
+const char *moert_result_profile_json(const moert_result *r) {
+  return r && r->hasProfile ? r->profile.c_str() : nullptr;
+}
+void moert_result_free(moert_result *r) { delete r; }
+
+} // extern "C"

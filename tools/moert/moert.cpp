@@ -1,0 +1,230 @@
+//===- moert.cpp - the moert CLI: run and inspect .moex artifacts ------------===//
+//
+//   moert run MODEL.moex --input NAME=FILE.npy ... [--output-dir DIR] [--threads N] [--repeat N]
+//                        [--warmup N] [--profile trace.json] [--no-verify]
+//   moert inspect MODEL.moex
+//
+// Links only libmoert (no LLVM, no MLIR). Errors are one line on stderr and a non-zero exit.
+//
+//===----------------------------------------------------------------------===//
+#include "Npy.h"
+#include "moert/moert.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+const char *kUsage =
+    "moert: runs artifacts compiled by `moec compile` on this CPU\n\n"
+    "usage:\n"
+    "  moert run MODEL.moex --input NAME=FILE.npy ... [options]\n"
+    "  moert inspect MODEL.moex\n\n"
+    "run options:\n"
+    "  --input NAME=FILE.npy   an input (repeat for each; NAME as `moert inspect` lists it)\n"
+    "  --output-dir DIR        write each output as DIR/<output name>.npy (default: .)\n"
+    "  --threads N             worker threads (default: one per core)\n"
+    "  --repeat N              time N calls and print best and median (default 1)\n"
+    "  --warmup N              untimed calls before timing (default: 1 when --repeat > 1)\n"
+    "  --profile FILE.json     write a Chrome trace (chrome://tracing, Perfetto) of each step of the last call\n"
+    "  --no-verify             skip the whole-file checksum at load\n";
+
+int fail(const std::string &msg) {
+  std::fprintf(stderr, "moert: error: %s\n", msg.c_str());
+  return 1;
+}
+
+int check(moert_status st) {
+  if (!st)
+    return 0;
+  int rc = fail(moert_status_message(st));
+  moert_status_free(st);
+  return rc;
+}
+
+bool parseInt(const char *s, int &out) {
+  char *end = nullptr;
+  long v = std::strtol(s, &end, 10);
+  if (!end || *end || v < 0 || v > 1 << 20)
+    return false;
+  out = static_cast<int>(v);
+  return true;
+}
+
+int inspect(int argc, char **argv) {
+  if (argc != 1)
+    return fail("usage: moert inspect MODEL.moex");
+  moert_model *m = nullptr;
+  moert_load_options lo{sizeof lo, 1, 1};
+  if (int rc = check(moert_load(argv[0], &lo, &m)))
+    return rc;
+  std::fputs(moert_describe(m), stdout);
+  moert_free(m);
+  return 0;
+}
+
+int run(int argc, char **argv) {
+  std::string model, outDir = ".", profile;
+  std::vector<std::pair<std::string, std::string>> inputs;
+  int threads = 0, repeat = 1, warmup = -1, verify = 1;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](const char *flag) -> const char * {
+      if (i + 1 >= argc) {
+        fail(std::string(flag) + " needs a value");
+        return nullptr;
+      }
+      return argv[++i];
+    };
+    if (a == "--input") {
+      const char *v = value("--input");
+      if (!v)
+        return 1;
+      std::string s = v;
+      size_t eq = s.find('=');
+      if (eq == std::string::npos || eq == 0)
+        return fail("--input " + s + ": expected NAME=FILE.npy");
+      inputs.emplace_back(s.substr(0, eq), s.substr(eq + 1));
+    } else if (a == "--output-dir") {
+      const char *v = value("--output-dir");
+      if (!v)
+        return 1;
+      outDir = v;
+    } else if (a == "--profile") {
+      const char *v = value("--profile");
+      if (!v)
+        return 1;
+      profile = v;
+    } else if (a == "--threads" || a == "--repeat" || a == "--warmup") {
+      const char *v = value(a.c_str());
+      int n;
+      if (!v || !parseInt(v, n))
+        return fail(a + " needs a non-negative integer");
+      (a == "--threads" ? threads : a == "--repeat" ? repeat : warmup) = n;
+    } else if (a == "--no-verify") {
+      verify = 0;
+    } else if (!a.empty() && a[0] == '-') {
+      return fail("unknown option " + a + " (see moert --help)");
+    } else if (model.empty()) {
+      model = a;
+    } else {
+      return fail("more than one model given ('" + model + "', '" + a + "')");
+    }
+  }
+  if (model.empty())
+    return fail("no model given (usage: moert run MODEL.moex --input NAME=FILE.npy ...)");
+  if (repeat < 1)
+    repeat = 1;
+  if (warmup < 0)
+    warmup = repeat > 1 ? 1 : 0;
+
+  moert_model *m = nullptr;
+  moert_load_options lo{sizeof lo, threads, verify};
+  auto t0 = std::chrono::steady_clock::now();
+  if (int rc = check(moert_load(model.c_str(), &lo, &m)))
+    return rc;
+  double loadMs = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+
+  std::vector<moert::npy::Array> arrays(inputs.size());
+  std::vector<moert_tensor> tensors;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    std::string err;
+    if (!moert::npy::read(inputs[i].second, arrays[i], err)) {
+      moert_free(m);
+      return fail("--input " + inputs[i].first + ": " + err);
+    }
+    tensors.push_back(moert_tensor{inputs[i].first.c_str(), arrays[i].dtype, static_cast<int32_t>(arrays[i].dims.size()),
+                                   arrays[i].dims.data(), arrays[i].data.data()});
+  }
+  for (size_t i = 0; i < moert_num_inputs(m); ++i) {
+    std::string name = moert_input_name(m, i);
+    bool given = std::any_of(inputs.begin(), inputs.end(), [&](auto &p) { return p.first == name; });
+    if (!given) {
+      moert_free(m);
+      return fail("input '" + name + "' is missing (--input " + name + "=FILE.npy)");
+    }
+  }
+  for (const auto &[name, file] : inputs) {
+    bool known = false;
+    for (size_t i = 0; i < moert_num_inputs(m); ++i)
+      known |= name == moert_input_name(m, i);
+    if (!known) {
+      moert_free(m);
+      return fail("the model has no input '" + name + "'");
+    }
+  }
+
+  moert_run_options ro{sizeof ro, 0};
+  moert_result *res = nullptr;
+  std::vector<double> times;
+  for (int r = 0; r < warmup + repeat; ++r) {
+    if (res)
+      moert_result_free(res);
+    res = nullptr;
+    ro.profile = !profile.empty() && r == warmup + repeat - 1;
+    auto s = std::chrono::steady_clock::now();
+    if (int rc = check(moert_run(m, &ro, tensors.data(), tensors.size(), &res))) {
+      moert_free(m);
+      return rc;
+    }
+    if (r >= warmup)
+      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s).count());
+  }
+
+  mkdir(outDir.c_str(), 0755);
+  for (size_t i = 0; i < moert_result_num_outputs(res); ++i) {
+    const moert_tensor *t = moert_result_output(res, i);
+    std::string path = outDir + "/" + t->name + ".npy", err;
+    if (!moert::npy::write(path, *t, err)) {
+      moert_result_free(res);
+      moert_free(m);
+      return fail(err);
+    }
+    std::string shape;
+    for (int d = 0; d < t->rank; ++d)
+      shape += (d ? "x" : "") + std::to_string(t->dims[d]);
+    std::printf("output %s: %s -> %s\n", t->name, shape.c_str(), path.c_str());
+  }
+  if (!profile.empty()) {
+    FILE *f = std::fopen(profile.c_str(), "w");
+    const char *json = moert_result_profile_json(res);
+    if (!f || !json || std::fputs(json, f) < 0) {
+      if (f)
+        std::fclose(f);
+      moert_result_free(res);
+      moert_free(m);
+      return fail("cannot write the profile to " + profile);
+    }
+    std::fclose(f);
+    std::printf("profile: %s\n", profile.c_str());
+  }
+  std::vector<double> sorted = times;
+  std::sort(sorted.begin(), sorted.end());
+  std::printf("load %.2f ms; %d call%s: best %.3f ms, median %.3f ms per call\n", loadMs, repeat,
+              repeat == 1 ? "" : "s", sorted.front(), sorted[sorted.size() / 2]);
+  moert_result_free(res);
+  moert_free(m);
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 1 : 0;
+  }
+  std::string cmd = argv[1];
+  if (cmd == "run")
+    return run(argc - 2, argv + 2);
+  if (cmd == "inspect")
+    return inspect(argc - 2, argv + 2);
+  return fail("unknown command '" + cmd + "' (commands: run, inspect; see moert --help)");
+}
