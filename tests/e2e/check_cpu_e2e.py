@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""End to end on the CPU: `moec compile` -> `moert run` -> compare with ONNX Runtime (or the NumPy oracle).
+
+Every case is compiled to an artifact once and run at several token counts (decode T = 1, a few tokens, and
+a prefill-sized batch), with random inputs, against the reference run live on the same inputs:
+
+  - the transformers fixtures (tests/fixtures/transformers/<family>.onnx: RMSNorm + router + experts (+ shared
+    experts) + residual, as PyTorch exports them) vs ONNX Runtime on the unfused model;
+  - com.microsoft.MoE models (activations, k, renormalisation, biases, SwiGLU layout, a router MatMul in front
+    or precomputed logits) vs ONNX Runtime;
+  - moec.SparseMoE models (static mask, low-rank predictor + keep, zero experts, sigmoid gate, biases) vs
+    tests/reference/sparse_moe.py (ONNX Runtime does not know the op).
+(Grouped top-k, selection bias, shared experts and the fused norm are in the DeepSeek-V3 / Qwen2-MoE fixtures.)
+
+Tolerance: max |moec - reference| / max |reference| <= 1e-4 (fp32). Prints one line per case and exits 1 on
+any failure.
+
+    check_cpu_e2e.py --moec build/bin/moec --moert build/bin/moert [--cpu x86-64-v3]
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+import sparse_moe as oracle  # noqa: E402
+
+TOLERANCE = 1e-4
+TOKENS = [1, 3, 40]
+
+
+def ort_run(path, feeds):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def moert_run(args, artifact, feeds, tmp):
+    cmd = [args.moert, "run", artifact, "--output-dir", os.path.join(tmp, "out")]
+    for name, value in feeds.items():
+        p = os.path.join(tmp, f"in_{name}.npy")
+        np.save(p, value)
+        cmd += ["--input", f"{name}={p}"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError("moert run failed: " + run.stderr.strip())
+    outs = [ln.split(" -> ")[1] for ln in run.stdout.splitlines() if ln.startswith("output ")]
+    return np.load(outs[0])
+
+
+def compile_model(args, model, artifact):
+    run = subprocess.run([args.moec, "compile", model, "-o", artifact, f"--cpu={args.cpu}", "--quiet"],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError("moec compile failed: " + run.stderr.strip().splitlines()[-1])
+
+
+def rel_error(got, want):
+    want = np.asarray(want, np.float64)
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+# ---- cases -------------------------------------------------------------------------------------------------
+
+def transformers_cases():
+    for family in ["mixtral", "qwen2_moe", "olmoe", "deepseek_v3"]:
+        path = os.path.join(ROOT, "tests", "fixtures", "transformers", f"{family}.onnx")
+
+        def feeds(t, rng, path=path):
+            m = onnx.load(path, load_external_data=False)
+            hidden = m.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+            return {"hidden_states": rng.standard_normal((2, t, hidden)).astype(np.float32)}
+
+        yield f"transformers/{family}", path, feeds, "ort"
+
+
+def ort_moe_model(path, h, f, e, k, act, normalize, bias, router):
+    rng = np.random.default_rng(abs(hash((h, f, e, k, act, normalize, bias, router))) % 2**32)
+    gated = act == "swiglu"
+    rows = 2 * f if gated else f
+    inits = [numpy_helper.from_array((0.3 * rng.standard_normal((e, rows, h))).astype(np.float32), "w1"),
+             numpy_helper.from_array((0.3 * rng.standard_normal((e, h, f))).astype(np.float32), "w2")]
+    names = ["x", "logits", "w1", "", "w2", ""]
+    if bias:
+        inits += [numpy_helper.from_array((0.1 * rng.standard_normal((e, rows))).astype(np.float32), "b1"),
+                  numpy_helper.from_array((0.1 * rng.standard_normal((e, h))).astype(np.float32), "b2")]
+        names[3], names[5] = "b1", "b2"
+    while names[-1] == "":
+        names.pop()
+    attrs = dict(k=k, activation_type=act, normalize_routing_weights=normalize)
+    if gated:
+        attrs["swiglu_fusion"] = 1
+    nodes, inputs = [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h])]
+    if router == "matmul":
+        inits.append(numpy_helper.from_array(rng.standard_normal((h, e)).astype(np.float32), "wr"))
+        nodes.append(helper.make_node("MatMul", ["x", "wr"], ["logits"]))
+    else:
+        inputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", e]))
+    nodes.append(helper.make_node("MoE", names, ["y"], domain="com.microsoft", **attrs))
+    graph = helper.make_graph(nodes, "moe", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", h])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def ort_moe_cases(tmp):
+    configs = [
+        dict(h=16, f=24, e=4, k=2, act="relu", normalize=1, bias=True, router="matmul"),
+        dict(h=32, f=16, e=8, k=1, act="silu", normalize=0, bias=False, router="matmul"),
+        dict(h=16, f=8, e=6, k=3, act="gelu", normalize=1, bias=False, router="logits"),
+        dict(h=24, f=20, e=5, k=2, act="swiglu", normalize=1, bias=True, router="matmul"),
+        dict(h=64, f=128, e=8, k=2, act="swiglu", normalize=1, bias=False, router="logits"),
+    ]
+    for c in configs:
+        name = "ort_moe/{act}_k{k}_E{e}_H{h}_F{f}{b}_{router}".format(b="_bias" if c["bias"] else "", **c)
+        path = os.path.join(tmp, name.replace("/", "_") + ".onnx")
+        ort_moe_model(path, **c)
+
+        def feeds(t, rng, c=c):
+            d = {"x": rng.standard_normal((t, c["h"])).astype(np.float32)}
+            if c["router"] == "logits":
+                d["logits"] = rng.standard_normal((t, c["e"])).astype(np.float32)
+            return d
+
+        yield name, path, feeds, "ort"
+
+
+def sparse_moe_cases(tmp):
+    """moec.SparseMoE (docs/ops.md), checked against the NumPy oracle."""
+    rng = np.random.default_rng(7)
+    h, f, e = 16, 12, 6
+
+    def arr(*shape, s=0.3):
+        return (s * rng.standard_normal(shape)).astype(np.float32)
+
+    cases = [
+        ("mask_sigmoid_zero", dict(k=2, gate="sigmoid", normalize=1, scale=2.5, zero_experts=1, activation="silu"),
+         dict(router=arr(h, e + 1), router_bias=arr(e + 1), fc1=arr(e, f, h), fc2=arr(e, h, f),
+              mask=rng.random((e, f)) < 0.4)),
+        # Expert 0 keeps every dim, so compile-time pruning gains nothing and the kernel applies the mask.
+        ("mask_in_kernel", dict(k=2, activation="relu"),
+         dict(router=arr(h, e), fc1=arr(e, f, h), fc2=arr(e, h, f),
+              mask=np.concatenate([np.ones((1, f), bool), rng.random((e - 1, f)) < 0.5]))),
+        ("predictor_keep", dict(k=2, keep=4, activation="swiglu"),
+         dict(router=arr(h, e), fc1=arr(e, 2 * f, h), fc2=arr(e, h, f), pred_a=arr(e, h, 3), pred_b=arr(e, 3, f))),
+        ("sigmoid_gelu_biases", dict(k=3, gate="sigmoid", activation="gelu"),
+         dict(router=arr(h, e), fc1=arr(e, f, h), fc1_bias=arr(e, f), fc2=arr(e, h, f), fc2_bias=arr(e, h))),
+    ]
+    order = ["x", "router", "router_bias", "fc1", "fc1_bias", "fc2", "fc2_bias", "mask", "pred_a", "pred_b"]
+    for name, attrs, w in cases:
+        path = os.path.join(tmp, f"sparse_{name}.onnx")
+        inits, names = [], []
+        for key in order:
+            if key == "x":
+                names.append("x")
+            elif key in w:
+                v = w[key]
+                inits.append(numpy_helper.from_array(v if v.dtype != bool else v, key))
+                names.append(key)
+            else:
+                names.append("")
+        while names[-1] == "":
+            names.pop()
+        node = helper.make_node("SparseMoE", names, ["y"], domain="moec", **attrs)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", h])], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("moec", 1)])
+        model.ir_version = 8
+        onnx.save(model, path)
+        kw = {k: v for k, v in attrs.items() if k not in ("activation", "keep")}
+        kw["activation"] = attrs.get("activation", "swiglu")
+        if "keep" in attrs:
+            kw["keep"] = attrs["keep"]
+        for key in ["router_bias", "fc1_bias", "fc2_bias", "mask", "pred_a", "pred_b"]:
+            if key in w:
+                kw[key] = w[key]
+
+        def feeds(t, rng, h=h):
+            return {"x": rng.standard_normal((t, h)).astype(np.float32)}
+
+        def reference(d, w=w, kw=kw):
+            return oracle.sparse_moe(d["x"], w["router"], w["fc1"], w["fc2"], **kw)
+
+        yield f"sparse_moe/{name}", path, feeds, reference
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--moec", required=True)
+    ap.add_argument("--moert", required=True)
+    ap.add_argument("--cpu", default="x86-64-v3")
+    args = ap.parse_args()
+    failures = total = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = list(transformers_cases()) + list(ort_moe_cases(tmp)) + list(sparse_moe_cases(tmp))
+        for name, model, feeds, reference in cases:
+            total += 1
+            artifact = os.path.join(tmp, name.replace("/", "_") + ".moex")
+            errors = []
+            try:
+                compile_model(args, model, artifact)
+                rng = np.random.default_rng(3)
+                for t in TOKENS:
+                    d = feeds(t, rng)
+                    want = ort_run(model, d) if reference == "ort" else reference(d)
+                    got = moert_run(args, artifact, d, tmp)
+                    if got.shape != np.asarray(want).shape:
+                        errors.append(f"T={t}: shape {got.shape}, reference {np.asarray(want).shape}")
+                        continue
+                    errors.append(rel_error(got, want))
+            except RuntimeError as e:
+                errors = [str(e)]
+            bad = [x for x in errors if isinstance(x, str) or not x <= TOLERANCE]
+            worst = max((x for x in errors if not isinstance(x, str)), default=float("nan"))
+            print(f"{'ok  ' if not bad else 'FAIL'} {name:48s} T={TOKENS} max rel error {worst:.2e}")
+            for x in bad:
+                print(f"       {x if isinstance(x, str) else f'{x:.2e} > {TOLERANCE}'}")
+            failures += bool(bad)
+    print(f"{total - failures}/{total} cases match their reference within {TOLERANCE:g}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
