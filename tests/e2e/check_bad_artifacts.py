@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Damaged artifacts are one clear error each, never a crash: `moert inspect` and `moert run` on a truncated,
+empty, bit-flipped, wrong-magic, newer-version, padded, wrong-target, wrong-CPU or garbage-metadata file must
+exit 1 with a single `moert: error: FILE: ...` line saying what is wrong (docs/artifact-format.md).
+
+The checksum is recomputed here (an independent implementation of runtime/ArtifactFormat.h's) for the
+damage that must get past it: a different target or CPU feature, or unreadable metadata.
+
+    check_bad_artifacts.py --moec build/bin/moec --moert build/bin/moert
+"""
+import argparse
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MASK = (1 << 64) - 1
+
+
+def checksum(data, seed=0x6D6F65632D6D6F65):
+    mul = 0x9E3779B97F4A7C15
+    lanes = [seed, seed ^ 0x1234567, seed ^ 0xABCDEF, seed ^ 0x7654321]
+    n = len(data)
+    full = n - n % 32
+    for i in range(0, full, 32):
+        for l in range(4):
+            (w,) = struct.unpack_from("<Q", data, i + 8 * l)
+            lanes[l] = ((lanes[l] ^ w) * mul) & MASK
+            lanes[l] ^= lanes[l] >> 29
+    h = lanes[0] ^ ((lanes[1] * 3) & MASK) ^ ((lanes[2] * 5) & MASK) ^ ((lanes[3] * 7) & MASK) ^ n
+    for b in data[full:]:
+        h = ((h ^ b) * mul) & MASK
+    h ^= h >> 32
+    return (h * mul) & MASK
+
+
+def reseal(image):
+    """Recomputes the header checksum (bytes 40..48) of a whole-file image."""
+    image = bytearray(image)
+    header = bytearray(image[:64])
+    header[40:48] = b"\0" * 8
+    struct.pack_into("<Q", image, 40, checksum(bytes(image[64:]), checksum(bytes(header))))
+    return bytes(image)
+
+
+def tiny_model(path):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 6, 8)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 6)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "wr")]
+    nodes = [helper.make_node("MatMul", ["x", "wr"], ["logits"]),
+             helper.make_node("MoE", ["x", "logits", "w1", "", "w2"], ["y"], domain="com.microsoft", k=2,
+                              activation_type="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", 8])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    onnx.save(m, path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--moec", required=True)
+    ap.add_argument("--moert", required=True)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, good = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "good.moex")
+        tiny_model(model)
+        subprocess.run([args.moec, "compile", model, "-o", good, "--quiet"], check=True)
+        image = open(good, "rb").read()
+        meta_size = struct.unpack_from("<Q", image, 32)[0]
+        meta = image[64:64 + meta_size]
+        x = os.path.join(tmp, "x.npy")
+        np.save(x, np.ones((3, 8), np.float32))
+
+        def patched_meta(old, new):
+            assert meta.count(old) >= 1, old
+            fixed = bytearray(image)
+            i = image.index(old, 64)
+            fixed[i:i + len(old)] = new
+            return reseal(fixed)
+
+        half = len(image) // 2
+        garbage_meta = bytearray(image)
+        garbage_meta[64:64 + meta_size] = b"\xff" * meta_size
+        cases = [
+            ("truncated", image[:half], f"is truncated: the header says {len(image)} bytes, the file has {half}"),
+            ("empty", b"", "is not a moec artifact: 0 bytes, shorter than the 64-byte header"),
+            ("wrong_magic", b"ONNX" + image[4:], "is not a moec artifact (wrong magic bytes)"),
+            ("newer_version", image[:8] + struct.pack("<I", 2) + image[12:],
+             "was written by a newer moec (artifact format 2; this moert reads format 1)"),
+            ("bit_flip", image[:half] + bytes([image[half] ^ 0x10]) + image[half + 1:],
+             "is corrupted (checksum mismatch)"),
+            ("trailing_bytes", image + b"\0" * 7, "has 7 unexpected bytes after its end"),
+            ("wrong_target", patched_meta(b"\x12\x03cpu", b"\x12\x03hip"),
+             "targets 'hip'; this moert runs cpu artifacts"),
+            ("missing_cpu_feature", patched_meta(b"avx2", b"avx9"), "needs the CPU feature 'avx9'"),
+            ("garbage_metadata", reseal(garbage_meta), "has corrupted metadata"),
+        ]
+        failures = 0
+        for name, data, want in cases:
+            path = os.path.join(tmp, f"{name}.moex")
+            with open(path, "wb") as f:
+                f.write(data)
+            for cmd in ([args.moert, "inspect", path], [args.moert, "run", path, "--input", f"x={x}"]):
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                lines = r.stderr.strip().splitlines()
+                ok = (r.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"moert: error: {path}: ")
+                      and want in lines[0])
+                if not ok:
+                    failures += 1
+                    print(f"FAIL {name} ({cmd[1]}): exit {r.returncode}, stderr {r.stderr.strip()!r}; expected {want!r}")
+            if not failures:
+                print(f"ok   {name:20s} {want}")
+        r = subprocess.run([args.moert, "run", good, "--input", f"x={x}", "--output-dir", tmp], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            failures += 1
+            print("FAIL the undamaged artifact does not run: " + r.stderr.strip())
+        print(f"{len(cases) - (failures > 0)}/{len(cases)} damaged artifacts rejected with one clear error"
+              if not failures else f"{failures} check(s) failed")
+        return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
