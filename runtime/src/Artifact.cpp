@@ -86,7 +86,8 @@ template <typename T> bool resolve(void *handle, const std::string &name, T &out
 
 } // namespace
 
-moert_status moert::loadArtifact(const std::string &path, const moert_load_options &options, moert_model &m) {
+moert_status moert::loadArtifact(const std::string &path, const moert_load_options &options, moert_model &m,
+                                 bool loadCode) {
   auto bad = [&](const std::string &why) { return makeError(path + ": " + why); };
   m.path = path;
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -179,8 +180,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     }
   }
 
-  // The code: from memory through a memfd, so nothing is written to disk.
   const auto &cs = a.sections(a.code_section());
+  if (!loadCode)
+    return nullptr;
+  // The code: from memory through a memfd, so nothing is written to disk.
   m.codeFd = memfd_create("moex-code", MFD_CLOEXEC);
   if (m.codeFd < 0)
     return bad(std::string("cannot create a memory file for the code: ") + std::strerror(errno));

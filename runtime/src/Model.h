@@ -27,7 +27,10 @@ struct Dispatch {
 };
 
 /// Loads and validates `path`; on success fills `m`. Every inconsistency is one error naming the file.
-moert_status loadArtifact(const std::string &path, const moert_load_options &options, struct ::moert_model &m);
+/// `loadCode = false` validates everything but does not load the code section (the loader fuzzer: a crafted
+/// shared object is not something dlopen can be asked to survive; artifacts are code, trusted like a .so).
+moert_status loadArtifact(const std::string &path, const moert_load_options &options, struct ::moert_model &m,
+                          bool loadCode = true);
 
 } // namespace moert
 
