@@ -24,6 +24,19 @@ run "$build/bin/moec" compile --emit=mlir "$src/tests/fixtures/transformers/qwen
   | grep -v "warning: "
 echo "   ops left in the compiled graph:"
 grep -oE "= (onnx|moe|arith)\.[A-Za-z_]+" "$tmp/qwen2_moe.mlir" | sort | uniq -c | sed 's/= //; s/^/  /'
+echo "-- 0c. the same model compiled for this CPU and run by moert; checked against ONNX Runtime's output"
+fixture="$src/tests/fixtures/transformers/qwen2_moe"
+run "$build/bin/moec" compile "$fixture.onnx" -o "$tmp/qwen2_moe.moex" --cpu=native
+run "$build/bin/moert" inspect "$tmp/qwen2_moe.moex"
+python3 -c "import numpy as np; np.save('$tmp/x.npy', np.load('$fixture.npz')['input'])"
+run "$build/bin/moert" run "$tmp/qwen2_moe.moex" --input "hidden_states=$tmp/x.npy" --output-dir "$tmp/out" --repeat 50
+python3 - "$fixture.npz" "$tmp/out/output.npy" <<'PY'
+import sys, numpy as np
+want, got = np.load(sys.argv[1])["output"].astype(np.float64), np.load(sys.argv[2]).astype(np.float64)
+err = np.abs(got - want).max() / np.abs(want).max()
+print(f"   max relative error vs ONNX Runtime: {err:.2e} ({'ok' if err <= 1e-4 else 'MISMATCH'}, tolerance 1e-4)")
+sys.exit(0 if err <= 1e-4 else 1)
+PY
 echo "-- the MoE layers in examples/mlir/moe_layers.mlir through moec-opt"
 echo "-- 1. cost of each layer per token (moe-print-cost; remarks go to stderr)"
 run "$opt" "$example" --moe-print-cost -o /dev/null 2>&1

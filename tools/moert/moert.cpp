@@ -62,8 +62,7 @@ int inspect(int argc, char **argv) {
   if (argc != 1)
     return fail("usage: moert inspect MODEL.moex");
   moert_model *m = nullptr;
-  moert_load_options lo{sizeof lo, 1, 1};
-  if (int rc = check(moert_load(argv[0], &lo, &m)))
+  if (int rc = check(moert_load(argv[0], nullptr, &m)))
     return rc;
   std::fputs(moert_describe(m), stdout);
   moert_free(m);
