@@ -562,8 +562,11 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   int rc = llvm::sys::ExecuteAndWait(cxx, args, std::nullopt, redirects, 0, 0, &execError);
   if (rc != 0) {
     std::string first;
-    if (auto buf = llvm::MemoryBuffer::getFile(log))
-      first = (*buf)->getBuffer().split('\n').first.str();
+    if (auto buf = llvm::MemoryBuffer::getFile(log)) {
+      StringRef text = (*buf)->getBuffer();
+      size_t at = text.find("error:");
+      first = (at == StringRef::npos ? text : text.substr(at)).split('\n').first.str();
+    }
     error = "compiling the CPU kernels failed (" + (execError.empty() ? "exit " + std::to_string(rc) : execError) +
             ")" + (first.empty() ? "" : ": " + first);
     return false;

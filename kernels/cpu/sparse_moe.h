@@ -37,15 +37,87 @@ namespace moert_cpu {
 enum Act { IDENTITY = 0, RELU = 1, GELU = 2, SILU = 3, SWIGLU = 4, GEGLU = 5, GELU_TANH = 6 };
 enum Norm { NO_NORM = 0, RMS_NORM = 1, LAYER_NORM = 2 };
 
-constexpr int64_t kTile = 8;       // tokens per work item (weight reuse in prefill)
+constexpr int64_t kTile = 64;      // tokens per work item: each weight row is reused this many times
+constexpr int64_t kDimBlock = 64;  // hidden dims per block: their gate/up/down rows stay in L2 for a tile
 constexpr int64_t kMaxChunks = 16; // hidden-dim chunks per expert visit (parallelism in decode)
 
+// 8 floats: one AVX2 register (two SSE registers on baseline x86-64). Unaligned loads and stores.
+typedef float v8 __attribute__((vector_size(32)));
+inline v8 load8(const float *p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8(float *p, v8 v) { std::memcpy(p, &v, sizeof v); }
+inline float hsum(v8 v) {
+  float s = 0.0f;
+  for (int i = 0; i < 8; ++i)
+    s += v[i];
+  return s;
+}
+
+/// a . b with four independent vector accumulators (hides the FMA latency of a single chain).
 inline float dot(const float *__restrict a, const float *__restrict b, int64_t n) {
-  float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i)
+  v8 s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 += load8(a + i) * load8(b + i);
+    s1 += load8(a + i + 8) * load8(b + i + 8);
+    s2 += load8(a + i + 16) * load8(b + i + 16);
+    s3 += load8(a + i + 24) * load8(b + i + 24);
+  }
+  for (; i + 8 <= n; i += 8)
+    s0 += load8(a + i) * load8(b + i);
+  float acc = hsum((s0 + s1) + (s2 + s3));
+  for (; i < n; ++i)
     acc += a[i] * b[i];
   return acc;
+}
+
+/// For NT tokens at once: g[i] = ra . x[i] and (TWO) u[i] = rb . x[i]. Each weight chunk is loaded once for
+/// all NT tokens, with 2 * NT independent accumulators in registers (the blocking that lets prefill use the
+/// FMA units instead of waiting on loads).
+template <bool TWO, int NT>
+inline void dotsN(const float *__restrict ra, const float *__restrict rb, const float *const *x, int64_t n,
+                  float *g, float *u) {
+  v8 ag[NT] = {}, au[NT] = {};
+  int64_t h = 0;
+  for (; h + 8 <= n; h += 8) {
+    v8 wa = load8(ra + h);
+    v8 wb = TWO ? load8(rb + h) : v8{};
+#pragma unroll
+    for (int i = 0; i < NT; ++i) {
+      v8 xv = load8(x[i] + h);
+      ag[i] += wa * xv;
+      if (TWO)
+        au[i] += wb * xv;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < NT; ++i) {
+    g[i] = hsum(ag[i]);
+    u[i] = TWO ? hsum(au[i]) : 0.0f;
+    for (int64_t k = h; k < n; ++k) {
+      g[i] += ra[k] * x[i][k];
+      if (TWO)
+        u[i] += rb[k] * x[i][k];
+    }
+  }
+}
+
+template <bool TWO>
+inline void dots4(const float *ra, const float *rb, const float *const *x, int64_t nt, int64_t n, float *g,
+                  float *u) {
+  switch (nt) {
+  case 4:
+    return dotsN<TWO, 4>(ra, rb, x, n, g, u);
+  case 3:
+    return dotsN<TWO, 3>(ra, rb, x, n, g, u);
+  case 2:
+    return dotsN<TWO, 2>(ra, rb, x, n, g, u);
+  default:
+    return dotsN<TWO, 1>(ra, rb, x, n, g, u);
+  }
 }
 
 inline void axpy(float *__restrict y, float a, const float *__restrict x, int64_t n) {
@@ -74,8 +146,8 @@ template <class C> struct Kernel {
   };
 
   struct Layout {
-    int64_t T, chunks, maxItems;
-    size_t x, chosen, weight, counts, entries, items, partial, pred, total;
+    int64_t T, chunks, maxItems, fmax;
+    size_t x, chosen, weight, counts, entries, items, partial, pred, coef, total;
   };
 
   static int64_t chunkCount(int64_t T, int threads) {
@@ -106,6 +178,8 @@ template <class C> struct Kernel {
     l.items = take(sizeof(Item) * l.maxItems);
     l.partial = take(sizeof(float) * T * S * l.chunks * H);
     l.pred = take(C::HAS_PRED ? (sizeof(float) * (C::R + F) + sizeof(int32_t) * F) * threads : 0);
+    l.fmax = std::max<int64_t>(F, C::FS);
+    l.coef = take(sizeof(float) * kTile * kDimBlock * threads);
     l.total = off;
     return l;
   }
@@ -121,6 +195,7 @@ template <class C> struct Kernel {
     Item *items;
     float *partial;
     char *pred;
+    float *coef; // per thread: [kTile][kDimBlock] activations times routing weight
   };
 
   // ---- A: normalise and route one token ----------------------------------------------------------------
@@ -318,23 +393,58 @@ template <class C> struct Kernel {
         float u = G == 2 ? dot(row + H, xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
         axpy(dst[0], ws[0] * activate(g, u), w2 + f * H, H);
       }
-    } else {
-      float coef[kTile];
+    } else if (n == 1) {
+      // Decode: stream each kept dim's gate, up and down rows once.
       for (int64_t f = it.f0; f < it.f1; ++f) {
         if (mask && !mask[f])
           continue;
         const float *row = w1 + f * G * H;
-        for (int64_t i = 0; i < n; ++i) {
-          float g = dot(row, xs[i], H) + (b1 ? b1[f * G] : 0.0f);
-          float u = G == 2 ? dot(row + H, xs[i], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
-          coef[i] = ws[i] * activate(g, u);
-        }
-        const float *col = w2 + f * H;
-        for (int64_t i = 0; i < n; ++i)
-          axpy(dst[i], coef[i], col, H);
+        float g = dot(row, xs[0], H) + (b1 ? b1[f * G] : 0.0f);
+        float u = G == 2 ? dot(row + H, xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+        axpy(dst[0], ws[0] * activate(g, u), w2 + f * H, H);
       }
-      (void)fdim;
+    } else {
+      // A token tile, by blocks of hidden dims: the block's gate/up/down rows (a few hundred KiB) stay in
+      // L2 while every token of the tile uses them, so weights come from memory about once per tile.
+      // Activations for (token, dim) first (gate/up rows shared by 4 tokens at a time), then the down
+      // projection by blocks of H so partial sums and the down rows are reused from cache.
+      float *cf = c.coef + size_t(thread) * kTile * kDimBlock;
+      for (int64_t fb = it.f0; fb < it.f1; fb += kDimBlock) {
+        const int64_t fe = std::min<int64_t>(it.f1, fb + kDimBlock), fn = fe - fb;
+        // Four tokens' inputs stay in L1 while the block's rows stream from L2.
+        for (int64_t i0 = 0; i0 < n; i0 += 4) {
+          int64_t nt = std::min<int64_t>(4, n - i0);
+          for (int64_t f = fb; f < fe; ++f) {
+            float *col = cf + (f - fb);
+            if (mask && !mask[f]) {
+              for (int64_t i = 0; i < nt; ++i)
+                col[(i0 + i) * kDimBlock] = 0.0f;
+              continue;
+            }
+            const float *row = w1 + f * G * H;
+            float g[4], u[4];
+            dots4<G == 2>(row, row + H, xs + i0, nt, H, g, u);
+            for (int64_t i = 0; i < nt; ++i) {
+              float gg = g[i] + (b1 ? b1[f * G] : 0.0f);
+              float uu = G == 2 ? u[i] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+              col[(i0 + i) * kDimBlock] = ws[i0 + i] * activate(gg, uu);
+            }
+          }
+        }
+        constexpr int64_t kBlock = 256;
+        for (int64_t hb = 0; hb < H; hb += kBlock) {
+          const int64_t len = std::min<int64_t>(kBlock, H - hb);
+          for (int64_t i = 0; i < n; ++i) {
+            float *d = dst[i] + hb;
+            const float *ci = cf + i * kDimBlock;
+            for (int64_t j = 0; j < fn; ++j)
+              if (ci[j] != 0.0f)
+                axpy(d, ci[j], w2 + (fb + j) * H + hb, len);
+          }
+        }
+      }
     }
+    (void)fdim;
     if (b2 && it.chunk == 0)
       for (int64_t i = 0; i < n; ++i)
         axpy(dst[i], ws[i], b2, H);
@@ -380,6 +490,7 @@ template <class C> struct Kernel {
     c.items = reinterpret_cast<Item *>(base + c.l.items);
     c.partial = reinterpret_cast<float *>(base + c.l.partial);
     c.pred = base + c.l.pred;
+    c.coef = reinterpret_cast<float *>(base + c.l.coef);
 
     ex.parallel_for(ex.pool, T, &c, &route);
 
