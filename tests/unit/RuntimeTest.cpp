@@ -1,0 +1,135 @@
+//===- RuntimeTest.cpp - libmoert's C API: concurrency and input checks ------===//
+//
+// Compiles a transformers fixture (Qwen2-MoE block: norm, router, experts, shared expert, residual) with the
+// moec binary, then drives libmoert through its C API only.
+//
+//===----------------------------------------------------------------------===//
+#include "moert/moert.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+const std::string &artifact() {
+  static std::string path = [] {
+    std::string p = std::string(::testing::TempDir()) + "moert_runtime_test.moex";
+    std::string cmd = std::string(MOEC_BIN) + " compile " + MOEC_FIXTURE + " -o " + p + " --quiet 2>/dev/null";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    return p;
+  }();
+  return path;
+}
+
+struct Model {
+  moert_model *m = nullptr;
+  explicit Model(int threads) {
+    moert_load_options o{sizeof o, threads, 1};
+    moert_status st = moert_load(artifact().c_str(), &o, &m);
+    EXPECT_EQ(st, nullptr) << moert_status_message(st);
+    moert_status_free(st);
+  }
+  ~Model() { moert_free(m); }
+};
+
+std::vector<float> randomInput(int64_t tokens, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> d;
+  std::vector<float> x(2 * tokens * 32);
+  for (float &v : x)
+    v = d(gen);
+  return x;
+}
+
+std::vector<float> run(moert_model *m, std::vector<float> &x, int64_t tokens) {
+  int64_t dims[3] = {2, tokens, 32};
+  moert_tensor in{"hidden_states", MOERT_F32, 3, dims, x.data()};
+  moert_result *res = nullptr;
+  moert_status st = moert_run(m, nullptr, &in, 1, &res);
+  EXPECT_EQ(st, nullptr) << moert_status_message(st);
+  moert_status_free(st);
+  if (!res)
+    return {};
+  const moert_tensor *out = moert_result_output(res, 0);
+  EXPECT_EQ(out->rank, 3);
+  EXPECT_EQ(out->dims[1], tokens);
+  const float *p = static_cast<const float *>(out->data);
+  std::vector<float> y(p, p + 2 * tokens * 32);
+  moert_result_free(res);
+  return y;
+}
+
+std::string runError(moert_model *m, const moert_tensor &in) {
+  moert_result *res = nullptr;
+  moert_status st = moert_run(m, nullptr, &in, 1, &res);
+  EXPECT_EQ(res, nullptr);
+  std::string msg = moert_status_message(st);
+  moert_status_free(st);
+  return msg;
+}
+
+} // namespace
+
+// One loaded model, eight threads running it at once on different inputs and token counts: every result is
+// bitwise the one the same input gives when run alone (results do not depend on scheduling).
+TEST(RuntimeTest, ConcurrentRunsGiveTheSequentialResults) {
+  Model model(2);
+  ASSERT_NE(model.m, nullptr);
+  constexpr int kThreads = 8;
+  std::vector<std::vector<float>> inputs, expected(kThreads), got(kThreads);
+  for (int i = 0; i < kThreads; ++i)
+    inputs.push_back(randomInput(1 + 5 * i, 100 + i));
+  for (int i = 0; i < kThreads; ++i)
+    expected[i] = run(model.m, inputs[i], 1 + 5 * i);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i)
+    threads.emplace_back([&, i] {
+      for (int rep = 0; rep < 5; ++rep)
+        got[i] = run(model.m, inputs[i], 1 + 5 * i);
+    });
+  for (auto &t : threads)
+    t.join();
+  for (int i = 0; i < kThreads; ++i) {
+    ASSERT_EQ(got[i].size(), expected[i].size());
+    EXPECT_EQ(std::memcmp(got[i].data(), expected[i].data(), got[i].size() * sizeof(float)), 0) << "input " << i;
+  }
+}
+
+TEST(RuntimeTest, DescribesInputsAndOutputs) {
+  Model model(1);
+  ASSERT_EQ(moert_num_inputs(model.m), 1u);
+  EXPECT_STREQ(moert_input_name(model.m, 0), "hidden_states");
+  ASSERT_EQ(moert_num_outputs(model.m), 1u);
+  EXPECT_STREQ(moert_output_name(model.m, 0), "output");
+  EXPECT_NE(std::string(moert_describe(model.m)).find("sparse_moe E=8 k=4 H=32"), std::string::npos);
+}
+
+TEST(RuntimeTest, WrongInputsAreOneClearError) {
+  Model model(1);
+  std::vector<float> x = randomInput(4, 1);
+  int64_t good[3] = {2, 4, 32}, wrongHidden[3] = {2, 4, 16}, wrongBatch[3] = {3, 4, 32}, rank2[2] = {8, 32};
+  EXPECT_EQ(runError(model.m, {"hidden_states", MOERT_I64, 3, good, x.data()}),
+            "input 'hidden_states': dtype i64, the model takes f32");
+  EXPECT_EQ(runError(model.m, {"hidden_states", MOERT_F32, 2, rank2, x.data()}),
+            "input 'hidden_states': rank 2, the model takes rank 3");
+  EXPECT_EQ(runError(model.m, {"hidden_states", MOERT_F32, 3, wrongHidden, x.data()}),
+            "input 'hidden_states': dim 2 is 16, the model was compiled for 32");
+  EXPECT_EQ(runError(model.m, {"hidden_states", MOERT_F32, 3, wrongBatch, x.data()}),
+            "input 'hidden_states': dim 0 is 3, the model was compiled for 2");
+  EXPECT_EQ(runError(model.m, {"x", MOERT_F32, 3, good, x.data()}), "input 'hidden_states' is missing");
+}
+
+TEST(RuntimeTest, MissingFileIsAnError) {
+  moert_model *m = nullptr;
+  moert_status st = moert_load("/nonexistent/model.moex", nullptr, &m);
+  ASSERT_NE(st, nullptr);
+  EXPECT_EQ(std::string(moert_status_message(st)), "/nonexistent/model.moex: cannot open: No such file or directory");
+  EXPECT_EQ(m, nullptr);
+  moert_status_free(st);
+}
