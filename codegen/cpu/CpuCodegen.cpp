@@ -185,6 +185,71 @@ struct Emitter {
     return true;
   }
 
+  /// A value id for `v`, turning an f32 constant into a constant value stored in its own section.
+  bool valueOrConstant(Operation *user, Value v, StringRef what, uint32_t &id) {
+    if (ids.count(v))
+      return valueId(user, v, what, id);
+    auto t = dyn_cast<RankedTensorType>(v.getType());
+    std::vector<char> bytes = constantBytes(v);
+    if (!t || !t.getElementType().isF32() || !t.hasStaticShape() || bytes.empty())
+      return fail(user, "operand '" + what + "' is neither computed by the graph nor an f32 constant");
+    id = addValue(v, ("const" + std::to_string(program->values_size())));
+    program->mutable_values(id)->set_constant_section(
+        writer.addSection("const" + std::to_string(id), pb::Section::WEIGHTS, std::move(bytes)));
+    return true;
+  }
+
+  /// The graph ops libmoert runs around the dispatches (runtime/src/Ops.cpp).
+  bool emitGraphOp(Operation *op) {
+    static const char *const kOps[] = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Sigmoid",
+                                       "Relu", "Tanh", "Exp", "Neg", "Erf", "Gelu", "Identity", "ReduceMean",
+                                       "ReduceSum", "Softmax", "MatMul"};
+    StringRef name = op->getName().getStringRef();
+    if (!name.consume_front("onnx.") || !llvm::is_contained(kOps, name))
+      return false;
+    for (Value r : op->getResults()) {
+      auto t = dyn_cast<RankedTensorType>(r.getType());
+      if (!t || !t.getElementType().isF32())
+        return fail(op, "op '" + op->getName().getStringRef() + "' on non-f32 tensors has no CPU support yet");
+    }
+    auto *step = program->add_steps()->mutable_op();
+    step->set_op(name.str());
+    unsigned dataInputs = op->getNumOperands();
+    if (auto r = dyn_cast<ox::ReduceMeanOp>(op)) {
+      dataInputs = 1;
+      step->set_keepdims(r.getKeepdims() != 0);
+      if (r.getAxes()) {
+        auto axes = constantInts(r.getAxes());
+        if (!axes)
+          return fail(op, "ReduceMean with computed axes has no CPU support yet");
+        for (int64_t a : *axes)
+          step->add_axes(a);
+      }
+    } else if (auto r = dyn_cast<ox::ReduceSumOp>(op)) {
+      dataInputs = 1;
+      step->set_keepdims(r.getKeepdims() != 0);
+      if (r.getAxes()) {
+        auto axes = constantInts(r.getAxes());
+        if (!axes)
+          return fail(op, "ReduceSum with computed axes has no CPU support yet");
+        for (int64_t a : *axes)
+          step->add_axes(a);
+      }
+    } else if (auto sm = dyn_cast<ox::SoftmaxOp>(op)) {
+      step->set_axis(sm.getAxis());
+    } else if (auto g = dyn_cast<ox::GeluOp>(op)) {
+      step->set_approximate(g.getApproximate().str());
+    }
+    for (unsigned i = 0; i < dataInputs; ++i) {
+      uint32_t id;
+      if (!valueOrConstant(op, op->getOperand(i), "input " + std::to_string(i), id))
+        return false;
+      step->add_inputs(id);
+    }
+    step->set_output(addValue(op->getResult(0), name.str() + std::to_string(program->values_size())));
+    return true;
+  }
+
   bool emitReshape(ox::ReshapeOp op) {
     auto shape = constantInts(op.getShape());
     if (!shape)
@@ -422,6 +487,10 @@ struct Emitter {
       } else if (auto m = dyn_cast<moe::SparseMoEOp>(op)) {
         if (!emitMoE(m))
           return false;
+      } else if (emitGraphOp(&op)) {
+        continue;
+      } else if (!error.empty()) {
+        return false;
       } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {
         for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
           uint32_t id;
@@ -436,8 +505,8 @@ struct Emitter {
         }
       } else {
         return fail(&op, "op '" + op.getName().getStringRef() +
-                             "' has no CPU code generation yet (this build compiles graphs of fused MoE "
-                             "layers and reshapes; see docs/ARCHITECTURE.md)");
+                             "' has no CPU code generation yet (this build compiles fused MoE layers, "
+                             "reshapes and elementwise/reduction/MatMul glue; see docs/ARCHITECTURE.md)");
       }
     }
     return true;

@@ -6,6 +6,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "Model.h"
+#include "Ops.h"
 #include "runtime/ArtifactFormat.h"
 
 #include <dlfcn.h>
@@ -175,9 +176,27 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
           static_cast<int>(d.index()) != dispatchCount)
         return bad("has a corrupted program (dispatch " + std::to_string(dispatchCount) + ")");
       ++dispatchCount;
+    } else if (s.has_op()) {
+      if (!isSupportedOp(s.op().op()))
+        return bad("uses op '" + s.op().op() + "', which this moert cannot run (written by a newer moec?)");
+      for (uint32_t id : s.op().inputs())
+        if (!validId(id))
+          return bad("has a corrupted program (op input ids)");
+      if (!validId(s.op().output()))
+        return bad("has a corrupted program (op output id)");
     } else {
       return bad("has a program step this moert does not know (written by a newer moec?)");
     }
+  }
+  for (const auto &v : p.values()) {
+    if (!v.has_constant_section())
+      continue;
+    int64_t sec = v.constant_section(), count = 1;
+    for (const auto &d : v.type().dims())
+      count = d.size() < 0 || count > (int64_t(1) << 40) ? -1 : count * d.size();
+    if (sec < 0 || sec >= a.sections_size() || a.sections(sec).kind() != pb::Section::WEIGHTS || count < 0 ||
+        v.type().dtype() != pb::F32 || a.sections(sec).size() != uint64_t(count) * 4)
+      return bad("has a corrupted constant '" + v.name() + "'");
   }
 
   const auto &cs = a.sections(a.code_section());
@@ -261,6 +280,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     if (s.has_reshape())
       os << "  reshape " << p.values(s.reshape().input()).name() << " -> " << p.values(s.reshape().output()).name()
          << "\n";
+    else if (s.has_op())
+      os << "  op " << s.op().op() << " -> " << p.values(s.op().output()).name() << "\n";
     else
       os << "  dispatch " << s.moe().index() << ": " << s.moe().description() << " ("
          << mib(s.moe().weight_bytes()) << " of weights)\n";

@@ -1,5 +1,6 @@
 //===- Runtime.cpp - the moert C API: load, describe, run --------------------===//
 #include "Model.h"
+#include "Ops.h"
 
 #include <chrono>
 #include <cstdlib>
@@ -175,6 +176,17 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
     values[p.inputs(i)] = Tensor{std::move(dims), static_cast<const char *>(t->data), nullptr};
   }
 
+  for (int i = 0; i < p.values_size(); ++i) {
+    const pb::Value &v = p.values(i);
+    if (!v.has_constant_section())
+      continue;
+    std::vector<int64_t> dims;
+    for (const auto &d : v.type().dims())
+      dims.push_back(d.size());
+    values[i] = Tensor{std::move(dims),
+                       reinterpret_cast<const char *>(m->map + m->meta.sections(v.constant_section()).offset()),
+                       nullptr};
+  }
   moert_exec exec{&parallelForThunk, m->pool.get(), m->pool->threads()};
   std::ostringstream trace;
   auto t0 = std::chrono::steady_clock::now();
@@ -223,6 +235,20 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
         return makeError("cannot reshape " + dimsString(in.dims) + " to " + dimsString(dims));
       values[r.output()] = Tensor{std::move(dims), in.data, in.owned};
       label = "reshape";
+    } else if (s.has_op()) {
+      const auto &o = s.op();
+      std::vector<moert::OpTensor> ins;
+      for (uint32_t id : o.inputs()) {
+        if (!values[id].data && numel(values[id].dims) != 0)
+          return makeError("internal: op " + o.op() + " reads a value not computed yet");
+        ins.push_back(moert::OpTensor{values[id].dims, values[id].data, values[id].owned});
+      }
+      moert::OpTensor result;
+      std::string why = moert::runOp(o, ins, result);
+      if (!why.empty())
+        return makeError(p.values(o.output()).name() + ": " + why);
+      values[o.output()] = Tensor{result.dims, result.data, result.owned};
+      label = o.op();
     } else {
       const auto &d = s.moe();
       const moert::Dispatch &x = m->dispatches[d.index()];

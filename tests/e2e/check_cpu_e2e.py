@@ -72,7 +72,7 @@ def rel_error(got, want):
 # ---- cases -------------------------------------------------------------------------------------------------
 
 def transformers_cases():
-    for family in ["mixtral", "qwen2_moe", "olmoe", "deepseek_v3"]:
+    for family in ["mixtral", "qwen2_moe", "olmoe", "deepseek_v3", "zaya"]:
         path = os.path.join(ROOT, "tests", "fixtures", "transformers", f"{family}.onnx")
 
         def feeds(t, rng, path=path):
