@@ -115,6 +115,18 @@ std::vector<char> asBytes(const std::vector<float> &v) {
   return b;
 }
 
+/// f32 -> bf16, round to nearest even (NaN stays NaN).
+std::vector<char> asBf16(const std::vector<float> &v) {
+  std::vector<char> b(v.size() * 2);
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint32_t w;
+    std::memcpy(&w, &v[i], 4);
+    uint16_t h = std::isnan(v[i]) ? uint16_t((w >> 16) | 0x40) : uint16_t((w + 0x7fff + ((w >> 16) & 1)) >> 16);
+    std::memcpy(&b[2 * i], &h, 2);
+  }
+  return b;
+}
+
 struct Emitter {
   const CpuOptions &opts;
   ArtifactWriter writer;
@@ -287,9 +299,12 @@ struct Emitter {
     bool interleaved = op.getGatedLayout() == moe::GatedLayout::interleaved;
     std::vector<int64_t> sections(NUM_SLOTS, -1);
     uint64_t weightBytes = 0;
+    const bool bf16 = opts.weights == "bf16";
     auto add = [&](int slot, StringRef name, std::vector<float> data) {
-      weightBytes += data.size() * 4;
-      sections[slot] = weightSection(op, slot, name, asBytes(data));
+      bool narrow = bf16 && (slot == FC1 || slot == FC2 || slot == SHARED1 || slot == SHARED2);
+      std::vector<char> bytes = narrow ? asBf16(data) : asBytes(data);
+      weightBytes += bytes.size();
+      sections[slot] = weightSection(op, slot, name, std::move(bytes));
     };
     // fc1 [E, g*F, H] -> [E][F][g][H]; fc2 [E, H, F] -> [E][F][H].
     std::vector<float> w1, w2;
@@ -422,7 +437,8 @@ struct Emitter {
     ds << "sparse_moe E=" << e;
     if (op.getZeroExperts())
       ds << "+" << op.getZeroExperts() << " zero";
-    ds << " k=" << op.getK() << " H=" << h << " F=" << f << " " << moe::stringifyActivation(op.getActivation())
+    ds << " k=" << op.getK() << " H=" << h << " F=" << f << " " << (bf16 ? "bf16 " : "")
+       << moe::stringifyActivation(op.getActivation())
        << ", router " << moe::stringifyRouterKind(op.getRouterKind()) << "/" << moe::stringifyGateFunc(op.getGate());
     if (op.getPredA())
       ds << ", predictor R=" << r << " keep=" << keep;
@@ -440,6 +456,7 @@ struct Emitter {
     auto b = [](bool v) { return v ? "true" : "false"; };
     llvm::raw_string_ostream os(source);
     os << "\n// dispatch " << index << ": " << desc << "\nnamespace {\nstruct C" << index << " {\n"
+       << "  using W = " << (bf16 ? "uint16_t; // bf16 expert weights" : "float;") << "\n"
        << "  static constexpr int64_t H = " << h << ", F = " << f << ", E = " << e << ", N = " << n
        << ", K = " << op.getK() << ", R = " << r << ", KEEP = " << keep << ", FS = " << fs
        << ", GROUPS = " << op.getExpertGroups() << ", GROUP_TOPK = " << (op.getGroupTopk() ? *op.getGroupTopk() : 0)
@@ -536,6 +553,11 @@ std::vector<std::string> moec::codegen::knownCpus() {
 
 bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &options, StringRef outPath,
                                        StringRef sourceModel, std::string &error, raw_ostream *progress) {
+  if (options.weights != "fp32" && options.weights != "bf16") {
+    error = "--weights=" + options.weights + ": this build stores expert weights as fp32 or bf16 (int8, int4 and "
+            "fp16: not yet)";
+    return false;
+  }
   std::vector<std::string> features;
   if (options.cpu == "native") {
     features = hostFeatures();

@@ -24,6 +24,9 @@ struct CpuOptions {
   std::string cpu = "x86-64-v3";
   /// The C++ compiler; empty: $MOEC_CXX, then clang++-19 on PATH, then /usr/lib/llvm-19/bin/clang++.
   std::string cxx;
+  /// Storage of the expert weights (fc1, fc2, shared expert): fp32, or bf16 (rounded to nearest even at
+  /// compile time, widened to f32 in the kernels; accumulation is f32 either way).
+  std::string weights = "fp32";
   /// When set, the generated C++ sources are also written here.
   std::string dumpKernelsDir;
 };

@@ -49,6 +49,25 @@ inline v8 load8(const float *p) {
   return v;
 }
 inline void store8(float *p, v8 v) { std::memcpy(p, &v, sizeof v); }
+
+// bf16 weights (`--weights=bf16`): the upper 16 bits of an f32, widened on load; accumulation stays f32.
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+inline v8 load8(const uint16_t *p) {
+  u16x8 h;
+  std::memcpy(&h, p, sizeof h);
+  u32x8 w = __builtin_convertvector(h, u32x8) << 16;
+  v8 f;
+  std::memcpy(&f, &w, sizeof f);
+  return f;
+}
+inline float tofloat(float x) { return x; }
+inline float tofloat(uint16_t x) {
+  uint32_t w = uint32_t(x) << 16;
+  float f;
+  std::memcpy(&f, &w, sizeof f);
+  return f;
+}
 inline float hsum(v8 v) {
   float s = 0.0f;
   for (int i = 0; i < 8; ++i)
@@ -57,7 +76,7 @@ inline float hsum(v8 v) {
 }
 
 /// a . b with four independent vector accumulators (hides the FMA latency of a single chain).
-inline float dot(const float *__restrict a, const float *__restrict b, int64_t n) {
+template <typename T> inline float dot(const T *__restrict a, const float *__restrict b, int64_t n) {
   v8 s0 = {}, s1 = {}, s2 = {}, s3 = {};
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
@@ -70,15 +89,15 @@ inline float dot(const float *__restrict a, const float *__restrict b, int64_t n
     s0 += load8(a + i) * load8(b + i);
   float acc = hsum((s0 + s1) + (s2 + s3));
   for (; i < n; ++i)
-    acc += a[i] * b[i];
+    acc += tofloat(a[i]) * b[i];
   return acc;
 }
 
 /// For NT tokens at once: g[i] = ra . x[i] and (TWO) u[i] = rb . x[i]. Each weight chunk is loaded once for
 /// all NT tokens, with 2 * NT independent accumulators in registers (the blocking that lets prefill use the
 /// FMA units instead of waiting on loads).
-template <bool TWO, int NT>
-inline void dotsN(const float *__restrict ra, const float *__restrict rb, const float *const *x, int64_t n,
+template <bool TWO, int NT, typename T>
+inline void dotsN(const T *__restrict ra, const T *__restrict rb, const float *const *x, int64_t n,
                   float *g, float *u) {
   v8 ag[NT] = {}, au[NT] = {};
   int64_t h = 0;
@@ -98,32 +117,35 @@ inline void dotsN(const float *__restrict ra, const float *__restrict rb, const 
     g[i] = hsum(ag[i]);
     u[i] = TWO ? hsum(au[i]) : 0.0f;
     for (int64_t k = h; k < n; ++k) {
-      g[i] += ra[k] * x[i][k];
+      g[i] += tofloat(ra[k]) * x[i][k];
       if (TWO)
-        u[i] += rb[k] * x[i][k];
+        u[i] += tofloat(rb[k]) * x[i][k];
     }
   }
 }
 
-template <bool TWO>
-inline void dots4(const float *ra, const float *rb, const float *const *x, int64_t nt, int64_t n, float *g,
+template <bool TWO, typename T>
+inline void dots4(const T *ra, const T *rb, const float *const *x, int64_t nt, int64_t n, float *g,
                   float *u) {
   switch (nt) {
   case 4:
-    return dotsN<TWO, 4>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 4, T>(ra, rb, x, n, g, u);
   case 3:
-    return dotsN<TWO, 3>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 3, T>(ra, rb, x, n, g, u);
   case 2:
-    return dotsN<TWO, 2>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 2, T>(ra, rb, x, n, g, u);
   default:
-    return dotsN<TWO, 1>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 1, T>(ra, rb, x, n, g, u);
   }
 }
 
-inline void axpy(float *__restrict y, float a, const float *__restrict x, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i)
-    y[i] += a * x[i];
+template <typename T> inline void axpy(float *__restrict y, float a, const T *__restrict x, int64_t n) {
+  int64_t i = 0;
+  const v8 av = {a, a, a, a, a, a, a, a};
+  for (; i + 8 <= n; i += 8)
+    store8(y + i, load8(y + i) + av * load8(x + i));
+  for (; i < n; ++i)
+    y[i] += a * tofloat(x[i]);
 }
 
 inline float sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
@@ -331,14 +353,16 @@ template <class C> struct Kernel {
     float *dst[kTile];
     float ws[kTile];
     int64_t n = 0;
-    const float *w1, *w2, *b1 = nullptr, *b2 = nullptr;
+    using W = typename C::W; // f32 or bf16 (uint16_t) expert weights
+    const W *w1, *w2;
+    const float *b1 = nullptr, *b2 = nullptr;
     const uint8_t *mask = nullptr;
     int64_t fdim;
     if (it.expert >= 0) {
       const int64_t e = it.expert;
       fdim = F;
-      w1 = static_cast<const float *>(a.weights[MOERT_FC1]) + e * F * G * H;
-      w2 = static_cast<const float *>(a.weights[MOERT_FC2]) + e * F * H;
+      w1 = static_cast<const W *>(a.weights[MOERT_FC1]) + e * F * G * H;
+      w2 = static_cast<const W *>(a.weights[MOERT_FC2]) + e * F * H;
       if (a.weights[MOERT_FC1_BIAS])
         b1 = static_cast<const float *>(a.weights[MOERT_FC1_BIAS]) + e * F * G;
       if (a.weights[MOERT_FC2_BIAS])
@@ -353,8 +377,8 @@ template <class C> struct Kernel {
       }
     } else {
       fdim = C::FS;
-      w1 = static_cast<const float *>(a.weights[MOERT_SHARED1]);
-      w2 = static_cast<const float *>(a.weights[MOERT_SHARED2]);
+      w1 = static_cast<const W *>(a.weights[MOERT_SHARED1]);
+      w2 = static_cast<const W *>(a.weights[MOERT_SHARED2]);
       const float *gate = static_cast<const float *>(a.weights[MOERT_SHARED_GATE]);
       for (int64_t t = it.begin; t < it.end; ++t, ++n) {
         xs[n] = c.X + t * H;
@@ -388,7 +412,7 @@ template <class C> struct Kernel {
       std::sort(idx, idx + C::KEEP);
       for (int64_t j = 0; j < C::KEEP; ++j) {
         int64_t f = idx[j];
-        const float *row = w1 + f * G * H;
+        const W *row = w1 + f * G * H;
         float g = dot(row, xs[0], H) + (b1 ? b1[f * G] : 0.0f);
         float u = G == 2 ? dot(row + H, xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
         axpy(dst[0], ws[0] * activate(g, u), w2 + f * H, H);
@@ -398,7 +422,7 @@ template <class C> struct Kernel {
       for (int64_t f = it.f0; f < it.f1; ++f) {
         if (mask && !mask[f])
           continue;
-        const float *row = w1 + f * G * H;
+        const W *row = w1 + f * G * H;
         float g = dot(row, xs[0], H) + (b1 ? b1[f * G] : 0.0f);
         float u = G == 2 ? dot(row + H, xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
         axpy(dst[0], ws[0] * activate(g, u), w2 + f * H, H);
@@ -421,7 +445,7 @@ template <class C> struct Kernel {
                 col[(i0 + i) * kDimBlock] = 0.0f;
               continue;
             }
-            const float *row = w1 + f * G * H;
+            const W *row = w1 + f * G * H;
             float g[4], u[4];
             dots4<G == 2>(row, row + H, xs + i0, nt, H, g, u);
             for (int64_t i = 0; i < nt; ++i) {

@@ -12,8 +12,9 @@ a prefill-sized batch), with random inputs, against the reference run live on th
     tests/reference/sparse_moe.py (ONNX Runtime does not know the op).
 (Grouped top-k, selection bias, shared experts and the fused norm are in the DeepSeek-V3 / Qwen2-MoE fixtures.)
 
-Tolerance: max |moec - reference| / max |reference| <= 1e-4 (fp32). Prints one line per case and exits 1 on
-any failure.
+Tolerance: max |moec - reference| / max |reference| <= 1e-4. For `--weights=bf16` artifacts the reference is
+ONNX Runtime on a copy of the model whose expert weights are rounded to bf16 the same way (accumulation is f32
+in both), so the same tolerance holds. Prints one line per case and exits 1 on any failure.
 
     check_cpu_e2e.py --moec build/bin/moec --moert build/bin/moert [--cpu x86-64-v3]
 """
@@ -57,8 +58,8 @@ def moert_run(args, artifact, feeds, tmp):
     return np.load(outs[0])
 
 
-def compile_model(args, model, artifact):
-    run = subprocess.run([args.moec, "compile", model, "-o", artifact, f"--cpu={args.cpu}", "--quiet"],
+def compile_model(args, model, artifact, extra=()):
+    run = subprocess.run([args.moec, "compile", model, "-o", artifact, f"--cpu={args.cpu}", "--quiet", *extra],
                          capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError("moec compile failed: " + run.stderr.strip().splitlines()[-1])
@@ -113,6 +114,23 @@ def ort_moe_model(path, h, f, e, k, act, normalize, bias, router):
     onnx.save(model, path)
 
 
+def bf16_round(a):
+    """f32 -> nearest bf16 (ties to even), back as f32: what `moec compile --weights=bf16` stores."""
+    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(np.float32)
+
+
+def bf16_reference_model(path, out):
+    """A copy of an ONNX Runtime MoE model with its expert weights (w1, w2) rounded to bf16: ONNX Runtime on it
+    is the exact reference for the bf16 artifact (the router stays f32 in both)."""
+    m = onnx.load(path)
+    for init in m.graph.initializer:
+        if init.name in ("w1", "w2"):
+            init.CopyFrom(numpy_helper.from_array(bf16_round(numpy_helper.to_array(init)), init.name))
+    onnx.save(m, out)
+
+
 def ort_moe_cases(tmp):
     configs = [
         dict(h=16, f=24, e=4, k=2, act="relu", normalize=1, bias=True, router="matmul"),
@@ -133,6 +151,10 @@ def ort_moe_cases(tmp):
             return d
 
         yield name, path, feeds, "ort"
+        if c["act"] == "swiglu" or c["bias"]:
+            ref = path.replace(".onnx", "_bf16ref.onnx")
+            bf16_reference_model(path, ref)
+            yield name + " (bf16)", path, feeds, ("ort", ref, ["--weights=bf16"])
 
 
 def sparse_moe_cases(tmp):
@@ -207,12 +229,15 @@ def main():
             total += 1
             artifact = os.path.join(tmp, name.replace("/", "_") + ".moex")
             errors = []
+            extra, ref_model = (), model
+            if isinstance(reference, tuple):  # ("ort", reference model, extra moec flags)
+                reference, ref_model, extra = reference
             try:
-                compile_model(args, model, artifact)
+                compile_model(args, model, artifact, extra)
                 rng = np.random.default_rng(3)
                 for t in TOKENS:
                     d = feeds(t, rng)
-                    want = ort_run(model, d) if reference == "ort" else reference(d)
+                    want = ort_run(ref_model, d) if reference == "ort" else reference(d)
                     got = moert_run(args, artifact, d, tmp)
                     if got.shape != np.asarray(want).shape:
                         errors.append(f"T={t}: shape {got.shape}, reference {np.asarray(want).shape}")

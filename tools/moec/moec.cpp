@@ -62,6 +62,10 @@ cl::opt<std::string> cpu("cpu",
                                   "most x86-64 machines of the last decade), x86-64-v4 (AVX-512), native (this "
                                   "machine), x86-64, znver4, sapphirerapids, ..."),
                          cl::init("x86-64-v3"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> weightsType("weights",
+                                 cl::desc("Storage of the expert weights in the artifact: fp32 (default) or bf16 "
+                                          "(half the bytes; f32 accumulation)"),
+                                 cl::init("fp32"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> dumpKernels("dump-kernels", cl::desc("Also write the generated kernel sources to this folder"),
                                  cl::value_desc("dir"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> cxxPath("cxx", cl::desc("C++ compiler for the CPU kernels (default: $MOEC_CXX, clang++-19)"),
@@ -278,6 +282,7 @@ int runImport() {
     cpuOptions.cpu = cpu;
     cpuOptions.cxx = cxxPath;
     cpuOptions.dumpKernelsDir = dumpKernels;
+    cpuOptions.weights = weightsType;
     std::string message;
     if (!moec::codegen::compileCpuArtifact(*module, cpuOptions, outputPath, inputPath, message,
                                            quiet ? nullptr : &errs()))
