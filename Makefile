@@ -2,6 +2,7 @@
 #   make demo    install deps, build, run the demo (prints what it does)
 #   make test    install deps, build, run every test through ctest
 #   make build   configure + build only (tools land in build/bin/)
+#   make bench   moec vs ONNX Runtime vs the roofline (bench/run.py; BENCH_ARGS=--quick for ~1 minute)
 #   make docs    re-render the ODS reference pages into docs/
 #   make clean   remove the build tree
 BUILD      ?= build
@@ -13,11 +14,13 @@ CTEST_ARGS ?=
 CC_19  := $(shell command -v clang-19 2>/dev/null)
 CXX_19 := $(shell command -v clang++-19 2>/dev/null)
 
-.PHONY: all deps configure build test demo docs clean help
+BENCH_ARGS ?=
+
+.PHONY: all deps configure build test demo bench docs clean help
 all: build
 
 help:
-	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 	@echo "==> checking dependencies (scripts/install-deps.sh)"
@@ -42,6 +45,10 @@ test: build
 
 demo: build
 	@MOEC_BUILD=$(BUILD) bash scripts/demo.sh
+
+bench: build
+	@python3 -m pip install -q -r bench/requirements.txt 2>/dev/null || python3 -m pip install -q --break-system-packages -r bench/requirements.txt
+	python3 bench/run.py --build $(BUILD) $(BENCH_ARGS)
 
 docs: build
 	python3 scripts/sync-docs.py --build $(BUILD)

@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""moec vs ONNX Runtime vs this machine's roofline, in one run.
+
+    python3 bench/run.py [--quick] [--build build] [--threads N] [--repeat N] [--out bench/results]
+
+1. Measures the roofline with all threads (bench/roofline.c, compiled here): one-pass read bandwidth and
+   triad bandwidth over buffers far larger than the last-level cache, and the FP32 FMA peak.
+2. For each workload, generates the ONNX model (cached in bench/.cache, never committed), compiles it with
+   `moec compile --cpu=native`, loads it in-process through libmoert's C API (ctypes) and in ONNX Runtime
+   with the same thread count, and times both on the same inputs: a fresh random input per call (so the
+   experts a call touches change like in real traffic and are not all sitting in the cache), a warm-up call,
+   then --repeat timed calls; best and median.
+3. Reports per workload and token count: ms per call for each, moec/ORT speed-up, bytes of weights the call
+   touched (the distinct experts its tokens chose, from the same routing computed in NumPy), FLOPs, and
+   moec's roofline fraction = max(bytes / read BW, FLOPs / peak) / time (medians: a call's bytes vary with its
+   routing).
+4. Writes bench/results/latest.json, latest.md (the table) and latest.png (time vs tokens with the roofline).
+
+--quick runs the ZAYA1 layer only (under a minute here); the full run adds OLMoE-like and the MoE++ layer with
+its 10% predictor mask (ORT runs the same layer unmasked); --mixtral adds Mixtral-like (bf16 weights for moec).
+Not yet: the compile time of a 32-layer stack.
+"""
+import argparse
+import ctypes
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CACHE = os.path.join(HERE, ".cache")
+
+
+# ---- the roofline ------------------------------------------------------------------------------------------
+
+def roofline(threads):
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "roofline")
+        subprocess.run(["clang-19", "-O3", "-march=native", "-pthread", os.path.join(HERE, "roofline.c"), "-o", exe],
+                       check=True)
+        out = subprocess.run([exe, str(threads), "1024"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+# ---- models ------------------------------------------------------------------------------------------------
+
+def external(arrays, path):
+    """TensorProtos whose bytes live in `path`.data (written here, 64-byte aligned): models over protobuf's 2 GB
+    limit never pass through one message."""
+    data = path + ".data"
+    protos = []
+    with open(data, "wb") as f:
+        for name, a in arrays:
+            offset = f.tell()
+            f.write(np.ascontiguousarray(a, np.float32).tobytes())
+            f.write(b"\0" * ((-f.tell()) % 64))
+            t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=a.shape)
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in [("location", os.path.basename(data)), ("offset", str(offset)), ("length", str(a.nbytes))]:
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            protos.append(t)
+    return protos
+
+
+def ort_moe_model(path, h, f, e, k, seed=0):
+    """com.microsoft.MoE (SwiGLU, interleaved rows, renormalised top-k) with its router MatMul in front."""
+    if os.path.exists(path):
+        return
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((e, 2 * f, h), dtype=np.float32) * np.float32(0.02)
+    w2 = rng.standard_normal((e, h, f), dtype=np.float32) * np.float32(0.02)
+    wr = rng.standard_normal((h, e), dtype=np.float32)
+    inits = external([("w1", w1), ("w2", w2), ("wr", wr)], path)
+    del w1, w2
+    nodes = [helper.make_node("MatMul", ["x", "wr"], ["logits"]),
+             helper.make_node("MoE", ["x", "logits", "w1", "", "w2"], ["y"], domain="com.microsoft", k=k,
+                              activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=1)]
+    save(path, nodes, inits, h, "moe")
+
+
+def moepp_model(path, h, f, e, rank, keep, seed=0):
+    """moec.SparseMoE: top-1 of `e` experts with a low-rank predictor choosing `keep` of F dims per token."""
+    if os.path.exists(path):
+        return
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((e, 2 * f, h), dtype=np.float32) * np.float32(0.02)
+    w2 = rng.standard_normal((e, h, f), dtype=np.float32) * np.float32(0.02)
+    wr = rng.standard_normal((h, e), dtype=np.float32)
+    pa = rng.standard_normal((e, h, rank), dtype=np.float32) * np.float32(0.02)
+    pb = rng.standard_normal((e, rank, f), dtype=np.float32) * np.float32(0.02)
+    inits = external([("wr", wr), ("w1", w1), ("w2", w2), ("pa", pa), ("pb", pb)], path)
+    del w1, w2
+    nodes = [helper.make_node("SparseMoE", ["x", "wr", "", "w1", "", "w2", "", "", "pa", "pb"], ["y"], domain="moec",
+                              k=1, keep=keep, activation="swiglu")]
+    save(path, nodes, inits, h, "moec")
+
+
+def save(path, nodes, inits, h, domain):
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", h])], inits)
+    opsets = [helper.make_opsetid("", 17)]
+    opsets.append(helper.make_opsetid("com.microsoft" if domain == "moe" else "moec", 1))
+    m = helper.make_model(graph, opset_imports=opsets)
+    m.ir_version = 8
+    with open(path, "wb") as f:
+        f.write(m.SerializeToString())
+
+
+# ---- moert through its C API --------------------------------------------------------------------------------
+
+class Tensor(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("dtype", ctypes.c_int), ("rank", ctypes.c_int32),
+                ("dims", ctypes.POINTER(ctypes.c_int64)), ("data", ctypes.c_void_p)]
+
+
+class LoadOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("verify_checksum", ctypes.c_int)]
+
+
+class Moert:
+    def __init__(self, lib):
+        self.lib = ctypes.CDLL(lib)
+        self.lib.moert_status_message.restype = ctypes.c_char_p
+        self.lib.moert_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(LoadOptions), ctypes.POINTER(ctypes.c_void_p)]
+        self.lib.moert_load.restype = ctypes.c_void_p
+        self.lib.moert_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(Tensor), ctypes.c_size_t,
+                                       ctypes.POINTER(ctypes.c_void_p)]
+        self.lib.moert_run.restype = ctypes.c_void_p
+        self.lib.moert_result_output.restype = ctypes.POINTER(Tensor)
+        self.lib.moert_result_output.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.lib.moert_result_free.argtypes = [ctypes.c_void_p]
+        self.lib.moert_free.argtypes = [ctypes.c_void_p]
+
+    def check(self, st):
+        if st:
+            raise RuntimeError(self.lib.moert_status_message(ctypes.c_void_p(st)).decode())
+
+    def load(self, path, threads):
+        m = ctypes.c_void_p()
+        opts = LoadOptions(ctypes.sizeof(LoadOptions), threads, 1)
+        self.check(self.lib.moert_load(path.encode(), ctypes.byref(opts), ctypes.byref(m)))
+        return m
+
+    def run(self, model, x):
+        dims = (ctypes.c_int64 * 2)(*x.shape)
+        t = Tensor(b"x", 1, 2, dims, x.ctypes.data)
+        res = ctypes.c_void_p()
+        self.check(self.lib.moert_run(model, None, ctypes.byref(t), 1, ctypes.byref(res)))
+        out = self.lib.moert_result_output(res, 0).contents
+        y = np.ctypeslib.as_array(ctypes.cast(out.data, ctypes.POINTER(ctypes.c_float)), shape=x.shape).copy()
+        self.lib.moert_result_free(res)
+        return y
+
+
+# ---- timing -------------------------------------------------------------------------------------------------
+
+def time_calls(fn, inputs):
+    fn(inputs[0])  # warm-up (page faults, thread start)
+    times = []
+    for x in inputs[1:]:
+        t0 = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return min(times), statistics.median(times)
+
+
+def routed_experts(x, wr, k):
+    logits = x.astype(np.float64) @ wr.astype(np.float64)
+    return np.argsort(-logits, axis=1, kind="stable")[:, :k]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--mixtral", action="store_true", help="add the Mixtral-like layer (needs ~20 GB of memory)")
+    args = ap.parse_args()
+    import onnxruntime as ort
+    os.makedirs(CACHE, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
+    moec = os.path.join(args.build, "bin", "moec")
+    rt = Moert(os.path.join(args.build, "lib", "libmoert.so"))
+
+    roof = roofline(args.threads)
+    print(f"roofline ({args.threads} threads): read {roof['read_gbs']} GB/s, triad {roof['triad_gbs']} GB/s, "
+          f"FP32 FMA peak {roof['fp32_gflops']} GFLOP/s", flush=True)
+
+    # name, H, F, E, k, kind, ORT-side note
+    workloads = [("ZAYA1-8B MoE layer (16 experts, top-1; ORT and moec without the skip class)", "zaya1",
+                  2048, 2048, 16, 1, "moe")]
+    if not args.quick:
+        workloads += [("OLMoE-like (64 experts, top-8, F=1024)", "olmoe", 2048, 1024, 64, 8, "moe"),
+                      ("MoE++ layer (128 experts, top-1, F=512, predictor rank 64 keeps 10%; ORT: unmasked)",
+                       "moepp", 4096, 512, 128, 1, "moepp"),
+                      ]
+    if args.mixtral:  # 5.6 GB of fp32 weights for ONNX Runtime: opt in
+        workloads.append(("Mixtral-like (8 experts, top-2, F=14336; moec bf16 weights, ORT fp32)", "mixtral",
+                          4096, 14336, 8, 2, "moe-bf16"))
+    tokens = [1, 8, 64, 512]
+    rows = []
+    for title, key, h, f, e, k, kind in workloads:
+        print(f"== {title}", flush=True)
+        ort_path = os.path.join(CACHE, f"{key}.onnx")
+        t0 = time.time()
+        ort_moe_model(ort_path, h, f, e, k)
+        moec_src = ort_path
+        if kind == "moepp":
+            moec_src = os.path.join(CACHE, f"{key}_moec.onnx")
+            moepp_model(moec_src, h, f, e, 64, max(1, f // 10))
+        gen_s = time.time() - t0
+        art = os.path.join(CACHE, f"{key}.moex")
+        t0 = time.time()
+        cmd = [moec, "compile", moec_src, "-o", art, "--cpu=native", "--quiet"]
+        if kind == "moe-bf16":
+            cmd.append("--weights=bf16")
+        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
+        compile_s = time.time() - t0
+        t0 = time.time()
+        model = rt.load(art, args.threads)
+        load_ms = (time.time() - t0) * 1e3
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        sess = ort.InferenceSession(ort_path, so, providers=["CPUExecutionProvider"])
+        wr = np.random.default_rng(0)  # the router: regenerate it as ort_moe_model did (same seed, same order)
+        wr.standard_normal((e, 2 * f, h), dtype=np.float32)
+        wr.standard_normal((e, h, f), dtype=np.float32)
+        wr = wr.standard_normal((h, e), dtype=np.float32)
+        wbytes = (4 if kind != "moe-bf16" else 2)
+        per_expert = 3 * h * f * wbytes
+        if kind == "moepp":
+            keep = max(1, f // 10)
+            per_expert = 3 * h * keep * wbytes + (h * 64 + 64 * f) * 4
+        print(f"   generated {gen_s:.1f} s, compiled {compile_s:.1f} s, loaded {load_ms:.0f} ms", flush=True)
+        for t in tokens:
+            rng = np.random.default_rng(1000 + t)
+            inputs = [rng.standard_normal((t, h), dtype=np.float32) for _ in range(args.repeat + 1)]
+            m_best, m_med = time_calls(lambda x: rt.run(model, x), inputs)
+            o_best, o_med = time_calls(lambda x: sess.run(None, {"x": x}), inputs)
+            touched = [len(np.unique(routed_experts(x, wr, k))) for x in inputs[1:]]
+            bytes_touched = statistics.median(touched) * per_expert + h * e * 4
+            active_f = max(1, f // 10) if kind == "moepp" else f
+            flops = t * k * 6 * h * active_f + 2 * t * h * e
+            bound_ms = max(bytes_touched / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
+            # Medians on both sides: the bytes a call touches vary with its routing.
+            row = dict(workload=key, title=title, tokens=t, moec_ms=round(m_best, 3), moec_median_ms=round(m_med, 3),
+                       ort_ms=round(o_best, 3), ort_median_ms=round(o_med, 3), speedup=round(o_best / m_best, 2),
+                       bytes_touched=int(bytes_touched), flops=int(flops), roofline_ms=round(bound_ms, 3),
+                       roofline_fraction=round(bound_ms / m_med, 2), compile_s=round(compile_s, 1),
+                       load_ms=round(load_ms, 1))
+            rows.append(row)
+            print(f"   T={t:4d} moec {m_best:9.3f} ms  ORT {o_best:9.3f} ms  x{row['speedup']:5.2f}  "
+                  f"{bytes_touched / 1e6:8.1f} MB  {flops / 1e9:7.2f} GFLOP  roofline {row['roofline_fraction']:.2f}",
+                  flush=True)
+        rt.lib.moert_free(model)
+        del sess
+
+    result = dict(machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads, roofline=roof),
+                  date=time.strftime("%Y-%m-%d %H:%M"), quick=args.quick, rows=rows)
+    with open(os.path.join(args.out, "latest.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    lines = [f"Roofline ({args.threads} threads): read {roof['read_gbs']} GB/s, triad {roof['triad_gbs']} GB/s, "
+             f"FP32 peak {roof['fp32_gflops']} GFLOP/s. fp32 unless noted; best of {args.repeat} calls, fresh input "
+             "per call.", "",
+             "| workload | T | moec ms (best / median) | ORT ms (best / median) | moec/ORT speed-up (best) | "
+             "weights touched MB (median) | GFLOP | roofline ms | moec fraction of roofline (median) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['tokens']} | {r['moec_ms']} / {r['moec_median_ms']} | "
+                     f"{r['ort_ms']} / {r['ort_median_ms']} | {r['speedup']} | "
+                     f"{r['bytes_touched'] / 1e6:.1f} | {r['flops'] / 1e9:.2f} | {r['roofline_ms']} | "
+                     f"{r['roofline_fraction']} |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "latest.md"), "w") as f:
+        f.write(table)
+    print("\n" + table)
+    try:
+        plot(rows, os.path.join(args.out, "latest.png"))
+    except ImportError:
+        print("(matplotlib not installed: no plot; pip install matplotlib)")
+    return 0
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = sorted({r["workload"] for r in rows}, key=[r["workload"] for r in rows].index)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        rs = [r for r in rows if r["workload"] == key]
+        t = [r["tokens"] for r in rs]
+        ax.loglog(t, [r["moec_ms"] for r in rs], "o-", label="moec")
+        ax.loglog(t, [r["ort_ms"] for r in rs], "s-", label="ONNX Runtime")
+        ax.loglog(t, [r["roofline_ms"] for r in rs], "k--", label="roofline")
+        ax.set_title(key)
+        ax.set_xlabel("tokens per call")
+        ax.set_ylabel("ms per call")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
