@@ -21,7 +21,6 @@ its 10% predictor mask (ORT runs the same layer unmasked); --mixtral adds Mixtra
 Not yet: the compile time of a 32-layer stack.
 """
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -118,48 +117,9 @@ def save(path, nodes, inits, h, domain):
 
 # ---- moert through its C API --------------------------------------------------------------------------------
 
-class Tensor(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("dtype", ctypes.c_int), ("rank", ctypes.c_int32),
-                ("dims", ctypes.POINTER(ctypes.c_int64)), ("data", ctypes.c_void_p)]
-
-
-class LoadOptions(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("verify_checksum", ctypes.c_int)]
-
-
-class Moert:
-    def __init__(self, lib):
-        self.lib = ctypes.CDLL(lib)
-        self.lib.moert_status_message.restype = ctypes.c_char_p
-        self.lib.moert_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(LoadOptions), ctypes.POINTER(ctypes.c_void_p)]
-        self.lib.moert_load.restype = ctypes.c_void_p
-        self.lib.moert_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(Tensor), ctypes.c_size_t,
-                                       ctypes.POINTER(ctypes.c_void_p)]
-        self.lib.moert_run.restype = ctypes.c_void_p
-        self.lib.moert_result_output.restype = ctypes.POINTER(Tensor)
-        self.lib.moert_result_output.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        self.lib.moert_result_free.argtypes = [ctypes.c_void_p]
-        self.lib.moert_free.argtypes = [ctypes.c_void_p]
-
-    def check(self, st):
-        if st:
-            raise RuntimeError(self.lib.moert_status_message(ctypes.c_void_p(st)).decode())
-
-    def load(self, path, threads):
-        m = ctypes.c_void_p()
-        opts = LoadOptions(ctypes.sizeof(LoadOptions), threads, 1)
-        self.check(self.lib.moert_load(path.encode(), ctypes.byref(opts), ctypes.byref(m)))
-        return m
-
-    def run(self, model, x):
-        dims = (ctypes.c_int64 * 2)(*x.shape)
-        t = Tensor(b"x", 1, 2, dims, x.ctypes.data)
-        res = ctypes.c_void_p()
-        self.check(self.lib.moert_run(model, None, ctypes.byref(t), 1, ctypes.byref(res)))
-        out = self.lib.moert_result_output(res, 0).contents
-        y = np.ctypeslib.as_array(ctypes.cast(out.data, ctypes.POINTER(ctypes.c_float)), shape=x.shape).copy()
-        self.lib.moert_result_free(res)
-        return y
+# libmoert through its C API: runtime/python/moert.py (ctypes).
+sys.path.insert(0, os.path.join(ROOT, "runtime", "python"))
+import moert  # noqa: E402
 
 
 # ---- timing -------------------------------------------------------------------------------------------------
@@ -192,7 +152,7 @@ def main():
     os.makedirs(CACHE, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
     moec = os.path.join(args.build, "bin", "moec")
-    rt = Moert(os.path.join(args.build, "lib", "libmoert.so"))
+    rt = moert.Runtime(os.path.join(args.build, "lib", "libmoert.so"))
 
     roof = roofline(args.threads)
     print(f"roofline ({args.threads} threads): read {roof['read_gbs']} GB/s, triad {roof['triad_gbs']} GB/s, "
@@ -229,7 +189,7 @@ def main():
         subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
         compile_s = time.time() - t0
         t0 = time.time()
-        model = rt.load(art, args.threads)
+        model = rt.load(art, threads=args.threads)
         load_ms = (time.time() - t0) * 1e3
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
@@ -247,7 +207,7 @@ def main():
         for t in tokens:
             rng = np.random.default_rng(1000 + t)
             inputs = [rng.standard_normal((t, h), dtype=np.float32) for _ in range(args.repeat + 1)]
-            m_best, m_med = time_calls(lambda x: rt.run(model, x), inputs)
+            m_best, m_med = time_calls(lambda x: model.run({"x": x}), inputs)
             o_best, o_med = time_calls(lambda x: sess.run(None, {"x": x}), inputs)
             touched = [len(np.unique(routed_experts(x, wr, k))) for x in inputs[1:]]
             bytes_touched = statistics.median(touched) * per_expert + h * e * 4
@@ -264,7 +224,7 @@ def main():
             print(f"   T={t:4d} moec {m_best:9.3f} ms  ORT {o_best:9.3f} ms  x{row['speedup']:5.2f}  "
                   f"{bytes_touched / 1e6:8.1f} MB  {flops / 1e9:7.2f} GFLOP  roofline {row['roofline_fraction']:.2f}",
                   flush=True)
-        rt.lib.moert_free(model)
+        model.close()
         del sess
 
     result = dict(machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads, roofline=roof),

@@ -14,16 +14,25 @@ namespace ox = moec::onnxir;
 
 namespace moec {
 
-std::vector<char> constantBytes(Value v) {
+std::vector<char> constantTensorBytes(Value v) {
   Attribute attr;
   if (!v || !matchPattern(v, m_Constant(&attr)))
     return {};
   auto type = dyn_cast<RankedTensorType>(cast<TypedAttr>(attr).getType());
-  if (!type || !type.hasStaticShape() || !isa<FloatType>(type.getElementType()))
+  if (!type || !type.hasStaticShape() || !type.getElementType().isIntOrFloat())
     return {};
-  size_t width = type.getElementTypeBitWidth() / 8, count = type.getNumElements();
+  unsigned bits = type.getElementTypeBitWidth();
+  if (bits != 1 && bits % 8 != 0)
+    return {};
+  size_t width = bits == 1 ? 1 : bits / 8, count = type.getNumElements();
   std::vector<char> out(width * count);
   if (auto dense = dyn_cast<DenseElementsAttr>(attr)) {
+    if (bits == 1) { // MLIR packs i1 as bits; moec's tensors hold one byte per bool
+      size_t i = 0;
+      for (bool b : dense.getValues<bool>())
+        out[i++] = b ? 1 : 0;
+      return out;
+    }
     ArrayRef<char> raw = dense.getRawData();
     if (dense.isSplat()) {
       for (size_t i = 0; i < count; ++i)
@@ -40,6 +49,13 @@ std::vector<char> constantBytes(Value v) {
         return out;
       }
   return {};
+}
+
+std::vector<char> constantBytes(Value v) {
+  auto type = v ? dyn_cast<RankedTensorType>(v.getType()) : RankedTensorType();
+  if (!type || !isa<FloatType>(type.getElementType()))
+    return {};
+  return constantTensorBytes(v);
 }
 
 Value makeConstant(OpBuilder &b, Location loc, RankedTensorType type, ArrayRef<char> bytes, StringRef name) {

@@ -22,6 +22,10 @@ namespace moec {
 /// shape; empty when `v` is not such a constant.
 std::vector<char> constantBytes(mlir::Value v);
 
+/// Row-major bytes of a constant tensor of any int or float element type with a static shape (bools one byte
+/// each); empty when `v` is not such a constant.
+std::vector<char> constantTensorBytes(mlir::Value v);
+
 /// A constant holding `bytes` of `type`: inline when small, a heap resource blob named `name` otherwise.
 mlir::Value makeConstant(mlir::OpBuilder &b, mlir::Location loc, mlir::RankedTensorType type,
                          llvm::ArrayRef<char> bytes, llvm::StringRef name);

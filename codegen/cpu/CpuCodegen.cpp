@@ -150,30 +150,50 @@ struct Emitter {
   static pb::DType dtypeOf(Type t) {
     if (t.isF32())
       return pb::F32;
+    if (t.isF64())
+      return pb::F64;
     if (t.isF16())
       return pb::F16;
     if (t.isBF16())
       return pb::BF16;
-    if (t.isInteger(64))
-      return pb::I64;
-    if (t.isInteger(32))
-      return pb::I32;
-    if (t.isInteger(8))
-      return pb::I8;
-    if (t.isInteger(1))
-      return pb::BOOL;
+    if (auto i = dyn_cast<IntegerType>(t)) {
+      bool u = i.isUnsigned();
+      switch (i.getWidth()) {
+      case 1:
+        return pb::BOOL;
+      case 8:
+        return u ? pb::U8 : pb::I8;
+      case 16:
+        return u ? pb::U16 : pb::I16;
+      case 32:
+        return u ? pb::U32 : pb::I32;
+      case 64:
+        return u ? pb::U64 : pb::I64;
+      }
+    }
     return pb::DTYPE_UNKNOWN;
   }
 
-  uint32_t addValue(Value v, StringRef name, ArrayAttr dimNames = {}) {
+  /// A program value for `v` (fails on element types moert has no dtype for).
+  bool addValue(Operation *where, Value v, StringRef name, uint32_t &id, ArrayAttr dimNames = {}) {
+    auto shaped = dyn_cast<ShapedType>(v.getType());
+    pb::DType dtype = shaped ? dtypeOf(shaped.getElementType()) : pb::DTYPE_UNKNOWN;
+    if (dtype == pb::DTYPE_UNKNOWN) {
+      std::string type;
+      llvm::raw_string_ostream os(type);
+      v.getType().print(os);
+      return fail(where, "values of type " + type + " have no CPU support (moert's dtypes: f32 f64 f16 bf16 "
+                         "i64 i32 i16 i8 u64 u32 u16 u8 bool)");
+    }
     auto *val = program->add_values();
     val->set_name(name.str());
-    auto t = cast<RankedTensorType>(v.getType());
-    val->mutable_type()->set_dtype(dtypeOf(t.getElementType()));
-    for (int64_t i = 0; i < t.getRank(); ++i) {
+    val->mutable_type()->set_dtype(dtype);
+    if (!shaped.hasRank())
+      val->mutable_type()->set_unranked(true);
+    for (int64_t i = 0; shaped.hasRank() && i < shaped.getRank(); ++i) {
       auto *d = val->mutable_type()->add_dims();
-      if (!t.isDynamicDim(i)) {
-        d->set_size(t.getDimSize(i));
+      if (!shaped.isDynamicDim(i)) {
+        d->set_size(shaped.getDimSize(i));
         continue;
       }
       d->set_size(-1);
@@ -183,9 +203,9 @@ struct Emitter {
           sym = s.getValue().str();
       d->set_symbol(sym.empty() ? "?" : sym);
     }
-    uint32_t id = program->values_size() - 1;
+    id = program->values_size() - 1;
     ids[v] = id;
-    return id;
+    return true;
   }
 
   bool valueId(Operation *user, Value v, StringRef what, uint32_t &id) {
@@ -197,84 +217,110 @@ struct Emitter {
     return true;
   }
 
-  /// A value id for `v`, turning an f32 constant into a constant value stored in its own section.
+  /// A value id for `v`, turning a constant into a constant value stored in its own section.
   bool valueOrConstant(Operation *user, Value v, StringRef what, uint32_t &id) {
     if (ids.count(v))
       return valueId(user, v, what, id);
     auto t = dyn_cast<RankedTensorType>(v.getType());
-    std::vector<char> bytes = constantBytes(v);
-    if (!t || !t.getElementType().isF32() || !t.hasStaticShape() || bytes.empty())
-      return fail(user, "operand '" + what + "' is neither computed by the graph nor an f32 constant");
-    id = addValue(v, ("const" + std::to_string(program->values_size())));
+    std::vector<char> bytes = constantTensorBytes(v);
+    if (!t || !t.hasStaticShape() || (bytes.empty() && t.getNumElements() != 0))
+      return fail(user, "operand '" + what + "' is neither computed by the graph nor a constant");
+    if (!addValue(user, v, "const" + std::to_string(program->values_size()), id))
+      return false;
     program->mutable_values(id)->set_constant_section(
         writer.addSection("const" + std::to_string(id), pb::Section::WEIGHTS, std::move(bytes)));
     return true;
   }
 
-  /// The graph ops libmoert runs around the dispatches (runtime/src/Ops.cpp).
-  bool emitGraphOp(Operation *op) {
-    static const char *const kOps[] = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Sigmoid",
-                                       "Relu", "Tanh", "Exp", "Neg", "Erf", "Gelu", "Identity", "ReduceMean",
-                                       "ReduceSum", "Softmax", "MatMul"};
-    StringRef name = op->getName().getStringRef();
-    if (!name.consume_front("onnx.") || !llvm::is_contained(kOps, name))
-      return false;
-    for (Value r : op->getResults()) {
-      auto t = dyn_cast<RankedTensorType>(r.getType());
-      if (!t || !t.getElementType().isF32())
-        return fail(op, "op '" + op->getName().getStringRef() + "' on non-f32 tensors has no CPU support yet");
-    }
-    auto *step = program->add_steps()->mutable_op();
-    step->set_op(name.str());
-    unsigned dataInputs = op->getNumOperands();
-    if (auto r = dyn_cast<ox::ReduceMeanOp>(op)) {
-      dataInputs = 1;
-      step->set_keepdims(r.getKeepdims() != 0);
-      if (r.getAxes()) {
-        auto axes = constantInts(r.getAxes());
-        if (!axes)
-          return fail(op, "ReduceMean with computed axes has no CPU support yet");
-        for (int64_t a : *axes)
-          step->add_axes(a);
+  /// An ONNX attribute as the runtime reads it; false for attributes the runtime does not need (Cast's `to`
+  /// is the output's dtype).
+  bool encodeAttribute(Operation *op, NamedAttribute na, pb::Attribute &out) {
+    out.set_name(na.getName().str());
+    Attribute a = na.getValue();
+    if (auto i = dyn_cast<IntegerAttr>(a)) {
+      out.set_kind(pb::Attribute::INT);
+      out.add_ints(i.getValue().getSExtValue());
+    } else if (auto f = dyn_cast<FloatAttr>(a)) {
+      out.set_kind(pb::Attribute::FLOAT);
+      out.add_floats(f.getValueAsDouble());
+    } else if (auto s = dyn_cast<StringAttr>(a)) {
+      out.set_kind(pb::Attribute::STRING);
+      out.set_s(s.getValue().str());
+    } else if (auto arr = dyn_cast<ArrayAttr>(a)) {
+      bool floats = !arr.empty() && isa<FloatAttr>(arr[0]);
+      out.set_kind(floats ? pb::Attribute::FLOATS : pb::Attribute::INTS);
+      for (Attribute e : arr) {
+        if (auto i = dyn_cast<IntegerAttr>(e))
+          out.add_ints(i.getValue().getSExtValue());
+        else if (auto f = dyn_cast<FloatAttr>(e))
+          out.add_floats(f.getValueAsDouble());
+        else
+          return fail(op, "attribute '" + na.getName().str() + "' is not a list of numbers");
       }
-    } else if (auto r = dyn_cast<ox::ReduceSumOp>(op)) {
-      dataInputs = 1;
-      step->set_keepdims(r.getKeepdims() != 0);
-      if (r.getAxes()) {
-        auto axes = constantInts(r.getAxes());
-        if (!axes)
-          return fail(op, "ReduceSum with computed axes has no CPU support yet");
-        for (int64_t a : *axes)
-          step->add_axes(a);
-      }
-    } else if (auto sm = dyn_cast<ox::SoftmaxOp>(op)) {
-      step->set_axis(sm.getAxis());
-    } else if (auto g = dyn_cast<ox::GeluOp>(op)) {
-      step->set_approximate(g.getApproximate().str());
+    } else if (auto e = dyn_cast<ElementsAttr>(a)) {
+      out.set_kind(pb::Attribute::TENSOR);
+      out.set_tensor_dtype(dtypeOf(e.getElementType()));
+      OpBuilder b(op->getContext());
+      auto c = b.create<ox::ConstantOp>(op->getLoc(), e);
+      std::vector<char> bytes = constantTensorBytes(c.getResult());
+      c->destroy();
+      if (out.tensor_dtype() == pb::DTYPE_UNKNOWN || (bytes.empty() && e.getNumElements() != 0))
+        return fail(op, "tensor attribute '" + na.getName().str() + "' has an element type moert cannot hold");
+      for (int64_t d : e.getShapedType().getShape())
+        out.add_ints(d);
+      out.set_s(std::string(bytes.begin(), bytes.end()));
+    } else if (!isa<TypeAttr>(a)) {
+      return fail(op, "attribute '" + na.getName().str() + "' has a kind moert does not read");
     }
-    for (unsigned i = 0; i < dataInputs; ++i) {
-      uint32_t id;
-      if (!valueOrConstant(op, op->getOperand(i), "input " + std::to_string(i), id))
-        return false;
-      step->add_inputs(id);
-    }
-    step->set_output(addValue(op->getResult(0), name.str() + std::to_string(program->values_size())));
     return true;
   }
 
-  bool emitReshape(ox::ReshapeOp op) {
-    auto shape = constantInts(op.getShape());
-    if (!shape)
-      return fail(op, "onnx.Reshape with a computed (non-constant) shape has no CPU code generation yet");
-    auto *step = program->add_steps()->mutable_reshape();
-    uint32_t in;
-    if (!valueId(op, op.getData(), "data", in))
+  /// Any other `onnx.*` op: a step run by libmoert's op kernels (runtime/src/Ops.cpp), inputs by value id
+  /// (constants stored as sections), attributes with their defaults filled in.
+  bool emitGraphOp(Operation *op) {
+    StringRef name = op->getName().getStringRef();
+    if (!name.consume_front("onnx."))
       return false;
-    step->set_input(in);
-    for (int64_t s : *shape)
-      step->add_shape(s);
-    step->set_allowzero(op.getAllowzero() != 0);
-    step->set_output(addValue(op.getResult(), "reshape" + std::to_string(program->values_size())));
+    auto *step = program->add_steps()->mutable_op();
+    step->set_op(name.str());
+    // Optional operands left out are -1: ops with AttrSizedOperandSegments say which, the others can only
+    // leave out trailing ones.
+    SmallVector<int64_t> groups;
+    if (auto seg = op->getAttrOfType<DenseI32ArrayAttr>("operandSegmentSizes"))
+      groups.assign(seg.asArrayRef().begin(), seg.asArrayRef().end());
+    else
+      groups.assign(op->getNumOperands(), 1);
+    unsigned next = 0;
+    for (int64_t g : groups) {
+      if (g == 0) {
+        step->add_inputs(-1);
+        continue;
+      }
+      for (int64_t k = 0; k < g; ++k, ++next) {
+        uint32_t id;
+        if (!valueOrConstant(op, op->getOperand(next), "input " + std::to_string(next), id))
+          return false;
+        step->add_inputs(id);
+      }
+    }
+    NamedAttrList attrs(op->getAttrDictionary());
+    if (auto info = op->getRegisteredInfo())
+      info->populateDefaultAttrs(attrs);
+    for (NamedAttribute na : attrs) {
+      if (na.getName() == "operandSegmentSizes" || na.getName().strref().starts_with("moe."))
+        continue;
+      pb::Attribute a;
+      if (!encodeAttribute(op, na, a))
+        return false;
+      if (a.kind() != pb::Attribute::KIND_UNKNOWN)
+        *step->add_attributes() = std::move(a);
+    }
+    for (Value r : op->getResults()) {
+      uint32_t id;
+      if (!addValue(op, r, name.str() + std::to_string(program->values_size()), id))
+        return false;
+      step->add_outputs(id);
+    }
     return true;
   }
 
@@ -451,7 +497,10 @@ struct Emitter {
     if (op.getResidual())
       ds << ", residual";
     step->set_description(desc);
-    step->set_output(addValue(op.getResult(), "moe" + std::to_string(index)));
+    uint32_t outId;
+    if (!addValue(op, op.getResult(), "moe" + std::to_string(index), outId))
+      return false;
+    step->set_output(outId);
 
     auto b = [](bool v) { return v ? "true" : "false"; };
     llvm::raw_string_ostream os(source);
@@ -493,37 +542,46 @@ struct Emitter {
       std::string name = "input" + std::to_string(i);
       if (auto n = fn.getArgAttrOfType<StringAttr>(i, "onnx.name"))
         name = n.getValue().str();
-      program->add_inputs(addValue(arg, name, fn.getArgAttrOfType<ArrayAttr>(i, "onnx.dim_params")));
+      uint32_t id;
+      if (!addValue(fn, arg, name, id, fn.getArgAttrOfType<ArrayAttr>(i, "onnx.dim_params")))
+        return false;
+      program->add_inputs(id);
     }
     for (Operation &op : fn.getBody().front()) {
       if (op.hasTrait<OpTrait::ConstantLike>())
         continue;
-      if (auto r = dyn_cast<ox::ReshapeOp>(op)) {
-        if (!emitReshape(r))
-          return false;
-      } else if (auto m = dyn_cast<moe::SparseMoEOp>(op)) {
+      if (auto m = dyn_cast<moe::SparseMoEOp>(op)) {
         if (!emitMoE(m))
           return false;
-      } else if (emitGraphOp(&op)) {
-        continue;
-      } else if (!error.empty()) {
-        return false;
       } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {
         for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
           uint32_t id;
-          if (!valueId(ret, v, "output " + std::to_string(i), id))
+          if (!valueOrConstant(ret, v, "output " + std::to_string(i), id))
             return false;
           std::string name = "output" + std::to_string(i);
           if (auto n = fn.getResultAttrOfType<StringAttr>(i, "onnx.name"))
             name = n.getValue().str();
-          // Outputs are named after the graph's outputs (a value may be an output under its own name).
+          // Outputs are named after the graph's outputs. A value that is also an input, another output or
+          // a constant gets its own copy (an Identity step), so each output has its own name.
+          bool shared = program->values(id).has_constant_section() || llvm::is_contained(program->inputs(), id) ||
+                        llvm::is_contained(program->outputs(), id);
+          if (shared) {
+            auto *step = program->add_steps()->mutable_op();
+            step->set_op("Identity");
+            step->add_inputs(id);
+            auto *val = program->add_values();
+            *val = program->values(id);
+            val->clear_constant_section();
+            id = program->values_size() - 1;
+            step->add_outputs(id);
+          }
           program->mutable_values(id)->set_name(name);
           program->add_outputs(id);
         }
-      } else {
-        return fail(&op, "op '" + op.getName().getStringRef() +
-                             "' has no CPU code generation yet (this build compiles fused MoE layers, "
-                             "reshapes and elementwise/reduction/MatMul glue; see docs/ARCHITECTURE.md)");
+      } else if (!emitGraphOp(&op)) {
+        if (!error.empty())
+          return false;
+        return fail(&op, "op '" + op.getName().getStringRef() + "' has no CPU code generation");
       }
     }
     return true;
@@ -597,6 +655,17 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
               << llvm::format("%.2f", em.writer.sectionBytes(pb::Section::WEIGHTS) / 1048576.0)
               << " MiB of packed weights\n";
 
+  auto &meta = em.writer.meta();
+  meta.set_producer("moec 0.1.0");
+  meta.set_target("cpu");
+  meta.set_cpu(options.cpu);
+  meta.set_kernel_abi(1);
+  meta.set_source_model(llvm::sys::path::filename(sourceModel).str());
+  meta.set_code_section(-1);
+  if (em.dispatches == 0 && options.dumpKernelsDir.empty()) // only graph ops: libmoert's kernels run them all
+    return em.writer.write(outPath, error);
+  for (const auto &f : features)
+    meta.add_cpu_features(f);
   // Sources into a private directory, compiled to one shared object.
   SmallString<128> dir;
   if (auto ec = llvm::sys::fs::createUniqueDirectory("moec-cpu", dir)) {
@@ -667,17 +736,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
     error = "cannot read the compiled kernels";
     return false;
   }
-  auto &meta = em.writer.meta();
-  meta.set_producer("moec 0.1.0");
-  meta.set_target("cpu");
-  meta.set_cpu(options.cpu);
-  for (const auto &f : features)
-    meta.add_cpu_features(f);
-  meta.set_kernel_abi(1);
-  meta.set_source_model(llvm::sys::path::filename(sourceModel).str());
   std::vector<char> bytes((*code)->getBufferStart(), (*code)->getBufferEnd());
   meta.set_code_section(em.writer.addSection("code", pb::Section::CODE, std::move(bytes)));
-  if (!em.writer.write(outPath, error))
-    return false;
-  return true;
+  return em.writer.write(outPath, error);
 }

@@ -65,13 +65,10 @@ std::string mib(uint64_t bytes) {
   return os.str();
 }
 
-const char *dtypeName(int d) {
-  static const char *const names[] = {"?", "f32", "f16", "bf16", "i64", "i32", "i8", "u8", "bool"};
-  return d >= 0 && d <= 8 ? names[d] : "?";
-}
-
 std::string typeString(const pb::TensorType &t) {
-  std::string s = std::string(dtypeName(t.dtype())) + "[";
+  if (t.unranked())
+    return std::string(moert::dtypeName(t.dtype())) + "[*]";
+  std::string s = std::string(moert::dtypeName(t.dtype())) + "[";
   for (int i = 0; i < t.dims_size(); ++i) {
     if (i)
       s += ", ";
@@ -151,43 +148,71 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     if (s.kind() != pb::Section::WEIGHTS && s.kind() != pb::Section::CODE)
       return bad("has a section of unknown kind ('" + s.name() + "')");
   }
-  if (a.code_section() < 0 || a.code_section() >= a.sections_size() ||
-      a.sections(a.code_section()).kind() != pb::Section::CODE)
-    return bad("has no code section");
-
-  // The program: every id in range.
+  // The program: every id in range, every value computed before it is read.
   const pb::Program &p = a.program();
   auto validId = [&](int64_t id) { return id >= 0 && id < p.values_size(); };
-  for (uint32_t id : p.inputs())
+  std::vector<char> ready(p.values_size(), 0);
+  for (int i = 0; i < p.values_size(); ++i) {
+    const auto &v = p.values(i);
+    if (moert::dtypeSize(v.type().dtype()) == 0)
+      return bad("has a value of unknown dtype ('" + v.name() + "')");
+    ready[i] = v.has_constant_section();
+  }
+  for (uint32_t id : p.inputs()) {
     if (!validId(id))
       return bad("has a corrupted program (input id)");
-  for (uint32_t id : p.outputs())
-    if (!validId(id))
-      return bad("has a corrupted program (output id)");
+    ready[id] = 1;
+  }
   int dispatchCount = 0;
-  for (const auto &s : p.steps()) {
-    if (s.has_reshape()) {
-      if (!validId(s.reshape().input()) || !validId(s.reshape().output()))
-        return bad("has a corrupted program (reshape ids)");
-    } else if (s.has_moe()) {
+  m.releaseAfter.assign(p.steps_size(), {});
+  std::vector<int> lastUse(p.values_size(), -1);
+  auto read = [&](int64_t id, int step) {
+    if (!validId(id) || !ready[id])
+      return false;
+    lastUse[id] = step;
+    return true;
+  };
+  for (int si = 0; si < p.steps_size(); ++si) {
+    const auto &s = p.steps(si);
+    if (s.has_moe()) {
       const auto &d = s.moe();
-      if (!validId(d.input()) || !validId(d.output()) || (d.logits() != -1 && !validId(d.logits())) ||
-          (d.residual() != -1 && !validId(d.residual())) || d.weight_sections_size() != MOERT_MOE_SLOTS ||
-          static_cast<int>(d.index()) != dispatchCount)
+      if (!read(d.input(), si) || !validId(d.output()) || (d.logits() != -1 && !read(d.logits(), si)) ||
+          (d.residual() != -1 && !read(d.residual(), si)) || d.weight_sections_size() != MOERT_MOE_SLOTS ||
+          static_cast<int>(d.index()) != dispatchCount || p.values(d.output()).type().dtype() != pb::F32)
         return bad("has a corrupted program (dispatch " + std::to_string(dispatchCount) + ")");
+      ready[d.output()] = 1;
       ++dispatchCount;
     } else if (s.has_op()) {
       if (!isSupportedOp(s.op().op()))
         return bad("uses op '" + s.op().op() + "', which this moert cannot run (written by a newer moec?)");
-      for (uint32_t id : s.op().inputs())
+      for (int64_t id : s.op().inputs())
+        if (id != -1 && !read(id, si))
+          return bad("has a corrupted program (op " + s.op().op() + " reads an unknown value)");
+      if (s.op().outputs_size() == 0)
+        return bad("has a corrupted program (op " + s.op().op() + " without outputs)");
+      for (uint32_t id : s.op().outputs()) {
         if (!validId(id))
-          return bad("has a corrupted program (op input ids)");
-      if (!validId(s.op().output()))
-        return bad("has a corrupted program (op output id)");
+          return bad("has a corrupted program (op output id)");
+        ready[id] = 1;
+      }
     } else {
       return bad("has a program step this moert does not know (written by a newer moec?)");
     }
   }
+  for (uint32_t id : p.outputs()) {
+    if (!validId(id) || !ready[id])
+      return bad("has a corrupted program (output id)");
+    lastUse[id] = p.steps_size(); // kept to the end
+  }
+  // Intermediates are released after the step that reads them last.
+  for (int i = 0; i < p.values_size(); ++i)
+    if (lastUse[i] >= 0 && lastUse[i] < p.steps_size() && !p.values(i).has_constant_section())
+      m.releaseAfter[lastUse[i]].push_back(i);
+  if (dispatchCount > 0 && (a.code_section() < 0 || a.code_section() >= a.sections_size() ||
+                            a.sections(a.code_section()).kind() != pb::Section::CODE))
+    return bad("has no code section");
+  if (dispatchCount == 0 && a.code_section() != -1)
+    return bad("has a corrupted program (code without dispatches)");
   for (const auto &v : p.values()) {
     if (!v.has_constant_section())
       continue;
@@ -195,13 +220,15 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     for (const auto &d : v.type().dims())
       count = d.size() < 0 || count > (int64_t(1) << 40) ? -1 : count * d.size();
     if (sec < 0 || sec >= a.sections_size() || a.sections(sec).kind() != pb::Section::WEIGHTS || count < 0 ||
-        v.type().dtype() != pb::F32 || a.sections(sec).size() != uint64_t(count) * 4)
+        v.type().unranked() || a.sections(sec).size() != uint64_t(count) * moert::dtypeSize(v.type().dtype()))
       return bad("has a corrupted constant '" + v.name() + "'");
   }
 
-  const auto &cs = a.sections(a.code_section());
   if (!loadCode)
     return nullptr;
+  uint64_t codeBytes = dispatchCount ? a.sections(a.code_section()).size() : 0;
+  if (dispatchCount > 0) {
+  const auto &cs = a.sections(a.code_section());
   // The code: from memory through a memfd, so nothing is written to disk.
   m.codeFd = memfd_create("moex-code", MFD_CLOEXEC);
   if (m.codeFd < 0)
@@ -250,12 +277,14 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     }
   }
 
+  } // dispatchCount > 0
+
   int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
   m.pool = std::make_unique<moert::ThreadPool>(std::max(1, threads));
 
   // The summary `moert inspect` prints.
   std::ostringstream os;
-  uint64_t weights = 0, codeBytes = cs.size();
+  uint64_t weights = 0;
   for (const auto &s : a.sections())
     if (s.kind() == pb::Section::WEIGHTS)
       weights += s.size();
@@ -277,11 +306,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     os << "  " << p.values(id).name() << ": " << typeString(p.values(id).type()) << "\n";
   os << "steps:\n";
   for (const auto &s : p.steps()) {
-    if (s.has_reshape())
-      os << "  reshape " << p.values(s.reshape().input()).name() << " -> " << p.values(s.reshape().output()).name()
-         << "\n";
-    else if (s.has_op())
-      os << "  op " << s.op().op() << " -> " << p.values(s.op().output()).name() << "\n";
+    if (s.has_op())
+      os << "  op " << s.op().op() << " -> " << p.values(s.op().outputs(0)).name() << "\n";
     else
       os << "  dispatch " << s.moe().index() << ": " << s.moe().description() << " ("
          << mib(s.moe().weight_bytes()) << " of weights)\n";

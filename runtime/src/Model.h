@@ -42,6 +42,7 @@ struct moert_model {
   void *code = nullptr; // dlopen handle
   int codeFd = -1;
   std::vector<moert::Dispatch> dispatches; // by MoEDispatch.index
+  std::vector<std::vector<uint32_t>> releaseAfter; // per step: values last read there (freed after it)
   std::unique_ptr<moert::ThreadPool> pool;
   std::string description;
   ~moert_model();

@@ -1,39 +1,51 @@
-//===- Ops.h - libmoert's kernels for graph ops around MoE dispatches --------===//
+//===- Ops.h - libmoert's kernels for the graph ops around MoE dispatches ---===//
+//
+// Every standard ONNX op moec imports runs here when it is not part of a fused dispatch: router MLPs, norms,
+// attention, shape arithmetic. Shapes are resolved at run time; dtypes are the program's (f16/bf16 compute
+// in f32). Data movement works on bytes, so it serves every dtype.
+//
+//===----------------------------------------------------------------------===//
 #ifndef MOERT_SRC_OPS_H
 #define MOERT_SRC_OPS_H
 
 #include "runtime/artifact.pb.h"
 
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace moert {
 
-/// An op's input (borrowed) or output (allocated by alloc(), 64-byte aligned, owned).
+class ThreadPool;
+
+size_t dtypeSize(int dtype);
+const char *dtypeName(int dtype);
+std::string dimsString(const std::vector<int64_t> &d);
+
+/// A value during a run: dtype (proto::DType; 0 = absent optional input), shape, and its bytes, owned or
+/// borrowed (an input, a constant section, or an aliased op input).
 struct OpTensor {
+  int dtype = 0;
   std::vector<int64_t> dims;
   const char *data = nullptr;
   std::shared_ptr<char> owned;
-  void alloc(std::vector<int64_t> d) {
-    dims = std::move(d);
-    int64_t n = 1;
-    for (int64_t x : dims)
-      n *= x;
-    void *p = nullptr;
-    if (posix_memalign(&p, 64, n > 0 ? size_t(n) * 4 : 64) != 0)
-      p = nullptr;
-    owned = std::shared_ptr<char>(static_cast<char *>(p), [](char *q) { std::free(q); });
-    data = owned.get();
-  }
-  float *f32() { return reinterpret_cast<float *>(owned.get()); }
+
+  bool present() const { return dtype != 0; }
+  int64_t numel() const;
+  size_t bytes() const { return size_t(numel()) * dtypeSize(dtype); }
+  /// Allocates (64-byte aligned) for `d`; false when the size overflows or memory runs out.
+  bool alloc(int dt, std::vector<int64_t> d);
+  template <class T> const T *as() const { return reinterpret_cast<const T *>(data); }
+  template <class T> T *mut() { return reinterpret_cast<T *>(owned.get()); }
 };
 
 bool isSupportedOp(const std::string &op);
-/// Runs `s` on `in` (f32); returns an error message, empty on success.
-std::string runOp(const proto::OpStep &s, const std::vector<OpTensor> &in, OpTensor &out);
+
+/// Runs one op: `out` arrives with each output's dtype set (from the program) and leaves computed. Returns
+/// an error message, empty on success.
+std::string runOp(const proto::OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out,
+                  ThreadPool *pool);
 
 } // namespace moert
 

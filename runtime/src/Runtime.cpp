@@ -22,36 +22,10 @@ struct moert_result {
 
 namespace {
 
-size_t dtypeSize(int d) {
-  switch (d) {
-  case MOERT_F32:
-  case MOERT_I32:
-    return 4;
-  case MOERT_F16:
-  case MOERT_BF16:
-    return 2;
-  case MOERT_I64:
-    return 8;
-  case MOERT_I8:
-  case MOERT_U8:
-  case MOERT_BOOL:
-    return 1;
-  default:
-    return 0;
-  }
-}
-
-const char *dtypeName(int d) {
-  static const char *const names[] = {"?", "f32", "f16", "bf16", "i64", "i32", "i8", "u8", "bool"};
-  return d >= 0 && d <= 8 ? names[d] : "?";
-}
-
-std::string dimsString(const std::vector<int64_t> &d) {
-  std::string s = "[";
-  for (size_t i = 0; i < d.size(); ++i)
-    s += (i ? ", " : "") + std::to_string(d[i]);
-  return s + "]";
-}
+using moert::dimsString;
+using moert::dtypeName;
+using moert::dtypeSize;
+using Tensor = moert::OpTensor;
 
 int64_t numel(const std::vector<int64_t> &d) {
   int64_t n = 1;
@@ -59,13 +33,6 @@ int64_t numel(const std::vector<int64_t> &d) {
     n *= x;
   return n;
 }
-
-/// A value during a run: its shape and where its data is (owned here or borrowed from an input).
-struct Tensor {
-  std::vector<int64_t> dims;
-  const char *data = nullptr;
-  std::shared_ptr<char> owned;
-};
 
 std::shared_ptr<char> alignedAlloc(size_t bytes) {
   void *p = nullptr;
@@ -108,6 +75,11 @@ void moert_free(moert_model *model) { delete model; }
 
 size_t moert_num_inputs(const moert_model *m) { return m ? m->meta.program().inputs_size() : 0; }
 size_t moert_num_outputs(const moert_model *m) { return m ? m->meta.program().outputs_size() : 0; }
+moert_dtype moert_input_dtype(const moert_model *m, size_t i) {
+  if (!m || i >= moert_num_inputs(m))
+    return MOERT_DTYPE_UNKNOWN;
+  return static_cast<moert_dtype>(m->meta.program().values(m->meta.program().inputs(i)).type().dtype());
+}
 const char *moert_input_name(const moert_model *m, size_t i) {
   if (!m || i >= moert_num_inputs(m))
     return nullptr;
@@ -156,9 +128,11 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
     if (t->rank != v.type().dims_size())
       return makeError("input '" + v.name() + "': rank " + std::to_string(t->rank) + ", the model takes rank " +
                        std::to_string(v.type().dims_size()));
-    if (t->rank > 0 && (!t->dims || !t->data))
-      return makeError("input '" + v.name() + "': dims and data must not be NULL");
+    if (t->rank > 0 && !t->dims)
+      return makeError("input '" + v.name() + "': dims must not be NULL");
     std::vector<int64_t> dims(t->dims, t->dims + t->rank);
+    if (!t->data && numel(dims) != 0)
+      return makeError("input '" + v.name() + "': data must not be NULL");
     for (int d = 0; d < t->rank; ++d) {
       const pb::Dim &want = v.type().dims(d);
       if (dims[d] < 0)
@@ -173,7 +147,9 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
                            std::to_string(dims[d]) + " but another input gives it " + std::to_string(it->second));
       }
     }
-    values[p.inputs(i)] = Tensor{std::move(dims), static_cast<const char *>(t->data), nullptr};
+    static const char kEmpty[64] = {};
+    values[p.inputs(i)] = Tensor{v.type().dtype(), std::move(dims), t->data ? static_cast<const char *>(t->data) : kEmpty,
+                                 nullptr};
   }
 
   for (int i = 0; i < p.values_size(); ++i) {
@@ -183,7 +159,7 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
     std::vector<int64_t> dims;
     for (const auto &d : v.type().dims())
       dims.push_back(d.size());
-    values[i] = Tensor{std::move(dims),
+    values[i] = Tensor{v.type().dtype(), std::move(dims),
                        reinterpret_cast<const char *>(m->map + m->meta.sections(v.constant_section()).offset()),
                        nullptr};
   }
@@ -198,61 +174,33 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
     const pb::Step &s = p.steps(si);
     auto start = std::chrono::steady_clock::now();
     std::string label;
-    if (s.has_reshape()) {
-      const auto &r = s.reshape();
-      const Tensor &in = values[r.input()];
-      if (!in.data && numel(in.dims) != 0)
-        return makeError("internal: reshape of a value not computed yet");
-      std::vector<int64_t> dims;
-      int64_t known = 1, infer = -1;
-      for (int i = 0; i < r.shape_size(); ++i) {
-        int64_t d = r.shape(i);
-        if (d == 0 && !r.allowzero()) {
-          if (i >= static_cast<int>(in.dims.size()))
-            return makeError("reshape " + p.values(r.output()).name() + ": 0 copies dim " + std::to_string(i) +
-                             " of a rank-" + std::to_string(in.dims.size()) + " tensor");
-          d = in.dims[i];
-        }
-        if (d == -1) {
-          if (infer >= 0)
-            return makeError("reshape " + p.values(r.output()).name() + ": two -1 dims");
-          infer = i;
-          dims.push_back(1);
-          continue;
-        }
-        if (d < 0)
-          return makeError("reshape " + p.values(r.output()).name() + ": bad dim " + std::to_string(d));
-        known *= d;
-        dims.push_back(d);
-      }
-      int64_t total = numel(in.dims);
-      if (infer >= 0) {
-        if (known == 0 || total % known != 0)
-          return makeError("cannot reshape " + dimsString(in.dims) + " for " + p.values(r.output()).name());
-        dims[infer] = total / known;
-      }
-      if (numel(dims) != total)
-        return makeError("cannot reshape " + dimsString(in.dims) + " to " + dimsString(dims));
-      values[r.output()] = Tensor{std::move(dims), in.data, in.owned};
-      label = "reshape";
-    } else if (s.has_op()) {
+    if (s.has_op()) {
       const auto &o = s.op();
-      std::vector<moert::OpTensor> ins;
-      for (uint32_t id : o.inputs()) {
-        if (!values[id].data && numel(values[id].dims) != 0)
+      std::vector<Tensor> ins;
+      for (int64_t id : o.inputs()) {
+        if (id >= 0 && !values[id].data)
           return makeError("internal: op " + o.op() + " reads a value not computed yet");
-        ins.push_back(moert::OpTensor{values[id].dims, values[id].data, values[id].owned});
+        ins.push_back(id >= 0 ? values[id] : Tensor{});
       }
-      moert::OpTensor result;
-      std::string why = moert::runOp(o, ins, result);
+      std::vector<Tensor> outs(o.outputs_size());
+      for (int k = 0; k < o.outputs_size(); ++k)
+        outs[k].dtype = p.values(o.outputs(k)).type().dtype();
+      std::string why = moert::runOp(o, ins, outs, m->pool.get());
       if (!why.empty())
-        return makeError(p.values(o.output()).name() + ": " + why);
-      values[o.output()] = Tensor{result.dims, result.data, result.owned};
+        return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
+      for (int k = 0; k < o.outputs_size(); ++k) {
+        if (!outs[k].data || outs[k].dtype != p.values(o.outputs(k)).type().dtype())
+          return makeError("internal: op " + o.op() + " left output " + std::to_string(k) + " uncomputed");
+        values[o.outputs(k)] = std::move(outs[k]);
+      }
       label = o.op();
     } else {
       const auto &d = s.moe();
       const moert::Dispatch &x = m->dispatches[d.index()];
       const Tensor &in = values[d.input()];
+      if (in.dtype != moert::proto::F32)
+        return makeError("dispatch " + std::to_string(d.index()) + ": input of dtype " + dtypeName(in.dtype) +
+                         ", expected f32");
       if (in.dims.size() != 2 || in.dims[1] != x.hidden)
         return makeError("dispatch " + std::to_string(d.index()) + ": input " + dimsString(in.dims) +
                          ", expected [T, " + std::to_string(x.hidden) + "]");
@@ -287,9 +235,11 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       args.exec = &exec;
       if (int rc = x.run(&args))
         return makeError("dispatch " + std::to_string(d.index()) + " failed (code " + std::to_string(rc) + ")");
-      values[d.output()] = Tensor{in.dims, output.get(), output};
+      values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
       label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ")";
     }
+    for (uint32_t id : m->releaseAfter[si])
+      values[id] = Tensor{};
     if (profile) {
       auto end = std::chrono::steady_clock::now();
       trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"" << label << "\", \"ph\": \"X\", \"pid\": 0, \"tid\": 0, "

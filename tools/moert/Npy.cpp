@@ -16,7 +16,8 @@ struct DescrInfo {
 };
 const DescrInfo kDescrs[] = {{"<f4", MOERT_F32, 4}, {"<f2", MOERT_F16, 2}, {"<i8", MOERT_I64, 8},
                              {"<i4", MOERT_I32, 4}, {"|i1", MOERT_I8, 1},  {"|u1", MOERT_U8, 1},
-                             {"|b1", MOERT_BOOL, 1}};
+                             {"|b1", MOERT_BOOL, 1}, {"<f8", MOERT_F64, 8}, {"<i2", MOERT_I16, 2},
+                             {"<u2", MOERT_U16, 2},  {"<u4", MOERT_U32, 4}, {"<u8", MOERT_U64, 8}};
 
 /// The value of `key` in the header's Python dict literal, up to the next top-level comma.
 std::string field(const std::string &header, const std::string &key) {
@@ -82,7 +83,7 @@ bool moert::npy::read(const std::string &path, Array &out, std::string &error) {
     if (descr.find(d.descr) != std::string::npos)
       info = &d;
   if (!info) {
-    error = path + ": unsupported dtype " + descr + " (f32, f16, i64, i32, i8, u8 or bool, little-endian)";
+    error = path + ": unsupported dtype " + descr + " (f32, f64, f16, i64, i32, i16, i8, u64, u32, u16, u8 or bool, little-endian)";
     return false;
   }
   out.dtype = info->dtype;

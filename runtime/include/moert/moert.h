@@ -45,7 +45,12 @@ typedef enum moert_dtype {
   MOERT_I32 = 5,
   MOERT_I8 = 6,
   MOERT_U8 = 7,
-  MOERT_BOOL = 8
+  MOERT_BOOL = 8,
+  MOERT_F64 = 9,
+  MOERT_I16 = 10,
+  MOERT_U16 = 11,
+  MOERT_U32 = 12,
+  MOERT_U64 = 13
 } moert_dtype;
 
 /* A dense row-major tensor. For inputs `data` is read only; `name` may be NULL to bind by position. */
@@ -78,6 +83,8 @@ MOERT_API void moert_free(moert_model *model);
 MOERT_API size_t moert_num_inputs(const moert_model *model);
 MOERT_API size_t moert_num_outputs(const moert_model *model);
 MOERT_API const char *moert_input_name(const moert_model *model, size_t i);
+/* The dtype input i takes (MOERT_DTYPE_UNKNOWN when i is out of range). */
+MOERT_API moert_dtype moert_input_dtype(const moert_model *model, size_t i);
 MOERT_API const char *moert_output_name(const moert_model *model, size_t i);
 /* Human-readable summary (inputs, outputs, dispatches, target, sizes, versions); valid while loaded. */
 MOERT_API const char *moert_describe(const moert_model *model);

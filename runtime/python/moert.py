@@ -1,0 +1,120 @@
+"""Python access to libmoert (its C API, runtime/include/moert/moert.h) through ctypes, with NumPy arrays.
+
+    import moert
+    rt = moert.Runtime("build/lib/libmoert.so")
+    model = rt.load("model.moex", threads=2)
+    outputs = model.run({"x": x})          # {name: np.ndarray}
+    model.close()
+
+Used by the tests and the benchmarks; nothing here is needed to run an artifact from C or the `moert` CLI.
+"""
+import ctypes
+
+import numpy as np
+
+# moert_dtype <-> NumPy (bf16 has no NumPy dtype: its tensors come back as uint16 bit patterns).
+_DTYPES = {1: np.float32, 2: np.float16, 3: np.uint16, 4: np.int64, 5: np.int32, 6: np.int8, 7: np.uint8,
+           8: np.bool_, 9: np.float64, 10: np.int16, 11: np.uint16, 12: np.uint32, 13: np.uint64}
+_CODES = {np.dtype(v): k for k, v in _DTYPES.items() if k != 3}
+
+
+class _Tensor(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("dtype", ctypes.c_int), ("rank", ctypes.c_int32),
+                ("dims", ctypes.POINTER(ctypes.c_int64)), ("data", ctypes.c_void_p)]
+
+
+class _LoadOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("verify_checksum", ctypes.c_int)]
+
+
+class Error(RuntimeError):
+    """A moert_status: the library's one-line message."""
+
+
+class Runtime:
+    def __init__(self, library):
+        lib = self.lib = ctypes.CDLL(library)
+        vp = ctypes.c_void_p
+        lib.moert_status_message.restype = ctypes.c_char_p
+        lib.moert_status_message.argtypes = [vp]
+        lib.moert_status_free.argtypes = [vp]
+        lib.moert_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(_LoadOptions), ctypes.POINTER(vp)]
+        lib.moert_load.restype = vp
+        lib.moert_run.argtypes = [vp, vp, ctypes.POINTER(_Tensor), ctypes.c_size_t, ctypes.POINTER(vp)]
+        lib.moert_run.restype = vp
+        lib.moert_num_inputs.argtypes = [vp]
+        lib.moert_num_inputs.restype = ctypes.c_size_t
+        lib.moert_input_name.argtypes = [vp, ctypes.c_size_t]
+        lib.moert_input_name.restype = ctypes.c_char_p
+        lib.moert_input_dtype.argtypes = [vp, ctypes.c_size_t]
+        lib.moert_input_dtype.restype = ctypes.c_int
+        lib.moert_result_num_outputs.argtypes = [vp]
+        lib.moert_result_num_outputs.restype = ctypes.c_size_t
+        lib.moert_result_output.restype = ctypes.POINTER(_Tensor)
+        lib.moert_result_output.argtypes = [vp, ctypes.c_size_t]
+        lib.moert_result_free.argtypes = [vp]
+        lib.moert_free.argtypes = [vp]
+
+    def check(self, status):
+        if status:
+            message = self.lib.moert_status_message(status).decode(errors="replace")
+            self.lib.moert_status_free(status)
+            raise Error(message)
+
+    def load(self, path, threads=0, verify_checksum=True):
+        handle = ctypes.c_void_p()
+        opts = _LoadOptions(ctypes.sizeof(_LoadOptions), threads, int(verify_checksum))
+        self.check(self.lib.moert_load(str(path).encode(), ctypes.byref(opts), ctypes.byref(handle)))
+        return Model(self, handle)
+
+
+class Model:
+    def __init__(self, rt, handle):
+        self.rt, self.handle = rt, handle
+        lib = rt.lib
+        n = lib.moert_num_inputs(handle)
+        self.input_names = [lib.moert_input_name(handle, i).decode() for i in range(n)]
+        self.input_dtypes = {self.input_names[i]: lib.moert_input_dtype(handle, i) for i in range(n)}
+
+    def run(self, feeds):
+        """feeds: {name: array} (or a list in input order). Returns {output name: array} (copies)."""
+        if not isinstance(feeds, dict):
+            feeds = dict(zip(self.input_names, feeds))
+        keep, tensors = [], []
+        for name, a in feeds.items():
+            a = np.require(a, requirements="C")  # keeps rank 0 (ascontiguousarray would not)
+            code = _CODES.get(a.dtype)
+            if self.input_dtypes.get(name) == 3 and (a.dtype == np.uint16 or a.dtype.name == "bfloat16"):
+                a, code = a.view(np.uint16), 3  # bf16 given as its bit patterns (or ml_dtypes.bfloat16)
+            if code is None:
+                raise Error(f"input '{name}': NumPy dtype {a.dtype} has no moert dtype")
+            dims = (ctypes.c_int64 * max(a.ndim, 1))(*a.shape)
+            keep += [a, dims]
+            tensors.append(_Tensor(name.encode(), code, a.ndim, dims, a.ctypes.data))
+        arr = (_Tensor * max(len(tensors), 1))(*tensors)
+        res = ctypes.c_void_p()
+        lib = self.rt.lib
+        self.rt.check(lib.moert_run(self.handle, None, arr, len(tensors), ctypes.byref(res)))
+        try:
+            out = {}
+            for i in range(lib.moert_result_num_outputs(res)):
+                t = lib.moert_result_output(res, i).contents
+                shape = tuple(t.dims[d] for d in range(t.rank))
+                dtype = np.dtype(_DTYPES[t.dtype])
+                count = int(np.prod(shape, dtype=np.int64))
+                if count == 0 or not t.data:
+                    out[t.name.decode()] = np.zeros(shape, dtype)
+                    continue
+                buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(t.data)
+                out[t.name.decode()] = np.frombuffer(bytes(buf), dtype).reshape(shape)
+            return out
+        finally:
+            lib.moert_result_free(res)
+
+    def close(self):
+        if self.handle:
+            self.rt.lib.moert_free(self.handle)
+            self.handle = None
+
+    def __del__(self):
+        self.close()

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Runs the ONNX backend node tests (Debian's libonnx-testdata) end to end on the CPU: `moec compile` each
+in-scope model to an artifact, run it with libmoert on every test_data_set, and compare with the expected
+outputs the test data ships (made by ONNX's reference implementation).
+
+In scope: as for import_node_tests.py (every op in `moec import --list-ops` at the model's opset, numeric or
+bool tensors only). Tolerance: ONNX's backend-test default, |got - want| <= 1e-7 + 1e-3 * |want| elementwise
+(exact for integers and bools); shapes and dtypes must match.
+
+Prints every failure with its reason (the compiler's or runtime's error line, or the mismatch) and
+'passed N of M (P%)'. Exit 1 when the pass rate is under --min-pass (95%) or a test outside
+--known-failures fails; the known-failures file lists tests expected to fail, one per line with the reason.
+
+  run_node_tests.py --moec build/bin/moec --lib build/lib/libmoert.so [--filter SUBSTR] [--list]
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "runtime", "python"))
+import moert  # noqa: E402
+from import_node_tests import in_scope, supported_ops  # noqa: E402
+
+
+def load_pb(path):
+    t = onnx.TensorProto()
+    with open(path, "rb") as f:
+        t.ParseFromString(f.read())
+    return t.name, numpy_helper.to_array(t)
+
+
+def compare(name, got, want):
+    if got.shape != want.shape:
+        return f"output '{name}': shape {got.shape}, expected {want.shape}"
+    if want.dtype.kind in "fc":
+        if got.dtype != want.dtype:
+            return f"output '{name}': dtype {got.dtype}, expected {want.dtype}"
+        g, w = got.astype(np.float64), want.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~((np.abs(g - w) <= 1e-7 + 1e-3 * np.abs(w)) | (np.isnan(g) & np.isnan(w)) | (g == w))
+        if bad.any():
+            i = np.unravel_index(np.argmax(bad), bad.shape)
+            return f"output '{name}': {int(bad.sum())} of {bad.size} elements off, e.g. at {i}: {g[i]} vs {w[i]}"
+        return None
+    if got.dtype != want.dtype and not (want.dtype == np.uint16 and got.dtype == np.uint16):
+        return f"output '{name}': dtype {got.dtype}, expected {want.dtype}"
+    if not np.array_equal(got, want):
+        return f"output '{name}': values differ"
+    return None
+
+
+def run_test(args, rt, test_dir, tmp):
+    model_path = os.path.join(test_dir, "model.onnx")
+    artifact = os.path.join(tmp, "m.moex")
+    if os.path.exists(artifact):
+        os.remove(artifact)
+    r = subprocess.run([args.moec, "compile", model_path, "-o", artifact, "--quiet"], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        lines = r.stderr.strip().splitlines()
+        return "compile: " + (lines[-1] if lines else f"exit {r.returncode}")
+    model = onnx.load(model_path, load_external_data=False)
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    try:
+        m = rt.load(artifact, threads=1)
+    except moert.Error as e:
+        return f"load: {e}"
+    try:
+        sets = sorted(d for d in os.listdir(test_dir) if d.startswith("test_data_set"))
+        for s in sets:
+            d = os.path.join(test_dir, s)
+            feeds = {}
+            for i in range(len(inputs)):
+                p = os.path.join(d, f"input_{i}.pb")
+                if os.path.exists(p):
+                    feeds[inputs[i]] = load_pb(p)[1]
+            try:
+                got = m.run(feeds)
+            except moert.Error as e:
+                return f"run: {e}"
+            for i, name in enumerate(outputs):
+                want = load_pb(os.path.join(d, f"output_{i}.pb"))[1]
+                if name not in got:
+                    return f"output '{name}' missing"
+                why = compare(name, got[name], want)
+                if why:
+                    return f"{s}: {why}"
+    finally:
+        m.close()
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--moec", required=True)
+    ap.add_argument("--lib", required=True, help="libmoert.so")
+    ap.add_argument("--data", default="/usr/share/libonnx-testdata/data/node")
+    ap.add_argument("--filter", default="", help="only tests whose name contains this")
+    ap.add_argument("--known-failures", default=os.path.join(HERE, "node_tests_known_failures.txt"))
+    ap.add_argument("--min-pass", type=float, default=95.0)
+    ap.add_argument("--list", action="store_true", help="print every in-scope test and its result")
+    args = ap.parse_args()
+    if not os.path.isdir(args.data):
+        print(f"run_node_tests: {args.data} not found (Debian package libonnx-testdata)", file=sys.stderr)
+        return 1
+    known = {}
+    if os.path.exists(args.known_failures):
+        for line in open(args.known_failures):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, _, why = line.partition(" ")
+                known[name] = why.strip()
+    table = supported_ops(args.moec)
+    rt = moert.Runtime(args.lib)
+    passed, failed = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sorted(os.listdir(args.data)):
+            test_dir = os.path.join(args.data, name)
+            if args.filter not in name or not os.path.isfile(os.path.join(test_dir, "model.onnx")):
+                continue
+            if in_scope(onnx.load(os.path.join(test_dir, "model.onnx"), load_external_data=False), table):
+                continue
+            why = run_test(args, rt, test_dir, tmp)
+            (failed if why else passed).append((name, why))
+            if args.list:
+                print(f"{'FAIL' if why else 'PASS'}: {name}", flush=True)
+    unexpected = [(n, w) for n, w in failed if n not in known]
+    for name, why in failed:
+        print(f"FAIL{'' if name in known else ' (unexpected)'}: {name}: {why}")
+    fixed = sorted(set(known) & {n for n, _ in passed})
+    for name in fixed:
+        print(f"now passing (remove from the known failures): {name}")
+    total = len(passed) + len(failed)
+    rate = 100.0 * len(passed) / max(total, 1)
+    print(f"passed {len(passed)} of {total} in-scope node tests ({rate:.1f}%); {len(failed)} failed, "
+          f"{len(unexpected)} of them not known failures")
+    return 1 if rate < args.min_pass or unexpected else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
