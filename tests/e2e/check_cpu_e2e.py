@@ -82,6 +82,15 @@ def transformers_cases():
             return {"hidden_states": rng.standard_normal((2, t, hidden)).astype(np.float32)}
 
         yield f"transformers/{family}", path, feeds, "ort"
+    # Whole 2-layer models (embedding, attention with rotary embeddings and causal mask, MoE blocks, LM head):
+    # the MoE layers become dispatches, everything else runs on libmoert's op kernels. T = sequence length.
+    for family in ["mixtral", "qwen2_moe", "olmoe", "deepseek_v3", "zaya"]:
+        path = os.path.join(ROOT, "tests", "fixtures", "transformers", f"whole_{family}.onnx")
+
+        def feeds(t, rng):
+            return {"input_ids": rng.integers(0, 32, (1, t)).astype(np.int64)}
+
+        yield f"transformers/whole_{family}", path, feeds, "ort"
 
 
 def ort_moe_model(path, h, f, e, k, act, normalize, bias, router):
