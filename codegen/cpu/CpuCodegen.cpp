@@ -1,6 +1,7 @@
 //===- CpuCodegen.cpp - fused graph -> CPU artifact --------------------------===//
 #include "codegen/cpu/CpuCodegen.h"
 #include "codegen/Artifact.h"
+#include "kernels/cpu/moert_kernel_abi.h"
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
 #include "passes/MatchUtils.h"
@@ -18,6 +19,7 @@
 #include "llvm/Support/Program.h"
 #include "llvm/TargetParser/Host.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -37,8 +39,41 @@ const std::pair<const char *, const char *> kKernelSources[] = {
 // Kernel weight slots (kernels/cpu/moert_kernel_abi.h).
 enum Slot {
   FC1 = 0, FC2, ROUTER, ROUTER_BIAS, SEL_BIAS, FC1_BIAS, FC2_BIAS, MASK, PRED_A, PRED_B, NORM_W, NORM_B,
-  SHARED1, SHARED2, SHARED_GATE, NUM_SLOTS
+  SHARED1, SHARED2, SHARED_GATE, FC1_SCALES, FC2_SCALES, SHARED1_SCALES, SHARED2_SCALES, NUM_SLOTS
 };
+static_assert(int(NUM_SLOTS) == int(MOERT_MOE_SLOTS) && int(FC1_SCALES) == int(MOERT_FC1_SCALES), "slots follow moert_kernel_abi.h");
+
+/// Weight-only quantised rows on the host: `rows` rows of `k` centred integers (q - zero point) with one
+/// f32 scale per block of `blk` columns (`nb` blocks a row).
+struct QRows {
+  std::vector<int8_t> q;
+  std::vector<float> s;
+  int64_t rows = 0, k = 0, blk = 0, nb = 0;
+};
+
+/// Symmetric quantisation of f32 rows: scale = max|w| / qmax per block, q = round-half-even(w / scale).
+QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk) {
+  QRows out;
+  out.rows = rows, out.k = k, out.blk = blk, out.nb = (k + blk - 1) / blk;
+  out.q.resize(rows * k);
+  out.s.resize(rows * out.nb);
+  const float qmax = bits == 8 ? 127.0f : 7.0f, qmin = bits == 8 ? -127.0f : -8.0f;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < out.nb; ++b) {
+      int64_t c0 = b * blk, c1 = std::min(k, c0 + blk);
+      float m = 0.0f;
+      for (int64_t c = c0; c < c1; ++c)
+        m = std::max(m, std::fabs(w[r * k + c]));
+      float scale = m / qmax;
+      out.s[r * out.nb + b] = scale;
+      for (int64_t c = c0; c < c1; ++c) {
+        float v = scale > 0.0f ? std::nearbyint(w[r * k + c] / scale) : 0.0f;
+        out.q[r * k + c] = static_cast<int8_t>(std::clamp(v, qmin, qmax));
+      }
+    }
+  return out;
+}
+
 
 /// CPU features each -march needs at run time (checked by moert before it loads the code).
 struct CpuInfo {
@@ -330,9 +365,49 @@ struct Emitter {
                              std::move(bytes));
   }
 
+  /// ONNX Runtime QMoE's packed integers ([E, rows, K * bits / 8], low nibble first) and their scales
+  /// ([E, rows] or [E, rows, K / block]) as centred rows.
+  bool importedRows(moe::SparseMoEOp op, Value packed, Value scales, moe::WeightQuantAttr qa, StringRef what,
+                    int64_t rows, int64_t k, QRows &out) {
+    auto t = cast<RankedTensorType>(packed.getType());
+    std::vector<char> bytes = constantTensorBytes(packed);
+    std::vector<float> sc;
+    if (bytes.empty())
+      return fail(op, "operand '" + what + "' must be a constant (an ONNX initializer) to be packed");
+    if (!f32Constant(scales, (what + "_scales").str(), sc, error))
+      return fail(op, error);
+    unsigned bits = qa.getBits();
+    bool isUnsigned = t.getElementType().isUnsignedInteger();
+    int64_t blk = qa.getBlockSize() ? qa.getBlockSize() : k;
+    out.rows = rows, out.k = k, out.blk = blk, out.nb = (k + blk - 1) / blk;
+    if (int64_t(bytes.size()) * 8 != rows * k * bits || int64_t(sc.size()) != rows * out.nb)
+      return fail(op, "operand '" + what + "': packed size or scale count disagrees with its layer shape");
+    out.q.resize(rows * k);
+    for (int64_t i = 0; i < rows * k; ++i) {
+      int v;
+      if (bits == 8) {
+        v = isUnsigned ? int(uint8_t(bytes[i])) - 128 : int(int8_t(bytes[i]));
+      } else {
+        int nib = (uint8_t(bytes[i / 2]) >> ((i & 1) * 4)) & 15;
+        v = isUnsigned ? nib - 8 : (nib >= 8 ? nib - 16 : nib);
+      }
+      out.q[i] = static_cast<int8_t>(v);
+    }
+    out.s = std::move(sc);
+    return true;
+  }
+
+  /// Kernel bytes of quantised rows: int8 as is, int4 as nibbles (centred + 8), two per byte, low first.
+  static std::vector<char> packBits(const std::vector<int8_t> &q, int bits) {
+    if (bits == 8)
+      return std::vector<char>(q.begin(), q.end());
+    std::vector<char> out((q.size() + 1) / 2, 0);
+    for (size_t i = 0; i < q.size(); ++i)
+      out[i / 2] = char(uint8_t(out[i / 2]) | uint8_t(((q[i] + 8) & 15) << ((i & 1) * 4)));
+    return out;
+  }
+
   bool emitMoE(moe::SparseMoEOp op) {
-    if (op.getFc1QuantAttr() || op.getFc2QuantAttr())
-      return fail(op, "quantised expert weights (int4/int8) have no CPU code generation yet");
     auto inT = op.getInput().getType();
     if (!inT.getElementType().isF32())
       return fail(op, "moe.sparse_moe on " + llvm::Twine(inT.getElementType().isF16() ? "f16" : "non-f32") +
@@ -352,25 +427,85 @@ struct Emitter {
       weightBytes += bytes.size();
       sections[slot] = weightSection(op, slot, name, std::move(bytes));
     };
-    // fc1 [E, g*F, H] -> [E][F][g][H]; fc2 [E, H, F] -> [E][F][H].
-    std::vector<float> w1, w2;
-    if (!f32Constant(op.getFc1(), "fc1", w1, error) || !f32Constant(op.getFc2(), "fc2", w2, error))
-      return fail(op, error);
     auto gatedRow = [&](int64_t j, int64_t part, int64_t fdim) {
       return !gated ? j : (interleaved ? 2 * j + part : part * fdim + j);
     };
-    {
-      std::vector<float> p1(w1.size()), p2(w2.size());
-      for (int64_t x = 0; x < e; ++x)
-        for (int64_t j = 0; j < f; ++j) {
-          for (int64_t part = 0; part < g; ++part)
-            std::memcpy(&p1[((x * f + j) * g + part) * h], &w1[(x * g * f + gatedRow(j, part, f)) * h], h * 4);
-          for (int64_t r = 0; r < h; ++r)
-            p2[(x * f + j) * h + r] = w2[(x * h + r) * f + j];
+    // Expert weights in the kernels' layouts: fc1 [E, g*F, H] -> [E][F][g][H]; fc2 [E, H, F] -> [E][F][H]
+    // (transposed). Quantised ones (QMoE's, or --weights=int8/int4) as integers packed along H with f32
+    // scales: fc1's per block of QBLOCK1 columns of a row, fc2's per column per block of QBLOCK2 rows.
+    auto q1a = op.getFc1QuantAttr(), q2a = op.getFc2QuantAttr();
+    int qbits = q1a ? int(q1a.getBits()) : opts.weights == "int8" ? 8 : opts.weights == "int4" ? 4 : 0;
+    if (bool(q1a) != bool(q2a) || (q1a && q1a.getBits() != q2a.getBits()))
+      return fail(op, "fc1 and fc2 quantised differently (or only one of them) have no CPU code generation");
+    if (q1a && opts.weights != "fp32")
+      return fail(op, "--weights=" + opts.weights + " on a layer whose weights are already quantised (QMoE)");
+    if (qbits == 4 && h % 2)
+      return fail(op, "int4 weights need an even H (packed two per byte along H); H = " + Twine(h));
+    int64_t qblock1 = 0, qblock2 = 0;
+    // Packs (x, j, part) rows of fc1 and fc2 columns for `ne` experts with `fdim` dims into `slot`s.
+    auto packExperts = [&](int64_t ne, int64_t fdim, const std::vector<float> &w1, const std::vector<float> &w2,
+                           const QRows *r1, const QRows *r2, int slot1, int slot2, int sslot1, int sslot2,
+                           StringRef name1, StringRef name2) {
+      if (!qbits) {
+        std::vector<float> p1(ne * fdim * g * h), p2(ne * fdim * h);
+        for (int64_t x = 0; x < ne; ++x)
+          for (int64_t j = 0; j < fdim; ++j) {
+            for (int64_t part = 0; part < g; ++part)
+              std::memcpy(&p1[((x * fdim + j) * g + part) * h], &w1[(x * g * fdim + gatedRow(j, part, fdim)) * h],
+                          h * 4);
+            for (int64_t i = 0; i < h; ++i)
+              p2[(x * fdim + j) * h + i] = w2[(x * h + i) * fdim + j];
+          }
+        add(slot1, name1, std::move(p1));
+        add(slot2, name2, std::move(p2));
+        return;
+      }
+      std::vector<int8_t> q1(ne * fdim * g * h), q2(ne * fdim * h);
+      std::vector<float> s1(ne * fdim * g * r1->nb), s2(ne * r2->nb * h);
+      for (int64_t x = 0; x < ne; ++x)
+        for (int64_t j = 0; j < fdim; ++j) {
+          for (int64_t part = 0; part < g; ++part) {
+            int64_t src = x * g * fdim + gatedRow(j, part, fdim), dst = (x * fdim + j) * g + part;
+            std::memcpy(&q1[dst * h], &r1->q[src * h], h);
+            std::memcpy(&s1[dst * r1->nb], &r1->s[src * r1->nb], r1->nb * 4);
+          }
+          for (int64_t i = 0; i < h; ++i)
+            q2[(x * fdim + j) * h + i] = r2->q[(x * h + i) * fdim + j];
         }
-      add(FC1, "fc1", std::move(p1));
-      add(FC2, "fc2", std::move(p2));
+      for (int64_t x = 0; x < ne; ++x)
+        for (int64_t i = 0; i < h; ++i)
+          for (int64_t b = 0; b < r2->nb; ++b)
+            s2[(x * r2->nb + b) * h + i] = r2->s[(x * h + i) * r2->nb + b];
+      auto raw = [&](int slot, StringRef name, std::vector<char> bytes) {
+        weightBytes += bytes.size();
+        sections[slot] = weightSection(op, slot, name, std::move(bytes));
+      };
+      raw(slot1, name1, packBits(q1, qbits));
+      raw(slot2, name2, packBits(q2, qbits));
+      add(sslot1, (name1 + "_scales").str(), std::move(s1));
+      add(sslot2, (name2 + "_scales").str(), std::move(s2));
+    };
+    std::vector<float> w1, w2;
+    QRows r1, r2;
+    if (q1a) {
+      if (!importedRows(op, op.getFc1(), op.getFc1Scales(), q1a, "fc1", e * g * f, h, r1) ||
+          !importedRows(op, op.getFc2(), op.getFc2Scales(), q2a, "fc2", e * h, f, r2))
+        return false;
+      if (r1.blk % 8 != 0 && r1.blk < h)
+        return fail(op, "fc1 quantisation blocks of " + Twine(r1.blk) + " columns (CPU kernels need a multiple "
+                        "of 8, or one scale per row)");
+      qblock1 = r1.blk;
+      qblock2 = q2a.getBlockSize(); // 0: one scale per row of fc2 = per column of its transpose
+    } else {
+      if (!f32Constant(op.getFc1(), "fc1", w1, error) || !f32Constant(op.getFc2(), "fc2", w2, error))
+        return fail(op, error);
+      if (qbits) {
+        qblock1 = qblock2 = 32;
+        r1 = quantizeRows(w1, e * g * f, h, qbits, qblock1);
+        r2 = quantizeRows(w2, e * h, f, qbits, qblock2);
+      }
     }
+    packExperts(e, f, w1, w2, &r1, &r2, FC1, FC2, FC1_SCALES, FC2_SCALES, "fc1", "fc2");
     bool linear = op.getRouterKind() == moe::RouterKind::linear;
     int64_t logitsId = -1;
     if (linear) {
@@ -444,15 +579,13 @@ struct Emitter {
           !f32Constant(op.getSharedFc2(), "shared_fc2", s2, error))
         return fail(op, error);
       fs = cast<RankedTensorType>(op.getSharedFc2().getType()).getDimSize(1);
-      std::vector<float> p1(s1.size()), p2(s2.size());
-      for (int64_t j = 0; j < fs; ++j) {
-        for (int64_t part = 0; part < g; ++part)
-          std::memcpy(&p1[(j * g + part) * h], &s1[gatedRow(j, part, fs) * h], h * 4);
-        for (int64_t i = 0; i < h; ++i)
-          p2[j * h + i] = s2[i * fs + j];
+      QRows sr1, sr2;
+      if (qbits) { // the shared expert is quantised like the routed ones (same blocks)
+        sr1 = quantizeRows(s1, g * fs, h, qbits, qblock1);
+        sr2 = quantizeRows(s2, h, fs, qbits, qblock2 ? qblock2 : fs);
       }
-      add(SHARED1, "shared_fc1", std::move(p1));
-      add(SHARED2, "shared_fc2", std::move(p2));
+      packExperts(1, fs, s1, s2, &sr1, &sr2, SHARED1, SHARED2, SHARED1_SCALES, SHARED2_SCALES, "shared_fc1",
+                  "shared_fc2");
     }
 
     // The dispatch's step and its specialised kernel.
@@ -483,7 +616,7 @@ struct Emitter {
     ds << "sparse_moe E=" << e;
     if (op.getZeroExperts())
       ds << "+" << op.getZeroExperts() << " zero";
-    ds << " k=" << op.getK() << " H=" << h << " F=" << f << " " << (bf16 ? "bf16 " : "")
+    ds << " k=" << op.getK() << " H=" << h << " F=" << f << " " << (qbits == 8 ? "int8 " : qbits == 4 ? "int4 " : bf16 ? "bf16 " : "")
        << moe::stringifyActivation(op.getActivation())
        << ", router " << moe::stringifyRouterKind(op.getRouterKind()) << "/" << moe::stringifyGateFunc(op.getGate());
     if (op.getPredA())
@@ -505,7 +638,9 @@ struct Emitter {
     auto b = [](bool v) { return v ? "true" : "false"; };
     llvm::raw_string_ostream os(source);
     os << "\n// dispatch " << index << ": " << desc << "\nnamespace {\nstruct C" << index << " {\n"
-       << "  using W = " << (bf16 ? "uint16_t; // bf16 expert weights" : "float;") << "\n"
+       << "  using W = " << (qbits ? "uint8_t; // quantised expert weights" : bf16 ? "uint16_t; // bf16 expert weights" : "float;") << "\n"
+       << "  static constexpr int QBITS = " << qbits << ";\n"
+       << "  static constexpr int64_t QBLOCK1 = " << (qblock1 ? qblock1 : h) << ", QBLOCK2 = " << qblock2 << ";\n"
        << "  static constexpr int64_t H = " << h << ", F = " << f << ", E = " << e << ", N = " << n
        << ", K = " << op.getK() << ", R = " << r << ", KEEP = " << keep << ", FS = " << fs
        << ", GROUPS = " << op.getExpertGroups() << ", GROUP_TOPK = " << (op.getGroupTopk() ? *op.getGroupTopk() : 0)
@@ -611,9 +746,10 @@ std::vector<std::string> moec::codegen::knownCpus() {
 
 bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &options, StringRef outPath,
                                        StringRef sourceModel, std::string &error, raw_ostream *progress) {
-  if (options.weights != "fp32" && options.weights != "bf16") {
-    error = "--weights=" + options.weights + ": this build stores expert weights as fp32 or bf16 (int8, int4 and "
-            "fp16: not yet)";
+  if (options.weights != "fp32" && options.weights != "bf16" && options.weights != "int8" &&
+      options.weights != "int4") {
+    error = "--weights=" + options.weights + ": expert weights are stored as fp32, bf16, int8 or int4 (fp16: not "
+            "yet)";
     return false;
   }
   std::vector<std::string> features;
@@ -659,7 +795,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   meta.set_producer("moec 0.1.0");
   meta.set_target("cpu");
   meta.set_cpu(options.cpu);
-  meta.set_kernel_abi(1);
+  meta.set_kernel_abi(MOERT_KERNEL_ABI_VERSION);
   meta.set_source_model(llvm::sys::path::filename(sourceModel).str());
   meta.set_code_section(-1);
   if (em.dispatches == 0 && options.dumpKernelsDir.empty()) // only graph ops: libmoert's kernels run them all

@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define MOERT_KERNEL_ABI_VERSION 1
+#define MOERT_KERNEL_ABI_VERSION 2
 
 /* Runs fn(ctx, i) for i in [0, n) on the runtime's threads; returns when all are done. `thread` is the
  * index of the worker running the call, in [0, threads). */
@@ -33,7 +33,8 @@ typedef struct moert_exec {
 
 /* Weight slots of a sparse MoE dispatch (pointers into the artifact's 64-byte-aligned weight sections). */
 enum moert_moe_slot {
-  MOERT_FC1 = 0,         /* [E][F][2][H] gated (gate, up rows per hidden dim) or [E][F][H]; f32 or bf16 */
+  MOERT_FC1 = 0,         /* [E][F][2][H] gated (gate, up rows per hidden dim) or [E][F][H]; f32, bf16,
+                            int8, or int4 (two per byte along H, low nibble first, zero point 8)     */
   MOERT_FC2 = 1,         /* [E][F][H]: fc2 transposed, so hidden dim f's column is one row          */
   MOERT_ROUTER = 2,      /* [N][H]: router weights transposed (router_kind = linear)               */
   MOERT_ROUTER_BIAS = 3, /* [N]                                                                    */
@@ -48,7 +49,11 @@ enum moert_moe_slot {
   MOERT_SHARED1 = 12,    /* [Fs][2][H] or [Fs][H]                                                   */
   MOERT_SHARED2 = 13,    /* [Fs][H]: shared_fc2 transposed                                          */
   MOERT_SHARED_GATE = 14,/* [H]                                                                    */
-  MOERT_MOE_SLOTS = 15
+  MOERT_FC1_SCALES = 15, /* quantised fc1: [E][F][G][ceil(H / QBLOCK1)] f32, one per block of a row   */
+  MOERT_FC2_SCALES = 16, /* quantised fc2: [E][ceil(F / QBLOCK2)][H] f32, one per column per row block */
+  MOERT_SHARED1_SCALES = 17, /* as FC1_SCALES for the shared expert (Fs dims)                        */
+  MOERT_SHARED2_SCALES = 18, /* as FC2_SCALES for the shared expert                                  */
+  MOERT_MOE_SLOTS = 19
 };
 
 typedef struct moert_moe_args {

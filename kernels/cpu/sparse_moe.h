@@ -75,35 +75,85 @@ inline float hsum(v8 v) {
   return s;
 }
 
+// ---- weight rows -------------------------------------------------------------------------------------------
+// The kernels read expert weights through a row view: load(h) gives 8 weights from column h (a multiple of 8)
+// as f32, at(h) one. Plain rows are f32 or bf16; quantised rows hold symmetric integers and f32 scales:
+//   QBlock<BITS, BLK>: fc1 rows, one scale per BLK consecutive columns (BLK a multiple of 8, or >= H);
+//   QVec<BITS>:        fc2 rows (fc2 transposed), one scale per column, shared by a block of rows.
+// 8-bit values are int8; 4-bit ones are nibbles (low first, zero point 8), two per byte along the row.
+template <typename T> struct Plain {
+  const T *p;
+  v8 load(int64_t h) const { return load8(p + h); }
+  float at(int64_t h) const { return tofloat(p[h]); }
+  Plain off(int64_t h) const { return {p + h}; }
+};
+
+typedef int8_t i8x8 __attribute__((vector_size(8)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+template <int BITS> inline v8 loadQ(const uint8_t *q, int64_t h) {
+  if constexpr (BITS == 8) {
+    i8x8 b;
+    std::memcpy(&b, q + h, sizeof b);
+    return __builtin_convertvector(__builtin_convertvector(b, i32x8), v8);
+  } else {
+    uint32_t w;
+    std::memcpy(&w, q + h / 2, sizeof w); // 8 nibbles, element k in bits 4k..4k+3
+    const u32x8 shifts = {0, 4, 8, 12, 16, 20, 24, 28};
+    u32x8 n = (u32x8{w, w, w, w, w, w, w, w} >> shifts) & 15u;
+    return __builtin_convertvector(n, v8) - 8.0f;
+  }
+}
+template <int BITS> inline float atQ(const uint8_t *q, int64_t h) {
+  if constexpr (BITS == 8)
+    return float(int8_t(q[h]));
+  else
+    return float(int((q[h >> 1] >> ((h & 1) * 4)) & 15) - 8);
+}
+
+template <int BITS, int64_t BLK> struct QBlock {
+  const uint8_t *q;
+  const float *s;
+  v8 load(int64_t h) const { return loadQ<BITS>(q, h) * s[h / BLK]; }
+  float at(int64_t h) const { return atQ<BITS>(q, h) * s[h / BLK]; }
+};
+
+template <int BITS> struct QVec {
+  const uint8_t *q;
+  const float *s;
+  v8 load(int64_t h) const { return loadQ<BITS>(q, h) * load8(s + h); }
+  float at(int64_t h) const { return atQ<BITS>(q, h) * s[h]; }
+  QVec off(int64_t h) const { return {q + h * BITS / 8, s + h}; }
+};
+
 /// a . b with four independent vector accumulators (hides the FMA latency of a single chain).
-template <typename T> inline float dot(const T *__restrict a, const float *__restrict b, int64_t n) {
+template <class Row> inline float dot(Row a, const float *__restrict b, int64_t n) {
   v8 s0 = {}, s1 = {}, s2 = {}, s3 = {};
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    s0 += load8(a + i) * load8(b + i);
-    s1 += load8(a + i + 8) * load8(b + i + 8);
-    s2 += load8(a + i + 16) * load8(b + i + 16);
-    s3 += load8(a + i + 24) * load8(b + i + 24);
+    s0 += a.load(i) * load8(b + i);
+    s1 += a.load(i + 8) * load8(b + i + 8);
+    s2 += a.load(i + 16) * load8(b + i + 16);
+    s3 += a.load(i + 24) * load8(b + i + 24);
   }
   for (; i + 8 <= n; i += 8)
-    s0 += load8(a + i) * load8(b + i);
+    s0 += a.load(i) * load8(b + i);
   float acc = hsum((s0 + s1) + (s2 + s3));
   for (; i < n; ++i)
-    acc += tofloat(a[i]) * b[i];
+    acc += a.at(i) * b[i];
   return acc;
 }
+inline float dot(const float *a, const float *b, int64_t n) { return dot(Plain<float>{a}, b, n); }
 
 /// For NT tokens at once: g[i] = ra . x[i] and (TWO) u[i] = rb . x[i]. Each weight chunk is loaded once for
 /// all NT tokens, with 2 * NT independent accumulators in registers (the blocking that lets prefill use the
 /// FMA units instead of waiting on loads).
-template <bool TWO, int NT, typename T>
-inline void dotsN(const T *__restrict ra, const T *__restrict rb, const float *const *x, int64_t n,
-                  float *g, float *u) {
+template <bool TWO, int NT, class Row>
+inline void dotsN(Row ra, Row rb, const float *const *x, int64_t n, float *g, float *u) {
   v8 ag[NT] = {}, au[NT] = {};
   int64_t h = 0;
   for (; h + 8 <= n; h += 8) {
-    v8 wa = load8(ra + h);
-    v8 wb = TWO ? load8(rb + h) : v8{};
+    v8 wa = ra.load(h);
+    v8 wb = TWO ? rb.load(h) : v8{};
 #pragma unroll
     for (int i = 0; i < NT; ++i) {
       v8 xv = load8(x[i] + h);
@@ -117,36 +167,79 @@ inline void dotsN(const T *__restrict ra, const T *__restrict rb, const float *c
     g[i] = hsum(ag[i]);
     u[i] = TWO ? hsum(au[i]) : 0.0f;
     for (int64_t k = h; k < n; ++k) {
-      g[i] += tofloat(ra[k]) * x[i][k];
+      g[i] += ra.at(k) * x[i][k];
       if (TWO)
-        u[i] += tofloat(rb[k]) * x[i][k];
+        u[i] += rb.at(k) * x[i][k];
     }
   }
 }
 
-template <bool TWO, typename T>
-inline void dots4(const T *ra, const T *rb, const float *const *x, int64_t nt, int64_t n, float *g,
-                  float *u) {
+template <bool TWO, class Row>
+inline void dots4(Row ra, Row rb, const float *const *x, int64_t nt, int64_t n, float *g, float *u) {
   switch (nt) {
   case 4:
-    return dotsN<TWO, 4, T>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 4>(ra, rb, x, n, g, u);
   case 3:
-    return dotsN<TWO, 3, T>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 3>(ra, rb, x, n, g, u);
   case 2:
-    return dotsN<TWO, 2, T>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 2>(ra, rb, x, n, g, u);
   default:
-    return dotsN<TWO, 1, T>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 1>(ra, rb, x, n, g, u);
   }
 }
 
-template <typename T> inline void axpy(float *__restrict y, float a, const T *__restrict x, int64_t n) {
+template <class Row> inline void axpy(float *__restrict y, float a, Row x, int64_t n) {
   int64_t i = 0;
   const v8 av = {a, a, a, a, a, a, a, a};
   for (; i + 8 <= n; i += 8)
-    store8(y + i, load8(y + i) + av * load8(x + i));
+    store8(y + i, load8(y + i) + av * x.load(i));
   for (; i < n; ++i)
-    y[i] += a * tofloat(x[i]);
+    y[i] += a * x.at(i);
 }
+inline void axpy(float *y, float a, const float *x, int64_t n) { axpy(y, a, Plain<float>{x}, n); }
+
+/// How a dispatch's expert weights are stored (C::QBITS: 0 = C::W elements, 8 or 4 = quantised): the row
+/// views of expert e (or the shared expert, e = -1) with `fdim` hidden dims.
+template <class C, int BITS = C::QBITS> struct ExpertRows {
+  using R1 = Plain<typename C::W>;
+  using R2 = Plain<typename C::W>;
+  const typename C::W *w1, *w2;
+  ExpertRows(const moert_moe_args &a, int64_t e, int64_t fdim, int64_t g) {
+    bool shared = e < 0;
+    w1 = static_cast<const typename C::W *>(a.weights[shared ? MOERT_SHARED1 : MOERT_FC1]) +
+         (shared ? 0 : e * fdim * g * C::H);
+    w2 = static_cast<const typename C::W *>(a.weights[shared ? MOERT_SHARED2 : MOERT_FC2]) +
+         (shared ? 0 : e * fdim * C::H);
+  }
+  R1 row1(int64_t r) const { return {w1 + r * C::H}; } // r = f * G + part
+  R2 row2(int64_t f) const { return {w2 + f * C::H}; }
+};
+
+template <class C> struct QuantRows {
+  static constexpr int BITS = C::QBITS;
+  static constexpr int64_t BLK = C::QBLOCK1; // fc1 columns per scale
+  static constexpr int64_t RB = C::H * BITS / 8; // bytes per row
+  static constexpr int64_t NB1 = (C::H + BLK - 1) / BLK;
+  using R1 = QBlock<BITS, BLK>;
+  using R2 = QVec<BITS>;
+  const uint8_t *q1, *q2;
+  const float *s1, *s2;
+  int64_t blk2; // fc2 rows per scale row
+  QuantRows(const moert_moe_args &a, int64_t e, int64_t fdim, int64_t g) {
+    bool shared = e < 0;
+    int64_t ex = shared ? 0 : e;
+    blk2 = C::QBLOCK2 > 0 ? C::QBLOCK2 : fdim;
+    int64_t nb2 = (fdim + blk2 - 1) / blk2;
+    q1 = static_cast<const uint8_t *>(a.weights[shared ? MOERT_SHARED1 : MOERT_FC1]) + ex * fdim * g * RB;
+    q2 = static_cast<const uint8_t *>(a.weights[shared ? MOERT_SHARED2 : MOERT_FC2]) + ex * fdim * RB;
+    s1 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED1_SCALES : MOERT_FC1_SCALES]) + ex * fdim * g * NB1;
+    s2 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED2_SCALES : MOERT_FC2_SCALES]) + ex * nb2 * C::H;
+  }
+  R1 row1(int64_t r) const { return {q1 + r * RB, s1 + r * NB1}; }
+  R2 row2(int64_t f) const { return {q2 + f * RB, s2 + (f / blk2) * C::H}; }
+};
+template <class C> struct ExpertRows<C, 8> : QuantRows<C> { using QuantRows<C>::QuantRows; };
+template <class C> struct ExpertRows<C, 4> : QuantRows<C> { using QuantRows<C>::QuantRows; };
 
 inline float sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
 inline float gelu_erf(float a) { return 0.5f * a * (1.0f + std::erf(a * 0.70710678118654752f)); }
@@ -353,16 +446,12 @@ template <class C> struct Kernel {
     float *dst[kTile];
     float ws[kTile];
     int64_t n = 0;
-    using W = typename C::W; // f32 or bf16 (uint16_t) expert weights
-    const W *w1, *w2;
     const float *b1 = nullptr, *b2 = nullptr;
     const uint8_t *mask = nullptr;
-    int64_t fdim;
+    const int64_t fdim = it.expert >= 0 ? F : C::FS;
+    const ExpertRows<C> rows(a, it.expert, fdim, G);
     if (it.expert >= 0) {
       const int64_t e = it.expert;
-      fdim = F;
-      w1 = static_cast<const W *>(a.weights[MOERT_FC1]) + e * F * G * H;
-      w2 = static_cast<const W *>(a.weights[MOERT_FC2]) + e * F * H;
       if (a.weights[MOERT_FC1_BIAS])
         b1 = static_cast<const float *>(a.weights[MOERT_FC1_BIAS]) + e * F * G;
       if (a.weights[MOERT_FC2_BIAS])
@@ -376,9 +465,6 @@ template <class C> struct Kernel {
         dst[n] = c.partial + ((t * S + slot) * chunks + it.chunk) * H;
       }
     } else {
-      fdim = C::FS;
-      w1 = static_cast<const W *>(a.weights[MOERT_SHARED1]);
-      w2 = static_cast<const W *>(a.weights[MOERT_SHARED2]);
       const float *gate = static_cast<const float *>(a.weights[MOERT_SHARED_GATE]);
       for (int64_t t = it.begin; t < it.end; ++t, ++n) {
         xs[n] = c.X + t * H;
@@ -412,20 +498,18 @@ template <class C> struct Kernel {
       std::sort(idx, idx + C::KEEP);
       for (int64_t j = 0; j < C::KEEP; ++j) {
         int64_t f = idx[j];
-        const W *row = w1 + f * G * H;
-        float g = dot(row, xs[0], H) + (b1 ? b1[f * G] : 0.0f);
-        float u = G == 2 ? dot(row + H, xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
-        axpy(dst[0], ws[0] * activate(g, u), w2 + f * H, H);
+        float g = dot(rows.row1(f * G), xs[0], H) + (b1 ? b1[f * G] : 0.0f);
+        float u = G == 2 ? dot(rows.row1(f * G + 1), xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+        axpy(dst[0], ws[0] * activate(g, u), rows.row2(f), H);
       }
     } else if (n == 1) {
       // Decode: stream each kept dim's gate, up and down rows once.
       for (int64_t f = it.f0; f < it.f1; ++f) {
         if (mask && !mask[f])
           continue;
-        const W *row = w1 + f * G * H;
-        float g = dot(row, xs[0], H) + (b1 ? b1[f * G] : 0.0f);
-        float u = G == 2 ? dot(row + H, xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
-        axpy(dst[0], ws[0] * activate(g, u), w2 + f * H, H);
+        float g = dot(rows.row1(f * G), xs[0], H) + (b1 ? b1[f * G] : 0.0f);
+        float u = G == 2 ? dot(rows.row1(f * G + 1), xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+        axpy(dst[0], ws[0] * activate(g, u), rows.row2(f), H);
       }
     } else {
       // A token tile, by blocks of hidden dims: the block's gate/up/down rows (a few hundred KiB) stay in
@@ -445,9 +529,8 @@ template <class C> struct Kernel {
                 col[(i0 + i) * kDimBlock] = 0.0f;
               continue;
             }
-            const W *row = w1 + f * G * H;
             float g[4], u[4];
-            dots4<G == 2>(row, row + H, xs + i0, nt, H, g, u);
+            dots4<G == 2>(rows.row1(f * G), rows.row1(f * G + (G - 1)), xs + i0, nt, H, g, u);
             for (int64_t i = 0; i < nt; ++i) {
               float gg = g[i] + (b1 ? b1[f * G] : 0.0f);
               float uu = G == 2 ? u[i] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
@@ -463,12 +546,11 @@ template <class C> struct Kernel {
             const float *ci = cf + i * kDimBlock;
             for (int64_t j = 0; j < fn; ++j)
               if (ci[j] != 0.0f)
-                axpy(d, ci[j], w2 + (fb + j) * H + hb, len);
+                axpy(d, ci[j], rows.row2(fb + j).off(hb), len);
           }
         }
       }
     }
-    (void)fdim;
     if (b2 && it.chunk == 0)
       for (int64_t i = 0; i < n; ++i)
         axpy(dst[i], ws[i], b2, H);

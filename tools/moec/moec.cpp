@@ -63,8 +63,10 @@ cl::opt<std::string> cpu("cpu",
                                   "machine), x86-64, znver4, sapphirerapids, ..."),
                          cl::init("x86-64-v3"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> weightsType("weights",
-                                 cl::desc("Storage of the expert weights in the artifact: fp32 (default) or bf16 "
-                                          "(half the bytes; f32 accumulation)"),
+                                 cl::desc("Storage of the expert weights in the artifact: fp32 (default), bf16 (half "
+                                          "the bytes), int8 or int4 (symmetric, one f32 scale per block of 32; a "
+                                          "quarter / an eighth of the bytes). Accumulation is f32. QMoE layers "
+                                          "keep their own int8/int4 weights"),
                                  cl::init("fp32"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> dumpKernels("dump-kernels", cl::desc("Also write the generated kernel sources to this folder"),
                                  cl::value_desc("dir"), cl::sub(compileCmd), cl::cat(category));
