@@ -38,7 +38,9 @@ enum Act { IDENTITY = 0, RELU = 1, GELU = 2, SILU = 3, SWIGLU = 4, GEGLU = 5, GE
 enum Norm { NO_NORM = 0, RMS_NORM = 1, LAYER_NORM = 2 };
 
 constexpr int64_t kTile = 64;      // tokens per work item: each weight row is reused this many times
-constexpr int64_t kDimBlock = 64;  // hidden dims per block: their gate/up/down rows stay in L2 for a tile
+constexpr int64_t kTokBlock = 6;   // tokens sharing each gate/up weight load (register blocking)
+constexpr int64_t kDimBlock = 64;  // the most hidden dims per block (the coefficient buffer's row length)
+constexpr int64_t kL2Budget = 192 * 1024; // bytes of a dim block's gate/up rows meant to stay in L2
 constexpr int64_t kMaxChunks = 16; // hidden-dim chunks per expert visit (parallelism in decode)
 
 // 8 floats: one AVX2 register (two SSE registers on baseline x86-64). Unaligned loads and stores.
@@ -177,6 +179,10 @@ inline void dotsN(Row ra, Row rb, const float *const *x, int64_t n, float *g, fl
 template <bool TWO, class Row>
 inline void dots4(Row ra, Row rb, const float *const *x, int64_t nt, int64_t n, float *g, float *u) {
   switch (nt) {
+  case 6:
+    return dotsN<TWO, 6>(ra, rb, x, n, g, u);
+  case 5:
+    return dotsN<TWO, 5>(ra, rb, x, n, g, u);
   case 4:
     return dotsN<TWO, 4>(ra, rb, x, n, g, u);
   case 3:
@@ -253,6 +259,10 @@ template <class C> struct Kernel {
   static constexpr int64_t H = C::H, F = C::F, E = C::E, N = C::N, K = C::K;
   static constexpr int64_t G = (C::ACT == SWIGLU || C::ACT == GEGLU) ? 2 : 1;
   static constexpr int64_t S = K + (C::HAS_SHARED ? 1 : 0); // slots: k routed + the shared expert
+  // Hidden dims per block in prefill: as many as keep their gate/up rows within kL2Budget (4..64).
+  static constexpr int64_t WBITS = C::QBITS ? C::QBITS : 8 * int64_t(sizeof(typename C::W));
+  static constexpr int64_t DB =
+      std::max<int64_t>(4, std::min<int64_t>(kDimBlock, kL2Budget * 8 / (G * H * WBITS) / 4 * 4));
 
   struct Item {
     int32_t expert; // -1: shared expert
@@ -436,6 +446,59 @@ template <class C> struct Kernel {
     }
   }
 
+  /// d[i][h] += sum_{j < fn} c[i * kDimBlock + j] * row2(f0 + j)[h] for NT tokens, h in [h0, h1).
+  template <int NT, class Rows>
+  static void downN(const Rows &rows, int64_t f0, int64_t fn, const float *c, float *const *d, int64_t h0,
+                    int64_t h1) {
+    int64_t h = h0;
+    for (; h + 16 <= h1; h += 16) {
+      v8 acc[NT][2];
+#pragma unroll
+      for (int i = 0; i < NT; ++i) {
+        acc[i][0] = load8(d[i] + h);
+        acc[i][1] = load8(d[i] + h + 8);
+      }
+      for (int64_t j = 0; j < fn; ++j) {
+        auto r = rows.row2(f0 + j);
+        v8 w0 = r.load(h), w1 = r.load(h + 8);
+#pragma unroll
+        for (int i = 0; i < NT; ++i) {
+          float cv = c[i * kDimBlock + j];
+          v8 b = {cv, cv, cv, cv, cv, cv, cv, cv};
+          acc[i][0] += b * w0;
+          acc[i][1] += b * w1;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < NT; ++i) {
+        store8(d[i] + h, acc[i][0]);
+        store8(d[i] + h + 8, acc[i][1]);
+      }
+    }
+    if (h < h1) // the last columns (H not a multiple of 16)
+      for (int i = 0; i < NT; ++i)
+        for (int64_t j = 0; j < fn; ++j) {
+          auto r = rows.row2(f0 + j);
+          for (int64_t k = h; k < h1; ++k)
+            d[i][k] += c[i * kDimBlock + j] * r.at(k);
+        }
+  }
+
+  template <class Rows>
+  static void down4(const Rows &rows, int64_t f0, int64_t fn, const float *c, float *const *d, int64_t nt,
+                    int64_t h0, int64_t h1) {
+    switch (nt) {
+    case 4:
+      return downN<4>(rows, f0, fn, c, d, h0, h1);
+    case 3:
+      return downN<3>(rows, f0, fn, c, d, h0, h1);
+    case 2:
+      return downN<2>(rows, f0, fn, c, d, h0, h1);
+    default:
+      return downN<1>(rows, f0, fn, c, d, h0, h1);
+    }
+  }
+
   // ---- C: one expert (or the shared expert) over a token tile and a chunk of hidden dims ----------------
   static void work(void *p, int64_t index, int thread) {
     Ctx &c = *static_cast<Ctx *>(p);
@@ -512,16 +575,16 @@ template <class C> struct Kernel {
         axpy(dst[0], ws[0] * activate(g, u), rows.row2(f), H);
       }
     } else {
-      // A token tile, by blocks of hidden dims: the block's gate/up/down rows (a few hundred KiB) stay in
-      // L2 while every token of the tile uses them, so weights come from memory about once per tile.
-      // Activations for (token, dim) first (gate/up rows shared by 4 tokens at a time), then the down
-      // projection by blocks of H so partial sums and the down rows are reused from cache.
+      // A token tile, by blocks of DB hidden dims whose gate/up rows fit kL2Budget: they stay in L2 while
+      // every token of the tile uses them, so weights come from memory about once per tile. Activations for
+      // (token, dim) first (each gate/up weight load shared by kTokBlock tokens in registers), then the down
+      // projection by column blocks, whose rows for the dim block stay in L1. (Measured: larger down blocks,
+      // reading the partial sums less often, are slower here; their rows leave L1.)
       float *cf = c.coef + size_t(thread) * kTile * kDimBlock;
-      for (int64_t fb = it.f0; fb < it.f1; fb += kDimBlock) {
-        const int64_t fe = std::min<int64_t>(it.f1, fb + kDimBlock), fn = fe - fb;
-        // Four tokens' inputs stay in L1 while the block's rows stream from L2.
-        for (int64_t i0 = 0; i0 < n; i0 += 4) {
-          int64_t nt = std::min<int64_t>(4, n - i0);
+      for (int64_t fb = it.f0; fb < it.f1; fb += DB) {
+        const int64_t fe = std::min<int64_t>(it.f1, fb + DB), fn = fe - fb;
+        for (int64_t i0 = 0; i0 < n; i0 += kTokBlock) {
+          int64_t nt = std::min<int64_t>(kTokBlock, n - i0);
           for (int64_t f = fb; f < fe; ++f) {
             float *col = cf + (f - fb);
             if (mask && !mask[f]) {
@@ -529,7 +592,7 @@ template <class C> struct Kernel {
                 col[(i0 + i) * kDimBlock] = 0.0f;
               continue;
             }
-            float g[4], u[4];
+            float g[kTokBlock], u[kTokBlock];
             dots4<G == 2>(rows.row1(f * G), rows.row1(f * G + (G - 1)), xs + i0, nt, H, g, u);
             for (int64_t i = 0; i < nt; ++i) {
               float gg = g[i] + (b1 ? b1[f * G] : 0.0f);
@@ -538,16 +601,14 @@ template <class C> struct Kernel {
             }
           }
         }
+        // Down projection: dst[i][h] += sum_j cf[i][j] * fc2t[fb + j][h], as a register-blocked micro-kernel
+        // (4 tokens x 16 columns of accumulators, each weight vector used by 4 tokens) over column blocks
+        // whose rows for this dim block stay in L2.
         constexpr int64_t kBlock = 256;
         for (int64_t hb = 0; hb < H; hb += kBlock) {
-          const int64_t len = std::min<int64_t>(kBlock, H - hb);
-          for (int64_t i = 0; i < n; ++i) {
-            float *d = dst[i] + hb;
-            const float *ci = cf + i * kDimBlock;
-            for (int64_t j = 0; j < fn; ++j)
-              if (ci[j] != 0.0f)
-                axpy(d, ci[j], rows.row2(fb + j).off(hb), len);
-          }
+          const int64_t he = std::min<int64_t>(H, hb + kBlock);
+          for (int64_t i0 = 0; i0 < n; i0 += 4)
+            down4(rows, fb, fn, cf + i0 * kDimBlock, dst + i0, std::min<int64_t>(4, n - i0), hb, he);
         }
       }
     }
