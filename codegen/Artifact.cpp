@@ -6,6 +6,7 @@
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <algorithm>
 #include <cstring>
 
 using namespace moec::codegen;
@@ -83,4 +84,70 @@ bool ArtifactWriter::write(llvm::StringRef path, std::string &error) {
   }
   out.keep();
   return true;
+}
+
+namespace {
+bool isViewOp(const std::string &op) {
+  return op == "Reshape" || op == "Squeeze" || op == "Unsqueeze" || op == "Identity";
+}
+} // namespace
+
+void moec::codegen::planMemory(moert::proto::Program &p) {
+  namespace pb = moert::proto;
+  const int n = p.values_size(), steps = p.steps_size();
+  std::vector<int> root(n), def(n, -1), last(n, -1);
+  for (int i = 0; i < n; ++i)
+    root[i] = i;
+  std::vector<char> owns(n, 0);
+  for (int s = 0; s < steps; ++s) {
+    const pb::Step &st = p.steps(s);
+    std::vector<int64_t> reads;
+    std::vector<uint32_t> writes;
+    bool view = false;
+    if (st.has_moe()) {
+      reads = {st.moe().input(), st.moe().logits(), st.moe().residual()};
+      writes = {st.moe().output()};
+    } else {
+      reads.assign(st.op().inputs().begin(), st.op().inputs().end());
+      writes.assign(st.op().outputs().begin(), st.op().outputs().end());
+      view = isViewOp(st.op().op());
+    }
+    for (int64_t id : reads)
+      if (id >= 0)
+        last[root[id]] = std::max(last[root[id]], s);
+    for (uint32_t id : writes) {
+      def[id] = s;
+      if (view && !reads.empty() && reads[0] >= 0)
+        root[id] = root[reads[0]];
+      else
+        owns[id] = 1;
+    }
+  }
+  for (uint32_t id : p.outputs())
+    last[root[id]] = steps; // read when the results are copied out
+  // Greedy interval colouring in step order: a buffer is free again after its value's last read.
+  std::vector<int> freeBuffers, owner; // owner: value held by each buffer
+  int buffers = 0;
+  for (int s = 0; s < steps; ++s) {
+    for (int b = 0; b < buffers; ++b)
+      if (owner[b] >= 0 && std::max(last[owner[b]], def[owner[b]]) < s) {
+        freeBuffers.push_back(b);
+        owner[b] = -1;
+      }
+    for (int id = 0; id < n; ++id) {
+      if (def[id] != s || !owns[id] || p.values(id).has_constant_section())
+        continue;
+      int b;
+      if (!freeBuffers.empty()) {
+        b = freeBuffers.back();
+        freeBuffers.pop_back();
+      } else {
+        b = buffers++;
+        owner.push_back(-1);
+      }
+      owner[b] = id;
+      p.mutable_values(id)->set_buffer(b);
+    }
+  }
+  p.set_buffers(buffers);
 }

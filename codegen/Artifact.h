@@ -31,6 +31,12 @@ private:
   std::vector<std::vector<char>> payloads_;
 };
 
+/// The static memory plan: assigns every intermediate that owns its bytes (an op or dispatch output that is
+/// not a view) one of a few buffers, reusing a buffer once everything reading its value - directly or
+/// through views (Reshape, Squeeze, Unsqueeze, Identity alias their input) - has run. Sets `Value.buffer` and
+/// `Program.buffers`; buffer sizes depend on the symbolic dims and are resolved by the runtime.
+void planMemory(moert::proto::Program &program);
+
 } // namespace moec::codegen
 
 #endif // MOEC_CODEGEN_ARTIFACT_H

@@ -20,6 +20,7 @@
 #include "llvm/TargetParser/Host.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -408,6 +409,7 @@ struct Emitter {
   }
 
   bool emitMoE(moe::SparseMoEOp op) {
+    auto started = std::chrono::steady_clock::now();
     auto inT = op.getInput().getType();
     if (!inT.getElementType().isF32())
       return fail(op, "moe.sparse_moe on " + llvm::Twine(inT.getElementType().isF16() ? "f16" : "non-f32") +
@@ -630,6 +632,11 @@ struct Emitter {
     if (op.getResidual())
       ds << ", residual";
     step->set_description(desc);
+    if (progress)
+      *progress << "moec: dispatch " << index << ": " << desc << " (" << llvm::format("%.1f", weightBytes / 1048576.0)
+                << " MiB packed in "
+                << llvm::format("%.2f", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count())
+                << " s)\n";
     uint32_t outId;
     if (!addValue(op, op.getResult(), "moe" + std::to_string(index), outId))
       return false;
@@ -786,6 +793,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
     error = em.error;
     return false;
   }
+  planMemory(*em.program);
   if (progress)
     *progress << "moec: " << em.dispatches << " MoE dispatch" << (em.dispatches == 1 ? "" : "es") << ", "
               << llvm::format("%.2f", em.writer.sectionBytes(pb::Section::WEIGHTS) / 1048576.0)

@@ -152,10 +152,14 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   const pb::Program &p = a.program();
   auto validId = [&](int64_t id) { return id >= 0 && id < p.values_size(); };
   std::vector<char> ready(p.values_size(), 0);
+  if (p.buffers() < 0 || p.buffers() > p.values_size())
+    return bad("has a corrupted memory plan (" + std::to_string(p.buffers()) + " buffers)");
   for (int i = 0; i < p.values_size(); ++i) {
     const auto &v = p.values(i);
     if (moert::dtypeSize(v.type().dtype()) == 0)
       return bad("has a value of unknown dtype ('" + v.name() + "')");
+    if (v.has_buffer() && (v.buffer() < 0 || v.buffer() >= p.buffers() || v.has_constant_section()))
+      return bad("has a corrupted memory plan (value '" + v.name() + "')");
     ready[i] = v.has_constant_section();
   }
   for (uint32_t id : p.inputs()) {
@@ -312,6 +316,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       os << "  dispatch " << s.moe().index() << ": " << s.moe().description() << " ("
          << mib(s.moe().weight_bytes()) << " of weights)\n";
   }
+  os << "memory plan: " << p.buffers() << " buffers for the intermediates (sized per input shape at run time)\n";
   os << "sections: " << a.sections_size() << " (weights " << mib(weights) << ", code " << mib(codeBytes)
      << "), 64-byte aligned, mapped from the file\n";
   m.description = os.str();

@@ -7,7 +7,9 @@
 #include "moert/moert.h"
 #include "runtime/artifact.pb.h"
 
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -45,6 +47,12 @@ struct moert_model {
   std::vector<std::vector<uint32_t>> releaseAfter; // per step: values last read there (freed after it)
   std::unique_ptr<moert::ThreadPool> pool;
   std::string description;
+  // The memory plan's buffer sizes, learned per input shape (the first run with a shape measures them; later
+  // runs place every planned value in one arena), and one spare arena kept between runs.
+  std::mutex planMutex;
+  std::map<std::vector<int64_t>, std::vector<uint64_t>> bufferBytes;
+  std::shared_ptr<char> spareArena;
+  size_t spareArenaBytes = 0;
   ~moert_model();
 };
 

@@ -76,6 +76,11 @@ bool OpTensor::alloc(int dt, std::vector<int64_t> d) {
     n *= uint64_t(x);
   }
   size_t bytes = size_t(n) * std::max<size_t>(dtypeSize(dt), 1);
+  if (capacity > 0 && owned && bytes <= capacity) {
+    data = owned.get();
+    return true;
+  }
+  capacity = 0;
   void *p = nullptr;
   if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
     return false;

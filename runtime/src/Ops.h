@@ -30,11 +30,13 @@ struct OpTensor {
   std::vector<int64_t> dims;
   const char *data = nullptr;
   std::shared_ptr<char> owned;
+  size_t capacity = 0; // > 0: `owned` is a planned buffer of this many bytes that alloc() fills if it fits
 
   bool present() const { return dtype != 0; }
   int64_t numel() const;
   size_t bytes() const { return size_t(numel()) * dtypeSize(dtype); }
-  /// Allocates (64-byte aligned) for `d`; false when the size overflows or memory runs out.
+  /// Allocates (64-byte aligned) for `d`, in the planned buffer when it is large enough; false when the size
+  /// overflows or memory runs out.
   bool alloc(int dt, std::vector<int64_t> d);
   template <class T> const T *as() const { return reinterpret_cast<const T *>(data); }
   template <class T> T *mut() { return reinterpret_cast<T *>(owned.get()); }

@@ -163,6 +163,48 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
                        reinterpret_cast<const char *>(m->map + m->meta.sections(v.constant_section()).offset()),
                        nullptr};
   }
+  // The memory plan: with this input shape seen before, every planned value goes to its buffer in one arena.
+  std::vector<int64_t> signature;
+  for (int i = 0; i < p.inputs_size(); ++i) {
+    const auto &d = values[p.inputs(i)].dims;
+    signature.push_back(static_cast<int64_t>(d.size()));
+    signature.insert(signature.end(), d.begin(), d.end());
+  }
+  const int buffers = p.buffers();
+  std::vector<uint64_t> planned, offset(buffers, 0), observed(buffers, 0);
+  std::shared_ptr<char> arena;
+  size_t arenaBytes = 0;
+  {
+    std::lock_guard<std::mutex> lock(m->planMutex);
+    auto it = m->bufferBytes.find(signature);
+    if (it != m->bufferBytes.end()) {
+      planned = it->second;
+      for (int b = 0; b < buffers; ++b) {
+        offset[b] = arenaBytes;
+        arenaBytes += (planned[b] + 63) & ~uint64_t(63);
+      }
+      if (m->spareArena && m->spareArenaBytes >= arenaBytes) {
+        arena = std::move(m->spareArena);
+        arenaBytes = m->spareArenaBytes;
+        m->spareArena.reset();
+      }
+    }
+  }
+  if (!planned.empty() && !arena)
+    arena = alignedAlloc(arenaBytes); // null on failure: values then go to the heap one by one
+  auto place = [&](uint32_t id, Tensor &t) {
+    const pb::Value &v = p.values(id);
+    if (!arena || !v.has_buffer() || v.buffer() < 0 || v.buffer() >= buffers || planned[v.buffer()] == 0)
+      return;
+    t.owned = std::shared_ptr<char>(arena, arena.get() + offset[v.buffer()]);
+    t.capacity = planned[v.buffer()];
+  };
+  auto measure = [&](uint32_t id) {
+    const pb::Value &v = p.values(id);
+    if (v.has_buffer() && v.buffer() >= 0 && v.buffer() < buffers)
+      observed[v.buffer()] = std::max<uint64_t>(observed[v.buffer()], values[id].bytes());
+  };
+
   moert_exec exec{&parallelForThunk, m->pool.get(), m->pool->threads()};
   std::ostringstream trace;
   auto t0 = std::chrono::steady_clock::now();
@@ -183,8 +225,10 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
         ins.push_back(id >= 0 ? values[id] : Tensor{});
       }
       std::vector<Tensor> outs(o.outputs_size());
-      for (int k = 0; k < o.outputs_size(); ++k)
+      for (int k = 0; k < o.outputs_size(); ++k) {
         outs[k].dtype = p.values(o.outputs(k)).type().dtype();
+        place(o.outputs(k), outs[k]);
+      }
       std::string why = moert::runOp(o, ins, outs, m->pool.get());
       if (!why.empty())
         return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
@@ -192,6 +236,7 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
         if (!outs[k].data || outs[k].dtype != p.values(o.outputs(k)).type().dtype())
           return makeError("internal: op " + o.op() + " left output " + std::to_string(k) + " uncomputed");
         values[o.outputs(k)] = std::move(outs[k]);
+        measure(o.outputs(k));
       }
       label = o.op();
     } else {
@@ -220,7 +265,10 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
                            ", expected " + dimsString(in.dims));
         residual = reinterpret_cast<const float *>(r.data);
       }
-      auto output = alignedAlloc(sizeof(float) * T * x.hidden);
+      Tensor planned;
+      place(d.output(), planned);
+      size_t outBytes = sizeof(float) * T * x.hidden;
+      auto output = planned.capacity >= outBytes ? planned.owned : alignedAlloc(outBytes);
       auto scratch = alignedAlloc(x.scratch(T, exec.threads));
       if (!output || !scratch)
         return makeError("out of memory for dispatch " + std::to_string(d.index()));
@@ -236,6 +284,7 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       if (int rc = x.run(&args))
         return makeError("dispatch " + std::to_string(d.index()) + " failed (code " + std::to_string(rc) + ")");
       values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
+      measure(d.output());
       label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ")";
     }
     for (uint32_t id : m->releaseAfter[si])
@@ -266,6 +315,25 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
                                         static_cast<moert_dtype>(p.values(p.outputs(i)).type().dtype()),
                                         static_cast<int32_t>(res->dims[i].size()), res->dims[i].data(),
                                         res->data[i].data()});
+  // Learn (or grow) this shape's buffer sizes; keep the arena for the next run.
+  values.clear();
+  {
+    std::lock_guard<std::mutex> lock(m->planMutex);
+    std::vector<uint64_t> &known = m->bufferBytes[signature];
+    if (m->bufferBytes.size() > 64) { // many shapes: forget the others
+      std::vector<uint64_t> keep = known;
+      m->bufferBytes.clear();
+      m->bufferBytes[signature] = keep;
+    }
+    std::vector<uint64_t> &sizes = m->bufferBytes[signature];
+    sizes.resize(buffers, 0);
+    for (int b = 0; b < buffers; ++b)
+      sizes[b] = std::max(sizes[b], observed[b]);
+    if (arena && arena.use_count() == 1 && arenaBytes > m->spareArenaBytes) {
+      m->spareArena = std::move(arena);
+      m->spareArenaBytes = arenaBytes;
+    }
+  }
   if (profile) {
     res->hasProfile = true;
     res->profile = "{\"traceEvents\": [\n" + trace.str() + "\n], \"displayTimeUnit\": \"ms\"}\n";

@@ -84,9 +84,14 @@ def run_test(args, rt, test_dir, tmp):
                 if os.path.exists(p):
                     feeds[inputs[i]] = load_pb(p)[1]
             try:
+                # Twice: the second run places the intermediates by the memory plan (sizes learned by the first).
                 got = m.run(feeds)
+                again = m.run(feeds)
             except moert.Error as e:
                 return f"run: {e}"
+            for name in got:
+                if not np.array_equal(got[name], again[name], equal_nan=got[name].dtype.kind == "f"):
+                    return f"{s}: output '{name}' differs on the second run (memory plan)"
             for i, name in enumerate(outputs):
                 want = load_pb(os.path.join(d, f"output_{i}.pb"))[1]
                 if name not in got:

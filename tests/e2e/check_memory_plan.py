@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""The artifact's memory plan at work: one loaded model runs a sequence of shapes (repeats reuse the learned
+buffer sizes and the arena; new shapes grow them), each result checked against ONNX Runtime (max relative
+error <= 1e-4), on whole transformers models (attention, embeddings, two MoE dispatches) and a MoE layer.
+
+  check_memory_plan.py --moec build/bin/moec --lib build/lib/libmoert.so
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "runtime", "python"))
+import moert  # noqa: E402
+
+SEQUENCE = [3, 3, 9, 3, 1, 9, 9, 2]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--moec", required=True)
+    ap.add_argument("--lib", required=True)
+    args = ap.parse_args()
+    import onnxruntime as ort
+    rt = moert.Runtime(args.lib)
+    fixtures = os.path.join(ROOT, "tests", "fixtures", "transformers")
+    cases = [("whole_qwen2_moe", lambda t, r: {"input_ids": r.integers(0, 32, (1, t)).astype(np.int64)}),
+             ("whole_zaya", lambda t, r: {"input_ids": r.integers(0, 32, (1, t)).astype(np.int64)}),
+             ("olmoe", lambda t, r: {"hidden_states": r.standard_normal((2, t, 32)).astype(np.float32)})]
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, feeds in cases:
+            model = os.path.join(fixtures, name + ".onnx")
+            artifact = os.path.join(tmp, name + ".moex")
+            subprocess.run([args.moec, "compile", model, "-o", artifact, "--quiet"], check=True,
+                           stderr=subprocess.DEVNULL)
+            sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+            m = rt.load(artifact, threads=2)
+            rng = np.random.default_rng(0)
+            worst = 0.0
+            why = ""
+            for t in SEQUENCE:
+                d = feeds(t, rng)
+                want = sess.run(None, d)[0]
+                try:
+                    got = list(m.run(d).values())[0]
+                except moert.Error as e:
+                    why = f" (T={t}: {e})"
+                    worst = np.inf
+                    break
+                err = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+                worst = max(worst, err if got.shape == want.shape else np.inf)
+            ok = worst <= 1e-4
+            failures += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {name:20s} T={SEQUENCE} max rel error {worst:.2e}{why}")
+            m.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
