@@ -3,9 +3,11 @@
  *   read:  each thread sums its slice of a buffer far larger than the last-level cache (one pass, bytes read)
  *   triad: a[i] = b[i] + s * c[i] over three such buffers (bytes read + written, STREAM's convention)
  *   fma:   each thread runs 12 independent 8-wide FMA chains in registers (FP32 FLOP/s)
+ *   bf16:  where the CPU has AVX512-BF16, 12 independent chains of vdpbf16ps (32 bf16 products each: BF16
+ *          FLOP/s); null elsewhere
  *
- * Prints one JSON object: {"threads": N, "read_gbs": ..., "triad_gbs": ..., "fp32_gflops": ...}; best of
- * several repetitions for each.
+ * Prints one JSON object: {"threads": N, "read_gbs": ..., "triad_gbs": ..., "fp32_gflops": ...,
+ * "bf16_gflops": ... or null}; best of several repetitions for each.
  *   roofline THREADS BUFFER_MIB
  */
 #include <pthread.h>
@@ -28,6 +30,27 @@ static double now(void) {
   clock_gettime(CLOCK_MONOTONIC, &t);
   return t.tv_sec + t.tv_nsec * 1e-9;
 }
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+__attribute__((target("avx512f,avx512bf16"))) static float bf16Chains(void) {
+  __m512 acc[12];
+  __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3380); /* 1, ~6e-8 */
+  for (int k = 0; k < 12; ++k)
+    acc[k] = _mm512_set1_ps((float)k);
+  for (long it = 0; it < 20000000; ++it)
+    for (int k = 0; k < 12; ++k)
+      acc[k] = _mm512_dpbf16_ps(acc[k], x, y);
+  float s = 0;
+  for (int k = 0; k < 12; ++k)
+    s += _mm512_reduce_add_ps(acc[k]);
+  return s;
+}
+static int hasBf16(void) { return __builtin_cpu_supports("avx512bf16"); }
+#else
+static float bf16Chains(void) { return 0; }
+static int hasBf16(void) { return 0; }
+#endif
 
 static void *worker(void *arg) {
   long id = (long)arg;
@@ -52,6 +75,8 @@ static void *worker(void *arg) {
   } else if (mode == 1) { /* triad */
     for (size_t i = lo; i < hi; ++i)
       a[i] = b[i] + 3.0f * c[i];
+  } else if (mode == 3) { /* bf16 dot products */
+    sink[id] = bf16Chains();
   } else { /* fma */
     v8 acc[12];
     v8 m = {1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f};
@@ -111,8 +136,19 @@ int main(int argc, char **argv) {
     if (x < fma)
       fma = x;
   }
+  char bf16[32] = "null";
+  if (hasBf16()) {
+    double best = 1e30;
+    for (int r = 0; r < 3; ++r) {
+      double x = timed(3);
+      if (x < best)
+        best = x;
+    }
+    snprintf(bf16, sizeof bf16, "%.1f", threads * 20000000.0 * 12 * 32 * 2 / best / 1e9);
+  }
   double bytes = (double)n * sizeof(float);
-  printf("{\"threads\": %d, \"buffer_mib\": %zu, \"read_gbs\": %.2f, \"triad_gbs\": %.2f, \"fp32_gflops\": %.1f}\n",
-         threads, mib, bytes / read / 1e9, 3 * bytes / triad / 1e9, threads * 20000000.0 * 12 * 8 * 2 / fma / 1e9);
+  printf("{\"threads\": %d, \"buffer_mib\": %zu, \"read_gbs\": %.2f, \"triad_gbs\": %.2f, \"fp32_gflops\": %.1f, "
+         "\"bf16_gflops\": %s}\n",
+         threads, mib, bytes / read / 1e9, 3 * bytes / triad / 1e9, threads * 20000000.0 * 12 * 8 * 2 / fma / 1e9, bf16);
   return sink[0] == 12345.0 ? 2 : 0;
 }

@@ -16,9 +16,11 @@
    routing).
 4. Writes bench/results/latest.json, latest.md (the table) and latest.png (time vs tokens with the roofline).
 
---quick runs the ZAYA1 layer only (under a minute here); the full run adds OLMoE-like and the MoE++ layer with
-its 10% predictor mask (ORT runs the same layer unmasked); --mixtral adds Mixtral-like (bf16 weights for moec).
-Not yet: the compile time of a 32-layer stack.
+moec runs each layer with every weight storage in --weights (fp32, bf16, int8, int4; ONNX Runtime always fp32);
+the roofline's bytes follow the storage. --quick runs the ZAYA1 layer with fp32 and int8 (about a minute here);
+the full run adds OLMoE-like, the MoE++ layer with its 10% predictor mask (ORT runs the same layer unmasked) and
+the compile time / load time of a 32-layer MoE stack, and copies the table into README.md; --mixtral adds
+Mixtral-like (bf16 weights for moec).
 """
 import argparse
 import json
@@ -104,6 +106,26 @@ def moepp_model(path, h, f, e, rank, keep, seed=0):
     save(path, nodes, inits, h, "moec")
 
 
+def stack_model(path, layers, h, f, e, k, seed=0):
+    """`layers` com.microsoft.MoE layers in a row (router MatMul, SwiGLU experts, residual Add each)."""
+    if os.path.exists(path):
+        return
+    rng = np.random.default_rng(seed)
+    arrays, nodes, prev = [], [], "x"
+    for i in range(layers):
+        arrays += [(f"wr{i}", rng.standard_normal((h, e), dtype=np.float32)),
+                   (f"w1_{i}", rng.standard_normal((e, 2 * f, h), dtype=np.float32) * np.float32(0.02)),
+                   (f"w2_{i}", rng.standard_normal((e, h, f), dtype=np.float32) * np.float32(0.02))]
+        out = "y" if i == layers - 1 else f"h{i}"
+        nodes += [helper.make_node("MatMul", [prev, f"wr{i}"], [f"logits{i}"]),
+                  helper.make_node("MoE", [prev, f"logits{i}", f"w1_{i}", "", f"w2_{i}"], [f"moe{i}"],
+                                   domain="com.microsoft", k=k, activation_type="swiglu", swiglu_fusion=1,
+                                   normalize_routing_weights=1),
+                  helper.make_node("Add", [prev, f"moe{i}"], [out])]
+        prev = out
+    save(path, nodes, external(arrays, path), h, "moe")
+
+
 def save(path, nodes, inits, h, domain):
     graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", h])], inits)
@@ -147,6 +169,10 @@ def main():
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--mixtral", action="store_true", help="add the Mixtral-like layer (needs ~20 GB of memory)")
+    ap.add_argument("--weights", default=None,
+                    help="moec weight storages to time, comma-separated (default: fp32,bf16,int8,int4; --quick: "
+                         "fp32,int8)")
+    ap.add_argument("--no-readme", action="store_true", help="do not copy the table into README.md")
     args = ap.parse_args()
     import onnxruntime as ort
     os.makedirs(CACHE, exist_ok=True)
@@ -154,9 +180,16 @@ def main():
     moec = os.path.join(args.build, "bin", "moec")
     rt = moert.Runtime(os.path.join(args.build, "lib", "libmoert.so"))
 
+    variants = (args.weights or ("fp32,int8" if args.quick else "fp32,bf16,int8,int4")).split(",")
+    for w in variants:
+        if w not in WEIGHT_BYTES:
+            ap.error(f"--weights: unknown storage '{w}' (fp32, bf16, int8, int4)")
+
     roof = roofline(args.threads)
+    bf16_peak = roof.get("bf16_gflops")
     print(f"roofline ({args.threads} threads): read {roof['read_gbs']} GB/s, triad {roof['triad_gbs']} GB/s, "
-          f"FP32 FMA peak {roof['fp32_gflops']} GFLOP/s", flush=True)
+          f"FP32 FMA peak {roof['fp32_gflops']} GFLOP/s, BF16 peak "
+          f"{bf16_peak if bf16_peak else 'n/a (no AVX512-BF16)'}", flush=True)
 
     # name, H, F, E, k, kind, ORT-side note
     workloads = [("ZAYA1-8B MoE layer (16 experts, top-1; ORT and moec without the skip class)", "zaya1",
@@ -170,7 +203,7 @@ def main():
         workloads.append(("Mixtral-like (8 experts, top-2, F=14336; moec bf16 weights, ORT fp32)", "mixtral",
                           4096, 14336, 8, 2, "moe-bf16"))
     tokens = [1, 8, 64, 512]
-    rows = []
+    rows, stack = [], None
     for title, key, h, f, e, k, kind in workloads:
         print(f"== {title}", flush=True)
         ort_path = os.path.join(CACHE, f"{key}.onnx")
@@ -180,17 +213,7 @@ def main():
         if kind == "moepp":
             moec_src = os.path.join(CACHE, f"{key}_moec.onnx")
             moepp_model(moec_src, h, f, e, 64, max(1, f // 10))
-        gen_s = time.time() - t0
-        art = os.path.join(CACHE, f"{key}.moex")
-        t0 = time.time()
-        cmd = [moec, "compile", moec_src, "-o", art, "--cpu=native", "--quiet"]
-        if kind == "moe-bf16":
-            cmd.append("--weights=bf16")
-        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
-        compile_s = time.time() - t0
-        t0 = time.time()
-        model = rt.load(art, threads=args.threads)
-        load_ms = (time.time() - t0) * 1e3
+        print(f"   models generated in {time.time() - t0:.1f} s", flush=True)
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         sess = ort.InferenceSession(ort_path, so, providers=["CPUExecutionProvider"])
@@ -198,59 +221,112 @@ def main():
         wr.standard_normal((e, 2 * f, h), dtype=np.float32)
         wr.standard_normal((e, h, f), dtype=np.float32)
         wr = wr.standard_normal((h, e), dtype=np.float32)
-        wbytes = (4 if kind != "moe-bf16" else 2)
-        per_expert = 3 * h * f * wbytes
-        if kind == "moepp":
-            keep = max(1, f // 10)
-            per_expert = 3 * h * keep * wbytes + (h * 64 + 64 * f) * 4
-        print(f"   generated {gen_s:.1f} s, compiled {compile_s:.1f} s, loaded {load_ms:.0f} ms", flush=True)
-        for t in tokens:
-            rng = np.random.default_rng(1000 + t)
-            inputs = [rng.standard_normal((t, h), dtype=np.float32) for _ in range(args.repeat + 1)]
-            m_best, m_med = time_calls(lambda x: model.run({"x": x}), inputs)
-            o_best, o_med = time_calls(lambda x: sess.run(None, {"x": x}), inputs)
-            touched = [len(np.unique(routed_experts(x, wr, k))) for x in inputs[1:]]
-            bytes_touched = statistics.median(touched) * per_expert + h * e * 4
-            active_f = max(1, f // 10) if kind == "moepp" else f
-            flops = t * k * 6 * h * active_f + 2 * t * h * e
-            bound_ms = max(bytes_touched / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
-            # Medians on both sides: the bytes a call touches vary with its routing.
-            row = dict(workload=key, title=title, tokens=t, moec_ms=round(m_best, 3), moec_median_ms=round(m_med, 3),
-                       ort_ms=round(o_best, 3), ort_median_ms=round(o_med, 3), speedup=round(o_best / m_best, 2),
-                       bytes_touched=int(bytes_touched), flops=int(flops), roofline_ms=round(bound_ms, 3),
-                       roofline_fraction=round(bound_ms / m_med, 2), compile_s=round(compile_s, 1),
-                       load_ms=round(load_ms, 1))
-            rows.append(row)
-            print(f"   T={t:4d} moec {m_best:9.3f} ms  ORT {o_best:9.3f} ms  x{row['speedup']:5.2f}  "
-                  f"{bytes_touched / 1e6:8.1f} MB  {flops / 1e9:7.2f} GFLOP  roofline {row['roofline_fraction']:.2f}",
-                  flush=True)
-        model.close()
+        inputs = {t: [np.random.default_rng(1000 + t).standard_normal((t, h), dtype=np.float32)
+                      for _ in range(args.repeat + 1)] for t in tokens}
+        ort_times = {t: time_calls(lambda x: sess.run(None, {"x": x}), inputs[t]) for t in tokens}
+        touched = {t: statistics.median(len(np.unique(routed_experts(x, wr, k))) for x in inputs[t][1:])
+                   for t in tokens}
         del sess
+        for w in (["bf16"] if kind == "moe-bf16" else variants):
+            art = os.path.join(CACHE, f"{key}_{w}.moex")
+            t0 = time.time()
+            subprocess.run([moec, "compile", moec_src, "-o", art, "--cpu=native", "--quiet", f"--weights={w}"],
+                           check=True, stderr=subprocess.DEVNULL)
+            compile_s = time.time() - t0
+            t0 = time.time()
+            model = rt.load(art, threads=args.threads)
+            load_ms = (time.time() - t0) * 1e3
+            active_f = max(1, f // 10) if kind == "moepp" else f
+            per_expert = 3 * h * active_f * WEIGHT_BYTES[w] + ((h * 64 + 64 * f) * 4 if kind == "moepp" else 0)
+            print(f"   {w}: compiled in {compile_s:.1f} s, loaded in {load_ms:.0f} ms", flush=True)
+            for t in tokens:
+                m_best, m_med = time_calls(lambda x: model.run({"x": x}), inputs[t])
+                o_best, o_med = ort_times[t]
+                bytes_touched = touched[t] * per_expert + h * e * 4
+                flops = t * k * 6 * h * active_f + 2 * t * h * e
+                bound_ms = max(bytes_touched / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
+                # Medians on both sides: the bytes a call touches vary with its routing.
+                row = dict(workload=key, weights=w, title=title, tokens=t, moec_ms=round(m_best, 3),
+                           moec_median_ms=round(m_med, 3), ort_ms=round(o_best, 3), ort_median_ms=round(o_med, 3),
+                           speedup=round(o_best / m_best, 2), bytes_touched=int(bytes_touched), flops=int(flops),
+                           roofline_ms=round(bound_ms, 3), roofline_fraction=round(bound_ms / m_med, 2),
+                           compile_s=round(compile_s, 1), load_ms=round(load_ms, 1))
+                rows.append(row)
+                print(f"   {w:5s} T={t:4d} moec {m_best:9.3f} ms  ORT {o_best:9.3f} ms  x{row['speedup']:5.2f}  "
+                      f"{bytes_touched / 1e6:8.1f} MB  {flops / 1e9:7.2f} GFLOP  roofline "
+                      f"{row['roofline_fraction']:.2f}", flush=True)
+            model.close()
+
+    if not args.quick:  # compile time of a 32-layer stack and the artifact's load time
+        layers, h, f, e, k = 32, 1024, 512, 8, 2
+        print(f"== {layers}-layer MoE stack (H={h}, {e} experts, top-{k}, F={f}, fp32)", flush=True)
+        src = os.path.join(CACHE, "stack32.onnx")
+        stack_model(src, layers, h, f, e, k)
+        art = os.path.join(CACHE, "stack32.moex")
+        t0 = time.time()
+        subprocess.run([moec, "compile", src, "-o", art, "--cpu=native", "--quiet"], check=True,
+                       stderr=subprocess.DEVNULL)
+        compile_s = time.time() - t0
+        t0 = time.time()
+        model = rt.load(art, threads=args.threads)
+        load_ms = (time.time() - t0) * 1e3
+        x = np.random.default_rng(0).standard_normal((1, h), dtype=np.float32)
+        decode_best, _ = time_calls(lambda v: model.run({"x": v}), [x] * (args.repeat + 1))
+        model.close()
+        stack = dict(layers=layers, hidden=h, experts=e, top_k=k, ffn=f, weights_gb=round(os.path.getsize(
+            src + ".data") / 1e9, 2), artifact_gb=round(os.path.getsize(art) / 1e9, 2), compile_s=round(compile_s, 1),
+            load_ms=round(load_ms, 1), decode_ms=round(decode_best, 2))
+        print(f"   compiled in {compile_s:.1f} s ({stack['weights_gb']} GB of weights, artifact "
+              f"{stack['artifact_gb']} GB), loaded in {load_ms:.0f} ms, one token through all layers "
+              f"{decode_best:.2f} ms", flush=True)
 
     result = dict(machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads, roofline=roof),
-                  date=time.strftime("%Y-%m-%d %H:%M"), quick=args.quick, rows=rows)
+                  date=time.strftime("%Y-%m-%d %H:%M"), quick=args.quick, rows=rows, stack=stack)
     with open(os.path.join(args.out, "latest.json"), "w") as f:
         json.dump(result, f, indent=1)
-    lines = [f"Roofline ({args.threads} threads): read {roof['read_gbs']} GB/s, triad {roof['triad_gbs']} GB/s, "
-             f"FP32 peak {roof['fp32_gflops']} GFLOP/s. fp32 unless noted; best of {args.repeat} calls, fresh input "
-             "per call.", "",
-             "| workload | T | moec ms (best / median) | ORT ms (best / median) | moec/ORT speed-up (best) | "
-             "weights touched MB (median) | GFLOP | roofline ms | moec fraction of roofline (median) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"Measured {result['date']} with {args.threads} threads. Roofline: read {roof['read_gbs']} GB/s, triad "
+             f"{roof['triad_gbs']} GB/s, FP32 peak {roof['fp32_gflops']} GFLOP/s, BF16 peak "
+             f"{bf16_peak or 'n/a'}. ONNX Runtime runs fp32 weights; moec's weight storage is the second column. "
+             f"Best of {args.repeat} calls, fresh input per call.", "",
+             "| workload | moec weights | T | moec ms (best / median) | ORT ms (best / median) | "
+             "moec/ORT speed-up (best) | weights touched MB (median) | GFLOP | roofline ms | "
+             "moec fraction of roofline (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['workload']} | {r['tokens']} | {r['moec_ms']} / {r['moec_median_ms']} | "
+        lines.append(f"| {r['workload']} | {r['weights']} | {r['tokens']} | {r['moec_ms']} / {r['moec_median_ms']} | "
                      f"{r['ort_ms']} / {r['ort_median_ms']} | {r['speedup']} | "
                      f"{r['bytes_touched'] / 1e6:.1f} | {r['flops'] / 1e9:.2f} | {r['roofline_ms']} | "
                      f"{r['roofline_fraction']} |")
+    if stack:
+        lines += ["", f"Compile time of a {stack['layers']}-layer MoE stack (H={stack['hidden']}, {stack['experts']} "
+                  f"experts, top-{stack['top_k']}, F={stack['ffn']}, {stack['weights_gb']} GB of fp32 weights): "
+                  f"{stack['compile_s']} s; artifact {stack['artifact_gb']} GB, loaded in {stack['load_ms']} ms; one "
+                  f"token through all layers {stack['decode_ms']} ms."]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "latest.md"), "w") as f:
         f.write(table)
     print("\n" + table)
+    if not args.quick and not args.no_readme:
+        update_readme(table)
     try:
         plot(rows, os.path.join(args.out, "latest.png"))
     except ImportError:
         print("(matplotlib not installed: no plot; pip install matplotlib)")
     return 0
+
+
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}  # per weight, with block scales
+
+
+def update_readme(table):
+    """Puts the table between README.md's bench markers."""
+    path = os.path.join(ROOT, "README.md")
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    text = open(path).read()
+    if begin in text and end in text:
+        text = text[:text.index(begin) + len(begin)] + "\n" + table + text[text.index(end):]
+        with open(path, "w") as f:
+            f.write(text)
 
 
 def plot(rows, path):
@@ -261,10 +337,14 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         rs = [r for r in rows if r["workload"] == key]
-        t = [r["tokens"] for r in rs]
-        ax.loglog(t, [r["moec_ms"] for r in rs], "o-", label="moec")
-        ax.loglog(t, [r["ort_ms"] for r in rs], "s-", label="ONNX Runtime")
-        ax.loglog(t, [r["roofline_ms"] for r in rs], "k--", label="roofline")
+        first = [r for r in rs if r["weights"] == rs[0]["weights"]]
+        t = [r["tokens"] for r in first]
+        for w in sorted({r["weights"] for r in rs}, key=[r["weights"] for r in rs].index):
+            rw = [r for r in rs if r["weights"] == w]
+            ax.loglog([r["tokens"] for r in rw], [r["moec_ms"] for r in rw], "o-", label=f"moec {w}")
+            ax.loglog([r["tokens"] for r in rw], [r["roofline_ms"] for r in rw], "--", alpha=0.5,
+                      label=f"roofline {w}")
+        ax.loglog(t, [r["ort_ms"] for r in first], "ks-", label="ONNX Runtime (fp32)")
         ax.set_title(key)
         ax.set_xlabel("tokens per call")
         ax.set_ylabel("ms per call")
