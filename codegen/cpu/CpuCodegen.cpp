@@ -493,9 +493,9 @@ struct Emitter {
       if (!importedRows(op, op.getFc1(), op.getFc1Scales(), q1a, "fc1", e * g * f, h, r1) ||
           !importedRows(op, op.getFc2(), op.getFc2Scales(), q2a, "fc2", e * h, f, r2))
         return false;
-      if (r1.blk % 8 != 0 && r1.blk < h)
+      if (r1.blk % 16 != 0 && r1.blk < h) // a vector load (8 or 16 lanes) must not straddle two blocks
         return fail(op, "fc1 quantisation blocks of " + Twine(r1.blk) + " columns (CPU kernels need a multiple "
-                        "of 8, or one scale per row)");
+                        "of 16, or one scale per row)");
       qblock1 = r1.blk;
       qblock2 = q2a.getBlockSize(); // 0: one scale per row of fc2 = per column of its transpose
     } else {

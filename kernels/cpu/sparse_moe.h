@@ -43,23 +43,34 @@ constexpr int64_t kDimBlock = 64;  // the most hidden dims per block (the coeffi
 constexpr int64_t kL2Budget = 192 * 1024; // bytes of a dim block's gate/up rows meant to stay in L2
 constexpr int64_t kMaxChunks = 16; // hidden-dim chunks per expert visit (parallelism in decode)
 
-// 8 floats: one AVX2 register (two SSE registers on baseline x86-64). Unaligned loads and stores.
-typedef float v8 __attribute__((vector_size(32)));
-inline v8 load8(const float *p) {
-  v8 v;
+// VW floats per vector: 16 (one AVX-512 register) when the code is built for AVX-512, else 8 (one AVX2
+// register, or two SSE registers on baseline x86-64). Unaligned loads and stores.
+#ifndef MOERT_VW
+#if defined(__AVX512F__)
+#define MOERT_VW 16
+#else
+#define MOERT_VW 8
+#endif
+#endif
+constexpr int VW = MOERT_VW;
+static_assert(VW == 8 || VW == 16, "vector width");
+typedef float vf __attribute__((vector_size(VW * 4)));
+inline vf loadv(const float *p) {
+  vf v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store8(float *p, v8 v) { std::memcpy(p, &v, sizeof v); }
+inline void storev(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float a) { return vf{} + a; }
 
 // bf16 weights (`--weights=bf16`): the upper 16 bits of an f32, widened on load; accumulation stays f32.
-typedef uint16_t u16x8 __attribute__((vector_size(16)));
-typedef uint32_t u32x8 __attribute__((vector_size(32)));
-inline v8 load8(const uint16_t *p) {
-  u16x8 h;
+typedef uint16_t u16xv __attribute__((vector_size(VW * 2)));
+typedef uint32_t u32xv __attribute__((vector_size(VW * 4)));
+inline vf loadv(const uint16_t *p) {
+  u16xv h;
   std::memcpy(&h, p, sizeof h);
-  u32x8 w = __builtin_convertvector(h, u32x8) << 16;
-  v8 f;
+  u32xv w = __builtin_convertvector(h, u32xv) << 16;
+  vf f;
   std::memcpy(&f, &w, sizeof f);
   return f;
 }
@@ -70,39 +81,51 @@ inline float tofloat(uint16_t x) {
   std::memcpy(&f, &w, sizeof f);
   return f;
 }
-inline float hsum(v8 v) {
+inline float hsum(vf v) {
   float s = 0.0f;
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < VW; ++i)
     s += v[i];
   return s;
 }
 
 // ---- weight rows -------------------------------------------------------------------------------------------
-// The kernels read expert weights through a row view: load(h) gives 8 weights from column h (a multiple of 8)
+// The kernels read expert weights through a row view: load(h) gives VW weights from column h (a multiple of VW)
 // as f32, at(h) one. Plain rows are f32 or bf16; quantised rows hold symmetric integers and f32 scales:
-//   QBlock<BITS, BLK>: fc1 rows, one scale per BLK consecutive columns (BLK a multiple of 8, or >= H);
+//   QBlock<BITS, BLK>: fc1 rows, one scale per BLK consecutive columns (BLK a multiple of 16, or >= H);
 //   QVec<BITS>:        fc2 rows (fc2 transposed), one scale per column, shared by a block of rows.
 // 8-bit values are int8; 4-bit ones are nibbles (low first, zero point 8), two per byte along the row.
 template <typename T> struct Plain {
   const T *p;
-  v8 load(int64_t h) const { return load8(p + h); }
+  vf load(int64_t h) const { return loadv(p + h); }
   float at(int64_t h) const { return tofloat(p[h]); }
   Plain off(int64_t h) const { return {p + h}; }
 };
 
-typedef int8_t i8x8 __attribute__((vector_size(8)));
-typedef int32_t i32x8 __attribute__((vector_size(32)));
-template <int BITS> inline v8 loadQ(const uint8_t *q, int64_t h) {
+typedef int8_t i8xv __attribute__((vector_size(VW)));
+typedef int32_t i32xv __attribute__((vector_size(VW * 4)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+/// 8 nibbles of a little-endian word (element k in bits 4k..4k+3), centred: value - 8.
+inline u32x8 nibbles(uint32_t w) {
+  const u32x8 shifts = {0, 4, 8, 12, 16, 20, 24, 28};
+  return (u32x8{w, w, w, w, w, w, w, w} >> shifts) & 15u;
+}
+template <int BITS> inline vf loadQ(const uint8_t *q, int64_t h) {
   if constexpr (BITS == 8) {
-    i8x8 b;
+    i8xv b;
     std::memcpy(&b, q + h, sizeof b);
-    return __builtin_convertvector(__builtin_convertvector(b, i32x8), v8);
+    return __builtin_convertvector(__builtin_convertvector(b, i32xv), vf);
   } else {
+#if MOERT_VW == 8
     uint32_t w;
-    std::memcpy(&w, q + h / 2, sizeof w); // 8 nibbles, element k in bits 4k..4k+3
-    const u32x8 shifts = {0, 4, 8, 12, 16, 20, 24, 28};
-    u32x8 n = (u32x8{w, w, w, w, w, w, w, w} >> shifts) & 15u;
-    return __builtin_convertvector(n, v8) - 8.0f;
+    std::memcpy(&w, q + h / 2, sizeof w);
+    return __builtin_convertvector(nibbles(w), vf) - 8.0f;
+#else
+    uint32_t w[2];
+    std::memcpy(w, q + h / 2, sizeof w);
+    u32xv n = __builtin_shufflevector(nibbles(w[0]), nibbles(w[1]), 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                      14, 15);
+    return __builtin_convertvector(n, vf) - 8.0f;
+#endif
   }
 }
 template <int BITS> inline float atQ(const uint8_t *q, int64_t h) {
@@ -115,30 +138,30 @@ template <int BITS> inline float atQ(const uint8_t *q, int64_t h) {
 template <int BITS, int64_t BLK> struct QBlock {
   const uint8_t *q;
   const float *s;
-  v8 load(int64_t h) const { return loadQ<BITS>(q, h) * s[h / BLK]; }
+  vf load(int64_t h) const { return loadQ<BITS>(q, h) * s[h / BLK]; }
   float at(int64_t h) const { return atQ<BITS>(q, h) * s[h / BLK]; }
 };
 
 template <int BITS> struct QVec {
   const uint8_t *q;
   const float *s;
-  v8 load(int64_t h) const { return loadQ<BITS>(q, h) * load8(s + h); }
+  vf load(int64_t h) const { return loadQ<BITS>(q, h) * loadv(s + h); }
   float at(int64_t h) const { return atQ<BITS>(q, h) * s[h]; }
   QVec off(int64_t h) const { return {q + h * BITS / 8, s + h}; }
 };
 
 /// a . b with four independent vector accumulators (hides the FMA latency of a single chain).
 template <class Row> inline float dot(Row a, const float *__restrict b, int64_t n) {
-  v8 s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  vf s0 = {}, s1 = {}, s2 = {}, s3 = {};
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    s0 += a.load(i) * load8(b + i);
-    s1 += a.load(i + 8) * load8(b + i + 8);
-    s2 += a.load(i + 16) * load8(b + i + 16);
-    s3 += a.load(i + 24) * load8(b + i + 24);
+  for (; i + 4 * VW <= n; i += 4 * VW) {
+    s0 += a.load(i) * loadv(b + i);
+    s1 += a.load(i + VW) * loadv(b + i + VW);
+    s2 += a.load(i + 2 * VW) * loadv(b + i + 2 * VW);
+    s3 += a.load(i + 3 * VW) * loadv(b + i + 3 * VW);
   }
-  for (; i + 8 <= n; i += 8)
-    s0 += a.load(i) * load8(b + i);
+  for (; i + VW <= n; i += VW)
+    s0 += a.load(i) * loadv(b + i);
   float acc = hsum((s0 + s1) + (s2 + s3));
   for (; i < n; ++i)
     acc += a.at(i) * b[i];
@@ -151,14 +174,14 @@ inline float dot(const float *a, const float *b, int64_t n) { return dot(Plain<f
 /// FMA units instead of waiting on loads).
 template <bool TWO, int NT, class Row>
 inline void dotsN(Row ra, Row rb, const float *const *x, int64_t n, float *g, float *u) {
-  v8 ag[NT] = {}, au[NT] = {};
+  vf ag[NT] = {}, au[NT] = {};
   int64_t h = 0;
-  for (; h + 8 <= n; h += 8) {
-    v8 wa = ra.load(h);
-    v8 wb = TWO ? rb.load(h) : v8{};
+  for (; h + VW <= n; h += VW) {
+    vf wa = ra.load(h);
+    vf wb = TWO ? rb.load(h) : vf{};
 #pragma unroll
     for (int i = 0; i < NT; ++i) {
-      v8 xv = load8(x[i] + h);
+      vf xv = loadv(x[i] + h);
       ag[i] += wa * xv;
       if (TWO)
         au[i] += wb * xv;
@@ -196,9 +219,9 @@ inline void dots4(Row ra, Row rb, const float *const *x, int64_t nt, int64_t n, 
 
 template <class Row> inline void axpy(float *__restrict y, float a, Row x, int64_t n) {
   int64_t i = 0;
-  const v8 av = {a, a, a, a, a, a, a, a};
-  for (; i + 8 <= n; i += 8)
-    store8(y + i, load8(y + i) + av * x.load(i));
+  const vf av = splat(a);
+  for (; i + VW <= n; i += VW)
+    storev(y + i, loadv(y + i) + av * x.load(i));
   for (; i < n; ++i)
     y[i] += a * x.at(i);
 }
@@ -451,31 +474,30 @@ template <class C> struct Kernel {
   static void downN(const Rows &rows, int64_t f0, int64_t fn, const float *c, float *const *d, int64_t h0,
                     int64_t h1) {
     int64_t h = h0;
-    for (; h + 16 <= h1; h += 16) {
-      v8 acc[NT][2];
+    for (; h + 2 * VW <= h1; h += 2 * VW) {
+      vf acc[NT][2];
 #pragma unroll
       for (int i = 0; i < NT; ++i) {
-        acc[i][0] = load8(d[i] + h);
-        acc[i][1] = load8(d[i] + h + 8);
+        acc[i][0] = loadv(d[i] + h);
+        acc[i][1] = loadv(d[i] + h + VW);
       }
       for (int64_t j = 0; j < fn; ++j) {
         auto r = rows.row2(f0 + j);
-        v8 w0 = r.load(h), w1 = r.load(h + 8);
+        vf w0 = r.load(h), w1 = r.load(h + VW);
 #pragma unroll
         for (int i = 0; i < NT; ++i) {
-          float cv = c[i * kDimBlock + j];
-          v8 b = {cv, cv, cv, cv, cv, cv, cv, cv};
+          vf b = splat(c[i * kDimBlock + j]);
           acc[i][0] += b * w0;
           acc[i][1] += b * w1;
         }
       }
 #pragma unroll
       for (int i = 0; i < NT; ++i) {
-        store8(d[i] + h, acc[i][0]);
-        store8(d[i] + h + 8, acc[i][1]);
+        storev(d[i] + h, acc[i][0]);
+        storev(d[i] + h + VW, acc[i][1]);
       }
     }
-    if (h < h1) // the last columns (H not a multiple of 16)
+    if (h < h1) // the last columns (H not a multiple of 2 * VW)
       for (int i = 0; i < NT; ++i)
         for (int64_t j = 0; j < fn; ++j) {
           auto r = rows.row2(f0 + j);
@@ -602,7 +624,7 @@ template <class C> struct Kernel {
           }
         }
         // Down projection: dst[i][h] += sum_j cf[i][j] * fc2t[fb + j][h], as a register-blocked micro-kernel
-        // (4 tokens x 16 columns of accumulators, each weight vector used by 4 tokens) over column blocks
+        // (4 tokens x 2 vectors of accumulators, each weight vector used by 4 tokens) over column blocks
         // whose rows for this dim block stay in L2.
         constexpr int64_t kBlock = 256;
         for (int64_t hb = 0; hb < H; hb += kBlock) {
