@@ -73,14 +73,20 @@ def external(arrays, path):
     return protos
 
 
+def layer_weights(seed, h, f, e):
+    """A layer's expert weights (fc1 [E, 2F, H], fc2 [E, H, F]) and router [H, E], always drawn in this order
+    from `seed`, so the timing loop can regenerate the router both sides use."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((e, 2 * f, h), dtype=np.float32) * np.float32(0.02)
+    w2 = rng.standard_normal((e, h, f), dtype=np.float32) * np.float32(0.02)
+    return rng, w1, w2, rng.standard_normal((h, e), dtype=np.float32)
+
+
 def ort_moe_model(path, h, f, e, k, seed=0):
     """com.microsoft.MoE (SwiGLU, interleaved rows, renormalised top-k) with its router MatMul in front."""
     if os.path.exists(path):
         return
-    rng = np.random.default_rng(seed)
-    w1 = rng.standard_normal((e, 2 * f, h), dtype=np.float32) * np.float32(0.02)
-    w2 = rng.standard_normal((e, h, f), dtype=np.float32) * np.float32(0.02)
-    wr = rng.standard_normal((h, e), dtype=np.float32)
+    rng, w1, w2, wr = layer_weights(seed, h, f, e)
     inits = external([("w1", w1), ("w2", w2), ("wr", wr)], path)
     del w1, w2
     nodes = [helper.make_node("MatMul", ["x", "wr"], ["logits"]),
@@ -93,10 +99,7 @@ def moepp_model(path, h, f, e, rank, keep, seed=0):
     """moec.SparseMoE: top-1 of `e` experts with a low-rank predictor choosing `keep` of F dims per token."""
     if os.path.exists(path):
         return
-    rng = np.random.default_rng(seed)
-    w1 = rng.standard_normal((e, 2 * f, h), dtype=np.float32) * np.float32(0.02)
-    w2 = rng.standard_normal((e, h, f), dtype=np.float32) * np.float32(0.02)
-    wr = rng.standard_normal((h, e), dtype=np.float32)
+    rng, w1, w2, wr = layer_weights(seed, h, f, e)
     pa = rng.standard_normal((e, h, rank), dtype=np.float32) * np.float32(0.02)
     pb = rng.standard_normal((e, rank, f), dtype=np.float32) * np.float32(0.02)
     inits = external([("wr", wr), ("w1", w1), ("w2", w2), ("pa", pa), ("pb", pb)], path)
@@ -217,10 +220,7 @@ def main():
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         sess = ort.InferenceSession(ort_path, so, providers=["CPUExecutionProvider"])
-        wr = np.random.default_rng(0)  # the router: regenerate it as ort_moe_model did (same seed, same order)
-        wr.standard_normal((e, 2 * f, h), dtype=np.float32)
-        wr.standard_normal((e, h, f), dtype=np.float32)
-        wr = wr.standard_normal((h, e), dtype=np.float32)
+        wr = layer_weights(0, h, f, e)[3]  # the router both models were generated with
         inputs = {t: [np.random.default_rng(1000 + t).standard_normal((t, h), dtype=np.float32)
                       for _ in range(args.repeat + 1)] for t in tokens}
         ort_times = {t: time_calls(lambda x: sess.run(None, {"x": x}), inputs[t]) for t in tokens}

@@ -275,7 +275,9 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
 
 OwningOpRef<ModuleOp> GraphImporter::run(std::string &error) {
   const onnx::GraphProto &g = model->proto().graph();
-  auto module = ModuleOp::create(FileLineColLoc::get(b.getStringAttr(model->path()), 0, 0));
+  // Owned from the start: an early error return frees everything built so far.
+  OwningOpRef<ModuleOp> owned = ModuleOp::create(FileLineColLoc::get(b.getStringAttr(model->path()), 0, 0));
+  ModuleOp module = owned.get();
   b.setInsertionPointToEnd(module.getBody());
 
   llvm::StringSet<> initializerNames;
@@ -354,7 +356,7 @@ OwningOpRef<ModuleOp> GraphImporter::run(std::string &error) {
       return nullptr;
     }
   }
-  return OwningOpRef<ModuleOp>(module);
+  return owned;
 }
 
 } // namespace

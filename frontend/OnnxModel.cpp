@@ -37,7 +37,9 @@ std::string firstLine(const std::string &s) {
 }
 
 /// libonnx 1.12's shape inference divides by convolution and pooling attributes without checking them
-/// (a zero stride is a SIGFPE). Such nodes are rejected with a clear error before it runs.
+/// (a zero stride is a SIGFPE), and its ConvTranspose inference reads the weight's shape without checking it
+/// is known (a null dereference). Such nodes are rejected with a clear error before it runs (moec imports no
+/// ConvTranspose anyway).
 std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
   static const char *const kConvLike[] = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool",
                                           "AveragePool", "LpPool", "MaxUnpool", "Col2Im"};
@@ -46,6 +48,9 @@ std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
     bool convLike = false;
     for (const char *op : kConvLike)
       convLike |= node.domain().empty() && node.op_type() == op;
+    if ((node.domain().empty() || node.domain() == "ai.onnx") && node.op_type() == "ConvTranspose")
+      return "node '" + (node.name().empty() ? "#" + std::to_string(index) : node.name()) +
+             "' (ConvTranspose): op not supported by moec";
     for (const auto &attr : node.attribute()) {
       if (attr.type() == onnx::AttributeProto::GRAPH) {
         std::string why = libonnxInferenceHazard(attr.g());

@@ -84,16 +84,84 @@ LogicalResult collectInputs(NodeImporter &ni, SmallVectorImpl<Value> &operands) 
   return success();
 }
 
+/// An elementwise op's result type when neither value_info nor ONNX shape inference gave one (a contrib op
+/// upstream, or an opset libonnx does not know): the NumPy broadcast of its operands' shapes, when all are
+/// ranked. Other types are returned as they are.
+Type broadcastResult(ArrayRef<Value> operands, Type current) {
+  auto unranked = dyn_cast_if_present<UnrankedTensorType>(current);
+  if (!unranked || operands.empty())
+    return current;
+  SmallVector<int64_t> shape;
+  for (Value v : operands) {
+    auto t = dyn_cast<RankedTensorType>(v.getType());
+    if (!t)
+      return current;
+    ArrayRef<int64_t> dims = t.getShape();
+    if (dims.size() > shape.size())
+      shape.insert(shape.begin(), dims.size() - shape.size(), 1);
+    for (size_t k = 0; k < dims.size(); ++k) {
+      int64_t &a = shape[shape.size() - dims.size() + k];
+      int64_t b = dims[k];
+      if (a == 1 || (ShapedType::isDynamic(a) && b != 1 && !ShapedType::isDynamic(b)))
+        a = b;
+      else if (b == 1 || a == b || ShapedType::isDynamic(b))
+        continue;
+      else if (!ShapedType::isDynamic(a))
+        return current; // does not broadcast: leave it to the verifier / runtime
+    }
+  }
+  return RankedTensorType::get(shape, unranked.getElementType());
+}
+
+/// MatMul's result type when none was inferred: NumPy matmul of two ranked operands (1-D operands promoted
+/// and their dim dropped again, leading dims broadcast).
+Type matmulResult(ArrayRef<Value> operands, Type current) {
+  auto unranked = dyn_cast_if_present<UnrankedTensorType>(current);
+  if (!unranked || operands.size() != 2)
+    return current;
+  auto a = dyn_cast<RankedTensorType>(operands[0].getType()), b = dyn_cast<RankedTensorType>(operands[1].getType());
+  if (!a || !b || a.getRank() == 0 || b.getRank() == 0)
+    return current;
+  SmallVector<int64_t> as(a.getShape()), bs(b.getShape());
+  bool aVec = as.size() == 1, bVec = bs.size() == 1;
+  if (aVec)
+    as.insert(as.begin(), 1);
+  if (bVec)
+    bs.push_back(1);
+  SmallVector<int64_t> lead; // leading dims broadcast like an elementwise op
+  {
+    SmallVector<int64_t> la(as.begin(), as.end() - 2), lb(bs.begin(), bs.end() - 2);
+    size_t r = std::max(la.size(), lb.size());
+    la.insert(la.begin(), r - la.size(), 1);
+    lb.insert(lb.begin(), r - lb.size(), 1);
+    for (size_t i = 0; i < r; ++i) {
+      int64_t x = la[i], y = lb[i];
+      lead.push_back(x == 1 ? y : y == 1 ? x : ShapedType::isDynamic(x) ? y : x);
+    }
+  }
+  if (!aVec)
+    lead.push_back(as[as.size() - 2]);
+  if (!bVec)
+    lead.push_back(bs.back());
+  return RankedTensorType::get(lead, unranked.getElementType());
+}
+
 /// One MLIR op per ONNX node: inputs in order, attributes under their names, `Results` results
-/// (-1: as many as the node has).
-template <typename OpTy, int Results = 1, Elem Rule = Elem::SameAsInput0>
+/// (-1: as many as the node has). `Elementwise` ops get a broadcast result type when none was inferred.
+template <typename OpTy, int Results = 1, Elem Rule = Elem::SameAsInput0, bool Elementwise = false>
 LogicalResult generic(NodeImporter &ni) {
   SmallVector<Value> operands;
   SmallVector<NamedAttribute> attrs;
   if (failed(collectInputs(ni, operands)) || failed(declaredAttributes<OpTy>(ni, attrs)))
     return failure();
   int count = Results < 0 ? static_cast<int>(ni.numOutputs()) : Results;
-  return finish<OpTy>(ni, operands, attrs, resultTypes(ni, count, Rule));
+  SmallVector<Type> types = resultTypes(ni, count, Rule);
+  if (Elementwise)
+    for (Type &t : types)
+      t = broadcastResult(operands, t);
+  if (std::is_same_v<OpTy, ox::MatMulOp>)
+    types[0] = matmulResult(operands, types[0]);
+  return finish<OpTy>(ni, operands, attrs, types);
 }
 
 /// Rank of `v` when known.
@@ -260,11 +328,11 @@ LogicalResult slice(NodeImporter &ni) {
 }
 
 #define UNARY(NAME, SINCE)                                                                                   \
-  { "", #NAME, SINCE, generic<ox::NAME##Op> }
+  { "", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::SameAsInput0, true> }
 #define BINARY(NAME)                                                                                         \
-  { "", #NAME, 7, generic<ox::NAME##Op> }
+  { "", #NAME, 7, generic<ox::NAME##Op, 1, Elem::SameAsInput0, true> }
 #define COMPARE(NAME, SINCE)                                                                                 \
-  { "", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::Bool> }
+  { "", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::Bool, true> }
 
 /// Clip from opset 11: min and max are optional inputs, either may be omitted on its own.
 LogicalResult clip(NodeImporter &ni) {
@@ -293,11 +361,11 @@ const OpTableEntry kTable[] = {
     UNARY(Exp, 6),
     UNARY(Floor, 6),
     COMPARE(IsNaN, 9),
-    {"", "Max", 8, generic<ox::MaxOp>},
-    {"", "Min", 8, generic<ox::MinOp>},
+    {"", "Max", 8, generic<ox::MaxOp, 1, Elem::SameAsInput0, true>},
+    {"", "Min", 8, generic<ox::MinOp, 1, Elem::SameAsInput0, true>},
     {"", "Clip", 11, clip},
     {"", "Conv", 1, generic<ox::ConvOp>},
-    {"", "Gelu", 20, generic<ox::GeluOp>},
+    {"", "Gelu", 20, generic<ox::GeluOp, 1, Elem::SameAsInput0, true>},
     UNARY(Identity, 1),
     UNARY(Log, 6),
     UNARY(Neg, 6),
@@ -320,7 +388,7 @@ const OpTableEntry kTable[] = {
     COMPARE(LessOrEqual, 12),
     COMPARE(And, 7),
     COMPARE(Or, 7),
-    {"", "Where", 9, generic<ox::WhereOp, 1, Elem::SameAsInput2>},
+    {"", "Where", 9, generic<ox::WhereOp, 1, Elem::SameAsInput2, true>},
     // Linear algebra.
     {"", "MatMul", 1, generic<ox::MatMulOp>},
     {"", "Gemm", 7, generic<ox::GemmOp>},

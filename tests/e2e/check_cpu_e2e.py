@@ -115,15 +115,21 @@ def ort_moe_model(path, h, f, e, k, act, normalize, bias, router):
     attrs = dict(k=k, activation_type=act, normalize_routing_weights=normalize)
     if gated:
         attrs["swiglu_fusion"] = 1
+    save_layer(path, "MoE", names, inits, attrs, h, e, router, rng)
+
+
+def save_layer(path, op, node_inputs, inits, attrs, h, e, router, rng):
+    """One com.microsoft `op` node on x [T, h]: router logits from a MatMul on x ("matmul", weights drawn
+    from `rng`) or a graph input ("logits"); output y [T, h]."""
     nodes, inputs = [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h])]
     if router == "matmul":
         inits.append(numpy_helper.from_array(rng.standard_normal((h, e)).astype(np.float32), "wr"))
         nodes.append(helper.make_node("MatMul", ["x", "wr"], ["logits"]))
     else:
         inputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", e]))
-    nodes.append(helper.make_node("MoE", names, ["y"], domain="com.microsoft", **attrs))
-    graph = helper.make_graph(nodes, "moe", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", h])],
-                              inits)
+    nodes.append(helper.make_node(op, node_inputs, ["y"], domain="com.microsoft", **attrs))
+    graph = helper.make_graph(nodes, op.lower(), inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", h])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -181,19 +187,7 @@ def qmoe_model(path, h, f, e, k, bits, block, router):
     attrs = dict(k=k, activation_type="swiglu", swiglu_fusion=1, expert_weight_bits=bits)
     if block:
         attrs["block_size"] = block
-    nodes, inputs = [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h])]
-    if router == "matmul":
-        inits.append(numpy_helper.from_array(rng.standard_normal((h, e)).astype(np.float32), "wr"))
-        nodes.append(helper.make_node("MatMul", ["x", "wr"], ["logits"]))
-    else:
-        inputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", e]))
-    nodes.append(helper.make_node("QMoE", ["x", "logits", "q1", "s1", "", "q2", "s2"], ["y"],
-                                  domain="com.microsoft", **attrs))
-    graph = helper.make_graph(nodes, "qmoe", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", h])],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    model.ir_version = 8
-    onnx.save(model, path)
+    save_layer(path, "QMoE", ["x", "logits", "q1", "s1", "", "q2", "s2"], inits, attrs, h, e, router, rng)
 
 
 def weights_as_inputs_reference(path):

@@ -15,6 +15,11 @@ if [ -z "$(ls -A "$corpus")" ]; then
     [ $n -ge 200 ] && break
   done
 fi
+# Inputs that once crashed the importer (tests/fuzz/regressions) always run first.
+here=$(cd "$(dirname "$0")" && pwd)
+for r in "$here"/regressions/*.onnx; do
+  [ -f "$r" ] && cp "$r" "$corpus/regression-$(basename "$r")"
+done
 echo "fuzzing the ONNX importer for ${seconds}s with $(ls "$corpus" | wc -l) seed models"
 cd "$work"
 exec "$fuzzer" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=20 -print_final_stats=1 \
