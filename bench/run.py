@@ -186,7 +186,7 @@ def main():
     variants = (args.weights or ("fp32,int8" if args.quick else "fp32,bf16,int8,int4")).split(",")
     for w in variants:
         if w not in WEIGHT_BYTES:
-            ap.error(f"--weights: unknown storage '{w}' (fp32, bf16, int8, int4)")
+            ap.error(f"--weights: unknown storage '{w}' (fp32, bf16, fp16, int8, int4)")
 
     roof = roofline(args.threads)
     bf16_peak = roof.get("bf16_gflops")
@@ -315,7 +315,7 @@ def main():
     return 0
 
 
-WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}  # per weight, with block scales
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}  # per weight, with block scales
 
 
 def update_readme(table):

@@ -9,6 +9,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/Matchers.h"
+#include "llvm/ADT/APFloat.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/ScopeExit.h"
 #include "llvm/ADT/StringExtras.h"
@@ -158,6 +159,19 @@ std::vector<char> asBf16(const std::vector<float> &v) {
     uint32_t w;
     std::memcpy(&w, &v[i], 4);
     uint16_t h = std::isnan(v[i]) ? uint16_t((w >> 16) | 0x40) : uint16_t((w + 0x7fff + ((w >> 16) & 1)) >> 16);
+    std::memcpy(&b[2 * i], &h, 2);
+  }
+  return b;
+}
+
+/// f32 -> IEEE fp16, round to nearest even (overflow to infinity, as the conversion instructions do).
+std::vector<char> asF16(const std::vector<float> &v) {
+  std::vector<char> b(v.size() * 2);
+  for (size_t i = 0; i < v.size(); ++i) {
+    llvm::APFloat f(v[i]);
+    bool lost = false;
+    f.convert(llvm::APFloat::IEEEhalf(), llvm::APFloat::rmNearestTiesToEven, &lost);
+    uint16_t h = static_cast<uint16_t>(f.bitcastToAPInt().getZExtValue());
     std::memcpy(&b[2 * i], &h, 2);
   }
   return b;
@@ -422,10 +436,10 @@ struct Emitter {
     bool interleaved = op.getGatedLayout() == moe::GatedLayout::interleaved;
     std::vector<int64_t> sections(NUM_SLOTS, -1);
     uint64_t weightBytes = 0;
-    const bool bf16 = opts.weights == "bf16";
+    const bool bf16 = opts.weights == "bf16", fp16 = opts.weights == "fp16";
     auto add = [&](int slot, StringRef name, std::vector<float> data) {
-      bool narrow = bf16 && (slot == FC1 || slot == FC2 || slot == SHARED1 || slot == SHARED2);
-      std::vector<char> bytes = narrow ? asBf16(data) : asBytes(data);
+      bool narrow = (bf16 || fp16) && (slot == FC1 || slot == FC2 || slot == SHARED1 || slot == SHARED2);
+      std::vector<char> bytes = !narrow ? asBytes(data) : bf16 ? asBf16(data) : asF16(data);
       weightBytes += bytes.size();
       sections[slot] = weightSection(op, slot, name, std::move(bytes));
     };
@@ -618,7 +632,7 @@ struct Emitter {
     ds << "sparse_moe E=" << e;
     if (op.getZeroExperts())
       ds << "+" << op.getZeroExperts() << " zero";
-    ds << " k=" << op.getK() << " H=" << h << " F=" << f << " " << (qbits == 8 ? "int8 " : qbits == 4 ? "int4 " : bf16 ? "bf16 " : "")
+    ds << " k=" << op.getK() << " H=" << h << " F=" << f << " " << (qbits == 8 ? "int8 " : qbits == 4 ? "int4 " : bf16 ? "bf16 " : fp16 ? "fp16 " : "")
        << moe::stringifyActivation(op.getActivation())
        << ", router " << moe::stringifyRouterKind(op.getRouterKind()) << "/" << moe::stringifyGateFunc(op.getGate());
     if (op.getPredA())
@@ -645,7 +659,10 @@ struct Emitter {
     auto b = [](bool v) { return v ? "true" : "false"; };
     llvm::raw_string_ostream os(source);
     os << "\n// dispatch " << index << ": " << desc << "\nnamespace {\nstruct C" << index << " {\n"
-       << "  using W = " << (qbits ? "uint8_t; // quantised expert weights" : bf16 ? "uint16_t; // bf16 expert weights" : "float;") << "\n"
+       << "  using W = " << (qbits  ? "uint8_t; // quantised expert weights"
+                          : bf16 ? "uint16_t; // bf16 expert weights"
+                          : fp16 ? "_Float16; // fp16 expert weights"
+                                 : "float;") << "\n"
        << "  static constexpr int QBITS = " << qbits << ";\n"
        << "  static constexpr int64_t QBLOCK1 = " << (qblock1 ? qblock1 : h) << ", QBLOCK2 = " << qblock2 << ";\n"
        << "  static constexpr int64_t H = " << h << ", F = " << f << ", E = " << e << ", N = " << n
@@ -753,10 +770,9 @@ std::vector<std::string> moec::codegen::knownCpus() {
 
 bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &options, StringRef outPath,
                                        StringRef sourceModel, std::string &error, raw_ostream *progress) {
-  if (options.weights != "fp32" && options.weights != "bf16" && options.weights != "int8" &&
-      options.weights != "int4") {
-    error = "--weights=" + options.weights + ": expert weights are stored as fp32, bf16, int8 or int4 (fp16: not "
-            "yet)";
+  if (options.weights != "fp32" && options.weights != "bf16" && options.weights != "fp16" &&
+      options.weights != "int8" && options.weights != "int4") {
+    error = "--weights=" + options.weights + ": expert weights are stored as fp32, bf16, fp16, int8 or int4";
     return false;
   }
   std::vector<std::string> features;

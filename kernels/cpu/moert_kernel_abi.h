@@ -33,7 +33,7 @@ typedef struct moert_exec {
 
 /* Weight slots of a sparse MoE dispatch (pointers into the artifact's 64-byte-aligned weight sections). */
 enum moert_moe_slot {
-  MOERT_FC1 = 0,         /* [E][F][2][H] gated (gate, up rows per hidden dim) or [E][F][H]; f32, bf16,
+  MOERT_FC1 = 0,         /* [E][F][2][H] gated (gate, up rows per hidden dim) or [E][F][H]; f32, bf16, fp16,
                             int8, or int4 (two per byte along H, low nibble first, zero point 8)     */
   MOERT_FC2 = 1,         /* [E][F][H]: fc2 transposed, so hidden dim f's column is one row          */
   MOERT_ROUTER = 2,      /* [N][H]: router weights transposed (router_kind = linear)               */

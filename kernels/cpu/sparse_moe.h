@@ -74,6 +74,14 @@ inline vf loadv(const uint16_t *p) {
   std::memcpy(&f, &w, sizeof f);
   return f;
 }
+// fp16 weights (`--weights=fp16`): IEEE half, widened on load (F16C's vcvtph2ps on x86-64-v3).
+typedef _Float16 f16xv __attribute__((vector_size(VW * 2)));
+inline vf loadv(const _Float16 *p) {
+  f16xv h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, vf);
+}
+inline float tofloat(_Float16 x) { return float(x); }
 inline float tofloat(float x) { return x; }
 inline float tofloat(uint16_t x) {
   uint32_t w = uint32_t(x) << 16;

@@ -64,7 +64,7 @@ cl::opt<std::string> cpu("cpu",
                          cl::init("x86-64-v3"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> weightsType("weights",
                                  cl::desc("Storage of the expert weights in the artifact: fp32 (default), bf16 (half "
-                                          "the bytes), int8 or int4 (symmetric, one f32 scale per block of 32; a "
+                                          "the bytes), fp16 (IEEE half), int8 or int4 (symmetric, one f32 scale per block of 32; a "
                                           "quarter / an eighth of the bytes). Accumulation is f32. QMoE layers "
                                           "keep their own int8/int4 weights"),
                                  cl::init("fp32"), cl::sub(compileCmd), cl::cat(category));
