@@ -202,6 +202,25 @@ def time_calls(fn, inputs):
     return min(times), statistics.median(times)
 
 
+def bound(bytes_touched, flops, roof):
+    """The roofline's time in ms: reading the touched weights once at the read bandwidth, or the FLOPs at peak."""
+    return max(bytes_touched / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
+
+
+def report_row(key, weights, title, t, moec, ort_, bytes_touched, flops, roof, compile_s, load_ms):
+    """One table row (printed as it is measured): times (best, median) for moec and ORT, the roofline bound."""
+    bound_ms = bound(bytes_touched, flops, roof)
+    row = dict(workload=key, weights=weights, title=title, tokens=t, moec_ms=round(moec[0], 3),
+               moec_median_ms=round(moec[1], 3), ort_ms=round(ort_[0], 3), ort_median_ms=round(ort_[1], 3),
+               speedup=round(ort_[0] / moec[0], 2), bytes_touched=int(bytes_touched), flops=int(flops),
+               roofline_ms=round(bound_ms, 3), roofline_fraction=round(bound_ms / moec[1], 2),
+               compile_s=round(compile_s, 1), load_ms=round(load_ms, 1))
+    print(f"   {weights:5s} T={t:4d} moec {moec[0]:9.3f} ms  ORT {ort_[0]:9.3f} ms  x{row['speedup']:5.2f}  "
+          f"{bytes_touched / 1e6:8.1f} MB  {flops / 1e9:7.2f} GFLOP  roofline {row['roofline_fraction']:.2f}",
+          flush=True)
+    return row
+
+
 def routed_experts(x, wr, k):
     logits = x.astype(np.float64) @ wr.astype(np.float64)
     return np.argsort(-logits, axis=1, kind="stable")[:, :k]
@@ -294,17 +313,9 @@ def main():
                 o_best, o_med = ort_times[t]
                 bytes_touched = touched[t] * per_expert + h * e * 4
                 flops = t * k * 6 * h * active_f + 2 * t * h * e
-                bound_ms = max(bytes_touched / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
                 # Medians on both sides: the bytes a call touches vary with its routing.
-                row = dict(workload=key, weights=w, title=title, tokens=t, moec_ms=round(m_best, 3),
-                           moec_median_ms=round(m_med, 3), ort_ms=round(o_best, 3), ort_median_ms=round(o_med, 3),
-                           speedup=round(o_best / m_best, 2), bytes_touched=int(bytes_touched), flops=int(flops),
-                           roofline_ms=round(bound_ms, 3), roofline_fraction=round(bound_ms / m_med, 2),
-                           compile_s=round(compile_s, 1), load_ms=round(load_ms, 1))
-                rows.append(row)
-                print(f"   {w:5s} T={t:4d} moec {m_best:9.3f} ms  ORT {o_best:9.3f} ms  x{row['speedup']:5.2f}  "
-                      f"{bytes_touched / 1e6:8.1f} MB  {flops / 1e9:7.2f} GFLOP  roofline "
-                      f"{row['roofline_fraction']:.2f}", flush=True)
+                rows.append(report_row(key, w, title, t, (m_best, m_med), (o_best, o_med), bytes_touched, flops,
+                                       roof, compile_s, load_ms))
             model.close()
 
     if not args.quick and (not only or "olmoe_pytorch" in only):  # ORT on the PyTorch export vs moec on that file
@@ -342,16 +353,8 @@ def main():
                 touched = statistics.median(len(np.unique(routed_experts(x, r["gate"], k))) for x in xs)
                 bytes_touched = touched * 3 * h * f * 4 + h * e * 4
                 flops = t * k * 6 * h * f + 2 * t * h * e
-                bound_ms = max(bytes_touched / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
-                row = dict(workload="olmoe_pytorch", weights="fp32", title=title, tokens=t, moec_ms=round(m_best, 3),
-                           moec_median_ms=round(m_med, 3), ort_ms=round(o_best, 3), ort_median_ms=round(o_med, 3),
-                           speedup=round(o_best / m_best, 2), bytes_touched=int(bytes_touched), flops=int(flops),
-                           roofline_ms=round(bound_ms, 3), roofline_fraction=round(bound_ms / m_med, 2),
-                           compile_s=round(compile_s, 1), load_ms=round(load_ms, 1))
-                rows.append(row)
-                print(f"   fp32  T={t:4d} moec {m_best:9.3f} ms  ORT {o_best:9.3f} ms  x{row['speedup']:5.2f}  "
-                      f"{bytes_touched / 1e6:8.1f} MB  {flops / 1e9:7.2f} GFLOP  roofline "
-                      f"{row['roofline_fraction']:.2f}", flush=True)
+                rows.append(report_row("olmoe_pytorch", "fp32", title, t, (m_best, m_med), (o_best, o_med),
+                                       bytes_touched, flops, roof, compile_s, load_ms))
             model.close()
             del sess
 
@@ -386,7 +389,7 @@ def main():
     print(f"roofline at the end: read {again['read_gbs']} GB/s, FP32 peak {again['fp32_gflops']} GFLOP/s; using the "
           f"best: read {roof['read_gbs']} GB/s, FP32 peak {roof['fp32_gflops']} GFLOP/s", flush=True)
     for row in rows:
-        bound_ms = max(row["bytes_touched"] / (roof["read_gbs"] * 1e9), row["flops"] / (roof["fp32_gflops"] * 1e9)) * 1e3
+        bound_ms = bound(row["bytes_touched"], row["flops"], roof)
         row["roofline_ms"] = round(bound_ms, 3)
         row["roofline_fraction"] = round(bound_ms / row["moec_median_ms"], 2)
 
