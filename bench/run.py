@@ -21,8 +21,8 @@ moec runs each layer with every weight storage in --weights (fp32, bf16, int8, i
 the roofline's bytes follow the storage. --quick runs the ZAYA1 layer with fp32 and int8 (about a minute here);
 the full run adds OLMoE-like, the MoE++ layer with its 10% predictor mask (ORT runs the same layer unmasked) and
 ONNX Runtime on OLMoE's block as PyTorch exports it (moec compiling the same file), the compile time / load
-time of a 32-layer MoE stack, and copies the table into README.md; --mixtral adds
-Mixtral-like (bf16 weights for moec).
+time of a 32-layer MoE stack and Mixtral-like (bf16 weights for moec, ~9 GB of memory; --no-mixtral skips
+it), and copies the table into README.md.
 """
 import argparse
 import json
@@ -233,7 +233,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--mixtral", action="store_true", help="add the Mixtral-like layer (needs ~20 GB of memory)")
+    ap.add_argument("--no-mixtral", action="store_true",
+                    help="skip the Mixtral-like layer (5.6 GB of fp32 weights for ONNX Runtime, ~9 GB of memory)")
     ap.add_argument("--weights", default=None,
                     help="moec weight storages to time, comma-separated (default: fp32,bf16,int8,int4; --quick: "
                          "fp32,int8)")
@@ -267,7 +268,7 @@ def main():
                       ("MoE++ layer (128 experts, top-1, F=512, predictor rank 64 keeps 10%; ORT: unmasked)",
                        "moepp", 4096, 512, 128, 1, "moepp"),
                       ]
-    if args.mixtral or "mixtral" in (args.only or "").split(","):  # 5.6 GB of fp32 weights for ORT: opt in
+    if (not args.quick and not args.no_mixtral) or "mixtral" in (args.only or "").split(","):
         workloads.append(("Mixtral-like (8 experts, top-2, F=14336; moec bf16 weights, ORT fp32)", "mixtral",
                           4096, 14336, 8, 2, "moe-bf16"))
     only = set(args.only.split(",")) if args.only else None
