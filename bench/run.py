@@ -202,6 +202,23 @@ def time_calls(fn, inputs):
     return min(times), statistics.median(times)
 
 
+def compile_and_load(moec, rt, src, art, threads, *flags):
+    """`moec compile` src -> art (for this CPU), then load it; returns (model, compile seconds, load ms)."""
+    t0 = time.time()
+    subprocess.run([moec, "compile", src, "-o", art, "--cpu=native", "--quiet", *flags], check=True,
+                   stderr=subprocess.DEVNULL)
+    compile_s = time.time() - t0
+    t0 = time.time()
+    model = rt.load(art, threads=threads)
+    return model, compile_s, (time.time() - t0) * 1e3
+
+
+def ort_session(ort, path, threads):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def bound(bytes_touched, flops, roof):
     """The roofline's time in ms: reading the touched weights once at the read bandwidth, or the FLOPs at peak."""
     return max(bytes_touched / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
@@ -287,9 +304,7 @@ def main():
             moec_src = os.path.join(CACHE, f"{key}_moec.onnx")
             moepp_model(moec_src, h, f, e, 64, max(1, f // 10))
         print(f"   models generated in {time.time() - t0:.1f} s", flush=True)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
-        sess = ort.InferenceSession(ort_path, so, providers=["CPUExecutionProvider"])
+        sess = ort_session(ort, ort_path, args.threads)
         wr = layer_weights(0, h, f, e)[3]  # the router both models were generated with
         inputs = {t: [np.random.default_rng(1000 + t).standard_normal((t, h), dtype=np.float32)
                       for _ in range(args.repeat + 1)] for t in tokens}
@@ -298,14 +313,8 @@ def main():
                    for t in tokens}
         del sess
         for w in (["bf16"] if kind == "moe-bf16" else variants):
-            art = os.path.join(CACHE, f"{key}_{w}.moex")
-            t0 = time.time()
-            subprocess.run([moec, "compile", moec_src, "-o", art, "--cpu=native", "--quiet", f"--weights={w}"],
-                           check=True, stderr=subprocess.DEVNULL)
-            compile_s = time.time() - t0
-            t0 = time.time()
-            model = rt.load(art, threads=args.threads)
-            load_ms = (time.time() - t0) * 1e3
+            model, compile_s, load_ms = compile_and_load(moec, rt, moec_src, os.path.join(CACHE, f"{key}_{w}.moex"),
+                                                         args.threads, f"--weights={w}")
             active_f = max(1, f // 10) if kind == "moepp" else f
             per_expert = 3 * h * active_f * WEIGHT_BYTES[w] + ((h * 64 + 64 * f) * 4 if kind == "moepp" else 0)
             print(f"   {w}: compiled in {compile_s:.1f} s, loaded in {load_ms:.0f} ms", flush=True)
@@ -331,17 +340,9 @@ def main():
             print(f"   skipped: {err} (needs torch and transformers)", flush=True)
             src = None
         if src:
-            art = os.path.join(CACHE, "olmoe_pytorch.moex")
-            t0 = time.time()
-            subprocess.run([moec, "compile", src, "-o", art, "--cpu=native", "--quiet"], check=True,
-                           stderr=subprocess.DEVNULL)
-            compile_s = time.time() - t0
-            t0 = time.time()
-            model = rt.load(art, threads=args.threads)
-            load_ms = (time.time() - t0) * 1e3
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+            model, compile_s, load_ms = compile_and_load(moec, rt, src, os.path.join(CACHE, "olmoe_pytorch.moex"),
+                                                         args.threads)
+            sess = ort_session(ort, src, args.threads)
             r = np.load(src + ".router.npz")
             for t in [1, 8, 64]:  # the export gathers each token's k experts' weights: T=512 would copy 100 GB
                 rng = np.random.default_rng(2000 + t)
@@ -365,13 +366,7 @@ def main():
         src = os.path.join(CACHE, "stack32.onnx")
         stack_model(src, layers, h, f, e, k)
         art = os.path.join(CACHE, "stack32.moex")
-        t0 = time.time()
-        subprocess.run([moec, "compile", src, "-o", art, "--cpu=native", "--quiet"], check=True,
-                       stderr=subprocess.DEVNULL)
-        compile_s = time.time() - t0
-        t0 = time.time()
-        model = rt.load(art, threads=args.threads)
-        load_ms = (time.time() - t0) * 1e3
+        model, compile_s, load_ms = compile_and_load(moec, rt, src, art, args.threads)
         x = np.random.default_rng(0).standard_normal((1, h), dtype=np.float32)
         decode_best, _ = time_calls(lambda v: model.run({"x": v}), [x] * (args.repeat + 1))
         model.close()

@@ -146,9 +146,13 @@ Type matmulResult(ArrayRef<Value> operands, Type current) {
   return RankedTensorType::get(lead, unranked.getElementType());
 }
 
+/// How `generic` completes a result type neither value_info nor ONNX shape inference gave: not at all, as the
+/// broadcast of the operands (elementwise ops), or as their matrix product (MatMul).
+enum class Shape { AsGiven, Broadcast, MatMul };
+
 /// One MLIR op per ONNX node: inputs in order, attributes under their names, `Results` results
-/// (-1: as many as the node has). `Elementwise` ops get a broadcast result type when none was inferred.
-template <typename OpTy, int Results = 1, Elem Rule = Elem::SameAsInput0, bool Elementwise = false>
+/// (-1: as many as the node has); unknown result shapes completed by `Infer`.
+template <typename OpTy, int Results = 1, Elem Rule = Elem::SameAsInput0, Shape Infer = Shape::AsGiven>
 LogicalResult generic(NodeImporter &ni) {
   SmallVector<Value> operands;
   SmallVector<NamedAttribute> attrs;
@@ -156,11 +160,10 @@ LogicalResult generic(NodeImporter &ni) {
     return failure();
   int count = Results < 0 ? static_cast<int>(ni.numOutputs()) : Results;
   SmallVector<Type> types = resultTypes(ni, count, Rule);
-  if (Elementwise)
-    for (Type &t : types)
-      t = broadcastResult(operands, t);
-  if (std::is_same_v<OpTy, ox::MatMulOp>)
-    types[0] = matmulResult(operands, types[0]);
+  for (Type &t : types)
+    t = Infer == Shape::Broadcast ? broadcastResult(operands, t)
+        : Infer == Shape::MatMul  ? matmulResult(operands, t)
+                                  : t;
   return finish<OpTy>(ni, operands, attrs, types);
 }
 
@@ -328,11 +331,11 @@ LogicalResult slice(NodeImporter &ni) {
 }
 
 #define UNARY(NAME, SINCE)                                                                                   \
-  { "", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::SameAsInput0, true> }
+  { "", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::SameAsInput0, Shape::Broadcast> }
 #define BINARY(NAME)                                                                                         \
-  { "", #NAME, 7, generic<ox::NAME##Op, 1, Elem::SameAsInput0, true> }
+  { "", #NAME, 7, generic<ox::NAME##Op, 1, Elem::SameAsInput0, Shape::Broadcast> }
 #define COMPARE(NAME, SINCE)                                                                                 \
-  { "", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::Bool, true> }
+  { "", #NAME, SINCE, generic<ox::NAME##Op, 1, Elem::Bool, Shape::Broadcast> }
 
 /// Clip from opset 11: min and max are optional inputs, either may be omitted on its own.
 LogicalResult clip(NodeImporter &ni) {
@@ -361,11 +364,11 @@ const OpTableEntry kTable[] = {
     UNARY(Exp, 6),
     UNARY(Floor, 6),
     COMPARE(IsNaN, 9),
-    {"", "Max", 8, generic<ox::MaxOp, 1, Elem::SameAsInput0, true>},
-    {"", "Min", 8, generic<ox::MinOp, 1, Elem::SameAsInput0, true>},
+    {"", "Max", 8, generic<ox::MaxOp, 1, Elem::SameAsInput0, Shape::Broadcast>},
+    {"", "Min", 8, generic<ox::MinOp, 1, Elem::SameAsInput0, Shape::Broadcast>},
     {"", "Clip", 11, clip},
     {"", "Conv", 1, generic<ox::ConvOp>},
-    {"", "Gelu", 20, generic<ox::GeluOp, 1, Elem::SameAsInput0, true>},
+    {"", "Gelu", 20, generic<ox::GeluOp, 1, Elem::SameAsInput0, Shape::Broadcast>},
     UNARY(Identity, 1),
     UNARY(Log, 6),
     UNARY(Neg, 6),
@@ -388,9 +391,9 @@ const OpTableEntry kTable[] = {
     COMPARE(LessOrEqual, 12),
     COMPARE(And, 7),
     COMPARE(Or, 7),
-    {"", "Where", 9, generic<ox::WhereOp, 1, Elem::SameAsInput2, true>},
+    {"", "Where", 9, generic<ox::WhereOp, 1, Elem::SameAsInput2, Shape::Broadcast>},
     // Linear algebra.
-    {"", "MatMul", 1, generic<ox::MatMulOp>},
+    {"", "MatMul", 1, generic<ox::MatMulOp, 1, Elem::SameAsInput0, Shape::MatMul>},
     {"", "Gemm", 7, generic<ox::GemmOp>},
     {"", "Einsum", 12, generic<ox::EinsumOp>},
     // Normalisation and routing.

@@ -92,13 +92,8 @@ std::string fold(moe::SparseMoEOp op) {
 struct MoEFoldRouterPass final : moec::impl::MoEFoldRouterPassBase<MoEFoldRouterPass> {
   using Base::Base;
   void runOnOperation() override {
-    SmallVector<moe::SparseMoEOp> layers; // collected first: fusion erases ops the walk would visit next
-    getOperation()->walk([&](moe::SparseMoEOp op) { layers.push_back(op); });
-    for (moe::SparseMoEOp op : layers) {
-      std::string why = fold(op);
-      if (!why.empty() && remarks)
-        emitRemark(op.getLoc()) << "router not folded into the MoE layer: " << why;
-    }
+    for (moe::SparseMoEOp op : collectLayers(getOperation()))
+      remarkIfUnfused(remarks, op, "router not folded into the MoE layer", fold(op));
   }
 };
 

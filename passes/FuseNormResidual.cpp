@@ -206,15 +206,8 @@ std::string fuseNorm(moe::SparseMoEOp op) {
 std::string fuseResidual(moe::SparseMoEOp op) {
   if (op.getResidual())
     return "";
-  SmallVector<Operation *> chain;
-  Value r = op.getResult();
-  while (r.hasOneUse() && isa<ox::ReshapeOp>(*r.getUsers().begin())) {
-    chain.push_back(*r.getUsers().begin());
-    r = chain.back()->getResult(0);
-  }
-  if (!r.hasOneUse())
-    return "";
-  auto add = dyn_cast<ox::AddOp>(*r.getUsers().begin());
+  Value r;
+  auto add = addThroughReshapes(op.getResult(), r);
   if (!add)
     return "";
   Value other = otherOperand(add, r);
@@ -243,15 +236,9 @@ std::string fuseResidual(moe::SparseMoEOp op) {
 struct MoEFuseNormResidualPass final : moec::impl::MoEFuseNormResidualPassBase<MoEFuseNormResidualPass> {
   using Base::Base;
   void runOnOperation() override {
-    SmallVector<moe::SparseMoEOp> layers; // collected first: fusion erases ops the walk would visit next
-    getOperation()->walk([&](moe::SparseMoEOp op) { layers.push_back(op); });
-    for (moe::SparseMoEOp op : layers) {
-      std::string why = fuseNorm(op);
-      if (!why.empty() && remarks)
-        emitRemark(op.getLoc()) << "norm not fused into the MoE layer: " << why;
-      why = fuseResidual(op);
-      if (!why.empty() && remarks)
-        emitRemark(op.getLoc()) << "residual Add not fused into the MoE layer: " << why;
+    for (moe::SparseMoEOp op : collectLayers(getOperation())) {
+      remarkIfUnfused(remarks, op, "norm not fused into the MoE layer", fuseNorm(op));
+      remarkIfUnfused(remarks, op, "residual Add not fused into the MoE layer", fuseResidual(op));
     }
   }
 };

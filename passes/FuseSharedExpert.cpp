@@ -135,15 +135,8 @@ std::string fuse(moe::SparseMoEOp op) {
   if (op.getSharedFc1())
     return "";
   // The op's result, through single-use reshapes, into an Add.
-  SmallVector<Operation *> chain;
-  Value r = op.getResult();
-  while (r.hasOneUse() && isa<ox::ReshapeOp>(*r.getUsers().begin())) {
-    chain.push_back(*r.getUsers().begin());
-    r = chain.back()->getResult(0);
-  }
-  if (!r.hasOneUse())
-    return "";
-  auto add = dyn_cast<ox::AddOp>(*r.getUsers().begin());
+  Value r;
+  auto add = addThroughReshapes(op.getResult(), r);
   if (!add)
     return "";
   Value other = otherOperand(add, r);
@@ -201,13 +194,8 @@ std::string fuse(moe::SparseMoEOp op) {
 struct MoEFuseSharedExpertPass final : moec::impl::MoEFuseSharedExpertPassBase<MoEFuseSharedExpertPass> {
   using Base::Base;
   void runOnOperation() override {
-    SmallVector<moe::SparseMoEOp> layers; // collected first: fusion erases ops the walk would visit next
-    getOperation()->walk([&](moe::SparseMoEOp op) { layers.push_back(op); });
-    for (moe::SparseMoEOp op : layers) {
-      std::string why = fuse(op);
-      if (!why.empty() && remarks)
-        emitRemark(op.getLoc()) << "shared expert not fused into the MoE layer: " << why;
-    }
+    for (moe::SparseMoEOp op : collectLayers(getOperation()))
+      remarkIfUnfused(remarks, op, "shared expert not fused into the MoE layer", fuse(op));
   }
 };
 

@@ -1,5 +1,7 @@
 //===- MatchUtils.cpp - helpers shared by moec's raising and fusion passes -===//
 #include "passes/MatchUtils.h"
+
+#include "mlir/IR/Diagnostics.h"
 #include "ir/ONNXOps.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -18,7 +20,12 @@ std::vector<char> constantTensorBytes(Value v) {
   Attribute attr;
   if (!v || !matchPattern(v, m_Constant(&attr)))
     return {};
-  auto type = dyn_cast<RankedTensorType>(cast<TypedAttr>(attr).getType());
+  return elementsBytes(attr);
+}
+
+std::vector<char> elementsBytes(Attribute attr) {
+  auto typed = dyn_cast_if_present<TypedAttr>(attr);
+  auto type = typed ? dyn_cast<RankedTensorType>(typed.getType()) : RankedTensorType();
   if (!type || !type.hasStaticShape() || !type.getElementType().isIntOrFloat())
     return {};
   unsigned bits = type.getElementTypeBitWidth();
@@ -209,6 +216,26 @@ void noteFused(Operation *op, StringRef what) {
     list.append(old.begin(), old.end());
   list.push_back(StringAttr::get(op->getContext(), what));
   op->setAttr("moe.fused", ArrayAttr::get(op->getContext(), list));
+}
+
+ox::AddOp addThroughReshapes(Value v, Value &reaching) {
+  while (v.hasOneUse() && isa<ox::ReshapeOp>(*v.getUsers().begin()))
+    v = v.getUsers().begin()->getResult(0);
+  reaching = v;
+  if (!v.hasOneUse())
+    return {};
+  return dyn_cast<ox::AddOp>(*v.getUsers().begin());
+}
+
+SmallVector<moe::SparseMoEOp> collectLayers(Operation *root) {
+  SmallVector<moe::SparseMoEOp> layers;
+  root->walk([&](moe::SparseMoEOp op) { layers.push_back(op); });
+  return layers;
+}
+
+void remarkIfUnfused(bool remarks, Operation *op, StringRef what, const std::string &why) {
+  if (remarks && !why.empty())
+    emitRemark(op->getLoc()) << what << ": " << why;
 }
 
 } // namespace moec

@@ -8,6 +8,9 @@
 #ifndef MOEC_PASSES_MATCHUTILS_H
 #define MOEC_PASSES_MATCHUTILS_H
 
+#include "ir/MoEOps.h"
+#include "ir/ONNXOps.h"
+
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinTypes.h"
 #include "mlir/IR/Value.h"
@@ -25,6 +28,9 @@ std::vector<char> constantBytes(mlir::Value v);
 /// Row-major bytes of a constant tensor of any int or float element type with a static shape (bools one byte
 /// each); empty when `v` is not such a constant.
 std::vector<char> constantTensorBytes(mlir::Value v);
+
+/// The same for a tensor attribute itself (an op's `value`-like attribute): inline or resource-backed.
+std::vector<char> elementsBytes(mlir::Attribute attr);
 
 /// A constant holding `bytes` of `type`: inline when small, a heap resource blob named `name` otherwise.
 mlir::Value makeConstant(mlir::OpBuilder &b, mlir::Location loc, mlir::RankedTensorType type,
@@ -76,6 +82,17 @@ void eraseDeadOps(llvm::ArrayRef<mlir::Operation *> ops);
 
 /// Appends `what` to op's `moe.fused` list (what the fusion passes folded into it, for `moec --report`).
 void noteFused(mlir::Operation *op, llvm::StringRef what);
+
+/// The Add that `v` feeds through a chain of single-use reshapes, with `reaching` set to the Add's operand
+/// that chain ends in; null when some value on the way has another use or the last one feeds no Add.
+onnxir::AddOp addThroughReshapes(mlir::Value v, mlir::Value &reaching);
+
+/// The moe.sparse_moe ops under `root`, collected before any is rewritten: fusing erases ops a walk would
+/// visit next.
+llvm::SmallVector<moe::SparseMoEOp> collectLayers(mlir::Operation *root);
+
+/// With `remarks` on and a reason in `why`: a remark at `op`, "<what>: <why>" (why a fusion did not happen).
+void remarkIfUnfused(bool remarks, mlir::Operation *op, llvm::StringRef what, const std::string &why);
 
 } // namespace moec
 

@@ -310,10 +310,7 @@ struct Emitter {
     } else if (auto e = dyn_cast<ElementsAttr>(a)) {
       out.set_kind(pb::Attribute::TENSOR);
       out.set_tensor_dtype(dtypeOf(e.getElementType()));
-      OpBuilder b(op->getContext());
-      auto c = b.create<ox::ConstantOp>(op->getLoc(), e);
-      std::vector<char> bytes = constantTensorBytes(c.getResult());
-      c->destroy();
+      std::vector<char> bytes = elementsBytes(e);
       if (out.tensor_dtype() == pb::DTYPE_UNKNOWN || (bytes.empty() && e.getNumElements() != 0))
         return fail(op, "tensor attribute '" + na.getName().str() + "' has an element type moert cannot hold");
       for (int64_t d : e.getShapedType().getShape())

@@ -208,7 +208,7 @@ inline void dotsN(Row ra, Row rb, const float *const *x, int64_t n, float *g, fl
 }
 
 template <bool TWO, class Row>
-inline void dots4(Row ra, Row rb, const float *const *x, int64_t nt, int64_t n, float *g, float *u) {
+inline void dotsTokens(Row ra, Row rb, const float *const *x, int64_t nt, int64_t n, float *g, float *u) {
   switch (nt) {
   case 6:
     return dotsN<TWO, 6>(ra, rb, x, n, g, u);
@@ -623,7 +623,7 @@ template <class C> struct Kernel {
               continue;
             }
             float g[kTokBlock], u[kTokBlock];
-            dots4<G == 2>(rows.row1(f * G), rows.row1(f * G + (G - 1)), xs + i0, nt, H, g, u);
+            dotsTokens<G == 2>(rows.row1(f * G), rows.row1(f * G + (G - 1)), xs + i0, nt, H, g, u);
             for (int64_t i = 0; i < nt; ++i) {
               float gg = g[i] + (b1 ? b1[f * G] : 0.0f);
               float uu = G == 2 ? u[i] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;

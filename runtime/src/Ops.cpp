@@ -291,7 +291,6 @@ struct Attrs {
     const Attribute *a = find(name);
     return a ? a->s() : def;
   }
-  bool has(const char *name) const { return find(name) != nullptr; }
   Dims ints(const char *name) const {
     const Attribute *a = find(name);
     return a ? Dims(a->ints().begin(), a->ints().end()) : Dims{};
@@ -434,85 +433,97 @@ struct Ctx {
   }
 };
 
-template <class T> T applyUnary(const std::string &op, T x, const Attrs &a) {
-  if constexpr (std::is_floating_point_v<T>) {
-    if (op == "Abs")
-      return std::fabs(x);
-    if (op == "Neg")
-      return -x;
-    if (op == "Relu")
-      return x > 0 ? x : T(0);
-    if (op == "Ceil")
-      return std::ceil(x);
-    if (op == "Floor")
-      return std::floor(x);
-    if (op == "Cos")
-      return std::cos(x);
-    if (op == "Sin")
-      return std::sin(x);
-    if (op == "Exp")
-      return std::exp(x);
-    if (op == "Log")
-      return std::log(x);
-    if (op == "Sqrt")
-      return std::sqrt(x);
-    if (op == "Tanh")
-      return std::tanh(x);
-    if (op == "Erf")
-      return std::erf(x);
-    if (op == "Reciprocal")
-      return T(1) / x;
-    if (op == "Sigmoid")
-      return x >= 0 ? T(1) / (T(1) + std::exp(-x)) : std::exp(x) / (T(1) + std::exp(x));
-    if (op == "Gelu") {
-      if (a.str("approximate", "none") == "tanh")
-        return T(0.5) * x * (T(1) + std::tanh(T(0.7978845608028654) * (x + T(0.044715) * x * x * x)));
-      return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476)));
+enum class Unary { Abs, Neg, Relu, Ceil, Floor, Cos, Sin, Exp, Log, Sqrt, Tanh, Erf, Reciprocal, Sigmoid, GeluErf,
+                   GeluTanh };
+
+/// The op's kind, resolved once per step (not per element); false for an unknown name.
+bool unaryKind(const std::string &op, const Attrs &a, Unary &k) {
+  static const std::pair<const char *, Unary> kNames[] = {
+      {"Abs", Unary::Abs},   {"Neg", Unary::Neg},   {"Relu", Unary::Relu},   {"Ceil", Unary::Ceil},
+      {"Floor", Unary::Floor}, {"Cos", Unary::Cos}, {"Sin", Unary::Sin},     {"Exp", Unary::Exp},
+      {"Log", Unary::Log},   {"Sqrt", Unary::Sqrt}, {"Tanh", Unary::Tanh},   {"Erf", Unary::Erf},
+      {"Reciprocal", Unary::Reciprocal}, {"Sigmoid", Unary::Sigmoid}, {"Gelu", Unary::GeluErf}};
+  for (const auto &[name, kind] : kNames)
+    if (op == name) {
+      k = kind == Unary::GeluErf && a.str("approximate", "none") == "tanh" ? Unary::GeluTanh : kind;
+      return true;
     }
-  } else if constexpr (std::is_signed_v<T>) {
-    if (op == "Abs")
-      return x < 0 ? T(-x) : x;
-    if (op == "Neg")
-      return T(-x);
-    if (op == "Relu")
-      return x > 0 ? x : T(0);
-  } else {
-    if (op == "Abs" || op == "Relu")
-      return x;
+  return false;
+}
+
+/// o[i] = f(p[i]) with `f` the op's function, chosen once for the whole loop.
+template <class T> void mapUnary(Unary k, const T *p, T *o, int64_t n) {
+  auto map = [&](auto f) {
+    for (int64_t i = 0; i < n; ++i)
+      o[i] = f(p[i]);
+  };
+  if constexpr (std::is_floating_point_v<T>) {
+    switch (k) {
+    case Unary::Abs:
+      return map([](T x) { return std::fabs(x); });
+    case Unary::Neg:
+      return map([](T x) { return -x; });
+    case Unary::Relu:
+      return map([](T x) { return x > 0 ? x : T(0); });
+    case Unary::Ceil:
+      return map([](T x) { return std::ceil(x); });
+    case Unary::Floor:
+      return map([](T x) { return std::floor(x); });
+    case Unary::Cos:
+      return map([](T x) { return std::cos(x); });
+    case Unary::Sin:
+      return map([](T x) { return std::sin(x); });
+    case Unary::Exp:
+      return map([](T x) { return std::exp(x); });
+    case Unary::Log:
+      return map([](T x) { return std::log(x); });
+    case Unary::Sqrt:
+      return map([](T x) { return std::sqrt(x); });
+    case Unary::Tanh:
+      return map([](T x) { return std::tanh(x); });
+    case Unary::Erf:
+      return map([](T x) { return std::erf(x); });
+    case Unary::Reciprocal:
+      return map([](T x) { return T(1) / x; });
+    case Unary::Sigmoid:
+      return map([](T x) { return x >= 0 ? T(1) / (T(1) + std::exp(-x)) : std::exp(x) / (T(1) + std::exp(x)); });
+    case Unary::GeluTanh:
+      return map([](T x) {
+        return T(0.5) * x * (T(1) + std::tanh(T(0.7978845608028654) * (x + T(0.044715) * x * x * x)));
+      });
+    case Unary::GeluErf:
+      return map([](T x) { return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476))); });
+    }
+  } else { // integers: Abs, Neg, Relu (the caller refuses the others)
+    if constexpr (std::is_signed_v<T>) {
+      if (k == Unary::Abs)
+        return map([](T x) { return x < 0 ? T(-x) : x; });
+      if (k == Unary::Neg)
+        return map([](T x) { return T(-x); });
+      if (k == Unary::Relu)
+        return map([](T x) { return x > 0 ? x : T(0); });
+    }
+    map([](T x) { return x; }); // unsigned Abs and Relu
   }
-  return x; // Identity-like for ops without integer meaning (refused by the caller)
 }
 
 bool unary(Ctx &c) {
   if (!c.need(1))
     return false;
   const OpTensor &x = c.in[0];
-  static const char *const kIntOk[] = {"Abs", "Neg", "Relu"};
-  bool intOk = std::find(std::begin(kIntOk), std::end(kIntOk), c.op()) != std::end(kIntOk);
+  Unary k;
+  if (!unaryKind(c.op(), c.a, k))
+    return c.fail("is not an elementwise op");
+  bool intOk = k == Unary::Abs || k == Unary::Neg || k == Unary::Relu;
   if (x.dtype != proto::F32 && x.dtype != proto::F64 && !intOk)
     return c.badType(x);
   if (!c.alloc(0, x.dims))
     return false;
-  int64_t n = x.numel();
   return withNum(x.dtype, [&](auto tag) {
            using T = decltype(tag);
-           const T *p = x.as<T>();
-           T *o = c.out[0].mut<T>();
-           if (c.op() == "Relu") {
-             for (int64_t i = 0; i < n; ++i)
-               o[i] = p[i] > T(0) ? p[i] : T(0);
-             return;
-           }
-           for (int64_t i = 0; i < n; ++i)
-             o[i] = applyUnary<T>(c.op(), p[i], c.a);
+           mapUnary<T>(k, x.as<T>(), c.out[0].mut<T>(), x.numel());
          }) ||
          c.badType(x);
-}
-
-template <class T> bool divideOk(T, T y) {
-  if constexpr (std::is_integral_v<T>)
-    return y != 0;
-  return true;
 }
 
 bool binary(Ctx &c) {

@@ -319,12 +319,8 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
   values.clear();
   {
     std::lock_guard<std::mutex> lock(m->planMutex);
-    std::vector<uint64_t> &known = m->bufferBytes[signature];
-    if (m->bufferBytes.size() > 64) { // many shapes: forget the others
-      std::vector<uint64_t> keep = known;
-      m->bufferBytes.clear();
-      m->bufferBytes[signature] = keep;
-    }
+    if (m->bufferBytes.size() >= 64 && !m->bufferBytes.count(signature))
+      m->bufferBytes.clear(); // many shapes: forget the others
     std::vector<uint64_t> &sizes = m->bufferBytes[signature];
     sizes.resize(buffers, 0);
     for (int b = 0; b < buffers; ++b)
