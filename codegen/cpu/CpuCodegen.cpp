@@ -1,6 +1,7 @@
 //===- CpuCodegen.cpp - fused graph -> CPU artifact --------------------------===//
 #include "codegen/cpu/CpuCodegen.h"
 #include "codegen/Artifact.h"
+#include "codegen/hip/GpuCodegen.h"
 #include "kernels/cpu/moert_kernel_abi.h"
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
@@ -183,6 +184,7 @@ struct Emitter {
   llvm::DenseMap<Value, uint32_t> ids;
   pb::Program *program;
   std::string source; // the generated C++ translation unit
+  std::string gpuSource; // the generated GPU translation unit (when GPU archs are asked for)
   int dispatches = 0;
   std::string error;
   raw_ostream *progress;
@@ -498,6 +500,15 @@ struct Emitter {
       add(sslot1, (name1 + "_scales").str(), std::move(s1));
       add(sslot2, (name2 + "_scales").str(), std::move(s2));
     };
+    const bool gpu = !opts.hipArchs.empty() || !opts.cudaArchs.empty();
+    if (gpu && qbits)
+      return fail(op, "int" + Twine(qbits) + " expert weights have no GPU kernels yet (GPU targets take fp32, bf16 "
+                      "or fp16 weights: --weights=bf16)");
+    if (gpu && op.getPredA())
+      return fail(op, "a low-rank dim predictor (dynamic keep) has no GPU kernels yet; static masks do");
+    if (gpu && op.getNumRouterColumns() > 2048)
+      return fail(op, "GPU kernels route over at most 2048 router columns; this layer has " +
+                      Twine(op.getNumRouterColumns()));
     std::vector<float> w1, w2;
     QRows r1, r2;
     if (q1a) {
@@ -654,8 +665,9 @@ struct Emitter {
     step->set_output(outId);
 
     auto b = [](bool v) { return v ? "true" : "false"; };
-    llvm::raw_string_ostream os(source);
-    os << "\n// dispatch " << index << ": " << desc << "\nnamespace {\nstruct C" << index << " {\n"
+    std::string config;
+    llvm::raw_string_ostream cs(config);
+    cs << "\n// dispatch " << index << ": " << desc << "\nnamespace {\nstruct C" << index << " {\n"
        << "  using W = " << (qbits  ? "uint8_t; // quantised expert weights"
                           : bf16 ? "uint16_t; // bf16 expert weights"
                           : fp16 ? "_Float16; // fp16 expert weights"
@@ -674,7 +686,19 @@ struct Emitter {
        << ", ALPHA = " << floatLit(op.getActivationAlpha().convertToDouble())
        << ", BETA = " << floatLit(op.getActivationBeta().convertToDouble())
        << ", LIMIT = " << floatLit(op.getActivationLimit() ? op.getActivationLimit()->convertToDouble() : -1.0)
-       << ", EPS = " << floatLit(op.getNormEpsilon().convertToDouble()) << ";\n};\n}\n"
+       << ", EPS = " << floatLit(op.getNormEpsilon().convertToDouble()) << ";\n};\n}\n";
+    if (gpu) {
+      gpuSource += config;
+      for (const char *k : {"route", "up", "down"})
+        gpuSource += "extern \"C\" GPU_GLOBAL GPU_LAUNCH_BOUNDS(MOERT_GPU_BLOCK) void moert_gpu_" + std::to_string(index) +
+                     "_" + k + "(moert_gpu_args a) { moert_gpu::Kernels<C" + std::to_string(index) + ">::" + k +
+                     "(a); }\n";
+      auto *gs = step->mutable_gpu();
+      gs->set_h(h), gs->set_f(f), gs->set_fs(fs), gs->set_e(e), gs->set_n(n), gs->set_k(op.getK());
+      gs->set_norm(op.getNorm() != moe::NormKind::none);
+    }
+    llvm::raw_string_ostream os(source);
+    os << config
        << "extern \"C\" MOERT_EXPORT int moert_dispatch_" << index
        << "(const moert_moe_args *a) { return moert_cpu::Kernel<C" << index << ">::run(a); }\n"
        << "extern \"C\" MOERT_EXPORT size_t moert_dispatch_" << index
@@ -895,5 +919,11 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   }
   std::vector<char> bytes((*code)->getBufferStart(), (*code)->getBufferEnd());
   meta.set_code_section(em.writer.addSection("code", pb::Section::CODE, std::move(bytes)));
+  if (!options.hipArchs.empty() || !options.cudaArchs.empty()) {
+    GpuBuild gb{options.hipArchs, options.cudaArchs, options.gpuClang.empty() ? cxx : options.gpuClang,
+                options.dumpKernelsDir};
+    if (!compileGpuCode(gb, em.gpuSource, em.writer, error, progress))
+      return false;
+  }
   return em.writer.write(outPath, error);
 }

@@ -27,8 +27,13 @@ struct CpuOptions {
   /// Storage of the expert weights (fc1, fc2, shared expert): fp32, or bf16 (rounded to nearest even at
   /// compile time, widened to f32 in the kernels; accumulation is f32 either way).
   std::string weights = "fp32";
-  /// When set, the generated C++ sources are also written here.
+  /// When set, the generated C++ (and GPU) sources are also written here.
   std::string dumpKernelsDir;
+  /// GPU code objects to build besides the CPU code (codegen/hip/GpuCodegen.h): AMD archs (gfx90a, gfx942,
+  /// gfx1100) and NVIDIA ones (sm_80, sm_90, as PTX). Empty: CPU only.
+  std::vector<std::string> hipArchs, cudaArchs;
+  /// The clang used for GPU code; empty: $MOEC_GPU_CLANG, then clang++-19 as for `cxx`.
+  std::string gpuClang;
 };
 
 /// The CPU names --cpu accepts (besides `native`), for --help and errors.

@@ -25,6 +25,7 @@ namespace pb = moert::proto;
 moert_status moert::makeError(std::string message) { return new moert_status_s{std::move(message)}; }
 
 moert_model::~moert_model() {
+  gpu.reset();
   dispatches.clear();
   pool.reset();
   if (code)
@@ -283,6 +284,21 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
 
   } // dispatchCount > 0
 
+  if (options.device != MOERT_DEVICE_CPU) {
+    if (options.device < MOERT_DEVICE_CPU || options.device > MOERT_DEVICE_HIP)
+      return moert::makeError("moert_load: options.device " + std::to_string(options.device) + " is not a moert_device");
+    for (const auto &g : a.gpu_code())
+      if (g.section() < 0 || g.section() >= a.sections_size() || a.sections(g.section()).kind() != pb::Section::CODE ||
+          (g.kind() == pb::GpuCode::PTX && (a.sections(g.section()).size() == 0 ||
+                                            m.map[a.sections(g.section()).offset() + a.sections(g.section()).size() - 1] != 0)))
+        return bad("has a corrupted GPU code entry (" + g.arch() + ")");
+    if (dispatchCount > 0) {
+      std::string e = moert::gpu::open(options.device, a, m.map, m.gpu);
+      if (!e.empty())
+        return moert::makeError(path + ": " + e);
+    }
+  }
+
   int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
   m.pool = std::make_unique<moert::ThreadPool>(std::max(1, threads));
 
@@ -302,6 +318,14 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     os << ")";
   }
   os << "; kernel ABI " << a.kernel_abi() << "; " << m.pool->threads() << " threads\n";
+  if (a.gpu_code_size()) {
+    os << "gpu code: ";
+    for (int i = 0; i < a.gpu_code_size(); ++i)
+      os << (i ? ", " : "") << a.gpu_code(i).arch() << " (" << mib(a.sections(a.gpu_code(i).section()).size()) << ")";
+    os << "; GPU ABI " << a.gpu_abi() << "\n";
+  }
+  os << "runs on:  " << (m.gpu ? moert::gpu::describe(*m.gpu) + " (MoE dispatches; other ops on the CPU)" : "cpu")
+     << "\n";
   os << "inputs:\n";
   for (uint32_t id : p.inputs())
     os << "  " << p.values(id).name() << ": " << typeString(p.values(id).type()) << "\n";

@@ -2,6 +2,7 @@
 #ifndef MOERT_SRC_MODEL_H
 #define MOERT_SRC_MODEL_H
 
+#include "Gpu.h"
 #include "ThreadPool.h"
 #include "kernels/cpu/moert_kernel_abi.h"
 #include "moert/moert.h"
@@ -46,6 +47,7 @@ struct moert_model {
   std::vector<moert::Dispatch> dispatches; // by MoEDispatch.index
   std::vector<std::vector<uint32_t>> releaseAfter; // per step: values last read there (freed after it)
   std::unique_ptr<moert::ThreadPool> pool;
+  moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)
   std::string description;
   // The memory plan's buffer sizes, learned per input shape (the first run with a shape measures them; later
   // runs place every planned value in one arena), and one spare arena kept between runs.

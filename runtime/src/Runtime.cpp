@@ -56,7 +56,7 @@ moert_status moert_load(const char *path, const moert_load_options *options, moe
   if (!path || !out)
     return makeError("moert_load: path and out must not be NULL");
   *out = nullptr;
-  moert_load_options opts{sizeof(moert_load_options), 0, 1};
+  moert_load_options opts{sizeof(moert_load_options), 0, 1, MOERT_DEVICE_CPU};
   if (options) {
     if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_load_options))
       return makeError("moert_load: options.struct_size must be sizeof(moert_load_options)");
@@ -72,6 +72,33 @@ moert_status moert_load(const char *path, const moert_load_options *options, moe
 }
 
 void moert_free(moert_model *model) { delete model; }
+
+moert_status moert_gpu_time(moert_model *m, size_t dispatch, int repeats, double *us, double *bytes) {
+  if (!m || !us || !bytes || repeats < 1)
+    return makeError("moert_gpu_time: model, us_per_call and weight_bytes must not be NULL, repeats >= 1");
+  if (!m->gpu)
+    return makeError("moert_gpu_time: the model was not loaded on a GPU");
+  std::string e = moert::gpu::timeKernels(*m->gpu, int(dispatch), repeats, *us, *bytes);
+  return e.empty() ? nullptr : makeError(e);
+}
+
+moert_status moert_device_probe(moert_device device, int measure_bandwidth, char **description) {
+  if (!description)
+    return makeError("moert_device_probe: description must not be NULL");
+  *description = nullptr;
+  if (device == MOERT_DEVICE_CPU) {
+    *description = strdup("cpu");
+    return nullptr;
+  }
+  if (device < MOERT_DEVICE_CPU || device > MOERT_DEVICE_HIP)
+    return makeError("moert_device_probe: " + std::to_string(int(device)) + " is not a moert_device");
+  std::string text;
+  std::string e = moert::gpu::probe(device, measure_bandwidth != 0, text);
+  if (!e.empty())
+    return makeError(e);
+  *description = strdup(text.c_str());
+  return nullptr;
+}
 
 size_t moert_num_inputs(const moert_model *m) { return m ? m->meta.program().inputs_size() : 0; }
 size_t moert_num_outputs(const moert_model *m) { return m ? m->meta.program().outputs_size() : 0; }
@@ -269,6 +296,24 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       place(d.output(), planned);
       size_t outBytes = sizeof(float) * T * x.hidden;
       auto output = planned.capacity >= outBytes ? planned.owned : alignedAlloc(outBytes);
+      if (m->gpu) {
+        if (!output)
+          return makeError("out of memory for dispatch " + std::to_string(d.index()));
+        double gpuMs = 0;
+        std::string why = moert::gpu::run(*m->gpu, int(d.index()), T, reinterpret_cast<const float *>(in.data), logits,
+                                          residual, reinterpret_cast<float *>(output.get()), profile ? &gpuMs : nullptr);
+        if (!why.empty())
+          return makeError(why);
+        values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
+        measure(d.output());
+        label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ", gpu)";
+        if (profile) {
+          trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"gpu kernels " << d.index() << " (T=" << T
+                << ")\", \"ph\": \"X\", \"pid\": 0, \"tid\": 1, \"ts\": " << us(start)
+                << ", \"dur\": " << gpuMs * 1000.0 << "}";
+          firstEvent = false;
+        }
+      } else {
       auto scratch = alignedAlloc(x.scratch(T, exec.threads));
       if (!output || !scratch)
         return makeError("out of memory for dispatch " + std::to_string(d.index()));
@@ -286,6 +331,7 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
       measure(d.output());
       label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ")";
+      }
     }
     for (uint32_t id : m->releaseAfter[si])
       values[id] = Tensor{};

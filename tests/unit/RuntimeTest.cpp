@@ -30,7 +30,7 @@ const std::string &artifact() {
 struct Model {
   moert_model *m = nullptr;
   explicit Model(int threads) {
-    moert_load_options o{sizeof o, threads, 1};
+    moert_load_options o{sizeof o, threads, 1, MOERT_DEVICE_CPU};
     moert_status st = moert_load(artifact().c_str(), &o, &m);
     EXPECT_EQ(st, nullptr) << moert_status_message(st);
     moert_status_free(st);

@@ -10,6 +10,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "codegen/cpu/CpuCodegen.h"
+#include "codegen/hip/GpuCodegen.h"
 #include "frontend/Importer.h"
 #include "ir/MoEDialect.h"
 #include "ir/MoEOps.h"
@@ -55,8 +56,17 @@ cl::opt<std::string> emit("emit",
                           cl::desc("What to write: artifact (a .moex file for moert), mlir (the IR after fusion), "
                                    "or auto (default: mlir when writing to stdout or a .mlir file, else artifact)"),
                           cl::init("auto"), cl::sub(compileCmd), cl::cat(category));
-cl::opt<std::string> target("target", cl::desc("Code generation target: cpu (hip and cuda: not in this build yet)"),
+cl::opt<std::string> target("target",
+                            cl::desc("Code generation targets, comma-separated: cpu (default; always built: the "
+                                     "program runs anywhere), hip (AMD GPU code objects for --hip-arch), cuda "
+                                     "(NVIDIA PTX for --cuda-arch)"),
                             cl::init("cpu"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> hipArch("hip-arch",
+                             cl::desc("AMD GPU architectures for --target=hip (default gfx90a,gfx942,gfx1100)"),
+                             cl::init("gfx90a,gfx942,gfx1100"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> cudaArch("cuda-arch",
+                              cl::desc("NVIDIA GPU architectures for --target=cuda (default sm_80,sm_90)"),
+                              cl::init("sm_80,sm_90"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> cpu("cpu",
                          cl::desc("CPU the code is generated for (-march): x86-64-v3 (default: AVX2, runs on "
                                   "most x86-64 machines of the last decade), x86-64-v4 (AVX-512), native (this "
@@ -248,8 +258,44 @@ int runImport() {
       return error("--emit=" + emit + ": expected artifact, mlir or auto");
     if (artifact && outputPath == "-")
       return error("an artifact is a binary file: give its path with -o OUT.moex (or --emit=mlir for the IR)");
-    if (artifact && target != "cpu")
-      return error("--target=" + target + ": this build generates code for cpu only (hip and cuda: issue 6)");
+  }
+  std::vector<std::string> hipArchs, cudaArchs;
+  if (compileCmd) {
+    SmallVector<StringRef> targets, archs;
+    StringRef(target).split(targets, ',', -1, false);
+    if (targets.empty())
+      return error("--target is empty (expected cpu, hip, cuda or a comma-separated list)");
+    auto archList = [&](StringRef flag, StringRef value, const std::vector<std::string> &known,
+                        std::vector<std::string> &out) {
+      archs.clear();
+      value.split(archs, ',', -1, false);
+      for (StringRef a : archs) {
+        if (!llvm::is_contained(known, a.str())) {
+          error("--" + flag.str() + "=" + a.str() + ": not an architecture this build compiles for (" +
+                llvm::join(known, ", ") + ")");
+          return false;
+        }
+        out.push_back(a.str());
+      }
+      if (out.empty()) {
+        error("--" + flag.str() + " is empty");
+        return false;
+      }
+      return true;
+    };
+    for (StringRef t : targets) {
+      if (t == "hip") {
+        if (!archList("hip-arch", hipArch, moec::codegen::knownHipArchs(), hipArchs))
+          return 1;
+      } else if (t == "cuda") {
+        if (!archList("cuda-arch", cudaArch, moec::codegen::knownCudaArchs(), cudaArchs))
+          return 1;
+      } else if (t != "cpu") {
+        return error("--target=" + t.str() + ": expected cpu, hip or cuda (or a comma-separated list)");
+      }
+    }
+    if (!artifact && (!hipArchs.empty() || !cudaArchs.empty()) && emit == "mlir")
+      return error("--target=" + target + " needs an artifact (-o OUT.moex), not --emit=mlir");
   }
 
   mlir::DialectRegistry registry;
@@ -285,6 +331,8 @@ int runImport() {
     cpuOptions.cxx = cxxPath;
     cpuOptions.dumpKernelsDir = dumpKernels;
     cpuOptions.weights = weightsType;
+    cpuOptions.hipArchs = hipArchs;
+    cpuOptions.cudaArchs = cudaArchs;
     std::string message;
     if (!moec::codegen::compileCpuArtifact(*module, cpuOptions, outputPath, inputPath, message,
                                            quiet ? nullptr : &errs()))
@@ -333,6 +381,8 @@ int main(int argc, char **argv) {
                               "moec: ahead-of-time compiler for sparse Mixture-of-Experts models\n\n"
                               "  moec import MODEL.onnx [-o OUT.mlir]\n"
                               "  moec compile MODEL.onnx -o OUT.moex [--cpu=native] [--report]\n"
+                              "  moec compile MODEL.onnx -o OUT.moex --target=cpu,hip,cuda [--hip-arch=gfx942] "
+                              "[--weights=bf16]\n"
                               "  moec compile MODEL.onnx --emit=mlir [-o OUT.mlir] [--report]\n"
                               "               [--load-pass-plugin=lib.so --passes=PIPELINE] [--patterns=p.mlir]\n");
   if (importCmd || compileCmd)

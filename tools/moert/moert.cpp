@@ -23,16 +23,21 @@
 namespace {
 
 const char *kUsage =
-    "moert: runs artifacts compiled by `moec compile` on this CPU\n\n"
+    "moert: runs artifacts compiled by `moec compile` on this CPU or a GPU\n\n"
     "usage:\n"
     "  moert run MODEL.moex --input NAME=FILE.npy ... [options]\n"
-    "  moert inspect MODEL.moex\n\n"
+    "  moert inspect MODEL.moex [--device D]\n"
+    "  moert devices [--device D] [--bandwidth]   the GPU moert would use (and its copy bandwidth)\n\n"
     "run options:\n"
     "  --input NAME=FILE.npy   an input (repeat for each; NAME as `moert inspect` lists it)\n"
     "  --output-dir DIR        write each output as DIR/<output name>.npy (default: .)\n"
     "  --threads N             worker threads (default: one per core)\n"
+    "  --device D              where MoE dispatches run: cpu (default), gpu (CUDA, else HIP), cuda, hip;\n"
+    "                          other ops run on the CPU. No driver or device: an error, never a fallback\n"
     "  --repeat N              time N calls and print best and median (default 1)\n"
     "  --warmup N              untimed calls before timing (default: 1 when --repeat > 1)\n"
+    "  --gpu-time N            after the run, time each dispatch's GPU kernels N times back to back\n"
+    "                          (device time per call, weight bytes read, GB/s)\n"
     "  --profile FILE.json     write a Chrome trace (chrome://tracing, Perfetto) of each step of the last call\n"
     "  --no-verify             skip the whole-file checksum at load\n";
 
@@ -58,24 +63,69 @@ bool parseInt(const char *s, int &out) {
   return true;
 }
 
+bool parseDevice(const std::string &s, int &out) {
+  static const std::pair<const char *, int> names[] = {
+      {"cpu", MOERT_DEVICE_CPU}, {"gpu", MOERT_DEVICE_GPU}, {"cuda", MOERT_DEVICE_CUDA}, {"hip", MOERT_DEVICE_HIP}};
+  for (const auto &[n, v] : names)
+    if (s == n) {
+      out = v;
+      return true;
+    }
+  return false;
+}
+
 int inspect(int argc, char **argv) {
+  int device = MOERT_DEVICE_CPU;
+  if (argc == 3 && std::string(argv[1]) == "--device") {
+    if (!parseDevice(argv[2], device))
+      return fail(std::string("--device ") + argv[2] + ": expected cpu, gpu, cuda or hip");
+    argc = 1;
+  }
   if (argc != 1)
-    return fail("usage: moert inspect MODEL.moex");
+    return fail("usage: moert inspect MODEL.moex [--device D]");
   moert_model *m = nullptr;
-  if (int rc = check(moert_load(argv[0], nullptr, &m)))
+  moert_load_options lo{sizeof lo, 0, 1, device};
+  if (int rc = check(moert_load(argv[0], &lo, &m)))
     return rc;
   std::fputs(moert_describe(m), stdout);
   moert_free(m);
   return 0;
 }
 
+int devices(int argc, char **argv) {
+  int device = MOERT_DEVICE_GPU, measure = 0;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--bandwidth")
+      measure = 1;
+    else if (a == "--device" && i + 1 < argc && parseDevice(argv[i + 1], device))
+      ++i;
+    else
+      return fail("usage: moert devices [--device gpu|cuda|hip] [--bandwidth]");
+  }
+  char *text = nullptr;
+  if (int rc = check(moert_device_probe(static_cast<moert_device>(device), measure, &text)))
+    return rc;
+  std::printf("%s\n", text);
+  std::free(text);
+  return 0;
+}
+
 int run(int argc, char **argv) {
   std::string model, outDir = ".", profile;
   std::vector<std::pair<std::string, std::string>> inputs;
-  int threads = 0, repeat = 1, warmup = -1, verify = 1;
+  int threads = 0, repeat = 1, warmup = -1, verify = 1, device = MOERT_DEVICE_CPU, gpuTime = 0;
   for (int i = 0; i < argc; ++i) {
-    std::string a = argv[i];
+    std::string a = argv[i], inlineValue;
+    bool hasInline = false;
+    if (a.rfind("--", 0) == 0 && a.find('=') != std::string::npos) { // --flag=value
+      inlineValue = a.substr(a.find('=') + 1);
+      a = a.substr(0, a.find('='));
+      hasInline = true;
+    }
     auto value = [&](const char *flag) -> const char * {
+      if (hasInline)
+        return inlineValue.c_str();
       if (i + 1 >= argc) {
         fail(std::string(flag) + " needs a value");
         return nullptr;
@@ -101,12 +151,18 @@ int run(int argc, char **argv) {
       if (!v)
         return 1;
       profile = v;
-    } else if (a == "--threads" || a == "--repeat" || a == "--warmup") {
+    } else if (a == "--threads" || a == "--repeat" || a == "--warmup" || a == "--gpu-time") {
       const char *v = value(a.c_str());
       int n;
       if (!v || !parseInt(v, n))
         return fail(a + " needs a non-negative integer");
-      (a == "--threads" ? threads : a == "--repeat" ? repeat : warmup) = n;
+      (a == "--threads" ? threads : a == "--repeat" ? repeat : a == "--warmup" ? warmup : gpuTime) = n;
+    } else if (a == "--device") {
+      const char *v = value("--device");
+      if (!v)
+        return 1;
+      if (!parseDevice(v, device))
+        return fail(std::string("--device ") + v + ": expected cpu, gpu, cuda or hip");
     } else if (a == "--no-verify") {
       verify = 0;
     } else if (!a.empty() && a[0] == '-') {
@@ -125,7 +181,7 @@ int run(int argc, char **argv) {
     warmup = repeat > 1 ? 1 : 0;
 
   moert_model *m = nullptr;
-  moert_load_options lo{sizeof lo, threads, verify};
+  moert_load_options lo{sizeof lo, threads, verify, device};
   auto t0 = std::chrono::steady_clock::now();
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
@@ -208,6 +264,24 @@ int run(int argc, char **argv) {
   std::sort(sorted.begin(), sorted.end());
   std::printf("load %.2f ms; %d call%s: best %.3f ms, median %.3f ms per call\n", loadMs, repeat,
               repeat == 1 ? "" : "s", sorted.front(), sorted[sorted.size() / 2]);
+  for (size_t d = 0; gpuTime > 0; ++d) { // one line per dispatch that ran on the GPU
+    double us = 0, bytes = 0;
+    moert_status st = moert_gpu_time(m, d, gpuTime, &us, &bytes);
+    if (st) {
+      bool none = d == 0;
+      if (none)
+        std::fprintf(stderr, "moert: --gpu-time: %s\n", moert_status_message(st));
+      moert_status_free(st);
+      if (none) {
+        moert_result_free(res);
+        moert_free(m);
+        return 1;
+      }
+      break;
+    }
+    std::printf("gpu dispatch %zu: %.2f us per call (%d back to back), %.2f MB of weights read, %.0f GB/s\n", d, us,
+                gpuTime, bytes / 1e6, bytes / (us * 1e-6) / 1e9);
+  }
   moert_result_free(res);
   moert_free(m);
   return 0;
@@ -225,5 +299,7 @@ int main(int argc, char **argv) {
     return run(argc - 2, argv + 2);
   if (cmd == "inspect")
     return inspect(argc - 2, argv + 2);
-  return fail("unknown command '" + cmd + "' (commands: run, inspect; see moert --help)");
+  if (cmd == "devices")
+    return devices(argc - 2, argv + 2);
+  return fail("unknown command '" + cmd + "' (commands: run, inspect, devices; see moert --help)");
 }

@@ -62,10 +62,19 @@ typedef struct moert_tensor {
   void *data;
 } moert_tensor;
 
+/* Where fused MoE dispatches run (every other op runs on the CPU). */
+typedef enum moert_device {
+  MOERT_DEVICE_CPU = 0,  /* default */
+  MOERT_DEVICE_GPU = 1,  /* CUDA if its driver opens, else HIP */
+  MOERT_DEVICE_CUDA = 2, /* NVIDIA, through libcuda.so.1 (the artifact needs --target=cuda code) */
+  MOERT_DEVICE_HIP = 3   /* AMD, through libamdhip64.so (the artifact needs --target=hip code) */
+} moert_device;
+
 typedef struct moert_load_options {
   size_t struct_size;  /* sizeof(moert_load_options) */
   int threads;         /* worker threads; 0 = one per available core */
   int verify_checksum; /* nonzero (default) to check the whole file's checksum at load */
+  int device;          /* a moert_device; no driver or device for it is an error at load */
 } moert_load_options;
 
 typedef struct moert_run_options {
@@ -88,6 +97,14 @@ MOERT_API moert_dtype moert_input_dtype(const moert_model *model, size_t i);
 MOERT_API const char *moert_output_name(const moert_model *model, size_t i);
 /* Human-readable summary (inputs, outputs, dispatches, target, sizes, versions); valid while loaded. */
 MOERT_API const char *moert_describe(const moert_model *model);
+/* Describes the GPU `device` would use (name, architecture) into a string you free with free(); with
+ * `measure_bandwidth` nonzero also its device-to-device copy bandwidth. */
+MOERT_API moert_status moert_device_probe(moert_device device, int measure_bandwidth, char **description);
+/* Benchmark helper for models loaded on a GPU: re-runs dispatch `dispatch`'s kernels `repeats` times back to
+ * back on the device buffers its last moert_run left (no copies, no host synchronisation in between) and gives
+ * the device time per call in microseconds and the weight bytes one call reads. */
+MOERT_API moert_status moert_gpu_time(moert_model *model, size_t dispatch, int repeats, double *us_per_call,
+                                      double *weight_bytes);
 
 /* Runs the model on `inputs` (all of them, by name or in order). Shapes and dtypes are checked against the
  * artifact; symbolic dims (the token count) are bound from the inputs. */

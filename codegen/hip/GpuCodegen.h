@@ -1,0 +1,38 @@
+//===- GpuCodegen.h - fused MoE dispatches -> GPU code objects ----------------===//
+//
+// The GPU half of `moec compile --target=hip|cuda`: the CPU emitter writes, per dispatch, the same config
+// struct it gives the CPU kernels plus three `extern "C"` kernels instantiating kernels/hip/sparse_moe_gpu.h;
+// this builds that translation unit once per architecture with clang-19 (AMDGPU ELF code objects for gfx*,
+// NVPTX assembly for sm_*) and stores each in a CODE section listed in `Artifact.gpu_code`.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOEC_CODEGEN_HIP_GPUCODEGEN_H
+#define MOEC_CODEGEN_HIP_GPUCODEGEN_H
+
+#include "codegen/Artifact.h"
+
+#include "llvm/Support/raw_ostream.h"
+
+#include <string>
+#include <vector>
+
+namespace moec::codegen {
+
+struct GpuBuild {
+  std::vector<std::string> hipArchs, cudaArchs;
+  std::string clang;      // clang++-19
+  std::string dumpDir;    // also write the sources here when set
+};
+
+/// The architectures --hip-arch / --cuda-arch accept.
+const std::vector<std::string> &knownHipArchs();
+const std::vector<std::string> &knownCudaArchs();
+
+/// Compiles `dispatchSource` (config structs + kernel entry points) for every arch in `build`, adding one
+/// CODE section per arch and its `gpu_code` entry to `writer`. False + one line in `error` on failure.
+bool compileGpuCode(const GpuBuild &build, const std::string &dispatchSource, ArtifactWriter &writer,
+                    std::string &error, llvm::raw_ostream *progress);
+
+} // namespace moec::codegen
+
+#endif // MOEC_CODEGEN_HIP_GPUCODEGEN_H

@@ -1,0 +1,576 @@
+//===- sparse_moe_gpu.h - the fused sparse MoE layer as GPU kernels ------------===//
+//
+// `moec compile --target=hip|cuda` specialises these templates per `moe.sparse_moe` dispatch with the same
+// config struct `C` as the CPU kernels (kernels/cpu/sparse_moe.h: every shape, k, activation and flag a
+// compile-time constant) and exports three kernels (kernels/hip/moert_gpu_abi.h):
+//
+//   route (one block per token): optional RMSNorm/LayerNorm, router logits (each warp 8 columns at once),
+//     softmax/sigmoid, selection bias, grouped top-k, top-k (ties: lower index), renormalise, scale; the
+//     shared expert's sigmoid gate; output row = residual or 0. Counts per expert with atomics; the last
+//     block to finish (a ticket counter) turns the counts into tiles of up to TILE (token, slot) entries per
+//     expert (prefix sum, entries in token order, like vLLM's moe_align_block_size) and zeroes the counts.
+//   up (tile x chunk of FCHUNK hidden dims): one warp per hidden dim reads the dim's gate and up rows once
+//     and applies them to every entry of the tile (fp32 accumulation, weights widened from bf16/fp16), then
+//     the activation; masked dims are skipped (their activation is 0).
+//   down (tile x 1024 output columns x a split of F): each thread owns 4 columns and the tile's entries;
+//     the fc2 row of each kept dim is read once per tile; the weighted sums go to the output with f32
+//     atomic adds (the weighted combine is the epilogue), plus the fc2 bias once per entry.
+//
+// Decode (T <= 8): 3 launches per layer, all reading weights of chosen experts and kept dims only; `down`
+// splits F so the grid fills the GPU. Summation order across slots and F splits depends on the atomics'
+// order: results differ from run to run in the last bits.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_SPARSE_MOE_GPU_H
+#define MOERT_SPARSE_MOE_GPU_H
+
+#include "gpu_vendor.h"
+#pragma clang force_cuda_host_device begin
+#include "moert_gpu_abi.h"
+#pragma clang force_cuda_host_device end
+
+namespace moert_gpu {
+
+enum Act { IDENTITY = 0, RELU = 1, GELU = 2, SILU = 3, SWIGLU = 4, GEGLU = 5, GELU_TANH = 6 };
+enum Norm { NO_NORM = 0, RMS_NORM = 1, LAYER_NORM = 2 };
+enum Slot {
+  FC1 = 0, FC2, ROUTER, ROUTER_BIAS, SEL_BIAS, FC1_BIAS, FC2_BIAS, MASK, PRED_A, PRED_B, NORM_W, NORM_B,
+  SHARED1, SHARED2, SHARED_GATE
+};
+constexpr int BLOCK = MOERT_GPU_BLOCK, TILE = MOERT_GPU_TILE, WARPS = BLOCK / kWarp;
+constexpr int PIECE = 128; // activations staged in shared memory per step of `down`
+
+GPU_INLINE float sigmoid(float a) { return 1.0f / (1.0f + expf(-a)); }
+// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): no device library here.
+GPU_INLINE float erff(float x) {
+  float s = x < 0.0f ? -1.0f : 1.0f, a = x * s;
+  float t = 1.0f / (1.0f + 0.3275911f * a);
+  float y = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+  return s * (1.0f - y * expf(-a * a));
+}
+GPU_INLINE float tanhf(float x) {
+  float e = expf(-2.0f * (x < 0.0f ? -x : x));
+  float r = (1.0f - e) / (1.0f + e);
+  return x < 0.0f ? -r : r;
+}
+GPU_INLINE float geluErf(float a) { return 0.5f * a * (1.0f + erff(a * 0.70710678118654752f)); }
+GPU_INLINE float geluTanh(float a) {
+  return 0.5f * a * (1.0f + tanhf(0.79788456080286536f * (a + 0.044715f * a * a * a)));
+}
+
+// Four consecutive weights widened to f32 (p 4-element aligned when H % 4 == 0).
+struct F4 {
+  float v[4];
+};
+GPU_INLINE F4 load4(const float *p) {
+  struct alignas(16) Q { float v[4]; };
+  Q q = *reinterpret_cast<const Q *>(p);
+  return F4{{q.v[0], q.v[1], q.v[2], q.v[3]}};
+}
+GPU_INLINE F4 load4(const uint16_t *p) { // bf16
+  struct alignas(8) Q { uint32_t lo, hi; };
+  Q q = *reinterpret_cast<const Q *>(p);
+  return F4{{__builtin_bit_cast(float, q.lo << 16), __builtin_bit_cast(float, q.lo & 0xffff0000u),
+             __builtin_bit_cast(float, q.hi << 16), __builtin_bit_cast(float, q.hi & 0xffff0000u)}};
+}
+GPU_INLINE F4 load4(const _Float16 *p) {
+  struct alignas(8) Q { _Float16 v[4]; };
+  Q q = *reinterpret_cast<const Q *>(p);
+  return F4{{float(q.v[0]), float(q.v[1]), float(q.v[2]), float(q.v[3])}};
+}
+GPU_INLINE float load1(const float *p) { return *p; }
+GPU_INLINE float load1(const uint16_t *p) { return __builtin_bit_cast(float, uint32_t(*p) << 16); }
+GPU_INLINE float load1(const _Float16 *p) { return float(*p); }
+
+template <class C> struct Kernels {
+  static constexpr int64_t H = C::H, F = C::F, E = C::E, N = C::N, K = C::K, FS = C::FS;
+  static constexpr int64_t S = K + (C::HAS_SHARED ? 1 : 0);
+  static constexpr int64_t G = (C::ACT == SWIGLU || C::ACT == GEGLU) ? 2 : 1;
+  static constexpr int64_t FMAX = F > FS ? F : FS;
+  static constexpr bool VEC = H % 4 == 0; // rows 4-element aligned: vector loads
+  static constexpr int64_t NPL = (N + kWarp - 1) / kWarp; // router columns per lane in warp 0
+  using W = typename C::W;
+
+  static GPU_INLINE moert_gpu_shape shape() {
+    moert_gpu_shape s{H, F, FS, E, N, K, C::NORM != NO_NORM};
+    return s;
+  }
+  static GPU_INLINE char *scratch(const moert_gpu_args &a) { return static_cast<char *>(a.scratch); }
+
+  // Sum over the block; every thread gets the result. `red` holds WARPS floats.
+  static GPU_INLINE float blockSum(float v, float *red) {
+    v = warpSum(v);
+    sync();
+    if (laneId() == 0)
+      red[warpId()] = v;
+    sync();
+    float s = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w)
+      s += red[w];
+    return s;
+  }
+
+  static GPU_INLINE float activate(float g, float u) {
+    if (G == 2) {
+      if (C::LIMIT > 0.0f) {
+        g = minf(g, C::LIMIT);
+        u = minf(maxf(u, -C::LIMIT), C::LIMIT);
+      }
+      if (C::ACT == SWIGLU)
+        return g * sigmoid(C::ALPHA * g) * (u + C::BETA);
+      return geluErf(g) * (u + C::BETA);
+    }
+    switch (C::ACT) {
+    case RELU:
+      return g > 0.0f ? g : 0.0f;
+    case GELU:
+      return geluErf(g);
+    case GELU_TANH:
+      return geluTanh(g);
+    case SILU:
+      return g * sigmoid(g);
+    default:
+      return g;
+    }
+  }
+
+  // ---- route: one block per token; the last block groups entries into tiles --------------------------
+  static GPU_INLINE void route(const moert_gpu_args &a) {
+    GPU_SHARED float red[WARPS];
+    GPU_SHARED float logit[N];
+    GPU_SHARED float score[N];
+    GPU_SHARED int last;
+    const int tid = threadId();
+    const int64_t T = a.tokens, t = blockX();
+    const moert_gpu_shape sh = shape();
+    const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, T);
+    int32_t *chosen = reinterpret_cast<int32_t *>(scratch(a) + l.chosen);
+    float *weight = reinterpret_cast<float *>(scratch(a) + l.weight);
+    int32_t *counts = static_cast<int32_t *>(a.state), *ticket = counts + E;
+    const float *in = a.input + t * H;
+    float *out = a.output + t * H;
+    for (int64_t h = tid; h < H; h += BLOCK)
+      out[h] = a.residual ? a.residual[t * H + h] : 0.0f;
+
+    const float *x = in;
+    if (C::NORM != NO_NORM) {
+      float *xn = reinterpret_cast<float *>(scratch(a) + l.x) + t * H;
+      const float *w = static_cast<const float *>(a.weights[NORM_W]);
+      const float *b = static_cast<const float *>(a.weights[NORM_B]);
+      float mean = 0.0f;
+      if (C::NORM == LAYER_NORM) {
+        float s = 0.0f;
+        for (int64_t h = tid; h < H; h += BLOCK)
+          s += in[h];
+        mean = blockSum(s, red) / float(H);
+      }
+      float q = 0.0f;
+      for (int64_t h = tid; h < H; h += BLOCK)
+        q += (in[h] - mean) * (in[h] - mean);
+      float inv = 1.0f / sqrtf(blockSum(q, red) / float(H) + C::EPS);
+      for (int64_t h = tid; h < H; h += BLOCK)
+        xn[h] = (in[h] - mean) * inv * w[h] + (C::NORM == LAYER_NORM && b ? b[h] : 0.0f);
+      sync();
+      x = xn;
+    }
+
+    if (C::LINEAR_ROUTER) {
+      const float *r = static_cast<const float *>(a.weights[ROUTER]);
+      const float *rb = static_cast<const float *>(a.weights[ROUTER_BIAS]);
+      // Each warp takes 8 columns at a time and walks H once for all of them: 8 independent loads in flight.
+      constexpr int CB = 8;
+      for (int64_t n0 = int64_t(warpId()) * CB; n0 < N; n0 += int64_t(WARPS) * CB) {
+        float acc[CB] = {};
+        if (VEC) {
+#pragma unroll 2
+          for (int64_t h = int64_t(laneId()) * 4; h < H; h += kWarp * 4) {
+            F4 xv = load4(x + h);
+#pragma unroll
+            for (int j = 0; j < CB; ++j)
+              if (n0 + j < N) {
+                F4 w = load4(r + (n0 + j) * H + h);
+                acc[j] += w.v[0] * xv.v[0] + w.v[1] * xv.v[1] + w.v[2] * xv.v[2] + w.v[3] * xv.v[3];
+              }
+          }
+        } else {
+          for (int64_t h = laneId(); h < H; h += kWarp)
+#pragma unroll
+            for (int j = 0; j < CB; ++j)
+              if (n0 + j < N)
+                acc[j] += r[(n0 + j) * H + h] * x[h];
+        }
+#pragma unroll
+        for (int j = 0; j < CB; ++j) {
+          float v = warpSum(acc[j]);
+          if (laneId() == 0 && n0 + j < N)
+            logit[n0 + j] = v + (rb ? rb[n0 + j] : 0.0f);
+        }
+      }
+    } else {
+      for (int64_t n = tid; n < N; n += BLOCK)
+        logit[n] = a.logits[t * N + n];
+    }
+    float sharedGate = 1.0f;
+    if (C::HAS_SHARED && a.weights[SHARED_GATE]) {
+      const float *g = static_cast<const float *>(a.weights[SHARED_GATE]);
+      float s = 0.0f;
+      for (int64_t h = tid; h < H; h += BLOCK)
+        s += g[h] * x[h];
+      sharedGate = sigmoid(blockSum(s, red));
+    }
+    sync();
+
+    if (warpId() == 0) {
+      const int lane = laneId();
+      float sc[NPL], ch[NPL];
+      const float *sb = static_cast<const float *>(a.weights[SEL_BIAS]);
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < NPL; ++j) {
+        int64_t n = lane + j * kWarp;
+        sc[j] = n < N ? logit[n] : -INFINITY;
+        mx = maxf(mx, sc[j]);
+      }
+      if (C::SIGMOID_GATE) {
+#pragma unroll
+        for (int j = 0; j < NPL; ++j)
+          sc[j] = sigmoid(sc[j]);
+      } else {
+        mx = warpMax(mx);
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NPL; ++j) {
+          int64_t n = lane + j * kWarp;
+          sc[j] = n < N ? expf(sc[j] - mx) : 0.0f;
+          sum += sc[j];
+        }
+        sum = warpSum(sum);
+#pragma unroll
+        for (int j = 0; j < NPL; ++j)
+          sc[j] /= sum;
+      }
+#pragma unroll
+      for (int j = 0; j < NPL; ++j) {
+        int64_t n = lane + j * kWarp;
+        ch[j] = n < N ? sc[j] + (sb ? sb[n] : 0.0f) : -INFINITY;
+        if (n < N)
+          score[n] = ch[j];
+      }
+      if (C::GROUPS > 1) { // grouped top-k: keep the GROUP_TOPK groups of best top-2 sum (lane 0, in order)
+        constexpr int64_t per = N / C::GROUPS;
+        if (lane == 0) {
+          float gs[C::GROUPS];
+          bool keep[C::GROUPS];
+          for (int64_t g = 0; g < C::GROUPS; ++g) {
+            float best = -INFINITY, second = -INFINITY;
+            for (int64_t j = 0; j < per; ++j) {
+              float v = score[g * per + j];
+              if (v > best) {
+                second = best;
+                best = v;
+              } else if (v > second) {
+                second = v;
+              }
+            }
+            gs[g] = per >= 2 ? best + second : best;
+            keep[g] = false;
+          }
+          for (int64_t pick = 0; pick < C::GROUP_TOPK; ++pick) {
+            int64_t arg = -1;
+            for (int64_t g = 0; g < C::GROUPS; ++g)
+              if (!keep[g] && (arg < 0 || gs[g] > gs[arg]))
+                arg = g;
+            keep[arg] = true;
+          }
+          for (int64_t n = 0; n < N; ++n)
+            if (!keep[n / per])
+              score[n] = -INFINITY;
+        }
+        warpSync();
+#pragma unroll
+        for (int j = 0; j < NPL; ++j) {
+          int64_t n = lane + j * kWarp;
+          if (n < N)
+            ch[j] = *const_cast<volatile float *>(&score[n]);
+        }
+      }
+      // Top-k: K rounds of a warp argmax over (choice, -index); `taken` marks this lane's picked columns.
+      static_assert(NPL <= 64, "at most 64 router columns per lane");
+      unsigned long long taken = 0;
+      float wsum = 0.0f, mine = 0.0f;
+      int myExpert = 0;
+      for (int64_t s = 0; s < K; ++s) {
+        float bv = -INFINITY;
+        int bi = 0x7fffffff;
+#pragma unroll
+        for (int j = 0; j < NPL; ++j) {
+          int n = lane + j * kWarp;
+          if (n < N && !(taken >> j & 1) && (ch[j] > bv || (ch[j] == bv && n < bi))) {
+            bv = ch[j];
+            bi = n;
+          }
+        }
+#pragma unroll
+        for (int m = kWarp / 2; m > 0; m /= 2) {
+          float ov = shflXor(bv, m);
+          int oi = shflXor(bi, m);
+          if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+          }
+        }
+        // bi: the winner, the same on every lane. Its owner marks it taken.
+#pragma unroll
+        for (int j = 0; j < NPL; ++j)
+          if (lane + j * kWarp == bi)
+            taken |= 1ull << j;
+        float w = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NPL; ++j)
+          if (lane + j * kWarp == bi)
+            w = sc[j];
+        w = warpSum(w);
+        wsum += w;
+        if (lane == s) {
+          mine = w;
+          myExpert = bi;
+        }
+      }
+      if (lane < K) {
+        float w = (C::NORMALIZE ? mine / wsum : mine) * C::SCALE;
+        chosen[t * K + lane] = myExpert;
+        weight[t * S + lane] = w;
+        if (myExpert < E)
+          atomicAddI32(&counts[myExpert], 1);
+      }
+      if (C::HAS_SHARED && lane == 0)
+        weight[t * S + K] = sharedGate;
+    }
+
+    // The last block to finish groups every block's choices.
+    sync();
+    if (tid == 0) {
+      fenceDevice();
+      last = atomicAddI32(ticket, 1) == gridX() - 1;
+    }
+    sync();
+    if (!last)
+      return;
+    fenceDevice();
+    group(a, l, T);
+  }
+
+  static GPU_INLINE void group(const moert_gpu_args &a, const moert_gpu_layout &l, int64_t T) {
+    GPU_SHARED int32_t offset[E + 1];
+    const int tid = threadId();
+    const moert_gpu_shape sh = shape();
+    volatile int32_t *counts = static_cast<int32_t *>(a.state);
+    volatile const int32_t *chosen = reinterpret_cast<int32_t *>(scratch(a) + l.chosen);
+    int32_t *entries = reinterpret_cast<int32_t *>(scratch(a) + l.entries);
+    int32_t *tiles = reinterpret_cast<int32_t *>(scratch(a) + l.tiles);
+    const int64_t maxTiles = moert_gpu_max_tiles(&sh, T);
+    if (tid == 0) {
+      int32_t at = 0, nt = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        int32_t c = counts[e];
+        offset[e] = at;
+        for (int32_t b = 0; b < c; b += TILE) {
+          tiles[3 * nt] = int32_t(e);
+          tiles[3 * nt + 1] = at + b;
+          tiles[3 * nt + 2] = at + (b + TILE < c ? b + TILE : c);
+          ++nt;
+        }
+        at += c;
+      }
+      offset[E] = at;
+      if (C::HAS_SHARED)
+        for (int64_t b = 0; b < T; b += TILE) {
+          tiles[3 * nt] = int32_t(E);
+          tiles[3 * nt + 1] = at + int32_t(b);
+          tiles[3 * nt + 2] = at + int32_t(b + TILE < T ? b + TILE : T);
+          ++nt;
+        }
+      tiles[3 * maxTiles] = nt;
+    }
+    sync();
+    for (int64_t e = tid; e < E; e += BLOCK) { // entries of expert e in token order
+      int32_t pos = offset[e];
+      for (int64_t i = 0; i < T * K; ++i)
+        if (chosen[i] == e)
+          entries[pos++] = int32_t((i / K) * S + i % K);
+    }
+    if (C::HAS_SHARED)
+      for (int64_t t = tid; t < T; t += BLOCK)
+        entries[offset[E] + t] = int32_t(t * S + K);
+    sync();
+    for (int64_t e = tid; e < E + 1; e += BLOCK) // counts and the ticket back to zero for the next call
+      counts[e] = 0;
+  }
+
+  // The tile this block works on; false when the call has fewer tiles.
+  struct Tile {
+    int64_t expert, begin, n;
+  };
+  static GPU_INLINE bool tile(const moert_gpu_args &a, const moert_gpu_layout &l, int64_t maxTiles, Tile &tl) {
+    const int32_t *tiles = reinterpret_cast<const int32_t *>(scratch(a) + l.tiles);
+    int64_t i = blockX();
+    if (i >= tiles[3 * maxTiles])
+      return false;
+    tl.expert = tiles[3 * i];
+    tl.begin = tiles[3 * i + 1];
+    tl.n = tiles[3 * i + 2] - tl.begin;
+    return true;
+  }
+
+  // ---- up: gate/up projections and activation for a tile x FCHUNK dims --------------------------------
+  static GPU_INLINE void up(const moert_gpu_args &a) {
+    const int64_t T = a.tokens;
+    const moert_gpu_shape sh = shape();
+    const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, T);
+    Tile tl;
+    if (!tile(a, l, moert_gpu_max_tiles(&sh, T), tl))
+      return;
+    const bool isShared = tl.expert == E;
+    const int64_t fdim = isShared ? FS : F, f0 = int64_t(blockY()) * MOERT_GPU_FCHUNK;
+    if (f0 >= fdim)
+      return;
+    const int64_t f1 = f0 + MOERT_GPU_FCHUNK < fdim ? f0 + MOERT_GPU_FCHUNK : fdim;
+    const int32_t *entries = reinterpret_cast<const int32_t *>(scratch(a) + l.entries);
+    const float *X = C::NORM != NO_NORM ? reinterpret_cast<const float *>(scratch(a) + l.x) : a.input;
+    float *act = reinterpret_cast<float *>(scratch(a) + l.act);
+    const W *w1 = static_cast<const W *>(a.weights[isShared ? SHARED1 : FC1]) + (isShared ? 0 : tl.expert * F * G * H);
+    const float *b1 = isShared || !a.weights[FC1_BIAS] ? nullptr
+                                                       : static_cast<const float *>(a.weights[FC1_BIAS]) + tl.expert * F * G;
+    const uint8_t *mask = isShared || !a.weights[MASK] ? nullptr
+                                                       : static_cast<const uint8_t *>(a.weights[MASK]) + tl.expert * F;
+    const float *xs[TILE];
+#pragma unroll
+    for (int m = 0; m < TILE; ++m)
+      xs[m] = X + (m < tl.n ? entries[tl.begin + m] / S : 0) * H;
+    const int lane = laneId();
+    for (int64_t f = f0 + warpId(); f < f1; f += WARPS) {
+      if (mask && !mask[f]) {
+        if (lane < tl.n)
+          act[(tl.begin + lane) * FMAX + f] = 0.0f;
+        continue;
+      }
+      const W *rg = w1 + f * G * H, *ru = rg + (G == 2 ? H : 0);
+      float g[TILE] = {}, u[TILE] = {};
+      if (VEC) {
+#pragma unroll 4
+        for (int64_t h = int64_t(lane) * 4; h < H; h += kWarp * 4) {
+          F4 wg = load4(rg + h), wu = G == 2 ? load4(ru + h) : wg;
+#pragma unroll
+          for (int m = 0; m < TILE; ++m)
+            if (m < tl.n) {
+              F4 xv = load4(xs[m] + h);
+#pragma unroll
+              for (int c = 0; c < 4; ++c) {
+                g[m] += wg.v[c] * xv.v[c];
+                if (G == 2)
+                  u[m] += wu.v[c] * xv.v[c];
+              }
+            }
+        }
+      } else {
+        for (int64_t h = lane; h < H; h += kWarp) {
+          float wg = load1(rg + h), wu = G == 2 ? load1(ru + h) : 0.0f;
+#pragma unroll
+          for (int m = 0; m < TILE; ++m)
+            if (m < tl.n) {
+              g[m] += wg * xs[m][h];
+              if (G == 2)
+                u[m] += wu * xs[m][h];
+            }
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < TILE; ++m)
+        if (m < tl.n) {
+          float gv = warpSum(g[m]) + (b1 ? b1[f * G] : 0.0f);
+          float uv = G == 2 ? warpSum(u[m]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+          if (lane == m)
+            act[(tl.begin + m) * FMAX + f] = activate(gv, uv);
+        }
+    }
+  }
+
+  // ---- down: fc2 over a split of F for 4 columns per thread, weighted atomic combine ------------------
+  static GPU_INLINE void down(const moert_gpu_args &a) {
+    GPU_SHARED float hs[TILE][PIECE];
+    const int64_t T = a.tokens;
+    const moert_gpu_shape sh = shape();
+    const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, T);
+    Tile tl;
+    if (!tile(a, l, moert_gpu_max_tiles(&sh, T), tl))
+      return;
+    const bool isShared = tl.expert == E;
+    const int64_t fdim = isShared ? FS : F, splits = a.f_splits, z = blockZ();
+    const int64_t fa = fdim * z / splits, fb = fdim * (z + 1) / splits;
+    if (fa >= fb)
+      return;
+    const int tid = threadId();
+    const int64_t c0 = int64_t(blockY()) * MOERT_GPU_DOWN_COLS + int64_t(tid) * 4;
+    const int32_t *entries = reinterpret_cast<const int32_t *>(scratch(a) + l.entries);
+    const float *act = reinterpret_cast<const float *>(scratch(a) + l.act);
+    const float *weight = reinterpret_cast<const float *>(scratch(a) + l.weight);
+    const W *w2 = static_cast<const W *>(a.weights[isShared ? SHARED2 : FC2]) + (isShared ? 0 : tl.expert * F * H);
+    const uint8_t *mask = isShared || !a.weights[MASK] ? nullptr
+                                                       : static_cast<const uint8_t *>(a.weights[MASK]) + tl.expert * F;
+    float acc[TILE][4] = {};
+    for (int64_t p0 = fa; p0 < fb; p0 += PIECE) {
+      const int64_t len = fb - p0 < PIECE ? fb - p0 : PIECE;
+      sync();
+      for (int64_t i = tid; i < TILE * PIECE; i += BLOCK) {
+        int64_t m = i / PIECE, j = i % PIECE;
+        if (m < tl.n && j < len)
+          hs[m][j] = act[(tl.begin + m) * FMAX + p0 + j];
+      }
+      sync();
+      if (c0 >= H)
+        continue;
+#pragma unroll 4
+      for (int64_t j = 0; j < len; ++j) {
+        const int64_t f = p0 + j;
+        if (mask && !mask[f])
+          continue;
+        F4 w;
+        if (VEC) {
+          w = load4(w2 + f * H + c0);
+        } else {
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            w.v[c] = c0 + c < H ? load1(w2 + f * H + c0 + c) : 0.0f;
+        }
+#pragma unroll
+        for (int m = 0; m < TILE; ++m)
+          if (m < tl.n) {
+            float hv = hs[m][j];
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+              acc[m][c] += hv * w.v[c];
+          }
+      }
+    }
+    if (c0 >= H)
+      return;
+    const float *b2 = isShared || z != 0 || !a.weights[FC2_BIAS]
+                          ? nullptr
+                          : static_cast<const float *>(a.weights[FC2_BIAS]) + tl.expert * H;
+#pragma unroll
+    for (int m = 0; m < TILE; ++m)
+      if (m < tl.n) {
+        int64_t ent = entries[tl.begin + m], t = ent / S;
+        float w = weight[ent];
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          if (c0 + c < H)
+            atomicAddF32(a.output + t * H + c0 + c, w * (acc[m][c] + (b2 ? b2[c0 + c] : 0.0f)));
+      }
+  }
+};
+
+} // namespace moert_gpu
+
+#endif // MOERT_SPARSE_MOE_GPU_H

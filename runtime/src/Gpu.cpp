@@ -1,0 +1,498 @@
+//===- Gpu.cpp - libmoert's GPU backends over the CUDA driver API and HIP ------===//
+#include "Gpu.h"
+
+#include "kernels/hip/moert_gpu_abi.h"
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <vector>
+
+namespace moert::gpu {
+namespace {
+
+namespace pb = moert::proto;
+using Ptr = uint64_t; // a device address (CUdeviceptr; hipDeviceptr_t / void * on x86-64)
+
+// The driver entry points moert uses. The CUDA driver API and HIP's module API have the same shapes; where
+// they differ (stream and event creation, error strings) the table holds the form both have.
+struct Driver {
+  bool hip = false;
+  void *lib = nullptr;
+  int (*init)(unsigned) = nullptr;
+  int (*deviceGet)(int *, int) = nullptr;
+  int (*deviceGetName)(char *, int, int) = nullptr;
+  int (*deviceGetAttribute)(int *, int, int) = nullptr;
+  int (*primaryCtxRetain)(void **, int) = nullptr; // CUDA only
+  int (*ctxSetCurrent)(void *) = nullptr;          // CUDA only
+  int (*setDevice)(int) = nullptr;                 // HIP only
+  int (*moduleLoadData)(void **, const void *) = nullptr;
+  int (*moduleGetFunction)(void **, void *, const char *) = nullptr;
+  int (*moduleUnload)(void *) = nullptr;
+  int (*memAlloc)(Ptr *, size_t) = nullptr;
+  int (*memFree)(Ptr) = nullptr;
+  int (*htod)(Ptr, const void *, size_t, void *) = nullptr;
+  int (*dtoh)(void *, Ptr, size_t, void *) = nullptr;
+  int (*dtod)(Ptr, Ptr, size_t, void *) = nullptr;
+  int (*memsetD8)(Ptr, unsigned char, size_t, void *) = nullptr;
+  int (*launch)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *, void **,
+                void **) = nullptr;
+  int (*streamCreate)(void **, unsigned) = nullptr;
+  int (*streamSync)(void *) = nullptr;
+  int (*streamDestroy)(void *) = nullptr;
+  int (*eventCreate)(void **, unsigned) = nullptr;
+  int (*eventRecord)(void *, void *) = nullptr;
+  int (*eventSync)(void *) = nullptr;
+  int (*eventElapsed)(float *, void *, void *) = nullptr;
+  int (*eventDestroy)(void *) = nullptr;
+  int (*cuErrorString)(int, const char **) = nullptr;
+  const char *(*hipErrorString)(int) = nullptr;
+
+  std::string name() const { return hip ? "HIP" : "CUDA"; }
+  std::string errorText(int rc) const {
+    const char *s = nullptr;
+    if (hip && hipErrorString)
+      s = hipErrorString(rc);
+    else if (!hip && cuErrorString)
+      cuErrorString(rc, &s);
+    return (s ? std::string(s) : "error") + " (" + std::to_string(rc) + ")";
+  }
+};
+
+template <class F> bool sym(void *lib, const char *name, F &out) {
+  out = reinterpret_cast<F>(dlsym(lib, name));
+  return out != nullptr;
+}
+
+/// Opens the vendor library; "" or why not.
+std::string openDriver(bool hip, Driver &d) {
+  d.hip = hip;
+  const char *names[] = {hip ? "libamdhip64.so" : "libcuda.so.1", hip ? "libamdhip64.so.6" : "libcuda.so",
+                         hip ? "libamdhip64.so.5" : nullptr};
+  std::string why;
+  for (const char *n : names) {
+    if (!n || d.lib)
+      continue;
+    d.lib = dlopen(n, RTLD_NOW | RTLD_LOCAL);
+    if (!d.lib && why.empty())
+      why = dlerror();
+  }
+  if (!d.lib)
+    return "no " + d.name() + " driver on this machine (" + why + ")";
+  bool ok;
+  if (!hip) {
+    ok = sym(d.lib, "cuInit", d.init) && sym(d.lib, "cuDeviceGet", d.deviceGet) &&
+         sym(d.lib, "cuDeviceGetName", d.deviceGetName) && sym(d.lib, "cuDeviceGetAttribute", d.deviceGetAttribute) &&
+         sym(d.lib, "cuDevicePrimaryCtxRetain", d.primaryCtxRetain) && sym(d.lib, "cuCtxSetCurrent", d.ctxSetCurrent) &&
+         sym(d.lib, "cuModuleLoadData", d.moduleLoadData) && sym(d.lib, "cuModuleGetFunction", d.moduleGetFunction) &&
+         sym(d.lib, "cuModuleUnload", d.moduleUnload) && sym(d.lib, "cuMemAlloc_v2", d.memAlloc) &&
+         sym(d.lib, "cuMemFree_v2", d.memFree) && sym(d.lib, "cuMemcpyHtoDAsync_v2", d.htod) &&
+         sym(d.lib, "cuMemcpyDtoHAsync_v2", d.dtoh) && sym(d.lib, "cuMemcpyDtoDAsync_v2", d.dtod) &&
+         sym(d.lib, "cuMemsetD8Async", d.memsetD8) && sym(d.lib, "cuLaunchKernel", d.launch) &&
+         sym(d.lib, "cuStreamCreate", d.streamCreate) && sym(d.lib, "cuStreamSynchronize", d.streamSync) &&
+         sym(d.lib, "cuStreamDestroy_v2", d.streamDestroy) && sym(d.lib, "cuEventCreate", d.eventCreate) &&
+         sym(d.lib, "cuEventRecord", d.eventRecord) && sym(d.lib, "cuEventSynchronize", d.eventSync) &&
+         sym(d.lib, "cuEventElapsedTime", d.eventElapsed) && sym(d.lib, "cuEventDestroy_v2", d.eventDestroy) &&
+         sym(d.lib, "cuGetErrorString", d.cuErrorString);
+  } else {
+    ok = sym(d.lib, "hipInit", d.init) && sym(d.lib, "hipDeviceGet", d.deviceGet) &&
+         sym(d.lib, "hipDeviceGetName", d.deviceGetName) && sym(d.lib, "hipSetDevice", d.setDevice) &&
+         sym(d.lib, "hipModuleLoadData", d.moduleLoadData) && sym(d.lib, "hipModuleGetFunction", d.moduleGetFunction) &&
+         sym(d.lib, "hipModuleUnload", d.moduleUnload) && sym(d.lib, "hipMalloc", d.memAlloc) &&
+         sym(d.lib, "hipFree", d.memFree) && sym(d.lib, "hipMemcpyHtoDAsync", d.htod) &&
+         sym(d.lib, "hipMemcpyDtoHAsync", d.dtoh) && sym(d.lib, "hipMemcpyDtoDAsync", d.dtod) &&
+         sym(d.lib, "hipMemsetD8Async", d.memsetD8) && sym(d.lib, "hipModuleLaunchKernel", d.launch) &&
+         sym(d.lib, "hipStreamCreateWithFlags", d.streamCreate) && sym(d.lib, "hipStreamSynchronize", d.streamSync) &&
+         sym(d.lib, "hipStreamDestroy", d.streamDestroy) && sym(d.lib, "hipEventCreateWithFlags", d.eventCreate) &&
+         sym(d.lib, "hipEventRecord", d.eventRecord) && sym(d.lib, "hipEventSynchronize", d.eventSync) &&
+         sym(d.lib, "hipEventElapsedTime", d.eventElapsed) && sym(d.lib, "hipEventDestroy", d.eventDestroy) &&
+         sym(d.lib, "hipGetErrorString", d.hipErrorString);
+  }
+  if (!ok) {
+    dlclose(d.lib);
+    d.lib = nullptr;
+    return "the " + d.name() + " driver library lacks an entry point moert needs";
+  }
+  return "";
+}
+
+struct Kernels {
+  void *route = nullptr, *up = nullptr, *down = nullptr;
+  moert_gpu_shape shape{};
+  Ptr weights[MOERT_GPU_SLOTS] = {};
+  uint64_t weightBytes[MOERT_GPU_SLOTS] = {};
+  Ptr state = 0;
+  int64_t lastTokens = 0; // T of the last call (its inputs stay on the device)
+  bool lastLogits = false, lastResidual = false;
+};
+
+} // namespace
+
+class Device {
+public:
+  Driver drv;
+  int dev = 0;
+  void *ctx = nullptr, *stream = nullptr, *module = nullptr, *ev0 = nullptr, *ev1 = nullptr;
+  std::string label, arch;
+  std::vector<Kernels> dispatches;
+  std::vector<Ptr> allocations;
+  // Per-call buffers, grown as needed (calls are serialised by `mutex`).
+  std::mutex mutex;
+  Ptr in = 0, logits = 0, residual = 0, out = 0, scratch = 0;
+  size_t inBytes = 0, logitsBytes = 0, residualBytes = 0, outBytes = 0, scratchBytes = 0;
+
+  std::string check(int rc, const char *what) const {
+    return rc == 0 ? "" : drv.name() + " " + what + " failed: " + drv.errorText(rc);
+  }
+  std::string alloc(size_t bytes, Ptr &p) {
+    if (int rc = drv.memAlloc(&p, std::max<size_t>(bytes, 256)))
+      return drv.name() + ": cannot allocate " + std::to_string(bytes) + " bytes of device memory: " + drv.errorText(rc);
+    allocations.push_back(p);
+    return "";
+  }
+  std::string grow(Ptr &p, size_t &have, size_t want) {
+    if (want <= have)
+      return "";
+    if (p) {
+      drv.memFree(p);
+      allocations.erase(std::find(allocations.begin(), allocations.end(), p));
+    }
+    p = 0, have = 0;
+    std::string e = alloc(want, p);
+    if (e.empty())
+      have = want;
+    return e;
+  }
+
+  /// Driver, device, context, stream.
+  std::string start(bool hip) {
+    if (std::string e = openDriver(hip, drv); !e.empty())
+      return e;
+    if (int rc = drv.init(0))
+      return "no usable " + drv.name() + " device (initialisation: " + drv.errorText(rc) + ")";
+    if (int rc = drv.deviceGet(&dev, 0))
+      return "no " + drv.name() + " device (" + drv.errorText(rc) + ")";
+    char name[256] = {};
+    drv.deviceGetName(name, sizeof name - 1, dev);
+    if (hip) {
+      if (std::string e = check(drv.setDevice(dev), "hipSetDevice"); !e.empty())
+        return e;
+    } else {
+      int major = 0, minor = 0;
+      drv.deviceGetAttribute(&major, 75, dev); // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+      drv.deviceGetAttribute(&minor, 76, dev); // ..._MINOR
+      arch = "sm_" + std::to_string(major) + std::to_string(minor);
+      if (std::string e = check(drv.primaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain"); !e.empty())
+        return e;
+      if (std::string e = check(drv.ctxSetCurrent(ctx), "cuCtxSetCurrent"); !e.empty())
+        return e;
+    }
+    label = drv.name() + ": " + name;
+    if (std::string e = check(drv.streamCreate(&stream, 1 /* non-blocking */), "stream creation"); !e.empty())
+      return e;
+    if (std::string e = check(drv.eventCreate(&ev0, 0), "event creation"); !e.empty())
+      return e;
+    return check(drv.eventCreate(&ev1, 0), "event creation");
+  }
+
+  void setCurrent() const {
+    if (!drv.hip && ctx)
+      drv.ctxSetCurrent(ctx);
+    else if (drv.hip)
+      drv.setDevice(dev);
+  }
+
+  ~Device() {
+    if (!drv.lib)
+      return;
+    setCurrent();
+    if (stream)
+      drv.streamSync(stream);
+    for (Ptr p : allocations)
+      drv.memFree(p);
+    if (ev0)
+      drv.eventDestroy(ev0);
+    if (ev1)
+      drv.eventDestroy(ev1);
+    if (module)
+      drv.moduleUnload(module);
+    if (stream)
+      drv.streamDestroy(stream);
+    // The driver library stays loaded: unloading CUDA or HIP at exit is known to misbehave.
+  }
+};
+
+void destroy(Device *d) { delete d; }
+
+std::string describe(const Device &d) { return d.label + (d.arch.empty() ? "" : " (" + d.arch + ")"); }
+
+namespace {
+
+/// Opens CUDA, HIP, or (GPU) CUDA then HIP.
+std::string startAny(int device, std::unique_ptr<Device> &d) {
+  d = std::make_unique<Device>();
+  if (device == MOERT_DEVICE_CUDA || device == MOERT_DEVICE_HIP)
+    return d->start(device == MOERT_DEVICE_HIP);
+  std::string cuda = d->start(false);
+  if (cuda.empty())
+    return "";
+  d = std::make_unique<Device>();
+  std::string hip = d->start(true);
+  return hip.empty() ? "" : cuda + "; " + hip;
+}
+
+/// Loads the code object for the device. CUDA: the PTX of the device's arch or the newest below it; HIP: the
+/// first code object the runtime accepts.
+std::string loadCode(Device &d, const pb::Artifact &a, const unsigned char *map) {
+  std::vector<std::string> have;
+  const pb::GpuCode *pick = nullptr;
+  int devCc = 0;
+  if (!d.drv.hip)
+    devCc = std::atoi(d.arch.c_str() + 3);
+  for (const auto &g : a.gpu_code()) {
+    have.push_back(g.arch());
+    if (d.drv.hip && g.kind() == pb::GpuCode::AMDGPU_ELF) {
+      void *mod = nullptr;
+      if (d.drv.moduleLoadData(&mod, map + a.sections(g.section()).offset()) == 0) {
+        d.module = mod;
+        d.arch = g.arch();
+        return "";
+      }
+    } else if (!d.drv.hip && g.kind() == pb::GpuCode::PTX) {
+      int cc = std::atoi(g.arch().c_str() + 3);
+      if (cc <= devCc && (!pick || cc > std::atoi(pick->arch().c_str() + 3)))
+        pick = &g;
+    }
+  }
+  std::string list;
+  for (const auto &h : have)
+    list += (list.empty() ? "" : ", ") + h;
+  if (list.empty())
+    return "the artifact has no GPU code (compile it with moec compile --target=cpu," +
+           std::string(d.drv.hip ? "hip" : "cuda") + ")";
+  if (!pick)
+    return "the artifact has no code for this " + describe(d) + " (it has " + list + ")";
+  void *mod = nullptr;
+  if (int rc = d.drv.moduleLoadData(&mod, map + a.sections(pick->section()).offset()))
+    return "the " + d.drv.name() + " driver rejected the " + pick->arch() + " code: " + d.drv.errorText(rc);
+  d.module = mod;
+  return "";
+}
+
+} // namespace
+
+std::string open(int device, const pb::Artifact &a, const unsigned char *map, DevicePtr &out) {
+  std::unique_ptr<Device> d;
+  if (std::string e = startAny(device, d); !e.empty())
+    return e;
+  if (a.gpu_abi() != MOERT_GPU_ABI_VERSION)
+    return a.gpu_code_size() == 0 ? "the artifact has no GPU code (compile it with moec compile --target=cpu,cuda "
+                                    "or --target=cpu,hip)"
+                                  : "the artifact's GPU code is of another ABI";
+  if (std::string e = loadCode(*d, a, map); !e.empty())
+    return e;
+  // Weights: each section a dispatch uses, uploaded once.
+  std::map<int64_t, Ptr> uploaded;
+  for (const auto &s : a.program().steps()) {
+    if (!s.has_moe())
+      continue;
+    const auto &m = s.moe();
+    if (!m.has_gpu())
+      return "dispatch " + std::to_string(m.index()) + " has no GPU kernels in the artifact";
+    if (d->dispatches.size() <= m.index())
+      d->dispatches.resize(m.index() + 1);
+    Kernels &k = d->dispatches[m.index()];
+    const auto &g = m.gpu();
+    k.shape = moert_gpu_shape{g.h(), g.f(), g.fs(), g.e(), g.n(), g.k(), g.norm() ? 1 : 0};
+    std::string base = "moert_gpu_" + std::to_string(m.index()) + "_";
+    if (d->drv.moduleGetFunction(&k.route, d->module, (base + "route").c_str()) ||
+        d->drv.moduleGetFunction(&k.up, d->module, (base + "up").c_str()) ||
+        d->drv.moduleGetFunction(&k.down, d->module, (base + "down").c_str()))
+      return "the GPU code lacks the kernels of dispatch " + std::to_string(m.index());
+    for (int slot = 0; slot < MOERT_GPU_SLOTS && slot < m.weight_sections_size(); ++slot) {
+      int64_t sec = m.weight_sections(slot);
+      if (sec < 0)
+        continue;
+      auto it = uploaded.find(sec);
+      if (it == uploaded.end()) {
+        const auto &section = a.sections(sec);
+        Ptr p = 0;
+        if (std::string e = d->alloc(section.size(), p); !e.empty())
+          return e;
+        if (std::string e = d->check(d->drv.htod(p, map + section.offset(), section.size(), d->stream), "weight upload");
+            !e.empty())
+          return e;
+        it = uploaded.emplace(sec, p).first;
+      }
+      k.weights[slot] = it->second;
+      k.weightBytes[slot] = a.sections(sec).size();
+    }
+    size_t stateBytes = moert_gpu_state_bytes(&k.shape);
+    if (std::string e = d->alloc(stateBytes, k.state); !e.empty())
+      return e;
+    if (std::string e = d->check(d->drv.memsetD8(k.state, 0, stateBytes, d->stream), "memset"); !e.empty())
+      return e;
+  }
+  if (std::string e = d->check(d->drv.streamSync(d->stream), "weight upload"); !e.empty())
+    return e;
+  out.reset(d.release());
+  return "";
+}
+
+/// The three kernels of dispatch `k` on the device buffers (inputs already there).
+std::string launchAll(Device &d, const Kernels &k, int64_t T, bool logits, bool residual) {
+  const moert_gpu_shape &s = k.shape;
+  std::string e;
+  moert_gpu_args args{};
+  args.tokens = T;
+  args.input = reinterpret_cast<const float *>(d.in);
+  args.logits = logits ? reinterpret_cast<const float *>(d.logits) : nullptr;
+  args.residual = residual ? reinterpret_cast<const float *>(d.residual) : nullptr;
+  args.output = reinterpret_cast<float *>(d.out);
+  for (int i = 0; i < MOERT_GPU_SLOTS; ++i)
+    args.weights[i] = reinterpret_cast<const void *>(k.weights[i]);
+  args.scratch = reinterpret_cast<void *>(d.scratch);
+  args.state = reinterpret_cast<void *>(k.state);
+  args.f_splits = moert_gpu_f_splits(&s, T);
+  void *params[] = {&args};
+  unsigned tiles = unsigned(moert_gpu_max_tiles(&s, T));
+  if ((e = d.check(d.drv.launch(k.route, unsigned(T), 1, 1, MOERT_GPU_BLOCK, 1, 1, 0, d.stream, params, nullptr),
+                   "launch (route)")).size() ||
+      (e = d.check(d.drv.launch(k.up, tiles, unsigned(moert_gpu_f_chunks(&s)), 1, MOERT_GPU_BLOCK, 1, 1, 0, d.stream,
+                                params, nullptr),
+                   "launch (up)")).size() ||
+      (e = d.check(d.drv.launch(k.down, tiles, unsigned(moert_gpu_h_chunks(&s)), unsigned(args.f_splits),
+                                MOERT_GPU_BLOCK, 1, 1, 0, d.stream, params, nullptr),
+                   "launch (down)")).size())
+    return e;
+  return "";
+}
+
+std::string timeKernels(Device &d, int index, int repeats, double &usPerCall, double &weightBytes) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  if (index < 0 || size_t(index) >= d.dispatches.size() || d.dispatches[index].lastTokens <= 0)
+    return "dispatch " + std::to_string(index) + " has not run on the GPU yet";
+  const Kernels &k = d.dispatches[index];
+  const moert_gpu_shape &s = k.shape;
+  int64_t T = k.lastTokens;
+  std::string e;
+  if ((e = launchAll(d, k, T, k.lastLogits, k.lastResidual)).size()) // warm-up
+    return e;
+  if ((e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
+    return e;
+  for (int r = 0; r < repeats; ++r)
+    if ((e = launchAll(d, k, T, k.lastLogits, k.lastResidual)).size())
+      return e;
+  if ((e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size() ||
+      (e = d.check(d.drv.streamSync(d.stream), "kernel run")).size())
+    return e;
+  float ms = 0;
+  d.drv.eventElapsed(&ms, d.ev0, d.ev1);
+  usPerCall = 1000.0 * ms / std::max(1, repeats);
+  // Bytes read: the chosen experts' rows (tile table of the last call), the shared expert, router, mask.
+  moert_gpu_layout l = moert_gpu_scratch_layout(&s, T);
+  int64_t maxTiles = moert_gpu_max_tiles(&s, T);
+  std::vector<int32_t> tiles(3 * maxTiles + 1);
+  if ((e = d.check(d.drv.dtoh(tiles.data(), d.scratch + l.tiles, tiles.size() * 4, d.stream), "copy")).size() ||
+      (e = d.check(d.drv.streamSync(d.stream), "copy")).size())
+    return e;
+  std::vector<bool> used(s.E + 1, false);
+  for (int32_t i = 0; i < tiles[3 * maxTiles] && i < maxTiles; ++i)
+    if (tiles[3 * i] >= 0 && tiles[3 * i] <= s.E)
+      used[tiles[3 * i]] = true;
+  int64_t experts = 0;
+  for (int64_t x = 0; x < s.E; ++x)
+    experts += used[x];
+  weightBytes = double(k.weightBytes[0] + k.weightBytes[1]) * double(experts) / double(s.E) +
+                double(k.weightBytes[2]) + double(k.weightBytes[12] + k.weightBytes[13]);
+  return "";
+}
+
+std::string run(Device &d, int index, int64_t T, const float *input, const float *logits, const float *residual,
+                float *output, double *gpuMs) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  if (index < 0 || size_t(index) >= d.dispatches.size())
+    return "internal: no GPU kernels for dispatch " + std::to_string(index);
+  const Kernels &k = d.dispatches[index];
+  const moert_gpu_shape &s = k.shape;
+  if (T <= 0)
+    return "";
+  if (T > (int64_t(1) << 31) / std::max<int64_t>(1, s.H + s.N + s.K + 1))
+    return "dispatch " + std::to_string(index) + ": " + std::to_string(T) + " tokens are more than the GPU kernels index";
+  size_t rows = sizeof(float) * size_t(T * s.H);
+  moert_gpu_layout layout = moert_gpu_scratch_layout(&s, T);
+  std::string e;
+  if ((e = d.grow(d.in, d.inBytes, rows)).size() || (e = d.grow(d.out, d.outBytes, rows)).size() ||
+      (e = d.grow(d.scratch, d.scratchBytes, layout.total)).size())
+    return e;
+  if (logits && (e = d.grow(d.logits, d.logitsBytes, sizeof(float) * size_t(T * s.N))).size())
+    return e;
+  if (residual && (e = d.grow(d.residual, d.residualBytes, rows)).size())
+    return e;
+  if ((e = d.check(d.drv.htod(d.in, input, rows, d.stream), "input copy")).size())
+    return e;
+  if (logits && (e = d.check(d.drv.htod(d.logits, logits, sizeof(float) * size_t(T * s.N), d.stream), "copy")).size())
+    return e;
+  if (residual && (e = d.check(d.drv.htod(d.residual, residual, rows, d.stream), "copy")).size())
+    return e;
+  if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
+    return e;
+  if ((e = launchAll(d, k, T, logits != nullptr, residual != nullptr)).size())
+    return e;
+  if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size())
+    return e;
+  if ((e = d.check(d.drv.dtoh(output, d.out, rows, d.stream), "output copy")).size())
+    return e;
+  if ((e = d.check(d.drv.streamSync(d.stream), "kernel run")).size())
+    return "dispatch " + std::to_string(index) + ": " + e;
+  d.dispatches[index].lastTokens = T;
+  d.dispatches[index].lastLogits = logits != nullptr;
+  d.dispatches[index].lastResidual = residual != nullptr;
+  if (gpuMs) {
+    float ms = 0;
+    d.drv.eventElapsed(&ms, d.ev0, d.ev1);
+    *gpuMs = ms;
+  }
+  return "";
+}
+
+std::string probe(int device, bool measure, std::string &description) {
+  std::unique_ptr<Device> dp;
+  if (std::string e = startAny(device, dp); !e.empty())
+    return e;
+  Device &d = *dp;
+  description = describe(d);
+  if (!measure)
+    return "";
+  const size_t bytes = size_t(1) << 30;
+  Ptr a = 0, b = 0;
+  if (std::string e = d.alloc(bytes, a); !e.empty())
+    return e;
+  if (std::string e = d.alloc(bytes, b); !e.empty())
+    return e;
+  d.drv.memsetD8(a, 1, bytes, d.stream);
+  double best = 1e30;
+  for (int i = 0; i < 12; ++i) {
+    d.drv.eventRecord(d.ev0, d.stream);
+    d.drv.dtod(b, a, bytes, d.stream);
+    d.drv.eventRecord(d.ev1, d.stream);
+    if (std::string e = d.check(d.drv.streamSync(d.stream), "copy"); !e.empty())
+      return e;
+    float ms = 0;
+    d.drv.eventElapsed(&ms, d.ev0, d.ev1);
+    if (i >= 2)
+      best = std::min(best, double(ms));
+  }
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "; device-to-device copy %.0f GB/s (bytes read + written, best of 10 x 1 GiB)",
+                2.0 * bytes / (best * 1e-3) / 1e9);
+  description += buf;
+  return "";
+}
+
+} // namespace moert::gpu

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""GPU code without a GPU: every generated kernel builds for every listed architecture, the artifact carries
+each architecture's code, and the AMDGPU code objects stay within the resource budget docs/gpu.md gives.
+
+For each fixture: `moec compile --target=cpu,hip,cuda --dump-kernels=DIR` (gfx90a, gfx942, gfx1100 code
+objects; sm_80, sm_90 PTX), then
+  - `moert inspect` lists all five architectures;
+  - `llvm-readelf-19 --notes` of each AMDGPU code object: the three kernels of every dispatch are there, with
+    no scratch (`.private_segment_fixed_size` 0), no VGPR/SGPR spills, at most 128 VGPRs (at least 4 waves per
+    SIMD on CDNA2/3, 12 on RDNA3) and at most 16 KiB of LDS per block (4 blocks per CU);
+  - the PTX of each sm_* declares the three kernels of every dispatch.
+Options moec cannot serve (int8 weights for a GPU target, unknown architectures or targets) are one error
+line and no artifact. Where no GPU is usable (CI), also: `moert run --device=gpu` fails with one error line, a non-zero exit and no
+output file. Exits 1 with one line per violation.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+AMD = ["gfx90a", "gfx942", "gfx1100"]
+NV = ["sm_80", "sm_90"]
+MAX_VGPRS = 128
+MAX_LDS = 16 * 1024
+
+
+def fixtures(tmp):
+    import check_cpu_e2e as e2e
+    for family in ["mixtral", "qwen2_moe", "deepseek_v3", "zaya", "whole_olmoe"]:
+        yield family, os.path.join(ROOT, "tests", "fixtures", "transformers", f"{family}.onnx"), ["--weights=bf16"]
+    for name, path, _, _ in e2e.ort_moe_cases(tmp):
+        if "(" not in name:
+            yield name, path, ["--weights=fp16"] if "logits" in name else []
+    for name, path, _, _ in e2e.sparse_moe_cases(tmp):
+        if "predictor" not in name:
+            yield name, path, []
+
+
+def kernels_in_notes(text):
+    """{kernel name: {key: value}} from llvm-readelf --notes' AMDGPU metadata (YAML: each kernel a list item
+    `  - .key: value` at indent 2, its other keys at indent 4, nested lists deeper)."""
+    out, cur = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^  - \.(\w+):\s*(.*)$", line)
+        if m:
+            cur = {}
+        else:
+            m = re.match(r"^    \.(\w+):\s*(.*)$", line)
+        if not m or cur is None:
+            continue
+        key, value = m.groups()
+        cur[key] = value.strip()
+        if key == "name":
+            out[cur["name"]] = cur
+    return out
+
+
+def bad_option_checks(args, tmp):
+    """GPU targets moec cannot serve are one error line, exit 1, no artifact."""
+    model = os.path.join(ROOT, "tests", "fixtures", "transformers", "mixtral.onnx")
+    out = os.path.join(tmp, "refused.moex")
+    problems = []
+    for extra, says in ((["--target=cpu,hip", "--weights=int8"], "int8 expert weights have no GPU kernels"),
+                        (["--target=cpu,hip", "--hip-arch=gfx999"], "--hip-arch=gfx999: not an architecture"),
+                        (["--target=cpu,cuda", "--cuda-arch=sm_70"], "--cuda-arch=sm_70: not an architecture"),
+                        (["--target=cpu,metal"], "--target=metal: expected cpu, hip or cuda")):
+        r = subprocess.run([args.moec, "compile", model, "-o", out, "--quiet", *extra], capture_output=True, text=True)
+        lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("moec: warning:")]
+        if r.returncode == 0 or len(lines) != 1 or says not in lines[0] or os.path.exists(out):
+            problems.append(f"moec {' '.join(extra)}: exit {r.returncode}, stderr {lines!r}")
+        else:
+            print(f"ok   moec {' '.join(extra)}: {lines[0]}")
+    return problems
+
+
+def no_device_checks(args, tmp, moex):
+    """Without a GPU: asking for one is one clear error line, exit 1, no output written."""
+    import numpy as np
+    out = os.path.join(tmp, "no-device-out")
+    x = os.path.join(tmp, "x.npy")
+    np.save(x, np.zeros((2, 16), np.float32))
+    problems = []
+    for device in ("gpu", "cuda", "hip"):
+        r = subprocess.run([args.moert, "run", moex, "--input", f"x={x}", f"--device={device}", "--output-dir", out],
+                           capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        if r.returncode == 0 or len(lines) != 1 or not lines[0].startswith("moert: error: ") or os.path.exists(out):
+            problems.append(f"--device={device} without a GPU: exit {r.returncode}, stderr {lines!r}, "
+                            f"output dir {'written' if os.path.exists(out) else 'absent'}")
+        else:
+            print(f"ok   --device={device} without a GPU: {lines[0]}")
+    return problems
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--moec", required=True)
+    ap.add_argument("--moert", required=True)
+    ap.add_argument("--readelf", default="llvm-readelf-19")
+    args = ap.parse_args()
+    problems, checked, most_vgprs, most_lds = [], 0, 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path, extra in fixtures(tmp):
+            tag = name.replace("/", "_")
+            dump, moex = os.path.join(tmp, tag), os.path.join(tmp, tag + ".moex")
+            run = subprocess.run([args.moec, "compile", path, "-o", moex, "--target=cpu,hip,cuda", "--quiet",
+                                  f"--dump-kernels={dump}", *extra], capture_output=True, text=True)
+            if run.returncode != 0:
+                problems.append(f"{name}: moec compile failed: {run.stderr.strip()}")
+                continue
+            src = open(os.path.join(dump, "dispatches.hip")).read()
+            dispatches = sorted(set(re.findall(r"moert_gpu_(\d+)_route", src)))
+            want = {f"moert_gpu_{d}_{k}" for d in dispatches for k in ("route", "up", "down")}
+            inspect = subprocess.run([args.moert, "inspect", moex], capture_output=True, text=True).stdout
+            gpu_line = next((ln for ln in inspect.splitlines() if ln.startswith("gpu code:")), "")
+            for arch in AMD + NV:
+                if arch + " (" not in gpu_line:
+                    problems.append(f"{name}: the artifact lacks {arch} code ({gpu_line or 'no gpu code line'})")
+            for arch in AMD:
+                notes = subprocess.run([args.readelf, "--notes", os.path.join(dump, arch + ".co")],
+                                       capture_output=True, text=True)
+                ks = kernels_in_notes(notes.stdout)
+                if set(ks) != want:
+                    problems.append(f"{name} {arch}: kernels {sorted(ks)}, expected {sorted(want)}")
+                for k, meta in ks.items():
+                    checked += 1
+                    vg, lds = int(meta.get("vgpr_count", 999)), int(meta.get("group_segment_fixed_size", 1 << 30))
+                    most_vgprs, most_lds = max(most_vgprs, vg), max(most_lds, lds)
+                    bad = []
+                    if int(meta.get("private_segment_fixed_size", 1)) != 0:
+                        bad.append(f"scratch {meta.get('private_segment_fixed_size')} bytes")
+                    if int(meta.get("vgpr_spill_count", 1)) or int(meta.get("sgpr_spill_count", 1)):
+                        bad.append("register spills")
+                    if vg > MAX_VGPRS:
+                        bad.append(f"{vg} VGPRs > {MAX_VGPRS}")
+                    if lds > MAX_LDS:
+                        bad.append(f"{lds} bytes of LDS > {MAX_LDS}")
+                    if bad:
+                        problems.append(f"{name} {arch} {k}: " + ", ".join(bad))
+            for arch in NV:
+                ptx = open(os.path.join(dump, arch + ".ptx")).read()
+                entries = set(re.findall(r"\.entry (moert_gpu_\w+)\(", ptx))
+                if entries != want or f".target {arch}" not in ptx:
+                    problems.append(f"{name} {arch}: PTX entries {sorted(entries)}, expected {sorted(want)}")
+            print(f"{'ok  ' if not any(p.startswith(name + ' ') or p.startswith(name + ':') for p in problems) else 'FAIL'}"
+                  f" {name:48s} {len(dispatches)} dispatch(es) x 3 kernels x {len(AMD)} AMD + {len(NV)} NVIDIA archs")
+        problems += bad_option_checks(args, tmp)
+        if subprocess.run([args.moert, "devices"], capture_output=True).returncode != 0:
+            problems += no_device_checks(args, tmp, moex)
+    for p in problems:
+        print("  " + p)
+    print(f"{checked} AMDGPU kernels checked (most VGPRs {most_vgprs}, most LDS {most_lds} bytes); "
+          f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
