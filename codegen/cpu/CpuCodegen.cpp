@@ -689,7 +689,10 @@ struct Emitter {
        << ", EPS = " << floatLit(op.getNormEpsilon().convertToDouble()) << ";\n};\n}\n";
     if (gpu) {
       gpuSource += config;
-      for (const char *k : {"route", "up", "down"})
+      std::vector<const char *> kernels = {"route", "up", "down"};
+      if (linear)
+        kernels.insert(kernels.begin(), "logits");
+      for (const char *k : kernels)
         gpuSource += "extern \"C\" GPU_GLOBAL GPU_LAUNCH_BOUNDS(MOERT_GPU_BLOCK) void moert_gpu_" + std::to_string(index) +
                      "_" + k + "(moert_gpu_args a) { moert_gpu::Kernels<C" + std::to_string(index) + ">::" + k +
                      "(a); }\n";

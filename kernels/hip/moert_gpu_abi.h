@@ -1,8 +1,10 @@
 /*===- moert_gpu_abi.h - the ABI between moert and generated GPU kernels ---===*
  *
- * `moec compile --target=hip|cuda` builds, per fused MoE dispatch `i`, three kernels into one code object per
- * GPU architecture (kernels/hip/sparse_moe_gpu.h, specialised like the CPU kernels):
+ * `moec compile --target=hip|cuda` builds, per fused MoE dispatch `i`, three or four kernels into one code
+ * object per GPU architecture (kernels/hip/sparse_moe_gpu.h, specialised like the CPU kernels):
  *
+ *   moert_gpu_<i>_logits grid (T, ceil(N / warps))     router logits, one warp per column (linear routers
+ *                                                       only: the runtime launches it when it exists)
  *   moert_gpu_<i>_route  grid (T)                      norm, router, gate, top-k; output = residual or 0;
  *                                                       the last block to finish groups (token, slot) pairs
  *                                                       by expert into tiles of MOERT_GPU_TILE entries
@@ -55,6 +57,7 @@ typedef struct moert_gpu_shape {
 
 /* Scratch layout (byte offsets; every part 256-byte aligned). */
 typedef struct moert_gpu_layout {
+  size_t logits;  /* f32 [T][N] router logits (linear routers: the `logits` kernel)  */
   size_t chosen;  /* int32 [T][K] expert per slot                                  */
   size_t weight;  /* f32 [T][S] combine weight per slot (S = K + shared expert)    */
   size_t entries; /* int32 [T*S] entry = t * S + slot, grouped by expert           */
@@ -81,6 +84,7 @@ static inline moert_gpu_layout moert_gpu_scratch_layout(const moert_gpu_shape *s
   moert_gpu_layout l;
   int64_t S = moert_gpu_slots(s), fmax = s->F > s->FS ? s->F : s->FS;
   size_t at = 0;
+  l.logits = at, at += moert_gpu_align(sizeof(float) * (size_t)(T * s->N));
   l.chosen = at, at += moert_gpu_align(sizeof(int32_t) * (size_t)(T * s->K));
   l.weight = at, at += moert_gpu_align(sizeof(float) * (size_t)(T * S));
   l.entries = at, at += moert_gpu_align(sizeof(int32_t) * (size_t)(T * S));
@@ -98,6 +102,9 @@ static inline size_t moert_gpu_state_bytes(const moert_gpu_shape *s) { return si
 static inline int64_t moert_gpu_f_chunks(const moert_gpu_shape *s) {
   int64_t fmax = s->F > s->FS ? s->F : s->FS;
   return (fmax + MOERT_GPU_FCHUNK - 1) / MOERT_GPU_FCHUNK;
+}
+static inline int64_t moert_gpu_logit_blocks(const moert_gpu_shape *s, int warps) {
+  return (s->N + warps - 1) / warps;
 }
 static inline int64_t moert_gpu_h_chunks(const moert_gpu_shape *s) {
   return (s->H + MOERT_GPU_DOWN_COLS - 1) / MOERT_GPU_DOWN_COLS;

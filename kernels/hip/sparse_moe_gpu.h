@@ -2,9 +2,11 @@
 //
 // `moec compile --target=hip|cuda` specialises these templates per `moe.sparse_moe` dispatch with the same
 // config struct `C` as the CPU kernels (kernels/cpu/sparse_moe.h: every shape, k, activation and flag a
-// compile-time constant) and exports three kernels (kernels/hip/moert_gpu_abi.h):
+// compile-time constant) and exports three or four kernels (kernels/hip/moert_gpu_abi.h):
 //
-//   route (one block per token): optional RMSNorm/LayerNorm, router logits (each warp 8 columns at once),
+//   logits (linear routers; block (t, y), one warp per router column): the router's dot products with the
+//     (normalised) input, so the router's weights stream through many SMs, not one;
+//   route (one block per token): optional RMSNorm/LayerNorm, the logits (given or from `logits`),
 //     softmax/sigmoid, selection bias, grouped top-k, top-k (ties: lower index), renormalise, scale; the
 //     shared expert's sigmoid gate; output row = residual or 0. Counts per expert with atomics; the last
 //     block to finish (a ticket counter) turns the counts into tiles of up to TILE (token, slot) entries per
@@ -16,8 +18,8 @@
 //     the fc2 row of each kept dim is read once per tile; the weighted sums go to the output with f32
 //     atomic adds (the weighted combine is the epilogue), plus the fc2 bias once per entry.
 //
-// Decode (T <= 8): 3 launches per layer, all reading weights of chosen experts and kept dims only; `down`
-// splits F so the grid fills the GPU. Summation order across slots and F splits depends on the atomics'
+// Decode (T <= 8): 4 launches per layer (3 with precomputed logits), all reading weights of chosen experts and
+// kept dims only; `down` splits F so the grid fills the GPU. Summation order across slots and F splits depends on the atomics'
 // order: results differ from run to run in the last bits.
 //
 //===----------------------------------------------------------------------===//
@@ -135,6 +137,56 @@ template <class C> struct Kernels {
     }
   }
 
+  // ---- logits (linear routers): block (t, y), one warp per router column, the norm applied on the fly --
+  static GPU_INLINE void logits(const moert_gpu_args &a) {
+    GPU_SHARED float red[WARPS];
+    const int tid = threadId();
+    const int64_t T = a.tokens, t = blockX(), n = int64_t(blockY()) * WARPS + warpId();
+    const moert_gpu_shape sh = shape();
+    const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, T);
+    const float *in = a.input + t * H;
+    const float *nw = static_cast<const float *>(a.weights[NORM_W]);
+    const float *nb = static_cast<const float *>(a.weights[NORM_B]);
+    float mean = 0.0f, inv = 1.0f;
+    if (C::NORM != NO_NORM) { // the same statistics as `route` computes
+      if (C::NORM == LAYER_NORM) {
+        float s = 0.0f;
+        for (int64_t h = tid; h < H; h += BLOCK)
+          s += in[h];
+        mean = blockSum(s, red) / float(H);
+      }
+      float q = 0.0f;
+      for (int64_t h = tid; h < H; h += BLOCK)
+        q += (in[h] - mean) * (in[h] - mean);
+      inv = 1.0f / sqrtf(blockSum(q, red) / float(H) + C::EPS);
+    }
+    if (n >= N)
+      return;
+    const float *r = static_cast<const float *>(a.weights[ROUTER]) + n * H;
+    const float *rb = static_cast<const float *>(a.weights[ROUTER_BIAS]);
+    auto xAt = [&](int64_t h, float v) {
+      if (C::NORM == NO_NORM)
+        return v;
+      return (v - mean) * inv * nw[h] + (C::NORM == LAYER_NORM && nb ? nb[h] : 0.0f);
+    };
+    float acc = 0.0f;
+    if (VEC) {
+#pragma unroll 4
+      for (int64_t h = int64_t(laneId()) * 4; h < H; h += kWarp * 4) {
+        F4 xv = load4(in + h), w = load4(r + h);
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          acc += w.v[c] * xAt(h + c, xv.v[c]);
+      }
+    } else {
+      for (int64_t h = laneId(); h < H; h += kWarp)
+        acc += r[h] * xAt(h, in[h]);
+    }
+    acc = warpSum(acc);
+    if (laneId() == 0)
+      reinterpret_cast<float *>(scratch(a) + l.logits)[t * N + n] = acc + (rb ? rb[n] : 0.0f);
+  }
+
   // ---- route: one block per token; the last block groups entries into tiles --------------------------
   static GPU_INLINE void route(const moert_gpu_args &a) {
     GPU_SHARED float red[WARPS];
@@ -175,38 +227,10 @@ template <class C> struct Kernels {
       x = xn;
     }
 
-    if (C::LINEAR_ROUTER) {
-      const float *r = static_cast<const float *>(a.weights[ROUTER]);
-      const float *rb = static_cast<const float *>(a.weights[ROUTER_BIAS]);
-      // Each warp takes 8 columns at a time and walks H once for all of them: 8 independent loads in flight.
-      constexpr int CB = 8;
-      for (int64_t n0 = int64_t(warpId()) * CB; n0 < N; n0 += int64_t(WARPS) * CB) {
-        float acc[CB] = {};
-        if (VEC) {
-#pragma unroll 2
-          for (int64_t h = int64_t(laneId()) * 4; h < H; h += kWarp * 4) {
-            F4 xv = load4(x + h);
-#pragma unroll
-            for (int j = 0; j < CB; ++j)
-              if (n0 + j < N) {
-                F4 w = load4(r + (n0 + j) * H + h);
-                acc[j] += w.v[0] * xv.v[0] + w.v[1] * xv.v[1] + w.v[2] * xv.v[2] + w.v[3] * xv.v[3];
-              }
-          }
-        } else {
-          for (int64_t h = laneId(); h < H; h += kWarp)
-#pragma unroll
-            for (int j = 0; j < CB; ++j)
-              if (n0 + j < N)
-                acc[j] += r[(n0 + j) * H + h] * x[h];
-        }
-#pragma unroll
-        for (int j = 0; j < CB; ++j) {
-          float v = warpSum(acc[j]);
-          if (laneId() == 0 && n0 + j < N)
-            logit[n0 + j] = v + (rb ? rb[n0 + j] : 0.0f);
-        }
-      }
+    if (C::LINEAR_ROUTER) { // computed by the `logits` kernel
+      const float *lg = reinterpret_cast<const float *>(scratch(a) + l.logits);
+      for (int64_t n = tid; n < N; n += BLOCK)
+        logit[n] = lg[t * N + n];
     } else {
       for (int64_t n = tid; n < N; n += BLOCK)
         logit[n] = a.logits[t * N + n];
@@ -362,7 +386,10 @@ template <class C> struct Kernels {
   }
 
   static GPU_INLINE void group(const moert_gpu_args &a, const moert_gpu_layout &l, int64_t T) {
+    constexpr int CHUNK = 1024; // choices staged in shared memory per pass
     GPU_SHARED int32_t offset[E + 1];
+    GPU_SHARED int32_t count[E];
+    GPU_SHARED int32_t stage[CHUNK];
     const int tid = threadId();
     const moert_gpu_shape sh = shape();
     volatile int32_t *counts = static_cast<int32_t *>(a.state);
@@ -370,10 +397,13 @@ template <class C> struct Kernels {
     int32_t *entries = reinterpret_cast<int32_t *>(scratch(a) + l.entries);
     int32_t *tiles = reinterpret_cast<int32_t *>(scratch(a) + l.tiles);
     const int64_t maxTiles = moert_gpu_max_tiles(&sh, T);
+    for (int64_t e = tid; e < E; e += BLOCK) // every count at once (the loads are L2 round trips)
+      count[e] = counts[e];
+    sync();
     if (tid == 0) {
       int32_t at = 0, nt = 0;
       for (int64_t e = 0; e < E; ++e) {
-        int32_t c = counts[e];
+        int32_t c = count[e];
         offset[e] = at;
         for (int32_t b = 0; b < c; b += TILE) {
           tiles[3 * nt] = int32_t(e);
@@ -394,16 +424,30 @@ template <class C> struct Kernels {
       tiles[3 * maxTiles] = nt;
     }
     sync();
-    for (int64_t e = tid; e < E; e += BLOCK) { // entries of expert e in token order
-      int32_t pos = offset[e];
-      for (int64_t i = 0; i < T * K; ++i)
-        if (chosen[i] == e)
-          entries[pos++] = int32_t((i / K) * S + i % K);
+    // Entries of expert e in token order: the choices pass through shared memory a chunk at a time, and the
+    // thread of expert e appends its own.
+    int32_t pos[(E + BLOCK - 1) / BLOCK];
+#pragma unroll
+    for (int64_t i = 0; i < (E + BLOCK - 1) / BLOCK; ++i)
+      pos[i] = tid + i * BLOCK < E ? offset[tid + i * BLOCK] : 0;
+    for (int64_t c0 = 0; c0 < T * K; c0 += CHUNK) {
+      const int64_t len = T * K - c0 < CHUNK ? T * K - c0 : CHUNK;
+      for (int64_t i = tid; i < len; i += BLOCK)
+        stage[i] = chosen[c0 + i];
+      sync();
+#pragma unroll
+      for (int64_t i = 0; i < (E + BLOCK - 1) / BLOCK; ++i) {
+        const int64_t e = tid + i * BLOCK;
+        if (e < E)
+          for (int64_t j = 0; j < len; ++j)
+            if (stage[j] == e)
+              entries[pos[i]++] = int32_t(((c0 + j) / K) * S + (c0 + j) % K);
+      }
+      sync();
     }
     if (C::HAS_SHARED)
       for (int64_t t = tid; t < T; t += BLOCK)
         entries[offset[E] + t] = int32_t(t * S + K);
-    sync();
     for (int64_t e = tid; e < E + 1; e += BLOCK) // counts and the ticket back to zero for the next call
       counts[e] = 0;
   }

@@ -120,7 +120,7 @@ std::string openDriver(bool hip, Driver &d) {
 }
 
 struct Kernels {
-  void *route = nullptr, *up = nullptr, *down = nullptr;
+  void *logits = nullptr, *route = nullptr, *up = nullptr, *down = nullptr; // logits: linear routers only
   moert_gpu_shape shape{};
   Ptr weights[MOERT_GPU_SLOTS] = {};
   uint64_t weightBytes[MOERT_GPU_SLOTS] = {};
@@ -137,6 +137,7 @@ public:
   int dev = 0;
   void *ctx = nullptr, *stream = nullptr, *module = nullptr, *ev0 = nullptr, *ev1 = nullptr;
   std::string label, arch;
+  int warps = MOERT_GPU_BLOCK / 32; // warps per block: wave64 on CDNA (gfx9*) has half as many
   std::vector<Kernels> dispatches;
   std::vector<Ptr> allocations;
   // Per-call buffers, grown as needed (calls are serialised by `mutex`).
@@ -259,6 +260,8 @@ std::string loadCode(Device &d, const pb::Artifact &a, const unsigned char *map)
       if (d.drv.moduleLoadData(&mod, map + a.sections(g.section()).offset()) == 0) {
         d.module = mod;
         d.arch = g.arch();
+        if (d.arch.rfind("gfx9", 0) == 0)
+          d.warps = MOERT_GPU_BLOCK / 64;
         return "";
       }
     } else if (!d.drv.hip && g.kind() == pb::GpuCode::PTX) {
@@ -312,6 +315,8 @@ std::string open(int device, const pb::Artifact &a, const unsigned char *map, De
         d->drv.moduleGetFunction(&k.up, d->module, (base + "up").c_str()) ||
         d->drv.moduleGetFunction(&k.down, d->module, (base + "down").c_str()))
       return "the GPU code lacks the kernels of dispatch " + std::to_string(m.index());
+    if (d->drv.moduleGetFunction(&k.logits, d->module, (base + "logits").c_str()))
+      k.logits = nullptr;
     for (int slot = 0; slot < MOERT_GPU_SLOTS && slot < m.weight_sections_size(); ++slot) {
       int64_t sec = m.weight_sections(slot);
       if (sec < 0)
@@ -342,7 +347,7 @@ std::string open(int device, const pb::Artifact &a, const unsigned char *map, De
   return "";
 }
 
-/// The three kernels of dispatch `k` on the device buffers (inputs already there).
+/// The kernels of dispatch `k` on the device buffers (inputs already there).
 std::string launchAll(Device &d, const Kernels &k, int64_t T, bool logits, bool residual) {
   const moert_gpu_shape &s = k.shape;
   std::string e;
@@ -359,6 +364,10 @@ std::string launchAll(Device &d, const Kernels &k, int64_t T, bool logits, bool 
   args.f_splits = moert_gpu_f_splits(&s, T);
   void *params[] = {&args};
   unsigned tiles = unsigned(moert_gpu_max_tiles(&s, T));
+  if (k.logits && (e = d.check(d.drv.launch(k.logits, unsigned(T), unsigned(moert_gpu_logit_blocks(&s, d.warps)), 1,
+                                             MOERT_GPU_BLOCK, 1, 1, 0, d.stream, params, nullptr),
+                                "launch (logits)")).size())
+    return e;
   if ((e = d.check(d.drv.launch(k.route, unsigned(T), 1, 1, MOERT_GPU_BLOCK, 1, 1, 0, d.stream, params, nullptr),
                    "launch (route)")).size() ||
       (e = d.check(d.drv.launch(k.up, tiles, unsigned(moert_gpu_f_chunks(&s)), 1, MOERT_GPU_BLOCK, 1, 1, 0, d.stream,

@@ -8,7 +8,7 @@
 // At load: pick the code object for the device (CUDA: the PTX for the device's sm_XY, or the newest one not
 // above it, compiled by the driver; HIP: the first AMDGPU code object the runtime accepts), upload every
 // weight section a dispatch uses once, allocate each dispatch's zeroed state. Per dispatch call: inputs to the
-// device, three launches on one stream (kernels/hip/moert_gpu_abi.h), the output back.
+// device, three or four launches on one stream (kernels/hip/moert_gpu_abi.h), the output back.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_SRC_GPU_H

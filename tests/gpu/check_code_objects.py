@@ -5,10 +5,10 @@ each architecture's code, and the AMDGPU code objects stay within the resource b
 For each fixture: `moec compile --target=cpu,hip,cuda --dump-kernels=DIR` (gfx90a, gfx942, gfx1100 code
 objects; sm_80, sm_90 PTX), then
   - `moert inspect` lists all five architectures;
-  - `llvm-readelf-19 --notes` of each AMDGPU code object: the three kernels of every dispatch are there, with
+  - `llvm-readelf-19 --notes` of each AMDGPU code object: the kernels of every dispatch are there, with
     no scratch (`.private_segment_fixed_size` 0), no VGPR/SGPR spills, at most 128 VGPRs (at least 4 waves per
     SIMD on CDNA2/3, 12 on RDNA3) and at most 16 KiB of LDS per block (4 blocks per CU);
-  - the PTX of each sm_* declares the three kernels of every dispatch.
+  - the PTX of each sm_* declares the kernels of every dispatch.
 Options moec cannot serve (int8 weights for a GPU target, unknown architectures or targets) are one error
 line and no artifact. Where no GPU is usable (CI), also: `moert run --device=gpu` fails with one error line, a non-zero exit and no
 output file. Exits 1 with one line per violation.
@@ -117,6 +117,7 @@ def main():
             src = open(os.path.join(dump, "dispatches.hip")).read()
             dispatches = sorted(set(re.findall(r"moert_gpu_(\d+)_route", src)))
             want = {f"moert_gpu_{d}_{k}" for d in dispatches for k in ("route", "up", "down")}
+            want |= set(re.findall(r"void (moert_gpu_\d+_logits)\(", src))  # linear routers
             inspect = subprocess.run([args.moert, "inspect", moex], capture_output=True, text=True).stdout
             gpu_line = next((ln for ln in inspect.splitlines() if ln.startswith("gpu code:")), "")
             for arch in AMD + NV:
@@ -149,7 +150,7 @@ def main():
                 if entries != want or f".target {arch}" not in ptx:
                     problems.append(f"{name} {arch}: PTX entries {sorted(entries)}, expected {sorted(want)}")
             print(f"{'ok  ' if not any(p.startswith(name + ' ') or p.startswith(name + ':') for p in problems) else 'FAIL'}"
-                  f" {name:48s} {len(dispatches)} dispatch(es) x 3 kernels x {len(AMD)} AMD + {len(NV)} NVIDIA archs")
+                  f" {name:48s} {len(want)} kernels ({len(dispatches)} dispatch(es)) x {len(AMD)} AMD + {len(NV)} NVIDIA archs")
         problems += bad_option_checks(args, tmp)
         if subprocess.run([args.moert, "devices"], capture_output=True).returncode != 0:
             problems += no_device_checks(args, tmp, moex)
