@@ -24,7 +24,11 @@ class _Tensor(ctypes.Structure):
 
 
 class _LoadOptions(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("verify_checksum", ctypes.c_int)]
+    _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("verify_checksum", ctypes.c_int),
+                ("device", ctypes.c_int)]
+
+
+DEVICES = {"cpu": 0, "gpu": 1, "cuda": 2, "hip": 3}  # moert_device
 
 
 class Error(RuntimeError):
@@ -61,9 +65,11 @@ class Runtime:
             self.lib.moert_status_free(status)
             raise Error(message)
 
-    def load(self, path, threads=0, verify_checksum=True):
+    def load(self, path, threads=0, verify_checksum=True, device="cpu"):
         handle = ctypes.c_void_p()
-        opts = _LoadOptions(ctypes.sizeof(_LoadOptions), threads, int(verify_checksum))
+        if device not in DEVICES:
+            raise ValueError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
+        opts = _LoadOptions(ctypes.sizeof(_LoadOptions), threads, int(verify_checksum), DEVICES[device])
         self.check(self.lib.moert_load(str(path).encode(), ctypes.byref(opts), ctypes.byref(handle)))
         return Model(self, handle)
 
