@@ -2,7 +2,10 @@
 #include "codegen/Artifact.h"
 #include "runtime/ArtifactFormat.h"
 
+#include "llvm/ADT/SmallString.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/raw_ostream.h"
 
@@ -150,4 +153,45 @@ void moec::codegen::planMemory(moert::proto::Program &p) {
     }
   }
   p.set_buffers(buffers);
+}
+
+bool moec::codegen::writeFileBytes(llvm::StringRef path, llvm::StringRef bytes) {
+  std::error_code ec;
+  llvm::raw_fd_ostream os(path, ec);
+  if (ec)
+    return false;
+  os << bytes;
+  return !os.has_error();
+}
+
+bool moec::codegen::stageSources(llvm::StringRef dir, const std::vector<std::pair<std::string, std::string>> &files,
+                                 const std::string &dumpDir, std::string &error) {
+  auto writeFile = writeFileBytes;
+  for (const auto &[name, text] : files) {
+    llvm::SmallString<128> p(dir);
+    llvm::sys::path::append(p, name);
+    if (!writeFile(p, text)) {
+      error = "cannot write '" + std::string(p) + "'";
+      return false;
+    }
+    if (!dumpDir.empty()) {
+      llvm::sys::fs::create_directories(dumpDir);
+      llvm::SmallString<128> d(dumpDir);
+      llvm::sys::path::append(d, name);
+      if (!writeFile(d, text)) {
+        error = "--dump-kernels: cannot write '" + std::string(d) + "'";
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+std::string moec::codegen::firstErrorLine(llvm::StringRef logPath) {
+  auto buf = llvm::MemoryBuffer::getFile(logPath);
+  if (!buf)
+    return "";
+  llvm::StringRef text = (*buf)->getBuffer();
+  size_t at = text.find("error:");
+  return (at == llvm::StringRef::npos ? text : text.substr(at)).split('\n').first.str();
 }

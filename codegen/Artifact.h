@@ -31,6 +31,17 @@ private:
   std::vector<std::vector<char>> payloads_;
 };
 
+/// Writes `bytes` to `path` (replacing it); false on any error.
+bool writeFileBytes(llvm::StringRef path, llvm::StringRef bytes);
+
+/// Writes kernel sources `files` ({name, text}) into `dir` for the compiler and, when `dumpDir` is set, into
+/// it as well (--dump-kernels). False + `error` on failure.
+bool stageSources(llvm::StringRef dir, const std::vector<std::pair<std::string, std::string>> &files,
+                  const std::string &dumpDir, std::string &error);
+
+/// The first `error:` line of a compiler log file (else its first line; "" when unreadable).
+std::string firstErrorLine(llvm::StringRef logPath);
+
 /// The static memory plan: assigns every intermediate that owns its bytes (an op or dispatch output that is
 /// not a view) one of a few buffers, reusing a buffer once everything reading its value - directly or
 /// through views (Reshape, Squeeze, Unsqueeze, Identity alias their input) - has run. Sets `Value.buffer` and

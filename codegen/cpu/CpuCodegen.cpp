@@ -857,35 +857,12 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
     return false;
   }
   auto cleanup = llvm::make_scope_exit([&] { llvm::sys::fs::remove_directories(dir); });
-  auto writeFile = [&](StringRef path, StringRef text) {
-    std::error_code ec;
-    llvm::raw_fd_ostream os(path, ec);
-    if (ec)
-      return false;
-    os << text;
-    return !os.has_error();
-  };
   std::vector<std::pair<std::string, std::string>> files;
   for (const auto &[name, text] : kKernelSources)
     files.emplace_back(name, text);
   files.emplace_back("dispatches.cpp", em.source);
-  for (const auto &[name, text] : files) {
-    SmallString<128> p(dir);
-    llvm::sys::path::append(p, name);
-    if (!writeFile(p, text)) {
-      error = "cannot write '" + std::string(p) + "'";
-      return false;
-    }
-    if (!options.dumpKernelsDir.empty()) {
-      llvm::sys::fs::create_directories(options.dumpKernelsDir);
-      SmallString<128> d(options.dumpKernelsDir);
-      llvm::sys::path::append(d, name);
-      if (!writeFile(d, text)) {
-        error = "--dump-kernels: cannot write '" + std::string(d) + "'";
-        return false;
-      }
-    }
-  }
+  if (!stageSources(dir, files, options.dumpKernelsDir, error))
+    return false;
   std::string cxx = findCompiler(options);
   if (cxx.empty()) {
     error = "no C++ compiler for the CPU kernels: install clang-19 (Debian: clang-19) or set MOEC_CXX";
@@ -905,12 +882,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   std::string execError;
   int rc = llvm::sys::ExecuteAndWait(cxx, args, std::nullopt, redirects, 0, 0, &execError);
   if (rc != 0) {
-    std::string first;
-    if (auto buf = llvm::MemoryBuffer::getFile(log)) {
-      StringRef text = (*buf)->getBuffer();
-      size_t at = text.find("error:");
-      first = (at == StringRef::npos ? text : text.substr(at)).split('\n').first.str();
-    }
+    std::string first = firstErrorLine(log);
     error = "compiling the CPU kernels failed (" + (execError.empty() ? "exit " + std::to_string(rc) : execError) +
             ")" + (first.empty() ? "" : ": " + first);
     return false;

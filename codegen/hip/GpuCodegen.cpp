@@ -20,24 +20,6 @@ const std::pair<const char *, const char *> kGpuKernelSources[] = {
 #include "codegen/hip/GpuKernelSources.inc"
 };
 
-bool writeFile(llvm::StringRef path, llvm::StringRef text) {
-  std::error_code ec;
-  llvm::raw_fd_ostream os(path, ec);
-  if (ec)
-    return false;
-  os << text;
-  return !os.has_error();
-}
-
-/// The first `error:` line of a compiler log (or its first line).
-std::string firstError(llvm::StringRef log) {
-  if (auto buf = llvm::MemoryBuffer::getFile(log)) {
-    llvm::StringRef text = (*buf)->getBuffer();
-    size_t at = text.find("error:");
-    return (at == llvm::StringRef::npos ? text : text.substr(at)).split('\n').first.str();
-  }
-  return "";
-}
 } // namespace
 
 const std::vector<std::string> &moec::codegen::knownHipArchs() {
@@ -63,23 +45,8 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
   for (const auto &[name, text] : kGpuKernelSources)
     files.emplace_back(name, text);
   files.emplace_back("dispatches.hip", unit);
-  for (const auto &[name, text] : files) {
-    llvm::SmallString<128> p(dir);
-    llvm::sys::path::append(p, name);
-    if (!writeFile(p, text)) {
-      error = "cannot write '" + std::string(p) + "'";
-      return false;
-    }
-    if (!build.dumpDir.empty()) {
-      llvm::sys::fs::create_directories(build.dumpDir);
-      llvm::SmallString<128> d(build.dumpDir);
-      llvm::sys::path::append(d, name);
-      if (!writeFile(d, text)) {
-        error = "--dump-kernels: cannot write '" + std::string(d) + "'";
-        return false;
-      }
-    }
-  }
+  if (!stageSources(dir, files, build.dumpDir, error))
+    return false;
   llvm::SmallString<128> src(dir), log(dir);
   llvm::sys::path::append(src, "dispatches.hip");
   llvm::sys::path::append(log, "compile.log");
@@ -101,7 +68,7 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
     std::string execError;
     int rc = llvm::sys::ExecuteAndWait(build.clang, args, std::nullopt, redirects, 0, 0, &execError);
     if (rc != 0) {
-      std::string first = firstError(log);
+      std::string first = firstErrorLine(log);
       error = "compiling the GPU kernels for " + arch + " failed (" +
               (execError.empty() ? "exit " + std::to_string(rc) : execError) + ")" + (first.empty() ? "" : ": " + first);
       return false;
@@ -115,7 +82,7 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
     if (!build.dumpDir.empty()) { // the code objects too, for llvm-readelf / llvm-objdump / ptxas
       llvm::SmallString<128> d(build.dumpDir);
       llvm::sys::path::append(d, llvm::sys::path::filename(out));
-      if (!writeFile(d, llvm::StringRef(bytes.data(), bytes.size()))) {
+      if (!writeFileBytes(d, llvm::StringRef(bytes.data(), bytes.size()))) {
         error = "--dump-kernels: cannot write '" + std::string(d) + "'";
         return false;
       }

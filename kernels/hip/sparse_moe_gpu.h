@@ -113,6 +113,22 @@ template <class C> struct Kernels {
     return s;
   }
 
+  // RMSNorm / LayerNorm statistics of one token's row (block-wide; every thread gets them).
+  static GPU_INLINE void normStats(const float *in, float *red, float &mean, float &inv) {
+    const int tid = threadId();
+    mean = 0.0f;
+    if (C::NORM == LAYER_NORM) {
+      float s = 0.0f;
+      for (int64_t h = tid; h < H; h += BLOCK)
+        s += in[h];
+      mean = blockSum(s, red) / float(H);
+    }
+    float q = 0.0f;
+    for (int64_t h = tid; h < H; h += BLOCK)
+      q += (in[h] - mean) * (in[h] - mean);
+    inv = 1.0f / sqrtf(blockSum(q, red) / float(H) + C::EPS);
+  }
+
   static GPU_INLINE float activate(float g, float u) {
     if (G == 2) {
       if (C::LIMIT > 0.0f) {
@@ -148,18 +164,8 @@ template <class C> struct Kernels {
     const float *nw = static_cast<const float *>(a.weights[NORM_W]);
     const float *nb = static_cast<const float *>(a.weights[NORM_B]);
     float mean = 0.0f, inv = 1.0f;
-    if (C::NORM != NO_NORM) { // the same statistics as `route` computes
-      if (C::NORM == LAYER_NORM) {
-        float s = 0.0f;
-        for (int64_t h = tid; h < H; h += BLOCK)
-          s += in[h];
-        mean = blockSum(s, red) / float(H);
-      }
-      float q = 0.0f;
-      for (int64_t h = tid; h < H; h += BLOCK)
-        q += (in[h] - mean) * (in[h] - mean);
-      inv = 1.0f / sqrtf(blockSum(q, red) / float(H) + C::EPS);
-    }
+    if (C::NORM != NO_NORM) // the same statistics as `route` computes
+      normStats(in, red, mean, inv);
     if (n >= N)
       return;
     const float *r = static_cast<const float *>(a.weights[ROUTER]) + n * H;
@@ -210,17 +216,8 @@ template <class C> struct Kernels {
       float *xn = reinterpret_cast<float *>(scratch(a) + l.x) + t * H;
       const float *w = static_cast<const float *>(a.weights[NORM_W]);
       const float *b = static_cast<const float *>(a.weights[NORM_B]);
-      float mean = 0.0f;
-      if (C::NORM == LAYER_NORM) {
-        float s = 0.0f;
-        for (int64_t h = tid; h < H; h += BLOCK)
-          s += in[h];
-        mean = blockSum(s, red) / float(H);
-      }
-      float q = 0.0f;
-      for (int64_t h = tid; h < H; h += BLOCK)
-        q += (in[h] - mean) * (in[h] - mean);
-      float inv = 1.0f / sqrtf(blockSum(q, red) / float(H) + C::EPS);
+      float mean = 0.0f, inv = 1.0f;
+      normStats(in, red, mean, inv);
       for (int64_t h = tid; h < H; h += BLOCK)
         xn[h] = (in[h] - mean) * inv * w[h] + (C::NORM == LAYER_NORM && b ? b[h] : 0.0f);
       sync();
