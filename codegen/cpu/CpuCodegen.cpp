@@ -501,9 +501,6 @@ struct Emitter {
       add(sslot2, (name2 + "_scales").str(), std::move(s2));
     };
     const bool gpu = !opts.hipArchs.empty() || !opts.cudaArchs.empty();
-    if (gpu && qbits)
-      return fail(op, "int" + Twine(qbits) + " expert weights have no GPU kernels yet (GPU targets take fp32, bf16 "
-                      "or fp16 weights: --weights=bf16)");
     if (gpu && op.getPredA())
       return fail(op, "a low-rank dim predictor (dynamic keep) has no GPU kernels yet; static masks do");
     if (gpu && op.getNumRouterColumns() > 2048)

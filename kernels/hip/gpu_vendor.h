@@ -16,6 +16,7 @@ typedef int int32_t;
 typedef unsigned int uint32_t;
 typedef unsigned short uint16_t;
 typedef unsigned char uint8_t;
+typedef signed char int8_t;
 typedef unsigned long size_t;
 
 #define GPU_GLOBAL __attribute__((global))

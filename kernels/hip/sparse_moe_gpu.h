@@ -12,7 +12,8 @@
 //     block to finish (a ticket counter) turns the counts into tiles of up to TILE (token, slot) entries per
 //     expert (prefix sum, entries in token order, like vLLM's moe_align_block_size) and zeroes the counts.
 //   up (tile x chunk of FCHUNK hidden dims): one warp per hidden dim reads the dim's gate and up rows once
-//     and applies them to every entry of the tile (fp32 accumulation, weights widened from bf16/fp16), then
+//     and applies them to every entry of the tile (fp32 accumulation, weights widened from bf16/fp16 or
+//     int8/int4 times their block scales), then
 //     the activation; masked dims are skipped (their activation is 0).
 //   down (tile x 1024 output columns x a split of F): each thread owns 4 columns and the tile's entries;
 //     the fc2 row of each kept dim is read once per tile; the weighted sums go to the output with f32
@@ -37,7 +38,7 @@ enum Act { IDENTITY = 0, RELU = 1, GELU = 2, SILU = 3, SWIGLU = 4, GEGLU = 5, GE
 enum Norm { NO_NORM = 0, RMS_NORM = 1, LAYER_NORM = 2 };
 enum Slot {
   FC1 = 0, FC2, ROUTER, ROUTER_BIAS, SEL_BIAS, FC1_BIAS, FC2_BIAS, MASK, PRED_A, PRED_B, NORM_W, NORM_B,
-  SHARED1, SHARED2, SHARED_GATE
+  SHARED1, SHARED2, SHARED_GATE, FC1_SCALES, FC2_SCALES, SHARED1_SCALES, SHARED2_SCALES
 };
 constexpr int BLOCK = MOERT_GPU_BLOCK, TILE = MOERT_GPU_TILE, WARPS = BLOCK / kWarp;
 constexpr int PIECE = 128; // activations staged in shared memory per step of `down`
@@ -84,6 +85,65 @@ GPU_INLINE float load1(const float *p) { return *p; }
 GPU_INLINE float load1(const uint16_t *p) { return __builtin_bit_cast(float, uint32_t(*p) << 16); }
 GPU_INLINE float load1(const _Float16 *p) { return float(*p); }
 
+// The expert weights of one expert (or the shared one) as rows of f32 values, whatever their storage:
+// C::W elements (f32, bf16, fp16), or (C::QBITS 8 / 4) symmetric integers packed along H (int4: two a byte, low
+// nibble first, zero point 8) with f32 scales — fc1 rows one per QBLOCK1 columns, fc2 one per column per
+// block of QBLOCK2 rows (kernels/cpu/moert_kernel_abi.h). load4 needs h % 4 == 0 and H % 4 == 0.
+template <class C, int BITS = C::QBITS> struct Rows {
+  using W = typename C::W;
+  const W *w1, *w2;
+  GPU_INLINE Rows(const moert_gpu_args &a, bool shared, int64_t ex, int64_t fdim, int64_t g) {
+    w1 = static_cast<const W *>(a.weights[shared ? SHARED1 : FC1]) + ex * fdim * g * C::H;
+    w2 = static_cast<const W *>(a.weights[shared ? SHARED2 : FC2]) + ex * fdim * C::H;
+  }
+  GPU_INLINE F4 load1x4(int64_t r, int64_t h) const { return load4(w1 + r * C::H + h); } // r = f * G + part
+  GPU_INLINE float at1(int64_t r, int64_t h) const { return load1(w1 + r * C::H + h); }
+  GPU_INLINE F4 load2x4(int64_t f, int64_t c) const { return load4(w2 + f * C::H + c); }
+  GPU_INLINE float at2(int64_t f, int64_t c) const { return load1(w2 + f * C::H + c); }
+};
+template <class C, int BITS> struct QuantRows {
+  static constexpr int64_t RB = C::H * BITS / 8, BLK = C::QBLOCK1, NB1 = (C::H + BLK - 1) / BLK;
+  const uint8_t *q1, *q2;
+  const float *s1, *s2;
+  int64_t blk2;
+  GPU_INLINE QuantRows(const moert_gpu_args &a, bool shared, int64_t ex, int64_t fdim, int64_t g) {
+    blk2 = C::QBLOCK2 > 0 ? C::QBLOCK2 : fdim;
+    int64_t nb2 = (fdim + blk2 - 1) / blk2;
+    q1 = static_cast<const uint8_t *>(a.weights[shared ? SHARED1 : FC1]) + ex * fdim * g * RB;
+    q2 = static_cast<const uint8_t *>(a.weights[shared ? SHARED2 : FC2]) + ex * fdim * RB;
+    s1 = static_cast<const float *>(a.weights[shared ? SHARED1_SCALES : FC1_SCALES]) + ex * fdim * g * NB1;
+    s2 = static_cast<const float *>(a.weights[shared ? SHARED2_SCALES : FC2_SCALES]) + ex * nb2 * C::H;
+  }
+  // Four integers from row bytes `q` at element h (h % 4 == 0).
+  static GPU_INLINE F4 ints4(const uint8_t *q, int64_t h) {
+    if (BITS == 8) {
+      uint32_t u = *reinterpret_cast<const uint32_t *>(q + h);
+      return F4{{float(int8_t(u)), float(int8_t(u >> 8)), float(int8_t(u >> 16)), float(int8_t(u >> 24))}};
+    }
+    uint32_t u = *reinterpret_cast<const uint16_t *>(q + h / 2);
+    return F4{{float(int(u & 15) - 8), float(int(u >> 4 & 15) - 8), float(int(u >> 8 & 15) - 8),
+               float(int(u >> 12 & 15) - 8)}};
+  }
+  static GPU_INLINE float int1(const uint8_t *q, int64_t h) {
+    if (BITS == 8)
+      return float(int8_t(q[h]));
+    return float(int(q[h / 2] >> ((h & 1) * 4) & 15) - 8);
+  }
+  GPU_INLINE F4 load1x4(int64_t r, int64_t h) const { // a block of QBLOCK1 (a multiple of 16, or H) holds all 4
+    F4 v = ints4(q1 + r * RB, h);
+    float sc = s1[r * NB1 + h / BLK];
+    return F4{{v.v[0] * sc, v.v[1] * sc, v.v[2] * sc, v.v[3] * sc}};
+  }
+  GPU_INLINE float at1(int64_t r, int64_t h) const { return int1(q1 + r * RB, h) * s1[r * NB1 + h / BLK]; }
+  GPU_INLINE F4 load2x4(int64_t f, int64_t c) const {
+    F4 v = ints4(q2 + f * RB, c), sc = load4(s2 + (f / blk2) * C::H + c);
+    return F4{{v.v[0] * sc.v[0], v.v[1] * sc.v[1], v.v[2] * sc.v[2], v.v[3] * sc.v[3]}};
+  }
+  GPU_INLINE float at2(int64_t f, int64_t c) const { return int1(q2 + f * RB, c) * s2[(f / blk2) * C::H + c]; }
+};
+template <class C> struct Rows<C, 8> : QuantRows<C, 8> { using QuantRows<C, 8>::QuantRows; };
+template <class C> struct Rows<C, 4> : QuantRows<C, 4> { using QuantRows<C, 4>::QuantRows; };
+
 template <class C> struct Kernels {
   static constexpr int64_t H = C::H, F = C::F, E = C::E, N = C::N, K = C::K, FS = C::FS;
   static constexpr int64_t S = K + (C::HAS_SHARED ? 1 : 0);
@@ -91,7 +151,6 @@ template <class C> struct Kernels {
   static constexpr int64_t FMAX = F > FS ? F : FS;
   static constexpr bool VEC = H % 4 == 0; // rows 4-element aligned: vector loads
   static constexpr int64_t NPL = (N + kWarp - 1) / kWarp; // router columns per lane in warp 0
-  using W = typename C::W;
 
   static GPU_INLINE moert_gpu_shape shape() {
     moert_gpu_shape s{H, F, FS, E, N, K, C::NORM != NO_NORM};
@@ -480,7 +539,7 @@ template <class C> struct Kernels {
     const int32_t *entries = reinterpret_cast<const int32_t *>(scratch(a) + l.entries);
     const float *X = C::NORM != NO_NORM ? reinterpret_cast<const float *>(scratch(a) + l.x) : a.input;
     float *act = reinterpret_cast<float *>(scratch(a) + l.act);
-    const W *w1 = static_cast<const W *>(a.weights[isShared ? SHARED1 : FC1]) + (isShared ? 0 : tl.expert * F * G * H);
+    const Rows<C> rows(a, isShared, isShared ? 0 : tl.expert, fdim, G);
     const float *b1 = isShared || !a.weights[FC1_BIAS] ? nullptr
                                                        : static_cast<const float *>(a.weights[FC1_BIAS]) + tl.expert * F * G;
     const uint8_t *mask = isShared || !a.weights[MASK] ? nullptr
@@ -496,12 +555,12 @@ template <class C> struct Kernels {
           act[(tl.begin + lane) * FMAX + f] = 0.0f;
         continue;
       }
-      const W *rg = w1 + f * G * H, *ru = rg + (G == 2 ? H : 0);
+      const int64_t rg = f * G, ru = rg + (G == 2 ? 1 : 0);
       float g[TILE] = {}, u[TILE] = {};
       if (VEC) {
 #pragma unroll 4
         for (int64_t h = int64_t(lane) * 4; h < H; h += kWarp * 4) {
-          F4 wg = load4(rg + h), wu = G == 2 ? load4(ru + h) : wg;
+          F4 wg = rows.load1x4(rg, h), wu = G == 2 ? rows.load1x4(ru, h) : wg;
 #pragma unroll
           for (int m = 0; m < TILE; ++m)
             if (m < tl.n) {
@@ -516,7 +575,7 @@ template <class C> struct Kernels {
         }
       } else {
         for (int64_t h = lane; h < H; h += kWarp) {
-          float wg = load1(rg + h), wu = G == 2 ? load1(ru + h) : 0.0f;
+          float wg = rows.at1(rg, h), wu = G == 2 ? rows.at1(ru, h) : 0.0f;
 #pragma unroll
           for (int m = 0; m < TILE; ++m)
             if (m < tl.n) {
@@ -556,7 +615,7 @@ template <class C> struct Kernels {
     const int32_t *entries = reinterpret_cast<const int32_t *>(scratch(a) + l.entries);
     const float *act = reinterpret_cast<const float *>(scratch(a) + l.act);
     const float *weight = reinterpret_cast<const float *>(scratch(a) + l.weight);
-    const W *w2 = static_cast<const W *>(a.weights[isShared ? SHARED2 : FC2]) + (isShared ? 0 : tl.expert * F * H);
+    const Rows<C> rows(a, isShared, isShared ? 0 : tl.expert, fdim, G);
     const uint8_t *mask = isShared || !a.weights[MASK] ? nullptr
                                                        : static_cast<const uint8_t *>(a.weights[MASK]) + tl.expert * F;
     float acc[TILE][4] = {};
@@ -578,11 +637,11 @@ template <class C> struct Kernels {
           continue;
         F4 w;
         if (VEC) {
-          w = load4(w2 + f * H + c0);
+          w = rows.load2x4(f, c0);
         } else {
 #pragma unroll
           for (int c = 0; c < 4; ++c)
-            w.v[c] = c0 + c < H ? load1(w2 + f * H + c0 + c) : 0.0f;
+            w.v[c] = c0 + c < H ? rows.at2(f, c0 + c) : 0.0f;
         }
 #pragma unroll
         for (int m = 0; m < TILE; ++m)

@@ -9,8 +9,7 @@ objects; sm_80, sm_90 PTX), then
     no scratch (`.private_segment_fixed_size` 0), no VGPR/SGPR spills, at most 128 VGPRs (at least 4 waves per
     SIMD on CDNA2/3, 12 on RDNA3) and at most 16 KiB of LDS per block (4 blocks per CU);
   - the PTX of each sm_* declares the kernels of every dispatch.
-Options moec cannot serve (int8 weights for a GPU target, unknown architectures or targets) are one error
-line and no artifact. Where no GPU is usable (CI), also: `moert run --device=gpu` fails with one error line, a non-zero exit and no
+Options moec cannot serve (unknown architectures or targets) are one error line and no artifact. Where no GPU is usable (CI), also: `moert run --device=gpu` fails with one error line, a non-zero exit and no
 output file. Exits 1 with one line per violation.
 """
 import argparse
@@ -34,6 +33,9 @@ def fixtures(tmp):
     import check_cpu_e2e as e2e
     for family in ["mixtral", "qwen2_moe", "deepseek_v3", "zaya", "whole_olmoe"]:
         yield family, os.path.join(ROOT, "tests", "fixtures", "transformers", f"{family}.onnx"), ["--weights=bf16"]
+    for bits in (8, 4):  # quantised routed and shared experts
+        yield (f"qwen2_moe (int{bits})", os.path.join(ROOT, "tests", "fixtures", "transformers", "qwen2_moe.onnx"),
+               [f"--weights=int{bits}"])
     for name, path, _, _ in e2e.ort_moe_cases(tmp):
         if "(" not in name:
             yield name, path, ["--weights=fp16"] if "logits" in name else []
@@ -66,8 +68,7 @@ def bad_option_checks(args, tmp):
     model = os.path.join(ROOT, "tests", "fixtures", "transformers", "mixtral.onnx")
     out = os.path.join(tmp, "refused.moex")
     problems = []
-    for extra, says in ((["--target=cpu,hip", "--weights=int8"], "int8 expert weights have no GPU kernels"),
-                        (["--target=cpu,hip", "--hip-arch=gfx999"], "--hip-arch=gfx999: not an architecture"),
+    for extra, says in ((["--target=cpu,hip", "--hip-arch=gfx999"], "--hip-arch=gfx999: not an architecture"),
                         (["--target=cpu,cuda", "--cuda-arch=sm_70"], "--cuda-arch=sm_70: not an architecture"),
                         (["--target=cpu,metal"], "--target=metal: expected cpu, hip or cuda")):
         r = subprocess.run([args.moec, "compile", model, "-o", out, "--quiet", *extra], capture_output=True, text=True)
