@@ -416,8 +416,11 @@ std::string timeKernels(Device &d, int index, int repeats, double &usPerCall, do
   int64_t experts = 0;
   for (int64_t x = 0; x < s.E; ++x)
     experts += used[x];
-  weightBytes = double(k.weightBytes[0] + k.weightBytes[1]) * double(experts) / double(s.E) +
-                double(k.weightBytes[2]) + double(k.weightBytes[12] + k.weightBytes[13]);
+  // Routed experts' fc1/fc2 (and their int8/int4 scales: slots 15, 16) for the experts used; router; shared
+  // expert (12, 13) and its scales (17, 18).
+  const uint64_t *b = k.weightBytes;
+  weightBytes = double(b[0] + b[1] + b[15] + b[16]) * double(experts) / double(s.E) + double(b[2]) +
+                double(b[12] + b[13] + b[17] + b[18]);
   return "";
 }
 
