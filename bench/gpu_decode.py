@@ -8,8 +8,9 @@ Two phases, because moec (LLVM) runs here and the GPU is on a lent machine witho
                                                          bf16 weights), gzip artifacts (weights compress: constant)
   gpu_decode.py --moert build/bin/moert --run DIR        on the GPU: copy bandwidth, then each layer x T
 
-Shapes: OLMoE-like (H 2048, F 1024, E 64, k 8), Mixtral-like (H 4096, F 14336, E 8, k 2), and a tiny layer
-(H 256, F 128, E 8, k 2) whose time is the per-layer fixed cost. Weights are constant (the timing of the
+Shapes: OLMoE-like (H 2048, F 1024, E 64, k 8), Mixtral-like (H 4096, F 14336, E 8, k 2), each with bf16 and
+int8 weights (`_int8`: one f32 scale per 32 weights, counted in the bytes), and a tiny layer (H 256, F 128, E 8,
+k 2) whose time is the per-layer fixed cost. Weights are constant (the timing of the
 kernels does not depend on values) so the artifacts compress for transfer; the router and inputs are random,
 so tokens pick different experts. Bytes = weights read by one call (chosen experts' rows + router), from the
 tile table the kernels built. Time = device time per call, 200 calls back to back (no host sync in between).
@@ -29,6 +30,8 @@ SHAPES = {
     "tiny": dict(h=256, f=128, e=8, k=2),
     "olmoe": dict(h=2048, f=1024, e=64, k=8),
     "mixtral": dict(h=4096, f=14336, e=8, k=2),
+    "olmoe_int8": dict(h=2048, f=1024, e=64, k=8, weights="int8"),
+    "mixtral_int8": dict(h=4096, f=14336, e=8, k=2, weights="int8"),
 }
 TOKENS = [1, 2, 4, 8]
 
@@ -74,9 +77,9 @@ def prepare(args):
         onnx_path = os.path.join(args.prepare, name + ".onnx")
         moex = os.path.join(args.prepare, name + ".moex")
         print(f"{name}: generating and compiling {s}", flush=True)
-        make_model(onnx_path, **s)
-        subprocess.run([args.moec, "compile", onnx_path, "-o", moex, "--target=cpu,hip,cuda", "--weights=bf16",
-                        "--quiet"], check=True)
+        make_model(onnx_path, s["h"], s["f"], s["e"], s["k"])
+        subprocess.run([args.moec, "compile", onnx_path, "-o", moex, "--target=cpu,hip,cuda",
+                        f"--weights={s.get('weights', 'bf16')}", "--quiet"], check=True)
         os.remove(onnx_path)
         os.remove(onnx_path + ".data")
         with open(moex, "rb") as src, gzip.open(moex + ".gz", "wb", compresslevel=1) as dst:
@@ -150,8 +153,8 @@ def run(args):
             g = re.search(r"gpu dispatch 0: ([\d.]+) us per call .*?, ([\d.]+) MB of weights read, (\d+) GB/s", r.stdout)
             call = re.search(r"best ([\d.]+) ms", r.stdout)
             us, mb, gbs = float(g.group(1)), float(g.group(2)), float(g.group(3))
-            try:
-                tus = torch_layer_us(s, np.load(x))
+            try:  # the PyTorch layer is bf16: compared with the bf16 rows only
+                tus = torch_layer_us(s, np.load(x)) if s.get("weights", "bf16") == "bf16" else float("nan")
             except Exception as e:  # noqa: BLE001 - the baseline is optional
                 tus = float("nan")
                 print(f"(PyTorch baseline failed: {e})")
