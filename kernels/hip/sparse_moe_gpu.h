@@ -135,6 +135,15 @@ template <class C, int BITS> struct QuantRows {
     return F4{{v.v[0] * sc, v.v[1] * sc, v.v[2] * sc, v.v[3] * sc}};
   }
   GPU_INLINE float at1(int64_t r, int64_t h) const { return int1(q1 + r * RB, h) * s1[r * NB1 + h / BLK]; }
+  // Sixteen int8 weights of fc1 row r at h (h % 16 == 0, H % 16 == 0): one 16-byte load, one scale.
+  GPU_INLINE void load1x16(int64_t r, int64_t h, float (&w)[16]) const {
+    struct alignas(16) Q { uint32_t u[4]; };
+    Q q = *reinterpret_cast<const Q *>(q1 + r * RB + h);
+    float sc = s1[r * NB1 + h / BLK];
+#pragma unroll
+    for (int i = 0; i < 16; ++i)
+      w[i] = float(int8_t(q.u[i / 4] >> (8 * (i % 4)))) * sc;
+  }
   GPU_INLINE F4 load2x4(int64_t f, int64_t c) const {
     F4 v = ints4(q2 + f * RB, c), sc = load4(s2 + (f / blk2) * C::H + c);
     return F4{{v.v[0] * sc.v[0], v.v[1] * sc.v[1], v.v[2] * sc.v[2], v.v[3] * sc.v[3]}};
@@ -150,6 +159,8 @@ template <class C> struct Kernels {
   static constexpr int64_t G = (C::ACT == SWIGLU || C::ACT == GEGLU) ? 2 : 1;
   static constexpr int64_t FMAX = F > FS ? F : FS;
   static constexpr bool VEC = H % 4 == 0; // rows 4-element aligned: vector loads
+  // int8 rows 16-byte aligned, 16 columns inside one scale block: 16-wide loads in `up`
+  static constexpr bool WIDE8 = C::QBITS == 8 && H % 16 == 0 && (C::QBLOCK1 % 16 == 0);
   static constexpr int64_t NPL = (N + kWarp - 1) / kWarp; // router columns per lane in warp 0
 
   static GPU_INLINE moert_gpu_shape shape() {
@@ -557,7 +568,29 @@ template <class C> struct Kernels {
       }
       const int64_t rg = f * G, ru = rg + (G == 2 ? 1 : 0);
       float g[TILE] = {}, u[TILE] = {};
-      if (VEC) {
+      if constexpr (WIDE8) { // int8: 16 weights a lane a load (a 4-byte load a lane would leave it latency bound)
+#pragma unroll 2
+        for (int64_t h = int64_t(lane) * 16; h < H; h += kWarp * 16) {
+          float wg[16], wu[16];
+          rows.load1x16(rg, h, wg);
+          if (G == 2)
+            rows.load1x16(ru, h, wu);
+#pragma unroll
+          for (int m = 0; m < TILE; ++m)
+            if (m < tl.n) {
+#pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                F4 xv = load4(xs[m] + h + 4 * q);
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                  g[m] += wg[4 * q + c] * xv.v[c];
+                  if (G == 2)
+                    u[m] += wu[4 * q + c] * xv.v[c];
+                }
+              }
+            }
+        }
+      } else if (VEC) {
 #pragma unroll 4
         for (int64_t h = int64_t(lane) * 4; h < H; h += kWarp * 4) {
           F4 wg = rows.load1x4(rg, h), wu = G == 2 ? rows.load1x4(ru, h) : wg;
