@@ -372,6 +372,14 @@ Value NodeImporter::constantI64(ArrayRef<int64_t> values) {
 
 Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<NamedAttribute> attrs,
                                   TypeRange resultTypes) {
+  // A required input the node leaves out (or names no value for) reaches here as a null operand: an error
+  // naming it, never an op with a null operand.
+  for (auto [i, v] : llvm::enumerate(operands))
+    if (!v) {
+      (void)fail("input " + Twine(i) + " is missing (the node has " + Twine(numInputs()) + " input" +
+                 (numInputs() == 1 ? "" : "s") + ")");
+      return nullptr;
+    }
   OperationState state(loc(), name);
   state.addOperands(operands);
   state.addTypes(resultTypes);
