@@ -17,6 +17,7 @@
 
 #include <cstring>
 #include <exception>
+#include <map>
 
 using namespace moec::frontend;
 
@@ -38,19 +39,40 @@ std::string firstLine(const std::string &s) {
 
 /// libonnx 1.12's shape inference divides by convolution and pooling attributes without checking them
 /// (a zero stride is a SIGFPE), and its ConvTranspose inference reads the weight's shape without checking it
-/// is known (a null dereference). Such nodes are rejected with a clear error before it runs (moec imports no
-/// ConvTranspose anyway).
+/// is known (a null dereference), and its Conv inference indexes the input's dims by the weight's rank. Such
+/// nodes are rejected with a clear error before it runs (moec imports no ConvTranspose anyway).
 std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
   static const char *const kConvLike[] = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool",
                                           "AveragePool", "LpPool", "MaxUnpool", "Col2Im"};
+  // Ranks known before inference (graph inputs, initializers, value_info): its convolution inference also
+  // indexes the input's dims by the weight's rank without comparing them.
+  std::map<std::string, int> rank;
+  auto note = [&](const onnx::ValueInfoProto &v) {
+    if (v.type().has_tensor_type() && v.type().tensor_type().has_shape())
+      rank[v.name()] = v.type().tensor_type().shape().dim_size();
+  };
+  for (const auto &v : graph.input())
+    note(v);
+  for (const auto &v : graph.value_info())
+    note(v);
+  for (const auto &t : graph.initializer())
+    rank[t.name()] = t.dims_size();
   for (int index = 0; index < graph.node_size(); ++index) {
     const auto &node = graph.node(index);
+    const std::string label = "node '" + (node.name().empty() ? "#" + std::to_string(index) : node.name()) + "' (" +
+                              node.op_type() + ")";
     bool convLike = false;
     for (const char *op : kConvLike)
       convLike |= node.domain().empty() && node.op_type() == op;
     if ((node.domain().empty() || node.domain() == "ai.onnx") && node.op_type() == "ConvTranspose")
-      return "node '" + (node.name().empty() ? "#" + std::to_string(index) : node.name()) +
-             "' (ConvTranspose): op not supported by moec";
+      return label + ": op not supported by moec";
+    int weight = node.op_type() == "QLinearConv" ? 3 : 1;
+    if (convLike && node.op_type().find("Conv") != std::string::npos && node.input_size() > weight) {
+      auto x = rank.find(node.input(0)), w = rank.find(node.input(weight));
+      if (x != rank.end() && w != rank.end() && x->second != w->second)
+        return label + ": input of rank " + std::to_string(x->second) + " but weight of rank " +
+               std::to_string(w->second) + " (they must be equal)";
+    }
     for (const auto &attr : node.attribute()) {
       if (attr.type() == onnx::AttributeProto::GRAPH) {
         std::string why = libonnxInferenceHazard(attr.g());

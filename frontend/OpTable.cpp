@@ -260,7 +260,9 @@ LogicalResult constantNode(NodeImporter &ni) {
     SmallVector<NamedAttribute> converted;
     if (failed(ni.convertAttributes(converted)))
       return failure();
-    value = cast<ElementsAttr>(converted[0].getValue());
+    value = dyn_cast<ElementsAttr>(converted[0].getValue());
+    if (!value)
+      return ni.fail("attribute 'value' must be a tensor");
   } else if (a.name() == "value_float") {
     value = DenseElementsAttr::get(RankedTensorType::get({}, b.getF32Type()), a.f());
   } else if (a.name() == "value_int") {
@@ -284,8 +286,12 @@ LogicalResult constantOfShape(NodeImporter &ni) {
     return failure();
   Type elem = ni.builder().getF32Type();
   for (NamedAttribute a : attrs)
-    if (a.getName() == "value")
-      elem = cast<ElementsAttr>(a.getValue()).getElementType();
+    if (a.getName() == "value") {
+      auto value = dyn_cast<ElementsAttr>(a.getValue());
+      if (!value)
+        return ni.fail("attribute 'value' must be a one-element tensor");
+      elem = value.getElementType();
+    }
   return finish<ox::ConstantOfShapeOp>(ni, {ni.input(0)}, attrs, {ni.outputType(0, elem)});
 }
 
