@@ -892,7 +892,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   std::vector<char> bytes((*code)->getBufferStart(), (*code)->getBufferEnd());
   meta.set_code_section(em.writer.addSection("code", pb::Section::CODE, std::move(bytes)));
   if (!options.hipArchs.empty() || !options.cudaArchs.empty()) {
-    GpuBuild gb{options.hipArchs, options.cudaArchs, options.gpuClang.empty() ? cxx : options.gpuClang,
+    GpuBuild gb{options.hipArchs, options.cudaArchs, cxx,
                 options.dumpKernelsDir};
     if (!compileGpuCode(gb, em.gpuSource, em.writer, error, progress))
       return false;

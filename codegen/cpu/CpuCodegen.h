@@ -30,10 +30,8 @@ struct CpuOptions {
   /// When set, the generated C++ (and GPU) sources are also written here.
   std::string dumpKernelsDir;
   /// GPU code objects to build besides the CPU code (codegen/hip/GpuCodegen.h): AMD archs (gfx90a, gfx942,
-  /// gfx1100) and NVIDIA ones (sm_80, sm_90, as PTX). Empty: CPU only.
+  /// gfx1100) and NVIDIA ones (sm_80, sm_90, as PTX), built by the same clang as the CPU code. Empty: CPU only.
   std::vector<std::string> hipArchs, cudaArchs;
-  /// The clang used for GPU code; empty: $MOEC_GPU_CLANG, then clang++-19 as for `cxx`.
-  std::string gpuClang;
 };
 
 /// The CPU names --cpu accepts (besides `native`), for --help and errors.

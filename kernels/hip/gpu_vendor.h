@@ -57,7 +57,6 @@ GPU_INLINE int shflXor(int v, int mask) {
   return __builtin_amdgcn_ds_bpermute((lane ^ mask) << 2, v);
 }
 GPU_INLINE float exp2f(float x) { return __builtin_amdgcn_exp2f(x); }
-GPU_INLINE float rcp(float x) { return 1.0f / x; }
 GPU_INLINE void atomicAddF32(float *p, float v) {
   __hip_atomic_fetch_add(p, v, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_AGENT);
 }
@@ -77,7 +76,6 @@ GPU_INLINE void warpSync() { __nvvm_bar_warp_sync(0xffffffffu); }
 GPU_INLINE float shflXor(float v, int mask) { return __nvvm_shfl_sync_bfly_f32(0xffffffffu, v, mask, 0x1f); }
 GPU_INLINE int shflXor(int v, int mask) { return __nvvm_shfl_sync_bfly_i32(0xffffffffu, v, mask, 0x1f); }
 GPU_INLINE float exp2f(float x) { return __nvvm_ex2_approx_f(x); }
-GPU_INLINE float rcp(float x) { return 1.0f / x; }
 GPU_INLINE void atomicAddF32(float *p, float v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 GPU_INLINE int atomicAddI32(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 #else
