@@ -40,7 +40,8 @@ std::string firstLine(const std::string &s) {
 /// libonnx 1.12's shape inference divides by convolution and pooling attributes without checking them
 /// (a zero stride is a SIGFPE), and its ConvTranspose inference reads the weight's shape without checking it
 /// is known (a null dereference), and its Conv inference indexes the input's dims by the weight's rank. Such
-/// nodes are rejected with a clear error before it runs (moec imports no ConvTranspose anyway).
+/// nodes are rejected with a clear error before it runs; the convolution and pooling ops moec does not import
+/// (all but Conv) are rejected outright.
 std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
   static const char *const kConvLike[] = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool",
                                           "AveragePool", "LpPool", "MaxUnpool", "Col2Im"};
@@ -63,8 +64,9 @@ std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
                               node.op_type() + ")";
     bool convLike = false;
     for (const char *op : kConvLike)
-      convLike |= node.domain().empty() && node.op_type() == op;
-    if ((node.domain().empty() || node.domain() == "ai.onnx") && node.op_type() == "ConvTranspose")
+      convLike |= (node.domain().empty() || node.domain() == "ai.onnx") && node.op_type() == op;
+    // Of these, moec imports Conv only: the others are rejected before libonnx's inference can run on them.
+    if (convLike && node.op_type() != "Conv")
       return label + ": op not supported by moec";
     int weight = node.op_type() == "QLinearConv" ? 3 : 1;
     if (convLike && node.op_type().find("Conv") != std::string::npos && node.input_size() > weight) {
