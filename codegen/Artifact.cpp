@@ -110,6 +110,9 @@ void moec::codegen::planMemory(moert::proto::Program &p) {
     if (st.has_moe()) {
       reads = {st.moe().input(), st.moe().logits(), st.moe().residual()};
       writes = {st.moe().output()};
+    } else if (st.has_linear()) {
+      reads = {st.linear().input(), st.linear().residual()};
+      writes = {st.linear().output()};
     } else {
       reads.assign(st.op().inputs().begin(), st.op().inputs().end());
       writes.assign(st.op().outputs().begin(), st.op().outputs().end());

@@ -299,3 +299,60 @@ LogicalResult moec::frontend::importSparseMoE(NodeImporter &ni) {
     attrs.push_back(b.getNamedAttr("keep", b.getI64IntegerAttr(keep->i())));
   return emitSparseMoE(ni, ops, attrs, "moec.SparseMoE");
 }
+
+// ---- com.microsoft.MatMulNBits: a linear layer whose weights arrive quantised (ORT's quantiser, GenAI's
+// model builder); imported as moe.linear with its codes, scales and zero points kept as they are.
+LogicalResult moec::frontend::importOrtMatMulNBits(NodeImporter &ni) {
+  if (failed(onlyKnownAttributes(ni, {"K", "N", "bits", "block_size", "accuracy_level"})))
+    return failure();
+  OpBuilder &b = ni.builder();
+  Value a = ni.input(0), w = ni.input(1), scales = ni.input(2), zeros = ni.input(3), bias = ni.input(5);
+  if (!a || !w || !scales)
+    return ni.fail("inputs A, B and scales are required");
+  if (ni.input(4))
+    return ni.fail("input 'g_idx' (act-order group indices) is not supported");
+  auto aT = dyn_cast<RankedTensorType>(a.getType());
+  if (!aT || !aT.getElementType().isF32())
+    return ni.fail("input A must be an f32 tensor of known rank (f16 activations are not supported yet)");
+  const int64_t k = intAttr(ni, "K", -1), n = intAttr(ni, "N", -1), bits = intAttr(ni, "bits", 4),
+                block = intAttr(ni, "block_size", -1);
+  if (k <= 0 || n <= 0)
+    return ni.fail("attributes K and N must be given and positive");
+  if (bits != 4 && bits != 8)
+    return ni.fail("bits = " + std::to_string(bits) + " is not supported (4 or 8)");
+  if (block < 16 || (block & (block - 1)))
+    return ni.fail("block_size = " + std::to_string(block) + " (must be a power of two >= 16)");
+  if (!aT.isDynamicDim(aT.getRank() - 1) && aT.getShape().back() != k)
+    return ni.fail("input A " + std::to_string(aT.getShape().back()) + " features, attribute K = " +
+                   std::to_string(k));
+  const int64_t nb = (k + block - 1) / block;
+  auto wT = dyn_cast<RankedTensorType>(w.getType());
+  if (!wT || !wT.getElementType().isUnsignedInteger(8) || !wT.hasStaticShape() ||
+      wT.getNumElements() != n * nb * block * bits / 8)
+    return ni.fail("input B must be uint8 [N, ceil(K / block_size), block_size * bits / 8] = [" + std::to_string(n) +
+                   ", " + std::to_string(nb) + ", " + std::to_string(block * bits / 8) + "]");
+  if (wT.getRank() != 3) // a flattened [N, blocks * blob] is the same bytes
+    w = b.create<ox::ReshapeOp>(ni.loc(), RankedTensorType::get({n, nb, block * bits / 8}, wT.getElementType()), w,
+                                ni.constantI64({n, nb, block * bits / 8}), b.getI64IntegerAttr(0));
+  SmallVector<NamedAttribute> attrs;
+  attrs.push_back(b.getNamedAttr("storage", moe::StorageAttr::get(b.getContext(), bits == 8 ? moe::Storage::int8
+                                                                                             : moe::Storage::int4)));
+  attrs.push_back(b.getNamedAttr("block_size", b.getI64IntegerAttr(block)));
+  attrs.push_back(b.getNamedAttr("weight_quant", moe::WeightQuantAttr::get(b.getContext(), bits, block)));
+  SmallVector<Value> operands{a, w, scales};
+  SmallVector<int32_t> segments{1, 1, 1, zeros ? 1 : 0, bias ? 1 : 0, 0};
+  if (zeros)
+    operands.push_back(zeros);
+  if (bias)
+    operands.push_back(bias);
+  attrs.push_back(b.getNamedAttr("operandSegmentSizes", b.getDenseI32ArrayAttr(segments)));
+  SmallVector<int64_t> outShape(aT.getShape());
+  outShape.back() = n;
+  Operation *op = ni.createOp(moe::LinearOp::getOperationName(), operands, attrs,
+                              {RankedTensorType::get(outShape, aT.getElementType())});
+  if (!op)
+    return failure();
+  op->setAttr("moe.source", b.getStringAttr("com.microsoft.MatMulNBits"));
+  ni.setOutputs(op->getResult(0));
+  return success();
+}

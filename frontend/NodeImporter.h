@@ -80,6 +80,8 @@ llvm::ArrayRef<OpTableEntry> opTable();
 mlir::LogicalResult importOrtMoE(NodeImporter &ni);
 mlir::LogicalResult importOrtQMoE(NodeImporter &ni);
 mlir::LogicalResult importSparseMoE(NodeImporter &ni);
+/// ONNX Runtime's com.microsoft.MatMulNBits, imported as a moe.linear keeping its quantised weights.
+mlir::LogicalResult importOrtMatMulNBits(NodeImporter &ni);
 
 } // namespace moec::frontend
 

@@ -450,6 +450,8 @@ const OpTableEntry kTable[] = {
     {"com.microsoft", "MoE", 1, importOrtMoE},
     {"com.microsoft", "QMoE", 1, importOrtQMoE},
     {"moec", "SparseMoE", 1, importSparseMoE},
+    // Linear layers with quantised weights (MoEImport.cpp).
+    {"com.microsoft", "MatMulNBits", 1, importOrtMatMulNBits},
 };
 
 #undef UNARY

@@ -94,6 +94,17 @@ def MoE_NormAttr : EnumAttr<MoE_Dialect, MoE_Norm, "norm"> {
   let assemblyFormat = "`<` $value `>`";
 }
 
+def MoE_Storage : I32EnumAttr<"Storage", "how a dispatch stores its weights in the artifact", [
+    I32EnumAttrCase<"fp32", 0>, I32EnumAttrCase<"bf16", 1>, I32EnumAttrCase<"fp16", 2>,
+    I32EnumAttrCase<"int8", 3>, I32EnumAttrCase<"int4", 4>]> {
+  // The values are moert_storage's (kernels/cpu/moert_kernel_abi.h); codegen checks they agree.
+  let cppNamespace = "::moec::moe";
+  let genSpecializedAttr = 0;
+}
+def MoE_StorageAttr : EnumAttr<MoE_Dialect, MoE_Storage, "storage"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
 //===----------------------------------------------------------------------===//
 // Attributes
 //===----------------------------------------------------------------------===//

@@ -320,6 +320,94 @@ struct DropNoOpOperands final : OpRewritePattern<SparseMoEOp> {
 
 } // namespace
 
+//===----------------------------------------------------------------------===//
+// moe.linear
+//===----------------------------------------------------------------------===//
+
+int64_t LinearOp::getInFeatures() { return getInput().getType().getShape().back(); }
+
+int64_t LinearOp::getOutFeatures() {
+  auto w = getWeight().getType();
+  return getWeightQuantAttr() ? w.getDimSize(0) : w.getDimSize(1);
+}
+
+LogicalResult LinearOp::verify() {
+  auto inT = getInput().getType(), outT = getOutput().getType(), wT = getWeight().getType();
+  if (inT.getRank() < 1)
+    return emitOpError() << "operand 'input' must have rank >= 1 ([..., K]), got " << shapeStr(inT);
+  if (outT.getRank() != inT.getRank())
+    return emitOpError() << "result " << shapeStr(outT) << " must have the rank of operand 'input' "
+                         << shapeStr(inT);
+  if (outT.getElementType() != inT.getElementType())
+    return emitOpError() << "result element type must match operand 'input''s";
+  int64_t k = getInFeatures();
+  if (ShapedType::isDynamic(k))
+    return emitOpError() << "operand 'input' " << shapeStr(inT) << ": its last dim (K) must be static";
+  auto quant = getWeightQuantAttr();
+  bool isInt = wT.getElementType().isInteger(8);
+  int64_t n;
+  if (!quant) {
+    if (isInt)
+      return emitOpError() << "operand 'weight' holds integers but the op has no 'weight_quant' attribute";
+    if (getScales() || getZeroPoints())
+      return emitOpError() << "operands 'scales' / 'zero_points' need 'weight_quant'";
+    if (wT.getRank() != 2 || dimsConflict(wT.getDimSize(0), k))
+      return emitOpError() << "operand 'weight' " << shapeStr(wT) << " must be [K, N] with K = " << k;
+    n = wT.getDimSize(1);
+  } else {
+    unsigned bits = quant.getBits();
+    int64_t blk = quant.getBlockSize();
+    if (!isInt || !wT.getElementType().isUnsignedInteger())
+      return emitOpError() << "attribute 'weight_quant' needs ui8 codes in operand 'weight'";
+    if (blk == 0 || uint64_t(blk) != getBlockSize())
+      return emitOpError() << "attribute 'weight_quant' must have a block_size equal to 'block_size' ("
+                           << getBlockSize() << ")";
+    int64_t nb = (k + blk - 1) / blk;
+    if (wT.getRank() != 3 || dimsConflict(wT.getDimSize(1), nb) || dimsConflict(wT.getDimSize(2), blk * bits / 8))
+      return emitOpError() << "operand 'weight' " << shapeStr(wT) << " must be [N, " << nb << ", "
+                           << blk * bits / 8 << "] for K = " << k << ", " << bits << "-bit codes in blocks of "
+                           << blk;
+    n = wT.getDimSize(0);
+    if (!getScales())
+      return emitOpError() << "operand 'scales' must be given with 'weight_quant'";
+    auto sT = getScales().getType();
+    if (sT.hasStaticShape() && !ShapedType::isDynamic(n) && sT.getNumElements() != n * nb)
+      return emitOpError() << "operand 'scales' " << shapeStr(sT) << " must hold N * ceil(K / block) = "
+                           << n * nb << " values";
+    if (auto z = getZeroPoints()) {
+      auto zT = z.getType();
+      int64_t want = zT.getElementType().isF32() ? n * nb : n * ((nb * bits + 7) / 8);
+      if (zT.hasStaticShape() && !ShapedType::isDynamic(n) && zT.getNumElements() != want)
+        return emitOpError() << "operand 'zero_points' " << shapeStr(zT) << " must hold " << want << " values";
+    }
+    Storage want = bits == 8 ? Storage::int8 : Storage::int4;
+    if (getStorage() != want)
+      return emitOpError() << "storage '" << stringifyStorage(getStorage()) << "' for " << bits
+                           << "-bit weights kept as imported (must be '" << stringifyStorage(want) << "')";
+  }
+  if (dimsConflict(outT.getShape().back(), n))
+    return emitOpError() << "result " << shapeStr(outT) << ": last dim must be N = " << n;
+  for (int64_t i = 0; i + 1 < inT.getRank(); ++i)
+    if (dimsConflict(inT.getDimSize(i), outT.getDimSize(i)))
+      return emitOpError() << "result " << shapeStr(outT) << " must keep operand 'input''s leading dims "
+                           << shapeStr(inT);
+  if (auto b = getBias()) {
+    auto bT = b.getType();
+    if (bT.getRank() != 1 || dimsConflict(bT.getDimSize(0), n))
+      return emitOpError() << "operand 'bias' " << shapeStr(bT) << " must be [N] with N = " << n;
+  }
+  if (auto r = getResidual()) {
+    auto rT = r.getType();
+    bool ok = rT.getRank() == outT.getRank();
+    for (int64_t i = 0; ok && i < rT.getRank(); ++i)
+      ok = !dimsConflict(rT.getDimSize(i), outT.getDimSize(i));
+    if (!ok)
+      return emitOpError() << "operand 'residual' " << shapeStr(rT) << " must have the result's shape "
+                           << shapeStr(outT);
+  }
+  return success();
+}
+
 void SparseMoEOp::getCanonicalizationPatterns(RewritePatternSet &results, MLIRContext *context) {
   results.add<DropNoOpOperands>(context);
 }

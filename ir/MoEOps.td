@@ -64,6 +64,10 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
 
     Weights may be weight-only quantised (`fc1_quant`/`fc2_quant`, see `#moe.weight_quant`); then `fc1`/`fc2`
     hold packed integers and `fc1_scales`/`fc2_scales` their scales. Accumulation is in f32.
+    Float expert weights (routed and shared) are stored in the artifact as `storage` says (set by
+    `moe-set-weight-storage`): `fp32`, `bf16` / `fp16` rounded to nearest even, or `int8` / `int4`
+    quantised symmetrically with one f32 scale per block of 32 along each row of `fc1` and each column
+    of `fc2`. `storage` is `fp32` on layers whose weights arrive quantised.
 
     Example, a Mixtral-style layer (8 experts, top-2, renormalised, SwiGLU) with a dynamic token count:
 
@@ -114,7 +118,8 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     OptionalAttr<MoE_WeightQuantAttr>:$fc1_quant,
     OptionalAttr<MoE_WeightQuantAttr>:$fc2_quant,
     DefaultValuedAttr<MoE_NormAttr, "NormKind::none">:$norm,
-    DefaultValuedAttr<F32Attr, "1.0e-5f">:$norm_epsilon
+    DefaultValuedAttr<F32Attr, "1.0e-5f">:$norm_epsilon,
+    DefaultValuedAttr<MoE_StorageAttr, "Storage::fp32">:$storage
   );
   let results = (outs MoE_FloatTensor:$output);
 
@@ -145,6 +150,58 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     /// Hidden dims each token computes per chosen expert: keep (predictor), F, or the largest masked-in
     /// count when the mask is a constant.
     int64_t getActiveHiddenDim();
+  }];
+}
+
+def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
+  let summary = "a linear layer with a constant weight: one dispatch (GEMV in decode, GEMM in prefill)";
+  let description = [{
+    For every row `x` of `input` (`[..., K]`, leading dims flattened into M rows):
+
+    ```
+    output[m] = input[m] x W (+ bias) (+ residual[m])          // output: [..., N]
+    ```
+
+    `W` is the `weight` operand. Without `weight_quant` it is a constant float `[K, N]` matrix (the ONNX
+    `MatMul` operand order), stored in the artifact as `storage` says: `fp32`; `bf16` / `fp16` rounded to
+    nearest even; `int8` / `int4` quantised symmetrically per output column and block of `block_size` input
+    features (`scale = max |w| / 127` or `/ 7`, codes rounded half to even). With `weight_quant` the weight
+    arrives already quantised, as ONNX Runtime's `MatMulNBits` stores it, and is kept as is: `weight` holds
+    `[N, ceil(K / block), block * bits / 8]` unsigned codes (low nibble first for 4 bits), `scales`
+    `N * ceil(K / block)` f32 values, `zero_points` the same count of f32 values or, as `ui8`, packed codes
+    (`bits` wide, low first, each column's row padded to whole bytes); without zero points the zero point is
+    `2^(bits - 1)`. Then `w = (code - zero_point) * scale` and `storage` must be `int8`/`int4` matching `bits`.
+
+    Accumulation is f32 whatever the storage. `bias` is `[N]`; `residual` has the output's shape and is added
+    last (a residual connection folded into the layer). Raised from `MatMul` / `Gemm` with a constant weight by
+    `moe-raise-linear`; `storage` is set by `moe-set-weight-storage`.
+  }];
+
+  let arguments = (ins
+    MoE_FloatTensor:$input,
+    MoE_WeightTensor:$weight,
+    Optional<MoE_FloatTensor>:$scales,
+    Optional<RankedTensorOf<[F32, UI8, I8]>>:$zero_points,
+    Optional<MoE_FloatTensor>:$bias,
+    Optional<MoE_FloatTensor>:$residual,
+    DefaultValuedAttr<MoE_StorageAttr, "Storage::fp32">:$storage,
+    DefaultValuedAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>, "32">:$block_size,
+    OptionalAttr<MoE_WeightQuantAttr>:$weight_quant
+  );
+  let results = (outs MoE_FloatTensor:$output);
+
+  let assemblyFormat = [{
+    $input `,` $weight (`scales` $scales^)? (`zero_points` $zero_points^)? (`bias` $bias^)?
+    (`residual` $residual^)? attr-dict `:` functional-type(operands, results)
+  }];
+
+  let hasVerifier = 1;
+
+  let extraClassDeclaration = [{
+    /// Input features K (the input's last dim).
+    int64_t getInFeatures();
+    /// Output features N.
+    int64_t getOutFeatures();
   }];
 }
 

@@ -107,4 +107,37 @@ def MoEApplyPatternsPass : Pass<"moe-apply-patterns"> {
   let dependentDialects = ["::mlir::pdl::PDLDialect", "::mlir::pdl_interp::PDLInterpDialect"];
 }
 
+def MoERaiseLinearPass : Pass<"moe-raise-linear"> {
+  let summary = "Turn every MatMul / Gemm with a constant weight into a moe.linear dispatch";
+  let description = [{
+    Runs after the MoE fusion passes, so routers and shared experts are already inside their
+    `moe.sparse_moe`. Every remaining `MatMul(x, W)` / `Gemm(x, W, C)` whose `W` is a constant 2-D f32
+    matrix (directly, or through a 2-D `Transpose`, or stored `[N, K]` with `transB = 1`) becomes a
+    `moe.linear` with `W` as `[K, N]`; a constant bias (`Gemm`'s `C` with `beta = 1`, or an `Add` of a
+    constant `[N]` right after a `MatMul`) becomes its `bias`; and an `Add` of another computed value of the
+    same type, when it is the only reader of the result, becomes its `residual`. Products of two computed
+    values (attention's Q K^T and P V) are left alone. `x` may have any rank: leading dims are rows.
+  }];
+  let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
+  let dependentDialects = ["::mlir::arith::ArithDialect"];
+}
+
+def MoESetWeightStoragePass : Pass<"moe-set-weight-storage"> {
+  let summary = "Record how each dispatch stores its weights (fp32, bf16, fp16, int8, int4) on the op";
+  let description = [{
+    Sets the `storage` attribute of every `moe.sparse_moe` (its expert and shared-expert weights) and every
+    `moe.linear`, so `--emit=mlir`, the cost model and codegen all read one decision from the IR:
+    `experts` for MoE layers, `dense` for linear layers, and `lm-head` (default: `dense`) for linear layers
+    whose result is a graph output (through reshapes) - the LM head, which llama.cpp-style quantisation keeps
+    wider. Layers whose weights arrive quantised (`fc1_quant`, `weight_quant`: QMoE, MatMulNBits) keep them.
+    `block-size` is the quantisation block of int8/int4 linear layers (input features per scale).
+  }];
+  let options = [
+    Option<"experts", "experts", "std::string", "\"fp32\"", "Storage of MoE expert weights">,
+    Option<"dense", "dense", "std::string", "\"fp32\"", "Storage of linear-layer weights">,
+    Option<"lmHead", "lm-head", "std::string", "\"\"", "Storage of linear layers producing a graph output (default: dense)">,
+    Option<"blockSize", "block-size", "int64_t", "32", "Input features per scale for int8/int4 linear layers">
+  ];
+}
+
 #endif // MOEC_PASSES_TD

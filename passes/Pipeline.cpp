@@ -21,6 +21,7 @@ void buildFusionPipeline(OpPassManager &pm, const PipelineOptions &options) {
   pm.addPass(createMoEFuseSharedExpertPass({options.remarks}));
   pm.addPass(createMoEFuseNormResidualPass({options.remarks}));
   pm.addPass(createMoEPruneStaticMaskPass());
+  pm.addPass(createMoERaiseLinearPass({options.remarks}));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
   if (options.hook)

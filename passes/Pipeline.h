@@ -7,10 +7,13 @@
 //   3. raising         moe-raise-decomposed, canonicalize, cse
 //   4. fusion          moe-fold-router, moe-fuse-shared-expert, moe-fuse-norm-residual
 //   5. weights         moe-prune-static-mask
-//   6. cleanup         canonicalize, cse
-//   7. HOOK after-fusion: user pass pipeline / pattern files, when asked for this point
+//   6. linear layers   moe-raise-linear (every MatMul / Gemm with a constant weight -> moe.linear)
+//   7. cleanup         canonicalize, cse
+//   8. HOOK after-fusion: user pass pipeline / pattern files, when asked for this point
 //
-// `moec-opt --moec-fusion-pipeline` runs stages 1-6 (no hooks).
+// `moec-opt --moec-fusion-pipeline` runs stages 1-7 (no hooks). `moec compile` then runs
+// moe-set-weight-storage (--weights, --expert-weights, --dense-weights, --lm-head-weights), with or without
+// fusion.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOEC_PASSES_PIPELINE_H
@@ -33,7 +36,7 @@ struct PipelineOptions {
 
 void buildFusionPipeline(mlir::OpPassManager &pm, const PipelineOptions &options);
 
-/// Registers `moec-fusion-pipeline` (stages 1-6) for moec-opt.
+/// Registers `moec-fusion-pipeline` (stages 1-7) for moec-opt.
 void registerFusionPipeline();
 
 } // namespace moec

@@ -1,6 +1,7 @@
 //===- CpuCodegen.cpp - fused graph -> CPU artifact --------------------------===//
 #include "codegen/cpu/CpuCodegen.h"
 #include "codegen/Artifact.h"
+#include "codegen/WeightPacking.h"
 #include "codegen/hip/GpuCodegen.h"
 #include "kernels/cpu/moert_kernel_abi.h"
 #include "ir/MoEOps.h"
@@ -45,38 +46,10 @@ enum Slot {
   SHARED1, SHARED2, SHARED_GATE, FC1_SCALES, FC2_SCALES, SHARED1_SCALES, SHARED2_SCALES, NUM_SLOTS
 };
 static_assert(int(NUM_SLOTS) == int(MOERT_MOE_SLOTS) && int(FC1_SCALES) == int(MOERT_FC1_SCALES), "slots follow moert_kernel_abi.h");
-
-/// Weight-only quantised rows on the host: `rows` rows of `k` centred integers (q - zero point) with one
-/// f32 scale per block of `blk` columns (`nb` blocks a row).
-struct QRows {
-  std::vector<int8_t> q;
-  std::vector<float> s;
-  int64_t rows = 0, k = 0, blk = 0, nb = 0;
-};
-
-/// Symmetric quantisation of f32 rows: scale = max|w| / qmax per block, q = round-half-even(w / scale).
-QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk) {
-  QRows out;
-  out.rows = rows, out.k = k, out.blk = blk, out.nb = (k + blk - 1) / blk;
-  out.q.resize(rows * k);
-  out.s.resize(rows * out.nb);
-  const float qmax = bits == 8 ? 127.0f : 7.0f, qmin = bits == 8 ? -127.0f : -8.0f;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t b = 0; b < out.nb; ++b) {
-      int64_t c0 = b * blk, c1 = std::min(k, c0 + blk);
-      float m = 0.0f;
-      for (int64_t c = c0; c < c1; ++c)
-        m = std::max(m, std::fabs(w[r * k + c]));
-      float scale = m / qmax;
-      out.s[r * out.nb + b] = scale;
-      for (int64_t c = c0; c < c1; ++c) {
-        float v = scale > 0.0f ? std::nearbyint(w[r * k + c] / scale) : 0.0f;
-        out.q[r * k + c] = static_cast<int8_t>(std::clamp(v, qmin, qmax));
-      }
-    }
-  return out;
-}
-
+static_assert(int(moe::Storage::fp32) == MOERT_STORAGE_F32 && int(moe::Storage::bf16) == MOERT_STORAGE_BF16 &&
+                  int(moe::Storage::fp16) == MOERT_STORAGE_F16 && int(moe::Storage::int8) == MOERT_STORAGE_INT8 &&
+                  int(moe::Storage::int4) == MOERT_STORAGE_INT4,
+              "#moe.storage follows moert_storage");
 
 /// CPU features each -march needs at run time (checked by moert before it loads the code).
 struct CpuInfo {
@@ -147,37 +120,6 @@ bool f32Constant(Value v, StringRef what, std::vector<float> &out, std::string &
   return true;
 }
 
-std::vector<char> asBytes(const std::vector<float> &v) {
-  std::vector<char> b(v.size() * 4);
-  std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
-
-/// f32 -> bf16, round to nearest even (NaN stays NaN).
-std::vector<char> asBf16(const std::vector<float> &v) {
-  std::vector<char> b(v.size() * 2);
-  for (size_t i = 0; i < v.size(); ++i) {
-    uint32_t w;
-    std::memcpy(&w, &v[i], 4);
-    uint16_t h = std::isnan(v[i]) ? uint16_t((w >> 16) | 0x40) : uint16_t((w + 0x7fff + ((w >> 16) & 1)) >> 16);
-    std::memcpy(&b[2 * i], &h, 2);
-  }
-  return b;
-}
-
-/// f32 -> IEEE fp16, round to nearest even (overflow to infinity, as the conversion instructions do).
-std::vector<char> asF16(const std::vector<float> &v) {
-  std::vector<char> b(v.size() * 2);
-  for (size_t i = 0; i < v.size(); ++i) {
-    llvm::APFloat f(v[i]);
-    bool lost = false;
-    f.convert(llvm::APFloat::IEEEhalf(), llvm::APFloat::rmNearestTiesToEven, &lost);
-    uint16_t h = static_cast<uint16_t>(f.bitcastToAPInt().getZExtValue());
-    std::memcpy(&b[2 * i], &h, 2);
-  }
-  return b;
-}
-
 struct Emitter {
   const CpuOptions &opts;
   ArtifactWriter writer;
@@ -185,7 +127,8 @@ struct Emitter {
   pb::Program *program;
   std::string source; // the generated C++ translation unit
   std::string gpuSource; // the generated GPU translation unit (when GPU archs are asked for)
-  int dispatches = 0;
+  int dispatches = 0; // MoE dispatches
+  int linears = 0;    // linear dispatches
   std::string error;
   raw_ostream *progress;
 
@@ -411,16 +354,6 @@ struct Emitter {
     return true;
   }
 
-  /// Kernel bytes of quantised rows: int8 as is, int4 as nibbles (centred + 8), two per byte, low first.
-  static std::vector<char> packBits(const std::vector<int8_t> &q, int bits) {
-    if (bits == 8)
-      return std::vector<char>(q.begin(), q.end());
-    std::vector<char> out((q.size() + 1) / 2, 0);
-    for (size_t i = 0; i < q.size(); ++i)
-      out[i / 2] = char(uint8_t(out[i / 2]) | uint8_t(((q[i] + 8) & 15) << ((i & 1) * 4)));
-    return out;
-  }
-
   bool emitMoE(moe::SparseMoEOp op) {
     auto started = std::chrono::steady_clock::now();
     auto inT = op.getInput().getType();
@@ -435,7 +368,8 @@ struct Emitter {
     bool interleaved = op.getGatedLayout() == moe::GatedLayout::interleaved;
     std::vector<int64_t> sections(NUM_SLOTS, -1);
     uint64_t weightBytes = 0;
-    const bool bf16 = opts.weights == "bf16", fp16 = opts.weights == "fp16";
+    const moe::Storage storage = op.getStorage();
+    const bool bf16 = storage == moe::Storage::bf16, fp16 = storage == moe::Storage::fp16;
     auto add = [&](int slot, StringRef name, std::vector<float> data) {
       bool narrow = (bf16 || fp16) && (slot == FC1 || slot == FC2 || slot == SHARED1 || slot == SHARED2);
       std::vector<char> bytes = !narrow ? asBytes(data) : bf16 ? asBf16(data) : asF16(data);
@@ -449,11 +383,12 @@ struct Emitter {
     // (transposed). Quantised ones (QMoE's, or --weights=int8/int4) as integers packed along H with f32
     // scales: fc1's per block of QBLOCK1 columns of a row, fc2's per column per block of QBLOCK2 rows.
     auto q1a = op.getFc1QuantAttr(), q2a = op.getFc2QuantAttr();
-    int qbits = q1a ? int(q1a.getBits()) : opts.weights == "int8" ? 8 : opts.weights == "int4" ? 4 : 0;
+    int qbits = q1a ? int(q1a.getBits()) : storage == moe::Storage::int8 ? 8 : storage == moe::Storage::int4 ? 4 : 0;
     if (bool(q1a) != bool(q2a) || (q1a && q1a.getBits() != q2a.getBits()))
       return fail(op, "fc1 and fc2 quantised differently (or only one of them) have no CPU code generation");
-    if (q1a && opts.weights != "fp32")
-      return fail(op, "--weights=" + opts.weights + " on a layer whose weights are already quantised (QMoE)");
+    if (q1a && storage != moe::Storage::fp32)
+      return fail(op, "storage '" + moe::stringifyStorage(storage) + "' on a layer whose weights are already "
+                      "quantised (QMoE)");
     if (qbits == 4 && h % 2)
       return fail(op, "int4 weights need an even H (packed two per byte along H); H = " + Twine(h));
     int64_t qblock1 = 0, qblock2 = 0;
@@ -714,6 +649,167 @@ struct Emitter {
     return true;
   }
 
+  /// MatMulNBits-style codes ([N, blocks, block * bits / 8] bytes, low nibble first) as one code per element
+  /// ([N][K]), scales as f32 [N * blocks], zero points (f32, or packed `bits`-wide codes per column) as f32.
+  bool importedLinearCodes(moe::LinearOp op, int64_t k, int64_t n, std::vector<uint8_t> &codes,
+                           std::vector<float> &scales, std::vector<float> &zeros) {
+    auto qa = op.getWeightQuantAttr();
+    const int bits = int(qa.getBits());
+    const int64_t blk = qa.getBlockSize(), nb = (k + blk - 1) / blk, blob = blk * bits / 8;
+    std::vector<char> raw = constantTensorBytes(op.getWeight());
+    if (raw.empty())
+      return fail(op, "operand 'weight' must be a constant (an ONNX initializer) to be packed");
+    if (int64_t(raw.size()) != n * nb * blob)
+      return fail(op, "operand 'weight' holds " + Twine(raw.size()) + " bytes; " + Twine(n) + " columns of " +
+                          Twine(nb) + " blocks of " + Twine(blob) + " bytes need " + Twine(n * nb * blob));
+    if (!f32Constant(op.getScales(), "scales", scales, error))
+      return fail(op, error);
+    if (int64_t(scales.size()) != n * nb)
+      return fail(op, "operand 'scales' holds " + Twine(scales.size()) + " values, expected N * blocks = " +
+                          Twine(n * nb));
+    codes.assign(n * k, 0);
+    for (int64_t c = 0; c < n; ++c) // a column's blocks are consecutive: feature f is its f-th code
+      for (int64_t f = 0; f < k; ++f) {
+        uint8_t byte = uint8_t(raw[c * nb * blob + (bits == 8 ? f : f / 2)]);
+        codes[c * k + f] = bits == 8 ? byte : uint8_t((byte >> ((f & 1) * 4)) & 15);
+      }
+    zeros.clear();
+    if (Value z = op.getZeroPoints()) {
+      auto zt = cast<RankedTensorType>(z.getType());
+      if (zt.getElementType().isF32()) {
+        if (!f32Constant(z, "zero_points", zeros, error))
+          return fail(op, error);
+      } else {
+        std::vector<char> zb = constantTensorBytes(z);
+        const int64_t perCol = (nb * bits + 7) / 8;
+        if (int64_t(zb.size()) != n * perCol)
+          return fail(op, "operand 'zero_points' holds " + Twine(zb.size()) + " bytes, expected " +
+                              Twine(n * perCol) + " (" + Twine(bits) + "-bit codes, each column's padded to bytes)");
+        zeros.resize(n * nb);
+        for (int64_t c = 0; c < n; ++c)
+          for (int64_t b = 0; b < nb; ++b) {
+            uint8_t byte = uint8_t(zb[c * perCol + (bits == 8 ? b : b / 2)]);
+            zeros[c * nb + b] = float(bits == 8 ? byte : (byte >> ((b & 1) * 4)) & 15);
+          }
+      }
+      if (int64_t(zeros.size()) != n * nb)
+        return fail(op, "operand 'zero_points' holds " + Twine(zeros.size()) + " values, expected " + Twine(n * nb));
+    }
+    return true;
+  }
+
+  /// A `moe.linear`: weights packed into panels in the op's storage, a config struct instantiating
+  /// kernels/cpu/linear.h, and a linear step.
+  bool emitLinear(moe::LinearOp op) {
+    auto started = std::chrono::steady_clock::now();
+    auto inT = op.getInput().getType();
+    if (!inT.getElementType().isF32())
+      return fail(op, "moe.linear on non-f32 activations has no CPU code generation yet (f32 only)");
+    const int64_t k = op.getInFeatures(), n = op.getOutFeatures();
+    if (ShapedType::isDynamic(k) || ShapedType::isDynamic(n) || k <= 0 || n <= 0)
+      return fail(op, "a linear layer needs static, positive K and N");
+    // Packed panels hold ceil(N / 16) * 16 columns of K features (f32 at most, plus scales).
+    if (k > (int64_t(1) << 31) || n > (int64_t(1) << 31) || (n + 15) / 16 * 16 * k > (int64_t(1) << 37))
+      return fail(op, "weight [" + Twine(k) + ", " + Twine(n) + "]: its packed size overflows what an artifact "
+                      "section holds (2^39 bytes)");
+    const moert_storage storage = moert_storage(op.getStorage());
+    const auto qa = op.getWeightQuantAttr();
+    const int qbits = storage == MOERT_STORAGE_INT8 ? 8 : storage == MOERT_STORAGE_INT4 ? 4 : 0;
+    const int64_t block = qbits ? int64_t(op.getBlockSize()) : 0;
+    if (qbits && (block < 16 || block % 2))
+      return fail(op, "quantisation blocks of " + Twine(block) + " input features (need an even number >= 16)");
+    std::vector<float> bias;
+    if (Value b = op.getBias())
+      if (!f32Constant(b, "bias", bias, error))
+        return fail(op, error);
+    PackedLinear packed;
+    bool affine = false;
+    if (qa) {
+      std::vector<uint8_t> codes;
+      std::vector<float> scales, zeros;
+      if (!importedLinearCodes(op, k, n, codes, scales, zeros))
+        return false;
+      affine = !zeros.empty();
+      packed = packLinearCodes(codes, scales, zeros, qbits, k, n, block, bias);
+    } else {
+      std::vector<float> w;
+      if (!f32Constant(op.getWeight(), "weight", w, error))
+        return fail(op, error);
+      if (int64_t(w.size()) != k * n)
+        return fail(op, "operand 'weight' holds " + Twine(w.size()) + " values, expected K * N = " + Twine(k * n));
+      packed = packLinear(w, /*transposed=*/false, k, n, storage, block, bias);
+    }
+
+    const int index = linears++;
+    auto *step = program->add_steps()->mutable_linear();
+    step->set_index(index);
+    uint32_t in;
+    if (!valueId(op, op.getInput(), "input", in))
+      return false;
+    step->set_input(in);
+    int64_t residual = -1;
+    if (Value r = op.getResidual()) {
+      uint32_t id;
+      if (!valueId(op, r, "residual", id))
+        return false;
+      residual = id;
+    }
+    step->set_residual(residual);
+    static const char *const kSlotNames[MOERT_LIN_SLOTS] = {"w", "scales", "offsets", "bias"};
+    uint64_t bytes = 0;
+    for (int slot = 0; slot < MOERT_LIN_SLOTS; ++slot) {
+      std::vector<char> &b = packed.slots[slot];
+      bytes += b.size();
+      step->add_weight_sections(b.empty() ? -1
+                                          : writer.addSection("l" + std::to_string(index) + "." + kSlotNames[slot],
+                                                              pb::Section::WEIGHTS, std::move(b)));
+    }
+    step->set_k(k);
+    step->set_n(n);
+    step->set_weight_bytes(bytes);
+    std::string desc;
+    llvm::raw_string_ostream ds(desc);
+    ds << "linear K=" << k << " N=" << n << " " << storageName(storage);
+    if (qbits)
+      ds << "/" << block << (qa ? " (kept as imported" + std::string(affine ? ", zero points)" : ")") : "");
+    if (op.getBias())
+      ds << ", bias";
+    if (op.getResidual())
+      ds << ", residual";
+    if (auto src = op->getAttrOfType<StringAttr>("moe.source"))
+      ds << " (" << src.getValue() << ")";
+    step->set_description(desc);
+    uint32_t outId;
+    if (!addValue(op, op.getResult(), "linear" + std::to_string(index), outId))
+      return false;
+    step->set_output(outId);
+    if (progress && bytes >= (16u << 20))
+      *progress << "moec: linear " << index << ": " << desc << " (" << llvm::format("%.1f", bytes / 1048576.0)
+                << " MiB packed in "
+                << llvm::format("%.2f", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count())
+                << " s)\n";
+
+    auto b = [](bool v) { return v ? "true" : "false"; };
+    const char *w = storage == MOERT_STORAGE_BF16 ? "uint16_t" : storage == MOERT_STORAGE_F16 ? "_Float16"
+                    : qbits                       ? "uint8_t"
+                                                  : "float";
+    llvm::raw_string_ostream os(source);
+    std::string name = "L" + std::to_string(index);
+    os << "\n// linear " << index << ": " << desc << "\nnamespace {\nstruct " << name << " {\n"
+       << "  using W = " << w << ";\n"
+       << "  static constexpr int64_t K = " << k << ", N = " << n << ", QBLOCK = " << (qbits ? block : k) << ";\n"
+       << "  static constexpr int QBITS = " << qbits << ";\n"
+       << "  static constexpr bool AFFINE = " << b(affine) << ", HAS_BIAS = " << b(op.getBias() != nullptr) << ";\n"
+       << "};\n}\n"
+       << "extern \"C\" MOERT_EXPORT int moert_linear_" << index << "(const moert_linear_args *a) { return "
+       << "moert_cpu::Linear<" << name << ">::run(a); }\n"
+       << "extern \"C\" MOERT_EXPORT uint64_t moert_linear_" << index << "_weight_bytes(int slot) { return "
+       << "moert_cpu::Linear<" << name << ">::weightBytes(slot); }\n"
+       << "extern \"C\" MOERT_EXPORT int64_t moert_linear_" << index << "_dims(int which) { return which == 0 ? "
+       << k << " : " << n << "; }\n";
+    return true;
+  }
+
   bool emitFunction(func::FuncOp fn) {
     for (auto [i, arg] : llvm::enumerate(fn.getArguments())) {
       auto t = dyn_cast<RankedTensorType>(arg.getType());
@@ -732,6 +828,9 @@ struct Emitter {
         continue;
       if (auto m = dyn_cast<moe::SparseMoEOp>(op)) {
         if (!emitMoE(m))
+          return false;
+      } else if (auto l = dyn_cast<moe::LinearOp>(op)) {
+        if (!emitLinear(l))
           return false;
       } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {
         for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
@@ -791,11 +890,6 @@ std::vector<std::string> moec::codegen::knownCpus() {
 
 bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &options, StringRef outPath,
                                        StringRef sourceModel, std::string &error, raw_ostream *progress) {
-  if (options.weights != "fp32" && options.weights != "bf16" && options.weights != "fp16" &&
-      options.weights != "int8" && options.weights != "int4") {
-    error = "--weights=" + options.weights + ": expert weights are stored as fp32, bf16, fp16, int8 or int4";
-    return false;
-  }
   std::vector<std::string> features;
   if (options.cpu == "native") {
     features = hostFeatures();
@@ -822,7 +916,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   }
   Emitter em(options, progress);
   em.source = "// Generated by moec from " + sourceModel.str() +
-              ": one exported function per fused MoE dispatch.\n#include \"sparse_moe.h\"\n"
+              ": one exported function per dispatch.\n#include \"sparse_moe.h\"\n#include \"linear.h\"\n"
               "#define MOERT_EXPORT __attribute__((visibility(\"default\")))\n"
               "extern \"C\" MOERT_EXPORT uint32_t moert_kernel_abi_version(void) { return "
               "MOERT_KERNEL_ABI_VERSION; }\n";
@@ -833,6 +927,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   planMemory(*em.program);
   if (progress)
     *progress << "moec: " << em.dispatches << " MoE dispatch" << (em.dispatches == 1 ? "" : "es") << ", "
+              << em.linears << " linear dispatch" << (em.linears == 1 ? "" : "es") << ", "
               << llvm::format("%.2f", em.writer.sectionBytes(pb::Section::WEIGHTS) / 1048576.0)
               << " MiB of packed weights\n";
 
@@ -843,7 +938,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   meta.set_kernel_abi(MOERT_KERNEL_ABI_VERSION);
   meta.set_source_model(llvm::sys::path::filename(sourceModel).str());
   meta.set_code_section(-1);
-  if (em.dispatches == 0 && options.dumpKernelsDir.empty()) // only graph ops: libmoert's kernels run them all
+  if (em.dispatches == 0 && em.linears == 0 && options.dumpKernelsDir.empty()) // only graph ops: libmoert's kernels run them all
     return em.writer.write(outPath, error);
   for (const auto &f : features)
     meta.add_cpu_features(f);

@@ -1,10 +1,11 @@
 //===- CpuCodegen.h - fused graph -> CPU artifact ----------------------------===//
 //
 // Turns a module after moec's fusion pipeline into a .moex artifact for x86-64 CPUs: the graph becomes a
-// program of steps (reshapes, fused MoE dispatches), each `moe.sparse_moe` becomes a C++ translation unit
-// specialising kernels/cpu/sparse_moe.h to its shapes and options, compiled by clang-19 for the chosen CPU
-// into one shared object stored in the artifact, and its weights are packed (rows a hidden dim needs made
-// contiguous) into 64-byte-aligned sections.
+// program of steps (op steps, fused MoE dispatches, linear dispatches). Each `moe.sparse_moe` specialises
+// kernels/cpu/sparse_moe.h and each `moe.linear` kernels/cpu/linear.h to its shapes and weight storage (the
+// ops' `storage` attributes) in one C++ translation unit, compiled by clang-19 for the chosen CPU into one
+// shared object stored in the artifact; weights are packed into the kernels' layouts (codegen/WeightPacking.h)
+// in 64-byte-aligned sections.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOEC_CODEGEN_CPU_CPUCODEGEN_H
@@ -24,9 +25,6 @@ struct CpuOptions {
   std::string cpu = "x86-64-v3";
   /// The C++ compiler; empty: $MOEC_CXX, then clang++-19 on PATH, then /usr/lib/llvm-19/bin/clang++.
   std::string cxx;
-  /// Storage of the expert weights (fc1, fc2, shared expert): fp32, or bf16 (rounded to nearest even at
-  /// compile time, widened to f32 in the kernels; accumulation is f32 either way).
-  std::string weights = "fp32";
   /// When set, the generated C++ (and GPU) sources are also written here.
   std::string dumpKernelsDir;
   /// GPU code objects to build besides the CPU code (codegen/hip/GpuCodegen.h): AMD archs (gfx90a, gfx942,

@@ -6,6 +6,12 @@
  *   int    moert_dispatch_<i>(const moert_moe_args *args);               0 on success
  *   size_t moert_dispatch_<i>_scratch(int64_t tokens, int threads);      scratch bytes one call needs
  *
+ * per linear dispatch `j` (kernels/cpu/linear.h):
+ *
+ *   int      moert_linear_<j>(const moert_linear_args *args);            0 on success
+ *   uint64_t moert_linear_<j>_weight_bytes(int slot);                    bytes each weight slot must hold
+ *   int64_t  moert_linear_<j>_dims(int which);                           0: K (input features), 1: N (outputs)
+ *
  * and `moert_kernel_abi_version()`. The runtime owns threads and memory: it passes a parallel-for and a
  * scratch buffer; generated code allocates nothing and never calls back into libmoert by symbol.
  *
@@ -20,7 +26,7 @@
 extern "C" {
 #endif
 
-#define MOERT_KERNEL_ABI_VERSION 2
+#define MOERT_KERNEL_ABI_VERSION 3
 
 /* Runs fn(ctx, i) for i in [0, n) on the runtime's threads; returns when all are done. `thread` is the
  * index of the worker running the call, in [0, threads). */
@@ -68,6 +74,43 @@ typedef struct moert_moe_args {
 } moert_moe_args;
 
 typedef int (*moert_moe_fn)(const moert_moe_args *args);
+
+/* A linear dispatch: output[M][N] = input[M][K] . W[K][N] (+ bias) (+ residual), M = the rows of the call.
+ * W is packed in panels of MOERT_LINEAR_NR output columns (the last one zero-padded), K-major inside a panel,
+ * so a micro-kernel reads one panel row (NR weights of one input feature) per step. NP = ceil(N / NR),
+ * KB = ceil(K / QBLOCK) quantisation blocks along K. */
+#define MOERT_LINEAR_NR 16
+
+/* How a dispatch stores its weights (the IR's #moe.storage, codegen's packing and the kernels' configs all
+ * use these values). Quantised storage is weight-only: integer codes with f32 scales per block. */
+enum moert_storage {
+  MOERT_STORAGE_F32 = 0,
+  MOERT_STORAGE_BF16 = 1, /* the upper half of an f32, rounded to nearest even */
+  MOERT_STORAGE_F16 = 2,  /* IEEE half, rounded to nearest even */
+  MOERT_STORAGE_INT8 = 3,
+  MOERT_STORAGE_INT4 = 4
+};
+enum moert_linear_slot {
+  MOERT_LIN_W = 0,       /* [NP][K][NR]: f32, bf16 or fp16; int8: one code a byte (signed, or unsigned with
+                            offsets); int4: [NP][ceil(K / 2)][NR] bytes, byte j of row r holding column j of
+                            feature 2r in its low nibble and of feature 2r + 1 in its high one (unsigned; zero
+                            point 8 without offsets)                                                    */
+  MOERT_LIN_SCALES = 1,  /* quantised: [NP][KB][NR] f32, one per column per block of QBLOCK input features  */
+  MOERT_LIN_OFFSETS = 2, /* quantised with zero points: [NP][KB][NR] f32; w = code * scale + offset        */
+  MOERT_LIN_BIAS = 3,    /* [NP * NR] f32 (zero-padded)                                                    */
+  MOERT_LIN_SLOTS = 4
+};
+
+typedef struct moert_linear_args {
+  int64_t rows;                          /* M                                                      */
+  const float *input;                    /* [M][K]                                                 */
+  const float *residual;                 /* [M][N] added to the result, or NULL                    */
+  float *output;                         /* [M][N]                                                 */
+  const void *weights[MOERT_LIN_SLOTS];  /* NULL where the layer has no such operand               */
+  const moert_exec *exec;
+} moert_linear_args;
+
+typedef int (*moert_linear_fn)(const moert_linear_args *args);
 typedef size_t (*moert_scratch_fn)(int64_t tokens, int threads);
 
 #ifdef __cplusplus

@@ -26,6 +26,7 @@
 #define MOERT_KERNELS_CPU_SPARSE_MOE_H
 
 #include "moert_kernel_abi.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -43,58 +44,6 @@ constexpr int64_t kDimBlock = 64;  // the most hidden dims per block (the coeffi
 constexpr int64_t kL2Budget = 192 * 1024; // bytes of a dim block's gate/up rows meant to stay in L2
 constexpr int64_t kMaxChunks = 16; // hidden-dim chunks per expert visit (parallelism in decode)
 
-// VW floats per vector: 16 (one AVX-512 register) when the code is built for AVX-512, else 8 (one AVX2
-// register, or two SSE registers on baseline x86-64). Unaligned loads and stores.
-#ifndef MOERT_VW
-#if defined(__AVX512F__)
-#define MOERT_VW 16
-#else
-#define MOERT_VW 8
-#endif
-#endif
-constexpr int VW = MOERT_VW;
-static_assert(VW == 8 || VW == 16, "vector width");
-typedef float vf __attribute__((vector_size(VW * 4)));
-inline vf loadv(const float *p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void storev(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf splat(float a) { return vf{} + a; }
-
-// bf16 weights (`--weights=bf16`): the upper 16 bits of an f32, widened on load; accumulation stays f32.
-typedef uint16_t u16xv __attribute__((vector_size(VW * 2)));
-typedef uint32_t u32xv __attribute__((vector_size(VW * 4)));
-inline vf loadv(const uint16_t *p) {
-  u16xv h;
-  std::memcpy(&h, p, sizeof h);
-  u32xv w = __builtin_convertvector(h, u32xv) << 16;
-  vf f;
-  std::memcpy(&f, &w, sizeof f);
-  return f;
-}
-// fp16 weights (`--weights=fp16`): IEEE half, widened on load (F16C's vcvtph2ps on x86-64-v3).
-typedef _Float16 f16xv __attribute__((vector_size(VW * 2)));
-inline vf loadv(const _Float16 *p) {
-  f16xv h;
-  std::memcpy(&h, p, sizeof h);
-  return __builtin_convertvector(h, vf);
-}
-inline float tofloat(_Float16 x) { return float(x); }
-inline float tofloat(float x) { return x; }
-inline float tofloat(uint16_t x) {
-  uint32_t w = uint32_t(x) << 16;
-  float f;
-  std::memcpy(&f, &w, sizeof f);
-  return f;
-}
-inline float hsum(vf v) {
-  float s = 0.0f;
-  for (int i = 0; i < VW; ++i)
-    s += v[i];
-  return s;
-}
 
 // ---- weight rows -------------------------------------------------------------------------------------------
 // The kernels read expert weights through a row view: load(h) gives VW weights from column h (a multiple of VW)

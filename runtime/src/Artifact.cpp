@@ -168,7 +168,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       return bad("has a corrupted program (input id)");
     ready[id] = 1;
   }
-  int dispatchCount = 0;
+  int dispatchCount = 0, linearCount = 0;
   m.releaseAfter.assign(p.steps_size(), {});
   std::vector<int> lastUse(p.values_size(), -1);
   auto read = [&](int64_t id, int step) {
@@ -187,6 +187,14 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
         return bad("has a corrupted program (dispatch " + std::to_string(dispatchCount) + ")");
       ready[d.output()] = 1;
       ++dispatchCount;
+    } else if (s.has_linear()) {
+      const auto &d = s.linear();
+      if (!read(d.input(), si) || !validId(d.output()) || (d.residual() != -1 && !read(d.residual(), si)) ||
+          d.weight_sections_size() != MOERT_LIN_SLOTS || static_cast<int>(d.index()) != linearCount ||
+          d.k() <= 0 || d.n() <= 0 || p.values(d.output()).type().dtype() != pb::F32)
+        return bad("has a corrupted program (linear dispatch " + std::to_string(linearCount) + ")");
+      ready[d.output()] = 1;
+      ++linearCount;
     } else if (s.has_op()) {
       if (!isSupportedOp(s.op().op()))
         return bad("uses op '" + s.op().op() + "', which this moert cannot run (written by a newer moec?)");
@@ -213,10 +221,11 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   for (int i = 0; i < p.values_size(); ++i)
     if (lastUse[i] >= 0 && lastUse[i] < p.steps_size() && !p.values(i).has_constant_section())
       m.releaseAfter[lastUse[i]].push_back(i);
-  if (dispatchCount > 0 && (a.code_section() < 0 || a.code_section() >= a.sections_size() ||
+  const bool hasCode = dispatchCount + linearCount > 0;
+  if (hasCode && (a.code_section() < 0 || a.code_section() >= a.sections_size() ||
                             a.sections(a.code_section()).kind() != pb::Section::CODE))
     return bad("has no code section");
-  if (dispatchCount == 0 && a.code_section() != -1)
+  if (!hasCode && a.code_section() != -1)
     return bad("has a corrupted program (code without dispatches)");
   for (const auto &v : p.values()) {
     if (!v.has_constant_section())
@@ -231,8 +240,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
 
   if (!loadCode)
     return nullptr;
-  uint64_t codeBytes = dispatchCount ? a.sections(a.code_section()).size() : 0;
-  if (dispatchCount > 0) {
+  uint64_t codeBytes = hasCode ? a.sections(a.code_section()).size() : 0;
+  if (hasCode) {
   const auto &cs = a.sections(a.code_section());
   // The code: from memory through a memfd, so nothing is written to disk.
   m.codeFd = memfd_create("moex-code", MFD_CLOEXEC);
@@ -282,7 +291,36 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     }
   }
 
-  } // dispatchCount > 0
+  m.linears.resize(linearCount);
+  for (const auto &s : p.steps()) {
+    if (!s.has_linear())
+      continue;
+    const auto &d = s.linear();
+    moert::Linear &x = m.linears[d.index()];
+    std::string base = "moert_linear_" + std::to_string(d.index());
+    uint64_t (*expected)(int) = nullptr;
+    int64_t (*dims)(int) = nullptr;
+    if (!resolve(m.code, base, x.run) || !resolve(m.code, base + "_weight_bytes", expected) ||
+        !resolve(m.code, base + "_dims", dims))
+      return bad("its code lacks linear dispatch " + std::to_string(d.index()));
+    x.k = dims(0);
+    x.n = dims(1);
+    if (x.k != d.k() || x.n != d.n())
+      return bad("has linear dispatch " + std::to_string(d.index()) + " metadata that disagrees with its code");
+    for (int slot = 0; slot < MOERT_LIN_SLOTS; ++slot) {
+      int64_t sec = d.weight_sections(slot);
+      uint64_t want = expected(slot);
+      if (sec < 0) {
+        if (want != 0)
+          return bad("lacks a weight section linear dispatch " + std::to_string(d.index()) + " needs");
+        continue;
+      }
+      if (sec >= a.sections_size() || a.sections(sec).kind() != pb::Section::WEIGHTS || a.sections(sec).size() != want)
+        return bad("has a weight section of the wrong size for linear dispatch " + std::to_string(d.index()));
+      x.weights[slot] = m.map + a.sections(sec).offset();
+    }
+  }
+  } // hasCode
 
   if (options.device != MOERT_DEVICE_CPU) {
     if (options.device < MOERT_DEVICE_CPU || options.device > MOERT_DEVICE_HIP)
@@ -334,8 +372,20 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     os << "  " << p.values(id).name() << ": " << typeString(p.values(id).type()) << "\n";
   os << "steps:\n";
   for (const auto &s : p.steps()) {
-    if (s.has_op())
-      os << "  op " << s.op().op() << " -> " << p.values(s.op().outputs(0)).name() << "\n";
+    if (s.has_op()) {
+      os << "  op " << s.op().op() << " -> " << p.values(s.op().outputs(0)).name();
+      // Constant inputs (weights a compiled dispatch did not take: worth knowing when reading a profile).
+      std::string consts;
+      for (int i = 0; i < s.op().inputs_size(); ++i)
+        if (s.op().inputs(i) >= 0 && p.values(s.op().inputs(i)).has_constant_section())
+          consts += (consts.empty() ? "" : ", ") + std::to_string(i);
+      if (!consts.empty())
+        os << " (constant input" << (consts.find(',') == std::string::npos ? " " : "s ") << consts << ")";
+      os << "\n";
+    }
+    else if (s.has_linear())
+      os << "  linear " << s.linear().index() << ": " << s.linear().description() << " ("
+         << mib(s.linear().weight_bytes()) << " of weights)\n";
     else
       os << "  dispatch " << s.moe().index() << ": " << s.moe().description() << " ("
          << mib(s.moe().weight_bytes()) << " of weights)\n";

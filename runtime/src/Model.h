@@ -29,6 +29,13 @@ struct Dispatch {
   int64_t hidden = 0, routerColumns = 0;
 };
 
+/// A linear dispatch's entry point and weights (moert_linear_<i>).
+struct Linear {
+  moert_linear_fn run = nullptr;
+  const void *weights[MOERT_LIN_SLOTS] = {};
+  int64_t k = 0, n = 0;
+};
+
 /// Loads and validates `path`; on success fills `m`. Every inconsistency is one error naming the file.
 /// `loadCode = false` validates everything but does not load the code section (the loader fuzzer: a crafted
 /// shared object is not something dlopen can be asked to survive; artifacts are code, trusted like a .so).
@@ -45,6 +52,7 @@ struct moert_model {
   void *code = nullptr; // dlopen handle
   int codeFd = -1;
   std::vector<moert::Dispatch> dispatches; // by MoEDispatch.index
+  std::vector<moert::Linear> linears;      // by LinearDispatch.index
   std::vector<std::vector<uint32_t>> releaseAfter; // per step: values last read there (freed after it)
   std::unique_ptr<moert::ThreadPool> pool;
   moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)

@@ -170,6 +170,8 @@ def evaluate(text, inputs):
                 out = out + _attr(props, "beta", 1.0) * vals[2]
         elif name == "moe.sparse_moe":
             out = _sparse_moe(vals, props)
+        elif name == "moe.linear":
+            out = _linear(vals, props)
         elif name in ONNX:
             out = ONNX[name](vals, None, props)
         else:
@@ -181,6 +183,24 @@ def evaluate(text, inputs):
 _SEGMENTS = ["input", "router", "router_bias", "selection_bias", "fc1", "fc1_bias", "fc1_scales", "fc2", "fc2_bias",
              "fc2_scales", "mask", "pred_a", "pred_b", "norm_weight", "norm_bias", "shared_fc1", "shared_fc2",
              "shared_gate", "residual"]
+
+
+def _linear(vals, props):
+    """moe.linear from its contract (ir/MoEOps.td): input x W (+ bias) (+ residual), W [K, N] f32."""
+    seg = [int(s) for s in re.search(r"operandSegmentSizes = array<i32: ([^>]*)>", props).group(1).split(",")]
+    named, i = {}, 0
+    for name, count in zip(["input", "weight", "scales", "zero_points", "bias", "residual"], seg):
+        if count:
+            named[name] = vals[i]
+            i += 1
+    if _attr(props, "weight_quant") is not None:
+        raise NotImplementedError("eval_mlir: moe.linear with imported quantised weights")
+    out = np.asarray(named["input"], np.float64) @ np.asarray(named["weight"], np.float64)
+    if "bias" in named:
+        out = out + named["bias"]
+    if "residual" in named:
+        out = out + named["residual"]
+    return out
 
 
 def _sparse_moe(vals, props):

@@ -73,11 +73,26 @@ cl::opt<std::string> cpu("cpu",
                                   "machine), x86-64, znver4, sapphirerapids, ..."),
                          cl::init("x86-64-v3"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> weightsType("weights",
-                                 cl::desc("Storage of the expert weights in the artifact: fp32 (default), bf16 (half "
-                                          "the bytes), fp16 (IEEE half), int8 or int4 (symmetric, one f32 scale per block of 32; a "
-                                          "quarter / an eighth of the bytes). Accumulation is f32. QMoE layers "
-                                          "keep their own int8/int4 weights"),
+                                 cl::desc("Storage of all weights in the artifact (experts and linear layers, as "
+                                          "llama.cpp quantises a whole model): fp32 (default), bf16 (half the "
+                                          "bytes), fp16 (IEEE half), int8 or int4 (symmetric, one f32 scale per "
+                                          "block of 32; a quarter / an eighth of the bytes). Accumulation is f32. "
+                                          "Weights that arrive quantised (QMoE, MatMulNBits) are kept as they are"),
                                  cl::init("fp32"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> expertWeights("expert-weights",
+                                   cl::desc("Storage of MoE expert weights only (default: --weights)"),
+                                   cl::init(""), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> denseWeights("dense-weights",
+                                  cl::desc("Storage of linear-layer weights (attention projections, dense MLPs, "
+                                           "routers left outside MoE layers; default: --weights)"),
+                                  cl::init(""), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> lmHeadWeights("lm-head-weights",
+                                   cl::desc("Storage of linear layers whose result is a graph output (the LM head; "
+                                            "default: --dense-weights), e.g. to keep it wider than the rest"),
+                                   cl::init(""), cl::sub(compileCmd), cl::cat(category));
+cl::opt<int64_t> weightBlock("weight-block",
+                             cl::desc("Input features per scale for int8/int4 linear layers (default 32)"),
+                             cl::init(32), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> dumpKernels("dump-kernels", cl::desc("Also write the generated kernel sources to this folder"),
                                  cl::value_desc("dir"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> cxxPath("cxx", cl::desc("C++ compiler for the CPU kernels (default: $MOEC_CXX, clang++-19)"),
@@ -208,6 +223,22 @@ mlir::LogicalResult runCompilePipeline(mlir::ModuleOp module) {
   } else {
     moec::buildFusionPipeline(pm, options);
   }
+  // How every dispatch stores its weights, recorded on the ops (with or without fusion).
+  for (auto [flag, value] : {std::pair<const char *, std::string>{"weights", weightsType},
+                             {"expert-weights", expertWeights}, {"dense-weights", denseWeights},
+                             {"lm-head-weights", lmHeadWeights}})
+    if (!value.empty() && !moec::moe::symbolizeStorage(value))
+      return error("--" + std::string(flag) + "=" + value + ": weights are stored as fp32, bf16, fp16, int8 or int4"),
+             mlir::failure();
+  if (weightBlock < 16 || weightBlock % 2)
+    return error("--weight-block=" + std::to_string(weightBlock) + ": an even number of input features >= 16"),
+           mlir::failure();
+  moec::MoESetWeightStoragePassOptions storage;
+  storage.experts = expertWeights.empty() ? weightsType : expertWeights;
+  storage.dense = denseWeights.empty() ? weightsType : denseWeights;
+  storage.lmHead = lmHeadWeights;
+  storage.blockSize = weightBlock;
+  pm.addPass(moec::createMoESetWeightStoragePass(storage));
   if (!pipelineError.empty())
     return error(StringRef(pipelineError).rtrim()), mlir::failure();
   if (printAfterAll || !printAfter.empty()) {
@@ -330,7 +361,6 @@ int runImport() {
     cpuOptions.cpu = cpu;
     cpuOptions.cxx = cxxPath;
     cpuOptions.dumpKernelsDir = dumpKernels;
-    cpuOptions.weights = weightsType;
     cpuOptions.hipArchs = hipArchs;
     cpuOptions.cudaArchs = cudaArchs;
     std::string message;

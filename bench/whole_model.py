@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""A whole MoE language model with its KV cache: moec vs ONNX Runtime vs the whole-token roofline.
+
+The model is Qwen3-MoE-like at real layer sizes (hidden 2048, 32 query / 4 KV heads of 128, 32 experts top-4
+with F = 768, vocab 32000, 2 decoder layers, 1.9 GB of fp32 weights), random-initialised by transformers and
+exported by `torch.onnx.export(dynamo=True)` with `batched_mm` experts as a decoder with past
+(`past_key_values.{i}.key/value` in, `present.*` out), cached in bench/.cache (never committed).
+
+For each moec weight storage (`--weights=`: experts and dense layers alike; ONNX Runtime always runs the fp32
+file) it times
+  - decode: 1 new token after `past` = 128 cached positions (ms per token),
+  - prefill: T = 128 and 512 tokens from an empty cache (tokens per second),
+and reports the whole-token roofline: every weight byte a token reads (attention projections, LM head, the
+router, the 4 chosen experts of each layer, one embedding row, the KV cache) at the measured read bandwidth,
+or the FLOPs at the FP32 peak, as a fraction of moec's time; and the share of moec's time in compiled
+dispatches (linear and MoE) vs op steps, from a `moert run --profile` trace.
+
+    python3 bench/whole_model.py [--build build] [--threads N] [--weights fp32,bf16,int8,int4]
+    (also run by bench/run.py: `make bench`, or `--only whole`)
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CACHE = os.path.join(HERE, ".cache")
+sys.path.insert(0, os.path.join(ROOT, "runtime", "python"))
+
+CFG = dict(hidden=2048, heads=32, kv_heads=4, head_dim=128, experts=32, top_k=4, ffn=768, vocab=32000, layers=2)
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}  # per weight, block scales
+
+
+def export(path, hf_dir):
+    """Random-initialised Qwen3-MoE-like decoder with past, exported once (about 2 minutes here)."""
+    import torch
+    import transformers as tf
+    from transformers import AutoModelForCausalLM, DynamicCache
+    c = CFG
+    cfg = tf.Qwen3MoeConfig(hidden_size=c["hidden"], num_attention_heads=c["heads"], num_key_value_heads=c["kv_heads"],
+                            head_dim=c["head_dim"], num_experts=c["experts"], num_experts_per_tok=c["top_k"],
+                            moe_intermediate_size=c["ffn"], intermediate_size=c["ffn"] * 4, vocab_size=c["vocab"],
+                            num_hidden_layers=c["layers"], max_position_embeddings=4096, norm_topk_prob=True,
+                            tie_word_embeddings=False)
+    cfg._experts_implementation = "batched_mm"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02)
+    model.save_pretrained(hf_dir)  # the same weights for llama.cpp's converter
+    layers = c["layers"]
+
+    class WithPast(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, *past):
+            cache = DynamicCache(config=self.m.config)
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            o = self.m(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+            present = []
+            for i in range(layers):
+                present += [o.past_key_values.layers[i].keys, o.past_key_values.layers[i].values]
+            return (o.logits, *present)
+
+    names = ["input_ids", "attention_mask"] + [f"past_key_values.{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    outs = ["logits"] + [f"present.{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    args = [torch.zeros(1, 3, dtype=torch.int64), torch.ones(1, 7, dtype=torch.int64)] + \
+           [torch.zeros(1, c["kv_heads"], 4, c["head_dim"]) for _ in range(2 * layers)]
+    dims = ({1: torch.export.Dim("seq", min=1, max=4096)}, {1: torch.export.Dim("total", min=1, max=8192)},
+            tuple({2: torch.export.Dim("past", min=0, max=4096)} for _ in range(2 * layers)))
+    torch.onnx.export(WithPast(model), tuple(args), path, dynamo=True, input_names=names, output_names=outs,
+                      dynamic_shapes=dims, external_data=True)
+
+
+def feeds(t, past, rng):
+    c = CFG
+    f = {"input_ids": rng.integers(0, c["vocab"], (1, t)).astype(np.int64),
+         "attention_mask": np.ones((1, t + past), np.int64)}
+    for i in range(c["layers"]):
+        for k in ("key", "value"):
+            f[f"past_key_values.{i}.{k}"] = rng.standard_normal((1, c["kv_heads"], past, c["head_dim"])).astype(np.float32)
+    return f
+
+
+def token_cost(storage, t, past):
+    """(bytes, FLOPs) of one call: weights read once per call (the experts its tokens choose: all 32 once T is
+    large, top-4 per layer at T = 1), the KV cache, and 2 FLOPs per weight per token plus attention."""
+    c = CFG
+    h, q, kv = c["hidden"], c["heads"] * c["head_dim"], c["kv_heads"] * c["head_dim"]
+    dense = c["layers"] * (h * q + 2 * h * kv + q * h) + h * c["vocab"]
+    expert = 3 * h * c["ffn"]
+    touched = min(c["experts"], t * c["top_k"]) * expert * c["layers"]  # upper bound on distinct experts
+    router = c["layers"] * h * c["experts"] * 4
+    kv_bytes = c["layers"] * 2 * kv * (past + t) * 4
+    bytes_ = (dense + touched) * BYTES[storage] + router + h * 4 + kv_bytes
+    flops = 2 * t * (dense + c["top_k"] * expert * c["layers"]) + \
+        c["layers"] * 4 * t * (past + t) * q  # Q K^T and P V
+    return bytes_, flops
+
+
+def profile_shares(moert_cli, art, f, threads, tmp):
+    """Share of one call's time in linear dispatches, MoE dispatches and op steps (a moert --profile trace)."""
+    cmd = [moert_cli, "run", art, "--threads", str(threads), "--repeat", "3", "--profile", os.path.join(tmp, "t.json"),
+           "--output-dir", os.path.join(tmp, "out")]
+    for name, value in f.items():
+        p = os.path.join(tmp, f"{name}.npy")
+        np.save(p, value)
+        cmd += ["--input", f"{name}={p}"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    events = json.load(open(os.path.join(tmp, "t.json")))["traceEvents"]
+    share = {"linear": 0.0, "moe": 0.0, "op": 0.0}
+    for e in events:
+        kind = "linear" if e["name"].startswith("linear") else "moe" if e["name"].startswith("moe dispatch") else "op"
+        share[kind] += e["dur"]
+    total = sum(share.values()) or 1.0
+    return {k: v / total for k, v in share.items()}
+
+
+def time_calls(fn, inputs):
+    fn(inputs[0])
+    times = []
+    for x in inputs[1:]:
+        t0 = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return min(times), statistics.median(times)
+
+
+def run(build, threads, storages, roof, repeat=5):
+    """Times every storage; returns table rows (dicts)."""
+    import onnxruntime as ort
+    import moert
+    os.makedirs(CACHE, exist_ok=True)
+    src = os.path.join(CACHE, "qwen3moe_whole.onnx")
+    if not os.path.exists(src):
+        t0 = time.time()
+        print("   exporting the Qwen3-MoE-like model (once)...", flush=True)
+        export(src, os.path.join(CACHE, "qwen3moe_hf"))
+        print(f"   exported in {time.time() - t0:.0f} s", flush=True)
+    moec = os.path.join(build, "bin", "moec")
+    moert_cli = os.path.join(build, "bin", "moert")
+    rt = moert.Runtime(os.path.join(build, "lib", "libmoert.so"))
+    rng = np.random.default_rng(0)
+    cases = [("decode", 1, 128), ("prefill", 128, 0), ("prefill", 512, 0)]
+    inputs = {(t, p): [feeds(t, p, rng) for _ in range(repeat + 1)] for _, t, p in cases}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    ort_times = {}
+    for _, t, p in cases:
+        ins = inputs[(t, p)] if t < 512 else inputs[(t, p)][:3]
+        ort_times[(t, p)] = time_calls(lambda f: sess.run(None, f), ins)
+    del sess
+    rows = []
+    for s in storages:
+        art = os.path.join(CACHE, f"qwen3moe_whole_{s}.moex")
+        t0 = time.time()
+        subprocess.run([moec, "compile", src, "-o", art, "--cpu=native", "--quiet", f"--weights={s}"], check=True)
+        compile_s = time.time() - t0
+        model = rt.load(art, threads=threads)
+        for kind, t, p in cases:
+            best, med = time_calls(lambda f: model.run(f), inputs[(t, p)])
+            with tempfile.TemporaryDirectory() as tmp:
+                shares = profile_shares(moert_cli, art, inputs[(t, p)][0], threads, tmp)
+            bytes_, flops = token_cost(s, t, p)
+            bound_ms = max(bytes_ / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
+            o_best, o_med = ort_times[(t, p)]
+            row = dict(storage=s, kind=kind, tokens=t, past=p, moec_ms=round(best, 2), moec_median_ms=round(med, 2),
+                       ort_ms=round(o_best, 2), ort_median_ms=round(o_med, 2), speedup=round(o_best / best, 2),
+                       tokens_per_s=round(t / best * 1e3, 1), mb=round(bytes_ / 1e6, 1),
+                       gflop=round(flops / 1e9, 2), roofline_ms=round(bound_ms, 2),
+                       roofline_fraction=round(bound_ms / med, 2), compile_s=round(compile_s, 1),
+                       linear_share=round(shares["linear"], 2), moe_share=round(shares["moe"], 2),
+                       op_share=round(shares["op"], 2))
+            print(f"   {s:5s} {kind:7s} T={t:3d} past={p:3d}: moec {best:8.2f} ms ({row['tokens_per_s']} tok/s)  "
+                  f"ORT {o_best:8.2f} ms  x{row['speedup']:.2f}  roofline {row['roofline_fraction']:.2f}  time in "
+                  f"linear {shares['linear']:.0%} / moe {shares['moe']:.0%} / op steps {shares['op']:.0%}", flush=True)
+            rows.append(row)
+        model.close()
+    return rows
+
+
+def table(rows):
+    lines = ["| moec weights | step | T | past | moec ms (best / median) | tokens/s | ORT fp32 ms (best / median) | "
+             "moec/ORT | MB read | GFLOP | roofline ms | moec fraction of roofline | time in linear / MoE / op steps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['storage']} | {r['kind']} | {r['tokens']} | {r['past']} | {r['moec_ms']} / "
+                     f"{r['moec_median_ms']} | {r['tokens_per_s']} | {r['ort_ms']} / {r['ort_median_ms']} | "
+                     f"{r['speedup']} | {r['mb']} | {r['gflop']} | {r['roofline_ms']} | {r['roofline_fraction']} | "
+                     f"{r['linear_share']:.0%} / {r['moe_share']:.0%} / {r['op_share']:.0%} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--weights", default="fp32,bf16,int8,int4")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    sys.path.insert(0, HERE)
+    from run import roofline
+    roof = roofline(args.threads)
+    print(f"roofline: read {roof['read_gbs']} GB/s, FP32 peak {roof['fp32_gflops']} GFLOP/s", flush=True)
+    rows = run(args.build, args.threads, args.weights.split(","), roof, args.repeat)
+    print("\n" + table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+//===- WeightPacking.cpp - weights into the CPU kernels' storage and layouts --===//
+#include "codegen/WeightPacking.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace moec::codegen {
+
+namespace {
+struct StorageInfo {
+  moert_storage s;
+  const char *name;
+  int bits;
+};
+constexpr StorageInfo kStorages[] = {{MOERT_STORAGE_F32, "fp32", 32},
+                                     {MOERT_STORAGE_BF16, "bf16", 16},
+                                     {MOERT_STORAGE_F16, "fp16", 16},
+                                     {MOERT_STORAGE_INT8, "int8", 8},
+                                     {MOERT_STORAGE_INT4, "int4", 4}};
+} // namespace
+
+const char *storageName(moert_storage s) {
+  for (const auto &i : kStorages)
+    if (i.s == s)
+      return i.name;
+  return "?";
+}
+
+bool parseStorage(const std::string &name, moert_storage &out) {
+  for (const auto &i : kStorages)
+    if (name == i.name) {
+      out = i.s;
+      return true;
+    }
+  return false;
+}
+
+int storageBits(moert_storage s) {
+  for (const auto &i : kStorages)
+    if (i.s == s)
+      return i.bits;
+  return 0;
+}
+
+QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk) {
+  QRows out;
+  out.rows = rows, out.k = k, out.blk = blk, out.nb = (k + blk - 1) / blk;
+  out.q.resize(rows * k);
+  out.s.resize(rows * out.nb);
+  const float qmax = bits == 8 ? 127.0f : 7.0f, qmin = bits == 8 ? -127.0f : -8.0f;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < out.nb; ++b) {
+      int64_t c0 = b * blk, c1 = std::min(k, c0 + blk);
+      float m = 0.0f;
+      for (int64_t c = c0; c < c1; ++c)
+        m = std::max(m, std::fabs(w[r * k + c]));
+      float scale = m / qmax;
+      out.s[r * out.nb + b] = scale;
+      for (int64_t c = c0; c < c1; ++c) {
+        float v = scale > 0.0f ? std::nearbyint(w[r * k + c] / scale) : 0.0f;
+        out.q[r * k + c] = static_cast<int8_t>(std::clamp(v, qmin, qmax));
+      }
+    }
+  return out;
+}
+
+std::vector<char> asBytes(const std::vector<float> &v) {
+  std::vector<char> b(v.size() * 4);
+  std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+std::vector<char> asBf16(const std::vector<float> &v) {
+  std::vector<char> b(v.size() * 2);
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint32_t w;
+    std::memcpy(&w, &v[i], 4);
+    uint16_t h = std::isnan(v[i]) ? uint16_t((w >> 16) | 0x40) : uint16_t((w + 0x7fff + ((w >> 16) & 1)) >> 16);
+    std::memcpy(&b[2 * i], &h, 2);
+  }
+  return b;
+}
+
+uint16_t toF16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) // inf or NaN (quiet)
+    return uint16_t(sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  if (ax >= 0x47800000u) // >= 65536: past the largest half even before rounding
+    return uint16_t(sign | 0x7c00u);
+  if (ax < 0x38800000u) { // below 2^-14: a subnormal half, in units of 2^-24 (exact scaling, then RNE)
+    float a;
+    std::memcpy(&a, &ax, 4);
+    return uint16_t(sign | uint32_t(std::nearbyint(a * 16777216.0f)));
+  }
+  uint32_t h = ((((ax >> 23) - 127 + 15) << 10) | ((ax & 0x7fffffu) >> 13));
+  const uint32_t rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1)))
+    ++h; // a carry into the exponent is right (up to infinity)
+  return uint16_t(sign | h);
+}
+
+std::vector<char> asF16(const std::vector<float> &v) {
+  std::vector<char> b(v.size() * 2);
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint16_t h = toF16(v[i]);
+    std::memcpy(&b[2 * i], &h, 2);
+  }
+  return b;
+}
+
+std::vector<char> packBits(const std::vector<int8_t> &q, int bits) {
+  if (bits == 8)
+    return std::vector<char>(q.begin(), q.end());
+  std::vector<char> out((q.size() + 1) / 2, 0);
+  for (size_t i = 0; i < q.size(); ++i)
+    out[i / 2] = char(uint8_t(out[i / 2]) | uint8_t(((q[i] + 8) & 15) << ((i & 1) * 4)));
+  return out;
+}
+
+uint64_t PackedLinear::bytes() const {
+  uint64_t b = 0;
+  for (const auto &s : slots)
+    b += s.size();
+  return b;
+}
+
+namespace {
+constexpr int64_t NR = MOERT_LINEAR_NR;
+
+std::vector<char> packBias(const std::vector<float> &bias, int64_t n) {
+  if (bias.empty())
+    return {};
+  int64_t np = (n + NR - 1) / NR;
+  std::vector<float> b(np * NR, 0.0f);
+  std::copy(bias.begin(), bias.end(), b.begin());
+  return asBytes(b);
+}
+
+/// Codes [N][K] (one byte each; int8: the byte stored, int4: a nibble) and per-(column, block) f32 scales
+/// (and offsets) into panels.
+void packCodes(PackedLinear &out, const std::vector<uint8_t> &codes, const std::vector<float> &scales,
+               const std::vector<float> *offsets, int bits, int64_t k, int64_t n, int64_t block) {
+  const int64_t np = (n + NR - 1) / NR, kb = (k + block - 1) / block;
+  // int8: [K][NR] bytes a panel; int4: [ceil(K / 2)][NR] bytes, byte j of row r = column j of feature 2r (low
+  // nibble) and of feature 2r + 1 (high nibble).
+  const int64_t panelBytes = bits == 4 ? (k + 1) / 2 * NR : k * NR;
+  std::vector<char> w(np * panelBytes, 0);
+  std::vector<float> s(np * kb * NR, 0.0f), o(offsets ? np * kb * NR : 0, 0.0f);
+  for (int64_t c = 0; c < n; ++c) {
+    const int64_t p = c / NR, j = c % NR;
+    for (int64_t f = 0; f < k; ++f) {
+      uint8_t code = codes[c * k + f];
+      if (bits == 8) {
+        w[p * panelBytes + f * NR + j] = char(code);
+      } else {
+        char &byte = w[p * panelBytes + (f / 2) * NR + j];
+        byte = char(uint8_t(byte) | ((code & 15) << ((f & 1) * 4)));
+      }
+    }
+    for (int64_t b = 0; b < kb; ++b) {
+      s[(p * kb + b) * NR + j] = scales[c * kb + b];
+      if (offsets)
+        o[(p * kb + b) * NR + j] = (*offsets)[c * kb + b];
+    }
+  }
+  out.slots[MOERT_LIN_W] = std::move(w);
+  out.slots[MOERT_LIN_SCALES] = asBytes(s);
+  if (offsets)
+    out.slots[MOERT_LIN_OFFSETS] = asBytes(o);
+}
+} // namespace
+
+PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k, int64_t n, moert_storage storage,
+                        int64_t block, const std::vector<float> &bias) {
+  PackedLinear out;
+  out.slots[MOERT_LIN_BIAS] = packBias(bias, n);
+  auto at = [&](int64_t f, int64_t c) { return transposed ? w[c * k + f] : w[f * n + c]; };
+  if (storage == MOERT_STORAGE_INT8 || storage == MOERT_STORAGE_INT4) {
+    const int bits = storage == MOERT_STORAGE_INT8 ? 8 : 4;
+    std::vector<float> cols(n * k); // [N][K]: a column's features contiguous, as quantizeRows wants rows
+    for (int64_t c = 0; c < n; ++c)
+      for (int64_t f = 0; f < k; ++f)
+        cols[c * k + f] = at(f, c);
+    QRows q = quantizeRows(cols, n, k, bits, block);
+    std::vector<uint8_t> codes(n * k);
+    for (size_t i = 0; i < codes.size(); ++i) // int8: the signed byte; int4: centred + 8
+      codes[i] = bits == 8 ? uint8_t(q.q[i]) : uint8_t(q.q[i] + 8);
+    packCodes(out, codes, q.s, nullptr, bits, k, n, block);
+    return out;
+  }
+  const int64_t np = (n + NR - 1) / NR;
+  std::vector<float> p(np * k * NR, 0.0f);
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t f = 0; f < k; ++f)
+      p[((c / NR) * k + f) * NR + c % NR] = at(f, c);
+  out.slots[MOERT_LIN_W] = storage == MOERT_STORAGE_BF16 ? asBf16(p) : storage == MOERT_STORAGE_F16 ? asF16(p)
+                                                                                                   : asBytes(p);
+  return out;
+}
+
+PackedLinear packLinearCodes(const std::vector<uint8_t> &codes, const std::vector<float> &scales,
+                             const std::vector<float> &zeros, int bits, int64_t k, int64_t n, int64_t block,
+                             const std::vector<float> &bias) {
+  PackedLinear out;
+  out.slots[MOERT_LIN_BIAS] = packBias(bias, n);
+  if (zeros.empty()) {
+    if (bits == 8) { // symmetric int8: the kernels read signed codes (code - 128)
+      std::vector<uint8_t> c(codes.size());
+      for (size_t i = 0; i < c.size(); ++i)
+        c[i] = uint8_t(int(codes[i]) - 128);
+      packCodes(out, c, scales, nullptr, bits, k, n, block);
+    } else {
+      packCodes(out, codes, scales, nullptr, bits, k, n, block);
+    }
+    return out;
+  }
+  std::vector<float> off(scales.size());
+  for (size_t i = 0; i < off.size(); ++i)
+    off[i] = -zeros[i] * scales[i];
+  packCodes(out, codes, scales, &off, bits, k, n, block);
+  return out;
+}
+
+} // namespace moec::codegen

@@ -1,0 +1,66 @@
+//===- WeightPacking.h - weights into the CPU kernels' storage and layouts ----===//
+//
+// Host-side conversions shared by every dispatch kind: rounding to bf16/fp16, symmetric block quantisation,
+// nibble packing, and the linear kernels' panel layout (kernels/cpu/moert_kernel_abi.h, MOERT_LIN_*).
+// Dependency-free (no LLVM/MLIR), so kernel tests link it too.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOEC_CODEGEN_WEIGHTPACKING_H
+#define MOEC_CODEGEN_WEIGHTPACKING_H
+
+#include "kernels/cpu/moert_kernel_abi.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moec::codegen {
+
+/// The name of a storage as the command line and reports spell it (fp32, bf16, fp16, int8, int4).
+const char *storageName(moert_storage s);
+/// Parses a storage name; false when it is none of them.
+bool parseStorage(const std::string &name, moert_storage &out);
+/// Bits per stored weight (32, 16, 8, 4).
+int storageBits(moert_storage s);
+
+/// Weight-only quantised rows: `rows` rows of `k` centred integers (q - zero point) with one f32 scale per
+/// block of `blk` columns (`nb` blocks a row).
+struct QRows {
+  std::vector<int8_t> q;
+  std::vector<float> s;
+  int64_t rows = 0, k = 0, blk = 0, nb = 0;
+};
+
+/// Symmetric quantisation of f32 rows: scale = max|w| / qmax per block, q = round-half-even(w / scale).
+QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk);
+
+std::vector<char> asBytes(const std::vector<float> &v);
+/// f32 -> bf16, round to nearest even (NaN stays NaN).
+std::vector<char> asBf16(const std::vector<float> &v);
+/// f32 -> IEEE fp16, round to nearest even (overflow to infinity, as the conversion instructions do).
+uint16_t toF16(float f);
+std::vector<char> asF16(const std::vector<float> &v);
+/// Kernel bytes of centred quantised rows: int8 as is, int4 as nibbles (centred + 8), two per byte, low first.
+std::vector<char> packBits(const std::vector<int8_t> &q, int bits);
+
+/// A linear layer's weight slots in the kernels' layout (moert_linear_slot): empty where unused.
+struct PackedLinear {
+  std::vector<char> slots[MOERT_LIN_SLOTS];
+  uint64_t bytes() const;
+};
+
+/// Packs W given as f32 `[K][N]` (`transposed`: `[N][K]`) into panels in `storage`, quantising per column
+/// and block of `block` input features when the storage is int8/int4. `bias` ([N]) may be empty.
+PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k, int64_t n, moert_storage storage,
+                        int64_t block, const std::vector<float> &bias);
+
+/// Packs already-quantised weights without re-quantising: `codes` [N][K] (one unsigned code per element,
+/// 0..2^bits-1), `scales` [N][KB], `zeros` [N][KB] zero points (empty: symmetric, 2^(bits-1)). With zero
+/// points the kernel computes w = code * scale + offset, offset = -zero * scale.
+PackedLinear packLinearCodes(const std::vector<uint8_t> &codes, const std::vector<float> &scales,
+                             const std::vector<float> &zeros, int bits, int64_t k, int64_t n, int64_t block,
+                             const std::vector<float> &bias);
+
+} // namespace moec::codegen
+
+#endif // MOEC_CODEGEN_WEIGHTPACKING_H

@@ -1,0 +1,70 @@
+//===- simd.h - vector types and loads shared by moec's CPU kernel templates ----===//
+//
+// One vector type `vf` of VW floats and loads that widen every weight storage moec writes (f32, bf16, fp16)
+// to it. Included by every kernel template (sparse_moe.h, linear.h); they may share one translation unit.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_KERNELS_CPU_SIMD_H
+#define MOERT_KERNELS_CPU_SIMD_H
+
+#include <cstdint>
+#include <cstring>
+
+namespace moert_cpu {
+
+// VW floats per vector: 16 (one AVX-512 register) when the code is built for AVX-512, else 8 (one AVX2
+// register, or two SSE registers on baseline x86-64). Unaligned loads and stores.
+#ifndef MOERT_VW
+#if defined(__AVX512F__)
+#define MOERT_VW 16
+#else
+#define MOERT_VW 8
+#endif
+#endif
+constexpr int VW = MOERT_VW;
+static_assert(VW == 8 || VW == 16, "vector width");
+typedef float vf __attribute__((vector_size(VW * 4)));
+inline vf loadv(const float *p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void storev(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float a) { return vf{} + a; }
+
+// bf16 weights (`--weights=bf16`): the upper 16 bits of an f32, widened on load; accumulation stays f32.
+typedef uint16_t u16xv __attribute__((vector_size(VW * 2)));
+typedef uint32_t u32xv __attribute__((vector_size(VW * 4)));
+inline vf loadv(const uint16_t *p) {
+  u16xv h;
+  std::memcpy(&h, p, sizeof h);
+  u32xv w = __builtin_convertvector(h, u32xv) << 16;
+  vf f;
+  std::memcpy(&f, &w, sizeof f);
+  return f;
+}
+// fp16 weights (`--weights=fp16`): IEEE half, widened on load (F16C's vcvtph2ps on x86-64-v3).
+typedef _Float16 f16xv __attribute__((vector_size(VW * 2)));
+inline vf loadv(const _Float16 *p) {
+  f16xv h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, vf);
+}
+inline float tofloat(_Float16 x) { return float(x); }
+inline float tofloat(float x) { return x; }
+inline float tofloat(uint16_t x) {
+  uint32_t w = uint32_t(x) << 16;
+  float f;
+  std::memcpy(&f, &w, sizeof f);
+  return f;
+}
+inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int i = 0; i < VW; ++i)
+    s += v[i];
+  return s;
+}
+
+} // namespace moert_cpu
+
+#endif // MOERT_KERNELS_CPU_SIMD_H

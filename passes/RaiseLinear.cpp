@@ -1,0 +1,158 @@
+//===- RaiseLinear.cpp - MatMul / Gemm with a constant weight -> moe.linear ----===//
+//
+// Every linear layer left after the MoE fusion passes (attention projections, dense MLPs, LM heads, MLP
+// routers) becomes one `moe.linear`: `MatMul(x, W)` or `Gemm(x, W, C)` with W a constant 2-D matrix (seen
+// through a 2-D `Transpose`, as some exporters leave it), a constant bias (`Gemm`'s C or a following `Add`),
+// and a residual `Add` of another value of the same type when the layer's result feeds nothing else.
+// Codegen turns each into a linear dispatch (kernels/cpu/linear.h).
+//
+//===----------------------------------------------------------------------===//
+#include "ir/MoEOps.h"
+#include "ir/ONNXOps.h"
+#include "passes/MatchUtils.h"
+#include "passes/Passes.h"
+
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/Matchers.h"
+
+#include <cstring>
+
+namespace moec {
+#define GEN_PASS_DEF_MOERAISELINEARPASS
+#include "passes/Passes.h.inc"
+} // namespace moec
+
+using namespace mlir;
+using namespace moec;
+namespace ox = moec::onnxir;
+namespace moe = moec::moe;
+
+namespace {
+
+/// W as a constant [K, N] value: the operand itself when it already is one, else a new constant holding the
+/// transpose of an [N, K] one.
+Value weightInOut(OpBuilder &b, Location loc, Value w, bool outIn, int64_t k, int64_t n) {
+  if (!outIn)
+    return w;
+  std::vector<char> src = constantBytes(w);
+  auto t = cast<RankedTensorType>(w.getType());
+  if (src.empty())
+    return {};
+  size_t width = src.size() / size_t(k * n);
+  std::vector<char> dst(src.size());
+  for (int64_t o = 0; o < n; ++o)
+    for (int64_t i = 0; i < k; ++i)
+      std::memcpy(&dst[(i * n + o) * width], &src[(o * k + i) * width], width);
+  return makeConstant(b, loc, RankedTensorType::get({k, n}, t.getElementType()), dst, "linear_weight");
+}
+
+/// Raises the MatMul / Gemm `mm`; returns why not, or "" when it did.
+std::string raise(Operation *mm) {
+  Value out = mm->getResult(0);
+  // A bias Add right after (MatMul + Add), when it is the only reader.
+  Value end = out;
+  if (out.hasOneUse())
+    if (auto add = dyn_cast<ox::AddOp>(*out.getUsers().begin()))
+      if (isa<ox::MatMulOp>(mm))
+        end = add.getResult();
+  auto lin = matchLinear(end);
+  if (!lin || lin->ops.back() != mm) {
+    lin = matchLinear(out);
+    end = out;
+  }
+  // MatMul(x, Transpose(W)) with W a constant [N, K].
+  Value wTransposed;
+  if (!lin)
+    if (auto m = dyn_cast<ox::MatMulOp>(mm))
+      if (auto tr = defOp<ox::TransposeOp>(m.getB())) {
+        auto perm = tr.getPerm();
+        auto wt = dyn_cast<RankedTensorType>(tr.getData().getType());
+        bool swap = !perm || (perm->size() == 2 && cast<IntegerAttr>((*perm)[0]).getInt() == 1);
+        if (swap && wt && wt.getRank() == 2 && wt.hasStaticShape() && matchPattern(tr.getData(), m_Constant())) {
+          LinearMatch l;
+          l.x = m.getA();
+          l.weight = tr.getData();
+          l.weightIsOutIn = true;
+          l.out = wt.getDimSize(0), l.in = wt.getDimSize(1);
+          l.ops.push_back(mm);
+          lin = l;
+          wTransposed = tr.getResult();
+        }
+      }
+  if (!lin)
+    return "not x @ W with W a constant 2-D matrix (or Gemm with transA / alpha != 1)";
+  auto xT = dyn_cast<RankedTensorType>(lin->x.getType());
+  auto wT = cast<RankedTensorType>(lin->weight.getType());
+  auto outT = dyn_cast<RankedTensorType>(end.getType());
+  if (!xT || !outT || xT.getRank() < 1 || outT.getRank() != xT.getRank())
+    return "the input or result has no known rank (or a batched weight)";
+  if (!xT.getElementType().isF32() || !wT.getElementType().isF32() || !outT.getElementType().isF32())
+    return "only f32 activations and weights are raised (got " +
+           std::string(xT.getElementType().isF32() ? "non-f32 weights" : "non-f32 activations") + ")";
+  if (xT.getShape().back() != lin->in)
+    return "the input's last dim does not match the weight";
+  OpBuilder b(mm);
+  Value w = weightInOut(b, mm->getLoc(), lin->weight, lin->weightIsOutIn, lin->in, lin->out);
+  if (!w)
+    return "the weight is not a readable constant";
+  Value bias;
+  if (lin->bias) {
+    auto bt = cast<RankedTensorType>(lin->bias.getType());
+    std::vector<char> bytes = constantBytes(lin->bias);
+    if (!bt.getElementType().isF32() || bytes.empty())
+      return "the bias is not a readable f32 constant";
+    auto ft = RankedTensorType::get({lin->out}, bt.getElementType());
+    bias = bt == ft ? lin->bias : makeConstant(b, mm->getLoc(), ft, bytes, "linear_bias");
+  }
+  auto op = b.create<moe::LinearOp>(mm->getLoc(), outT, lin->x, w, /*scales=*/Value(), /*zero_points=*/Value(), bias,
+                                    /*residual=*/Value(), moe::Storage::fp32, /*block_size=*/32,
+                                    moe::WeightQuantAttr());
+  op->setAttr("moe.source", b.getStringAttr(mm->getName().stripDialect()));
+  if (lin->bias)
+    noteFused(op, "bias");
+  end.replaceAllUsesWith(op.getResult());
+  for (Operation *dead : lin->ops)
+    if (dead->use_empty())
+      dead->erase();
+  if (wTransposed && wTransposed.use_empty())
+    wTransposed.getDefiningOp()->erase();
+
+  // A residual connection: Add(linear, r) with r of the same type, when the Add is the only reader.
+  Value res = op.getResult();
+  if (res.hasOneUse())
+    if (auto add = dyn_cast<ox::AddOp>(*res.getUsers().begin())) {
+      Value r = otherOperand(add, res);
+      if (r && r != res && r.getType() == res.getType() && !matchPattern(r, m_Constant())) {
+        op->moveBefore(add);
+        op.getResidualMutable().assign(r);
+        noteFused(op, "residual");
+        add.getResult().replaceAllUsesWith(res);
+        add->erase();
+      }
+    }
+  return "";
+}
+
+struct MoERaiseLinearPass final : moec::impl::MoERaiseLinearPassBase<MoERaiseLinearPass> {
+  using Base::Base;
+  void runOnOperation() override {
+    SmallVector<Operation *> candidates;
+    getOperation()->walk([&](Operation *op) {
+      if (isa<ox::MatMulOp, ox::GemmOp>(op))
+        candidates.push_back(op);
+    });
+    for (Operation *mm : candidates) {
+      // Only layers with a constant weight are linear layers (activation x activation products are
+      // attention's, left to the op kernels).
+      Value w = mm->getOperand(1);
+      if (auto tr = defOp<ox::TransposeOp>(w))
+        w = tr.getData();
+      if (!matchPattern(w, m_Constant()))
+        continue;
+      std::string why = raise(mm);
+      remarkIfUnfused(remarks, mm, "linear layer not raised", why);
+    }
+  }
+};
+
+} // namespace

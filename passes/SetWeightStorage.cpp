@@ -1,0 +1,74 @@
+//===- SetWeightStorage.cpp - record each dispatch's weight storage on the op --===//
+//
+// One decision, in the IR: how every MoE layer and linear layer stores its weights in the artifact. Codegen,
+// the cost model and --emit=mlir read the `storage` attribute; nothing downstream re-parses an option.
+//
+//===----------------------------------------------------------------------===//
+#include "ir/MoEOps.h"
+#include "ir/ONNXOps.h"
+#include "passes/MatchUtils.h"
+#include "passes/Passes.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+
+namespace moec {
+#define GEN_PASS_DEF_MOESETWEIGHTSTORAGEPASS
+#include "passes/Passes.h.inc"
+} // namespace moec
+
+using namespace mlir;
+using namespace moec;
+namespace ox = moec::onnxir;
+namespace moe = moec::moe;
+
+namespace {
+
+/// True when `v` reaches a func.return, directly or through reshapes.
+bool isGraphOutput(Value v) {
+  for (Operation *user : v.getUsers()) {
+    if (isa<func::ReturnOp>(user))
+      return true;
+    if (isa<ox::ReshapeOp, ox::IdentityOp, ox::SqueezeOp, ox::UnsqueezeOp>(user) && isGraphOutput(user->getResult(0)))
+      return true;
+  }
+  return false;
+}
+
+struct MoESetWeightStoragePass final : moec::impl::MoESetWeightStoragePassBase<MoESetWeightStoragePass> {
+  using Base::Base;
+  void runOnOperation() override {
+    auto parse = [&](StringRef what, StringRef name, moe::Storage &out) {
+      auto s = moe::symbolizeStorage(name);
+      if (!s) {
+        getOperation()->emitError() << "moe-set-weight-storage: " << what << "='" << name
+                                    << "' is not a storage (fp32, bf16, fp16, int8, int4)";
+        return false;
+      }
+      out = *s;
+      return true;
+    };
+    moe::Storage experts, dense, head;
+    if (!parse("experts", this->experts, experts) || !parse("dense", this->dense, dense) ||
+        !parse("lm-head", this->lmHead.empty() ? this->dense : this->lmHead, head))
+      return signalPassFailure();
+    if (blockSize < 16 || blockSize % 2) {
+      getOperation()->emitError() << "moe-set-weight-storage: block-size=" << blockSize
+                                  << " (input features per scale: an even number >= 16)";
+      return signalPassFailure();
+    }
+    MLIRContext *ctx = &getContext();
+    getOperation()->walk([&](Operation *op) {
+      if (auto m = dyn_cast<moe::SparseMoEOp>(op)) {
+        if (!m.getFc1QuantAttr()) // QMoE layers keep their own integers
+          m.setStorageAttr(moe::StorageAttr::get(ctx, experts));
+      } else if (auto l = dyn_cast<moe::LinearOp>(op)) {
+        if (l.getWeightQuantAttr()) // MatMulNBits: kept as imported
+          return;
+        l.setStorageAttr(moe::StorageAttr::get(ctx, isGraphOutput(l.getResult()) ? head : dense));
+        l.setBlockSize(blockSize);
+      }
+    });
+  }
+};
+
+} // namespace
