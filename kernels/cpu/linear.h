@@ -53,7 +53,7 @@ template <class C> struct Linear {
   static constexpr int QBITS = C::QBITS;
   static constexpr int64_t BLK = QBITS ? C::QBLOCK : K; // features per scale (one block when not quantised)
   static constexpr int64_t KB = (K + BLK - 1) / BLK;
-  static constexpr int MR = QBITS ? (VW == 8 ? 4 : 8) : (VW == 8 ? 6 : 12);
+  static constexpr int MR = VW == 8 ? 6 : 12; // rows of a register tile
   // Bytes of a panel: K rows of NR weights; int4 packs two features per 16-byte row (see PANELB).
   static constexpr int64_t ROWB = QBITS == 8 ? NR : NR * int64_t(QBITS ? 0 : sizeof(typename C::W));
   static constexpr int64_t PANELB = QBITS == 4 ? (K + 1) / 2 * NR : K * ROWB;
@@ -105,15 +105,14 @@ template <class C> struct Linear {
   }
 
   /// acc[i] += input rows a[i * K + k0 .. k1) x panel p's features [k0, k1). k0 is a multiple of BLK.
-  /// Decode (M <= 2) keeps two accumulator sets over alternate features so the FMA chains overlap; quantised
-  /// weights are then summed as codes per block and scaled once per block (w = code * s + o, so
-  /// sum w x = s * sum code x + o * sum x; o = -8 s for symmetric int4), one FMA per weight vector. Prefill
-  /// dequantises each loaded row once for all M rows.
+  /// Plain weights: decode (M <= 2) keeps two accumulator sets over alternate features so the FMA chains
+  /// overlap. Quantised weights (decode only, M <= 2: more rows go through dequant() and plainTile()) are
+  /// summed as codes per block and scaled once per block (w = code * s + o, so sum w x = s * sum code x +
+  /// o * sum x, with o = -8 s for symmetric int4): one FMA per weight vector.
   template <int M>
-  static inline void tile(const uint8_t *panel, const float *scales, const float *offsets, const float *a,
-                          int64_t k0, int64_t k1, vf (&acc)[M][NV]) {
+  __attribute__((always_inline)) static inline void tile(const uint8_t *panel, const float *scales, const float *offsets, const float *a,
+                          const float *xsum, int64_t k0, int64_t k1, vf (&acc)[M][NV]) {
     constexpr int U = M <= 2 ? 2 : 1;
-    constexpr bool CODES = QBITS != 0 && M <= 2;
     constexpr bool OFFSET = C::AFFINE || QBITS == 4; // an offset term (zero points, or int4's centre 8)
     vf part[U][M][NV] = {};
     for (int64_t kb = k0; kb < k1; kb += BLK) {
@@ -152,94 +151,57 @@ template <class C> struct Linear {
             for (int v = 0; v < NV; ++v)
               part[0][i][v] += x * loadv(p + k * NR + v * VW);
           }
-      } else if constexpr (CODES) {
-        vf b[2][M][NV] = {};
-        float sx[M] = {};
+      } else {
+        // Four accumulator sets (features k..k+3) so four FMA chains overlap; sum x per block comes
+        // precomputed (`xsum`, [M][KB]), shared by every panel.
+        vf b[4][M][NV] = {};
         int64_t k = kb;
-        for (; k + 2 <= ke; k += 2) {
+        for (; k + 4 <= ke; k += 4) {
+          vf c[4][NV];
+          if constexpr (QBITS == 4) {
+            codes4(panel, k, c[0], c[1]);
+            codes4(panel, k + 2, c[2], c[3]);
+          } else {
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+              codes8(panel, k + u, c[u]);
+          }
+#pragma unroll
+          for (int u = 0; u < 4; ++u)
+#pragma unroll
+            for (int i = 0; i < M; ++i) {
+              const vf x = splat(a[i * K + k + u]);
+#pragma unroll
+              for (int v = 0; v < NV; ++v)
+                b[u][i][v] += x * c[u][v];
+            }
+        }
+        for (; k < ke; k += 2) { // the block's last features (a block of 2 mod 4, or K odd)
           vf c0[NV], c1[NV];
           if constexpr (QBITS == 4) {
             codes4(panel, k, c0, c1);
           } else {
             codes8(panel, k, c0);
-            codes8(panel, k + 1, c1);
+            if (k + 1 < ke)
+              codes8(panel, k + 1, c1);
           }
 #pragma unroll
-          for (int i = 0; i < M; ++i) {
-            const float x0 = a[i * K + k], x1 = a[i * K + k + 1];
-            if (OFFSET)
-              sx[i] += x0 + x1;
+          for (int i = 0; i < M; ++i)
 #pragma unroll
             for (int v = 0; v < NV; ++v) {
-              b[0][i][v] += splat(x0) * c0[v];
-              b[1][i][v] += splat(x1) * c1[v];
+              b[0][i][v] += splat(a[i * K + k]) * c0[v];
+              if (k + 1 < ke)
+                b[1][i][v] += splat(a[i * K + k + 1]) * c1[v];
             }
-          }
-        }
-        if (k < ke) { // an odd block end (K odd)
-          vf c0[NV], c1[NV];
-          if constexpr (QBITS == 4)
-            codes4(panel, k, c0, c1);
-          else
-            codes8(panel, k, c0);
-#pragma unroll
-          for (int i = 0; i < M; ++i) {
-            const float x0 = a[i * K + k];
-            if (OFFSET)
-              sx[i] += x0;
-#pragma unroll
-            for (int v = 0; v < NV; ++v)
-              b[0][i][v] += splat(x0) * c0[v];
-          }
         }
 #pragma unroll
         for (int i = 0; i < M; ++i)
 #pragma unroll
           for (int v = 0; v < NV; ++v) {
-            part[0][i][v] += s[v] * (b[0][i][v] + b[1][i][v]);
+            part[0][i][v] += s[v] * ((b[0][i][v] + b[1][i][v]) + (b[2][i][v] + b[3][i][v]));
             if (OFFSET)
-              part[1][i][v] += o[v] * sx[i];
+              part[U - 1][i][v] += o[v] * xsum[i * KB + kb / BLK];
           }
-      } else {
-        int64_t k = kb;
-        for (; k + 2 <= ke; k += 2) {
-          vf w0[NV], w1[NV];
-          if constexpr (QBITS == 4) {
-            codes4(panel, k, w0, w1);
-          } else {
-            codes8(panel, k, w0);
-            codes8(panel, k + 1, w1);
-          }
-#pragma unroll
-          for (int v = 0; v < NV; ++v) {
-            w0[v] = OFFSET ? w0[v] * s[v] + o[v] : w0[v] * s[v];
-            w1[v] = OFFSET ? w1[v] * s[v] + o[v] : w1[v] * s[v];
-          }
-#pragma unroll
-          for (int i = 0; i < M; ++i) {
-            const vf x0 = splat(a[i * K + k]), x1 = splat(a[i * K + k + 1]);
-#pragma unroll
-            for (int v = 0; v < NV; ++v)
-              part[0][i][v] += x0 * w0[v] + x1 * w1[v];
-          }
-        }
-        if (k < ke) {
-          vf w0[NV], w1[NV];
-          if constexpr (QBITS == 4)
-            codes4(panel, k, w0, w1);
-          else
-            codes8(panel, k, w0);
-#pragma unroll
-          for (int v = 0; v < NV; ++v)
-            w0[v] = OFFSET ? w0[v] * s[v] + o[v] : w0[v] * s[v];
-#pragma unroll
-          for (int i = 0; i < M; ++i) {
-            const vf x0 = splat(a[i * K + k]);
-#pragma unroll
-            for (int v = 0; v < NV; ++v)
-              part[0][i][v] += x0 * w0[v];
-          }
-        }
       }
     }
 #pragma unroll
@@ -253,15 +215,76 @@ template <class C> struct Linear {
       }
   }
 
+  /// acc[i] += a rows x a dequantised f32 slice `p` of a panel ([k1 - k0][NR], features k0..k1).
+  template <int M>
+  __attribute__((always_inline)) static inline void plainTile(const float *p, const float *a, int64_t k0, int64_t k1, vf (&acc)[M][NV]) {
+    vf part[M][NV] = {};
+    for (int64_t k = k0; k < k1; ++k) {
+      vf w[NV];
+#pragma unroll
+      for (int v = 0; v < NV; ++v)
+        w[v] = loadv(p + (k - k0) * NR + v * VW);
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        const vf x = splat(a[i * K + k]);
+#pragma unroll
+        for (int v = 0; v < NV; ++v)
+          part[i][v] += x * w[v];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < M; ++i)
+#pragma unroll
+      for (int v = 0; v < NV; ++v)
+        acc[i][v] += part[i][v];
+  }
+
+  /// Features [k0, k1) of quantised panel p as f32 into `out` ([k1 - k0][NR]): done once per panel and K
+  /// block in prefill, then every row tile of the block runs the f32 micro-kernel on it.
+  static void dequant(const moert_linear_args &a, int64_t p, int64_t k0, int64_t k1, float *out) {
+    const uint8_t *panel = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
+    const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
+    const float *of = C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
+    constexpr bool OFFSET = C::AFFINE || QBITS == 4;
+    for (int64_t kb = k0; kb < k1; kb += BLK) {
+      const int64_t ke = std::min<int64_t>(k1, kb + BLK);
+      vf s[NV], o[NV];
+#pragma unroll
+      for (int v = 0; v < NV; ++v) {
+        s[v] = loadv(sc + (kb / BLK) * NR + v * VW);
+        o[v] = C::AFFINE ? loadv(of + (kb / BLK) * NR + v * VW) : QBITS == 4 ? s[v] * -8.0f : vf{};
+      }
+      for (int64_t k = kb; k < ke; k += 2) {
+        vf c0[NV], c1[NV];
+        if constexpr (QBITS == 4) {
+          codes4(panel, k, c0, c1);
+        } else {
+          codes8(panel, k, c0);
+          if (k + 1 < ke)
+            codes8(panel, k + 1, c1);
+        }
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+          storev(out + (k - k0) * NR + v * VW, OFFSET ? c0[v] * s[v] + o[v] : c0[v] * s[v]);
+          if (k + 1 < ke)
+            storev(out + (k + 1 - k0) * NR + v * VW, OFFSET ? c1[v] * s[v] + o[v] : c1[v] * s[v]);
+        }
+      }
+    }
+  }
+
   struct Ctx {
     const moert_linear_args *a;
     int64_t rowBlock, rowBlocks, group, groups;
+    const float *xsum; // decode with quantised weights: [M][KB] sums of each row's inputs per block
   };
 
   /// Rows [r, r + M) x panel p over features [k0, k1): the first K block starts from the bias (or zero), the
   /// others from the output so far; the last adds the residual. Columns past N (the last panel's padding)
   /// are never stored.
-  template <int M> static void block(const moert_linear_args &a, int64_t r, int64_t p, int64_t k0, int64_t k1) {
+  template <int M, bool DQ>
+  static void block(const moert_linear_args &a, const float *xsum, const float *deq, int64_t r, int64_t p, int64_t k0,
+                    int64_t k1) {
     const uint8_t *w = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
     const float *sc = QBITS ? static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR : nullptr;
     const float *of = QBITS && C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR
@@ -284,7 +307,10 @@ template <class C> struct Linear {
           acc[i][v] = loadv(tmp + v * VW);
       }
     }
-    tile<M>(w, sc, of, a.input + r * K, k0, k1, acc);
+    if constexpr (DQ)
+      plainTile<M>(deq, a.input + r * K, k0, k1, acc);
+    else
+      tile<M>(w, sc, of, a.input + r * K, xsum ? xsum + r * KB : nullptr, k0, k1, acc);
     const bool last = k1 == K;
     for (int i = 0; i < M; ++i) {
       float tmp[NR];
@@ -299,13 +325,15 @@ template <class C> struct Linear {
     }
   }
 
-  static void rows(const moert_linear_args &a, int64_t m, int64_t r, int64_t p, int64_t k0, int64_t k1) {
+  template <bool DQ>
+  static void rows(const moert_linear_args &a, const float *xsum, const float *deq, int64_t m, int64_t r, int64_t p,
+                   int64_t k0, int64_t k1) {
     static_assert(MR <= 12, "row tiles of at most 12");
     switch (m) {
 #define MOERT_LIN_CASE(n)                                                                                      \
   case n:                                                                                                      \
     if constexpr (n <= MR)                                                                                     \
-      return block<n>(a, r, p, k0, k1);                                                                        \
+      return block<n, DQ>(a, xsum, deq, r, p, k0, k1);                                                                      \
     break;
       MOERT_LIN_CASE(1) MOERT_LIN_CASE(2) MOERT_LIN_CASE(3) MOERT_LIN_CASE(4) MOERT_LIN_CASE(5)
       MOERT_LIN_CASE(6) MOERT_LIN_CASE(7) MOERT_LIN_CASE(8) MOERT_LIN_CASE(9) MOERT_LIN_CASE(10)
@@ -323,12 +351,28 @@ template <class C> struct Linear {
     const int64_t rb = item / c.groups, g = item % c.groups;
     const int64_t r0 = rb * c.rowBlock, r1 = std::min(M, r0 + c.rowBlock);
     const int64_t p0 = g * c.group, p1 = std::min(NP, p0 + c.group);
+    if (QBITS && M > 2)
+      return dequantised(c, r0, r1, p0, p1);
     const int64_t kc = M <= MR ? K : KC; // decode: one pass over K (no partial sums through memory)
     for (int64_t k0 = 0; k0 < K; k0 += kc) {
       const int64_t k1 = std::min(K, k0 + kc);
       for (int64_t pp = p0; pp < p1; ++pp)
         for (int64_t r = r0; r < r1; r += MR)
-          rows(a, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+          rows<false>(a, c.xsum, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+    }
+  }
+
+  /// Quantised weights and more than 2 rows: each panel's K block dequantised once, then the f32 micro-kernel.
+  __attribute__((noinline)) static void dequantised(const Ctx &c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+    const moert_linear_args &a = *c.a;
+    alignas(64) float deq[QBITS ? KC * NR : 1];
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      const int64_t k1 = std::min(K, k0 + KC);
+      for (int64_t pp = p0; pp < p1; ++pp) {
+        dequant(a, pp, k0, k1, deq);
+        for (int64_t r = r0; r < r1; r += MR)
+          rows<true>(a, nullptr, deq, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+      }
     }
   }
 
@@ -345,6 +389,18 @@ template <class C> struct Linear {
     const int64_t want = 4 * std::max(1, ex.threads);
     c.group = std::clamp<int64_t>(NP * c.rowBlocks / want, 1, kLinMaxGroup);
     c.groups = (NP + c.group - 1) / c.group;
+    // Decode with quantised weights sums codes per block and needs each row's input sum per block.
+    float xsum[QBITS ? 2 * KB : 1];
+    if (QBITS && M <= 2) {
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t b = 0; b < KB; ++b) {
+          float t = 0.0f;
+          for (int64_t k = b * BLK; k < std::min<int64_t>(K, (b + 1) * BLK); ++k)
+            t += a->input[i * K + k];
+          xsum[i * KB + b] = t;
+        }
+      c.xsum = xsum;
+    }
     const int64_t items = c.rowBlocks * c.groups;
     if (items == 1 || ex.threads <= 1) {
       for (int64_t i = 0; i < items; ++i)
