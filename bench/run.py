@@ -258,7 +258,7 @@ def main():
     ap.add_argument("--no-readme", action="store_true", help="do not copy the table into README.md")
     ap.add_argument("--only", default=None,
                     help="run only these workloads, comma-separated: zaya1, olmoe, moepp, mixtral, olmoe_pytorch, "
-                         "stack32 (implies --no-readme)")
+                         "stack32, whole (implies --no-readme)")
     args = ap.parse_args()
     import onnxruntime as ort
     os.makedirs(CACHE, exist_ok=True)
@@ -377,6 +377,19 @@ def main():
               f"{stack['artifact_gb']} GB), loaded in {load_ms:.0f} ms, one token through all layers "
               f"{decode_best:.2f} ms", flush=True)
 
+    whole_rows = []
+    if not args.quick and (not only or "whole" in only):  # a whole MoE LM with its KV cache (bench/whole_model.py)
+        print("== Qwen3-MoE-like decoder with KV cache (H 2048, 32q/4kv heads, 32 experts top-4, F 768, vocab "
+              "32000, 2 layers)", flush=True)
+        import whole_model
+        import llama_peer
+        try:
+            whole_rows = whole_model.run(args.build, args.threads, variants, roof, min(args.repeat, 5))
+            types = [t for t, s in llama_peer.PAIRS.items() if s in variants]
+            whole_model.add_peer(whole_rows, llama_peer.run(args.threads, types, min(args.repeat, 5)))
+        except ImportError as err:
+            print(f"   skipped: {err} (needs torch and transformers)", flush=True)
+
     # The roofline once more at the end: a noisy moment at the start would understate the machine and inflate
     # every fraction. The best of the two measurements counts, and the fractions are computed from it.
     again = roofline(args.threads)
@@ -390,7 +403,7 @@ def main():
         row["roofline_fraction"] = round(bound_ms / row["moec_median_ms"], 2)
 
     result = dict(machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads, roofline=roof),
-                  date=time.strftime("%Y-%m-%d %H:%M"), quick=args.quick, rows=rows, stack=stack)
+                  date=time.strftime("%Y-%m-%d %H:%M"), quick=args.quick, rows=rows, stack=stack, whole=whole_rows)
     with open(os.path.join(args.out, "latest.json"), "w") as f:
         json.dump(result, f, indent=1)
     lines = [f"Measured {result['date']} with {args.threads} threads. Roofline: read {roof['read_gbs']} GB/s, triad "
@@ -411,6 +424,13 @@ def main():
                   f"experts, top-{stack['top_k']}, F={stack['ffn']}, {stack['weights_gb']} GB of fp32 weights): "
                   f"{stack['compile_s']} s; artifact {stack['artifact_gb']} GB, loaded in {stack['load_ms']} ms; one "
                   f"token through all layers {stack['decode_ms']} ms."]
+    if whole_rows:
+        lines += ["", "Whole model: a Qwen3-MoE-like decoder with KV cache (hidden 2048, 32 query / 4 KV heads of 128, "
+                  "32 experts top-4 with F 768, vocab 32000, 2 layers; random weights, exported by torch.onnx with "
+                  "past_key_values). moec's --weights sets experts and dense layers; ONNX Runtime runs the fp32 "
+                  "file; llama.cpp runs the same weights as GGUF (F32 / BF16 / Q8_0 / Q4_0). Roofline: every byte a "
+                  "call reads (weights, chosen experts, KV cache) at the read bandwidth, or its FLOPs at the FP32 peak.",
+                  "", whole_model.table(whole_rows)]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "latest.md"), "w") as f:
         f.write(table)

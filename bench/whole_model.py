@@ -15,7 +15,10 @@ router, the 4 chosen experts of each layer, one embedding row, the KV cache) at 
 or the FLOPs at the FP32 peak, as a fraction of moec's time; and the share of moec's time in compiled
 dispatches (linear and MoE) vs op steps, from a `moert run --profile` trace.
 
-    python3 bench/whole_model.py [--build build] [--threads N] [--weights fp32,bf16,int8,int4]
+llama.cpp runs the same weights (bench/llama_peer.py: GGUF F32 / BF16 / Q8_0 / Q4_0 next to moec's fp32 / bf16 /
+int8 / int4) when llama-cpp-python and gguf are installed.
+
+    python3 bench/whole_model.py [--build build] [--threads N] [--weights fp32,bf16,int8,int4] [--no-llama]
     (also run by bench/run.py: `make bench`, or `--only whole`)
 """
 import argparse
@@ -199,15 +202,27 @@ def run(build, threads, storages, roof, repeat=5):
     return rows
 
 
+def add_peer(rows, peer):
+    """Adds llama.cpp's times (bench/llama_peer.py: {(storage, step, T): (best, median, type)}) to the rows."""
+    for r in rows:
+        hit = peer.get((r["storage"], r["kind"], r["tokens"]))
+        if hit:
+            r["llama_ms"], r["llama_median_ms"], r["llama_type"] = round(hit[0], 2), round(hit[1], 2), hit[2]
+            r["vs_llama"] = round(hit[0] / r["moec_ms"], 2)
+
+
 def table(rows):
     lines = ["| moec weights | step | T | past | moec ms (best / median) | tokens/s | ORT fp32 ms (best / median) | "
-             "moec/ORT | MB read | GFLOP | roofline ms | moec fraction of roofline | time in linear / MoE / op steps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "moec/ORT | llama.cpp ms (type; best / median) | moec/llama.cpp | MB read | GFLOP | roofline ms | "
+             "moec fraction of roofline | time in linear / MoE / op steps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        ort_cell = "out of memory" if r["speedup"] is None else f"{r['ort_ms']} / {r['ort_median_ms']}"
+        llama_cell = (f"{r['llama_type']}: {r['llama_ms']} / {r['llama_median_ms']}" if "llama_ms" in r else "-")
         lines.append(f"| {r['storage']} | {r['kind']} | {r['tokens']} | {r['past']} | {r['moec_ms']} / "
-                     f"{r['moec_median_ms']} | {r['tokens_per_s']} | "
-                     f"{'out of memory' if r['speedup'] is None else str(r['ort_ms']) + ' / ' + str(r['ort_median_ms'])} | "
-                     f"{r['speedup'] or '-'} | {r['mb']} | {r['gflop']} | {r['roofline_ms']} | {r['roofline_fraction']} | "
+                     f"{r['moec_median_ms']} | {r['tokens_per_s']} | {ort_cell} | {r['speedup'] or '-'} | "
+                     f"{llama_cell} | {r.get('vs_llama', '-')} | {r['mb']} | {r['gflop']} | {r['roofline_ms']} | "
+                     f"{r['roofline_fraction']} | "
                      f"{r['linear_share']:.0%} / {r['moe_share']:.0%} / {r['op_share']:.0%} |")
     return "\n".join(lines)
 
@@ -218,12 +233,17 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--weights", default="fp32,bf16,int8,int4")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp (bench/llama_peer.py)")
     args = ap.parse_args()
     sys.path.insert(0, HERE)
     from run import roofline
     roof = roofline(args.threads)
     print(f"roofline: read {roof['read_gbs']} GB/s, FP32 peak {roof['fp32_gflops']} GFLOP/s", flush=True)
     rows = run(args.build, args.threads, args.weights.split(","), roof, args.repeat)
+    if not args.no_llama:
+        import llama_peer
+        types = [t for t, s in llama_peer.PAIRS.items() if s in args.weights.split(",")]
+        add_peer(rows, llama_peer.run(args.threads, types, args.repeat))
     print("\n" + table(rows))
 
 

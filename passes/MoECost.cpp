@@ -2,6 +2,7 @@
 #include "passes/MoECost.h"
 
 #include "ir/MoEOps.h"
+#include "kernels/cpu/moert_kernel_abi.h"
 
 using namespace mlir;
 
@@ -17,11 +18,28 @@ int64_t MoELayerCost::weightBytesPerToken() const {
   return weightBytesPerExpert < 0 ? -1 : expertsPerToken * weightBytesPerExpert + sharedWeightBytes;
 }
 
+double storedWeightBytes(int storage, int64_t block) {
+  switch (moe::Storage(storage)) {
+  case moe::Storage::bf16:
+  case moe::Storage::fp16:
+    return 2.0;
+  case moe::Storage::int8:
+    return 1.0 + 4.0 / double(block);
+  case moe::Storage::int4:
+    return 0.5 + 4.0 / double(block);
+  default:
+    return 4.0;
+  }
+}
+
 namespace {
-/// Bytes of one stored value of a weight tensor: packed bits when quantised, the element width otherwise.
-double valueBytes(RankedTensorType t, moe::WeightQuantAttr q) {
+/// Bytes of one stored value of a weight tensor: packed bits when quantised, else what `storage` stores (f32
+/// weights), scales included.
+double valueBytes(RankedTensorType t, moe::WeightQuantAttr q, moe::Storage storage) {
   if (q)
     return q.getBits() / 8.0;
+  if (t.getElementType().isF32() && storage != moe::Storage::fp32)
+    return storedWeightBytes(int(storage), MOERT_EXPERT_QBLOCK);
   return t.getElementTypeBitWidth() / 8.0;
 }
 
@@ -66,7 +84,7 @@ MoELayerCost computeMoELayerCost(moe::SparseMoEOp op) {
 
   auto fc1 = op.getFc1().getType(), fc2 = op.getFc2().getType();
   auto q1 = op.getFc1QuantAttr(), q2 = op.getFc2QuantAttr();
-  double b1 = valueBytes(fc1, q1), b2 = valueBytes(fc2, q2);
+  double b1 = valueBytes(fc1, q1, op.getStorage()), b2 = valueBytes(fc2, q2, op.getStorage());
   double perExpert = a * gate * h * b1 + scaleBytes(op.getFc1Scales(), q1, a * gate, h, h) + h * a * b2 +
                      scaleBytes(op.getFc2Scales(), q2, h, f, a) + predictorBytes;
   c.weightBytesPerExpert = static_cast<int64_t>(perExpert + 0.5);
@@ -80,10 +98,28 @@ MoELayerCost computeMoELayerCost(moe::SparseMoEOp op) {
     if (ShapedType::isDynamic(rows) || ShapedType::isDynamic(fs))
       return c;
     c.sharedFlops = 2 * h * rows + 2 * h * fs + (op.getSharedGate() ? 2 * h : 0);
-    c.sharedWeightBytes = (rows * h) * s1.getElementTypeBitWidth() / 8 + (h * fs) * s2.getElementTypeBitWidth() / 8 +
+    c.sharedWeightBytes = int64_t((rows * h) * valueBytes(s1, {}, op.getStorage()) +
+                                  (h * fs) * valueBytes(s2, {}, op.getStorage()) + 0.5) +
                           (op.getSharedGate() ? h * s1.getElementTypeBitWidth() / 8 : 0);
     c.totalWeightBytes += c.sharedWeightBytes;
   }
+  return c;
+}
+
+LinearLayerCost computeLinearLayerCost(moe::LinearOp op) {
+  LinearLayerCost c;
+  int64_t k = op.getInFeatures(), n = op.getOutFeatures();
+  if (ShapedType::isDynamic(k) || ShapedType::isDynamic(n))
+    return c;
+  c.flopsPerRow = 2 * k * n;
+  double bytes;
+  if (auto q = op.getWeightQuantAttr()) {
+    int64_t blocks = (k + q.getBlockSize() - 1) / q.getBlockSize();
+    bytes = double(n) * k * q.getBits() / 8.0 + n * blocks * 4.0 + (op.getZeroPoints() ? n * blocks * 4.0 : 0.0);
+  } else {
+    bytes = double(k) * n * storedWeightBytes(int(op.getStorage()), int64_t(op.getBlockSize()));
+  }
+  c.weightBytes = int64_t(bytes + (op.getBias() ? 4.0 * n : 0.0) + 0.5);
   return c;
 }
 

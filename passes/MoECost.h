@@ -7,6 +7,7 @@
 namespace moec {
 namespace moe {
 class SparseMoEOp;
+class LinearOp;
 }
 
 /// What one token costs in one MoE layer; all counts are upper bounds (every chosen expert is real).
@@ -27,6 +28,18 @@ struct MoELayerCost {
 };
 
 MoELayerCost computeMoELayerCost(moe::SparseMoEOp op);
+
+/// What one row costs in one linear layer: 2 K N FLOPs; its weight bytes as stored (storage with its block
+/// scales, or the imported codes, scales and zero points), all read once per call. -1 when K or N is dynamic.
+struct LinearLayerCost {
+  int64_t flopsPerRow = -1;
+  int64_t weightBytes = -1;
+};
+LinearLayerCost computeLinearLayerCost(moe::LinearOp op);
+
+/// Bytes one weight takes in `storage` (a moe::Storage value), with one f32 scale per `block` weights when
+/// quantised.
+double storedWeightBytes(int storage, int64_t block);
 
 } // namespace moec
 

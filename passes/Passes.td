@@ -17,7 +17,9 @@ def MoEPrintCostPass : Pass<"moe-print-cost"> {
     causes: FLOPs (router, predictor, the chosen experts' FFNs) and bytes of expert weights read, counting
     only the hidden dims a token computes (`keep` with a predictor, the largest masked-in count with a
     constant mask, all F otherwise). Bytes count the stored element width (packed bits plus scales for
-    quantised weights). Zero experts are counted as real ones, so the numbers are upper bounds.
+    quantised weights, the `storage` attribute's width plus its block scales for float ones). Zero experts
+    are counted as real ones, so the numbers are upper bounds. Each `moe.linear` gets a remark too: FLOPs per
+    row and its weight bytes as stored.
 
     This is the cost model the compile report and the benchmarks use to compute roofline fractions.
   }];
@@ -119,7 +121,7 @@ def MoERaiseLinearPass : Pass<"moe-raise-linear"> {
     values (attention's Q K^T and P V) are left alone. `x` may have any rank: leading dims are rows.
   }];
   let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
-  let dependentDialects = ["::mlir::arith::ArithDialect"];
+  let dependentDialects = ["::mlir::arith::ArithDialect", "::moec::moe::MoEDialect"];
 }
 
 def MoESetWeightStoragePass : Pass<"moe-set-weight-storage"> {

@@ -35,6 +35,17 @@ struct MoEPrintCostPass final : moec::impl::MoEPrintCostPassBase<MoEPrintCostPas
       diag << "), <= " << c.weightBytesPerToken() << " weight bytes; all expert weights " << c.totalWeightBytes
            << " bytes";
     });
+    getOperation()->walk([](moec::moe::LinearOp op) {
+      moec::LinearLayerCost c = moec::computeLinearLayerCost(op);
+      auto diag = mlir::emitRemark(op.getLoc());
+      diag << "linear K=" << dim(op.getInFeatures()) << " N=" << dim(op.getOutFeatures())
+           << " storage=" << moec::moe::stringifyStorage(op.getStorage());
+      if (c.flopsPerRow < 0)
+        diag << ": cost unknown (dynamic shapes)";
+      else
+        diag << ": per row " << c.flopsPerRow << " FLOPs, " << c.weightBytes << " weight bytes as stored (read once "
+             << "per call)";
+    });
     markAllAnalysesPreserved();
   }
 };

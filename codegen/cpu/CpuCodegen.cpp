@@ -456,7 +456,7 @@ struct Emitter {
       if (!f32Constant(op.getFc1(), "fc1", w1, error) || !f32Constant(op.getFc2(), "fc2", w2, error))
         return fail(op, error);
       if (qbits) {
-        qblock1 = qblock2 = 32;
+        qblock1 = qblock2 = MOERT_EXPERT_QBLOCK;
         r1 = quantizeRows(w1, e * g * f, h, qbits, qblock1);
         r2 = quantizeRows(w2, e * h, f, qbits, qblock2);
       }

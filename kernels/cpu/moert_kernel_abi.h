@@ -90,6 +90,8 @@ enum moert_storage {
   MOERT_STORAGE_INT8 = 3,
   MOERT_STORAGE_INT4 = 4
 };
+/* Input features per f32 scale of expert weights stored int8/int4 by moec (fc1 rows; fc2 column blocks). */
+#define MOERT_EXPERT_QBLOCK 32
 enum moert_linear_slot {
   MOERT_LIN_W = 0,       /* [NP][K][NR]: f32, bf16 or fp16; int8: one code a byte (signed, or unsigned with
                             offsets); int4: [NP][ceil(K / 2)][NR] bytes, byte j of row r holding column j of

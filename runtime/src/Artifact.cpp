@@ -170,6 +170,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   }
   int dispatchCount = 0, linearCount = 0;
   m.releaseAfter.assign(p.steps_size(), {});
+  m.opKernels.assign(p.steps_size(), nullptr);
   std::vector<int> lastUse(p.values_size(), -1);
   auto read = [&](int64_t id, int step) {
     if (!validId(id) || !ready[id])
@@ -196,7 +197,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       ready[d.output()] = 1;
       ++linearCount;
     } else if (s.has_op()) {
-      if (!isSupportedOp(s.op().op()))
+      m.opKernels[si] = findOpKernel(s.op().op());
+      if (!m.opKernels[si])
         return bad("uses op '" + s.op().op() + "', which this moert cannot run (written by a newer moec?)");
       for (int64_t id : s.op().inputs())
         if (id != -1 && !read(id, si))

@@ -3,6 +3,7 @@
 #define MOERT_SRC_MODEL_H
 
 #include "Gpu.h"
+#include "Ops.h"
 #include "ThreadPool.h"
 #include "kernels/cpu/moert_kernel_abi.h"
 #include "moert/moert.h"
@@ -54,6 +55,7 @@ struct moert_model {
   std::vector<moert::Dispatch> dispatches; // by MoEDispatch.index
   std::vector<moert::Linear> linears;      // by LinearDispatch.index
   std::vector<std::vector<uint32_t>> releaseAfter; // per step: values last read there (freed after it)
+  std::vector<const moert::OpEntry *> opKernels;   // per step: its op kernel, resolved at load (null: not an op)
   std::unique_ptr<moert::ThreadPool> pool;
   moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)
   std::string description;

@@ -1911,11 +1911,15 @@ bool trilu(Ctx &c) {
 }
 
 using OpFn = bool (*)(Ctx &);
+} // namespace
+
 struct OpEntry {
   const char *name;
   OpFn fn;
   bool widensHalf; // f16/bf16 computed in f32
 };
+
+namespace {
 
 const OpEntry kOps[] = {
     {"Abs", unary, true},          {"Ceil", unary, true},         {"Cos", unary, true},
@@ -1954,8 +1958,14 @@ const OpEntry *findOp(const std::string &op) {
 
 bool isSupportedOp(const std::string &op) { return findOp(op) != nullptr; }
 
+const OpEntry *findOpKernel(const std::string &op) { return findOp(op); }
+
 std::string runOp(const OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out, ThreadPool *pool) {
-  const OpEntry *e = findOp(s.op());
+  return runOp(findOp(s.op()), s, in, out, pool);
+}
+
+std::string runOp(const OpEntry *e, const OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out,
+                  ThreadPool *pool) {
   if (!e)
     return "op " + s.op() + " has no kernel in this moert";
   bool anyHalf = false;

@@ -44,8 +44,15 @@ struct OpTensor {
 
 bool isSupportedOp(const std::string &op);
 
+/// An op's kernel, found by name once (at load); null when this moert has none.
+struct OpEntry;
+const OpEntry *findOpKernel(const std::string &op);
+
 /// Runs one op: `out` arrives with each output's dtype set (from the program) and leaves computed. Returns
 /// an error message, empty on success.
+std::string runOp(const OpEntry *kernel, const proto::OpStep &s, const std::vector<OpTensor> &in,
+                  std::vector<OpTensor> &out, ThreadPool *pool);
+/// The same, finding the kernel by the step's op name.
 std::string runOp(const proto::OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out,
                   ThreadPool *pool);
 

@@ -256,7 +256,7 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
         outs[k].dtype = p.values(o.outputs(k)).type().dtype();
         place(o.outputs(k), outs[k]);
       }
-      std::string why = moert::runOp(o, ins, outs, m->pool.get());
+      std::string why = moert::runOp(m->opKernels[si], o, ins, outs, m->pool.get());
       if (!why.empty())
         return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
       for (int k = 0; k < o.outputs_size(); ++k) {

@@ -15,6 +15,7 @@
 #include "ir/MoEDialect.h"
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
+#include "passes/MoECost.h"
 #include "passes/Passes.h"
 #include "passes/Pipeline.h"
 
@@ -36,6 +37,8 @@
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
 #include "llvm/Support/raw_ostream.h"
+
+#include <map>
 
 using namespace llvm;
 
@@ -151,6 +154,17 @@ int error(const Twine &message) {
   return 1;
 }
 
+/// A byte count for people: KiB below a MiB, MiB above.
+std::string bytesText(int64_t b) {
+  std::string out;
+  raw_string_ostream os(out);
+  if (b < (1 << 20))
+    os << format("%.1f KiB", b / 1024.0);
+  else
+    os << format("%.1f MiB", b / 1048576.0);
+  return out;
+}
+
 /// One line per MoE layer: where, from which form, its shape and what was fused into it.
 void printReport(mlir::ModuleOp module, ArrayRef<std::string> misses) {
   using namespace moec::moe;
@@ -184,6 +198,24 @@ void printReport(mlir::ModuleOp module, ArrayRef<std::string> misses) {
     else
       for (auto f : fused.getAsRange<mlir::StringAttr>())
         errs() << " " << f.getValue();
+    errs() << "\n";
+    moec::MoELayerCost cost = moec::computeMoELayerCost(op);
+    if (cost.totalWeightBytes >= 0)
+      errs() << "      weights: " << (op.getFc1QuantAttr() ? "kept as imported" : stringifyStorage(op.getStorage()))
+             << ", " << bytesText(cost.totalWeightBytes) << " as stored, <= " << bytesText(cost.weightBytesPerToken())
+             << " read per token\n";
+  }
+  // Linear layers (moe.linear): how many, their weights as stored, by storage.
+  std::map<std::string, std::pair<int, int64_t>> linear;
+  module.walk([&](LinearOp op) {
+    auto &e = linear[stringifyStorage(op.getStorage()).str()];
+    e.first += 1;
+    e.second += std::max<int64_t>(0, moec::computeLinearLayerCost(op).weightBytes);
+  });
+  if (!linear.empty()) {
+    errs() << "  linear layers (one dispatch each):";
+    for (auto &[storage, e] : linear)
+      errs() << " " << e.first << " " << storage << " (" << bytesText(e.second) << ")";
     errs() << "\n";
   }
   if (!misses.empty()) {

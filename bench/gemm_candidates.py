@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""moec's linear kernel vs a BLAS on the same shapes, in one run: which one should linear dispatches use?
+
+Compiles tests/kernels/linear_kernel_test.cpp for this CPU (-march=native) and runs its --perf mode (K = N =
+2048, M = 1, 8, 128, 512, every storage, all threads), then times the BLAS numpy links (OpenBLAS in the PyPI
+wheels) on the same f32 GEMMs with the same threads. A BLAS only multiplies f32 (or bf16) matrices, so the
+narrow storages have no BLAS counterpart: decode with int8/int4 weights must read them as stored.
+
+    python3 bench/gemm_candidates.py [--threads N]
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def ours(threads):
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "perf")
+        subprocess.run(["clang++-19", "-std=c++17", "-O3", "-march=native", "-Wno-psabi", f"-I{ROOT}",
+                        f"-I{os.path.join(ROOT, 'kernels', 'cpu')}",
+                        os.path.join(ROOT, "tests", "kernels", "linear_kernel_test.cpp"),
+                        os.path.join(ROOT, "codegen", "WeightPacking.cpp"), "-o", exe, "-lpthread"], check=True)
+        env = dict(os.environ)
+        out = subprocess.run([exe, "--perf"], capture_output=True, text=True, check=True, env=env).stdout
+    rows = {}
+    for m in re.finditer(r"perf (\S+)\s+K=(\d+) N=(\d+) M=(\d+)\s+([\d.]+) ms\s+([\d.]+) GFLOP/s\s+([\d.]+) GB/s", out):
+        rows[(m.group(1), int(m.group(4)))] = (float(m.group(5)), float(m.group(6)), float(m.group(7)))
+    return rows
+
+
+def blas(threads):
+    os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    import numpy as np
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2048, 2048), dtype=np.float32)
+    res = {}
+    for m in (1, 8, 128, 512):
+        x = rng.standard_normal((m, 2048), dtype=np.float32)
+        x @ w
+        best = 1e30
+        for _ in range(50 if m < 128 else 5):
+            t0 = time.perf_counter()
+            x @ w
+            best = min(best, time.perf_counter() - t0)
+        res[m] = (best * 1e3, 2 * m * 2048 * 2048 / best / 1e9, 2048 * 2048 * 4 / best / 1e9)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    # numpy reads OPENBLAS_NUM_THREADS at import: run the BLAS side in a child with it set.
+    code = (f"import sys; sys.path.insert(0, {HERE!r}); import gemm_candidates as g; "
+            f"print(repr(g.blas({args.threads})))")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    b = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout)
+    import numpy as np
+    cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    o = ours(args.threads)
+    print(f"K = N = 2048, {args.threads} threads; BLAS: {cfg.get('name')} {cfg.get('version')} (numpy's)\n")
+    print("| M | BLAS f32 ms | moec f32 ms | moec bf16 ms | moec int8 ms | moec int4 ms | moec f32 GFLOP/s | BLAS GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m in (1, 8, 128, 512):
+        print(f"| {m} | {b[m][0]:.3f} | {o[('fp32', m)][0]:.3f} | {o[('bf16', m)][0]:.3f} | {o[('int8', m)][0]:.3f} | "
+              f"{o[('int4', m)][0]:.3f} | {o[('fp32', m)][1]:.1f} | {b[m][1]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

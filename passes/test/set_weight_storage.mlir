@@ -1,0 +1,19 @@
+// moe-set-weight-storage: every dispatch's storage on the op; the LM head (a linear whose result is returned)
+// can be kept wider; imported quantised weights keep theirs.
+// RUN: moec-opt %s --moe-set-weight-storage="experts=int8 dense=int4 lm-head=bf16 block-size=64" | FileCheck %s
+// RUN: not moec-opt %s --moe-set-weight-storage="dense=int3" 2>&1 | FileCheck %s --check-prefix=BAD
+
+// CHECK-LABEL: func.func @model
+// CHECK: moe.linear %arg0, %{{.+}} {block_size = 64 : i64, storage = #moe.storage<int4>}
+// CHECK: moe.sparse_moe {{.*}}storage = #moe.storage<int8>
+// CHECK: moe.linear %{{.+}}, %{{.+}} {block_size = 64 : i64, storage = #moe.storage<bf16>}
+// BAD: error: moe-set-weight-storage: dense='int3' is not a storage (fp32, bf16, fp16, int8, int4)
+func.func @model(%x: tensor<?x4xf32>, %r: tensor<4x2xf32>, %w1: tensor<2x2x4xf32>, %w2: tensor<2x4x2xf32>,
+                 %head: tensor<4x8xf32>) -> tensor<?x8xf32> {
+  %w = onnx.Constant dense<1.0> : tensor<4x4xf32>
+  %h = moe.linear %x, %w : (tensor<?x4xf32>, tensor<4x4xf32>) -> tensor<?x4xf32>
+  %m = moe.sparse_moe %h, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
+     : (tensor<?x4xf32>, tensor<4x2xf32>, tensor<2x2x4xf32>, tensor<2x4x2xf32>) -> tensor<?x4xf32>
+  %y = moe.linear %m, %head : (tensor<?x4xf32>, tensor<4x8xf32>) -> tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
