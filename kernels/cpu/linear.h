@@ -60,6 +60,9 @@ template <class C> struct Linear {
   static constexpr int64_t KC = K <= kLinKC ? K : !QBITS ? kLinKC : BLK >= K ? K : (kLinKC + BLK - 1) / BLK * BLK;
   static_assert(!QBITS || BLK % 2 == 0, "quantisation blocks of an even number of features");
   static_assert(NR == 16, "the int4 and int8 loads are written for 16-column panels");
+  static_assert(kLinMC % MR == 0, "row blocks are whole tiles");
+  // Prefill packs a row block's K block of inputs (kLinMC x KC floats on the stack): only for K blocks that fit.
+  static constexpr bool PACK_A = KC <= 1024;
 
   /// Weight slot sizes (checked by moert against the artifact's sections).
   static uint64_t weightBytes(int slot) {
@@ -104,14 +107,41 @@ template <class C> struct Linear {
     split(__builtin_convertvector(x >> 4, f32x16), c1);
   }
 
+  /// Input value (row i of the tile, feature k): rows of K features (decode), or packed (prefill: a K block
+  /// of a tile's MR rows stored feature-major, [k - k0][MR], so one feature's MR values share a cache line and
+  /// the rows' K-strided addresses do not fight over L1 sets).
+  template <bool PK> static inline float ax(const float *a, int i, int64_t k, int64_t k0) {
+    return PK ? a[(k - k0) * MR + i] : a[i * K + k];
+  }
+
+  /// Packs rows [r0, r1) x features [k0, k1) of the input tile by tile ([tile][k - k0][MR], rows past r1 zero).
+  static void packA(const float *in, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float *out) {
+    const int64_t kn = k1 - k0;
+    for (int64_t t = 0; r0 + t * MR < r1; ++t) {
+      float *dst = out + t * KC * MR;
+      for (int i = 0; i < MR; ++i) {
+        const int64_t row = r0 + t * MR + i;
+        if (row < r1) {
+          const float *src = in + row * K + k0;
+          for (int64_t k = 0; k < kn; ++k)
+            dst[k * MR + i] = src[k];
+        } else {
+          for (int64_t k = 0; k < kn; ++k)
+            dst[k * MR + i] = 0.0f;
+        }
+      }
+    }
+  }
+
   /// acc[i] += input rows a[i * K + k0 .. k1) x panel p's features [k0, k1). k0 is a multiple of BLK.
   /// Plain weights: decode (M <= 2) keeps two accumulator sets over alternate features so the FMA chains
   /// overlap. Quantised weights (decode only, M <= 2: more rows go through dequant() and plainTile()) are
   /// summed as codes per block and scaled once per block (w = code * s + o, so sum w x = s * sum code x +
   /// o * sum x, with o = -8 s for symmetric int4): one FMA per weight vector.
-  template <int M>
-  __attribute__((always_inline)) static inline void tile(const uint8_t *panel, const float *scales, const float *offsets, const float *a,
-                          const float *xsum, int64_t k0, int64_t k1, vf (&acc)[M][NV]) {
+  template <int M, bool PK = false>
+  __attribute__((always_inline)) static inline void tile(const uint8_t *panel, const float *scales,
+                                                         const float *offsets, const float *a, const float *xsum,
+                                                         int64_t k0, int64_t k1, vf (&acc)[M][NV]) {
     constexpr int U = M <= 2 ? 2 : 1;
     constexpr bool OFFSET = C::AFFINE || QBITS == 4; // an offset term (zero points, or int4's centre 8)
     vf part[U][M][NV] = {};
@@ -137,7 +167,7 @@ template <class C> struct Linear {
               w[v] = loadv(p + (k + u) * NR + v * VW);
 #pragma unroll
             for (int i = 0; i < M; ++i) {
-              const vf x = splat(a[i * K + k + u]);
+              const vf x = splat(ax<PK>(a, i, k + u, k0));
 #pragma unroll
               for (int v = 0; v < NV; ++v)
                 part[u][i][v] += x * w[v];
@@ -146,7 +176,7 @@ template <class C> struct Linear {
         for (; k < ke; ++k)
 #pragma unroll
           for (int i = 0; i < M; ++i) {
-            const vf x = splat(a[i * K + k]);
+            const vf x = splat(ax<PK>(a, i, k, k0));
 #pragma unroll
             for (int v = 0; v < NV; ++v)
               part[0][i][v] += x * loadv(p + k * NR + v * VW);
@@ -216,8 +246,9 @@ template <class C> struct Linear {
   }
 
   /// acc[i] += a rows x a dequantised f32 slice `p` of a panel ([k1 - k0][NR], features k0..k1).
-  template <int M>
-  __attribute__((always_inline)) static inline void plainTile(const float *p, const float *a, int64_t k0, int64_t k1, vf (&acc)[M][NV]) {
+  template <int M, bool PK>
+  __attribute__((always_inline)) static inline void plainTile(const float *p, const float *a, int64_t k0, int64_t k1,
+                                                              vf (&acc)[M][NV]) {
     vf part[M][NV] = {};
     for (int64_t k = k0; k < k1; ++k) {
       vf w[NV];
@@ -226,7 +257,7 @@ template <class C> struct Linear {
         w[v] = loadv(p + (k - k0) * NR + v * VW);
 #pragma unroll
       for (int i = 0; i < M; ++i) {
-        const vf x = splat(a[i * K + k]);
+        const vf x = splat(ax<PK>(a, i, k, k0));
 #pragma unroll
         for (int v = 0; v < NV; ++v)
           part[i][v] += x * w[v];
@@ -282,9 +313,9 @@ template <class C> struct Linear {
   /// Rows [r, r + M) x panel p over features [k0, k1): the first K block starts from the bias (or zero), the
   /// others from the output so far; the last adds the residual. Columns past N (the last panel's padding)
   /// are never stored.
-  template <int M, bool DQ>
-  static void block(const moert_linear_args &a, const float *xsum, const float *deq, int64_t r, int64_t p, int64_t k0,
-                    int64_t k1) {
+  template <int M, bool DQ, bool PK>
+  static void block(const moert_linear_args &a, const float *xsum, const float *deq, const float *ap, int64_t r,
+                    int64_t p, int64_t k0, int64_t k1) {
     const uint8_t *w = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
     const float *sc = QBITS ? static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR : nullptr;
     const float *of = QBITS && C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR
@@ -307,10 +338,11 @@ template <class C> struct Linear {
           acc[i][v] = loadv(tmp + v * VW);
       }
     }
+    const float *in = PK ? ap : a.input + r * K;
     if constexpr (DQ)
-      plainTile<M>(deq, a.input + r * K, k0, k1, acc);
+      plainTile<M, PK>(deq, in, k0, k1, acc);
     else
-      tile<M>(w, sc, of, a.input + r * K, xsum ? xsum + r * KB : nullptr, k0, k1, acc);
+      tile<M, PK>(w, sc, of, in, xsum ? xsum + r * KB : nullptr, k0, k1, acc);
     const bool last = k1 == K;
     for (int i = 0; i < M; ++i) {
       float tmp[NR];
@@ -325,15 +357,15 @@ template <class C> struct Linear {
     }
   }
 
-  template <bool DQ>
-  static void rows(const moert_linear_args &a, const float *xsum, const float *deq, int64_t m, int64_t r, int64_t p,
-                   int64_t k0, int64_t k1) {
+  template <bool DQ, bool PK>
+  static void rows(const moert_linear_args &a, const float *xsum, const float *deq, const float *ap, int64_t m,
+                   int64_t r, int64_t p, int64_t k0, int64_t k1) {
     static_assert(MR <= 12, "row tiles of at most 12");
     switch (m) {
 #define MOERT_LIN_CASE(n)                                                                                      \
   case n:                                                                                                      \
     if constexpr (n <= MR)                                                                                     \
-      return block<n, DQ>(a, xsum, deq, r, p, k0, k1);                                                                      \
+      return block<n, DQ, PK>(a, xsum, deq, ap, r, p, k0, k1);                                                                      \
     break;
       MOERT_LIN_CASE(1) MOERT_LIN_CASE(2) MOERT_LIN_CASE(3) MOERT_LIN_CASE(4) MOERT_LIN_CASE(5)
       MOERT_LIN_CASE(6) MOERT_LIN_CASE(7) MOERT_LIN_CASE(8) MOERT_LIN_CASE(9) MOERT_LIN_CASE(10)
@@ -351,27 +383,48 @@ template <class C> struct Linear {
     const int64_t rb = item / c.groups, g = item % c.groups;
     const int64_t r0 = rb * c.rowBlock, r1 = std::min(M, r0 + c.rowBlock);
     const int64_t p0 = g * c.group, p1 = std::min(NP, p0 + c.group);
-    if (QBITS && M > 2)
-      return dequantised(c, r0, r1, p0, p1);
-    const int64_t kc = M <= MR ? K : KC; // decode: one pass over K (no partial sums through memory)
+    if (M > MR && PACK_A)
+      return prefill(c, r0, r1, p0, p1);
+    // Decode (or a K too long to pack): rows read in place; int8/int4 with more than 2 rows dequantised per
+    // panel and K block.
+    const bool dq = QBITS && M > 2;
+    const int64_t kc = M <= MR && !dq ? K : KC; // decode: one pass over K (no partial sums through memory)
     for (int64_t k0 = 0; k0 < K; k0 += kc) {
       const int64_t k1 = std::min(K, k0 + kc);
-      for (int64_t pp = p0; pp < p1; ++pp)
-        for (int64_t r = r0; r < r1; r += MR)
-          rows<false>(a, c.xsum, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+      for (int64_t pp = p0; pp < p1; ++pp) {
+        if (dq) {
+          alignas(64) float deq[QBITS ? KC * NR : 1];
+          dequant(a, pp, k0, k1, deq);
+          for (int64_t r = r0; r < r1; r += MR)
+            rows<true, false>(a, nullptr, deq, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+        } else {
+          for (int64_t r = r0; r < r1; r += MR)
+            rows<false, false>(a, c.xsum, nullptr, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+        }
+      }
     }
   }
 
-  /// Quantised weights and more than 2 rows: each panel's K block dequantised once, then the f32 micro-kernel.
-  __attribute__((noinline)) static void dequantised(const Ctx &c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+  /// Prefill: per K block, the item's input rows packed tile by tile (L2-resident), then for each panel
+  /// (int8/int4: dequantised once into an f32 slice) every row tile runs the micro-kernel on it.
+  __attribute__((noinline)) static void prefill(const Ctx &c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     const moert_linear_args &a = *c.a;
+    alignas(64) float ap[kLinMC * KC];
     alignas(64) float deq[QBITS ? KC * NR : 1];
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
       const int64_t k1 = std::min(K, k0 + KC);
+      packA(a.input, r0, r1, k0, k1, ap);
       for (int64_t pp = p0; pp < p1; ++pp) {
-        dequant(a, pp, k0, k1, deq);
-        for (int64_t r = r0; r < r1; r += MR)
-          rows<true>(a, nullptr, deq, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+        if constexpr (QBITS != 0) {
+          dequant(a, pp, k0, k1, deq);
+          for (int64_t r = r0; r < r1; r += MR)
+            rows<true, true>(a, nullptr, deq, ap + (r - r0) / MR * KC * MR, std::min<int64_t>(MR, r1 - r), r, pp,
+                             k0, k1);
+        } else {
+          for (int64_t r = r0; r < r1; r += MR)
+            rows<false, true>(a, nullptr, nullptr, ap + (r - r0) / MR * KC * MR, std::min<int64_t>(MR, r1 - r), r,
+                              pp, k0, k1);
+        }
       }
     }
   }
