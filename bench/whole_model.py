@@ -24,7 +24,6 @@ int8 / int4) when llama-cpp-python and gguf are installed.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,9 @@ def export(path, hf_dir):
     """Random-initialised Qwen3-MoE-like decoder with past, exported once (about 2 minutes here)."""
     import torch
     import transformers as tf
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers import AutoModelForCausalLM
+    sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures", "transformers"))
+    from make_fixtures import with_past  # the same decoder-with-past wrapper as the test fixtures
     c = CFG
     cfg = tf.Qwen3MoeConfig(hidden_size=c["hidden"], num_attention_heads=c["heads"], num_key_value_heads=c["kv_heads"],
                             head_dim=c["head_dim"], num_experts=c["experts"], num_experts_per_tok=c["top_k"],
@@ -63,29 +64,12 @@ def export(path, hf_dir):
                 p.normal_(0.0, 0.02)
     model.save_pretrained(hf_dir)  # the same weights for llama.cpp's converter
     layers = c["layers"]
-
-    class WithPast(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask, *past):
-            cache = DynamicCache(config=self.m.config)
-            for i in range(layers):
-                cache.update(past[2 * i], past[2 * i + 1], i)
-            o = self.m(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-            present = []
-            for i in range(layers):
-                present += [o.past_key_values.layers[i].keys, o.past_key_values.layers[i].values]
-            return (o.logits, *present)
-
-    names = ["input_ids", "attention_mask"] + [f"past_key_values.{i}.{k}" for i in range(layers) for k in ("key", "value")]
-    outs = ["logits"] + [f"present.{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    wrapped, names, outs = with_past(model, torch)
     args = [torch.zeros(1, 3, dtype=torch.int64), torch.ones(1, 7, dtype=torch.int64)] + \
            [torch.zeros(1, c["kv_heads"], 4, c["head_dim"]) for _ in range(2 * layers)]
     dims = ({1: torch.export.Dim("seq", min=1, max=4096)}, {1: torch.export.Dim("total", min=1, max=8192)},
             tuple({2: torch.export.Dim("past", min=0, max=4096)} for _ in range(2 * layers)))
-    torch.onnx.export(WithPast(model), tuple(args), path, dynamo=True, input_names=names, output_names=outs,
+    torch.onnx.export(wrapped, tuple(args), path, dynamo=True, input_names=names, output_names=outs,
                       dynamic_shapes=dims, external_data=True)
 
 
@@ -133,20 +117,11 @@ def profile_shares(moert_cli, art, f, threads, tmp):
     return {k: v / total for k, v in share.items()}
 
 
-def time_calls(fn, inputs):
-    fn(inputs[0])
-    times = []
-    for x in inputs[1:]:
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return min(times), statistics.median(times)
-
-
 def run(build, threads, storages, roof, repeat=5):
     """Times every storage; returns table rows (dicts)."""
     import onnxruntime as ort
     import moert
+    from run import time_calls
     os.makedirs(CACHE, exist_ok=True)
     src = os.path.join(CACHE, "qwen3moe_whole.onnx")
     if not os.path.exists(src):

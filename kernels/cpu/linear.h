@@ -12,12 +12,13 @@
 // Weights come packed in panels of NR = 16 output columns, K-major (panel p, feature k: NR weights in a row),
 // so one code path serves decode and prefill:
 //   - the micro-kernel keeps an MR x NR block of the output in registers (MR = 6 rows on 8-lane vectors,
-//     12 on 16-lane ones; fewer for quantised weights, whose scales take registers) and for each k loads one
-//     panel row once and one input value per row (a broadcast): MR * NR / VW FMAs per NR weights read;
+//     12 on 16-lane ones) and for each k loads one panel row once and one input value per row (a
+//     broadcast): MR * NR / VW FMAs per NR weights read;
 //   - work items are (a block of MC rows) x (a group of panels) and run on all threads. Decode (M <= MR)
 //     is one row block: the panels are split across threads and every weight is read exactly once
-//     (bandwidth bound); prefill walks K in blocks of KC features so a panel's KC x NR slice stays in L1
-//     while every row tile of the block uses it, and the MC x KC slice of the input stays in L2.
+//     (bandwidth bound; int8/int4 codes are multiplied as they are and scaled once per block); prefill walks
+//     K in blocks of KC features: the MC x KC slice of the input is packed tile by tile (L2), each panel's
+//     KC x NR slice (int8/int4 dequantised once into f32) stays in L1 while every row tile uses it.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_LINEAR_H
