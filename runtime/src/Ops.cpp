@@ -582,35 +582,31 @@ bool binary(Ctx &c) {
     using T = decltype(tag);
     const T *pa = x.as<T>(), *pb = y.as<T>();
     T *po = o.mut<T>();
-    forEach<2>(b, [&](int64_t i, const int64_t *p) {
-      T u = pa[p[0]], v = pb[p[1]];
-      switch (kind) {
-      case 0:
-        po[i] = T(u + v);
-        break;
-      case 1:
-        po[i] = T(u - v);
-        break;
-      case 2:
-        po[i] = T(u * v);
-        break;
-      case 3:
-        if constexpr (std::is_integral_v<T>) {
+    // The operation chosen once, outside the element loop.
+    auto each = [&](auto f) { forEach<2>(b, [&](int64_t i, const int64_t *p) { po[i] = f(pa[p[0]], pb[p[1]]); }); };
+    switch (kind) {
+    case 0:
+      return each([](T u, T v) { return T(u + v); });
+    case 1:
+      return each([](T u, T v) { return T(u - v); });
+    case 2:
+      return each([](T u, T v) { return T(u * v); });
+    case 3:
+      if constexpr (std::is_integral_v<T>)
+        return each([&](T u, T v) {
           if (v == 0 || (std::is_signed_v<T> && v == T(-1) && u == std::numeric_limits<T>::min())) {
             divByZero = true;
-            po[i] = 0;
-            break;
+            return T(0);
           }
-        }
-        po[i] = T(u / v);
-        break;
-      case 4:
-        po[i] = (u != u || u > v) ? u : v; // NaN propagates
-        break;
-      default:
-        po[i] = (u != u || u < v) ? u : v;
-      }
-    });
+          return T(u / v);
+        });
+      else
+        return each([](T u, T v) { return T(u / v); });
+    case 4:
+      return each([](T u, T v) { return (u != u || u > v) ? u : v; }); // NaN propagates
+    default:
+      return each([](T u, T v) { return (u != u || u < v) ? u : v; });
+    }
   });
   if (!ok)
     return c.badType(x);
@@ -1444,6 +1440,15 @@ void gatherStrided(const OpTensor &x, OpTensor &out, const Dims &od, const Dims 
   b.strides = {xStrides};
   char *o = out.mut<char>();
   const char *p = x.data + start * int64_t(w);
+  if (od.size() >= 1 && xStrides.back() == 1 && od.back() > 1) {
+    // Contiguous innermost runs (Expand over outer dims, Transpose keeping the last axis, Slice): one copy a run.
+    const int64_t run = od.back();
+    Broadcast outer;
+    outer.dims.assign(od.begin(), od.end() - 1);
+    outer.strides = {Dims(xStrides.begin(), xStrides.end() - 1)};
+    forEach<1>(outer, [&](int64_t i, const int64_t *q) { std::memcpy(o + i * run * w, p + q[0] * w, run * w); });
+    return;
+  }
   if (w == 4)
     forEach<1>(b, [&](int64_t i, const int64_t *q) { std::memcpy(o + i * 4, p + q[0] * 4, 4); });
   else
