@@ -37,7 +37,6 @@ CACHE = os.path.join(HERE, ".cache")
 sys.path.insert(0, os.path.join(ROOT, "runtime", "python"))
 
 CFG = dict(hidden=2048, heads=32, kv_heads=4, head_dim=128, experts=32, top_k=4, ffn=768, vocab=32000, layers=2)
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}  # per weight, block scales
 
 
 def export(path, hf_dir):
@@ -93,7 +92,8 @@ def token_cost(storage, t, past):
     touched = min(c["experts"], t * c["top_k"]) * expert * c["layers"]  # upper bound on distinct experts
     router = c["layers"] * h * c["experts"] * 4
     kv_bytes = c["layers"] * 2 * kv * (past + t) * 4
-    bytes_ = (dense + touched) * BYTES[storage] + router + h * 4 + kv_bytes
+    from run import WEIGHT_BYTES  # per weight, block scales included
+    bytes_ = (dense + touched) * WEIGHT_BYTES[storage] + router + h * 4 + kv_bytes
     flops = 2 * t * (dense + c["top_k"] * expert * c["layers"]) + \
         c["layers"] * 4 * t * (past + t) * q  # Q K^T and P V
     return bytes_, flops

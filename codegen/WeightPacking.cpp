@@ -7,42 +7,6 @@
 
 namespace moec::codegen {
 
-namespace {
-struct StorageInfo {
-  moert_storage s;
-  const char *name;
-  int bits;
-};
-constexpr StorageInfo kStorages[] = {{MOERT_STORAGE_F32, "fp32", 32},
-                                     {MOERT_STORAGE_BF16, "bf16", 16},
-                                     {MOERT_STORAGE_F16, "fp16", 16},
-                                     {MOERT_STORAGE_INT8, "int8", 8},
-                                     {MOERT_STORAGE_INT4, "int4", 4}};
-} // namespace
-
-const char *storageName(moert_storage s) {
-  for (const auto &i : kStorages)
-    if (i.s == s)
-      return i.name;
-  return "?";
-}
-
-bool parseStorage(const std::string &name, moert_storage &out) {
-  for (const auto &i : kStorages)
-    if (name == i.name) {
-      out = i.s;
-      return true;
-    }
-  return false;
-}
-
-int storageBits(moert_storage s) {
-  for (const auto &i : kStorages)
-    if (i.s == s)
-      return i.bits;
-  return 0;
-}
-
 QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk) {
   QRows out;
   out.rows = rows, out.k = k, out.blk = blk, out.nb = (k + blk - 1) / blk;

@@ -16,13 +16,6 @@
 
 namespace moec::codegen {
 
-/// The name of a storage as the command line and reports spell it (fp32, bf16, fp16, int8, int4).
-const char *storageName(moert_storage s);
-/// Parses a storage name; false when it is none of them.
-bool parseStorage(const std::string &name, moert_storage &out);
-/// Bits per stored weight (32, 16, 8, 4).
-int storageBits(moert_storage s);
-
 /// Weight-only quantised rows: `rows` rows of `k` centred integers (q - zero point) with one f32 scale per
 /// block of `blk` columns (`nb` blocks a row).
 struct QRows {

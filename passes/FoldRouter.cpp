@@ -57,14 +57,9 @@ std::string fold(moe::SparseMoEOp op) {
       !(chain.empty() ? lin->ops.front() : chain.front())->hasOneUse())
     return "the router logits are also read outside the MoE layer";
 
-  std::vector<char> outIn = linearWeightOutIn(*lin);
-  if (outIn.empty())
+  std::vector<char> inOut = linearWeightInOut(*lin); // [H, N]
+  if (inOut.empty())
     return "the router weights are not readable constants";
-  size_t width = outIn.size() / (lin->in * lin->out);
-  std::vector<char> inOut(outIn.size()); // [H, N]
-  for (int64_t o = 0; o < lin->out; ++o)
-    for (int64_t i = 0; i < lin->in; ++i)
-      std::memcpy(&inOut[(i * lin->out + o) * width], &outIn[(o * lin->in + i) * width], width);
   OpBuilder b(op);
   Value w = makeConstant(b, op.getLoc(), RankedTensorType::get({lin->in, lin->out}, wT.getElementType()), inOut,
                          "router_weight");

@@ -173,17 +173,24 @@ std::optional<LinearMatch> matchLinear(Value v) {
   return l;
 }
 
-std::vector<char> linearWeightOutIn(const LinearMatch &l) {
+/// W's bytes in the orientation asked for (`outIn`: [out, in], else [in, out]), transposing when stored the
+/// other way.
+static std::vector<char> linearWeight(const LinearMatch &l, bool outIn) {
   std::vector<char> bytes = constantBytes(l.weight);
-  if (bytes.empty() || l.weightIsOutIn)
+  if (bytes.empty() || l.weightIsOutIn == outIn)
     return bytes;
+  const int64_t rows = l.weightIsOutIn ? l.out : l.in, cols = l.weightIsOutIn ? l.in : l.out;
   size_t width = bytes.size() / (l.in * l.out);
   std::vector<char> t(bytes.size());
-  for (int64_t i = 0; i < l.in; ++i)
-    for (int64_t o = 0; o < l.out; ++o)
-      std::memcpy(&t[(o * l.in + i) * width], &bytes[(i * l.out + o) * width], width);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      std::memcpy(&t[(c * rows + r) * width], &bytes[(r * cols + c) * width], width);
   return t;
 }
+
+std::vector<char> linearWeightOutIn(const LinearMatch &l) { return linearWeight(l, true); }
+
+std::vector<char> linearWeightInOut(const LinearMatch &l) { return linearWeight(l, false); }
 
 bool usedOnlyWithin(ArrayRef<Operation *> ops, Operation *except) {
   for (Operation *op : ops) {

@@ -73,6 +73,8 @@ std::optional<LinearMatch> matchLinear(mlir::Value v);
 
 /// W as an [out, in] row-major byte matrix (transposing an [in, out] one).
 std::vector<char> linearWeightOutIn(const LinearMatch &l);
+/// W as an [in, out] row-major byte matrix (transposing an [out, in] one).
+std::vector<char> linearWeightInOut(const LinearMatch &l);
 
 /// True when every user of every result of `ops` (other than `except`) is itself in `ops`.
 bool usedOnlyWithin(llvm::ArrayRef<mlir::Operation *> ops, mlir::Operation *except = nullptr);

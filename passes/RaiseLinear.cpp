@@ -31,19 +31,14 @@ namespace {
 
 /// W as a constant [K, N] value: the operand itself when it already is one, else a new constant holding the
 /// transpose of an [N, K] one.
-Value weightInOut(OpBuilder &b, Location loc, Value w, bool outIn, int64_t k, int64_t n) {
-  if (!outIn)
-    return w;
-  std::vector<char> src = constantBytes(w);
-  auto t = cast<RankedTensorType>(w.getType());
-  if (src.empty())
+Value weightInOut(OpBuilder &b, Location loc, const LinearMatch &l) {
+  if (!l.weightIsOutIn)
+    return l.weight;
+  std::vector<char> inOut = linearWeightInOut(l);
+  if (inOut.empty())
     return {};
-  size_t width = src.size() / size_t(k * n);
-  std::vector<char> dst(src.size());
-  for (int64_t o = 0; o < n; ++o)
-    for (int64_t i = 0; i < k; ++i)
-      std::memcpy(&dst[(i * n + o) * width], &src[(o * k + i) * width], width);
-  return makeConstant(b, loc, RankedTensorType::get({k, n}, t.getElementType()), dst, "linear_weight");
+  auto t = cast<RankedTensorType>(l.weight.getType());
+  return makeConstant(b, loc, RankedTensorType::get({l.in, l.out}, t.getElementType()), inOut, "linear_weight");
 }
 
 /// Raises the MatMul / Gemm `mm`; returns why not, or "" when it did.
@@ -92,7 +87,7 @@ std::string raise(Operation *mm) {
   if (xT.getShape().back() != lin->in)
     return "the input's last dim does not match the weight";
   OpBuilder b(mm);
-  Value w = weightInOut(b, mm->getLoc(), lin->weight, lin->weightIsOutIn, lin->in, lin->out);
+  Value w = weightInOut(b, mm->getLoc(), *lin);
   if (!w)
     return "the weight is not a readable constant";
   Value bias;

@@ -769,7 +769,7 @@ struct Emitter {
     step->set_weight_bytes(bytes);
     std::string desc;
     llvm::raw_string_ostream ds(desc);
-    ds << "linear K=" << k << " N=" << n << " " << storageName(storage);
+    ds << "linear K=" << k << " N=" << n << " " << moe::stringifyStorage(op.getStorage());
     if (qbits)
       ds << "/" << block << (qa ? " (kept as imported" + std::string(affine ? ", zero points)" : ")") : "");
     if (op.getBias())

@@ -39,7 +39,6 @@ constexpr int64_t kLinKC = 256;  // input features per K block in prefill (a pan
 constexpr int64_t kLinMC = 72;   // rows per work item in prefill (a multiple of every MR)
 constexpr int64_t kLinMaxGroup = 8; // panels per work item at most
 
-typedef uint8_t u8x8 __attribute__((vector_size(8)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
 typedef int8_t i8x16 __attribute__((vector_size(16)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
@@ -107,6 +106,25 @@ template <class C> struct Linear {
     split(__builtin_convertvector(x & 15u, f32x16), c0);
     split(__builtin_convertvector(x >> 4, f32x16), c1);
   }
+  /// Codes of features k and (when k + 1 < ke) k + 1, unscaled.
+  static inline void codesPair(const uint8_t *panel, int64_t k, int64_t ke, vf *c0, vf *c1) {
+    if constexpr (QBITS == 4) {
+      codes4(panel, k, c0, c1);
+    } else {
+      codes8(panel, k, c0);
+      if (k + 1 < ke)
+        codes8(panel, k + 1, c1);
+    }
+  }
+  /// Scales and offsets of the block starting at feature kb: w = code * s + o (o = -8 s for symmetric int4,
+  /// 0 for symmetric int8, the stored offsets with zero points).
+  static inline void blockScales(const float *sc, const float *of, int64_t kb, vf *s, vf *o) {
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+      s[v] = loadv(sc + (kb / BLK) * NR + v * VW);
+      o[v] = C::AFFINE ? loadv(of + (kb / BLK) * NR + v * VW) : QBITS == 4 ? s[v] * -8.0f : vf{};
+    }
+  }
 
   /// Input value (row i of the tile, feature k): rows of K features (decode), or packed (prefill: a K block
   /// of a tile's MR rows stored feature-major, [k - k0][MR], so one feature's MR values share a cache line and
@@ -149,13 +167,8 @@ template <class C> struct Linear {
     for (int64_t kb = k0; kb < k1; kb += BLK) {
       const int64_t ke = std::min<int64_t>(k1, kb + BLK);
       vf s[NV] = {}, o[NV] = {};
-      if constexpr (QBITS != 0) {
-#pragma unroll
-        for (int v = 0; v < NV; ++v) {
-          s[v] = loadv(scales + (kb / BLK) * NR + v * VW);
-          o[v] = C::AFFINE ? loadv(offsets + (kb / BLK) * NR + v * VW) : QBITS == 4 ? s[v] * -8.0f : vf{};
-        }
-      }
+      if constexpr (QBITS != 0)
+        blockScales(scales, offsets, kb, s, o);
       if constexpr (QBITS == 0) {
         const typename C::W *p = reinterpret_cast<const typename C::W *>(panel);
         int64_t k = kb;
@@ -209,13 +222,7 @@ template <class C> struct Linear {
         }
         for (; k < ke; k += 2) { // the block's last features (a block of 2 mod 4, or K odd)
           vf c0[NV], c1[NV];
-          if constexpr (QBITS == 4) {
-            codes4(panel, k, c0, c1);
-          } else {
-            codes8(panel, k, c0);
-            if (k + 1 < ke)
-              codes8(panel, k + 1, c1);
-          }
+          codesPair(panel, k, ke, c0, c1);
 #pragma unroll
           for (int i = 0; i < M; ++i)
 #pragma unroll
@@ -281,20 +288,10 @@ template <class C> struct Linear {
     for (int64_t kb = k0; kb < k1; kb += BLK) {
       const int64_t ke = std::min<int64_t>(k1, kb + BLK);
       vf s[NV], o[NV];
-#pragma unroll
-      for (int v = 0; v < NV; ++v) {
-        s[v] = loadv(sc + (kb / BLK) * NR + v * VW);
-        o[v] = C::AFFINE ? loadv(of + (kb / BLK) * NR + v * VW) : QBITS == 4 ? s[v] * -8.0f : vf{};
-      }
+      blockScales(sc, of, kb, s, o);
       for (int64_t k = kb; k < ke; k += 2) {
         vf c0[NV], c1[NV];
-        if constexpr (QBITS == 4) {
-          codes4(panel, k, c0, c1);
-        } else {
-          codes8(panel, k, c0);
-          if (k + 1 < ke)
-            codes8(panel, k + 1, c1);
-        }
+        codesPair(panel, k, ke, c0, c1);
 #pragma unroll
         for (int v = 0; v < NV; ++v) {
           storev(out + (k - k0) * NR + v * VW, OFFSET ? c0[v] * s[v] + o[v] : c0[v] * s[v]);

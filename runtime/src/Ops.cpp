@@ -1961,13 +1961,7 @@ const OpEntry *findOp(const std::string &op) {
 
 } // namespace
 
-bool isSupportedOp(const std::string &op) { return findOp(op) != nullptr; }
-
 const OpEntry *findOpKernel(const std::string &op) { return findOp(op); }
-
-std::string runOp(const OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out, ThreadPool *pool) {
-  return runOp(findOp(s.op()), s, in, out, pool);
-}
 
 std::string runOp(const OpEntry *e, const OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out,
                   ThreadPool *pool) {

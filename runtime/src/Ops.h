@@ -42,8 +42,6 @@ struct OpTensor {
   template <class T> T *mut() { return reinterpret_cast<T *>(owned.get()); }
 };
 
-bool isSupportedOp(const std::string &op);
-
 /// An op's kernel, found by name once (at load); null when this moert has none.
 struct OpEntry;
 const OpEntry *findOpKernel(const std::string &op);
@@ -52,9 +50,6 @@ const OpEntry *findOpKernel(const std::string &op);
 /// an error message, empty on success.
 std::string runOp(const OpEntry *kernel, const proto::OpStep &s, const std::vector<OpTensor> &in,
                   std::vector<OpTensor> &out, ThreadPool *pool);
-/// The same, finding the kernel by the step's op name.
-std::string runOp(const proto::OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out,
-                  ThreadPool *pool);
 
 } // namespace moert
 

@@ -270,11 +270,11 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       const auto &d = s.linear();
       const moert::Linear &x = m->linears[d.index()];
       const Tensor &in = values[d.input()];
-      std::string what = "linear dispatch " + std::to_string(d.index());
+      auto what = [&] { return "linear dispatch " + std::to_string(d.index()); }; // built only for an error
       if (in.dtype != moert::proto::F32)
-        return makeError(what + ": input of dtype " + dtypeName(in.dtype) + ", expected f32");
+        return makeError(what() + ": input of dtype " + dtypeName(in.dtype) + ", expected f32");
       if (in.dims.empty() || in.dims.back() != x.k)
-        return makeError(what + ": input " + dimsString(in.dims) + ", expected [..., " + std::to_string(x.k) + "]");
+        return makeError(what() + ": input " + dimsString(in.dims) + ", expected [..., " + std::to_string(x.k) + "]");
       std::vector<int64_t> outDims = in.dims;
       outDims.back() = x.n;
       int64_t rows = 1;
@@ -284,13 +284,13 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       if (d.residual() >= 0) {
         const Tensor &r = values[d.residual()];
         if (r.dtype != moert::proto::F32 || r.dims != outDims)
-          return makeError(what + ": residual " + dimsString(r.dims) + ", expected " + dimsString(outDims));
+          return makeError(what() + ": residual " + dimsString(r.dims) + ", expected " + dimsString(outDims));
         residual = reinterpret_cast<const float *>(r.data);
       }
       Tensor out;
       place(d.output(), out);
       if (!out.alloc(moert::proto::F32, outDims))
-        return makeError("out of memory for " + what);
+        return makeError("out of memory for " + what());
       moert_linear_args args{};
       args.rows = rows;
       args.input = reinterpret_cast<const float *>(in.data);
@@ -299,11 +299,12 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       std::memcpy(args.weights, x.weights, sizeof args.weights);
       args.exec = &exec;
       if (int rc = x.run(&args))
-        return makeError(what + " failed (code " + std::to_string(rc) + ")");
+        return makeError(what() + " failed (code " + std::to_string(rc) + ")");
       values[d.output()] = std::move(out);
       measure(d.output());
-      label = "linear " + std::to_string(d.index()) + " (" + std::to_string(rows) + "x" + std::to_string(x.k) + "x" +
-              std::to_string(x.n) + ")";
+      if (profile)
+        label = "linear " + std::to_string(d.index()) + " (" + std::to_string(rows) + "x" + std::to_string(x.k) +
+                "x" + std::to_string(x.n) + ")";
     } else {
       const auto &d = s.moe();
       const moert::Dispatch &x = m->dispatches[d.index()];

@@ -33,6 +33,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+# The storage round trips (the same contract the MoE storages follow) and the error measure, written once.
+from check_cpu_e2e import bf16_round, fp16_round, quantize_rows, rel_error  # noqa: E402
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "transformers")
 TOLERANCE = 1e-4
 # Stated bounds of each dense storage against the fp32 model on the dense model below (max |diff| / max |fp32
@@ -46,11 +49,6 @@ def check(name, ok, detail):
     print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
     if not ok:
         failures.append(name)
-
-
-def rel_error(got, want):
-    want = np.asarray(want, np.float64)
-    return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / max(np.max(np.abs(want)), 1e-30))
 
 
 def ort_run(path, feeds):
@@ -205,33 +203,16 @@ def dense_model(path):
     onnx.save(model, path)
 
 
-def bf16_round(a):
-    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
-    return (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
-
-
-def quantize_columns(w_kn, bits, block=32):
-    """[K, N] weights as int8/int4 store them: per column, blocks of `block` along K, scale = max|w| / qmax,
-    q = round-half-even(w / scale) clipped to the symmetric range, back as q * scale."""
-    w = np.asarray(w_kn, np.float32).T  # [N, K]: a column's features contiguous
-    qmax = 127 if bits == 8 else 7
-    out = np.empty_like(w)
-    for b0 in range(0, w.shape[1], block):
-        blk = w[:, b0:b0 + block]
-        scale = np.max(np.abs(blk), axis=1, keepdims=True) / np.float32(qmax)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            q = np.where(scale > 0, np.clip(np.round(blk / scale), -qmax, qmax), 0).astype(np.float32)
-        out[:, b0:b0 + block] = q * scale
-    return out.T
-
-
 def stored(storage, w_kn):
+    """[K, N] weights as `storage` stores them: bf16 / fp16 rounded to nearest even; int8/int4 per output column
+    and block of 32 input features (a column of W is a row of its transpose), scale = max|w| / qmax,
+    q = round-half-even(w / scale)."""
     if storage == "bf16":
         return bf16_round(w_kn)
     if storage == "fp16":
-        return np.asarray(w_kn, np.float32).astype(np.float16).astype(np.float32)
+        return fp16_round(w_kn)
     if storage in ("int8", "int4"):
-        return quantize_columns(w_kn, 8 if storage == "int8" else 4)
+        return quantize_rows(np.asarray(w_kn, np.float32).T, 8 if storage == "int8" else 4).T
     return np.asarray(w_kn, np.float32)
 
 
