@@ -103,26 +103,26 @@ std::vector<char> packBias(const std::vector<float> &bias, int64_t n) {
   return asBytes(b);
 }
 
-/// Codes [N][K] (one byte each; int8: the byte stored, int4: a nibble) and per-(column, block) f32 scales
-/// (and offsets) into panels.
+/// Codes [N][K] (one byte each; int8: the signed byte stored, int4: a nibble) and per-(column, block) f32 scales
+/// (and offsets) into panels of 4-byte column groups (kernels/cpu/moert_kernel_abi.h, MOERT_LIN_W).
 void packCodes(PackedLinear &out, const std::vector<uint8_t> &codes, const std::vector<float> &scales,
                const std::vector<float> *offsets, int bits, int64_t k, int64_t n, int64_t block) {
   const int64_t np = (n + NR - 1) / NR, kb = (k + block - 1) / block;
-  // int8: [K][NR] bytes a panel; int4: [ceil(K / 2)][NR] bytes, byte j of row r = column j of feature 2r (low
-  // nibble) and of feature 2r + 1 (high nibble).
-  const int64_t panelBytes = bits == 4 ? (k + 1) / 2 * NR : k * NR;
+  // A group holds GK features of a column in 4 bytes: int8 feature 4g + q in byte q; int4 feature 8g + q in
+  // byte q's low nibble, 8g + 4 + q in its high one. Groups [KG][NR][4] a panel.
+  const int64_t gk = bits == 4 ? 8 : 4, groups = (k + gk - 1) / gk, panelBytes = groups * NR * 4;
   std::vector<char> w(np * panelBytes, 0);
   std::vector<float> s(np * kb * NR, 0.0f), o(offsets ? np * kb * NR : 0, 0.0f);
   for (int64_t c = 0; c < n; ++c) {
     const int64_t p = c / NR, j = c % NR;
     for (int64_t f = 0; f < k; ++f) {
-      uint8_t code = codes[c * k + f];
-      if (bits == 8) {
-        w[p * panelBytes + f * NR + j] = char(code);
-      } else {
-        char &byte = w[p * panelBytes + (f / 2) * NR + j];
-        byte = char(uint8_t(byte) | ((code & 15) << ((f & 1) * 4)));
-      }
+      const uint8_t code = codes[c * k + f];
+      const int64_t g = f / gk, q = f % gk;
+      char &byte = w[p * panelBytes + (g * NR + j) * 4 + q % 4];
+      if (bits == 8)
+        byte = char(code);
+      else
+        byte = char(uint8_t(byte) | ((code & 15) << (q / 4 * 4)));
     }
     for (int64_t b = 0; b < kb; ++b) {
       s[(p * kb + b) * NR + j] = scales[c * kb + b];
@@ -181,10 +181,19 @@ PackedLinear packLinearCodes(const std::vector<uint8_t> &codes, const std::vecto
     }
     return out;
   }
+  // w = (code - zero) * scale = code * scale + offset. int8 codes are stored signed (code - 128, the offset
+  // taking the 128 back) so the kernels have one int8 form.
   std::vector<float> off(scales.size());
   for (size_t i = 0; i < off.size(); ++i)
-    off[i] = -zeros[i] * scales[i];
-  packCodes(out, codes, scales, &off, bits, k, n, block);
+    off[i] = (bits == 8 ? 128.0f - zeros[i] : -zeros[i]) * scales[i];
+  if (bits == 8) {
+    std::vector<uint8_t> c(codes.size());
+    for (size_t i = 0; i < c.size(); ++i)
+      c[i] = uint8_t(int(codes[i]) - 128);
+    packCodes(out, c, scales, &off, bits, k, n, block);
+  } else {
+    packCodes(out, codes, scales, &off, bits, k, n, block);
+  }
   return out;
 }
 

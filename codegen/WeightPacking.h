@@ -49,7 +49,8 @@ PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k,
 
 /// Packs already-quantised weights without re-quantising: `codes` [N][K] (one unsigned code per element,
 /// 0..2^bits-1), `scales` [N][KB], `zeros` [N][KB] zero points (empty: symmetric, 2^(bits-1)). With zero
-/// points the kernel computes w = code * scale + offset, offset = -zero * scale.
+/// points the kernel computes w = code * scale + offset, offset = -zero * scale (int8: codes stored as
+/// code - 128, offset (128 - zero) * scale).
 PackedLinear packLinearCodes(const std::vector<uint8_t> &codes, const std::vector<float> &scales,
                              const std::vector<float> &zeros, int bits, int64_t k, int64_t n, int64_t block,
                              const std::vector<float> &bias);

@@ -68,6 +68,11 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     `moe-set-weight-storage`): `fp32`, `bf16` / `fp16` rounded to nearest even, or `int8` / `int4`
     quantised symmetrically with one f32 scale per block of 32 along each row of `fc1` and each column
     of `fc2`. `storage` is `fp32` on layers whose weights arrive quantised.
+    With `int8_activations` (set by `moe-set-weight-storage`, `moec --activations=int8`), a token computed alone
+    by an expert (decode) whose int8/int4 `fc1` has blocks of a multiple of 32 columns, and `H` a multiple of
+    64, is first rounded to int8 per block of 32 columns (`q = round-half-even(x * 127 / max|x|)`) and its
+    `fc1` rows are integer dot products with it, as ggml multiplies Q8_0 activations by Q4_0 / Q8_0 weights
+    (outputs move by about 1e-2 relative); without it every product takes the input as it is.
 
     Example, a Mixtral-style layer (8 experts, top-2, renormalised, SwiGLU) with a dynamic token count:
 
@@ -119,7 +124,8 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     OptionalAttr<MoE_WeightQuantAttr>:$fc2_quant,
     DefaultValuedAttr<MoE_NormAttr, "NormKind::none">:$norm,
     DefaultValuedAttr<F32Attr, "1.0e-5f">:$norm_epsilon,
-    DefaultValuedAttr<MoE_StorageAttr, "Storage::fp32">:$storage
+    DefaultValuedAttr<MoE_StorageAttr, "Storage::fp32">:$storage,
+    UnitAttr:$int8_activations
   );
   let results = (outs MoE_FloatTensor:$output);
 
@@ -175,6 +181,11 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
     Accumulation is f32 whatever the storage. `bias` is `[N]`; `residual` has the output's shape and is added
     last (a residual connection folded into the layer). Raised from `MatMul` / `Gemm` with a constant weight by
     `moe-raise-linear`; `storage` is set by `moe-set-weight-storage`.
+
+    With `int8_activations` (`moec --activations=int8`) and `int8` / `int4` storage, calls of up to 16 rows
+    (decode) first round each input row to int8 per block of 32 features (or of `block_size` when that is not
+    a multiple of 32): `q = round-half-even(x * 127 / max|x|)`, and multiply integers, as ggml's Q8_0 x Q4_0
+    dot products do (outputs move by about 1e-2 relative). Without it inputs are multiplied as they are.
   }];
 
   let arguments = (ins
@@ -186,7 +197,8 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
     Optional<MoE_FloatTensor>:$residual,
     DefaultValuedAttr<MoE_StorageAttr, "Storage::fp32">:$storage,
     DefaultValuedAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>, "32">:$block_size,
-    OptionalAttr<MoE_WeightQuantAttr>:$weight_quant
+    OptionalAttr<MoE_WeightQuantAttr>:$weight_quant,
+    UnitAttr:$int8_activations
   );
   let results = (outs MoE_FloatTensor:$output);
 

@@ -132,13 +132,17 @@ def MoESetWeightStoragePass : Pass<"moe-set-weight-storage"> {
     `experts` for MoE layers, `dense` for linear layers, and `lm-head` (default: `dense`) for linear layers
     whose result is a graph output (through reshapes) - the LM head, which llama.cpp-style quantisation keeps
     wider. Layers whose weights arrive quantised (`fc1_quant`, `weight_quant`: QMoE, MatMulNBits) keep them.
-    `block-size` is the quantisation block of int8/int4 linear layers (input features per scale).
+    `block-size` is the quantisation block of int8/int4 linear layers (input features per scale, a multiple
+    of 8). `int8-activations` marks every dispatch with int8/int4 weights `int8_activations`: decode rounds its
+    inputs to int8 per block of 32 and multiplies integers (see the ops' descriptions).
   }];
   let options = [
     Option<"experts", "experts", "std::string", "\"fp32\"", "Storage of MoE expert weights">,
     Option<"dense", "dense", "std::string", "\"fp32\"", "Storage of linear-layer weights">,
     Option<"lmHead", "lm-head", "std::string", "\"\"", "Storage of linear layers producing a graph output (default: dense)">,
-    Option<"blockSize", "block-size", "int64_t", "32", "Input features per scale for int8/int4 linear layers">
+    Option<"blockSize", "block-size", "int64_t", "32", "Input features per scale for int8/int4 linear layers">,
+    Option<"int8Activations", "int8-activations", "bool", "false",
+           "Decode of int8/int4 dispatches multiplies inputs rounded to int8 (integer dot products)">
   ];
 }
 

@@ -51,21 +51,24 @@ struct MoESetWeightStoragePass final : moec::impl::MoESetWeightStoragePassBase<M
     if (!parse("experts", this->experts, experts) || !parse("dense", this->dense, dense) ||
         !parse("lm-head", this->lmHead.empty() ? this->dense : this->lmHead, head))
       return signalPassFailure();
-    if (blockSize < 16 || blockSize % 2) {
+    if (blockSize < 16 || blockSize % 8) {
       getOperation()->emitError() << "moe-set-weight-storage: block-size=" << blockSize
-                                  << " (input features per scale: an even number >= 16)";
+                                  << " (input features per scale: a multiple of 8, >= 16)";
       return signalPassFailure();
     }
     MLIRContext *ctx = &getContext();
     getOperation()->walk([&](Operation *op) {
+      auto quantised = [](moe::Storage s) { return s == moe::Storage::int8 || s == moe::Storage::int4; };
       if (auto m = dyn_cast<moe::SparseMoEOp>(op)) {
         if (!m.getFc1QuantAttr()) // QMoE layers keep their own integers
           m.setStorageAttr(moe::StorageAttr::get(ctx, experts));
+        m.setInt8Activations(int8Activations && (m.getFc1QuantAttr() || quantised(m.getStorage())));
       } else if (auto l = dyn_cast<moe::LinearOp>(op)) {
-        if (l.getWeightQuantAttr()) // MatMulNBits: kept as imported
-          return;
-        l.setStorageAttr(moe::StorageAttr::get(ctx, isGraphOutput(l.getResult()) ? head : dense));
-        l.setBlockSize(blockSize);
+        if (!l.getWeightQuantAttr()) { // MatMulNBits: kept as imported
+          l.setStorageAttr(moe::StorageAttr::get(ctx, isGraphOutput(l.getResult()) ? head : dense));
+          l.setBlockSize(blockSize);
+        }
+        l.setInt8Activations(int8Activations && quantised(l.getStorage()));
       }
     });
   }

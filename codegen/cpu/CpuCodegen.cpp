@@ -583,6 +583,8 @@ struct Emitter {
       ds << ", shared expert Fs=" << fs;
     if (op.getNorm() != moe::NormKind::none)
       ds << ", " << moe::stringifyNormKind(op.getNorm()) << " norm";
+    if (qbits && op.getInt8Activations())
+      ds << ", int8 activations";
     if (op.getResidual())
       ds << ", residual";
     step->set_description(desc);
@@ -606,6 +608,7 @@ struct Emitter {
                                  : "float;") << "\n"
        << "  static constexpr int QBITS = " << qbits << ";\n"
        << "  static constexpr int64_t QBLOCK1 = " << (qblock1 ? qblock1 : h) << ", QBLOCK2 = " << qblock2 << ";\n"
+       << "  static constexpr bool INT8_ACT = " << b(qbits && op.getInt8Activations()) << ";\n"
        << "  static constexpr int64_t H = " << h << ", F = " << f << ", E = " << e << ", N = " << n
        << ", K = " << op.getK() << ", R = " << r << ", KEEP = " << keep << ", FS = " << fs
        << ", GROUPS = " << op.getExpertGroups() << ", GROUP_TOPK = " << (op.getGroupTopk() ? *op.getGroupTopk() : 0)
@@ -716,8 +719,8 @@ struct Emitter {
     const auto qa = op.getWeightQuantAttr();
     const int qbits = storage == MOERT_STORAGE_INT8 ? 8 : storage == MOERT_STORAGE_INT4 ? 4 : 0;
     const int64_t block = qbits ? int64_t(op.getBlockSize()) : 0;
-    if (qbits && (block < 16 || block % 2))
-      return fail(op, "quantisation blocks of " + Twine(block) + " input features (need an even number >= 16)");
+    if (qbits && (block < 16 || block % 8))
+      return fail(op, "quantisation blocks of " + Twine(block) + " input features (need a multiple of 8, >= 16)");
     std::vector<float> bias;
     if (Value b = op.getBias())
       if (!f32Constant(b, "bias", bias, error))
@@ -772,6 +775,8 @@ struct Emitter {
     ds << "linear K=" << k << " N=" << n << " " << moe::stringifyStorage(op.getStorage());
     if (qbits)
       ds << "/" << block << (qa ? " (kept as imported" + std::string(affine ? ", zero points)" : ")") : "");
+    if (qbits && op.getInt8Activations())
+      ds << ", int8 activations";
     if (op.getBias())
       ds << ", bias";
     if (op.getResidual())
@@ -799,7 +804,8 @@ struct Emitter {
        << "  using W = " << w << ";\n"
        << "  static constexpr int64_t K = " << k << ", N = " << n << ", QBLOCK = " << (qbits ? block : k) << ";\n"
        << "  static constexpr int QBITS = " << qbits << ";\n"
-       << "  static constexpr bool AFFINE = " << b(affine) << ", HAS_BIAS = " << b(op.getBias() != nullptr) << ";\n"
+       << "  static constexpr bool AFFINE = " << b(affine) << ", HAS_BIAS = " << b(op.getBias() != nullptr)
+       << ", INT8_ACT = " << b(qbits && op.getInt8Activations()) << ";\n"
        << "};\n}\n"
        << "extern \"C\" MOERT_EXPORT int moert_linear_" << index << "(const moert_linear_args *a) { return "
        << "moert_cpu::Linear<" << name << ">::run(a); }\n"

@@ -16,9 +16,17 @@
 //     broadcast): MR * NR / VW FMAs per NR weights read;
 //   - work items are (a block of MC rows) x (a group of panels) and run on all threads. Decode (M <= MR)
 //     is one row block: the panels are split across threads and every weight is read exactly once
-//     (bandwidth bound; int8/int4 codes are multiplied as they are and scaled once per block); prefill walks
-//     K in blocks of KC features: the MC x KC slice of the input is packed tile by tile (L2), each panel's
-//     KC x NR slice (int8/int4 dequantised once into f32) stays in L1 while every row tile uses it.
+//     (bandwidth bound); prefill walks K in blocks of KC features: the MC x KC slice of the input is packed
+//     tile by tile (L2), each panel's KC x NR slice (int8/int4 dequantised once into f32) stays in L1 while
+//     every row tile uses it.
+//   - int8/int4 decode without INT8_ACT multiplies the codes by the inputs in f32 and scales once per block;
+//   - with INT8_ACT (moec --activations=int8), int8/int4 decode (M <= MQ rows) computes integer dot products,
+//     as ggml does: the input rows are rounded
+//     to int8 per block of XB features (scale max|x| / 127, round half to even), each group of 4 (int8) or 8
+//     (int4) features of a column is 4 bytes of the panel, so one byte-multiply-add instruction (AVX2's
+//     vpmaddubsw + vpmaddwd) sums 4 code x input products per column into an i32 lane; the i32 sums are scaled
+//     once per block (w = code * s + o: sum w x = s xs sum code q + o xs sum q). Results are those of the
+//     quantised weights on the rounded inputs, f32-accurate (kernels/cpu/moert_kernel_abi.h states it).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_LINEAR_H
@@ -28,8 +36,13 @@
 #include "simd.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace moert_cpu {
 
@@ -38,27 +51,34 @@ static_assert(kLinNR % VW == 0, "a panel row is whole vectors");
 constexpr int64_t kLinKC = 256;  // input features per K block in prefill (a panel's slice: 16 KiB of f32)
 constexpr int64_t kLinMC = 72;   // rows per work item in prefill (a multiple of every MR)
 constexpr int64_t kLinMaxGroup = 8; // panels per work item at most
+constexpr int64_t kLinQRows = 16;         // rows int8/int4 decode rounds and multiplies as integers, at most
+constexpr int64_t kLinQBytes = 96 * 1024; // stack bytes for those rounded rows at most
 
-typedef uint8_t u8x16 __attribute__((vector_size(16)));
-typedef int8_t i8x16 __attribute__((vector_size(16)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef float f32x16 __attribute__((vector_size(64)));
 
 /// C: K, N (shapes); W (element type of plain weights: float, uint16_t = bf16, _Float16); QBITS (0, 8 or 4);
 /// QBLOCK (input features per scale when quantised); AFFINE (offsets given: unsigned codes, w = code * scale
-/// + offset; else int8 codes are signed and int4 ones centred on 8); HAS_BIAS.
+/// + offset; else int8 codes are signed and int4 ones centred on 8); HAS_BIAS; INT8_ACT (decode rounds the
+/// inputs to int8 and multiplies integers, see below).
 template <class C> struct Linear {
   static constexpr int64_t K = C::K, N = C::N, NR = kLinNR, NV = NR / VW, NP = (N + NR - 1) / NR;
   static constexpr int QBITS = C::QBITS;
   static constexpr int64_t BLK = QBITS ? C::QBLOCK : K; // features per scale (one block when not quantised)
   static constexpr int64_t KB = (K + BLK - 1) / BLK;
   static constexpr int MR = VW == 8 ? 6 : 12; // rows of a register tile
-  // Bytes of a panel: K rows of NR weights; int4 packs two features per 16-byte row (see PANELB).
-  static constexpr int64_t ROWB = QBITS == 8 ? NR : NR * int64_t(QBITS ? 0 : sizeof(typename C::W));
-  static constexpr int64_t PANELB = QBITS == 4 ? (K + 1) / 2 * NR : K * ROWB;
+  // Quantised panels: 4 bytes per column per group of GK features (int8: 4 codes; int4: byte q holds feature
+  // q in its low nibble and feature q + 4 in its high one), groups of a panel consecutive: [KG][NR][4] bytes.
+  static constexpr int64_t GK = QBITS == 4 ? 8 : 4, KG = (K + GK - 1) / GK, KPAD = KG * GK;
+  static constexpr int64_t PANELB = QBITS ? KG * NR * 4 : K * NR * int64_t(QBITS ? 1 : sizeof(typename C::W));
   static constexpr int64_t KC = K <= kLinKC ? K : !QBITS ? kLinKC : BLK >= K ? K : (kLinKC + BLK - 1) / BLK * BLK;
-  static_assert(!QBITS || BLK % 2 == 0, "quantisation blocks of an even number of features");
+  // Integer decode: inputs rounded per block of XB features (MOERT_LINEAR_XBLOCK, or the weight block when that
+  // is not a multiple of it), rows of up to MQ (MR, fewer when MR rounded rows would not fit kLinQBytes of stack).
+  static constexpr int64_t XB = !QBITS ? K : BLK % MOERT_LINEAR_XBLOCK == 0 ? MOERT_LINEAR_XBLOCK : BLK, KX = (K + XB - 1) / XB;
+  static constexpr int64_t MQ = !QBITS || !C::INT8_ACT ? 0 : std::min<int64_t>(kLinQRows, kLinQBytes / KPAD);
+  static_assert(!QBITS || BLK % GK == 0 || BLK >= K, "quantisation blocks of whole feature groups");
+  static_assert(!QBITS || XB % GK == 0 || KX == 1, "input blocks of whole feature groups");
   static_assert(NR == 16, "the int4 and int8 loads are written for 16-column panels");
   static_assert(kLinMC % MR == 0, "row blocks are whole tiles");
   // Prefill packs a row block's K block of inputs (kLinMC x KC floats on the stack): only for K blocks that fit.
@@ -85,44 +105,198 @@ template <class C> struct Linear {
     for (int v = 0; v < NV; ++v)
       std::memcpy(&out[v], reinterpret_cast<const float *>(&f) + v * VW, sizeof(vf));
   }
-  /// The NR codes of feature k (int8: signed, or unsigned with offsets) as f32, unscaled.
-  static inline void codes8(const uint8_t *panel, int64_t k, vf *c) {
-    if constexpr (C::AFFINE) {
-      u8x16 b;
-      std::memcpy(&b, panel + k * NR, 16);
-      split(__builtin_convertvector(__builtin_convertvector(b, i32x16), f32x16), c);
-    } else {
-      i8x16 b;
-      std::memcpy(&b, panel + k * NR, 16);
-      split(__builtin_convertvector(__builtin_convertvector(b, i32x16), f32x16), c);
-    }
-  }
-  /// The codes of features k and k + 1 (k even) of an int4 panel, unscaled: one 16-byte row holds column j of
-  /// feature k in byte j's low nibble and of feature k + 1 in its high nibble.
-  static inline void codes4(const uint8_t *panel, int64_t k, vf *c0, vf *c1) {
-    u8x16 b;
-    std::memcpy(&b, panel + (k / 2) * NR, 16);
-    u32x16 x = __builtin_convertvector(b, u32x16);
-    split(__builtin_convertvector(x & 15u, f32x16), c0);
-    split(__builtin_convertvector(x >> 4, f32x16), c1);
-  }
-  /// Codes of features k and (when k + 1 < ke) k + 1, unscaled.
-  static inline void codesPair(const uint8_t *panel, int64_t k, int64_t ke, vf *c0, vf *c1) {
-    if constexpr (QBITS == 4) {
-      codes4(panel, k, c0, c1);
-    } else {
-      codes8(panel, k, c0);
-      if (k + 1 < ke)
-        codes8(panel, k + 1, c1);
-    }
-  }
-  /// Scales and offsets of the block starting at feature kb: w = code * s + o (o = -8 s for symmetric int4,
-  /// 0 for symmetric int8, the stored offsets with zero points).
-  static inline void blockScales(const float *sc, const float *of, int64_t kb, vf *s, vf *o) {
+  /// Scales and offsets of the block holding feature k: w = code * s + o (o = -8 s for symmetric int4, 0 for
+  /// int8 without zero points, the stored offsets with them).
+  static inline void blockScales(const float *sc, const float *of, int64_t k, vf *s, vf *o) {
 #pragma unroll
     for (int v = 0; v < NV; ++v) {
-      s[v] = loadv(sc + (kb / BLK) * NR + v * VW);
-      o[v] = C::AFFINE ? loadv(of + (kb / BLK) * NR + v * VW) : QBITS == 4 ? s[v] * -8.0f : vf{};
+      s[v] = loadv(sc + (k / BLK) * NR + v * VW);
+      o[v] = C::AFFINE ? loadv(of + (k / BLK) * NR + v * VW) : QBITS == 4 ? s[v] * -8.0f : vf{};
+    }
+  }
+  /// Code of feature q (0 <= q < GK) of a group, for the 16 columns (`g`: their 4-byte lanes), unscaled.
+  template <int Q> static inline f32x16 groupCodes(u32x16 g) {
+    if constexpr (QBITS == 8)
+      return __builtin_convertvector(i32x16(g << (24 - 8 * Q)) >> 24, f32x16);
+    else
+      return __builtin_convertvector((g >> (8 * (Q % 4) + 4 * (Q / 4))) & 15u, f32x16);
+  }
+
+  /// Rounds one input row to int8 per block of XB features: q = round-half-even(x * (127 / max|x|)), scale
+  /// max|x| / 127 (a block of zeros: scale 0; a non-finite block: scale NaN, so the outputs are NaN), and each
+  /// block's sum of q. Features K..KPAD are zero.
+  static void quantizeRow(const float *x, int8_t *q, float *xs, float *xsq) {
+    for (int64_t b = 0; b < KX; ++b) {
+      const int64_t k0 = b * XB, k1 = std::min<int64_t>(K, k0 + XB);
+      float amax = 0.0f;
+      for (int64_t k = k0; k < k1; ++k)
+        amax = std::max(amax, std::fabs(x[k]));
+      int32_t sum = 0;
+      if (!(amax <= 3.0e38f)) { // inf or NaN
+        for (int64_t k = k0; k < k1; ++k)
+          q[k] = 0;
+        xs[b] = NAN;
+      } else {
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (int64_t k = k0; k < k1; ++k) {
+          const int32_t v = int32_t(std::nearbyint(x[k] * inv));
+          q[k] = int8_t(v);
+          sum += v;
+        }
+        xs[b] = amax / 127.0f;
+      }
+      xsq[b] = float(sum);
+    }
+    for (int64_t k = K; k < KPAD; ++k)
+      q[k] = 0;
+  }
+
+  /// isum[i][j] = sum over features [k0, k1) (whole groups) of code(j, k) * xq[i][k]: 4 products per column
+  /// per byte-multiply-add (AVX2), or plain integer loops elsewhere (same sums).
+  template <int M>
+  __attribute__((always_inline)) static inline void groupDots(const uint8_t *panel, const int8_t *xq, int64_t k0,
+                                                              int64_t k1, int32_t (&isum)[M][NR]) {
+#if defined(__AVX2__)
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
+    __m256i acc[M][2];
+#pragma unroll
+    for (int i = 0; i < M; ++i)
+      acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+    for (int64_t k = k0; k < k1; k += GK) {
+      const uint8_t *g = panel + (k / GK) * NR * 4;
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(g));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(g + 32));
+      if constexpr (QBITS == 8) {
+        // u8 x s8 multiply: |w| times x with w's sign (|products| <= 128 * 127, pairs fit in i16).
+        const __m256i a0 = _mm256_sign_epi8(w0, w0), a1 = _mm256_sign_epi8(w1, w1);
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+          int32_t x4;
+          std::memcpy(&x4, xq + i * KPAD + k, 4);
+          const __m256i xb = _mm256_set1_epi32(x4);
+          acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones));
+          acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones));
+        }
+      } else {
+        const __m256i l0 = _mm256_and_si256(w0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(w0, 4), low);
+        const __m256i l1 = _mm256_and_si256(w1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(w1, 4), low);
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+          int32_t xlo, xhi;
+          std::memcpy(&xlo, xq + i * KPAD + k, 4);
+          std::memcpy(&xhi, xq + i * KPAD + k + 4, 4);
+          const __m256i xa = _mm256_set1_epi32(xlo), xb = _mm256_set1_epi32(xhi);
+          // codes 0..15 times |x| <= 127: each i16 pair sum of the two halves stays below 2^15
+          acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, xa),
+                                                                                     _mm256_maddubs_epi16(h0, xb)), ones));
+          acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l1, xa),
+                                                                                     _mm256_maddubs_epi16(h1, xb)), ones));
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i *>(isum[i]), acc[i][0]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i *>(isum[i] + 8), acc[i][1]);
+    }
+#else
+    for (int i = 0; i < M; ++i)
+      for (int64_t j = 0; j < NR; ++j)
+        isum[i][j] = 0;
+    for (int64_t k = k0; k < k1; k += GK) {
+      const uint8_t *g = panel + (k / GK) * NR * 4;
+      for (int64_t j = 0; j < NR; ++j)
+        for (int q = 0; q < GK; ++q) {
+          const uint8_t byte = g[j * 4 + q % 4];
+          const int32_t code = QBITS == 8 ? int32_t(int8_t(byte)) : int32_t(q < 4 ? byte & 15 : byte >> 4);
+          for (int i = 0; i < M; ++i)
+            isum[i][j] += code * int32_t(xq[i * KPAD + k + q]);
+        }
+    }
+#endif
+  }
+
+  /// acc[i] += input rows a[i * K ..] x quantised panel p, every feature, in f32: codes times inputs summed per
+  /// block, then scaled once (sum w x = s sum code x + o sum x; `xsum` [M][KB] the rows' sums per block).
+  template <int M>
+  __attribute__((always_inline)) static inline void codeTile(const uint8_t *panel, const float *sc, const float *of,
+                                                             const float *a, const float *xsum, vf (&acc)[M][NV]) {
+    constexpr bool OFFSET = C::AFFINE || QBITS == 4;
+    for (int64_t kb = 0; kb < K; kb += BLK) {
+      const int64_t ke = std::min<int64_t>(K, kb + BLK);
+      vf s[NV], o[NV];
+      blockScales(sc, of, kb, s, o);
+      vf b[2][M][NV] = {};
+      // whole groups, then the block's last features (a partial group past K)
+      auto group = [&](int64_t k, auto guard) {
+        u32x16 g;
+        std::memcpy(&g, panel + (k / GK) * NR * 4, sizeof g);
+        auto feature = [&](auto q, f32x16 codes) {
+          constexpr int Q = decltype(q)::value;
+          if (decltype(guard)::value && k + Q >= ke)
+            return;
+          vf cv[NV];
+          split(codes, cv);
+#pragma unroll
+          for (int i = 0; i < M; ++i) {
+            const vf x = splat(a[i * K + k + Q]);
+#pragma unroll
+            for (int v = 0; v < NV; ++v)
+              b[Q % 2][i][v] += x * cv[v];
+          }
+        };
+        feature(std::integral_constant<int, 0>{}, groupCodes<0>(g));
+        feature(std::integral_constant<int, 1>{}, groupCodes<1>(g));
+        feature(std::integral_constant<int, 2>{}, groupCodes<2>(g));
+        feature(std::integral_constant<int, 3>{}, groupCodes<3>(g));
+        if constexpr (GK == 8) {
+          feature(std::integral_constant<int, 4>{}, groupCodes<4>(g));
+          feature(std::integral_constant<int, 5>{}, groupCodes<5>(g));
+          feature(std::integral_constant<int, 6>{}, groupCodes<6>(g));
+          feature(std::integral_constant<int, 7>{}, groupCodes<7>(g));
+        }
+      };
+      int64_t k = kb;
+      for (; k + GK <= ke; k += GK)
+        group(k, std::false_type{});
+      if (k < ke)
+        group(k, std::true_type{});
+#pragma unroll
+      for (int i = 0; i < M; ++i)
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+          acc[i][v] += s[v] * (b[0][i][v] + b[1][i][v]);
+          if (OFFSET)
+            acc[i][v] += o[v] * xsum[i * KB + kb / BLK];
+        }
+    }
+  }
+
+  /// acc[i] += rounded input rows i x panel p, every feature: integer sums per input block, scaled once each.
+  template <int M>
+  __attribute__((always_inline)) static inline void intTile(const uint8_t *panel, const float *sc, const float *of,
+                                                            const int8_t *xq, const float *xs, const float *xsq,
+                                                            vf (&acc)[M][NV]) {
+    constexpr bool OFFSET = C::AFFINE || QBITS == 4;
+    for (int64_t b = 0; b < KX; ++b) {
+      const int64_t k0 = b * XB, k1 = std::min<int64_t>(KPAD, k0 + XB);
+      alignas(64) int32_t isum[M][NR];
+      groupDots<M>(panel, xq, k0, k1, isum);
+      vf s[NV], o[NV];
+      blockScales(sc, of, k0, s, o);
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        const float x = xs[i * KX + b], xsum = xsq[i * KX + b];
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+          i32xv is;
+          std::memcpy(&is, isum[i] + v * VW, sizeof is);
+          vf t = __builtin_convertvector(is, vf) * s[v];
+          if (OFFSET)
+            t += o[v] * xsum;
+          acc[i][v] += t * x;
+        }
+      }
     }
   }
 
@@ -152,96 +326,39 @@ template <class C> struct Linear {
     }
   }
 
-  /// acc[i] += input rows a[i * K + k0 .. k1) x panel p's features [k0, k1). k0 is a multiple of BLK.
-  /// Plain weights: decode (M <= 2) keeps two accumulator sets over alternate features so the FMA chains
-  /// overlap. Quantised weights (decode only, M <= 2: more rows go through dequant() and plainTile()) are
-  /// summed as codes per block and scaled once per block (w = code * s + o, so sum w x = s * sum code x +
-  /// o * sum x, with o = -8 s for symmetric int4): one FMA per weight vector.
+  /// acc[i] += input rows a[i * K + k0 .. k1) (or packed, PK) x plain panel p's features [k0, k1). Decode
+  /// (M <= 2) keeps two accumulator sets over alternate features so the FMA chains overlap.
   template <int M, bool PK = false>
-  __attribute__((always_inline)) static inline void tile(const uint8_t *panel, const float *scales,
-                                                         const float *offsets, const float *a, const float *xsum,
-                                                         int64_t k0, int64_t k1, vf (&acc)[M][NV]) {
+  __attribute__((always_inline)) static inline void tile(const uint8_t *panel, const float *a, int64_t k0,
+                                                         int64_t k1, vf (&acc)[M][NV]) {
+    static_assert(QBITS == 0, "quantised panels go through intTile or dequant");
     constexpr int U = M <= 2 ? 2 : 1;
-    constexpr bool OFFSET = C::AFFINE || QBITS == 4; // an offset term (zero points, or int4's centre 8)
     vf part[U][M][NV] = {};
-    for (int64_t kb = k0; kb < k1; kb += BLK) {
-      const int64_t ke = std::min<int64_t>(k1, kb + BLK);
-      vf s[NV] = {}, o[NV] = {};
-      if constexpr (QBITS != 0)
-        blockScales(scales, offsets, kb, s, o);
-      if constexpr (QBITS == 0) {
-        const typename C::W *p = reinterpret_cast<const typename C::W *>(panel);
-        int64_t k = kb;
-        for (; k + U <= ke; k += U)
+    const typename C::W *p = reinterpret_cast<const typename C::W *>(panel);
+    int64_t k = k0;
+    for (; k + U <= k1; k += U)
 #pragma unroll
-          for (int u = 0; u < U; ++u) {
-            vf w[NV];
+      for (int u = 0; u < U; ++u) {
+        vf w[NV];
 #pragma unroll
-            for (int v = 0; v < NV; ++v)
-              w[v] = loadv(p + (k + u) * NR + v * VW);
+        for (int v = 0; v < NV; ++v)
+          w[v] = loadv(p + (k + u) * NR + v * VW);
 #pragma unroll
-            for (int i = 0; i < M; ++i) {
-              const vf x = splat(ax<PK>(a, i, k + u, k0));
+        for (int i = 0; i < M; ++i) {
+          const vf x = splat(ax<PK>(a, i, k + u, k0));
 #pragma unroll
-              for (int v = 0; v < NV; ++v)
-                part[u][i][v] += x * w[v];
-            }
-          }
-        for (; k < ke; ++k)
-#pragma unroll
-          for (int i = 0; i < M; ++i) {
-            const vf x = splat(ax<PK>(a, i, k, k0));
-#pragma unroll
-            for (int v = 0; v < NV; ++v)
-              part[0][i][v] += x * loadv(p + k * NR + v * VW);
-          }
-      } else {
-        // Four accumulator sets (features k..k+3) so four FMA chains overlap; sum x per block comes
-        // precomputed (`xsum`, [M][KB]), shared by every panel.
-        vf b[4][M][NV] = {};
-        int64_t k = kb;
-        for (; k + 4 <= ke; k += 4) {
-          vf c[4][NV];
-          if constexpr (QBITS == 4) {
-            codes4(panel, k, c[0], c[1]);
-            codes4(panel, k + 2, c[2], c[3]);
-          } else {
-#pragma unroll
-            for (int u = 0; u < 4; ++u)
-              codes8(panel, k + u, c[u]);
-          }
-#pragma unroll
-          for (int u = 0; u < 4; ++u)
-#pragma unroll
-            for (int i = 0; i < M; ++i) {
-              const vf x = splat(a[i * K + k + u]);
-#pragma unroll
-              for (int v = 0; v < NV; ++v)
-                b[u][i][v] += x * c[u][v];
-            }
+          for (int v = 0; v < NV; ++v)
+            part[u][i][v] += x * w[v];
         }
-        for (; k < ke; k += 2) { // the block's last features (a block of 2 mod 4, or K odd)
-          vf c0[NV], c1[NV];
-          codesPair(panel, k, ke, c0, c1);
-#pragma unroll
-          for (int i = 0; i < M; ++i)
-#pragma unroll
-            for (int v = 0; v < NV; ++v) {
-              b[0][i][v] += splat(a[i * K + k]) * c0[v];
-              if (k + 1 < ke)
-                b[1][i][v] += splat(a[i * K + k + 1]) * c1[v];
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < M; ++i)
-#pragma unroll
-          for (int v = 0; v < NV; ++v) {
-            part[0][i][v] += s[v] * ((b[0][i][v] + b[1][i][v]) + (b[2][i][v] + b[3][i][v]));
-            if (OFFSET)
-              part[U - 1][i][v] += o[v] * xsum[i * KB + kb / BLK];
-          }
       }
-    }
+    for (; k < k1; ++k)
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        const vf x = splat(ax<PK>(a, i, k, k0));
+#pragma unroll
+        for (int v = 0; v < NV; ++v)
+          part[0][i][v] += x * loadv(p + k * NR + v * VW);
+      }
 #pragma unroll
     for (int i = 0; i < M; ++i)
 #pragma unroll
@@ -278,26 +395,37 @@ template <class C> struct Linear {
         acc[i][v] += part[i][v];
   }
 
-  /// Features [k0, k1) of quantised panel p as f32 into `out` ([k1 - k0][NR]): done once per panel and K
-  /// block in prefill, then every row tile of the block runs the f32 micro-kernel on it.
+  /// Features [k0, k1) of quantised panel p as f32 into `out` ([k1 - k0][NR]; k0 a multiple of BLK): done once
+  /// per panel and K block in prefill, then every row tile of the block runs the f32 micro-kernel on it.
   static void dequant(const moert_linear_args &a, int64_t p, int64_t k0, int64_t k1, float *out) {
     const uint8_t *panel = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
     const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
     const float *of = C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
-    constexpr bool OFFSET = C::AFFINE || QBITS == 4;
-    for (int64_t kb = k0; kb < k1; kb += BLK) {
-      const int64_t ke = std::min<int64_t>(k1, kb + BLK);
-      vf s[NV], o[NV];
-      blockScales(sc, of, kb, s, o);
-      for (int64_t k = kb; k < ke; k += 2) {
-        vf c0[NV], c1[NV];
-        codesPair(panel, k, ke, c0, c1);
+    vf s[NV], o[NV];
+    for (int64_t k = k0; k < k1; k += GK) {
+      if (k == k0 || k % BLK == 0)
+        blockScales(sc, of, k, s, o);
+      u32x16 g;
+      std::memcpy(&g, panel + (k / GK) * NR * 4, sizeof g);
+      float *dst = out + (k - k0) * NR;
+      auto put = [&](int q, f32x16 c) {
+        if (k + q >= k1)
+          return;
+        vf cv[NV];
+        split(c, cv);
 #pragma unroll
-        for (int v = 0; v < NV; ++v) {
-          storev(out + (k - k0) * NR + v * VW, OFFSET ? c0[v] * s[v] + o[v] : c0[v] * s[v]);
-          if (k + 1 < ke)
-            storev(out + (k + 1 - k0) * NR + v * VW, OFFSET ? c1[v] * s[v] + o[v] : c1[v] * s[v]);
-        }
+        for (int v = 0; v < NV; ++v)
+          storev(dst + q * NR + v * VW, cv[v] * s[v] + o[v]);
+      };
+      put(0, groupCodes<0>(g));
+      put(1, groupCodes<1>(g));
+      put(2, groupCodes<2>(g));
+      put(3, groupCodes<3>(g));
+      if constexpr (GK == 8) {
+        put(4, groupCodes<4>(g));
+        put(5, groupCodes<5>(g));
+        put(6, groupCodes<6>(g));
+        put(7, groupCodes<7>(g));
       }
     }
   }
@@ -305,19 +433,22 @@ template <class C> struct Linear {
   struct Ctx {
     const moert_linear_args *a;
     int64_t rowBlock, rowBlocks, group, groups;
-    const float *xsum; // decode with quantised weights: [M][KB] sums of each row's inputs per block
+    // int8/int4 decode: the rows rounded to int8 ([M][KPAD]), their scales and sums of q per block ([M][KX])
+    const int8_t *xq;
+    const float *xs, *xsq;
+    const float *xsum; // int8/int4 decode in f32: each row's input sum per block ([M][KB])
   };
+
+  // plain panels; a dequantised f32 slice; codes times f32 inputs (decode); integer dot products (decode)
+  enum Mode { PLAIN, DEQ, CODES, INT };
 
   /// Rows [r, r + M) x panel p over features [k0, k1): the first K block starts from the bias (or zero), the
   /// others from the output so far; the last adds the residual. Columns past N (the last panel's padding)
   /// are never stored.
-  template <int M, bool DQ, bool PK>
-  static void block(const moert_linear_args &a, const float *xsum, const float *deq, const float *ap, int64_t r,
+  template <int M, Mode MODE, bool PK>
+  static void block(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap, int64_t r,
                     int64_t p, int64_t k0, int64_t k1) {
     const uint8_t *w = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
-    const float *sc = QBITS ? static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR : nullptr;
-    const float *of = QBITS && C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR
-                                         : nullptr;
     const int64_t n0 = p * NR, cols = std::min<int64_t>(NR, N - n0);
     float *out = a.output + r * N + n0;
     vf acc[M][NV];
@@ -337,10 +468,19 @@ template <class C> struct Linear {
       }
     }
     const float *in = PK ? ap : a.input + r * K;
-    if constexpr (DQ)
+    if constexpr (MODE == DEQ) {
       plainTile<M, PK>(deq, in, k0, k1, acc);
-    else
-      tile<M, PK>(w, sc, of, in, xsum ? xsum + r * KB : nullptr, k0, k1, acc);
+    } else if constexpr (MODE == CODES) {
+      const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
+      const float *of = C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
+      codeTile<M>(w, sc, of, in, c.xsum + r * KB, acc);
+    } else if constexpr (MODE == INT) {
+      const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
+      const float *of = C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
+      intTile<M>(w, sc, of, c.xq + r * KPAD, c.xs + r * KX, c.xsq + r * KX, acc);
+    } else if constexpr (QBITS == 0) {
+      tile<M, PK>(w, in, k0, k1, acc);
+    }
     const bool last = k1 == K;
     for (int i = 0; i < M; ++i) {
       float tmp[NR];
@@ -355,15 +495,15 @@ template <class C> struct Linear {
     }
   }
 
-  template <bool DQ, bool PK>
-  static void rows(const moert_linear_args &a, const float *xsum, const float *deq, const float *ap, int64_t m,
+  template <Mode MODE, bool PK>
+  static void rows(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap, int64_t m,
                    int64_t r, int64_t p, int64_t k0, int64_t k1) {
     static_assert(MR <= 12, "row tiles of at most 12");
     switch (m) {
 #define MOERT_LIN_CASE(n)                                                                                      \
   case n:                                                                                                      \
     if constexpr (n <= MR)                                                                                     \
-      return block<n, DQ, PK>(a, xsum, deq, ap, r, p, k0, k1);                                                                      \
+      return block<n, MODE, PK>(a, c, deq, ap, r, p, k0, k1);                                                  \
     break;
       MOERT_LIN_CASE(1) MOERT_LIN_CASE(2) MOERT_LIN_CASE(3) MOERT_LIN_CASE(4) MOERT_LIN_CASE(5)
       MOERT_LIN_CASE(6) MOERT_LIN_CASE(7) MOERT_LIN_CASE(8) MOERT_LIN_CASE(9) MOERT_LIN_CASE(10)
@@ -381,23 +521,33 @@ template <class C> struct Linear {
     const int64_t rb = item / c.groups, g = item % c.groups;
     const int64_t r0 = rb * c.rowBlock, r1 = std::min(M, r0 + c.rowBlock);
     const int64_t p0 = g * c.group, p1 = std::min(NP, p0 + c.group);
+    if (QBITS && c.xq) { // int8/int4 decode: integer dot products over all of K, one pass per row tile
+      for (int64_t pp = p0; pp < p1; ++pp)
+        for (int64_t r = r0; r < r1; r += MR)
+          rows<INT, false>(a, c, nullptr, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, 0, K);
+      return;
+    }
     if (M > MR && PACK_A)
       return prefill(c, r0, r1, p0, p1);
-    // Decode (or a K too long to pack): rows read in place; int8/int4 with more than 2 rows dequantised per
-    // panel and K block.
-    const bool dq = QBITS && M > 2;
-    const int64_t kc = M <= MR && !dq ? K : KC; // decode: one pass over K (no partial sums through memory)
+    if (QBITS && c.xsum) { // int8/int4 decode of 1 or 2 rows in f32: codes times inputs, one pass
+      for (int64_t pp = p0; pp < p1; ++pp)
+        rows<CODES, false>(a, c, nullptr, nullptr, r1 - r0, r0, pp, 0, K);
+      return;
+    }
+    // Plain decode (one pass over K, no partial sums through memory), or int8/int4 rows past the decode paths
+    // with a K too long to pack: rows read in place, panels dequantised per K block.
+    const int64_t kc = !QBITS && M <= MR ? K : KC;
     for (int64_t k0 = 0; k0 < K; k0 += kc) {
       const int64_t k1 = std::min(K, k0 + kc);
       for (int64_t pp = p0; pp < p1; ++pp) {
-        if (dq) {
-          alignas(64) float deq[QBITS ? KC * NR : 1];
+        if constexpr (QBITS != 0) {
+          alignas(64) float deq[KC * NR];
           dequant(a, pp, k0, k1, deq);
           for (int64_t r = r0; r < r1; r += MR)
-            rows<true, false>(a, nullptr, deq, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+            rows<DEQ, false>(a, c, deq, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
         } else {
           for (int64_t r = r0; r < r1; r += MR)
-            rows<false, false>(a, c.xsum, nullptr, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+            rows<PLAIN, false>(a, c, nullptr, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
         }
       }
     }
@@ -416,12 +566,11 @@ template <class C> struct Linear {
         if constexpr (QBITS != 0) {
           dequant(a, pp, k0, k1, deq);
           for (int64_t r = r0; r < r1; r += MR)
-            rows<true, true>(a, nullptr, deq, ap + (r - r0) / MR * KC * MR, std::min<int64_t>(MR, r1 - r), r, pp,
-                             k0, k1);
+            rows<DEQ, true>(a, c, deq, ap + (r - r0) / MR * KC * MR, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
         } else {
           for (int64_t r = r0; r < r1; r += MR)
-            rows<false, true>(a, nullptr, nullptr, ap + (r - r0) / MR * KC * MR, std::min<int64_t>(MR, r1 - r), r,
-                              pp, k0, k1);
+            rows<PLAIN, true>(a, c, nullptr, ap + (r - r0) / MR * KC * MR, std::min<int64_t>(MR, r1 - r), r, pp, k0,
+                              k1);
         }
       }
     }
@@ -434,15 +583,23 @@ template <class C> struct Linear {
     const moert_exec &ex = *a->exec;
     Ctx c{};
     c.a = a;
-    c.rowBlock = M <= MR ? M : kLinMC;
+    const bool intDecode = QBITS && M <= MQ;
+    c.rowBlock = M <= MR || intDecode ? M : kLinMC;
     c.rowBlocks = (M + c.rowBlock - 1) / c.rowBlock;
     // Enough items for every thread (about 4 each), panels per item between 1 and kLinMaxGroup.
     const int64_t want = 4 * std::max(1, ex.threads);
     c.group = std::clamp<int64_t>(NP * c.rowBlocks / want, 1, kLinMaxGroup);
     c.groups = (NP + c.group - 1) / c.group;
-    // Decode with quantised weights sums codes per block and needs each row's input sum per block.
+    // int8/int4 decode: the rows rounded to int8 once, shared by every panel.
+    alignas(64) int8_t xq[QBITS ? MQ * KPAD + 1 : 1];
+    float xs[QBITS ? MQ * KX + 1 : 1], xsq[QBITS ? MQ * KX + 1 : 1];
+    if (intDecode) {
+      for (int64_t i = 0; i < M; ++i)
+        quantizeRow(a->input + i * K, xq + i * KPAD, xs + i * KX, xsq + i * KX);
+      c.xq = xq, c.xs = xs, c.xsq = xsq;
+    }
     float xsum[QBITS ? 2 * KB : 1];
-    if (QBITS && M <= 2) {
+    if (QBITS && !intDecode && M <= 2) {
       for (int64_t i = 0; i < M; ++i)
         for (int64_t b = 0; b < KB; ++b) {
           float t = 0.0f;

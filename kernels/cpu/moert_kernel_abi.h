@@ -93,15 +93,22 @@ enum moert_storage {
 /* Input features per f32 scale of expert weights stored int8/int4 by moec (fc1 rows; fc2 column blocks). */
 #define MOERT_EXPERT_QBLOCK 32
 enum moert_linear_slot {
-  MOERT_LIN_W = 0,       /* [NP][K][NR]: f32, bf16 or fp16; int8: one code a byte (signed, or unsigned with
-                            offsets); int4: [NP][ceil(K / 2)][NR] bytes, byte j of row r holding column j of
-                            feature 2r in its low nibble and of feature 2r + 1 in its high one (unsigned; zero
-                            point 8 without offsets)                                                    */
+  MOERT_LIN_W = 0,       /* plain: [NP][K][NR] f32, bf16 or fp16. int8/int4: [NP][KG][NR][4] bytes, a column's
+                            features in groups of GK (4 for int8, 8 for int4; KG = ceil(K / GK), the last group
+                            zero-padded) of 4 bytes: int8 feature GK g + q is byte q (a signed code); int4 feature
+                            GK g + q (q < 4) is byte q's low nibble and GK g + 4 + q its high one (unsigned codes;
+                            zero point 8 without offsets)                                               */
   MOERT_LIN_SCALES = 1,  /* quantised: [NP][KB][NR] f32, one per column per block of QBLOCK input features  */
   MOERT_LIN_OFFSETS = 2, /* quantised with zero points: [NP][KB][NR] f32; w = code * scale + offset        */
   MOERT_LIN_BIAS = 3,    /* [NP * NR] f32 (zero-padded)                                                    */
   MOERT_LIN_SLOTS = 4
 };
+/* int8/int4 weights in decode (calls of up to 16 rows; fewer when 16 rows of K int8 values pass 96 KiB)
+ * multiply integers: each input row is first rounded to int8 per block of MOERT_LINEAR_XBLOCK features (or of
+ * QBLOCK when that is not a multiple of it): q = round-half-even(x * (127 / max|x|)), x ~ q * max|x| / 127.
+ * The result is then sum_k w[k][n] * xq[k] with f32 accumulation, as ggml computes Q8_0 x Q4_0 / Q8_0. More rows
+ * (prefill) multiply the dequantised weights by the inputs as they are. */
+#define MOERT_LINEAR_XBLOCK 32
 
 typedef struct moert_linear_args {
   int64_t rows;                          /* M                                                      */

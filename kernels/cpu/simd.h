@@ -35,6 +35,7 @@ inline vf splat(float a) { return vf{} + a; }
 // bf16 weights (`--weights=bf16`): the upper 16 bits of an f32, widened on load; accumulation stays f32.
 typedef uint16_t u16xv __attribute__((vector_size(VW * 2)));
 typedef uint32_t u32xv __attribute__((vector_size(VW * 4)));
+typedef int32_t i32xv __attribute__((vector_size(VW * 4)));
 inline vf loadv(const uint16_t *p) {
   u16xv h;
   std::memcpy(&h, p, sizeof h);

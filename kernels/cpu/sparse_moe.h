@@ -32,6 +32,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace moert_cpu {
 
@@ -59,7 +62,6 @@ template <typename T> struct Plain {
 };
 
 typedef int8_t i8xv __attribute__((vector_size(VW)));
-typedef int32_t i32xv __attribute__((vector_size(VW * 4)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 /// 8 nibbles of a little-endian word (element k in bits 4k..4k+3), centred: value - 8.
 inline u32x8 nibbles(uint32_t w) {
@@ -184,6 +186,98 @@ template <class Row> inline void axpy(float *__restrict y, float a, Row x, int64
 }
 inline void axpy(float *y, float a, const float *x, int64_t n) { axpy(y, a, Plain<float>{x}, n); }
 
+// ---- integer dot products for quantised fc1 rows (decode) ------------------------------------------------
+// A token whose fc1 rows are int8/int4 in blocks of a multiple of kXBlock columns is rounded once to int8 per
+// block of kXBlock: q = round-half-even(x * (127 / max|x|)), x ~ q * max|x| / 127 (as the linear kernel's
+// decode and ggml's Q8_0 do). A row's dot product is then integer sums per block, scaled once each. int4 rows
+// hold column 2i in byte i's low nibble and 2i + 1 in its high one, so the rounded token is stored with each 64
+// columns' even ones first, then the odd ones: one byte multiply-add per nibble half.
+constexpr int64_t kXBlock = 32;
+struct QTok {
+  const int8_t *q;  // [H] (int4 rows: per 64 columns, the even ones then the odd ones)
+  const float *s;   // [H / kXBlock] scales
+  const int32_t *sq; // [H / kXBlock] sums of q
+};
+
+template <int BITS> inline void roundToken(const float *x, int64_t n, int8_t *q, float *s, int32_t *sq) {
+  for (int64_t b = 0; b < n / kXBlock; ++b) {
+    const float *xb = x + b * kXBlock;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < kXBlock; ++i)
+      amax = std::max(amax, std::fabs(xb[i]));
+    const bool finite = amax <= 3.0e38f;
+    const float inv = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
+    int32_t sum = 0;
+    for (int64_t i = 0; i < kXBlock; ++i) {
+      const int32_t v = int32_t(std::nearbyint(xb[i] * inv));
+      const int64_t h = b * kXBlock + i;
+      // int4: column h of a 64-column chunk goes to (h % 2) * 32 + (h % 64) / 2
+      q[BITS == 4 ? (h / 64) * 64 + (h % 2) * 32 + (h % 64) / 2 : h] = int8_t(v);
+      sum += v;
+    }
+    s[b] = finite ? amax / 127.0f : NAN;
+    sq[b] = sum;
+  }
+}
+
+/// sum_h w[h] * x[h] of a quantised row (codes `w`, a scale per BLK columns `ws`) and a rounded token.
+template <int BITS, int64_t BLK, int64_t H> inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
+  static_assert(BLK % kXBlock == 0 && H % (BITS == 4 ? 64 : 32) == 0, "whole blocks");
+#if defined(__AVX2__)
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  if constexpr (BITS == 8) {
+    for (int64_t h = 0; h < H; h += 32) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + h));
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h));
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)), ones);
+      const __m256 sc = _mm256_set1_ps(ws[h / BLK] * x.s[h / kXBlock]);
+      if ((h / 32) % 2)
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc1);
+      else
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc0);
+    }
+  } else {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (int64_t h = 0; h < H; h += 64) {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + h / 2));
+      const __m256i lo = _mm256_and_si256(b, low), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
+      const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h));
+      const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h + 32));
+      // lanes 0-3: columns h..h+31 (one input block), 4-7: h+32..h+63; codes are centred on 8, taken off as
+      // 2 * (sum of q) per lane
+      __m256i p = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
+      const int64_t j = h / kXBlock;
+      p = _mm256_sub_epi32(p, _mm256_set_m128i(_mm_set1_epi32(2 * x.sq[j + 1]), _mm_set1_epi32(2 * x.sq[j])));
+      const __m256 sc = _mm256_set_m128(_mm_set1_ps(ws[(h + 32) / BLK] * x.s[j + 1]), _mm_set1_ps(ws[h / BLK] * x.s[j]));
+      if ((h / 64) % 2)
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc1);
+      else
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc0);
+    }
+  }
+  const __m256 a = _mm256_add_ps(acc0, acc1);
+  __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+#else
+  float acc = 0.0f;
+  for (int64_t j = 0; j < H / kXBlock; ++j) {
+    int32_t t = 0;
+    for (int64_t i = 0; i < kXBlock; ++i) {
+      const int64_t h = j * kXBlock + i;
+      if constexpr (BITS == 8)
+        t += int32_t(int8_t(w[h])) * x.q[h];
+      else
+        t += (int32_t((w[h / 2] >> ((h & 1) * 4)) & 15) - 8) * x.q[(h / 64) * 64 + (h % 2) * 32 + (h % 64) / 2];
+    }
+    acc += float(t) * (ws[j * kXBlock / BLK] * x.s[j]);
+  }
+  return acc;
+#endif
+}
+
 /// How a dispatch's expert weights are stored (C::QBITS: 0 = C::W elements, 8 or 4 = quantised): the row
 /// views of expert e (or the shared expert, e = -1) with `fdim` hidden dims.
 template <class C, int BITS = C::QBITS> struct ExpertRows {
@@ -243,6 +337,11 @@ template <class C> struct Kernel {
   static constexpr int64_t WBITS = C::QBITS ? C::QBITS : 8 * int64_t(sizeof(typename C::W));
   static constexpr int64_t DB =
       std::max<int64_t>(4, std::min<int64_t>(kDimBlock, kL2Budget * 8 / (G * H * WBITS) / 4 * 4));
+  // With INT8_ACT, decode multiplies int8/int4 fc1 rows by the token rounded to int8 (integer dot products, see
+  // QTok) when their blocks are whole input blocks and H whole vectors of codes; prefill tiles use f32.
+  static constexpr bool INT_FC1 =
+      C::QBITS != 0 && C::INT8_ACT && C::QBLOCK1 % kXBlock == 0 && H % (C::QBITS == 4 ? 64 : 32) == 0;
+  static constexpr int64_t XBS = INT_FC1 ? H / kXBlock : 0; // input blocks of a token
 
   struct Item {
     int32_t expert; // -1: shared expert
@@ -252,7 +351,7 @@ template <class C> struct Kernel {
 
   struct Layout {
     int64_t T, chunks, maxItems, fmax;
-    size_t x, chosen, weight, counts, entries, items, partial, pred, coef, total;
+    size_t x, chosen, weight, counts, entries, items, partial, pred, coef, xq, xs, xsq, total;
   };
 
   static int64_t chunkCount(int64_t T, int threads) {
@@ -285,6 +384,9 @@ template <class C> struct Kernel {
     l.pred = take(C::HAS_PRED ? (sizeof(float) * (C::R + F) + sizeof(int32_t) * F) * threads : 0);
     l.fmax = std::max<int64_t>(F, C::FS);
     l.coef = take(sizeof(float) * kTile * kDimBlock * threads);
+    l.xq = take(INT_FC1 ? size_t(T * H) : 0);
+    l.xs = take(sizeof(float) * T * XBS);
+    l.xsq = take(sizeof(int32_t) * T * XBS);
     l.total = off;
     return l;
   }
@@ -301,6 +403,9 @@ template <class C> struct Kernel {
     float *partial;
     char *pred;
     float *coef; // per thread: [kTile][kDimBlock] activations times routing weight
+    int8_t *xq;  // INT_FC1: each token rounded to int8 ([T][H]), scales and sums of q ([T][XBS])
+    float *xs;
+    int32_t *xsq;
   };
 
   // ---- A: normalise and route one token ----------------------------------------------------------------
@@ -331,6 +436,8 @@ template <class C> struct Kernel {
       }
       x = xn;
     }
+    if constexpr (INT_FC1)
+      roundToken<C::QBITS>(x, H, c.xq + t * H, c.xs + t * XBS, c.xsq + t * XBS);
     float logits[N], scores[N], choice[N];
     if (C::LINEAR_ROUTER) {
       const float *r = static_cast<const float *>(a.weights[MOERT_ROUTER]);
@@ -400,6 +507,16 @@ template <class C> struct Kernel {
     }
     for (int64_t s = 0; s < K; ++s)
       w[s] = (C::NORMALIZE ? w[s] / wsum : w[s]) * C::SCALE;
+  }
+
+  /// Row r of fc1 (r = f * G + part) times token t's (normalised) input x.
+  static float fc1(const Ctx &c, const ExpertRows<C> &rows, int64_t r, const float *x, int64_t t) {
+    if constexpr (INT_FC1) {
+      const auto row = rows.row1(r);
+      return qdot<C::QBITS, C::QBLOCK1, H>(row.q, row.s, QTok{c.xq + t * H, c.xs + t * XBS, c.xsq + t * XBS});
+    } else {
+      return dot(rows.row1(r), x, H);
+    }
   }
 
   static float activate(float g, float u) {
@@ -485,6 +602,7 @@ template <class C> struct Kernel {
     const Item &it = c.items[index];
     const int64_t chunks = c.l.chunks;
     const float *xs[kTile];
+    int64_t tok[kTile];
     float *dst[kTile];
     float ws[kTile];
     int64_t n = 0;
@@ -503,6 +621,7 @@ template <class C> struct Kernel {
       for (int64_t j = it.begin; j < it.end; ++j, ++n) {
         int64_t t = c.entries[2 * j], slot = c.entries[2 * j + 1];
         xs[n] = c.X + t * H;
+        tok[n] = t;
         ws[n] = c.weight[t * K + slot];
         dst[n] = c.partial + ((t * S + slot) * chunks + it.chunk) * H;
       }
@@ -510,6 +629,7 @@ template <class C> struct Kernel {
       const float *gate = static_cast<const float *>(a.weights[MOERT_SHARED_GATE]);
       for (int64_t t = it.begin; t < it.end; ++t, ++n) {
         xs[n] = c.X + t * H;
+        tok[n] = t;
         ws[n] = gate ? sigmoid(dot(gate, xs[n], H)) : 1.0f;
         dst[n] = c.partial + ((t * S + K) * chunks + it.chunk) * H;
       }
@@ -540,8 +660,8 @@ template <class C> struct Kernel {
       std::sort(idx, idx + C::KEEP);
       for (int64_t j = 0; j < C::KEEP; ++j) {
         int64_t f = idx[j];
-        float g = dot(rows.row1(f * G), xs[0], H) + (b1 ? b1[f * G] : 0.0f);
-        float u = G == 2 ? dot(rows.row1(f * G + 1), xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+        float g = fc1(c, rows, f * G, xs[0], tok[0]) + (b1 ? b1[f * G] : 0.0f);
+        float u = G == 2 ? fc1(c, rows, f * G + 1, xs[0], tok[0]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
         axpy(dst[0], ws[0] * activate(g, u), rows.row2(f), H);
       }
     } else if (n == 1) {
@@ -549,8 +669,8 @@ template <class C> struct Kernel {
       for (int64_t f = it.f0; f < it.f1; ++f) {
         if (mask && !mask[f])
           continue;
-        float g = dot(rows.row1(f * G), xs[0], H) + (b1 ? b1[f * G] : 0.0f);
-        float u = G == 2 ? dot(rows.row1(f * G + 1), xs[0], H) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+        float g = fc1(c, rows, f * G, xs[0], tok[0]) + (b1 ? b1[f * G] : 0.0f);
+        float u = G == 2 ? fc1(c, rows, f * G + 1, xs[0], tok[0]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
         axpy(dst[0], ws[0] * activate(g, u), rows.row2(f), H);
       }
     } else {
@@ -637,6 +757,9 @@ template <class C> struct Kernel {
     c.partial = reinterpret_cast<float *>(base + c.l.partial);
     c.pred = base + c.l.pred;
     c.coef = reinterpret_cast<float *>(base + c.l.coef);
+    c.xq = reinterpret_cast<int8_t *>(base + c.l.xq);
+    c.xs = reinterpret_cast<float *>(base + c.l.xs);
+    c.xsq = reinterpret_cast<int32_t *>(base + c.l.xsq);
 
     ex.parallel_for(ex.pool, T, &c, &route);
 

@@ -35,12 +35,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 # The storage round trips (the same contract the MoE storages follow) and the error measure, written once.
-from check_cpu_e2e import bf16_round, fp16_round, quantize_rows, rel_error  # noqa: E402
+from check_cpu_e2e import bf16_round, fp16_round, quantize_rows, rel_error, round_int8  # noqa: E402
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "transformers")
 TOLERANCE = 1e-4
 # Stated bounds of each dense storage against the fp32 model on the dense model below (max |diff| / max |fp32
 # output|, Gaussian weights; measured bf16 ~2e-3, fp16 ~3e-4, int8 ~5e-3, int4 ~0.1).
 DRIFT = {"bf16": 1e-2, "fp16": 2e-3, "int8": 3e-2, "int4": 0.3}
+# --activations=int8 against the same stored weights multiplied in f32 (each layer's decode input rounded to
+# int8 per block of 32: about 1/254 of its block's largest value per element).
+ACT_DRIFT = 3e-2
 
 failures = []
 
@@ -262,6 +265,13 @@ def dense(args, tmp):
         if storage != "fp32":
             check(f"dense {storage}: drift vs the fp32 model", drift <= DRIFT[storage],
                   f"{drift:.2e} (bound {DRIFT[storage]})")
+        if storage in ("int8", "int4"):  # rounded inputs in decode: every layer's, so a stated bound only
+            art = os.path.join(tmp, f"dense_{storage}_act.moex")
+            run = compile_model(args, path, art, f"--dense-weights={storage}", "--activations=int8")
+            act = max(rel_error(moert_run(args, art, f, tmp)[n], w)
+                      for f in feeds for n, w in zip(("logits", "g"), ort_run(ref, f))) if run.returncode == 0 else 1.0
+            check(f"dense {storage}, int8 activations: vs ONNX Runtime on the stored weights", act <= ACT_DRIFT,
+                  f"max rel error {act:.2e} (bound {ACT_DRIFT}: inputs rounded to int8 at T = 1, 3)")
     # A wider LM head: int4 everywhere else, fp32 logits projection.
     art = os.path.join(tmp, "dense_head.moex")
     run = compile_model(args, path, art, "--weights=int4", "--lm-head-weights=fp32")
@@ -331,6 +341,21 @@ def matmulnbits(args, tmp):
             err = max(err, rel_error(moert_run(args, art, feeds, tmp)["Y"], ort_run(path, feeds)[0]))
         check(name, err <= TOLERANCE and len(desc) == 1 and "kept as imported" in desc[0],
               f"max rel error {err:.2e} vs ONNX Runtime (M = 1, 5, 64); {desc}")
+        # --activations=int8: calls of up to 16 rows multiply the input rounded to int8 per block of 32 (the
+        # weight block when it is not a multiple of 32): exact against ONNX Runtime fed the rounded input.
+        art = os.path.join(tmp, f"nbits{i}_act.moex")
+        run = compile_model(args, path, art, "--activations=int8")
+        if run.returncode != 0:
+            check(name + ", int8 activations", False, "moec compile failed: " + run.stderr.strip().splitlines()[-1])
+            continue
+        desc = re.findall(r"^\s*linear \d+: (.*)$", inspect(args, art), re.M)
+        err = 0.0
+        for m in (1, 5, 16, 17, 64):
+            a = rng.standard_normal((m, k)).astype(np.float32)
+            want = ort_run(path, {"A": round_int8(a, 32 if block % 32 == 0 else block) if m <= 16 else a})[0]
+            err = max(err, rel_error(moert_run(args, art, {"A": a}, tmp)["Y"], want))
+        check(name + ", int8 activations", err <= TOLERANCE and len(desc) == 1 and "int8 activations" in desc[0],
+              f"max rel error {err:.2e} vs ONNX Runtime on inputs rounded at M <= 16 (M = 1, 5, 16, 17, 64); {desc}")
 
 
 # ---- 4. bad input -------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 //===- linear_kernel_test.cpp - the linear kernel against a plain reference -----===//
 //
 // The ggml way of testing kernels: every variant of kernels/cpu/linear.h - weight storage (f32, bf16, fp16,
-// int8, int4, and int8/int4 with zero points as MatMulNBits stores them) x decode / prefill paths (M from 1 to
-// past one row block) x odd shapes (N of 1, 3, 17; K not a multiple of the quantisation block nor of the K
+// int8, int4, and int8/int4 with zero points as MatMulNBits stores them; int8/int4 with and without int8
+// activations) x decode / prefill paths (M from 1 to past one row block) x odd shapes (N of 1, 3, 17; K not a multiple of the quantisation block nor of the K
 // block) - packed by codegen/WeightPacking and run, against a double-precision matmul over the weights the
 // packing meant (rounded or dequantised independently of the kernel). Built twice: 8-lane and 16-lane vectors.
 //
@@ -106,11 +106,11 @@ template <Kind KIND> struct WType { using type = float; };
 template <> struct WType<BF16> { using type = uint16_t; };
 template <> struct WType<F16> { using type = _Float16; };
 
-template <Kind KIND, int64_t K_, int64_t N_, bool BIAS, int64_t BLOCK = 32> struct Cfg {
+template <Kind KIND, int64_t K_, int64_t N_, bool BIAS, int64_t BLOCK = 32, bool INT8ACT = false> struct Cfg {
   using W = typename WType<KIND>::type;
   static constexpr int64_t K = K_, N = N_, QBLOCK = BLOCK;
   static constexpr int QBITS = KIND == I8 || KIND == I8Z ? 8 : KIND == I4 || KIND == I4Z ? 4 : 0;
-  static constexpr bool AFFINE = KIND == I8Z || KIND == I4Z, HAS_BIAS = BIAS;
+  static constexpr bool AFFINE = KIND == I8Z || KIND == I4Z, HAS_BIAS = BIAS, INT8_ACT = INT8ACT;
 };
 
 float bf16Round(float x) {
@@ -184,6 +184,27 @@ Case makeCase(Kind kind, int64_t k, int64_t n, int64_t block, bool bias, std::mt
 
 int failures = 0, cases = 0;
 
+/// The inputs the kernel is meant to multiply: as given, or - int8/int4 weights and at most `mq` rows (decode,
+/// the kernel's integer path) - each row rounded to int8 per block of 32 features (the weight block when it is
+/// not a multiple of 32): q = round-half-even(x * (127 / max|x|)), x = q * max|x| / 127 (moert_kernel_abi.h).
+template <class C> std::vector<double> inputsAsMultiplied(const std::vector<float> &x, int64_t m, int64_t mq) {
+  std::vector<double> r(x.begin(), x.end());
+  if (!C::QBITS || m > mq)
+    return r;
+  const int64_t xb = C::QBLOCK % 32 == 0 ? 32 : C::QBLOCK;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t k0 = 0; k0 < C::K; k0 += xb) {
+      const int64_t k1 = std::min<int64_t>(C::K, k0 + xb);
+      float amax = 0.0f;
+      for (int64_t k = k0; k < k1; ++k)
+        amax = std::max(amax, std::fabs(x[i * C::K + k]));
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f, scale = amax / 127.0f;
+      for (int64_t k = k0; k < k1; ++k)
+        r[i * C::K + k] = double(std::nearbyint(x[i * C::K + k] * inv)) * double(scale);
+    }
+  return r;
+}
+
 template <class C> void check(Kind kind, std::mt19937 &rng) {
   using L = moert_cpu::Linear<C>;
   Case c = makeCase(kind, C::K, C::N, C::QBLOCK, C::HAS_BIAS, rng);
@@ -209,13 +230,14 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
       for (int s = 0; s < MOERT_LIN_SLOTS; ++s)
         a.weights[s] = c.packed.slots[s].empty() ? nullptr : c.packed.slots[s].data();
       L::run(&a);
+      const std::vector<double> xr = inputsAsMultiplied<C>(x, m, L::MQ);
       double worst = 0.0;
       for (int64_t i = 0; i < m; ++i)
         for (int64_t col = 0; col < C::N; ++col) {
           double ref = c.bias.empty() ? 0.0 : c.bias[col], mag = std::fabs(ref);
           for (int64_t f = 0; f < C::K; ++f) {
-            ref += double(x[i * C::K + f]) * c.wq[f * C::N + col];
-            mag += std::fabs(double(x[i * C::K + f]) * c.wq[f * C::N + col]);
+            ref += xr[i * C::K + f] * c.wq[f * C::N + col];
+            mag += std::fabs(xr[i * C::K + f] * c.wq[f * C::N + col]);
           }
           if (residual)
             ref += res[i * C::N + col], mag += std::fabs(res[i * C::N + col]);
@@ -230,16 +252,17 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
       }
     }
   }
-  std::printf("ok   %-8s K=%-4lld N=%-3lld block=%-3lld%s (M = 1..150, with and without residual)\n", kindName(kind),
-              (long long)C::K, (long long)C::N, (long long)C::QBLOCK, C::HAS_BIAS ? " bias" : "");
+  std::printf("ok   %-8s K=%-4lld N=%-3lld block=%-3lld%s%s (M = 1..150, with and without residual)\n",
+              kindName(kind), (long long)C::K, (long long)C::N, (long long)C::QBLOCK, C::HAS_BIAS ? " bias" : "",
+              C::INT8_ACT ? " int8-activations" : "");
 }
 
-template <Kind KIND> void shapes(std::mt19937 &rng) {
-  check<Cfg<KIND, 64, 1, false>>(KIND, rng);
-  check<Cfg<KIND, 70, 3, true>>(KIND, rng);   // K past a block, 3 columns
-  check<Cfg<KIND, 300, 17, true>>(KIND, rng); // K past the K block (256) and not a multiple of 32
-  check<Cfg<KIND, 96, 48, false, 16>>(KIND, rng);
-  check<Cfg<KIND, 520, 33, true, 128>>(KIND, rng); // MatMulNBits-sized blocks, K not a multiple of them
+template <Kind KIND, bool INT8ACT = false> void shapes(std::mt19937 &rng) {
+  check<Cfg<KIND, 64, 1, false, 32, INT8ACT>>(KIND, rng);
+  check<Cfg<KIND, 70, 3, true, 32, INT8ACT>>(KIND, rng);   // K past a block, 3 columns
+  check<Cfg<KIND, 300, 17, true, 32, INT8ACT>>(KIND, rng); // K past the K block (256) and not a multiple of 32
+  check<Cfg<KIND, 96, 48, false, 16, INT8ACT>>(KIND, rng);
+  check<Cfg<KIND, 520, 33, true, 128, INT8ACT>>(KIND, rng); // MatMulNBits-sized blocks, K not a multiple of them
 }
 
 template <class C> void perf(Kind kind, Pool &pool, int threads) {
@@ -260,9 +283,9 @@ template <class C> void perf(Kind kind, Pool &pool, int threads) {
       L::run(&a);
       best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    std::printf("perf %-8s K=%lld N=%lld M=%-4lld %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n", kindName(kind),
-                (long long)C::K, (long long)C::N, (long long)m, best * 1e3, 2.0 * m * C::K * C::N / best / 1e9,
-                c.packed.bytes() / best / 1e9);
+    std::printf("perf %-8s%s K=%lld N=%lld M=%-4lld %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n",
+                kindName(kind), C::INT8_ACT ? " int8-act" : "", (long long)C::K, (long long)C::N, (long long)m,
+                best * 1e3, 2.0 * m * C::K * C::N / best / 1e9, c.packed.bytes() / best / 1e9);
   }
 }
 
@@ -278,6 +301,8 @@ int main(int argc, char **argv) {
     perf<Cfg<F16, 2048, 2048, false>>(F16, pool, threads);
     perf<Cfg<I8, 2048, 2048, false>>(I8, pool, threads);
     perf<Cfg<I4, 2048, 2048, false>>(I4, pool, threads);
+    perf<Cfg<I8, 2048, 2048, false, 32, true>>(I8, pool, threads);
+    perf<Cfg<I4, 2048, 2048, false, 32, true>>(I4, pool, threads);
     return 0;
   }
   std::mt19937 rng(20261201);
@@ -289,6 +314,10 @@ int main(int argc, char **argv) {
   shapes<I4>(rng);
   shapes<I8Z>(rng);
   shapes<I4Z>(rng);
+  shapes<I8, true>(rng); // int8-activation decode: integer dot products on rounded inputs
+  shapes<I4, true>(rng);
+  shapes<I8Z, true>(rng);
+  shapes<I4Z, true>(rng);
   std::printf("%d of %d cases within tolerance\n", cases - failures, cases);
   return failures ? 1 : 0;
 }
