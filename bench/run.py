@@ -268,8 +268,9 @@ def main():
 
     variants = (args.weights or ("fp32,int8" if args.quick else "fp32,bf16,int8,int4")).split(",")
     for w in variants:
-        if w not in WEIGHT_BYTES:
-            ap.error(f"--weights: unknown storage '{w}' (fp32, bf16, fp16, int8, int4)")
+        if variant_storage(w) not in WEIGHT_BYTES or w.partition("+")[2] not in ("", "a8"):
+            ap.error(f"--weights: unknown storage '{w}' (fp32, bf16, fp16, int8, int4; int8+a8, int4+a8: with "
+                     "int8 activations)")
 
     roof = roofline(args.threads)
     bf16_peak = roof.get("bf16_gflops")
@@ -314,9 +315,9 @@ def main():
         del sess
         for w in (["bf16"] if kind == "moe-bf16" else variants):
             model, compile_s, load_ms = compile_and_load(moec, rt, moec_src, os.path.join(CACHE, f"{key}_{w}.moex"),
-                                                         args.threads, f"--weights={w}")
+                                                         args.threads, *variant_flags(w))
             active_f = max(1, f // 10) if kind == "moepp" else f
-            per_expert = 3 * h * active_f * WEIGHT_BYTES[w] + ((h * 64 + 64 * f) * 4 if kind == "moepp" else 0)
+            per_expert = 3 * h * active_f * WEIGHT_BYTES[variant_storage(w)] + ((h * 64 + 64 * f) * 4 if kind == "moepp" else 0)
             print(f"   {w}: compiled in {compile_s:.1f} s, loaded in {load_ms:.0f} ms", flush=True)
             for t in tokens:
                 m_best, m_med = time_calls(lambda x: model.run({"x": x}), inputs[t])
@@ -385,7 +386,7 @@ def main():
         import llama_peer
         try:
             whole_rows = whole_model.run(args.build, args.threads, variants, roof, min(args.repeat, 5))
-            types = [t for t, s in llama_peer.PAIRS.items() if s in variants]
+            types = [t for t, s in llama_peer.PAIRS.items() if s in map(variant_storage, variants)]
             whole_model.add_peer(whole_rows, llama_peer.run(args.threads, types, min(args.repeat, 5)))
         except ImportError as err:
             print(f"   skipped: {err} (needs torch and transformers)", flush=True)
@@ -445,6 +446,17 @@ def main():
 
 
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}  # per weight, with block scales
+
+
+def variant_flags(v):
+    """moec flags of a bench variant: a storage (`int4`), or a storage with int8 activations (`int4+a8`:
+    --activations=int8, integer dot products in decode)."""
+    storage, _, act = v.partition("+")
+    return [f"--weights={storage}"] + (["--activations=int8"] if act == "a8" else [])
+
+
+def variant_storage(v):
+    return v.partition("+")[0]
 
 
 def update_readme(table):

@@ -92,8 +92,8 @@ def token_cost(storage, t, past):
     touched = min(c["experts"], t * c["top_k"]) * expert * c["layers"]  # upper bound on distinct experts
     router = c["layers"] * h * c["experts"] * 4
     kv_bytes = c["layers"] * 2 * kv * (past + t) * 4
-    from run import WEIGHT_BYTES  # per weight, block scales included
-    bytes_ = (dense + touched) * WEIGHT_BYTES[storage] + router + h * 4 + kv_bytes
+    from run import WEIGHT_BYTES, variant_storage  # per weight, block scales included
+    bytes_ = (dense + touched) * WEIGHT_BYTES[variant_storage(storage)] + router + h * 4 + kv_bytes
     flops = 2 * t * (dense + c["top_k"] * expert * c["layers"]) + \
         c["layers"] * 4 * t * (past + t) * q  # Q K^T and P V
     return bytes_, flops
@@ -121,7 +121,7 @@ def run(build, threads, storages, roof, repeat=5):
     """Times every storage; returns table rows (dicts)."""
     import onnxruntime as ort
     import moert
-    from run import time_calls
+    from run import time_calls, variant_flags
     os.makedirs(CACHE, exist_ok=True)
     src = os.path.join(CACHE, "qwen3moe_whole.onnx")
     if not os.path.exists(src):
@@ -151,7 +151,7 @@ def run(build, threads, storages, roof, repeat=5):
     for s in storages:
         art = os.path.join(CACHE, f"qwen3moe_whole_{s}.moex")
         t0 = time.time()
-        subprocess.run([moec, "compile", src, "-o", art, "--cpu=native", "--quiet", f"--weights={s}"], check=True)
+        subprocess.run([moec, "compile", src, "-o", art, "--cpu=native", "--quiet", *variant_flags(s)], check=True)
         compile_s = time.time() - t0
         model = rt.load(art, threads=threads)
         for kind, t, p in cases:
@@ -179,8 +179,9 @@ def run(build, threads, storages, roof, repeat=5):
 
 def add_peer(rows, peer):
     """Adds llama.cpp's times (bench/llama_peer.py: {(storage, step, T): (best, median, type)}) to the rows."""
+    from run import variant_storage
     for r in rows:
-        hit = peer.get((r["storage"], r["kind"], r["tokens"]))
+        hit = peer.get((variant_storage(r["storage"]), r["kind"], r["tokens"]))
         if hit:
             r["llama_ms"], r["llama_median_ms"], r["llama_type"] = round(hit[0], 2), round(hit[1], 2), hit[2]
             r["vs_llama"] = round(hit[0] / r["moec_ms"], 2)
@@ -211,13 +212,13 @@ def main():
     ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp (bench/llama_peer.py)")
     args = ap.parse_args()
     sys.path.insert(0, HERE)
-    from run import roofline
+    from run import roofline, variant_storage
     roof = roofline(args.threads)
     print(f"roofline: read {roof['read_gbs']} GB/s, FP32 peak {roof['fp32_gflops']} GFLOP/s", flush=True)
     rows = run(args.build, args.threads, args.weights.split(","), roof, args.repeat)
     if not args.no_llama:
         import llama_peer
-        types = [t for t, s in llama_peer.PAIRS.items() if s in args.weights.split(",")]
+        types = [t for t, s in llama_peer.PAIRS.items() if s in map(variant_storage, args.weights.split(","))]
         add_peer(rows, llama_peer.run(args.threads, types, args.repeat))
     print("\n" + table(rows))
 

@@ -543,6 +543,36 @@ template <class C> struct Kernel {
     }
   }
 
+  /// d[h] += sum_j cf[j] * fc2t[fi[j]][h] for quantised rows that share one scale row (one fc2 row block):
+  /// the codes times cf summed first, then each column scaled once.
+  static void downScaledOnce(const ExpertRows<C> &rows, const int64_t *fi, const float *cf, int64_t nf, float *d) {
+    if constexpr (C::QBITS != 0) {
+      const float *sc = rows.row2(fi[0]).s;
+      int64_t h = 0;
+      for (; h + 4 * VW <= H; h += 4 * VW) {
+        vf a0 = {}, a1 = {}, a2 = {}, a3 = {};
+        for (int64_t j = 0; j < nf; ++j) {
+          const uint8_t *q = rows.row2(fi[j]).q;
+          const vf cj = splat(cf[j]);
+          a0 += cj * loadQ<C::QBITS>(q, h);
+          a1 += cj * loadQ<C::QBITS>(q, h + VW);
+          a2 += cj * loadQ<C::QBITS>(q, h + 2 * VW);
+          a3 += cj * loadQ<C::QBITS>(q, h + 3 * VW);
+        }
+        storev(d + h, loadv(d + h) + a0 * loadv(sc + h));
+        storev(d + h + VW, loadv(d + h + VW) + a1 * loadv(sc + h + VW));
+        storev(d + h + 2 * VW, loadv(d + h + 2 * VW) + a2 * loadv(sc + h + 2 * VW));
+        storev(d + h + 3 * VW, loadv(d + h + 3 * VW) + a3 * loadv(sc + h + 3 * VW));
+      }
+      for (; h < H; ++h) {
+        float a = 0.0f;
+        for (int64_t j = 0; j < nf; ++j)
+          a += cf[j] * atQ<C::QBITS>(rows.row2(fi[j]).q, h);
+        d[h] += a * sc[h];
+      }
+    }
+  }
+
   /// d[i][h] += sum_{j < fn} c[i * kDimBlock + j] * row2(f0 + j)[h] for NT tokens, h in [h0, h1).
   template <int NT, class Rows>
   static void downN(const Rows &rows, int64_t f0, int64_t fn, const float *c, float *const *d, int64_t h0,
@@ -663,6 +693,28 @@ template <class C> struct Kernel {
         float g = fc1(c, rows, f * G, xs[0], tok[0]) + (b1 ? b1[f * G] : 0.0f);
         float u = G == 2 ? fc1(c, rows, f * G + 1, xs[0], tok[0]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
         axpy(dst[0], ws[0] * activate(g, u), rows.row2(f), H);
+      }
+    } else if (n == 1 && C::QBITS != 0) {
+      // Decode, quantised: per run of kept dims sharing fc2's scale row, the down projection sums codes times
+      // activations and scales each column once (not once per code).
+      if constexpr (C::QBITS != 0) {
+        float cf[kDimBlock];
+        int64_t fi[kDimBlock];
+        for (int64_t fb = it.f0; fb < it.f1;) {
+          const int64_t blk2 = rows.blk2, fe = std::min<int64_t>({it.f1, (fb / blk2 + 1) * blk2, fb + kDimBlock});
+          int64_t nf = 0;
+          for (int64_t f = fb; f < fe; ++f) {
+            if (mask && !mask[f])
+              continue;
+            float g = fc1(c, rows, f * G, xs[0], tok[0]) + (b1 ? b1[f * G] : 0.0f);
+            float u = G == 2 ? fc1(c, rows, f * G + 1, xs[0], tok[0]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+            cf[nf] = ws[0] * activate(g, u);
+            fi[nf++] = f;
+          }
+          if (nf)
+            downScaledOnce(rows, fi, cf, nf, dst[0]);
+          fb = fe;
+        }
       }
     } else if (n == 1) {
       // Decode: stream each kept dim's gate, up and down rows once.
