@@ -182,10 +182,10 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
     last (a residual connection folded into the layer). Raised from `MatMul` / `Gemm` with a constant weight by
     `moe-raise-linear`; `storage` is set by `moe-set-weight-storage`.
 
-    With `int8_activations` (`moec --activations=int8`) and `int8` / `int4` storage, calls of up to 16 rows
-    (decode) first round each input row to int8 per block of 32 features (or of `block_size` when that is not
-    a multiple of 32): `q = round-half-even(x * 127 / max|x|)`, and multiply integers, as ggml's Q8_0 x Q4_0
-    dot products do (outputs move by about 1e-2 relative). Without it inputs are multiplied as they are.
+    With `int8_activations` (`moec --activations=int8`) and `int8` / `int4` storage, each input row is first
+    rounded to int8 per block of 32 features (or of `block_size` when that is not a multiple of 32):
+    `q = round-half-even(x * 127 / max|x|)`, and the layer multiplies integers, as ggml's Q8_0 x Q4_0 dot
+    products do (outputs move by about 1e-2 relative). Without it inputs are multiplied as they are.
   }];
 
   let arguments = (ins

@@ -811,6 +811,8 @@ struct Emitter {
        << "moert_cpu::Linear<" << name << ">::run(a); }\n"
        << "extern \"C\" MOERT_EXPORT uint64_t moert_linear_" << index << "_weight_bytes(int slot) { return "
        << "moert_cpu::Linear<" << name << ">::weightBytes(slot); }\n"
+       << "extern \"C\" MOERT_EXPORT size_t moert_linear_" << index << "_scratch(int64_t rows, int threads) { return "
+       << "moert_cpu::Linear<" << name << ">::scratch(rows, threads); }\n"
        << "extern \"C\" MOERT_EXPORT int64_t moert_linear_" << index << "_dims(int which) { return which == 0 ? "
        << k << " : " << n << "; }\n";
     return true;

@@ -20,9 +20,9 @@
 //     tile by tile (L2), each panel's KC x NR slice (int8/int4 dequantised once into f32) stays in L1 while
 //     every row tile uses it.
 //   - int8/int4 decode without INT8_ACT multiplies the codes by the inputs in f32 and scales once per block;
-//   - with INT8_ACT (moec --activations=int8), int8/int4 decode (M <= MQ rows) computes integer dot products,
-//     as ggml does: the input rows are rounded
-//     to int8 per block of XB features (scale max|x| / 127, round half to even), each group of 4 (int8) or 8
+//   - with INT8_ACT (moec --activations=int8), int8/int4 weights multiply integers, as ggml does (decode,
+//     M <= MQ rows, rounds the rows once up front; more rows are rounded per work item and K block): the input
+//     rows are rounded to int8 per block of XB features (scale max|x| / 127, round half to even), each group of 4 (int8) or 8
 //     (int4) features of a column is 4 bytes of the panel, so one byte-multiply-add instruction (AVX2's
 //     vpmaddubsw + vpmaddwd) sums 4 code x input products per column into an i32 lane; the i32 sums are scaled
 //     once per block (w = code * s + o: sum w x = s xs sum code q + o xs sum q). Results are those of the
@@ -84,6 +84,13 @@ template <class C> struct Linear {
   // Prefill packs a row block's K block of inputs (kLinMC x KC floats on the stack): only for K blocks that fit.
   static constexpr bool PACK_A = KC <= 1024;
 
+  /// Scratch bytes of a call: int8 activations with more rows than the stack holds keep the rounded rows there.
+  static size_t scratch(int64_t M, int) {
+    if (!QBITS || !C::INT8_ACT || M <= MQ)
+      return 0;
+    return size_t(M) * (KPAD + 8 * KX) + 128;
+  }
+
   /// Weight slot sizes (checked by moert against the artifact's sections).
   static uint64_t weightBytes(int slot) {
     switch (slot) {
@@ -122,39 +129,49 @@ template <class C> struct Linear {
       return __builtin_convertvector((g >> (8 * (Q % 4) + 4 * (Q / 4))) & 15u, f32x16);
   }
 
-  /// Rounds one input row to int8 per block of XB features: q = round-half-even(x * (127 / max|x|)), scale
-  /// max|x| / 127 (a block of zeros: scale 0; a non-finite block: scale NaN, so the outputs are NaN), and each
-  /// block's sum of q. Features K..KPAD are zero.
-  static void quantizeRow(const float *x, int8_t *q, float *xs, float *xsq) {
-    for (int64_t b = 0; b < KX; ++b) {
-      const int64_t k0 = b * XB, k1 = std::min<int64_t>(K, k0 + XB);
+  /// Rounds features [k0, k1) of one input row (k0 a multiple of XB) to int8 per block of XB features:
+  /// q = round-half-even(x * (127 / max|x|)), scale max|x| / 127 (a block of zeros: scale 0; a non-finite
+  /// block: scale NaN, so the outputs are NaN), and each block's sum of q. q[k - k0]; xs, xsq per block from
+  /// k0 / XB; features past K up to a whole group are zero.
+  static void quantizeRange(const float *x, int64_t k0, int64_t k1, int8_t *q, float *xs, float *xsq) {
+    for (int64_t b = k0 / XB; b * XB < k1; ++b) {
+      const int64_t kb = b * XB, ke = std::min<int64_t>(k1, kb + XB);
       float amax = 0.0f;
-      for (int64_t k = k0; k < k1; ++k)
+      for (int64_t k = kb; k < ke; ++k)
         amax = std::max(amax, std::fabs(x[k]));
       int32_t sum = 0;
+      int8_t *qb = q + (kb - k0);
       if (!(amax <= 3.0e38f)) { // inf or NaN
-        for (int64_t k = k0; k < k1; ++k)
-          q[k] = 0;
-        xs[b] = NAN;
+        for (int64_t k = kb; k < ke; ++k)
+          qb[k - kb] = 0;
+        xs[b - k0 / XB] = NAN;
       } else {
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t k = kb; k < ke; ++k) {
           const int32_t v = int32_t(std::nearbyint(x[k] * inv));
-          q[k] = int8_t(v);
+          qb[k - kb] = int8_t(v);
           sum += v;
         }
-        xs[b] = amax / 127.0f;
+        xs[b - k0 / XB] = amax / 127.0f;
       }
-      xsq[b] = float(sum);
+      xsq[b - k0 / XB] = float(sum);
     }
-    for (int64_t k = K; k < KPAD; ++k)
-      q[k] = 0;
+    for (int64_t k = k1; k < std::min<int64_t>(KPAD, k0 + (k1 - k0 + GK - 1) / GK * GK); ++k)
+      q[k - k0] = 0;
   }
+
+  /// Rows rounded to int8 by quantizeRange from feature k0: row i's q at q + i * qstride, its block scales and
+  /// sums of q at s / sq + i * sstride.
+  struct Rounded {
+    const int8_t *q;
+    const float *s, *sq;
+    int64_t qstride, sstride, k0;
+  };
 
   /// isum[i][j] = sum over features [k0, k1) (whole groups) of code(j, k) * xq[i][k]: 4 products per column
   /// per byte-multiply-add (AVX2), or plain integer loops elsewhere (same sums).
   template <int M>
-  __attribute__((always_inline)) static inline void groupDots(const uint8_t *panel, const int8_t *xq, int64_t k0,
+  __attribute__((always_inline)) static inline void groupDots(const uint8_t *panel, const Rounded &x, int64_t k0,
                                                               int64_t k1, int32_t (&isum)[M][NR]) {
 #if defined(__AVX2__)
     const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
@@ -172,7 +189,7 @@ template <class C> struct Linear {
 #pragma unroll
         for (int i = 0; i < M; ++i) {
           int32_t x4;
-          std::memcpy(&x4, xq + i * KPAD + k, 4);
+          std::memcpy(&x4, x.q + i * x.qstride + (k - x.k0), 4);
           const __m256i xb = _mm256_set1_epi32(x4);
           acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones));
           acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones));
@@ -183,8 +200,8 @@ template <class C> struct Linear {
 #pragma unroll
         for (int i = 0; i < M; ++i) {
           int32_t xlo, xhi;
-          std::memcpy(&xlo, xq + i * KPAD + k, 4);
-          std::memcpy(&xhi, xq + i * KPAD + k + 4, 4);
+          std::memcpy(&xlo, x.q + i * x.qstride + (k - x.k0), 4);
+          std::memcpy(&xhi, x.q + i * x.qstride + (k - x.k0) + 4, 4);
           const __m256i xa = _mm256_set1_epi32(xlo), xb = _mm256_set1_epi32(xhi);
           // codes 0..15 times |x| <= 127: each i16 pair sum of the two halves stays below 2^15
           acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, xa),
@@ -210,7 +227,7 @@ template <class C> struct Linear {
           const uint8_t byte = g[j * 4 + q % 4];
           const int32_t code = QBITS == 8 ? int32_t(int8_t(byte)) : int32_t(q < 4 ? byte & 15 : byte >> 4);
           for (int i = 0; i < M; ++i)
-            isum[i][j] += code * int32_t(xq[i * KPAD + k + q]);
+            isum[i][j] += code * int32_t(x.q[i * x.qstride + (k - x.k0) + q]);
         }
     }
 #endif
@@ -272,21 +289,23 @@ template <class C> struct Linear {
     }
   }
 
-  /// acc[i] += rounded input rows i x panel p, every feature: integer sums per input block, scaled once each.
+  /// acc[i] += rounded input rows i x panel p over features [k0, k1) (k0 a multiple of XB): integer sums per
+  /// input block, scaled once each.
   template <int M>
   __attribute__((always_inline)) static inline void intTile(const uint8_t *panel, const float *sc, const float *of,
-                                                            const int8_t *xq, const float *xs, const float *xsq,
+                                                            const Rounded &x, int64_t k0, int64_t k1,
                                                             vf (&acc)[M][NV]) {
     constexpr bool OFFSET = C::AFFINE || QBITS == 4;
-    for (int64_t b = 0; b < KX; ++b) {
-      const int64_t k0 = b * XB, k1 = std::min<int64_t>(KPAD, k0 + XB);
+    for (int64_t b = k0 / XB; b * XB < k1; ++b) {
+      const int64_t kb = b * XB, ke = std::min<int64_t>(k1 == K ? KPAD : k1, kb + XB);
       alignas(64) int32_t isum[M][NR];
-      groupDots<M>(panel, xq, k0, k1, isum);
+      groupDots<M>(panel, x, kb, ke, isum);
       vf s[NV], o[NV];
-      blockScales(sc, of, k0, s, o);
+      blockScales(sc, of, kb, s, o);
+      const int64_t bi = b - x.k0 / XB;
 #pragma unroll
       for (int i = 0; i < M; ++i) {
-        const float x = xs[i * KX + b], xsum = xsq[i * KX + b];
+        const float xsc = x.s[i * x.sstride + bi], xsum = x.sq[i * x.sstride + bi];
 #pragma unroll
         for (int v = 0; v < NV; ++v) {
           i32xv is;
@@ -294,7 +313,7 @@ template <class C> struct Linear {
           vf t = __builtin_convertvector(is, vf) * s[v];
           if (OFFSET)
             t += o[v] * xsum;
-          acc[i][v] += t * x;
+          acc[i][v] += t * xsc;
         }
       }
     }
@@ -446,8 +465,8 @@ template <class C> struct Linear {
   /// others from the output so far; the last adds the residual. Columns past N (the last panel's padding)
   /// are never stored.
   template <int M, Mode MODE, bool PK>
-  static void block(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap, int64_t r,
-                    int64_t p, int64_t k0, int64_t k1) {
+  static void block(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap, const Rounded *rx,
+                    int64_t r, int64_t p, int64_t k0, int64_t k1) {
     const uint8_t *w = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
     const int64_t n0 = p * NR, cols = std::min<int64_t>(NR, N - n0);
     float *out = a.output + r * N + n0;
@@ -477,7 +496,7 @@ template <class C> struct Linear {
     } else if constexpr (MODE == INT) {
       const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
       const float *of = C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
-      intTile<M>(w, sc, of, c.xq + r * KPAD, c.xs + r * KX, c.xsq + r * KX, acc);
+      intTile<M>(w, sc, of, *rx, k0, k1, acc);
     } else if constexpr (QBITS == 0) {
       tile<M, PK>(w, in, k0, k1, acc);
     }
@@ -496,14 +515,14 @@ template <class C> struct Linear {
   }
 
   template <Mode MODE, bool PK>
-  static void rows(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap, int64_t m,
-                   int64_t r, int64_t p, int64_t k0, int64_t k1) {
+  static void rows(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap, const Rounded *rx,
+                   int64_t m, int64_t r, int64_t p, int64_t k0, int64_t k1) {
     static_assert(MR <= 12, "row tiles of at most 12");
     switch (m) {
 #define MOERT_LIN_CASE(n)                                                                                      \
   case n:                                                                                                      \
     if constexpr (n <= MR)                                                                                     \
-      return block<n, MODE, PK>(a, c, deq, ap, r, p, k0, k1);                                                  \
+      return block<n, MODE, PK>(a, c, deq, ap, rx, r, p, k0, k1);                                              \
     break;
       MOERT_LIN_CASE(1) MOERT_LIN_CASE(2) MOERT_LIN_CASE(3) MOERT_LIN_CASE(4) MOERT_LIN_CASE(5)
       MOERT_LIN_CASE(6) MOERT_LIN_CASE(7) MOERT_LIN_CASE(8) MOERT_LIN_CASE(9) MOERT_LIN_CASE(10)
@@ -521,17 +540,21 @@ template <class C> struct Linear {
     const int64_t rb = item / c.groups, g = item % c.groups;
     const int64_t r0 = rb * c.rowBlock, r1 = std::min(M, r0 + c.rowBlock);
     const int64_t p0 = g * c.group, p1 = std::min(NP, p0 + c.group);
-    if (QBITS && c.xq) { // int8/int4 decode: integer dot products over all of K, one pass per row tile
+    if constexpr (QBITS != 0 && C::INT8_ACT) {
+      // rows rounded once by run(); integer dot products over all of K, one pass per row tile and panel (the
+      // panel stays in L1 while the item's row tiles use it)
       for (int64_t pp = p0; pp < p1; ++pp)
-        for (int64_t r = r0; r < r1; r += MR)
-          rows<INT, false>(a, c, nullptr, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, 0, K);
+        for (int64_t r = r0; r < r1; r += MR) {
+          const Rounded rx{c.xq + r * KPAD, c.xs + r * KX, c.xsq + r * KX, KPAD, KX, 0};
+          rows<INT, false>(a, c, nullptr, nullptr, &rx, std::min<int64_t>(MR, r1 - r), r, pp, 0, K);
+        }
       return;
     }
     if (M > MR && PACK_A)
       return prefill(c, r0, r1, p0, p1);
     if (QBITS && c.xsum) { // int8/int4 decode of 1 or 2 rows in f32: codes times inputs, one pass
       for (int64_t pp = p0; pp < p1; ++pp)
-        rows<CODES, false>(a, c, nullptr, nullptr, r1 - r0, r0, pp, 0, K);
+        rows<CODES, false>(a, c, nullptr, nullptr, nullptr, r1 - r0, r0, pp, 0, K);
       return;
     }
     // Plain decode (one pass over K, no partial sums through memory), or int8/int4 rows past the decode paths
@@ -544,10 +567,10 @@ template <class C> struct Linear {
           alignas(64) float deq[KC * NR];
           dequant(a, pp, k0, k1, deq);
           for (int64_t r = r0; r < r1; r += MR)
-            rows<DEQ, false>(a, c, deq, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+            rows<DEQ, false>(a, c, deq, nullptr, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
         } else {
           for (int64_t r = r0; r < r1; r += MR)
-            rows<PLAIN, false>(a, c, nullptr, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+            rows<PLAIN, false>(a, c, nullptr, nullptr, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
         }
       }
     }
@@ -566,10 +589,10 @@ template <class C> struct Linear {
         if constexpr (QBITS != 0) {
           dequant(a, pp, k0, k1, deq);
           for (int64_t r = r0; r < r1; r += MR)
-            rows<DEQ, true>(a, c, deq, ap + (r - r0) / MR * KC * MR, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+            rows<DEQ, true>(a, c, deq, ap + (r - r0) / MR * KC * MR, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
         } else {
           for (int64_t r = r0; r < r1; r += MR)
-            rows<PLAIN, true>(a, c, nullptr, ap + (r - r0) / MR * KC * MR, std::min<int64_t>(MR, r1 - r), r, pp, k0,
+            rows<PLAIN, true>(a, c, nullptr, ap + (r - r0) / MR * KC * MR, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0,
                               k1);
         }
       }
@@ -583,23 +606,39 @@ template <class C> struct Linear {
     const moert_exec &ex = *a->exec;
     Ctx c{};
     c.a = a;
-    const bool intDecode = QBITS && M <= MQ;
+    // int8 activations: the rows rounded to int8 once, shared by every panel (on the stack for decode, in the
+    // scratch for more rows, rounded in parallel).
+    const bool intDecode = QBITS && C::INT8_ACT && M <= MQ;
     c.rowBlock = M <= MR || intDecode ? M : kLinMC;
     c.rowBlocks = (M + c.rowBlock - 1) / c.rowBlock;
     // Enough items for every thread (about 4 each), panels per item between 1 and kLinMaxGroup.
     const int64_t want = 4 * std::max(1, ex.threads);
     c.group = std::clamp<int64_t>(NP * c.rowBlocks / want, 1, kLinMaxGroup);
     c.groups = (NP + c.group - 1) / c.group;
-    // int8/int4 decode: the rows rounded to int8 once, shared by every panel.
-    alignas(64) int8_t xq[QBITS ? MQ * KPAD + 1 : 1];
-    float xs[QBITS ? MQ * KX + 1 : 1], xsq[QBITS ? MQ * KX + 1 : 1];
+    alignas(64) int8_t xq[MQ ? MQ * KPAD : 1];
+    float xs[MQ ? MQ * KX : 1], xsq[MQ ? MQ * KX : 1];
     if (intDecode) {
       for (int64_t i = 0; i < M; ++i)
-        quantizeRow(a->input + i * K, xq + i * KPAD, xs + i * KX, xsq + i * KX);
+        quantizeRange(a->input + i * K, 0, K, xq + i * KPAD, xs + i * KX, xsq + i * KX);
       c.xq = xq, c.xs = xs, c.xsq = xsq;
+    } else if (QBITS && C::INT8_ACT) {
+      char *base = reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(a->scratch) + 63) & ~uintptr_t(63));
+      c.xq = reinterpret_cast<int8_t *>(base);
+      c.xs = reinterpret_cast<float *>(base + (size_t(M) * KPAD + 63) / 64 * 64);
+      c.xsq = c.xs + M * KX;
+      struct Round {
+        const moert_linear_args *a;
+        int8_t *q;
+        float *s, *sq;
+        static void row(void *p, int64_t i, int) {
+          const Round &r = *static_cast<const Round *>(p);
+          quantizeRange(r.a->input + i * K, 0, K, r.q + i * KPAD, r.s + i * KX, r.sq + i * KX);
+        }
+      } round{a, const_cast<int8_t *>(c.xq), const_cast<float *>(c.xs), const_cast<float *>(c.xsq)};
+      ex.parallel_for(ex.pool, M, &round, &Round::row);
     }
     float xsum[QBITS ? 2 * KB : 1];
-    if (QBITS && !intDecode && M <= 2) {
+    if (QBITS && !C::INT8_ACT && M <= 2) {
       for (int64_t i = 0; i < M; ++i)
         for (int64_t b = 0; b < KB; ++b) {
           float t = 0.0f;

@@ -303,7 +303,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     uint64_t (*expected)(int) = nullptr;
     int64_t (*dims)(int) = nullptr;
     if (!resolve(m.code, base, x.run) || !resolve(m.code, base + "_weight_bytes", expected) ||
-        !resolve(m.code, base + "_dims", dims))
+        !resolve(m.code, base + "_dims", dims) || !resolve(m.code, base + "_scratch", x.scratch))
       return bad("its code lacks linear dispatch " + std::to_string(d.index()));
     x.k = dims(0);
     x.n = dims(1);

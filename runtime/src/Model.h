@@ -33,6 +33,7 @@ struct Dispatch {
 /// A linear dispatch's entry point and weights (moert_linear_<i>).
 struct Linear {
   moert_linear_fn run = nullptr;
+  moert_scratch_fn scratch = nullptr;
   const void *weights[MOERT_LIN_SLOTS] = {};
   int64_t k = 0, n = 0;
 };

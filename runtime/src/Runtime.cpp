@@ -289,9 +289,12 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       }
       Tensor out;
       place(d.output(), out);
-      if (!out.alloc(moert::proto::F32, outDims))
+      const size_t scratchBytes = x.scratch(rows, exec.threads);
+      auto scratch = scratchBytes ? alignedAlloc(scratchBytes) : nullptr;
+      if (!out.alloc(moert::proto::F32, outDims) || (scratchBytes && !scratch))
         return makeError("out of memory for " + what());
       moert_linear_args args{};
+      args.scratch = scratch.get();
       args.rows = rows;
       args.input = reinterpret_cast<const float *>(in.data);
       args.residual = residual;

@@ -184,12 +184,12 @@ Case makeCase(Kind kind, int64_t k, int64_t n, int64_t block, bool bias, std::mt
 
 int failures = 0, cases = 0;
 
-/// The inputs the kernel is meant to multiply: as given, or - int8/int4 weights and at most `mq` rows (decode,
-/// the kernel's integer path) - each row rounded to int8 per block of 32 features (the weight block when it is
-/// not a multiple of 32): q = round-half-even(x * (127 / max|x|)), x = q * max|x| / 127 (moert_kernel_abi.h).
-template <class C> std::vector<double> inputsAsMultiplied(const std::vector<float> &x, int64_t m, int64_t mq) {
+/// The inputs the kernel is meant to multiply: as given, or - int8/int4 weights with int8 activations - each row
+/// rounded to int8 per block of 32 features (the weight block when it is not a multiple of 32):
+/// q = round-half-even(x * (127 / max|x|)), x = q * max|x| / 127 (moert_kernel_abi.h).
+template <class C> std::vector<double> inputsAsMultiplied(const std::vector<float> &x, int64_t m) {
   std::vector<double> r(x.begin(), x.end());
-  if (!C::QBITS || m > mq)
+  if (!C::QBITS || !C::INT8_ACT)
     return r;
   const int64_t xb = C::QBLOCK % 32 == 0 ? 32 : C::QBLOCK;
   for (int64_t i = 0; i < m; ++i)
@@ -225,12 +225,14 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
       for (float &v : res)
         v = g(rng);
       moert_exec ex{&reverseFor, nullptr, 4};
+      std::vector<char> scratch(L::scratch(m, ex.threads));
       moert_linear_args a{};
       a.rows = m, a.input = x.data(), a.residual = residual ? res.data() : nullptr, a.output = y.data(), a.exec = &ex;
+      a.scratch = scratch.data();
       for (int s = 0; s < MOERT_LIN_SLOTS; ++s)
         a.weights[s] = c.packed.slots[s].empty() ? nullptr : c.packed.slots[s].data();
       L::run(&a);
-      const std::vector<double> xr = inputsAsMultiplied<C>(x, m, L::MQ);
+      const std::vector<double> xr = inputsAsMultiplied<C>(x, m);
       double worst = 0.0;
       for (int64_t i = 0; i < m; ++i)
         for (int64_t col = 0; col < C::N; ++col) {
@@ -272,8 +274,9 @@ template <class C> void perf(Kind kind, Pool &pool, int threads) {
   for (int64_t m : {1, 8, 128, 512}) {
     std::vector<float> x(m * C::K, 0.5f), y(m * C::N);
     moert_exec ex{&Pool::run, &pool, threads};
+    std::vector<char> scratch(L::scratch(m, threads));
     moert_linear_args a{};
-    a.rows = m, a.input = x.data(), a.output = y.data(), a.exec = &ex;
+    a.rows = m, a.input = x.data(), a.output = y.data(), a.exec = &ex, a.scratch = scratch.data();
     for (int s = 0; s < MOERT_LIN_SLOTS; ++s)
       a.weights[s] = c.packed.slots[s].empty() ? nullptr : c.packed.slots[s].data();
     double best = 1e30;
