@@ -169,11 +169,46 @@ template <class C> struct Linear {
   };
 
   /// isum[i][j] = sum over features [k0, k1) (whole groups) of code(j, k) * xq[i][k]: 4 products per column
-  /// per byte-multiply-add (AVX2), or plain integer loops elsewhere (same sums).
+  /// per byte-multiply-add (AVX-512 VNNI's vpdpbusd, or AVX2's vpmaddubsw + vpmaddwd), or plain integer loops
+  /// elsewhere (the same exact sums).
   template <int M>
   __attribute__((always_inline)) static inline void groupDots(const uint8_t *panel, const Rounded &x, int64_t k0,
                                                               int64_t k1, int32_t (&isum)[M][NR]) {
-#if defined(__AVX2__)
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    // AVX-512 VNNI: a group's 16 columns are one register; vpdpbusd sums 4 u8 x s8 products per i32 lane.
+    const __m512i low = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    __m512i acc[M];
+#pragma unroll
+    for (int i = 0; i < M; ++i)
+      acc[i] = zero;
+    for (int64_t k = k0; k < k1; k += GK) {
+      const __m512i w = _mm512_loadu_si512(panel + (k / GK) * NR * 4);
+      if constexpr (QBITS == 8) {
+        const __m512i aw = _mm512_abs_epi8(w); // |w| as u8 (|-128| = 128), x takes w's sign
+        const __mmask64 neg = _mm512_movepi8_mask(w);
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+          int32_t x4;
+          std::memcpy(&x4, x.q + i * x.qstride + (k - x.k0), 4);
+          const __m512i xb = _mm512_set1_epi32(x4);
+          acc[i] = _mm512_dpbusd_epi32(acc[i], aw, _mm512_mask_sub_epi8(xb, neg, zero, xb));
+        }
+      } else {
+        const __m512i lo = _mm512_and_si512(w, low), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+          int32_t xlo, xhi;
+          std::memcpy(&xlo, x.q + i * x.qstride + (k - x.k0), 4);
+          std::memcpy(&xhi, x.q + i * x.qstride + (k - x.k0) + 4, 4);
+          acc[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i], lo, _mm512_set1_epi32(xlo)), hi,
+                                       _mm512_set1_epi32(xhi));
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < M; ++i)
+      _mm512_storeu_si512(isum[i], acc[i]);
+#elif defined(__AVX2__)
     const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
     __m256i acc[M][2];
 #pragma unroll

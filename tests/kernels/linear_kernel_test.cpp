@@ -295,6 +295,12 @@ template <class C> void perf(Kind kind, Pool &pool, int threads) {
 } // namespace
 
 int main(int argc, char **argv) {
+#ifdef MOERT_KERNEL_TEST_NEEDS_VNNI
+  if (!__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vnni")) {
+    std::printf("skipped: this CPU lacks AVX-512 VNNI (the build this binary tests)\n");
+    return 77;
+  }
+#endif
   if (argc > 1 && std::string(argv[1]) == "--perf") {
     int threads = int(std::thread::hardware_concurrency());
     Pool pool(threads);
