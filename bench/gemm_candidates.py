@@ -66,11 +66,12 @@ def main():
     cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     o = ours(args.threads)
     print(f"K = N = 2048, {args.threads} threads; BLAS: {cfg.get('name')} {cfg.get('version')} (numpy's)\n")
-    print("| M | BLAS f32 ms | moec f32 ms | moec bf16 ms | moec int8 ms | moec int4 ms | moec f32 GFLOP/s | BLAS GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| M | BLAS f32 ms | moec f32 ms | moec bf16 ms | moec int8 ms | moec int4 ms | moec int8+a8 ms | "
+          "moec int4+a8 ms | moec f32 GFLOP/s | BLAS GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for m in (1, 8, 128, 512):
-        print(f"| {m} | {b[m][0]:.3f} | {o[('fp32', m)][0]:.3f} | {o[('bf16', m)][0]:.3f} | {o[('int8', m)][0]:.3f} | "
-              f"{o[('int4', m)][0]:.3f} | {o[('fp32', m)][1]:.1f} | {b[m][1]:.1f} |")
+        cells = " | ".join(f"{o[(k, m)][0]:.3f}" for k in ("fp32", "bf16", "int8", "int4", "int8+a8", "int4+a8"))
+        print(f"| {m} | {b[m][0]:.3f} | {cells} | {o[('fp32', m)][1]:.1f} | {b[m][1]:.1f} |")
 
 
 if __name__ == "__main__":

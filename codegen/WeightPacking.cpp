@@ -103,8 +103,8 @@ std::vector<char> packBias(const std::vector<float> &bias, int64_t n) {
   return asBytes(b);
 }
 
-/// Codes [N][K] (one byte each; int8: the signed byte stored, int4: a nibble) and per-(column, block) f32 scales
-/// (and offsets) into panels of 4-byte column groups (kernels/cpu/moert_kernel_abi.h, MOERT_LIN_W).
+/// Codes [N][K] (one byte each; int8: the signed byte stored, int4: a nibble) and per-(column, block) f32
+/// scales (and offsets) into panels of 4-byte column groups (kernels/cpu/moert_kernel_abi.h, MOERT_LIN_W).
 void packCodes(PackedLinear &out, const std::vector<uint8_t> &codes, const std::vector<float> &scales,
                const std::vector<float> *offsets, int bits, int64_t k, int64_t n, int64_t block) {
   const int64_t np = (n + NR - 1) / NR, kb = (k + block - 1) / block;

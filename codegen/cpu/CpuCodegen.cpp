@@ -41,11 +41,6 @@ const std::pair<const char *, const char *> kKernelSources[] = {
 };
 
 // Kernel weight slots (kernels/cpu/moert_kernel_abi.h).
-enum Slot {
-  FC1 = 0, FC2, ROUTER, ROUTER_BIAS, SEL_BIAS, FC1_BIAS, FC2_BIAS, MASK, PRED_A, PRED_B, NORM_W, NORM_B,
-  SHARED1, SHARED2, SHARED_GATE, FC1_SCALES, FC2_SCALES, SHARED1_SCALES, SHARED2_SCALES, NUM_SLOTS
-};
-static_assert(int(NUM_SLOTS) == int(MOERT_MOE_SLOTS) && int(FC1_SCALES) == int(MOERT_FC1_SCALES), "slots follow moert_kernel_abi.h");
 static_assert(int(moe::Storage::fp32) == MOERT_STORAGE_F32 && int(moe::Storage::bf16) == MOERT_STORAGE_BF16 &&
                   int(moe::Storage::fp16) == MOERT_STORAGE_F16 && int(moe::Storage::int8) == MOERT_STORAGE_INT8 &&
                   int(moe::Storage::int4) == MOERT_STORAGE_INT4,
@@ -366,12 +361,13 @@ struct Emitter {
     bool gated = op.isGated();
     int64_t g = gated ? 2 : 1;
     bool interleaved = op.getGatedLayout() == moe::GatedLayout::interleaved;
-    std::vector<int64_t> sections(NUM_SLOTS, -1);
+    std::vector<int64_t> sections(MOERT_MOE_SLOTS, -1);
     uint64_t weightBytes = 0;
     const moe::Storage storage = op.getStorage();
     const bool bf16 = storage == moe::Storage::bf16, fp16 = storage == moe::Storage::fp16;
     auto add = [&](int slot, StringRef name, std::vector<float> data) {
-      bool narrow = (bf16 || fp16) && (slot == FC1 || slot == FC2 || slot == SHARED1 || slot == SHARED2);
+      bool narrow = (bf16 || fp16) && (slot == MOERT_FC1 || slot == MOERT_FC2 || slot == MOERT_SHARED1 ||
+                                       slot == MOERT_SHARED2);
       std::vector<char> bytes = !narrow ? asBytes(data) : bf16 ? asBf16(data) : asF16(data);
       weightBytes += bytes.size();
       sections[slot] = weightSection(op, slot, name, std::move(bytes));
@@ -461,7 +457,8 @@ struct Emitter {
         r2 = quantizeRows(w2, e * h, f, qbits, qblock2);
       }
     }
-    packExperts(e, f, w1, w2, &r1, &r2, FC1, FC2, FC1_SCALES, FC2_SCALES, "fc1", "fc2");
+    packExperts(e, f, w1, w2, &r1, &r2, MOERT_FC1, MOERT_FC2, MOERT_FC1_SCALES, MOERT_FC2_SCALES, "fc1",
+                "fc2");
     bool linear = op.getRouterKind() == moe::RouterKind::linear;
     int64_t logitsId = -1;
     if (linear) {
@@ -472,7 +469,7 @@ struct Emitter {
       for (int64_t i = 0; i < h; ++i)
         for (int64_t c = 0; c < n; ++c)
           rt[c * h + i] = r[i * n + c];
-      add(ROUTER, "router", std::move(rt));
+      add(MOERT_ROUTER, "router", std::move(rt));
     } else {
       uint32_t id;
       if (!valueId(op, op.getRouter(), "router", id))
@@ -488,10 +485,12 @@ struct Emitter {
       add(slot, name, std::move(d));
       return true;
     };
-    if (!plain(op.getRouterBias(), ROUTER_BIAS, "router_bias") ||
-        !plain(op.getSelectionBias(), SEL_BIAS, "selection_bias") ||
-        !plain(op.getFc2Bias(), FC2_BIAS, "fc2_bias") || !plain(op.getNormWeight(), NORM_W, "norm_weight") ||
-        !plain(op.getNormBias(), NORM_B, "norm_bias") || !plain(op.getSharedGate(), SHARED_GATE, "shared_gate"))
+    if (!plain(op.getRouterBias(), MOERT_ROUTER_BIAS, "router_bias") ||
+        !plain(op.getSelectionBias(), MOERT_SEL_BIAS, "selection_bias") ||
+        !plain(op.getFc2Bias(), MOERT_FC2_BIAS, "fc2_bias") ||
+        !plain(op.getNormWeight(), MOERT_NORM_W, "norm_weight") ||
+        !plain(op.getNormBias(), MOERT_NORM_B, "norm_bias") ||
+        !plain(op.getSharedGate(), MOERT_SHARED_GATE, "shared_gate"))
       return false;
     if (Value b1v = op.getFc1Bias()) {
       std::vector<float> b1;
@@ -502,7 +501,7 @@ struct Emitter {
         for (int64_t j = 0; j < f; ++j)
           for (int64_t part = 0; part < g; ++part)
             p[(x * f + j) * g + part] = b1[x * g * f + gatedRow(j, part, f)];
-      add(FC1_BIAS, "fc1_bias", std::move(p));
+      add(MOERT_FC1_BIAS, "fc1_bias", std::move(p));
     }
     if (Value m = op.getMask()) {
       DenseElementsAttr attr;
@@ -512,7 +511,7 @@ struct Emitter {
       for (const APInt &v : attr.getValues<APInt>())
         bytes.push_back(v.isZero() ? 0 : 1);
       weightBytes += bytes.size();
-      sections[MASK] = weightSection(op, MASK, "mask", std::move(bytes));
+      sections[MOERT_MASK] = weightSection(op, MOERT_MASK, "mask", std::move(bytes));
     }
     int64_t r = 0, keep = op.getKeep() ? static_cast<int64_t>(*op.getKeep()) : 0;
     if (op.getPredA()) {
@@ -525,8 +524,8 @@ struct Emitter {
         for (int64_t i = 0; i < h; ++i)
           for (int64_t k = 0; k < r; ++k)
             at[(x * r + k) * h + i] = a[(x * h + i) * r + k];
-      add(PRED_A, "pred_a", std::move(at));
-      add(PRED_B, "pred_b", std::move(b));
+      add(MOERT_PRED_A, "pred_a", std::move(at));
+      add(MOERT_PRED_B, "pred_b", std::move(b));
     }
     int64_t fs = 0;
     if (op.getSharedFc1()) {
@@ -540,8 +539,8 @@ struct Emitter {
         sr1 = quantizeRows(s1, g * fs, h, qbits, qblock1);
         sr2 = quantizeRows(s2, h, fs, qbits, qblock2 ? qblock2 : fs);
       }
-      packExperts(1, fs, s1, s2, &sr1, &sr2, SHARED1, SHARED2, SHARED1_SCALES, SHARED2_SCALES, "shared_fc1",
-                  "shared_fc2");
+      packExperts(1, fs, s1, s2, &sr1, &sr2, MOERT_SHARED1, MOERT_SHARED2, MOERT_SHARED1_SCALES,
+                  MOERT_SHARED2_SCALES, "shared_fc1", "shared_fc2");
     }
 
     // The dispatch's step and its specialised kernel.
@@ -602,25 +601,30 @@ struct Emitter {
     std::string config;
     llvm::raw_string_ostream cs(config);
     cs << "\n// dispatch " << index << ": " << desc << "\nnamespace {\nstruct C" << index << " {\n"
-       << "  using W = " << (qbits  ? "uint8_t; // quantised expert weights"
-                          : bf16 ? "uint16_t; // bf16 expert weights"
-                          : fp16 ? "_Float16; // fp16 expert weights"
-                                 : "float;") << "\n"
+       << "  using W = "
+       << (qbits  ? "uint8_t; // quantised expert weights"
+           : bf16 ? "uint16_t; // bf16 expert weights"
+           : fp16 ? "_Float16; // fp16 expert weights"
+                  : "float;")
+       << "\n"
        << "  static constexpr int QBITS = " << qbits << ";\n"
-       << "  static constexpr int64_t QBLOCK1 = " << (qblock1 ? qblock1 : h) << ", QBLOCK2 = " << qblock2 << ";\n"
+       << "  static constexpr int64_t QBLOCK1 = " << (qblock1 ? qblock1 : h) << ", QBLOCK2 = " << qblock2
+       << ";\n"
        << "  static constexpr bool INT8_ACT = " << b(qbits && op.getInt8Activations()) << ";\n"
        << "  static constexpr int64_t H = " << h << ", F = " << f << ", E = " << e << ", N = " << n
        << ", K = " << op.getK() << ", R = " << r << ", KEEP = " << keep << ", FS = " << fs
-       << ", GROUPS = " << op.getExpertGroups() << ", GROUP_TOPK = " << (op.getGroupTopk() ? *op.getGroupTopk() : 0)
+       << ", GROUPS = " << op.getExpertGroups()
+       << ", GROUP_TOPK = " << (op.getGroupTopk() ? *op.getGroupTopk() : 0)
        << ";\n  static constexpr int ACT = " << static_cast<int>(op.getActivation())
        << ", NORM = " << static_cast<int>(op.getNorm()) << ";\n"
        << "  static constexpr bool LINEAR_ROUTER = " << b(linear)
-       << ", SIGMOID_GATE = " << b(op.getGate() == moe::GateFunc::sigmoid) << ", NORMALIZE = " << b(op.getNormalize())
-       << ", HAS_SHARED = " << b(fs > 0) << ", HAS_PRED = " << b(op.getPredA() != nullptr) << ";\n"
+       << ", SIGMOID_GATE = " << b(op.getGate() == moe::GateFunc::sigmoid)
+       << ", NORMALIZE = " << b(op.getNormalize()) << ", HAS_SHARED = " << b(fs > 0)
+       << ", HAS_PRED = " << b(op.getPredA() != nullptr) << ";\n"
        << "  static constexpr float SCALE = " << floatLit(op.getScale().convertToDouble())
        << ", ALPHA = " << floatLit(op.getActivationAlpha().convertToDouble())
-       << ", BETA = " << floatLit(op.getActivationBeta().convertToDouble())
-       << ", LIMIT = " << floatLit(op.getActivationLimit() ? op.getActivationLimit()->convertToDouble() : -1.0)
+       << ", BETA = " << floatLit(op.getActivationBeta().convertToDouble()) << ", LIMIT = "
+       << floatLit(op.getActivationLimit() ? op.getActivationLimit()->convertToDouble() : -1.0)
        << ", EPS = " << floatLit(op.getNormEpsilon().convertToDouble()) << ";\n};\n}\n";
     if (gpu) {
       gpuSource += config;
@@ -643,12 +647,12 @@ struct Emitter {
        << "_scratch(int64_t t, int threads) { return moert_cpu::Kernel<C" << index << ">::scratch(t, threads); }\n"
        << "extern \"C\" MOERT_EXPORT uint64_t moert_dispatch_" << index << "_weight_bytes(int slot) {\n"
        << "  static const uint64_t bytes[] = {";
-    for (int s = 0; s < NUM_SLOTS; ++s)
+    for (int s = 0; s < MOERT_MOE_SLOTS; ++s)
       os << (s ? ", " : "")
          << (sections[s] < 0 ? 0 : writer.meta().sections(sections[s]).size());
-    os << "};\n  return slot >= 0 && slot < " << NUM_SLOTS << " ? bytes[slot] : 0;\n}\n"
-       << "extern \"C\" MOERT_EXPORT int64_t moert_dispatch_" << index << "_dims(int which) { return which == 0 ? "
-       << h << " : " << n << "; }\n";
+    os << "};\n  return slot >= 0 && slot < " << MOERT_MOE_SLOTS << " ? bytes[slot] : 0;\n}\n"
+       << "extern \"C\" MOERT_EXPORT int64_t moert_dispatch_" << index
+       << "_dims(int which) { return which == 0 ? " << h << " : " << n << "; }\n";
     return true;
   }
 
@@ -720,7 +724,8 @@ struct Emitter {
     const int qbits = storage == MOERT_STORAGE_INT8 ? 8 : storage == MOERT_STORAGE_INT4 ? 4 : 0;
     const int64_t block = qbits ? int64_t(op.getBlockSize()) : 0;
     if (qbits && (block < 16 || block % 8))
-      return fail(op, "quantisation blocks of " + Twine(block) + " input features (need a multiple of 8, >= 16)");
+      return fail(op,
+                  "quantisation blocks of " + Twine(block) + " input features (need a multiple of 8, >= 16)");
     std::vector<float> bias;
     if (Value b = op.getBias())
       if (!f32Constant(b, "bias", bias, error))
@@ -802,7 +807,8 @@ struct Emitter {
     std::string name = "L" + std::to_string(index);
     os << "\n// linear " << index << ": " << desc << "\nnamespace {\nstruct " << name << " {\n"
        << "  using W = " << w << ";\n"
-       << "  static constexpr int64_t K = " << k << ", N = " << n << ", QBLOCK = " << (qbits ? block : k) << ";\n"
+       << "  static constexpr int64_t K = " << k << ", N = " << n << ", QBLOCK = " << (qbits ? block : k)
+       << ";\n"
        << "  static constexpr int QBITS = " << qbits << ";\n"
        << "  static constexpr bool AFFINE = " << b(affine) << ", HAS_BIAS = " << b(op.getBias() != nullptr)
        << ", INT8_ACT = " << b(qbits && op.getInt8Activations()) << ";\n"
@@ -811,10 +817,11 @@ struct Emitter {
        << "moert_cpu::Linear<" << name << ">::run(a); }\n"
        << "extern \"C\" MOERT_EXPORT uint64_t moert_linear_" << index << "_weight_bytes(int slot) { return "
        << "moert_cpu::Linear<" << name << ">::weightBytes(slot); }\n"
-       << "extern \"C\" MOERT_EXPORT size_t moert_linear_" << index << "_scratch(int64_t rows, int threads) { return "
+       << "extern \"C\" MOERT_EXPORT size_t moert_linear_" << index
+       << "_scratch(int64_t rows, int threads) { return "
        << "moert_cpu::Linear<" << name << ">::scratch(rows, threads); }\n"
-       << "extern \"C\" MOERT_EXPORT int64_t moert_linear_" << index << "_dims(int which) { return which == 0 ? "
-       << k << " : " << n << "; }\n";
+       << "extern \"C\" MOERT_EXPORT int64_t moert_linear_" << index
+       << "_dims(int which) { return which == 0 ? " << k << " : " << n << "; }\n";
     return true;
   }
 

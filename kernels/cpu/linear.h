@@ -21,12 +21,13 @@
 //     every row tile uses it.
 //   - int8/int4 decode without INT8_ACT multiplies the codes by the inputs in f32 and scales once per block;
 //   - with INT8_ACT (moec --activations=int8), int8/int4 weights multiply integers, as ggml does (decode,
-//     M <= MQ rows, rounds the rows once up front; more rows are rounded per work item and K block): the input
-//     rows are rounded to int8 per block of XB features (scale max|x| / 127, round half to even), each group of 4 (int8) or 8
-//     (int4) features of a column is 4 bytes of the panel, so one byte-multiply-add instruction (AVX2's
-//     vpmaddubsw + vpmaddwd) sums 4 code x input products per column into an i32 lane; the i32 sums are scaled
-//     once per block (w = code * s + o: sum w x = s xs sum code q + o xs sum q). Results are those of the
-//     quantised weights on the rounded inputs, f32-accurate (kernels/cpu/moert_kernel_abi.h states it).
+//     M <= MQ rows, rounds the rows once up front; more rows are rounded per work item and K block): the
+//     input rows are rounded to int8 per block of XB features (scale max|x| / 127, round half to even), each
+//     group of 4 (int8) or 8 (int4) features of a column is 4 bytes of the panel, so one byte-multiply-add
+//     instruction (AVX2's vpmaddubsw + vpmaddwd) sums 4 code x input products per column into an i32 lane;
+//     the i32 sums are scaled once per block (w = code * s + o: sum w x = s xs sum code q + o xs sum q).
+//     Results are those of the quantised weights on the rounded inputs, f32-accurate
+//     (kernels/cpu/moert_kernel_abi.h states it).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_LINEAR_H
@@ -51,7 +52,7 @@ static_assert(kLinNR % VW == 0, "a panel row is whole vectors");
 constexpr int64_t kLinKC = 256;  // input features per K block in prefill (a panel's slice: 16 KiB of f32)
 constexpr int64_t kLinMC = 72;   // rows per work item in prefill (a multiple of every MR)
 constexpr int64_t kLinMaxGroup = 8; // panels per work item at most
-constexpr int64_t kLinQRows = 16;         // rows int8/int4 decode rounds and multiplies as integers, at most
+constexpr int64_t kLinQRows = 16;   // rows int8/int4 decode rounds and multiplies as integers, at most
 constexpr int64_t kLinQBytes = 96 * 1024; // stack bytes for those rounded rows at most
 
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
@@ -73,9 +74,13 @@ template <class C> struct Linear {
   static constexpr int64_t GK = QBITS == 4 ? 8 : 4, KG = (K + GK - 1) / GK, KPAD = KG * GK;
   static constexpr int64_t PANELB = QBITS ? KG * NR * 4 : K * NR * int64_t(QBITS ? 1 : sizeof(typename C::W));
   static constexpr int64_t KC = K <= kLinKC ? K : !QBITS ? kLinKC : BLK >= K ? K : (kLinKC + BLK - 1) / BLK * BLK;
-  // Integer decode: inputs rounded per block of XB features (MOERT_LINEAR_XBLOCK, or the weight block when that
-  // is not a multiple of it), rows of up to MQ (MR, fewer when MR rounded rows would not fit kLinQBytes of stack).
-  static constexpr int64_t XB = !QBITS ? K : BLK % MOERT_LINEAR_XBLOCK == 0 ? MOERT_LINEAR_XBLOCK : BLK, KX = (K + XB - 1) / XB;
+  // Integer decode: inputs rounded per block of XB features (MOERT_LINEAR_XBLOCK, or the weight block when
+  // that is not a multiple of it), rows of up to MQ (MR, fewer when MR rounded rows would not fit kLinQBytes
+  // of stack).
+  static constexpr int64_t XB = !QBITS                           ? K
+                                : BLK % MOERT_LINEAR_XBLOCK == 0 ? MOERT_LINEAR_XBLOCK
+                                                                 : BLK,
+                           KX = (K + XB - 1) / XB;
   static constexpr int64_t MQ = !QBITS || !C::INT8_ACT ? 0 : std::min<int64_t>(kLinQRows, kLinQBytes / KPAD);
   static_assert(!QBITS || BLK % GK == 0 || BLK >= K, "quantisation blocks of whole feature groups");
   static_assert(!QBITS || XB % GK == 0 || KX == 1, "input blocks of whole feature groups");
@@ -84,7 +89,8 @@ template <class C> struct Linear {
   // Prefill packs a row block's K block of inputs (kLinMC x KC floats on the stack): only for K blocks that fit.
   static constexpr bool PACK_A = KC <= 1024;
 
-  /// Scratch bytes of a call: int8 activations with more rows than the stack holds keep the rounded rows there.
+  /// Scratch bytes of a call: int8 activations with more rows than the stack holds keep the rounded rows
+  /// there.
   static size_t scratch(int64_t M, int) {
     if (!QBITS || !C::INT8_ACT || M <= MQ)
       return 0;
@@ -160,8 +166,8 @@ template <class C> struct Linear {
       q[k - k0] = 0;
   }
 
-  /// Rows rounded to int8 by quantizeRange from feature k0: row i's q at q + i * qstride, its block scales and
-  /// sums of q at s / sq + i * sstride.
+  /// Rows rounded to int8 by quantizeRange from feature k0: row i's q at q + i * qstride, its block scales
+  /// and sums of q at s / sq + i * sstride.
   struct Rounded {
     const int8_t *q;
     const float *s, *sq;
@@ -172,8 +178,8 @@ template <class C> struct Linear {
   /// per byte-multiply-add (AVX-512 VNNI's vpdpbusd, or AVX2's vpmaddubsw + vpmaddwd), or plain integer loops
   /// elsewhere (the same exact sums).
   template <int M>
-  __attribute__((always_inline)) static inline void groupDots(const uint8_t *panel, const Rounded &x, int64_t k0,
-                                                              int64_t k1, int32_t (&isum)[M][NR]) {
+  __attribute__((always_inline)) static inline void
+  groupDots(const uint8_t *panel, const Rounded &x, int64_t k0, int64_t k1, int32_t (&isum)[M][NR]) {
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
     // AVX-512 VNNI: a group's 16 columns are one register; vpdpbusd sums 4 u8 x s8 products per i32 lane.
     const __m512i low = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
@@ -226,8 +232,10 @@ template <class C> struct Linear {
           int32_t x4;
           std::memcpy(&x4, x.q + i * x.qstride + (k - x.k0), 4);
           const __m256i xb = _mm256_set1_epi32(x4);
-          acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones));
-          acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones));
+          acc[i][0] = _mm256_add_epi32(
+              acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones));
+          acc[i][1] = _mm256_add_epi32(
+              acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones));
         }
       } else {
         const __m256i l0 = _mm256_and_si256(w0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(w0, 4), low);
@@ -239,10 +247,14 @@ template <class C> struct Linear {
           std::memcpy(&xhi, x.q + i * x.qstride + (k - x.k0) + 4, 4);
           const __m256i xa = _mm256_set1_epi32(xlo), xb = _mm256_set1_epi32(xhi);
           // codes 0..15 times |x| <= 127: each i16 pair sum of the two halves stays below 2^15
-          acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, xa),
-                                                                                     _mm256_maddubs_epi16(h0, xb)), ones));
-          acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l1, xa),
-                                                                                     _mm256_maddubs_epi16(h1, xb)), ones));
+          acc[i][0] = _mm256_add_epi32(
+              acc[i][0],
+              _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, xa), _mm256_maddubs_epi16(h0, xb)),
+                                ones));
+          acc[i][1] = _mm256_add_epi32(
+              acc[i][1],
+              _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l1, xa), _mm256_maddubs_epi16(h1, xb)),
+                                ones));
         }
       }
     }
@@ -268,11 +280,12 @@ template <class C> struct Linear {
 #endif
   }
 
-  /// acc[i] += input rows a[i * K ..] x quantised panel p, every feature, in f32: codes times inputs summed per
-  /// block, then scaled once (sum w x = s sum code x + o sum x; `xsum` [M][KB] the rows' sums per block).
+  /// acc[i] += input rows a[i * K ..] x quantised panel p, every feature, in f32: codes times inputs summed
+  /// per block, then scaled once (sum w x = s sum code x + o sum x; `xsum` [M][KB] the rows' sums per block).
   template <int M>
-  __attribute__((always_inline)) static inline void codeTile(const uint8_t *panel, const float *sc, const float *of,
-                                                             const float *a, const float *xsum, vf (&acc)[M][NV]) {
+  __attribute__((always_inline)) static inline void codeTile(const uint8_t *panel, const float *sc,
+                                                             const float *of, const float *a,
+                                                             const float *xsum, vf (&acc)[M][NV]) {
     constexpr bool OFFSET = C::AFFINE || QBITS == 4;
     for (int64_t kb = 0; kb < K; kb += BLK) {
       const int64_t ke = std::min<int64_t>(K, kb + BLK);
@@ -327,9 +340,9 @@ template <class C> struct Linear {
   /// acc[i] += rounded input rows i x panel p over features [k0, k1) (k0 a multiple of XB): integer sums per
   /// input block, scaled once each.
   template <int M>
-  __attribute__((always_inline)) static inline void intTile(const uint8_t *panel, const float *sc, const float *of,
-                                                            const Rounded &x, int64_t k0, int64_t k1,
-                                                            vf (&acc)[M][NV]) {
+  __attribute__((always_inline)) static inline void intTile(const uint8_t *panel, const float *sc,
+                                                            const float *of, const Rounded &x, int64_t k0,
+                                                            int64_t k1, vf (&acc)[M][NV]) {
     constexpr bool OFFSET = C::AFFINE || QBITS == 4;
     for (int64_t b = k0 / XB; b * XB < k1; ++b) {
       const int64_t kb = b * XB, ke = std::min<int64_t>(k1 == K ? KPAD : k1, kb + XB);
@@ -449,8 +462,8 @@ template <class C> struct Linear {
         acc[i][v] += part[i][v];
   }
 
-  /// Features [k0, k1) of quantised panel p as f32 into `out` ([k1 - k0][NR]; k0 a multiple of BLK): done once
-  /// per panel and K block in prefill, then every row tile of the block runs the f32 micro-kernel on it.
+  /// Features [k0, k1) of quantised panel p as f32 into `out` ([k1 - k0][NR]; k0 a multiple of BLK): done
+  /// once per panel and K block in prefill, then every row tile of the block runs the f32 micro-kernel on it.
   static void dequant(const moert_linear_args &a, int64_t p, int64_t k0, int64_t k1, float *out) {
     const uint8_t *panel = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
     const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
@@ -500,8 +513,8 @@ template <class C> struct Linear {
   /// others from the output so far; the last adds the residual. Columns past N (the last panel's padding)
   /// are never stored.
   template <int M, Mode MODE, bool PK>
-  static void block(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap, const Rounded *rx,
-                    int64_t r, int64_t p, int64_t k0, int64_t k1) {
+  static void block(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap,
+                    const Rounded *rx, int64_t r, int64_t p, int64_t k0, int64_t k1) {
     const uint8_t *w = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
     const int64_t n0 = p * NR, cols = std::min<int64_t>(NR, N - n0);
     float *out = a.output + r * N + n0;
@@ -526,11 +539,13 @@ template <class C> struct Linear {
       plainTile<M, PK>(deq, in, k0, k1, acc);
     } else if constexpr (MODE == CODES) {
       const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
-      const float *of = C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
+      const float *of =
+          C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
       codeTile<M>(w, sc, of, in, c.xsum + r * KB, acc);
     } else if constexpr (MODE == INT) {
       const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
-      const float *of = C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
+      const float *of =
+          C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
       intTile<M>(w, sc, of, *rx, k0, k1, acc);
     } else if constexpr (QBITS == 0) {
       tile<M, PK>(w, in, k0, k1, acc);
@@ -550,14 +565,14 @@ template <class C> struct Linear {
   }
 
   template <Mode MODE, bool PK>
-  static void rows(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap, const Rounded *rx,
-                   int64_t m, int64_t r, int64_t p, int64_t k0, int64_t k1) {
+  static void rows(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap,
+                   const Rounded *rx, int64_t m, int64_t r, int64_t p, int64_t k0, int64_t k1) {
     static_assert(MR <= 12, "row tiles of at most 12");
     switch (m) {
-#define MOERT_LIN_CASE(n)                                                                                      \
-  case n:                                                                                                      \
-    if constexpr (n <= MR)                                                                                     \
-      return block<n, MODE, PK>(a, c, deq, ap, rx, r, p, k0, k1);                                              \
+#define MOERT_LIN_CASE(n)                                                                                    \
+  case n:                                                                                                    \
+    if constexpr (n <= MR)                                                                                   \
+      return block<n, MODE, PK>(a, c, deq, ap, rx, r, p, k0, k1);                                            \
     break;
       MOERT_LIN_CASE(1) MOERT_LIN_CASE(2) MOERT_LIN_CASE(3) MOERT_LIN_CASE(4) MOERT_LIN_CASE(5)
       MOERT_LIN_CASE(6) MOERT_LIN_CASE(7) MOERT_LIN_CASE(8) MOERT_LIN_CASE(9) MOERT_LIN_CASE(10)
@@ -624,11 +639,12 @@ template <class C> struct Linear {
         if constexpr (QBITS != 0) {
           dequant(a, pp, k0, k1, deq);
           for (int64_t r = r0; r < r1; r += MR)
-            rows<DEQ, true>(a, c, deq, ap + (r - r0) / MR * KC * MR, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+            rows<DEQ, true>(a, c, deq, ap + (r - r0) / MR * KC * MR, nullptr, std::min<int64_t>(MR, r1 - r),
+                            r, pp, k0, k1);
         } else {
           for (int64_t r = r0; r < r1; r += MR)
-            rows<PLAIN, true>(a, c, nullptr, ap + (r - r0) / MR * KC * MR, nullptr, std::min<int64_t>(MR, r1 - r), r, pp, k0,
-                              k1);
+            rows<PLAIN, true>(a, c, nullptr, ap + (r - r0) / MR * KC * MR, nullptr,
+                              std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
         }
       }
     }

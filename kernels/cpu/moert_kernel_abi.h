@@ -10,8 +10,9 @@
  *
  *   int      moert_linear_<j>(const moert_linear_args *args);            0 on success
  *   uint64_t moert_linear_<j>_weight_bytes(int slot);                    bytes each weight slot must hold
- *   int64_t  moert_linear_<j>_dims(int which);                           0: K (input features), 1: N (outputs)
- *   size_t   moert_linear_<j>_scratch(int64_t rows, int threads);        scratch bytes one call needs (may be 0)
+ *   int64_t  moert_linear_<j>_dims(int which);                           0: K (input features), 1: N
+ *(outputs) size_t   moert_linear_<j>_scratch(int64_t rows, int threads);        scratch bytes one call needs
+ *(may be 0)
  *
  * and `moert_kernel_abi_version()`. The runtime owns threads and memory: it passes a parallel-for and a
  * scratch buffer; generated code allocates nothing and never calls back into libmoert by symbol.
@@ -104,11 +105,11 @@ enum moert_linear_slot {
   MOERT_LIN_BIAS = 3,    /* [NP * NR] f32 (zero-padded)                                                    */
   MOERT_LIN_SLOTS = 4
 };
-/* int8/int4 weights compiled with int8 activations (moec --activations=int8) multiply integers: each input row
- * is first rounded to int8 per block of MOERT_LINEAR_XBLOCK features (or of QBLOCK when that is not a multiple
- * of it): q = round-half-even(x * (127 / max|x|)), x ~ q * max|x| / 127. The result is then sum_k w[k][n] * x~[k]
- * with exact integer sums per block and f32 across blocks, as ggml computes Q8_0 x Q4_0 / Q8_0, whatever the
- * number of rows. Without it inputs are multiplied as they are. */
+/* int8/int4 weights compiled with int8 activations (moec --activations=int8) multiply integers: each input
+ * row is first rounded to int8 per block of MOERT_LINEAR_XBLOCK features (or of QBLOCK when that is not a
+ * multiple of it): q = round-half-even(x * (127 / max|x|)), x ~ q * max|x| / 127. The result is then sum_k
+ * w[k][n] * x~[k] with exact integer sums per block and f32 across blocks, as ggml computes Q8_0 x Q4_0 /
+ * Q8_0, whatever the number of rows. Without it inputs are multiplied as they are. */
 #define MOERT_LINEAR_XBLOCK 32
 
 typedef struct moert_linear_args {

@@ -190,12 +190,12 @@ inline void axpy(float *y, float a, const float *x, int64_t n) { axpy(y, a, Plai
 // A token whose fc1 rows are int8/int4 in blocks of a multiple of kXBlock columns is rounded once to int8 per
 // block of kXBlock: q = round-half-even(x * (127 / max|x|)), x ~ q * max|x| / 127 (as the linear kernel's
 // decode and ggml's Q8_0 do). A row's dot product is then integer sums per block, scaled once each. int4 rows
-// hold column 2i in byte i's low nibble and 2i + 1 in its high one, so the rounded token is stored with each 64
-// columns' even ones first, then the odd ones: one byte multiply-add per nibble half.
+// hold column 2i in byte i's low nibble and 2i + 1 in its high one, so the rounded token is stored with each
+// 64 columns' even ones first, then the odd ones: one byte multiply-add per nibble half.
 constexpr int64_t kXBlock = 32;
 struct QTok {
-  const int8_t *q;  // [H] (int4 rows: per 64 columns, the even ones then the odd ones)
-  const float *s;   // [H / kXBlock] scales
+  const int8_t *q;   // [H] (int4 rows: per 64 columns, the even ones then the odd ones)
+  const float *s;    // [H / kXBlock] scales
   const int32_t *sq; // [H / kXBlock] sums of q
 };
 
@@ -221,7 +221,8 @@ template <int BITS> inline void roundToken(const float *x, int64_t n, int8_t *q,
 }
 
 /// sum_h w[h] * x[h] of a quantised row (codes `w`, a scale per BLK columns `ws`) and a rounded token.
-template <int BITS, int64_t BLK, int64_t H> inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
+template <int BITS, int64_t BLK, int64_t H>
+inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
   static_assert(BLK % kXBlock == 0 && H % (BITS == 4 ? 64 : 32) == 0, "whole blocks");
 #if defined(__AVX2__)
   const __m256i ones = _mm256_set1_epi16(1);
@@ -230,7 +231,8 @@ template <int BITS, int64_t BLK, int64_t H> inline float qdot(const uint8_t *w, 
     for (int64_t h = 0; h < H; h += 32) {
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + h));
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h));
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)), ones);
+      const __m256i p =
+          _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)), ones);
       const __m256 sc = _mm256_set1_ps(ws[h / BLK] * x.s[h / kXBlock]);
       if ((h / 32) % 2)
         acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc1);
@@ -246,10 +248,12 @@ template <int BITS, int64_t BLK, int64_t H> inline float qdot(const uint8_t *w, 
       const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h + 32));
       // lanes 0-3: columns h..h+31 (one input block), 4-7: h+32..h+63; codes are centred on 8, taken off as
       // 2 * (sum of q) per lane
-      __m256i p = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
+      __m256i p = _mm256_madd_epi16(
+          _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
       const int64_t j = h / kXBlock;
       p = _mm256_sub_epi32(p, _mm256_set_m128i(_mm_set1_epi32(2 * x.sq[j + 1]), _mm_set1_epi32(2 * x.sq[j])));
-      const __m256 sc = _mm256_set_m128(_mm_set1_ps(ws[(h + 32) / BLK] * x.s[j + 1]), _mm_set1_ps(ws[h / BLK] * x.s[j]));
+      const __m256 sc =
+          _mm256_set_m128(_mm_set1_ps(ws[(h + 32) / BLK] * x.s[j + 1]), _mm_set1_ps(ws[h / BLK] * x.s[j]));
       if ((h / 64) % 2)
         acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc1);
       else
@@ -270,7 +274,8 @@ template <int BITS, int64_t BLK, int64_t H> inline float qdot(const uint8_t *w, 
       if constexpr (BITS == 8)
         t += int32_t(int8_t(w[h])) * x.q[h];
       else
-        t += (int32_t((w[h / 2] >> ((h & 1) * 4)) & 15) - 8) * x.q[(h / 64) * 64 + (h % 2) * 32 + (h % 64) / 2];
+        t += (int32_t((w[h / 2] >> ((h & 1) * 4)) & 15) - 8) *
+             x.q[(h / 64) * 64 + (h % 2) * 32 + (h % 64) / 2];
     }
     acc += float(t) * (ws[j * kXBlock / BLK] * x.s[j]);
   }
@@ -337,8 +342,8 @@ template <class C> struct Kernel {
   static constexpr int64_t WBITS = C::QBITS ? C::QBITS : 8 * int64_t(sizeof(typename C::W));
   static constexpr int64_t DB =
       std::max<int64_t>(4, std::min<int64_t>(kDimBlock, kL2Budget * 8 / (G * H * WBITS) / 4 * 4));
-  // With INT8_ACT, decode multiplies int8/int4 fc1 rows by the token rounded to int8 (integer dot products, see
-  // QTok) when their blocks are whole input blocks and H whole vectors of codes; prefill tiles use f32.
+  // With INT8_ACT, decode multiplies int8/int4 fc1 rows by the token rounded to int8 (integer dot products,
+  // see QTok) when their blocks are whole input blocks and H whole vectors of codes; prefill tiles use f32.
   static constexpr bool INT_FC1 =
       C::QBITS != 0 && C::INT8_ACT && C::QBLOCK1 % kXBlock == 0 && H % (C::QBITS == 4 ? 64 : 32) == 0;
   static constexpr int64_t XBS = INT_FC1 ? H / kXBlock : 0; // input blocks of a token
@@ -545,7 +550,8 @@ template <class C> struct Kernel {
 
   /// d[h] += sum_j cf[j] * fc2t[fi[j]][h] for quantised rows that share one scale row (one fc2 row block):
   /// the codes times cf summed first, then each column scaled once.
-  static void downScaledOnce(const ExpertRows<C> &rows, const int64_t *fi, const float *cf, int64_t nf, float *d) {
+  static void downScaledOnce(const ExpertRows<C> &rows, const int64_t *fi, const float *cf, int64_t nf,
+                             float *d) {
     if constexpr (C::QBITS != 0) {
       const float *sc = rows.row2(fi[0]).s;
       int64_t h = 0;
@@ -701,7 +707,8 @@ template <class C> struct Kernel {
         float cf[kDimBlock];
         int64_t fi[kDimBlock];
         for (int64_t fb = it.f0; fb < it.f1;) {
-          const int64_t blk2 = rows.blk2, fe = std::min<int64_t>({it.f1, (fb / blk2 + 1) * blk2, fb + kDimBlock});
+          const int64_t blk2 = rows.blk2,
+                        fe = std::min<int64_t>({it.f1, (fb / blk2 + 1) * blk2, fb + kDimBlock});
           int64_t nf = 0;
           for (int64_t f = fb; f < fe; ++f) {
             if (mask && !mask[f])

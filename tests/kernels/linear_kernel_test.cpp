@@ -2,12 +2,14 @@
 //
 // The ggml way of testing kernels: every variant of kernels/cpu/linear.h - weight storage (f32, bf16, fp16,
 // int8, int4, and int8/int4 with zero points as MatMulNBits stores them; int8/int4 with and without int8
-// activations) x decode / prefill paths (M from 1 to past one row block) x odd shapes (N of 1, 3, 17; K not a multiple of the quantisation block nor of the K
-// block) - packed by codegen/WeightPacking and run, against a double-precision matmul over the weights the
-// packing meant (rounded or dequantised independently of the kernel). Built twice: 8-lane and 16-lane vectors.
+// activations) x decode / prefill paths (M from 1 to past one row block) x odd shapes (N of 1, 3, 17; K not a
+// multiple of the quantisation block nor of the K block) - packed by codegen/WeightPacking and run, against a
+// double-precision matmul over the weights the packing meant (rounded or dequantised independently of the
+// kernel). Built twice: 8-lane and 16-lane vectors.
 //
 //   linear_kernel_test            test mode: exit 0 when every case is within tolerance
-//   linear_kernel_test --perf     perf mode: GFLOP/s and weight GB/s per storage at K = N = 2048 (all threads)
+//   linear_kernel_test --perf     perf mode: GFLOP/s and weight GB/s per storage at K = N = 2048 (all
+//   threads)
 //
 // Tolerance: |kernel - reference| <= 1e-5 * sum_k |x[m][k] * w[k][n]| + 1e-6 per element (f32 accumulation
 // against double; the bound scales with the terms summed, not with K alone).
@@ -184,9 +186,9 @@ Case makeCase(Kind kind, int64_t k, int64_t n, int64_t block, bool bias, std::mt
 
 int failures = 0, cases = 0;
 
-/// The inputs the kernel is meant to multiply: as given, or - int8/int4 weights with int8 activations - each row
-/// rounded to int8 per block of 32 features (the weight block when it is not a multiple of 32):
-/// q = round-half-even(x * (127 / max|x|)), x = q * max|x| / 127 (moert_kernel_abi.h).
+/// The inputs the kernel is meant to multiply: as given, or - int8/int4 weights with int8 activations - each
+/// row rounded to int8 per block of 32 features (the weight block when it is not a multiple of 32): q =
+/// round-half-even(x * (127 / max|x|)), x = q * max|x| / 127 (moert_kernel_abi.h).
 template <class C> std::vector<double> inputsAsMultiplied(const std::vector<float> &x, int64_t m) {
   std::vector<double> r(x.begin(), x.end());
   if (!C::QBITS || !C::INT8_ACT)
@@ -255,16 +257,18 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
     }
   }
   std::printf("ok   %-8s K=%-4lld N=%-3lld block=%-3lld%s%s (M = 1..150, with and without residual)\n",
-              kindName(kind), (long long)C::K, (long long)C::N, (long long)C::QBLOCK, C::HAS_BIAS ? " bias" : "",
-              C::INT8_ACT ? " int8-activations" : "");
+              kindName(kind), (long long)C::K, (long long)C::N, (long long)C::QBLOCK,
+              C::HAS_BIAS ? " bias" : "", C::INT8_ACT ? " int8-activations" : "");
 }
 
 template <Kind KIND, bool INT8ACT = false> void shapes(std::mt19937 &rng) {
   check<Cfg<KIND, 64, 1, false, 32, INT8ACT>>(KIND, rng);
-  check<Cfg<KIND, 70, 3, true, 32, INT8ACT>>(KIND, rng);   // K past a block, 3 columns
-  check<Cfg<KIND, 300, 17, true, 32, INT8ACT>>(KIND, rng); // K past the K block (256) and not a multiple of 32
+  check<Cfg<KIND, 70, 3, true, 32, INT8ACT>>(KIND, rng); // K past a block, 3 columns
+  check<Cfg<KIND, 300, 17, true, 32, INT8ACT>>(KIND,
+                                               rng); // K past the K block (256) and not a multiple of 32
   check<Cfg<KIND, 96, 48, false, 16, INT8ACT>>(KIND, rng);
-  check<Cfg<KIND, 520, 33, true, 128, INT8ACT>>(KIND, rng); // MatMulNBits-sized blocks, K not a multiple of them
+  check<Cfg<KIND, 520, 33, true, 128, INT8ACT>>(KIND,
+                                                rng); // MatMulNBits-sized blocks, K not a multiple of them
 }
 
 template <class C> void perf(Kind kind, Pool &pool, int threads) {
@@ -286,9 +290,11 @@ template <class C> void perf(Kind kind, Pool &pool, int threads) {
       L::run(&a);
       best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    std::printf("perf %-8s%s K=%lld N=%lld M=%-4lld %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n",
-                kindName(kind), C::INT8_ACT ? " int8-act" : "", (long long)C::K, (long long)C::N, (long long)m,
-                best * 1e3, 2.0 * m * C::K * C::N / best / 1e9, c.packed.bytes() / best / 1e9);
+    const std::string name =
+        std::string(kindName(kind)) + (C::INT8_ACT ? "+a8" : ""); // +a8: int8 activations
+    std::printf("perf %-8s K=%lld N=%lld M=%-4lld %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n",
+                name.c_str(), (long long)C::K, (long long)C::N, (long long)m, best * 1e3,
+                2.0 * m * C::K * C::N / best / 1e9, c.packed.bytes() / best / 1e9);
   }
 }
 
