@@ -174,6 +174,13 @@ template <class C> struct Linear {
     int64_t qstride, sstride, k0;
   };
 
+  /// The rounded inputs of features k..k+3 of row i, as one 32-bit word (what a group's byte products take).
+  static inline int32_t quad(const Rounded &x, int i, int64_t k) {
+    int32_t w;
+    std::memcpy(&w, x.q + i * x.qstride + (k - x.k0), 4);
+    return w;
+  }
+
   /// isum[i][j] = sum over features [k0, k1) (whole groups) of code(j, k) * xq[i][k]: 4 products per column
   /// per byte-multiply-add (AVX-512 VNNI's vpdpbusd, or AVX2's vpmaddubsw + vpmaddwd), or plain integer loops
   /// elsewhere (the same exact sums).
@@ -194,20 +201,15 @@ template <class C> struct Linear {
         const __mmask64 neg = _mm512_movepi8_mask(w);
 #pragma unroll
         for (int i = 0; i < M; ++i) {
-          int32_t x4;
-          std::memcpy(&x4, x.q + i * x.qstride + (k - x.k0), 4);
-          const __m512i xb = _mm512_set1_epi32(x4);
+          const __m512i xb = _mm512_set1_epi32(quad(x, i, k));
           acc[i] = _mm512_dpbusd_epi32(acc[i], aw, _mm512_mask_sub_epi8(xb, neg, zero, xb));
         }
       } else {
         const __m512i lo = _mm512_and_si512(w, low), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
 #pragma unroll
         for (int i = 0; i < M; ++i) {
-          int32_t xlo, xhi;
-          std::memcpy(&xlo, x.q + i * x.qstride + (k - x.k0), 4);
-          std::memcpy(&xhi, x.q + i * x.qstride + (k - x.k0) + 4, 4);
-          acc[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i], lo, _mm512_set1_epi32(xlo)), hi,
-                                       _mm512_set1_epi32(xhi));
+          acc[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i], lo, _mm512_set1_epi32(quad(x, i, k))), hi,
+                                       _mm512_set1_epi32(quad(x, i, k + 4)));
         }
       }
     }
@@ -229,9 +231,7 @@ template <class C> struct Linear {
         const __m256i a0 = _mm256_sign_epi8(w0, w0), a1 = _mm256_sign_epi8(w1, w1);
 #pragma unroll
         for (int i = 0; i < M; ++i) {
-          int32_t x4;
-          std::memcpy(&x4, x.q + i * x.qstride + (k - x.k0), 4);
-          const __m256i xb = _mm256_set1_epi32(x4);
+          const __m256i xb = _mm256_set1_epi32(quad(x, i, k));
           acc[i][0] = _mm256_add_epi32(
               acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones));
           acc[i][1] = _mm256_add_epi32(
@@ -242,10 +242,7 @@ template <class C> struct Linear {
         const __m256i l1 = _mm256_and_si256(w1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(w1, 4), low);
 #pragma unroll
         for (int i = 0; i < M; ++i) {
-          int32_t xlo, xhi;
-          std::memcpy(&xlo, x.q + i * x.qstride + (k - x.k0), 4);
-          std::memcpy(&xhi, x.q + i * x.qstride + (k - x.k0) + 4, 4);
-          const __m256i xa = _mm256_set1_epi32(xlo), xb = _mm256_set1_epi32(xhi);
+          const __m256i xa = _mm256_set1_epi32(quad(x, i, k)), xb = _mm256_set1_epi32(quad(x, i, k + 4));
           // codes 0..15 times |x| <= 127: each i16 pair sum of the two halves stays below 2^15
           acc[i][0] = _mm256_add_epi32(
               acc[i][0],
