@@ -74,11 +74,11 @@ template <class C> struct Linear {
   static constexpr int64_t GK = QBITS == 4 ? 8 : 4, KG = (K + GK - 1) / GK, KPAD = KG * GK;
   static constexpr int64_t PANELB = QBITS ? KG * NR * 4 : K * NR * int64_t(QBITS ? 1 : sizeof(typename C::W));
   static constexpr int64_t KC = K <= kLinKC ? K : !QBITS ? kLinKC : BLK >= K ? K : (kLinKC + BLK - 1) / BLK * BLK;
-  // Integer decode: inputs rounded per block of XB features (MOERT_LINEAR_XBLOCK, or the weight block when
+  // Integer decode: inputs rounded per block of XB features (MOERT_INT8_ACT_BLOCK, or the weight block when
   // that is not a multiple of it), rows of up to MQ (MR, fewer when MR rounded rows would not fit kLinQBytes
   // of stack).
   static constexpr int64_t XB = !QBITS                           ? K
-                                : BLK % MOERT_LINEAR_XBLOCK == 0 ? MOERT_LINEAR_XBLOCK
+                                : BLK % MOERT_INT8_ACT_BLOCK == 0 ? MOERT_INT8_ACT_BLOCK
                                                                  : BLK,
                            KX = (K + XB - 1) / XB;
   static constexpr int64_t MQ = !QBITS || !C::INT8_ACT ? 0 : std::min<int64_t>(kLinQRows, kLinQBytes / KPAD);
@@ -135,32 +135,29 @@ template <class C> struct Linear {
       return __builtin_convertvector((g >> (8 * (Q % 4) + 4 * (Q / 4))) & 15u, f32x16);
   }
 
-  /// Rounds features [k0, k1) of one input row (k0 a multiple of XB) to int8 per block of XB features:
-  /// q = round-half-even(x * (127 / max|x|)), scale max|x| / 127 (a block of zeros: scale 0; a non-finite
-  /// block: scale NaN, so the outputs are NaN), and each block's sum of q. q[k - k0]; xs, xsq per block from
-  /// k0 / XB; features past K up to a whole group are zero.
+  /// f(std::integral_constant<int, Q>, codes of feature Q) for each feature Q of a group (`g`: its 16 columns'
+  /// 4-byte lanes), in order.
+  template <class F> static inline void eachFeature(u32x16 g, F &&f) {
+    f(std::integral_constant<int, 0>{}, groupCodes<0>(g));
+    f(std::integral_constant<int, 1>{}, groupCodes<1>(g));
+    f(std::integral_constant<int, 2>{}, groupCodes<2>(g));
+    f(std::integral_constant<int, 3>{}, groupCodes<3>(g));
+    if constexpr (GK == 8) {
+      f(std::integral_constant<int, 4>{}, groupCodes<4>(g));
+      f(std::integral_constant<int, 5>{}, groupCodes<5>(g));
+      f(std::integral_constant<int, 6>{}, groupCodes<6>(g));
+      f(std::integral_constant<int, 7>{}, groupCodes<7>(g));
+    }
+  }
+
+  /// Rounds features [k0, k1) of one input row (k0 a multiple of XB) to int8 per block of XB features
+  /// (roundInt8), with each block's scale and sum of q: q[k - k0]; xs, xsq per block from k0 / XB; features
+  /// past K up to a whole group are zero.
   static void quantizeRange(const float *x, int64_t k0, int64_t k1, int8_t *q, float *xs, float *xsq) {
     for (int64_t b = k0 / XB; b * XB < k1; ++b) {
       const int64_t kb = b * XB, ke = std::min<int64_t>(k1, kb + XB);
-      float amax = 0.0f;
-      for (int64_t k = kb; k < ke; ++k)
-        amax = std::max(amax, std::fabs(x[k]));
-      int32_t sum = 0;
       int8_t *qb = q + (kb - k0);
-      if (!(amax <= 3.0e38f)) { // inf or NaN
-        for (int64_t k = kb; k < ke; ++k)
-          qb[k - kb] = 0;
-        xs[b - k0 / XB] = NAN;
-      } else {
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        for (int64_t k = kb; k < ke; ++k) {
-          const int32_t v = int32_t(std::nearbyint(x[k] * inv));
-          qb[k - kb] = int8_t(v);
-          sum += v;
-        }
-        xs[b - k0 / XB] = amax / 127.0f;
-      }
-      xsq[b - k0 / XB] = float(sum);
+      xsq[b - k0 / XB] = float(roundInt8(x + kb, ke - kb, xs[b - k0 / XB], [&](int64_t i, int8_t v) { qb[i] = v; }));
     }
     for (int64_t k = k1; k < std::min<int64_t>(KPAD, k0 + (k1 - k0 + GK - 1) / GK * GK); ++k)
       q[k - k0] = 0;
@@ -293,7 +290,7 @@ template <class C> struct Linear {
       auto group = [&](int64_t k, auto guard) {
         u32x16 g;
         std::memcpy(&g, panel + (k / GK) * NR * 4, sizeof g);
-        auto feature = [&](auto q, f32x16 codes) {
+        eachFeature(g, [&](auto q, f32x16 codes) {
           constexpr int Q = decltype(q)::value;
           if (decltype(guard)::value && k + Q >= ke)
             return;
@@ -306,17 +303,7 @@ template <class C> struct Linear {
             for (int v = 0; v < NV; ++v)
               b[Q % 2][i][v] += x * cv[v];
           }
-        };
-        feature(std::integral_constant<int, 0>{}, groupCodes<0>(g));
-        feature(std::integral_constant<int, 1>{}, groupCodes<1>(g));
-        feature(std::integral_constant<int, 2>{}, groupCodes<2>(g));
-        feature(std::integral_constant<int, 3>{}, groupCodes<3>(g));
-        if constexpr (GK == 8) {
-          feature(std::integral_constant<int, 4>{}, groupCodes<4>(g));
-          feature(std::integral_constant<int, 5>{}, groupCodes<5>(g));
-          feature(std::integral_constant<int, 6>{}, groupCodes<6>(g));
-          feature(std::integral_constant<int, 7>{}, groupCodes<7>(g));
-        }
+        });
       };
       int64_t k = kb;
       for (; k + GK <= ke; k += GK)
@@ -472,25 +459,16 @@ template <class C> struct Linear {
       u32x16 g;
       std::memcpy(&g, panel + (k / GK) * NR * 4, sizeof g);
       float *dst = out + (k - k0) * NR;
-      auto put = [&](int q, f32x16 c) {
-        if (k + q >= k1)
+      eachFeature(g, [&](auto q, f32x16 c) {
+        constexpr int Q = decltype(q)::value;
+        if (k + Q >= k1)
           return;
         vf cv[NV];
         split(c, cv);
 #pragma unroll
         for (int v = 0; v < NV; ++v)
-          storev(dst + q * NR + v * VW, cv[v] * s[v] + o[v]);
-      };
-      put(0, groupCodes<0>(g));
-      put(1, groupCodes<1>(g));
-      put(2, groupCodes<2>(g));
-      put(3, groupCodes<3>(g));
-      if constexpr (GK == 8) {
-        put(4, groupCodes<4>(g));
-        put(5, groupCodes<5>(g));
-        put(6, groupCodes<6>(g));
-        put(7, groupCodes<7>(g));
-      }
+          storev(dst + Q * NR + v * VW, cv[v] * s[v] + o[v]);
+      });
     }
   }
 

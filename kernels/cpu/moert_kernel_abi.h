@@ -106,11 +106,12 @@ enum moert_linear_slot {
   MOERT_LIN_SLOTS = 4
 };
 /* int8/int4 weights compiled with int8 activations (moec --activations=int8) multiply integers: each input
- * row is first rounded to int8 per block of MOERT_LINEAR_XBLOCK features (or of QBLOCK when that is not a
+ * row is first rounded to int8 per block of MOERT_INT8_ACT_BLOCK features (or of QBLOCK when that is not a
  * multiple of it): q = round-half-even(x * (127 / max|x|)), x ~ q * max|x| / 127. The result is then sum_k
  * w[k][n] * x~[k] with exact integer sums per block and f32 across blocks, as ggml computes Q8_0 x Q4_0 /
  * Q8_0, whatever the number of rows. Without it inputs are multiplied as they are. */
-#define MOERT_LINEAR_XBLOCK 32
+/* Input features per int8-activation scale, linear and MoE dispatches alike. */
+#define MOERT_INT8_ACT_BLOCK 32
 
 typedef struct moert_linear_args {
   int64_t rows;                          /* M                                                      */

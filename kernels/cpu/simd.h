@@ -7,6 +7,8 @@
 #ifndef MOERT_KERNELS_CPU_SIMD_H
 #define MOERT_KERNELS_CPU_SIMD_H
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -59,6 +61,30 @@ inline float tofloat(uint16_t x) {
   std::memcpy(&f, &w, sizeof f);
   return f;
 }
+/// Rounds n inputs to int8 as int8 activations do (kernels/cpu/moert_kernel_abi.h, MOERT_INT8_ACT_BLOCK):
+/// q = round-half-even(x * (127 / max|x|)), scale max|x| / 127 (a block of zeros: 0; a non-finite input: NaN,
+/// every q 0, so the outputs are NaN). put(i, q) stores each; returns the sum of q.
+template <class Put> inline int32_t roundInt8(const float *x, int64_t n, float &scale, Put put) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i)
+    amax = std::max(amax, std::fabs(x[i]));
+  if (!(amax <= 3.0e38f)) {
+    for (int64_t i = 0; i < n; ++i)
+      put(i, int8_t(0));
+    scale = NAN;
+    return 0;
+  }
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  int32_t sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t v = int32_t(std::nearbyint(x[i] * inv));
+    put(i, int8_t(v));
+    sum += v;
+  }
+  scale = amax / 127.0f;
+  return sum;
+}
+
 inline float hsum(vf v) {
   float s = 0.0f;
   for (int i = 0; i < VW; ++i)

@@ -192,7 +192,7 @@ inline void axpy(float *y, float a, const float *x, int64_t n) { axpy(y, a, Plai
 // decode and ggml's Q8_0 do). A row's dot product is then integer sums per block, scaled once each. int4 rows
 // hold column 2i in byte i's low nibble and 2i + 1 in its high one, so the rounded token is stored with each
 // 64 columns' even ones first, then the odd ones: one byte multiply-add per nibble half.
-constexpr int64_t kXBlock = 32;
+constexpr int64_t kXBlock = MOERT_INT8_ACT_BLOCK;
 struct QTok {
   const int8_t *q;   // [H] (int4 rows: per 64 columns, the even ones then the odd ones)
   const float *s;    // [H / kXBlock] scales
@@ -200,24 +200,11 @@ struct QTok {
 };
 
 template <int BITS> inline void roundToken(const float *x, int64_t n, int8_t *q, float *s, int32_t *sq) {
-  for (int64_t b = 0; b < n / kXBlock; ++b) {
-    const float *xb = x + b * kXBlock;
-    float amax = 0.0f;
-    for (int64_t i = 0; i < kXBlock; ++i)
-      amax = std::max(amax, std::fabs(xb[i]));
-    const bool finite = amax <= 3.0e38f;
-    const float inv = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
-    int32_t sum = 0;
-    for (int64_t i = 0; i < kXBlock; ++i) {
-      const int32_t v = int32_t(std::nearbyint(xb[i] * inv));
-      const int64_t h = b * kXBlock + i;
-      // int4: column h of a 64-column chunk goes to (h % 2) * 32 + (h % 64) / 2
-      q[BITS == 4 ? (h / 64) * 64 + (h % 2) * 32 + (h % 64) / 2 : h] = int8_t(v);
-      sum += v;
-    }
-    s[b] = finite ? amax / 127.0f : NAN;
-    sq[b] = sum;
-  }
+  for (int64_t b = 0; b < n / kXBlock; ++b)
+    sq[b] = roundInt8(x + b * kXBlock, kXBlock, s[b], [&](int64_t i, int8_t v) {
+      const int64_t h = b * kXBlock + i; // int4: column h of a 64-column chunk goes to (h % 2) * 32 + (h % 64) / 2
+      q[BITS == 4 ? (h / 64) * 64 + (h % 2) * 32 + (h % 64) / 2 : h] = v;
+    });
 }
 
 /// sum_h w[h] * x[h] of a quantised row (codes `w`, a scale per BLK columns `ws`) and a rounded token.
@@ -672,6 +659,12 @@ template <class C> struct Kernel {
     }
     for (int64_t i = 0; i < n; ++i)
       std::memset(dst[i], 0, sizeof(float) * H);
+    // A lone token's coefficient for hidden dim f: its routing weight times the activation of fc1's rows.
+    auto lone = [&](int64_t f) {
+      const float g = fc1(c, rows, f * G, xs[0], tok[0]) + (b1 ? b1[f * G] : 0.0f);
+      const float u = G == 2 ? fc1(c, rows, f * G + 1, xs[0], tok[0]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+      return ws[0] * activate(g, u);
+    };
 
     if (C::HAS_PRED && it.expert >= 0) {
       // One token: score every hidden dim with the low-rank predictor, keep the top KEEP (ties: lower
@@ -695,10 +688,8 @@ template <class C> struct Kernel {
       });
       std::sort(idx, idx + C::KEEP);
       for (int64_t j = 0; j < C::KEEP; ++j) {
-        int64_t f = idx[j];
-        float g = fc1(c, rows, f * G, xs[0], tok[0]) + (b1 ? b1[f * G] : 0.0f);
-        float u = G == 2 ? fc1(c, rows, f * G + 1, xs[0], tok[0]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
-        axpy(dst[0], ws[0] * activate(g, u), rows.row2(f), H);
+        const int64_t f = idx[j];
+        axpy(dst[0], lone(f), rows.row2(f), H);
       }
     } else if (n == 1 && C::QBITS != 0) {
       // Decode, quantised: per run of kept dims sharing fc2's scale row, the down projection sums codes times
@@ -713,9 +704,7 @@ template <class C> struct Kernel {
           for (int64_t f = fb; f < fe; ++f) {
             if (mask && !mask[f])
               continue;
-            float g = fc1(c, rows, f * G, xs[0], tok[0]) + (b1 ? b1[f * G] : 0.0f);
-            float u = G == 2 ? fc1(c, rows, f * G + 1, xs[0], tok[0]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
-            cf[nf] = ws[0] * activate(g, u);
+            cf[nf] = lone(f);
             fi[nf++] = f;
           }
           if (nf)
@@ -728,9 +717,7 @@ template <class C> struct Kernel {
       for (int64_t f = it.f0; f < it.f1; ++f) {
         if (mask && !mask[f])
           continue;
-        float g = fc1(c, rows, f * G, xs[0], tok[0]) + (b1 ? b1[f * G] : 0.0f);
-        float u = G == 2 ? fc1(c, rows, f * G + 1, xs[0], tok[0]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
-        axpy(dst[0], ws[0] * activate(g, u), rows.row2(f), H);
+        axpy(dst[0], lone(f), rows.row2(f), H);
       }
     } else {
       // A token tile, by blocks of DB hidden dims whose gate/up rows fit kL2Budget: they stay in L2 while
