@@ -11,14 +11,14 @@
 //
 // Weights come packed in panels of NR = 16 output columns, K-major (panel p, feature k: NR weights in a row),
 // so one code path serves decode and prefill:
-//   - the micro-kernel keeps an MR x NR block of the output in registers (MR = 6 rows on 8-lane vectors,
-//     12 on 16-lane ones) and for each k loads one panel row once and one input value per row (a
-//     broadcast): MR * NR / VW FMAs per NR weights read;
+//   - the micro-kernel (`micro`) keeps an MR x (PW * NR) block of the output in registers (6 rows x 1 panel
+//     on 8-lane vectors, 6 rows x 4 panels on 16-lane ones: 24 accumulators) and for each k loads the PW
+//     panels' rows once and one input value per row (a broadcast);
 //   - work items are (a block of MC rows) x (a group of panels) and run on all threads. Decode (M <= MR)
 //     is one row block: the panels are split across threads and every weight is read exactly once
 //     (bandwidth bound); prefill walks K in blocks of KC features: the MC x KC slice of the input is packed
-//     tile by tile (L2), each panel's KC x NR slice (int8/int4 dequantised once into f32) stays in L1 while
-//     every row tile uses it.
+//     tile by tile (a tile's slice stays in L1), the PW panels' KC x NR slices (int8/int4 dequantised once
+//     into f32) stay in L2 while every row tile of the item uses them.
 //   - int8/int4 decode without INT8_ACT multiplies the codes by the inputs in f32 and scales once per block;
 //   - with INT8_ACT (moec --activations=int8), int8/int4 weights multiply integers, as ggml does (decode,
 //     M <= MQ rows, rounds the rows once up front; more rows are rounded per work item and K block): the
@@ -49,7 +49,10 @@ namespace moert_cpu {
 
 constexpr int64_t kLinNR = MOERT_LINEAR_NR; // output columns per panel
 static_assert(kLinNR % VW == 0, "a panel row is whole vectors");
-constexpr int64_t kLinKC = 256;  // input features per K block in prefill (a panel's slice: 16 KiB of f32)
+// Input features per K block in prefill: a row tile's packed inputs (MR x KC floats, 12 KiB) stay in L1 and
+// the PW panels' slices (KC x PW x NR floats) in L2 (measured: 256 and 1024 are slower here on AVX2 and
+// AVX-512 alike).
+constexpr int64_t kLinKC = 512;
 constexpr int64_t kLinMC = 72;   // rows per work item in prefill (a multiple of every MR)
 constexpr int64_t kLinMaxGroup = 8; // panels per work item at most
 constexpr int64_t kLinQRows = 16;   // rows int8/int4 decode rounds and multiplies as integers, at most
@@ -68,12 +71,14 @@ template <class C> struct Linear {
   static constexpr int QBITS = C::QBITS;
   static constexpr int64_t BLK = QBITS ? C::QBLOCK : K; // features per scale (one block when not quantised)
   static constexpr int64_t KB = (K + BLK - 1) / BLK;
-  static constexpr int MR = VW == 8 ? 6 : 12; // rows of a register tile
+  // Register tile of prefill: MR rows x PW panels (6 x 16 columns on 8-lane vectors, 6 x 64 on 16-lane ones:
+  // 24 accumulators of the 32 registers; measured 2x a 12 x 16 tile's FLOP rate on AVX-512).
+  static constexpr int MR = 6, PW = VW == 16 ? 4 : 1;
   // Quantised panels: 4 bytes per column per group of GK features (int8: 4 codes; int4: byte q holds feature
   // q in its low nibble and feature q + 4 in its high one), groups of a panel consecutive: [KG][NR][4] bytes.
   static constexpr int64_t GK = QBITS == 4 ? 8 : 4, KG = (K + GK - 1) / GK, KPAD = KG * GK;
   static constexpr int64_t PANELB = QBITS ? KG * NR * 4 : K * NR * int64_t(QBITS ? 1 : sizeof(typename C::W));
-  static constexpr int64_t KC = K <= kLinKC ? K : !QBITS ? kLinKC : BLK >= K ? K : (kLinKC + BLK - 1) / BLK * BLK;
+  static constexpr int64_t KC = K <= kLinKC ? K : kLinKC;
   // Integer decode: inputs rounded per block of XB features (MOERT_INT8_ACT_BLOCK, or the weight block when
   // that is not a multiple of it), rows of up to MQ (MR, fewer when MR rounded rows would not fit kLinQBytes
   // of stack).
@@ -86,8 +91,6 @@ template <class C> struct Linear {
   static_assert(!QBITS || XB % GK == 0 || KX == 1, "input blocks of whole feature groups");
   static_assert(NR == 16, "the int4 and int8 loads are written for 16-column panels");
   static_assert(kLinMC % MR == 0, "row blocks are whole tiles");
-  // Prefill packs a row block's K block of inputs (kLinMC x KC floats on the stack): only for K blocks that fit.
-  static constexpr bool PACK_A = KC <= 1024;
 
   /// Scratch bytes of a call: int8 activations with more rows than the stack holds keep the rounded rows
   /// there.
@@ -377,43 +380,42 @@ template <class C> struct Linear {
     }
   }
 
-  /// acc[i] += input rows a[i * K + k0 .. k1) (or packed, PK) x plain panel p's features [k0, k1). Decode
-  /// (M <= 2) keeps two accumulator sets over alternate features so the FMA chains overlap.
-  template <int M, bool PK = false>
-  __attribute__((always_inline)) static inline void tile(const uint8_t *panel, const float *a, int64_t k0,
-                                                         int64_t k1, vf (&acc)[M][NV]) {
-    static_assert(QBITS == 0, "quantised panels go through intTile or dequant");
-    constexpr int U = M <= 2 ? 2 : 1;
-    vf part[U][M][NV] = {};
-    const typename C::W *p = reinterpret_cast<const typename C::W *>(panel);
-    int64_t k = k0;
-    for (; k + U <= k1; k += U)
+  /// acc[i][j * NV + v] += input rows i (a[i * K + k], or packed, PK) x P consecutive panels' features
+  /// [k0, k1): panel j's feature k at b + j * pstride + (k - bk0) * NR (plain panels in their storage, or
+  /// dequantised f32 slices). The one register-blocked micro-kernel of every f32 multiply: each feature
+  /// loads P * NV weight vectors once and one broadcast per row. Decode (M <= 2, one panel) keeps two
+  /// accumulator sets over alternate features so the FMA chains overlap.
+  template <int M, int P, bool PK, class T>
+  __attribute__((always_inline)) static inline void micro(const T *b, int64_t pstride, int64_t bk0, const float *a,
+                                                          int64_t k0, int64_t k1, vf (&acc)[M][P * NV]) {
+    constexpr int U = M <= 2 && P == 1 ? 2 : 1;
+    vf part[U][M][P * NV] = {};
+    auto step = [&](int64_t k, int u) __attribute__((always_inline)) {
+      vf w[P * NV];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        vf w[NV];
+      for (int j = 0; j < P; ++j)
 #pragma unroll
         for (int v = 0; v < NV; ++v)
-          w[v] = loadv(p + (k + u) * NR + v * VW);
-#pragma unroll
-        for (int i = 0; i < M; ++i) {
-          const vf x = splat(ax<PK>(a, i, k + u, k0));
-#pragma unroll
-          for (int v = 0; v < NV; ++v)
-            part[u][i][v] += x * w[v];
-        }
-      }
-    for (; k < k1; ++k)
+          w[j * NV + v] = loadv(b + j * pstride + (k - bk0) * NR + v * VW);
 #pragma unroll
       for (int i = 0; i < M; ++i) {
         const vf x = splat(ax<PK>(a, i, k, k0));
 #pragma unroll
-        for (int v = 0; v < NV; ++v)
-          part[0][i][v] += x * loadv(p + k * NR + v * VW);
+        for (int v = 0; v < P * NV; ++v)
+          part[u][i][v] += x * w[v];
       }
+    };
+    int64_t k = k0;
+    for (; k + U <= k1; k += U)
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        step(k + u, u);
+    for (; k < k1; ++k)
+      step(k, 0);
 #pragma unroll
     for (int i = 0; i < M; ++i)
 #pragma unroll
-      for (int v = 0; v < NV; ++v) {
+      for (int v = 0; v < P * NV; ++v) {
         vf t = part[0][i][v];
         if (U == 2)
           t += part[U - 1][i][v];
@@ -421,32 +423,7 @@ template <class C> struct Linear {
       }
   }
 
-  /// acc[i] += a rows x a dequantised f32 slice `p` of a panel ([k1 - k0][NR], features k0..k1).
-  template <int M, bool PK>
-  __attribute__((always_inline)) static inline void plainTile(const float *p, const float *a, int64_t k0, int64_t k1,
-                                                              vf (&acc)[M][NV]) {
-    vf part[M][NV] = {};
-    for (int64_t k = k0; k < k1; ++k) {
-      vf w[NV];
-#pragma unroll
-      for (int v = 0; v < NV; ++v)
-        w[v] = loadv(p + (k - k0) * NR + v * VW);
-#pragma unroll
-      for (int i = 0; i < M; ++i) {
-        const vf x = splat(ax<PK>(a, i, k, k0));
-#pragma unroll
-        for (int v = 0; v < NV; ++v)
-          part[i][v] += x * w[v];
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < M; ++i)
-#pragma unroll
-      for (int v = 0; v < NV; ++v)
-        acc[i][v] += part[i][v];
-  }
-
-  /// Features [k0, k1) of quantised panel p as f32 into `out` ([k1 - k0][NR]; k0 a multiple of BLK): done
+  /// Features [k0, k1) of quantised panel p as f32 into `out` ([k1 - k0][NR]; k0 a multiple of GK): done
   /// once per panel and K block in prefill, then every row tile of the block runs the f32 micro-kernel on it.
   static void dequant(const moert_linear_args &a, int64_t p, int64_t k0, int64_t k1, float *out) {
     const uint8_t *panel = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
@@ -484,34 +461,37 @@ template <class C> struct Linear {
   // plain panels; a dequantised f32 slice; codes times f32 inputs (decode); integer dot products (decode)
   enum Mode { PLAIN, DEQ, CODES, INT };
 
-  /// Rows [r, r + M) x panel p over features [k0, k1): the first K block starts from the bias (or zero), the
-  /// others from the output so far; the last adds the residual. Columns past N (the last panel's padding)
-  /// are never stored.
-  template <int M, Mode MODE, bool PK>
+  /// Rows [r, r + M) x panels [p, p + P) over features [k0, k1): the first K block starts from the bias (or
+  /// zero), the others from the output so far; the last adds the residual. Columns past N (the last panel's
+  /// padding) are never stored. `deq`: the P panels' dequantised slices, KC * NR floats apart (DEQ).
+  template <int M, Mode MODE, bool PK, int P = 1>
   static void block(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap,
                     const Rounded *rx, int64_t r, int64_t p, int64_t k0, int64_t k1) {
+    static_assert(P == 1 || MODE == PLAIN || MODE == DEQ, "several panels at once only in f32");
     const uint8_t *w = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
-    const int64_t n0 = p * NR, cols = std::min<int64_t>(NR, N - n0);
-    float *out = a.output + r * N + n0;
-    vf acc[M][NV];
-    if (k0 == 0) {
-      const float *b = C::HAS_BIAS ? static_cast<const float *>(a.weights[MOERT_LIN_BIAS]) + n0 : nullptr;
+    vf acc[M][P * NV];
+    const float *bias = C::HAS_BIAS ? static_cast<const float *>(a.weights[MOERT_LIN_BIAS]) : nullptr;
 #pragma unroll
-      for (int i = 0; i < M; ++i)
+    for (int j = 0; j < P; ++j) {
+      const int64_t n0 = (p + j) * NR, cols = std::min<int64_t>(NR, N - n0);
+      if (k0 == 0) {
 #pragma unroll
-        for (int v = 0; v < NV; ++v)
-          acc[i][v] = b ? loadv(b + v * VW) : vf{};
-    } else {
-      for (int i = 0; i < M; ++i) {
-        float tmp[NR] = {};
-        std::memcpy(tmp, out + i * N, sizeof(float) * cols);
-        for (int v = 0; v < NV; ++v)
-          acc[i][v] = loadv(tmp + v * VW);
+        for (int i = 0; i < M; ++i)
+#pragma unroll
+          for (int v = 0; v < NV; ++v)
+            acc[i][j * NV + v] = bias ? loadv(bias + n0 + v * VW) : vf{};
+      } else {
+        for (int i = 0; i < M; ++i) {
+          float tmp[NR] = {};
+          std::memcpy(tmp, a.output + (r + i) * N + n0, sizeof(float) * cols);
+          for (int v = 0; v < NV; ++v)
+            acc[i][j * NV + v] = loadv(tmp + v * VW);
+        }
       }
     }
     const float *in = PK ? ap : a.input + r * K;
     if constexpr (MODE == DEQ) {
-      plainTile<M, PK>(deq, in, k0, k1, acc);
+      micro<M, P, PK>(deq, KC * NR, k0, in, k0, k1, acc);
     } else if constexpr (MODE == CODES) {
       const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
       const float *of =
@@ -523,23 +503,28 @@ template <class C> struct Linear {
           C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
       intTile<M>(w, sc, of, *rx, k0, k1, acc);
     } else if constexpr (QBITS == 0) {
-      tile<M, PK>(w, in, k0, k1, acc);
+      micro<M, P, PK>(reinterpret_cast<const typename C::W *>(w), PANELB / int64_t(sizeof(typename C::W)), 0, in,
+                      k0, k1, acc);
     }
     const bool last = k1 == K;
-    for (int i = 0; i < M; ++i) {
-      float tmp[NR];
-      for (int v = 0; v < NV; ++v)
-        storev(tmp + v * VW, acc[i][v]);
-      if (last && a.residual) {
-        const float *res = a.residual + (r + i) * N + n0;
-        for (int64_t c = 0; c < cols; ++c)
-          tmp[c] += res[c];
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+      const int64_t n0 = (p + j) * NR, cols = std::min<int64_t>(NR, N - n0);
+      for (int i = 0; i < M; ++i) {
+        float tmp[NR];
+        for (int v = 0; v < NV; ++v)
+          storev(tmp + v * VW, acc[i][j * NV + v]);
+        if (last && a.residual) {
+          const float *res = a.residual + (r + i) * N + n0;
+          for (int64_t q = 0; q < cols; ++q)
+            tmp[q] += res[q];
+        }
+        std::memcpy(a.output + (r + i) * N + n0, tmp, sizeof(float) * cols);
       }
-      std::memcpy(out + i * N, tmp, sizeof(float) * cols);
     }
   }
 
-  template <Mode MODE, bool PK>
+  template <Mode MODE, bool PK, int P = 1>
   static void rows(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap,
                    const Rounded *rx, int64_t m, int64_t r, int64_t p, int64_t k0, int64_t k1) {
     static_assert(MR <= 12, "row tiles of at most 12");
@@ -547,7 +532,7 @@ template <class C> struct Linear {
 #define MOERT_LIN_CASE(n)                                                                                    \
   case n:                                                                                                    \
     if constexpr (n <= MR)                                                                                   \
-      return block<n, MODE, PK>(a, c, deq, ap, rx, r, p, k0, k1);                                            \
+      return block<n, MODE, PK, P>(a, c, deq, ap, rx, r, p, k0, k1);                                         \
     break;
       MOERT_LIN_CASE(1) MOERT_LIN_CASE(2) MOERT_LIN_CASE(3) MOERT_LIN_CASE(4) MOERT_LIN_CASE(5)
       MOERT_LIN_CASE(6) MOERT_LIN_CASE(7) MOERT_LIN_CASE(8) MOERT_LIN_CASE(9) MOERT_LIN_CASE(10)
@@ -575,16 +560,16 @@ template <class C> struct Linear {
         }
       return;
     }
-    if (M > MR && PACK_A)
+    if (M > MR)
       return prefill(c, r0, r1, p0, p1);
     if (QBITS && c.xsum) { // int8/int4 decode of 1 or 2 rows in f32: codes times inputs, one pass
       for (int64_t pp = p0; pp < p1; ++pp)
         rows<CODES, false>(a, c, nullptr, nullptr, nullptr, r1 - r0, r0, pp, 0, K);
       return;
     }
-    // Plain decode (one pass over K, no partial sums through memory), or int8/int4 rows past the decode paths
-    // with a K too long to pack: rows read in place, panels dequantised per K block.
-    const int64_t kc = !QBITS && M <= MR ? K : KC;
+    // Decode (M <= MR): plain panels in one pass over K (no partial sums through memory); int8/int4 ones
+    // (3 or more rows in f32) dequantised per K block. Rows read in place.
+    const int64_t kc = !QBITS ? K : KC;
     for (int64_t k0 = 0; k0 < K; k0 += kc) {
       const int64_t k1 = std::min(K, k0 + kc);
       for (int64_t pp = p0; pp < p1; ++pp) {
@@ -601,26 +586,30 @@ template <class C> struct Linear {
     }
   }
 
-  /// Prefill: per K block, the item's input rows packed tile by tile (L2-resident), then for each panel
-  /// (int8/int4: dequantised once into an f32 slice) every row tile runs the micro-kernel on it.
+  /// Prefill: per K block, the item's input rows packed tile by tile (L2-resident), then for each set of PW
+  /// panels (int8/int4: dequantised once into f32 slices) every row tile runs the micro-kernel on them.
   __attribute__((noinline)) static void prefill(const Ctx &c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     const moert_linear_args &a = *c.a;
     alignas(64) float ap[kLinMC * KC];
-    alignas(64) float deq[QBITS ? KC * NR : 1];
+    alignas(64) float deq[QBITS ? PW * KC * NR : 1];
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
       const int64_t k1 = std::min(K, k0 + KC);
       packA(a.input, r0, r1, k0, k1, ap);
-      for (int64_t pp = p0; pp < p1; ++pp) {
-        if constexpr (QBITS != 0) {
-          dequant(a, pp, k0, k1, deq);
-          for (int64_t r = r0; r < r1; r += MR)
-            rows<DEQ, true>(a, c, deq, ap + (r - r0) / MR * KC * MR, nullptr, std::min<int64_t>(MR, r1 - r),
-                            r, pp, k0, k1);
-        } else {
-          for (int64_t r = r0; r < r1; r += MR)
-            rows<PLAIN, true>(a, c, nullptr, ap + (r - r0) / MR * KC * MR, nullptr,
-                              std::min<int64_t>(MR, r1 - r), r, pp, k0, k1);
+      for (int64_t pp = p0; pp < p1;) {
+        const int64_t np = p1 - pp >= PW ? PW : 1;
+        if constexpr (QBITS != 0)
+          for (int64_t j = 0; j < np; ++j)
+            dequant(a, pp + j, k0, k1, deq + j * KC * NR);
+        constexpr Mode MODE = QBITS ? DEQ : PLAIN;
+        for (int64_t r = r0; r < r1; r += MR) {
+          const float *at = ap + (r - r0) / MR * KC * MR;
+          const int64_t m = std::min<int64_t>(MR, r1 - r);
+          if (np == PW)
+            rows<MODE, true, PW>(a, c, deq, at, nullptr, m, r, pp, k0, k1);
+          else
+            rows<MODE, true>(a, c, deq, at, nullptr, m, r, pp, k0, k1);
         }
+        pp += np;
       }
     }
   }
@@ -640,6 +629,8 @@ template <class C> struct Linear {
     // Enough items for every thread (about 4 each), panels per item between 1 and kLinMaxGroup.
     const int64_t want = 4 * std::max(1, ex.threads);
     c.group = std::clamp<int64_t>(NP * c.rowBlocks / want, 1, kLinMaxGroup);
+    if (M > MR && c.group > PW)
+      c.group = c.group / PW * PW; // whole register tiles of PW panels
     c.groups = (NP + c.group - 1) / c.group;
     alignas(64) int8_t xq[MQ ? MQ * KPAD : 1];
     float xs[MQ ? MQ * KX : 1], xsq[MQ ? MQ * KX : 1];

@@ -264,8 +264,10 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
 template <Kind KIND, bool INT8ACT = false> void shapes(std::mt19937 &rng) {
   check<Cfg<KIND, 64, 1, false, 32, INT8ACT>>(KIND, rng);
   check<Cfg<KIND, 70, 3, true, 32, INT8ACT>>(KIND, rng); // K past a block, 3 columns
-  check<Cfg<KIND, 300, 17, true, 32, INT8ACT>>(KIND,
-                                               rng); // K past the K block (256) and not a multiple of 32
+  check<Cfg<KIND, 300, 17, true, 32, INT8ACT>>(KIND, rng); // K not a multiple of 32
+  // K past the prefill K block (512); 25 panels, the last partial: work items of 4-panel register tiles
+  // (16-lane vectors) and single panels
+  check<Cfg<KIND, 600, 390, true, 32, INT8ACT>>(KIND, rng);
   check<Cfg<KIND, 96, 48, false, 16, INT8ACT>>(KIND, rng);
   check<Cfg<KIND, 520, 33, true, 128, INT8ACT>>(KIND,
                                                 rng); // MatMulNBits-sized blocks, K not a multiple of them
