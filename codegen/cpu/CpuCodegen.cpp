@@ -45,6 +45,17 @@ static_assert(int(moe::Storage::fp32) == MOERT_STORAGE_F32 && int(moe::Storage::
                   int(moe::Storage::fp16) == MOERT_STORAGE_F16 && int(moe::Storage::int8) == MOERT_STORAGE_INT8 &&
                   int(moe::Storage::int4) == MOERT_STORAGE_INT4,
               "#moe.storage follows moert_storage");
+static_assert(int(moe::Activation::identity) == MOERT_ACT_IDENTITY &&
+                  int(moe::Activation::relu) == MOERT_ACT_RELU &&
+                  int(moe::Activation::gelu) == MOERT_ACT_GELU &&
+                  int(moe::Activation::silu) == MOERT_ACT_SILU &&
+                  int(moe::Activation::swiglu) == MOERT_ACT_SWIGLU &&
+                  int(moe::Activation::geglu) == MOERT_ACT_GEGLU &&
+                  int(moe::Activation::gelu_tanh) == MOERT_ACT_GELU_TANH,
+              "#moe.activation follows moert_activation (CPU and GPU kernels' C::ACT)");
+static_assert(int(moe::NormKind::none) == MOERT_NORM_NONE && int(moe::NormKind::rms) == MOERT_NORM_RMS &&
+                  int(moe::NormKind::layer) == MOERT_NORM_LAYER,
+              "#moe.norm follows moert_norm (CPU and GPU kernels' C::NORM)");
 
 /// CPU features each -march needs at run time (checked by moert before it loads the code).
 struct CpuInfo {

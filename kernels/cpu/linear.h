@@ -11,7 +11,8 @@
 //
 // Weights come packed in panels of NR = 16 output columns, K-major (panel p, feature k: NR weights in a row),
 // so one code path serves decode and prefill:
-//   - the micro-kernel (`micro`) keeps an MR x (PW * NR) block of the output in registers (6 rows x 1 panel
+//   - the micro-kernel (gemm.h's `gemmMicro`) keeps an MR x (PW * NR) block of the output in registers (6
+//   rows x 1 panel
 //     on 8-lane vectors, 6 rows x 4 panels on 16-lane ones: 24 accumulators) and for each k loads the PW
 //     panels' rows once and one input value per row (a broadcast);
 //   - work items are (a block of MC rows) x (a group of panels) and run on all threads. Decode (M <= MR)
@@ -33,6 +34,7 @@
 #ifndef MOERT_KERNELS_CPU_LINEAR_H
 #define MOERT_KERNELS_CPU_LINEAR_H
 
+#include "gemm.h"
 #include "moert_kernel_abi.h"
 #include "simd.h"
 
@@ -47,8 +49,6 @@
 
 namespace moert_cpu {
 
-constexpr int64_t kLinNR = MOERT_LINEAR_NR; // output columns per panel
-static_assert(kLinNR % VW == 0, "a panel row is whole vectors");
 // Input features per K block in prefill: a row tile's packed inputs (MR x KC floats, 12 KiB) stay in L1 and
 // the PW panels' slices (KC x PW x NR floats) in L2 (measured: 256 and 1024 are slower here on AVX2 and
 // AVX-512 alike).
@@ -67,13 +67,11 @@ typedef float f32x16 __attribute__((vector_size(64)));
 /// + offset; else int8 codes are signed and int4 ones centred on 8); HAS_BIAS; INT8_ACT (decode rounds the
 /// inputs to int8 and multiplies integers, see below).
 template <class C> struct Linear {
-  static constexpr int64_t K = C::K, N = C::N, NR = kLinNR, NV = NR / VW, NP = (N + NR - 1) / NR;
+  static constexpr int64_t K = C::K, N = C::N, NR = kGemmNR, NV = kGemmNV, NP = (N + NR - 1) / NR;
   static constexpr int QBITS = C::QBITS;
   static constexpr int64_t BLK = QBITS ? C::QBLOCK : K; // features per scale (one block when not quantised)
   static constexpr int64_t KB = (K + BLK - 1) / BLK;
-  // Register tile of prefill: MR rows x PW panels (6 x 16 columns on 8-lane vectors, 6 x 64 on 16-lane ones:
-  // 24 accumulators of the 32 registers; measured 2x a 12 x 16 tile's FLOP rate on AVX-512).
-  static constexpr int MR = 6, PW = VW == 16 ? 4 : 1;
+  static constexpr int MR = kGemmMR, PW = kGemmPW; // register tile: MR rows x PW panels (gemm.h)
   // Quantised panels: 4 bytes per column per group of GK features (int8: 4 codes; int4: byte q holds feature
   // q in its low nibble and feature q + 4 in its high one), groups of a panel consecutive: [KG][NR][4] bytes.
   static constexpr int64_t GK = QBITS == 4 ? 8 : 4, KG = (K + GK - 1) / GK, KPAD = KG * GK;
@@ -354,13 +352,6 @@ template <class C> struct Linear {
     }
   }
 
-  /// Input value (row i of the tile, feature k): rows of K features (decode), or packed (prefill: a K block
-  /// of a tile's MR rows stored feature-major, [k - k0][MR], so one feature's MR values share a cache line and
-  /// the rows' K-strided addresses do not fight over L1 sets).
-  template <bool PK> static inline float ax(const float *a, int i, int64_t k, int64_t k0) {
-    return PK ? a[(k - k0) * MR + i] : a[i * K + k];
-  }
-
   /// Packs rows [r0, r1) x features [k0, k1) of the input tile by tile ([tile][k - k0][MR], rows past r1 zero).
   static void packA(const float *in, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float *out) {
     const int64_t kn = k1 - k0;
@@ -378,49 +369,6 @@ template <class C> struct Linear {
         }
       }
     }
-  }
-
-  /// acc[i][j * NV + v] += input rows i (a[i * K + k], or packed, PK) x P consecutive panels' features
-  /// [k0, k1): panel j's feature k at b + j * pstride + (k - bk0) * NR (plain panels in their storage, or
-  /// dequantised f32 slices). The one register-blocked micro-kernel of every f32 multiply: each feature
-  /// loads P * NV weight vectors once and one broadcast per row. Decode (M <= 2, one panel) keeps two
-  /// accumulator sets over alternate features so the FMA chains overlap.
-  template <int M, int P, bool PK, class T>
-  __attribute__((always_inline)) static inline void micro(const T *b, int64_t pstride, int64_t bk0, const float *a,
-                                                          int64_t k0, int64_t k1, vf (&acc)[M][P * NV]) {
-    constexpr int U = M <= 2 && P == 1 ? 2 : 1;
-    vf part[U][M][P * NV] = {};
-    auto step = [&](int64_t k, int u) __attribute__((always_inline)) {
-      vf w[P * NV];
-#pragma unroll
-      for (int j = 0; j < P; ++j)
-#pragma unroll
-        for (int v = 0; v < NV; ++v)
-          w[j * NV + v] = loadv(b + j * pstride + (k - bk0) * NR + v * VW);
-#pragma unroll
-      for (int i = 0; i < M; ++i) {
-        const vf x = splat(ax<PK>(a, i, k, k0));
-#pragma unroll
-        for (int v = 0; v < P * NV; ++v)
-          part[u][i][v] += x * w[v];
-      }
-    };
-    int64_t k = k0;
-    for (; k + U <= k1; k += U)
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        step(k + u, u);
-    for (; k < k1; ++k)
-      step(k, 0);
-#pragma unroll
-    for (int i = 0; i < M; ++i)
-#pragma unroll
-      for (int v = 0; v < P * NV; ++v) {
-        vf t = part[0][i][v];
-        if (U == 2)
-          t += part[U - 1][i][v];
-        acc[i][v] += t;
-      }
   }
 
   /// Features [k0, k1) of quantised panel p as f32 into `out` ([k1 - k0][NR]; k0 a multiple of GK): done
@@ -491,7 +439,7 @@ template <class C> struct Linear {
     }
     const float *in = PK ? ap : a.input + r * K;
     if constexpr (MODE == DEQ) {
-      micro<M, P, PK>(deq, KC * NR, k0, in, k0, k1, acc);
+      gemmMicro<M, P, PK>(deq, KC * NR, PK ? in : in + k0, K, k1 - k0, acc);
     } else if constexpr (MODE == CODES) {
       const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
       const float *of =
@@ -503,8 +451,8 @@ template <class C> struct Linear {
           C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
       intTile<M>(w, sc, of, *rx, k0, k1, acc);
     } else if constexpr (QBITS == 0) {
-      micro<M, P, PK>(reinterpret_cast<const typename C::W *>(w), PANELB / int64_t(sizeof(typename C::W)), 0, in,
-                      k0, k1, acc);
+      gemmMicro<M, P, PK>(reinterpret_cast<const typename C::W *>(w) + k0 * NR,
+                          PANELB / int64_t(sizeof(typename C::W)), PK ? in : in + k0, K, k1 - k0, acc);
     }
     const bool last = k1 == K;
 #pragma unroll
@@ -527,20 +475,7 @@ template <class C> struct Linear {
   template <Mode MODE, bool PK, int P = 1>
   static void rows(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap,
                    const Rounded *rx, int64_t m, int64_t r, int64_t p, int64_t k0, int64_t k1) {
-    static_assert(MR <= 12, "row tiles of at most 12");
-    switch (m) {
-#define MOERT_LIN_CASE(n)                                                                                    \
-  case n:                                                                                                    \
-    if constexpr (n <= MR)                                                                                   \
-      return block<n, MODE, PK, P>(a, c, deq, ap, rx, r, p, k0, k1);                                         \
-    break;
-      MOERT_LIN_CASE(1) MOERT_LIN_CASE(2) MOERT_LIN_CASE(3) MOERT_LIN_CASE(4) MOERT_LIN_CASE(5)
-      MOERT_LIN_CASE(6) MOERT_LIN_CASE(7) MOERT_LIN_CASE(8) MOERT_LIN_CASE(9) MOERT_LIN_CASE(10)
-      MOERT_LIN_CASE(11) MOERT_LIN_CASE(12)
-#undef MOERT_LIN_CASE
-    default:
-      break;
-    }
+    gemmRows(m, [&](auto n) { block<decltype(n)::value, MODE, PK, P>(a, c, deq, ap, rx, r, p, k0, k1); });
   }
 
   static void work(void *p, int64_t item, int) {

@@ -21,8 +21,10 @@
 #ifndef MOERT_KERNEL_ABI_H
 #define MOERT_KERNEL_ABI_H
 
+#ifndef MOERT_GPU_DEVICE_CODE /* the GPU kernels include this header too, with their own integer types */
 #include <stddef.h>
 #include <stdint.h>
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -63,6 +65,20 @@ enum moert_moe_slot {
   MOERT_SHARED2_SCALES = 18, /* as FC2_SCALES for the shared expert                                  */
   MOERT_MOE_SLOTS = 19
 };
+
+/* The activation between an expert's up and down projections and the norm before routing (a MoE dispatch's
+ * C::ACT and C::NORM, CPU and GPU kernels alike; the IR's #moe.activation / #moe.norm values, checked by
+ * codegen). Gated activations (SWIGLU, GEGLU) read two fc1 rows per hidden dim. */
+enum moert_activation {
+  MOERT_ACT_IDENTITY = 0,
+  MOERT_ACT_RELU = 1,
+  MOERT_ACT_GELU = 2, /* erf GELU */
+  MOERT_ACT_SILU = 3,
+  MOERT_ACT_SWIGLU = 4,
+  MOERT_ACT_GEGLU = 5,
+  MOERT_ACT_GELU_TANH = 6
+};
+enum moert_norm { MOERT_NORM_NONE = 0, MOERT_NORM_RMS = 1, MOERT_NORM_LAYER = 2 };
 
 typedef struct moert_moe_args {
   int64_t tokens;                        /* T                                                      */

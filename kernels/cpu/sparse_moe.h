@@ -38,9 +38,6 @@
 
 namespace moert_cpu {
 
-enum Act { IDENTITY = 0, RELU = 1, GELU = 2, SILU = 3, SWIGLU = 4, GEGLU = 5, GELU_TANH = 6 };
-enum Norm { NO_NORM = 0, RMS_NORM = 1, LAYER_NORM = 2 };
-
 constexpr int64_t kTile = 64;      // tokens per work item: each weight row is reused this many times
 constexpr int64_t kTokBlock = 6;   // tokens sharing each gate/up weight load (register blocking)
 constexpr int64_t kDimBlock = 64;  // the most hidden dims per block (the coefficient buffer's row length)
@@ -323,7 +320,7 @@ inline size_t align64(size_t n) { return (n + 63) & ~size_t(63); }
 
 template <class C> struct Kernel {
   static constexpr int64_t H = C::H, F = C::F, E = C::E, N = C::N, K = C::K;
-  static constexpr int64_t G = (C::ACT == SWIGLU || C::ACT == GEGLU) ? 2 : 1;
+  static constexpr int64_t G = (C::ACT == MOERT_ACT_SWIGLU || C::ACT == MOERT_ACT_GEGLU) ? 2 : 1;
   static constexpr int64_t S = K + (C::HAS_SHARED ? 1 : 0); // slots: k routed + the shared expert
   // Hidden dims per block in prefill: as many as keep their gate/up rows within kL2Budget (4..64).
   static constexpr int64_t WBITS = C::QBITS ? C::QBITS : 8 * int64_t(sizeof(typename C::W));
@@ -366,7 +363,7 @@ template <class C> struct Kernel {
       off += align64(bytes);
       return at;
     };
-    l.x = take(C::NORM != NO_NORM ? sizeof(float) * T * H : 0);
+    l.x = take(C::NORM != MOERT_NORM_NONE ? sizeof(float) * T * H : 0);
     l.chosen = take(sizeof(int32_t) * T * K);
     l.weight = take(sizeof(float) * T * K);
     l.counts = take(sizeof(int64_t) * (E + 1));
@@ -406,10 +403,10 @@ template <class C> struct Kernel {
     const moert_moe_args &a = *c.a;
     const float *in = a.input + t * H;
     const float *x = in;
-    if (C::NORM != NO_NORM) {
+    if (C::NORM != MOERT_NORM_NONE) {
       float *xn = const_cast<float *>(c.X) + t * H;
       const float *w = static_cast<const float *>(a.weights[MOERT_NORM_W]);
-      if (C::NORM == RMS_NORM) {
+      if (C::NORM == MOERT_NORM_RMS) {
         float inv = 1.0f / std::sqrt(dot(in, in, H) / float(H) + C::EPS);
         for (int64_t h = 0; h < H; ++h)
           xn[h] = in[h] * inv * w[h];
@@ -517,18 +514,18 @@ template <class C> struct Kernel {
         g = std::min(g, C::LIMIT);
         u = std::min(std::max(u, -C::LIMIT), C::LIMIT);
       }
-      if (C::ACT == SWIGLU)
+      if (C::ACT == MOERT_ACT_SWIGLU)
         return g * sigmoid(C::ALPHA * g) * (u + C::BETA);
       return gelu_erf(g) * (u + C::BETA);
     }
     switch (C::ACT) {
-    case RELU:
+    case MOERT_ACT_RELU:
       return g > 0.0f ? g : 0.0f;
-    case GELU:
+    case MOERT_ACT_GELU:
       return gelu_erf(g);
-    case GELU_TANH:
+    case MOERT_ACT_GELU_TANH:
       return gelu_tanh(g);
-    case SILU:
+    case MOERT_ACT_SILU:
       return g * sigmoid(g);
     default:
       return g;
@@ -794,7 +791,7 @@ template <class C> struct Kernel {
     c.a = a;
     c.l = layout(T, ex.threads);
     char *base = static_cast<char *>(a->scratch);
-    c.X = C::NORM != NO_NORM ? reinterpret_cast<float *>(base + c.l.x) : a->input;
+    c.X = C::NORM != MOERT_NORM_NONE ? reinterpret_cast<float *>(base + c.l.x) : a->input;
     c.chosen = reinterpret_cast<int32_t *>(base + c.l.chosen);
     c.weight = reinterpret_cast<float *>(base + c.l.weight);
     c.counts = reinterpret_cast<int64_t *>(base + c.l.counts);

@@ -30,16 +30,12 @@
 #include "gpu_vendor.h"
 #pragma clang force_cuda_host_device begin
 #include "moert_gpu_abi.h"
+#include "moert_kernel_abi.h"
 #pragma clang force_cuda_host_device end
 
 namespace moert_gpu {
 
-enum Act { IDENTITY = 0, RELU = 1, GELU = 2, SILU = 3, SWIGLU = 4, GEGLU = 5, GELU_TANH = 6 };
-enum Norm { NO_NORM = 0, RMS_NORM = 1, LAYER_NORM = 2 };
-enum Slot {
-  FC1 = 0, FC2, ROUTER, ROUTER_BIAS, SEL_BIAS, FC1_BIAS, FC2_BIAS, MASK, PRED_A, PRED_B, NORM_W, NORM_B,
-  SHARED1, SHARED2, SHARED_GATE, FC1_SCALES, FC2_SCALES, SHARED1_SCALES, SHARED2_SCALES
-};
+static_assert(MOERT_GPU_SLOTS == MOERT_MOE_SLOTS, "the GPU dispatch reads the CPU one's weight slots");
 constexpr int BLOCK = MOERT_GPU_BLOCK, TILE = MOERT_GPU_TILE, WARPS = BLOCK / kWarp;
 constexpr int PIECE = 128; // activations staged in shared memory per step of `down`
 
@@ -93,8 +89,8 @@ template <class C, int BITS = C::QBITS> struct Rows {
   using W = typename C::W;
   const W *w1, *w2;
   GPU_INLINE Rows(const moert_gpu_args &a, bool shared, int64_t ex, int64_t fdim, int64_t g) {
-    w1 = static_cast<const W *>(a.weights[shared ? SHARED1 : FC1]) + ex * fdim * g * C::H;
-    w2 = static_cast<const W *>(a.weights[shared ? SHARED2 : FC2]) + ex * fdim * C::H;
+    w1 = static_cast<const W *>(a.weights[shared ? MOERT_SHARED1 : MOERT_FC1]) + ex * fdim * g * C::H;
+    w2 = static_cast<const W *>(a.weights[shared ? MOERT_SHARED2 : MOERT_FC2]) + ex * fdim * C::H;
   }
   GPU_INLINE F4 load1x4(int64_t r, int64_t h) const { return load4(w1 + r * C::H + h); } // r = f * G + part
   GPU_INLINE float at1(int64_t r, int64_t h) const { return load1(w1 + r * C::H + h); }
@@ -109,10 +105,12 @@ template <class C, int BITS> struct QuantRows {
   GPU_INLINE QuantRows(const moert_gpu_args &a, bool shared, int64_t ex, int64_t fdim, int64_t g) {
     blk2 = C::QBLOCK2 > 0 ? C::QBLOCK2 : fdim;
     int64_t nb2 = (fdim + blk2 - 1) / blk2;
-    q1 = static_cast<const uint8_t *>(a.weights[shared ? SHARED1 : FC1]) + ex * fdim * g * RB;
-    q2 = static_cast<const uint8_t *>(a.weights[shared ? SHARED2 : FC2]) + ex * fdim * RB;
-    s1 = static_cast<const float *>(a.weights[shared ? SHARED1_SCALES : FC1_SCALES]) + ex * fdim * g * NB1;
-    s2 = static_cast<const float *>(a.weights[shared ? SHARED2_SCALES : FC2_SCALES]) + ex * nb2 * C::H;
+    q1 = static_cast<const uint8_t *>(a.weights[shared ? MOERT_SHARED1 : MOERT_FC1]) + ex * fdim * g * RB;
+    q2 = static_cast<const uint8_t *>(a.weights[shared ? MOERT_SHARED2 : MOERT_FC2]) + ex * fdim * RB;
+    s1 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED1_SCALES : MOERT_FC1_SCALES]) +
+         ex * fdim * g * NB1;
+    s2 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED2_SCALES : MOERT_FC2_SCALES]) +
+         ex * nb2 * C::H;
   }
   // Four integers from row bytes `q` at element h (h % 4 == 0).
   static GPU_INLINE F4 ints4(const uint8_t *q, int64_t h) {
@@ -156,7 +154,7 @@ template <class C> struct Rows<C, 4> : QuantRows<C, 4> { using QuantRows<C, 4>::
 template <class C> struct Kernels {
   static constexpr int64_t H = C::H, F = C::F, E = C::E, N = C::N, K = C::K, FS = C::FS;
   static constexpr int64_t S = K + (C::HAS_SHARED ? 1 : 0);
-  static constexpr int64_t G = (C::ACT == SWIGLU || C::ACT == GEGLU) ? 2 : 1;
+  static constexpr int64_t G = (C::ACT == MOERT_ACT_SWIGLU || C::ACT == MOERT_ACT_GEGLU) ? 2 : 1;
   static constexpr int64_t FMAX = F > FS ? F : FS;
   static constexpr bool VEC = H % 4 == 0; // rows 4-element aligned: vector loads
   // int8 rows 16-byte aligned, 16 columns inside one scale block: 16-wide loads in `up`
@@ -164,7 +162,7 @@ template <class C> struct Kernels {
   static constexpr int64_t NPL = (N + kWarp - 1) / kWarp; // router columns per lane in warp 0
 
   static GPU_INLINE moert_gpu_shape shape() {
-    moert_gpu_shape s{H, F, FS, E, N, K, C::NORM != NO_NORM};
+    moert_gpu_shape s{H, F, FS, E, N, K, C::NORM != MOERT_NORM_NONE};
     return s;
   }
   static GPU_INLINE char *scratch(const moert_gpu_args &a) { return static_cast<char *>(a.scratch); }
@@ -187,7 +185,7 @@ template <class C> struct Kernels {
   static GPU_INLINE void normStats(const float *in, float *red, float &mean, float &inv) {
     const int tid = threadId();
     mean = 0.0f;
-    if (C::NORM == LAYER_NORM) {
+    if (C::NORM == MOERT_NORM_LAYER) {
       float s = 0.0f;
       for (int64_t h = tid; h < H; h += BLOCK)
         s += in[h];
@@ -205,18 +203,18 @@ template <class C> struct Kernels {
         g = minf(g, C::LIMIT);
         u = minf(maxf(u, -C::LIMIT), C::LIMIT);
       }
-      if (C::ACT == SWIGLU)
+      if (C::ACT == MOERT_ACT_SWIGLU)
         return g * sigmoid(C::ALPHA * g) * (u + C::BETA);
       return geluErf(g) * (u + C::BETA);
     }
     switch (C::ACT) {
-    case RELU:
+    case MOERT_ACT_RELU:
       return g > 0.0f ? g : 0.0f;
-    case GELU:
+    case MOERT_ACT_GELU:
       return geluErf(g);
-    case GELU_TANH:
+    case MOERT_ACT_GELU_TANH:
       return geluTanh(g);
-    case SILU:
+    case MOERT_ACT_SILU:
       return g * sigmoid(g);
     default:
       return g;
@@ -231,19 +229,19 @@ template <class C> struct Kernels {
     const moert_gpu_shape sh = shape();
     const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, T);
     const float *in = a.input + t * H;
-    const float *nw = static_cast<const float *>(a.weights[NORM_W]);
-    const float *nb = static_cast<const float *>(a.weights[NORM_B]);
+    const float *nw = static_cast<const float *>(a.weights[MOERT_NORM_W]);
+    const float *nb = static_cast<const float *>(a.weights[MOERT_NORM_B]);
     float mean = 0.0f, inv = 1.0f;
-    if (C::NORM != NO_NORM) // the same statistics as `route` computes
+    if (C::NORM != MOERT_NORM_NONE) // the same statistics as `route` computes
       normStats(in, red, mean, inv);
     if (n >= N)
       return;
-    const float *r = static_cast<const float *>(a.weights[ROUTER]) + n * H;
-    const float *rb = static_cast<const float *>(a.weights[ROUTER_BIAS]);
+    const float *r = static_cast<const float *>(a.weights[MOERT_ROUTER]) + n * H;
+    const float *rb = static_cast<const float *>(a.weights[MOERT_ROUTER_BIAS]);
     auto xAt = [&](int64_t h, float v) {
-      if (C::NORM == NO_NORM)
+      if (C::NORM == MOERT_NORM_NONE)
         return v;
-      return (v - mean) * inv * nw[h] + (C::NORM == LAYER_NORM && nb ? nb[h] : 0.0f);
+      return (v - mean) * inv * nw[h] + (C::NORM == MOERT_NORM_LAYER && nb ? nb[h] : 0.0f);
     };
     float acc = 0.0f;
     if (VEC) {
@@ -282,14 +280,14 @@ template <class C> struct Kernels {
       out[h] = a.residual ? a.residual[t * H + h] : 0.0f;
 
     const float *x = in;
-    if (C::NORM != NO_NORM) {
+    if (C::NORM != MOERT_NORM_NONE) {
       float *xn = reinterpret_cast<float *>(scratch(a) + l.x) + t * H;
-      const float *w = static_cast<const float *>(a.weights[NORM_W]);
-      const float *b = static_cast<const float *>(a.weights[NORM_B]);
+      const float *w = static_cast<const float *>(a.weights[MOERT_NORM_W]);
+      const float *b = static_cast<const float *>(a.weights[MOERT_NORM_B]);
       float mean = 0.0f, inv = 1.0f;
       normStats(in, red, mean, inv);
       for (int64_t h = tid; h < H; h += BLOCK)
-        xn[h] = (in[h] - mean) * inv * w[h] + (C::NORM == LAYER_NORM && b ? b[h] : 0.0f);
+        xn[h] = (in[h] - mean) * inv * w[h] + (C::NORM == MOERT_NORM_LAYER && b ? b[h] : 0.0f);
       sync();
       x = xn;
     }
@@ -303,8 +301,8 @@ template <class C> struct Kernels {
         logit[n] = a.logits[t * N + n];
     }
     float sharedGate = 1.0f;
-    if (C::HAS_SHARED && a.weights[SHARED_GATE]) {
-      const float *g = static_cast<const float *>(a.weights[SHARED_GATE]);
+    if (C::HAS_SHARED && a.weights[MOERT_SHARED_GATE]) {
+      const float *g = static_cast<const float *>(a.weights[MOERT_SHARED_GATE]);
       float s = 0.0f;
       for (int64_t h = tid; h < H; h += BLOCK)
         s += g[h] * x[h];
@@ -315,7 +313,7 @@ template <class C> struct Kernels {
     if (warpId() == 0) {
       const int lane = laneId();
       float sc[NPL], ch[NPL];
-      const float *sb = static_cast<const float *>(a.weights[SEL_BIAS]);
+      const float *sb = static_cast<const float *>(a.weights[MOERT_SEL_BIAS]);
       float mx = -INFINITY;
 #pragma unroll
       for (int j = 0; j < NPL; ++j) {
@@ -548,13 +546,15 @@ template <class C> struct Kernels {
       return;
     const int64_t f1 = f0 + MOERT_GPU_FCHUNK < fdim ? f0 + MOERT_GPU_FCHUNK : fdim;
     const int32_t *entries = reinterpret_cast<const int32_t *>(scratch(a) + l.entries);
-    const float *X = C::NORM != NO_NORM ? reinterpret_cast<const float *>(scratch(a) + l.x) : a.input;
+    const float *X = C::NORM != MOERT_NORM_NONE ? reinterpret_cast<const float *>(scratch(a) + l.x) : a.input;
     float *act = reinterpret_cast<float *>(scratch(a) + l.act);
     const Rows<C> rows(a, isShared, isShared ? 0 : tl.expert, fdim, G);
-    const float *b1 = isShared || !a.weights[FC1_BIAS] ? nullptr
-                                                       : static_cast<const float *>(a.weights[FC1_BIAS]) + tl.expert * F * G;
-    const uint8_t *mask = isShared || !a.weights[MASK] ? nullptr
-                                                       : static_cast<const uint8_t *>(a.weights[MASK]) + tl.expert * F;
+    const float *b1 = isShared || !a.weights[MOERT_FC1_BIAS]
+                          ? nullptr
+                          : static_cast<const float *>(a.weights[MOERT_FC1_BIAS]) + tl.expert * F * G;
+    const uint8_t *mask = isShared || !a.weights[MOERT_MASK]
+                              ? nullptr
+                              : static_cast<const uint8_t *>(a.weights[MOERT_MASK]) + tl.expert * F;
     const float *xs[TILE];
 #pragma unroll
     for (int m = 0; m < TILE; ++m)
@@ -649,8 +649,9 @@ template <class C> struct Kernels {
     const float *act = reinterpret_cast<const float *>(scratch(a) + l.act);
     const float *weight = reinterpret_cast<const float *>(scratch(a) + l.weight);
     const Rows<C> rows(a, isShared, isShared ? 0 : tl.expert, fdim, G);
-    const uint8_t *mask = isShared || !a.weights[MASK] ? nullptr
-                                                       : static_cast<const uint8_t *>(a.weights[MASK]) + tl.expert * F;
+    const uint8_t *mask = isShared || !a.weights[MOERT_MASK]
+                              ? nullptr
+                              : static_cast<const uint8_t *>(a.weights[MOERT_MASK]) + tl.expert * F;
     float acc[TILE][4] = {};
     for (int64_t p0 = fa; p0 < fb; p0 += PIECE) {
       const int64_t len = fb - p0 < PIECE ? fb - p0 : PIECE;
@@ -688,9 +689,9 @@ template <class C> struct Kernels {
     }
     if (c0 >= H)
       return;
-    const float *b2 = isShared || z != 0 || !a.weights[FC2_BIAS]
+    const float *b2 = isShared || z != 0 || !a.weights[MOERT_FC2_BIAS]
                           ? nullptr
-                          : static_cast<const float *>(a.weights[FC2_BIAS]) + tl.expert * H;
+                          : static_cast<const float *>(a.weights[MOERT_FC2_BIAS]) + tl.expert * H;
 #pragma unroll
     for (int m = 0; m < TILE; ++m)
       if (m < tl.n) {

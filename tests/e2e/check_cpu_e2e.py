@@ -253,8 +253,12 @@ def ort_moe_cases(tmp):
         dict(h=16, f=8, e=6, k=3, act="gelu", normalize=1, bias=False, router="logits"),
         dict(h=24, f=20, e=5, k=2, act="swiglu", normalize=1, bias=True, router="matmul"),
         dict(h=64, f=128, e=8, k=2, act="swiglu", normalize=1, bias=False, router="logits"),
+        # token tiles past one register tile of panels (64 tokens), fc1 K blocks (H past 512, the last partial),
+        # a partial column panel (H not a multiple of 16) and several dim blocks (F past 64)
+        dict(h=552, f=144, e=3, k=2, act="swiglu", normalize=1, bias=True, router="matmul", tokens=[1, 3, 130]),
     ]
     for c in configs:
+        tokens = c.pop("tokens", TOKENS)
         name = "ort_moe/{act}_k{k}_E{e}_H{h}_F{f}{b}_{router}".format(b="_bias" if c["bias"] else "", **c)
         path = os.path.join(tmp, name.replace("/", "_") + ".onnx")
         ort_moe_model(path, **c)
@@ -264,6 +268,7 @@ def ort_moe_cases(tmp):
             if c["router"] == "logits":
                 d["logits"] = rng.standard_normal((t, c["e"])).astype(np.float32)
             return d
+        feeds.tokens = tokens
 
         yield name, path, feeds, "ort"
         if c["act"] == "swiglu" or c["bias"]:
@@ -348,12 +353,15 @@ def main():
     ap.add_argument("--moec", required=True)
     ap.add_argument("--moert", required=True)
     ap.add_argument("--cpu", default="x86-64-v3")
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this")
     args = ap.parse_args()
     failures = total = 0
     with tempfile.TemporaryDirectory() as tmp:
         cases = (list(transformers_cases()) + list(ort_moe_cases(tmp)) + list(qmoe_cases(tmp)) +
                  list(sparse_moe_cases(tmp)))
         for name, model, feeds, reference in cases:
+            if args.only not in name:
+                continue
             total += 1
             artifact = os.path.join(tmp, name.replace("/", "_") + ".moex")
             errors = []
@@ -366,7 +374,8 @@ def main():
             try:
                 compile_model(args, model, artifact, extra)
                 rng = np.random.default_rng(3)
-                for t in TOKENS:
+                tokens = getattr(feeds, "tokens", TOKENS)
+                for t in tokens:
                     d = feeds(t, rng)
                     got = moert_run(args, artifact, d, tmp)
                     exact = ref_model is not None and (rounding is None or t == 1)
@@ -389,7 +398,7 @@ def main():
             what = f"max rel error {worst:.2e}" if ref_model is not None else "(stated bound only)"
             if drifts:
                 what += f", {max(drifts):.2e} from fp32 (bound {drift:g})"
-            print(f"{'ok  ' if not bad else 'FAIL'} {name:48s} T={TOKENS} {what}")
+            print(f"{'ok  ' if not bad else 'FAIL'} {name:48s} T={getattr(feeds, 'tokens', TOKENS)} {what}")
             for x in bad:
                 print(f"       {x if isinstance(x, str) else f'{x:.2e} > {TOLERANCE}'}")
             failures += bool(bad)

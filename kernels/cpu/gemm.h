@@ -1,0 +1,101 @@
+//===- gemm.h - the one register-blocked f32 GEMM micro-kernel of the CPU kernels
+//------------------------===//
+//
+// The register-blocked core of the linear dispatches (kernels/cpu/linear.h: decode and prefill, weights
+// packed in panels at compile time). The MoE kernel's token tiles (kernels/cpu/sparse_moe.h) still run their
+// own loops: driving this micro-kernel with the experts' row-major weights as the broadcast operand and the
+// tokens transposed into panels measured 0.44-0.97x of those loops (docs/linear.md); it needs the expert
+// weights packed in panels at compile time. One call adds to an M x (P * NR) block of the output held in
+// registers:
+//
+//   acc[i][j * NV + v] += sum_{k < kn} a(i, k) * b(j, k)[v * VW ..]
+//
+// with b(j, k) the NR = 16 values of panel j at feature k (b + j * pstride + k * NR: panels K-major, f32 or
+// a plain storage widened on load: bf16, fp16) and a(i, k) one value per row: packed (a[k * MR + i], a tile's
+// MR rows feature-major, so one feature's values share a cache line) or row-major (a[i * lda + k]). For each
+// feature it loads the P panels' rows once and broadcasts one value per row: M * P * NV FMAs per P * NV
+// vector loads and M broadcasts. Tiles: MR = 6 rows x PW panels, PW = 1 on 8-lane vectors (6 x 16: 12
+// accumulators of AVX2's 16 registers) and 4 on 16-lane ones (6 x 64: 24 of AVX-512's 32; measured 2x the
+// FLOP rate of a 12 x 16 tile here).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_KERNELS_CPU_GEMM_H
+#define MOERT_KERNELS_CPU_GEMM_H
+
+#include "moert_kernel_abi.h"
+#include "simd.h"
+
+#include <cstdint>
+#include <type_traits>
+
+namespace moert_cpu {
+
+constexpr int64_t kGemmNR = MOERT_LINEAR_NR; // columns per panel
+constexpr int64_t kGemmNV = kGemmNR / VW;    // vectors per panel row
+constexpr int kGemmMR = 6;                   // rows of a register tile
+constexpr int kGemmPW = VW == 16 ? 4 : 1;    // panels of a register tile
+static_assert(kGemmNR % VW == 0, "a panel row is whole vectors");
+
+/// acc[i][j * NV + v] += sum over features k < kn of a(i, k) * panel j's row k (see the file comment). Decode
+/// (M <= 2, one panel) keeps two accumulator sets over alternate features so the FMA chains overlap.
+template <int M, int P, bool PACKED, class T>
+__attribute__((always_inline)) inline void gemmMicro(const T *b, int64_t pstride, const float *a, int64_t lda,
+                                                     int64_t kn, vf (&acc)[M][P * kGemmNV]) {
+  constexpr int U = M <= 2 && P == 1 ? 2 : 1;
+  vf part[U][M][P * kGemmNV] = {};
+  auto step = [&](int64_t k, int u) __attribute__((always_inline)) {
+    vf w[P * kGemmNV];
+#pragma unroll
+    for (int j = 0; j < P; ++j)
+#pragma unroll
+      for (int v = 0; v < kGemmNV; ++v)
+        w[j * kGemmNV + v] = loadv(b + j * pstride + k * kGemmNR + v * VW);
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      const vf x = splat(PACKED ? a[k * kGemmMR + i] : a[i * lda + k]);
+#pragma unroll
+      for (int v = 0; v < P * kGemmNV; ++v)
+        part[u][i][v] += x * w[v];
+    }
+  };
+  int64_t k = 0;
+  for (; k + U <= kn; k += U)
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      step(k + u, u);
+  for (; k < kn; ++k)
+    step(k, 0);
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int v = 0; v < P * kGemmNV; ++v) {
+      vf t = part[0][i][v];
+      if (U == 2)
+        t += part[U - 1][i][v];
+      acc[i][v] += t;
+    }
+}
+
+/// Calls f(std::integral_constant<int, m>{}) for a run-time row count 1 <= m <= kGemmMR (tiles of fewer rows
+/// are the matrix's last).
+template <class F> __attribute__((always_inline)) inline void gemmRows(int64_t m, F &&f) {
+  static_assert(kGemmMR == 6, "one case per row count");
+  switch (m) {
+  case 1:
+    return f(std::integral_constant<int, 1>{});
+  case 2:
+    return f(std::integral_constant<int, 2>{});
+  case 3:
+    return f(std::integral_constant<int, 3>{});
+  case 4:
+    return f(std::integral_constant<int, 4>{});
+  case 5:
+    return f(std::integral_constant<int, 5>{});
+  default:
+    return f(std::integral_constant<int, 6>{});
+  }
+}
+
+} // namespace moert_cpu
+
+#endif // MOERT_KERNELS_CPU_GEMM_H
