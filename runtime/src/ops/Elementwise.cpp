@@ -1,0 +1,365 @@
+//===- Elementwise.cpp - libmoert's op kernels: elementwise and logical ops, Cast ===//
+//
+// Part of libmoert's op kernels (runtime/src/Ops.cpp maps op names to them; shared helpers in OpKernel.h).
+//
+//===----------------------------------------------------------------------===//
+#include "OpKernel.h"
+
+namespace moert::ops {
+
+enum class Unary {
+  Abs,
+  Neg,
+  Relu,
+  Ceil,
+  Floor,
+  Cos,
+  Sin,
+  Exp,
+  Log,
+  Sqrt,
+  Tanh,
+  Erf,
+  Reciprocal,
+  Sigmoid,
+  GeluErf,
+  GeluTanh
+};
+
+/// The op's kind, resolved once per step (not per element); false for an unknown name.
+bool unaryKind(const std::string &op, const Attrs &a, Unary &k) {
+  static const std::pair<const char *, Unary> kNames[] = {{"Abs", Unary::Abs},
+                                                          {"Neg", Unary::Neg},
+                                                          {"Relu", Unary::Relu},
+                                                          {"Ceil", Unary::Ceil},
+                                                          {"Floor", Unary::Floor},
+                                                          {"Cos", Unary::Cos},
+                                                          {"Sin", Unary::Sin},
+                                                          {"Exp", Unary::Exp},
+                                                          {"Log", Unary::Log},
+                                                          {"Sqrt", Unary::Sqrt},
+                                                          {"Tanh", Unary::Tanh},
+                                                          {"Erf", Unary::Erf},
+                                                          {"Reciprocal", Unary::Reciprocal},
+                                                          {"Sigmoid", Unary::Sigmoid},
+                                                          {"Gelu", Unary::GeluErf}};
+  for (const auto &[name, kind] : kNames)
+    if (op == name) {
+      k = kind == Unary::GeluErf && a.str("approximate", "none") == "tanh" ? Unary::GeluTanh : kind;
+      return true;
+    }
+  return false;
+}
+
+/// o[i] = f(p[i]) with `f` the op's function, chosen once for the whole loop.
+template <class T> void mapUnary(Unary k, const T *p, T *o, int64_t n) {
+  auto map = [&](auto f) {
+    for (int64_t i = 0; i < n; ++i)
+      o[i] = f(p[i]);
+  };
+  if constexpr (std::is_floating_point_v<T>) {
+    switch (k) {
+    case Unary::Abs:
+      return map([](T x) { return std::fabs(x); });
+    case Unary::Neg:
+      return map([](T x) { return -x; });
+    case Unary::Relu:
+      return map([](T x) { return x > 0 ? x : T(0); });
+    case Unary::Ceil:
+      return map([](T x) { return std::ceil(x); });
+    case Unary::Floor:
+      return map([](T x) { return std::floor(x); });
+    case Unary::Cos:
+      return map([](T x) { return std::cos(x); });
+    case Unary::Sin:
+      return map([](T x) { return std::sin(x); });
+    case Unary::Exp:
+      return map([](T x) { return std::exp(x); });
+    case Unary::Log:
+      return map([](T x) { return std::log(x); });
+    case Unary::Sqrt:
+      return map([](T x) { return std::sqrt(x); });
+    case Unary::Tanh:
+      return map([](T x) { return std::tanh(x); });
+    case Unary::Erf:
+      return map([](T x) { return std::erf(x); });
+    case Unary::Reciprocal:
+      return map([](T x) { return T(1) / x; });
+    case Unary::Sigmoid:
+      return map(
+          [](T x) { return x >= 0 ? T(1) / (T(1) + std::exp(-x)) : std::exp(x) / (T(1) + std::exp(x)); });
+    case Unary::GeluTanh:
+      return map([](T x) {
+        return T(0.5) * x * (T(1) + std::tanh(T(0.7978845608028654) * (x + T(0.044715) * x * x * x)));
+      });
+    case Unary::GeluErf:
+      return map([](T x) { return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476))); });
+    }
+  } else { // integers: Abs, Neg, Relu (the caller refuses the others)
+    if constexpr (std::is_signed_v<T>) {
+      if (k == Unary::Abs)
+        return map([](T x) { return x < 0 ? T(-x) : x; });
+      if (k == Unary::Neg)
+        return map([](T x) { return T(-x); });
+      if (k == Unary::Relu)
+        return map([](T x) { return x > 0 ? x : T(0); });
+    }
+    map([](T x) { return x; }); // unsigned Abs and Relu
+  }
+}
+
+bool unary(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  Unary k;
+  if (!unaryKind(c.op(), c.a, k))
+    return c.fail("is not an elementwise op");
+  bool intOk = k == Unary::Abs || k == Unary::Neg || k == Unary::Relu;
+  if (x.dtype != proto::F32 && x.dtype != proto::F64 && !intOk)
+    return c.badType(x);
+  if (!c.alloc(0, x.dims))
+    return false;
+  return withNum(x.dtype,
+                 [&](auto tag) {
+                   using T = decltype(tag);
+                   mapUnary<T>(k, x.as<T>(), c.out[0].mut<T>(), x.numel());
+                 }) ||
+         c.badType(x);
+}
+
+bool binary(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0], &y = c.in[1];
+  const std::string &op = c.op();
+  Broadcast b;
+  if (!broadcast({&x.dims, &y.dims}, b, c.err))
+    return false;
+  if (!c.alloc(0, b.dims))
+    return false;
+  OpTensor &o = c.out[0];
+  if (op == "And" || op == "Or") {
+    if (x.dtype != proto::BOOL || y.dtype != proto::BOOL)
+      return c.badType(x);
+    const bool *pa = x.as<bool>(), *pb = y.as<bool>();
+    bool *po = o.mut<bool>(), isAnd = op == "And";
+    forEach<2>(b, [&](int64_t i, const int64_t *p) {
+      po[i] = isAnd ? (pa[p[0]] && pb[p[1]]) : (pa[p[0]] || pb[p[1]]);
+    });
+    return true;
+  }
+  if (op == "Pow") { // exponent of any numeric type
+    return withNum(x.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     const T *pa = x.as<T>();
+                     T *po = o.mut<T>();
+                     forEach<2>(b, [&](int64_t i, const int64_t *p) {
+                       double e = readDouble(y, p[1]);
+                       if constexpr (std::is_same_v<T, float>)
+                         po[i] = std::pow(pa[p[0]], static_cast<float>(e));
+                       else
+                         po[i] = static_cast<T>(std::pow(static_cast<double>(pa[p[0]]), e));
+                     });
+                   }) ||
+           c.badType(x);
+  }
+  if (x.dtype != y.dtype)
+    return c.fail(std::string("inputs of dtypes ") + dtypeName(x.dtype) + " and " + dtypeName(y.dtype));
+  bool cmp =
+      op == "Equal" || op == "Greater" || op == "GreaterOrEqual" || op == "Less" || op == "LessOrEqual";
+  if (cmp) {
+    bool *po = o.mut<bool>();
+    int kind = op == "Equal" ? 0 : op == "Greater" ? 1 : op == "GreaterOrEqual" ? 2 : op == "Less" ? 3 : 4;
+    return withAny(x.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     const T *pa = x.as<T>(), *pb = y.as<T>();
+                     forEach<2>(b, [&](int64_t i, const int64_t *p) {
+                       T u = pa[p[0]], v = pb[p[1]];
+                       po[i] = kind == 0   ? u == v
+                               : kind == 1 ? u > v
+                               : kind == 2 ? u >= v
+                               : kind == 3 ? u < v
+                                           : u <= v;
+                     });
+                   }) ||
+           c.badType(x);
+  }
+  int kind = op == "Add" ? 0 : op == "Sub" ? 1 : op == "Mul" ? 2 : op == "Div" ? 3 : op == "Max" ? 4 : 5;
+  bool divByZero = false;
+  bool ok = withNum(x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T *pa = x.as<T>(), *pb = y.as<T>();
+    T *po = o.mut<T>();
+    // The operation chosen once, outside the element loop.
+    auto each = [&](auto f) {
+      forEach<2>(b, [&](int64_t i, const int64_t *p) { po[i] = f(pa[p[0]], pb[p[1]]); });
+    };
+    switch (kind) {
+    case 0:
+      return each([](T u, T v) { return T(u + v); });
+    case 1:
+      return each([](T u, T v) { return T(u - v); });
+    case 2:
+      return each([](T u, T v) { return T(u * v); });
+    case 3:
+      if constexpr (std::is_integral_v<T>)
+        return each([&](T u, T v) {
+          if (v == 0 || (std::is_signed_v<T> && v == T(-1) && u == std::numeric_limits<T>::min())) {
+            divByZero = true;
+            return T(0);
+          }
+          return T(u / v);
+        });
+      else
+        return each([](T u, T v) { return T(u / v); });
+    case 4:
+      return each([](T u, T v) { return (u != u || u > v) ? u : v; }); // NaN propagates
+    default:
+      return each([](T u, T v) { return (u != u || u < v) ? u : v; });
+    }
+  });
+  if (!ok)
+    return c.badType(x);
+  if (divByZero)
+    return c.fail("integer division by zero (or overflow)");
+  return true;
+}
+
+/// Max / Min over any number of inputs, folded pairwise.
+bool variadicMinMax(Ctx &c) {
+  if (c.in.empty())
+    return c.fail("needs at least one input");
+  OpTensor acc = c.in[0];
+  for (size_t i = 1; i < c.in.size(); ++i) {
+    std::vector<OpTensor> two{acc, c.in[i]}, res{OpTensor{}};
+    res[0].dtype = c.out[0].dtype;
+    Ctx sub{c.s, two, res, c.pool};
+    if (!binary(sub))
+      return c.fail(sub.err);
+    acc = res[0];
+  }
+  if (c.in.size() == 1) {
+    if (!c.alloc(0, acc.dims))
+      return false;
+    std::memcpy(c.out[0].mut<char>(), acc.data, acc.bytes());
+    return true;
+  }
+  c.out[0] = acc;
+  return true;
+}
+
+bool isNaN(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  if (!c.alloc(0, x.dims))
+    return false;
+  bool *o = c.out[0].mut<bool>();
+  return withFloat(x.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     for (int64_t i = 0; i < x.numel(); ++i)
+                       o[i] = std::isnan(x.as<T>()[i]);
+                   }) ||
+         c.badType(x);
+}
+
+bool notOp(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  if (c.in[0].dtype != proto::BOOL)
+    return c.badType(c.in[0]);
+  if (!c.alloc(0, c.in[0].dims))
+    return false;
+  for (int64_t i = 0; i < c.in[0].numel(); ++i)
+    c.out[0].mut<bool>()[i] = !c.in[0].as<bool>()[i];
+  return true;
+}
+
+bool clip(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  if (!c.alloc(0, x.dims))
+    return false;
+  bool hasLo = c.in.size() > 1 && c.in[1].present() && c.in[1].numel() > 0;
+  bool hasHi = c.in.size() > 2 && c.in[2].present() && c.in[2].numel() > 0;
+  return withNum(x.dtype,
+                 [&](auto tag) {
+                   using T = decltype(tag);
+                   T lo = hasLo ? c.in[1].as<T>()[0] : std::numeric_limits<T>::lowest();
+                   T hi = hasHi ? c.in[2].as<T>()[0] : std::numeric_limits<T>::max();
+                   const T *p = x.as<T>();
+                   T *o = c.out[0].mut<T>();
+                   for (int64_t i = 0; i < x.numel(); ++i)
+                     o[i] = p[i] < lo ? lo : p[i] > hi ? hi : p[i];
+                 }) ||
+         c.badType(x);
+}
+
+bool where(Ctx &c) {
+  if (!c.need(3))
+    return false;
+  const OpTensor &cond = c.in[0], &x = c.in[1], &y = c.in[2];
+  if (cond.dtype != proto::BOOL)
+    return c.fail("condition must be bool");
+  Broadcast b;
+  if (!broadcast({&cond.dims, &x.dims, &y.dims}, b, c.err) || !c.alloc(0, b.dims))
+    return false;
+  size_t w = dtypeSize(x.dtype);
+  char *o = c.out[0].mut<char>();
+  const bool *pc = cond.as<bool>();
+  forEach<3>(b, [&](int64_t i, const int64_t *p) {
+    std::memcpy(o + i * w, pc[p[0]] ? x.data + p[1] * w : y.data + p[2] * w, w);
+  });
+  return true;
+}
+
+bool cast(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  OpTensor x = c.in[0];
+  int to = c.out[0].dtype;
+  if (isHalf(x.dtype))
+    x = widen(x);
+  OpTensor tmp;
+  tmp.dtype = isHalf(to) ? int(proto::F32) : to;
+  if (!tmp.alloc(tmp.dtype, x.dims))
+    return c.fail("out of memory");
+  int64_t n = x.numel();
+  bool ok = withAny(x.dtype, [&](auto from) {
+    using S = decltype(from);
+    const S *p = x.as<S>();
+    withAny(tmp.dtype, [&](auto into) {
+      using D = decltype(into);
+      D *o = tmp.mut<D>();
+      for (int64_t i = 0; i < n; ++i) {
+        if constexpr (std::is_same_v<D, bool>) {
+          o[i] = p[i] != S(0);
+        } else if constexpr (std::is_floating_point_v<S> && std::is_integral_v<D>) {
+          S v = p[i]; // out-of-range / NaN: saturate instead of undefined behaviour
+          o[i] = v != v                                     ? D(0)
+                 : v <= S(std::numeric_limits<D>::lowest()) ? std::numeric_limits<D>::lowest()
+                 : v >= S(std::numeric_limits<D>::max())    ? std::numeric_limits<D>::max()
+                                                            : static_cast<D>(v);
+        } else {
+          o[i] = static_cast<D>(p[i]);
+        }
+      }
+    });
+  });
+  if (!ok)
+    return c.badType(x);
+  if (isHalf(to)) {
+    if (!narrow(tmp, to, c.out[0]))
+      return c.fail("out of memory");
+  } else {
+    c.out[0] = tmp;
+  }
+  return true;
+}
+
+} // namespace moert::ops

@@ -1,0 +1,583 @@
+//===- Movement.cpp - libmoert's op kernels: data movement and shapes ===//
+//
+// Part of libmoert's op kernels (runtime/src/Ops.cpp maps op names to them; shared helpers in OpKernel.h).
+//
+//===----------------------------------------------------------------------===//
+#include "OpKernel.h"
+
+namespace moert::ops {
+
+// -- data movement (bytes, any dtype) --
+
+bool reshapeLike(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  const std::string &op = c.op();
+  Dims d;
+  if (op == "Identity") {
+    d = x.dims;
+  } else if (op == "Reshape") {
+    if (!c.need(2))
+      return false;
+    Dims shape = readInts(c.in[1]);
+    bool allowZero = c.a.i("allowzero", 0) != 0;
+    int64_t known = 1, infer = -1;
+    for (size_t i = 0; i < shape.size(); ++i) {
+      int64_t v = shape[i];
+      if (v == 0 && !allowZero) {
+        if (i >= x.dims.size())
+          return c.fail("shape " + dimsString(shape) + ": 0 copies dim " + std::to_string(i) + " of a rank-" +
+                        std::to_string(x.dims.size()) + " tensor");
+        v = x.dims[i];
+      }
+      if (v == -1) {
+        if (infer >= 0)
+          return c.fail("shape " + dimsString(shape) + " has two -1 dims");
+        infer = int64_t(i);
+        d.push_back(1);
+        continue;
+      }
+      if (v < 0)
+        return c.fail("shape " + dimsString(shape) + " has a negative dim");
+      known *= v;
+      d.push_back(v);
+    }
+    if (infer >= 0) {
+      if (known == 0 || x.numel() % known)
+        return c.fail("cannot reshape " + dimsString(x.dims) + " to " + dimsString(shape));
+      d[infer] = x.numel() / known;
+    }
+  } else if (op == "Squeeze") {
+    std::vector<bool> drop(x.dims.size(), false);
+    if (c.in.size() > 1 && c.in[1].present()) {
+      for (int64_t ax : readInts(c.in[1])) {
+        int64_t n = normAxis(ax, int64_t(x.dims.size()));
+        if (n < 0 || x.dims[n] != 1)
+          return c.fail("cannot squeeze axis " + std::to_string(ax) + " of " + dimsString(x.dims));
+        drop[n] = true;
+      }
+    } else {
+      for (size_t i = 0; i < x.dims.size(); ++i)
+        drop[i] = x.dims[i] == 1;
+    }
+    for (size_t i = 0; i < x.dims.size(); ++i)
+      if (!drop[i])
+        d.push_back(x.dims[i]);
+  } else { // Unsqueeze
+    if (!c.need(2))
+      return false;
+    Dims axes = readInts(c.in[1]);
+    int64_t rank = int64_t(x.dims.size() + axes.size());
+    std::vector<bool> ins(rank, false);
+    for (int64_t ax : axes) {
+      int64_t n = normAxis(ax, rank);
+      if (n < 0 || ins[n])
+        return c.fail("bad or repeated axis " + std::to_string(ax));
+      ins[n] = true;
+    }
+    for (int64_t i = 0, j = 0; i < rank; ++i)
+      d.push_back(ins[i] ? 1 : x.dims[j++]);
+  }
+  if (product(d) != x.numel())
+    return c.fail("cannot reshape " + dimsString(x.dims) + " to " + dimsString(d));
+  c.alias(std::move(d));
+  return true;
+}
+
+/// Copies elements of `x` into `out` (dims `od`): out[i] = x[offset(i)], offsets by a strided odometer.
+void gatherStrided(const OpTensor &x, OpTensor &out, const Dims &od, const Dims &xStrides, int64_t start) {
+  size_t w = dtypeSize(x.dtype);
+  Broadcast b;
+  b.dims = od;
+  b.strides = {xStrides};
+  char *o = out.mut<char>();
+  const char *p = x.data + start * int64_t(w);
+  if (od.size() >= 1 && xStrides.back() == 1 && od.back() > 1) {
+    // Contiguous innermost runs (Expand over outer dims, Transpose keeping the last axis, Slice): one copy a
+    // run.
+    const int64_t run = od.back();
+    Broadcast outer;
+    outer.dims.assign(od.begin(), od.end() - 1);
+    outer.strides = {Dims(xStrides.begin(), xStrides.end() - 1)};
+    forEach<1>(outer,
+               [&](int64_t i, const int64_t *q) { std::memcpy(o + i * run * w, p + q[0] * w, run * w); });
+    return;
+  }
+  if (w == 4)
+    forEach<1>(b, [&](int64_t i, const int64_t *q) { std::memcpy(o + i * 4, p + q[0] * 4, 4); });
+  else
+    forEach<1>(b, [&](int64_t i, const int64_t *q) { std::memcpy(o + i * w, p + q[0] * w, w); });
+}
+
+bool transpose(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  size_t r = x.dims.size();
+  Dims perm = c.a.ints("perm");
+  if (perm.empty())
+    for (size_t i = 0; i < r; ++i)
+      perm.push_back(int64_t(r - 1 - i));
+  if (perm.size() != r)
+    return c.fail("perm has " + std::to_string(perm.size()) + " entries for rank " + std::to_string(r));
+  Dims od(r), xs = stridesOf(x.dims), st(r);
+  std::vector<bool> used(r, false);
+  for (size_t i = 0; i < r; ++i) {
+    int64_t p = normAxis(perm[i], int64_t(r));
+    if (p < 0 || used[p])
+      return c.fail("perm " + dimsString(perm) + " is not a permutation");
+    used[p] = true;
+    od[i] = x.dims[p];
+    st[i] = xs[p];
+  }
+  if (!c.alloc(0, od))
+    return false;
+  gatherStrided(x, c.out[0], od, st, 0);
+  return true;
+}
+
+bool expand(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0];
+  Dims shape = readInts(c.in[1]);
+  Broadcast b;
+  if (!broadcast({&x.dims, &shape}, b, c.err) || !c.alloc(0, b.dims))
+    return false;
+  gatherStrided(x, c.out[0], b.dims, b.strides[0], 0);
+  return true;
+}
+
+bool concat(Ctx &c) {
+  if (c.in.empty())
+    return c.fail("needs at least one input");
+  const Dims &d0 = c.in[0].dims;
+  int64_t axis = normAxis(c.a.i("axis", 0), int64_t(d0.size()));
+  if (axis < 0)
+    return c.fail("axis out of range");
+  Dims od = d0;
+  od[axis] = 0;
+  for (const auto &t : c.in) {
+    if (t.dims.size() != d0.size())
+      return c.fail("inputs of ranks " + std::to_string(d0.size()) + " and " + std::to_string(t.dims.size()));
+    for (size_t i = 0; i < d0.size(); ++i)
+      if (int64_t(i) != axis && t.dims[i] != d0[i])
+        return c.fail("inputs " + dimsString(d0) + " and " + dimsString(t.dims) + " differ off the axis");
+    od[axis] += t.dims[axis];
+  }
+  if (!c.alloc(0, od))
+    return false;
+  size_t w = dtypeSize(c.out[0].dtype);
+  int64_t outer = product(od, 0, axis), inner = product(od, axis + 1), at = 0;
+  char *o = c.out[0].mut<char>();
+  for (const auto &t : c.in) {
+    int64_t block = t.dims[axis] * inner * int64_t(w);
+    for (int64_t r = 0; r < outer; ++r)
+      std::memcpy(o + (r * od[axis] * inner) * int64_t(w) + at, t.data + r * block, size_t(block));
+    at += block;
+  }
+  return true;
+}
+
+bool split(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  int64_t axis = normAxis(c.a.i("axis", 0), int64_t(x.dims.size()));
+  if (axis < 0)
+    return c.fail("axis out of range");
+  Dims sizes;
+  int64_t n = int64_t(c.out.size()), len = x.dims[axis];
+  if (c.in.size() > 1 && c.in[1].present()) {
+    sizes = readInts(c.in[1]);
+  } else {
+    int64_t each = (len + n - 1) / std::max<int64_t>(n, 1);
+    for (int64_t i = 0; i < n; ++i)
+      sizes.push_back(std::max<int64_t>(0, std::min(each, len - i * each)));
+  }
+  if (int64_t(sizes.size()) != n || std::accumulate(sizes.begin(), sizes.end(), int64_t(0)) != len)
+    return c.fail("split sizes " + dimsString(sizes) + " do not cover an axis of " + std::to_string(len) +
+                  " in " + std::to_string(n) + " outputs");
+  size_t w = dtypeSize(x.dtype);
+  int64_t outer = product(x.dims, 0, axis), inner = product(x.dims, axis + 1), at = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    Dims od = x.dims;
+    od[axis] = sizes[k];
+    if (sizes[k] < 0 || !c.alloc(k, od))
+      return c.err.empty() ? c.fail("negative split size") : false;
+    int64_t block = sizes[k] * inner * int64_t(w);
+    for (int64_t r = 0; r < outer; ++r)
+      std::memcpy(c.out[k].mut<char>() + r * block, x.data + (r * len * inner) * int64_t(w) + at,
+                  size_t(block));
+    at += block;
+  }
+  return true;
+}
+
+bool slice(Ctx &c) {
+  if (!c.need(3))
+    return false;
+  const OpTensor &x = c.in[0];
+  size_t r = x.dims.size();
+  Dims starts = readInts(c.in[1]), ends = readInts(c.in[2]), axes, steps;
+  if (c.in.size() > 3 && c.in[3].present())
+    axes = readInts(c.in[3]);
+  else
+    for (size_t i = 0; i < starts.size(); ++i)
+      axes.push_back(int64_t(i));
+  if (c.in.size() > 4 && c.in[4].present())
+    steps = readInts(c.in[4]);
+  else
+    steps.assign(starts.size(), 1);
+  if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
+    return c.fail("starts, ends, axes and steps differ in length");
+  Dims st(r, 0), step(r, 1), od = x.dims;
+  for (size_t i = 0; i < r; ++i)
+    st[i] = 0;
+  for (size_t i = 0; i < starts.size(); ++i) {
+    int64_t ax = normAxis(axes[i], int64_t(r));
+    if (ax < 0)
+      return c.fail("axis " + std::to_string(axes[i]) + " out of range");
+    int64_t dim = x.dims[ax], s = starts[i], e = ends[i], k = steps[i];
+    if (k == 0)
+      return c.fail("step 0");
+    if (s < 0)
+      s += dim;
+    if (e < 0)
+      e += dim;
+    if (k > 0) {
+      s = std::clamp<int64_t>(s, 0, dim);
+      e = std::clamp<int64_t>(e, 0, dim);
+      od[ax] = e > s ? (e - s + k - 1) / k : 0;
+    } else {
+      s = std::clamp<int64_t>(s, -1, dim - 1);
+      e = std::clamp<int64_t>(e, -1, dim - 1);
+      od[ax] = s > e ? (s - e + (-k) - 1) / (-k) : 0;
+    }
+    st[ax] = s;
+    step[ax] = k;
+  }
+  if (!c.alloc(0, od))
+    return false;
+  Dims xs = stridesOf(x.dims), ss(r);
+  int64_t start = 0;
+  for (size_t i = 0; i < r; ++i) {
+    ss[i] = xs[i] * step[i];
+    if (od[i] > 0)
+      start += st[i] * xs[i];
+  }
+  gatherStrided(x, c.out[0], od, ss, start);
+  return true;
+}
+
+bool gather(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0], &idx = c.in[1];
+  int64_t axis = normAxis(c.a.i("axis", 0), int64_t(x.dims.size()));
+  if (axis < 0)
+    return c.fail("axis out of range");
+  Dims od(x.dims.begin(), x.dims.begin() + axis);
+  od.insert(od.end(), idx.dims.begin(), idx.dims.end());
+  od.insert(od.end(), x.dims.begin() + axis + 1, x.dims.end());
+  if (!c.alloc(0, od))
+    return false;
+  size_t w = dtypeSize(x.dtype);
+  int64_t outer = product(x.dims, 0, axis), n = x.dims[axis], inner = product(x.dims, axis + 1) * int64_t(w);
+  int64_t ni = idx.numel();
+  char *o = c.out[0].mut<char>();
+  for (int64_t j = 0; j < ni; ++j) {
+    int64_t k = readInt(idx, j);
+    if (k < -n || k >= n)
+      return c.fail("index " + std::to_string(k) + " out of range for an axis of " + std::to_string(n));
+    if (k < 0)
+      k += n;
+    for (int64_t r = 0; r < outer; ++r)
+      std::memcpy(o + (r * ni + j) * inner, x.data + (r * n + k) * inner, size_t(inner));
+  }
+  return true;
+}
+
+bool gatherElements(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0], &idx = c.in[1];
+  int64_t axis = normAxis(c.a.i("axis", 0), int64_t(x.dims.size()));
+  if (axis < 0 || idx.dims.size() != x.dims.size())
+    return c.fail("axis out of range or indices of another rank");
+  if (!c.alloc(0, idx.dims))
+    return false;
+  size_t w = dtypeSize(x.dtype);
+  Dims xs = stridesOf(x.dims), is = stridesOf(idx.dims);
+  int64_t n = x.dims[axis];
+  for (int64_t i = 0; i < idx.numel(); ++i) {
+    int64_t k = readInt(idx, i), off = 0;
+    if (k < -n || k >= n)
+      return c.fail("index " + std::to_string(k) + " out of range for an axis of " + std::to_string(n));
+    if (k < 0)
+      k += n;
+    for (size_t d = 0; d < x.dims.size(); ++d) {
+      int64_t coord = (i / is[d]) % idx.dims[d];
+      if (int64_t(d) != axis && coord >= x.dims[d])
+        return c.fail("indices " + dimsString(idx.dims) + " exceed data " + dimsString(x.dims));
+      off += (int64_t(d) == axis ? k : coord) * xs[d];
+    }
+    std::memcpy(c.out[0].mut<char>() + i * int64_t(w), x.data + off * int64_t(w), w);
+  }
+  return true;
+}
+
+/// ONNX's GatherND / ScatterND index tuples: for each of `count` tuples, the element offset of the slice it
+/// names in `data` (checked against the bounds).
+bool ndOffsets(Ctx &c, const OpTensor &data, const OpTensor &idx, int64_t batchDims, Dims &offsets,
+               int64_t &sliceElems, int64_t &tuples) {
+  if (idx.dims.empty())
+    return c.fail("indices must have rank >= 1");
+  int64_t q = idx.dims.back();
+  if (batchDims < 0 || q < 1 || batchDims + q > int64_t(data.dims.size()))
+    return c.fail("index tuples of " + std::to_string(q) + " do not fit data " + dimsString(data.dims));
+  Dims ds = stridesOf(data.dims);
+  sliceElems = product(data.dims, size_t(batchDims + q));
+  tuples = idx.numel() / q;
+  int64_t perBatch = tuples / std::max<int64_t>(1, product(idx.dims, 0, batchDims));
+  int64_t batchStride = product(data.dims, batchDims);
+  offsets.resize(tuples);
+  for (int64_t t = 0; t < tuples; ++t) {
+    int64_t off = (perBatch ? t / perBatch : 0) * batchStride;
+    for (int64_t j = 0; j < q; ++j) {
+      int64_t k = readInt(idx, t * q + j), dim = data.dims[batchDims + j];
+      if (k < -dim || k >= dim)
+        return c.fail("index " + std::to_string(k) + " out of range for a dim of " + std::to_string(dim));
+      off += (k < 0 ? k + dim : k) * ds[batchDims + j];
+    }
+    offsets[t] = off;
+  }
+  return true;
+}
+
+bool gatherND(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0], &idx = c.in[1];
+  int64_t b = c.a.i("batch_dims", 0), slice, tuples;
+  Dims offs;
+  if (!ndOffsets(c, x, idx, b, offs, slice, tuples))
+    return false;
+  Dims od(idx.dims.begin(), idx.dims.end() - 1);
+  od.insert(od.end(), x.dims.begin() + b + idx.dims.back(), x.dims.end());
+  if (!c.alloc(0, od))
+    return false;
+  size_t w = dtypeSize(x.dtype);
+  for (int64_t t = 0; t < tuples; ++t)
+    std::memcpy(c.out[0].mut<char>() + t * slice * int64_t(w), x.data + offs[t] * int64_t(w),
+                size_t(slice) * w);
+  return true;
+}
+
+template <class T> void reduceInto(T &dst, T v, int kind) {
+  switch (kind) {
+  case 0:
+    dst = v;
+    break;
+  case 1:
+    dst = T(dst + v);
+    break;
+  case 2:
+    dst = T(dst * v);
+    break;
+  case 3:
+    dst = std::max(dst, v);
+    break;
+  default:
+    dst = std::min(dst, v);
+  }
+}
+
+bool scatter(Ctx &c) {
+  if (!c.need(3))
+    return false;
+  const OpTensor &x = c.in[0], &idx = c.in[1], &upd = c.in[2];
+  std::string red = c.a.str("reduction", "none");
+  int kind = red == "none"  ? 0
+             : red == "add" ? 1
+             : red == "mul" ? 2
+             : red == "max" ? 3
+             : red == "min" ? 4
+                            : -1;
+  if (kind < 0)
+    return c.fail("reduction '" + red + "'");
+  if (!c.alloc(0, x.dims))
+    return false;
+  std::memcpy(c.out[0].mut<char>(), x.data, x.bytes());
+  Dims target; // element offset in data of each update element
+  if (c.op() == "ScatterND") {
+    int64_t slice, tuples;
+    Dims offs;
+    if (!ndOffsets(c, x, idx, 0, offs, slice, tuples))
+      return false;
+    if (upd.numel() != tuples * slice)
+      return c.fail("updates " + dimsString(upd.dims) + " do not match the indices");
+    for (int64_t t = 0; t < tuples; ++t)
+      for (int64_t e = 0; e < slice; ++e)
+        target.push_back(offs[t] + e);
+  } else {
+    int64_t axis = normAxis(c.a.i("axis", 0), int64_t(x.dims.size()));
+    if (axis < 0 || idx.dims != upd.dims || idx.dims.size() != x.dims.size())
+      return c.fail("axis out of range or indices/updates shapes disagree");
+    Dims xs = stridesOf(x.dims), is = stridesOf(idx.dims);
+    int64_t n = x.dims[axis];
+    for (int64_t i = 0; i < idx.numel(); ++i) {
+      int64_t k = readInt(idx, i), off = 0;
+      if (k < -n || k >= n)
+        return c.fail("index " + std::to_string(k) + " out of range for an axis of " + std::to_string(n));
+      for (size_t d = 0; d < x.dims.size(); ++d) {
+        int64_t coord = (i / is[d]) % idx.dims[d];
+        if (int64_t(d) != axis && coord >= x.dims[d])
+          return c.fail("indices exceed data");
+        off += (int64_t(d) == axis ? (k < 0 ? k + n : k) : coord) * xs[d];
+      }
+      target.push_back(off);
+    }
+  }
+  if (kind == 0) {
+    size_t w = dtypeSize(x.dtype);
+    for (size_t i = 0; i < target.size(); ++i)
+      std::memcpy(c.out[0].mut<char>() + target[i] * int64_t(w), upd.data + i * w, w);
+    return true;
+  }
+  return withNum(x.dtype,
+                 [&](auto tag) {
+                   using T = decltype(tag);
+                   T *o = c.out[0].mut<T>();
+                   for (size_t i = 0; i < target.size(); ++i)
+                     reduceInto(o[target[i]], upd.as<T>()[i], kind);
+                 }) ||
+         c.badType(x);
+}
+
+bool oneHot(Ctx &c) {
+  if (!c.need(3))
+    return false;
+  const OpTensor &idx = c.in[0], &vals = c.in[2];
+  if (c.in[1].numel() != 1 || vals.numel() != 2)
+    return c.fail("depth must be one element and values two");
+  int64_t depth = int64_t(readDouble(c.in[1], 0));
+  if (depth < 0)
+    return c.fail("negative depth");
+  int64_t rank = int64_t(idx.dims.size()) + 1, axis = normAxis(c.a.i("axis", -1), rank);
+  if (axis < 0)
+    return c.fail("axis out of range");
+  Dims od = idx.dims;
+  od.insert(od.begin() + axis, depth);
+  if (!c.alloc(0, od))
+    return false;
+  size_t w = dtypeSize(vals.dtype);
+  char *o = c.out[0].mut<char>();
+  int64_t total = c.out[0].numel();
+  for (int64_t i = 0; i < total; ++i)
+    std::memcpy(o + i * int64_t(w), vals.data, w);
+  int64_t outer = product(idx.dims, 0, axis), inner = product(idx.dims, axis);
+  for (int64_t a = 0; a < outer; ++a)
+    for (int64_t b = 0; b < inner; ++b) {
+      int64_t k = int64_t(readDouble(idx, a * inner + b));
+      if (k < 0)
+        k += depth;
+      if (k < 0 || k >= depth)
+        continue;
+      std::memcpy(o + ((a * depth + k) * inner + b) * int64_t(w), vals.data + w, w);
+    }
+  return true;
+}
+
+bool shapeOp(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  int64_t r = int64_t(c.in[0].dims.size()), s = c.a.i("start", 0), e = c.a.i("end", r);
+  if (s < 0)
+    s += r;
+  if (e < 0)
+    e += r;
+  s = std::clamp<int64_t>(s, 0, r);
+  e = std::clamp<int64_t>(e, 0, r);
+  if (!c.alloc(0, {std::max<int64_t>(0, e - s)}))
+    return false;
+  for (int64_t i = s; i < e; ++i)
+    c.out[0].mut<int64_t>()[i - s] = c.in[0].dims[i];
+  return true;
+}
+
+bool constantOfShape(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  Dims shape = readInts(c.in[0]);
+  for (int64_t d : shape)
+    if (d < 0)
+      return c.fail("negative dim in " + dimsString(shape));
+  if (!c.alloc(0, shape))
+    return false;
+  size_t w = dtypeSize(c.out[0].dtype);
+  std::string v(w, '\0');
+  if (const Attribute *a = c.a.find("value")) {
+    if (a->s().size() != w)
+      return c.fail("value of " + std::to_string(a->s().size()) + " bytes for a " +
+                    dtypeName(c.out[0].dtype) + " output");
+    v = a->s();
+  }
+  for (int64_t i = 0; i < c.out[0].numel(); ++i)
+    std::memcpy(c.out[0].mut<char>() + i * int64_t(w), v.data(), w);
+  return true;
+}
+
+bool range(Ctx &c) {
+  if (!c.need(3))
+    return false;
+  for (int i = 0; i < 3; ++i)
+    if (c.in[i].numel() != 1)
+      return c.fail("start, limit and delta must be scalars");
+  return withNum(c.in[0].dtype,
+                 [&](auto tag) {
+                   using T = decltype(tag);
+                   T s = c.in[0].as<T>()[0], l = c.in[1].as<T>()[0], d = c.in[2].as<T>()[0];
+                   if (d == T(0)) {
+                     c.fail("delta 0");
+                     return;
+                   }
+                   double n = std::ceil((double(l) - double(s)) / double(d));
+                   int64_t count = n > 0 ? int64_t(n) : 0;
+                   if (!c.alloc(0, {count}))
+                     return;
+                   for (int64_t i = 0; i < count; ++i)
+                     c.out[0].mut<T>()[i] = T(s + T(i) * d);
+                 })
+             ? c.err.empty()
+             : c.badType(c.in[0]);
+}
+
+bool trilu(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  if (x.dims.size() < 2)
+    return c.fail("input must have rank >= 2");
+  int64_t k = c.in.size() > 1 && c.in[1].present() && c.in[1].numel() ? readInt(c.in[1], 0) : 0;
+  bool upper = c.a.i("upper", 1) != 0;
+  if (!c.alloc(0, x.dims))
+    return false;
+  int64_t n = x.dims[x.dims.size() - 2], m = x.dims.back(), mats = product(x.dims, 0, x.dims.size() - 2);
+  size_t w = dtypeSize(x.dtype);
+  char *o = c.out[0].mut<char>();
+  for (int64_t b = 0; b < mats; ++b)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) {
+        int64_t at = ((b * n + i) * m + j) * int64_t(w);
+        bool keep = upper ? j - i >= k : j - i <= k;
+        if (keep)
+          std::memcpy(o + at, x.data + at, w);
+        else
+          std::memset(o + at, 0, w);
+      }
+  return true;
+}
+
+} // namespace moert::ops

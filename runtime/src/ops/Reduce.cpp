@@ -1,0 +1,312 @@
+//===- Reduce.cpp - libmoert's op kernels: reductions, Softmax, ArgMax, TopK, CumSum, norms ===//
+//
+// Part of libmoert's op kernels (runtime/src/Ops.cpp maps op names to them; shared helpers in OpKernel.h).
+//
+//===----------------------------------------------------------------------===//
+#include "OpKernel.h"
+
+namespace moert::ops {
+
+// -- reductions and along-one-axis ops --
+
+bool reduceAxes(Ctx &c, const OpTensor &x, std::vector<bool> &reduced) {
+  size_t rank = x.dims.size();
+  reduced.assign(rank, false);
+  Dims axes;
+  if (c.in.size() > 1 && c.in[1].present())
+    axes = readInts(c.in[1]);
+  if (axes.empty()) {
+    if (c.a.i("noop_with_empty_axes", 0))
+      return true;
+    reduced.assign(rank, true);
+    return true;
+  }
+  for (int64_t ax : axes) {
+    int64_t n = normAxis(ax, int64_t(rank));
+    if (n < 0)
+      return c.fail("axis " + std::to_string(ax) + " out of range for rank " + std::to_string(rank));
+    reduced[n] = true;
+  }
+  return true;
+}
+
+bool reduce(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  std::vector<bool> red;
+  if (!reduceAxes(c, x, red))
+    return false;
+  bool keep = c.a.i("keepdims", 1) != 0;
+  Dims outDims, keptDims;
+  for (size_t i = 0; i < x.dims.size(); ++i) {
+    keptDims.push_back(red[i] ? 1 : x.dims[i]);
+    if (!red[i] || keep)
+      outDims.push_back(red[i] ? 1 : x.dims[i]);
+  }
+  if (!c.alloc(0, outDims))
+    return false;
+  const std::string &op = c.op();
+  int64_t outN = product(keptDims), count = outN ? x.numel() / std::max<int64_t>(outN, 1) : 0;
+  if (op == "ReduceMax" && x.numel() == 0 && outN > 0)
+    return c.fail("ReduceMax over an empty axis");
+  // Offsets of each input element in the output: a broadcast of the kept dims against the input's.
+  Broadcast b;
+  b.dims = x.dims;
+  Dims ks = stridesOf(keptDims);
+  Dims st(x.dims.size());
+  for (size_t i = 0; i < x.dims.size(); ++i)
+    st[i] = red[i] ? 0 : ks[i];
+  b.strides = {st};
+  return withNum(x.dtype,
+                 [&](auto tag) {
+                   using T = decltype(tag);
+                   using Acc = std::conditional_t<std::is_floating_point_v<T>, double, T>;
+                   std::vector<Acc> acc(outN,
+                                        op == "ReduceMax" ? std::numeric_limits<Acc>::lowest() : Acc(0));
+                   const T *p = x.as<T>();
+                   int kind = op == "ReduceSum" ? 0 : op == "ReduceMean" ? 1 : op == "ReduceMax" ? 2 : 3;
+                   forEach<1>(b, [&](int64_t i, const int64_t *o) {
+                     Acc v = Acc(p[i]);
+                     Acc &r = acc[o[0]];
+                     if (kind == 2)
+                       r = (v > r || v != v) ? v : r;
+                     else if (kind == 3)
+                       r += v * v;
+                     else
+                       r += v;
+                   });
+                   T *out = c.out[0].mut<T>();
+                   for (int64_t i = 0; i < outN; ++i) {
+                     Acc r = acc[i];
+                     if (kind == 1)
+                       r = count ? Acc(r / Acc(count)) : Acc(0);
+                     if (kind == 3)
+                       r = Acc(std::sqrt(double(r)));
+                     out[i] = T(r);
+                   }
+                 }) ||
+         c.badType(x);
+}
+
+/// outer x n x inner view of `dims` around `axis`.
+struct AxisView {
+  int64_t outer, n, inner;
+};
+AxisView around(const Dims &d, int64_t axis) {
+  return {product(d, 0, axis), d.empty() ? 1 : d[axis], product(d, axis + 1)};
+}
+
+bool softmax(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  int64_t axis = normAxis(c.a.i("axis", -1), int64_t(x.dims.size()));
+  if (x.dims.empty())
+    axis = 0;
+  else if (axis < 0)
+    return c.fail("axis out of range");
+  if (!c.alloc(0, x.dims))
+    return false;
+  AxisView v = around(x.dims, axis);
+  bool logForm = c.op() == "LogSoftmax";
+  return withFloat(x.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     const T *p = x.as<T>();
+                     T *o = c.out[0].mut<T>();
+                     for (int64_t a = 0; a < v.outer; ++a)
+                       for (int64_t b = 0; b < v.inner; ++b) {
+                         int64_t base = a * v.n * v.inner + b;
+                         T mx = -std::numeric_limits<T>::infinity();
+                         for (int64_t k = 0; k < v.n; ++k)
+                           mx = std::max(mx, p[base + k * v.inner]);
+                         T sum = 0;
+                         for (int64_t k = 0; k < v.n; ++k)
+                           sum += std::exp(p[base + k * v.inner] - mx);
+                         for (int64_t k = 0; k < v.n; ++k) {
+                           T e = p[base + k * v.inner] - mx;
+                           o[base + k * v.inner] = logForm ? e - std::log(sum) : std::exp(e) / sum;
+                         }
+                       }
+                   }) ||
+         c.badType(x);
+}
+
+bool argmax(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  int64_t axis = normAxis(c.a.i("axis", 0), int64_t(x.dims.size()));
+  if (axis < 0)
+    return c.fail("axis out of range");
+  bool keep = c.a.i("keepdims", 1) != 0, last = c.a.i("select_last_index", 0) != 0;
+  Dims od = x.dims;
+  if (keep)
+    od[axis] = 1;
+  else
+    od.erase(od.begin() + axis);
+  if (!c.alloc(0, od))
+    return false;
+  AxisView v = around(x.dims, axis);
+  if (v.n == 0 && v.outer * v.inner > 0)
+    return c.fail("ArgMax over an empty axis");
+  int64_t *o = c.out[0].mut<int64_t>();
+  return withNum(x.dtype,
+                 [&](auto tag) {
+                   using T = decltype(tag);
+                   const T *p = x.as<T>();
+                   for (int64_t a = 0; a < v.outer; ++a)
+                     for (int64_t b = 0; b < v.inner; ++b) {
+                       int64_t best = 0, base = a * v.n * v.inner + b;
+                       for (int64_t k = 1; k < v.n; ++k) {
+                         T u = p[base + k * v.inner], w = p[base + best * v.inner];
+                         if (u > w || (last && u == w))
+                           best = k;
+                       }
+                       o[a * v.inner + b] = best;
+                     }
+                 }) ||
+         c.badType(x);
+}
+
+bool topk(Ctx &c) {
+  if (!c.need(2) || c.out.size() < 2)
+    return c.err.empty() ? c.fail("needs 2 outputs") : false;
+  const OpTensor &x = c.in[0];
+  if (x.dims.empty())
+    return c.fail("input must have rank >= 1");
+  int64_t axis = normAxis(c.a.i("axis", -1), int64_t(x.dims.size()));
+  if (axis < 0 || c.in[1].numel() != 1)
+    return c.fail("axis out of range or K not one element");
+  int64_t k = readInt(c.in[1], 0);
+  if (k < 0 || k > x.dims[axis])
+    return c.fail("K = " + std::to_string(k) + " out of range for an axis of " +
+                  std::to_string(x.dims[axis]));
+  bool largest = c.a.i("largest", 1) != 0;
+  Dims od = x.dims;
+  od[axis] = k;
+  if (!c.alloc(0, od) || !c.alloc(1, od))
+    return false;
+  AxisView v = around(x.dims, axis);
+  int64_t *oi = c.out[1].mut<int64_t>();
+  return withNum(x.dtype,
+                 [&](auto tag) {
+                   using T = decltype(tag);
+                   const T *p = x.as<T>();
+                   T *ov = c.out[0].mut<T>();
+                   std::vector<int64_t> idx(v.n);
+                   for (int64_t a = 0; a < v.outer; ++a)
+                     for (int64_t b = 0; b < v.inner; ++b) {
+                       int64_t base = a * v.n * v.inner + b;
+                       std::iota(idx.begin(), idx.end(), 0);
+                       auto better = [&](int64_t i, int64_t j) {
+                         T u = p[base + i * v.inner], w = p[base + j * v.inner];
+                         if (u == w)
+                           return i < j;
+                         return largest ? u > w : u < w;
+                       };
+                       std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), better);
+                       for (int64_t j = 0; j < k; ++j) {
+                         int64_t ob = a * k * v.inner + j * v.inner + b;
+                         ov[ob] = p[base + idx[j] * v.inner];
+                         oi[ob] = idx[j];
+                       }
+                     }
+                 }) ||
+         c.badType(x);
+}
+
+bool cumsum(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0];
+  if (c.in[1].numel() != 1)
+    return c.fail("axis must be one element");
+  int64_t axis = normAxis(readInt(c.in[1], 0), int64_t(x.dims.size()));
+  if (axis < 0)
+    return c.fail("axis out of range");
+  bool excl = c.a.i("exclusive", 0) != 0, rev = c.a.i("reverse", 0) != 0;
+  if (!c.alloc(0, x.dims))
+    return false;
+  AxisView v = around(x.dims, axis);
+  return withNum(x.dtype,
+                 [&](auto tag) {
+                   using T = decltype(tag);
+                   const T *p = x.as<T>();
+                   T *o = c.out[0].mut<T>();
+                   for (int64_t a = 0; a < v.outer; ++a)
+                     for (int64_t b = 0; b < v.inner; ++b) {
+                       T acc = 0;
+                       for (int64_t j = 0; j < v.n; ++j) {
+                         int64_t k = rev ? v.n - 1 - j : j, at = a * v.n * v.inner + k * v.inner + b;
+                         if (excl) {
+                           o[at] = acc;
+                           acc += p[at];
+                         } else {
+                           acc += p[at];
+                           o[at] = acc;
+                         }
+                       }
+                     }
+                 }) ||
+         c.badType(x);
+}
+
+bool layerNorm(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0];
+  int64_t axis = normAxis(c.a.i("axis", -1), int64_t(x.dims.size()));
+  if (axis < 0)
+    return c.fail("axis out of range");
+  double eps = c.a.f("epsilon", 1e-5);
+  int64_t outer = product(x.dims, 0, axis), n = product(x.dims, axis);
+  Dims normDims(x.dims.begin() + axis, x.dims.end());
+  // Scale and bias broadcast to the normalised dims.
+  auto expand = [&](const OpTensor &t, std::vector<double> &v) {
+    Broadcast b;
+    if (!broadcast({&normDims, &t.dims}, b, c.err) || b.dims != normDims)
+      return c.fail("scale/bias " + dimsString(t.dims) + " does not broadcast to " + dimsString(normDims));
+    v.resize(n);
+    forEach<2>(b, [&](int64_t i, const int64_t *p) { v[i] = readDouble(t, p[1]); });
+    return true;
+  };
+  std::vector<double> scale, bias(n, 0.0);
+  if (!expand(c.in[1], scale) || (c.in.size() > 2 && c.in[2].present() && !expand(c.in[2], bias)))
+    return false;
+  if (!c.alloc(0, x.dims))
+    return false;
+  Dims statDims = x.dims;
+  for (size_t i = axis; i < statDims.size(); ++i)
+    statDims[i] = 1;
+  for (size_t k = 1; k < c.out.size(); ++k)
+    if (c.out[k].dtype && !c.alloc(k, statDims))
+      return false;
+  return withFloat(x.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     const T *p = x.as<T>();
+                     T *o = c.out[0].mut<T>();
+                     for (int64_t r = 0; r < outer; ++r) {
+                       double mean = 0, var = 0;
+                       for (int64_t j = 0; j < n; ++j)
+                         mean += p[r * n + j];
+                       mean = n ? mean / n : 0;
+                       for (int64_t j = 0; j < n; ++j)
+                         var += (p[r * n + j] - mean) * (p[r * n + j] - mean);
+                       var = n ? var / n : 0;
+                       double inv = 1.0 / std::sqrt(var + eps);
+                       for (int64_t j = 0; j < n; ++j)
+                         o[r * n + j] = T((p[r * n + j] - mean) * inv * scale[j] + bias[j]);
+                       for (size_t k = 1; k < c.out.size(); ++k)
+                         withFloat(c.out[k].dtype, [&](auto t2) {
+                           using S = decltype(t2);
+                           c.out[k].mut<S>()[r] = S(k == 1 ? mean : inv);
+                         });
+                     }
+                   }) ||
+         c.badType(x);
+}
+
+} // namespace moert::ops
