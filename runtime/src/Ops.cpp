@@ -17,8 +17,8 @@
 
 namespace moert {
 
-using proto::Attribute;
 using proto::OpStep;
+using namespace ops; // the op kernels and their helpers (ops/OpKernel.h)
 
 size_t dtypeSize(int d) {
   switch (d) {
@@ -89,13 +89,11 @@ bool OpTensor::alloc(int dt, std::vector<int64_t> d) {
 
 struct OpEntry {
   const char *name;
-  bool (*fn)(ops::Ctx &);
+  bool (*fn)(Ctx &);
   bool widensHalf; // f16/bf16 computed in f32
 };
 
 namespace {
-
-using namespace ops;
 
 const OpEntry kOps[] = {
     {"Abs", unary, true},          {"Ceil", unary, true},         {"Cos", unary, true},
@@ -133,11 +131,6 @@ const OpEntry *findOp(const std::string &op) {
 } // namespace
 
 const OpEntry *findOpKernel(const std::string &op) { return findOp(op); }
-
-using ops::Ctx;
-using ops::isHalf;
-using ops::narrow;
-using ops::widen;
 
 std::string runOp(const OpEntry *e, const OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out,
                   ThreadPool *pool) {
