@@ -197,4 +197,34 @@ PackedLinear packLinearCodes(const std::vector<uint8_t> &codes, const std::vecto
   return out;
 }
 
+PackedTable packEmbedding(const std::vector<float> &t, int64_t v, int64_t h, moert_storage storage,
+                          int64_t block) {
+  PackedTable out;
+  switch (storage) {
+  case MOERT_STORAGE_F32:
+    out.rows = asBytes(t), out.rowBytes = 4 * h;
+    return out;
+  case MOERT_STORAGE_BF16:
+    out.rows = asBf16(t), out.rowBytes = 2 * h;
+    return out;
+  case MOERT_STORAGE_F16:
+    out.rows = asF16(t), out.rowBytes = 2 * h;
+    return out;
+  case MOERT_STORAGE_INT8:
+  case MOERT_STORAGE_INT4:
+    break;
+  }
+  const int bits = storage == MOERT_STORAGE_INT8 ? 8 : 4;
+  QRows q = quantizeRows(t, v, h, bits, block);
+  out.scales = asBytes(q.s);
+  // Rows start on whole bytes: an odd int4 row gets a zero code at its end.
+  const int64_t hp = bits == 4 ? (h + 1) / 2 * 2 : h;
+  std::vector<int8_t> codes(size_t(v * hp), 0);
+  for (int64_t r = 0; r < v; ++r)
+    std::copy(q.q.begin() + r * h, q.q.begin() + (r + 1) * h, codes.begin() + r * hp);
+  out.rows = packBits(codes, bits);
+  out.rowBytes = hp * bits / 8;
+  return out;
+}
+
 } // namespace moec::codegen

@@ -55,6 +55,16 @@ PackedLinear packLinearCodes(const std::vector<uint8_t> &codes, const std::vecto
                              const std::vector<float> &zeros, int bits, int64_t k, int64_t n, int64_t block,
                              const std::vector<float> &bias);
 
+/// A token-embedding table in its storage (moert_kernel_abi.h, MOERT_EMBED_*): `rows` [V][row bytes] and, for
+/// int8/int4, `scales` [V][ceil(H / block)] f32.
+struct PackedTable {
+  std::vector<char> rows, scales;
+  int64_t rowBytes = 0;
+};
+/// Packs the f32 table `t` ([V][H]) in `storage`, quantising each row per block of `block` values.
+PackedTable packEmbedding(const std::vector<float> &t, int64_t v, int64_t h, moert_storage storage,
+                          int64_t block);
+
 } // namespace moec::codegen
 
 #endif // MOEC_CODEGEN_WEIGHTPACKING_H

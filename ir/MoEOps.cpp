@@ -408,6 +408,23 @@ LogicalResult LinearOp::verify() {
   return success();
 }
 
+LogicalResult EmbeddingOp::verify() {
+  auto tT = getTable().getType(), iT = getIndices().getType(), outT = getOutput().getType();
+  if (tT.getRank() != 2)
+    return emitOpError() << "operand 'table' " << shapeStr(tT) << " must be [V, H]";
+  if (outT.getRank() != iT.getRank() + 1)
+    return emitOpError() << "result " << shapeStr(outT) << " must be operand 'indices'' shape "
+                         << shapeStr(iT) << " followed by H";
+  for (int64_t i = 0; i < iT.getRank(); ++i)
+    if (dimsConflict(iT.getDimSize(i), outT.getDimSize(i)))
+      return emitOpError() << "result " << shapeStr(outT) << " must keep operand 'indices'' shape "
+                           << shapeStr(iT);
+  if (dimsConflict(outT.getShape().back(), tT.getDimSize(1)))
+    return emitOpError() << "result " << shapeStr(outT)
+                         << ": last dim must be the table's H = " << tT.getDimSize(1);
+  return success();
+}
+
 void SparseMoEOp::getCanonicalizationPatterns(RewritePatternSet &results, MLIRContext *context) {
   results.add<DropNoOpOperands>(context);
 }

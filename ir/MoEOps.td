@@ -217,4 +217,36 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
   }];
 }
 
+def MoE_EmbeddingOp : MoE_Op<"embedding", [Pure]> {
+  let summary = "rows of a constant table picked by index (a token embedding), read in the table's storage";
+  let description = [{
+    For every index `i` of `indices` (any shape, integers; negative ones count from the end, as ONNX
+    `Gather` does; out of `[-V, V)` is a run-time error):
+
+    ```
+    output[..., :] = table[i]          // table: [V, H] constant, output: indices' shape ++ [H]
+    ```
+
+    The table is stored in the artifact as `storage` says (`fp32`; `bf16` / `fp16` rounded to nearest even;
+    `int8` / `int4` quantised symmetrically per row and block of `block_size` columns, as expert `fc1` rows
+    are: `kernels/cpu/moert_kernel_abi.h`, `MOERT_EMBED_*`) and only the rows asked for are read and widened
+    to f32. Raised from `Gather(table, indices, axis = 0)` with a constant 2-D f32 table by
+    `moe-raise-linear`; `storage` is set by `moe-set-weight-storage` (`--embedding-weights`).
+  }];
+
+  let arguments = (ins
+    RankedTensorOf<[F32]>:$table,
+    RankedTensorOf<[I64, I32]>:$indices,
+    DefaultValuedAttr<MoE_StorageAttr, "Storage::fp32">:$storage,
+    DefaultValuedAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>, "32">:$block_size
+  );
+  let results = (outs RankedTensorOf<[F32]>:$output);
+
+  let assemblyFormat = [{
+    $table `,` $indices attr-dict `:` functional-type(operands, results)
+  }];
+
+  let hasVerifier = 1;
+}
+
 #endif // MOEC_IR_MOEOPS_TD

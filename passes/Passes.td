@@ -110,7 +110,7 @@ def MoEApplyPatternsPass : Pass<"moe-apply-patterns"> {
 }
 
 def MoERaiseLinearPass : Pass<"moe-raise-linear"> {
-  let summary = "Turn every MatMul / Gemm with a constant weight into a moe.linear dispatch";
+  let summary = "Turn every MatMul / Gemm with a constant weight into a moe.linear dispatch (and embedding Gathers into moe.embedding)";
   let description = [{
     Runs after the MoE fusion passes, so routers and shared experts are already inside their
     `moe.sparse_moe`. Every remaining `MatMul(x, W)` / `Gemm(x, W, C)` whose `W` is a constant 2-D f32
@@ -119,6 +119,8 @@ def MoERaiseLinearPass : Pass<"moe-raise-linear"> {
     constant `[N]` right after a `MatMul`) becomes its `bias`; and an `Add` of another computed value of the
     same type, when it is the only reader of the result, becomes its `residual`. Products of two computed
     values (attention's Q K^T and P V) are left alone. `x` may have any rank: leading dims are rows.
+    `Gather(table, indices, axis = 0)` with a constant 2-D f32 table (a token embedding) becomes
+    `moe.embedding`, whose table is then stored like a weight.
   }];
   let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
   let dependentDialects = ["::mlir::arith::ArithDialect", "::moec::moe::MoEDialect"];
@@ -131,15 +133,16 @@ def MoESetWeightStoragePass : Pass<"moe-set-weight-storage"> {
     `moe.linear`, so `--emit=mlir`, the cost model and codegen all read one decision from the IR:
     `experts` for MoE layers, `dense` for linear layers, and `lm-head` (default: `dense`) for linear layers
     whose result is a graph output (through reshapes) - the LM head, which llama.cpp-style quantisation keeps
-    wider. Layers whose weights arrive quantised (`fc1_quant`, `weight_quant`: QMoE, MatMulNBits) keep them.
-    `block-size` is the quantisation block of int8/int4 linear layers (input features per scale, a multiple
-    of 8). `int8-activations` marks every dispatch with int8/int4 weights `int8_activations`: decode rounds its
+    wider. `moe.embedding` tables get `embeddings` (default: `dense`). Layers whose weights arrive quantised
+    (`fc1_quant`, `weight_quant`: QMoE, MatMulNBits) keep them. `block-size` is the quantisation block of
+    int8/int4 linear layers and embedding rows (features per scale, a multiple of 8). `int8-activations` marks every dispatch with int8/int4 weights `int8_activations`: decode rounds its
     inputs to int8 per block of 32 and multiplies integers (see the ops' descriptions).
   }];
   let options = [
     Option<"experts", "experts", "std::string", "\"fp32\"", "Storage of MoE expert weights">,
     Option<"dense", "dense", "std::string", "\"fp32\"", "Storage of linear-layer weights">,
     Option<"lmHead", "lm-head", "std::string", "\"\"", "Storage of linear layers producing a graph output (default: dense)">,
+    Option<"embeddings", "embeddings", "std::string", "\"\"", "Storage of moe.embedding tables (default: dense)">,
     Option<"blockSize", "block-size", "int64_t", "32", "Input features per scale for int8/int4 linear layers">,
     Option<"int8Activations", "int8-activations", "bool", "false",
            "Decode of int8/int4 dispatches multiplies inputs rounded to int8 (integer dot products)">

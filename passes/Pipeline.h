@@ -7,13 +7,14 @@
 //   3. raising         moe-raise-decomposed, canonicalize, cse
 //   4. fusion          moe-fold-router, moe-fuse-shared-expert, moe-fuse-norm-residual
 //   5. weights         moe-prune-static-mask
-//   6. linear layers   moe-raise-linear (every MatMul / Gemm with a constant weight -> moe.linear)
+//   6. linear layers   moe-raise-linear (every MatMul / Gemm with a constant weight -> moe.linear, token
+//                      embedding Gathers -> moe.embedding)
 //   7. cleanup         canonicalize, cse
 //   8. HOOK after-fusion: user pass pipeline / pattern files, when asked for this point
 //
 // `moec-opt --moec-fusion-pipeline` runs stages 1-7 (no hooks). `moec compile` then runs
-// moe-set-weight-storage (--weights, --expert-weights, --dense-weights, --lm-head-weights), with or without
-// fusion.
+// moe-set-weight-storage (--weights, --expert-weights, --dense-weights, --lm-head-weights,
+// --embedding-weights), with or without fusion.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOEC_PASSES_PIPELINE_H

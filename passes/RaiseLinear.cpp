@@ -4,7 +4,8 @@
 // routers) becomes one `moe.linear`: `MatMul(x, W)` or `Gemm(x, W, C)` with W a constant 2-D matrix (seen
 // through a 2-D `Transpose`, as some exporters leave it), a constant bias (`Gemm`'s C or a following `Add`),
 // and a residual `Add` of another value of the same type when the layer's result feeds nothing else.
-// Codegen turns each into a linear dispatch (kernels/cpu/linear.h).
+// Codegen turns each into a linear dispatch (kernels/cpu/linear.h). Token embeddings (`Gather` of rows of a
+// constant 2-D table) become `moe.embedding`, so the table too is stored as `--weights` says.
 //
 //===----------------------------------------------------------------------===//
 #include "ir/MoEOps.h"
@@ -14,6 +15,7 @@
 
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/Matchers.h"
+#include "llvm/ADT/DenseSet.h"
 
 #include <cstring>
 
@@ -128,15 +130,57 @@ std::string raise(Operation *mm) {
   return "";
 }
 
+/// Raises `Gather(table, indices, axis = 0)` over a constant [V, H] f32 table whose rows have the model's
+/// hidden size (`hidden`: the K of its linear layers, the H of its MoE layers), so rotary cos/sin caches and
+/// other small tables stay exact; returns why not, or "" when it did.
+std::string raiseEmbedding(ox::GatherOp g, const llvm::SmallDenseSet<int64_t> &hidden) {
+  auto tT = dyn_cast<RankedTensorType>(g.getData().getType());
+  auto iT = dyn_cast<RankedTensorType>(g.getIndices().getType());
+  auto outT = dyn_cast<RankedTensorType>(g.getOutput().getType());
+  if (!tT || tT.getRank() != 2 || !tT.hasStaticShape())
+    return "the table is not a 2-D matrix of static shape";
+  if (int64_t(g.getAxis()) != 0 && int64_t(g.getAxis()) != -2)
+    return "it gathers along axis " + std::to_string(int64_t(g.getAxis())) + ", not the table's rows";
+  if (!tT.getElementType().isF32())
+    return "only f32 tables are raised";
+  if (!iT || !outT || !iT.getElementType().isSignlessInteger() ||
+      (iT.getElementType().getIntOrFloatBitWidth() != 64 &&
+       iT.getElementType().getIntOrFloatBitWidth() != 32))
+    return "the indices are not a ranked int64 / int32 tensor";
+  if (outT.getRank() != iT.getRank() + 1)
+    return "the result's rank is not the indices' + 1";
+  if (!hidden.contains(tT.getDimSize(1)))
+    return "its rows (" + std::to_string(tT.getDimSize(1)) +
+           " values) are not the model's hidden size (the K of a linear layer or the H of a MoE layer): not "
+           "a "
+           "token embedding";
+  OpBuilder b(g);
+  auto op = b.create<moe::EmbeddingOp>(g.getLoc(), outT, g.getData(), g.getIndices(), moe::Storage::fp32,
+                                       /*block_size=*/32);
+  op->setAttr("moe.source", b.getStringAttr("Gather"));
+  g.getOutput().replaceAllUsesWith(op.getResult());
+  g->erase();
+  return "";
+}
+
 struct MoERaiseLinearPass final : moec::impl::MoERaiseLinearPassBase<MoERaiseLinearPass> {
   using Base::Base;
   void runOnOperation() override {
     SmallVector<Operation *> candidates;
     getOperation()->walk([&](Operation *op) {
-      if (isa<ox::MatMulOp, ox::GemmOp>(op))
+      if (isa<ox::MatMulOp, ox::GemmOp>(op) ||
+          (isa<ox::GatherOp>(op) && matchPattern(op->getOperand(0), m_Constant())))
         candidates.push_back(op);
     });
+    llvm::SmallDenseSet<int64_t> hidden; // the model's hidden sizes: MoE layers' H, linear layers' K
+    getOperation()->walk(
+        [&](moe::SparseMoEOp m) { hidden.insert(m.getInput().getType().getShape().back()); });
+    SmallVector<ox::GatherOp> gathers;
     for (Operation *mm : candidates) {
+      if (auto g = dyn_cast<ox::GatherOp>(mm)) {
+        gathers.push_back(g);
+        continue;
+      }
       // Only layers with a constant weight are linear layers (activation x activation products are
       // attention's, left to the op kernels).
       Value w = mm->getOperand(1);
@@ -147,6 +191,9 @@ struct MoERaiseLinearPass final : moec::impl::MoERaiseLinearPassBase<MoERaiseLin
       std::string why = raise(mm);
       remarkIfUnfused(remarks, mm, "linear layer not raised", why);
     }
+    getOperation()->walk([&](moe::LinearOp l) { hidden.insert(l.getInFeatures()); });
+    for (ox::GatherOp g : gathers)
+      remarkIfUnfused(remarks, g, "embedding not raised", raiseEmbedding(g, hidden));
   }
 };
 

@@ -47,9 +47,10 @@ struct MoESetWeightStoragePass final : moec::impl::MoESetWeightStoragePassBase<M
       out = *s;
       return true;
     };
-    moe::Storage experts, dense, head;
+    moe::Storage experts, dense, head, embeddings;
     if (!parse("experts", this->experts, experts) || !parse("dense", this->dense, dense) ||
-        !parse("lm-head", this->lmHead.empty() ? this->dense : this->lmHead, head))
+        !parse("lm-head", this->lmHead.empty() ? this->dense : this->lmHead, head) ||
+        !parse("embeddings", this->embeddings.empty() ? this->dense : this->embeddings, embeddings))
       return signalPassFailure();
     if (blockSize < 16 || blockSize % 8) {
       getOperation()->emitError() << "moe-set-weight-storage: block-size=" << blockSize
@@ -69,6 +70,9 @@ struct MoESetWeightStoragePass final : moec::impl::MoESetWeightStoragePassBase<M
           l.setBlockSize(blockSize);
         }
         l.setInt8Activations(int8Activations && quantised(l.getStorage()));
+      } else if (auto e = dyn_cast<moe::EmbeddingOp>(op)) {
+        e.setStorageAttr(moe::StorageAttr::get(ctx, embeddings));
+        e.setBlockSize(blockSize);
       }
     });
   }

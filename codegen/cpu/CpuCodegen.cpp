@@ -836,6 +836,77 @@ struct Emitter {
     return true;
   }
 
+  /// A constant program value of `dims` stored in its own WEIGHTS section (packed bytes no MLIR value holds).
+  uint32_t packedConstant(const std::string &name, pb::DType dtype, std::initializer_list<int64_t> dims,
+                          std::vector<char> bytes) {
+    auto *val = program->add_values();
+    val->set_name(name);
+    val->mutable_type()->set_dtype(dtype);
+    for (int64_t d : dims)
+      val->mutable_type()->add_dims()->set_size(d);
+    val->set_constant_section(writer.addSection(name, pb::Section::WEIGHTS, std::move(bytes)));
+    return program->values_size() - 1;
+  }
+
+  /// A `moe.embedding`: the table packed in the op's storage (moert_kernel_abi.h, MOERT_EMBED_*) and a
+  /// `moec.Embedding` step, run by libmoert (a row copy needs no generated code).
+  bool emitEmbedding(moe::EmbeddingOp op) {
+    auto tT = op.getTable().getType();
+    const int64_t v = tT.getDimSize(0), h = tT.getDimSize(1);
+    if (ShapedType::isDynamic(v) || ShapedType::isDynamic(h) || v <= 0 || h <= 0)
+      return fail(op, "an embedding table needs a static, non-empty [V, H] shape");
+    if (v > (int64_t(1) << 40) / h)
+      return fail(op, "embedding table [" + Twine(v) + ", " + Twine(h) + "]: larger than an artifact holds");
+    const moert_storage storage = moert_storage(op.getStorage());
+    const bool quantised = storage == MOERT_STORAGE_INT8 || storage == MOERT_STORAGE_INT4;
+    const int64_t block = int64_t(op.getBlockSize());
+    if (quantised && (block < 16 || block % 8))
+      return fail(op, "quantisation blocks of " + Twine(block) + " values (need a multiple of 8, >= 16)");
+    std::vector<float> t;
+    if (!f32Constant(op.getTable(), "table", t, error))
+      return fail(op, error);
+    if (int64_t(t.size()) != v * h)
+      return fail(op,
+                  "operand 'table' holds " + Twine(t.size()) + " values, expected V * H = " + Twine(v * h));
+    PackedTable packed = packEmbedding(t, v, h, storage, block);
+    t = {};
+    const std::string base = "embed" + std::to_string(program->values_size());
+    const pb::DType rowType = storage == MOERT_STORAGE_F32    ? pb::F32
+                              : storage == MOERT_STORAGE_BF16 ? pb::BF16
+                              : storage == MOERT_STORAGE_F16  ? pb::F16
+                                                              : pb::U8;
+    const uint64_t bytes = packed.rows.size() + packed.scales.size();
+    auto *step = program->add_steps()->mutable_op();
+    step->set_op("moec.Embedding");
+    step->add_inputs(packedConstant(base + ".rows", rowType, {v, rowType == pb::U8 ? packed.rowBytes : h},
+                                    std::move(packed.rows)));
+    const int64_t nb = (h + block - 1) / block;
+    step->add_inputs(
+        quantised ? int64_t(packedConstant(base + ".scales", pb::F32, {v, nb}, std::move(packed.scales)))
+                  : int64_t(-1));
+    uint32_t idx;
+    if (!valueId(op, op.getIndices(), "indices", idx))
+      return false;
+    step->add_inputs(idx);
+    auto attr = [&](const char *name, int64_t value) {
+      pb::Attribute *a = step->add_attributes();
+      a->set_name(name);
+      a->set_kind(pb::Attribute::INT);
+      a->add_ints(value);
+    };
+    attr("storage", storage);
+    attr("block", quantised ? block : h);
+    attr("width", h);
+    uint32_t outId;
+    if (!addValue(op, op.getResult(), base, outId))
+      return false;
+    step->add_outputs(outId);
+    if (progress && bytes >= (16u << 20))
+      *progress << "moec: embedding " << v << " x " << h << " " << moe::stringifyStorage(op.getStorage())
+                << " (" << llvm::format("%.1f", bytes / 1048576.0) << " MiB)\n";
+    return true;
+  }
+
   bool emitFunction(func::FuncOp fn) {
     for (auto [i, arg] : llvm::enumerate(fn.getArguments())) {
       auto t = dyn_cast<RankedTensorType>(arg.getType());
@@ -857,6 +928,9 @@ struct Emitter {
           return false;
       } else if (auto l = dyn_cast<moe::LinearOp>(op)) {
         if (!emitLinear(l))
+          return false;
+      } else if (auto e = dyn_cast<moe::EmbeddingOp>(op)) {
+        if (!emitEmbedding(e))
           return false;
       } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {
         for (auto [i, v] : llvm::enumerate(ret.getOperands())) {

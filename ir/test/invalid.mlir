@@ -282,3 +282,27 @@ func.func @residual_shape(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tenso
      : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>, tensor<4x32xf32>) -> tensor<4x64xf32>
   return %y : tensor<4x64xf32>
 }
+
+// -----
+
+func.func @embedding_table_rank(%t: tensor<4xf32>, %ids: tensor<3xi64>) -> tensor<3x4xf32> {
+  // expected-error @+1 {{operand 'table' [4] must be [V, H]}}
+  %y = moe.embedding %t, %ids : (tensor<4xf32>, tensor<3xi64>) -> tensor<3x4xf32>
+  return %y : tensor<3x4xf32>
+}
+
+// -----
+
+func.func @embedding_width(%t: tensor<8x4xf32>, %ids: tensor<3xi64>) -> tensor<3x5xf32> {
+  // expected-error @+1 {{result [3, 5]: last dim must be the table's H = 4}}
+  %y = moe.embedding %t, %ids : (tensor<8x4xf32>, tensor<3xi64>) -> tensor<3x5xf32>
+  return %y : tensor<3x5xf32>
+}
+
+// -----
+
+func.func @embedding_index_shape(%t: tensor<8x4xf32>, %ids: tensor<2x3xi64>) -> tensor<3x2x4xf32> {
+  // expected-error @+1 {{result [3, 2, 4] must keep operand 'indices'' shape [2, 3]}}
+  %y = moe.embedding %t, %ids : (tensor<8x4xf32>, tensor<2x3xi64>) -> tensor<3x2x4xf32>
+  return %y : tensor<3x2x4xf32>
+}

@@ -129,6 +129,14 @@ enum moert_linear_slot {
 /* Input features per int8-activation scale, linear and MoE dispatches alike. */
 #define MOERT_INT8_ACT_BLOCK 32
 
+/* A token-embedding table (`moe.embedding`, run by libmoert's `moec.Embedding` step; no generated code): V
+ * rows of H values in the storage's row format, each row on its own (MOERT_EMBED_ROWS: [V][row bytes]): f32,
+ * bf16 or fp16 values; int8 signed codes; int4 codes two per byte, value 2i in byte i's low nibble, zero
+ * point 8 (an odd row padded with one code). Quantised rows have one f32 scale per block of `block` values
+ * (MOERT_EMBED_SCALES: [V][ceil(H / block)]): w = code * scale (int4: (nibble - 8) * scale), as expert fc1
+ * rows. */
+enum moert_embed_slot { MOERT_EMBED_ROWS = 0, MOERT_EMBED_SCALES = 1, MOERT_EMBED_SLOTS = 2 };
+
 typedef struct moert_linear_args {
   int64_t rows;                          /* M                                                      */
   const float *input;                    /* [M][K]                                                 */

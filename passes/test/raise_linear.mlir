@@ -58,3 +58,21 @@ func.func @activations(%q: tensor<4x8xf32>, %k: tensor<8x4xf32>) -> tensor<4x4xf
   %s = onnx.MatMul %q, %k : (tensor<4x8xf32>, tensor<8x4xf32>) -> tensor<4x4xf32>
   return %s : tensor<4x4xf32>
 }
+
+// -----
+
+// A token embedding (rows as wide as the model's hidden size, the K of a linear layer) becomes moe.embedding;
+// a table of another width (a rotary cos cache) stays an exact Gather.
+// CHECK-LABEL: func.func @embedding
+// CHECK: %[[E:.+]] = moe.embedding %{{.+}}, %arg0 {moe.source = "Gather"} : (tensor<5x4xf32>, tensor<1x?xi64>) -> tensor<1x?x4xf32>
+// CHECK: moe.linear %[[E]]
+// CHECK: onnx.Gather %{{.+}}, %arg0
+func.func @embedding(%ids: tensor<1x?xi64>) -> (tensor<1x?x2xf32>, tensor<1x?x3xf32>) {
+  %table = onnx.Constant dense<0.5> : tensor<5x4xf32>
+  %cos = onnx.Constant dense<1.0> : tensor<5x3xf32>
+  %w = onnx.Constant dense<1.0> : tensor<4x2xf32>
+  %e = onnx.Gather %table, %ids : (tensor<5x4xf32>, tensor<1x?xi64>) -> tensor<1x?x4xf32>
+  %y = onnx.MatMul %e, %w : (tensor<1x?x4xf32>, tensor<4x2xf32>) -> tensor<1x?x2xf32>
+  %c = onnx.Gather %cos, %ids : (tensor<5x3xf32>, tensor<1x?xi64>) -> tensor<1x?x3xf32>
+  return %y, %c : tensor<1x?x2xf32>, tensor<1x?x3xf32>
+}

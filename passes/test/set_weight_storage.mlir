@@ -2,18 +2,24 @@
 // can be kept wider; imported quantised weights keep theirs.
 // RUN: moec-opt %s --moe-set-weight-storage="experts=int8 dense=int4 lm-head=bf16 block-size=64" | FileCheck %s
 // RUN: not moec-opt %s --moe-set-weight-storage="dense=int3" 2>&1 | FileCheck %s --check-prefix=BAD
+// RUN: moec-opt %s --moe-set-weight-storage="dense=int8 embeddings=fp16" | FileCheck %s --check-prefix=WIDE
 
 // CHECK-LABEL: func.func @model
+// CHECK: moe.embedding %{{.+}}, %arg5 {block_size = 64 : i64, storage = #moe.storage<int4>}
 // CHECK: moe.linear %arg0, %{{.+}} {block_size = 64 : i64, storage = #moe.storage<int4>}
 // CHECK: moe.sparse_moe {{.*}}storage = #moe.storage<int8>
 // CHECK: moe.linear %{{.+}}, %{{.+}} {block_size = 64 : i64, storage = #moe.storage<bf16>}
+// WIDE: moe.embedding {{.*}}storage = #moe.storage<fp16>
+// WIDE: moe.linear {{.*}}storage = #moe.storage<int8>
 // BAD: error: moe-set-weight-storage: dense='int3' is not a storage (fp32, bf16, fp16, int8, int4)
 func.func @model(%x: tensor<?x4xf32>, %r: tensor<4x2xf32>, %w1: tensor<2x2x4xf32>, %w2: tensor<2x4x2xf32>,
-                 %head: tensor<4x8xf32>) -> tensor<?x8xf32> {
+                 %head: tensor<4x8xf32>, %ids: tensor<3xi64>) -> (tensor<?x8xf32>, tensor<3x4xf32>) {
+  %table = onnx.Constant dense<1.0> : tensor<6x4xf32>
+  %e = moe.embedding %table, %ids : (tensor<6x4xf32>, tensor<3xi64>) -> tensor<3x4xf32>
   %w = onnx.Constant dense<1.0> : tensor<4x4xf32>
   %h = moe.linear %x, %w : (tensor<?x4xf32>, tensor<4x4xf32>) -> tensor<?x4xf32>
   %m = moe.sparse_moe %h, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
      : (tensor<?x4xf32>, tensor<4x2xf32>, tensor<2x2x4xf32>, tensor<2x4x2xf32>) -> tensor<?x4xf32>
   %y = moe.linear %m, %head : (tensor<?x4xf32>, tensor<4x8xf32>) -> tensor<?x8xf32>
-  return %y : tensor<?x8xf32>
+  return %y, %e : tensor<?x8xf32>, tensor<3x4xf32>
 }

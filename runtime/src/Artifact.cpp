@@ -381,8 +381,26 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       for (int i = 0; i < s.op().inputs_size(); ++i)
         if (s.op().inputs(i) >= 0 && p.values(s.op().inputs(i)).has_constant_section())
           consts += (consts.empty() ? "" : ", ") + std::to_string(i);
-      if (!consts.empty())
+      if (s.op().op() == "moec.Embedding") { // the table is the step's weights, in their storage
+        static const char *const kStorage[] = {"fp32", "bf16", "fp16", "int8", "int4"};
+        int64_t storage = -1, block = 0, width = 0;
+        for (const auto &at : s.op().attributes())
+          (at.name() == "storage" ? storage
+           : at.name() == "block" ? block
+                                  : width) = at.ints_size() ? at.ints(0) : -1;
+        uint64_t bytes = 0;
+        for (int i = 0; i < 2 && i < s.op().inputs_size(); ++i)
+          if (s.op().inputs(i) >= 0 && p.values(s.op().inputs(i)).has_constant_section())
+            bytes += a.sections(int(p.values(s.op().inputs(i)).constant_section())).size();
+        const auto &rows = p.values(s.op().inputs(0)).type();
+        os << ": embedding table of " << (rows.dims_size() ? rows.dims(0).size() : -1) << " rows of " << width
+           << ", " << (storage >= 0 && storage < 5 ? kStorage[storage] : "?");
+        if (storage >= MOERT_STORAGE_INT8)
+          os << "/" << block;
+        os << " (" << mib(bytes) << ")";
+      } else if (!consts.empty()) {
         os << " (constant input" << (consts.find(',') == std::string::npos ? " " : "s ") << consts << ")";
+      }
       os << "\n";
     }
     else if (s.has_linear())

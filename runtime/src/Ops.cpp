@@ -95,6 +95,7 @@ struct OpEntry {
 
 namespace {
 
+// clang-format off
 const OpEntry kOps[] = {
     {"Abs", unary, true},          {"Ceil", unary, true},         {"Cos", unary, true},
     {"Erf", unary, true},          {"Exp", unary, true},          {"Floor", unary, true},
@@ -118,8 +119,9 @@ const OpEntry kOps[] = {
     {"Gather", gather, false},     {"GatherElements", gatherElements, false}, {"GatherND", gatherND, false},
     {"ScatterElements", scatter, true}, {"ScatterND", scatter, true}, {"OneHot", oneHot, false},
     {"Shape", shapeOp, false},     {"ConstantOfShape", constantOfShape, false}, {"Range", range, true},
-    {"Trilu", trilu, false},
+    {"Trilu", trilu, false},       {"moec.Embedding", embedding, false}, // moe.embedding's table rows
 };
+// clang-format on
 
 const OpEntry *findOp(const std::string &op) {
   for (const auto &e : kOps)

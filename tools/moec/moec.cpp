@@ -75,13 +75,14 @@ cl::opt<std::string> cpu("cpu",
                                   "most x86-64 machines of the last decade), x86-64-v4 (AVX-512), native (this "
                                   "machine), x86-64, znver4, sapphirerapids, ..."),
                          cl::init("x86-64-v3"), cl::sub(compileCmd), cl::cat(category));
-cl::opt<std::string> weightsType("weights",
-                                 cl::desc("Storage of all weights in the artifact (experts and linear layers, as "
-                                          "llama.cpp quantises a whole model): fp32 (default), bf16 (half the "
-                                          "bytes), fp16 (IEEE half), int8 or int4 (symmetric, one f32 scale per "
-                                          "block of 32; a quarter / an eighth of the bytes). Accumulation is f32. "
-                                          "Weights that arrive quantised (QMoE, MatMulNBits) are kept as they are"),
-                                 cl::init("fp32"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> weightsType(
+    "weights",
+    cl::desc("Storage of all weights in the artifact (experts, linear layers and token embeddings, as "
+             "llama.cpp quantises a whole model): fp32 (default), bf16 (half the bytes), fp16 (IEEE "
+             "half), int8 or int4 (symmetric, one f32 scale per block of 32; a quarter / an eighth of "
+             "the bytes). Accumulation is f32. Weights that arrive quantised (QMoE, MatMulNBits) are "
+             "kept as they are"),
+    cl::init("fp32"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> expertWeights("expert-weights",
                                    cl::desc("Storage of MoE expert weights only (default: --weights)"),
                                    cl::init(""), cl::sub(compileCmd), cl::cat(category));
@@ -93,9 +94,15 @@ cl::opt<std::string> lmHeadWeights("lm-head-weights",
                                    cl::desc("Storage of linear layers whose result is a graph output (the LM head; "
                                             "default: --dense-weights), e.g. to keep it wider than the rest"),
                                    cl::init(""), cl::sub(compileCmd), cl::cat(category));
-cl::opt<int64_t> weightBlock("weight-block",
-                             cl::desc("Input features per scale for int8/int4 linear layers (default 32)"),
-                             cl::init(32), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string>
+    embeddingWeights("embedding-weights",
+                     cl::desc("Storage of token-embedding tables (constant tables a Gather reads rows of; "
+                              "default: --dense-weights), e.g. to keep them wider"),
+                     cl::init(""), cl::sub(compileCmd), cl::cat(category));
+cl::opt<int64_t> weightBlock(
+    "weight-block",
+    cl::desc("Input features per scale for int8/int4 linear layers and embedding rows (default 32)"),
+    cl::init(32), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> activations(
     "activations",
     cl::desc(
@@ -225,6 +232,14 @@ void printReport(mlir::ModuleOp module, ArrayRef<std::string> misses) {
       errs() << " " << e.first << " " << storage << " (" << bytesText(e.second) << ")";
     errs() << "\n";
   }
+  module.walk([&](EmbeddingOp op) {
+    auto t = op.getTable().getType();
+    double bytes =
+        double(t.getNumElements()) * moec::storedWeightBytes(int(op.getStorage()), op.getBlockSize());
+    errs() << "  embedding: " << t.getDimSize(0) << " rows of " << t.getDimSize(1) << ", "
+           << stringifyStorage(op.getStorage()) << " (" << bytesText(int64_t(bytes + 0.5))
+           << "), only the rows asked for are read\n";
+  });
   if (!misses.empty()) {
     errs() << "  not fused (near misses):\n";
     for (const auto &m : misses)
@@ -264,8 +279,10 @@ mlir::LogicalResult runCompilePipeline(mlir::ModuleOp module) {
   }
   // How every dispatch stores its weights, recorded on the ops (with or without fusion).
   for (auto [flag, value] : {std::pair<const char *, std::string>{"weights", weightsType},
-                             {"expert-weights", expertWeights}, {"dense-weights", denseWeights},
-                             {"lm-head-weights", lmHeadWeights}})
+                             {"expert-weights", expertWeights},
+                             {"dense-weights", denseWeights},
+                             {"lm-head-weights", lmHeadWeights},
+                             {"embedding-weights", embeddingWeights}})
     if (!value.empty() && !moec::moe::symbolizeStorage(value))
       return error("--" + std::string(flag) + "=" + value + ": weights are stored as fp32, bf16, fp16, int8 or int4"),
              mlir::failure();
@@ -278,6 +295,7 @@ mlir::LogicalResult runCompilePipeline(mlir::ModuleOp module) {
   storage.experts = expertWeights.empty() ? weightsType : expertWeights;
   storage.dense = denseWeights.empty() ? weightsType : denseWeights;
   storage.lmHead = lmHeadWeights;
+  storage.embeddings = embeddingWeights;
   storage.blockSize = weightBlock;
   storage.int8Activations = activations == "int8";
   pm.addPass(moec::createMoESetWeightStoragePass(storage));

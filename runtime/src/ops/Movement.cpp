@@ -5,6 +5,8 @@
 //===----------------------------------------------------------------------===//
 #include "OpKernel.h"
 
+#include "kernels/cpu/moert_kernel_abi.h"
+
 namespace moert::ops {
 
 // -- data movement (bytes, any dtype) --
@@ -295,6 +297,67 @@ bool gather(Ctx &c) {
       k += n;
     for (int64_t r = 0; r < outer; ++r)
       std::memcpy(o + (r * ni + j) * inner, x.data + (r * n + k) * inner, size_t(inner));
+  }
+  return true;
+}
+
+/// moec's `moec.Embedding` (moe.embedding): rows of a table stored as moert_kernel_abi.h's MOERT_EMBED_* say,
+/// widened to f32. Inputs: rows, scales (quantised storage; else left out), indices. Attributes: storage
+/// (moert_storage), block (values per scale), width (H).
+bool embedding(Ctx &c) {
+  if (c.in.size() != 3 || !c.in[0].present() || !c.in[2].present() || c.out.size() != 1)
+    return c.fail("needs a table, optional scales and indices");
+  const OpTensor &t = c.in[0], &sc = c.in[1], &idx = c.in[2];
+  const int64_t storage = c.a.i("storage", -1), block = c.a.i("block", 0), h = c.a.i("width", 0);
+  const bool quantised = storage == MOERT_STORAGE_INT8 || storage == MOERT_STORAGE_INT4;
+  const int bits = storage == MOERT_STORAGE_INT4 ? 4 : 8;
+  const int want = storage == MOERT_STORAGE_F32    ? int(proto::F32)
+                   : storage == MOERT_STORAGE_BF16 ? int(proto::BF16)
+                   : storage == MOERT_STORAGE_F16  ? int(proto::F16)
+                   : quantised                     ? int(proto::U8)
+                                                   : -1;
+  if (want < 0 || t.dtype != want || t.dims.size() != 2 || h <= 0 || block <= 0 ||
+      c.out[0].dtype != proto::F32)
+    return c.fail("has an inconsistent table (storage " + std::to_string(storage) + ", " +
+                  dimsString(t.dims) + " " + dtypeName(t.dtype) + ", width " + std::to_string(h) + ")");
+  const int64_t v = t.dims[0], nb = (h + block - 1) / block;
+  const int64_t rowBytes = quantised ? (bits == 4 ? (h + 1) / 2 : h) : h;
+  if (t.dims[1] != rowBytes ||
+      (quantised && (!sc.present() || sc.dtype != int(proto::F32) || sc.dims != Dims{v, nb})))
+    return c.fail("has a table " + dimsString(t.dims) + " or scales that do not hold " + std::to_string(v) +
+                  " rows of " + std::to_string(h) + " values");
+  if (idx.dtype != proto::I64 && idx.dtype != proto::I32)
+    return c.fail("indices must be int64 or int32");
+  Dims od = idx.dims;
+  od.push_back(h);
+  if (!c.alloc(0, od))
+    return false;
+  float *o = c.out[0].mut<float>();
+  const size_t esz = dtypeSize(t.dtype);
+  for (int64_t j = 0, n = idx.numel(); j < n; ++j) {
+    int64_t r = readInt(idx, j);
+    if (r < -v || r >= v)
+      return c.fail("index " + std::to_string(r) + " out of range for a table of " + std::to_string(v) +
+                    " rows");
+    if (r < 0)
+      r += v;
+    const uint8_t *row = reinterpret_cast<const uint8_t *>(t.data) + size_t(r) * size_t(rowBytes) * esz;
+    float *y = o + j * h;
+    if (storage == MOERT_STORAGE_F32) {
+      std::memcpy(y, row, size_t(h) * 4);
+    } else if (!quantised) {
+      for (int64_t k = 0; k < h; ++k) {
+        uint16_t b;
+        std::memcpy(&b, row + 2 * k, 2);
+        y[k] = storage == MOERT_STORAGE_BF16 ? bf16ToFloat(b) : halfToFloat(b);
+      }
+    } else {
+      const float *s = sc.as<float>() + r * nb;
+      for (int64_t k = 0; k < h; ++k) {
+        int code = bits == 8 ? int(int8_t(row[k])) : int((row[k >> 1] >> ((k & 1) * 4)) & 15) - 8;
+        y[k] = float(code) * s[k / block];
+      }
+    }
   }
   return true;
 }

@@ -405,6 +405,7 @@ bool matmul(Ctx &c);
 // Movement.cpp
 bool concat(Ctx &c);
 bool constantOfShape(Ctx &c);
+bool embedding(Ctx &c);
 bool expand(Ctx &c);
 bool gather(Ctx &c);
 bool gatherElements(Ctx &c);
