@@ -340,7 +340,7 @@ LogicalResult moec::frontend::importOrtMatMulNBits(NodeImporter &ni) {
   attrs.push_back(b.getNamedAttr("block_size", b.getI64IntegerAttr(block)));
   attrs.push_back(b.getNamedAttr("weight_quant", moe::WeightQuantAttr::get(b.getContext(), bits, block)));
   SmallVector<Value> operands{a, w, scales};
-  SmallVector<int32_t> segments{1, 1, 1, zeros ? 1 : 0, bias ? 1 : 0, 0};
+  SmallVector<int32_t> segments{1, 1, 1, zeros ? 1 : 0, bias ? 1 : 0, 0, 0, 0};
   if (zeros)
     operands.push_back(zeros);
   if (bias)

@@ -396,6 +396,25 @@ LogicalResult LinearOp::verify() {
     if (bT.getRank() != 1 || dimsConflict(bT.getDimSize(0), n))
       return emitOpError() << "operand 'bias' " << shapeStr(bT) << " must be [N] with N = " << n;
   }
+  if (getNorm() == NormKind::none) {
+    if (getNormWeight() || getNormBias())
+      return emitOpError() << "operands 'norm_weight'/'norm_bias' need attribute 'norm' (rms or layer)";
+  } else {
+    for (auto [what, v] :
+         {std::pair<const char *, Value>{"norm_weight", getNormWeight()}, {"norm_bias", getNormBias()}}) {
+      if (!v)
+        continue;
+      auto t = cast<RankedTensorType>(v.getType());
+      if (t.getRank() != 1 || dimsConflict(t.getDimSize(0), k))
+        return emitOpError() << "operand '" << what << "' " << shapeStr(t) << " must be [K] with K = " << k;
+    }
+    if (!getNormWeight())
+      return emitOpError() << "norm = " << stringifyNormKind(getNorm()) << " needs operand 'norm_weight'";
+    if (getNormBias() && getNorm() != NormKind::layer)
+      return emitOpError() << "operand 'norm_bias' only applies to norm = layer";
+    if (!(getNormEpsilon().convertToFloat() >= 0.0f))
+      return emitOpError() << "norm_epsilon must be non-negative";
+  }
   if (auto r = getResidual()) {
     auto rT = r.getType();
     bool ok = rT.getRank() == outT.getRank();

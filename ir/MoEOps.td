@@ -165,7 +165,15 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
     For every row `x` of `input` (`[..., K]`, leading dims flattened into M rows):
 
     ```
-    output[m] = input[m] x W (+ bias) (+ residual[m])          // output: [..., N]
+    output[m] = norm(input[m]) x W (+ bias) (+ residual[m])    // output: [..., N]
+    ```
+
+    `norm` is the identity unless `norm` says (the norm in front of the layer, folded in by
+    `moe-raise-linear` when its output feeds only linear layers; `norm_weight`, `norm_bias` are `[K]`):
+
+    ```
+    rms:    x / sqrt(mean(x^2) + norm_epsilon) * norm_weight
+    layer:  (x - mean(x)) / sqrt(var(x) + norm_epsilon) * norm_weight (+ norm_bias)
     ```
 
     `W` is the `weight` operand. Without `weight_quant` it is a constant float `[K, N]` matrix (the ONNX
@@ -195,16 +203,21 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
     Optional<RankedTensorOf<[F32, UI8, I8]>>:$zero_points,
     Optional<MoE_FloatTensor>:$bias,
     Optional<MoE_FloatTensor>:$residual,
+    Optional<MoE_FloatTensor>:$norm_weight,
+    Optional<MoE_FloatTensor>:$norm_bias,
     DefaultValuedAttr<MoE_StorageAttr, "Storage::fp32">:$storage,
     DefaultValuedAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>, "32">:$block_size,
     OptionalAttr<MoE_WeightQuantAttr>:$weight_quant,
-    UnitAttr:$int8_activations
+    UnitAttr:$int8_activations,
+    DefaultValuedAttr<MoE_NormAttr, "NormKind::none">:$norm,
+    DefaultValuedAttr<F32Attr, "1.0e-5f">:$norm_epsilon
   );
   let results = (outs MoE_FloatTensor:$output);
 
   let assemblyFormat = [{
     $input `,` $weight (`scales` $scales^)? (`zero_points` $zero_points^)? (`bias` $bias^)?
-    (`residual` $residual^)? attr-dict `:` functional-type(operands, results)
+    (`residual` $residual^)? (`norm_weight` $norm_weight^)? (`norm_bias` $norm_bias^)?
+    attr-dict `:` functional-type(operands, results)
   }];
 
   let hasVerifier = 1;

@@ -245,4 +245,109 @@ void remarkIfUnfused(bool remarks, Operation *op, StringRef what, const std::str
     emitRemark(op->getLoc()) << what << ": " << why;
 }
 
+namespace {
+
+bool isLastAxisMean(ox::ReduceMeanOp m, Value x) {
+  auto axes = m.getAxes() ? constantInts(m.getAxes()) : std::nullopt;
+  return m.getData() && m.getKeepdims() == 1 && axes && axes->size() == 1 &&
+         normAxis((*axes)[0], rankOf(x)) == rankOf(x) - 1;
+}
+
+/// `x^2` as Pow(x, 2) or Mul(x, x); returns x.
+Value matchSquare(Value v, SmallVectorImpl<Operation *> &ops) {
+  if (auto p = defOp<ox::PowOp>(v)) {
+    auto e = constantScalar(p.getB());
+    if (e && *e == 2.0) {
+      ops.push_back(p);
+      return p.getA();
+    }
+  }
+  if (auto m = defOp<ox::MulOp>(v); m && m.getA() == m.getB()) {
+    ops.push_back(m);
+    return m.getA();
+  }
+  return {};
+}
+
+/// `Sqrt(ReduceMean(x^2) + eps)`; sets x and eps.
+bool matchRms(Value v, NormMatch &n) {
+  auto sq = defOp<ox::SqrtOp>(v);
+  auto add = sq ? defOp<ox::AddOp>(sq.getX()) : ox::AddOp();
+  if (!add)
+    return false;
+  for (int i = 0; i < 2; ++i) {
+    auto eps = constantScalar(add->getOperand(i));
+    auto mean = defOp<ox::ReduceMeanOp>(add->getOperand(1 - i));
+    if (!eps || !mean)
+      continue;
+    SmallVector<Operation *> ops{sq, add, mean};
+    Value x = matchSquare(mean.getData(), ops);
+    if (!x || !isLastAxisMean(mean, x))
+      continue;
+    n.x = x;
+    n.eps = *eps;
+    n.ops.append(ops);
+    return true;
+  }
+  return false;
+}
+
+/// The normalised tensor `v` (before the weight): x * Reciprocal(Sqrt(...)) or x / Sqrt(...).
+bool matchNormalised(Value v, NormMatch &n) {
+  if (auto div = defOp<ox::DivOp>(v))
+    if (matchRms(div.getB(), n) && n.x == div.getA()) {
+      n.ops.push_back(div);
+      return true;
+    }
+  if (auto mul = defOp<ox::MulOp>(v))
+    for (int i = 0; i < 2; ++i)
+      if (auto rec = defOp<ox::ReciprocalOp>(mul->getOperand(i))) {
+        NormMatch trial;
+        if (matchRms(rec.getX(), trial) && trial.x == mul->getOperand(1 - i)) {
+          n = trial;
+          n.ops.append({mul, rec});
+          return true;
+        }
+      }
+  return false;
+}
+
+} // namespace
+
+std::optional<NormMatch> matchNorm(Value v, int64_t hdim) {
+  NormMatch n;
+  if (auto ln = defOp<ox::LayerNormalizationOp>(v)) {
+    if (normAxis(ln.getAxis(), rankOf(ln.getX())) != rankOf(ln.getX()) - 1 || !ln.getMean().use_empty() ||
+        !ln.getInvStdDev().use_empty() || rankOf(ln.getScale()) != 1 || (ln.getB() && rankOf(ln.getB()) != 1))
+      return std::nullopt;
+    n.x = ln.getX();
+    n.weight = ln.getScale();
+    n.bias = ln.getB();
+    n.kind = moe::NormKind::layer;
+    n.eps = ln.getEpsilon().convertToDouble();
+    n.ops.push_back(ln);
+    return n;
+  }
+  auto mul = defOp<ox::MulOp>(v);
+  if (!mul)
+    return std::nullopt;
+  for (int i = 0; i < 2; ++i) {
+    Value w = mul->getOperand(i);
+    NormMatch trial;
+    if (rankOf(w) == 1 && matchNormalised(mul->getOperand(1 - i), trial)) {
+      trial.weight = w;
+      trial.kind = moe::NormKind::rms;
+      trial.ops.insert(trial.ops.begin(), mul);
+      n = trial;
+      break;
+    }
+  }
+  if (n.kind == moe::NormKind::none)
+    return std::nullopt;
+  auto wt = cast<RankedTensorType>(n.weight.getType());
+  if (wt.getDimSize(0) != hdim)
+    return std::nullopt;
+  return n;
+}
+
 } // namespace moec

@@ -93,6 +93,19 @@ onnxir::AddOp addThroughReshapes(mlir::Value v, mlir::Value &reaching);
 /// visit next.
 llvm::SmallVector<moe::SparseMoEOp> collectLayers(mlir::Operation *root);
 
+/// A norm over the last axis: `x` normalised, times `weight` (+ `bias`), and the ops computing it (the one
+/// producing the result first).
+struct NormMatch {
+  mlir::Value x, weight, bias;
+  moe::NormKind kind = moe::NormKind::none;
+  double eps = 0;
+  llvm::SmallVector<mlir::Operation *> ops;
+};
+/// `v` as a norm over its last axis of size `hdim`:
+///   RMSNorm:   w * (x * Reciprocal(Sqrt(ReduceMean(x^2, -1) + eps)))   (also x / Sqrt(...), Mul(x, x))
+///   LayerNorm: onnx.LayerNormalization(x, w, b?) over the last axis
+std::optional<NormMatch> matchNorm(mlir::Value v, int64_t hdim);
+
 /// With `remarks` on and a reason in `why`: a remark at `op`, "<what>: <why>" (why a fusion did not happen).
 void remarkIfUnfused(bool remarks, mlir::Operation *op, llvm::StringRef what, const std::string &why);
 

@@ -119,8 +119,10 @@ def MoERaiseLinearPass : Pass<"moe-raise-linear"> {
     constant `[N]` right after a `MatMul`) becomes its `bias`; and an `Add` of another computed value of the
     same type, when it is the only reader of the result, becomes its `residual`. Products of two computed
     values (attention's Q K^T and P V) are left alone. `x` may have any rank: leading dims are rows.
-    `Gather(table, indices, axis = 0)` with a constant 2-D f32 table (a token embedding) becomes
-    `moe.embedding`, whose table is then stored like a weight.
+    The norm in front (RMSNorm, `LayerNormalization`: the MoE norm fusion's matcher) moves into every
+    linear layer reading it when nothing else reads its output (Q, K and V projections each normalise their
+    rows). `Gather(table, indices, axis = 0)` with a constant 2-D f32 table as wide as the model's hidden size
+    (a token embedding) becomes `moe.embedding`, whose table is then stored like a weight.
   }];
   let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
   let dependentDialects = ["::mlir::arith::ArithDialect", "::moec::moe::MoEDialect"];

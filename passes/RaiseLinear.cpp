@@ -16,6 +16,7 @@
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/Matchers.h"
 #include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/MapVector.h"
 
 #include <cstring>
 
@@ -101,9 +102,11 @@ std::string raise(Operation *mm) {
     auto ft = RankedTensorType::get({lin->out}, bt.getElementType());
     bias = bt == ft ? lin->bias : makeConstant(b, mm->getLoc(), ft, bytes, "linear_bias");
   }
-  auto op = b.create<moe::LinearOp>(mm->getLoc(), outT, lin->x, w, /*scales=*/Value(), /*zero_points=*/Value(), bias,
-                                    /*residual=*/Value(), moe::Storage::fp32, /*block_size=*/32,
-                                    moe::WeightQuantAttr());
+  auto op = b.create<moe::LinearOp>(mm->getLoc(), outT, lin->x, w, /*scales=*/Value(),
+                                    /*zero_points=*/Value(), bias,
+                                    /*residual=*/Value(), /*norm_weight=*/Value(), /*norm_bias=*/Value(),
+                                    moe::Storage::fp32, /*block_size=*/32, moe::WeightQuantAttr(),
+                                    /*int8_activations=*/false, moe::NormKind::none, APFloat(1e-5f));
   op->setAttr("moe.source", b.getStringAttr(mm->getName().stripDialect()));
   if (lin->bias)
     noteFused(op, "bias");
@@ -128,6 +131,52 @@ std::string raise(Operation *mm) {
       }
     }
   return "";
+}
+
+/// Folds the norm in front of linear layers into them (each normalises its own rows: a norm read by Q, K and
+/// V projections goes into all three) when the norm's output is read by nothing but linear layers' inputs.
+void fuseNorms(Operation *root, bool remarks) {
+  llvm::MapVector<Value, SmallVector<moe::LinearOp>> byInput;
+  root->walk([&](moe::LinearOp l) {
+    if (l.getNorm() == moe::NormKind::none) // MatMulNBits layers (imported, not raised) included
+      byInput[l.getInput()].push_back(l);
+  });
+  for (auto &[v, layers] : byInput) {
+    auto n = matchNorm(v, layers.front().getInFeatures());
+    if (!n)
+      continue;
+    std::string why;
+    for (OpOperand &use : v.getUses()) {
+      auto l = dyn_cast<moe::LinearOp>(use.getOwner());
+      if (!l || use.getOperandNumber() != 0 || l.getNorm() != moe::NormKind::none) {
+        why = "the norm's output is also read by '" + use.getOwner()->getName().getStringRef().str() + "'";
+        break;
+      }
+    }
+    if (why.empty() && !usedOnlyWithin(n->ops, n->ops.front()))
+      why = "an intermediate of the norm is also read outside it";
+    if (why.empty() &&
+        (!matchPattern(n->weight, m_Constant()) || (n->bias && !matchPattern(n->bias, m_Constant()))))
+      why = "the norm's weight or bias is not a constant";
+    for (Value w : {n->weight, n->bias})
+      if (why.empty() && w && !cast<RankedTensorType>(w.getType()).getElementType().isF32())
+        why = "the norm's weights are not f32";
+    if (!why.empty()) {
+      for (moe::LinearOp l : layers)
+        remarkIfUnfused(remarks, l, "norm not fused into the linear layer", why);
+      continue;
+    }
+    for (moe::LinearOp l : layers) {
+      l.getInputMutable().assign(n->x);
+      l.getNormWeightMutable().assign(n->weight);
+      if (n->bias)
+        l.getNormBiasMutable().assign(n->bias);
+      l.setNorm(n->kind);
+      l.setNormEpsilon(APFloat(static_cast<float>(n->eps)));
+      noteFused(l, n->kind == moe::NormKind::rms ? "rms_norm" : "layer_norm");
+    }
+    eraseDeadOps(n->ops);
+  }
 }
 
 /// Raises `Gather(table, indices, axis = 0)` over a constant [V, H] f32 table whose rows have the model's
@@ -191,6 +240,7 @@ struct MoERaiseLinearPass final : moec::impl::MoERaiseLinearPassBase<MoERaiseLin
       std::string why = raise(mm);
       remarkIfUnfused(remarks, mm, "linear layer not raised", why);
     }
+    fuseNorms(getOperation(), remarks);
     getOperation()->walk([&](moe::LinearOp l) { hidden.insert(l.getInFeatures()); });
     for (ox::GatherOp g : gathers)
       remarkIfUnfused(remarks, g, "embedding not raised", raiseEmbedding(g, hidden));

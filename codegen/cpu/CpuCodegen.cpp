@@ -758,6 +758,20 @@ struct Emitter {
         return fail(op, "operand 'weight' holds " + Twine(w.size()) + " values, expected K * N = " + Twine(k * n));
       packed = packLinear(w, /*transposed=*/false, k, n, storage, block, bias);
     }
+    const bool norm = op.getNorm() != moe::NormKind::none;
+    for (auto [slot, v, what] :
+         {std::tuple<int, Value, const char *>{MOERT_LIN_NORM_W, op.getNormWeight(), "norm_weight"},
+          {MOERT_LIN_NORM_B, op.getNormBias(), "norm_bias"}}) {
+      std::vector<float> values;
+      if (!v)
+        continue;
+      if (!f32Constant(v, what, values, error))
+        return fail(op, error);
+      if (int64_t(values.size()) != k)
+        return fail(op, "operand '" + Twine(what) + "' holds " + Twine(values.size()) +
+                            " values, expected K = " + Twine(k));
+      packed.slots[slot] = asBytes(values);
+    }
 
     const int index = linears++;
     auto *step = program->add_steps()->mutable_linear();
@@ -774,7 +788,8 @@ struct Emitter {
       residual = id;
     }
     step->set_residual(residual);
-    static const char *const kSlotNames[MOERT_LIN_SLOTS] = {"w", "scales", "offsets", "bias"};
+    static const char *const kSlotNames[MOERT_LIN_SLOTS] = {"w",    "scales", "offsets",
+                                                            "bias", "norm_w", "norm_b"};
     uint64_t bytes = 0;
     for (int slot = 0; slot < MOERT_LIN_SLOTS; ++slot) {
       std::vector<char> &b = packed.slots[slot];
@@ -793,6 +808,8 @@ struct Emitter {
       ds << "/" << block << (qa ? " (kept as imported" + std::string(affine ? ", zero points)" : ")") : "");
     if (qbits && op.getInt8Activations())
       ds << ", int8 activations";
+    if (norm)
+      ds << ", " << (op.getNorm() == moe::NormKind::rms ? "rms" : "layer") << " norm";
     if (op.getBias())
       ds << ", bias";
     if (op.getResidual())
@@ -822,7 +839,10 @@ struct Emitter {
        << ";\n"
        << "  static constexpr int QBITS = " << qbits << ";\n"
        << "  static constexpr bool AFFINE = " << b(affine) << ", HAS_BIAS = " << b(op.getBias() != nullptr)
-       << ", INT8_ACT = " << b(qbits && op.getInt8Activations()) << ";\n"
+       << ", INT8_ACT = " << b(qbits && op.getInt8Activations())
+       << ", HAS_NORM_BIAS = " << b(op.getNormBias() != nullptr) << ";\n"
+       << "  static constexpr int NORM = " << static_cast<int>(op.getNorm()) << ";\n"
+       << "  static constexpr float EPS = " << floatLit(op.getNormEpsilon().convertToDouble()) << ";\n"
        << "};\n}\n"
        << "extern \"C\" MOERT_EXPORT int moert_linear_" << index << "(const moert_linear_args *a) { return "
        << "moert_cpu::Linear<" << name << ">::run(a); }\n"

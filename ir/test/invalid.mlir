@@ -306,3 +306,19 @@ func.func @embedding_index_shape(%t: tensor<8x4xf32>, %ids: tensor<2x3xi64>) -> 
   %y = moe.embedding %t, %ids : (tensor<8x4xf32>, tensor<2x3xi64>) -> tensor<3x2x4xf32>
   return %y : tensor<3x2x4xf32>
 }
+
+// -----
+
+func.func @linear_norm_weight(%x: tensor<3x4xf32>, %w: tensor<4x2xf32>, %nw: tensor<5xf32>) -> tensor<3x2xf32> {
+  // expected-error @+1 {{operand 'norm_weight' [5] must be [K] with K = 4}}
+  %y = moe.linear %x, %w norm_weight %nw {norm = #moe.norm<rms>} : (tensor<3x4xf32>, tensor<4x2xf32>, tensor<5xf32>) -> tensor<3x2xf32>
+  return %y : tensor<3x2xf32>
+}
+
+// -----
+
+func.func @linear_norm_missing(%x: tensor<3x4xf32>, %w: tensor<4x2xf32>) -> tensor<3x2xf32> {
+  // expected-error @+1 {{norm = layer needs operand 'norm_weight'}}
+  %y = moe.linear %x, %w {norm = #moe.norm<layer>} : (tensor<3x4xf32>, tensor<4x2xf32>) -> tensor<3x2xf32>
+  return %y : tensor<3x2xf32>
+}

@@ -64,7 +64,8 @@ typedef float f32x16 __attribute__((vector_size(64)));
 
 /// C: K, N (shapes); W (element type of plain weights: float, uint16_t = bf16, _Float16); QBITS (0, 8 or 4);
 /// QBLOCK (input features per scale when quantised); AFFINE (offsets given: unsigned codes, w = code * scale
-/// + offset; else int8 codes are signed and int4 ones centred on 8); HAS_BIAS; INT8_ACT (decode rounds the
+/// + offset; else int8 codes are signed and int4 ones centred on 8); HAS_BIAS; NORM (moert_norm: the rows are
+/// normalised first, into the scratch), EPS, HAS_NORM_BIAS; INT8_ACT (decode rounds the
 /// inputs to int8 and multiplies integers, see below).
 template <class C> struct Linear {
   static constexpr int64_t K = C::K, N = C::N, NR = kGemmNR, NV = kGemmNV, NP = (N + NR - 1) / NR;
@@ -92,7 +93,12 @@ template <class C> struct Linear {
 
   /// Scratch bytes of a call: int8 activations with more rows than the stack holds keep the rounded rows
   /// there.
-  static size_t scratch(int64_t M, int) {
+  static size_t scratch(int64_t M, int threads) { return normBytes(M) + rowScratch(M, threads); }
+  /// The normalised rows (a fused norm), ahead of the rest of the scratch.
+  static size_t normBytes(int64_t M) {
+    return C::NORM != MOERT_NORM_NONE ? (size_t(M) * K * sizeof(float) + 63) / 64 * 64 + 64 : 0;
+  }
+  static size_t rowScratch(int64_t M, int) {
     if (!QBITS || !C::INT8_ACT || M <= MQ)
       return 0;
     return size_t(M) * (KPAD + 8 * KX) + 128;
@@ -109,6 +115,10 @@ template <class C> struct Linear {
       return QBITS && C::AFFINE ? uint64_t(NP) * KB * NR * 4 : 0;
     case MOERT_LIN_BIAS:
       return C::HAS_BIAS ? uint64_t(NP) * NR * 4 : 0;
+    case MOERT_LIN_NORM_W:
+      return C::NORM != MOERT_NORM_NONE ? uint64_t(K) * 4 : 0;
+    case MOERT_LIN_NORM_B:
+      return C::NORM != MOERT_NORM_NONE && C::HAS_NORM_BIAS ? uint64_t(K) * 4 : 0;
     default:
       return 0;
     }
@@ -550,6 +560,37 @@ template <class C> struct Linear {
   }
 
   static int run(const moert_linear_args *a) {
+    if constexpr (C::NORM != MOERT_NORM_NONE) {
+      // A fused norm: the rows normalised into the scratch (in parallel), then the layer on them.
+      const int64_t M = a->rows;
+      if (M <= 0)
+        return 0;
+      char *base = reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(a->scratch) + 63) & ~uintptr_t(63));
+      moert_linear_args na = *a;
+      na.input = reinterpret_cast<const float *>(base);
+      na.scratch = base + normBytes(M) - 64;
+      struct Norm {
+        const moert_linear_args *a;
+        float *y;
+        static void row(void *p, int64_t i, int) {
+          const Norm &n = *static_cast<const Norm *>(p);
+          normRow<C::NORM>(n.a->input + i * K, static_cast<const float *>(n.a->weights[MOERT_LIN_NORM_W]),
+                           static_cast<const float *>(n.a->weights[MOERT_LIN_NORM_B]), C::EPS, K,
+                           n.y + i * K);
+        }
+      } norm{a, reinterpret_cast<float *>(base)};
+      if (M == 1 || a->exec->threads <= 1)
+        for (int64_t i = 0; i < M; ++i)
+          Norm::row(&norm, i, 0);
+      else
+        a->exec->parallel_for(a->exec->pool, M, &norm, &Norm::row);
+      return layer(&na);
+    }
+    return layer(a);
+  }
+
+  /// The layer on rows already normalised (or without a norm).
+  static int layer(const moert_linear_args *a) {
     const int64_t M = a->rows;
     if (M <= 0)
       return 0;

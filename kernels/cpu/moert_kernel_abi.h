@@ -30,7 +30,7 @@
 extern "C" {
 #endif
 
-#define MOERT_KERNEL_ABI_VERSION 4
+#define MOERT_KERNEL_ABI_VERSION 5
 
 /* Runs fn(ctx, i) for i in [0, n) on the runtime's threads; returns when all are done. `thread` is the
  * index of the worker running the call, in [0, threads). */
@@ -93,7 +93,8 @@ typedef struct moert_moe_args {
 
 typedef int (*moert_moe_fn)(const moert_moe_args *args);
 
-/* A linear dispatch: output[M][N] = input[M][K] . W[K][N] (+ bias) (+ residual), M = the rows of the call.
+/* A linear dispatch: output[M][N] = norm(input[M][K]) . W[K][N] (+ bias) (+ residual), M = the rows of the
+ * call; norm (C::NORM) is the identity or the RMS / layer norm of each row (as a MoE dispatch's C::NORM).
  * W is packed in panels of MOERT_LINEAR_NR output columns (the last one zero-padded), K-major inside a panel,
  * so a micro-kernel reads one panel row (NR weights of one input feature) per step. NP = ceil(N / NR),
  * KB = ceil(K / QBLOCK) quantisation blocks along K. */
@@ -119,7 +120,9 @@ enum moert_linear_slot {
   MOERT_LIN_SCALES = 1,  /* quantised: [NP][KB][NR] f32, one per column per block of QBLOCK input features  */
   MOERT_LIN_OFFSETS = 2, /* quantised with zero points: [NP][KB][NR] f32; w = code * scale + offset        */
   MOERT_LIN_BIAS = 3,    /* [NP * NR] f32 (zero-padded)                                                    */
-  MOERT_LIN_SLOTS = 4
+  MOERT_LIN_NORM_W = 4,  /* [K] f32: the norm in front of the layer (C::NORM, a moert_norm), its weight  */
+  MOERT_LIN_NORM_B = 5, /* [K] f32: a layer norm's bias                                                     */
+  MOERT_LIN_SLOTS = 6
 };
 /* int8/int4 weights compiled with int8 activations (moec --activations=int8) multiply integers: each input
  * row is first rounded to int8 per block of MOERT_INT8_ACT_BLOCK features (or of QBLOCK when that is not a

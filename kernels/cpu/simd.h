@@ -92,6 +92,42 @@ inline float hsum(vf v) {
   return s;
 }
 
+/// The norm in front of a dispatch over one row of n values (NORM: moert_norm; MoE and linear dispatches
+/// alike): RMS y = x / sqrt(mean(x^2) + eps) * w; LAYER y = (x - mean) / sqrt(var + eps) * w (+ b, if given).
+template <int NORM>
+inline void normRow(const float *x, const float *w, const float *b, float eps, int64_t n, float *y) {
+  static_assert(NORM == 1 || NORM == 2, "MOERT_NORM_RMS or MOERT_NORM_LAYER");
+  if constexpr (NORM == 1) {
+    vf s0 = {}, s1 = {}, s2 = {}, s3 = {}; // four chains, as a dot product
+    int64_t i = 0;
+    for (; i + 4 * VW <= n; i += 4 * VW) {
+      vf a0 = loadv(x + i), a1 = loadv(x + i + VW), a2 = loadv(x + i + 2 * VW), a3 = loadv(x + i + 3 * VW);
+      s0 += a0 * a0, s1 += a1 * a1, s2 += a2 * a2, s3 += a3 * a3;
+    }
+    for (; i + VW <= n; i += VW) {
+      vf a0 = loadv(x + i);
+      s0 += a0 * a0;
+    }
+    float ss = hsum((s0 + s1) + (s2 + s3));
+    for (; i < n; ++i)
+      ss += x[i] * x[i];
+    const float inv = 1.0f / std::sqrt(ss / float(n) + eps);
+    for (int64_t h = 0; h < n; ++h)
+      y[h] = x[h] * inv * w[h];
+  } else {
+    float mean = 0.0f;
+    for (int64_t h = 0; h < n; ++h)
+      mean += x[h];
+    mean /= float(n);
+    float var = 0.0f;
+    for (int64_t h = 0; h < n; ++h)
+      var += (x[h] - mean) * (x[h] - mean);
+    const float inv = 1.0f / std::sqrt(var / float(n) + eps);
+    for (int64_t h = 0; h < n; ++h)
+      y[h] = (x[h] - mean) * inv * w[h] + (b ? b[h] : 0.0f);
+  }
+}
+
 } // namespace moert_cpu
 
 #endif // MOERT_KERNELS_CPU_SIMD_H

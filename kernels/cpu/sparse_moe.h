@@ -403,26 +403,10 @@ template <class C> struct Kernel {
     const moert_moe_args &a = *c.a;
     const float *in = a.input + t * H;
     const float *x = in;
-    if (C::NORM != MOERT_NORM_NONE) {
+    if constexpr (C::NORM != MOERT_NORM_NONE) {
       float *xn = const_cast<float *>(c.X) + t * H;
-      const float *w = static_cast<const float *>(a.weights[MOERT_NORM_W]);
-      if (C::NORM == MOERT_NORM_RMS) {
-        float inv = 1.0f / std::sqrt(dot(in, in, H) / float(H) + C::EPS);
-        for (int64_t h = 0; h < H; ++h)
-          xn[h] = in[h] * inv * w[h];
-      } else {
-        float mean = 0.0f;
-        for (int64_t h = 0; h < H; ++h)
-          mean += in[h];
-        mean /= float(H);
-        float var = 0.0f;
-        for (int64_t h = 0; h < H; ++h)
-          var += (in[h] - mean) * (in[h] - mean);
-        float inv = 1.0f / std::sqrt(var / float(H) + C::EPS);
-        const float *b = static_cast<const float *>(a.weights[MOERT_NORM_B]);
-        for (int64_t h = 0; h < H; ++h)
-          xn[h] = (in[h] - mean) * inv * w[h] + (b ? b[h] : 0.0f);
-      }
+      normRow<C::NORM>(in, static_cast<const float *>(a.weights[MOERT_NORM_W]),
+                       static_cast<const float *>(a.weights[MOERT_NORM_B]), C::EPS, H, xn);
       x = xn;
     }
     if constexpr (INT_FC1)

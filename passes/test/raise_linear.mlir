@@ -76,3 +76,62 @@ func.func @embedding(%ids: tensor<1x?xi64>) -> (tensor<1x?x2xf32>, tensor<1x?x3x
   %c = onnx.Gather %cos, %ids : (tensor<5x3xf32>, tensor<1x?xi64>) -> tensor<1x?x3xf32>
   return %y, %c : tensor<1x?x2xf32>, tensor<1x?x3xf32>
 }
+
+// -----
+
+// An RMSNorm read by three projections (Q, K, V) goes into each of them; the pre-norm x stays readable.
+// CHECK-LABEL: func.func @norm_qkv
+// CHECK-COUNT-3: moe.linear %arg0, %{{.+}} norm_weight %{{.+}} {moe.fused = ["rms_norm"], moe.source = "MatMul", norm = #moe.norm<rms>, norm_epsilon = 9.99999997E-7 : f32}
+// CHECK-NOT: onnx.ReduceMean
+func.func @norm_qkv(%x: tensor<1x?x2xf32>) -> (tensor<1x?x3xf32>, tensor<1x?x3xf32>, tensor<1x?x3xf32>) {
+  %two = onnx.Constant dense<2.0> : tensor<f32>
+  %last = onnx.Constant dense<-1> : tensor<1xi64>
+  %eps = onnx.Constant dense<1.0e-6> : tensor<f32>
+  %w = onnx.Constant dense<[1.5, 0.5]> : tensor<2xf32>
+  %wq = onnx.Constant dense<1.0> : tensor<2x3xf32>
+  %wk = onnx.Constant dense<2.0> : tensor<2x3xf32>
+  %wv = onnx.Constant dense<3.0> : tensor<2x3xf32>
+  %sq = onnx.Pow %x, %two : (tensor<1x?x2xf32>, tensor<f32>) -> tensor<1x?x2xf32>
+  %mean = onnx.ReduceMean %sq, %last : (tensor<1x?x2xf32>, tensor<1xi64>) -> tensor<1x?x1xf32>
+  %add = onnx.Add %mean, %eps : (tensor<1x?x1xf32>, tensor<f32>) -> tensor<1x?x1xf32>
+  %rt = onnx.Sqrt %add : (tensor<1x?x1xf32>) -> tensor<1x?x1xf32>
+  %inv = onnx.Reciprocal %rt : (tensor<1x?x1xf32>) -> tensor<1x?x1xf32>
+  %n = onnx.Mul %x, %inv : (tensor<1x?x2xf32>, tensor<1x?x1xf32>) -> tensor<1x?x2xf32>
+  %nw = onnx.Mul %w, %n : (tensor<2xf32>, tensor<1x?x2xf32>) -> tensor<1x?x2xf32>
+  %q = onnx.MatMul %nw, %wq : (tensor<1x?x2xf32>, tensor<2x3xf32>) -> tensor<1x?x3xf32>
+  %k = onnx.MatMul %nw, %wk : (tensor<1x?x2xf32>, tensor<2x3xf32>) -> tensor<1x?x3xf32>
+  %v = onnx.MatMul %nw, %wv : (tensor<1x?x2xf32>, tensor<2x3xf32>) -> tensor<1x?x3xf32>
+  return %q, %k, %v : tensor<1x?x3xf32>, tensor<1x?x3xf32>, tensor<1x?x3xf32>
+}
+
+// -----
+
+// A LayerNormalization whose output is also returned stays where it is (the layer reads it as computed).
+// CHECK-LABEL: func.func @norm_read_elsewhere
+// CHECK: %[[N:[^,]+]], {{.*}} = onnx.LayerNormalization
+// CHECK: moe.linear %[[N]], %{{.+}} {moe.source = "MatMul"}
+func.func @norm_read_elsewhere(%x: tensor<?x2xf32>) -> (tensor<?x3xf32>, tensor<?x2xf32>) {
+  %s = onnx.Constant dense<[1.5, 0.5]> : tensor<2xf32>
+  %b = onnx.Constant dense<[0.1, 0.2]> : tensor<2xf32>
+  %w = onnx.Constant dense<1.0> : tensor<2x3xf32>
+  %n, %mean, %inv = onnx.LayerNormalization %x, %s, %b {axis = -1 : i64, epsilon = 1.0e-3 : f32}
+      : (tensor<?x2xf32>, tensor<2xf32>, tensor<2xf32>) -> (tensor<?x2xf32>, tensor<*xf32>, tensor<*xf32>)
+  %y = onnx.MatMul %n, %w : (tensor<?x2xf32>, tensor<2x3xf32>) -> tensor<?x3xf32>
+  return %y, %n : tensor<?x3xf32>, tensor<?x2xf32>
+}
+
+// -----
+
+// A LayerNormalization read only by a linear layer goes into it, bias and epsilon included.
+// CHECK-LABEL: func.func @layer_norm
+// CHECK: moe.linear %arg0, %{{.+}} norm_weight %{{.+}} norm_bias %{{.+}} {moe.fused = ["layer_norm"], moe.source = "MatMul", norm = #moe.norm<layer>, norm_epsilon = 1.000000e-03 : f32}
+// CHECK-NOT: onnx.LayerNormalization
+func.func @layer_norm(%x: tensor<?x2xf32>) -> tensor<?x3xf32> {
+  %s = onnx.Constant dense<[1.5, 0.5]> : tensor<2xf32>
+  %b = onnx.Constant dense<[0.1, 0.2]> : tensor<2xf32>
+  %w = onnx.Constant dense<1.0> : tensor<2x3xf32>
+  %n, %mean, %inv = onnx.LayerNormalization %x, %s, %b {axis = -1 : i64, epsilon = 1.0e-3 : f32}
+      : (tensor<?x2xf32>, tensor<2xf32>, tensor<2xf32>) -> (tensor<?x2xf32>, tensor<*xf32>, tensor<*xf32>)
+  %y = onnx.MatMul %n, %w : (tensor<?x2xf32>, tensor<2x3xf32>) -> tensor<?x3xf32>
+  return %y : tensor<?x3xf32>
+}

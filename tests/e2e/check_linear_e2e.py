@@ -4,8 +4,9 @@
   1. Every MatMul / Gemm with a constant weight becomes a linear dispatch: in every transformers fixture
      (MoE blocks, whole models, decoder-with-past models: a prefill and decode steps), `moert inspect` shows no MatMul / Gemm op step that
      reads a constant, and the whole models have linear dispatches; their outputs match ONNX Runtime.
-  2. A dense model made here (MatMul + bias Add, MatMul of a transposed constant, a residual Add, Gemm with
-     transB and C, an LM head, 3-D and 2-D inputs, odd sizes): fp32 against ONNX Runtime; every narrower
+  2. A dense model made here (a LayerNormalization fused into the layer after it, MatMul + bias Add, MatMul of
+     a transposed constant, a residual Add, Gemm with transB and C, an LM head, 3-D and 2-D inputs, odd
+     sizes): fp32 against ONNX Runtime; every narrower
      storage (--dense-weights=bf16|fp16|int8|int4) against ONNX Runtime on a copy of the model whose weights
      are rounded / quantised the way the storage's contract says (NumPy, independent of moec: bf16 and fp16
      round to nearest even, int8/int4 symmetric per output column and block of 32 input features), and
@@ -191,8 +192,12 @@ def dense_model(path):
     }
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
     inits.append(numpy_helper.from_array(np.array([-1, H], np.int64), "flat"))
+    inits.append(numpy_helper.from_array((1.0 + 0.3 * rng.standard_normal(H)).astype(np.float32), "ln_scale"))
+    inits.append(numpy_helper.from_array((0.1 * rng.standard_normal(H)).astype(np.float32), "ln_bias"))
     nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["m1"]),
+        # A layer norm that only the first layer reads: fused into it.
+        helper.make_node("LayerNormalization", ["x", "ln_scale", "ln_bias"], ["xn"], axis=-1, epsilon=1e-5),
+        helper.make_node("MatMul", ["xn", "w1"], ["m1"]),
         helper.make_node("Add", ["m1", "b1"], ["a1"]),
         helper.make_node("Relu", ["a1"], ["r1"]),
         helper.make_node("Transpose", ["w2t"], ["w2"], perm=[1, 0]),
@@ -230,7 +235,7 @@ def reference_copy(path, out, storage, skip=()):
     """The dense model with its linear weights as `storage` stores them (each in its logical [K, N] form)."""
     m = onnx.load(path)
     for init in m.graph.initializer:
-        if init.name in skip or init.name.startswith("b") or init.name == "flat":
+        if init.name in skip or init.name.startswith(("b", "ln_")) or init.name == "flat":
             continue
         a = numpy_helper.to_array(init)
         transposed = init.name in ("w2t", "wg")  # stored [N, K]
@@ -254,7 +259,8 @@ def dense(args, tmp):
         text = inspect(args, art)
         lines = re.findall(r"^\s*linear \d+: (.*)$", text, re.M)
         shape_ok = (len(lines) == 5 and not constant_matmuls(text) and all(storage in ln for ln in lines)
-                    and sum("residual" in ln for ln in lines) == 1 and sum("bias" in ln for ln in lines) == 2)
+                    and sum("residual" in ln for ln in lines) == 1 and sum(", bias" in ln for ln in lines) == 2
+                    and sum("layer norm" in ln for ln in lines) == 1 and "LayerNormalization" not in text)
         check(f"dense {storage}: dispatches", shape_ok, f"{len(lines)} linear dispatches: {'; '.join(lines)}")
         ref = path
         if storage != "fp32":

@@ -108,12 +108,42 @@ template <Kind KIND> struct WType { using type = float; };
 template <> struct WType<BF16> { using type = uint16_t; };
 template <> struct WType<F16> { using type = _Float16; };
 
-template <Kind KIND, int64_t K_, int64_t N_, bool BIAS, int64_t BLOCK = 32, bool INT8ACT = false> struct Cfg {
+template <Kind KIND, int64_t K_, int64_t N_, bool BIAS, int64_t BLOCK = 32, bool INT8ACT = false,
+          int NORM_ = MOERT_NORM_NONE, bool NORM_BIAS = false>
+struct Cfg {
   using W = typename WType<KIND>::type;
   static constexpr int64_t K = K_, N = N_, QBLOCK = BLOCK;
   static constexpr int QBITS = KIND == I8 || KIND == I8Z ? 8 : KIND == I4 || KIND == I4Z ? 4 : 0;
   static constexpr bool AFFINE = KIND == I8Z || KIND == I4Z, HAS_BIAS = BIAS, INT8_ACT = INT8ACT;
+  static constexpr int NORM = NORM_; // a fused RMS / layer norm in front (moert_norm)
+  static constexpr bool HAS_NORM_BIAS = NORM_BIAS;
+  static constexpr float EPS = 1e-5f;
 };
+
+/// Row i of x normalised as C::NORM says (double precision; identity without a norm).
+template <class C>
+std::vector<float> normalised(const std::vector<float> &x, int64_t m, const std::vector<float> &w,
+                              const std::vector<float> &b) {
+  if (C::NORM == MOERT_NORM_NONE)
+    return x;
+  std::vector<float> y(x.size());
+  for (int64_t i = 0; i < m; ++i) {
+    const float *r = x.data() + i * C::K;
+    double mean = 0.0, sq = 0.0;
+    for (int64_t k = 0; k < C::K; ++k)
+      mean += r[k], sq += double(r[k]) * r[k];
+    mean /= C::K;
+    double var = 0.0;
+    for (int64_t k = 0; k < C::K; ++k)
+      var += (r[k] - mean) * (r[k] - mean);
+    const double inv = C::NORM == MOERT_NORM_RMS ? 1.0 / std::sqrt(sq / C::K + C::EPS)
+                                                 : 1.0 / std::sqrt(var / C::K + C::EPS);
+    for (int64_t k = 0; k < C::K; ++k)
+      y[i * C::K + k] =
+          float((C::NORM == MOERT_NORM_RMS ? r[k] : r[k] - mean) * inv * w[k] + (b.empty() ? 0.0 : b[k]));
+  }
+  return y;
+}
 
 float bf16Round(float x) {
   std::vector<char> b = asBf16({x});
@@ -210,6 +240,17 @@ template <class C> std::vector<double> inputsAsMultiplied(const std::vector<floa
 template <class C> void check(Kind kind, std::mt19937 &rng) {
   using L = moert_cpu::Linear<C>;
   Case c = makeCase(kind, C::K, C::N, C::QBLOCK, C::HAS_BIAS, rng);
+  std::vector<float> nw, nb; // the norm's weight and bias, when the layer has one
+  if (C::NORM != MOERT_NORM_NONE) {
+    std::normal_distribution<float> g(1.0f, 0.3f);
+    for (int64_t k = 0; k < C::K; ++k)
+      nw.push_back(g(rng));
+    for (int64_t k = 0; C::HAS_NORM_BIAS && k < C::K; ++k)
+      nb.push_back(g(rng) - 1.0f);
+    c.packed.slots[MOERT_LIN_NORM_W] = asBytes(nw);
+    if (C::HAS_NORM_BIAS)
+      c.packed.slots[MOERT_LIN_NORM_B] = asBytes(nb);
+  }
   for (int s = 0; s < MOERT_LIN_SLOTS; ++s)
     if (c.packed.slots[s].size() != L::weightBytes(s)) {
       std::printf("FAIL %s K=%lld N=%lld: slot %d packed %zu bytes, kernel expects %llu\n", kindName(kind),
@@ -223,7 +264,7 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
     for (bool residual : {false, true}) {
       std::vector<float> x(m * C::K), res(residual ? m * C::N : 0), y(m * C::N, -7.0f);
       for (float &v : x)
-        v = g(rng);
+        v = 3.0f * g(rng) + 0.5f; // a norm has something to do
       for (float &v : res)
         v = g(rng);
       moert_exec ex{&reverseFor, nullptr, 4};
@@ -234,7 +275,8 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
       for (int s = 0; s < MOERT_LIN_SLOTS; ++s)
         a.weights[s] = c.packed.slots[s].empty() ? nullptr : c.packed.slots[s].data();
       L::run(&a);
-      const std::vector<double> xr = inputsAsMultiplied<C>(x, m);
+      // The reference: rows normalised (double), then as the layer multiplies them (int8-rounded or not).
+      const std::vector<double> xr = inputsAsMultiplied<C>(normalised<C>(x, m, nw, nb), m);
       double worst = 0.0;
       for (int64_t i = 0; i < m; ++i)
         for (int64_t col = 0; col < C::N; ++col) {
@@ -256,9 +298,12 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
       }
     }
   }
-  std::printf("ok   %-8s K=%-4lld N=%-3lld block=%-3lld%s%s (M = 1..150, with and without residual)\n",
+  std::printf("ok   %-8s K=%-4lld N=%-3lld block=%-3lld%s%s%s (M = 1..150, with and without residual)\n",
               kindName(kind), (long long)C::K, (long long)C::N, (long long)C::QBLOCK,
-              C::HAS_BIAS ? " bias" : "", C::INT8_ACT ? " int8-activations" : "");
+              C::HAS_BIAS ? " bias" : "", C::INT8_ACT ? " int8-activations" : "",
+              C::NORM == MOERT_NORM_RMS     ? " rms-norm"
+              : C::NORM == MOERT_NORM_LAYER ? " layer-norm"
+                                            : "");
 }
 
 template <Kind KIND, bool INT8ACT = false> void shapes(std::mt19937 &rng) {
@@ -335,6 +380,15 @@ int main(int argc, char **argv) {
   shapes<I4, true>(rng);
   shapes<I8Z, true>(rng);
   shapes<I4Z, true>(rng);
+  // A norm fused in front (the rows normalised into the scratch first; K past the vectors' tails).
+  check<Cfg<F32, 70, 3, true, 32, false, MOERT_NORM_RMS>>(F32, rng);
+  check<Cfg<F32, 600, 390, false, 32, false, MOERT_NORM_RMS>>(F32, rng);
+  check<Cfg<BF16, 300, 17, true, 32, false, MOERT_NORM_LAYER, true>>(BF16, rng);
+  check<Cfg<F32, 96, 48, false, 16, false, MOERT_NORM_LAYER, false>>(F32, rng);
+  check<Cfg<I4, 300, 17, true, 32, false, MOERT_NORM_RMS>>(I4, rng);
+  check<Cfg<I8, 520, 33, false, 32, false, MOERT_NORM_LAYER, true>>(I8, rng);
+  // (With int8 activations the normalised rows are rounded to int8: a reference normalising in double rounds
+  // some of them the other way, so that combination is checked end to end, check_linear_e2e.py.)
   std::printf("%d of %d cases within tolerance\n", cases - failures, cases);
   return failures ? 1 : 0;
 }

@@ -186,16 +186,20 @@ _SEGMENTS = ["input", "router", "router_bias", "selection_bias", "fc1", "fc1_bia
 
 
 def _linear(vals, props):
-    """moe.linear from its contract (ir/MoEOps.td): input x W (+ bias) (+ residual), W [K, N] f32."""
+    """moe.linear from its contract (ir/MoEOps.td): norm(input) x W (+ bias) (+ residual), W [K, N] f32."""
     seg = [int(s) for s in re.search(r"operandSegmentSizes = array<i32: ([^>]*)>", props).group(1).split(",")]
     named, i = {}, 0
-    for name, count in zip(["input", "weight", "scales", "zero_points", "bias", "residual"], seg):
+    for name, count in zip(["input", "weight", "scales", "zero_points", "bias", "residual", "norm_weight",
+                            "norm_bias"], seg):
         if count:
             named[name] = vals[i]
             i += 1
     if _attr(props, "weight_quant") is not None:
         raise NotImplementedError("eval_mlir: moe.linear with imported quantised weights")
-    out = np.asarray(named["input"], np.float64) @ np.asarray(named["weight"], np.float64)
+    norm = _attr(props, "norm", "none")
+    x = oracle.norm_rows(named["input"], None if norm == "none" else norm, named.get("norm_weight"),
+                         named.get("norm_bias"), _attr(props, "norm_epsilon", 1e-5))
+    out = x @ np.asarray(named["weight"], np.float64)
     if "bias" in named:
         out = out + named["bias"]
     if "residual" in named:

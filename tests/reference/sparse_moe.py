@@ -73,6 +73,20 @@ def _gated_rows(dims, f, activation, gated_layout):
     return np.stack([2 * dims, 2 * dims + 1], axis=1).reshape(-1)
 
 
+def norm_rows(x, norm, weight, bias=None, eps=1e-5):
+    """The norm in front of a dispatch (moe.sparse_moe's and moe.linear's `norm`) over the last axis, float64:
+    "rms" x / sqrt(mean(x^2) + eps) * w; "layer" (x - mean) / sqrt(var + eps) * w (+ b); None: x."""
+    x = np.asarray(x, dtype=np.float64)
+    if norm == "rms":
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * np.asarray(weight, np.float64)
+    if norm == "layer":
+        c = x - x.mean(axis=-1, keepdims=True)
+        x = c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + eps) * np.asarray(weight, np.float64)
+        return x if bias is None else x + np.asarray(bias, np.float64)
+    assert norm is None, norm
+    return x
+
+
 def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax", normalize=False, scale=1.0,
                zero_experts=0, activation="swiglu", gated_layout="block", alpha=1.0, beta=0.0, limit=None,
                router_bias=None, selection_bias=None, expert_groups=1, group_topk=None, fc1_bias=None,
@@ -81,16 +95,7 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
                residual=None):
     """Y[t] = sum over chosen experts e < E of w[t, e] * (fc2[e][:, D] @ act(fc1[e][D, :] @ x[t] + b1) + b2)
     (+ shared expert + residual), with x = norm(input) when `norm` is "rms" or "layer"."""
-    x = np.asarray(x, dtype=np.float64)
-    if norm == "rms":
-        x = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + norm_epsilon) * np.asarray(norm_weight, np.float64)
-    elif norm == "layer":
-        c = x - x.mean(axis=-1, keepdims=True)
-        x = c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + norm_epsilon) * np.asarray(norm_weight, np.float64)
-        if norm_bias is not None:
-            x = x + np.asarray(norm_bias, np.float64)
-    else:
-        assert norm is None, norm
+    x = norm_rows(x, norm, norm_weight, norm_bias, norm_epsilon)
     fc1 = np.asarray(fc1, dtype=np.float64)
     fc2 = np.asarray(fc2, dtype=np.float64)
     n_tokens, _ = x.shape
