@@ -23,9 +23,15 @@
 #include <stddef.h>
 #include <stdint.h>
 #endif
+/* The weight slots and layouts are the CPU dispatch's (next to this header in generated GPU sources). */
+#if __has_include("moert_kernel_abi.h")
+#include "moert_kernel_abi.h"
+#else
+#include "kernels/cpu/moert_kernel_abi.h"
+#endif
 
 #define MOERT_GPU_ABI_VERSION 1
-#define MOERT_GPU_SLOTS 19  /* = MOERT_MOE_SLOTS (kernels/cpu/moert_kernel_abi.h): the same weight layouts */
+#define MOERT_GPU_SLOTS MOERT_MOE_SLOTS /* the CPU dispatch's weight slots: the same weight layouts */
 #define MOERT_GPU_BLOCK 256 /* threads per block, every kernel                                         */
 #define MOERT_GPU_TILE 4    /* (token, slot) entries per expert tile: each weight row read once a tile  */
 #define MOERT_GPU_FCHUNK 32 /* hidden dims per `up` block                                              */

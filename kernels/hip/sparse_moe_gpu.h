@@ -35,7 +35,6 @@
 
 namespace moert_gpu {
 
-static_assert(MOERT_GPU_SLOTS == MOERT_MOE_SLOTS, "the GPU dispatch reads the CPU one's weight slots");
 constexpr int BLOCK = MOERT_GPU_BLOCK, TILE = MOERT_GPU_TILE, WARPS = BLOCK / kWarp;
 constexpr int PIECE = 128; // activations staged in shared memory per step of `down`
 
