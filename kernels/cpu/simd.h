@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 namespace moert_cpu {
 
@@ -32,7 +33,32 @@ inline vf loadv(const float *p) {
   return v;
 }
 inline void storev(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf splat(float a) { return vf{} + a; }
+/// Every lane a (lane by lane, not `vf{} + a`: adding zero keeps an extra scalar add and a register broadcast
+/// per call, where this is one broadcast load).
+inline vf splat(float a) {
+  vf v;
+#pragma unroll
+  for (int i = 0; i < VW; ++i)
+    v[i] = a;
+  return v;
+}
+
+/// Transposes the VW x VW matrix held in r[0..VW) (row i in r[i]) in place: log2(VW) stages, each swapping
+/// the off-diagonal D x D blocks of every 2D x 2D block (VW log2(VW) two-source shuffles in all).
+template <int D, bool HI, size_t... I> inline vf swapBlocks(vf a, vf b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (HI ? ((I & D) ? VW + I : I + D) : ((I & D) ? VW + I - D : I))...);
+}
+template <int D = VW / 2> inline void transpose(vf (&r)[VW]) {
+#pragma unroll
+  for (int i = 0; i < VW; ++i)
+    if (!(i & D)) {
+      const vf a = r[i], b = r[i + D];
+      r[i] = swapBlocks<D, false>(a, b, std::make_index_sequence<VW>{});
+      r[i + D] = swapBlocks<D, true>(a, b, std::make_index_sequence<VW>{});
+    }
+  if constexpr (D > 1)
+    transpose<D / 2>(r);
+}
 
 // bf16 weights (`--weights=bf16`): the upper 16 bits of an f32, widened on load; accumulation stays f32.
 typedef uint16_t u16xv __attribute__((vector_size(VW * 2)));

@@ -19,12 +19,15 @@
 //      T and the thread count).
 //
 // Decode (few tokens) splits F into chunks so every thread streams a part of each chosen expert (bandwidth
-// bound); prefill uses token tiles (weights reused TT times from cache) and one chunk.
+// bound); prefill uses token tiles of up to kTile tokens and one chunk: tiles of kGemmTokens or more run as
+// two GEMMs on gemm.h's micro-kernel (the one the linear dispatches use; each expert's rows packed into
+// panels per tile), smaller ones reuse each weight row for the tile's tokens in register-blocked loops.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_SPARSE_MOE_H
 #define MOERT_KERNELS_CPU_SPARSE_MOE_H
 
+#include "gemm.h"
 #include "moert_kernel_abi.h"
 #include "simd.h"
 
@@ -38,12 +41,23 @@
 
 namespace moert_cpu {
 
-constexpr int64_t kTile = 64;      // tokens per work item: each weight row is reused this many times
+constexpr int64_t kTile = 128;     // tokens per work item at most: each weight row is reused this many times
 constexpr int64_t kTokBlock = 6;   // tokens sharing each gate/up weight load (register blocking)
 constexpr int64_t kDimBlock = 64;  // the most hidden dims per block (the coefficient buffer's row length)
 constexpr int64_t kL2Budget = 192 * 1024; // bytes of a dim block's gate/up rows meant to stay in L2
 constexpr int64_t kMaxChunks = 16; // hidden-dim chunks per expert visit (parallelism in decode)
-
+// Token tiles of at least kGemmTokens tokens run on gemm.h's micro-kernel (see Kernel::gemmTile). Both
+// GEMMs walk K in blocks of kMoeKC features, so that PW panels' slices (kMoeKC x PW x NR floats: 32 KiB on
+// AVX-512) stay in L1 while every row tile of the tile's tokens uses them; fc1's weights are packed kMoeDB
+// dims at a time, and fc2 runs after each super block of kMoeFB dims' activations.
+#ifndef MOERT_MOE_GEMM_TOKENS
+#define MOERT_MOE_GEMM_TOKENS 16
+#endif
+constexpr int64_t kGemmTokens = MOERT_MOE_GEMM_TOKENS;
+constexpr int64_t kMoeKC = 128;
+constexpr int64_t kMoeFB = 512;
+constexpr int64_t kMoeDB = 64;
+constexpr int64_t kTileRows = (kTile + kGemmMR - 1) / kGemmMR * kGemmMR; // a tile's tokens in whole row tiles
 
 // ---- weight rows -------------------------------------------------------------------------------------------
 // The kernels read expert weights through a row view: load(h) gives VW weights from column h (a multiple of VW)
@@ -340,8 +354,17 @@ template <class C> struct Kernel {
 
   struct Layout {
     int64_t T, chunks, maxItems, fmax;
-    size_t x, chosen, weight, counts, entries, items, partial, pred, coef, xq, xs, xsq, total;
+    size_t x, chosen, weight, counts, entries, items, partial, pred, coef, xq, xs, xsq, gemm, total;
   };
+
+  // Per-thread buffers of gemmTile (floats): the tile's tokens packed for the micro-kernel ([row
+  // tile][H][MR]), fc1's panels for kMoeDB dims and kMoeKC features ([G * kMoeDB / NR panels][kMoeKC][NR]),
+  // their outputs
+  // ([kTileRows][G * kMoeDB]), the coefficients of a super block of dims ([row tile][kMoeFB][MR]) and fc2's
+  // panels for kMoeKC dims and PW panels of columns, in f32 ([PW][kMoeKC][NR]).
+  static constexpr int64_t GA = kTileRows * H, GB1 = G * kMoeDB * kMoeKC, GH1 = kTileRows * G * kMoeDB,
+                           GCF = kTileRows * kMoeFB, GB2 = kGemmPW * kMoeKC * kGemmNR;
+  static constexpr size_t kGemmThreadBytes = sizeof(float) * (GA + GB1 + GH1 + GCF + GB2) + 5 * 64;
 
   static int64_t chunkCount(int64_t T, int threads) {
     if (C::HAS_PRED)
@@ -376,6 +399,7 @@ template <class C> struct Kernel {
     l.xq = take(INT_FC1 ? size_t(T * H) : 0);
     l.xs = take(sizeof(float) * T * XBS);
     l.xsq = take(sizeof(int32_t) * T * XBS);
+    l.gemm = take(!C::HAS_PRED && T >= kGemmTokens ? kGemmThreadBytes * threads : 0);
     l.total = off;
     return l;
   }
@@ -395,6 +419,7 @@ template <class C> struct Kernel {
     int8_t *xq;  // INT_FC1: each token rounded to int8 ([T][H]), scales and sums of q ([T][XBS])
     float *xs;
     int32_t *xsq;
+    char *gemm; // gemmTile's buffers, kGemmThreadBytes per thread
   };
 
   // ---- A: normalise and route one token ----------------------------------------------------------------
@@ -599,6 +624,185 @@ template <class C> struct Kernel {
     }
   }
 
+  // ---- C, prefill: a token tile on gemm.h's micro-kernel ------------------------------------------------
+  // fc1 is a GEMM of the tile's tokens (rows, packed once: [row tile][H][MR]) by fc1's rows for a block of
+  // kMoeDB dims, packed here into K-major panels of NR dims per part (gate, up), kMoeKC features at a time
+  // (int8/int4 rows dequantised once per tile, not once per token block); the activations of a super block
+  // of kMoeFB dims become fc2's packed left operand ([row tile][dim][MR], times the routing weight), and fc2
+  // is a GEMM over those dims, its rows (fc2 transposed: row f holds dim f's weights for every column) copied
+  // into f32 panels kMoeKC dims x PW panels of columns at a time. Columns past the last whole panel (H not a
+  // multiple of NR) take a scalar loop. This is the packing of a BLAS GEMM done per tile (the weights stay in
+  // the row layout the decode loops and the GPU kernels read); its cost is a pass over the expert's weights
+  // per tile, against 2 x (tokens in the tile) FLOPs per weight, which is why small tiles keep the loops
+  // below.
+  static float *alignTo64(char *p) {
+    return reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+  }
+
+  /// Part g of fc1's rows for dims [db, de) as panels of NR dims over features [k0, k1): panel q * G + g,
+  /// feature k, dim db + q * NR + j at out[(q * G + g) * kMoeKC * NR + (k - k0) * NR + j]; dims past de and
+  /// masked ones are zero.
+  static void packFc1(const ExpertRows<C> &rows, const uint8_t *mask, int64_t db, int64_t de, int64_t k0,
+                      int64_t k1, float *out) {
+    constexpr int64_t NR = kGemmNR;
+    using Row = decltype(rows.row1(0));
+    const int64_t kn = k1 - k0, kv = k0 + (kn / VW) * VW;
+    const int64_t panels = (de - db + NR - 1) / NR;
+    for (int64_t q = 0; q < panels; ++q)
+      for (int64_t g = 0; g < G; ++g) {
+        float *dst = out + (q * G + g) * kMoeKC * NR;
+        for (int64_t j0 = 0; j0 < NR; j0 += VW) { // VW dims at a time: VW x VW blocks transposed in registers
+          Row row[VW];
+          bool live[VW];
+          for (int64_t l = 0; l < VW; ++l) {
+            const int64_t f = db + q * NR + j0 + l;
+            live[l] = f < de && (!mask || mask[f]);
+            row[l] = rows.row1((live[l] ? f : db) * G + g);
+          }
+          for (int64_t k = k0; k < kv; k += VW) {
+            vf r[VW];
+#pragma unroll
+            for (int l = 0; l < VW; ++l)
+              r[l] = live[l] ? row[l].load(k) : vf{};
+            transpose(r);
+#pragma unroll
+            for (int l = 0; l < VW; ++l)
+              storev(dst + (k - k0 + l) * NR + j0, r[l]);
+          }
+          for (int64_t k = kv; k < k1; ++k)
+            for (int64_t l = 0; l < VW; ++l)
+              dst[(k - k0) * NR + j0 + l] = live[l] ? row[l].at(k) : 0.0f;
+        }
+      }
+  }
+
+  /// acc = rows c[i] at column col (or zero) for M rows x P panels, then the micro-kernel, then back.
+  template <int M, int P, class T>
+  __attribute__((always_inline)) static inline void gemmInto(float *const *c, int64_t col, bool zero,
+                                                             const T *b, int64_t pstride, int64_t ks,
+                                                             const float *ap, int64_t kn) {
+    constexpr int64_t NV = kGemmNV;
+    vf acc[M][P * NV];
+#pragma unroll
+    for (int i = 0; i < M; ++i)
+#pragma unroll
+      for (int v = 0; v < P * NV; ++v)
+        acc[i][v] = zero ? vf{} : loadv(c[i] + col + v * VW);
+    gemmMicro<M, P, true>(b, pstride, ap, 0, kn, acc, ks);
+#pragma unroll
+    for (int i = 0; i < M; ++i)
+#pragma unroll
+      for (int v = 0; v < P * NV; ++v)
+        storev(c[i] + col + v * VW, acc[i][v]);
+  }
+
+  /// Rows c[0..n) at column col (+= or, `zero`, =) the n packed rows (row tile t at ap + t * apstride) times
+  /// panels [0, np) of b (pstride apart, kn features): PW panels at a time where there are as many, each set
+  /// used by every row tile while it is in L1.
+  template <class T>
+  static void gemmPanels(int64_t n, const float *ap, int64_t apstride, const T *b, int64_t np,
+                         int64_t pstride, int64_t ks, int64_t kn, float *const *c, int64_t col, bool zero) {
+    constexpr int MR = kGemmMR, PW = kGemmPW;
+    for (int64_t p = 0; p < np;) {
+      const int64_t pw = np - p >= PW ? PW : 1;
+      const T *bp = b + p * pstride;
+      for (int64_t r = 0; r < n; r += MR) {
+        const float *at = ap + (r / MR) * apstride;
+        gemmRows(std::min<int64_t>(MR, n - r), [&](auto m) {
+          constexpr int M = decltype(m)::value;
+          if (pw == PW)
+            gemmInto<M, PW>(c + r, col + p * kGemmNR, zero, bp, pstride, ks, at, kn);
+          else
+            gemmInto<M, 1>(c + r, col + p * kGemmNR, zero, bp, pstride, ks, at, kn);
+        });
+      }
+      p += pw;
+    }
+  }
+
+  static void gemmTile(const Ctx &c, const Item &it, const ExpertRows<C> &rows, int64_t n,
+                       const float *const *xs, float *const *dst, const float *ws, const float *b1,
+                       const uint8_t *mask, int thread) {
+    constexpr int64_t MR = kGemmMR, NR = kGemmNR, PW = kGemmPW, KC = kMoeKC, FB = kMoeFB;
+    char *mine = c.gemm + size_t(thread) * kGemmThreadBytes;
+    float *ap = alignTo64(mine);
+    float *b1p = alignTo64(reinterpret_cast<char *>(ap + GA));
+    float *h1 = alignTo64(reinterpret_cast<char *>(b1p + GB1));
+    float *cfp = alignTo64(reinterpret_cast<char *>(h1 + GH1));
+    float *b2p = alignTo64(reinterpret_cast<char *>(cfp + GCF));
+    const int64_t rowTiles = (n + MR - 1) / MR;
+    // the tokens, packed for the micro-kernel (rows past n zero)
+    for (int64_t t = 0; t < rowTiles; ++t)
+      for (int64_t i = 0; i < MR; ++i) {
+        float *d = ap + t * H * MR + i;
+        const int64_t r = t * MR + i;
+        if (r < n) {
+          const float *x = xs[r];
+          for (int64_t h = 0; h < H; ++h)
+            d[h * MR] = x[h];
+        } else {
+          for (int64_t h = 0; h < H; ++h)
+            d[h * MR] = 0.0f;
+        }
+      }
+    constexpr int64_t LD1 = G * kMoeDB; // h1's row length
+    float *h1rows[kTile];
+    for (int64_t r = 0; r < n; ++r)
+      h1rows[r] = h1 + r * LD1;
+    const int64_t H16 = H / NR * NR;
+    for (int64_t fb = it.f0; fb < it.f1; fb += FB) {
+      const int64_t fe = std::min<int64_t>(it.f1, fb + FB);
+      // fc1 and the activations, kMoeDB dims at a time
+      for (int64_t db = fb; db < fe; db += kMoeDB) {
+        const int64_t de = std::min<int64_t>(fe, db + kMoeDB);
+        const int64_t np = (de - db + NR - 1) / NR * G;
+        for (int64_t k0 = 0; k0 < H; k0 += KC) {
+          const int64_t k1 = std::min<int64_t>(H, k0 + KC);
+          packFc1(rows, mask, db, de, k0, k1, b1p);
+          gemmPanels(n, ap + k0 * MR, H * MR, b1p, np, KC * NR, NR, k1 - k0, h1rows, 0, k0 == 0);
+        }
+        for (int64_t r = 0; r < n; ++r) {
+          float *cf = cfp + (r / MR) * FB * MR + r % MR;
+          const float *hr = h1 + r * LD1;
+          for (int64_t f = db; f < de; ++f) {
+            const int64_t q = (f - db) / NR, j = (f - db) % NR;
+            float v = 0.0f;
+            if (!mask || mask[f]) {
+              const float g = hr[q * G * NR + j] + (b1 ? b1[f * G] : 0.0f);
+              const float u = G == 2 ? hr[(q * G + 1) * NR + j] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+              v = ws[r] * activate(g, u);
+            }
+            cf[(f - fb) * MR] = v;
+          }
+        }
+      }
+      // fc2 over the super block's dims: dst[r][h] += sum_f cf[r][f] * fc2t[f][h], PW panels of columns at a
+      // time, kMoeKC dims at a time (their rows copied into f32 panels: read from memory once per tile; in
+      // place, rows H floats apart would walk a page per dim)
+      for (int64_t h0 = 0; h0 < H16;) {
+        const int64_t pw = H16 - h0 >= PW * NR ? PW : 1;
+        for (int64_t kb = fb; kb < fe; kb += KC) {
+          const int64_t ke = std::min<int64_t>(fe, kb + KC);
+          for (int64_t f = kb; f < ke; ++f) {
+            const auto row = rows.row2(f);
+            for (int64_t j = 0; j < pw; ++j)
+              for (int64_t v = 0; v < kGemmNV; ++v)
+                storev(b2p + j * KC * NR + (f - kb) * NR + v * VW, row.load(h0 + j * NR + v * VW));
+          }
+          gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, b2p, pw, KC * NR, NR, ke - kb, dst, h0, false);
+        }
+        h0 += pw * NR;
+      }
+      for (int64_t r = 0; r < n; ++r) // the columns past the last whole panel
+        for (int64_t h = H16; h < H; ++h) {
+          float s = 0.0f;
+          for (int64_t f = fb; f < fe; ++f)
+            s += cfp[(r / MR) * FB * MR + (f - fb) * MR + r % MR] * rows.row2(f).at(h);
+          dst[r][h] += s;
+        }
+    }
+  }
+
   // ---- C: one expert (or the shared expert) over a token tile and a chunk of hidden dims ----------------
   static void work(void *p, int64_t index, int thread) {
     Ctx &c = *static_cast<Ctx *>(p);
@@ -700,6 +904,8 @@ template <class C> struct Kernel {
           continue;
         axpy(dst[0], lone(f), rows.row2(f), H);
       }
+    } else if (!C::HAS_PRED && n >= kGemmTokens) {
+      gemmTile(c, it, rows, n, xs, dst, ws, b1, mask, thread);
     } else {
       // A token tile, by blocks of DB hidden dims whose gate/up rows fit kL2Budget: they stay in L2 while
       // every token of the tile uses them, so weights come from memory about once per tile. Activations for
@@ -787,6 +993,7 @@ template <class C> struct Kernel {
     c.xq = reinterpret_cast<int8_t *>(base + c.l.xq);
     c.xs = reinterpret_cast<float *>(base + c.l.xs);
     c.xsq = reinterpret_cast<int32_t *>(base + c.l.xsq);
+    c.gemm = base + c.l.gemm;
 
     ex.parallel_for(ex.pool, T, &c, &route);
 
@@ -813,16 +1020,26 @@ template <class C> struct Kernel {
     // Work items: expert x token tile x hidden-dim chunk (predicted layers: one token per item).
     int64_t items = 0;
     const int64_t chunks = c.l.chunks, tile = C::HAS_PRED ? 1 : kTile;
+    // An expert's tokens in as few tiles as hold them, of equal size (a lone extra token does not make a
+    // tile that reads the expert's weights again for itself).
     auto addTiles = [&](int32_t expert, int64_t begin, int64_t end, int64_t fdim) {
-      for (int64_t b = begin; b < end; b += tile)
+      const int64_t n = end - begin, tiles = (n + tile - 1) / tile;
+      for (int64_t i = 0; i < tiles; ++i)
         for (int64_t ch = 0; ch < chunks; ++ch)
-          c.items[items++] = Item{expert, int32_t(b), int32_t(std::min(end, b + tile)),
-                                  int32_t(fdim * ch / chunks), int32_t(fdim * (ch + 1) / chunks), int32_t(ch)};
+          c.items[items++] = Item{expert,
+                                  int32_t(begin + n * i / tiles),
+                                  int32_t(begin + n * (i + 1) / tiles),
+                                  int32_t(fdim * ch / chunks),
+                                  int32_t(fdim * (ch + 1) / chunks),
+                                  int32_t(ch)};
     };
     for (int64_t e = 0; e < E; ++e)
       addTiles(int32_t(e), c.counts[e], c.counts[e + 1], F);
     if (C::HAS_SHARED)
       addTiles(-1, 0, T, C::FS);
+    // Largest tiles first: threads take items in order, so the last ones to start are the shortest.
+    std::stable_sort(c.items, c.items + items,
+                     [](const Item &x, const Item &y) { return x.end - x.begin > y.end - y.begin; });
     ex.parallel_for(ex.pool, items, &c, &work);
     ex.parallel_for(ex.pool, T, &c, &combine);
     return 0;
