@@ -12,6 +12,9 @@
 #include <cstdint>
 #include <cstring>
 #include <utility>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 namespace moert_cpu {
 
@@ -59,6 +62,18 @@ template <int D = VW / 2> inline void transpose(vf (&r)[VW]) {
   if constexpr (D > 1)
     transpose<D / 2>(r);
 }
+
+/// While alive, the calling thread flushes denormal results to zero and reads denormal inputs as zero (x86's
+/// MXCSR FTZ and DAZ bits; restored on exit). Products of tiny routing weights (a top-k softmax over many
+/// experts reaches 1e-40) with activations are denormal, and every instruction touching one takes a microcode
+/// assist: measured 6x slower fc2 GEMMs on an OLMoE-like layer. Results change by less than 1.2e-38 each.
+struct FlushDenormals {
+#if defined(__SSE__)
+  unsigned saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040u); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
 
 // bf16 weights (`--weights=bf16`): the upper 16 bits of an f32, widened on load; accumulation stays f32.
 typedef uint16_t u16xv __attribute__((vector_size(VW * 2)));

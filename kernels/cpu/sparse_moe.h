@@ -361,10 +361,13 @@ template <class C> struct Kernel {
   // tile][H][MR]), fc1's panels for kMoeDB dims and kMoeKC features ([G * kMoeDB / NR panels][kMoeKC][NR]),
   // their outputs
   // ([kTileRows][G * kMoeDB]), the coefficients of a super block of dims ([row tile][kMoeFB][MR]) and fc2's
-  // panels for kMoeKC dims and PW panels of columns, in f32 ([PW][kMoeKC][NR]).
+  // panels for kMoeKC dims and PW panels of columns, in f32 ([PW][kMoeKC][NR]), and the tile's output rows
+  // (LDO floats apart: H plus a cache line, so rows do not share cache sets the way the partial buffers'
+  // rows, 64 KiB apart with 8 slots of H = 2048, do).
+  static constexpr int64_t LDO = H + 16;
   static constexpr int64_t GA = kTileRows * H, GB1 = G * kMoeDB * kMoeKC, GH1 = kTileRows * G * kMoeDB,
-                           GCF = kTileRows * kMoeFB, GB2 = kGemmPW * kMoeKC * kGemmNR;
-  static constexpr size_t kGemmThreadBytes = sizeof(float) * (GA + GB1 + GH1 + GCF + GB2) + 5 * 64;
+                           GCF = kTileRows * kMoeFB, GB2 = kGemmPW * kMoeKC * kGemmNR, GO = kTileRows * LDO;
+  static constexpr size_t kGemmThreadBytes = sizeof(float) * (GA + GB1 + GH1 + GCF + GB2 + GO) + 6 * 64;
 
   static int64_t chunkCount(int64_t T, int threads) {
     if (C::HAS_PRED)
@@ -724,12 +727,15 @@ template <class C> struct Kernel {
                        const float *const *xs, float *const *dst, const float *ws, const float *b1,
                        const uint8_t *mask, int thread) {
     constexpr int64_t MR = kGemmMR, NR = kGemmNR, PW = kGemmPW, KC = kMoeKC, FB = kMoeFB;
+    if (it.f0 >= it.f1)
+      return; // no dims in this chunk: dst stays zero
     char *mine = c.gemm + size_t(thread) * kGemmThreadBytes;
     float *ap = alignTo64(mine);
     float *b1p = alignTo64(reinterpret_cast<char *>(ap + GA));
     float *h1 = alignTo64(reinterpret_cast<char *>(b1p + GB1));
     float *cfp = alignTo64(reinterpret_cast<char *>(h1 + GH1));
     float *b2p = alignTo64(reinterpret_cast<char *>(cfp + GCF));
+    float *ot = alignTo64(reinterpret_cast<char *>(b2p + GB2));
     const int64_t rowTiles = (n + MR - 1) / MR;
     // the tokens, packed for the micro-kernel (rows past n zero)
     for (int64_t t = 0; t < rowTiles; ++t)
@@ -746,10 +752,15 @@ template <class C> struct Kernel {
         }
       }
     constexpr int64_t LD1 = G * kMoeDB; // h1's row length
-    float *h1rows[kTile];
-    for (int64_t r = 0; r < n; ++r)
+    float *h1rows[kTile], *orows[kTile];
+    for (int64_t r = 0; r < n; ++r) {
       h1rows[r] = h1 + r * LD1;
+      orows[r] = ot + r * LDO;
+    }
     const int64_t H16 = H / NR * NR;
+    for (int64_t r = 0; r < n; ++r) // the first fc2 block stores its panels' columns; the rest add
+      for (int64_t h = H16; h < H; ++h)
+        orows[r][h] = 0.0f;
     for (int64_t fb = it.f0; fb < it.f1; fb += FB) {
       const int64_t fe = std::min<int64_t>(it.f1, fb + FB);
       // fc1 and the activations, kMoeDB dims at a time
@@ -789,7 +800,7 @@ template <class C> struct Kernel {
               for (int64_t v = 0; v < kGemmNV; ++v)
                 storev(b2p + j * KC * NR + (f - kb) * NR + v * VW, row.load(h0 + j * NR + v * VW));
           }
-          gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, b2p, pw, KC * NR, NR, ke - kb, dst, h0, false);
+          gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, b2p, pw, KC * NR, NR, ke - kb, orows, h0, kb == it.f0);
         }
         h0 += pw * NR;
       }
@@ -798,13 +809,16 @@ template <class C> struct Kernel {
           float s = 0.0f;
           for (int64_t f = fb; f < fe; ++f)
             s += cfp[(r / MR) * FB * MR + (f - fb) * MR + r % MR] * rows.row2(f).at(h);
-          dst[r][h] += s;
+          orows[r][h] += s;
         }
     }
+    for (int64_t r = 0; r < n; ++r)
+      std::memcpy(dst[r], orows[r], sizeof(float) * H);
   }
 
   // ---- C: one expert (or the shared expert) over a token tile and a chunk of hidden dims ----------------
   static void work(void *p, int64_t index, int thread) {
+    const FlushDenormals ftz;
     Ctx &c = *static_cast<Ctx *>(p);
     const moert_moe_args &a = *c.a;
     const Item &it = c.items[index];
