@@ -8,9 +8,8 @@
 //
 //   acc[i][j * NV + v] += sum_{k < kn} a(i, k) * b(j, k)[v * VW ..]
 //
-// with b(j, k) the NR = 16 values of panel j at feature k (b + j * pstride + k * ks: panels K-major, ks = NR
-// when packed, or the row length of a row-major matrix read in place; f32 or a plain storage widened on load:
-// bf16, fp16) and a(i, k) one value per row: packed (a[k * MR + i], a tile's
+// with b(j, k) the NR = 16 values of panel j at feature k (b + j * pstride + k * NR: panels K-major, f32 or a
+// plain storage widened on load: bf16, fp16) and a(i, k) one value per row: packed (a[k * MR + i], a tile's
 // MR rows feature-major, so one feature's values share a cache line) or row-major (a[i * lda + k]). For each
 // feature it loads the P panels' rows once and broadcasts one value per row: M * P * NV FMAs per P * NV
 // vector loads and M broadcasts. Tiles: MR = 6 rows x PW panels, PW = 1 on 8-lane vectors (6 x 16: 12
@@ -39,8 +38,7 @@ static_assert(kGemmNR % VW == 0, "a panel row is whole vectors");
 /// (M <= 2, one panel) keeps two accumulator sets over alternate features so the FMA chains overlap.
 template <int M, int P, bool PACKED, class T>
 __attribute__((always_inline)) inline void gemmMicro(const T *b, int64_t pstride, const float *a, int64_t lda,
-                                                     int64_t kn, vf (&acc)[M][P * kGemmNV],
-                                                     int64_t ks = kGemmNR) {
+                                                     int64_t kn, vf (&acc)[M][P * kGemmNV]) {
   constexpr int U = M <= 2 && P == 1 ? 2 : 1;
   vf part[U][M][P * kGemmNV] = {};
   auto step = [&](int64_t k, int u) __attribute__((always_inline)) {
@@ -49,7 +47,7 @@ __attribute__((always_inline)) inline void gemmMicro(const T *b, int64_t pstride
     for (int j = 0; j < P; ++j)
 #pragma unroll
       for (int v = 0; v < kGemmNV; ++v)
-        w[j * kGemmNV + v] = loadv(b + j * pstride + k * ks + v * VW);
+        w[j * kGemmNV + v] = loadv(b + j * pstride + k * kGemmNR + v * VW);
 #pragma unroll
     for (int i = 0; i < M; ++i) {
       const vf x = splat(PACKED ? a[k * kGemmMR + i] : a[i * lda + k]);

@@ -50,10 +50,7 @@ constexpr int64_t kMaxChunks = 16; // hidden-dim chunks per expert visit (parall
 // GEMMs walk K in blocks of kMoeKC features, so that PW panels' slices (kMoeKC x PW x NR floats: 32 KiB on
 // AVX-512) stay in L1 while every row tile of the tile's tokens uses them; fc1's weights are packed kMoeDB
 // dims at a time, and fc2 runs after each super block of kMoeFB dims' activations.
-#ifndef MOERT_MOE_GEMM_TOKENS
-#define MOERT_MOE_GEMM_TOKENS 16
-#endif
-constexpr int64_t kGemmTokens = MOERT_MOE_GEMM_TOKENS;
+constexpr int64_t kGemmTokens = 16;
 constexpr int64_t kMoeKC = 128;
 constexpr int64_t kMoeFB = 512;
 constexpr int64_t kMoeDB = 64;
@@ -680,10 +677,10 @@ template <class C> struct Kernel {
   }
 
   /// acc = rows c[i] at column col (or zero) for M rows x P panels, then the micro-kernel, then back.
-  template <int M, int P, class T>
+  template <int M, int P>
   __attribute__((always_inline)) static inline void gemmInto(float *const *c, int64_t col, bool zero,
-                                                             const T *b, int64_t pstride, int64_t ks,
-                                                             const float *ap, int64_t kn) {
+                                                             const float *b, int64_t pstride, const float *ap,
+                                                             int64_t kn) {
     constexpr int64_t NV = kGemmNV;
     vf acc[M][P * NV];
 #pragma unroll
@@ -691,7 +688,7 @@ template <class C> struct Kernel {
 #pragma unroll
       for (int v = 0; v < P * NV; ++v)
         acc[i][v] = zero ? vf{} : loadv(c[i] + col + v * VW);
-    gemmMicro<M, P, true>(b, pstride, ap, 0, kn, acc, ks);
+    gemmMicro<M, P, true>(b, pstride, ap, 0, kn, acc);
 #pragma unroll
     for (int i = 0; i < M; ++i)
 #pragma unroll
@@ -702,21 +699,20 @@ template <class C> struct Kernel {
   /// Rows c[0..n) at column col (+= or, `zero`, =) the n packed rows (row tile t at ap + t * apstride) times
   /// panels [0, np) of b (pstride apart, kn features): PW panels at a time where there are as many, each set
   /// used by every row tile while it is in L1.
-  template <class T>
-  static void gemmPanels(int64_t n, const float *ap, int64_t apstride, const T *b, int64_t np,
-                         int64_t pstride, int64_t ks, int64_t kn, float *const *c, int64_t col, bool zero) {
+  static void gemmPanels(int64_t n, const float *ap, int64_t apstride, const float *b, int64_t np,
+                         int64_t pstride, int64_t kn, float *const *c, int64_t col, bool zero) {
     constexpr int MR = kGemmMR, PW = kGemmPW;
     for (int64_t p = 0; p < np;) {
       const int64_t pw = np - p >= PW ? PW : 1;
-      const T *bp = b + p * pstride;
+      const float *bp = b + p * pstride;
       for (int64_t r = 0; r < n; r += MR) {
         const float *at = ap + (r / MR) * apstride;
         gemmRows(std::min<int64_t>(MR, n - r), [&](auto m) {
           constexpr int M = decltype(m)::value;
           if (pw == PW)
-            gemmInto<M, PW>(c + r, col + p * kGemmNR, zero, bp, pstride, ks, at, kn);
+            gemmInto<M, PW>(c + r, col + p * kGemmNR, zero, bp, pstride, at, kn);
           else
-            gemmInto<M, 1>(c + r, col + p * kGemmNR, zero, bp, pstride, ks, at, kn);
+            gemmInto<M, 1>(c + r, col + p * kGemmNR, zero, bp, pstride, at, kn);
         });
       }
       p += pw;
@@ -727,8 +723,11 @@ template <class C> struct Kernel {
                        const float *const *xs, float *const *dst, const float *ws, const float *b1,
                        const uint8_t *mask, int thread) {
     constexpr int64_t MR = kGemmMR, NR = kGemmNR, PW = kGemmPW, KC = kMoeKC, FB = kMoeFB;
-    if (it.f0 >= it.f1)
-      return; // no dims in this chunk: dst stays zero
+    if (it.f0 >= it.f1) { // no dims in this chunk: no contribution
+      for (int64_t r = 0; r < n; ++r)
+        std::memset(dst[r], 0, sizeof(float) * H);
+      return;
+    }
     char *mine = c.gemm + size_t(thread) * kGemmThreadBytes;
     float *ap = alignTo64(mine);
     float *b1p = alignTo64(reinterpret_cast<char *>(ap + GA));
@@ -770,7 +769,7 @@ template <class C> struct Kernel {
         for (int64_t k0 = 0; k0 < H; k0 += KC) {
           const int64_t k1 = std::min<int64_t>(H, k0 + KC);
           packFc1(rows, mask, db, de, k0, k1, b1p);
-          gemmPanels(n, ap + k0 * MR, H * MR, b1p, np, KC * NR, NR, k1 - k0, h1rows, 0, k0 == 0);
+          gemmPanels(n, ap + k0 * MR, H * MR, b1p, np, KC * NR, k1 - k0, h1rows, 0, k0 == 0);
         }
         for (int64_t r = 0; r < n; ++r) {
           float *cf = cfp + (r / MR) * FB * MR + r % MR;
@@ -800,7 +799,7 @@ template <class C> struct Kernel {
               for (int64_t v = 0; v < kGemmNV; ++v)
                 storev(b2p + j * KC * NR + (f - kb) * NR + v * VW, row.load(h0 + j * NR + v * VW));
           }
-          gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, b2p, pw, KC * NR, NR, ke - kb, orows, h0, kb == it.f0);
+          gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, b2p, pw, KC * NR, ke - kb, orows, h0, kb == it.f0);
         }
         h0 += pw * NR;
       }
@@ -856,8 +855,10 @@ template <class C> struct Kernel {
         dst[n] = c.partial + ((t * S + K) * chunks + it.chunk) * H;
       }
     }
-    for (int64_t i = 0; i < n; ++i)
-      std::memset(dst[i], 0, sizeof(float) * H);
+    const bool gemm = !C::HAS_PRED && n >= kGemmTokens; // gemmTile stores whole rows: no zeroing first
+    if (!gemm)
+      for (int64_t i = 0; i < n; ++i)
+        std::memset(dst[i], 0, sizeof(float) * H);
     // A lone token's coefficient for hidden dim f: its routing weight times the activation of fc1's rows.
     auto lone = [&](int64_t f) {
       const float g = fc1(c, rows, f * G, xs[0], tok[0]) + (b1 ? b1[f * G] : 0.0f);
@@ -918,7 +919,7 @@ template <class C> struct Kernel {
           continue;
         axpy(dst[0], lone(f), rows.row2(f), H);
       }
-    } else if (!C::HAS_PRED && n >= kGemmTokens) {
+    } else if (gemm) {
       gemmTile(c, it, rows, n, xs, dst, ws, b1, mask, thread);
     } else {
       // A token tile, by blocks of DB hidden dims whose gate/up rows fit kL2Budget: they stay in L2 while
