@@ -100,7 +100,7 @@ def token_cost(storage, t, past):
 
 
 def profile_shares(moert_cli, art, f, threads, tmp):
-    """Share of one call's time in linear dispatches, MoE dispatches and op steps (a moert --profile trace)."""
+    """Share of one call's time in linear, MoE and attention dispatches and op steps (a moert --profile trace)."""
     cmd = [moert_cli, "run", art, "--threads", str(threads), "--repeat", "3", "--profile", os.path.join(tmp, "t.json"),
            "--output-dir", os.path.join(tmp, "out")]
     for name, value in f.items():
@@ -109,9 +109,10 @@ def profile_shares(moert_cli, art, f, threads, tmp):
         cmd += ["--input", f"{name}={p}"]
     subprocess.run(cmd, check=True, capture_output=True)
     events = json.load(open(os.path.join(tmp, "t.json")))["traceEvents"]
-    share = {"linear": 0.0, "moe": 0.0, "op": 0.0}
+    share = {"linear": 0.0, "moe": 0.0, "attention": 0.0, "op": 0.0}
     for e in events:
-        kind = "linear" if e["name"].startswith("linear") else "moe" if e["name"].startswith("moe dispatch") else "op"
+        kind = ("linear" if e["name"].startswith("linear") else "moe" if e["name"].startswith("moe dispatch")
+                else "attention" if e["name"].startswith("attention") else "op")
         share[kind] += e["dur"]
     total = sum(share.values()) or 1.0
     return {k: v / total for k, v in share.items()}
@@ -168,10 +169,11 @@ def run(build, threads, storages, roof, repeat=5):
                        gflop=round(flops / 1e9, 2), roofline_ms=round(bound_ms, 2),
                        roofline_fraction=round(bound_ms / med, 2), compile_s=round(compile_s, 1),
                        linear_share=round(shares["linear"], 2), moe_share=round(shares["moe"], 2),
-                       op_share=round(shares["op"], 2))
+                       attention_share=round(shares["attention"], 2), op_share=round(shares["op"], 2))
             print(f"   {s:5s} {kind:7s} T={t:3d} past={p:3d}: moec {best:8.2f} ms ({row['tokens_per_s']} tok/s)  "
                   f"ORT {o_best:8.2f} ms  x{row['speedup']}  roofline {row['roofline_fraction']:.2f}  time in "
-                  f"linear {shares['linear']:.0%} / moe {shares['moe']:.0%} / op steps {shares['op']:.0%}", flush=True)
+                  f"linear {shares['linear']:.0%} / moe {shares['moe']:.0%} / attention {shares['attention']:.0%} / "
+                  f"op steps {shares['op']:.0%}", flush=True)
             rows.append(row)
         model.close()
     return rows
@@ -190,7 +192,7 @@ def add_peer(rows, peer):
 def table(rows):
     lines = ["| moec weights | step | T | past | moec ms (best / median) | tokens/s | ORT fp32 ms (best / median) | "
              "moec/ORT | llama.cpp ms (type; best / median) | moec/llama.cpp | MB read | GFLOP | roofline ms | "
-             "moec fraction of roofline | time in linear / MoE / op steps |",
+             "moec fraction of roofline | time in linear / MoE / attention / op steps |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ort_cell = "out of memory" if r["speedup"] is None else f"{r['ort_ms']} / {r['ort_median_ms']}"
@@ -199,7 +201,8 @@ def table(rows):
                      f"{r['moec_median_ms']} | {r['tokens_per_s']} | {ort_cell} | {r['speedup'] or '-'} | "
                      f"{llama_cell} | {r.get('vs_llama', '-')} | {r['mb']} | {r['gflop']} | {r['roofline_ms']} | "
                      f"{r['roofline_fraction']} | "
-                     f"{r['linear_share']:.0%} / {r['moe_share']:.0%} / {r['op_share']:.0%} |")
+                     f"{r['linear_share']:.0%} / {r['moe_share']:.0%} / {r.get('attention_share', 0):.0%} / "
+                     f"{r['op_share']:.0%} |")
     return "\n".join(lines)
 
 

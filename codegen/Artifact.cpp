@@ -113,6 +113,10 @@ void moec::codegen::planMemory(moert::proto::Program &p) {
     } else if (st.has_linear()) {
       reads = {st.linear().input(), st.linear().residual()};
       writes = {st.linear().output()};
+    } else if (st.has_attention()) {
+      const auto &a = st.attention();
+      reads = {a.query(), a.key(), a.value(), a.mask()};
+      writes = {a.output()};
     } else {
       reads.assign(st.op().inputs().begin(), st.op().inputs().end());
       writes.assign(st.op().outputs().begin(), st.op().outputs().end());

@@ -427,6 +427,43 @@ LogicalResult LinearOp::verify() {
   return success();
 }
 
+LogicalResult AttentionOp::verify() {
+  auto qT = getQuery().getType(), kT = getKey().getType(), vT = getValue().getType(),
+       oT = getOutput().getType();
+  for (auto [t, what] :
+       {std::pair{qT, "operand 'query'"}, {kT, "operand 'key'"}, {vT, "operand 'value'"}, {oT, "result"}})
+    if (t.getRank() != 4)
+      return emitOpError() << what << " must have rank 4, got " << shapeStr(t);
+  const int64_t hq = qT.getDimSize(1), hkv = kT.getDimSize(1), dk = qT.getDimSize(3), dv = vT.getDimSize(3);
+  if (ShapedType::isDynamic(hq) || ShapedType::isDynamic(hkv) || ShapedType::isDynamic(dk) ||
+      ShapedType::isDynamic(dv) || hq <= 0 || hkv <= 0 || dk <= 0 || dv <= 0)
+    return emitOpError() << "needs static head counts and head dims: query " << shapeStr(qT) << ", key "
+                         << shapeStr(kT) << ", value " << shapeStr(vT);
+  if (hq % hkv)
+    return emitOpError() << "query heads (" << hq << ") must be a multiple of key/value heads (" << hkv
+                         << ")";
+  if (dimsConflict(kT.getDimSize(3), dk) || dimsConflict(vT.getDimSize(1), hkv) ||
+      dimsConflict(kT.getDimSize(2), vT.getDimSize(2)) || dimsConflict(kT.getDimSize(0), qT.getDimSize(0)) ||
+      dimsConflict(vT.getDimSize(0), qT.getDimSize(0)))
+    return emitOpError() << "key " << shapeStr(kT) << " and value " << shapeStr(vT)
+                         << " must be [B, Hkv, T, Dk] and [B, Hkv, T, Dv] for query " << shapeStr(qT);
+  if (dimsConflict(oT.getDimSize(0), qT.getDimSize(0)) || dimsConflict(oT.getDimSize(1), hq) ||
+      dimsConflict(oT.getDimSize(2), qT.getDimSize(2)) || dimsConflict(oT.getDimSize(3), dv))
+    return emitOpError() << "result " << shapeStr(oT) << " must be [B, Hq, S, Dv] = [" << qT.getDimSize(0)
+                         << ", " << hq << ", " << qT.getDimSize(2) << ", " << dv << "]";
+  if (Value m = getMask()) {
+    auto mT = cast<RankedTensorType>(m.getType());
+    if (mT.getRank() != 4)
+      return emitOpError() << "operand 'mask' must have rank 4 ([B|1, Hq|1, S|1, T|1]), got " << shapeStr(mT);
+    const int64_t full[4] = {qT.getDimSize(0), hq, qT.getDimSize(2), kT.getDimSize(2)};
+    for (int i = 0; i < 4; ++i)
+      if (mT.getDimSize(i) != 1 && dimsConflict(mT.getDimSize(i), full[i]))
+        return emitOpError() << "operand 'mask' " << shapeStr(mT) << ": dim " << i
+                             << " must be 1 or that of [B, Hq, S, T]";
+  }
+  return success();
+}
+
 LogicalResult EmbeddingOp::verify() {
   auto tT = getTable().getType(), iT = getIndices().getType(), outT = getOutput().getType();
   if (tT.getRank() != 2)

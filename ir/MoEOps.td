@@ -230,6 +230,44 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
   }];
 }
 
+def MoE_AttentionOp : MoE_Op<"attention", [Pure]> {
+  let summary = "scaled dot-product attention over grouped key/value heads: one dispatch";
+  let description = [{
+    With `query` `[B, Hq, S, Dk]`, `key` `[B, Hkv, T, Dk]`, `value` `[B, Hkv, T, Dv]` (`Hq` a multiple of
+    `Hkv`: query head `h` reads key/value head `h / (Hq / Hkv)`, as transformers' `repeat_kv` lays them out)
+    and an optional additive `mask` broadcastable to `[B, Hq, S, T]` (each dim 1 or full):
+
+    ```
+    score[b, h, s, t]  = scale * (query[b, h, s] . key[b, h / G, t]) + mask[b, h, s, t]
+    output[b, h, s, :] = sum_t softmax_t(score[b, h, s, :]) * value[b, h / G, t, :]   // [B, Hq, S, Dv]
+    ```
+
+    `Hq`, `Hkv`, `Dk` and `Dv` are static; `B`, `S` and `T` may be dynamic. A row whose scores are all
+    `-inf` has no softmax (ONNX `Softmax` gives NaN): with `nan_to_zero` its output is 0 (the
+    `Where(IsNaN(p), 0, p)` transformers' SDPA export writes after the softmax), else NaN. The kernel runs
+    the softmax online over blocks of keys (no `S x T` score matrix in memory) and skips a block of keys for
+    a block of query rows when the mask puts every score of it at or below -1e30 and every row has some key
+    above that (those terms are exactly 0 after the exponential). Raised by `moe-raise-attention` from the
+    `MatMul -> (Mul | Div scale) -> (Add mask) -> Softmax -> (Where IsNaN) -> MatMul` chain exporters write.
+  }];
+
+  let arguments = (ins
+    F32Tensor:$query,
+    F32Tensor:$key,
+    F32Tensor:$value,
+    Optional<F32Tensor>:$mask,
+    F32Attr:$scale,
+    UnitAttr:$nan_to_zero
+  );
+  let results = (outs F32Tensor:$output);
+
+  let assemblyFormat = [{
+    $query `,` $key `,` $value (`mask` $mask^)? attr-dict `:` functional-type(operands, results)
+  }];
+
+  let hasVerifier = 1;
+}
+
 def MoE_EmbeddingOp : MoE_Op<"embedding", [Pure]> {
   let summary = "rows of a constant table picked by index (a token embedding), read in the table's storage";
   let description = [{

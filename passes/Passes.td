@@ -128,6 +128,22 @@ def MoERaiseLinearPass : Pass<"moe-raise-linear"> {
   let dependentDialects = ["::mlir::arith::ArithDialect", "::moec::moe::MoEDialect"];
 }
 
+def MoERaiseAttentionPass : Pass<"moe-raise-attention"> {
+  let summary = "Turn the scaled dot-product attention chain exporters write into one moe.attention dispatch";
+  let description = [{
+    Matches, from every `Softmax` over the last axis of rank-4 scores,
+    `MatMul(Where(IsNaN(p), 0, p) | p, V)` with `p = Softmax(MatMul(Q, K^T) (* | / constant)* (+ mask))`:
+    constant scalar factors on Q, on K^T and on the scores fold into `scale`; K^T is a `Transpose` of the
+    keys' last two dims or PyTorch's `Reshape -> Transpose -> Reshape` over `Shape` slices of the keys (checked
+    entry by entry); K and V repeated for grouped-query heads (`Unsqueeze(2) -> Expand -> Reshape`, the
+    `repeat_kv` export) are read unrepeated; the other operand of the `Add` is the mask (f32, rank 4,
+    broadcastable). Rotary embedding, the past-cache `Concat` and the mask's construction stay op steps.
+    With `remarks`, every softmax not raised says why.
+  }];
+  let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
+  let dependentDialects = ["::moec::moe::MoEDialect"];
+}
+
 def MoESetWeightStoragePass : Pass<"moe-set-weight-storage"> {
   let summary = "Record how each dispatch stores its weights (fp32, bf16, fp16, int8, int4) on the op";
   let description = [{

@@ -22,6 +22,7 @@ void buildFusionPipeline(OpPassManager &pm, const PipelineOptions &options) {
   pm.addPass(createMoEFuseNormResidualPass({options.remarks}));
   pm.addPass(createMoEPruneStaticMaskPass());
   pm.addPass(createMoERaiseLinearPass({options.remarks}));
+  pm.addPass(createMoERaiseAttentionPass({options.remarks}));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
   if (options.hook)

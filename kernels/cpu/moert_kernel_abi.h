@@ -14,6 +14,12 @@
  *(outputs) size_t   moert_linear_<j>_scratch(int64_t rows, int threads);        scratch bytes one call needs
  *(may be 0)
  *
+ * per attention dispatch `j` (kernels/cpu/attention.h):
+ *
+ *   int      moert_attention_<j>(const moert_attention_args *args);      0 on success
+ *   int64_t  moert_attention_<j>_dims(int which);                        0: HQ, 1: HKV, 2: DK, 3: DV
+ *   size_t   moert_attention_<j>_scratch(int64_t batch, int64_t q_len, int64_t kv_len, int threads);
+ *
  * and `moert_kernel_abi_version()`. The runtime owns threads and memory: it passes a parallel-for and a
  * scratch buffer; generated code allocates nothing and never calls back into libmoert by symbol.
  *
@@ -30,7 +36,7 @@
 extern "C" {
 #endif
 
-#define MOERT_KERNEL_ABI_VERSION 5
+#define MOERT_KERNEL_ABI_VERSION 6
 
 /* Runs fn(ctx, i) for i in [0, n) on the runtime's threads; returns when all are done. `thread` is the
  * index of the worker running the call, in [0, threads). */
@@ -152,6 +158,25 @@ typedef struct moert_linear_args {
 
 typedef int (*moert_linear_fn)(const moert_linear_args *args);
 typedef size_t (*moert_scratch_fn)(int64_t tokens, int threads);
+
+/* An attention dispatch (kernels/cpu/attention.h; moe.attention's contract): for every batch b, query head h
+ * (key/value head h / (HQ / HKV)) and query position s,
+ *   out[b][h][s] = sum_t softmax_t(scale * q[b][h][s] . k[b][h / G][t] + mask[b][h][s][t]) v[b][h / G][t].
+ * Each tensor is addressed by element strides per dim (batch, head, position); its head dim is contiguous.
+ * The mask is optional (NULL); its strides are 0 along broadcast dims. */
+typedef struct moert_attention_args {
+  int64_t batch, q_len, kv_len;     /* B, S, T                                                */
+  const float *query, *key, *value; /* [B][HQ][S][DK], [B][HKV][T][DK], [B][HKV][T][DV]        */
+  int64_t q_strides[3], k_strides[3], v_strides[3], out_strides[3];
+  const float *mask; /* additive, broadcast to [B][HQ][S][T], or NULL           */
+  int64_t mask_strides[4];
+  float *output; /* [B][HQ][S][DV]                                          */
+  void *scratch; /* moert_attention_<j>_scratch(...) bytes, 64-aligned      */
+  const moert_exec *exec;
+} moert_attention_args;
+
+typedef int (*moert_attention_fn)(const moert_attention_args *args);
+typedef size_t (*moert_attention_scratch_fn)(int64_t batch, int64_t q_len, int64_t kv_len, int threads);
 
 #ifdef __cplusplus
 }

@@ -63,6 +63,36 @@ template <int D = VW / 2> inline void transpose(vf (&r)[VW]) {
     transpose<D / 2>(r);
 }
 
+/// e^x lane by lane, within 3 ulp of the exact value for x in [-87.3, 88]; 0 below -87.3 (and for -inf), as
+/// the flushed denormals would be. x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two so n ln2 is exact),
+/// e^r by its degree-6 Taylor polynomial (remainder < 1.2e-7 relative), 2^n put into the exponent bits.
+inline vf expv(vf x) {
+  typedef int32_t vi __attribute__((vector_size(VW * 4)));
+  const vi live = x >= splat(-87.3f);
+  x = x < splat(88.0f) ? x : splat(88.0f);
+  x = x > splat(-87.3f) ? x : splat(-87.3f);
+  const vf shift = splat(12582912.0f); // 1.5 * 2^23: adding it rounds to an integer
+  const vf n = (x * splat(1.44269504f) + shift) - shift;
+  const vf r = (x - n * splat(0.693359375f)) - n * splat(-2.12194440e-4f);
+  vf p = splat(1.0f / 720.0f);
+  p = p * r + splat(1.0f / 120.0f);
+  p = p * r + splat(1.0f / 24.0f);
+  p = p * r + splat(1.0f / 6.0f);
+  p = p * r + splat(0.5f);
+  p = p * r + splat(1.0f);
+  p = p * r + splat(1.0f);
+  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf two;
+  std::memcpy(&two, &e, sizeof two);
+  const vf y = p * two;
+  vi bits;
+  std::memcpy(&bits, &y, sizeof bits);
+  bits &= live;
+  vf out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
 /// While alive, the calling thread flushes denormal results to zero and reads denormal inputs as zero (x86's
 /// MXCSR FTZ and DAZ bits; restored on exit). Products of tiny routing weights (a top-k softmax over many
 /// experts reaches 1e-40) with activations are denormal, and every instruction touching one takes a microcode

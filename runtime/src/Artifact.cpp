@@ -168,7 +168,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       return bad("has a corrupted program (input id)");
     ready[id] = 1;
   }
-  int dispatchCount = 0, linearCount = 0;
+  int dispatchCount = 0, linearCount = 0, attentionCount = 0;
   m.releaseAfter.assign(p.steps_size(), {});
   m.opKernels.assign(p.steps_size(), nullptr);
   std::vector<int> lastUse(p.values_size(), -1);
@@ -196,6 +196,16 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
         return bad("has a corrupted program (linear dispatch " + std::to_string(linearCount) + ")");
       ready[d.output()] = 1;
       ++linearCount;
+    } else if (s.has_attention()) {
+      const auto &d = s.attention();
+      auto f32 = [&](int64_t id) { return p.values(id).type().dtype() == pb::F32; };
+      if (!read(d.query(), si) || !read(d.key(), si) || !read(d.value(), si) ||
+          (d.mask() != -1 && !read(d.mask(), si)) || !validId(d.output()) ||
+          static_cast<int>(d.index()) != attentionCount || d.q_heads() <= 0 || d.kv_heads() <= 0 ||
+          d.q_heads() % d.kv_heads() || d.key_dim() <= 0 || d.value_dim() <= 0 || !f32(d.output()))
+        return bad("has a corrupted program (attention dispatch " + std::to_string(attentionCount) + ")");
+      ready[d.output()] = 1;
+      ++attentionCount;
     } else if (s.has_op()) {
       m.opKernels[si] = findOpKernel(s.op().op());
       if (!m.opKernels[si])
@@ -223,7 +233,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   for (int i = 0; i < p.values_size(); ++i)
     if (lastUse[i] >= 0 && lastUse[i] < p.steps_size() && !p.values(i).has_constant_section())
       m.releaseAfter[lastUse[i]].push_back(i);
-  const bool hasCode = dispatchCount + linearCount > 0;
+  const bool hasCode = dispatchCount + linearCount + attentionCount > 0;
   if (hasCode && (a.code_section() < 0 || a.code_section() >= a.sections_size() ||
                             a.sections(a.code_section()).kind() != pb::Section::CODE))
     return bad("has no code section");
@@ -322,6 +332,23 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       x.weights[slot] = m.map + a.sections(sec).offset();
     }
   }
+  m.attentions.resize(attentionCount);
+  for (const auto &s : p.steps()) {
+    if (!s.has_attention())
+      continue;
+    const auto &d = s.attention();
+    moert::Attention &x = m.attentions[d.index()];
+    std::string base = "moert_attention_" + std::to_string(d.index());
+    int64_t (*dims)(int) = nullptr;
+    if (!resolve(m.code, base, x.run) || !resolve(m.code, base + "_dims", dims) ||
+        !resolve(m.code, base + "_scratch", x.scratch))
+      return bad("its code lacks attention dispatch " + std::to_string(d.index()));
+    x.qHeads = dims(0), x.kvHeads = dims(1), x.keyDim = dims(2), x.valueDim = dims(3);
+    if (x.qHeads != d.q_heads() || x.kvHeads != d.kv_heads() || x.keyDim != d.key_dim() ||
+        x.valueDim != d.value_dim())
+      return bad("has attention dispatch " + std::to_string(d.index()) +
+                 " metadata that disagrees with its code");
+  }
   } // hasCode
 
   if (options.device != MOERT_DEVICE_CPU) {
@@ -402,7 +429,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
         os << " (constant input" << (consts.find(',') == std::string::npos ? " " : "s ") << consts << ")";
       }
       os << "\n";
-    }
+    } else if (s.has_attention())
+      os << "  attention " << s.attention().index() << ": " << s.attention().description() << "\n";
     else if (s.has_linear())
       os << "  linear " << s.linear().index() << ": " << s.linear().description() << " ("
          << mib(s.linear().weight_bytes()) << " of weights)\n";

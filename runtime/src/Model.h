@@ -38,6 +38,13 @@ struct Linear {
   int64_t k = 0, n = 0;
 };
 
+/// An attention dispatch's entry point (moert_attention_<i>) and its head counts and dims.
+struct Attention {
+  moert_attention_fn run = nullptr;
+  moert_attention_scratch_fn scratch = nullptr;
+  int64_t qHeads = 0, kvHeads = 0, keyDim = 0, valueDim = 0;
+};
+
 /// Loads and validates `path`; on success fills `m`. Every inconsistency is one error naming the file.
 /// `loadCode = false` validates everything but does not load the code section (the loader fuzzer: a crafted
 /// shared object is not something dlopen can be asked to survive; artifacts are code, trusted like a .so).
@@ -55,6 +62,7 @@ struct moert_model {
   int codeFd = -1;
   std::vector<moert::Dispatch> dispatches; // by MoEDispatch.index
   std::vector<moert::Linear> linears;      // by LinearDispatch.index
+  std::vector<moert::Attention> attentions;        // by AttentionDispatch.index
   std::vector<std::vector<uint32_t>> releaseAfter; // per step: values last read there (freed after it)
   std::vector<const moert::OpEntry *> opKernels;   // per step: its op kernel, resolved at load (null: not an op)
   std::unique_ptr<moert::ThreadPool> pool;

@@ -308,6 +308,71 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       if (profile)
         label = "linear " + std::to_string(d.index()) + " (" + std::to_string(rows) + "x" + std::to_string(x.k) +
                 "x" + std::to_string(x.n) + ")";
+    } else if (s.has_attention()) {
+      const auto &d = s.attention();
+      const moert::Attention &x = m->attentions[d.index()];
+      const Tensor &q = values[d.query()], &k = values[d.key()], &v = values[d.value()];
+      auto what = [&] { return "attention dispatch " + std::to_string(d.index()); };
+      for (auto [t, name] :
+           {std::pair<const Tensor *, const char *>{&q, "query"}, {&k, "key"}, {&v, "value"}})
+        if (t->dtype != moert::proto::F32 || t->dims.size() != 4)
+          return makeError(what() + ": " + name + " " + dimsString(t->dims) + " of dtype " +
+                           dtypeName(t->dtype) + ", expected a rank-4 f32 tensor");
+      const int64_t B = q.dims[0], S = q.dims[2], T = k.dims[2];
+      if (q.dims[1] != x.qHeads || q.dims[3] != x.keyDim ||
+          k.dims != std::vector<int64_t>{B, x.kvHeads, T, x.keyDim} ||
+          v.dims != std::vector<int64_t>{B, x.kvHeads, T, x.valueDim})
+        return makeError(what() + ": query " + dimsString(q.dims) + ", key " + dimsString(k.dims) +
+                         ", value " + dimsString(v.dims) + "; expected [B, " + std::to_string(x.qHeads) +
+                         ", S, " + std::to_string(x.keyDim) + "], [B, " + std::to_string(x.kvHeads) +
+                         ", T, " + std::to_string(x.keyDim) + "], [B, " + std::to_string(x.kvHeads) +
+                         ", T, " + std::to_string(x.valueDim) + "]");
+      moert_attention_args args{};
+      args.batch = B, args.q_len = S, args.kv_len = T;
+      args.query = reinterpret_cast<const float *>(q.data);
+      args.key = reinterpret_cast<const float *>(k.data);
+      args.value = reinterpret_cast<const float *>(v.data);
+      auto strides = [](const std::vector<int64_t> &dims, int64_t *out) {
+        out[2] = dims[3], out[1] = dims[2] * out[2], out[0] = dims[1] * out[1];
+      };
+      strides(q.dims, args.q_strides);
+      strides(k.dims, args.k_strides);
+      strides(v.dims, args.v_strides);
+      const std::vector<int64_t> outDims{B, x.qHeads, S, x.valueDim};
+      strides(outDims, args.out_strides);
+      if (d.mask() >= 0) {
+        const Tensor &mk = values[d.mask()];
+        const int64_t full[4] = {B, x.qHeads, S, T};
+        bool ok = mk.dtype == moert::proto::F32 && mk.dims.size() == 4;
+        for (int i = 0; ok && i < 4; ++i)
+          ok = mk.dims[i] == 1 || mk.dims[i] == full[i];
+        if (!ok)
+          return makeError(what() + ": mask " + dimsString(mk.dims) + " of dtype " + dtypeName(mk.dtype) +
+                           ", expected f32 broadcastable to " +
+                           dimsString(std::vector<int64_t>(full, full + 4)));
+        int64_t stride = 1;
+        for (int i = 3; i >= 0; --i) {
+          args.mask_strides[i] = mk.dims[i] == 1 ? 0 : stride;
+          stride *= mk.dims[i];
+        }
+        args.mask = reinterpret_cast<const float *>(mk.data);
+      }
+      Tensor out;
+      place(d.output(), out);
+      const size_t scratchBytes = x.scratch(B, S, T, exec.threads);
+      auto scratch = scratchBytes ? alignedAlloc(scratchBytes) : nullptr;
+      if (!out.alloc(moert::proto::F32, outDims) || (scratchBytes && !scratch))
+        return makeError("out of memory for " + what());
+      args.output = out.mut<float>();
+      args.scratch = scratch.get();
+      args.exec = &exec;
+      if (int rc = x.run(&args))
+        return makeError(what() + " failed (code " + std::to_string(rc) + ")");
+      values[d.output()] = std::move(out);
+      measure(d.output());
+      if (profile)
+        label = "attention " + std::to_string(d.index()) + " (" + std::to_string(S) + "x" +
+                std::to_string(T) + ")";
     } else {
       const auto &d = s.moe();
       const moert::Dispatch &x = m->dispatches[d.index()];

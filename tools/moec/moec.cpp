@@ -232,6 +232,21 @@ void printReport(mlir::ModuleOp module, ArrayRef<std::string> misses) {
       errs() << " " << e.first << " " << storage << " (" << bytesText(e.second) << ")";
     errs() << "\n";
   }
+  int attention = 0;
+  std::string attentionForm;
+  module.walk([&](AttentionOp op) {
+    if (attention++ == 0) {
+      raw_string_ostream os(attentionForm);
+      os << op.getQuery().getType().getDimSize(1) << " query / " << op.getKey().getType().getDimSize(1)
+         << " key-value heads of " << op.getQuery().getType().getDimSize(3);
+      if (auto fused = op->getAttrOfType<mlir::ArrayAttr>("moe.fused"))
+        for (auto f : fused.getAsRange<mlir::StringAttr>())
+          os << ", " << f.getValue();
+    }
+  });
+  if (attention)
+    errs() << "  attention layers (one dispatch each): " << attention << " (the first: " << attentionForm
+           << ")\n";
   module.walk([&](EmbeddingOp op) {
     auto t = op.getTable().getType();
     double bytes =

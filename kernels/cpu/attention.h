@@ -1,0 +1,349 @@
+//===- attention.h - the attention dispatch's CPU kernel template ------------===//
+//
+// moe.attention (ir/MoEOps.td) for one layer, specialised by codegen through a config struct C:
+//
+//   C::HQ, C::HKV, C::DK, C::DV   query heads, key/value heads, the key and value head dims
+//   C::SCALE                      the factor on q . k
+//   C::NAN_ZERO                   a row whose every score is -inf gives 0 (else NaN, as Softmax does)
+//
+// Work items are (batch, key/value head, a block of query positions) and, when those are too few to keep
+// every thread busy (decode), also a chunk of the keys. An item's rows are all G = HQ / HKV query heads of
+// its key/value head at each of its positions, so every key and value it reads serves G x positions rows.
+// For each block of kAttnKB keys it computes the rows' scores (keys transposed into a [DK][kAttnKB] slice and
+// a register-blocked product, or plain dot products for fewer than 4 rows), adds the mask, and runs the
+// softmax online (flash-style: running max m and sum l per row, the accumulated output rescaled when the
+// max grows), so no S x T score matrix exists. A key block whose mask is at or below kAttnMasked for every
+// row of the item is skipped (causal blocks past the diagonal, padding) when every row has some key above
+// it: those terms are exactly 0 after the exponential. Key chunks write (output, m, l) per row to scratch,
+// and a second pass merges them.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_KERNELS_CPU_ATTENTION_H
+#define MOERT_KERNELS_CPU_ATTENTION_H
+
+#include "moert_kernel_abi.h"
+#include "simd.h"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace moert_cpu {
+
+constexpr int64_t kAttnKB = 64;       // keys per block: a row's scores of a block are kAttnKB / VW vectors
+constexpr int64_t kAttnRows = 64;     // query rows per work item at most (G heads x positions)
+constexpr float kAttnMasked = -1e30f; // mask values at or below this make a score's term exactly 0
+
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < VW; ++i)
+    m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+template <class C> struct Attention {
+  static constexpr int64_t HQ = C::HQ, HKV = C::HKV, DK = C::DK, DV = C::DV, G = HQ / HKV;
+  static_assert(HQ % HKV == 0, "query heads must be a multiple of key/value heads");
+  static constexpr int64_t SB = G >= kAttnRows ? 1 : kAttnRows / G; // query positions per item
+  static constexpr int64_t R = G * SB;                              // rows per item at most
+  static constexpr int64_t DVP = (DV + VW - 1) / VW * VW;           // an accumulator row, whole vectors
+  static constexpr int64_t NV = kAttnKB / VW;                       // score vectors per row and block
+  static constexpr int64_t RB = VW == 16 ? 4 : 1;                   // rows per score micro-tile
+  static constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+
+  struct Plan {
+    int64_t sBlocks, base, chunks, chunkKeys, items;
+  };
+  static Plan plan(int64_t B, int64_t S, int64_t T, int threads) {
+    Plan p;
+    p.sBlocks = (S + SB - 1) / SB;
+    p.base = B * HKV * p.sBlocks;
+    const int64_t blocks = std::max<int64_t>(1, (T + kAttnKB - 1) / kAttnKB);
+    const int64_t want = 2 * std::max(1, threads);
+    int64_t chunks =
+        p.base >= want ? 1 : std::min(blocks, (want + p.base - 1) / std::max<int64_t>(1, p.base));
+    p.chunkKeys = (blocks + chunks - 1) / chunks * kAttnKB;
+    p.chunks = std::max<int64_t>(1, (T + p.chunkKeys - 1) / p.chunkKeys);
+    p.items = p.base * p.chunks;
+    return p;
+  }
+  static constexpr size_t threadFloats() { return DK * kAttnKB + R * kAttnKB + R * DVP + 2 * R + 16; }
+  static size_t partialFloats(const Plan &p) { return p.chunks > 1 ? size_t(p.items) * R * (DVP + 2) : 0; }
+  static size_t scratch(int64_t B, int64_t S, int64_t T, int threads) {
+    return sizeof(float) * (threadFloats() * std::max(1, threads) + partialFloats(plan(B, S, T, threads))) +
+           128;
+  }
+
+  struct Ctx {
+    const moert_attention_args *a;
+    Plan p;
+    float *thread0;  // per-thread working memory, threadFloats() each
+    float *partials; // chunks > 1: per item R x (DVP + 2)
+  };
+
+  /// The rows' scores for keys [t0, t0 + nk) into sc[r][j] (unscaled q . k).
+  static void scores(const float *const *qp, int64_t nr, const float *k0, int64_t ks, int64_t nk, float *kt,
+                     float *sc) {
+    if (nr < 4) { // a few rows: dot products along the head dim
+      for (int64_t j = 0; j < nk; ++j) {
+        const float *kr = k0 + j * ks;
+        for (int64_t r = 0; r < nr; ++r) {
+          vf acc = {};
+          int64_t d = 0;
+          for (; d + VW <= DK; d += VW)
+            acc += loadv(qp[r] + d) * loadv(kr + d);
+          float s = hsum(acc);
+          for (; d < DK; ++d)
+            s += qp[r][d] * kr[d];
+          sc[r * kAttnKB + j] = s;
+        }
+      }
+      return;
+    }
+    // Keys transposed into kt[d][j] (zero past nk), VW x VW at a time.
+    if constexpr (DK % VW == 0) {
+      for (int64_t j0 = 0; j0 < kAttnKB; j0 += VW)
+        for (int64_t d0 = 0; d0 < DK; d0 += VW) {
+          vf r[VW];
+          for (int i = 0; i < VW; ++i)
+            r[i] = j0 + i < nk ? loadv(k0 + (j0 + i) * ks + d0) : vf{};
+          transpose(r);
+          for (int i = 0; i < VW; ++i)
+            storev(kt + (d0 + i) * kAttnKB + j0, r[i]);
+        }
+    } else {
+      for (int64_t d = 0; d < DK; ++d)
+        for (int64_t j = 0; j < kAttnKB; ++j)
+          kt[d * kAttnKB + j] = j < nk ? k0[j * ks + d] : 0.0f;
+    }
+    int64_t r = 0;
+    for (; r + RB <= nr; r += RB)
+      scoreTile<RB>(qp + r, kt, sc + r * kAttnKB);
+    for (; r < nr; ++r)
+      scoreTile<1>(qp + r, kt, sc + r * kAttnKB);
+  }
+  template <int M> static void scoreTile(const float *const *qp, const float *kt, float *sc) {
+    vf acc[M][NV] = {};
+    for (int64_t d = 0; d < DK; ++d) {
+      vf kv[NV];
+#pragma unroll
+      for (int v = 0; v < NV; ++v)
+        kv[v] = loadv(kt + d * kAttnKB + v * VW);
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        const vf q = splat(qp[i][d]);
+#pragma unroll
+        for (int v = 0; v < NV; ++v)
+          acc[i][v] += q * kv[v];
+      }
+    }
+    for (int i = 0; i < M; ++i)
+      for (int v = 0; v < NV; ++v)
+        storev(sc + i * kAttnKB + v * VW, acc[i][v]);
+  }
+
+  /// acc[r] += sum_j p[r][j] v[j] for keys [0, nk) of the block.
+  static void accumulate(int64_t nr, const float *v0, int64_t vs, int64_t nk, const float *p, float *acc) {
+    constexpr int64_t VEC = DV / VW * VW; // vector part of a row
+    constexpr int64_t CV = VW == 16 ? 8 : 4;
+    int64_t r = 0;
+    for (; r < nr; r += 2) {
+      const bool two = r + 1 < nr;
+      const float *p0 = p + r * kAttnKB, *p1 = two ? p0 + kAttnKB : p0;
+      float *a0 = acc + r * DVP, *a1 = two ? a0 + DVP : a0;
+      for (int64_t c0 = 0; c0 < VEC; c0 += CV * VW) {
+        const int64_t nc = std::min<int64_t>(CV, (VEC - c0) / VW);
+        vf x0[CV], x1[CV];
+        for (int c = 0; c < CV; ++c)
+          if (c < nc)
+            x0[c] = loadv(a0 + c0 + c * VW), x1[c] = loadv(a1 + c0 + c * VW);
+        for (int64_t j = 0; j < nk; ++j) {
+          const float *vr = v0 + j * vs + c0;
+          const vf w0 = splat(p0[j]), w1 = splat(p1[j]);
+#pragma unroll
+          for (int c = 0; c < CV; ++c)
+            if (c < nc) {
+              const vf vv = loadv(vr + c * VW);
+              x0[c] += w0 * vv;
+              x1[c] += w1 * vv;
+            }
+        }
+        for (int c = 0; c < CV; ++c)
+          if (c < nc) {
+            storev(a0 + c0 + c * VW, x0[c]);
+            if (two)
+              storev(a1 + c0 + c * VW, x1[c]);
+          }
+      }
+      for (int64_t d = VEC; d < DV; ++d)
+        for (int64_t j = 0; j < nk; ++j) {
+          const float vv = v0[j * vs + d];
+          a0[d] += p0[j] * vv;
+          if (two)
+            a1[d] += p1[j] * vv;
+        }
+    }
+  }
+
+  /// One row's result from its accumulated output, sum and max.
+  static void finish(const float *acc, float l, float *out) {
+    if (!(l > 0.0f)) { // every score -inf (or no keys)
+      const float fill = C::NAN_ZERO ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+      for (int64_t d = 0; d < DV; ++d)
+        out[d] = fill;
+      return;
+    }
+    const float inv = 1.0f / l;
+    for (int64_t d = 0; d < DV; ++d)
+      out[d] = acc[d] * inv;
+  }
+
+  static void work(void *vctx, int64_t item, int thread) {
+    FlushDenormals ftz;
+    const Ctx &x = *static_cast<const Ctx *>(vctx);
+    const moert_attention_args &a = *x.a;
+    const Plan &p = x.p;
+    const int64_t chunk = item % p.chunks, bi = item / p.chunks;
+    const int64_t sb = bi % p.sBlocks, hk = (bi / p.sBlocks) % HKV, b = bi / (p.sBlocks * HKV);
+    const int64_t s0 = sb * SB, ns = std::min<int64_t>(SB, a.q_len - s0), nr = ns * G;
+    const int64_t tb = chunk * p.chunkKeys, te = std::min<int64_t>(a.kv_len, tb + p.chunkKeys);
+    float *kt = x.thread0 + size_t(thread) * threadFloats();
+    float *sc = kt + DK * kAttnKB, *acc = sc + R * kAttnKB, *m = acc + R * DVP, *l = m + R;
+    const float *qp[R];
+    const float *mp[R];
+    for (int64_t si = 0; si < ns; ++si)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t r = si * G + g, h = hk * G + g, s = s0 + si;
+        qp[r] = a.query + b * a.q_strides[0] + h * a.q_strides[1] + s * a.q_strides[2];
+        mp[r] =
+            a.mask ? a.mask + b * a.mask_strides[0] + h * a.mask_strides[1] + s * a.mask_strides[2] : nullptr;
+      }
+    for (int64_t r = 0; r < nr; ++r) {
+      m[r] = NEG_INF, l[r] = 0.0f;
+      for (int64_t d = 0; d < DVP; ++d)
+        acc[r * DVP + d] = 0.0f;
+    }
+    const int64_t mt = a.mask_strides[3];
+    // Blocks may be skipped only when every row has some key the mask leaves (else the row is all masked
+    // and its softmax is over every key).
+    bool skippable = a.mask != nullptr;
+    for (int64_t r = 0; r < nr && skippable; ++r) {
+      bool any = false;
+      for (int64_t t = 0; t < a.kv_len && !any; ++t)
+        any = mp[r][t * mt] > kAttnMasked;
+      skippable = any;
+    }
+    const float *kb = a.key + b * a.k_strides[0] + hk * a.k_strides[1];
+    const float *vb = a.value + b * a.v_strides[0] + hk * a.v_strides[1];
+    for (int64_t t0 = tb; t0 < te; t0 += kAttnKB) {
+      const int64_t nk = std::min<int64_t>(kAttnKB, te - t0);
+      if (skippable) {
+        bool all = true;
+        for (int64_t r = 0; r < nr && all; ++r)
+          for (int64_t j = 0; j < nk && all; ++j)
+            all = mp[r][(t0 + j) * mt] <= kAttnMasked;
+        if (all)
+          continue;
+      }
+      scores(qp, nr, kb + t0 * a.k_strides[2], a.k_strides[2], nk, kt, sc);
+      for (int64_t r = 0; r < nr; ++r) {
+        float *row = sc + r * kAttnKB;
+        for (int64_t j = 0; j < nk; ++j)
+          row[j] = row[j] * C::SCALE + (mp[r] ? mp[r][(t0 + j) * mt] : 0.0f);
+        for (int64_t j = nk; j < kAttnKB; ++j)
+          row[j] = NEG_INF;
+        vf mx = loadv(row);
+        for (int v = 1; v < NV; ++v)
+          mx = mx > loadv(row + v * VW) ? mx : loadv(row + v * VW);
+        const float mnew = std::max(m[r], hmax(mx));
+        if (mnew == NEG_INF) { // nothing but -inf so far: no terms
+          for (int64_t j = 0; j < kAttnKB; ++j)
+            row[j] = 0.0f;
+          continue;
+        }
+        vf sum = {};
+        for (int v = 0; v < NV; ++v) {
+          const vf e = expv(loadv(row + v * VW) - splat(mnew));
+          storev(row + v * VW, e);
+          sum += e;
+        }
+        const float corr = m[r] == NEG_INF ? 0.0f : std::exp(m[r] - mnew);
+        if (corr != 1.0f)
+          for (int64_t d = 0; d < DVP; ++d)
+            acc[r * DVP + d] *= corr;
+        l[r] = l[r] * corr + hsum(sum);
+        m[r] = mnew;
+      }
+      accumulate(nr, vb + t0 * a.v_strides[2], a.v_strides[2], nk, sc, acc);
+    }
+    if (p.chunks == 1) {
+      for (int64_t si = 0; si < ns; ++si)
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t r = si * G + g;
+          finish(acc + r * DVP, l[r],
+                 a.output + b * a.out_strides[0] + (hk * G + g) * a.out_strides[1] +
+                     (s0 + si) * a.out_strides[2]);
+        }
+      return;
+    }
+    float *part = x.partials + size_t(item) * R * (DVP + 2);
+    for (int64_t r = 0; r < nr; ++r) {
+      std::memcpy(part + r * (DVP + 2), acc + r * DVP, DVP * sizeof(float));
+      part[r * (DVP + 2) + DVP] = m[r];
+      part[r * (DVP + 2) + DVP + 1] = l[r];
+    }
+  }
+
+  /// Merges the key chunks' partial results of base item `bi`.
+  static void merge(void *vctx, int64_t bi, int thread) {
+    const Ctx &x = *static_cast<const Ctx *>(vctx);
+    const moert_attention_args &a = *x.a;
+    const Plan &p = x.p;
+    const int64_t sb = bi % p.sBlocks, hk = (bi / p.sBlocks) % HKV, b = bi / (p.sBlocks * HKV);
+    const int64_t s0 = sb * SB, ns = std::min<int64_t>(SB, a.q_len - s0);
+    float *acc = x.thread0 + size_t(thread) * threadFloats();
+    for (int64_t si = 0; si < ns; ++si)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t r = si * G + g;
+        float mx = NEG_INF;
+        for (int64_t c = 0; c < p.chunks; ++c)
+          mx = std::max(mx, x.partials[(size_t(bi * p.chunks + c) * R + r) * (DVP + 2) + DVP]);
+        float l = 0.0f;
+        for (int64_t d = 0; d < DV; ++d)
+          acc[d] = 0.0f;
+        if (mx != NEG_INF)
+          for (int64_t c = 0; c < p.chunks; ++c) {
+            const float *part = x.partials + (size_t(bi * p.chunks + c) * R + r) * (DVP + 2);
+            if (part[DVP] == NEG_INF)
+              continue;
+            const float w = std::exp(part[DVP] - mx);
+            l += part[DVP + 1] * w;
+            for (int64_t d = 0; d < DV; ++d)
+              acc[d] += part[d] * w;
+          }
+        finish(acc, l,
+               a.output + b * a.out_strides[0] + (hk * G + g) * a.out_strides[1] +
+                   (s0 + si) * a.out_strides[2]);
+      }
+  }
+
+  static int run(const moert_attention_args *a) {
+    if (a->batch < 0 || a->q_len < 0 || a->kv_len < 0)
+      return 1;
+    if (a->batch == 0 || a->q_len == 0)
+      return 0;
+    const moert_exec &ex = *a->exec;
+    Ctx c{a, plan(a->batch, a->q_len, a->kv_len, ex.threads), nullptr, nullptr};
+    float *base = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(a->scratch) + 63) & ~uintptr_t(63));
+    c.thread0 = base;
+    c.partials = base + threadFloats() * std::max(1, ex.threads);
+    ex.parallel_for(ex.pool, c.p.items, &c, &work);
+    if (c.p.chunks > 1)
+      ex.parallel_for(ex.pool, c.p.base, &c, &merge);
+    return 0;
+  }
+};
+
+} // namespace moert_cpu
+
+#endif // MOERT_KERNELS_CPU_ATTENTION_H

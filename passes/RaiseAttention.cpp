@@ -1,0 +1,324 @@
+//===- RaiseAttention.cpp - the SDPA chain exporters write -> moe.attention ----===//
+//
+// transformers' SDPA / eager attention, exported by PyTorch, leaves per layer
+//
+//   scores = MatMul(q * c, Kt * c)               Kt: keys transposed (a Transpose, or the exporter's
+//   p      = Softmax(scores + mask)                  Reshape -> Transpose -> Reshape over Shape slices)
+//   p      = Where(IsNaN(p), 0, p)               (optional)
+//   out    = MatMul(p, V)
+//
+// with K and V repeated for grouped-query heads (Unsqueeze -> Expand -> Reshape: repeat_kv). The chain
+// becomes one `moe.attention` reading the unrepeated keys and values, the scale folded into one constant;
+// codegen turns it into an attention dispatch (kernels/cpu/attention.h). The additive mask stays computed by
+// the graph (shared by every layer); rotary embedding and the past-cache Concat stay op steps for now.
+//
+//===----------------------------------------------------------------------===//
+#include "ir/MoEOps.h"
+#include "ir/ONNXOps.h"
+#include "passes/MatchUtils.h"
+#include "passes/Passes.h"
+
+#include "mlir/IR/Matchers.h"
+#include "mlir/IR/Verifier.h"
+
+#include <limits>
+
+namespace moec {
+#define GEN_PASS_DEF_MOERAISEATTENTIONPASS
+#include "passes/Passes.h.inc"
+} // namespace moec
+
+using namespace mlir;
+using namespace moec;
+namespace ox = moec::onnxir;
+namespace moe = moec::moe;
+
+namespace {
+
+/// One entry of a 1-D shape vector as the graph computes it: a constant, dim `dim` of `src`, or (dim -2) the
+/// one-element value `src` computed some other way.
+struct DimRef {
+  Value src;
+  int64_t dim = -1;
+  int64_t value = 0;
+  bool isDim(Value v, int64_t d) const { return src == v && dim == d; }
+  bool isConst(int64_t c) const { return !src && value == c; }
+};
+
+/// Clamps a Slice / Shape bound against `n` entries (negative ones count from the end).
+int64_t clampBound(int64_t b, int64_t n) {
+  if (b < 0)
+    b += n;
+  return std::clamp<int64_t>(b, 0, n);
+}
+
+/// The entries of a 1-D integer shape vector built from constants, `Shape`, `Slice` of a shape and
+/// `Concat`, or nullopt when it is computed some other way.
+std::optional<SmallVector<DimRef>> shapeVector(Value v) {
+  if (auto c = constantInts(v)) {
+    SmallVector<DimRef> out;
+    for (int64_t x : *c)
+      out.push_back(DimRef{Value(), -1, x});
+    return out;
+  }
+  if (auto s = defOp<ox::ShapeOp>(v)) {
+    int64_t r = rankOf(s.getData());
+    if (r < 0)
+      return std::nullopt;
+    int64_t b = clampBound(s.getStart(), r), e = clampBound(s.getEnd() ? int64_t(*s.getEnd()) : r, r);
+    SmallVector<DimRef> out;
+    for (int64_t d = b; d < e; ++d)
+      out.push_back(DimRef{s.getData(), d, 0});
+    return out;
+  }
+  if (auto sl = defOp<ox::SliceOp>(v)) {
+    auto whole = shapeVector(sl.getData());
+    auto st = constantInts(sl.getStarts()), en = constantInts(sl.getEnds()), ax = constantInts(sl.getAxes()),
+         sp = constantInts(sl.getSteps());
+    if (!whole || !st || !en || !ax || !sp || st->size() != 1 || en->size() != 1 || ax->size() != 1 ||
+        sp->size() != 1 || ((*ax)[0] != 0 && (*ax)[0] != -1) || (*sp)[0] != 1)
+      return std::nullopt;
+    int64_t n = whole->size(), b = clampBound((*st)[0], n), e = clampBound((*en)[0], n);
+    return SmallVector<DimRef>(whole->begin() + b, whole->begin() + std::max(b, e));
+  }
+  if (auto c = defOp<ox::ConcatOp>(v)) {
+    if (int64_t(c.getAxis()) != 0 && int64_t(c.getAxis()) != -1)
+      return std::nullopt;
+    SmallVector<DimRef> out;
+    for (Value in : c.getInputs()) {
+      auto part = shapeVector(in);
+      if (!part)
+        return std::nullopt;
+      out.append(part->begin(), part->end());
+    }
+    return out;
+  }
+  // Anything else of one element (a length computed from other shapes): an entry known only as itself.
+  if (auto t = dyn_cast<RankedTensorType>(v.getType());
+      t && t.hasStaticShape() && t.getNumElements() == 1 && t.getRank() <= 1)
+    return SmallVector<DimRef>{DimRef{v, /*dim=*/-2, 0}};
+  return std::nullopt;
+}
+
+/// Peels multiplications / divisions by a constant scalar off `v`, folding them into `scale`.
+Value peelScale(Value v, double &scale, SmallVectorImpl<Operation *> &ops) {
+  while (true) {
+    if (auto m = defOp<ox::MulOp>(v)) {
+      if (auto c = constantScalar(m.getB())) {
+        scale *= *c, ops.push_back(m), v = m.getA();
+        continue;
+      }
+      if (auto c = constantScalar(m.getA())) {
+        scale *= *c, ops.push_back(m), v = m.getB();
+        continue;
+      }
+    }
+    if (auto d = defOp<ox::DivOp>(v))
+      if (auto c = constantScalar(d.getB()); c && *c != 0.0) {
+        scale /= *c, ops.push_back(d), v = d.getA();
+        continue;
+      }
+    return v;
+  }
+}
+
+/// x where `kt` is x [B, H, T, D] with its last two dims swapped: `Transpose(x, [0, 1, 3, 2])`, or
+/// `Reshape(Transpose(Reshape(x, [-1, T, D]), [0, 2, 1]), [B, H, D, T])` with T, D, B, H read off Shape(x)
+/// (PyTorch's export of `k.transpose(2, 3)` inside SDPA).
+Value untranspose(Value kt, SmallVectorImpl<Operation *> &ops) {
+  if (auto t = defOp<ox::TransposeOp>(kt)) {
+    auto perm = t.getPerm();
+    SmallVector<int64_t> p;
+    for (Attribute a : perm ? *perm : ArrayAttr())
+      p.push_back(cast<IntegerAttr>(a).getInt());
+    if (rankOf(t.getData()) == 4 && p == SmallVector<int64_t>{0, 1, 3, 2}) {
+      ops.push_back(t);
+      return t.getData();
+    }
+    return {};
+  }
+  auto outer = defOp<ox::ReshapeOp>(kt);
+  auto tr = outer ? defOp<ox::TransposeOp>(outer.getData()) : ox::TransposeOp();
+  auto inner = tr ? defOp<ox::ReshapeOp>(tr.getData()) : ox::ReshapeOp();
+  if (!inner || rankOf(inner.getData()) != 4 || rankOf(tr.getTransposed()) != 3)
+    return {};
+  auto perm = tr.getPerm();
+  if (!perm || perm->size() != 3 || cast<IntegerAttr>((*perm)[0]).getInt() != 0 ||
+      cast<IntegerAttr>((*perm)[1]).getInt() != 2 || cast<IntegerAttr>((*perm)[2]).getInt() != 1)
+    return {};
+  Value x = inner.getData();
+  auto s3 = shapeVector(inner.getShape()), s4 = shapeVector(outer.getShape());
+  if (!s3 || !s4 || s3->size() != 3 || s4->size() != 4 || !(*s3)[0].isConst(-1) || !(*s3)[1].isDim(x, 2) ||
+      !(*s3)[2].isDim(x, 3) || !(*s4)[0].isDim(x, 0) || !(*s4)[1].isDim(x, 1) || !(*s4)[2].isDim(x, 3) ||
+      !(*s4)[3].isDim(x, 2))
+    return {};
+  ops.append({outer, tr, inner});
+  return x;
+}
+
+/// kv [B, Hkv, T, D] where `x` is it repeated per query group (`repeat_kv`: Unsqueeze at 2, Expand to
+/// [B, Hkv, G, T, D], Reshape to [B, Hkv * G, T, D]); `x` itself when it is not.
+Value unrepeat(Value x, SmallVectorImpl<Operation *> &ops) {
+  auto r = defOp<ox::ReshapeOp>(x);
+  auto e = r ? defOp<ox::ExpandOp>(r.getData()) : ox::ExpandOp();
+  auto u = e ? defOp<ox::UnsqueezeOp>(e.getInput()) : ox::UnsqueezeOp();
+  if (!u)
+    return x;
+  Value kv = u.getData();
+  auto kvT = dyn_cast<RankedTensorType>(kv.getType());
+  auto eT = dyn_cast<RankedTensorType>(e.getOutput().getType());
+  auto rT = dyn_cast<RankedTensorType>(r.getReshaped().getType());
+  auto axes = constantInts(u.getAxes());
+  if (!kvT || !eT || !rT || kvT.getRank() != 4 || eT.getRank() != 5 || rT.getRank() != 4 || !axes ||
+      axes->size() != 1 || ((*axes)[0] != 2 && (*axes)[0] != -3))
+    return x;
+  const int64_t hkv = kvT.getDimSize(1), d = kvT.getDimSize(3), g = eT.getDimSize(2);
+  if (ShapedType::isDynamic(hkv) || ShapedType::isDynamic(d) || ShapedType::isDynamic(g) ||
+      eT.getDimSize(1) != hkv || eT.getDimSize(4) != d)
+    return x;
+  // The Expand target: every entry but the group's is 1 or the key's own dim (Expand broadcasts only the
+  // inserted axis).
+  auto target = shapeVector(e.getShape());
+  if (!target || target->size() != 5 || !(*target)[2].isConst(g))
+    return x;
+  for (int i : {0, 1, 3, 4}) {
+    int64_t kd = i < 2 ? i : i - 1;
+    const DimRef &t = (*target)[i];
+    bool ok = t.isConst(1) || t.isDim(kv, kd) ||
+              (!t.src && !ShapedType::isDynamic(kvT.getDimSize(kd)) && t.value == kvT.getDimSize(kd)) ||
+              (i == 3 && t.src); // the keys' length, computed (past + new): Expand cannot change it
+    if (!ok)
+      return x;
+  }
+  auto shape = shapeVector(r.getShape());
+  if (!shape || shape->size() != 4 || !(*shape)[1].isConst(hkv * g))
+    return x;
+  const DimRef &b = (*shape)[0], &t = (*shape)[2], &dd = (*shape)[3];
+  bool bOk = b.isDim(kv, 0) || b.isDim(e.getOutput(), 0) || (b.isConst(0) && r.getAllowzero() == 0) ||
+             (!b.src && !ShapedType::isDynamic(kvT.getDimSize(0)) && b.value == kvT.getDimSize(0));
+  bool tOk = t.isConst(-1) || t.isDim(kv, 2) || t.isDim(e.getOutput(), 3);
+  bool dOk = dd.isConst(d) || dd.isDim(kv, 3) || dd.isDim(e.getOutput(), 4);
+  if (!bOk || !tOk || !dOk)
+    return x;
+  ops.append({r, e, u});
+  return kv;
+}
+
+/// Raises the attention chain ending in the MatMul reading `sm`'s probabilities; returns why not, or "".
+std::string raise(ox::SoftmaxOp sm) {
+  auto inT = dyn_cast<RankedTensorType>(sm.getInput().getType());
+  if (!inT || inT.getRank() != 4)
+    return "the softmax is not over rank-4 scores [B, H, S, T]";
+  if (normAxis(sm.getAxis(), 4) != 3)
+    return "the softmax is not over the last axis";
+  SmallVector<Operation *> ops{sm};
+  // The probabilities, maybe with NaN (rows of -inf) replaced by 0.
+  Value p = sm.getOutput();
+  bool nanToZero = false;
+  if (p.hasOneUse() || llvm::range_size(p.getUsers()) == 2) {
+    ox::IsNaNOp isnan;
+    ox::WhereOp where;
+    for (Operation *u : p.getUsers()) {
+      if (auto n = dyn_cast<ox::IsNaNOp>(u))
+        isnan = n;
+      else if (auto w = dyn_cast<ox::WhereOp>(u))
+        where = w;
+    }
+    if (isnan && where && isnan.getY().hasOneUse() && where.getCondition() == isnan.getY() &&
+        where.getY() == p && constantScalar(where.getX()) == 0.0) {
+      nanToZero = true;
+      ops.append({isnan, where});
+      p = where.getOutput();
+    }
+  }
+  ox::MatMulOp pv;
+  for (Operation *u : p.getUsers())
+    if (auto m = dyn_cast<ox::MatMulOp>(u); m && m.getA() == p && !pv)
+      pv = m;
+  if (!pv)
+    return "the attention probabilities do not feed a MatMul as its left operand (P x V)";
+  ops.push_back(pv);
+  // Scores (+ mask).
+  Value x = sm.getInput(), mask;
+  double scale = 1.0;
+  if (auto add = defOp<ox::AddOp>(x)) {
+    // The scores are the operand that is a (scaled) MatMul; the other is the mask.
+    SmallVector<Operation *> probe;
+    double unused = 1.0;
+    bool left = defOp<ox::MatMulOp>(peelScale(add.getA(), unused, probe)) != nullptr;
+    x = left ? add.getA() : add.getB();
+    mask = left ? add.getB() : add.getA();
+    ops.push_back(add);
+  }
+  x = peelScale(x, scale, ops);
+  auto qk = defOp<ox::MatMulOp>(x);
+  if (!qk)
+    return "the softmax's input is not MatMul(Q, K^T) (times a constant) plus a mask";
+  ops.push_back(qk);
+  Value q = peelScale(qk.getA(), scale, ops);
+  Value kt = peelScale(qk.getB(), scale, ops);
+  Value kRep = untranspose(kt, ops);
+  if (!kRep)
+    return "K^T is not a Transpose of the keys' last two dims (nor the exporter's Reshape-Transpose-Reshape "
+           "of it)";
+  Value k = unrepeat(kRep, ops);
+  Value v = unrepeat(pv.getB(), ops);
+  auto qT = dyn_cast<RankedTensorType>(q.getType());
+  auto kT = dyn_cast<RankedTensorType>(k.getType());
+  auto vT = dyn_cast<RankedTensorType>(v.getType());
+  if (!qT || !kT || !vT || qT.getRank() != 4 || kT.getRank() != 4 || vT.getRank() != 4)
+    return "Q, K or V is not a rank-4 [B, heads, length, head dim] tensor";
+  for (auto t : {qT, kT, vT})
+    if (!t.getElementType().isF32())
+      return "only f32 attention is raised";
+  const int64_t hq = qT.getDimSize(1), hkv = kT.getDimSize(1), dk = qT.getDimSize(3), dv = vT.getDimSize(3);
+  if (ShapedType::isDynamic(hq) || ShapedType::isDynamic(hkv) || ShapedType::isDynamic(dk) ||
+      ShapedType::isDynamic(dv))
+    return "the head counts or head dims are not static";
+  if (hq % hkv || vT.getDimSize(1) != hkv || kT.getDimSize(3) != dk)
+    return "the query heads are not a multiple of the key/value heads, or K and V disagree";
+  if (mask) {
+    auto mT = dyn_cast<RankedTensorType>(mask.getType());
+    if (!mT || mT.getRank() != 4 || !mT.getElementType().isF32())
+      return "the mask is not an f32 rank-4 tensor";
+    for (int i = 0; i < 4; ++i)
+      if (mT.getDimSize(i) != 1 && !ShapedType::isDynamic(mT.getDimSize(i)) &&
+          !ShapedType::isDynamic(inT.getDimSize(i)) && mT.getDimSize(i) != inT.getDimSize(i))
+        return "the mask does not broadcast over the scores";
+  }
+  OpBuilder b(pv);
+  auto outT = dyn_cast<RankedTensorType>(pv.getY().getType());
+  if (!outT || outT.getRank() != 4)
+    return "the P x V product has no rank-4 type";
+  auto op = b.create<moe::AttentionOp>(pv.getLoc(), outT, q, k, v, mask,
+                                       b.getF32FloatAttr(static_cast<float>(scale)),
+                                       nanToZero ? b.getUnitAttr() : UnitAttr());
+  if (failed(mlir::verify(op))) {
+    op->erase();
+    return "the matched shapes do not make a valid moe.attention";
+  }
+  op->setAttr("moe.source", b.getStringAttr("sdpa"));
+  if (k != kRep)
+    noteFused(op, "repeat_kv");
+  if (nanToZero)
+    noteFused(op, "nan_to_zero");
+  pv.getY().replaceAllUsesWith(op.getResult());
+  eraseDeadOps(ops);
+  return "";
+}
+
+struct MoERaiseAttentionPass final : moec::impl::MoERaiseAttentionPassBase<MoERaiseAttentionPass> {
+  using Base::Base;
+  void runOnOperation() override {
+    SmallVector<ox::SoftmaxOp> candidates;
+    getOperation()->walk([&](ox::SoftmaxOp s) { candidates.push_back(s); });
+    for (ox::SoftmaxOp s : candidates) {
+      Operation *where = s;
+      std::string why = raise(s);
+      if (!why.empty())
+        remarkIfUnfused(remarks, where, "attention not raised", why);
+    }
+  }
+};
+
+} // namespace

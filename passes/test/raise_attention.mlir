@@ -1,0 +1,99 @@
+// moe-raise-attention: the SDPA chain exporters write -> one moe.attention reading the unrepeated K and V,
+// the scale factors folded into one constant; near misses stay and say why.
+// RUN: moec-opt %s --split-input-file --moe-raise-attention=remarks=true --verify-diagnostics | FileCheck %s
+
+// PyTorch's export: Q and K^T each scaled by d^-1/4, K^T through Reshape -> Transpose -> Reshape over Shape
+// slices, K and V repeated for 2 query heads per key/value head, an additive mask, NaN rows zeroed.
+// CHECK-LABEL: func.func @sdpa_gqa
+// CHECK: %[[A:.+]] = moe.attention %arg0, %arg1, %arg2 mask %arg3 {moe.fused = ["repeat_kv", "nan_to_zero"], moe.source = "sdpa", nan_to_zero, scale = 2.500000e-01 : f32}
+// CHECK-SAME: (tensor<1x4x?x16xf32>, tensor<1x2x?x16xf32>, tensor<1x2x?x8xf32>, tensor<1x1x?x?xf32>) -> tensor<1x4x?x8xf32>
+// CHECK-NOT: onnx.Softmax
+// CHECK-NOT: onnx.Expand
+// CHECK-NOT: onnx.MatMul
+// CHECK: return %[[A]]
+func.func @sdpa_gqa(%q: tensor<1x4x?x16xf32>, %k: tensor<1x2x?x16xf32>, %v: tensor<1x2x?x8xf32>,
+                    %mask: tensor<1x1x?x?xf32>) -> tensor<1x4x?x8xf32> {
+  %c = onnx.Constant dense<0.5> : tensor<f32>
+  %zero = onnx.Constant dense<0.0> : tensor<f32>
+  %ax2 = onnx.Constant dense<2> : tensor<1xi64>
+  %g = onnx.Constant dense<2> : tensor<1xi64>
+  %rep = onnx.Constant dense<[1, 4, -1, 16]> : tensor<4xi64>
+  %repv = onnx.Constant dense<[1, 4, -1, 8]> : tensor<4xi64>
+  %m1 = onnx.Constant dense<-1> : tensor<1xi64>
+  %m2 = onnx.Constant dense<-2> : tensor<1xi64>
+  %big = onnx.Constant dense<9223372036854775807> : tensor<1xi64>
+  %small = onnx.Constant dense<-9223372036854775808> : tensor<1xi64>
+  %z1 = onnx.Constant dense<0> : tensor<1xi64>
+  %o1 = onnx.Constant dense<1> : tensor<1xi64>
+  // repeat_kv(K), repeat_kv(V)
+  %ks = onnx.Shape %k : (tensor<1x2x?x16xf32>) -> tensor<4xi64>
+  %kbh = onnx.Slice %ks, %z1, %ax2, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<2xi64>
+  %ktd = onnx.Slice %ks, %ax2, %big, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<2xi64>
+  %kshape = onnx.Concat %kbh, %g, %ktd {axis = 0 : i64} : (tensor<2xi64>, tensor<1xi64>, tensor<2xi64>) -> tensor<5xi64>
+  %ku = onnx.Unsqueeze %k, %ax2 : (tensor<1x2x?x16xf32>, tensor<1xi64>) -> tensor<1x2x1x?x16xf32>
+  %ke = onnx.Expand %ku, %kshape : (tensor<1x2x1x?x16xf32>, tensor<5xi64>) -> tensor<1x2x2x?x16xf32>
+  %kr = onnx.Reshape %ke, %rep : (tensor<1x2x2x?x16xf32>, tensor<4xi64>) -> tensor<1x4x?x16xf32>
+  %vs = onnx.Shape %v : (tensor<1x2x?x8xf32>) -> tensor<4xi64>
+  %vbh = onnx.Slice %vs, %z1, %ax2, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<2xi64>
+  %vtd = onnx.Slice %vs, %ax2, %big, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<2xi64>
+  %vshape = onnx.Concat %vbh, %g, %vtd {axis = 0 : i64} : (tensor<2xi64>, tensor<1xi64>, tensor<2xi64>) -> tensor<5xi64>
+  %vu = onnx.Unsqueeze %v, %ax2 : (tensor<1x2x?x8xf32>, tensor<1xi64>) -> tensor<1x2x1x?x8xf32>
+  %ve = onnx.Expand %vu, %vshape : (tensor<1x2x1x?x8xf32>, tensor<5xi64>) -> tensor<1x2x2x?x8xf32>
+  %vr = onnx.Reshape %ve, %repv : (tensor<1x2x2x?x8xf32>, tensor<4xi64>) -> tensor<1x4x?x8xf32>
+  // K^T as the exporter writes it
+  %s = onnx.Shape %kr : (tensor<1x4x?x16xf32>) -> tensor<4xi64>
+  %d = onnx.Slice %s, %m1, %big, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<1xi64>
+  %t = onnx.Slice %s, %m2, %m1, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<1xi64>
+  %bh = onnx.Slice %s, %small, %m2, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<2xi64>
+  %s3 = onnx.Concat %m1, %t, %d {axis = 0 : i64} : (tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<3xi64>
+  %k3 = onnx.Reshape %kr, %s3 : (tensor<1x4x?x16xf32>, tensor<3xi64>) -> tensor<?x?x?xf32>
+  %k3t = onnx.Transpose %k3 {perm = [0, 2, 1]} : (tensor<?x?x?xf32>) -> tensor<?x?x?xf32>
+  %s4 = onnx.Concat %bh, %d, %t {axis = 0 : i64} : (tensor<2xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<4xi64>
+  %kt = onnx.Reshape %k3t, %s4 : (tensor<?x?x?xf32>, tensor<4xi64>) -> tensor<?x?x?x?xf32>
+  %qs = onnx.Mul %q, %c : (tensor<1x4x?x16xf32>, tensor<f32>) -> tensor<1x4x?x16xf32>
+  %kts = onnx.Mul %kt, %c : (tensor<?x?x?x?xf32>, tensor<f32>) -> tensor<?x?x?x?xf32>
+  %sc = onnx.MatMul %qs, %kts : (tensor<1x4x?x16xf32>, tensor<?x?x?x?xf32>) -> tensor<?x4x?x?xf32>
+  %sm = onnx.Add %sc, %mask : (tensor<?x4x?x?xf32>, tensor<1x1x?x?xf32>) -> tensor<?x4x?x?xf32>
+  %p = onnx.Softmax %sm : (tensor<?x4x?x?xf32>) -> tensor<?x4x?x?xf32>
+  %nan = onnx.IsNaN %p : (tensor<?x4x?x?xf32>) -> tensor<?x4x?x?xi1>
+  %p0 = onnx.Where %nan, %zero, %p : (tensor<?x4x?x?xi1>, tensor<f32>, tensor<?x4x?x?xf32>) -> tensor<?x4x?x?xf32>
+  %o = onnx.MatMul %p0, %vr : (tensor<?x4x?x?xf32>, tensor<1x4x?x8xf32>) -> tensor<1x4x?x8xf32>
+  return %o : tensor<1x4x?x8xf32>
+}
+
+// -----
+
+// Eager attention: Transpose(K), scores divided by sqrt(d) after the product, no mask, no NaN guard.
+// CHECK-LABEL: func.func @eager_div
+// CHECK: moe.attention %arg0, %arg1, %arg2 {moe.source = "sdpa", scale = 1.250000e-01 : f32}
+// CHECK-SAME: (tensor<?x2x?x64xf32>, tensor<?x2x?x64xf32>, tensor<?x2x?x64xf32>) -> tensor<?x2x?x64xf32>
+// CHECK-NOT: onnx.Softmax
+func.func @eager_div(%q: tensor<?x2x?x64xf32>, %k: tensor<?x2x?x64xf32>, %v: tensor<?x2x?x64xf32>) -> tensor<?x2x?x64xf32> {
+  %c = onnx.Constant dense<8.0> : tensor<f32>
+  %kt = onnx.Transpose %k {perm = [0, 1, 3, 2]} : (tensor<?x2x?x64xf32>) -> tensor<?x2x64x?xf32>
+  %sc = onnx.MatMul %q, %kt : (tensor<?x2x?x64xf32>, tensor<?x2x64x?xf32>) -> tensor<?x2x?x?xf32>
+  %sd = onnx.Div %sc, %c : (tensor<?x2x?x?xf32>, tensor<f32>) -> tensor<?x2x?x?xf32>
+  %p = onnx.Softmax %sd {axis = -1 : i64} : (tensor<?x2x?x?xf32>) -> tensor<?x2x?x?xf32>
+  %o = onnx.MatMul %p, %v : (tensor<?x2x?x?xf32>, tensor<?x2x?x64xf32>) -> tensor<?x2x?x64xf32>
+  return %o : tensor<?x2x?x64xf32>
+}
+
+// -----
+
+// Near misses stay op steps: a softmax over another axis; K^T transposing other dims than the last two.
+// CHECK-LABEL: func.func @near_misses
+// CHECK-NOT: moe.attention
+// CHECK-COUNT-2: onnx.Softmax
+func.func @near_misses(%q: tensor<1x2x4x8xf32>, %k: tensor<1x2x4x8xf32>, %v: tensor<1x2x4x8xf32>) -> (tensor<1x2x4x8xf32>, tensor<2x2x4x8xf32>) {
+  %kt = onnx.Transpose %k {perm = [0, 1, 3, 2]} : (tensor<1x2x4x8xf32>) -> tensor<1x2x8x4xf32>
+  %sc = onnx.MatMul %q, %kt : (tensor<1x2x4x8xf32>, tensor<1x2x8x4xf32>) -> tensor<1x2x4x4xf32>
+  // expected-remark @+1 {{attention not raised: the softmax is not over the last axis}}
+  %p = onnx.Softmax %sc {axis = 2 : i64} : (tensor<1x2x4x4xf32>) -> tensor<1x2x4x4xf32>
+  %o = onnx.MatMul %p, %v : (tensor<1x2x4x4xf32>, tensor<1x2x4x8xf32>) -> tensor<1x2x4x8xf32>
+  %kt2 = onnx.Transpose %k {perm = [1, 0, 3, 2]} : (tensor<1x2x4x8xf32>) -> tensor<2x1x8x4xf32>
+  %sc2 = onnx.MatMul %q, %kt2 : (tensor<1x2x4x8xf32>, tensor<2x1x8x4xf32>) -> tensor<2x2x4x4xf32>
+  // expected-remark @+1 {{attention not raised: K^T is not a Transpose of the keys' last two dims}}
+  %p2 = onnx.Softmax %sc2 : (tensor<2x2x4x4xf32>) -> tensor<2x2x4x4xf32>
+  %o2 = onnx.MatMul %p2, %v : (tensor<2x2x4x4xf32>, tensor<1x2x4x8xf32>) -> tensor<2x2x4x8xf32>
+  return %o, %o2 : tensor<1x2x4x8xf32>, tensor<2x2x4x8xf32>
+}
