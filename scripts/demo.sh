@@ -37,6 +37,21 @@ err = np.abs(got - want).max() / np.abs(want).max()
 print(f"   max relative error vs ONNX Runtime: {err:.2e} ({'ok' if err <= 1e-4 else 'MISMATCH'}, tolerance 1e-4)")
 sys.exit(0 if err <= 1e-4 else 1)
 PY
+echo "-- 0d. generate tokens: a small Qwen3-MoE-like decoder with KV caches (PyTorch export, random weights) compiled"
+echo "--     for this CPU; moert generate runs the prompt, then decodes token by token, keeping the caches itself"
+decoder="$src/tests/fixtures/transformers/past_qwen3_moe.onnx"
+run "$build/bin/moec" compile "$decoder" -o "$tmp/decoder.moex" --cpu=native --quiet
+python3 -c "import numpy as np; np.save('$tmp/prompt.npy', np.array([[3, 1, 4, 1, 5, 9]], np.int64))"
+run "$build/bin/moert" generate "$tmp/decoder.moex" --prompt-ids "$tmp/prompt.npy" --max-new-tokens 32 --greedy \
+  --output "$tmp/tokens.npy"
+python3 - "$src" "$decoder" "$tmp/tokens.npy" <<'PY'
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1] + "/tests/e2e")
+from check_generate import ort_greedy
+want, got = ort_greedy(sys.argv[2], [3, 1, 4, 1, 5, 9], 32), np.load(sys.argv[3]).tolist()
+print(f"   ONNX Runtime's greedy loop on the same file: {'the same 32 tokens' if got == want else 'DIFFERENT: ' + str(want)}")
+sys.exit(0 if got == want else 1)
+PY
 echo "-- the MoE layers in examples/mlir/moe_layers.mlir through moec-opt"
 echo "-- 1. cost of each layer per token (moe-print-cost; remarks go to stderr)"
 run "$opt" "$example" --moe-print-cost -o /dev/null 2>&1

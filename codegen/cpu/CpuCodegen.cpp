@@ -1054,6 +1054,42 @@ struct Emitter {
   }
 };
 
+/// Marks a decoder with KV caches (Program.decoder) when the graph has input_ids, logits and past/present
+/// pairs under the names exporters use, each past a rank-4 f32 [B, heads, past, head dim].
+void recordDecoder(pb::Program &p) {
+  auto nameOf = [&](uint32_t id) -> const std::string & { return p.values(id).name(); };
+  auto find = [&](const auto &ids, const std::string &name) -> int {
+    for (int i = 0; i < ids.size(); ++i)
+      if (nameOf(ids[i]) == name)
+        return i;
+    return -1;
+  };
+  const int ids = find(p.inputs(), "input_ids");
+  int logits = find(p.outputs(), "logits");
+  if (ids < 0 || logits < 0)
+    return;
+  pb::Decoder d;
+  d.set_input_ids(ids);
+  d.set_attention_mask(find(p.inputs(), "attention_mask"));
+  d.set_position_ids(find(p.inputs(), "position_ids"));
+  d.set_logits(logits);
+  for (int i = 0; i < p.inputs_size(); ++i) {
+    const std::string &name = nameOf(p.inputs(i));
+    if (name.rfind("past_key_values.", 0) != 0)
+      continue;
+    std::string present = "present." + name.substr(std::strlen("past_key_values."));
+    int o = find(p.outputs(), present);
+    const auto &t = p.values(p.inputs(i)).type();
+    if (o < 0 || t.dtype() != pb::F32 || t.dims_size() != 4)
+      return; // a past without its present, or of another form: not a decoder the session API drives
+    auto *c = d.add_caches();
+    c->set_past(i);
+    c->set_present(o);
+  }
+  if (d.caches_size() > 0)
+    *p.mutable_decoder() = std::move(d);
+}
+
 std::string findCompiler(const CpuOptions &o) {
   if (!o.cxx.empty())
     return o.cxx;
@@ -1112,6 +1148,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
     error = em.error;
     return false;
   }
+  recordDecoder(*em.program);
   planMemory(*em.program);
   if (progress)
     *progress << "moec: " << em.dispatches << " MoE dispatch" << (em.dispatches == 1 ? "" : "es") << ", "

@@ -4,6 +4,7 @@
     rt = moert.Runtime("build/lib/libmoert.so")
     model = rt.load("model.moex", threads=2)
     outputs = model.run({"x": x})          # {name: np.ndarray}
+    tokens, stats = model.generate([3, 1, 4], max_new_tokens=32)   # a decoder with KV caches: greedy
     model.close()
 
 Used by the tests and the benchmarks; nothing here is needed to run an artifact from C or the `moert` CLI.
@@ -26,6 +27,21 @@ class _Tensor(ctypes.Structure):
 class _LoadOptions(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("verify_checksum", ctypes.c_int),
                 ("device", ctypes.c_int)]
+
+
+class _SessionOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("max_context", ctypes.c_int64)]
+
+
+class _GenerateOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("max_new_tokens", ctypes.c_int), ("greedy", ctypes.c_int),
+                ("temperature", ctypes.c_float), ("top_k", ctypes.c_int), ("top_p", ctypes.c_float),
+                ("seed", ctypes.c_uint64), ("eos_token_id", ctypes.c_int64)]
+
+
+class _GenerateStats(ctypes.Structure):
+    _fields_ = [("prompt_tokens", ctypes.c_size_t), ("new_tokens", ctypes.c_size_t), ("prefill_ms", ctypes.c_double),
+                ("decode_ms", ctypes.c_double)]
 
 
 DEVICES = {"cpu": 0, "gpu": 1, "cuda": 2, "hip": 3}  # moert_device
@@ -58,6 +74,13 @@ class Runtime:
         lib.moert_result_output.argtypes = [vp, ctypes.c_size_t]
         lib.moert_result_free.argtypes = [vp]
         lib.moert_free.argtypes = [vp]
+        lib.moert_session_create.argtypes = [vp, ctypes.POINTER(_SessionOptions), ctypes.POINTER(vp)]
+        lib.moert_session_create.restype = vp
+        lib.moert_session_free.argtypes = [vp]
+        lib.moert_generate.argtypes = [vp, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t,
+                                       ctypes.POINTER(_GenerateOptions), ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t,
+                                       ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(_GenerateStats)]
+        lib.moert_generate.restype = vp
 
     def check(self, status):
         if status:
@@ -116,6 +139,28 @@ class Model:
             return out
         finally:
             lib.moert_result_free(res)
+
+    def generate(self, prompt, max_new_tokens=32, greedy=True, temperature=1.0, top_k=0, top_p=1.0, seed=0,
+                 eos_token_id=-1, max_context=0):
+        """A decoder with KV caches: runs `prompt` (token ids) in a fresh session, then picks up to max_new_tokens
+        tokens (greedy, or sampled with temperature / top_k / top_p / seed). Returns (tokens as an int64 array,
+        {"prompt_tokens", "new_tokens", "prefill_ms", "decode_ms"})."""
+        lib = self.rt.lib
+        session = ctypes.c_void_p()
+        opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context)
+        self.rt.check(lib.moert_session_create(self.handle, ctypes.byref(opts), ctypes.byref(session)))
+        try:
+            ids = np.ascontiguousarray(np.asarray(prompt, dtype=np.int64).reshape(-1))
+            out = np.zeros(max(max_new_tokens, 1), np.int64)
+            made, stats = ctypes.c_size_t(), _GenerateStats()
+            go = _GenerateOptions(ctypes.sizeof(_GenerateOptions), max_new_tokens, int(greedy), temperature, top_k,
+                                  top_p, seed, eos_token_id)
+            i64 = ctypes.POINTER(ctypes.c_int64)
+            self.rt.check(lib.moert_generate(session, ids.ctypes.data_as(i64), ids.size, ctypes.byref(go),
+                                             out.ctypes.data_as(i64), out.size, ctypes.byref(made), ctypes.byref(stats)))
+            return out[:made.value].copy(), {name: getattr(stats, name) for name, _ in _GenerateStats._fields_}
+        finally:
+            lib.moert_session_free(session)
 
     def close(self):
         if self.handle:

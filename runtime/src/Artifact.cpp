@@ -229,6 +229,22 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       return bad("has a corrupted program (output id)");
     lastUse[id] = p.steps_size(); // kept to the end
   }
+  if (p.has_decoder()) {
+    const pb::Decoder &d = p.decoder();
+    auto in = [&](int64_t i) { return i >= 0 && i < p.inputs_size(); };
+    bool ok = in(d.input_ids()) && (d.attention_mask() == -1 || in(d.attention_mask())) &&
+              (d.position_ids() == -1 || in(d.position_ids())) && d.logits() < uint32_t(p.outputs_size()) &&
+              d.caches_size() > 0;
+    for (const pb::KvCache &c : d.caches()) {
+      ok = ok && in(c.past()) && c.present() < uint32_t(p.outputs_size());
+      if (!ok)
+        break;
+      const auto &t = p.values(p.inputs(c.past())).type();
+      ok = t.dtype() == pb::F32 && t.dims_size() == 4;
+    }
+    if (!ok)
+      return bad("has a corrupted decoder record");
+  }
   // Intermediates are released after the step that reads them last.
   for (int i = 0; i < p.values_size(); ++i)
     if (lastUse[i] >= 0 && lastUse[i] < p.steps_size() && !p.values(i).has_constant_section())
@@ -437,6 +453,12 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     else
       os << "  dispatch " << s.moe().index() << ": " << s.moe().description() << " ("
          << mib(s.moe().weight_bytes()) << " of weights)\n";
+  }
+  if (p.has_decoder()) {
+    const pb::Decoder &d = p.decoder();
+    os << "decoder: " << d.caches_size() << " KV caches (" << p.values(p.inputs(d.caches(0).past())).name()
+       << " -> " << p.values(p.outputs(d.caches(0).present())).name() << ", ...), logits '"
+       << p.values(p.outputs(d.logits())).name() << "': `moert generate` and moert_session_* drive it\n";
   }
   os << "memory plan: " << p.buffers() << " buffers for the intermediates (sized per input shape at run time)\n";
   os << "sections: " << a.sections_size() << " (weights " << mib(weights) << ", code " << mib(codeBytes)

@@ -3,6 +3,9 @@
 //   moert run MODEL.moex --input NAME=FILE.npy ... [--output-dir DIR] [--threads N] [--repeat N]
 //                        [--warmup N] [--profile trace.json] [--no-verify]
 //   moert inspect MODEL.moex
+//   moert generate MODEL.moex --prompt-ids ids.npy [--max-new-tokens N] [--greedy | --temperature T
+//                  --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N] [--threads N] [--output
+//                  ids.npy]
 //
 // Links only libmoert (no LLVM, no MLIR). Errors are one line on stderr and a non-zero exit.
 //
@@ -14,6 +17,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +31,7 @@ const char *kUsage =
     "usage:\n"
     "  moert run MODEL.moex --input NAME=FILE.npy ... [options]\n"
     "  moert inspect MODEL.moex [--device D]\n"
+    "  moert generate MODEL.moex --prompt-ids IDS.npy [options]   prefill, then decode token by token\n"
     "  moert devices [--device D] [--bandwidth]   the GPU moert would use (and its copy bandwidth)\n\n"
     "run options:\n"
     "  --input NAME=FILE.npy   an input (repeat for each; NAME as `moert inspect` lists it)\n"
@@ -38,8 +43,18 @@ const char *kUsage =
     "  --warmup N              untimed calls before timing (default: 1 when --repeat > 1)\n"
     "  --gpu-time N            after the run, time each dispatch's GPU kernels N times back to back\n"
     "                          (device time per call, weight bytes read, GB/s)\n"
-    "  --profile FILE.json     write a Chrome trace (chrome://tracing, Perfetto) of each step of the last call\n"
-    "  --no-verify             skip the whole-file checksum at load\n";
+    "  --profile FILE.json     write a Chrome trace (chrome://tracing, Perfetto) of each step of the last "
+    "call\n"
+    "  --no-verify             skip the whole-file checksum at load\n\n"
+    "generate options (a decoder with KV caches: `moert inspect` shows a 'decoder:' line):\n"
+    "  --prompt-ids IDS.npy    the prompt's token ids (int64 or int32, shape [n] or [1, n])\n"
+    "  --max-new-tokens N      tokens to generate (default 32)\n"
+    "  --greedy                the most likely token each step (default)\n"
+    "  --temperature T         sample instead: logits / T (with --top-k K, --top-p P, --seed S)\n"
+    "  --eos-id ID             stop after generating ID\n"
+    "  --max-context N         positions the KV caches hold (default 4096)\n"
+    "  --output IDS.npy        also write the generated ids (int64) there\n"
+    "  --threads N, --no-verify as for run\n";
 
 int fail(const std::string &msg) {
   std::fprintf(stderr, "moert: error: %s\n", msg.c_str());
@@ -287,6 +302,143 @@ int run(int argc, char **argv) {
   return 0;
 }
 
+bool parseFloat(const char *s, float &out) {
+  char *end = nullptr;
+  out = std::strtof(s, &end);
+  return end && !*end && std::isfinite(out);
+}
+
+int generate(int argc, char **argv) {
+  std::string model, promptPath, outPath;
+  int threads = 0, verify = 1, maxNew = 32, topK = 0, maxContext = 0;
+  float temperature = 1.0f, topP = 1.0f;
+  bool greedy = true;
+  unsigned long long seed = 0;
+  long long eos = -1;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> const char * {
+      if (i + 1 >= argc) {
+        fail(a + " needs a value");
+        return nullptr;
+      }
+      return argv[++i];
+    };
+    const char *v = nullptr;
+    if (a == "--prompt-ids" || a == "--output") {
+      if (!(v = value()))
+        return 1;
+      (a == "--prompt-ids" ? promptPath : outPath) = v;
+    } else if (a == "--max-new-tokens" || a == "--top-k" || a == "--threads" || a == "--max-context") {
+      int n;
+      if (!(v = value()))
+        return 1;
+      if (!parseInt(v, n))
+        return fail(a + " needs a non-negative integer");
+      (a == "--max-new-tokens" ? maxNew
+       : a == "--top-k"        ? topK
+       : a == "--threads"      ? threads
+                               : maxContext) = n;
+    } else if (a == "--temperature" || a == "--top-p") {
+      float f;
+      if (!(v = value()))
+        return 1;
+      if (!parseFloat(v, f))
+        return fail(a + " needs a number");
+      (a == "--temperature" ? temperature : topP) = f;
+      greedy = false;
+    } else if (a == "--seed" || a == "--eos-id") {
+      if (!(v = value()))
+        return 1;
+      char *end = nullptr;
+      long long n = std::strtoll(v, &end, 10);
+      if (!end || *end || (a == "--seed" && n < 0))
+        return fail(a + " needs an integer");
+      if (a == "--seed")
+        seed = static_cast<unsigned long long>(n);
+      else
+        eos = n;
+    } else if (a == "--greedy") {
+      greedy = true;
+    } else if (a == "--no-verify") {
+      verify = 0;
+    } else if (!a.empty() && a[0] == '-') {
+      return fail("unknown option " + a + " (see moert --help)");
+    } else if (model.empty()) {
+      model = a;
+    } else {
+      return fail("more than one model given ('" + model + "', '" + a + "')");
+    }
+  }
+  if (model.empty() || promptPath.empty())
+    return fail(
+        "usage: moert generate MODEL.moex --prompt-ids IDS.npy [--max-new-tokens N] ... (see moert --help)");
+  if (std::any_of(argv, argv + argc, [](const char *x) { return !std::strcmp(x, "--greedy"); }))
+    greedy = true;
+  moert::npy::Array prompt;
+  std::string err;
+  if (!moert::npy::read(promptPath, prompt, err))
+    return fail("--prompt-ids: " + err);
+  std::vector<int64_t> ids;
+  const size_t count = prompt.dims.empty() ? 1 : [&] {
+    size_t c = 1;
+    for (int64_t d : prompt.dims)
+      c *= static_cast<size_t>(d);
+    return c;
+  }();
+  if (prompt.dims.size() > 2 || (prompt.dims.size() == 2 && prompt.dims[0] != 1))
+    return fail("--prompt-ids " + promptPath + ": expected shape [n] or [1, n] (one sequence)");
+  if (prompt.dtype == MOERT_I64) {
+    ids.resize(count);
+    std::memcpy(ids.data(), prompt.data.data(), count * 8);
+  } else if (prompt.dtype == MOERT_I32) {
+    for (size_t i = 0; i < count; ++i) {
+      int32_t x;
+      std::memcpy(&x, prompt.data.data() + 4 * i, 4);
+      ids.push_back(x);
+    }
+  } else {
+    return fail("--prompt-ids " + promptPath + ": token ids must be int64 or int32");
+  }
+  if (ids.empty())
+    return fail("--prompt-ids " + promptPath + ": the prompt is empty");
+
+  moert_model *m = nullptr;
+  moert_load_options lo{sizeof lo, threads, verify, MOERT_DEVICE_CPU};
+  if (int rc = check(moert_load(model.c_str(), &lo, &m)))
+    return rc;
+  moert_session *s = nullptr;
+  moert_session_options so{sizeof so, maxContext};
+  if (int rc = check(moert_session_create(m, &so, &s))) {
+    moert_free(m);
+    return rc;
+  }
+  moert_generate_options go{sizeof go, maxNew, greedy ? 1 : 0, temperature, topK, topP, seed, eos};
+  std::vector<int64_t> out(std::max(1, maxNew));
+  size_t made = 0;
+  moert_generate_stats st{};
+  int rc = check(moert_generate(s, ids.data(), ids.size(), &go, out.data(), out.size(), &made, &st));
+  moert_session_free(s);
+  moert_free(m);
+  if (rc)
+    return rc;
+  std::printf("tokens:");
+  for (size_t i = 0; i < made; ++i)
+    std::printf(" %lld", static_cast<long long>(out[i]));
+  std::printf("\nprefill: %zu tokens in %.2f ms (%.1f tokens/s)\n", st.prompt_tokens, st.prefill_ms,
+              st.prompt_tokens / (st.prefill_ms * 1e-3));
+  if (made > 1)
+    std::printf("decode: %zu tokens in %.2f ms (%.1f tokens/s)\n", made - 1, st.decode_ms,
+                (made - 1) / (st.decode_ms * 1e-3));
+  if (!outPath.empty()) {
+    int64_t dims[1] = {static_cast<int64_t>(made)};
+    moert_tensor t{"tokens", MOERT_I64, 1, dims, out.data()};
+    if (!moert::npy::write(outPath, t, err))
+      return fail(err);
+  }
+  return 0;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -301,5 +453,7 @@ int main(int argc, char **argv) {
     return inspect(argc - 2, argv + 2);
   if (cmd == "devices")
     return devices(argc - 2, argv + 2);
-  return fail("unknown command '" + cmd + "' (commands: run, inspect, devices; see moert --help)");
+  if (cmd == "generate")
+    return generate(argc - 2, argv + 2);
+  return fail("unknown command '" + cmd + "' (commands: run, inspect, generate, devices; see moert --help)");
 }

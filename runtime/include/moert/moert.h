@@ -117,6 +117,61 @@ MOERT_API const moert_tensor *moert_result_output(const moert_result *result, si
 MOERT_API const char *moert_result_profile_json(const moert_result *result);
 MOERT_API void moert_result_free(moert_result *result);
 
+/* ---- Generation: a decoder with KV caches (an artifact whose `moert inspect` shows "decoder")
+ * ----------------
+ *
+ *   moert_session *s;
+ *   moert_session_create(model, NULL, &s);
+ *   int64_t out[32]; size_t n; moert_generate_stats stats;
+ *   moert_generate(s, prompt, prompt_len, NULL, out, 32, &n, &stats);   // greedy, 32 new tokens
+ *   moert_session_free(s);
+ *
+ * A session holds one sequence (batch 1) and its KV caches between calls: the graph's `past_key_values.*`
+ * inputs are fed from the session and its `present.*` outputs kept; `input_ids`, `attention_mask` (all ones)
+ * and `position_ids` (the positions of the new tokens) are made by the session. One session per thread; many
+ * sessions may share a model. */
+typedef struct moert_session moert_session;
+
+typedef struct moert_session_options {
+  size_t struct_size;  /* sizeof(moert_session_options) */
+  int64_t max_context; /* positions the caches hold at most (prompt + generated); 0 = 4096 */
+} moert_session_options;
+
+MOERT_API moert_status moert_session_create(moert_model *model, const moert_session_options *options,
+                                            moert_session **out);
+MOERT_API void moert_session_free(moert_session *session);
+/* Runs `n` new tokens and appends them to the caches; *logits is the last token's `*vocab` logits, valid
+ * until the next call on the session. */
+MOERT_API moert_status moert_session_append(moert_session *session, const int64_t *tokens, size_t n,
+                                            const float **logits, size_t *vocab);
+/* Cached positions. */
+MOERT_API size_t moert_session_length(const moert_session *session);
+/* Keeps the first `length` cached positions and forgets the rest (0: all; more than cached is an error). */
+MOERT_API moert_status moert_session_rewind(moert_session *session, size_t length);
+
+typedef struct moert_generate_options {
+  size_t struct_size;   /* sizeof(moert_generate_options) */
+  int max_new_tokens;   /* default 32 */
+  int greedy;           /* nonzero (default): the most likely token (the lowest id on ties); 0: sample */
+  float temperature;    /* sampling: logits divided by it (default 1, > 0) */
+  int top_k;            /* sampling: only the k most likely tokens (0 = all, default) */
+  float top_p;          /* sampling: the fewest most likely tokens whose probability reaches p (default 1) */
+  uint64_t seed;        /* sampling: the random stream (same seed, same tokens) */
+  int64_t eos_token_id; /* stop after generating it (-1 = never, default) */
+} moert_generate_options;
+
+typedef struct moert_generate_stats {
+  size_t prompt_tokens, new_tokens;
+  double prefill_ms; /* the prompt's one call */
+  double decode_ms;  /* the calls for generated tokens (new_tokens - 1 of them) */
+} moert_generate_stats;
+
+/* Appends `prompt` (n >= 1 tokens) to the session, then picks up to max_new_tokens tokens one at a time
+ * (each fed back before the next is picked) into out[0 .. *num_out). `stats` may be NULL. */
+MOERT_API moert_status moert_generate(moert_session *session, const int64_t *prompt, size_t n,
+                                      const moert_generate_options *options, int64_t *out,
+                                      size_t out_capacity, size_t *num_out, moert_generate_stats *stats);
+
 #ifdef __cplusplus
 }
 #endif

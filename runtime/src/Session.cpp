@@ -1,0 +1,300 @@
+//===- Session.cpp - generation sessions over a decoder with KV caches -------===//
+//
+// moert_session_* and moert_generate (include/moert/moert.h). The artifact's Program.decoder says which graph
+// inputs are input_ids / attention_mask / position_ids / past caches and which outputs are logits / presents
+// (recorded by moec from the exporters' names). A session keeps one sequence's caches ([1, heads, length,
+// head dim] each) between calls and runs the program through moert_run with the inputs it makes.
+//
+//===----------------------------------------------------------------------===//
+#include "Model.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+namespace pb = moert::proto;
+using moert::makeError;
+
+struct moert_session {
+  moert_model *model = nullptr;
+  const pb::Decoder *decoder = nullptr;
+  int64_t maxContext = 4096;
+  int64_t length = 0;
+  struct Cache {
+    int64_t heads = 0, dim = 0;
+    std::vector<float> data; // [1][heads][length][dim]
+  };
+  std::vector<Cache> caches;
+  std::vector<float> logits;
+};
+
+namespace {
+
+const pb::Value &inputValue(const moert_model *m, uint32_t i) {
+  return m->meta.program().values(m->meta.program().inputs(i));
+}
+
+/// Integer tokens as the input's dtype (i64 or i32).
+bool fillIntegers(moert_dtype dtype, const std::vector<int64_t> &v, std::vector<char> &bytes) {
+  if (dtype == MOERT_I64) {
+    bytes.resize(v.size() * 8);
+    std::memcpy(bytes.data(), v.data(), bytes.size());
+    return true;
+  }
+  if (dtype == MOERT_I32) {
+    bytes.resize(v.size() * 4);
+    for (size_t i = 0; i < v.size(); ++i) {
+      int32_t x = static_cast<int32_t>(v[i]);
+      std::memcpy(bytes.data() + 4 * i, &x, 4);
+    }
+    return true;
+  }
+  return false;
+}
+
+} // namespace
+
+extern "C" {
+
+moert_status moert_session_create(moert_model *model, const moert_session_options *options,
+                                  moert_session **out) {
+  if (!model || !out)
+    return makeError("moert_session_create: model and out must not be NULL");
+  *out = nullptr;
+  moert_session_options opts{sizeof(moert_session_options), 0};
+  if (options) {
+    if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_session_options))
+      return makeError("moert_session_create: options.struct_size must be sizeof(moert_session_options)");
+    std::memcpy(&opts, options, options->struct_size);
+  }
+  if (opts.max_context < 0)
+    return makeError("moert_session_create: max_context " + std::to_string(opts.max_context) +
+                     " is negative");
+  const pb::Program &p = model->meta.program();
+  if (!p.has_decoder())
+    return makeError(
+        "moert_session_create: " + model->path +
+        " is not a decoder with KV caches (it needs input_ids, logits and past_key_values.* / present.* "
+        "pairs; `moert inspect` lists its inputs and outputs)");
+  auto s = std::make_unique<moert_session>();
+  s->model = model;
+  s->decoder = &p.decoder();
+  s->maxContext = opts.max_context ? opts.max_context : 4096;
+  for (const pb::KvCache &c : p.decoder().caches()) {
+    const pb::Value &v = inputValue(model, c.past());
+    moert_session::Cache cache;
+    cache.heads = v.type().dims(1).size();
+    cache.dim = v.type().dims(3).size();
+    if (cache.heads <= 0 || cache.dim <= 0)
+      return makeError("moert_session_create: past cache '" + v.name() +
+                       "' has no static head count and head dim (dims 1 and 3)");
+    s->caches.push_back(std::move(cache));
+  }
+  *out = s.release();
+  return nullptr;
+}
+
+void moert_session_free(moert_session *s) { delete s; }
+
+size_t moert_session_length(const moert_session *s) { return s ? static_cast<size_t>(s->length) : 0; }
+
+moert_status moert_session_rewind(moert_session *s, size_t length) {
+  if (!s)
+    return makeError("moert_session_rewind: session must not be NULL");
+  if (static_cast<int64_t>(length) > s->length)
+    return makeError("moert_session_rewind: " + std::to_string(length) +
+                     " positions asked for, the session holds " + std::to_string(s->length));
+  const int64_t keep = static_cast<int64_t>(length);
+  for (auto &c : s->caches) {
+    std::vector<float> kept(size_t(c.heads) * keep * c.dim);
+    for (int64_t h = 0; h < c.heads; ++h)
+      std::memcpy(kept.data() + size_t(h) * keep * c.dim, c.data.data() + size_t(h) * s->length * c.dim,
+                  sizeof(float) * keep * c.dim);
+    c.data = std::move(kept);
+  }
+  s->length = keep;
+  return nullptr;
+}
+
+moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_t n, const float **logits,
+                                  size_t *vocab) {
+  if (!s || !tokens || !logits || !vocab)
+    return makeError("moert_session_append: session, tokens, logits and vocab must not be NULL");
+  if (n == 0)
+    return makeError("moert_session_append: no tokens given");
+  const int64_t total = s->length + static_cast<int64_t>(n);
+  if (total > s->maxContext)
+    return makeError("moert_session_append: " + std::to_string(n) + " tokens after " +
+                     std::to_string(s->length) + " cached exceed the session's context of " +
+                     std::to_string(s->maxContext) +
+                     " positions (moert_session_options.max_context, moert generate --max-context)");
+  moert_model *m = s->model;
+  const pb::Decoder &d = *s->decoder;
+  const size_t numInputs = moert_num_inputs(m);
+  std::vector<moert_tensor> ins(numInputs);
+  std::vector<std::vector<int64_t>> dims(numInputs);
+  std::vector<std::vector<char>> owned(numInputs);
+  std::vector<int> cacheOf(numInputs, -1);
+  for (int c = 0; c < d.caches_size(); ++c)
+    cacheOf[d.caches(c).past()] = c;
+  for (size_t i = 0; i < numInputs; ++i) {
+    const moert_dtype dtype = moert_input_dtype(m, i);
+    ins[i].name = moert_input_name(m, i);
+    ins[i].dtype = dtype;
+    std::vector<int64_t> values;
+    if (i == d.input_ids()) {
+      values.assign(tokens, tokens + n);
+      dims[i] = {1, static_cast<int64_t>(n)};
+    } else if (static_cast<int>(i) == d.attention_mask()) {
+      values.assign(total, 1);
+      dims[i] = {1, total};
+    } else if (static_cast<int>(i) == d.position_ids()) {
+      values.resize(n);
+      std::iota(values.begin(), values.end(), s->length);
+      dims[i] = {1, static_cast<int64_t>(n)};
+    } else if (cacheOf[i] >= 0) {
+      auto &c = s->caches[cacheOf[i]];
+      dims[i] = {1, c.heads, s->length, c.dim};
+      ins[i].data = c.data.data();
+      ins[i].rank = 4;
+      ins[i].dims = dims[i].data();
+      continue;
+    } else {
+      return makeError(std::string("moert_session_append: the decoder takes input '") + ins[i].name +
+                       "', which a session does not know how to fill");
+    }
+    if (!fillIntegers(dtype, values, owned[i]))
+      return makeError(std::string("moert_session_append: input '") + ins[i].name +
+                       "' is not int64 or int32, as token ids, masks and positions must be");
+    ins[i].data = owned[i].data();
+    ins[i].rank = static_cast<int32_t>(dims[i].size());
+    ins[i].dims = dims[i].data();
+  }
+  moert_result *res = nullptr;
+  if (moert_status st = moert_run(m, nullptr, ins.data(), ins.size(), &res))
+    return st;
+  std::unique_ptr<moert_result, void (*)(moert_result *)> hold(res, moert_result_free);
+  const moert_tensor *lt = moert_result_output(res, d.logits());
+  if (!lt || lt->dtype != MOERT_F32 || lt->rank != 3 || lt->dims[0] != 1 ||
+      lt->dims[1] != static_cast<int64_t>(n))
+    return makeError("moert_session_append: the logits output is not f32 [1, " + std::to_string(n) +
+                     ", vocab]");
+  const int64_t v = lt->dims[2];
+  const float *last = static_cast<const float *>(lt->data) + (n - 1) * v;
+  // Presents become the caches (checked: [1, heads, past + new, head dim]).
+  std::vector<std::vector<float>> next(s->caches.size());
+  for (int c = 0; c < d.caches_size(); ++c) {
+    const moert_tensor *t = moert_result_output(res, d.caches(c).present());
+    const auto &cache = s->caches[c];
+    if (!t || t->dtype != MOERT_F32 || t->rank != 4 || t->dims[0] != 1 || t->dims[1] != cache.heads ||
+        t->dims[2] != total || t->dims[3] != cache.dim)
+      return makeError(std::string("moert_session_append: output '") + (t ? t->name : "?") + "' is not [1, " +
+                       std::to_string(cache.heads) + ", " + std::to_string(total) + ", " +
+                       std::to_string(cache.dim) + "] (the past cache with the new positions appended)");
+    const float *p = static_cast<const float *>(t->data);
+    next[c].assign(p, p + size_t(cache.heads) * total * cache.dim);
+  }
+  for (size_t c = 0; c < next.size(); ++c)
+    s->caches[c].data = std::move(next[c]);
+  s->length = total;
+  s->logits.assign(last, last + v);
+  *logits = s->logits.data();
+  *vocab = static_cast<size_t>(v);
+  return nullptr;
+}
+
+moert_status moert_generate(moert_session *s, const int64_t *prompt, size_t n,
+                            const moert_generate_options *options, int64_t *out, size_t capacity,
+                            size_t *numOut, moert_generate_stats *stats) {
+  if (!s || !prompt || !out || !numOut)
+    return makeError("moert_generate: session, prompt, out and num_out must not be NULL");
+  *numOut = 0;
+  moert_generate_options o{sizeof(moert_generate_options), 32, 1, 1.0f, 0, 1.0f, 0, -1};
+  if (options) {
+    if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_generate_options))
+      return makeError("moert_generate: options.struct_size must be sizeof(moert_generate_options)");
+    std::memcpy(&o, options, options->struct_size);
+  }
+  if (n == 0)
+    return makeError("moert_generate: the prompt is empty");
+  if (o.max_new_tokens < 0)
+    return makeError("moert_generate: max_new_tokens " + std::to_string(o.max_new_tokens) + " is negative");
+  if (capacity < static_cast<size_t>(o.max_new_tokens))
+    return makeError("moert_generate: room for " + std::to_string(capacity) + " tokens, max_new_tokens is " +
+                     std::to_string(o.max_new_tokens));
+  if (!o.greedy && (!(o.temperature > 0.0f) || o.top_k < 0 || !(o.top_p > 0.0f && o.top_p <= 1.0f)))
+    return makeError("moert_generate: sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1]");
+  const int64_t need = s->length + static_cast<int64_t>(n) + std::max(0, o.max_new_tokens - 1);
+  if (need > s->maxContext)
+    return makeError("moert_generate: " + std::to_string(s->length) + " cached + " + std::to_string(n) +
+                     " prompt tokens + " + std::to_string(o.max_new_tokens) + " new tokens need " +
+                     std::to_string(need) + " positions; the session's context is " +
+                     std::to_string(s->maxContext));
+  using clock = std::chrono::steady_clock;
+  auto ms = [](clock::time_point a, clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
+  std::mt19937_64 rng(o.seed);
+  std::vector<std::pair<float, int64_t>> order;
+  auto pick = [&](const float *logits, size_t v) -> int64_t {
+    if (o.greedy)
+      return std::max_element(logits, logits + v) - logits; // the first maximum: the lowest id on ties
+    order.resize(v);
+    for (size_t i = 0; i < v; ++i)
+      order[i] = {logits[i] / o.temperature, static_cast<int64_t>(i)};
+    std::sort(order.begin(), order.end(), [](const auto &a, const auto &b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    size_t keep = o.top_k > 0 ? std::min(v, static_cast<size_t>(o.top_k)) : v;
+    std::vector<double> prob(keep);
+    double sum = 0.0;
+    for (size_t i = 0; i < keep; ++i)
+      sum += prob[i] = std::exp(double(order[i].first) - double(order[0].first));
+    if (o.top_p < 1.0f) {
+      double acc = 0.0;
+      size_t i = 0;
+      while (i < keep && acc < o.top_p * sum)
+        acc += prob[i++];
+      keep = std::max<size_t>(1, i);
+      sum = acc;
+    }
+    double u = double(rng() >> 11) * 0x1.0p-53 * sum;
+    for (size_t i = 0; i < keep; ++i) {
+      if (u < prob[i])
+        return order[i].second;
+      u -= prob[i];
+    }
+    return order[keep - 1].second;
+  };
+  const float *logits = nullptr;
+  size_t vocab = 0;
+  auto t0 = clock::now();
+  if (moert_status st = moert_session_append(s, prompt, n, &logits, &vocab))
+    return st;
+  auto t1 = clock::now();
+  size_t made = 0;
+  for (int i = 0; i < o.max_new_tokens; ++i) {
+    const int64_t tok = pick(logits, vocab);
+    out[made++] = tok;
+    if (tok == o.eos_token_id || i + 1 == o.max_new_tokens)
+      break;
+    if (moert_status st = moert_session_append(s, &tok, 1, &logits, &vocab)) {
+      *numOut = made;
+      return st;
+    }
+  }
+  auto t2 = clock::now();
+  *numOut = made;
+  if (stats) {
+    stats->prompt_tokens = n;
+    stats->new_tokens = made;
+    stats->prefill_ms = ms(t0, t1);
+    stats->decode_ms = ms(t1, t2);
+  }
+  return nullptr;
+}
+
+} // extern "C"
