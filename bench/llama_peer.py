@@ -5,7 +5,8 @@ bench/whole_model.py saves the transformers model it exports (save_pretrained, b
 script writes those weights as GGUF files for llama.cpp (the `gguf` package's writer and quantisers: F32, BF16,
 Q8_0, Q4_0; architecture `qwen3moe`, no tokenizer: tokens go in as ids) and times llama.cpp through
 llama-cpp-python (which builds llama.cpp from source) with the same thread count:
-  - decode: one token at a time after a 128-token prefill (the KV cache then holds 128..135 positions),
+  - decode: one token at a time after a prefill of 128, 1024 or 4096 tokens (the KV cache then holds that many
+    positions and a few more),
   - prefill: T = 128 and 512 tokens into an empty cache, logits for every token (as the ONNX model computes).
 
 Equal bits, not equal formats: moec int8/int4 store one f32 scale per 32 weights (9 / 4.5 bits a weight with the
@@ -85,7 +86,7 @@ def write_gguf(path, qtype):
 
 def time_llama(path, threads, repeat):
     from llama_cpp import Llama
-    llm = Llama(model_path=path, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads,
+    llm = Llama(model_path=path, n_ctx=4224, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads,
                 logits_all=True, verbose=False)
     rng = np.random.default_rng(0)
     out = {}
@@ -98,21 +99,23 @@ def time_llama(path, threads, repeat):
             t0 = time.perf_counter()
             llm.eval(toks)
             times.append((time.perf_counter() - t0) * 1e3)
-        out[("prefill", t)] = (min(times[1:]), statistics.median(times[1:]))
-    times = []
-    llm.reset()
-    llm.eval(rng.integers(0, 32000, 128).tolist())
-    for _ in range(repeat + 1):
-        t0 = time.perf_counter()
-        llm.eval([int(rng.integers(0, 32000))])
-        times.append((time.perf_counter() - t0) * 1e3)
-    out[("decode", 1)] = (min(times[1:]), statistics.median(times[1:]))
+        out[("prefill", t, 0)] = (min(times[1:]), statistics.median(times[1:]))
+    for past in (128, 1024, 4096):
+        times = []
+        llm.reset()
+        llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
+        llm.eval(rng.integers(0, 32000, past).tolist())
+        for _ in range(repeat + 1):
+            t0 = time.perf_counter()
+            llm.eval([int(rng.integers(0, 32000))])
+            times.append((time.perf_counter() - t0) * 1e3)
+        out[("decode", 1, past)] = (min(times[1:]), statistics.median(times[1:]))
     llm.close() if hasattr(llm, "close") else None
     return out
 
 
 def run(threads, types, repeat=5):
-    """{(moec storage, step, T): (best ms, median ms, llama.cpp type)}; empty when llama.cpp is missing."""
+    """{(moec storage, step, T, past): (best ms, median ms, llama.cpp type)}; empty when llama.cpp is missing."""
     try:
         import gguf  # noqa: F401
         import llama_cpp  # noqa: F401
@@ -130,9 +133,10 @@ def run(threads, types, repeat=5):
             write_gguf(path + ".tmp", qt)
             os.replace(path + ".tmp", path)
             print(f"   wrote {os.path.basename(path)} in {time.time() - t0:.0f} s", flush=True)
-        for (step, t), (best, med) in time_llama(path, threads, repeat).items():
-            res[(PAIRS[qt], step, t)] = (best, med, qt)
-            print(f"   llama.cpp {qt:5s} {step:7s} T={t:3d}: {best:8.2f} ms (median {med:.2f})", flush=True)
+        for (step, t, past), (best, med) in time_llama(path, threads, repeat).items():
+            res[(PAIRS[qt], step, t, past)] = (best, med, qt)
+            print(f"   llama.cpp {qt:5s} {step:7s} T={t:3d} past={past:4d}: {best:8.2f} ms (median {med:.2f})",
+                  flush=True)
     return res
 
 

@@ -134,7 +134,7 @@ def run(build, threads, storages, roof, repeat=5):
     moert_cli = os.path.join(build, "bin", "moert")
     rt = moert.Runtime(os.path.join(build, "lib", "libmoert.so"))
     rng = np.random.default_rng(0)
-    cases = [("decode", 1, 128), ("prefill", 128, 0), ("prefill", 512, 0)]
+    cases = [("decode", 1, 128), ("decode", 1, 1024), ("decode", 1, 4096), ("prefill", 128, 0), ("prefill", 512, 0)]
     inputs = {(t, p): [feeds(t, p, rng) for _ in range(repeat + 1)] for _, t, p in cases}
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -183,7 +183,7 @@ def add_peer(rows, peer):
     """Adds llama.cpp's times (bench/llama_peer.py: {(storage, step, T): (best, median, type)}) to the rows."""
     from run import variant_storage
     for r in rows:
-        hit = peer.get((variant_storage(r["storage"]), r["kind"], r["tokens"]))
+        hit = peer.get((variant_storage(r["storage"]), r["kind"], r["tokens"], r["past"]))
         if hit:
             r["llama_ms"], r["llama_median_ms"], r["llama_type"] = round(hit[0], 2), round(hit[1], 2), hit[2]
             r["vs_llama"] = round(hit[0] / r["moec_ms"], 2)

@@ -81,6 +81,14 @@ class Runtime:
                                        ctypes.POINTER(_GenerateOptions), ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t,
                                        ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(_GenerateStats)]
         lib.moert_generate.restype = vp
+        lib.moert_session_append.argtypes = [vp, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t,
+                                             ctypes.POINTER(ctypes.POINTER(ctypes.c_float)),
+                                             ctypes.POINTER(ctypes.c_size_t)]
+        lib.moert_session_append.restype = vp
+        lib.moert_session_rewind.argtypes = [vp, ctypes.c_size_t]
+        lib.moert_session_rewind.restype = vp
+        lib.moert_session_length.argtypes = [vp]
+        lib.moert_session_length.restype = ctypes.c_size_t
 
     def check(self, status):
         if status:
@@ -162,9 +170,42 @@ class Model:
         finally:
             lib.moert_session_free(session)
 
+    def session(self, max_context=0):
+        """A generation session over this decoder (moert_session_*): append(tokens) -> the last token's logits,
+        rewind(length), len(session)."""
+        return Session(self, max_context)
+
     def close(self):
         if self.handle:
             self.rt.lib.moert_free(self.handle)
+            self.handle = None
+
+    def __del__(self):
+        self.close()
+
+
+class Session:
+    def __init__(self, model, max_context=0):
+        self.model, self.lib, self.handle = model, model.rt.lib, ctypes.c_void_p()
+        opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context)
+        model.rt.check(self.lib.moert_session_create(model.handle, ctypes.byref(opts), ctypes.byref(self.handle)))
+
+    def append(self, tokens):
+        ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
+        logits, vocab = ctypes.POINTER(ctypes.c_float)(), ctypes.c_size_t()
+        self.model.rt.check(self.lib.moert_session_append(self.handle, ids.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
+                                                          ids.size, ctypes.byref(logits), ctypes.byref(vocab)))
+        return np.ctypeslib.as_array(logits, shape=(vocab.value,)).copy()
+
+    def rewind(self, length):
+        self.model.rt.check(self.lib.moert_session_rewind(self.handle, length))
+
+    def __len__(self):
+        return self.lib.moert_session_length(self.handle)
+
+    def close(self):
+        if self.handle:
+            self.lib.moert_session_free(self.handle)
             self.handle = None
 
     def __del__(self):

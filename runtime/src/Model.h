@@ -77,4 +77,14 @@ struct moert_model {
   ~moert_model();
 };
 
+/// One run's outputs (moert_run's result; sessions take their buffers over instead of copying them).
+struct moert_result {
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> dims;
+  std::vector<std::vector<char>> data;
+  std::vector<moert_tensor> tensors;
+  std::string profile;
+  bool hasProfile = false;
+};
+
 #endif // MOERT_SRC_MODEL_H

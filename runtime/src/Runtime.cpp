@@ -11,15 +11,6 @@
 namespace pb = moert::proto;
 using moert::makeError;
 
-struct moert_result {
-  std::vector<std::string> names;
-  std::vector<std::vector<int64_t>> dims;
-  std::vector<std::vector<char>> data;
-  std::vector<moert_tensor> tensors;
-  std::string profile;
-  bool hasProfile = false;
-};
-
 namespace {
 
 using moert::dimsString;

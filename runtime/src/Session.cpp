@@ -25,7 +25,7 @@ struct moert_session {
   int64_t length = 0;
   struct Cache {
     int64_t heads = 0, dim = 0;
-    std::vector<float> data; // [1][heads][length][dim]
+    std::vector<char> data; // f32 [1][heads][length][dim]: the last run's present, taken over
   };
   std::vector<Cache> caches;
   std::vector<float> logits;
@@ -109,10 +109,11 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
                      " positions asked for, the session holds " + std::to_string(s->length));
   const int64_t keep = static_cast<int64_t>(length);
   for (auto &c : s->caches) {
-    std::vector<float> kept(size_t(c.heads) * keep * c.dim);
+    const size_t row = sizeof(float) * c.dim;
+    std::vector<char> kept(size_t(c.heads) * keep * row);
     for (int64_t h = 0; h < c.heads; ++h)
-      std::memcpy(kept.data() + size_t(h) * keep * c.dim, c.data.data() + size_t(h) * s->length * c.dim,
-                  sizeof(float) * keep * c.dim);
+      std::memcpy(kept.data() + size_t(h) * keep * row, c.data.data() + size_t(h) * s->length * row,
+                  keep * row);
     c.data = std::move(kept);
   }
   s->length = keep;
@@ -184,8 +185,7 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
                      ", vocab]");
   const int64_t v = lt->dims[2];
   const float *last = static_cast<const float *>(lt->data) + (n - 1) * v;
-  // Presents become the caches (checked: [1, heads, past + new, head dim]).
-  std::vector<std::vector<float>> next(s->caches.size());
+  // Presents become the caches (checked: [1, heads, past + new, head dim]; their buffers taken, not copied).
   for (int c = 0; c < d.caches_size(); ++c) {
     const moert_tensor *t = moert_result_output(res, d.caches(c).present());
     const auto &cache = s->caches[c];
@@ -194,13 +194,11 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
       return makeError(std::string("moert_session_append: output '") + (t ? t->name : "?") + "' is not [1, " +
                        std::to_string(cache.heads) + ", " + std::to_string(total) + ", " +
                        std::to_string(cache.dim) + "] (the past cache with the new positions appended)");
-    const float *p = static_cast<const float *>(t->data);
-    next[c].assign(p, p + size_t(cache.heads) * total * cache.dim);
   }
-  for (size_t c = 0; c < next.size(); ++c)
-    s->caches[c].data = std::move(next[c]);
-  s->length = total;
   s->logits.assign(last, last + v);
+  for (int c = 0; c < d.caches_size(); ++c)
+    std::swap(s->caches[c].data, res->data[d.caches(c).present()]);
+  s->length = total;
   *logits = s->logits.data();
   *vocab = static_cast<size_t>(v);
   return nullptr;

@@ -5,7 +5,7 @@ For the decoder-with-past fixtures (Qwen3-MoE-like and Mixtral-like exports with
 present.* outputs), the reference loop runs the ONNX file in ONNX Runtime: the prompt with empty caches, then one
 token at a time with the presents fed back as pasts and an all-ones attention_mask, picking the most likely
 token (the lowest id on ties). `moert generate --greedy` must give the same 32 tokens, and so must the Python
-binding's Model.generate. Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
+binding's Model.generate; the session API's logits match ONNX Runtime's call by call and repeat after a rewind. Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
 tokens; every token is in the vocabulary. Bad input is one error line and a non-zero exit: a prompt longer than
 --max-context, an empty prompt, a batch of two prompts, float ids, and a model that is not a decoder.
 
@@ -60,6 +60,30 @@ def ort_greedy(path, prompt, new_tokens):
     return tokens
 
 
+def ort_logits(path, prompt, tokens):
+    """ONNX Runtime's last-position logits for the prompt, then for each of `tokens` fed one at a time."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    model = onnx.load(path, load_external_data=False)
+    pasts = {}
+    for inp in model.graph.input:
+        if inp.name.startswith("past_key_values."):
+            dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+            pasts[inp.name] = np.zeros((1, dims[1], 0, dims[3]), np.float32)
+    out_names = [o.name for o in sess.get_outputs()]
+    out, ids, length = [], list(prompt), 0
+    for nxt in list(tokens) + [None]:
+        res = dict(zip(out_names, sess.run(None, {"input_ids": np.array([ids], np.int64),
+                                                 "attention_mask": np.ones((1, length + len(ids)), np.int64), **pasts})))
+        out.append(res["logits"][0, -1])
+        length += len(ids)
+        pasts = {name: res["present." + name[len("past_key_values."):]] for name in pasts}
+        ids = [nxt]
+    return out
+
+
 def generate(args, art, prompt_path, *extra):
     return subprocess.run([args.moert, "generate", art, "--prompt-ids", prompt_path, "--threads", "2", *extra],
                           capture_output=True, text=True)
@@ -109,6 +133,22 @@ def main():
                 model.close()
                 check(f"{name}: Python generate, prompt of {p_len}", py.tolist() == want,
                       f"{py[:8].tolist()}..., {stats['new_tokens']} new tokens")
+            # The session API: logits of each step against ONNX Runtime's; rewinding to the prompt and feeding
+            # the first generated token again gives that step's logits again.
+            model = rt.load(art, threads=2)
+            sess = model.session()
+            ref_logits = ort_logits(path, prompt.tolist(), want[:3])
+            steps = [sess.append(prompt)] + [sess.append([t]) for t in want[:3]]
+            err = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(steps, ref_logits))
+            sess.rewind(len(prompt))
+            again = sess.append([want[0]])
+            n_after = len(sess)
+            sess.close()
+            model.close()
+            check(f"{name}: session append / rewind", err <= 1e-4 and np.array_equal(again, steps[1]) and
+                  n_after == len(prompt) + 1, f"logits max rel error {err:.2e} vs ONNX Runtime over 4 calls; after "
+                  f"rewinding to the prompt the next logits {'repeat' if np.array_equal(again, steps[1]) else 'DIFFER'}; "
+                  f"length {n_after}")
             # Sampling.
             one = generate(args, art, prompt_path, "--temperature", "0.7", "--top-k", "1", "--seed", "5")
             check(f"{name}: top-k 1 sampling is greedy", tokens_of(one) == want, f"{tokens_of(one)[:8]}...")
