@@ -34,54 +34,45 @@ def check(name, ok, detail):
         failures.append(name)
 
 
+class OrtDecoder:
+    """The reference: the ONNX file in ONNX Runtime, caches fed back by name, an all-ones attention mask."""
+
+    def __init__(self, path):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.pasts = {}
+        for inp in onnx.load(path, load_external_data=False).graph.input:
+            if inp.name.startswith("past_key_values."):
+                dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+                self.pasts[inp.name] = np.zeros((1, dims[1], 0, dims[3]), np.float32)
+        self.out_names = [o.name for o in self.sess.get_outputs()]
+        self.length = 0
+
+    def step(self, ids):
+        """Runs `ids` after what came before; the last position's logits."""
+        res = dict(zip(self.out_names, self.sess.run(None, {
+            "input_ids": np.array([list(ids)], np.int64),
+            "attention_mask": np.ones((1, self.length + len(ids)), np.int64), **self.pasts})))
+        self.length += len(ids)
+        self.pasts = {name: res["present." + name[len("past_key_values."):]] for name in self.pasts}
+        return res["logits"][0, -1]
+
+
 def ort_greedy(path, prompt, new_tokens):
-    """The reference loop: ONNX Runtime, caches fed back by name, argmax (lowest id on ties)."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    model = onnx.load(path, load_external_data=False)
-    pasts = {}
-    for inp in model.graph.input:
-        if inp.name.startswith("past_key_values."):
-            dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-            pasts[inp.name] = np.zeros((1, dims[1], 0, dims[3]), np.float32)
-    out_names = [o.name for o in sess.get_outputs()]
-    ids, tokens, length = list(prompt), [], 0
+    """The reference greedy loop: the most likely token each step (the lowest id on ties)."""
+    dec = OrtDecoder(path)
+    tokens = [int(np.argmax(dec.step(prompt)))]
     while len(tokens) < new_tokens:
-        feeds = {"input_ids": np.array([ids], np.int64),
-                 "attention_mask": np.ones((1, length + len(ids)), np.int64), **pasts}
-        res = dict(zip(out_names, sess.run(None, feeds)))
-        tok = int(np.argmax(res["logits"][0, -1]))
-        tokens.append(tok)
-        length += len(ids)
-        pasts = {name: res["present." + name[len("past_key_values."):]] for name in pasts}
-        ids = [tok]
+        tokens.append(int(np.argmax(dec.step([tokens[-1]]))))
     return tokens
 
 
 def ort_logits(path, prompt, tokens):
     """ONNX Runtime's last-position logits for the prompt, then for each of `tokens` fed one at a time."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    model = onnx.load(path, load_external_data=False)
-    pasts = {}
-    for inp in model.graph.input:
-        if inp.name.startswith("past_key_values."):
-            dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-            pasts[inp.name] = np.zeros((1, dims[1], 0, dims[3]), np.float32)
-    out_names = [o.name for o in sess.get_outputs()]
-    out, ids, length = [], list(prompt), 0
-    for nxt in list(tokens) + [None]:
-        res = dict(zip(out_names, sess.run(None, {"input_ids": np.array([ids], np.int64),
-                                                 "attention_mask": np.ones((1, length + len(ids)), np.int64), **pasts})))
-        out.append(res["logits"][0, -1])
-        length += len(ids)
-        pasts = {name: res["present." + name[len("past_key_values."):]] for name in pasts}
-        ids = [nxt]
-    return out
+    dec = OrtDecoder(path)
+    return [dec.step(prompt)] + [dec.step([t]) for t in tokens]
 
 
 def generate(args, art, prompt_path, *extra):
