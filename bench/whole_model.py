@@ -8,7 +8,7 @@ exported by `torch.onnx.export(dynamo=True)` with `batched_mm` experts as a deco
 
 For each moec weight storage (`--weights=`: experts and dense layers alike; ONNX Runtime always runs the fp32
 file) it times
-  - decode: 1 new token after `past` = 128 cached positions (ms per token),
+  - decode: 1 new token after `past` = 128, 1024 and 4096 cached positions (ms per token),
   - prefill: T = 128 and 512 tokens from an empty cache (tokens per second),
 and reports the whole-token roofline: every weight byte a token reads (attention projections, LM head, the
 router, the 4 chosen experts of each layer, one embedding row, the KV cache) at the measured read bandwidth,
