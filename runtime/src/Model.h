@@ -81,7 +81,7 @@ struct moert_model {
 struct moert_result {
   std::vector<std::string> names;
   std::vector<std::vector<int64_t>> dims;
-  std::vector<std::vector<char>> data;
+  std::vector<std::shared_ptr<char>> data; // the outputs' bytes (buffers handed over by the run, or copies)
   std::vector<moert_tensor> tensors;
   std::string profile;
   bool hasProfile = false;

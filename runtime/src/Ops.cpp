@@ -10,7 +10,10 @@
 //
 //===----------------------------------------------------------------------===//
 #include "Ops.h"
+
 #include "ops/OpKernel.h"
+#include <map>
+#include <mutex>
 
 #include <algorithm>
 #include <cstdlib>
@@ -79,12 +82,70 @@ bool OpTensor::alloc(int dt, std::vector<int64_t> d) {
     return true;
   }
   capacity = 0;
-  void *p = nullptr;
-  if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
-    return false;
-  owned = std::shared_ptr<char>(static_cast<char *>(p), [](char *q) { std::free(q); });
+  owned = allocBlock(bytes);
   data = owned.get();
-  return true;
+  return owned != nullptr;
+}
+
+namespace {
+
+/// Freed large blocks by rounded size (never destroyed: blocks may be released during static destruction).
+struct BlockCache {
+  static constexpr size_t kMin = size_t(1) << 20, kGrain = size_t(64) << 10, kLimit = size_t(512) << 20;
+  std::mutex mutex;
+  std::multimap<size_t, char *> free;
+  size_t cached = 0;
+  static BlockCache &get() {
+    static BlockCache *c = new BlockCache;
+    return *c;
+  }
+};
+
+} // namespace
+
+std::shared_ptr<char> allocBlock(size_t bytes) {
+  if (bytes < BlockCache::kMin) {
+    void *p = nullptr;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+      return nullptr;
+    return std::shared_ptr<char>(static_cast<char *>(p), [](char *q) { std::free(q); });
+  }
+  const size_t size = (bytes + BlockCache::kGrain - 1) / BlockCache::kGrain * BlockCache::kGrain;
+  BlockCache &c = BlockCache::get();
+  char *block = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    auto it = c.free.find(size);
+    if (it != c.free.end()) {
+      block = it->second;
+      c.free.erase(it);
+      c.cached -= size;
+    }
+  }
+  if (!block) {
+    void *p = nullptr;
+    if (posix_memalign(&p, 64, size) != 0)
+      return nullptr;
+    block = static_cast<char *>(p);
+  }
+  return std::shared_ptr<char>(block, [size](char *q) {
+    BlockCache &cache = BlockCache::get();
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    if (cache.cached + size > BlockCache::kLimit) { // full: release the largest blocks first
+      while (!cache.free.empty() && cache.cached + size > BlockCache::kLimit) {
+        auto last = std::prev(cache.free.end());
+        cache.cached -= last->first;
+        std::free(last->second);
+        cache.free.erase(last);
+      }
+      if (size > BlockCache::kLimit) {
+        std::free(q);
+        return;
+      }
+    }
+    cache.free.emplace(size, q);
+    cache.cached += size;
+  });
 }
 
 struct OpEntry {

@@ -42,6 +42,12 @@ struct OpTensor {
   template <class T> T *mut() { return reinterpret_cast<T *>(owned.get()); }
 };
 
+/// `bytes` (64-byte aligned) for a tensor or scratch. Blocks of 1 MiB and more come from, and go back to, a
+/// bounded process-wide cache of freed blocks of the same rounded size: a decode step's KV caches, logits and
+/// scratch then reuse the pages of the step before instead of faulting in fresh ones (measured: ~13,700 page
+/// faults per call at a 4096-token context). Null when memory runs out.
+std::shared_ptr<char> allocBlock(size_t bytes);
+
 /// An op's kernel, found by name once (at load); null when this moert has none.
 struct OpEntry;
 const OpEntry *findOpKernel(const std::string &op);

@@ -25,12 +25,7 @@ int64_t numel(const std::vector<int64_t> &d) {
   return n;
 }
 
-std::shared_ptr<char> alignedAlloc(size_t bytes) {
-  void *p = nullptr;
-  if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
-    return nullptr;
-  return std::shared_ptr<char>(static_cast<char *>(p), [](char *q) { std::free(q); });
-}
+std::shared_ptr<char> alignedAlloc(size_t bytes) { return moert::allocBlock(bytes); }
 
 void parallelForThunk(void *pool, int64_t n, void *ctx, moert_task_fn fn) {
   static_cast<moert::ThreadPool *>(pool)->parallelFor(n, ctx, fn);
@@ -452,13 +447,23 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
     }
     res->names.push_back(v.name());
     res->dims.push_back(t.dims);
-    res->data.emplace_back(t.data, t.data + bytes);
+    // An output in its own allocation is handed over as it is; one in the arena (which the next run reuses)
+    // or aliasing another value is copied out.
+    const bool own = t.owned && t.data == t.owned.get() && t.capacity == 0 &&
+                     !(arena && !t.owned.owner_before(arena) && !arena.owner_before(t.owned));
+    std::shared_ptr<char> buf = own ? t.owned : moert::allocBlock(bytes);
+    if (!buf) {
+      delete res;
+      return makeError("out of memory for output '" + v.name() + "'");
+    }
+    if (!own && bytes)
+      std::memcpy(buf.get(), t.data, bytes);
+    res->data.push_back(std::move(buf));
   }
   for (size_t i = 0; i < res->names.size(); ++i)
-    res->tensors.push_back(moert_tensor{res->names[i].c_str(),
-                                        static_cast<moert_dtype>(p.values(p.outputs(i)).type().dtype()),
-                                        static_cast<int32_t>(res->dims[i].size()), res->dims[i].data(),
-                                        res->data[i].data()});
+    res->tensors.push_back(
+        moert_tensor{res->names[i].c_str(), static_cast<moert_dtype>(p.values(p.outputs(i)).type().dtype()),
+                     static_cast<int32_t>(res->dims[i].size()), res->dims[i].data(), res->data[i].get()});
   // Learn (or grow) this shape's buffer sizes; keep the arena for the next run.
   values.clear();
   {

@@ -25,7 +25,7 @@ struct moert_session {
   int64_t length = 0;
   struct Cache {
     int64_t heads = 0, dim = 0;
-    std::vector<char> data; // f32 [1][heads][length][dim]: the last run's present, taken over
+    std::shared_ptr<char> data; // f32 [1][heads][length][dim]: the last run's present, taken over
   };
   std::vector<Cache> caches;
   std::vector<float> logits;
@@ -110,9 +110,11 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
   const int64_t keep = static_cast<int64_t>(length);
   for (auto &c : s->caches) {
     const size_t row = sizeof(float) * c.dim;
-    std::vector<char> kept(size_t(c.heads) * keep * row);
-    for (int64_t h = 0; h < c.heads; ++h)
-      std::memcpy(kept.data() + size_t(h) * keep * row, c.data.data() + size_t(h) * s->length * row,
+    std::shared_ptr<char> kept = moert::allocBlock(size_t(c.heads) * keep * row);
+    if (!kept)
+      return makeError("moert_session_rewind: out of memory");
+    for (int64_t h = 0; h < c.heads && s->length > 0; ++h)
+      std::memcpy(kept.get() + size_t(h) * keep * row, c.data.get() + size_t(h) * s->length * row,
                   keep * row);
     c.data = std::move(kept);
   }
@@ -159,7 +161,7 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
     } else if (cacheOf[i] >= 0) {
       auto &c = s->caches[cacheOf[i]];
       dims[i] = {1, c.heads, s->length, c.dim};
-      ins[i].data = c.data.data();
+      ins[i].data = c.data.get();
       ins[i].rank = 4;
       ins[i].dims = dims[i].data();
       continue;
