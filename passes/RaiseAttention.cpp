@@ -215,7 +215,7 @@ std::string raise(ox::SoftmaxOp sm) {
   // The probabilities, maybe with NaN (rows of -inf) replaced by 0.
   Value p = sm.getOutput();
   bool nanToZero = false;
-  if (p.hasOneUse() || llvm::range_size(p.getUsers()) == 2) {
+  if (llvm::range_size(p.getUsers()) == 2) {
     ox::IsNaNOp isnan;
     ox::WhereOp where;
     for (Operation *u : p.getUsers()) {

@@ -25,8 +25,6 @@ int64_t numel(const std::vector<int64_t> &d) {
   return n;
 }
 
-std::shared_ptr<char> alignedAlloc(size_t bytes) { return moert::allocBlock(bytes); }
-
 void parallelForThunk(void *pool, int64_t n, void *ctx, moert_task_fn fn) {
   static_cast<moert::ThreadPool *>(pool)->parallelFor(n, ctx, fn);
 }
@@ -204,7 +202,7 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
     }
   }
   if (!planned.empty() && !arena)
-    arena = alignedAlloc(arenaBytes); // null on failure: values then go to the heap one by one
+    arena = moert::allocBlock(arenaBytes); // null on failure: values then go to the heap one by one
   auto place = [&](uint32_t id, Tensor &t) {
     const pb::Value &v = p.values(id);
     if (!arena || !v.has_buffer() || v.buffer() < 0 || v.buffer() >= buffers || planned[v.buffer()] == 0)
@@ -276,7 +274,7 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       Tensor out;
       place(d.output(), out);
       const size_t scratchBytes = x.scratch(rows, exec.threads);
-      auto scratch = scratchBytes ? alignedAlloc(scratchBytes) : nullptr;
+      auto scratch = scratchBytes ? moert::allocBlock(scratchBytes) : nullptr;
       if (!out.alloc(moert::proto::F32, outDims) || (scratchBytes && !scratch))
         return makeError("out of memory for " + what());
       moert_linear_args args{};
@@ -346,7 +344,7 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       Tensor out;
       place(d.output(), out);
       const size_t scratchBytes = x.scratch(B, S, T, exec.threads);
-      auto scratch = scratchBytes ? alignedAlloc(scratchBytes) : nullptr;
+      auto scratch = scratchBytes ? moert::allocBlock(scratchBytes) : nullptr;
       if (!out.alloc(moert::proto::F32, outDims) || (scratchBytes && !scratch))
         return makeError("out of memory for " + what());
       args.output = out.mut<float>();
@@ -388,7 +386,7 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       Tensor planned;
       place(d.output(), planned);
       size_t outBytes = sizeof(float) * T * x.hidden;
-      auto output = planned.capacity >= outBytes ? planned.owned : alignedAlloc(outBytes);
+      auto output = planned.capacity >= outBytes ? planned.owned : moert::allocBlock(outBytes);
       if (m->gpu) {
         if (!output)
           return makeError("out of memory for dispatch " + std::to_string(d.index()));
@@ -407,23 +405,24 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
           firstEvent = false;
         }
       } else {
-      auto scratch = alignedAlloc(x.scratch(T, exec.threads));
-      if (!output || !scratch)
-        return makeError("out of memory for dispatch " + std::to_string(d.index()));
-      moert_moe_args args{};
-      args.tokens = T;
-      args.input = reinterpret_cast<const float *>(in.data);
-      args.logits = logits;
-      args.residual = residual;
-      args.output = reinterpret_cast<float *>(output.get());
-      std::memcpy(args.weights, x.weights, sizeof args.weights);
-      args.scratch = scratch.get();
-      args.exec = &exec;
-      if (int rc = x.run(&args))
-        return makeError("dispatch " + std::to_string(d.index()) + " failed (code " + std::to_string(rc) + ")");
-      values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
-      measure(d.output());
-      label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ")";
+        auto scratch = moert::allocBlock(x.scratch(T, exec.threads));
+        if (!output || !scratch)
+          return makeError("out of memory for dispatch " + std::to_string(d.index()));
+        moert_moe_args args{};
+        args.tokens = T;
+        args.input = reinterpret_cast<const float *>(in.data);
+        args.logits = logits;
+        args.residual = residual;
+        args.output = reinterpret_cast<float *>(output.get());
+        std::memcpy(args.weights, x.weights, sizeof args.weights);
+        args.scratch = scratch.get();
+        args.exec = &exec;
+        if (int rc = x.run(&args))
+          return makeError("dispatch " + std::to_string(d.index()) + " failed (code " + std::to_string(rc) +
+                           ")");
+        values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
+        measure(d.output());
+        label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ")";
       }
     }
     for (uint32_t id : m->releaseAfter[si])

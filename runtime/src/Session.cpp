@@ -245,10 +245,12 @@ moert_status moert_generate(moert_session *s, const int64_t *prompt, size_t n,
     order.resize(v);
     for (size_t i = 0; i < v; ++i)
       order[i] = {logits[i] / o.temperature, static_cast<int64_t>(i)};
-    std::sort(order.begin(), order.end(), [](const auto &a, const auto &b) {
+    // Only the kept tokens need ordering: the k most likely (top-k), or all of them.
+    const auto likelier = [](const auto &a, const auto &b) {
       return a.first > b.first || (a.first == b.first && a.second < b.second);
-    });
+    };
     size_t keep = o.top_k > 0 ? std::min(v, static_cast<size_t>(o.top_k)) : v;
+    std::partial_sort(order.begin(), order.begin() + keep, order.end(), likelier);
     std::vector<double> prob(keep);
     double sum = 0.0;
     for (size_t i = 0; i < keep; ++i)
