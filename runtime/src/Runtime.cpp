@@ -162,6 +162,32 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
     values[p.inputs(i)] = Tensor{v.type().dtype(), std::move(dims), t->data ? static_cast<const char *>(t->data) : kEmpty,
                                  nullptr};
   }
+  // A decoder's attention mask covers the cached positions and the new ones (the exporters give its length a
+  // symbol of its own, so the dim check above does not see a mismatch).
+  if (p.has_decoder() && p.decoder().caches_size() > 0) {
+    const pb::Decoder &d = p.decoder();
+    const Tensor &ids = values[p.inputs(d.input_ids())];
+    const Tensor &past = values[p.inputs(d.caches(0).past())];
+    for (const pb::KvCache &c : d.caches()) {
+      const Tensor &other = values[p.inputs(c.past())];
+      const std::string name = p.values(p.inputs(c.past())).name();
+      if (other.dims.size() == 4 && past.dims.size() == 4 && other.dims[2] != past.dims[2])
+        return makeError("input '" + name + "': " + std::to_string(other.dims[2]) +
+                         " cached positions, but '" + p.values(p.inputs(d.caches(0).past())).name() +
+                         "' holds " + std::to_string(past.dims[2]) + " (every layer's cache has one length)");
+      if (other.dims.size() == 4 && ids.dims.size() == 2 && other.dims[0] != ids.dims[0])
+        return makeError("input '" + name + "': batch " + std::to_string(other.dims[0]) + ", but '" +
+                         p.values(p.inputs(d.input_ids())).name() + "' has " + std::to_string(ids.dims[0]) +
+                         " sequences");
+    }
+    const Tensor *mask = d.attention_mask() >= 0 ? &values[p.inputs(d.attention_mask())] : nullptr;
+    if (mask && mask->dims.size() == 2 && ids.dims.size() == 2 && past.dims.size() == 4 &&
+        mask->dims[1] != past.dims[2] + ids.dims[1])
+      return makeError("input '" + p.values(p.inputs(d.attention_mask())).name() +
+                       "': " + std::to_string(mask->dims[1]) + " positions, but the past caches hold " +
+                       std::to_string(past.dims[2]) + " and '" + p.values(p.inputs(d.input_ids())).name() +
+                       "' adds " + std::to_string(ids.dims[1]) + " (the mask covers both)");
+  }
 
   for (int i = 0; i < p.values_size(); ++i) {
     const pb::Value &v = p.values(i);

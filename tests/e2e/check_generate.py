@@ -5,9 +5,12 @@ For the decoder-with-past fixtures (Qwen3-MoE-like and Mixtral-like exports with
 present.* outputs), the reference loop runs the ONNX file in ONNX Runtime: the prompt with empty caches, then one
 token at a time with the presents fed back as pasts and an all-ones attention_mask, picking the most likely
 token (the lowest id on ties). `moert generate --greedy` must give the same 32 tokens, and so must the Python
-binding's Model.generate; the session API's logits match ONNX Runtime's call by call and repeat after a rewind. Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
+binding's Model.generate; the session API's logits match ONNX Runtime's call by call and repeat after a rewind; a
+batch of two with left padding matches ONNX Runtime over a prefill and three decode steps through Model.run. Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
 tokens; every token is in the vocabulary. Bad input is one error line and a non-zero exit: a prompt longer than
---max-context, an empty prompt, a batch of two prompts, float ids, and a model that is not a decoder.
+--max-context, an empty prompt, a batch of two prompts, float ids, and a model that is not a decoder; caches given
+to Model.run with the wrong head count, head dim or dtype, lengths that differ across layers, a batch that differs
+from the ids', or a mask shorter than past + new.
 
     check_generate.py --moec build/bin/moec --moert build/bin/moert --lib build/lib/libmoert.so
 """
@@ -75,6 +78,62 @@ def ort_logits(path, prompt, tokens):
     return [dec.step(prompt)] + [dec.step([t]) for t in tokens]
 
 
+def check_batch(rt, path, art, rng):
+    import onnxruntime as ort
+    name = os.path.basename(path)[:-5]
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    model = rt.load(art, threads=2)
+    graph = onnx.load(path, load_external_data=False).graph
+    pasts = {}
+    for inp in graph.input:
+        if inp.name.startswith("past_key_values."):
+            dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+            pasts[inp.name] = np.zeros((2, dims[1], 0, dims[3]), np.float32)
+    ids = rng.integers(0, 32, (2, 5)).astype(np.int64)
+    mask = np.ones((2, 5), np.int64)
+    mask[1, :2] = 0
+    worst, outs = 0.0, [o.name for o in sess.get_outputs()]
+    for _ in range(4):
+        feeds = {"input_ids": ids, "attention_mask": mask, **pasts}
+        want = dict(zip(outs, sess.run(None, feeds)))
+        got = model.run(feeds)
+        for k, w in want.items():
+            worst = max(worst, float(np.abs(got[k] - w).max() / np.abs(w).max()))
+        pasts = {k: got["present." + k[len("past_key_values."):]] for k in pasts}
+        ids = want["logits"][:, -1].argmax(-1).reshape(2, 1).astype(np.int64)
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], 1)
+    model.close()
+    check(f"{name}: batch of two, left-padded, prefill + 3 decode steps", worst <= 1e-4,
+          f"logits and presents max rel error {worst:.2e} vs ONNX Runtime")
+
+
+def check_bad_caches(rt, art):
+    """Inconsistent caches given to Model.run: one error naming the input."""
+    model = rt.load(art, threads=2)
+
+    def feeds(b=1, t=2, past=(3, 3), heads=2, hd=8, dtype=np.float32, ids_b=None, total=None):
+        f = {"input_ids": np.zeros((ids_b or b, t), np.int64),
+             "attention_mask": np.ones((b, total or t + past[0]), np.int64)}
+        for i in range(2):
+            for k in ("key", "value"):
+                f[f"past_key_values.{i}.{k}"] = np.zeros((b, heads, past[i], hd), dtype)
+        return f
+
+    cases = {"a past cache with the wrong head count": (feeds(heads=3), "past_key_values.0.key': dim 1 is 3"),
+             "a past cache with the wrong head dim": (feeds(hd=4), "past_key_values.0.key': dim 3 is 4"),
+             "a past cache in f16": (feeds(dtype=np.float16), "past_key_values.0.key': dtype f16"),
+             "past lengths that differ across layers": (feeds(past=(3, 4)), "past_key_values.1.key"),
+             "batch of the ids and the caches differ": (feeds(b=2, ids_b=1), "batch"),
+             "a mask shorter than past + new": (feeds(total=3), "attention_mask': 3 positions")}
+    for what, (f, needle) in cases.items():
+        try:
+            model.run(f)
+            check(f"bad caches: {what}", False, "ran")
+        except Exception as e:  # moert.Error
+            check(f"bad caches: {what}", needle in str(e) and "\n" not in str(e), str(e))
+    model.close()
+
+
 def generate(args, art, prompt_path, *extra):
     return subprocess.run([args.moert, "generate", art, "--prompt-ids", prompt_path, "--threads", "2", *extra],
                           capture_output=True, text=True)
@@ -140,6 +199,9 @@ def main():
                   n_after == len(prompt) + 1, f"logits max rel error {err:.2e} vs ONNX Runtime over 4 calls; after "
                   f"rewinding to the prompt the next logits {'repeat' if np.array_equal(again, steps[1]) else 'DIFFER'}; "
                   f"length {n_after}")
+            # A batch of two, the second left-padded by two positions, through Model.run: the prefill and three
+            # greedy decode steps, presents fed back as pasts, every output against ONNX Runtime's.
+            check_batch(rt, path, art, rng)
             # Sampling.
             one = generate(args, art, prompt_path, "--temperature", "0.7", "--top-k", "1", "--seed", "5")
             check(f"{name}: top-k 1 sampling is greedy", tokens_of(one) == want, f"{tokens_of(one)[:8]}...")
@@ -168,6 +230,7 @@ def main():
             lines = r.stderr.strip().splitlines()
             check(f"bad input: {what}", r.returncode != 0 and len(lines) == 1 and needle in lines[0],
                   lines[0] if lines else "(no error)")
+        check_bad_caches(rt, art)
         block = os.path.join(tmp, "block.moex")
         subprocess.run([args.moec, "compile", os.path.join(FIXTURES, "mixtral.onnx"), "-o", block,
                         f"--cpu={args.cpu}", "--quiet"], check=True, capture_output=True)
