@@ -18,6 +18,7 @@
 #include "passes/MatchUtils.h"
 #include "passes/Passes.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Matchers.h"
 #include "mlir/IR/Verifier.h"
 
@@ -98,6 +99,49 @@ std::optional<SmallVector<DimRef>> shapeVector(Value v) {
       t && t.hasStaticShape() && t.getNumElements() == 1 && t.getRank() <= 1)
     return SmallVector<DimRef>{DimRef{v, /*dim=*/-2, 0}};
   return std::nullopt;
+}
+
+/// The graph input and dim that dim `d` of `v` equals, followed through Concats along another axis (the past
+/// cache and the new keys); a null argument when `v` comes from elsewhere.
+std::pair<BlockArgument, int64_t> dimOrigin(Value v, int64_t d) {
+  for (int guard = 0; guard < 16; ++guard) {
+    if (auto arg = dyn_cast<BlockArgument>(v))
+      return {arg, d};
+    auto c = defOp<ox::ConcatOp>(v);
+    int64_t r = rankOf(v);
+    if (!c || r < 0 || (int64_t(c.getAxis()) + r) % r == d)
+      break;
+    v = c.getInputs().front();
+  }
+  return {BlockArgument(), -1};
+}
+
+/// The symbol the ONNX file gives dim `d` of graph input `arg` (`onnx.dim_params`), or "".
+StringRef dimSymbol(BlockArgument arg, int64_t d) {
+  auto fn = dyn_cast_or_null<func::FuncOp>(arg.getOwner()->getParentOp());
+  if (!fn)
+    return {};
+  auto params = fn.getArgAttrOfType<ArrayAttr>(arg.getArgNumber(), "onnx.dim_params");
+  if (!params || d < 0 || d >= int64_t(params.size()))
+    return {};
+  auto s = dyn_cast<StringAttr>(params[d]);
+  return s ? s.getValue() : StringRef();
+}
+
+/// Whether shape-vector entry `r` is dim `d` of `v`: read off `v` itself, or off a graph input whose dim the
+/// ONNX file names with the same symbol as the input `v`'s dim comes from (the runtime binds one value per
+/// symbol, so the two are equal whenever the model runs).
+bool sameDim(const DimRef &r, Value v, int64_t d) {
+  if (r.isDim(v, d))
+    return true;
+  if (!r.src || r.dim < 0)
+    return false;
+  auto [a, ad] = dimOrigin(r.src, r.dim);
+  auto [b, bd] = dimOrigin(v, d);
+  if (!a || !b)
+    return false;
+  StringRef sa = dimSymbol(a, ad), sb = dimSymbol(b, bd);
+  return !sa.empty() && sa == sb;
 }
 
 /// Peels multiplications / divisions by a constant scalar off `v`, folding them into `scale`.
@@ -184,7 +228,7 @@ Value unrepeat(Value x, SmallVectorImpl<Operation *> &ops) {
   for (int i : {0, 1, 3, 4}) {
     int64_t kd = i < 2 ? i : i - 1;
     const DimRef &t = (*target)[i];
-    bool ok = t.isConst(1) || t.isDim(kv, kd) ||
+    bool ok = t.isConst(1) || sameDim(t, kv, kd) ||
               (!t.src && !ShapedType::isDynamic(kvT.getDimSize(kd)) && t.value == kvT.getDimSize(kd)) ||
               (i == 3 && t.src); // the keys' length, computed (past + new): Expand cannot change it
     if (!ok)
@@ -194,10 +238,12 @@ Value unrepeat(Value x, SmallVectorImpl<Operation *> &ops) {
   if (!shape || shape->size() != 4 || !(*shape)[1].isConst(hkv * g))
     return x;
   const DimRef &b = (*shape)[0], &t = (*shape)[2], &dd = (*shape)[3];
-  bool bOk = b.isDim(kv, 0) || b.isDim(e.getOutput(), 0) || (b.isConst(0) && r.getAllowzero() == 0) ||
+  bool bOk = sameDim(b, kv, 0) || b.isDim(e.getOutput(), 0) || (b.isConst(0) && r.getAllowzero() == 0) ||
              (!b.src && !ShapedType::isDynamic(kvT.getDimSize(0)) && b.value == kvT.getDimSize(0));
-  bool tOk = t.isConst(-1) || t.isDim(kv, 2) || t.isDim(e.getOutput(), 3);
   bool dOk = dd.isConst(d) || dd.isDim(kv, 3) || dd.isDim(e.getOutput(), 4);
+  // With the batch, head and head dims exact, the element count fixes the length, however it is written
+  // (-1, a dim of the keys, or a length the graph computes).
+  bool tOk = t.isConst(-1) || t.isDim(kv, 2) || t.isDim(e.getOutput(), 3) || (t.src && bOk && dOk);
   if (!bOk || !tOk || !dOk)
     return x;
   ops.append({r, e, u});

@@ -80,6 +80,66 @@ func.func @eager_div(%q: tensor<?x2x?x64xf32>, %k: tensor<?x2x?x64xf32>, %v: ten
 
 // -----
 
+// The dynamic-batch export: repeat_kv's target shapes take the batch from Shape(attention_mask) and the length
+// computed (past + new). The mask's batch symbol is the past cache's, so the batch is the keys' own: unrepeated.
+// CHECK-LABEL: func.func @repeat_kv_batch_by_symbol
+// CHECK: %[[K:.+]] = onnx.Concat %arg1, %arg2
+// CHECK: moe.attention %arg0, %[[K]], %[[K]] {moe.fused = ["repeat_kv"], moe.source = "sdpa", scale = 1.000000e+00 : f32}
+// CHECK-SAME: (tensor<?x4x?x8xf32>, tensor<?x2x?x8xf32>, tensor<?x2x?x8xf32>) -> tensor<?x4x?x8xf32>
+func.func @repeat_kv_batch_by_symbol(%q: tensor<?x4x?x8xf32>, %past: tensor<?x2x?x8xf32> {onnx.dim_params = ["batch", "", "past", ""]},
+    %new: tensor<?x2x?x8xf32>, %mask: tensor<?x?xi64> {onnx.dim_params = ["batch", "total"]}) -> tensor<?x4x?x8xf32> {
+  %ax2 = onnx.Constant dense<2> : tensor<1xi64>
+  %g = onnx.Constant dense<2> : tensor<1xi64>
+  %h = onnx.Constant dense<4> : tensor<1xi64>
+  %d = onnx.Constant dense<8> : tensor<1xi64>
+  %total = onnx.Constant dense<7> : tensor<1xi64>
+  %k = onnx.Concat %past, %new {axis = -2 : i64} : (tensor<?x2x?x8xf32>, tensor<?x2x?x8xf32>) -> tensor<?x2x?x8xf32>
+  %b = onnx.Shape %mask {end = 1 : i64} : (tensor<?x?xi64>) -> tensor<1xi64>
+  %n = onnx.Add %total, %total : (tensor<1xi64>, tensor<1xi64>) -> tensor<1xi64>
+  %shape5 = onnx.Concat %b, %g, %g, %n, %d {axis = 0 : i64} : (tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<5xi64>
+  %shape4 = onnx.Concat %b, %h, %n, %d {axis = 0 : i64} : (tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<4xi64>
+  %ku = onnx.Unsqueeze %k, %ax2 : (tensor<?x2x?x8xf32>, tensor<1xi64>) -> tensor<?x2x1x?x8xf32>
+  %ke = onnx.Expand %ku, %shape5 : (tensor<?x2x1x?x8xf32>, tensor<5xi64>) -> tensor<?x2x2x?x8xf32>
+  %kr = onnx.Reshape %ke, %shape4 {allowzero = 1 : i64} : (tensor<?x2x2x?x8xf32>, tensor<4xi64>) -> tensor<?x4x?x8xf32>
+  %kt = onnx.Transpose %kr {perm = [0, 1, 3, 2]} : (tensor<?x4x?x8xf32>) -> tensor<?x4x8x?xf32>
+  %sc = onnx.MatMul %q, %kt : (tensor<?x4x?x8xf32>, tensor<?x4x8x?xf32>) -> tensor<?x4x?x?xf32>
+  %p = onnx.Softmax %sc : (tensor<?x4x?x?xf32>) -> tensor<?x4x?x?xf32>
+  %o = onnx.MatMul %p, %kr : (tensor<?x4x?x?xf32>, tensor<?x4x?x8xf32>) -> tensor<?x4x?x8xf32>
+  return %o : tensor<?x4x?x8xf32>
+}
+
+// -----
+
+// The same with the mask's batch under another symbol: nothing says the two batches are equal, so the keys stay
+// repeated (the attention reads 4 key/value heads).
+// CHECK-LABEL: func.func @repeat_kv_batch_other_symbol
+// CHECK: onnx.Expand
+// CHECK: moe.attention
+// CHECK-SAME: (tensor<?x4x?x8xf32>, tensor<?x4x?x8xf32>, tensor<?x4x?x8xf32>) -> tensor<?x4x?x8xf32>
+func.func @repeat_kv_batch_other_symbol(%q: tensor<?x4x?x8xf32>, %past: tensor<?x2x?x8xf32> {onnx.dim_params = ["batch", "", "past", ""]},
+    %new: tensor<?x2x?x8xf32>, %mask: tensor<?x?xi64> {onnx.dim_params = ["b2", "total"]}) -> tensor<?x4x?x8xf32> {
+  %ax2 = onnx.Constant dense<2> : tensor<1xi64>
+  %g = onnx.Constant dense<2> : tensor<1xi64>
+  %h = onnx.Constant dense<4> : tensor<1xi64>
+  %d = onnx.Constant dense<8> : tensor<1xi64>
+  %total = onnx.Constant dense<7> : tensor<1xi64>
+  %k = onnx.Concat %past, %new {axis = -2 : i64} : (tensor<?x2x?x8xf32>, tensor<?x2x?x8xf32>) -> tensor<?x2x?x8xf32>
+  %b = onnx.Shape %mask {end = 1 : i64} : (tensor<?x?xi64>) -> tensor<1xi64>
+  %n = onnx.Add %total, %total : (tensor<1xi64>, tensor<1xi64>) -> tensor<1xi64>
+  %shape5 = onnx.Concat %b, %g, %g, %n, %d {axis = 0 : i64} : (tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<5xi64>
+  %shape4 = onnx.Concat %b, %h, %n, %d {axis = 0 : i64} : (tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<4xi64>
+  %ku = onnx.Unsqueeze %k, %ax2 : (tensor<?x2x?x8xf32>, tensor<1xi64>) -> tensor<?x2x1x?x8xf32>
+  %ke = onnx.Expand %ku, %shape5 : (tensor<?x2x1x?x8xf32>, tensor<5xi64>) -> tensor<?x2x2x?x8xf32>
+  %kr = onnx.Reshape %ke, %shape4 {allowzero = 1 : i64} : (tensor<?x2x2x?x8xf32>, tensor<4xi64>) -> tensor<?x4x?x8xf32>
+  %kt = onnx.Transpose %kr {perm = [0, 1, 3, 2]} : (tensor<?x4x?x8xf32>) -> tensor<?x4x8x?xf32>
+  %sc = onnx.MatMul %q, %kt : (tensor<?x4x?x8xf32>, tensor<?x4x8x?xf32>) -> tensor<?x4x?x?xf32>
+  %p = onnx.Softmax %sc : (tensor<?x4x?x?xf32>) -> tensor<?x4x?x?xf32>
+  %o = onnx.MatMul %p, %kr : (tensor<?x4x?x?xf32>, tensor<?x4x?x8xf32>) -> tensor<?x4x?x8xf32>
+  return %o : tensor<?x4x?x8xf32>
+}
+
+// -----
+
 // Near misses stay op steps: a softmax over another axis; K^T transposing other dims than the last two.
 // CHECK-LABEL: func.func @near_misses
 // CHECK-NOT: moe.attention
