@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 #include "Model.h"
 #include "Ops.h"
+#include "ops/OpKernel.h"
 #include "runtime/ArtifactFormat.h"
 
 #include <dlfcn.h>
@@ -84,6 +85,65 @@ template <typename T> bool resolve(void *handle, const std::string &name, T &out
 }
 
 } // namespace
+
+void moert::findCacheAppends(moert_model &m) {
+  const pb::Program &p = m.meta.program();
+  m.appendsCache.assign(p.steps_size(), -1);
+  if (!p.has_decoder())
+    return;
+  const pb::Decoder &d = p.decoder();
+  std::vector<int> found(p.steps_size(), -1);
+  for (int c = 0; c < d.caches_size(); ++c) {
+    const uint32_t past = p.inputs(d.caches(c).past()), present = p.outputs(d.caches(c).present());
+    for (uint32_t id : p.outputs())
+      if (id == past)
+        return; // the past is also an output: it must stay a plain tensor
+    int append = -1;
+    for (int si = 0; si < p.steps_size(); ++si) {
+      const pb::Step &s = p.steps(si);
+      if (s.has_op()) {
+        const pb::OpStep &o = s.op();
+        for (int k = 0; k < o.inputs_size(); ++k) {
+          if (o.inputs(k) != int64_t(past) && o.inputs(k) != int64_t(present))
+            continue;
+          if (o.op() == "Shape")
+            continue; // reads dims only
+          const bool isAppend =
+              o.inputs(k) == int64_t(past) && k == 0 && o.op() == "Concat" && o.inputs_size() == 2 &&
+              o.outputs_size() == 1 && o.outputs(0) == present &&
+              (moert::ops::Attrs{o}.i("axis", 0) == 2 || moert::ops::Attrs{o}.i("axis", 0) == -2);
+          if (!isAppend || append >= 0)
+            return;
+          append = si;
+        }
+        for (uint32_t out : o.outputs())
+          if (out == present && append != si)
+            return;
+      } else if (s.has_attention()) {
+        const auto &a = s.attention();
+        for (int64_t id : {int64_t(a.query()), a.mask()})
+          if (id == int64_t(past) || id == int64_t(present))
+            return;
+        if (a.key() == past || a.value() == past || a.output() == present)
+          return;
+      } else if (s.has_linear()) {
+        const auto &l = s.linear();
+        for (int64_t id : {int64_t(l.input()), l.residual(), int64_t(l.output())})
+          if (id == int64_t(past) || id == int64_t(present))
+            return;
+      } else if (s.has_moe()) {
+        const auto &e = s.moe();
+        for (int64_t id : {int64_t(e.input()), e.logits(), e.residual(), int64_t(e.output())})
+          if (id == int64_t(past) || id == int64_t(present))
+            return;
+      }
+    }
+    if (append < 0)
+      return;
+    found[append] = c;
+  }
+  m.appendsCache = std::move(found);
+}
 
 moert_status moert::loadArtifact(const std::string &path, const moert_load_options &options, moert_model &m,
                                  bool loadCode) {
@@ -245,6 +305,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     if (!ok)
       return bad("has a corrupted decoder record");
   }
+  findCacheAppends(m);
   // Intermediates are released after the step that reads them last.
   for (int i = 0; i < p.values_size(); ++i)
     if (lastUse[i] >= 0 && lastUse[i] < p.steps_size() && !p.values(i).has_constant_section())
@@ -458,7 +519,12 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     const pb::Decoder &d = p.decoder();
     os << "decoder: " << d.caches_size() << " KV caches (" << p.values(p.inputs(d.caches(0).past())).name()
        << " -> " << p.values(p.outputs(d.caches(0).present())).name() << ", ...), logits '"
-       << p.values(p.outputs(d.logits())).name() << "': `moert generate` and moert_session_* drive it\n";
+       << p.values(p.outputs(d.logits())).name() << "': `moert generate` and moert_session_* drive it, "
+       << (std::any_of(m.appendsCache.begin(), m.appendsCache.end(), [](int c) { return c >= 0; })
+               ? "appending to the caches in place"
+               : "copying the caches each call (a cache is read by more than its Concat, attention and "
+                 "Shape)")
+       << "\n";
   }
   os << "memory plan: " << p.buffers() << " buffers for the intermediates (sized per input shape at run time)\n";
   os << "sections: " << a.sections_size() << " (weights " << mib(weights) << ", code " << mib(codeBytes)

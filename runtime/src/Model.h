@@ -45,6 +45,25 @@ struct Attention {
   int64_t qHeads = 0, kvHeads = 0, keyDim = 0, valueDim = 0;
 };
 
+/// A session's KV cache, appended in place by a run: [batch 1][heads][capacity][head dim] f32, of which the
+/// first `length` positions (the past input's length) are filled.
+struct CacheBinding {
+  float *data = nullptr;
+  int64_t capacity = 0;
+};
+
+/// Marks (moert_model::appendsCache) the step appending each decoder cache's new positions when every cache
+/// can be appended in place: its past is read only by that `Concat(past, new)` along the length axis (whose
+/// output is the present) and by `Shape`, and its present only by attention dispatches' keys/values, `Shape`
+/// and the graph output.
+void findCacheAppends(struct ::moert_model &m);
+
+/// moert_run's body. With `caches` (one per decoder cache, for a session): the past inputs point into those
+/// buffers, each cache's append step writes the new positions there instead of concatenating, attention
+/// dispatches read the keys/values in place, and the presents come back as dims without data.
+moert_status runProgram(struct ::moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
+                        size_t numInputs, const CacheBinding *caches, moert_result **out);
+
 /// Loads and validates `path`; on success fills `m`. Every inconsistency is one error naming the file.
 /// `loadCode = false` validates everything but does not load the code section (the loader fuzzer: a crafted
 /// shared object is not something dlopen can be asked to survive; artifacts are code, trusted like a .so).
@@ -65,6 +84,9 @@ struct moert_model {
   std::vector<moert::Attention> attentions;        // by AttentionDispatch.index
   std::vector<std::vector<uint32_t>> releaseAfter; // per step: values last read there (freed after it)
   std::vector<const moert::OpEntry *> opKernels;   // per step: its op kernel, resolved at load (null: not an op)
+  // Per step: the decoder cache (Program.decoder.caches index) whose past this step's Concat extends, when a
+  // session can run that append in place (moert::findCacheAppends), else -1. All -1 unless every cache can.
+  std::vector<int> appendsCache;
   std::unique_ptr<moert::ThreadPool> pool;
   moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)
   std::string description;

@@ -105,6 +105,22 @@ const char *moert_describe(const moert_model *m) { return m ? m->description.c_s
 
 moert_status moert_run(moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
                        size_t numInputs, moert_result **out) {
+  return moert::runProgram(m, options, inputs, numInputs, nullptr, out);
+}
+
+size_t moert_result_num_outputs(const moert_result *r) { return r ? r->tensors.size() : 0; }
+const moert_tensor *moert_result_output(const moert_result *r, size_t i) {
+  return r && i < r->tensors.size() ? &r->tensors[i] : nullptr;
+}
+const char *moert_result_profile_json(const moert_result *r) {
+  return r && r->hasProfile ? r->profile.c_str() : nullptr;
+}
+void moert_result_free(moert_result *r) { delete r; }
+
+} // extern "C"
+
+moert_status moert::runProgram(moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
+                               size_t numInputs, const CacheBinding *caches, moert_result **out) {
   if (!m || !out || (numInputs && !inputs))
     return makeError("moert_run: model, inputs and out must not be NULL");
   *out = nullptr;
@@ -249,11 +265,32 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
     return std::chrono::duration<double, std::micro>(t - t0).count();
   };
   bool firstEvent = true;
+  std::vector<std::pair<uint32_t, int64_t>> inPlace; // cache views appended in place: value id, capacity
   for (int si = 0; si < p.steps_size(); ++si) {
     const pb::Step &s = p.steps(si);
     auto start = std::chrono::steady_clock::now();
     std::string label;
-    if (s.has_op()) {
+    if (caches && m->appendsCache[si] >= 0) {
+      // A session's cache: the new positions go into its buffer after the past ones; the present is a view
+      // of the buffer (rows `capacity` apart per head) that only attention dispatches and Shape read.
+      const int c = m->appendsCache[si];
+      const auto &o = s.op();
+      const Tensor &past = values[o.inputs(0)], &add = values[o.inputs(1)];
+      const CacheBinding &cb = caches[c];
+      if (add.dtype != moert::proto::F32 || add.dims.size() != 4 || past.dims.size() != 4 ||
+          add.dims[0] != 1 || past.dims[0] != 1 || add.dims[1] != past.dims[1] ||
+          add.dims[3] != past.dims[3] || past.dims[2] + add.dims[2] > cb.capacity)
+        return makeError("cache '" + p.values(o.outputs(0)).name() + "': new keys/values " +
+                         dimsString(add.dims) + " do not extend the session's cache " +
+                         dimsString(past.dims) + " (room for " + std::to_string(cb.capacity) + " positions)");
+      const int64_t H = past.dims[1], P = past.dims[2], S = add.dims[2], D = past.dims[3];
+      for (int64_t h = 0; h < H; ++h)
+        std::memcpy(cb.data + (h * cb.capacity + P) * D, add.as<float>() + h * S * D, sizeof(float) * S * D);
+      values[o.outputs(0)] =
+          Tensor{moert::proto::F32, {1, H, P + S, D}, reinterpret_cast<char *>(cb.data), nullptr};
+      inPlace.push_back({o.outputs(0), cb.capacity});
+      label = "Concat (cache append in place)";
+    } else if (s.has_op()) {
       const auto &o = s.op();
       std::vector<Tensor> ins;
       for (int64_t id : o.inputs()) {
@@ -348,6 +385,11 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
       strides(q.dims, args.q_strides);
       strides(k.dims, args.k_strides);
       strides(v.dims, args.v_strides);
+      for (auto [id, capacity] : inPlace) // a session's cache: `capacity` positions apart per head
+        for (auto [kv, st] :
+             {std::pair<uint32_t, int64_t *>{d.key(), args.k_strides}, {d.value(), args.v_strides}})
+          if (kv == id)
+            st[1] = capacity * st[2], st[0] = x.kvHeads * st[1];
       const std::vector<int64_t> outDims{B, x.qHeads, S, x.valueDim};
       strides(outDims, args.out_strides);
       if (d.mask() >= 0) {
@@ -472,6 +514,13 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
     }
     res->names.push_back(v.name());
     res->dims.push_back(t.dims);
+    bool inSession = false; // a session's cache: already in its buffer
+    for (int c = 0; caches && c < p.decoder().caches_size(); ++c)
+      inSession |= int(p.decoder().caches(c).present()) == i;
+    if (inSession) {
+      res->data.emplace_back();
+      continue;
+    }
     // An output in its own allocation is handed over as it is; one in the arena (which the next run reuses)
     // or aliasing another value is copied out.
     const bool own = t.owned && t.data == t.owned.get() && t.capacity == 0 &&
@@ -511,14 +560,3 @@ moert_status moert_run(moert_model *m, const moert_run_options *options, const m
   *out = res;
   return nullptr;
 }
-
-size_t moert_result_num_outputs(const moert_result *r) { return r ? r->tensors.size() : 0; }
-const moert_tensor *moert_result_output(const moert_result *r, size_t i) {
-  return r && i < r->tensors.size() ? &r->tensors[i] : nullptr;
-}
-const char *moert_result_profile_json(const moert_result *r) {
-  return r && r->hasProfile ? r->profile.c_str() : nullptr;
-}
-void moert_result_free(moert_result *r) { delete r; }
-
-} // extern "C"

@@ -2,8 +2,10 @@
 //
 // moert_session_* and moert_generate (include/moert/moert.h). The artifact's Program.decoder says which graph
 // inputs are input_ids / attention_mask / position_ids / past caches and which outputs are logits / presents
-// (recorded by moec from the exporters' names). A session keeps one sequence's caches ([1, heads, length,
-// head dim] each) between calls and runs the program through moert_run with the inputs it makes.
+// (recorded by moec from the exporters' names). A session keeps one sequence's caches between calls and runs
+// the program (moert::runProgram) with the inputs it makes. When the loader found every cache's append step
+// (moert::findCacheAppends), the caches are buffers with room for more positions that runs append to in
+// place; otherwise each run's presents are taken over as the next pasts.
 //
 //===----------------------------------------------------------------------===//
 #include "Model.h"
@@ -25,9 +27,14 @@ struct moert_session {
   int64_t length = 0;
   struct Cache {
     int64_t heads = 0, dim = 0;
-    std::shared_ptr<char> data; // f32 [1][heads][length][dim]: the last run's present, taken over
+    // f32 [1][heads][capacity][dim], the first `length` positions filled. In place: runs append to it (it
+    // grows by doubling up to the context). Otherwise: the last run's present, taken over (capacity ==
+    // length).
+    std::shared_ptr<char> data;
+    int64_t capacity = 0;
   };
   std::vector<Cache> caches;
+  bool inPlace = false; // the model's appends run in place (moert_model::appendsCache)
   std::vector<float> logits;
 };
 
@@ -83,6 +90,8 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
   s->model = model;
   s->decoder = &p.decoder();
   s->maxContext = opts.max_context ? opts.max_context : 4096;
+  s->inPlace =
+      std::any_of(model->appendsCache.begin(), model->appendsCache.end(), [](int c) { return c >= 0; });
   for (const pb::KvCache &c : p.decoder().caches()) {
     const pb::Value &v = inputValue(model, c.past());
     moert_session::Cache cache;
@@ -108,6 +117,10 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
     return makeError("moert_session_rewind: " + std::to_string(length) +
                      " positions asked for, the session holds " + std::to_string(s->length));
   const int64_t keep = static_cast<int64_t>(length);
+  if (s->inPlace) { // the positions past `keep` are simply overwritten by the next append
+    s->length = keep;
+    return nullptr;
+  }
   for (auto &c : s->caches) {
     const size_t row = sizeof(float) * c.dim;
     std::shared_ptr<char> kept = moert::allocBlock(size_t(c.heads) * keep * row);
@@ -117,6 +130,7 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
       std::memcpy(kept.get() + size_t(h) * keep * row, c.data.get() + size_t(h) * s->length * row,
                   keep * row);
     c.data = std::move(kept);
+    c.capacity = keep;
   }
   s->length = keep;
   return nullptr;
@@ -136,6 +150,25 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
                      " positions (moert_session_options.max_context, moert generate --max-context)");
   moert_model *m = s->model;
   const pb::Decoder &d = *s->decoder;
+  std::vector<moert::CacheBinding> bindings;
+  if (s->inPlace) {
+    for (auto &c : s->caches) {
+      if (total > c.capacity) { // grow by doubling, up to the context
+        const int64_t cap = std::min(s->maxContext, std::max({total, 2 * c.capacity, int64_t(256)}));
+        const size_t row = sizeof(float) * c.dim;
+        std::shared_ptr<char> grown = moert::allocBlock(size_t(c.heads) * cap * row);
+        if (!grown)
+          return makeError("moert_session_append: out of memory for the KV caches (" + std::to_string(cap) +
+                           " positions)");
+        for (int64_t h = 0; h < c.heads && s->length > 0; ++h)
+          std::memcpy(grown.get() + size_t(h) * cap * row, c.data.get() + size_t(h) * c.capacity * row,
+                      s->length * row);
+        c.data = std::move(grown);
+        c.capacity = cap;
+      }
+      bindings.push_back({reinterpret_cast<float *>(c.data.get()), c.capacity});
+    }
+  }
   const size_t numInputs = moert_num_inputs(m);
   std::vector<moert_tensor> ins(numInputs);
   std::vector<std::vector<int64_t>> dims(numInputs);
@@ -177,7 +210,8 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
     ins[i].dims = dims[i].data();
   }
   moert_result *res = nullptr;
-  if (moert_status st = moert_run(m, nullptr, ins.data(), ins.size(), &res))
+  if (moert_status st =
+          moert::runProgram(m, nullptr, ins.data(), ins.size(), s->inPlace ? bindings.data() : nullptr, &res))
     return st;
   std::unique_ptr<moert_result, void (*)(moert_result *)> hold(res, moert_result_free);
   const moert_tensor *lt = moert_result_output(res, d.logits());
@@ -198,8 +232,10 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
                        std::to_string(cache.dim) + "] (the past cache with the new positions appended)");
   }
   s->logits.assign(last, last + v);
-  for (int c = 0; c < d.caches_size(); ++c)
+  for (int c = 0; c < d.caches_size() && !s->inPlace; ++c) {
     std::swap(s->caches[c].data, res->data[d.caches(c).present()]);
+    s->caches[c].capacity = total;
+  }
   s->length = total;
   *logits = s->logits.data();
   *vocab = static_cast<size_t>(v);

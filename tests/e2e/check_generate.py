@@ -164,7 +164,8 @@ def main():
                 check(name, False, "moec compile failed: " + c.stderr.strip())
                 continue
             text = subprocess.run([args.moert, "inspect", art], capture_output=True, text=True).stdout
-            check(name + ": a decoder", "decoder: 4 KV caches" in text,
+            check(name + ": a decoder, caches appended in place",
+                  "decoder: 4 KV caches" in text and "appending to the caches in place" in text,
                   next((ln for ln in text.splitlines() if ln.startswith("decoder")), "no decoder line"))
             vocab = 32
             for p_len in (1, 6):
@@ -199,6 +200,22 @@ def main():
                   n_after == len(prompt) + 1, f"logits max rel error {err:.2e} vs ONNX Runtime over 4 calls; after "
                   f"rewinding to the prompt the next logits {'repeat' if np.array_equal(again, steps[1]) else 'DIFFER'}; "
                   f"length {n_after}")
+            # A long prompt and decode steps past the session's first cache buffer (256 positions; it doubles).
+            model = rt.load(art, threads=2)
+            sess = model.session(max_context=1024)
+            long_prompt = rng.integers(0, vocab, 250).tolist()
+            got = [sess.append(long_prompt)]
+            follow = []
+            for _ in range(12):
+                follow.append(int(np.argmax(got[-1])))
+                got.append(sess.append([follow[-1]]))
+            sess.close()
+            model.close()
+            want_l = ort_logits(path, long_prompt, follow)
+            err = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(got, want_l))
+            check(f"{name}: session past its first cache buffer", err <= 1e-4,
+                  f"250 prompt tokens then 12 decode steps to 262 positions: logits max rel error {err:.2e} vs "
+                  "ONNX Runtime")
             # A batch of two, the second left-padded by two positions, through Model.run: the prefill and three
             # greedy decode steps, presents fed back as pasts, every output against ONNX Runtime's.
             check_batch(rt, path, art, rng)
@@ -214,6 +231,28 @@ def main():
             eos = want[3]
             stop = tokens_of(generate(args, art, prompt_path, "--greedy", "--eos-id", str(eos)))
             check(f"{name}: --eos-id stops after it", stop == want[:want.index(eos) + 1], f"{stop}")
+        # Without the attention dispatch (--no-fusion) op steps read the caches, so sessions take each call's
+        # presents over instead of appending in place: the same tokens and logits.
+        path = os.path.join(FIXTURES, "past_qwen3_moe.onnx")
+        plain = os.path.join(tmp, "plain.moex")
+        subprocess.run([args.moec, "compile", path, "-o", plain, f"--cpu={args.cpu}", "--quiet", "--no-fusion"],
+                       check=True, capture_output=True)
+        text = subprocess.run([args.moert, "inspect", plain], capture_output=True, text=True).stdout
+        prompt = rng.integers(0, 32, 5).tolist()
+        want = ort_greedy(path, prompt, 8)
+        model = rt.load(plain, threads=2)
+        sess = model.session()
+        steps = [sess.append(prompt)] + [sess.append([t]) for t in want[:3]]
+        sess.rewind(len(prompt))
+        again = sess.append([want[0]])
+        sess.close()
+        model.close()
+        ref = ort_logits(path, prompt, want[:3])
+        err = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(steps, ref))
+        check("past_qwen3_moe --no-fusion: caches copied, session append / rewind",
+              "copying the caches each call" in text and err <= 1e-4 and np.array_equal(again, steps[1]),
+              f"logits max rel error {err:.2e} vs ONNX Runtime over 4 calls; after a rewind "
+              f"{'the same' if np.array_equal(again, steps[1]) else 'DIFFERENT'} logits")
         # Bad input: one error line, non-zero exit.
         art = os.path.join(tmp, "past_qwen3_moe.moex")
         bad = {"longer than the context": (np.arange(10, dtype=np.int64), ["--max-context", "8"], "context"),

@@ -127,7 +127,8 @@ MOERT_API void moert_result_free(moert_result *result);
  *   moert_session_free(s);
  *
  * A session holds one sequence (batch 1) and its KV caches between calls: the graph's `past_key_values.*`
- * inputs are fed from the session and its `present.*` outputs kept; `input_ids`, `attention_mask` (all ones)
+ * inputs are fed from the session and its `present.*` outputs kept (appended to in place when only attention
+ * dispatches read the caches: `moert inspect` says which); `input_ids`, `attention_mask` (all ones)
  * and `position_ids` (the positions of the new tokens) are made by the session. One session per thread; many
  * sessions may share a model. */
 typedef struct moert_session moert_session;
