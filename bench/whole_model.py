@@ -8,12 +8,15 @@ exported by `torch.onnx.export(dynamo=True)` with `batched_mm` experts as a deco
 
 For each moec weight storage (`--weights=`: experts and dense layers alike; ONNX Runtime always runs the fp32
 file) it times
-  - decode: 1 new token after `past` = 128, 1024 and 4096 cached positions (ms per token),
+  - decode: 1 new token after `past` = 128, 1024 and 4096 cached positions (ms per token), through a session
+    as `moert generate` runs it (KV caches held by the runtime, appended in place; ONNX Runtime is given the
+    caches as inputs),
   - prefill: T = 128 and 512 tokens from an empty cache (tokens per second),
 and reports the whole-token roofline: every weight byte a token reads (attention projections, LM head, the
 router, the 4 chosen experts of each layer, one embedding row, the KV cache) at the measured read bandwidth,
 or the FLOPs at the FP32 peak, as a fraction of moec's time; and the share of moec's time in compiled
-dispatches (linear and MoE) vs op steps, from a `moert run --profile` trace.
+dispatches (linear, MoE, attention) vs op steps, from a profile of one call (the session's for decode, a
+`moert run --profile` trace for prefill).
 
 llama.cpp runs the same weights (bench/llama_peer.py: GGUF F32 / BF16 / Q8_0 / Q4_0 next to moec's fp32 / bf16 /
 int8 / int4) when llama-cpp-python and gguf are installed.
@@ -108,7 +111,29 @@ def profile_shares(moert_cli, art, f, threads, tmp):
         np.save(p, value)
         cmd += ["--input", f"{name}={p}"]
     subprocess.run(cmd, check=True, capture_output=True)
-    events = json.load(open(os.path.join(tmp, "t.json")))["traceEvents"]
+    return shares_of(json.load(open(os.path.join(tmp, "t.json")))["traceEvents"])
+
+
+def session_decode(model, past, repeat, rng):
+    """Decode as `moert generate` runs it: a session holding `past` positions (a random prompt), then one token
+    per call (the caches appended in place), rewound to `past` after each; (best ms, median ms, the shares of
+    the last call's time)."""
+    sess = model.session(max_context=past + 1, profile=True)
+    sess.append(rng.integers(0, CFG["vocab"], past))
+    times = []
+    for _ in range(repeat + 1):
+        token = [int(rng.integers(0, CFG["vocab"]))]
+        t0 = time.perf_counter()
+        sess.append(token)
+        times.append((time.perf_counter() - t0) * 1e3)
+        sess.rewind(past)
+    shares = shares_of(json.loads(sess.profile())["traceEvents"])
+    sess.close()
+    times = sorted(times[1:])  # the first call is a warm-up
+    return times[0], times[len(times) // 2], shares
+
+
+def shares_of(events):
     share = {"linear": 0.0, "moe": 0.0, "attention": 0.0, "op": 0.0}
     for e in events:
         kind = ("linear" if e["name"].startswith("linear") else "moe" if e["name"].startswith("moe dispatch")
@@ -156,9 +181,12 @@ def run(build, threads, storages, roof, repeat=5):
         compile_s = time.time() - t0
         model = rt.load(art, threads=threads)
         for kind, t, p in cases:
-            best, med = time_calls(lambda f: model.run(f), inputs[(t, p)])
-            with tempfile.TemporaryDirectory() as tmp:
-                shares = profile_shares(moert_cli, art, inputs[(t, p)][0], threads, tmp)
+            if kind == "decode":
+                best, med, shares = session_decode(model, p, repeat, rng)
+            else:
+                best, med = time_calls(lambda f: model.run(f), inputs[(t, p)])
+                with tempfile.TemporaryDirectory() as tmp:
+                    shares = profile_shares(moert_cli, art, inputs[(t, p)][0], threads, tmp)
             bytes_, flops = token_cost(s, t, p)
             bound_ms = max(bytes_ / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
             o_best, o_med = ort_times[(t, p)]

@@ -30,7 +30,7 @@ class _LoadOptions(ctypes.Structure):
 
 
 class _SessionOptions(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_size_t), ("max_context", ctypes.c_int64)]
+    _fields_ = [("struct_size", ctypes.c_size_t), ("max_context", ctypes.c_int64), ("profile", ctypes.c_int)]
 
 
 class _GenerateOptions(ctypes.Structure):
@@ -89,6 +89,8 @@ class Runtime:
         lib.moert_session_rewind.restype = vp
         lib.moert_session_length.argtypes = [vp]
         lib.moert_session_length.restype = ctypes.c_size_t
+        lib.moert_session_profile_json.argtypes = [vp]
+        lib.moert_session_profile_json.restype = ctypes.c_char_p
 
     def check(self, status):
         if status:
@@ -170,10 +172,10 @@ class Model:
         finally:
             lib.moert_session_free(session)
 
-    def session(self, max_context=0):
+    def session(self, max_context=0, profile=False):
         """A generation session over this decoder (moert_session_*): append(tokens) -> the last token's logits,
-        rewind(length), len(session)."""
-        return Session(self, max_context)
+        rewind(length), len(session); with profile, profile() is the last call's Chrome trace (JSON text)."""
+        return Session(self, max_context, profile)
 
     def close(self):
         if self.handle:
@@ -185,9 +187,9 @@ class Model:
 
 
 class Session:
-    def __init__(self, model, max_context=0):
+    def __init__(self, model, max_context=0, profile=False):
         self.model, self.lib, self.handle = model, model.rt.lib, ctypes.c_void_p()
-        opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context)
+        opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context, 1 if profile else 0)
         model.rt.check(self.lib.moert_session_create(model.handle, ctypes.byref(opts), ctypes.byref(self.handle)))
 
     def append(self, tokens):
@@ -202,6 +204,11 @@ class Session:
 
     def __len__(self):
         return self.lib.moert_session_length(self.handle)
+
+    def profile(self):
+        """The last call's Chrome trace (JSON text) when the session was made with profile=True, else None."""
+        p = self.lib.moert_session_profile_json(self.handle)
+        return p.decode() if p else None
 
     def close(self):
         if self.handle:

@@ -36,6 +36,8 @@ struct moert_session {
   std::vector<Cache> caches;
   bool inPlace = false; // the model's appends run in place (moert_model::appendsCache)
   std::vector<float> logits;
+  bool profile = false;
+  std::string trace; // the last call's, when profiling
 };
 
 namespace {
@@ -71,7 +73,7 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
   if (!model || !out)
     return makeError("moert_session_create: model and out must not be NULL");
   *out = nullptr;
-  moert_session_options opts{sizeof(moert_session_options), 0};
+  moert_session_options opts{sizeof(moert_session_options), 0, 0};
   if (options) {
     if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_session_options))
       return makeError("moert_session_create: options.struct_size must be sizeof(moert_session_options)");
@@ -90,6 +92,7 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
   s->model = model;
   s->decoder = &p.decoder();
   s->maxContext = opts.max_context ? opts.max_context : 4096;
+  s->profile = opts.profile != 0;
   s->inPlace =
       std::any_of(model->appendsCache.begin(), model->appendsCache.end(), [](int c) { return c >= 0; });
   for (const pb::KvCache &c : p.decoder().caches()) {
@@ -107,6 +110,10 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
 }
 
 void moert_session_free(moert_session *s) { delete s; }
+
+const char *moert_session_profile_json(const moert_session *s) {
+  return s && s->profile && !s->trace.empty() ? s->trace.c_str() : nullptr;
+}
 
 size_t moert_session_length(const moert_session *s) { return s ? static_cast<size_t>(s->length) : 0; }
 
@@ -210,8 +217,9 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
     ins[i].dims = dims[i].data();
   }
   moert_result *res = nullptr;
+  moert_run_options ro{sizeof(moert_run_options), s->profile ? 1 : 0};
   if (moert_status st =
-          moert::runProgram(m, nullptr, ins.data(), ins.size(), s->inPlace ? bindings.data() : nullptr, &res))
+          moert::runProgram(m, &ro, ins.data(), ins.size(), s->inPlace ? bindings.data() : nullptr, &res))
     return st;
   std::unique_ptr<moert_result, void (*)(moert_result *)> hold(res, moert_result_free);
   const moert_tensor *lt = moert_result_output(res, d.logits());
@@ -232,6 +240,8 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
                        std::to_string(cache.dim) + "] (the past cache with the new positions appended)");
   }
   s->logits.assign(last, last + v);
+  if (s->profile)
+    s->trace = res->profile;
   for (int c = 0; c < d.caches_size() && !s->inPlace; ++c) {
     std::swap(s->caches[c].data, res->data[d.caches(c).present()]);
     s->caches[c].capacity = total;

@@ -15,6 +15,7 @@ from the ids', or a mask shorter than past + new.
     check_generate.py --moec build/bin/moec --moert build/bin/moert --lib build/lib/libmoert.so
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -231,6 +232,14 @@ def main():
             eos = want[3]
             stop = tokens_of(generate(args, art, prompt_path, "--greedy", "--eos-id", str(eos)))
             check(f"{name}: --eos-id stops after it", stop == want[:want.index(eos) + 1], f"{stop}")
+            # --profile: the last decode step's trace, the caches appended in place and read by attention.
+            trace_path = os.path.join(tmp, "trace.json")
+            r = generate(args, art, prompt_path, "--max-new-tokens", "4", "--profile", trace_path)
+            names = [e["name"] for e in json.load(open(trace_path))["traceEvents"]] if r.returncode == 0 else []
+            check(f"{name}: generate --profile", sum(n.startswith("attention") for n in names) == 2 and
+                  sum(n == "Concat (cache append in place)" for n in names) == 4,
+                  f"{len(names)} steps traced, {sum(n.startswith('attention') for n in names)} attention, "
+                  f"{sum(n == 'Concat (cache append in place)' for n in names)} in-place appends")
         # Without the attention dispatch (--no-fusion) op steps read the caches, so sessions take each call's
         # presents over instead of appending in place: the same tokens and logits.
         path = os.path.join(FIXTURES, "past_qwen3_moe.onnx")

@@ -4,8 +4,8 @@
 //                        [--warmup N] [--profile trace.json] [--no-verify]
 //   moert inspect MODEL.moex
 //   moert generate MODEL.moex --prompt-ids ids.npy [--max-new-tokens N] [--greedy | --temperature T
-//                  --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N] [--threads N] [--output
-//                  ids.npy]
+//                  --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N] [--threads N] [--profile F]
+//                  [--output ids.npy]
 //
 // Links only libmoert (no LLVM, no MLIR). Errors are one line on stderr and a non-zero exit.
 //
@@ -53,6 +53,7 @@ const char *kUsage =
     "  --temperature T         sample instead: logits / T (with --top-k K, --top-p P, --seed S)\n"
     "  --eos-id ID             stop after generating ID\n"
     "  --max-context N         positions the KV caches hold (default 4096)\n"
+    "  --profile FILE.json     write a Chrome trace of the last call's steps (the last decode step)\n"
     "  --output IDS.npy        also write the generated ids (int64) there\n"
     "  --threads N, --no-verify as for run\n";
 
@@ -309,7 +310,7 @@ bool parseFloat(const char *s, float &out) {
 }
 
 int generate(int argc, char **argv) {
-  std::string model, promptPath, outPath;
+  std::string model, promptPath, outPath, profile;
   int threads = 0, verify = 1, maxNew = 32, topK = 0, maxContext = 0;
   float temperature = 1.0f, topP = 1.0f;
   bool greedy = true;
@@ -325,10 +326,10 @@ int generate(int argc, char **argv) {
       return argv[++i];
     };
     const char *v = nullptr;
-    if (a == "--prompt-ids" || a == "--output") {
+    if (a == "--prompt-ids" || a == "--output" || a == "--profile") {
       if (!(v = value()))
         return 1;
-      (a == "--prompt-ids" ? promptPath : outPath) = v;
+      (a == "--prompt-ids" ? promptPath : a == "--output" ? outPath : profile) = v;
     } else if (a == "--max-new-tokens" || a == "--top-k" || a == "--threads" || a == "--max-context") {
       int n;
       if (!(v = value()))
@@ -408,7 +409,7 @@ int generate(int argc, char **argv) {
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
   moert_session *s = nullptr;
-  moert_session_options so{sizeof so, maxContext};
+  moert_session_options so{sizeof so, maxContext, profile.empty() ? 0 : 1};
   if (int rc = check(moert_session_create(m, &so, &s))) {
     moert_free(m);
     return rc;
@@ -418,6 +419,15 @@ int generate(int argc, char **argv) {
   size_t made = 0;
   moert_generate_stats st{};
   int rc = check(moert_generate(s, ids.data(), ids.size(), &go, out.data(), out.size(), &made, &st));
+  if (!rc && !profile.empty()) {
+    const char *json = moert_session_profile_json(s);
+    FILE *f = std::fopen(profile.c_str(), "w");
+    bool ok = f && json && std::fputs(json, f) >= 0;
+    if (f)
+      ok = std::fclose(f) == 0 && ok;
+    if (!ok)
+      rc = fail("cannot write the profile to " + profile);
+  }
   moert_session_free(s);
   moert_free(m);
   if (rc)

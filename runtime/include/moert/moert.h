@@ -136,6 +136,7 @@ typedef struct moert_session moert_session;
 typedef struct moert_session_options {
   size_t struct_size;  /* sizeof(moert_session_options) */
   int64_t max_context; /* positions the caches hold at most (prompt + generated); 0 = 4096 */
+  int profile;         /* nonzero: keep a Chrome trace of each call's steps (moert_session_profile_json) */
 } moert_session_options;
 
 MOERT_API moert_status moert_session_create(moert_model *model, const moert_session_options *options,
@@ -149,6 +150,9 @@ MOERT_API moert_status moert_session_append(moert_session *session, const int64_
 MOERT_API size_t moert_session_length(const moert_session *session);
 /* Keeps the first `length` cached positions and forgets the rest (0: all; more than cached is an error). */
 MOERT_API moert_status moert_session_rewind(moert_session *session, size_t length);
+/* With moert_session_options.profile: the last call's Chrome trace (as moert_result_profile_json), valid
+ * until the next call on the session; NULL without profiling or before the first call. */
+MOERT_API const char *moert_session_profile_json(const moert_session *session);
 
 typedef struct moert_generate_options {
   size_t struct_size;   /* sizeof(moert_generate_options) */
