@@ -39,28 +39,6 @@ MoEOperands readInputs(NodeImporter &ni, std::initializer_list<Field> fields) {
   return ops;
 }
 
-int64_t intAttr(NodeImporter &ni, StringRef name, int64_t dflt) {
-  auto *a = ni.attribute(name);
-  return a ? a->i() : dflt;
-}
-std::optional<float> floatAttr(NodeImporter &ni, StringRef name) {
-  if (auto *a = ni.attribute(name))
-    return a->f();
-  return std::nullopt;
-}
-std::string stringAttr(NodeImporter &ni, StringRef name, StringRef dflt) {
-  auto *a = ni.attribute(name);
-  return a ? a->s() : dflt.str();
-}
-
-/// Fails on attributes of the node that `known` does not list (a typo must not be ignored).
-LogicalResult onlyKnownAttributes(NodeImporter &ni, ArrayRef<StringRef> known) {
-  for (const auto &a : ni.node().attribute())
-    if (!llvm::is_contained(known, a.name()))
-      return ni.fail("attribute '" + a.name() + "' is not supported");
-  return success();
-}
-
 FailureOr<moe::Activation> parseActivation(NodeImporter &ni, StringRef name) {
   if (auto act = moe::symbolizeActivation(name))
     return *act;
@@ -204,6 +182,27 @@ const StringRef kOrtCommonAttrs[] = {"k",
                                      "activation_beta"};
 
 } // namespace
+
+int64_t moec::frontend::intAttr(NodeImporter &ni, StringRef name, int64_t dflt) {
+  auto *a = ni.attribute(name);
+  return a ? a->i() : dflt;
+}
+std::optional<float> moec::frontend::floatAttr(NodeImporter &ni, StringRef name) {
+  if (auto *a = ni.attribute(name))
+    return a->f();
+  return std::nullopt;
+}
+std::string moec::frontend::stringAttr(NodeImporter &ni, StringRef name, StringRef dflt) {
+  auto *a = ni.attribute(name);
+  return a ? a->s() : dflt.str();
+}
+
+LogicalResult moec::frontend::onlyKnownAttributes(NodeImporter &ni, ArrayRef<StringRef> known) {
+  for (const auto &a : ni.node().attribute())
+    if (!llvm::is_contained(known, a.name()))
+      return ni.fail("attribute '" + a.name() + "' is not supported");
+  return success();
+}
 
 LogicalResult moec::frontend::importOrtMoE(NodeImporter &ni) {
   if (failed(onlyKnownAttributes(ni, kOrtCommonAttrs)))

@@ -75,6 +75,13 @@ struct OpTableEntry {
 /// The importer's op table: every supported (domain, op, since-version).
 llvm::ArrayRef<OpTableEntry> opTable();
 
+/// A node's attribute by name, or the default when absent (MoEImport.cpp).
+int64_t intAttr(NodeImporter &ni, llvm::StringRef name, int64_t dflt);
+std::optional<float> floatAttr(NodeImporter &ni, llvm::StringRef name);
+std::string stringAttr(NodeImporter &ni, llvm::StringRef name, llvm::StringRef dflt);
+/// Fails on attributes of the node that `known` does not list (a typo must not be ignored).
+mlir::LogicalResult onlyKnownAttributes(NodeImporter &ni, llvm::ArrayRef<llvm::StringRef> known);
+
 /// Builders for the MoE ops (MoEImport.cpp): ONNX Runtime's com.microsoft.MoE / QMoE and moec.SparseMoE,
 /// all imported as one moe.sparse_moe.
 mlir::LogicalResult importOrtMoE(NodeImporter &ni);
@@ -82,6 +89,9 @@ mlir::LogicalResult importOrtQMoE(NodeImporter &ni);
 mlir::LogicalResult importSparseMoE(NodeImporter &ni);
 /// ONNX Runtime's com.microsoft.MatMulNBits, imported as a moe.linear keeping its quantised weights.
 mlir::LogicalResult importOrtMatMulNBits(NodeImporter &ni);
+/// ONNX Runtime's com.microsoft.GroupQueryAttention (AttentionImport.cpp): its cache update, rotary embedding
+/// and causal mask as graph ops around one moe.attention.
+mlir::LogicalResult importOrtGroupQueryAttention(NodeImporter &ni);
 
 } // namespace moec::frontend
 

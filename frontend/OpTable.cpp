@@ -452,6 +452,8 @@ const OpTableEntry kTable[] = {
     {"moec", "SparseMoE", 1, importSparseMoE},
     // Linear layers with quantised weights (MoEImport.cpp).
     {"com.microsoft", "MatMulNBits", 1, importOrtMatMulNBits},
+    // Attention (AttentionImport.cpp).
+    {"com.microsoft", "GroupQueryAttention", 1, importOrtGroupQueryAttention},
 };
 
 #undef UNARY

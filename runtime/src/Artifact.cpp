@@ -89,9 +89,23 @@ template <typename T> bool resolve(void *handle, const std::string &name, T &out
 void moert::findCacheAppends(moert_model &m) {
   const pb::Program &p = m.meta.program();
   m.appendsCache.assign(p.steps_size(), -1);
+  m.cachesConcatenated = false;
   if (!p.has_decoder())
     return;
   const pb::Decoder &d = p.decoder();
+  auto isAppend = [&](const pb::OpStep &o, uint32_t past, uint32_t present) {
+    return o.op() == "Concat" && o.inputs_size() == 2 && o.inputs(0) == int64_t(past) &&
+           o.outputs_size() == 1 && o.outputs(0) == present &&
+           (moert::ops::Attrs{o}.i("axis", 0) == 2 || moert::ops::Attrs{o}.i("axis", 0) == -2);
+  };
+  m.cachesConcatenated = true;
+  for (const pb::KvCache &c : d.caches()) {
+    const uint32_t past = p.inputs(c.past()), present = p.outputs(c.present());
+    bool found = false;
+    for (const pb::Step &s : p.steps())
+      found |= s.has_op() && isAppend(s.op(), past, present);
+    m.cachesConcatenated &= found;
+  }
   std::vector<int> found(p.steps_size(), -1);
   for (int c = 0; c < d.caches_size(); ++c) {
     const uint32_t past = p.inputs(d.caches(c).past()), present = p.outputs(d.caches(c).present());
@@ -108,11 +122,7 @@ void moert::findCacheAppends(moert_model &m) {
             continue;
           if (o.op() == "Shape")
             continue; // reads dims only
-          const bool isAppend =
-              o.inputs(k) == int64_t(past) && k == 0 && o.op() == "Concat" && o.inputs_size() == 2 &&
-              o.outputs_size() == 1 && o.outputs(0) == present &&
-              (moert::ops::Attrs{o}.i("axis", 0) == 2 || moert::ops::Attrs{o}.i("axis", 0) == -2);
-          if (!isAppend || append >= 0)
+          if (k != 0 || !isAppend(o, past, present) || append >= 0)
             return;
           append = si;
         }

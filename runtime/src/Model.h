@@ -87,6 +87,7 @@ struct moert_model {
   // Per step: the decoder cache (Program.decoder.caches index) whose past this step's Concat extends, when a
   // session can run that append in place (moert::findCacheAppends), else -1. All -1 unless every cache can.
   std::vector<int> appendsCache;
+  bool cachesConcatenated = false; // every present is Concat(past, new): the mask then spans past + new
   std::unique_ptr<moert::ThreadPool> pool;
   moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)
   std::string description;

@@ -178,8 +178,10 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     values[p.inputs(i)] = Tensor{v.type().dtype(), std::move(dims), t->data ? static_cast<const char *>(t->data) : kEmpty,
                                  nullptr};
   }
-  // A decoder's attention mask covers the cached positions and the new ones (the exporters give its length a
-  // symbol of its own, so the dim check above does not see a mismatch).
+  // A decoder's caches share one length and the ids' batch; when its presents are Concat(past, new), its
+  // attention mask covers the cached positions and the new ones (the exporters give its length a symbol of
+  // its own, so the dim check above does not see a mismatch; fixed-size cache buffers, as GroupQueryAttention
+  // takes, are longer than the mask).
   if (p.has_decoder() && p.decoder().caches_size() > 0) {
     const pb::Decoder &d = p.decoder();
     const Tensor &ids = values[p.inputs(d.input_ids())];
@@ -197,8 +199,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                          " sequences");
     }
     const Tensor *mask = d.attention_mask() >= 0 ? &values[p.inputs(d.attention_mask())] : nullptr;
-    if (mask && mask->dims.size() == 2 && ids.dims.size() == 2 && past.dims.size() == 4 &&
-        mask->dims[1] != past.dims[2] + ids.dims[1])
+    if (m->cachesConcatenated && mask && mask->dims.size() == 2 && ids.dims.size() == 2 &&
+        past.dims.size() == 4 && mask->dims[1] != past.dims[2] + ids.dims[1])
       return makeError("input '" + p.values(p.inputs(d.attention_mask())).name() +
                        "': " + std::to_string(mask->dims[1]) + " positions, but the past caches hold " +
                        std::to_string(past.dims[2]) + " and '" + p.values(p.inputs(d.input_ids())).name() +
