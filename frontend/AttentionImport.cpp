@@ -2,14 +2,14 @@
 //
 // com.microsoft.GroupQueryAttention (the op ONNX Runtime GenAI's model builder writes for every attention
 // layer) becomes graph ops for what it does around attention -- split of a packed QKV, heads to [B, H, S, D],
-// rotary embedding from its cos/sin caches, the present caches, the causal mask -- and one moe.attention.
-// Semantics follow ONNX Runtime's CPU kernel (docs/attention.md):
+// rotary embedding from its cos/sin caches, the causal mask -- a moe.kv_cache_update per present cache and
+// one moe.attention. Semantics follow ONNX Runtime's CPU kernel (docs/attention.md):
 //   - seqlens_k[b] + 1 is sequence b's total length; total_sequence_length the longest. The call is the
 //     first prompt when S == total_sequence_length: no past then. Otherwise sequence b's past length is
 //     seqlens_k[b] + 1 - S and its new tokens sit at positions past_b .. past_b + S - 1.
 //   - present [B, Hkv, max(total_sequence_length, past buffer length), D]: the past's first past_b positions,
 //     then the new keys/values, then zeros. Past and present may be the same fixed-size buffer or a past of
-//     exactly past_b positions; both are the same gather here.
+//     exactly past_b positions; moe.kv_cache_update writes both (a session appends in place).
 //   - rotary (do_rotary): positions past_b + s; half-split or interleaved over the first 2 * cos_cache.dim(1)
 //     dims of each head.
 //   - query s of sequence b sees keys 0 .. past_b + s.
@@ -161,10 +161,10 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   Value first = g.op<ox::EqualOp>(g.t({1}, g.i1), {s, tot});
   Value later =
       g.op<ox::SubOp>(g.t({kDyn}, g.i64), {g.op<ox::AddOp>(g.t({kDyn}, g.i64), {lens, g.ints({1})}), s});
-  Value past = g.op<ox::WhereOp>(g.t({kDyn}, g.i64), {first, g.ints({0}), later});
+  Value pastB = g.op<ox::WhereOp>(g.t({kDyn}, g.i64), {first, g.ints({0}), later});
   Value sScalar = g.op<ox::SqueezeOp>(g.t({}, g.i64), {s, g.ints({0})});
   Value steps = g.op<ox::RangeOp>(g.t({kDyn}, g.i64), {g.scalarI64(0), sScalar, g.scalarI64(1)});
-  Value pastCol = g.unsqueeze(past, {1}, g.t({kDyn, 1}, g.i64));
+  Value pastCol = g.unsqueeze(pastB, {1}, g.t({kDyn, 1}, g.i64));
   Value pos =
       g.op<ox::AddOp>(g.t({kDyn, kDyn}, g.i64), {pastCol, g.unsqueeze(steps, {0}, g.t({1, kDyn}, g.i64))});
 
@@ -203,34 +203,26 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
     q = rotate(q, hq), k = rotate(k, hkv);
   }
 
-  // The presents: position j of sequence b is past[j] (j < past_b), new[j - past_b] (j < past_b + S) or 0,
-  // over max(total_sequence_length, past buffer length) positions; gathered from Concat(past, new).
+  // The presents: sequence b's first past_b cached positions, its new ones, zeros up to
+  // max(total_sequence_length, past buffer length): moe.kv_cache_update (in place in sessions).
   Value pastLen = pastK ? g.shape(pastK, 2, 3) : g.ints({0});
   Value len = g.op<ox::MaxOp>(g.t({1}, g.i64), {tot, pastLen});
+  auto present = [&](Value past, Value fresh) -> Value {
+    SmallVector<Value> operands{fresh, pastB, len};
+    if (past)
+      operands.push_back(past);
+    Operation *op = ni.createOp(moe::KvCacheUpdateOp::getOperationName(), operands, {},
+                                {g.t({kDyn, hkv, kDyn, d}, g.f32)});
+    return op ? op->getResult(0) : Value();
+  };
+  Value presentK = present(pastK, k), presentV = present(pastV, v);
+  if (!presentK || !presentV)
+    return failure();
   Value lenScalar = g.op<ox::SqueezeOp>(g.t({}, g.i64), {len, g.ints({0})});
   Value j = g.unsqueeze(g.op<ox::RangeOp>(g.t({kDyn}, g.i64), {g.scalarI64(0), lenScalar, g.scalarI64(1)}),
                         {0}, g.t({1, kDyn}, g.i64));
   auto bt = [&](Type e) { return g.t({kDyn, kDyn}, e); };
-  Value fromPast = g.op<ox::LessOp>(bt(g.i1), {j, pastCol});
-  Value fromNew = g.op<ox::AddOp>(bt(g.i64), {g.op<ox::SubOp>(bt(g.i64), {j, pastCol}), pastLen});
-  Value last =
-      g.op<ox::SubOp>(g.t({1}, g.i64), {g.op<ox::AddOp>(g.t({1}, g.i64), {pastLen, s}), g.ints({1})});
-  Value idx = g.op<ox::WhereOp>(bt(g.i64), {fromPast, j, fromNew});
-  idx = g.op<ox::MaxOp>(bt(g.i64), {g.op<ox::MinOp>(bt(g.i64), {idx, last}), g.ints({0})});
-  Value filled = g.op<ox::LessOp>(bt(g.i1), {j, g.op<ox::AddOp>(g.t({kDyn, 1}, g.i64), {pastCol, s})});
-  Value idx4 = g.unsqueeze(idx, {1, 3}, g.t({kDyn, 1, kDyn, 1}, g.i64));
-  Value filled4 = g.unsqueeze(filled, {1, 3}, g.t({kDyn, 1, kDyn, 1}, g.i1));
   Value zero = g.scalarF32(0.0f);
-  auto present = [&](Value past, Value fresh) {
-    auto kvT = g.t({kDyn, hkv, kDyn, d}, g.f32);
-    Value all = past ? g.op<ox::ConcatOp>(kvT, {past, fresh}, {g.attr("axis", 2)}) : fresh;
-    Value target =
-        g.op<ox::ConcatOp>(g.t({4}, g.i64), {g.shape(all, 0, 2), len, g.ints({d})}, {g.attr("axis", 0)});
-    Value at = g.op<ox::ExpandOp>(g.t({kDyn, hkv, kDyn, d}, g.i64), {idx4, target});
-    Value gathered = g.op<ox::GatherElementsOp>(kvT, {all, at}, {g.attr("axis", 2)});
-    return g.op<ox::WhereOp>(kvT, {filled4, gathered, zero});
-  };
-  Value presentK = present(pastK, k), presentV = present(pastV, v);
 
   // Query s of sequence b sees keys j <= past_b + s: an additive mask [B, 1, S, T].
   Value limit =

@@ -427,6 +427,29 @@ LogicalResult LinearOp::verify() {
   return success();
 }
 
+LogicalResult KvCacheUpdateOp::verify() {
+  auto fT = cast<RankedTensorType>(getFresh().getType()), oT = cast<RankedTensorType>(getPresent().getType());
+  if (fT.getRank() != 4 || oT.getRank() != 4)
+    return emitOpError()
+           << "operand 'fresh' and the result must have rank 4 ([B, H, S, D], [B, H, T, D]), got "
+           << shapeStr(fT) << " and " << shapeStr(oT);
+  if (getPastLengths().getType().getRank() != 1 || getLength().getType().getRank() != 1 ||
+      dimsConflict(getLength().getType().getDimSize(0), 1))
+    return emitOpError() << "operands 'past_lengths' and 'length' must be i64 [B] and [1]";
+  for (int i : {0, 1, 3})
+    if (dimsConflict(oT.getDimSize(i), fT.getDimSize(i)))
+      return emitOpError() << "result " << shapeStr(oT) << " must be [B, H, T, D] for 'fresh' "
+                           << shapeStr(fT);
+  if (Value p = getPast()) {
+    auto pT = cast<RankedTensorType>(p.getType());
+    if (pT.getRank() != 4 || dimsConflict(pT.getDimSize(0), fT.getDimSize(0)) ||
+        dimsConflict(pT.getDimSize(1), fT.getDimSize(1)) || dimsConflict(pT.getDimSize(3), fT.getDimSize(3)))
+      return emitOpError() << "operand 'past' " << shapeStr(pT) << " must be [B, H, P, D] for 'fresh' "
+                           << shapeStr(fT);
+  }
+  return success();
+}
+
 LogicalResult AttentionOp::verify() {
   auto qT = getQuery().getType(), kT = getKey().getType(), vT = getValue().getType(),
        oT = getOutput().getType();

@@ -230,6 +230,40 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
   }];
 }
 
+def MoE_KvCacheUpdateOp : MoE_Op<"kv_cache_update", [Pure]> {
+  let summary = "a KV cache with each sequence's new positions written after its past";
+  let description = [{
+    With `fresh` `[B, H, S, D]` (the new keys or values), `past_lengths` `[B]` (i64: how many positions of
+    sequence `b`'s past are filled), `length` (an i64 `[1]`: T) and an optional `past` `[B, H, P, D]`
+    (absent: P = 0):
+
+    ```
+    present[b, h, j, :] = past[b, h, j, :]                  j < past_lengths[b]
+                        = fresh[b, h, j - past_lengths[b], :] j < past_lengths[b] + S
+                        = 0                                  otherwise              // [B, H, T, D]
+    ```
+
+    It is an error at run time for `past_lengths[b]` to be negative or above P, or for `past_lengths[b] + S`
+    to exceed T. This is the cache ONNX Runtime's `GroupQueryAttention` keeps (a past of the filled length or
+    a fixed-size buffer), imported from it; a session runs it in place when every past length is P and T is
+    P + S (the caches appended where they are).
+  }];
+
+  let arguments = (ins
+    F32Tensor:$fresh,
+    RankedTensorOf<[I64]>:$past_lengths,
+    RankedTensorOf<[I64]>:$length,
+    Optional<F32Tensor>:$past
+  );
+  let results = (outs F32Tensor:$present);
+
+  let assemblyFormat = [{
+    $fresh `,` $past_lengths `,` $length (`past` $past^)? attr-dict `:` functional-type(operands, results)
+  }];
+
+  let hasVerifier = 1;
+}
+
 def MoE_AttentionOp : MoE_Op<"attention", [Pure]> {
   let summary = "scaled dot-product attention over grouped key/value heads: one dispatch";
   let description = [{

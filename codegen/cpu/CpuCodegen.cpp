@@ -991,6 +991,29 @@ struct Emitter {
     return true;
   }
 
+  /// A `moe.kv_cache_update`: a `moec.KvCacheUpdate` step (inputs as moert_kernel_abi.h's MOERT_KV_UPDATE_*
+  /// say), run by libmoert, in place when a session owns the cache.
+  bool emitKvCacheUpdate(moe::KvCacheUpdateOp op) {
+    auto *step = program->add_steps()->mutable_op();
+    step->set_op("moec.KvCacheUpdate");
+    std::pair<Value, const char *> operands[MOERT_KV_UPDATE_INPUTS];
+    operands[MOERT_KV_UPDATE_FRESH] = {op.getFresh(), "fresh"};
+    operands[MOERT_KV_UPDATE_PAST_LENGTHS] = {op.getPastLengths(), "past_lengths"};
+    operands[MOERT_KV_UPDATE_LENGTH] = {op.getLength(), "length"};
+    operands[MOERT_KV_UPDATE_PAST] = {op.getPast(), "past"};
+    for (auto [v, what] : operands) {
+      uint32_t id = 0;
+      if (v && !valueId(op, v, what, id))
+        return false;
+      step->add_inputs(v ? int64_t(id) : int64_t(-1));
+    }
+    uint32_t outId;
+    if (!addValue(op, op.getPresent(), "present" + std::to_string(program->values_size()), outId))
+      return false;
+    step->add_outputs(outId);
+    return true;
+  }
+
   bool emitFunction(func::FuncOp fn) {
     for (auto [i, arg] : llvm::enumerate(fn.getArguments())) {
       auto t = dyn_cast<RankedTensorType>(arg.getType());
@@ -1018,6 +1041,9 @@ struct Emitter {
           return false;
       } else if (auto at = dyn_cast<moe::AttentionOp>(op)) {
         if (!emitAttention(at))
+          return false;
+      } else if (auto kv = dyn_cast<moe::KvCacheUpdateOp>(op)) {
+        if (!emitKvCacheUpdate(kv))
           return false;
       } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {
         for (auto [i, v] : llvm::enumerate(ret.getOperands())) {

@@ -322,3 +322,13 @@ func.func @linear_norm_missing(%x: tensor<3x4xf32>, %w: tensor<4x2xf32>) -> tens
   %y = moe.linear %x, %w {norm = #moe.norm<layer>} : (tensor<3x4xf32>, tensor<4x2xf32>) -> tensor<3x2xf32>
   return %y : tensor<3x2xf32>
 }
+
+// -----
+
+func.func @kv_cache_update_heads(%new: tensor<1x2x3x16xf32>, %lens: tensor<1xi64>, %len: tensor<1xi64>,
+                                 %past: tensor<1x4x5x16xf32>) -> tensor<1x2x8x16xf32> {
+  // expected-error @+1 {{operand 'past' [1, 4, 5, 16] must be [B, H, P, D] for 'fresh' [1, 2, 3, 16]}}
+  %p = moe.kv_cache_update %new, %lens, %len past %past
+     : (tensor<1x2x3x16xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1x4x5x16xf32>) -> tensor<1x2x8x16xf32>
+  return %p : tensor<1x2x8x16xf32>
+}

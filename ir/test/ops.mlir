@@ -114,3 +114,17 @@ func.func @fused_block(%x: tensor<?x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8
         tensor<96x64xf32>, tensor<64x48xf32>, tensor<64xf32>, tensor<?x64xf32>) -> tensor<?x64xf32>
   return %y : tensor<?x64xf32>
 }
+
+// -----
+
+// moe.kv_cache_update with and without a past.
+// CHECK-LABEL: func.func @kv_cache_update
+// CHECK: moe.kv_cache_update %arg0, %arg1, %arg2 past %arg3 : (tensor<?x2x?x16xf32>, tensor<?xi64>, tensor<1xi64>, tensor<?x2x?x16xf32>) -> tensor<?x2x?x16xf32>
+// CHECK: moe.kv_cache_update %arg0, %arg1, %arg2 : (tensor<?x2x?x16xf32>, tensor<?xi64>, tensor<1xi64>) -> tensor<?x2x?x16xf32>
+func.func @kv_cache_update(%new: tensor<?x2x?x16xf32>, %lens: tensor<?xi64>, %len: tensor<1xi64>,
+                           %past: tensor<?x2x?x16xf32>) -> (tensor<?x2x?x16xf32>, tensor<?x2x?x16xf32>) {
+  %a = moe.kv_cache_update %new, %lens, %len past %past
+     : (tensor<?x2x?x16xf32>, tensor<?xi64>, tensor<1xi64>, tensor<?x2x?x16xf32>) -> tensor<?x2x?x16xf32>
+  %b = moe.kv_cache_update %new, %lens, %len : (tensor<?x2x?x16xf32>, tensor<?xi64>, tensor<1xi64>) -> tensor<?x2x?x16xf32>
+  return %a, %b : tensor<?x2x?x16xf32>, tensor<?x2x?x16xf32>
+}

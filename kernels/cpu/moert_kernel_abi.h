@@ -146,6 +146,17 @@ enum moert_linear_slot {
  * rows. */
 enum moert_embed_slot { MOERT_EMBED_ROWS = 0, MOERT_EMBED_SCALES = 1, MOERT_EMBED_SLOTS = 2 };
 
+/* The inputs of libmoert's `moec.KvCacheUpdate` step (`moe.kv_cache_update`; no generated code), in order:
+ * the new keys or values [B][H][S][D] f32, each sequence's filled past length [B] i64, the present's length
+ * [1] i64, and the past [B][H][P][D] f32 (-1 when there is none). */
+enum moert_kv_update_input {
+  MOERT_KV_UPDATE_FRESH = 0,
+  MOERT_KV_UPDATE_PAST_LENGTHS = 1,
+  MOERT_KV_UPDATE_LENGTH = 2,
+  MOERT_KV_UPDATE_PAST = 3,
+  MOERT_KV_UPDATE_INPUTS = 4
+};
+
 typedef struct moert_linear_args {
   int64_t rows;                          /* M                                                      */
   const float *input;                    /* [M][K]                                                 */

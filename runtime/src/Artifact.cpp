@@ -93,17 +93,25 @@ void moert::findCacheAppends(moert_model &m) {
   if (!p.has_decoder())
     return;
   const pb::Decoder &d = p.decoder();
-  auto isAppend = [&](const pb::OpStep &o, uint32_t past, uint32_t present) {
+  auto isConcat = [&](const pb::OpStep &o, uint32_t past, uint32_t present) {
     return o.op() == "Concat" && o.inputs_size() == 2 && o.inputs(0) == int64_t(past) &&
            o.outputs_size() == 1 && o.outputs(0) == present &&
            (moert::ops::Attrs{o}.i("axis", 0) == 2 || moert::ops::Attrs{o}.i("axis", 0) == -2);
+  };
+  // The step's input `k` is the past of an append: a Concat's first, or a moec.KvCacheUpdate's fourth.
+  auto isAppend = [&](const pb::OpStep &o, int k, uint32_t past, uint32_t present) {
+    if (k == 0 && isConcat(o, past, present))
+      return true;
+    return k == MOERT_KV_UPDATE_PAST && o.op() == "moec.KvCacheUpdate" &&
+           o.inputs_size() == MOERT_KV_UPDATE_INPUTS && o.inputs(k) == int64_t(past) &&
+           o.outputs_size() == 1 && o.outputs(0) == present;
   };
   m.cachesConcatenated = true;
   for (const pb::KvCache &c : d.caches()) {
     const uint32_t past = p.inputs(c.past()), present = p.outputs(c.present());
     bool found = false;
     for (const pb::Step &s : p.steps())
-      found |= s.has_op() && isAppend(s.op(), past, present);
+      found |= s.has_op() && isConcat(s.op(), past, present);
     m.cachesConcatenated &= found;
   }
   std::vector<int> found(p.steps_size(), -1);
@@ -122,7 +130,7 @@ void moert::findCacheAppends(moert_model &m) {
             continue;
           if (o.op() == "Shape")
             continue; // reads dims only
-          if (k != 0 || !isAppend(o, past, present) || append >= 0)
+          if (!isAppend(o, k, past, present) || append >= 0)
             return;
           append = si;
         }

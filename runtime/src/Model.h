@@ -53,9 +53,9 @@ struct CacheBinding {
 };
 
 /// Marks (moert_model::appendsCache) the step appending each decoder cache's new positions when every cache
-/// can be appended in place: its past is read only by that `Concat(past, new)` along the length axis (whose
-/// output is the present) and by `Shape`, and its present only by attention dispatches' keys/values, `Shape`
-/// and the graph output.
+/// can be appended in place: its past is read only by that `Concat(past, new)` along the length axis or
+/// `moec.KvCacheUpdate` (whose output is the present) and by `Shape`, and its present only by attention
+/// dispatches' keys/values, `Shape` and the graph output.
 void findCacheAppends(struct ::moert_model &m);
 
 /// moert_run's body. With `caches` (one per decoder cache, for a session): the past inputs point into those

@@ -181,6 +181,7 @@ const OpEntry kOps[] = {
     {"ScatterElements", scatter, true}, {"ScatterND", scatter, true}, {"OneHot", oneHot, false},
     {"Shape", shapeOp, false},     {"ConstantOfShape", constantOfShape, false}, {"Range", range, true},
     {"Trilu", trilu, false},       {"moec.Embedding", embedding, false}, // moe.embedding's table rows
+    {"moec.KvCacheUpdate", kvCacheUpdate, false}, // moe.kv_cache_update (GroupQueryAttention's caches)
 };
 // clang-format on
 

@@ -277,8 +277,23 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       // of the buffer (rows `capacity` apart per head) that only attention dispatches and Shape read.
       const int c = m->appendsCache[si];
       const auto &o = s.op();
-      const Tensor &past = values[o.inputs(0)], &add = values[o.inputs(1)];
+      const bool update = o.op() == "moec.KvCacheUpdate"; // else a Concat(past, new)
+      const Tensor &past = values[o.inputs(update ? MOERT_KV_UPDATE_PAST : 0)],
+                   &add = values[o.inputs(update ? MOERT_KV_UPDATE_FRESH : 1)];
       const CacheBinding &cb = caches[c];
+      if (update) { // in place only as a plain append: the past all filled, the present just past + new
+        const Tensor &lens = values[o.inputs(MOERT_KV_UPDATE_PAST_LENGTHS)],
+                     &len = values[o.inputs(MOERT_KV_UPDATE_LENGTH)];
+        const bool plain = lens.dtype == moert::proto::I64 && lens.dims == std::vector<int64_t>{1} &&
+                           len.dtype == moert::proto::I64 && len.numel() == 1 && past.dims.size() == 4 &&
+                           add.dims.size() == 4 && lens.as<int64_t>()[0] == past.dims[2] &&
+                           len.as<int64_t>()[0] == past.dims[2] + add.dims[2];
+        if (!plain)
+          return makeError(
+              "cache '" + p.values(o.outputs(0)).name() +
+              "': the session's cache is not appended at its end (past lengths or present length "
+              "disagree with the cached positions)");
+      }
       if (add.dtype != moert::proto::F32 || add.dims.size() != 4 || past.dims.size() != 4 ||
           add.dims[0] != 1 || past.dims[0] != 1 || add.dims[1] != past.dims[1] ||
           add.dims[3] != past.dims[3] || past.dims[2] + add.dims[2] > cb.capacity)
@@ -291,7 +306,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       values[o.outputs(0)] =
           Tensor{moert::proto::F32, {1, H, P + S, D}, reinterpret_cast<char *>(cb.data), nullptr};
       inPlace.push_back({o.outputs(0), cb.capacity});
-      label = "Concat (cache append in place)";
+      label = o.op() + " (cache append in place)";
     } else if (s.has_op()) {
       const auto &o = s.op();
       std::vector<Tensor> ins;

@@ -7,7 +7,8 @@ sum(attention_mask) - 1 and `total_sequence_length` = attention_mask's length, r
 caches (half-split or interleaved, all of the head or part of it), an output projection with a residual, and an
 LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, outputs `logits`,
 `present.{i}.key/value`. The checks:
-  - every GroupQueryAttention becomes one attention dispatch (`moert inspect`);
+  - every GroupQueryAttention becomes one attention dispatch, and sessions append to its caches in place
+    (`moert inspect`);
   - a prefill and four decode steps with the presents fed back as pasts (past buffers that grow), at batch 1
     and 2, match ONNX Runtime's logits and presents within 1e-4 (relative to the largest magnitude);
   - the fixed-size cache form (past buffers of a fixed length, `seqlens_k` saying how much is filled) too;
@@ -144,6 +145,8 @@ def main():
             text = subprocess.run([args.moert, "inspect", art], capture_output=True, text=True).stdout
             attention = sum(ln.strip().startswith("attention ") for ln in text.splitlines())
             check(f"{what}: one attention dispatch per layer", attention == LAYERS, f"{attention} attention dispatches")
+            check(f"{what}: sessions append to the caches in place", "appending to the caches in place" in text,
+                  next((ln for ln in text.splitlines() if ln.startswith("decoder")), "no decoder line"))
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])

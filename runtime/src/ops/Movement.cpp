@@ -301,6 +301,53 @@ bool gather(Ctx &c) {
   return true;
 }
 
+/// moec's `moec.KvCacheUpdate` (moe.kv_cache_update): inputs fresh [B, H, S, D], past lengths [B] (i64),
+/// length [1] (i64), past [B, H, P, D] or left out; the present [B, H, T, D]: each sequence's filled past,
+/// its new positions after it, zeros beyond.
+bool kvCacheUpdate(Ctx &c) {
+  if (c.in.size() != MOERT_KV_UPDATE_INPUTS || !c.in[MOERT_KV_UPDATE_FRESH].present() ||
+      !c.in[MOERT_KV_UPDATE_PAST_LENGTHS].present() || !c.in[MOERT_KV_UPDATE_LENGTH].present() ||
+      c.out.size() != 1)
+    return c.fail("needs the new keys/values, past lengths, a length and an optional past");
+  const OpTensor &fresh = c.in[MOERT_KV_UPDATE_FRESH], &lens = c.in[MOERT_KV_UPDATE_PAST_LENGTHS],
+                 &len = c.in[MOERT_KV_UPDATE_LENGTH], &past = c.in[MOERT_KV_UPDATE_PAST];
+  if (fresh.dtype != proto::F32 || fresh.dims.size() != 4 || lens.dtype != proto::I64 ||
+      lens.dims.size() != 1 || len.dtype != proto::I64 || len.numel() != 1)
+    return c.fail("new keys/values " + dimsString(fresh.dims) + " " + dtypeName(fresh.dtype) +
+                  ", past lengths " + dimsString(lens.dims) + " " + dtypeName(lens.dtype) +
+                  ": expected f32 [B, H, S, D] and i64 [B]");
+  const int64_t B = fresh.dims[0], H = fresh.dims[1], S = fresh.dims[2], D = fresh.dims[3];
+  const int64_t P = past.present() ? past.dims.size() == 4 ? past.dims[2] : -1 : 0, T = readInt(len, 0);
+  if (past.present() && (past.dtype != proto::F32 || past.dims.size() != 4 || past.dims[0] != B ||
+                         past.dims[1] != H || past.dims[3] != D))
+    return c.fail("past " + dimsString(past.dims) + " does not match the new keys/values " +
+                  dimsString(fresh.dims));
+  if (lens.dims[0] != B)
+    return c.fail(std::to_string(lens.dims[0]) + " past lengths for a batch of " + std::to_string(B));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t p = lens.as<int64_t>()[b];
+    if (p < 0 || p > P || p + S > T)
+      return c.fail("sequence " + std::to_string(b) + ": a past of " + std::to_string(p) + " positions and " +
+                    std::to_string(S) + " new ones do not fit a past cache of " + std::to_string(P) +
+                    " and a present of " + std::to_string(T) + " positions");
+  }
+  if (!c.alloc(0, {B, H, T, D}))
+    return false;
+  float *o = c.out[0].mut<float>();
+  const size_t row = sizeof(float) * D;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t p = lens.as<int64_t>()[b];
+    for (int64_t h = 0; h < H; ++h) {
+      float *dst = o + (b * H + h) * T * D;
+      if (p)
+        std::memcpy(dst, past.as<float>() + (b * H + h) * P * D, p * row);
+      std::memcpy(dst + p * D, fresh.as<float>() + (b * H + h) * S * D, S * row);
+      std::memset(dst + (p + S) * D, 0, (T - p - S) * row);
+    }
+  }
+  return true;
+}
+
 /// moec's `moec.Embedding` (moe.embedding): rows of a table stored as moert_kernel_abi.h's MOERT_EMBED_* say,
 /// widened to f32. Inputs: rows, scales (quantised storage; else left out), indices. Attributes: storage
 /// (moert_storage), block (values per scale), width (H).

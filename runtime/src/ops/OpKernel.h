@@ -406,6 +406,7 @@ bool matmul(Ctx &c);
 bool concat(Ctx &c);
 bool constantOfShape(Ctx &c);
 bool embedding(Ctx &c);
+bool kvCacheUpdate(Ctx &c);
 bool expand(Ctx &c);
 bool gather(Ctx &c);
 bool gatherElements(Ctx &c);
