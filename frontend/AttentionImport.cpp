@@ -13,8 +13,9 @@
 //   - rotary (do_rotary): positions past_b + s; half-split or interleaved over the first 2 * cos_cache.dim(1)
 //     dims of each head.
 //   - query s of sequence b sees keys 0 .. past_b + s.
-// Sliding windows, softcap, smooth softmax, head sinks, position_ids and attention_bias inputs are refused by
-// name (not silently ignored).
+//   - head_sink [Hq]: one more term per query head in the softmax's denominator (moe.attention's sinks).
+// Sliding windows, softcap, smooth softmax, position_ids and attention_bias inputs are refused by name (not
+// silently ignored).
 //
 //===----------------------------------------------------------------------===//
 #include "frontend/NodeImporter.h"
@@ -86,13 +87,11 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
     return ni.fail("smooth_softmax is not supported yet");
   if (intAttr(ni, "qk_output", 0) != 0)
     return ni.fail("qk_output (returning the scores) is not supported");
-  for (unsigned i : {9u, 10u, 11u})
+  for (unsigned i : {9u, 10u})
     if (ni.input(i))
-      return ni.fail(std::string("input ") +
-                     (i == 9    ? "'position_ids'"
-                      : i == 10 ? "'attention_bias'"
-                                : "'head_sink'") +
+      return ni.fail(std::string("input ") + (i == 9 ? "'position_ids'" : "'attention_bias'") +
                      " is not supported yet");
+  Value headSink = ni.input(11);
   const bool rotary = intAttr(ni, "do_rotary", 0) != 0,
              interleaved = intAttr(ni, "rotary_interleaved", 0) != 0;
 
@@ -125,6 +124,12 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
          (!xT.isDynamicDim(1) && xT.getDimSize(1) != hkv) || (!xT.isDynamicDim(3) && xT.getDimSize(3) != d)))
       return ni.fail("past caches must be f32 [batch, " + std::to_string(hkv) + ", length, " +
                      std::to_string(d) + "] (f16/bf16 caches are not supported yet)");
+  }
+  if (headSink) {
+    auto hT = dyn_cast<RankedTensorType>(headSink.getType());
+    if (!hT || hT.getRank() != 1 || !hT.getElementType().isF32() ||
+        (!hT.isDynamicDim(0) && hT.getDimSize(0) != hq))
+      return ni.fail("input 'head_sink' must be f32 [" + std::to_string(hq) + "] (one per query head)");
   }
   int64_t rot = 0;
   if (rotary) {
@@ -235,8 +240,13 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   const float scale = floatAttr(ni, "scale").value_or(0.0f);
   SmallVector<NamedAttribute> attrs{g.b.getNamedAttr(
       "scale", g.b.getF32FloatAttr(scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(d))))};
-  Operation *att = ni.createOp(moe::AttentionOp::getOperationName(), {q, presentK, presentV, mask}, attrs,
-                               {g.t({kDyn, hq, kDyn, d}, g.f32)});
+  attrs.push_back(
+      g.b.getNamedAttr("operandSegmentSizes", g.b.getDenseI32ArrayAttr({1, 1, 1, 1, headSink ? 1 : 0})));
+  SmallVector<Value> operands{q, presentK, presentV, mask};
+  if (headSink)
+    operands.push_back(headSink);
+  Operation *att =
+      ni.createOp(moe::AttentionOp::getOperationName(), operands, attrs, {g.t({kDyn, hq, kDyn, d}, g.f32)});
   if (!att)
     return failure();
   att->setAttr("moe.source", g.b.getStringAttr("com.microsoft.GroupQueryAttention"));

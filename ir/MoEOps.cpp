@@ -484,6 +484,12 @@ LogicalResult AttentionOp::verify() {
         return emitOpError() << "operand 'mask' " << shapeStr(mT) << ": dim " << i
                              << " must be 1 or that of [B, Hq, S, T]";
   }
+  if (Value sk = getSinks()) {
+    auto sT = cast<RankedTensorType>(sk.getType());
+    if (sT.getRank() != 1 || dimsConflict(sT.getDimSize(0), hq))
+      return emitOpError() << "operand 'sinks' must be [" << hq << "] (one per query head), got "
+                           << shapeStr(sT);
+  }
   return success();
 }
 

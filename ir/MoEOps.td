@@ -264,7 +264,7 @@ def MoE_KvCacheUpdateOp : MoE_Op<"kv_cache_update", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_AttentionOp : MoE_Op<"attention", [Pure]> {
+def MoE_AttentionOp : MoE_Op<"attention", [Pure, AttrSizedOperandSegments]> {
   let summary = "scaled dot-product attention over grouped key/value heads: one dispatch";
   let description = [{
     With `query` `[B, Hq, S, Dk]`, `key` `[B, Hkv, T, Dk]`, `value` `[B, Hkv, T, Dv]` (`Hq` a multiple of
@@ -278,11 +278,16 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure]> {
 
     `Hq`, `Hkv`, `Dk` and `Dv` are static; `B`, `S` and `T` may be dynamic. A row whose scores are all
     `-inf` has no softmax (ONNX `Softmax` gives NaN): with `nan_to_zero` its output is 0 (the
-    `Where(IsNaN(p), 0, p)` transformers' SDPA export writes after the softmax), else NaN. The kernel runs
+    `Where(IsNaN(p), 0, p)` transformers' SDPA export writes after the softmax), else NaN. With `sinks`
+    `[Hq]` (attention sinks, GPT-OSS) each query head's softmax has one more term in its denominator,
+    `exp(sinks[h])`, that weighs no value: `softmax_t` above becomes
+    `exp(score[t]) / (exp(sinks[h]) + sum_t' exp(score[t']))` (a row with every score `-inf` then gives 0).
+    The kernel runs
     the softmax online over blocks of keys (no `S x T` score matrix in memory) and skips a block of keys for
     a block of query rows when the mask puts every score of it at or below -1e30 and every row has some key
     above that (those terms are exactly 0 after the exponential). Raised by `moe-raise-attention` from the
-    `MatMul -> (Mul | Div scale) -> (Add mask) -> Softmax -> (Where IsNaN) -> MatMul` chain exporters write.
+    `MatMul -> (Mul | Div scale) -> (Add mask) -> Softmax -> (Where IsNaN) -> MatMul` chain exporters write,
+    with sinks from GPT-OSS's `Concat(scores, sinks) -> (Sub max) -> Softmax -> Slice(all but the last)`.
   }];
 
   let arguments = (ins
@@ -290,13 +295,14 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure]> {
     F32Tensor:$key,
     F32Tensor:$value,
     Optional<F32Tensor>:$mask,
+    Optional<F32Tensor>:$sinks,
     F32Attr:$scale,
     UnitAttr:$nan_to_zero
   );
   let results = (outs F32Tensor:$output);
 
   let assemblyFormat = [{
-    $query `,` $key `,` $value (`mask` $mask^)? attr-dict `:` functional-type(operands, results)
+    $query `,` $key `,` $value (`mask` $mask^)? (`sinks` $sinks^)? attr-dict `:` functional-type(operands, results)
   }];
 
   let hasVerifier = 1;

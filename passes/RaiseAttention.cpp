@@ -277,6 +277,19 @@ std::string raise(ox::SoftmaxOp sm) {
       p = where.getOutput();
     }
   }
+  // GPT-OSS's sinks: the probabilities without their last column (the sink's).
+  ox::SliceOp dropSink;
+  if (p.hasOneUse())
+    if (auto sl = dyn_cast<ox::SliceOp>(*p.getUsers().begin())) {
+      auto st = constantInts(sl.getStarts()), en = constantInts(sl.getEnds()),
+           ax = constantInts(sl.getAxes()), sp = constantInts(sl.getSteps());
+      if (st && en && ax && sp && *st == SmallVector<int64_t>{0} && *en == SmallVector<int64_t>{-1} &&
+          ax->size() == 1 && normAxis((*ax)[0], 4) == 3 && *sp == SmallVector<int64_t>{1}) {
+        dropSink = sl;
+        ops.push_back(sl);
+        p = sl.getOutput();
+      }
+    }
   ox::MatMulOp pv;
   for (Operation *u : p.getUsers())
     if (auto m = dyn_cast<ox::MatMulOp>(u); m && m.getA() == p && !pv)
@@ -284,8 +297,38 @@ std::string raise(ox::SoftmaxOp sm) {
   if (!pv)
     return "the attention probabilities do not feed a MatMul as its left operand (P x V)";
   ops.push_back(pv);
-  // Scores (+ mask).
-  Value x = sm.getInput(), mask;
+  // Scores (+ mask), maybe less their row max (the softmax does not change) and with the sinks appended.
+  Value x = sm.getInput(), mask, sinkLogits;
+  if (auto sub = defOp<ox::SubOp>(x))
+    if (auto mx = defOp<ox::ReduceMaxOp>(sub.getB());
+        mx && mx.getData() == sub.getA() && mx.getKeepdims() == 1) {
+      auto axes = mx.getAxes() ? constantInts(mx.getAxes()) : std::nullopt;
+      if (axes && axes->size() == 1 && normAxis((*axes)[0], 4) == 3) {
+        ops.append({sub, mx});
+        x = sub.getA();
+      }
+    }
+  if (dropSink) {
+    auto cat = defOp<ox::ConcatOp>(x);
+    if (!cat || cat.getInputs().size() != 2 || normAxis(cat.getAxis(), 4) != 3)
+      return "the probabilities drop a last column, but the scores are not Concat(scores, sinks) on the last "
+             "axis";
+    // sinks.reshape(1, H, 1, 1).expand(B, H, S, 1)
+    auto ex = defOp<ox::ExpandOp>(cat.getInputs()[1]);
+    auto rs = ex ? defOp<ox::ReshapeOp>(ex.getInput()) : ox::ReshapeOp();
+    auto rT = rs ? dyn_cast<RankedTensorType>(rs.getReshaped().getType()) : RankedTensorType();
+    auto sT = rs ? dyn_cast<RankedTensorType>(rs.getData().getType()) : RankedTensorType();
+    if (!rT || !sT || !rT.hasStaticShape() || rT.getRank() != 4 || rT.getDimSize(0) != 1 ||
+        rT.getDimSize(2) != 1 || rT.getDimSize(3) != 1 || !sT.hasStaticShape() || sT.getRank() != 1 ||
+        !sT.getElementType().isF32())
+      return "the column appended to the scores is not sinks [H] reshaped to [1, H, 1, 1] and expanded";
+    ops.append({cat, ex, rs});
+    sinkLogits = rs.getData();
+    x = cat.getInputs()[0];
+  }
+  auto scoresT = dyn_cast<RankedTensorType>(x.getType());
+  if (!scoresT || scoresT.getRank() != 4)
+    return "the scores are not rank 4 [B, H, S, T]";
   double scale = 1.0;
   if (auto add = defOp<ox::AddOp>(x)) {
     // The scores are the operand that is a (scaled) MatMul; the other is the mask.
@@ -329,14 +372,17 @@ std::string raise(ox::SoftmaxOp sm) {
       return "the mask is not an f32 rank-4 tensor";
     for (int i = 0; i < 4; ++i)
       if (mT.getDimSize(i) != 1 && !ShapedType::isDynamic(mT.getDimSize(i)) &&
-          !ShapedType::isDynamic(inT.getDimSize(i)) && mT.getDimSize(i) != inT.getDimSize(i))
+          !ShapedType::isDynamic(scoresT.getDimSize(i)) && mT.getDimSize(i) != scoresT.getDimSize(i))
         return "the mask does not broadcast over the scores";
   }
+  if (sinkLogits && cast<RankedTensorType>(sinkLogits.getType()).getDimSize(0) != hq)
+    return "the sinks are not one per query head";
+  Value sinks = sinkLogits;
   OpBuilder b(pv);
   auto outT = dyn_cast<RankedTensorType>(pv.getY().getType());
   if (!outT || outT.getRank() != 4)
     return "the P x V product has no rank-4 type";
-  auto op = b.create<moe::AttentionOp>(pv.getLoc(), outT, q, k, v, mask,
+  auto op = b.create<moe::AttentionOp>(pv.getLoc(), outT, q, k, v, mask, sinks,
                                        b.getF32FloatAttr(static_cast<float>(scale)),
                                        nanToZero ? b.getUnitAttr() : UnitAttr());
   if (failed(mlir::verify(op))) {
@@ -348,6 +394,8 @@ std::string raise(ox::SoftmaxOp sm) {
     noteFused(op, "repeat_kv");
   if (nanToZero)
     noteFused(op, "nan_to_zero");
+  if (sinks)
+    noteFused(op, "sinks");
   pv.getY().replaceAllUsesWith(op.getResult());
   eraseDeadOps(ops);
   return "";

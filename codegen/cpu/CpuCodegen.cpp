@@ -883,6 +883,14 @@ struct Emitter {
       mask = id;
     }
     step->set_mask(mask);
+    int64_t sinks = -1;
+    if (Value sk = op.getSinks()) {
+      uint32_t id;
+      if (!valueOrConstant(op, sk, "sinks", id))
+        return false;
+      sinks = id;
+    }
+    step->set_sinks(sinks);
     step->set_q_heads(hq);
     step->set_kv_heads(hkv);
     step->set_key_dim(dk);
@@ -894,7 +902,7 @@ struct Emitter {
     if (dv != dk)
       ds << " / " << dv;
     ds << ", scale " << llvm::format("%.6g", scale) << (mask >= 0 ? ", mask" : "")
-       << (op.getNanToZero() ? ", masked rows 0" : "");
+       << (sinks >= 0 ? ", sinks" : "") << (op.getNanToZero() ? ", masked rows 0" : "");
     if (auto src = op->getAttrOfType<StringAttr>("moe.source"))
       ds << " (" << src.getValue() << ")";
     step->set_description(desc);

@@ -332,3 +332,13 @@ func.func @kv_cache_update_heads(%new: tensor<1x2x3x16xf32>, %lens: tensor<1xi64
      : (tensor<1x2x3x16xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1x4x5x16xf32>) -> tensor<1x2x8x16xf32>
   return %p : tensor<1x2x8x16xf32>
 }
+
+// -----
+
+func.func @attention_sinks_per_head(%q: tensor<1x4x3x8xf32>, %k: tensor<1x2x5x8xf32>, %v: tensor<1x2x5x8xf32>,
+                                    %s: tensor<2xf32>) -> tensor<1x4x3x8xf32> {
+  // expected-error @+1 {{operand 'sinks' must be [4] (one per query head), got [2]}}
+  %o = moe.attention %q, %k, %v sinks %s {scale = 1.0 : f32}
+     : (tensor<1x4x3x8xf32>, tensor<1x2x5x8xf32>, tensor<1x2x5x8xf32>, tensor<2xf32>) -> tensor<1x4x3x8xf32>
+  return %o : tensor<1x4x3x8xf32>
+}

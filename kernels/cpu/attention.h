@@ -15,7 +15,8 @@
 // max grows), so no S x T score matrix exists. A key block whose mask is at or below kAttnMasked for every
 // row of the item is skipped (causal blocks past the diagonal, padding) when every row has some key above
 // it: those terms are exactly 0 after the exponential. Key chunks write (output, m, l) per row to scratch,
-// and a second pass merges them.
+// and a second pass merges them. Attention sinks (args.sinks, one logit per query head) start each row's
+// running max and sum, so they count once in the softmax's denominator and weigh no value.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_ATTENTION_H
@@ -219,7 +220,10 @@ template <class C> struct Attention {
             a.mask ? a.mask + b * a.mask_strides[0] + h * a.mask_strides[1] + s * a.mask_strides[2] : nullptr;
       }
     for (int64_t r = 0; r < nr; ++r) {
-      m[r] = NEG_INF, l[r] = 0.0f;
+      // An attention sink is one more term of the softmax that weighs no value: the running max starts at
+      // it with its exp(0) = 1 in the sum (in the first key chunk only; the merge adds the chunks).
+      const bool sink = a.sinks && chunk == 0;
+      m[r] = sink ? a.sinks[hk * G + r % G] : NEG_INF, l[r] = sink ? 1.0f : 0.0f;
       for (int64_t d = 0; d < DVP; ++d)
         acc[r * DVP + d] = 0.0f;
     }

@@ -36,7 +36,7 @@
 extern "C" {
 #endif
 
-#define MOERT_KERNEL_ABI_VERSION 6
+#define MOERT_KERNEL_ABI_VERSION 7
 
 /* Runs fn(ctx, i) for i in [0, n) on the runtime's threads; returns when all are done. `thread` is the
  * index of the worker running the call, in [0, threads). */
@@ -181,6 +181,7 @@ typedef struct moert_attention_args {
   int64_t q_strides[3], k_strides[3], v_strides[3], out_strides[3];
   const float *mask; /* additive, broadcast to [B][HQ][S][T], or NULL           */
   int64_t mask_strides[4];
+  const float *sinks; /* [HQ]: one more softmax term per query head, or NULL  */
   float *output; /* [B][HQ][S][DV]                                          */
   void *scratch; /* moert_attention_<j>_scratch(...) bytes, 64-aligned      */
   const moert_exec *exec;

@@ -139,7 +139,7 @@ void moert::findCacheAppends(moert_model &m) {
             return;
       } else if (s.has_attention()) {
         const auto &a = s.attention();
-        for (int64_t id : {int64_t(a.query()), a.mask()})
+        for (int64_t id : {int64_t(a.query()), a.mask(), a.sinks()})
           if (id == int64_t(past) || id == int64_t(present))
             return;
         if (a.key() == past || a.value() == past || a.output() == present)
@@ -278,9 +278,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       const auto &d = s.attention();
       auto f32 = [&](int64_t id) { return p.values(id).type().dtype() == pb::F32; };
       if (!read(d.query(), si) || !read(d.key(), si) || !read(d.value(), si) ||
-          (d.mask() != -1 && !read(d.mask(), si)) || !validId(d.output()) ||
-          static_cast<int>(d.index()) != attentionCount || d.q_heads() <= 0 || d.kv_heads() <= 0 ||
-          d.q_heads() % d.kv_heads() || d.key_dim() <= 0 || d.value_dim() <= 0 || !f32(d.output()))
+          (d.mask() != -1 && !read(d.mask(), si)) || (d.sinks() != -1 && !read(d.sinks(), si)) ||
+          !validId(d.output()) || static_cast<int>(d.index()) != attentionCount || d.q_heads() <= 0 ||
+          d.kv_heads() <= 0 || d.q_heads() % d.kv_heads() || d.key_dim() <= 0 || d.value_dim() <= 0 ||
+          !f32(d.output()))
         return bad("has a corrupted program (attention dispatch " + std::to_string(attentionCount) + ")");
       ready[d.output()] = 1;
       ++attentionCount;

@@ -426,6 +426,13 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         }
         args.mask = reinterpret_cast<const float *>(mk.data);
       }
+      if (d.sinks() >= 0) {
+        const Tensor &sk = values[d.sinks()];
+        if (sk.dtype != moert::proto::F32 || sk.dims != std::vector<int64_t>{x.qHeads})
+          return makeError(what() + ": sinks " + dimsString(sk.dims) + " of dtype " + dtypeName(sk.dtype) +
+                           ", expected f32 [" + std::to_string(x.qHeads) + "]");
+        args.sinks = sk.as<float>();
+      }
       Tensor out;
       place(d.output(), out);
       const size_t scratchBytes = x.scratch(B, S, T, exec.threads);

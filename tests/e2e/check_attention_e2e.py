@@ -52,7 +52,7 @@ def rel_error(got, want):
     return float(np.max(np.abs(got[fin] - want[fin])) / max(np.max(np.abs(want[fin])), 1e-30))
 
 
-def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard):
+def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard, sinks=None):
     """q [B, hq, S, dk], k [B, hkv, T, dk], v [B, hkv, T, dv] (+ mask of `mask_dims`, symbols or 1) -> [B, hq, S, dv]."""
     g = hq // hkv
     nodes, inits = [], []
@@ -97,9 +97,18 @@ def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard):
         sc = node("Div", [node("MatMul", ["q", kt], "qk"), const("c", np.sqrt(dk), np.float32)], "scores")
     if mask_dims is not None:
         sc = node("Add", [sc, "mask"], "masked")
+    if sinks is not None:  # GPT-OSS: Concat the sinks as a last column, less the row max, softmax, drop it
+        qs = node("Shape", ["q"], "q_shape")
+        target = node("Concat", [node("Slice", [qs, i0, i1, i0, i1], "q_b"), const("hq", [hq]),
+                                 node("Slice", [qs, i2, const("i3", [3]), i0, i1], "q_s"), i1], "sink_shape", axis=0)
+        sk = node("Reshape", [const("sinks", sinks, np.float32), const("sink_4d", [1, hq, 1, 1])], "sinks4")
+        sc = node("Concat", [sc, node("Expand", [sk, target], "sinks_e")], "combined", axis=-1)
+        sc = node("Sub", [sc, node("ReduceMax", [sc], "row_max", axes=[-1], keepdims=1)], "shifted")
     p = node("Softmax", [sc], "p", axis=-1)
     if nan_guard:
         p = node("Where", [node("IsNaN", [p], "nan"), const("zero", 0.0, np.float32), p], "p0")
+    if sinks is not None:
+        p = node("Slice", [p, i0, im1, im1, i1], "p_keys")
     node("MatMul", [p, v], "out")
     f = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("q", f, ["B", hq, "S", dk]),
@@ -124,7 +133,7 @@ def causal_mask(b, s, t, pad, minimum):
 
 
 CASES = [
-    # name, (hq, hkv, dk, dv), (B, S, T), mask, scale form, K^T form, NaN guard
+    # name, (hq, hkv, dk, dv), (B, S, T), mask, scale form, K^T form, NaN guard (+ "sinks": GPT-OSS's chain)
     ("decode GQA 4:1, keys split in chunks", (8, 2, 64, 64), (1, 1, 300), "row", "mul", "reshape", True),
     ("prefill causal + padding, 3 key blocks", (4, 4, 32, 32), (2, 130, 130), "causal", "mul", "reshape", True),
     ("prefill with past, GQA 3:1, odd head dims", (6, 2, 12, 20), (1, 7, 70), "heads", "div", "transpose", True),
@@ -136,6 +145,9 @@ CASES = [
      "reshape", True),
     ("decode batch 2, 16 heads of 128 over 2 kv heads", (16, 2, 128, 128), (2, 1, 1000), "row", "mul", "reshape",
      True),
+    ("sinks: decode, keys split in chunks", (8, 2, 64, 64), (1, 1, 300), "row", "mul", "transpose", False, "sinks"),
+    ("sinks: prefill causal + padding", (4, 2, 32, 32), (2, 70, 70), "causal", "mul", "transpose", False, "sinks"),
+    ("sinks: rows all -inf give 0", (4, 2, 8, 4), (1, 5, 9), "inf rows", "mul", "transpose", False, "sinks"),
 ]
 
 
@@ -176,9 +188,10 @@ def main():
     ort.set_default_logger_severity(3)
     rng = np.random.default_rng(7)
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, (hq, hkv, dk, dv), (b, s, t), mk, scale_form, kt_form, guard) in enumerate(CASES):
+        for i, (name, (hq, hkv, dk, dv), (b, s, t), mk, scale_form, kt_form, guard, *extra) in enumerate(CASES):
             mask, mask_dims = make_mask(mk, b, hq, s, t, rng)
-            model = sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, guard)
+            sinks = rng.standard_normal(hq).astype(np.float32) * 2 if "sinks" in extra else None
+            model = sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, guard, sinks)
             path, art = os.path.join(tmp, f"a{i}.onnx"), os.path.join(tmp, f"a{i}.moex")
             onnx.save(model, path)
             c = subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet"],
@@ -188,7 +201,8 @@ def main():
                 continue
             text = subprocess.run([args.moert, "inspect", art], capture_output=True, text=True, check=True).stdout
             dispatches = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("attention ")]
-            leftover = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(("op Softmax", "op MatMul"))]
+            leftover = [ln.strip() for ln in text.splitlines()
+                        if ln.strip().startswith(("op Softmax", "op MatMul", "op ReduceMax", "op Expand"))]
             check(name + ": one attention dispatch", len(dispatches) == 1 and not leftover,
                   "; ".join(dispatches + leftover) or "no attention dispatch")
             feeds = {"q": rng.standard_normal((b, hq, s, dk)).astype(np.float32),
@@ -205,7 +219,8 @@ def main():
                 check(name, False, "moert run failed: " + r.stderr.strip())
                 continue
             got = np.load(os.path.join(tmp, f"out{i}", "out.npy"))
-            want = attention(feeds["q"], feeds["k"], feeds["v"], mask, 1.0 / np.sqrt(dk), nan_to_zero=guard)
+            want = attention(feeds["q"], feeds["k"], feeds["v"], mask, 1.0 / np.sqrt(dk), nan_to_zero=guard,
+                             sinks=sinks)
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             ref = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]).run(None, feeds)[0]

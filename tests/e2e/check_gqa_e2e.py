@@ -4,7 +4,7 @@
 Each case builds (onnx.helper) a two-layer decoder the way ONNX Runtime GenAI's model builder writes one: token
 embedding, a QKV projection (packed into one MatMul, or three), GroupQueryAttention with `seqlens_k` =
 sum(attention_mask) - 1 and `total_sequence_length` = attention_mask's length, rotary embedding from cos/sin
-caches (half-split or interleaved, all of the head or part of it), an output projection with a residual, and an
+caches (half-split or interleaved, all of the head or part of it), head sinks in one case, an output projection with a residual, and an
 LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, outputs `logits`,
 `present.{i}.key/value`. The checks:
   - every GroupQueryAttention becomes one attention dispatch, and sessions append to its caches in place
@@ -37,7 +37,7 @@ def check(name, ok, detail):
         failures.append(name)
 
 
-def build(path, head_dim, rotary_dim, interleaved, packed, rng, extra_attrs=None):
+def build(path, head_dim, rotary_dim, interleaved, packed, rng, extra_attrs=None, sinks=False):
     """The decoder described above, random weights; returns nothing (writes `path`)."""
     nodes, inits = [], []
 
@@ -81,8 +81,9 @@ def build(path, head_dim, rotary_dim, interleaved, packed, rng, extra_attrs=None
                    for n, width in (("q", q_width), ("k", kv_width), ("v", kv_width))]
         attrs = dict(num_heads=HQ, kv_num_heads=HKV, do_rotary=1, rotary_interleaved=int(interleaved))
         attrs.update(extra_attrs or {})
+        sink_inputs = ["", "", const(f"head_sink{i}", (rng.standard_normal(HQ) * 2).astype(np.float32))] if sinks else []
         node("GroupQueryAttention", qkv + [f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
-                                           "total_len", "cos_cache", "sin_cache"],
+                                           "total_len", "cos_cache", "sin_cache"] + sink_inputs,
              [f"attn{i}", f"present.{i}.key", f"present.{i}.value"], domain="com.microsoft", **attrs)
         o = node("MatMul", [f"attn{i}", const(f"wo{i}", w(q_width, HIDDEN))], [f"o{i}"])
         x = node("Add", [x, o], [f"x{i + 1}"])
@@ -130,13 +131,14 @@ def main():
     import moert
     rt = moert.Runtime(args.lib)
     rng = np.random.default_rng(7)
-    cases = [("packed QKV, half-split rotary", 16, 16, False, True),
-             ("separate Q/K/V, interleaved rotary", 16, 16, True, False),
-             ("packed QKV, rotary over half the head", 32, 16, False, True)]
+    cases = [("packed QKV, half-split rotary", 16, 16, False, True, False),
+             ("separate Q/K/V, interleaved rotary", 16, 16, True, False, False),
+             ("packed QKV, rotary over half the head", 32, 16, False, True, False),
+             ("head sinks (gpt-oss)", 16, 16, False, True, True)]
     with tempfile.TemporaryDirectory() as tmp:
-        for n, (what, head_dim, rot, inter, packed) in enumerate(cases):
+        for n, (what, head_dim, rot, inter, packed, sinks) in enumerate(cases):
             path, art = os.path.join(tmp, f"gqa{n}.onnx"), os.path.join(tmp, f"gqa{n}.moex")
-            build(path, head_dim, rot, inter, packed, rng)
+            build(path, head_dim, rot, inter, packed, rng, sinks=sinks)
             c = subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet"],
                                capture_output=True, text=True)
             if c.returncode != 0:

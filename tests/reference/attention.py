@@ -2,12 +2,13 @@
 
 Written from the op's contract (ir/MoEOps.td), in float64, with no attempt at speed: query [B, Hq, S, Dk],
 key [B, Hkv, T, Dk], value [B, Hkv, T, Dv], query head h reads key/value head h // (Hq // Hkv), an additive
-mask broadcast to [B, Hq, S, T]. A row whose every score is -inf gives 0 with nan_to_zero, else NaN.
+mask broadcast to [B, Hq, S, T]. A row whose every score is -inf gives 0 with nan_to_zero, else NaN. With
+sinks [Hq], exp(sinks[h]) is one more term of head h's softmax denominator that weighs no value.
 """
 import numpy as np
 
 
-def attention(q, k, v, mask=None, scale=None, nan_to_zero=True):
+def attention(q, k, v, mask=None, scale=None, nan_to_zero=True, sinks=None):
     q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
     b, hq, s, dk = q.shape
     hkv, t = k.shape[1], k.shape[2]
@@ -25,6 +26,12 @@ def attention(q, k, v, mask=None, scale=None, nan_to_zero=True):
                 if m is not None:
                     score = score + m[bi, h, si]
                 top = score.max() if t else -np.inf
+                if sinks is not None:
+                    sink = float(sinks[h])
+                    top = max(top, sink)
+                    p = np.exp(score - top)
+                    out[bi, h, si] = (p / (p.sum() + np.exp(sink - top))) @ vh
+                    continue
                 if top == -np.inf:  # no finite score: Softmax gives NaN
                     out[bi, h, si] = 0.0 if nan_to_zero else np.nan
                     continue
