@@ -12,10 +12,10 @@
 //     exactly past_b positions; moe.kv_cache_update writes both (a session appends in place).
 //   - rotary (do_rotary): positions past_b + s; half-split or interleaved over the first 2 * cos_cache.dim(1)
 //     dims of each head.
-//   - query s of sequence b sees keys 0 .. past_b + s.
+//   - query s of sequence b sees keys 0 .. past_b + s; with local_window_size W only the last W of them (as
+//     ONNX Runtime 1.31 computes it).
 //   - head_sink [Hq]: one more term per query head in the softmax's denominator (moe.attention's sinks).
-// Sliding windows, softcap, smooth softmax, position_ids and attention_bias inputs are refused by name (not
-// silently ignored).
+// Softcap, smooth softmax, position_ids and attention_bias inputs are refused by name (not silently ignored).
 //
 //===----------------------------------------------------------------------===//
 #include "frontend/NodeImporter.h"
@@ -79,8 +79,9 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   const int64_t hq = intAttr(ni, "num_heads", 0), hkv = intAttr(ni, "kv_num_heads", 0);
   if (hq <= 0 || hkv <= 0 || hq % hkv)
     return ni.fail("num_heads and kv_num_heads must be positive and num_heads a multiple of kv_num_heads");
-  if (intAttr(ni, "local_window_size", -1) != -1)
-    return ni.fail("local_window_size (sliding-window attention) is not supported yet");
+  const int64_t window = intAttr(ni, "local_window_size", -1);
+  if (window < -1 || window == 0)
+    return ni.fail("local_window_size " + std::to_string(window) + " (-1 for none, else positive)");
   if (floatAttr(ni, "softcap").value_or(0.0f) != 0.0f)
     return ni.fail("softcap is not supported yet");
   if (intAttr(ni, "smooth_softmax", 0) != 0)
@@ -234,6 +235,11 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
       g.unsqueeze(g.op<ox::AddOp>(bt(g.i64), {pos, g.ints({1})}), {1, 3}, g.t({kDyn, 1, kDyn, 1}, g.i64));
   Value keys = g.unsqueeze(j, {0, 1}, g.t({1, 1, 1, kDyn}, g.i64));
   Value allowed = g.op<ox::LessOp>(g.t({kDyn, 1, kDyn, kDyn}, g.i1), {keys, limit});
+  if (window > 0) { // and, with local_window_size W, only the last W of them: j > past_b + s - W
+    Value first = g.op<ox::SubOp>(g.t({kDyn, 1, kDyn, 1}, g.i64), {limit, g.ints({window})});
+    Value inWindow = g.op<ox::GreaterOrEqualOp>(g.t({kDyn, 1, kDyn, kDyn}, g.i1), {keys, first});
+    allowed = g.op<ox::AndOp>(g.t({kDyn, 1, kDyn, kDyn}, g.i1), {allowed, inWindow});
+  }
   Value mask = g.op<ox::WhereOp>(g.t({kDyn, 1, kDyn, kDyn}, g.f32),
                                  {allowed, zero, g.scalarF32(std::numeric_limits<float>::lowest())});
 

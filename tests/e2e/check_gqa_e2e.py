@@ -4,7 +4,8 @@
 Each case builds (onnx.helper) a two-layer decoder the way ONNX Runtime GenAI's model builder writes one: token
 embedding, a QKV projection (packed into one MatMul, or three), GroupQueryAttention with `seqlens_k` =
 sum(attention_mask) - 1 and `total_sequence_length` = attention_mask's length, rotary embedding from cos/sin
-caches (half-split or interleaved, all of the head or part of it), head sinks in one case, an output projection with a residual, and an
+caches (half-split or interleaved, all of the head or part of it), head sinks or a sliding window in one case
+each, an output projection with a residual, and an
 LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, outputs `logits`,
 `present.{i}.key/value`. The checks:
   - every GroupQueryAttention becomes one attention dispatch, and sessions append to its caches in place
@@ -13,7 +14,9 @@ LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, 
     and 2, match ONNX Runtime's logits and presents within 1e-4 (relative to the largest magnitude);
   - the fixed-size cache form (past buffers of a fixed length, `seqlens_k` saying how much is filled) too;
   - `moert generate --greedy` gives the same 16 tokens as a greedy loop over ONNX Runtime;
-  - attributes moec does not support (local_window_size, softcap) are one error naming the node.
+  - a sliding window (local_window_size) and head sinks match too;
+  - attributes moec does not support (softcap) or out of range (local_window_size 0) are one error naming the
+    node.
 
     check_gqa_e2e.py --moec build/bin/moec --moert build/bin/moert --lib build/lib/libmoert.so
 """
@@ -134,11 +137,13 @@ def main():
     cases = [("packed QKV, half-split rotary", 16, 16, False, True, False),
              ("separate Q/K/V, interleaved rotary", 16, 16, True, False, False),
              ("packed QKV, rotary over half the head", 32, 16, False, True, False),
-             ("head sinks (gpt-oss)", 16, 16, False, True, True)]
+             ("head sinks (gpt-oss)", 16, 16, False, True, True),
+             ("sliding window of 3 (local_window_size)", 16, 16, False, True, {"local_window_size": 3})]
     with tempfile.TemporaryDirectory() as tmp:
         for n, (what, head_dim, rot, inter, packed, sinks) in enumerate(cases):
             path, art = os.path.join(tmp, f"gqa{n}.onnx"), os.path.join(tmp, f"gqa{n}.moex")
-            build(path, head_dim, rot, inter, packed, rng, sinks=sinks)
+            build(path, head_dim, rot, inter, packed, rng, sinks=sinks is True,
+                  extra_attrs=sinks if isinstance(sinks, dict) else None)
             c = subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet"],
                                capture_output=True, text=True)
             if c.returncode != 0:
@@ -181,7 +186,7 @@ def main():
                 got = [int(t) for t in line.split()[1:]]
                 check("moert generate --greedy", got == tokens, f"moert {got} ONNX Runtime {tokens} {r.stderr.strip()}")
         # Unsupported attributes: one error naming the node, no artifact.
-        for attrs, needle in (({"local_window_size": 8}, "local_window_size"), ({"softcap": 30.0}, "softcap")):
+        for attrs, needle in (({"local_window_size": 0}, "local_window_size"), ({"softcap": 30.0}, "softcap")):
             path, art = os.path.join(tmp, "bad.onnx"), os.path.join(tmp, "bad.moex")
             build(path, 16, 16, False, True, rng, attrs)
             c = subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet"],
