@@ -101,17 +101,28 @@ std::optional<SmallVector<DimRef>> shapeVector(Value v) {
   return std::nullopt;
 }
 
-/// The graph input and dim that dim `d` of `v` equals, followed through Concats along another axis (the past
-/// cache and the new keys); a null argument when `v` comes from elsewhere.
+/// The graph input and dim that dim `d` of `v` equals, followed through Concats and Slices along other axes
+/// (the past cache and the new keys, a sliding window's cache); a null argument when `v` comes from
+/// elsewhere.
 std::pair<BlockArgument, int64_t> dimOrigin(Value v, int64_t d) {
   for (int guard = 0; guard < 16; ++guard) {
     if (auto arg = dyn_cast<BlockArgument>(v))
       return {arg, d};
-    auto c = defOp<ox::ConcatOp>(v);
-    int64_t r = rankOf(v);
-    if (!c || r < 0 || (int64_t(c.getAxis()) + r) % r == d)
+    const int64_t r = rankOf(v);
+    if (r < 0)
       break;
-    v = c.getInputs().front();
+    if (auto c = defOp<ox::ConcatOp>(v); c && (int64_t(c.getAxis()) + r) % r != d) {
+      v = c.getInputs().front();
+      continue;
+    }
+    if (auto sl = defOp<ox::SliceOp>(v)) { // a slice along other axes (a sliding window's cache)
+      auto axes = constantInts(sl.getAxes());
+      if (axes && llvm::none_of(*axes, [&](int64_t a) { return (a + r) % r == d; })) {
+        v = sl.getData();
+        continue;
+      }
+    }
+    break;
   }
   return {BlockArgument(), -1};
 }
@@ -313,17 +324,28 @@ std::string raise(ox::SoftmaxOp sm) {
     if (!cat || cat.getInputs().size() != 2 || normAxis(cat.getAxis(), 4) != 3)
       return "the probabilities drop a last column, but the scores are not Concat(scores, sinks) on the last "
              "axis";
-    // sinks.reshape(1, H, 1, 1).expand(B, H, S, 1)
+    // sinks.reshape(1, H, 1, 1).expand(B, H, S, 1); the exporter may have folded the reshape of a constant.
     auto ex = defOp<ox::ExpandOp>(cat.getInputs()[1]);
-    auto rs = ex ? defOp<ox::ReshapeOp>(ex.getInput()) : ox::ReshapeOp();
-    auto rT = rs ? dyn_cast<RankedTensorType>(rs.getReshaped().getType()) : RankedTensorType();
+    Value s4 = ex ? ex.getInput() : Value();
+    auto rT = s4 ? dyn_cast<RankedTensorType>(s4.getType()) : RankedTensorType();
+    if (!rT || !rT.hasStaticShape() || rT.getRank() != 4 || rT.getDimSize(0) != 1 || rT.getDimSize(2) != 1 ||
+        rT.getDimSize(3) != 1 || !rT.getElementType().isF32())
+      return "the column appended to the scores is not sinks [1, H, 1, 1] expanded";
+    ops.append({cat, ex});
+    auto rs = defOp<ox::ReshapeOp>(s4);
     auto sT = rs ? dyn_cast<RankedTensorType>(rs.getData().getType()) : RankedTensorType();
-    if (!rT || !sT || !rT.hasStaticShape() || rT.getRank() != 4 || rT.getDimSize(0) != 1 ||
-        rT.getDimSize(2) != 1 || rT.getDimSize(3) != 1 || !sT.hasStaticShape() || sT.getRank() != 1 ||
-        !sT.getElementType().isF32())
-      return "the column appended to the scores is not sinks [H] reshaped to [1, H, 1, 1] and expanded";
-    ops.append({cat, ex, rs});
-    sinkLogits = rs.getData();
+    if (sT && sT.hasStaticShape() && sT.getRank() == 1) {
+      ops.push_back(rs);
+      sinkLogits = rs.getData();
+    } else { // [1, H, 1, 1] -> [H]
+      OpBuilder b(cat);
+      const int64_t h = rT.getDimSize(1);
+      Value shape = b.create<ox::ConstantOp>(
+          cat.getLoc(),
+          DenseIntElementsAttr::get(RankedTensorType::get({1}, b.getI64Type()), ArrayRef<int64_t>{h}));
+      sinkLogits = b.create<ox::ReshapeOp>(cat.getLoc(), RankedTensorType::get({h}, b.getF32Type()), s4,
+                                           shape, b.getI64IntegerAttr(0));
+    }
     x = cat.getInputs()[0];
   }
   auto scoresT = dyn_cast<RankedTensorType>(x.getType());

@@ -172,6 +172,36 @@ func.func @sinks(%q: tensor<1x2x?x4xf32>, %k: tensor<1x2x?x4xf32>, %v: tensor<1x
 
 // -----
 
+// The same with the exporter's reshape of the sinks folded into a [1, H, 1, 1] constant: reshaped back to [H].
+// CHECK-LABEL: func.func @sinks_folded
+// CHECK: %[[S:.+]] = onnx.Reshape %{{.+}}, %{{.+}} : (tensor<1x2x1x1xf32>, tensor<1xi64>) -> tensor<2xf32>
+// CHECK: moe.attention %arg0, %arg1, %arg2 mask %arg3 sinks %[[S]] {moe.fused = ["sinks"], moe.source = "sdpa", scale = 5.000000e-01 : f32}
+// CHECK-NOT: onnx.Softmax
+// CHECK-NOT: onnx.ReduceMax
+func.func @sinks_folded(%q: tensor<1x2x?x4xf32>, %k: tensor<1x2x?x4xf32>, %v: tensor<1x2x?x4xf32>,
+                 %mask: tensor<1x1x?x?xf32>) -> tensor<1x2x?x4xf32> {
+  %c = onnx.Constant dense<0.5> : tensor<f32>
+  %r = onnx.Constant dense<[[[[1.0]], [[2.0]]]]> : tensor<1x2x1x1xf32>
+  %tgt = onnx.Constant dense<[1, 2, 3, 1]> : tensor<4xi64>
+  %z = onnx.Constant dense<0> : tensor<1xi64>
+  %m1 = onnx.Constant dense<-1> : tensor<1xi64>
+  %o = onnx.Constant dense<1> : tensor<1xi64>
+  %kt = onnx.Transpose %k {perm = [0, 1, 3, 2]} : (tensor<1x2x?x4xf32>) -> tensor<1x2x4x?xf32>
+  %qk = onnx.MatMul %q, %kt : (tensor<1x2x?x4xf32>, tensor<1x2x4x?xf32>) -> tensor<1x2x?x?xf32>
+  %sc = onnx.Mul %qk, %c : (tensor<1x2x?x?xf32>, tensor<f32>) -> tensor<1x2x?x?xf32>
+  %m = onnx.Add %sc, %mask : (tensor<1x2x?x?xf32>, tensor<1x1x?x?xf32>) -> tensor<1x2x?x?xf32>
+  %e = onnx.Expand %r, %tgt : (tensor<1x2x1x1xf32>, tensor<4xi64>) -> tensor<1x2x?x1xf32>
+  %cat = onnx.Concat %m, %e {axis = -1 : i64} : (tensor<1x2x?x?xf32>, tensor<1x2x?x1xf32>) -> tensor<1x2x?x?xf32>
+  %mx = onnx.ReduceMax %cat, %m1 {keepdims = 1 : i64} : (tensor<1x2x?x?xf32>, tensor<1xi64>) -> tensor<1x2x?x1xf32>
+  %sh = onnx.Sub %cat, %mx : (tensor<1x2x?x?xf32>, tensor<1x2x?x1xf32>) -> tensor<1x2x?x?xf32>
+  %p = onnx.Softmax %sh : (tensor<1x2x?x?xf32>) -> tensor<1x2x?x?xf32>
+  %pk = onnx.Slice %p, %z, %m1, %m1, %o : (tensor<1x2x?x?xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<1x2x?x?xf32>
+  %out = onnx.MatMul %pk, %v : (tensor<1x2x?x?xf32>, tensor<1x2x?x4xf32>) -> tensor<1x2x?x4xf32>
+  return %out : tensor<1x2x?x4xf32>
+}
+
+// -----
+
 // Near misses stay op steps: a softmax over another axis; K^T transposing other dims than the last two.
 // CHECK-LABEL: func.func @near_misses
 // CHECK-NOT: moe.attention
