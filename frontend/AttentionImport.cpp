@@ -14,8 +14,9 @@
 //     dims of each head.
 //   - query s of sequence b sees keys 0 .. past_b + s; with local_window_size W only the last W of them (as
 //     ONNX Runtime 1.31 computes it).
-//   - head_sink [Hq]: one more term per query head in the softmax's denominator (moe.attention's sinks).
-// Softcap, smooth softmax, position_ids and attention_bias inputs are refused by name (not silently ignored).
+//   - head_sink [Hq]: one more term per query head in the softmax's denominator (moe.attention's sinks);
+//     smooth_softmax without head_sink: sinks of 0.
+// Softcap, position_ids and attention_bias inputs are refused by name (not silently ignored).
 //
 //===----------------------------------------------------------------------===//
 #include "frontend/NodeImporter.h"
@@ -84,8 +85,7 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
     return ni.fail("local_window_size " + std::to_string(window) + " (-1 for none, else positive)");
   if (floatAttr(ni, "softcap").value_or(0.0f) != 0.0f)
     return ni.fail("softcap is not supported yet");
-  if (intAttr(ni, "smooth_softmax", 0) != 0)
-    return ni.fail("smooth_softmax is not supported yet");
+  const bool smooth = intAttr(ni, "smooth_softmax", 0) != 0;
   if (intAttr(ni, "qk_output", 0) != 0)
     return ni.fail("qk_output (returning the scores) is not supported");
   for (unsigned i : {9u, 10u})
@@ -246,6 +246,10 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   const float scale = floatAttr(ni, "scale").value_or(0.0f);
   SmallVector<NamedAttribute> attrs{g.b.getNamedAttr(
       "scale", g.b.getF32FloatAttr(scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(d))))};
+  // smooth_softmax: one more exp(0) in every softmax's denominator, i.e. sinks of 0 (head_sink, when given,
+  // says the values).
+  if (smooth && !headSink)
+    headSink = ni.constant(DenseElementsAttr::get(g.t({hq}, g.f32), 0.0f));
   attrs.push_back(
       g.b.getNamedAttr("operandSegmentSizes", g.b.getDenseI32ArrayAttr({1, 1, 1, 1, headSink ? 1 : 0})));
   SmallVector<Value> operands{q, presentK, presentV, mask};

@@ -14,7 +14,7 @@ LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, 
     and 2, match ONNX Runtime's logits and presents within 1e-4 (relative to the largest magnitude);
   - the fixed-size cache form (past buffers of a fixed length, `seqlens_k` saying how much is filled) too;
   - `moert generate --greedy` gives the same 16 tokens as a greedy loop over ONNX Runtime;
-  - a sliding window (local_window_size) and head sinks match too;
+  - a sliding window (local_window_size), head sinks and smooth_softmax match too;
   - attributes moec does not support (softcap) or out of range (local_window_size 0) are one error naming the
     node.
 
@@ -138,7 +138,8 @@ def main():
              ("separate Q/K/V, interleaved rotary", 16, 16, True, False, False),
              ("packed QKV, rotary over half the head", 32, 16, False, True, False),
              ("head sinks (gpt-oss)", 16, 16, False, True, True),
-             ("sliding window of 3 (local_window_size)", 16, 16, False, True, {"local_window_size": 3})]
+             ("sliding window of 3 (local_window_size)", 16, 16, False, True, {"local_window_size": 3}),
+             ("smooth_softmax", 16, 16, True, False, {"smooth_softmax": 1})]
     with tempfile.TemporaryDirectory() as tmp:
         for n, (what, head_dim, rot, inter, packed, sinks) in enumerate(cases):
             path, art = os.path.join(tmp, f"gqa{n}.onnx"), os.path.join(tmp, f"gqa{n}.moex")
