@@ -16,7 +16,8 @@
 //     ONNX Runtime 1.31 computes it).
 //   - head_sink [Hq]: one more term per query head in the softmax's denominator (moe.attention's sinks);
 //     smooth_softmax without head_sink: sinks of 0.
-// Softcap, position_ids and attention_bias inputs are refused by name (not silently ignored).
+//   - softcap c: scores c * tanh(score / c) (moe.attention's softcap).
+// position_ids and attention_bias inputs are refused by name (not silently ignored).
 //
 //===----------------------------------------------------------------------===//
 #include "frontend/NodeImporter.h"
@@ -83,8 +84,9 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   const int64_t window = intAttr(ni, "local_window_size", -1);
   if (window < -1 || window == 0)
     return ni.fail("local_window_size " + std::to_string(window) + " (-1 for none, else positive)");
-  if (floatAttr(ni, "softcap").value_or(0.0f) != 0.0f)
-    return ni.fail("softcap is not supported yet");
+  const float softcap = floatAttr(ni, "softcap").value_or(0.0f);
+  if (!(softcap >= 0.0f))
+    return ni.fail("softcap " + std::to_string(softcap) + " (0 for none, else positive)");
   const bool smooth = intAttr(ni, "smooth_softmax", 0) != 0;
   if (intAttr(ni, "qk_output", 0) != 0)
     return ni.fail("qk_output (returning the scores) is not supported");
@@ -246,6 +248,8 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   const float scale = floatAttr(ni, "scale").value_or(0.0f);
   SmallVector<NamedAttribute> attrs{g.b.getNamedAttr(
       "scale", g.b.getF32FloatAttr(scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(d))))};
+  if (softcap > 0.0f)
+    attrs.push_back(g.b.getNamedAttr("softcap", g.b.getF32FloatAttr(softcap)));
   // smooth_softmax: one more exp(0) in every softmax's denominator, i.e. sinks of 0 (head_sink, when given,
   // says the values).
   if (smooth && !headSink)

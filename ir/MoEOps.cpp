@@ -484,6 +484,8 @@ LogicalResult AttentionOp::verify() {
         return emitOpError() << "operand 'mask' " << shapeStr(mT) << ": dim " << i
                              << " must be 1 or that of [B, Hq, S, T]";
   }
+  if (!(getSoftcap().convertToFloat() >= 0.0f))
+    return emitOpError() << "softcap must be >= 0 (0: none), got " << getSoftcap().convertToFloat();
   if (Value sk = getSinks()) {
     auto sT = cast<RankedTensorType>(sk.getType());
     if (sT.getRank() != 1 || dimsConflict(sT.getDimSize(0), hq))

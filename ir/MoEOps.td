@@ -282,6 +282,8 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure, AttrSizedOperandSegments]> {
     `[Hq]` (attention sinks, GPT-OSS) each query head's softmax has one more term in its denominator,
     `exp(sinks[h])`, that weighs no value: `softmax_t` above becomes
     `exp(score[t]) / (exp(sinks[h]) + sum_t' exp(score[t']))` (a row with every score `-inf` then gives 0).
+    With `softcap` c > 0 (logit softcapping: Grok-1, Gemma 2, ONNX Runtime's `softcap`) the scaled dot product
+    becomes `c * tanh(scale * q . k / c)` before the mask is added.
     The kernel runs
     the softmax online over blocks of keys (no `S x T` score matrix in memory) and skips a block of keys for
     a block of query rows when the mask puts every score of it at or below -1e30 and every row has some key
@@ -297,7 +299,8 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure, AttrSizedOperandSegments]> {
     Optional<F32Tensor>:$mask,
     Optional<F32Tensor>:$sinks,
     F32Attr:$scale,
-    UnitAttr:$nan_to_zero
+    UnitAttr:$nan_to_zero,
+    DefaultValuedAttr<F32Attr, "0.0f">:$softcap
   );
   let results = (outs F32Tensor:$output);
 

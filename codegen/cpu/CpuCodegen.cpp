@@ -903,6 +903,8 @@ struct Emitter {
       ds << " / " << dv;
     ds << ", scale " << llvm::format("%.6g", scale) << (mask >= 0 ? ", mask" : "")
        << (sinks >= 0 ? ", sinks" : "") << (op.getNanToZero() ? ", masked rows 0" : "");
+    if (const float c = op.getSoftcap().convertToFloat(); c > 0.0f)
+      ds << ", softcap " << llvm::format("%.6g", c);
     if (auto src = op->getAttrOfType<StringAttr>("moe.source"))
       ds << " (" << src.getValue() << ")";
     step->set_description(desc);
@@ -917,6 +919,7 @@ struct Emitter {
        << ";\n"
        << "  static constexpr float SCALE = " << floatLit(scale) << ";\n"
        << "  static constexpr bool NAN_ZERO = " << (op.getNanToZero() ? "true" : "false") << ";\n"
+       << "  static constexpr float SOFTCAP = " << floatLit(op.getSoftcap().convertToFloat()) << ";\n"
        << "};\n}\n"
        << "extern \"C\" MOERT_EXPORT int " << fn << "(const moert_attention_args *a) { return "
        << "moert_cpu::Attention<" << name << ">::run(a); }\n"

@@ -342,3 +342,12 @@ func.func @attention_sinks_per_head(%q: tensor<1x4x3x8xf32>, %k: tensor<1x2x5x8x
      : (tensor<1x4x3x8xf32>, tensor<1x2x5x8xf32>, tensor<1x2x5x8xf32>, tensor<2xf32>) -> tensor<1x4x3x8xf32>
   return %o : tensor<1x4x3x8xf32>
 }
+
+// -----
+
+func.func @attention_softcap_negative(%q: tensor<1x4x3x8xf32>, %k: tensor<1x2x5x8xf32>, %v: tensor<1x2x5x8xf32>) -> tensor<1x4x3x8xf32> {
+  // expected-error @+1 {{softcap must be >= 0 (0: none), got -1}}
+  %o = moe.attention %q, %k, %v {scale = 1.0 : f32, softcap = -1.0 : f32}
+     : (tensor<1x4x3x8xf32>, tensor<1x2x5x8xf32>, tensor<1x2x5x8xf32>) -> tensor<1x4x3x8xf32>
+  return %o : tensor<1x4x3x8xf32>
+}

@@ -5,6 +5,7 @@
 //   C::HQ, C::HKV, C::DK, C::DV   query heads, key/value heads, the key and value head dims
 //   C::SCALE                      the factor on q . k
 //   C::NAN_ZERO                   a row whose every score is -inf gives 0 (else NaN, as Softmax does)
+//   C::SOFTCAP                    0, or c: each scaled score becomes c * tanh(score / c) before the mask
 //
 // Work items are (batch, key/value head, a block of query positions) and, when those are too few to keep
 // every thread busy (decode), also a chunk of the keys. An item's rows are all G = HQ / HKV query heads of
@@ -252,8 +253,18 @@ template <class C> struct Attention {
       scores(qp, nr, kb + t0 * a.k_strides[2], a.k_strides[2], nk, kt, sc);
       for (int64_t r = 0; r < nr; ++r) {
         float *row = sc + r * kAttnKB;
-        for (int64_t j = 0; j < nk; ++j)
-          row[j] = row[j] * C::SCALE + (mp[r] ? mp[r][(t0 + j) * mt] : 0.0f);
+        if constexpr (C::SOFTCAP > 0.0f) { // c tanh(x / c) = c - 2c / (e^(2x / c) + 1)
+          for (int v = 0; v < NV; ++v) {
+            const vf z = expv(loadv(row + v * VW) * splat(2.0f * C::SCALE / C::SOFTCAP));
+            storev(row + v * VW, splat(C::SOFTCAP) - splat(2.0f * C::SOFTCAP) / (z + splat(1.0f)));
+          }
+          if (mp[r])
+            for (int64_t j = 0; j < nk; ++j)
+              row[j] += mp[r][(t0 + j) * mt];
+        } else {
+          for (int64_t j = 0; j < nk; ++j)
+            row[j] = row[j] * C::SCALE + (mp[r] ? mp[r][(t0 + j) * mt] : 0.0f);
+        }
         for (int64_t j = nk; j < kAttnKB; ++j)
           row[j] = NEG_INF;
         vf mx = loadv(row);

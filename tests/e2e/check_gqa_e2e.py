@@ -14,9 +14,8 @@ LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, 
     and 2, match ONNX Runtime's logits and presents within 1e-4 (relative to the largest magnitude);
   - the fixed-size cache form (past buffers of a fixed length, `seqlens_k` saying how much is filled) too;
   - `moert generate --greedy` gives the same 16 tokens as a greedy loop over ONNX Runtime;
-  - a sliding window (local_window_size), head sinks and smooth_softmax match too;
-  - attributes moec does not support (softcap) or out of range (local_window_size 0) are one error naming the
-    node.
+  - a sliding window (local_window_size), head sinks, smooth_softmax and softcap match too;
+  - attributes out of range (local_window_size 0, softcap -1) are one error naming the node.
 
     check_gqa_e2e.py --moec build/bin/moec --moert build/bin/moert --lib build/lib/libmoert.so
 """
@@ -139,7 +138,8 @@ def main():
              ("packed QKV, rotary over half the head", 32, 16, False, True, False),
              ("head sinks (gpt-oss)", 16, 16, False, True, True),
              ("sliding window of 3 (local_window_size)", 16, 16, False, True, {"local_window_size": 3}),
-             ("smooth_softmax", 16, 16, True, False, {"smooth_softmax": 1})]
+             ("smooth_softmax", 16, 16, True, False, {"smooth_softmax": 1}),
+             ("softcap 2", 16, 16, False, True, {"softcap": 2.0})]
     with tempfile.TemporaryDirectory() as tmp:
         for n, (what, head_dim, rot, inter, packed, sinks) in enumerate(cases):
             path, art = os.path.join(tmp, f"gqa{n}.onnx"), os.path.join(tmp, f"gqa{n}.moex")
@@ -187,7 +187,7 @@ def main():
                 got = [int(t) for t in line.split()[1:]]
                 check("moert generate --greedy", got == tokens, f"moert {got} ONNX Runtime {tokens} {r.stderr.strip()}")
         # Unsupported attributes: one error naming the node, no artifact.
-        for attrs, needle in (({"local_window_size": 0}, "local_window_size"), ({"softcap": 30.0}, "softcap")):
+        for attrs, needle in (({"local_window_size": 0}, "local_window_size"), ({"softcap": -1.0}, "softcap")):
             path, art = os.path.join(tmp, "bad.onnx"), os.path.join(tmp, "bad.moex")
             build(path, 16, 16, False, True, rng, attrs)
             c = subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet"],
