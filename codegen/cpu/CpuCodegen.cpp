@@ -220,6 +220,15 @@ struct Emitter {
   }
 
   /// A value id for `v`, turning a constant into a constant value stored in its own section.
+  /// An optional operand's value id (a constant gets a section), or -1 when it is absent.
+  bool optionalId(Operation *user, Value v, StringRef what, int64_t &id) {
+    uint32_t u = 0;
+    if (v && !valueOrConstant(user, v, what, u))
+      return false;
+    id = v ? int64_t(u) : int64_t(-1);
+    return true;
+  }
+
   bool valueOrConstant(Operation *user, Value v, StringRef what, uint32_t &id) {
     if (ids.count(v))
       return valueId(user, v, what, id);
@@ -875,21 +884,10 @@ struct Emitter {
     step->set_query(q);
     step->set_key(k);
     step->set_value(v);
-    int64_t mask = -1;
-    if (Value m = op.getMask()) {
-      uint32_t id;
-      if (!valueOrConstant(op, m, "mask", id))
-        return false;
-      mask = id;
-    }
+    int64_t mask, sinks;
+    if (!optionalId(op, op.getMask(), "mask", mask) || !optionalId(op, op.getSinks(), "sinks", sinks))
+      return false;
     step->set_mask(mask);
-    int64_t sinks = -1;
-    if (Value sk = op.getSinks()) {
-      uint32_t id;
-      if (!valueOrConstant(op, sk, "sinks", id))
-        return false;
-      sinks = id;
-    }
     step->set_sinks(sinks);
     step->set_q_heads(hq);
     step->set_kv_heads(hkv);
@@ -1013,10 +1011,10 @@ struct Emitter {
     operands[MOERT_KV_UPDATE_LENGTH] = {op.getLength(), "length"};
     operands[MOERT_KV_UPDATE_PAST] = {op.getPast(), "past"};
     for (auto [v, what] : operands) {
-      uint32_t id = 0;
-      if (v && !valueId(op, v, what, id))
+      int64_t id;
+      if (!optionalId(op, v, what, id))
         return false;
-      step->add_inputs(v ? int64_t(id) : int64_t(-1));
+      step->add_inputs(id);
     }
     uint32_t outId;
     if (!addValue(op, op.getPresent(), "present" + std::to_string(program->values_size()), outId))

@@ -131,6 +131,7 @@ def main():
     import onnxruntime as ort
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "runtime", "python"))
     import moert
+    from check_generate import ort_greedy, tokens_of  # the reference greedy loop over ONNX Runtime
     rt = moert.Runtime(args.lib)
     rng = np.random.default_rng(7)
     cases = [("packed QKV, half-split rotary", 16, 16, False, True, False),
@@ -169,22 +170,11 @@ def main():
             model.close()
             if n == 0:  # moert generate against a greedy loop over ONNX Runtime
                 prompt = rng.integers(0, VOCAB, 4).astype(np.int64)
-                tokens, pasts, length = [], {f"past_key_values.{i}.{k}": np.zeros((1, HKV, 0, head_dim), np.float32)
-                                             for i in range(LAYERS) for k in ("key", "value")}, 0
-                ids = prompt.reshape(1, -1)
-                names = [o.name for o in sess.get_outputs()]
-                while len(tokens) < 16:
-                    length += ids.shape[1]
-                    res = dict(zip(names, sess.run(None, {"input_ids": ids, "attention_mask": np.ones((1, length), np.int64),
-                                                          **pasts})))
-                    pasts = {k: res["present." + k[len("past_key_values."):]] for k in pasts}
-                    tokens.append(int(res["logits"][0, -1].argmax()))
-                    ids = np.array([[tokens[-1]]], np.int64)
+                tokens = ort_greedy(path, prompt.tolist(), 16)
                 np.save(os.path.join(tmp, "prompt.npy"), prompt)
                 r = subprocess.run([args.moert, "generate", art, "--prompt-ids", os.path.join(tmp, "prompt.npy"),
                                     "--greedy", "--max-new-tokens", "16", "--threads", "2"], capture_output=True, text=True)
-                line = next((ln for ln in r.stdout.splitlines() if ln.startswith("tokens:")), "tokens:")
-                got = [int(t) for t in line.split()[1:]]
+                got = tokens_of(r)
                 check("moert generate --greedy", got == tokens, f"moert {got} ONNX Runtime {tokens} {r.stderr.strip()}")
         # Unsupported attributes: one error naming the node, no artifact.
         for attrs, needle in (({"local_window_size": 0}, "local_window_size"), ({"softcap": -1.0}, "softcap")):
