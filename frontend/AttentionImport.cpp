@@ -1,9 +1,9 @@
-//===- AttentionImport.cpp - ONNX Runtime's GroupQueryAttention -> moe.attention --===//
+//===- AttentionImport.cpp - ONNX Runtime's GroupQueryAttention and RotaryEmbedding ---===//
 //
 // com.microsoft.GroupQueryAttention (the op ONNX Runtime GenAI's model builder writes for every attention
 // layer) becomes graph ops for what it does around attention -- split of a packed QKV, heads to [B, H, S, D],
-// rotary embedding from its cos/sin caches, the causal mask -- a moe.kv_cache_update per present cache and
-// one moe.attention. Semantics follow ONNX Runtime's CPU kernel (docs/attention.md):
+// rotary embedding from its cos/sin caches (moe.rotary), the causal mask -- a moe.kv_cache_update per present
+// cache and one moe.attention. Semantics follow ONNX Runtime's CPU kernel (docs/attention.md):
 //   - seqlens_k[b] + 1 is sequence b's total length; total_sequence_length the longest. The call is the
 //     first prompt when S == total_sequence_length: no past then. Otherwise sequence b's past length is
 //     seqlens_k[b] + 1 - S and its new tokens sit at positions past_b .. past_b + S - 1.
@@ -17,7 +17,12 @@
 //   - head_sink [Hq]: one more term per query head in the softmax's denominator (moe.attention's sinks);
 //     smooth_softmax without head_sink: sinks of 0.
 //   - softcap c: scores c * tanh(score / c) (moe.attention's softcap).
-// position_ids and attention_bias inputs are refused by name (not silently ignored).
+//   - position_ids [B, S], when given, are the rotary positions (the mask still counts past_b + s).
+//   - attention_bias adds to the scores (with the causal mask, one additive mask).
+//
+// com.microsoft.RotaryEmbedding becomes one moe.rotary: input [B, S, H * D] (heads from num_heads, else
+// D = 2 * cos_cache.dim(1)) or [B, H, S, D]; cos/sin rows gathered at position_ids [B, S] or, given one
+// offset o, at o .. o + S - 1; half-split or interleaved over rotary_embedding_dim (default: all of D).
 //
 //===----------------------------------------------------------------------===//
 #include "frontend/NodeImporter.h"
@@ -59,9 +64,6 @@ struct Graph {
   Value unsqueeze(Value x, ArrayRef<int64_t> axes, RankedTensorType type) {
     return op<ox::UnsqueezeOp>(type, {x, ints(axes)});
   }
-  Value slice(Value x, int64_t start, int64_t end, int64_t axis, RankedTensorType type) {
-    return op<ox::SliceOp>(type, {x, ints({start}), ints({end}), ints({axis}), ints({1})});
-  }
   /// dims [begin, end) of x as an i64 vector.
   Value shape(Value x, int64_t begin, int64_t end) {
     return op<ox::ShapeOp>(t({end - begin}, i64), {x}, {attr("start", begin), attr("end", end)});
@@ -90,10 +92,13 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   const bool smooth = intAttr(ni, "smooth_softmax", 0) != 0;
   if (intAttr(ni, "qk_output", 0) != 0)
     return ni.fail("qk_output (returning the scores) is not supported");
-  for (unsigned i : {9u, 10u})
-    if (ni.input(i))
-      return ni.fail(std::string("input ") + (i == 9 ? "'position_ids'" : "'attention_bias'") +
-                     " is not supported yet");
+  Value positionIds = ni.input(9), bias = ni.input(10);
+  if (auto pT = dyn_cast_or_null<RankedTensorType>(positionIds ? positionIds.getType() : Type());
+      positionIds && (!pT || pT.getRank() != 2 || !pT.getElementType().isInteger(64)))
+    return ni.fail("input 'position_ids' must be i64 [batch, sequence]");
+  if (auto bT = dyn_cast_or_null<RankedTensorType>(bias ? bias.getType() : Type());
+      bias && (!bT || bT.getRank() != 4 || !bT.getElementType().isF32()))
+    return ni.fail("input 'attention_bias' must be f32 [batch or 1, heads or 1, sequence, total length]");
   Value headSink = ni.input(11);
   const bool rotary = intAttr(ni, "do_rotary", 0) != 0,
              interleaved = intAttr(ni, "rotary_interleaved", 0) != 0;
@@ -155,12 +160,13 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
                                          ArrayRef<NamedAttribute>{g.attr("axis", 2)});
     query = split->getResult(0), key = split->getResult(1), value = split->getResult(2);
   }
+  auto bshd = [&](Value x, int64_t h) {
+    return g.op<ox::ReshapeOp>(g.t({kDyn, kDyn, h, d}, g.f32), {x, g.ints({0, 0, h, d})});
+  };
   auto heads4 = [&](Value x, int64_t h) {
-    Value r = g.op<ox::ReshapeOp>(g.t({kDyn, kDyn, h, d}, g.f32), {x, g.ints({0, 0, h, d})});
-    return g.op<ox::TransposeOp>(g.t({kDyn, h, kDyn, d}, g.f32), {r},
+    return g.op<ox::TransposeOp>(g.t({kDyn, h, kDyn, d}, g.f32), {bshd(x, h)},
                                  {g.b.getNamedAttr("perm", g.b.getI64ArrayAttr({0, 2, 1, 3}))});
   };
-  Value q = heads4(query, hq), k = heads4(key, hkv), v = heads4(value, hkv);
 
   // Lengths: S, each sequence's past (0 on the first prompt), positions [B, S].
   Value s = g.shape(query, 1, 2);
@@ -176,39 +182,31 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   Value pos =
       g.op<ox::AddOp>(g.t({kDyn, kDyn}, g.i64), {pastCol, g.unsqueeze(steps, {0}, g.t({1, kDyn}, g.i64))});
 
+  // Q and K as [B, H, S, D], rotated at positions `pos` (one moe.rotary each, the head transpose folded in);
+  // V transposed.
+  Value q, k, v = heads4(value, hkv);
   if (rotary) {
+    // Rotary positions: position_ids when given (e.g. a packed or shifted batch), else past_b + s.
     auto table = [&](Value cache) {
-      Value rows = g.op<ox::GatherOp>(g.t({kDyn, kDyn, rot / 2}, g.f32), {cache, pos}, {g.attr("axis", 0)});
-      return g.unsqueeze(rows, {1}, g.t({kDyn, 1, kDyn, rot / 2}, g.f32));
+      return g.op<ox::GatherOp>(g.t({kDyn, kDyn, rot / 2}, g.f32), {cache, positionIds ? positionIds : pos},
+                                {g.attr("axis", 0)});
     };
     Value cos = table(cosCache), sin = table(sinCache);
-    auto rotate = [&](Value x, int64_t h) {
-      auto ty = [&](int64_t last) { return g.t({kDyn, h, kDyn, last}, g.f32); };
-      Value xr = rot < d ? g.slice(x, 0, rot, 3, ty(rot)) : x;
-      Value out;
-      if (!interleaved) {
-        Value x1 = g.slice(xr, 0, rot / 2, 3, ty(rot / 2)), x2 = g.slice(xr, rot / 2, rot, 3, ty(rot / 2));
-        auto mul = [&](Value a, Value c) { return g.op<ox::MulOp>(ty(rot / 2), {a, c}); };
-        Value o1 = g.op<ox::SubOp>(ty(rot / 2), {mul(x1, cos), mul(x2, sin)});
-        Value o2 = g.op<ox::AddOp>(ty(rot / 2), {mul(x2, cos), mul(x1, sin)});
-        out = g.op<ox::ConcatOp>(ty(rot), {o1, o2}, {g.attr("axis", 3)});
-      } else {
-        auto ty5 = [&](int64_t last) { return g.t({kDyn, h, kDyn, rot / 2, last}, g.f32); };
-        Value x5 = g.op<ox::ReshapeOp>(ty5(2), {xr, g.ints({0, 0, 0, rot / 2, 2})});
-        Value xe = g.slice(x5, 0, 1, 4, ty5(1)), xo = g.slice(x5, 1, 2, 4, ty5(1));
-        Value c5 = g.unsqueeze(cos, {4}, g.t({kDyn, 1, kDyn, rot / 2, 1}, g.f32));
-        Value s5 = g.unsqueeze(sin, {4}, g.t({kDyn, 1, kDyn, rot / 2, 1}, g.f32));
-        auto mul = [&](Value a, Value c) { return g.op<ox::MulOp>(ty5(1), {a, c}); };
-        Value oe = g.op<ox::SubOp>(ty5(1), {mul(xe, c5), mul(xo, s5)});
-        Value oo = g.op<ox::AddOp>(ty5(1), {mul(xo, c5), mul(xe, s5)});
-        Value pairs = g.op<ox::ConcatOp>(ty5(2), {oe, oo}, {g.attr("axis", 4)});
-        out = g.op<ox::ReshapeOp>(ty(rot), {pairs, g.ints({0, 0, 0, rot})});
-      }
-      if (rot < d)
-        out = g.op<ox::ConcatOp>(ty(d), {out, g.slice(x, rot, d, 3, ty(d - rot))}, {g.attr("axis", 3)});
-      return out;
+    auto rotate = [&](Value x, int64_t h) -> Value {
+      SmallVector<NamedAttribute> attrs{g.b.getNamedAttr("rotary_dim", g.b.getI64IntegerAttr(rot)),
+                                        g.b.getNamedAttr("seq_axis", g.b.getI64IntegerAttr(1)),
+                                        g.b.getNamedAttr("transpose", g.b.getUnitAttr())};
+      if (interleaved)
+        attrs.push_back(g.b.getNamedAttr("interleaved", g.b.getUnitAttr()));
+      Operation *op = ni.createOp(moe::RotaryOp::getOperationName(), {bshd(x, h), cos, sin}, attrs,
+                                  {g.t({kDyn, h, kDyn, d}, g.f32)});
+      return op ? op->getResult(0) : Value();
     };
-    q = rotate(q, hq), k = rotate(k, hkv);
+    q = rotate(query, hq), k = rotate(key, hkv);
+    if (!q || !k)
+      return failure();
+  } else {
+    q = heads4(query, hq), k = heads4(key, hkv);
   }
 
   // The presents: sequence b's first past_b cached positions, its new ones, zeros up to
@@ -244,6 +242,10 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   }
   Value mask = g.op<ox::WhereOp>(g.t({kDyn, 1, kDyn, kDyn}, g.f32),
                                  {allowed, zero, g.scalarF32(std::numeric_limits<float>::lowest())});
+  if (bias) { // attention_bias adds to the scores: one mask [B, Hq or 1, S, T]
+    auto bT = cast<RankedTensorType>(bias.getType());
+    mask = g.op<ox::AddOp>(g.t({kDyn, bT.getDimSize(1) == 1 ? 1 : kDyn, kDyn, kDyn}, g.f32), {mask, bias});
+  }
 
   const float scale = floatAttr(ni, "scale").value_or(0.0f);
   SmallVector<NamedAttribute> attrs{g.b.getNamedAttr(
@@ -269,5 +271,85 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   out = g.op<ox::ReshapeOp>(g.t({kDyn, kDyn, hq * d}, g.f32), {out, g.ints({0, 0, hq * d})});
   SmallVector<Value> results{out, presentK, presentV};
   ni.setOutputs(ArrayRef<Value>(results).take_front(std::min<unsigned>(ni.numOutputs(), 3)));
+  return success();
+}
+
+LogicalResult moec::frontend::importOrtRotaryEmbedding(NodeImporter &ni) {
+  if (failed(onlyKnownAttributes(
+          ni, {"interleaved", "is_packed_batching", "num_heads", "rotary_embedding_dim", "scale"})))
+    return failure();
+  if (intAttr(ni, "is_packed_batching", 0) != 0)
+    return ni.fail("is_packed_batching (sequences packed without padding) is not supported");
+  if (float sc = floatAttr(ni, "scale").value_or(1.0f); sc != 1.0f)
+    return ni.fail("scale " + std::to_string(sc) + " (only 1 is supported)");
+  const bool interleaved = intAttr(ni, "interleaved", 0) != 0;
+  int64_t heads = intAttr(ni, "num_heads", 0), rot = intAttr(ni, "rotary_embedding_dim", 0);
+  Graph g(ni);
+  Value x = ni.input(0), posIds = ni.input(1), cosCache = ni.input(2), sinCache = ni.input(3);
+  auto xT = dyn_cast_or_null<RankedTensorType>(x ? x.getType() : Type());
+  auto pT = dyn_cast_or_null<RankedTensorType>(posIds ? posIds.getType() : Type());
+  auto cT = dyn_cast_or_null<RankedTensorType>(cosCache ? cosCache.getType() : Type());
+  auto sT = dyn_cast_or_null<RankedTensorType>(sinCache ? sinCache.getType() : Type());
+  if (!xT || !xT.getElementType().isF32() || (xT.getRank() != 3 && xT.getRank() != 4) ||
+      xT.isDynamicDim(xT.getRank() - 1))
+    return ni.fail(
+        "input 'input' must be f32 [batch, sequence, hidden] or [batch, heads, sequence, head size] "
+        "with a known last dim");
+  if (!cT || !sT || cT != sT || cT.getRank() != 2 || !cT.getElementType().isF32() || cT.isDynamicDim(1))
+    return ni.fail("'cos_cache' and 'sin_cache' must be f32 of one shape [positions, rotary dim / 2]");
+  if (!pT || !pT.getElementType().isInteger(64) || pT.getRank() > 2)
+    return ni.fail("input 'position_ids' must be i64 [batch, sequence] or one offset");
+  const int64_t half = cT.getDimSize(1);
+  int64_t d;
+  if (xT.getRank() == 4) {
+    d = xT.getDimSize(3);
+  } else if (heads > 0) {
+    if (xT.getDimSize(2) % heads)
+      return ni.fail("hidden size " + std::to_string(xT.getDimSize(2)) + " is not a multiple of num_heads " +
+                     std::to_string(heads));
+    d = xT.getDimSize(2) / heads;
+  } else if (rot == 0) {
+    d = 2 * half; // ONNX Runtime's reading: the caches span the whole head
+  } else {
+    return ni.fail("a 3-D input with rotary_embedding_dim needs num_heads");
+  }
+  if (rot == 0)
+    rot = d;
+  if (rot != 2 * half || rot > d || d <= 0 || (xT.getRank() == 3 && xT.getDimSize(2) % d))
+    return ni.fail("rotary dim " + std::to_string(rot) + ", cos_cache of " + std::to_string(half) +
+                   " per position and head size " + std::to_string(d) + " do not agree");
+  heads = xT.getRank() == 3 ? xT.getDimSize(2) / d : xT.getDimSize(1);
+
+  // Positions: position_ids [B, S], or one offset o (positions o .. o + S - 1 for every sequence).
+  const int64_t seqAxis = xT.getRank() == 3 ? 1 : 2;
+  Value pos = posIds;
+  if (pT.getRank() < 2) {
+    if (pT.getRank() == 1 && pT.getDimSize(0) != 1 && !pT.isDynamicDim(0))
+      return ni.fail("input 'position_ids' must be i64 [batch, sequence] or one offset");
+    Value s = g.op<ox::SqueezeOp>(g.t({}, g.i64), {g.shape(x, seqAxis, seqAxis + 1), g.ints({0})});
+    Value steps = g.op<ox::RangeOp>(g.t({kDyn}, g.i64), {g.scalarI64(0), s, g.scalarI64(1)});
+    Value offset = g.op<ox::ReshapeOp>(g.t({1}, g.i64), {posIds, g.ints({1})});
+    pos = g.unsqueeze(g.op<ox::AddOp>(g.t({kDyn}, g.i64), {steps, offset}), {0}, g.t({1, kDyn}, g.i64));
+  }
+  auto table = [&](Value cache) {
+    return g.op<ox::GatherOp>(g.t({kDyn, kDyn, half}, g.f32), {cache, pos}, {g.attr("axis", 0)});
+  };
+  SmallVector<NamedAttribute> attrs{g.b.getNamedAttr("rotary_dim", g.b.getI64IntegerAttr(rot)),
+                                    g.b.getNamedAttr("seq_axis", g.b.getI64IntegerAttr(seqAxis))};
+  if (interleaved)
+    attrs.push_back(g.b.getNamedAttr("interleaved", g.b.getUnitAttr()));
+  Value in = xT.getRank() == 4
+                 ? x
+                 : g.op<ox::ReshapeOp>(g.t({xT.getDimSize(0), xT.getDimSize(1), heads, d}, g.f32),
+                                       {x, g.ints({0, 0, heads, d})});
+  Operation *op = ni.createOp(moe::RotaryOp::getOperationName(), {in, table(cosCache), table(sinCache)},
+                              attrs, {in.getType()});
+  if (!op)
+    return failure();
+  Value out = op->getResult(0);
+  if (xT.getRank() == 3)
+    out = g.op<ox::ReshapeOp>(xT, {out, g.ints({0, 0, xT.getDimSize(2)})});
+  SmallVector<Value> results{out};
+  ni.setOutputs(results);
   return success();
 }

@@ -92,6 +92,8 @@ mlir::LogicalResult importOrtMatMulNBits(NodeImporter &ni);
 /// ONNX Runtime's com.microsoft.GroupQueryAttention (AttentionImport.cpp): its cache update, rotary embedding
 /// and causal mask as graph ops around one moe.attention.
 mlir::LogicalResult importOrtGroupQueryAttention(NodeImporter &ni);
+/// ONNX Runtime's com.microsoft.RotaryEmbedding (AttentionImport.cpp): one moe.rotary.
+mlir::LogicalResult importOrtRotaryEmbedding(NodeImporter &ni);
 
 } // namespace moec::frontend
 

@@ -454,6 +454,7 @@ const OpTableEntry kTable[] = {
     {"com.microsoft", "MatMulNBits", 1, importOrtMatMulNBits},
     // Attention (AttentionImport.cpp).
     {"com.microsoft", "GroupQueryAttention", 1, importOrtGroupQueryAttention},
+    {"com.microsoft", "RotaryEmbedding", 1, importOrtRotaryEmbedding},
 };
 
 #undef UNARY

@@ -450,6 +450,66 @@ LogicalResult KvCacheUpdateOp::verify() {
   return success();
 }
 
+LogicalResult NormOp::verify() {
+  auto xT = getInput().getType(), oT = getOutput().getType(), wT = getWeight().getType();
+  if (xT.getRank() < 1 || ShapedType::isDynamic(xT.getDimSize(xT.getRank() - 1)))
+    return emitOpError() << "operand 'input' needs a static last dim, got " << shapeStr(xT);
+  const int64_t d = xT.getDimSize(xT.getRank() - 1);
+  bool same = oT.getRank() == xT.getRank();
+  for (int64_t i = 0; same && i < xT.getRank(); ++i)
+    same = !dimsConflict(oT.getDimSize(i), xT.getDimSize(i));
+  if (!same)
+    return emitOpError() << "result " << shapeStr(oT) << " must have the input's shape " << shapeStr(xT);
+  if (wT.getRank() != 1 || wT.getDimSize(0) != d)
+    return emitOpError() << "operand 'weight' must be [" << d << "], got " << shapeStr(wT);
+  if (Value b = getBias()) {
+    auto bT = cast<RankedTensorType>(b.getType());
+    if (getKind() != NormKind::layer)
+      return emitOpError() << "operand 'bias' needs kind layer";
+    if (bT.getRank() != 1 || bT.getDimSize(0) != d)
+      return emitOpError() << "operand 'bias' must be [" << d << "], got " << shapeStr(bT);
+  }
+  if (getKind() == NormKind::none)
+    return emitOpError() << "needs kind rms or layer";
+  if (!(getEpsilon().convertToFloat() >= 0))
+    return emitOpError() << "epsilon must be >= 0";
+  return success();
+}
+
+LogicalResult RotaryOp::verify() {
+  auto xT = getInput().getType(), oT = getOutput().getType();
+  if (xT.getRank() != 4 || oT.getRank() != 4)
+    return emitOpError() << "operand 'input' and the result must have rank 4, got " << shapeStr(xT) << " and "
+                         << shapeStr(oT);
+  const int64_t d = xT.getDimSize(3), r = getRotaryDim(), seqAxis = getSeqAxis();
+  if (ShapedType::isDynamic(d))
+    return emitOpError() << "needs a static head dim, got " << shapeStr(xT);
+  if (r <= 0 || r % 2 || r > d)
+    return emitOpError() << "rotary_dim " << r << " must be even, positive and at most the head dim " << d;
+  if (seqAxis != 1 && seqAxis != 2)
+    return emitOpError() << "seq_axis must be 1 or 2, got " << seqAxis;
+  const int64_t a1 = getTranspose() ? 2 : 1, a2 = getTranspose() ? 1 : 2;
+  if (dimsConflict(oT.getDimSize(0), xT.getDimSize(0)) || dimsConflict(oT.getDimSize(a1), xT.getDimSize(1)) ||
+      dimsConflict(oT.getDimSize(a2), xT.getDimSize(2)) || oT.getDimSize(3) != d)
+    return emitOpError() << "result " << shapeStr(oT) << " must be the input " << shapeStr(xT)
+                         << (getTranspose() ? " with axes 1 and 2 swapped" : "");
+  for (auto [v, what] : {std::pair{getCos(), "cos"}, {getSin(), "sin"}}) {
+    auto t = cast<RankedTensorType>(v.getType());
+    const int64_t w = t.getRank() == 3 ? t.getDimSize(2) : 0;
+    if (t.getRank() != 3 || (w != r && w != r / 2) || dimsConflict(t.getDimSize(1), xT.getDimSize(seqAxis)) ||
+        (t.getDimSize(0) != 1 && dimsConflict(t.getDimSize(0), xT.getDimSize(0))))
+      return emitOpError() << "operand '" << what << "' " << shapeStr(t) << " must be [1 or B, S, " << r
+                           << " or " << r / 2 << "] for input " << shapeStr(xT) << " (S on axis " << seqAxis
+                           << ")";
+  }
+  if (Value w = getNormWeight()) {
+    auto wT = cast<RankedTensorType>(w.getType());
+    if (wT.getRank() != 1 || wT.getDimSize(0) != d)
+      return emitOpError() << "operand 'norm_weight' must be [" << d << "], got " << shapeStr(wT);
+  }
+  return success();
+}
+
 LogicalResult AttentionOp::verify() {
   auto qT = getQuery().getType(), kT = getKey().getType(), vT = getValue().getType(),
        oT = getOutput().getType();

@@ -264,6 +264,85 @@ def MoE_KvCacheUpdateOp : MoE_Op<"kv_cache_update", [Pure]> {
   let hasVerifier = 1;
 }
 
+def MoE_NormOp : MoE_Op<"norm", [Pure]> {
+  let summary = "RMSNorm or LayerNorm over the last axis: one pass, all threads";
+  let description = [{
+    With `input` `[..., D]`, `weight` `[D]` and an optional `bias` `[D]` (LayerNorm only), each row `x` of
+    `D` values becomes
+
+    ```
+    rms:    x / sqrt(mean(x^2) + epsilon) * weight
+    layer:  (x - mean(x)) / sqrt(mean((x - mean(x))^2) + epsilon) * weight (+ bias)
+    ```
+
+    Raised by `moe-raise-norm` from the norms `moe-fuse-norm-residual` did not move into a MoE layer
+    (transformers' RMSNorm as exported, `w * (x * Reciprocal(Sqrt(ReduceMean(x^2) + eps)))`, and ONNX
+    `LayerNormalization` over the last axis); libmoert runs it as its `moec.Norm` step (inputs in
+    `MOERT_NORM_*` order, `kernels/cpu/moert_kernel_abi.h`), rows split across the threads.
+  }];
+
+  let arguments = (ins
+    F32Tensor:$input,
+    F32Tensor:$weight,
+    Optional<F32Tensor>:$bias,
+    MoE_NormAttr:$kind,
+    F32Attr:$epsilon
+  );
+  let results = (outs F32Tensor:$output);
+
+  let assemblyFormat = [{
+    $input `,` $weight (`bias` $bias^)? attr-dict `:` functional-type(operands, results)
+  }];
+
+  let hasVerifier = 1;
+}
+
+def MoE_RotaryOp : MoE_Op<"rotary", [Pure]> {
+  let summary = "rotary position embedding of query or key heads, with an optional RMSNorm before it";
+  let description = [{
+    With `input` `[B, A1, A2, D]` whose axis `seq_axis` (1 or 2) holds the S positions and the other axis the
+    heads, `cos` and `sin` `[Bc, S, W]` (`Bc` 1 or B; `W` = R = `rotary_dim` values per position, or R / 2,
+    one per rotated pair) and R even and at most D: each head's row `x` at batch `b` and position `s` becomes
+
+    ```
+    x   = x / sqrt(mean(x^2) + norm_epsilon) * norm_weight     (only with norm_weight [D]: q/k RMSNorm)
+    c_i = cos[b, s, i] (W == R), cos[b, s, i mod R/2] (W == R/2, half-split), cos[b, s, i / 2] (W == R/2,
+          interleaved); s_i likewise from sin
+    half-split (h = R / 2):  y_i = x_i c_i - x_{i+h} s_i  (i < h)       y_i = x_i c_i + x_{i-h} s_i  (h <= i < R)
+    interleaved:             y_2j = x_2j c_2j - x_2j+1 s_2j            y_2j+1 = x_2j+1 c_2j+1 + x_2j s_2j+1
+    y_i = x_i                (R <= i < D: partial rotary)
+    ```
+
+    The output has the input's layout, or with `transpose` its axes 1 and 2 swapped (`[B, S, H, D]` in,
+    `[B, H, S, D]` out: the `Transpose` exporters write before the rotation, folded in). Raised by
+    `moe-raise-rotary` from transformers' `apply_rotary_pos_emb` as exported
+    (`q * cos + Concat(-q[..., h:R], q[..., :h]) * sin`, partial rotary concatenating the untouched dims),
+    folding the `Transpose` and the q/k RMSNorm before it; imported from ONNX Runtime's `GroupQueryAttention`
+    and `RotaryEmbedding`. It is an error at run time for `cos`/`sin` not to have S positions or a batch of
+    1 or B. libmoert runs it as its `moec.Rotary` step (inputs in `MOERT_ROTARY_*` order,
+    `kernels/cpu/moert_kernel_abi.h`), one pass over the input on all threads.
+  }];
+
+  let arguments = (ins
+    F32Tensor:$input,
+    F32Tensor:$cos,
+    F32Tensor:$sin,
+    Optional<F32Tensor>:$norm_weight,
+    I64Attr:$rotary_dim,
+    UnitAttr:$interleaved,
+    DefaultValuedAttr<I64Attr, "2">:$seq_axis,
+    UnitAttr:$transpose,
+    DefaultValuedAttr<F32Attr, "1.0e-6f">:$norm_epsilon
+  );
+  let results = (outs F32Tensor:$output);
+
+  let assemblyFormat = [{
+    $input `,` $cos `,` $sin (`norm` $norm_weight^)? attr-dict `:` functional-type(operands, results)
+  }];
+
+  let hasVerifier = 1;
+}
+
 def MoE_AttentionOp : MoE_Op<"attention", [Pure, AttrSizedOperandSegments]> {
   let summary = "scaled dot-product attention over grouped key/value heads: one dispatch";
   let description = [{
@@ -289,7 +368,8 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure, AttrSizedOperandSegments]> {
     a block of query rows when the mask puts every score of it at or below -1e30 and every row has some key
     above that (those terms are exactly 0 after the exponential). Raised by `moe-raise-attention` from the
     `MatMul -> (Mul | Div scale) -> (Add mask) -> Softmax -> (Where IsNaN) -> MatMul` chain exporters write,
-    with sinks from GPT-OSS's `Concat(scores, sinks) -> (Sub max) -> Softmax -> Slice(all but the last)`.
+    with sinks from GPT-OSS's `Concat(scores, sinks) -> (Sub max) -> Softmax -> Slice(all but the last)` and
+    softcap from eager attention's `Div c -> Tanh -> Mul c` before the mask.
   }];
 
   let arguments = (ins

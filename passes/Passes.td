@@ -137,8 +137,35 @@ def MoERaiseAttentionPass : Pass<"moe-raise-attention"> {
     keys' last two dims or PyTorch's `Reshape -> Transpose -> Reshape` over `Shape` slices of the keys (checked
     entry by entry); K and V repeated for grouped-query heads (`Unsqueeze(2) -> Expand -> Reshape`, the
     `repeat_kv` export) are read unrepeated; the other operand of the `Add` is the mask (f32, rank 4,
-    broadcastable). Rotary embedding, the past-cache `Concat` and the mask's construction stay op steps.
+    broadcastable); eager logit softcapping `c * Tanh(scores / c)` becomes `softcap`. Rotary embedding is
+    `moe-raise-rotary`'s; the past-cache `Concat` and the mask's construction stay op steps.
     With `remarks`, every softmax not raised says why.
+  }];
+  let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
+  let dependentDialects = ["::moec::moe::MoEDialect"];
+}
+
+def MoERaiseRotaryPass : Pass<"moe-raise-rotary"> {
+  let summary = "Turn rotary position embedding as exporters write it into moe.rotary, folding the head transpose and q/k RMSNorm";
+  let description = [{
+    Matches transformers' `apply_rotary_pos_emb` as PyTorch exports it, `x * cos + Concat(-x[..., h:],
+    x[..., :h]) * sin` on a rank-4 x (and, for partial rotary, `Concat(that over q[..., :R], q[..., R:])`),
+    with cos / sin broadcast over the heads, and replaces it by one `moe.rotary` (cos / sin read as
+    `[B | 1, S, R]`). Then folds into each `moe.rotary` the `Transpose(perm [0, 2, 1, 3])` that feeds it and
+    nothing else (the op reads `[B, S, H, D]` and writes `[B, H, S, D]`) and an RMSNorm over the head dim in
+    front of that (Qwen3's q_norm / k_norm). With `remarks`, every near miss says why.
+  }];
+  let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
+  let dependentDialects = ["::moec::moe::MoEDialect"];
+}
+
+def MoERaiseNormPass : Pass<"moe-raise-norm"> {
+  let summary = "Turn the RMSNorms and LayerNorms no dispatch absorbed into moe.norm";
+  let description = [{
+    Every RMSNorm over the last axis (`w * (x * Reciprocal(Sqrt(ReduceMean(x^2, -1) + eps)))` and the variants
+    `matchNorm` accepts) and every `LayerNormalization` over the last axis still in the graph after the MoE
+    layers and rotary embeddings took theirs becomes one `moe.norm` (libmoert's `moec.Norm` step: one pass,
+    rows across the threads). With `remarks`, a norm whose intermediates are read elsewhere says so.
   }];
   let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
   let dependentDialects = ["::moec::moe::MoEDialect"];

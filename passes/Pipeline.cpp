@@ -23,6 +23,8 @@ void buildFusionPipeline(OpPassManager &pm, const PipelineOptions &options) {
   pm.addPass(createMoEPruneStaticMaskPass());
   pm.addPass(createMoERaiseLinearPass({options.remarks}));
   pm.addPass(createMoERaiseAttentionPass({options.remarks}));
+  pm.addPass(createMoERaiseRotaryPass({options.remarks}));
+  pm.addPass(createMoERaiseNormPass({options.remarks}));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
   if (options.hook)

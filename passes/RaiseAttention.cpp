@@ -9,8 +9,10 @@
 //
 // with K and V repeated for grouped-query heads (Unsqueeze -> Expand -> Reshape: repeat_kv). The chain
 // becomes one `moe.attention` reading the unrepeated keys and values, the scale folded into one constant;
-// codegen turns it into an attention dispatch (kernels/cpu/attention.h). The additive mask stays computed by
-// the graph (shared by every layer); rotary embedding and the past-cache Concat stay op steps for now.
+// codegen turns it into an attention dispatch (kernels/cpu/attention.h). Eager logit softcapping,
+// c * Tanh(scores / c) before the mask, becomes the op's softcap. The additive mask stays computed by the
+// graph (shared by every layer); the past-cache Concat stays an op step (sessions run it in place), rotary
+// embedding is moe-raise-rotary's.
 //
 //===----------------------------------------------------------------------===//
 #include "ir/MoEOps.h"
@@ -351,15 +353,34 @@ std::string raise(ox::SoftmaxOp sm) {
   auto scoresT = dyn_cast<RankedTensorType>(x.getType());
   if (!scoresT || scoresT.getRank() != 4)
     return "the scores are not rank 4 [B, H, S, T]";
-  double scale = 1.0;
+  double scale = 1.0, softcap = 0.0;
   if (auto add = defOp<ox::AddOp>(x)) {
-    // The scores are the operand that is a (scaled) MatMul; the other is the mask.
+    // The scores are the operand that is a (scaled, maybe softcapped) MatMul; the other is the mask.
     SmallVector<Operation *> probe;
     double unused = 1.0;
-    bool left = defOp<ox::MatMulOp>(peelScale(add.getA(), unused, probe)) != nullptr;
+    Value a = peelScale(add.getA(), unused, probe);
+    if (auto th = defOp<ox::TanhOp>(a))
+      a = peelScale(th.getX(), unused, probe);
+    bool left = defOp<ox::MatMulOp>(a) != nullptr;
     x = left ? add.getA() : add.getB();
     mask = left ? add.getB() : add.getA();
     ops.push_back(add);
+  }
+  // Logit softcapping as eager attention writes it, c * tanh(s / c) (Gemma 2, Grok-1): the factors outside
+  // the Tanh make c; with the ones inside they make the scale (c * tanh(scale * q.k / c) is the op's form).
+  {
+    SmallVector<Operation *> capOps;
+    double outer = 1.0;
+    Value t = peelScale(x, outer, capOps);
+    if (auto th = defOp<ox::TanhOp>(t); th && !capOps.empty()) {
+      if (!(outer > 0.0))
+        return "the scores are softcapped by a factor that is not positive";
+      softcap = outer;
+      scale = outer;
+      ops.append(capOps.begin(), capOps.end());
+      ops.push_back(th);
+      x = th.getX();
+    }
   }
   x = peelScale(x, scale, ops);
   auto qk = defOp<ox::MatMulOp>(x);
@@ -404,9 +425,9 @@ std::string raise(ox::SoftmaxOp sm) {
   auto outT = dyn_cast<RankedTensorType>(pv.getY().getType());
   if (!outT || outT.getRank() != 4)
     return "the P x V product has no rank-4 type";
-  auto op = b.create<moe::AttentionOp>(pv.getLoc(), outT, q, k, v, mask, sinks,
-                                       b.getF32FloatAttr(static_cast<float>(scale)),
-                                       nanToZero ? b.getUnitAttr() : UnitAttr(), b.getF32FloatAttr(0.0f));
+  auto op = b.create<moe::AttentionOp>(
+      pv.getLoc(), outT, q, k, v, mask, sinks, b.getF32FloatAttr(static_cast<float>(scale)),
+      nanToZero ? b.getUnitAttr() : UnitAttr(), b.getF32FloatAttr(static_cast<float>(softcap)));
   if (failed(mlir::verify(op))) {
     op->erase();
     return "the matched shapes do not make a valid moe.attention";
@@ -418,6 +439,8 @@ std::string raise(ox::SoftmaxOp sm) {
     noteFused(op, "nan_to_zero");
   if (sinks)
     noteFused(op, "sinks");
+  if (softcap > 0.0)
+    noteFused(op, "softcap");
   pv.getY().replaceAllUsesWith(op.getResult());
   eraseDeadOps(ops);
   return "";

@@ -981,15 +981,9 @@ struct Emitter {
     if (!valueId(op, op.getIndices(), "indices", idx))
       return false;
     step->add_inputs(idx);
-    auto attr = [&](const char *name, int64_t value) {
-      pb::Attribute *a = step->add_attributes();
-      a->set_name(name);
-      a->set_kind(pb::Attribute::INT);
-      a->add_ints(value);
-    };
-    attr("storage", storage);
-    attr("block", quantised ? block : h);
-    attr("width", h);
+    intAttr(step, "storage", storage);
+    intAttr(step, "block", quantised ? block : h);
+    intAttr(step, "width", h);
     uint32_t outId;
     if (!addValue(op, op.getResult(), base, outId))
       return false;
@@ -1003,23 +997,76 @@ struct Emitter {
   /// A `moe.kv_cache_update`: a `moec.KvCacheUpdate` step (inputs as moert_kernel_abi.h's MOERT_KV_UPDATE_*
   /// say), run by libmoert, in place when a session owns the cache.
   bool emitKvCacheUpdate(moe::KvCacheUpdateOp op) {
-    auto *step = program->add_steps()->mutable_op();
-    step->set_op("moec.KvCacheUpdate");
     std::pair<Value, const char *> operands[MOERT_KV_UPDATE_INPUTS];
     operands[MOERT_KV_UPDATE_FRESH] = {op.getFresh(), "fresh"};
     operands[MOERT_KV_UPDATE_PAST_LENGTHS] = {op.getPastLengths(), "past_lengths"};
     operands[MOERT_KV_UPDATE_LENGTH] = {op.getLength(), "length"};
     operands[MOERT_KV_UPDATE_PAST] = {op.getPast(), "past"};
+    return emitRuntimeStep(op, "moec.KvCacheUpdate", operands, op.getPresent()) != nullptr;
+  }
+
+  /// A step `name` run by libmoert (no generated code) with `operands` as its inputs in order (null: an
+  /// optional one left out, -1) and `result` as its output.
+  pb::OpStep *emitRuntimeStep(Operation *op, const char *name,
+                              ArrayRef<std::pair<Value, const char *>> operands, Value result) {
+    auto *step = program->add_steps()->mutable_op();
+    step->set_op(name);
     for (auto [v, what] : operands) {
       int64_t id;
       if (!optionalId(op, v, what, id))
-        return false;
+        return nullptr;
       step->add_inputs(id);
     }
     uint32_t outId;
-    if (!addValue(op, op.getPresent(), "present" + std::to_string(program->values_size()), outId))
-      return false;
+    if (!addValue(op, result, "v" + std::to_string(program->values_size()), outId))
+      return nullptr;
     step->add_outputs(outId);
+    return step;
+  }
+
+  static void intAttr(pb::OpStep *step, const char *name, int64_t value) {
+    pb::Attribute *a = step->add_attributes();
+    a->set_name(name);
+    a->set_kind(pb::Attribute::INT);
+    a->add_ints(value);
+  }
+
+  static void floatAttr(pb::OpStep *step, const char *name, double value) {
+    pb::Attribute *a = step->add_attributes();
+    a->set_name(name);
+    a->set_kind(pb::Attribute::FLOAT);
+    a->add_floats(value);
+  }
+
+  /// A `moe.norm`: libmoert's `moec.Norm` step (inputs as moert_kernel_abi.h's MOERT_NORM_* say).
+  bool emitNorm(moe::NormOp op) {
+    std::pair<Value, const char *> operands[MOERT_NORM_INPUTS];
+    operands[MOERT_NORM_INPUT] = {op.getInput(), "input"};
+    operands[MOERT_NORM_WEIGHT] = {op.getWeight(), "weight"};
+    operands[MOERT_NORM_BIAS] = {op.getBias(), "bias"};
+    pb::OpStep *step = emitRuntimeStep(op, "moec.Norm", operands, op.getOutput());
+    if (!step)
+      return false;
+    intAttr(step, "kind", int64_t(op.getKind()));
+    floatAttr(step, "epsilon", op.getEpsilon().convertToDouble());
+    return true;
+  }
+
+  /// A `moe.rotary`: libmoert's `moec.Rotary` step (inputs as moert_kernel_abi.h's MOERT_ROTARY_* say).
+  bool emitRotary(moe::RotaryOp op) {
+    std::pair<Value, const char *> operands[MOERT_ROTARY_INPUTS];
+    operands[MOERT_ROTARY_INPUT] = {op.getInput(), "input"};
+    operands[MOERT_ROTARY_COS] = {op.getCos(), "cos"};
+    operands[MOERT_ROTARY_SIN] = {op.getSin(), "sin"};
+    operands[MOERT_ROTARY_NORM_WEIGHT] = {op.getNormWeight(), "norm_weight"};
+    pb::OpStep *step = emitRuntimeStep(op, "moec.Rotary", operands, op.getOutput());
+    if (!step)
+      return false;
+    intAttr(step, "rotary_dim", op.getRotaryDim());
+    intAttr(step, "interleaved", op.getInterleaved() ? 1 : 0);
+    intAttr(step, "seq_axis", op.getSeqAxis());
+    intAttr(step, "transpose", op.getTranspose() ? 1 : 0);
+    floatAttr(step, "norm_epsilon", op.getNormEpsilon().convertToDouble());
     return true;
   }
 
@@ -1053,6 +1100,12 @@ struct Emitter {
           return false;
       } else if (auto kv = dyn_cast<moe::KvCacheUpdateOp>(op)) {
         if (!emitKvCacheUpdate(kv))
+          return false;
+      } else if (auto n = dyn_cast<moe::NormOp>(op)) {
+        if (!emitNorm(n))
+          return false;
+      } else if (auto r = dyn_cast<moe::RotaryOp>(op)) {
+        if (!emitRotary(r))
           return false;
       } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {
         for (auto [i, v] : llvm::enumerate(ret.getOperands())) {

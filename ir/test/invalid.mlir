@@ -351,3 +351,43 @@ func.func @attention_softcap_negative(%q: tensor<1x4x3x8xf32>, %k: tensor<1x2x5x
      : (tensor<1x4x3x8xf32>, tensor<1x2x5x8xf32>, tensor<1x2x5x8xf32>) -> tensor<1x4x3x8xf32>
   return %o : tensor<1x4x3x8xf32>
 }
+
+// -----
+
+func.func @rotary_dim_odd(%x: tensor<1x4x?x16xf32>, %c: tensor<1x?x7xf32>) -> tensor<1x4x?x16xf32> {
+  // expected-error @+1 {{rotary_dim 7 must be even, positive and at most the head dim 16}}
+  %y = moe.rotary %x, %c, %c {rotary_dim = 7 : i64} : (tensor<1x4x?x16xf32>, tensor<1x?x7xf32>, tensor<1x?x7xf32>) -> tensor<1x4x?x16xf32>
+  return %y : tensor<1x4x?x16xf32>
+}
+
+// -----
+
+func.func @rotary_table(%x: tensor<1x4x?x16xf32>, %c: tensor<1x?x6xf32>) -> tensor<1x4x?x16xf32> {
+  // expected-error @+1 {{operand 'cos' [1, ?, 6] must be [1 or B, S, 16 or 8] for input [1, 4, ?, 16] (S on axis 2)}}
+  %y = moe.rotary %x, %c, %c {rotary_dim = 16 : i64} : (tensor<1x4x?x16xf32>, tensor<1x?x6xf32>, tensor<1x?x6xf32>) -> tensor<1x4x?x16xf32>
+  return %y : tensor<1x4x?x16xf32>
+}
+
+// -----
+
+func.func @rotary_transpose(%x: tensor<1x3x4x16xf32>, %c: tensor<1x3x16xf32>) -> tensor<1x3x4x16xf32> {
+  // expected-error @+1 {{result [1, 3, 4, 16] must be the input [1, 3, 4, 16] with axes 1 and 2 swapped}}
+  %y = moe.rotary %x, %c, %c {rotary_dim = 16 : i64, seq_axis = 1 : i64, transpose} : (tensor<1x3x4x16xf32>, tensor<1x3x16xf32>, tensor<1x3x16xf32>) -> tensor<1x3x4x16xf32>
+  return %y : tensor<1x3x4x16xf32>
+}
+
+// -----
+
+func.func @norm_weight(%x: tensor<?x32xf32>, %w: tensor<16xf32>) -> tensor<?x32xf32> {
+  // expected-error @+1 {{operand 'weight' must be [32], got [16]}}
+  %y = moe.norm %x, %w {kind = #moe.norm<rms>, epsilon = 1.0e-6 : f32} : (tensor<?x32xf32>, tensor<16xf32>) -> tensor<?x32xf32>
+  return %y : tensor<?x32xf32>
+}
+
+// -----
+
+func.func @norm_bias_rms(%x: tensor<?x32xf32>, %w: tensor<32xf32>) -> tensor<?x32xf32> {
+  // expected-error @+1 {{operand 'bias' needs kind layer}}
+  %y = moe.norm %x, %w bias %w {kind = #moe.norm<rms>, epsilon = 1.0e-6 : f32} : (tensor<?x32xf32>, tensor<32xf32>, tensor<32xf32>) -> tensor<?x32xf32>
+  return %y : tensor<?x32xf32>
+}

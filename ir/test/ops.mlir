@@ -128,3 +128,24 @@ func.func @kv_cache_update(%new: tensor<?x2x?x16xf32>, %lens: tensor<?xi64>, %le
   %b = moe.kv_cache_update %new, %lens, %len : (tensor<?x2x?x16xf32>, tensor<?xi64>, tensor<1xi64>) -> tensor<?x2x?x16xf32>
   return %a, %b : tensor<?x2x?x16xf32>, tensor<?x2x?x16xf32>
 }
+
+// -----
+
+// moe.rotary (with and without the norm, transposed and not) and moe.norm (rms; layer with a bias).
+// CHECK-LABEL: func.func @rotary_norm
+// CHECK: moe.rotary %arg0, %arg1, %arg2 norm %arg3 {interleaved, norm_epsilon = 9.99999974E-6 : f32, rotary_dim = 8 : i64, seq_axis = 1 : i64, transpose} : (tensor<?x?x4x16xf32>, tensor<1x?x4xf32>, tensor<1x?x4xf32>, tensor<16xf32>) -> tensor<?x4x?x16xf32>
+// CHECK: moe.rotary %{{.*}}, %arg1, %arg2 {rotary_dim = 8 : i64} : (tensor<?x4x?x16xf32>, tensor<1x?x4xf32>, tensor<1x?x4xf32>) -> tensor<?x4x?x16xf32>
+// CHECK: moe.norm %arg4, %arg5 {epsilon = 9.99999997E-7 : f32, kind = #moe.norm<rms>} : (tensor<?x32xf32>, tensor<32xf32>) -> tensor<?x32xf32>
+// CHECK: moe.norm %arg4, %arg5 bias %arg5 {epsilon = 9.99999974E-6 : f32, kind = #moe.norm<layer>} : (tensor<?x32xf32>, tensor<32xf32>, tensor<32xf32>) -> tensor<?x32xf32>
+func.func @rotary_norm(%x: tensor<?x?x4x16xf32>, %c: tensor<1x?x4xf32>, %s: tensor<1x?x4xf32>, %w: tensor<16xf32>,
+                       %h: tensor<?x32xf32>, %g: tensor<32xf32>)
+    -> (tensor<?x4x?x16xf32>, tensor<?x32xf32>, tensor<?x32xf32>) {
+  %a = moe.rotary %x, %c, %s norm %w {rotary_dim = 8 : i64, interleaved, seq_axis = 1 : i64, transpose, norm_epsilon = 1.0e-5 : f32}
+     : (tensor<?x?x4x16xf32>, tensor<1x?x4xf32>, tensor<1x?x4xf32>, tensor<16xf32>) -> tensor<?x4x?x16xf32>
+  %b = moe.rotary %a, %c, %s {rotary_dim = 8 : i64}
+     : (tensor<?x4x?x16xf32>, tensor<1x?x4xf32>, tensor<1x?x4xf32>) -> tensor<?x4x?x16xf32>
+  %n = moe.norm %h, %g {kind = #moe.norm<rms>, epsilon = 1.0e-6 : f32} : (tensor<?x32xf32>, tensor<32xf32>) -> tensor<?x32xf32>
+  %l = moe.norm %h, %g bias %g {kind = #moe.norm<layer>, epsilon = 1.0e-5 : f32}
+     : (tensor<?x32xf32>, tensor<32xf32>, tensor<32xf32>) -> tensor<?x32xf32>
+  return %b, %n, %l : tensor<?x4x?x16xf32>, tensor<?x32xf32>, tensor<?x32xf32>
+}

@@ -157,6 +157,27 @@ enum moert_kv_update_input {
   MOERT_KV_UPDATE_INPUTS = 4
 };
 
+/* The inputs of libmoert's `moec.Norm` step (`moe.norm`; no generated code), in order: the input [..][D] f32,
+ * the weight [D] f32 and the bias [D] f32 (-1 when there is none). Attributes: kind (1 rms, 2 layer: the
+ * moe dialect's NormKind), epsilon. */
+enum moert_norm_input {
+  MOERT_NORM_INPUT = 0,
+  MOERT_NORM_WEIGHT = 1,
+  MOERT_NORM_BIAS = 2,
+  MOERT_NORM_INPUTS = 3
+};
+
+/* The inputs of libmoert's `moec.Rotary` step (`moe.rotary`; no generated code), in order: the input
+ * [B][A1][A2][D] f32, cos and sin [1 or B][S][R or R/2] f32 and the q/k RMSNorm weight [D] f32 (-1 when there
+ * is none). Attributes: rotary_dim (R), interleaved, seq_axis (1 or 2), transpose, norm_epsilon. */
+enum moert_rotary_input {
+  MOERT_ROTARY_INPUT = 0,
+  MOERT_ROTARY_COS = 1,
+  MOERT_ROTARY_SIN = 2,
+  MOERT_ROTARY_NORM_WEIGHT = 3,
+  MOERT_ROTARY_INPUTS = 4
+};
+
 typedef struct moert_linear_args {
   int64_t rows;                          /* M                                                      */
   const float *input;                    /* [M][K]                                                 */

@@ -80,6 +80,28 @@ func.func @eager_div(%q: tensor<?x2x?x64xf32>, %k: tensor<?x2x?x64xf32>, %v: ten
 
 // -----
 
+// Eager logit softcapping (Gemma 2): scores * 0.125, then 30 * tanh(s / 30), then the mask.
+// CHECK-LABEL: func.func @softcap
+// CHECK: moe.attention %arg0, %arg1, %arg2 mask %arg3 {moe.fused = ["softcap"], moe.source = "sdpa", scale = 1.250000e-01 : f32, softcap = 3.000000e+01 : f32}
+// CHECK-NOT: onnx.Tanh
+func.func @softcap(%q: tensor<?x2x?x64xf32>, %k: tensor<?x2x?x64xf32>, %v: tensor<?x2x?x64xf32>,
+                   %mask: tensor<?x1x?x?xf32>) -> tensor<?x2x?x64xf32> {
+  %s = onnx.Constant dense<0.125> : tensor<f32>
+  %c = onnx.Constant dense<30.0> : tensor<f32>
+  %kt = onnx.Transpose %k {perm = [0, 1, 3, 2]} : (tensor<?x2x?x64xf32>) -> tensor<?x2x64x?xf32>
+  %sc = onnx.MatMul %q, %kt : (tensor<?x2x?x64xf32>, tensor<?x2x64x?xf32>) -> tensor<?x2x?x?xf32>
+  %ss = onnx.Mul %sc, %s : (tensor<?x2x?x?xf32>, tensor<f32>) -> tensor<?x2x?x?xf32>
+  %sd = onnx.Div %ss, %c : (tensor<?x2x?x?xf32>, tensor<f32>) -> tensor<?x2x?x?xf32>
+  %th = onnx.Tanh %sd : (tensor<?x2x?x?xf32>) -> tensor<?x2x?x?xf32>
+  %cap = onnx.Mul %th, %c : (tensor<?x2x?x?xf32>, tensor<f32>) -> tensor<?x2x?x?xf32>
+  %m = onnx.Add %mask, %cap : (tensor<?x1x?x?xf32>, tensor<?x2x?x?xf32>) -> tensor<?x2x?x?xf32>
+  %p = onnx.Softmax %m {axis = -1 : i64} : (tensor<?x2x?x?xf32>) -> tensor<?x2x?x?xf32>
+  %o = onnx.MatMul %p, %v : (tensor<?x2x?x?xf32>, tensor<?x2x?x64xf32>) -> tensor<?x2x?x64xf32>
+  return %o : tensor<?x2x?x64xf32>
+}
+
+// -----
+
 // The dynamic-batch export: repeat_kv's target shapes take the batch from Shape(attention_mask) and the length
 // computed (past + new). The mask's batch symbol is the past cache's, so the batch is the keys' own: unrepeated.
 // CHECK-LABEL: func.func @repeat_kv_batch_by_symbol

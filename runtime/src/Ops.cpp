@@ -182,6 +182,8 @@ const OpEntry kOps[] = {
     {"Shape", shapeOp, false},     {"ConstantOfShape", constantOfShape, false}, {"Range", range, true},
     {"Trilu", trilu, false},       {"moec.Embedding", embedding, false}, // moe.embedding's table rows
     {"moec.KvCacheUpdate", kvCacheUpdate, false}, // moe.kv_cache_update (GroupQueryAttention's caches)
+    {"moec.Norm", fusedNorm, false},       // moe.norm (RMSNorm / LayerNorm rows)
+    {"moec.Rotary", fusedRotary, false},   // moe.rotary (q/k rotary embedding, RMSNorm, head transpose)
 };
 // clang-format on
 

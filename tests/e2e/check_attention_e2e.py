@@ -52,7 +52,7 @@ def rel_error(got, want):
     return float(np.max(np.abs(got[fin] - want[fin])) / max(np.max(np.abs(want[fin])), 1e-30))
 
 
-def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard, sinks=None):
+def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard, sinks=None, softcap=0.0):
     """q [B, hq, S, dk], k [B, hkv, T, dk], v [B, hkv, T, dv] (+ mask of `mask_dims`, symbols or 1) -> [B, hq, S, dv]."""
     g = hq // hkv
     nodes, inits = [], []
@@ -95,6 +95,9 @@ def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard, sinks
         sc = node("MatMul", [node("Mul", ["q", c], "qs"), node("Mul", [kt, c], "kts")], "scores")
     else:
         sc = node("Div", [node("MatMul", ["q", kt], "qk"), const("c", np.sqrt(dk), np.float32)], "scores")
+    if softcap:  # eager attention's logit softcapping: c * tanh(scores / c), before the mask
+        sc = node("Mul", [node("Tanh", [node("Div", [sc, const("cap", softcap, np.float32)], "sc_div")], "sc_tanh"),
+                          "cap"], "capped")
     if mask_dims is not None:
         sc = node("Add", [sc, "mask"], "masked")
     if sinks is not None:  # GPT-OSS: Concat the sinks as a last column, less the row max, softmax, drop it
@@ -133,7 +136,7 @@ def causal_mask(b, s, t, pad, minimum):
 
 
 CASES = [
-    # name, (hq, hkv, dk, dv), (B, S, T), mask, scale form, K^T form, NaN guard (+ "sinks": GPT-OSS's chain)
+    # name, (hq, hkv, dk, dv), (B, S, T), mask, scale form, K^T form, NaN guard (+ "sinks": GPT-OSS's chain; "softcap")
     ("decode GQA 4:1, keys split in chunks", (8, 2, 64, 64), (1, 1, 300), "row", "mul", "reshape", True),
     ("prefill causal + padding, 3 key blocks", (4, 4, 32, 32), (2, 130, 130), "causal", "mul", "reshape", True),
     ("prefill with past, GQA 3:1, odd head dims", (6, 2, 12, 20), (1, 7, 70), "heads", "div", "transpose", True),
@@ -148,6 +151,10 @@ CASES = [
     ("sinks: decode, keys split in chunks", (8, 2, 64, 64), (1, 1, 300), "row", "mul", "transpose", False, "sinks"),
     ("sinks: prefill causal + padding", (4, 2, 32, 32), (2, 70, 70), "causal", "mul", "transpose", False, "sinks"),
     ("sinks: rows all -inf give 0", (4, 2, 8, 4), (1, 5, 9), "inf rows", "mul", "transpose", False, "sinks"),
+    ("softcap 0.5 (Div -> Tanh -> Mul): prefill causal", (4, 2, 32, 32), (2, 70, 70), "causal", "div", "transpose",
+     True, "softcap"),
+    ("softcap 0.5: decode, keys split in chunks", (8, 2, 64, 64), (1, 1, 300), "row", "mul", "reshape", True,
+     "softcap"),
 ]
 
 
@@ -191,7 +198,8 @@ def main():
         for i, (name, (hq, hkv, dk, dv), (b, s, t), mk, scale_form, kt_form, guard, *extra) in enumerate(CASES):
             mask, mask_dims = make_mask(mk, b, hq, s, t, rng)
             sinks = rng.standard_normal(hq).astype(np.float32) * 2 if "sinks" in extra else None
-            model = sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, guard, sinks)
+            cap = 0.5 if "softcap" in extra else 0.0
+            model = sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, guard, sinks, cap)
             path, art = os.path.join(tmp, f"a{i}.onnx"), os.path.join(tmp, f"a{i}.moex")
             onnx.save(model, path)
             c = subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet"],
@@ -220,7 +228,7 @@ def main():
                 continue
             got = np.load(os.path.join(tmp, f"out{i}", "out.npy"))
             want = attention(feeds["q"], feeds["k"], feeds["v"], mask, 1.0 / np.sqrt(dk), nan_to_zero=guard,
-                             sinks=sinks)
+                             sinks=sinks, softcap=cap)
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             ref = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]).run(None, feeds)[0]

@@ -14,7 +14,8 @@ LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, 
     and 2, match ONNX Runtime's logits and presents within 1e-4 (relative to the largest magnitude);
   - the fixed-size cache form (past buffers of a fixed length, `seqlens_k` saying how much is filled) too;
   - `moert generate --greedy` gives the same 16 tokens as a greedy loop over ONNX Runtime;
-  - a sliding window (local_window_size), head sinks, smooth_softmax and softcap match too;
+  - a sliding window (local_window_size), head sinks, smooth_softmax, softcap, and position_ids (shifted
+    rotary positions) with an attention_bias match too;
   - attributes out of range (local_window_size 0, softcap -1) are one error naming the node.
 
     check_gqa_e2e.py --moec build/bin/moec --moert build/bin/moert --lib build/lib/libmoert.so
@@ -39,8 +40,9 @@ def check(name, ok, detail):
         failures.append(name)
 
 
-def build(path, head_dim, rotary_dim, interleaved, packed, rng, extra_attrs=None, sinks=False):
-    """The decoder described above, random weights; returns nothing (writes `path`)."""
+def build(path, head_dim, rotary_dim, interleaved, packed, rng, extra_attrs=None, sinks=False, extra_inputs=()):
+    """The decoder described above, random weights; returns nothing (writes `path`). `extra_inputs` may name
+    GroupQueryAttention's optional `position_ids` and `attention_bias`, which become graph inputs."""
     nodes, inits = [], []
 
     def const(name, arr):
@@ -69,6 +71,10 @@ def build(path, head_dim, rotary_dim, interleaved, packed, rng, extra_attrs=None
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", VOCAB])]
+    if "position_ids" in extra_inputs:
+        inputs.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]))
+    if "attention_bias" in extra_inputs:
+        inputs.append(helper.make_tensor_value_info("attention_bias", TensorProto.FLOAT, ["batch", 1, "seq", "total"]))
     q_width, kv_width = HQ * head_dim, HKV * head_dim
     for i in range(LAYERS):
         for kind in ("key", "value"):
@@ -84,6 +90,9 @@ def build(path, head_dim, rotary_dim, interleaved, packed, rng, extra_attrs=None
         attrs = dict(num_heads=HQ, kv_num_heads=HKV, do_rotary=1, rotary_interleaved=int(interleaved))
         attrs.update(extra_attrs or {})
         sink_inputs = ["", "", const(f"head_sink{i}", (rng.standard_normal(HQ) * 2).astype(np.float32))] if sinks else []
+        if extra_inputs:
+            sink_inputs = ["position_ids" if "position_ids" in extra_inputs else "",
+                           "attention_bias" if "attention_bias" in extra_inputs else ""]
         node("GroupQueryAttention", qkv + [f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
                                            "total_len", "cos_cache", "sin_cache"] + sink_inputs,
              [f"attn{i}", f"present.{i}.key", f"present.{i}.value"], domain="com.microsoft", **attrs)
@@ -105,12 +114,19 @@ def run_steps(ort_sess, model, head_dim, batch, prompt_len, steps, rng, fixed=0)
              for i in range(LAYERS) for k in ("key", "value")}
     ort_pasts, moe_pasts = dict(pasts), dict(pasts)
     names = [o.name for o in ort_sess.get_outputs()]
+    extra = {i.name for i in ort_sess.get_inputs()}
     worst = 0.0
     for _ in range(steps + 1):
         length += ids.shape[1]
         mask = np.ones((batch, length), np.int64)
-        want = dict(zip(names, ort_sess.run(None, {"input_ids": ids, "attention_mask": mask, **ort_pasts})))
-        got = model.run({"input_ids": ids, "attention_mask": mask, **moe_pasts})
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        s = ids.shape[1]
+        if "position_ids" in extra:  # rotary positions shifted by 3 (ignoring them would show)
+            feeds["position_ids"] = np.tile(np.arange(length - s, length) + 3, (batch, 1)).astype(np.int64)
+        if "attention_bias" in extra:
+            feeds["attention_bias"] = rng.standard_normal((batch, 1, s, length)).astype(np.float32)
+        want = dict(zip(names, ort_sess.run(None, {**feeds, **ort_pasts})))
+        got = model.run({**feeds, **moe_pasts})
         for k, v in want.items():
             if got[k].shape != v.shape:
                 return float("inf")
@@ -140,12 +156,14 @@ def main():
              ("head sinks (gpt-oss)", 16, 16, False, True, True),
              ("sliding window of 3 (local_window_size)", 16, 16, False, True, {"local_window_size": 3}),
              ("smooth_softmax", 16, 16, True, False, {"smooth_softmax": 1}),
-             ("softcap 2", 16, 16, False, True, {"softcap": 2.0})]
+             ("softcap 2", 16, 16, False, True, {"softcap": 2.0}),
+             ("position_ids and attention_bias", 16, 16, False, True, ("position_ids", "attention_bias"))]
     with tempfile.TemporaryDirectory() as tmp:
         for n, (what, head_dim, rot, inter, packed, sinks) in enumerate(cases):
             path, art = os.path.join(tmp, f"gqa{n}.onnx"), os.path.join(tmp, f"gqa{n}.moex")
             build(path, head_dim, rot, inter, packed, rng, sinks=sinks is True,
-                  extra_attrs=sinks if isinstance(sinks, dict) else None)
+                  extra_attrs=sinks if isinstance(sinks, dict) else None,
+                  extra_inputs=sinks if isinstance(sinks, tuple) else ())
             c = subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet"],
                                capture_output=True, text=True)
             if c.returncode != 0:
@@ -164,9 +182,10 @@ def main():
                 err = run_steps(sess, model, head_dim, batch, 5, 4, rng)
                 check(f"{what}: batch {batch}, prefill 5 + 4 decode steps", err <= 1e-4,
                       f"logits and presents max rel error {err:.2e} vs ONNX Runtime")
-            err = run_steps(sess, model, head_dim, 1, 5, 4, rng, fixed=16)
-            check(f"{what}: fixed-size caches of 16 positions", err <= 1e-4,
-                  f"logits and presents max rel error {err:.2e} vs ONNX Runtime")
+            if not isinstance(sinks, tuple):  # (an attention_bias spans the total length, not the buffer)
+                err = run_steps(sess, model, head_dim, 1, 5, 4, rng, fixed=16)
+                check(f"{what}: fixed-size caches of 16 positions", err <= 1e-4,
+                      f"logits and presents max rel error {err:.2e} vs ONNX Runtime")
             model.close()
             if n == 0:  # moert generate against a greedy loop over ONNX Runtime
                 prompt = rng.integers(0, VOCAB, 4).astype(np.int64)

@@ -162,6 +162,16 @@ def fixtures(args, tmp):
         whole = not re.match(r"^(mixtral|qwen2_moe|olmoe|deepseek_v3|zaya)$", name)
         check(f"fixture {name}: linear dispatches", not left and (linears > 0 or not whole),
               f"{linears} linear dispatches, MatMul/Gemm steps with a constant weight: {left or 'none'}")
+        # Rotary embedding: one moec.Rotary step per query and per key (q/k norms and the Transpose folded
+        # in), except DeepSeek-V3's MLA rotary, which writes its rotated pairs de-interleaved (not raised);
+        # every RMSNorm inside a dispatch or a moec.Norm step.
+        attention = len(re.findall(r"^\s*attention \d+:", text, re.M))
+        if attention and not name.endswith("deepseek_v3"):
+            rotary = len(re.findall(r"^\s*op moec\.Rotary ", text, re.M))
+            leftover = re.findall(r"^\s*op (Neg|Pow) ", text, re.M)  # rotate_half's Neg; a norm's x^2
+            check(f"fixture {name}: rotary steps", rotary == 2 * attention and not leftover,
+                  f"{rotary} moec.Rotary steps for {attention} attention layers; Neg/Pow steps: "
+                  f"{leftover or 'none'}")
         worst = 0.0
         # Decoder-with-past models: a prefill step (no past) and decode steps; the others: sequence lengths.
         steps = [(5, 0), (1, 5), (2, 9)] if name.startswith("past_") else [(1, 0), (3, 0), (9, 0)]

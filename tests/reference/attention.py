@@ -3,12 +3,13 @@
 Written from the op's contract (ir/MoEOps.td), in float64, with no attempt at speed: query [B, Hq, S, Dk],
 key [B, Hkv, T, Dk], value [B, Hkv, T, Dv], query head h reads key/value head h // (Hq // Hkv), an additive
 mask broadcast to [B, Hq, S, T]. A row whose every score is -inf gives 0 with nan_to_zero, else NaN. With
-sinks [Hq], exp(sinks[h]) is one more term of head h's softmax denominator that weighs no value.
+sinks [Hq], exp(sinks[h]) is one more term of head h's softmax denominator that weighs no value. With
+softcap c > 0 the scaled dot product is c * tanh(scale * q.k / c) before the mask is added.
 """
 import numpy as np
 
 
-def attention(q, k, v, mask=None, scale=None, nan_to_zero=True, sinks=None):
+def attention(q, k, v, mask=None, scale=None, nan_to_zero=True, sinks=None, softcap=0.0):
     q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
     b, hq, s, dk = q.shape
     hkv, t = k.shape[1], k.shape[2]
@@ -23,6 +24,8 @@ def attention(q, k, v, mask=None, scale=None, nan_to_zero=True, sinks=None):
             kh, vh = k[bi, h // g], v[bi, h // g]
             for si in range(s):
                 score = scale * (kh @ q[bi, h, si])
+                if softcap > 0:
+                    score = softcap * np.tanh(score / softcap)
                 if m is not None:
                     score = score + m[bi, h, si]
                 top = score.max() if t else -np.inf
@@ -38,3 +41,30 @@ def attention(q, k, v, mask=None, scale=None, nan_to_zero=True, sinks=None):
                 p = np.exp(score - top)
                 out[bi, h, si] = (p / p.sum()) @ vh
     return out
+
+
+def rotary(x, cos, sin, rotary_dim, interleaved=False, seq_axis=2, transpose=False, norm_weight=None,
+           norm_epsilon=1e-6):
+    """moe.rotary from its contract (ir/MoEOps.td), float64: x [B, A1, A2, D] with the positions on `seq_axis`,
+    cos / sin [1 or B, S, R or R / 2]; each row optionally RMS-normalised (times norm_weight), then rotated
+    (half-split pairs (i, i + R/2) or interleaved pairs (2j, 2j + 1)) over its first R dims; with `transpose`
+    the output swaps axes 1 and 2."""
+    x = np.array(x, dtype=np.float64)
+    if norm_weight is not None:
+        x = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + norm_epsilon) * np.asarray(norm_weight, np.float64)
+    r, h = rotary_dim, rotary_dim // 2
+    cos, sin = (np.asarray(t, np.float64) for t in (cos, sin))
+    if cos.shape[-1] == h:  # one value per pair, spread over the pair's two dims
+        idx = np.arange(r) // 2 if interleaved else np.arange(r) % h
+        cos, sin = cos[..., idx], sin[..., idx]
+    # [Bc, S, R] against x's [B, A1, A2, R]: the positions on seq_axis, broadcast over the heads.
+    cos, sin = (np.expand_dims(t, 1 if seq_axis == 2 else 2) for t in (cos, sin))
+    xr = x[..., :r]
+    if interleaved:
+        partner = np.empty_like(xr)
+        partner[..., 0::2], partner[..., 1::2] = -xr[..., 1::2], xr[..., 0::2]
+    else:
+        partner = np.concatenate([-xr[..., h:], xr[..., :h]], axis=-1)
+    out = x.copy()
+    out[..., :r] = xr * cos + partner * sin
+    return out.transpose(0, 2, 1, 3) if transpose else out

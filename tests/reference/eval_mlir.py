@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+import attention as attention_oracle
 import sparse_moe as oracle
 
 _DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i64": np.int64, "i32": np.int32,
@@ -172,6 +173,15 @@ def evaluate(text, inputs):
             out = _sparse_moe(vals, props)
         elif name == "moe.linear":
             out = _linear(vals, props)
+        elif name == "moe.norm":
+            out = oracle.norm_rows(vals[0], _attr(props, "kind"), vals[1], vals[2] if len(vals) > 2 else None,
+                                   _attr(props, "epsilon", 1e-5))
+        elif name == "moe.rotary":
+            unit = lambda a: re.search(r"[{,] *" + a + r" *[,}]", props) is not None
+            out = attention_oracle.rotary(vals[0], vals[1], vals[2], _attr(props, "rotary_dim"),
+                                          interleaved=unit("interleaved"), seq_axis=_attr(props, "seq_axis", 2),
+                                          transpose=unit("transpose"), norm_weight=vals[3] if len(vals) > 3 else None,
+                                          norm_epsilon=_attr(props, "norm_epsilon", 1e-6))
         elif name in ONNX:
             out = ONNX[name](vals, None, props)
         else:

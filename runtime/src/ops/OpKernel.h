@@ -397,6 +397,9 @@ bool layerNorm(Ctx &c);
 bool reduce(Ctx &c);
 bool softmax(Ctx &c);
 bool topk(Ctx &c);
+// Fused.cpp
+bool fusedNorm(Ctx &c);
+bool fusedRotary(Ctx &c);
 // Linalg.cpp
 bool conv(Ctx &c);
 bool einsum(Ctx &c);
