@@ -143,7 +143,7 @@ def shares_of(events):
     return {k: v / total for k, v in share.items()}
 
 
-def run(build, threads, storages, roof, repeat=5):
+def run(build, threads, storages, roof, repeat=5, with_ort=True):
     """Times every storage; returns table rows (dicts)."""
     import onnxruntime as ort
     import moert
@@ -163,9 +163,9 @@ def run(build, threads, storages, roof, repeat=5):
     inputs = {(t, p): [feeds(t, p, rng) for _ in range(repeat + 1)] for _, t, p in cases}
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-    ort_times = {}
-    for _, t, p in cases:
+    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]) if with_ort else None
+    ort_times = {(t, p): (float("nan"), float("nan")) for _, t, p in cases}
+    for _, t, p in cases if with_ort else []:
         ins = inputs[(t, p)] if t < 512 else inputs[(t, p)][:3]
         try:
             ort_times[(t, p)] = time_calls(lambda f: sess.run(None, f), ins)
@@ -192,7 +192,7 @@ def run(build, threads, storages, roof, repeat=5):
             o_best, o_med = ort_times[(t, p)]
             row = dict(storage=s, kind=kind, tokens=t, past=p, moec_ms=round(best, 2), moec_median_ms=round(med, 2),
                        ort_ms=round(o_best, 2), ort_median_ms=round(o_med, 2),
-                       speedup=round(o_best / best, 2) if o_best == o_best else None,
+                       speedup=round(o_best / best, 2) if o_best == o_best else None, ort_timed=with_ort,
                        tokens_per_s=round(t / best * 1e3, 1), mb=round(bytes_ / 1e6, 1),
                        gflop=round(flops / 1e9, 2), roofline_ms=round(bound_ms, 2),
                        roofline_fraction=round(bound_ms / med, 2), compile_s=round(compile_s, 1),
@@ -205,6 +205,22 @@ def run(build, threads, storages, roof, repeat=5):
             rows.append(row)
         model.close()
     return rows
+
+
+def add_baseline(rows, build, args):
+    """Times moec from another build (`--baseline`: e.g. the previous commit's) in a child process, same weights
+    and cases, and adds its times to the rows (one libmoert per process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "baseline.json")
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--build", build, "--threads", str(args.threads),
+                        "--weights", args.weights, "--repeat", str(args.repeat), "--no-llama", "--no-ort",
+                        "--json", out], check=True)
+        base = {(r["storage"], r["kind"], r["tokens"], r["past"]): r for r in json.load(open(out))}
+    for r in rows:
+        b = base.get((r["storage"], r["kind"], r["tokens"], r["past"]))
+        if b:
+            r["baseline_ms"], r["baseline_median_ms"] = b["moec_ms"], b["moec_median_ms"]
+            r["vs_baseline"] = round(b["moec_ms"] / r["moec_ms"], 2)
 
 
 def add_peer(rows, peer):
@@ -220,17 +236,22 @@ def add_peer(rows, peer):
 def table(rows):
     lines = ["| moec weights | step | T | past | moec ms (best / median) | tokens/s | ORT fp32 ms (best / median) | "
              "moec/ORT | llama.cpp ms (type; best / median) | moec/llama.cpp | MB read | GFLOP | roofline ms | "
-             "moec fraction of roofline | time in linear / MoE / attention / op steps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "moec fraction of roofline | time in linear / MoE / attention / op steps |" +
+             (" baseline ms (best / median) | speed-up over baseline |" if any("baseline_ms" in r for r in rows) else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" +
+             ("---|---|" if any("baseline_ms" in r for r in rows) else "")]
     for r in rows:
-        ort_cell = "out of memory" if r["speedup"] is None else f"{r['ort_ms']} / {r['ort_median_ms']}"
+        ort_cell = ("not run" if not r.get("ort_timed", True) else "out of memory" if r["speedup"] is None
+                    else f"{r['ort_ms']} / {r['ort_median_ms']}")
         llama_cell = (f"{r['llama_type']}: {r['llama_ms']} / {r['llama_median_ms']}" if "llama_ms" in r else "-")
         lines.append(f"| {r['storage']} | {r['kind']} | {r['tokens']} | {r['past']} | {r['moec_ms']} / "
                      f"{r['moec_median_ms']} | {r['tokens_per_s']} | {ort_cell} | {r['speedup'] or '-'} | "
                      f"{llama_cell} | {r.get('vs_llama', '-')} | {r['mb']} | {r['gflop']} | {r['roofline_ms']} | "
                      f"{r['roofline_fraction']} | "
                      f"{r['linear_share']:.0%} / {r['moe_share']:.0%} / {r.get('attention_share', 0):.0%} / "
-                     f"{r['op_share']:.0%} |")
+                     f"{r['op_share']:.0%} |" +
+                     (f" {r['baseline_ms']} / {r['baseline_median_ms']} | {r['vs_baseline']} |" if "baseline_ms" in r
+                      else ""))
     return "\n".join(lines)
 
 
@@ -241,16 +262,26 @@ def main():
     ap.add_argument("--weights", default="fp32,bf16,int8,int4")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp (bench/llama_peer.py)")
+    ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
+    ap.add_argument("--baseline", metavar="BUILD", help="also time moec from this build directory (a child process "
+                    "before the main run): the table gets its times and the speed-up over it")
+    ap.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     args = ap.parse_args()
     sys.path.insert(0, HERE)
     from run import roofline, variant_storage
     roof = roofline(args.threads)
     print(f"roofline: read {roof['read_gbs']} GB/s, FP32 peak {roof['fp32_gflops']} GFLOP/s", flush=True)
-    rows = run(args.build, args.threads, args.weights.split(","), roof, args.repeat)
+    if args.baseline:
+        print(f"   baseline: moec from {args.baseline}", flush=True)
+    rows = run(args.build, args.threads, args.weights.split(","), roof, args.repeat, not args.no_ort)
+    if args.baseline:
+        add_baseline(rows, args.baseline, args)
     if not args.no_llama:
         import llama_peer
         types = [t for t, s in llama_peer.PAIRS.items() if s in map(variant_storage, args.weights.split(","))]
         add_peer(rows, llama_peer.run(args.threads, types, args.repeat))
+    if args.json:
+        json.dump(rows, open(args.json, "w"), indent=1)
     print("\n" + table(rows))
 
 

@@ -5,11 +5,14 @@
     model = rt.load("model.moex", threads=2)
     outputs = model.run({"x": x})          # {name: np.ndarray}
     tokens, stats = model.generate([3, 1, 4], max_new_tokens=32)   # a decoder with KV caches: greedy
+    tokens, stats = model.generate("Once upon a time")   # text, with tokenizer.json next to the model:
+    print(stats["text"])                                   # the new tokens decoded (needs `tokenizers`)
     model.close()
 
 Used by the tests and the benchmarks; nothing here is needed to run an artifact from C or the `moert` CLI.
 """
 import ctypes
+import os
 
 import numpy as np
 
@@ -104,12 +107,12 @@ class Runtime:
             raise ValueError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
         opts = _LoadOptions(ctypes.sizeof(_LoadOptions), threads, int(verify_checksum), DEVICES[device])
         self.check(self.lib.moert_load(str(path).encode(), ctypes.byref(opts), ctypes.byref(handle)))
-        return Model(self, handle)
+        return Model(self, handle, path)
 
 
 class Model:
-    def __init__(self, rt, handle):
-        self.rt, self.handle = rt, handle
+    def __init__(self, rt, handle, path=None):
+        self.rt, self.handle, self.path = rt, handle, path
         lib = rt.lib
         n = lib.moert_num_inputs(handle)
         self.input_names = [lib.moert_input_name(handle, i).decode() for i in range(n)]
@@ -150,11 +153,36 @@ class Model:
         finally:
             lib.moert_result_free(res)
 
+    def tokenizer(self, tokenizer=None):
+        """The tokenizer for text prompts: `tokenizer` itself (an object with encode / decode, as the
+        `tokenizers` package's), a tokenizer.json path, or (None) the tokenizer.json next to the artifact; None
+        when there is none. Reading a tokenizer.json needs the `tokenizers` package."""
+        if tokenizer is None:
+            if not self.path:
+                return None
+            tokenizer = os.path.join(os.path.dirname(os.path.abspath(str(self.path))), "tokenizer.json")
+            if not os.path.exists(tokenizer):
+                return None
+        if isinstance(tokenizer, (str, os.PathLike)):
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                raise Error(f"{tokenizer}: reading a tokenizer.json needs the `tokenizers` package "
+                            "(pip install tokenizers)") from None
+            return Tokenizer.from_file(str(tokenizer))
+        return tokenizer
+
     def generate(self, prompt, max_new_tokens=32, greedy=True, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-                 eos_token_id=-1, max_context=0):
-        """A decoder with KV caches: runs `prompt` (token ids) in a fresh session, then picks up to max_new_tokens
-        tokens (greedy, or sampled with temperature / top_k / top_p / seed). Returns (tokens as an int64 array,
-        {"prompt_tokens", "new_tokens", "prefill_ms", "decode_ms"})."""
+                 eos_token_id=-1, max_context=0, tokenizer=None):
+        """A decoder with KV caches: runs `prompt` (token ids, or text given a tokenizer: see tokenizer()) in a
+        fresh session, then picks up to max_new_tokens tokens (greedy, or sampled with temperature / top_k /
+        top_p / seed). Returns (tokens as an int64 array, {"prompt_tokens", "new_tokens", "prefill_ms",
+        "decode_ms"} and, with a tokenizer, "text": the new tokens decoded)."""
+        tok = self.tokenizer(tokenizer)
+        if isinstance(prompt, str):
+            if tok is None:
+                raise Error("a text prompt needs a tokenizer: a tokenizer.json next to the model, or tokenizer=")
+            prompt = tok.encode(prompt).ids
         lib = self.rt.lib
         session = ctypes.c_void_p()
         opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context)
@@ -168,7 +196,11 @@ class Model:
             i64 = ctypes.POINTER(ctypes.c_int64)
             self.rt.check(lib.moert_generate(session, ids.ctypes.data_as(i64), ids.size, ctypes.byref(go),
                                              out.ctypes.data_as(i64), out.size, ctypes.byref(made), ctypes.byref(stats)))
-            return out[:made.value].copy(), {name: getattr(stats, name) for name, _ in _GenerateStats._fields_}
+            tokens = out[:made.value].copy()
+            info = {name: getattr(stats, name) for name, _ in _GenerateStats._fields_}
+            if tok is not None:
+                info["text"] = tok.decode(tokens.tolist())
+            return tokens, info
         finally:
             lib.moert_session_free(session)
 

@@ -5,7 +5,8 @@ For the decoder-with-past fixtures (Qwen3-MoE-like and Mixtral-like exports with
 present.* outputs), the reference loop runs the ONNX file in ONNX Runtime: the prompt with empty caches, then one
 token at a time with the presents fed back as pasts and an all-ones attention_mask, picking the most likely
 token (the lowest id on ties). `moert generate --greedy` must give the same 32 tokens, and so must the Python
-binding's Model.generate; the session API's logits match ONNX Runtime's call by call and repeat after a rewind; a
+binding's Model.generate (also given text, with a word-level tokenizer.json next to the model: the same tokens
+and their words back as text); the session API's logits match ONNX Runtime's call by call and repeat after a rewind; a
 batch of two with left padding matches ONNX Runtime over a prefill and three decode steps through Model.run. Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
 tokens; every token is in the vocabulary. Bad input is one error line and a non-zero exit: a prompt longer than
 --max-context, an empty prompt, a batch of two prompts, float ids, and a model that is not a decoder; caches given
@@ -140,6 +141,39 @@ def generate(args, art, prompt_path, *extra):
                           capture_output=True, text=True)
 
 
+def text_generation(rt, art, onnx_path, vocab, tmp, rng):
+    """Text in, text out: a word-level tokenizer.json ("w0" .. "w{vocab-1}", made with the `tokenizers`
+    package) next to a copy of the artifact; Model.generate("w3 w1 ...") must give ONNX Runtime's greedy tokens
+    for those ids and their words as text; a text prompt without a tokenizer is one error."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    words = {f"w{i}": i for i in range(vocab)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    d = os.path.join(tmp, "with_tokenizer")
+    os.makedirs(d, exist_ok=True)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    copy = os.path.join(d, "model.moex")
+    with open(art, "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    prompt = rng.integers(0, vocab, 5).tolist()
+    want = ort_greedy(onnx_path, prompt, 8)
+    model = rt.load(copy, threads=2)
+    got, stats = model.generate(" ".join(f"w{i}" for i in prompt), max_new_tokens=8)
+    model.close()
+    text = " ".join(f"w{i}" for i in want)
+    check(f"{os.path.basename(onnx_path)}: text prompt and text out (tokenizer.json next to the model)",
+          got.tolist() == want and stats.get("text") == text, f"{stats.get('text')!r} (want {text!r})")
+    model = rt.load(art, threads=2)
+    try:
+        model.generate("w1 w2", max_new_tokens=2)
+        ok, msg = False, "no error"
+    except Exception as err:
+        ok, msg = "needs a tokenizer" in str(err), str(err)
+    model.close()
+    check("a text prompt without a tokenizer: one error", ok, msg)
+
+
 def tokens_of(run):
     line = next((ln for ln in run.stdout.splitlines() if ln.startswith("tokens:")), "tokens:")
     return [int(x) for x in line.split()[1:]]
@@ -185,6 +219,7 @@ def main():
                 model.close()
                 check(f"{name}: Python generate, prompt of {p_len}", py.tolist() == want,
                       f"{py[:8].tolist()}..., {stats['new_tokens']} new tokens")
+            text_generation(rt, art, path, vocab, tmp, rng)
             # The session API: logits of each step against ONNX Runtime's; rewinding to the prompt and feeding
             # the first generated token again gives that step's logits again.
             model = rt.load(art, threads=2)

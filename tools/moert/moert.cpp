@@ -55,7 +55,10 @@ const char *kUsage =
     "  --max-context N         positions the KV caches hold (default 4096)\n"
     "  --profile FILE.json     write a Chrome trace of the last call's steps (the last decode step)\n"
     "  --output IDS.npy        also write the generated ids (int64) there\n"
-    "  --threads N, --no-verify as for run\n";
+    "  --threads N, --no-verify as for run\n"
+    "  (token ids in and out; for text, Python's moert.Model.generate(\"...\") reads the tokenizer.json next "
+    "to\n"
+    "  the model)\n";
 
 int fail(const std::string &msg) {
   std::fprintf(stderr, "moert: error: %s\n", msg.c_str());
