@@ -241,6 +241,12 @@ def main():
             exported_rotary(path, rng, 4, d, rot, q_norm)
             compare(what, path, art, ids_feeds,
                     {"moec.Rotary": 1, "Neg": 0, "Transpose": 0, "ReduceMean": 0, "Slice": 0})
+            report = subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--report"],
+                                    capture_output=True, text=True).stderr
+            want = (f"rotary embeddings (one step each): 1 (the first: {rot} of {d} dims, half-split, transpose"
+                    + (", rms_norm)" if q_norm else ")"))
+            line = next((ln.strip() for ln in report.splitlines() if "rotary embeddings" in ln), "no rotary line")
+            check(f"{what}: moec compile --report", line == want, line)
 
         norms(path, rng)
         compare("RMSNorm and LayerNormalization", path, art, lambda b, s: {"x": x_of(b, s)},

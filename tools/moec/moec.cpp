@@ -247,6 +247,23 @@ void printReport(mlir::ModuleOp module, ArrayRef<std::string> misses) {
   if (attention)
     errs() << "  attention layers (one dispatch each): " << attention << " (the first: " << attentionForm
            << ")\n";
+  int rotary = 0, norms = 0;
+  std::string rotaryForm;
+  module.walk([&](RotaryOp op) {
+    if (rotary++ == 0) {
+      raw_string_ostream os(rotaryForm);
+      os << op.getRotaryDim() << " of " << op.getInput().getType().getDimSize(3) << " dims"
+         << (op.getInterleaved() ? ", interleaved" : ", half-split");
+      if (auto fused = op->getAttrOfType<mlir::ArrayAttr>("moe.fused"))
+        for (auto f : fused.getAsRange<mlir::StringAttr>())
+          os << ", " << f.getValue();
+    }
+  });
+  module.walk([&](NormOp) { ++norms; });
+  if (rotary)
+    errs() << "  rotary embeddings (one step each): " << rotary << " (the first: " << rotaryForm << ")\n";
+  if (norms)
+    errs() << "  norms outside dispatches (one step each): " << norms << "\n";
   module.walk([&](EmbeddingOp op) {
     auto t = op.getTable().getType();
     double bytes =
