@@ -105,6 +105,12 @@ Value stripReshapes(Value v) {
 
 bool sameData(Value a, Value b) { return a && b && stripReshapes(a) == stripReshapes(b); }
 
+int64_t clampBound(int64_t b, int64_t n) {
+  if (b < 0)
+    b += n;
+  return std::clamp<int64_t>(b, 0, n);
+}
+
 Value otherOperand(Operation *op, Value known) {
   if (!op || op->getNumOperands() != 2)
     return {};

@@ -58,6 +58,9 @@ mlir::Value otherOperand(mlir::Operation *op, mlir::Value known);
 /// Normalises a possibly negative axis against `rank`; nullopt when out of range.
 std::optional<int64_t> normAxis(int64_t axis, int64_t rank);
 
+/// Clamps a Slice / Shape bound against `n` entries (negative ones count from the end).
+int64_t clampBound(int64_t b, int64_t n);
+
 /// Rank of `v`'s ranked tensor type, or -1.
 int64_t rankOf(mlir::Value v);
 

@@ -48,13 +48,6 @@ struct DimRef {
   bool isConst(int64_t c) const { return !src && value == c; }
 };
 
-/// Clamps a Slice / Shape bound against `n` entries (negative ones count from the end).
-int64_t clampBound(int64_t b, int64_t n) {
-  if (b < 0)
-    b += n;
-  return std::clamp<int64_t>(b, 0, n);
-}
-
 /// The entries of a 1-D integer shape vector built from constants, `Shape`, `Slice` of a shape and
 /// `Concat`, or nullopt when it is computed some other way.
 std::optional<SmallVector<DimRef>> shapeVector(Value v) {

@@ -46,8 +46,7 @@ std::optional<LastAxisSlice> lastAxisSlice(Value v) {
   if (ShapedType::isDynamic(d) || !st || !en || !ax || !sp || st->size() != 1 || en->size() != 1 ||
       ax->size() != 1 || sp->size() != 1 || normAxis((*ax)[0], 4) != 3 || (*sp)[0] != 1)
     return std::nullopt;
-  auto clamp = [&](int64_t b) { return std::clamp<int64_t>(b < 0 ? b + d : b, 0, d); };
-  return LastAxisSlice{s.getData(), clamp((*st)[0]), clamp((*en)[0])};
+  return LastAxisSlice{s.getData(), clampBound((*st)[0], d), clampBound((*en)[0], d)};
 }
 
 bool isLastAxisConcat(ox::ConcatOp c, unsigned inputs) {
