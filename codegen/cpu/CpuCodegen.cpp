@@ -26,6 +26,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <map>
 
 using namespace mlir;
 using namespace moec;
@@ -136,6 +137,9 @@ struct Emitter {
   int dispatches = 0; // MoE dispatches
   int linears = 0;    // linear dispatches
   int attentions = 0; // attention dispatches
+  // Attention config structs by their constants: layers alike share one (one kernel instantiation per config
+  // and cache storage, not per layer).
+  std::map<std::string, std::string> attentionConfigs;
   std::string error;
   raw_ostream *progress;
 
@@ -911,15 +915,20 @@ struct Emitter {
       return false;
     step->set_output(outId);
     llvm::raw_string_ostream os(source);
-    const std::string name = "A" + std::to_string(index), fn = "moert_attention_" + std::to_string(index);
-    os << "\n// attention " << index << ": " << desc << "\nnamespace {\nstruct " << name << " {\n"
-       << "  static constexpr int64_t HQ = " << hq << ", HKV = " << hkv << ", DK = " << dk << ", DV = " << dv
+    const std::string fn = "moert_attention_" + std::to_string(index);
+    std::string config;
+    llvm::raw_string_ostream cs(config);
+    cs << "  static constexpr int64_t HQ = " << hq << ", HKV = " << hkv << ", DK = " << dk << ", DV = " << dv
        << ";\n"
        << "  static constexpr float SCALE = " << floatLit(scale) << ";\n"
        << "  static constexpr bool NAN_ZERO = " << (op.getNanToZero() ? "true" : "false") << ";\n"
-       << "  static constexpr float SOFTCAP = " << floatLit(op.getSoftcap().convertToFloat()) << ";\n"
-       << "};\n}\n"
-       << "extern \"C\" MOERT_EXPORT int " << fn << "(const moert_attention_args *a) { return "
+       << "  static constexpr float SOFTCAP = " << floatLit(op.getSoftcap().convertToFloat()) << ";\n";
+    auto [it, fresh] = attentionConfigs.try_emplace(config, "A" + std::to_string(index));
+    const std::string &name = it->second;
+    os << "\n// attention " << index << ": " << desc << "\n";
+    if (fresh)
+      os << "namespace {\nstruct " << name << " {\n" << config << "};\n}\n";
+    os << "extern \"C\" MOERT_EXPORT int " << fn << "(const moert_attention_args *a) { return "
        << "moert_cpu::Attention<" << name << ">::run(a); }\n"
        << "extern \"C\" MOERT_EXPORT size_t " << fn
        << "_scratch(int64_t b, int64_t s, int64_t t, int threads) { return moert_cpu::Attention<" << name

@@ -15,9 +15,11 @@
 // softmax online (flash-style: running max m and sum l per row, the accumulated output rescaled when the
 // max grows), so no S x T score matrix exists. A key block whose mask is at or below kAttnMasked for every
 // row of the item is skipped (causal blocks past the diagonal, padding) when every row has some key above
-// it: those terms are exactly 0 after the exponential. Key chunks write (output, m, l) per row to scratch,
-// and a second pass merges them. Attention sinks (args.sinks, one logit per query head) start each row's
-// running max and sum, so they count once in the softmax's denominator and weigh no value.
+// it: those terms are exactly 0 after the exponential. Keys and values are f32, or bf16 / fp16 when a
+// session keeps its caches narrow (args.kv_storage): widened on load, everything else in f32. Key chunks
+// write (output, m, l) per row to scratch, and a second pass merges them. Attention sinks (args.sinks, one
+// logit per query head) start each row's running max and sum, so they count once in the softmax's denominator
+// and weigh no value.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_ATTENTION_H
@@ -84,11 +86,12 @@ template <class C> struct Attention {
   };
 
   /// The rows' scores for keys [t0, t0 + nk) into sc[r][j] (unscaled q . k).
-  static void scores(const float *const *qp, int64_t nr, const float *k0, int64_t ks, int64_t nk, float *kt,
+  template <class KV>
+  static void scores(const float *const *qp, int64_t nr, const KV *k0, int64_t ks, int64_t nk, float *kt,
                      float *sc) {
     if (nr < 4) { // a few rows: dot products along the head dim
       for (int64_t j = 0; j < nk; ++j) {
-        const float *kr = k0 + j * ks;
+        const KV *kr = k0 + j * ks;
         for (int64_t r = 0; r < nr; ++r) {
           vf acc = {};
           int64_t d = 0;
@@ -96,7 +99,7 @@ template <class C> struct Attention {
             acc += loadv(qp[r] + d) * loadv(kr + d);
           float s = hsum(acc);
           for (; d < DK; ++d)
-            s += qp[r][d] * kr[d];
+            s += qp[r][d] * tofloat(kr[d]);
           sc[r * kAttnKB + j] = s;
         }
       }
@@ -116,7 +119,7 @@ template <class C> struct Attention {
     } else {
       for (int64_t d = 0; d < DK; ++d)
         for (int64_t j = 0; j < kAttnKB; ++j)
-          kt[d * kAttnKB + j] = j < nk ? k0[j * ks + d] : 0.0f;
+          kt[d * kAttnKB + j] = j < nk ? tofloat(k0[j * ks + d]) : 0.0f;
     }
     int64_t r = 0;
     for (; r + RB <= nr; r += RB)
@@ -145,7 +148,8 @@ template <class C> struct Attention {
   }
 
   /// acc[r] += sum_j p[r][j] v[j] for keys [0, nk) of the block.
-  static void accumulate(int64_t nr, const float *v0, int64_t vs, int64_t nk, const float *p, float *acc) {
+  template <class KV>
+  static void accumulate(int64_t nr, const KV *v0, int64_t vs, int64_t nk, const float *p, float *acc) {
     constexpr int64_t VEC = DV / VW * VW; // vector part of a row
     constexpr int64_t CV = VW == 16 ? 8 : 4;
     int64_t r = 0;
@@ -160,7 +164,7 @@ template <class C> struct Attention {
           if (c < nc)
             x0[c] = loadv(a0 + c0 + c * VW), x1[c] = loadv(a1 + c0 + c * VW);
         for (int64_t j = 0; j < nk; ++j) {
-          const float *vr = v0 + j * vs + c0;
+          const KV *vr = v0 + j * vs + c0;
           const vf w0 = splat(p0[j]), w1 = splat(p1[j]);
 #pragma unroll
           for (int c = 0; c < CV; ++c)
@@ -179,7 +183,7 @@ template <class C> struct Attention {
       }
       for (int64_t d = VEC; d < DV; ++d)
         for (int64_t j = 0; j < nk; ++j) {
-          const float vv = v0[j * vs + d];
+          const float vv = tofloat(v0[j * vs + d]);
           a0[d] += p0[j] * vv;
           if (two)
             a1[d] += p1[j] * vv;
@@ -200,7 +204,7 @@ template <class C> struct Attention {
       out[d] = acc[d] * inv;
   }
 
-  static void work(void *vctx, int64_t item, int thread) {
+  template <class KV> static void work(void *vctx, int64_t item, int thread) {
     FlushDenormals ftz;
     const Ctx &x = *static_cast<const Ctx *>(vctx);
     const moert_attention_args &a = *x.a;
@@ -238,8 +242,8 @@ template <class C> struct Attention {
         any = mp[r][t * mt] > kAttnMasked;
       skippable = any;
     }
-    const float *kb = a.key + b * a.k_strides[0] + hk * a.k_strides[1];
-    const float *vb = a.value + b * a.v_strides[0] + hk * a.v_strides[1];
+    const KV *kb = static_cast<const KV *>(a.key) + b * a.k_strides[0] + hk * a.k_strides[1];
+    const KV *vb = static_cast<const KV *>(a.value) + b * a.v_strides[0] + hk * a.v_strides[1];
     for (int64_t t0 = tb; t0 < te; t0 += kAttnKB) {
       const int64_t nk = std::min<int64_t>(kAttnKB, te - t0);
       if (skippable) {
@@ -345,6 +349,9 @@ template <class C> struct Attention {
   static int run(const moert_attention_args *a) {
     if (a->batch < 0 || a->q_len < 0 || a->kv_len < 0)
       return 1;
+    if (a->kv_storage != MOERT_STORAGE_F32 && a->kv_storage != MOERT_STORAGE_BF16 &&
+        a->kv_storage != MOERT_STORAGE_F16)
+      return 2;
     if (a->batch == 0 || a->q_len == 0)
       return 0;
     const moert_exec &ex = *a->exec;
@@ -352,7 +359,10 @@ template <class C> struct Attention {
     float *base = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(a->scratch) + 63) & ~uintptr_t(63));
     c.thread0 = base;
     c.partials = base + threadFloats() * std::max(1, ex.threads);
-    ex.parallel_for(ex.pool, c.p.items, &c, &work);
+    ex.parallel_for(ex.pool, c.p.items, &c,
+                    a->kv_storage == MOERT_STORAGE_BF16  ? &work<uint16_t>
+                    : a->kv_storage == MOERT_STORAGE_F16 ? &work<_Float16>
+                                                         : &work<float>);
     if (c.p.chunks > 1)
       ex.parallel_for(ex.pool, c.p.base, &c, &merge);
     return 0;

@@ -36,7 +36,7 @@
 extern "C" {
 #endif
 
-#define MOERT_KERNEL_ABI_VERSION 7
+#define MOERT_KERNEL_ABI_VERSION 8
 
 /* Runs fn(ctx, i) for i in [0, n) on the runtime's threads; returns when all are done. `thread` is the
  * index of the worker running the call, in [0, threads). */
@@ -198,7 +198,9 @@ typedef size_t (*moert_scratch_fn)(int64_t tokens, int threads);
  * The mask is optional (NULL); its strides are 0 along broadcast dims. */
 typedef struct moert_attention_args {
   int64_t batch, q_len, kv_len;     /* B, S, T                                                */
-  const float *query, *key, *value; /* [B][HQ][S][DK], [B][HKV][T][DK], [B][HKV][T][DV]        */
+  const float *query;               /* [B][HQ][S][DK]                                         */
+  const void *key, *value;          /* [B][HKV][T][DK], [B][HKV][T][DV]: kv_storage elements   */
+  int32_t kv_storage;               /* MOERT_STORAGE_F32, _BF16 or _F16 (a session's narrow cache) */
   int64_t q_strides[3], k_strides[3], v_strides[3], out_strides[3];
   const float *mask; /* additive, broadcast to [B][HQ][S][T], or NULL           */
   int64_t mask_strides[4];

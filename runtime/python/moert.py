@@ -33,7 +33,17 @@ class _LoadOptions(ctypes.Structure):
 
 
 class _SessionOptions(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_size_t), ("max_context", ctypes.c_int64), ("profile", ctypes.c_int)]
+    _fields_ = [("struct_size", ctypes.c_size_t), ("max_context", ctypes.c_int64), ("profile", ctypes.c_int),
+                ("cache_dtype", ctypes.c_int)]
+
+
+CACHE_DTYPES = {"f32": 1, "fp32": 1, "bf16": 3, "f16": 2, "fp16": 2}  # moert_dtype for a session's KV caches
+
+
+def _cache_dtype(name):
+    if name not in CACHE_DTYPES:
+        raise Error(f"cache_dtype {name!r}: expected one of f32, bf16, f16")
+    return CACHE_DTYPES[name]
 
 
 class _GenerateOptions(ctypes.Structure):
@@ -173,10 +183,10 @@ class Model:
         return tokenizer
 
     def generate(self, prompt, max_new_tokens=32, greedy=True, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-                 eos_token_id=-1, max_context=0, tokenizer=None):
+                 eos_token_id=-1, max_context=0, tokenizer=None, cache_dtype="f32"):
         """A decoder with KV caches: runs `prompt` (token ids, or text given a tokenizer: see tokenizer()) in a
         fresh session, then picks up to max_new_tokens tokens (greedy, or sampled with temperature / top_k /
-        top_p / seed). Returns (tokens as an int64 array, {"prompt_tokens", "new_tokens", "prefill_ms",
+        top_p / seed); cache_dtype "bf16" / "f16" keeps the KV caches at half the bytes. Returns (tokens as an int64 array, {"prompt_tokens", "new_tokens", "prefill_ms",
         "decode_ms"} and, with a tokenizer, "text": the new tokens decoded)."""
         tok = self.tokenizer(tokenizer)
         if isinstance(prompt, str):
@@ -185,7 +195,7 @@ class Model:
             prompt = tok.encode(prompt).ids
         lib = self.rt.lib
         session = ctypes.c_void_p()
-        opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context)
+        opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context, 0, _cache_dtype(cache_dtype))
         self.rt.check(lib.moert_session_create(self.handle, ctypes.byref(opts), ctypes.byref(session)))
         try:
             ids = np.ascontiguousarray(np.asarray(prompt, dtype=np.int64).reshape(-1))
@@ -204,10 +214,11 @@ class Model:
         finally:
             lib.moert_session_free(session)
 
-    def session(self, max_context=0, profile=False):
+    def session(self, max_context=0, profile=False, cache_dtype="f32"):
         """A generation session over this decoder (moert_session_*): append(tokens) -> the last token's logits,
-        rewind(length), len(session); with profile, profile() is the last call's Chrome trace (JSON text)."""
-        return Session(self, max_context, profile)
+        rewind(length), len(session); with profile, profile() is the last call's Chrome trace (JSON text);
+        cache_dtype "bf16" / "f16" stores the KV caches at half the bytes (rounded to nearest even)."""
+        return Session(self, max_context, profile, cache_dtype)
 
     def close(self):
         if self.handle:
@@ -219,9 +230,10 @@ class Model:
 
 
 class Session:
-    def __init__(self, model, max_context=0, profile=False):
+    def __init__(self, model, max_context=0, profile=False, cache_dtype="f32"):
         self.model, self.lib, self.handle = model, model.rt.lib, ctypes.c_void_p()
-        opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context, 1 if profile else 0)
+        opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context, 1 if profile else 0,
+                               _cache_dtype(cache_dtype))
         model.rt.check(self.lib.moert_session_create(model.handle, ctypes.byref(opts), ctypes.byref(self.handle)))
 
     def append(self, tokens):

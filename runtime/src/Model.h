@@ -45,11 +45,13 @@ struct Attention {
   int64_t qHeads = 0, kvHeads = 0, keyDim = 0, valueDim = 0;
 };
 
-/// A session's KV cache, appended in place by a run: [batch 1][heads][capacity][head dim] f32, of which the
-/// first `length` positions (the past input's length) are filled.
+/// A session's KV cache, appended in place by a run: [batch 1][heads][capacity][head dim] elements of
+/// `dtype` (f32, or bf16 / f16: the appended rows rounded to nearest even), of which the first `length`
+/// positions (the past input's length) are filled.
 struct CacheBinding {
-  float *data = nullptr;
+  char *data = nullptr;
   int64_t capacity = 0;
+  int dtype = proto::F32;
 };
 
 /// Marks (moert_model::appendsCache) the step appending each decoder cache's new positions when every cache

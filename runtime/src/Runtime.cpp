@@ -1,6 +1,7 @@
 //===- Runtime.cpp - the moert C API: load, describe, run --------------------===//
 #include "Model.h"
 #include "Ops.h"
+#include "ops/OpKernel.h"
 
 #include <chrono>
 #include <cstdlib>
@@ -301,10 +302,19 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                          dimsString(add.dims) + " do not extend the session's cache " +
                          dimsString(past.dims) + " (room for " + std::to_string(cb.capacity) + " positions)");
       const int64_t H = past.dims[1], P = past.dims[2], S = add.dims[2], D = past.dims[3];
-      for (int64_t h = 0; h < H; ++h)
-        std::memcpy(cb.data + (h * cb.capacity + P) * D, add.as<float>() + h * S * D, sizeof(float) * S * D);
-      values[o.outputs(0)] =
-          Tensor{moert::proto::F32, {1, H, P + S, D}, reinterpret_cast<char *>(cb.data), nullptr};
+      for (int64_t h = 0; h < H; ++h) {
+        const float *src = add.as<float>() + h * S * D;
+        const int64_t at = (h * cb.capacity + P) * D;
+        if (cb.dtype == moert::proto::F32) {
+          std::memcpy(reinterpret_cast<float *>(cb.data) + at, src, sizeof(float) * S * D);
+        } else {
+          uint16_t *dst = reinterpret_cast<uint16_t *>(cb.data) + at;
+          const bool bf16 = cb.dtype == moert::proto::BF16;
+          for (int64_t i = 0; i < S * D; ++i)
+            dst[i] = bf16 ? moert::ops::floatToBf16(src[i]) : moert::ops::floatToHalf(src[i]);
+        }
+      }
+      values[o.outputs(0)] = Tensor{cb.dtype, {1, H, P + S, D}, cb.data, nullptr};
       inPlace.push_back({o.outputs(0), cb.capacity});
       label = o.op() + " (cache append in place)";
     } else if (s.has_op()) {
@@ -377,9 +387,11 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       const moert::Attention &x = m->attentions[d.index()];
       const Tensor &q = values[d.query()], &k = values[d.key()], &v = values[d.value()];
       auto what = [&] { return "attention dispatch " + std::to_string(d.index()); };
+      // Keys and values are f32, or both bf16 / f16 when they are a session's narrow cache.
+      const bool kvOk = (k.dtype == moert::proto::F32 || moert::ops::isHalf(k.dtype)) && v.dtype == k.dtype;
       for (auto [t, name] :
            {std::pair<const Tensor *, const char *>{&q, "query"}, {&k, "key"}, {&v, "value"}})
-        if (t->dtype != moert::proto::F32 || t->dims.size() != 4)
+        if ((t == &q ? t->dtype != moert::proto::F32 : !kvOk) || t->dims.size() != 4)
           return makeError(what() + ": " + name + " " + dimsString(t->dims) + " of dtype " +
                            dtypeName(t->dtype) + ", expected a rank-4 f32 tensor");
       const int64_t B = q.dims[0], S = q.dims[2], T = k.dims[2];
@@ -394,8 +406,11 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       moert_attention_args args{};
       args.batch = B, args.q_len = S, args.kv_len = T;
       args.query = reinterpret_cast<const float *>(q.data);
-      args.key = reinterpret_cast<const float *>(k.data);
-      args.value = reinterpret_cast<const float *>(v.data);
+      args.key = k.data;
+      args.value = v.data;
+      args.kv_storage = k.dtype == moert::proto::BF16  ? MOERT_STORAGE_BF16
+                        : k.dtype == moert::proto::F16 ? MOERT_STORAGE_F16
+                                                       : MOERT_STORAGE_F32;
       auto strides = [](const std::vector<int64_t> &dims, int64_t *out) {
         out[2] = dims[3], out[1] = dims[2] * out[2], out[0] = dims[1] * out[1];
       };

@@ -25,10 +25,12 @@ struct moert_session {
   const pb::Decoder *decoder = nullptr;
   int64_t maxContext = 4096;
   int64_t length = 0;
+  int cacheDtype = moert::proto::F32; // f32, or bf16 / f16 (in place only)
+  size_t cacheElement = sizeof(float);
   struct Cache {
     int64_t heads = 0, dim = 0;
-    // f32 [1][heads][capacity][dim], the first `length` positions filled. In place: runs append to it (it
-    // grows by doubling up to the context). Otherwise: the last run's present, taken over (capacity ==
+    // [1][heads][capacity][dim] of cacheDtype, the first `length` positions filled. In place: runs append to
+    // it (it grows by doubling up to the context). Otherwise: the last run's present, taken over (capacity ==
     // length).
     std::shared_ptr<char> data;
     int64_t capacity = 0;
@@ -73,7 +75,7 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
   if (!model || !out)
     return makeError("moert_session_create: model and out must not be NULL");
   *out = nullptr;
-  moert_session_options opts{sizeof(moert_session_options), 0, 0};
+  moert_session_options opts{sizeof(moert_session_options), 0, 0, MOERT_F32};
   if (options) {
     if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_session_options))
       return makeError("moert_session_create: options.struct_size must be sizeof(moert_session_options)");
@@ -95,6 +97,23 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
   s->profile = opts.profile != 0;
   s->inPlace =
       std::any_of(model->appendsCache.begin(), model->appendsCache.end(), [](int c) { return c >= 0; });
+  switch (opts.cache_dtype) {
+  case MOERT_DTYPE_UNKNOWN:
+  case MOERT_F32:
+    break;
+  case MOERT_BF16:
+  case MOERT_F16:
+    if (!s->inPlace)
+      return makeError("moert_session_create: " + model->path +
+                       " does not append to its caches in place (an op step reads them; `moert inspect`), so "
+                       "they stay f32: a bf16/f16 cache needs a model compiled with attention dispatches");
+    s->cacheDtype = opts.cache_dtype == MOERT_BF16 ? moert::proto::BF16 : moert::proto::F16;
+    s->cacheElement = 2;
+    break;
+  default:
+    return makeError("moert_session_create: cache_dtype " + std::to_string(int(opts.cache_dtype)) +
+                     " is not MOERT_F32, MOERT_BF16 or MOERT_F16");
+  }
   for (const pb::KvCache &c : p.decoder().caches()) {
     const pb::Value &v = inputValue(model, c.past());
     moert_session::Cache cache;
@@ -129,7 +148,7 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
     return nullptr;
   }
   for (auto &c : s->caches) {
-    const size_t row = sizeof(float) * c.dim;
+    const size_t row = s->cacheElement * c.dim;
     std::shared_ptr<char> kept = moert::allocBlock(size_t(c.heads) * keep * row);
     if (!kept)
       return makeError("moert_session_rewind: out of memory");
@@ -162,7 +181,7 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
     for (auto &c : s->caches) {
       if (total > c.capacity) { // grow by doubling, up to the context
         const int64_t cap = std::min(s->maxContext, std::max({total, 2 * c.capacity, int64_t(256)}));
-        const size_t row = sizeof(float) * c.dim;
+        const size_t row = s->cacheElement * c.dim;
         std::shared_ptr<char> grown = moert::allocBlock(size_t(c.heads) * cap * row);
         if (!grown)
           return makeError("moert_session_append: out of memory for the KV caches (" + std::to_string(cap) +
@@ -173,7 +192,7 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
         c.data = std::move(grown);
         c.capacity = cap;
       }
-      bindings.push_back({reinterpret_cast<float *>(c.data.get()), c.capacity});
+      bindings.push_back({c.data.get(), c.capacity, s->cacheDtype});
     }
   }
   const size_t numInputs = moert_num_inputs(m);

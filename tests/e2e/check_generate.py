@@ -6,10 +6,13 @@ present.* outputs), the reference loop runs the ONNX file in ONNX Runtime: the p
 token at a time with the presents fed back as pasts and an all-ones attention_mask, picking the most likely
 token (the lowest id on ties). `moert generate --greedy` must give the same 32 tokens, and so must the Python
 binding's Model.generate (also given text, with a word-level tokenizer.json next to the model: the same tokens
-and their words back as text); the session API's logits match ONNX Runtime's call by call and repeat after a rewind; a
+and their words back as text); the session API's logits match ONNX Runtime's call by call and repeat after a rewind;
+sessions with bf16 / f16 caches match ONNX Runtime on the model with its new keys/values rounded the same way
+(Cast there and back before the cache's Concat), logits within 1e-4 and the same greedy tokens; a
 batch of two with left padding matches ONNX Runtime over a prefill and three decode steps through Model.run. Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
 tokens; every token is in the vocabulary. Bad input is one error line and a non-zero exit: a prompt longer than
---max-context, an empty prompt, a batch of two prompts, float ids, and a model that is not a decoder; caches given
+--max-context, an empty prompt, a batch of two prompts, float ids, an unknown --kv-cache, bf16 caches for a model
+whose caches are copied, and a model that is not a decoder; caches given
 to Model.run with the wrong head count, head dim or dtype, lengths that differ across layers, a batch that differs
 from the ids', or a mask shorter than past + new.
 
@@ -107,6 +110,62 @@ def check_batch(rt, path, art, rng):
     model.close()
     check(f"{name}: batch of two, left-padded, prefill + 3 decode steps", worst <= 1e-4,
           f"logits and presents max rel error {worst:.2e} vs ONNX Runtime")
+
+
+def rounded_cache_model(path, out_path, dtype):
+    """The ONNX file with every new key/value rounded to `dtype` (Cast there and back) before it joins its
+    cache: ONNX Runtime's Cast rounds to nearest even, as a session appending to a bf16/f16 cache does, so this
+    model's logits are what a session with narrow caches must give (past and new keys alike are rounded)."""
+    from onnx import TensorProto, helper
+    m = onnx.load(path)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    to = {"bf16": TensorProto.BFLOAT16, "f16": TensorProto.FLOAT16}[dtype]
+    casts = []
+    for out in m.graph.output:
+        if not out.name.startswith("present."):
+            continue
+        n = producer[out.name]
+        assert n.op_type == "Concat" and n.input[0].startswith("past_key_values."), (out.name, n.op_type)
+        narrow, back = n.input[1] + "_narrow", n.input[1] + "_rounded"
+        casts += [helper.make_node("Cast", [n.input[1]], [narrow], to=to),
+                  helper.make_node("Cast", [narrow], [back], to=TensorProto.FLOAT)]
+        n.input[1] = back
+    m.graph.node.extend(casts)
+    onnx.save(m, out_path)
+
+
+def check_narrow_caches(args, rt, path, art, tmp, rng):
+    """Sessions keeping bf16 / f16 caches: logits call by call and greedy tokens against ONNX Runtime on the
+    model with its new keys/values rounded the same way (rounded_cache_model), within 1e-4."""
+    name = os.path.basename(path)[:-5]
+    for dtype in ("bf16", "f16"):
+        ref_path = os.path.join(tmp, f"{name}_{dtype}.onnx")
+        rounded_cache_model(path, ref_path, dtype)
+        model = rt.load(art, threads=2)
+        sess = model.session(max_context=1024, cache_dtype=dtype)
+        prompt = rng.integers(0, 32, 250).tolist()
+        got = [sess.append(prompt)]
+        follow = []
+        for _ in range(10):
+            follow.append(int(np.argmax(got[-1])))
+            got.append(sess.append([follow[-1]]))
+        sess.close()
+        model.close()
+        want = ort_logits(ref_path, prompt, follow)
+        err = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(got, want))
+        plain = ort_logits(path, prompt, follow)
+        off = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(got, plain))
+        check(f"{name}: session with {dtype} caches", err <= 1e-4,
+              f"250 prompt tokens then 10 decode steps: logits max rel error {err:.2e} vs ONNX Runtime with "
+              f"keys/values rounded to {dtype} ({off:.2e} vs the f32 model)")
+        prompt_path = os.path.join(tmp, f"{name}_{dtype}_prompt.npy")
+        short = rng.integers(0, 32, 6).astype(np.int64)
+        np.save(prompt_path, short)
+        run = generate(args, art, prompt_path, "--greedy", "--kv-cache", dtype, "--max-new-tokens", str(NEW_TOKENS))
+        want_t = ort_greedy(ref_path, short.tolist(), NEW_TOKENS)
+        check(f"{name}: generate --kv-cache {dtype}", run.returncode == 0 and tokens_of(run) == want_t,
+              f"moert {tokens_of(run)[:8]}... ORT {want_t[:8]}..."
+              f"{'' if run.returncode == 0 else ' ' + run.stderr.strip()}")
 
 
 def check_bad_caches(rt, art):
@@ -252,6 +311,7 @@ def main():
             check(f"{name}: session past its first cache buffer", err <= 1e-4,
                   f"250 prompt tokens then 12 decode steps to 262 positions: logits max rel error {err:.2e} vs "
                   "ONNX Runtime")
+            check_narrow_caches(args, rt, path, art, tmp, rng)
             # A batch of two, the second left-padded by two positions, through Model.run: the prefill and three
             # greedy decode steps, presents fed back as pasts, every output against ONNX Runtime's.
             check_batch(rt, path, art, rng)
@@ -297,6 +357,15 @@ def main():
               "copying the caches each call" in text and err <= 1e-4 and np.array_equal(again, steps[1]),
               f"logits max rel error {err:.2e} vs ONNX Runtime over 4 calls; after a rewind "
               f"{'the same' if np.array_equal(again, steps[1]) else 'DIFFERENT'} logits")
+        # Caches copied each call stay f32: asking for bf16 ones is an error.
+        model = rt.load(plain, threads=2)
+        try:
+            model.session(cache_dtype="bf16").close()
+            narrow = "no error"
+        except moert.Error as e:
+            narrow = str(e)
+        model.close()
+        check("past_qwen3_moe --no-fusion: bf16 caches refused", "in place" in narrow, narrow)
         # Bad input: one error line, non-zero exit.
         art = os.path.join(tmp, "past_qwen3_moe.moex")
         bad = {"longer than the context": (np.arange(10, dtype=np.int64), ["--max-context", "8"], "context"),
@@ -305,7 +374,8 @@ def main():
                                                           "context"),
                "empty prompt": (np.zeros((1, 0), np.int64), [], "empty"),
                "two sequences": (np.zeros((2, 3), np.int64), [], "one sequence"),
-               "float ids": (np.zeros(3, np.float32), [], "int64 or int32")}
+               "float ids": (np.zeros(3, np.float32), [], "int64 or int32"),
+               "an unknown cache dtype": (np.arange(3, dtype=np.int64), ["--kv-cache", "int8"], "--kv-cache")}
         for what, (ids, extra, needle) in bad.items():
             p = os.path.join(tmp, "bad.npy")
             np.save(p, ids)

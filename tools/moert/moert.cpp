@@ -4,8 +4,8 @@
 //                        [--warmup N] [--profile trace.json] [--no-verify]
 //   moert inspect MODEL.moex
 //   moert generate MODEL.moex --prompt-ids ids.npy [--max-new-tokens N] [--greedy | --temperature T
-//                  --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N] [--threads N] [--profile F]
-//                  [--output ids.npy]
+//                  --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N] [--kv-cache f32|bf16|f16]
+//                  [--threads N] [--profile F] [--output ids.npy]
 //
 // Links only libmoert (no LLVM, no MLIR). Errors are one line on stderr and a non-zero exit.
 //
@@ -53,6 +53,8 @@ const char *kUsage =
     "  --temperature T         sample instead: logits / T (with --top-k K, --top-p P, --seed S)\n"
     "  --eos-id ID             stop after generating ID\n"
     "  --max-context N         positions the KV caches hold (default 4096)\n"
+    "  --kv-cache T            how the KV caches are stored: f32 (default), bf16 or f16 (half the bytes\n"
+    "                          read per token; keys and values rounded to nearest even as appended)\n"
     "  --profile FILE.json     write a Chrome trace of the last call's steps (the last decode step)\n"
     "  --output IDS.npy        also write the generated ids (int64) there\n"
     "  --threads N, --no-verify as for run\n"
@@ -315,6 +317,7 @@ bool parseFloat(const char *s, float &out) {
 int generate(int argc, char **argv) {
   std::string model, promptPath, outPath, profile;
   int threads = 0, verify = 1, maxNew = 32, topK = 0, maxContext = 0;
+  moert_dtype cacheDtype = MOERT_F32;
   float temperature = 1.0f, topP = 1.0f;
   bool greedy = true;
   unsigned long long seed = 0;
@@ -362,6 +365,18 @@ int generate(int argc, char **argv) {
         seed = static_cast<unsigned long long>(n);
       else
         eos = n;
+    } else if (a == "--kv-cache") {
+      if (!(v = value()))
+        return 1;
+      const std::string t = v;
+      if (t == "f32" || t == "fp32")
+        cacheDtype = MOERT_F32;
+      else if (t == "bf16")
+        cacheDtype = MOERT_BF16;
+      else if (t == "f16" || t == "fp16")
+        cacheDtype = MOERT_F16;
+      else
+        return fail("--kv-cache " + t + ": expected f32, bf16 or f16");
     } else if (a == "--greedy") {
       greedy = true;
     } else if (a == "--no-verify") {
@@ -412,7 +427,7 @@ int generate(int argc, char **argv) {
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
   moert_session *s = nullptr;
-  moert_session_options so{sizeof so, maxContext, profile.empty() ? 0 : 1};
+  moert_session_options so{sizeof so, maxContext, profile.empty() ? 0 : 1, cacheDtype};
   if (int rc = check(moert_session_create(m, &so, &s))) {
     moert_free(m);
     return rc;

@@ -137,6 +137,10 @@ typedef struct moert_session_options {
   size_t struct_size;  /* sizeof(moert_session_options) */
   int64_t max_context; /* positions the caches hold at most (prompt + generated); 0 = 4096 */
   int profile;         /* nonzero: keep a Chrome trace of each call's steps (moert_session_profile_json) */
+  moert_dtype cache_dtype; /* how the KV caches are stored: MOERT_F32 (default; also 0), MOERT_BF16 or
+                              MOERT_F16 (half the bytes to read per token; keys and values rounded to
+                              nearest even as they are appended; needs a model whose caches are appended
+                              in place, `moert inspect`) */
 } moert_session_options;
 
 MOERT_API moert_status moert_session_create(moert_model *model, const moert_session_options *options,
