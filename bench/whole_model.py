@@ -9,8 +9,8 @@ exported by `torch.onnx.export(dynamo=True)` with `batched_mm` experts as a deco
 For each moec weight storage (`--weights=`: experts and dense layers alike; ONNX Runtime always runs the fp32
 file) it times
   - decode: 1 new token after `past` = 128, 1024 and 4096 cached positions (ms per token), through a session
-    as `moert generate` runs it (KV caches held by the runtime, appended in place; ONNX Runtime is given the
-    caches as inputs),
+    as `moert generate` runs it (KV caches held by the runtime, appended in place, stored as each of
+    `--kv-cache`; ONNX Runtime is given f32 caches as inputs),
   - prefill: T = 128 and 512 tokens from an empty cache (tokens per second),
 and reports the whole-token roofline: every weight byte a token reads (attention projections, LM head, the
 router, the 4 chosen experts of each layer, one embedding row, the KV cache) at the measured read bandwidth,
@@ -21,7 +21,8 @@ dispatches (linear, MoE, attention) vs op steps, from a profile of one call (the
 llama.cpp runs the same weights (bench/llama_peer.py: GGUF F32 / BF16 / Q8_0 / Q4_0 next to moec's fp32 / bf16 /
 int8 / int4) when llama-cpp-python and gguf are installed.
 
-    python3 bench/whole_model.py [--build build] [--threads N] [--weights fp32,bf16,int8,int4] [--no-llama]
+    python3 bench/whole_model.py [--build build] [--threads N] [--weights fp32,bf16,int8,int4] [--kv-cache f32,bf16]
+                                 [--no-llama] [--no-ort] [--baseline BUILD] [--json FILE]
     (also run by bench/run.py: `make bench`, or `--only whole`)
 """
 import argparse
@@ -85,7 +86,7 @@ def feeds(t, past, rng):
     return f
 
 
-def token_cost(storage, t, past):
+def token_cost(storage, t, past, kv_element=4):
     """(bytes, FLOPs) of one call: weights read once per call (the experts its tokens choose: all 32 once T is
     large, top-4 per layer at T = 1), the KV cache, and 2 FLOPs per weight per token plus attention."""
     c = CFG
@@ -94,7 +95,7 @@ def token_cost(storage, t, past):
     expert = 3 * h * c["ffn"]
     touched = min(c["experts"], t * c["top_k"]) * expert * c["layers"]  # upper bound on distinct experts
     router = c["layers"] * h * c["experts"] * 4
-    kv_bytes = c["layers"] * 2 * kv * (past + t) * 4
+    kv_bytes = c["layers"] * 2 * kv * (past + t) * kv_element
     from run import WEIGHT_BYTES, variant_storage  # per weight, block scales included
     bytes_ = (dense + touched) * WEIGHT_BYTES[variant_storage(storage)] + router + h * 4 + kv_bytes
     flops = 2 * t * (dense + c["top_k"] * expert * c["layers"]) + \
@@ -114,11 +115,11 @@ def profile_shares(moert_cli, art, f, threads, tmp):
     return shares_of(json.load(open(os.path.join(tmp, "t.json")))["traceEvents"])
 
 
-def session_decode(model, past, repeat, rng):
+def session_decode(model, past, repeat, rng, cache_dtype="f32"):
     """Decode as `moert generate` runs it: a session holding `past` positions (a random prompt), then one token
-    per call (the caches appended in place), rewound to `past` after each; (best ms, median ms, the shares of
-    the last call's time)."""
-    sess = model.session(max_context=past + 1, profile=True)
+    per call (the caches appended in place, stored as `cache_dtype`), rewound to `past` after each; (best ms,
+    median ms, the shares of the last call's time)."""
+    sess = model.session(max_context=past + 1, profile=True, cache_dtype=cache_dtype)
     sess.append(rng.integers(0, CFG["vocab"], past))
     times = []
     for _ in range(repeat + 1):
@@ -143,7 +144,7 @@ def shares_of(events):
     return {k: v / total for k, v in share.items()}
 
 
-def run(build, threads, storages, roof, repeat=5, with_ort=True):
+def run(build, threads, storages, roof, repeat=5, with_ort=True, kv_caches=("f32",)):
     """Times every storage; returns table rows (dicts)."""
     import onnxruntime as ort
     import moert
@@ -180,17 +181,17 @@ def run(build, threads, storages, roof, repeat=5, with_ort=True):
         subprocess.run([moec, "compile", src, "-o", art, "--cpu=native", "--quiet", *variant_flags(s)], check=True)
         compile_s = time.time() - t0
         model = rt.load(art, threads=threads)
-        for kind, t, p in cases:
+        for kind, t, p, kv in [(k, t, p, kv) for k, t, p in cases for kv in (kv_caches if k == "decode" else ["f32"])]:
             if kind == "decode":
-                best, med, shares = session_decode(model, p, repeat, rng)
+                best, med, shares = session_decode(model, p, repeat, rng, kv)
             else:
                 best, med = time_calls(lambda f: model.run(f), inputs[(t, p)])
                 with tempfile.TemporaryDirectory() as tmp:
                     shares = profile_shares(moert_cli, art, inputs[(t, p)][0], threads, tmp)
-            bytes_, flops = token_cost(s, t, p)
+            bytes_, flops = token_cost(s, t, p, 4 if kv == "f32" else 2)
             bound_ms = max(bytes_ / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
             o_best, o_med = ort_times[(t, p)]
-            row = dict(storage=s, kind=kind, tokens=t, past=p, moec_ms=round(best, 2), moec_median_ms=round(med, 2),
+            row = dict(storage=s, kind=kind, tokens=t, past=p, kv_cache=kv, moec_ms=round(best, 2), moec_median_ms=round(med, 2),
                        ort_ms=round(o_best, 2), ort_median_ms=round(o_med, 2),
                        speedup=round(o_best / best, 2) if o_best == o_best else None, ort_timed=with_ort,
                        tokens_per_s=round(t / best * 1e3, 1), mb=round(bytes_ / 1e6, 1),
@@ -198,7 +199,7 @@ def run(build, threads, storages, roof, repeat=5, with_ort=True):
                        roofline_fraction=round(bound_ms / med, 2), compile_s=round(compile_s, 1),
                        linear_share=round(shares["linear"], 2), moe_share=round(shares["moe"], 2),
                        attention_share=round(shares["attention"], 2), op_share=round(shares["op"], 2))
-            print(f"   {s:5s} {kind:7s} T={t:3d} past={p:3d}: moec {best:8.2f} ms ({row['tokens_per_s']} tok/s)  "
+            print(f"   {s:5s} {kind:7s} T={t:3d} past={p:3d} kv {kv}: moec {best:8.2f} ms ({row['tokens_per_s']} tok/s)  "
                   f"ORT {o_best:8.2f} ms  x{row['speedup']}  roofline {row['roofline_fraction']:.2f}  time in "
                   f"linear {shares['linear']:.0%} / moe {shares['moe']:.0%} / attention {shares['attention']:.0%} / "
                   f"op steps {shares['op']:.0%}", flush=True)
@@ -214,10 +215,11 @@ def add_baseline(rows, build, args):
         out = os.path.join(tmp, "baseline.json")
         subprocess.run([sys.executable, os.path.abspath(__file__), "--build", build, "--threads", str(args.threads),
                         "--weights", args.weights, "--repeat", str(args.repeat), "--no-llama", "--no-ort",
-                        "--json", out], check=True)
-        base = {(r["storage"], r["kind"], r["tokens"], r["past"]): r for r in json.load(open(out))}
+                        "--kv-cache", args.kv_cache, "--json", out], check=True)
+        base = {(r["storage"], r["kind"], r["tokens"], r["past"], r.get("kv_cache", "f32")): r
+                for r in json.load(open(out))}
     for r in rows:
-        b = base.get((r["storage"], r["kind"], r["tokens"], r["past"]))
+        b = base.get((r["storage"], r["kind"], r["tokens"], r["past"], r["kv_cache"]))
         if b:
             r["baseline_ms"], r["baseline_median_ms"] = b["moec_ms"], b["moec_median_ms"]
             r["vs_baseline"] = round(b["moec_ms"] / r["moec_ms"], 2)
@@ -228,23 +230,24 @@ def add_peer(rows, peer):
     from run import variant_storage
     for r in rows:
         hit = peer.get((variant_storage(r["storage"]), r["kind"], r["tokens"], r["past"]))
-        if hit:
+        if hit and r["kv_cache"] == "f32":
             r["llama_ms"], r["llama_median_ms"], r["llama_type"] = round(hit[0], 2), round(hit[1], 2), hit[2]
             r["vs_llama"] = round(hit[0] / r["moec_ms"], 2)
 
 
 def table(rows):
-    lines = ["| moec weights | step | T | past | moec ms (best / median) | tokens/s | ORT fp32 ms (best / median) | "
+    lines = ["| moec weights | step | T | past | KV cache | moec ms (best / median) | tokens/s | ORT fp32 ms (best / median) | "
              "moec/ORT | llama.cpp ms (type; best / median) | moec/llama.cpp | MB read | GFLOP | roofline ms | "
              "moec fraction of roofline | time in linear / MoE / attention / op steps |" +
              (" baseline ms (best / median) | speed-up over baseline |" if any("baseline_ms" in r for r in rows) else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" +
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" +
              ("---|---|" if any("baseline_ms" in r for r in rows) else "")]
     for r in rows:
         ort_cell = ("not run" if not r.get("ort_timed", True) else "out of memory" if r["speedup"] is None
                     else f"{r['ort_ms']} / {r['ort_median_ms']}")
         llama_cell = (f"{r['llama_type']}: {r['llama_ms']} / {r['llama_median_ms']}" if "llama_ms" in r else "-")
-        lines.append(f"| {r['storage']} | {r['kind']} | {r['tokens']} | {r['past']} | {r['moec_ms']} / "
+        lines.append(f"| {r['storage']} | {r['kind']} | {r['tokens']} | {r['past']} | {r.get('kv_cache', 'f32')} | "
+                     f"{r['moec_ms']} / "
                      f"{r['moec_median_ms']} | {r['tokens_per_s']} | {ort_cell} | {r['speedup'] or '-'} | "
                      f"{llama_cell} | {r.get('vs_llama', '-')} | {r['mb']} | {r['gflop']} | {r['roofline_ms']} | "
                      f"{r['roofline_fraction']} | "
@@ -266,6 +269,8 @@ def main():
     ap.add_argument("--baseline", metavar="BUILD", help="also time moec from this build directory (a child process "
                     "before the main run): the table gets its times and the speed-up over it")
     ap.add_argument("--json", metavar="FILE", help="write the rows as JSON")
+    ap.add_argument("--kv-cache", default="f32", help="KV cache storages to decode with (sessions' cache_dtype): "
+                    "e.g. f32,bf16")
     args = ap.parse_args()
     sys.path.insert(0, HERE)
     from run import roofline, variant_storage
@@ -273,7 +278,8 @@ def main():
     print(f"roofline: read {roof['read_gbs']} GB/s, FP32 peak {roof['fp32_gflops']} GFLOP/s", flush=True)
     if args.baseline:
         print(f"   baseline: moec from {args.baseline}", flush=True)
-    rows = run(args.build, args.threads, args.weights.split(","), roof, args.repeat, not args.no_ort)
+    rows = run(args.build, args.threads, args.weights.split(","), roof, args.repeat, not args.no_ort,
+               args.kv_cache.split(","))
     if args.baseline:
         add_baseline(rows, args.baseline, args)
     if not args.no_llama:

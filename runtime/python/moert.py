@@ -40,10 +40,10 @@ class _SessionOptions(ctypes.Structure):
 CACHE_DTYPES = {"f32": 1, "fp32": 1, "bf16": 3, "f16": 2, "fp16": 2}  # moert_dtype for a session's KV caches
 
 
-def _cache_dtype(name):
-    if name not in CACHE_DTYPES:
-        raise Error(f"cache_dtype {name!r}: expected one of f32, bf16, f16")
-    return CACHE_DTYPES[name]
+def _session_options(max_context, profile, cache_dtype):
+    if cache_dtype not in CACHE_DTYPES:
+        raise Error(f"cache_dtype {cache_dtype!r}: expected one of f32, bf16, f16")
+    return _SessionOptions(ctypes.sizeof(_SessionOptions), max_context, 1 if profile else 0, CACHE_DTYPES[cache_dtype])
 
 
 class _GenerateOptions(ctypes.Structure):
@@ -195,7 +195,7 @@ class Model:
             prompt = tok.encode(prompt).ids
         lib = self.rt.lib
         session = ctypes.c_void_p()
-        opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context, 0, _cache_dtype(cache_dtype))
+        opts = _session_options(max_context, False, cache_dtype)
         self.rt.check(lib.moert_session_create(self.handle, ctypes.byref(opts), ctypes.byref(session)))
         try:
             ids = np.ascontiguousarray(np.asarray(prompt, dtype=np.int64).reshape(-1))
@@ -232,8 +232,7 @@ class Model:
 class Session:
     def __init__(self, model, max_context=0, profile=False, cache_dtype="f32"):
         self.model, self.lib, self.handle = model, model.rt.lib, ctypes.c_void_p()
-        opts = _SessionOptions(ctypes.sizeof(_SessionOptions), max_context, 1 if profile else 0,
-                               _cache_dtype(cache_dtype))
+        opts = _session_options(max_context, profile, cache_dtype)
         model.rt.check(self.lib.moert_session_create(model.handle, ctypes.byref(opts), ctypes.byref(self.handle)))
 
     def append(self, tokens):
