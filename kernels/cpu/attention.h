@@ -45,6 +45,20 @@ inline float hmax(vf v) {
   return m;
 }
 
+/// Software prefetch of a byte range spread over a loop: each step() asks for the next two cache lines, so
+/// the next key block streams in while this one computes (a burst of prefetches would stall the loads behind
+/// it instead).
+struct Prefetch {
+  const char *p = nullptr, *end = nullptr;
+  void step() {
+    if (p < end) {
+      __builtin_prefetch(p);
+      __builtin_prefetch(p + 64);
+      p += 128;
+    }
+  }
+};
+
 template <class C> struct Attention {
   static constexpr int64_t HQ = C::HQ, HKV = C::HKV, DK = C::DK, DV = C::DV, G = HQ / HKV;
   static_assert(HQ % HKV == 0, "query heads must be a multiple of key/value heads");
@@ -88,9 +102,10 @@ template <class C> struct Attention {
   /// The rows' scores for keys [t0, t0 + nk) into sc[r][j] (unscaled q . k).
   template <class KV>
   static void scores(const float *const *qp, int64_t nr, const KV *k0, int64_t ks, int64_t nk, float *kt,
-                     float *sc) {
+                     float *sc, Prefetch &pf) {
     if (nr < 4) { // a few rows: dot products along the head dim
       for (int64_t j = 0; j < nk; ++j) {
+        pf.step();
         const KV *kr = k0 + j * ks;
         for (int64_t r = 0; r < nr; ++r) {
           vf acc = {};
@@ -123,13 +138,14 @@ template <class C> struct Attention {
     }
     int64_t r = 0;
     for (; r + RB <= nr; r += RB)
-      scoreTile<RB>(qp + r, kt, sc + r * kAttnKB);
+      scoreTile<RB>(qp + r, kt, sc + r * kAttnKB, pf);
     for (; r < nr; ++r)
-      scoreTile<1>(qp + r, kt, sc + r * kAttnKB);
+      scoreTile<1>(qp + r, kt, sc + r * kAttnKB, pf);
   }
-  template <int M> static void scoreTile(const float *const *qp, const float *kt, float *sc) {
+  template <int M> static void scoreTile(const float *const *qp, const float *kt, float *sc, Prefetch &pf) {
     vf acc[M][NV] = {};
     for (int64_t d = 0; d < DK; ++d) {
+      pf.step();
       vf kv[NV];
 #pragma unroll
       for (int v = 0; v < NV; ++v)
@@ -147,46 +163,53 @@ template <class C> struct Attention {
         storev(sc + i * kAttnKB + v * VW, acc[i][v]);
   }
 
-  /// acc[r] += sum_j p[r][j] v[j] for keys [0, nk) of the block.
+  /// acc[r] += sum_j p[r][j] v[j] for keys [0, nk) of the block: RA rows at a time, CV vectors of each (16
+  /// accumulators at VW 16, 8 at VW 8), so each value vector loaded (and widened) serves RA rows.
+  static constexpr int64_t RA = VW == 16 ? 4 : 2;
   template <class KV>
-  static void accumulate(int64_t nr, const KV *v0, int64_t vs, int64_t nk, const float *p, float *acc) {
+  static void accumulate(int64_t nr, const KV *v0, int64_t vs, int64_t nk, const float *p, float *acc,
+                         Prefetch &pf) {
     constexpr int64_t VEC = DV / VW * VW; // vector part of a row
-    constexpr int64_t CV = VW == 16 ? 8 : 4;
-    int64_t r = 0;
-    for (; r < nr; r += 2) {
-      const bool two = r + 1 < nr;
-      const float *p0 = p + r * kAttnKB, *p1 = two ? p0 + kAttnKB : p0;
-      float *a0 = acc + r * DVP, *a1 = two ? a0 + DVP : a0;
+    constexpr int64_t CV = 4;
+    for (int64_t r = 0; r < nr; r += RA) {
+      const int64_t nrr = std::min<int64_t>(RA, nr - r);
+      const float *pr[RA];
+      float *ar[RA];
+      for (int i = 0; i < RA; ++i) { // rows past nr repeat the last one (computed, not stored)
+        pr[i] = p + (r + std::min<int64_t>(i, nrr - 1)) * kAttnKB;
+        ar[i] = acc + (r + std::min<int64_t>(i, nrr - 1)) * DVP;
+      }
       for (int64_t c0 = 0; c0 < VEC; c0 += CV * VW) {
         const int64_t nc = std::min<int64_t>(CV, (VEC - c0) / VW);
-        vf x0[CV], x1[CV];
-        for (int c = 0; c < CV; ++c)
-          if (c < nc)
-            x0[c] = loadv(a0 + c0 + c * VW), x1[c] = loadv(a1 + c0 + c * VW);
+        vf x[RA][CV];
+        for (int i = 0; i < RA; ++i)
+          for (int c = 0; c < CV; ++c)
+            x[i][c] = c < nc ? loadv(ar[i] + c0 + c * VW) : vf{};
         for (int64_t j = 0; j < nk; ++j) {
+          pf.step();
           const KV *vr = v0 + j * vs + c0;
-          const vf w0 = splat(p0[j]), w1 = splat(p1[j]);
+          vf w[RA];
+#pragma unroll
+          for (int i = 0; i < RA; ++i)
+            w[i] = splat(pr[i][j]);
 #pragma unroll
           for (int c = 0; c < CV; ++c)
             if (c < nc) {
               const vf vv = loadv(vr + c * VW);
-              x0[c] += w0 * vv;
-              x1[c] += w1 * vv;
+#pragma unroll
+              for (int i = 0; i < RA; ++i)
+                x[i][c] += w[i] * vv;
             }
         }
-        for (int c = 0; c < CV; ++c)
-          if (c < nc) {
-            storev(a0 + c0 + c * VW, x0[c]);
-            if (two)
-              storev(a1 + c0 + c * VW, x1[c]);
-          }
+        for (int i = 0; i < nrr; ++i)
+          for (int c = 0; c < nc; ++c)
+            storev(ar[i] + c0 + c * VW, x[i][c]);
       }
       for (int64_t d = VEC; d < DV; ++d)
         for (int64_t j = 0; j < nk; ++j) {
           const float vv = tofloat(v0[j * vs + d]);
-          a0[d] += p0[j] * vv;
-          if (two)
-            a1[d] += p1[j] * vv;
+          for (int i = 0; i < nrr; ++i)
+            ar[i][d] += pr[i][j] * vv;
         }
     }
   }
@@ -254,7 +277,19 @@ template <class C> struct Attention {
         if (all)
           continue;
       }
-      scores(qp, nr, kb + t0 * a.k_strides[2], a.k_strides[2], nk, kt, sc);
+      // The next block's keys stream in during this block's scores, its values during this block's sums (each
+      // block's positions are contiguous: the row stride is the head dim).
+      const int64_t nn = std::min<int64_t>(kAttnKB, te - t0 - kAttnKB);
+      auto ahead = [&](const KV *base, int64_t stride, int64_t dim) {
+        Prefetch f;
+        if (nn > 0) {
+          f.p = reinterpret_cast<const char *>(base + (t0 + kAttnKB) * stride);
+          f.end = f.p + (nn - 1) * stride * int64_t(sizeof(KV)) + dim * int64_t(sizeof(KV));
+        }
+        return f;
+      };
+      Prefetch pk = ahead(kb, a.k_strides[2], DK), pv = ahead(vb, a.v_strides[2], DV);
+      scores(qp, nr, kb + t0 * a.k_strides[2], a.k_strides[2], nk, kt, sc, pk);
       for (int64_t r = 0; r < nr; ++r) {
         float *row = sc + r * kAttnKB;
         if constexpr (C::SOFTCAP > 0.0f) { // c tanh(x / c) = c - 2c / (e^(2x / c) + 1)
@@ -293,7 +328,7 @@ template <class C> struct Attention {
         l[r] = l[r] * corr + hsum(sum);
         m[r] = mnew;
       }
-      accumulate(nr, vb + t0 * a.v_strides[2], a.v_strides[2], nk, sc, acc);
+      accumulate(nr, vb + t0 * a.v_strides[2], a.v_strides[2], nk, sc, acc, pv);
     }
     if (p.chunks == 1) {
       for (int64_t si = 0; si < ns; ++si)
