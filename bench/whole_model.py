@@ -19,7 +19,8 @@ dispatches (linear, MoE, attention) vs op steps, from a profile of one call (the
 `moert run --profile` trace for prefill).
 
 llama.cpp runs the same weights (bench/llama_peer.py: GGUF F32 / BF16 / Q8_0 / Q4_0 next to moec's fp32 / bf16 /
-int8 / int4) when llama-cpp-python and gguf are installed.
+int8 / int4, its KV cache in f16, llama.cpp's default: compare with moec's `--kv-cache f16` rows) when
+llama-cpp-python and gguf are installed.
 
     python3 bench/whole_model.py [--build build] [--threads N] [--weights fp32,bf16,int8,int4] [--kv-cache f32,bf16]
                                  [--no-llama] [--no-ort] [--baseline BUILD] [--json FILE]
@@ -230,7 +231,7 @@ def add_peer(rows, peer):
     from run import variant_storage
     for r in rows:
         hit = peer.get((variant_storage(r["storage"]), r["kind"], r["tokens"], r["past"]))
-        if hit and r["kv_cache"] == "f32":
+        if hit:  # llama.cpp keeps its KV cache in f16 (its default) whatever moec's row uses
             r["llama_ms"], r["llama_median_ms"], r["llama_type"] = round(hit[0], 2), round(hit[1], 2), hit[2]
             r["vs_llama"] = round(hit[0] / r["moec_ms"], 2)
 
