@@ -83,6 +83,24 @@ def ort_logits(path, prompt, tokens):
     return [dec.step(prompt)] + [dec.step([t]) for t in tokens]
 
 
+def session_greedy(rt, art, prompt, steps, **session_options):
+    """A fresh session's logits for the prompt, then for `steps` greedy tokens fed one at a time; (logits, tokens)."""
+    model = rt.load(art, threads=2)
+    sess = model.session(**session_options)
+    got, follow = [sess.append(prompt)], []
+    for _ in range(steps):
+        follow.append(int(np.argmax(got[-1])))
+        got.append(sess.append([follow[-1]]))
+    sess.close()
+    model.close()
+    return got, follow
+
+
+def max_rel(got, want):
+    """max over calls of max |got - want| / max |want|."""
+    return max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(got, want))
+
+
 def check_batch(rt, path, art, rng):
     import onnxruntime as ort
     name = os.path.basename(path)[:-5]
@@ -141,20 +159,10 @@ def check_narrow_caches(args, rt, path, art, tmp, rng):
     for dtype in ("bf16", "f16"):
         ref_path = os.path.join(tmp, f"{name}_{dtype}.onnx")
         rounded_cache_model(path, ref_path, dtype)
-        model = rt.load(art, threads=2)
-        sess = model.session(max_context=1024, cache_dtype=dtype)
         prompt = rng.integers(0, 32, 250).tolist()
-        got = [sess.append(prompt)]
-        follow = []
-        for _ in range(10):
-            follow.append(int(np.argmax(got[-1])))
-            got.append(sess.append([follow[-1]]))
-        sess.close()
-        model.close()
-        want = ort_logits(ref_path, prompt, follow)
-        err = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(got, want))
-        plain = ort_logits(path, prompt, follow)
-        off = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(got, plain))
+        got, follow = session_greedy(rt, art, prompt, 10, max_context=1024, cache_dtype=dtype)
+        err = max_rel(got, ort_logits(ref_path, prompt, follow))
+        off = max_rel(got, ort_logits(path, prompt, follow))
         check(f"{name}: session with {dtype} caches", err <= 1e-4,
               f"250 prompt tokens then 10 decode steps: logits max rel error {err:.2e} vs ONNX Runtime with "
               f"keys/values rounded to {dtype} ({off:.2e} vs the f32 model)")
@@ -296,18 +304,9 @@ def main():
                   f"rewinding to the prompt the next logits {'repeat' if np.array_equal(again, steps[1]) else 'DIFFER'}; "
                   f"length {n_after}")
             # A long prompt and decode steps past the session's first cache buffer (256 positions; it doubles).
-            model = rt.load(art, threads=2)
-            sess = model.session(max_context=1024)
             long_prompt = rng.integers(0, vocab, 250).tolist()
-            got = [sess.append(long_prompt)]
-            follow = []
-            for _ in range(12):
-                follow.append(int(np.argmax(got[-1])))
-                got.append(sess.append([follow[-1]]))
-            sess.close()
-            model.close()
-            want_l = ort_logits(path, long_prompt, follow)
-            err = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(got, want_l))
+            got, follow = session_greedy(rt, art, long_prompt, 12, max_context=1024)
+            err = max_rel(got, ort_logits(path, long_prompt, follow))
             check(f"{name}: session past its first cache buffer", err <= 1e-4,
                   f"250 prompt tokens then 12 decode steps to 262 positions: logits max rel error {err:.2e} vs "
                   "ONNX Runtime")
