@@ -201,6 +201,7 @@ inline void axpy(float *y, float a, const float *x, int64_t n) { axpy(y, a, Plai
 // hold column 2i in byte i's low nibble and 2i + 1 in its high one, so the rounded token is stored with each
 // 64 columns' even ones first, then the odd ones: one byte multiply-add per nibble half.
 constexpr int64_t kXBlock = MOERT_INT8_ACT_BLOCK;
+constexpr int64_t kQAhead = 2048; // bytes of quantised rows prefetched ahead of the decode loops
 struct QTok {
   const int8_t *q;   // [H] (int4 rows: per 64 columns, the even ones then the odd ones)
   const float *s;    // [H / kXBlock] scales
@@ -224,6 +225,8 @@ inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   if constexpr (BITS == 8) {
     for (int64_t h = 0; h < H; h += 32) {
+      if (h % 64 == 0) // rows are read one after another: ask for the bytes kQAhead further on
+        __builtin_prefetch(w + h + kQAhead);
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + h));
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h));
       const __m256i p =
@@ -237,6 +240,8 @@ inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
   } else {
     const __m256i low = _mm256_set1_epi8(0x0F);
     for (int64_t h = 0; h < H; h += 64) {
+      if (h % 128 == 0)
+        __builtin_prefetch(w + h / 2 + kQAhead);
       const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + h / 2));
       const __m256i lo = _mm256_and_si256(b, low), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
       const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h));
@@ -552,6 +557,8 @@ template <class C> struct Kernel {
         vf a0 = {}, a1 = {}, a2 = {}, a3 = {};
         for (int64_t j = 0; j < nf; ++j) {
           const uint8_t *q = rows.row2(fi[j]).q;
+          // nf rows advance side by side, one stream each: too many for the hardware prefetcher to follow
+          __builtin_prefetch(q + (h + 8 * 4 * VW) * C::QBITS / 8);
           const vf cj = splat(cf[j]);
           a0 += cj * loadQ<C::QBITS>(q, h);
           a1 += cj * loadQ<C::QBITS>(q, h + VW);
