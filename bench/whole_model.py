@@ -41,6 +41,7 @@ ROOT = os.path.dirname(HERE)
 CACHE = os.path.join(HERE, ".cache")
 sys.path.insert(0, os.path.join(ROOT, "runtime", "python"))
 
+KV_BYTES = {"f32": 4, "bf16": 2, "f16": 2}  # bytes per cached key/value element, per session cache_dtype
 CFG = dict(hidden=2048, heads=32, kv_heads=4, head_dim=128, experts=32, top_k=4, ffn=768, vocab=32000, layers=2)
 
 
@@ -189,7 +190,7 @@ def run(build, threads, storages, roof, repeat=5, with_ort=True, kv_caches=("f32
                 best, med = time_calls(lambda f: model.run(f), inputs[(t, p)])
                 with tempfile.TemporaryDirectory() as tmp:
                     shares = profile_shares(moert_cli, art, inputs[(t, p)][0], threads, tmp)
-            bytes_, flops = token_cost(s, t, p, 4 if kv == "f32" else 2)
+            bytes_, flops = token_cost(s, t, p, KV_BYTES[kv])
             bound_ms = max(bytes_ / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
             o_best, o_med = ort_times[(t, p)]
             row = dict(storage=s, kind=kind, tokens=t, past=p, kv_cache=kv, moec_ms=round(best, 2), moec_median_ms=round(med, 2),

@@ -305,14 +305,10 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       for (int64_t h = 0; h < H; ++h) {
         const float *src = add.as<float>() + h * S * D;
         const int64_t at = (h * cb.capacity + P) * D;
-        if (cb.dtype == moert::proto::F32) {
+        if (cb.dtype == moert::proto::F32)
           std::memcpy(reinterpret_cast<float *>(cb.data) + at, src, sizeof(float) * S * D);
-        } else {
-          uint16_t *dst = reinterpret_cast<uint16_t *>(cb.data) + at;
-          const bool bf16 = cb.dtype == moert::proto::BF16;
-          for (int64_t i = 0; i < S * D; ++i)
-            dst[i] = bf16 ? moert::ops::floatToBf16(src[i]) : moert::ops::floatToHalf(src[i]);
-        }
+        else
+          moert::ops::narrowInto(src, S * D, cb.dtype, reinterpret_cast<uint16_t *>(cb.data) + at);
       }
       values[o.outputs(0)] = Tensor{cb.dtype, {1, H, P + S, D}, cb.data, nullptr};
       inPlace.push_back({o.outputs(0), cb.capacity});

@@ -26,7 +26,6 @@ struct moert_session {
   int64_t maxContext = 4096;
   int64_t length = 0;
   int cacheDtype = moert::proto::F32; // f32, or bf16 / f16 (in place only)
-  size_t cacheElement = sizeof(float);
   struct Cache {
     int64_t heads = 0, dim = 0;
     // [1][heads][capacity][dim] of cacheDtype, the first `length` positions filled. In place: runs append to
@@ -107,8 +106,9 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
       return makeError("moert_session_create: " + model->path +
                        " does not append to its caches in place (an op step reads them; `moert inspect`), so "
                        "they stay f32: a bf16/f16 cache needs a model compiled with attention dispatches");
-    s->cacheDtype = opts.cache_dtype == MOERT_BF16 ? moert::proto::BF16 : moert::proto::F16;
-    s->cacheElement = 2;
+    static_assert(int(MOERT_BF16) == moert::proto::BF16 && int(MOERT_F16) == moert::proto::F16,
+                  "moert_dtype values are the artifact's dtypes");
+    s->cacheDtype = opts.cache_dtype;
     break;
   default:
     return makeError("moert_session_create: cache_dtype " + std::to_string(int(opts.cache_dtype)) +
@@ -148,7 +148,7 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
     return nullptr;
   }
   for (auto &c : s->caches) {
-    const size_t row = s->cacheElement * c.dim;
+    const size_t row = moert::dtypeSize(s->cacheDtype) * c.dim;
     std::shared_ptr<char> kept = moert::allocBlock(size_t(c.heads) * keep * row);
     if (!kept)
       return makeError("moert_session_rewind: out of memory");
@@ -181,7 +181,7 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
     for (auto &c : s->caches) {
       if (total > c.capacity) { // grow by doubling, up to the context
         const int64_t cap = std::min(s->maxContext, std::max({total, 2 * c.capacity, int64_t(256)}));
-        const size_t row = s->cacheElement * c.dim;
+        const size_t row = moert::dtypeSize(s->cacheDtype) * c.dim;
         std::shared_ptr<char> grown = moert::allocBlock(size_t(c.heads) * cap * row);
         if (!grown)
           return makeError("moert_session_append: out of memory for the KV caches (" + std::to_string(cap) +

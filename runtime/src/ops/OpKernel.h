@@ -115,13 +115,20 @@ inline OpTensor widen(const OpTensor &t) {
   return w;
 }
 
+/// n floats rounded to nearest even into f16 or bf16 (dt).
+inline void narrowInto(const float *src, int64_t n, int dt, uint16_t *dst) {
+  if (dt == proto::F16)
+    for (int64_t i = 0; i < n; ++i)
+      dst[i] = floatToHalf(src[i]);
+  else
+    for (int64_t i = 0; i < n; ++i)
+      dst[i] = floatToBf16(src[i]);
+}
+
 inline bool narrow(const OpTensor &t, int dt, OpTensor &out) {
   if (!out.alloc(dt, t.dims))
     return false;
-  const float *src = t.as<float>();
-  uint16_t *dst = out.mut<uint16_t>();
-  for (int64_t i = 0, n = t.numel(); i < n; ++i)
-    dst[i] = dt == proto::F16 ? floatToHalf(src[i]) : floatToBf16(src[i]);
+  narrowInto(t.as<float>(), t.numel(), dt, out.mut<uint16_t>());
   return true;
 }
 
