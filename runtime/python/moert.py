@@ -7,6 +7,7 @@
     tokens, stats = model.generate([3, 1, 4], max_new_tokens=32)   # a decoder with KV caches: greedy
     tokens, stats = model.generate("Once upon a time")   # text, with tokenizer.json next to the model:
     print(stats["text"])                                   # the new tokens decoded (needs `tokenizers`)
+    tokens, stats = model.generate([[3, 1, 4], [0, 2, 7]], attention_mask=[[1, 1, 1], [0, 1, 1]])  # a batch
     model.close()
 
 Used by the tests and the benchmarks; nothing here is needed to run an artifact from C or the `moert` CLI.
@@ -34,16 +35,30 @@ class _LoadOptions(ctypes.Structure):
 
 class _SessionOptions(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("max_context", ctypes.c_int64), ("profile", ctypes.c_int),
-                ("cache_dtype", ctypes.c_int)]
+                ("cache_dtype", ctypes.c_int), ("batch", ctypes.c_int64)]
 
 
 CACHE_DTYPES = {"f32": 1, "fp32": 1, "bf16": 3, "f16": 2, "fp16": 2}  # moert_dtype for a session's KV caches
 
 
-def _session_options(max_context, profile, cache_dtype):
+def _session_options(max_context, profile, cache_dtype, batch=1):
     if cache_dtype not in CACHE_DTYPES:
         raise Error(f"cache_dtype {cache_dtype!r}: expected one of f32, bf16, f16")
-    return _SessionOptions(ctypes.sizeof(_SessionOptions), max_context, 1 if profile else 0, CACHE_DTYPES[cache_dtype])
+    return _SessionOptions(ctypes.sizeof(_SessionOptions), max_context, 1 if profile else 0, CACHE_DTYPES[cache_dtype],
+                           batch)
+
+
+def _batch_ids(tokens, mask):
+    """Token ids and a padding mask (or None) as contiguous int64 [B, n] arrays."""
+    ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64))
+    if ids.ndim != 2:
+        raise Error(f"a batch of token ids is [batch, n]; got shape {list(ids.shape)}")
+    if mask is None:
+        return ids, None
+    m = np.ascontiguousarray(np.asarray(mask, dtype=np.int64))
+    if m.shape != ids.shape:
+        raise Error(f"attention_mask has shape {list(m.shape)}, the token ids {list(ids.shape)}")
+    return ids, m
 
 
 class _GenerateOptions(ctypes.Structure):
@@ -98,6 +113,16 @@ class Runtime:
                                              ctypes.POINTER(ctypes.POINTER(ctypes.c_float)),
                                              ctypes.POINTER(ctypes.c_size_t)]
         lib.moert_session_append.restype = vp
+        lib.moert_session_append_batch.argtypes = [vp, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t,
+                                                   ctypes.POINTER(ctypes.c_int64),
+                                                   ctypes.POINTER(ctypes.POINTER(ctypes.c_float)),
+                                                   ctypes.POINTER(ctypes.c_size_t)]
+        lib.moert_session_append_batch.restype = vp
+        lib.moert_generate_batch.argtypes = [vp, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t,
+                                             ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(_GenerateOptions),
+                                             ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t,
+                                             ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(_GenerateStats)]
+        lib.moert_generate_batch.restype = vp
         lib.moert_session_rewind.argtypes = [vp, ctypes.c_size_t]
         lib.moert_session_rewind.restype = vp
         lib.moert_session_length.argtypes = [vp]
@@ -183,42 +208,67 @@ class Model:
         return tokenizer
 
     def generate(self, prompt, max_new_tokens=32, greedy=True, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-                 eos_token_id=-1, max_context=0, tokenizer=None, cache_dtype="f32"):
+                 eos_token_id=-1, max_context=0, tokenizer=None, cache_dtype="f32", attention_mask=None):
         """A decoder with KV caches: runs `prompt` (token ids, or text given a tokenizer: see tokenizer()) in a
         fresh session, then picks up to max_new_tokens tokens (greedy, or sampled with temperature / top_k /
-        top_p / seed); cache_dtype "bf16" / "f16" keeps the KV caches at half the bytes. Returns (tokens as an int64 array, {"prompt_tokens", "new_tokens", "prefill_ms",
-        "decode_ms"} and, with a tokenizer, "text": the new tokens decoded)."""
+        top_p / seed); cache_dtype "bf16" / "f16" keeps the KV caches at half the bytes. Returns (tokens as an
+        int64 array, {"prompt_tokens", "new_tokens", "prefill_ms", "decode_ms"} and, with a tokenizer, "text":
+        the new tokens decoded).
+
+        A batch, generated side by side in one session: `prompt` [B, n] token ids, left-padded with
+        attention_mask ([B, n], 0 at padding) when their lengths differ, or a list of texts (padded here).
+        Then tokens is a list of B arrays (one that stopped at eos_token_id is shorter) and "text" a list."""
         tok = self.tokenizer(tokenizer)
-        if isinstance(prompt, str):
+        texts = isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(isinstance(p, str) for p in prompt)
+        if isinstance(prompt, str) or texts:
             if tok is None:
                 raise Error("a text prompt needs a tokenizer: a tokenizer.json next to the model, or tokenizer=")
-            prompt = tok.encode(prompt).ids
+            if texts:  # left-padded to the longest, the padding masked out
+                enc = [tok.encode(p).ids for p in prompt]
+                n = max(len(e) for e in enc)
+                prompt = [[0] * (n - len(e)) + e for e in enc]
+                attention_mask = [[0] * (n - len(e)) + [1] * len(e) for e in enc]
+            else:
+                prompt = tok.encode(prompt).ids
         lib = self.rt.lib
+        ids = np.asarray(prompt, dtype=np.int64)
+        batched = ids.ndim == 2
+        if batched:
+            ids, mask = _batch_ids(ids, attention_mask)
+        elif attention_mask is not None:
+            raise Error("attention_mask is for a batch: give the prompt as [batch, n] token ids")
+        else:
+            ids, mask = np.ascontiguousarray(ids.reshape(1, -1)), None
+        batch = ids.shape[0]
         session = ctypes.c_void_p()
-        opts = _session_options(max_context, False, cache_dtype)
+        opts = _session_options(max_context, False, cache_dtype, batch)
         self.rt.check(lib.moert_session_create(self.handle, ctypes.byref(opts), ctypes.byref(session)))
         try:
-            ids = np.ascontiguousarray(np.asarray(prompt, dtype=np.int64).reshape(-1))
-            out = np.zeros(max(max_new_tokens, 1), np.int64)
-            made, stats = ctypes.c_size_t(), _GenerateStats()
+            cap = max(max_new_tokens, 1)
+            out = np.zeros((batch, cap), np.int64)
+            made, stats = (ctypes.c_size_t * batch)(), _GenerateStats()
             go = _GenerateOptions(ctypes.sizeof(_GenerateOptions), max_new_tokens, int(greedy), temperature, top_k,
                                   top_p, seed, eos_token_id)
             i64 = ctypes.POINTER(ctypes.c_int64)
-            self.rt.check(lib.moert_generate(session, ids.ctypes.data_as(i64), ids.size, ctypes.byref(go),
-                                             out.ctypes.data_as(i64), out.size, ctypes.byref(made), ctypes.byref(stats)))
-            tokens = out[:made.value].copy()
+            self.rt.check(lib.moert_generate_batch(session, ids.ctypes.data_as(i64), ids.shape[1],
+                                                   mask.ctypes.data_as(i64) if mask is not None else None,
+                                                   ctypes.byref(go), out.ctypes.data_as(i64), cap, made,
+                                                   ctypes.byref(stats)))
+            tokens = [out[b, :made[b]].copy() for b in range(batch)]
             info = {name: getattr(stats, name) for name, _ in _GenerateStats._fields_}
             if tok is not None:
-                info["text"] = tok.decode(tokens.tolist())
-            return tokens, info
+                words = [tok.decode(t.tolist()) for t in tokens]
+                info["text"] = words if batched else words[0]
+            return (tokens if batched else tokens[0]), info
         finally:
             lib.moert_session_free(session)
 
-    def session(self, max_context=0, profile=False, cache_dtype="f32"):
+    def session(self, max_context=0, profile=False, cache_dtype="f32", batch=1):
         """A generation session over this decoder (moert_session_*): append(tokens) -> the last token's logits,
         rewind(length), len(session); with profile, profile() is the last call's Chrome trace (JSON text);
-        cache_dtype "bf16" / "f16" stores the KV caches at half the bytes (rounded to nearest even)."""
-        return Session(self, max_context, profile, cache_dtype)
+        cache_dtype "bf16" / "f16" stores the KV caches at half the bytes (rounded to nearest even). With
+        batch > 1 it holds that many sequences side by side: append([B, n] tokens, mask=None) -> [B, vocab]."""
+        return Session(self, max_context, profile, cache_dtype, batch)
 
     def close(self):
         if self.handle:
@@ -230,17 +280,28 @@ class Model:
 
 
 class Session:
-    def __init__(self, model, max_context=0, profile=False, cache_dtype="f32"):
-        self.model, self.lib, self.handle = model, model.rt.lib, ctypes.c_void_p()
-        opts = _session_options(max_context, profile, cache_dtype)
+    def __init__(self, model, max_context=0, profile=False, cache_dtype="f32", batch=1):
+        self.model, self.lib, self.handle, self.batch = model, model.rt.lib, ctypes.c_void_p(), batch
+        opts = _session_options(max_context, profile, cache_dtype, batch)
         model.rt.check(self.lib.moert_session_create(model.handle, ctypes.byref(opts), ctypes.byref(self.handle)))
 
-    def append(self, tokens):
-        ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
+    def append(self, tokens, mask=None):
+        """Runs the new tokens: [n] -> the last one's logits [vocab]; a batch session takes [batch, n] (and a
+        padding mask, 0 at padding) -> [batch, vocab]."""
         logits, vocab = ctypes.POINTER(ctypes.c_float)(), ctypes.c_size_t()
-        self.model.rt.check(self.lib.moert_session_append(self.handle, ids.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
-                                                          ids.size, ctypes.byref(logits), ctypes.byref(vocab)))
-        return np.ctypeslib.as_array(logits, shape=(vocab.value,)).copy()
+        i64 = ctypes.POINTER(ctypes.c_int64)
+        if self.batch == 1 and mask is None and np.asarray(tokens).ndim <= 1:
+            ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
+            self.model.rt.check(self.lib.moert_session_append(self.handle, ids.ctypes.data_as(i64), ids.size,
+                                                              ctypes.byref(logits), ctypes.byref(vocab)))
+            return np.ctypeslib.as_array(logits, shape=(vocab.value,)).copy()
+        ids, m = _batch_ids(tokens, mask)
+        if ids.shape[0] != self.batch:
+            raise Error(f"{ids.shape[0]} sequences of token ids for a session of batch {self.batch}")
+        self.model.rt.check(self.lib.moert_session_append_batch(
+            self.handle, ids.ctypes.data_as(i64), ids.shape[1], m.ctypes.data_as(i64) if m is not None else None,
+            ctypes.byref(logits), ctypes.byref(vocab)))
+        return np.ctypeslib.as_array(logits, shape=(self.batch, vocab.value)).copy()
 
     def rewind(self, length):
         self.model.rt.check(self.lib.moert_session_rewind(self.handle, length))

@@ -45,7 +45,7 @@ struct Attention {
   int64_t qHeads = 0, kvHeads = 0, keyDim = 0, valueDim = 0;
 };
 
-/// A session's KV cache, appended in place by a run: [batch 1][heads][capacity][head dim] elements of
+/// A session's KV cache, appended in place by a run: [batch][heads][capacity][head dim] elements of
 /// `dtype` (f32, or bf16 / f16: the appended rows rounded to nearest even), of which the first `length`
 /// positions (the past input's length) are filled.
 struct CacheBinding {

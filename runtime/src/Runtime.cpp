@@ -285,24 +285,25 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       if (update) { // in place only as a plain append: the past all filled, the present just past + new
         const Tensor &lens = values[o.inputs(MOERT_KV_UPDATE_PAST_LENGTHS)],
                      &len = values[o.inputs(MOERT_KV_UPDATE_LENGTH)];
-        const bool plain = lens.dtype == moert::proto::I64 && lens.dims == std::vector<int64_t>{1} &&
-                           len.dtype == moert::proto::I64 && len.numel() == 1 && past.dims.size() == 4 &&
-                           add.dims.size() == 4 && lens.as<int64_t>()[0] == past.dims[2] &&
-                           len.as<int64_t>()[0] == past.dims[2] + add.dims[2];
+        bool plain = lens.dtype == moert::proto::I64 && lens.dims.size() == 1 && past.dims.size() == 4 &&
+                     lens.dims[0] == past.dims[0] && len.dtype == moert::proto::I64 && len.numel() == 1 &&
+                     add.dims.size() == 4 && len.as<int64_t>()[0] == past.dims[2] + add.dims[2];
+        for (int64_t b = 0; plain && b < lens.dims[0]; ++b) // every sequence's past all filled
+          plain = lens.as<int64_t>()[b] == past.dims[2];
         if (!plain)
           return makeError(
               "cache '" + p.values(o.outputs(0)).name() +
               "': the session's cache is not appended at its end (past lengths or present length "
-              "disagree with the cached positions)");
+              "disagree with the cached positions; a padded batch needs caches that are concatenated)");
       }
       if (add.dtype != moert::proto::F32 || add.dims.size() != 4 || past.dims.size() != 4 ||
-          add.dims[0] != 1 || past.dims[0] != 1 || add.dims[1] != past.dims[1] ||
-          add.dims[3] != past.dims[3] || past.dims[2] + add.dims[2] > cb.capacity)
+          add.dims[0] != past.dims[0] || add.dims[1] != past.dims[1] || add.dims[3] != past.dims[3] ||
+          past.dims[2] + add.dims[2] > cb.capacity)
         return makeError("cache '" + p.values(o.outputs(0)).name() + "': new keys/values " +
                          dimsString(add.dims) + " do not extend the session's cache " +
                          dimsString(past.dims) + " (room for " + std::to_string(cb.capacity) + " positions)");
-      const int64_t H = past.dims[1], P = past.dims[2], S = add.dims[2], D = past.dims[3];
-      for (int64_t h = 0; h < H; ++h) {
+      const int64_t B = past.dims[0], H = past.dims[1], P = past.dims[2], S = add.dims[2], D = past.dims[3];
+      for (int64_t h = 0; h < B * H; ++h) { // every (sequence, head)
         const float *src = add.as<float>() + h * S * D;
         const int64_t at = (h * cb.capacity + P) * D;
         if (cb.dtype == moert::proto::F32)
@@ -310,7 +311,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         else
           moert::ops::narrowInto(src, S * D, cb.dtype, reinterpret_cast<uint16_t *>(cb.data) + at);
       }
-      values[o.outputs(0)] = Tensor{cb.dtype, {1, H, P + S, D}, cb.data, nullptr};
+      values[o.outputs(0)] = Tensor{cb.dtype, {B, H, P + S, D}, cb.data, nullptr};
       inPlace.push_back({o.outputs(0), cb.capacity});
       label = o.op() + " (cache append in place)";
     } else if (s.has_op()) {

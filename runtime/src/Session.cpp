@@ -1,11 +1,12 @@
 //===- Session.cpp - generation sessions over a decoder with KV caches -------===//
 //
-// moert_session_* and moert_generate (include/moert/moert.h). The artifact's Program.decoder says which graph
-// inputs are input_ids / attention_mask / position_ids / past caches and which outputs are logits / presents
-// (recorded by moec from the exporters' names). A session keeps one sequence's caches between calls and runs
-// the program (moert::runProgram) with the inputs it makes. When the loader found every cache's append step
-// (moert::findCacheAppends), the caches are buffers with room for more positions that runs append to in
-// place; otherwise each run's presents are taken over as the next pasts.
+// moert_session_* and moert_generate(_batch) (include/moert/moert.h). The artifact's Program.decoder says
+// which graph inputs are input_ids / attention_mask / position_ids / past caches and which outputs are logits
+// / presents (recorded by moec from the exporters' names). A session keeps a batch of sequences' caches
+// between calls, with which of their positions are padding, and runs the program (moert::runProgram) with the
+// inputs it makes. When the loader found every cache's append step (moert::findCacheAppends), the caches are
+// buffers with room for more positions that runs append to in place; otherwise each run's presents are
+// taken over as the next pasts.
 //
 //===----------------------------------------------------------------------===//
 #include "Model.h"
@@ -24,19 +25,23 @@ struct moert_session {
   moert_model *model = nullptr;
   const pb::Decoder *decoder = nullptr;
   int64_t maxContext = 4096;
+  int64_t batch = 1;
   int64_t length = 0;
+  // [batch][length]: 1 where a sequence's cached position is a token, 0 where it is padding (the attention
+  // mask of the next call begins with it).
+  std::vector<std::vector<uint8_t>> valid;
   int cacheDtype = moert::proto::F32; // f32, or bf16 / f16 (in place only)
   struct Cache {
     int64_t heads = 0, dim = 0;
-    // [1][heads][capacity][dim] of cacheDtype, the first `length` positions filled. In place: runs append to
-    // it (it grows by doubling up to the context). Otherwise: the last run's present, taken over (capacity ==
-    // length).
+    // [batch][heads][capacity][dim] of cacheDtype, the first `length` positions filled. In place: runs
+    // append to it (it grows by doubling up to the context). Otherwise: the last run's present, taken over
+    // (capacity == length).
     std::shared_ptr<char> data;
     int64_t capacity = 0;
   };
   std::vector<Cache> caches;
   bool inPlace = false; // the model's appends run in place (moert_model::appendsCache)
-  std::vector<float> logits;
+  std::vector<float> logits; // [batch][vocab]: each sequence's last token's
   bool profile = false;
   std::string trace; // the last call's, when profiling
 };
@@ -74,7 +79,7 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
   if (!model || !out)
     return makeError("moert_session_create: model and out must not be NULL");
   *out = nullptr;
-  moert_session_options opts{sizeof(moert_session_options), 0, 0, MOERT_F32};
+  moert_session_options opts{sizeof(moert_session_options), 0, 0, MOERT_F32, 0};
   if (options) {
     if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_session_options))
       return makeError("moert_session_create: options.struct_size must be sizeof(moert_session_options)");
@@ -83,6 +88,8 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
   if (opts.max_context < 0)
     return makeError("moert_session_create: max_context " + std::to_string(opts.max_context) +
                      " is negative");
+  if (opts.batch < 0 || opts.batch > 4096)
+    return makeError("moert_session_create: batch " + std::to_string(opts.batch) + " is not in 0..4096");
   const pb::Program &p = model->meta.program();
   if (!p.has_decoder())
     return makeError(
@@ -93,6 +100,8 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
   s->model = model;
   s->decoder = &p.decoder();
   s->maxContext = opts.max_context ? opts.max_context : 4096;
+  s->batch = opts.batch ? opts.batch : 1;
+  s->valid.assign(size_t(s->batch), {});
   s->profile = opts.profile != 0;
   s->inPlace =
       std::any_of(model->appendsCache.begin(), model->appendsCache.end(), [](int c) { return c >= 0; });
@@ -143,16 +152,18 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
     return makeError("moert_session_rewind: " + std::to_string(length) +
                      " positions asked for, the session holds " + std::to_string(s->length));
   const int64_t keep = static_cast<int64_t>(length);
+  for (auto &v : s->valid)
+    v.resize(size_t(keep));
   if (s->inPlace) { // the positions past `keep` are simply overwritten by the next append
     s->length = keep;
     return nullptr;
   }
   for (auto &c : s->caches) {
     const size_t row = moert::dtypeSize(s->cacheDtype) * c.dim;
-    std::shared_ptr<char> kept = moert::allocBlock(size_t(c.heads) * keep * row);
+    std::shared_ptr<char> kept = moert::allocBlock(size_t(s->batch * c.heads) * keep * row);
     if (!kept)
       return makeError("moert_session_rewind: out of memory");
-    for (int64_t h = 0; h < c.heads && s->length > 0; ++h)
+    for (int64_t h = 0; h < s->batch * c.heads && s->length > 0; ++h) // every (sequence, head)
       std::memcpy(kept.get() + size_t(h) * keep * row, c.data.get() + size_t(h) * s->length * row,
                   keep * row);
     c.data = std::move(kept);
@@ -162,18 +173,34 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
   return nullptr;
 }
 
-moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_t n, const float **logits,
-                                  size_t *vocab) {
+namespace {
+
+/// moert_session_append(_batch)'s body: `tokens` and `mask` (or NULL) [batch][n]; `fn` names the caller in
+/// errors.
+moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, const int64_t *mask,
+                          const float **logits, size_t *vocab, const char *fn) {
   if (!s || !tokens || !logits || !vocab)
-    return makeError("moert_session_append: session, tokens, logits and vocab must not be NULL");
+    return makeError(std::string(fn) + ": session, tokens, logits and vocab must not be NULL");
   if (n == 0)
-    return makeError("moert_session_append: no tokens given");
+    return makeError(std::string(fn) + ": no tokens given");
+  const int64_t B = s->batch;
   const int64_t total = s->length + static_cast<int64_t>(n);
   if (total > s->maxContext)
-    return makeError("moert_session_append: " + std::to_string(n) + " tokens after " +
+    return makeError(std::string(fn) + ": " + std::to_string(n) + " tokens after " +
                      std::to_string(s->length) + " cached exceed the session's context of " +
                      std::to_string(s->maxContext) +
                      " positions (moert_session_options.max_context, moert generate --max-context)");
+  if (mask)
+    for (int64_t b = 0; b < B; ++b) {
+      for (size_t i = 0; i < n; ++i)
+        if (mask[b * n + i] != 0 && mask[b * n + i] != 1)
+          return makeError(std::string(fn) + ": mask[" + std::to_string(b) + "][" + std::to_string(i) +
+                           "] is " + std::to_string(mask[b * n + i]) +
+                           "; a padding mask holds 0 (padding) or 1");
+      if (mask[b * n + n - 1] != 1)
+        return makeError(std::string(fn) + ": sequence " + std::to_string(b) +
+                         "'s last new token is padding (mask 0); pad on the left");
+    }
   moert_model *m = s->model;
   const pb::Decoder &d = *s->decoder;
   std::vector<moert::CacheBinding> bindings;
@@ -182,11 +209,11 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
       if (total > c.capacity) { // grow by doubling, up to the context
         const int64_t cap = std::min(s->maxContext, std::max({total, 2 * c.capacity, int64_t(256)}));
         const size_t row = moert::dtypeSize(s->cacheDtype) * c.dim;
-        std::shared_ptr<char> grown = moert::allocBlock(size_t(c.heads) * cap * row);
+        std::shared_ptr<char> grown = moert::allocBlock(size_t(B * c.heads) * cap * row);
         if (!grown)
-          return makeError("moert_session_append: out of memory for the KV caches (" + std::to_string(cap) +
+          return makeError(std::string(fn) + ": out of memory for the KV caches (" + std::to_string(cap) +
                            " positions)");
-        for (int64_t h = 0; h < c.heads && s->length > 0; ++h)
+        for (int64_t h = 0; h < B * c.heads && s->length > 0; ++h) // every (sequence, head)
           std::memcpy(grown.get() + size_t(h) * cap * row, c.data.get() + size_t(h) * c.capacity * row,
                       s->length * row);
         c.data = std::move(grown);
@@ -202,34 +229,43 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
   std::vector<int> cacheOf(numInputs, -1);
   for (int c = 0; c < d.caches_size(); ++c)
     cacheOf[d.caches(c).past()] = c;
+  const int64_t N = static_cast<int64_t>(n);
+  auto isToken = [&](int64_t b, int64_t i) { return !mask || mask[b * N + i] != 0; };
   for (size_t i = 0; i < numInputs; ++i) {
     const moert_dtype dtype = moert_input_dtype(m, i);
     ins[i].name = moert_input_name(m, i);
     ins[i].dtype = dtype;
     std::vector<int64_t> values;
     if (i == d.input_ids()) {
-      values.assign(tokens, tokens + n);
-      dims[i] = {1, static_cast<int64_t>(n)};
+      values.assign(tokens, tokens + B * N);
+      dims[i] = {B, N};
     } else if (static_cast<int>(i) == d.attention_mask()) {
-      values.assign(total, 1);
-      dims[i] = {1, total};
+      for (int64_t b = 0; b < B; ++b) {
+        values.insert(values.end(), s->valid[b].begin(), s->valid[b].end());
+        for (int64_t j = 0; j < N; ++j)
+          values.push_back(isToken(b, j));
+      }
+      dims[i] = {B, total};
     } else if (static_cast<int>(i) == d.position_ids()) {
-      values.resize(n);
-      std::iota(values.begin(), values.end(), s->length);
-      dims[i] = {1, static_cast<int64_t>(n)};
+      for (int64_t b = 0; b < B; ++b) { // earlier tokens of the sequence; padding at 1
+        int64_t before = std::count(s->valid[b].begin(), s->valid[b].end(), uint8_t(1));
+        for (int64_t j = 0; j < N; ++j)
+          values.push_back(isToken(b, j) ? before++ : 1);
+      }
+      dims[i] = {B, N};
     } else if (cacheOf[i] >= 0) {
       auto &c = s->caches[cacheOf[i]];
-      dims[i] = {1, c.heads, s->length, c.dim};
+      dims[i] = {B, c.heads, s->length, c.dim};
       ins[i].data = c.data.get();
       ins[i].rank = 4;
       ins[i].dims = dims[i].data();
       continue;
     } else {
-      return makeError(std::string("moert_session_append: the decoder takes input '") + ins[i].name +
+      return makeError(std::string(fn) + ": the decoder takes input '" + ins[i].name +
                        "', which a session does not know how to fill");
     }
     if (!fillIntegers(dtype, values, owned[i]))
-      return makeError(std::string("moert_session_append: input '") + ins[i].name +
+      return makeError(std::string(fn) + ": input '" + ins[i].name +
                        "' is not int64 or int32, as token ids, masks and positions must be");
     ins[i].data = owned[i].data();
     ins[i].rank = static_cast<int32_t>(dims[i].size());
@@ -242,23 +278,29 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
     return st;
   std::unique_ptr<moert_result, void (*)(moert_result *)> hold(res, moert_result_free);
   const moert_tensor *lt = moert_result_output(res, d.logits());
-  if (!lt || lt->dtype != MOERT_F32 || lt->rank != 3 || lt->dims[0] != 1 ||
-      lt->dims[1] != static_cast<int64_t>(n))
-    return makeError("moert_session_append: the logits output is not f32 [1, " + std::to_string(n) +
-                     ", vocab]");
+  if (!lt || lt->dtype != MOERT_F32 || lt->rank != 3 || lt->dims[0] != B || lt->dims[1] != N)
+    return makeError(std::string(fn) + ": the logits output is not f32 [" + std::to_string(B) + ", " +
+                     std::to_string(n) + ", vocab]");
   const int64_t v = lt->dims[2];
-  const float *last = static_cast<const float *>(lt->data) + (n - 1) * v;
-  // Presents become the caches (checked: [1, heads, past + new, head dim]; their buffers taken, not copied).
+  // Presents become the caches (checked: [batch, heads, past + new, head dim]; their buffers taken, not
+  // copied).
   for (int c = 0; c < d.caches_size(); ++c) {
     const moert_tensor *t = moert_result_output(res, d.caches(c).present());
     const auto &cache = s->caches[c];
-    if (!t || t->dtype != MOERT_F32 || t->rank != 4 || t->dims[0] != 1 || t->dims[1] != cache.heads ||
+    if (!t || t->dtype != MOERT_F32 || t->rank != 4 || t->dims[0] != B || t->dims[1] != cache.heads ||
         t->dims[2] != total || t->dims[3] != cache.dim)
-      return makeError(std::string("moert_session_append: output '") + (t ? t->name : "?") + "' is not [1, " +
-                       std::to_string(cache.heads) + ", " + std::to_string(total) + ", " +
-                       std::to_string(cache.dim) + "] (the past cache with the new positions appended)");
+      return makeError(std::string(fn) + ": output '" + (t ? t->name : "?") + "' is not [" +
+                       std::to_string(B) + ", " + std::to_string(cache.heads) + ", " + std::to_string(total) +
+                       ", " + std::to_string(cache.dim) +
+                       "] (the past cache with the new positions appended)");
   }
-  s->logits.assign(last, last + v);
+  s->logits.resize(size_t(B * v));
+  for (int64_t b = 0; b < B; ++b) {
+    const float *last = static_cast<const float *>(lt->data) + (b * N + N - 1) * v;
+    std::copy(last, last + v, s->logits.begin() + b * v);
+    for (int64_t j = 0; j < N; ++j)
+      s->valid[b].push_back(isToken(b, j));
+  }
   if (s->profile)
     s->trace = res->profile;
   for (int c = 0; c < d.caches_size() && !s->inPlace; ++c) {
@@ -271,30 +313,51 @@ moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_
   return nullptr;
 }
 
-moert_status moert_generate(moert_session *s, const int64_t *prompt, size_t n,
+} // namespace
+
+moert_status moert_session_append(moert_session *s, const int64_t *tokens, size_t n, const float **logits,
+                                  size_t *vocab) {
+  if (s && s->batch != 1)
+    return makeError("moert_session_append: the session holds a batch of " + std::to_string(s->batch) +
+                     " sequences; use moert_session_append_batch");
+  return appendTokens(s, tokens, n, nullptr, logits, vocab, "moert_session_append");
+}
+
+moert_status moert_session_append_batch(moert_session *s, const int64_t *tokens, size_t n,
+                                        const int64_t *mask, const float **logits, size_t *vocab) {
+  return appendTokens(s, tokens, n, mask, logits, vocab, "moert_session_append_batch");
+}
+
+namespace {
+
+/// moert_generate(_batch)'s body: prompts and mask (or NULL) [batch][n]; sequence b's tokens to
+/// out[b * capacity ...].
+moert_status generateTokens(moert_session *s, const int64_t *prompt, size_t n, const int64_t *mask,
                             const moert_generate_options *options, int64_t *out, size_t capacity,
-                            size_t *numOut, moert_generate_stats *stats) {
+                            size_t *numOut, moert_generate_stats *stats, const char *fn) {
   if (!s || !prompt || !out || !numOut)
-    return makeError("moert_generate: session, prompt, out and num_out must not be NULL");
-  *numOut = 0;
+    return makeError(std::string(fn) + ": session, prompt, out and num_out must not be NULL");
+  const int64_t B = s->batch;
+  std::fill(numOut, numOut + B, size_t(0));
   moert_generate_options o{sizeof(moert_generate_options), 32, 1, 1.0f, 0, 1.0f, 0, -1};
   if (options) {
     if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_generate_options))
-      return makeError("moert_generate: options.struct_size must be sizeof(moert_generate_options)");
+      return makeError(std::string(fn) + ": options.struct_size must be sizeof(moert_generate_options)");
     std::memcpy(&o, options, options->struct_size);
   }
   if (n == 0)
-    return makeError("moert_generate: the prompt is empty");
+    return makeError(std::string(fn) + ": the prompt is empty");
   if (o.max_new_tokens < 0)
-    return makeError("moert_generate: max_new_tokens " + std::to_string(o.max_new_tokens) + " is negative");
+    return makeError(std::string(fn) + ": max_new_tokens " + std::to_string(o.max_new_tokens) +
+                     " is negative");
   if (capacity < static_cast<size_t>(o.max_new_tokens))
-    return makeError("moert_generate: room for " + std::to_string(capacity) + " tokens, max_new_tokens is " +
-                     std::to_string(o.max_new_tokens));
+    return makeError(std::string(fn) + ": room for " + std::to_string(capacity) +
+                     " tokens, max_new_tokens is " + std::to_string(o.max_new_tokens));
   if (!o.greedy && (!(o.temperature > 0.0f) || o.top_k < 0 || !(o.top_p > 0.0f && o.top_p <= 1.0f)))
-    return makeError("moert_generate: sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1]");
+    return makeError(std::string(fn) + ": sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1]");
   const int64_t need = s->length + static_cast<int64_t>(n) + std::max(0, o.max_new_tokens - 1);
   if (need > s->maxContext)
-    return makeError("moert_generate: " + std::to_string(s->length) + " cached + " + std::to_string(n) +
+    return makeError(std::string(fn) + ": " + std::to_string(s->length) + " cached + " + std::to_string(n) +
                      " prompt tokens + " + std::to_string(o.max_new_tokens) + " new tokens need " +
                      std::to_string(need) + " positions; the session's context is " +
                      std::to_string(s->maxContext));
@@ -339,29 +402,57 @@ moert_status moert_generate(moert_session *s, const int64_t *prompt, size_t n,
   const float *logits = nullptr;
   size_t vocab = 0;
   auto t0 = clock::now();
-  if (moert_status st = moert_session_append(s, prompt, n, &logits, &vocab))
+  if (moert_status st = appendTokens(s, prompt, n, mask, &logits, &vocab, fn))
     return st;
   auto t1 = clock::now();
-  size_t made = 0;
-  for (int i = 0; i < o.max_new_tokens; ++i) {
-    const int64_t tok = pick(logits, vocab);
-    out[made++] = tok;
-    if (tok == o.eos_token_id || i + 1 == o.max_new_tokens)
-      break;
-    if (moert_status st = moert_session_append(s, &tok, 1, &logits, &vocab)) {
-      *numOut = made;
-      return st;
+  std::vector<int64_t> last(static_cast<size_t>(B));
+  std::vector<bool> done(static_cast<size_t>(B), false);
+  int64_t running = B;
+  for (int i = 0; i < o.max_new_tokens && running > 0; ++i) {
+    for (int64_t b = 0; b < B; ++b) {
+      if (done[b])
+        continue;
+      last[b] = pick(logits + b * vocab, vocab);
+      out[b * capacity + numOut[b]++] = last[b];
+      if (last[b] == o.eos_token_id)
+        done[b] = true, --running;
     }
+    if (running == 0 || i + 1 == o.max_new_tokens)
+      break;
+    if (moert_status st = appendTokens(s, last.data(), 1, nullptr, &logits, &vocab, fn))
+      return st;
   }
   auto t2 = clock::now();
-  *numOut = made;
   if (stats) {
-    stats->prompt_tokens = n;
-    stats->new_tokens = made;
+    size_t promptTokens = 0, newTokens = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      for (size_t j = 0; j < n; ++j)
+        promptTokens += !mask || mask[b * n + j] != 0;
+      newTokens += numOut[b];
+    }
+    stats->prompt_tokens = promptTokens;
+    stats->new_tokens = newTokens;
     stats->prefill_ms = ms(t0, t1);
     stats->decode_ms = ms(t1, t2);
   }
   return nullptr;
+}
+
+} // namespace
+
+moert_status moert_generate(moert_session *s, const int64_t *prompt, size_t n,
+                            const moert_generate_options *options, int64_t *out, size_t capacity,
+                            size_t *numOut, moert_generate_stats *stats) {
+  if (s && s->batch != 1)
+    return makeError("moert_generate: the session holds a batch of " + std::to_string(s->batch) +
+                     " sequences; use moert_generate_batch");
+  return generateTokens(s, prompt, n, nullptr, options, out, capacity, numOut, stats, "moert_generate");
+}
+
+moert_status moert_generate_batch(moert_session *s, const int64_t *prompts, size_t n, const int64_t *mask,
+                                  const moert_generate_options *options, int64_t *out, size_t capacity,
+                                  size_t *numOut, moert_generate_stats *stats) {
+  return generateTokens(s, prompts, n, mask, options, out, capacity, numOut, stats, "moert_generate_batch");
 }
 
 } // extern "C"

@@ -9,9 +9,12 @@ binding's Model.generate (also given text, with a word-level tokenizer.json next
 and their words back as text); the session API's logits match ONNX Runtime's call by call and repeat after a rewind;
 sessions with bf16 / f16 caches match ONNX Runtime on the model with its new keys/values rounded the same way
 (Cast there and back before the cache's Concat), logits within 1e-4 and the same greedy tokens; a
-batch of two with left padding matches ONNX Runtime over a prefill and three decode steps through Model.run. Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
+batch of two with left padding matches ONNX Runtime over a prefill and three decode steps through Model.run, and
+through a session of batch 2 (prompt + 5 decode steps, a rewind), `moert generate --attention-mask` and
+Model.generate(attention_mask=) give ONNX Runtime's greedy tokens for each sequence of such a batch. Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
 tokens; every token is in the vocabulary. Bad input is one error line and a non-zero exit: a prompt longer than
---max-context, an empty prompt, a batch of two prompts, float ids, an unknown --kv-cache, bf16 caches for a model
+--max-context, an empty prompt, ids of rank 3, a padding mask with padding after a token, of another shape than
+the ids, or with a sequence of padding only, float ids, an unknown --kv-cache, bf16 caches for a model
 whose caches are copied, and a model that is not a decoder; caches given
 to Model.run with the wrong head count, head dim or dtype, lengths that differ across layers, a batch that differs
 from the ids', or a mask shorter than past + new.
@@ -128,6 +131,75 @@ def check_batch(rt, path, art, rng):
     model.close()
     check(f"{name}: batch of two, left-padded, prefill + 3 decode steps", worst <= 1e-4,
           f"logits and presents max rel error {worst:.2e} vs ONNX Runtime")
+
+
+def ort_batch_greedy(path, ids, mask, steps):
+    """ONNX Runtime over a batch: the prompts ([B, n], left-padded where `mask` is 0), then `steps` greedy tokens
+    per sequence fed back one at a time; the last position's logits [B, vocab] of each of the steps + 1 calls,
+    and the tokens [B, steps]."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    pasts = {}
+    for inp in onnx.load(path, load_external_data=False).graph.input:
+        if inp.name.startswith("past_key_values."):
+            dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+            pasts[inp.name] = np.zeros((ids.shape[0], dims[1], 0, dims[3]), np.float32)
+    logits, tokens = [], []
+    for i in range(steps + 1):
+        res = dict(zip(outs, sess.run(None, {"input_ids": ids, "attention_mask": mask, **pasts})))
+        logits.append(res["logits"][:, -1])
+        if i == steps:
+            break
+        ids = logits[-1].argmax(-1).reshape(-1, 1).astype(np.int64)
+        tokens.append(ids[:, 0])
+        pasts = {k: res["present." + k[len("past_key_values."):]] for k in pasts}
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], 1)
+    return logits, np.stack(tokens, 1)
+
+
+def check_batch_session(args, rt, path, art, tmp, rng):
+    """Batched generation: a session of two sequences, the second left-padded by three positions, against
+    ONNX Runtime given the same ids and mask: the prompt's and 5 decode steps' logits (1e-4), a rewind, and
+    `moert generate --attention-mask` / Model.generate(attention_mask=) giving ONNX Runtime's 8 greedy tokens
+    per sequence."""
+    name = os.path.basename(path)[:-5]
+    ids = rng.integers(0, 32, (2, 7)).astype(np.int64)
+    mask = np.ones((2, 7), np.int64)
+    mask[1, :3] = 0
+    want, follow = ort_batch_greedy(path, ids, mask, 8)
+    model = rt.load(art, threads=2)
+    sess = model.session(batch=2, max_context=64)
+    got = [sess.append(ids, mask)] + [sess.append(follow[:, i:i + 1]) for i in range(5)]
+    err = max_rel(got, want)
+    sess.rewind(7)
+    again = sess.append(follow[:, :1])
+    sess.close()
+    check(f"{name}: batch session of two, left-padded", err <= 1e-4 and np.array_equal(again, got[1]),
+          f"prompt + 5 decode steps: logits max rel error {err:.2e} vs ONNX Runtime; after a rewind to the "
+          f"prompt the next logits {'repeat' if np.array_equal(again, got[1]) else 'DIFFER'}")
+    ids_path, mask_path, out_path = (os.path.join(tmp, f) for f in ("bids.npy", "bmask.npy", "bout.npy"))
+    np.save(ids_path, ids)
+    np.save(mask_path, mask.astype(np.int32))
+    r = generate(args, art, ids_path, "--attention-mask", mask_path, "--greedy", "--max-new-tokens", "8",
+                 "--output", out_path)
+    rows = [[int(x) for x in ln.split()[1:]] for ln in r.stdout.splitlines() if ln.startswith("tokens[")]
+    saved = np.load(out_path).tolist() if r.returncode == 0 else None
+    check(f"{name}: moert generate, a left-padded batch of two", r.returncode == 0 and rows == follow.tolist() and
+          saved == rows, f"moert {rows} vs ONNX Runtime {follow.tolist()}{'' if r.returncode == 0 else ' ' + r.stderr}")
+    py, stats = model.generate(ids, attention_mask=mask, max_new_tokens=8)
+    try:
+        model.session(batch=2).append(ids[:1])
+        wrong = "no error"
+    except Exception as e:  # moert.Error
+        wrong = str(e)
+    model.close()
+    check(f"{name}: a batch session given one sequence", "batch 2" in wrong, wrong)
+    check(f"{name}: Python generate, a left-padded batch of two", [t.tolist() for t in py] == follow.tolist() and
+          stats["prompt_tokens"] == 11 and stats["new_tokens"] == 16,
+          f"{[t.tolist() for t in py]}, {stats['prompt_tokens']} prompt and {stats['new_tokens']} new tokens")
 
 
 def rounded_cache_model(path, out_path, dtype):
@@ -314,6 +386,7 @@ def main():
             # A batch of two, the second left-padded by two positions, through Model.run: the prefill and three
             # greedy decode steps, presents fed back as pasts, every output against ONNX Runtime's.
             check_batch(rt, path, art, rng)
+            check_batch_session(args, rt, path, art, tmp, rng)
             # Sampling.
             one = generate(args, art, prompt_path, "--temperature", "0.7", "--top-k", "1", "--seed", "5")
             check(f"{name}: top-k 1 sampling is greedy", tokens_of(one) == want, f"{tokens_of(one)[:8]}...")
@@ -367,12 +440,21 @@ def main():
         check("past_qwen3_moe --no-fusion: bf16 caches refused", "in place" in narrow, narrow)
         # Bad input: one error line, non-zero exit.
         art = os.path.join(tmp, "past_qwen3_moe.moex")
+        masks = {"gap": [[1, 0, 1], [1, 1, 1]], "wide": [[1, 1, 1, 1], [1, 1, 1, 1]], "empty": [[1, 1, 1], [0, 0, 0]]}
+        for k, m in masks.items():
+            np.save(os.path.join(tmp, f"mask_{k}.npy"), np.array(m, np.int64))
         bad = {"longer than the context": (np.arange(10, dtype=np.int64), ["--max-context", "8"], "context"),
                "prompt and new tokens past the context": (np.arange(5, dtype=np.int64),
                                                           ["--max-context", "20", "--max-new-tokens", "32"],
                                                           "context"),
                "empty prompt": (np.zeros((1, 0), np.int64), [], "empty"),
-               "two sequences": (np.zeros((2, 3), np.int64), [], "one sequence"),
+               "ids of rank 3": (np.zeros((1, 2, 3), np.int64), [], "[n] or [B, n]"),
+               "padding after a token": (np.zeros((2, 3), np.int64),
+                                         ["--attention-mask", os.path.join(tmp, "mask_gap.npy")], "left-padded"),
+               "a mask of another shape": (np.zeros((2, 3), np.int64),
+                                           ["--attention-mask", os.path.join(tmp, "mask_wide.npy")], "shape"),
+               "a sequence of padding only": (np.zeros((2, 3), np.int64),
+                                              ["--attention-mask", os.path.join(tmp, "mask_empty.npy")], "padding"),
                "float ids": (np.zeros(3, np.float32), [], "int64 or int32"),
                "an unknown cache dtype": (np.arange(3, dtype=np.int64), ["--kv-cache", "int8"], "--kv-cache")}
         for what, (ids, extra, needle) in bad.items():

@@ -13,7 +13,8 @@ LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, 
   - a prefill and four decode steps with the presents fed back as pasts (past buffers that grow), at batch 1
     and 2, match ONNX Runtime's logits and presents within 1e-4 (relative to the largest magnitude);
   - the fixed-size cache form (past buffers of a fixed length, `seqlens_k` saying how much is filled) too;
-  - `moert generate --greedy` gives the same 16 tokens as a greedy loop over ONNX Runtime;
+  - `moert generate --greedy` gives the same 16 tokens as a greedy loop over ONNX Runtime, for one prompt and for
+    each of a batch of two (a padded batch is one error: its caches are not appended at their ends);
   - a sliding window (local_window_size), head sinks, smooth_softmax, softcap, and position_ids (shifted
     rotary positions) with an attention_bias match too;
   - attributes out of range (local_window_size 0, softcap -1) are one error naming the node.
@@ -195,6 +196,23 @@ def main():
                                     "--greedy", "--max-new-tokens", "16", "--threads", "2"], capture_output=True, text=True)
                 got = tokens_of(r)
                 check("moert generate --greedy", got == tokens, f"moert {got} ONNX Runtime {tokens} {r.stderr.strip()}")
+                # A batch of two prompts of one length (no padding): each sequence's tokens are its own greedy
+                # loop's. A padded batch is refused: GroupQueryAttention's caches hold each sequence's positions
+                # from the start of its buffer, which a session's in-place append does not do.
+                prompts = np.stack([prompt, rng.integers(0, VOCAB, 4).astype(np.int64)])
+                want = [tokens, ort_greedy(path, prompts[1].tolist(), 16)]
+                np.save(os.path.join(tmp, "prompts.npy"), prompts)
+                r = subprocess.run([args.moert, "generate", art, "--prompt-ids", os.path.join(tmp, "prompts.npy"),
+                                    "--greedy", "--max-new-tokens", "16", "--threads", "2"], capture_output=True, text=True)
+                rows = [[int(x) for x in ln.split()[1:]] for ln in r.stdout.splitlines() if ln.startswith("tokens[")]
+                check("moert generate, a batch of two", rows == want, f"moert {rows} ONNX Runtime {want} {r.stderr.strip()}")
+                np.save(os.path.join(tmp, "mask.npy"), np.array([[1, 1, 1, 1], [0, 1, 1, 1]], np.int64))
+                r = subprocess.run([args.moert, "generate", art, "--prompt-ids", os.path.join(tmp, "prompts.npy"),
+                                    "--attention-mask", os.path.join(tmp, "mask.npy"), "--threads", "2"],
+                                   capture_output=True, text=True)
+                lines = r.stderr.strip().splitlines()
+                check("bad input: a padded batch of a GroupQueryAttention decoder", r.returncode != 0 and
+                      len(lines) == 1 and "concatenated" in lines[0], lines[0] if lines else "(no error)")
         # Unsupported attributes: one error naming the node, no artifact.
         for attrs, needle in (({"local_window_size": 0}, "local_window_size"), ({"softcap": -1.0}, "softcap")):
             path, art = os.path.join(tmp, "bad.onnx"), os.path.join(tmp, "bad.moex")

@@ -3,7 +3,8 @@
 //   moert run MODEL.moex --input NAME=FILE.npy ... [--output-dir DIR] [--threads N] [--repeat N]
 //                        [--warmup N] [--profile trace.json] [--no-verify]
 //   moert inspect MODEL.moex
-//   moert generate MODEL.moex --prompt-ids ids.npy [--max-new-tokens N] [--greedy | --temperature T
+//   moert generate MODEL.moex --prompt-ids ids.npy [--attention-mask mask.npy] [--max-new-tokens N] [--greedy
+//   | --temperature T
 //                  --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N] [--kv-cache f32|bf16|f16]
 //                  [--threads N] [--profile F] [--output ids.npy]
 //
@@ -47,7 +48,11 @@ const char *kUsage =
     "call\n"
     "  --no-verify             skip the whole-file checksum at load\n\n"
     "generate options (a decoder with KV caches: `moert inspect` shows a 'decoder:' line):\n"
-    "  --prompt-ids IDS.npy    the prompt's token ids (int64 or int32, shape [n] or [1, n])\n"
+    "  --prompt-ids IDS.npy    the prompt's token ids (int64 or int32): shape [n] for one sequence, [B, n] "
+    "for\n"
+    "                          a batch of B generated side by side\n"
+    "  --attention-mask M.npy  [B, n] (int64 or int32): 0 at padding, 1 at tokens; prompts of different\n"
+    "                          lengths are left-padded (default: no padding)\n"
     "  --max-new-tokens N      tokens to generate (default 32)\n"
     "  --greedy                the most likely token each step (default)\n"
     "  --temperature T         sample instead: logits / T (with --top-k K, --top-p P, --seed S)\n"
@@ -56,7 +61,8 @@ const char *kUsage =
     "  --kv-cache T            how the KV caches are stored: f32 (default), bf16 or f16 (half the bytes\n"
     "                          read per token; keys and values rounded to nearest even as appended)\n"
     "  --profile FILE.json     write a Chrome trace of the last call's steps (the last decode step)\n"
-    "  --output IDS.npy        also write the generated ids (int64) there\n"
+    "  --output IDS.npy        also write the generated ids (int64) there ([B, new] for a batch; a sequence\n"
+    "                          that stopped at --eos-id early is padded with that id)\n"
     "  --threads N, --no-verify as for run\n"
     "  (token ids in and out; for text, Python's moert.Model.generate(\"...\") reads the tokenizer.json next "
     "to\n"
@@ -315,7 +321,7 @@ bool parseFloat(const char *s, float &out) {
 }
 
 int generate(int argc, char **argv) {
-  std::string model, promptPath, outPath, profile;
+  std::string model, promptPath, outPath, profile, maskPath;
   int threads = 0, verify = 1, maxNew = 32, topK = 0, maxContext = 0;
   moert_dtype cacheDtype = MOERT_F32;
   float temperature = 1.0f, topP = 1.0f;
@@ -332,10 +338,13 @@ int generate(int argc, char **argv) {
       return argv[++i];
     };
     const char *v = nullptr;
-    if (a == "--prompt-ids" || a == "--output" || a == "--profile") {
+    if (a == "--prompt-ids" || a == "--output" || a == "--profile" || a == "--attention-mask") {
       if (!(v = value()))
         return 1;
-      (a == "--prompt-ids" ? promptPath : a == "--output" ? outPath : profile) = v;
+      (a == "--prompt-ids" ? promptPath
+       : a == "--output"   ? outPath
+       : a == "--profile"  ? profile
+                           : maskPath) = v;
     } else if (a == "--max-new-tokens" || a == "--top-k" || a == "--threads" || a == "--max-context") {
       int n;
       if (!(v = value()))
@@ -394,49 +403,74 @@ int generate(int argc, char **argv) {
         "usage: moert generate MODEL.moex --prompt-ids IDS.npy [--max-new-tokens N] ... (see moert --help)");
   if (std::any_of(argv, argv + argc, [](const char *x) { return !std::strcmp(x, "--greedy"); }))
     greedy = true;
-  moert::npy::Array prompt;
   std::string err;
-  if (!moert::npy::read(promptPath, prompt, err))
-    return fail("--prompt-ids: " + err);
-  std::vector<int64_t> ids;
-  const size_t count = prompt.dims.empty() ? 1 : [&] {
-    size_t c = 1;
-    for (int64_t d : prompt.dims)
-      c *= static_cast<size_t>(d);
-    return c;
-  }();
-  if (prompt.dims.size() > 2 || (prompt.dims.size() == 2 && prompt.dims[0] != 1))
-    return fail("--prompt-ids " + promptPath + ": expected shape [n] or [1, n] (one sequence)");
-  if (prompt.dtype == MOERT_I64) {
-    ids.resize(count);
-    std::memcpy(ids.data(), prompt.data.data(), count * 8);
-  } else if (prompt.dtype == MOERT_I32) {
-    for (size_t i = 0; i < count; ++i) {
-      int32_t x;
-      std::memcpy(&x, prompt.data.data() + 4 * i, 4);
-      ids.push_back(x);
+  // Token ids and the padding mask: [n] or [B, n] integers.
+  auto readIds = [&](const std::string &flag, const std::string &path, std::vector<int64_t> &out,
+                     std::vector<int64_t> &dims) -> bool {
+    moert::npy::Array arr;
+    if (!moert::npy::read(path, arr, err)) {
+      fail(flag + ": " + err);
+      return false;
     }
-  } else {
-    return fail("--prompt-ids " + promptPath + ": token ids must be int64 or int32");
-  }
+    if (arr.dims.empty() || arr.dims.size() > 2) {
+      fail(flag + " " + path + ": expected shape [n] or [B, n]");
+      return false;
+    }
+    dims = arr.dims.size() == 2 ? arr.dims : std::vector<int64_t>{1, arr.dims[0]};
+    const size_t count = static_cast<size_t>(dims[0] * dims[1]);
+    if (arr.dtype == MOERT_I64) {
+      out.resize(count);
+      std::memcpy(out.data(), arr.data.data(), count * 8);
+    } else if (arr.dtype == MOERT_I32) {
+      for (size_t i = 0; i < count; ++i) {
+        int32_t x;
+        std::memcpy(&x, arr.data.data() + 4 * i, 4);
+        out.push_back(x);
+      }
+    } else {
+      fail(flag + " " + path + ": expected int64 or int32 values");
+      return false;
+    }
+    return true;
+  };
+  std::vector<int64_t> ids, idsDims, mask, maskDims;
+  if (!readIds("--prompt-ids", promptPath, ids, idsDims))
+    return 1;
   if (ids.empty())
     return fail("--prompt-ids " + promptPath + ": the prompt is empty");
+  const int64_t batch = idsDims[0];
+  const size_t n = static_cast<size_t>(idsDims[1]);
+  if (!maskPath.empty()) {
+    if (!readIds("--attention-mask", maskPath, mask, maskDims))
+      return 1;
+    if (maskDims != idsDims)
+      return fail("--attention-mask " + maskPath + ": shape [" + std::to_string(maskDims[0]) + ", " +
+                  std::to_string(maskDims[1]) + "], the prompt ids are [" + std::to_string(batch) + ", " +
+                  std::to_string(n) + "]");
+    for (int64_t b = 0; b < batch; ++b)
+      for (size_t j = 1; j < n; ++j)
+        if (mask[b * n + j - 1] != 0 && mask[b * n + j] == 0)
+          return fail("--attention-mask " + maskPath + ": sequence " + std::to_string(b) +
+                      " has padding after a token; prompts are left-padded (zeros first)");
+  }
 
   moert_model *m = nullptr;
   moert_load_options lo{sizeof lo, threads, verify, MOERT_DEVICE_CPU};
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
   moert_session *s = nullptr;
-  moert_session_options so{sizeof so, maxContext, profile.empty() ? 0 : 1, cacheDtype};
+  moert_session_options so{sizeof so, maxContext, profile.empty() ? 0 : 1, cacheDtype, batch};
   if (int rc = check(moert_session_create(m, &so, &s))) {
     moert_free(m);
     return rc;
   }
   moert_generate_options go{sizeof go, maxNew, greedy ? 1 : 0, temperature, topK, topP, seed, eos};
-  std::vector<int64_t> out(std::max(1, maxNew));
-  size_t made = 0;
+  const size_t cap = static_cast<size_t>(std::max(1, maxNew));
+  std::vector<int64_t> out(static_cast<size_t>(batch) * cap);
+  std::vector<size_t> made(static_cast<size_t>(batch));
   moert_generate_stats st{};
-  int rc = check(moert_generate(s, ids.data(), ids.size(), &go, out.data(), out.size(), &made, &st));
+  int rc = check(moert_generate_batch(s, ids.data(), n, mask.empty() ? nullptr : mask.data(), &go, out.data(),
+                                      cap, made.data(), &st));
   if (!rc && !profile.empty()) {
     const char *json = moert_session_profile_json(s);
     FILE *f = std::fopen(profile.c_str(), "w");
@@ -450,17 +484,28 @@ int generate(int argc, char **argv) {
   moert_free(m);
   if (rc)
     return rc;
-  std::printf("tokens:");
-  for (size_t i = 0; i < made; ++i)
-    std::printf(" %lld", static_cast<long long>(out[i]));
-  std::printf("\nprefill: %zu tokens in %.2f ms (%.1f tokens/s)\n", st.prompt_tokens, st.prefill_ms,
+  size_t longest = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    std::printf(batch == 1 ? "tokens:" : "tokens[%lld]:", static_cast<long long>(b));
+    for (size_t i = 0; i < made[b]; ++i)
+      std::printf(" %lld", static_cast<long long>(out[b * cap + i]));
+    std::printf("\n");
+    longest = std::max(longest, made[b]);
+  }
+  std::printf("prefill: %zu tokens in %.2f ms (%.1f tokens/s)\n", st.prompt_tokens, st.prefill_ms,
               st.prompt_tokens / (st.prefill_ms * 1e-3));
-  if (made > 1)
-    std::printf("decode: %zu tokens in %.2f ms (%.1f tokens/s)\n", made - 1, st.decode_ms,
-                (made - 1) / (st.decode_ms * 1e-3));
+  // Each decode call after the prefill makes one more token per running sequence.
+  const size_t decoded = st.new_tokens - std::min<size_t>(st.new_tokens, static_cast<size_t>(batch));
+  if (longest > 1)
+    std::printf("decode: %zu tokens in %.2f ms (%.1f tokens/s)\n", decoded, st.decode_ms,
+                decoded / (st.decode_ms * 1e-3));
   if (!outPath.empty()) {
-    int64_t dims[1] = {static_cast<int64_t>(made)};
-    moert_tensor t{"tokens", MOERT_I64, 1, dims, out.data()};
+    // [new] for one sequence, [B, longest] for a batch (a sequence that stopped early padded with eos)
+    std::vector<int64_t> grid(static_cast<size_t>(batch) * longest, eos);
+    for (int64_t b = 0; b < batch; ++b)
+      std::copy(out.begin() + b * cap, out.begin() + b * cap + made[b], grid.begin() + b * longest);
+    int64_t dims[2] = {batch, static_cast<int64_t>(longest)};
+    moert_tensor t{"tokens", MOERT_I64, batch == 1 ? 1 : 2, batch == 1 ? dims + 1 : dims, grid.data()};
     if (!moert::npy::write(outPath, t, err))
       return fail(err);
   }

@@ -126,11 +126,13 @@ MOERT_API void moert_result_free(moert_result *result);
  *   moert_generate(s, prompt, prompt_len, NULL, out, 32, &n, &stats);   // greedy, 32 new tokens
  *   moert_session_free(s);
  *
- * A session holds one sequence (batch 1) and its KV caches between calls: the graph's `past_key_values.*`
- * inputs are fed from the session and its `present.*` outputs kept (appended to in place when only attention
- * dispatches read the caches: `moert inspect` says which); `input_ids`, `attention_mask` (all ones)
- * and `position_ids` (the positions of the new tokens) are made by the session. One session per thread; many
- * sessions may share a model. */
+ * A session holds `batch` sequences (default 1) side by side and their KV caches between calls: the graph's
+ * `past_key_values.*` inputs are fed from the session and its `present.*` outputs kept (appended to in place
+ * when only attention dispatches read the caches: `moert inspect` says which); `input_ids`, `attention_mask`
+ * (ones, or the padding mask given) and `position_ids` (each new token's count of earlier non-padding
+ * positions in its sequence; 1 for padding, as transformers' generate makes them) are made by the session.
+ * Sequences of different lengths in one batch are left-padded: the padded positions' mask is 0. One session
+ * per thread; many sessions may share a model. */
 typedef struct moert_session moert_session;
 
 typedef struct moert_session_options {
@@ -141,15 +143,23 @@ typedef struct moert_session_options {
                               MOERT_F16 (half the bytes to read per token; keys and values rounded to
                               nearest even as they are appended; needs a model whose caches are appended
                               in place, `moert inspect`) */
+  int64_t batch;           /* sequences held side by side (0 = 1); more than one: moert_session_append_batch,
+                              moert_generate_batch */
 } moert_session_options;
 
 MOERT_API moert_status moert_session_create(moert_model *model, const moert_session_options *options,
                                             moert_session **out);
 MOERT_API void moert_session_free(moert_session *session);
 /* Runs `n` new tokens and appends them to the caches; *logits is the last token's `*vocab` logits, valid
- * until the next call on the session. */
+ * until the next call on the session. A session of batch 1 only. */
 MOERT_API moert_status moert_session_append(moert_session *session, const int64_t *tokens, size_t n,
                                             const float **logits, size_t *vocab);
+/* The same for every sequence of the session's batch: `tokens` [batch][n], n new tokens each; `mask`
+ * [batch][n] (NULL: all 1) is 0 at padding positions, 1 elsewhere, and each sequence's last new token must
+ * not be padding. *logits is [batch][*vocab]: each sequence's last token's logits, valid until the next call
+ * on the session. */
+MOERT_API moert_status moert_session_append_batch(moert_session *session, const int64_t *tokens, size_t n,
+                                                  const int64_t *mask, const float **logits, size_t *vocab);
 /* Cached positions. */
 MOERT_API size_t moert_session_length(const moert_session *session);
 /* Keeps the first `length` cached positions and forgets the rest (0: all; more than cached is an error). */
@@ -176,10 +186,21 @@ typedef struct moert_generate_stats {
 } moert_generate_stats;
 
 /* Appends `prompt` (n >= 1 tokens) to the session, then picks up to max_new_tokens tokens one at a time
- * (each fed back before the next is picked) into out[0 .. *num_out). `stats` may be NULL. */
+ * (each fed back before the next is picked) into out[0 .. *num_out). `stats` may be NULL. A session of
+ * batch 1 only. */
 MOERT_API moert_status moert_generate(moert_session *session, const int64_t *prompt, size_t n,
                                       const moert_generate_options *options, int64_t *out,
                                       size_t out_capacity, size_t *num_out, moert_generate_stats *stats);
+/* The same for every sequence of the session's batch: `prompts` [batch][n] with `mask` as
+ * moert_session_append_batch takes it (NULL: no padding); sequence b's tokens go to
+ * out[b * out_capacity ...], num_out[b] of them. A sequence that generated eos_token_id stops there (the
+ * others go on; it is fed its last token meanwhile, whose results are not used). Sampling draws from one
+ * random stream, sequence by sequence. stats count every sequence's prompt tokens (padding excluded) and new
+ * tokens. */
+MOERT_API moert_status moert_generate_batch(moert_session *session, const int64_t *prompts, size_t n,
+                                            const int64_t *mask, const moert_generate_options *options,
+                                            int64_t *out, size_t out_capacity, size_t *num_out,
+                                            moert_generate_stats *stats);
 
 #ifdef __cplusplus
 }
