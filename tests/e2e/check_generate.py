@@ -303,6 +303,18 @@ def text_generation(rt, art, onnx_path, vocab, tmp, rng):
     text = " ".join(f"w{i}" for i in want)
     check(f"{os.path.basename(onnx_path)}: text prompt and text out (tokenizer.json next to the model)",
           got.tolist() == want and stats.get("text") == text, f"{stats.get('text')!r} (want {text!r})")
+    # A batch of two texts of different lengths: left-padded by the binding, ONNX Runtime's batch loop given the
+    # same padded ids and mask.
+    short = rng.integers(0, vocab, 3).tolist()
+    ids = np.array([prompt, [0, 0] + short], np.int64)
+    mask = np.array([[1] * 5, [0, 0, 1, 1, 1]], np.int64)
+    _, follow = ort_batch_greedy(onnx_path, ids, mask, 6)
+    model = rt.load(copy, threads=2)
+    got, stats = model.generate([" ".join(f"w{i}" for i in p) for p in (prompt, short)], max_new_tokens=6)
+    model.close()
+    texts = [" ".join(f"w{i}" for i in row) for row in follow.tolist()]
+    check(f"{os.path.basename(onnx_path)}: a batch of two texts", [g.tolist() for g in got] == follow.tolist() and
+          stats.get("text") == texts, f"{stats.get('text')!r} (want {texts!r})")
     model = rt.load(art, threads=2)
     try:
         model.generate("w1 w2", max_new_tokens=2)
