@@ -10,7 +10,8 @@ For each moec weight storage (`--weights=`: experts and dense layers alike; ONNX
 file) it times
   - decode: 1 new token after `past` = 128, 1024 and 4096 cached positions (ms per token), through a session
     as `moert generate` runs it (KV caches held by the runtime, appended in place, stored as each of
-    `--kv-cache`; ONNX Runtime is given f32 caches as inputs),
+    `--kv-cache`; ONNX Runtime is given f32 caches as inputs); with `--batch`, also sessions of several
+    sequences decoding side by side (tokens/s counts every sequence's token),
   - prefill: T = 128 and 512 tokens from an empty cache (tokens per second),
 and reports the whole-token roofline: every weight byte a token reads (attention projections, LM head, the
 router, the 4 chosen experts of each layer, one embedding row, the KV cache) at the measured read bandwidth,
@@ -23,7 +24,7 @@ int8 / int4, its KV cache in f16, llama.cpp's default: compare with moec's `--kv
 llama-cpp-python and gguf are installed.
 
     python3 bench/whole_model.py [--build build] [--threads N] [--weights fp32,bf16,int8,int4] [--kv-cache f32,bf16]
-                                 [--no-llama] [--no-ort] [--baseline BUILD] [--json FILE]
+                                 [--batch 1,4] [--no-llama] [--no-ort] [--baseline BUILD] [--json FILE]
     (also run by bench/run.py: `make bench`, or `--only whole`)
 """
 import argparse
@@ -70,10 +71,13 @@ def export(path, hf_dir):
     model.save_pretrained(hf_dir)  # the same weights for llama.cpp's converter
     layers = c["layers"]
     wrapped, names, outs = with_past(model, torch)
-    args = [torch.zeros(1, 3, dtype=torch.int64), torch.ones(1, 7, dtype=torch.int64)] + \
-           [torch.zeros(1, c["kv_heads"], 4, c["head_dim"]) for _ in range(2 * layers)]
-    dims = ({1: torch.export.Dim("seq", min=1, max=4096)}, {1: torch.export.Dim("total", min=1, max=8192)},
-            tuple({2: torch.export.Dim("past", min=0, max=4096)} for _ in range(2 * layers)))
+    # Batch, new tokens and past length are dynamic (traced at batch 2: torch.export specialises a size-1 dim).
+    args = [torch.zeros(2, 3, dtype=torch.int64), torch.ones(2, 7, dtype=torch.int64)] + \
+           [torch.zeros(2, c["kv_heads"], 4, c["head_dim"]) for _ in range(2 * layers)]
+    batch = torch.export.Dim("batch", min=1, max=64)
+    dims = ({0: batch, 1: torch.export.Dim("seq", min=1, max=4096)},
+            {0: batch, 1: torch.export.Dim("total", min=1, max=8192)},
+            tuple({0: batch, 2: torch.export.Dim("past", min=0, max=4096)} for _ in range(2 * layers)))
     torch.onnx.export(wrapped, tuple(args), path, dynamo=True, input_names=names, output_names=outs,
                       dynamic_shapes=dims, external_data=True)
 
@@ -88,20 +92,21 @@ def feeds(t, past, rng):
     return f
 
 
-def token_cost(storage, t, past, kv_element=4):
-    """(bytes, FLOPs) of one call: weights read once per call (the experts its tokens choose: all 32 once T is
-    large, top-4 per layer at T = 1), the KV cache, and 2 FLOPs per weight per token plus attention."""
+def token_cost(storage, t, past, kv_element=4, batch=1):
+    """(bytes, FLOPs) of one call of `batch` sequences of t new tokens: weights read once per call (the experts
+    its tokens choose: all 32 once T is large, top-4 per layer at T = 1), each sequence's KV cache, and 2 FLOPs
+    per weight per token plus attention."""
     c = CFG
     h, q, kv = c["hidden"], c["heads"] * c["head_dim"], c["kv_heads"] * c["head_dim"]
     dense = c["layers"] * (h * q + 2 * h * kv + q * h) + h * c["vocab"]
     expert = 3 * h * c["ffn"]
-    touched = min(c["experts"], t * c["top_k"]) * expert * c["layers"]  # upper bound on distinct experts
+    touched = min(c["experts"], batch * t * c["top_k"]) * expert * c["layers"]  # upper bound on distinct experts
     router = c["layers"] * h * c["experts"] * 4
-    kv_bytes = c["layers"] * 2 * kv * (past + t) * kv_element
+    kv_bytes = batch * c["layers"] * 2 * kv * (past + t) * kv_element
     from run import WEIGHT_BYTES, variant_storage  # per weight, block scales included
     bytes_ = (dense + touched) * WEIGHT_BYTES[variant_storage(storage)] + router + h * 4 + kv_bytes
-    flops = 2 * t * (dense + c["top_k"] * expert * c["layers"]) + \
-        c["layers"] * 4 * t * (past + t) * q  # Q K^T and P V
+    flops = batch * (2 * t * (dense + c["top_k"] * expert * c["layers"]) +
+                     c["layers"] * 4 * t * (past + t) * q)  # Q K^T and P V
     return bytes_, flops
 
 
@@ -117,15 +122,19 @@ def profile_shares(moert_cli, art, f, threads, tmp):
     return shares_of(json.load(open(os.path.join(tmp, "t.json")))["traceEvents"])
 
 
-def session_decode(model, past, repeat, rng, cache_dtype="f32"):
-    """Decode as `moert generate` runs it: a session holding `past` positions (a random prompt), then one token
-    per call (the caches appended in place, stored as `cache_dtype`), rewound to `past` after each; (best ms,
-    median ms, the shares of the last call's time)."""
-    sess = model.session(max_context=past + 1, profile=True, cache_dtype=cache_dtype)
-    sess.append(rng.integers(0, CFG["vocab"], past))
+def session_decode(model, past, repeat, rng, cache_dtype="f32", batch=1):
+    """Decode as `moert generate` runs it: a session of `batch` sequences holding `past` positions each (random
+    prompts), then one token per sequence per call (the caches appended in place, stored as `cache_dtype`),
+    rewound to `past` after each; (best ms, median ms, the shares of the last call's time)."""
+    sess = model.session(max_context=past + 1, profile=True, cache_dtype=cache_dtype, batch=batch)
+    if batch == 1:
+        sess.append(rng.integers(0, CFG["vocab"], past))
+    else:
+        for p0 in range(0, past, 512):  # the prompts in parts: a [batch, past] prefill's temporaries are large
+            sess.append(rng.integers(0, CFG["vocab"], (batch, min(512, past - p0))))
     times = []
     for _ in range(repeat + 1):
-        token = [int(rng.integers(0, CFG["vocab"]))]
+        token = [int(rng.integers(0, CFG["vocab"]))] if batch == 1 else rng.integers(0, CFG["vocab"], (batch, 1))
         t0 = time.perf_counter()
         sess.append(token)
         times.append((time.perf_counter() - t0) * 1e3)
@@ -146,13 +155,13 @@ def shares_of(events):
     return {k: v / total for k, v in share.items()}
 
 
-def run(build, threads, storages, roof, repeat=5, with_ort=True, kv_caches=("f32",)):
+def run(build, threads, storages, roof, repeat=5, with_ort=True, kv_caches=("f32",), batches=(1,)):
     """Times every storage; returns table rows (dicts)."""
     import onnxruntime as ort
     import moert
     from run import time_calls, variant_flags
     os.makedirs(CACHE, exist_ok=True)
-    src = os.path.join(CACHE, "qwen3moe_whole.onnx")
+    src = os.path.join(CACHE, "qwen3moe_decoder.onnx")  # (batch dynamic; "qwen3moe_whole.onnx" had batch 1)
     if not os.path.exists(src):
         t0 = time.time()
         print("   exporting the Qwen3-MoE-like model (once)...", flush=True)
@@ -183,25 +192,27 @@ def run(build, threads, storages, roof, repeat=5, with_ort=True, kv_caches=("f32
         subprocess.run([moec, "compile", src, "-o", art, "--cpu=native", "--quiet", *variant_flags(s)], check=True)
         compile_s = time.time() - t0
         model = rt.load(art, threads=threads)
-        for kind, t, p, kv in [(k, t, p, kv) for k, t, p in cases for kv in (kv_caches if k == "decode" else ["f32"])]:
+        for kind, t, p, kv, b in [(k, t, p, kv, b) for k, t, p in cases
+                                  for kv in (kv_caches if k == "decode" else ["f32"])
+                                  for b in (batches if k == "decode" else [1])]:
             if kind == "decode":
-                best, med, shares = session_decode(model, p, repeat, rng, kv)
+                best, med, shares = session_decode(model, p, repeat, rng, kv, b)
             else:
                 best, med = time_calls(lambda f: model.run(f), inputs[(t, p)])
                 with tempfile.TemporaryDirectory() as tmp:
                     shares = profile_shares(moert_cli, art, inputs[(t, p)][0], threads, tmp)
-            bytes_, flops = token_cost(s, t, p, KV_BYTES[kv])
+            bytes_, flops = token_cost(s, t, p, KV_BYTES[kv], b)
             bound_ms = max(bytes_ / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
-            o_best, o_med = ort_times[(t, p)]
-            row = dict(storage=s, kind=kind, tokens=t, past=p, kv_cache=kv, moec_ms=round(best, 2), moec_median_ms=round(med, 2),
-                       ort_ms=round(o_best, 2), ort_median_ms=round(o_med, 2),
-                       speedup=round(o_best / best, 2) if o_best == o_best else None, ort_timed=with_ort,
-                       tokens_per_s=round(t / best * 1e3, 1), mb=round(bytes_ / 1e6, 1),
+            o_best, o_med = ort_times[(t, p)] if b == 1 else (float("nan"), float("nan"))  # ORT: batch 1 only
+            row = dict(storage=s, kind=kind, tokens=t, past=p, kv_cache=kv, batch=b, moec_ms=round(best, 2),
+                       moec_median_ms=round(med, 2), ort_ms=round(o_best, 2), ort_median_ms=round(o_med, 2),
+                       speedup=round(o_best / best, 2) if o_best == o_best else None, ort_timed=with_ort and b == 1,
+                       tokens_per_s=round(b * t / best * 1e3, 1), mb=round(bytes_ / 1e6, 1),
                        gflop=round(flops / 1e9, 2), roofline_ms=round(bound_ms, 2),
                        roofline_fraction=round(bound_ms / med, 2), compile_s=round(compile_s, 1),
                        linear_share=round(shares["linear"], 2), moe_share=round(shares["moe"], 2),
                        attention_share=round(shares["attention"], 2), op_share=round(shares["op"], 2))
-            print(f"   {s:5s} {kind:7s} T={t:3d} past={p:3d} kv {kv}: moec {best:8.2f} ms ({row['tokens_per_s']} tok/s)  "
+            print(f"   {s:5s} {kind:7s} T={t:3d} past={p:3d} kv {kv} batch {b}: moec {best:8.2f} ms ({row['tokens_per_s']} tok/s)  "
                   f"ORT {o_best:8.2f} ms  x{row['speedup']}  roofline {row['roofline_fraction']:.2f}  time in "
                   f"linear {shares['linear']:.0%} / moe {shares['moe']:.0%} / attention {shares['attention']:.0%} / "
                   f"op steps {shares['op']:.0%}", flush=True)
@@ -217,11 +228,11 @@ def add_baseline(rows, build, args):
         out = os.path.join(tmp, "baseline.json")
         subprocess.run([sys.executable, os.path.abspath(__file__), "--build", build, "--threads", str(args.threads),
                         "--weights", args.weights, "--repeat", str(args.repeat), "--no-llama", "--no-ort",
-                        "--kv-cache", args.kv_cache, "--json", out], check=True)
-        base = {(r["storage"], r["kind"], r["tokens"], r["past"], r.get("kv_cache", "f32")): r
+                        "--kv-cache", args.kv_cache, "--batch", args.batch, "--json", out], check=True)
+        base = {(r["storage"], r["kind"], r["tokens"], r["past"], r.get("kv_cache", "f32"), r.get("batch", 1)): r
                 for r in json.load(open(out))}
     for r in rows:
-        b = base.get((r["storage"], r["kind"], r["tokens"], r["past"], r["kv_cache"]))
+        b = base.get((r["storage"], r["kind"], r["tokens"], r["past"], r["kv_cache"], r["batch"]))
         if b:
             r["baseline_ms"], r["baseline_median_ms"] = b["moec_ms"], b["moec_median_ms"]
             r["vs_baseline"] = round(b["moec_ms"] / r["moec_ms"], 2)
@@ -232,23 +243,24 @@ def add_peer(rows, peer):
     from run import variant_storage
     for r in rows:
         hit = peer.get((variant_storage(r["storage"]), r["kind"], r["tokens"], r["past"]))
-        if hit:  # llama.cpp keeps its KV cache in f16 (its default) whatever moec's row uses
+        if hit and r.get("batch", 1) == 1:  # llama.cpp runs one sequence  # llama.cpp keeps its KV cache in f16 (its default) whatever moec's row uses
             r["llama_ms"], r["llama_median_ms"], r["llama_type"] = round(hit[0], 2), round(hit[1], 2), hit[2]
             r["vs_llama"] = round(hit[0] / r["moec_ms"], 2)
 
 
 def table(rows):
-    lines = ["| moec weights | step | T | past | KV cache | moec ms (best / median) | tokens/s | ORT fp32 ms (best / median) | "
+    lines = ["| moec weights | step | T | past | KV cache | batch | moec ms (best / median) | tokens/s | ORT fp32 ms (best / median) | "
              "moec/ORT | llama.cpp ms (type; best / median) | moec/llama.cpp | MB read | GFLOP | roofline ms | "
              "moec fraction of roofline | time in linear / MoE / attention / op steps |" +
              (" baseline ms (best / median) | speed-up over baseline |" if any("baseline_ms" in r for r in rows) else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" +
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" +
              ("---|---|" if any("baseline_ms" in r for r in rows) else "")]
     for r in rows:
         ort_cell = ("not run" if not r.get("ort_timed", True) else "out of memory" if r["speedup"] is None
                     else f"{r['ort_ms']} / {r['ort_median_ms']}")
         llama_cell = (f"{r['llama_type']}: {r['llama_ms']} / {r['llama_median_ms']}" if "llama_ms" in r else "-")
         lines.append(f"| {r['storage']} | {r['kind']} | {r['tokens']} | {r['past']} | {r.get('kv_cache', 'f32')} | "
+                     f"{r.get('batch', 1)} | "
                      f"{r['moec_ms']} / "
                      f"{r['moec_median_ms']} | {r['tokens_per_s']} | {ort_cell} | {r['speedup'] or '-'} | "
                      f"{llama_cell} | {r.get('vs_llama', '-')} | {r['mb']} | {r['gflop']} | {r['roofline_ms']} | "
@@ -273,6 +285,8 @@ def main():
     ap.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     ap.add_argument("--kv-cache", default="f32", help="KV cache storages to decode with (sessions' cache_dtype): "
                     "e.g. f32,bf16")
+    ap.add_argument("--batch", default="1", help="sequences per decode session (e.g. 1,4): rows per batch, "
+                    "tokens/s counting every sequence's token (ONNX Runtime and llama.cpp at batch 1 only)")
     args = ap.parse_args()
     sys.path.insert(0, HERE)
     from run import roofline, variant_storage
@@ -281,7 +295,7 @@ def main():
     if args.baseline:
         print(f"   baseline: moec from {args.baseline}", flush=True)
     rows = run(args.build, args.threads, args.weights.split(","), roof, args.repeat, not args.no_ort,
-               args.kv_cache.split(","))
+               args.kv_cache.split(","), [int(b) for b in args.batch.split(",")])
     if args.baseline:
         add_baseline(rows, args.baseline, args)
     if not args.no_llama:

@@ -123,6 +123,12 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
     return makeError("moert_session_create: cache_dtype " + std::to_string(int(opts.cache_dtype)) +
                      " is not MOERT_F32, MOERT_BF16 or MOERT_F16");
   }
+  const pb::Value &ids = inputValue(model, p.decoder().input_ids());
+  if (ids.type().dims_size() == 2 && ids.type().dims(0).size() > 0 && ids.type().dims(0).size() != s->batch)
+    return makeError("moert_session_create: " + model->path + " was exported for a batch of " +
+                     std::to_string(ids.type().dims(0).size()) + " ('" + ids.name() +
+                     "' dim 0 is static); the " + "session asks for " + std::to_string(s->batch) +
+                     " sequences");
   for (const pb::KvCache &c : p.decoder().caches()) {
     const pb::Value &v = inputValue(model, c.past());
     moert_session::Cache cache;

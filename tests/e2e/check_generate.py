@@ -15,7 +15,8 @@ Model.generate(attention_mask=) give ONNX Runtime's greedy tokens for each seque
 tokens; every token is in the vocabulary. Bad input is one error line and a non-zero exit: a prompt longer than
 --max-context, an empty prompt, ids of rank 3, a padding mask with padding after a token, of another shape than
 the ids, or with a sequence of padding only, float ids, an unknown --kv-cache, bf16 caches for a model
-whose caches are copied, and a model that is not a decoder; caches given
+whose caches are copied, a model that is not a decoder, and a session of two sequences over a decoder exported
+for batch 1; caches given
 to Model.run with the wrong head count, head dim or dtype, lengths that differ across layers, a batch that differs
 from the ids', or a mask shorter than past + new.
 
@@ -450,6 +451,23 @@ def main():
             narrow = str(e)
         model.close()
         check("past_qwen3_moe --no-fusion: bf16 caches refused", "in place" in narrow, narrow)
+        # A decoder exported for batch 1 (static dim 0): a session of two sequences is refused when it is made.
+        m = onnx.load(path)
+        for inp in m.graph.input:
+            if inp.type.tensor_type.shape.dim and inp.type.tensor_type.shape.dim[0].dim_param:
+                inp.type.tensor_type.shape.dim[0].dim_value = 1
+        one = os.path.join(tmp, "batch1.onnx")
+        onnx.save(m, one)
+        subprocess.run([args.moec, "compile", one, "-o", one + ".moex", f"--cpu={args.cpu}", "--quiet"], check=True,
+                       capture_output=True)
+        model = rt.load(one + ".moex", threads=2)
+        try:
+            model.session(batch=2).close()
+            static = "no error"
+        except moert.Error as e:
+            static = str(e)
+        model.close()
+        check("a decoder exported for batch 1: a session of two refused", "batch of 1" in static, static)
         # Bad input: one error line, non-zero exit.
         art = os.path.join(tmp, "past_qwen3_moe.moex")
         masks = {"gap": [[1, 0, 1], [1, 1, 1]], "wide": [[1, 1, 1, 1], [1, 1, 1, 1]], "empty": [[1, 1, 1], [0, 0, 0]]}
