@@ -209,6 +209,9 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
     }
   moert_model *m = s->model;
   const pb::Decoder &d = *s->decoder;
+  if (mask && d.attention_mask() < 0 && std::find(mask, mask + s->batch * n, 0) != mask + s->batch * n)
+    return makeError(std::string(fn) + ": the decoder takes no attention_mask input, so padding cannot be "
+                                       "masked; give sequences of one length");
   std::vector<moert::CacheBinding> bindings;
   if (s->inPlace) {
     for (auto &c : s->caches) {

@@ -16,7 +16,7 @@ tokens; every token is in the vocabulary. Bad input is one error line and a non-
 --max-context, an empty prompt, ids of rank 3, a padding mask with padding after a token, of another shape than
 the ids, or with a sequence of padding only, float ids, an unknown --kv-cache, bf16 caches for a model
 whose caches are copied, a model that is not a decoder, and a session of two sequences over a decoder exported
-for batch 1; caches given
+for batch 1, a padded batch for a decoder that takes no attention_mask; caches given
 to Model.run with the wrong head count, head dim or dtype, lengths that differ across layers, a batch that differs
 from the ids', or a mask shorter than past + new.
 
@@ -201,6 +201,32 @@ def check_batch_session(args, rt, path, art, tmp, rng):
     check(f"{name}: Python generate, a left-padded batch of two", [t.tolist() for t in py] == follow.tolist() and
           stats["prompt_tokens"] == 11 and stats["new_tokens"] == 16,
           f"{[t.tolist() for t in py]}, {stats['prompt_tokens']} prompt and {stats['new_tokens']} new tokens")
+
+
+def no_mask_model(path, out_path):
+    """The decoder with its attention_mask input made inside the graph (all ones over past + new positions): a
+    decoder that takes no mask, so a session cannot mask padding for it."""
+    from onnx import helper, TensorProto
+    m = onnx.load(path)
+    g = m.graph
+    past0 = next(i.name for i in g.input if i.name.startswith("past_key_values."))
+    kept = [i for i in g.input if i.name != "attention_mask"]
+    del g.input[:]
+    g.input.extend(kept)
+    for name, v in (("_zero", 0), ("_one", 1), ("_two", 2)):
+        g.initializer.append(helper.make_tensor(name, TensorProto.INT64, [1], [v]))
+    made = [helper.make_node("Shape", ["input_ids"], ["_ids_shape"]),
+            helper.make_node("Shape", [past0], ["_past_shape"]),
+            helper.make_node("Gather", ["_ids_shape", "_zero"], ["_b"], axis=0),
+            helper.make_node("Gather", ["_ids_shape", "_one"], ["_s"], axis=0),
+            helper.make_node("Gather", ["_past_shape", "_two"], ["_p"], axis=0),
+            helper.make_node("Add", ["_p", "_s"], ["_t"]),
+            helper.make_node("Concat", ["_b", "_t"], ["_mask_shape"], axis=0),
+            helper.make_node("Expand", ["_one", "_mask_shape"], ["attention_mask"])]
+    nodes = made + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.save(m, out_path)
 
 
 def rounded_cache_model(path, out_path, dtype):
@@ -468,6 +494,19 @@ def main():
             static = str(e)
         model.close()
         check("a decoder exported for batch 1: a session of two refused", "batch of 1" in static, static)
+        # A decoder without an attention_mask input: a padded batch is refused (nothing would mask the padding).
+        nomask = os.path.join(tmp, "nomask.onnx")
+        no_mask_model(path, nomask)
+        subprocess.run([args.moec, "compile", nomask, "-o", nomask + ".moex", f"--cpu={args.cpu}", "--quiet"],
+                       check=True, capture_output=True)
+        model = rt.load(nomask + ".moex", threads=2)
+        try:
+            model.generate(np.zeros((2, 3), np.int64), attention_mask=[[1, 1, 1], [0, 1, 1]], max_new_tokens=2)
+            unmasked = "no error"
+        except moert.Error as e:
+            unmasked = str(e)
+        model.close()
+        check("a decoder without attention_mask: a padded batch refused", "no attention_mask" in unmasked, unmasked)
         # Bad input: one error line, non-zero exit.
         art = os.path.join(tmp, "past_qwen3_moe.moex")
         masks = {"gap": [[1, 0, 1], [1, 1, 1]], "wide": [[1, 1, 1, 1], [1, 1, 1, 1]], "empty": [[1, 1, 1], [0, 0, 0]]}
