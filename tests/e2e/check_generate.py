@@ -203,6 +203,23 @@ def check_batch_session(args, rt, path, art, tmp, rng):
           f"{[t.tolist() for t in py]}, {stats['prompt_tokens']} prompt and {stats['new_tokens']} new tokens")
 
 
+def error_of(args, rt, onnx_path, call):
+    """Compiles `onnx_path` next to it, loads it and gives the message of the moert.Error that call(model) raises
+    ("no error" when it raises none)."""
+    import moert
+    art = onnx_path + ".moex"
+    subprocess.run([args.moec, "compile", onnx_path, "-o", art, f"--cpu={args.cpu}", "--quiet"], check=True,
+                   capture_output=True)
+    model = rt.load(art, threads=2)
+    try:
+        call(model)
+        return "no error"
+    except moert.Error as e:
+        return str(e)
+    finally:
+        model.close()
+
+
 def no_mask_model(path, out_path):
     """The decoder with its attention_mask input made inside the graph (all ones over past + new positions): a
     decoder that takes no mask, so a session cannot mask padding for it."""
@@ -484,28 +501,13 @@ def main():
                 inp.type.tensor_type.shape.dim[0].dim_value = 1
         one = os.path.join(tmp, "batch1.onnx")
         onnx.save(m, one)
-        subprocess.run([args.moec, "compile", one, "-o", one + ".moex", f"--cpu={args.cpu}", "--quiet"], check=True,
-                       capture_output=True)
-        model = rt.load(one + ".moex", threads=2)
-        try:
-            model.session(batch=2).close()
-            static = "no error"
-        except moert.Error as e:
-            static = str(e)
-        model.close()
+        static = error_of(args, rt, one, lambda model: model.session(batch=2).close())
         check("a decoder exported for batch 1: a session of two refused", "batch of 1" in static, static)
         # A decoder without an attention_mask input: a padded batch is refused (nothing would mask the padding).
         nomask = os.path.join(tmp, "nomask.onnx")
         no_mask_model(path, nomask)
-        subprocess.run([args.moec, "compile", nomask, "-o", nomask + ".moex", f"--cpu={args.cpu}", "--quiet"],
-                       check=True, capture_output=True)
-        model = rt.load(nomask + ".moex", threads=2)
-        try:
-            model.generate(np.zeros((2, 3), np.int64), attention_mask=[[1, 1, 1], [0, 1, 1]], max_new_tokens=2)
-            unmasked = "no error"
-        except moert.Error as e:
-            unmasked = str(e)
-        model.close()
+        unmasked = error_of(args, rt, nomask, lambda model: model.generate(
+            np.zeros((2, 3), np.int64), attention_mask=[[1, 1, 1], [0, 1, 1]], max_new_tokens=2))
         check("a decoder without attention_mask: a padded batch refused", "no attention_mask" in unmasked, unmasked)
         # Bad input: one error line, non-zero exit.
         art = os.path.join(tmp, "past_qwen3_moe.moex")
