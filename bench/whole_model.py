@@ -127,14 +127,11 @@ def session_decode(model, past, repeat, rng, cache_dtype="f32", batch=1):
     prompts), then one token per sequence per call (the caches appended in place, stored as `cache_dtype`),
     rewound to `past` after each; (best ms, median ms, the shares of the last call's time)."""
     sess = model.session(max_context=past + 1, profile=True, cache_dtype=cache_dtype, batch=batch)
-    if batch == 1:
-        sess.append(rng.integers(0, CFG["vocab"], past))
-    else:
-        for p0 in range(0, past, 512):  # the prompts in parts: a [batch, past] prefill's temporaries are large
-            sess.append(rng.integers(0, CFG["vocab"], (batch, min(512, past - p0))))
+    for p0 in range(0, past, 512):  # the prompts in parts: a [batch, past] prefill's temporaries are large
+        sess.append(rng.integers(0, CFG["vocab"], (batch, min(512, past - p0))))
     times = []
     for _ in range(repeat + 1):
-        token = [int(rng.integers(0, CFG["vocab"]))] if batch == 1 else rng.integers(0, CFG["vocab"], (batch, 1))
+        token = rng.integers(0, CFG["vocab"], (batch, 1))
         t0 = time.perf_counter()
         sess.append(token)
         times.append((time.perf_counter() - t0) * 1e3)

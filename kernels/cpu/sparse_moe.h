@@ -551,65 +551,57 @@ template <class C> struct Kernel {
   /// the codes times cf summed first, then each column scaled once.
   static void downScaledOnce(const ExpertRows<C> &rows, const int64_t *fi, const float *cf, int64_t nf,
                              float *d) {
-    if constexpr (C::QBITS == 4) {
-      // int4: VW bytes hold 2 * VW columns; each byte widened once gives its even column (low nibble) and its
-      // odd one (high nibble) in two vectors, as stored (0..15: the zero point comes off once per column as
-      // 8 * sum cf), and the even / odd sums are put back in column order as each column is scaled.
-      // (Measured, whole-model int4 decode: the MoE dispatches 11-19% faster than widening each nibble into
-      // column order.)
+    if constexpr (C::QBITS != 0) {
       const float *sc = rows.row2(fi[0]).s;
-      float csum = 0.0f;
-      for (int64_t j = 0; j < nf; ++j)
-        csum += cf[j];
-      const vf off = splat(8.0f * csum);
       int64_t h = 0;
-      for (; h + 4 * VW <= H; h += 4 * VW) {
-        vf e0 = {}, o0 = {}, e1 = {}, o1 = {};
-        for (int64_t j = 0; j < nf; ++j) {
-          const uint8_t *q = rows.row2(fi[j]).q + h / 2;
-          __builtin_prefetch(q + 8 * 2 * VW);
-          u8xv b0, b1;
-          std::memcpy(&b0, q, sizeof b0);
-          std::memcpy(&b1, q + VW, sizeof b1);
-          const u32xv w0 = __builtin_convertvector(b0, u32xv), w1 = __builtin_convertvector(b1, u32xv);
-          const vf cj = splat(cf[j]);
-          e0 += cj * __builtin_convertvector(w0 & 15u, vf);
-          o0 += cj * __builtin_convertvector(w0 >> 4, vf);
-          e1 += cj * __builtin_convertvector(w1 & 15u, vf);
-          o1 += cj * __builtin_convertvector(w1 >> 4, vf);
-        }
-        float *dd = d + h;
-        const float *ss = sc + h;
-        storeInterleaved(dd, ss, e0 - off, o0 - off);
-        storeInterleaved(dd + 2 * VW, ss + 2 * VW, e1 - off, o1 - off);
-      }
-      for (; h < H; ++h) {
-        float a = 0.0f;
+      if constexpr (C::QBITS == 4) {
+        // int4: VW bytes hold 2 * VW columns; each byte widened once gives its even column (low nibble) and
+        // its odd one (high nibble) in two vectors, as stored (0..15: the zero point comes off once per
+        // column as 8 * sum cf), and the even / odd sums are put back in column order as each column is
+        // scaled. (Measured, whole-model int4 decode: the MoE dispatches 11-19% faster than widening each
+        // nibble into column order.)
+        float csum = 0.0f;
         for (int64_t j = 0; j < nf; ++j)
-          a += cf[j] * atQ<C::QBITS>(rows.row2(fi[j]).q, h);
-        d[h] += a * sc[h];
-      }
-    } else if constexpr (C::QBITS != 0) {
-      const float *sc = rows.row2(fi[0]).s;
-      int64_t h = 0;
-      for (; h + 4 * VW <= H; h += 4 * VW) {
-        vf a0 = {}, a1 = {}, a2 = {}, a3 = {};
-        for (int64_t j = 0; j < nf; ++j) {
-          const uint8_t *q = rows.row2(fi[j]).q;
-          // nf rows advance side by side, one stream each: too many for the hardware prefetcher to follow
-          __builtin_prefetch(q + (h + 8 * 4 * VW) * C::QBITS / 8);
-          const vf cj = splat(cf[j]);
-          a0 += cj * loadQ<C::QBITS>(q, h);
-          a1 += cj * loadQ<C::QBITS>(q, h + VW);
-          a2 += cj * loadQ<C::QBITS>(q, h + 2 * VW);
-          a3 += cj * loadQ<C::QBITS>(q, h + 3 * VW);
+          csum += cf[j];
+        const vf off = splat(8.0f * csum);
+        for (; h + 4 * VW <= H; h += 4 * VW) {
+          vf e0 = {}, o0 = {}, e1 = {}, o1 = {};
+          for (int64_t j = 0; j < nf; ++j) {
+            const uint8_t *q = rows.row2(fi[j]).q + h / 2;
+            __builtin_prefetch(q + 8 * 2 * VW);
+            u8xv b0, b1;
+            std::memcpy(&b0, q, sizeof b0);
+            std::memcpy(&b1, q + VW, sizeof b1);
+            const u32xv w0 = __builtin_convertvector(b0, u32xv), w1 = __builtin_convertvector(b1, u32xv);
+            const vf cj = splat(cf[j]);
+            e0 += cj * __builtin_convertvector(w0 & 15u, vf);
+            o0 += cj * __builtin_convertvector(w0 >> 4, vf);
+            e1 += cj * __builtin_convertvector(w1 & 15u, vf);
+            o1 += cj * __builtin_convertvector(w1 >> 4, vf);
+          }
+          storeInterleaved(d + h, sc + h, e0 - off, o0 - off);
+          storeInterleaved(d + h + 2 * VW, sc + h + 2 * VW, e1 - off, o1 - off);
         }
-        storev(d + h, loadv(d + h) + a0 * loadv(sc + h));
-        storev(d + h + VW, loadv(d + h + VW) + a1 * loadv(sc + h + VW));
-        storev(d + h + 2 * VW, loadv(d + h + 2 * VW) + a2 * loadv(sc + h + 2 * VW));
-        storev(d + h + 3 * VW, loadv(d + h + 3 * VW) + a3 * loadv(sc + h + 3 * VW));
+      } else {
+        for (; h + 4 * VW <= H; h += 4 * VW) {
+          vf a0 = {}, a1 = {}, a2 = {}, a3 = {};
+          for (int64_t j = 0; j < nf; ++j) {
+            const uint8_t *q = rows.row2(fi[j]).q;
+            // nf rows advance side by side, one stream each: too many for the hardware prefetcher to follow
+            __builtin_prefetch(q + h + 8 * 4 * VW);
+            const vf cj = splat(cf[j]);
+            a0 += cj * loadQ<C::QBITS>(q, h);
+            a1 += cj * loadQ<C::QBITS>(q, h + VW);
+            a2 += cj * loadQ<C::QBITS>(q, h + 2 * VW);
+            a3 += cj * loadQ<C::QBITS>(q, h + 3 * VW);
+          }
+          storev(d + h, loadv(d + h) + a0 * loadv(sc + h));
+          storev(d + h + VW, loadv(d + h + VW) + a1 * loadv(sc + h + VW));
+          storev(d + h + 2 * VW, loadv(d + h + 2 * VW) + a2 * loadv(sc + h + 2 * VW));
+          storev(d + h + 3 * VW, loadv(d + h + 3 * VW) + a3 * loadv(sc + h + 3 * VW));
+        }
       }
-      for (; h < H; ++h) {
+      for (; h < H; ++h) { // the last columns (H not a multiple of 4 vectors)
         float a = 0.0f;
         for (int64_t j = 0; j < nf; ++j)
           a += cf[j] * atQ<C::QBITS>(rows.row2(fi[j]).q, h);

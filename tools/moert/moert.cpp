@@ -3,10 +3,9 @@
 //   moert run MODEL.moex --input NAME=FILE.npy ... [--output-dir DIR] [--threads N] [--repeat N]
 //                        [--warmup N] [--profile trace.json] [--no-verify]
 //   moert inspect MODEL.moex
-//   moert generate MODEL.moex --prompt-ids ids.npy [--attention-mask mask.npy] [--max-new-tokens N] [--greedy
-//   | --temperature T
-//                  --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N] [--kv-cache f32|bf16|f16]
-//                  [--threads N] [--profile F] [--output ids.npy]
+//   moert generate MODEL.moex --prompt-ids ids.npy [--attention-mask mask.npy] [--max-new-tokens N]
+//                  [--greedy | --temperature T --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N]
+//                  [--kv-cache f32|bf16|f16] [--threads N] [--profile F] [--output ids.npy]
 //
 // Links only libmoert (no LLVM, no MLIR). Errors are one line on stderr and a non-zero exit.
 //
