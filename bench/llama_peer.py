@@ -7,7 +7,8 @@ Q8_0, Q4_0; architecture `qwen3moe`, no tokenizer: tokens go in as ids) and time
 llama-cpp-python (which builds llama.cpp from source) with the same thread count:
   - decode: one token at a time after a prefill of 128, 1024 or 4096 tokens (the KV cache then holds that many
     positions and a few more),
-  - prefill: T = 128 and 512 tokens into an empty cache, logits for every token (as the ONNX model computes).
+  - prefill: T = 128 and 512 tokens into an empty cache, logits for every token (as the ONNX model computes),
+  - prompt: the same, the last token's logits only (llama.cpp's default; `logits_all` off for these rows).
 
 Equal bits, not equal formats: moec int8/int4 store one f32 scale per 32 weights (9 / 4.5 bits a weight with the
 scale), Q8_0 / Q4_0 one f16 scale per 32 (8.5 / 4.5 bits); ggml computes int8 x int8 dot products on activations
@@ -100,6 +101,17 @@ def time_llama(path, threads, repeat):
             llm.eval(toks)
             times.append((time.perf_counter() - t0) * 1e3)
         out[("prefill", t, 0)] = (min(times[1:]), statistics.median(times[1:]))
+    llm._logits_all = False  # the prompt rows: the last token's logits only (llama.cpp's default)
+    for t in (128, 512):
+        times = []
+        for _ in range(repeat + 1):
+            toks = rng.integers(0, 32000, t).tolist()
+            llm.reset()
+            llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
+            t0 = time.perf_counter()
+            llm.eval(toks)
+            times.append((time.perf_counter() - t0) * 1e3)
+        out[("prompt", t, 0)] = (min(times[1:]), statistics.median(times[1:]))
     for past in (128, 1024, 4096):
         times = []
         llm.reset()

@@ -12,7 +12,10 @@ file) it times
     as `moert generate` runs it (KV caches held by the runtime, appended in place, stored as each of
     `--kv-cache`; ONNX Runtime is given f32 caches as inputs); with `--batch`, also sessions of several
     sequences decoding side by side (tokens/s counts every sequence's token),
-  - prefill: T = 128 and 512 tokens from an empty cache (tokens per second),
+  - prefill: T = 128 and 512 tokens from an empty cache (tokens per second), logits for every token (as the
+    ONNX model computes them: `moert run`),
+  - prompt: the same T tokens through a session, as `moert generate` reads a prompt: logits for the last
+    token only (llama.cpp: its default, `logits_all=False`; ONNX Runtime has no such mode: not run),
 and reports the whole-token roofline: every weight byte a token reads (attention projections, LM head, the
 router, the 4 chosen experts of each layer, one embedding row, the KV cache) at the measured read bandwidth,
 or the FLOPs at the FP32 peak, as a fraction of moec's time; and the share of moec's time in compiled
@@ -92,10 +95,10 @@ def feeds(t, past, rng):
     return f
 
 
-def token_cost(storage, t, past, kv_element=4, batch=1):
+def token_cost(storage, t, past, kv_element=4, batch=1, last_logits=False):
     """(bytes, FLOPs) of one call of `batch` sequences of t new tokens: weights read once per call (the experts
     its tokens choose: all 32 once T is large, top-4 per layer at T = 1), each sequence's KV cache, and 2 FLOPs
-    per weight per token plus attention."""
+    per weight per token plus attention (`last_logits`: the LM head for each sequence's last token only)."""
     c = CFG
     h, q, kv = c["hidden"], c["heads"] * c["head_dim"], c["kv_heads"] * c["head_dim"]
     dense = c["layers"] * (h * q + 2 * h * kv + q * h) + h * c["vocab"]
@@ -107,6 +110,8 @@ def token_cost(storage, t, past, kv_element=4, batch=1):
     bytes_ = (dense + touched) * WEIGHT_BYTES[variant_storage(storage)] + router + h * 4 + kv_bytes
     flops = batch * (2 * t * (dense + c["top_k"] * expert * c["layers"]) +
                      c["layers"] * 4 * t * (past + t) * q)  # Q K^T and P V
+    if last_logits:
+        flops -= batch * 2 * (t - 1) * h * c["vocab"]
     return bytes_, flops
 
 
@@ -142,6 +147,23 @@ def session_decode(model, past, repeat, rng, cache_dtype="f32", batch=1):
     return times[0], times[len(times) // 2], shares
 
 
+def session_prompt(model, t, repeat, rng):
+    """A prompt of t tokens as `moert generate` reads it: one session call into an empty cache, the logits of
+    the last token only; (best ms, median ms, the shares of the last call's time)."""
+    sess = model.session(max_context=t, profile=True)
+    times = []
+    for _ in range(repeat + 1):
+        ids = rng.integers(0, CFG["vocab"], (1, t))
+        t0 = time.perf_counter()
+        sess.append(ids)
+        times.append((time.perf_counter() - t0) * 1e3)
+        sess.rewind(0)
+    shares = shares_of(json.loads(sess.profile())["traceEvents"])
+    sess.close()
+    times = sorted(times[1:])  # the first call is a warm-up
+    return times[0], times[len(times) // 2], shares
+
+
 def shares_of(events):
     share = {"linear": 0.0, "moe": 0.0, "attention": 0.0, "op": 0.0}
     for e in events:
@@ -168,13 +190,14 @@ def run(build, threads, storages, roof, repeat=5, with_ort=True, kv_caches=("f32
     moert_cli = os.path.join(build, "bin", "moert")
     rt = moert.Runtime(os.path.join(build, "lib", "libmoert.so"))
     rng = np.random.default_rng(0)
-    cases = [("decode", 1, 128), ("decode", 1, 1024), ("decode", 1, 4096), ("prefill", 128, 0), ("prefill", 512, 0)]
-    inputs = {(t, p): [feeds(t, p, rng) for _ in range(repeat + 1)] for _, t, p in cases}
+    cases = [("decode", 1, 128), ("decode", 1, 1024), ("decode", 1, 4096), ("prefill", 128, 0), ("prefill", 512, 0),
+             ("prompt", 128, 0), ("prompt", 512, 0)]
+    inputs = {(t, p): [feeds(t, p, rng) for _ in range(repeat + 1)] for k, t, p in cases if k != "prompt"}
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]) if with_ort else None
     ort_times = {(t, p): (float("nan"), float("nan")) for _, t, p in cases}
-    for _, t, p in cases if with_ort else []:
+    for _, t, p in [c for c in cases if c[0] != "prompt"] if with_ort else []:
         ins = inputs[(t, p)] if t < 512 else inputs[(t, p)][:3]
         try:
             ort_times[(t, p)] = time_calls(lambda f: sess.run(None, f), ins)
@@ -194,16 +217,19 @@ def run(build, threads, storages, roof, repeat=5, with_ort=True, kv_caches=("f32
                                   for b in (batches if k == "decode" else [1])]:
             if kind == "decode":
                 best, med, shares = session_decode(model, p, repeat, rng, kv, b)
+            elif kind == "prompt":
+                best, med, shares = session_prompt(model, t, repeat, rng)
             else:
                 best, med = time_calls(lambda f: model.run(f), inputs[(t, p)])
                 with tempfile.TemporaryDirectory() as tmp:
                     shares = profile_shares(moert_cli, art, inputs[(t, p)][0], threads, tmp)
-            bytes_, flops = token_cost(s, t, p, KV_BYTES[kv], b)
+            bytes_, flops = token_cost(s, t, p, KV_BYTES[kv], b, last_logits=kind == "prompt")
             bound_ms = max(bytes_ / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
-            o_best, o_med = ort_times[(t, p)] if b == 1 else (float("nan"), float("nan"))  # ORT: batch 1 only
+            ort_run = b == 1 and kind != "prompt"  # ORT: batch 1, every token's logits
+            o_best, o_med = ort_times[(t, p)] if ort_run else (float("nan"), float("nan"))
             row = dict(storage=s, kind=kind, tokens=t, past=p, kv_cache=kv, batch=b, moec_ms=round(best, 2),
                        moec_median_ms=round(med, 2), ort_ms=round(o_best, 2), ort_median_ms=round(o_med, 2),
-                       speedup=round(o_best / best, 2) if o_best == o_best else None, ort_timed=with_ort and b == 1,
+                       speedup=round(o_best / best, 2) if o_best == o_best else None, ort_timed=with_ort and ort_run,
                        tokens_per_s=round(b * t / best * 1e3, 1), mb=round(bytes_ / 1e6, 1),
                        gflop=round(flops / 1e9, 2), roofline_ms=round(bound_ms, 2),
                        roofline_fraction=round(bound_ms / med, 2), compile_s=round(compile_s, 1),

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 #include <thread>
@@ -161,6 +162,37 @@ void moert::findCacheAppends(moert_model &m) {
     found[append] = c;
   }
   m.appendsCache = std::move(found);
+}
+
+void moert::findLogitsStep(moert_model &m) {
+  const pb::Program &p = m.meta.program();
+  m.logitsStep = -1;
+  if (!p.has_decoder())
+    return;
+  const int64_t logits = p.outputs(p.decoder().logits());
+  int writer = -1;
+  for (int si = 0; si < p.steps_size(); ++si) {
+    const pb::Step &s = p.steps(si);
+    std::vector<int64_t> reads;
+    if (s.has_op())
+      reads.assign(s.op().inputs().begin(), s.op().inputs().end());
+    else if (s.has_linear()) {
+      reads = {int64_t(s.linear().input()), s.linear().residual()};
+      if (int64_t(s.linear().output()) == logits && s.linear().residual() < 0)
+        writer = si;
+    } else if (s.has_attention()) {
+      const auto &a = s.attention();
+      reads = {int64_t(a.query()), int64_t(a.key()), int64_t(a.value()), a.mask(), a.sinks()};
+    } else if (s.has_moe()) {
+      reads = {int64_t(s.moe().input()), s.moe().logits(), s.moe().residual()};
+    }
+    if (std::find(reads.begin(), reads.end(), logits) != reads.end())
+      return; // something else reads the logits: they stay whole
+  }
+  for (int i = 0; i < p.outputs_size(); ++i)
+    if (int64_t(p.outputs(i)) == logits && uint32_t(i) != p.decoder().logits())
+      return; // the same value is also another output
+  m.logitsStep = writer;
 }
 
 moert_status moert::loadArtifact(const std::string &path, const moert_load_options &options, moert_model &m,
@@ -325,6 +357,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       return bad("has a corrupted decoder record");
   }
   findCacheAppends(m);
+  findLogitsStep(m);
   // Intermediates are released after the step that reads them last.
   for (int i = 0; i < p.values_size(); ++i)
     if (lastUse[i] >= 0 && lastUse[i] < p.steps_size() && !p.values(i).has_constant_section())

@@ -60,11 +60,18 @@ struct CacheBinding {
 /// dispatches' keys/values, `Shape` and the graph output.
 void findCacheAppends(struct ::moert_model &m);
 
+/// Sets moert_model::logitsStep: the linear dispatch step that writes the decoder's logits output, when
+/// nothing else reads them and it adds no residual (each logits row then depends on its own input row only).
+void findLogitsStep(struct ::moert_model &m);
+
 /// moert_run's body. With `caches` (one per decoder cache, for a session): the past inputs point into those
 /// buffers, each cache's append step writes the new positions there instead of concatenating, attention
-/// dispatches read the keys/values in place, and the presents come back as dims without data.
+/// dispatches read the keys/values in place, and the presents come back as dims without data. With
+/// `lastLogitsOnly` (a session, which returns each sequence's last logits), the logits step (findLogitsStep)
+/// multiplies only each sequence's last row: the logits come back as [batch, 1, vocab].
 moert_status runProgram(struct ::moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
-                        size_t numInputs, const CacheBinding *caches, moert_result **out);
+                        size_t numInputs, const CacheBinding *caches, moert_result **out,
+                        bool lastLogitsOnly = false);
 
 /// Loads and validates `path`; on success fills `m`. Every inconsistency is one error naming the file.
 /// `loadCode = false` validates everything but does not load the code section (the loader fuzzer: a crafted
@@ -90,6 +97,7 @@ struct moert_model {
   // session can run that append in place (moert::findCacheAppends), else -1. All -1 unless every cache can.
   std::vector<int> appendsCache;
   bool cachesConcatenated = false; // every present is Concat(past, new): the mask then spans past + new
+  int logitsStep = -1; // the linear step writing the decoder's logits (moert::findLogitsStep), or -1
   std::unique_ptr<moert::ThreadPool> pool;
   moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)
   std::string description;

@@ -121,7 +121,8 @@ void moert_result_free(moert_result *r) { delete r; }
 } // extern "C"
 
 moert_status moert::runProgram(moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
-                               size_t numInputs, const CacheBinding *caches, moert_result **out) {
+                               size_t numInputs, const CacheBinding *caches, moert_result **out,
+                               bool lastLogitsOnly) {
   if (!m || !out || (numInputs && !inputs))
     return makeError("moert_run: model, inputs and out must not be NULL");
   *out = nullptr;
@@ -351,6 +352,19 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       int64_t rows = 1;
       for (size_t i = 0; i + 1 < in.dims.size(); ++i)
         rows *= in.dims[i];
+      const float *input = reinterpret_cast<const float *>(in.data);
+      std::shared_ptr<char> lastRows; // a session's logits: each sequence's last input row, [batch][k]
+      if (lastLogitsOnly && si == m->logitsStep && in.dims.size() == 3 && in.dims[1] > 1) {
+        const int64_t B = in.dims[0], S = in.dims[1];
+        if (!(lastRows = moert::allocBlock(sizeof(float) * B * x.k)))
+          return makeError("out of memory for " + what());
+        for (int64_t b = 0; b < B; ++b)
+          std::memcpy(lastRows.get() + sizeof(float) * b * x.k, input + ((b + 1) * S - 1) * x.k,
+                      sizeof(float) * x.k);
+        input = reinterpret_cast<const float *>(lastRows.get());
+        rows = B;
+        outDims = {B, 1, x.n};
+      }
       const float *residual = nullptr;
       if (d.residual() >= 0) {
         const Tensor &r = values[d.residual()];
@@ -367,7 +381,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       moert_linear_args args{};
       args.scratch = scratch.get();
       args.rows = rows;
-      args.input = reinterpret_cast<const float *>(in.data);
+      args.input = input;
       args.residual = residual;
       args.output = out.mut<float>();
       std::memcpy(args.weights, x.weights, sizeof args.weights);

@@ -283,11 +283,14 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
   moert_result *res = nullptr;
   moert_run_options ro{sizeof(moert_run_options), s->profile ? 1 : 0};
   if (moert_status st =
-          moert::runProgram(m, &ro, ins.data(), ins.size(), s->inPlace ? bindings.data() : nullptr, &res))
+          moert::runProgram(m, &ro, ins.data(), ins.size(), s->inPlace ? bindings.data() : nullptr, &res,
+                            /*lastLogitsOnly=*/true))
     return st;
   std::unique_ptr<moert_result, void (*)(moert_result *)> hold(res, moert_result_free);
   const moert_tensor *lt = moert_result_output(res, d.logits());
-  if (!lt || lt->dtype != MOERT_F32 || lt->rank != 3 || lt->dims[0] != B || lt->dims[1] != N)
+  // [B, N, vocab], or [B, 1, vocab] when the logits' linear dispatch ran on each sequence's last row only.
+  const int64_t rowsPer = lt && lt->rank == 3 ? lt->dims[1] : 0;
+  if (!lt || lt->dtype != MOERT_F32 || lt->rank != 3 || lt->dims[0] != B || (rowsPer != N && rowsPer != 1))
     return makeError(std::string(fn) + ": the logits output is not f32 [" + std::to_string(B) + ", " +
                      std::to_string(n) + ", vocab]");
   const int64_t v = lt->dims[2];
@@ -305,7 +308,7 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
   }
   s->logits.resize(size_t(B * v));
   for (int64_t b = 0; b < B; ++b) {
-    const float *last = static_cast<const float *>(lt->data) + (b * N + N - 1) * v;
+    const float *last = static_cast<const float *>(lt->data) + ((b + 1) * rowsPer - 1) * v;
     std::copy(last, last + v, s->logits.begin() + b * v);
     for (int64_t j = 0; j < N; ++j)
       s->valid[b].push_back(isToken(b, j));

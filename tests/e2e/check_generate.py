@@ -25,6 +25,7 @@ from the ids', or a mask shorter than past + new.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -172,8 +173,15 @@ def check_batch_session(args, rt, path, art, tmp, rng):
     mask[1, :3] = 0
     want, follow = ort_batch_greedy(path, ids, mask, 8)
     model = rt.load(art, threads=2)
-    sess = model.session(batch=2, max_context=64)
-    got = [sess.append(ids, mask)] + [sess.append(follow[:, i:i + 1]) for i in range(5)]
+    sess = model.session(batch=2, max_context=64, profile=True)
+    got = [sess.append(ids, mask)]
+    # The prompt's logits layer (the last linear dispatch) multiplies each sequence's last row only.
+    lin = [e["name"] for e in json.loads(sess.profile())["traceEvents"] if e["name"].startswith("linear")]
+    head = re.fullmatch(r"linear \d+ \((\d+)x\d+x(\d+)\)", lin[-1]) if lin else None
+    check(f"{name}: a session's prompt computes the last positions' logits only",
+          head is not None and head.groups() == ("2", str(got[0].shape[-1])),
+          f"the logits layer's profile event: {lin[-1] if lin else 'none'} (want 2 rows: one per sequence)")
+    got += [sess.append(follow[:, i:i + 1]) for i in range(5)]
     err = max_rel(got, want)
     sess.rewind(7)
     again = sess.append(follow[:, :1])
