@@ -1,9 +1,50 @@
 //===- ThreadPool.cpp - moert's worker threads -------------------------------===//
 #include "ThreadPool.h"
 
+#include <chrono>
+#include <cstdlib>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 using namespace moert;
 
+namespace {
+
+constexpr int64_t kDefaultSpinMicros = 500;
+
+inline void pause() {
+#if defined(__x86_64__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+/// Spins until done() or `micros` have passed; true when done() held.
+template <class Done> bool spinFor(int64_t micros, Done done) {
+  if (micros <= 0)
+    return done();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (int i = 0;; ++i) {
+    if (done())
+      return true;
+    pause();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until)
+      return done();
+  }
+}
+
+} // namespace
+
 ThreadPool::ThreadPool(int threads) {
+  spinMicros_ = kDefaultSpinMicros;
+  if (const char *env = std::getenv("MOERT_SPIN_US")) {
+    char *end = nullptr;
+    long long v = std::strtoll(env, &end, 10);
+    if (end != env && *end == '\0' && v >= 0)
+      spinMicros_ = v;
+  }
   for (int i = 1; i < threads; ++i)
     workers_.emplace_back([this, i] { workerLoop(i); });
 }
@@ -26,18 +67,20 @@ void ThreadPool::drain(int thread) {
 void ThreadPool::workerLoop(int index) {
   uint64_t seen = 0;
   while (true) {
-    {
+    auto fresh = [&] { return stop_.load() || generation_.load() != seen; };
+    if (!spinFor(spinMicros_, fresh)) {
       std::unique_lock<std::mutex> l(m_);
-      wake_.wait(l, [&] { return stop_ || generation_ != seen; });
-      if (stop_)
-        return;
-      seen = generation_;
+      sleepers_.fetch_add(1); // then generation_ is read again (the predicate): a job posted since is seen
+      wake_.wait(l, fresh);
+      sleepers_.fetch_sub(1);
     }
+    if (stop_)
+      return;
+    seen = generation_.load();
     drain(index);
-    {
+    if (active_.fetch_sub(1) == 1 && callerAsleep_.load()) {
       std::lock_guard<std::mutex> l(m_);
-      if (--active_ == 0)
-        done_.notify_one();
+      done_.notify_one();
     }
   }
 }
@@ -51,17 +94,22 @@ void ThreadPool::parallelFor(int64_t n, void *ctx, Fn fn) {
       fn(ctx, i, 0);
     return;
   }
-  {
+  n_ = n;
+  ctx_ = ctx;
+  fn_ = fn;
+  next_.store(0);
+  active_.store(static_cast<int>(workers_.size()));
+  generation_.fetch_add(1); // publishes the job (sequentially consistent, as every atomic here)
+  if (sleepers_.load() > 0) {
     std::lock_guard<std::mutex> l(m_);
-    n_ = n;
-    ctx_ = ctx;
-    fn_ = fn;
-    next_.store(0);
-    active_ = static_cast<int>(workers_.size());
-    ++generation_;
+    wake_.notify_all();
   }
-  wake_.notify_all();
   drain(0);
-  std::unique_lock<std::mutex> l(m_);
-  done_.wait(l, [&] { return active_ == 0; });
+  auto finished = [&] { return active_.load() == 0; };
+  if (!spinFor(spinMicros_, finished)) {
+    std::unique_lock<std::mutex> l(m_);
+    callerAsleep_.store(true); // then active_ is read again (the predicate): a worker done since is seen
+    done_.wait(l, finished);
+    callerAsleep_.store(false);
+  }
 }

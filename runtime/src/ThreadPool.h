@@ -4,6 +4,11 @@
 // split adapts to uneven items. The calling thread works too. One parallel_for at a time per pool; a run
 // that finds the pool busy (another thread's run) executes its items on its own thread instead.
 //
+// A decoded token is some twenty parallel_for calls a few hundred microseconds apart or less, so waking
+// workers through the kernel for each would cost tens of microseconds a call. Workers and the caller spin
+// (a pause loop) for a while before they sleep: a worker keeps watching for the next job for `spinMicros`
+// after its last one, the caller for the end of its job as long. `MOERT_SPIN_US` sets it (0: always sleep).
+//
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_SRC_THREADPOOL_H
 #define MOERT_SRC_THREADPOOL_H
@@ -32,12 +37,15 @@ private:
 
   std::vector<std::thread> workers_;
   std::mutex busy_; // held by the run that owns the workers
-  std::mutex m_;
+  std::mutex m_;    // guards the sleeps (the state below is atomic)
   std::condition_variable wake_, done_;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
-  int active_ = 0;
-  // The current job.
+  std::atomic<uint64_t> generation_{0}; // bumped per job
+  std::atomic<bool> stop_{false};
+  std::atomic<int> active_{0};   // workers not done with the current job
+  std::atomic<int> sleepers_{0}; // workers asleep on wake_ (or about to be)
+  std::atomic<bool> callerAsleep_{false};
+  int64_t spinMicros_ = 0;
+  // The current job (written before generation_ is bumped).
   std::atomic<int64_t> next_{0};
   int64_t n_ = 0;
   void *ctx_ = nullptr;

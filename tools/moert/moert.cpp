@@ -36,7 +36,8 @@ const char *kUsage =
     "run options:\n"
     "  --input NAME=FILE.npy   an input (repeat for each; NAME as `moert inspect` lists it)\n"
     "  --output-dir DIR        write each output as DIR/<output name>.npy (default: .)\n"
-    "  --threads N             worker threads (default: one per core)\n"
+    "  --threads N             worker threads (default: one per core; they spin 500 us between jobs\n"
+    "                          before sleeping, MOERT_SPIN_US=N sets it, 0 sleeps at once)\n"
     "  --device D              where MoE dispatches run: cpu (default), gpu (CUDA, else HIP), cuda, hip;\n"
     "                          other ops run on the CPU. No driver or device: an error, never a fallback\n"
     "  --repeat N              time N calls and print best and median (default 1)\n"
@@ -514,10 +515,15 @@ int generate(int argc, char **argv) {
 } // namespace
 
 int main(int argc, char **argv) {
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
-    std::fputs(kUsage, argc < 2 ? stderr : stdout);
-    return argc < 2 ? 1 : 0;
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 1;
   }
+  for (int i = 1; i < argc; ++i) // `moert --help`, `moert run --help`, ...: the usage
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
   std::string cmd = argv[1];
   if (cmd == "run")
     return run(argc - 2, argv + 2);
