@@ -112,7 +112,7 @@ void moec::codegen::planMemory(moert::proto::Program &p) {
       writes = {st.moe().output()};
     } else if (st.has_linear()) {
       reads = {st.linear().input(), st.linear().residual()};
-      writes = {st.linear().output()};
+      writes.assign(st.linear().outputs().begin(), st.linear().outputs().end());
     } else if (st.has_attention()) {
       const auto &a = st.attention();
       reads = {a.query(), a.key(), a.value(), a.mask()};

@@ -1,5 +1,6 @@
 //===- MoEOps.cpp - moe dialect ops: verifiers, folds, canonicalisations --===//
 #include "ir/MoEOps.h"
+#include "kernels/cpu/moert_kernel_abi.h"
 
 #include "mlir/IR/Matchers.h"
 #include "mlir/IR/OpImplementation.h"
@@ -332,14 +333,30 @@ int64_t LinearOp::getOutFeatures() {
 }
 
 LogicalResult LinearOp::verify() {
+  if (getOutputs().empty() || getOutputs().size() > MOERT_LIN_MAX_OUTPUTS)
+    return emitOpError() << "has " << getOutputs().size() << " results; 1 to " << MOERT_LIN_MAX_OUTPUTS
+                         << " split its columns";
   auto inT = getInput().getType(), outT = getOutput().getType(), wT = getWeight().getType();
   if (inT.getRank() < 1)
     return emitOpError() << "operand 'input' must have rank >= 1 ([..., K]), got " << shapeStr(inT);
-  if (outT.getRank() != inT.getRank())
-    return emitOpError() << "result " << shapeStr(outT) << " must have the rank of operand 'input' "
-                         << shapeStr(inT);
-  if (outT.getElementType() != inT.getElementType())
-    return emitOpError() << "result element type must match operand 'input''s";
+  int64_t columns = 0; // every result's last dim together (dynamic when one is)
+  for (Value r : getOutputs()) {
+    auto rT = cast<RankedTensorType>(r.getType());
+    if (rT.getRank() != inT.getRank())
+      return emitOpError() << "result " << shapeStr(rT) << " must have the rank of operand 'input' "
+                           << shapeStr(inT);
+    if (rT.getElementType() != inT.getElementType())
+      return emitOpError() << "result element type must match operand 'input''s";
+    for (int64_t i = 0; i + 1 < inT.getRank(); ++i)
+      if (dimsConflict(inT.getDimSize(i), rT.getDimSize(i)))
+        return emitOpError() << "result " << shapeStr(rT) << " must keep operand 'input''s leading dims "
+                             << shapeStr(inT);
+    columns = ShapedType::isDynamic(columns) || rT.isDynamicDim(rT.getRank() - 1)
+                  ? ShapedType::kDynamic
+                  : columns + rT.getShape().back();
+  }
+  if (getOutputs().size() > 1 && getResidual())
+    return emitOpError() << "a residual needs a single result (got " << getOutputs().size() << ")";
   int64_t k = getInFeatures();
   if (ShapedType::isDynamic(k))
     return emitOpError() << "operand 'input' " << shapeStr(inT) << ": its last dim (K) must be static";
@@ -385,12 +402,9 @@ LogicalResult LinearOp::verify() {
       return emitOpError() << "storage '" << stringifyStorage(getStorage()) << "' for " << bits
                            << "-bit weights kept as imported (must be '" << stringifyStorage(want) << "')";
   }
-  if (dimsConflict(outT.getShape().back(), n))
-    return emitOpError() << "result " << shapeStr(outT) << ": last dim must be N = " << n;
-  for (int64_t i = 0; i + 1 < inT.getRank(); ++i)
-    if (dimsConflict(inT.getDimSize(i), outT.getDimSize(i)))
-      return emitOpError() << "result " << shapeStr(outT) << " must keep operand 'input''s leading dims "
-                           << shapeStr(inT);
+  if (dimsConflict(columns, n))
+    return emitOpError() << (getOutputs().size() > 1 ? "results' last dims together" : "result's last dim")
+                         << " must be N = " << n;
   if (auto b = getBias()) {
     auto bT = b.getType();
     if (bT.getRank() != 1 || dimsConflict(bT.getDimSize(0), n))

@@ -194,6 +194,12 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
     rounded to int8 per block of 32 features (or of `block_size` when that is not a multiple of 32):
     `q = round-half-even(x * 127 / max|x|)`, and the layer multiplies integers, as ggml's Q8_0 x Q4_0 dot
     products do (outputs move by about 1e-2 relative). Without it inputs are multiplied as they are.
+
+    Several results (at most 4, `MOERT_LIN_MAX_OUTPUTS`) split the `[..., N]` result along its last dim, in
+    order: result `j` holds columns `[N_0 + ... + N_{j-1}, ... + N_j)` (`[..., N_j]`). `moe-raise-linear`
+    merges the layers that read one input with one norm (Q, K and V projections; gate and up) into one op
+    this way, their weights concatenated along N, so the input is read and normalised once. A `residual`
+    needs a single result.
   }];
 
   let arguments = (ins
@@ -212,7 +218,7 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
     DefaultValuedAttr<MoE_NormAttr, "NormKind::none">:$norm,
     DefaultValuedAttr<F32Attr, "1.0e-5f">:$norm_epsilon
   );
-  let results = (outs MoE_FloatTensor:$output);
+  let results = (outs Variadic<MoE_FloatTensor>:$outputs);
 
   let assemblyFormat = [{
     $input `,` $weight (`scales` $scales^)? (`zero_points` $zero_points^)? (`bias` $bias^)?
@@ -225,8 +231,12 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
   let extraClassDeclaration = [{
     /// Input features K (the input's last dim).
     int64_t getInFeatures();
-    /// Output features N.
+    /// Output features N (every result's together).
     int64_t getOutFeatures();
+    /// The first (or only) result.
+    mlir::TypedValue<mlir::RankedTensorType> getOutput() {
+      return llvm::cast<mlir::TypedValue<mlir::RankedTensorType>>(getOutputs().front());
+    }
   }];
 }
 

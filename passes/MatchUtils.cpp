@@ -5,6 +5,7 @@
 #include "ir/ONNXOps.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/DialectResourceBlobManager.h"
 #include "mlir/IR/Matchers.h"
@@ -221,6 +222,17 @@ void eraseDeadOps(ArrayRef<Operation *> ops) {
         changed = true;
       }
   }
+}
+
+bool isGraphOutput(Value v) {
+  for (Operation *user : v.getUsers()) {
+    if (isa<func::ReturnOp>(user))
+      return true;
+    if (isa<ox::ReshapeOp, ox::IdentityOp, ox::SqueezeOp, ox::UnsqueezeOp>(user) &&
+        isGraphOutput(user->getResult(0)))
+      return true;
+  }
+  return false;
 }
 
 void noteFused(Operation *op, StringRef what) {

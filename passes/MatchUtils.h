@@ -85,6 +85,9 @@ bool usedOnlyWithin(llvm::ArrayRef<mlir::Operation *> ops, mlir::Operation *exce
 /// Erases the ops of `ops` that have no users, repeatedly, until none is left to erase.
 void eraseDeadOps(llvm::ArrayRef<mlir::Operation *> ops);
 
+/// True when `v` reaches a func.return, directly or through reshapes (a graph output: the LM head's logits).
+bool isGraphOutput(mlir::Value v);
+
 /// Appends `what` to op's `moe.fused` list (what the fusion passes folded into it, for `moec --report`).
 void noteFused(mlir::Operation *op, llvm::StringRef what);
 

@@ -120,8 +120,10 @@ def MoERaiseLinearPass : Pass<"moe-raise-linear"> {
     same type, when it is the only reader of the result, becomes its `residual`. Products of two computed
     values (attention's Q K^T and P V) are left alone. `x` may have any rank: leading dims are rows.
     The norm in front (RMSNorm, `LayerNormalization`: the MoE norm fusion's matcher) moves into every
-    linear layer reading it when nothing else reads its output (Q, K and V projections each normalise their
-    rows). `Gather(table, indices, axis = 0)` with a constant 2-D f32 table as wide as the model's hidden size
+    linear layer reading it when nothing else reads its output; then the layers reading one input through
+    one norm (Q, K and V projections; gate and up) merge into one `moe.linear` with a result per layer (at
+    most 4), their weights and biases concatenated along N (not those with a residual, MatMulNBits weights
+    or a graph output as result). `Gather(table, indices, axis = 0)` with a constant 2-D f32 table as wide as the model's hidden size
     (a token embedding) becomes `moe.embedding`, whose table is then stored like a weight.
   }];
   let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];

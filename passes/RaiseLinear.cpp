@@ -10,6 +10,7 @@
 //===----------------------------------------------------------------------===//
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
+#include "kernels/cpu/moert_kernel_abi.h"
 #include "passes/MatchUtils.h"
 #include "passes/Passes.h"
 
@@ -17,6 +18,7 @@
 #include "mlir/IR/Matchers.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/MapVector.h"
+#include "llvm/ADT/StringExtras.h"
 
 #include <cstring>
 
@@ -102,7 +104,7 @@ std::string raise(Operation *mm) {
     auto ft = RankedTensorType::get({lin->out}, bt.getElementType());
     bias = bt == ft ? lin->bias : makeConstant(b, mm->getLoc(), ft, bytes, "linear_bias");
   }
-  auto op = b.create<moe::LinearOp>(mm->getLoc(), outT, lin->x, w, /*scales=*/Value(),
+  auto op = b.create<moe::LinearOp>(mm->getLoc(), TypeRange{outT}, lin->x, w, /*scales=*/Value(),
                                     /*zero_points=*/Value(), bias,
                                     /*residual=*/Value(), /*norm_weight=*/Value(), /*norm_bias=*/Value(),
                                     moe::Storage::fp32, /*block_size=*/32, moe::WeightQuantAttr(),
@@ -110,7 +112,7 @@ std::string raise(Operation *mm) {
   op->setAttr("moe.source", b.getStringAttr(mm->getName().stripDialect()));
   if (lin->bias)
     noteFused(op, "bias");
-  end.replaceAllUsesWith(op.getResult());
+  end.replaceAllUsesWith(op.getOutput());
   for (Operation *dead : lin->ops)
     if (dead->use_empty())
       dead->erase();
@@ -118,7 +120,7 @@ std::string raise(Operation *mm) {
     wTransposed.getDefiningOp()->erase();
 
   // A residual connection: Add(linear, r) with r of the same type, when the Add is the only reader.
-  Value res = op.getResult();
+  Value res = op.getOutput();
   if (res.hasOneUse())
     if (auto add = dyn_cast<ox::AddOp>(*res.getUsers().begin())) {
       Value r = otherOperand(add, res);
@@ -176,6 +178,111 @@ void fuseNorms(Operation *root, bool remarks) {
       noteFused(l, n->kind == moe::NormKind::rms ? "rms_norm" : "layer_norm");
     }
     eraseDeadOps(n->ops);
+  }
+}
+
+/// Merges the linear layers that read one input through one norm (Q, K and V projections; gate and up) into
+/// one `moe.linear` with a result per layer, their weights (and biases, zero where a layer has none)
+/// concatenated along N, up to MOERT_LIN_MAX_OUTPUTS at a time: one dispatch reads and normalises the input
+/// once. Layers with a residual, with weights kept as imported (MatMulNBits) or whose result is a graph
+/// output (an LM head: it may be stored wider) stay apart.
+void mergeProjections(Operation *root) {
+  llvm::MapVector<Value, SmallVector<moe::LinearOp>> byInput;
+  root->walk([&](moe::LinearOp l) {
+    if (l.getOutputs().size() == 1 && !l.getResidual() && !l.getWeightQuantAttr() &&
+        !isGraphOutput(l.getOutput()) && l.getWeight().getType().getElementType().isF32() &&
+        l.getWeight().getType().hasStaticShape())
+      byInput[l.getInput()].push_back(l);
+  });
+  for (auto &[x, all] : byInput) {
+    // Groups of layers with the same norm (all of them, when the norm was fused into every reader), in order.
+    SmallVector<SmallVector<moe::LinearOp>> groups;
+    for (moe::LinearOp l : all) {
+      auto same = [&](moe::LinearOp o) {
+        return o->getBlock() == l->getBlock() && o.getNorm() == l.getNorm() &&
+               o.getNormWeight() == l.getNormWeight() && o.getNormBias() == l.getNormBias() &&
+               o.getNormEpsilon() == l.getNormEpsilon();
+      };
+      auto g = llvm::find_if(
+          groups, [&](auto &grp) { return same(grp.front()) && grp.size() < size_t(MOERT_LIN_MAX_OUTPUTS); });
+      if (g == groups.end())
+        groups.push_back({l});
+      else
+        g->push_back(l);
+    }
+    for (auto &group : groups) {
+      if (group.size() < 2)
+        continue;
+      const int64_t k = group.front().getInFeatures();
+      std::vector<std::vector<char>> weights;
+      int64_t n = 0;
+      bool bias = false, readable = true;
+      for (moe::LinearOp l : group) {
+        weights.push_back(constantBytes(l.getWeight()));
+        readable &= int64_t(weights.back().size()) == k * l.getOutFeatures() * int64_t(sizeof(float));
+        n += l.getOutFeatures();
+        bias |= l.getBias() != nullptr;
+      }
+      std::vector<float> biases(bias ? n : 0, 0.0f);
+      for (int64_t j = 0, at = 0; readable && j < int64_t(group.size()); at += group[j].getOutFeatures(), ++j)
+        if (Value b = group[j].getBias()) {
+          std::vector<char> bytes = constantBytes(b);
+          readable &= int64_t(bytes.size()) == group[j].getOutFeatures() * int64_t(sizeof(float));
+          if (readable)
+            std::memcpy(biases.data() + at, bytes.data(), bytes.size());
+        }
+      if (!readable)
+        continue;
+      std::vector<char> w(size_t(k) * n * sizeof(float)); // [K, N]: row k is every layer's row k in turn
+      for (int64_t row = 0; row < k; ++row) {
+        char *dst = w.data() + size_t(row) * n * sizeof(float);
+        for (size_t j = 0; j < group.size(); ++j) {
+          const size_t bytes = size_t(group[j].getOutFeatures()) * sizeof(float);
+          std::memcpy(dst, weights[j].data() + row * bytes, bytes);
+          dst += bytes;
+        }
+      }
+      moe::LinearOp first =
+          *llvm::min_element(group, [](moe::LinearOp a, moe::LinearOp b) { return a->isBeforeInBlock(b); });
+      OpBuilder b(first);
+      Location loc =
+          b.getFusedLoc(llvm::to_vector(llvm::map_range(group, [](moe::LinearOp l) { return l.getLoc(); })));
+      auto f32 = b.getF32Type();
+      Value wc = makeConstant(b, loc, RankedTensorType::get({k, n}, f32), w, "linear_weight");
+      Value bc = bias ? makeConstant(b, loc, RankedTensorType::get({n}, f32),
+                                     ArrayRef<char>(reinterpret_cast<const char *>(biases.data()), n * 4),
+                                     "linear_bias")
+                      : Value();
+      SmallVector<Type> types;
+      for (moe::LinearOp l : group)
+        types.push_back(l.getOutput().getType());
+      auto op = b.create<moe::LinearOp>(loc, types, x, wc, Value(), Value(), bc, Value(),
+                                        first.getNormWeight(), first.getNormBias(), moe::Storage::fp32,
+                                        /*block_size=*/32, moe::WeightQuantAttr(), /*int8_activations=*/false,
+                                        first.getNorm(), first.getNormEpsilon());
+      SmallVector<std::string> sources, fused;
+      for (moe::LinearOp l : group) {
+        if (auto src = l->getAttrOfType<StringAttr>("moe.source"))
+          sources.push_back(src.getValue().str());
+        if (auto list = l->getAttrOfType<ArrayAttr>("moe.fused"))
+          for (Attribute a : list)
+            if (!llvm::is_contained(fused, cast<StringAttr>(a).getValue().str()))
+              fused.push_back(cast<StringAttr>(a).getValue().str());
+      }
+      op->setAttr("moe.source", b.getStringAttr(llvm::join(sources, " + ")));
+      for (const std::string &f : fused)
+        noteFused(op, f);
+      noteFused(op, std::to_string(group.size()) + " layers of one input");
+      SmallVector<Operation *> dead;
+      for (auto [j, l] : llvm::enumerate(group)) {
+        l.getOutput().replaceAllUsesWith(op.getOutputs()[j]);
+        for (Value c : {l.getWeight(), l.getBias()})
+          if (c && c.getDefiningOp())
+            dead.push_back(c.getDefiningOp());
+        l->erase();
+      }
+      eraseDeadOps(dead);
+    }
   }
 }
 
@@ -241,6 +348,7 @@ struct MoERaiseLinearPass final : moec::impl::MoERaiseLinearPassBase<MoERaiseLin
       remarkIfUnfused(remarks, mm, "linear layer not raised", why);
     }
     fuseNorms(getOperation(), remarks);
+    mergeProjections(getOperation());
     getOperation()->walk([&](moe::LinearOp l) { hidden.insert(l.getInFeatures()); });
     for (ox::GatherOp g : gathers)
       remarkIfUnfused(remarks, g, "embedding not raised", raiseEmbedding(g, hidden));

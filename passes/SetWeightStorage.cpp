@@ -23,17 +23,6 @@ namespace moe = moec::moe;
 
 namespace {
 
-/// True when `v` reaches a func.return, directly or through reshapes.
-bool isGraphOutput(Value v) {
-  for (Operation *user : v.getUsers()) {
-    if (isa<func::ReturnOp>(user))
-      return true;
-    if (isa<ox::ReshapeOp, ox::IdentityOp, ox::SqueezeOp, ox::UnsqueezeOp>(user) && isGraphOutput(user->getResult(0)))
-      return true;
-  }
-  return false;
-}
-
 struct MoESetWeightStoragePass final : moec::impl::MoESetWeightStoragePassBase<MoESetWeightStoragePass> {
   using Base::Base;
   void runOnOperation() override {
@@ -66,7 +55,7 @@ struct MoESetWeightStoragePass final : moec::impl::MoESetWeightStoragePassBase<M
         m.setInt8Activations(int8Activations && (m.getFc1QuantAttr() || quantised(m.getStorage())));
       } else if (auto l = dyn_cast<moe::LinearOp>(op)) {
         if (!l.getWeightQuantAttr()) { // MatMulNBits: kept as imported
-          l.setStorageAttr(moe::StorageAttr::get(ctx, isGraphOutput(l.getResult()) ? head : dense));
+          l.setStorageAttr(moe::StorageAttr::get(ctx, isGraphOutput(l.getOutput()) ? head : dense));
           l.setBlockSize(blockSize);
         }
         l.setInt8Activations(int8Activations && quantised(l.getStorage()));

@@ -815,9 +815,18 @@ struct Emitter {
     step->set_k(k);
     step->set_n(n);
     step->set_weight_bytes(bytes);
+    // The outputs' columns (several: projections of one input merged by moe-raise-linear).
+    std::vector<int64_t> split{0};
+    for (Value r : op.getOutputs())
+      split.push_back(split.back() + cast<RankedTensorType>(r.getType()).getShape().back());
+    if (split.back() != n)
+      return fail(op, "its results' last dims add up to " + Twine(split.back()) + ", not N = " + Twine(n));
     std::string desc;
     llvm::raw_string_ostream ds(desc);
-    ds << "linear K=" << k << " N=" << n << " " << moe::stringifyStorage(op.getStorage());
+    ds << "linear K=" << k << " N=" << n;
+    for (size_t j = 1; split.size() > 2 && j < split.size(); ++j)
+      ds << (j == 1 ? " (" : " + ") << split[j] - split[j - 1] << (j + 1 == split.size() ? ")" : "");
+    ds << " " << moe::stringifyStorage(op.getStorage());
     if (qbits)
       ds << "/" << block << (qa ? " (kept as imported" + std::string(affine ? ", zero points)" : ")") : "");
     if (qbits && op.getInt8Activations())
@@ -831,10 +840,13 @@ struct Emitter {
     if (auto src = op->getAttrOfType<StringAttr>("moe.source"))
       ds << " (" << src.getValue() << ")";
     step->set_description(desc);
-    uint32_t outId;
-    if (!addValue(op, op.getResult(), "linear" + std::to_string(index), outId))
-      return false;
-    step->set_output(outId);
+    for (auto [j, r] : llvm::enumerate(op.getOutputs())) {
+      uint32_t outId;
+      if (!addValue(op, r, "linear" + std::to_string(index) + (j ? "." + std::to_string(j) : ""), outId))
+        return false;
+      step->add_outputs(outId);
+      step->add_output_columns(split[j + 1] - split[j]);
+    }
     if (progress && bytes >= (16u << 20))
       *progress << "moec: linear " << index << ": " << desc << " (" << llvm::format("%.1f", bytes / 1048576.0)
                 << " MiB packed in "
@@ -857,6 +869,11 @@ struct Emitter {
        << ", HAS_NORM_BIAS = " << b(op.getNormBias() != nullptr) << ";\n"
        << "  static constexpr int NORM = " << static_cast<int>(op.getNorm()) << ";\n"
        << "  static constexpr float EPS = " << floatLit(op.getNormEpsilon().convertToDouble()) << ";\n"
+       << "  static constexpr int NOUT = " << split.size() - 1 << ";\n"
+       << "  static constexpr int64_t SPLIT[NOUT + 1] = {";
+    for (size_t j = 0; j < split.size(); ++j)
+      os << (j ? ", " : "") << split[j];
+    os << "};\n"
        << "};\n}\n"
        << "extern \"C\" MOERT_EXPORT int moert_linear_" << index << "(const moert_linear_args *a) { return "
        << "moert_cpu::Linear<" << name << ">::run(a); }\n"
@@ -866,7 +883,9 @@ struct Emitter {
        << "_scratch(int64_t rows, int threads) { return "
        << "moert_cpu::Linear<" << name << ">::scratch(rows, threads); }\n"
        << "extern \"C\" MOERT_EXPORT int64_t moert_linear_" << index
-       << "_dims(int which) { return which == 0 ? " << k << " : " << n << "; }\n";
+       << "_dims(int which) { return which == 0 ? " << k << " : which == 1 ? " << n << " : which == 2 ? "
+       << name << "::NOUT : which >= 3 && which - 3 < " << name << "::NOUT ? " << name
+       << "::SPLIT[which - 2] - " << name << "::SPLIT[which - 3] : -1; }\n";
     return true;
   }
 

@@ -66,7 +66,8 @@ typedef float f32x16 __attribute__((vector_size(64)));
 /// QBLOCK (input features per scale when quantised); AFFINE (offsets given: unsigned codes, w = code * scale
 /// + offset; else int8 codes are signed and int4 ones centred on 8); HAS_BIAS; NORM (moert_norm: the rows are
 /// normalised first, into the scratch), EPS, HAS_NORM_BIAS; INT8_ACT (decode rounds the
-/// inputs to int8 and multiplies integers, see below).
+/// inputs to int8 and multiplies integers, see below); NOUT and SPLIT[NOUT + 1] (the outputs the N columns
+/// go to: output j holds columns [SPLIT[j], SPLIT[j + 1]), SPLIT[0] = 0, SPLIT[NOUT] = N).
 template <class C> struct Linear {
   static constexpr int64_t K = C::K, N = C::N, NR = kGemmNR, NV = kGemmNV, NP = (N + NR - 1) / NR;
   static constexpr int QBITS = C::QBITS;
@@ -90,6 +91,29 @@ template <class C> struct Linear {
   static_assert(!QBITS || XB % GK == 0 || KX == 1, "input blocks of whole feature groups");
   static_assert(NR == 16, "the int4 and int8 loads are written for 16-column panels");
   static_assert(kLinMC % MR == 0, "row blocks are whole tiles");
+  static_assert(C::NOUT >= 1 && C::NOUT <= MOERT_LIN_MAX_OUTPUTS && C::SPLIT[0] == 0 &&
+                    C::SPLIT[C::NOUT] == N,
+                "the outputs split the N columns");
+
+  /// Columns [n0, n0 + cols) of result row r, copied out of (STORE = false) or into the outputs they belong
+  /// to; a panel's columns may straddle two outputs.
+  template <bool STORE>
+  static inline void columns(const moert_linear_args &a, int64_t r, int64_t n0, int64_t cols, float *tmp) {
+    if constexpr (C::NOUT == 1) {
+      float *o = a.outputs[0] + r * N + n0;
+      STORE ? std::memcpy(o, tmp, sizeof(float) * cols) : std::memcpy(tmp, o, sizeof(float) * cols);
+    } else {
+      int j = 0;
+      while (C::SPLIT[j + 1] <= n0)
+        ++j;
+      for (int64_t done = 0; done < cols; ++j) {
+        const int64_t c = n0 + done, w = std::min<int64_t>(cols - done, C::SPLIT[j + 1] - c);
+        float *o = a.outputs[j] + r * (C::SPLIT[j + 1] - C::SPLIT[j]) + (c - C::SPLIT[j]);
+        STORE ? std::memcpy(o, tmp + done, sizeof(float) * w) : std::memcpy(tmp + done, o, sizeof(float) * w);
+        done += w;
+      }
+    }
+  }
 
   /// Scratch bytes of a call: int8 activations with more rows than the stack holds keep the rounded rows
   /// there.
@@ -441,7 +465,7 @@ template <class C> struct Linear {
       } else {
         for (int i = 0; i < M; ++i) {
           float tmp[NR] = {};
-          std::memcpy(tmp, a.output + (r + i) * N + n0, sizeof(float) * cols);
+          columns<false>(a, r + i, n0, cols, tmp);
           for (int v = 0; v < NV; ++v)
             acc[i][j * NV + v] = loadv(tmp + v * VW);
         }
@@ -477,7 +501,7 @@ template <class C> struct Linear {
           for (int64_t q = 0; q < cols; ++q)
             tmp[q] += res[q];
         }
-        std::memcpy(a.output + (r + i) * N + n0, tmp, sizeof(float) * cols);
+        columns<true>(a, r + i, n0, cols, tmp);
       }
     }
   }

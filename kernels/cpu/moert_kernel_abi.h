@@ -10,9 +10,10 @@
  *
  *   int      moert_linear_<j>(const moert_linear_args *args);            0 on success
  *   uint64_t moert_linear_<j>_weight_bytes(int slot);                    bytes each weight slot must hold
- *   int64_t  moert_linear_<j>_dims(int which);                           0: K (input features), 1: N
- *(outputs) size_t   moert_linear_<j>_scratch(int64_t rows, int threads);        scratch bytes one call needs
- *(may be 0)
+ *   int64_t  moert_linear_<j>_dims(int which);                           0: K (input features), 1: N,
+ *                                                                        2: outputs, 3 + i: output i's
+ *columns (outputs) size_t   moert_linear_<j>_scratch(int64_t rows, int threads);        scratch bytes one
+ *call needs (may be 0)
  *
  * per attention dispatch `j` (kernels/cpu/attention.h):
  *
@@ -36,7 +37,7 @@
 extern "C" {
 #endif
 
-#define MOERT_KERNEL_ABI_VERSION 8
+#define MOERT_KERNEL_ABI_VERSION 9
 
 /* Runs fn(ctx, i) for i in [0, n) on the runtime's threads; returns when all are done. `thread` is the
  * index of the worker running the call, in [0, threads). */
@@ -178,11 +179,15 @@ enum moert_rotary_input {
   MOERT_ROTARY_INPUTS = 4
 };
 
+/* Outputs a linear dispatch splits its N columns into, at most (moe.linear's results: Q, K and V projections
+ * of one input merged, say): output j is [M][N_j], columns N_0 + ... + N_{j-1} on (C::SPLIT). */
+#define MOERT_LIN_MAX_OUTPUTS 4
+
 typedef struct moert_linear_args {
   int64_t rows;                          /* M                                                      */
   const float *input;                    /* [M][K]                                                 */
-  const float *residual;                 /* [M][N] added to the result, or NULL                    */
-  float *output;                         /* [M][N]                                                 */
+  const float *residual;                 /* [M][N] added to the result, or NULL (one output only)  */
+  float *outputs[MOERT_LIN_MAX_OUTPUTS]; /* [M][N_j] each; NULL past the layer's outputs           */
   const void *weights[MOERT_LIN_SLOTS];  /* NULL where the layer has no such operand               */
   void *scratch;                         /* moert_linear_<j>_scratch(rows, threads) bytes, 64-aligned */
   const moert_exec *exec;

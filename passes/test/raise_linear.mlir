@@ -135,3 +135,56 @@ func.func @layer_norm(%x: tensor<?x2xf32>) -> tensor<?x3xf32> {
   %y = onnx.MatMul %n, %w : (tensor<?x2xf32>, tensor<2x3xf32>) -> tensor<?x3xf32>
   return %y : tensor<?x3xf32>
 }
+
+// -----
+
+// Three layers reading one input (Q, K and V projections): one moe.linear with three results, the weights
+// concatenated along N ([2, 2 + 1 + 2]), the biases too with zeros where a layer has none (K). A layer whose
+// result is a graph output (an LM head) stays apart.
+// CHECK-LABEL: func.func @merged_projections
+// CHECK-DAG: %[[W:.+]] = arith.constant dense<{{\[}}[1.000000e+00, 2.000000e+00, 5.000000e+00, 7.000000e+00, 8.000000e+00], [3.000000e+00, 4.000000e+00, 6.000000e+00, 9.000000e+00, 1.000000e+01]]> : tensor<2x5xf32>
+// CHECK-DAG: %[[B:.+]] = arith.constant dense<[1.000000e+00, 2.000000e+00, 0.000000e+00, 3.000000e+00, 4.000000e+00]> : tensor<5xf32>
+// CHECK: %[[Y:.+]]:3 = moe.linear %arg0, %[[W]] bias %[[B]] {moe.fused = ["bias", "3 layers of one input"], moe.source = "MatMul + MatMul + MatMul"}
+// CHECK-SAME: (tensor<?x2xf32>, tensor<2x5xf32>, tensor<5xf32>) -> (tensor<?x2xf32>, tensor<?x1xf32>, tensor<?x2xf32>)
+// CHECK: %[[H:.+]] = moe.linear %arg0, %{{.+}} {moe.source = "MatMul"} : (tensor<?x2xf32>, tensor<2x3xf32>) -> tensor<?x3xf32>
+// CHECK-NOT: onnx.MatMul
+// CHECK: onnx.Mul %[[Y]]#0, %[[Y]]#2
+// CHECK: onnx.Expand %[[Y]]#1
+func.func @merged_projections(%x: tensor<?x2xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>, tensor<?x3xf32>) {
+  %wq = onnx.Constant dense<[[1.0, 2.0], [3.0, 4.0]]> : tensor<2x2xf32>
+  %bq = onnx.Constant dense<[1.0, 2.0]> : tensor<2xf32>
+  %wk = onnx.Constant dense<[[5.0], [6.0]]> : tensor<2x1xf32>
+  %wv = onnx.Constant dense<[[7.0, 8.0], [9.0, 10.0]]> : tensor<2x2xf32>
+  %bv = onnx.Constant dense<[3.0, 4.0]> : tensor<2xf32>
+  %wh = onnx.Constant dense<[[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]> : tensor<2x3xf32>
+  %shape = onnx.Constant dense<[1, 2]> : tensor<2xi64>
+  %q0 = onnx.MatMul %x, %wq : (tensor<?x2xf32>, tensor<2x2xf32>) -> tensor<?x2xf32>
+  %q = onnx.Add %q0, %bq : (tensor<?x2xf32>, tensor<2xf32>) -> tensor<?x2xf32>
+  %k = onnx.MatMul %x, %wk : (tensor<?x2xf32>, tensor<2x1xf32>) -> tensor<?x1xf32>
+  %v0 = onnx.MatMul %x, %wv : (tensor<?x2xf32>, tensor<2x2xf32>) -> tensor<?x2xf32>
+  %v = onnx.Add %v0, %bv : (tensor<?x2xf32>, tensor<2xf32>) -> tensor<?x2xf32>
+  %h = onnx.MatMul %x, %wh : (tensor<?x2xf32>, tensor<2x3xf32>) -> tensor<?x3xf32>
+  %qv = onnx.Mul %q, %v : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+  %ke = onnx.Expand %k, %shape : (tensor<?x1xf32>, tensor<2xi64>) -> tensor<?x2xf32>
+  return %qv, %ke, %h : tensor<?x2xf32>, tensor<?x2xf32>, tensor<?x3xf32>
+}
+
+// -----
+
+// Five layers of one input: at most four results per op (MOERT_LIN_MAX_OUTPUTS), the fifth stays alone.
+// CHECK-LABEL: func.func @at_most_four
+// CHECK: moe.linear %arg0, %{{.+}} {moe.fused = ["4 layers of one input"]{{.*}}} : (tensor<?x2xf32>, tensor<2x4xf32>) -> (tensor<?x1xf32>, tensor<?x1xf32>, tensor<?x1xf32>, tensor<?x1xf32>)
+// CHECK: moe.linear %arg0, %{{.+}} {moe.source = "MatMul"} : (tensor<?x2xf32>, tensor<2x1xf32>) -> tensor<?x1xf32>
+func.func @at_most_four(%x: tensor<?x2xf32>) -> tensor<?x1xf32> {
+  %w = onnx.Constant dense<[[1.0], [2.0]]> : tensor<2x1xf32>
+  %a = onnx.MatMul %x, %w : (tensor<?x2xf32>, tensor<2x1xf32>) -> tensor<?x1xf32>
+  %b = onnx.MatMul %x, %w : (tensor<?x2xf32>, tensor<2x1xf32>) -> tensor<?x1xf32>
+  %c = onnx.MatMul %x, %w : (tensor<?x2xf32>, tensor<2x1xf32>) -> tensor<?x1xf32>
+  %d = onnx.MatMul %x, %w : (tensor<?x2xf32>, tensor<2x1xf32>) -> tensor<?x1xf32>
+  %e = onnx.MatMul %x, %w : (tensor<?x2xf32>, tensor<2x1xf32>) -> tensor<?x1xf32>
+  %ab = onnx.Mul %a, %b : (tensor<?x1xf32>, tensor<?x1xf32>) -> tensor<?x1xf32>
+  %cd = onnx.Mul %c, %d : (tensor<?x1xf32>, tensor<?x1xf32>) -> tensor<?x1xf32>
+  %abcd = onnx.Mul %ab, %cd : (tensor<?x1xf32>, tensor<?x1xf32>) -> tensor<?x1xf32>
+  %y = onnx.Mul %abcd, %e : (tensor<?x1xf32>, tensor<?x1xf32>) -> tensor<?x1xf32>
+  return %y : tensor<?x1xf32>
+}

@@ -147,7 +147,9 @@ void moert::findCacheAppends(moert_model &m) {
           return;
       } else if (s.has_linear()) {
         const auto &l = s.linear();
-        for (int64_t id : {int64_t(l.input()), l.residual(), int64_t(l.output())})
+        std::vector<int64_t> ids{int64_t(l.input()), l.residual()};
+        ids.insert(ids.end(), l.outputs().begin(), l.outputs().end());
+        for (int64_t id : ids)
           if (id == int64_t(past) || id == int64_t(present))
             return;
       } else if (s.has_moe()) {
@@ -178,7 +180,8 @@ void moert::findLogitsStep(moert_model &m) {
       reads.assign(s.op().inputs().begin(), s.op().inputs().end());
     else if (s.has_linear()) {
       reads = {int64_t(s.linear().input()), s.linear().residual()};
-      if (int64_t(s.linear().output()) == logits && s.linear().residual() < 0)
+      if (s.linear().outputs_size() == 1 && int64_t(s.linear().outputs(0)) == logits &&
+          s.linear().residual() < 0)
         writer = si;
     } else if (s.has_attention()) {
       const auto &a = s.attention();
@@ -300,11 +303,21 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       ++dispatchCount;
     } else if (s.has_linear()) {
       const auto &d = s.linear();
-      if (!read(d.input(), si) || !validId(d.output()) || (d.residual() != -1 && !read(d.residual(), si)) ||
-          d.weight_sections_size() != MOERT_LIN_SLOTS || static_cast<int>(d.index()) != linearCount ||
-          d.k() <= 0 || d.n() <= 0 || p.values(d.output()).type().dtype() != pb::F32)
+      bool ok = read(d.input(), si) && (d.residual() == -1 || read(d.residual(), si)) &&
+                d.weight_sections_size() == MOERT_LIN_SLOTS && static_cast<int>(d.index()) == linearCount &&
+                d.k() > 0 && d.n() > 0 && d.outputs_size() >= 1 &&
+                d.outputs_size() <= MOERT_LIN_MAX_OUTPUTS && d.output_columns_size() == d.outputs_size() &&
+                (d.outputs_size() == 1 || d.residual() == -1);
+      int64_t columns = 0;
+      for (int j = 0; ok && j < d.outputs_size(); ++j) {
+        ok = validId(d.outputs(j)) && p.values(d.outputs(j)).type().dtype() == pb::F32 &&
+             d.output_columns(j) > 0 && d.output_columns(j) <= d.n();
+        columns += ok ? d.output_columns(j) : 0;
+      }
+      if (!ok || columns != d.n())
         return bad("has a corrupted program (linear dispatch " + std::to_string(linearCount) + ")");
-      ready[d.output()] = 1;
+      for (uint32_t id : d.outputs())
+        ready[id] = 1;
       ++linearCount;
     } else if (s.has_attention()) {
       const auto &d = s.attention();
@@ -446,7 +459,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       return bad("its code lacks linear dispatch " + std::to_string(d.index()));
     x.k = dims(0);
     x.n = dims(1);
-    if (x.k != d.k() || x.n != d.n())
+    bool same = x.k == d.k() && x.n == d.n() && dims(2) == d.outputs_size();
+    for (int j = 0; same && j < d.outputs_size(); ++j)
+      same = dims(3 + j) == d.output_columns(j);
+    if (!same)
       return bad("has linear dispatch " + std::to_string(d.index()) + " metadata that disagrees with its code");
     for (int slot = 0; slot < MOERT_LIN_SLOTS; ++slot) {
       int64_t sec = d.weight_sections(slot);

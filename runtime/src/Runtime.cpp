@@ -347,7 +347,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         return makeError(what() + ": input of dtype " + dtypeName(in.dtype) + ", expected f32");
       if (in.dims.empty() || in.dims.back() != x.k)
         return makeError(what() + ": input " + dimsString(in.dims) + ", expected [..., " + std::to_string(x.k) + "]");
-      std::vector<int64_t> outDims = in.dims;
+      std::vector<int64_t> outDims = in.dims; // [..., N] (each output: [..., N_j])
       outDims.back() = x.n;
       int64_t rows = 1;
       for (size_t i = 0; i + 1 < in.dims.size(); ++i)
@@ -372,24 +372,32 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
           return makeError(what() + ": residual " + dimsString(r.dims) + ", expected " + dimsString(outDims));
         residual = reinterpret_cast<const float *>(r.data);
       }
-      Tensor out;
-      place(d.output(), out);
+      const int outputs = d.outputs_size();
+      Tensor out[MOERT_LIN_MAX_OUTPUTS];
       const size_t scratchBytes = x.scratch(rows, exec.threads);
       auto scratch = scratchBytes ? moert::allocBlock(scratchBytes) : nullptr;
-      if (!out.alloc(moert::proto::F32, outDims) || (scratchBytes && !scratch))
+      if (scratchBytes && !scratch)
         return makeError("out of memory for " + what());
       moert_linear_args args{};
+      for (int j = 0; j < outputs; ++j) {
+        place(d.outputs(j), out[j]);
+        outDims.back() = d.output_columns(j);
+        if (!out[j].alloc(moert::proto::F32, outDims))
+          return makeError("out of memory for " + what());
+        args.outputs[j] = out[j].mut<float>();
+      }
       args.scratch = scratch.get();
       args.rows = rows;
       args.input = input;
       args.residual = residual;
-      args.output = out.mut<float>();
       std::memcpy(args.weights, x.weights, sizeof args.weights);
       args.exec = &exec;
       if (int rc = x.run(&args))
         return makeError(what() + " failed (code " + std::to_string(rc) + ")");
-      values[d.output()] = std::move(out);
-      measure(d.output());
+      for (int j = 0; j < outputs; ++j) {
+        values[d.outputs(j)] = std::move(out[j]);
+        measure(d.outputs(j));
+      }
       if (profile)
         label = "linear " + std::to_string(d.index()) + " (" + std::to_string(rows) + "x" + std::to_string(x.k) +
                 "x" + std::to_string(x.n) + ")";

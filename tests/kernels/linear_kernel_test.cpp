@@ -118,6 +118,15 @@ struct Cfg {
   static constexpr int NORM = NORM_; // a fused RMS / layer norm in front (moert_norm)
   static constexpr bool HAS_NORM_BIAS = NORM_BIAS;
   static constexpr float EPS = 1e-5f;
+  static constexpr int NOUT = 1;
+  static constexpr int64_t SPLIT[NOUT + 1] = {0, N_};
+};
+
+/// Base's columns split into three outputs at A and B (merged projections: Q, K and V), wherever they fall
+/// in the 16-column panels.
+template <class Base, int64_t A, int64_t B> struct Split3 : Base {
+  static constexpr int NOUT = 3;
+  static constexpr int64_t SPLIT[NOUT + 1] = {0, A, B, Base::N};
 };
 
 /// Row i of x normalised as C::NORM says (double precision; identity without a norm).
@@ -262,7 +271,10 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
   std::normal_distribution<float> g(0.0f, 1.0f);
   for (int64_t m : {1, 2, 3, 5, 7, 13, 40, 150}) {
     for (bool residual : {false, true}) {
+      if (residual && C::NOUT > 1)
+        continue; // a residual needs a single output
       std::vector<float> x(m * C::K), res(residual ? m * C::N : 0), y(m * C::N, -7.0f);
+      std::vector<std::vector<float>> outs(C::NOUT); // each output's [m][N_j]
       for (float &v : x)
         v = 3.0f * g(rng) + 0.5f; // a norm has something to do
       for (float &v : res)
@@ -270,11 +282,19 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
       moert_exec ex{&reverseFor, nullptr, 4};
       std::vector<char> scratch(L::scratch(m, ex.threads));
       moert_linear_args a{};
-      a.rows = m, a.input = x.data(), a.residual = residual ? res.data() : nullptr, a.output = y.data(), a.exec = &ex;
+      a.rows = m, a.input = x.data(), a.residual = residual ? res.data() : nullptr, a.exec = &ex;
+      for (int j = 0; j < C::NOUT; ++j) {
+        outs[j].assign(m * (C::SPLIT[j + 1] - C::SPLIT[j]), -7.0f);
+        a.outputs[j] = outs[j].data();
+      }
       a.scratch = scratch.data();
       for (int s = 0; s < MOERT_LIN_SLOTS; ++s)
         a.weights[s] = c.packed.slots[s].empty() ? nullptr : c.packed.slots[s].data();
       L::run(&a);
+      for (int j = 0; j < C::NOUT; ++j) // the outputs side by side: the [m][N] result
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t col = C::SPLIT[j]; col < C::SPLIT[j + 1]; ++col)
+            y[i * C::N + col] = outs[j][i * (C::SPLIT[j + 1] - C::SPLIT[j]) + col - C::SPLIT[j]];
       // The reference: rows normalised (double), then as the layer multiplies them (int8-rounded or not).
       const std::vector<double> xr = inputsAsMultiplied<C>(normalised<C>(x, m, nw, nb), m);
       double worst = 0.0;
@@ -298,12 +318,13 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
       }
     }
   }
-  std::printf("ok   %-8s K=%-4lld N=%-3lld block=%-3lld%s%s%s (M = 1..150, with and without residual)\n",
-              kindName(kind), (long long)C::K, (long long)C::N, (long long)C::QBLOCK,
-              C::HAS_BIAS ? " bias" : "", C::INT8_ACT ? " int8-activations" : "",
+  std::printf("ok   %-8s K=%-4lld N=%-3lld block=%-3lld%s%s%s%s (M = 1..150%s)\n", kindName(kind),
+              (long long)C::K, (long long)C::N, (long long)C::QBLOCK, C::HAS_BIAS ? " bias" : "",
+              C::INT8_ACT ? " int8-activations" : "", C::NOUT > 1 ? " 3 outputs" : "",
               C::NORM == MOERT_NORM_RMS     ? " rms-norm"
               : C::NORM == MOERT_NORM_LAYER ? " layer-norm"
-                                            : "");
+                                            : "",
+              C::NOUT > 1 ? "" : ", with and without residual");
 }
 
 template <Kind KIND, bool INT8ACT = false> void shapes(std::mt19937 &rng) {
@@ -316,6 +337,9 @@ template <Kind KIND, bool INT8ACT = false> void shapes(std::mt19937 &rng) {
   check<Cfg<KIND, 96, 48, false, 16, INT8ACT>>(KIND, rng);
   check<Cfg<KIND, 520, 33, true, 128, INT8ACT>>(KIND,
                                                 rng); // MatMulNBits-sized blocks, K not a multiple of them
+  // Three outputs (merged Q/K/V): on panel edges (96 = 64 + 16 + 16), and straddling panels (390 columns)
+  check<Split3<Cfg<KIND, 96, 96, true, 16, INT8ACT>, 64, 80>>(KIND, rng);
+  check<Split3<Cfg<KIND, 600, 390, false, 32, INT8ACT>, 250, 333>>(KIND, rng);
 }
 
 template <class C> void perf(Kind kind, Pool &pool, int threads) {
@@ -327,7 +351,7 @@ template <class C> void perf(Kind kind, Pool &pool, int threads) {
     moert_exec ex{&Pool::run, &pool, threads};
     std::vector<char> scratch(L::scratch(m, threads));
     moert_linear_args a{};
-    a.rows = m, a.input = x.data(), a.output = y.data(), a.exec = &ex, a.scratch = scratch.data();
+    a.rows = m, a.input = x.data(), a.outputs[0] = y.data(), a.exec = &ex, a.scratch = scratch.data();
     for (int s = 0; s < MOERT_LIN_SLOTS; ++s)
       a.weights[s] = c.packed.slots[s].empty() ? nullptr : c.packed.slots[s].data();
     double best = 1e30;
@@ -387,6 +411,7 @@ int main(int argc, char **argv) {
   check<Cfg<F32, 96, 48, false, 16, false, MOERT_NORM_LAYER, false>>(F32, rng);
   check<Cfg<I4, 300, 17, true, 32, false, MOERT_NORM_RMS>>(I4, rng);
   check<Cfg<I8, 520, 33, false, 32, false, MOERT_NORM_LAYER, true>>(I8, rng);
+  check<Split3<Cfg<F32, 300, 40, true, 32, false, MOERT_NORM_RMS>, 17, 33>>(F32, rng);
   // (With int8 activations the normalised rows are rounded to int8: a reference normalising in double rounds
   // some of them the other way, so that combination is checked end to end, check_linear_e2e.py.)
   std::printf("%d of %d cases within tolerance\n", cases - failures, cases);
