@@ -22,7 +22,9 @@ the roofline's bytes follow the storage. --quick runs the ZAYA1 layer with fp32 
 the full run adds OLMoE-like, the MoE++ layer with its 10% predictor mask (ORT runs the same layer unmasked) and
 ONNX Runtime on OLMoE's block as PyTorch exports it (moec compiling the same file), the compile time / load
 time of a 32-layer MoE stack and Mixtral-like (bf16 weights for moec, ~9 GB of memory; --no-mixtral skips
-it), and copies the table into README.md.
+it), and copies the table into README.md. Where llama-cpp-python is installed, llama.cpp's ggml runs the ZAYA1
+and OLMoE-like layers too, on the same weights (quantised by ggml at equal bits) and inputs
+(bench/ggml_peer.py; --no-ggml skips it).
 """
 import argparse
 import json
@@ -189,6 +191,8 @@ def save(path, nodes, inits, h, domain):
 sys.path.insert(0, os.path.join(ROOT, "runtime", "python"))
 import moert  # noqa: E402
 
+import ggml_peer  # noqa: E402  (bench/ggml_peer.py: llama.cpp's ggml on the same layers)
+
 
 # ---- timing -------------------------------------------------------------------------------------------------
 
@@ -256,6 +260,8 @@ def main():
                     help="moec weight storages to time, comma-separated (default: fp32,bf16,int8,int4; --quick: "
                          "fp32,int8)")
     ap.add_argument("--no-readme", action="store_true", help="do not copy the table into README.md")
+    ap.add_argument("--no-ggml", action="store_true",
+                    help="skip llama.cpp's ggml on the ZAYA1 and OLMoE-like layers (bench/ggml_peer.py)")
     ap.add_argument("--only", default=None,
                     help="run only these workloads, comma-separated: zaya1, olmoe, moepp, mixtral, olmoe_pytorch, "
                          "stack32, whole (implies --no-readme)")
@@ -313,6 +319,15 @@ def main():
         touched = {t: statistics.median(len(np.unique(routed_experts(x, wr, k))) for x in inputs[t][1:])
                    for t in tokens}
         del sess
+        peer = {}
+        if key in GGML_WORKLOADS and not args.no_ggml:  # llama.cpp's ggml on the same weights and inputs
+            try:
+                _, w1, w2, _ = layer_weights(0, h, f, e)
+                types = sorted({ggml_peer.PAIRS[variant_storage(w)] for w in variants})
+                peer = ggml_peer.run_layer(key, w1, w2, wr, k, inputs, types, args.threads)
+                del w1, w2
+            except (ImportError, subprocess.CalledProcessError) as err:
+                print(f"   ggml peer skipped: {err} (pip install llama-cpp-python)", flush=True)
         for w in (["bf16"] if kind == "moe-bf16" else variants):
             model, compile_s, load_ms = compile_and_load(moec, rt, moec_src, os.path.join(CACHE, f"{key}_{w}.moex"),
                                                          args.threads, *variant_flags(w))
@@ -327,6 +342,11 @@ def main():
                 # Medians on both sides: the bytes a call touches vary with its routing.
                 rows.append(report_row(key, w, title, t, (m_best, m_med), (o_best, o_med), bytes_touched, flops,
                                        roof, compile_s, load_ms))
+                ggml_type = ggml_peer.PAIRS.get(variant_storage(w))
+                if (ggml_type, t) in peer:
+                    g_best, g_med, repacked = peer[(ggml_type, t)]
+                    rows[-1].update(ggml_type=ggml_type + (" repacked" if repacked else ""), ggml_ms=round(g_best, 3),
+                                    ggml_median_ms=round(g_med, 3), vs_ggml=round(g_best / m_best, 2))
             model.close()
 
     if not args.quick and (not only or "olmoe_pytorch" in only):  # ORT on the PyTorch export vs moec on that file
@@ -413,13 +433,21 @@ def main():
              f"Best of {args.repeat} calls, fresh input per call.", "",
              "| workload | moec weights | T | moec ms (best / median) | ORT ms (best / median) | "
              "moec/ORT speed-up (best) | weights touched MB (median) | GFLOP | roofline ms | "
-             "moec fraction of roofline (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "moec fraction of roofline (median) | llama.cpp's ggml ms (type; best / median) | moec/ggml speed-up "
+             "(best) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        peer_cells = (f"{r['ggml_type']}: {r['ggml_ms']} / {r['ggml_median_ms']} | {r['vs_ggml']}" if "ggml_ms" in r
+                      else "- | -")
         lines.append(f"| {r['workload']} | {r['weights']} | {r['tokens']} | {r['moec_ms']} / {r['moec_median_ms']} | "
                      f"{r['ort_ms']} / {r['ort_median_ms']} | {r['speedup']} | "
                      f"{r['bytes_touched'] / 1e6:.1f} | {r['flops'] / 1e9:.2f} | {r['roofline_ms']} | "
-                     f"{r['roofline_fraction']} |")
+                     f"{r['roofline_fraction']} | {peer_cells} |")
+    if any("ggml_ms" in r for r in rows):
+        lines += ["", "llama.cpp's ggml (bench/ggml_peer.py, the llama-cpp-python build): the layer as llama.cpp builds "
+                  "a MoE FFN (ggml_mul_mat_id; softmax top-k gating), the same weights quantised by ggml (F32 / BF16 / "
+                  "Q8_0 / Q4_0 at equal bits; 'repacked': interleaved as llama.cpp does at load), the same inputs; "
+                  "SiLU(gate) * up where ORT's file has ORT's SwiGLU (the same work per element)."]
     if stack:
         lines += ["", f"Compile time of a {stack['layers']}-layer MoE stack (H={stack['hidden']}, {stack['experts']} "
                   f"experts, top-{stack['top_k']}, F={stack['ffn']}, {stack['weights_gb']} GB of fp32 weights): "
@@ -445,6 +473,7 @@ def main():
     return 0
 
 
+GGML_WORKLOADS = ("zaya1", "olmoe")  # the layers ggml runs too (bench/ggml_peer.py)
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}  # per weight, with block scales
 
 

@@ -68,10 +68,10 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     `moe-set-weight-storage`): `fp32`, `bf16` / `fp16` rounded to nearest even, or `int8` / `int4`
     quantised symmetrically with one f32 scale per block of 32 along each row of `fc1` and each column
     of `fc2`. `storage` is `fp32` on layers whose weights arrive quantised.
-    With `int8_activations` (set by `moe-set-weight-storage`, `moec --activations=int8`), a token computed alone
-    by an expert (decode) whose int8/int4 `fc1` has blocks of a multiple of 32 columns, and `H` a multiple of
-    64, is first rounded to int8 per block of 32 columns (`q = round-half-even(x * 127 / max|x|)`) and its
-    `fc1` rows are integer dot products with it, as ggml multiplies Q8_0 activations by Q4_0 / Q8_0 weights
+    With `int8_activations` (set by `moe-set-weight-storage`, `moec --activations=int8`), the tokens of an
+    expert that computes fewer than 16 of them in a call (decode; small token tiles), when its int8/int4 `fc1`
+    has blocks of a multiple of 32 columns and `H` is a multiple of 64, are first rounded to int8 per block of
+    32 columns (`q = round-half-even(x * 127 / max|x|)`) and its `fc1` rows are integer dot products with them, as ggml multiplies Q8_0 activations by Q4_0 / Q8_0 weights
     (outputs move by about 1e-2 relative); without it every product takes the input as it is.
 
     Example, a Mixtral-style layer (8 experts, top-2, renormalised, SwiGLU) with a dynamic token count:

@@ -203,18 +203,23 @@ inline void axpy(float *y, float a, const float *x, int64_t n) { axpy(y, a, Plai
 // 64 columns' even ones first, then the odd ones: one byte multiply-add per nibble half.
 constexpr int64_t kXBlock = MOERT_INT8_ACT_BLOCK;
 constexpr int64_t kQAhead = 2048; // bytes of quantised rows prefetched ahead of the decode loops
+constexpr int64_t kZpLanes = 4;   // i32 lanes of an AVX2 vector one input block's int4 products land in
 struct QTok {
   const int8_t *q;   // [H] (int4 rows: per 64 columns, the even ones then the odd ones)
   const float *s;    // [H / kXBlock] scales
-  const int32_t *sq; // [H / kXBlock] sums of q
+  const int32_t *zp; // [H / kXBlock][kZpLanes]: each block's 2 * (sum of q), once per lane (int4's zero point
+                     // of 8 comes off the 4 lanes a block's products land in)
 };
 
-template <int BITS> inline void roundToken(const float *x, int64_t n, int8_t *q, float *s, int32_t *sq) {
-  for (int64_t b = 0; b < n / kXBlock; ++b)
-    sq[b] = roundInt8(x + b * kXBlock, kXBlock, s[b], [&](int64_t i, int8_t v) {
+template <int BITS> inline void roundToken(const float *x, int64_t n, int8_t *q, float *s, int32_t *zp) {
+  for (int64_t b = 0; b < n / kXBlock; ++b) {
+    const int32_t sq = roundInt8(x + b * kXBlock, kXBlock, s[b], [&](int64_t i, int8_t v) {
       const int64_t h = b * kXBlock + i; // int4: column h of a 64-column chunk goes to (h % 2) * 32 + (h % 64) / 2
       q[BITS == 4 ? (h / 64) * 64 + (h % 2) * 32 + (h % 64) / 2 : h] = v;
     });
+    for (int64_t l = 0; l < kZpLanes; ++l)
+      zp[b * kZpLanes + l] = 2 * sq;
+  }
 }
 
 /// sum_h w[h] * x[h] of a quantised row (codes `w`, a scale per BLK columns `ws`) and a rounded token.
@@ -224,9 +229,59 @@ inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
 #if defined(__AVX2__)
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t h = 0;
+  if constexpr (BLK == kXBlock) {
+    // A scale per input block: the scale products of 8 blocks (256 columns) in one vector, each step's taken
+    // out of it by a lane permutation (instead of two scalar products and broadcasts per step).
+    for (; h + 256 <= H; h += 256) {
+      const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(ws + h / kXBlock), _mm256_loadu_ps(x.s + h / kXBlock));
+      if constexpr (BITS == 8) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const int64_t c = h + 32 * k;
+          if (k % 2 == 0) // rows are read one after another: ask for the bytes kQAhead further on
+            __builtin_prefetch(w + c + kQAhead);
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + c));
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + c));
+          const __m256i p = _mm256_madd_epi16(
+              _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)), ones);
+          const __m256 s = _mm256_permutevar8x32_ps(sc, _mm256_set1_epi32(k));
+          if (k % 2)
+            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc1);
+          else
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc0);
+        }
+      } else {
+        const __m256i low = _mm256_set1_epi8(0x0F);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int64_t c = h + 64 * k;
+          if (k % 2 == 0)
+            __builtin_prefetch(w + c / 2 + kQAhead);
+          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + c / 2));
+          const __m256i lo = _mm256_and_si256(b, low), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
+          const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + c));
+          const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + c + 32));
+          // lanes 0-3: columns c..c+31 (one input block), 4-7: c+32..c+63; codes are centred on 8, taken off
+          // as 2 * (sum of q) per lane
+          __m256i p = _mm256_madd_epi16(
+              _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
+          p = _mm256_sub_epi32(
+              p, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.zp + c / kXBlock * kZpLanes)));
+          const __m256 s = _mm256_permutevar8x32_ps(
+              sc, _mm256_setr_epi32(2 * k, 2 * k, 2 * k, 2 * k, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1));
+          if (k % 2)
+            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc1);
+          else
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc0);
+        }
+      }
+    }
+  }
+  // Scales per block of BLK > kXBlock columns, or the columns after the last 256: a scale product per step.
   if constexpr (BITS == 8) {
-    for (int64_t h = 0; h < H; h += 32) {
-      if (h % 64 == 0) // rows are read one after another: ask for the bytes kQAhead further on
+    for (; h < H; h += 32) {
+      if (h % 64 == 0)
         __builtin_prefetch(w + h + kQAhead);
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + h));
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h));
@@ -240,19 +295,17 @@ inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
     }
   } else {
     const __m256i low = _mm256_set1_epi8(0x0F);
-    for (int64_t h = 0; h < H; h += 64) {
+    for (; h < H; h += 64) {
       if (h % 128 == 0)
         __builtin_prefetch(w + h / 2 + kQAhead);
       const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + h / 2));
       const __m256i lo = _mm256_and_si256(b, low), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
       const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h));
       const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h + 32));
-      // lanes 0-3: columns h..h+31 (one input block), 4-7: h+32..h+63; codes are centred on 8, taken off as
-      // 2 * (sum of q) per lane
       __m256i p = _mm256_madd_epi16(
           _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
       const int64_t j = h / kXBlock;
-      p = _mm256_sub_epi32(p, _mm256_set_m128i(_mm_set1_epi32(2 * x.sq[j + 1]), _mm_set1_epi32(2 * x.sq[j])));
+      p = _mm256_sub_epi32(p, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.zp + j * kZpLanes)));
       const __m256 sc =
           _mm256_set_m128(_mm_set1_ps(ws[(h + 32) / BLK] * x.s[j + 1]), _mm_set1_ps(ws[h / BLK] * x.s[j]));
       if ((h / 64) % 2)
@@ -343,8 +396,9 @@ template <class C> struct Kernel {
   static constexpr int64_t WBITS = C::QBITS ? C::QBITS : 8 * int64_t(sizeof(typename C::W));
   static constexpr int64_t DB =
       std::max<int64_t>(4, std::min<int64_t>(kDimBlock, kL2Budget * 8 / (G * H * WBITS) / 4 * 4));
-  // With INT8_ACT, decode multiplies int8/int4 fc1 rows by the token rounded to int8 (integer dot products,
-  // see QTok) when their blocks are whole input blocks and H whole vectors of codes; prefill tiles use f32.
+  // With INT8_ACT, decode and token tiles smaller than a GEMM's (kGemmTokens) multiply int8/int4 fc1 rows by
+  // the tokens rounded to int8 (integer dot products, see QTok) when their blocks are whole input blocks and
+  // H whole vectors of codes; GEMM tiles use f32.
   static constexpr bool INT_FC1 =
       C::QBITS != 0 && C::INT8_ACT && C::QBLOCK1 % kXBlock == 0 && H % (C::QBITS == 4 ? 64 : 32) == 0;
   static constexpr int64_t XBS = INT_FC1 ? H / kXBlock : 0; // input blocks of a token
@@ -404,7 +458,7 @@ template <class C> struct Kernel {
     l.coef = take(sizeof(float) * kTile * kDimBlock * threads);
     l.xq = take(INT_FC1 ? size_t(T * H) : 0);
     l.xs = take(sizeof(float) * T * XBS);
-    l.xsq = take(sizeof(int32_t) * T * XBS);
+    l.xsq = take(sizeof(int32_t) * T * XBS * kZpLanes);
     l.gemm = take(!C::HAS_PRED && T >= kGemmTokens ? kGemmThreadBytes * threads : 0);
     l.total = off;
     return l;
@@ -422,7 +476,8 @@ template <class C> struct Kernel {
     float *partial;
     char *pred;
     float *coef; // per thread: [kTile][kDimBlock] activations times routing weight
-    int8_t *xq;  // INT_FC1: each token rounded to int8 ([T][H]), scales and sums of q ([T][XBS])
+    int8_t *xq;  // INT_FC1: each token rounded to int8 ([T][H]), scales ([T][XBS]), zero-point terms
+                 // ([T][XBS][kZpLanes], see QTok)
     float *xs;
     int32_t *xsq;
     char *gemm; // gemmTile's buffers, kGemmThreadBytes per thread
@@ -441,7 +496,7 @@ template <class C> struct Kernel {
       x = xn;
     }
     if constexpr (INT_FC1)
-      roundToken<C::QBITS>(x, H, c.xq + t * H, c.xs + t * XBS, c.xsq + t * XBS);
+      roundToken<C::QBITS>(x, H, c.xq + t * H, c.xs + t * XBS, c.xsq + t * XBS * kZpLanes);
     float logits[N], scores[N], choice[N];
     if (C::LINEAR_ROUTER) {
       const float *r = static_cast<const float *>(a.weights[MOERT_ROUTER]);
@@ -517,7 +572,8 @@ template <class C> struct Kernel {
   static float fc1(const Ctx &c, const ExpertRows<C> &rows, int64_t r, const float *x, int64_t t) {
     if constexpr (INT_FC1) {
       const auto row = rows.row1(r);
-      return qdot<C::QBITS, C::QBLOCK1, H>(row.q, row.s, QTok{c.xq + t * H, c.xs + t * XBS, c.xsq + t * XBS});
+      return qdot<C::QBITS, C::QBLOCK1, H>(row.q, row.s,
+                                           QTok{c.xq + t * H, c.xs + t * XBS, c.xsq + t * XBS * kZpLanes});
     } else {
       return dot(rows.row1(r), x, H);
     }
@@ -911,12 +967,13 @@ template <class C> struct Kernel {
     if (!gemm)
       for (int64_t i = 0; i < n; ++i)
         std::memset(dst[i], 0, sizeof(float) * H);
-    // A lone token's coefficient for hidden dim f: its routing weight times the activation of fc1's rows.
-    auto lone = [&](int64_t f) {
-      const float g = fc1(c, rows, f * G, xs[0], tok[0]) + (b1 ? b1[f * G] : 0.0f);
-      const float u = G == 2 ? fc1(c, rows, f * G + 1, xs[0], tok[0]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
-      return ws[0] * activate(g, u);
+    // Token i's coefficient for hidden dim f: its routing weight times the activation of fc1's rows.
+    auto coefAt = [&](int64_t i, int64_t f) {
+      const float g = fc1(c, rows, f * G, xs[i], tok[i]) + (b1 ? b1[f * G] : 0.0f);
+      const float u = G == 2 ? fc1(c, rows, f * G + 1, xs[i], tok[i]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+      return ws[i] * activate(g, u);
     };
+    auto lone = [&](int64_t f) { return coefAt(0, f); };
 
     if (C::HAS_PRED && it.expert >= 0) {
       // One token: score every hidden dim with the low-rank predictor, keep the top KEEP (ties: lower
@@ -943,11 +1000,13 @@ template <class C> struct Kernel {
         const int64_t f = idx[j];
         axpy(dst[0], lone(f), rows.row2(f), H);
       }
-    } else if (n == 1 && C::QBITS != 0) {
-      // Decode, quantised: per run of kept dims sharing fc2's scale row, the down projection sums codes times
-      // activations and scales each column once (not once per code).
+    } else if (C::QBITS != 0 && (n == 1 || (INT_FC1 && n < kGemmTokens))) {
+      // Decode, quantised (one token, or with integer fc1 dot products a tile smaller than a GEMM's): per run
+      // of kept dims sharing fc2's scale row, each token's fc1 rows by integer dot products (the rows stay in
+      // L1 across the tile's tokens), then its down projection sums codes times activations and scales each
+      // column once (not once per code; the run's fc2 rows stay in L2 across the tokens).
       if constexpr (C::QBITS != 0) {
-        float cf[kDimBlock];
+        float cf[kGemmTokens][kDimBlock];
         int64_t fi[kDimBlock];
         for (int64_t fb = it.f0; fb < it.f1;) {
           const int64_t blk2 = rows.blk2,
@@ -956,11 +1015,13 @@ template <class C> struct Kernel {
           for (int64_t f = fb; f < fe; ++f) {
             if (mask && !mask[f])
               continue;
-            cf[nf] = lone(f);
+            for (int64_t i = 0; i < n; ++i)
+              cf[i][nf] = coefAt(i, f);
             fi[nf++] = f;
           }
           if (nf)
-            downScaledOnce(rows, fi, cf, nf, dst[0]);
+            for (int64_t i = 0; i < n; ++i)
+              downScaledOnce(rows, fi, cf[i], nf, dst[i]);
           fb = fe;
         }
       }
