@@ -125,6 +125,8 @@ class Runtime:
         lib.moert_generate_batch.restype = vp
         lib.moert_session_rewind.argtypes = [vp, ctypes.c_size_t]
         lib.moert_session_rewind.restype = vp
+        lib.moert_session_reset_sequence.argtypes = [vp, ctypes.c_size_t]
+        lib.moert_session_reset_sequence.restype = vp
         lib.moert_session_length.argtypes = [vp]
         lib.moert_session_length.restype = ctypes.c_size_t
         lib.moert_session_profile_json.argtypes = [vp]
@@ -267,7 +269,8 @@ class Model:
         """A generation session over this decoder (moert_session_*): append(tokens) -> the last token's logits,
         rewind(length), len(session); with profile, profile() is the last call's Chrome trace (JSON text);
         cache_dtype "bf16" / "f16" stores the KV caches at half the bytes (rounded to nearest even). With
-        batch > 1 it holds that many sequences side by side: append([B, n] tokens, mask=None) -> [B, vocab]."""
+        batch > 1 it holds that many sequences side by side: append([B, n] tokens, mask=None) -> [B, vocab];
+        reset_sequence(b) ends sequence b so a new one can take its place."""
         return Session(self, max_context, profile, cache_dtype, batch)
 
     def close(self):
@@ -305,6 +308,13 @@ class Session:
 
     def rewind(self, length):
         self.model.rt.check(self.lib.moert_session_rewind(self.handle, length))
+
+    def reset_sequence(self, sequence):
+        """Ends sequence `sequence` of a batch session and frees its place for a new one (continuous batching):
+        its positions become padding and the padding no sequence needs is dropped. A new sequence joins with
+        append(): its prompt in its row, the others' next tokens right-aligned after padding (mask 0); a row of
+        padding only sits the call out (its logits are NaN)."""
+        self.model.rt.check(self.lib.moert_session_reset_sequence(self.handle, sequence))
 
     def __len__(self):
         return self.lib.moert_session_length(self.handle)

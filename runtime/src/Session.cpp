@@ -181,6 +181,75 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
 
 namespace {
 
+/// Drops padding: each sequence's cached tokens move to the end of the first L positions, in order, L the
+/// most tokens any sequence holds, and the session's length becomes L. Attention reads a past position only
+/// through the mask and its key, rotated at its own position id (a count of the sequence's earlier tokens),
+/// so where a token's key sits does not matter, only the order; a sequence's next token still follows all of
+/// them. No-op when no sequence has padding to lose.
+moert_status compact(moert_session *s, const char *fn) {
+  std::vector<int64_t> count(size_t(s->batch));
+  int64_t keep = 0;
+  for (int64_t b = 0; b < s->batch; ++b) {
+    count[b] = std::count(s->valid[b].begin(), s->valid[b].end(), uint8_t(1));
+    keep = std::max(keep, count[b]);
+  }
+  if (keep == s->length)
+    return nullptr;
+  for (auto &c : s->caches) {
+    const size_t row = moert::dtypeSize(s->cacheDtype) * c.dim;
+    // In place: within the buffer (room for `capacity` positions); else a new [batch, heads, keep, dim]
+    // block.
+    std::shared_ptr<char> dst =
+        s->inPlace ? c.data : moert::allocBlock(size_t(s->batch * c.heads) * keep * row);
+    const int64_t dstCap = s->inPlace ? c.capacity : keep;
+    if (!dst && keep > 0)
+      return makeError(std::string(fn) + ": out of memory");
+    std::vector<char> tmp(size_t(keep) * row);
+    if (keep == 0) { // every sequence ended: nothing to move
+      c.data = std::move(dst);
+      c.capacity = dstCap;
+      continue;
+    }
+    for (int64_t b = 0; b < s->batch; ++b)
+      for (int64_t h = 0; h < c.heads; ++h) {
+        const char *src = c.data.get() + size_t(b * c.heads + h) * c.capacity * row;
+        size_t n = 0;
+        for (int64_t i = 0; i < s->length; ++i)
+          if (s->valid[b][i])
+            std::memcpy(tmp.data() + (n++) * row, src + i * row, row);
+        std::memcpy(dst.get() + (size_t(b * c.heads + h) * dstCap + (keep - count[b])) * row, tmp.data(),
+                    n * row);
+      }
+    c.data = std::move(dst);
+    c.capacity = dstCap;
+  }
+  for (int64_t b = 0; b < s->batch; ++b) {
+    s->valid[b].assign(size_t(keep - count[b]), 0);
+    s->valid[b].resize(size_t(keep), 1);
+  }
+  s->length = keep;
+  return nullptr;
+}
+
+} // namespace
+
+moert_status moert_session_reset_sequence(moert_session *s, size_t sequence) {
+  if (!s)
+    return makeError("moert_session_reset_sequence: session must not be NULL");
+  if (static_cast<int64_t>(sequence) >= s->batch)
+    return makeError("moert_session_reset_sequence: sequence " + std::to_string(sequence) +
+                     " is not in the session's batch of " + std::to_string(s->batch));
+  if (s->batch > 1 && s->decoder->position_ids() < 0)
+    return makeError("moert_session_reset_sequence: " + s->model->path +
+                     " takes no position_ids input, so its rotary positions are cache indices: a sequence "
+                     "starting in a running batch would not start at position 0, and dropping padding would "
+                     "move the others' positions (export the decoder with position_ids)");
+  std::fill(s->valid[sequence].begin(), s->valid[sequence].end(), uint8_t(0));
+  return compact(s, "moert_session_reset_sequence");
+}
+
+namespace {
+
 /// moert_session_append(_batch)'s body: `tokens` and `mask` (or NULL) [batch][n]; `fn` names the caller in
 /// errors.
 moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, const int64_t *mask,
@@ -190,6 +259,10 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
   if (n == 0)
     return makeError(std::string(fn) + ": no tokens given");
   const int64_t B = s->batch;
+  // Dropping padding may make room (not when positions are cache indices: it would move them).
+  if (s->length + static_cast<int64_t>(n) > s->maxContext && s->decoder->position_ids() >= 0)
+    if (moert_status st = compact(s, fn))
+      return st;
   const int64_t total = s->length + static_cast<int64_t>(n);
   if (total > s->maxContext)
     return makeError(std::string(fn) + ": " + std::to_string(n) + " tokens after " +
@@ -203,7 +276,9 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
           return makeError(std::string(fn) + ": mask[" + std::to_string(b) + "][" + std::to_string(i) +
                            "] is " + std::to_string(mask[b * n + i]) +
                            "; a padding mask holds 0 (padding) or 1");
-      if (mask[b * n + n - 1] != 1)
+      // A row of padding only: the sequence sits the call out (an idle slot of the batch; its logits are
+      // NaN).
+      if (mask[b * n + n - 1] != 1 && std::find(mask + b * n, mask + b * n + n, 1) != mask + b * n + n)
         return makeError(std::string(fn) + ": sequence " + std::to_string(b) +
                          "'s last new token is padding (mask 0); pad on the left");
     }
@@ -309,7 +384,10 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
   s->logits.resize(size_t(B * v));
   for (int64_t b = 0; b < B; ++b) {
     const float *last = static_cast<const float *>(lt->data) + ((b + 1) * rowsPer - 1) * v;
-    std::copy(last, last + v, s->logits.begin() + b * v);
+    if (isToken(b, N - 1))
+      std::copy(last, last + v, s->logits.begin() + b * v);
+    else // sat the call out
+      std::fill(s->logits.begin() + b * v, s->logits.begin() + (b + 1) * v, std::nanf(""));
     for (int64_t j = 0; j < N; ++j)
       s->valid[b].push_back(isToken(b, j));
   }
@@ -359,6 +437,10 @@ moert_status generateTokens(moert_session *s, const int64_t *prompt, size_t n, c
   }
   if (n == 0)
     return makeError(std::string(fn) + ": the prompt is empty");
+  for (int64_t b = 0; mask && b < B; ++b) // (appending alone takes a row of padding only: an idle place)
+    if (std::find(mask + b * n, mask + (b + 1) * n, 1) == mask + (b + 1) * n)
+      return makeError(std::string(fn) + ": sequence " + std::to_string(b) +
+                       "'s prompt is padding only (mask 0); each sequence needs a token to start from");
   if (o.max_new_tokens < 0)
     return makeError(std::string(fn) + ": max_new_tokens " + std::to_string(o.max_new_tokens) +
                      " is negative");

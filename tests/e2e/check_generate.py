@@ -11,7 +11,9 @@ sessions with bf16 / f16 caches match ONNX Runtime on the model with its new key
 (Cast there and back before the cache's Concat), logits within 1e-4 and the same greedy tokens; a
 batch of two with left padding matches ONNX Runtime over a prefill and three decode steps through Model.run, and
 through a session of batch 2 (prompt + 5 decode steps, a rewind), `moert generate --attention-mask` and
-Model.generate(attention_mask=) give ONNX Runtime's greedy tokens for each sequence of such a batch. Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
+Model.generate(attention_mask=) give ONNX Runtime's greedy tokens for each sequence of such a batch; sequences
+leave and join a running batch session (moert_session_reset_sequence) with every sequence's logits matching ONNX
+Runtime on that sequence alone (a fixture given a position_ids input). Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
 tokens; every token is in the vocabulary. Bad input is one error line and a non-zero exit: a prompt longer than
 --max-context, an empty prompt, ids of rank 3, a padding mask with padding after a token, of another shape than
 the ids, or with a sequence of padding only, float ids, an unknown --kv-cache, bf16 caches for a model
@@ -32,6 +34,7 @@ import tempfile
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
@@ -61,13 +64,16 @@ class OrtDecoder:
                 dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
                 self.pasts[inp.name] = np.zeros((1, dims[1], 0, dims[3]), np.float32)
         self.out_names = [o.name for o in self.sess.get_outputs()]
+        self.positions = "position_ids" in [i.name for i in self.sess.get_inputs()]
         self.length = 0
 
     def step(self, ids):
         """Runs `ids` after what came before; the last position's logits."""
+        extra = {"position_ids": np.arange(self.length, self.length + len(ids), dtype=np.int64)[None]} \
+            if self.positions else {}
         res = dict(zip(self.out_names, self.sess.run(None, {
             "input_ids": np.array([list(ids)], np.int64),
-            "attention_mask": np.ones((1, self.length + len(ids)), np.int64), **self.pasts})))
+            "attention_mask": np.ones((1, self.length + len(ids)), np.int64), **extra, **self.pasts})))
         self.length += len(ids)
         self.pasts = {name: res["present." + name[len("past_key_values."):]] for name in self.pasts}
         return res["logits"][0, -1]
@@ -209,6 +215,77 @@ def check_batch_session(args, rt, path, art, tmp, rng):
     check(f"{name}: Python generate, a left-padded batch of two", [t.tolist() for t in py] == follow.tolist() and
           stats["prompt_tokens"] == 11 and stats["new_tokens"] == 16,
           f"{[t.tolist() for t in py]}, {stats['prompt_tokens']} prompt and {stats['new_tokens']} new tokens")
+
+
+def position_ids_model(path, out_path):
+    """A copy of a decoder fixture that takes `position_ids` [batch, seq] as an input, as the exports of
+    transformers' generate path do: the fixtures compute the rotary positions from the cache index (past length +
+    arange), which a batch with padding between a sequence's tokens cannot follow. The input replaces the
+    [1, seq, 1] index tensor the rotary embedding's frequencies multiply."""
+    m = onnx.load(path)
+    g = m.graph
+    mul = next(n for n in g.node if n.op_type == "Mul" and any(i.endswith("rotary_emb.inv_freq") for i in n.input))
+    cast = next(n for n in g.node if mul.input[0] in n.output and n.op_type == "Cast")
+    g.input.insert(2, helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]))
+    g.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "position_ids_axis"))
+    g.node.insert(0, helper.make_node("Unsqueeze", ["position_ids", "position_ids_axis"], ["position_ids_3d"]))
+    cast.input[0] = "position_ids_3d"
+    onnx.save(m, out_path)
+
+
+def check_continuous_batch(rt, path, art, rng, cache_dtype="f32"):
+    """Sequences leaving and joining a running batch (moert_session_reset_sequence): a session of two where B
+    ends, its place sits a call out, C joins with a prompt while A decodes, then A ends and D joins. Every
+    sequence's logits at every call against ONNX Runtime running that sequence alone (its own tokens, no
+    padding, positions from 0; 1e-4 with f32 caches, 1e-2 with f16), the idle place's logits NaN, and the
+    length after each reset the most tokens any sequence still holds (the padding dropped). `path` takes
+    position_ids (position_ids_model): the session gives each token its count of earlier tokens."""
+    name = os.path.basename(art)[:-5]
+    tok = lambda n: rng.integers(0, 32, n).tolist()  # noqa: E731
+    a, b, c, d = tok(5), tok(3), tok(4), tok(2)
+    x, y, z = tok(4), tok(1), tok(2)  # A's, B's and C's decode tokens
+    refs = {k: OrtDecoder(path) for k in "ABCD"}
+    model = rt.load(art, threads=2)
+    sess = model.session(batch=2, max_context=64, cache_dtype=cache_dtype)
+    errs, lengths, idle = [], [], None
+
+    def call(rows, want):
+        """rows: two lists of tokens (padding as None, on the left); want: per row a sequence name or None."""
+        n = max(len(r) for r in rows)
+        ids = np.zeros((2, n), np.int64)
+        mask = np.zeros((2, n), np.int64)
+        for i, r in enumerate(rows):
+            r = [None] * (n - len(r)) + r
+            ids[i] = [t or 0 for t in r]
+            mask[i] = [t is not None for t in r]
+        got = sess.append(ids, mask)
+        for i, (r, k) in enumerate(zip(rows, want)):
+            if k is not None:
+                ref = refs[k].step([t for t in r if t is not None])
+                errs.append(float(np.abs(got[i] - ref).max() / np.abs(ref).max()))
+        return got
+
+    call([a, b], "AB")
+    call([[x[0]], y], "AB")
+    sess.reset_sequence(1)  # B ends
+    lengths.append(len(sess))  # A holds 6 tokens, no padding: 6
+    got = call([[x[1]], [None]], ["A", None])  # B's place sits the call out
+    idle = bool(np.isnan(got[1]).all())
+    call([[None] * 3 + [x[2]], c], "AC")  # C joins with its prompt while A decodes
+    call([[x[3]], [z[0]]], "AC")
+    sess.reset_sequence(0)  # A ends: C's 5 tokens are all that is kept
+    lengths.append(len(sess))
+    call([d, [None, z[1]]], "DC")  # D joins in A's place
+    lengths.append(len(sess))
+    sess.close()
+    model.close()
+    err = max(errs)
+    bound = 1e-4 if cache_dtype == "f32" else 1e-2
+    check(f"{name}: sequences leave and join a running batch ({cache_dtype} caches)",
+          err <= bound and idle and lengths == [6, 5, 7],
+          f"{len(errs)} sequence-calls, logits max rel error {err:.2e} vs ONNX Runtime per sequence (bound "
+          f"{bound:g}); idle place's logits {'NaN' if idle else 'NOT NaN'}; lengths after the resets and the "
+          f"last join {lengths} (want [6, 5, 7])")
 
 
 def error_of(args, rt, onnx_path, call):
@@ -451,6 +528,41 @@ def main():
             # greedy decode steps, presents fed back as pasts, every output against ONNX Runtime's.
             check_batch(rt, path, art, rng)
             check_batch_session(args, rt, path, art, tmp, rng)
+            if name == "past_qwen3_moe":  # sequences joining and leaving a batch: a model taking position_ids
+                pos_path = os.path.join(tmp, "past_qwen3_moe_positions.onnx")
+                position_ids_model(path, pos_path)
+                pos_art = os.path.join(tmp, "past_qwen3_moe_positions.moex")
+                subprocess.run([args.moec, "compile", pos_path, "-o", pos_art, f"--cpu={args.cpu}", "--quiet"],
+                               check=True, capture_output=True)
+                check_continuous_batch(rt, pos_path, pos_art, rng)
+                check_continuous_batch(rt, pos_path, pos_art, rng, cache_dtype="f16")
+                plain_pos = os.path.join(tmp, "past_qwen3_moe_positions_plain.moex")
+                subprocess.run([args.moec, "compile", pos_path, "-o", plain_pos, f"--cpu={args.cpu}", "--quiet",
+                                "--no-fusion"], check=True, capture_output=True)
+                check_continuous_batch(rt, pos_path, plain_pos, rng)  # caches taken over from each call
+                # Without position_ids the rotary positions are cache indices: ending a sequence is refused.
+                model = rt.load(art, threads=2)
+                sess = model.session(batch=2)
+                sess.append(rng.integers(0, 32, (2, 3)))
+                try:
+                    sess.reset_sequence(1)
+                    refused = "no error"
+                except moert.Error as e:
+                    refused = str(e)
+                sess.close()
+                model.close()
+                check(f"{name}: without position_ids, ending a sequence of a batch refused",
+                      "position_ids" in refused, refused)
+                model = rt.load(pos_art, threads=2)
+                sess = model.session(batch=2)
+                try:
+                    sess.reset_sequence(2)
+                    refused = "no error"
+                except moert.Error as e:
+                    refused = str(e)
+                sess.close()
+                model.close()
+                check(f"{name}: ending sequence 2 of a batch of two refused", "batch of 2" in refused, refused)
             # Sampling.
             one = generate(args, art, prompt_path, "--temperature", "0.7", "--top-k", "1", "--seed", "5")
             check(f"{name}: top-k 1 sampling is greedy", tokens_of(one) == want, f"{tokens_of(one)[:8]}...")

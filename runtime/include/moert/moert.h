@@ -156,11 +156,22 @@ MOERT_API moert_status moert_session_append(moert_session *session, const int64_
                                             const float **logits, size_t *vocab);
 /* The same for every sequence of the session's batch: `tokens` [batch][n], n new tokens each; `mask`
  * [batch][n] (NULL: all 1) is 0 at padding positions, 1 elsewhere, and each sequence's last new token must
- * not be padding. *logits is [batch][*vocab]: each sequence's last token's logits, valid until the next call
- * on the session. */
+ * not be padding unless its whole row is (it sits the call out: an idle place of the batch, its logits NaN).
+ * *logits is [batch][*vocab]: each sequence's last token's logits, valid until the next call on the session.
+ * When the call would pass the context, padding no sequence needs is dropped first (as
+ * moert_session_reset_sequence does; decoders that take position_ids). */
 MOERT_API moert_status moert_session_append_batch(moert_session *session, const int64_t *tokens, size_t n,
                                                   const int64_t *mask, const float **logits, size_t *vocab);
-/* Cached positions. */
+/* Ends sequence `sequence` of the batch and frees its place for a new one (continuous batching): its cached
+ * positions become padding, masked from every later call, and its next tokens start a sequence at position 0;
+ * the other sequences keep theirs. Then each sequence's cached tokens are moved together (in order) and the
+ * padding no sequence needs is dropped, so the length becomes the most tokens any sequence holds. A new
+ * sequence joins with moert_session_append_batch: its prompt in its row, the others' next tokens
+ * right-aligned after padding; a row of padding only sits a call out. Needs a decoder that takes position_ids
+ * (each token gets its count of earlier tokens; without them positions are cache indices and a batch of more
+ * than one is refused); GroupQueryAttention decoders take no padding. */
+MOERT_API moert_status moert_session_reset_sequence(moert_session *session, size_t sequence);
+/* Cached positions (the batch's common length: every sequence's tokens and padding). */
 MOERT_API size_t moert_session_length(const moert_session *session);
 /* Keeps the first `length` cached positions and forgets the rest (0: all; more than cached is an error). */
 MOERT_API moert_status moert_session_rewind(moert_session *session, size_t length);
