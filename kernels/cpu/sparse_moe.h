@@ -41,11 +41,11 @@
 
 namespace moert_cpu {
 
-constexpr int64_t kTile = 128;     // tokens per work item at most: each weight row is reused this many times
-constexpr int64_t kTokBlock = 6;   // tokens sharing each gate/up weight load (register blocking)
-constexpr int64_t kDimBlock = 64;  // the most hidden dims per block (the coefficient buffer's row length)
+constexpr int64_t kTile = 128;    // tokens per work item at most: each weight row is reused this many times
+constexpr int64_t kTokBlock = 6;  // tokens sharing each gate/up weight load (register blocking)
+constexpr int64_t kDimBlock = 64; // the most hidden dims per block (the coefficient buffer's row length)
 constexpr int64_t kL2Budget = 192 * 1024; // bytes of a dim block's gate/up rows meant to stay in L2
-constexpr int64_t kMaxChunks = 16; // hidden-dim chunks per expert visit (parallelism in decode)
+constexpr int64_t kMaxChunks = 16;        // hidden-dim chunks per expert visit (parallelism in decode)
 // Token tiles of at least kGemmTokens tokens run on gemm.h's micro-kernel (see Kernel::gemmTile). Both
 // GEMMs walk K in blocks of kMoeKC features, so that PW panels' slices (kMoeKC x PW x NR floats: 32 KiB on
 // AVX-512) stay in L1 while every row tile of the tile's tokens uses them; fc1's weights are packed kMoeDB
@@ -56,9 +56,10 @@ constexpr int64_t kMoeFB = 512;
 constexpr int64_t kMoeDB = 64;
 constexpr int64_t kTileRows = (kTile + kGemmMR - 1) / kGemmMR * kGemmMR; // a tile's tokens in whole row tiles
 
-// ---- weight rows -------------------------------------------------------------------------------------------
-// The kernels read expert weights through a row view: load(h) gives VW weights from column h (a multiple of VW)
-// as f32, at(h) one. Plain rows are f32 or bf16; quantised rows hold symmetric integers and f32 scales:
+// ---- weight rows
+// ------------------------------------------------------------------------------------------- The kernels
+// read expert weights through a row view: load(h) gives VW weights from column h (a multiple of VW) as f32,
+// at(h) one. Plain rows are f32 or bf16; quantised rows hold symmetric integers and f32 scales:
 //   QBlock<BITS, BLK>: fc1 rows, one scale per BLK consecutive columns (BLK a multiple of 16, or >= H);
 //   QVec<BITS>:        fc2 rows (fc2 transposed), one scale per column, shared by a block of rows.
 // 8-bit values are int8; 4-bit ones are nibbles (low first, zero point 8), two per byte along the row.
@@ -90,8 +91,8 @@ template <int BITS> inline vf loadQ(const uint8_t *q, int64_t h) {
 #else
     uint32_t w[2];
     std::memcpy(w, q + h / 2, sizeof w);
-    u32xv n = __builtin_shufflevector(nibbles(w[0]), nibbles(w[1]), 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
-                                      14, 15);
+    u32xv n = __builtin_shufflevector(nibbles(w[0]), nibbles(w[1]), 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                      13, 14, 15);
     return __builtin_convertvector(n, vf) - 8.0f;
 #endif
   }
@@ -214,7 +215,8 @@ struct QTok {
 template <int BITS> inline void roundToken(const float *x, int64_t n, int8_t *q, float *s, int32_t *zp) {
   for (int64_t b = 0; b < n / kXBlock; ++b) {
     const int32_t sq = roundInt8(x + b * kXBlock, kXBlock, s[b], [&](int64_t i, int8_t v) {
-      const int64_t h = b * kXBlock + i; // int4: column h of a 64-column chunk goes to (h % 2) * 32 + (h % 64) / 2
+      const int64_t h =
+          b * kXBlock + i; // int4: column h of a 64-column chunk goes to (h % 2) * 32 + (h % 64) / 2
       q[BITS == 4 ? (h / 64) * 64 + (h % 2) * 32 + (h % 64) / 2 : h] = v;
     });
     for (int64_t l = 0; l < kZpLanes; ++l)
@@ -222,97 +224,71 @@ template <int BITS> inline void roundToken(const float *x, int64_t n, int8_t *q,
   }
 }
 
+#if defined(__AVX2__)
+/// The i32 sums of one step of a quantised row times a rounded token: int8, columns c..c+31 (one input block,
+/// partial sums in all 8 lanes); int4, columns c..c+63 (lanes 0-3: the first input block, 4-7: the second;
+/// codes are centred on 8, taken off as 2 * (sum of q) per lane).
+template <int BITS> inline __m256i qsums(const uint8_t *w, const QTok &x, int64_t c) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (BITS == 8) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + c));
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + c));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)), ones);
+  } else {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + c / 2));
+    const __m256i lo = _mm256_and_si256(b, low), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
+    const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + c));
+    const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + c + 32));
+    const __m256i p =
+        _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
+    return _mm256_sub_epi32(
+        p, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.zp + c / kXBlock * kZpLanes)));
+  }
+}
+#endif
+
 /// sum_h w[h] * x[h] of a quantised row (codes `w`, a scale per BLK columns `ws`) and a rounded token.
 template <int BITS, int64_t BLK, int64_t H>
 inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
   static_assert(BLK % kXBlock == 0 && H % (BITS == 4 ? 64 : 32) == 0, "whole blocks");
 #if defined(__AVX2__)
-  const __m256i ones = _mm256_set1_epi16(1);
+  constexpr int64_t STEP = BITS == 4 ? 64 : 32; // columns per step
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  auto add = [&](int64_t step, __m256i p, __m256 sc) __attribute__((always_inline)) {
+    if (step % 2) // two accumulators: the FMAs of consecutive steps overlap
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc1);
+    else
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc0);
+  };
   int64_t h = 0;
   if constexpr (BLK == kXBlock) {
     // A scale per input block: the scale products of 8 blocks (256 columns) in one vector, each step's taken
-    // out of it by a lane permutation (instead of two scalar products and broadcasts per step).
+    // out of it by a lane permutation (instead of scalar products and broadcasts per step).
     for (; h + 256 <= H; h += 256) {
       const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(ws + h / kXBlock), _mm256_loadu_ps(x.s + h / kXBlock));
-      if constexpr (BITS == 8) {
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          const int64_t c = h + 32 * k;
-          if (k % 2 == 0) // rows are read one after another: ask for the bytes kQAhead further on
-            __builtin_prefetch(w + c + kQAhead);
-          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + c));
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + c));
-          const __m256i p = _mm256_madd_epi16(
-              _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)), ones);
-          const __m256 s = _mm256_permutevar8x32_ps(sc, _mm256_set1_epi32(k));
-          if (k % 2)
-            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc1);
-          else
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc0);
-        }
-      } else {
-        const __m256i low = _mm256_set1_epi8(0x0F);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const int64_t c = h + 64 * k;
-          if (k % 2 == 0)
-            __builtin_prefetch(w + c / 2 + kQAhead);
-          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + c / 2));
-          const __m256i lo = _mm256_and_si256(b, low), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
-          const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + c));
-          const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + c + 32));
-          // lanes 0-3: columns c..c+31 (one input block), 4-7: c+32..c+63; codes are centred on 8, taken off
-          // as 2 * (sum of q) per lane
-          __m256i p = _mm256_madd_epi16(
-              _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
-          p = _mm256_sub_epi32(
-              p, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.zp + c / kXBlock * kZpLanes)));
-          const __m256 s = _mm256_permutevar8x32_ps(
-              sc, _mm256_setr_epi32(2 * k, 2 * k, 2 * k, 2 * k, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1));
-          if (k % 2)
-            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc1);
-          else
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc0);
-        }
+      for (int k = 0; k < 256 / STEP; ++k) {
+        const int64_t c = h + STEP * k;
+        if ((c * BITS / 8) % 64 == 0) // rows are read one after another: ask for the bytes kQAhead further on
+          __builtin_prefetch(w + c * BITS / 8 + kQAhead);
+        // int8: the step's block; int4: its two blocks, in lanes 0-3 and 4-7
+        const __m256i lanes = BITS == 8 ? _mm256_set1_epi32(k)
+                                        : _mm256_setr_epi32(2 * k, 2 * k, 2 * k, 2 * k, 2 * k + 1, 2 * k + 1,
+                                                            2 * k + 1, 2 * k + 1);
+        add(k, qsums<BITS>(w, x, c), _mm256_permutevar8x32_ps(sc, lanes));
       }
     }
   }
-  // Scales per block of BLK > kXBlock columns, or the columns after the last 256: a scale product per step.
-  if constexpr (BITS == 8) {
-    for (; h < H; h += 32) {
-      if (h % 64 == 0)
-        __builtin_prefetch(w + h + kQAhead);
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + h));
-      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h));
-      const __m256i p =
-          _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)), ones);
-      const __m256 sc = _mm256_set1_ps(ws[h / BLK] * x.s[h / kXBlock]);
-      if ((h / 32) % 2)
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc1);
-      else
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc0);
-    }
-  } else {
-    const __m256i low = _mm256_set1_epi8(0x0F);
-    for (; h < H; h += 64) {
-      if (h % 128 == 0)
-        __builtin_prefetch(w + h / 2 + kQAhead);
-      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + h / 2));
-      const __m256i lo = _mm256_and_si256(b, low), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
-      const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h));
-      const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + h + 32));
-      __m256i p = _mm256_madd_epi16(
-          _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
-      const int64_t j = h / kXBlock;
-      p = _mm256_sub_epi32(p, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.zp + j * kZpLanes)));
-      const __m256 sc =
-          _mm256_set_m128(_mm_set1_ps(ws[(h + 32) / BLK] * x.s[j + 1]), _mm_set1_ps(ws[h / BLK] * x.s[j]));
-      if ((h / 64) % 2)
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc1);
-      else
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc0);
-    }
+  // Scales per block of BLK > kXBlock columns, or the columns after the last 256: scale products per step.
+  for (; h < H; h += STEP) {
+    if ((h * BITS / 8) % 64 == 0)
+      __builtin_prefetch(w + h * BITS / 8 + kQAhead);
+    const int64_t j = h / kXBlock;
+    const __m256 sc = BITS == 8 ? _mm256_set1_ps(ws[h / BLK] * x.s[j])
+                                : _mm256_set_m128(_mm_set1_ps(ws[(h + 32) / BLK] * x.s[j + 1]),
+                                                  _mm_set1_ps(ws[h / BLK] * x.s[j]));
+    add(h / STEP, qsums<BITS>(w, x, h), sc);
   }
   const __m256 a = _mm256_add_ps(acc0, acc1);
   __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -356,7 +332,7 @@ template <class C, int BITS = C::QBITS> struct ExpertRows {
 
 template <class C> struct QuantRows {
   static constexpr int BITS = C::QBITS;
-  static constexpr int64_t BLK = C::QBLOCK1; // fc1 columns per scale
+  static constexpr int64_t BLK = C::QBLOCK1;     // fc1 columns per scale
   static constexpr int64_t RB = C::H * BITS / 8; // bytes per row
   static constexpr int64_t NB1 = (C::H + BLK - 1) / BLK;
   using R1 = QBlock<BITS, BLK>;
@@ -371,8 +347,10 @@ template <class C> struct QuantRows {
     int64_t nb2 = (fdim + blk2 - 1) / blk2;
     q1 = static_cast<const uint8_t *>(a.weights[shared ? MOERT_SHARED1 : MOERT_FC1]) + ex * fdim * g * RB;
     q2 = static_cast<const uint8_t *>(a.weights[shared ? MOERT_SHARED2 : MOERT_FC2]) + ex * fdim * RB;
-    s1 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED1_SCALES : MOERT_FC1_SCALES]) + ex * fdim * g * NB1;
-    s2 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED2_SCALES : MOERT_FC2_SCALES]) + ex * nb2 * C::H;
+    s1 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED1_SCALES : MOERT_FC1_SCALES]) +
+         ex * fdim * g * NB1;
+    s2 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED2_SCALES : MOERT_FC2_SCALES]) +
+         ex * nb2 * C::H;
   }
   R1 row1(int64_t r) const { return {q1 + r * RB, s1 + r * NB1}; }
   R2 row2(int64_t f) const { return {q2 + f * RB, s2 + (f / blk2) * C::H}; }
@@ -404,7 +382,7 @@ template <class C> struct Kernel {
   static constexpr int64_t XBS = INT_FC1 ? H / kXBlock : 0; // input blocks of a token
 
   struct Item {
-    int32_t expert; // -1: shared expert
+    int32_t expert;     // -1: shared expert
     int32_t begin, end; // range in the entry list (routed) or token range (shared)
     int32_t f0, f1, chunk;
   };
@@ -992,9 +970,8 @@ template <class C> struct Kernel {
         axpy(sc, pr[r], pb + r * F, F);
       for (int64_t f = 0; f < F; ++f)
         idx[f] = int32_t(f);
-      std::partial_sort(idx, idx + C::KEEP, idx + F, [&](int32_t x, int32_t y) {
-        return sc[x] > sc[y] || (sc[x] == sc[y] && x < y);
-      });
+      std::partial_sort(idx, idx + C::KEEP, idx + F,
+                        [&](int32_t x, int32_t y) { return sc[x] > sc[y] || (sc[x] == sc[y] && x < y); });
       std::sort(idx, idx + C::KEEP);
       for (int64_t j = 0; j < C::KEEP; ++j) {
         const int64_t f = idx[j];

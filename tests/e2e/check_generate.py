@@ -288,6 +288,24 @@ def check_continuous_batch(rt, path, art, rng, cache_dtype="f32"):
           f"last join {lengths} (want [6, 5, 7])")
 
 
+def reset_error(rt, art, sequence, first=None):
+    """The message of the moert.Error that ending `sequence` of a batch session of two raises (after appending
+    `first`, [2, n] tokens, when given), or "no error"."""
+    import moert
+    model = rt.load(art, threads=2)
+    sess = model.session(batch=2)
+    try:
+        if first is not None:
+            sess.append(first)
+        sess.reset_sequence(sequence)
+        return "no error"
+    except moert.Error as e:
+        return str(e)
+    finally:
+        sess.close()
+        model.close()
+
+
 def error_of(args, rt, onnx_path, call):
     """Compiles `onnx_path` next to it, loads it and gives the message of the moert.Error that call(model) raises
     ("no error" when it raises none)."""
@@ -541,27 +559,10 @@ def main():
                                 "--no-fusion"], check=True, capture_output=True)
                 check_continuous_batch(rt, pos_path, plain_pos, rng)  # caches taken over from each call
                 # Without position_ids the rotary positions are cache indices: ending a sequence is refused.
-                model = rt.load(art, threads=2)
-                sess = model.session(batch=2)
-                sess.append(rng.integers(0, 32, (2, 3)))
-                try:
-                    sess.reset_sequence(1)
-                    refused = "no error"
-                except moert.Error as e:
-                    refused = str(e)
-                sess.close()
-                model.close()
+                refused = reset_error(rt, art, 1, rng.integers(0, 32, (2, 3)))
                 check(f"{name}: without position_ids, ending a sequence of a batch refused",
                       "position_ids" in refused, refused)
-                model = rt.load(pos_art, threads=2)
-                sess = model.session(batch=2)
-                try:
-                    sess.reset_sequence(2)
-                    refused = "no error"
-                except moert.Error as e:
-                    refused = str(e)
-                sess.close()
-                model.close()
+                refused = reset_error(rt, pos_art, 2)
                 check(f"{name}: ending sequence 2 of a batch of two refused", "batch of 2" in refused, refused)
             # Sampling.
             one = generate(args, art, prompt_path, "--temperature", "0.7", "--top-k", "1", "--seed", "5")
