@@ -17,8 +17,8 @@ the same work per element.
     python3 bench/ggml_peer.py [--threads N] [--types f32,q8_0,q4_0]   # the ZAYA1 layer, standalone
 """
 import glob
+import json
 import os
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -28,8 +28,11 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, ".cache")
-# ggml type each moec storage is compared with (equal bits)
-PAIRS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
+sys.path.insert(0, HERE)
+from llama_peer import PAIRS as _LLAMA_PAIRS  # noqa: E402
+
+# ggml type each moec storage is compared with (equal bits): llama_peer's pairing, looked up from moec's side
+PAIRS = {storage: ggml for ggml, storage in _LLAMA_PAIRS.items()}
 # relative L2 error of ggml's output against the fp64 NumPy layer above which its times are not reported: ggml
 # quantises the activations too for Q8_0/Q4_0 (to Q8), so these bound the weights' and activations' rounding.
 # Q4_0 rounds Gaussian weights with a step of about max/8 = 0.26 sigma per block of 32 (7.5% rms each of the
@@ -44,9 +47,9 @@ def _ggml_dirs():
     libs = [d for d in (os.path.join(pkg, "lib"), pkg) if glob.glob(os.path.join(d, "libggml*.so*"))]
     if not libs:
         raise ImportError(f"no libggml shared library under {pkg}")
-    for inc in (os.path.join(pkg, "include"),):
-        if os.path.exists(os.path.join(inc, "ggml-backend.h")) and os.path.exists(os.path.join(inc, "ggml-cpu.h")):
-            return inc, libs[0]
+    inc = os.path.join(pkg, "include")
+    if os.path.exists(os.path.join(inc, "ggml-backend.h")) and os.path.exists(os.path.join(inc, "ggml-cpu.h")):
+        return inc, libs[0]
     # The headers of the same version, from its source distribution.
     version = llama_cpp.__version__
     inc = os.path.join(CACHE, f"ggml-include-{version}")
@@ -125,7 +128,6 @@ def run_layer(key, w1, w2, wr, k, inputs, types, threads):
         if proc.returncode != 0:
             print(f"   ggml {ty}: failed: {proc.stderr.strip()}", flush=True)
             continue
-        import json
         for line in proc.stdout.splitlines():
             r = json.loads(line)
             t = r["tokens"]
@@ -146,7 +148,6 @@ def run_layer(key, w1, w2, wr, k, inputs, types, threads):
 
 def main():
     import argparse
-    sys.path.insert(0, HERE)
     from run import layer_weights
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())

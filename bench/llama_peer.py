@@ -91,27 +91,23 @@ def time_llama(path, threads, repeat):
                 logits_all=True, verbose=False)
     rng = np.random.default_rng(0)
     out = {}
-    for t in (128, 512):
-        times = []
-        for _ in range(repeat + 1):
-            toks = rng.integers(0, 32000, t).tolist()
-            llm.reset()
-            llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
-            t0 = time.perf_counter()
-            llm.eval(toks)
-            times.append((time.perf_counter() - t0) * 1e3)
-        out[("prefill", t, 0)] = (min(times[1:]), statistics.median(times[1:]))
+
+    def prompts(kind):
+        """Prompts of 128 and 512 tokens into an emptied cache: out[(kind, T, 0)] = (best ms, median ms)."""
+        for t in (128, 512):
+            times = []
+            for _ in range(repeat + 1):
+                toks = rng.integers(0, 32000, t).tolist()
+                llm.reset()
+                llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
+                t0 = time.perf_counter()
+                llm.eval(toks)
+                times.append((time.perf_counter() - t0) * 1e3)
+            out[(kind, t, 0)] = (min(times[1:]), statistics.median(times[1:]))
+
+    prompts("prefill")  # every token's logits (logits_all, as the ONNX model computes)
     llm._logits_all = False  # the prompt rows: the last token's logits only (llama.cpp's default)
-    for t in (128, 512):
-        times = []
-        for _ in range(repeat + 1):
-            toks = rng.integers(0, 32000, t).tolist()
-            llm.reset()
-            llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
-            t0 = time.perf_counter()
-            llm.eval(toks)
-            times.append((time.perf_counter() - t0) * 1e3)
-        out[("prompt", t, 0)] = (min(times[1:]), statistics.median(times[1:]))
+    prompts("prompt")
     for past in (128, 1024, 4096):
         times = []
         llm.reset()

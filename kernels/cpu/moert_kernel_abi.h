@@ -10,10 +10,10 @@
  *
  *   int      moert_linear_<j>(const moert_linear_args *args);            0 on success
  *   uint64_t moert_linear_<j>_weight_bytes(int slot);                    bytes each weight slot must hold
- *   int64_t  moert_linear_<j>_dims(int which);                           0: K (input features), 1: N,
- *                                                                        2: outputs, 3 + i: output i's
- *columns (outputs) size_t   moert_linear_<j>_scratch(int64_t rows, int threads);        scratch bytes one
- *call needs (may be 0)
+ *   int64_t  moert_linear_<j>_dims(int which);                           0: K (input features), 1: N
+ *                                                                        (output columns), 2: outputs,
+ *                                                                        3 + i: output i's columns
+ *   size_t   moert_linear_<j>_scratch(int64_t rows, int threads);        scratch bytes (may be 0)
  *
  * per attention dispatch `j` (kernels/cpu/attention.h):
  *

@@ -219,8 +219,9 @@ template <int BITS> inline void roundToken(const float *x, int64_t n, int8_t *q,
           b * kXBlock + i; // int4: column h of a 64-column chunk goes to (h % 2) * 32 + (h % 64) / 2
       q[BITS == 4 ? (h / 64) * 64 + (h % 2) * 32 + (h % 64) / 2 : h] = v;
     });
-    for (int64_t l = 0; l < kZpLanes; ++l)
-      zp[b * kZpLanes + l] = 2 * sq;
+    if constexpr (BITS == 4) // (int8 codes have no zero point)
+      for (int64_t l = 0; l < kZpLanes; ++l)
+        zp[b * kZpLanes + l] = 2 * sq;
   }
 }
 
@@ -436,7 +437,7 @@ template <class C> struct Kernel {
     l.coef = take(sizeof(float) * kTile * kDimBlock * threads);
     l.xq = take(INT_FC1 ? size_t(T * H) : 0);
     l.xs = take(sizeof(float) * T * XBS);
-    l.xsq = take(sizeof(int32_t) * T * XBS * kZpLanes);
+    l.xsq = take(C::QBITS == 4 ? sizeof(int32_t) * T * XBS * kZpLanes : 0); // int4 zero points (QTok::zp)
     l.gemm = take(!C::HAS_PRED && T >= kGemmTokens ? kGemmThreadBytes * threads : 0);
     l.total = off;
     return l;

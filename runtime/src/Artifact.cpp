@@ -85,6 +85,21 @@ template <typename T> bool resolve(void *handle, const std::string &name, T &out
   return out != nullptr;
 }
 
+/// The values a dispatch or op step reads (an absent optional operand as -1).
+std::vector<int64_t> stepReads(const pb::Step &s) {
+  if (s.has_op())
+    return {s.op().inputs().begin(), s.op().inputs().end()};
+  if (s.has_linear())
+    return {int64_t(s.linear().input()), s.linear().residual()};
+  if (s.has_attention()) {
+    const auto &a = s.attention();
+    return {int64_t(a.query()), int64_t(a.key()), int64_t(a.value()), a.mask(), a.sinks()};
+  }
+  if (s.has_moe())
+    return {int64_t(s.moe().input()), s.moe().logits(), s.moe().residual()};
+  return {};
+}
+
 } // namespace
 
 void moert::findCacheAppends(moert_model &m) {
@@ -145,16 +160,13 @@ void moert::findCacheAppends(moert_model &m) {
             return;
         if (a.key() == past || a.value() == past || a.output() == present)
           return;
-      } else if (s.has_linear()) {
-        const auto &l = s.linear();
-        std::vector<int64_t> ids{int64_t(l.input()), l.residual()};
-        ids.insert(ids.end(), l.outputs().begin(), l.outputs().end());
+      } else if (s.has_linear() || s.has_moe()) { // neither may read or write a cache
+        std::vector<int64_t> ids = stepReads(s);
+        if (s.has_linear())
+          ids.insert(ids.end(), s.linear().outputs().begin(), s.linear().outputs().end());
+        else
+          ids.push_back(s.moe().output());
         for (int64_t id : ids)
-          if (id == int64_t(past) || id == int64_t(present))
-            return;
-      } else if (s.has_moe()) {
-        const auto &e = s.moe();
-        for (int64_t id : {int64_t(e.input()), e.logits(), e.residual(), int64_t(e.output())})
           if (id == int64_t(past) || id == int64_t(present))
             return;
       }
@@ -175,20 +187,10 @@ void moert::findLogitsStep(moert_model &m) {
   int writer = -1;
   for (int si = 0; si < p.steps_size(); ++si) {
     const pb::Step &s = p.steps(si);
-    std::vector<int64_t> reads;
-    if (s.has_op())
-      reads.assign(s.op().inputs().begin(), s.op().inputs().end());
-    else if (s.has_linear()) {
-      reads = {int64_t(s.linear().input()), s.linear().residual()};
-      if (s.linear().outputs_size() == 1 && int64_t(s.linear().outputs(0)) == logits &&
-          s.linear().residual() < 0)
-        writer = si;
-    } else if (s.has_attention()) {
-      const auto &a = s.attention();
-      reads = {int64_t(a.query()), int64_t(a.key()), int64_t(a.value()), a.mask(), a.sinks()};
-    } else if (s.has_moe()) {
-      reads = {int64_t(s.moe().input()), s.moe().logits(), s.moe().residual()};
-    }
+    if (s.has_linear() && s.linear().outputs_size() == 1 && int64_t(s.linear().outputs(0)) == logits &&
+        s.linear().residual() < 0)
+      writer = si;
+    const std::vector<int64_t> reads = stepReads(s);
     if (std::find(reads.begin(), reads.end(), logits) != reads.end())
       return; // something else reads the logits: they stay whole
   }
