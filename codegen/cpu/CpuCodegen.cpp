@@ -413,6 +413,7 @@ struct Emitter {
     if (qbits == 4 && h % 2)
       return fail(op, "int4 weights need an even H (packed two per byte along H); H = " + Twine(h));
     int64_t qblock1 = 0, qblock2 = 0;
+    bool fc2Panels = false;
     // Packs (x, j, part) rows of fc1 and fc2 columns for `ne` experts with `fdim` dims into `slot`s.
     auto packExperts = [&](int64_t ne, int64_t fdim, const std::vector<float> &w1, const std::vector<float> &w2,
                            const QRows *r1, const QRows *r2, int slot1, int slot2, int sslot1, int sslot2,
@@ -452,6 +453,23 @@ struct Emitter {
         sections[slot] = weightSection(op, slot, name, std::move(bytes));
       };
       raw(slot1, name1, packBits(q1, qbits));
+      if (fc2Panels) {
+        // each expert's fc2 as a linear layer of fdim inputs and h outputs, in the linear kernel's panels
+        std::vector<char> w, sc;
+        for (int64_t x = 0; x < ne; ++x) {
+          std::vector<uint8_t> codes(h * fdim);
+          for (int64_t i = 0; i < h * fdim; ++i) // unsigned codes, zero point 2^(bits-1)
+            codes[i] = uint8_t(r2->q[x * h * fdim + i] + (1 << (qbits - 1)));
+          std::vector<float> scales(r2->s.begin() + x * h * r2->nb, r2->s.begin() + (x + 1) * h * r2->nb);
+          PackedLinear pl = packLinearCodes(codes, scales, {}, qbits, fdim, h, r2->blk, {});
+          w.insert(w.end(), pl.slots[MOERT_LIN_W].begin(), pl.slots[MOERT_LIN_W].end());
+          sc.insert(sc.end(), pl.slots[MOERT_LIN_SCALES].begin(), pl.slots[MOERT_LIN_SCALES].end());
+        }
+        raw(slot2, name2, std::move(w));
+        raw(sslot1, (name1 + "_scales").str(), asBytes(s1));
+        raw(sslot2, (name2 + "_scales").str(), std::move(sc));
+        return;
+      }
       raw(slot2, name2, packBits(q2, qbits));
       add(sslot1, (name1 + "_scales").str(), std::move(s1));
       add(sslot2, (name2 + "_scales").str(), std::move(s2));
@@ -482,6 +500,16 @@ struct Emitter {
         r2 = quantizeRows(w2, e * h, f, qbits, qblock2);
       }
     }
+    // With int8 activations on a CPU target, fc2 goes in the linear kernel's panels and multiplies integers
+    // (C::FC2_PANELS, MOERT_FC2) where the kernel's integer paths apply: integer fc1 (blocks and H whole
+    // input blocks / code steps), no predictor, H whole column panels, F and the shared expert's dims whole
+    // input blocks, fc2 blocks of whole input blocks. GPU kernels read fc2's rows.
+    const int64_t fsDims =
+        op.getSharedFc2() ? cast<RankedTensorType>(op.getSharedFc2().getType()).getDimSize(1) : 0;
+    const int64_t xb = MOERT_INT8_ACT_BLOCK;
+    fc2Panels = qbits && op.getInt8Activations() && !gpu && !op.getPredA() &&
+                (qblock1 ? qblock1 : h) % xb == 0 && h % (qbits == 4 ? 2 * xb : xb) == 0 &&
+                h % MOERT_LINEAR_NR == 0 && f % xb == 0 && fsDims % xb == 0 && qblock2 % xb == 0;
     packExperts(e, f, w1, w2, &r1, &r2, MOERT_FC1, MOERT_FC2, MOERT_FC1_SCALES, MOERT_FC2_SCALES, "fc1",
                 "fc2");
     bool linear = op.getRouterKind() == moe::RouterKind::linear;
@@ -635,7 +663,8 @@ struct Emitter {
        << "  static constexpr int QBITS = " << qbits << ";\n"
        << "  static constexpr int64_t QBLOCK1 = " << (qblock1 ? qblock1 : h) << ", QBLOCK2 = " << qblock2
        << ";\n"
-       << "  static constexpr bool INT8_ACT = " << b(qbits && op.getInt8Activations()) << ";\n"
+       << "  static constexpr bool INT8_ACT = " << b(qbits && op.getInt8Activations())
+       << ", FC2_PANELS = " << b(fc2Panels) << ";\n"
        << "  static constexpr int64_t H = " << h << ", F = " << f << ", E = " << e << ", N = " << n
        << ", K = " << op.getK() << ", R = " << r << ", KEEP = " << keep << ", FS = " << fs
        << ", GROUPS = " << op.getExpertGroups()

@@ -215,10 +215,12 @@ template <class C> struct Linear {
 
   /// isum[i][j] = sum over features [k0, k1) (whole groups) of code(j, k) * xq[i][k]: 4 products per column
   /// per byte-multiply-add (AVX-512 VNNI's vpdpbusd, or AVX2's vpmaddubsw + vpmaddwd), or plain integer loops
-  /// elsewhere (the same exact sums).
+  /// elsewhere (the same exact sums). `ahead` (bytes, 0 for none): each group's cache line that far on is
+  /// prefetched (the same features of a panel read next, when the panels are not read one after another).
   template <int M>
-  __attribute__((always_inline)) static inline void
-  groupDots(const uint8_t *panel, const Rounded &x, int64_t k0, int64_t k1, int32_t (&isum)[M][NR]) {
+  __attribute__((always_inline)) static inline void groupDots(const uint8_t *panel, const Rounded &x,
+                                                              int64_t k0, int64_t k1, int32_t (&isum)[M][NR],
+                                                              int64_t ahead = 0) {
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
     // AVX-512 VNNI: a group's 16 columns are one register; vpdpbusd sums 4 u8 x s8 products per i32 lane.
     const __m512i low = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
@@ -227,6 +229,8 @@ template <class C> struct Linear {
     for (int i = 0; i < M; ++i)
       acc[i] = zero;
     for (int64_t k = k0; k < k1; k += GK) {
+      if (ahead)
+        __builtin_prefetch(panel + (k / GK) * NR * 4 + ahead);
       const __m512i w = _mm512_loadu_si512(panel + (k / GK) * NR * 4);
       if constexpr (QBITS == 8) {
         const __m512i aw = _mm512_abs_epi8(w); // |w| as u8 (|-128| = 128), x takes w's sign
@@ -256,6 +260,8 @@ template <class C> struct Linear {
       acc[i][0] = acc[i][1] = _mm256_setzero_si256();
     for (int64_t k = k0; k < k1; k += GK) {
       const uint8_t *g = panel + (k / GK) * NR * 4;
+      if (ahead)
+        __builtin_prefetch(g + ahead);
       const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(g));
       const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(g + 32));
       if constexpr (QBITS == 8) {
@@ -357,16 +363,16 @@ template <class C> struct Linear {
   }
 
   /// acc[i] += rounded input rows i x panel p over features [k0, k1) (k0 a multiple of XB): integer sums per
-  /// input block, scaled once each.
+  /// input block, scaled once each (`ahead`: as groupDots').
   template <int M>
   __attribute__((always_inline)) static inline void intTile(const uint8_t *panel, const float *sc,
                                                             const float *of, const Rounded &x, int64_t k0,
-                                                            int64_t k1, vf (&acc)[M][NV]) {
+                                                            int64_t k1, vf (&acc)[M][NV], int64_t ahead = 0) {
     constexpr bool OFFSET = C::AFFINE || QBITS == 4;
     for (int64_t b = k0 / XB; b * XB < k1; ++b) {
       const int64_t kb = b * XB, ke = std::min<int64_t>(k1 == K ? KPAD : k1, kb + XB);
       alignas(64) int32_t isum[M][NR];
-      groupDots<M>(panel, x, kb, ke, isum);
+      groupDots<M>(panel, x, kb, ke, isum, ahead);
       vf s[NV], o[NV];
       blockScales(sc, of, kb, s, o);
       const int64_t bi = b - x.k0 / XB;
@@ -408,9 +414,14 @@ template <class C> struct Linear {
   /// Features [k0, k1) of quantised panel p as f32 into `out` ([k1 - k0][NR]; k0 a multiple of GK): done
   /// once per panel and K block in prefill, then every row tile of the block runs the f32 micro-kernel on it.
   static void dequant(const moert_linear_args &a, int64_t p, int64_t k0, int64_t k1, float *out) {
-    const uint8_t *panel = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
-    const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
-    const float *of = C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
+    dequantPanel(static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB,
+                 static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR,
+                 C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr,
+                 k0, k1, out);
+  }
+  /// The same for the panel at `panel` with its scales `sc` ([KB][NR]) and offsets `of` (AFFINE).
+  static void dequantPanel(const uint8_t *panel, const float *sc, const float *of, int64_t k0, int64_t k1,
+                           float *out) {
     vf s[NV], o[NV];
     for (int64_t k = k0; k < k1; k += GK) {
       if (k == k0 || k % BLK == 0)

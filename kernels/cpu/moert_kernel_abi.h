@@ -52,7 +52,9 @@ typedef struct moert_exec {
 enum moert_moe_slot {
   MOERT_FC1 = 0,         /* [E][F][2][H] gated (gate, up rows per hidden dim) or [E][F][H]; f32, bf16, fp16,
                             int8, or int4 (two per byte along H, low nibble first, zero point 8)     */
-  MOERT_FC2 = 1,         /* [E][F][H]: fc2 transposed, so hidden dim f's column is one row          */
+  MOERT_FC2 = 1,         /* [E][F][H]: fc2 transposed, so hidden dim f's column is one row; with C::FC2_PANELS
+                            (int8 activations on a CPU target, see codegen) each expert's fc2 is instead a linear
+                            layer's weights (K = F dims, N = H columns) in MOERT_LIN_W's panel layout           */
   MOERT_ROUTER = 2,      /* [N][H]: router weights transposed (router_kind = linear)               */
   MOERT_ROUTER_BIAS = 3, /* [N]                                                                    */
   MOERT_SEL_BIAS = 4,    /* [N]                                                                    */
@@ -65,9 +67,10 @@ enum moert_moe_slot {
   MOERT_NORM_B = 11,     /* [H]                                                                    */
   MOERT_SHARED1 = 12,    /* [Fs][2][H] or [Fs][H]                                                   */
   MOERT_SHARED2 = 13,    /* [Fs][H]: shared_fc2 transposed                                          */
-  MOERT_SHARED_GATE = 14,/* [H]                                                                    */
-  MOERT_FC1_SCALES = 15, /* quantised fc1: [E][F][G][ceil(H / QBLOCK1)] f32, one per block of a row   */
-  MOERT_FC2_SCALES = 16, /* quantised fc2: [E][ceil(F / QBLOCK2)][H] f32, one per column per row block */
+  MOERT_SHARED_GATE = 14,    /* [H]                                                                    */
+  MOERT_FC1_SCALES = 15,     /* quantised fc1: [E][F][G][ceil(H / QBLOCK1)] f32, one per block of a row   */
+  MOERT_FC2_SCALES = 16,     /* quantised fc2: [E][ceil(F / QBLOCK2)][H] f32, one per column per row block
+                                (C::FC2_PANELS: [E] of MOERT_LIN_SCALES' [NP][KB][NR], the same values)     */
   MOERT_SHARED1_SCALES = 17, /* as FC1_SCALES for the shared expert (Fs dims)                        */
   MOERT_SHARED2_SCALES = 18, /* as FC2_SCALES for the shared expert                                  */
   MOERT_MOE_SLOTS = 19
@@ -135,7 +138,10 @@ enum moert_linear_slot {
  * row is first rounded to int8 per block of MOERT_INT8_ACT_BLOCK features (or of QBLOCK when that is not a
  * multiple of it): q = round-half-even(x * (127 / max|x|)), x ~ q * max|x| / 127. The result is then sum_k
  * w[k][n] * x~[k] with exact integer sums per block and f32 across blocks, as ggml computes Q8_0 x Q4_0 /
- * Q8_0, whatever the number of rows. Without it inputs are multiplied as they are. */
+ * Q8_0, whatever the number of rows. Without it inputs are multiplied as they are. In a MoE dispatch an
+ * expert computing fewer than 16 tokens of a call (a token tile below a GEMM's) rounds its tokens (fc1's
+ * input) and, with C::FC2_PANELS, its fc2 input (routing weight x activation, per block of 32 dims counted
+ * from dim 0, dims not kept 0); bigger tiles multiply f32. */
 /* Input features per int8-activation scale, linear and MoE dispatches alike. */
 #define MOERT_INT8_ACT_BLOCK 32
 

@@ -28,6 +28,7 @@
 #define MOERT_KERNELS_CPU_SPARSE_MOE_H
 
 #include "gemm.h"
+#include "linear.h"
 #include "moert_kernel_abi.h"
 #include "simd.h"
 
@@ -359,6 +360,18 @@ template <class C> struct QuantRows {
 template <class C> struct ExpertRows<C, 8> : QuantRows<C> { using QuantRows<C>::QuantRows; };
 template <class C> struct ExpertRows<C, 4> : QuantRows<C> { using QuantRows<C>::QuantRows; };
 
+/// The fc2 of an expert with FD hidden dims as the linear kernel (linear.h) sees it when its weights are
+/// stored in that kernel's panels (C::FC2_PANELS, see MOERT_FC2): K = FD dims in, N = H columns out, blocks
+/// of QBLOCK2 dims (one block when 0), integer dot products on rounded inputs.
+template <class C, int64_t FD> struct Fc2Layer {
+  using W = uint8_t;
+  static constexpr int QBITS = C::QBITS, NORM = MOERT_NORM_NONE, NOUT = 1;
+  static constexpr int64_t K = FD, N = C::H, QBLOCK = C::QBLOCK2 > 0 ? C::QBLOCK2 : FD;
+  static constexpr bool AFFINE = false, HAS_BIAS = false, HAS_NORM_BIAS = false, INT8_ACT = true;
+  static constexpr float EPS = 0.0f;
+  static constexpr int64_t SPLIT[2] = {0, C::H};
+};
+
 inline float sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
 inline float gelu_erf(float a) { return 0.5f * a * (1.0f + std::erf(a * 0.70710678118654752f)); }
 inline float gelu_tanh(float a) {
@@ -381,6 +394,19 @@ template <class C> struct Kernel {
   static constexpr bool INT_FC1 =
       C::QBITS != 0 && C::INT8_ACT && C::QBLOCK1 % kXBlock == 0 && H % (C::QBITS == 4 ? 64 : 32) == 0;
   static constexpr int64_t XBS = INT_FC1 ? H / kXBlock : 0; // input blocks of a token
+  // C::FC2_PANELS (codegen's choice, with INT8_ACT on CPU targets): fc2 is stored in the linear kernel's
+  // panels (MOERT_FC2) and experts computing fewer than kGemmTokens tokens round their fc2 inputs (the
+  // activations times the routing weight) to int8 per block of kXBlock dims too, so fc2 is integer dot
+  // products on linear.h's code (Fc2<FD>::intTile); GEMM tiles dequantise its panels (Fc2<FD>::dequantPanel).
+  // Chunks of dims start at multiples of kXBlock, so the rounding blocks are the same whatever the chunking.
+  static constexpr bool INT_FC2 = C::FC2_PANELS;
+  static constexpr int64_t FSX = C::HAS_SHARED ? C::FS : F; // the shared expert's dims (F without one)
+  template <int64_t FD> using Fc2 = Linear<Fc2Layer<C, FD>>;
+  static_assert(
+      !INT_FC2 || (INT_FC1 && !C::HAS_PRED && H % kGemmNR == 0 && F % kXBlock == 0 && FSX % kXBlock == 0 &&
+                   C::QBLOCK2 % kXBlock == 0),
+      "fc2 panels need integer fc1, no predictor, whole column panels and whole input blocks of dims");
+  static constexpr int64_t DIM_GRAIN = INT_FC2 ? kXBlock : 1; // chunks of dims start at multiples of this
 
   struct Item {
     int32_t expert;     // -1: shared expert
@@ -410,7 +436,7 @@ template <class C> struct Kernel {
       return 1;
     int64_t tiles = (T * K + kTile - 1) / kTile + (C::HAS_SHARED ? (T + kTile - 1) / kTile : 0);
     int64_t want = tiles >= 2 * threads ? 1 : (2 * threads + tiles - 1) / tiles;
-    int64_t byDims = std::max<int64_t>(1, F / 16);
+    int64_t byDims = std::max<int64_t>(1, F / std::max<int64_t>(16, DIM_GRAIN));
     return std::max<int64_t>(1, std::min({want, kMaxChunks, byDims}));
   }
 
@@ -645,6 +671,52 @@ template <class C> struct Kernel {
     }
   }
 
+  /// Decode and token tiles smaller than a GEMM's with fc2 panels (INT_FC2), for an expert with FD dims: per
+  /// super block of kMoeFB dims, the tokens' fc2 inputs (routing weight times activation, masked dims 0; fc1
+  /// by integer dot products, each row pair used by every token while in L1) rounded to int8 per kXBlock
+  /// dims, then fc2 panel by panel on the linear kernel's integer tiles (a panel's slice of dims used by
+  /// every token while in L1), added to each token's partial output.
+  template <int64_t FD, class Coef>
+  static void intDecode(const ExpertRows<C> &rows, const Item &it, int64_t n, Coef &&coefAt,
+                        const uint8_t *mask, float *const *dst) {
+    using L = Fc2<FD>;
+    constexpr int64_t SB = kMoeFB, XN = SB / kXBlock, NR = kGemmNR, MR = kGemmMR;
+    alignas(64) float cf[kGemmTokens][SB];
+    alignas(64) int8_t q[kGemmTokens][SB];
+    float qs[kGemmTokens][XN], qsum[kGemmTokens][XN];
+    for (int64_t fb = it.f0; fb < it.f1; fb += SB) {
+      const int64_t fe = std::min<int64_t>(it.f1, fb + SB);
+      for (int64_t f = fb; f < fe; ++f) {
+        const bool keep = !mask || mask[f];
+        for (int64_t i = 0; i < n; ++i)
+          cf[i][f - fb] = keep ? coefAt(i, f) : 0.0f;
+      }
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j * kXBlock < fe - fb; ++j)
+          qsum[i][j] = float(roundInt8(cf[i] + j * kXBlock, kXBlock, qs[i][j],
+                                       [&](int64_t l, int8_t v) { q[i][j * kXBlock + l] = v; }));
+      for (int64_t p = 0; p < L::NP; ++p) {
+        const uint8_t *panel = rows.q2 + p * L::PANELB;
+        const float *sc = rows.s2 + p * L::KB * NR;
+        for (int64_t i0 = 0; i0 < n; i0 += MR)
+          gemmRows(std::min<int64_t>(MR, n - i0), [&](auto m) {
+            constexpr int M = decltype(m)::value;
+            vf acc[M][kGemmNV] = {};
+            const typename L::Rounded rx{q[i0], qs[i0], qsum[i0], SB, XN, fb};
+            // the next panel's slice is PANELB further on, past the hardware prefetchers' page
+            L::template intTile<M>(panel, sc, nullptr, rx, fb, fe, acc, i0 == 0 ? L::PANELB : 0);
+#pragma unroll
+            for (int i = 0; i < M; ++i)
+#pragma unroll
+              for (int64_t v = 0; v < kGemmNV; ++v) {
+                float *d = dst[i0 + i] + p * NR + v * VW;
+                storev(d, loadv(d) + acc[i][v]);
+              }
+          });
+      }
+    }
+  }
+
   /// d[2i] += e[i] * s[2i] and d[2i + 1] += o[i] * s[2i + 1] for i < VW: even and odd columns' sums put back
   /// in column order, then scaled.
   static void storeInterleaved(float *d, const float *s, vf e, vf o) {
@@ -761,6 +833,31 @@ template <class C> struct Kernel {
               dst[(k - k0) * NR + j0 + l] = live[l] ? row[l].at(k) : 0.0f;
         }
       }
+  }
+
+  /// fc2's weights for dims [kb, ke) and columns [h0, h0 + pw * NR) as f32 panels ([pw][kMoeKC][NR]): its
+  /// rows (fc2 transposed) copied, or its panels (INT_FC2) dequantised.
+  static void packFc2(const ExpertRows<C> &rows, bool shared, int64_t kb, int64_t ke, int64_t h0, int64_t pw,
+                      float *out) {
+    constexpr int64_t NR = kGemmNR;
+    if constexpr (INT_FC2) {
+      auto deq = [&](auto fc2) {
+        using L = decltype(fc2);
+        for (int64_t j = 0; j < pw; ++j) {
+          const int64_t p = h0 / NR + j;
+          L::dequantPanel(rows.q2 + p * L::PANELB, rows.s2 + p * L::KB * NR, nullptr, kb, ke,
+                          out + j * kMoeKC * NR);
+        }
+      };
+      shared ? deq(Fc2<FSX>{}) : deq(Fc2<F>{});
+    } else {
+      for (int64_t f = kb; f < ke; ++f) {
+        const auto row = rows.row2(f);
+        for (int64_t j = 0; j < pw; ++j)
+          for (int64_t v = 0; v < kGemmNV; ++v)
+            storev(out + j * kMoeKC * NR + (f - kb) * NR + v * VW, row.load(h0 + j * NR + v * VW));
+      }
+    }
   }
 
   /// acc = rows c[i] at column col (or zero) for M rows x P panels, then the micro-kernel, then back.
@@ -880,12 +977,7 @@ template <class C> struct Kernel {
         const int64_t pw = H16 - h0 >= PW * NR ? PW : 1;
         for (int64_t kb = fb; kb < fe; kb += KC) {
           const int64_t ke = std::min<int64_t>(fe, kb + KC);
-          for (int64_t f = kb; f < ke; ++f) {
-            const auto row = rows.row2(f);
-            for (int64_t j = 0; j < pw; ++j)
-              for (int64_t v = 0; v < kGemmNV; ++v)
-                storev(b2p + j * KC * NR + (f - kb) * NR + v * VW, row.load(h0 + j * NR + v * VW));
-          }
+          packFc2(rows, it.expert < 0, kb, ke, h0, pw, b2p);
           gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, b2p, pw, KC * NR, ke - kb, orows, h0, kb == it.f0);
         }
         h0 += pw * NR;
@@ -977,6 +1069,13 @@ template <class C> struct Kernel {
       for (int64_t j = 0; j < C::KEEP; ++j) {
         const int64_t f = idx[j];
         axpy(dst[0], lone(f), rows.row2(f), H);
+      }
+    } else if (INT_FC2 && n < kGemmTokens) {
+      if constexpr (INT_FC2) {
+        if (it.expert >= 0)
+          intDecode<F>(rows, it, n, coefAt, mask, dst);
+        else
+          intDecode<FSX>(rows, it, n, coefAt, mask, dst);
       }
     } else if (C::QBITS != 0 && (n == 1 || (INT_FC1 && n < kGemmTokens))) {
       // Decode, quantised (one token, or with integer fc1 dot products a tile smaller than a GEMM's): per run
@@ -1135,8 +1234,8 @@ template <class C> struct Kernel {
           c.items[items++] = Item{expert,
                                   int32_t(begin + n * i / tiles),
                                   int32_t(begin + n * (i + 1) / tiles),
-                                  int32_t(fdim * ch / chunks),
-                                  int32_t(fdim * (ch + 1) / chunks),
+                                  int32_t(fdim / DIM_GRAIN * ch / chunks * DIM_GRAIN),
+                                  int32_t(fdim / DIM_GRAIN * (ch + 1) / chunks * DIM_GRAIN),
                                   int32_t(ch)};
     };
     for (int64_t e = 0; e < E; ++e)

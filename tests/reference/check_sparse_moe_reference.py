@@ -114,6 +114,21 @@ def main():
             w2z[ei, :, d] = 0.0
     check("masked dims equal zeroed weights", sparse_moe(x, router, w1, w2, mask=mask, **base),
           sparse_moe(x, router, w1z, w2z, **base))
+    check("int8 activations below 0 tokens an expert change nothing", sparse_moe(x, router, w1, w2, int8_below=0,
+                                                                                 **base), full)
+    # int8 activations by hand: one token, one expert (weight 1), identity activation, 32 dims; x and the fc2
+    # input rounded per 32 to q * max / 127, ties to even.
+    x32 = np.zeros((1, 32))
+    x32[0, :3] = [1.0, -0.5, 0.25]                   # q = 127, -64 (-63.5, to even), 32 (31.75)
+    w1e = np.zeros((1, 32, 32))
+    w1e[0, 0, :3] = 1.0                              # h0 = (127 - 64 + 32) / 127
+    w1e[0, 1, 0] = 0.3 * 95 / 127                    # h1 = 0.3 h0: q = round(38.1) = 38
+    h0 = 95 / 127
+    want = np.zeros((1, 32))
+    want[0, :2] = [h0, 38 * h0 / 127]                # fc2 = identity
+    check("int8 activations by hand", sparse_moe(x32, np.zeros((1, 1)), w1e, np.eye(32)[None], k=1,
+                                                 router_kind="logits", activation="identity", int8_below=16),
+          want, tol=1e-6)
     pa, pb = r(e, h, 3), r(e, 3, f)
     check("keep = F with a predictor changes nothing",
           sparse_moe(x, router, w1, w2, pred_a=pa, pred_b=pb, keep=f, **base), full)

@@ -73,6 +73,25 @@ def _gated_rows(dims, f, activation, gated_layout):
     return np.stack([2 * dims, 2 * dims + 1], axis=1).reshape(-1)
 
 
+# Rounding ties: an fc2 input within this many int8 steps of a half step may round either way in a kernel
+# that computes it in f32 (its f32 sums differ from these float64 ones by about 1e-6 relative; a step is 1/127
+# of the block's largest value).
+TIE_WINDOW = 1e-3
+
+
+def round_int8(x, block=32):
+    """Rows rounded to int8 as `--activations=int8` rounds them (kernels/cpu/moert_kernel_abi.h): per block of
+    `block` features along the last axis q = round-half-even(x * (127 / max|x|)) in f32, x = q * max|x| / 127."""
+    x = np.asarray(x, np.float32)
+    out = np.empty_like(x)
+    for k0 in range(0, x.shape[-1], block):
+        b = x[..., k0:k0 + block]
+        amax = np.max(np.abs(b), axis=-1, keepdims=True)
+        inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+        out[..., k0:k0 + block] = np.rint(b * inv) * (amax / np.float32(127))
+    return out
+
+
 def norm_rows(x, norm, weight, bias=None, eps=1e-5):
     """The norm in front of a dispatch (moe.sparse_moe's and moe.linear's `norm`) over the last axis, float64:
     "rms" x / sqrt(mean(x^2) + eps) * w; "layer" (x - mean) / sqrt(var + eps) * w (+ b); None: x."""
@@ -92,9 +111,16 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
                router_bias=None, selection_bias=None, expert_groups=1, group_topk=None, fc1_bias=None,
                fc2_bias=None, mask=None, pred_a=None, pred_b=None, keep=None, norm=None, norm_weight=None,
                norm_bias=None, norm_epsilon=1e-5, shared_fc1=None, shared_fc2=None, shared_gate=None,
-               residual=None):
+               residual=None, int8_below=None, return_slack=False):
     """Y[t] = sum over chosen experts e < E of w[t, e] * (fc2[e][:, D] @ act(fc1[e][D, :] @ x[t] + b1) + b2)
-    (+ shared expert + residual), with x = norm(input) when `norm` is "rms" or "layer"."""
+    (+ shared expert + residual), with x = norm(input) when `norm` is "rms" or "layer".
+
+    int8_below=n: int8 activations (`moec --activations=int8` on int8/int4 weights): an expert computing fewer
+    than n of the call's tokens (the shared expert: fewer than n tokens in the call) multiplies fc1 by its
+    tokens rounded to int8 (round_int8 of x) and fc2 by its input, w[t, e] * act(...) over all F dims (0 where
+    not kept), rounded the same way per block of 32 dims. With return_slack the result is (Y, slack): slack[t, h]
+    bounds what rounding an fc2 input within TIE_WINDOW of a tie the other way would change in Y[t, h] (one
+    step of its block, amax / 127, times |fc2[e][h, f]|), zero where there are no such ties."""
     x = norm_rows(x, norm, norm_weight, norm_bias, norm_epsilon)
     fc1 = np.asarray(fc1, dtype=np.float64)
     fc2 = np.asarray(fc2, dtype=np.float64)
@@ -106,6 +132,21 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
         logits = logits + np.asarray(router_bias, dtype=np.float64)
     assert logits.shape == (n_tokens, n_cols)
     out = np.zeros_like(x)
+    slack = np.zeros_like(x)
+    xr = round_int8(x).astype(np.float64) if int8_below else x
+
+    def round_fc2(t, c, w2):
+        c32 = np.asarray(c, np.float32)
+        for k0 in range(0, len(c32), 32):
+            b = c32[k0:k0 + 32]
+            amax = np.max(np.abs(b))
+            if amax > 0:
+                v = b * (np.float32(127) / amax)
+                near = np.abs(np.abs(v - np.floor(v)) - 0.5) < TIE_WINDOW
+                for j in np.nonzero(near)[0]:
+                    slack[t] += float(amax) / 127 * np.abs(w2[:, k0 + j])
+        return round_int8(c32).astype(np.float64)
+    routes = []
     for t in range(n_tokens):
         if gate == "softmax":
             e = np.exp(logits[t] - logits[t].max())
@@ -126,8 +167,12 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
         w = scores[chosen]
         if normalize:
             w = w / w.sum()
-        w = w * scale
+        routes.append((chosen, w * scale))
+    counts = np.bincount([e for chosen, _ in routes for e in chosen], minlength=n_cols)
+    for t, (chosen, w) in enumerate(routes):
         for e_idx, weight in zip(chosen, w):
+            small = int8_below is not None and counts[e_idx] < int8_below
+            xt = xr[t] if small else x[t]
             if e_idx >= n_experts:
                 continue  # zero expert: takes a slot and a share of the weight, adds nothing
             if pred_a is not None:
@@ -138,22 +183,28 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
             else:
                 dims = np.arange(f)
             rows = _gated_rows(dims, f, activation, gated_layout)
-            h = fc1[e_idx][rows] @ x[t]
+            h = fc1[e_idx][rows] @ xt
             if fc1_bias is not None:
                 h = h + np.asarray(fc1_bias, np.float64)[e_idx][rows]
             a = _activation(h, activation, len(dims), gated_layout, alpha, beta, limit)
-            y = fc2[e_idx][:, dims] @ a
+            c = np.zeros(f)
+            c[dims] = weight * a
+            if small:
+                c = round_fc2(t, c, fc2[e_idx])
+            out[t] += fc2[e_idx] @ c
             if fc2_bias is not None:
-                y = y + np.asarray(fc2_bias, np.float64)[e_idx]
-            out[t] += weight * y
+                out[t] += weight * np.asarray(fc2_bias, np.float64)[e_idx]
     if shared_fc1 is not None:
         s1, s2 = np.asarray(shared_fc1, np.float64), np.asarray(shared_fc2, np.float64)
         fs = s2.shape[1]
+        small = int8_below is not None and n_tokens < int8_below
         for t in range(n_tokens):
-            y = s2 @ _activation(s1 @ x[t], activation, fs, gated_layout, alpha, beta, limit)
+            c = _activation(s1 @ (xr[t] if small else x[t]), activation, fs, gated_layout, alpha, beta, limit)
             if shared_gate is not None:
-                y = y * sigmoid(x[t] @ np.asarray(shared_gate, np.float64))
-            out[t] += y
+                c = c * sigmoid(x[t] @ np.asarray(shared_gate, np.float64))
+            if small:
+                c = round_fc2(t, c, s2)
+            out[t] += s2 @ c
     if residual is not None:
         out = out + np.asarray(residual, np.float64)
-    return out
+    return (out, slack) if return_slack else out
