@@ -217,8 +217,11 @@ moert_status compact(moert_session *s, const char *fn) {
         for (int64_t i = 0; i < s->length; ++i)
           if (s->valid[b][i])
             std::memcpy(tmp.data() + (n++) * row, src + i * row, row);
-        std::memcpy(dst.get() + (size_t(b * c.heads + h) * dstCap + (keep - count[b])) * row, tmp.data(),
-                    n * row);
+        char *out = dst.get() + size_t(b * c.heads + h) * dstCap * row;
+        // the padding in front is zeros: masked out, but attention still multiplies its values by a
+        // probability of 0, and a new block's bytes could be a NaN
+        std::memset(out, 0, size_t(keep - count[b]) * row);
+        std::memcpy(out + (keep - count[b]) * row, tmp.data(), n * row);
       }
     c.data = std::move(dst);
     c.capacity = dstCap;
