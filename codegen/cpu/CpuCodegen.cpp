@@ -432,47 +432,50 @@ struct Emitter {
         add(slot2, name2, std::move(p2));
         return;
       }
-      std::vector<int8_t> q1(ne * fdim * g * h), q2(ne * fdim * h);
-      std::vector<float> s1(ne * fdim * g * r1->nb), s2(ne * r2->nb * h);
+      std::vector<int8_t> q1(ne * fdim * g * h);
+      std::vector<float> s1(ne * fdim * g * r1->nb);
       for (int64_t x = 0; x < ne; ++x)
-        for (int64_t j = 0; j < fdim; ++j) {
+        for (int64_t j = 0; j < fdim; ++j)
           for (int64_t part = 0; part < g; ++part) {
             int64_t src = x * g * fdim + gatedRow(j, part, fdim), dst = (x * fdim + j) * g + part;
             std::memcpy(&q1[dst * h], &r1->q[src * h], h);
             std::memcpy(&s1[dst * r1->nb], &r1->s[src * r1->nb], r1->nb * 4);
           }
-          for (int64_t i = 0; i < h; ++i)
-            q2[(x * fdim + j) * h + i] = r2->q[(x * h + i) * fdim + j];
-        }
-      for (int64_t x = 0; x < ne; ++x)
-        for (int64_t i = 0; i < h; ++i)
-          for (int64_t b = 0; b < r2->nb; ++b)
-            s2[(x * r2->nb + b) * h + i] = r2->s[(x * h + i) * r2->nb + b];
-      auto raw = [&](int slot, StringRef name, std::vector<char> bytes) {
-        weightBytes += bytes.size();
-        sections[slot] = weightSection(op, slot, name, std::move(bytes));
-      };
-      raw(slot1, name1, packBits(q1, qbits));
+      std::vector<char> c2, cs2; // fc2's codes and scales
       if (fc2Panels) {
         // each expert's fc2 as a linear layer of fdim inputs and h outputs, in the linear kernel's panels
-        std::vector<char> w, sc;
         for (int64_t x = 0; x < ne; ++x) {
           std::vector<uint8_t> codes(h * fdim);
           for (int64_t i = 0; i < h * fdim; ++i) // unsigned codes, zero point 2^(bits-1)
             codes[i] = uint8_t(r2->q[x * h * fdim + i] + (1 << (qbits - 1)));
           std::vector<float> scales(r2->s.begin() + x * h * r2->nb, r2->s.begin() + (x + 1) * h * r2->nb);
           PackedLinear pl = packLinearCodes(codes, scales, {}, qbits, fdim, h, r2->blk, {});
-          w.insert(w.end(), pl.slots[MOERT_LIN_W].begin(), pl.slots[MOERT_LIN_W].end());
-          sc.insert(sc.end(), pl.slots[MOERT_LIN_SCALES].begin(), pl.slots[MOERT_LIN_SCALES].end());
+          c2.insert(c2.end(), pl.slots[MOERT_LIN_W].begin(), pl.slots[MOERT_LIN_W].end());
+          cs2.insert(cs2.end(), pl.slots[MOERT_LIN_SCALES].begin(), pl.slots[MOERT_LIN_SCALES].end());
         }
-        raw(slot2, name2, std::move(w));
-        raw(sslot1, (name1 + "_scales").str(), asBytes(s1));
-        raw(sslot2, (name2 + "_scales").str(), std::move(sc));
-        return;
+      } else {
+        // fc2 transposed: row f holds dim f's codes for every column, scales per column per row block
+        std::vector<int8_t> q2(ne * fdim * h);
+        std::vector<float> sc(ne * r2->nb * h);
+        for (int64_t x = 0; x < ne; ++x)
+          for (int64_t j = 0; j < fdim; ++j)
+            for (int64_t i = 0; i < h; ++i)
+              q2[(x * fdim + j) * h + i] = r2->q[(x * h + i) * fdim + j];
+        for (int64_t x = 0; x < ne; ++x)
+          for (int64_t i = 0; i < h; ++i)
+            for (int64_t b = 0; b < r2->nb; ++b)
+              sc[(x * r2->nb + b) * h + i] = r2->s[(x * h + i) * r2->nb + b];
+        c2 = packBits(q2, qbits);
+        cs2 = asBytes(sc);
       }
-      raw(slot2, name2, packBits(q2, qbits));
+      auto raw = [&](int slot, StringRef name, std::vector<char> bytes) {
+        weightBytes += bytes.size();
+        sections[slot] = weightSection(op, slot, name, std::move(bytes));
+      };
+      raw(slot1, name1, packBits(q1, qbits));
+      raw(slot2, name2, std::move(c2));
       add(sslot1, (name1 + "_scales").str(), std::move(s1));
-      add(sslot2, (name2 + "_scales").str(), std::move(s2));
+      raw(sslot2, (name2 + "_scales").str(), std::move(cs2));
     };
     const bool gpu = !opts.hipArchs.empty() || !opts.cudaArchs.empty();
     if (gpu && op.getPredA())

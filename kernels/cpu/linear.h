@@ -185,14 +185,15 @@ template <class C> struct Linear {
     }
   }
 
-  /// Rounds features [k0, k1) of one input row (k0 a multiple of XB) to int8 per block of XB features
-  /// (roundInt8), with each block's scale and sum of q: q[k - k0]; xs, xsq per block from k0 / XB; features
-  /// past K up to a whole group are zero.
+  /// Rounds features [k0, k1) of one input row (`x` holds them from feature k0; k0 a multiple of XB) to int8
+  /// per block of XB features (roundInt8), with each block's scale and sum of q: q[k - k0]; xs, xsq per block
+  /// from k0 / XB; features past K up to a whole group are zero.
   static void quantizeRange(const float *x, int64_t k0, int64_t k1, int8_t *q, float *xs, float *xsq) {
     for (int64_t b = k0 / XB; b * XB < k1; ++b) {
       const int64_t kb = b * XB, ke = std::min<int64_t>(k1, kb + XB);
       int8_t *qb = q + (kb - k0);
-      xsq[b - k0 / XB] = float(roundInt8(x + kb, ke - kb, xs[b - k0 / XB], [&](int64_t i, int8_t v) { qb[i] = v; }));
+      xsq[b - k0 / XB] =
+          float(roundInt8(x + (kb - k0), ke - kb, xs[b - k0 / XB], [&](int64_t i, int8_t v) { qb[i] = v; }));
     }
     for (int64_t k = k1; k < std::min<int64_t>(KPAD, k0 + (k1 - k0 + GK - 1) / GK * GK); ++k)
       q[k - k0] = 0;

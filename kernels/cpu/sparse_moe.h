@@ -680,6 +680,7 @@ template <class C> struct Kernel {
   static void intDecode(const ExpertRows<C> &rows, const Item &it, int64_t n, Coef &&coefAt,
                         const uint8_t *mask, float *const *dst) {
     using L = Fc2<FD>;
+    static_assert(L::XB == kXBlock, "fc2 inputs rounded per input block");
     constexpr int64_t SB = kMoeFB, XN = SB / kXBlock, NR = kGemmNR, MR = kGemmMR;
     alignas(64) float cf[kGemmTokens][SB];
     alignas(64) int8_t q[kGemmTokens][SB];
@@ -692,9 +693,7 @@ template <class C> struct Kernel {
           cf[i][f - fb] = keep ? coefAt(i, f) : 0.0f;
       }
       for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j * kXBlock < fe - fb; ++j)
-          qsum[i][j] = float(roundInt8(cf[i] + j * kXBlock, kXBlock, qs[i][j],
-                                       [&](int64_t l, int8_t v) { q[i][j * kXBlock + l] = v; }));
+        L::quantizeRange(cf[i], fb, fe, q[i], qs[i], qsum[i]);
       for (int64_t p = 0; p < L::NP; ++p) {
         const uint8_t *panel = rows.q2 + p * L::PANELB;
         const float *sc = rows.s2 + p * L::KB * NR;
