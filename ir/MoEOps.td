@@ -68,11 +68,15 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     `moe-set-weight-storage`): `fp32`, `bf16` / `fp16` rounded to nearest even, or `int8` / `int4`
     quantised symmetrically with one f32 scale per block of 32 along each row of `fc1` and each column
     of `fc2`. `storage` is `fp32` on layers whose weights arrive quantised.
-    With `int8_activations` (set by `moe-set-weight-storage`, `moec --activations=int8`), the tokens of an
-    expert that computes fewer than 16 of them in a call (decode; small token tiles), when its int8/int4 `fc1`
-    has blocks of a multiple of 32 columns and `H` is a multiple of 64, are first rounded to int8 per block of
-    32 columns (`q = round-half-even(x * 127 / max|x|)`) and its `fc1` rows are integer dot products with them, as ggml multiplies Q8_0 activations by Q4_0 / Q8_0 weights
-    (outputs move by about 1e-2 relative); without it every product takes the input as it is.
+    With `int8_activations` (set by `moe-set-weight-storage`, `moec --activations=int8`), when the int8/int4
+    `fc1` has blocks of a multiple of 32 columns and `H` is a multiple of 64, an expert's tokens are first
+    rounded to int8 per block of 32 columns (`q = round-half-even(x * 127 / max|x|)`) and its `fc1` rows are
+    integer dot products with them, as ggml multiplies Q8_0 activations by Q4_0 / Q8_0 weights; where `fc2`
+    can be stored as linear-layer panels on a CPU-only target (`H` a multiple of 16, `F` and the shared
+    expert's dims multiples of 32), its input (routing weight x activation) is rounded the same way per 32 dims
+    and `fc2` multiplies integers too, in every expert whatever its token count; otherwise only experts
+    computing fewer than 16 tokens in a call round their tokens. Outputs move by about 1e-2 relative; without
+    it every product takes the input as it is.
 
     Example, a Mixtral-style layer (8 experts, top-2, renormalised, SwiGLU) with a dynamic token count:
 

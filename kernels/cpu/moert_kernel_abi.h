@@ -138,10 +138,11 @@ enum moert_linear_slot {
  * row is first rounded to int8 per block of MOERT_INT8_ACT_BLOCK features (or of QBLOCK when that is not a
  * multiple of it): q = round-half-even(x * (127 / max|x|)), x ~ q * max|x| / 127. The result is then sum_k
  * w[k][n] * x~[k] with exact integer sums per block and f32 across blocks, as ggml computes Q8_0 x Q4_0 /
- * Q8_0, whatever the number of rows. Without it inputs are multiplied as they are. In a MoE dispatch an
- * expert computing fewer than 16 tokens of a call (a token tile below a GEMM's) rounds its tokens (fc1's
- * input) and, with C::FC2_PANELS, its fc2 input (routing weight x activation, per block of 32 dims counted
- * from dim 0, dims not kept 0); bigger tiles multiply f32. */
+ * Q8_0, whatever the number of rows. Without it inputs are multiplied as they are. In a MoE dispatch with
+ * C::FC2_PANELS every expert rounds its tokens (fc1's input) and its fc2 input (routing weight x activation,
+ * per block of 32 dims counted from dim 0, dims not kept 0), whatever its token count; without fc2 panels
+ * (a GPU target, or shapes that do not allow them) an expert computing fewer than 16 tokens of a call (a
+ * token tile below a GEMM's) rounds its tokens only, and bigger tiles multiply f32. */
 /* Input features per int8-activation scale, linear and MoE dispatches alike. */
 #define MOERT_INT8_ACT_BLOCK 32
 

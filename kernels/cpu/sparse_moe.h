@@ -372,13 +372,25 @@ template <class C, int64_t FD> struct Fc2Layer {
   static constexpr int64_t SPLIT[2] = {0, C::H};
 };
 
+/// fc1's rows of one panel of kGemmNR hidden dims (one part of a gated pair) as the linear kernel sees them
+/// in integer GEMM tiles (C::FC2_PANELS, token tiles of kGemmTokens or more): K = H features in, blocks of
+/// QBLOCK1, the rows repacked into one of that kernel's panels per tile (Kernel::packFc1Ints).
+template <class C> struct Fc1Layer {
+  using W = uint8_t;
+  static constexpr int QBITS = C::QBITS, NORM = MOERT_NORM_NONE, NOUT = 1;
+  static constexpr int64_t K = C::H, N = kGemmNR, QBLOCK = C::QBLOCK1 > 0 ? C::QBLOCK1 : C::H;
+  static constexpr bool AFFINE = false, HAS_BIAS = false, HAS_NORM_BIAS = false, INT8_ACT = true;
+  static constexpr float EPS = 0.0f;
+  static constexpr int64_t SPLIT[2] = {0, kGemmNR};
+};
+
 inline float sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
 inline float gelu_erf(float a) { return 0.5f * a * (1.0f + std::erf(a * 0.70710678118654752f)); }
 inline float gelu_tanh(float a) {
   return 0.5f * a * (1.0f + std::tanh(0.79788456080286536f * (a + 0.044715f * a * a * a)));
 }
 
-inline size_t align64(size_t n) { return (n + 63) & ~size_t(63); }
+constexpr size_t align64(size_t n) { return (n + 63) & ~size_t(63); }
 
 template <class C> struct Kernel {
   static constexpr int64_t H = C::H, F = C::F, E = C::E, N = C::N, K = C::K;
@@ -395,13 +407,15 @@ template <class C> struct Kernel {
       C::QBITS != 0 && C::INT8_ACT && C::QBLOCK1 % kXBlock == 0 && H % (C::QBITS == 4 ? 64 : 32) == 0;
   static constexpr int64_t XBS = INT_FC1 ? H / kXBlock : 0; // input blocks of a token
   // C::FC2_PANELS (codegen's choice, with INT8_ACT on CPU targets): fc2 is stored in the linear kernel's
-  // panels (MOERT_FC2) and experts computing fewer than kGemmTokens tokens round their fc2 inputs (the
-  // activations times the routing weight) to int8 per block of kXBlock dims too, so fc2 is integer dot
-  // products on linear.h's code (Fc2<FD>::intTile); GEMM tiles dequantise its panels (Fc2<FD>::dequantPanel).
+  // panels (MOERT_FC2) and every expert rounds its fc2 inputs (the activations times the routing weight) to
+  // int8 per block of kXBlock dims too, so fc2 is integer dot products on linear.h's code (Fc2<FD>::intTile).
+  // Token tiles of kGemmTokens or more compute fc1 on that code as well (Fc1::intTile, its rows repacked
+  // into a panel per tile): with fc2 panels every expert, whatever its token count, multiplies integers.
   // Chunks of dims start at multiples of kXBlock, so the rounding blocks are the same whatever the chunking.
   static constexpr bool INT_FC2 = C::FC2_PANELS;
   static constexpr int64_t FSX = C::HAS_SHARED ? C::FS : F; // the shared expert's dims (F without one)
   template <int64_t FD> using Fc2 = Linear<Fc2Layer<C, FD>>;
+  using Fc1 = Linear<Fc1Layer<C>>;
   static_assert(
       !INT_FC2 || (INT_FC1 && !C::HAS_PRED && H % kGemmNR == 0 && F % kXBlock == 0 && FSX % kXBlock == 0 &&
                    C::QBLOCK2 % kXBlock == 0),
@@ -429,7 +443,50 @@ template <class C> struct Kernel {
   static constexpr int64_t LDO = H + 16;
   static constexpr int64_t GA = kTileRows * H, GB1 = G * kMoeDB * kMoeKC, GH1 = kTileRows * G * kMoeDB,
                            GCF = kTileRows * kMoeFB, GB2 = kGemmPW * kMoeKC * kGemmNR, GO = kTileRows * LDO;
-  static constexpr size_t kGemmThreadBytes = sizeof(float) * (GA + GB1 + GH1 + GCF + GB2 + GO) + 6 * 64;
+  static constexpr size_t kF32GemmBytes = sizeof(float) * (GA + GB1 + GH1 + GCF + GB2 + GO) + 6 * 64;
+  // intGemm's (INT_FC2): the tile's tokens rounded to int8 ([kTile][Fc1::KPAD]) with their scales and sums
+  // of q ([kTile][Fc1::KX] each), one fc1 panel and its scales, fc1's outputs for it ([kTile][G][NR]), the
+  // fc2 inputs of a super block of dims ([kTile][kMoeFB]) and them rounded ([kTile][kMoeFB], scales and
+  // sums [kTile][kMoeFB / kXBlock]).
+  struct IntBufs {
+    int8_t *xq;
+    float *xs, *xsq;
+    uint8_t *panel;
+    float *psc, *h, *cf;
+    int8_t *q2;
+    float *qs, *qsum;
+  };
+  static constexpr size_t kIntXq = align64(size_t(kTile) * Fc1::KPAD),
+                          kIntXs = align64(sizeof(float) * kTile * Fc1::KX),
+                          kIntPanel = align64(size_t(Fc1::PANELB)),
+                          kIntPsc = align64(sizeof(float) * Fc1::KB * kGemmNR),
+                          kIntH = align64(sizeof(float) * kTile * G * kGemmNR),
+                          kIntCf = align64(sizeof(float) * kTile * kMoeFB),
+                          kIntQ2 = align64(size_t(kTile) * kMoeFB),
+                          kIntQs = align64(sizeof(float) * kTile * (kMoeFB / kXBlock));
+  static constexpr size_t kIntGemmBytes =
+      kIntXq + 2 * kIntXs + kIntPanel + kIntPsc + kIntH + kIntCf + kIntQ2 + 2 * kIntQs + 64;
+  static constexpr size_t kGemmThreadBytes = INT_FC2 ? kIntGemmBytes : kF32GemmBytes;
+  static IntBufs intBufs(char *mine) {
+    char *p = reinterpret_cast<char *>(alignTo64(mine));
+    IntBufs b;
+    auto take = [&](size_t bytes) {
+      char *at = p;
+      p += bytes;
+      return at;
+    };
+    b.xq = reinterpret_cast<int8_t *>(take(kIntXq));
+    b.xs = reinterpret_cast<float *>(take(kIntXs));
+    b.xsq = reinterpret_cast<float *>(take(kIntXs));
+    b.panel = reinterpret_cast<uint8_t *>(take(kIntPanel));
+    b.psc = reinterpret_cast<float *>(take(kIntPsc));
+    b.h = reinterpret_cast<float *>(take(kIntH));
+    b.cf = reinterpret_cast<float *>(take(kIntCf));
+    b.q2 = reinterpret_cast<int8_t *>(take(kIntQ2));
+    b.qs = reinterpret_cast<float *>(take(kIntQs));
+    b.qsum = reinterpret_cast<float *>(take(kIntQs));
+    return b;
+  }
 
   static int64_t chunkCount(int64_t T, int threads) {
     if (C::HAS_PRED)
@@ -671,17 +728,46 @@ template <class C> struct Kernel {
     }
   }
 
-  /// Decode and token tiles smaller than a GEMM's with fc2 panels (INT_FC2), for an expert with FD dims: per
-  /// super block of kMoeFB dims, the tokens' fc2 inputs (routing weight times activation, masked dims 0; fc1
-  /// by integer dot products, each row pair used by every token while in L1) rounded to int8 per kXBlock
-  /// dims, then fc2 panel by panel on the linear kernel's integer tiles (a panel's slice of dims used by
-  /// every token while in L1), added to each token's partial output.
-  template <int64_t FD, class Coef>
-  static void intDecode(const ExpertRows<C> &rows, const Item &it, int64_t n, Coef &&coefAt,
-                        const uint8_t *mask, float *const *dst) {
+  /// fc2 on integer tiles (INT_FC2) for dims [fb, fe) of an expert with FD dims: the n tokens' fc2 inputs
+  /// (`cf`, row i at cf + i * ldc holding dims from fb) rounded to int8 per kXBlock dims (into q, qs, qsum:
+  /// [n][kMoeFB], [n][kMoeFB / kXBlock]), then fc2 panel by panel on the linear kernel's integer tiles (a
+  /// panel's slice of dims used by every token while in L1), added to each token's row dst[i].
+  template <int64_t FD>
+  static void fc2Ints(const ExpertRows<C> &rows, const float *cf, int64_t ldc, int64_t n, int64_t fb,
+                      int64_t fe, int8_t *q, float *qs, float *qsum, float *const *dst) {
     using L = Fc2<FD>;
     static_assert(L::XB == kXBlock, "fc2 inputs rounded per input block");
     constexpr int64_t SB = kMoeFB, XN = SB / kXBlock, NR = kGemmNR, MR = kGemmMR;
+    for (int64_t i = 0; i < n; ++i)
+      L::quantizeRange(cf + i * ldc, fb, fe, q + i * SB, qs + i * XN, qsum + i * XN);
+    for (int64_t p = 0; p < L::NP; ++p) {
+      const uint8_t *panel = rows.q2 + p * L::PANELB;
+      const float *sc = rows.s2 + p * L::KB * NR;
+      for (int64_t i0 = 0; i0 < n; i0 += MR)
+        gemmRows(std::min<int64_t>(MR, n - i0), [&](auto m) {
+          constexpr int M = decltype(m)::value;
+          vf acc[M][kGemmNV] = {};
+          const typename L::Rounded rx{q + i0 * SB, qs + i0 * XN, qsum + i0 * XN, SB, XN, fb};
+          // the next panel's slice is PANELB further on, past the hardware prefetchers' page
+          L::template intTile<M>(panel, sc, nullptr, rx, fb, fe, acc, i0 == 0 ? L::PANELB : 0);
+#pragma unroll
+          for (int i = 0; i < M; ++i)
+#pragma unroll
+            for (int64_t v = 0; v < kGemmNV; ++v) {
+              float *d = dst[i0 + i] + p * NR + v * VW;
+              storev(d, loadv(d) + acc[i][v]);
+            }
+        });
+    }
+  }
+
+  /// Decode and token tiles smaller than a GEMM's with fc2 panels (INT_FC2), for an expert with FD dims: per
+  /// super block of kMoeFB dims, the tokens' fc2 inputs (routing weight times activation, masked dims 0; fc1
+  /// by integer dot products on its rows, each row pair used by every token while in L1), then fc2Ints.
+  template <int64_t FD, class Coef>
+  static void intDecode(const ExpertRows<C> &rows, const Item &it, int64_t n, Coef &&coefAt,
+                        const uint8_t *mask, float *const *dst) {
+    constexpr int64_t SB = kMoeFB, XN = SB / kXBlock;
     alignas(64) float cf[kGemmTokens][SB];
     alignas(64) int8_t q[kGemmTokens][SB];
     float qs[kGemmTokens][XN], qsum[kGemmTokens][XN];
@@ -692,27 +778,110 @@ template <class C> struct Kernel {
         for (int64_t i = 0; i < n; ++i)
           cf[i][f - fb] = keep ? coefAt(i, f) : 0.0f;
       }
-      for (int64_t i = 0; i < n; ++i)
-        L::quantizeRange(cf[i], fb, fe, q[i], qs[i], qsum[i]);
-      for (int64_t p = 0; p < L::NP; ++p) {
-        const uint8_t *panel = rows.q2 + p * L::PANELB;
-        const float *sc = rows.s2 + p * L::KB * NR;
-        for (int64_t i0 = 0; i0 < n; i0 += MR)
-          gemmRows(std::min<int64_t>(MR, n - i0), [&](auto m) {
-            constexpr int M = decltype(m)::value;
-            vf acc[M][kGemmNV] = {};
-            const typename L::Rounded rx{q[i0], qs[i0], qsum[i0], SB, XN, fb};
-            // the next panel's slice is PANELB further on, past the hardware prefetchers' page
-            L::template intTile<M>(panel, sc, nullptr, rx, fb, fe, acc, i0 == 0 ? L::PANELB : 0);
-#pragma unroll
-            for (int i = 0; i < M; ++i)
-#pragma unroll
-              for (int64_t v = 0; v < kGemmNV; ++v) {
-                float *d = dst[i0 + i] + p * NR + v * VW;
-                storev(d, loadv(d) + acc[i][v]);
-              }
-          });
+      fc2Ints<FD>(rows, cf[0], SB, n, fb, fe, q[0], qs[0], qsum[0], dst);
+    }
+  }
+
+  /// Part g of fc1's rows for the kGemmNR dims from f0 (those at fe or past it zero) as one of the linear
+  /// kernel's panels (Fc1::PANELB bytes: [KG][NR][4], see linear.h) and its scales ([KB][NR]). A 32-bit word
+  /// of a row holds the same features as a column's group of the panel (int8: 4 codes; int4: 8 nibbles, as
+  /// pairs (k, k + 1) in the row and (k, k + 4) in the panel), so words are transposed VW rows x VW words at
+  /// a time and int4 ones have their nibbles reordered.
+  static void packFc1Ints(const ExpertRows<C> &rows, int64_t f0, int64_t fe, int64_t g, uint8_t *panel,
+                          float *psc) {
+    constexpr int64_t NR = kGemmNR, KG = Fc1::KG, KB = Fc1::KB;
+    static_assert(Fc1::PANELB == KG * NR * 4 && KG * 4 == QuantRows<C>::RB, "a row's words are its groups");
+    for (int64_t j0 = 0; j0 < NR; j0 += VW) {
+      const uint8_t *row[VW];
+      bool live[VW];
+      for (int64_t l = 0; l < VW; ++l) {
+        live[l] = f0 + j0 + l < fe;
+        row[l] = rows.row1((live[l] ? f0 + j0 + l : f0) * G + g).q;
       }
+      int64_t k = 0;
+      for (; k + VW <= KG; k += VW) {
+        vf r[VW];
+#pragma unroll
+        for (int l = 0; l < VW; ++l) {
+          if (live[l])
+            std::memcpy(&r[l], row[l] + 4 * k, sizeof(vf));
+          else
+            r[l] = vf{};
+        }
+        transpose(r); // bit patterns moved, never computed on
+#pragma unroll
+        for (int l = 0; l < VW; ++l) {
+          u32xv w;
+          std::memcpy(&w, &r[l], sizeof w);
+          if constexpr (C::QBITS == 4)
+            w = (w & 0xF0000000u) | (w & 0xFu) | ((w >> 12) & 0xF0u) | ((w << 4) & 0xF00u) |
+                ((w >> 8) & 0xF000u) | ((w << 8) & 0xF0000u) | ((w >> 4) & 0xF00000u) |
+                ((w << 12) & 0xF000000u);
+          std::memcpy(panel + ((k + l) * NR + j0) * 4, &w, sizeof w);
+        }
+      }
+      for (; k < KG; ++k)
+        for (int64_t l = 0; l < VW; ++l) {
+          uint32_t w = 0;
+          if (live[l])
+            std::memcpy(&w, row[l] + 4 * k, 4);
+          if constexpr (C::QBITS == 4)
+            w = (w & 0xF0000000u) | (w & 0xFu) | ((w >> 12) & 0xF0u) | ((w << 4) & 0xF00u) |
+                ((w >> 8) & 0xF000u) | ((w << 8) & 0xF0000u) | ((w >> 4) & 0xF00000u) |
+                ((w << 12) & 0xF000000u);
+          std::memcpy(panel + (k * NR + j0 + l) * 4, &w, 4);
+        }
+    }
+    for (int64_t j = 0; j < NR; ++j) {
+      const float *sr = f0 + j < fe ? rows.row1((f0 + j) * G + g).s : nullptr;
+      for (int64_t b = 0; b < KB; ++b)
+        psc[b * NR + j] = sr ? sr[b] : 0.0f;
+    }
+  }
+
+  /// A token tile of kGemmTokens or more with fc2 panels (INT_FC2), for an expert with FD dims: the tokens
+  /// rounded to int8 once; per super block of kMoeDB dims, fc1 panel by panel (the rows of kGemmNR dims and
+  /// one part repacked by packFc1Ints, then every row tile's integer sums on it: Fc1::intTile), the
+  /// activations times the routing weights (masked dims 0), then fc2Ints. dst rows are zeroed by the caller.
+  template <int64_t FD>
+  static void intGemm(const Ctx &c, const Item &it, const ExpertRows<C> &rows, int64_t n,
+                      const float *const *xs, float *const *dst, const float *ws, const float *b1,
+                      const uint8_t *mask, int thread) {
+    constexpr int64_t SB = kMoeFB, NR = kGemmNR, MR = kGemmMR, KPAD = Fc1::KPAD, KX = Fc1::KX;
+    const IntBufs b = intBufs(c.gemm + size_t(thread) * kGemmThreadBytes);
+    for (int64_t i = 0; i < n; ++i)
+      Fc1::quantizeRange(xs[i], 0, H, b.xq + i * KPAD, b.xs + i * KX, b.xsq + i * KX);
+    for (int64_t fb = it.f0; fb < it.f1; fb += SB) {
+      const int64_t fe = std::min<int64_t>(it.f1, fb + SB);
+      for (int64_t f0 = fb; f0 < fe; f0 += NR) {
+        for (int64_t g = 0; g < G; ++g) {
+          packFc1Ints(rows, f0, fe, g, b.panel, b.psc);
+          for (int64_t i0 = 0; i0 < n; i0 += MR)
+            gemmRows(std::min<int64_t>(MR, n - i0), [&](auto m) {
+              constexpr int M = decltype(m)::value;
+              vf acc[M][kGemmNV] = {};
+              const typename Fc1::Rounded rx{b.xq + i0 * KPAD, b.xs + i0 * KX, b.xsq + i0 * KX, KPAD, KX, 0};
+              Fc1::template intTile<M>(b.panel, b.psc, nullptr, rx, 0, H, acc);
+#pragma unroll
+              for (int i = 0; i < M; ++i)
+#pragma unroll
+                for (int64_t v = 0; v < kGemmNV; ++v)
+                  storev(b.h + ((i0 + i) * G + g) * NR + v * VW, acc[i][v]);
+            });
+        }
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < NR && f0 + j < fe; ++j) {
+            const int64_t f = f0 + j;
+            float v = 0.0f;
+            if (!mask || mask[f]) {
+              const float gv = b.h[(i * G) * NR + j] + (b1 ? b1[f * G] : 0.0f);
+              const float uv = G == 2 ? b.h[(i * G + 1) * NR + j] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+              v = ws[i] * activate(gv, uv);
+            }
+            b.cf[i * SB + (f - fb)] = v;
+          }
+      }
+      fc2Ints<FD>(rows, b.cf, SB, n, fb, fe, b.q2, b.qs, b.qsum, dst);
     }
   }
 
@@ -1033,7 +1202,8 @@ template <class C> struct Kernel {
         dst[n] = c.partial + ((t * S + K) * chunks + it.chunk) * H;
       }
     }
-    const bool gemm = !C::HAS_PRED && n >= kGemmTokens; // gemmTile stores whole rows: no zeroing first
+    // gemmTile stores whole rows: no zeroing first
+    const bool gemm = !C::HAS_PRED && !INT_FC2 && n >= kGemmTokens;
     if (!gemm)
       for (int64_t i = 0; i < n; ++i)
         std::memset(dst[i], 0, sizeof(float) * H);
@@ -1069,12 +1239,16 @@ template <class C> struct Kernel {
         const int64_t f = idx[j];
         axpy(dst[0], lone(f), rows.row2(f), H);
       }
-    } else if (INT_FC2 && n < kGemmTokens) {
+    } else if (INT_FC2) {
       if constexpr (INT_FC2) {
-        if (it.expert >= 0)
+        if (n < kGemmTokens && it.expert >= 0)
           intDecode<F>(rows, it, n, coefAt, mask, dst);
-        else
+        else if (n < kGemmTokens)
           intDecode<FSX>(rows, it, n, coefAt, mask, dst);
+        else if (it.expert >= 0)
+          intGemm<F>(c, it, rows, n, xs, dst, ws, b1, mask, thread);
+        else
+          intGemm<FSX>(c, it, rows, n, xs, dst, ws, b1, mask, thread);
       }
     } else if (C::QBITS != 0 && (n == 1 || (INT_FC1 && n < kGemmTokens))) {
       // Decode, quantised (one token, or with integer fc1 dot products a tile smaller than a GEMM's): per run

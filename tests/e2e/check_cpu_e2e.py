@@ -19,6 +19,7 @@ in both), so the same tolerance holds. Prints one line per case and exits 1 on a
     check_cpu_e2e.py --moec build/bin/moec --moert build/bin/moert [--cpu x86-64-v3]
 """
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -182,17 +183,17 @@ round_int8 = oracle.round_int8  # what --activations=int8 does to a row (check_l
 
 def int8_activations_reference(path, k, normalize):
     """The oracle on an ONNX Runtime swiglu MoE model with given logits (`path`: its weights as moec stores
-    them, see quantized_reference_model) and int8 activations: an expert computing fewer than 16 tokens (a
-    token tile smaller than a GEMM's, kGemmTokens in kernels/cpu/sparse_moe.h) multiplies its tokens and its
-    fc2 inputs rounded to int8 (tests/reference/sparse_moe.py, int8_below). Returns (output, slack): an fc2
-    input the oracle finds within a hair of a rounding tie may round the other way in the kernel's f32
-    arithmetic, and slack bounds what that changes (zero elsewhere)."""
+    them, see quantized_reference_model) and int8 activations: every expert multiplies its tokens and its fc2
+    inputs rounded to int8 (tests/reference/sparse_moe.py, int8_below; these layers' fc2 is stored in panels,
+    C::FC2_PANELS in kernels/cpu/sparse_moe.h, so token tiles of any size multiply integers). Returns (output,
+    slack): an fc2 input the oracle finds within a hair of a rounding tie may round the other way in the
+    kernel's f32 arithmetic, and slack bounds what that changes (zero elsewhere)."""
     w = {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
 
     def reference(d):
         return oracle.sparse_moe(d["x"], d["logits"], w["w1"], w["w2"], k=k, router_kind="logits",
                                  normalize=bool(normalize), activation="swiglu", gated_layout="interleaved",
-                                 fc1_bias=w.get("b1"), fc2_bias=w.get("b2"), int8_below=16, return_slack=True)
+                                 fc1_bias=w.get("b1"), fc2_bias=w.get("b2"), int8_below=math.inf, return_slack=True)
     return reference
 
 
@@ -291,9 +292,9 @@ def ort_moe_cases(tmp):
                 quantized_reference_model(path, ref, bits)
                 yield name + f" (int{bits})", path, feeds, ("ort", ref, (f"--weights=int{bits}",), DRIFT[bits])
                 if c["h"] % 64 == 0 and c["f"] % 32 == 0 and c["router"] == "logits":
-                    # int8 activations: experts computing fewer than 16 tokens round their inputs and fc2
-                    # inputs to int8 (integer fc1 and fc2), bigger token tiles run in f32: against the oracle
-                    # doing the same on the same stored weights
+                    # int8 activations: every expert rounds its inputs and fc2 inputs to int8 (integer fc1
+                    # and fc2: decode, small token tiles and GEMM tiles): against the oracle doing the same on
+                    # the same stored weights
                     yield (name + f" (int{bits}, int8 activations)", path, feeds,
                            (int8_activations_reference(ref, c["k"], c["normalize"]), ref,
                             (f"--weights=int{bits}", "--activations=int8"), DRIFT[bits]))
@@ -303,6 +304,46 @@ def ort_moe_cases(tmp):
             ref = path.replace(".onnx", "_fp16ref.onnx")
             bf16_reference_model(path, ref, fp16_round)
             yield name + " (fp16)", path, feeds, ("ort", ref, ["--weights=fp16"], DRIFT["fp16"])
+
+
+def shared_expert_cases(tmp):
+    """A com.microsoft.MoE layer (SiLU experts, logits given) plus an always-active SiLU MLP of its input added
+    to its output, which moec folds into the dispatch as its shared expert (-moe-fuse-shared-expert). With
+    int8/int4 weights and int8 activations, against the oracle on the stored weights: the shared expert takes
+    every token, so T = 40 runs its integer GEMM tiles, T = 1 and 7 its decode."""
+    h, f, fs, e, k = 64, 64, 96, 4, 2
+    rng = np.random.default_rng(11)
+    w1 = (0.3 * rng.standard_normal((e, f, h))).astype(np.float32)
+    w2 = (0.3 * rng.standard_normal((e, h, f))).astype(np.float32)
+    up = (0.3 * rng.standard_normal((h, fs))).astype(np.float32)  # x @ up
+    down = (0.3 * rng.standard_normal((fs, h))).astype(np.float32)
+    path = os.path.join(tmp, "shared_expert.onnx")
+    nodes = [helper.make_node("MoE", ["x", "logits", "w1", "", "w2"], ["routed"], domain="com.microsoft", k=k,
+                              activation_type="silu", normalize_routing_weights=1),
+             helper.make_node("MatMul", ["x", "up"], ["u"]), helper.make_node("Sigmoid", ["u"], ["us"]),
+             helper.make_node("Mul", ["u", "us"], ["a"]), helper.make_node("MatMul", ["a", "down"], ["s"]),
+             helper.make_node("Add", ["routed", "s"], ["y"])]
+    inits = [numpy_helper.from_array(v, n) for n, v in (("w1", w1), ("w2", w2), ("up", up), ("down", down))]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h]),
+                                                helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", e])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", h])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+    def feeds(t, rng):
+        return {"x": rng.standard_normal((t, h)).astype(np.float32),
+                "logits": rng.standard_normal((t, e)).astype(np.float32)}
+    feeds.tokens = [1, 7, 40]
+    for bits in (8, 4):
+        def reference(d, bits=bits):
+            return oracle.sparse_moe(d["x"], d["logits"], quantize_rows(w1, bits), quantize_rows(w2, bits), k=k,
+                                     router_kind="logits", normalize=True, activation="silu",
+                                     shared_fc1=quantize_rows(up.T, bits), shared_fc2=quantize_rows(down.T, bits),
+                                     int8_below=math.inf, return_slack=True)
+        yield (f"shared_expert/silu_H{h}_F{f}_Fs{fs} (int{bits}, int8 activations)", path, feeds,
+               (reference, path, (f"--weights=int{bits}", "--activations=int8"), DRIFT[bits]))
 
 
 def sparse_moe_cases(tmp):
@@ -375,7 +416,7 @@ def main():
     args = ap.parse_args()
     failures = total = 0
     with tempfile.TemporaryDirectory() as tmp:
-        cases = (list(transformers_cases()) + list(ort_moe_cases(tmp)) + list(qmoe_cases(tmp)) +
+        cases = (list(transformers_cases()) + list(ort_moe_cases(tmp)) + list(shared_expert_cases(tmp)) + list(qmoe_cases(tmp)) +
                  list(sparse_moe_cases(tmp)))
         for name, model, feeds, reference in cases:
             if args.only not in name:

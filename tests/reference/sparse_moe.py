@@ -116,9 +116,10 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
     (+ shared expert + residual), with x = norm(input) when `norm` is "rms" or "layer".
 
     int8_below=n: int8 activations (`moec --activations=int8` on int8/int4 weights): an expert computing fewer
-    than n of the call's tokens (the shared expert: fewer than n tokens in the call) multiplies fc1 by its
-    tokens rounded to int8 (round_int8 of x) and fc2 by its input, w[t, e] * act(...) over all F dims (0 where
-    not kept), rounded the same way per block of 32 dims. With return_slack the result is (Y, slack): slack[t, h]
+    than n of the call's tokens (the shared expert: fewer than n tokens in the call; math.inf: every expert, as
+    moec does where fc2 is stored in panels) multiplies fc1 by its tokens rounded to int8 (round_int8 of x)
+    and fc2 by its input, w[t, e] * act(...) over all F dims (0 where not kept), rounded the same way per block
+    of 32 dims. With return_slack the result is (Y, slack): slack[t, h]
     bounds what rounding an fc2 input within TIE_WINDOW of a tie the other way would change in Y[t, h] (one
     step of its block, amax / 127, times |fc2[e][h, f]|), zero where there are no such ties."""
     x = norm_rows(x, norm, norm_weight, norm_bias, norm_epsilon)
