@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 namespace moec::codegen {
 
-QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk) {
+QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk,
+                   bool f16Scales) {
   QRows out;
   out.rows = rows, out.k = k, out.blk = blk, out.nb = (k + blk - 1) / blk;
   out.q.resize(rows * k);
@@ -20,6 +22,8 @@ QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bit
       for (int64_t c = c0; c < c1; ++c)
         m = std::max(m, std::fabs(w[r * k + c]));
       float scale = m / qmax;
+      if (f16Scales) // NaN stays NaN (and makes every code 0, as an f32 NaN scale does)
+        scale = fromF16(toF16(std::min(scale, 65504.0f)));
       out.s[r * out.nb + b] = scale;
       for (int64_t c = c0; c < c1; ++c) {
         float v = scale > 0.0f ? std::nearbyint(w[r * k + c] / scale) : 0.0f;
@@ -66,6 +70,15 @@ uint16_t toF16(float f) {
   return uint16_t(sign | h);
 }
 
+float fromF16(uint16_t h) {
+  const int e = (h >> 10) & 31, m = h & 1023;
+  const float a = e == 0 ? std::ldexp(float(m), -24)
+                  : e == 31
+                      ? (m ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity())
+                      : std::ldexp(float(m | 1024), e - 25);
+  return h & 0x8000u ? -a : a;
+}
+
 std::vector<char> asF16(const std::vector<float> &v) {
   std::vector<char> b(v.size() * 2);
   for (size_t i = 0; i < v.size(); ++i) {
@@ -103,10 +116,12 @@ std::vector<char> packBias(const std::vector<float> &bias, int64_t n) {
   return asBytes(b);
 }
 
-/// Codes [N][K] (one byte each; int8: the signed byte stored, int4: a nibble) and per-(column, block) f32
-/// scales (and offsets) into panels of 4-byte column groups (kernels/cpu/moert_kernel_abi.h, MOERT_LIN_W).
+/// Codes [N][K] (one byte each; int8: the signed byte stored, int4: a nibble) and per-(column, block) scales
+/// (f32, or f16 when `f16Scales`) and f32 offsets into panels of 4-byte column groups
+/// (kernels/cpu/moert_kernel_abi.h, MOERT_LIN_W).
 void packCodes(PackedLinear &out, const std::vector<uint8_t> &codes, const std::vector<float> &scales,
-               const std::vector<float> *offsets, int bits, int64_t k, int64_t n, int64_t block) {
+               const std::vector<float> *offsets, int bits, int64_t k, int64_t n, int64_t block,
+               bool f16Scales = false) {
   const int64_t np = (n + NR - 1) / NR, kb = (k + block - 1) / block;
   // A group holds GK features of a column in 4 bytes: int8 feature 4g + q in byte q; int4 feature 8g + q in
   // byte q's low nibble, 8g + 4 + q in its high one. Groups [KG][NR][4] a panel.
@@ -131,14 +146,15 @@ void packCodes(PackedLinear &out, const std::vector<uint8_t> &codes, const std::
     }
   }
   out.slots[MOERT_LIN_W] = std::move(w);
-  out.slots[MOERT_LIN_SCALES] = asBytes(s);
+  out.slots[MOERT_LIN_SCALES] = f16Scales ? asF16(s) : asBytes(s);
   if (offsets)
     out.slots[MOERT_LIN_OFFSETS] = asBytes(o);
 }
 } // namespace
 
-PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k, int64_t n, moert_storage storage,
-                        int64_t block, const std::vector<float> &bias) {
+PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k, int64_t n,
+                        moert_storage storage, int64_t block, const std::vector<float> &bias,
+                        bool f16Scales) {
   PackedLinear out;
   out.slots[MOERT_LIN_BIAS] = packBias(bias, n);
   auto at = [&](int64_t f, int64_t c) { return transposed ? w[c * k + f] : w[f * n + c]; };
@@ -148,11 +164,11 @@ PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k,
     for (int64_t c = 0; c < n; ++c)
       for (int64_t f = 0; f < k; ++f)
         cols[c * k + f] = at(f, c);
-    QRows q = quantizeRows(cols, n, k, bits, block);
+    QRows q = quantizeRows(cols, n, k, bits, block, f16Scales);
     std::vector<uint8_t> codes(n * k);
     for (size_t i = 0; i < codes.size(); ++i) // int8: the signed byte; int4: centred + 8
       codes[i] = bits == 8 ? uint8_t(q.q[i]) : uint8_t(q.q[i] + 8);
-    packCodes(out, codes, q.s, nullptr, bits, k, n, block);
+    packCodes(out, codes, q.s, nullptr, bits, k, n, block, f16Scales);
     return out;
   }
   const int64_t np = (n + NR - 1) / NR;

@@ -24,14 +24,19 @@ struct QRows {
   int64_t rows = 0, k = 0, blk = 0, nb = 0;
 };
 
-/// Symmetric quantisation of f32 rows: scale = max|w| / qmax per block, q = round-half-even(w / scale).
-QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk);
+/// Symmetric quantisation of f32 rows: scale = max|w| / qmax per block, q = round-half-even(w / scale)
+/// clamped to the code range. `f16Scales`: each scale is first rounded to the nearest f16 (at most 65504; the
+/// codes then come from that scale), as the layers storing f16 scales keep it (MOERT_LIN_QSCALE_BYTES).
+QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk,
+                   bool f16Scales = false);
 
 std::vector<char> asBytes(const std::vector<float> &v);
 /// f32 -> bf16, round to nearest even (NaN stays NaN).
 std::vector<char> asBf16(const std::vector<float> &v);
 /// f32 -> IEEE fp16, round to nearest even (overflow to infinity, as the conversion instructions do).
 uint16_t toF16(float f);
+/// IEEE fp16 -> f32 (exact).
+float fromF16(uint16_t h);
 std::vector<char> asF16(const std::vector<float> &v);
 /// Kernel bytes of centred quantised rows: int8 as is, int4 as nibbles (centred + 8), two per byte, low first.
 std::vector<char> packBits(const std::vector<int8_t> &q, int bits);
@@ -43,9 +48,11 @@ struct PackedLinear {
 };
 
 /// Packs W given as f32 `[K][N]` (`transposed`: `[N][K]`) into panels in `storage`, quantising per column
-/// and block of `block` input features when the storage is int8/int4. `bias` ([N]) may be empty.
-PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k, int64_t n, moert_storage storage,
-                        int64_t block, const std::vector<float> &bias);
+/// and block of `block` input features when the storage is int8/int4, with f16 scales when `f16Scales` (the
+/// kernel's C::SCALE16) and f32 ones otherwise. `bias` ([N]) may be empty.
+PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k, int64_t n,
+                        moert_storage storage, int64_t block, const std::vector<float> &bias,
+                        bool f16Scales = false);
 
 /// Packs already-quantised weights without re-quantising: `codes` [N][K] (one unsigned code per element,
 /// 0..2^bits-1), `scales` [N][KB], `zeros` [N][KB] zero points (empty: symmetric, 2^(bits-1)). With zero

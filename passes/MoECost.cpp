@@ -18,15 +18,15 @@ int64_t MoELayerCost::weightBytesPerToken() const {
   return weightBytesPerExpert < 0 ? -1 : expertsPerToken * weightBytesPerExpert + sharedWeightBytes;
 }
 
-double storedWeightBytes(int storage, int64_t block) {
+double storedWeightBytes(int storage, int64_t block, int scaleBytes) {
   switch (moe::Storage(storage)) {
   case moe::Storage::bf16:
   case moe::Storage::fp16:
     return 2.0;
   case moe::Storage::int8:
-    return 1.0 + 4.0 / double(block);
+    return 1.0 + scaleBytes / double(block);
   case moe::Storage::int4:
-    return 0.5 + 4.0 / double(block);
+    return 0.5 + scaleBytes / double(block);
   default:
     return 4.0;
   }
@@ -117,7 +117,8 @@ LinearLayerCost computeLinearLayerCost(moe::LinearOp op) {
     int64_t blocks = (k + q.getBlockSize() - 1) / q.getBlockSize();
     bytes = double(n) * k * q.getBits() / 8.0 + n * blocks * 4.0 + (op.getZeroPoints() ? n * blocks * 4.0 : 0.0);
   } else {
-    bytes = double(k) * n * storedWeightBytes(int(op.getStorage()), int64_t(op.getBlockSize()));
+    bytes = double(k) * n *
+            storedWeightBytes(int(op.getStorage()), int64_t(op.getBlockSize()), MOERT_LIN_QSCALE_BYTES);
   }
   c.weightBytes = int64_t(bytes + (op.getBias() ? 4.0 * n : 0.0) + 0.5);
   return c;

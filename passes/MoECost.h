@@ -37,9 +37,9 @@ struct LinearLayerCost {
 };
 LinearLayerCost computeLinearLayerCost(moe::LinearOp op);
 
-/// Bytes one weight takes in `storage` (a moe::Storage value), with one f32 scale per `block` weights when
-/// quantised.
-double storedWeightBytes(int storage, int64_t block);
+/// Bytes one weight takes in `storage` (a moe::Storage value), with one scale of `scaleBytes` (f32 for expert
+/// weights; MOERT_LIN_QSCALE_BYTES for the linear layers moec quantises) per `block` weights when quantised.
+double storedWeightBytes(int storage, int64_t block, int scaleBytes = 4);
 
 } // namespace moec
 

@@ -789,6 +789,9 @@ struct Emitter {
         return fail(op, error);
     PackedLinear packed;
     bool affine = false;
+    // Weights moec quantises itself keep f16 block scales (MOERT_LIN_QSCALE_BYTES); imported codes their f32.
+    static_assert(MOERT_LIN_QSCALE_BYTES == 2, "f16 scales");
+    const bool scale16 = qbits && !qa;
     if (qa) {
       std::vector<uint8_t> codes;
       std::vector<float> scales, zeros;
@@ -802,7 +805,7 @@ struct Emitter {
         return fail(op, error);
       if (int64_t(w.size()) != k * n)
         return fail(op, "operand 'weight' holds " + Twine(w.size()) + " values, expected K * N = " + Twine(k * n));
-      packed = packLinear(w, /*transposed=*/false, k, n, storage, block, bias);
+      packed = packLinear(w, /*transposed=*/false, k, n, storage, block, bias, /*f16Scales=*/scale16);
     }
     const bool norm = op.getNorm() != moe::NormKind::none;
     for (auto [slot, v, what] :
@@ -896,6 +899,7 @@ struct Emitter {
        << "  static constexpr int64_t K = " << k << ", N = " << n << ", QBLOCK = " << (qbits ? block : k)
        << ";\n"
        << "  static constexpr int QBITS = " << qbits << ";\n"
+       << "  static constexpr bool SCALE16 = " << b(scale16) << ";\n"
        << "  static constexpr bool AFFINE = " << b(affine) << ", HAS_BIAS = " << b(op.getBias() != nullptr)
        << ", INT8_ACT = " << b(qbits && op.getInt8Activations())
        << ", HAS_NORM_BIAS = " << b(op.getNormBias() != nullptr) << ";\n"

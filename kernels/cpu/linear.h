@@ -63,8 +63,9 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef float f32x16 __attribute__((vector_size(64)));
 
 /// C: K, N (shapes); W (element type of plain weights: float, uint16_t = bf16, _Float16); QBITS (0, 8 or 4);
-/// QBLOCK (input features per scale when quantised); AFFINE (offsets given: unsigned codes, w = code * scale
-/// + offset; else int8 codes are signed and int4 ones centred on 8); HAS_BIAS; NORM (moert_norm: the rows are
+/// QBLOCK (input features per scale when quantised); SCALE16 (the scales are f16, else f32); AFFINE (offsets
+/// given: unsigned codes, w = code * scale + offset; else int8 codes are signed and int4 ones centred on 8);
+/// HAS_BIAS; NORM (moert_norm: the rows are
 /// normalised first, into the scratch), EPS, HAS_NORM_BIAS; INT8_ACT (decode rounds the
 /// inputs to int8 and multiplies integers, see below); NOUT and SPLIT[NOUT + 1] (the outputs the N columns
 /// go to: output j holds columns [SPLIT[j], SPLIT[j + 1]), SPLIT[0] = 0, SPLIT[NOUT] = N).
@@ -72,6 +73,8 @@ template <class C> struct Linear {
   static constexpr int64_t K = C::K, N = C::N, NR = kGemmNR, NV = kGemmNV, NP = (N + NR - 1) / NR;
   static constexpr int QBITS = C::QBITS;
   static constexpr int64_t BLK = QBITS ? C::QBLOCK : K; // features per scale (one block when not quantised)
+  using Scale = std::conditional_t<C::SCALE16, _Float16, float>; // a block scale as stored (MOERT_LIN_SCALES)
+  static_assert(!C::SCALE16 || (QBITS && !C::AFFINE), "f16 scales only for symmetric int8/int4 codes");
   static constexpr int64_t KB = (K + BLK - 1) / BLK;
   static constexpr int MR = kGemmMR, PW = kGemmPW; // register tile: MR rows x PW panels (gemm.h)
   // Quantised panels: 4 bytes per column per group of GK features (int8: 4 codes; int4: byte q holds feature
@@ -134,7 +137,7 @@ template <class C> struct Linear {
     case MOERT_LIN_W:
       return uint64_t(NP) * PANELB;
     case MOERT_LIN_SCALES:
-      return QBITS ? uint64_t(NP) * KB * NR * 4 : 0;
+      return QBITS ? uint64_t(NP) * KB * NR * sizeof(Scale) : 0;
     case MOERT_LIN_OFFSETS:
       return QBITS && C::AFFINE ? uint64_t(NP) * KB * NR * 4 : 0;
     case MOERT_LIN_BIAS:
@@ -155,7 +158,7 @@ template <class C> struct Linear {
   }
   /// Scales and offsets of the block holding feature k: w = code * s + o (o = -8 s for symmetric int4, 0 for
   /// int8 without zero points, the stored offsets with them).
-  static inline void blockScales(const float *sc, const float *of, int64_t k, vf *s, vf *o) {
+  static inline void blockScales(const Scale *sc, const float *of, int64_t k, vf *s, vf *o) {
 #pragma unroll
     for (int v = 0; v < NV; ++v) {
       s[v] = loadv(sc + (k / BLK) * NR + v * VW);
@@ -319,7 +322,7 @@ template <class C> struct Linear {
   /// acc[i] += input rows a[i * K ..] x quantised panel p, every feature, in f32: codes times inputs summed
   /// per block, then scaled once (sum w x = s sum code x + o sum x; `xsum` [M][KB] the rows' sums per block).
   template <int M>
-  __attribute__((always_inline)) static inline void codeTile(const uint8_t *panel, const float *sc,
+  __attribute__((always_inline)) static inline void codeTile(const uint8_t *panel, const Scale *sc,
                                                              const float *of, const float *a,
                                                              const float *xsum, vf (&acc)[M][NV]) {
     constexpr bool OFFSET = C::AFFINE || QBITS == 4;
@@ -366,7 +369,7 @@ template <class C> struct Linear {
   /// acc[i] += rounded input rows i x panel p over features [k0, k1) (k0 a multiple of XB): integer sums per
   /// input block, scaled once each (`ahead`: as groupDots').
   template <int M>
-  __attribute__((always_inline)) static inline void intTile(const uint8_t *panel, const float *sc,
+  __attribute__((always_inline)) static inline void intTile(const uint8_t *panel, const Scale *sc,
                                                             const float *of, const Rounded &x, int64_t k0,
                                                             int64_t k1, vf (&acc)[M][NV], int64_t ahead = 0) {
     constexpr bool OFFSET = C::AFFINE || QBITS == 4;
@@ -416,12 +419,12 @@ template <class C> struct Linear {
   /// once per panel and K block in prefill, then every row tile of the block runs the f32 micro-kernel on it.
   static void dequant(const moert_linear_args &a, int64_t p, int64_t k0, int64_t k1, float *out) {
     dequantPanel(static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB,
-                 static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR,
+                 static_cast<const Scale *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR,
                  C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr,
                  k0, k1, out);
   }
   /// The same for the panel at `panel` with its scales `sc` ([KB][NR]) and offsets `of` (AFFINE).
-  static void dequantPanel(const uint8_t *panel, const float *sc, const float *of, int64_t k0, int64_t k1,
+  static void dequantPanel(const uint8_t *panel, const Scale *sc, const float *of, int64_t k0, int64_t k1,
                            float *out) {
     vf s[NV], o[NV];
     for (int64_t k = k0; k < k1; k += GK) {
@@ -487,12 +490,12 @@ template <class C> struct Linear {
     if constexpr (MODE == DEQ) {
       gemmMicro<M, P, PK>(deq, KC * NR, PK ? in : in + k0, K, k1 - k0, acc);
     } else if constexpr (MODE == CODES) {
-      const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
+      const Scale *sc = static_cast<const Scale *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
       const float *of =
           C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
       codeTile<M>(w, sc, of, in, c.xsum + r * KB, acc);
     } else if constexpr (MODE == INT) {
-      const float *sc = static_cast<const float *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
+      const Scale *sc = static_cast<const Scale *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
       const float *of =
           C::AFFINE ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS]) + p * KB * NR : nullptr;
       intTile<M>(w, sc, of, *rx, k0, k1, acc);

@@ -127,7 +127,8 @@ enum moert_linear_slot {
                             zero-padded) of 4 bytes: int8 feature GK g + q is byte q (a signed code); int4 feature
                             GK g + q (q < 4) is byte q's low nibble and GK g + 4 + q its high one (unsigned codes;
                             zero point 8 without offsets)                                               */
-  MOERT_LIN_SCALES = 1,  /* quantised: [NP][KB][NR] f32, one per column per block of QBLOCK input features  */
+  MOERT_LIN_SCALES = 1,  /* quantised: [NP][KB][NR] f32, one per column per block of QBLOCK input features;
+                            f16 with C::SCALE16 (the layers moec quantises itself, MOERT_LIN_QSCALE_BYTES) */
   MOERT_LIN_OFFSETS = 2, /* quantised with zero points: [NP][KB][NR] f32; w = code * scale + offset        */
   MOERT_LIN_BIAS = 3,    /* [NP * NR] f32 (zero-padded)                                                    */
   MOERT_LIN_NORM_W = 4,  /* [K] f32: the norm in front of the layer (C::NORM, a moert_norm), its weight  */
@@ -143,6 +144,10 @@ enum moert_linear_slot {
  * per block of 32 dims counted from dim 0, dims not kept 0), whatever its token count; without fc2 panels
  * (a GPU target, or shapes that do not allow them) an expert computing fewer than 16 tokens of a call (a
  * token tile below a GEMM's) rounds its tokens only, and bigger tiles multiply f32. */
+/* Bytes of each block scale of a linear layer that moec quantises itself (--weights / --dense-weights int8,
+ * int4): IEEE f16, as ggml's Q8_0 / Q4_0 keep theirs (scale = f16(max|w| / qmax), codes from that scale).
+ * Imported codes (MatMulNBits) keep f32 scales; expert weights keep f32 (MOERT_FC1_SCALES, ...). */
+#define MOERT_LIN_QSCALE_BYTES 2
 /* Input features per int8-activation scale, linear and MoE dispatches alike. */
 #define MOERT_INT8_ACT_BLOCK 32
 

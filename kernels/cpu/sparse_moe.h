@@ -368,6 +368,7 @@ template <class C, int64_t FD> struct Fc2Layer {
   static constexpr int QBITS = C::QBITS, NORM = MOERT_NORM_NONE, NOUT = 1;
   static constexpr int64_t K = FD, N = C::H, QBLOCK = C::QBLOCK2 > 0 ? C::QBLOCK2 : FD;
   static constexpr bool AFFINE = false, HAS_BIAS = false, HAS_NORM_BIAS = false, INT8_ACT = true;
+  static constexpr bool SCALE16 = false; // expert scales stay f32 (MOERT_FC2_SCALES)
   static constexpr float EPS = 0.0f;
   static constexpr int64_t SPLIT[2] = {0, C::H};
 };
@@ -380,6 +381,7 @@ template <class C> struct Fc1Layer {
   static constexpr int QBITS = C::QBITS, NORM = MOERT_NORM_NONE, NOUT = 1;
   static constexpr int64_t K = C::H, N = kGemmNR, QBLOCK = C::QBLOCK1 > 0 ? C::QBLOCK1 : C::H;
   static constexpr bool AFFINE = false, HAS_BIAS = false, HAS_NORM_BIAS = false, INT8_ACT = true;
+  static constexpr bool SCALE16 = false; // expert scales stay f32 (MOERT_FC2_SCALES)
   static constexpr float EPS = 0.0f;
   static constexpr int64_t SPLIT[2] = {0, kGemmNR};
 };

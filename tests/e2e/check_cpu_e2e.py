@@ -163,15 +163,18 @@ def fp16_round(a):
     return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
 
 
-def quantize_rows(w, bits, block=32):
+def quantize_rows(w, bits, block=32, scale_dtype=np.float32):
     """What `moec compile --weights=int8|int4` stores, dequantized: per row, blocks of `block` along the last
-    (reduction) axis, scale = max|w| / qmax in f32, q = round-half-even(w / scale) clipped, w' = q * scale."""
+    (reduction) axis, scale = max|w| / qmax in f32 (rounded to f16 with scale_dtype=np.float16, as the linear
+    layers moec quantises store it: MOERT_LIN_QSCALE_BYTES), q = round-half-even(w / scale) clipped,
+    w' = q * scale."""
     w = np.asarray(w, np.float32)
     qmax, qmin = (127, -127) if bits == 8 else (7, -8)
     out = np.empty_like(w)
     for b0 in range(0, w.shape[-1], block):
         blk = w[..., b0:b0 + block]
         scale = np.max(np.abs(blk), axis=-1, keepdims=True) / np.float32(qmax)
+        scale = np.minimum(scale, np.float32(65504)).astype(scale_dtype).astype(np.float32)
         with np.errstate(invalid="ignore", divide="ignore"):
             q = np.where(scale > 0, np.clip(np.round(blk / scale), qmin, qmax), 0).astype(np.float32)
         out[..., b0:b0 + block] = q * scale

@@ -230,14 +230,15 @@ def dense_model(path):
 
 def stored(storage, w_kn):
     """[K, N] weights as `storage` stores them: bf16 / fp16 rounded to nearest even; int8/int4 per output column
-    and block of 32 input features (a column of W is a row of its transpose), scale = max|w| / qmax,
+    and block of 32 input features (a column of W is a row of its transpose), scale = f16(max|w| / qmax),
     q = round-half-even(w / scale)."""
     if storage == "bf16":
         return bf16_round(w_kn)
     if storage == "fp16":
         return fp16_round(w_kn)
     if storage in ("int8", "int4"):
-        return quantize_rows(np.asarray(w_kn, np.float32).T, 8 if storage == "int8" else 4).T
+        return quantize_rows(np.asarray(w_kn, np.float32).T, 8 if storage == "int8" else 4,
+                             scale_dtype=np.float16).T
     return np.asarray(w_kn, np.float32)
 
 

@@ -115,6 +115,7 @@ struct Cfg {
   static constexpr int64_t K = K_, N = N_, QBLOCK = BLOCK;
   static constexpr int QBITS = KIND == I8 || KIND == I8Z ? 8 : KIND == I4 || KIND == I4Z ? 4 : 0;
   static constexpr bool AFFINE = KIND == I8Z || KIND == I4Z, HAS_BIAS = BIAS, INT8_ACT = INT8ACT;
+  static constexpr bool SCALE16 = KIND == I8 || KIND == I4; // moec's own quantisation: f16 scales
   static constexpr int NORM = NORM_; // a fused RMS / layer norm in front (moert_norm)
   static constexpr bool HAS_NORM_BIAS = NORM_BIAS;
   static constexpr float EPS = 1e-5f;
@@ -199,10 +200,10 @@ Case makeCase(Kind kind, int64_t k, int64_t n, int64_t block, bool bias, std::mt
   }
   moert_storage st = kind == F32 ? MOERT_STORAGE_F32 : kind == BF16 ? MOERT_STORAGE_BF16 : kind == F16
                      ? MOERT_STORAGE_F16 : kind == I8 ? MOERT_STORAGE_INT8 : MOERT_STORAGE_INT4;
-  c.packed = packLinear(w, false, k, n, st, block, c.bias);
+  c.packed = packLinear(w, false, k, n, st, block, c.bias, /*f16Scales=*/kind == I8 || kind == I4);
   if (kind == I8 || kind == I4) {
-    // Symmetric per column and block: checked against the f32 weights here (|w - dequant| <= scale / 2 + the
-    // clamp of int4's -8..7 range), then used as the reference's weights.
+    // The reference's weights: symmetric per column and block, the scale rounded to f16
+    // (MOERT_LIN_QSCALE_BYTES), q = round-half-even(w / scale) clamped.
     const int bits = kind == I8 ? 8 : 4;
     const float qmax = bits == 8 ? 127.0f : 7.0f;
     for (int64_t col = 0; col < n; ++col)
@@ -210,7 +211,7 @@ Case makeCase(Kind kind, int64_t k, int64_t n, int64_t block, bool bias, std::mt
         float m = 0.0f;
         for (int64_t f = b * block; f < std::min(k, (b + 1) * block); ++f)
           m = std::max(m, std::fabs(w[f * n + col]));
-        const float s = m / qmax;
+        const float s = float(_Float16(m / qmax));
         for (int64_t f = b * block; f < std::min(k, (b + 1) * block); ++f) {
           double q = s > 0 ? std::nearbyint(w[f * n + col] / s) : 0.0;
           c.wq[f * n + col] = std::clamp(q, -double(qmax), double(qmax)) * s;
