@@ -360,31 +360,25 @@ template <class C> struct QuantRows {
 template <class C> struct ExpertRows<C, 8> : QuantRows<C> { using QuantRows<C>::QuantRows; };
 template <class C> struct ExpertRows<C, 4> : QuantRows<C> { using QuantRows<C>::QuantRows; };
 
-/// The fc2 of an expert with FD hidden dims as the linear kernel (linear.h) sees it when its weights are
-/// stored in that kernel's panels (C::FC2_PANELS, see MOERT_FC2): K = FD dims in, N = H columns out, blocks
-/// of QBLOCK2 dims (one block when 0), integer dot products on rounded inputs.
-template <class C, int64_t FD> struct Fc2Layer {
+/// An expert's weights as the linear kernel (linear.h) sees them, for the integer tiles of C::FC2_PANELS: K_
+/// features in, N_ columns out, blocks of QBLOCK_ features, symmetric codes with f32 scales (expert scales
+/// stay f32: MOERT_FC1_SCALES, MOERT_FC2_SCALES), rounded int8 inputs.
+template <class C, int64_t K_, int64_t N_, int64_t QBLOCK_> struct ExpertLayer {
   using W = uint8_t;
   static constexpr int QBITS = C::QBITS, NORM = MOERT_NORM_NONE, NOUT = 1;
-  static constexpr int64_t K = FD, N = C::H, QBLOCK = C::QBLOCK2 > 0 ? C::QBLOCK2 : FD;
+  static constexpr int64_t K = K_, N = N_, QBLOCK = QBLOCK_;
   static constexpr bool AFFINE = false, HAS_BIAS = false, HAS_NORM_BIAS = false, INT8_ACT = true;
-  static constexpr bool SCALE16 = false; // expert scales stay f32 (MOERT_FC2_SCALES)
+  static constexpr bool SCALE16 = false;
   static constexpr float EPS = 0.0f;
-  static constexpr int64_t SPLIT[2] = {0, C::H};
+  static constexpr int64_t SPLIT[2] = {0, N_};
 };
-
-/// fc1's rows of one panel of kGemmNR hidden dims (one part of a gated pair) as the linear kernel sees them
-/// in integer GEMM tiles (C::FC2_PANELS, token tiles of kGemmTokens or more): K = H features in, blocks of
-/// QBLOCK1, the rows repacked into one of that kernel's panels per tile (Kernel::packFc1Ints).
-template <class C> struct Fc1Layer {
-  using W = uint8_t;
-  static constexpr int QBITS = C::QBITS, NORM = MOERT_NORM_NONE, NOUT = 1;
-  static constexpr int64_t K = C::H, N = kGemmNR, QBLOCK = C::QBLOCK1 > 0 ? C::QBLOCK1 : C::H;
-  static constexpr bool AFFINE = false, HAS_BIAS = false, HAS_NORM_BIAS = false, INT8_ACT = true;
-  static constexpr bool SCALE16 = false; // expert scales stay f32 (MOERT_FC2_SCALES)
-  static constexpr float EPS = 0.0f;
-  static constexpr int64_t SPLIT[2] = {0, kGemmNR};
-};
+/// The fc2 of an expert with FD hidden dims stored in the linear kernel's panels (C::FC2_PANELS, see
+/// MOERT_FC2): K = FD dims in, N = H columns out, blocks of QBLOCK2 dims (one block when 0).
+template <class C, int64_t FD> using Fc2Layer = ExpertLayer<C, FD, C::H, (C::QBLOCK2 > 0 ? C::QBLOCK2 : FD)>;
+/// fc1's rows of one panel of kGemmNR hidden dims (one part of a gated pair) in integer GEMM tiles: K = H
+/// features in, blocks of QBLOCK1, the rows repacked into one of the linear kernel's panels per tile
+/// (Kernel::packFc1Ints).
+template <class C> using Fc1Layer = ExpertLayer<C, C::H, kGemmNR, (C::QBLOCK1 > 0 ? C::QBLOCK1 : C::H)>;
 
 inline float sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
 inline float gelu_erf(float a) { return 0.5f * a * (1.0f + std::erf(a * 0.70710678118654752f)); }
@@ -784,6 +778,14 @@ template <class C> struct Kernel {
     }
   }
 
+  /// A row's 32-bit word as a panel group's (see packFc1Ints).
+  template <class Word> static inline Word groupWord(Word w) { // one lane or a vector of them
+    if constexpr (C::QBITS == 4) // int4: nibbles (0 1)(2 3)(4 5)(6 7) of a row -> (0 4)(1 5)(2 6)(3 7)
+      return (w & 0xF0000000u) | (w & 0xFu) | ((w >> 12) & 0xF0u) | ((w << 4) & 0xF00u) |
+             ((w >> 8) & 0xF000u) | ((w << 8) & 0xF0000u) | ((w >> 4) & 0xF00000u) | ((w << 12) & 0xF000000u);
+    else
+      return w;
+  }
   /// Part g of fc1's rows for the kGemmNR dims from f0 (those at fe or past it zero) as one of the linear
   /// kernel's panels (Fc1::PANELB bytes: [KG][NR][4], see linear.h) and its scales ([KB][NR]). A 32-bit word
   /// of a row holds the same features as a column's group of the panel (int8: 4 codes; int4: 8 nibbles, as
@@ -815,10 +817,7 @@ template <class C> struct Kernel {
         for (int l = 0; l < VW; ++l) {
           u32xv w;
           std::memcpy(&w, &r[l], sizeof w);
-          if constexpr (C::QBITS == 4)
-            w = (w & 0xF0000000u) | (w & 0xFu) | ((w >> 12) & 0xF0u) | ((w << 4) & 0xF00u) |
-                ((w >> 8) & 0xF000u) | ((w << 8) & 0xF0000u) | ((w >> 4) & 0xF00000u) |
-                ((w << 12) & 0xF000000u);
+          w = groupWord(w);
           std::memcpy(panel + ((k + l) * NR + j0) * 4, &w, sizeof w);
         }
       }
@@ -827,10 +826,7 @@ template <class C> struct Kernel {
           uint32_t w = 0;
           if (live[l])
             std::memcpy(&w, row[l] + 4 * k, 4);
-          if constexpr (C::QBITS == 4)
-            w = (w & 0xF0000000u) | (w & 0xFu) | ((w >> 12) & 0xF0u) | ((w << 4) & 0xF00u) |
-                ((w >> 8) & 0xF000u) | ((w << 8) & 0xF0000u) | ((w >> 4) & 0xF00000u) |
-                ((w << 12) & 0xF000000u);
+          w = groupWord(w);
           std::memcpy(panel + (k * NR + j0 + l) * 4, &w, 4);
         }
     }
