@@ -54,6 +54,10 @@ constexpr int64_t kMaxChunks = 16;        // hidden-dim chunks per expert visit 
 constexpr int64_t kGemmTokens = 16;
 constexpr int64_t kMoeKC = 128;
 constexpr int64_t kMoeFB = 512;
+// Decode and token tiles under kGemmTokens with fc2 panels (Kernel::intDecode) take up to kMoeDecodeFB dims a
+// pass: fc2's panels are then read whole when an expert's dims fit one pass, one stream instead of a slice
+// of every panel per pass (measured, OLMoE-like int8 decode: 1.04-1.10x against passes of kMoeFB dims).
+constexpr int64_t kMoeDecodeFB = 2048;
 constexpr int64_t kMoeDB = 64;
 constexpr int64_t kTileRows = (kTile + kGemmMR - 1) / kGemmMR * kGemmMR; // a tile's tokens in whole row tiles
 
@@ -426,7 +430,7 @@ template <class C> struct Kernel {
 
   struct Layout {
     int64_t T, chunks, maxItems, fmax;
-    size_t x, chosen, weight, counts, entries, items, partial, pred, coef, xq, xs, xsq, gemm, total;
+    size_t x, chosen, weight, counts, entries, items, partial, pred, coef, xq, xs, xsq, gemm, dec, total;
   };
 
   // Per-thread buffers of gemmTile (floats): the tile's tokens packed for the micro-kernel ([row
@@ -463,6 +467,15 @@ template <class C> struct Kernel {
   static constexpr size_t kIntGemmBytes =
       kIntXq + 2 * kIntXs + kIntPanel + kIntPsc + kIntH + kIntCf + kIntQ2 + 2 * kIntQs + 64;
   static constexpr size_t kGemmThreadBytes = INT_FC2 ? kIntGemmBytes : kF32GemmBytes;
+  // intDecode's (INT_FC2), for tiles of up to `rows` tokens: the fc2 inputs of a pass of DFB dims
+  // ([rows][DFB]) and them rounded ([rows][DFB], scales and sums [rows][DFB / kXBlock]).
+  static constexpr int64_t DFB =
+      std::min<int64_t>(kMoeDecodeFB, (std::max<int64_t>(F, FSX) + kXBlock - 1) / kXBlock * kXBlock);
+  static constexpr size_t decBytes(int64_t rows) {
+    return align64(sizeof(float) * rows * DFB) + align64(size_t(rows) * DFB) +
+           2 * align64(sizeof(float) * rows * (DFB / kXBlock));
+  }
+  static constexpr int64_t decRows(int64_t T) { return std::min<int64_t>(T, kGemmTokens); }
   static IntBufs intBufs(char *mine) {
     char *p = reinterpret_cast<char *>(alignTo64(mine));
     IntBufs b;
@@ -518,6 +531,7 @@ template <class C> struct Kernel {
     l.xs = take(sizeof(float) * T * XBS);
     l.xsq = take(C::QBITS == 4 ? sizeof(int32_t) * T * XBS * kZpLanes : 0); // int4 zero points (QTok::zp)
     l.gemm = take(!C::HAS_PRED && T >= kGemmTokens ? kGemmThreadBytes * threads : 0);
+    l.dec = take(INT_FC2 ? decBytes(decRows(T)) * threads : 0);
     l.total = off;
     return l;
   }
@@ -539,6 +553,7 @@ template <class C> struct Kernel {
     float *xs;
     int32_t *xsq;
     char *gemm; // gemmTile's buffers, kGemmThreadBytes per thread
+    char *dec;  // intDecode's buffers, decBytes(decRows(T)) per thread
   };
 
   // ---- A: normalise and route one token ----------------------------------------------------------------
@@ -724,16 +739,16 @@ template <class C> struct Kernel {
     }
   }
 
-  /// fc2 on integer tiles (INT_FC2) for dims [fb, fe) of an expert with FD dims: the n tokens' fc2 inputs
-  /// (`cf`, row i at cf + i * ldc holding dims from fb) rounded to int8 per kXBlock dims (into q, qs, qsum:
-  /// [n][kMoeFB], [n][kMoeFB / kXBlock]), then fc2 panel by panel on the linear kernel's integer tiles (a
+  /// fc2 on integer tiles (INT_FC2) for dims [fb, fe) (at most SB) of an expert with FD dims: the n tokens'
+  /// fc2 inputs (`cf`, row i at cf + i * ldc holding dims from fb) rounded to int8 per kXBlock dims (into q,
+  /// qs, qsum: [n][SB], [n][SB / kXBlock]), then fc2 panel by panel on the linear kernel's integer tiles (a
   /// panel's slice of dims used by every token while in L1), added to each token's row dst[i].
-  template <int64_t FD>
+  template <int64_t FD, int64_t SB>
   static void fc2Ints(const ExpertRows<C> &rows, const float *cf, int64_t ldc, int64_t n, int64_t fb,
                       int64_t fe, int8_t *q, float *qs, float *qsum, float *const *dst) {
     using L = Fc2<FD>;
-    static_assert(L::XB == kXBlock, "fc2 inputs rounded per input block");
-    constexpr int64_t SB = kMoeFB, XN = SB / kXBlock, NR = kGemmNR, MR = kGemmMR;
+    static_assert(L::XB == kXBlock && SB % kXBlock == 0, "fc2 inputs rounded per input block");
+    constexpr int64_t XN = SB / kXBlock, NR = kGemmNR, MR = kGemmMR;
     for (int64_t i = 0; i < n; ++i)
       L::quantizeRange(cf + i * ldc, fb, fe, q + i * SB, qs + i * XN, qsum + i * XN);
     for (int64_t p = 0; p < L::NP; ++p) {
@@ -758,23 +773,27 @@ template <class C> struct Kernel {
   }
 
   /// Decode and token tiles smaller than a GEMM's with fc2 panels (INT_FC2), for an expert with FD dims: per
-  /// super block of kMoeFB dims, the tokens' fc2 inputs (routing weight times activation, masked dims 0; fc1
-  /// by integer dot products on its rows, each row pair used by every token while in L1), then fc2Ints.
+  /// pass of up to DFB dims, the tokens' fc2 inputs (routing weight times activation, masked dims 0; fc1 by
+  /// integer dot products on its rows, each row pair used by every token while in L1), then fc2Ints (in
+  /// `thread`'s buffers, c.dec).
   template <int64_t FD, class Coef>
-  static void intDecode(const ExpertRows<C> &rows, const Item &it, int64_t n, Coef &&coefAt,
-                        const uint8_t *mask, float *const *dst) {
-    constexpr int64_t SB = kMoeFB, XN = SB / kXBlock;
-    alignas(64) float cf[kGemmTokens][SB];
-    alignas(64) int8_t q[kGemmTokens][SB];
-    float qs[kGemmTokens][XN], qsum[kGemmTokens][XN];
+  static void intDecode(const Ctx &c, int thread, const ExpertRows<C> &rows, const Item &it, int64_t n,
+                        Coef &&coefAt, const uint8_t *mask, float *const *dst) {
+    constexpr int64_t SB = DFB, XN = SB / kXBlock;
+    const int64_t R = decRows(c.l.T);
+    char *p = c.dec + size_t(thread) * decBytes(R);
+    float *cf = reinterpret_cast<float *>(p);
+    int8_t *q = reinterpret_cast<int8_t *>(p + align64(sizeof(float) * R * SB));
+    float *qs = reinterpret_cast<float *>(p + align64(sizeof(float) * R * SB) + align64(size_t(R) * SB));
+    float *qsum = qs + align64(sizeof(float) * R * XN) / sizeof(float);
     for (int64_t fb = it.f0; fb < it.f1; fb += SB) {
       const int64_t fe = std::min<int64_t>(it.f1, fb + SB);
       for (int64_t f = fb; f < fe; ++f) {
         const bool keep = !mask || mask[f];
         for (int64_t i = 0; i < n; ++i)
-          cf[i][f - fb] = keep ? coefAt(i, f) : 0.0f;
+          cf[i * SB + (f - fb)] = keep ? coefAt(i, f) : 0.0f;
       }
-      fc2Ints<FD>(rows, cf[0], SB, n, fb, fe, q[0], qs[0], qsum[0], dst);
+      fc2Ints<FD, SB>(rows, cf, SB, n, fb, fe, q, qs, qsum, dst);
     }
   }
 
@@ -879,7 +898,7 @@ template <class C> struct Kernel {
             b.cf[i * SB + (f - fb)] = v;
           }
       }
-      fc2Ints<FD>(rows, b.cf, SB, n, fb, fe, b.q2, b.qs, b.qsum, dst);
+      fc2Ints<FD, kMoeFB>(rows, b.cf, SB, n, fb, fe, b.q2, b.qs, b.qsum, dst);
     }
   }
 
@@ -1240,9 +1259,9 @@ template <class C> struct Kernel {
     } else if (INT_FC2) {
       if constexpr (INT_FC2) {
         if (n < kGemmTokens && it.expert >= 0)
-          intDecode<F>(rows, it, n, coefAt, mask, dst);
+          intDecode<F>(c, thread, rows, it, n, coefAt, mask, dst);
         else if (n < kGemmTokens)
-          intDecode<FSX>(rows, it, n, coefAt, mask, dst);
+          intDecode<FSX>(c, thread, rows, it, n, coefAt, mask, dst);
         else if (it.expert >= 0)
           intGemm<F>(c, it, rows, n, xs, dst, ws, b1, mask, thread);
         else
@@ -1370,6 +1389,7 @@ template <class C> struct Kernel {
     c.xs = reinterpret_cast<float *>(base + c.l.xs);
     c.xsq = reinterpret_cast<int32_t *>(base + c.l.xsq);
     c.gemm = base + c.l.gemm;
+    c.dec = base + c.l.dec;
 
     ex.parallel_for(ex.pool, T, &c, &route);
 
