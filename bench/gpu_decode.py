@@ -9,7 +9,7 @@ Two phases, because moec (LLVM) runs here and the GPU is on a lent machine witho
   gpu_decode.py --moert build/bin/moert --run DIR        on the GPU: copy bandwidth, then each layer x T
 
 Shapes: OLMoE-like (H 2048, F 1024, E 64, k 8), Mixtral-like (H 4096, F 14336, E 8, k 2), each with bf16 and
-int8 weights (`_int8`: one f32 scale per 32 weights, counted in the bytes), and a tiny layer (H 256, F 128, E 8,
+int8 weights (`_int8`: one f16 scale per 32 weights, counted in the bytes), and a tiny layer (H 256, F 128, E 8,
 k 2) whose time is the per-layer fixed cost. Weights are constant (the timing of the
 kernels does not depend on values) so the artifacts compress for transfer; the router and inputs are random,
 so tokens pick different experts. Bytes = weights read by one call (chosen experts' rows + router), from the

@@ -10,9 +10,9 @@ llama-cpp-python (which builds llama.cpp from source) with the same thread count
   - prefill: T = 128 and 512 tokens into an empty cache, logits for every token (as the ONNX model computes),
   - prompt: the same, the last token's logits only (llama.cpp's default; `logits_all` off for these rows).
 
-Equal bits, not equal formats: moec int8/int4 store one f32 scale per 32 weights (9 / 4.5 bits a weight with the
-scale), Q8_0 / Q4_0 one f16 scale per 32 (8.5 / 4.5 bits); ggml computes int8 x int8 dot products on activations
-quantised per block, moec dequantises to f32.
+Equal bits: moec int8/int4 store one f16 scale per 32 weights (8.5 / 4.5 bits a weight with the scale), as Q8_0 /
+Q4_0 do; the layouts differ (moec's panels and rows, ggml's blocks). With int8 activations (`+a8`) both multiply
+integers on activations rounded per block of 32; without them moec multiplies the codes by f32 activations.
 
     python3 bench/llama_peer.py [--threads N] [--types f32,bf16,q8_0,q4_0]
 """

@@ -183,7 +183,7 @@ PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k,
 
 PackedLinear packLinearCodes(const std::vector<uint8_t> &codes, const std::vector<float> &scales,
                              const std::vector<float> &zeros, int bits, int64_t k, int64_t n, int64_t block,
-                             const std::vector<float> &bias) {
+                             const std::vector<float> &bias, bool f16Scales) {
   PackedLinear out;
   out.slots[MOERT_LIN_BIAS] = packBias(bias, n);
   if (zeros.empty()) {
@@ -191,9 +191,9 @@ PackedLinear packLinearCodes(const std::vector<uint8_t> &codes, const std::vecto
       std::vector<uint8_t> c(codes.size());
       for (size_t i = 0; i < c.size(); ++i)
         c[i] = uint8_t(int(codes[i]) - 128);
-      packCodes(out, c, scales, nullptr, bits, k, n, block);
+      packCodes(out, c, scales, nullptr, bits, k, n, block, f16Scales);
     } else {
-      packCodes(out, codes, scales, nullptr, bits, k, n, block);
+      packCodes(out, codes, scales, nullptr, bits, k, n, block, f16Scales);
     }
     return out;
   }

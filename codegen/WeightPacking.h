@@ -26,7 +26,7 @@ struct QRows {
 
 /// Symmetric quantisation of f32 rows: scale = max|w| / qmax per block, q = round-half-even(w / scale)
 /// clamped to the code range. `f16Scales`: each scale is first rounded to the nearest f16 (at most 65504; the
-/// codes then come from that scale), as the layers storing f16 scales keep it (MOERT_LIN_QSCALE_BYTES).
+/// codes then come from that scale), as the layers storing f16 scales keep it (MOERT_QSCALE_BYTES).
 QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk,
                    bool f16Scales = false);
 
@@ -57,10 +57,11 @@ PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k,
 /// Packs already-quantised weights without re-quantising: `codes` [N][K] (one unsigned code per element,
 /// 0..2^bits-1), `scales` [N][KB], `zeros` [N][KB] zero points (empty: symmetric, 2^(bits-1)). With zero
 /// points the kernel computes w = code * scale + offset, offset = -zero * scale (int8: codes stored as
-/// code - 128, offset (128 - zero) * scale).
+/// code - 128, offset (128 - zero) * scale). `f16Scales`: the scales stored as f16 (symmetric codes whose
+/// scales are f16 values already, as quantizeRows' with f16Scales).
 PackedLinear packLinearCodes(const std::vector<uint8_t> &codes, const std::vector<float> &scales,
                              const std::vector<float> &zeros, int bits, int64_t k, int64_t n, int64_t block,
-                             const std::vector<float> &bias);
+                             const std::vector<float> &bias, bool f16Scales = false);
 
 /// A token-embedding table in its storage (moert_kernel_abi.h, MOERT_EMBED_*): `rows` [V][row bytes] and, for
 /// int8/int4, `scales` [V][ceil(H / block)] f32.

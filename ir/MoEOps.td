@@ -66,8 +66,9 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     hold packed integers and `fc1_scales`/`fc2_scales` their scales. Accumulation is in f32.
     Float expert weights (routed and shared) are stored in the artifact as `storage` says (set by
     `moe-set-weight-storage`): `fp32`, `bf16` / `fp16` rounded to nearest even, or `int8` / `int4`
-    quantised symmetrically with one f32 scale per block of 32 along each row of `fc1` and each column
-    of `fc2`. `storage` is `fp32` on layers whose weights arrive quantised.
+    quantised symmetrically with one scale per block of 32 along each row of `fc1` and each column
+    of `fc2`, stored as f16 (`MOERT_QSCALE_BYTES`: the scale `max|w| / qmax` rounded to f16, the codes
+    rounded against it). `storage` is `fp32` on layers whose weights arrive quantised (their scales stay f32).
     With `int8_activations` (set by `moe-set-weight-storage`, `moec --activations=int8`), when the int8/int4
     `fc1` has blocks of a multiple of 32 columns and `H` is a multiple of 64, an expert's tokens are first
     rounded to int8 per block of 32 columns (`q = round-half-even(x * 127 / max|x|)`) and its `fc1` rows are

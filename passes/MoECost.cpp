@@ -39,7 +39,7 @@ double valueBytes(RankedTensorType t, moe::WeightQuantAttr q, moe::Storage stora
   if (q)
     return q.getBits() / 8.0;
   if (t.getElementType().isF32() && storage != moe::Storage::fp32)
-    return storedWeightBytes(int(storage), MOERT_EXPERT_QBLOCK);
+    return storedWeightBytes(int(storage), MOERT_EXPERT_QBLOCK, MOERT_QSCALE_BYTES);
   return t.getElementTypeBitWidth() / 8.0;
 }
 
@@ -118,7 +118,7 @@ LinearLayerCost computeLinearLayerCost(moe::LinearOp op) {
     bytes = double(n) * k * q.getBits() / 8.0 + n * blocks * 4.0 + (op.getZeroPoints() ? n * blocks * 4.0 : 0.0);
   } else {
     bytes = double(k) * n *
-            storedWeightBytes(int(op.getStorage()), int64_t(op.getBlockSize()), MOERT_LIN_QSCALE_BYTES);
+            storedWeightBytes(int(op.getStorage()), int64_t(op.getBlockSize()), MOERT_QSCALE_BYTES);
   }
   c.weightBytes = int64_t(bytes + (op.getBias() ? 4.0 * n : 0.0) + 0.5);
   return c;

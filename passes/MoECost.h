@@ -37,9 +37,10 @@ struct LinearLayerCost {
 };
 LinearLayerCost computeLinearLayerCost(moe::LinearOp op);
 
-/// Bytes one weight takes in `storage` (a moe::Storage value), with one scale of `scaleBytes` (f32 for expert
-/// weights; MOERT_LIN_QSCALE_BYTES for the linear layers moec quantises) per `block` weights when quantised.
-double storedWeightBytes(int storage, int64_t block, int scaleBytes = 4);
+/// Bytes one weight takes in `storage` (a moe::Storage value), with one scale of `scaleBytes` per `block`
+/// weights when quantised (MOERT_QSCALE_BYTES for the expert and linear weights moec quantises; 4 for
+/// token-embedding tables' f32 scales).
+double storedWeightBytes(int storage, int64_t block, int scaleBytes);
 
 } // namespace moec
 

@@ -401,8 +401,9 @@ struct Emitter {
       return !gated ? j : (interleaved ? 2 * j + part : part * fdim + j);
     };
     // Expert weights in the kernels' layouts: fc1 [E, g*F, H] -> [E][F][g][H]; fc2 [E, H, F] -> [E][F][H]
-    // (transposed). Quantised ones (QMoE's, or --weights=int8/int4) as integers packed along H with f32
-    // scales: fc1's per block of QBLOCK1 columns of a row, fc2's per column per block of QBLOCK2 rows.
+    // (transposed). Quantised ones (QMoE's, or --weights=int8/int4) as integers packed along H with scales
+    // (fc1's per block of QBLOCK1 columns of a row, fc2's per column per block of QBLOCK2 rows): f16 where
+    // moec quantises the layer (C::SCALE16, MOERT_QSCALE_BYTES), QMoE's own f32 ones otherwise.
     auto q1a = op.getFc1QuantAttr(), q2a = op.getFc2QuantAttr();
     int qbits = q1a ? int(q1a.getBits()) : storage == moe::Storage::int8 ? 8 : storage == moe::Storage::int4 ? 4 : 0;
     if (bool(q1a) != bool(q2a) || (q1a && q1a.getBits() != q2a.getBits()))
@@ -412,6 +413,9 @@ struct Emitter {
                       "quantised (QMoE)");
     if (qbits == 4 && h % 2)
       return fail(op, "int4 weights need an even H (packed two per byte along H); H = " + Twine(h));
+    static_assert(MOERT_QSCALE_BYTES == 2, "f16 scales");
+    const bool scale16 = qbits && !q1a;
+    auto scaleBytes = [&](const std::vector<float> &sc) { return scale16 ? asF16(sc) : asBytes(sc); };
     int64_t qblock1 = 0, qblock2 = 0;
     bool fc2Panels = false;
     // Packs (x, j, part) rows of fc1 and fc2 columns for `ne` experts with `fdim` dims into `slot`s.
@@ -449,7 +453,7 @@ struct Emitter {
           for (int64_t i = 0; i < h * fdim; ++i) // unsigned codes, zero point 2^(bits-1)
             codes[i] = uint8_t(r2->q[x * h * fdim + i] + (1 << (qbits - 1)));
           std::vector<float> scales(r2->s.begin() + x * h * r2->nb, r2->s.begin() + (x + 1) * h * r2->nb);
-          PackedLinear pl = packLinearCodes(codes, scales, {}, qbits, fdim, h, r2->blk, {});
+          PackedLinear pl = packLinearCodes(codes, scales, {}, qbits, fdim, h, r2->blk, {}, scale16);
           c2.insert(c2.end(), pl.slots[MOERT_LIN_W].begin(), pl.slots[MOERT_LIN_W].end());
           cs2.insert(cs2.end(), pl.slots[MOERT_LIN_SCALES].begin(), pl.slots[MOERT_LIN_SCALES].end());
         }
@@ -466,7 +470,7 @@ struct Emitter {
             for (int64_t b = 0; b < r2->nb; ++b)
               sc[(x * r2->nb + b) * h + i] = r2->s[(x * h + i) * r2->nb + b];
         c2 = packBits(q2, qbits);
-        cs2 = asBytes(sc);
+        cs2 = scaleBytes(sc);
       }
       auto raw = [&](int slot, StringRef name, std::vector<char> bytes) {
         weightBytes += bytes.size();
@@ -474,7 +478,7 @@ struct Emitter {
       };
       raw(slot1, name1, packBits(q1, qbits));
       raw(slot2, name2, std::move(c2));
-      add(sslot1, (name1 + "_scales").str(), std::move(s1));
+      raw(sslot1, (name1 + "_scales").str(), scaleBytes(s1));
       raw(sslot2, (name2 + "_scales").str(), std::move(cs2));
     };
     const bool gpu = !opts.hipArchs.empty() || !opts.cudaArchs.empty();
@@ -499,8 +503,8 @@ struct Emitter {
         return fail(op, error);
       if (qbits) {
         qblock1 = qblock2 = MOERT_EXPERT_QBLOCK;
-        r1 = quantizeRows(w1, e * g * f, h, qbits, qblock1);
-        r2 = quantizeRows(w2, e * h, f, qbits, qblock2);
+        r1 = quantizeRows(w1, e * g * f, h, qbits, qblock1, scale16);
+        r2 = quantizeRows(w2, e * h, f, qbits, qblock2, scale16);
       }
     }
     // With int8 activations on a CPU target, fc2 goes in the linear kernel's panels and multiplies integers
@@ -592,8 +596,8 @@ struct Emitter {
       fs = cast<RankedTensorType>(op.getSharedFc2().getType()).getDimSize(1);
       QRows sr1, sr2;
       if (qbits) { // the shared expert is quantised like the routed ones (same blocks)
-        sr1 = quantizeRows(s1, g * fs, h, qbits, qblock1);
-        sr2 = quantizeRows(s2, h, fs, qbits, qblock2 ? qblock2 : fs);
+        sr1 = quantizeRows(s1, g * fs, h, qbits, qblock1, scale16);
+        sr2 = quantizeRows(s2, h, fs, qbits, qblock2 ? qblock2 : fs, scale16);
       }
       packExperts(1, fs, s1, s2, &sr1, &sr2, MOERT_SHARED1, MOERT_SHARED2, MOERT_SHARED1_SCALES,
                   MOERT_SHARED2_SCALES, "shared_fc1", "shared_fc2");
@@ -667,7 +671,7 @@ struct Emitter {
        << "  static constexpr int64_t QBLOCK1 = " << (qblock1 ? qblock1 : h) << ", QBLOCK2 = " << qblock2
        << ";\n"
        << "  static constexpr bool INT8_ACT = " << b(qbits && op.getInt8Activations())
-       << ", FC2_PANELS = " << b(fc2Panels) << ";\n"
+       << ", FC2_PANELS = " << b(fc2Panels) << ", SCALE16 = " << b(scale16) << ";\n"
        << "  static constexpr int64_t H = " << h << ", F = " << f << ", E = " << e << ", N = " << n
        << ", K = " << op.getK() << ", R = " << r << ", KEEP = " << keep << ", FS = " << fs
        << ", GROUPS = " << op.getExpertGroups()
@@ -789,8 +793,8 @@ struct Emitter {
         return fail(op, error);
     PackedLinear packed;
     bool affine = false;
-    // Weights moec quantises itself keep f16 block scales (MOERT_LIN_QSCALE_BYTES); imported codes their f32.
-    static_assert(MOERT_LIN_QSCALE_BYTES == 2, "f16 scales");
+    // Weights moec quantises itself keep f16 block scales (MOERT_QSCALE_BYTES); imported codes their f32.
+    static_assert(MOERT_QSCALE_BYTES == 2, "f16 scales");
     const bool scale16 = qbits && !qa;
     if (qa) {
       std::vector<uint8_t> codes;

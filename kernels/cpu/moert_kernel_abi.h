@@ -68,9 +68,11 @@ enum moert_moe_slot {
   MOERT_SHARED1 = 12,    /* [Fs][2][H] or [Fs][H]                                                   */
   MOERT_SHARED2 = 13,    /* [Fs][H]: shared_fc2 transposed                                          */
   MOERT_SHARED_GATE = 14,    /* [H]                                                                    */
-  MOERT_FC1_SCALES = 15,     /* quantised fc1: [E][F][G][ceil(H / QBLOCK1)] f32, one per block of a row   */
-  MOERT_FC2_SCALES = 16,     /* quantised fc2: [E][ceil(F / QBLOCK2)][H] f32, one per column per row block
-                                (C::FC2_PANELS: [E] of MOERT_LIN_SCALES' [NP][KB][NR], the same values)     */
+  MOERT_FC1_SCALES = 15,     /* quantised fc1: [E][F][G][ceil(H / QBLOCK1)], one per block of a row: f16
+                                with C::SCALE16 (moec quantised them, MOERT_QSCALE_BYTES), else f32 (QMoE) */
+  MOERT_FC2_SCALES = 16,     /* quantised fc2: [E][ceil(F / QBLOCK2)][H], one per column per row block
+                                (C::FC2_PANELS: [E] of MOERT_LIN_SCALES' [NP][KB][NR], the same values);
+                                f16 with C::SCALE16, else f32                                             */
   MOERT_SHARED1_SCALES = 17, /* as FC1_SCALES for the shared expert (Fs dims)                        */
   MOERT_SHARED2_SCALES = 18, /* as FC2_SCALES for the shared expert                                  */
   MOERT_MOE_SLOTS = 19
@@ -111,7 +113,8 @@ typedef int (*moert_moe_fn)(const moert_moe_args *args);
 #define MOERT_LINEAR_NR 16
 
 /* How a dispatch stores its weights (the IR's #moe.storage, codegen's packing and the kernels' configs all
- * use these values). Quantised storage is weight-only: integer codes with f32 scales per block. */
+ * use these values). Quantised storage is weight-only: integer codes with a scale per block (f16 where moec
+ * quantised them, MOERT_QSCALE_BYTES; imported codes keep their f32 scales). */
 enum moert_storage {
   MOERT_STORAGE_F32 = 0,
   MOERT_STORAGE_BF16 = 1, /* the upper half of an f32, rounded to nearest even */
@@ -119,7 +122,7 @@ enum moert_storage {
   MOERT_STORAGE_INT8 = 3,
   MOERT_STORAGE_INT4 = 4
 };
-/* Input features per f32 scale of expert weights stored int8/int4 by moec (fc1 rows; fc2 column blocks). */
+/* Input features per scale of expert weights stored int8/int4 by moec (fc1 rows; fc2 column blocks). */
 #define MOERT_EXPERT_QBLOCK 32
 enum moert_linear_slot {
   MOERT_LIN_W = 0,       /* plain: [NP][K][NR] f32, bf16 or fp16. int8/int4: [NP][KG][NR][4] bytes, a column's
@@ -128,7 +131,7 @@ enum moert_linear_slot {
                             GK g + q (q < 4) is byte q's low nibble and GK g + 4 + q its high one (unsigned codes;
                             zero point 8 without offsets)                                               */
   MOERT_LIN_SCALES = 1,  /* quantised: [NP][KB][NR] f32, one per column per block of QBLOCK input features;
-                            f16 with C::SCALE16 (the layers moec quantises itself, MOERT_LIN_QSCALE_BYTES) */
+                            f16 with C::SCALE16 (the layers moec quantises itself, MOERT_QSCALE_BYTES) */
   MOERT_LIN_OFFSETS = 2, /* quantised with zero points: [NP][KB][NR] f32; w = code * scale + offset        */
   MOERT_LIN_BIAS = 3,    /* [NP * NR] f32 (zero-padded)                                                    */
   MOERT_LIN_NORM_W = 4,  /* [K] f32: the norm in front of the layer (C::NORM, a moert_norm), its weight  */
@@ -144,10 +147,11 @@ enum moert_linear_slot {
  * per block of 32 dims counted from dim 0, dims not kept 0), whatever its token count; without fc2 panels
  * (a GPU target, or shapes that do not allow them) an expert computing fewer than 16 tokens of a call (a
  * token tile below a GEMM's) rounds its tokens only, and bigger tiles multiply f32. */
-/* Bytes of each block scale of a linear layer that moec quantises itself (--weights / --dense-weights int8,
- * int4): IEEE f16, as ggml's Q8_0 / Q4_0 keep theirs (scale = f16(max|w| / qmax), codes from that scale).
- * Imported codes (MatMulNBits) keep f32 scales; expert weights keep f32 (MOERT_FC1_SCALES, ...). */
-#define MOERT_LIN_QSCALE_BYTES 2
+/* Bytes of each block scale of the weights moec quantises itself (--weights / --dense-weights int8, int4:
+ * linear layers' MOERT_LIN_SCALES and experts' MOERT_FC1_SCALES ... MOERT_SHARED2_SCALES, the kernels'
+ * C::SCALE16): IEEE f16, as ggml's Q8_0 / Q4_0 keep theirs (scale = f16(max|w| / qmax), at most 65504, codes
+ * from that scale). Imported codes (MatMulNBits, QMoE) keep f32 scales, token-embedding tables f32 ones. */
+#define MOERT_QSCALE_BYTES 2
 /* Input features per int8-activation scale, linear and MoE dispatches alike. */
 #define MOERT_INT8_ACT_BLOCK 32
 

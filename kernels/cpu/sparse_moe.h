@@ -64,7 +64,8 @@ constexpr int64_t kTileRows = (kTile + kGemmMR - 1) / kGemmMR * kGemmMR; // a ti
 // ---- weight rows
 // ------------------------------------------------------------------------------------------- The kernels
 // read expert weights through a row view: load(h) gives VW weights from column h (a multiple of VW) as f32,
-// at(h) one. Plain rows are f32 or bf16; quantised rows hold symmetric integers and f32 scales:
+// at(h) one. Plain rows are f32 or bf16; quantised rows hold symmetric integers and scales of type S (f16
+// where moec quantised them, C::SCALE16; f32 otherwise):
 //   QBlock<BITS, BLK>: fc1 rows, one scale per BLK consecutive columns (BLK a multiple of 16, or >= H);
 //   QVec<BITS>:        fc2 rows (fc2 transposed), one scale per column, shared by a block of rows.
 // 8-bit values are int8; 4-bit ones are nibbles (low first, zero point 8), two per byte along the row.
@@ -109,18 +110,18 @@ template <int BITS> inline float atQ(const uint8_t *q, int64_t h) {
     return float(int((q[h >> 1] >> ((h & 1) * 4)) & 15) - 8);
 }
 
-template <int BITS, int64_t BLK> struct QBlock {
+template <int BITS, int64_t BLK, class S> struct QBlock {
   const uint8_t *q;
-  const float *s;
-  vf load(int64_t h) const { return loadQ<BITS>(q, h) * s[h / BLK]; }
-  float at(int64_t h) const { return atQ<BITS>(q, h) * s[h / BLK]; }
+  const S *s;
+  vf load(int64_t h) const { return loadQ<BITS>(q, h) * tofloat(s[h / BLK]); }
+  float at(int64_t h) const { return atQ<BITS>(q, h) * tofloat(s[h / BLK]); }
 };
 
-template <int BITS> struct QVec {
+template <int BITS, class S> struct QVec {
   const uint8_t *q;
-  const float *s;
+  const S *s;
   vf load(int64_t h) const { return loadQ<BITS>(q, h) * loadv(s + h); }
-  float at(int64_t h) const { return atQ<BITS>(q, h) * s[h]; }
+  float at(int64_t h) const { return atQ<BITS>(q, h) * tofloat(s[h]); }
   QVec off(int64_t h) const { return {q + h * BITS / 8, s + h}; }
 };
 
@@ -254,9 +255,16 @@ template <int BITS> inline __m256i qsums(const uint8_t *w, const QTok &x, int64_
 }
 #endif
 
+#if defined(__AVX2__)
+inline __m256 load8(const float *p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const _Float16 *p) { // F16C: every AVX2 target moec generates for has it
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+}
+#endif
+
 /// sum_h w[h] * x[h] of a quantised row (codes `w`, a scale per BLK columns `ws`) and a rounded token.
-template <int BITS, int64_t BLK, int64_t H>
-inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
+template <int BITS, int64_t BLK, int64_t H, class S>
+inline float qdot(const uint8_t *w, const S *ws, const QTok &x) {
   static_assert(BLK % kXBlock == 0 && H % (BITS == 4 ? 64 : 32) == 0, "whole blocks");
 #if defined(__AVX2__)
   constexpr int64_t STEP = BITS == 4 ? 64 : 32; // columns per step
@@ -272,7 +280,7 @@ inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
     // A scale per input block: the scale products of 8 blocks (256 columns) in one vector, each step's taken
     // out of it by a lane permutation (instead of scalar products and broadcasts per step).
     for (; h + 256 <= H; h += 256) {
-      const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(ws + h / kXBlock), _mm256_loadu_ps(x.s + h / kXBlock));
+      const __m256 sc = _mm256_mul_ps(load8(ws + h / kXBlock), _mm256_loadu_ps(x.s + h / kXBlock));
 #pragma unroll
       for (int k = 0; k < 256 / STEP; ++k) {
         const int64_t c = h + STEP * k;
@@ -291,9 +299,9 @@ inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
     if ((h * BITS / 8) % 64 == 0)
       __builtin_prefetch(w + h * BITS / 8 + kQAhead);
     const int64_t j = h / kXBlock;
-    const __m256 sc = BITS == 8 ? _mm256_set1_ps(ws[h / BLK] * x.s[j])
-                                : _mm256_set_m128(_mm_set1_ps(ws[(h + 32) / BLK] * x.s[j + 1]),
-                                                  _mm_set1_ps(ws[h / BLK] * x.s[j]));
+    const __m256 sc = BITS == 8 ? _mm256_set1_ps(tofloat(ws[h / BLK]) * x.s[j])
+                                : _mm256_set_m128(_mm_set1_ps(tofloat(ws[(h + 32) / BLK]) * x.s[j + 1]),
+                                                  _mm_set1_ps(tofloat(ws[h / BLK]) * x.s[j]));
     add(h / STEP, qsums<BITS>(w, x, h), sc);
   }
   const __m256 a = _mm256_add_ps(acc0, acc1);
@@ -313,7 +321,7 @@ inline float qdot(const uint8_t *w, const float *ws, const QTok &x) {
         t += (int32_t((w[h / 2] >> ((h & 1) * 4)) & 15) - 8) *
              x.q[(h / 64) * 64 + (h % 2) * 32 + (h % 64) / 2];
     }
-    acc += float(t) * (ws[j * kXBlock / BLK] * x.s[j]);
+    acc += float(t) * (tofloat(ws[j * kXBlock / BLK]) * x.s[j]);
   }
   return acc;
 #endif
@@ -338,13 +346,14 @@ template <class C, int BITS = C::QBITS> struct ExpertRows {
 
 template <class C> struct QuantRows {
   static constexpr int BITS = C::QBITS;
+  using Scale = std::conditional_t<C::SCALE16, _Float16, float>; // as stored (MOERT_FC1_SCALES, ...)
   static constexpr int64_t BLK = C::QBLOCK1;     // fc1 columns per scale
   static constexpr int64_t RB = C::H * BITS / 8; // bytes per row
   static constexpr int64_t NB1 = (C::H + BLK - 1) / BLK;
-  using R1 = QBlock<BITS, BLK>;
-  using R2 = QVec<BITS>;
+  using R1 = QBlock<BITS, BLK, Scale>;
+  using R2 = QVec<BITS, Scale>;
   const uint8_t *q1, *q2;
-  const float *s1, *s2;
+  const Scale *s1, *s2;
   int64_t blk2; // fc2 rows per scale row
   QuantRows(const moert_moe_args &a, int64_t e, int64_t fdim, int64_t g) {
     bool shared = e < 0;
@@ -353,9 +362,9 @@ template <class C> struct QuantRows {
     int64_t nb2 = (fdim + blk2 - 1) / blk2;
     q1 = static_cast<const uint8_t *>(a.weights[shared ? MOERT_SHARED1 : MOERT_FC1]) + ex * fdim * g * RB;
     q2 = static_cast<const uint8_t *>(a.weights[shared ? MOERT_SHARED2 : MOERT_FC2]) + ex * fdim * RB;
-    s1 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED1_SCALES : MOERT_FC1_SCALES]) +
+    s1 = static_cast<const Scale *>(a.weights[shared ? MOERT_SHARED1_SCALES : MOERT_FC1_SCALES]) +
          ex * fdim * g * NB1;
-    s2 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED2_SCALES : MOERT_FC2_SCALES]) +
+    s2 = static_cast<const Scale *>(a.weights[shared ? MOERT_SHARED2_SCALES : MOERT_FC2_SCALES]) +
          ex * nb2 * C::H;
   }
   R1 row1(int64_t r) const { return {q1 + r * RB, s1 + r * NB1}; }
@@ -365,24 +374,27 @@ template <class C> struct ExpertRows<C, 8> : QuantRows<C> { using QuantRows<C>::
 template <class C> struct ExpertRows<C, 4> : QuantRows<C> { using QuantRows<C>::QuantRows; };
 
 /// An expert's weights as the linear kernel (linear.h) sees them, for the integer tiles of C::FC2_PANELS: K_
-/// features in, N_ columns out, blocks of QBLOCK_ features, symmetric codes with f32 scales (expert scales
-/// stay f32: MOERT_FC1_SCALES, MOERT_FC2_SCALES), rounded int8 inputs.
-template <class C, int64_t K_, int64_t N_, int64_t QBLOCK_> struct ExpertLayer {
+/// features in, N_ columns out, blocks of QBLOCK_ features, symmetric codes with f16 (S16) or f32 scales,
+/// rounded int8 inputs.
+template <class C, int64_t K_, int64_t N_, int64_t QBLOCK_, bool S16> struct ExpertLayer {
   using W = uint8_t;
   static constexpr int QBITS = C::QBITS, NORM = MOERT_NORM_NONE, NOUT = 1;
   static constexpr int64_t K = K_, N = N_, QBLOCK = QBLOCK_;
   static constexpr bool AFFINE = false, HAS_BIAS = false, HAS_NORM_BIAS = false, INT8_ACT = true;
-  static constexpr bool SCALE16 = false;
+  static constexpr bool SCALE16 = S16;
   static constexpr float EPS = 0.0f;
   static constexpr int64_t SPLIT[2] = {0, N_};
 };
 /// The fc2 of an expert with FD hidden dims stored in the linear kernel's panels (C::FC2_PANELS, see
-/// MOERT_FC2): K = FD dims in, N = H columns out, blocks of QBLOCK2 dims (one block when 0).
-template <class C, int64_t FD> using Fc2Layer = ExpertLayer<C, FD, C::H, (C::QBLOCK2 > 0 ? C::QBLOCK2 : FD)>;
+/// MOERT_FC2): K = FD dims in, N = H columns out, blocks of QBLOCK2 dims (one block when 0), scales as
+/// stored.
+template <class C, int64_t FD>
+using Fc2Layer = ExpertLayer<C, FD, C::H, (C::QBLOCK2 > 0 ? C::QBLOCK2 : FD), C::SCALE16>;
 /// fc1's rows of one panel of kGemmNR hidden dims (one part of a gated pair) in integer GEMM tiles: K = H
 /// features in, blocks of QBLOCK1, the rows repacked into one of the linear kernel's panels per tile
-/// (Kernel::packFc1Ints).
-template <class C> using Fc1Layer = ExpertLayer<C, C::H, kGemmNR, (C::QBLOCK1 > 0 ? C::QBLOCK1 : C::H)>;
+/// (Kernel::packFc1Ints), with the scales widened to f32 there.
+template <class C>
+using Fc1Layer = ExpertLayer<C, C::H, kGemmNR, (C::QBLOCK1 > 0 ? C::QBLOCK1 : C::H), false>;
 
 inline float sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
 inline float gelu_erf(float a) { return 0.5f * a * (1.0f + std::erf(a * 0.70710678118654752f)); }
@@ -681,7 +693,7 @@ template <class C> struct Kernel {
   static void downScaledOnce(const ExpertRows<C> &rows, const int64_t *fi, const float *cf, int64_t nf,
                              float *d) {
     if constexpr (C::QBITS != 0) {
-      const float *sc = rows.row2(fi[0]).s;
+      const auto *sc = rows.row2(fi[0]).s;
       int64_t h = 0;
       if constexpr (C::QBITS == 4) {
         // int4: VW bytes hold 2 * VW columns; each byte widened once gives its even column (low nibble) and
@@ -734,7 +746,7 @@ template <class C> struct Kernel {
         float a = 0.0f;
         for (int64_t j = 0; j < nf; ++j)
           a += cf[j] * atQ<C::QBITS>(rows.row2(fi[j]).q, h);
-        d[h] += a * sc[h];
+        d[h] += a * tofloat(sc[h]);
       }
     }
   }
@@ -753,7 +765,7 @@ template <class C> struct Kernel {
       L::quantizeRange(cf + i * ldc, fb, fe, q + i * SB, qs + i * XN, qsum + i * XN);
     for (int64_t p = 0; p < L::NP; ++p) {
       const uint8_t *panel = rows.q2 + p * L::PANELB;
-      const float *sc = rows.s2 + p * L::KB * NR;
+      const auto *sc = rows.s2 + p * L::KB * NR;
       for (int64_t i0 = 0; i0 < n; i0 += MR)
         gemmRows(std::min<int64_t>(MR, n - i0), [&](auto m) {
           constexpr int M = decltype(m)::value;
@@ -850,9 +862,9 @@ template <class C> struct Kernel {
         }
     }
     for (int64_t j = 0; j < NR; ++j) {
-      const float *sr = f0 + j < fe ? rows.row1((f0 + j) * G + g).s : nullptr;
+      const auto *sr = f0 + j < fe ? rows.row1((f0 + j) * G + g).s : nullptr;
       for (int64_t b = 0; b < KB; ++b)
-        psc[b * NR + j] = sr ? sr[b] : 0.0f;
+        psc[b * NR + j] = sr ? tofloat(sr[b]) : 0.0f;
     }
   }
 
@@ -904,7 +916,7 @@ template <class C> struct Kernel {
 
   /// d[2i] += e[i] * s[2i] and d[2i + 1] += o[i] * s[2i + 1] for i < VW: even and odd columns' sums put back
   /// in column order, then scaled.
-  static void storeInterleaved(float *d, const float *s, vf e, vf o) {
+  template <class S> static void storeInterleaved(float *d, const S *s, vf e, vf o) {
 #if MOERT_VW == 16
     const vf lo = __builtin_shufflevector(e, o, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const vf hi = __builtin_shufflevector(e, o, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);

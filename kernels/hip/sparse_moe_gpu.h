@@ -79,10 +79,13 @@ GPU_INLINE F4 load4(const _Float16 *p) {
 GPU_INLINE float load1(const float *p) { return *p; }
 GPU_INLINE float load1(const uint16_t *p) { return __builtin_bit_cast(float, uint32_t(*p) << 16); }
 GPU_INLINE float load1(const _Float16 *p) { return float(*p); }
+template <bool F16> struct moert_gpu_scale { using type = float; };
+template <> struct moert_gpu_scale<true> { using type = _Float16; };
 
 // The expert weights of one expert (or the shared one) as rows of f32 values, whatever their storage:
-// C::W elements (f32, bf16, fp16), or (C::QBITS 8 / 4) symmetric integers packed along H (int4: two a byte, low
-// nibble first, zero point 8) with f32 scales — fc1 rows one per QBLOCK1 columns, fc2 one per column per
+// C::W elements (f32, bf16, fp16), or (C::QBITS 8 / 4) symmetric integers packed along H (int4: two a byte,
+// low nibble first, zero point 8) with f16 (C::SCALE16: moec quantised them) or f32 scales — fc1 rows one per
+// QBLOCK1 columns, fc2 one per column per
 // block of QBLOCK2 rows (kernels/cpu/moert_kernel_abi.h). load4 needs h % 4 == 0 and H % 4 == 0.
 template <class C, int BITS = C::QBITS> struct Rows {
   using W = typename C::W;
@@ -98,17 +101,18 @@ template <class C, int BITS = C::QBITS> struct Rows {
 };
 template <class C, int BITS> struct QuantRows {
   static constexpr int64_t RB = C::H * BITS / 8, BLK = C::QBLOCK1, NB1 = (C::H + BLK - 1) / BLK;
+  using Scale = typename moert_gpu_scale<C::SCALE16>::type; // as stored (MOERT_FC1_SCALES, ...)
   const uint8_t *q1, *q2;
-  const float *s1, *s2;
+  const Scale *s1, *s2;
   int64_t blk2;
   GPU_INLINE QuantRows(const moert_gpu_args &a, bool shared, int64_t ex, int64_t fdim, int64_t g) {
     blk2 = C::QBLOCK2 > 0 ? C::QBLOCK2 : fdim;
     int64_t nb2 = (fdim + blk2 - 1) / blk2;
     q1 = static_cast<const uint8_t *>(a.weights[shared ? MOERT_SHARED1 : MOERT_FC1]) + ex * fdim * g * RB;
     q2 = static_cast<const uint8_t *>(a.weights[shared ? MOERT_SHARED2 : MOERT_FC2]) + ex * fdim * RB;
-    s1 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED1_SCALES : MOERT_FC1_SCALES]) +
+    s1 = static_cast<const Scale *>(a.weights[shared ? MOERT_SHARED1_SCALES : MOERT_FC1_SCALES]) +
          ex * fdim * g * NB1;
-    s2 = static_cast<const float *>(a.weights[shared ? MOERT_SHARED2_SCALES : MOERT_FC2_SCALES]) +
+    s2 = static_cast<const Scale *>(a.weights[shared ? MOERT_SHARED2_SCALES : MOERT_FC2_SCALES]) +
          ex * nb2 * C::H;
   }
   // Four integers from row bytes `q` at element h (h % 4 == 0).
@@ -128,15 +132,17 @@ template <class C, int BITS> struct QuantRows {
   }
   GPU_INLINE F4 load1x4(int64_t r, int64_t h) const { // a block of QBLOCK1 (a multiple of 16, or H) holds all 4
     F4 v = ints4(q1 + r * RB, h);
-    float sc = s1[r * NB1 + h / BLK];
+    float sc = load1(s1 + r * NB1 + h / BLK);
     return F4{{v.v[0] * sc, v.v[1] * sc, v.v[2] * sc, v.v[3] * sc}};
   }
-  GPU_INLINE float at1(int64_t r, int64_t h) const { return int1(q1 + r * RB, h) * s1[r * NB1 + h / BLK]; }
+  GPU_INLINE float at1(int64_t r, int64_t h) const {
+    return int1(q1 + r * RB, h) * load1(s1 + r * NB1 + h / BLK);
+  }
   // Sixteen int8 weights of fc1 row r at h (h % 16 == 0, H % 16 == 0): one 16-byte load, one scale.
   GPU_INLINE void load1x16(int64_t r, int64_t h, float (&w)[16]) const {
     struct alignas(16) Q { uint32_t u[4]; };
     Q q = *reinterpret_cast<const Q *>(q1 + r * RB + h);
-    float sc = s1[r * NB1 + h / BLK];
+    float sc = load1(s1 + r * NB1 + h / BLK);
 #pragma unroll
     for (int i = 0; i < 16; ++i)
       w[i] = float(int8_t(q.u[i / 4] >> (8 * (i % 4)))) * sc;
@@ -145,7 +151,9 @@ template <class C, int BITS> struct QuantRows {
     F4 v = ints4(q2 + f * RB, c), sc = load4(s2 + (f / blk2) * C::H + c);
     return F4{{v.v[0] * sc.v[0], v.v[1] * sc.v[1], v.v[2] * sc.v[2], v.v[3] * sc.v[3]}};
   }
-  GPU_INLINE float at2(int64_t f, int64_t c) const { return int1(q2 + f * RB, c) * s2[(f / blk2) * C::H + c]; }
+  GPU_INLINE float at2(int64_t f, int64_t c) const {
+    return int1(q2 + f * RB, c) * load1(s2 + (f / blk2) * C::H + c);
+  }
 };
 template <class C> struct Rows<C, 8> : QuantRows<C, 8> { using QuantRows<C, 8>::QuantRows; };
 template <class C> struct Rows<C, 4> : QuantRows<C, 4> { using QuantRows<C, 4>::QuantRows; };

@@ -81,14 +81,14 @@ func.func @shared(%x: tensor<?x4xf32>, %l: tensor<?x2xf32>, %w1: tensor<2x4x4xf3
 
 // -----
 
-// Storage on the op decides the bytes: f32 experts stored int4 (0.5 byte + one f32 scale per 32 = 0.625 byte a
-// weight). H=64, E=4, F=32, relu, top-1: experts 2 * (2*64*32) = 8192 FLOPs, router 2*64*4 = 512;
-//   bytes per expert (32*64 + 64*32) * 0.625 = 2560; all 4x = 10240.
+// Storage on the op decides the bytes: f32 experts stored int4 (0.5 byte + one f16 scale per 32 = 0.5625 byte
+// a weight). H=64, E=4, F=32, relu, top-1: experts 2 * (2*64*32) = 8192 FLOPs, router 2*64*4 = 512;
+//   bytes per expert (32*64 + 64*32) * 0.5625 = 2304; all 4x = 9216.
 // A linear layer K=64, N=32, int8 blocks of 32 with f16 scales (1 + 2/32 = 1.0625 bytes a weight) with a
 // bias: 2*64*32 = 4096 FLOPs a row; 64*32*1.0625 + 32*4 = 2304 bytes.
 func.func @stored(%x: tensor<?x64xf32>, %r: tensor<64x4xf32>, %w1: tensor<4x32x64xf32>, %w2: tensor<4x64x32xf32>,
                   %w: tensor<64x32xf32>, %b: tensor<32xf32>) -> tensor<?x32xf32> {
-  // expected-remark @+1 {{E=4 zero_experts=0 k=1 H=64 F=32 activation=relu active_F=32: per token <= 8704 FLOPs (512 router, 0 predictor, 8192 experts), <= 2560 weight bytes; all expert weights 10240 bytes}}
+  // expected-remark @+1 {{E=4 zero_experts=0 k=1 H=64 F=32 activation=relu active_F=32: per token <= 8704 FLOPs (512 router, 0 predictor, 8192 experts), <= 2304 weight bytes; all expert weights 9216 bytes}}
   %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>, storage = #moe.storage<int4>}
      : (tensor<?x64xf32>, tensor<64x4xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
   // expected-remark @+1 {{linear K=64 N=32 storage=int8: per row 4096 FLOPs, 2304 weight bytes as stored (read once per call)}}

@@ -163,11 +163,11 @@ def fp16_round(a):
     return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
 
 
-def quantize_rows(w, bits, block=32, scale_dtype=np.float32):
+def quantize_rows(w, bits, block=32, scale_dtype=np.float16):
     """What `moec compile --weights=int8|int4` stores, dequantized: per row, blocks of `block` along the last
-    (reduction) axis, scale = max|w| / qmax in f32 (rounded to f16 with scale_dtype=np.float16, as the linear
-    layers moec quantises store it: MOERT_LIN_QSCALE_BYTES), q = round-half-even(w / scale) clipped,
-    w' = q * scale."""
+    (reduction) axis, scale = max|w| / qmax rounded to f16 (as the expert and linear weights moec quantises
+    store it: MOERT_QSCALE_BYTES; scale_dtype=np.float32 keeps the f32 scale, as token-embedding tables do),
+    q = round-half-even(w / scale) clipped, w' = q * scale."""
     w = np.asarray(w, np.float32)
     qmax, qmin = (127, -127) if bits == 8 else (7, -8)
     out = np.empty_like(w)

@@ -237,8 +237,7 @@ def stored(storage, w_kn):
     if storage == "fp16":
         return fp16_round(w_kn)
     if storage in ("int8", "int4"):
-        return quantize_rows(np.asarray(w_kn, np.float32).T, 8 if storage == "int8" else 4,
-                             scale_dtype=np.float16).T
+        return quantize_rows(np.asarray(w_kn, np.float32).T, 8 if storage == "int8" else 4).T
     return np.asarray(w_kn, np.float32)
 
 
@@ -447,7 +446,8 @@ def embeddings(args, tmp):
                 if init.name == "table":
                     t = numpy_helper.to_array(init)
                     t = (bf16_round(t) if storage == "bf16" else fp16_round(t) if storage == "fp16" else
-                         quantize_rows(t, 8 if storage == "int8" else 4, block) if storage in ("int8", "int4") else t)
+                         quantize_rows(t, 8 if storage == "int8" else 4, block, scale_dtype=np.float32)
+                         if storage in ("int8", "int4") else t)
                     init.CopyFrom(numpy_helper.from_array(t.astype(np.float32), "table"))
                 elif init.name == "w":
                     init.CopyFrom(numpy_helper.from_array(stored(storage, numpy_helper.to_array(init)), "w")

@@ -203,7 +203,7 @@ Case makeCase(Kind kind, int64_t k, int64_t n, int64_t block, bool bias, std::mt
   c.packed = packLinear(w, false, k, n, st, block, c.bias, /*f16Scales=*/kind == I8 || kind == I4);
   if (kind == I8 || kind == I4) {
     // The reference's weights: symmetric per column and block, the scale rounded to f16
-    // (MOERT_LIN_QSCALE_BYTES), q = round-half-even(w / scale) clamped.
+    // (MOERT_QSCALE_BYTES), q = round-half-even(w / scale) clamped.
     const int bits = kind == I8 ? 8 : 4;
     const float qmax = bits == 8 ? 127.0f : 7.0f;
     for (int64_t col = 0; col < n; ++col)
