@@ -474,7 +474,19 @@ def main():
 
 
 GGML_WORKLOADS = ("zaya1", "olmoe")  # the layers ggml runs too (bench/ggml_peer.py)
-WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1 + 4 / 32, "int4": 0.5 + 4 / 32}  # per weight, with block scales
+
+
+def _abi_define(name):
+    """An integer #define of kernels/cpu/moert_kernel_abi.h (the one place the storage facts are written)."""
+    import re
+    with open(os.path.join(HERE, "..", "kernels", "cpu", "moert_kernel_abi.h")) as f:
+        return int(re.search(rf"#define {name} (\d+)", f.read()).group(1))
+
+
+# Bytes per weight as moec stores it, block scales included: int8/int4 codes with one MOERT_QSCALE_BYTES (f16)
+# scale per MOERT_EXPERT_QBLOCK weights, experts and linear layers alike.
+_SCALE = _abi_define("MOERT_QSCALE_BYTES") / _abi_define("MOERT_EXPERT_QBLOCK")
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1 + _SCALE, "int4": 0.5 + _SCALE}
 
 
 def variant_flags(v):
