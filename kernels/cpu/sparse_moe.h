@@ -56,7 +56,8 @@ constexpr int64_t kMoeKC = 128;
 constexpr int64_t kMoeFB = 512;
 // Decode and token tiles under kGemmTokens with fc2 panels (Kernel::intDecode) take up to kMoeDecodeFB dims a
 // pass: fc2's panels are then read whole when an expert's dims fit one pass, one stream instead of a slice
-// of every panel per pass (measured, OLMoE-like int8 decode: 1.04-1.10x against passes of kMoeFB dims).
+// of every panel per pass (measured, OLMoE-like int8+a8 decode, T = 1/4/8, 2 threads, alternating with
+// passes of kMoeFB dims: 1.01-1.03x median, within noise at best).
 constexpr int64_t kMoeDecodeFB = 2048;
 constexpr int64_t kMoeDB = 64;
 constexpr int64_t kTileRows = (kTile + kGemmMR - 1) / kGemmMR * kGemmMR; // a tile's tokens in whole row tiles

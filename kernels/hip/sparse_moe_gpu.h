@@ -85,8 +85,8 @@ template <> struct moert_gpu_scale<true> { using type = _Float16; };
 // The expert weights of one expert (or the shared one) as rows of f32 values, whatever their storage:
 // C::W elements (f32, bf16, fp16), or (C::QBITS 8 / 4) symmetric integers packed along H (int4: two a byte,
 // low nibble first, zero point 8) with f16 (C::SCALE16: moec quantised them) or f32 scales — fc1 rows one per
-// QBLOCK1 columns, fc2 one per column per
-// block of QBLOCK2 rows (kernels/cpu/moert_kernel_abi.h). load4 needs h % 4 == 0 and H % 4 == 0.
+// QBLOCK1 columns, fc2 one per column per block of QBLOCK2 rows (kernels/cpu/moert_kernel_abi.h). load4 needs
+// h % 4 == 0 and H % 4 == 0.
 template <class C, int BITS = C::QBITS> struct Rows {
   using W = typename C::W;
   const W *w1, *w2;
