@@ -67,9 +67,11 @@ public:
   LogicalResult fail(const llvm::Twine &message) override {
     const onnx::NodeProto &n = *current;
     std::string domain = n.domain().empty() ? "ai.onnx" : n.domain();
-    firstError = model->path().str() + ": node '" +
-                 (n.name().empty() ? "#" + std::to_string(nodeIndex) : n.name()) + "' (" + n.op_type() +
-                 ", " + domain + " opset " + std::to_string(currentOpset) + "): " + message.str();
+    firstError =
+        model->path().str() + ": node '" + (n.name().empty() ? "#" + std::to_string(nodeIndex) : n.name()) +
+        "' (" + n.op_type() + ", " + domain + " opset " + std::to_string(currentOpset) +
+        (model->expandedFrom(n).empty() ? "" : ", in ONNX function " + model->expandedFrom(n).str()) +
+        "): " + message.str();
     return failure();
   }
   Type elementType(int onnxDataType) const override;
@@ -240,7 +242,7 @@ LogicalResult GraphImporter::importInitializer(const onnx::TensorProto &t, std::
 LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
   current = &n;
   llvm::StringRef domain = n.domain() == "ai.onnx" ? "" : llvm::StringRef(n.domain());
-  currentOpset = model->opsetVersion(domain);
+  currentOpset = model->nodeOpset(n);
   currentLoc = NameLoc::get(b.getStringAttr(n.name().empty() ? n.op_type() : n.name()),
                             FileLineColLoc::get(b.getStringAttr(model->path()), nodeIndex + 1, 0));
   for (int i = 0; i < n.input_size(); ++i)
@@ -428,6 +430,15 @@ OwningOpRef<ModuleOp> importLoaded(std::shared_ptr<OnnxModel> model, MLIRContext
   context.loadAllAvailableDialects();
   if (warnings)
     *warnings = model->warnings();
+  // Ops moec has no builder for but ONNX defines as functions are imported as their bodies.
+  auto imports = [](llvm::StringRef domain, llvm::StringRef op, int64_t opset) {
+    for (const OpTableEntry &e : opTable())
+      if (e.domain == domain && e.op == op && e.sinceVersion <= opset)
+        return true;
+    return false;
+  };
+  if (model->expandFunctions(imports, error) < 0)
+    return nullptr;
   GraphImporter importer(model, context, options);
   return importer.run(error);
 }

@@ -237,17 +237,170 @@ std::unique_ptr<OnnxModel> OnnxModel::parse(std::unique_ptr<OnnxModel> m, llvm::
     return fail("ONNX shape inference: " + firstLine(e.what()));
   }
 
-  const onnx::GraphProto &g = m->model->graph();
+  m->loadOptions = options;
+  m->inferenceSkipped = newerOpset;
+  m->collectTypes();
+  return m;
+}
+
+void OnnxModel::collectTypes() {
+  types.clear();
+  const onnx::GraphProto &g = model->graph();
   for (const auto &vi : g.value_info())
     if (vi.has_type())
-      m->types[vi.name()] = &vi.type();
+      types[vi.name()] = &vi.type();
   for (const auto &vi : g.input())
     if (vi.has_type())
-      m->types[vi.name()] = &vi.type();
+      types[vi.name()] = &vi.type();
   for (const auto &vi : g.output())
     if (vi.has_type())
-      m->types[vi.name()] = &vi.type();
-  return m;
+      types[vi.name()] = &vi.type();
+}
+
+int64_t OnnxModel::nodeOpset(const onnx::NodeProto &node) const {
+  auto it = bodyOpsets.find(node.name());
+  if (!node.name().empty() && it != bodyOpsets.end())
+    return it->second;
+  return opsetVersion(node.domain());
+}
+
+llvm::StringRef OnnxModel::expandedFrom(const onnx::NodeProto &node) const {
+  auto it = bodyOf.find(node.name());
+  return node.name().empty() || it == bodyOf.end() ? llvm::StringRef() : llvm::StringRef(it->second);
+}
+
+namespace {
+/// The body of `schema`'s function for `node`: a fixed one, or one built from the node's attributes and its
+/// inputs' types (empty TypeProtos where unknown: such builders then decline).
+bool functionBody(const onnx::OpSchema &schema, const onnx::NodeProto &node,
+                  const llvm::StringMap<const onnx::TypeProto *> &types,
+                  const llvm::StringMap<onnx::TypeProto> &initializerTypes, onnx::FunctionProto &body) {
+  if (schema.HasFunction() && schema.GetFunction()) {
+    body = *schema.GetFunction();
+    return true;
+  }
+  if (!schema.HasContextDependentFunction())
+    return false;
+  std::vector<onnx::TypeProto> inputTypes;
+  for (const std::string &in : node.input()) {
+    auto t = types.find(in);
+    auto init = initializerTypes.find(in);
+    inputTypes.push_back(t != types.end()                 ? *t->second
+                         : init != initializerTypes.end() ? init->second
+                                                          : onnx::TypeProto());
+  }
+  onnx::FunctionBodyBuildContextImpl ctx(node, inputTypes);
+  return schema.BuildContextDependentFunction(ctx, body);
+}
+} // namespace
+
+int OnnxModel::expandFunctions(const ImportsOp &imports, std::string &error) {
+  onnx::GraphProto &g = *model->mutable_graph();
+  llvm::StringMap<onnx::TypeProto> initializerTypes;
+  for (const auto &t : g.initializer()) {
+    onnx::TypeProto type;
+    type.mutable_tensor_type()->set_elem_type(t.data_type());
+    auto *shape = type.mutable_tensor_type()->mutable_shape();
+    for (int64_t d : t.dims())
+      shape->add_dim()->set_dim_value(d);
+    initializerTypes[t.name()] = type;
+  }
+  int expanded = 0;
+  // Bodies may use functions themselves (SoftmaxCrossEntropyLoss's uses NegativeLogLikelihoodLoss), whose
+  // context-dependent bodies need their inputs' types: one level per round, shape inference in between.
+  for (int round = 0; round < 8; ++round) {
+    google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
+    int before = expanded;
+    for (int index = 0; index < g.node_size(); ++index) {
+      const onnx::NodeProto &node = g.node(index);
+      const std::string domain = node.domain() == "ai.onnx" ? "" : node.domain();
+      const int64_t opset = nodeOpset(node);
+      const onnx::OpSchema *schema =
+          imports(domain, node.op_type(), opset)
+              ? nullptr
+              : onnx::OpSchemaRegistry::Schema(node.op_type(), static_cast<int>(opset), domain);
+      onnx::FunctionProto body;
+      bool haveBody = false;
+      try {
+        haveBody = schema && functionBody(*schema, node, types, initializerTypes, body);
+      } catch (const std::exception &e) {
+        error = modelPath + ": node '" + (node.name().empty() ? "#" + std::to_string(index) : node.name()) +
+                "' (" + node.op_type() + "): cannot build its function body: " + firstLine(e.what());
+        return -1;
+      }
+      if (!haveBody) {
+        *nodes.Add() = node;
+        continue;
+      }
+      // The body's own opsets, where they differ from the model's, stay with its nodes.
+      std::map<std::string, int64_t> bodyOpset;
+      for (const auto &imp : body.opset_import())
+        bodyOpset[imp.domain() == "ai.onnx" ? "" : imp.domain()] = imp.version();
+      const std::string prefix =
+          (node.name().empty() ? node.op_type() + "#" + std::to_string(expanded) : node.name()) + "/";
+      std::map<std::string, std::string> rename;
+      for (int i = 0; i < body.input_size(); ++i)
+        rename[body.input(i)] = i < node.input_size() ? node.input(i) : std::string();
+      for (int i = 0; i < body.output_size(); ++i)
+        rename[body.output(i)] = i < node.output_size() ? node.output(i) : prefix + body.output(i);
+      auto mapped = [&](const std::string &name) {
+        if (name.empty())
+          return name;
+        auto it = rename.find(name);
+        return it != rename.end() ? it->second : prefix + name;
+      };
+      for (int k = 0; k < body.node_size(); ++k) {
+        const onnx::NodeProto &b = body.node(k);
+        onnx::NodeProto *out = nodes.Add();
+        out->set_op_type(b.op_type());
+        out->set_domain(b.domain());
+        out->set_name(prefix + (b.name().empty() ? b.op_type() + std::to_string(k) : b.name()));
+        for (const std::string &in : b.input())
+          out->add_input(mapped(in));
+        for (const std::string &o : b.output())
+          out->add_output(mapped(o));
+        for (const auto &attr : b.attribute()) {
+          if (!attr.has_ref_attr_name()) {
+            *out->add_attribute() = attr;
+            continue;
+          }
+          const onnx::AttributeProto *given = nullptr;
+          for (const auto &a : node.attribute())
+            if (a.name() == attr.ref_attr_name())
+              given = &a;
+          auto dflt = schema->attributes().find(attr.ref_attr_name());
+          if (!given && dflt != schema->attributes().end() &&
+              dflt->second.default_value.type() != onnx::AttributeProto::UNDEFINED)
+            given = &dflt->second.default_value;
+          if (!given)
+            continue; // an optional attribute the node leaves out
+          onnx::AttributeProto *copy = out->add_attribute();
+          *copy = *given;
+          copy->set_name(attr.name());
+        }
+        bodyOf[out->name()] = node.op_type();
+        const std::string d = b.domain() == "ai.onnx" ? "" : b.domain();
+        auto own = bodyOpset.find(d);
+        if (own != bodyOpset.end() && own->second != opsetVersion(d))
+          bodyOpsets[out->name()] = own->second;
+      }
+      ++expanded;
+    }
+    if (expanded == before)
+      break;
+    g.mutable_node()->Swap(&nodes);
+    if (loadOptions.runShapeInference && !inferenceSkipped) {
+      try {
+        onnx::ShapeInferenceOptions inferOptions(/*check_type=*/false, /*strict_mode=*/0, /*data_prop=*/true);
+        onnx::shape_inference::InferShapes(*model, onnx::OpSchemaRegistry::Instance(), inferOptions);
+      } catch (const std::exception &e) {
+        error = modelPath + ": ONNX shape inference after expanding functions: " + firstLine(e.what());
+        return -1;
+      }
+    }
+    collectTypes();
+  }
+  return expanded;
 }
 
 int64_t OnnxModel::opsetVersion(llvm::StringRef domain) const {

@@ -14,12 +14,15 @@
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/MemoryBuffer.h"
 
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace onnx {
 class ModelProto;
+class NodeProto;
 class TensorProto;
 class TypeProto;
 } // namespace onnx
@@ -59,6 +62,20 @@ public:
   /// Notes for the user that are not errors (e.g. a model newer than the checker).
   const std::vector<std::string> &warnings() const { return notes; }
 
+  /// Replaces every node that `imports` says moec does not import, and whose ONNX schema defines it as a
+  /// function (its body written in other ONNX ops, e.g. the loss ops, CastLike, HardSwish, Celu), by that
+  /// body: values inside it renamed `<node>/<value>`, attribute references bound to the node's attributes
+  /// or the schema's defaults, context-dependent bodies built from the inputs' known types. Bodies made of
+  /// functions are expanded in turn; shape inference runs again over the result (when it ran at load).
+  /// Returns the number of nodes expanded, or -1 with `error` set.
+  using ImportsOp = std::function<bool(llvm::StringRef domain, llvm::StringRef op, int64_t opset)>;
+  int expandFunctions(const ImportsOp &imports, std::string &error);
+  /// The opset a node is read at: the model's for its domain, or the one its function body was written
+  /// for when the node comes from an expanded function.
+  int64_t nodeOpset(const onnx::NodeProto &node) const;
+  /// The op whose function body a node comes from (for messages), or "" for the model's own nodes.
+  llvm::StringRef expandedFrom(const onnx::NodeProto &node) const;
+
   /// Raw bytes of `tensor` (raw_data, typed fields or external data). Returns false and sets `error` when
   /// the data is missing, out of bounds or inconsistent with the tensor's shape.
   bool tensorBytes(const onnx::TensorProto &tensor, TensorBytes &out, std::string &error);
@@ -74,6 +91,13 @@ private:
   /// Storage for tensors whose data is not laid out as raw bytes in the proto (e.g. f16 in int32_data).
   std::vector<std::unique_ptr<std::vector<char>>> converted;
   std::vector<std::string> notes;
+  LoadOptions loadOptions;
+  bool inferenceSkipped = false;
+  /// Nodes from expanded function bodies whose body was written for another opset: name -> opset.
+  std::map<std::string, int64_t> bodyOpsets;
+  /// Nodes from expanded function bodies: name -> the op they implement.
+  std::map<std::string, std::string> bodyOf;
+  void collectTypes();
 };
 
 /// Number of bytes one element of ONNX data type `dataType` takes in raw_data (0 if unsupported).

@@ -66,9 +66,46 @@ foreach name = ["Abs", "Ceil", "Cos", "Erf", "Exp", "Floor", "Identity", "Log", 
                 "Relu", "Sigmoid", "Sin", "Sqrt", "Tanh"] in
   def ONNX_#name#Op : ONNX_UnaryOp<name>;
 
+foreach name = ["Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cosh", "Round", "Sign", "Sinh", "Softplus",
+                "Softsign", "Tan"] in
+  def ONNX_#name#Op : ONNX_UnaryOp<name>;
+
 def ONNX_IsNaNOp : ONNX_UnaryOp<"IsNaN">;
 
-foreach name = ["Max", "Min"] in
+def ONNX_IsInfOp : ONNX_Op<"IsInf"> {
+  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<I64Attr, "1">:$detect_negative,
+                   DefaultValuedAttr<I64Attr, "1">:$detect_positive);
+  let results = (outs AnyTensor:$Y);
+}
+
+// Activations with parameters (their ONNX defaults).
+class ONNX_AlphaOp<string mnemonic, string alpha> : ONNX_Op<mnemonic> {
+  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<F32Attr, alpha>:$alpha);
+  let results = (outs AnyTensor:$Y);
+}
+def ONNX_EluOp : ONNX_AlphaOp<"Elu", "1.0f">;
+def ONNX_LeakyReluOp : ONNX_AlphaOp<"LeakyRelu", "0.01f">;
+def ONNX_ThresholdedReluOp : ONNX_AlphaOp<"ThresholdedRelu", "1.0f">;
+
+def ONNX_SeluOp : ONNX_Op<"Selu"> {
+  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<F32Attr, "1.67326319217681884765625f">:$alpha,
+                   DefaultValuedAttr<F32Attr, "1.05070102214813232421875f">:$gamma);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_HardSigmoidOp : ONNX_Op<"HardSigmoid"> {
+  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<F32Attr, "0.2f">:$alpha,
+                   DefaultValuedAttr<F32Attr, "0.5f">:$beta);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_ShrinkOp : ONNX_Op<"Shrink"> {
+  let arguments = (ins AnyTensor:$input, DefaultValuedAttr<F32Attr, "0.0f">:$bias,
+                   DefaultValuedAttr<F32Attr, "0.5f">:$lambd);
+  let results = (outs AnyTensor:$output);
+}
+
+foreach name = ["Max", "Mean", "Min", "Sum"] in
   def ONNX_#name#Op : ONNX_Op<name> {
     let arguments = (ins Variadic<AnyTensor>:$data_0);
     let results = (outs AnyTensor:$result);
@@ -93,8 +130,18 @@ def ONNX_GeluOp : ONNX_Op<"Gelu"> {
 }
 
 foreach name = ["Add", "And", "Div", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Mul", "Or",
-                "Pow", "Sub"] in
+                "Pow", "PRelu", "Sub", "Xor"] in
   def ONNX_#name#Op : ONNX_BinaryOp<name>;
+
+def ONNX_ModOp : ONNX_Op<"Mod"> {
+  let arguments = (ins AnyTensor:$A, AnyTensor:$B, DefaultValuedAttr<I64Attr, "0">:$fmod);
+  let results = (outs AnyTensor:$C);
+}
+
+def ONNX_BitShiftOp : ONNX_Op<"BitShift"> {
+  let arguments = (ins AnyTensor:$X, AnyTensor:$Y, StrAttr:$direction);
+  let results = (outs AnyTensor:$Z);
+}
 
 def ONNX_MatMulOp : ONNX_Op<"MatMul"> {
   let arguments = (ins AnyTensor:$A, AnyTensor:$B);
@@ -120,13 +167,16 @@ def ONNX_TopKOp : ONNX_Op<"TopK"> {
   let results = (outs AnyTensor:$Values, AnyTensor:$Indices);
 }
 
-def ONNX_ArgMaxOp : ONNX_Op<"ArgMax"> {
-  let arguments = (ins AnyTensor:$data, DefaultValuedAttr<I64Attr, "0">:$axis,
-                   DefaultValuedAttr<I64Attr, "1">:$keepdims, DefaultValuedAttr<I64Attr, "0">:$select_last_index);
-  let results = (outs AnyTensor:$reduced);
-}
+foreach name = ["ArgMax", "ArgMin"] in
+  def ONNX_#name#Op : ONNX_Op<name> {
+    let arguments = (ins AnyTensor:$data, DefaultValuedAttr<I64Attr, "0">:$axis,
+                     DefaultValuedAttr<I64Attr, "1">:$keepdims,
+                     DefaultValuedAttr<I64Attr, "0">:$select_last_index);
+    let results = (outs AnyTensor:$reduced);
+  }
 
-foreach name = ["ReduceL2", "ReduceMax", "ReduceMean", "ReduceSum"] in
+foreach name = ["ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+                "ReduceProd", "ReduceSum", "ReduceSumSquare"] in
   def ONNX_#name#Op : ONNX_Op<name> {
     let arguments = (ins AnyTensor:$data, Optional<AnyTensor>:$axes,
                      DefaultValuedAttr<I64Attr, "1">:$keepdims,

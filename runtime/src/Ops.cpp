@@ -195,7 +195,18 @@ const OpEntry kOps[] = {
     {"Gather", gather, false},     {"GatherElements", gatherElements, false}, {"GatherND", gatherND, false},
     {"ScatterElements", scatter, true}, {"ScatterND", scatter, true}, {"OneHot", oneHot, false},
     {"Shape", shapeOp, false},     {"ConstantOfShape", constantOfShape, false}, {"Range", range, true},
-    {"Trilu", trilu, false},       {"moec.Embedding", embedding, false}, // moe.embedding's table rows
+    {"Trilu", trilu, false},       {"Tan", unary, true},          {"Asin", unary, true},         {"Acos", unary, true},
+    {"Atan", unary, true},         {"Sinh", unary, true},         {"Cosh", unary, true},
+    {"Asinh", unary, true},        {"Acosh", unary, true},        {"Atanh", unary, true},
+    {"Round", unary, true},        {"Sign", unary, true},         {"Softplus", unary, true},
+    {"Softsign", unary, true},     {"Elu", unary, true},          {"Selu", unary, true},
+    {"LeakyRelu", unary, true},    {"ThresholdedRelu", unary, true}, {"HardSigmoid", unary, true},
+    {"Shrink", unary, true},       {"IsInf", isNaN, true},        {"Xor", binary, false},
+    {"PRelu", binary, true},       {"Mod", binary, true},         {"BitShift", binary, false},
+    {"Sum", variadicMinMax, true}, {"Mean", variadicMinMax, true}, {"ArgMin", argmax, true},
+    {"ReduceMin", reduce, true},   {"ReduceProd", reduce, true},  {"ReduceL1", reduce, true},
+    {"ReduceSumSquare", reduce, true}, {"ReduceLogSum", reduce, true}, {"ReduceLogSumExp", reduce, true},
+    {"moec.Embedding", embedding, false}, // moe.embedding's table rows
     {"moec.KvCacheUpdate", kvCacheUpdate, false}, // moe.kv_cache_update (GroupQueryAttention's caches)
     {"moec.Norm", fusedNorm, false},       // moe.norm (RMSNorm / LayerNorm rows)
     {"moec.Rotary", fusedRotary, false},   // moe.rotary (q/k rotary embedding, RMSNorm, head transpose)

@@ -23,11 +23,35 @@ enum class Unary {
   Reciprocal,
   Sigmoid,
   GeluErf,
-  GeluTanh
+  GeluTanh,
+  Tan,
+  Asin,
+  Acos,
+  Atan,
+  Sinh,
+  Cosh,
+  Asinh,
+  Acosh,
+  Atanh,
+  Round,
+  Sign,
+  Softplus,
+  Softsign,
+  Elu,
+  Selu,
+  LeakyRelu,
+  ThresholdedRelu,
+  HardSigmoid,
+  Shrink
+};
+
+/// The parameters of the activations that have them (alpha, beta / gamma / lambd), with ONNX's defaults.
+struct UnaryParams {
+  double alpha = 0, beta = 0;
 };
 
 /// The op's kind, resolved once per step (not per element); false for an unknown name.
-bool unaryKind(const std::string &op, const Attrs &a, Unary &k) {
+bool unaryKind(const std::string &op, const Attrs &a, Unary &k, UnaryParams &prm) {
   static const std::pair<const char *, Unary> kNames[] = {{"Abs", Unary::Abs},
                                                           {"Neg", Unary::Neg},
                                                           {"Relu", Unary::Relu},
@@ -42,17 +66,64 @@ bool unaryKind(const std::string &op, const Attrs &a, Unary &k) {
                                                           {"Erf", Unary::Erf},
                                                           {"Reciprocal", Unary::Reciprocal},
                                                           {"Sigmoid", Unary::Sigmoid},
-                                                          {"Gelu", Unary::GeluErf}};
+                                                          {"Gelu", Unary::GeluErf},
+                                                          {"Tan", Unary::Tan},
+                                                          {"Asin", Unary::Asin},
+                                                          {"Acos", Unary::Acos},
+                                                          {"Atan", Unary::Atan},
+                                                          {"Sinh", Unary::Sinh},
+                                                          {"Cosh", Unary::Cosh},
+                                                          {"Asinh", Unary::Asinh},
+                                                          {"Acosh", Unary::Acosh},
+                                                          {"Atanh", Unary::Atanh},
+                                                          {"Round", Unary::Round},
+                                                          {"Sign", Unary::Sign},
+                                                          {"Softplus", Unary::Softplus},
+                                                          {"Softsign", Unary::Softsign},
+                                                          {"Elu", Unary::Elu},
+                                                          {"Selu", Unary::Selu},
+                                                          {"LeakyRelu", Unary::LeakyRelu},
+                                                          {"ThresholdedRelu", Unary::ThresholdedRelu},
+                                                          {"HardSigmoid", Unary::HardSigmoid},
+                                                          {"Shrink", Unary::Shrink}};
   for (const auto &[name, kind] : kNames)
     if (op == name) {
       k = kind == Unary::GeluErf && a.str("approximate", "none") == "tanh" ? Unary::GeluTanh : kind;
+      switch (k) { // the defaults are ONNX's (codegen writes every attribute, these cover older artifacts)
+      case Unary::Elu:
+      case Unary::ThresholdedRelu:
+        prm.alpha = a.f("alpha", 1.0);
+        break;
+      case Unary::LeakyRelu:
+        prm.alpha = a.f("alpha", 0.01);
+        break;
+      case Unary::Selu:
+        prm.alpha = a.f("alpha", 1.67326319217681884765625);
+        prm.beta = a.f("gamma", 1.05070102214813232421875);
+        break;
+      case Unary::HardSigmoid:
+        prm.alpha = a.f("alpha", 0.2);
+        prm.beta = a.f("beta", 0.5);
+        break;
+      case Unary::Shrink:
+        prm.alpha = a.f("lambd", 0.5);
+        prm.beta = a.f("bias", 0.0);
+        break;
+      default:
+        break;
+      }
       return true;
     }
   return false;
 }
 
+/// Kinds defined for integer tensors too.
+bool unaryOnIntegers(Unary k) {
+  return k == Unary::Abs || k == Unary::Neg || k == Unary::Relu || k == Unary::Sign || k == Unary::Shrink;
+}
+
 /// o[i] = f(p[i]) with `f` the op's function, chosen once for the whole loop.
-template <class T> void mapUnary(Unary k, const T *p, T *o, int64_t n) {
+template <class T> void mapUnary(Unary k, const UnaryParams &prm, const T *p, T *o, int64_t n) {
   auto map = [&](auto f) {
     for (int64_t i = 0; i < n; ++i)
       o[i] = f(p[i]);
@@ -94,8 +165,65 @@ template <class T> void mapUnary(Unary k, const T *p, T *o, int64_t n) {
       });
     case Unary::GeluErf:
       return map([](T x) { return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476))); });
+    case Unary::Tan:
+      return map([](T x) { return std::tan(x); });
+    case Unary::Asin:
+      return map([](T x) { return std::asin(x); });
+    case Unary::Acos:
+      return map([](T x) { return std::acos(x); });
+    case Unary::Atan:
+      return map([](T x) { return std::atan(x); });
+    case Unary::Sinh:
+      return map([](T x) { return std::sinh(x); });
+    case Unary::Cosh:
+      return map([](T x) { return std::cosh(x); });
+    case Unary::Asinh:
+      return map([](T x) { return std::asinh(x); });
+    case Unary::Acosh:
+      return map([](T x) { return std::acosh(x); });
+    case Unary::Atanh:
+      return map([](T x) { return std::atanh(x); });
+    case Unary::Round: // halves to even (the default rounding mode)
+      return map([](T x) { return std::nearbyint(x); });
+    case Unary::Sign:
+      return map([](T x) { return x > 0 ? T(1) : x < 0 ? T(-1) : x; }); // NaN and +-0 stay
+    case Unary::Softplus: // log(1 + e^x) without overflow for large x
+      return map([](T x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); });
+    case Unary::Softsign:
+      return map([](T x) { return x / (T(1) + std::fabs(x)); });
+    case Unary::Elu: {
+      T alpha = T(prm.alpha);
+      return map([=](T x) { return x < 0 ? alpha * std::expm1(x) : x; });
     }
-  } else { // integers: Abs, Neg, Relu (the caller refuses the others)
+    case Unary::Selu: {
+      T alpha = T(prm.alpha), gamma = T(prm.beta);
+      return map([=](T x) { return x > 0 ? gamma * x : gamma * alpha * std::expm1(x); });
+    }
+    case Unary::LeakyRelu: {
+      T alpha = T(prm.alpha);
+      return map([=](T x) { return x < 0 ? alpha * x : x; });
+    }
+    case Unary::ThresholdedRelu: {
+      T alpha = T(prm.alpha);
+      return map([=](T x) { return x > alpha ? x : T(0); });
+    }
+    case Unary::HardSigmoid: {
+      T alpha = T(prm.alpha), beta = T(prm.beta);
+      return map([=](T x) { return std::max(T(0), std::min(T(1), alpha * x + beta)); });
+    }
+    case Unary::Shrink: {
+      T lambd = T(prm.alpha), bias = T(prm.beta);
+      return map([=](T x) { return x < -lambd ? x + bias : x > lambd ? x - bias : T(0); });
+    }
+    }
+  } else {                    // integers: unaryOnIntegers (the caller refuses the others)
+    if (k == Unary::Shrink) { // computed in double, as the float attributes are
+      double lambd = prm.alpha, bias = prm.beta;
+      return map([=](T x) {
+        double v = double(x);
+        return T(v < -lambd ? v + bias : v > lambd ? v - bias : 0.0);
+      });
+    }
     if constexpr (std::is_signed_v<T>) {
       if (k == Unary::Abs)
         return map([](T x) { return x < 0 ? T(-x) : x; });
@@ -103,6 +231,10 @@ template <class T> void mapUnary(Unary k, const T *p, T *o, int64_t n) {
         return map([](T x) { return T(-x); });
       if (k == Unary::Relu)
         return map([](T x) { return x > 0 ? x : T(0); });
+      if (k == Unary::Sign)
+        return map([](T x) { return T(x > 0 ? 1 : x < 0 ? -1 : 0); });
+    } else if (k == Unary::Sign) {
+      return map([](T x) { return T(x > 0 ? 1 : 0); });
     }
     map([](T x) { return x; }); // unsigned Abs and Relu
   }
@@ -113,17 +245,17 @@ bool unary(Ctx &c) {
     return false;
   const OpTensor &x = c.in[0];
   Unary k;
-  if (!unaryKind(c.op(), c.a, k))
+  UnaryParams prm;
+  if (!unaryKind(c.op(), c.a, k, prm))
     return c.fail("is not an elementwise op");
-  bool intOk = k == Unary::Abs || k == Unary::Neg || k == Unary::Relu;
-  if (x.dtype != proto::F32 && x.dtype != proto::F64 && !intOk)
+  if (x.dtype != proto::F32 && x.dtype != proto::F64 && !unaryOnIntegers(k))
     return c.badType(x);
   if (!c.alloc(0, x.dims))
     return false;
   return withNum(x.dtype,
                  [&](auto tag) {
                    using T = decltype(tag);
-                   mapUnary<T>(k, x.as<T>(), c.out[0].mut<T>(), x.numel());
+                   mapUnary<T>(k, prm, x.as<T>(), c.out[0].mut<T>(), x.numel());
                  }) ||
          c.badType(x);
 }
@@ -139,13 +271,15 @@ bool binary(Ctx &c) {
   if (!c.alloc(0, b.dims))
     return false;
   OpTensor &o = c.out[0];
-  if (op == "And" || op == "Or") {
+  if (op == "And" || op == "Or" || op == "Xor") {
     if (x.dtype != proto::BOOL || y.dtype != proto::BOOL)
       return c.badType(x);
     const bool *pa = x.as<bool>(), *pb = y.as<bool>();
-    bool *po = o.mut<bool>(), isAnd = op == "And";
+    bool *po = o.mut<bool>();
+    int kind = op == "And" ? 0 : op == "Or" ? 1 : 2;
     forEach<2>(b, [&](int64_t i, const int64_t *p) {
-      po[i] = isAnd ? (pa[p[0]] && pb[p[1]]) : (pa[p[0]] || pb[p[1]]);
+      bool u = pa[p[0]], v = pb[p[1]];
+      po[i] = kind == 0 ? (u && v) : kind == 1 ? (u || v) : (u != v);
     });
     return true;
   }
@@ -187,7 +321,84 @@ bool binary(Ctx &c) {
                    }) ||
            c.badType(x);
   }
-  int kind = op == "Add" ? 0 : op == "Sub" ? 1 : op == "Mul" ? 2 : op == "Div" ? 3 : op == "Max" ? 4 : 5;
+  if (op == "BitShift") {
+    bool left = c.a.str("direction", "") == "LEFT";
+    if (!left && c.a.str("direction", "") != "RIGHT")
+      return c.fail("attribute 'direction' must be LEFT or RIGHT");
+    if (x.dtype != proto::U8 && x.dtype != proto::U16 && x.dtype != proto::U32 && x.dtype != proto::U64)
+      return c.badType(x);
+    return withInt(x.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      const T *pa = x.as<T>(), *pb = y.as<T>();
+      T *po = o.mut<T>();
+      constexpr uint64_t bits = sizeof(T) * 8;
+      forEach<2>(b, [&](int64_t i, const int64_t *p) {
+        uint64_t s = uint64_t(pb[p[1]]);
+        po[i] = s >= bits ? T(0) : left ? T(pa[p[0]] << s) : T(pa[p[0]] >> s);
+      });
+    });
+  }
+  if (op == "Mod") {
+    bool fmodForm = c.a.i("fmod", 0) != 0;
+    if (!fmodForm && (x.dtype == proto::F32 || x.dtype == proto::F64))
+      return c.fail("attribute 'fmod' must be 1 for floating-point inputs");
+    bool byZero = false;
+    bool ok = withNum(x.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      const T *pa = x.as<T>(), *pb = y.as<T>();
+      T *po = o.mut<T>();
+      forEach<2>(b, [&](int64_t i, const int64_t *p) {
+        T u = pa[p[0]], v = pb[p[1]];
+        if constexpr (std::is_floating_point_v<T>) {
+          T r = std::fmod(u, v);
+          if (!fmodForm && r != 0 && ((r < 0) != (v < 0)))
+            r += v; // the sign of the divisor, as Python's %
+          po[i] = r;
+        } else {
+          if (v == 0) {
+            byZero = true;
+            po[i] = 0;
+            return;
+          }
+          if constexpr (std::is_signed_v<T>) {
+            if (v == T(-1)) { // also INT_MIN % -1, which overflows in C
+              po[i] = 0;
+              return;
+            }
+          }
+          T r = T(u % v);
+          if constexpr (std::is_signed_v<T>)
+            if (!fmodForm && r != 0 && ((r < 0) != (v < 0)))
+              r = T(r + v);
+          po[i] = r;
+        }
+      });
+    });
+    if (!ok)
+      return c.badType(x);
+    if (byZero)
+      return c.fail("integer modulo by zero");
+    return true;
+  }
+  if (op == "PRelu") {
+    return withNum(x.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     const T *pa = x.as<T>(), *pb = y.as<T>();
+                     T *po = o.mut<T>();
+                     forEach<2>(b, [&](int64_t i, const int64_t *p) {
+                       T u = pa[p[0]];
+                       po[i] = u < 0 ? T(u * pb[p[1]]) : u;
+                     });
+                   }) ||
+           c.badType(x);
+  }
+  int kind = op == "Add" || op == "Sum" || op == "Mean" ? 0
+             : op == "Sub"                              ? 1
+             : op == "Mul"                              ? 2
+             : op == "Div"                              ? 3
+             : op == "Max"                              ? 4
+                                                        : 5;
   bool divByZero = false;
   bool ok = withNum(x.dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -228,7 +439,7 @@ bool binary(Ctx &c) {
   return true;
 }
 
-/// Max / Min over any number of inputs, folded pairwise.
+/// Max / Min / Sum / Mean over any number of inputs, folded pairwise (Mean divides the sum at the end).
 bool variadicMinMax(Ctx &c) {
   if (c.in.empty())
     return c.fail("needs at least one input");
@@ -245,12 +456,25 @@ bool variadicMinMax(Ctx &c) {
     if (!c.alloc(0, acc.dims))
       return false;
     std::memcpy(c.out[0].mut<char>(), acc.data, acc.bytes());
-    return true;
+  } else {
+    c.out[0] = acc;
   }
-  c.out[0] = acc;
+  if (c.op() == "Mean" && c.in.size() > 1) {
+    OpTensor &o = c.out[0];
+    double n = double(c.in.size());
+    return withNum(o.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     T *p = o.mut<T>();
+                     for (int64_t i = 0; i < o.numel(); ++i)
+                       p[i] = T(double(p[i]) / n);
+                   }) ||
+           c.badType(o);
+  }
   return true;
 }
 
+/// IsNaN, and IsInf with its detect_negative / detect_positive.
 bool isNaN(Ctx &c) {
   if (!c.need(1))
     return false;
@@ -258,11 +482,14 @@ bool isNaN(Ctx &c) {
   if (!c.alloc(0, x.dims))
     return false;
   bool *o = c.out[0].mut<bool>();
+  bool inf = c.op() == "IsInf", neg = c.a.i("detect_negative", 1) != 0,
+       pos = c.a.i("detect_positive", 1) != 0;
   return withFloat(x.dtype,
                    [&](auto tag) {
                      using T = decltype(tag);
+                     const T *p = x.as<T>();
                      for (int64_t i = 0; i < x.numel(); ++i)
-                       o[i] = std::isnan(x.as<T>()[i]);
+                       o[i] = inf ? std::isinf(p[i]) && (p[i] < 0 ? neg : pos) : std::isnan(p[i]);
                    }) ||
          c.badType(x);
 }

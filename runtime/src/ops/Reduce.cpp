@@ -47,9 +47,24 @@ bool reduce(Ctx &c) {
   if (!c.alloc(0, outDims))
     return false;
   const std::string &op = c.op();
+  enum Kind { Sum, Mean, Max, Min, L2, L1, SumSquare, Prod, LogSum, LogSumExp };
+  static const std::pair<const char *, Kind> kKinds[] = {{"ReduceSum", Sum},
+                                                         {"ReduceMean", Mean},
+                                                         {"ReduceMax", Max},
+                                                         {"ReduceMin", Min},
+                                                         {"ReduceL2", L2},
+                                                         {"ReduceL1", L1},
+                                                         {"ReduceSumSquare", SumSquare},
+                                                         {"ReduceProd", Prod},
+                                                         {"ReduceLogSum", LogSum},
+                                                         {"ReduceLogSumExp", LogSumExp}};
+  Kind kind = Sum;
+  for (const auto &[name, k] : kKinds)
+    if (op == name)
+      kind = k;
   int64_t outN = product(keptDims), count = outN ? x.numel() / std::max<int64_t>(outN, 1) : 0;
-  if (op == "ReduceMax" && x.numel() == 0 && outN > 0)
-    return c.fail("ReduceMax over an empty axis");
+  if ((kind == Max || kind == Min) && x.numel() == 0 && outN > 0)
+    return c.fail(op + " over an empty axis");
   // Offsets of each input element in the output: a broadcast of the kept dims against the input's.
   Broadcast b;
   b.dims = x.dims;
@@ -61,28 +76,54 @@ bool reduce(Ctx &c) {
   return withNum(x.dtype,
                  [&](auto tag) {
                    using T = decltype(tag);
-                   using Acc = std::conditional_t<std::is_floating_point_v<T>, double, T>;
-                   std::vector<Acc> acc(outN,
-                                        op == "ReduceMax" ? std::numeric_limits<Acc>::lowest() : Acc(0));
+                   // Logs and exponentials in double whatever T is; the rest in T's own arithmetic.
+                   using A = std::conditional_t<std::is_floating_point_v<T>, double, T>;
+                   bool viaDouble = kind == LogSum || kind == LogSumExp;
+                   std::vector<A> acc(outN, kind == Max    ? std::numeric_limits<A>::lowest()
+                                            : kind == Min  ? std::numeric_limits<A>::max()
+                                            : kind == Prod ? A(1)
+                                                           : A(0));
+                   std::vector<double> dacc(viaDouble ? outN : 0, 0.0);
                    const T *p = x.as<T>();
-                   int kind = op == "ReduceSum" ? 0 : op == "ReduceMean" ? 1 : op == "ReduceMax" ? 2 : 3;
                    forEach<1>(b, [&](int64_t i, const int64_t *o) {
-                     Acc v = Acc(p[i]);
-                     Acc &r = acc[o[0]];
-                     if (kind == 2)
+                     A v = A(p[i]);
+                     A &r = acc[o[0]];
+                     switch (kind) {
+                     case Max:
                        r = (v > r || v != v) ? v : r;
-                     else if (kind == 3)
+                       break;
+                     case Min:
+                       r = (v < r || v != v) ? v : r;
+                       break;
+                     case L2:
+                     case SumSquare:
                        r += v * v;
-                     else
+                       break;
+                     case L1:
+                       r += v < 0 ? A(-v) : v;
+                       break;
+                     case Prod:
+                       r *= v;
+                       break;
+                     case LogSum:
+                       dacc[o[0]] += double(p[i]);
+                       break;
+                     case LogSumExp:
+                       dacc[o[0]] += std::exp(double(p[i]));
+                       break;
+                     default:
                        r += v;
+                     }
                    });
                    T *out = c.out[0].mut<T>();
                    for (int64_t i = 0; i < outN; ++i) {
-                     Acc r = acc[i];
-                     if (kind == 1)
-                       r = count ? Acc(r / Acc(count)) : Acc(0);
-                     if (kind == 3)
-                       r = Acc(std::sqrt(double(r)));
+                     A r = acc[i];
+                     if (kind == Mean)
+                       r = count ? A(r / A(count)) : A(0);
+                     else if (kind == L2)
+                       r = A(std::sqrt(double(r)));
+                     else if (viaDouble)
+                       r = A(std::log(dacc[i]));
                      out[i] = T(r);
                    }
                  }) ||
@@ -150,7 +191,8 @@ bool argmax(Ctx &c) {
     return false;
   AxisView v = around(x.dims, axis);
   if (v.n == 0 && v.outer * v.inner > 0)
-    return c.fail("ArgMax over an empty axis");
+    return c.fail(c.op() + " over an empty axis");
+  bool isMin = c.op() == "ArgMin";
   int64_t *o = c.out[0].mut<int64_t>();
   return withNum(x.dtype,
                  [&](auto tag) {
@@ -161,7 +203,7 @@ bool argmax(Ctx &c) {
                        int64_t best = 0, base = a * v.n * v.inner + b;
                        for (int64_t k = 1; k < v.n; ++k) {
                          T u = p[base + k * v.inner], w = p[base + best * v.inner];
-                         if (u > w || (last && u == w))
+                         if ((isMin ? u < w : u > w) || (last && u == w))
                            best = k;
                        }
                        o[a * v.inner + b] = best;
