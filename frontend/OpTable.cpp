@@ -9,6 +9,8 @@
 #include "frontend/OnnxModel.h"
 #include "ir/ONNXOps.h"
 
+#include "mlir/IR/Matchers.h"
+
 #include "onnx/onnx_pb.h"
 
 using namespace mlir;
@@ -361,6 +363,168 @@ LogicalResult clip(NodeImporter &ni) {
   return finish<ox::ClipOp>(ni, operands, attrs, resultTypes(ni, 1));
 }
 
+/// Ops whose trailing inputs are optional and may be left out one by one (`Optional` operands with
+/// AttrSizedOperandSegments): the first `required` inputs must be given.
+template <typename OpTy>
+LogicalResult withOptionalInputs(NodeImporter &ni, unsigned required, unsigned optional, Elem rule,
+                                 unsigned opsetOptional = ~0u) {
+  SmallVector<Value> operands;
+  SmallVector<int32_t> segments;
+  if (ni.numInputs() > required + std::min(optional, opsetOptional))
+    return ni.fail("has more inputs than the op takes at this opset");
+  for (unsigned i = 0; i < required + optional; ++i) {
+    Value v = i < ni.numInputs() ? ni.input(i) : Value();
+    if (!v && i < required)
+      return ni.fail("input " + std::to_string(i) + " is required");
+    if (v)
+      operands.push_back(v);
+    segments.push_back(v ? 1 : 0);
+  }
+  SmallVector<NamedAttribute> attrs;
+  if (failed(declaredAttributes<OpTy>(ni, attrs)))
+    return failure();
+  attrs.push_back(
+      ni.builder().getNamedAttr("operandSegmentSizes", ni.builder().getDenseI32ArrayAttr(segments)));
+  return finish<OpTy>(ni, operands, attrs, resultTypes(ni, 1, rule));
+}
+
+/// Pad from opset 11: pads (and constant_value, axes from 18) are inputs.
+LogicalResult pad(NodeImporter &ni) {
+  return withOptionalInputs<ox::PadOp>(ni, 2, 2, Elem::SameAsInput0, ni.opset() >= 18 ? 2 : 1);
+}
+
+/// Pad before opset 11: `pads` and `value` attributes become constant inputs.
+LogicalResult padV2(NodeImporter &ni) {
+  auto *pads = ni.attribute("pads");
+  if (!pads)
+    return ni.fail("attribute 'pads' is required");
+  SmallVector<NamedAttribute> attrs;
+  if (failed(declaredAttributes<ox::PadOp>(ni, attrs, {"pads", "value"})))
+    return failure();
+  Value padsV = ni.constantI64(SmallVector<int64_t>(pads->ints().begin(), pads->ints().end()));
+  auto elem = cast<ShapedType>(ni.input(0).getType()).getElementType();
+  float value = 0;
+  if (auto *v = ni.attribute("value"))
+    value = v->f();
+  if (!isa<FloatType>(elem))
+    return ni.fail("needs a floating-point input before opset 11");
+  Value cv = ni.constant(DenseElementsAttr::get(RankedTensorType::get({}, elem),
+                                                FloatAttr::get(elem, static_cast<double>(value))));
+  attrs.push_back(
+      ni.builder().getNamedAttr("operandSegmentSizes", ni.builder().getDenseI32ArrayAttr({1, 1, 1, 0})));
+  return finish<ox::PadOp>(ni, {ni.input(0), padsV, cv}, attrs, resultTypes(ni, 1));
+}
+
+LogicalResult matMulInteger(NodeImporter &ni) {
+  return withOptionalInputs<ox::MatMulIntegerOp>(ni, 2, 2, Elem::SameAsInput0);
+}
+
+/// EyeLike: its `dtype` attribute is the result's element type.
+LogicalResult eyeLike(NodeImporter &ni) {
+  SmallVector<NamedAttribute> attrs;
+  if (failed(declaredAttributes<ox::EyeLikeOp>(ni, attrs, {"dtype"})))
+    return failure();
+  Type elem;
+  if (auto *d = ni.attribute("dtype")) {
+    elem = ni.elementType(static_cast<int>(d->i()));
+    if (!elem)
+      return ni.fail("dtype " + onnxDataTypeName(static_cast<int>(d->i())).str() + " is not supported");
+  }
+  return finish<ox::EyeLikeOp>(ni, {ni.input(0)}, attrs, {ni.outputType(0, elem)});
+}
+
+/// Size = the product of the input's shape, a 0-D int64.
+LogicalResult sizeOp(NodeImporter &ni) {
+  if (ni.node().attribute_size() != 0)
+    return ni.fail("takes no attributes");
+  OpBuilder &b = ni.builder();
+  auto shapeType = RankedTensorType::get({ShapedType::kDynamic}, b.getI64Type());
+  if (auto t = dyn_cast<RankedTensorType>(ni.input(0).getType()))
+    shapeType = RankedTensorType::get({t.getRank()}, b.getI64Type());
+  Operation *shape = ni.createOp(ox::ShapeOp::getOperationName(), {ni.input(0)}, {}, {shapeType});
+  if (!shape)
+    return failure();
+  return finish<ox::ReduceProdOp>(ni, {shape->getResult(0)},
+                                  {b.getNamedAttr("keepdims", b.getI64IntegerAttr(0))},
+                                  {RankedTensorType::get({}, b.getI64Type())});
+}
+
+/// Dropout at inference: the input unchanged, and a mask of all true when asked for. Training mode (a
+/// random mask) is refused unless its ratio is a constant 0.
+LogicalResult dropout(NodeImporter &ni) {
+  OpBuilder &b = ni.builder();
+  for (const auto &a : ni.node().attribute())
+    if (a.name() != "ratio" && a.name() != "seed" && a.name() != "is_test")
+      return ni.fail("attribute '" + a.name() + "' is not supported");
+  auto constantValue = [](Value v) -> std::optional<double> {
+    DenseElementsAttr attr;
+    if (!v || !matchPattern(v, m_Constant(&attr)) || attr.getNumElements() != 1)
+      return std::nullopt;
+    if (attr.getElementType().isInteger(1))
+      return attr.getSplatValue<bool>() ? 1.0 : 0.0;
+    if (isa<FloatType>(attr.getElementType()))
+      return (*attr.getValues<APFloat>().begin()).convertToDouble();
+    return std::nullopt;
+  };
+  if (Value training = ni.numInputs() > 2 ? ni.input(2) : Value()) {
+    auto on = constantValue(training);
+    Value ratio = ni.numInputs() > 1 ? ni.input(1) : Value();
+    auto r = ratio ? constantValue(ratio) : std::optional<double>(0.5);
+    if (!on || (*on != 0 && (!r || *r != 0)))
+      return ni.fail("training mode (a random mask) is not supported; export the model for inference");
+  }
+  Operation *id = ni.createOp(ox::IdentityOp::getOperationName(), {ni.input(0)}, {}, {ni.outputType(0)});
+  if (!id)
+    return failure();
+  SmallVector<Value> outs{id->getResult(0)};
+  if (ni.numOutputs() > 1 && !ni.node().output(1).empty()) {
+    auto maskType = ni.outputType(1, b.getI1Type());
+    Operation *shape = ni.createOp(ox::ShapeOp::getOperationName(), {ni.input(0)}, {},
+                                   {RankedTensorType::get({ShapedType::kDynamic}, b.getI64Type())});
+    if (!shape)
+      return failure();
+    auto one = DenseElementsAttr::get(RankedTensorType::get({1}, b.getI1Type()), true);
+    Operation *mask = ni.createOp(ox::ConstantOfShapeOp::getOperationName(), {shape->getResult(0)},
+                                  {b.getNamedAttr("value", one)}, {maskType});
+    if (!mask)
+      return failure();
+    outs.push_back(mask->getResult(0));
+  }
+  ni.setOutputs(outs);
+  return success();
+}
+
+/// GlobalAveragePool / GlobalMaxPool: a mean / max over every dim after the channel one, kept as 1s.
+template <typename ReduceTy> LogicalResult globalPool(NodeImporter &ni) {
+  if (ni.node().attribute_size() != 0)
+    return ni.fail("takes no attributes");
+  auto rank = rankOf(ni.input(0));
+  if (!rank || *rank < 3)
+    return ni.fail("needs an input of known rank >= 3");
+  SmallVector<int64_t> axes;
+  for (int64_t d = 2; d < *rank; ++d)
+    axes.push_back(d);
+  return finish<ReduceTy>(ni, {ni.input(0), ni.constantI64(axes)}, {}, resultTypes(ni, 1));
+}
+
+/// BatchNormalization at inference (the running mean and variance); training mode is refused.
+LogicalResult batchNorm(NodeImporter &ni) {
+  if (auto *t = ni.attribute("training_mode"); t && t->i() != 0)
+    return ni.fail("training mode is not supported; export the model for inference");
+  if (auto *sp = ni.attribute("spatial"); sp && sp->i() != 1)
+    return ni.fail("spatial = 0 is not supported");
+  if (ni.numOutputs() > 1)
+    return ni.fail("outputs beyond Y (training statistics) are not supported");
+  SmallVector<NamedAttribute> attrs;
+  if (failed(
+          declaredAttributes<ox::BatchNormalizationOp>(ni, attrs, {"training_mode", "spatial", "is_test"})))
+    return failure();
+  SmallVector<Value> operands;
+  if (failed(collectInputs(ni, operands)))
+    return failure();
+  return finish<ox::BatchNormalizationOp>(ni, operands, attrs, resultTypes(ni, 1));
+}
+
 const OpTableEntry kTable[] = {
     // Elementwise (unary ops before opset 6 had `consumed_inputs`; binary ops before 7 legacy broadcast).
     UNARY(Abs, 6),
@@ -485,6 +649,29 @@ const OpTableEntry kTable[] = {
     {"", "ConstantOfShape", 9, constantOfShape},
     {"", "Range", 11, generic<ox::RangeOp>},
     {"", "Constant", 1, constantNode},
+    {"", "Flatten", 1, generic<ox::FlattenOp>},
+    {"", "Tile", 6, generic<ox::TileOp>},
+    {"", "DepthToSpace", 1, generic<ox::DepthToSpaceOp>},
+    {"", "SpaceToDepth", 1, generic<ox::SpaceToDepthOp>},
+    {"", "Compress", 9, generic<ox::CompressOp>},
+    {"", "NonZero", 9, generic<ox::NonZeroOp, 1, Elem::I64>},
+    {"", "EyeLike", 9, eyeLike},
+    {"", "Pad", 2, padV2},
+    {"", "Pad", 11, pad},
+    {"", "ReverseSequence", 10, generic<ox::ReverseSequenceOp>},
+    {"", "Size", 1, sizeOp},
+    {"", "Dropout", 7, dropout},
+    {"", "Scatter", 9, generic<ox::ScatterElementsOp>},
+    // Normalisation, pooling and quantisation (vision towers, quantised exports).
+    {"", "Hardmax", 1, softmaxV1<ox::HardmaxOp>},
+    {"", "Hardmax", 13, generic<ox::HardmaxOp>},
+    {"", "BatchNormalization", 7, batchNorm},
+    {"", "InstanceNormalization", 6, generic<ox::InstanceNormalizationOp>},
+    {"", "GlobalAveragePool", 1, globalPool<ox::ReduceMeanOp>},
+    {"", "GlobalMaxPool", 1, globalPool<ox::ReduceMaxOp>},
+    {"", "QuantizeLinear", 10, generic<ox::QuantizeLinearOp>},
+    {"", "DequantizeLinear", 10, generic<ox::DequantizeLinearOp>},
+    {"", "MatMulInteger", 10, matMulInteger},
     // Mixture-of-Experts layers (MoEImport.cpp).
     {"com.microsoft", "MoE", 1, importOrtMoE},
     {"com.microsoft", "QMoE", 1, importOrtQMoE},

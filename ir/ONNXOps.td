@@ -306,4 +306,90 @@ def ONNX_TriluOp : ONNX_Op<"Trilu"> {
   let results = (outs AnyTensor:$output);
 }
 
+// ---- shapes and data movement added for the whole ONNX node-test suite ----
+
+def ONNX_FlattenOp : ONNX_Op<"Flatten"> {
+  let arguments = (ins AnyTensor:$input, DefaultValuedAttr<I64Attr, "1">:$axis);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_TileOp : ONNX_Op<"Tile"> {
+  let arguments = (ins AnyTensor:$input, AnyTensor:$repeats);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_DepthToSpaceOp : ONNX_Op<"DepthToSpace"> {
+  let arguments = (ins AnyTensor:$input, I64Attr:$blocksize, DefaultValuedAttr<StrAttr, "\"DCR\"">:$mode);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_SpaceToDepthOp : ONNX_Op<"SpaceToDepth"> {
+  let arguments = (ins AnyTensor:$input, I64Attr:$blocksize);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_CompressOp : ONNX_Op<"Compress"> {
+  let arguments = (ins AnyTensor:$input, AnyTensor:$condition, OptionalAttr<I64Attr>:$axis);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_NonZeroOp : ONNX_Op<"NonZero"> {
+  let arguments = (ins AnyTensor:$X);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_EyeLikeOp : ONNX_Op<"EyeLike"> {
+  let summary = "ONNX EyeLike (its `dtype` is the result's element type)";
+  let arguments = (ins AnyTensor:$input, DefaultValuedAttr<I64Attr, "0">:$k);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_PadOp : ONNX_Op<"Pad", [AttrSizedOperandSegments]> {
+  let arguments = (ins AnyTensor:$data, AnyTensor:$pads, Optional<AnyTensor>:$constant_value,
+                   Optional<AnyTensor>:$axes, DefaultValuedAttr<StrAttr, "\"constant\"">:$mode);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_ReverseSequenceOp : ONNX_Op<"ReverseSequence"> {
+  let arguments = (ins AnyTensor:$input, AnyTensor:$sequence_lens, DefaultValuedAttr<I64Attr, "1">:$batch_axis,
+                   DefaultValuedAttr<I64Attr, "0">:$time_axis);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_HardmaxOp : ONNX_Op<"Hardmax"> {
+  let arguments = (ins AnyTensor:$input, DefaultValuedAttr<I64Attr, "-1">:$axis);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_BatchNormalizationOp : ONNX_Op<"BatchNormalization"> {
+  let summary = "ONNX BatchNormalization in inference mode (the running statistics)";
+  let arguments = (ins AnyTensor:$X, AnyTensor:$scale, AnyTensor:$B, AnyTensor:$input_mean, AnyTensor:$input_var,
+                   DefaultValuedAttr<F32Attr, "1e-5f">:$epsilon, DefaultValuedAttr<F32Attr, "0.9f">:$momentum);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_InstanceNormalizationOp : ONNX_Op<"InstanceNormalization"> {
+  let arguments = (ins AnyTensor:$input, AnyTensor:$scale, AnyTensor:$B,
+                   DefaultValuedAttr<F32Attr, "1e-5f">:$epsilon);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_QuantizeLinearOp : ONNX_Op<"QuantizeLinear"> {
+  let arguments = (ins AnyTensor:$x, AnyTensor:$y_scale, Optional<AnyTensor>:$y_zero_point,
+                   DefaultValuedAttr<I64Attr, "1">:$axis);
+  let results = (outs AnyTensor:$y);
+}
+
+def ONNX_DequantizeLinearOp : ONNX_Op<"DequantizeLinear"> {
+  let arguments = (ins AnyTensor:$x, AnyTensor:$x_scale, Optional<AnyTensor>:$x_zero_point,
+                   DefaultValuedAttr<I64Attr, "1">:$axis);
+  let results = (outs AnyTensor:$y);
+}
+
+def ONNX_MatMulIntegerOp : ONNX_Op<"MatMulInteger", [AttrSizedOperandSegments]> {
+  let arguments = (ins AnyTensor:$A, AnyTensor:$B, Optional<AnyTensor>:$a_zero_point,
+                   Optional<AnyTensor>:$b_zero_point);
+  let results = (outs AnyTensor:$Y);
+}
+
 #endif // MOEC_IR_ONNXOPS_TD

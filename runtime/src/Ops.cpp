@@ -206,6 +206,12 @@ const OpEntry kOps[] = {
     {"Sum", variadicMinMax, true}, {"Mean", variadicMinMax, true}, {"ArgMin", argmax, true},
     {"ReduceMin", reduce, true},   {"ReduceProd", reduce, true},  {"ReduceL1", reduce, true},
     {"ReduceSumSquare", reduce, true}, {"ReduceLogSum", reduce, true}, {"ReduceLogSumExp", reduce, true},
+    {"Flatten", reshapeLike, false}, {"Tile", tile, false},       {"DepthToSpace", depthToSpace, false},
+    {"SpaceToDepth", depthToSpace, false}, {"Compress", compress, false}, {"NonZero", nonZero, false},
+    {"EyeLike", eyeLike, false},   {"Pad", pad, false},           {"ReverseSequence", reverseSequence, false},
+    {"Hardmax", hardmax, true},    {"BatchNormalization", channelNorm, true},
+    {"InstanceNormalization", channelNorm, true}, {"QuantizeLinear", quantizeLinear, false},
+    {"DequantizeLinear", quantizeLinear, false}, {"MatMulInteger", matmulInteger, false},
     {"moec.Embedding", embedding, false}, // moe.embedding's table rows
     {"moec.KvCacheUpdate", kvCacheUpdate, false}, // moe.kv_cache_update (GroupQueryAttention's caches)
     {"moec.Norm", fusedNorm, false},       // moe.norm (RMSNorm / LayerNorm rows)

@@ -3,7 +3,8 @@
 
 A test is in scope when every op in its graph is in `moec import --list-ops` at the model's opset and all
 its values are tensors of numeric or bool types (moec does not handle strings, sequences or optionals).
-Each in-scope model must import without error; the out-of-scope ones are counted, not run. Prints every
+Each in-scope model must import without error, except those node_tests_known_failures.txt lists (e.g. a
+Dropout in training mode, refused by design); the out-of-scope ones are counted, not run. Prints every
 failure with moec's error line, a summary, and 'N passed, M failed'.
 
   import_node_tests.py --moec build/bin/moec [--data /usr/share/libonnx-testdata/data/node] [--list]
@@ -55,7 +56,12 @@ def main():
     ap.add_argument("--moec", required=True)
     ap.add_argument("--data", default="/usr/share/libonnx-testdata/data/node")
     ap.add_argument("--list", action="store_true", help="print every in-scope test and its result")
+    ap.add_argument("--known-failures",
+                    default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_tests_known_failures.txt"))
     args = ap.parse_args()
+    known = set()
+    if os.path.exists(args.known_failures):
+        known = {line.split()[0] for line in open(args.known_failures) if line.strip() and not line.startswith("#")}
     if not os.path.isdir(args.data):
         print(f"import_node_tests: {args.data} not found (Debian package libonnx-testdata)", file=sys.stderr)
         return 1
@@ -72,6 +78,9 @@ def main():
                 skipped[op] += 1
             continue
         r = subprocess.run([args.moec, "import", path, "-o", os.devnull], capture_output=True, text=True)
+        if r.returncode != 0 and name in known:
+            skipped["<known failure>"] += 1
+            continue
         (passed if r.returncode == 0 else failed).append((name, r.stderr.strip().splitlines()[-1:] or [""]))
         if args.list:
             print(f"{'PASS' if r.returncode == 0 else 'FAIL'}: {name}")

@@ -589,4 +589,53 @@ bool cast(Ctx &c) {
   return true;
 }
 
+/// QuantizeLinear / DequantizeLinear: a per-tensor scale (and zero point), or one per slice along `axis`.
+bool quantizeLinear(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0], &scale = c.in[1];
+  const OpTensor *zp = c.in.size() > 2 && c.in[2].present() ? &c.in[2] : nullptr;
+  int64_t axis = 0, per = 1, inner = 1;
+  if (scale.numel() != 1) {
+    axis = normAxis(c.a.i("axis", 1), int64_t(x.dims.size()));
+    if (axis < 0 || scale.dims.size() != 1 || scale.numel() != x.dims[axis])
+      return c.fail("scale " + dimsString(scale.dims) + " matches neither the tensor nor axis " +
+                    std::to_string(c.a.i("axis", 1)) + " of " + dimsString(x.dims));
+    per = x.dims[axis];
+    inner = product(x.dims, axis + 1);
+  }
+  if (zp && zp->numel() != scale.numel())
+    return c.fail("zero point and scale differ in size");
+  if (!c.alloc(0, x.dims))
+    return false;
+  OpTensor &o = c.out[0];
+  int64_t total = x.numel();
+  auto slice = [&](int64_t i) { return per == 1 ? 0 : (i / inner) % per; };
+  if (c.op() == "QuantizeLinear") {
+    if (o.dtype != proto::U8 && o.dtype != proto::I8)
+      return c.badType(o);
+    double lo = o.dtype == proto::U8 ? 0 : -128, hi = o.dtype == proto::U8 ? 255 : 127;
+    for (int64_t i = 0; i < total; ++i) {
+      int64_t k = slice(i);
+      // x / scale in f32, as ONNX's reference and ONNX Runtime divide (a double quotient rounds some halves
+      // the other way), then to nearest even.
+      double q = std::nearbyint(float(readDouble(x, i)) / float(readDouble(scale, k))) +
+                 (zp ? readDouble(*zp, k) : 0);
+      q = std::min(hi, std::max(lo, q));
+      if (o.dtype == proto::U8)
+        o.mut<uint8_t>()[i] = uint8_t(q);
+      else
+        o.mut<int8_t>()[i] = int8_t(q);
+    }
+    return true;
+  }
+  if (o.dtype != proto::F32)
+    return c.badType(o);
+  for (int64_t i = 0; i < total; ++i) {
+    int64_t k = slice(i);
+    o.mut<float>()[i] = float((readDouble(x, i) - (zp ? readDouble(*zp, k) : 0)) * readDouble(scale, k));
+  }
+  return true;
+}
+
 } // namespace moert::ops

@@ -329,4 +329,35 @@ bool einsum(Ctx &c) {
          c.badType(c.out[0]);
 }
 
+/// MatMulInteger of 2-D int8/uint8 matrices into int32: (A - a_zero_point) (B - b_zero_point), zero points
+/// per tensor, per row of A or per column of B.
+bool matmulInteger(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &a = c.in[0], &b = c.in[1];
+  if (a.dims.size() != 2 || b.dims.size() != 2 || a.dims[1] != b.dims[0])
+    return c.fail("needs 2-D inputs [M, K] and [K, N], got " + dimsString(a.dims) + " and " +
+                  dimsString(b.dims));
+  const OpTensor *az = c.in.size() > 2 && c.in[2].present() ? &c.in[2] : nullptr;
+  const OpTensor *bz = c.in.size() > 3 && c.in[3].present() ? &c.in[3] : nullptr;
+  int64_t m = a.dims[0], k = a.dims[1], n = b.dims[1];
+  if ((az && az->numel() != 1 && az->numel() != m) || (bz && bz->numel() != 1 && bz->numel() != n))
+    return c.fail("zero points must be scalars, one per row of A or one per column of B");
+  if (c.out[0].dtype != proto::I32)
+    return c.badType(c.out[0]);
+  if (!c.alloc(0, {m, n}))
+    return false;
+  int32_t *o = c.out[0].mut<int32_t>();
+  for (int64_t i = 0; i < m; ++i) {
+    int64_t za = az ? readInt(*az, az->numel() == 1 ? 0 : i) : 0;
+    for (int64_t j = 0; j < n; ++j) {
+      int64_t zb = bz ? readInt(*bz, bz->numel() == 1 ? 0 : j) : 0, acc = 0;
+      for (int64_t p = 0; p < k; ++p)
+        acc += (readInt(a, i * k + p) - za) * (readInt(b, p * n + j) - zb);
+      o[i * n + j] = int32_t(acc);
+    }
+  }
+  return true;
+}
+
 } // namespace moert::ops

@@ -50,6 +50,13 @@ bool reshapeLike(Ctx &c) {
         return c.fail("cannot reshape " + dimsString(x.dims) + " to " + dimsString(shape));
       d[infer] = x.numel() / known;
     }
+  } else if (op == "Flatten") {
+    int64_t r = int64_t(x.dims.size()), axis = c.a.i("axis", 1);
+    if (axis < -r || axis > r)
+      return c.fail("axis " + std::to_string(axis) + " out of range for rank " + std::to_string(r));
+    if (axis < 0)
+      axis += r;
+    d = {product(x.dims, 0, size_t(axis)), product(x.dims, size_t(axis))};
   } else if (op == "Squeeze") {
     std::vector<bool> drop(x.dims.size(), false);
     if (c.in.size() > 1 && c.in[1].present()) {
@@ -687,6 +694,252 @@ bool trilu(Ctx &c) {
         else
           std::memset(o + at, 0, w);
       }
+  return true;
+}
+
+// -- added for the whole ONNX node-test suite --
+
+bool tile(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0];
+  Dims reps = readInts(c.in[1]);
+  if (reps.size() != x.dims.size())
+    return c.fail("repeats has " + std::to_string(reps.size()) + " entries for rank " +
+                  std::to_string(x.dims.size()));
+  // Output dims (r0, d0, r1, d1, ...) row-major are the tiled tensor: read with stride 0 along each r.
+  Dims od, view, st, xs = stridesOf(x.dims);
+  for (size_t i = 0; i < reps.size(); ++i) {
+    if (reps[i] < 0)
+      return c.fail("negative repeat " + std::to_string(reps[i]));
+    od.push_back(x.dims[i] * reps[i]);
+    view.insert(view.end(), {reps[i], x.dims[i]});
+    st.insert(st.end(), {0, xs[i]});
+  }
+  if (!c.alloc(0, od))
+    return false;
+  if (c.out[0].numel())
+    gatherStrided(x, c.out[0], view, st, 0);
+  return true;
+}
+
+/// DepthToSpace (DCR or CRD) and SpaceToDepth: one strided copy of a 6-D view of the NCHW input.
+bool depthToSpace(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  int64_t b = c.a.i("blocksize", 0);
+  if (x.dims.size() != 4 || b <= 0)
+    return c.fail("needs a 4-D input and a positive blocksize");
+  int64_t n = x.dims[0], ch = x.dims[1], h = x.dims[2], w = x.dims[3];
+  Dims view, st, od;
+  if (c.op() == "DepthToSpace") {
+    if (ch % (b * b))
+      return c.fail("channels " + std::to_string(ch) + " not a multiple of blocksize^2");
+    int64_t cc = ch / (b * b);
+    bool crd = c.a.str("mode", "DCR") == "CRD";
+    if (!crd && c.a.str("mode", "DCR") != "DCR")
+      return c.fail("mode must be DCR or CRD");
+    // input viewed as [n, b1, b2, cc, h, w] (DCR) or [n, cc, b1, b2, h, w] (CRD); out [n, cc, h, b1, w, b2]
+    int64_t sN = ch * h * w, sC = crd ? b * b * h * w : h * w, sB1 = crd ? b * h * w : b * cc * h * w,
+            sB2 = crd ? h * w : cc * h * w;
+    view = {n, cc, h, b, w, b};
+    st = {sN, sC, w, sB1, 1, sB2};
+    od = {n, cc, h * b, w * b};
+  } else {
+    if (h % b || w % b)
+      return c.fail("height and width must be multiples of blocksize");
+    // input viewed as [n, ch, h/b, b1, w/b, b2]; out [n, b1, b2, ch, h/b, w/b]
+    view = {n, b, b, ch, h / b, w / b};
+    st = {ch * h * w, w, 1, h * w, b * w, b};
+    od = {n, ch * b * b, h / b, w / b};
+  }
+  if (!c.alloc(0, od))
+    return false;
+  if (c.out[0].numel())
+    gatherStrided(x, c.out[0], view, st, 0);
+  return true;
+}
+
+bool compress(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0], &cond = c.in[1];
+  if (cond.dims.size() != 1)
+    return c.fail("condition must be 1-D");
+  const Attribute *ax = c.a.find("axis");
+  Dims xd = ax ? x.dims : Dims{x.numel()};
+  int64_t axis = ax ? normAxis(ax->ints(0), int64_t(x.dims.size())) : 0;
+  if (axis < 0)
+    return c.fail("axis out of range");
+  int64_t n = xd[axis];
+  if (cond.numel() > n)
+    return c.fail("condition longer than the axis (" + std::to_string(n) + ")");
+  std::vector<int64_t> keep;
+  for (int64_t i = 0; i < cond.numel(); ++i)
+    if (readDouble(cond, i) != 0)
+      keep.push_back(i);
+  Dims od = xd;
+  od[axis] = int64_t(keep.size());
+  if (!c.alloc(0, od))
+    return false;
+  int64_t outer = product(xd, 0, axis), inner = product(xd, axis + 1);
+  size_t w = dtypeSize(x.dtype) * size_t(inner);
+  char *o = c.out[0].mut<char>();
+  for (int64_t a = 0; a < outer; ++a)
+    for (size_t k = 0; k < keep.size(); ++k)
+      std::memcpy(o + (a * int64_t(keep.size()) + int64_t(k)) * int64_t(w),
+                  x.data + (a * n + keep[k]) * int64_t(w), w);
+  return true;
+}
+
+bool nonZero(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  std::vector<int64_t> hits;
+  for (int64_t i = 0; i < x.numel(); ++i)
+    if (readDouble(x, i) != 0)
+      hits.push_back(i);
+  int64_t r = int64_t(x.dims.size()), nz = int64_t(hits.size());
+  if (!c.alloc(0, {r, nz}))
+    return false;
+  Dims xs = stridesOf(x.dims);
+  int64_t *o = c.out[0].mut<int64_t>();
+  for (int64_t k = 0; k < nz; ++k)
+    for (int64_t d = 0; d < r; ++d)
+      o[d * nz + k] = (hits[k] / xs[d]) % x.dims[d];
+  return true;
+}
+
+bool eyeLike(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const Dims &d = c.in[0].dims;
+  if (d.size() != 2)
+    return c.fail("input must be 2-D");
+  if (!c.alloc(0, d))
+    return false;
+  OpTensor &o = c.out[0];
+  std::memset(o.mut<char>(), 0, o.bytes());
+  int64_t k = c.a.i("k", 0);
+  return withAny(o.dtype,
+                 [&](auto tag) {
+                   using T = decltype(tag);
+                   for (int64_t i = 0; i < d[0]; ++i)
+                     if (i + k >= 0 && i + k < d[1])
+                       o.mut<T>()[i * d[1] + i + k] = T(1);
+                 }) ||
+         (isHalf(o.dtype) &&
+          [&] {
+            for (int64_t i = 0; i < d[0]; ++i)
+              if (i + k >= 0 && i + k < d[1])
+                o.mut<uint16_t>()[i * d[1] + i + k] = o.dtype == proto::F16 ? 0x3c00 : 0x3f80;
+            return true;
+          }()) ||
+         c.badType(o);
+}
+
+/// Pad: constant, reflect or edge, pads [begin..., end...] over every axis or over `axes`.
+bool pad(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0];
+  int64_t r = int64_t(x.dims.size());
+  Dims pads = readInts(c.in[1]);
+  Dims axes;
+  if (c.in.size() > 3 && c.in[3].present())
+    axes = readInts(c.in[3]);
+  else
+    for (int64_t i = 0; i < r; ++i)
+      axes.push_back(i);
+  if (pads.size() != 2 * axes.size())
+    return c.fail("pads has " + std::to_string(pads.size()) + " entries for " + std::to_string(axes.size()) +
+                  " axes");
+  Dims lo(r, 0), hi(r, 0);
+  for (size_t i = 0; i < axes.size(); ++i) {
+    int64_t a = normAxis(axes[i], r);
+    if (a < 0)
+      return c.fail("axis " + std::to_string(axes[i]) + " out of range");
+    lo[a] = pads[i];
+    hi[a] = pads[i + axes.size()];
+  }
+  std::string mode = c.a.str("mode", "constant");
+  int m = mode == "constant" ? 0 : mode == "reflect" ? 1 : mode == "edge" ? 2 : -1;
+  if (m < 0)
+    return c.fail("mode '" + mode + "' (constant, reflect or edge)");
+  Dims od(r);
+  for (int64_t i = 0; i < r; ++i) {
+    od[i] = x.dims[i] + lo[i] + hi[i];
+    if (od[i] < 0)
+      return c.fail("pads remove more than dim " + std::to_string(i) + " has");
+    if (m != 0 && od[i] > 0 && x.dims[i] == 0)
+      return c.fail(mode + " padding of an empty dim");
+    if (m == 1 && (lo[i] >= x.dims[i] || hi[i] >= x.dims[i]) && (lo[i] > 0 || hi[i] > 0))
+      return c.fail("reflect pads must be shorter than the dim");
+  }
+  if (!c.alloc(0, od))
+    return false;
+  size_t w = dtypeSize(x.dtype);
+  std::string fill(w, '\0');
+  if (c.in.size() > 2 && c.in[2].present() && c.in[2].numel() == 1) {
+    if (c.in[2].dtype != x.dtype)
+      return c.fail("constant_value's dtype differs from the data's");
+    fill.assign(c.in[2].data, w);
+  }
+  Dims xs = stridesOf(x.dims);
+  char *o = c.out[0].mut<char>();
+  int64_t total = c.out[0].numel();
+  Dims idx(r, 0);
+  for (int64_t i = 0; i < total; ++i) {
+    int64_t off = 0;
+    bool outside = false;
+    for (int64_t d = 0; d < r; ++d) {
+      int64_t k = idx[d] - lo[d], n = x.dims[d];
+      if (k < 0 || k >= n) {
+        if (m == 0) {
+          outside = true;
+        } else if (m == 2) {
+          k = k < 0 ? 0 : n - 1;
+        } else {
+          k = k < 0 ? -k : 2 * (n - 1) - k;
+        }
+      }
+      off += k * xs[d];
+    }
+    std::memcpy(o + i * int64_t(w), outside ? fill.data() : x.data + off * int64_t(w), w);
+    for (int64_t d = r - 1; d >= 0; --d) {
+      if (++idx[d] < od[d])
+        break;
+      idx[d] = 0;
+    }
+  }
+  return true;
+}
+
+bool reverseSequence(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &x = c.in[0], &lens = c.in[1];
+  int64_t ba = c.a.i("batch_axis", 1), ta = c.a.i("time_axis", 0);
+  if (x.dims.size() < 2 || (ba != 0 && ba != 1) || (ta != 0 && ta != 1) || ba == ta)
+    return c.fail("needs rank >= 2 and batch_axis / time_axis 0 and 1");
+  int64_t batch = x.dims[ba], steps = x.dims[ta];
+  if (lens.numel() != batch)
+    return c.fail("sequence_lens has " + std::to_string(lens.numel()) + " entries for a batch of " +
+                  std::to_string(batch));
+  if (!c.alloc(0, x.dims))
+    return false;
+  std::memcpy(c.out[0].mut<char>(), x.data, x.bytes());
+  int64_t inner = product(x.dims, 2) * int64_t(dtypeSize(x.dtype));
+  auto at = [&](int64_t b, int64_t t) { return ((ba == 0 ? b * steps + t : t * batch + b)) * inner; };
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t len = readInt(lens, b);
+    if (len < 0 || len > steps)
+      return c.fail("sequence length " + std::to_string(len) + " out of range");
+    for (int64_t t = 0; t < len; ++t)
+      std::memcpy(c.out[0].mut<char>() + at(b, t), x.data + at(b, len - 1 - t), size_t(inner));
+  }
   return true;
 }
 

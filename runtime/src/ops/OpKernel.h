@@ -397,6 +397,7 @@ bool notOp(Ctx &c);
 bool unary(Ctx &c);
 bool variadicMinMax(Ctx &c);
 bool where(Ctx &c);
+bool quantizeLinear(Ctx &c);
 // Reduce.cpp
 bool argmax(Ctx &c);
 bool cumsum(Ctx &c);
@@ -404,6 +405,8 @@ bool layerNorm(Ctx &c);
 bool reduce(Ctx &c);
 bool softmax(Ctx &c);
 bool topk(Ctx &c);
+bool hardmax(Ctx &c);
+bool channelNorm(Ctx &c);
 // Fused.cpp
 bool fusedNorm(Ctx &c);
 bool fusedRotary(Ctx &c);
@@ -412,6 +415,7 @@ bool conv(Ctx &c);
 bool einsum(Ctx &c);
 bool gemm(Ctx &c);
 bool matmul(Ctx &c);
+bool matmulInteger(Ctx &c);
 // Movement.cpp
 bool concat(Ctx &c);
 bool constantOfShape(Ctx &c);
@@ -430,6 +434,13 @@ bool slice(Ctx &c);
 bool split(Ctx &c);
 bool transpose(Ctx &c);
 bool trilu(Ctx &c);
+bool tile(Ctx &c);
+bool depthToSpace(Ctx &c);
+bool compress(Ctx &c);
+bool nonZero(Ctx &c);
+bool eyeLike(Ctx &c);
+bool pad(Ctx &c);
+bool reverseSequence(Ctx &c);
 
 } // namespace moert::ops
 

@@ -351,4 +351,82 @@ bool layerNorm(Ctx &c) {
          c.badType(x);
 }
 
+bool hardmax(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  int64_t axis = normAxis(c.a.i("axis", -1), int64_t(x.dims.size()));
+  if (axis < 0)
+    return c.fail("axis out of range");
+  if (!c.alloc(0, x.dims))
+    return false;
+  AxisView v = around(x.dims, axis);
+  return withFloat(x.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     const T *p = x.as<T>();
+                     T *o = c.out[0].mut<T>();
+                     for (int64_t a = 0; a < v.outer; ++a)
+                       for (int64_t b = 0; b < v.inner; ++b) {
+                         int64_t base = a * v.n * v.inner + b, best = 0;
+                         for (int64_t k = 0; k < v.n; ++k) {
+                           o[base + k * v.inner] = T(0);
+                           if (p[base + k * v.inner] > p[base + best * v.inner])
+                             best = k; // the first of equal maxima
+                         }
+                         if (v.n)
+                           o[base + best * v.inner] = T(1);
+                       }
+                   }) ||
+         c.badType(x);
+}
+
+/// BatchNormalization (running statistics) and InstanceNormalization (each sample's own, over the spatial
+/// dims): y = (x - mean) / sqrt(var + epsilon) * scale + B per channel (dim 1).
+bool channelNorm(Ctx &c) {
+  bool batch = c.op() == "BatchNormalization";
+  if (!c.need(batch ? 5 : 3))
+    return false;
+  const OpTensor &x = c.in[0];
+  if (x.dims.size() < 2)
+    return c.fail("input must have rank >= 2");
+  int64_t n = x.dims[0], ch = x.dims[1], sp = product(x.dims, 2);
+  for (size_t i = 1; i < (batch ? 5u : 3u); ++i)
+    if (c.in[i].numel() != ch)
+      return c.fail("input " + std::to_string(i) + " has " + std::to_string(c.in[i].numel()) +
+                    " values for " + std::to_string(ch) + " channels");
+  if (!c.alloc(0, x.dims))
+    return false;
+  double eps = c.a.f("epsilon", 1e-5);
+  return withFloat(x.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     const T *p = x.as<T>();
+                     T *o = c.out[0].mut<T>();
+                     for (int64_t b = 0; b < n; ++b)
+                       for (int64_t k = 0; k < ch; ++k) {
+                         const T *xi = p + (b * ch + k) * sp;
+                         T *yi = o + (b * ch + k) * sp;
+                         double mean, var;
+                         if (batch) {
+                           mean = readDouble(c.in[3], k);
+                           var = readDouble(c.in[4], k);
+                         } else {
+                           double s = 0, s2 = 0;
+                           for (int64_t i = 0; i < sp; ++i)
+                             s += double(xi[i]);
+                           mean = sp ? s / double(sp) : 0;
+                           for (int64_t i = 0; i < sp; ++i)
+                             s2 += (double(xi[i]) - mean) * (double(xi[i]) - mean);
+                           var = sp ? s2 / double(sp) : 0;
+                         }
+                         double scale = readDouble(c.in[1], k) / std::sqrt(var + eps),
+                                bias = readDouble(c.in[2], k);
+                         for (int64_t i = 0; i < sp; ++i)
+                           yi[i] = T((double(xi[i]) - mean) * scale + bias);
+                       }
+                   }) ||
+         c.badType(x);
+}
+
 } // namespace moert::ops
