@@ -65,10 +65,14 @@ std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
     bool convLike = false;
     for (const char *op : kConvLike)
       convLike |= (node.domain().empty() || node.domain() == "ai.onnx") && node.op_type() == op;
-    // Of these, moec imports Conv only: the others are rejected before libonnx's inference can run on them.
-    if (convLike && node.op_type() != "Conv")
+    // Of these, moec imports Conv, ConvTranspose, MaxPool and AveragePool: the others are rejected before
+    // libonnx's inference can run on them.
+    if (convLike && node.op_type() != "Conv" && node.op_type() != "ConvTranspose" &&
+        node.op_type() != "MaxPool" && node.op_type() != "AveragePool")
       return label + ": op not supported by moec";
     int weight = node.op_type() == "QLinearConv" ? 3 : 1;
+    if (node.op_type() == "ConvTranspose" && (node.input_size() < 2 || !rank.count(node.input(1))))
+      return label + ": its weight must be an initializer or a graph input of known shape";
     if (convLike && node.op_type().find("Conv") != std::string::npos && node.input_size() > weight) {
       auto x = rank.find(node.input(0)), w = rank.find(node.input(weight));
       if (x != rank.end() && w != rank.end() && x->second != w->second)

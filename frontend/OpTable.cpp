@@ -525,6 +525,29 @@ LogicalResult batchNorm(NodeImporter &ni) {
   return finish<ox::BatchNormalizationOp>(ni, operands, attrs, resultTypes(ni, 1));
 }
 
+LogicalResult resize(NodeImporter &ni) {
+  return withOptionalInputs<ox::ResizeOp>(ni, 1, 3, Elem::SameAsInput0);
+}
+
+/// Upsample (opset 9) and Resize-10: X and scales, the source coordinate x / scale (asymmetric), nearest
+/// rounding down; imported as Resize with those settings.
+LogicalResult upsampleV9(NodeImporter &ni) {
+  OpBuilder &b = ni.builder();
+  std::string mode = stringAttr(ni, "mode", "nearest");
+  if (mode != "nearest" && mode != "linear")
+    return ni.fail("mode '" + mode + "' (nearest or linear)");
+  if (failed(onlyKnownAttributes(ni, {"mode"})))
+    return failure();
+  if (ni.numInputs() != 2 || !ni.input(1))
+    return ni.fail("needs inputs X and scales");
+  SmallVector<NamedAttribute> attrs{
+      b.getNamedAttr("mode", b.getStringAttr(mode)),
+      b.getNamedAttr("coordinate_transformation_mode", b.getStringAttr("asymmetric")),
+      b.getNamedAttr("nearest_mode", b.getStringAttr("floor")),
+      b.getNamedAttr("operandSegmentSizes", b.getDenseI32ArrayAttr({1, 0, 1, 0}))};
+  return finish<ox::ResizeOp>(ni, {ni.input(0), ni.input(1)}, attrs, resultTypes(ni, 1));
+}
+
 const OpTableEntry kTable[] = {
     // Elementwise (unary ops before opset 6 had `consumed_inputs`; binary ops before 7 legacy broadcast).
     UNARY(Abs, 6),
@@ -560,6 +583,10 @@ const OpTableEntry kTable[] = {
     {"", "Mean", 8, generic<ox::MeanOp, 1, Elem::SameAsInput0, Shape::Broadcast>},
     {"", "Clip", 11, clip},
     {"", "Conv", 1, generic<ox::ConvOp>},
+    {"", "ConvTranspose", 1, generic<ox::ConvTransposeOp>},
+    {"", "Upsample", 9, upsampleV9},
+    {"", "Resize", 10, upsampleV9},
+    {"", "Resize", 11, resize},
     {"", "Gelu", 20, generic<ox::GeluOp, 1, Elem::SameAsInput0, Shape::Broadcast>},
     UNARY(Identity, 1),
     UNARY(Log, 6),
@@ -667,6 +694,8 @@ const OpTableEntry kTable[] = {
     {"", "Hardmax", 13, generic<ox::HardmaxOp>},
     {"", "BatchNormalization", 7, batchNorm},
     {"", "InstanceNormalization", 6, generic<ox::InstanceNormalizationOp>},
+    {"", "MaxPool", 8, generic<ox::MaxPoolOp, -1, Elem::SameAsInput0>},
+    {"", "AveragePool", 7, generic<ox::AveragePoolOp>},
     {"", "GlobalAveragePool", 1, globalPool<ox::ReduceMeanOp>},
     {"", "GlobalMaxPool", 1, globalPool<ox::ReduceMaxOp>},
     {"", "QuantizeLinear", 10, generic<ox::QuantizeLinearOp>},

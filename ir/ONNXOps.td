@@ -392,4 +392,40 @@ def ONNX_MatMulIntegerOp : ONNX_Op<"MatMulInteger", [AttrSizedOperandSegments]> 
   let results = (outs AnyTensor:$Y);
 }
 
+def ONNX_MaxPoolOp : ONNX_Op<"MaxPool"> {
+  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<StrAttr, "\"NOTSET\"">:$auto_pad,
+                   DefaultValuedAttr<I64Attr, "0">:$ceil_mode, OptionalAttr<I64ArrayAttr>:$dilations,
+                   I64ArrayAttr:$kernel_shape, OptionalAttr<I64ArrayAttr>:$pads,
+                   DefaultValuedAttr<I64Attr, "0">:$storage_order, OptionalAttr<I64ArrayAttr>:$strides);
+  let results = (outs AnyTensor:$Y, Optional<AnyTensor>:$Indices);
+}
+
+def ONNX_AveragePoolOp : ONNX_Op<"AveragePool"> {
+  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<StrAttr, "\"NOTSET\"">:$auto_pad,
+                   DefaultValuedAttr<I64Attr, "0">:$ceil_mode, DefaultValuedAttr<I64Attr, "0">:$count_include_pad,
+                   OptionalAttr<I64ArrayAttr>:$dilations, I64ArrayAttr:$kernel_shape,
+                   OptionalAttr<I64ArrayAttr>:$pads, OptionalAttr<I64ArrayAttr>:$strides);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_ConvTransposeOp : ONNX_Op<"ConvTranspose"> {
+  let arguments = (ins AnyTensor:$X, AnyTensor:$W, Optional<AnyTensor>:$B,
+                   DefaultValuedAttr<StrAttr, "\"NOTSET\"">:$auto_pad, OptionalAttr<I64ArrayAttr>:$dilations,
+                   DefaultValuedAttr<I64Attr, "1">:$group, OptionalAttr<I64ArrayAttr>:$kernel_shape,
+                   OptionalAttr<I64ArrayAttr>:$output_padding, OptionalAttr<I64ArrayAttr>:$output_shape,
+                   OptionalAttr<I64ArrayAttr>:$pads, OptionalAttr<I64ArrayAttr>:$strides);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_ResizeOp : ONNX_Op<"Resize", [AttrSizedOperandSegments]> {
+  let arguments = (ins AnyTensor:$X, Optional<AnyTensor>:$roi, Optional<AnyTensor>:$scales,
+                   Optional<AnyTensor>:$sizes,
+                   DefaultValuedAttr<StrAttr, "\"half_pixel\"">:$coordinate_transformation_mode,
+                   DefaultValuedAttr<F32Attr, "-0.75f">:$cubic_coeff_a, DefaultValuedAttr<I64Attr, "0">:$exclude_outside,
+                   DefaultValuedAttr<F32Attr, "0.0f">:$extrapolation_value,
+                   DefaultValuedAttr<StrAttr, "\"nearest\"">:$mode,
+                   DefaultValuedAttr<StrAttr, "\"round_prefer_floor\"">:$nearest_mode);
+  let results = (outs AnyTensor:$Y);
+}
+
 #endif // MOEC_IR_ONNXOPS_TD

@@ -212,6 +212,8 @@ const OpEntry kOps[] = {
     {"Hardmax", hardmax, true},    {"BatchNormalization", channelNorm, true},
     {"InstanceNormalization", channelNorm, true}, {"QuantizeLinear", quantizeLinear, false},
     {"DequantizeLinear", quantizeLinear, false}, {"MatMulInteger", matmulInteger, false},
+    {"MaxPool", pool, true},       {"AveragePool", pool, true},   {"ConvTranspose", convTranspose, true},
+    {"Resize", resize, true},
     {"moec.Embedding", embedding, false}, // moe.embedding's table rows
     {"moec.KvCacheUpdate", kvCacheUpdate, false}, // moe.kv_cache_update (GroupQueryAttention's caches)
     {"moec.Norm", fusedNorm, false},       // moe.norm (RMSNorm / LayerNorm rows)

@@ -117,6 +117,52 @@ bool gemm(Ctx &c) {
          c.badType(A);
 }
 
+/// The sliding-window geometry Conv and the pooling ops share: strides, dilations and pads (defaults filled,
+/// auto_pad resolved: SAME_UPPER puts the odd pad at the end, SAME_LOWER at the start) and the output's
+/// spatial dims, rounded down or (ceil_mode) up.
+struct Window {
+  Dims kern, strides, dil, pads, out;
+};
+bool window(Ctx &c, const Dims &xDims, Dims kern, bool ceilMode, Window &w) {
+  size_t sp = xDims.size() - 2;
+  w.kern = std::move(kern);
+  w.strides = c.a.ints("strides");
+  w.dil = c.a.ints("dilations");
+  w.pads = c.a.ints("pads");
+  if (w.strides.empty())
+    w.strides.assign(sp, 1);
+  if (w.dil.empty())
+    w.dil.assign(sp, 1);
+  if (w.pads.empty())
+    w.pads.assign(2 * sp, 0);
+  if (w.kern.size() != sp || w.strides.size() != sp || w.dil.size() != sp || w.pads.size() != 2 * sp)
+    return c.fail("kernel/strides/dilations/pads do not match " + std::to_string(sp) + " spatial dims");
+  for (size_t i = 0; i < sp; ++i)
+    if (w.strides[i] <= 0 || w.dil[i] <= 0 || w.kern[i] <= 0)
+      return c.fail("kernel_shape, strides and dilations must be positive");
+  std::string autoPad = c.a.str("auto_pad", "NOTSET");
+  w.out.clear();
+  for (size_t i = 0; i < sp; ++i) {
+    int64_t in = xDims[2 + i], eff = (w.kern[i] - 1) * w.dil[i] + 1, s = w.strides[i], o;
+    if (autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER") {
+      o = (in + s - 1) / s;
+      int64_t total = std::max<int64_t>(0, (o - 1) * s + eff - in);
+      w.pads[i] = autoPad == "SAME_UPPER" ? total / 2 : total - total / 2;
+      w.pads[sp + i] = total - w.pads[i];
+    } else if (autoPad == "VALID") {
+      w.pads[i] = w.pads[sp + i] = 0;
+      o = in >= eff ? (in - eff) / s + 1 : 0;
+    } else if (autoPad == "NOTSET") {
+      int64_t span = in + w.pads[i] + w.pads[sp + i] - eff;
+      o = span < 0 ? 0 : (ceilMode ? (span + s - 1) / s : span / s) + 1;
+    } else {
+      return c.fail("auto_pad '" + autoPad + "'");
+    }
+    w.out.push_back(std::max<int64_t>(o, 0));
+  }
+  return true;
+}
+
 bool conv(Ctx &c) {
   if (!c.need(2))
     return false;
@@ -128,38 +174,12 @@ bool conv(Ctx &c) {
   if (group <= 0 || C % group || M % group || W.dims[1] != C / group)
     return c.fail("channels " + std::to_string(C) + " / W " + dimsString(W.dims) + " / group " +
                   std::to_string(group) + " disagree");
-  Dims kern(W.dims.begin() + 2, W.dims.end()), strides = c.a.ints("strides"), dil = c.a.ints("dilations"),
-                                               pads = c.a.ints("pads");
-  if (strides.empty())
-    strides.assign(sp, 1);
-  if (dil.empty())
-    dil.assign(sp, 1);
-  if (pads.empty())
-    pads.assign(2 * sp, 0);
-  if (strides.size() != sp || dil.size() != sp || pads.size() != 2 * sp)
-    return c.fail("strides/dilations/pads do not match " + std::to_string(sp) + " spatial dims");
-  for (size_t i = 0; i < sp; ++i)
-    if (strides[i] <= 0 || dil[i] <= 0)
-      return c.fail("strides and dilations must be positive");
-  std::string autoPad = c.a.str("auto_pad", "NOTSET");
+  Window win;
+  if (!window(c, X.dims, Dims(W.dims.begin() + 2, W.dims.end()), false, win))
+    return false;
+  const Dims &kern = win.kern, &strides = win.strides, &dil = win.dil, &pads = win.pads;
   Dims od{N, M};
-  for (size_t i = 0; i < sp; ++i) {
-    int64_t in = X.dims[2 + i], eff = (kern[i] - 1) * dil[i] + 1, o;
-    if (autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER") {
-      o = (in + strides[i] - 1) / strides[i];
-      int64_t total = std::max<int64_t>(0, (o - 1) * strides[i] + eff - in);
-      pads[i] = autoPad == "SAME_UPPER" ? total / 2 : total - total / 2;
-      pads[sp + i] = total - pads[i];
-    } else if (autoPad == "VALID") {
-      pads[i] = pads[sp + i] = 0;
-      o = (in - eff) / strides[i] + 1;
-    } else {
-      o = (in + pads[i] + pads[sp + i] - eff) / strides[i] + 1;
-    }
-    if (o < 0)
-      o = 0;
-    od.push_back(o);
-  }
+  od.insert(od.end(), win.out.begin(), win.out.end());
   if (!c.alloc(0, od))
     return false;
   bool hasB = c.in.size() > 2 && c.in[2].present();
@@ -358,6 +378,179 @@ bool matmulInteger(Ctx &c) {
     }
   }
   return true;
+}
+
+/// MaxPool (with its optional flat indices, row- or column-major) and AveragePool (count_include_pad: divide
+/// by the window's positions inside the padded input, else by those inside the input).
+bool pool(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &X = c.in[0];
+  if (X.dims.size() < 3)
+    return c.fail("X " + dimsString(X.dims) + " is not N x C x spatial");
+  size_t sp = X.dims.size() - 2;
+  bool isMax = c.op() == "MaxPool";
+  Window win;
+  if (!window(c, X.dims, c.a.ints("kernel_shape"), c.a.i("ceil_mode", 0) != 0, win))
+    return false;
+  int64_t N = X.dims[0], C = X.dims[1];
+  Dims od{N, C}, inSp(X.dims.begin() + 2, X.dims.end());
+  od.insert(od.end(), win.out.begin(), win.out.end());
+  if (!c.alloc(0, od))
+    return false;
+  bool wantIdx = isMax && c.out.size() > 1;
+  if (wantIdx) {
+    c.out[1].dtype = proto::I64;
+    if (!c.alloc(1, od))
+      return false;
+  }
+  bool colMajor = c.a.i("storage_order", 0) != 0, includePad = c.a.i("count_include_pad", 0) != 0;
+  int64_t outPix = product(win.out), inPix = product(inSp), kPix = product(win.kern);
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = X.as<T>();
+    T *o = c.out[0].mut<T>();
+    Dims oi(sp), pos(sp);
+    for (int64_t plane = 0; plane < N * C; ++plane)
+      for (int64_t op = 0; op < outPix; ++op) {
+        for (size_t d = sp, r = op; d-- > 0; r /= win.out[d])
+          oi[d] = r % win.out[d];
+        double acc = isMax ? -std::numeric_limits<double>::infinity() : 0.0;
+        int64_t count = 0, best = -1;
+        for (int64_t kp = 0; kp < kPix; ++kp) {
+          bool inside = true, inPadded = true;
+          for (size_t d = sp, r = kp; d-- > 0; r /= win.kern[d]) {
+            pos[d] = oi[d] * win.strides[d] - win.pads[d] + int64_t(r % win.kern[d]) * win.dil[d];
+            inside &= pos[d] >= 0 && pos[d] < inSp[d];
+            inPadded &= pos[d] >= -win.pads[d] && pos[d] < inSp[d] + win.pads[sp + d];
+          }
+          if (!inside) {
+            count += includePad && inPadded;
+            continue;
+          }
+          int64_t off = 0;
+          for (size_t d = 0; d < sp; ++d)
+            off = off * inSp[d] + pos[d];
+          double v = double(px[plane * inPix + off]);
+          ++count;
+          if (!isMax) {
+            acc += v;
+          } else if (v > acc || best < 0) {
+            acc = v;
+            best = off;
+          }
+        }
+        o[plane * outPix + op] = isMax ? (best < 0 ? T(0) : T(acc)) : T(count ? acc / double(count) : 0.0);
+        if (wantIdx) {
+          int64_t flat = best;
+          if (colMajor && best >= 0) { // the spatial coordinates column-major
+            flat = 0;
+            for (size_t d = sp, r = best; d-- > 0; r /= inSp[d])
+              pos[d] = int64_t(r % inSp[d]);
+            for (size_t d = sp; d-- > 0;)
+              flat = flat * inSp[d] + pos[d];
+          }
+          c.out[1].mut<int64_t>()[plane * outPix + op] = plane * inPix + flat;
+        }
+      }
+  };
+  if (isMax)
+    return withNum(X.dtype, run) || c.badType(X);
+  return withFloat(X.dtype, run) || c.badType(X);
+}
+
+/// ConvTranspose: each input pixel scatters its kernel-weighted values into the output (W is
+/// [C, M / group, kernel...]); output_shape, when given, sets the pads (SAME_UPPER: the odd one at the end).
+bool convTranspose(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &X = c.in[0], &W = c.in[1];
+  size_t sp = X.dims.size() < 3 ? 0 : X.dims.size() - 2;
+  if (sp == 0 || W.dims.size() != X.dims.size())
+    return c.fail("X " + dimsString(X.dims) + " and W " + dimsString(W.dims) + " are not N x C x spatial");
+  int64_t N = X.dims[0], C = X.dims[1], group = c.a.i("group", 1);
+  if (group <= 0 || C % group || W.dims[0] != C)
+    return c.fail("channels " + std::to_string(C) + " / W " + dimsString(W.dims) + " / group " +
+                  std::to_string(group) + " disagree");
+  int64_t mg = W.dims[1], M = mg * group, cg = C / group;
+  Dims kern(W.dims.begin() + 2, W.dims.end()), strides = c.a.ints("strides"), dil = c.a.ints("dilations"),
+                                               pads = c.a.ints("pads"), outPad = c.a.ints("output_padding"),
+                                               outShape = c.a.ints("output_shape");
+  if (strides.empty())
+    strides.assign(sp, 1);
+  if (dil.empty())
+    dil.assign(sp, 1);
+  if (pads.empty())
+    pads.assign(2 * sp, 0);
+  if (outPad.empty())
+    outPad.assign(sp, 0);
+  if (outShape.size() == sp + 2)
+    outShape.erase(outShape.begin(), outShape.begin() + 2);
+  if (strides.size() != sp || dil.size() != sp || pads.size() != 2 * sp || outPad.size() != sp ||
+      (!outShape.empty() && outShape.size() != sp))
+    return c.fail("strides/dilations/pads/output_padding/output_shape do not match " + std::to_string(sp) +
+                  " spatial dims");
+  std::string autoPad = c.a.str("auto_pad", "NOTSET");
+  Dims od{N, M}, inSp(X.dims.begin() + 2, X.dims.end()), outSp(sp);
+  for (size_t i = 0; i < sp; ++i) {
+    if (strides[i] <= 0 || dil[i] <= 0)
+      return c.fail("strides and dilations must be positive");
+    int64_t full = strides[i] * (inSp[i] - 1) + outPad[i] + (kern[i] - 1) * dil[i] + 1;
+    bool same = autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER";
+    if (!outShape.empty() || same) {
+      int64_t want = outShape.empty() ? inSp[i] * strides[i] : outShape[i], total = full - want;
+      // Floor division: an output_shape larger than the full one pads the end with zeros (total < 0).
+      int64_t half = total >= 0 ? total / 2 : -((1 - total) / 2);
+      pads[i] = autoPad == "SAME_UPPER" ? half : total - half;
+      pads[sp + i] = total - pads[i];
+    } else if (autoPad == "VALID") {
+      pads[i] = pads[sp + i] = 0;
+    }
+    outSp[i] = full - pads[i] - pads[sp + i];
+    if (outSp[i] < 0)
+      return c.fail("negative output size");
+    od.push_back(outSp[i]);
+  }
+  if (!c.alloc(0, od))
+    return false;
+  bool hasB = c.in.size() > 2 && c.in[2].present();
+  int64_t outPix = product(outSp), inPix = product(inSp), kPix = product(kern);
+  return withFloat(X.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     const T *px = X.as<T>(), *pw = W.as<T>();
+                     T *o = c.out[0].mut<T>();
+                     for (int64_t b = 0; b < N; ++b)
+                       for (int64_t m = 0; m < M; ++m)
+                         for (int64_t q = 0; q < outPix; ++q)
+                           o[(b * M + m) * outPix + q] = hasB ? c.in[2].as<T>()[m] : T(0);
+                     Dims ii(sp);
+                     for (int64_t b = 0; b < N; ++b)
+                       for (int64_t ch = 0; ch < C; ++ch) {
+                         int64_t g = ch / cg;
+                         for (int64_t ip = 0; ip < inPix; ++ip) {
+                           for (size_t d = sp, r = ip; d-- > 0; r /= inSp[d])
+                             ii[d] = r % inSp[d];
+                           T v = px[(b * C + ch) * inPix + ip];
+                           for (int64_t kp = 0; kp < kPix; ++kp) {
+                             int64_t off = 0;
+                             bool inside = true;
+                             for (size_t d = 0, r = kp, stride = kPix; d < sp; ++d) {
+                               stride /= kern[d];
+                               int64_t k = (r / stride) % kern[d];
+                               int64_t pos = ii[d] * strides[d] - pads[d] + k * dil[d];
+                               inside &= pos >= 0 && pos < outSp[d];
+                               off = off * outSp[d] + pos;
+                             }
+                             if (!inside)
+                               continue;
+                             for (int64_t mm = 0; mm < mg; ++mm)
+                               o[(b * M + g * mg + mm) * outPix + off] += v * pw[(ch * mg + mm) * kPix + kp];
+                           }
+                         }
+                       }
+                   }) ||
+         c.badType(X);
 }
 
 } // namespace moert::ops

@@ -943,4 +943,178 @@ bool reverseSequence(Ctx &c) {
   return true;
 }
 
+/// Resize (opsets 11-13; Upsample and Resize-10 import as it): per output element and axis, the source
+/// coordinate by coordinate_transformation_mode, then nearest (nearest_mode), linear (2 taps) or cubic (4
+/// taps, cubic_coeff_a, exclude_outside) weights over edge-clamped indices; the element is the sum over the
+/// axes' taps of the weights' product. tf_crop_and_resize takes the roi and puts extrapolation_value outside
+/// it.
+bool resize(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  size_t r = x.dims.size();
+  auto given = [&](size_t i) { return c.in.size() > i && c.in[i].present() && c.in[i].numel() > 0; };
+  std::string ctm = c.a.str("coordinate_transformation_mode", "half_pixel");
+  std::string mode = c.a.str("mode", "nearest"), nearest = c.a.str("nearest_mode", "round_prefer_floor");
+  int m = mode == "nearest" ? 0 : mode == "linear" ? 1 : mode == "cubic" ? 2 : -1;
+  if (m < 0)
+    return c.fail("mode '" + mode + "' (nearest, linear or cubic)");
+  std::vector<double> scales(r, 1.0), roiStart(r, 0.0), roiEnd(r, 1.0);
+  Dims od(r);
+  bool crop = ctm == "tf_crop_and_resize";
+  if (crop) {
+    if (!given(1) || c.in[1].numel() != int64_t(2 * r))
+      return c.fail("tf_crop_and_resize needs a roi of " + std::to_string(2 * r) + " values");
+    for (size_t i = 0; i < r; ++i) {
+      roiStart[i] = readDouble(c.in[1], int64_t(i));
+      roiEnd[i] = readDouble(c.in[1], int64_t(r + i));
+    }
+  }
+  if (given(3)) {
+    if (c.in[3].numel() != int64_t(r))
+      return c.fail("sizes has " + std::to_string(c.in[3].numel()) + " values for rank " + std::to_string(r));
+    for (size_t i = 0; i < r; ++i) {
+      od[i] = readInt(c.in[3], int64_t(i));
+      if (od[i] < 0)
+        return c.fail("negative size");
+      scales[i] = x.dims[i] ? double(od[i]) / double(x.dims[i]) : 1.0;
+    }
+  } else if (given(2)) {
+    if (c.in[2].numel() != int64_t(r))
+      return c.fail("scales has " + std::to_string(c.in[2].numel()) + " values for rank " +
+                    std::to_string(r));
+    for (size_t i = 0; i < r; ++i) {
+      scales[i] = readDouble(c.in[2], int64_t(i));
+      if (!(scales[i] > 0))
+        return c.fail("scales must be positive");
+      od[i] = int64_t(std::floor(double(x.dims[i]) * (roiEnd[i] - roiStart[i]) * scales[i]));
+    }
+  } else {
+    return c.fail("needs scales or sizes");
+  }
+  if (!c.alloc(0, od))
+    return false;
+  const double A = c.a.f("cubic_coeff_a", -0.75), extrapolation = c.a.f("extrapolation_value", 0.0);
+  const bool excludeOutside = c.a.i("exclude_outside", 0) != 0;
+  // Per axis and output index: the taps (input index, weight), or none when outside a crop's roi.
+  struct Tap {
+    int64_t index;
+    double weight;
+  };
+  std::vector<std::vector<std::vector<Tap>>> taps(r);
+  std::vector<std::vector<bool>> outside(r);
+  for (size_t d = 0; d < r; ++d) {
+    int64_t in = x.dims[d], out = od[d];
+    // The resized length in the coordinate transforms is in * scale, unrounded (as ONNX's reference: with
+    // scales 0.6 on 4, align_corners divides by 1.4, not by the 2 - 1 of the floored size).
+    double sc = scales[d], len = double(in) * sc;
+    taps[d].resize(out);
+    outside[d].assign(out, false);
+    for (int64_t o = 0; o < out; ++o) {
+      double xo;
+      if (in == out && !crop && sc == 1.0) {
+        taps[d][o] = {{o, 1.0}};
+        continue;
+      }
+      if (ctm == "half_pixel")
+        xo = (o + 0.5) / sc - 0.5;
+      else if (ctm == "pytorch_half_pixel")
+        xo = len > 1 ? (o + 0.5) / sc - 0.5 : 0.0;
+      else if (ctm == "align_corners")
+        xo = len == 1 ? 0.0 : double(o) * double(in - 1) / (len - 1);
+      else if (ctm == "asymmetric")
+        xo = double(o) / sc;
+      else if (ctm == "tf_half_pixel_for_nn")
+        xo = (o + 0.5) / sc;
+      else if (crop)
+        xo = out > 1 ? roiStart[d] * double(in - 1) +
+                           double(o) * (roiEnd[d] - roiStart[d]) * double(in - 1) / double(out - 1)
+                     : 0.5 * (roiStart[d] + roiEnd[d]) * double(in - 1);
+      else
+        return c.fail("coordinate_transformation_mode '" + ctm + "'");
+      if (crop && (xo < 0 || xo > double(in - 1))) {
+        outside[d][o] = true;
+        continue;
+      }
+      auto clampIdx = [&](int64_t k) { return std::clamp<int64_t>(k, 0, in - 1); };
+      std::vector<Tap> &t = taps[d][o];
+      if (m == 0) {
+        int64_t k = nearest == "floor"               ? int64_t(std::floor(xo))
+                    : nearest == "ceil"              ? int64_t(std::ceil(xo))
+                    : nearest == "round_prefer_ceil" ? int64_t(std::floor(xo + 0.5))
+                                                     : int64_t(std::ceil(xo - 0.5)); // round_prefer_floor
+        if (nearest != "floor" && nearest != "ceil" && nearest != "round_prefer_ceil" &&
+            nearest != "round_prefer_floor")
+          return c.fail("nearest_mode '" + nearest + "'");
+        t = {{clampIdx(k), 1.0}};
+      } else if (m == 1) {
+        int64_t k = int64_t(std::floor(xo));
+        double f = xo - double(k);
+        t = {{clampIdx(k), 1.0 - f}, {clampIdx(k + 1), f}};
+      } else {
+        int64_t k = int64_t(std::floor(xo));
+        double f = xo - double(k), sum = 0;
+        auto cubic = [&](double v) {
+          v = std::fabs(v);
+          return v <= 1  ? ((A + 2) * v - (A + 3)) * v * v + 1
+                 : v < 2 ? ((A * v - 5 * A) * v + 8 * A) * v - 4 * A
+                         : 0.0;
+        };
+        for (int64_t j = -1; j <= 2; ++j) {
+          double w = cubic(f - double(j));
+          if (excludeOutside && (k + j < 0 || k + j >= in))
+            w = 0;
+          t.push_back({clampIdx(k + j), w});
+          sum += w;
+        }
+        if (excludeOutside && sum != 0)
+          for (Tap &tp : t)
+            tp.weight /= sum;
+      }
+    }
+  }
+  Dims xs = stridesOf(x.dims);
+  return withFloat(x.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     const T *p = x.as<T>();
+                     T *o = c.out[0].mut<T>();
+                     int64_t total = c.out[0].numel();
+                     Dims idx(r, 0);
+                     std::vector<size_t> pick(r);
+                     for (int64_t i = 0; i < total; ++i) {
+                       bool out = false;
+                       for (size_t d = 0; d < r; ++d)
+                         out |= outside[d][idx[d]];
+                       double acc = 0;
+                       if (!out) {
+                         // Sum over every combination of the axes' taps (an odometer over tap choices).
+                         std::fill(pick.begin(), pick.end(), 0);
+                         while (true) {
+                           double w = 1;
+                           int64_t off = 0;
+                           for (size_t d = 0; d < r; ++d) {
+                             const Tap &tp = taps[d][idx[d]][pick[d]];
+                             w *= tp.weight;
+                             off += tp.index * xs[d];
+                           }
+                           acc += w * double(p[off]);
+                           size_t d = r;
+                           while (d-- > 0 && ++pick[d] == taps[d][idx[d]].size())
+                             pick[d] = 0;
+                           if (d == size_t(-1))
+                             break;
+                         }
+                       }
+                       o[i] = T(out ? extrapolation : acc);
+                       for (size_t d = r; d-- > 0;) {
+                         if (++idx[d] < od[d])
+                           break;
+                         idx[d] = 0;
+                       }
+                     }
+                   }) ||
+         c.badType(x);
+}
+
 } // namespace moert::ops

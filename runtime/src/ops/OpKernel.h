@@ -416,6 +416,8 @@ bool einsum(Ctx &c);
 bool gemm(Ctx &c);
 bool matmul(Ctx &c);
 bool matmulInteger(Ctx &c);
+bool pool(Ctx &c);
+bool convTranspose(Ctx &c);
 // Movement.cpp
 bool concat(Ctx &c);
 bool constantOfShape(Ctx &c);
@@ -441,6 +443,7 @@ bool nonZero(Ctx &c);
 bool eyeLike(Ctx &c);
 bool pad(Ctx &c);
 bool reverseSequence(Ctx &c);
+bool resize(Ctx &c);
 
 } // namespace moert::ops
 
