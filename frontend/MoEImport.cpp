@@ -355,3 +355,128 @@ LogicalResult moec::frontend::importOrtMatMulNBits(NodeImporter &ni) {
   ni.setOutputs(op->getResult(0));
   return success();
 }
+
+// ---- ONNX Runtime's norm and GELU contrib ops (ORT-GenAI's builder and ORT's transformer optimizer write
+// them)
+
+namespace {
+/// A moe.norm over the last axis of `x` (f32), with the node's epsilon; null after an error.
+Value lastAxisNorm(NodeImporter &ni, Value x, Value gamma, Value beta, moe::NormKind kind) {
+  auto t = dyn_cast<RankedTensorType>(x.getType());
+  if (!t || !t.getElementType().isF32()) {
+    (void)ni.fail("needs an f32 input of known rank");
+    return nullptr;
+  }
+  float eps = floatAttr(ni, "epsilon").value_or(1e-5f);
+  OpBuilder &b = ni.builder();
+  SmallVector<Value> operands{x, gamma};
+  if (beta)
+    operands.push_back(beta);
+  Operation *op = ni.createOp(moe::NormOp::getOperationName(), operands,
+                              {b.getNamedAttr("kind", moe::NormKindAttr::get(b.getContext(), kind)),
+                               b.getNamedAttr("epsilon", b.getF32FloatAttr(eps))},
+                              {t});
+  return op ? op->getResult(0) : Value();
+}
+
+Value addValues(NodeImporter &ni, Value a, Value b) {
+  Operation *op = ni.createOp(moec::onnxir::AddOp::getOperationName(), {a, b}, {}, {a.getType()});
+  return op ? op->getResult(0) : Value();
+}
+} // namespace
+
+/// SimplifiedLayerNormalization (RMSNorm; ORT registers it in the default domain, which OnnxModel moves to
+/// com.microsoft): one moe.norm over the last axis. Its optional inv_std_var output is not supported.
+LogicalResult moec::frontend::importOrtSimplifiedLayerNorm(NodeImporter &ni) {
+  if (failed(onlyKnownAttributes(ni, {"axis", "epsilon", "stash_type"})))
+    return failure();
+  auto rank = dyn_cast<RankedTensorType>(ni.input(0).getType());
+  int64_t axis = intAttr(ni, "axis", -1);
+  if (!rank || (axis != -1 && axis != rank.getRank() - 1))
+    return ni.fail("only the last axis is supported (axis " + std::to_string(axis) + ")");
+  if (intAttr(ni, "stash_type", 1) != 1)
+    return ni.fail("stash_type other than 1 (f32) is not supported");
+  if (ni.numOutputs() > 1 && !ni.node().output(1).empty())
+    return ni.fail("the inv_std_var output is not supported");
+  if (!ni.input(1))
+    return ni.fail("input 1 (scale) is required");
+  Value y = lastAxisNorm(ni, ni.input(0), ni.input(1), nullptr, moe::NormKind::rms);
+  if (!y)
+    return failure();
+  ni.setOutputs({y});
+  return success();
+}
+
+/// SkipLayerNormalization / SkipSimplifiedLayerNormalization: s = input + skip (+ bias), output = LayerNorm /
+/// RMSNorm of s over the last axis (gamma, beta); output 3 is s. The mean and inv_std_var outputs are not
+/// supported.
+LogicalResult moec::frontend::importOrtSkipLayerNorm(NodeImporter &ni) {
+  bool simplified = ni.node().op_type() == "SkipSimplifiedLayerNormalization";
+  if (failed(onlyKnownAttributes(ni, {"epsilon"})))
+    return failure();
+  for (unsigned i : {1u, 2u})
+    if (ni.numOutputs() > i && !ni.node().output(i).empty())
+      return ni.fail("the mean / inv_std_var outputs are not supported");
+  if (ni.numInputs() < 3 || !ni.input(0) || !ni.input(1) || !ni.input(2))
+    return ni.fail("inputs input, skip and gamma are required");
+  Value beta = simplified ? Value() : (ni.numInputs() > 3 ? ni.input(3) : Value());
+  Value bias = ni.numInputs() > (simplified ? 3u : 4u) ? ni.input(simplified ? 3 : 4) : Value();
+  Value sum = addValues(ni, ni.input(0), ni.input(1));
+  if (sum && bias)
+    sum = addValues(ni, sum, bias);
+  if (!sum)
+    return failure();
+  Value y = lastAxisNorm(ni, sum, ni.input(2), beta, simplified ? moe::NormKind::rms : moe::NormKind::layer);
+  if (!y)
+    return failure();
+  SmallVector<Value> outs{y};
+  if (ni.numOutputs() > 3) {
+    outs.append({y, y}); // placeholders for outputs 1 and 2, refused above when named
+    outs.push_back(sum);
+  }
+  ni.setOutputs(outs);
+  return success();
+}
+
+/// FastGelu (tanh GELU of X + bias), BiasGelu (erf GELU of A + B), QuickGelu (x * sigmoid(alpha x)).
+LogicalResult moec::frontend::importOrtGelu(NodeImporter &ni) {
+  const std::string &op = ni.node().op_type();
+  OpBuilder &b = ni.builder();
+  Value x = ni.input(0);
+  if (!x)
+    return ni.fail("input 0 is required");
+  if (op == "QuickGelu") {
+    if (failed(onlyKnownAttributes(ni, {"alpha"})))
+      return failure();
+    float alpha = floatAttr(ni, "alpha").value_or(1.702f);
+    auto t = cast<ShapedType>(x.getType());
+    Value a = ni.constant(DenseElementsAttr::get(RankedTensorType::get({}, t.getElementType()),
+                                                 FloatAttr::get(t.getElementType(), alpha)));
+    Operation *ax = ni.createOp(moec::onnxir::MulOp::getOperationName(), {x, a}, {}, {x.getType()});
+    Operation *sg =
+        ax ? ni.createOp(moec::onnxir::SigmoidOp::getOperationName(), {ax->getResult(0)}, {}, {x.getType()})
+           : nullptr;
+    Operation *y = sg ? ni.createOp(moec::onnxir::MulOp::getOperationName(), {x, sg->getResult(0)}, {},
+                                    {ni.outputType(0)})
+                      : nullptr;
+    if (!y)
+      return failure();
+    ni.setOutputs(y->getResults());
+    return success();
+  }
+  if (failed(onlyKnownAttributes(ni, {})))
+    return failure();
+  Value bias = ni.numInputs() > 1 ? ni.input(1) : Value();
+  if (!bias && op == "BiasGelu")
+    return ni.fail("input 1 (bias) is required");
+  if (bias && !(x = addValues(ni, x, bias)))
+    return failure();
+  Operation *y =
+      ni.createOp(moec::onnxir::GeluOp::getOperationName(), {x},
+                  {b.getNamedAttr("approximate", b.getStringAttr(op == "FastGelu" ? "tanh" : "none"))},
+                  {ni.outputType(0)});
+  if (!y)
+    return failure();
+  ni.setOutputs(y->getResults());
+  return success();
+}

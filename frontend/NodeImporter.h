@@ -89,6 +89,12 @@ mlir::LogicalResult importOrtQMoE(NodeImporter &ni);
 mlir::LogicalResult importSparseMoE(NodeImporter &ni);
 /// ONNX Runtime's com.microsoft.MatMulNBits, imported as a moe.linear keeping its quantised weights.
 mlir::LogicalResult importOrtMatMulNBits(NodeImporter &ni);
+/// ONNX Runtime's norm and GELU contrib ops (MoEImport.cpp): SimplifiedLayerNormalization and
+/// Skip(Simplified)LayerNormalization as a moe.norm over the last axis, FastGelu / BiasGelu / QuickGelu as
+/// graph ops.
+mlir::LogicalResult importOrtSimplifiedLayerNorm(NodeImporter &ni);
+mlir::LogicalResult importOrtSkipLayerNorm(NodeImporter &ni);
+mlir::LogicalResult importOrtGelu(NodeImporter &ni);
 /// ONNX Runtime's com.microsoft.GroupQueryAttention (AttentionImport.cpp): its cache update, rotary embedding
 /// and causal mask as graph ops around one moe.attention.
 mlir::LogicalResult importOrtGroupQueryAttention(NodeImporter &ni);

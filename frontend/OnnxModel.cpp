@@ -199,6 +199,23 @@ std::unique_ptr<OnnxModel> OnnxModel::parse(std::unique_ptr<OnnxModel> m, llvm::
   if (proto.opset_import_size() == 0)
     return fail("not a valid ONNX model: it imports no opset");
 
+  // ONNX Runtime registers some of its contrib ops in the default domain, where libonnx's checker and shape
+  // inference know no such op: they are moved to com.microsoft (the domain moec imports them from).
+  {
+    static const char *const kOrtDefaultDomainOps[] = {"SimplifiedLayerNormalization"};
+    bool moved = false;
+    for (auto &node : *m->model->mutable_graph()->mutable_node())
+      for (const char *op : kOrtDefaultDomainOps)
+        if ((node.domain().empty() || node.domain() == "ai.onnx") && node.op_type() == op) {
+          node.set_domain("com.microsoft");
+          moved = true;
+        }
+    if (moved && m->opsetVersion("com.microsoft") == 0) {
+      auto *imp = m->model->add_opset_import();
+      imp->set_domain("com.microsoft");
+      imp->set_version(1);
+    }
+  }
   int64_t defaultOpset = m->opsetVersion("");
   int64_t knownMax = knownOpsetMax("");
   bool newerOpset = defaultOpset > knownMax;

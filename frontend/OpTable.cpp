@@ -707,6 +707,13 @@ const OpTableEntry kTable[] = {
     {"moec", "SparseMoE", 1, importSparseMoE},
     // Linear layers with quantised weights (MoEImport.cpp).
     {"com.microsoft", "MatMulNBits", 1, importOrtMatMulNBits},
+    // ONNX Runtime's norm and GELU contrib ops (MoEImport.cpp).
+    {"com.microsoft", "SimplifiedLayerNormalization", 1, importOrtSimplifiedLayerNorm},
+    {"com.microsoft", "SkipSimplifiedLayerNormalization", 1, importOrtSkipLayerNorm},
+    {"com.microsoft", "SkipLayerNormalization", 1, importOrtSkipLayerNorm},
+    {"com.microsoft", "FastGelu", 1, importOrtGelu},
+    {"com.microsoft", "BiasGelu", 1, importOrtGelu},
+    {"com.microsoft", "QuickGelu", 1, importOrtGelu},
     // Attention (AttentionImport.cpp).
     {"com.microsoft", "GroupQueryAttention", 1, importOrtGroupQueryAttention},
     {"com.microsoft", "RotaryEmbedding", 1, importOrtRotaryEmbedding},
