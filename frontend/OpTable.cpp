@@ -548,6 +548,20 @@ LogicalResult upsampleV9(NodeImporter &ni) {
   return finish<ox::ResizeOp>(ni, {ni.input(0), ni.input(1)}, attrs, resultTypes(ni, 1));
 }
 
+/// Unique: all four results (Y and the int64 indices, inverse_indices and counts), whichever the node names.
+LogicalResult uniqueOp(NodeImporter &ni) {
+  SmallVector<NamedAttribute> attrs;
+  if (failed(declaredAttributes<ox::UniqueOp>(ni, attrs)))
+    return failure();
+  auto idx = RankedTensorType::get({ShapedType::kDynamic}, ni.builder().getI64Type());
+  SmallVector<Type> types{ni.outputType(0)};
+  for (unsigned i = 1; i < 4; ++i)
+    types.push_back(i < ni.numOutputs() && !ni.node().output(i).empty()
+                        ? ni.outputType(i, idx.getElementType())
+                        : Type(idx));
+  return finish<ox::UniqueOp>(ni, {ni.input(0)}, attrs, types);
+}
+
 const OpTableEntry kTable[] = {
     // Elementwise (unary ops before opset 6 had `consumed_inputs`; binary ops before 7 legacy broadcast).
     UNARY(Abs, 6),
@@ -695,6 +709,10 @@ const OpTableEntry kTable[] = {
     {"", "BatchNormalization", 7, batchNorm},
     {"", "InstanceNormalization", 6, generic<ox::InstanceNormalizationOp>},
     {"", "MaxPool", 8, generic<ox::MaxPoolOp, -1, Elem::SameAsInput0>},
+    {"", "MaxUnpool", 9, generic<ox::MaxUnpoolOp>},
+    {"", "LRN", 1, generic<ox::LRNOp>},
+    {"", "Det", 11, generic<ox::DetOp>},
+    {"", "Unique", 11, uniqueOp},
     {"", "AveragePool", 7, generic<ox::AveragePoolOp>},
     {"", "GlobalAveragePool", 1, globalPool<ox::ReduceMeanOp>},
     {"", "GlobalMaxPool", 1, globalPool<ox::ReduceMaxOp>},

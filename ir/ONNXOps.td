@@ -428,4 +428,24 @@ def ONNX_ResizeOp : ONNX_Op<"Resize", [AttrSizedOperandSegments]> {
   let results = (outs AnyTensor:$Y);
 }
 
+def ONNX_LRNOp : ONNX_Op<"LRN"> {
+  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<F32Attr, "1e-4f">:$alpha,
+                   DefaultValuedAttr<F32Attr, "0.75f">:$beta, DefaultValuedAttr<F32Attr, "1.0f">:$bias, I64Attr:$size);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_DetOp : ONNX_UnaryOp<"Det">;
+
+def ONNX_UniqueOp : ONNX_Op<"Unique"> {
+  let arguments = (ins AnyTensor:$X, OptionalAttr<I64Attr>:$axis, DefaultValuedAttr<I64Attr, "1">:$sorted);
+  let summary = "ONNX Unique (all four results, whichever the node names)";
+  let results = (outs AnyTensor:$Y, AnyTensor:$indices, AnyTensor:$inverse_indices, AnyTensor:$counts);
+}
+
+def ONNX_MaxUnpoolOp : ONNX_Op<"MaxUnpool"> {
+  let arguments = (ins AnyTensor:$X, AnyTensor:$I, Optional<AnyTensor>:$output_shape,
+                   I64ArrayAttr:$kernel_shape, OptionalAttr<I64ArrayAttr>:$pads, OptionalAttr<I64ArrayAttr>:$strides);
+  let results = (outs AnyTensor:$output);
+}
+
 #endif // MOEC_IR_ONNXOPS_TD

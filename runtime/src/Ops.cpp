@@ -213,7 +213,8 @@ const OpEntry kOps[] = {
     {"InstanceNormalization", channelNorm, true}, {"QuantizeLinear", quantizeLinear, false},
     {"DequantizeLinear", quantizeLinear, false}, {"MatMulInteger", matmulInteger, false},
     {"MaxPool", pool, true},       {"AveragePool", pool, true},   {"ConvTranspose", convTranspose, true},
-    {"Resize", resize, true},
+    {"Resize", resize, true},      {"LRN", lrn, true},            {"Unique", unique, false},
+    {"Det", det, true},            {"MaxUnpool", maxUnpool, false},
     {"moec.Embedding", embedding, false}, // moe.embedding's table rows
     {"moec.KvCacheUpdate", kvCacheUpdate, false}, // moe.kv_cache_update (GroupQueryAttention's caches)
     {"moec.Norm", fusedNorm, false},       // moe.norm (RMSNorm / LayerNorm rows)

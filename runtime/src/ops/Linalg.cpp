@@ -123,8 +123,8 @@ bool gemm(Ctx &c) {
 struct Window {
   Dims kern, strides, dil, pads, out;
 };
-bool window(Ctx &c, const Dims &xDims, Dims kern, bool ceilMode, Window &w) {
-  size_t sp = xDims.size() - 2;
+/// The attributes alone: defaults filled, sizes and signs checked (ConvTranspose computes its own output).
+bool windowAttrs(Ctx &c, size_t sp, Dims kern, Window &w) {
   w.kern = std::move(kern);
   w.strides = c.a.ints("strides");
   w.dil = c.a.ints("dilations");
@@ -140,6 +140,13 @@ bool window(Ctx &c, const Dims &xDims, Dims kern, bool ceilMode, Window &w) {
   for (size_t i = 0; i < sp; ++i)
     if (w.strides[i] <= 0 || w.dil[i] <= 0 || w.kern[i] <= 0)
       return c.fail("kernel_shape, strides and dilations must be positive");
+  return true;
+}
+
+bool window(Ctx &c, const Dims &xDims, Dims kern, bool ceilMode, Window &w) {
+  size_t sp = xDims.size() - 2;
+  if (!windowAttrs(c, sp, std::move(kern), w))
+    return false;
   std::string autoPad = c.a.str("auto_pad", "NOTSET");
   w.out.clear();
   for (size_t i = 0; i < sp; ++i) {
@@ -473,28 +480,20 @@ bool convTranspose(Ctx &c) {
     return c.fail("channels " + std::to_string(C) + " / W " + dimsString(W.dims) + " / group " +
                   std::to_string(group) + " disagree");
   int64_t mg = W.dims[1], M = mg * group, cg = C / group;
-  Dims kern(W.dims.begin() + 2, W.dims.end()), strides = c.a.ints("strides"), dil = c.a.ints("dilations"),
-                                               pads = c.a.ints("pads"), outPad = c.a.ints("output_padding"),
-                                               outShape = c.a.ints("output_shape");
-  if (strides.empty())
-    strides.assign(sp, 1);
-  if (dil.empty())
-    dil.assign(sp, 1);
-  if (pads.empty())
-    pads.assign(2 * sp, 0);
+  Window win;
+  if (!windowAttrs(c, sp, Dims(W.dims.begin() + 2, W.dims.end()), win))
+    return false;
+  const Dims &kern = win.kern, &strides = win.strides, &dil = win.dil;
+  Dims &pads = win.pads, outPad = c.a.ints("output_padding"), outShape = c.a.ints("output_shape");
   if (outPad.empty())
     outPad.assign(sp, 0);
   if (outShape.size() == sp + 2)
     outShape.erase(outShape.begin(), outShape.begin() + 2);
-  if (strides.size() != sp || dil.size() != sp || pads.size() != 2 * sp || outPad.size() != sp ||
-      (!outShape.empty() && outShape.size() != sp))
-    return c.fail("strides/dilations/pads/output_padding/output_shape do not match " + std::to_string(sp) +
-                  " spatial dims");
+  if (outPad.size() != sp || (!outShape.empty() && outShape.size() != sp))
+    return c.fail("output_padding/output_shape do not match " + std::to_string(sp) + " spatial dims");
   std::string autoPad = c.a.str("auto_pad", "NOTSET");
   Dims od{N, M}, inSp(X.dims.begin() + 2, X.dims.end()), outSp(sp);
   for (size_t i = 0; i < sp; ++i) {
-    if (strides[i] <= 0 || dil[i] <= 0)
-      return c.fail("strides and dilations must be positive");
     int64_t full = strides[i] * (inSp[i] - 1) + outPad[i] + (kern[i] - 1) * dil[i] + 1;
     bool same = autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER";
     if (!outShape.empty() || same) {
@@ -551,6 +550,97 @@ bool convTranspose(Ctx &c) {
                        }
                    }) ||
          c.badType(X);
+}
+
+/// Det of [..., M, M]: LU with partial pivoting, in double.
+bool det(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  size_t r = x.dims.size();
+  if (r < 2 || x.dims[r - 1] != x.dims[r - 2])
+    return c.fail("input " + dimsString(x.dims) + " is not [..., M, M]");
+  int64_t m = x.dims[r - 1], mats = product(x.dims, 0, r - 2);
+  if (!c.alloc(0, Dims(x.dims.begin(), x.dims.end() - 2)))
+    return false;
+  std::vector<double> a(size_t(m * m));
+  for (int64_t b = 0; b < mats; ++b) {
+    for (int64_t i = 0; i < m * m; ++i)
+      a[i] = readDouble(x, b * m * m + i);
+    double d = 1;
+    for (int64_t k = 0; k < m && d != 0; ++k) {
+      int64_t piv = k;
+      for (int64_t i = k + 1; i < m; ++i)
+        if (std::fabs(a[i * m + k]) > std::fabs(a[piv * m + k]))
+          piv = i;
+      if (a[piv * m + k] == 0) {
+        d = 0;
+        break;
+      }
+      if (piv != k) {
+        for (int64_t j = 0; j < m; ++j)
+          std::swap(a[k * m + j], a[piv * m + j]);
+        d = -d;
+      }
+      d *= a[k * m + k];
+      for (int64_t i = k + 1; i < m; ++i) {
+        double f = a[i * m + k] / a[k * m + k];
+        for (int64_t j = k; j < m; ++j)
+          a[i * m + j] -= f * a[k * m + j];
+      }
+    }
+    if (!withFloat(c.out[0].dtype, [&](auto tag) { c.out[0].mut<decltype(tag)>()[b] = decltype(tag)(d); }))
+      return c.badType(x);
+  }
+  return true;
+}
+
+/// MaxUnpool: zeros, then each input value at its flat index (from MaxPool's indices) in the output, whose
+/// spatial dims are output_shape's or (in - 1) * stride + kernel - pads.
+bool maxUnpool(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &X = c.in[0], &I = c.in[1];
+  if (X.dims.size() < 3 || I.dims != X.dims)
+    return c.fail("X " + dimsString(X.dims) + " and indices " + dimsString(I.dims) +
+                  " must match, rank >= 3");
+  size_t sp = X.dims.size() - 2;
+  Window w;
+  if (!windowAttrs(c, sp, c.a.ints("kernel_shape"), w))
+    return false;
+  // The indices are flat offsets into the unpooled shape (what MaxPool read); an output_shape (larger, for
+  // a pool that dropped a border) places that shape's elements at the same coordinates.
+  Dims natural(X.dims.begin(), X.dims.begin() + 2);
+  for (size_t i = 0; i < sp; ++i)
+    natural.push_back((X.dims[2 + i] - 1) * w.strides[i] + w.kern[i] - w.pads[i] - w.pads[sp + i]);
+  Dims od = natural;
+  if (c.in.size() > 2 && c.in[2].present()) {
+    od = readInts(c.in[2]);
+    if (od.size() != X.dims.size())
+      return c.fail("output_shape has " + std::to_string(od.size()) + " dims for rank " +
+                    std::to_string(X.dims.size()));
+    for (size_t i = 0; i < od.size(); ++i)
+      if (od[i] < natural[i])
+        return c.fail("output_shape " + dimsString(od) + " is smaller than " + dimsString(natural));
+  }
+  if (!c.alloc(0, od))
+    return false;
+  OpTensor &o = c.out[0];
+  std::memset(o.mut<char>(), 0, o.bytes());
+  size_t width = dtypeSize(X.dtype);
+  int64_t total = product(natural);
+  for (int64_t i = 0; i < X.numel(); ++i) {
+    int64_t at = readInt(I, i), to = 0;
+    if (at < 0 || at >= total)
+      return c.fail("index " + std::to_string(at) + " outside an unpooled tensor of " +
+                    std::to_string(total));
+    for (size_t d = 0, r = size_t(at), stride = size_t(total); d < od.size(); ++d) {
+      stride /= size_t(natural[d]);
+      to = to * od[d] + int64_t((r / stride) % size_t(natural[d]));
+    }
+    std::memcpy(o.mut<char>() + to * int64_t(width), X.data + i * int64_t(width), width);
+  }
+  return true;
 }
 
 } // namespace moert::ops

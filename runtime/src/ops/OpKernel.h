@@ -407,6 +407,8 @@ bool softmax(Ctx &c);
 bool topk(Ctx &c);
 bool hardmax(Ctx &c);
 bool channelNorm(Ctx &c);
+bool lrn(Ctx &c);
+bool unique(Ctx &c);
 // Fused.cpp
 bool fusedNorm(Ctx &c);
 bool fusedRotary(Ctx &c);
@@ -418,6 +420,8 @@ bool matmul(Ctx &c);
 bool matmulInteger(Ctx &c);
 bool pool(Ctx &c);
 bool convTranspose(Ctx &c);
+bool det(Ctx &c);
+bool maxUnpool(Ctx &c);
 // Movement.cpp
 bool concat(Ctx &c);
 bool constantOfShape(Ctx &c);

@@ -429,4 +429,110 @@ bool channelNorm(Ctx &c) {
          c.badType(x);
 }
 
+/// LRN: x / (bias + alpha / size * sum of x^2 over the `size` channels around)^beta (NC...).
+bool lrn(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  int64_t size = c.a.i("size", 0);
+  if (x.dims.size() < 2 || size <= 0)
+    return c.fail("needs an input of rank >= 2 and a positive size");
+  if (!c.alloc(0, x.dims))
+    return false;
+  double alpha = c.a.f("alpha", 1e-4), beta = c.a.f("beta", 0.75), bias = c.a.f("bias", 1.0);
+  int64_t n = x.dims[0], ch = x.dims[1], sp = product(x.dims, 2), lo = (size - 1) / 2, hi = size - 1 - lo;
+  return withFloat(x.dtype,
+                   [&](auto tag) {
+                     using T = decltype(tag);
+                     const T *p = x.as<T>();
+                     T *o = c.out[0].mut<T>();
+                     for (int64_t b = 0; b < n; ++b)
+                       for (int64_t k = 0; k < ch; ++k)
+                         for (int64_t i = 0; i < sp; ++i) {
+                           double sq = 0;
+                           for (int64_t j = std::max<int64_t>(0, k - lo); j <= std::min(ch - 1, k + hi);
+                                ++j) {
+                             double v = double(p[(b * ch + j) * sp + i]);
+                             sq += v * v;
+                           }
+                           int64_t at = (b * ch + k) * sp + i;
+                           o[at] = T(double(p[at]) / std::pow(bias + alpha / double(size) * sq, beta));
+                         }
+                   }) ||
+         c.badType(x);
+}
+
+/// Unique: the distinct elements (no axis: of the flattened input) or slices along `axis`, sorted ascending
+/// (lexicographically for slices) or in order of first occurrence; outputs Y, the first occurrence of each,
+/// each input slice's index in Y, and the counts.
+bool unique(Ctx &c) {
+  if (!c.need(1))
+    return false;
+  const OpTensor &x = c.in[0];
+  const Attribute *ax = c.a.find("axis");
+  Dims xd = ax ? x.dims : Dims{x.numel()};
+  int64_t axis = ax ? normAxis(ax->ints(0), int64_t(x.dims.size())) : 0;
+  if (axis < 0)
+    return c.fail("axis out of range");
+  int64_t n = xd[axis], outer = product(xd, 0, axis), inner = product(xd, axis + 1);
+  // Slice k: the values x[a, k, b] for every a, b, as doubles (exact for the integer ranges ONNX tests use).
+  auto value = [&](int64_t k, int64_t e) { return readDouble(x, ((e / inner) * n + k) * inner + e % inner); };
+  int64_t elems = outer * inner;
+  auto less = [&](int64_t p, int64_t q) {
+    for (int64_t e = 0; e < elems; ++e) {
+      double u = value(p, e), v = value(q, e);
+      if (u != v)
+        return u < v;
+    }
+    return false;
+  };
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(),
+            [&](int64_t p, int64_t q) { return less(p, q) || (!less(q, p) && p < q); });
+  std::vector<int64_t> group(n), first, counts; // group of each slice; first slice and size of each group
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (i == 0 || less(order[i - 1], order[i])) {
+      first.push_back(order[i]);
+      counts.push_back(0);
+    }
+    group[order[i]] = int64_t(first.size()) - 1;
+    ++counts.back();
+  }
+  int64_t u = int64_t(first.size());
+  std::vector<int64_t> rank(u); // output position of each group
+  std::iota(rank.begin(), rank.end(), 0);
+  if (c.a.i("sorted", 1) == 0) { // by first occurrence
+    std::vector<int64_t> byFirst(u);
+    std::iota(byFirst.begin(), byFirst.end(), 0);
+    std::sort(byFirst.begin(), byFirst.end(), [&](int64_t a, int64_t b) { return first[a] < first[b]; });
+    for (int64_t i = 0; i < u; ++i)
+      rank[byFirst[i]] = i;
+  }
+  Dims yd = xd;
+  yd[axis] = u;
+  if (!c.alloc(0, yd))
+    return false;
+  size_t w = dtypeSize(x.dtype);
+  for (int64_t g = 0; g < u; ++g)
+    for (int64_t a = 0; a < outer; ++a)
+      std::memcpy(c.out[0].mut<char>() + ((a * u + rank[g]) * inner) * int64_t(w),
+                  x.data + ((a * n + first[g]) * inner) * int64_t(w), size_t(inner) * w);
+  auto put = [&](size_t k, Dims dims, auto &&at) {
+    if (c.out.size() <= k || c.out[k].dtype != proto::I64)
+      return true;
+    if (!c.alloc(k, dims))
+      return false;
+    for (int64_t i = 0; i < dims[0]; ++i)
+      c.out[k].mut<int64_t>()[i] = at(i);
+    return true;
+  };
+  std::vector<int64_t> byRank(u);
+  for (int64_t g = 0; g < u; ++g)
+    byRank[rank[g]] = g;
+  return put(1, {u}, [&](int64_t i) { return first[byRank[i]]; }) &&
+         put(2, {n}, [&](int64_t i) { return rank[group[i]]; }) &&
+         put(3, {u}, [&](int64_t i) { return counts[byRank[i]]; });
+}
+
 } // namespace moert::ops
