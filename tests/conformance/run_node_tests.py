@@ -175,9 +175,10 @@ KNOWN_HEADER = """# ONNX backend node tests (libonnx-testdata 1.12) that moec is
 
 def short_reason(why):
     """The error line without the test's path: 'op X not supported yet', or moec's message."""
-    m = re.search(r"\((\w+)(?:, [\w.]+ opset \d+)?\): (?:unsupported op|op not supported by moec)", why)
+    m = re.search(r"\((\w+)(?:, [\w.]+ opset \d+)?(?:, in ONNX function (\w+))?\): "
+                  r"(?:unsupported op|op not supported by moec)", why)
     if m:
-        return f"op {m.group(1)} not supported yet"
+        return f"op {m.group(1)} not supported yet" + (f" (in the body of {m.group(2)})" if m.group(2) else "")
     if "is not a tensor of a supported type" in why:
         return "string, sequence or optional values (out of scope: docs/onnx-support.md)"
     return re.sub(r"/\S*/data/node/", "", why)
