@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 using namespace moec::codegen;
 namespace fmt = moert::format;
@@ -121,6 +122,34 @@ void moec::codegen::planMemory(moert::proto::Program &p) {
       reads.assign(st.op().inputs().begin(), st.op().inputs().end());
       writes.assign(st.op().outputs().begin(), st.op().outputs().end());
       view = isViewOp(st.op().op());
+      if (st.op().blocks_size() > 0) {
+        // Control flow: what its blocks read counts as read here (a loop reads it on every iteration);
+        // the values its blocks define and its own outputs get no buffer (they are allocated as they are
+        // made, and an output the runtime finds in the arena is copied out of it).
+        std::function<void(const pb::OpStep &)> nested = [&](const pb::OpStep &o) {
+          for (const pb::Block &b : o.blocks()) {
+            for (const pb::Step &inner : b.steps()) {
+              if (inner.has_op()) {
+                reads.insert(reads.end(), inner.op().inputs().begin(), inner.op().inputs().end());
+                nested(inner.op());
+              } else if (inner.has_moe()) {
+                reads.insert(reads.end(),
+                             {inner.moe().input(), inner.moe().logits(), inner.moe().residual()});
+              } else if (inner.has_linear()) {
+                reads.insert(reads.end(), {inner.linear().input(), inner.linear().residual()});
+              } else if (inner.has_attention()) {
+                const auto &a = inner.attention();
+                reads.insert(reads.end(), {a.query(), a.key(), a.value(), a.mask(), a.sinks()});
+              }
+            }
+            reads.insert(reads.end(), b.outputs().begin(), b.outputs().end());
+          }
+        };
+        nested(st.op());
+        for (uint32_t id : writes)
+          def[id] = s;
+        writes.clear();
+      }
     }
     for (int64_t id : reads)
       if (id >= 0)

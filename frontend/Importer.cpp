@@ -71,10 +71,11 @@ public:
         model->path().str() + ": node '" + (n.name().empty() ? "#" + std::to_string(nodeIndex) : n.name()) +
         "' (" + n.op_type() + ", " + domain + " opset " + std::to_string(currentOpset) +
         (model->expandedFrom(n).empty() ? "" : ", in ONNX function " + model->expandedFrom(n).str()) +
-        "): " + message.str();
+        subgraphContext() + "): " + message.str();
     return failure();
   }
   Type elementType(int onnxDataType) const override;
+  LogicalResult importSubgraph(llvm::StringRef name, Region &region, ArrayRef<Type> argTypes) override;
 
 private:
   LogicalResult importInitializer(const onnx::TensorProto &t, std::string &error);
@@ -92,6 +93,14 @@ private:
   int nodeIndex = 0;
   Location currentLoc = UnknownLoc::get(&ctx);
   std::string firstError;
+  // The subgraphs being imported, outermost first: "then_branch of node 'x' (If)".
+  std::vector<std::string> subgraphs;
+  std::string subgraphContext() const {
+    std::string out;
+    for (auto it = subgraphs.rbegin(); it != subgraphs.rend(); ++it)
+      out += ", in " + *it;
+    return out;
+  }
 };
 
 Type GraphImporter::elementType(int t) const {
@@ -275,6 +284,64 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
   return success();
 }
 
+LogicalResult GraphImporter::importSubgraph(llvm::StringRef name, Region &region, ArrayRef<Type> argTypes) {
+  const onnx::GraphProto *g = graphAttribute(name);
+  if (!g)
+    return fail("needs the graph attribute '" + name + "'");
+  // The subgraph's names are visible inside it only (they may shadow outer ones): restored at the end.
+  llvm::StringMap<Value> outer = values;
+  const onnx::NodeProto *node = current;
+  const int64_t opset = currentOpset;
+  const int index = nodeIndex;
+  const Location where = currentLoc;
+  auto restore = [&] {
+    subgraphs.pop_back();
+    values = std::move(outer);
+    current = node, currentOpset = opset, nodeIndex = index, currentLoc = where;
+  };
+  OpBuilder::InsertionGuard guard(b);
+  Block *block = b.createBlock(&region);
+  subgraphs.push_back(name.str() + " of node '" +
+                      (node->name().empty() ? "#" + std::to_string(index) : node->name()) + "' (" +
+                      node->op_type() + ")");
+  for (auto [i, in] : llvm::enumerate(g->input())) {
+    Type t = i < argTypes.size() ? argTypes[i] : Type();
+    if (!t)
+      t = typeFromProto(in.has_type() ? &in.type() : nullptr, nullptr);
+    if (!t || !isa<TensorType>(t)) {
+      restore();
+      return fail("subgraph '" + name + "': input '" + in.name() + "' is not a tensor of a supported type");
+    }
+    values[in.name()] = block->addArgument(t, where);
+  }
+  std::string error;
+  for (const auto &t : g->initializer())
+    if (failed(importInitializer(t, error))) {
+      restore();
+      return fail("subgraph '" + name + "': " + error);
+    }
+  nodeIndex = 0;
+  for (const auto &n : g->node()) {
+    if (failed(importNode(n))) {
+      restore();
+      return failure();
+    }
+    ++nodeIndex;
+  }
+  SmallVector<Value> results;
+  for (const auto &out : g->output()) {
+    Value v = values.lookup(out.name());
+    if (!v) {
+      restore();
+      return fail("subgraph '" + name + "': output '" + out.name() + "' is not produced by the subgraph");
+    }
+    results.push_back(v);
+  }
+  restore();
+  b.create<moec::onnxir::YieldOp>(currentLoc, results);
+  return success();
+}
+
 OwningOpRef<ModuleOp> GraphImporter::run(std::string &error) {
   const onnx::GraphProto &g = model->proto().graph();
   // Owned from the start: an early error return frees everything built so far.
@@ -372,8 +439,14 @@ Value NodeImporter::constantI64(ArrayRef<int64_t> values) {
   return constant(DenseElementsAttr::get(type, values));
 }
 
+const onnx::GraphProto *NodeImporter::graphAttribute(StringRef name) const {
+  const onnx::AttributeProto *a = attribute(name);
+  return a && a->type() == onnx::AttributeProto::GRAPH ? &a->g() : nullptr;
+}
+
 Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<NamedAttribute> attrs,
-                                  TypeRange resultTypes) {
+                                  TypeRange resultTypes, unsigned numRegions,
+                                  function_ref<LogicalResult(Operation *)> fillRegions) {
   // A required input the node leaves out (or names no value for) reaches here as a null operand: an error
   // naming it, never an op with a null operand.
   for (auto [i, v] : llvm::enumerate(operands))
@@ -386,7 +459,13 @@ Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<
   state.addOperands(operands);
   state.addTypes(resultTypes);
   state.addAttributes(attrs);
+  for (unsigned r = 0; r < numRegions; ++r)
+    state.addRegion();
   Operation *op = builder().create(state);
+  if (numRegions && failed(fillRegions(op))) {
+    op->erase();
+    return nullptr;
+  }
   // OperationState drops an inherent attribute of the wrong kind instead of failing; catch that.
   for (NamedAttribute a : attrs) {
     if (op->getAttr(a.getName()) == a.getValue())

@@ -17,6 +17,7 @@
 namespace onnx {
 class NodeProto;
 class AttributeProto;
+class GraphProto;
 } // namespace onnx
 
 namespace moec::frontend {
@@ -52,8 +53,21 @@ public:
 
   /// Creates op `name` at the node's location and verifies it; on failure erases it, records an error
   /// naming the node and returns null. An attribute the op cannot hold is an error, not silently dropped.
+  /// With `numRegions`, the op gets that many regions, which `fillRegions` builds (importSubgraph) before
+  /// the op is verified; its failure (already reported) erases the op.
   mlir::Operation *createOp(llvm::StringRef name, mlir::ValueRange operands,
-                            llvm::ArrayRef<mlir::NamedAttribute> attrs, mlir::TypeRange resultTypes);
+                            llvm::ArrayRef<mlir::NamedAttribute> attrs, mlir::TypeRange resultTypes,
+                            unsigned numRegions = 0,
+                            llvm::function_ref<mlir::LogicalResult(mlir::Operation *)> fillRegions = nullptr);
+
+  /// Imports the node's graph attribute `name` (an If branch, a Loop or Scan body) into `region`, one block:
+  /// the subgraph's inputs become block arguments (of `argTypes[i]` where given and non-null, else of their
+  /// declared types), its initializers and nodes ops, its outputs one onnx.Yield. Values of the enclosing
+  /// graphs stay visible (ONNX's outer-scope capture); the subgraph's own names end with it.
+  virtual mlir::LogicalResult importSubgraph(llvm::StringRef name, mlir::Region &region,
+                                             llvm::ArrayRef<mlir::Type> argTypes) = 0;
+  /// The graph attribute `name`, or null.
+  const onnx::GraphProto *graphAttribute(llvm::StringRef name) const;
 
   /// ONNX TensorProto data type -> MLIR element type (null if unsupported).
   virtual mlir::Type elementType(int onnxDataType) const = 0;

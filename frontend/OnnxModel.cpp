@@ -17,6 +17,7 @@
 
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <map>
 
 using namespace moec::frontend;
@@ -266,16 +267,22 @@ std::unique_ptr<OnnxModel> OnnxModel::parse(std::unique_ptr<OnnxModel> m, llvm::
 
 void OnnxModel::collectTypes() {
   types.clear();
-  const onnx::GraphProto &g = model->graph();
-  for (const auto &vi : g.value_info())
-    if (vi.has_type())
-      types[vi.name()] = &vi.type();
-  for (const auto &vi : g.input())
-    if (vi.has_type())
-      types[vi.name()] = &vi.type();
-  for (const auto &vi : g.output())
-    if (vi.has_type())
-      types[vi.name()] = &vi.type();
+  // The graph's and, recursively, its subgraphs' (If branches, Loop / Scan bodies) declared and inferred
+  // types; a subgraph's names do not override the enclosing graph's.
+  std::function<void(const onnx::GraphProto &)> collect = [&](const onnx::GraphProto &g) {
+    for (const auto *list : {&g.output(), &g.input(), &g.value_info()})
+      for (const auto &vi : *list)
+        if (vi.has_type())
+          types.try_emplace(vi.name(), &vi.type());
+    for (const auto &n : g.node())
+      for (const auto &a : n.attribute()) {
+        if (a.has_g())
+          collect(a.g());
+        for (const auto &sub : a.graphs())
+          collect(sub);
+      }
+  };
+  collect(model->graph());
 }
 
 int64_t OnnxModel::nodeOpset(const onnx::NodeProto &node) const {

@@ -562,6 +562,149 @@ LogicalResult uniqueOp(NodeImporter &ni) {
   return finish<ox::UniqueOp>(ni, {ni.input(0)}, attrs, types);
 }
 
+//===----------------------------------------------------------------------===//
+// Control flow: subgraph attributes become regions (NodeImporter::importSubgraph).
+//===----------------------------------------------------------------------===//
+
+/// The element type a subgraph declares for its output `i` (null when it declares none).
+Type subgraphOutputElement(NodeImporter &ni, StringRef graph, int i) {
+  const onnx::GraphProto *g = ni.graphAttribute(graph);
+  if (!g || i < 0 || i >= g->output_size() || !g->output(i).type().has_tensor_type())
+    return nullptr;
+  return ni.elementType(g->output(i).type().tensor_type().elem_type());
+}
+
+/// Rejects attributes other than `known`; graph attributes are read by importSubgraph, not converted.
+LogicalResult controlFlowAttributes(NodeImporter &ni, ArrayRef<StringRef> graphs, ArrayRef<StringRef> ints,
+                                    SmallVectorImpl<NamedAttribute> &attrs) {
+  for (const auto &a : ni.node().attribute()) {
+    if (llvm::is_contained(graphs, a.name())) {
+      if (a.type() != onnx::AttributeProto::GRAPH)
+        return ni.fail("attribute '" + a.name() + "' must be a graph");
+      continue;
+    }
+    if (!llvm::is_contained(ints, a.name()))
+      return ni.fail("attribute '" + a.name() + "' is not supported");
+    OpBuilder &b = ni.builder();
+    if (a.type() == onnx::AttributeProto::INT)
+      attrs.push_back(b.getNamedAttr(a.name(), b.getI64IntegerAttr(a.i())));
+    else if (a.type() == onnx::AttributeProto::INTS)
+      attrs.push_back(b.getNamedAttr(
+          a.name(), b.getI64ArrayAttr(SmallVector<int64_t>(a.ints().begin(), a.ints().end()))));
+    else
+      return ni.fail("attribute '" + a.name() + "' must be an integer or a list of integers");
+  }
+  for (StringRef g : graphs)
+    if (!ni.graphAttribute(g))
+      return ni.fail("needs the graph attribute '" + g + "'");
+  return success();
+}
+
+/// A subgraph input's declared type, or `fallback` where it declares none.
+Type subgraphInputType(NodeImporter &ni, StringRef graph, int i, Type fallback) {
+  const onnx::GraphProto *g = ni.graphAttribute(graph);
+  if (!g || i >= g->input_size() || !g->input(i).type().has_tensor_type())
+    return fallback;
+  return nullptr; // importSubgraph reads the declared type
+}
+
+/// Creates control-flow op `OpTy` with one region per graph attribute in `graphs` (block arguments of
+/// `argTypes`, null: the subgraph's declared type) and binds the node's outputs; a result type nobody
+/// inferred takes the element type of the first graph's output `i + skipOutputs` (Loop's body yields its
+/// condition first).
+template <typename OpTy>
+LogicalResult finishWithRegions(NodeImporter &ni, ValueRange operands, ArrayRef<NamedAttribute> attrs,
+                                ArrayRef<StringRef> graphs, ArrayRef<Type> argTypes, int skipOutputs) {
+  SmallVector<Type> types;
+  for (unsigned i = 0; i < ni.numOutputs(); ++i)
+    types.push_back(ni.outputType(i, subgraphOutputElement(ni, graphs[0], int(i) + skipOutputs)));
+  Operation *op =
+      ni.createOp(OpTy::getOperationName(), operands, attrs, types, graphs.size(), [&](Operation *op) {
+        for (auto [r, g] : llvm::enumerate(graphs))
+          if (failed(ni.importSubgraph(g, op->getRegion(r), argTypes)))
+            return failure();
+        return success();
+      });
+  if (!op)
+    return failure();
+  ni.setOutputs(op->getResults());
+  return success();
+}
+
+LogicalResult ifOp(NodeImporter &ni) {
+  SmallVector<NamedAttribute> attrs;
+  if (failed(controlFlowAttributes(ni, {"then_branch", "else_branch"}, {}, attrs)))
+    return failure();
+  if (!ni.input(0))
+    return ni.fail("needs input 'cond'");
+  return finishWithRegions<ox::IfOp>(ni, {ni.input(0)}, attrs, {"then_branch", "else_branch"}, {}, 0);
+}
+
+LogicalResult loopOp(NodeImporter &ni) {
+  SmallVector<NamedAttribute> attrs;
+  if (failed(controlFlowAttributes(ni, {"body"}, {}, attrs)))
+    return failure();
+  OpBuilder &b = ni.builder();
+  SmallVector<Value> operands;
+  Value trip = ni.input(0), cond = ni.numInputs() > 1 ? ni.input(1) : Value();
+  if (trip)
+    operands.push_back(trip);
+  if (cond)
+    operands.push_back(cond);
+  const int carried = ni.numInputs() > 2 ? int(ni.numInputs()) - 2 : 0;
+  // Body arguments: the iteration number, the condition, then the carried values (which may change shape
+  // from one iteration to the next: their declared type, else any shape of the initial value's dtype).
+  SmallVector<Type> argTypes{subgraphInputType(ni, "body", 0, RankedTensorType::get({}, b.getI64Type())),
+                             subgraphInputType(ni, "body", 1, RankedTensorType::get({}, b.getI1Type()))};
+  for (int i = 0; i < carried; ++i) {
+    Value v = ni.input(2 + i);
+    if (!v)
+      return ni.fail("loop-carried input " + Twine(i) + " is omitted");
+    operands.push_back(v);
+    argTypes.push_back(subgraphInputType(
+        ni, "body", 2 + i, UnrankedTensorType::get(cast<ShapedType>(v.getType()).getElementType())));
+  }
+  attrs.push_back(
+      b.getNamedAttr("operandSegmentSizes", b.getDenseI32ArrayAttr({trip ? 1 : 0, cond ? 1 : 0, carried})));
+  return finishWithRegions<ox::LoopOp>(ni, operands, attrs, {"body"}, argTypes, 1);
+}
+
+LogicalResult scanOp(NodeImporter &ni) {
+  SmallVector<NamedAttribute> attrs;
+  if (failed(controlFlowAttributes(ni, {"body"},
+                                   {"num_scan_inputs", "scan_input_axes", "scan_input_directions",
+                                    "scan_output_axes", "scan_output_directions"},
+                                   attrs)))
+    return failure();
+  SmallVector<Value> operands;
+  if (failed(collectInputs(ni, operands)))
+    return failure();
+  const int64_t scans = intAttr(ni, "num_scan_inputs", 0);
+  if (scans < 1 || scans > int64_t(operands.size()))
+    return ni.fail("num_scan_inputs = " + Twine(scans) + " with " + Twine(operands.size()) + " inputs");
+  const int64_t states = int64_t(operands.size()) - scans;
+  SmallVector<int64_t> axes(scans, 0);
+  if (const auto *a = ni.attribute("scan_input_axes"))
+    for (int i = 0; i < a->ints_size() && i < scans; ++i)
+      axes[i] = a->ints(i);
+  SmallVector<Type> argTypes;
+  for (auto [i, v] : llvm::enumerate(operands)) {
+    auto t = cast<ShapedType>(v.getType());
+    Type fallback = UnrankedTensorType::get(t.getElementType());
+    if (int64_t(i) >= states && t.hasRank()) { // a slice: the scan axis dropped
+      int64_t axis = axes[i - states] < 0 ? axes[i - states] + t.getRank() : axes[i - states];
+      if (axis < 0 || axis >= t.getRank())
+        return ni.fail("scan_input_axes[" + Twine(i - states) + "] = " + Twine(axes[i - states]) +
+                       " is out of range for a rank-" + Twine(t.getRank()) + " input");
+      SmallVector<int64_t> dims(t.getShape());
+      dims.erase(dims.begin() + axis);
+      fallback = RankedTensorType::get(dims, t.getElementType());
+    }
+    argTypes.push_back(subgraphInputType(ni, "body", int(i), fallback));
+  }
+  return finishWithRegions<ox::ScanOp>(ni, operands, attrs, {"body"}, argTypes, 0);
+}
+
 const OpTableEntry kTable[] = {
     // Elementwise (unary ops before opset 6 had `consumed_inputs`; binary ops before 7 legacy broadcast).
     UNARY(Abs, 6),
@@ -713,6 +856,9 @@ const OpTableEntry kTable[] = {
     {"", "LRN", 1, generic<ox::LRNOp>},
     {"", "Det", 11, generic<ox::DetOp>},
     {"", "Unique", 11, uniqueOp},
+    {"", "If", 1, ifOp},
+    {"", "Loop", 1, loopOp},
+    {"", "Scan", 9, scanOp},
     {"", "AveragePool", 7, generic<ox::AveragePoolOp>},
     {"", "GlobalAveragePool", 1, globalPool<ox::ReduceMeanOp>},
     {"", "GlobalMaxPool", 1, globalPool<ox::ReduceMaxOp>},

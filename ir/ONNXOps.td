@@ -14,6 +14,7 @@ include "mlir/IR/OpBase.td"
 include "mlir/IR/AttrTypeBase.td"
 include "mlir/IR/BuiltinAttributes.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
+include "mlir/Interfaces/ControlFlowInterfaces.td"
 
 def ONNX_Dialect : Dialect {
   let name = "onnx";
@@ -446,6 +447,66 @@ def ONNX_MaxUnpoolOp : ONNX_Op<"MaxUnpool"> {
   let arguments = (ins AnyTensor:$X, AnyTensor:$I, Optional<AnyTensor>:$output_shape,
                    I64ArrayAttr:$kernel_shape, OptionalAttr<I64ArrayAttr>:$pads, OptionalAttr<I64ArrayAttr>:$strides);
   let results = (outs AnyTensor:$output);
+}
+
+//===----------------------------------------------------------------------===//
+// Control flow: ONNX's subgraph attributes are regions. Their ops read values of the enclosing graph
+// directly (ONNX's outer-scope capture); each region ends in onnx.Yield with the subgraph's outputs.
+//===----------------------------------------------------------------------===//
+
+def ONNX_YieldOp : Op<ONNX_Dialect, "Yield", [Pure, ReturnLike, Terminator,
+                                              ParentOneOf<["IfOp", "LoopOp", "ScanOp"]>]> {
+  let summary = "the outputs of an If branch or a Loop / Scan body";
+  let arguments = (ins Variadic<AnyTensor>:$outputs);
+  let assemblyFormat = "attr-dict ($outputs^ `:` type($outputs))?";
+}
+
+def ONNX_IfOp : ONNX_Op<"If", [NoRegionArguments]> {
+  let summary = "ONNX If: one of two subgraphs by a boolean";
+  let description = [{
+    `then_branch` runs when `cond` (a one-element bool tensor) is true, `else_branch` otherwise; the results
+    are the branch's yielded values (the branches may yield different shapes). A constant `cond` is folded
+    by canonicalisation: the chosen branch's ops move in front of the op.
+  }];
+  let arguments = (ins AnyTensor:$cond);
+  let results = (outs Variadic<AnyTensor>:$outputs);
+  let regions = (region SizedRegion<1>:$then_branch, SizedRegion<1>:$else_branch);
+  let assemblyFormat = "$cond attr-dict `:` type($cond) (`->` type($outputs)^)? `then` $then_branch `else` $else_branch";
+  let hasCanonicalizer = 1;
+  let hasVerifier = 1;
+}
+
+def ONNX_LoopOp : ONNX_Op<"Loop", [AttrSizedOperandSegments]> {
+  let summary = "ONNX Loop: a body run while a trip count and a condition allow";
+  let description = [{
+    The body's arguments are the iteration number (`tensor<i64>`), the condition, then the loop-carried
+    values; it yields the next condition, the next carried values, then one slice per scan output. Results:
+    the final carried values, then each scan output's slices stacked along a new first axis. `M` (the trip
+    count) and `cond` are optional, as in ONNX.
+  }];
+  let arguments = (ins Optional<AnyTensor>:$M, Optional<AnyTensor>:$cond, Variadic<AnyTensor>:$v_initial);
+  let results = (outs Variadic<AnyTensor>:$outputs);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = "(`trip` $M^ `:` type($M))? (`cond` $cond^ `:` type($cond))? (`carried` `(` $v_initial^ `:` type($v_initial) `)`)? (`->` type($outputs)^)? $body attr-dict";
+  let hasVerifier = 1;
+}
+
+def ONNX_ScanOp : ONNX_Op<"Scan"> {
+  let summary = "ONNX Scan (opset 9 and later): a body run once per slice of its scan inputs";
+  let description = [{
+    Operands: the initial states, then `num_scan_inputs` scan inputs. The body's arguments are the states
+    and one slice of each scan input (along `scan_input_axes`, reversed per `scan_input_directions`); it
+    yields the next states and one slice per scan output. Results: the final states, then the scan outputs
+    (slices stacked along `scan_output_axes`, reversed per `scan_output_directions`).
+  }];
+  let arguments = (ins Variadic<AnyTensor>:$initial_state_and_scan_inputs, I64Attr:$num_scan_inputs,
+                   OptionalAttr<I64ArrayAttr>:$scan_input_axes, OptionalAttr<I64ArrayAttr>:$scan_input_directions,
+                   OptionalAttr<I64ArrayAttr>:$scan_output_axes,
+                   OptionalAttr<I64ArrayAttr>:$scan_output_directions);
+  let results = (outs Variadic<AnyTensor>:$outputs);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = "`(` $initial_state_and_scan_inputs `:` type($initial_state_and_scan_inputs) `)` (`->` type($outputs)^)? $body attr-dict";
+  let hasVerifier = 1;
 }
 
 #endif // MOEC_IR_ONNXOPS_TD

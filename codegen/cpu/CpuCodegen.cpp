@@ -132,6 +132,8 @@ struct Emitter {
   ArtifactWriter writer;
   llvm::DenseMap<Value, uint32_t> ids;
   pb::Program *program;
+  // Where steps go: the program's, or a control-flow op's block while its region is emitted.
+  google::protobuf::RepeatedPtrField<pb::Step> *steps;
   std::string source; // the generated C++ translation unit
   std::string gpuSource; // the generated GPU translation unit (when GPU archs are asked for)
   int dispatches = 0; // MoE dispatches
@@ -143,7 +145,10 @@ struct Emitter {
   std::string error;
   raw_ostream *progress;
 
-  explicit Emitter(const CpuOptions &o, raw_ostream *p) : opts(o), program(writer.meta().mutable_program()), progress(p) {}
+  explicit Emitter(const CpuOptions &o, raw_ostream *p)
+      : opts(o), program(writer.meta().mutable_program()), steps(program->mutable_steps()), progress(p) {}
+
+  pb::Step *addStep() { return steps->Add(); }
 
   bool fail(Operation *op, const Twine &msg) {
     std::string loc;
@@ -293,7 +298,7 @@ struct Emitter {
     StringRef name = op->getName().getStringRef();
     if (!name.consume_front("onnx."))
       return false;
-    auto *step = program->add_steps()->mutable_op();
+    auto *step = addStep()->mutable_op();
     step->set_op(name.str());
     // Optional operands left out are -1: ops with AttrSizedOperandSegments say which, the others can only
     // leave out trailing ones.
@@ -332,6 +337,33 @@ struct Emitter {
       if (!addValue(op, r, name.str() + std::to_string(program->values_size()), id))
         return false;
       step->add_outputs(id);
+    }
+    // Control flow (If, Loop, Scan): each region is a block of steps; its arguments are values the op binds
+    // per run, its onnx.Yield the block's outputs.
+    for (Region &region : op->getRegions()) {
+      pb::Block *block = step->add_blocks();
+      Block &body = region.front();
+      for (BlockArgument arg : body.getArguments()) {
+        uint32_t id;
+        if (!addValue(op, arg, name.str() + std::to_string(program->values_size()) + ".arg", id))
+          return false;
+        block->add_inputs(id);
+      }
+      auto *outer = steps;
+      steps = block->mutable_steps();
+      bool ok = true;
+      for (Operation &inner : body.without_terminator())
+        if (!(ok = emitOp(inner)))
+          break;
+      steps = outer;
+      if (!ok)
+        return false;
+      for (auto [i, v] : llvm::enumerate(body.getTerminator()->getOperands())) {
+        uint32_t id;
+        if (!valueOrConstant(op, v, "yielded value " + std::to_string(i), id))
+          return false;
+        block->add_outputs(id);
+      }
     }
     return true;
   }
@@ -605,7 +637,7 @@ struct Emitter {
 
     // The dispatch's step and its specialised kernel.
     int index = dispatches++;
-    auto *step = program->add_steps()->mutable_moe();
+    auto *step = addStep()->mutable_moe();
     step->set_index(index);
     uint32_t in;
     if (!valueId(op, op.getInput(), "input", in))
@@ -827,7 +859,7 @@ struct Emitter {
     }
 
     const int index = linears++;
-    auto *step = program->add_steps()->mutable_linear();
+    auto *step = addStep()->mutable_linear();
     step->set_index(index);
     uint32_t in;
     if (!valueId(op, op.getInput(), "input", in))
@@ -938,7 +970,7 @@ struct Emitter {
                           Twine(hq / hkv) +
                           " query heads per key/value head: the CPU kernel takes up to 1024 of each");
     const int index = attentions++;
-    auto *step = program->add_steps()->mutable_attention();
+    auto *step = addStep()->mutable_attention();
     step->set_index(index);
     uint32_t q, k, v;
     if (!valueId(op, op.getQuery(), "query", q) || !valueId(op, op.getKey(), "key", k) ||
@@ -1037,7 +1069,7 @@ struct Emitter {
                               : storage == MOERT_STORAGE_F16  ? pb::F16
                                                               : pb::U8;
     const uint64_t bytes = packed.rows.size() + packed.scales.size();
-    auto *step = program->add_steps()->mutable_op();
+    auto *step = addStep()->mutable_op();
     step->set_op("moec.Embedding");
     step->add_inputs(packedConstant(base + ".rows", rowType, {v, rowType == pb::U8 ? packed.rowBytes : h},
                                     std::move(packed.rows)));
@@ -1077,7 +1109,7 @@ struct Emitter {
   /// optional one left out, -1) and `result` as its output.
   pb::OpStep *emitRuntimeStep(Operation *op, const char *name,
                               ArrayRef<std::pair<Value, const char *>> operands, Value result) {
-    auto *step = program->add_steps()->mutable_op();
+    auto *step = addStep()->mutable_op();
     step->set_op(name);
     for (auto [v, what] : operands) {
       int64_t id;
@@ -1152,59 +1184,65 @@ struct Emitter {
       program->add_inputs(id);
     }
     for (Operation &op : fn.getBody().front()) {
-      if (op.hasTrait<OpTrait::ConstantLike>())
-        continue;
-      if (auto m = dyn_cast<moe::SparseMoEOp>(op)) {
-        if (!emitMoE(m))
+      if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+        if (!emitReturn(fn, ret))
           return false;
-      } else if (auto l = dyn_cast<moe::LinearOp>(op)) {
-        if (!emitLinear(l))
-          return false;
-      } else if (auto e = dyn_cast<moe::EmbeddingOp>(op)) {
-        if (!emitEmbedding(e))
-          return false;
-      } else if (auto at = dyn_cast<moe::AttentionOp>(op)) {
-        if (!emitAttention(at))
-          return false;
-      } else if (auto kv = dyn_cast<moe::KvCacheUpdateOp>(op)) {
-        if (!emitKvCacheUpdate(kv))
-          return false;
-      } else if (auto n = dyn_cast<moe::NormOp>(op)) {
-        if (!emitNorm(n))
-          return false;
-      } else if (auto r = dyn_cast<moe::RotaryOp>(op)) {
-        if (!emitRotary(r))
-          return false;
-      } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {
-        for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
-          uint32_t id;
-          if (!valueOrConstant(ret, v, "output " + std::to_string(i), id))
-            return false;
-          std::string name = "output" + std::to_string(i);
-          if (auto n = fn.getResultAttrOfType<StringAttr>(i, "onnx.name"))
-            name = n.getValue().str();
-          // Outputs are named after the graph's outputs. A value that is also an input, another output or
-          // a constant gets its own copy (an Identity step), so each output has its own name.
-          bool shared = program->values(id).has_constant_section() || llvm::is_contained(program->inputs(), id) ||
-                        llvm::is_contained(program->outputs(), id);
-          if (shared) {
-            auto *step = program->add_steps()->mutable_op();
-            step->set_op("Identity");
-            step->add_inputs(id);
-            auto *val = program->add_values();
-            *val = program->values(id);
-            val->clear_constant_section();
-            id = program->values_size() - 1;
-            step->add_outputs(id);
-          }
-          program->mutable_values(id)->set_name(name);
-          program->add_outputs(id);
-        }
-      } else if (!emitGraphOp(&op)) {
-        if (!error.empty())
-          return false;
-        return fail(&op, "op '" + op.getName().getStringRef() + "' has no CPU code generation");
+      } else if (!emitOp(op)) {
+        return false;
       }
+    }
+    return true;
+  }
+
+  /// One op of the function or of a control-flow region: a dispatch or an op step.
+  bool emitOp(Operation &op) {
+    if (op.hasTrait<OpTrait::ConstantLike>())
+      return true;
+    if (auto m = dyn_cast<moe::SparseMoEOp>(op))
+      return emitMoE(m);
+    if (auto l = dyn_cast<moe::LinearOp>(op))
+      return emitLinear(l);
+    if (auto e = dyn_cast<moe::EmbeddingOp>(op))
+      return emitEmbedding(e);
+    if (auto at = dyn_cast<moe::AttentionOp>(op))
+      return emitAttention(at);
+    if (auto kv = dyn_cast<moe::KvCacheUpdateOp>(op))
+      return emitKvCacheUpdate(kv);
+    if (auto n = dyn_cast<moe::NormOp>(op))
+      return emitNorm(n);
+    if (auto r = dyn_cast<moe::RotaryOp>(op))
+      return emitRotary(r);
+    if (emitGraphOp(&op))
+      return true;
+    if (!error.empty())
+      return false;
+    return fail(&op, "op '" + op.getName().getStringRef() + "' has no CPU code generation");
+  }
+
+  bool emitReturn(func::FuncOp fn, func::ReturnOp ret) {
+    for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
+      uint32_t id;
+      if (!valueOrConstant(ret, v, "output " + std::to_string(i), id))
+        return false;
+      std::string name = "output" + std::to_string(i);
+      if (auto n = fn.getResultAttrOfType<StringAttr>(i, "onnx.name"))
+        name = n.getValue().str();
+      // Outputs are named after the graph's outputs. A value that is also an input, another output or
+      // a constant gets its own copy (an Identity step), so each output has its own name.
+      bool shared = program->values(id).has_constant_section() || llvm::is_contained(program->inputs(), id) ||
+                    llvm::is_contained(program->outputs(), id);
+      if (shared) {
+        auto *step = addStep()->mutable_op();
+        step->set_op("Identity");
+        step->add_inputs(id);
+        auto *val = program->add_values();
+        *val = program->values(id);
+        val->clear_constant_section();
+        id = program->values_size() - 1;
+        step->add_outputs(id);
+      }
+      program->mutable_values(id)->set_name(name);
+      program->add_outputs(id);
     }
     return true;
   }

@@ -48,3 +48,80 @@ func.func @dead_layer(%x: tensor<?x8xf32>, %r: tensor<8x4xf32>, %w1: tensor<4x6x
      : (tensor<?x8xf32>, tensor<8x4xf32>, tensor<4x6x8xf32>, tensor<4x8x6xf32>) -> tensor<?x8xf32>
   return %x : tensor<?x8xf32>
 }
+
+// -----
+
+// onnx.If on a constant condition: the taken branch's ops move in front of it; a condition computed at run
+// time keeps the op.
+// CHECK-LABEL: func.func @constant_if
+// CHECK-NOT: onnx.If
+// CHECK: %[[N:.+]] = onnx.Neg %arg0
+// CHECK: return %[[N]]
+func.func @constant_if(%x: tensor<4xf32>) -> tensor<4xf32> {
+  %c = onnx.Constant dense<false> : tensor<i1>
+  %y = onnx.If %c : tensor<i1> -> tensor<4xf32> then {
+    %a = onnx.Relu %x : (tensor<4xf32>) -> tensor<4xf32>
+    onnx.Yield %a : tensor<4xf32>
+  } else {
+    %b = onnx.Neg %x : (tensor<4xf32>) -> tensor<4xf32>
+    onnx.Yield %b : tensor<4xf32>
+  }
+  return %y : tensor<4xf32>
+}
+
+// -----
+
+// CHECK-LABEL: func.func @runtime_if
+// CHECK: onnx.If %arg1
+func.func @runtime_if(%x: tensor<4xf32>, %c: tensor<1xi1>) -> tensor<4xf32> {
+  %y = onnx.If %c : tensor<1xi1> -> tensor<4xf32> then {
+    %a = onnx.Relu %x : (tensor<4xf32>) -> tensor<4xf32>
+    onnx.Yield %a : tensor<4xf32>
+  } else {
+    onnx.Yield %x : tensor<4xf32>
+  }
+  return %y : tensor<4xf32>
+}
+
+// -----
+
+// A condition computed from static dims (LongRoPE's `seq_len > original_max_position_embeddings`) folds too;
+// with the dim dynamic the If stays.
+// CHECK-LABEL: func.func @shape_only_if
+// CHECK-NOT: onnx.If
+// CHECK: %[[S:.+]] = onnx.Sin %arg0
+// CHECK: return %[[S]]
+func.func @shape_only_if(%x: tensor<1x8x4xf32>) -> tensor<1x8x4xf32> {
+  %s = onnx.Shape %x {start = 1 : i64} : (tensor<1x8x4xf32>) -> tensor<2xi64>
+  %i = onnx.Constant dense<0> : tensor<i64>
+  %len = onnx.Gather %s, %i : (tensor<2xi64>, tensor<i64>) -> tensor<i64>
+  %lim = onnx.Constant dense<4096> : tensor<i64>
+  %c = onnx.Greater %len, %lim : (tensor<i64>, tensor<i64>) -> tensor<i1>
+  %y = onnx.If %c : tensor<i1> -> tensor<1x8x4xf32> then {
+    %a = onnx.Cos %x : (tensor<1x8x4xf32>) -> tensor<1x8x4xf32>
+    onnx.Yield %a : tensor<1x8x4xf32>
+  } else {
+    %b = onnx.Sin %x : (tensor<1x8x4xf32>) -> tensor<1x8x4xf32>
+    onnx.Yield %b : tensor<1x8x4xf32>
+  }
+  return %y : tensor<1x8x4xf32>
+}
+
+// -----
+
+// CHECK-LABEL: func.func @dynamic_shape_if
+// CHECK: onnx.If
+func.func @dynamic_shape_if(%x: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
+  %s = onnx.Shape %x : (tensor<1x?x4xf32>) -> tensor<3xi64>
+  %i = onnx.Constant dense<1> : tensor<i64>
+  %len = onnx.Gather %s, %i : (tensor<3xi64>, tensor<i64>) -> tensor<i64>
+  %lim = onnx.Constant dense<4096> : tensor<i64>
+  %c = onnx.Greater %len, %lim : (tensor<i64>, tensor<i64>) -> tensor<i1>
+  %y = onnx.If %c : tensor<i1> -> tensor<1x?x4xf32> then {
+    %a = onnx.Cos %x : (tensor<1x?x4xf32>) -> tensor<1x?x4xf32>
+    onnx.Yield %a : tensor<1x?x4xf32>
+  } else {
+    onnx.Yield %x : tensor<1x?x4xf32>
+  }
+  return %y : tensor<1x?x4xf32>
+}

@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -85,10 +87,20 @@ template <typename T> bool resolve(void *handle, const std::string &name, T &out
   return out != nullptr;
 }
 
-/// The values a dispatch or op step reads (an absent optional operand as -1).
+/// The values a dispatch or op step reads (an absent optional operand as -1); a control-flow step reads
+/// what its blocks' steps read and yield, too.
 std::vector<int64_t> stepReads(const pb::Step &s) {
-  if (s.has_op())
-    return {s.op().inputs().begin(), s.op().inputs().end()};
+  if (s.has_op()) {
+    std::vector<int64_t> reads(s.op().inputs().begin(), s.op().inputs().end());
+    for (const pb::Block &b : s.op().blocks()) {
+      for (const pb::Step &inner : b.steps()) {
+        std::vector<int64_t> more = stepReads(inner);
+        reads.insert(reads.end(), more.begin(), more.end());
+      }
+      reads.insert(reads.end(), b.outputs().begin(), b.outputs().end());
+    }
+    return reads;
+  }
   if (s.has_linear())
     return {int64_t(s.linear().input()), s.linear().residual()};
   if (s.has_attention()) {
@@ -104,7 +116,7 @@ std::vector<int64_t> stepReads(const pb::Step &s) {
 
 void moert::findCacheAppends(moert_model &m) {
   const pb::Program &p = m.meta.program();
-  m.appendsCache.assign(p.steps_size(), -1);
+  m.appendsCache.assign(m.flat.size(), -1);
   m.cachesConcatenated = false;
   if (!p.has_decoder())
     return;
@@ -130,16 +142,22 @@ void moert::findCacheAppends(moert_model &m) {
       found |= s.has_op() && isConcat(s.op(), past, present);
     m.cachesConcatenated &= found;
   }
-  std::vector<int> found(p.steps_size(), -1);
+  std::vector<int> found(m.flat.size(), -1);
   for (int c = 0; c < d.caches_size(); ++c) {
     const uint32_t past = p.inputs(d.caches(c).past()), present = p.outputs(d.caches(c).present());
     for (uint32_t id : p.outputs())
       if (id == past)
         return; // the past is also an output: it must stay a plain tensor
     int append = -1;
-    for (int si = 0; si < p.steps_size(); ++si) {
-      const pb::Step &s = p.steps(si);
-      if (s.has_op()) {
+    for (int si : m.topSteps) {
+      const pb::Step &s = *m.flat[si];
+      if (s.has_op() && s.op().blocks_size() > 0) { // control flow: may not touch a cache
+        std::vector<int64_t> ids = stepReads(s);
+        ids.insert(ids.end(), s.op().outputs().begin(), s.op().outputs().end());
+        for (int64_t id : ids)
+          if (id == int64_t(past) || id == int64_t(present))
+            return;
+      } else if (s.has_op()) {
         const pb::OpStep &o = s.op();
         for (int k = 0; k < o.inputs_size(); ++k) {
           if (o.inputs(k) != int64_t(past) && o.inputs(k) != int64_t(present))
@@ -185,8 +203,8 @@ void moert::findLogitsStep(moert_model &m) {
     return;
   const int64_t logits = p.outputs(p.decoder().logits());
   int writer = -1;
-  for (int si = 0; si < p.steps_size(); ++si) {
-    const pb::Step &s = p.steps(si);
+  for (int si : m.topSteps) {
+    const pb::Step &s = *m.flat[si];
     if (s.has_linear() && s.linear().outputs_size() == 1 && int64_t(s.linear().outputs(0)) == logits &&
         s.linear().residual() < 0)
       writer = si;
@@ -284,76 +302,142 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     ready[id] = 1;
   }
   int dispatchCount = 0, linearCount = 0, attentionCount = 0;
-  m.releaseAfter.assign(p.steps_size(), {});
-  m.opKernels.assign(p.steps_size(), nullptr);
+  m.flat.clear();
+  m.depth.clear();
+  m.topSteps.clear();
+  m.blocks.clear();
+  int level = 0; // nesting depth of the steps being validated
   std::vector<int> lastUse(p.values_size(), -1);
-  auto read = [&](int64_t id, int step) {
+  // A read inside a control-flow block counts as a read by the block's top-level step (`top`): values of
+  // the enclosing program stay alive while a loop runs its body again.
+  auto read = [&](int64_t id, int top) {
     if (!validId(id) || !ready[id])
       return false;
-    lastUse[id] = step;
+    lastUse[id] = top;
     return true;
   };
-  for (int si = 0; si < p.steps_size(); ++si) {
-    const auto &s = p.steps(si);
-    if (s.has_moe()) {
-      const auto &d = s.moe();
-      if (!read(d.input(), si) || !validId(d.output()) || (d.logits() != -1 && !read(d.logits(), si)) ||
-          (d.residual() != -1 && !read(d.residual(), si)) || d.weight_sections_size() != MOERT_MOE_SLOTS ||
-          static_cast<int>(d.index()) != dispatchCount || p.values(d.output()).type().dtype() != pb::F32)
-        return bad("has a corrupted program (dispatch " + std::to_string(dispatchCount) + ")");
-      ready[d.output()] = 1;
-      ++dispatchCount;
-    } else if (s.has_linear()) {
-      const auto &d = s.linear();
-      bool ok = read(d.input(), si) && (d.residual() == -1 || read(d.residual(), si)) &&
-                d.weight_sections_size() == MOERT_LIN_SLOTS && static_cast<int>(d.index()) == linearCount &&
-                d.k() > 0 && d.n() > 0 && d.outputs_size() >= 1 &&
-                d.outputs_size() <= MOERT_LIN_MAX_OUTPUTS && d.output_columns_size() == d.outputs_size() &&
-                (d.outputs_size() == 1 || d.residual() == -1);
-      int64_t columns = 0;
-      for (int j = 0; ok && j < d.outputs_size(); ++j) {
-        ok = validId(d.outputs(j)) && p.values(d.outputs(j)).type().dtype() == pb::F32 &&
-             d.output_columns(j) > 0 && d.output_columns(j) <= d.n();
-        columns += ok ? d.output_columns(j) : 0;
-      }
-      if (!ok || columns != d.n())
-        return bad("has a corrupted program (linear dispatch " + std::to_string(linearCount) + ")");
-      for (uint32_t id : d.outputs())
+  std::string why;
+  // Validates `steps` in order (values they define become readable after them), numbering them in
+  // pre-order into m.flat; `top` is the top-level step they belong to (-1: they are top-level);
+  // `defined` collects the values they define (with those of nested blocks).
+  std::function<bool(const google::protobuf::RepeatedPtrField<pb::Step> &, int, std::vector<int> &,
+                     std::vector<uint32_t> &)>
+      validate = [&](const google::protobuf::RepeatedPtrField<pb::Step> &steps, int topOf,
+                     std::vector<int> &direct, std::vector<uint32_t> &defined) -> bool {
+    for (const pb::Step &s : steps) {
+      const int si = int(m.flat.size());
+      m.flat.push_back(&s);
+      m.depth.push_back(level);
+      m.blocks.emplace_back();
+      m.opKernels.push_back(nullptr);
+      direct.push_back(si);
+      const int top = topOf < 0 ? si : topOf;
+      if (topOf < 0)
+        m.topSteps.push_back(si);
+      auto define = [&](uint32_t id) {
         ready[id] = 1;
-      ++linearCount;
-    } else if (s.has_attention()) {
-      const auto &d = s.attention();
-      auto f32 = [&](int64_t id) { return p.values(id).type().dtype() == pb::F32; };
-      if (!read(d.query(), si) || !read(d.key(), si) || !read(d.value(), si) ||
-          (d.mask() != -1 && !read(d.mask(), si)) || (d.sinks() != -1 && !read(d.sinks(), si)) ||
-          !validId(d.output()) || static_cast<int>(d.index()) != attentionCount || d.q_heads() <= 0 ||
-          d.kv_heads() <= 0 || d.q_heads() % d.kv_heads() || d.key_dim() <= 0 || d.value_dim() <= 0 ||
-          !f32(d.output()))
-        return bad("has a corrupted program (attention dispatch " + std::to_string(attentionCount) + ")");
-      ready[d.output()] = 1;
-      ++attentionCount;
-    } else if (s.has_op()) {
-      m.opKernels[si] = findOpKernel(s.op().op());
-      if (!m.opKernels[si])
-        return bad("uses op '" + s.op().op() + "', which this moert cannot run (written by a newer moec?)");
-      for (int64_t id : s.op().inputs())
-        if (id != -1 && !read(id, si))
-          return bad("has a corrupted program (op " + s.op().op() + " reads an unknown value)");
-      if (s.op().outputs_size() == 0)
-        return bad("has a corrupted program (op " + s.op().op() + " without outputs)");
-      for (uint32_t id : s.op().outputs()) {
-        if (!validId(id))
-          return bad("has a corrupted program (op output id)");
-        ready[id] = 1;
+        defined.push_back(id);
+      };
+      if (s.has_moe()) {
+        const auto &d = s.moe();
+        if (!read(d.input(), top) || !validId(d.output()) || (d.logits() != -1 && !read(d.logits(), top)) ||
+            (d.residual() != -1 && !read(d.residual(), top)) || d.weight_sections_size() != MOERT_MOE_SLOTS ||
+            static_cast<int>(d.index()) != dispatchCount || p.values(d.output()).type().dtype() != pb::F32)
+          return why = "has a corrupted program (dispatch " + std::to_string(dispatchCount) + ")", false;
+        define(d.output());
+        ++dispatchCount;
+      } else if (s.has_linear()) {
+        const auto &d = s.linear();
+        bool ok = read(d.input(), top) && (d.residual() == -1 || read(d.residual(), top)) &&
+                  d.weight_sections_size() == MOERT_LIN_SLOTS && static_cast<int>(d.index()) == linearCount &&
+                  d.k() > 0 && d.n() > 0 && d.outputs_size() >= 1 &&
+                  d.outputs_size() <= MOERT_LIN_MAX_OUTPUTS && d.output_columns_size() == d.outputs_size() &&
+                  (d.outputs_size() == 1 || d.residual() == -1);
+        int64_t columns = 0;
+        for (int j = 0; ok && j < d.outputs_size(); ++j) {
+          ok = validId(d.outputs(j)) && p.values(d.outputs(j)).type().dtype() == pb::F32 &&
+               d.output_columns(j) > 0 && d.output_columns(j) <= d.n();
+          columns += ok ? d.output_columns(j) : 0;
+        }
+        if (!ok || columns != d.n())
+          return why = "has a corrupted program (linear dispatch " + std::to_string(linearCount) + ")", false;
+        for (uint32_t id : d.outputs())
+          define(id);
+        ++linearCount;
+      } else if (s.has_attention()) {
+        const auto &d = s.attention();
+        auto f32 = [&](int64_t id) { return p.values(id).type().dtype() == pb::F32; };
+        if (!read(d.query(), top) || !read(d.key(), top) || !read(d.value(), top) ||
+            (d.mask() != -1 && !read(d.mask(), top)) || (d.sinks() != -1 && !read(d.sinks(), top)) ||
+            !validId(d.output()) || static_cast<int>(d.index()) != attentionCount || d.q_heads() <= 0 ||
+            d.kv_heads() <= 0 || d.q_heads() % d.kv_heads() || d.key_dim() <= 0 || d.value_dim() <= 0 ||
+            !f32(d.output()))
+          return why = "has a corrupted program (attention dispatch " + std::to_string(attentionCount) + ")",
+                 false;
+        define(d.output());
+        ++attentionCount;
+      } else if (s.has_op()) {
+        const auto &o = s.op();
+        const int wantBlocks = moert::controlFlowBlocks(o.op());
+        if (wantBlocks == 0) {
+          m.opKernels[si] = findOpKernel(o.op());
+          if (!m.opKernels[si])
+            return why = "uses op '" + o.op() + "', which this moert cannot run (written by a newer moec?)",
+                   false;
+        }
+        if (o.blocks_size() != std::max(wantBlocks, 0))
+          return why = "has a corrupted program (op " + o.op() + " with " + std::to_string(o.blocks_size()) +
+                       " blocks)",
+                 false;
+        for (int64_t id : o.inputs())
+          if (id != -1 && !read(id, top))
+            return why = "has a corrupted program (op " + o.op() + " reads an unknown value)", false;
+        if (o.outputs_size() == 0)
+          return why = "has a corrupted program (op " + o.op() + " without outputs)", false;
+        for (const pb::Block &b : o.blocks()) {
+          BlockSteps info;
+          for (uint32_t id : b.inputs()) {
+            if (!validId(id) || ready[id])
+              return why = "has a corrupted program (op " + o.op() + " block input)", false;
+            ready[id] = 1;
+            info.defined.push_back(id);
+          }
+          ++level;
+          const bool ok = validate(b.steps(), top, info.steps, info.defined);
+          --level;
+          if (!ok)
+            return false;
+          for (uint32_t id : b.outputs())
+            if (!read(id, top))
+              return why = "has a corrupted program (op " + o.op() + " yields an unknown value)", false;
+          for (uint32_t id : info.defined) // a block's values are gone after it
+            ready[id] = 0;
+          defined.insert(defined.end(), info.defined.begin(), info.defined.end());
+          m.blocks[si].push_back(std::move(info));
+        }
+        for (uint32_t id : o.outputs()) {
+          if (!validId(id))
+            return why = "has a corrupted program (op output id)", false;
+          define(id);
+        }
+      } else {
+        return why = "has a program step this moert does not know (written by a newer moec?)", false;
       }
-    } else {
-      return bad("has a program step this moert does not know (written by a newer moec?)");
     }
+    return true;
+  };
+  {
+    std::vector<int> direct;
+    std::vector<uint32_t> defined;
+    m.opKernels.clear();
+    if (!validate(p.steps(), -1, direct, defined))
+      return bad(why);
   }
+  m.releaseAfter.assign(m.flat.size(), {});
   for (uint32_t id : p.outputs()) {
     if (!validId(id) || !ready[id])
       return bad("has a corrupted program (output id)");
-    lastUse[id] = p.steps_size(); // kept to the end
+    lastUse[id] = int(m.flat.size()); // kept to the end
   }
   if (p.has_decoder()) {
     const pb::Decoder &d = p.decoder();
@@ -375,7 +459,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   findLogitsStep(m);
   // Intermediates are released after the step that reads them last.
   for (int i = 0; i < p.values_size(); ++i)
-    if (lastUse[i] >= 0 && lastUse[i] < p.steps_size() && !p.values(i).has_constant_section())
+    if (lastUse[i] >= 0 && lastUse[i] < int(m.flat.size()) && !p.values(i).has_constant_section())
       m.releaseAfter[lastUse[i]].push_back(i);
   const bool hasCode = dispatchCount + linearCount + attentionCount > 0;
   if (hasCode && (a.code_section() < 0 || a.code_section() >= a.sections_size() ||
@@ -418,7 +502,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     return bad("has a code section of another kernel ABI");
 
   m.dispatches.resize(dispatchCount);
-  for (const auto &s : p.steps()) {
+  for (const pb::Step *sp : m.flat) {
+    const pb::Step &s = *sp;
     if (!s.has_moe())
       continue;
     const auto &d = s.moe();
@@ -448,7 +533,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   }
 
   m.linears.resize(linearCount);
-  for (const auto &s : p.steps()) {
+  for (const pb::Step *sp : m.flat) {
+    const pb::Step &s = *sp;
     if (!s.has_linear())
       continue;
     const auto &d = s.linear();
@@ -480,7 +566,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     }
   }
   m.attentions.resize(attentionCount);
-  for (const auto &s : p.steps()) {
+  for (const pb::Step *sp : m.flat) {
+    const pb::Step &s = *sp;
     if (!s.has_attention())
       continue;
     const auto &d = s.attention();
@@ -507,7 +594,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
                                             m.map[a.sections(g.section()).offset() + a.sections(g.section()).size() - 1] != 0)))
         return bad("has a corrupted GPU code entry (" + g.arch() + ")");
     if (dispatchCount > 0) {
-      std::string e = moert::gpu::open(options.device, a, m.map, m.gpu);
+      std::string e = moert::gpu::open(options.device, a, m.flat, m.map, m.gpu);
       if (!e.empty())
         return moert::makeError(path + ": " + e);
     }
@@ -547,9 +634,22 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   for (uint32_t id : p.outputs())
     os << "  " << p.values(id).name() << ": " << typeString(p.values(id).type()) << "\n";
   os << "steps:\n";
-  for (const auto &s : p.steps()) {
+  std::map<int, const char *> blockLabel; // the first step of each control-flow block
+  for (size_t fi = 0; fi < m.flat.size(); ++fi)
+    for (size_t b = 0; b < m.blocks[fi].size(); ++b)
+      if (!m.blocks[fi][b].steps.empty())
+        blockLabel[m.blocks[fi][b].steps[0]] = m.flat[fi]->op().op() != "If" ? "body:"
+                                               : b                           ? "else:"
+                                                                             : "then:";
+  for (size_t fi = 0; fi < m.flat.size(); ++fi) {
+    const pb::Step &s = *m.flat[fi];
+    if (blockLabel.count(int(fi)))
+      os << std::string(2 * m.depth[fi], ' ') << blockLabel[int(fi)] << "\n";
+    os << std::string(2 * m.depth[fi], ' '); // steps of a control-flow block indented under it
     if (s.has_op()) {
       os << "  op " << s.op().op() << " -> " << p.values(s.op().outputs(0)).name();
+      if (s.op().blocks_size())
+        os << " (" << (s.op().op() == "If" ? "then and else blocks" : "body") << " below)";
       // Constant inputs (weights a compiled dispatch did not take: worth knowing when reading a profile).
       std::string consts;
       for (int i = 0; i < s.op().inputs_size(); ++i)

@@ -287,7 +287,8 @@ std::string loadCode(Device &d, const pb::Artifact &a, const unsigned char *map)
 
 } // namespace
 
-std::string open(int device, const pb::Artifact &a, const unsigned char *map, DevicePtr &out) {
+std::string open(int device, const pb::Artifact &a, const std::vector<const pb::Step *> &steps,
+                 const unsigned char *map, DevicePtr &out) {
   std::unique_ptr<Device> d;
   if (std::string e = startAny(device, d); !e.empty())
     return e;
@@ -299,7 +300,8 @@ std::string open(int device, const pb::Artifact &a, const unsigned char *map, De
     return e;
   // Weights: each section a dispatch uses, uploaded once.
   std::map<int64_t, Ptr> uploaded;
-  for (const auto &s : a.program().steps()) {
+  for (const pb::Step *sp : steps) { // every step, those in control-flow blocks too
+    const pb::Step &s = *sp;
     if (!s.has_moe())
       continue;
     const auto &m = s.moe();

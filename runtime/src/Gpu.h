@@ -19,6 +19,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace moert::gpu {
 
@@ -31,7 +32,8 @@ using DevicePtr = std::unique_ptr<Device, DeviceDeleter>;
 
 /// Opens the GPU backend `device` (MOERT_DEVICE_GPU: CUDA, else HIP) for artifact `a` (mapped at `map`):
 /// loads the code and uploads the dispatches' weights. Returns "" or one error line.
-std::string open(int device, const proto::Artifact &a, const unsigned char *map, DevicePtr &out);
+std::string open(int device, const proto::Artifact &a, const std::vector<const proto::Step *> &steps,
+                 const unsigned char *map, DevicePtr &out);
 
 /// Runs dispatch `index` on T tokens from host memory (`logits`, `residual` may be null). `gpuMs`, when
 /// given, receives the kernels' time measured with device events. Returns "" or one error line.

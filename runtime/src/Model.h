@@ -23,6 +23,13 @@ namespace moert {
 
 moert_status makeError(std::string message);
 
+/// A control-flow block as loaded: its direct steps (indices into moert_model::flat) and every value it
+/// defines (its inputs, and the outputs of its steps and of blocks nested in it), cleared after each run.
+struct BlockSteps {
+  std::vector<int> steps;
+  std::vector<uint32_t> defined;
+};
+
 struct Dispatch {
   moert_moe_fn run = nullptr;
   moert_scratch_fn scratch = nullptr;
@@ -91,6 +98,11 @@ struct moert_model {
   std::vector<moert::Dispatch> dispatches; // by MoEDispatch.index
   std::vector<moert::Linear> linears;      // by LinearDispatch.index
   std::vector<moert::Attention> attentions;        // by AttentionDispatch.index
+  // Steps are numbered in pre-order across control-flow blocks (the per-step tables below use that index).
+  std::vector<const moert::proto::Step *> flat;       // every step, nested ones after their op
+  std::vector<int> depth;                             // per step: how many blocks it is nested in
+  std::vector<int> topSteps;                          // the program's own steps
+  std::vector<std::vector<moert::BlockSteps>> blocks; // per step: its blocks (control-flow op steps)
   std::vector<std::vector<uint32_t>> releaseAfter; // per step: values last read there (freed after it)
   std::vector<const moert::OpEntry *> opKernels;   // per step: its op kernel, resolved at load (null: not an op)
   // Per step: the decoder cache (Program.decoder.caches index) whose past this step's Concat extends, when a

@@ -11,6 +11,7 @@
 #include "runtime/artifact.pb.h"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,6 +57,18 @@ const OpEntry *findOpKernel(const std::string &op);
 /// an error message, empty on success.
 std::string runOp(const OpEntry *kernel, const proto::OpStep &s, const std::vector<OpTensor> &in,
                   std::vector<OpTensor> &out, ThreadPool *pool);
+
+/// Blocks a control-flow op step has (If: 2, Loop and Scan: 1), or 0 for ops that run on a kernel.
+int controlFlowBlocks(const std::string &op);
+
+/// Runs control-flow op step `s` (If, Loop, Scan; runtime/src/ControlFlow.cpp): `in` are its inputs,
+/// `runBlock(b, bound)` binds block b's inputs to `bound`, runs its steps and returns its outputs (or an
+/// error, already complete). `out` leaves with the op's outputs. Returns an error message, empty on
+/// success; `blockError` is set when the message comes from a block's step (then not to be prefixed).
+std::string runControlFlow(
+    const proto::OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out,
+    const std::function<std::string(int, const std::vector<OpTensor> &, std::vector<OpTensor> &)> &runBlock,
+    bool &blockError);
 
 } // namespace moert
 

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <sstream>
 
@@ -270,8 +271,38 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   };
   bool firstEvent = true;
   std::vector<std::pair<uint32_t, int64_t>> inPlace; // cache views appended in place: value id, capacity
-  for (int si = 0; si < p.steps_size(); ++si) {
-    const pb::Step &s = p.steps(si);
+  // A value whose bytes are in the arena (a planned buffer, or a view of one).
+  auto inArena = [&](const Tensor &t) {
+    return arena && t.owned && !t.owned.owner_before(arena) && !arena.owner_before(t.owned);
+  };
+  std::function<moert_status(int)> runStep;
+  // Block `b` of control-flow step `si`: binds its inputs, runs its steps, hands back what it yields and
+  // drops the values it defined (they live for one run of the block).
+  auto runBlock = [&](int si, int b, const std::vector<Tensor> &bound, std::vector<Tensor> &yielded) {
+    const pb::Block &blk = m->flat[si]->op().blocks(b);
+    const moert::BlockSteps &info = m->blocks[si][b];
+    std::string why;
+    if (bound.size() != size_t(blk.inputs_size()))
+      why = m->flat[si]->op().op() + ": its block takes " + std::to_string(blk.inputs_size()) + " inputs, " +
+            std::to_string(bound.size()) + " given";
+    for (int k = 0; why.empty() && k < blk.inputs_size(); ++k)
+      values[blk.inputs(k)] = bound[k];
+    for (size_t k = 0; why.empty() && k < info.steps.size(); ++k)
+      if (moert_status st = runStep(info.steps[k])) {
+        why = st->message;
+        moert_status_free(st);
+      }
+    for (int k = 0; why.empty() && k < blk.outputs_size(); ++k) {
+      if (!values[blk.outputs(k)].present())
+        why = "internal: " + m->flat[si]->op().op() + " block yields a value not computed";
+      yielded.push_back(values[blk.outputs(k)]);
+    }
+    for (uint32_t id : info.defined)
+      values[id] = Tensor{};
+    return why;
+  };
+  runStep = [&](int si) -> moert_status {
+    const pb::Step &s = *m->flat[si];
     auto start = std::chrono::steady_clock::now();
     std::string label;
     if (caches && m->appendsCache[si] >= 0) {
@@ -328,9 +359,31 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         outs[k].dtype = p.values(o.outputs(k)).type().dtype();
         place(o.outputs(k), outs[k]);
       }
-      std::string why = moert::runOp(m->opKernels[si], o, ins, outs, m->pool.get());
-      if (!why.empty())
-        return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
+      if (o.blocks_size() > 0) { // If / Loop / Scan
+        bool blockError = false;
+        std::string why = moert::runControlFlow(
+            o, ins, outs,
+            [&](int b, const std::vector<Tensor> &bound, std::vector<Tensor> &yielded) {
+              return runBlock(si, b, bound, yielded);
+            },
+            blockError);
+        if (!why.empty())
+          return makeError(blockError ? why : o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
+        // An output that is a value of the enclosing program (or a view of one) in the arena is copied: that
+        // buffer is reused once its own value is dead, and the op's output has no buffer of its own.
+        for (Tensor &t : outs)
+          if (inArena(t)) {
+            Tensor copy;
+            if (!copy.alloc(t.dtype, t.dims))
+              return makeError("out of memory for " + o.op() + " '" + p.values(o.outputs(0)).name() + "'");
+            std::memcpy(copy.mut<char>(), t.data, t.bytes());
+            t = std::move(copy);
+          }
+      } else {
+        std::string why = moert::runOp(m->opKernels[si], o, ins, outs, m->pool.get());
+        if (!why.empty())
+          return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
+      }
       for (int k = 0; k < o.outputs_size(); ++k) {
         if (!outs[k].data || outs[k].dtype != p.values(o.outputs(k)).type().dtype())
           return makeError("internal: op " + o.op() + " left output " + std::to_string(k) + " uncomputed");
@@ -559,7 +612,11 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
             << "\"ts\": " << us(start) << ", \"dur\": " << us(end) - us(start) << "}";
       firstEvent = false;
     }
-  }
+    return nullptr;
+  };
+  for (int si : m->topSteps)
+    if (moert_status st = runStep(si))
+      return st;
 
   auto *res = new moert_result;
   for (int i = 0; i < p.outputs_size(); ++i) {
