@@ -347,6 +347,15 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
       ins[i].rank = 4;
       ins[i].dims = dims[i].data();
       continue;
+    } else if (std::strcmp(ins[i].name, "use_cache_branch") == 0 && dtype == MOERT_BOOL) {
+      // Optimum's merged decoders pick the decoder with or without past by this flag; the one with past
+      // also runs a prompt (zero cached positions), so a session always takes it.
+      owned[i].assign(1, 1);
+      dims[i] = {1};
+      ins[i].data = owned[i].data();
+      ins[i].rank = 1;
+      ins[i].dims = dims[i].data();
+      continue;
     } else {
       return makeError(std::string(fn) + ": the decoder takes input '" + ins[i].name +
                        "', which a session does not know how to fill");

@@ -6,7 +6,14 @@
     Gather'd expert weights, ScatterElements (made by tests/fixtures/torchscript/make_fixtures.py). Inputs of
     64 to 150 tokens (each hits all 8 experts, which the traced graph needs, as ONNX Runtime does).
 
-Every output matches ONNX Runtime within 1e-5 relative to the largest magnitude.
+  - Optimum's merged-decoder layout, built here from tests/fixtures/transformers/past_qwen3_moe.onnx (a
+    Qwen3-MoE decoder with KV caches, opset 20) the way Optimum's merge_decoders joins a decoder with and one
+    without past: the initializers shared at the top, one `If` on a `use_cache_branch` input whose branches
+    hold the whole decoder (the "without past" one reading zero cached positions: its past Sliced to length
+    0). Run with the cache branch on a prefill and a decode step, and with the other on a prompt with a
+    one-position dummy past (as Optimum feeds it).
+
+Every output matches ONNX Runtime within 1e-5 relative to the largest magnitude (1e-4 for the decoder).
 
     check_exporter_fixtures_e2e.py --moec build/bin/moec --lib build/lib/libmoert.so
 """
@@ -32,6 +39,59 @@ def check(name, ok, detail):
     print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
     if not ok:
         failures.append(name)
+
+
+def merged_decoder(src, dst):
+    """Optimum's merged layout from a decoder with past `src`: If(use_cache_branch, with past, without)."""
+    from onnx import TensorProto, helper
+    m = onnx.load(src)
+    g = m.graph
+    outer = {i.name for i in g.input} | {t.name for t in g.initializer}
+    pasts = [i.name for i in g.input if i.name.startswith("past_key_values.")]
+
+    def branch(tag, no_past):
+        rename = {}
+        nodes = []
+        if no_past:  # the decoder without past: zero cached positions
+            nodes.append(helper.make_node("Constant", [], [f"{tag}::zero"],
+                                          value=helper.make_tensor("z", TensorProto.INT64, [1], [0])))
+            nodes.append(helper.make_node("Constant", [], [f"{tag}::axis"],
+                                          value=helper.make_tensor("a", TensorProto.INT64, [1], [2])))
+            for p in pasts:
+                rename[p] = f"{tag}::{p}"
+                nodes.append(helper.make_node("Slice", [p, f"{tag}::zero", f"{tag}::zero", f"{tag}::axis"],
+                                              [rename[p]]))
+        for n in g.node:
+            for o in n.output:
+                if o:
+                    rename[o] = f"{tag}::{o}"
+        for n in g.node:
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            c.name = f"{tag}::{n.name}"
+            c.input[:] = [rename.get(i, i) if i not in outer or i in pasts and no_past else i for i in n.input]
+            c.output[:] = [rename[o] if o else o for o in n.output]
+            nodes.append(c)
+        outs = []
+        for o in g.output:
+            v = onnx.ValueInfoProto()
+            v.CopyFrom(o)
+            v.name = rename[o.name]
+            outs.append(v)
+        info = []
+        for v in g.value_info:
+            w = onnx.ValueInfoProto()
+            w.CopyFrom(v)
+            w.name = rename.get(v.name, v.name)
+            info.append(w)
+        return helper.make_graph(nodes, tag, [], outs, value_info=info)
+
+    flag = helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])
+    node = helper.make_node("If", ["use_cache_branch"], [o.name for o in g.output], name="optimum::if",
+                            then_branch=branch("with_past", False), else_branch=branch("without_past", True))
+    graph = helper.make_graph([node], "merged", list(g.input) + [flag], list(g.output), list(g.initializer))
+    merged = helper.make_model(graph, opset_imports=m.opset_import, ir_version=m.ir_version)
+    onnx.save(merged, dst)
 
 
 def main():
@@ -65,6 +125,63 @@ def main():
             check("TorchScript Mixtral block (eager experts)", nonzero >= 9 and worst <= TOL,
                   f"{nonzero} NonZero nodes; (batch, tokens) {shapes}: max |moec - ORT| / max |ORT| = {worst:.2e} "
                   f"(bound {TOL:g})")
+        # Optimum's merged decoder: both branches, against ONNX Runtime.
+        path = os.path.join(tmp, "merged.onnx")
+        merged_decoder(os.path.join(ROOT, "tests", "fixtures", "transformers", "past_qwen3_moe.onnx"), path)
+        r = subprocess.run([args.moec, "compile", path, "-o", art, "--quiet"], capture_output=True, text=True)
+        if r.returncode:
+            check("Optimum-style merged decoder", False, "compile: " + r.stderr.strip())
+        else:
+            z = np.load(os.path.join(ROOT, "tests", "fixtures", "transformers", "past_qwen3_moe.npz"))
+            steps = []
+            for step in ("prefill", "decode"):
+                feeds = {k[len(step) + 1:]: z[k] for k in z.files if k.startswith(step + ".") and
+                         (k.endswith("input_ids") or k.endswith("attention_mask") or ".past_key_values." in k)}
+                feeds["use_cache_branch"] = np.array([True])
+                steps.append((step + " (cache branch)", feeds))
+            ids = z["prefill.input_ids"]
+            dummy = {k[len("prefill."):]: np.zeros(z[k].shape[:2] + (1,) + z[k].shape[3:], np.float32)
+                     for k in z.files if k.startswith("prefill.past_key_values.")}
+            steps.append(("prompt (no-cache branch, a dummy past)",
+                          dict(dummy, input_ids=ids, attention_mask=np.ones(ids.shape, np.int64),
+                               use_cache_branch=np.array([False]))))
+            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            m = rt.load(art, threads=2)
+            worst = 0.0
+            for what, feeds in steps:
+                want = sess.run(None, feeds)
+                got = m.run(feeds)
+                for o, w in zip(sess.get_outputs(), want):
+                    g = got[o.name]
+                    worst = max(worst, np.inf if g.shape != w.shape else
+                                float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-30)))
+            # A session (moert_session_*) over it: a prompt, then one token, against ONNX Runtime's cache
+            # branch fed its own presents.
+            prompt, nxt = ids[:1], np.array([[3]], np.int64)
+            sess_err = 0.0
+            session = m.session()
+            got = [session.append(prompt[0]), session.append(nxt[0])]
+            session.close()
+            past = {k: np.zeros((1,) + v.shape[1:2] + (0,) + v.shape[3:], np.float32) for k, v in dummy.items()}
+            total = 0
+            for toks, g in zip([prompt, nxt], got):
+                total += toks.shape[1]
+                feeds = dict(past, input_ids=toks, attention_mask=np.ones((1, total), np.int64),
+                             use_cache_branch=np.array([True]))
+                out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+                want = out["logits"][0, -1]
+                sess_err = max(sess_err, float(np.abs(np.asarray(g).reshape(-1) - want).max() / np.abs(want).max()))
+                past = {k: out[k.replace("past_key_values", "present")] for k in past}
+            worst = max(worst, sess_err)
+            steps.append(("a session: prompt, then a token", None))
+            m.close()
+            steps_text = subprocess.run([os.path.join(os.path.dirname(args.moec), "moert"), "inspect", art],
+                                        capture_output=True, text=True).stdout
+            inside = len([ln for ln in steps_text.splitlines() if ln.startswith("    ") and
+                          ("linear " in ln or "attention " in ln or "dispatch " in ln)])
+            check("Optimum-style merged decoder", worst <= 1e-4 and inside > 0,
+                  f"{len(steps)} steps ({', '.join(w for w, _ in steps)}): max |moec - ORT| / max |ORT| = "
+                  f"{worst:.2e} (bound 1e-4); {inside} dispatches inside the If's branches")
     print(f"{len(failures)} failed" if failures else "all passed")
     return 1 if failures else 0
 
