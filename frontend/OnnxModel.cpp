@@ -323,22 +323,39 @@ bool functionBody(const onnx::OpSchema &schema, const onnx::NodeProto &node,
 } // namespace
 
 int OnnxModel::expandFunctions(const ImportsOp &imports, std::string &error) {
-  onnx::GraphProto &g = *model->mutable_graph();
   llvm::StringMap<onnx::TypeProto> initializerTypes;
-  for (const auto &t : g.initializer()) {
-    onnx::TypeProto type;
-    type.mutable_tensor_type()->set_elem_type(t.data_type());
-    auto *shape = type.mutable_tensor_type()->mutable_shape();
-    for (int64_t d : t.dims())
-      shape->add_dim()->set_dim_value(d);
-    initializerTypes[t.name()] = type;
-  }
+  // The graph's initializers and its subgraphs' (If branches, Loop / Scan bodies).
+  std::function<void(const onnx::GraphProto &)> collectInitializers = [&](const onnx::GraphProto &g) {
+    for (const auto &t : g.initializer()) {
+      onnx::TypeProto type;
+      type.mutable_tensor_type()->set_elem_type(t.data_type());
+      auto *shape = type.mutable_tensor_type()->mutable_shape();
+      for (int64_t d : t.dims())
+        shape->add_dim()->set_dim_value(d);
+      initializerTypes[t.name()] = type;
+    }
+    for (const auto &n : g.node())
+      for (const auto &a : n.attribute()) {
+        if (a.has_g())
+          collectInitializers(a.g());
+        for (const auto &sub : a.graphs())
+          collectInitializers(sub);
+      }
+  };
+  collectInitializers(model->graph());
   int expanded = 0;
-  // Bodies may use functions themselves (SoftmaxCrossEntropyLoss's uses NegativeLogLikelihoodLoss), whose
-  // context-dependent bodies need their inputs' types: one level per round, shape inference in between.
-  for (int round = 0; round < 8; ++round) {
+  // One level of function nodes in `g` and, first, in its subgraphs; false on an error.
+  std::function<bool(onnx::GraphProto &)> expandIn = [&](onnx::GraphProto &g) -> bool {
+    for (auto &n : *g.mutable_node())
+      for (auto &a : *n.mutable_attribute()) {
+        if (a.has_g() && !expandIn(*a.mutable_g()))
+          return false;
+        for (auto &sub : *a.mutable_graphs())
+          if (!expandIn(sub))
+            return false;
+      }
     google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
-    int before = expanded;
+    const int before = expanded;
     for (int index = 0; index < g.node_size(); ++index) {
       const onnx::NodeProto &node = g.node(index);
       const std::string domain = node.domain() == "ai.onnx" ? "" : node.domain();
@@ -354,7 +371,7 @@ int OnnxModel::expandFunctions(const ImportsOp &imports, std::string &error) {
       } catch (const std::exception &e) {
         error = modelPath + ": node '" + (node.name().empty() ? "#" + std::to_string(index) : node.name()) +
                 "' (" + node.op_type() + "): cannot build its function body: " + firstLine(e.what());
-        return -1;
+        return false;
       }
       if (!haveBody) {
         *nodes.Add() = node;
@@ -414,9 +431,18 @@ int OnnxModel::expandFunctions(const ImportsOp &imports, std::string &error) {
       }
       ++expanded;
     }
+    if (expanded != before)
+      g.mutable_node()->Swap(&nodes);
+    return true;
+  };
+  // Bodies may use functions themselves (SoftmaxCrossEntropyLoss's uses NegativeLogLikelihoodLoss), whose
+  // context-dependent bodies need their inputs' types: one level per round, shape inference in between.
+  for (int round = 0; round < 8; ++round) {
+    const int before = expanded;
+    if (!expandIn(*model->mutable_graph()))
+      return -1;
     if (expanded == before)
       break;
-    g.mutable_node()->Swap(&nodes);
     if (loadOptions.runShapeInference && !inferenceSkipped) {
       try {
         onnx::ShapeInferenceOptions inferOptions(/*check_type=*/false, /*strict_mode=*/0, /*data_prop=*/true);
