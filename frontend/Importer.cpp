@@ -485,9 +485,48 @@ Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<
       return success();
     });
     if (failed(verify(op))) {
+      // A value the op's constraints (ONNX's allowed values) reject: "attribute 'mode' = "bogus" is not
+      // supported (one of nearest, linear, cubic)".
+      llvm::StringRef rest = diag;
+      const llvm::StringRef marker = "failed to satisfy constraint: ";
+      size_t at = rest.find("attribute '"), why = rest.find(marker);
+      if (at != llvm::StringRef::npos && why != llvm::StringRef::npos) {
+        llvm::StringRef name = rest.substr(at + 11).split('\'').first;
+        llvm::StringRef allowed = rest.substr(why + marker.size());
+        if (size_t cut = allowed.find("attribute "); cut != llvm::StringRef::npos)
+          allowed = allowed.substr(cut + 10);
+        if (Attribute given = op->getAttr(name)) {
+          std::string shown;
+          llvm::raw_string_ostream os(shown);
+          if (auto s = dyn_cast<StringAttr>(given))
+            os << '"' << s.getValue() << '"';
+          else if (auto i = dyn_cast<IntegerAttr>(given))
+            os << i.getValue().getSExtValue();
+          else
+            os << given;
+          diag = ("attribute '" + name + "' = " + shown + " is not supported (" + allowed + ")").str();
+        }
+      }
       op->erase();
       (void)fail(diag);
       return nullptr;
+    }
+  }
+  // An axis attribute within the first operand's rank (Flatten's and OneHot's may also name the end;
+  // (De)QuantizeLinear's default axis 1 means nothing for per-tensor scales, and the kernels check it).
+  if (auto axis = op->getAttrOfType<IntegerAttr>("axis");
+      axis && op->getNumOperands() > 0 &&
+      !isa<moec::onnxir::QuantizeLinearOp, moec::onnxir::DequantizeLinearOp>(op)) {
+    if (auto t = dyn_cast<RankedTensorType>(op->getOperand(0).getType())) {
+      const int64_t r = t.getRank(), a = axis.getValue().getSExtValue();
+      const bool end = isa<moec::onnxir::FlattenOp>(op), outer = isa<moec::onnxir::OneHotOp>(op);
+      const int64_t lo = -r - (outer ? 1 : 0), hi = r - 1 + (end || outer ? 1 : 0);
+      if (a < lo || a > hi) {
+        op->erase();
+        (void)fail("attribute 'axis' = " + Twine(a) + " is out of range for a rank-" + Twine(r) + " input (" +
+                   Twine(lo) + " to " + Twine(hi) + ")");
+        return nullptr;
+      }
     }
   }
   return op;

@@ -28,6 +28,22 @@ def ONNX_Dialect : Dialect {
   }];
 }
 
+// Attribute values the ONNX spec allows, checked by the ops' verifiers (the importer names the node, the
+// attribute and the value given).
+class ONNX_OneOf<list<string> values> : AttrConstraint<
+    CPred<"::llvm::isa<::mlir::StringAttr>($_self) && ::llvm::is_contained(::llvm::ArrayRef<::llvm::StringRef>{"
+          # !interleave(!foreach(v, values, "\"" # v # "\""), ", ") # "}, ::llvm::cast<::mlir::StringAttr>($_self).getValue())">,
+    "one of " # !interleave(values, ", ")>;
+class ONNX_Str<string dflt, list<string> values>
+    : DefaultValuedAttr<ConfinedAttr<StrAttr, [ONNX_OneOf<values>]>, "\"" # dflt # "\"">;
+def ONNX_AutoPad : ONNX_Str<"NOTSET", ["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]>;
+def ONNX_ScatterReduction : ONNX_Str<"none", ["none", "add", "mul", "max", "min"]>;
+// A flag: 0 or 1.
+def ONNX_ZeroOrOne : AttrConstraint<
+    CPred<"::llvm::isa<::mlir::IntegerAttr>($_self) && "
+          "::llvm::cast<::mlir::IntegerAttr>($_self).getValue().getZExtValue() <= 1">, "0 or 1">;
+class ONNX_Flag<string dflt> : DefaultValuedAttr<ConfinedAttr<I64Attr, [ONNX_ZeroOrOne]>, dflt>;
+
 class ONNX_Op<string mnemonic, list<Trait> traits = []>
     : Op<ONNX_Dialect, mnemonic, !listconcat([Pure], traits)> {
   let summary = "ONNX " # mnemonic;
@@ -74,8 +90,8 @@ foreach name = ["Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cosh", "Roun
 def ONNX_IsNaNOp : ONNX_UnaryOp<"IsNaN">;
 
 def ONNX_IsInfOp : ONNX_Op<"IsInf"> {
-  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<I64Attr, "1">:$detect_negative,
-                   DefaultValuedAttr<I64Attr, "1">:$detect_positive);
+  let arguments = (ins AnyTensor:$X, ONNX_Flag<"1">:$detect_negative,
+                   ONNX_Flag<"1">:$detect_positive);
   let results = (outs AnyTensor:$Y);
 }
 
@@ -119,14 +135,14 @@ def ONNX_ClipOp : ONNX_Op<"Clip", [AttrSizedOperandSegments]> {
 
 def ONNX_ConvOp : ONNX_Op<"Conv"> {
   let arguments = (ins AnyTensor:$X, AnyTensor:$W, Optional<AnyTensor>:$B,
-                   DefaultValuedAttr<StrAttr, "\"NOTSET\"">:$auto_pad, OptionalAttr<I64ArrayAttr>:$dilations,
+                   ONNX_AutoPad:$auto_pad, OptionalAttr<I64ArrayAttr>:$dilations,
                    DefaultValuedAttr<I64Attr, "1">:$group, OptionalAttr<I64ArrayAttr>:$kernel_shape,
                    OptionalAttr<I64ArrayAttr>:$pads, OptionalAttr<I64ArrayAttr>:$strides);
   let results = (outs AnyTensor:$Y);
 }
 
 def ONNX_GeluOp : ONNX_Op<"Gelu"> {
-  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<StrAttr, "\"none\"">:$approximate);
+  let arguments = (ins AnyTensor:$X, ONNX_Str<"none", ["none", "tanh"]>:$approximate);
   let results = (outs AnyTensor:$Y);
 }
 
@@ -135,7 +151,7 @@ foreach name = ["Add", "And", "Div", "Equal", "Greater", "GreaterOrEqual", "Less
   def ONNX_#name#Op : ONNX_BinaryOp<name>;
 
 def ONNX_ModOp : ONNX_Op<"Mod"> {
-  let arguments = (ins AnyTensor:$A, AnyTensor:$B, DefaultValuedAttr<I64Attr, "0">:$fmod);
+  let arguments = (ins AnyTensor:$A, AnyTensor:$B, ONNX_Flag<"0">:$fmod);
   let results = (outs AnyTensor:$C);
 }
 
@@ -152,7 +168,7 @@ def ONNX_MatMulOp : ONNX_Op<"MatMul"> {
 def ONNX_GemmOp : ONNX_Op<"Gemm"> {
   let arguments = (ins AnyTensor:$A, AnyTensor:$B, Optional<AnyTensor>:$C,
                    DefaultValuedAttr<F32Attr, "1.0f">:$alpha, DefaultValuedAttr<F32Attr, "1.0f">:$beta,
-                   DefaultValuedAttr<I64Attr, "0">:$transA, DefaultValuedAttr<I64Attr, "0">:$transB);
+                   ONNX_Flag<"0">:$transA, ONNX_Flag<"0">:$transB);
   let results = (outs AnyTensor:$Y);
 }
 
@@ -164,15 +180,15 @@ foreach name = ["Softmax", "LogSoftmax"] in
 
 def ONNX_TopKOp : ONNX_Op<"TopK"> {
   let arguments = (ins AnyTensor:$X, AnyTensor:$K, DefaultValuedAttr<I64Attr, "-1">:$axis,
-                   DefaultValuedAttr<I64Attr, "1">:$largest, DefaultValuedAttr<I64Attr, "1">:$sorted);
+                   ONNX_Flag<"1">:$largest, ONNX_Flag<"1">:$sorted);
   let results = (outs AnyTensor:$Values, AnyTensor:$Indices);
 }
 
 foreach name = ["ArgMax", "ArgMin"] in
   def ONNX_#name#Op : ONNX_Op<name> {
     let arguments = (ins AnyTensor:$data, DefaultValuedAttr<I64Attr, "0">:$axis,
-                     DefaultValuedAttr<I64Attr, "1">:$keepdims,
-                     DefaultValuedAttr<I64Attr, "0">:$select_last_index);
+                     ONNX_Flag<"1">:$keepdims,
+                     ONNX_Flag<"0">:$select_last_index);
     let results = (outs AnyTensor:$reduced);
   }
 
@@ -180,8 +196,8 @@ foreach name = ["ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "Redu
                 "ReduceProd", "ReduceSum", "ReduceSumSquare"] in
   def ONNX_#name#Op : ONNX_Op<name> {
     let arguments = (ins AnyTensor:$data, Optional<AnyTensor>:$axes,
-                     DefaultValuedAttr<I64Attr, "1">:$keepdims,
-                     DefaultValuedAttr<I64Attr, "0">:$noop_with_empty_axes);
+                     ONNX_Flag<"1">:$keepdims,
+                     ONNX_Flag<"0">:$noop_with_empty_axes);
     let results = (outs AnyTensor:$reduced);
   }
 
@@ -202,13 +218,13 @@ def ONNX_GatherNDOp : ONNX_Op<"GatherND"> {
 
 def ONNX_ScatterElementsOp : ONNX_Op<"ScatterElements"> {
   let arguments = (ins AnyTensor:$data, AnyTensor:$indices, AnyTensor:$updates,
-                   DefaultValuedAttr<I64Attr, "0">:$axis, DefaultValuedAttr<StrAttr, "\"none\"">:$reduction);
+                   DefaultValuedAttr<I64Attr, "0">:$axis, ONNX_ScatterReduction:$reduction);
   let results = (outs AnyTensor:$output);
 }
 
 def ONNX_ScatterNDOp : ONNX_Op<"ScatterND"> {
   let arguments = (ins AnyTensor:$data, AnyTensor:$indices, AnyTensor:$updates,
-                   DefaultValuedAttr<StrAttr, "\"none\"">:$reduction);
+                   ONNX_ScatterReduction:$reduction);
   let results = (outs AnyTensor:$output);
 }
 
@@ -224,12 +240,12 @@ def ONNX_WhereOp : ONNX_Op<"Where"> {
 }
 
 def ONNX_CastOp : ONNX_Op<"Cast"> {
-  let arguments = (ins AnyTensor:$input, TypeAttr:$to, DefaultValuedAttr<I64Attr, "1">:$saturate);
+  let arguments = (ins AnyTensor:$input, TypeAttr:$to, ONNX_Flag<"1">:$saturate);
   let results = (outs AnyTensor:$output);
 }
 
 def ONNX_ReshapeOp : ONNX_Op<"Reshape"> {
-  let arguments = (ins AnyTensor:$data, AnyTensor:$shape, DefaultValuedAttr<I64Attr, "0">:$allowzero);
+  let arguments = (ins AnyTensor:$data, AnyTensor:$shape, ONNX_Flag<"0">:$allowzero);
   let results = (outs AnyTensor:$reshaped);
 }
 
@@ -285,8 +301,8 @@ def ONNX_RangeOp : ONNX_Op<"Range"> {
 }
 
 def ONNX_CumSumOp : ONNX_Op<"CumSum"> {
-  let arguments = (ins AnyTensor:$x, AnyTensor:$axis, DefaultValuedAttr<I64Attr, "0">:$exclusive,
-                   DefaultValuedAttr<I64Attr, "0">:$reverse);
+  let arguments = (ins AnyTensor:$x, AnyTensor:$axis, ONNX_Flag<"0">:$exclusive,
+                   ONNX_Flag<"0">:$reverse);
   let results = (outs AnyTensor:$y);
 }
 
@@ -303,7 +319,7 @@ def ONNX_LayerNormalizationOp : ONNX_Op<"LayerNormalization"> {
 }
 
 def ONNX_TriluOp : ONNX_Op<"Trilu"> {
-  let arguments = (ins AnyTensor:$input, Optional<AnyTensor>:$k, DefaultValuedAttr<I64Attr, "1">:$upper);
+  let arguments = (ins AnyTensor:$input, Optional<AnyTensor>:$k, ONNX_Flag<"1">:$upper);
   let results = (outs AnyTensor:$output);
 }
 
@@ -320,7 +336,7 @@ def ONNX_TileOp : ONNX_Op<"Tile"> {
 }
 
 def ONNX_DepthToSpaceOp : ONNX_Op<"DepthToSpace"> {
-  let arguments = (ins AnyTensor:$input, I64Attr:$blocksize, DefaultValuedAttr<StrAttr, "\"DCR\"">:$mode);
+  let arguments = (ins AnyTensor:$input, I64Attr:$blocksize, ONNX_Str<"DCR", ["DCR", "CRD"]>:$mode);
   let results = (outs AnyTensor:$output);
 }
 
@@ -347,7 +363,7 @@ def ONNX_EyeLikeOp : ONNX_Op<"EyeLike"> {
 
 def ONNX_PadOp : ONNX_Op<"Pad", [AttrSizedOperandSegments]> {
   let arguments = (ins AnyTensor:$data, AnyTensor:$pads, Optional<AnyTensor>:$constant_value,
-                   Optional<AnyTensor>:$axes, DefaultValuedAttr<StrAttr, "\"constant\"">:$mode);
+                   Optional<AnyTensor>:$axes, ONNX_Str<"constant", ["constant", "reflect", "edge"]>:$mode);
   let results = (outs AnyTensor:$output);
 }
 
@@ -394,16 +410,16 @@ def ONNX_MatMulIntegerOp : ONNX_Op<"MatMulInteger", [AttrSizedOperandSegments]> 
 }
 
 def ONNX_MaxPoolOp : ONNX_Op<"MaxPool"> {
-  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<StrAttr, "\"NOTSET\"">:$auto_pad,
-                   DefaultValuedAttr<I64Attr, "0">:$ceil_mode, OptionalAttr<I64ArrayAttr>:$dilations,
+  let arguments = (ins AnyTensor:$X, ONNX_AutoPad:$auto_pad,
+                   ONNX_Flag<"0">:$ceil_mode, OptionalAttr<I64ArrayAttr>:$dilations,
                    I64ArrayAttr:$kernel_shape, OptionalAttr<I64ArrayAttr>:$pads,
-                   DefaultValuedAttr<I64Attr, "0">:$storage_order, OptionalAttr<I64ArrayAttr>:$strides);
+                   ONNX_Flag<"0">:$storage_order, OptionalAttr<I64ArrayAttr>:$strides);
   let results = (outs AnyTensor:$Y, Optional<AnyTensor>:$Indices);
 }
 
 def ONNX_AveragePoolOp : ONNX_Op<"AveragePool"> {
-  let arguments = (ins AnyTensor:$X, DefaultValuedAttr<StrAttr, "\"NOTSET\"">:$auto_pad,
-                   DefaultValuedAttr<I64Attr, "0">:$ceil_mode, DefaultValuedAttr<I64Attr, "0">:$count_include_pad,
+  let arguments = (ins AnyTensor:$X, ONNX_AutoPad:$auto_pad,
+                   ONNX_Flag<"0">:$ceil_mode, ONNX_Flag<"0">:$count_include_pad,
                    OptionalAttr<I64ArrayAttr>:$dilations, I64ArrayAttr:$kernel_shape,
                    OptionalAttr<I64ArrayAttr>:$pads, OptionalAttr<I64ArrayAttr>:$strides);
   let results = (outs AnyTensor:$Y);
@@ -411,7 +427,7 @@ def ONNX_AveragePoolOp : ONNX_Op<"AveragePool"> {
 
 def ONNX_ConvTransposeOp : ONNX_Op<"ConvTranspose"> {
   let arguments = (ins AnyTensor:$X, AnyTensor:$W, Optional<AnyTensor>:$B,
-                   DefaultValuedAttr<StrAttr, "\"NOTSET\"">:$auto_pad, OptionalAttr<I64ArrayAttr>:$dilations,
+                   ONNX_AutoPad:$auto_pad, OptionalAttr<I64ArrayAttr>:$dilations,
                    DefaultValuedAttr<I64Attr, "1">:$group, OptionalAttr<I64ArrayAttr>:$kernel_shape,
                    OptionalAttr<I64ArrayAttr>:$output_padding, OptionalAttr<I64ArrayAttr>:$output_shape,
                    OptionalAttr<I64ArrayAttr>:$pads, OptionalAttr<I64ArrayAttr>:$strides);
@@ -421,11 +437,11 @@ def ONNX_ConvTransposeOp : ONNX_Op<"ConvTranspose"> {
 def ONNX_ResizeOp : ONNX_Op<"Resize", [AttrSizedOperandSegments]> {
   let arguments = (ins AnyTensor:$X, Optional<AnyTensor>:$roi, Optional<AnyTensor>:$scales,
                    Optional<AnyTensor>:$sizes,
-                   DefaultValuedAttr<StrAttr, "\"half_pixel\"">:$coordinate_transformation_mode,
-                   DefaultValuedAttr<F32Attr, "-0.75f">:$cubic_coeff_a, DefaultValuedAttr<I64Attr, "0">:$exclude_outside,
+                   ONNX_Str<"half_pixel", ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn", "tf_crop_and_resize"]>:$coordinate_transformation_mode,
+                   DefaultValuedAttr<F32Attr, "-0.75f">:$cubic_coeff_a, ONNX_Flag<"0">:$exclude_outside,
                    DefaultValuedAttr<F32Attr, "0.0f">:$extrapolation_value,
-                   DefaultValuedAttr<StrAttr, "\"nearest\"">:$mode,
-                   DefaultValuedAttr<StrAttr, "\"round_prefer_floor\"">:$nearest_mode);
+                   ONNX_Str<"nearest", ["nearest", "linear", "cubic"]>:$mode,
+                   ONNX_Str<"round_prefer_floor", ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]>:$nearest_mode);
   let results = (outs AnyTensor:$Y);
 }
 
@@ -438,7 +454,7 @@ def ONNX_LRNOp : ONNX_Op<"LRN"> {
 def ONNX_DetOp : ONNX_UnaryOp<"Det">;
 
 def ONNX_UniqueOp : ONNX_Op<"Unique"> {
-  let arguments = (ins AnyTensor:$X, OptionalAttr<I64Attr>:$axis, DefaultValuedAttr<I64Attr, "1">:$sorted);
+  let arguments = (ins AnyTensor:$X, OptionalAttr<I64Attr>:$axis, ONNX_Flag<"1">:$sorted);
   let summary = "ONNX Unique (all four results, whichever the node names)";
   let results = (outs AnyTensor:$Y, AnyTensor:$indices, AnyTensor:$inverse_indices, AnyTensor:$counts);
 }
