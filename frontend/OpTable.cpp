@@ -388,6 +388,11 @@ LogicalResult withOptionalInputs(NodeImporter &ni, unsigned required, unsigned o
   return finish<OpTy>(ni, operands, attrs, resultTypes(ni, 1, rule));
 }
 
+/// NonMaxSuppression: max_output_boxes_per_class, iou_threshold and score_threshold optional.
+LogicalResult nonMaxSuppression(NodeImporter &ni) {
+  return withOptionalInputs<ox::NonMaxSuppressionOp>(ni, 2, 3, Elem::I64);
+}
+
 /// Pad from opset 11: pads (and constant_value, axes from 18) are inputs.
 LogicalResult pad(NodeImporter &ni) {
   return withOptionalInputs<ox::PadOp>(ni, 2, 2, Elem::SameAsInput0, ni.opset() >= 18 ? 2 : 1);
@@ -853,6 +858,10 @@ const OpTableEntry kTable[] = {
     {"", "InstanceNormalization", 6, generic<ox::InstanceNormalizationOp>},
     {"", "MaxPool", 8, generic<ox::MaxPoolOp, -1, Elem::SameAsInput0>},
     {"", "MaxUnpool", 9, generic<ox::MaxUnpoolOp>},
+    {"", "NonMaxSuppression", 10, nonMaxSuppression},
+    {"ai.onnx.preview.training", "Adagrad", 1, generic<ox::AdagradOp, -1>},
+    {"ai.onnx.preview.training", "Momentum", 1, generic<ox::MomentumOp, -1>},
+    {"ai.onnx.preview.training", "Adam", 1, generic<ox::AdamOp, -1>},
     {"", "LRN", 1, generic<ox::LRNOp>},
     {"", "Det", 11, generic<ox::DetOp>},
     {"", "Unique", 11, uniqueOp},

@@ -465,6 +465,35 @@ def ONNX_MaxUnpoolOp : ONNX_Op<"MaxUnpool"> {
   let results = (outs AnyTensor:$output);
 }
 
+def ONNX_NonMaxSuppressionOp : ONNX_Op<"NonMaxSuppression", [AttrSizedOperandSegments]> {
+  let arguments = (ins AnyTensor:$boxes, AnyTensor:$scores, Optional<AnyTensor>:$max_output_boxes_per_class,
+                   Optional<AnyTensor>:$iou_threshold, Optional<AnyTensor>:$score_threshold,
+                   ONNX_Flag<"0">:$center_point_box);
+  let results = (outs AnyTensor:$selected_indices);
+}
+
+// ai.onnx.preview.training's optimizers: one update step of N tensors (inputs R, T, then the N values of
+// each group: X, G and the optimizer's states; results the new X, then the new states).
+def ONNX_AdagradOp : ONNX_Op<"Adagrad"> {
+  let arguments = (ins Variadic<AnyTensor>:$inputs, DefaultValuedAttr<F32Attr, "0.0f">:$decay_factor,
+                   DefaultValuedAttr<F32Attr, "0.0f">:$epsilon, DefaultValuedAttr<F32Attr, "0.0f">:$norm_coefficient);
+  let results = (outs Variadic<AnyTensor>:$outputs);
+}
+
+def ONNX_MomentumOp : ONNX_Op<"Momentum"> {
+  let arguments = (ins Variadic<AnyTensor>:$inputs, F32Attr:$alpha, F32Attr:$beta,
+                   ConfinedAttr<StrAttr, [ONNX_OneOf<["standard", "nesterov"]>]>:$mode, F32Attr:$norm_coefficient);
+  let results = (outs Variadic<AnyTensor>:$outputs);
+}
+
+def ONNX_AdamOp : ONNX_Op<"Adam"> {
+  let arguments = (ins Variadic<AnyTensor>:$inputs, DefaultValuedAttr<F32Attr, "0.9f">:$alpha,
+                   DefaultValuedAttr<F32Attr, "0.999f">:$beta, DefaultValuedAttr<F32Attr, "1e-6f">:$epsilon,
+                   DefaultValuedAttr<F32Attr, "0.0f">:$norm_coefficient,
+                   DefaultValuedAttr<F32Attr, "0.0f">:$norm_coefficient_post);
+  let results = (outs Variadic<AnyTensor>:$outputs);
+}
+
 //===----------------------------------------------------------------------===//
 // Control flow: ONNX's subgraph attributes are regions. Their ops read values of the enclosing graph
 // directly (ONNX's outer-scope capture); each region ends in onnx.Yield with the subgraph's outputs.

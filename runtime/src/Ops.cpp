@@ -215,6 +215,8 @@ const OpEntry kOps[] = {
     {"MaxPool", pool, true},       {"AveragePool", pool, true},   {"ConvTranspose", convTranspose, true},
     {"Resize", resize, true},      {"LRN", lrn, true},            {"Unique", unique, false},
     {"Det", det, true},            {"MaxUnpool", maxUnpool, false},
+    {"NonMaxSuppression", nonMaxSuppression, false},
+    {"Adagrad", optimizer, false},  {"Momentum", optimizer, false}, {"Adam", optimizer, false},
     {"moec.Embedding", embedding, false}, // moe.embedding's table rows
     {"moec.KvCacheUpdate", kvCacheUpdate, false}, // moe.kv_cache_update (GroupQueryAttention's caches)
     {"moec.Norm", fusedNorm, false},       // moe.norm (RMSNorm / LayerNorm rows)

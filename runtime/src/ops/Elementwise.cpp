@@ -638,4 +638,71 @@ bool quantizeLinear(Ctx &c) {
   return true;
 }
 
+/// ai.onnx.preview.training's optimizers, one update of N tensors as ONNX defines them (in double): inputs R
+/// (learning rate), T (update count), then X..., G... and the states (Adagrad: H; Momentum: V; Adam: V, H);
+/// outputs the new X..., then the new states in the same order.
+bool optimizer(Ctx &c) {
+  const std::string &op = c.op();
+  const size_t states = op == "Adam" ? 2 : 1, groups = 2 + states;
+  if (c.in.size() < 2 + groups || (c.in.size() - 2) % groups)
+    return c.fail("takes R, T and " + std::to_string(groups) + " groups of tensors; has " +
+                  std::to_string(c.in.size()) + " inputs");
+  const size_t n = (c.in.size() - 2) / groups;
+  if (c.out.size() != n * (1 + states))
+    return c.fail("has " + std::to_string(c.out.size()) + " outputs for " + std::to_string(n) + " tensors");
+  if (!c.need(c.in.size()) || c.in[0].numel() != 1 || c.in[1].numel() != 1)
+    return c.fail("R and T must hold one element each");
+  const double R = readDouble(c.in[0], 0);
+  const int64_t T = readInt(c.in[1], 0);
+  const Attrs &a = c.a;
+  const double norm = a.f("norm_coefficient", 0);
+  auto store = [](OpTensor &o, int64_t i, double v) {
+    if (o.dtype == proto::F64)
+      o.mut<double>()[i] = v;
+    else
+      o.mut<float>()[i] = float(v);
+  };
+  for (size_t t = 0; t < n; ++t) {
+    const OpTensor &x = c.in[2 + t], &g = c.in[2 + n + t];
+    for (size_t k = 0; k < groups; ++k) {
+      const OpTensor &other = c.in[2 + k * n + t];
+      if (other.dims != x.dims)
+        return c.fail("tensor " + std::to_string(t) + ": shapes " + dimsString(x.dims) + " and " +
+                      dimsString(other.dims) + " differ");
+    }
+    for (size_t k = 0; k <= states; ++k) {
+      if (c.out[k * n + t].dtype != proto::F32 && c.out[k * n + t].dtype != proto::F64)
+        return c.badType(c.out[k * n + t]);
+      if (!c.alloc(k * n + t, x.dims))
+        return false;
+    }
+    OpTensor &xo = c.out[t], &s1 = c.out[n + t];
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const double xv = readDouble(x, i), gr = norm * xv + readDouble(g, i),
+                   v1 = readDouble(c.in[2 + 2 * n + t], i);
+      if (op == "Adagrad") {
+        const double r = R / (1 + double(T) * a.f("decay_factor", 0)), h = v1 + gr * gr;
+        store(s1, i, h);
+        store(xo, i, xv - r * gr / (std::sqrt(h) + a.f("epsilon", 0)));
+      } else if (op == "Momentum") {
+        const double alpha = a.f("alpha", 0), beta = T > 0 ? a.f("beta", 0) : 1.0;
+        const double v = alpha * v1 + beta * gr;
+        store(s1, i, v);
+        store(xo, i, xv - R * (a.str("mode", "standard") == "nesterov" ? gr + alpha * v : v));
+      } else { // Adam
+        const double alpha = a.f("alpha", 0.9), beta = a.f("beta", 0.999);
+        const double v = alpha * v1 + (1 - alpha) * gr;
+        const double h = beta * readDouble(c.in[2 + 3 * n + t], i) + (1 - beta) * gr * gr;
+        const double r =
+            T > 0 ? R * std::sqrt(1 - std::pow(beta, double(T))) / (1 - std::pow(alpha, double(T))) : R;
+        const double xn = xv - r * v / (std::sqrt(h) + a.f("epsilon", 1e-6));
+        store(s1, i, v);
+        store(c.out[2 * n + t], i, h);
+        store(xo, i, (1 - a.f("norm_coefficient_post", 0)) * xn);
+      }
+    }
+  }
+  return true;
+}
+
 } // namespace moert::ops

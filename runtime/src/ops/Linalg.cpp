@@ -5,6 +5,8 @@
 //===----------------------------------------------------------------------===//
 #include "OpKernel.h"
 
+#include <array>
+
 namespace moert::ops {
 
 // -- linear algebra --
@@ -640,6 +642,80 @@ bool maxUnpool(Ctx &c) {
     }
     std::memcpy(o.mut<char>() + to * int64_t(width), X.data + i * int64_t(width), width);
   }
+  return true;
+}
+
+/// NonMaxSuppression: per batch and class, boxes scoring above score_threshold, best first (ties by index),
+/// each kept unless its IoU with a kept one exceeds iou_threshold, at most max_output_boxes_per_class;
+/// selected_indices [n, 3] = (batch, class, box) in that order.
+bool nonMaxSuppression(Ctx &c) {
+  if (!c.need(2))
+    return false;
+  const OpTensor &boxes = c.in[0], &scores = c.in[1];
+  if (boxes.dims.size() != 3 || boxes.dims[2] != 4 || scores.dims.size() != 3 ||
+      scores.dims[0] != boxes.dims[0] || scores.dims[2] != boxes.dims[1])
+    return c.fail("boxes " + dimsString(boxes.dims) + " and scores " + dimsString(scores.dims) +
+                  " are not [B, N, 4] and [B, C, N]");
+  auto scalar = [&](size_t i, double dflt, bool &given) {
+    given = c.in.size() > i && c.in[i].present() && c.in[i].numel() > 0;
+    return given ? readDouble(c.in[i], 0) : dflt;
+  };
+  bool given, haveScore;
+  const int64_t maxOut = int64_t(scalar(2, 0, given)); // 0 (the default): no output
+  const double iouMax = scalar(3, 0, given);
+  const double minScore = scalar(4, 0, haveScore);
+  const bool center = c.a.i("center_point_box", 0) != 0;
+  const int64_t B = boxes.dims[0], N = boxes.dims[1], C = scores.dims[1];
+  // A box as (y1, x1, y2, x2) with y1 <= y2, x1 <= x2.
+  auto corners = [&](int64_t b, int64_t i) {
+    double v[4];
+    for (int k = 0; k < 4; ++k)
+      v[k] = readDouble(boxes, (b * N + i) * 4 + k);
+    if (center) // [x_center, y_center, width, height]
+      return std::array<double, 4>{v[1] - v[3] / 2, v[0] - v[2] / 2, v[1] + v[3] / 2, v[0] + v[2] / 2};
+    return std::array<double, 4>{std::min(v[0], v[2]), std::min(v[1], v[3]), std::max(v[0], v[2]),
+                                 std::max(v[1], v[3])};
+  };
+  auto overlaps = [&](const std::array<double, 4> &a, const std::array<double, 4> &b) {
+    const double h = std::min(a[2], b[2]) - std::max(a[0], b[0]),
+                 w = std::min(a[3], b[3]) - std::max(a[1], b[1]);
+    if (h <= 0 || w <= 0)
+      return false;
+    const double areaA = (a[2] - a[0]) * (a[3] - a[1]), areaB = (b[2] - b[0]) * (b[3] - b[1]);
+    const double inter = h * w, uni = areaA + areaB - inter;
+    if (areaA <= 0 || areaB <= 0 || uni <= 0)
+      return false;
+    return inter / uni > iouMax;
+  };
+  std::vector<int64_t> selected;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t k = 0; k < C && maxOut > 0; ++k) {
+      std::vector<int64_t> order;
+      for (int64_t i = 0; i < N; ++i)
+        if (!haveScore || readDouble(scores, (b * C + k) * N + i) > minScore)
+          order.push_back(i);
+      std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+        const double sx = readDouble(scores, (b * C + k) * N + x),
+                     sy = readDouble(scores, (b * C + k) * N + y);
+        return sx > sy || (sx == sy && x < y);
+      });
+      std::vector<std::array<double, 4>> kept;
+      for (int64_t i : order) {
+        if (int64_t(kept.size()) >= maxOut)
+          break;
+        const auto box = corners(b, i);
+        bool suppressed = false;
+        for (const auto &other : kept)
+          suppressed = suppressed || overlaps(box, other);
+        if (suppressed)
+          continue;
+        kept.push_back(box);
+        selected.insert(selected.end(), {b, k, i});
+      }
+    }
+  if (!c.alloc(0, {int64_t(selected.size() / 3), 3}))
+    return false;
+  std::copy(selected.begin(), selected.end(), c.out[0].mut<int64_t>());
   return true;
 }
 

@@ -422,6 +422,8 @@ bool pool(Ctx &c);
 bool convTranspose(Ctx &c);
 bool det(Ctx &c);
 bool maxUnpool(Ctx &c);
+bool nonMaxSuppression(Ctx &c);
+bool optimizer(Ctx &c); // Adagrad, Momentum, Adam
 // Movement.cpp
 bool concat(Ctx &c);
 bool constantOfShape(Ctx &c);
