@@ -223,6 +223,11 @@ LogicalResult GraphImporter::convertAttributes(SmallVectorImpl<NamedAttribute> &
     case onnx::AttributeProto::FLOATS:
       v = b.getF32ArrayAttr(SmallVector<float>(a.floats().begin(), a.floats().end()));
       break;
+    case onnx::AttributeProto::STRINGS: {
+      SmallVector<StringRef> strings(a.strings().begin(), a.strings().end());
+      v = b.getStrArrayAttr(strings);
+      break;
+    }
     case onnx::AttributeProto::TENSOR: {
       std::string error;
       auto attr = tensorAttr(a.t(), /*allowResource=*/false, error);

@@ -367,7 +367,7 @@ LogicalResult clip(NodeImporter &ni) {
 /// AttrSizedOperandSegments): the first `required` inputs must be given.
 template <typename OpTy>
 LogicalResult withOptionalInputs(NodeImporter &ni, unsigned required, unsigned optional, Elem rule,
-                                 unsigned opsetOptional = ~0u) {
+                                 unsigned opsetOptional = ~0u, int results = 1) {
   SmallVector<Value> operands;
   SmallVector<int32_t> segments;
   if (ni.numInputs() > required + std::min(optional, opsetOptional))
@@ -385,7 +385,23 @@ LogicalResult withOptionalInputs(NodeImporter &ni, unsigned required, unsigned o
     return failure();
   attrs.push_back(
       ni.builder().getNamedAttr("operandSegmentSizes", ni.builder().getDenseI32ArrayAttr(segments)));
-  return finish<OpTy>(ni, operands, attrs, resultTypes(ni, 1, rule));
+  return finish<OpTy>(ni, operands, attrs, resultTypes(ni, results, rule));
+}
+
+/// RNN / GRU / LSTM: optional B, sequence_lens, initial_h (LSTM: initial_c, P); every result made, whichever
+/// the node names; the activation names checked.
+template <typename OpTy, unsigned Optional, int Results> LogicalResult recurrentOp(NodeImporter &ni) {
+  static const llvm::StringRef kActivations[] = {
+      "Relu",       "Tanh",        "Sigmoid", "Affine",   "LeakyRelu", "ThresholdedRelu",
+      "ScaledTanh", "HardSigmoid", "Elu",     "Softsign", "Softplus"};
+  if (const auto *a = ni.attribute("activations"))
+    for (const std::string &name : a->strings())
+      if (!llvm::is_contained(kActivations, name))
+        return ni.fail(
+            "attribute 'activations' = \"" + name +
+            "\" is not supported (one of Relu, Tanh, Sigmoid, "
+            "Affine, LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu, Softsign, Softplus)");
+  return withOptionalInputs<OpTy>(ni, 3, Optional, Elem::SameAsInput0, ~0u, Results);
 }
 
 /// NonMaxSuppression: max_output_boxes_per_class, iou_threshold and score_threshold optional.
@@ -859,6 +875,9 @@ const OpTableEntry kTable[] = {
     {"", "MaxPool", 8, generic<ox::MaxPoolOp, -1, Elem::SameAsInput0>},
     {"", "MaxUnpool", 9, generic<ox::MaxUnpoolOp>},
     {"", "NonMaxSuppression", 10, nonMaxSuppression},
+    {"", "RNN", 7, recurrentOp<ox::RNNOp, 3, 2>},
+    {"", "GRU", 7, recurrentOp<ox::GRUOp, 3, 2>},
+    {"", "LSTM", 7, recurrentOp<ox::LSTMOp, 5, 3>},
     {"ai.onnx.preview.training", "Adagrad", 1, generic<ox::AdagradOp, -1>},
     {"ai.onnx.preview.training", "Momentum", 1, generic<ox::MomentumOp, -1>},
     {"ai.onnx.preview.training", "Adam", 1, generic<ox::AdamOp, -1>},

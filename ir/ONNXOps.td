@@ -472,6 +472,38 @@ def ONNX_NonMaxSuppressionOp : ONNX_Op<"NonMaxSuppression", [AttrSizedOperandSeg
   let results = (outs AnyTensor:$selected_indices);
 }
 
+// Recurrent layers: X [seq, batch, input] (layout 1: [batch, seq, input]), weights per direction; results
+// Y [seq, directions, batch, hidden] (layout 1: [batch, seq, directions, hidden]), Y_h (and LSTM's Y_c)
+// [directions, batch, hidden] (layout 1: [batch, directions, hidden]), whichever the node names.
+def ONNX_RecurrentAttrs {
+  dag attrs = (ins OptionalAttr<F32ArrayAttr>:$activation_alpha, OptionalAttr<F32ArrayAttr>:$activation_beta,
+                   OptionalAttr<StrArrayAttr>:$activations, OptionalAttr<F32Attr>:$clip,
+                   ONNX_Str<"forward", ["forward", "reverse", "bidirectional"]>:$direction,
+                   OptionalAttr<I64Attr>:$hidden_size, ONNX_Flag<"0">:$layout);
+}
+
+def ONNX_RNNOp : ONNX_Op<"RNN", [AttrSizedOperandSegments]> {
+  let arguments = !con((ins AnyTensor:$X, AnyTensor:$W, AnyTensor:$R, Optional<AnyTensor>:$B,
+                            Optional<AnyTensor>:$sequence_lens, Optional<AnyTensor>:$initial_h),
+                       ONNX_RecurrentAttrs.attrs);
+  let results = (outs AnyTensor:$Y, AnyTensor:$Y_h);
+}
+
+def ONNX_GRUOp : ONNX_Op<"GRU", [AttrSizedOperandSegments]> {
+  let arguments = !con((ins AnyTensor:$X, AnyTensor:$W, AnyTensor:$R, Optional<AnyTensor>:$B,
+                            Optional<AnyTensor>:$sequence_lens, Optional<AnyTensor>:$initial_h),
+                       ONNX_RecurrentAttrs.attrs, (ins ONNX_Flag<"0">:$linear_before_reset));
+  let results = (outs AnyTensor:$Y, AnyTensor:$Y_h);
+}
+
+def ONNX_LSTMOp : ONNX_Op<"LSTM", [AttrSizedOperandSegments]> {
+  let arguments = !con((ins AnyTensor:$X, AnyTensor:$W, AnyTensor:$R, Optional<AnyTensor>:$B,
+                            Optional<AnyTensor>:$sequence_lens, Optional<AnyTensor>:$initial_h,
+                            Optional<AnyTensor>:$initial_c, Optional<AnyTensor>:$P),
+                       ONNX_RecurrentAttrs.attrs, (ins ONNX_Flag<"0">:$input_forget));
+  let results = (outs AnyTensor:$Y, AnyTensor:$Y_h, AnyTensor:$Y_c);
+}
+
 // ai.onnx.preview.training's optimizers: one update step of N tensors (inputs R, T, then the N values of
 // each group: X, G and the optimizer's states; results the new X, then the new states).
 def ONNX_AdagradOp : ONNX_Op<"Adagrad"> {

@@ -266,6 +266,14 @@ struct Emitter {
     } else if (auto s = dyn_cast<StringAttr>(a)) {
       out.set_kind(pb::Attribute::STRING);
       out.set_s(s.getValue().str());
+    } else if (auto arr = dyn_cast<ArrayAttr>(a); arr && !arr.empty() && isa<StringAttr>(arr[0])) {
+      out.set_kind(pb::Attribute::STRINGS);
+      for (Attribute e : arr) {
+        auto str = dyn_cast<StringAttr>(e);
+        if (!str)
+          return fail(op, "attribute '" + na.getName().str() + "' mixes strings and other values");
+        out.add_strings(str.getValue().str());
+      }
     } else if (auto arr = dyn_cast<ArrayAttr>(a)) {
       bool floats = !arr.empty() && isa<FloatAttr>(arr[0]);
       out.set_kind(floats ? pb::Attribute::FLOATS : pb::Attribute::INTS);

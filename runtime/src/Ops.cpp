@@ -216,6 +216,7 @@ const OpEntry kOps[] = {
     {"Resize", resize, true},      {"LRN", lrn, true},            {"Unique", unique, false},
     {"Det", det, true},            {"MaxUnpool", maxUnpool, false},
     {"NonMaxSuppression", nonMaxSuppression, false},
+    {"RNN", recurrent, false},      {"GRU", recurrent, false},      {"LSTM", recurrent, false},
     {"Adagrad", optimizer, false},  {"Momentum", optimizer, false}, {"Adam", optimizer, false},
     {"moec.Embedding", embedding, false}, // moe.embedding's table rows
     {"moec.KvCacheUpdate", kvCacheUpdate, false}, // moe.kv_cache_update (GroupQueryAttention's caches)

@@ -719,4 +719,202 @@ bool nonMaxSuppression(Ctx &c) {
   return true;
 }
 
+namespace {
+/// An activation of RNN / GRU / LSTM by its ONNX name, with its alpha / beta.
+struct Activation {
+  std::string name;
+  double alpha = 0, beta = 0;
+  double operator()(double x) const {
+    if (name == "Sigmoid")
+      return 1 / (1 + std::exp(-x));
+    if (name == "Tanh")
+      return std::tanh(x);
+    if (name == "Relu")
+      return std::max(x, 0.0);
+    if (name == "Affine")
+      return alpha * x + beta;
+    if (name == "LeakyRelu")
+      return x >= 0 ? x : alpha * x;
+    if (name == "ThresholdedRelu")
+      return x > alpha ? x : 0;
+    if (name == "ScaledTanh")
+      return alpha * std::tanh(beta * x);
+    if (name == "HardSigmoid")
+      return std::clamp(alpha * x + beta, 0.0, 1.0);
+    if (name == "Elu")
+      return x >= 0 ? x : alpha * (std::exp(x) - 1);
+    if (name == "Softsign")
+      return x / (1 + std::abs(x));
+    return std::log1p(std::exp(x)); // Softplus
+  }
+};
+} // namespace
+
+/// RNN, GRU and LSTM (ONNX's equations, gates in ONNX's order: GRU z r h, LSTM i o f c), forward, reverse or
+/// bidirectional, with sequence_lens (steps past a sequence's length give zeros in Y and leave its state),
+/// initial states, LSTM's peepholes, clip, input_forget, GRU's linear_before_reset, layout 0 or 1. In double.
+bool recurrent(Ctx &c) {
+  if (!c.need(3))
+    return false;
+  const std::string &op = c.op();
+  const bool lstm = op == "LSTM", gru = op == "GRU";
+  const int G = lstm ? 4 : gru ? 3 : 1; // gates
+  const OpTensor &X = c.in[0], &W = c.in[1], &R = c.in[2];
+  auto opt = [&](size_t i) -> const OpTensor * {
+    return c.in.size() > i && c.in[i].present() ? &c.in[i] : nullptr;
+  };
+  const OpTensor *B = opt(3), *lens = opt(4), *h0 = opt(5), *c0 = lstm ? opt(6) : nullptr,
+                 *P = lstm ? opt(7) : nullptr;
+  const bool batchFirst = c.a.i("layout", 0) != 0;
+  const std::string dir = c.a.str("direction", "forward");
+  const int D = dir == "bidirectional" ? 2 : 1;
+  if (X.dims.size() != 3 || W.dims.size() != 3 || R.dims.size() != 3)
+    return c.fail("X, W and R must be 3-D");
+  const int64_t S = X.dims[batchFirst ? 1 : 0], N = X.dims[batchFirst ? 0 : 1], I = X.dims[2];
+  const int64_t H = c.a.i("hidden_size", R.dims[2]);
+  if (W.dims != Dims{D, G * H, I} || R.dims != Dims{D, G * H, H} || (B && B->dims != Dims{D, 2 * G * H}) ||
+      (lens && lens->dims != Dims{N}) || (P && P->dims != Dims{D, 3 * H}))
+    return c.fail("W " + dimsString(W.dims) + ", R " + dimsString(R.dims) +
+                  (B ? ", B " + dimsString(B->dims) : "") + " do not fit " + std::to_string(D) +
+                  " direction(s), hidden size " + std::to_string(H) + ", input size " + std::to_string(I));
+  const Dims stateDims = batchFirst ? Dims{N, D, H} : Dims{D, N, H};
+  for (const OpTensor *t : {h0, c0})
+    if (t && t->dims != stateDims)
+      return c.fail("initial state " + dimsString(t->dims) + ", expected " + dimsString(stateDims));
+  // Activations: per direction f (and g, h); alpha / beta consumed in order by those that take them.
+  const std::vector<std::string> defaults = lstm  ? std::vector<std::string>{"Sigmoid", "Tanh", "Tanh"}
+                                            : gru ? std::vector<std::string>{"Sigmoid", "Tanh"}
+                                                  : std::vector<std::string>{"Tanh"};
+  std::vector<std::string> names = c.a.strings("activations");
+  if (names.empty())
+    for (int d = 0; d < D; ++d)
+      names.insert(names.end(), defaults.begin(), defaults.end());
+  if (names.size() != defaults.size() * size_t(D))
+    return c.fail(std::to_string(names.size()) + " activations, expected " +
+                  std::to_string(defaults.size() * D));
+  std::vector<double> alphas = c.a.floats("activation_alpha"), betas = c.a.floats("activation_beta");
+  std::vector<Activation> acts;
+  size_t ai = 0, bi = 0;
+  for (const std::string &n : names) {
+    Activation a{n};
+    const bool takesAlpha = n == "Affine" || n == "LeakyRelu" || n == "ThresholdedRelu" ||
+                            n == "ScaledTanh" || n == "HardSigmoid" || n == "Elu";
+    const bool takesBeta = n == "Affine" || n == "ScaledTanh" || n == "HardSigmoid";
+    const double dfltAlpha = n == "LeakyRelu" ? 0.01 : n == "HardSigmoid" ? 0.2 : 1.0;
+    const double dfltBeta = n == "HardSigmoid" ? 0.5 : n == "Affine" ? 0.0 : 1.0;
+    a.alpha = takesAlpha ? (ai < alphas.size() ? alphas[ai++] : dfltAlpha) : 0;
+    a.beta = takesBeta ? (bi < betas.size() ? betas[bi++] : dfltBeta) : 0;
+    acts.push_back(a);
+  }
+  const bool hasClip = c.a.find("clip") != nullptr;
+  const double clip = c.a.f("clip", 0);
+  const bool inputForget = c.a.i("input_forget", 0) != 0,
+             linearBeforeReset = c.a.i("linear_before_reset", 0) != 0;
+  const Dims yDims = batchFirst ? Dims{N, S, D, H} : Dims{S, D, N, H};
+  if (!c.alloc(0, yDims) || (c.out.size() > 1 && !c.alloc(1, stateDims)) ||
+      (lstm && c.out.size() > 2 && !c.alloc(2, stateDims)))
+    return false;
+  for (size_t k = 0; k < c.out.size() && k < 3; ++k)
+    if (c.out[k].dtype != proto::F32 && c.out[k].dtype != proto::F64)
+      return c.badType(c.out[k]);
+  auto store = [](OpTensor &o, int64_t i, double v) {
+    if (o.dtype == proto::F64)
+      o.mut<double>()[i] = v;
+    else
+      o.mut<float>()[i] = float(v);
+  };
+  std::memset(c.out[0].mut<char>(), 0, c.out[0].bytes());
+  auto xAt = [&](int64_t t, int64_t n, int64_t i) {
+    return readDouble(X, (batchFirst ? (n * S + t) : (t * N + n)) * I + i);
+  };
+  auto stateIdx = [&](int d, int64_t n, int64_t j) {
+    return batchFirst ? (n * D + d) * H + j : (d * N + n) * H + j;
+  };
+  auto yIdx = [&](int64_t t, int d, int64_t n, int64_t j) {
+    return batchFirst ? ((n * S + t) * D + d) * H + j : ((t * D + d) * N + n) * H + j;
+  };
+  auto clipped = [&](double v) { return hasClip ? std::clamp(v, -clip, clip) : v; };
+  std::vector<double> h(H), cs(H), gates(G * H), hr(H), hn(H);
+  for (int d = 0; d < D; ++d) {
+    const bool reverse = dir == "reverse" || d == 1;
+    const Activation &f = acts[d * defaults.size()];
+    const Activation *g = defaults.size() > 1 ? &acts[d * defaults.size() + 1] : nullptr;
+    const Activation *hAct = defaults.size() > 2 ? &acts[d * defaults.size() + 2] : nullptr;
+    auto w = [&](const OpTensor &m, int64_t row, int64_t col, int64_t cols) {
+      return readDouble(m, (d * G * H + row) * cols + col);
+    };
+    auto bias = [&](int64_t k) { return B ? readDouble(*B, d * 2 * G * H + k) : 0.0; };
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t len = lens ? std::clamp<int64_t>(readInt(*lens, n), 0, S) : S;
+      for (int64_t j = 0; j < H; ++j) {
+        h[j] = h0 ? readDouble(*h0, stateIdx(d, n, j)) : 0;
+        cs[j] = c0 ? readDouble(*c0, stateIdx(d, n, j)) : 0;
+      }
+      for (int64_t step = 0; step < len; ++step) {
+        const int64_t t = reverse ? len - 1 - step : step;
+        // x W^T + Wb for every gate row, and h R^T + Rb (GRU's h gate keeps them apart).
+        for (int64_t r = 0; r < G * H; ++r) {
+          double xw = bias(r);
+          for (int64_t i = 0; i < I; ++i)
+            xw += xAt(t, n, i) * w(W, r, i, I);
+          gates[r] = xw;
+        }
+        if (lstm) {
+          for (int64_t r = 0; r < G * H; ++r) {
+            double hr2 = bias(G * H + r);
+            for (int64_t k = 0; k < H; ++k)
+              hr2 += h[k] * w(R, r, k, H);
+            gates[r] += hr2;
+          }
+          auto peep = [&](int which, int64_t j) {
+            return P ? readDouble(*P, d * 3 * H + which * H + j) : 0.0;
+          };
+          for (int64_t j = 0; j < H; ++j) { // gate rows: i, o, f, c
+            const double in = f(clipped(gates[j] + peep(0, j) * cs[j]));
+            const double fg = inputForget ? 1 - in : f(clipped(gates[2 * H + j] + peep(2, j) * cs[j]));
+            const double cand = (*g)(clipped(gates[3 * H + j]));
+            cs[j] = fg * cs[j] + in * cand;
+            const double out = f(clipped(gates[H + j] + peep(1, j) * cs[j]));
+            hn[j] = out * (*hAct)(cs[j]);
+          }
+        } else if (gru) {
+          for (int64_t j = 0; j < 2 * H; ++j) { // z, r: + h R^T + Rb
+            double s = bias(G * H + j);
+            for (int64_t k = 0; k < H; ++k)
+              s += h[k] * w(R, j, k, H);
+            gates[j] = f(clipped(gates[j] + s));
+          }
+          for (int64_t j = 0; j < H; ++j) {
+            const double z = gates[j], rg = gates[H + j];
+            double s = 0;
+            for (int64_t k = 0; k < H; ++k)
+              s += (linearBeforeReset ? h[k] : gates[H + k] * h[k]) * w(R, 2 * H + j, k, H); // (r * h) R^T
+            const double rb = bias(G * H + 2 * H + j);
+            const double cand =
+                (*g)(clipped(gates[2 * H + j] + (linearBeforeReset ? rg * (s + rb) : s + rb)));
+            hn[j] = (1 - z) * cand + z * h[j];
+          }
+        } else {
+          for (int64_t j = 0; j < H; ++j) {
+            double s = bias(H + j);
+            for (int64_t k = 0; k < H; ++k)
+              s += h[k] * w(R, j, k, H);
+            hn[j] = f(clipped(gates[j] + s));
+          }
+        }
+        h = hn;
+        for (int64_t j = 0; j < H; ++j)
+          store(c.out[0], yIdx(t, d, n, j), h[j]);
+      }
+      for (int64_t j = 0; j < H; ++j) {
+        if (c.out.size() > 1)
+          store(c.out[1], stateIdx(d, n, j), h[j]);
+        if (lstm && c.out.size() > 2)
+          store(c.out[2], stateIdx(d, n, j), cs[j]);
+      }
+    }
+  }
+  return true;
+}
+
 } // namespace moert::ops

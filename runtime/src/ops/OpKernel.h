@@ -243,6 +243,15 @@ struct Attrs {
     const Attribute *a = find(name);
     return a ? Dims(a->ints().begin(), a->ints().end()) : Dims{};
   }
+  std::vector<double> floats(const char *name) const {
+    const Attribute *a = find(name);
+    return a ? std::vector<double>(a->floats().begin(), a->floats().end()) : std::vector<double>{};
+  }
+  std::vector<std::string> strings(const char *name) const {
+    const Attribute *a = find(name);
+    return a ? std::vector<std::string>(a->strings().begin(), a->strings().end())
+             : std::vector<std::string>{};
+  }
 };
 
 /// `axis` in [-rank, rank) normalised, or -1 when out of range.
@@ -424,6 +433,7 @@ bool det(Ctx &c);
 bool maxUnpool(Ctx &c);
 bool nonMaxSuppression(Ctx &c);
 bool optimizer(Ctx &c); // Adagrad, Momentum, Adam
+bool recurrent(Ctx &c); // RNN, GRU, LSTM
 // Movement.cpp
 bool concat(Ctx &c);
 bool constantOfShape(Ctx &c);
