@@ -48,17 +48,31 @@ std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
                                           "AveragePool", "LpPool", "MaxUnpool", "Col2Im"};
   // Ranks known before inference (graph inputs, initializers, value_info): its convolution inference also
   // indexes the input's dims by the weight's rank without comparing them.
+  // A name declared twice with different ranks (a graph output named like an input, say) is refused: libonnx
+  // takes one of them and its convolution inference then indexes past the other's dims (a crash the
+  // importer fuzzer found).
   std::map<std::string, int> rank;
-  auto note = [&](const onnx::ValueInfoProto &v) {
+  std::string conflict;
+  auto note = [&](const std::string &name, int r) {
+    auto [it, fresh] = rank.emplace(name, r);
+    if (!fresh && it->second != r && conflict.empty())
+      conflict = "value '" + name + "' is declared with rank " + std::to_string(it->second) + " and rank " +
+                 std::to_string(r);
+  };
+  auto noteInfo = [&](const onnx::ValueInfoProto &v) {
     if (v.type().has_tensor_type() && v.type().tensor_type().has_shape())
-      rank[v.name()] = v.type().tensor_type().shape().dim_size();
+      note(v.name(), v.type().tensor_type().shape().dim_size());
   };
   for (const auto &v : graph.input())
-    note(v);
+    noteInfo(v);
   for (const auto &v : graph.value_info())
-    note(v);
+    noteInfo(v);
+  for (const auto &v : graph.output())
+    noteInfo(v);
   for (const auto &t : graph.initializer())
-    rank[t.name()] = t.dims_size();
+    note(t.name(), t.dims_size());
+  if (!conflict.empty())
+    return conflict;
   for (int index = 0; index < graph.node_size(); ++index) {
     const auto &node = graph.node(index);
     const std::string label = "node '" + (node.name().empty() ? "#" + std::to_string(index) : node.name()) + "' (" +
