@@ -279,24 +279,30 @@ std::unique_ptr<OnnxModel> OnnxModel::parse(std::unique_ptr<OnnxModel> m, llvm::
   return m;
 }
 
+namespace {
+/// Calls `fn` on `g` and, recursively, on every subgraph of its nodes (If branches, Loop / Scan bodies).
+void forEachGraph(const onnx::GraphProto &g, const std::function<void(const onnx::GraphProto &)> &fn) {
+  fn(g);
+  for (const auto &n : g.node())
+    for (const auto &a : n.attribute()) {
+      if (a.has_g())
+        forEachGraph(a.g(), fn);
+      for (const auto &sub : a.graphs())
+        forEachGraph(sub, fn);
+    }
+}
+} // namespace
+
 void OnnxModel::collectTypes() {
   types.clear();
   // The graph's and, recursively, its subgraphs' (If branches, Loop / Scan bodies) declared and inferred
   // types; a subgraph's names do not override the enclosing graph's.
-  std::function<void(const onnx::GraphProto &)> collect = [&](const onnx::GraphProto &g) {
+  forEachGraph(model->graph(), [&](const onnx::GraphProto &g) {
     for (const auto *list : {&g.output(), &g.input(), &g.value_info()})
       for (const auto &vi : *list)
         if (vi.has_type())
           types.try_emplace(vi.name(), &vi.type());
-    for (const auto &n : g.node())
-      for (const auto &a : n.attribute()) {
-        if (a.has_g())
-          collect(a.g());
-        for (const auto &sub : a.graphs())
-          collect(sub);
-      }
-  };
-  collect(model->graph());
+  });
 }
 
 int64_t OnnxModel::nodeOpset(const onnx::NodeProto &node) const {
@@ -339,7 +345,7 @@ bool functionBody(const onnx::OpSchema &schema, const onnx::NodeProto &node,
 int OnnxModel::expandFunctions(const ImportsOp &imports, std::string &error) {
   llvm::StringMap<onnx::TypeProto> initializerTypes;
   // The graph's initializers and its subgraphs' (If branches, Loop / Scan bodies).
-  std::function<void(const onnx::GraphProto &)> collectInitializers = [&](const onnx::GraphProto &g) {
+  forEachGraph(model->graph(), [&](const onnx::GraphProto &g) {
     for (const auto &t : g.initializer()) {
       onnx::TypeProto type;
       type.mutable_tensor_type()->set_elem_type(t.data_type());
@@ -348,15 +354,7 @@ int OnnxModel::expandFunctions(const ImportsOp &imports, std::string &error) {
         shape->add_dim()->set_dim_value(d);
       initializerTypes[t.name()] = type;
     }
-    for (const auto &n : g.node())
-      for (const auto &a : n.attribute()) {
-        if (a.has_g())
-          collectInitializers(a.g());
-        for (const auto &sub : a.graphs())
-          collectInitializers(sub);
-      }
-  };
-  collectInitializers(model->graph());
+  });
   int expanded = 0;
   // One level of function nodes in `g` and, first, in its subgraphs; false on an error.
   std::function<bool(onnx::GraphProto &)> expandIn = [&](onnx::GraphProto &g) -> bool {
