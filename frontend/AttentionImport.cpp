@@ -29,6 +29,7 @@
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "onnx/onnx_pb.h"
 
 #include <cmath>
@@ -76,9 +77,9 @@ struct Graph {
 } // namespace
 
 LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
-  if (failed(onlyKnownAttributes(ni,
-                                 {"num_heads", "kv_num_heads", "scale", "softcap", "do_rotary",
-                                  "rotary_interleaved", "local_window_size", "smooth_softmax", "qk_output"})))
+  if (failed(onlyKnownAttributes(ni, {"num_heads", "kv_num_heads", "scale", "softcap", "do_rotary",
+                                      "rotary_interleaved", "local_window_size", "smooth_softmax",
+                                      "qk_output", "sliding_window_cache"})))
     return failure();
   const int64_t hq = intAttr(ni, "num_heads", 0), hkv = intAttr(ni, "kv_num_heads", 0);
   if (hq <= 0 || hkv <= 0 || hq % hkv)
@@ -86,6 +87,9 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   const int64_t window = intAttr(ni, "local_window_size", -1);
   if (window < -1 || window == 0)
     return ni.fail("local_window_size " + std::to_string(window) + " (-1 for none, else positive)");
+  const bool windowCache = intAttr(ni, "sliding_window_cache", 0) != 0;
+  if (windowCache && window <= 0)
+    return ni.fail("sliding_window_cache needs local_window_size > 0 (the window the cache holds)");
   const float softcap = floatAttr(ni, "softcap").value_or(0.0f);
   if (!(softcap >= 0.0f))
     return ni.fail("softcap " + std::to_string(softcap) + " (0 for none, else positive)");
@@ -113,6 +117,15 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
     return ni.fail("inputs 'seqlens_k' and 'total_sequence_length' are required");
   if (!key != !value || !pastK != !pastV)
     return ni.fail("'key' and 'value' (and 'past_key' and 'past_value') come both or neither");
+  if (windowCache && (!pastK || ni.numOutputs() < 3))
+    return ni.fail("sliding_window_cache needs 'past_key' / 'past_value' inputs and 'present_key' / "
+                   "'present_value' outputs (window-sized buffers)");
+  if (windowCache && bias)
+    return ni.fail("attention_bias with sliding_window_cache is not supported");
+  if (auto pT = dyn_cast_or_null<RankedTensorType>(pastK ? pastK.getType() : Type());
+      windowCache && pT && pT.getRank() == 4 && !pT.isDynamicDim(2) && pT.getDimSize(2) < window)
+    return ni.fail("sliding_window_cache: the past buffers hold " + std::to_string(pT.getDimSize(2)) +
+                   " positions, fewer than local_window_size " + std::to_string(window));
   const bool packed = !key;
   const int64_t width = qT.getDimSize(2), heads = packed ? hq + 2 * hkv : hq;
   if (width % heads)
@@ -209,33 +222,88 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
     q = heads4(query, hq), k = heads4(key, hkv);
   }
 
-  // The presents: sequence b's first past_b cached positions, its new ones, zeros up to
-  // max(total_sequence_length, past buffer length): moe.kv_cache_update (in place in sessions).
+  // The keys and values attended over: sequence b's cached positions, its new ones, zeros up to `len`;
+  // query s sits at row `row`[b, s] of them. moe.kv_cache_update writes them (in place in sessions).
   Value pastLen = pastK ? g.shape(pastK, 2, 3) : g.ints({0});
-  Value len = g.op<ox::MaxOp>(g.t({1}, g.i64), {tot, pastLen});
-  auto present = [&](Value past, Value fresh) -> Value {
-    SmallVector<Value> operands{fresh, pastB, len};
+  auto update = [&](Value past, Value fresh, Value filled, Value length) -> Value {
+    SmallVector<Value> operands{fresh, filled, length};
     if (past)
       operands.push_back(past);
     Operation *op = ni.createOp(moe::KvCacheUpdateOp::getOperationName(), operands, {},
                                 {g.t({kDyn, hkv, kDyn, d}, g.f32)});
     return op ? op->getResult(0) : Value();
   };
-  Value presentK = present(pastK, k), presentV = present(pastV, v);
-  if (!presentK || !presentV)
+  Value len, row, keysK, keysV, presentK, presentV;
+  auto bt = [&](Type e) { return g.t({kDyn, kDyn}, e); };
+  auto vec = [&](Type e) { return g.t({kDyn}, e); };
+  if (!windowCache) {
+    // Full-length caches: the past's first past_b positions, then the new ones, zeros up to
+    // max(total_sequence_length, past buffer length); they are the presents, and row = position.
+    len = g.op<ox::MaxOp>(g.t({1}, g.i64), {tot, pastLen});
+    keysK = presentK = update(pastK, k, pastB, len);
+    keysV = presentV = update(pastV, v, pastB, len);
+    row = pos;
+  } else {
+    // Window-sized caches (sliding_window_cache, as ONNX Runtime 1.31 defines them): a buffer of capacity C
+    // holds L(T) positions of a sequence's T at rows 0 .. L(T) - 1, oldest first, with G = C - W + 1 and
+    // L(T) = T if T <= C, else T - G * ceil((T - C) / G). The keys attended over are the L(past_b) cached
+    // rows and the S new ones (C + S rows); the presents are each sequence's last L(past_b + S) of them,
+    // moved to row 0 (rows past L are unspecified: here later rows, or zeros).
+    Value cap = pastLen, one = g.ints({1});
+    Value gap =
+        g.op<ox::AddOp>(g.t({1}, g.i64), {g.op<ox::SubOp>(g.t({1}, g.i64), {cap, g.ints({window})}), one});
+    auto resident = [&](Value t) {
+      Value over = g.op<ox::SubOp>(vec(g.i64), {t, cap});
+      Value rounds = g.op<ox::DivOp>(
+          vec(g.i64), {g.op<ox::SubOp>(vec(g.i64), {g.op<ox::AddOp>(vec(g.i64), {over, gap}), one}), gap});
+      Value evicted = g.op<ox::SubOp>(vec(g.i64), {t, g.op<ox::MulOp>(vec(g.i64), {gap, rounds})});
+      return g.op<ox::WhereOp>(vec(g.i64), {g.op<ox::LessOrEqualOp>(vec(g.i1), {t, cap}), t, evicted});
+    };
+    // The graph's past inputs are window-sized: the artifact says so (Decoder.caches' window), so that
+    // libmoert does not hold them to the full caches' length.
+    for (Value past : {pastK, pastV})
+      if (auto arg = dyn_cast<BlockArgument>(past))
+        if (auto fn = dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp()))
+          fn.setArgAttr(arg.getArgNumber(), "moe.window_cache", g.b.getI64IntegerAttr(window));
+    Value lPast = resident(pastB);
+    Value total = g.op<ox::AddOp>(vec(g.i64), {pastB, s});
+    len = g.op<ox::AddOp>(g.t({1}, g.i64), {cap, s});
+    keysK = update(pastK, k, lPast, len);
+    keysV = update(pastV, v, lPast, len);
+    if (!keysK || !keysV)
+      return failure();
+    row = g.op<ox::AddOp>(bt(g.i64), {g.unsqueeze(lPast, {1}, g.t({kDyn, 1}, g.i64)),
+                                      g.unsqueeze(steps, {0}, g.t({1, kDyn}, g.i64))});
+    // present row i of sequence b = keys row min(first_b + i, C + S - 1), first_b = L(past_b) + S - L(T).
+    Value first = g.op<ox::SubOp>(vec(g.i64), {g.op<ox::AddOp>(vec(g.i64), {lPast, s}), resident(total)});
+    Value capScalar = g.op<ox::SqueezeOp>(g.t({}, g.i64), {cap, g.ints({0})});
+    Value i = g.unsqueeze(g.op<ox::RangeOp>(vec(g.i64), {g.scalarI64(0), capScalar, g.scalarI64(1)}), {0},
+                          g.t({1, kDyn}, g.i64));
+    Value idx = g.op<ox::MinOp>(
+        bt(g.i64), {g.op<ox::AddOp>(bt(g.i64), {g.unsqueeze(first, {1}, g.t({kDyn, 1}, g.i64)), i}),
+                    g.op<ox::SubOp>(g.t({1}, g.i64), {len, one})});
+    idx = g.unsqueeze(idx, {1, 3}, g.t({kDyn, 1, kDyn, 1}, g.i64));
+    Value dims =
+        g.op<ox::ConcatOp>(g.t({4}, g.i64), {g.shape(keysK, 0, 2), cap, g.ints({d})}, {g.attr("axis", 0)});
+    idx = g.op<ox::ExpandOp>(g.t({kDyn, hkv, kDyn, d}, g.i64), {idx, dims});
+    auto keep = [&](Value rows) {
+      return g.op<ox::GatherElementsOp>(g.t({kDyn, hkv, kDyn, d}, g.f32), {rows, idx}, {g.attr("axis", 2)});
+    };
+    presentK = keep(keysK), presentV = keep(keysV);
+  }
+  if (!keysK || !keysV || !presentK || !presentV)
     return failure();
   Value lenScalar = g.op<ox::SqueezeOp>(g.t({}, g.i64), {len, g.ints({0})});
   Value j = g.unsqueeze(g.op<ox::RangeOp>(g.t({kDyn}, g.i64), {g.scalarI64(0), lenScalar, g.scalarI64(1)}),
                         {0}, g.t({1, kDyn}, g.i64));
-  auto bt = [&](Type e) { return g.t({kDyn, kDyn}, e); };
   Value zero = g.scalarF32(0.0f);
 
-  // Query s of sequence b sees keys j <= past_b + s: an additive mask [B, 1, S, T].
+  // Query s of sequence b sees rows j <= row[b, s]: an additive mask [B, 1, S, len].
   Value limit =
-      g.unsqueeze(g.op<ox::AddOp>(bt(g.i64), {pos, g.ints({1})}), {1, 3}, g.t({kDyn, 1, kDyn, 1}, g.i64));
+      g.unsqueeze(g.op<ox::AddOp>(bt(g.i64), {row, g.ints({1})}), {1, 3}, g.t({kDyn, 1, kDyn, 1}, g.i64));
   Value keys = g.unsqueeze(j, {0, 1}, g.t({1, 1, 1, kDyn}, g.i64));
   Value allowed = g.op<ox::LessOp>(g.t({kDyn, 1, kDyn, kDyn}, g.i1), {keys, limit});
-  if (window > 0) { // and, with local_window_size W, only the last W of them: j > past_b + s - W
+  if (window > 0) { // and, with local_window_size W, only the last W of them: j > row[b, s] - W
     Value first = g.op<ox::SubOp>(g.t({kDyn, 1, kDyn, 1}, g.i64), {limit, g.ints({window})});
     Value inWindow = g.op<ox::GreaterOrEqualOp>(g.t({kDyn, 1, kDyn, kDyn}, g.i1), {keys, first});
     allowed = g.op<ox::AndOp>(g.t({kDyn, 1, kDyn, kDyn}, g.i1), {allowed, inWindow});
@@ -258,7 +326,7 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
     headSink = ni.constant(DenseElementsAttr::get(g.t({hq}, g.f32), 0.0f));
   attrs.push_back(
       g.b.getNamedAttr("operandSegmentSizes", g.b.getDenseI32ArrayAttr({1, 1, 1, 1, headSink ? 1 : 0})));
-  SmallVector<Value> operands{q, presentK, presentV, mask};
+  SmallVector<Value> operands{q, keysK, keysV, mask};
   if (headSink)
     operands.push_back(headSink);
   Operation *att =

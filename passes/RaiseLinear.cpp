@@ -286,10 +286,10 @@ void mergeProjections(Operation *root) {
   }
 }
 
-/// Raises `Gather(table, indices, axis = 0)` over a constant [V, H] f32 table whose rows have the model's
-/// hidden size (`hidden`: the K of its linear layers, the H of its MoE layers), so rotary cos/sin caches and
-/// other small tables stay exact; returns why not, or "" when it did.
-std::string raiseEmbedding(ox::GatherOp g, const llvm::SmallDenseSet<int64_t> &hidden) {
+/// Raises `Gather(table, indices, axis = 0)` over a constant [V, H] f32 table (the caller passes only tables
+/// whose rows have the model's hidden size, so rotary cos/sin caches and other small tables stay exact);
+/// returns why not, or "" when it did.
+std::string raiseEmbedding(ox::GatherOp g) {
   auto tT = dyn_cast<RankedTensorType>(g.getData().getType());
   auto iT = dyn_cast<RankedTensorType>(g.getIndices().getType());
   auto outT = dyn_cast<RankedTensorType>(g.getOutput().getType());
@@ -305,11 +305,6 @@ std::string raiseEmbedding(ox::GatherOp g, const llvm::SmallDenseSet<int64_t> &h
     return "the indices are not a ranked int64 / int32 tensor";
   if (outT.getRank() != iT.getRank() + 1)
     return "the result's rank is not the indices' + 1";
-  if (!hidden.contains(tT.getDimSize(1)))
-    return "its rows (" + std::to_string(tT.getDimSize(1)) +
-           " values) are not the model's hidden size (the K of a linear layer or the H of a MoE layer): not "
-           "a "
-           "token embedding";
   OpBuilder b(g);
   auto op = b.create<moe::EmbeddingOp>(g.getLoc(), outT, g.getData(), g.getIndices(), moe::Storage::fp32,
                                        /*block_size=*/32);
@@ -350,8 +345,14 @@ struct MoERaiseLinearPass final : moec::impl::MoERaiseLinearPassBase<MoERaiseLin
     fuseNorms(getOperation(), remarks);
     mergeProjections(getOperation());
     getOperation()->walk([&](moe::LinearOp l) { hidden.insert(l.getInFeatures()); });
-    for (ox::GatherOp g : gathers)
-      remarkIfUnfused(remarks, g, "embedding not raised", raiseEmbedding(g, hidden));
+    for (ox::GatherOp g : gathers) {
+      // A table whose rows are not the model's hidden size (the K of a linear layer or the H of a MoE
+      // layer) is not a token embedding (rotary cos/sin caches, position tables): nothing to raise or report.
+      auto tT = dyn_cast<RankedTensorType>(g.getData().getType());
+      if (tT && tT.getRank() == 2 && !tT.isDynamicDim(1) && !hidden.contains(tT.getDimSize(1)))
+        continue;
+      remarkIfUnfused(remarks, g, "embedding not raised", raiseEmbedding(g));
+    }
   }
 };
 

@@ -132,6 +132,9 @@ struct Emitter {
   ArtifactWriter writer;
   llvm::DenseMap<Value, uint32_t> ids;
   pb::Program *program;
+  // Per graph input: the window of a window-sized KV cache (the function argument's moe.window_cache), else
+  // 0.
+  std::vector<int64_t> inputWindows;
   // Where steps go: the program's, or a control-flow op's block while its region is emitted.
   google::protobuf::RepeatedPtrField<pb::Step> *steps;
   std::string source; // the generated C++ translation unit
@@ -1190,6 +1193,8 @@ struct Emitter {
       if (!addValue(fn, arg, name, id, fn.getArgAttrOfType<ArrayAttr>(i, "onnx.dim_params")))
         return false;
       program->add_inputs(id);
+      auto window = fn.getArgAttrOfType<IntegerAttr>(i, "moe.window_cache");
+      inputWindows.push_back(window ? window.getInt() : 0);
     }
     for (Operation &op : fn.getBody().front()) {
       if (auto ret = dyn_cast<func::ReturnOp>(op)) {
@@ -1258,7 +1263,7 @@ struct Emitter {
 
 /// Marks a decoder with KV caches (Program.decoder) when the graph has input_ids, logits and past/present
 /// pairs under the names exporters use, each past a rank-4 f32 [B, heads, past, head dim].
-void recordDecoder(pb::Program &p) {
+void recordDecoder(pb::Program &p, ArrayRef<int64_t> inputWindows) {
   auto nameOf = [&](uint32_t id) -> const std::string & { return p.values(id).name(); };
   auto find = [&](const auto &ids, const std::string &name) -> int {
     for (int i = 0; i < ids.size(); ++i)
@@ -1287,6 +1292,8 @@ void recordDecoder(pb::Program &p) {
     auto *c = d.add_caches();
     c->set_past(i);
     c->set_present(o);
+    if (i < static_cast<int>(inputWindows.size()))
+      c->set_window(inputWindows[i]);
   }
   if (d.caches_size() > 0)
     *p.mutable_decoder() = std::move(d);
@@ -1350,7 +1357,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
     error = em.error;
     return false;
   }
-  recordDecoder(*em.program);
+  recordDecoder(*em.program, em.inputWindows);
   planMemory(*em.program);
   if (progress)
     *progress << "moec: " << em.dispatches << " MoE dispatch" << (em.dispatches == 1 ? "" : "es") << ", "

@@ -185,17 +185,25 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   // attention mask covers the cached positions and the new ones (the exporters give its length a symbol of
   // its own, so the dim check above does not see a mismatch; fixed-size cache buffers, as GroupQueryAttention
   // takes, are longer than the mask).
-  if (p.has_decoder() && p.decoder().caches_size() > 0) {
+  // Window-sized caches (KvCache.window) have a capacity of their own.
+  const pb::KvCache *full = nullptr;
+  if (p.has_decoder())
+    for (const pb::KvCache &c : p.decoder().caches())
+      if (c.window() == 0) {
+        full = &c;
+        break;
+      }
+  if (full) {
     const pb::Decoder &d = p.decoder();
     const Tensor &ids = values[p.inputs(d.input_ids())];
-    const Tensor &past = values[p.inputs(d.caches(0).past())];
+    const Tensor &past = values[p.inputs(full->past())];
     for (const pb::KvCache &c : d.caches()) {
       const Tensor &other = values[p.inputs(c.past())];
       const std::string name = p.values(p.inputs(c.past())).name();
-      if (other.dims.size() == 4 && past.dims.size() == 4 && other.dims[2] != past.dims[2])
+      if (c.window() == 0 && other.dims.size() == 4 && past.dims.size() == 4 && other.dims[2] != past.dims[2])
         return makeError("input '" + name + "': " + std::to_string(other.dims[2]) +
-                         " cached positions, but '" + p.values(p.inputs(d.caches(0).past())).name() +
-                         "' holds " + std::to_string(past.dims[2]) + " (every layer's cache has one length)");
+                         " cached positions, but '" + p.values(p.inputs(full->past())).name() + "' holds " +
+                         std::to_string(past.dims[2]) + " (every layer's cache has one length)");
       if (other.dims.size() == 4 && ids.dims.size() == 2 && other.dims[0] != ids.dims[0])
         return makeError("input '" + name + "': batch " + std::to_string(other.dims[0]) + ", but '" +
                          p.values(p.inputs(d.input_ids())).name() + "' has " + std::to_string(ids.dims[0]) +

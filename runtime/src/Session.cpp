@@ -131,6 +131,12 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
                      " sequences");
   for (const pb::KvCache &c : p.decoder().caches()) {
     const pb::Value &v = inputValue(model, c.past());
+    if (c.window() > 0)
+      return makeError("moert_session_create: " + model->path + ": cache '" + v.name() +
+                       "' is a window-sized buffer (GroupQueryAttention sliding_window_cache, window " +
+                       std::to_string(c.window()) +
+                       "); sessions do not manage those yet: run the model with moert_run, feeding each "
+                       "present back as the next past");
     moert_session::Cache cache;
     cache.heads = v.type().dims(1).size();
     cache.dim = v.type().dims(3).size();

@@ -17,7 +17,8 @@ LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, 
     each of a batch of two (a padded batch is one error: its caches are not appended at their ends);
   - a sliding window (local_window_size), head sinks, smooth_softmax, softcap, and position_ids (shifted
     rotary positions) with an attention_bias match too;
-  - attributes out of range (local_window_size 0, softcap -1) are one error naming the node.
+  - attributes out of range (local_window_size 0, softcap -1, sliding_window_cache without a window) are one
+    error naming the node. (Window-sized caches themselves: tests/e2e/check_exporter_fixtures_e2e.py's gpt-oss.)
 
     check_gqa_e2e.py --moec build/bin/moec --moert build/bin/moert --lib build/lib/libmoert.so
 """
@@ -214,7 +215,8 @@ def main():
                 check("bad input: a padded batch of a GroupQueryAttention decoder", r.returncode != 0 and
                       len(lines) == 1 and "concatenated" in lines[0], lines[0] if lines else "(no error)")
         # Unsupported attributes: one error naming the node, no artifact.
-        for attrs, needle in (({"local_window_size": 0}, "local_window_size"), ({"softcap": -1.0}, "softcap")):
+        for attrs, needle in (({"local_window_size": 0}, "local_window_size"), ({"softcap": -1.0}, "softcap"),
+                              ({"sliding_window_cache": 1}, "sliding_window_cache needs local_window_size")):
             path, art = os.path.join(tmp, "bad.onnx"), os.path.join(tmp, "bad.moex")
             build(path, 16, 16, False, True, rng, attrs)
             c = subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet"],
