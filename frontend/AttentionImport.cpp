@@ -25,6 +25,7 @@
 // offset o, at o .. o + S - 1; half-split or interleaved over rotary_embedding_dim (default: all of D).
 //
 //===----------------------------------------------------------------------===//
+#include "frontend/GraphBuilder.h"
 #include "frontend/NodeImporter.h"
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
@@ -41,39 +42,8 @@ namespace moe = moec::moe;
 namespace ox = moec::onnxir;
 
 namespace {
-
 constexpr int64_t kDyn = ShapedType::kDynamic;
-
-/// Builds ONNX-dialect ops at the node's location.
-struct Graph {
-  NodeImporter &ni;
-  OpBuilder &b;
-  Type f32, i64, i1;
-
-  explicit Graph(NodeImporter &n)
-      : ni(n), b(n.builder()), f32(b.getF32Type()), i64(b.getI64Type()), i1(b.getI1Type()) {}
-
-  RankedTensorType t(ArrayRef<int64_t> shape, Type e) { return RankedTensorType::get(shape, e); }
-  template <class OpT> Value op(Type type, ValueRange operands, ArrayRef<NamedAttribute> attrs = {}) {
-    return b.create<OpT>(ni.loc(), TypeRange{type}, operands, attrs)->getResult(0);
-  }
-  Value ints(ArrayRef<int64_t> v) { return ni.constantI64(v); }
-  Value scalarI64(int64_t v) { return ni.constant(DenseElementsAttr::get(t({}, i64), ArrayRef<int64_t>{v})); }
-  Value scalarF32(float v) { return ni.constant(DenseElementsAttr::get(t({}, f32), ArrayRef<float>{v})); }
-  NamedAttribute attr(StringRef name, int64_t v) { return b.getNamedAttr(name, b.getI64IntegerAttr(v)); }
-
-  Value unsqueeze(Value x, ArrayRef<int64_t> axes, RankedTensorType type) {
-    return op<ox::UnsqueezeOp>(type, {x, ints(axes)});
-  }
-  /// dims [begin, end) of x as an i64 vector.
-  Value shape(Value x, int64_t begin, int64_t end) {
-    return op<ox::ShapeOp>(t({end - begin}, i64), {x}, {attr("start", begin), attr("end", end)});
-  }
-  Value cast(Value x, Type elem, ArrayRef<int64_t> shape) {
-    return op<ox::CastOp>(t(shape, elem), {x}, {b.getNamedAttr("to", TypeAttr::get(elem))});
-  }
-};
-
+using Graph = GraphBuilder;
 } // namespace
 
 LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {

@@ -460,6 +460,12 @@ Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<
                  (numInputs() == 1 ? "" : "s") + ")");
       return nullptr;
     }
+  // An output whose element type could not be known (a malformed type in the model) is an error too.
+  for (auto [i, t] : llvm::enumerate(resultTypes))
+    if (!t || !isa<TensorType>(t)) {
+      (void)fail("output " + Twine(i) + " has no known tensor type");
+      return nullptr;
+    }
   OperationState state(loc(), name);
   state.addOperands(operands);
   state.addTypes(resultTypes);

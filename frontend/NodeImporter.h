@@ -114,6 +114,12 @@ mlir::LogicalResult importOrtGelu(NodeImporter &ni);
 mlir::LogicalResult importOrtGroupQueryAttention(NodeImporter &ni);
 /// ONNX Runtime's com.microsoft.RotaryEmbedding (AttentionImport.cpp): one moe.rotary.
 mlir::LogicalResult importOrtRotaryEmbedding(NodeImporter &ni);
+/// Ops written out as other graph ops (ComposedImport.cpp): the quantized convolutions and matmul through
+/// f64 Conv / MatMul, training-mode BatchNormalization through the batch statistics.
+mlir::LogicalResult importConvInteger(NodeImporter &ni);
+mlir::LogicalResult importQLinearConv(NodeImporter &ni);
+mlir::LogicalResult importQLinearMatMul(NodeImporter &ni);
+mlir::LogicalResult importBatchNormTraining(NodeImporter &ni);
 
 } // namespace moec::frontend
 

@@ -80,10 +80,11 @@ std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
     bool convLike = false;
     for (const char *op : kConvLike)
       convLike |= (node.domain().empty() || node.domain() == "ai.onnx") && node.op_type() == op;
-    // Of these, moec imports Conv, ConvTranspose, MaxPool, AveragePool and MaxUnpool: the others are rejected
-    // before libonnx's inference can run on them.
+    // Of these, moec imports Conv, ConvTranspose, ConvInteger, QLinearConv, MaxPool, AveragePool and
+    // MaxUnpool: the others are rejected before libonnx's inference can run on them.
     if (convLike && node.op_type() != "Conv" && node.op_type() != "ConvTranspose" &&
-        node.op_type() != "MaxPool" && node.op_type() != "AveragePool" && node.op_type() != "MaxUnpool")
+        node.op_type() != "ConvInteger" && node.op_type() != "QLinearConv" && node.op_type() != "MaxPool" &&
+        node.op_type() != "AveragePool" && node.op_type() != "MaxUnpool")
       return label + ": op not supported by moec";
     int weight = node.op_type() == "QLinearConv" ? 3 : 1;
     if (node.op_type() == "ConvTranspose" && (node.input_size() < 2 || !rank.count(node.input(1))))

@@ -436,6 +436,27 @@ LogicalResult padV2(NodeImporter &ni) {
   return finish<ox::PadOp>(ni, {ni.input(0), padsV, cv}, attrs, resultTypes(ni, 1));
 }
 
+/// RoiAlign: opset 10's has no coordinate_transformation_mode and computes as output_half_pixel.
+LogicalResult roiAlign(NodeImporter &ni) {
+  SmallVector<NamedAttribute> attrs;
+  if (failed(declaredAttributes<ox::RoiAlignOp>(ni, attrs)))
+    return failure();
+  if (ni.opset() < 16)
+    attrs.push_back(ni.builder().getNamedAttr("coordinate_transformation_mode",
+                                              ni.builder().getStringAttr("output_half_pixel")));
+  SmallVector<Value> operands;
+  if (failed(collectInputs(ni, operands)))
+    return failure();
+  return finish<ox::RoiAlignOp>(ni, operands, attrs, resultTypes(ni, 1));
+}
+
+/// TfIdfVectorizer over integer tokens; string pools are out of scope (docs/onnx-support.md).
+LogicalResult tfIdfVectorizer(NodeImporter &ni) {
+  if (ni.attribute("pool_strings"))
+    return ni.fail("pool_strings (string tokens) is not supported: string tensors are out of scope");
+  return generic<ox::TfIdfVectorizerOp>(ni);
+}
+
 LogicalResult matMulInteger(NodeImporter &ni) {
   return withOptionalInputs<ox::MatMulIntegerOp>(ni, 2, 2, Elem::SameAsInput0);
 }
@@ -470,8 +491,9 @@ LogicalResult sizeOp(NodeImporter &ni) {
                                   {RankedTensorType::get({}, b.getI64Type())});
 }
 
-/// Dropout at inference: the input unchanged, and a mask of all true when asked for. Training mode (a
-/// random mask) is refused unless its ratio is a constant 0.
+/// Dropout at inference (or training with a constant ratio of 0): the input unchanged, and a mask of all
+/// true when asked for. Otherwise (training mode, or one known only at run time) an onnx.Dropout that
+/// libmoert runs.
 LogicalResult dropout(NodeImporter &ni) {
   OpBuilder &b = ni.builder();
   for (const auto &a : ni.node().attribute())
@@ -491,8 +513,23 @@ LogicalResult dropout(NodeImporter &ni) {
     auto on = constantValue(training);
     Value ratio = ni.numInputs() > 1 ? ni.input(1) : Value();
     auto r = ratio ? constantValue(ratio) : std::optional<double>(0.5);
-    if (!on || (*on != 0 && (!r || *r != 0)))
-      return ni.fail("training mode (a random mask) is not supported; export the model for inference");
+    if (!on || (*on != 0 && (!r || *r != 0))) {
+      // Training mode (or a mode known only at run time): the random mask, drawn by libmoert.
+      SmallVector<NamedAttribute> attrs;
+      if (auto *seed = ni.attribute("seed"))
+        attrs.push_back(b.getNamedAttr("seed", b.getI64IntegerAttr(seed->i())));
+      attrs.push_back(b.getNamedAttr("operandSegmentSizes", b.getDenseI32ArrayAttr({1, ratio ? 1 : 0, 1})));
+      SmallVector<Value> operands{ni.input(0)};
+      if (ratio)
+        operands.push_back(ratio);
+      operands.push_back(training);
+      Operation *op = ni.createOp(ox::DropoutOp::getOperationName(), operands, attrs,
+                                  {ni.outputType(0), ni.outputType(1, b.getI1Type())});
+      if (!op)
+        return failure();
+      ni.setOutputs(op->getResults().take_front(std::max(1u, std::min(2u, ni.numOutputs()))));
+      return success();
+    }
   }
   Operation *id = ni.createOp(ox::IdentityOp::getOperationName(), {ni.input(0)}, {}, {ni.outputType(0)});
   if (!id)
@@ -528,10 +565,10 @@ template <typename ReduceTy> LogicalResult globalPool(NodeImporter &ni) {
   return finish<ReduceTy>(ni, {ni.input(0), ni.constantI64(axes)}, {}, resultTypes(ni, 1));
 }
 
-/// BatchNormalization at inference (the running mean and variance); training mode is refused.
+/// BatchNormalization at inference (the running mean and variance); training mode: ComposedImport.cpp.
 LogicalResult batchNorm(NodeImporter &ni) {
   if (auto *t = ni.attribute("training_mode"); t && t->i() != 0)
-    return ni.fail("training mode is not supported; export the model for inference");
+    return importBatchNormTraining(ni);
   if (auto *sp = ni.attribute("spatial"); sp && sp->i() != 1)
     return ni.fail("spatial = 0 is not supported");
   if (ni.numOutputs() > 1)
@@ -875,6 +912,22 @@ const OpTableEntry kTable[] = {
     {"", "MaxPool", 8, generic<ox::MaxPoolOp, -1, Elem::SameAsInput0>},
     {"", "MaxUnpool", 9, generic<ox::MaxUnpoolOp>},
     {"", "NonMaxSuppression", 10, nonMaxSuppression},
+    {"", "ConvInteger", 10, importConvInteger},
+    {"", "QLinearConv", 10, importQLinearConv},
+    {"", "QLinearMatMul", 10, importQLinearMatMul},
+    {"", "DFT", 17, generic<ox::DFTOp>},
+    {"", "STFT", 17,
+     [](NodeImporter &ni) { return withOptionalInputs<ox::STFTOp>(ni, 2, 2, Elem::SameAsInput0); }},
+    {"", "MelWeightMatrix", 17, generic<ox::MelWeightMatrixOp>},
+    {"", "GridSample", 16, generic<ox::GridSampleOp>},
+    {"", "GridSample", 20, generic<ox::GridSampleOp>},
+    {"", "RoiAlign", 10, roiAlign},
+    {"", "RoiAlign", 16, roiAlign},
+    {"", "TfIdfVectorizer", 9, tfIdfVectorizer},
+    {"", "RandomUniform", 1, generic<ox::RandomUniformOp>},
+    {"", "RandomNormal", 1, generic<ox::RandomNormalOp>},
+    {"", "RandomUniformLike", 1, generic<ox::RandomUniformLikeOp>},
+    {"", "RandomNormalLike", 1, generic<ox::RandomNormalLikeOp>},
     {"", "RNN", 7, recurrentOp<ox::RNNOp, 3, 2>},
     {"", "GRU", 7, recurrentOp<ox::GRUOp, 3, 2>},
     {"", "LSTM", 7, recurrentOp<ox::LSTMOp, 5, 3>},

@@ -586,4 +586,91 @@ def ONNX_ScanOp : ONNX_Op<"Scan"> {
   let hasVerifier = 1;
 }
 
+// Signal processing (audio front ends): reference kernels in double (runtime/src/ops/Signal.cpp).
+def ONNX_DFTOp : ONNX_Op<"DFT"> {
+  let arguments = (ins AnyTensor:$input, Optional<AnyTensor>:$dft_length, DefaultValuedAttr<I64Attr, "1">:$axis,
+                   ONNX_Flag<"0">:$inverse, ONNX_Flag<"0">:$onesided);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_STFTOp : ONNX_Op<"STFT", [AttrSizedOperandSegments]> {
+  let arguments = (ins AnyTensor:$signal, AnyTensor:$frame_step, Optional<AnyTensor>:$window,
+                   Optional<AnyTensor>:$frame_length, ONNX_Flag<"1">:$onesided);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_MelWeightMatrixOp : ONNX_Op<"MelWeightMatrix"> {
+  let arguments = (ins AnyTensor:$num_mel_bins, AnyTensor:$dft_length, AnyTensor:$sample_rate,
+                   AnyTensor:$lower_edge_hertz, AnyTensor:$upper_edge_hertz,
+                   DefaultValuedAttr<I64Attr, "1">:$output_datatype);
+  let results = (outs AnyTensor:$output);
+}
+
+// Sampling ops of vision towers (runtime/src/ops/Vision.cpp).
+def ONNX_GridSampleOp : ONNX_Op<"GridSample"> {
+  let summary = "ONNX GridSample (opset 16's mode names; opset 20's linear / cubic are the same modes)";
+  let arguments = (ins AnyTensor:$X, AnyTensor:$grid, ONNX_Flag<"0">:$align_corners,
+                   ONNX_Str<"bilinear", ["bilinear", "nearest", "bicubic", "linear", "cubic"]>:$mode,
+                   ONNX_Str<"zeros", ["zeros", "border", "reflection"]>:$padding_mode);
+  let results = (outs AnyTensor:$Y);
+}
+
+def ONNX_RoiAlignOp : ONNX_Op<"RoiAlign"> {
+  let summary = "ONNX RoiAlign (opset 10 imports with coordinate_transformation_mode output_half_pixel)";
+  let arguments = (ins AnyTensor:$X, AnyTensor:$rois, AnyTensor:$batch_indices,
+                   ONNX_Str<"half_pixel", ["half_pixel", "output_half_pixel"]>:$coordinate_transformation_mode,
+                   ONNX_Str<"avg", ["avg", "max"]>:$mode, DefaultValuedAttr<I64Attr, "1">:$output_height,
+                   DefaultValuedAttr<I64Attr, "1">:$output_width, DefaultValuedAttr<I64Attr, "0">:$sampling_ratio,
+                   DefaultValuedAttr<F32Attr, "1.0f">:$spatial_scale);
+  let results = (outs AnyTensor:$Y);
+}
+
+// Text features over integer tokens (runtime/src/ops/Text.cpp); string pools are out of scope.
+def ONNX_TfIdfVectorizerOp : ONNX_Op<"TfIdfVectorizer"> {
+  let arguments = (ins AnyTensor:$X, I64Attr:$max_gram_length, I64Attr:$max_skip_count, I64Attr:$min_gram_length,
+                   ONNX_Str<"TF", ["TF", "IDF", "TFIDF"]>:$mode, I64ArrayAttr:$ngram_counts,
+                   I64ArrayAttr:$ngram_indexes, OptionalAttr<I64ArrayAttr>:$pool_int64s,
+                   OptionalAttr<F32ArrayAttr>:$weights);
+  let results = (outs AnyTensor:$Y);
+}
+
+// Ops that draw random values: not Pure (two alike must not be merged), so not ONNX_Op.
+class ONNX_RandomOp<string mnemonic, list<Trait> traits = []>
+    : Op<ONNX_Dialect, mnemonic, !listconcat([MemoryEffects<[MemAlloc, MemWrite]>], traits)> {
+  let summary = "ONNX " # mnemonic # " (random values: seeded by `seed`, else from the system)";
+  let description = "The ONNX `" # mnemonic # "` operator (runtime/src/ops/Random.cpp).";
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def ONNX_RandomUniformOp : ONNX_RandomOp<"RandomUniform"> {
+  let arguments = (ins DefaultValuedAttr<I64Attr, "1">:$dtype, DefaultValuedAttr<F32Attr, "1.0f">:$high,
+                   DefaultValuedAttr<F32Attr, "0.0f">:$low, OptionalAttr<F32Attr>:$seed, I64ArrayAttr:$shape);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_RandomNormalOp : ONNX_RandomOp<"RandomNormal"> {
+  let arguments = (ins DefaultValuedAttr<I64Attr, "1">:$dtype, DefaultValuedAttr<F32Attr, "0.0f">:$mean,
+                   DefaultValuedAttr<F32Attr, "1.0f">:$scale, OptionalAttr<F32Attr>:$seed, I64ArrayAttr:$shape);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_RandomUniformLikeOp : ONNX_RandomOp<"RandomUniformLike"> {
+  let arguments = (ins AnyTensor:$input, OptionalAttr<I64Attr>:$dtype, DefaultValuedAttr<F32Attr, "1.0f">:$high,
+                   DefaultValuedAttr<F32Attr, "0.0f">:$low, OptionalAttr<F32Attr>:$seed);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_RandomNormalLikeOp : ONNX_RandomOp<"RandomNormalLike"> {
+  let arguments = (ins AnyTensor:$input, OptionalAttr<I64Attr>:$dtype, DefaultValuedAttr<F32Attr, "0.0f">:$mean,
+                   DefaultValuedAttr<F32Attr, "1.0f">:$scale, OptionalAttr<F32Attr>:$seed);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_DropoutOp : ONNX_RandomOp<"Dropout", [AttrSizedOperandSegments]> {
+  let summary = "ONNX Dropout with a run-time training_mode (inference-mode Dropout imports as Identity)";
+  let arguments = (ins AnyTensor:$data, Optional<AnyTensor>:$ratio, Optional<AnyTensor>:$training_mode,
+                   OptionalAttr<I64Attr>:$seed);
+  let results = (outs AnyTensor:$output, AnyTensor:$mask);
+}
+
 #endif // MOEC_IR_ONNXOPS_TD

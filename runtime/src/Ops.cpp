@@ -218,6 +218,11 @@ const OpEntry kOps[] = {
     {"NonMaxSuppression", nonMaxSuppression, false},
     {"RNN", recurrent, false},      {"GRU", recurrent, false},      {"LSTM", recurrent, false},
     {"Adagrad", optimizer, false},  {"Momentum", optimizer, false}, {"Adam", optimizer, false},
+    {"DFT", dft, false},            {"STFT", stft, false},          {"MelWeightMatrix", melWeightMatrix, false},
+    {"GridSample", gridSample, true}, {"RoiAlign", roiAlign, true},  {"TfIdfVectorizer", tfIdfVectorizer, false},
+    {"RandomUniform", randomOp, false}, {"RandomNormal", randomOp, false},
+    {"RandomUniformLike", randomOp, false}, {"RandomNormalLike", randomOp, false},
+    {"Dropout", dropoutOp, false},
     {"moec.Embedding", embedding, false}, // moe.embedding's table rows
     {"moec.KvCacheUpdate", kvCacheUpdate, false}, // moe.kv_cache_update (GroupQueryAttention's caches)
     {"moec.Norm", fusedNorm, false},       // moe.norm (RMSNorm / LayerNorm rows)

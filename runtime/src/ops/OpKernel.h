@@ -434,6 +434,14 @@ bool maxUnpool(Ctx &c);
 bool nonMaxSuppression(Ctx &c);
 bool optimizer(Ctx &c); // Adagrad, Momentum, Adam
 bool recurrent(Ctx &c); // RNN, GRU, LSTM
+bool dft(Ctx &c);       // ops/Signal.cpp
+bool stft(Ctx &c);
+bool melWeightMatrix(Ctx &c);
+bool gridSample(Ctx &c); // ops/Vision.cpp
+bool roiAlign(Ctx &c);
+bool tfIdfVectorizer(Ctx &c); // ops/Text.cpp
+bool randomOp(Ctx &c);        // ops/Random.cpp: RandomUniform / RandomNormal (and *Like)
+bool dropoutOp(Ctx &c);       // training-mode Dropout
 // Movement.cpp
 bool concat(Ctx &c);
 bool constantOfShape(Ctx &c);

@@ -1,0 +1,217 @@
+//===- ComposedImport.cpp - ONNX ops written out as other graph ops ---------===//
+//
+// Ops with no kernel of their own, imported as what they compute in ops that have one:
+//   - ConvInteger and QLinearConv: the integer convolution as a Conv in f64 (exact: every int8 product and
+//     every sum of them fits a double's 53 bits for any real kernel size) of the inputs minus their zero
+//     points (w's per output channel when it has M of them); QLinearConv then adds the int32 bias, scales by
+//     x_scale * w_scale / y_scale (w_scale per channel), rounds half to even, adds y_zero_point and saturates
+//     to its type, as ONNX's reference does.
+//   - QLinearMatMul: the same over a MatMul (any rank; a's scale and zero point per row, b's per column).
+//   - BatchNormalization in training mode: the batch's mean and (population) variance over every axis but
+//     the channels', Y normalised by them (the inference-mode op with the batch statistics), and the running
+//     statistics input * momentum + batch * (1 - momentum).
+//
+//===----------------------------------------------------------------------===//
+#include "frontend/GraphBuilder.h"
+#include "frontend/NodeImporter.h"
+#include "ir/ONNXOps.h"
+
+#include "onnx/onnx_pb.h"
+
+using namespace mlir;
+using namespace moec::frontend;
+namespace ox = moec::onnxir;
+
+namespace {
+
+Type unranked(Type elem) { return UnrankedTensorType::get(elem); }
+
+/// x - zero_point in f64; a zero point of `channels` values (channels > 1) applies along dim `axis` of a
+/// rank-`rank` x.
+Value centred(GraphBuilder &g, Value x, Value zeroPoint, int64_t rank, int64_t axis) {
+  Value xf = g.castLike(x, g.f64);
+  if (!zeroPoint)
+    return xf;
+  Value z = g.castLike(zeroPoint, g.f64);
+  auto zT = dyn_cast<RankedTensorType>(zeroPoint.getType());
+  if (zT && zT.getRank() == 1 && zT.getDimSize(0) != 1 && rank > 1) {
+    SmallVector<int64_t> shape(rank, 1);
+    shape[axis] = -1;
+    z = g.op<ox::ReshapeOp>(unranked(g.f64), {z, g.ints(shape)});
+  }
+  return g.op<ox::SubOp>(unranked(g.f64), {xf, z});
+}
+
+/// A per-channel (1-D, more than one value) scale or bias as [1, M, 1, ...] of rank `rank`; else unchanged.
+Value perChannel(GraphBuilder &g, Value v, int64_t rank, int64_t axis) {
+  auto t = dyn_cast<RankedTensorType>(v.getType());
+  if (!t || t.getRank() != 1 || t.getDimSize(0) == 1)
+    return v;
+  SmallVector<int64_t> shape(rank, 1);
+  shape[axis] = -1;
+  return g.op<ox::ReshapeOp>(unranked(t.getElementType()), {v, g.ints(shape)});
+}
+
+std::optional<int64_t> rank(Value v) {
+  if (auto t = dyn_cast_or_null<RankedTensorType>(v ? v.getType() : Type()))
+    return t.getRank();
+  return std::nullopt;
+}
+
+/// The convolution attributes of the node (ConvInteger, QLinearConv), checked like Conv's.
+LogicalResult convAttributes(NodeImporter &ni, SmallVectorImpl<NamedAttribute> &attrs) {
+  if (failed(onlyKnownAttributes(ni, {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"})))
+    return failure();
+  OpBuilder &b = ni.builder();
+  for (const auto &a : ni.node().attribute()) {
+    if (a.name() == "auto_pad") {
+      attrs.push_back(b.getNamedAttr("auto_pad", b.getStringAttr(a.s())));
+    } else if (a.name() == "group") {
+      attrs.push_back(b.getNamedAttr("group", b.getI64IntegerAttr(a.i())));
+    } else {
+      SmallVector<int64_t> v(a.ints().begin(), a.ints().end());
+      attrs.push_back(b.getNamedAttr(a.name(), b.getI64ArrayAttr(v)));
+    }
+  }
+  return success();
+}
+
+/// round half to even, + zero point, saturated to the zero point's (else `fallback`'s) integer type.
+LogicalResult requantize(NodeImporter &ni, GraphBuilder &g, Value scaled, Value zeroPoint, Type fallback) {
+  Type elem = zeroPoint ? cast<ShapedType>(zeroPoint.getType()).getElementType() : fallback;
+  auto it = dyn_cast<IntegerType>(elem);
+  if (!it || it.getWidth() != 8)
+    return ni.fail("the output type must be int8 or uint8");
+  const bool isUnsigned = it.isUnsigned();
+  Value r = g.op<ox::RoundOp>(unranked(g.f64), {scaled});
+  if (zeroPoint)
+    r = g.op<ox::AddOp>(unranked(g.f64), {r, g.castLike(zeroPoint, g.f64)});
+  r = g.op<ox::ClipOp>(unranked(g.f64),
+                       {r, g.scalarF64(isUnsigned ? 0 : -128), g.scalarF64(isUnsigned ? 255 : 127)},
+                       {g.b.getNamedAttr("operandSegmentSizes", g.b.getDenseI32ArrayAttr({1, 1, 1}))});
+  Operation *out = ni.createOp(ox::CastOp::getOperationName(), {r},
+                               {g.b.getNamedAttr("to", TypeAttr::get(elem))}, {ni.outputType(0, elem)});
+  if (!out)
+    return failure();
+  ni.setOutputs(out->getResults());
+  return success();
+}
+
+/// Conv of f64 operands with the node's attributes.
+Value conv(GraphBuilder &g, Value x, Value w, ArrayRef<NamedAttribute> attrs) {
+  return g.b.create<ox::ConvOp>(g.ni.loc(), TypeRange{unranked(g.f64)}, ValueRange{x, w}, attrs)
+      ->getResult(0);
+}
+
+} // namespace
+
+LogicalResult moec::frontend::importConvInteger(NodeImporter &ni) {
+  SmallVector<NamedAttribute> attrs;
+  if (failed(convAttributes(ni, attrs)))
+    return failure();
+  Value x = ni.input(0), w = ni.input(1);
+  auto r = rank(w);
+  if (!x || !w || !r || *r < 3)
+    return ni.fail("needs x and a weight w of known rank >= 3");
+  GraphBuilder g(ni);
+  Value y = conv(g, centred(g, x, ni.input(2), *r, 1), centred(g, w, ni.input(3), *r, 0), attrs);
+  Operation *out = ni.createOp(ox::CastOp::getOperationName(), {y},
+                               {g.b.getNamedAttr("to", TypeAttr::get(g.b.getI32Type()))},
+                               {ni.outputType(0, g.b.getI32Type())});
+  if (!out)
+    return failure();
+  ni.setOutputs(out->getResults());
+  return success();
+}
+
+LogicalResult moec::frontend::importQLinearConv(NodeImporter &ni) {
+  SmallVector<NamedAttribute> attrs;
+  if (failed(convAttributes(ni, attrs)))
+    return failure();
+  for (unsigned i = 0; i < 8; ++i)
+    if (i != 2 && i != 5 && i != 7 && !ni.input(i))
+      return ni.fail("input " + std::to_string(i) + " is required");
+  Value x = ni.input(0), w = ni.input(3);
+  auto r = rank(w);
+  if (!r || *r < 3)
+    return ni.fail("needs a weight w of known rank >= 3");
+  GraphBuilder g(ni);
+  Value acc = conv(g, centred(g, x, ni.input(2), *r, 1), centred(g, w, ni.input(5), *r, 0), attrs);
+  if (Value bias = ni.numInputs() > 8 ? ni.input(8) : Value())
+    acc = g.op<ox::AddOp>(unranked(g.f64), {acc, perChannel(g, g.castLike(bias, g.f64), *r, 1)});
+  // x_scale * w_scale / y_scale in f32 (the scales' type), w_scale per output channel.
+  Value scale = g.op<ox::DivOp>(
+      unranked(g.f32),
+      {g.op<ox::MulOp>(unranked(g.f32), {ni.input(1), perChannel(g, ni.input(4), *r, 1)}), ni.input(6)});
+  Value scaled = g.op<ox::MulOp>(unranked(g.f64), {acc, g.castLike(scale, g.f64)});
+  return requantize(ni, g, scaled, ni.input(7), cast<ShapedType>(x.getType()).getElementType());
+}
+
+LogicalResult moec::frontend::importQLinearMatMul(NodeImporter &ni) {
+  if (ni.node().attribute_size() != 0)
+    return ni.fail("takes no attributes");
+  for (unsigned i = 0; i < 8; ++i)
+    if (i != 2 && i != 5 && i != 7 && !ni.input(i))
+      return ni.fail("input " + std::to_string(i) + " is required");
+  Value a = ni.input(0), b = ni.input(3);
+  auto ra = rank(a), rb = rank(b);
+  if (!ra || !rb || *ra < 2 || *rb < 2)
+    return ni.fail("needs a and b of known rank >= 2");
+  GraphBuilder g(ni);
+  // a's zero point and scale per row (dim -2 of a), b's per column (its last dim: broadcasts as it is).
+  Value acc = g.op<ox::MatMulOp>(
+      unranked(g.f64), {centred(g, a, ni.input(2), *ra, *ra - 2), centred(g, b, ni.input(5), 1, 0)});
+  Value scale = g.op<ox::DivOp>(
+      unranked(g.f32),
+      {g.op<ox::MulOp>(unranked(g.f32), {perChannel(g, ni.input(1), 2, 0), ni.input(4)}), ni.input(6)});
+  Value scaled = g.op<ox::MulOp>(unranked(g.f64), {acc, g.castLike(scale, g.f64)});
+  return requantize(ni, g, scaled, ni.input(7), cast<ShapedType>(a.getType()).getElementType());
+}
+
+LogicalResult moec::frontend::importBatchNormTraining(NodeImporter &ni) {
+  if (failed(onlyKnownAttributes(ni, {"epsilon", "momentum", "training_mode"})))
+    return failure();
+  Value x = ni.input(0);
+  auto r = rank(x);
+  if (!r || *r < 2)
+    return ni.fail("training mode needs an input of known rank >= 2");
+  for (unsigned i = 1; i < 5; ++i)
+    if (!ni.input(i))
+      return ni.fail("input " + std::to_string(i) + " is required");
+  GraphBuilder g(ni);
+  Type elem = cast<ShapedType>(x.getType()).getElementType();
+  SmallVector<int64_t> axes{0};
+  for (int64_t d = 2; d < *r; ++d)
+    axes.push_back(d);
+  auto mean = [&](Value v, bool keep) {
+    return g.op<ox::ReduceMeanOp>(unranked(elem), {v, g.ints(axes)}, {g.attr("keepdims", keep ? 1 : 0)});
+  };
+  Value centredX = g.op<ox::SubOp>(unranked(elem), {x, mean(x, true)});
+  Value batchMean = mean(x, false);
+  Value batchVar = mean(g.op<ox::MulOp>(unranked(elem), {centredX, centredX}), false);
+  const float eps = floatAttr(ni, "epsilon").value_or(1e-5f),
+              momentum = floatAttr(ni, "momentum").value_or(0.9f);
+  Operation *y = ni.createOp(ox::BatchNormalizationOp::getOperationName(),
+                             {x, ni.input(1), ni.input(2), batchMean, batchVar},
+                             {g.b.getNamedAttr("epsilon", g.b.getF32FloatAttr(eps))}, {ni.outputType(0)});
+  if (!y)
+    return failure();
+  SmallVector<Value> outs{y->getResult(0)};
+  auto running = [&](Value input, Value batch, unsigned out) -> Value {
+    Value m =
+        ni.constant(DenseElementsAttr::get(RankedTensorType::get({}, elem), FloatAttr::get(elem, momentum)));
+    Value rest = ni.constant(
+        DenseElementsAttr::get(RankedTensorType::get({}, elem), FloatAttr::get(elem, 1.0 - momentum)));
+    Value a = g.op<ox::MulOp>(unranked(elem), {input, m}), c = g.op<ox::MulOp>(unranked(elem), {batch, rest});
+    Operation *sum = ni.createOp(ox::AddOp::getOperationName(), {a, c}, {}, {ni.outputType(out)});
+    return sum ? sum->getResult(0) : Value();
+  };
+  for (unsigned out = 1; out < std::min(3u, ni.numOutputs()); ++out) {
+    Value v = out == 1 ? running(ni.input(3), batchMean, 1) : running(ni.input(4), batchVar, 2);
+    if (!v)
+      return failure();
+    outs.push_back(v);
+  }
+  ni.setOutputs(outs);
+  return success();
+}
