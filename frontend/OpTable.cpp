@@ -729,14 +729,30 @@ LogicalResult loopOp(NodeImporter &ni) {
 
 LogicalResult scanOp(NodeImporter &ni) {
   SmallVector<NamedAttribute> attrs;
+  // Scan-8: every input has a batch dim first (scanned per batch entry, along dim 1), its first input the
+  // optional sequence_lens, its `directions` Scan-9's scan_input_directions.
+  const bool batched = ni.opset() < 9;
   if (failed(controlFlowAttributes(ni, {"body"},
-                                   {"num_scan_inputs", "scan_input_axes", "scan_input_directions",
-                                    "scan_output_axes", "scan_output_directions"},
+                                   batched ? ArrayRef<StringRef>{"num_scan_inputs", "directions"}
+                                           : ArrayRef<StringRef>{"num_scan_inputs", "scan_input_axes",
+                                                                 "scan_input_directions", "scan_output_axes",
+                                                                 "scan_output_directions"},
                                    attrs)))
     return failure();
+  if (batched) {
+    if (ni.numInputs() > 0 && ni.input(0))
+      return ni.fail("Scan-8's sequence_lens (per batch entry lengths) is not supported");
+    for (NamedAttribute &a : attrs)
+      if (a.getName() == "directions")
+        a.setName(ni.builder().getStringAttr("scan_input_directions"));
+    attrs.push_back(ni.builder().getNamedAttr("batched", ni.builder().getI64IntegerAttr(1)));
+  }
   SmallVector<Value> operands;
-  if (failed(collectInputs(ni, operands)))
-    return failure();
+  for (unsigned i = batched ? 1 : 0; i < ni.numInputs(); ++i) {
+    if (!ni.input(i))
+      return ni.fail("input " + Twine(i) + " is omitted");
+    operands.push_back(ni.input(i));
+  }
   const int64_t scans = intAttr(ni, "num_scan_inputs", 0);
   if (scans < 1 || scans > int64_t(operands.size()))
     return ni.fail("num_scan_inputs = " + Twine(scans) + " with " + Twine(operands.size()) + " inputs");
@@ -749,13 +765,19 @@ LogicalResult scanOp(NodeImporter &ni) {
   for (auto [i, v] : llvm::enumerate(operands)) {
     auto t = cast<ShapedType>(v.getType());
     Type fallback = UnrankedTensorType::get(t.getElementType());
-    if (int64_t(i) >= states && t.hasRank()) { // a slice: the scan axis dropped
-      int64_t axis = axes[i - states] < 0 ? axes[i - states] + t.getRank() : axes[i - states];
+    if (batched && t.hasRank() && t.getRank() < (int64_t(i) >= states ? 2 : 1))
+      return ni.fail("Scan-8's input " + Twine(i + 1) + " has no batch dim");
+    if (batched && int64_t(i) < states && t.hasRank()) // a batch entry's state
+      fallback = RankedTensorType::get(t.getShape().drop_front(), t.getElementType());
+    if (int64_t(i) >= states && t.hasRank()) { // a slice: the scan axis (and Scan-8's batch dim) dropped
+      int64_t axis = batched ? 1 : axes[i - states] < 0 ? axes[i - states] + t.getRank() : axes[i - states];
       if (axis < 0 || axis >= t.getRank())
         return ni.fail("scan_input_axes[" + Twine(i - states) + "] = " + Twine(axes[i - states]) +
                        " is out of range for a rank-" + Twine(t.getRank()) + " input");
       SmallVector<int64_t> dims(t.getShape());
       dims.erase(dims.begin() + axis);
+      if (batched)
+        dims.erase(dims.begin());
       fallback = RankedTensorType::get(dims, t.getElementType());
     }
     argTypes.push_back(subgraphInputType(ni, "body", int(i), fallback));
@@ -939,6 +961,7 @@ const OpTableEntry kTable[] = {
     {"", "Unique", 11, uniqueOp},
     {"", "If", 1, ifOp},
     {"", "Loop", 1, loopOp},
+    {"", "Scan", 8, scanOp},
     {"", "Scan", 9, scanOp},
     {"", "AveragePool", 7, generic<ox::AveragePoolOp>},
     {"", "GlobalAveragePool", 1, globalPool<ox::ReduceMeanOp>},

@@ -574,9 +574,12 @@ def ONNX_ScanOp : ONNX_Op<"Scan"> {
     Operands: the initial states, then `num_scan_inputs` scan inputs. The body's arguments are the states
     and one slice of each scan input (along `scan_input_axes`, reversed per `scan_input_directions`); it
     yields the next states and one slice per scan output. Results: the final states, then the scan outputs
-    (slices stacked along `scan_output_axes`, reversed per `scan_output_directions`).
+    (slices stacked along `scan_output_axes`, reversed per `scan_output_directions`). `batched` (Scan-8's
+    form, without its sequence_lens): every operand and result has a batch dim first, the scan runs per batch
+    entry (scan inputs along their dim 1, outputs stacked along dim 1) and the body sees one entry's values.
   }];
   let arguments = (ins Variadic<AnyTensor>:$initial_state_and_scan_inputs, I64Attr:$num_scan_inputs,
+                   ONNX_Flag<"0">:$batched,
                    OptionalAttr<I64ArrayAttr>:$scan_input_axes, OptionalAttr<I64ArrayAttr>:$scan_input_directions,
                    OptionalAttr<I64ArrayAttr>:$scan_output_axes,
                    OptionalAttr<I64ArrayAttr>:$scan_output_directions);

@@ -8,6 +8,7 @@ Models built with onnx.helper, each run with inputs that take every path:
   - Loop with a trip count and a condition that stops it early, a carried value, a scan output, an outer
     value read in the body; trip counts 0, 3 and 6;
   - Scan with two states, a scan input along axis 1 read in reverse, scan outputs along axis 1 and reversed;
+  - Scan-8 (opset 8: a batch dim first, scanned per batch entry), one of two scan inputs reversed;
   - a Loop whose body holds an If (nested blocks);
   - an If on a constant condition (folded at compile time: no If step in the artifact).
 Every output matches ONNX Runtime within 1e-5 relative to the largest magnitude (exact shapes). A condition
@@ -106,6 +107,24 @@ def scan_model(rng):
     return g, feeds
 
 
+def scan8_model(rng):
+    """Scan-8 (opset 8): batch dim first on states, scan inputs (scanned along dim 1) and outputs."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s", "x1"], ["sn"]), helper.make_node("Mul", ["sn", "x2"], ["o"])],
+        "body", [vi("s", F, [3]), vi("x1", F, [3]), vi("x2", F, [3])], [vi("sn", F, [3]), vi("o", F, [3])])
+    nodes = [helper.make_node("Scan", ["", "s0", "xa", "xb"], ["s_f", "os"], body=body, num_scan_inputs=2,
+                              directions=[0, 1])]
+    g = helper.make_graph(nodes, "g", [vi("s0", F, ["B", 3]), vi("xa", F, ["B", "L", 3]), vi("xb", F, ["B", "L", 3])],
+                          [vi("s_f", F, ["B", 3]), vi("os", F, ["B", "L", 3])], [])
+    feeds = [{"s0": rng.standard_normal((b, 3)).astype(np.float32),
+              "xa": rng.standard_normal((b, n, 3)).astype(np.float32),
+              "xb": rng.standard_normal((b, n, 3)).astype(np.float32)} for b, n in ((1, 4), (3, 2))]
+    return g, feeds
+
+
+scan8_model.opset = 8
+
+
 def nested_model(rng):
     then = helper.make_graph([helper.make_node("Add", ["acc", "x"], ["t_out"])], "then", [],
                              [vi("t_out", F, [D])])
@@ -148,12 +167,14 @@ def main():
     cases = [("If (outer values, a linear dispatch in a branch, a yielded view)", if_model),
              ("Loop (trip count, early stop, carried value, scan output)", loop_model),
              ("Scan (two states, reversed input along axis 1, output axes and directions)", scan_model),
+             ("Scan-8 (batched, one scan input reversed; batches 1 and 3)", scan8_model),
              ("Loop holding an If", nested_model), ("If on a constant condition", constant_if_model)]
     with tempfile.TemporaryDirectory() as tmp:
         for name, build in cases:
             g, feeds = build(rng)
             path, art = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "m.moex")
-            onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+            opset = getattr(build, "opset", 17)
+            onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8), path)
             r = subprocess.run([args.moec, "compile", path, "-o", art, "--quiet"], capture_output=True, text=True)
             if r.returncode:
                 check(name, False, "compile: " + r.stderr.strip())

@@ -173,59 +173,94 @@ std::string runControlFlow(
       v.resize(size_t(n), 0);
       return v;
     };
-    Dims inAxes = listOr("scan_input_axes", numScans), inDirs = listOr("scan_input_directions", numScans),
-         outAxes = listOr("scan_output_axes", scanOuts), outDirs = listOr("scan_output_directions", scanOuts);
-    int64_t length = -1;
-    for (int64_t j = 0; j < numScans; ++j) {
-      const OpTensor &t = in[states + j];
-      const int64_t rank = int64_t(t.dims.size());
-      if (inAxes[j] < 0)
-        inAxes[j] += rank;
-      if (inAxes[j] < 0 || inAxes[j] >= rank)
-        return "scan input " + std::to_string(j) + ": axis out of range for shape " + dimsString(t.dims);
-      const int64_t n = t.dims[inAxes[j]];
-      if (length >= 0 && n != length)
-        return "scan inputs have different lengths (" + std::to_string(length) + " and " + std::to_string(n) +
-               ")";
-      length = n;
-    }
-    std::vector<OpTensor> state(in.begin(), in.begin() + states);
-    std::vector<std::vector<OpTensor>> slices(scanOuts);
-    for (int64_t i = 0; i < length; ++i) {
-      std::vector<OpTensor> bound = state;
+    const Dims inDirs = listOr("scan_input_directions", numScans);
+    const bool batched = attrs.i("batched", 0) != 0;
+    // One scan over `ins` (states, then scan inputs) into `outs` (final states, then scan outputs).
+    auto scan = [&](const std::vector<OpTensor> &ins, std::vector<OpTensor> &outs) -> std::string {
+      Dims inAxes = batched ? Dims(size_t(numScans), 0) : listOr("scan_input_axes", numScans),
+           outAxes = batched ? Dims(size_t(scanOuts), 0) : listOr("scan_output_axes", scanOuts),
+           outDirs = batched ? Dims(size_t(scanOuts), 0) : listOr("scan_output_directions", scanOuts);
+      int64_t length = -1;
       for (int64_t j = 0; j < numScans; ++j) {
-        const OpTensor &t = in[states + j];
-        OpTensor slice;
-        if (!sliceAlong(t, inAxes[j], inDirs[j] ? length - 1 - i : i, slice))
-          return "out of memory";
-        bound.push_back(std::move(slice));
+        const OpTensor &t = ins[states + j];
+        const int64_t rank = int64_t(t.dims.size());
+        if (inAxes[j] < 0)
+          inAxes[j] += rank;
+        if (inAxes[j] < 0 || inAxes[j] >= rank)
+          return "scan input " + std::to_string(j) + ": axis out of range for shape " + dimsString(t.dims);
+        const int64_t n = t.dims[inAxes[j]];
+        if (length >= 0 && n != length)
+          return "scan inputs have different lengths (" + std::to_string(length) + " and " +
+                 std::to_string(n) + ")";
+        length = n;
       }
-      std::vector<OpTensor> yielded;
-      if (std::string why = block(0, bound, yielded); !why.empty())
+      std::vector<OpTensor> state(ins.begin(), ins.begin() + states);
+      std::vector<std::vector<OpTensor>> slices(scanOuts);
+      for (int64_t i = 0; i < length; ++i) {
+        std::vector<OpTensor> bound = state;
+        for (int64_t j = 0; j < numScans; ++j) {
+          const OpTensor &t = ins[states + j];
+          OpTensor slice;
+          if (!sliceAlong(t, inAxes[j], inDirs[j] ? length - 1 - i : i, slice))
+            return "out of memory";
+          bound.push_back(std::move(slice));
+        }
+        std::vector<OpTensor> yielded;
+        if (std::string why = block(0, bound, yielded); !why.empty())
+          return why;
+        if (int64_t(yielded.size()) != states + scanOuts)
+          return "the body yields " + std::to_string(yielded.size()) + " values, expected " +
+                 std::to_string(states + scanOuts);
+        for (int64_t k = 0; k < states; ++k)
+          state[k] = std::move(yielded[k]);
+        for (int64_t k = 0; k < scanOuts; ++k)
+          slices[k].push_back(std::move(yielded[states + k]));
+      }
+      for (int64_t k = 0; k < states; ++k) {
+        if (state[k].dtype != outs[k].dtype)
+          return "state " + std::to_string(k) + " is " + dtypeName(state[k].dtype) + ", expected " +
+                 dtypeName(outs[k].dtype);
+        outs[k] = std::move(state[k]);
+      }
+      for (int64_t k = 0; k < scanOuts; ++k) {
+        OpTensor &o = outs[states + k];
+        int64_t axis = outAxes[k];
+        const int64_t rank = slices[k].empty() ? 0 : int64_t(slices[k][0].dims.size()) + 1;
+        if (axis < 0)
+          axis += rank;
+        if (std::string why = stack(slices[k], axis, outDirs[k] != 0, o.dtype, {}, o); !why.empty())
+          return "scan output " + std::to_string(k) + ": " + why;
+      }
+      return "";
+    };
+    if (!batched)
+      return scan(in, out);
+    // Scan-8: one scan per batch entry, results stacked along a new batch dim.
+    int64_t batch = -1;
+    for (const OpTensor &t : in) {
+      if (t.dims.empty())
+        return "Scan-8's inputs need a batch dim first";
+      if (batch >= 0 && t.dims[0] != batch)
+        return "Scan-8's inputs have different batch sizes (" + std::to_string(batch) + " and " +
+               std::to_string(t.dims[0]) + ")";
+      batch = t.dims[0];
+    }
+    std::vector<std::vector<OpTensor>> perEntry(out.size());
+    for (int64_t b = 0; b < batch; ++b) {
+      std::vector<OpTensor> ins(in.size()), outs(out.size());
+      for (size_t j = 0; j < in.size(); ++j)
+        if (!sliceAlong(in[j], 0, b, ins[j]))
+          return "out of memory";
+      for (size_t k = 0; k < out.size(); ++k)
+        outs[k].dtype = out[k].dtype;
+      if (std::string why = scan(ins, outs); !why.empty())
         return why;
-      if (int64_t(yielded.size()) != states + scanOuts)
-        return "the body yields " + std::to_string(yielded.size()) + " values, expected " +
-               std::to_string(states + scanOuts);
-      for (int64_t k = 0; k < states; ++k)
-        state[k] = std::move(yielded[k]);
-      for (int64_t k = 0; k < scanOuts; ++k)
-        slices[k].push_back(std::move(yielded[states + k]));
+      for (size_t k = 0; k < out.size(); ++k)
+        perEntry[k].push_back(std::move(outs[k]));
     }
-    for (int64_t k = 0; k < states; ++k) {
-      if (state[k].dtype != out[k].dtype)
-        return "state " + std::to_string(k) + " is " + dtypeName(state[k].dtype) + ", expected " +
-               dtypeName(out[k].dtype);
-      out[k] = std::move(state[k]);
-    }
-    for (int64_t k = 0; k < scanOuts; ++k) {
-      OpTensor &o = out[states + k];
-      int64_t axis = outAxes[k];
-      const int64_t rank = slices[k].empty() ? 0 : int64_t(slices[k][0].dims.size()) + 1;
-      if (axis < 0)
-        axis += rank;
-      if (std::string why = stack(slices[k], axis, outDirs[k] != 0, o.dtype, {}, o); !why.empty())
-        return "scan output " + std::to_string(k) + ": " + why;
-    }
+    for (size_t k = 0; k < out.size(); ++k)
+      if (std::string why = stack(perEntry[k], 0, false, out[k].dtype, {}, out[k]); !why.empty())
+        return "output " + std::to_string(k) + ": " + why;
     return "";
   }
   return "is not a control-flow op";
