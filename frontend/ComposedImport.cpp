@@ -7,6 +7,10 @@
 //     x_scale * w_scale / y_scale (w_scale per channel), rounds half to even, adds y_zero_point and saturates
 //     to its type, as ONNX's reference does.
 //   - QLinearMatMul: the same over a MatMul (any rank; a's scale and zero point per row, b's per column).
+//   - ONNX Runtime's GatherBlockQuantized (uint8 tables of 2-, 4- or 8-bit codes, packed low-order first, a
+//   scale
+//     and optional zero point per block of a row): the rows asked for are gathered packed, unpacked, centred
+//     and scaled, so only they are read (the table stays quantized in the artifact).
 //   - BatchNormalization in training mode: the batch's mean and (population) variance over every axis but
 //     the channels', Y normalised by them (the inference-mode op with the batch statistics), and the running
 //     statistics input * momentum + batch * (1 - momentum).
@@ -25,6 +29,10 @@ namespace ox = moec::onnxir;
 namespace {
 
 Type unranked(Type elem) { return UnrankedTensorType::get(elem); }
+
+Value ni32(GraphBuilder &g, int32_t v) {
+  return g.ni.constant(DenseElementsAttr::get(RankedTensorType::get({}, g.b.getI32Type()), v));
+}
 
 /// x - zero_point in f64; a zero point of `channels` values (channels > 1) applies along dim `axis` of a
 /// rank-`rank` x.
@@ -213,5 +221,96 @@ LogicalResult moec::frontend::importBatchNormTraining(NodeImporter &ni) {
     outs.push_back(v);
   }
   ni.setOutputs(outs);
+  return success();
+}
+
+namespace {
+
+/// Packed `bits`-bit codes (low-order first along the last dim) of uint8 `packed` as i32, `count` per row.
+Value unpack(GraphBuilder &g, Value packed, int64_t bits, int64_t indicesRank, int64_t count) {
+  Value x = g.castLike(packed, g.b.getI32Type());
+  if (bits == 8)
+    return x;
+  const int64_t per = 8 / bits, base = int64_t(1) << bits;
+  SmallVector<Value> parts;
+  Value rest = x;
+  for (int64_t p = 0; p < per; ++p) { // code p of each byte: (byte / base^p) mod base
+    Value q = g.op<ox::ModOp>(unranked(g.b.getI32Type()), {rest, ni32(g, base)}, {g.attr("fmod", 0)});
+    parts.push_back(g.op<ox::UnsqueezeOp>(unranked(g.b.getI32Type()), {q, g.ints({-1})}));
+    rest = g.op<ox::DivOp>(unranked(g.b.getI32Type()), {rest, ni32(g, base)});
+  }
+  Value all = g.b.create<ox::ConcatOp>(g.ni.loc(), TypeRange{unranked(g.b.getI32Type())}, ValueRange(parts),
+                                       ArrayRef<NamedAttribute>{g.attr("axis", -1)})
+                  ->getResult(0);
+  SmallVector<int64_t> shape(indicesRank, 0);
+  shape.push_back(-1);
+  Value flat = g.op<ox::ReshapeOp>(unranked(g.b.getI32Type()), {all, g.ints(shape)});
+  SmallVector<int64_t> axes{int64_t(indicesRank)};
+  return g.op<ox::SliceOp>(unranked(g.b.getI32Type()),
+                           {flat, g.ints({0}), g.ints({count}), g.ints(axes), g.ints({1})});
+}
+
+} // namespace
+
+LogicalResult moec::frontend::importOrtGatherBlockQuantized(NodeImporter &ni) {
+  if (failed(onlyKnownAttributes(ni, {"bits", "block_size", "gather_axis", "quantize_axis"})))
+    return failure();
+  Value data = ni.input(0), indices = ni.input(1), scales = ni.input(2), zeros = ni.input(3);
+  auto dT = dyn_cast_or_null<RankedTensorType>(data ? data.getType() : Type());
+  auto iT = dyn_cast_or_null<RankedTensorType>(indices ? indices.getType() : Type());
+  auto sT = dyn_cast_or_null<RankedTensorType>(scales ? scales.getType() : Type());
+  if (!dT || dT.getRank() != 2 || !dT.getElementType().isUnsignedInteger(8) || dT.isDynamicDim(1))
+    return ni.fail(
+        "data must be a uint8 [rows, packed columns] table (int4 / fp8 data types are not supported)");
+  if (!iT || !sT || sT.getRank() != 2 || sT.isDynamicDim(1))
+    return ni.fail("indices of known rank and 2-D scales [rows, blocks] are required");
+  const int64_t bits = intAttr(ni, "bits", 4), block = intAttr(ni, "block_size", 128);
+  const int64_t gatherAxis = intAttr(ni, "gather_axis", 0), quantAxis = intAttr(ni, "quantize_axis", 1);
+  if (bits != 4 && bits != 8 && bits != 2)
+    return ni.fail("bits " + std::to_string(bits) + " is not supported (2, 4 or 8)");
+  if (gatherAxis != 0 || (quantAxis != 1 && quantAxis != -1))
+    return ni.fail("only gather_axis 0 and quantize_axis 1 (the last) are supported for uint8 data");
+  if (block < 16 || (block & (block - 1)))
+    return ni.fail("block_size " + std::to_string(block) + " must be a power of 2, at least 16");
+  const int64_t columns = dT.getDimSize(1) * (8 / bits), blocks = sT.getDimSize(1);
+  if ((columns + block - 1) / block != blocks)
+    return ni.fail("scales have " + std::to_string(blocks) + " blocks per row; " + std::to_string(columns) +
+                   " columns in blocks of " + std::to_string(block) + " need " +
+                   std::to_string((columns + block - 1) / block));
+  if (columns % block)
+    return ni.fail("the row length " + std::to_string(columns) + " must be a multiple of block_size");
+  GraphBuilder g(ni);
+  const int64_t r = iT.getRank();
+  Type i32 = g.b.getI32Type();
+  auto gather = [&](Value table) {
+    return g.op<ox::GatherOp>(unranked(cast<ShapedType>(table.getType()).getElementType()), {table, indices},
+                              {g.attr("axis", 0)});
+  };
+  // [I..., blocks, block] codes minus their zero points, times the scales.
+  SmallVector<int64_t> blocked(r, 0);
+  blocked.append({blocks, block});
+  Value codes =
+      g.op<ox::ReshapeOp>(unranked(i32), {unpack(g, gather(data), bits, r, columns), g.ints(blocked)});
+  Value zp;
+  if (zeros) {
+    SmallVector<int64_t> perBlock(r, 0);
+    perBlock.append({blocks, 1});
+    zp = g.op<ox::ReshapeOp>(unranked(i32), {unpack(g, gather(zeros), bits, r, blocks), g.ints(perBlock)});
+  } else {
+    zp = ni.constant(DenseElementsAttr::get(RankedTensorType::get({}, i32), int32_t(1) << (bits - 1)));
+  }
+  Value centredCodes = g.castLike(g.op<ox::SubOp>(unranked(i32), {codes, zp}), g.f32);
+  Value scale = g.castLike(gather(scales), g.f32);
+  scale = g.op<ox::UnsqueezeOp>(unranked(g.f32), {scale, g.ints({-1})});
+  Value values = g.op<ox::MulOp>(unranked(g.f32), {centredCodes, scale});
+  SmallVector<int64_t> rows(r, 0);
+  rows.push_back(columns);
+  values = g.op<ox::ReshapeOp>(unranked(g.f32), {values, g.ints(rows)});
+  Type outElem = sT.getElementType();
+  Operation *out = ni.createOp(ox::CastOp::getOperationName(), {values},
+                               {g.b.getNamedAttr("to", TypeAttr::get(outElem))}, {ni.outputType(0, outElem)});
+  if (!out)
+    return failure();
+  ni.setOutputs(out->getResults());
   return success();
 }

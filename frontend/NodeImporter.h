@@ -120,6 +120,8 @@ mlir::LogicalResult importConvInteger(NodeImporter &ni);
 mlir::LogicalResult importQLinearConv(NodeImporter &ni);
 mlir::LogicalResult importQLinearMatMul(NodeImporter &ni);
 mlir::LogicalResult importBatchNormTraining(NodeImporter &ni);
+/// ONNX Runtime's com.microsoft.GatherBlockQuantized (ComposedImport.cpp): gather, unpack, dequantize.
+mlir::LogicalResult importOrtGatherBlockQuantized(NodeImporter &ni);
 
 } // namespace moec::frontend
 

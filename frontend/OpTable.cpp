@@ -985,6 +985,7 @@ const OpTableEntry kTable[] = {
     // Attention (AttentionImport.cpp).
     {"com.microsoft", "GroupQueryAttention", 1, importOrtGroupQueryAttention},
     {"com.microsoft", "RotaryEmbedding", 1, importOrtRotaryEmbedding},
+    {"com.microsoft", "GatherBlockQuantized", 1, importOrtGatherBlockQuantized},
 };
 
 #undef UNARY
