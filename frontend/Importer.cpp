@@ -4,6 +4,7 @@
 #include "frontend/NodeImporter.h"
 #include "ir/MoEDialect.h"
 #include "ir/ONNXOps.h"
+#include "ir/ShapeInference.h"
 
 #include "onnx/onnx_pb.h"
 
@@ -569,7 +570,11 @@ OwningOpRef<ModuleOp> importLoaded(std::shared_ptr<OnnxModel> model, MLIRContext
   if (model->expandFunctions(imports, error) < 0)
     return nullptr;
   GraphImporter importer(model, context, options);
-  return importer.run(error);
+  OwningOpRef<ModuleOp> module = importer.run(error);
+  // Results libonnx left untyped (an opset it does not know, no value_info) get moec's own inference.
+  if (module)
+    moec::onnxir::refineShapes(*module);
+  return module;
 }
 } // namespace
 

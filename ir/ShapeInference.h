@@ -1,0 +1,22 @@
+//===- ShapeInference.h - result shapes of ONNX-dialect ops moec computes itself ---===//
+//
+// libonnx 1.12 infers shapes up to opset 17 only; a newer model without value_info imports with unranked
+// results, which the raising passes cannot match. refineShapes() gives such results a ranked type from their
+// operands' types and constant operands (broadcasting, MatMul / Gemm, Reshape / Transpose / (Un)Squeeze /
+// Concat / Slice / Gather / Expand / Split / Shape, reductions, TopK, the shape-preserving ops), in program
+// order, to a fixed point over each block.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOEC_IR_SHAPEINFERENCE_H
+#define MOEC_IR_SHAPEINFERENCE_H
+
+#include "mlir/IR/Operation.h"
+
+namespace moec::onnxir {
+
+/// Refines the unranked results of ONNX-dialect ops under `root`; returns how many it refined.
+int refineShapes(mlir::Operation *root);
+
+} // namespace moec::onnxir
+
+#endif // MOEC_IR_SHAPEINFERENCE_H
