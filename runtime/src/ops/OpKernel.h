@@ -198,6 +198,17 @@ inline double readDouble(const OpTensor &t, int64_t i) {
   return v;
 }
 
+/// Stores `v` as element `i` of a numeric tensor (f16 / bf16 rounded to nearest even); false for another
+/// dtype.
+inline bool writeDouble(OpTensor &t, int64_t i, double v) {
+  if (isHalf(t.dtype)) {
+    float f = float(v);
+    narrowInto(&f, 1, t.dtype, t.mut<uint16_t>() + i);
+    return true;
+  }
+  return withNum(t.dtype, [&](auto tag) { t.mut<decltype(tag)>()[i] = static_cast<decltype(tag)>(v); });
+}
+
 inline int64_t readInt(const OpTensor &t, int64_t i) {
   int64_t v = 0;
   if (t.dtype == proto::I64)

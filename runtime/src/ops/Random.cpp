@@ -22,17 +22,6 @@ std::mt19937_64 generator(const Attrs &a) {
   return std::mt19937_64((uint64_t(device()) << 32) ^ device());
 }
 
-bool storeDouble(OpTensor &o, int64_t i, double v) {
-  if (isHalf(o.dtype)) {
-    float f = float(v);
-    uint16_t h;
-    narrowInto(&f, 1, o.dtype, &h);
-    o.mut<uint16_t>()[i] = h;
-    return true;
-  }
-  return withFloat(o.dtype, [&](auto tag) { o.mut<decltype(tag)>()[i] = decltype(tag)(v); });
-}
-
 } // namespace
 
 /// RandomUniform / RandomNormal (shape from the `shape` attribute) and RandomUniformLike / RandomNormalLike
@@ -59,7 +48,7 @@ bool randomOp(Ctx &c) {
   std::uniform_real_distribution<double> uniform(c.a.f("low", 0.0), c.a.f("high", 1.0));
   std::normal_distribution<double> gauss(c.a.f("mean", 0.0), c.a.f("scale", 1.0));
   for (int64_t i = 0, n = c.out[0].numel(); i < n; ++i)
-    if (!storeDouble(c.out[0], i, normal ? gauss(gen) : uniform(gen)))
+    if (!writeDouble(c.out[0], i, normal ? gauss(gen) : uniform(gen)))
       return c.fail("output dtype " + std::string(dtypeName(c.out[0].dtype)) + " is not a float type");
   return true;
 }
@@ -86,7 +75,7 @@ bool dropoutOp(Ctx &c) {
   const double keepScale = drop ? 1 / (1 - ratio) : 1.0;
   for (int64_t i = 0, n = x.numel(); i < n; ++i) {
     const bool keep = !drop || uniform(gen) >= ratio;
-    if (!storeDouble(c.out[0], i, keep ? readDouble(x, i) * keepScale : 0.0))
+    if (!writeDouble(c.out[0], i, keep ? readDouble(x, i) * keepScale : 0.0))
       return c.fail("data must be a float tensor");
     if (wantMask)
       c.out[1].mut<bool>()[i] = keep;

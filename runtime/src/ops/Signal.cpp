@@ -36,19 +36,6 @@ Cx element(const OpTensor &t, int64_t i) {
   return parts == 2 ? Cx(readDouble(t, 2 * i), readDouble(t, 2 * i + 1)) : Cx(readDouble(t, i), 0.0);
 }
 
-template <class T> void store(OpTensor &o, int64_t i, double v) { o.mut<T>()[i] = static_cast<T>(v); }
-
-bool storeAny(OpTensor &o, int64_t i, double v) {
-  if (isHalf(o.dtype)) {
-    float f = float(v);
-    uint16_t h;
-    narrowInto(&f, 1, o.dtype, &h);
-    o.mut<uint16_t>()[i] = h;
-    return true;
-  }
-  return withNum(o.dtype, [&](auto tag) { store<decltype(tag)>(o, i, v); });
-}
-
 } // namespace
 
 /// DFT (opset 17): input [batch, ..., n, ..., 1 | 2], optional dft_length; axis (default 1), inverse,
@@ -105,10 +92,10 @@ bool dft(Ctx &c) {
       for (int64_t k = 0; k < outLen; ++k) {
         const int64_t at = (o * outLen + k) * inner + in;
         if (inverse && onesided) {
-          storeAny(c.out[0], at, res[k].real());
+          writeDouble(c.out[0], at, res[k].real());
         } else {
-          storeAny(c.out[0], 2 * at, res[k].real());
-          storeAny(c.out[0], 2 * at + 1, res[k].imag());
+          writeDouble(c.out[0], 2 * at, res[k].real());
+          writeDouble(c.out[0], 2 * at + 1, res[k].imag());
         }
       }
     }
@@ -152,8 +139,8 @@ bool stft(Ctx &c) {
       transform(frame, frameLen, false, bins, res.data());
       for (int64_t k = 0; k < bins; ++k) {
         const int64_t at = ((b * frames + f) * bins + k) * 2;
-        storeAny(c.out[0], at, res[k].real());
-        storeAny(c.out[0], at + 1, res[k].imag());
+        writeDouble(c.out[0], at, res[k].real());
+        writeDouble(c.out[0], at + 1, res[k].imag());
       }
     }
   return true;
@@ -197,7 +184,7 @@ bool melWeightMatrix(Ctx &c) {
       w[j * mels + i] = double(right - j) / double(right - centre);
   }
   for (int64_t i = 0; i < bins * mels; ++i)
-    if (!storeAny(c.out[0], i, w[i]))
+    if (!writeDouble(c.out[0], i, w[i]))
       return c.fail("output dtype " + std::string(dtypeName(c.out[0].dtype)) + " is not numeric");
   return true;
 }
