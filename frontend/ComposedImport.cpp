@@ -8,9 +8,8 @@
 //     to its type, as ONNX's reference does.
 //   - QLinearMatMul: the same over a MatMul (any rank; a's scale and zero point per row, b's per column).
 //   - ONNX Runtime's GatherBlockQuantized (uint8 tables of 2-, 4- or 8-bit codes, packed low-order first, a
-//   scale
-//     and optional zero point per block of a row): the rows asked for are gathered packed, unpacked, centred
-//     and scaled, so only they are read (the table stays quantized in the artifact).
+//     scale and optional zero point per block of a row): the rows asked for are gathered packed, unpacked,
+//     centred and scaled, so only they are read (the table stays quantized in the artifact).
 //   - BatchNormalization in training mode: the batch's mean and (population) variance over every axis but
 //     the channels', Y normalised by them (the inference-mode op with the batch statistics), and the running
 //     statistics input * momentum + batch * (1 - momentum).
@@ -34,30 +33,23 @@ Value ni32(GraphBuilder &g, int32_t v) {
   return g.ni.constant(DenseElementsAttr::get(RankedTensorType::get({}, g.b.getI32Type()), v));
 }
 
-/// x - zero_point in f64; a zero point of `channels` values (channels > 1) applies along dim `axis` of a
-/// rank-`rank` x.
-Value centred(GraphBuilder &g, Value x, Value zeroPoint, int64_t rank, int64_t axis) {
-  Value xf = g.castLike(x, g.f64);
-  if (!zeroPoint)
-    return xf;
-  Value z = g.castLike(zeroPoint, g.f64);
-  auto zT = dyn_cast<RankedTensorType>(zeroPoint.getType());
-  if (zT && zT.getRank() == 1 && zT.getDimSize(0) != 1 && rank > 1) {
-    SmallVector<int64_t> shape(rank, 1);
-    shape[axis] = -1;
-    z = g.op<ox::ReshapeOp>(unranked(g.f64), {z, g.ints(shape)});
-  }
-  return g.op<ox::SubOp>(unranked(g.f64), {xf, z});
-}
-
-/// A per-channel (1-D, more than one value) scale or bias as [1, M, 1, ...] of rank `rank`; else unchanged.
+/// A per-channel (1-D, more than one value) scale, bias or zero point as [1, .., M, .., 1] of rank `rank`, M
+/// at dim `axis`; else unchanged.
 Value perChannel(GraphBuilder &g, Value v, int64_t rank, int64_t axis) {
   auto t = dyn_cast<RankedTensorType>(v.getType());
-  if (!t || t.getRank() != 1 || t.getDimSize(0) == 1)
+  if (!t || t.getRank() != 1 || t.getDimSize(0) == 1 || rank < 2)
     return v;
   SmallVector<int64_t> shape(rank, 1);
   shape[axis] = -1;
   return g.op<ox::ReshapeOp>(unranked(t.getElementType()), {v, g.ints(shape)});
+}
+
+/// x - zero_point in f64, a zero point of several values along dim `axis` of a rank-`rank` x.
+Value centred(GraphBuilder &g, Value x, Value zeroPoint, int64_t rank, int64_t axis) {
+  Value xf = g.castLike(x, g.f64);
+  if (!zeroPoint)
+    return xf;
+  return g.op<ox::SubOp>(unranked(g.f64), {xf, perChannel(g, g.castLike(zeroPoint, g.f64), rank, axis)});
 }
 
 std::optional<int64_t> rank(Value v) {
@@ -66,21 +58,13 @@ std::optional<int64_t> rank(Value v) {
   return std::nullopt;
 }
 
-/// The convolution attributes of the node (ConvInteger, QLinearConv), checked like Conv's.
+/// The convolution attributes of the node (ConvInteger, QLinearConv): Conv's, converted as for any node.
 LogicalResult convAttributes(NodeImporter &ni, SmallVectorImpl<NamedAttribute> &attrs) {
-  if (failed(onlyKnownAttributes(ni, {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"})))
+  if (failed(ni.convertAttributes(attrs)))
     return failure();
-  OpBuilder &b = ni.builder();
-  for (const auto &a : ni.node().attribute()) {
-    if (a.name() == "auto_pad") {
-      attrs.push_back(b.getNamedAttr("auto_pad", b.getStringAttr(a.s())));
-    } else if (a.name() == "group") {
-      attrs.push_back(b.getNamedAttr("group", b.getI64IntegerAttr(a.i())));
-    } else {
-      SmallVector<int64_t> v(a.ints().begin(), a.ints().end());
-      attrs.push_back(b.getNamedAttr(a.name(), b.getI64ArrayAttr(v)));
-    }
-  }
+  for (NamedAttribute a : attrs)
+    if (!llvm::is_contained(ox::ConvOp::getAttributeNames(), a.getName().getValue()))
+      return ni.fail("attribute '" + a.getName().getValue() + "' is not supported");
   return success();
 }
 

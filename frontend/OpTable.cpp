@@ -8,6 +8,7 @@
 #include "frontend/NodeImporter.h"
 #include "frontend/OnnxModel.h"
 #include "ir/ONNXOps.h"
+#include "ir/ShapeInference.h"
 
 #include "mlir/IR/Matchers.h"
 
@@ -88,64 +89,23 @@ LogicalResult collectInputs(NodeImporter &ni, SmallVectorImpl<Value> &operands) 
 
 /// An elementwise op's result type when neither value_info nor ONNX shape inference gave one (a contrib op
 /// upstream, or an opset libonnx does not know): the NumPy broadcast of its operands' shapes, when all are
-/// ranked. Other types are returned as they are.
+/// ranked (onnxir::broadcastShape, the rule moec's own shape inference uses). Other types are returned as
+/// they are.
 Type broadcastResult(ArrayRef<Value> operands, Type current) {
   auto unranked = dyn_cast_if_present<UnrankedTensorType>(current);
   if (!unranked || operands.empty())
     return current;
-  SmallVector<int64_t> shape;
-  for (Value v : operands) {
-    auto t = dyn_cast<RankedTensorType>(v.getType());
-    if (!t)
-      return current;
-    ArrayRef<int64_t> dims = t.getShape();
-    if (dims.size() > shape.size())
-      shape.insert(shape.begin(), dims.size() - shape.size(), 1);
-    for (size_t k = 0; k < dims.size(); ++k) {
-      int64_t &a = shape[shape.size() - dims.size() + k];
-      int64_t b = dims[k];
-      if (a == 1 || (ShapedType::isDynamic(a) && b != 1 && !ShapedType::isDynamic(b)))
-        a = b;
-      else if (b == 1 || a == b || ShapedType::isDynamic(b))
-        continue;
-      else if (!ShapedType::isDynamic(a))
-        return current; // does not broadcast: leave it to the verifier / runtime
-    }
-  }
-  return RankedTensorType::get(shape, unranked.getElementType());
+  auto shape = moec::onnxir::broadcastShape(operands);
+  return shape ? RankedTensorType::get(*shape, unranked.getElementType()) : current;
 }
 
-/// MatMul's result type when none was inferred: NumPy matmul of two ranked operands (1-D operands promoted
-/// and their dim dropped again, leading dims broadcast).
+/// MatMul's result type when none was inferred: onnxir::matmulShape of two ranked operands.
 Type matmulResult(ArrayRef<Value> operands, Type current) {
   auto unranked = dyn_cast_if_present<UnrankedTensorType>(current);
   if (!unranked || operands.size() != 2)
     return current;
-  auto a = dyn_cast<RankedTensorType>(operands[0].getType()), b = dyn_cast<RankedTensorType>(operands[1].getType());
-  if (!a || !b || a.getRank() == 0 || b.getRank() == 0)
-    return current;
-  SmallVector<int64_t> as(a.getShape()), bs(b.getShape());
-  bool aVec = as.size() == 1, bVec = bs.size() == 1;
-  if (aVec)
-    as.insert(as.begin(), 1);
-  if (bVec)
-    bs.push_back(1);
-  SmallVector<int64_t> lead; // leading dims broadcast like an elementwise op
-  {
-    SmallVector<int64_t> la(as.begin(), as.end() - 2), lb(bs.begin(), bs.end() - 2);
-    size_t r = std::max(la.size(), lb.size());
-    la.insert(la.begin(), r - la.size(), 1);
-    lb.insert(lb.begin(), r - lb.size(), 1);
-    for (size_t i = 0; i < r; ++i) {
-      int64_t x = la[i], y = lb[i];
-      lead.push_back(x == 1 ? y : y == 1 ? x : ShapedType::isDynamic(x) ? y : x);
-    }
-  }
-  if (!aVec)
-    lead.push_back(as[as.size() - 2]);
-  if (!bVec)
-    lead.push_back(bs.back());
-  return RankedTensorType::get(lead, unranked.getElementType());
+  auto shape = moec::onnxir::matmulShape(operands[0], operands[1]);
+  return shape ? RankedTensorType::get(*shape, unranked.getElementType()) : current;
 }
 
 /// How `generic` completes a result type neither value_info nor ONNX shape inference gave: not at all, as the

@@ -226,28 +226,8 @@ std::optional<Dims> infer(Operation *op, unsigned i) {
       "Sum", "Where", "PRelu"};
   if (llvm::is_contained(kBroadcast, name))
     return broadcast(op->getOperands());
-  if (auto m = dyn_cast<ox::MatMulOp>(op)) {
-    auto a = in(0), b = in(1);
-    if (!a || !b || a->empty() || b->empty())
-      return std::nullopt;
-    bool aVec = a->size() == 1, bVec = b->size() == 1;
-    if (aVec)
-      a->insert(a->begin(), 1);
-    if (bVec)
-      b->push_back(1);
-    Dims la(a->begin(), a->end() - 2), lb(b->begin(), b->end() - 2);
-    size_t r = std::max(la.size(), lb.size());
-    la.insert(la.begin(), r - la.size(), 1);
-    lb.insert(lb.begin(), r - lb.size(), 1);
-    Dims out;
-    for (size_t k = 0; k < r; ++k)
-      out.push_back(la[k] == 1 ? lb[k] : lb[k] == 1 ? la[k] : unknown(la[k]) ? lb[k] : la[k]);
-    if (!aVec)
-      out.push_back((*a)[a->size() - 2]);
-    if (!bVec)
-      out.push_back(b->back());
-    return out;
-  }
+  if (isa<ox::MatMulOp>(op))
+    return moec::onnxir::matmulShape(op->getOperand(0), op->getOperand(1));
   if (auto g = dyn_cast<ox::GemmOp>(op)) {
     auto a = in(0), b = in(1);
     if (!a || !b || a->size() != 2 || b->size() != 2)
@@ -400,12 +380,12 @@ std::optional<Dims> infer(Operation *op, unsigned i) {
       int64_t step = steps && j < steps->size() ? (*steps)[j] : 1;
       if (step == 0)
         return std::nullopt;
-      auto clamp = [&](int64_t v, bool isEnd) {
+      auto clamp = [&](int64_t v) {
         if (v < 0)
           v += n;
         return step > 0 ? std::clamp<int64_t>(v, 0, n) : std::clamp<int64_t>(v, -1, n - 1);
       };
-      int64_t s = clamp((*starts)[j], false), e = clamp((*ends)[j], true);
+      int64_t s = clamp((*starts)[j]), e = clamp((*ends)[j]);
       out[a] = step > 0 ? std::max<int64_t>(0, (e - s + step - 1) / step)
                         : std::max<int64_t>(0, (s - e - step - 1) / -step);
     }
@@ -560,6 +540,31 @@ std::optional<Dims> infer(Operation *op, unsigned i) {
 }
 
 } // namespace
+
+std::optional<Dims> moec::onnxir::matmulShape(Value lhs, Value rhs) {
+  auto a = shapeOf(lhs), b = shapeOf(rhs);
+  if (!a || !b || a->empty() || b->empty())
+    return std::nullopt;
+  bool aVec = a->size() == 1, bVec = b->size() == 1;
+  if (aVec)
+    a->insert(a->begin(), 1);
+  if (bVec)
+    b->push_back(1);
+  Dims la(a->begin(), a->end() - 2), lb(b->begin(), b->end() - 2);
+  size_t r = std::max(la.size(), lb.size());
+  la.insert(la.begin(), r - la.size(), 1);
+  lb.insert(lb.begin(), r - lb.size(), 1);
+  Dims out;
+  for (size_t k = 0; k < r; ++k)
+    out.push_back(la[k] == 1 ? lb[k] : lb[k] == 1 ? la[k] : unknown(la[k]) ? lb[k] : la[k]);
+  if (!aVec)
+    out.push_back((*a)[a->size() - 2]);
+  if (!bVec)
+    out.push_back(b->back());
+  return out;
+}
+
+std::optional<Dims> moec::onnxir::broadcastShape(ValueRange operands) { return broadcast(operands); }
 
 int moec::onnxir::refineShapes(Operation *root) {
   llvm::DenseMap<Value, Dims> shapes;

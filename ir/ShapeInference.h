@@ -11,11 +11,21 @@
 #define MOEC_IR_SHAPEINFERENCE_H
 
 #include "mlir/IR/Operation.h"
+#include "mlir/IR/ValueRange.h"
+#include "llvm/ADT/SmallVector.h"
+
+#include <optional>
 
 namespace moec::onnxir {
 
 /// Refines the unranked results of ONNX-dialect ops under `root`; returns how many it refined.
 int refineShapes(mlir::Operation *root);
+
+/// The NumPy broadcast of the operands' shapes (an elementwise op's result), when all are ranked and
+/// broadcast; the importer's rule for elementwise results while it builds the graph.
+std::optional<llvm::SmallVector<int64_t>> broadcastShape(mlir::ValueRange operands);
+/// NumPy matmul's result shape (1-D operands promoted and their dim dropped again), when both are ranked.
+std::optional<llvm::SmallVector<int64_t>> matmulShape(mlir::Value a, mlir::Value b);
 
 } // namespace moec::onnxir
 

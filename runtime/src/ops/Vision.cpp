@@ -50,15 +50,23 @@ bool gridSample(Ctx &c) {
   if (r < 1 || int64_t(grid.dims.size()) != r + 2 || grid.dims[0] != x.dims[0] || grid.dims.back() != r)
     return c.fail("X " + dimsString(x.dims) + " and grid " + dimsString(grid.dims) +
                   " are not [N, C, D1..Dr] and [N, H1..Hr, r]");
-  std::string mode = c.a.str("mode", "bilinear");
-  const std::string padding = c.a.str("padding_mode", "zeros");
+  // Modes and paddings resolved once, not per sample.
+  enum class Mode { Linear, Nearest, Cubic };
+  enum class Pad { Zeros, Border, Reflection };
+  const std::string modeName = c.a.str("mode", "bilinear"), padName = c.a.str("padding_mode", "zeros");
   const bool align = c.a.i("align_corners", 0) != 0;
-  if (mode == "linear")
-    mode = "bilinear";
-  if (mode == "cubic")
-    mode = "bicubic";
-  if (mode != "bilinear" && mode != "nearest" && mode != "bicubic")
-    return c.fail("mode \"" + mode + "\" is not bilinear, nearest or bicubic");
+  Mode mode;
+  if (modeName == "bilinear" || modeName == "linear")
+    mode = Mode::Linear;
+  else if (modeName == "nearest")
+    mode = Mode::Nearest;
+  else if (modeName == "bicubic" || modeName == "cubic")
+    mode = Mode::Cubic;
+  else
+    return c.fail("mode \"" + modeName + "\" is not bilinear, nearest or bicubic");
+  const Pad padding = padName == "border"       ? Pad::Border
+                      : padName == "reflection" ? Pad::Reflection
+                                                : Pad::Zeros;
   const int64_t N = x.dims[0], C = x.dims[1];
   Dims od{N, C};
   od.insert(od.end(), grid.dims.begin() + 1, grid.dims.end() - 1);
@@ -76,10 +84,10 @@ bool gridSample(Ctx &c) {
     int64_t flat = 0;
     for (int64_t d = 0; d < r; ++d) {
       int64_t i = idx[d];
-      if (padding == "zeros") {
+      if (padding == Pad::Zeros) {
         if (i < 0 || i >= size[d])
           return 0.0;
-      } else if (padding == "border") {
+      } else if (padding == Pad::Border) {
         i = std::clamp<int64_t>(i, 0, size[d] - 1);
       } else {
         i = int64_t(reflect(double(i), lo[d], hi[d]));
@@ -89,11 +97,11 @@ bool gridSample(Ctx &c) {
     }
     return readDouble(t, base + flat);
   };
-  const int taps = mode == "bilinear" ? 2 : mode == "bicubic" ? 4 : 1;
+  const int taps = mode == Mode::Linear ? 2 : mode == Mode::Cubic ? 4 : 1;
   int64_t combos = 1;
   for (int64_t d = 0; d < r; ++d)
     combos *= taps;
-  std::vector<double> pos(static_cast<size_t>(r)), w(static_cast<size_t>(r * 4));
+  std::vector<double> w(static_cast<size_t>(r * 4));
   std::vector<int64_t> first(static_cast<size_t>(r)), idx(static_cast<size_t>(r));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t p = 0; p < points; ++p) {
@@ -102,21 +110,20 @@ bool gridSample(Ctx &c) {
         const double g = readDouble(grid, (n * points + p) * r + (r - 1 - d));
         double v = align ? (g + 1) / 2 * double(size[d] - 1) : ((g + 1) * double(size[d]) - 1) / 2;
         v = double(float(v)); // ONNX's reference denormalises in f32
-        if (mode == "nearest")
+        if (mode == Mode::Nearest)
           v = std::nearbyint(v);
         if (v < lo[d] || v > hi[d]) {
-          if (padding == "border")
+          if (padding == Pad::Border)
             v = std::clamp(v, 0.0, double(size[d] - 1));
-          else if (padding == "reflection")
+          else if (padding == Pad::Reflection)
             v = reflect(v, lo[d], hi[d]);
         }
-        pos[d] = v;
-        if (mode == "nearest") {
+        if (mode == Mode::Nearest) {
           first[d] = int64_t(v);
         } else {
-          first[d] = int64_t(std::floor(v)) - (mode == "bicubic" ? 1 : 0);
+          first[d] = int64_t(std::floor(v)) - (mode == Mode::Cubic ? 1 : 0);
           const double t = v - std::floor(v);
-          if (mode == "bilinear")
+          if (mode == Mode::Linear)
             w[d * 4] = 1 - t, w[d * 4 + 1] = t;
           else
             cubicCoeffs(t, &w[d * 4]);
@@ -132,10 +139,10 @@ bool gridSample(Ctx &c) {
             const int64_t tap = rest % taps;
             rest /= taps;
             idx[d] = first[d] + tap;
-            if (mode != "nearest")
+            if (mode != Mode::Nearest)
               weight *= w[d * 4 + tap];
           }
-          if (weight != 0 || mode == "nearest")
+          if (weight != 0 || mode == Mode::Nearest)
             acc += weight * fetch(x, base, idx);
         }
         const int64_t at = (n * C + ch) * points + p;
