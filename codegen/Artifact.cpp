@@ -92,7 +92,8 @@ bool ArtifactWriter::write(llvm::StringRef path, std::string &error) {
 
 namespace {
 bool isViewOp(const std::string &op) {
-  return op == "Reshape" || op == "Squeeze" || op == "Unsqueeze" || op == "Identity";
+  return op == "Reshape" || op == "Squeeze" || op == "Unsqueeze" || op == "Identity" || op == "Optional" ||
+         op == "OptionalGetElement";
 }
 } // namespace
 
@@ -174,7 +175,8 @@ void moec::codegen::planMemory(moert::proto::Program &p) {
         owner[b] = -1;
       }
     for (int id = 0; id < n; ++id) {
-      if (def[id] != s || !owns[id] || p.values(id).has_constant_section())
+      if (def[id] != s || !owns[id] || p.values(id).has_constant_section() ||
+          p.values(id).kind() != pb::Value::TENSOR)
         continue;
       int b;
       if (!freeBuffers.empty()) {

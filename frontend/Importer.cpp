@@ -81,7 +81,7 @@ public:
 private:
   LogicalResult importInitializer(const onnx::TensorProto &t, std::string &error);
   FailureOr<ElementsAttr> tensorAttr(const onnx::TensorProto &t, bool allowResource, std::string &error);
-  Type typeFromProto(const onnx::TypeProto *type, Type fallbackElement) const;
+  Type typeFromProto(const onnx::TypeProto *type, Type fallbackElement) const override;
   LogicalResult importNode(const onnx::NodeProto &n);
 
   std::shared_ptr<OnnxModel> model;
@@ -139,6 +139,21 @@ Type GraphImporter::elementType(int t) const {
 }
 
 Type GraphImporter::typeFromProto(const onnx::TypeProto *type, Type fallbackElement) const {
+  // Sequences and optionals (of tensors, of sequences of tensors): their content's type, wrapped.
+  if (type && type->has_sequence_type()) {
+    const onnx::TypeProto &elem = type->sequence_type().elem_type();
+    if (elem.value_case() != onnx::TypeProto::VALUE_NOT_SET && !elem.has_tensor_type())
+      return nullptr; // a sequence of sequences, maps, ...: not supported
+    auto inner = dyn_cast_if_present<TensorType>(typeFromProto(&elem, fallbackElement));
+    return inner ? moec::onnxir::SeqType::get(&ctx, inner) : Type();
+  }
+  if (type && type->has_optional_type()) {
+    const onnx::TypeProto &elem = type->optional_type().elem_type();
+    if (!elem.has_tensor_type() && !elem.has_sequence_type())
+      return nullptr;
+    Type inner = typeFromProto(&elem, fallbackElement);
+    return inner ? moec::onnxir::OptType::get(&ctx, inner) : Type();
+  }
   if (!type || !type->has_tensor_type())
     return fallbackElement ? UnrankedTensorType::get(fallbackElement) : Type();
   const auto &tt = type->tensor_type();
@@ -157,7 +172,7 @@ Type GraphImporter::typeFromProto(const onnx::TypeProto *type, Type fallbackElem
 
 Type GraphImporter::outputType(unsigned i, Type fallbackElement) const {
   if (!fallbackElement && numInputs() > 0 && input(0))
-    fallbackElement = cast<ShapedType>(input(0).getType()).getElementType();
+    fallbackElement = moec::onnxir::innerElementType(input(0).getType());
   if (i < static_cast<unsigned>(current->output_size()) && !current->output(i).empty())
     if (Type t = typeFromProto(model->valueType(current->output(i)), fallbackElement))
       return t;
@@ -265,6 +280,29 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
       return fail("input '" + n.input(i) +
                   "' is not produced by any earlier node, initializer or graph input");
 
+  // Sequences and optionals flow only into the ops that take them; every other op's builder sees tensors.
+  static const llvm::StringRef kTakesNonTensors[] = {"Identity",
+                                                     "If",
+                                                     "Loop",
+                                                     "SequenceInsert",
+                                                     "SequenceAt",
+                                                     "SequenceErase",
+                                                     "SequenceLength",
+                                                     "ConcatFromSequence",
+                                                     "Optional",
+                                                     "OptionalHasElement",
+                                                     "OptionalGetElement",
+                                                     "SequenceMap"};
+  for (int i = 0; i < n.input_size(); ++i) {
+    if (n.input(i).empty() || isa<TensorType>(values.lookup(n.input(i)).getType()))
+      continue;
+    if (!domain.empty() || !llvm::is_contained(kTakesNonTensors, n.op_type()))
+      return fail(
+          "input '" + n.input(i) + "' is a " +
+          (isa<moec::onnxir::SeqType>(values.lookup(n.input(i)).getType()) ? "sequence" : "optional") +
+          "; this op takes tensors");
+  }
+
   const OpTableEntry *best = nullptr;
   int oldestSince = 0;
   for (const OpTableEntry &e : opTable()) {
@@ -314,9 +352,10 @@ LogicalResult GraphImporter::importSubgraph(llvm::StringRef name, Region &region
     Type t = i < argTypes.size() ? argTypes[i] : Type();
     if (!t)
       t = typeFromProto(in.has_type() ? &in.type() : nullptr, nullptr);
-    if (!t || !isa<TensorType>(t)) {
+    if (!t || !moec::onnxir::valueKind(t)) {
       restore();
-      return fail("subgraph '" + name + "': input '" + in.name() + "' is not a tensor of a supported type");
+      return fail("subgraph '" + name + "': input '" + in.name() +
+                  "' is not a tensor, sequence or optional of a supported type");
     }
     values[in.name()] = block->addArgument(t, where);
   }
@@ -364,8 +403,9 @@ OwningOpRef<ModuleOp> GraphImporter::run(std::string &error) {
     if (initializerNames.contains(in.name()))
       continue; // an initializer listed as input (IR < 4 style): a constant, not an argument
     Type t = typeFromProto(in.has_type() ? &in.type() : nullptr, nullptr);
-    if (!t || !isa<TensorType>(t)) {
-      error = model->path().str() + ": graph input '" + in.name() + "' is not a tensor of a supported type";
+    if (!t || !moec::onnxir::valueKind(t)) {
+      error = model->path().str() + ": graph input '" + in.name() +
+              "' is not a tensor, sequence or optional of a supported type";
       return nullptr;
     }
     argTypes.push_back(t);
@@ -380,7 +420,7 @@ OwningOpRef<ModuleOp> GraphImporter::run(std::string &error) {
     values[in->name()] = entry->getArgument(i);
     SmallVector<Attribute> dimNames;
     bool anyNamed = false;
-    for (const auto &d : in->type().tensor_type().shape().dim()) {
+    for (const auto &d : in->type().tensor_type().shape().dim()) { // (none for sequences and optionals)
       dimNames.push_back(b.getStringAttr(d.has_dim_param() ? d.dim_param() : ""));
       anyNamed |= d.has_dim_param();
     }
@@ -463,8 +503,8 @@ Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<
     }
   // An output whose element type could not be known (a malformed type in the model) is an error too.
   for (auto [i, t] : llvm::enumerate(resultTypes))
-    if (!t || !isa<TensorType>(t)) {
-      (void)fail("output " + Twine(i) + " has no known tensor type");
+    if (!t || !moec::onnxir::valueKind(t)) {
+      (void)fail("output " + Twine(i) + " has no known tensor, sequence or optional type");
       return nullptr;
     }
   OperationState state(loc(), name);

@@ -18,6 +18,7 @@ namespace onnx {
 class NodeProto;
 class AttributeProto;
 class GraphProto;
+class TypeProto;
 } // namespace onnx
 
 namespace moec::frontend {
@@ -71,6 +72,9 @@ public:
 
   /// ONNX TensorProto data type -> MLIR element type (null if unsupported).
   virtual mlir::Type elementType(int onnxDataType) const = 0;
+  /// An ONNX TypeProto as an MLIR type: a tensor type, !onnx.seq or !onnx.opt (null if unsupported); a tensor
+  /// of unknown element type takes `fallbackElement`.
+  virtual mlir::Type typeFromProto(const onnx::TypeProto *type, mlir::Type fallbackElement) const = 0;
   /// A constant tensor op holding `value`.
   mlir::Value constant(mlir::ElementsAttr value);
   /// A constant 1-D i64 tensor.
@@ -120,6 +124,13 @@ mlir::LogicalResult importConvInteger(NodeImporter &ni);
 mlir::LogicalResult importQLinearConv(NodeImporter &ni);
 mlir::LogicalResult importQLinearMatMul(NodeImporter &ni);
 mlir::LogicalResult importBatchNormTraining(NodeImporter &ni);
+/// Sequences and optionals (SequenceImport.cpp): Identity (of any value), SequenceConstruct / Empty / Insert
+/// / At / Erase / Length, SplitToSequence, ConcatFromSequence, Optional, OptionalHasElement / GetElement, and
+/// SequenceMap (its body a region).
+mlir::LogicalResult importIdentity(NodeImporter &ni);
+mlir::LogicalResult importSequenceOp(NodeImporter &ni);
+mlir::LogicalResult importOptionalOp(NodeImporter &ni);
+mlir::LogicalResult importSequenceMap(NodeImporter &ni);
 /// ONNX Runtime's com.microsoft.GatherBlockQuantized (ComposedImport.cpp): gather, unpack, dequantize.
 mlir::LogicalResult importOrtGatherBlockQuantized(NodeImporter &ni);
 

@@ -120,6 +120,39 @@ std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
   }
   return "";
 }
+/// libonnx 1.12's STFT inference indexes its signal's dims without checking the rank (a rank-0 or rank-1
+/// signal, declared or inferred, is a null dereference the importer fuzzer found). STFT nodes are hidden from
+/// it (renamed to an op it has no schema for, which it skips) and restored after; their output types are then
+/// the model's or moec's own.
+void hideFromLibonnxInference(onnx::GraphProto &g, bool hide) {
+  static const std::string kHidden = "STFT (hidden from libonnx's shape inference)";
+  for (auto &n : *g.mutable_node()) {
+    if (n.domain().empty() || n.domain() == "ai.onnx") {
+      if (hide && n.op_type() == "STFT")
+        n.set_op_type(kHidden);
+      else if (!hide && n.op_type() == kHidden)
+        n.set_op_type("STFT");
+    }
+    for (auto &a : *n.mutable_attribute()) {
+      if (a.has_g())
+        hideFromLibonnxInference(*a.mutable_g(), hide);
+      for (auto &sub : *a.mutable_graphs())
+        hideFromLibonnxInference(sub, hide);
+    }
+  }
+}
+
+/// libonnx's shape inference over `model`, with the nodes it cannot infer safely hidden from it.
+void inferShapes(onnx::ModelProto &model) {
+  hideFromLibonnxInference(*model.mutable_graph(), true);
+  struct Restore {
+    onnx::ModelProto &m;
+    ~Restore() { hideFromLibonnxInference(*m.mutable_graph(), false); }
+  } restore{model};
+  onnx::ShapeInferenceOptions inferOptions(/*check_type=*/false, /*strict_mode=*/0, /*data_prop=*/true);
+  onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), inferOptions);
+}
+
 } // namespace
 
 size_t moec::frontend::onnxElementSize(int dataType) {
@@ -266,10 +299,8 @@ std::unique_ptr<OnnxModel> OnnxModel::parse(std::unique_ptr<OnnxModel> m, llvm::
       return fail(why);
   }
   try {
-    if (options.runShapeInference && !newerOpset) {
-      onnx::ShapeInferenceOptions inferOptions(/*check_type=*/false, /*strict_mode=*/0, /*data_prop=*/true);
-      onnx::shape_inference::InferShapes(*m->model, onnx::OpSchemaRegistry::Instance(), inferOptions);
-    }
+    if (options.runShapeInference && !newerOpset)
+      inferShapes(*m->model);
   } catch (const std::exception &e) {
     return fail("ONNX shape inference: " + firstLine(e.what()));
   }
@@ -381,7 +412,7 @@ int OnnxModel::expandFunctions(const ImportsOp &imports, std::string &error) {
       bool haveBody = false;
       try {
         // SequenceMap's context-dependent body builder dereferences its inputs' sequence types unchecked (a
-        // crash the importer fuzzer found); sequences are out of scope, so it stays an unsupported op.
+        // crash the importer fuzzer found); moec imports SequenceMap itself, as a region op.
         haveBody = schema && node.op_type() != "SequenceMap" &&
                    functionBody(*schema, node, types, initializerTypes, body);
       } catch (const std::exception &e) {
@@ -461,8 +492,7 @@ int OnnxModel::expandFunctions(const ImportsOp &imports, std::string &error) {
       break;
     if (loadOptions.runShapeInference && !inferenceSkipped) {
       try {
-        onnx::ShapeInferenceOptions inferOptions(/*check_type=*/false, /*strict_mode=*/0, /*data_prop=*/true);
-        onnx::shape_inference::InferShapes(*model, onnx::OpSchemaRegistry::Instance(), inferOptions);
+        inferShapes(*model);
       } catch (const std::exception &e) {
         error = modelPath + ": ONNX shape inference after expanding functions: " + firstLine(e.what());
         return -1;

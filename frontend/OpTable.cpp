@@ -621,7 +621,9 @@ LogicalResult controlFlowAttributes(NodeImporter &ni, ArrayRef<StringRef> graphs
 /// A subgraph input's declared type, or `fallback` where it declares none.
 Type subgraphInputType(NodeImporter &ni, StringRef graph, int i, Type fallback) {
   const onnx::GraphProto *g = ni.graphAttribute(graph);
-  if (!g || i >= g->input_size() || !g->input(i).type().has_tensor_type())
+  if (!g || i >= g->input_size() ||
+      !(g->input(i).type().has_tensor_type() || g->input(i).type().has_sequence_type() ||
+        g->input(i).type().has_optional_type()))
     return fallback;
   return nullptr; // importSubgraph reads the declared type
 }
@@ -680,7 +682,9 @@ LogicalResult loopOp(NodeImporter &ni) {
       return ni.fail("loop-carried input " + Twine(i) + " is omitted");
     operands.push_back(v);
     argTypes.push_back(subgraphInputType(
-        ni, "body", 2 + i, UnrankedTensorType::get(cast<ShapedType>(v.getType()).getElementType())));
+        ni, "body", 2 + i,
+        isa<TensorType>(v.getType()) ? UnrankedTensorType::get(cast<TensorType>(v.getType()).getElementType())
+                                     : v.getType())); // a sequence or optional: its own type
   }
   attrs.push_back(
       b.getNamedAttr("operandSegmentSizes", b.getDenseI32ArrayAttr({trip ? 1 : 0, cond ? 1 : 0, carried})));
@@ -785,7 +789,7 @@ const OpTableEntry kTable[] = {
     {"", "Resize", 10, upsampleV9},
     {"", "Resize", 11, resize},
     {"", "Gelu", 20, generic<ox::GeluOp, 1, Elem::SameAsInput0, Shape::Broadcast>},
-    UNARY(Identity, 1),
+    {"", "Identity", 1, importIdentity},
     UNARY(Log, 6),
     UNARY(Neg, 6),
     UNARY(Reciprocal, 6),
@@ -921,6 +925,18 @@ const OpTableEntry kTable[] = {
     {"", "Unique", 11, uniqueOp},
     {"", "If", 1, ifOp},
     {"", "Loop", 1, loopOp},
+    {"", "SequenceConstruct", 11, importSequenceOp},
+    {"", "SequenceEmpty", 11, importSequenceOp},
+    {"", "SequenceInsert", 11, importSequenceOp},
+    {"", "SequenceAt", 11, importSequenceOp},
+    {"", "SequenceErase", 11, importSequenceOp},
+    {"", "SequenceLength", 11, importSequenceOp},
+    {"", "SplitToSequence", 11, importSequenceOp},
+    {"", "ConcatFromSequence", 11, importSequenceOp},
+    {"", "Optional", 15, importOptionalOp},
+    {"", "OptionalHasElement", 15, importOptionalOp},
+    {"", "OptionalGetElement", 15, importOptionalOp},
+    {"", "SequenceMap", 17, importSequenceMap},
     {"", "Scan", 8, scanOp},
     {"", "Scan", 9, scanOp},
     {"", "AveragePool", 7, generic<ox::AveragePoolOp>},

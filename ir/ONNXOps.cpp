@@ -5,6 +5,7 @@
 #include "mlir/IR/Matchers.h"
 #include "mlir/IR/OpImplementation.h"
 #include "mlir/IR/PatternMatch.h"
+#include "llvm/ADT/TypeSwitch.h"
 
 #include <algorithm>
 #include <cmath>
@@ -15,14 +16,47 @@ using namespace mlir;
 using namespace moec::onnxir;
 
 #include "ir/ONNXDialect.cpp.inc"
+#define GET_TYPEDEF_CLASSES
+#include "ir/ONNXTypes.cpp.inc"
 #define GET_OP_CLASSES
 #include "ir/ONNXOps.cpp.inc"
 
 void ONNXDialect::initialize() {
+  addTypes<
+#define GET_TYPEDEF_LIST
+#include "ir/ONNXTypes.cpp.inc"
+      >();
   addOperations<
 #define GET_OP_LIST
 #include "ir/ONNXOps.cpp.inc"
       >();
+}
+
+std::optional<ValueKind> moec::onnxir::valueKind(Type t) {
+  if (isa<TensorType>(t))
+    return ValueKind::Tensor;
+  if (isa<SeqType>(t))
+    return ValueKind::Sequence;
+  if (auto o = dyn_cast<OptType>(t)) {
+    if (isa<TensorType>(o.getElementType()))
+      return ValueKind::OptionalTensor;
+    if (isa<SeqType>(o.getElementType()))
+      return ValueKind::OptionalSequence;
+  }
+  return std::nullopt;
+}
+
+TensorType moec::onnxir::innerTensorType(Type t) {
+  if (auto o = dyn_cast<OptType>(t))
+    t = o.getElementType();
+  if (auto s = dyn_cast<SeqType>(t))
+    return s.getElementType();
+  return dyn_cast<TensorType>(t);
+}
+
+Type moec::onnxir::innerElementType(Type t) {
+  TensorType inner = innerTensorType(t);
+  return inner ? inner.getElementType() : Type();
 }
 
 OpFoldResult ConstantOp::fold(FoldAdaptor) { return getValue(); }
@@ -42,7 +76,7 @@ LogicalResult sameElementTypes(Operation *op, TypeRange yields, TypeRange result
     return op->emitOpError() << what << " yields " << yields.size() << " values for " << results.size()
                              << " results";
   for (auto [i, y, r] : llvm::enumerate(yields, results))
-    if (cast<ShapedType>(y).getElementType() != cast<ShapedType>(r).getElementType())
+    if (innerElementType(y) != innerElementType(r) || valueKind(y) != valueKind(r))
       return op->emitOpError() << what << " yields " << y << " as value " << i << ", the op's result is "
                                << r;
   return success();
@@ -249,6 +283,25 @@ LogicalResult LoopOp::verify() {
     return emitOpError() << "body yields " << ys.size() << " values; expected the condition, " << carried
                          << " carried values and one per scan output (" << getNumResults() << " results)";
   return sameElementTypes(*this, ys.drop_front(), getResultTypes(), "body");
+}
+
+LogicalResult SequenceMapOp::verify() {
+  Block &body = getBody().front();
+  if (body.getNumArguments() != getNumOperands())
+    return emitOpError() << "body takes " << body.getNumArguments()
+                         << " arguments; expected one per operand (" << getNumOperands() << ")";
+  for (auto [i, arg, v] : llvm::enumerate(body.getArgumentTypes(), getOperandTypes()))
+    if (!isa<TensorType>(arg) || innerElementType(arg) != innerElementType(v) ||
+        !(isa<SeqType>(v) || isa<TensorType>(v)))
+      return emitOpError() << "body argument " << i << " is " << arg << " for operand " << v
+                           << "; expected a tensor of its element type";
+  TypeRange ys = yielded(getBody()).getTypes();
+  if (ys.size() != getNumResults())
+    return emitOpError() << "body yields " << ys.size() << " values for " << getNumResults() << " results";
+  for (auto [i, y, r] : llvm::enumerate(ys, getResultTypes()))
+    if (!isa<TensorType>(y) || innerElementType(y) != innerElementType(r))
+      return emitOpError() << "body yields " << y << " as value " << i << " for a result of type " << r;
+  return success();
 }
 
 LogicalResult ScanOp::verify() {

@@ -26,7 +26,44 @@ def ONNX_Dialect : Dialect {
     mapped model file (`dense_resource`). The importer's op table (`frontend/OpTable.cpp`) lists which
     (domain, op, since-version) map here.
   }];
+  let useDefaultTypePrinterParser = 1;
 }
+
+//===----------------------------------------------------------------------===//
+// ONNX's non-tensor value types: sequences of tensors and optionals.
+//===----------------------------------------------------------------------===//
+
+class ONNX_Type<string name, string typeMnemonic> : TypeDef<ONNX_Dialect, name> {
+  let mnemonic = typeMnemonic;
+}
+
+def ONNX_SeqType : ONNX_Type<"Seq", "seq"> {
+  let summary = "an ONNX sequence: a run-time number of tensors of one element type";
+  let description = [{
+    ONNX's `seq(tensor(T))`. The element type is the tensors' type as far as it is known (their shapes may
+    differ from one element to the next; an unranked type says nothing about them). libmoert holds a sequence
+    as a list of tensors it owns.
+  }];
+  let parameters = (ins "::mlir::TensorType":$elementType);
+  let assemblyFormat = "`<` $elementType `>`";
+}
+
+def ONNX_OptType : ONNX_Type<"Opt", "opt"> {
+  let summary = "an ONNX optional: a tensor or a sequence, or nothing";
+  let description = [{
+    ONNX's `optional(T)` with `T` a tensor type or an `!onnx.seq`. At run time the value holds its content or
+    is empty (`OptionalHasElement` tells which).
+  }];
+  let parameters = (ins "::mlir::Type":$elementType);
+  let assemblyFormat = "`<` $elementType `>`";
+}
+
+def ONNX_AnySeq : Type<CPred<"::llvm::isa<::moec::onnxir::SeqType>($_self)">, "ONNX sequence",
+                       "::moec::onnxir::SeqType">;
+def ONNX_AnyOpt : Type<CPred<"::llvm::isa<::moec::onnxir::OptType>($_self)">, "ONNX optional",
+                       "::moec::onnxir::OptType">;
+// Any value an ONNX graph edge can carry.
+def ONNX_AnyValue : AnyTypeOf<[AnyTensor, ONNX_AnySeq, ONNX_AnyOpt]>;
 
 // Attribute values the ONNX spec allows, checked by the ops' verifiers (the importer names the node, the
 // attribute and the value given).
@@ -79,7 +116,12 @@ class ONNX_BinaryOp<string mnemonic> : ONNX_Op<mnemonic> {
   let results = (outs AnyTensor:$C);
 }
 
-foreach name = ["Abs", "Ceil", "Cos", "Erf", "Exp", "Floor", "Identity", "Log", "Neg", "Not", "Reciprocal",
+def ONNX_IdentityOp : ONNX_Op<"Identity"> {
+  let arguments = (ins ONNX_AnyValue:$X);
+  let results = (outs ONNX_AnyValue:$Y);
+}
+
+foreach name = ["Abs", "Ceil", "Cos", "Erf", "Exp", "Floor", "Log", "Neg", "Not", "Reciprocal",
                 "Relu", "Sigmoid", "Sin", "Sqrt", "Tanh"] in
   def ONNX_#name#Op : ONNX_UnaryOp<name>;
 
@@ -532,9 +574,9 @@ def ONNX_AdamOp : ONNX_Op<"Adam"> {
 //===----------------------------------------------------------------------===//
 
 def ONNX_YieldOp : Op<ONNX_Dialect, "Yield", [Pure, ReturnLike, Terminator,
-                                              ParentOneOf<["IfOp", "LoopOp", "ScanOp"]>]> {
+                                              ParentOneOf<["IfOp", "LoopOp", "ScanOp", "SequenceMapOp"]>]> {
   let summary = "the outputs of an If branch or a Loop / Scan body";
-  let arguments = (ins Variadic<AnyTensor>:$outputs);
+  let arguments = (ins Variadic<ONNX_AnyValue>:$outputs);
   let assemblyFormat = "attr-dict ($outputs^ `:` type($outputs))?";
 }
 
@@ -546,7 +588,7 @@ def ONNX_IfOp : ONNX_Op<"If", [NoRegionArguments]> {
     by canonicalisation: the chosen branch's ops move in front of the op.
   }];
   let arguments = (ins AnyTensor:$cond);
-  let results = (outs Variadic<AnyTensor>:$outputs);
+  let results = (outs Variadic<ONNX_AnyValue>:$outputs);
   let regions = (region SizedRegion<1>:$then_branch, SizedRegion<1>:$else_branch);
   let assemblyFormat = "$cond attr-dict `:` type($cond) (`->` type($outputs)^)? `then` $then_branch `else` $else_branch";
   let hasCanonicalizer = 1;
@@ -561,8 +603,8 @@ def ONNX_LoopOp : ONNX_Op<"Loop", [AttrSizedOperandSegments]> {
     the final carried values, then each scan output's slices stacked along a new first axis. `M` (the trip
     count) and `cond` are optional, as in ONNX.
   }];
-  let arguments = (ins Optional<AnyTensor>:$M, Optional<AnyTensor>:$cond, Variadic<AnyTensor>:$v_initial);
-  let results = (outs Variadic<AnyTensor>:$outputs);
+  let arguments = (ins Optional<AnyTensor>:$M, Optional<AnyTensor>:$cond, Variadic<ONNX_AnyValue>:$v_initial);
+  let results = (outs Variadic<ONNX_AnyValue>:$outputs);
   let regions = (region SizedRegion<1>:$body);
   let assemblyFormat = "(`trip` $M^ `:` type($M))? (`cond` $cond^ `:` type($cond))? (`carried` `(` $v_initial^ `:` type($v_initial) `)`)? (`->` type($outputs)^)? $body attr-dict";
   let hasVerifier = 1;
@@ -674,6 +716,88 @@ def ONNX_DropoutOp : ONNX_RandomOp<"Dropout", [AttrSizedOperandSegments]> {
   let arguments = (ins AnyTensor:$data, Optional<AnyTensor>:$ratio, Optional<AnyTensor>:$training_mode,
                    OptionalAttr<I64Attr>:$seed);
   let results = (outs AnyTensor:$output, AnyTensor:$mask);
+}
+
+//===----------------------------------------------------------------------===//
+// Sequences and optionals
+//===----------------------------------------------------------------------===//
+
+def ONNX_SequenceConstructOp : ONNX_Op<"SequenceConstruct"> {
+  let arguments = (ins Variadic<AnyTensor>:$inputs);
+  let results = (outs ONNX_AnySeq:$output_sequence);
+}
+
+def ONNX_SequenceEmptyOp : ONNX_Op<"SequenceEmpty"> {
+  let summary = "ONNX SequenceEmpty (its `dtype` is the result type's element type)";
+  let arguments = (ins);
+  let results = (outs ONNX_AnySeq:$output);
+  let assemblyFormat = "attr-dict `:` qualified(type($output))";
+}
+
+def ONNX_SequenceInsertOp : ONNX_Op<"SequenceInsert"> {
+  let arguments = (ins ONNX_AnySeq:$input_sequence, AnyTensor:$tensor, Optional<AnyTensor>:$position);
+  let results = (outs ONNX_AnySeq:$output_sequence);
+}
+
+def ONNX_SequenceAtOp : ONNX_Op<"SequenceAt"> {
+  let arguments = (ins ONNX_AnySeq:$input_sequence, AnyTensor:$position);
+  let results = (outs AnyTensor:$tensor);
+}
+
+def ONNX_SequenceEraseOp : ONNX_Op<"SequenceErase"> {
+  let arguments = (ins ONNX_AnySeq:$input_sequence, Optional<AnyTensor>:$position);
+  let results = (outs ONNX_AnySeq:$output_sequence);
+}
+
+def ONNX_SequenceLengthOp : ONNX_Op<"SequenceLength"> {
+  let arguments = (ins ONNX_AnySeq:$input_sequence);
+  let results = (outs AnyTensor:$length);
+}
+
+def ONNX_SplitToSequenceOp : ONNX_Op<"SplitToSequence"> {
+  let arguments = (ins AnyTensor:$input, Optional<AnyTensor>:$split, DefaultValuedAttr<I64Attr, "0">:$axis,
+                   ONNX_Flag<"1">:$keepdims);
+  let results = (outs ONNX_AnySeq:$output_sequence);
+}
+
+def ONNX_ConcatFromSequenceOp : ONNX_Op<"ConcatFromSequence"> {
+  let arguments = (ins ONNX_AnySeq:$input_sequence, I64Attr:$axis, ONNX_Flag<"0">:$new_axis);
+  let results = (outs AnyTensor:$concat_result);
+}
+
+def ONNX_OptionalOp : ONNX_Op<"Optional"> {
+  let summary = "ONNX Optional: wraps a value, or (without one) is empty; its `type` is the result type's";
+  let arguments = (ins Optional<ONNX_AnyValue>:$input);
+  let results = (outs ONNX_AnyOpt:$output);
+}
+
+def ONNX_OptionalHasElementOp : ONNX_Op<"OptionalHasElement"> {
+  let summary = "ONNX OptionalHasElement (opset 18: a tensor or a sequence counts as holding one; none "
+                "given: false)";
+  let arguments = (ins Optional<ONNX_AnyValue>:$input);
+  let results = (outs AnyTensor:$output);
+}
+
+def ONNX_OptionalGetElementOp : ONNX_Op<"OptionalGetElement"> {
+  let summary = "ONNX OptionalGetElement (an empty optional is a run-time error; opset 18: a tensor or a "
+                "sequence is returned as it is)";
+  let arguments = (ins ONNX_AnyValue:$input);
+  let results = (outs ONNX_AnyValue:$output);
+}
+
+def ONNX_SequenceMapOp : ONNX_Op<"SequenceMap"> {
+  let summary = "ONNX SequenceMap: a body run once per position of its sequences";
+  let description = [{
+    Operands: `input_sequence`, then `additional_inputs` (sequences, whose element at the same position the
+    body takes, or tensors, which it takes whole; every sequence must be as long as `input_sequence`). The
+    body's arguments are one tensor per operand; it yields one tensor per result, and result `i` is the
+    sequence of the body's `i`-th yields in order.
+  }];
+  let arguments = (ins ONNX_AnySeq:$input_sequence, Variadic<ONNX_AnyValue>:$additional_inputs);
+  let results = (outs Variadic<ONNX_AnySeq>:$out_sequence);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results) $body";
+  let hasVerifier = 1;
 }
 
 #endif // MOEC_IR_ONNXOPS_TD

@@ -190,7 +190,9 @@ struct Emitter {
 
   /// A program value for `v` (fails on element types moert has no dtype for).
   bool addValue(Operation *where, Value v, StringRef name, uint32_t &id, ArrayAttr dimNames = {}) {
-    auto shaped = dyn_cast<ShapedType>(v.getType());
+    // A sequence or optional: its kind, and its tensors' type as the value's type.
+    auto kind = ox::valueKind(v.getType());
+    auto shaped = dyn_cast_if_present<ShapedType>(ox::innerTensorType(v.getType()));
     pb::DType dtype = shaped ? dtypeOf(shaped.getElementType()) : pb::DTYPE_UNKNOWN;
     if (dtype == pb::DTYPE_UNKNOWN) {
       std::string type;
@@ -202,6 +204,19 @@ struct Emitter {
     auto *val = program->add_values();
     val->set_name(name.str());
     val->mutable_type()->set_dtype(dtype);
+    switch (*kind) {
+    case ox::ValueKind::Tensor:
+      break;
+    case ox::ValueKind::Sequence:
+      val->set_kind(pb::Value::SEQUENCE);
+      break;
+    case ox::ValueKind::OptionalTensor:
+      val->set_kind(pb::Value::OPTIONAL_TENSOR);
+      break;
+    case ox::ValueKind::OptionalSequence:
+      val->set_kind(pb::Value::OPTIONAL_SEQUENCE);
+      break;
+    }
     if (!shaped.hasRank())
       val->mutable_type()->set_unranked(true);
     for (int64_t i = 0; shaped.hasRank() && i < shaped.getRank(); ++i) {
@@ -1183,8 +1198,8 @@ struct Emitter {
 
   bool emitFunction(func::FuncOp fn) {
     for (auto [i, arg] : llvm::enumerate(fn.getArguments())) {
-      auto t = dyn_cast<RankedTensorType>(arg.getType());
-      if (!t)
+      // Tensors need a rank (a sequence's tensors may each have their own).
+      if (isa<TensorType>(arg.getType()) && !isa<RankedTensorType>(arg.getType()))
         return fail(fn, "graph input " + Twine(i) + " has an unranked type");
       std::string name = "input" + std::to_string(i);
       if (auto n = fn.getArgAttrOfType<StringAttr>(i, "onnx.name"))

@@ -28,6 +28,26 @@ class _Tensor(ctypes.Structure):
                 ("dims", ctypes.POINTER(ctypes.c_int64)), ("data", ctypes.c_void_p)]
 
 
+class _Value(ctypes.Structure):  # moert_value: a tensor, a sequence of tensors, or an empty optional
+    _fields_ = [("name", ctypes.c_char_p), ("kind", ctypes.c_int), ("dtype", ctypes.c_int),
+                ("tensors", ctypes.POINTER(_Tensor)), ("count", ctypes.c_size_t)]
+
+
+_VALUE_TENSOR, _VALUE_SEQUENCE, _VALUE_NONE = 0, 1, 2
+_TYPE_SEQUENCE, _TYPE_OPTIONAL_TENSOR, _TYPE_OPTIONAL_SEQUENCE = 1, 2, 3
+
+
+def _array(t):
+    """A moert_tensor's elements as a NumPy array (a copy)."""
+    shape = tuple(t.dims[d] for d in range(t.rank))
+    dtype = np.dtype(_DTYPES[t.dtype])
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0 or not t.data:
+        return np.zeros(shape, dtype)
+    buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(t.data)
+    return np.frombuffer(bytes(buf), dtype).reshape(shape)
+
+
 class _LoadOptions(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("verify_checksum", ctypes.c_int),
                 ("device", ctypes.c_int)]
@@ -100,6 +120,12 @@ class Runtime:
         lib.moert_result_num_outputs.restype = ctypes.c_size_t
         lib.moert_result_output.restype = ctypes.POINTER(_Tensor)
         lib.moert_result_output.argtypes = [vp, ctypes.c_size_t]
+        lib.moert_run_values.argtypes = [vp, vp, ctypes.POINTER(_Value), ctypes.c_size_t, ctypes.POINTER(vp)]
+        lib.moert_run_values.restype = vp
+        lib.moert_result_value.restype = ctypes.POINTER(_Value)
+        lib.moert_result_value.argtypes = [vp, ctypes.c_size_t]
+        lib.moert_input_kind.argtypes = [vp, ctypes.c_size_t]
+        lib.moert_input_kind.restype = ctypes.c_int
         lib.moert_result_free.argtypes = [vp]
         lib.moert_free.argtypes = [vp]
         lib.moert_session_create.argtypes = [vp, ctypes.POINTER(_SessionOptions), ctypes.POINTER(vp)]
@@ -154,13 +180,17 @@ class Model:
         n = lib.moert_num_inputs(handle)
         self.input_names = [lib.moert_input_name(handle, i).decode() for i in range(n)]
         self.input_dtypes = {self.input_names[i]: lib.moert_input_dtype(handle, i) for i in range(n)}
+        self.input_kinds = {self.input_names[i]: lib.moert_input_kind(handle, i) for i in range(n)}
 
     def run(self, feeds):
-        """feeds: {name: array} (or a list in input order). Returns {output name: array} (copies)."""
+        """feeds: {name: value} (or a list in input order). A value is an array; for an input the model declares
+        a sequence, a list of arrays; for an optional, None (empty) or its content. Returns {output name:
+        value} (copies), sequences as lists of arrays and empty optionals as None."""
         if not isinstance(feeds, dict):
             feeds = dict(zip(self.input_names, feeds))
-        keep, tensors = [], []
-        for name, a in feeds.items():
+        keep, values = [], []
+
+        def tensor(name, a):
             a = np.require(a, requirements="C")  # keeps rank 0 (ascontiguousarray would not)
             code = _CODES.get(a.dtype)
             if self.input_dtypes.get(name) == 3 and (a.dtype == np.uint16 or a.dtype.name == "bfloat16"):
@@ -168,24 +198,37 @@ class Model:
             if code is None:
                 raise Error(f"input '{name}': NumPy dtype {a.dtype} has no moert dtype")
             dims = (ctypes.c_int64 * max(a.ndim, 1))(*a.shape)
-            keep += [a, dims]
-            tensors.append(_Tensor(name.encode(), code, a.ndim, dims, a.ctypes.data))
-        arr = (_Tensor * max(len(tensors), 1))(*tensors)
+            keep.extend([a, dims])
+            return _Tensor(name.encode(), code, a.ndim, dims, a.ctypes.data)
+
+        for name, a in feeds.items():
+            kind = self.input_kinds.get(name, 0)
+            if a is None:
+                values.append(_Value(name.encode(), _VALUE_NONE, self.input_dtypes.get(name, 0), None, 0))
+            elif kind in (_TYPE_SEQUENCE, _TYPE_OPTIONAL_SEQUENCE):
+                ts = [tensor(name, x) for x in a]
+                arr = (_Tensor * max(len(ts), 1))(*ts)
+                keep.append(arr)
+                values.append(_Value(name.encode(), _VALUE_SEQUENCE, self.input_dtypes.get(name, 0), arr, len(ts)))
+            else:
+                t = tensor(name, a)
+                keep.append(t)
+                values.append(_Value(name.encode(), _VALUE_TENSOR, t.dtype, ctypes.pointer(t), 1))
+        arr = (_Value * max(len(values), 1))(*values)
         res = ctypes.c_void_p()
         lib = self.rt.lib
-        self.rt.check(lib.moert_run(self.handle, None, arr, len(tensors), ctypes.byref(res)))
+        self.rt.check(lib.moert_run_values(self.handle, None, arr, len(values), ctypes.byref(res)))
         try:
             out = {}
             for i in range(lib.moert_result_num_outputs(res)):
-                t = lib.moert_result_output(res, i).contents
-                shape = tuple(t.dims[d] for d in range(t.rank))
-                dtype = np.dtype(_DTYPES[t.dtype])
-                count = int(np.prod(shape, dtype=np.int64))
-                if count == 0 or not t.data:
-                    out[t.name.decode()] = np.zeros(shape, dtype)
-                    continue
-                buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(t.data)
-                out[t.name.decode()] = np.frombuffer(bytes(buf), dtype).reshape(shape)
+                v = lib.moert_result_value(res, i).contents
+                name = v.name.decode()
+                if v.kind == _VALUE_NONE:
+                    out[name] = None
+                elif v.kind == _VALUE_SEQUENCE:
+                    out[name] = [_array(v.tensors[j]) for j in range(v.count)]
+                else:
+                    out[name] = _array(v.tensors[0])
             return out
         finally:
             lib.moert_result_free(res)

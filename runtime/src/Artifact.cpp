@@ -70,6 +70,23 @@ std::string mib(uint64_t bytes) {
   return os.str();
 }
 
+std::string typeString(const pb::TensorType &t);
+
+/// A value's type as `moert inspect` shows it: f32[T, 64], seq(f32[*]), optional(f32[3]).
+std::string typeString(const pb::Value &v) {
+  const std::string t = typeString(v.type());
+  switch (v.kind()) {
+  case pb::Value::SEQUENCE:
+    return "seq(" + t + ")";
+  case pb::Value::OPTIONAL_TENSOR:
+    return "optional(" + t + ")";
+  case pb::Value::OPTIONAL_SEQUENCE:
+    return "optional(seq(" + t + "))";
+  default:
+    return t;
+  }
+}
+
 std::string typeString(const pb::TensorType &t) {
   if (t.unranked())
     return std::string(moert::dtypeName(t.dtype())) + "[*]";
@@ -292,6 +309,9 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     const auto &v = p.values(i);
     if (moert::dtypeSize(v.type().dtype()) == 0)
       return bad("has a value of unknown dtype ('" + v.name() + "')");
+    if (!pb::Value::Kind_IsValid(v.kind()) ||
+        (v.kind() != pb::Value::TENSOR && (v.has_constant_section() || v.has_buffer())))
+      return bad("has a value of unknown kind ('" + v.name() + "')");
     if (v.has_buffer() && (v.buffer() < 0 || v.buffer() >= p.buffers() || v.has_constant_section()))
       return bad("has a corrupted memory plan (value '" + v.name() + "')");
     ready[i] = v.has_constant_section();
@@ -316,6 +336,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     lastUse[id] = top;
     return true;
   };
+  // What dispatches read and write are tensors.
+  auto tensor = [&](int64_t id) { return validId(id) && p.values(id).kind() == pb::Value::TENSOR; };
   std::string why;
   // Validates `steps` in order (values they define become readable after them), numbering them in
   // pre-order into m.flat; `top` is the top-level step they belong to (-1: they are top-level);
@@ -340,22 +362,25 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       };
       if (s.has_moe()) {
         const auto &d = s.moe();
-        if (!read(d.input(), top) || !validId(d.output()) || (d.logits() != -1 && !read(d.logits(), top)) ||
-            (d.residual() != -1 && !read(d.residual(), top)) || d.weight_sections_size() != MOERT_MOE_SLOTS ||
-            static_cast<int>(d.index()) != dispatchCount || p.values(d.output()).type().dtype() != pb::F32)
+        if (!read(d.input(), top) || !tensor(d.input()) || !tensor(d.output()) ||
+            (d.logits() != -1 && !(read(d.logits(), top) && tensor(d.logits()))) ||
+            (d.residual() != -1 && !(read(d.residual(), top) && tensor(d.residual()))) ||
+            d.weight_sections_size() != MOERT_MOE_SLOTS || static_cast<int>(d.index()) != dispatchCount ||
+            p.values(d.output()).type().dtype() != pb::F32)
           return why = "has a corrupted program (dispatch " + std::to_string(dispatchCount) + ")", false;
         define(d.output());
         ++dispatchCount;
       } else if (s.has_linear()) {
         const auto &d = s.linear();
-        bool ok = read(d.input(), top) && (d.residual() == -1 || read(d.residual(), top)) &&
+        bool ok = read(d.input(), top) && tensor(d.input()) &&
+                  (d.residual() == -1 || (read(d.residual(), top) && tensor(d.residual()))) &&
                   d.weight_sections_size() == MOERT_LIN_SLOTS && static_cast<int>(d.index()) == linearCount &&
                   d.k() > 0 && d.n() > 0 && d.outputs_size() >= 1 &&
                   d.outputs_size() <= MOERT_LIN_MAX_OUTPUTS && d.output_columns_size() == d.outputs_size() &&
                   (d.outputs_size() == 1 || d.residual() == -1);
         int64_t columns = 0;
         for (int j = 0; ok && j < d.outputs_size(); ++j) {
-          ok = validId(d.outputs(j)) && p.values(d.outputs(j)).type().dtype() == pb::F32 &&
+          ok = tensor(d.outputs(j)) && p.values(d.outputs(j)).type().dtype() == pb::F32 &&
                d.output_columns(j) > 0 && d.output_columns(j) <= d.n();
           columns += ok ? d.output_columns(j) : 0;
         }
@@ -367,11 +392,11 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       } else if (s.has_attention()) {
         const auto &d = s.attention();
         auto f32 = [&](int64_t id) { return p.values(id).type().dtype() == pb::F32; };
-        if (!read(d.query(), top) || !read(d.key(), top) || !read(d.value(), top) ||
-            (d.mask() != -1 && !read(d.mask(), top)) || (d.sinks() != -1 && !read(d.sinks(), top)) ||
-            !validId(d.output()) || static_cast<int>(d.index()) != attentionCount || d.q_heads() <= 0 ||
-            d.kv_heads() <= 0 || d.q_heads() % d.kv_heads() || d.key_dim() <= 0 || d.value_dim() <= 0 ||
-            !f32(d.output()))
+        auto in = [&](int64_t id) { return read(id, top) && tensor(id); };
+        if (!in(d.query()) || !in(d.key()) || !in(d.value()) || (d.mask() != -1 && !in(d.mask())) ||
+            (d.sinks() != -1 && !in(d.sinks())) || !tensor(d.output()) ||
+            static_cast<int>(d.index()) != attentionCount || d.q_heads() <= 0 || d.kv_heads() <= 0 ||
+            d.q_heads() % d.kv_heads() || d.key_dim() <= 0 || d.value_dim() <= 0 || !f32(d.output()))
           return why = "has a corrupted program (attention dispatch " + std::to_string(attentionCount) + ")",
                  false;
         define(d.output());
@@ -629,10 +654,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
      << "\n";
   os << "inputs:\n";
   for (uint32_t id : p.inputs())
-    os << "  " << p.values(id).name() << ": " << typeString(p.values(id).type()) << "\n";
+    os << "  " << p.values(id).name() << ": " << typeString(p.values(id)) << "\n";
   os << "outputs:\n";
   for (uint32_t id : p.outputs())
-    os << "  " << p.values(id).name() << ": " << typeString(p.values(id).type()) << "\n";
+    os << "  " << p.values(id).name() << ": " << typeString(p.values(id)) << "\n";
   os << "steps:\n";
   std::map<int, const char *> blockLabel; // the first step of each control-flow block
   for (size_t fi = 0; fi < m.flat.size(); ++fi)

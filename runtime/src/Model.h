@@ -76,6 +76,10 @@ void findLogitsStep(struct ::moert_model &m);
 /// dispatches read the keys/values in place, and the presents come back as dims without data. With
 /// `lastLogitsOnly` (a session, which returns each sequence's last logits), the logits step (findLogitsStep)
 /// multiplies only each sequence's last row: the logits come back as [batch, 1, vocab].
+moert_status runProgram(struct ::moert_model *m, const moert_run_options *options, const moert_value *inputs,
+                        size_t numInputs, const CacheBinding *caches, moert_result **out,
+                        bool lastLogitsOnly = false);
+/// The same with tensor inputs only.
 moert_status runProgram(struct ::moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
                         size_t numInputs, const CacheBinding *caches, moert_result **out,
                         bool lastLogitsOnly = false);
@@ -128,6 +132,12 @@ struct moert_result {
   std::vector<std::vector<int64_t>> dims;
   std::vector<std::shared_ptr<char>> data; // the outputs' bytes (buffers handed over by the run, or copies)
   std::vector<moert_tensor> tensors;
+  // Every output as a value; a sequence's tensors (their dims and bytes) are kept per output here.
+  std::vector<moert_value> values;
+  std::vector<int> kinds; // moert_value_kind per output
+  std::vector<std::vector<std::vector<int64_t>>> elementDims;
+  std::vector<std::vector<std::shared_ptr<char>>> elementData;
+  std::vector<std::vector<moert_tensor>> elementTensors;
   std::string profile;
   bool hasProfile = false;
 };

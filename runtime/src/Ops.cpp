@@ -166,7 +166,8 @@ std::shared_ptr<char> allocBlock(size_t bytes) {
 struct OpEntry {
   const char *name;
   bool (*fn)(Ctx &);
-  bool widensHalf; // f16/bf16 computed in f32
+  bool widensHalf;          // f16/bf16 computed in f32
+  bool takesValues = false; // reads or makes sequences / optionals (the others get tensors only)
 };
 
 namespace {
@@ -189,7 +190,7 @@ const OpEntry kOps[] = {
     {"LogSoftmax", softmax, true}, {"ArgMax", argmax, true},      {"TopK", topk, true},
     {"CumSum", cumsum, true},      {"LayerNormalization", layerNorm, true}, {"MatMul", matmul, true},
     {"Gemm", gemm, true},          {"Conv", conv, true},          {"Einsum", einsum, true},
-    {"Identity", reshapeLike, false}, {"Reshape", reshapeLike, false}, {"Squeeze", reshapeLike, false},
+    {"Identity", identity, false, true}, {"Reshape", reshapeLike, false}, {"Squeeze", reshapeLike, false},
     {"Unsqueeze", reshapeLike, false}, {"Transpose", transpose, false}, {"Expand", expand, false},
     {"Concat", concat, false},     {"Split", split, false},       {"Slice", slice, false},
     {"Gather", gather, false},     {"GatherElements", gatherElements, false}, {"GatherND", gatherND, false},
@@ -223,6 +224,12 @@ const OpEntry kOps[] = {
     {"RandomUniform", randomOp, false}, {"RandomNormal", randomOp, false},
     {"RandomUniformLike", randomOp, false}, {"RandomNormalLike", randomOp, false},
     {"Dropout", dropoutOp, false},
+    {"SequenceConstruct", sequenceOp, false, true}, {"SequenceEmpty", sequenceOp, false, true},
+    {"SequenceInsert", sequenceOp, false, true}, {"SequenceAt", sequenceOp, false, true},
+    {"SequenceErase", sequenceOp, false, true}, {"SequenceLength", sequenceOp, false, true},
+    {"SplitToSequence", sequenceOp, false, true}, {"ConcatFromSequence", sequenceOp, false, true},
+    {"Optional", optionalOp, false, true}, {"OptionalHasElement", optionalOp, false, true},
+    {"OptionalGetElement", optionalOp, false, true},
     {"moec.Embedding", embedding, false}, // moe.embedding's table rows
     {"moec.KvCacheUpdate", kvCacheUpdate, false}, // moe.kv_cache_update (GroupQueryAttention's caches)
     {"moec.Norm", fusedNorm, false},       // moe.norm (RMSNorm / LayerNorm rows)
@@ -245,6 +252,15 @@ std::string runOp(const OpEntry *e, const OpStep &s, const std::vector<OpTensor>
                   ThreadPool *pool) {
   if (!e)
     return "op " + s.op() + " has no kernel in this moert";
+  if (e->takesValues) {
+    Ctx c{s, in, out, pool};
+    if (!e->fn(c))
+      return c.err.empty() ? "failed" : c.err;
+    return "";
+  }
+  for (size_t i = 0; i < in.size(); ++i)
+    if (!in[i].isTensor())
+      return "input " + std::to_string(i) + " is a sequence or optional; the op takes tensors";
   bool anyHalf = false;
   for (const auto &t : in)
     anyHalf |= isHalf(t.dtype);

@@ -26,14 +26,24 @@ std::string dimsString(const std::vector<int64_t> &d);
 
 /// A value during a run: dtype (proto::DType; 0 = absent optional input), shape, and its bytes, owned or
 /// borrowed (an input, a constant section, or an aliased op input).
+/// ONNX sequences and optionals are OpTensors too: a sequence holds its tensors in `elements` (each owning
+/// its bytes or borrowing a run's input; shared, as a sequence never changes once made) and has no dims or
+/// data of its own; an optional is its content, or None when it holds nothing. `dtype` is the tensors' for
+/// both.
 struct OpTensor {
+  enum class Kind : uint8_t { Tensor, Sequence, None };
   int dtype = 0;
   std::vector<int64_t> dims;
   const char *data = nullptr;
   std::shared_ptr<char> owned;
   size_t capacity = 0; // > 0: `owned` is a planned buffer of this many bytes that alloc() fills if it fits
+  Kind kind = Kind::Tensor;
+  std::shared_ptr<const std::vector<OpTensor>> elements = nullptr; // a sequence's tensors
 
   bool present() const { return dtype != 0; }
+  bool isTensor() const { return kind == Kind::Tensor; }
+  /// Set by the step that makes it (an empty tensor has data too; sequences and None have none).
+  bool computed() const { return data != nullptr || kind != Kind::Tensor; }
   int64_t numel() const;
   size_t bytes() const { return size_t(numel()) * dtypeSize(dtype); }
   /// Allocates (64-byte aligned) for `d`, in the planned buffer when it is large enough; false when the size

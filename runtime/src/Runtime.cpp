@@ -104,15 +104,33 @@ const char *moert_output_name(const moert_model *m, size_t i) {
   return m->meta.program().values(m->meta.program().outputs(i)).name().c_str();
 }
 const char *moert_describe(const moert_model *m) { return m ? m->description.c_str() : ""; }
+moert_type_kind moert_input_kind(const moert_model *m, size_t i) {
+  if (!m || i >= moert_num_inputs(m))
+    return MOERT_TYPE_TENSOR;
+  return static_cast<moert_type_kind>(m->meta.program().values(m->meta.program().inputs(i)).kind());
+}
+moert_type_kind moert_output_kind(const moert_model *m, size_t i) {
+  if (!m || i >= moert_num_outputs(m))
+    return MOERT_TYPE_TENSOR;
+  return static_cast<moert_type_kind>(m->meta.program().values(m->meta.program().outputs(i)).kind());
+}
 
 moert_status moert_run(moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
                        size_t numInputs, moert_result **out) {
   return moert::runProgram(m, options, inputs, numInputs, nullptr, out);
 }
 
+moert_status moert_run_values(moert_model *m, const moert_run_options *options, const moert_value *inputs,
+                              size_t numInputs, moert_result **out) {
+  return moert::runProgram(m, options, inputs, numInputs, nullptr, out);
+}
+
 size_t moert_result_num_outputs(const moert_result *r) { return r ? r->tensors.size() : 0; }
 const moert_tensor *moert_result_output(const moert_result *r, size_t i) {
-  return r && i < r->tensors.size() ? &r->tensors[i] : nullptr;
+  return r && i < r->tensors.size() && r->kinds[i] == MOERT_VALUE_TENSOR ? &r->tensors[i] : nullptr;
+}
+const moert_value *moert_result_value(const moert_result *r, size_t i) {
+  return r && i < r->values.size() ? &r->values[i] : nullptr;
 }
 const char *moert_result_profile_json(const moert_result *r) {
   return r && r->hasProfile ? r->profile.c_str() : nullptr;
@@ -122,6 +140,96 @@ void moert_result_free(moert_result *r) { delete r; }
 } // extern "C"
 
 moert_status moert::runProgram(moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
+                               size_t numInputs, const CacheBinding *caches, moert_result **out,
+                               bool lastLogitsOnly) {
+  if (numInputs && !inputs)
+    return makeError("moert_run: model, inputs and out must not be NULL");
+  std::vector<moert_value> values(numInputs);
+  for (size_t i = 0; i < numInputs; ++i)
+    values[i] = moert_value{inputs[i].name, MOERT_VALUE_TENSOR, inputs[i].dtype, &inputs[i], 1};
+  return runProgram(m, options, values.data(), numInputs, caches, out, lastLogitsOnly);
+}
+
+namespace {
+/// Binds input `v` (of the program value `want`) into `t`: kinds, dtypes, ranks and fixed dims checked,
+/// symbolic dims bound in `symbols`. Returns an error message, empty on success.
+std::string bindInput(const pb::Value &want, const moert_value &v, std::map<std::string, int64_t> &symbols,
+                      Tensor &t) {
+  const std::string &name = want.name();
+  const auto kind = want.kind();
+  const bool optional = kind == pb::Value::OPTIONAL_TENSOR || kind == pb::Value::OPTIONAL_SEQUENCE;
+  const bool sequence = kind == pb::Value::SEQUENCE || kind == pb::Value::OPTIONAL_SEQUENCE;
+  static const char *const kKinds[] = {"a tensor", "a sequence", "an optional tensor",
+                                       "an optional sequence"};
+  const char *what = kind >= 0 && kind <= 3 ? kKinds[kind] : "?";
+  if (v.kind == MOERT_VALUE_NONE) {
+    if (!optional)
+      return "input '" + name + "': given no value, the model takes " + what;
+    t = Tensor{};
+    t.dtype = want.type().dtype();
+    t.kind = Tensor::Kind::None;
+    return "";
+  }
+  if (v.kind != (sequence ? MOERT_VALUE_SEQUENCE : MOERT_VALUE_TENSOR))
+    return "input '" + name + "': given " + (v.kind == MOERT_VALUE_SEQUENCE ? "a sequence" : "a tensor") +
+           ", the model takes " + what;
+  if (static_cast<int>(v.dtype) != want.type().dtype())
+    return "input '" + name + "': dtype " + dtypeName(v.dtype) + ", the model takes " +
+           dtypeName(want.type().dtype());
+  if (v.count && !v.tensors)
+    return "input '" + name + "': tensors must not be NULL";
+  if (!sequence && v.count != 1)
+    return "input '" + name + "': a tensor value holds one tensor, " + std::to_string(v.count) + " given";
+  std::vector<Tensor> elements;
+  for (size_t e = 0; e < v.count; ++e) {
+    const moert_tensor &x = v.tensors[e];
+    const std::string where =
+        sequence ? "input '" + name + "' tensor " + std::to_string(e) : "input '" + name + "'";
+    if (static_cast<int>(x.dtype) != want.type().dtype())
+      return where + ": dtype " + dtypeName(x.dtype) + ", the model takes " + dtypeName(want.type().dtype());
+    // A sequence's tensors may differ in shape: only a rank and dims the model fixes are checked.
+    if (!want.type().unranked() && (!sequence || want.type().dims_size() > 0) &&
+        x.rank != want.type().dims_size())
+      return where + ": rank " + std::to_string(x.rank) + ", the model takes rank " +
+             std::to_string(want.type().dims_size());
+    if (x.rank < 0 || (x.rank > 0 && !x.dims))
+      return where + ": dims must not be NULL";
+    std::vector<int64_t> dims(x.dims, x.dims + x.rank);
+    if (!x.data && numel(dims) != 0)
+      return where + ": data must not be NULL";
+    for (int d = 0; d < x.rank; ++d) {
+      if (dims[d] < 0)
+        return where + ": negative dim " + std::to_string(dims[d]);
+      if (d >= want.type().dims_size())
+        continue;
+      const pb::Dim &w = want.type().dims(d);
+      if (w.size() >= 0 && dims[d] != w.size())
+        return where + ": dim " + std::to_string(d) + " is " + std::to_string(dims[d]) +
+               ", the model was compiled for " + std::to_string(w.size());
+      if (!sequence && w.size() < 0 && w.symbol() != "?") {
+        auto [it, fresh] = symbols.emplace(w.symbol(), dims[d]);
+        if (!fresh && it->second != dims[d])
+          return where + ": dim " + std::to_string(d) + " ('" + w.symbol() + "') is " +
+                 std::to_string(dims[d]) + " but another input gives it " + std::to_string(it->second);
+      }
+    }
+    static const char kEmpty[64] = {};
+    elements.push_back(Tensor{want.type().dtype(), std::move(dims),
+                              x.data ? static_cast<const char *>(x.data) : kEmpty, nullptr});
+  }
+  if (!sequence) {
+    t = std::move(elements[0]);
+    return "";
+  }
+  t = Tensor{};
+  t.dtype = want.type().dtype();
+  t.kind = Tensor::Kind::Sequence;
+  t.elements = std::make_shared<const std::vector<Tensor>>(std::move(elements));
+  return "";
+}
+} // namespace
+
+moert_status moert::runProgram(moert_model *m, const moert_run_options *options, const moert_value *inputs,
                                size_t numInputs, const CacheBinding *caches, moert_result **out,
                                bool lastLogitsOnly) {
   if (!m || !out || (numInputs && !inputs))
@@ -142,7 +250,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     byName &= inputs[i].name != nullptr;
   for (int i = 0; i < p.inputs_size(); ++i) {
     const pb::Value &v = p.values(p.inputs(i));
-    const moert_tensor *t = nullptr;
+    const moert_value *t = nullptr;
     if (byName) {
       for (size_t j = 0; j < numInputs && !t; ++j)
         if (v.name() == inputs[j].name)
@@ -152,34 +260,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     } else {
       t = &inputs[i];
     }
-    if (static_cast<int>(t->dtype) != v.type().dtype())
-      return makeError("input '" + v.name() + "': dtype " + dtypeName(t->dtype) + ", the model takes " +
-                       dtypeName(v.type().dtype()));
-    if (t->rank != v.type().dims_size())
-      return makeError("input '" + v.name() + "': rank " + std::to_string(t->rank) + ", the model takes rank " +
-                       std::to_string(v.type().dims_size()));
-    if (t->rank > 0 && !t->dims)
-      return makeError("input '" + v.name() + "': dims must not be NULL");
-    std::vector<int64_t> dims(t->dims, t->dims + t->rank);
-    if (!t->data && numel(dims) != 0)
-      return makeError("input '" + v.name() + "': data must not be NULL");
-    for (int d = 0; d < t->rank; ++d) {
-      const pb::Dim &want = v.type().dims(d);
-      if (dims[d] < 0)
-        return makeError("input '" + v.name() + "': negative dim " + std::to_string(dims[d]));
-      if (want.size() >= 0 && dims[d] != want.size())
-        return makeError("input '" + v.name() + "': dim " + std::to_string(d) + " is " + std::to_string(dims[d]) +
-                         ", the model was compiled for " + std::to_string(want.size()));
-      if (want.size() < 0 && want.symbol() != "?") {
-        auto [it, fresh] = symbols.emplace(want.symbol(), dims[d]);
-        if (!fresh && it->second != dims[d])
-          return makeError("input '" + v.name() + "': dim " + std::to_string(d) + " ('" + want.symbol() + "') is " +
-                           std::to_string(dims[d]) + " but another input gives it " + std::to_string(it->second));
-      }
-    }
-    static const char kEmpty[64] = {};
-    values[p.inputs(i)] = Tensor{v.type().dtype(), std::move(dims), t->data ? static_cast<const char *>(t->data) : kEmpty,
-                                 nullptr};
+    if (std::string why = bindInput(v, *t, symbols, values[p.inputs(i)]); !why.empty())
+      return makeError(why);
   }
   // A decoder's caches share one length and the ids' batch; when its presents are Concat(past, new), its
   // attention mask covers the cached positions and the new ones (the exporters give its length a symbol of
@@ -232,9 +314,21 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   // The memory plan: with this input shape seen before, every planned value goes to its buffer in one arena.
   std::vector<int64_t> signature;
   for (int i = 0; i < p.inputs_size(); ++i) {
-    const auto &d = values[p.inputs(i)].dims;
-    signature.push_back(static_cast<int64_t>(d.size()));
-    signature.insert(signature.end(), d.begin(), d.end());
+    const Tensor &t = values[p.inputs(i)];
+    auto add = [&](const std::vector<int64_t> &d) {
+      signature.push_back(static_cast<int64_t>(d.size()));
+      signature.insert(signature.end(), d.begin(), d.end());
+    };
+    if (t.kind == Tensor::Kind::Tensor) {
+      add(t.dims);
+    } else { // -1 - the kind, then a sequence's tensors' shapes
+      signature.push_back(-1 - int64_t(t.kind));
+      if (t.elements) {
+        signature.push_back(int64_t(t.elements->size()));
+        for (const Tensor &e : *t.elements)
+          add(e.dims);
+      }
+    }
   }
   const int buffers = p.buffers();
   std::vector<uint64_t> planned, offset(buffers, 0), observed(buffers, 0);
@@ -301,7 +395,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         moert_status_free(st);
       }
     for (int k = 0; why.empty() && k < blk.outputs_size(); ++k) {
-      if (!values[blk.outputs(k)].present())
+      if (!values[blk.outputs(k)].present() || !values[blk.outputs(k)].computed())
         why = "internal: " + m->flat[si]->op().op() + " block yields a value not computed";
       yielded.push_back(values[blk.outputs(k)]);
     }
@@ -358,7 +452,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       const auto &o = s.op();
       std::vector<Tensor> ins;
       for (int64_t id : o.inputs()) {
-        if (id >= 0 && !values[id].data)
+        if (id >= 0 && !values[id].computed())
           return makeError("internal: op " + o.op() + " reads a value not computed yet");
         ins.push_back(id >= 0 ? values[id] : Tensor{});
       }
@@ -393,8 +487,20 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
           return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
       }
       for (int k = 0; k < o.outputs_size(); ++k) {
-        if (!outs[k].data || outs[k].dtype != p.values(o.outputs(k)).type().dtype())
+        const pb::Value &want = p.values(o.outputs(k));
+        if (!outs[k].computed() || outs[k].dtype != want.type().dtype())
           return makeError("internal: op " + o.op() + " left output " + std::to_string(k) + " uncomputed");
+        const bool kindOk = want.kind() == pb::Value::TENSOR     ? outs[k].isTensor()
+                            : want.kind() == pb::Value::SEQUENCE ? outs[k].kind == Tensor::Kind::Sequence
+                            : want.kind() == pb::Value::OPTIONAL_TENSOR
+                                ? outs[k].kind != Tensor::Kind::Sequence
+                                : !outs[k].isTensor();
+        if (!kindOk)
+          return makeError(o.op() + " '" + want.name() + "': made a " +
+                           (outs[k].kind == Tensor::Kind::Sequence ? "sequence"
+                            : outs[k].kind == Tensor::Kind::None   ? "empty optional"
+                                                                   : "tensor") +
+                           " where the program has another kind of value");
         values[o.outputs(k)] = std::move(outs[k]);
         measure(o.outputs(k));
       }
@@ -627,40 +733,80 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       return st;
 
   auto *res = new moert_result;
-  for (int i = 0; i < p.outputs_size(); ++i) {
+  // An output in its own allocation is handed over as it is; one in the arena (which the next run reuses),
+  // borrowed from an input, or aliasing another value is copied out.
+  auto handOver = [&](const Tensor &t, std::shared_ptr<char> &buf) {
+    const size_t bytes = t.bytes();
+    const bool own = t.owned && t.data == t.owned.get() && t.capacity == 0 &&
+                     !(arena && !t.owned.owner_before(arena) && !arena.owner_before(t.owned));
+    buf = own ? t.owned : moert::allocBlock(bytes);
+    if (!buf)
+      return false;
+    if (!own && bytes)
+      std::memcpy(buf.get(), t.data, bytes);
+    return true;
+  };
+  const size_t numOutputs = p.outputs_size();
+  res->elementDims.resize(numOutputs);
+  res->elementData.resize(numOutputs);
+  res->elementTensors.resize(numOutputs);
+  for (size_t i = 0; i < numOutputs; ++i) {
     const pb::Value &v = p.values(p.outputs(i));
     const Tensor &t = values[p.outputs(i)];
+    res->names.push_back(v.name());
+    res->kinds.push_back(t.kind == Tensor::Kind::Sequence ? MOERT_VALUE_SEQUENCE
+                         : t.kind == Tensor::Kind::None   ? MOERT_VALUE_NONE
+                                                          : MOERT_VALUE_TENSOR);
+    if (!t.isTensor()) {
+      res->dims.emplace_back();
+      res->data.emplace_back();
+      if (t.elements)
+        for (const Tensor &e : *t.elements) {
+          res->elementDims[i].push_back(e.dims);
+          res->elementData[i].emplace_back();
+          if (!handOver(e, res->elementData[i].back())) {
+            delete res;
+            return makeError("out of memory for output '" + v.name() + "'");
+          }
+        }
+      continue;
+    }
     size_t bytes = numel(t.dims) * dtypeSize(v.type().dtype());
     if (!t.data && bytes) {
       delete res;
       return makeError("output '" + v.name() + "' was not computed");
     }
-    res->names.push_back(v.name());
     res->dims.push_back(t.dims);
     bool inSession = false; // a session's cache: already in its buffer
     for (int c = 0; caches && c < p.decoder().caches_size(); ++c)
-      inSession |= int(p.decoder().caches(c).present()) == i;
+      inSession |= int(p.decoder().caches(c).present()) == int(i);
     if (inSession) {
       res->data.emplace_back();
       continue;
     }
-    // An output in its own allocation is handed over as it is; one in the arena (which the next run reuses)
-    // or aliasing another value is copied out.
-    const bool own = t.owned && t.data == t.owned.get() && t.capacity == 0 &&
-                     !(arena && !t.owned.owner_before(arena) && !arena.owner_before(t.owned));
-    std::shared_ptr<char> buf = own ? t.owned : moert::allocBlock(bytes);
-    if (!buf) {
+    res->data.emplace_back();
+    if (!handOver(t, res->data.back())) {
       delete res;
       return makeError("out of memory for output '" + v.name() + "'");
     }
-    if (!own && bytes)
-      std::memcpy(buf.get(), t.data, bytes);
-    res->data.push_back(std::move(buf));
   }
-  for (size_t i = 0; i < res->names.size(); ++i)
-    res->tensors.push_back(
-        moert_tensor{res->names[i].c_str(), static_cast<moert_dtype>(p.values(p.outputs(i)).type().dtype()),
-                     static_cast<int32_t>(res->dims[i].size()), res->dims[i].data(), res->data[i].get()});
+  for (size_t i = 0; i < numOutputs; ++i) {
+    const auto dtype = static_cast<moert_dtype>(p.values(p.outputs(i)).type().dtype());
+    res->tensors.push_back(moert_tensor{res->names[i].c_str(), dtype,
+                                        static_cast<int32_t>(res->dims[i].size()), res->dims[i].data(),
+                                        res->data[i].get()});
+    for (size_t e = 0; e < res->elementDims[i].size(); ++e)
+      res->elementTensors[i].push_back(
+          moert_tensor{nullptr, dtype, static_cast<int32_t>(res->elementDims[i][e].size()),
+                       res->elementDims[i][e].data(), res->elementData[i][e].get()});
+  }
+  for (size_t i = 0; i < numOutputs; ++i) {
+    const bool tensor = res->kinds[i] == MOERT_VALUE_TENSOR;
+    res->values.push_back(moert_value{res->names[i].c_str(), static_cast<moert_value_kind>(res->kinds[i]),
+                                      res->tensors[i].dtype,
+                                      tensor ? &res->tensors[i] : res->elementTensors[i].data(),
+                                      tensor ? 1 : res->elementTensors[i].size()});
+  }
   // Learn (or grow) this shape's buffer sizes; keep the arena for the next run.
   values.clear();
   {

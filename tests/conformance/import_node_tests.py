@@ -27,9 +27,21 @@ def supported_ops(moec):
     return table
 
 
+def supported_type(t):
+    """Numeric or bool tensors, sequences of them, and optionals of either (no strings, maps, sparse tensors)."""
+    kind = t.WhichOneof("value")
+    if kind == "tensor_type":
+        return t.tensor_type.elem_type != onnx.TensorProto.STRING
+    if kind == "sequence_type":
+        return t.sequence_type.elem_type.WhichOneof("value") == "tensor_type" and supported_type(t.sequence_type.elem_type)
+    if kind == "optional_type":
+        return supported_type(t.optional_type.elem_type)
+    return False
+
+
 def unsupported_types(model):
     for vi in list(model.graph.input) + list(model.graph.output):
-        if vi.type.WhichOneof("value") != "tensor_type" or vi.type.tensor_type.elem_type == onnx.TensorProto.STRING:
+        if not supported_type(vi.type):
             return True
     for node in model.graph.node:
         for a in node.attribute:
@@ -40,7 +52,7 @@ def unsupported_types(model):
 
 def in_scope(model, table):
     if unsupported_types(model):
-        return ["<string, sequence or optional values>"]
+        return ["<string values>"]
     opsets = {o.domain if o.domain != "ai.onnx" else "": o.version for o in model.opset_import}
     missing = []
     for node in model.graph.node:

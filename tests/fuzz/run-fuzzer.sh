@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the ONNX importer fuzzer for a bounded time (ctest `fuzz-onnx-import`), seeded with the ONNX backend
-# node-test models from libonnx-testdata (all of them: every op moec imports, and the function ops it expands).
+# node-test models from libonnx-testdata (all of them: every op moec imports, and the function ops it expands)
+# and its small multi-node models (sequences built and taken apart).
 # Fails on any crash or sanitizer report.
 #   run-fuzzer.sh FUZZER WORKDIR [SECONDS]
 set -euo pipefail
@@ -8,7 +9,7 @@ fuzzer=$1 work=$2 seconds=${3:-20}
 corpus=$work/corpus
 mkdir -p "$corpus" "$work/artifacts"
 if [ -z "$(ls -A "$corpus")" ]; then
-  for m in /usr/share/libonnx-testdata/data/node/*/model.onnx; do
+  for m in /usr/share/libonnx-testdata/data/node/*/model.onnx /usr/share/libonnx-testdata/data/simple/*/model.onnx; do
     [ -f "$m" ] || continue
     cp "$m" "$corpus/$(basename "$(dirname "$m")").onnx"
   done

@@ -1,7 +1,8 @@
 //===- RuntimeTest.cpp - libmoert's C API: concurrency and input checks ------===//
 //
 // Compiles a transformers fixture (Qwen2-MoE block: norm, router, experts, shared expert, residual) with the
-// moec binary, then drives libmoert through its C API only.
+// moec binary, then drives libmoert through its C API only. Sequences in and out: ONNX's SequenceInsert node
+// test (libonnx-testdata), against the output its test data holds.
 //
 //===----------------------------------------------------------------------===//
 #include "moert/moert.h"
@@ -132,4 +133,90 @@ TEST(RuntimeTest, MissingFileIsAnError) {
   EXPECT_EQ(std::string(moert_status_message(st)), "/nonexistent/model.moex: cannot open: No such file or directory");
   EXPECT_EQ(m, nullptr);
   moert_status_free(st);
+}
+
+namespace {
+// SequenceInsert(sequence of int64 tensors, tensor, position) -> sequence.
+moert_model *loadSequenceModel() {
+  std::string p = std::string(::testing::TempDir()) + "moert_sequence_test.moex";
+  std::string cmd =
+      std::string(MOEC_BIN) + " compile " + MOEC_SEQUENCE_FIXTURE + " -o " + p + " --quiet 2>/dev/null";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  moert_model *m = nullptr;
+  moert_status st = moert_load(p.c_str(), nullptr, &m);
+  EXPECT_EQ(st, nullptr) << moert_status_message(st);
+  moert_status_free(st);
+  return m;
+}
+
+std::string runValuesError(moert_model *m, const moert_value *in, size_t n) {
+  moert_result *res = nullptr;
+  moert_status st = moert_run_values(m, nullptr, in, n, &res);
+  EXPECT_EQ(res, nullptr);
+  std::string msg = moert_status_message(st);
+  moert_status_free(st);
+  return msg;
+}
+} // namespace
+
+TEST(RuntimeTest, SequencesInAndOut) {
+  moert_model *m = loadSequenceModel();
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(moert_input_kind(m, 0), MOERT_TYPE_SEQUENCE);
+  EXPECT_EQ(moert_input_kind(m, 1), MOERT_TYPE_TENSOR);
+  EXPECT_EQ(moert_output_kind(m, 0), MOERT_TYPE_SEQUENCE);
+  // The test data: [[1, 2, 3, 4], [5, 6, 7], [8, 9]] with [-2, -1, 0] inserted at position 0.
+  int64_t a[] = {1, 2, 3, 4}, b[] = {5, 6, 7}, c[] = {8, 9}, t[] = {-2, -1, 0}, pos[] = {0};
+  int64_t da[] = {4}, db[] = {3}, dc[] = {2}, dt[] = {3}, dp[] = {1};
+  moert_tensor elems[] = {
+      {nullptr, MOERT_I64, 1, da, a}, {nullptr, MOERT_I64, 1, db, b}, {nullptr, MOERT_I64, 1, dc, c}};
+  moert_tensor tensor{nullptr, MOERT_I64, 1, dt, t}, position{nullptr, MOERT_I64, 1, dp, pos};
+  moert_value in[] = {{"sequence", MOERT_VALUE_SEQUENCE, MOERT_I64, elems, 3},
+                      {"tensor", MOERT_VALUE_TENSOR, MOERT_I64, &tensor, 1},
+                      {"position", MOERT_VALUE_TENSOR, MOERT_I64, &position, 1}};
+  moert_result *res = nullptr;
+  moert_status st = moert_run_values(m, nullptr, in, 3, &res);
+  ASSERT_EQ(st, nullptr) << moert_status_message(st);
+  EXPECT_EQ(moert_result_output(res, 0), nullptr); // not a tensor
+  const moert_value *out = moert_result_value(res, 0);
+  ASSERT_NE(out, nullptr);
+  EXPECT_STREQ(out->name, "output_sequence");
+  ASSERT_EQ(out->kind, MOERT_VALUE_SEQUENCE);
+  ASSERT_EQ(out->count, 4u);
+  const std::vector<std::vector<int64_t>> want = {{-2, -1, 0}, {1, 2, 3, 4}, {5, 6, 7}, {8, 9}};
+  for (size_t i = 0; i < 4; ++i) {
+    const moert_tensor &e = out->tensors[i];
+    ASSERT_EQ(e.dtype, MOERT_I64);
+    ASSERT_EQ(e.rank, 1);
+    ASSERT_EQ(e.dims[0], int64_t(want[i].size()));
+    EXPECT_EQ(
+        std::vector<int64_t>(static_cast<int64_t *>(e.data), static_cast<int64_t *>(e.data) + e.dims[0]),
+        want[i])
+        << "tensor " << i;
+  }
+  moert_result_free(res);
+
+  // Wrong kinds, dtypes and positions: one error line each.
+  moert_value asTensor[] = {{"sequence", MOERT_VALUE_TENSOR, MOERT_I64, elems, 1}, in[1], in[2]};
+  EXPECT_EQ(runValuesError(m, asTensor, 3), "input 'sequence': given a tensor, the model takes a sequence");
+  moert_value none[] = {{"sequence", MOERT_VALUE_NONE, MOERT_I64, nullptr, 0}, in[1], in[2]};
+  EXPECT_EQ(runValuesError(m, none, 3), "input 'sequence': given no value, the model takes a sequence");
+  moert_tensor f32Elem{nullptr, MOERT_F32, 1, da, a};
+  moert_tensor mixed[] = {elems[0], f32Elem};
+  moert_value wrongDtype[] = {{"sequence", MOERT_VALUE_SEQUENCE, MOERT_I64, mixed, 2}, in[1], in[2]};
+  EXPECT_EQ(runValuesError(m, wrongDtype, 3), "input 'sequence' tensor 1: dtype f32, the model takes i64");
+  int64_t far[] = {5};
+  moert_tensor farPosition{nullptr, MOERT_I64, 1, dp, far};
+  moert_value outOfRange[] = {in[0], in[1], {"position", MOERT_VALUE_TENSOR, MOERT_I64, &farPosition, 1}};
+  EXPECT_EQ(runValuesError(m, outOfRange, 3),
+            "SequenceInsert 'output_sequence': position 5 is out of range for a sequence of 3 tensors");
+  // The tensor-only entry point cannot give a sequence.
+  moert_tensor flat[] = {elems[0], tensor, position};
+  moert_result *r2 = nullptr;
+  st = moert_run(m, nullptr, flat, 3, &r2);
+  ASSERT_NE(st, nullptr);
+  EXPECT_EQ(std::string(moert_status_message(st)),
+            "input 'sequence': given a tensor, the model takes a sequence");
+  moert_status_free(st);
+  moert_free(m);
 }

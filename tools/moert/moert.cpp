@@ -227,6 +227,13 @@ int run(int argc, char **argv) {
   }
   for (size_t i = 0; i < moert_num_inputs(m); ++i) {
     std::string name = moert_input_name(m, i);
+    const moert_type_kind kind = moert_input_kind(m, i);
+    if (kind == MOERT_TYPE_SEQUENCE || kind == MOERT_TYPE_OPTIONAL_SEQUENCE) {
+      moert_free(m);
+      return fail("input '" + name +
+                  "' is a sequence of tensors; `moert run` takes one .npy per input (run it "
+                  "through the C API's moert_run_values or the Python binding)");
+    }
     bool given = std::any_of(inputs.begin(), inputs.end(), [&](auto &p) { return p.first == name; });
     if (!given) {
       moert_free(m);
@@ -262,17 +269,30 @@ int run(int argc, char **argv) {
 
   mkdir(outDir.c_str(), 0755);
   for (size_t i = 0; i < moert_result_num_outputs(res); ++i) {
-    const moert_tensor *t = moert_result_output(res, i);
-    std::string path = outDir + "/" + t->name + ".npy", err;
-    if (!moert::npy::write(path, *t, err)) {
-      moert_result_free(res);
-      moert_free(m);
-      return fail(err);
+    // A tensor goes to NAME.npy; a sequence's tensors to NAME.0.npy, NAME.1.npy, ...; an empty optional
+    // nowhere.
+    const moert_value *v = moert_result_value(res, i);
+    if (v->kind == MOERT_VALUE_NONE) {
+      std::printf("output %s: an optional holding no value\n", v->name);
+      continue;
     }
-    std::string shape;
-    for (int d = 0; d < t->rank; ++d)
-      shape += (d ? "x" : "") + std::to_string(t->dims[d]);
-    std::printf("output %s: %s -> %s\n", t->name, shape.c_str(), path.c_str());
+    if (v->kind == MOERT_VALUE_SEQUENCE)
+      std::printf("output %s: a sequence of %zu tensors\n", v->name, v->count);
+    for (size_t e = 0; e < v->count; ++e) {
+      const moert_tensor &t = v->tensors[e];
+      std::string file =
+          v->kind == MOERT_VALUE_SEQUENCE ? std::string(v->name) + "." + std::to_string(e) : v->name;
+      std::string path = outDir + "/" + file + ".npy", err;
+      if (!moert::npy::write(path, t, err)) {
+        moert_result_free(res);
+        moert_free(m);
+        return fail(err);
+      }
+      std::string shape;
+      for (int d = 0; d < t.rank; ++d)
+        shape += (d ? "x" : "") + std::to_string(t.dims[d]);
+      std::printf("output %s: %s -> %s\n", file.c_str(), shape.c_str(), path.c_str());
+    }
   }
   if (!profile.empty()) {
     FILE *f = std::fopen(profile.c_str(), "w");

@@ -5,6 +5,8 @@
   make_model.py truncated DIR    the same, with weights.data cut short
   make_model.py escape DIR       external data whose location points outside the model's folder
   make_model.py cut FILE         a valid model with inline weights, cut in half (a truncated download)
+  make_model.py text IN OUT      the ONNX text IN parsed by the onnx package (newer syntax than libonnx 1.12
+                                 reads: seq(...) and optional(...) types) and saved to OUT
 """
 import os
 import sys
@@ -26,6 +28,10 @@ def matmul_model(weight_name="w"):
 
 def main():
     mode, target = sys.argv[1], sys.argv[2]
+    if mode == "text":
+        with open(target) as f:
+            onnx.save(onnx.parser.parse_model(f.read()), sys.argv[3])
+        return
     if mode == "cut":
         data = matmul_model().SerializeToString()
         with open(target, "wb") as f:

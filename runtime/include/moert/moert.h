@@ -62,6 +62,31 @@ typedef struct moert_tensor {
   void *data;
 } moert_tensor;
 
+/* ONNX sequences and optionals. A model's inputs and outputs may be sequences of tensors (`seq(tensor)`) or
+ * optionals (a tensor or a sequence, or nothing); moert_input_kind / moert_output_kind say which, and
+ * moert_run_values / moert_result_value pass them. */
+typedef enum moert_value_kind {
+  MOERT_VALUE_TENSOR = 0,   /* one tensor: tensors[0] */
+  MOERT_VALUE_SEQUENCE = 1, /* `count` tensors (possibly none), each of `dtype`, shapes their own */
+  MOERT_VALUE_NONE = 2      /* an optional that holds nothing */
+} moert_value_kind;
+
+typedef struct moert_value {
+  const char *name; /* NULL to bind by position */
+  moert_value_kind kind;
+  moert_dtype dtype;           /* the tensors' dtype (also for an empty sequence; any for NONE) */
+  const moert_tensor *tensors; /* TENSOR: 1, SEQUENCE: `count`; their names are ignored */
+  size_t count;
+} moert_value;
+
+/* What an input or output of the model is declared as. */
+typedef enum moert_type_kind {
+  MOERT_TYPE_TENSOR = 0,
+  MOERT_TYPE_SEQUENCE = 1,
+  MOERT_TYPE_OPTIONAL_TENSOR = 2,  /* a tensor or nothing */
+  MOERT_TYPE_OPTIONAL_SEQUENCE = 3 /* a sequence or nothing */
+} moert_type_kind;
+
 /* Where fused MoE dispatches run (every other op runs on the CPU). */
 typedef enum moert_device {
   MOERT_DEVICE_CPU = 0,  /* default */
@@ -95,6 +120,9 @@ MOERT_API const char *moert_input_name(const moert_model *model, size_t i);
 /* The dtype input i takes (MOERT_DTYPE_UNKNOWN when i is out of range). */
 MOERT_API moert_dtype moert_input_dtype(const moert_model *model, size_t i);
 MOERT_API const char *moert_output_name(const moert_model *model, size_t i);
+/* Whether input / output i is a tensor, a sequence or an optional (MOERT_TYPE_TENSOR when out of range). */
+MOERT_API moert_type_kind moert_input_kind(const moert_model *model, size_t i);
+MOERT_API moert_type_kind moert_output_kind(const moert_model *model, size_t i);
 /* Human-readable summary (inputs, outputs, dispatches, target, sizes, versions); valid while loaded. */
 MOERT_API const char *moert_describe(const moert_model *model);
 /* Describes the GPU `device` would use (name, architecture) into a string you free with free(); with
@@ -110,9 +138,15 @@ MOERT_API moert_status moert_gpu_time(moert_model *model, size_t dispatch, int r
  * artifact; symbolic dims (the token count) are bound from the inputs. */
 MOERT_API moert_status moert_run(moert_model *model, const moert_run_options *options, const moert_tensor *inputs,
                                  size_t num_inputs, moert_result **out);
+/* The same with inputs that may be sequences or optionals (each as the model declares it: a tensor where it
+ * takes a tensor, a sequence or NONE where it takes an optional, ...). */
+MOERT_API moert_status moert_run_values(moert_model *model, const moert_run_options *options,
+                                        const moert_value *inputs, size_t num_inputs, moert_result **out);
 MOERT_API size_t moert_result_num_outputs(const moert_result *result);
-/* Output i (name, dtype, dims, data owned by the result). */
+/* Output i (name, dtype, dims, data owned by the result); NULL when it is a sequence or an empty optional. */
 MOERT_API const moert_tensor *moert_result_output(const moert_result *result, size_t i);
+/* Output i as a value (a tensor, a sequence or NONE; tensors and data owned by the result). */
+MOERT_API const moert_value *moert_result_value(const moert_result *result, size_t i);
 /* Chrome-trace JSON of the run's steps when run with profile set, else NULL. */
 MOERT_API const char *moert_result_profile_json(const moert_result *result);
 MOERT_API void moert_result_free(moert_result *result);

@@ -13,7 +13,7 @@ namespace moert {
 int controlFlowBlocks(const std::string &op) {
   if (op == "If")
     return 2;
-  if (op == "Loop" || op == "Scan")
+  if (op == "Loop" || op == "Scan" || op == "SequenceMap")
     return 1;
   return 0;
 }
@@ -156,6 +156,52 @@ std::string runControlFlow(
       if (std::string why = stack(slices[k], 0, false, out[carried + k].dtype, {}, out[carried + k]);
           !why.empty())
         return "scan output " + std::to_string(k) + ": " + why;
+    return "";
+  }
+
+  if (s.op() == "SequenceMap") {
+    // The body once per position of input 0; sequence inputs give their element there, tensors themselves.
+    if (in.empty() || in[0].kind != OpTensor::Kind::Sequence || !in[0].elements)
+      return "input 0 must be a sequence";
+    const size_t n = in[0].elements->size();
+    for (size_t j = 0; j < in.size(); ++j) {
+      if (in[j].kind == OpTensor::Kind::None || !in[j].present())
+        return "input " + std::to_string(j) + " holds no value";
+      if (in[j].kind == OpTensor::Kind::Sequence && in[j].elements->size() != n)
+        return "input " + std::to_string(j) + " holds " + std::to_string(in[j].elements->size()) +
+               " tensors, input 0 " + std::to_string(n);
+    }
+    std::vector<std::vector<OpTensor>> results(out.size());
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<OpTensor> bound;
+      for (const OpTensor &t : in)
+        bound.push_back(t.kind == OpTensor::Kind::Sequence ? (*t.elements)[i] : t);
+      std::vector<OpTensor> yielded;
+      if (std::string why = block(0, bound, yielded); !why.empty())
+        return why;
+      if (yielded.size() != out.size())
+        return "the body yields " + std::to_string(yielded.size()) + " values, expected " +
+               std::to_string(out.size());
+      for (size_t k = 0; k < out.size(); ++k) {
+        const OpTensor &y = yielded[k];
+        if (!y.isTensor() || y.dtype != out[k].dtype)
+          return "the body's output " + std::to_string(k) + " is not a " + dtypeName(out[k].dtype) +
+                 " tensor";
+        OpTensor copy; // the body's values are gone after it (and may be in the run's arena)
+        if (!copy.alloc(y.dtype, y.dims))
+          return "out of memory";
+        if (y.bytes())
+          std::memcpy(copy.mut<char>(), y.data, y.bytes());
+        results[k].push_back(std::move(copy));
+      }
+    }
+    for (size_t k = 0; k < out.size(); ++k) {
+      const int dtype = out[k].dtype;
+      out[k] = OpTensor{};
+      out[k].dtype = dtype;
+      out[k].kind = OpTensor::Kind::Sequence;
+      out[k].elements = std::make_shared<const std::vector<OpTensor>>(std::move(results[k]));
+    }
     return "";
   }
 

@@ -480,6 +480,11 @@ bool pad(Ctx &c);
 bool reverseSequence(Ctx &c);
 bool resize(Ctx &c);
 
+// Sequence.cpp
+bool identity(Ctx &c); // any value: a tensor as reshapeLike, a sequence or empty optional as it is
+bool sequenceOp(Ctx &c);
+bool optionalOp(Ctx &c);
+
 } // namespace moert::ops
 
 #endif // MOERT_SRC_OPS_OPKERNEL_H
