@@ -2,15 +2,18 @@
 //
 // com.microsoft.MoE, com.microsoft.QMoE (ONNX Runtime contrib ops, semantics in docs/onnx-support.md) and
 // moec.SparseMoE (our own op, docs/ops.md) each become one moe.sparse_moe. Differences in layout are
-// settled here: a separate fc3 (up projection) is concatenated after fc1 (block layout), 3-D inputs are
-// flattened to [tokens, hidden] and the result reshaped back.
+// settled here: a separate fc3 (up projection) is concatenated after fc1 (block layout), QMoE's zero points
+// are folded into its codes, 3-D inputs are flattened to [tokens, hidden] and the result reshaped back.
 //
 //===----------------------------------------------------------------------===//
 #include "frontend/NodeImporter.h"
+#include "ir/Constants.h"
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
 
 #include "onnx/onnx_pb.h"
+
+#include <cstring>
 
 using namespace mlir;
 using namespace moec::frontend;
@@ -47,15 +50,105 @@ FailureOr<moe::Activation> parseActivation(NodeImporter &ni, StringRef name) {
   return failure();
 }
 
-/// Concatenates two [E, rows, K] (or [E, rows]) tensors along rows.
+/// Concatenates two [E, rows, K] (or [E, rows]) tensors along rows: a constant when both are (expert weights
+/// must be constants to be packed into the artifact), else an onnx.Concat.
 Value concatRows(NodeImporter &ni, Value a, Value b) {
   auto ta = cast<RankedTensorType>(a.getType()), tb = cast<RankedTensorType>(b.getType());
   SmallVector<int64_t> shape(ta.getShape());
   shape[1] =
       ta.isDynamicDim(1) || tb.isDynamicDim(1) ? ShapedType::kDynamic : ta.getDimSize(1) + tb.getDimSize(1);
   auto type = RankedTensorType::get(shape, ta.getElementType());
+  std::vector<char> ba = moec::constantTensorBytes(a), bb = moec::constantTensorBytes(b);
+  const int64_t experts = shape[0];
+  if (type.hasStaticShape() && experts > 0 && !ba.empty() && !bb.empty() && ba.size() % experts == 0 &&
+      bb.size() % experts == 0) {
+    const size_t ca = ba.size() / experts, cb = bb.size() / experts; // per expert: a's rows, then b's
+    std::vector<char> out;
+    out.reserve(ba.size() + bb.size());
+    for (int64_t e = 0; e < experts; ++e) {
+      out.insert(out.end(), ba.begin() + e * ca, ba.begin() + (e + 1) * ca);
+      out.insert(out.end(), bb.begin() + e * cb, bb.begin() + (e + 1) * cb);
+    }
+    return ni.constant(moec::elementsFromBytes(type, out, "fc1_fc3"));
+  }
   return ni.builder().create<ox::ConcatOp>(ni.loc(), type, ValueRange{a, b},
                                            ni.builder().getI64IntegerAttr(1));
+}
+
+/// One QMoE weight (fc1, fc2 or fc3) with its zero points folded in.
+struct CentredWeight {
+  Value codes;  // int8 codes [E, rows, K] (code - zero point), when every one fits
+  Value floats; // else the dequantized f32 weights [E, rows, K]: (code - zero point) x scale
+};
+
+/// QMoE's `codes` (uint8 [E, rows, K * bits / 8], low nibble first for 4 bits) minus their zero points `zp`
+/// (uint8 in `scales`' shape, two 4-bit ones per byte along its last axis, as ONNX Runtime 1.31 reads them;
+/// null: 2^(bits - 1)): as int8 codes when all fit (always for 4 bits), else (`allowFloats`) dequantized.
+/// `fits` says which. Fails (reported) unless codes, scales and zero points are constants of matching sizes.
+FailureOr<CentredWeight> centreCodes(NodeImporter &ni, StringRef what, Value codes, Value scales, Value zp,
+                                     int64_t bits, int64_t block, bool floats) {
+  auto ct = dyn_cast<RankedTensorType>(codes.getType());
+  auto st = scales ? dyn_cast<RankedTensorType>(scales.getType()) : RankedTensorType();
+  std::vector<char> cb = moec::constantTensorBytes(codes), sb = moec::constantTensorBytes(scales);
+  std::vector<char> zb = zp ? moec::constantTensorBytes(zp) : std::vector<char>();
+  if (!ct || ct.getRank() != 3 || !ct.hasStaticShape() || cb.empty() || !st || !st.hasStaticShape() ||
+      sb.empty() || !st.getElementType().isF32() || (zp && zb.empty())) {
+    (void)ni.fail("with zero points, " + what + "'s weights, scales and zero points must be constants");
+    return failure();
+  }
+  const int64_t e = ct.getDimSize(0), rows = ct.getDimSize(1), k = ct.getDimSize(2) * 8 / bits;
+  const int64_t nb = block > 0 ? (k + block - 1) / block : 1, blk = block > 0 ? block : k;
+  if (int64_t(sb.size()) != e * rows * nb * 4) {
+    (void)ni.fail(what + "_scales: " + Twine(sb.size() / 4) + " values for " + Twine(e * rows * nb) +
+                  " (experts x rows x blocks)");
+    return failure();
+  }
+  // Zero points are packed along the scales' last axis: [E, rows] per row, [E, rows, blocks] per block.
+  const int64_t last = st.getShape().back(), outer = e * rows * nb / std::max<int64_t>(last, 1);
+  const int64_t perOuter = bits == 4 ? (last + 1) / 2 : last;
+  if (zp && int64_t(zb.size()) != outer * perOuter) {
+    (void)ni.fail(what + "_zero_points: " + Twine(zb.size()) + " bytes, expected " + Twine(outer * perOuter) +
+                  " (uint8 in the scales' shape" + (bits == 4 ? ", two per byte along its last axis)" : ")"));
+    return failure();
+  }
+  auto zeroPoint = [&](int64_t scaleIndex) -> int {
+    if (!zp)
+      return 1 << (bits - 1);
+    const int64_t o = scaleIndex / last, j = scaleIndex % last;
+    if (bits == 8)
+      return uint8_t(zb[o * last + j]);
+    return (uint8_t(zb[o * perOuter + j / 2]) >> ((j & 1) * 4)) & 15;
+  };
+  std::vector<int> centred(e * rows * k);
+  bool fit = true;
+  for (int64_t r = 0; r < e * rows; ++r)
+    for (int64_t c = 0; c < k; ++c) {
+      const int64_t i = r * k + c;
+      const int code = bits == 8 ? int(uint8_t(cb[i])) : (uint8_t(cb[i / 2]) >> ((i & 1) * 4)) & 15;
+      const int v = code - zeroPoint(r * nb + c / blk);
+      fit &= v >= -128 && v <= 127;
+      centred[i] = v;
+    }
+  OpBuilder &b = ni.builder();
+  CentredWeight out;
+  if (fit && !floats) {
+    std::vector<char> bytes(centred.size());
+    for (size_t i = 0; i < centred.size(); ++i)
+      bytes[i] = char(int8_t(centred[i]));
+    auto type = RankedTensorType::get({e, rows, k}, b.getIntegerType(8));
+    out.codes = ni.constant(moec::elementsFromBytes(type, bytes, (what + "_codes").str()));
+    return out;
+  }
+  std::vector<float> scale(e * rows * nb), w(centred.size());
+  std::memcpy(scale.data(), sb.data(), sb.size());
+  for (int64_t r = 0; r < e * rows; ++r)
+    for (int64_t c = 0; c < k; ++c)
+      w[r * k + c] = float(centred[r * k + c]) * scale[r * nb + c / blk];
+  auto type = RankedTensorType::get({e, rows, k}, b.getF32Type());
+  out.floats = ni.constant(
+      moec::elementsFromBytes(type, ArrayRef<char>(reinterpret_cast<const char *>(w.data()), w.size() * 4),
+                              (what + "_dequantized").str()));
+  return out;
 }
 
 /// Builds moe.sparse_moe over `ops`, flattening a 3-D input to [tokens, hidden] and restoring its shape.
@@ -228,11 +321,9 @@ LogicalResult moec::frontend::importOrtQMoE(NodeImporter &ni) {
     return ni.fail("quant_type '" + quantType + "' is not supported (only 'int')");
   if (intAttr(ni, "weights_prepacked", 0) != 0)
     return ni.fail("weights_prepacked must be 0 (raw [E, N, K/pack] weights)");
-  static const char *const unsupportedInputs[] = {"fc1_zero_points", "fc2_zero_points", "fc3_zero_points",
-                                                  "router_weights"};
-  for (unsigned i = 11; i < ni.numInputs(); ++i)
+  for (unsigned i = 14; i < ni.numInputs(); ++i)
     if (ni.input(i))
-      return ni.fail(std::string("input '") + (i < 15 ? unsupportedInputs[i - 11] : "fp4/fp8 scales") +
+      return ni.fail(std::string("input '") + (i == 14 ? "router_weights" : "fp4/fp8 scales") +
                      "' is not supported");
 
   MoEOperands ops = readInputs(ni, {&MoEOperands::input, &MoEOperands::router, &MoEOperands::fc1,
@@ -240,27 +331,79 @@ LogicalResult moec::frontend::importOrtQMoE(NodeImporter &ni) {
                                     &MoEOperands::fc2Scales, &MoEOperands::fc2Bias});
   if (!ops.fc1Scales || !ops.fc2Scales)
     return ni.fail("integer quantisation needs fc1_scales and fc2_scales");
+  Value fc3 = ni.numInputs() > 8 ? ni.input(8) : Value(),
+        fc3Scales = ni.numInputs() > 9 ? ni.input(9) : Value();
+  int64_t bits = intAttr(ni, "expert_weight_bits", 4);
+  int64_t fc1Bits = intAttr(ni, "fc1_expert_weight_bits", bits),
+          fc2Bits = intAttr(ni, "fc2_expert_weight_bits", bits);
+  if (fc3 && intAttr(ni, "fc3_expert_weight_bits", bits) != fc1Bits)
+    return ni.fail("fc3 must use the same bit width as fc1");
+  for (int64_t w : {fc1Bits, fc2Bits})
+    if (w != 4 && w != 8)
+      return ni.fail("expert weight bits " + std::to_string(w) + " are not supported (4 or 8)");
+  int64_t block = intAttr(ni, "block_size", 0);
+  if (block < 0)
+    block = 0;
+  // Zero points (inputs 11-13) are folded into the codes: code - zero point as int8 codes with the same
+  // scales (exact: 4-bit ones always fit, 8-bit ones when every difference does), else every weight
+  // dequantized to f32 (exact too, four bytes a weight). Then the layer is quantised symmetrically, as moec
+  // stores QMoE weights without zero points.
+  Value zp[3] = {ni.numInputs() > 11 ? ni.input(11) : Value(), ni.numInputs() > 12 ? ni.input(12) : Value(),
+                 ni.numInputs() > 13 ? ni.input(13) : Value()};
+  if (zp[2] && !fc3)
+    return ni.fail("fc3_zero_points without fc3_experts_weights");
+  bool dequantized = false;
+  if (zp[0] || zp[1] || zp[2]) {
+    struct Fc {
+      const char *name;
+      Value *codes, *scales;
+      Value zp;
+      int64_t bits;
+    } fcs[3] = {{"fc1", &ops.fc1, &ops.fc1Scales, zp[0], fc1Bits},
+                {"fc2", &ops.fc2, &ops.fc2Scales, zp[1], fc2Bits},
+                {"fc3", &fc3, &fc3Scales, zp[2], fc1Bits}};
+    // Int8 codes where every fc fits; else all of them as floats (fc1 and fc2 are stored alike).
+    SmallVector<CentredWeight> done;
+    for (bool floats : {false, true}) {
+      done.clear();
+      bool allFit = true;
+      for (Fc &fc : fcs) {
+        if (!*fc.codes)
+          continue;
+        if (!*fc.scales)
+          return ni.fail(std::string(fc.name) + "_scales are required");
+        auto c = centreCodes(ni, fc.name, *fc.codes, *fc.scales, fc.zp, fc.bits, block, floats);
+        if (failed(c))
+          return failure();
+        allFit &= bool(c->codes) || floats;
+        done.push_back(*c);
+      }
+      if (allFit)
+        break;
+    }
+    size_t i = 0;
+    for (Fc &fc : fcs) {
+      if (!*fc.codes)
+        continue;
+      const CentredWeight &c = done[i++];
+      *fc.codes = c.codes ? c.codes : c.floats;
+      if (c.floats)
+        *fc.scales = Value();
+    }
+    dequantized = !done.empty() && bool(done[0].floats);
+    fc1Bits = fc2Bits = 8;
+  }
   SmallVector<NamedAttribute> attrs;
-  if (failed(ortCommon(ni, ops, ni.input(8), ni.input(10), ni.input(9), attrs)))
+  if (failed(ortCommon(ni, ops, fc3, ni.numInputs() > 10 ? ni.input(10) : Value(), fc3Scales, attrs)))
     return failure();
   // ONNX Runtime's QMoE kernel renormalises the top-k routing weights whatever normalize_routing_weights
   // says (checked against its output in tests/reference/check_sparse_moe_reference.py).
   for (NamedAttribute &a : attrs)
     if (a.getName() == "normalize")
       a.setValue(b.getBoolAttr(true));
-  int64_t bits = intAttr(ni, "expert_weight_bits", 4);
-  int64_t fc1Bits = intAttr(ni, "fc1_expert_weight_bits", bits),
-          fc2Bits = intAttr(ni, "fc2_expert_weight_bits", bits);
-  if (ni.input(8) && intAttr(ni, "fc3_expert_weight_bits", bits) != fc1Bits)
-    return ni.fail("fc3 must use the same bit width as fc1");
-  int64_t block = intAttr(ni, "block_size", 0);
-  if (block < 0)
-    block = 0;
-  for (auto [name, w] : {std::pair<StringRef, int64_t>{"fc1_quant", fc1Bits}, {"fc2_quant", fc2Bits}}) {
-    if (w != 4 && w != 8)
-      return ni.fail("expert weight bits " + std::to_string(w) + " are not supported (4 or 8)");
-    attrs.push_back(b.getNamedAttr(name, moe::WeightQuantAttr::get(b.getContext(), w, block)));
-  }
+  if (!dequantized)
+    for (auto [name, w] : {std::pair<StringRef, int64_t>{"fc1_quant", fc1Bits}, {"fc2_quant", fc2Bits}})
+      attrs.push_back(b.getNamedAttr(name, moe::WeightQuantAttr::get(b.getContext(), w, block)));
   return emitSparseMoE(ni, ops, attrs, "com.microsoft.QMoE");
 }
 

@@ -17,48 +17,6 @@ namespace ox = moec::onnxir;
 
 namespace moec {
 
-std::vector<char> constantTensorBytes(Value v) {
-  Attribute attr;
-  if (!v || !matchPattern(v, m_Constant(&attr)))
-    return {};
-  return elementsBytes(attr);
-}
-
-std::vector<char> elementsBytes(Attribute attr) {
-  auto typed = dyn_cast_if_present<TypedAttr>(attr);
-  auto type = typed ? dyn_cast<RankedTensorType>(typed.getType()) : RankedTensorType();
-  if (!type || !type.hasStaticShape() || !type.getElementType().isIntOrFloat())
-    return {};
-  unsigned bits = type.getElementTypeBitWidth();
-  if (bits != 1 && bits % 8 != 0)
-    return {};
-  size_t width = bits == 1 ? 1 : bits / 8, count = type.getNumElements();
-  std::vector<char> out(width * count);
-  if (auto dense = dyn_cast<DenseElementsAttr>(attr)) {
-    if (bits == 1) { // MLIR packs i1 as bits; moec's tensors hold one byte per bool
-      size_t i = 0;
-      for (bool b : dense.getValues<bool>())
-        out[i++] = b ? 1 : 0;
-      return out;
-    }
-    ArrayRef<char> raw = dense.getRawData();
-    if (dense.isSplat()) {
-      for (size_t i = 0; i < count; ++i)
-        std::memcpy(out.data() + i * width, raw.data(), width);
-    } else {
-      std::memcpy(out.data(), raw.data(), out.size());
-    }
-    return out;
-  }
-  if (auto res = dyn_cast<DenseResourceElementsAttr>(attr))
-    if (AsmResourceBlob *blob = res.getRawHandle().getBlob())
-      if (blob->getData().size() == out.size()) {
-        std::memcpy(out.data(), blob->getData().data(), out.size());
-        return out;
-      }
-  return {};
-}
-
 std::vector<char> constantBytes(Value v) {
   auto type = v ? dyn_cast<RankedTensorType>(v.getType()) : RankedTensorType();
   if (!type || !isa<FloatType>(type.getElementType()))
@@ -67,12 +25,7 @@ std::vector<char> constantBytes(Value v) {
 }
 
 Value makeConstant(OpBuilder &b, Location loc, RankedTensorType type, ArrayRef<char> bytes, StringRef name) {
-  ElementsAttr attr;
-  if (bytes.size() <= 4096)
-    attr = DenseElementsAttr::getFromRawBuffer(type, bytes);
-  else
-    attr = DenseResourceElementsAttr::get(type, name, HeapAsmResourceBlob::allocateAndCopyInferAlign(bytes));
-  return b.create<arith::ConstantOp>(loc, type, cast<TypedAttr>(attr));
+  return b.create<arith::ConstantOp>(loc, type, cast<TypedAttr>(elementsFromBytes(type, bytes, name)));
 }
 
 std::optional<SmallVector<int64_t>> constantInts(Value v) {

@@ -8,6 +8,7 @@
 #ifndef MOEC_PASSES_MATCHUTILS_H
 #define MOEC_PASSES_MATCHUTILS_H
 
+#include "ir/Constants.h"
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
 
@@ -24,13 +25,6 @@ namespace moec {
 /// Row-major bytes of a constant float tensor (inline `DenseElementsAttr` or a resource blob) with a static
 /// shape; empty when `v` is not such a constant.
 std::vector<char> constantBytes(mlir::Value v);
-
-/// Row-major bytes of a constant tensor of any int or float element type with a static shape (bools one byte
-/// each); empty when `v` is not such a constant.
-std::vector<char> constantTensorBytes(mlir::Value v);
-
-/// The same for a tensor attribute itself (an op's `value`-like attribute): inline or resource-backed.
-std::vector<char> elementsBytes(mlir::Attribute attr);
 
 /// A constant holding `bytes` of `type`: inline when small, a heap resource blob named `name` otherwise.
 mlir::Value makeConstant(mlir::OpBuilder &b, mlir::Location loc, mlir::RankedTensorType type,

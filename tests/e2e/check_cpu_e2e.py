@@ -209,18 +209,60 @@ def quantized_reference_model(path, out, bits):
     onnx.save(m, out)
 
 
-def qmoe_model(path, h, f, e, k, bits, block, router):
-    """com.microsoft.QMoE with ONNX Runtime's own packed uint8 weights (zero point 2^(bits-1)) and scales."""
-    rng = np.random.default_rng(bits * 100 + block + h)
-    q1 = rng.integers(0, 256, (e, 2 * f, h * bits // 8), dtype=np.uint8)
-    q2 = rng.integers(0, 256, (e, h, f * bits // 8), dtype=np.uint8)
+def ort_moe_fc3_cases(tmp):
+    """com.microsoft.MoE with swiglu_fusion=0: the gate rows in fc1, the up rows in a separate fc3 (the form ONNX
+    Runtime's GPU kernels take; its CPU kernel refuses it), against the NumPy oracle on fc1 and fc3 stacked
+    (block layout)."""
+    h, f, e, k = 32, 24, 4, 2
+    rng = np.random.default_rng(31)
+    r = lambda *shape: (rng.standard_normal(shape) * 0.3).astype(np.float32)  # noqa: E731
+    w = {"w1": r(e, f, h), "b1": r(e, f), "w2": r(e, h, f), "b2": r(e, h), "w3": r(e, f, h), "b3": r(e, f)}
+    name = "ort_moe/swiglu_fc3_k2_E4_H32_F24_bias_logits"
+    path = os.path.join(tmp, name.replace("/", "_") + ".onnx")
+    inits = [numpy_helper.from_array(a, n) for n, a in w.items()]
+    save_layer(path, "MoE", ["x", "logits", "w1", "b1", "w2", "b2", "w3", "b3"], inits,
+               dict(k=k, activation_type="swiglu", swiglu_fusion=0, normalize_routing_weights=1), h, e, "logits", rng)
+
+    def feeds(t, rng):
+        return {"x": rng.standard_normal((t, h)).astype(np.float32),
+                "logits": rng.standard_normal((t, e)).astype(np.float32)}
+
+    def reference(d):
+        return oracle.sparse_moe(d["x"], d["logits"], np.concatenate([w["w1"], w["w3"]], axis=1), w["w2"], k=k,
+                                 router_kind="logits", normalize=True, activation="swiglu", gated_layout="block",
+                                 fc1_bias=np.concatenate([w["b1"], w["b3"]], axis=1), fc2_bias=w["b2"])
+    yield name, path, feeds, reference
+
+
+def qmoe_model(path, h, f, e, k, bits, block, router, zero_points=None):
+    """com.microsoft.QMoE with ONNX Runtime's own packed uint8 weights and scales; zero points 2^(bits-1), or
+    (zero_points = (lo, hi)) uint8 ones drawn from [lo, hi) in the scales' shape (two 4-bit ones per byte along
+    its last axis). 8-bit codes are drawn so that code - zero point fits int8 when the zero points' range
+    allows it (a narrow range around 128), else from the whole byte."""
+    rng = np.random.default_rng(bits * 100 + block + h + (7 if zero_points else 0))
+    lo_code, hi_code = 0, 256
+    if zero_points and bits == 8 and min(256, zero_points[0] + 128) - max(0, zero_points[1] - 129) >= 64:
+        lo_code, hi_code = max(0, zero_points[1] - 129), min(256, zero_points[0] + 128)
+    q1 = rng.integers(lo_code, hi_code, (e, 2 * f, h * bits // 8), dtype=np.uint8)
+    q2 = rng.integers(lo_code, hi_code, (e, h, f * bits // 8), dtype=np.uint8)
     s1 = (rng.random((e, 2 * f) + ((h // block,) if block else ())) * 0.02).astype(np.float32)
     s2 = (rng.random((e, h) + ((f // block,) if block else ())) * 0.02).astype(np.float32)
-    inits = [numpy_helper.from_array(a, n) for n, a in [("q1", q1), ("s1", s1), ("q2", q2), ("s2", s2)]]
+    named = [("q1", q1), ("s1", s1), ("q2", q2), ("s2", s2)]
+    node_inputs = ["x", "logits", "q1", "s1", "", "q2", "s2"]
+    if zero_points:
+        def zp(scales):
+            z = rng.integers(zero_points[0], zero_points[1], scales.shape, dtype=np.uint8)
+            if bits == 4:  # two per byte along the last axis, low nibble first
+                z = np.concatenate([z, np.zeros(z.shape[:-1] + (z.shape[-1] % 2,), np.uint8)], axis=-1)
+                z = (z[..., 0::2] | (z[..., 1::2] << 4)).astype(np.uint8)
+            return z
+        named += [("z1", zp(s1)), ("z2", zp(s2))]
+        node_inputs += ["", "", "", "", "z1", "z2"]
+    inits = [numpy_helper.from_array(a, n) for n, a in named]
     attrs = dict(k=k, activation_type="swiglu", swiglu_fusion=1, expert_weight_bits=bits)
     if block:
         attrs["block_size"] = block
-    save_layer(path, "QMoE", ["x", "logits", "q1", "s1", "", "q2", "s2"], inits, attrs, h, e, router, rng)
+    save_layer(path, "QMoE", node_inputs, inits, attrs, h, e, router, rng)
 
 
 def weights_as_inputs_reference(path):
@@ -240,11 +282,16 @@ def weights_as_inputs_reference(path):
 
 
 def qmoe_cases(tmp):
-    for bits, block, router in [(8, 0, "matmul"), (4, 0, "logits"), (4, 16, "matmul"), (8, 16, "logits")]:
+    # Zero points: 4-bit ones any (codes minus them are int8 codes), 8-bit ones near 128 (the same) or any
+    # (the weights are then dequantized to f32); docs/onnx-support.md.
+    for bits, block, router, zps in [(8, 0, "matmul", None), (4, 0, "logits", None), (4, 16, "matmul", None),
+                                     (8, 16, "logits", None), (4, 0, "matmul", (0, 16)),
+                                     (4, 16, "logits", (0, 16)), (8, 16, "matmul", (112, 144)),
+                                     (8, 0, "logits", (0, 256))]:
         h, f, e = 64, 48, 4
-        name = f"ort_qmoe/int{bits}_block{block}_{router}"
+        name = f"ort_qmoe/int{bits}_block{block}_{router}" + (f"_zp{zps[0]}-{zps[1]}" if zps else "")
         path = os.path.join(tmp, name.replace("/", "_") + ".onnx")
-        qmoe_model(path, h, f, e, 2, bits, block, router)
+        qmoe_model(path, h, f, e, 2, bits, block, router, zps)
 
         def feeds(t, rng, e=e, h=h, router=router):
             d = {"x": rng.standard_normal((t, h)).astype(np.float32)}
@@ -419,7 +466,8 @@ def main():
     args = ap.parse_args()
     failures = total = 0
     with tempfile.TemporaryDirectory() as tmp:
-        cases = (list(transformers_cases()) + list(ort_moe_cases(tmp)) + list(shared_expert_cases(tmp)) + list(qmoe_cases(tmp)) +
+        cases = (list(transformers_cases()) + list(ort_moe_cases(tmp)) + list(ort_moe_fc3_cases(tmp)) +
+                 list(shared_expert_cases(tmp)) + list(qmoe_cases(tmp)) +
                  list(sparse_moe_cases(tmp)))
         for name, model, feeds, reference in cases:
             if args.only not in name:
