@@ -6,6 +6,7 @@
 // are folded into its codes, 3-D inputs are flattened to [tokens, hidden] and the result reshaped back.
 //
 //===----------------------------------------------------------------------===//
+#include "frontend/GraphBuilder.h"
 #include "frontend/NodeImporter.h"
 #include "ir/Constants.h"
 #include "ir/MoEOps.h"
@@ -13,6 +14,7 @@
 
 #include "onnx/onnx_pb.h"
 
+#include <cmath>
 #include <cstring>
 
 using namespace mlir;
@@ -321,10 +323,9 @@ LogicalResult moec::frontend::importOrtQMoE(NodeImporter &ni) {
     return ni.fail("quant_type '" + quantType + "' is not supported (only 'int')");
   if (intAttr(ni, "weights_prepacked", 0) != 0)
     return ni.fail("weights_prepacked must be 0 (raw [E, N, K/pack] weights)");
-  for (unsigned i = 14; i < ni.numInputs(); ++i)
+  for (unsigned i = 15; i < ni.numInputs(); ++i)
     if (ni.input(i))
-      return ni.fail(std::string("input '") + (i == 14 ? "router_weights" : "fp4/fp8 scales") +
-                     "' is not supported");
+      return ni.fail("input " + Twine(i) + " (fp4/fp8 scales) is not supported");
 
   MoEOperands ops = readInputs(ni, {&MoEOperands::input, &MoEOperands::router, &MoEOperands::fc1,
                                     &MoEOperands::fc1Scales, &MoEOperands::fc1Bias, &MoEOperands::fc2,
@@ -397,10 +398,36 @@ LogicalResult moec::frontend::importOrtQMoE(NodeImporter &ni) {
   if (failed(ortCommon(ni, ops, fc3, ni.numInputs() > 10 ? ni.input(10) : Value(), fc3Scales, attrs)))
     return failure();
   // ONNX Runtime's QMoE kernel renormalises the top-k routing weights whatever normalize_routing_weights
-  // says (checked against its output in tests/reference/check_sparse_moe_reference.py).
+  // says (checked against its output in tests/reference/check_sparse_moe_reference.py) unless
+  // router_weights are given: then the experts router_probs selects weigh as router_weights say, not
+  // normalised, a weight below zero counting as zero (measured against ONNX Runtime 1.31's CPU kernel by
+  // tests/e2e/check_cpu_e2e.py). Imported as logits that are max(router_weights, 0) at the selected experts
+  // and -inf elsewhere, routed with the identity gate.
+  Value routerWeights = ni.numInputs() > 14 ? ni.input(14) : Value();
   for (NamedAttribute &a : attrs)
     if (a.getName() == "normalize")
-      a.setValue(b.getBoolAttr(true));
+      a.setValue(b.getBoolAttr(!routerWeights));
+  if (routerWeights) {
+    auto probs = dyn_cast<RankedTensorType>(ops.router.getType());
+    auto rw = dyn_cast<RankedTensorType>(routerWeights.getType());
+    if (!probs || probs.getRank() != 2 || !rw || rw.getRank() != 2 || !rw.getElementType().isF32() ||
+        (!probs.isDynamicDim(1) && !rw.isDynamicDim(1) && probs.getDimSize(1) != rw.getDimSize(1)))
+      return ni.fail("router_weights must be f32 [tokens, experts] like router_probs");
+    GraphBuilder g(ni);
+    const int64_t k = intAttr(ni, "k", 1), t = probs.getDimSize(0), n = probs.getDimSize(1);
+    Operation *topk = ni.createOp(ox::TopKOp::getOperationName(), {ops.router, g.ints({k})}, {},
+                                  {g.t({t, k}, g.f32), g.t({t, k}, g.i64)});
+    if (!topk)
+      return failure();
+    Value indices = topk->getResult(1);
+    Value full = g.op<ox::ExpandOp>(g.t({t, n}, g.f32), {g.scalarF32(-INFINITY), g.shape(ops.router, 0, 2)});
+    Value zeros = g.op<ox::ExpandOp>(g.t({t, k}, g.f32), {g.scalarF32(0.0f), g.shape(indices, 0, 2)});
+    Value penalty =
+        g.op<ox::ScatterElementsOp>(g.t({t, n}, g.f32), {full, indices, zeros}, {g.attr("axis", 1)});
+    Value positive = g.op<ox::ReluOp>(rw, {routerWeights});
+    ops.router = g.op<ox::AddOp>(g.t({t, n}, g.f32), {positive, penalty});
+    attrs.push_back(b.getNamedAttr("gate", moe::GateFuncAttr::get(b.getContext(), moe::GateFunc::identity)));
+  }
   if (!dequantized)
     for (auto [name, w] : {std::pair<StringRef, int64_t>{"fc1_quant", fc1Bits}, {"fc2_quant", fc2Bits}})
       attrs.push_back(b.getNamedAttr(name, moe::WeightQuantAttr::get(b.getContext(), w, block)));
@@ -426,7 +453,7 @@ LogicalResult moec::frontend::importSparseMoE(NodeImporter &ni) {
   std::string gate = stringAttr(ni, "gate", "softmax");
   auto gateFunc = moe::symbolizeGateFunc(gate);
   if (!gateFunc)
-    return ni.fail("gate '" + gate + "' is not 'softmax' or 'sigmoid'");
+    return ni.fail("gate '" + gate + "' is not 'softmax', 'sigmoid' or 'identity'");
   auto act = parseActivation(ni, stringAttr(ni, "activation", "swiglu"));
   if (failed(act))
     return failure();

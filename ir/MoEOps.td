@@ -20,7 +20,8 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
 
     ```
     logits[t]  = router_kind == linear ? input[t] x router (+ router_bias) : router[t]         // [N]
-    scores[t]  = gate(logits[t])                     // softmax over all N, or elementwise sigmoid
+    scores[t]  = gate(logits[t])                     // softmax over all N, elementwise sigmoid, or the
+                                                     // logits as they are (identity: weights given)
     chosen(t)  = the k indices with the largest scores[t] + selection_bias (ties: lower index); with
                  `expert_groups` > 1 the N columns form equal consecutive groups, each scored by the sum of
                  its two largest biased scores, and only the best `group_topk` groups compete

@@ -738,6 +738,7 @@ struct Emitter {
        << ", NORM = " << static_cast<int>(op.getNorm()) << ";\n"
        << "  static constexpr bool LINEAR_ROUTER = " << b(linear)
        << ", SIGMOID_GATE = " << b(op.getGate() == moe::GateFunc::sigmoid)
+       << ", IDENTITY_GATE = " << b(op.getGate() == moe::GateFunc::identity)
        << ", NORMALIZE = " << b(op.getNormalize()) << ", HAS_SHARED = " << b(fs > 0)
        << ", HAS_PRED = " << b(op.getPredA() != nullptr) << ";\n"
        << "  static constexpr float SCALE = " << floatLit(op.getScale().convertToDouble())

@@ -7,7 +7,8 @@
 //
 // One call computes, for T tokens, exactly `moe.sparse_moe`'s contract (ir/MoEOps.td):
 //
-//   A. per token (parallel): optional RMSNorm/LayerNorm, router logits, softmax/sigmoid, selection bias,
+//   A. per token (parallel): optional RMSNorm/LayerNorm, router logits, softmax/sigmoid/identity, selection
+//   bias,
 //      grouped top-k, top-k (ties: lower index), renormalise, scale;
 //   B. tokens grouped by expert (counting sort, token order kept);
 //   C. work items (parallel): one expert x a tile of up to TT tokens x a chunk of the hidden dims. Each
@@ -592,7 +593,9 @@ template <class C> struct Kernel {
     } else {
       std::memcpy(logits, a.logits + t * N, sizeof(logits));
     }
-    if (C::SIGMOID_GATE) {
+    if (C::IDENTITY_GATE) { // the logits are the routing weights
+      std::memcpy(scores, logits, sizeof(scores));
+    } else if (C::SIGMOID_GATE) {
       for (int64_t n = 0; n < N; ++n)
         scores[n] = sigmoid(logits[n]);
     } else {

@@ -7,8 +7,8 @@
 //   logits (linear routers; block (t, y), one warp per router column): the router's dot products with the
 //     (normalised) input, so the router's weights stream through many SMs, not one;
 //   route (one block per token): optional RMSNorm/LayerNorm, the logits (given or from `logits`),
-//     softmax/sigmoid, selection bias, grouped top-k, top-k (ties: lower index), renormalise, scale; the
-//     shared expert's sigmoid gate; output row = residual or 0. Counts per expert with atomics; the last
+//     softmax/sigmoid/identity, selection bias, grouped top-k, top-k (ties: lower index), renormalise, scale;
+//     the shared expert's sigmoid gate; output row = residual or 0. Counts per expert with atomics; the last
 //     block to finish (a ticket counter) turns the counts into tiles of up to TILE (token, slot) entries per
 //     expert (prefix sum, entries in token order, like vLLM's moe_align_block_size) and zeroes the counts.
 //   up (tile x chunk of FCHUNK hidden dims): one warp per hidden dim reads the dim's gate and up rows once
@@ -19,9 +19,9 @@
 //     the fc2 row of each kept dim is read once per tile; the weighted sums go to the output with f32
 //     atomic adds (the weighted combine is the epilogue), plus the fc2 bias once per entry.
 //
-// Decode (T <= 8): 4 launches per layer (3 with precomputed logits), all reading weights of chosen experts and
-// kept dims only; `down` splits F so the grid fills the GPU. Summation order across slots and F splits depends on the atomics'
-// order: results differ from run to run in the last bits.
+// Decode (T <= 8): 4 launches per layer (3 with precomputed logits), all reading weights of chosen experts
+// and kept dims only; `down` splits F so the grid fills the GPU. Summation order across slots and F splits
+// depends on the atomics' order: results differ from run to run in the last bits.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_SPARSE_MOE_GPU_H
@@ -328,7 +328,9 @@ template <class C> struct Kernels {
         sc[j] = n < N ? logit[n] : -INFINITY;
         mx = maxf(mx, sc[j]);
       }
-      if (C::SIGMOID_GATE) {
+      if (C::IDENTITY_GATE) {
+        // the logits are the routing weights
+      } else if (C::SIGMOID_GATE) {
 #pragma unroll
         for (int j = 0; j < NPL; ++j)
           sc[j] = sigmoid(sc[j]);

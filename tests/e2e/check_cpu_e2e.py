@@ -124,10 +124,11 @@ def ort_moe_model(path, h, f, e, k, act, normalize, bias, router):
     save_layer(path, "MoE", names, inits, attrs, h, e, router, rng)
 
 
-def save_layer(path, op, node_inputs, inits, attrs, h, e, router, rng):
+def save_layer(path, op, node_inputs, inits, attrs, h, e, router, rng, extra_inputs=()):
     """One com.microsoft `op` node on x [T, h]: router logits from a MatMul on x ("matmul", weights drawn
-    from `rng`) or a graph input ("logits"); output y [T, h]."""
+    from `rng`) or a graph input ("logits"); output y [T, h]. `extra_inputs`: more f32 [T, e] graph inputs."""
     nodes, inputs = [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h])]
+    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["T", e]) for n in extra_inputs]
     if router == "matmul":
         inits.append(numpy_helper.from_array(rng.standard_normal((h, e)).astype(np.float32), "wr"))
         nodes.append(helper.make_node("MatMul", ["x", "wr"], ["logits"]))
@@ -234,7 +235,7 @@ def ort_moe_fc3_cases(tmp):
     yield name, path, feeds, reference
 
 
-def qmoe_model(path, h, f, e, k, bits, block, router, zero_points=None):
+def qmoe_model(path, h, f, e, k, bits, block, router, zero_points=None, router_weights=False):
     """com.microsoft.QMoE with ONNX Runtime's own packed uint8 weights and scales; zero points 2^(bits-1), or
     (zero_points = (lo, hi)) uint8 ones drawn from [lo, hi) in the scales' shape (two 4-bit ones per byte along
     its last axis). 8-bit codes are drawn so that code - zero point fits int8 when the zero points' range
@@ -258,11 +259,13 @@ def qmoe_model(path, h, f, e, k, bits, block, router, zero_points=None):
             return z
         named += [("z1", zp(s1)), ("z2", zp(s2))]
         node_inputs += ["", "", "", "", "z1", "z2"]
+    if router_weights:  # a graph input "rw" [T, e]: the selected experts' weights (router_probs selects)
+        node_inputs += [""] * (14 - len(node_inputs)) + ["rw"]
     inits = [numpy_helper.from_array(a, n) for n, a in named]
     attrs = dict(k=k, activation_type="swiglu", swiglu_fusion=1, expert_weight_bits=bits)
     if block:
         attrs["block_size"] = block
-    save_layer(path, "QMoE", node_inputs, inits, attrs, h, e, router, rng)
+    save_layer(path, "QMoE", node_inputs, inits, attrs, h, e, router, rng, ["rw"] if router_weights else ())
 
 
 def weights_as_inputs_reference(path):
@@ -284,19 +287,24 @@ def weights_as_inputs_reference(path):
 def qmoe_cases(tmp):
     # Zero points: 4-bit ones any (codes minus them are int8 codes), 8-bit ones near 128 (the same) or any
     # (the weights are then dequantized to f32); docs/onnx-support.md.
-    for bits, block, router, zps in [(8, 0, "matmul", None), (4, 0, "logits", None), (4, 16, "matmul", None),
-                                     (8, 16, "logits", None), (4, 0, "matmul", (0, 16)),
-                                     (4, 16, "logits", (0, 16)), (8, 16, "matmul", (112, 144)),
-                                     (8, 0, "logits", (0, 256))]:
+    # router_weights: the experts router_probs selects weigh as they say (any sign, unnormalised).
+    for bits, block, router, zps, rw in [(8, 0, "matmul", None, False), (4, 0, "logits", None, False),
+                                         (4, 16, "matmul", None, False), (8, 16, "logits", None, False),
+                                         (4, 0, "matmul", (0, 16), False), (4, 16, "logits", (0, 16), False),
+                                         (8, 16, "matmul", (112, 144), False), (8, 0, "logits", (0, 256), False),
+                                         (4, 16, "logits", None, True), (8, 0, "matmul", (0, 256), True)]:
         h, f, e = 64, 48, 4
-        name = f"ort_qmoe/int{bits}_block{block}_{router}" + (f"_zp{zps[0]}-{zps[1]}" if zps else "")
+        name = (f"ort_qmoe/int{bits}_block{block}_{router}" + (f"_zp{zps[0]}-{zps[1]}" if zps else "") +
+                ("_router_weights" if rw else ""))
         path = os.path.join(tmp, name.replace("/", "_") + ".onnx")
-        qmoe_model(path, h, f, e, 2, bits, block, router, zps)
+        qmoe_model(path, h, f, e, 2, bits, block, router, zps, rw)
 
-        def feeds(t, rng, e=e, h=h, router=router):
+        def feeds(t, rng, e=e, h=h, router=router, rw=rw):
             d = {"x": rng.standard_normal((t, h)).astype(np.float32)}
             if router == "logits":
                 d["logits"] = rng.standard_normal((t, e)).astype(np.float32)
+            if rw:
+                d["rw"] = rng.standard_normal((t, e)).astype(np.float32)
             return d
 
         # The reference is ONNX Runtime with the quantised weights fed as inputs: with them as initializers its

@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from sparse_moe import dequantize, gelu, sigmoid, sparse_moe
+from sparse_moe import dequantize, gelu, sigmoid, sparse_moe, topk_indices
 
 RESULTS = {"passed": 0, "failed": 0}
 
@@ -98,6 +98,26 @@ def main():
         got = sparse_moe(x, logits, dequantize(q1, s1, bits, block), dequantize(q2, s2, bits, block), k=2,
                          router_kind="logits", activation="swiglu", gated_layout="interleaved", normalize=True)
         check(f"ORT QMoE int{bits} block_size={block}", got, want)
+
+    # ORT's QMoE with router_weights: router_probs selects the top k, each selected expert weighs its
+    # router_weights entry, unnormalised and clamped at zero (measured) - the oracle's identity gate over
+    # logits that are max(router_weights, 0) at the selected experts and -inf elsewhere, as moec imports it.
+    bits = 8
+    t, h, f, e = 6, 32, 16, 4
+    x, logits, rw = r(t, h), r(t, e), r(t, e)
+    q1 = rng.integers(0, 256, (e, 2 * f, h), dtype=np.uint8)
+    q2 = rng.integers(0, 256, (e, h, f), dtype=np.uint8)
+    s1 = (rng.random((e, 2 * f)) * 0.02).astype(np.float32)
+    s2 = (rng.random((e, h)) * 0.02).astype(np.float32)
+    feeds = {"x": x, "logits": logits, "q1": q1, "s1": s1, "q2": q2, "s2": s2, "rw": rw}
+    want = run_ort("QMoE", ["x", "logits", "q1", "s1", "", "q2", "s2"] + [""] * 7 + ["rw"], feeds, x.shape,
+                   k=2, activation_type="swiglu", swiglu_fusion=1, expert_weight_bits=bits)
+    selected = np.full((t, e), -np.inf, np.float32)
+    for i in range(t):
+        selected[i, topk_indices(logits[i], 2)] = 0.0
+    got = sparse_moe(x, np.maximum(rw, 0) + selected, dequantize(q1, s1, bits, 0), dequantize(q2, s2, bits, 0), k=2,
+                     router_kind="logits", gate="identity", activation="swiglu", gated_layout="interleaved")
+    check("ORT QMoE router_weights (identity gate)", got, want)
 
     # 2. moec-only features, by identities and by hand.
     t, h, f, e = 6, 10, 8, 4

@@ -152,6 +152,8 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
         if gate == "softmax":
             e = np.exp(logits[t] - logits[t].max())
             scores = e / e.sum()
+        elif gate == "identity":  # the logits are the routing weights
+            scores = logits[t].copy()
         else:
             scores = sigmoid(logits[t])
         choice = scores + (np.asarray(selection_bias, np.float64) if selection_bias is not None else 0.0)
