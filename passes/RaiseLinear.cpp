@@ -89,9 +89,24 @@ std::string raise(Operation *mm) {
   if (!xT.getElementType().isF32() || !wT.getElementType().isF32() || !outT.getElementType().isF32())
     return "only f32 activations and weights are raised (got " +
            std::string(xT.getElementType().isF32() ? "non-f32 weights" : "non-f32 activations") + ")";
-  if (xT.getShape().back() != lin->in)
+  if (!xT.isDynamicDim(xT.getRank() - 1) && xT.getShape().back() != lin->in)
     return "the input's last dim does not match the weight";
   OpBuilder b(mm);
+  // x @ W means x's last dim is W's K (and the result's N) even where shape inference left them unknown (a
+  // reshape to [..., -1] of a value whose dims it could not follow): the types say so through an Identity,
+  // a view at run time, where the linear dispatch checks the real dims.
+  Value x = lin->x;
+  if (xT.isDynamicDim(xT.getRank() - 1)) {
+    SmallVector<int64_t> shape(xT.getShape());
+    shape.back() = lin->in;
+    x = b.create<ox::IdentityOp>(mm->getLoc(), RankedTensorType::get(shape, xT.getElementType()), x);
+  }
+  RankedTensorType resultT = outT;
+  if (outT.isDynamicDim(outT.getRank() - 1)) {
+    SmallVector<int64_t> shape(outT.getShape());
+    shape.back() = lin->out;
+    resultT = RankedTensorType::get(shape, outT.getElementType());
+  }
   Value w = weightInOut(b, mm->getLoc(), *lin);
   if (!w)
     return "the weight is not a readable constant";
@@ -104,7 +119,7 @@ std::string raise(Operation *mm) {
     auto ft = RankedTensorType::get({lin->out}, bt.getElementType());
     bias = bt == ft ? lin->bias : makeConstant(b, mm->getLoc(), ft, bytes, "linear_bias");
   }
-  auto op = b.create<moe::LinearOp>(mm->getLoc(), TypeRange{outT}, lin->x, w, /*scales=*/Value(),
+  auto op = b.create<moe::LinearOp>(mm->getLoc(), TypeRange{resultT}, x, w, /*scales=*/Value(),
                                     /*zero_points=*/Value(), bias,
                                     /*residual=*/Value(), /*norm_weight=*/Value(), /*norm_bias=*/Value(),
                                     moe::Storage::fp32, /*block_size=*/32, moe::WeightQuantAttr(),
@@ -112,7 +127,9 @@ std::string raise(Operation *mm) {
   op->setAttr("moe.source", b.getStringAttr(mm->getName().stripDialect()));
   if (lin->bias)
     noteFused(op, "bias");
-  end.replaceAllUsesWith(op.getOutput());
+  end.replaceAllUsesWith(resultT == outT
+                             ? op.getOutput()
+                             : b.create<ox::IdentityOp>(mm->getLoc(), outT, op.getOutput()).getResult());
   for (Operation *dead : lin->ops)
     if (dead->use_empty())
       dead->erase();

@@ -188,3 +188,19 @@ func.func @at_most_four(%x: tensor<?x2xf32>) -> tensor<?x1xf32> {
   %y = onnx.Mul %abcd, %e : (tensor<?x1xf32>, tensor<?x1xf32>) -> tensor<?x1xf32>
   return %y : tensor<?x1xf32>
 }
+
+// -----
+
+// An input whose last dim inference left unknown: the weight says K = 2 (an Identity refines the type) and the
+// result's N = 3 (an Identity back to the type its readers have).
+// CHECK-LABEL: func.func @unknown_last_dim
+// CHECK: %[[X:.+]] = onnx.Identity %arg0 : (tensor<?x?xf32>) -> tensor<?x2xf32>
+// CHECK: %[[Y:.+]] = moe.linear %[[X]], %{{.+}} {moe.source = "MatMul"} : (tensor<?x2xf32>, tensor<2x3xf32>) -> tensor<?x3xf32>
+// CHECK: %[[R:.+]] = onnx.Identity %[[Y]] : (tensor<?x3xf32>) -> tensor<?x?xf32>
+// CHECK-NOT: onnx.MatMul
+// CHECK: return %[[R]]
+func.func @unknown_last_dim(%x: tensor<?x?xf32>) -> tensor<?x?xf32> {
+  %w = onnx.Constant dense<[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]> : tensor<2x3xf32>
+  %mm = onnx.MatMul %x, %w : (tensor<?x?xf32>, tensor<2x3xf32>) -> tensor<?x?xf32>
+  return %mm : tensor<?x?xf32>
+}
