@@ -38,6 +38,10 @@ struct moert_session {
     // (capacity == length).
     std::shared_ptr<char> data;
     int64_t capacity = 0;
+    // > 0: a window-sized buffer (KvCache.window, GroupQueryAttention's sliding_window_cache) of `capacity`
+    // (= window) positions, the most recent ones from row 0: each run's present is the next past, whatever
+    // the session's length.
+    int64_t window = 0;
   };
   std::vector<Cache> caches;
   bool inPlace = false; // the model's appends run in place (moert_model::appendsCache)
@@ -131,18 +135,31 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
                      " sequences");
   for (const pb::KvCache &c : p.decoder().caches()) {
     const pb::Value &v = inputValue(model, c.past());
-    if (c.window() > 0)
-      return makeError("moert_session_create: " + model->path + ": cache '" + v.name() +
-                       "' is a window-sized buffer (GroupQueryAttention sliding_window_cache, window " +
-                       std::to_string(c.window()) +
-                       "); sessions do not manage those yet: run the model with moert_run, feeding each "
-                       "present back as the next past");
+    const pb::TensorType &present = p.values(p.outputs(c.present())).type();
     moert_session::Cache cache;
-    cache.heads = v.type().dims(1).size();
-    cache.dim = v.type().dims(3).size();
+    // Static in the past or (ORT-GenAI names the head dim of its pasts) in the present.
+    auto dim = [&](int i) {
+      const int64_t d = v.type().dims(i).size();
+      return d > 0 || present.dims_size() != 4 ? d : present.dims(i).size();
+    };
+    cache.heads = dim(1);
+    cache.dim = dim(3);
     if (cache.heads <= 0 || cache.dim <= 0)
       return makeError("moert_session_create: past cache '" + v.name() +
-                       "' has no static head count and head dim (dims 1 and 3)");
+                       "' has no static head count and head dim (dims 1 and 3, of it or its present)");
+    if (c.window() > 0) {
+      // A window-sized buffer: `window` positions (the least ONNX Runtime allows), zeros to begin with; the
+      // runs' presents (never appended in place) take its place.
+      if (s->inPlace || s->cacheDtype != moert::proto::F32)
+        return makeError(
+            "moert_session_create: " + model->path + ": cache '" + v.name() +
+            "' is a window-sized buffer, which a session keeps in f32 and does not append in place");
+      cache.window = cache.capacity = c.window();
+      const size_t bytes = size_t(s->batch * cache.heads * cache.capacity * cache.dim) * sizeof(float);
+      if (!(cache.data = moert::allocBlock(bytes)))
+        return makeError("moert_session_create: out of memory for the KV caches");
+      std::memset(cache.data.get(), 0, bytes);
+    }
     s->caches.push_back(std::move(cache));
   }
   *out = s.release();
@@ -164,6 +181,13 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
     return makeError("moert_session_rewind: " + std::to_string(length) +
                      " positions asked for, the session holds " + std::to_string(s->length));
   const int64_t keep = static_cast<int64_t>(length);
+  for (const auto &c : s->caches) // a window-sized buffer has lost positions once it holds fewer than all
+    if (c.window > 0 && keep < s->length && s->length > c.capacity)
+      return makeError(
+          "moert_session_rewind: the window-sized KV caches (sliding_window_cache) hold only the last "
+          "positions of " +
+          std::to_string(s->length) + "; the earlier ones a rewind to " + std::to_string(keep) +
+          " needs are gone");
   for (auto &v : s->valid)
     v.resize(size_t(keep));
   if (s->inPlace) { // the positions past `keep` are simply overwritten by the next append
@@ -171,6 +195,9 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
     return nullptr;
   }
   for (auto &c : s->caches) {
+    if (c.window >
+        0) // its first `keep` rows are the kept positions; the rest is not read (the mask's length)
+      continue;
     const size_t row = moert::dtypeSize(s->cacheDtype) * c.dim;
     std::shared_ptr<char> kept = moert::allocBlock(size_t(s->batch * c.heads) * keep * row);
     if (!kept)
@@ -201,6 +228,10 @@ moert_status compact(moert_session *s, const char *fn) {
   }
   if (keep == s->length)
     return nullptr;
+  for (const auto &c : s->caches)
+    if (c.window > 0)
+      return makeError(std::string(fn) + ": padding cannot be dropped from window-sized KV caches "
+                                         "(sliding_window_cache), which keep the last positions only");
   for (auto &c : s->caches) {
     const size_t row = moert::dtypeSize(s->cacheDtype) * c.dim;
     // In place: within the buffer (room for `capacity` positions); else a new [batch, heads, keep, dim]
@@ -348,7 +379,7 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
       dims[i] = {B, N};
     } else if (cacheOf[i] >= 0) {
       auto &c = s->caches[cacheOf[i]];
-      dims[i] = {B, c.heads, s->length, c.dim};
+      dims[i] = {B, c.heads, c.window > 0 ? c.capacity : s->length, c.dim};
       ins[i].data = c.data.get();
       ins[i].rank = 4;
       ins[i].dims = dims[i].data();
@@ -392,12 +423,14 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
   for (int c = 0; c < d.caches_size(); ++c) {
     const moert_tensor *t = moert_result_output(res, d.caches(c).present());
     const auto &cache = s->caches[c];
+    const int64_t rows = cache.window > 0 ? cache.capacity : total;
     if (!t || t->dtype != MOERT_F32 || t->rank != 4 || t->dims[0] != B || t->dims[1] != cache.heads ||
-        t->dims[2] != total || t->dims[3] != cache.dim)
+        t->dims[2] != rows || t->dims[3] != cache.dim)
       return makeError(std::string(fn) + ": output '" + (t ? t->name : "?") + "' is not [" +
-                       std::to_string(B) + ", " + std::to_string(cache.heads) + ", " + std::to_string(total) +
+                       std::to_string(B) + ", " + std::to_string(cache.heads) + ", " + std::to_string(rows) +
                        ", " + std::to_string(cache.dim) +
-                       "] (the past cache with the new positions appended)");
+                       (cache.window > 0 ? "] (the window-sized cache)"
+                                         : "] (the past cache with the new positions appended)"));
   }
   s->logits.resize(size_t(B * v));
   for (int64_t b = 0; b < B; ++b) {
@@ -413,7 +446,8 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
     s->trace = res->profile;
   for (int c = 0; c < d.caches_size() && !s->inPlace; ++c) {
     std::swap(s->caches[c].data, res->data[d.caches(c).present()]);
-    s->caches[c].capacity = total;
+    if (s->caches[c].window == 0)
+      s->caches[c].capacity = total;
   }
   s->length = total;
   *logits = s->logits.data();
