@@ -56,6 +56,9 @@ std::string stack(const std::vector<OpTensor> &slices, int64_t axis, bool revers
     d.insert(d.begin() + std::min<int64_t>(axis, int64_t(d.size())), 0);
     return out.alloc(dtype, d) ? "" : "out of memory";
   }
+  for (const OpTensor &t : slices)
+    if (!t.isTensor())
+      return "a scan output slice is a sequence or optional; scan outputs stack tensors";
   const Dims &s = slices[0].dims;
   for (const OpTensor &t : slices)
     if (t.dims != s || t.dtype != dtype)
@@ -105,7 +108,7 @@ std::string runControlFlow(
   const ops::Attrs attrs{s};
 
   if (s.op() == "If") {
-    if (in.empty() || !in[0].present() || in[0].numel() != 1)
+    if (in.empty() || !in[0].present() || !in[0].isTensor() || in[0].numel() != 1)
       return "the condition must hold one element, it has shape " +
              dimsString(in.empty() ? Dims{} : in[0].dims);
     std::vector<OpTensor> yielded;
@@ -118,7 +121,7 @@ std::string runControlFlow(
     // inputs: M (or absent), cond (or absent), the carried values; the body yields cond, carried, scans.
     const bool hasTrip = in.size() > 0 && in[0].present(), hasCond = in.size() > 1 && in[1].present();
     for (int k : {0, 1})
-      if (int(in.size()) > k && in[k].present() && in[k].numel() != 1)
+      if (int(in.size()) > k && in[k].present() && (!in[k].isTensor() || in[k].numel() != 1))
         return std::string(k ? "the condition" : "the trip count M") +
                " must hold one element, it has shape " + dimsString(in[k].dims);
     const int64_t trip = hasTrip ? ops::readInt(in[0], 0) : INT64_MAX;
@@ -138,7 +141,7 @@ std::string runControlFlow(
       if (yielded.size() != 1 + carried + scans)
         return "the body yields " + std::to_string(yielded.size()) + " values, expected " +
                std::to_string(1 + carried + scans);
-      if (yielded[0].numel() != 1)
+      if (!yielded[0].isTensor() || yielded[0].numel() != 1)
         return "the body's condition must hold one element, it has shape " + dimsString(yielded[0].dims);
       cond = truth(yielded[0]);
       for (size_t k = 0; k < carried; ++k)
@@ -206,6 +209,9 @@ std::string runControlFlow(
   }
 
   if (s.op() == "Scan") {
+    for (size_t j = 0; j < in.size(); ++j)
+      if (!in[j].isTensor())
+        return "input " + std::to_string(j) + " is a sequence or optional; Scan takes tensors";
     const int64_t numScans = attrs.i("num_scan_inputs", 0);
     const int64_t states = int64_t(in.size()) - numScans;
     if (numScans < 1 || states < 0)
