@@ -5,6 +5,8 @@
   - RoiAlign: max mode, opset 10's output_half_pixel, sampling_ratio 0 (adaptive), RoIs past the border;
   - DFT: a complex input along axis 2 with a dft_length that truncates, one that zero-pads, and the inverse
     of a onesided spectrum (a real signal back);
+  - DFT at lengths 3 to 2048 (powers of two, a prime, 400, 1000), forward and inverse, complex and onesided,
+    against numpy.fft; STFT with Whisper's n_fft 400 / hop 160 against numpy.fft.rfft;
   - STFT: a Hann window, hop 3, onesided off;
   - QLinearMatMul with a per-column b_scale, batched 3-D (ONNX Runtime takes per-tensor zero points only);
     QLinearConv with per-channel w_scale / w_zero_point and a bias, int8; ConvInteger with a per-channel
@@ -135,6 +137,41 @@ def main():
             ref = np.fft.irfft(spec[..., 0] + 1j * spec[..., 1], n=10, axis=1)[..., None]
             err = float(np.abs(got["y"] - ref).max() / np.abs(ref).max())
             check("DFT inverse onesided (irfft)", err <= TOL, f"max |moec - numpy.fft.irfft| / max = {err:.3g}")
+
+        # Long transforms (radix-2 FFT, Bluestein for other lengths, the direct sum for short ones) against
+        # numpy.fft: complex forward and inverse along axis 1, a real onesided forward, at lengths a power of two,
+        # prime, Whisper's 400, and 1000 with the signal zero-padded.
+        for length, inverse, onesided, parts in ((64, 0, 0, 2), (97, 0, 0, 2), (400, 1, 0, 2), (400, 0, 1, 1),
+                                                  (1000, 0, 0, 2), (2048, 1, 0, 2), (3, 0, 0, 2)):
+            x = f32(2, min(length, 700), parts)
+            bins = length // 2 + 1 if onesided else length
+            m = model([helper.make_node("DFT", ["x", "n"], ["y"], axis=1, inverse=inverse, onesided=onesided)],
+                      {"x": x}, {"y": (TensorProto.FLOAT, [2, bins, 2])}, inits=[("n", np.array(length, np.int64))])
+            want, got, err = run_both(args, rt, tmp, m, {"x": x})
+            name = f"DFT length {length}{' inverse' if inverse else ''}{' onesided' if onesided else ''}"
+            if want is None:
+                check(name, False, err)
+                continue
+            z = x[..., 0] + (1j * x[..., 1] if parts == 2 else 0)
+            ref = (np.fft.ifft if inverse else np.fft.fft)(z.astype(np.complex128), n=length, axis=1)[:, :bins]
+            ref = np.stack([ref.real, ref.imag], -1)
+            err = float(np.abs(got["y"] - ref).max() / np.abs(ref).max())
+            check(name, err <= TOL, f"max |moec - numpy.fft| / max = {err:.3g}")
+
+        # Whisper's front end: n_fft 400, hop 160, a periodic Hann window, onesided.
+        sig = f32(1, 3200, 1)
+        win = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)).astype(np.float32)
+        m = model([helper.make_node("STFT", ["x", "step", "w"], ["y"])], {"x": sig},
+                  {"y": (TensorProto.FLOAT, [1, 18, 201, 2])}, inits=[("step", np.array(160, np.int64)), ("w", win)])
+        want, got, err = run_both(args, rt, tmp, m, {"x": sig})
+        if want is None:
+            check("STFT n_fft 400, hop 160 (Whisper's)", False, err)
+        else:
+            frames = np.stack([sig[0, f * 160:f * 160 + 400, 0] * win for f in range(18)]).astype(np.float64)
+            ref = np.fft.rfft(frames, axis=1)[None]
+            ref = np.stack([ref.real, ref.imag], -1)
+            err = float(np.abs(got["y"] - ref).max() / np.abs(ref).max())
+            check("STFT n_fft 400, hop 160 (Whisper's)", err <= TOL, f"max |moec - numpy.fft.rfft| / max = {err:.3g}")
 
         sig = f32(2, 40, 1)
         win = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(16) / 16)).astype(np.float32)

@@ -1,8 +1,10 @@
 //===- Signal.cpp - libmoert's op kernels: DFT, STFT, MelWeightMatrix ===//
 //
 // Part of libmoert's op kernels (runtime/src/Ops.cpp maps op names to them; shared helpers in OpKernel.h).
-// Reference kernels, in double: a direct O(n^2) transform per signal (audio front ends run them once per
-// input, not per token), with the twiddle angle reduced modulo n so that long transforms stay exact.
+// Kernels in double: a transform of length n is a radix-2 FFT when n is a power of two, Bluestein's chirp-z
+// (a convolution through power-of-two FFTs) for other lengths past a few dozen, and the direct sum below
+// that; every twiddle is computed from its own angle (reduced modulo n or 2n, never by repeated
+// multiplication), so long transforms stay accurate.
 //
 //===----------------------------------------------------------------------===//
 #include "OpKernel.h"
@@ -15,19 +17,79 @@ namespace {
 
 using Cx = std::complex<double>;
 
+/// In place: a[k] = sum_j a[j] e^(sign 2 pi i j k / n), n = a.size() a power of two (iterative radix 2).
+void fft(std::vector<Cx> &a, double sign) {
+  const size_t n = a.size();
+  for (size_t i = 1, j = 0; i < n; ++i) { // bit-reversed order
+    size_t bit = n >> 1;
+    for (; j & bit; bit >>= 1)
+      j ^= bit;
+    j ^= bit;
+    if (i < j)
+      std::swap(a[i], a[j]);
+  }
+  for (size_t len = 2; len <= n; len <<= 1) {
+    const size_t half = len / 2;
+    for (size_t k = 0; k < half; ++k) {
+      const double angle = sign * 2 * M_PI * double(k) / double(len);
+      const Cx w(std::cos(angle), std::sin(angle));
+      for (size_t i = 0; i < n; i += len) {
+        const Cx u = a[i + k], v = a[i + k + half] * w;
+        a[i + k] = u + v;
+        a[i + k + half] = u - v;
+      }
+    }
+  }
+}
+
 /// X[k] = sum_j x[j] e^(-+2 pi i j k / n) for k < outLen, x zero-padded or truncated to n; inverse: the +
 /// sign and a 1/n factor.
 void transform(const std::vector<Cx> &x, int64_t n, bool inverse, int64_t outLen, Cx *out) {
   const double sign = inverse ? 1.0 : -1.0, tau = 2 * M_PI;
   const int64_t m = std::min<int64_t>(int64_t(x.size()), n);
-  for (int64_t k = 0; k < outLen; ++k) {
-    Cx acc = 0;
-    for (int64_t j = 0; j < m; ++j) {
-      const double angle = sign * tau * double((j * k) % n) / double(n);
-      acc += x[j] * Cx(std::cos(angle), std::sin(angle));
+  const double scale = inverse ? 1.0 / double(n) : 1.0;
+  if (n < 64 && (n & (n - 1)) != 0) { // short: the direct sum
+    for (int64_t k = 0; k < outLen; ++k) {
+      Cx acc = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        const double angle = sign * tau * double((j * k) % n) / double(n);
+        acc += x[j] * Cx(std::cos(angle), std::sin(angle));
+      }
+      out[k] = acc * scale;
     }
-    out[k] = inverse ? acc / double(n) : acc;
+    return;
   }
+  if ((n & (n - 1)) == 0) { // a power of two
+    std::vector<Cx> a(static_cast<size_t>(n), Cx(0));
+    std::copy(x.begin(), x.begin() + m, a.begin());
+    fft(a, sign);
+    for (int64_t k = 0; k < outLen; ++k)
+      out[k] = a[k] * scale;
+    return;
+  }
+  // Bluestein: j k = (j^2 + k^2 - (k - j)^2) / 2, so X[k] = b[k] sum_j (x[j] b[j]) conj(b[k - j]) with the
+  // chirp b[j] = e^(sign pi i j^2 / n): a convolution, done with FFTs of a power of two M >= 2n - 1.
+  std::vector<Cx> chirp(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    const double angle = sign * M_PI * double((j * j) % (2 * n)) / double(n);
+    chirp[j] = Cx(std::cos(angle), std::sin(angle));
+  }
+  size_t size = 1;
+  while (size < size_t(2 * n - 1))
+    size <<= 1;
+  std::vector<Cx> a(size, Cx(0)), b(size, Cx(0));
+  for (int64_t j = 0; j < m; ++j)
+    a[j] = x[j] * chirp[j];
+  b[0] = std::conj(chirp[0]);
+  for (int64_t j = 1; j < n; ++j)
+    b[j] = b[size - j] = std::conj(chirp[j]);
+  fft(a, -1.0);
+  fft(b, -1.0);
+  for (size_t i = 0; i < size; ++i)
+    a[i] *= b[i];
+  fft(a, 1.0);
+  for (int64_t k = 0; k < outLen; ++k)
+    out[k] = chirp[k] * a[k] / double(size) * scale;
 }
 
 /// Element (re, im) `i` of a [..., 1 | 2] signal (real when the last dim is 1).
