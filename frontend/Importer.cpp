@@ -280,29 +280,6 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
       return fail("input '" + n.input(i) +
                   "' is not produced by any earlier node, initializer or graph input");
 
-  // Sequences and optionals flow only into the ops that take them; every other op's builder sees tensors.
-  static const llvm::StringRef kTakesNonTensors[] = {"Identity",
-                                                     "If",
-                                                     "Loop",
-                                                     "SequenceInsert",
-                                                     "SequenceAt",
-                                                     "SequenceErase",
-                                                     "SequenceLength",
-                                                     "ConcatFromSequence",
-                                                     "Optional",
-                                                     "OptionalHasElement",
-                                                     "OptionalGetElement",
-                                                     "SequenceMap"};
-  for (int i = 0; i < n.input_size(); ++i) {
-    if (n.input(i).empty() || isa<TensorType>(values.lookup(n.input(i)).getType()))
-      continue;
-    if (!domain.empty() || !llvm::is_contained(kTakesNonTensors, n.op_type()))
-      return fail(
-          "input '" + n.input(i) + "' is a " +
-          (isa<moec::onnxir::SeqType>(values.lookup(n.input(i)).getType()) ? "sequence" : "optional") +
-          "; this op takes tensors");
-  }
-
   const OpTableEntry *best = nullptr;
   int oldestSince = 0;
   for (const OpTableEntry &e : opTable()) {
@@ -319,6 +296,13 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
                   " only; see docs/onnx-support.md for the supported ops");
     return fail(
         "unsupported op; see docs/onnx-support.md (or `moec import --list-ops`) for the supported ops");
+  }
+  // Sequences and optionals flow only into the ops that take them; every other op's builder sees tensors.
+  for (int i = 0; i < n.input_size() && !best->takesValues; ++i) {
+    Type t = n.input(i).empty() ? Type() : values.lookup(n.input(i)).getType();
+    if (t && !isa<TensorType>(t))
+      return fail("input '" + n.input(i) + "' is a " +
+                  (isa<moec::onnxir::SeqType>(t) ? "sequence" : "optional") + "; this op takes tensors");
   }
   if (failed(best->build(*this)))
     return failure();

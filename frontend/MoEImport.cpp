@@ -77,18 +77,41 @@ Value concatRows(NodeImporter &ni, Value a, Value b) {
                                            ni.builder().getI64IntegerAttr(1));
 }
 
-/// One QMoE weight (fc1, fc2 or fc3) with its zero points folded in.
+/// One QMoE weight (fc1, fc2 or fc3) with its zero points subtracted: code - zero point per weight, the
+/// scale each reads, and whether every difference fits int8.
 struct CentredWeight {
-  Value codes;  // int8 codes [E, rows, K] (code - zero point), when every one fits
-  Value floats; // else the dequantized f32 weights [E, rows, K]: (code - zero point) x scale
+  int64_t experts = 0, rows = 0, k = 0, blocks = 0, block = 0;
+  std::vector<int> centred;  // [E, rows, K]
+  std::vector<float> scales; // [E, rows, blocks]
+  bool fitsInt8 = true;
+
+  /// As int8 codes [E, rows, K] (the same scales apply), or dequantized f32 weights [E, rows, K].
+  Value materialize(NodeImporter &ni, StringRef what, bool asFloats) const {
+    OpBuilder &b = ni.builder();
+    if (!asFloats) {
+      std::vector<char> bytes(centred.size());
+      for (size_t i = 0; i < centred.size(); ++i)
+        bytes[i] = char(int8_t(centred[i]));
+      auto type = RankedTensorType::get({experts, rows, k}, b.getIntegerType(8));
+      return ni.constant(moec::elementsFromBytes(type, bytes, (what + "_codes").str()));
+    }
+    std::vector<float> w(centred.size());
+    for (int64_t r = 0; r < experts * rows; ++r)
+      for (int64_t c = 0; c < k; ++c)
+        w[r * k + c] = float(centred[r * k + c]) * scales[r * blocks + c / block];
+    auto type = RankedTensorType::get({experts, rows, k}, b.getF32Type());
+    return ni.constant(
+        moec::elementsFromBytes(type, ArrayRef<char>(reinterpret_cast<const char *>(w.data()), w.size() * 4),
+                                (what + "_dequantized").str()));
+  }
 };
 
 /// QMoE's `codes` (uint8 [E, rows, K * bits / 8], low nibble first for 4 bits) minus their zero points `zp`
 /// (uint8 in `scales`' shape, two 4-bit ones per byte along its last axis, as ONNX Runtime 1.31 reads them;
-/// null: 2^(bits - 1)): as int8 codes when all fit (always for 4 bits), else (`allowFloats`) dequantized.
-/// `fits` says which. Fails (reported) unless codes, scales and zero points are constants of matching sizes.
+/// null: 2^(bits - 1)). Fails (reported) unless codes, scales and zero points are constants of matching
+/// sizes.
 FailureOr<CentredWeight> centreCodes(NodeImporter &ni, StringRef what, Value codes, Value scales, Value zp,
-                                     int64_t bits, int64_t block, bool floats) {
+                                     int64_t bits, int64_t block) {
   auto ct = dyn_cast<RankedTensorType>(codes.getType());
   auto st = scales ? dyn_cast<RankedTensorType>(scales.getType()) : RankedTensorType();
   std::vector<char> cb = moec::constantTensorBytes(codes), sb = moec::constantTensorBytes(scales);
@@ -98,8 +121,11 @@ FailureOr<CentredWeight> centreCodes(NodeImporter &ni, StringRef what, Value cod
     (void)ni.fail("with zero points, " + what + "'s weights, scales and zero points must be constants");
     return failure();
   }
-  const int64_t e = ct.getDimSize(0), rows = ct.getDimSize(1), k = ct.getDimSize(2) * 8 / bits;
-  const int64_t nb = block > 0 ? (k + block - 1) / block : 1, blk = block > 0 ? block : k;
+  CentredWeight out;
+  const int64_t e = out.experts = ct.getDimSize(0), rows = out.rows = ct.getDimSize(1),
+                k = out.k = ct.getDimSize(2) * 8 / bits;
+  const int64_t nb = out.blocks = block > 0 ? (k + block - 1) / block : 1,
+                blk = out.block = block > 0 ? block : k;
   if (int64_t(sb.size()) != e * rows * nb * 4) {
     (void)ni.fail(what + "_scales: " + Twine(sb.size() / 4) + " values for " + Twine(e * rows * nb) +
                   " (experts x rows x blocks)");
@@ -121,35 +147,17 @@ FailureOr<CentredWeight> centreCodes(NodeImporter &ni, StringRef what, Value cod
       return uint8_t(zb[o * last + j]);
     return (uint8_t(zb[o * perOuter + j / 2]) >> ((j & 1) * 4)) & 15;
   };
-  std::vector<int> centred(e * rows * k);
-  bool fit = true;
+  out.centred.resize(e * rows * k);
   for (int64_t r = 0; r < e * rows; ++r)
     for (int64_t c = 0; c < k; ++c) {
       const int64_t i = r * k + c;
       const int code = bits == 8 ? int(uint8_t(cb[i])) : (uint8_t(cb[i / 2]) >> ((i & 1) * 4)) & 15;
       const int v = code - zeroPoint(r * nb + c / blk);
-      fit &= v >= -128 && v <= 127;
-      centred[i] = v;
+      out.fitsInt8 &= v >= -128 && v <= 127;
+      out.centred[i] = v;
     }
-  OpBuilder &b = ni.builder();
-  CentredWeight out;
-  if (fit && !floats) {
-    std::vector<char> bytes(centred.size());
-    for (size_t i = 0; i < centred.size(); ++i)
-      bytes[i] = char(int8_t(centred[i]));
-    auto type = RankedTensorType::get({e, rows, k}, b.getIntegerType(8));
-    out.codes = ni.constant(moec::elementsFromBytes(type, bytes, (what + "_codes").str()));
-    return out;
-  }
-  std::vector<float> scale(e * rows * nb), w(centred.size());
-  std::memcpy(scale.data(), sb.data(), sb.size());
-  for (int64_t r = 0; r < e * rows; ++r)
-    for (int64_t c = 0; c < k; ++c)
-      w[r * k + c] = float(centred[r * k + c]) * scale[r * nb + c / blk];
-  auto type = RankedTensorType::get({e, rows, k}, b.getF32Type());
-  out.floats = ni.constant(
-      moec::elementsFromBytes(type, ArrayRef<char>(reinterpret_cast<const char *>(w.data()), w.size() * 4),
-                              (what + "_dequantized").str()));
+  out.scales.resize(e * rows * nb);
+  std::memcpy(out.scales.data(), sb.data(), sb.size());
   return out;
 }
 
@@ -364,34 +372,28 @@ LogicalResult moec::frontend::importOrtQMoE(NodeImporter &ni) {
                 {"fc2", &ops.fc2, &ops.fc2Scales, zp[1], fc2Bits},
                 {"fc3", &fc3, &fc3Scales, zp[2], fc1Bits}};
     // Int8 codes where every fc fits; else all of them as floats (fc1 and fc2 are stored alike).
-    SmallVector<CentredWeight> done;
-    for (bool floats : {false, true}) {
-      done.clear();
-      bool allFit = true;
-      for (Fc &fc : fcs) {
-        if (!*fc.codes)
-          continue;
-        if (!*fc.scales)
-          return ni.fail(std::string(fc.name) + "_scales are required");
-        auto c = centreCodes(ni, fc.name, *fc.codes, *fc.scales, fc.zp, fc.bits, block, floats);
-        if (failed(c))
-          return failure();
-        allFit &= bool(c->codes) || floats;
-        done.push_back(*c);
-      }
-      if (allFit)
-        break;
+    SmallVector<CentredWeight> centred;
+    bool allFit = true;
+    for (Fc &fc : fcs) {
+      if (!*fc.codes)
+        continue;
+      if (!*fc.scales)
+        return ni.fail(std::string(fc.name) + "_scales are required");
+      auto c = centreCodes(ni, fc.name, *fc.codes, *fc.scales, fc.zp, fc.bits, block);
+      if (failed(c))
+        return failure();
+      allFit &= c->fitsInt8;
+      centred.push_back(std::move(*c));
     }
+    dequantized = !allFit;
     size_t i = 0;
     for (Fc &fc : fcs) {
       if (!*fc.codes)
         continue;
-      const CentredWeight &c = done[i++];
-      *fc.codes = c.codes ? c.codes : c.floats;
-      if (c.floats)
+      *fc.codes = centred[i++].materialize(ni, fc.name, dequantized);
+      if (dequantized)
         *fc.scales = Value();
     }
-    dequantized = !done.empty() && bool(done[0].floats);
     fc1Bits = fc2Bits = 8;
   }
   SmallVector<NamedAttribute> attrs;

@@ -88,6 +88,7 @@ struct OpTableEntry {
   llvm::StringRef op;
   int sinceVersion;
   OpBuilderFn build;
+  bool takesValues = false; // its inputs may be sequences or optionals (every other builder sees tensors)
 };
 
 /// The importer's op table: every supported (domain, op, since-version).

@@ -88,6 +88,15 @@ bool OpTensor::alloc(int dt, std::vector<int64_t> d) {
   return owned != nullptr;
 }
 
+bool OpTensor::copyOf(const OpTensor &t) {
+  *this = OpTensor{};
+  if (!alloc(t.dtype, t.dims))
+    return false;
+  if (t.bytes())
+    std::memcpy(owned.get(), t.data, t.bytes());
+  return true;
+}
+
 namespace {
 
 /// Freed large blocks by rounded size (never destroyed: blocks may be released during static destruction).

@@ -49,6 +49,8 @@ struct OpTensor {
   /// Allocates (64-byte aligned) for `d`, in the planned buffer when it is large enough; false when the size
   /// overflows or memory runs out.
   bool alloc(int dt, std::vector<int64_t> d);
+  /// `t`'s dtype, dims and bytes in a block of its own (not a planned buffer); false when memory runs out.
+  bool copyOf(const OpTensor &t);
   template <class T> const T *as() const { return reinterpret_cast<const T *>(data); }
   template <class T> T *mut() { return reinterpret_cast<T *>(owned.get()); }
 };

@@ -104,6 +104,17 @@ const char *moert_output_name(const moert_model *m, size_t i) {
   return m->meta.program().values(m->meta.program().outputs(i)).name().c_str();
 }
 const char *moert_describe(const moert_model *m) { return m ? m->description.c_str() : ""; }
+// The C API's kinds are the artifact's and the run-time values' (one numbering, cast across).
+static_assert(int(MOERT_TYPE_TENSOR) == pb::Value::TENSOR &&
+                  int(MOERT_TYPE_SEQUENCE) == pb::Value::SEQUENCE &&
+                  int(MOERT_TYPE_OPTIONAL_TENSOR) == pb::Value::OPTIONAL_TENSOR &&
+                  int(MOERT_TYPE_OPTIONAL_SEQUENCE) == pb::Value::OPTIONAL_SEQUENCE,
+              "moert_type_kind values are the artifact's Value.Kind");
+static_assert(int(MOERT_VALUE_TENSOR) == int(moert::OpTensor::Kind::Tensor) &&
+                  int(MOERT_VALUE_SEQUENCE) == int(moert::OpTensor::Kind::Sequence) &&
+                  int(MOERT_VALUE_NONE) == int(moert::OpTensor::Kind::None),
+              "moert_value_kind values are OpTensor::Kind");
+
 moert_type_kind moert_input_kind(const moert_model *m, size_t i) {
   if (!m || i >= moert_num_inputs(m))
     return MOERT_TYPE_TENSOR;
@@ -476,9 +487,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         for (Tensor &t : outs)
           if (inArena(t)) {
             Tensor copy;
-            if (!copy.alloc(t.dtype, t.dims))
+            if (!copy.copyOf(t))
               return makeError("out of memory for " + o.op() + " '" + p.values(o.outputs(0)).name() + "'");
-            std::memcpy(copy.mut<char>(), t.data, t.bytes());
             t = std::move(copy);
           }
       } else {
@@ -754,9 +764,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     const pb::Value &v = p.values(p.outputs(i));
     const Tensor &t = values[p.outputs(i)];
     res->names.push_back(v.name());
-    res->kinds.push_back(t.kind == Tensor::Kind::Sequence ? MOERT_VALUE_SEQUENCE
-                         : t.kind == Tensor::Kind::None   ? MOERT_VALUE_NONE
-                                                          : MOERT_VALUE_TENSOR);
+    res->kinds.push_back(int(t.kind));
     if (!t.isTensor()) {
       res->dims.emplace_back();
       res->data.emplace_back();

@@ -191,10 +191,8 @@ std::string runControlFlow(
           return "the body's output " + std::to_string(k) + " is not a " + dtypeName(out[k].dtype) +
                  " tensor";
         OpTensor copy; // the body's values are gone after it (and may be in the run's arena)
-        if (!copy.alloc(y.dtype, y.dims))
+        if (!copy.copyOf(y))
           return "out of memory";
-        if (y.bytes())
-          std::memcpy(copy.mut<char>(), y.data, y.bytes());
         results[k].push_back(std::move(copy));
       }
     }

@@ -16,12 +16,8 @@ using Elements = std::vector<OpTensor>;
 
 /// `t` in a block of its own (a tensor going into a sequence).
 bool ownedCopy(Ctx &c, const OpTensor &t, OpTensor &out) {
-  out = OpTensor{};
-  if (!out.alloc(t.dtype, t.dims))
-    return c.fail("cannot allocate " + dimsString(t.dims) + " " + dtypeName(t.dtype) + " (out of memory)");
-  if (t.bytes())
-    std::memcpy(out.mut<char>(), t.data, t.bytes());
-  return true;
+  return out.copyOf(t) ||
+         c.fail("cannot allocate " + dimsString(t.dims) + " " + dtypeName(t.dtype) + " (out of memory)");
 }
 
 void setSequence(OpTensor &out, Elements elements) {
@@ -67,9 +63,7 @@ bool identity(Ctx &c) {
   if (c.in.empty() || c.out.empty())
     return c.fail("needs one input and one output");
   if (!c.in[0].isTensor()) { // a sequence or an empty optional: the same value
-    const int dtype = c.out[0].dtype;
     c.out[0] = c.in[0];
-    c.out[0].dtype = dtype;
     return true;
   }
   return reshapeLike(c);
@@ -246,9 +240,7 @@ bool optionalOp(Ctx &c) {
       out.kind = OpTensor::Kind::None;
       return true;
     }
-    const int dtype = out.dtype;
     out = c.in[0];
-    out.dtype = dtype;
     return true;
   }
   if (op == "OptionalHasElement") {
@@ -262,9 +254,7 @@ bool optionalOp(Ctx &c) {
     return c.fail("input 0 is required");
   if (c.in[0].kind == OpTensor::Kind::None)
     return c.fail("the optional holds no value");
-  const int dtype = out.dtype;
   out = c.in[0];
-  out.dtype = dtype;
   return true;
 }
 
