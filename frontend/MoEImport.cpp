@@ -25,10 +25,7 @@ namespace ox = moec::onnxir;
 namespace {
 
 /// Operands of moe.sparse_moe in ODS order; null = absent.
-struct MoEOperands {
-  Value input, router, routerBias, selectionBias, fc1, fc1Bias, fc1Scales, fc2, fc2Bias, fc2Scales, mask,
-      predA, predB;
-};
+using MoEOperands = moe::SparseMoEOperands;
 
 /// Reads the node's inputs into `ops`: input i goes to `fields[i]` (null: an input the importer handles
 /// elsewhere or not at all).
@@ -189,16 +186,7 @@ LogicalResult emitSparseMoE(NodeImporter &ni, MoEOperands ops, SmallVector<Named
   auto flatType = cast<RankedTensorType>(ops.input.getType());
 
   SmallVector<Value> operands;
-  SmallVector<int32_t> segments;
-  for (Value v : {ops.input, ops.router, ops.routerBias, ops.selectionBias, ops.fc1, ops.fc1Bias,
-                  ops.fc1Scales, ops.fc2, ops.fc2Bias, ops.fc2Scales, ops.mask, ops.predA, ops.predB,
-                  /*norm_weight, norm_bias, shared_fc1, shared_fc2, shared_gate, residual*/ Value(), Value(),
-                  Value(), Value(), Value(), Value()}) {
-    segments.push_back(v ? 1 : 0);
-    if (v)
-      operands.push_back(v);
-  }
-  attrs.push_back(b.getNamedAttr("operandSegmentSizes", b.getDenseI32ArrayAttr(segments)));
+  attrs.push_back(ops.flatten(b, operands));
   Operation *op = ni.createOp(moe::SparseMoEOp::getOperationName(), operands, attrs, {flatType});
   if (!op)
     return failure();

@@ -61,6 +61,17 @@ def MoE_GateFuncAttr : EnumAttr<MoE_Dialect, MoE_GateFunc, "gate"> {
   let assemblyFormat = "`<` $value `>`";
 }
 
+def MoE_GroupScore : I32EnumAttr<"GroupScore", "how grouped top-k scores a group of experts", [
+    I32EnumAttrCase<"top2_sum", 0>,  // the sum of the group's two largest biased scores (DeepSeek-V3)
+    I32EnumAttrCase<"max", 1>        // the group's largest score (DeepSeek-V2's group_limited_greedy)
+  ]> {
+  let cppNamespace = "::moec::moe";
+  let genSpecializedAttr = 0;
+}
+def MoE_GroupScoreAttr : EnumAttr<MoE_Dialect, MoE_GroupScore, "group_score"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
 def MoE_RouterKind : I32EnumAttr<"RouterKind", "what the router operand of a MoE layer holds", [
     I32EnumAttrCase<"linear", 0>,  // router weights [H, N]; logits = input x router (+ router_bias)
     I32EnumAttrCase<"logits", 1>   // precomputed logits [T, N] from any router subgraph

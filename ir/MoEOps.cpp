@@ -198,6 +198,8 @@ LogicalResult SparseMoEOp::verify() {
                            << " experts in the chosen groups";
   } else if (getGroupTopk()) {
     return emitOpError() << "'group_topk' needs expert_groups > 1";
+  } else if (getGroupScore() != GroupScore::top2_sum) {
+    return emitOpError() << "'group_score' needs expert_groups > 1";
   }
 
   // Biases.
@@ -588,4 +590,31 @@ LogicalResult EmbeddingOp::verify() {
 
 void SparseMoEOp::getCanonicalizationPatterns(RewritePatternSet &results, MLIRContext *context) {
   results.add<DropNoOpOperands>(context);
+}
+
+NamedAttribute SparseMoEOperands::flatten(Builder &b, SmallVectorImpl<Value> &operands) const {
+  const Value all[] = {input,    router,    routerBias, selectionBias, fc1,     fc1Bias, fc1Scales,
+                       fc2,      fc2Bias,   fc2Scales,  mask,          predA,   predB,   normWeight,
+                       normBias, sharedFc1, sharedFc2,  sharedGate,    residual};
+  SmallVector<int32_t> segments;
+  for (Value v : all) {
+    segments.push_back(v ? 1 : 0);
+    if (v)
+      operands.push_back(v);
+  }
+  return b.getNamedAttr(SparseMoEOp::getOperandSegmentSizesAttrName(
+                            OperationName(SparseMoEOp::getOperationName(), b.getContext())),
+                        b.getDenseI32ArrayAttr(segments));
+}
+
+SparseMoEOp moec::moe::buildSparseMoE(OpBuilder &b, Location loc, Type result,
+                                      const SparseMoEOperands &operands, ArrayRef<NamedAttribute> attrs) {
+  OperationState state(loc, SparseMoEOp::getOperationName());
+  SmallVector<Value> values;
+  NamedAttribute segments = operands.flatten(b, values);
+  state.addOperands(values);
+  state.addAttribute(segments.getName(), segments.getValue());
+  state.addAttributes(attrs);
+  state.addTypes(result);
+  return cast<SparseMoEOp>(b.create(state));
 }

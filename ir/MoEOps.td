@@ -24,7 +24,8 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
                                                      // logits as they are (identity: weights given)
     chosen(t)  = the k indices with the largest scores[t] + selection_bias (ties: lower index); with
                  `expert_groups` > 1 the N columns form equal consecutive groups, each scored by the sum of
-                 its two largest biased scores, and only the best `group_topk` groups compete
+                 its two largest biased scores (`group_score = top2_sum`) or by its largest one (`max`), and
+                 only the best `group_topk` groups compete (ties: lower group)
     w[t, e]    = scores[t, e] for e in chosen(t); divided by their sum when `normalize`; times `scale`
     routed[t]  = sum over e in chosen(t), e < E of
                  w[t, e] * (fc2[e][:, D_e(t)] x act(fc1[e][D_e(t), :] x input[t] + fc1_bias[e]) + fc2_bias[e])
@@ -120,6 +121,7 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     DefaultValuedAttr<ConfinedAttr<I64Attr, [IntNonNegative]>, "0">:$zero_experts,
     DefaultValuedAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>, "1">:$expert_groups,
     OptionalAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>>:$group_topk,
+    DefaultValuedAttr<MoE_GroupScoreAttr, "GroupScore::top2_sum">:$group_score,
     MoE_ActivationAttr:$activation,
     DefaultValuedAttr<MoE_GatedLayoutAttr, "GatedLayout::block">:$gated_layout,
     DefaultValuedAttr<F32Attr, "1.0f">:$activation_alpha,

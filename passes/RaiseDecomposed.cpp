@@ -1,25 +1,39 @@
 //===- RaiseDecomposed.cpp - raise PyTorch-exported MoE subgraphs to moe.sparse_moe -===//
 //
-// Matches the graph `torch.onnx.export` writes for a transformers MoE block whose experts run through the
-// `batched_mm` experts implementation (docs/pytorch-export.md), from its last op backwards:
+// A MoE block written out as ONNX ops is recognised by what it computes, in two halves that each reduce the
+// exporter's ops to a normal form, and then raised to one moe.sparse_moe by one builder:
+//
+//   Experts  (per token and top-k slot: tokens, fc1 / fc2 with their biases, activation, gated layout, clamp)
+//   Routing  (logits, score function, selection bias, k, grouped top-k, normalisation, scale, zero experts)
+//
+// The experts half starts at the combine, the pattern's root, and walks backwards:
 //
 //   ReduceSum(Reshape(Mul(down, Unsqueeze(Reshape(weights))), [-1, k, H]), axes = [1])        combine
-//   down = Squeeze(MatMul(GatherND(fc2, ids), Unsqueeze(act(up))))                             down proj
-//   up   = Squeeze(MatMul(GatherND(fc1, ids), Unsqueeze(repeat_interleave(tokens, k))))        gate/up proj
-//   act  = silu(gate) * up | gelu(gate) * up after Split(axis 1) (gated) | relu / gelu / silu
+//   down = linear(fc2, act(up)),  up = linear(fc1, repeat_interleave(tokens, k))
+//   linear(W, x) = Squeeze(MatMul(GatherND(W, ids), Unsqueeze(x, -1)))     W [E, out, in]   (batched_mm)
+//                | Squeeze(MatMul(Unsqueeze(x, 1), GatherND(W, ids)))      W [E, in, out]   (transposed)
+//                  (+ GatherND(b, ids): per-expert bias; Squeeze(Unsqueeze(v)) pairs are seen through)
+//   act = g(gate) * up after a Split in halves (block layout) or two step-2 Slices (interleaved), with
+//         g = silu | silu(alpha *) | gelu, `up + beta`, and GPT-OSS's clamps; or an ungated relu / gelu /
+//         silu
 //
-// and then the router that produced `ids` and `weights`:
+// The routing half starts from the ids and weights the experts use:
 //
-//   ids     = TopK(sel, k).indices        (optionally skip-masked: Where(ids == E, 0, ids))
-//   weights = TopK.values | GatherElements(scores, ids), then optionally / ReduceSum (renormalise),
-//             * scale, and Where(ids == E, 0, w) (ZAYA's skip class)
-//   sel     = scores (+ selection bias) (grouped: Where(not(group mask), -inf, sel))
+//   ids     = TopK(sel, k).indices                    (optionally skip-masked: Where(ids == E, 0, ids))
+//   weights = scores at ids (TopK values or GatherElements), score-function(TopK(logits).values) for a top-k
+//             taken before the score function (softmax: renormalised), then optionally / sum (ReduceSum,
+//             ReduceL1, + a negligible eps or Clip at a provably inactive minimum), * scale, skip-zeroed
+//   sel     = scores (+ selection bias) (grouped: Where(not(group mask), -inf or 0, sel), groups scored by
+//             their top-2 sum or their max)
 //   scores  = Softmax(logits) | Sigmoid(logits)
 //
-// The result is one moe.sparse_moe with router_kind = logits and the logits as its router operand
-// (moe-fold-router turns a linear router into weights). Every op of the pattern must be used only inside
-// the pattern; otherwise (and for every other near miss) nothing changes and, with `remarks`, a remark
-// says why.
+// The result has router_kind = logits with the logits as its router operand (moe-fold-router turns a linear
+// router, bias included, into weights). Every op of the pattern must be used only inside the pattern. The
+// pattern runs under MLIR's greedy rewrite driver; each near miss is a `notifyMatchFailure` that becomes a
+// `--report` remark.
+//
+// Adding a form an exporter writes means teaching one of the two halves another way of writing the same
+// fact (docs/writing-fusion-passes.md), not adding a pass.
 //
 //===----------------------------------------------------------------------===//
 #include "ir/MoEOps.h"
@@ -29,8 +43,14 @@
 
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/Matchers.h"
+#include "mlir/IR/PatternMatch.h"
 #include "mlir/IR/Verifier.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+#include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/SetVector.h"
+
+#include <cmath>
+#include <cstring>
 
 namespace moec {
 #define GEN_PASS_DEF_MOERAISEDECOMPOSEDPASS
@@ -68,78 +88,283 @@ struct Matcher {
     }
     return v;
   }
-  /// Unsqueeze/Squeeze of the last axis (`-1` or rank-1) of `v`'s operand; returns that operand.
-  template <typename OpTy> Value lastAxis(Value v, int64_t operandRank) {
-    auto op = take<OpTy>(v);
+  /// Unsqueeze/Squeeze of one axis `axis` (or its negative form) of `v`'s operand; returns that operand.
+  template <typename OpTy> Value oneAxis(Value v, int64_t axis, int64_t resultRank) {
+    auto op = defOp<OpTy>(v);
     if (!op || !op.getAxes())
       return {};
     auto axes = constantInts(op.getAxes());
-    if (!axes || axes->size() != 1 || ((*axes)[0] != -1 && (*axes)[0] != operandRank))
+    if (!axes || axes->size() != 1 || normAxis((*axes)[0], resultRank) != axis)
       return {};
+    ops.insert(op);
     return op.getData();
+  }
+  /// `v` with Squeeze(Unsqueeze(x, a), a) pairs (the exporter's no-op views) seen through.
+  Value peelViewPairs(Value v) {
+    while (auto sq = defOp<ox::SqueezeOp>(v)) {
+      auto un = defOp<ox::UnsqueezeOp>(sq.getData());
+      auto a = sq.getAxes() ? constantInts(sq.getAxes()) : std::nullopt;
+      auto b = un && un.getAxes() ? constantInts(un.getAxes()) : std::nullopt;
+      if (!a || !b || *a != *b)
+        break;
+      ops.insert(sq);
+      ops.insert(un);
+      v = un.getData();
+    }
+    return v;
   }
 };
 
-/// One matched layer, ready to build.
-struct Layer {
-  Value tokens, logits, selectionBias, fc1, fc2;
-  int64_t k = 0, zeroExperts = 0, groups = 1, groupTopk = 0;
-  moe::GateFunc gate = moe::GateFunc::softmax;
+// ---- The normal form -------------------------------------------------------------------------------------
+
+/// What the experts compute for each (token, slot): act(fc1 x + b1) through fc2 (+ b2).
+struct Experts {
+  Value tokens;   ///< [T, H]
+  Value fc1, fc2; ///< [E, rows, in] as stored; `transposed`: [E, in, rows]
+  bool fc1Transposed = false, fc2Transposed = false;
+  Value fc1Bias, fc2Bias; ///< [E, rows] or null
   moe::Activation act = moe::Activation::identity;
-  bool normalize = false;
-  double scale = 1.0;
+  moe::GatedLayout layout = moe::GatedLayout::block;
+  double alpha = 1.0, beta = 0.0;
+  std::optional<double> limit;
+  int64_t k = 0;
 };
 
-/// `MatMul(GatherND(W, ids), Unsqueeze(x, -1))` squeezed back: W[ids] @ x[..., None]. Returns W, sets ids
-/// and x.
-Value matchBatchedLinear(Matcher &m, Value v, Value &ids, Value &x) {
-  Value mm = m.lastAxis<ox::SqueezeOp>(v, 2);
-  auto matmul = m.take<ox::MatMulOp>(mm);
+/// How each token picks its experts and weighs them.
+struct Routing {
+  Value logits, selectionBias;
+  moe::GateFunc gate = moe::GateFunc::softmax;
+  bool normalize = false;
+  double scale = 1.0;
+  int64_t zeroExperts = 0, groups = 1, groupTopk = 0;
+  moe::GroupScore groupScore = moe::GroupScore::top2_sum;
+};
+
+// ---- Experts ---------------------------------------------------------------------------------------------
+
+/// One batched per-expert linear layer applied to `x` rows: W[ids] @ x (+ b[ids]). Returns W, sets the rest.
+struct BatchedLinear {
+  Value weight, bias, ids, x;
+  bool transposed = false;
+};
+std::optional<BatchedLinear> matchBatchedLinear(Matcher &m, Value v) {
+  BatchedLinear l;
+  v = m.peelViewPairs(v);
+  // Per-expert bias: Add(linear, GatherND(b, ids)).
+  Value biasIds;
+  if (auto add = defOp<ox::AddOp>(v)) {
+    for (int i = 0; i < 2 && !l.bias; ++i)
+      if (auto g = defOp<ox::GatherNDOp>(add->getOperand(i)))
+        if (g.getBatchDims() == 0 && matchPattern(g.getData(), m_Constant()) && rankOf(g.getData()) == 2) {
+          m.ops.insert(add);
+          m.ops.insert(g);
+          l.bias = g.getData();
+          biasIds = g.getIndices();
+          v = m.peelViewPairs(add->getOperand(1 - i));
+        }
+  }
+  Matcher trial = m;
+  Value mm = trial.oneAxis<ox::SqueezeOp>(v, 2, 3);
+  bool transposed = false;
+  if (!mm) { // [T*k, 1, out] squeezed at axis 1
+    trial = m;
+    mm = trial.oneAxis<ox::SqueezeOp>(v, 1, 3);
+    transposed = true;
+  }
+  auto matmul = trial.take<ox::MatMulOp>(mm);
   if (!matmul)
-    return {};
-  auto gather = m.take<ox::GatherNDOp>(matmul.getA());
+    return std::nullopt;
+  Value wSide = transposed ? matmul.getB() : matmul.getA();
+  Value xSide = transposed ? matmul.getA() : matmul.getB();
+  auto gather = trial.take<ox::GatherNDOp>(wSide);
   if (!gather || gather.getBatchDims() != 0 || !matchPattern(gather.getData(), m_Constant()) ||
       rankOf(gather.getData()) != 3)
-    return {};
-  ids = gather.getIndices();
-  x = m.lastAxis<ox::UnsqueezeOp>(matmul.getB(), 2);
-  return x ? gather.getData() : Value();
+    return std::nullopt;
+  l.x =
+      transposed ? trial.oneAxis<ox::UnsqueezeOp>(xSide, 1, 3) : trial.oneAxis<ox::UnsqueezeOp>(xSide, 2, 3);
+  if (!l.x)
+    return std::nullopt;
+  l.weight = gather.getData();
+  l.ids = gather.getIndices();
+  l.transposed = transposed;
+  if (l.bias && !sameData(biasIds, l.ids))
+    return std::nullopt;
+  m = trial;
+  return l;
 }
 
-/// The token index ids: Unsqueeze(Reshape(ids, [-1]), -1). Returns the unflattened ids.
+/// The flattened top-k id column the gathers use: Unsqueeze(Reshape(ids, [-1]), -1). Returns the ids.
 Value matchIdColumn(Matcher &m, Value v) {
-  Value flat = m.lastAxis<ox::UnsqueezeOp>(v, 1);
+  Value flat = m.oneAxis<ox::UnsqueezeOp>(v, 1, 2);
   return flat ? m.peelReshapes(flat) : Value();
 }
 
-/// Activation applied to `v`; sets `act` and returns its input, or null.
-Value matchActivation(Matcher &m, Value v, moe::Activation &act, bool gated) {
-  if (auto mul = defOp<ox::MulOp>(v)) { // x * sigmoid(x)
-    for (int i = 0; i < 2; ++i)
-      if (auto sig = defOp<ox::SigmoidOp>(mul->getOperand(i)))
-        if (sig.getX() == mul->getOperand(1 - i)) {
-          m.ops.insert(mul);
-          m.ops.insert(sig);
-          act = gated ? moe::Activation::swiglu : moe::Activation::silu;
-          return sig.getX();
-        }
+/// `x * sigmoid(alpha * x)` (alpha = 1 without the Mul) or `x * sigmoid(x)`; returns x.
+Value matchSilu(Matcher &m, Value v, double &alpha) {
+  auto mul = defOp<ox::MulOp>(v);
+  if (!mul)
+    return {};
+  for (int i = 0; i < 2; ++i) {
+    auto sig = defOp<ox::SigmoidOp>(mul->getOperand(i));
+    if (!sig)
+      continue;
+    Value x = mul->getOperand(1 - i);
+    double a = 1.0;
+    Operation *scaleOp = nullptr;
+    if (sig.getX() != x) {
+      auto inner = defOp<ox::MulOp>(sig.getX());
+      Value c = inner ? otherOperand(inner, x) : Value();
+      auto s = c ? constantScalar(c) : std::nullopt;
+      if (!s)
+        continue;
+      a = *s;
+      scaleOp = inner;
+    }
+    m.ops.insert(mul);
+    m.ops.insert(sig);
+    if (scaleOp)
+      m.ops.insert(scaleOp);
+    alpha = a;
+    return x;
+  }
+  return {};
+}
+
+/// Ungated activation applied to `v`; sets `act` and returns its input.
+Value matchPlainActivation(Matcher &m, Value v, moe::Activation &act) {
+  double alpha = 1.0;
+  Matcher trial = m;
+  if (Value x = matchSilu(trial, v, alpha); x && alpha == 1.0) {
+    m = trial;
+    act = moe::Activation::silu;
+    return x;
   }
   if (auto gelu = m.take<ox::GeluOp>(v)) {
-    bool tanh = gelu.getApproximate() == "tanh";
-    if (gated && tanh)
-      return m.fail("gated tanh-GELU experts have no moe.sparse_moe activation"), Value();
-    act = gated ? moe::Activation::geglu : (tanh ? moe::Activation::gelu_tanh : moe::Activation::gelu);
+    act = gelu.getApproximate() == "tanh" ? moe::Activation::gelu_tanh : moe::Activation::gelu;
     return gelu.getX();
   }
-  if (auto relu = m.take<ox::ReluOp>(v); relu && !gated) {
+  if (auto relu = m.take<ox::ReluOp>(v)) {
     act = moe::Activation::relu;
     return relu.getX();
   }
   return {};
 }
 
-/// Expert part, from the combining ReduceSum.
-bool matchExperts(Matcher &m, ox::ReduceSumOp sum, Layer &layer, Value &ids, Value &weights) {
+/// The two halves a gated activation reads from the up projection `u`: Split(u, axis -1) in two equal halves
+/// (block layout), or Slice(u, 0::2) / Slice(u, 1::2) along the last axis (interleaved). Returns u.
+Value matchGateUpHalves(Matcher &m, Value gate, Value up, moe::GatedLayout &layout) {
+  if (auto split = defOp<ox::SplitOp>(gate)) {
+    int64_t rank = rankOf(split.getInput());
+    if (split->getNumResults() != 2 || gate != split->getResult(0) || up != split->getResult(1) ||
+        normAxis(split.getAxis(), rank) != rank - 1)
+      return {};
+    if (split.getSplit()) {
+      auto sizes = constantInts(split.getSplit());
+      if (!sizes || sizes->size() != 2 || (*sizes)[0] != (*sizes)[1])
+        return {};
+    }
+    m.ops.insert(split);
+    layout = moe::GatedLayout::block;
+    return split.getInput();
+  }
+  auto sg = defOp<ox::SliceOp>(gate), su = defOp<ox::SliceOp>(up);
+  if (!sg || !su || sg.getData() != su.getData())
+    return {};
+  int64_t rank = rankOf(sg.getData());
+  auto half = [&](ox::SliceOp s, int64_t start) {
+    auto st = constantInts(s.getStarts()), en = constantInts(s.getEnds()), ax = constantInts(s.getAxes()),
+         sp = constantInts(s.getSteps());
+    return st && en && ax && sp && st->size() == 1 && ax->size() == 1 && sp->size() == 1 &&
+           (*st)[0] == start && (*en)[0] >= (int64_t(1) << 30) && (*sp)[0] == 2 &&
+           normAxis((*ax)[0], rank) == rank - 1;
+  };
+  if (!half(sg, 0) || !half(su, 1))
+    return {};
+  m.ops.insert(sg);
+  m.ops.insert(su);
+  layout = moe::GatedLayout::interleaved;
+  return sg.getData();
+}
+
+/// `Clip(v, lo, hi)` with constant bounds (absent = unbounded); returns v and sets the bounds.
+Value matchClip(Matcher &m, Value v, std::optional<double> &lo, std::optional<double> &hi) {
+  auto clip = defOp<ox::ClipOp>(v);
+  if (!clip)
+    return {};
+  lo = clip.getMin() ? constantScalar(clip.getMin()) : std::nullopt;
+  hi = clip.getMax() ? constantScalar(clip.getMax()) : std::nullopt;
+  if ((clip.getMin() && !lo) || (clip.getMax() && !hi))
+    return {};
+  m.ops.insert(clip);
+  return clip.getInput();
+}
+
+/// A gated activation `g(gate) * (up + beta)` of the two halves of one projection; sets the experts'
+/// activation facts and returns the projection.
+Value matchGated(Matcher &m, Value h, Experts &ex) {
+  auto mul = defOp<ox::MulOp>(h);
+  if (!mul)
+    return {};
+  for (int i = 0; i < 2; ++i) {
+    Matcher trial = m;
+    trial.ops.insert(mul);
+    Value gPart = mul->getOperand(i), upPart = mul->getOperand(1 - i);
+    // The gate side: silu (with alpha) or gelu.
+    moe::Activation act;
+    double alpha = 1.0;
+    Value g = matchSilu(trial, gPart, alpha);
+    if (g) {
+      act = moe::Activation::swiglu;
+    } else if (auto gelu = trial.take<ox::GeluOp>(gPart); gelu && gelu.getApproximate() != "tanh") {
+      act = moe::Activation::geglu;
+      g = gelu.getX();
+    } else {
+      continue;
+    }
+    // The up side: up or up + beta.
+    double beta = 0.0;
+    Value u = upPart;
+    if (auto add = defOp<ox::AddOp>(u)) {
+      for (int j = 0; j < 2; ++j)
+        if (auto c = constantScalar(add->getOperand(j))) {
+          trial.ops.insert(add);
+          beta = *c;
+          u = add->getOperand(1 - j);
+          break;
+        }
+    }
+    // GPT-OSS's clamps: gate <= limit, -limit <= up <= limit.
+    std::optional<double> glo, ghi, ulo, uhi, limit;
+    if (Value in = matchClip(trial, g, glo, ghi)) {
+      if (glo || !ghi)
+        return m.fail("the gate half is clamped other than from above (min(gate, limit))"), Value();
+      g = in;
+      limit = *ghi;
+    }
+    if (Value in = matchClip(trial, u, ulo, uhi)) {
+      if (!limit || !ulo || !uhi || *uhi != *limit || *ulo != -*limit)
+        return m.fail("the up half's clamp is not [-limit, limit] with the gate's limit"), Value();
+      u = in;
+    } else if (limit) {
+      return m.fail("the gate half is clamped but the up half is not"), Value();
+    }
+    moe::GatedLayout layout;
+    Value proj = matchGateUpHalves(trial, g, u, layout);
+    if (!proj)
+      continue;
+    m = trial;
+    ex.act = act;
+    ex.alpha = alpha;
+    ex.beta = beta;
+    ex.limit = limit;
+    ex.layout = layout;
+    return proj;
+  }
+  return {};
+}
+
+/// The experts half, from the combining ReduceSum. Sets the routing `ids` and per-(token, slot) `weights`.
+bool matchExperts(Matcher &m, ox::ReduceSumOp sum, Experts &ex, Value &ids, Value &weights) {
   auto axes = sum.getAxes() ? constantInts(sum.getAxes()) : std::nullopt;
   if (sum.getKeepdims() != 0 || !axes || axes->size() != 1 || (*axes)[0] != 1)
     return false;
@@ -151,102 +376,83 @@ bool matchExperts(Matcher &m, ox::ReduceSumOp sum, Layer &layer, Value &ids, Val
   auto mul = m.take<ox::MulOp>(reshape.getData());
   if (!mul)
     return false;
-  Value idsDown, h, fc2;
+  std::optional<BatchedLinear> down;
   Value weightCol;
-  for (int i = 0; i < 2 && !fc2; ++i) {
+  for (int i = 0; i < 2 && !down; ++i) {
     Matcher trial = m;
-    fc2 = matchBatchedLinear(trial, mul->getOperand(i), idsDown, h);
-    if (fc2) {
+    down = matchBatchedLinear(trial, mul->getOperand(i));
+    if (down) {
       m = trial;
       weightCol = mul->getOperand(1 - i);
     }
   }
-  if (!fc2)
+  if (!down)
     return false; // not an expert combine at all: no remark
-  layer.k = (*shape)[1];
-  Value flatWeights = m.lastAxis<ox::UnsqueezeOp>(weightCol, 1);
+  ex.k = (*shape)[1];
+  Value flatWeights = m.oneAxis<ox::UnsqueezeOp>(weightCol, 1, 2);
   if (!flatWeights)
     return m.fail("the expert outputs are not scaled by a per-(token, slot) routing weight column");
   weights = m.peelReshapes(flatWeights);
-  ids = matchIdColumn(m, idsDown);
+  ids = matchIdColumn(m, down->ids);
   if (!ids)
     return m.fail("the down projection's expert gather is not indexed by the flattened top-k ids");
 
-  // Activation between the projections; gated ones split the up projection in two halves.
-  Value upOut;
-  if (auto gmul = defOp<ox::MulOp>(h)) {
-    for (int i = 0; i < 2 && !upOut; ++i) {
-      Matcher trial = m;
-      trial.ops.insert(gmul);
-      auto split = defOp<ox::SplitOp>(gmul->getOperand(1 - i));
-      if (!split || split->getNumResults() != 2 || split.getAxis() != 1 ||
-          gmul->getOperand(1 - i) != split->getResult(1))
-        continue;
-      moe::Activation act;
-      Value g = matchActivation(trial, gmul->getOperand(i), act, /*gated=*/true);
-      if (!g || g != split->getResult(0))
-        continue;
-      if (split.getSplit()) {
-        auto sizes = constantInts(split.getSplit());
-        if (!sizes || sizes->size() != 2 || (*sizes)[0] != (*sizes)[1])
-          continue;
-      }
-      trial.ops.insert(split);
-      m = trial;
-      layer.act = act;
-      upOut = split.getInput();
-    }
-  }
-  if (!upOut) {
-    moe::Activation act;
-    if (Value in = matchActivation(m, h, act, /*gated=*/false)) {
-      layer.act = act;
-      upOut = in;
-    }
-  }
+  // Activation between the projections.
+  Value upOut = matchGated(m, down->x, ex);
+  if (!upOut && m.why.empty())
+    upOut = matchPlainActivation(m, down->x, ex.act);
   if (!upOut)
     return m.fail("no activation this compiler knows between the expert projections");
-  Value idsUp, xrep;
-  Value fc1 = matchBatchedLinear(m, upOut, idsUp, xrep);
-  if (!fc1)
+  auto up = matchBatchedLinear(m, upOut);
+  if (!up)
     return m.fail("the up projection is not a gathered batched matmul W[ids] @ x");
-  if (!sameData(matchIdColumn(m, idsUp), ids))
+  if (!sameData(matchIdColumn(m, up->ids), ids))
     return m.fail("the up and down projections gather experts with different ids");
 
-  // tokens repeated k times: Reshape(Expand(Unsqueeze(tokens, 1), [1, k, 1]), [-1, H]).
+  // Tokens repeated k times: Reshape(Expand(Unsqueeze(tokens, 1), [1, k, 1]), [-1, H]).
   Value tokens;
-  if (auto rr = defOp<ox::ReshapeOp>(xrep))
+  if (auto rr = defOp<ox::ReshapeOp>(up->x))
     if (auto expand = defOp<ox::ExpandOp>(rr.getData()))
       if (auto unsq = defOp<ox::UnsqueezeOp>(expand.getInput())) {
         auto ua = constantInts(unsq.getAxes());
         auto es = constantInts(expand.getShape());
-        if (ua && ua->size() == 1 && (*ua)[0] == 1 && es && es->size() == 3 && (*es)[1] == layer.k) {
+        if (ua && ua->size() == 1 && (*ua)[0] == 1 && es && es->size() == 3 && (*es)[1] == ex.k) {
           m.ops.insert(rr);
           m.ops.insert(expand);
           m.ops.insert(unsq);
           tokens = unsq.getData();
         }
       }
-  if (!tokens && layer.k == 1)
-    tokens = xrep;
+  if (!tokens && ex.k == 1)
+    tokens = up->x;
   if (!tokens)
-    return m.fail("the experts' input is not each token repeated k = " + Twine(layer.k) + " times");
+    return m.fail("the experts' input is not each token repeated k = " + Twine(ex.k) + " times");
   if (rankOf(tokens) != 2)
     return m.fail("the experts' tokens are not a 2-D [T, H] tensor");
 
-  auto w1 = cast<RankedTensorType>(fc1.getType()), w2 = cast<RankedTensorType>(fc2.getType());
-  bool gated = layer.act == moe::Activation::swiglu || layer.act == moe::Activation::geglu;
-  int64_t e = w1.getDimSize(0), h1 = w1.getDimSize(2), f = w2.getDimSize(2);
+  auto w1 = cast<RankedTensorType>(up->weight.getType()), w2 = cast<RankedTensorType>(down->weight.getType());
+  auto rows = [](RankedTensorType t, bool tr) { return t.getDimSize(tr ? 2 : 1); };
+  auto cols = [](RankedTensorType t, bool tr) { return t.getDimSize(tr ? 1 : 2); };
+  bool gated = ex.act == moe::Activation::swiglu || ex.act == moe::Activation::geglu;
+  int64_t e = w1.getDimSize(0), h1 = cols(w1, up->transposed), f = cols(w2, down->transposed);
   if (w2.getDimSize(0) != e)
     return m.fail("mismatched expert count: fc1 has " + Twine(e) + " experts, fc2 " + Twine(w2.getDimSize(0)));
-  if (w1.getDimSize(1) != (gated ? 2 * f : f) || w2.getDimSize(1) != h1)
-    return m.fail("expert weight shapes do not chain (fc1 " + Twine(w1.getDimSize(1)) + "x" + Twine(h1) +
-                  ", fc2 " + Twine(w2.getDimSize(1)) + "x" + Twine(f) + ")");
-  layer.tokens = tokens;
-  layer.fc1 = fc1;
-  layer.fc2 = fc2;
+  if (rows(w1, up->transposed) != (gated ? 2 * f : f) || rows(w2, down->transposed) != h1)
+    return m.fail("expert weight shapes do not chain (fc1 " + Twine(rows(w1, up->transposed)) + "x" +
+                  Twine(h1) + ", fc2 " + Twine(rows(w2, down->transposed)) + "x" + Twine(f) + ")");
+  if (!w1.getElementType().isF32() || !w2.getElementType().isF32())
+    return m.fail("the expert weights are not f32");
+  ex.tokens = tokens;
+  ex.fc1 = up->weight;
+  ex.fc2 = down->weight;
+  ex.fc1Transposed = up->transposed;
+  ex.fc2Transposed = down->transposed;
+  ex.fc1Bias = up->bias;
+  ex.fc2Bias = down->bias;
   return true;
 }
+
+// ---- Routing ---------------------------------------------------------------------------------------------
 
 /// `Equal(ids, E)`: the skip-class test; returns the ids.
 Value matchSkipTest(Value cond, int64_t numExperts) {
@@ -261,9 +467,112 @@ Value matchSkipTest(Value cond, int64_t numExperts) {
   return {};
 }
 
-/// Router part, from the top-k ids and weights the experts use.
-bool matchRouter(Matcher &m, Value ids, Value weights, Layer &layer) {
-  int64_t e = cast<RankedTensorType>(layer.fc1.getType()).getDimSize(0);
+/// `v` reduced over its last axis with keepdims by `OpTy`; returns the reduced value.
+template <typename OpTy> Value lastAxisReduced(Value v) {
+  auto r = defOp<OpTy>(v);
+  auto ax = r && r.getAxes() ? constantInts(r.getAxes()) : std::nullopt;
+  if (!r || r.getKeepdims() != 1 || !ax || ax->size() != 1)
+    return {};
+  int64_t rank = rankOf(r.getData());
+  return normAxis((*ax)[0], rank) == rank - 1 ? r.getData() : Value();
+}
+
+/// Grouped top-k: `Where(Not(group mask), fill, base)` where the mask keeps the best `topk_group` groups of
+/// `Reshape(base, [-1, G, per])`, scored by the sum of their top 2 (DeepSeek-V3) or their max (DeepSeek-V2).
+/// Returns base; sets the groups.
+Value matchGroupMask(Matcher &m, ox::WhereOp where, Routing &r, bool &fillIsZero) {
+  auto fill = constantScalar(where.getX());
+  if (!fill || !((std::isinf(*fill) && *fill < 0) || *fill == 0.0))
+    return m.fail("the top-k input is masked with something other than -inf or 0"), Value();
+  fillIsZero = *fill == 0.0;
+  Value base = where.getY();
+  Value c = where.getCondition();
+  m.ops.insert(where);
+  if (auto n = m.take<ox::NotOp>(c))
+    c = n.getX();
+  else
+    return m.fail("the grouped top-k mask is not negated"), Value();
+  while (true) {
+    if (auto cast = m.take<ox::CastOp>(c))
+      c = cast.getInput();
+    else if (auto rs = m.take<ox::ReshapeOp>(c))
+      c = rs.getData();
+    else if (auto ex = m.take<ox::ExpandOp>(c))
+      c = ex.getInput();
+    else if (auto u = m.take<ox::UnsqueezeOp>(c))
+      c = u.getData();
+    else
+      break;
+  }
+  auto scatter = m.take<ox::ScatterElementsOp>(c);
+  auto gtop = scatter ? defOp<ox::TopKOp>(scatter.getIndices()) : ox::TopKOp();
+  auto gk = gtop ? constantInts(gtop.getK()) : std::nullopt;
+  if (!gtop || !gk || gk->size() != 1)
+    return m.fail("the top-k input mask is not a grouped top-k (a scatter of the best groups' ids)"), Value();
+  SmallVector<Operation *> groupOps{scatter, gtop};
+  Value grouped;
+  if (auto gsum = defOp<ox::ReduceSumOp>(gtop.getX())) { // sum of the top 2 per group
+    auto inner = defOp<ox::TopKOp>(gsum.getData());
+    auto two = inner ? constantInts(inner.getK()) : std::nullopt;
+    if (inner && two && (*two)[0] == 2 && gsum.getData() == inner.getValues()) {
+      groupOps.append({gsum, inner});
+      grouped = inner.getX();
+      r.groupScore = moe::GroupScore::top2_sum;
+    }
+  } else if (auto gmax = defOp<ox::ReduceMaxOp>(gtop.getX())) { // max per group
+    auto ax = gmax.getAxes() ? constantInts(gmax.getAxes()) : std::nullopt;
+    if (ax && ax->size() == 1 && normAxis((*ax)[0], 3) == 2 && gmax.getKeepdims() == 0) {
+      groupOps.push_back(gmax);
+      grouped = gmax.getData();
+      r.groupScore = moe::GroupScore::max;
+    }
+  }
+  auto reshaped = defOp<ox::ReshapeOp>(grouped);
+  auto gshape = reshaped ? constantInts(reshaped.getShape()) : std::nullopt;
+  if (!reshaped || reshaped.getData() != base || !gshape || gshape->size() != 3)
+    return m.fail(
+               "the grouped top-k does not score groups of the top-k input by their top-2 sum or their max"),
+           Value();
+  groupOps.push_back(reshaped);
+  for (Operation *op : groupOps)
+    m.ops.insert(op);
+  // zeros_like / ones_like: chains that only read shapes (Shape, Expand, ConstantOfShape).
+  SmallVector<Value> side{scatter.getData(), scatter.getUpdates()};
+  while (!side.empty()) {
+    Operation *d = side.pop_back_val().getDefiningOp();
+    if (!d || d->hasTrait<OpTrait::ConstantLike>() || m.ops.contains(d))
+      continue;
+    if (isa<ox::ExpandOp, ox::ConstantOfShapeOp>(d)) {
+      m.ops.insert(d);
+      side.append(d->operand_begin(), d->operand_end());
+    } else if (isa<ox::ShapeOp>(d)) {
+      m.ops.insert(d);
+    }
+  }
+  r.groups = (*gshape)[1];
+  r.groupTopk = (*gk)[0];
+  return base;
+}
+
+/// Softmax over the last axis or Sigmoid of `v`: sets the gate and returns the logits.
+Value matchScoreFunction(Matcher &m, Value v, moe::GateFunc &gate) {
+  if (auto sm = defOp<ox::SoftmaxOp>(v)) {
+    if (normAxis(sm.getAxis(), rankOf(v)) != rankOf(v) - 1)
+      return m.fail("softmax over the wrong axis (" + Twine(sm.getAxis()) + "; experts are the last dim)"),
+             Value();
+    m.ops.insert(sm);
+    gate = moe::GateFunc::softmax;
+    return sm.getInput();
+  }
+  if (auto sg = m.take<ox::SigmoidOp>(v)) {
+    gate = moe::GateFunc::sigmoid;
+    return sg.getX();
+  }
+  return {};
+}
+
+/// The routing half, from the top-k ids and weights the experts use.
+bool matchRouting(Matcher &m, Value ids, Value weights, int64_t e, int64_t k, Routing &r) {
   bool skip = false;
   if (auto where = defOp<ox::WhereOp>(ids)) {
     auto zero = constantInts(where.getX());
@@ -286,10 +595,10 @@ bool matchRouter(Matcher &m, Value ids, Value weights, Layer &layer) {
                   " tensor; experts are the last dim)");
   if (topk.getLargest() != 1)
     return m.fail("top-k picks the smallest scores");
-  if (!kk || kk->size() != 1 || (*kk)[0] != layer.k)
-    return m.fail("the router's top-k does not pick k = " + Twine(layer.k) + " experts");
+  if (!kk || kk->size() != 1 || (*kk)[0] != k)
+    return m.fail("the router's top-k does not pick k = " + Twine(k) + " experts");
 
-  // Weights: peel skip masking, scaling and renormalisation (outermost first).
+  // Weights: peel skip masking, scaling and normalisation (outermost first).
   Value w = m.peelReshapes(weights);
   if (skip) {
     auto where = defOp<ox::WhereOp>(w);
@@ -299,139 +608,131 @@ bool matchRouter(Matcher &m, Value ids, Value weights, Layer &layer) {
     m.ops.insert(where);
     w = m.peelReshapes(where.getY());
   }
-  if (auto mul = defOp<ox::MulOp>(w)) {
-    for (int i = 0; i < 2; ++i)
-      if (auto s = constantScalar(mul->getOperand(i))) {
-        m.ops.insert(mul);
-        layer.scale = *s;
-        w = mul->getOperand(1 - i);
-        break;
-      }
-  }
+  // A constant scale (routed_scaling_factor), then normalisation: w / sum(w) written as ReduceSum, ReduceL1
+  // (of non-negative scores), ReduceSum + an eps below the f32 resolution of the sum (DeepSeek's 1e-20), or
+  // Clip(ReduceSum, min) with min below the smallest sum the scores can have (Ernie's 1e-12 on softmax
+  // scores, checked once the gate is known). A scale applied before normalising cancels.
+  auto peelScale = [&](double &scale) {
+    if (auto mul = defOp<ox::MulOp>(w))
+      for (int i = 0; i < 2; ++i)
+        if (auto s = constantScalar(mul->getOperand(i))) {
+          m.ops.insert(mul);
+          scale = *s;
+          w = mul->getOperand(1 - i);
+          return;
+        }
+  };
+  peelScale(r.scale);
+  double clipMin = -1.0;
   if (auto div = defOp<ox::DivOp>(w)) {
+    Matcher trial = m;
     Value den = div.getB();
-    if (auto add = defOp<ox::AddOp>(den)) { // `sum + 1e-20` (DeepSeek-V3): below f32 resolution of the sum
+    double lo = -1.0;
+    if (auto add = defOp<ox::AddOp>(den)) {
       for (int i = 0; i < 2; ++i)
         if (auto eps = constantScalar(add->getOperand(i)); eps && *eps >= 0 && *eps < 1e-12) {
-          m.ops.insert(add);
+          trial.ops.insert(add);
           den = add->getOperand(1 - i);
           break;
         }
+    } else if (auto clip = defOp<ox::ClipOp>(den); clip && clip.getMin() && !clip.getMax()) {
+      if (auto c = constantScalar(clip.getMin())) {
+        trial.ops.insert(clip);
+        lo = *c;
+        den = clip.getInput();
+      }
     }
-    auto rsum = defOp<ox::ReduceSumOp>(den);
-    auto ax = rsum && rsum.getAxes() ? constantInts(rsum.getAxes()) : std::nullopt;
-    if (rsum && rsum.getData() == div.getA() && rsum.getKeepdims() == 1 && ax && ax->size() == 1 &&
-        normAxis((*ax)[0], rankOf(div.getA())) == rankOf(div.getA()) - 1) {
-      m.ops.insert(div);
-      m.ops.insert(rsum);
-      layer.normalize = true;
+    Value summed = lastAxisReduced<ox::ReduceSumOp>(den);
+    if (!summed)
+      summed = lastAxisReduced<ox::ReduceL1Op>(den); // |w| = w: softmax and sigmoid scores are positive
+    if (summed && summed == div.getA()) {
+      trial.ops.insert(div);
+      trial.ops.insert(den.getDefiningOp());
+      m = trial;
+      r.normalize = true;
+      clipMin = lo;
       w = div.getA();
+      double cancelled = 1.0;
+      peelScale(cancelled);
     }
   }
 
-  Value scores;
+  // Scores and the selection input.
   Value sel = topk.getX();
-  if (w == topk.getValues()) {
-    scores = sel;
+  Value scores;
+  bool topkBeforeScore = false;
+  if (auto sm = defOp<ox::SoftmaxOp>(w); sm && sm.getInput() == topk.getValues()) {
+    // Top-k of the logits, then a softmax over the k values: a softmax gate renormalised over the top k.
+    if (normAxis(sm.getAxis(), rankOf(w)) != rankOf(w) - 1)
+      return m.fail("softmax over the top-k values along the wrong axis");
+    if (r.normalize)
+      return m.fail("a softmax over the top-k values renormalised again");
+    m.ops.insert(sm);
+    r.gate = moe::GateFunc::softmax;
+    r.normalize = true;
+    r.logits = sel;
+    topkBeforeScore = true;
+  } else if (auto sg = defOp<ox::SigmoidOp>(w); sg && sg.getX() == topk.getValues()) {
+    m.ops.insert(sg); // sigmoid is monotonic: top-k of the logits is top-k of the scores
+    r.gate = moe::GateFunc::sigmoid;
+    r.logits = sel;
+    topkBeforeScore = true;
+  } else if (w == topk.getValues()) {
+    scores = sel; // refined below: the values are the scores unless a bias or mask intervenes
   } else if (auto ge = defOp<ox::GatherElementsOp>(w)) {
     if (ge.getIndices() != ids || normAxis(ge.getAxis(), rank) != rank - 1)
       return m.fail("the routing weights are not gathered at the top-k ids");
     m.ops.insert(ge);
     scores = ge.getData();
   } else {
-    return m.fail("the routing weights are neither the top-k values nor the scores at the top-k ids");
+    return m.fail("the routing weights are neither the top-k values, the scores at the top-k ids, nor a "
+                  "softmax / sigmoid of the top-k logits");
   }
 
-  // Selection: grouped top-k mask, then a selection-only bias.
-  if (sel != scores) {
+  if (!topkBeforeScore) {
+    bool valuesAreWeights = w == topk.getValues();
+    bool fillIsZero = false;
     if (auto where = defOp<ox::WhereOp>(sel)) {
-      auto ninf = constantScalar(where.getX());
-      if (!ninf || !std::isinf(*ninf) || *ninf > 0)
-        return m.fail("the top-k input is masked with something other than -inf");
-      Value base = where.getY();
-      // cond = not(cast(expand(scatter(zeros, group_top_ids, 1)))), group_top_ids = TopK(sum of top-2 per
-      // group of base).
-      Value c = where.getCondition();
-      m.ops.insert(where);
-      if (auto n = m.take<ox::NotOp>(c))
-        c = n.getX();
-      else
-        return m.fail("the grouped top-k mask is not negated");
-      while (true) {
-        if (auto cast = m.take<ox::CastOp>(c))
-          c = cast.getInput();
-        else if (auto r = m.take<ox::ReshapeOp>(c))
-          c = r.getData();
-        else if (auto ex = m.take<ox::ExpandOp>(c))
-          c = ex.getInput();
-        else if (auto u = m.take<ox::UnsqueezeOp>(c))
-          c = u.getData();
-        else
-          break;
-      }
-      auto scatter = m.take<ox::ScatterElementsOp>(c);
-      auto gtop = scatter ? defOp<ox::TopKOp>(scatter.getIndices()) : ox::TopKOp();
-      auto gsum = gtop ? defOp<ox::ReduceSumOp>(gtop.getX()) : ox::ReduceSumOp();
-      auto inner = gsum ? defOp<ox::TopKOp>(gsum.getData()) : ox::TopKOp();
-      auto grouped = inner ? defOp<ox::ReshapeOp>(inner.getX()) : ox::ReshapeOp();
-      auto gshape = grouped ? constantInts(grouped.getShape()) : std::nullopt;
-      auto two = inner ? constantInts(inner.getK()) : std::nullopt;
-      auto gk = gtop ? constantInts(gtop.getK()) : std::nullopt;
-      if (!grouped || grouped.getData() != base || !gshape || gshape->size() != 3 || !two || (*two)[0] != 2 ||
-          !gk || gsum.getData() != inner.getValues())
-        return m.fail("the top-k input mask is not DeepSeek-V3's grouped top-k (sum of the top 2 per group)");
-      for (Operation *op : {scatter.getOperation(), gtop.getOperation(), gsum.getOperation(),
-                            inner.getOperation(), grouped.getOperation()})
-        m.ops.insert(op);
-      // zeros_like / ones_like: chains that only read shapes (Shape, Expand, ConstantOfShape).
-      SmallVector<Value> side{scatter.getData(), scatter.getUpdates()};
-      while (!side.empty()) {
-        Operation *d = side.pop_back_val().getDefiningOp();
-        if (!d || d->hasTrait<OpTrait::ConstantLike>() || m.ops.contains(d))
-          continue;
-        if (isa<ox::ExpandOp, ox::ConstantOfShapeOp>(d)) {
-          m.ops.insert(d);
-          side.append(d->operand_begin(), d->operand_end());
-        } else if (isa<ox::ShapeOp>(d)) {
-          m.ops.insert(d);
-        }
-      }
-      layer.groups = (*gshape)[1];
-      layer.groupTopk = (*gk)[0];
+      Value base = matchGroupMask(m, where, r, fillIsZero);
+      if (!base)
+        return false;
       sel = base;
     }
+    if (valuesAreWeights)
+      scores = sel; // masked-out experts are never chosen: the values are the unmasked scores
     if (sel != scores) {
       auto add = defOp<ox::AddOp>(sel);
       Value bias = add ? otherOperand(add, scores) : Value();
       if (!bias || !matchPattern(bias, m_Constant()) || rankOf(bias) != 1)
         return m.fail("the top-k input is not the scores plus a constant selection bias");
       m.ops.insert(add);
-      layer.selectionBias = bias;
+      r.selectionBias = bias;
     }
+    r.logits = matchScoreFunction(m, scores, r.gate);
+    if (!r.logits)
+      return m.fail("the router scores are neither a softmax nor a sigmoid of logits");
+    // A mask filling 0 instead of -inf selects the same experts only when every score competing is above 0:
+    // softmax and sigmoid scores are, and the unmasked experts outnumber k (checked by the op's verifier).
+    if (fillIsZero && r.selectionBias)
+      return m.fail("the grouped top-k masks biased scores with 0 (they may be negative)");
   }
 
-  if (auto sm = defOp<ox::SoftmaxOp>(scores)) {
-    if (normAxis(sm.getAxis(), rankOf(scores)) != rankOf(scores) - 1)
-      return m.fail("softmax over the wrong axis (" + Twine(sm.getAxis()) + "; experts are the last dim)");
-    m.ops.insert(sm);
-    layer.gate = moe::GateFunc::softmax;
-    layer.logits = sm.getInput();
-  } else if (auto sg = defOp<ox::SigmoidOp>(scores)) {
-    m.ops.insert(sg);
-    layer.gate = moe::GateFunc::sigmoid;
-    layer.logits = sg.getX();
-  } else {
-    return m.fail("the router scores are neither a softmax nor a sigmoid of logits");
+  if (clipMin >= 0) {
+    int64_t n = rankOf(r.logits) > 0 ? cast<RankedTensorType>(r.logits.getType()).getShape().back() : 0;
+    // The sum of the top k softmax scores is at least k / N.
+    if (r.gate != moe::GateFunc::softmax || topkBeforeScore || n <= 0 || clipMin > double(k) / double(n))
+      return m.fail("the renormalisation's denominator is clamped at a minimum the sum can reach");
   }
-  auto lt = dyn_cast<RankedTensorType>(layer.logits.getType());
+
+  auto lt = dyn_cast<RankedTensorType>(r.logits.getType());
   int64_t n = lt ? lt.getShape().back() : ShapedType::kDynamic;
   if (ShapedType::isDynamic(n))
     return m.fail("the router's expert count is dynamic");
   if (n != e && !(skip && n == e + 1))
     return m.fail("mismatched expert count: the router scores " + Twine(n) + " experts, the weights hold " +
                   Twine(e));
-  layer.zeroExperts = n - e;
-  if (layer.groups > 1 && n % layer.groups != 0)
+  r.zeroExperts = n - e;
+  if (r.groups > 1 && n % r.groups != 0)
     return m.fail("expert groups do not divide the router columns");
   return true;
 }
@@ -449,92 +750,139 @@ bool checkClosed(Matcher &m, Operation *root) {
   return true;
 }
 
-struct MoERaiseDecomposedPass final : moec::impl::MoERaiseDecomposedPassBase<MoERaiseDecomposedPass> {
-  using Base::Base;
-  void runOnOperation() override {
-    SmallVector<ox::ReduceSumOp> roots;
-    getOperation()->walk([&](ox::ReduceSumOp op) { roots.push_back(op); });
-    for (ox::ReduceSumOp root : roots) {
-      Matcher m;
-      Layer layer;
-      Value ids, weights;
-      if (!matchExperts(m, root, layer, ids, weights)) {
-        if (!m.why.empty() && remarks)
-          emitRemark(root.getLoc()) << "MoE experts not raised: " << m.why;
-        continue;
-      }
-      if (!matchRouter(m, ids, weights, layer) || !checkClosed(m, root)) {
-        if (remarks)
-          emitRemark(root.getLoc()) << "MoE experts not raised: " << m.why;
-        continue;
-      }
-      build(root, layer, m);
-    }
-  }
+/// `w` ([E, A, B]) as a constant [E, B, A]: weights a transposed batched matmul stores [E, in, out].
+Value transposedWeight(OpBuilder &b, Location loc, Value w) {
+  auto t = cast<RankedTensorType>(w.getType());
+  std::vector<char> in = constantBytes(w);
+  int64_t e = t.getDimSize(0), a = t.getDimSize(1), c = t.getDimSize(2);
+  if (in.empty())
+    return {};
+  size_t es = in.size() / size_t(e * a * c);
+  std::vector<char> out(in.size());
+  for (int64_t x = 0; x < e; ++x)
+    for (int64_t i = 0; i < a; ++i)
+      for (int64_t j = 0; j < c; ++j)
+        std::memcpy(&out[((x * c + j) * a + i) * es], &in[((x * a + i) * c + j) * es], es);
+  return makeConstant(b, loc, RankedTensorType::get({e, c, a}, t.getElementType()), out, "expert_weights");
+}
 
-  void build(ox::ReduceSumOp root, Layer &layer, Matcher &m) {
-    OpBuilder b(root);
+// ---- The rewrite -----------------------------------------------------------------------------------------
+
+struct RaiseMoEBlock : OpRewritePattern<ox::ReduceSumOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(ox::ReduceSumOp root, PatternRewriter &rewriter) const override {
+    Matcher m;
+    Experts ex;
+    Routing r;
+    Value ids, weights;
+    if (!matchExperts(m, root, ex, ids, weights)) {
+      if (m.why.empty())
+        return failure(); // not an expert combine at all
+      return rewriter.notifyMatchFailure(root, m.why);
+    }
+    int64_t e = cast<RankedTensorType>(ex.fc1.getType()).getDimSize(0);
+    if (!matchRouting(m, ids, weights, e, ex.k, r) || !checkClosed(m, root))
+      return rewriter.notifyMatchFailure(root, m.why);
+
     Location loc = root.getLoc();
-    MLIRContext *ctx = b.getContext();
+    MLIRContext *ctx = rewriter.getContext();
     // Router logits as [T, N].
-    auto lt = cast<RankedTensorType>(layer.logits.getType());
+    auto lt = cast<RankedTensorType>(r.logits.getType());
     int64_t n = lt.getShape().back();
-    Value logits = layer.logits;
+    moe::SparseMoEOperands operands;
+    operands.input = ex.tokens;
+    operands.router = r.logits;
     if (lt.getRank() != 2) {
-      auto i64 = RankedTensorType::get({2}, b.getI64Type());
-      Value shape = b.create<ox::ConstantOp>(loc, DenseIntElementsAttr::get(i64, ArrayRef<int64_t>{-1, n}));
-      int64_t t = cast<RankedTensorType>(layer.tokens.getType()).getDimSize(0);
-      logits = b.create<ox::ReshapeOp>(loc, RankedTensorType::get({t, n}, lt.getElementType()), logits, shape,
-                                       b.getI64IntegerAttr(0));
+      auto i64 = RankedTensorType::get({2}, rewriter.getI64Type());
+      Value shape =
+          rewriter.create<ox::ConstantOp>(loc, DenseIntElementsAttr::get(i64, ArrayRef<int64_t>{-1, n}));
+      int64_t t = cast<RankedTensorType>(ex.tokens.getType()).getDimSize(0);
+      operands.router =
+          rewriter.create<ox::ReshapeOp>(loc, RankedTensorType::get({t, n}, lt.getElementType()), r.logits,
+                                         shape, rewriter.getI64IntegerAttr(0));
     }
-    SmallVector<Value> operands{layer.tokens, logits};
-    SmallVector<int32_t> segments(19, 0);
-    segments[0] = segments[1] = 1;
-    if (layer.selectionBias) {
-      operands.push_back(layer.selectionBias);
-      segments[3] = 1;
-    }
-    operands.push_back(layer.fc1);
-    segments[4] = 1;
-    operands.push_back(layer.fc2);
-    segments[7] = 1;
+    operands.selectionBias = r.selectionBias;
+    operands.fc1 = ex.fc1Transposed ? transposedWeight(rewriter, loc, ex.fc1) : ex.fc1;
+    operands.fc2 = ex.fc2Transposed ? transposedWeight(rewriter, loc, ex.fc2) : ex.fc2;
+    if (!operands.fc1 || !operands.fc2)
+      return rewriter.notifyMatchFailure(root, "the expert weights are not readable constants");
+    operands.fc1Bias = ex.fc1Bias;
+    operands.fc2Bias = ex.fc2Bias;
     SmallVector<NamedAttribute> attrs{
-        b.getNamedAttr("k", b.getI64IntegerAttr(layer.k)),
-        b.getNamedAttr("router_kind", moe::RouterKindAttr::get(ctx, moe::RouterKind::logits)),
-        b.getNamedAttr("gate", moe::GateFuncAttr::get(ctx, layer.gate)),
-        b.getNamedAttr("normalize", b.getBoolAttr(layer.normalize)),
-        b.getNamedAttr("scale", b.getF32FloatAttr(layer.scale)),
-        b.getNamedAttr("activation", moe::ActivationAttr::get(ctx, layer.act)),
-        b.getNamedAttr("operandSegmentSizes", b.getDenseI32ArrayAttr(segments)),
-        b.getNamedAttr("moe.source", b.getStringAttr("pytorch-batched-mm"))};
-    if (layer.zeroExperts)
-      attrs.push_back(b.getNamedAttr("zero_experts", b.getI64IntegerAttr(layer.zeroExperts)));
-    if (layer.groups > 1) {
-      attrs.push_back(b.getNamedAttr("expert_groups", b.getI64IntegerAttr(layer.groups)));
-      attrs.push_back(b.getNamedAttr("group_topk", b.getI64IntegerAttr(layer.groupTopk)));
+        rewriter.getNamedAttr("k", rewriter.getI64IntegerAttr(ex.k)),
+        rewriter.getNamedAttr("router_kind", moe::RouterKindAttr::get(ctx, moe::RouterKind::logits)),
+        rewriter.getNamedAttr("gate", moe::GateFuncAttr::get(ctx, r.gate)),
+        rewriter.getNamedAttr("normalize", rewriter.getBoolAttr(r.normalize)),
+        rewriter.getNamedAttr("scale", rewriter.getF32FloatAttr(r.scale)),
+        rewriter.getNamedAttr("activation", moe::ActivationAttr::get(ctx, ex.act)),
+        rewriter.getNamedAttr("moe.source", rewriter.getStringAttr("pytorch-batched-mm"))};
+    if (ex.layout != moe::GatedLayout::block)
+      attrs.push_back(rewriter.getNamedAttr("gated_layout", moe::GatedLayoutAttr::get(ctx, ex.layout)));
+    if (ex.alpha != 1.0)
+      attrs.push_back(rewriter.getNamedAttr("activation_alpha", rewriter.getF32FloatAttr(ex.alpha)));
+    if (ex.beta != 0.0)
+      attrs.push_back(rewriter.getNamedAttr("activation_beta", rewriter.getF32FloatAttr(ex.beta)));
+    if (ex.limit)
+      attrs.push_back(rewriter.getNamedAttr("activation_limit", rewriter.getF32FloatAttr(*ex.limit)));
+    if (r.zeroExperts)
+      attrs.push_back(rewriter.getNamedAttr("zero_experts", rewriter.getI64IntegerAttr(r.zeroExperts)));
+    if (r.groups > 1) {
+      attrs.push_back(rewriter.getNamedAttr("expert_groups", rewriter.getI64IntegerAttr(r.groups)));
+      attrs.push_back(rewriter.getNamedAttr("group_topk", rewriter.getI64IntegerAttr(r.groupTopk)));
+      if (r.groupScore != moe::GroupScore::top2_sum)
+        attrs.push_back(rewriter.getNamedAttr("group_score", moe::GroupScoreAttr::get(ctx, r.groupScore)));
     }
-    OperationState state(loc, moe::SparseMoEOp::getOperationName());
-    state.addOperands(operands);
-    state.addAttributes(attrs);
-    state.addTypes(root.getType());
-    Operation *op = b.create(state);
+    moe::SparseMoEOp op = moe::buildSparseMoE(rewriter, loc, root.getType(), operands, attrs);
     if (failed(mlir::verify(op))) {
-      op->erase();
-      return;
+      rewriter.eraseOp(op);
+      return rewriter.notifyMatchFailure(root, "the raised op does not verify (see the error above)");
     }
-    root.getResult().replaceAllUsesWith(op->getResult(0));
-    // Erase the pattern, users first.
+    rewriter.replaceOp(root, op->getResults());
+    // Erase the rest of the pattern, users first.
+    m.ops.remove(root.getOperation());
     bool erased = true;
     while (erased) {
       erased = false;
       for (Operation *dead : m.ops)
-        if (dead && !dead->hasTrait<OpTrait::ConstantLike>() && dead->use_empty()) {
+        if (!dead->hasTrait<OpTrait::ConstantLike>() && dead->use_empty()) {
           m.ops.remove(dead);
-          dead->erase();
+          rewriter.eraseOp(dead);
           erased = true;
           break;
         }
     }
+    return success();
+  }
+};
+
+/// Keeps the last reason each pattern root did not match, for the remarks.
+struct FailureReasons : RewriterBase::Listener {
+  llvm::DenseMap<Location, std::string> why;
+  void notifyMatchFailure(Location loc, function_ref<void(Diagnostic &)> reason) override {
+    Diagnostic diag(loc, DiagnosticSeverity::Remark);
+    reason(diag);
+    why[loc] = diag.str();
+  }
+};
+
+struct MoERaiseDecomposedPass final : moec::impl::MoERaiseDecomposedPassBase<MoERaiseDecomposedPass> {
+  using Base::Base;
+  void runOnOperation() override {
+    RewritePatternSet patterns(&getContext());
+    patterns.add<RaiseMoEBlock>(&getContext());
+    FailureReasons reasons;
+    GreedyRewriteConfig config;
+    config.listener = &reasons;
+    if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(patterns), config)))
+      return signalPassFailure();
+    if (!remarks)
+      return;
+    getOperation()->walk([&](ox::ReduceSumOp op) {
+      auto it = reasons.why.find(op.getLoc());
+      if (it != reasons.why.end())
+        emitRemark(op.getLoc()) << "MoE experts not raised: " << it->second;
+    });
   }
 };
 

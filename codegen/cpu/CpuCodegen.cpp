@@ -734,6 +734,7 @@ struct Emitter {
        << ", K = " << op.getK() << ", R = " << r << ", KEEP = " << keep << ", FS = " << fs
        << ", GROUPS = " << op.getExpertGroups()
        << ", GROUP_TOPK = " << (op.getGroupTopk() ? *op.getGroupTopk() : 0)
+       << ";\n  static constexpr bool GROUP_MAX = " << b(op.getGroupScore() == moe::GroupScore::max)
        << ";\n  static constexpr int ACT = " << static_cast<int>(op.getActivation())
        << ", NORM = " << static_cast<int>(op.getNorm()) << ";\n"
        << "  static constexpr bool LINEAR_ROUTER = " << b(linear)

@@ -158,6 +158,15 @@ func.func @groups_need_topk(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: ten
 
 // -----
 
+func.func @group_score_needs_groups(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{'group_score' needs expert_groups > 1}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, group_score = #moe.group_score<max>, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
 func.func @groups_divide(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
   // expected-error @+1 {{expert_groups = 3 does not divide the 8 router columns}}
   %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, expert_groups = 3, group_topk = 1, activation = #moe.activation<relu>}

@@ -89,6 +89,20 @@ func.func @deepseek_v3(%x: tensor<?x64xf32>, %r: tensor<64x64xf32>, %sb: tensor<
 
 // -----
 
+// DeepSeek-V2's group_limited_greedy: groups scored by their best expert.
+// CHECK-LABEL: func.func @deepseek_v2
+// CHECK: moe.sparse_moe {{.*}}group_score = #moe.group_score<max>
+func.func @deepseek_v2(%x: tensor<?x64xf32>, %r: tensor<64x64xf32>, %w1: tensor<64x64x64xf32>,
+                       %w2: tensor<64x64x32xf32>) -> tensor<?x64xf32> {
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2
+       {k = 6, scale = 16.0 : f32, expert_groups = 8, group_topk = 3, group_score = #moe.group_score<max>,
+        activation = #moe.activation<swiglu>}
+     : (tensor<?x64xf32>, tensor<64x64xf32>, tensor<64x64x64xf32>, tensor<64x64x32xf32>) -> tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+
+// -----
+
 // A static learned mask and a linear router with bias; every dim unknown is fine until run time.
 // CHECK-LABEL: func.func @masked_dynamic
 // CHECK: moe.sparse_moe %{{.*}}, %{{.*}} router_bias %{{.*}}, fc1 %{{.*}}, fc2 %{{.*}} mask %{{.*}} {activation = #moe.activation<gelu>, k = 2 : i64}

@@ -626,7 +626,7 @@ template <class C> struct Kernel {
             second = v;
           }
         }
-        groupScore[g] = per >= 2 ? best + second : best;
+        groupScore[g] = per >= 2 && !C::GROUP_MAX ? best + second : best;
       }
       for (int64_t pick = 0; pick < C::GROUP_TOPK; ++pick) {
         int64_t arg = -1;

@@ -355,7 +355,8 @@ template <class C> struct Kernels {
         if (n < N)
           score[n] = ch[j];
       }
-      if (C::GROUPS > 1) { // grouped top-k: keep the GROUP_TOPK groups of best top-2 sum (lane 0, in order)
+      if (C::GROUPS >
+          1) { // grouped top-k: keep the GROUP_TOPK groups of best top-2 sum or max (lane 0, in order)
         constexpr int64_t per = N / C::GROUPS;
         if (lane == 0) {
           float gs[C::GROUPS];
@@ -371,7 +372,7 @@ template <class C> struct Kernels {
                 second = v;
               }
             }
-            gs[g] = per >= 2 ? best + second : best;
+            gs[g] = per >= 2 && !C::GROUP_MAX ? best + second : best;
             keep[g] = false;
           }
           for (int64_t pick = 0; pick < C::GROUP_TOPK; ++pick) {

@@ -309,3 +309,241 @@ func.func @down_ids_differ(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
     %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
     return %38 : tensor<1x?x4xf32>
 }
+
+// -----
+
+// GPT-OSS (dynamo, batched_mm): a router with a bias and a softmax over the top-k logits (= a renormalised
+// softmax gate); experts stored [E, in, out] (a transposed batched matmul) with per-expert biases; gate and up
+// interleaved (step-2 Slices), gate clamped from above, up clamped to [-limit, limit],
+// gate * sigmoid(1.702 gate) * (up + 1).
+// CHECK-LABEL: func.func @gpt_oss
+// CHECK-NOT: onnx.TopK
+// CHECK: moe.sparse_moe %{{.*}}, %{{.*}}, fc1 %{{.*}} fc1_bias %{{.*}}, fc2 %{{.*}} fc2_bias %{{.*}} {activation = #moe.activation<swiglu>, activation_alpha = 1.702000e+00 : f32, activation_beta = 1.000000e+00 : f32, activation_limit = 1.500000e+00 : f32, gated_layout = #moe.gated_layout<interleaved>, k = 2 : i64, moe.source = "pytorch-batched-mm", normalize = true, router_kind = #moe.router<logits>}
+// CHECK-SAME: (tensor<?x4xf32>, tensor<?x3xf32>, tensor<3x4x4xf32>, tensor<3x4xf32>, tensor<3x4x2xf32>, tensor<3x4xf32>) -> tensor<?x4xf32>
+// CHECK-NOT: onnx.GatherND
+func.func @gpt_oss(%arg0: tensor<?x4xf32>) -> tensor<?x4xf32> {
+    %w = onnx.Constant dense<0.5> : tensor<3x4xf32>
+    %b = onnx.Constant dense<0.1> : tensor<3xf32>
+    %m1 = onnx.Constant dense<-1> : tensor<1xi64>
+    %flat = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %fc1 = onnx.Constant dense<0.25> : tensor<3x4x4xf32>
+    %fc1b = onnx.Constant dense<0.01> : tensor<3x4xf32>
+    %fc2 = onnx.Constant dense<0.125> : tensor<3x2x4xf32>
+    %fc2b = onnx.Constant dense<0.02> : tensor<3x4xf32>
+    %zero = onnx.Constant dense<0> : tensor<1xi64>
+    %big = onnx.Constant dense<9223372036854775807> : tensor<1xi64>
+    %one = onnx.Constant dense<1> : tensor<1xi64>
+    %two = onnx.Constant dense<2> : tensor<1xi64>
+    %lim = onnx.Constant dense<1.5> : tensor<f32>
+    %nlim = onnx.Constant dense<-1.5> : tensor<f32>
+    %onef = onnx.Constant dense<1.0> : tensor<f32>
+    %alpha = onnx.Constant dense<1.702> : tensor<f32>
+    %rep = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %kh = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %logits = onnx.Gemm %arg0, %w, %b {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>, tensor<3xf32>) -> tensor<?x3xf32>
+    %vals, %ids = onnx.TopK %logits, %two : (tensor<?x3xf32>, tensor<1xi64>) -> (tensor<?x2xf32>, tensor<?x2xi64>)
+    %probs = onnx.Softmax %vals {axis = 1 : i64} : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %u0 = onnx.Unsqueeze %arg0, %one : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %e0 = onnx.Expand %u0, %rep : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %x = onnx.Reshape %e0, %flat : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %wf = onnx.Reshape %probs, %m1 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %idf = onnx.Reshape %ids, %m1 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %idc = onnx.Unsqueeze %idf, %m1 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %g1 = onnx.GatherND %fc1, %idc : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %g1b = onnx.GatherND %fc1b, %idc : (tensor<3x4xf32>, tensor<?x1xi64>) -> tensor<?x4xf32>
+    %xu = onnx.Unsqueeze %x, %one : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %mm1 = onnx.MatMul %xu, %g1 : (tensor<?x1x4xf32>, tensor<?x4x4xf32>) -> tensor<?x1x4xf32>
+    %s1 = onnx.Squeeze %mm1, %one : (tensor<?x1x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %h1 = onnx.Add %s1, %g1b : (tensor<?x4xf32>, tensor<?x4xf32>) -> tensor<?x4xf32>
+    %v1 = onnx.Unsqueeze %h1, %one : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %v2 = onnx.Squeeze %v1, %one : (tensor<?x1x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %gate = onnx.Slice %v2, %zero, %big, %one, %two : (tensor<?x4xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<?x2xf32>
+    %gc = onnx.Clip %gate, %lim {operandSegmentSizes = array<i32: 1, 0, 1>} : (tensor<?x2xf32>, tensor<f32>) -> tensor<?x2xf32>
+    %up = onnx.Slice %v2, %one, %big, %one, %two : (tensor<?x4xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<?x2xf32>
+    %uc = onnx.Clip %up, %nlim, %lim {operandSegmentSizes = array<i32: 1, 1, 1>} : (tensor<?x2xf32>, tensor<f32>, tensor<f32>) -> tensor<?x2xf32>
+    %ga = onnx.Mul %gc, %alpha : (tensor<?x2xf32>, tensor<f32>) -> tensor<?x2xf32>
+    %sg = onnx.Sigmoid %ga : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %glu = onnx.Mul %gc, %sg : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %up1 = onnx.Add %uc, %onef : (tensor<?x2xf32>, tensor<f32>) -> tensor<?x2xf32>
+    %act = onnx.Mul %up1, %glu : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %g2 = onnx.GatherND %fc2, %idc : (tensor<3x2x4xf32>, tensor<?x1xi64>) -> tensor<?x2x4xf32>
+    %g2b = onnx.GatherND %fc2b, %idc : (tensor<3x4xf32>, tensor<?x1xi64>) -> tensor<?x4xf32>
+    %au = onnx.Unsqueeze %act, %one : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x1x2xf32>
+    %mm2 = onnx.MatMul %au, %g2 : (tensor<?x1x2xf32>, tensor<?x2x4xf32>) -> tensor<?x1x4xf32>
+    %s2 = onnx.Squeeze %mm2, %one : (tensor<?x1x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %h2 = onnx.Add %s2, %g2b : (tensor<?x4xf32>, tensor<?x4xf32>) -> tensor<?x4xf32>
+    %wc = onnx.Unsqueeze %wf, %m1 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %y = onnx.Mul %h2, %wc : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %yk = onnx.Reshape %y, %kh {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %out = onnx.ReduceSum %yk, %one {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    return %out : tensor<?x4xf32>
+}
+
+// -----
+
+// The gate half clamped, the up half not: no moe.sparse_moe activation says that.
+// CHECK-LABEL: func.func @gpt_oss_up_not_clamped
+// CHECK-NOT: moe.sparse_moe
+func.func @gpt_oss_up_not_clamped(%arg0: tensor<?x4xf32>) -> tensor<?x4xf32> {
+    %w = onnx.Constant dense<0.5> : tensor<3x4xf32>
+    %b = onnx.Constant dense<0.1> : tensor<3xf32>
+    %m1 = onnx.Constant dense<-1> : tensor<1xi64>
+    %flat = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %fc1 = onnx.Constant dense<0.25> : tensor<3x4x4xf32>
+    %fc1b = onnx.Constant dense<0.01> : tensor<3x4xf32>
+    %fc2 = onnx.Constant dense<0.125> : tensor<3x2x4xf32>
+    %fc2b = onnx.Constant dense<0.02> : tensor<3x4xf32>
+    %zero = onnx.Constant dense<0> : tensor<1xi64>
+    %big = onnx.Constant dense<9223372036854775807> : tensor<1xi64>
+    %one = onnx.Constant dense<1> : tensor<1xi64>
+    %two = onnx.Constant dense<2> : tensor<1xi64>
+    %lim = onnx.Constant dense<1.5> : tensor<f32>
+    %nlim = onnx.Constant dense<-1.5> : tensor<f32>
+    %onef = onnx.Constant dense<1.0> : tensor<f32>
+    %alpha = onnx.Constant dense<1.702> : tensor<f32>
+    %rep = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %kh = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %logits = onnx.Gemm %arg0, %w, %b {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>, tensor<3xf32>) -> tensor<?x3xf32>
+    %vals, %ids = onnx.TopK %logits, %two : (tensor<?x3xf32>, tensor<1xi64>) -> (tensor<?x2xf32>, tensor<?x2xi64>)
+    %probs = onnx.Softmax %vals {axis = 1 : i64} : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %u0 = onnx.Unsqueeze %arg0, %one : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %e0 = onnx.Expand %u0, %rep : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %x = onnx.Reshape %e0, %flat : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %wf = onnx.Reshape %probs, %m1 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %idf = onnx.Reshape %ids, %m1 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %idc = onnx.Unsqueeze %idf, %m1 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %g1 = onnx.GatherND %fc1, %idc : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %g1b = onnx.GatherND %fc1b, %idc : (tensor<3x4xf32>, tensor<?x1xi64>) -> tensor<?x4xf32>
+    %xu = onnx.Unsqueeze %x, %one : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %mm1 = onnx.MatMul %xu, %g1 : (tensor<?x1x4xf32>, tensor<?x4x4xf32>) -> tensor<?x1x4xf32>
+    %s1 = onnx.Squeeze %mm1, %one : (tensor<?x1x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %h1 = onnx.Add %s1, %g1b : (tensor<?x4xf32>, tensor<?x4xf32>) -> tensor<?x4xf32>
+    %v1 = onnx.Unsqueeze %h1, %one : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %v2 = onnx.Squeeze %v1, %one : (tensor<?x1x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %gate = onnx.Slice %v2, %zero, %big, %one, %two : (tensor<?x4xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<?x2xf32>
+    %gc = onnx.Clip %gate, %lim {operandSegmentSizes = array<i32: 1, 0, 1>} : (tensor<?x2xf32>, tensor<f32>) -> tensor<?x2xf32>
+    %up = onnx.Slice %v2, %one, %big, %one, %two : (tensor<?x4xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<?x2xf32>
+    %ga = onnx.Mul %gc, %alpha : (tensor<?x2xf32>, tensor<f32>) -> tensor<?x2xf32>
+    %sg = onnx.Sigmoid %ga : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %glu = onnx.Mul %gc, %sg : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %up1 = onnx.Add %up, %onef : (tensor<?x2xf32>, tensor<f32>) -> tensor<?x2xf32>
+    %act = onnx.Mul %up1, %glu : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %g2 = onnx.GatherND %fc2, %idc : (tensor<3x2x4xf32>, tensor<?x1xi64>) -> tensor<?x2x4xf32>
+    %g2b = onnx.GatherND %fc2b, %idc : (tensor<3x4xf32>, tensor<?x1xi64>) -> tensor<?x4xf32>
+    %au = onnx.Unsqueeze %act, %one : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x1x2xf32>
+    %mm2 = onnx.MatMul %au, %g2 : (tensor<?x1x2xf32>, tensor<?x2x4xf32>) -> tensor<?x1x4xf32>
+    %s2 = onnx.Squeeze %mm2, %one : (tensor<?x1x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %h2 = onnx.Add %s2, %g2b : (tensor<?x4xf32>, tensor<?x4xf32>) -> tensor<?x4xf32>
+    %wc = onnx.Unsqueeze %wf, %m1 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %y = onnx.Mul %h2, %wc : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %yk = onnx.Reshape %y, %kh {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    // expected-remark @+1 {{MoE experts not raised: the gate half is clamped but the up half is not}}
+    %out = onnx.ReduceSum %yk, %one {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    return %out : tensor<?x4xf32>
+}
+
+// -----
+
+// Ernie-4.5 renormalises by Clip(sum, min = 1e-12): below the smallest sum of the top-2 of 3 softmax scores
+// (2/3), so it never bites and the layer is renormalised.
+// CHECK-LABEL: func.func @renorm_clip_inactive
+// CHECK: moe.sparse_moe {{.*}}normalize = true
+func.func @renorm_clip_inactive(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
+    %0 = onnx.Constant dense<1.000000e+00> : tensor<3x4xf32>
+    %1 = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %2 = onnx.Constant dense<-1> : tensor<1xi64>
+    %3 = onnx.Constant dense<5.000000e-01> : tensor<3x4x4xf32>
+    %4 = onnx.Constant dense<2.500000e-01> : tensor<3x4x2xf32>
+    %5 = onnx.Constant dense<2> : tensor<1xi64>
+    %6 = onnx.Constant dense<1> : tensor<1xi64>
+    %7 = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %8 = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %9 = onnx.Constant dense<[1, -1, 4]> : tensor<3xi64>
+    %10 = onnx.Reshape %arg0, %1 {allowzero = 1 : i64} : (tensor<1x?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %11 = onnx.Reshape %10, %1 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %12 = onnx.Gemm %11, %0 {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>) -> tensor<?x3xf32>
+    %13 = onnx.Softmax %12 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %Values, %Indices = onnx.TopK %13, %5 : (tensor<?x3xf32>, tensor<1xi64>) -> (tensor<?x2xf32>, tensor<?x2xi64>)
+    %14 = onnx.ReduceSum %Values, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %clipmin = onnx.Constant dense<1.0e-12> : tensor<f32>
+    %den = onnx.Clip %14, %clipmin {operandSegmentSizes = array<i32: 1, 1, 0>} : (tensor<?x1xf32>, tensor<f32>) -> tensor<?x1xf32>
+    %15 = onnx.Div %Values, %den : (tensor<?x2xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %16 = onnx.Unsqueeze %10, %6 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %17 = onnx.Expand %16, %7 : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %18 = onnx.Reshape %17, %1 : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %19 = onnx.Reshape %Indices, %2 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %20 = onnx.Unsqueeze %19, %2 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %21 = onnx.GatherND %3, %20 : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %22 = onnx.Unsqueeze %18, %2 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x4x1xf32>
+    %23 = onnx.MatMul %21, %22 : (tensor<?x4x4xf32>, tensor<?x4x1xf32>) -> tensor<?x4x1xf32>
+    %24 = onnx.Squeeze %23, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %25:2 = onnx.Split %24 {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<?x4xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>)
+    %26 = onnx.Sigmoid %25#0 : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %27 = onnx.Mul %25#0, %26 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %28 = onnx.Mul %27, %25#1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %29 = onnx.GatherND %4, %20 : (tensor<3x4x2xf32>, tensor<?x1xi64>) -> tensor<?x4x2xf32>
+    %30 = onnx.Unsqueeze %28, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x2x1xf32>
+    %31 = onnx.MatMul %29, %30 : (tensor<?x4x2xf32>, tensor<?x2x1xf32>) -> tensor<?x4x1xf32>
+    %32 = onnx.Squeeze %31, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %33 = onnx.Reshape %15, %2 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %34 = onnx.Unsqueeze %33, %2 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %35 = onnx.Mul %32, %34 : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %36 = onnx.Reshape %35, %8 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %37 = onnx.ReduceSum %36, %6 {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
+    return %38 : tensor<1x?x4xf32>
+}
+
+
+// -----
+
+// The same with min = 0.9, which a sum of two of three softmax scores can fall below: not raised.
+// CHECK-LABEL: func.func @renorm_clip_reachable
+// CHECK-NOT: moe.sparse_moe
+func.func @renorm_clip_reachable(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
+    %0 = onnx.Constant dense<1.000000e+00> : tensor<3x4xf32>
+    %1 = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %2 = onnx.Constant dense<-1> : tensor<1xi64>
+    %3 = onnx.Constant dense<5.000000e-01> : tensor<3x4x4xf32>
+    %4 = onnx.Constant dense<2.500000e-01> : tensor<3x4x2xf32>
+    %5 = onnx.Constant dense<2> : tensor<1xi64>
+    %6 = onnx.Constant dense<1> : tensor<1xi64>
+    %7 = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %8 = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %9 = onnx.Constant dense<[1, -1, 4]> : tensor<3xi64>
+    %10 = onnx.Reshape %arg0, %1 {allowzero = 1 : i64} : (tensor<1x?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %11 = onnx.Reshape %10, %1 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %12 = onnx.Gemm %11, %0 {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>) -> tensor<?x3xf32>
+    %13 = onnx.Softmax %12 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %Values, %Indices = onnx.TopK %13, %5 : (tensor<?x3xf32>, tensor<1xi64>) -> (tensor<?x2xf32>, tensor<?x2xi64>)
+    %14 = onnx.ReduceSum %Values, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %clipmin = onnx.Constant dense<0.9> : tensor<f32>
+    %den = onnx.Clip %14, %clipmin {operandSegmentSizes = array<i32: 1, 1, 0>} : (tensor<?x1xf32>, tensor<f32>) -> tensor<?x1xf32>
+    %15 = onnx.Div %Values, %den : (tensor<?x2xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %16 = onnx.Unsqueeze %10, %6 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %17 = onnx.Expand %16, %7 : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %18 = onnx.Reshape %17, %1 : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %19 = onnx.Reshape %Indices, %2 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %20 = onnx.Unsqueeze %19, %2 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %21 = onnx.GatherND %3, %20 : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %22 = onnx.Unsqueeze %18, %2 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x4x1xf32>
+    %23 = onnx.MatMul %21, %22 : (tensor<?x4x4xf32>, tensor<?x4x1xf32>) -> tensor<?x4x1xf32>
+    %24 = onnx.Squeeze %23, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %25:2 = onnx.Split %24 {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<?x4xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>)
+    %26 = onnx.Sigmoid %25#0 : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %27 = onnx.Mul %25#0, %26 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %28 = onnx.Mul %27, %25#1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %29 = onnx.GatherND %4, %20 : (tensor<3x4x2xf32>, tensor<?x1xi64>) -> tensor<?x4x2xf32>
+    %30 = onnx.Unsqueeze %28, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x2x1xf32>
+    %31 = onnx.MatMul %29, %30 : (tensor<?x4x2xf32>, tensor<?x2x1xf32>) -> tensor<?x4x1xf32>
+    %32 = onnx.Squeeze %31, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %33 = onnx.Reshape %15, %2 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %34 = onnx.Unsqueeze %33, %2 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %35 = onnx.Mul %32, %34 : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %36 = onnx.Reshape %35, %8 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    // expected-remark @+1 {{MoE experts not raised: the renormalisation's denominator is clamped at a minimum the sum can reach}}
+    %37 = onnx.ReduceSum %36, %6 {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
+    return %38 : tensor<1x?x4xf32>
+}
+

@@ -34,6 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 import sparse_moe as oracle  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures", "transformers"))
+import make_fixtures  # noqa: E402  (the family lists; it imports torch only when exporting)
 
 TOLERANCE = 1e-4
 TOKENS = [1, 3, 40]
@@ -81,7 +83,7 @@ def rel_error(got, want, slack=0.0):
 # ---- cases -------------------------------------------------------------------------------------------------
 
 def transformers_cases():
-    for family in ["mixtral", "qwen2_moe", "olmoe", "deepseek_v3", "zaya"]:
+    for family in make_fixtures.FAMILIES:
         path = os.path.join(ROOT, "tests", "fixtures", "transformers", f"{family}.onnx")
 
         def feeds(t, rng, path=path):
@@ -94,7 +96,7 @@ def transformers_cases():
             yield f"transformers/{family} (int8)", path, feeds, ("ort", None, ("--weights=int8",), DRIFT[8])
     # Whole 2-layer models (embedding, attention with rotary embeddings and causal mask, MoE blocks, LM head):
     # the MoE layers become dispatches, everything else runs on libmoert's op kernels. T = sequence length.
-    for family in ["mixtral", "qwen2_moe", "olmoe", "deepseek_v3", "zaya"]:
+    for family in make_fixtures.WHOLE_FAMILIES:
         path = os.path.join(ROOT, "tests", "fixtures", "transformers", f"whole_{family}.onnx")
 
         def feeds(t, rng):

@@ -236,7 +236,7 @@ def _sparse_moe(vals, props):
         gated_layout=_attr(props, "gated_layout", "block"), alpha=_attr(props, "activation_alpha", 1.0),
         beta=_attr(props, "activation_beta", 0.0), limit=limit, router_bias=named.get("router_bias"),
         selection_bias=named.get("selection_bias"), expert_groups=_attr(props, "expert_groups", 1),
-        group_topk=_attr(props, "group_topk"), fc1_bias=named.get("fc1_bias"), fc2_bias=named.get("fc2_bias"),
+        group_topk=_attr(props, "group_topk"), group_score=_attr(props, "group_score", "top2_sum"), fc1_bias=named.get("fc1_bias"), fc2_bias=named.get("fc2_bias"),
         mask=named.get("mask"), pred_a=named.get("pred_a"), pred_b=named.get("pred_b"), keep=_attr(props, "keep"),
         norm=None if norm == "none" else norm, norm_weight=named.get("norm_weight"), norm_bias=named.get("norm_bias"),
         norm_epsilon=_attr(props, "norm_epsilon", 1e-5), shared_fc1=named.get("shared_fc1"),

@@ -108,7 +108,7 @@ def norm_rows(x, norm, weight, bias=None, eps=1e-5):
 
 def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax", normalize=False, scale=1.0,
                zero_experts=0, activation="swiglu", gated_layout="block", alpha=1.0, beta=0.0, limit=None,
-               router_bias=None, selection_bias=None, expert_groups=1, group_topk=None, fc1_bias=None,
+               router_bias=None, selection_bias=None, expert_groups=1, group_topk=None, group_score="top2_sum", fc1_bias=None,
                fc2_bias=None, mask=None, pred_a=None, pred_b=None, keep=None, norm=None, norm_weight=None,
                norm_bias=None, norm_epsilon=1e-5, shared_fc1=None, shared_fc2=None, shared_gate=None,
                residual=None, int8_below=None, return_slack=False):
@@ -160,8 +160,11 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
         if expert_groups > 1:
             per = n_cols // expert_groups
             grouped = choice.reshape(expert_groups, per)
-            top2 = -np.sort(-grouped, axis=1)[:, : min(2, per)].sum(axis=1)
-            keep_groups = topk_indices(top2, group_topk)
+            if group_score == "max":
+                gscore = grouped.max(axis=1)
+            else:  # top2_sum
+                gscore = -np.sort(-grouped, axis=1)[:, : min(2, per)].sum(axis=1)
+            keep_groups = topk_indices(gscore, group_topk)
             allowed = np.zeros(n_cols, dtype=bool)
             for g in keep_groups:
                 allowed[g * per:(g + 1) * per] = True

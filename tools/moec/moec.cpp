@@ -201,7 +201,8 @@ void printReport(mlir::ModuleOp module, ArrayRef<std::string> misses) {
            << " F=" << dim(op.getHiddenDim()) << " " << stringifyActivation(op.getActivation()) << "; router "
            << stringifyRouterKind(op.getRouterKind()) << ", " << stringifyGateFunc(op.getGate());
     if (op.getExpertGroups() > 1)
-      errs() << ", grouped top-" << *op.getGroupTopk() << " of " << op.getExpertGroups() << " groups";
+      errs() << ", grouped top-" << *op.getGroupTopk() << " of " << op.getExpertGroups() << " groups (by "
+             << (op.getGroupScore() == moec::moe::GroupScore::max ? "max" : "top-2 sum") << ")";
     if (op.getNormalize())
       errs() << ", renormalised";
     if (op.getScale().convertToDouble() != 1.0)
