@@ -105,10 +105,11 @@ def transformers_cases():
         yield f"transformers/whole_{family}", path, feeds, "ort"
 
 
-def ort_moe_model(path, h, f, e, k, act, normalize, bias, router):
+def ort_moe_model(path, h, f, e, k, act, normalize, bias, router, shared=0):
     # A seed of the configuration that is the same in every process (hash() of a str is salted per process,
     # which made these weights, and the quantisation drift measured on them, change from run to run).
-    rng = np.random.default_rng(zlib.crc32(repr((h, f, e, k, act, normalize, bias, router)).encode()))
+    rng = np.random.default_rng(zlib.crc32(repr((h, f, e, k, act, normalize, bias, router, shared or None)
+                                                 ).encode()))
     gated = act == "swiglu"
     rows = 2 * f if gated else f
     inits = [numpy_helper.from_array((0.3 * rng.standard_normal((e, rows, h))).astype(np.float32), "w1"),
@@ -123,12 +124,14 @@ def ort_moe_model(path, h, f, e, k, act, normalize, bias, router):
     attrs = dict(k=k, activation_type=act, normalize_routing_weights=normalize)
     if gated:
         attrs["swiglu_fusion"] = 1
-    save_layer(path, "MoE", names, inits, attrs, h, e, router, rng)
+    save_layer(path, "MoE", names, inits, attrs, h, e, router, rng, shared=shared)
 
 
-def save_layer(path, op, node_inputs, inits, attrs, h, e, router, rng, extra_inputs=()):
+def save_layer(path, op, node_inputs, inits, attrs, h, e, router, rng, extra_inputs=(), shared=0):
     """One com.microsoft `op` node on x [T, h]: router logits from a MatMul on x ("matmul", weights drawn
-    from `rng`) or a graph input ("logits"); output y [T, h]. `extra_inputs`: more f32 [T, e] graph inputs."""
+    from `rng`) or a graph input ("logits"); output y [T, h]. `extra_inputs`: more f32 [T, e] graph inputs.
+    `shared` > 0: a gated shared expert of that many hidden dims added after the node, as ONNX Runtime GenAI's
+    builder writes Qwen2-MoE's: y = moe + sigmoid(x @ g) * down(silu(x @ gate) * (x @ up))."""
     nodes, inputs = [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h])]
     inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["T", e]) for n in extra_inputs]
     if router == "matmul":
@@ -136,7 +139,16 @@ def save_layer(path, op, node_inputs, inits, attrs, h, e, router, rng, extra_inp
         nodes.append(helper.make_node("MatMul", ["x", "wr"], ["logits"]))
     else:
         inputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", e]))
-    nodes.append(helper.make_node(op, node_inputs, ["y"], domain="com.microsoft", **attrs))
+    nodes.append(helper.make_node(op, node_inputs, ["moe_y" if shared else "y"], domain="com.microsoft", **attrs))
+    if shared:
+        for name, shape in (("s_gate", (h, shared)), ("s_up", (h, shared)), ("s_down", (shared, h)), ("s_g", (h, 1))):
+            inits.append(numpy_helper.from_array((0.3 * rng.standard_normal(shape)).astype(np.float32), name))
+        nodes += [helper.make_node("MatMul", ["x", "s_gate"], ["sg"]), helper.make_node("Sigmoid", ["sg"], ["sg_sig"]),
+                  helper.make_node("Mul", ["sg", "sg_sig"], ["sg_silu"]), helper.make_node("MatMul", ["x", "s_up"], ["su"]),
+                  helper.make_node("Mul", ["sg_silu", "su"], ["s_act"]),
+                  helper.make_node("MatMul", ["s_act", "s_down"], ["s_out"]),
+                  helper.make_node("MatMul", ["x", "s_g"], ["s_logit"]), helper.make_node("Sigmoid", ["s_logit"], ["s_w"]),
+                  helper.make_node("Mul", ["s_w", "s_out"], ["s_y"]), helper.make_node("Add", ["moe_y", "s_y"], ["y"])]
     graph = helper.make_graph(nodes, op.lower(), inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", h])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
@@ -321,6 +333,9 @@ def ort_moe_cases(tmp):
         dict(h=32, f=16, e=8, k=1, act="silu", normalize=0, bias=False, router="matmul"),
         dict(h=16, f=8, e=6, k=3, act="gelu", normalize=1, bias=False, router="logits"),
         dict(h=24, f=20, e=5, k=2, act="swiglu", normalize=1, bias=True, router="matmul"),
+        # ONNX Runtime GenAI's layout of a Qwen2-MoE layer: router MatMul into the MoE node, a gated shared
+        # expert added after it (both fused into the one dispatch; tests/e2e/ortgenai_shared_expert.test)
+        dict(h=32, f=16, e=4, k=2, act="swiglu", normalize=1, bias=False, router="matmul", shared=24),
         dict(h=64, f=128, e=8, k=2, act="swiglu", normalize=1, bias=False, router="logits"),
         # token tiles past one register tile of panels (64 tokens), fc1 K blocks (H past 512, the last partial),
         # a partial column panel (H not a multiple of 16) and several dim blocks (F past 64)
@@ -335,6 +350,8 @@ def ort_moe_cases(tmp):
     for c in configs:
         tokens = c.pop("tokens", TOKENS)
         name = "ort_moe/{act}_k{k}_E{e}_H{h}_F{f}{b}_{router}".format(b="_bias" if c["bias"] else "", **c)
+        if c.get("shared"):
+            name += "_shared{}".format(c["shared"])
         path = os.path.join(tmp, name.replace("/", "_") + ".onnx")
         ort_moe_model(path, **c)
 
@@ -346,7 +363,8 @@ def ort_moe_cases(tmp):
         feeds.tokens = tokens
 
         yield name, path, feeds, "ort"
-        if c["act"] == "swiglu" or c["bias"]:
+        # (the reference models round w1 / w2 only: a fused shared expert's weights are stored the same way)
+        if (c["act"] == "swiglu" or c["bias"]) and not c.get("shared"):
             for bits in (8, 4):
                 ref = path.replace(".onnx", f"_int{bits}ref.onnx")
                 quantized_reference_model(path, ref, bits)
