@@ -40,18 +40,22 @@ def MoEPruneStaticMaskPass : Pass<"moe-prune-static-mask"> {
 }
 
 def MoERaiseDecomposedPass : Pass<"moe-raise-decomposed"> {
-  let summary = "Raise MoE blocks exported from PyTorch (router + batched experts) to moe.sparse_moe";
+  let summary = "Raise MoE blocks written out as ONNX ops (exported from PyTorch or hand-written) to moe.sparse_moe";
   let description = [{
-    Finds the graph `torch.onnx.export` writes for a transformers MoE block whose experts run through the
-    `batched_mm` experts implementation (docs/pytorch-export.md): the router (softmax or sigmoid scores,
-    optional selection bias, optional DeepSeek-V3 grouped top-k, top-k, optional renormalisation and
-    scaling, optional ZAYA skip class) and the experts (per-(token, slot) gathered expert weights, SwiGLU /
-    GeGLU / SiLU / GELU / ReLU, down projection, weighted sum over the k slots). Each match becomes one
-    `moe.sparse_moe` with `router_kind = logits`; `moe-fold-router` then folds a linear router.
+    Recognises a MoE block by what it computes (docs/pytorch-export.md lists the forms): the experts half
+    (transformers' `batched_mm` experts, gathered weights either way round with per-expert biases; or every
+    expert's own linear layers on every token, weighted by a routing matrix zero outside the top k; SwiGLU /
+    GeGLU in block or interleaved layout with alpha, `up + beta` and clamps, SiLU / GELU / ReLU) and the
+    routing half (softmax or sigmoid scores, top-k before or after them, a selection bias, DeepSeek's grouped
+    top-k by top-2 sum or max, renormalisation, scaling, ZAYA's skip class) each reduce to a normal form, and
+    each match becomes one `moe.sparse_moe` with `router_kind = logits`; `moe-fold-router` then folds a linear
+    router. The patterns run under the greedy rewrite driver.
 
     Near misses are left alone: softmax or top-k over the wrong axis, a different k in router and experts,
-    mismatched expert counts, different ids for the two projections, and any intermediate of the pattern
-    that something outside it also reads. With `remarks=true` each one gets a remark saying why.
+    mismatched expert counts, different ids for the two projections, a clamp on one half of a gated
+    activation, a renormalisation clamp that can bite, a routing matrix not known to be zero outside the top
+    k, and any intermediate of the pattern that something outside it also reads. With `remarks=true` each one
+    gets a remark saying why.
   }];
   let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
   let dependentDialects = ["::moec::moe::MoEDialect"];

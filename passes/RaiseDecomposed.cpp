@@ -766,8 +766,359 @@ Value transposedWeight(OpBuilder &b, Location loc, Value w) {
   return makeConstant(b, loc, RankedTensorType::get({e, c, a}, t.getElementType()), out, "expert_weights");
 }
 
+// ---- Dense forms: every expert on every token, weighted by a top-k-sparse routing matrix ---------------
+
+/// A routing matrix [T, E] that is zero outside each token's top-k: `ScatterElements(zeros, ids, w, axis 1)`,
+/// or the one-hot sum `ReduceSum(Cast(Equal(Unsqueeze(ids, -1), [0..E))) * Unsqueeze(w, -1), axes = [1])`.
+/// Sets the ids and weights it spreads.
+bool matchSparseRoutingMatrix(Matcher &m, Value dense, int64_t e, Value &ids, Value &weights) {
+  if (auto sc = defOp<ox::ScatterElementsOp>(dense)) {
+    if (normAxis(sc.getAxis(), 2) != 1 || sc.getReduction() != "none")
+      return false;
+    // zeros_like: Expand(0, Shape(..)) or ConstantOfShape(0) or a zero constant.
+    Value z = sc.getData();
+    Operation *zop = z.getDefiningOp();
+    auto zeroScalar = [](Value v) {
+      auto c = constantScalar(v);
+      return c && *c == 0.0;
+    };
+    if (auto ex = dyn_cast_or_null<ox::ExpandOp>(zop); ex && zeroScalar(ex.getInput())) {
+      m.ops.insert(ex);
+      if (auto sh = defOp<ox::ShapeOp>(ex.getShape()))
+        m.ops.insert(sh);
+    } else if (!zeroScalar(z) && !(matchPattern(z, m_Constant()) && constantScalar(z) == 0.0)) {
+      DenseFPElementsAttr attr;
+      if (!matchPattern(z, m_Constant(&attr)) || !attr.isSplat() || !attr.getSplatValue<APFloat>().isZero())
+        return m.fail("the routing matrix is scattered into something other than zeros");
+    }
+    m.ops.insert(sc);
+    ids = sc.getIndices();
+    weights = sc.getUpdates();
+    return true;
+  }
+  auto sum = defOp<ox::ReduceSumOp>(dense);
+  auto axes = sum && sum.getAxes() ? constantInts(sum.getAxes()) : std::nullopt;
+  if (!sum || sum.getKeepdims() != 0 || !axes || axes->size() != 1 || normAxis((*axes)[0], 3) != 1)
+    return false;
+  auto mul = defOp<ox::MulOp>(sum.getData());
+  if (!mul)
+    return false;
+  for (int i = 0; i < 2; ++i) {
+    Matcher trial = m;
+    Value hot = mul->getOperand(i);
+    while (auto c = trial.take<ox::CastOp>(hot))
+      hot = c.getInput();
+    auto eq = trial.take<ox::EqualOp>(hot);
+    if (!eq)
+      continue;
+    Value idCol;
+    for (int j = 0; j < 2 && !idCol; ++j) {
+      auto r = constantInts(eq->getOperand(j));
+      bool isRange = r && int64_t(r->size()) == e;
+      for (int64_t x = 0; isRange && x < e; ++x)
+        isRange = (*r)[x] == x;
+      if (isRange)
+        idCol = eq->getOperand(1 - j);
+    }
+    Value id = idCol ? trial.oneAxis<ox::UnsqueezeOp>(idCol, 2, 3) : Value();
+    Value w = trial.oneAxis<ox::UnsqueezeOp>(mul->getOperand(1 - i), 2, 3);
+    if (!id || !w)
+      continue;
+    trial.ops.insert(mul);
+    trial.ops.insert(sum);
+    m = trial;
+    ids = id;
+    weights = w;
+    return true;
+  }
+  return false;
+}
+
+/// One expert MLP on `tokens` from separate linear layers: down(g(gate(x)) * up(x)) or down(act(up(x))).
+struct DenseExpert {
+  LinearMatch gate, up, down;
+  bool gated = false;
+  moe::Activation act = moe::Activation::identity;
+};
+std::optional<DenseExpert> matchDenseExpert(Matcher &m, Value v, Value &tokens) {
+  DenseExpert d;
+  auto down = matchLinear(v);
+  if (!down)
+    return std::nullopt;
+  d.down = *down;
+  Value h = down->x;
+  Matcher trial = m;
+  auto linearOf = [&](Value x) -> std::optional<LinearMatch> {
+    auto l = matchLinear(x);
+    if (!l || (tokens && !sameData(l->x, tokens)))
+      return std::nullopt;
+    tokens = tokens ? tokens : l->x;
+    return l;
+  };
+  if (auto mul = defOp<ox::MulOp>(h)) {
+    for (int i = 0; i < 2 && !d.gated; ++i) {
+      Matcher t2 = trial;
+      double alpha = 1.0;
+      Value g = matchSilu(t2, mul->getOperand(i), alpha);
+      moe::Activation act = moe::Activation::swiglu;
+      if (!g || alpha != 1.0) {
+        auto gelu = t2.take<ox::GeluOp>(mul->getOperand(i));
+        if (!gelu || gelu.getApproximate() == "tanh")
+          continue;
+        g = gelu.getX();
+        act = moe::Activation::geglu;
+      }
+      Value saved = tokens;
+      auto gl = linearOf(g);
+      auto ul = gl ? linearOf(mul->getOperand(1 - i)) : std::nullopt;
+      if (!gl || !ul) {
+        tokens = saved;
+        continue;
+      }
+      t2.ops.insert(mul);
+      trial = t2;
+      d.gate = *gl;
+      d.up = *ul;
+      d.gated = true;
+      d.act = act;
+    }
+  }
+  if (!d.gated) {
+    Value in = matchPlainActivation(trial, h, d.act);
+    auto ul = in ? linearOf(in) : std::nullopt;
+    if (!ul)
+      return std::nullopt;
+    d.up = *ul;
+  }
+  for (const LinearMatch *l : {&d.gate, &d.up, &d.down})
+    for (Operation *op : l->ops)
+      trial.ops.insert(op);
+  m = trial;
+  return d;
+}
+
+/// `Slice(dense, [e], [e + 1], axes = [1])`: column e of the routing matrix. Returns dense, sets e.
+Value matchColumn(Matcher &m, Value v, int64_t &e) {
+  auto sl = defOp<ox::SliceOp>(v);
+  if (!sl)
+    return {};
+  auto st = constantInts(sl.getStarts()), en = constantInts(sl.getEnds()), ax = constantInts(sl.getAxes()),
+       sp = constantInts(sl.getSteps());
+  if (!st || !en || !ax || !sp || st->size() != 1 || en->size() != 1 || ax->size() != 1 || sp->size() != 1 ||
+      normAxis((*ax)[0], 2) != 1 || (*sp)[0] != 1 || (*en)[0] != (*st)[0] + 1 || (*st)[0] < 0)
+    return {};
+  m.ops.insert(sl);
+  e = (*st)[0];
+  return sl.getData();
+}
+
+/// `expert_out * column` of one term of the dense sum; sets e, dense and the expert.
+bool matchDenseTerm(Matcher &m, Value term, int64_t &e, Value &dense, Value &tokens, DenseExpert &ex) {
+  auto mul = defOp<ox::MulOp>(term);
+  if (!mul)
+    return false;
+  for (int i = 0; i < 2; ++i) {
+    Matcher trial = m;
+    Value col = matchColumn(trial, mul->getOperand(i), e);
+    if (!col || (dense && col != dense))
+      continue;
+    Value saved = tokens;
+    auto d = matchDenseExpert(trial, mul->getOperand(1 - i), tokens);
+    if (!d) {
+      tokens = saved;
+      continue;
+    }
+    trial.ops.insert(mul);
+    m = trial;
+    dense = col;
+    ex = *d;
+    return true;
+  }
+  return false;
+}
+
+/// A dense MoE sum rooted at `root` (the last Add of `acc + column_e * expert_e(x)` over all experts, `acc`
+/// starting from zeros or the first term). Fills the experts' normal form (weights stacked into new
+/// constants by `stack`) and the ids / weights the routing matrix spreads.
+struct DenseMoE {
+  Value tokens, dense;
+  SmallVector<DenseExpert> experts; ///< by expert index
+};
+bool matchDenseSum(Matcher &m, ox::AddOp root, DenseMoE &out) {
+  SmallVector<std::pair<int64_t, DenseExpert>> found;
+  Value acc = root.getResult();
+  while (auto add = defOp<ox::AddOp>(acc)) {
+    bool took = false;
+    for (int i = 0; i < 2 && !took; ++i) {
+      Matcher trial = m;
+      int64_t e;
+      DenseExpert ex;
+      Value dense = out.dense, tokens = out.tokens;
+      if (matchDenseTerm(trial, add->getOperand(i), e, dense, tokens, ex)) {
+        trial.ops.insert(add);
+        m = trial;
+        out.dense = dense;
+        out.tokens = tokens;
+        found.push_back({e, ex});
+        acc = add->getOperand(1 - i);
+        took = true;
+      }
+    }
+    if (!took)
+      break;
+  }
+  if (found.empty())
+    return false;
+  // The start: zeros (Expand(0, Shape(x))) or the first term itself.
+  if (auto zeros = defOp<ox::ExpandOp>(acc); zeros && constantScalar(zeros.getInput()) == 0.0) {
+    m.ops.insert(zeros);
+    if (auto sh = defOp<ox::ShapeOp>(zeros.getShape()))
+      m.ops.insert(sh);
+  } else {
+    int64_t e;
+    DenseExpert ex;
+    if (!matchDenseTerm(m, acc, e, out.dense, out.tokens, ex))
+      return m.fail("the dense expert sum does not start from zeros or an expert term");
+    found.push_back({e, ex});
+  }
+  int64_t n = int64_t(found.size());
+  out.experts.assign(n, DenseExpert());
+  SmallVector<bool> seen(n, false);
+  for (auto &[e, ex] : found) {
+    if (e >= n || seen[e])
+      return m.fail("the dense sum's routing columns are not each of the " + Twine(n) + " experts once");
+    seen[e] = true;
+    out.experts[e] = ex;
+  }
+  return true;
+}
+
+/// Stacks the dense experts' linear layers into the op's fc1 [E, rows, H] (gate rows, then up rows) and fc2
+/// [E, H, F], with their biases when every layer has one.
+bool stackDenseExperts(OpBuilder &b, Location loc, const DenseMoE &d, Experts &ex, Matcher &m) {
+  const DenseExpert &first = d.experts.front();
+  int64_t e = d.experts.size(), h = first.up.in, f = first.up.out, rows = first.gated ? 2 * f : f;
+  bool bias1 = first.up.bias != nullptr, bias2 = first.down.bias != nullptr;
+  for (const DenseExpert &x : d.experts) {
+    if (x.gated != first.gated || x.act != first.act)
+      return m.fail("the dense experts differ in activation");
+    if (x.up.in != h || x.up.out != f || (x.gated && (x.gate.in != h || x.gate.out != f)) || x.down.in != f ||
+        x.down.out != h)
+      return m.fail("the dense experts' linear layers differ in shape");
+    if ((x.up.bias != nullptr) != bias1 || (x.gated && (x.gate.bias != nullptr) != bias1) ||
+        (x.down.bias != nullptr) != bias2)
+      return m.fail("some dense experts have biases and others do not");
+    for (const LinearMatch *l : {&x.gate, &x.up, &x.down})
+      if (l->weight && !cast<RankedTensorType>(l->weight.getType()).getElementType().isF32())
+        return m.fail("the dense experts' weights are not f32");
+  }
+  std::vector<char> w1, w2, b1, b2;
+  auto append = [](std::vector<char> &to, const std::vector<char> &bytes) {
+    to.insert(to.end(), bytes.begin(), bytes.end());
+  };
+  for (const DenseExpert &x : d.experts) {
+    if (x.gated)
+      append(w1, linearWeightOutIn(x.gate));
+    append(w1, linearWeightOutIn(x.up));
+    append(w2, linearWeightOutIn(x.down));
+    if (bias1) {
+      if (x.gated)
+        append(b1, constantBytes(x.gate.bias));
+      append(b1, constantBytes(x.up.bias));
+    }
+    if (bias2)
+      append(b2, constantBytes(x.down.bias));
+  }
+  auto f32 = b.getF32Type();
+  if (int64_t(w1.size()) != e * rows * h * 4 || int64_t(w2.size()) != e * h * f * 4 ||
+      (bias1 && int64_t(b1.size()) != e * rows * 4) || (bias2 && int64_t(b2.size()) != e * h * 4))
+    return m.fail("the dense experts' weights or biases are not readable f32 constants");
+  ex.fc1 = makeConstant(b, loc, RankedTensorType::get({e, rows, h}, f32), w1, "expert_fc1");
+  ex.fc2 = makeConstant(b, loc, RankedTensorType::get({e, h, f}, f32), w2, "expert_fc2");
+  if (bias1)
+    ex.fc1Bias = makeConstant(b, loc, RankedTensorType::get({e, rows}, f32), b1, "expert_fc1_bias");
+  if (bias2)
+    ex.fc2Bias = makeConstant(b, loc, RankedTensorType::get({e, h}, f32), b2, "expert_fc2_bias");
+  ex.act = first.act;
+  ex.tokens = d.tokens;
+  return true;
+}
+
 // ---- The rewrite -----------------------------------------------------------------------------------------
 
+/// Replaces `root` by one moe.sparse_moe of the matched normal form and erases the rest of the pattern.
+LogicalResult raise(PatternRewriter &rewriter, Operation *root, const Experts &ex, const Routing &r,
+                    Matcher &m, StringRef source) {
+  Location loc = root->getLoc();
+  MLIRContext *ctx = rewriter.getContext();
+  // Router logits as [T, N].
+  auto lt = cast<RankedTensorType>(r.logits.getType());
+  int64_t n = lt.getShape().back();
+  moe::SparseMoEOperands operands;
+  operands.input = ex.tokens;
+  operands.router = r.logits;
+  if (lt.getRank() != 2) {
+    auto i64 = RankedTensorType::get({2}, rewriter.getI64Type());
+    Value shape =
+        rewriter.create<ox::ConstantOp>(loc, DenseIntElementsAttr::get(i64, ArrayRef<int64_t>{-1, n}));
+    int64_t t = cast<RankedTensorType>(ex.tokens.getType()).getDimSize(0);
+    operands.router = rewriter.create<ox::ReshapeOp>(loc, RankedTensorType::get({t, n}, lt.getElementType()),
+                                                     r.logits, shape, rewriter.getI64IntegerAttr(0));
+  }
+  operands.selectionBias = r.selectionBias;
+  operands.fc1 = ex.fc1Transposed ? transposedWeight(rewriter, loc, ex.fc1) : ex.fc1;
+  operands.fc2 = ex.fc2Transposed ? transposedWeight(rewriter, loc, ex.fc2) : ex.fc2;
+  if (!operands.fc1 || !operands.fc2)
+    return rewriter.notifyMatchFailure(root, "the expert weights are not readable constants");
+  operands.fc1Bias = ex.fc1Bias;
+  operands.fc2Bias = ex.fc2Bias;
+  SmallVector<NamedAttribute> attrs{
+      rewriter.getNamedAttr("k", rewriter.getI64IntegerAttr(ex.k)),
+      rewriter.getNamedAttr("router_kind", moe::RouterKindAttr::get(ctx, moe::RouterKind::logits)),
+      rewriter.getNamedAttr("gate", moe::GateFuncAttr::get(ctx, r.gate)),
+      rewriter.getNamedAttr("normalize", rewriter.getBoolAttr(r.normalize)),
+      rewriter.getNamedAttr("scale", rewriter.getF32FloatAttr(r.scale)),
+      rewriter.getNamedAttr("activation", moe::ActivationAttr::get(ctx, ex.act)),
+      rewriter.getNamedAttr("moe.source", rewriter.getStringAttr(source))};
+  if (ex.layout != moe::GatedLayout::block)
+    attrs.push_back(rewriter.getNamedAttr("gated_layout", moe::GatedLayoutAttr::get(ctx, ex.layout)));
+  if (ex.alpha != 1.0)
+    attrs.push_back(rewriter.getNamedAttr("activation_alpha", rewriter.getF32FloatAttr(ex.alpha)));
+  if (ex.beta != 0.0)
+    attrs.push_back(rewriter.getNamedAttr("activation_beta", rewriter.getF32FloatAttr(ex.beta)));
+  if (ex.limit)
+    attrs.push_back(rewriter.getNamedAttr("activation_limit", rewriter.getF32FloatAttr(*ex.limit)));
+  if (r.zeroExperts)
+    attrs.push_back(rewriter.getNamedAttr("zero_experts", rewriter.getI64IntegerAttr(r.zeroExperts)));
+  if (r.groups > 1) {
+    attrs.push_back(rewriter.getNamedAttr("expert_groups", rewriter.getI64IntegerAttr(r.groups)));
+    attrs.push_back(rewriter.getNamedAttr("group_topk", rewriter.getI64IntegerAttr(r.groupTopk)));
+    if (r.groupScore != moe::GroupScore::top2_sum)
+      attrs.push_back(rewriter.getNamedAttr("group_score", moe::GroupScoreAttr::get(ctx, r.groupScore)));
+  }
+  moe::SparseMoEOp op = moe::buildSparseMoE(rewriter, loc, root->getResult(0).getType(), operands, attrs);
+  if (failed(mlir::verify(op))) {
+    rewriter.eraseOp(op);
+    return rewriter.notifyMatchFailure(root, "the raised op does not verify (see the error above)");
+  }
+  rewriter.replaceOp(root, op->getResults());
+  // Erase the rest of the pattern, users first.
+  m.ops.remove(root);
+  bool erased = true;
+  while (erased) {
+    erased = false;
+    for (Operation *dead : m.ops)
+      if (!dead->hasTrait<OpTrait::ConstantLike>() && dead->use_empty()) {
+        m.ops.remove(dead);
+        rewriter.eraseOp(dead);
+        erased = true;
+        break;
+      }
+  }
+  return success();
+}
+
+/// The batched_mm form, rooted at the ReduceSum combining the k slots.
 struct RaiseMoEBlock : OpRewritePattern<ox::ReduceSumOp> {
   using OpRewritePattern::OpRewritePattern;
 
@@ -784,75 +1135,50 @@ struct RaiseMoEBlock : OpRewritePattern<ox::ReduceSumOp> {
     int64_t e = cast<RankedTensorType>(ex.fc1.getType()).getDimSize(0);
     if (!matchRouting(m, ids, weights, e, ex.k, r) || !checkClosed(m, root))
       return rewriter.notifyMatchFailure(root, m.why);
+    return raise(rewriter, root, ex, r, m, "pytorch-batched-mm");
+  }
+};
 
-    Location loc = root.getLoc();
-    MLIRContext *ctx = rewriter.getContext();
-    // Router logits as [T, N].
-    auto lt = cast<RankedTensorType>(r.logits.getType());
-    int64_t n = lt.getShape().back();
-    moe::SparseMoEOperands operands;
-    operands.input = ex.tokens;
-    operands.router = r.logits;
-    if (lt.getRank() != 2) {
-      auto i64 = RankedTensorType::get({2}, rewriter.getI64Type());
-      Value shape =
-          rewriter.create<ox::ConstantOp>(loc, DenseIntElementsAttr::get(i64, ArrayRef<int64_t>{-1, n}));
-      int64_t t = cast<RankedTensorType>(ex.tokens.getType()).getDimSize(0);
-      operands.router =
-          rewriter.create<ox::ReshapeOp>(loc, RankedTensorType::get({t, n}, lt.getElementType()), r.logits,
-                                         shape, rewriter.getI64IntegerAttr(0));
-    }
-    operands.selectionBias = r.selectionBias;
-    operands.fc1 = ex.fc1Transposed ? transposedWeight(rewriter, loc, ex.fc1) : ex.fc1;
-    operands.fc2 = ex.fc2Transposed ? transposedWeight(rewriter, loc, ex.fc2) : ex.fc2;
-    if (!operands.fc1 || !operands.fc2)
-      return rewriter.notifyMatchFailure(root, "the expert weights are not readable constants");
-    operands.fc1Bias = ex.fc1Bias;
-    operands.fc2Bias = ex.fc2Bias;
-    SmallVector<NamedAttribute> attrs{
-        rewriter.getNamedAttr("k", rewriter.getI64IntegerAttr(ex.k)),
-        rewriter.getNamedAttr("router_kind", moe::RouterKindAttr::get(ctx, moe::RouterKind::logits)),
-        rewriter.getNamedAttr("gate", moe::GateFuncAttr::get(ctx, r.gate)),
-        rewriter.getNamedAttr("normalize", rewriter.getBoolAttr(r.normalize)),
-        rewriter.getNamedAttr("scale", rewriter.getF32FloatAttr(r.scale)),
-        rewriter.getNamedAttr("activation", moe::ActivationAttr::get(ctx, ex.act)),
-        rewriter.getNamedAttr("moe.source", rewriter.getStringAttr("pytorch-batched-mm"))};
-    if (ex.layout != moe::GatedLayout::block)
-      attrs.push_back(rewriter.getNamedAttr("gated_layout", moe::GatedLayoutAttr::get(ctx, ex.layout)));
-    if (ex.alpha != 1.0)
-      attrs.push_back(rewriter.getNamedAttr("activation_alpha", rewriter.getF32FloatAttr(ex.alpha)));
-    if (ex.beta != 0.0)
-      attrs.push_back(rewriter.getNamedAttr("activation_beta", rewriter.getF32FloatAttr(ex.beta)));
-    if (ex.limit)
-      attrs.push_back(rewriter.getNamedAttr("activation_limit", rewriter.getF32FloatAttr(*ex.limit)));
-    if (r.zeroExperts)
-      attrs.push_back(rewriter.getNamedAttr("zero_experts", rewriter.getI64IntegerAttr(r.zeroExperts)));
-    if (r.groups > 1) {
-      attrs.push_back(rewriter.getNamedAttr("expert_groups", rewriter.getI64IntegerAttr(r.groups)));
-      attrs.push_back(rewriter.getNamedAttr("group_topk", rewriter.getI64IntegerAttr(r.groupTopk)));
-      if (r.groupScore != moe::GroupScore::top2_sum)
-        attrs.push_back(rewriter.getNamedAttr("group_score", moe::GroupScoreAttr::get(ctx, r.groupScore)));
-    }
-    moe::SparseMoEOp op = moe::buildSparseMoE(rewriter, loc, root.getType(), operands, attrs);
-    if (failed(mlir::verify(op))) {
-      rewriter.eraseOp(op);
-      return rewriter.notifyMatchFailure(root, "the raised op does not verify (see the error above)");
-    }
-    rewriter.replaceOp(root, op->getResults());
-    // Erase the rest of the pattern, users first.
-    m.ops.remove(root.getOperation());
-    bool erased = true;
-    while (erased) {
-      erased = false;
-      for (Operation *dead : m.ops)
-        if (!dead->hasTrait<OpTrait::ConstantLike>() && dead->use_empty()) {
-          m.ops.remove(dead);
-          rewriter.eraseOp(dead);
-          erased = true;
-          break;
-        }
-    }
-    return success();
+/// The dense forms, rooted at the last Add of the sum over experts.
+struct RaiseDenseMoE : OpRewritePattern<ox::AddOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(ox::AddOp root, PatternRewriter &rewriter) const override {
+    // Only the outermost Add of the sum: an Add that another term continues is part of a larger candidate.
+    for (Operation *user : root->getUsers())
+      if (auto next = dyn_cast<ox::AddOp>(user)) {
+        Matcher t;
+        int64_t e;
+        Value dense, tokens;
+        DenseExpert x;
+        if (matchDenseTerm(t, otherOperand(next, root.getResult()), e, dense, tokens, x))
+          return failure();
+      }
+    Matcher m;
+    DenseMoE d;
+    if (!matchDenseSum(m, root, d))
+      return m.why.empty() ? failure() : rewriter.notifyMatchFailure(root, m.why);
+    int64_t e = d.experts.size();
+    Value ids, weights;
+    if (!matchSparseRoutingMatrix(m, d.dense, e, ids, weights))
+      return rewriter.notifyMatchFailure(
+          root, m.why.empty()
+                    ? "the experts are weighted by a routing matrix not known to be zero outside the "
+                      "top k (a ScatterElements of the top-k weights into zeros, or a one-hot sum)"
+                    : m.why);
+    auto idsType = dyn_cast<RankedTensorType>(ids.getType());
+    if (!idsType || idsType.getRank() != 2 || idsType.isDynamicDim(1))
+      return rewriter.notifyMatchFailure(root, "the routing matrix's top-k ids are not a [T, k] tensor");
+    Experts ex;
+    ex.k = idsType.getDimSize(1);
+    Routing r;
+    if (!matchRouting(m, ids, weights, e, ex.k, r) || !checkClosed(m, root))
+      return rewriter.notifyMatchFailure(root, m.why);
+    if (rankOf(d.tokens) != 2)
+      return rewriter.notifyMatchFailure(root, "the experts' tokens are not a 2-D [T, H] tensor");
+    if (!stackDenseExperts(rewriter, root.getLoc(), d, ex, m))
+      return rewriter.notifyMatchFailure(root, m.why);
+    return raise(rewriter, root, ex, r, m, "dense");
   }
 };
 
@@ -870,7 +1196,7 @@ struct MoERaiseDecomposedPass final : moec::impl::MoERaiseDecomposedPassBase<MoE
   using Base::Base;
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
-    patterns.add<RaiseMoEBlock>(&getContext());
+    patterns.add<RaiseMoEBlock, RaiseDenseMoE>(&getContext());
     FailureReasons reasons;
     GreedyRewriteConfig config;
     config.listener = &reasons;
@@ -878,10 +1204,12 @@ struct MoERaiseDecomposedPass final : moec::impl::MoERaiseDecomposedPassBase<MoE
       return signalPassFailure();
     if (!remarks)
       return;
-    getOperation()->walk([&](ox::ReduceSumOp op) {
-      auto it = reasons.why.find(op.getLoc());
+    getOperation()->walk([&](Operation *op) {
+      if (!isa<ox::ReduceSumOp, ox::AddOp>(op))
+        return;
+      auto it = reasons.why.find(op->getLoc());
       if (it != reasons.why.end())
-        emitRemark(op.getLoc()) << "MoE experts not raised: " << it->second;
+        emitRemark(op->getLoc()) << "MoE experts not raised: " << it->second;
     });
   }
 };

@@ -547,3 +547,110 @@ func.func @renorm_clip_reachable(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> 
     return %38 : tensor<1x?x4xf32>
 }
 
+
+// -----
+
+// A hand-written dense MoE: every expert (its own linear layers) on every token, weighted by column e of a
+// routing matrix that is zero outside each token's top k (the top-k weights scattered into zeros).
+// CHECK-LABEL: func.func @dense_scatter
+// CHECK: moe.sparse_moe %arg0, %{{.*}}, fc1 %{{.*}}, fc2 %{{.*}} {activation = #moe.activation<relu>, k = 1 : i64, moe.source = "dense", router_kind = #moe.router<logits>}
+// CHECK-SAME: (tensor<?x2xf32>, tensor<?x2xf32>, tensor<2x3x2xf32>, tensor<2x2x3xf32>) -> tensor<?x2xf32>
+// CHECK-NOT: onnx.ScatterElements
+// CHECK-NOT: onnx.Relu
+func.func @dense_scatter(%x: tensor<?x2xf32>) -> tensor<?x2xf32> {
+    %wr = onnx.Constant dense<[[1.0, -1.0], [0.5, 2.0]]> : tensor<2x2xf32>
+    %one = onnx.Constant dense<1> : tensor<1xi64>
+    %c0 = onnx.Constant dense<0> : tensor<1xi64>
+    %c2 = onnx.Constant dense<2> : tensor<1xi64>
+    %zero = onnx.Constant dense<0.0> : tensor<f32>
+    %u0 = onnx.Constant dense<0.5> : tensor<3x2xf32>
+    %d0 = onnx.Constant dense<0.25> : tensor<2x3xf32>
+    %u1 = onnx.Constant dense<-0.5> : tensor<3x2xf32>
+    %d1 = onnx.Constant dense<0.75> : tensor<2x3xf32>
+    %logits = onnx.Gemm %x, %wr {transB = 1 : i64} : (tensor<?x2xf32>, tensor<2x2xf32>) -> tensor<?x2xf32>
+    %probs = onnx.Softmax %logits : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %vals, %ids = onnx.TopK %probs, %one : (tensor<?x2xf32>, tensor<1xi64>) -> (tensor<?x1xf32>, tensor<?x1xi64>)
+    %shape = onnx.Shape %probs : (tensor<?x2xf32>) -> tensor<2xi64>
+    %zeros = onnx.Expand %zero, %shape : (tensor<f32>, tensor<2xi64>) -> tensor<?x2xf32>
+    %dense = onnx.ScatterElements %zeros, %ids, %vals {axis = 1 : i64} : (tensor<?x2xf32>, tensor<?x1xi64>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %col0 = onnx.Slice %dense, %c0, %one, %one, %one : (tensor<?x2xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<?x1xf32>
+    %h0 = onnx.Gemm %x, %u0 {transB = 1 : i64} : (tensor<?x2xf32>, tensor<3x2xf32>) -> tensor<?x3xf32>
+    %a0 = onnx.Relu %h0 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %y0 = onnx.Gemm %a0, %d0 {transB = 1 : i64} : (tensor<?x3xf32>, tensor<2x3xf32>) -> tensor<?x2xf32>
+    %t0 = onnx.Mul %col0, %y0 : (tensor<?x1xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %col1 = onnx.Slice %dense, %one, %c2, %one, %one : (tensor<?x2xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<?x1xf32>
+    %h1 = onnx.Gemm %x, %u1 {transB = 1 : i64} : (tensor<?x2xf32>, tensor<3x2xf32>) -> tensor<?x3xf32>
+    %a1 = onnx.Relu %h1 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %y1 = onnx.Gemm %a1, %d1 {transB = 1 : i64} : (tensor<?x3xf32>, tensor<2x3xf32>) -> tensor<?x2xf32>
+    %t1 = onnx.Mul %col1, %y1 : (tensor<?x1xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %out = onnx.Add %t0, %t1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    return %out : tensor<?x2xf32>
+}
+
+// -----
+
+// Soft MoE: every expert weighted by the whole softmax, which is not zero outside a top k: not a sparse MoE.
+// CHECK-LABEL: func.func @dense_soft
+// CHECK-NOT: moe.sparse_moe
+func.func @dense_soft(%x: tensor<?x2xf32>) -> tensor<?x2xf32> {
+    %wr = onnx.Constant dense<[[1.0, -1.0], [0.5, 2.0]]> : tensor<2x2xf32>
+    %one = onnx.Constant dense<1> : tensor<1xi64>
+    %c0 = onnx.Constant dense<0> : tensor<1xi64>
+    %c2 = onnx.Constant dense<2> : tensor<1xi64>
+    %zero = onnx.Constant dense<0.0> : tensor<f32>
+    %u0 = onnx.Constant dense<0.5> : tensor<3x2xf32>
+    %d0 = onnx.Constant dense<0.25> : tensor<2x3xf32>
+    %u1 = onnx.Constant dense<-0.5> : tensor<3x2xf32>
+    %d1 = onnx.Constant dense<0.75> : tensor<2x3xf32>
+    %logits = onnx.Gemm %x, %wr {transB = 1 : i64} : (tensor<?x2xf32>, tensor<2x2xf32>) -> tensor<?x2xf32>
+    %probs = onnx.Softmax %logits : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %col0 = onnx.Slice %probs, %c0, %one, %one, %one : (tensor<?x2xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<?x1xf32>
+    %h0 = onnx.Gemm %x, %u0 {transB = 1 : i64} : (tensor<?x2xf32>, tensor<3x2xf32>) -> tensor<?x3xf32>
+    %a0 = onnx.Relu %h0 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %y0 = onnx.Gemm %a0, %d0 {transB = 1 : i64} : (tensor<?x3xf32>, tensor<2x3xf32>) -> tensor<?x2xf32>
+    %t0 = onnx.Mul %col0, %y0 : (tensor<?x1xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %col1 = onnx.Slice %probs, %one, %c2, %one, %one : (tensor<?x2xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<?x1xf32>
+    %h1 = onnx.Gemm %x, %u1 {transB = 1 : i64} : (tensor<?x2xf32>, tensor<3x2xf32>) -> tensor<?x3xf32>
+    %a1 = onnx.Relu %h1 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %y1 = onnx.Gemm %a1, %d1 {transB = 1 : i64} : (tensor<?x3xf32>, tensor<2x3xf32>) -> tensor<?x2xf32>
+    %t1 = onnx.Mul %col1, %y1 : (tensor<?x1xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    // expected-remark @+1 {{MoE experts not raised: the experts are weighted by a routing matrix not known to be zero outside the top k (a ScatterElements of the top-k weights into zeros, or a one-hot sum)}}
+    %out = onnx.Add %t0, %t1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    return %out : tensor<?x2xf32>
+}
+
+// -----
+
+// Both experts weighted by column 0 of the routing matrix.
+// CHECK-LABEL: func.func @dense_column_twice
+// CHECK-NOT: moe.sparse_moe
+func.func @dense_column_twice(%x: tensor<?x2xf32>) -> tensor<?x2xf32> {
+    %wr = onnx.Constant dense<[[1.0, -1.0], [0.5, 2.0]]> : tensor<2x2xf32>
+    %one = onnx.Constant dense<1> : tensor<1xi64>
+    %c0 = onnx.Constant dense<0> : tensor<1xi64>
+    %c2 = onnx.Constant dense<2> : tensor<1xi64>
+    %zero = onnx.Constant dense<0.0> : tensor<f32>
+    %u0 = onnx.Constant dense<0.5> : tensor<3x2xf32>
+    %d0 = onnx.Constant dense<0.25> : tensor<2x3xf32>
+    %u1 = onnx.Constant dense<-0.5> : tensor<3x2xf32>
+    %d1 = onnx.Constant dense<0.75> : tensor<2x3xf32>
+    %logits = onnx.Gemm %x, %wr {transB = 1 : i64} : (tensor<?x2xf32>, tensor<2x2xf32>) -> tensor<?x2xf32>
+    %probs = onnx.Softmax %logits : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %vals, %ids = onnx.TopK %probs, %one : (tensor<?x2xf32>, tensor<1xi64>) -> (tensor<?x1xf32>, tensor<?x1xi64>)
+    %shape = onnx.Shape %probs : (tensor<?x2xf32>) -> tensor<2xi64>
+    %zeros = onnx.Expand %zero, %shape : (tensor<f32>, tensor<2xi64>) -> tensor<?x2xf32>
+    %dense = onnx.ScatterElements %zeros, %ids, %vals {axis = 1 : i64} : (tensor<?x2xf32>, tensor<?x1xi64>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %col0 = onnx.Slice %dense, %c0, %one, %one, %one : (tensor<?x2xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<?x1xf32>
+    %h0 = onnx.Gemm %x, %u0 {transB = 1 : i64} : (tensor<?x2xf32>, tensor<3x2xf32>) -> tensor<?x3xf32>
+    %a0 = onnx.Relu %h0 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %y0 = onnx.Gemm %a0, %d0 {transB = 1 : i64} : (tensor<?x3xf32>, tensor<2x3xf32>) -> tensor<?x2xf32>
+    %t0 = onnx.Mul %col0, %y0 : (tensor<?x1xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %col1 = onnx.Slice %dense, %c0, %one, %one, %one : (tensor<?x2xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<?x1xf32>
+    %h1 = onnx.Gemm %x, %u1 {transB = 1 : i64} : (tensor<?x2xf32>, tensor<3x2xf32>) -> tensor<?x3xf32>
+    %a1 = onnx.Relu %h1 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %y1 = onnx.Gemm %a1, %d1 {transB = 1 : i64} : (tensor<?x3xf32>, tensor<2x3xf32>) -> tensor<?x2xf32>
+    %t1 = onnx.Mul %col1, %y1 : (tensor<?x1xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    // expected-remark @+1 {{MoE experts not raised: the dense sum's routing columns are not each of the 2 experts once}}
+    %out = onnx.Add %t0, %t1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    return %out : tensor<?x2xf32>
+}

@@ -94,6 +94,13 @@ def transformers_cases():
         yield f"transformers/{family}", path, feeds, "ort"
         if family in ("qwen2_moe", "deepseek_v3"):  # with a shared expert, quantised like the routed ones
             yield f"transformers/{family} (int8)", path, feeds, ("ort", None, ("--weights=int8",), DRIFT[8])
+    for name in ("dense_scatter", "dense_onehot"):  # tests/fixtures/handwritten: dense MoE blocks
+        path = os.path.join(ROOT, "tests", "fixtures", "handwritten", f"{name}.onnx")
+
+        def feeds(t, rng):
+            return {"hidden_states": rng.standard_normal((2, t, 16)).astype(np.float32)}
+
+        yield f"handwritten/{name}", path, feeds, "ort"
     # Whole 2-layer models (embedding, attention with rotary embeddings and causal mask, MoE blocks, LM head):
     # the MoE layers become dispatches, everything else runs on libmoert's op kernels. T = sequence length.
     for family in make_fixtures.WHOLE_FAMILIES:

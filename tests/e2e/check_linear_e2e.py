@@ -43,6 +43,8 @@ sys.path.insert(0, HERE)
 # The storage round trips (the same contract the MoE storages follow) and the error measure, written once.
 from check_cpu_e2e import bf16_round, fp16_round, quantize_rows, rel_error, round_int8  # noqa: E402
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "transformers")
+sys.path.insert(0, FIXTURES)
+import make_fixtures  # noqa: E402  (the family lists; it imports torch only when exporting)
 TOLERANCE = 1e-4
 # Stated bounds of each dense storage against the fp32 model on the dense model below (max |diff| / max |fp32
 # output|, Gaussian weights; measured bf16 ~2e-3, fp16 ~3e-4, int8 ~5e-3, int4 ~0.1).
@@ -159,7 +161,7 @@ def fixtures(args, tmp):
         text = inspect(args, art)
         left = constant_matmuls(text)
         linears = len(re.findall(r"^\s*linear \d+:", text, re.M))
-        whole = not re.match(r"^(mixtral|qwen2_moe|olmoe|deepseek_v3|zaya)$", name)
+        whole = name not in make_fixtures.FAMILIES  # a whole model, not one MoE block
         check(f"fixture {name}: linear dispatches", not left and (linears > 0 or not whole),
               f"{linears} linear dispatches, MatMul/Gemm steps with a constant weight: {left or 'none'}")
         # Rotary embedding: one moec.Rotary step per query and per key (q/k norms and the Transpose folded
