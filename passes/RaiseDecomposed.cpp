@@ -1182,6 +1182,144 @@ struct RaiseDenseMoE : OpRewritePattern<ox::AddOp> {
   }
 };
 
+/// Llama-4's form, rooted at the ReduceSum over experts: every expert runs (batched matmuls over stacked
+/// `[E, in, out]` weights) on every token's input scaled by its routing weight,
+///
+///   R   = Sigmoid(ScatterElements(full(-inf), ids, TopK(logits, k).values, axis 1))     [T, E]
+///   in  = Reshape(Tile(x, [E, 1]) * Reshape(Transpose(R), [-1, 1]), [E, -1, H])
+///   out = ReduceSum(Reshape(act(in @ W1) @ W2, [E, -1, H]), axes = [0])
+///
+/// R is 0 outside the top k, so an expert not chosen reads zeros and (no biases; act(0) = 0) adds nothing.
+/// With k = 1 that is one moe.sparse_moe over `x * sigmoid(top value)`, routed by the logits with a sigmoid
+/// gate renormalised over its one expert (weight w / w = 1). k > 1 would weight each expert's input
+/// differently, which the op cannot say: not raised.
+struct RaiseInputWeightedMoE : OpRewritePattern<ox::ReduceSumOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  static std::optional<SmallVector<int64_t>> perm(ox::TransposeOp t) {
+    std::optional<ArrayAttr> attr = t.getPerm();
+    if (!attr)
+      return std::nullopt;
+    SmallVector<int64_t> p;
+    for (Attribute a : *attr)
+      p.push_back(cast<IntegerAttr>(a).getInt());
+    return p;
+  }
+
+  LogicalResult matchAndRewrite(ox::ReduceSumOp root, PatternRewriter &rewriter) const override {
+    auto axes = root.getAxes() ? constantInts(root.getAxes()) : std::nullopt;
+    if (root.getKeepdims() != 0 || !axes || axes->size() != 1 || (*axes)[0] != 0 ||
+        rankOf(root.getData()) != 3)
+      return failure();
+    Matcher m;
+    m.ops.insert(root);
+    // Down projection of every expert: Reshape(MatMul(h, W2 [E, F, H]), [E, -1, H]).
+    Value v = m.peelReshapes(root.getData());
+    auto mm2 = m.take<ox::MatMulOp>(v);
+    if (!mm2 || !matchPattern(mm2.getB(), m_Constant()) || rankOf(mm2.getB()) != 3)
+      return failure(); // not a sum over batched experts
+    Experts ex;
+    Value upOut = matchGated(m, mm2.getA(), ex);
+    if (!upOut && m.why.empty())
+      upOut = matchPlainActivation(m, mm2.getA(), ex.act);
+    if (!upOut)
+      return rewriter.notifyMatchFailure(
+          root, m.why.empty() ? "no activation this compiler knows between the expert projections" : m.why);
+    auto mm1 = m.take<ox::MatMulOp>(upOut);
+    if (!mm1 || !matchPattern(mm1.getB(), m_Constant()) || rankOf(mm1.getB()) != 3)
+      return rewriter.notifyMatchFailure(root,
+                                         "the up projection is not a batched matmul by stacked weights");
+    if (ex.beta != 0.0 || ex.limit)
+      return rewriter.notifyMatchFailure(root, "input-weighted experts with up + beta or clamps");
+    // in = Reshape(Mul(Tile(x, [E, 1]), Reshape(Transpose(R), [-1, 1])), [E, -1, H]).
+    int64_t e = cast<RankedTensorType>(mm1.getB().getType()).getDimSize(0);
+    auto mul = m.take<ox::MulOp>(m.peelReshapes(mm1.getA()));
+    if (!mul)
+      return rewriter.notifyMatchFailure(root, "the experts' input is not the tokens times a routing column");
+    Value tokens, r;
+    for (int i = 0; i < 2 && !tokens; ++i) {
+      Matcher trial = m;
+      auto tile = trial.take<ox::TileOp>(mul->getOperand(i));
+      auto reps = tile ? constantInts(tile.getRepeats()) : std::nullopt;
+      if (!tile || !reps || *reps != SmallVector<int64_t>{e, 1})
+        continue;
+      Value x = tile.getInput();
+      if (auto expand = defOp<ox::ExpandOp>(x)) { // Expand(x, [1, 1]): x itself
+        auto shape = constantInts(expand.getShape());
+        if (shape && llvm::all_of(*shape, [](int64_t d) { return d == 1; })) {
+          trial.ops.insert(expand);
+          x = expand.getInput();
+        }
+      }
+      auto tr = trial.take<ox::TransposeOp>(trial.peelReshapes(mul->getOperand(1 - i)));
+      if (!tr || perm(tr) != SmallVector<int64_t>{1, 0})
+        continue;
+      m = trial;
+      tokens = x;
+      r = tr.getData();
+    }
+    if (!tokens || rankOf(tokens) != 2)
+      return rewriter.notifyMatchFailure(
+          root, "the experts' input is not the tokens repeated once per expert times "
+                "a column of the transposed routing matrix");
+    // R = Sigmoid(ScatterElements(full(-inf), ids, values)).
+    auto sig = m.take<ox::SigmoidOp>(r);
+    auto sc = sig ? m.take<ox::ScatterElementsOp>(sig.getX()) : ox::ScatterElementsOp();
+    auto topk = sc ? defOp<ox::TopKOp>(sc.getIndices()) : ox::TopKOp();
+    auto fill = sc ? defOp<ox::ExpandOp>(sc.getData()) : ox::ExpandOp();
+    auto ninf = fill ? constantScalar(fill.getInput()) : std::nullopt;
+    if (!topk || sc.getUpdates() != topk.getValues() || sc.getIndices() != topk.getIndices() ||
+        normAxis(sc.getAxis(), 2) != 1 || !ninf || !std::isinf(*ninf) || *ninf > 0)
+      return rewriter.notifyMatchFailure(root,
+                                         "the input weights are not a sigmoid of top-k logits scattered into "
+                                         "-inf (zero outside the top k)");
+    m.ops.insert(fill);
+    if (auto sh = defOp<ox::ShapeOp>(fill.getShape()))
+      m.ops.insert(sh);
+    auto kk = constantInts(topk.getK());
+    Value logits = topk.getX();
+    if (!kk || kk->size() != 1 || normAxis(topk.getAxis(), rankOf(logits)) != rankOf(logits) - 1 ||
+        topk.getLargest() != 1 || rankOf(logits) != 2)
+      return rewriter.notifyMatchFailure(root,
+                                         "the routing top-k is not the largest k over the experts' axis");
+    if ((*kk)[0] != 1)
+      return rewriter.notifyMatchFailure(
+          root, "routing weights multiply the experts' inputs with k = " + Twine((*kk)[0]) +
+                    " > 1, which moe.sparse_moe cannot express");
+    if (cast<RankedTensorType>(logits.getType()).getShape().back() != e)
+      return rewriter.notifyMatchFailure(root,
+                                         "the router and the expert weights disagree on the expert count");
+    // The TopK stays (its values scale the input); everything else of the pattern must be used only inside
+    // it.
+    if (!checkClosed(m, root))
+      return rewriter.notifyMatchFailure(root, m.why);
+    auto w1 = cast<RankedTensorType>(mm1.getB().getType()), w2 = cast<RankedTensorType>(mm2.getB().getType());
+    bool gated = ex.act == moe::Activation::swiglu || ex.act == moe::Activation::geglu;
+    int64_t h = w1.getDimSize(1), f = w2.getDimSize(1);
+    if (w2.getDimSize(0) != e || w1.getDimSize(2) != (gated ? 2 * f : f) || w2.getDimSize(2) != h ||
+        cast<RankedTensorType>(tokens.getType()).getDimSize(1) != h)
+      return rewriter.notifyMatchFailure(root, "expert weight shapes do not chain");
+    if (!w1.getElementType().isF32() || !w2.getElementType().isF32())
+      return rewriter.notifyMatchFailure(root, "the expert weights are not f32");
+
+    // x * sigmoid(top value): the one chosen expert's input.
+    Location loc = root.getLoc();
+    auto tokT = cast<RankedTensorType>(tokens.getType());
+    auto colT = cast<RankedTensorType>(topk.getValues().getType());
+    Value s = rewriter.create<ox::SigmoidOp>(loc, colT, topk.getValues());
+    ex.tokens = rewriter.create<ox::MulOp>(loc, tokT, tokens, s);
+    ex.fc1 = mm1.getB();
+    ex.fc2 = mm2.getB();
+    ex.fc1Transposed = ex.fc2Transposed = true;
+    ex.k = 1;
+    Routing rt;
+    rt.logits = logits;
+    rt.gate = moe::GateFunc::sigmoid;
+    rt.normalize = true; // w / w = 1: the weight is already in the input
+    return raise(rewriter, root, ex, rt, m, "input-weighted (Llama-4)");
+  }
+};
+
 /// Keeps the last reason each pattern root did not match, for the remarks.
 struct FailureReasons : RewriterBase::Listener {
   llvm::DenseMap<Location, std::string> why;
@@ -1196,7 +1334,7 @@ struct MoERaiseDecomposedPass final : moec::impl::MoERaiseDecomposedPassBase<MoE
   using Base::Base;
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
-    patterns.add<RaiseMoEBlock, RaiseDenseMoE>(&getContext());
+    patterns.add<RaiseMoEBlock, RaiseDenseMoE, RaiseInputWeightedMoE>(&getContext());
     FailureReasons reasons;
     GreedyRewriteConfig config;
     config.listener = &reasons;

@@ -173,6 +173,9 @@ def evaluate(text, inputs):
             out = _sparse_moe(vals, props)
         elif name == "moe.linear":
             out = _linear(vals, props)
+            if nres:  # several results: the columns split in order (the contract in ir/MoEOps.td)
+                widths = [int(w) for w in re.findall(r"tensor<(?:[?\d]+x)*(\d+)x\w+>", rtype)]
+                out = tuple(np.split(out, np.cumsum(widths)[:-1], axis=-1))
         elif name == "moe.norm":
             out = oracle.norm_rows(vals[0], _attr(props, "kind"), vals[1], vals[2] if len(vals) > 2 else None,
                                    _attr(props, "epsilon", 1e-5))
@@ -182,11 +185,21 @@ def evaluate(text, inputs):
                                           interleaved=unit("interleaved"), seq_axis=_attr(props, "seq_axis", 2),
                                           transpose=unit("transpose"), norm_weight=vals[3] if len(vals) > 3 else None,
                                           norm_epsilon=_attr(props, "norm_epsilon", 1e-6))
+        elif name == "onnx.TopK":  # (values, indices); ties: the lower index first, as ONNX says
+            x, k = vals[0], int(np.asarray(vals[1]).reshape(-1)[0])
+            axis = _attr(props, "axis", -1)
+            key = -x if _attr(props, "largest", 1) else x
+            idx = np.take(np.argsort(key, axis=axis, kind="stable"), np.arange(k), axis=axis)
+            out = (np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64))
         elif name in ONNX:
             out = ONNX[name](vals, None, props)
         else:
             raise NotImplementedError(f"eval_mlir: op '{name}' is not supported by the reference evaluator")
-        env[res] = out
+        if isinstance(out, tuple):  # %r:n = ...: results %r#0 .. %r#(n-1)
+            for i, o in enumerate(out):
+                env[f"{res}#{i}"] = o
+        else:
+            env[res] = out
     raise ValueError("no func.return found")
 
 
