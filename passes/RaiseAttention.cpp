@@ -445,6 +445,10 @@ struct MoERaiseAttentionPass final : moec::impl::MoERaiseAttentionPassBase<MoERa
     SmallVector<ox::SoftmaxOp> candidates;
     getOperation()->walk([&](ox::SoftmaxOp s) { candidates.push_back(s); });
     for (ox::SoftmaxOp s : candidates) {
+      // A softmax over a matrix or a vector (a MoE router's scores, a classifier's logits) is no attention
+      // candidate: nothing to raise or report.
+      if (rankOf(s.getInput()) >= 0 && rankOf(s.getInput()) <= 2)
+        continue;
       Operation *where = s;
       std::string why = raise(s);
       if (!why.empty())

@@ -1330,6 +1330,42 @@ struct FailureReasons : RewriterBase::Listener {
   }
 };
 
+/// A traced loop over the experts a batch hits (TorchScript's export of eager experts: `expert_hit =
+/// (one_hot(ids).sum(...) > 0).nonzero()`, then one unrolled body per expert the example hit). The graph's
+/// meaning depends on which experts an input hits, so it is not raised; the remark says why and what to do.
+/// Returns the remark, or empty when `nz` is not such a loop.
+std::string tracedExpertLoop(ox::NonZeroOp nz) {
+  auto gt = defOp<ox::GreaterOp>(nz.getX());
+  Value counts = gt ? gt.getA() : Value();
+  auto zero = gt ? constantInts(gt.getB()) : std::nullopt;
+  auto sum = defOp<ox::ReduceSumOp>(counts);
+  if (!gt || !zero || zero->size() != 1 || (*zero)[0] != 0 || !sum)
+    return "";
+  Value hot = sum.getData();
+  while (auto t = defOp<ox::TransposeOp>(hot))
+    hot = t.getData();
+  auto onehot = defOp<ox::OneHotOp>(hot);
+  if (!onehot)
+    return "";
+  auto depth = constantInts(onehot.getDepth());
+  // The unrolled bodies: a Split of the hit experts' indices into one piece per body.
+  int64_t bodies = -1;
+  for (Operation *user : nz->getUsers()) {
+    Operation *u = user;
+    if (isa<ox::TransposeOp>(u) && u->hasOneUse())
+      u = *u->getUsers().begin();
+    if (isa<ox::SplitOp>(u))
+      bodies = u->getNumResults();
+  }
+  std::string e = depth && depth->size() == 1 ? std::to_string((*depth)[0]) : "?";
+  std::string held = bodies > 0 ? std::to_string(bodies) + " expert bodies (of " + e + " one-hot classes)"
+                                : "one body per expert it hit";
+  return "a traced per-expert loop (TorchScript's export of eager experts): the graph holds " + held +
+         ", unrolled in the order the example input hit them, and is right only for inputs that hit exactly "
+         "those; it runs as graph ops. Export with transformers' batched_mm experts and "
+         "torch.onnx.export(dynamo=True) (docs/pytorch-export.md) to get one fused dispatch";
+}
+
 struct MoERaiseDecomposedPass final : moec::impl::MoERaiseDecomposedPassBase<MoERaiseDecomposedPass> {
   using Base::Base;
   void runOnOperation() override {
@@ -1342,6 +1378,11 @@ struct MoERaiseDecomposedPass final : moec::impl::MoERaiseDecomposedPassBase<MoE
       return signalPassFailure();
     if (!remarks)
       return;
+    getOperation()->walk([&](ox::NonZeroOp nz) {
+      std::string why = tracedExpertLoop(nz);
+      if (!why.empty())
+        emitRemark(nz.getLoc()) << "MoE experts not raised: " << why;
+    });
     getOperation()->walk([&](Operation *op) {
       if (!isa<ox::ReduceSumOp, ox::AddOp>(op))
         return;

@@ -365,8 +365,10 @@ struct MoERaiseLinearPass final : moec::impl::MoERaiseLinearPassBase<MoERaiseLin
     for (ox::GatherOp g : gathers) {
       // A table whose rows are not the model's hidden size (the K of a linear layer or the H of a MoE
       // layer) is not a token embedding (rotary cos/sin caches, position tables): nothing to raise or report.
+      // Nor is a gather from a rank-3 or higher tensor (an expert's weights picked by its index).
       auto tT = dyn_cast<RankedTensorType>(g.getData().getType());
-      if (tT && tT.getRank() == 2 && !tT.isDynamicDim(1) && !hidden.contains(tT.getDimSize(1)))
+      if (tT && ((tT.getRank() == 2 && !tT.isDynamicDim(1) && !hidden.contains(tT.getDimSize(1))) ||
+                 tT.getRank() > 2))
         continue;
       remarkIfUnfused(remarks, g, "embedding not raised", raiseEmbedding(g));
     }
