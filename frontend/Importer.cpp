@@ -560,7 +560,7 @@ Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<
       if (a < lo || a > hi) {
         op->erase();
         (void)fail("attribute 'axis' = " + Twine(a) + " is out of range for a rank-" + Twine(r) + " input (" +
-                   Twine(lo) + " to " + Twine(hi) + ")");
+                   (lo > hi ? Twine("it has no axis") : Twine(lo) + " to " + Twine(hi)) + ")");
         return nullptr;
       }
     }

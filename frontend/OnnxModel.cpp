@@ -120,24 +120,53 @@ std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
   }
   return "";
 }
-/// libonnx 1.12's STFT inference indexes its signal's dims without checking the rank (a rank-0 or rank-1
-/// signal, declared or inferred, is a null dereference the importer fuzzer found). STFT nodes are hidden from
-/// it (renamed to an op it has no schema for, which it skips) and restored after; their output types are then
-/// the model's or moec's own.
-void hideFromLibonnxInference(onnx::GraphProto &g, bool hide) {
-  static const std::string kHidden = "STFT (hidden from libonnx's shape inference)";
+/// libonnx 1.12's inference of some ops indexes their input's dims without checking the rank, a null
+/// dereference the importer fuzzer found: STFT's signal of rank 0 or 1; LayerNormalization's input when its
+/// axis is out of range (a rank-0 input), declared or inferred. Those nodes are hidden from it (renamed to an
+/// op it has no schema for, which it skips) and restored after; their output types are then the model's or
+/// moec's own. A LayerNormalization whose input has a declared rank (graph input, value_info, initializer)
+/// its axis fits stays visible: that is every exported model, and keeps libonnx's inference of what follows.
+void hideFromLibonnxInference(onnx::GraphProto &g, bool hide, std::map<std::string, int> ranks = {}) {
+  static const std::string kSuffix = " (hidden from libonnx's shape inference)";
+  auto declare = [&](const onnx::ValueInfoProto &v) {
+    if (v.type().has_tensor_type() && v.type().tensor_type().has_shape())
+      ranks[v.name()] = v.type().tensor_type().shape().dim_size();
+  };
+  if (hide) {
+    for (const auto &v : g.input())
+      declare(v);
+    for (const auto &v : g.value_info())
+      declare(v);
+    for (const auto &t : g.initializer())
+      ranks[t.name()] = t.dims_size();
+  }
+  auto unsafe = [&](const onnx::NodeProto &n) {
+    if (n.op_type() == "STFT")
+      return true;
+    if (n.op_type() != "LayerNormalization")
+      return false;
+    auto it = n.input_size() ? ranks.find(n.input(0)) : ranks.end();
+    if (it == ranks.end())
+      return true;
+    int64_t axis = -1;
+    for (const auto &a : n.attribute())
+      if (a.name() == "axis")
+        axis = a.i();
+    return !(it->second >= 1 && axis >= -it->second && axis < it->second);
+  };
   for (auto &n : *g.mutable_node()) {
     if (n.domain().empty() || n.domain() == "ai.onnx") {
-      if (hide && n.op_type() == "STFT")
-        n.set_op_type(kHidden);
-      else if (!hide && n.op_type() == kHidden)
-        n.set_op_type("STFT");
+      if (hide && unsafe(n))
+        n.set_op_type(n.op_type() + kSuffix);
+      else if (!hide && n.op_type().size() > kSuffix.size() &&
+               n.op_type().compare(n.op_type().size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0)
+        n.set_op_type(n.op_type().substr(0, n.op_type().size() - kSuffix.size()));
     }
     for (auto &a : *n.mutable_attribute()) {
       if (a.has_g())
-        hideFromLibonnxInference(*a.mutable_g(), hide);
+        hideFromLibonnxInference(*a.mutable_g(), hide, ranks);
       for (auto &sub : *a.mutable_graphs())
-        hideFromLibonnxInference(sub, hide);
+        hideFromLibonnxInference(sub, hide, ranks);
     }
   }
 }
