@@ -52,7 +52,8 @@ def MoE_ActivationAttr : EnumAttr<MoE_Dialect, MoE_Activation, "activation"> {
 def MoE_GateFunc : I32EnumAttr<"GateFunc", "function turning router logits into expert scores", [
     I32EnumAttrCase<"softmax", 0>,
     I32EnumAttrCase<"sigmoid", 1>,
-    I32EnumAttrCase<"identity", 2>
+    I32EnumAttrCase<"identity", 2>,
+    I32EnumAttrCase<"sparsemixer", 3>  // PhiMoE's: one masked softmax per slot (see sparse_moe)
   ]> {
   let cppNamespace = "::moec::moe";
   let genSpecializedAttr = 0;

@@ -182,6 +182,17 @@ LogicalResult SparseMoEOp::verify() {
   if (!ShapedType::isDynamic(n) && static_cast<int64_t>(getK()) > n)
     return emitOpError() << "k = " << getK() << " exceeds the " << n << " router columns (E + zero_experts)";
 
+  // Sparsemixer routing (PhiMoE).
+  if (getGate() == GateFunc::sparsemixer) {
+    if (!getJitterEps())
+      return emitOpError() << "gate = sparsemixer needs 'jitter_eps'";
+    if (getSelectionBias() || getExpertGroups() > 1 || getNormalize() || getZeroExperts())
+      return emitOpError() << "gate = sparsemixer takes no selection bias, expert groups, normalize or zero "
+                              "experts";
+  } else if (getJitterEps()) {
+    return emitOpError() << "'jitter_eps' needs gate = sparsemixer";
+  }
+
   // Grouped top-k (DeepSeek-V3 style).
   if (getExpertGroups() > 1) {
     int64_t groups = getExpertGroups();

@@ -31,6 +31,12 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
                  w[t, e] * (fc2[e][:, D_e(t)] x act(fc1[e][D_e(t), :] x input[t] + fc1_bias[e]) + fc2_bias[e])
     ```
 
+    With `gate = sparsemixer` (PhiMoE's inference routing) the slots are filled one at a time from the
+    logits `s = logits[t]`: slot j takes `c_j`, the lowest index of the largest `s` among the experts no earlier
+    slot took (`m = s[c_j]`), with the weight of a softmax over the experts still free whose logit is close
+    enough to `m`: `w[t, c_j] = 1 / sum over free n with not((m - s[n]) / max(|s[n]|, m) > 2 jitter_eps) of
+    exp(s[n] - m)`, times `scale` (no selection bias, groups, renormalisation or zero experts).
+
     where `N = E + zero_experts`: the last `zero_experts` router columns are experts whose output is zero
     (ZAYA1's skip class, MoE++'s zero experts). They take a routing slot and a share of the weight, but read no
     weights. `D_e(t)` is the set of hidden dims of expert `e` that are computed: all `F` dims; or, with a
@@ -127,6 +133,7 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     DefaultValuedAttr<F32Attr, "1.0f">:$activation_alpha,
     DefaultValuedAttr<F32Attr, "0.0f">:$activation_beta,
     OptionalAttr<F32Attr>:$activation_limit,
+    OptionalAttr<F32Attr>:$jitter_eps,
     OptionalAttr<ConfinedAttr<I64Attr, [IntMinValue<1>]>>:$keep,
     OptionalAttr<MoE_WeightQuantAttr>:$fc1_quant,
     OptionalAttr<MoE_WeightQuantAttr>:$fc2_quant,

@@ -48,7 +48,8 @@ def MoERaiseDecomposedPass : Pass<"moe-raise-decomposed"> {
     experts over every token's input scaled by its top-1 routing weight; SwiGLU /
     GeGLU in block or interleaved layout with alpha, `up + beta` and clamps, SiLU / GELU / ReLU) and the
     routing half (softmax or sigmoid scores, top-k before or after them, a selection bias, DeepSeek's grouped
-    top-k by top-2 sum or max, renormalisation, scaling, ZAYA's skip class) each reduce to a normal form, and
+    top-k by top-2 sum or max, renormalisation, scaling, ZAYA's skip class, PhiMoE's sparsemixer) each reduce
+    to a normal form, and
     each match becomes one `moe.sparse_moe` with `router_kind = logits`; `moe-fold-router` then folds a linear
     router. The patterns run under the greedy rewrite driver.
 

@@ -138,6 +138,7 @@ struct Routing {
   double scale = 1.0;
   int64_t zeroExperts = 0, groups = 1, groupTopk = 0;
   moe::GroupScore groupScore = moe::GroupScore::top2_sum;
+  std::optional<double> jitterEps; ///< sparsemixer's
 };
 
 // ---- Experts ---------------------------------------------------------------------------------------------
@@ -571,6 +572,91 @@ Value matchScoreFunction(Matcher &m, Value v, moe::GateFunc &gate) {
   return {};
 }
 
+/// A -inf filled tensor: `ConstantOfShape(Shape(..), -inf)`, `Expand(-inf, ..)` or a -inf constant.
+bool isMinusInfFill(Matcher &m, Value v) {
+  auto isNegInf = [](std::optional<double> d) { return d && std::isinf(*d) && *d < 0; };
+  if (isNegInf(constantScalar(v)))
+    return true;
+  if (auto c = defOp<ox::ConstantOfShapeOp>(v)) {
+    auto value = c.getValue() ? dyn_cast<DenseFPElementsAttr>(*c.getValue()) : DenseFPElementsAttr();
+    if (!value || value.getNumElements() != 1 ||
+        !isNegInf((*value.getValues<APFloat>().begin()).convertToDouble()))
+      return false;
+    m.ops.insert(c);
+    if (auto sh = defOp<ox::ShapeOp>(c.getInput()))
+      m.ops.insert(sh);
+    return true;
+  }
+  if (auto ex = defOp<ox::ExpandOp>(v); ex && isNegInf(constantScalar(ex.getInput()))) {
+    m.ops.insert(ex);
+    if (auto sh = defOp<ox::ShapeOp>(ex.getShape()))
+      m.ops.insert(sh);
+    return true;
+  }
+  return false;
+}
+
+/// PhiMoE's sparsemixer (inference): ids = Concat(ArgMax(prev_j)), weights = Concat(GatherElements(
+/// Softmax(Where(Greater((max_j - L) / Max(Abs(L), max_j), 2 eps), -inf, prev_j)), ArgMax(prev_j))), with
+/// prev_0 = L (the logits) and prev_j = ScatterElements(prev_{j-1}, id_{j-1}, -inf). Sets the routing.
+bool matchSparseMixer(Matcher &m, ox::ConcatOp ids, Value weights, int64_t k, Routing &r) {
+  auto wc = defOp<ox::ConcatOp>(weights);
+  int64_t rank = rankOf(ids);
+  if (!wc || rank != 2 || normAxis(ids.getAxis(), 2) != 1 || normAxis(wc.getAxis(), 2) != 1 ||
+      int64_t(ids.getInputs().size()) != k || int64_t(wc.getInputs().size()) != k)
+    return m.fail("the expert ids are a Concat, but not of a sparsemixer's k ArgMax slots");
+  m.ops.insert(ids);
+  m.ops.insert(wc);
+  Value logits;
+  std::optional<double> threshold;
+  Value prev;
+  for (int64_t j = 0; j < k; ++j) {
+    auto am = m.take<ox::ArgMaxOp>(ids.getInputs()[j]);
+    if (!am || normAxis(am.getAxis(), 2) != 1 || am.getKeepdims() != 1 || am.getSelectLastIndex() != 0)
+      return m.fail("sparsemixer slot " + Twine(j) + ": the id is not the first ArgMax over the experts");
+    Value in = am.getData();
+    if (j == 0) {
+      logits = prev = in;
+    } else {
+      auto sc = m.take<ox::ScatterElementsOp>(in);
+      if (!sc || sc.getData() != prev || sc.getIndices() != ids.getInputs()[j - 1] ||
+          normAxis(sc.getAxis(), 2) != 1 || !isMinusInfFill(m, sc.getUpdates()))
+        return m.fail("sparsemixer slot " + Twine(j) + ": the earlier slot's expert is not masked with -inf");
+      prev = in;
+    }
+    // weight_j = GatherElements(Softmax(Where(far, -inf, prev)), id_j).
+    auto ge = m.take<ox::GatherElementsOp>(wc.getInputs()[j]);
+    auto sm = ge ? m.take<ox::SoftmaxOp>(ge.getData()) : ox::SoftmaxOp();
+    auto where = sm ? m.take<ox::WhereOp>(sm.getInput()) : ox::WhereOp();
+    if (!ge || ge.getIndices() != am.getResult() || normAxis(ge.getAxis(), 2) != 1 || !sm ||
+        normAxis(sm.getAxis(), 2) != 1 || !where || where.getY() != prev || !isMinusInfFill(m, where.getX()))
+      return m.fail("sparsemixer slot " + Twine(j) + ": the weight is not a masked softmax at the slot's id");
+    // far = Greater(Div(Sub(max, L), Max(Abs(L), max)), 2 eps), max = ReduceMax(prev, -1, keepdims).
+    auto gt = m.take<ox::GreaterOp>(where.getCondition());
+    auto div = gt ? m.take<ox::DivOp>(gt.getA()) : ox::DivOp();
+    auto sub = div ? m.take<ox::SubOp>(div.getA()) : ox::SubOp();
+    auto mx = div ? m.take<ox::MaxOp>(div.getB()) : ox::MaxOp();
+    auto thr = gt ? constantScalar(gt.getB()) : std::nullopt;
+    Value best = sub ? sub.getA() : Value();
+    if (!gt || !div || !sub || !mx || !thr || sub.getB() != logits || mx.getData_0().size() != 2 ||
+        lastAxisReduced<ox::ReduceMaxOp>(best) != prev)
+      return m.fail("sparsemixer slot " + Twine(j) +
+                    ": the mask is not (max - logits) / max(|logits|, max) > eps");
+    m.ops.insert(best.getDefiningOp());
+    Value absL = mx.getData_0()[0] == best ? mx.getData_0()[1] : mx.getData_0()[0];
+    auto abs = m.take<ox::AbsOp>(absL);
+    if (!abs || abs.getX() != logits || (mx.getData_0()[0] != best && mx.getData_0()[1] != best))
+      return m.fail("sparsemixer slot " + Twine(j) + ": the mask's scale is not max(|logits|, max)");
+    if (threshold && *threshold != *thr)
+      return m.fail("sparsemixer slots with different thresholds");
+    threshold = thr;
+  }
+  r.logits = logits;
+  r.gate = moe::GateFunc::sparsemixer;
+  r.jitterEps = *threshold / 2;
+  return true;
+}
+
 /// The routing half, from the top-k ids and weights the experts use.
 bool matchRouting(Matcher &m, Value ids, Value weights, int64_t e, int64_t k, Routing &r) {
   bool skip = false;
@@ -583,6 +669,14 @@ bool matchRouting(Matcher &m, Value ids, Value weights, int64_t e, int64_t k, Ro
       ids = where.getY();
       skip = true;
     }
+  }
+  if (auto cat = defOp<ox::ConcatOp>(ids); cat && !skip) {
+    if (!matchSparseMixer(m, cat, m.peelReshapes(weights), k, r))
+      return false;
+    auto lt = dyn_cast<RankedTensorType>(r.logits.getType());
+    if (!lt || lt.isDynamicDim(lt.getRank() - 1) || lt.getShape().back() != e)
+      return m.fail("mismatched expert count between the router and the expert weights");
+    return true;
   }
   auto topk = defOp<ox::TopKOp>(ids);
   if (!topk || ids != topk.getIndices())
@@ -1090,6 +1184,8 @@ LogicalResult raise(PatternRewriter &rewriter, Operation *root, const Experts &e
     attrs.push_back(rewriter.getNamedAttr("activation_limit", rewriter.getF32FloatAttr(*ex.limit)));
   if (r.zeroExperts)
     attrs.push_back(rewriter.getNamedAttr("zero_experts", rewriter.getI64IntegerAttr(r.zeroExperts)));
+  if (r.jitterEps)
+    attrs.push_back(rewriter.getNamedAttr("jitter_eps", rewriter.getF32FloatAttr(*r.jitterEps)));
   if (r.groups > 1) {
     attrs.push_back(rewriter.getNamedAttr("expert_groups", rewriter.getI64IntegerAttr(r.groups)));
     attrs.push_back(rewriter.getNamedAttr("group_topk", rewriter.getI64IntegerAttr(r.groupTopk)));

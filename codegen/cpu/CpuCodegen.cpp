@@ -740,9 +740,11 @@ struct Emitter {
        << "  static constexpr bool LINEAR_ROUTER = " << b(linear)
        << ", SIGMOID_GATE = " << b(op.getGate() == moe::GateFunc::sigmoid)
        << ", IDENTITY_GATE = " << b(op.getGate() == moe::GateFunc::identity)
+       << ", SPARSEMIXER = " << b(op.getGate() == moe::GateFunc::sparsemixer)
        << ", NORMALIZE = " << b(op.getNormalize()) << ", HAS_SHARED = " << b(fs > 0)
        << ", HAS_PRED = " << b(op.getPredA() != nullptr) << ";\n"
        << "  static constexpr float SCALE = " << floatLit(op.getScale().convertToDouble())
+       << ", JITTER_EPS = " << floatLit(op.getJitterEps() ? op.getJitterEps()->convertToDouble() : 0.0)
        << ", ALPHA = " << floatLit(op.getActivationAlpha().convertToDouble())
        << ", BETA = " << floatLit(op.getActivationBeta().convertToDouble()) << ", LIMIT = "
        << floatLit(op.getActivationLimit() ? op.getActivationLimit()->convertToDouble() : -1.0)

@@ -167,6 +167,33 @@ func.func @group_score_needs_groups(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, 
 
 // -----
 
+func.func @sparsemixer_needs_eps(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{gate = sparsemixer needs 'jitter_eps'}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 2, gate = #moe.gate<sparsemixer>, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @sparsemixer_no_normalize(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{gate = sparsemixer takes no selection bias, expert groups, normalize or zero experts}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 2, gate = #moe.gate<sparsemixer>, jitter_eps = 0.01 : f32, normalize = true, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
+func.func @eps_needs_sparsemixer(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
+  // expected-error @+1 {{'jitter_eps' needs gate = sparsemixer}}
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 2, jitter_eps = 0.01 : f32, activation = #moe.activation<relu>}
+     : (tensor<4x64xf32>, tensor<64x8xf32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<4x64xf32>
+  return %y : tensor<4x64xf32>
+}
+
+// -----
+
 func.func @groups_divide(%x: tensor<4x64xf32>, %r: tensor<64x8xf32>, %w1: tensor<8x32x64xf32>, %w2: tensor<8x64x32xf32>) -> tensor<4x64xf32> {
   // expected-error @+1 {{expert_groups = 3 does not divide the 8 router columns}}
   %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2 {k = 1, expert_groups = 3, group_topk = 1, activation = #moe.activation<relu>}

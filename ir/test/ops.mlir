@@ -103,6 +103,19 @@ func.func @deepseek_v2(%x: tensor<?x64xf32>, %r: tensor<64x64xf32>, %w1: tensor<
 
 // -----
 
+// PhiMoE's sparsemixer routing.
+// CHECK-LABEL: func.func @phimoe
+// CHECK: moe.sparse_moe {{.*}}gate = #moe.gate<sparsemixer>{{.*}}jitter_eps = 0.00999999977 : f32
+func.func @phimoe(%x: tensor<?x64xf32>, %r: tensor<64x16xf32>, %w1: tensor<16x64x64xf32>,
+                  %w2: tensor<16x64x32xf32>) -> tensor<?x64xf32> {
+  %y = moe.sparse_moe %x, %r, fc1 %w1, fc2 %w2
+       {k = 2, gate = #moe.gate<sparsemixer>, jitter_eps = 0.01 : f32, activation = #moe.activation<swiglu>}
+     : (tensor<?x64xf32>, tensor<64x16xf32>, tensor<16x64x64xf32>, tensor<16x64x32xf32>) -> tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+
+// -----
+
 // A static learned mask and a linear router with bias; every dim unknown is fine until run time.
 // CHECK-LABEL: func.func @masked_dynamic
 // CHECK: moe.sparse_moe %{{.*}}, %{{.*}} router_bias %{{.*}}, fc1 %{{.*}}, fc2 %{{.*}} mask %{{.*}} {activation = #moe.activation<gelu>, k = 2 : i64}

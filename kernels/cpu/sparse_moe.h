@@ -593,7 +593,7 @@ template <class C> struct Kernel {
     } else {
       std::memcpy(logits, a.logits + t * N, sizeof(logits));
     }
-    if (C::IDENTITY_GATE) { // the logits are the routing weights
+    if (C::IDENTITY_GATE || C::SPARSEMIXER) { // the logits are the routing weights / sparsemixer's input
       std::memcpy(scores, logits, sizeof(scores));
     } else if (C::SIGMOID_GATE) {
       for (int64_t n = 0; n < N; ++n)
@@ -648,6 +648,19 @@ template <class C> struct Kernel {
       for (int64_t n = 0; n < N; ++n)
         if (!taken[n] && (arg < 0 || choice[n] > choice[arg]))
           arg = n;
+      if (C::SPARSEMIXER) {
+        // A softmax over the experts still free whose logit is within 2 jitter_eps (relative) of the best.
+        const float m = scores[arg];
+        float z = 0.0f;
+        for (int64_t n = 0; n < N; ++n)
+          if (!taken[n] && !((m - scores[n]) / std::max(std::fabs(scores[n]), m) > 2.0f * C::JITTER_EPS))
+            z += std::exp(scores[n] - m);
+        taken[arg] = true;
+        chosen[s] = int32_t(arg);
+        w[s] = 1.0f / z;
+        wsum += w[s];
+        continue;
+      }
       taken[arg] = true;
       chosen[s] = int32_t(arg);
       w[s] = scores[arg];

@@ -328,8 +328,8 @@ template <class C> struct Kernels {
         sc[j] = n < N ? logit[n] : -INFINITY;
         mx = maxf(mx, sc[j]);
       }
-      if (C::IDENTITY_GATE) {
-        // the logits are the routing weights
+      if (C::IDENTITY_GATE || C::SPARSEMIXER) {
+        // the logits are the routing weights / sparsemixer's input
       } else if (C::SIGMOID_GATE) {
 #pragma unroll
         for (int j = 0; j < NPL; ++j)
@@ -420,6 +420,17 @@ template <class C> struct Kernels {
           }
         }
         // bi: the winner, the same on every lane. Its owner marks it taken.
+        float z = 0.0f; // sparsemixer: a softmax over the free experts within 2 jitter_eps of the best (bv)
+        if (C::SPARSEMIXER) {
+#pragma unroll
+          for (int j = 0; j < NPL; ++j) {
+            int n = lane + j * kWarp;
+            if (n < N && !(taken >> j & 1) &&
+                !((bv - sc[j]) / maxf(__builtin_fabsf(sc[j]), bv) > 2.0f * C::JITTER_EPS))
+              z += expf(sc[j] - bv);
+          }
+          z = warpSum(z);
+        }
 #pragma unroll
         for (int j = 0; j < NPL; ++j)
           if (lane + j * kWarp == bi)
@@ -429,7 +440,7 @@ template <class C> struct Kernels {
         for (int j = 0; j < NPL; ++j)
           if (lane + j * kWarp == bi)
             w = sc[j];
-        w = warpSum(w);
+        w = C::SPARSEMIXER ? 1.0f / z : warpSum(w);
         wsum += w;
         if (lane == s) {
           mine = w;

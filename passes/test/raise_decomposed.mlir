@@ -742,3 +742,151 @@ func.func @llama4_top2(%x: tensor<?x2xf32>) -> tensor<?x2xf32> {
     %out = onnx.ReduceSum %o3, %zero {keepdims = 0 : i64} : (tensor<2x?x2xf32>, tensor<1xi64>) -> tensor<?x2xf32>
     return %out : tensor<?x2xf32>
 }
+
+// -----
+
+// PhiMoE's sparsemixer (dynamo export, inference): per slot the first ArgMax of the logits not yet taken,
+// weighted by a softmax over the experts whose logit is within 0.4 (relative) of it; the second slot's input
+// masks the first slot's expert with -inf.
+// CHECK-LABEL: func.func @sparsemixer
+// CHECK: moe.sparse_moe {{.*}}gate = #moe.gate<sparsemixer>, jitter_eps = 2.000000e-01 : f32, k = 2 : i64
+// CHECK-NOT: onnx.ArgMax
+func.func @sparsemixer(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
+    %0 = onnx.Constant dense<1.000000e+00> : tensor<3x4xf32>
+    %1 = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %2 = onnx.Constant dense<-1> : tensor<1xi64>
+    %3 = onnx.Constant dense<5.000000e-01> : tensor<3x4x4xf32>
+    %4 = onnx.Constant dense<2.500000e-01> : tensor<3x4x2xf32>
+    %5 = onnx.Constant dense<2> : tensor<1xi64>
+    %6 = onnx.Constant dense<1> : tensor<1xi64>
+    %7 = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %8 = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %9 = onnx.Constant dense<[1, -1, 4]> : tensor<3xi64>
+    %10 = onnx.Reshape %arg0, %1 {allowzero = 1 : i64} : (tensor<1x?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %11 = onnx.Reshape %10, %1 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %12 = onnx.Gemm %11, %0 {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>) -> tensor<?x3xf32>
+    %ninf = onnx.Constant dense<0xFF800000> : tensor<f32>
+    %thr1 = onnx.Constant dense<0.4> : tensor<f32>
+    %thr2 = onnx.Constant dense<0.4> : tensor<f32>
+    %ab = onnx.Abs %12 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %m1 = onnx.ReduceMax %12, %2 : (tensor<?x3xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %i1 = onnx.ArgMax %12 {axis = -1 : i64} : (tensor<?x3xf32>) -> tensor<?x1xi64>
+    %f1 = onnx.Max %ab, %m1 : (tensor<?x3xf32>, tensor<?x1xf32>) -> tensor<?x3xf32>
+    %d1 = onnx.Sub %m1, %12 : (tensor<?x1xf32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %q1 = onnx.Div %d1, %f1 : (tensor<?x3xf32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %g1 = onnx.Greater %q1, %thr1 : (tensor<?x3xf32>, tensor<f32>) -> tensor<?x3xi1>
+    %k1 = onnx.Where %g1, %ninf, %12 : (tensor<?x3xi1>, tensor<f32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %s1 = onnx.Softmax %k1 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %w1 = onnx.GatherElements %s1, %i1 {axis = -1 : i64} : (tensor<?x3xf32>, tensor<?x1xi64>) -> tensor<?x1xf32>
+    %fill = onnx.Expand %ninf, %6 : (tensor<f32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %p2 = onnx.ScatterElements %12, %i1, %fill {axis = -1 : i64} : (tensor<?x3xf32>, tensor<?x1xi64>, tensor<?x1xf32>) -> tensor<?x3xf32>
+    %m2 = onnx.ReduceMax %p2, %2 : (tensor<?x3xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %i2 = onnx.ArgMax %p2 {axis = -1 : i64} : (tensor<?x3xf32>) -> tensor<?x1xi64>
+    %f2 = onnx.Max %ab, %m2 : (tensor<?x3xf32>, tensor<?x1xf32>) -> tensor<?x3xf32>
+    %d2 = onnx.Sub %m2, %12 : (tensor<?x1xf32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %q2 = onnx.Div %d2, %f2 : (tensor<?x3xf32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %g2 = onnx.Greater %q2, %thr2 : (tensor<?x3xf32>, tensor<f32>) -> tensor<?x3xi1>
+    %k2 = onnx.Where %g2, %ninf, %p2 : (tensor<?x3xi1>, tensor<f32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %s2 = onnx.Softmax %k2 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %w2 = onnx.GatherElements %s2, %i2 {axis = -1 : i64} : (tensor<?x3xf32>, tensor<?x1xi64>) -> tensor<?x1xf32>
+    %15 = onnx.Concat %w1, %w2 {axis = -1 : i64} : (tensor<?x1xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %Indices = onnx.Concat %i1, %i2 {axis = -1 : i64} : (tensor<?x1xi64>, tensor<?x1xi64>) -> tensor<?x2xi64>
+    %16 = onnx.Unsqueeze %10, %6 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %17 = onnx.Expand %16, %7 : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %18 = onnx.Reshape %17, %1 : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %19 = onnx.Reshape %Indices, %2 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %20 = onnx.Unsqueeze %19, %2 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %21 = onnx.GatherND %3, %20 : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %22 = onnx.Unsqueeze %18, %2 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x4x1xf32>
+    %23 = onnx.MatMul %21, %22 : (tensor<?x4x4xf32>, tensor<?x4x1xf32>) -> tensor<?x4x1xf32>
+    %24 = onnx.Squeeze %23, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %25:2 = onnx.Split %24 {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<?x4xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>)
+    %26 = onnx.Sigmoid %25#0 : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %27 = onnx.Mul %25#0, %26 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %28 = onnx.Mul %27, %25#1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %29 = onnx.GatherND %4, %20 : (tensor<3x4x2xf32>, tensor<?x1xi64>) -> tensor<?x4x2xf32>
+    %30 = onnx.Unsqueeze %28, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x2x1xf32>
+    %31 = onnx.MatMul %29, %30 : (tensor<?x4x2xf32>, tensor<?x2x1xf32>) -> tensor<?x4x1xf32>
+    %32 = onnx.Squeeze %31, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %33 = onnx.Reshape %15, %2 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %34 = onnx.Unsqueeze %33, %2 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %35 = onnx.Mul %32, %34 : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %36 = onnx.Reshape %35, %8 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %37 = onnx.ReduceSum %36, %6 {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
+    return %38 : tensor<1x?x4xf32>
+}
+
+
+// -----
+
+// The same with a different threshold in the second slot: not one sparsemixer.
+// CHECK-LABEL: func.func @sparsemixer_thresholds_differ
+// CHECK-NOT: moe.sparse_moe
+func.func @sparsemixer_thresholds_differ(%arg0: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
+    %0 = onnx.Constant dense<1.000000e+00> : tensor<3x4xf32>
+    %1 = onnx.Constant dense<[-1, 4]> : tensor<2xi64>
+    %2 = onnx.Constant dense<-1> : tensor<1xi64>
+    %3 = onnx.Constant dense<5.000000e-01> : tensor<3x4x4xf32>
+    %4 = onnx.Constant dense<2.500000e-01> : tensor<3x4x2xf32>
+    %5 = onnx.Constant dense<2> : tensor<1xi64>
+    %6 = onnx.Constant dense<1> : tensor<1xi64>
+    %7 = onnx.Constant dense<[1, 2, 1]> : tensor<3xi64>
+    %8 = onnx.Constant dense<[-1, 2, 4]> : tensor<3xi64>
+    %9 = onnx.Constant dense<[1, -1, 4]> : tensor<3xi64>
+    %10 = onnx.Reshape %arg0, %1 {allowzero = 1 : i64} : (tensor<1x?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %11 = onnx.Reshape %10, %1 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %12 = onnx.Gemm %11, %0 {transB = 1 : i64} : (tensor<?x4xf32>, tensor<3x4xf32>) -> tensor<?x3xf32>
+    %ninf = onnx.Constant dense<0xFF800000> : tensor<f32>
+    %thr1 = onnx.Constant dense<0.4> : tensor<f32>
+    %thr2 = onnx.Constant dense<0.2> : tensor<f32>
+    %ab = onnx.Abs %12 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %m1 = onnx.ReduceMax %12, %2 : (tensor<?x3xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %i1 = onnx.ArgMax %12 {axis = -1 : i64} : (tensor<?x3xf32>) -> tensor<?x1xi64>
+    %f1 = onnx.Max %ab, %m1 : (tensor<?x3xf32>, tensor<?x1xf32>) -> tensor<?x3xf32>
+    %d1 = onnx.Sub %m1, %12 : (tensor<?x1xf32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %q1 = onnx.Div %d1, %f1 : (tensor<?x3xf32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %g1 = onnx.Greater %q1, %thr1 : (tensor<?x3xf32>, tensor<f32>) -> tensor<?x3xi1>
+    %k1 = onnx.Where %g1, %ninf, %12 : (tensor<?x3xi1>, tensor<f32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %s1 = onnx.Softmax %k1 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %w1 = onnx.GatherElements %s1, %i1 {axis = -1 : i64} : (tensor<?x3xf32>, tensor<?x1xi64>) -> tensor<?x1xf32>
+    %fill = onnx.Expand %ninf, %6 : (tensor<f32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %p2 = onnx.ScatterElements %12, %i1, %fill {axis = -1 : i64} : (tensor<?x3xf32>, tensor<?x1xi64>, tensor<?x1xf32>) -> tensor<?x3xf32>
+    %m2 = onnx.ReduceMax %p2, %2 : (tensor<?x3xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %i2 = onnx.ArgMax %p2 {axis = -1 : i64} : (tensor<?x3xf32>) -> tensor<?x1xi64>
+    %f2 = onnx.Max %ab, %m2 : (tensor<?x3xf32>, tensor<?x1xf32>) -> tensor<?x3xf32>
+    %d2 = onnx.Sub %m2, %12 : (tensor<?x1xf32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %q2 = onnx.Div %d2, %f2 : (tensor<?x3xf32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %g2 = onnx.Greater %q2, %thr2 : (tensor<?x3xf32>, tensor<f32>) -> tensor<?x3xi1>
+    %k2 = onnx.Where %g2, %ninf, %p2 : (tensor<?x3xi1>, tensor<f32>, tensor<?x3xf32>) -> tensor<?x3xf32>
+    %s2 = onnx.Softmax %k2 : (tensor<?x3xf32>) -> tensor<?x3xf32>
+    %w2 = onnx.GatherElements %s2, %i2 {axis = -1 : i64} : (tensor<?x3xf32>, tensor<?x1xi64>) -> tensor<?x1xf32>
+    %15 = onnx.Concat %w1, %w2 {axis = -1 : i64} : (tensor<?x1xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %Indices = onnx.Concat %i1, %i2 {axis = -1 : i64} : (tensor<?x1xi64>, tensor<?x1xi64>) -> tensor<?x2xi64>
+    %16 = onnx.Unsqueeze %10, %6 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x1x4xf32>
+    %17 = onnx.Expand %16, %7 : (tensor<?x1x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    %18 = onnx.Reshape %17, %1 : (tensor<?x2x4xf32>, tensor<2xi64>) -> tensor<?x4xf32>
+    %19 = onnx.Reshape %Indices, %2 {allowzero = 1 : i64} : (tensor<?x2xi64>, tensor<1xi64>) -> tensor<?xi64>
+    %20 = onnx.Unsqueeze %19, %2 : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+    %21 = onnx.GatherND %3, %20 : (tensor<3x4x4xf32>, tensor<?x1xi64>) -> tensor<?x4x4xf32>
+    %22 = onnx.Unsqueeze %18, %2 : (tensor<?x4xf32>, tensor<1xi64>) -> tensor<?x4x1xf32>
+    %23 = onnx.MatMul %21, %22 : (tensor<?x4x4xf32>, tensor<?x4x1xf32>) -> tensor<?x4x1xf32>
+    %24 = onnx.Squeeze %23, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %25:2 = onnx.Split %24 {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<?x4xf32>) -> (tensor<?x2xf32>, tensor<?x2xf32>)
+    %26 = onnx.Sigmoid %25#0 : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %27 = onnx.Mul %25#0, %26 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %28 = onnx.Mul %27, %25#1 : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+    %29 = onnx.GatherND %4, %20 : (tensor<3x4x2xf32>, tensor<?x1xi64>) -> tensor<?x4x2xf32>
+    %30 = onnx.Unsqueeze %28, %2 : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?x2x1xf32>
+    %31 = onnx.MatMul %29, %30 : (tensor<?x4x2xf32>, tensor<?x2x1xf32>) -> tensor<?x4x1xf32>
+    %32 = onnx.Squeeze %31, %2 : (tensor<?x4x1xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %33 = onnx.Reshape %15, %2 {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> tensor<?xf32>
+    %34 = onnx.Unsqueeze %33, %2 : (tensor<?xf32>, tensor<1xi64>) -> tensor<?x1xf32>
+    %35 = onnx.Mul %32, %34 : (tensor<?x4xf32>, tensor<?x1xf32>) -> tensor<?x4xf32>
+    %36 = onnx.Reshape %35, %8 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<?x2x4xf32>
+    // expected-remark @+1 {{MoE experts not raised: sparsemixer slots with different thresholds}}
+    %37 = onnx.ReduceSum %36, %6 {keepdims = 0 : i64} : (tensor<?x2x4xf32>, tensor<1xi64>) -> tensor<?x4xf32>
+    %38 = onnx.Reshape %37, %9 {allowzero = 1 : i64} : (tensor<?x4xf32>, tensor<3xi64>) -> tensor<1x?x4xf32>
+    return %38 : tensor<1x?x4xf32>
+}
+

@@ -108,7 +108,7 @@ def norm_rows(x, norm, weight, bias=None, eps=1e-5):
 
 def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax", normalize=False, scale=1.0,
                zero_experts=0, activation="swiglu", gated_layout="block", alpha=1.0, beta=0.0, limit=None,
-               router_bias=None, selection_bias=None, expert_groups=1, group_topk=None, group_score="top2_sum", fc1_bias=None,
+               router_bias=None, selection_bias=None, expert_groups=1, group_topk=None, group_score="top2_sum", jitter_eps=None, fc1_bias=None,
                fc2_bias=None, mask=None, pred_a=None, pred_b=None, keep=None, norm=None, norm_weight=None,
                norm_bias=None, norm_epsilon=1e-5, shared_fc1=None, shared_fc2=None, shared_gate=None,
                residual=None, int8_below=None, return_slack=False):
@@ -152,7 +152,7 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
         if gate == "softmax":
             e = np.exp(logits[t] - logits[t].max())
             scores = e / e.sum()
-        elif gate == "identity":  # the logits are the routing weights
+        elif gate in ("identity", "sparsemixer"):  # the logits are the routing weights / sparsemixer's input
             scores = logits[t].copy()
         else:
             scores = sigmoid(logits[t])
@@ -169,6 +169,20 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
             for g in keep_groups:
                 allowed[g * per:(g + 1) * per] = True
             choice = np.where(allowed, choice, -np.inf)
+        if gate == "sparsemixer":  # PhiMoE: slot by slot, a softmax over the free experts near the best
+            free = np.ones(n_cols, dtype=bool)
+            chosen, w = [], []
+            for _ in range(k):
+                c = int(np.argmax(np.where(free, scores, -np.inf)))  # first (lowest) index of the maximum
+                m = scores[c]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    far = (m - scores) / np.maximum(np.abs(scores), m) > 2 * jitter_eps
+                z = np.sum(np.exp(scores[free & ~far] - m))
+                chosen.append(c)
+                w.append(1.0 / z)
+                free[c] = False
+            routes.append((np.array(chosen), np.array(w) * scale))
+            continue
         chosen = topk_indices(choice, k)
         w = scores[chosen]
         if normalize:
