@@ -152,25 +152,33 @@ std::vector<char> linearWeightOutIn(const LinearMatch &l) { return linearWeight(
 
 std::vector<char> linearWeightInOut(const LinearMatch &l) { return linearWeight(l, false); }
 
-bool usedOnlyWithin(ArrayRef<Operation *> ops, Operation *except) {
+std::string firstUseOutside(ArrayRef<Operation *> ops, Operation *except) {
   for (Operation *op : ops) {
-    if (op == except)
+    if (op == except || op->hasTrait<OpTrait::ConstantLike>())
       continue;
     for (Operation *user : op->getUsers())
       if (!llvm::is_contained(ops, user))
-        return false;
+        return "'" + op->getName().getStringRef().str() + "' inside the pattern is also read by '" +
+               user->getName().getStringRef().str() + "' outside it";
   }
-  return true;
+  return "";
 }
 
-void eraseDeadOps(ArrayRef<Operation *> ops) {
+bool usedOnlyWithin(ArrayRef<Operation *> ops, Operation *except) {
+  return firstUseOutside(ops, except).empty();
+}
+
+void eraseDeadOps(ArrayRef<Operation *> ops, RewriterBase *rewriter) {
   SmallVector<Operation *> live(ops.begin(), ops.end());
   bool changed = true;
   while (changed) {
     changed = false;
     for (Operation *&op : live)
       if (op && !op->hasTrait<OpTrait::ConstantLike>() && op->use_empty()) {
-        op->erase();
+        if (rewriter)
+          rewriter->eraseOp(op);
+        else
+          op->erase();
         op = nullptr;
         changed = true;
       }

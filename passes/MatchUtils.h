@@ -14,10 +14,12 @@
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/PatternMatch.h"
 #include "mlir/IR/Value.h"
 #include "llvm/ADT/SmallVector.h"
 
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace moec {
@@ -73,11 +75,17 @@ std::vector<char> linearWeightOutIn(const LinearMatch &l);
 /// W as an [in, out] row-major byte matrix (transposing an [out, in] one).
 std::vector<char> linearWeightInOut(const LinearMatch &l);
 
-/// True when every user of every result of `ops` (other than `except`) is itself in `ops`.
+/// Why the ops of a pattern cannot all disappear: the first op of `ops` (other than `except` and constants)
+/// with a user outside `ops`, said as "'<op>' inside the pattern is also read by '<user>' outside it"; empty
+/// when there is none.
+std::string firstUseOutside(llvm::ArrayRef<mlir::Operation *> ops, mlir::Operation *except = nullptr);
+
+/// True when every user of every result of `ops` (other than `except` and constants) is itself in `ops`.
 bool usedOnlyWithin(llvm::ArrayRef<mlir::Operation *> ops, mlir::Operation *except = nullptr);
 
-/// Erases the ops of `ops` that have no users, repeatedly, until none is left to erase.
-void eraseDeadOps(llvm::ArrayRef<mlir::Operation *> ops);
+/// Erases the ops of `ops` that have no users (constants stay), repeatedly, until none is left to erase;
+/// through `rewriter` when given (inside a rewrite pattern).
+void eraseDeadOps(llvm::ArrayRef<mlir::Operation *> ops, mlir::RewriterBase *rewriter = nullptr);
 
 /// True when `v` reaches a func.return, directly or through reshapes (a graph output: the LM head's logits).
 bool isGraphOutput(mlir::Value v);

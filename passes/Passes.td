@@ -44,8 +44,9 @@ def MoERaiseDecomposedPass : Pass<"moe-raise-decomposed"> {
   let description = [{
     Recognises a MoE block by what it computes (docs/pytorch-export.md lists the forms): the experts half
     (transformers' `batched_mm` experts, gathered weights either way round with per-expert biases; or every
-    expert's own linear layers on every token, weighted by a routing matrix zero outside the top k; Llama-4's
-    experts over every token's input scaled by its top-1 routing weight; SwiGLU /
+    expert's own linear layers, or all experts by batched matmuls, on every token, weighted by a routing matrix
+    zero outside the top k; Llama-4's experts over every token's input scaled by its top-1 routing weight;
+    SwiGLU /
     GeGLU in block or interleaved layout with alpha, `up + beta` and clamps, SiLU / GELU / ReLU) and the
     routing half (softmax or sigmoid scores, top-k before or after them, a selection bias, DeepSeek's grouped
     top-k by top-2 sum or max, renormalisation, scaling, ZAYA's skip class, PhiMoE's sparsemixer) each reduce

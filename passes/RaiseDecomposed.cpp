@@ -833,15 +833,8 @@ bool matchRouting(Matcher &m, Value ids, Value weights, int64_t e, int64_t k, Ro
 
 /// No op of the pattern may feed anything outside it (the intermediate would disappear).
 bool checkClosed(Matcher &m, Operation *root) {
-  for (Operation *op : m.ops) {
-    if (op == root || op->hasTrait<OpTrait::ConstantLike>())
-      continue;
-    for (Operation *user : op->getUsers())
-      if (!m.ops.contains(user))
-        return m.fail("'" + op->getName().getStringRef() + "' inside the pattern is also read by '" +
-                      user->getName().getStringRef() + "' outside it");
-  }
-  return true;
+  std::string why = firstUseOutside(m.ops.getArrayRef(), root);
+  return why.empty() || m.fail(why);
 }
 
 /// `w` ([E, A, B]) as a constant [E, B, A]: weights a transposed batched matmul stores [E, in, out].
@@ -1192,25 +1185,41 @@ LogicalResult raise(PatternRewriter &rewriter, Operation *root, const Experts &e
     if (r.groupScore != moe::GroupScore::top2_sum)
       attrs.push_back(rewriter.getNamedAttr("group_score", moe::GroupScoreAttr::get(ctx, r.groupScore)));
   }
-  moe::SparseMoEOp op = moe::buildSparseMoE(rewriter, loc, root->getResult(0).getType(), operands, attrs);
-  if (failed(mlir::verify(op))) {
+  // The op's result is [T, H]; a root of another shape (the sum over experts of [E, B, S, H] outputs) gets it
+  // back through a Reshape to its static dims (-1 for the one dynamic dim).
+  auto rootT = cast<RankedTensorType>(root->getResult(0).getType());
+  auto tokT = cast<RankedTensorType>(ex.tokens.getType());
+  auto outT = RankedTensorType::get({tokT.getDimSize(0), tokT.getDimSize(1)}, rootT.getElementType());
+  SmallVector<int64_t> rootShape(rootT.getShape());
+  if (rootT != outT && (rootT.getNumDynamicDims() > 1 || rootShape.back() != tokT.getDimSize(1)))
+    return rewriter.notifyMatchFailure(root, "the layer's output cannot be reshaped from [T, H]");
+  // A verifier error in a pattern would fail the compile: it becomes the near miss's reason instead.
+  moe::SparseMoEOp op = moe::buildSparseMoE(rewriter, loc, outT, operands, attrs);
+  std::string invalid;
+  {
+    ScopedDiagnosticHandler capture(ctx, [&](Diagnostic &d) {
+      if (invalid.empty())
+        invalid = d.str();
+      return success();
+    });
+    if (failed(mlir::verify(op)) && invalid.empty())
+      invalid = "the raised op does not verify";
+  }
+  if (!invalid.empty()) {
     rewriter.eraseOp(op);
-    return rewriter.notifyMatchFailure(root, "the raised op does not verify (see the error above)");
+    return rewriter.notifyMatchFailure(root, invalid);
   }
-  rewriter.replaceOp(root, op->getResults());
-  // Erase the rest of the pattern, users first.
+  Value result = op.getResult();
+  if (rootT != outT) {
+    for (int64_t &d : rootShape)
+      d = ShapedType::isDynamic(d) ? -1 : d;
+    auto i64 = RankedTensorType::get({int64_t(rootShape.size())}, rewriter.getI64Type());
+    Value shape = rewriter.create<ox::ConstantOp>(loc, DenseIntElementsAttr::get(i64, rootShape));
+    result = rewriter.create<ox::ReshapeOp>(loc, rootT, result, shape, rewriter.getI64IntegerAttr(0));
+  }
+  rewriter.replaceOp(root, result);
   m.ops.remove(root);
-  bool erased = true;
-  while (erased) {
-    erased = false;
-    for (Operation *dead : m.ops)
-      if (!dead->hasTrait<OpTrait::ConstantLike>() && dead->use_empty()) {
-        m.ops.remove(dead);
-        rewriter.eraseOp(dead);
-        erased = true;
-        break;
-      }
-  }
+  eraseDeadOps(m.ops.getArrayRef(), &rewriter); // the rest of the pattern, users first
   return success();
 }
 
@@ -1278,18 +1287,20 @@ struct RaiseDenseMoE : OpRewritePattern<ox::AddOp> {
   }
 };
 
-/// Llama-4's form, rooted at the ReduceSum over experts: every expert runs (batched matmuls over stacked
-/// `[E, in, out]` weights) on every token's input scaled by its routing weight,
+/// Every expert run by batched matmuls (stacked `[E, in, out]` weights, optional `[E, 1, out]` biases) on
+/// every token, summed over experts, rooted at that ReduceSum (axis 0). A routing matrix R [T, E] that is
+/// zero outside each token's top k weights either
 ///
-///   R   = Sigmoid(ScatterElements(full(-inf), ids, TopK(logits, k).values, axis 1))     [T, E]
-///   in  = Reshape(Tile(x, [E, 1]) * Reshape(Transpose(R), [-1, 1]), [E, -1, H])
-///   out = ReduceSum(Reshape(act(in @ W1) @ W2, [E, -1, H]), axes = [0])
-///
-/// R is 0 outside the top k, so an expert not chosen reads zeros and (no biases; act(0) = 0) adds nothing.
-/// With k = 1 that is one moe.sparse_moe over `x * sigmoid(top value)`, routed by the logits with a sigmoid
-/// gate renormalised over its one expert (weight w / w = 1). k > 1 would weight each expert's input
-/// differently, which the op cannot say: not raised.
-struct RaiseInputWeightedMoE : OpRewritePattern<ox::ReduceSumOp> {
+///   the outputs (Optimum's GPT-OSS export):
+///     out = ReduceSum(Reshape(act(Tile(x) @ W1 + b1) @ W2 + b2) * Unsqueeze(Reshape(Transpose(R))), [0])
+///     with R = ScatterElements(zeros, ids, w): the op itself, for any k;
+///   or the inputs (Llama-4):
+///     out = ReduceSum(Reshape(act((Tile(x) * Reshape(Transpose(R), [-1, 1])) @ W1) @ W2), [0])
+///     with R = Sigmoid(ScatterElements(full(-inf), ids, TopK(logits, k).values)). An expert not chosen reads
+///     zeros and (no biases; act(0) = 0) adds nothing; with k = 1 that is one op over `x * sigmoid(top
+///     value)` routed by the logits with a sigmoid gate renormalised over its one expert (weight w / w = 1).
+///     k > 1 would weight each expert's input differently, which the op cannot say: not raised.
+struct RaiseAllExpertsMoE : OpRewritePattern<ox::ReduceSumOp> {
   using OpRewritePattern::OpRewritePattern;
 
   static std::optional<SmallVector<int64_t>> perm(ox::TransposeOp t) {
@@ -1301,19 +1312,69 @@ struct RaiseInputWeightedMoE : OpRewritePattern<ox::ReduceSumOp> {
       p.push_back(cast<IntegerAttr>(a).getInt());
     return p;
   }
+  /// R from a column of its transpose: Reshape(Transpose(R, [1, 0])) (optionally Unsqueezed); returns R.
+  static Value routingMatrixOf(Matcher &m, Value col) {
+    if (auto u = defOp<ox::UnsqueezeOp>(col)) {
+      m.ops.insert(u);
+      col = u.getData();
+    }
+    auto tr = m.take<ox::TransposeOp>(m.peelReshapes(col));
+    return tr && perm(tr) == SmallVector<int64_t>{1, 0} && rankOf(tr.getData()) == 2 ? tr.getData() : Value();
+  }
+  /// `Add(v, b)` with b a constant [E, 1, N] or [E, N] per-expert bias; returns v and sets the bias ([E, N]).
+  static Value peelBatchedBias(Matcher &m, Value v, int64_t e, Value &bias) {
+    auto add = defOp<ox::AddOp>(v);
+    if (!add)
+      return v;
+    for (int i = 0; i < 2; ++i) {
+      Value b = add->getOperand(i);
+      auto bt = dyn_cast<RankedTensorType>(b.getType());
+      if (!bt || !bt.hasStaticShape() || !matchPattern(b, m_Constant()) || bt.getDimSize(0) != e ||
+          !(bt.getRank() == 2 || (bt.getRank() == 3 && bt.getDimSize(1) == 1)))
+        continue;
+      m.ops.insert(add);
+      bias = b;
+      return add->getOperand(1 - i);
+    }
+    return v;
+  }
 
   LogicalResult matchAndRewrite(ox::ReduceSumOp root, PatternRewriter &rewriter) const override {
     auto axes = root.getAxes() ? constantInts(root.getAxes()) : std::nullopt;
     if (root.getKeepdims() != 0 || !axes || axes->size() != 1 || (*axes)[0] != 0 ||
-        rankOf(root.getData()) != 3)
+        rankOf(root.getData()) < 3)
       return failure();
     Matcher m;
     m.ops.insert(root);
-    // Down projection of every expert: Reshape(MatMul(h, W2 [E, F, H]), [E, -1, H]).
-    Value v = m.peelReshapes(root.getData());
-    auto mm2 = m.take<ox::MatMulOp>(v);
+    Value v = root.getData();
+    // Output weighting: Mul(expert outputs, a column of R transposed).
+    Value outR;
+    if (auto mul = defOp<ox::MulOp>(v)) {
+      for (int i = 0; i < 2 && !outR; ++i) {
+        Matcher trial = m;
+        if (Value r = routingMatrixOf(trial, mul->getOperand(i))) {
+          trial.ops.insert(mul);
+          m = trial;
+          outR = r;
+          v = mul->getOperand(1 - i);
+        }
+      }
+    }
+    v = m.peelReshapes(v);
+    // Down projection of every expert: MatMul(h, W2 [E, F, H]) (+ b2).
+    Value b2, b1;
+    Value mmOut = v;
+    if (auto add = defOp<ox::AddOp>(v)) // the bias side is known once E is: look through any Add for now
+      for (Value o : add->getOperands())
+        if (defOp<ox::MatMulOp>(o))
+          mmOut = o;
+    auto mm2 = defOp<ox::MatMulOp>(mmOut);
     if (!mm2 || !matchPattern(mm2.getB(), m_Constant()) || rankOf(mm2.getB()) != 3)
       return failure(); // not a sum over batched experts
+    int64_t e = cast<RankedTensorType>(mm2.getB().getType()).getDimSize(0);
+    if (peelBatchedBias(m, v, e, b2) != mmOut)
+      return failure();
+    m.ops.insert(mm2);
     Experts ex;
     Value upOut = matchGated(m, mm2.getA(), ex);
     if (!upOut && m.why.empty())
@@ -1321,98 +1382,128 @@ struct RaiseInputWeightedMoE : OpRewritePattern<ox::ReduceSumOp> {
     if (!upOut)
       return rewriter.notifyMatchFailure(
           root, m.why.empty() ? "no activation this compiler knows between the expert projections" : m.why);
-    auto mm1 = m.take<ox::MatMulOp>(upOut);
-    if (!mm1 || !matchPattern(mm1.getB(), m_Constant()) || rankOf(mm1.getB()) != 3)
+    auto mm1 = m.take<ox::MatMulOp>(peelBatchedBias(m, upOut, e, b1));
+    if (!mm1 || !matchPattern(mm1.getB(), m_Constant()) || rankOf(mm1.getB()) != 3 ||
+        cast<RankedTensorType>(mm1.getB().getType()).getDimSize(0) != e)
       return rewriter.notifyMatchFailure(root,
                                          "the up projection is not a batched matmul by stacked weights");
-    if (ex.beta != 0.0 || ex.limit)
-      return rewriter.notifyMatchFailure(root, "input-weighted experts with up + beta or clamps");
-    // in = Reshape(Mul(Tile(x, [E, 1]), Reshape(Transpose(R), [-1, 1])), [E, -1, H]).
-    int64_t e = cast<RankedTensorType>(mm1.getB().getType()).getDimSize(0);
-    auto mul = m.take<ox::MulOp>(m.peelReshapes(mm1.getA()));
-    if (!mul)
-      return rewriter.notifyMatchFailure(root, "the experts' input is not the tokens times a routing column");
-    Value tokens, r;
-    for (int i = 0; i < 2 && !tokens; ++i) {
-      Matcher trial = m;
-      auto tile = trial.take<ox::TileOp>(mul->getOperand(i));
-      auto reps = tile ? constantInts(tile.getRepeats()) : std::nullopt;
-      if (!tile || !reps || *reps != SmallVector<int64_t>{e, 1})
-        continue;
-      Value x = tile.getInput();
-      if (auto expand = defOp<ox::ExpandOp>(x)) { // Expand(x, [1, 1]): x itself
-        auto shape = constantInts(expand.getShape());
-        if (shape && llvm::all_of(*shape, [](int64_t d) { return d == 1; })) {
-          trial.ops.insert(expand);
-          x = expand.getInput();
+    // The experts' input: Reshape(Tile(x, [E, 1]) (* a column of R transposed), [E, -1, H]).
+    Value in = m.peelReshapes(mm1.getA());
+    Value inR;
+    if (auto mul = defOp<ox::MulOp>(in)) {
+      for (int i = 0; i < 2 && !inR; ++i) {
+        Matcher trial = m;
+        if (Value r = routingMatrixOf(trial, mul->getOperand(i));
+            r && defOp<ox::TileOp>(mul->getOperand(1 - i))) {
+          trial.ops.insert(mul);
+          m = trial;
+          inR = r;
+          in = mul->getOperand(1 - i);
         }
       }
-      auto tr = trial.take<ox::TransposeOp>(trial.peelReshapes(mul->getOperand(1 - i)));
-      if (!tr || perm(tr) != SmallVector<int64_t>{1, 0})
-        continue;
-      m = trial;
-      tokens = x;
-      r = tr.getData();
     }
-    if (!tokens || rankOf(tokens) != 2)
+    auto tile = m.take<ox::TileOp>(in);
+    auto reps = tile ? constantInts(tile.getRepeats()) : std::nullopt;
+    if (!tile || !reps || *reps != SmallVector<int64_t>{e, 1})
+      return rewriter.notifyMatchFailure(root,
+                                         "the experts' input is not the tokens repeated once per expert");
+    Value tokens = tile.getInput();
+    if (auto expand = defOp<ox::ExpandOp>(tokens)) { // Expand(x, [1, 1]): x itself
+      auto shape = constantInts(expand.getShape());
+      if (shape && llvm::all_of(*shape, [](int64_t d) { return d == 1; })) {
+        m.ops.insert(expand);
+        tokens = expand.getInput();
+      }
+    }
+    if (rankOf(tokens) != 2)
+      return rewriter.notifyMatchFailure(root, "the experts' tokens are not a 2-D [T, H] tensor");
+    if (bool(inR) == bool(outR))
       return rewriter.notifyMatchFailure(
-          root, "the experts' input is not the tokens repeated once per expert times "
-                "a column of the transposed routing matrix");
-    // R = Sigmoid(ScatterElements(full(-inf), ids, values)).
-    auto sig = m.take<ox::SigmoidOp>(r);
-    auto sc = sig ? m.take<ox::ScatterElementsOp>(sig.getX()) : ox::ScatterElementsOp();
-    auto topk = sc ? defOp<ox::TopKOp>(sc.getIndices()) : ox::TopKOp();
-    auto fill = sc ? defOp<ox::ExpandOp>(sc.getData()) : ox::ExpandOp();
-    auto ninf = fill ? constantScalar(fill.getInput()) : std::nullopt;
-    if (!topk || sc.getUpdates() != topk.getValues() || sc.getIndices() != topk.getIndices() ||
-        normAxis(sc.getAxis(), 2) != 1 || !ninf || !std::isinf(*ninf) || *ninf > 0)
-      return rewriter.notifyMatchFailure(root,
-                                         "the input weights are not a sigmoid of top-k logits scattered into "
-                                         "-inf (zero outside the top k)");
-    m.ops.insert(fill);
-    if (auto sh = defOp<ox::ShapeOp>(fill.getShape()))
-      m.ops.insert(sh);
-    auto kk = constantInts(topk.getK());
-    Value logits = topk.getX();
-    if (!kk || kk->size() != 1 || normAxis(topk.getAxis(), rankOf(logits)) != rankOf(logits) - 1 ||
-        topk.getLargest() != 1 || rankOf(logits) != 2)
-      return rewriter.notifyMatchFailure(root,
-                                         "the routing top-k is not the largest k over the experts' axis");
-    if ((*kk)[0] != 1)
-      return rewriter.notifyMatchFailure(
-          root, "routing weights multiply the experts' inputs with k = " + Twine((*kk)[0]) +
-                    " > 1, which moe.sparse_moe cannot express");
-    if (cast<RankedTensorType>(logits.getType()).getShape().back() != e)
-      return rewriter.notifyMatchFailure(root,
-                                         "the router and the expert weights disagree on the expert count");
-    // The TopK stays (its values scale the input); everything else of the pattern must be used only inside
-    // it.
-    if (!checkClosed(m, root))
-      return rewriter.notifyMatchFailure(root, m.why);
+          root, inR ? "the routing weights scale both the experts' inputs and outputs"
+                    : "the experts' outputs are summed without routing weights");
     auto w1 = cast<RankedTensorType>(mm1.getB().getType()), w2 = cast<RankedTensorType>(mm2.getB().getType());
     bool gated = ex.act == moe::Activation::swiglu || ex.act == moe::Activation::geglu;
     int64_t h = w1.getDimSize(1), f = w2.getDimSize(1);
-    if (w2.getDimSize(0) != e || w1.getDimSize(2) != (gated ? 2 * f : f) || w2.getDimSize(2) != h ||
+    if (w1.getDimSize(2) != (gated ? 2 * f : f) || w2.getDimSize(2) != h ||
         cast<RankedTensorType>(tokens.getType()).getDimSize(1) != h)
       return rewriter.notifyMatchFailure(root, "expert weight shapes do not chain");
     if (!w1.getElementType().isF32() || !w2.getElementType().isF32())
       return rewriter.notifyMatchFailure(root, "the expert weights are not f32");
 
-    // x * sigmoid(top value): the one chosen expert's input.
+    Routing rt;
+    ox::TopKOp inputTopk;
+    if (outR) {
+      Value ids, weights;
+      if (!matchSparseRoutingMatrix(m, outR, e, ids, weights))
+        return rewriter.notifyMatchFailure(
+            root, m.why.empty()
+                      ? "the experts' outputs are weighted by a routing matrix not known to be zero "
+                        "outside the top k"
+                      : m.why);
+      auto idsType = dyn_cast<RankedTensorType>(ids.getType());
+      if (!idsType || idsType.getRank() != 2 || idsType.isDynamicDim(1))
+        return rewriter.notifyMatchFailure(root, "the routing matrix's top-k ids are not a [T, k] tensor");
+      ex.k = idsType.getDimSize(1);
+      if (!matchRouting(m, ids, weights, e, ex.k, rt))
+        return rewriter.notifyMatchFailure(root, m.why);
+    } else {
+      // R = Sigmoid(ScatterElements(full(-inf), ids, values)).
+      auto sig = m.take<ox::SigmoidOp>(inR);
+      auto sc = sig ? m.take<ox::ScatterElementsOp>(sig.getX()) : ox::ScatterElementsOp();
+      inputTopk = sc ? defOp<ox::TopKOp>(sc.getIndices()) : ox::TopKOp();
+      if (!inputTopk || sc.getUpdates() != inputTopk.getValues() ||
+          sc.getIndices() != inputTopk.getIndices() || normAxis(sc.getAxis(), 2) != 1 ||
+          !isMinusInfFill(m, sc.getData()))
+        return rewriter.notifyMatchFailure(root,
+                                           "the input weights are not a sigmoid of top-k logits scattered "
+                                           "into -inf (zero outside the top k)");
+      auto kk = constantInts(inputTopk.getK());
+      rt.logits = inputTopk.getX();
+      if (!kk || kk->size() != 1 ||
+          normAxis(inputTopk.getAxis(), rankOf(rt.logits)) != rankOf(rt.logits) - 1 ||
+          inputTopk.getLargest() != 1 || rankOf(rt.logits) != 2)
+        return rewriter.notifyMatchFailure(root,
+                                           "the routing top-k is not the largest k over the experts' axis");
+      if ((*kk)[0] != 1)
+        return rewriter.notifyMatchFailure(
+            root, "routing weights multiply the experts' inputs with k = " + Twine((*kk)[0]) +
+                      " > 1, which moe.sparse_moe cannot express");
+      if (b1 || b2 || ex.beta != 0.0 || ex.limit)
+        return rewriter.notifyMatchFailure(root,
+                                           "input-weighted experts with biases, up + beta or clamps (an "
+                                           "expert not chosen would not add zero)");
+      if (cast<RankedTensorType>(rt.logits.getType()).getShape().back() != e)
+        return rewriter.notifyMatchFailure(root,
+                                           "the router and the expert weights disagree on the expert count");
+      ex.k = 1;
+      rt.gate = moe::GateFunc::sigmoid;
+      rt.normalize = true; // w / w = 1: the weight is already in the input
+    }
+    // (The input-weighted form's TopK stays: its values scale the input.)
+    if (!checkClosed(m, root))
+      return rewriter.notifyMatchFailure(root, m.why);
+
     Location loc = root.getLoc();
-    auto tokT = cast<RankedTensorType>(tokens.getType());
-    auto colT = cast<RankedTensorType>(topk.getValues().getType());
-    Value s = rewriter.create<ox::SigmoidOp>(loc, colT, topk.getValues());
-    ex.tokens = rewriter.create<ox::MulOp>(loc, tokT, tokens, s);
+    ex.tokens = tokens;
+    if (inputTopk) { // x * sigmoid(top value): the one chosen expert's input
+      auto colT = cast<RankedTensorType>(inputTopk.getValues().getType());
+      Value sv = rewriter.create<ox::SigmoidOp>(loc, colT, inputTopk.getValues());
+      ex.tokens = rewriter.create<ox::MulOp>(loc, tokens.getType(), tokens, sv);
+    }
     ex.fc1 = mm1.getB();
     ex.fc2 = mm2.getB();
     ex.fc1Transposed = ex.fc2Transposed = true;
-    ex.k = 1;
-    Routing rt;
-    rt.logits = logits;
-    rt.gate = moe::GateFunc::sigmoid;
-    rt.normalize = true; // w / w = 1: the weight is already in the input
-    return raise(rewriter, root, ex, rt, m, "input-weighted (Llama-4)");
+    auto asMatrix = [&](Value b, StringRef name) -> Value {
+      if (!b)
+        return {};
+      auto bt = cast<RankedTensorType>(b.getType());
+      return makeConstant(rewriter, loc,
+                          RankedTensorType::get({e, bt.getShape().back()}, bt.getElementType()),
+                          constantBytes(b), name);
+    };
+    ex.fc1Bias = asMatrix(b1, "expert_fc1_bias");
+    ex.fc2Bias = asMatrix(b2, "expert_fc2_bias");
+    return raise(rewriter, root, ex, rt, m, inputTopk ? "input-weighted (Llama-4)" : "all experts (batched)");
   }
 };
 
@@ -1466,7 +1557,7 @@ struct MoERaiseDecomposedPass final : moec::impl::MoERaiseDecomposedPassBase<MoE
   using Base::Base;
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
-    patterns.add<RaiseMoEBlock, RaiseDenseMoE, RaiseInputWeightedMoE>(&getContext());
+    patterns.add<RaiseMoEBlock, RaiseDenseMoE, RaiseAllExpertsMoE>(&getContext());
     FailureReasons reasons;
     GreedyRewriteConfig config;
     config.listener = &reasons;

@@ -890,3 +890,44 @@ func.func @sparsemixer_thresholds_differ(%arg0: tensor<1x?x4xf32>) -> tensor<1x?
     return %38 : tensor<1x?x4xf32>
 }
 
+
+// -----
+
+// Every expert on every token, summed with no routing weight at all: not a MoE layer the op can be.
+// CHECK-LABEL: func.func @all_experts_unweighted
+// CHECK-NOT: moe.sparse_moe
+func.func @all_experts_unweighted(%x: tensor<?x2xf32>) -> tensor<?x2xf32> {
+    %wr = onnx.Constant dense<[[1.0, -1.0], [0.5, 2.0]]> : tensor<2x2xf32>
+    %k = onnx.Constant dense<1> : tensor<1xi64>
+    %ninf = onnx.Constant dense<0xFF800000> : tensor<f32>
+    %ones = onnx.Constant dense<[1, 1]> : tensor<2xi64>
+    %reps = onnx.Constant dense<[2, 1]> : tensor<2xi64>
+    %col = onnx.Constant dense<[-1, 1]> : tensor<2xi64>
+    %ehx = onnx.Constant dense<[2, -1, 2]> : tensor<3xi64>
+    %zero = onnx.Constant dense<0> : tensor<1xi64>
+    %gu = onnx.Constant dense<0.5> : tensor<2x2x2xf32>
+    %dn = onnx.Constant dense<0.25> : tensor<2x1x2xf32>
+    %logits = onnx.Gemm %x, %wr {transB = 1 : i64} : (tensor<?x2xf32>, tensor<2x2xf32>) -> tensor<?x2xf32>
+    %vals, %ids = onnx.TopK %logits, %k {axis = 1 : i64} : (tensor<?x2xf32>, tensor<1xi64>) -> (tensor<?x1xf32>, tensor<?x1xi64>)
+    %shape = onnx.Shape %logits : (tensor<?x2xf32>) -> tensor<2xi64>
+    %full = onnx.Expand %ninf, %shape : (tensor<f32>, tensor<2xi64>) -> tensor<?x2xf32>
+    %sc = onnx.ScatterElements %full, %ids, %vals {axis = 1 : i64} : (tensor<?x2xf32>, tensor<?x1xi64>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %r = onnx.Sigmoid %sc : (tensor<?x2xf32>) -> tensor<?x2xf32>
+    %xe = onnx.Expand %x, %ones : (tensor<?x2xf32>, tensor<2xi64>) -> tensor<?x2xf32>
+    %rep = onnx.Tile %xe, %reps : (tensor<?x2xf32>, tensor<2xi64>) -> tensor<?x2xf32>
+    %rt = onnx.Transpose %r {perm = [1, 0]} : (tensor<?x2xf32>) -> tensor<2x?xf32>
+    %rc = onnx.Reshape %rt, %col {allowzero = 1 : i64} : (tensor<2x?xf32>, tensor<2xi64>) -> tensor<?x1xf32>
+    %in = onnx.Mul %rep, %rc : (tensor<?x2xf32>, tensor<?x1xf32>) -> tensor<?x2xf32>
+    %in3 = onnx.Reshape %rep, %ehx {allowzero = 1 : i64} : (tensor<?x2xf32>, tensor<3xi64>) -> tensor<2x?x2xf32>
+    %h = onnx.MatMul %in3, %gu : (tensor<2x?x2xf32>, tensor<2x2x2xf32>) -> tensor<2x?x2xf32>
+    %p:2 = onnx.Split %h {axis = 2 : i64, num_outputs = 2 : i64} : (tensor<2x?x2xf32>) -> (tensor<2x?x1xf32>, tensor<2x?x1xf32>)
+    %sg = onnx.Sigmoid %p#0 : (tensor<2x?x1xf32>) -> tensor<2x?x1xf32>
+    %silu = onnx.Mul %p#0, %sg : (tensor<2x?x1xf32>, tensor<2x?x1xf32>) -> tensor<2x?x1xf32>
+    %a = onnx.Mul %p#1, %silu : (tensor<2x?x1xf32>, tensor<2x?x1xf32>) -> tensor<2x?x1xf32>
+    %o = onnx.MatMul %a, %dn : (tensor<2x?x1xf32>, tensor<2x1x2xf32>) -> tensor<2x?x2xf32>
+    %o3 = onnx.Reshape %o, %ehx : (tensor<2x?x2xf32>, tensor<3xi64>) -> tensor<2x?x2xf32>
+    // expected-remark @+1 {{MoE experts not raised: the experts' outputs are summed without routing weights}}
+    %out = onnx.ReduceSum %o3, %zero {keepdims = 0 : i64} : (tensor<2x?x2xf32>, tensor<1xi64>) -> tensor<?x2xf32>
+    return %out : tensor<?x2xf32>
+}
+

@@ -94,11 +94,11 @@ def transformers_cases():
         yield f"transformers/{family}", path, feeds, "ort"
         if family in ("qwen2_moe", "deepseek_v3"):  # with a shared expert, quantised like the routed ones
             yield f"transformers/{family} (int8)", path, feeds, ("ort", None, ("--weights=int8",), DRIFT[8])
-    for name in ("dense_scatter", "dense_onehot"):  # tests/fixtures/handwritten: dense MoE blocks
+    for name in ("dense_scatter", "dense_onehot", "optimum_gpt_oss"):  # tests/fixtures/handwritten
         path = os.path.join(ROOT, "tests", "fixtures", "handwritten", f"{name}.onnx")
 
-        def feeds(t, rng):
-            return {"hidden_states": rng.standard_normal((2, t, 16)).astype(np.float32)}
+        def feeds(t, rng, h=32 if name == "optimum_gpt_oss" else 16):
+            return {"hidden_states": rng.standard_normal((2, t, h)).astype(np.float32)}
 
         yield f"handwritten/{name}", path, feeds, "ort"
     # Whole 2-layer models (embedding, attention with rotary embeddings and causal mask, MoE blocks, LM head):
