@@ -921,6 +921,20 @@ bool matchSparseRoutingMatrix(Matcher &m, Value dense, int64_t e, Value &ids, Va
   return false;
 }
 
+/// The routing of a top-k-sparse routing matrix [T, E] (matchSparseRoutingMatrix, then matchRouting on the
+/// ids and weights it spreads); sets k.
+bool matchRoutingMatrix(Matcher &m, Value dense, int64_t e, Experts &ex, Routing &r) {
+  Value ids, weights;
+  if (!matchSparseRoutingMatrix(m, dense, e, ids, weights))
+    return m.fail("the experts are weighted by a routing matrix not known to be zero outside the top k (a "
+                  "ScatterElements of the top-k weights into zeros, or a one-hot sum)");
+  auto idsType = dyn_cast<RankedTensorType>(ids.getType());
+  if (!idsType || idsType.getRank() != 2 || idsType.isDynamicDim(1))
+    return m.fail("the routing matrix's top-k ids are not a [T, k] tensor");
+  ex.k = idsType.getDimSize(1);
+  return matchRouting(m, ids, weights, e, ex.k, r);
+}
+
 /// One expert MLP on `tokens` from separate linear layers: down(g(gate(x)) * up(x)) or down(act(up(x))).
 struct DenseExpert {
   LinearMatch gate, up, down;
@@ -1264,20 +1278,9 @@ struct RaiseDenseMoE : OpRewritePattern<ox::AddOp> {
     if (!matchDenseSum(m, root, d))
       return m.why.empty() ? failure() : rewriter.notifyMatchFailure(root, m.why);
     int64_t e = d.experts.size();
-    Value ids, weights;
-    if (!matchSparseRoutingMatrix(m, d.dense, e, ids, weights))
-      return rewriter.notifyMatchFailure(
-          root, m.why.empty()
-                    ? "the experts are weighted by a routing matrix not known to be zero outside the "
-                      "top k (a ScatterElements of the top-k weights into zeros, or a one-hot sum)"
-                    : m.why);
-    auto idsType = dyn_cast<RankedTensorType>(ids.getType());
-    if (!idsType || idsType.getRank() != 2 || idsType.isDynamicDim(1))
-      return rewriter.notifyMatchFailure(root, "the routing matrix's top-k ids are not a [T, k] tensor");
     Experts ex;
-    ex.k = idsType.getDimSize(1);
     Routing r;
-    if (!matchRouting(m, ids, weights, e, ex.k, r) || !checkClosed(m, root))
+    if (!matchRoutingMatrix(m, d.dense, e, ex, r) || !checkClosed(m, root))
       return rewriter.notifyMatchFailure(root, m.why);
     if (rankOf(d.tokens) != 2)
       return rewriter.notifyMatchFailure(root, "the experts' tokens are not a 2-D [T, H] tensor");
@@ -1433,18 +1436,7 @@ struct RaiseAllExpertsMoE : OpRewritePattern<ox::ReduceSumOp> {
     Routing rt;
     ox::TopKOp inputTopk;
     if (outR) {
-      Value ids, weights;
-      if (!matchSparseRoutingMatrix(m, outR, e, ids, weights))
-        return rewriter.notifyMatchFailure(
-            root, m.why.empty()
-                      ? "the experts' outputs are weighted by a routing matrix not known to be zero "
-                        "outside the top k"
-                      : m.why);
-      auto idsType = dyn_cast<RankedTensorType>(ids.getType());
-      if (!idsType || idsType.getRank() != 2 || idsType.isDynamicDim(1))
-        return rewriter.notifyMatchFailure(root, "the routing matrix's top-k ids are not a [T, k] tensor");
-      ex.k = idsType.getDimSize(1);
-      if (!matchRouting(m, ids, weights, e, ex.k, rt))
+      if (!matchRoutingMatrix(m, outR, e, ex, rt))
         return rewriter.notifyMatchFailure(root, m.why);
     } else {
       // R = Sigmoid(ScatterElements(full(-inf), ids, values)).
