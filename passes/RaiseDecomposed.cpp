@@ -873,6 +873,13 @@ bool matchSparseRoutingMatrix(Matcher &m, Value dense, int64_t e, Value &ids, Va
       m.ops.insert(ex);
       if (auto sh = defOp<ox::ShapeOp>(ex.getShape()))
         m.ops.insert(sh);
+    } else if (auto cs = dyn_cast_or_null<ox::ConstantOfShapeOp>(zop)) { // its value defaults to 0
+      auto value = cs.getValue() ? dyn_cast<DenseFPElementsAttr>(*cs.getValue()) : DenseFPElementsAttr();
+      if (cs.getValue() && (!value || !value.isSplat() || !value.getSplatValue<APFloat>().isZero()))
+        return m.fail("the routing matrix is scattered into something other than zeros");
+      m.ops.insert(cs);
+      if (auto sh = defOp<ox::ShapeOp>(cs.getInput()))
+        m.ops.insert(sh);
     } else if (!zeroScalar(z) && !(matchPattern(z, m_Constant()) && constantScalar(z) == 0.0)) {
       DenseFPElementsAttr attr;
       if (!matchPattern(z, m_Constant(&attr)) || !attr.isSplat() || !attr.getSplatValue<APFloat>().isZero())
@@ -1027,6 +1034,8 @@ bool matchDenseTerm(Matcher &m, Value term, int64_t &e, Value &dense, Value &tok
     auto d = matchDenseExpert(trial, mul->getOperand(1 - i), tokens);
     if (!d) {
       tokens = saved;
+      m.fail("the expert weighted by routing column " + Twine(e) +
+             " is not linear layers around an activation this compiler knows");
       continue;
     }
     trial.ops.insert(mul);
@@ -1036,6 +1045,14 @@ bool matchDenseTerm(Matcher &m, Value term, int64_t &e, Value &dense, Value &tok
     return true;
   }
   return false;
+}
+
+/// True when `term` has the shape of a dense MoE term: a Mul by a column of a matrix.
+bool isColumnTerm(Value term) {
+  auto mul = defOp<ox::MulOp>(term);
+  int64_t e;
+  Matcher scratch;
+  return mul && (matchColumn(scratch, mul->getOperand(0), e) || matchColumn(scratch, mul->getOperand(1), e));
 }
 
 /// A dense MoE sum rooted at `root` (the last Add of `acc + column_e * expert_e(x)` over all experts, `acc`
@@ -1065,8 +1082,18 @@ bool matchDenseSum(Matcher &m, ox::AddOp root, DenseMoE &out) {
         took = true;
       }
     }
-    if (!took)
+    if (!took) {
+      // A term that looks like one but whose expert is not understood: say so (once, at the outermost Add).
+      for (int i = 0; i < 2 && found.empty() && m.why.empty(); ++i) {
+        Matcher trial;
+        int64_t e;
+        DenseExpert ex;
+        Value dense, tokens;
+        if (!matchDenseTerm(trial, add->getOperand(i), e, dense, tokens, ex) && !trial.why.empty())
+          m.fail(trial.why);
+      }
       break;
+    }
   }
   if (found.empty())
     return false;
@@ -1265,14 +1292,8 @@ struct RaiseDenseMoE : OpRewritePattern<ox::AddOp> {
   LogicalResult matchAndRewrite(ox::AddOp root, PatternRewriter &rewriter) const override {
     // Only the outermost Add of the sum: an Add that another term continues is part of a larger candidate.
     for (Operation *user : root->getUsers())
-      if (auto next = dyn_cast<ox::AddOp>(user)) {
-        Matcher t;
-        int64_t e;
-        Value dense, tokens;
-        DenseExpert x;
-        if (matchDenseTerm(t, otherOperand(next, root.getResult()), e, dense, tokens, x))
-          return failure();
-      }
+      if (auto next = dyn_cast<ox::AddOp>(user); next && isColumnTerm(otherOperand(next, root.getResult())))
+        return failure();
     Matcher m;
     DenseMoE d;
     if (!matchDenseSum(m, root, d))
