@@ -99,6 +99,17 @@ struct Matcher {
     ops.insert(op);
     return op.getData();
   }
+  /// `OpTy(x, c)` or `OpTy(c, x)` with `c` a constant holding one number: returns x and sets c.
+  template <typename OpTy> Value scalarOperand(Value v, double &c) {
+    auto op = defOp<OpTy>(v);
+    for (int i = 0; op && i < 2; ++i)
+      if (auto s = constantScalar(op->getOperand(i))) {
+        ops.insert(op);
+        c = *s;
+        return op->getOperand(1 - i);
+      }
+    return {};
+  }
   /// `v` with Squeeze(Unsqueeze(x, a), a) pairs (the exporter's no-op views) seen through.
   Value peelViewPairs(Value v) {
     while (auto sq = defOp<ox::SqueezeOp>(v)) {
@@ -325,15 +336,8 @@ Value matchGated(Matcher &m, Value h, Experts &ex) {
     // The up side: up or up + beta.
     double beta = 0.0;
     Value u = upPart;
-    if (auto add = defOp<ox::AddOp>(u)) {
-      for (int j = 0; j < 2; ++j)
-        if (auto c = constantScalar(add->getOperand(j))) {
-          trial.ops.insert(add);
-          beta = *c;
-          u = add->getOperand(1 - j);
-          break;
-        }
-    }
+    if (Value in = trial.scalarOperand<ox::AddOp>(u, beta))
+      u = in;
     // GPT-OSS's clamps: gate <= limit, -limit <= up <= limit.
     std::optional<double> glo, ghi, ulo, uhi, limit;
     if (Value in = matchClip(trial, g, glo, ghi)) {
@@ -572,28 +576,32 @@ Value matchScoreFunction(Matcher &m, Value v, moe::GateFunc &gate) {
   return {};
 }
 
-/// A -inf filled tensor: `ConstantOfShape(Shape(..), -inf)`, `Expand(-inf, ..)` or a -inf constant.
-bool isMinusInfFill(Matcher &m, Value v) {
-  auto isNegInf = [](std::optional<double> d) { return d && std::isinf(*d) && *d < 0; };
-  if (isNegInf(constantScalar(v)))
-    return true;
-  if (auto c = defOp<ox::ConstantOfShapeOp>(v)) {
-    auto value = c.getValue() ? dyn_cast<DenseFPElementsAttr>(*c.getValue()) : DenseFPElementsAttr();
-    if (!value || value.getNumElements() != 1 ||
-        !isNegInf((*value.getValues<APFloat>().begin()).convertToDouble()))
+/// A tensor filled with `value` (0, -inf): a splat constant, `ConstantOfShape(Shape(..), value)` (no value:
+/// 0) or `Expand(value, ..)`; records the fill and the Shape it reads.
+bool isFill(Matcher &m, Value v, double value) {
+  auto splatIs = [&](Attribute attr) {
+    auto d = dyn_cast_or_null<DenseFPElementsAttr>(attr);
+    return d && d.isSplat() && d.getSplatValue<APFloat>().convertToDouble() == value;
+  };
+  Attribute attr;
+  if (matchPattern(v, m_Constant(&attr)))
+    return splatIs(attr);
+  Operation *fill = v.getDefiningOp();
+  Value shape;
+  if (auto c = dyn_cast_or_null<ox::ConstantOfShapeOp>(fill)) { // its value defaults to 0
+    if (c.getValue() ? !splatIs(*c.getValue()) : value != 0.0)
       return false;
-    m.ops.insert(c);
-    if (auto sh = defOp<ox::ShapeOp>(c.getInput()))
-      m.ops.insert(sh);
-    return true;
+    shape = c.getInput();
+  } else if (auto ex = dyn_cast_or_null<ox::ExpandOp>(fill);
+             ex && matchPattern(ex.getInput(), m_Constant(&attr)) && splatIs(attr)) {
+    shape = ex.getShape();
+  } else {
+    return false;
   }
-  if (auto ex = defOp<ox::ExpandOp>(v); ex && isNegInf(constantScalar(ex.getInput()))) {
-    m.ops.insert(ex);
-    if (auto sh = defOp<ox::ShapeOp>(ex.getShape()))
-      m.ops.insert(sh);
-    return true;
-  }
-  return false;
+  m.ops.insert(fill);
+  if (auto sh = defOp<ox::ShapeOp>(shape))
+    m.ops.insert(sh);
+  return true;
 }
 
 /// PhiMoE's sparsemixer (inference): ids = Concat(ArgMax(prev_j)), weights = Concat(GatherElements(
@@ -620,7 +628,7 @@ bool matchSparseMixer(Matcher &m, ox::ConcatOp ids, Value weights, int64_t k, Ro
     } else {
       auto sc = m.take<ox::ScatterElementsOp>(in);
       if (!sc || sc.getData() != prev || sc.getIndices() != ids.getInputs()[j - 1] ||
-          normAxis(sc.getAxis(), 2) != 1 || !isMinusInfFill(m, sc.getUpdates()))
+          normAxis(sc.getAxis(), 2) != 1 || !isFill(m, sc.getUpdates(), -INFINITY))
         return m.fail("sparsemixer slot " + Twine(j) + ": the earlier slot's expert is not masked with -inf");
       prev = in;
     }
@@ -629,7 +637,8 @@ bool matchSparseMixer(Matcher &m, ox::ConcatOp ids, Value weights, int64_t k, Ro
     auto sm = ge ? m.take<ox::SoftmaxOp>(ge.getData()) : ox::SoftmaxOp();
     auto where = sm ? m.take<ox::WhereOp>(sm.getInput()) : ox::WhereOp();
     if (!ge || ge.getIndices() != am.getResult() || normAxis(ge.getAxis(), 2) != 1 || !sm ||
-        normAxis(sm.getAxis(), 2) != 1 || !where || where.getY() != prev || !isMinusInfFill(m, where.getX()))
+        normAxis(sm.getAxis(), 2) != 1 || !where || where.getY() != prev ||
+        !isFill(m, where.getX(), -INFINITY))
       return m.fail("sparsemixer slot " + Twine(j) + ": the weight is not a masked softmax at the slot's id");
     // far = Greater(Div(Sub(max, L), Max(Abs(L), max)), 2 eps), max = ReduceMax(prev, -1, keepdims).
     auto gt = m.take<ox::GreaterOp>(where.getCondition());
@@ -707,14 +716,8 @@ bool matchRouting(Matcher &m, Value ids, Value weights, int64_t e, int64_t k, Ro
   // Clip(ReduceSum, min) with min below the smallest sum the scores can have (Ernie's 1e-12 on softmax
   // scores, checked once the gate is known). A scale applied before normalising cancels.
   auto peelScale = [&](double &scale) {
-    if (auto mul = defOp<ox::MulOp>(w))
-      for (int i = 0; i < 2; ++i)
-        if (auto s = constantScalar(mul->getOperand(i))) {
-          m.ops.insert(mul);
-          scale = *s;
-          w = mul->getOperand(1 - i);
-          return;
-        }
+    if (Value in = m.scalarOperand<ox::MulOp>(w, scale))
+      w = in;
   };
   peelScale(r.scale);
   double clipMin = -1.0;
@@ -722,13 +725,13 @@ bool matchRouting(Matcher &m, Value ids, Value weights, int64_t e, int64_t k, Ro
     Matcher trial = m;
     Value den = div.getB();
     double lo = -1.0;
-    if (auto add = defOp<ox::AddOp>(den)) {
-      for (int i = 0; i < 2; ++i)
-        if (auto eps = constantScalar(add->getOperand(i)); eps && *eps >= 0 && *eps < 1e-12) {
-          trial.ops.insert(add);
-          den = add->getOperand(1 - i);
-          break;
-        }
+    double eps = -1.0;
+    Matcher withEps = trial;
+    if (Value in = withEps.scalarOperand<ox::AddOp>(den, eps)) {
+      if (eps >= 0 && eps < 1e-12) {
+        trial = withEps;
+        den = in;
+      }
     } else if (auto clip = defOp<ox::ClipOp>(den); clip && clip.getMin() && !clip.getMax()) {
       if (auto c = constantScalar(clip.getMin())) {
         trial.ops.insert(clip);
@@ -862,29 +865,8 @@ bool matchSparseRoutingMatrix(Matcher &m, Value dense, int64_t e, Value &ids, Va
   if (auto sc = defOp<ox::ScatterElementsOp>(dense)) {
     if (normAxis(sc.getAxis(), 2) != 1 || sc.getReduction() != "none")
       return false;
-    // zeros_like: Expand(0, Shape(..)) or ConstantOfShape(0) or a zero constant.
-    Value z = sc.getData();
-    Operation *zop = z.getDefiningOp();
-    auto zeroScalar = [](Value v) {
-      auto c = constantScalar(v);
-      return c && *c == 0.0;
-    };
-    if (auto ex = dyn_cast_or_null<ox::ExpandOp>(zop); ex && zeroScalar(ex.getInput())) {
-      m.ops.insert(ex);
-      if (auto sh = defOp<ox::ShapeOp>(ex.getShape()))
-        m.ops.insert(sh);
-    } else if (auto cs = dyn_cast_or_null<ox::ConstantOfShapeOp>(zop)) { // its value defaults to 0
-      auto value = cs.getValue() ? dyn_cast<DenseFPElementsAttr>(*cs.getValue()) : DenseFPElementsAttr();
-      if (cs.getValue() && (!value || !value.isSplat() || !value.getSplatValue<APFloat>().isZero()))
-        return m.fail("the routing matrix is scattered into something other than zeros");
-      m.ops.insert(cs);
-      if (auto sh = defOp<ox::ShapeOp>(cs.getInput()))
-        m.ops.insert(sh);
-    } else if (!zeroScalar(z) && !(matchPattern(z, m_Constant()) && constantScalar(z) == 0.0)) {
-      DenseFPElementsAttr attr;
-      if (!matchPattern(z, m_Constant(&attr)) || !attr.isSplat() || !attr.getSplatValue<APFloat>().isZero())
-        return m.fail("the routing matrix is scattered into something other than zeros");
-    }
+    if (!isFill(m, sc.getData(), 0.0))
+      return m.fail("the routing matrix is scattered into something other than zeros");
     m.ops.insert(sc);
     ids = sc.getIndices();
     weights = sc.getUpdates();
@@ -1067,12 +1049,16 @@ bool matchDenseSum(Matcher &m, ox::AddOp root, DenseMoE &out) {
   Value acc = root.getResult();
   while (auto add = defOp<ox::AddOp>(acc)) {
     bool took = false;
+    std::string termWhy; // why a term shaped like one did not match
     for (int i = 0; i < 2 && !took; ++i) {
       Matcher trial = m;
       int64_t e;
       DenseExpert ex;
       Value dense = out.dense, tokens = out.tokens;
-      if (matchDenseTerm(trial, add->getOperand(i), e, dense, tokens, ex)) {
+      if (!matchDenseTerm(trial, add->getOperand(i), e, dense, tokens, ex)) {
+        if (termWhy.empty())
+          termWhy = trial.why;
+      } else {
         trial.ops.insert(add);
         m = trial;
         out.dense = dense;
@@ -1083,26 +1069,16 @@ bool matchDenseSum(Matcher &m, ox::AddOp root, DenseMoE &out) {
       }
     }
     if (!took) {
-      // A term that looks like one but whose expert is not understood: say so (once, at the outermost Add).
-      for (int i = 0; i < 2 && found.empty() && m.why.empty(); ++i) {
-        Matcher trial;
-        int64_t e;
-        DenseExpert ex;
-        Value dense, tokens;
-        if (!matchDenseTerm(trial, add->getOperand(i), e, dense, tokens, ex) && !trial.why.empty())
-          m.fail(trial.why);
-      }
+      // A term that looks like one but whose expert is not understood: say so (at the outermost Add).
+      if (found.empty() && !termWhy.empty())
+        m.fail(termWhy);
       break;
     }
   }
   if (found.empty())
     return false;
-  // The start: zeros (Expand(0, Shape(x))) or the first term itself.
-  if (auto zeros = defOp<ox::ExpandOp>(acc); zeros && constantScalar(zeros.getInput()) == 0.0) {
-    m.ops.insert(zeros);
-    if (auto sh = defOp<ox::ShapeOp>(zeros.getShape()))
-      m.ops.insert(sh);
-  } else {
+  // The start: zeros or the first term itself.
+  if (!isFill(m, acc, 0.0)) {
     int64_t e;
     DenseExpert ex;
     if (!matchDenseTerm(m, acc, e, out.dense, out.tokens, ex))
@@ -1345,15 +1321,15 @@ struct RaiseAllExpertsMoE : OpRewritePattern<ox::ReduceSumOp> {
     auto tr = m.take<ox::TransposeOp>(m.peelReshapes(col));
     return tr && perm(tr) == SmallVector<int64_t>{1, 0} && rankOf(tr.getData()) == 2 ? tr.getData() : Value();
   }
-  /// `Add(v, b)` with b a constant [E, 1, N] or [E, N] per-expert bias; returns v and sets the bias ([E, N]).
-  static Value peelBatchedBias(Matcher &m, Value v, int64_t e, Value &bias) {
+  /// `Add(MatMul, b)` with b a constant per-expert bias, [E, N] or [E, 1, N]: returns the MatMul's result and
+  /// sets b; `v` itself otherwise.
+  static Value peelBatchedBias(Matcher &m, Value v, Value &bias) {
     auto add = defOp<ox::AddOp>(v);
-    if (!add)
-      return v;
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; add && i < 2; ++i) {
       Value b = add->getOperand(i);
       auto bt = dyn_cast<RankedTensorType>(b.getType());
-      if (!bt || !bt.hasStaticShape() || !matchPattern(b, m_Constant()) || bt.getDimSize(0) != e ||
+      if (!defOp<ox::MatMulOp>(add->getOperand(1 - i)) || !bt || !bt.hasStaticShape() ||
+          !matchPattern(b, m_Constant()) ||
           !(bt.getRank() == 2 || (bt.getRank() == 3 && bt.getDimSize(1) == 1)))
         continue;
       m.ops.insert(add);
@@ -1361,6 +1337,9 @@ struct RaiseAllExpertsMoE : OpRewritePattern<ox::ReduceSumOp> {
       return add->getOperand(1 - i);
     }
     return v;
+  }
+  static bool biasFor(Value bias, int64_t e) {
+    return !bias || cast<RankedTensorType>(bias.getType()).getDimSize(0) == e;
   }
 
   LogicalResult matchAndRewrite(ox::ReduceSumOp root, PatternRewriter &rewriter) const override {
@@ -1387,18 +1366,12 @@ struct RaiseAllExpertsMoE : OpRewritePattern<ox::ReduceSumOp> {
     v = m.peelReshapes(v);
     // Down projection of every expert: MatMul(h, W2 [E, F, H]) (+ b2).
     Value b2, b1;
-    Value mmOut = v;
-    if (auto add = defOp<ox::AddOp>(v)) // the bias side is known once E is: look through any Add for now
-      for (Value o : add->getOperands())
-        if (defOp<ox::MatMulOp>(o))
-          mmOut = o;
-    auto mm2 = defOp<ox::MatMulOp>(mmOut);
+    auto mm2 = m.take<ox::MatMulOp>(peelBatchedBias(m, v, b2));
     if (!mm2 || !matchPattern(mm2.getB(), m_Constant()) || rankOf(mm2.getB()) != 3)
       return failure(); // not a sum over batched experts
     int64_t e = cast<RankedTensorType>(mm2.getB().getType()).getDimSize(0);
-    if (peelBatchedBias(m, v, e, b2) != mmOut)
+    if (!biasFor(b2, e))
       return failure();
-    m.ops.insert(mm2);
     Experts ex;
     Value upOut = matchGated(m, mm2.getA(), ex);
     if (!upOut && m.why.empty())
@@ -1406,9 +1379,9 @@ struct RaiseAllExpertsMoE : OpRewritePattern<ox::ReduceSumOp> {
     if (!upOut)
       return rewriter.notifyMatchFailure(
           root, m.why.empty() ? "no activation this compiler knows between the expert projections" : m.why);
-    auto mm1 = m.take<ox::MatMulOp>(peelBatchedBias(m, upOut, e, b1));
+    auto mm1 = m.take<ox::MatMulOp>(peelBatchedBias(m, upOut, b1));
     if (!mm1 || !matchPattern(mm1.getB(), m_Constant()) || rankOf(mm1.getB()) != 3 ||
-        cast<RankedTensorType>(mm1.getB().getType()).getDimSize(0) != e)
+        cast<RankedTensorType>(mm1.getB().getType()).getDimSize(0) != e || !biasFor(b1, e))
       return rewriter.notifyMatchFailure(root,
                                          "the up projection is not a batched matmul by stacked weights");
     // The experts' input: Reshape(Tile(x, [E, 1]) (* a column of R transposed), [E, -1, H]).
@@ -1466,7 +1439,7 @@ struct RaiseAllExpertsMoE : OpRewritePattern<ox::ReduceSumOp> {
       inputTopk = sc ? defOp<ox::TopKOp>(sc.getIndices()) : ox::TopKOp();
       if (!inputTopk || sc.getUpdates() != inputTopk.getValues() ||
           sc.getIndices() != inputTopk.getIndices() || normAxis(sc.getAxis(), 2) != 1 ||
-          !isMinusInfFill(m, sc.getData()))
+          !isFill(m, sc.getData(), -INFINITY))
         return rewriter.notifyMatchFailure(root,
                                            "the input weights are not a sigmoid of top-k logits scattered "
                                            "into -inf (zero outside the top k)");

@@ -19,6 +19,7 @@ in both), so the same tolerance holds. Prints one line per case and exits 1 on a
     check_cpu_e2e.py --moec build/bin/moec --moert build/bin/moert [--cpu x86-64-v3]
 """
 import argparse
+import glob
 import math
 import os
 import subprocess
@@ -82,25 +83,26 @@ def rel_error(got, want, slack=0.0):
 
 # ---- cases -------------------------------------------------------------------------------------------------
 
+def block_feeds(path):
+    """Feeds for a MoE-block fixture: `hidden_states` [2, t, hidden], hidden read off the model's input."""
+    m = onnx.load(path, load_external_data=False)
+    hidden = m.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+
+    def feeds(t, rng):
+        return {"hidden_states": rng.standard_normal((2, t, hidden)).astype(np.float32)}
+    return feeds
+
+
 def transformers_cases():
     for family in make_fixtures.FAMILIES:
         path = os.path.join(ROOT, "tests", "fixtures", "transformers", f"{family}.onnx")
-
-        def feeds(t, rng, path=path):
-            m = onnx.load(path, load_external_data=False)
-            hidden = m.graph.input[0].type.tensor_type.shape.dim[2].dim_value
-            return {"hidden_states": rng.standard_normal((2, t, hidden)).astype(np.float32)}
-
+        feeds = block_feeds(path)
         yield f"transformers/{family}", path, feeds, "ort"
         if family in ("qwen2_moe", "deepseek_v3"):  # with a shared expert, quantised like the routed ones
             yield f"transformers/{family} (int8)", path, feeds, ("ort", None, ("--weights=int8",), DRIFT[8])
-    for name in ("dense_scatter", "dense_onehot", "optimum_gpt_oss"):  # tests/fixtures/handwritten
-        path = os.path.join(ROOT, "tests", "fixtures", "handwritten", f"{name}.onnx")
-
-        def feeds(t, rng, h=32 if name == "optimum_gpt_oss" else 16):
-            return {"hidden_states": rng.standard_normal((2, t, h)).astype(np.float32)}
-
-        yield f"handwritten/{name}", path, feeds, "ort"
+    # tests/fixtures/handwritten: hand-written dense MoE blocks and Optimum's form of GPT-OSS
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "handwritten", "*.onnx"))):
+        yield f"handwritten/{os.path.basename(path)[:-5]}", path, block_feeds(path), "ort"
     # Whole 2-layer models (embedding, attention with rotary embeddings and causal mask, MoE blocks, LM head):
     # the MoE layers become dispatches, everything else runs on libmoert's op kernels. T = sequence length.
     for family in make_fixtures.WHOLE_FAMILIES:

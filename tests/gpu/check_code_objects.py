@@ -31,7 +31,8 @@ MAX_LDS = 16 * 1024
 
 def fixtures(tmp):
     import check_cpu_e2e as e2e
-    for family in ["mixtral", "qwen2_moe", "deepseek_v3", "zaya", "whole_olmoe"]:
+    # (deepseek_v2: groups scored by their max; phimoe: sparsemixer routing)
+    for family in ["mixtral", "qwen2_moe", "deepseek_v3", "zaya", "whole_olmoe", "deepseek_v2", "phimoe"]:
         yield family, os.path.join(ROOT, "tests", "fixtures", "transformers", f"{family}.onnx"), ["--weights=bf16"]
     for bits in (8, 4):  # quantised routed and shared experts
         yield (f"qwen2_moe (int{bits})", os.path.join(ROOT, "tests", "fixtures", "transformers", "qwen2_moe.onnx"),
