@@ -541,6 +541,13 @@ std::optional<Dims> infer(Operation *op, unsigned i) {
 
 } // namespace
 
+std::optional<Dims> moec::onnxir::staticIntValue(Value v) {
+  auto value = partialValue(v);
+  if (!value || llvm::any_of(*value, unknown))
+    return std::nullopt;
+  return value;
+}
+
 std::optional<Dims> moec::onnxir::matmulShape(Value lhs, Value rhs) {
   auto a = shapeOf(lhs), b = shapeOf(rhs);
   if (!a || !b || a->empty() || b->empty())

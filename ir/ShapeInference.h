@@ -27,6 +27,11 @@ std::optional<llvm::SmallVector<int64_t>> broadcastShape(mlir::ValueRange operan
 /// NumPy matmul's result shape (1-D operands promoted and their dim dropped again), when both are ranked.
 std::optional<llvm::SmallVector<int64_t>> matmulShape(mlir::Value a, mlir::Value b);
 
+/// The integers a small shape computation yields at compile time (constants, Shape of static dims, and what
+/// Gather / Slice / Concat / (Un)Squeeze / Cast / Reshape / Add / Sub / Mul / Div make of them: the `Shape ->
+/// Gather -> Add -> Div` chains exporters write for `chunk` and `view`); nullopt when an element is dynamic.
+std::optional<llvm::SmallVector<int64_t>> staticIntValue(mlir::Value v);
+
 } // namespace moec::onnxir
 
 #endif // MOEC_IR_SHAPEINFERENCE_H

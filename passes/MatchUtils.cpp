@@ -135,8 +135,27 @@ std::optional<LinearMatch> matchLinear(Value v) {
 
 /// W's bytes in the orientation asked for (`outIn`: [out, in], else [in, out]), transposing when stored the
 /// other way.
-static std::vector<char> linearWeight(const LinearMatch &l, bool outIn) {
-  std::vector<char> bytes = constantBytes(l.weight);
+static std::vector<char> linearWeight(const LinearMatch &l, bool outIn, StackCache *cache) {
+  std::vector<char> bytes;
+  if (l.stackIndex >= 0) {
+    // Expert stackIndex of [E, ., .] (a reshape of a constant holds the same bytes).
+    std::vector<char> local, *stack = &local;
+    if (cache) {
+      auto [it, inserted] = cache->try_emplace(l.weight);
+      if (inserted)
+        it->second = constantBytes(stripReshapes(l.weight));
+      stack = &it->second;
+    } else {
+      local = constantBytes(stripReshapes(l.weight));
+    }
+    int64_t e = cast<RankedTensorType>(l.weight.getType()).getDimSize(0);
+    if (stack->empty() || l.stackIndex >= e)
+      return {};
+    size_t slice = stack->size() / size_t(e);
+    bytes.assign(stack->begin() + l.stackIndex * slice, stack->begin() + (l.stackIndex + 1) * slice);
+  } else {
+    bytes = constantBytes(l.weight);
+  }
   if (bytes.empty() || l.weightIsOutIn == outIn)
     return bytes;
   const int64_t rows = l.weightIsOutIn ? l.out : l.in, cols = l.weightIsOutIn ? l.in : l.out;
@@ -148,9 +167,11 @@ static std::vector<char> linearWeight(const LinearMatch &l, bool outIn) {
   return t;
 }
 
-std::vector<char> linearWeightOutIn(const LinearMatch &l) { return linearWeight(l, true); }
+std::vector<char> linearWeightOutIn(const LinearMatch &l, StackCache *cache) {
+  return linearWeight(l, true, cache);
+}
 
-std::vector<char> linearWeightInOut(const LinearMatch &l) { return linearWeight(l, false); }
+std::vector<char> linearWeightInOut(const LinearMatch &l) { return linearWeight(l, false, nullptr); }
 
 std::string firstUseOutside(ArrayRef<Operation *> ops, Operation *except) {
   for (Operation *op : ops) {

@@ -16,6 +16,7 @@
 #include "mlir/IR/BuiltinTypes.h"
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/IR/Value.h"
+#include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/SmallVector.h"
 
 #include <optional>
@@ -65,13 +66,19 @@ int64_t rankOf(mlir::Value v);
 struct LinearMatch {
   mlir::Value x, weight, bias;
   bool weightIsOutIn = false; ///< W stored [out, in] (Gemm transB = 1), else [in, out]
+  int64_t stackIndex = -1;    ///< >= 0: W is `weight[stackIndex]` of a stacked [E, ., .] constant
   int64_t in = 0, out = 0;
   llvm::SmallVector<mlir::Operation *, 2> ops; ///< the Gemm / MatMul (+ Add)
 };
 std::optional<LinearMatch> matchLinear(mlir::Value v);
 
-/// W as an [out, in] row-major byte matrix (transposing an [in, out] one).
-std::vector<char> linearWeightOutIn(const LinearMatch &l);
+/// Bytes of stacked weight constants already read, by value (slicing one expert after another reads each
+/// once).
+using StackCache = llvm::DenseMap<mlir::Value, std::vector<char>>;
+
+/// W as an [out, in] row-major byte matrix (transposing an [in, out] one); a stacked W (reshapes of a
+/// constant seen through) read through `cache` when given.
+std::vector<char> linearWeightOutIn(const LinearMatch &l, StackCache *cache = nullptr);
 /// W as an [in, out] row-major byte matrix (transposing an [out, in] one).
 std::vector<char> linearWeightInOut(const LinearMatch &l);
 

@@ -27,6 +27,17 @@
 //             their top-2 sum or their max)
 //   scores  = Softmax(logits) | Sigmoid(logits)
 //
+// Other combines reduce to the same halves: the dense sum over all experts of a top-k-sparse routing matrix's
+// column times the expert (RaiseDenseMoE), every expert by batched matmuls (RaiseAllExpertsMoE), and loops
+// over the experts (RaiseLoopMoE), one body per expert e, rooted at the last scatter-add:
+//
+//   (slot, tok) = NonZero(ids == e)      (Equal, or the plane e of one_hot(ids).permute(2, 1, 0))
+//   acc += scatter(tok, expert_e(x[tok]) * weights[tok, slot])     (ScatterND / ScatterElements add,
+//   index_add)
+//
+// from zeros, every expert of the router once; e a constant, or the i-th expert hit in a TorchScript trace
+// that holds a body per expert (expertIndex says why that is i).
+//
 // The result has router_kind = logits with the logits as its router operand (moe-fold-router turns a linear
 // router, bias included, into weights). Every op of the pattern must be used only inside the pattern. The
 // pattern runs under MLIR's greedy rewrite driver; each near miss is a `notifyMatchFailure` that becomes a
@@ -38,6 +49,7 @@
 //===----------------------------------------------------------------------===//
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
+#include "ir/ShapeInference.h"
 #include "passes/MatchUtils.h"
 #include "passes/Passes.h"
 
@@ -109,6 +121,72 @@ struct Matcher {
         return op->getOperand(1 - i);
       }
     return {};
+  }
+  /// `v` through ops that keep its elements in row-major order (Reshape, Squeeze, Unsqueeze, Identity,
+  /// Flatten, a Cast to its own type, a Transpose that only moves size-1 axes), recording them; stops early
+  /// at a value of rank `untilRank`.
+  Value peelViews(Value v, int64_t untilRank = -1) {
+    while (Operation *op = v && rankOf(v) != untilRank ? v.getDefiningOp() : nullptr) {
+      Value in;
+      if (isa<ox::ReshapeOp, ox::SqueezeOp, ox::UnsqueezeOp, ox::IdentityOp, ox::FlattenOp>(op))
+        in = op->getOperand(0);
+      else if (auto c = dyn_cast<ox::CastOp>(op); c && c.getInput().getType() == c.getType())
+        in = c.getInput();
+      else if (auto t = dyn_cast<ox::TransposeOp>(op); t && t.getPerm())
+        in = movesOnlyUnitAxes(t) ? t.getData() : Value();
+      if (!in)
+        break;
+      ops.insert(op);
+      v = in;
+    }
+    return v;
+  }
+  static bool movesOnlyUnitAxes(ox::TransposeOp t) {
+    auto type = dyn_cast<RankedTensorType>(t.getData().getType());
+    if (!type)
+      return false;
+    SmallVector<int64_t> kept; // the non-unit axes, in the order the result holds them
+    for (Attribute a : t.getPermAttr()) {
+      int64_t axis = cast<IntegerAttr>(a).getInt();
+      if (axis < 0 || axis >= type.getRank())
+        return false;
+      if (type.getDimSize(axis) != 1)
+        kept.push_back(axis);
+    }
+    return llvm::is_sorted(kept);
+  }
+  /// Adds the shape computations only the pattern reads: integer ops (Shape, and Gather / Concat / arithmetic
+  /// on shapes) and ops read only by Shape ops, whose every user is already in the pattern. They go when the
+  /// pattern does; without them the closure check would see the pattern's values read outside it.
+  void absorbShapeOps() {
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (size_t i = 0; i < ops.size(); ++i)
+        for (Value operand : ops[i]->getOperands()) {
+          Operation *d = operand.getDefiningOp();
+          if (!d || ops.contains(d) || d->hasTrait<OpTrait::ConstantLike>() || d->getNumRegions())
+            continue;
+          bool intOnly = llvm::all_of(d->getResultTypes(), [](Type t) {
+            auto rt = dyn_cast<RankedTensorType>(t);
+            return rt && isa<IntegerType>(rt.getElementType());
+          });
+          bool shapeRead = llvm::all_of(d->getUsers(), [](Operation *u) { return isa<ox::ShapeOp>(u); });
+          if ((!intOnly && !shapeRead) ||
+              !llvm::all_of(d->getUsers(), [&](Operation *u) { return ops.contains(u); }))
+            continue;
+          ops.insert(d);
+          changed = true;
+        }
+    }
+  }
+  /// `v` through Casts to the type it already has (TorchScript writes `.to(dtype)` as one), recording them.
+  Value peelNoOpCasts(Value v) {
+    for (auto c = defOp<ox::CastOp>(v); c && c.getInput().getType() == c.getType();
+         c = defOp<ox::CastOp>(v)) {
+      ops.insert(c);
+      v = c.getInput();
+    }
+    return v;
   }
   /// `v` with Squeeze(Unsqueeze(x, a), a) pairs (the exporter's no-op views) seen through.
   Value peelViewPairs(Value v) {
@@ -242,6 +320,45 @@ Value matchSilu(Matcher &m, Value v, double &alpha) {
   return {};
 }
 
+/// GELU written with Erf, `x * (1 + Erf(x / sqrt(2))) * 0.5` in any association of its two Muls
+/// (TorchScript's export of F.gelu); returns x.
+Value matchErfGelu(Matcher &m, Value v) {
+  auto outer = defOp<ox::MulOp>(v);
+  for (int i = 0; outer && i < 2; ++i) {
+    auto inner = defOp<ox::MulOp>(outer->getOperand(i));
+    if (!inner)
+      continue;
+    Value leaves[3] = {outer->getOperand(1 - i), inner.getA(), inner.getB()};
+    for (int a = 0; a < 3; ++a) {
+      auto add = defOp<ox::AddOp>(leaves[a]);
+      double one = 0;
+      Value erfOut = add ? Matcher().scalarOperand<ox::AddOp>(leaves[a], one) : Value();
+      auto erf = defOp<ox::ErfOp>(erfOut);
+      if (!erf || one != 1.0)
+        continue;
+      double c = 0;
+      Value x;
+      if (auto d = defOp<ox::DivOp>(erf.getX()); d && constantScalar(d.getB())) {
+        x = d.getA();
+        c = 1.0 / *constantScalar(d.getB());
+      } else if (Value y = Matcher().scalarOperand<ox::MulOp>(erf.getX(), c)) {
+        x = y;
+      }
+      if (!x || std::abs(c - M_SQRT1_2) > 1e-6)
+        continue;
+      Value p = leaves[(a + 1) % 3], q = leaves[(a + 2) % 3];
+      auto half = constantScalar(p == x ? q : p);
+      if ((p != x && q != x) || !half || *half != 0.5)
+        continue;
+      for (Operation *op : {outer.getOperation(), inner.getOperation(), add.getOperation(),
+                            erf.getOperation(), erf.getX().getDefiningOp()})
+        m.ops.insert(op);
+      return x;
+    }
+  }
+  return {};
+}
+
 /// Ungated activation applied to `v`; sets `act` and returns its input.
 Value matchPlainActivation(Matcher &m, Value v, moe::Activation &act) {
   double alpha = 1.0;
@@ -259,11 +376,16 @@ Value matchPlainActivation(Matcher &m, Value v, moe::Activation &act) {
     act = moe::Activation::relu;
     return relu.getX();
   }
+  if (Value x = matchErfGelu(m, v)) {
+    act = moe::Activation::gelu;
+    return x;
+  }
   return {};
 }
 
 /// The two halves a gated activation reads from the up projection `u`: Split(u, axis -1) in two equal halves
-/// (block layout), or Slice(u, 0::2) / Slice(u, 1::2) along the last axis (interleaved). Returns u.
+/// or Slice(u, :W/2) / Slice(u, W/2:) (block layout), or Slice(u, 0::2) / Slice(u, 1::2) along the last axis
+/// (interleaved). Returns u.
 Value matchGateUpHalves(Matcher &m, Value gate, Value up, moe::GatedLayout &layout) {
   if (auto split = defOp<ox::SplitOp>(gate)) {
     int64_t rank = rankOf(split.getInput());
@@ -283,18 +405,26 @@ Value matchGateUpHalves(Matcher &m, Value gate, Value up, moe::GatedLayout &layo
   if (!sg || !su || sg.getData() != su.getData())
     return {};
   int64_t rank = rankOf(sg.getData());
-  auto half = [&](ox::SliceOp s, int64_t start) {
-    auto st = constantInts(s.getStarts()), en = constantInts(s.getEnds()), ax = constantInts(s.getAxes()),
-         sp = constantInts(s.getSteps());
-    return st && en && ax && sp && st->size() == 1 && ax->size() == 1 && sp->size() == 1 &&
-           (*st)[0] == start && (*en)[0] >= (int64_t(1) << 30) && (*sp)[0] == 2 &&
-           normAxis((*ax)[0], rank) == rank - 1;
+  int64_t width = rank > 0 ? cast<RankedTensorType>(sg.getData().getType()).getShape().back() : 0;
+  // Bounds may be shape arithmetic (`chunk(2, -1)` exports Shape -> Gather -> Add -> Div): evaluated.
+  auto half = [&](ox::SliceOp s, int64_t start, int64_t end, int64_t step) {
+    auto st = ox::staticIntValue(s.getStarts()), en = ox::staticIntValue(s.getEnds()),
+         ax = ox::staticIntValue(s.getAxes()), sp = ox::staticIntValue(s.getSteps());
+    if (!st || !en || !ax || !sp || st->size() != 1 || en->size() != 1 || ax->size() != 1 ||
+        sp->size() != 1 || (*st)[0] != start || (*sp)[0] != step || normAxis((*ax)[0], rank) != rank - 1)
+      return false;
+    if (end < 0) // to the end of the axis
+      return (*en)[0] >= (int64_t(1) << 30) || (width > 0 && (*en)[0] >= width);
+    return (*en)[0] == end;
   };
-  if (!half(sg, 0) || !half(su, 1))
+  if (half(sg, 0, -1, 2) && half(su, 1, -1, 2))
+    layout = moe::GatedLayout::interleaved;
+  else if (width > 0 && width % 2 == 0 && half(sg, 0, width / 2, 1) && half(su, width / 2, -1, 1))
+    layout = moe::GatedLayout::block;
+  else
     return {};
   m.ops.insert(sg);
   m.ops.insert(su);
-  layout = moe::GatedLayout::interleaved;
   return sg.getData();
 }
 
@@ -561,17 +691,18 @@ Value matchGroupMask(Matcher &m, ox::WhereOp where, Routing &r, bool &fillIsZero
 
 /// Softmax over the last axis or Sigmoid of `v`: sets the gate and returns the logits.
 Value matchScoreFunction(Matcher &m, Value v, moe::GateFunc &gate) {
+  v = m.peelNoOpCasts(v);
   if (auto sm = defOp<ox::SoftmaxOp>(v)) {
     if (normAxis(sm.getAxis(), rankOf(v)) != rankOf(v) - 1)
       return m.fail("softmax over the wrong axis (" + Twine(sm.getAxis()) + "; experts are the last dim)"),
              Value();
     m.ops.insert(sm);
     gate = moe::GateFunc::softmax;
-    return sm.getInput();
+    return m.peelNoOpCasts(sm.getInput());
   }
   if (auto sg = m.take<ox::SigmoidOp>(v)) {
     gate = moe::GateFunc::sigmoid;
-    return sg.getX();
+    return m.peelNoOpCasts(sg.getX());
   }
   return {};
 }
@@ -836,6 +967,7 @@ bool matchRouting(Matcher &m, Value ids, Value weights, int64_t e, int64_t k, Ro
 
 /// No op of the pattern may feed anything outside it (the intermediate would disappear).
 bool checkClosed(Matcher &m, Operation *root) {
+  m.absorbShapeOps();
   std::string why = firstUseOutside(m.ops.getArrayRef(), root);
   return why.empty() || m.fail(why);
 }
@@ -924,22 +1056,124 @@ bool matchRoutingMatrix(Matcher &m, Value dense, int64_t e, Experts &ex, Routing
   return matchRouting(m, ids, weights, e, ex.k, r);
 }
 
-/// One expert MLP on `tokens` from separate linear layers: down(g(gate(x)) * up(x)) or down(act(up(x))).
+/// The expert a loop body computes: a constant, or the i-th of the experts a batch hits, read as
+/// `Gather(Squeeze(Split(Transpose(NonZero(ReduceSum(one_hot(ids)) > 0)))[i]), 0)` (the TorchScript trace of
+/// transformers' eager experts). With one piece of size 1 per expert of the router, every expert must be hit
+/// for the Split to succeed, so the i-th hit is expert i; for any other input the traced graph fails.
+std::optional<int64_t> expertIndex(Value v) {
+  if (auto c = constantInts(v))
+    return c->size() == 1 ? std::optional<int64_t>((*c)[0]) : std::nullopt;
+  if (auto g = defOp<ox::GatherOp>(v)) {
+    auto z = constantInts(g.getIndices());
+    if (!z || z->size() != 1 || (*z)[0] != 0)
+      return std::nullopt;
+    v = g.getData();
+  }
+  while (isa_and_nonnull<ox::SqueezeOp, ox::UnsqueezeOp, ox::ReshapeOp>(v.getDefiningOp()))
+    v = v.getDefiningOp()->getOperand(0);
+  auto split = defOp<ox::SplitOp>(v);
+  auto sizes = split && split.getSplit() ? constantInts(split.getSplit()) : std::nullopt;
+  if (!sizes || !llvm::all_of(*sizes, [](int64_t x) { return x == 1; }))
+    return std::nullopt;
+  int64_t pieces = split->getNumResults(), piece = cast<OpResult>(v).getResultNumber();
+  Value hit = split.getInput();
+  int64_t axis = split.getAxis();
+  if (auto t = defOp<ox::TransposeOp>(hit)) {
+    hit = t.getData();
+    axis = 1 - axis;
+  }
+  auto nz = defOp<ox::NonZeroOp>(hit);
+  auto gt = nz ? defOp<ox::GreaterOp>(nz.getX()) : ox::GreaterOp();
+  auto zero = gt ? constantInts(gt.getB()) : std::nullopt;
+  auto sum = gt ? defOp<ox::ReduceSumOp>(gt.getA()) : ox::ReduceSumOp();
+  if (axis != 1 || !zero || zero->size() != 1 || (*zero)[0] != 0 || !sum || rankOf(sum.getResult()) != 1)
+    return std::nullopt;
+  // The counts are per one-hot class of the router's top-k ids.
+  Value hot = sum.getData();
+  auto axes = sum.getAxes() ? constantInts(sum.getAxes()) : std::nullopt;
+  if (!axes || axes->size() != 2 || rankOf(hot) != 3)
+    return std::nullopt;
+  int64_t classAxis = 3 - *normAxis((*axes)[0], 3) - *normAxis((*axes)[1], 3);
+  if (auto t = defOp<ox::TransposeOp>(hot); t && t.getPerm()) {
+    classAxis = cast<IntegerAttr>((*t.getPerm())[classAxis]).getInt();
+    hot = t.getData();
+  }
+  auto oh = defOp<ox::OneHotOp>(hot);
+  auto values = oh ? constantInts(oh.getValues()) : std::nullopt;
+  if (!oh || classAxis != 2 || normAxis(oh.getAxis(), 3) != 2 || !values || values->size() != 2 ||
+      (*values)[0] != 0 || (*values)[1] <= 0)
+    return std::nullopt;
+  auto topk = defOp<ox::TopKOp>(oh.getIndices());
+  auto scores = topk ? dyn_cast<RankedTensorType>(topk.getX().getType()) : RankedTensorType();
+  if (!topk || oh.getIndices() != topk.getIndices() || !scores || scores.getShape().back() != pieces)
+    return std::nullopt;
+  return piece;
+}
+
+/// A linear layer of one expert: matchLinear, or `MatMul(x, W[e])` / `MatMul(x, Transpose(W[e]))` (+ a
+/// constant bias) with W a stacked [E, ., .] constant and e an expertIndex.
+std::optional<LinearMatch> matchExpertLinear(Value v) {
+  if (auto l = matchLinear(v))
+    return l;
+  LinearMatch l;
+  Value mmOut = v;
+  if (auto add = defOp<ox::AddOp>(v))
+    for (int i = 0; i < 2; ++i)
+      if (matchPattern(add->getOperand(i), m_Constant()) && rankOf(add->getOperand(i)) == 1 &&
+          defOp<ox::MatMulOp>(add->getOperand(1 - i))) {
+        l.bias = add->getOperand(i);
+        mmOut = add->getOperand(1 - i);
+        l.ops.push_back(add);
+        break;
+      }
+  auto mm = defOp<ox::MatMulOp>(mmOut);
+  if (!mm)
+    return std::nullopt;
+  l.ops.push_back(mm);
+  l.x = mm.getA();
+  Value w = mm.getB();
+  if (auto t = defOp<ox::TransposeOp>(w)) {
+    auto perm = t.getPerm();
+    if (!perm || perm->size() != 2 || cast<IntegerAttr>((*perm)[0]).getInt() != 1)
+      return std::nullopt;
+    l.weightIsOutIn = true;
+    l.ops.push_back(t);
+    w = t.getData();
+  }
+  auto g = defOp<ox::GatherOp>(w);
+  auto st = g ? dyn_cast<RankedTensorType>(g.getData().getType()) : RankedTensorType();
+  auto e = g ? expertIndex(g.getIndices()) : std::nullopt;
+  if (!g || g.getAxis() != 0 || !e || !st || st.getRank() != 3 || !st.hasStaticShape() || *e < 0 ||
+      *e >= st.getDimSize(0) || !matchPattern(stripReshapes(g.getData()), m_Constant()))
+    return std::nullopt; // (DBRX views its [E * F, H] weights as [E, F, H]: a reshape of a constant)
+  l.ops.push_back(g);
+  l.weight = g.getData();
+  l.stackIndex = *e;
+  l.out = st.getDimSize(l.weightIsOutIn ? 1 : 2);
+  l.in = st.getDimSize(l.weightIsOutIn ? 2 : 1);
+  if (l.bias && cast<RankedTensorType>(l.bias.getType()).getNumElements() != l.out)
+    return std::nullopt;
+  return l;
+}
+
+/// One expert MLP on `tokens` from separate linear layers: down(g(gate(x)) * up(x)) or down(act(up(x))), or
+/// with gate and up the two halves of one linear layer (`fusedGateUp`, in `layout`).
 struct DenseExpert {
   LinearMatch gate, up, down;
-  bool gated = false;
+  bool gated = false, fusedGateUp = false;
+  moe::GatedLayout layout = moe::GatedLayout::block;
   moe::Activation act = moe::Activation::identity;
 };
 std::optional<DenseExpert> matchDenseExpert(Matcher &m, Value v, Value &tokens) {
   DenseExpert d;
-  auto down = matchLinear(v);
+  auto down = matchExpertLinear(v);
   if (!down)
     return std::nullopt;
   d.down = *down;
   Value h = down->x;
   Matcher trial = m;
   auto linearOf = [&](Value x) -> std::optional<LinearMatch> {
-    auto l = matchLinear(x);
+    auto l = matchExpertLinear(x);
     if (!l || (tokens && !sameData(l->x, tokens)))
       return std::nullopt;
     tokens = tokens ? tokens : l->x;
@@ -963,6 +1197,21 @@ std::optional<DenseExpert> matchDenseExpert(Matcher &m, Value v, Value &tokens) 
       auto ul = gl ? linearOf(mul->getOperand(1 - i)) : std::nullopt;
       if (!gl || !ul) {
         tokens = saved;
+        // Or the two halves of one linear layer.
+        Matcher t3 = t2;
+        Value u = matchGateUpHalves(t3, g, mul->getOperand(1 - i), d.layout);
+        auto fl = u ? linearOf(u) : std::nullopt;
+        if (!fl || fl->out % 2) {
+          tokens = saved;
+          continue;
+        }
+        t2 = t3;
+        d.up = *fl;
+        d.fusedGateUp = true;
+        t2.ops.insert(mul);
+        trial = t2;
+        d.gated = true;
+        d.act = act;
         continue;
       }
       t2.ops.insert(mul);
@@ -1042,10 +1291,10 @@ bool isColumnTerm(Value term) {
 /// constants by `stack`) and the ids / weights the routing matrix spreads.
 struct DenseMoE {
   Value tokens, dense;
-  SmallVector<DenseExpert> experts; ///< by expert index
+  std::vector<DenseExpert> experts; ///< by expert index
 };
 bool matchDenseSum(Matcher &m, ox::AddOp root, DenseMoE &out) {
-  SmallVector<std::pair<int64_t, DenseExpert>> found;
+  std::vector<std::pair<int64_t, DenseExpert>> found;
   Value acc = root.getResult();
   while (auto add = defOp<ox::AddOp>(acc)) {
     bool took = false;
@@ -1101,32 +1350,65 @@ bool matchDenseSum(Matcher &m, ox::AddOp root, DenseMoE &out) {
 /// [E, H, F], with their biases when every layer has one.
 bool stackDenseExperts(OpBuilder &b, Location loc, const DenseMoE &d, Experts &ex, Matcher &m) {
   const DenseExpert &first = d.experts.front();
-  int64_t e = d.experts.size(), h = first.up.in, f = first.up.out, rows = first.gated ? 2 * f : f;
+  int64_t e = d.experts.size(), h = first.up.in, f = first.fusedGateUp ? first.up.out / 2 : first.up.out,
+          rows = first.gated ? 2 * f : f;
   bool bias1 = first.up.bias != nullptr, bias2 = first.down.bias != nullptr;
   for (const DenseExpert &x : d.experts) {
-    if (x.gated != first.gated || x.act != first.act)
-      return m.fail("the dense experts differ in activation");
-    if (x.up.in != h || x.up.out != f || (x.gated && (x.gate.in != h || x.gate.out != f)) || x.down.in != f ||
-        x.down.out != h)
-      return m.fail("the dense experts' linear layers differ in shape");
-    if ((x.up.bias != nullptr) != bias1 || (x.gated && (x.gate.bias != nullptr) != bias1) ||
+    if (x.gated != first.gated || x.act != first.act || x.fusedGateUp != first.fusedGateUp ||
+        (x.fusedGateUp && x.layout != first.layout))
+      return m.fail("the experts differ in activation or gated layout");
+    bool sepGate = x.gated && !x.fusedGateUp;
+    if (x.up.in != h || x.up.out != (x.fusedGateUp ? rows : f) ||
+        (sepGate && (x.gate.in != h || x.gate.out != f)) || x.down.in != f || x.down.out != h)
+      return m.fail("the experts' linear layers differ in shape");
+    if ((x.up.bias != nullptr) != bias1 || (sepGate && (x.gate.bias != nullptr) != bias1) ||
         (x.down.bias != nullptr) != bias2)
-      return m.fail("some dense experts have biases and others do not");
+      return m.fail("some experts have biases and others do not");
     for (const LinearMatch *l : {&x.gate, &x.up, &x.down})
       if (l->weight && !cast<RankedTensorType>(l->weight.getType()).getElementType().isF32())
-        return m.fail("the dense experts' weights are not f32");
+        return m.fail("the experts' weights are not f32");
+  }
+  ex.act = first.act;
+  ex.layout = first.fusedGateUp ? first.layout : moe::GatedLayout::block;
+  ex.tokens = d.tokens;
+  // Expert x's layers are row x of the same stacked constants (a traced loop over stacked experts): those are
+  // the op's weights as they are.
+  auto stackedInOrder = [&](auto layer) {
+    for (int64_t x = 0; x < e; ++x) {
+      const LinearMatch &l = layer(d.experts[x]);
+      const LinearMatch &l0 = layer(first);
+      if (l.stackIndex != x || l.weight != l0.weight || l.weightIsOutIn != l0.weightIsOutIn ||
+          cast<RankedTensorType>(l.weight.getType()).getDimSize(0) != e)
+        return false;
+    }
+    return true;
+  };
+  if ((!first.gated || first.fusedGateUp) && !bias1 && !bias2 &&
+      stackedInOrder([](const DenseExpert &x) -> const LinearMatch & { return x.up; }) &&
+      stackedInOrder([](const DenseExpert &x) -> const LinearMatch & { return x.down; })) {
+    auto constant = [&](Value w, StringRef name) { // a reshaped constant becomes one of its own
+      if (matchPattern(w, m_Constant()))
+        return w;
+      return makeConstant(b, loc, cast<RankedTensorType>(w.getType()), constantBytes(stripReshapes(w)), name);
+    };
+    ex.fc1 = constant(first.up.weight, "expert_fc1");
+    ex.fc1Transposed = !first.up.weightIsOutIn;
+    ex.fc2 = constant(first.down.weight, "expert_fc2");
+    ex.fc2Transposed = !first.down.weightIsOutIn;
+    return true;
   }
   std::vector<char> w1, w2, b1, b2;
+  StackCache stacks;
   auto append = [](std::vector<char> &to, const std::vector<char> &bytes) {
     to.insert(to.end(), bytes.begin(), bytes.end());
   };
   for (const DenseExpert &x : d.experts) {
-    if (x.gated)
-      append(w1, linearWeightOutIn(x.gate));
-    append(w1, linearWeightOutIn(x.up));
-    append(w2, linearWeightOutIn(x.down));
+    if (x.gated && !x.fusedGateUp)
+      append(w1, linearWeightOutIn(x.gate, &stacks));
+    append(w1, linearWeightOutIn(x.up, &stacks));
+    append(w2, linearWeightOutIn(x.down, &stacks));
     if (bias1) {
-      if (x.gated)
+      if (x.gated && !x.fusedGateUp)
         append(b1, constantBytes(x.gate.bias));
       append(b1, constantBytes(x.up.bias));
     }
@@ -1143,9 +1425,390 @@ bool stackDenseExperts(OpBuilder &b, Location loc, const DenseMoE &d, Experts &e
     ex.fc1Bias = makeConstant(b, loc, RankedTensorType::get({e, rows}, f32), b1, "expert_fc1_bias");
   if (bias2)
     ex.fc2Bias = makeConstant(b, loc, RankedTensorType::get({e, h}, f32), b2, "expert_fc2_bias");
-  ex.act = first.act;
-  ex.tokens = d.tokens;
   return true;
+}
+
+// ---- Loop forms: per expert, its tokens gathered, run, weighted and scatter-added -------------------------
+
+/// A row of NonZero(mask)'s [rank, n] output: the coordinate `row` of each nonzero.
+struct NzCoord {
+  Operation *nz = nullptr;
+  int64_t row = -1;
+  bool operator==(const NzCoord &o) const { return nz == o.nz && row == o.row; }
+};
+
+/// `v` (as [n] or [n, 1]) as one coordinate of a NonZero's output: Gather(nz, r) / Slice(nz, r:r+1) / Split
+/// piece r along its first axis, or the same along the second axis of Transpose(nz).
+std::optional<NzCoord> matchNzCoord(Matcher &m, Value v) {
+  v = m.peelViews(v);
+  Operation *op = v ? v.getDefiningOp() : nullptr;
+  Value from;
+  int64_t axis = -1, row = -1;
+  if (auto g = dyn_cast_or_null<ox::GatherOp>(op)) {
+    auto r = constantInts(g.getIndices());
+    if (!r || r->size() != 1)
+      return std::nullopt;
+    from = g.getData(), axis = g.getAxis(), row = (*r)[0];
+  } else if (auto sl = dyn_cast_or_null<ox::SliceOp>(op)) {
+    auto st = constantInts(sl.getStarts()), en = constantInts(sl.getEnds()), ax = constantInts(sl.getAxes()),
+         sp = constantInts(sl.getSteps());
+    if (!st || !en || !ax || !sp || st->size() != 1 || ax->size() != 1 || (*sp)[0] != 1 ||
+        (*en)[0] != (*st)[0] + 1)
+      return std::nullopt;
+    from = sl.getData(), axis = (*ax)[0], row = (*st)[0];
+  } else if (auto sp = dyn_cast_or_null<ox::SplitOp>(op)) {
+    auto sizes = sp.getSplit() ? constantInts(sp.getSplit()) : std::nullopt;
+    if (!sizes || !llvm::all_of(*sizes, [](int64_t x) { return x == 1; }))
+      return std::nullopt;
+    from = sp.getInput(), axis = sp.getAxis(), row = cast<OpResult>(v).getResultNumber();
+  } else {
+    return std::nullopt;
+  }
+  auto rowAxis = normAxis(axis, 2);
+  if (!rowAxis || rankOf(from) != 2)
+    return std::nullopt;
+  Operation *transpose = nullptr;
+  if (auto t = defOp<ox::TransposeOp>(from)) {
+    transpose = t;
+    from = t.getData();
+    *rowAxis = 1 - *rowAxis;
+  }
+  auto nz = defOp<ox::NonZeroOp>(from);
+  if (!nz || *rowAxis != 0 || row < 0 || row >= 2)
+    return std::nullopt;
+  m.ops.insert(op);
+  if (transpose)
+    m.ops.insert(transpose);
+  m.ops.insert(nz);
+  return NzCoord{nz, row};
+}
+
+/// The mask a NonZero reads, as `ids == e` over the router's [T, k] top-k ids: `Equal(ids, e)`, or the
+/// expert's plane `Gather(Transpose(one_hot(ids)), e)` of the one-hot (OneHot, or Equal(Unsqueeze(ids, -1),
+/// [0..E))). Sets e, ids, and which of the mask's two axes is the token's (the other is the slot's).
+bool matchExpertMask(Matcher &m, Value mask, int64_t &e, Value &ids, int64_t &tokenAxis) {
+  while (auto c = m.take<ox::CastOp>(mask))
+    mask = c.getInput();
+  if (auto eq = defOp<ox::EqualOp>(mask)) {
+    for (int i = 0; i < 2; ++i)
+      if (auto x = expertIndex(eq->getOperand(i)); x && rankOf(eq->getOperand(1 - i)) == 2) {
+        m.ops.insert(eq);
+        e = *x, ids = eq->getOperand(1 - i), tokenAxis = 0;
+        return true;
+      }
+    return false;
+  }
+  auto g = defOp<ox::GatherOp>(mask);
+  auto x = g ? expertIndex(g.getIndices()) : std::nullopt;
+  auto t = g ? defOp<ox::TransposeOp>(g.getData()) : ox::TransposeOp();
+  if (g && !x && t)
+    return m.fail("a loop body's expert is not known at compile time (the i-th expert an input hits, with "
+                  "fewer bodies than experts: a trace of the experts its example hit)");
+  if (!x || g.getAxis() != 0 || !t || !t.getPerm() || t.getPerm()->size() != 3)
+    return false;
+  SmallVector<int64_t> perm;
+  for (Attribute a : t.getPermAttr())
+    perm.push_back(cast<IntegerAttr>(a).getInt());
+  if (perm[0] != 2)
+    return false;
+  Matcher trial = m;
+  Value hot = t.getData();
+  while (auto c = trial.take<ox::CastOp>(hot))
+    hot = c.getInput();
+  if (auto oh = trial.take<ox::OneHotOp>(hot)) {
+    auto values = constantInts(oh.getValues());
+    if (normAxis(oh.getAxis(), 3) != 2 || !values || values->size() != 2 || (*values)[0] != 0 ||
+        (*values)[1] == 0)
+      return false;
+    ids = oh.getIndices();
+  } else if (auto eq = trial.take<ox::EqualOp>(hot)) {
+    for (int i = 0; i < 2 && !ids; ++i) {
+      auto r = constantInts(eq->getOperand(i));
+      bool isRange = r && !r->empty();
+      for (size_t c = 0; isRange && c < r->size(); ++c)
+        isRange = (*r)[c] == int64_t(c);
+      if (isRange)
+        ids = trial.oneAxis<ox::UnsqueezeOp>(eq->getOperand(1 - i), 2, 3);
+    }
+  }
+  if (!ids || rankOf(ids) != 2)
+    return false;
+  trial.ops.insert(g);
+  trial.ops.insert(t);
+  m = trial;
+  e = *x;
+  tokenAxis = perm[1] == 0 ? 0 : 1;
+  return true;
+}
+
+/// The rows of `x` at the token coordinate: Gather(x, tok) or GatherND(x', Unsqueeze(tok, -1)) with x' a view
+/// of x keeping its token axis first. Sets x and the coordinate.
+bool matchRows(Matcher &m, Value v, Value &x, NzCoord &tok) {
+  v = m.peelViews(v);
+  Value data, idx;
+  bool leadingUnits = false;
+  if (auto g = m.take<ox::GatherOp>(v)) {
+    // Along the first axis that is not a unit one (`x[None, tok]` gathers along axis 1 of [1, T, H]).
+    auto dt = dyn_cast<RankedTensorType>(g.getData().getType());
+    auto axis = dt ? normAxis(g.getAxis(), dt.getRank()) : std::nullopt;
+    if (!axis || rankOf(g.getIndices()) != 1)
+      return false;
+    for (int64_t a = 0; a < *axis; ++a)
+      if (dt.getDimSize(a) != 1)
+        return false;
+    data = g.getData(), idx = g.getIndices();
+    leadingUnits = *axis > 0; // dropped by peelViews, so that the token axis is first
+  } else if (auto g = m.take<ox::GatherNDOp>(v)) {
+    auto it = dyn_cast<RankedTensorType>(g.getIndices().getType());
+    if (g.getBatchDims() != 0 || !it || it.getRank() != 2 || it.getDimSize(1) != 1)
+      return false;
+    data = g.getData(), idx = g.getIndices();
+  } else {
+    return false;
+  }
+  auto dt = dyn_cast<RankedTensorType>(data.getType());
+  if (!leadingUnits && (!dt || dt.getRank() < 2 || dt.getDimSize(0) == 1))
+    return false; // its first axis must be the tokens'
+  x = m.peelViews(data, 2);
+  auto c = matchNzCoord(m, idx);
+  if (!c || rankOf(x) != 2)
+    return false;
+  tok = *c;
+  return true;
+}
+
+/// Each gathered token's routing weight, `weights[tok, slot]`: GatherND(w', Concat(tok, slot)) or
+/// Gather(Flatten(w'), slot + tok * k) with w' a view of the [T, k] weights. Sets the weights.
+bool matchSlotWeight(Matcher &m, Value v, NzCoord tok, NzCoord slot, Value &weights) {
+  v = m.peelViews(v);
+  Value data;
+  if (auto g = m.take<ox::GatherNDOp>(v)) {
+    auto cat = m.take<ox::ConcatOp>(g.getIndices());
+    if (g.getBatchDims() != 0 || !cat || cat->getNumOperands() != 2 || normAxis(cat.getAxis(), 2) != 1)
+      return false;
+    auto a = matchNzCoord(m, cat->getOperand(0)), b = matchNzCoord(m, cat->getOperand(1));
+    if (!a || !b || !(*a == tok) || !(*b == slot))
+      return false;
+    data = g.getData();
+  } else if (auto g = m.take<ox::GatherOp>(v)) {
+    auto add = m.take<ox::AddOp>(g.getIndices());
+    if (g.getAxis() != 0 || !add)
+      return false;
+    data = g.getData();
+    auto flat = dyn_cast<RankedTensorType>(data.getType()); // [T * k] or [T * k, 1]
+    if (!flat || flat.getRank() > 2 || (flat.getRank() == 2 && flat.getDimSize(1) != 1) ||
+        !isa_and_nonnull<ox::FlattenOp, ox::ReshapeOp>(data.getDefiningOp()))
+      return false;
+    m.ops.insert(data.getDefiningOp());
+    data = data.getDefiningOp()->getOperand(0);
+    Value w2 = m.peelViews(data, 2);
+    auto wt = dyn_cast<RankedTensorType>(w2.getType());
+    if (!wt || wt.getRank() != 2 || wt.isDynamicDim(1))
+      return false;
+    bool ok = false;
+    for (int i = 0; i < 2 && !ok; ++i) {
+      auto mul = defOp<ox::MulOp>(add->getOperand(1 - i));
+      auto s = matchNzCoord(m, add->getOperand(i));
+      if (!mul || !s || !(*s == slot))
+        continue;
+      for (int j = 0; j < 2 && !ok; ++j) {
+        auto t = matchNzCoord(m, mul->getOperand(j));
+        auto k = ox::staticIntValue(mul->getOperand(1 - j));
+        ok = t && *t == tok && k && k->size() == 1 && (*k)[0] == wt.getDimSize(1);
+      }
+      if (ok)
+        m.ops.insert(mul);
+    }
+    if (!ok)
+      return false;
+  } else {
+    return false;
+  }
+  weights = m.peelViews(data, 2);
+  return rankOf(weights) == 2;
+}
+
+/// `Expand(u, shape)` that leaves `u` ([n, H]) as it is: the shape is that of one row, Shape(Slice(.., [0],
+/// [1], axes [0] ..)), as TorchScript's index_add writes it. Returns u, or v itself.
+Value peelRowExpand(Matcher &m, Value v) {
+  auto ex = defOp<ox::ExpandOp>(v);
+  auto sh = ex ? defOp<ox::ShapeOp>(ex.getShape()) : ox::ShapeOp();
+  auto sl = sh ? defOp<ox::SliceOp>(sh.getData()) : ox::SliceOp();
+  if (!sl || rankOf(ex.getInput()) != 2 || ex.getType() != ex.getInput().getType())
+    return v;
+  auto st = constantInts(sl.getStarts()), en = constantInts(sl.getEnds()), ax = constantInts(sl.getAxes());
+  bool oneRow = false;
+  for (size_t i = 0; st && en && ax && i < ax->size() && i < st->size() && i < en->size(); ++i)
+    if (normAxis((*ax)[i], 2) == 0 && (*st)[i] == 0 && (*en)[i] == 1)
+      oneRow = true;
+  auto slt = dyn_cast<RankedTensorType>(sl.getType());
+  if (!oneRow || !slt || slt.getRank() != 2 ||
+      slt.getDimSize(1) != cast<RankedTensorType>(v.getType()).getDimSize(1))
+    return v;
+  m.ops.insert(ex);
+  m.ops.insert(sh);
+  m.ops.insert(sl);
+  return ex.getInput();
+}
+
+/// One scatter-add of a loop body into `acc`: ScatterND(acc, Unsqueeze(tok, -1), upd, add),
+/// ScatterElements(acc, Expand(Unsqueeze(tok, 1)), upd, axis 0, add), or (TorchScript's index_add)
+/// Add(acc, ScatterElements(zeros, Expand(Unsqueeze(tok, 1)), Expand(upd), axis 0)) — the tokens one expert
+/// takes are distinct (top-k ids are), so that scatter writes each row once. Sets acc, upd and tok.
+bool matchScatterStep(Matcher &m, Value v, Value &acc, Value &upd, NzCoord &tok) {
+  auto column = [&](Value idx) -> std::optional<NzCoord> {
+    if (auto ex = defOp<ox::ExpandOp>(idx)) { // the token column broadcast over the row
+      m.ops.insert(ex);
+      idx = ex.getInput();
+    }
+    return matchNzCoord(m, idx);
+  };
+  if (auto sc = defOp<ox::ScatterNDOp>(v)) {
+    auto it = dyn_cast<RankedTensorType>(sc.getIndices().getType());
+    if (sc.getReduction() != "add" || !it || it.getRank() != 2 || it.getDimSize(1) != 1)
+      return false;
+    auto c = matchNzCoord(m, sc.getIndices());
+    if (!c)
+      return false;
+    m.ops.insert(sc);
+    acc = sc.getData(), upd = sc.getUpdates(), tok = *c;
+    return true;
+  }
+  ox::ScatterElementsOp sc = defOp<ox::ScatterElementsOp>(v);
+  Operation *add = nullptr;
+  if (!sc) {
+    auto a = defOp<ox::AddOp>(v);
+    for (int i = 0; a && i < 2 && !sc; ++i)
+      if (auto s = defOp<ox::ScatterElementsOp>(a->getOperand(i)); s && s.getReduction() == "none") {
+        Matcher trial = m;
+        if (!isFill(trial, s.getData(), 0.0))
+          continue;
+        m = trial;
+        sc = s, add = a, acc = a->getOperand(1 - i);
+      }
+    if (!sc)
+      return false;
+  } else {
+    if (sc.getReduction() != "add")
+      return false;
+    acc = sc.getData();
+  }
+  if (normAxis(sc.getAxis(), 2) != 0 || rankOf(sc.getUpdates()) != 2)
+    return false;
+  auto c = column(sc.getIndices());
+  if (!c)
+    return false;
+  m.ops.insert(sc);
+  if (add)
+    m.ops.insert(add);
+  upd = peelRowExpand(m, sc.getUpdates());
+  tok = *c;
+  return true;
+}
+
+/// A loop-form MoE rooted at the last scatter-add: over every expert e, a body
+///   (slot, tok) = NonZero(ids == e);  y = expert_e(x[tok]) * weights[tok, slot];  acc[tok] += y
+/// starting from zeros. Fills the experts (stacked by stackDenseExperts), the ids and the weights.
+struct LoopMoE {
+  DenseMoE experts;
+  Value ids, weights;
+};
+bool matchLoopSum(Matcher &m, Value root, LoopMoE &out) {
+  std::vector<std::pair<int64_t, DenseExpert>> found;
+  Value acc = root;
+  while (true) {
+    Matcher trial = m;
+    Value next, upd;
+    NzCoord tok;
+    if (!matchScatterStep(trial, acc, next, upd, tok))
+      break;
+    upd = trial.peelNoOpCasts(upd);
+    // From here on the candidate is a loop body: say why it is not one.
+    auto mul = trial.take<ox::MulOp>(upd);
+    if (!mul)
+      return m.fail(
+          "a per-expert scatter-add adds something other than expert outputs times routing weights");
+    int64_t e = -1, tokenAxis = 0;
+    Value ids;
+    if (!matchExpertMask(trial, cast<ox::NonZeroOp>(tok.nz).getX(), e, ids, tokenAxis))
+      return m.fail(trial.why.empty()
+                        ? "a per-expert scatter-add's tokens are not those whose top-k ids equal one "
+                          "expert"
+                        : trial.why);
+    if (tok.row != tokenAxis)
+      return m.fail("a per-expert scatter-add writes at the slot coordinate of its mask, not the token's");
+    NzCoord slot{tok.nz, 1 - tok.row};
+    bool matched = false;
+    for (int i = 0; i < 2 && !matched; ++i) {
+      Matcher t2 = trial;
+      Value weights, x, tokens;
+      NzCoord rowsAt;
+      if (!matchSlotWeight(t2, mul->getOperand(i), tok, slot, weights))
+        continue;
+      Value y = mul->getOperand(1 - i);
+      for (auto r = defOp<ox::ReshapeOp>(y); r && r.getData().getType() == r.getType() && rankOf(y) == 2;
+           r = defOp<ox::ReshapeOp>(y)) { // `.view(-1, H)` of an [n, H] output
+        t2.ops.insert(r);
+        y = r.getData();
+      }
+      auto d = matchDenseExpert(t2, y, tokens);
+      if (!d)
+        return m.fail("expert " + Twine(e) +
+                      "'s body is not linear layers around an activation this compiler "
+                      "knows");
+      if (!matchRows(t2, tokens, x, rowsAt) || !(rowsAt == tok))
+        return m.fail("expert " + Twine(e) + " does not read the rows of the tokens its mask selects");
+      if ((out.ids && out.ids != ids) || (out.weights && !sameData(out.weights, weights)) ||
+          (out.experts.tokens && !sameData(out.experts.tokens, x)))
+        return m.fail("the loop's bodies read different ids, weights or tokens");
+      out.ids = ids, out.weights = weights, out.experts.tokens = x;
+      found.push_back({e, *d});
+      trial = t2;
+      matched = true;
+    }
+    if (!matched)
+      return m.fail("expert " + Twine(e) +
+                    "'s output is not weighted by its routing weight weights[tok, slot]");
+    m = trial;
+    acc = next;
+  }
+  if (found.empty())
+    return false;
+  if (!isFill(m, acc, 0.0))
+    return m.fail("the per-expert scatter-adds do not start from zeros");
+  int64_t n = found.size();
+  auto it = dyn_cast<RankedTensorType>(out.ids.getType());
+  auto topk = defOp<ox::TopKOp>(out.ids);
+  int64_t width = topk ? cast<RankedTensorType>(topk.getX().getType()).getShape().back() : -1;
+  if (width != n)
+    return m.fail("the loop has " + Twine(n) + " expert bodies for a router of " +
+                  (width > 0 ? Twine(width) : Twine("unknown")) + " experts");
+  out.experts.experts.assign(n, DenseExpert());
+  SmallVector<bool> seen(n, false);
+  for (auto &[e, ex] : found) {
+    if (e < 0 || e >= n || seen[e])
+      return m.fail("the loop's bodies are not each of the " + Twine(n) + " experts once");
+    seen[e] = true;
+    out.experts.experts[e] = ex;
+  }
+  if (!it || it.getRank() != 2 || it.isDynamicDim(1))
+    return m.fail("the loop's top-k ids are not a [T, k] tensor");
+  return true;
+}
+
+/// True when `v`'s result is the accumulator another scatter-add step continues (not the outermost step).
+bool continuedByScatter(Value v) {
+  for (Operation *user : v.getUsers()) {
+    if (auto sc = dyn_cast<ox::ScatterNDOp>(user); sc && sc.getData() == v && sc.getReduction() == "add")
+      return true;
+    if (auto sc = dyn_cast<ox::ScatterElementsOp>(user);
+        sc && sc.getData() == v && sc.getReduction() == "add")
+      return true;
+    if (auto add = dyn_cast<ox::AddOp>(user))
+      if (defOp<ox::ScatterElementsOp>(otherOperand(add, v)))
+        return true;
+  }
+  return false;
 }
 
 // ---- The rewrite -----------------------------------------------------------------------------------------
@@ -1493,6 +2156,30 @@ struct RaiseAllExpertsMoE : OpRewritePattern<ox::ReduceSumOp> {
   }
 };
 
+/// The loop forms (Optimum's and hand-written loops over the experts, TorchScript's trace of transformers'
+/// eager experts when it holds every expert), rooted at the last scatter-add.
+template <typename RootOp> struct RaiseLoopMoE : OpRewritePattern<RootOp> {
+  using OpRewritePattern<RootOp>::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(RootOp root, PatternRewriter &rewriter) const override {
+    if (continuedByScatter(root.getResult()))
+      return failure();
+    Matcher m;
+    LoopMoE loop;
+    if (!matchLoopSum(m, root.getResult(), loop))
+      return m.why.empty() ? failure() : rewriter.notifyMatchFailure(root, m.why);
+    Experts ex;
+    Routing r;
+    ex.k = cast<RankedTensorType>(loop.ids.getType()).getDimSize(1);
+    int64_t e = loop.experts.experts.size();
+    if (!matchRouting(m, loop.ids, loop.weights, e, ex.k, r) || !checkClosed(m, root))
+      return rewriter.notifyMatchFailure(root, m.why);
+    if (!stackDenseExperts(rewriter, root.getLoc(), loop.experts, ex, m))
+      return rewriter.notifyMatchFailure(root, m.why);
+    return raise(rewriter, root, ex, r, m, "loop over experts");
+  }
+};
+
 /// Keeps the last reason each pattern root did not match, for the remarks.
 struct FailureReasons : RewriterBase::Listener {
   llvm::DenseMap<Location, std::string> why;
@@ -1504,9 +2191,10 @@ struct FailureReasons : RewriterBase::Listener {
 };
 
 /// A traced loop over the experts a batch hits (TorchScript's export of eager experts: `expert_hit =
-/// (one_hot(ids).sum(...) > 0).nonzero()`, then one unrolled body per expert the example hit). The graph's
-/// meaning depends on which experts an input hits, so it is not raised; the remark says why and what to do.
-/// Returns the remark, or empty when `nz` is not such a loop.
+/// (one_hot(ids).sum(...) > 0).nonzero()`, then one unrolled body per expert the example hit). Holding fewer
+/// bodies than the router has experts, the graph's meaning depends on which experts an input hits, so it is
+/// not raised; the remark says why and what to do. With a body per expert it is the loop form (RaiseLoopMoE,
+/// see expertIndex). Returns the remark, or empty when `nz` is not such a loop or holds every expert.
 std::string tracedExpertLoop(ox::NonZeroOp nz) {
   auto gt = defOp<ox::GreaterOp>(nz.getX());
   Value counts = gt ? gt.getA() : Value();
@@ -1520,7 +2208,9 @@ std::string tracedExpertLoop(ox::NonZeroOp nz) {
   auto onehot = defOp<ox::OneHotOp>(hot);
   if (!onehot)
     return "";
-  auto depth = constantInts(onehot.getDepth());
+  auto topk = defOp<ox::TopKOp>(onehot.getIndices());
+  auto scores = topk ? dyn_cast<RankedTensorType>(topk.getX().getType()) : RankedTensorType();
+  int64_t experts = scores && scores.getRank() > 0 ? scores.getShape().back() : ShapedType::kDynamic;
   // The unrolled bodies: a Split of the hit experts' indices into one piece per body.
   int64_t bodies = -1;
   for (Operation *user : nz->getUsers()) {
@@ -1530,20 +2220,25 @@ std::string tracedExpertLoop(ox::NonZeroOp nz) {
     if (isa<ox::SplitOp>(u))
       bodies = u->getNumResults();
   }
-  std::string e = depth && depth->size() == 1 ? std::to_string((*depth)[0]) : "?";
-  std::string held = bodies > 0 ? std::to_string(bodies) + " expert bodies (of " + e + " one-hot classes)"
-                                : "one body per expert it hit";
+  if (bodies > 0 && bodies == experts)
+    return "";
+  std::string held = bodies > 0 ? std::to_string(bodies) + " expert bodies" : "one body per expert it hit";
+  if (!ShapedType::isDynamic(experts))
+    held += " for a router of " + std::to_string(experts) + " experts";
   return "a traced per-expert loop (TorchScript's export of eager experts): the graph holds " + held +
-         ", unrolled in the order the example input hit them, and is right only for inputs that hit exactly "
-         "those; it runs as graph ops. Export with transformers' batched_mm experts and "
-         "torch.onnx.export(dynamo=True) (docs/pytorch-export.md) to get one fused dispatch";
+         ", the ones the example input hit, and is right only for inputs that hit exactly those; it runs as "
+         "graph ops. Trace with an input that hits every expert (the graph then holds them all and is "
+         "raised), "
+         "or export transformers' batched_mm experts with torch.onnx.export(dynamo=True) "
+         "(docs/pytorch-export.md)";
 }
 
 struct MoERaiseDecomposedPass final : moec::impl::MoERaiseDecomposedPassBase<MoERaiseDecomposedPass> {
   using Base::Base;
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
-    patterns.add<RaiseMoEBlock, RaiseDenseMoE, RaiseAllExpertsMoE>(&getContext());
+    patterns.add<RaiseMoEBlock, RaiseDenseMoE, RaiseAllExpertsMoE, RaiseLoopMoE<ox::AddOp>,
+                 RaiseLoopMoE<ox::ScatterNDOp>, RaiseLoopMoE<ox::ScatterElementsOp>>(&getContext());
     FailureReasons reasons;
     GreedyRewriteConfig config;
     config.listener = &reasons;
@@ -1557,7 +2252,7 @@ struct MoERaiseDecomposedPass final : moec::impl::MoERaiseDecomposedPassBase<MoE
         emitRemark(nz.getLoc()) << "MoE experts not raised: " << why;
     });
     getOperation()->walk([&](Operation *op) {
-      if (!isa<ox::ReduceSumOp, ox::AddOp>(op))
+      if (!isa<ox::ReduceSumOp, ox::AddOp, ox::ScatterNDOp, ox::ScatterElementsOp>(op))
         return;
       auto it = reasons.why.find(op->getLoc());
       if (it != reasons.why.end())

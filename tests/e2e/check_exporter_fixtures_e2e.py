@@ -3,8 +3,10 @@
 
   - tests/fixtures/torchscript/mixtral_eager.onnx: the TorchScript exporter's (opset 17) graph of Mixtral's MoE
     block with transformers' default experts: NonZero for the experts hit and one per expert for its tokens,
-    Gather'd expert weights, ScatterElements (made by tests/fixtures/torchscript/make_fixtures.py). Inputs of
-    64 to 150 tokens (each hits all 8 experts, which the traced graph needs, as ONNX Runtime does).
+    Gather'd expert weights, ScatterElements (made by tests/fixtures/torchscript/make_fixtures.py). It holds a
+    body per expert, so moec raises it to one MoE dispatch. Inputs of 64 to 150 tokens (each hits all 8
+    experts, which the traced graph needs, as ONNX Runtime does). tests/fixtures/torchscript/dbrx_eager.onnx:
+    DBRX's FFN the same way (4 experts, L1-renormalised top-2).
 
   - Optimum's merged-decoder layout, built here from tests/fixtures/transformers/past_qwen3_moe.onnx (a
     Qwen3-MoE decoder with KV caches, opset 20) the way Optimum's merge_decoders joins a decoder with and one
@@ -202,14 +204,20 @@ def main():
 
     rng = np.random.default_rng(5)
     rt = moert.Runtime(args.lib)
-    path = os.path.join(ROOT, "tests", "fixtures", "torchscript", "mixtral_eager.onnx")
-    nonzero = sum(n.op_type == "NonZero" for n in onnx.load(path).graph.node)
     with tempfile.TemporaryDirectory() as tmp:
         art = os.path.join(tmp, "m.moex")
-        r = subprocess.run([args.moec, "compile", path, "-o", art, "--quiet"], capture_output=True, text=True)
-        if r.returncode:
-            check("TorchScript Mixtral block (eager experts)", False, "compile: " + r.stderr.strip())
-        else:
+        # TorchScript traces of loops over the experts hit, each holding a body per expert: the loop form,
+        # raised to one dispatch (passes/test/torchscript_expert_loop.test).
+        for label, name, experts in [("TorchScript Mixtral block (eager experts)", "mixtral_eager", 8),
+                                     ("TorchScript DBRX FFN", "dbrx_eager", 4)]:
+            path = os.path.join(ROOT, "tests", "fixtures", "torchscript", f"{name}.onnx")
+            nonzero = sum(n.op_type == "NonZero" for n in onnx.load(path).graph.node)
+            r = subprocess.run([args.moec, "compile", path, "-o", art], capture_output=True, text=True)
+            if r.returncode:
+                check(label, False, "compile: " + r.stderr.strip())
+                continue
+            check(f"{label}: one MoE dispatch", "1 MoE dispatch," in r.stderr,
+                  next((ln for ln in r.stderr.splitlines() if "dispatches" in ln), r.stderr.strip()))
             sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             m = rt.load(art, threads=2)
             worst = 0.0
@@ -221,7 +229,7 @@ def main():
                 worst = max(worst, np.inf if got.shape != want.shape else
                             float(np.abs(got - want).max() / np.abs(want).max()))
             m.close()
-            check("TorchScript Mixtral block (eager experts)", nonzero >= 9 and worst <= TOL,
+            check(label, nonzero == experts + 1 and worst <= TOL,
                   f"{nonzero} NonZero nodes; (batch, tokens) {shapes}: max |moec - ORT| / max |ORT| = {worst:.2e} "
                   f"(bound {TOL:g})")
         # Optimum's merged decoder: both branches, against ONNX Runtime.

@@ -191,6 +191,18 @@ def evaluate(text, inputs):
             key = -x if _attr(props, "largest", 1) else x
             idx = np.take(np.argsort(key, axis=axis, kind="stable"), np.arange(k), axis=axis)
             out = (np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64))
+        elif name == "onnx.Shape":  # the shape computations around a fused block (x.reshape(-1, H))
+            shape = np.array(np.shape(vals[0]), np.int64)
+            out = shape[_attr(props, "start", 0):_attr(props, "end", len(shape))]
+        elif name == "onnx.Gather":
+            out = np.take(vals[0], np.asarray(vals[1], np.int64), axis=_attr(props, "axis", 0))
+        elif name == "onnx.Concat":
+            out = np.concatenate([np.asarray(v) for v in vals], axis=_attr(props, "axis"))
+        elif name in ("onnx.Unsqueeze", "onnx.Squeeze"):
+            out = np.asarray(vals[0])
+            axes = sorted(int(a) % (out.ndim + (len(vals[1]) if name.endswith("Unsqueeze") else 0))
+                          for a in np.asarray(vals[1]).reshape(-1))
+            out = np.expand_dims(out, tuple(axes)) if name.endswith("Unsqueeze") else np.squeeze(out, tuple(axes))
         elif name in ONNX:
             out = ONNX[name](vals, None, props)
         else:
