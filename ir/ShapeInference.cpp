@@ -95,6 +95,13 @@ std::optional<Dims> partialValue(Value v, int depth = 0) {
   }
   if (isa<ox::CastOp, ox::UnsqueezeOp, ox::SqueezeOp, ox::IdentityOp, ox::ReshapeOp>(op)) // the same elements
     return partialValue(op->getOperand(0), depth + 1);
+  if (auto c = dyn_cast<ox::ConstantOfShapeOp>(op)) { // a 1-D integer fill (TorchScript's `repeat`: ones)
+    auto n = partialValue(c.getInput(), depth + 1);
+    auto fill = c.getValue() ? dyn_cast<DenseIntElementsAttr>(*c.getValue()) : DenseIntElementsAttr();
+    if (!fill || !n || n->size() != 1 || unknown((*n)[0]) || (*n)[0] > 64 || fill.getNumElements() != 1)
+      return std::nullopt;
+    return Dims((*n)[0], (*fill.getValues<APInt>().begin()).getSExtValue());
+  }
   if (auto g = dyn_cast<ox::GatherOp>(op)) {
     auto data = partialValue(g.getData(), depth + 1);
     auto idx = constInts(g.getIndices());

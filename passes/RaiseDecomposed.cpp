@@ -2063,13 +2063,13 @@ struct RaiseAllExpertsMoE : OpRewritePattern<ox::ReduceSumOp> {
       }
     }
     auto tile = m.take<ox::TileOp>(in);
-    auto reps = tile ? constantInts(tile.getRepeats()) : std::nullopt;
+    auto reps = tile ? ox::staticIntValue(tile.getRepeats()) : std::nullopt; // TorchScript: from Shape(R)
     if (!tile || !reps || *reps != SmallVector<int64_t>{e, 1})
       return rewriter.notifyMatchFailure(root,
                                          "the experts' input is not the tokens repeated once per expert");
     Value tokens = tile.getInput();
     if (auto expand = defOp<ox::ExpandOp>(tokens)) { // Expand(x, [1, 1]): x itself
-      auto shape = constantInts(expand.getShape());
+      auto shape = ox::staticIntValue(expand.getShape());
       if (shape && llvm::all_of(*shape, [](int64_t d) { return d == 1; })) {
         m.ops.insert(expand);
         tokens = expand.getInput();
