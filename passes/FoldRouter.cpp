@@ -26,12 +26,13 @@ namespace moe = moec::moe;
 
 namespace {
 
-/// Why `op`'s router cannot be folded, or empty when it was.
-std::string fold(moe::SparseMoEOp op) {
+/// Folds `op`'s linear router into it, or says why not.
+FusionOutcome fold(moe::SparseMoEOp op, PatternRewriter &rewriter) {
+  using R = FusionOutcome;
   if (op.getRouterKind() != moe::RouterKind::logits)
-    return "";
+    return R::nothing();
   if (op.getRouterBias())
-    return "router bias on precomputed logits";
+    return R::miss("router bias on precomputed logits");
   // The logits, through reshapes that are used only on the way to this op.
   SmallVector<Operation *> chain;
   Value v = op.getRouter();
@@ -41,54 +42,55 @@ std::string fold(moe::SparseMoEOp op) {
   }
   auto lin = matchLinear(v);
   if (!lin)
-    return "the router logits are not a linear layer (x @ W + b with constant W)";
+    return R::miss("the router logits are not a linear layer (x @ W + b with constant W)");
   if (!sameData(lin->x, op.getInput()))
-    return "the router is not one linear layer of the layer's input (an MLP router, say): its logits stay "
-           "computed outside the dispatch";
+    return R::miss(
+        "the router is not one linear layer of the layer's input (an MLP router, say): its logits stay "
+        "computed outside the dispatch");
   auto inT = op.getInput().getType();
   auto wT = cast<RankedTensorType>(lin->weight.getType());
   if (lin->in != inT.getDimSize(1) || lin->out != op.getNumRouterColumns())
-    return "the router weights' shape does not match H and the router columns";
+    return R::miss("the router weights' shape does not match H and the router columns");
   if (wT.getElementType() != inT.getElementType())
-    return "the router weights' element type differs from the input's";
+    return R::miss("the router weights' element type differs from the input's");
   SmallVector<Operation *> all(chain);
   all.append(lin->ops.begin(), lin->ops.end());
   if (!usedOnlyWithin(all, chain.empty() ? lin->ops.front() : chain.front()) ||
       !(chain.empty() ? lin->ops.front() : chain.front())->hasOneUse())
-    return "the router logits are also read outside the MoE layer";
+    return R::miss("the router logits are also read outside the MoE layer");
 
-  std::vector<char> inOut = linearWeightInOut(*lin); // [H, N]
+  std::vector<char> inOut = linearWeightInOut(*lin), bb; // [H, N]
   if (inOut.empty())
-    return "the router weights are not readable constants";
-  OpBuilder b(op);
-  Value w = makeConstant(b, op.getLoc(), RankedTensorType::get({lin->in, lin->out}, wT.getElementType()), inOut,
-                         "router_weight");
-  Value bias;
+    return R::miss("the router weights are not readable constants");
   if (lin->bias) {
-    std::vector<char> bb = constantBytes(lin->bias);
-    auto bt = cast<RankedTensorType>(lin->bias.getType());
-    if (bb.empty() || bt.getElementType() != wT.getElementType())
-      return "the router bias is not a readable constant of the weights' type";
-    bias = makeConstant(b, op.getLoc(), RankedTensorType::get({lin->out}, bt.getElementType()), bb,
-                        "router_bias");
+    bb = constantBytes(lin->bias);
+    if (bb.empty() || cast<RankedTensorType>(lin->bias.getType()).getElementType() != wT.getElementType())
+      return R::miss("the router bias is not a readable constant of the weights' type");
   }
-  op->setAttr("router_kind", moe::RouterKindAttr::get(op.getContext(), moe::RouterKind::linear));
-  op.getRouterMutable().assign(w);
-  if (bias)
-    op.getRouterBiasMutable().assign(bias);
-  noteFused(op, "router_matmul");
-  // The router subgraph is dead now; `all` runs from the op outwards, so users go first.
-  for (Operation *dead : all)
-    if (dead->use_empty())
-      dead->erase();
-  return "";
+  rewriter.setInsertionPoint(op);
+  Value w =
+      makeConstant(rewriter, op.getLoc(), RankedTensorType::get({lin->in, lin->out}, wT.getElementType()),
+                   inOut, "router_weight");
+  Value bias = lin->bias
+                   ? makeConstant(rewriter, op.getLoc(),
+                                  RankedTensorType::get({lin->out}, wT.getElementType()), bb, "router_bias")
+                   : Value();
+  rewriter.modifyOpInPlace(op, [&] {
+    op->setAttr("router_kind", moe::RouterKindAttr::get(op.getContext(), moe::RouterKind::linear));
+    op.getRouterMutable().assign(w);
+    if (bias)
+      op.getRouterBiasMutable().assign(bias);
+    noteFused(op, "router_matmul");
+  });
+  eraseDeadOps(all, &rewriter); // the router subgraph is dead now
+  return R::done();
 }
 
 struct MoEFoldRouterPass final : moec::impl::MoEFoldRouterPassBase<MoEFoldRouterPass> {
   using Base::Base;
   void runOnOperation() override {
-    for (moe::SparseMoEOp op : collectLayers(getOperation()))
-      remarkIfUnfused(remarks, op, "router not folded into the MoE layer", fold(op));
+    if (failed(applyLayerFusions(getOperation(), {{fold, "router not folded into the MoE layer"}}, remarks)))
+      signalPassFailure();
   }
 };
 

@@ -44,9 +44,10 @@ Value flatten(OpBuilder &b, Location loc, Value v, RankedTensorType flatType) {
   return b.create<ox::ReshapeOp>(loc, flatType, v, shape, b.getI64IntegerAttr(0));
 }
 
-std::string fuseNorm(moe::SparseMoEOp op) {
+FusionOutcome fuseNorm(moe::SparseMoEOp op, PatternRewriter &rewriter) {
+  using R = FusionOutcome;
   if (op.getNorm() != moe::NormKind::none)
-    return "";
+    return R::nothing();
   Value in = op.getInput();
   SmallVector<Operation *> chain;
   Value v = in;
@@ -57,7 +58,7 @@ std::string fuseNorm(moe::SparseMoEOp op) {
   auto inT = op.getInput().getType();
   auto n = matchNorm(v, inT.getDimSize(1));
   if (!n)
-    return ""; // no norm in front: nothing to say
+    return R::nothing(); // no norm in front: nothing to say
   // Every use of the norm's output must reach only this op's input (through reshapes).
   Operation *reader = nullptr;
   std::function<bool(Value)> onlyFeedsOp = [&](Value v) {
@@ -72,67 +73,70 @@ std::string fuseNorm(moe::SparseMoEOp op) {
     return true;
   };
   if (!onlyFeedsOp(n->ops.front()->getResult(0)))
-    return "the norm's output is also read by '" + reader->getName().getStringRef().str() +
-           "' outside the MoE layer";
+    return R::miss("the norm's output is also read by '" + reader->getName().getStringRef().str() +
+                   "' outside the MoE layer");
   SmallVector<Operation *> all(n->ops);
   if (!usedOnlyWithin(all, n->ops.front()))
-    return "an intermediate of the norm is also read outside it";
+    return R::miss("an intermediate of the norm is also read outside it");
   all.append(chain.begin(), chain.end());
   if (!matchPattern(n->weight, m_Constant()) || (n->bias && !matchPattern(n->bias, m_Constant())))
-    return "the norm's weight or bias is not a constant";
+    return R::miss("the norm's weight or bias is not a constant");
   for (Value w : {n->weight, n->bias})
     if (w && cast<RankedTensorType>(w.getType()).getElementType() != inT.getElementType())
-      return "the norm's weights differ in element type from the layer's input";
-  OpBuilder b(op);
-  Value x = flatten(b, op.getLoc(), n->x, inT);
-  op.getInputMutable().assign(x);
-  op.getNormWeightMutable().assign(n->weight);
-  if (n->bias)
-    op.getNormBiasMutable().assign(n->bias);
-  op.setNorm(n->kind);
-  op.setNormEpsilon(APFloat(static_cast<float>(n->eps)));
-  eraseDeadOps(all);
-  noteFused(op, n->kind == moe::NormKind::rms ? "rms_norm" : "layer_norm");
-  return "";
+      return R::miss("the norm's weights differ in element type from the layer's input");
+  rewriter.setInsertionPoint(op);
+  Value x = flatten(rewriter, op.getLoc(), n->x, inT);
+  rewriter.modifyOpInPlace(op, [&] {
+    op.getInputMutable().assign(x);
+    op.getNormWeightMutable().assign(n->weight);
+    if (n->bias)
+      op.getNormBiasMutable().assign(n->bias);
+    op.setNorm(n->kind);
+    op.setNormEpsilon(APFloat(static_cast<float>(n->eps)));
+    noteFused(op, n->kind == moe::NormKind::rms ? "rms_norm" : "layer_norm");
+  });
+  eraseDeadOps(all, &rewriter);
+  return R::done();
 }
 
-std::string fuseResidual(moe::SparseMoEOp op) {
+FusionOutcome fuseResidual(moe::SparseMoEOp op, PatternRewriter &rewriter) {
+  using R = FusionOutcome;
   if (op.getResidual())
-    return "";
+    return R::nothing();
   Value r;
   auto add = addThroughReshapes(op.getResult(), r);
   if (!add)
-    return "";
+    return R::nothing();
   Value other = otherOperand(add, r);
   if (!other || other.getType() != add.getType() || r.getType() != add.getType())
-    return "the residual Add broadcasts";
+    return R::miss("the residual Add broadcasts");
   auto outT = op.getResult().getType();
-  OpBuilder b(op);
   // Reuse the flattened input when the residual is the layer's (pre-norm) input.
   Value res = sameData(other, op.getInput()) && other != op.getInput() && rankOf(other) != 2
                   ? op.getInput()
                   : Value();
   if (!res) {
     if (Operation *d = other.getDefiningOp(); d && !d->isBeforeInBlock(op) && d->getBlock() == op->getBlock())
-      return "the residual is computed after the MoE layer";
-    res = flatten(b, op.getLoc(), other, outT);
+      return R::miss("the residual is computed after the MoE layer");
+    rewriter.setInsertionPoint(op);
+    res = flatten(rewriter, op.getLoc(), other, outT);
   }
-  if (!sameData(res, other))
-    return "the residual cannot be flattened to [T, H]";
-  op.getResidualMutable().assign(res);
-  add.getResult().replaceAllUsesWith(r);
-  add->erase();
-  noteFused(op, "residual_add");
-  return "";
+  rewriter.modifyOpInPlace(op, [&] {
+    op.getResidualMutable().assign(res);
+    noteFused(op, "residual_add");
+  });
+  rewriter.replaceOp(add, r);
+  return R::done();
 }
 
 struct MoEFuseNormResidualPass final : moec::impl::MoEFuseNormResidualPassBase<MoEFuseNormResidualPass> {
   using Base::Base;
   void runOnOperation() override {
-    for (moe::SparseMoEOp op : collectLayers(getOperation())) {
-      remarkIfUnfused(remarks, op, "norm not fused into the MoE layer", fuseNorm(op));
-      remarkIfUnfused(remarks, op, "residual Add not fused into the MoE layer", fuseResidual(op));
-    }
+    if (failed(applyLayerFusions(getOperation(),
+                                 {{fuseNorm, "norm not fused into the MoE layer"},
+                                  {fuseResidual, "residual Add not fused into the MoE layer"}},
+                                 remarks)))
+      signalPassFailure();
   }
 };
 

@@ -131,31 +131,33 @@ std::string matchShared(moe::SparseMoEOp op, Value s, SharedMLP &mlp) {
   return "";
 }
 
-std::string fuse(moe::SparseMoEOp op) {
+FusionOutcome fuse(moe::SparseMoEOp op, PatternRewriter &rewriter) {
+  using R = FusionOutcome;
   if (op.getSharedFc1())
-    return "";
+    return R::nothing();
   // The op's result, through single-use reshapes, into an Add.
   Value r;
   auto add = addThroughReshapes(op.getResult(), r);
   if (!add)
-    return "";
+    return R::nothing();
   Value other = otherOperand(add, r);
   if (!other || other.getType() != r.getType())
-    return "";
+    return R::nothing();
   SharedMLP mlp;
   std::string why = matchShared(op, other, mlp);
   if (!mlp.matched)
-    return why;
+    return R::miss(why);
   if (!usedOnlyWithin(mlp.ops, mlp.ops.front()) || !mlp.ops.front()->hasOneUse())
-    return "an intermediate of the shared MLP is also read outside it";
+    return R::miss("an intermediate of the shared MLP is also read outside it");
 
   auto et = op.getInput().getType().getElementType();
   int64_t hdim = mlp.down->out, fs = mlp.down->in;
   std::vector<char> up = linearWeightOutIn(*mlp.up), down = linearWeightOutIn(*mlp.down), gate;
   if (mlp.gate)
     gate = linearWeightOutIn(*mlp.gate);
-  if (up.empty() || down.empty() || (mlp.gate && gate.empty()))
-    return "the shared MLP's weights are not readable constants";
+  std::vector<char> g = mlp.scalar ? linearWeightOutIn(*mlp.scalar) : std::vector<char>();
+  if (up.empty() || down.empty() || (mlp.gate && gate.empty()) || (mlp.scalar && g.empty()))
+    return R::miss("the shared MLP's weights are not readable constants");
   size_t width = et.getIntOrFloatBitWidth() / 8, row = hdim * width;
   // fc1 rows in the op's layout: block = gate rows then up rows; interleaved = gate, up per dim.
   std::vector<char> fc1;
@@ -169,33 +171,31 @@ std::string fuse(moe::SparseMoEOp op) {
       std::memcpy(&fc1[(inter ? 2 * j + 1 : fs + j) * row], &up[j * row], row);
     }
   }
-  OpBuilder b(op);
+  rewriter.setInsertionPoint(op);
   Location loc = op.getLoc();
-  Value c1 = makeConstant(b, loc, RankedTensorType::get({mlp.gate ? 2 * fs : fs, hdim}, et), fc1, "shared_fc1");
-  Value c2 = makeConstant(b, loc, RankedTensorType::get({hdim, fs}, et), down, "shared_fc2");
-  Value cg;
-  if (mlp.scalar) {
-    std::vector<char> g = linearWeightOutIn(*mlp.scalar);
-    if (g.empty())
-      return "the shared expert gate's weights are not readable constants";
-    cg = makeConstant(b, loc, RankedTensorType::get({hdim}, et), g, "shared_gate");
-  }
-  op.getSharedFc1Mutable().assign(c1);
-  op.getSharedFc2Mutable().assign(c2);
-  if (cg)
-    op.getSharedGateMutable().assign(cg);
-  add.getResult().replaceAllUsesWith(r);
-  add->erase();
-  eraseDeadOps(mlp.ops);
-  noteFused(op, mlp.scalar ? "gated_shared_expert" : "shared_expert");
-  return "";
+  Value c1 = makeConstant(rewriter, loc, RankedTensorType::get({mlp.gate ? 2 * fs : fs, hdim}, et), fc1,
+                          "shared_fc1");
+  Value c2 = makeConstant(rewriter, loc, RankedTensorType::get({hdim, fs}, et), down, "shared_fc2");
+  Value cg =
+      mlp.scalar ? makeConstant(rewriter, loc, RankedTensorType::get({hdim}, et), g, "shared_gate") : Value();
+  rewriter.modifyOpInPlace(op, [&] {
+    op.getSharedFc1Mutable().assign(c1);
+    op.getSharedFc2Mutable().assign(c2);
+    if (cg)
+      op.getSharedGateMutable().assign(cg);
+    noteFused(op, mlp.scalar ? "gated_shared_expert" : "shared_expert");
+  });
+  rewriter.replaceOp(add, r);
+  eraseDeadOps(mlp.ops, &rewriter);
+  return R::done();
 }
 
 struct MoEFuseSharedExpertPass final : moec::impl::MoEFuseSharedExpertPassBase<MoEFuseSharedExpertPass> {
   using Base::Base;
   void runOnOperation() override {
-    for (moe::SparseMoEOp op : collectLayers(getOperation()))
-      remarkIfUnfused(remarks, op, "shared expert not fused into the MoE layer", fuse(op));
+    if (failed(applyLayerFusions(getOperation(), {{fuse, "shared expert not fused into the MoE layer"}},
+                                 remarks)))
+      signalPassFailure();
   }
 };
 

@@ -9,6 +9,7 @@
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/DialectResourceBlobManager.h"
 #include "mlir/IR/Matchers.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 
 #include <cstring>
 
@@ -234,10 +235,49 @@ ox::AddOp addThroughReshapes(Value v, Value &reaching) {
   return dyn_cast<ox::AddOp>(*v.getUsers().begin());
 }
 
-SmallVector<moe::SparseMoEOp> collectLayers(Operation *root) {
-  SmallVector<moe::SparseMoEOp> layers;
-  root->walk([&](moe::SparseMoEOp op) { layers.push_back(op); });
-  return layers;
+namespace {
+
+/// The standing near miss of each (layer, fusion): set on a failure, cleared when the fusion happens. A layer
+/// a fusion changes is retried by the driver, so a reason that no longer holds is replaced or cleared.
+using FusionLog = llvm::DenseMap<std::pair<Operation *, unsigned>, std::string>;
+
+struct LayerFusionPattern : OpRewritePattern<moe::SparseMoEOp> {
+  LayerFusionPattern(MLIRContext *ctx, LayerFusion fn, unsigned index, FusionLog &log)
+      : OpRewritePattern(ctx), fn(fn), index(index), log(log) {}
+  LogicalResult matchAndRewrite(moe::SparseMoEOp op, PatternRewriter &rewriter) const override {
+    FusionOutcome out = fn(op, rewriter);
+    if (out.fused || out.why.empty()) {
+      log.erase({op, index});
+      return success(out.fused);
+    }
+    log[{op, index}] = out.why;
+    return rewriter.notifyMatchFailure(op, out.why);
+  }
+  LayerFusion fn;
+  unsigned index;
+  FusionLog &log;
+};
+
+} // namespace
+
+LogicalResult applyLayerFusions(Operation *root, ArrayRef<std::pair<LayerFusion, StringRef>> fusions,
+                                bool remarks) {
+  MLIRContext *ctx = root->getContext();
+  FusionLog log;
+  RewritePatternSet patterns(ctx);
+  for (unsigned i = 0; i < fusions.size(); ++i)
+    patterns.add<LayerFusionPattern>(ctx, fusions[i].first, i, log);
+  GreedyRewriteConfig config;
+  config.strictMode = GreedyRewriteStrictness::ExistingAndNewOps;
+  if (failed(applyPatternsAndFoldGreedily(root, std::move(patterns), config)))
+    return failure();
+  if (remarks)
+    root->walk([&](moe::SparseMoEOp op) {
+      for (unsigned i = 0; i < fusions.size(); ++i)
+        if (auto it = log.find({op, i}); it != log.end())
+          emitRemark(op.getLoc()) << fusions[i].second << ": " << it->second;
+    });
+  return success();
 }
 
 void remarkIfUnfused(bool remarks, Operation *op, StringRef what, const std::string &why) {

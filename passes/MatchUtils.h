@@ -104,9 +104,24 @@ void noteFused(mlir::Operation *op, llvm::StringRef what);
 /// that chain ends in; null when some value on the way has another use or the last one feeds no Add.
 onnxir::AddOp addThroughReshapes(mlir::Value v, mlir::Value &reaching);
 
-/// The moe.sparse_moe ops under `root`, collected before any is rewritten: fusing erases ops a walk would
-/// visit next.
-llvm::SmallVector<moe::SparseMoEOp> collectLayers(mlir::Operation *root);
+/// What one fusion step did to a MoE layer: fused something into it, found nothing to fuse (no remark), or a
+/// near miss with its reason.
+struct FusionOutcome {
+  bool fused = false;
+  std::string why;
+  static FusionOutcome done() { return {true, ""}; }
+  static FusionOutcome nothing() { return {false, ""}; }
+  static FusionOutcome miss(std::string why) { return {false, std::move(why)}; }
+};
+/// A fusion step on one layer; it changes the IR only through the rewriter, and only when it fuses.
+using LayerFusion = FusionOutcome (*)(moe::SparseMoEOp, mlir::PatternRewriter &);
+
+/// Runs each fusion of `fusions` ({step, its remark's prefix}) on every moe.sparse_moe under `root` as an
+/// OpRewritePattern under MLIR's greedy driver (a near miss is a `notifyMatchFailure`). With `remarks`, each
+/// layer's standing near misses become remarks "<prefix>: <why>", in `fusions` order.
+mlir::LogicalResult applyLayerFusions(mlir::Operation *root,
+                                      llvm::ArrayRef<std::pair<LayerFusion, llvm::StringRef>> fusions,
+                                      bool remarks);
 
 /// A norm over the last axis: `x` normalised, times `weight` (+ `bias`), and the ops computing it (the one
 /// producing the result first).

@@ -71,7 +71,8 @@ def MoEFoldRouterPass : Pass<"moe-fold-router"> {
     optional bias `Add`, or `Gemm`) of the layer's own input with constant weights, and are read by nothing
     else, makes the weights the op's router (`[H, N]`, transposed when stored `[N, H]`), the bias its
     `router_bias`, and sets `router_kind = linear`. This is how `com.microsoft.MoE` with its router MatMul
-    in front, and raised PyTorch blocks, get their gating inside the fused dispatch.
+    in front, and raised PyTorch blocks, get their gating inside the fused dispatch. Runs as a rewrite
+    pattern on each layer under the greedy driver.
   }];
   let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
   let dependentDialects = ["::mlir::arith::ArithDialect"];
@@ -85,7 +86,7 @@ def MoEFuseSharedExpertPass : Pass<"moe-fuse-shared-expert"> {
     the routed experts' activation and constant weights (Qwen2-MoE's gated shared expert, DeepSeek-V3's
     shared experts). The MLP becomes the op's `shared_fc1`/`shared_fc2` (and `shared_gate`) and the Add
     disappears. Left alone when the activation differs, the MLP reads another tensor, or an intermediate is
-    read elsewhere.
+    read elsewhere. Runs as a rewrite pattern on each layer under the greedy driver.
   }];
   let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
   let dependentDialects = ["::mlir::arith::ArithDialect"];
@@ -98,7 +99,8 @@ def MoEFuseNormResidualPass : Pass<"moe-fuse-norm-residual"> {
     forms PyTorch exports) or an `onnx.LayerNormalization` over the last axis, and nothing else reads the
     norm's output, the op takes the un-normalised tensor as input with `norm`, `norm_weight`
     (`norm_bias`) and `norm_epsilon`. When the op's result (through reshapes) feeds exactly one `Add` of a
-    same-shaped tensor, that tensor becomes the op's `residual` and the Add disappears.
+    same-shaped tensor, that tensor becomes the op's `residual` and the Add disappears. Both run as rewrite
+    patterns on each layer under the greedy driver.
   }];
   let options = [Option<"remarks", "remarks", "bool", "false", "Emit a remark for every near miss">];
 }
