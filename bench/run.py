@@ -174,6 +174,47 @@ def pytorch_olmoe_model(path, h, f, e, k, seed=0):
              gate=block.gate.weight.detach().numpy().T.copy(), eps=cfg.rms_norm_eps)
 
 
+def torchscript_mixtral_model(path, h, f, e, k, seed=0):
+    """Mixtral's sparse block (`transformers`' MixtralSparseMoeBlock with its default eager experts, RMSNorm and
+    residual) as the TorchScript exporter (`torch.onnx.export(dynamo=False)`, Optimum's and older scripts' path)
+    writes it: the loop over the experts a batch hits, traced with an input that hits all of them, so the graph
+    holds a NonZero / Gather / MatMul / ScatterElements body per expert. ONNX Runtime runs those ops; moec raises
+    them to one dispatch. Saves the norm and router weights next to it. Needs torch and transformers."""
+    if os.path.exists(path):
+        return
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    import torch
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralRMSNorm, MixtralSparseMoeBlock
+    cfg = MixtralConfig(hidden_size=h, intermediate_size=f, num_local_experts=e, num_experts_per_tok=k)
+    block = MixtralSparseMoeBlock(cfg)
+    block.experts.config._experts_implementation = "eager"
+
+    class Sub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.moe = MixtralRMSNorm(h, eps=cfg.rms_norm_eps), block
+
+        def forward(self, x):
+            y = self.moe(self.norm(x))
+            return x + (y[0] if isinstance(y, tuple) else y)
+
+    model = Sub().eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen) if p.dim() == 1
+                    else 0.02 * torch.randn(p.shape, generator=gen))
+        torch.onnx.export(model, (torch.randn(1, 256, h, generator=gen),), path, dynamo=False, opset_version=17,
+                          input_names=["hidden_states"], output_names=["output"],
+                          dynamic_axes={"hidden_states": {1: "seq"}, "output": {1: "seq"}})
+    np.savez(path + ".router.npz", norm=model.norm.weight.detach().numpy(),
+             gate=block.gate.weight.detach().numpy().T.copy(), eps=cfg.rms_norm_eps)
+
+
 def save(path, nodes, inits, h, domain):
     graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", h])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", h])], inits)
@@ -264,7 +305,7 @@ def main():
                     help="skip llama.cpp's ggml on the ZAYA1 and OLMoE-like layers (bench/ggml_peer.py)")
     ap.add_argument("--only", default=None,
                     help="run only these workloads, comma-separated: zaya1, olmoe, moepp, mixtral, olmoe_pytorch, "
-                         "stack32, whole (implies --no-readme)")
+                         "mixtral_torchscript, stack32, whole (implies --no-readme)")
     args = ap.parse_args()
     import onnxruntime as ort
     os.makedirs(CACHE, exist_ok=True)
@@ -349,37 +390,44 @@ def main():
                                     ggml_median_ms=round(g_med, 3), vs_ggml=round(g_best / m_best, 2))
             model.close()
 
-    if not args.quick and (not only or "olmoe_pytorch" in only):  # ORT on the PyTorch export vs moec on that file
-        h, f, e, k = 2048, 1024, 64, 8
-        title = ("OLMoE block as PyTorch exports it (64 experts, top-8, F=1024, RMSNorm + residual; ORT runs the "
-                 "unfused export, moec compiles the same file)")
+    # MoE blocks as exporters write them: ORT runs the unfused export, moec compiles the same file.
+    exported = [("olmoe_pytorch", pytorch_olmoe_model, 2048, 1024, 64, 8, [1, 8, 64],
+                 "OLMoE block as PyTorch exports it (64 experts, top-8, F=1024, RMSNorm + residual; ORT runs the "
+                 "unfused export, moec compiles the same file)"),
+                ("mixtral_torchscript", torchscript_mixtral_model, 2048, 1024, 8, 2, [1, 8, 64, 512],
+                 "Mixtral-like block as the TorchScript exporter writes eager experts (8 experts, top-2, F=1024, "
+                 "RMSNorm + residual; a NonZero/Gather/ScatterElements body per expert: ORT runs those ops, moec "
+                 "compiles the same file to one dispatch)")]
+    for key, make, h, f, e, k, token_counts, title in exported:
+        if args.quick or (only and key not in only):
+            continue
         print(f"== {title}", flush=True)
-        src = os.path.join(CACHE, "olmoe_pytorch.onnx")
+        src = os.path.join(CACHE, f"{key}.onnx")
         try:
-            pytorch_olmoe_model(src, h, f, e, k)
+            make(src, h, f, e, k)
         except ImportError as err:
             print(f"   skipped: {err} (needs torch and transformers)", flush=True)
-            src = None
-        if src:
-            model, compile_s, load_ms = compile_and_load(moec, rt, src, os.path.join(CACHE, "olmoe_pytorch.moex"),
-                                                         args.threads)
-            sess = ort_session(ort, src, args.threads)
-            r = np.load(src + ".router.npz")
-            for t in [1, 8, 64]:  # the export gathers each token's k experts' weights: T=512 would copy 100 GB
-                rng = np.random.default_rng(2000 + t)
-                inputs = [rng.standard_normal((1, t, h), dtype=np.float32) for _ in range(args.repeat + 1)]
-                m_best, m_med = time_calls(lambda x: model.run({"hidden_states": x}), inputs)
-                o_best, o_med = time_calls(lambda x: sess.run(None, {"hidden_states": x}),
-                                           inputs[:4] if t >= 64 else inputs)
-                xs = [x[0] / np.sqrt(np.mean(x[0].astype(np.float64) ** 2, axis=1, keepdims=True) + r["eps"]) * r["norm"]
-                      for x in inputs[1:]]
-                touched = statistics.median(len(np.unique(routed_experts(x, r["gate"], k))) for x in xs)
-                bytes_touched = touched * 3 * h * f * 4 + h * e * 4
-                flops = t * k * 6 * h * f + 2 * t * h * e
-                rows.append(report_row("olmoe_pytorch", "fp32", title, t, (m_best, m_med), (o_best, o_med),
-                                       bytes_touched, flops, roof, compile_s, load_ms))
-            model.close()
-            del sess
+            continue
+        model, compile_s, load_ms = compile_and_load(moec, rt, src, os.path.join(CACHE, f"{key}.moex"),
+                                                     args.threads)
+        sess = ort_session(ort, src, args.threads)
+        r = np.load(src + ".router.npz")
+        # (OLMoE's batched_mm export gathers each token's k experts' weights: T=512 would copy 100 GB.)
+        for t in token_counts:
+            rng = np.random.default_rng(2000 + t)
+            inputs = [rng.standard_normal((1, t, h), dtype=np.float32) for _ in range(args.repeat + 1)]
+            m_best, m_med = time_calls(lambda x: model.run({"hidden_states": x}), inputs)
+            o_best, o_med = time_calls(lambda x: sess.run(None, {"hidden_states": x}),
+                                       inputs[:4] if t >= 64 and key == "olmoe_pytorch" else inputs)
+            xs = [x[0] / np.sqrt(np.mean(x[0].astype(np.float64) ** 2, axis=1, keepdims=True) + r["eps"]) * r["norm"]
+                  for x in inputs[1:]]
+            touched = statistics.median(len(np.unique(routed_experts(x, r["gate"], k))) for x in xs)
+            bytes_touched = touched * 3 * h * f * 4 + h * e * 4
+            flops = t * k * 6 * h * f + 2 * t * h * e
+            rows.append(report_row(key, "fp32", title, t, (m_best, m_med), (o_best, o_med), bytes_touched, flops,
+                                   roof, compile_s, load_ms))
+        model.close()
+        del sess
 
     if not args.quick and (not only or "stack32" in only):  # a 32-layer stack's compile and load time
         layers, h, f, e, k = 32, 1024, 512, 8, 2
