@@ -799,6 +799,7 @@ bool matchSparseMixer(Matcher &m, ox::ConcatOp ids, Value weights, int64_t k, Ro
 
 /// The routing half, from the top-k ids and weights the experts use.
 bool matchRouting(Matcher &m, Value ids, Value weights, int64_t e, int64_t k, Routing &r) {
+  weights = m.peelNoOpCasts(weights); // `.to(hidden_states.dtype)`
   bool skip = false;
   if (auto where = defOp<ox::WhereOp>(ids)) {
     auto zero = constantInts(where.getX());
