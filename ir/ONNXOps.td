@@ -284,6 +284,7 @@ def ONNX_WhereOp : ONNX_Op<"Where"> {
 def ONNX_CastOp : ONNX_Op<"Cast"> {
   let arguments = (ins AnyTensor:$input, TypeAttr:$to, ONNX_Flag<"1">:$saturate);
   let results = (outs AnyTensor:$output);
+  let hasFolder = 1; // a Cast to the type its input has is that input (TorchScript writes `.to(dtype)` so)
 }
 
 def ONNX_ReshapeOp : ONNX_Op<"Reshape"> {

@@ -59,14 +59,20 @@ FusionOutcome fuseNorm(moe::SparseMoEOp op, PatternRewriter &rewriter) {
   auto n = matchNorm(v, inT.getDimSize(1));
   if (!n)
     return R::nothing(); // no norm in front: nothing to say
-  // Every use of the norm's output must reach only this op's input (through reshapes).
+  // Every use of the norm's output must reach only this op's input (through reshapes), or read only its
+  // shape (x's: then the Shape reads x).
   Operation *reader = nullptr;
+  SmallVector<Operation *> shapeReads;
   std::function<bool(Value)> onlyFeedsOp = [&](Value v) {
     for (Operation *user : v.getUsers()) {
       if (user == op.getOperation())
         continue;
       if (isa<ox::ReshapeOp>(user) && onlyFeedsOp(user->getResult(0)))
         continue;
+      if (isa<ox::ShapeOp>(user) && v == n->ops.front()->getResult(0)) {
+        shapeReads.push_back(user);
+        continue;
+      }
       reader = user;
       return false;
     }
@@ -78,6 +84,8 @@ FusionOutcome fuseNorm(moe::SparseMoEOp op, PatternRewriter &rewriter) {
   SmallVector<Operation *> all(n->ops);
   if (!usedOnlyWithin(all, n->ops.front()))
     return R::miss("an intermediate of the norm is also read outside it");
+  if (!shapeReads.empty() && n->x.getType() != n->ops.front()->getResult(0).getType())
+    return R::miss("the norm's output's shape is read, and the norm changes its type");
   all.append(chain.begin(), chain.end());
   if (!matchPattern(n->weight, m_Constant()) || (n->bias && !matchPattern(n->bias, m_Constant())))
     return R::miss("the norm's weight or bias is not a constant");
@@ -95,6 +103,8 @@ FusionOutcome fuseNorm(moe::SparseMoEOp op, PatternRewriter &rewriter) {
     op.setNormEpsilon(APFloat(static_cast<float>(n->eps)));
     noteFused(op, n->kind == moe::NormKind::rms ? "rms_norm" : "layer_norm");
   });
+  for (Operation *shape : shapeReads)
+    rewriter.modifyOpInPlace(shape, [&] { shape->setOperand(0, n->x); });
   eraseDeadOps(all, &rewriter);
   return R::done();
 }

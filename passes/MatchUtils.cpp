@@ -332,7 +332,8 @@ bool matchRms(Value v, NormMatch &n) {
   return false;
 }
 
-/// The normalised tensor `v` (before the weight): x * Reciprocal(Sqrt(...)) or x / Sqrt(...).
+/// The normalised tensor `v` (before the weight): x * Reciprocal(Sqrt(...)), x * (1 / Sqrt(...)) or
+/// x / Sqrt(...).
 bool matchNormalised(Value v, NormMatch &n) {
   if (auto div = defOp<ox::DivOp>(v))
     if (matchRms(div.getB(), n) && n.x == div.getA()) {
@@ -340,15 +341,20 @@ bool matchNormalised(Value v, NormMatch &n) {
       return true;
     }
   if (auto mul = defOp<ox::MulOp>(v))
-    for (int i = 0; i < 2; ++i)
-      if (auto rec = defOp<ox::ReciprocalOp>(mul->getOperand(i))) {
-        NormMatch trial;
-        if (matchRms(rec.getX(), trial) && trial.x == mul->getOperand(1 - i)) {
-          n = trial;
-          n.ops.append({mul, rec});
-          return true;
-        }
+    for (int i = 0; i < 2; ++i) {
+      Operation *inv = mul->getOperand(i).getDefiningOp();
+      Value root; // Reciprocal(root) or Div(1, root)
+      if (auto rec = dyn_cast_or_null<ox::ReciprocalOp>(inv))
+        root = rec.getX();
+      else if (auto div = dyn_cast_or_null<ox::DivOp>(inv); div && constantScalar(div.getA()) == 1.0)
+        root = div.getB();
+      NormMatch trial;
+      if (root && matchRms(root, trial) && trial.x == mul->getOperand(1 - i)) {
+        n = trial;
+        n.ops.append({mul, inv});
+        return true;
       }
+    }
   return false;
 }
 

@@ -1112,21 +1112,30 @@ std::optional<int64_t> expertIndex(Value v) {
 }
 
 /// A linear layer of one expert: matchLinear, or `MatMul(x, W[e])` / `MatMul(x, Transpose(W[e]))` (+ a
-/// constant bias) with W a stacked [E, ., .] constant and e an expertIndex.
+/// constant bias, or its row B[e] of stacked [E, out] biases: then `bias` is B) with W a stacked [E, ., .]
+/// constant and e an expertIndex.
 std::optional<LinearMatch> matchExpertLinear(Value v) {
   if (auto l = matchLinear(v))
     return l;
   LinearMatch l;
   Value mmOut = v;
+  std::optional<int64_t> biasIndex; // a stacked bias's row: Gather(B [E, out], e)
   if (auto add = defOp<ox::AddOp>(v))
-    for (int i = 0; i < 2; ++i)
-      if (matchPattern(add->getOperand(i), m_Constant()) && rankOf(add->getOperand(i)) == 1 &&
-          defOp<ox::MatMulOp>(add->getOperand(1 - i))) {
-        l.bias = add->getOperand(i);
-        mmOut = add->getOperand(1 - i);
-        l.ops.push_back(add);
-        break;
-      }
+    for (int i = 0; i < 2; ++i) {
+      Value b = add->getOperand(i);
+      auto gb = defOp<ox::GatherOp>(b);
+      if (gb && gb.getAxis() == 0 && rankOf(gb.getData()) == 2 && matchPattern(gb.getData(), m_Constant()))
+        biasIndex = expertIndex(gb.getIndices());
+      if (!defOp<ox::MatMulOp>(add->getOperand(1 - i)) ||
+          !((matchPattern(b, m_Constant()) && rankOf(b) == 1) || biasIndex))
+        continue;
+      l.bias = biasIndex ? gb.getData() : b;
+      if (biasIndex)
+        l.ops.push_back(gb);
+      mmOut = add->getOperand(1 - i);
+      l.ops.push_back(add);
+      break;
+    }
   auto mm = defOp<ox::MatMulOp>(mmOut);
   if (!mm)
     return std::nullopt;
@@ -1152,7 +1161,10 @@ std::optional<LinearMatch> matchExpertLinear(Value v) {
   l.stackIndex = *e;
   l.out = st.getDimSize(l.weightIsOutIn ? 1 : 2);
   l.in = st.getDimSize(l.weightIsOutIn ? 2 : 1);
-  if (l.bias && cast<RankedTensorType>(l.bias.getType()).getNumElements() != l.out)
+  auto bt = l.bias ? cast<RankedTensorType>(l.bias.getType()) : RankedTensorType();
+  if (biasIndex && (*biasIndex != *e || bt.getDimSize(0) != st.getDimSize(0) || bt.getDimSize(1) != l.out))
+    return std::nullopt;
+  if (l.bias && !biasIndex && bt.getNumElements() != l.out)
     return std::nullopt;
   return l;
 }
@@ -1164,6 +1176,8 @@ struct DenseExpert {
   bool gated = false, fusedGateUp = false;
   moe::GatedLayout layout = moe::GatedLayout::block;
   moe::Activation act = moe::Activation::identity;
+  double alpha = 1.0, beta = 0.0; ///< a fused gated activation's (Experts' meaning)
+  std::optional<double> limit;
 };
 std::optional<DenseExpert> matchDenseExpert(Matcher &m, Value v, Value &tokens) {
   DenseExpert d;
@@ -1180,7 +1194,23 @@ std::optional<DenseExpert> matchDenseExpert(Matcher &m, Value v, Value &tokens) 
     tokens = tokens ? tokens : l->x;
     return l;
   };
-  if (auto mul = defOp<ox::MulOp>(h)) {
+  { // The two halves of one linear layer, with any gated activation matchGated knows (GPT-OSS's too).
+    Matcher t2 = trial;
+    Experts facts;
+    Value saved = tokens;
+    Value u = matchGated(t2, h, facts);
+    auto fl = u ? linearOf(u) : std::nullopt;
+    if (fl && fl->out % 2 == 0) {
+      trial = t2;
+      d.up = *fl;
+      d.gated = d.fusedGateUp = true;
+      d.act = facts.act, d.layout = facts.layout, d.alpha = facts.alpha, d.beta = facts.beta,
+      d.limit = facts.limit;
+    } else {
+      tokens = saved;
+    }
+  }
+  if (auto mul = defOp<ox::MulOp>(h); mul && !d.gated) {
     for (int i = 0; i < 2 && !d.gated; ++i) {
       Matcher t2 = trial;
       double alpha = 1.0;
@@ -1198,21 +1228,6 @@ std::optional<DenseExpert> matchDenseExpert(Matcher &m, Value v, Value &tokens) 
       auto ul = gl ? linearOf(mul->getOperand(1 - i)) : std::nullopt;
       if (!gl || !ul) {
         tokens = saved;
-        // Or the two halves of one linear layer.
-        Matcher t3 = t2;
-        Value u = matchGateUpHalves(t3, g, mul->getOperand(1 - i), d.layout);
-        auto fl = u ? linearOf(u) : std::nullopt;
-        if (!fl || fl->out % 2) {
-          tokens = saved;
-          continue;
-        }
-        t2 = t3;
-        d.up = *fl;
-        d.fusedGateUp = true;
-        t2.ops.insert(mul);
-        trial = t2;
-        d.gated = true;
-        d.act = act;
         continue;
       }
       t2.ops.insert(mul);
@@ -1347,6 +1362,15 @@ bool matchDenseSum(Matcher &m, ox::AddOp root, DenseMoE &out) {
   return true;
 }
 
+/// A linear layer's bias as bytes: the constant, or its row of stacked [E, out] biases.
+std::vector<char> biasBytes(const LinearMatch &l) {
+  std::vector<char> bytes = constantBytes(l.bias);
+  if (bytes.empty() || rankOf(l.bias) != 2 || l.stackIndex < 0)
+    return bytes;
+  size_t row = bytes.size() / size_t(cast<RankedTensorType>(l.bias.getType()).getDimSize(0));
+  return std::vector<char>(bytes.begin() + l.stackIndex * row, bytes.begin() + (l.stackIndex + 1) * row);
+}
+
 /// Stacks the dense experts' linear layers into the op's fc1 [E, rows, H] (gate rows, then up rows) and fc2
 /// [E, H, F], with their biases when every layer has one.
 bool stackDenseExperts(OpBuilder &b, Location loc, const DenseMoE &d, Experts &ex, Matcher &m) {
@@ -1356,7 +1380,8 @@ bool stackDenseExperts(OpBuilder &b, Location loc, const DenseMoE &d, Experts &e
   bool bias1 = first.up.bias != nullptr, bias2 = first.down.bias != nullptr;
   for (const DenseExpert &x : d.experts) {
     if (x.gated != first.gated || x.act != first.act || x.fusedGateUp != first.fusedGateUp ||
-        (x.fusedGateUp && x.layout != first.layout))
+        (x.fusedGateUp && x.layout != first.layout) || x.alpha != first.alpha || x.beta != first.beta ||
+        x.limit != first.limit)
       return m.fail("the experts differ in activation or gated layout");
     bool sepGate = x.gated && !x.fusedGateUp;
     if (x.up.in != h || x.up.out != (x.fusedGateUp ? rows : f) ||
@@ -1371,6 +1396,7 @@ bool stackDenseExperts(OpBuilder &b, Location loc, const DenseMoE &d, Experts &e
   }
   ex.act = first.act;
   ex.layout = first.fusedGateUp ? first.layout : moe::GatedLayout::block;
+  ex.alpha = first.alpha, ex.beta = first.beta, ex.limit = first.limit;
   ex.tokens = d.tokens;
   // Expert x's layers are row x of the same stacked constants (a traced loop over stacked experts): those are
   // the op's weights as they are.
@@ -1379,12 +1405,13 @@ bool stackDenseExperts(OpBuilder &b, Location loc, const DenseMoE &d, Experts &e
       const LinearMatch &l = layer(d.experts[x]);
       const LinearMatch &l0 = layer(first);
       if (l.stackIndex != x || l.weight != l0.weight || l.weightIsOutIn != l0.weightIsOutIn ||
-          cast<RankedTensorType>(l.weight.getType()).getDimSize(0) != e)
+          cast<RankedTensorType>(l.weight.getType()).getDimSize(0) != e || l.bias != l0.bias ||
+          (l.bias && rankOf(l.bias) != 2))
         return false;
     }
     return true;
   };
-  if ((!first.gated || first.fusedGateUp) && !bias1 && !bias2 &&
+  if ((!first.gated || first.fusedGateUp) &&
       stackedInOrder([](const DenseExpert &x) -> const LinearMatch & { return x.up; }) &&
       stackedInOrder([](const DenseExpert &x) -> const LinearMatch & { return x.down; })) {
     auto constant = [&](Value w, StringRef name) { // a reshaped constant becomes one of its own
@@ -1396,6 +1423,8 @@ bool stackDenseExperts(OpBuilder &b, Location loc, const DenseMoE &d, Experts &e
     ex.fc1Transposed = !first.up.weightIsOutIn;
     ex.fc2 = constant(first.down.weight, "expert_fc2");
     ex.fc2Transposed = !first.down.weightIsOutIn;
+    ex.fc1Bias = first.up.bias; // [E, rows] / [E, H] (stackedInOrder: stacked too)
+    ex.fc2Bias = first.down.bias;
     return true;
   }
   std::vector<char> w1, w2, b1, b2;
@@ -1410,11 +1439,11 @@ bool stackDenseExperts(OpBuilder &b, Location loc, const DenseMoE &d, Experts &e
     append(w2, linearWeightOutIn(x.down, &stacks));
     if (bias1) {
       if (x.gated && !x.fusedGateUp)
-        append(b1, constantBytes(x.gate.bias));
-      append(b1, constantBytes(x.up.bias));
+        append(b1, biasBytes(x.gate));
+      append(b1, biasBytes(x.up));
     }
     if (bias2)
-      append(b2, constantBytes(x.down.bias));
+      append(b2, biasBytes(x.down));
   }
   auto f32 = b.getF32Type();
   if (int64_t(w1.size()) != e * rows * h * 4 || int64_t(w2.size()) != e * h * f * 4 ||

@@ -125,3 +125,19 @@ func.func @dynamic_shape_if(%x: tensor<1x?x4xf32>) -> tensor<1x?x4xf32> {
   }
   return %y : tensor<1x?x4xf32>
 }
+
+// -----
+
+// A Cast to the type its input already has is its input; a Cast that changes the type (or only the shape's
+// knowledge) stays.
+// CHECK-LABEL: func.func @noop_cast
+// CHECK-NOT: onnx.Cast %arg0
+// CHECK: %[[I:.+]] = onnx.Cast %arg1 {to = i64}
+// CHECK: %[[S:.+]] = onnx.Cast %arg0 {to = f32} : (tensor<?x8xf32>) -> tensor<2x8xf32>
+// CHECK: return %arg0, %[[I]], %[[S]]
+func.func @noop_cast(%x: tensor<?x8xf32>, %i: tensor<4xi32>) -> (tensor<?x8xf32>, tensor<4xi64>, tensor<2x8xf32>) {
+  %a = onnx.Cast %x {to = f32} : (tensor<?x8xf32>) -> tensor<?x8xf32>
+  %b = onnx.Cast %i {to = i64} : (tensor<4xi32>) -> tensor<4xi64>
+  %c = onnx.Cast %x {to = f32} : (tensor<?x8xf32>) -> tensor<2x8xf32>
+  return %a, %b, %c : tensor<?x8xf32>, tensor<4xi64>, tensor<2x8xf32>
+}
