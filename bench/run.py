@@ -133,11 +133,16 @@ def stack_model(path, layers, h, f, e, k, seed=0):
     save(path, nodes, external(arrays, path), h, "moe")
 
 
-def pytorch_olmoe_model(path, h, f, e, k, seed=0):
-    """The OLMoE sparse block (`transformers`' OlmoeSparseMoeBlock, post-attention RMSNorm and residual) as
-    `torch.onnx.export(dynamo=True)` writes it with transformers' batched_mm experts: the unfused graph a user
-    without moec runs in ONNX Runtime. Saves the RMSNorm and router weights next to it (for the routing the
-    bench needs to count touched bytes). Needs torch and transformers."""
+def exported_block_model(path, family, h, f, e, k, seed=0):
+    """A transformers MoE block with its post-attention RMSNorm and residual, as an exporter writes it: the graph
+    a user without moec runs in ONNX Runtime. Saves the RMSNorm and router weights next to it (for the routing
+    the bench needs to count touched bytes). Needs torch and transformers.
+
+      olmoe:   OlmoeSparseMoeBlock with transformers' batched_mm experts, `torch.onnx.export(dynamo=True)`
+      mixtral: MixtralSparseMoeBlock with its default eager experts through the TorchScript exporter
+               (`dynamo=False`, Optimum's and older scripts' path): the loop over the experts a batch hits,
+               traced with an input that hits all of them, so the graph holds a NonZero / Gather / MatMul /
+               ScatterElements body per expert; moec raises them to one dispatch"""
     if os.path.exists(path):
         return
     import logging
@@ -145,17 +150,22 @@ def pytorch_olmoe_model(path, h, f, e, k, seed=0):
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     import torch
-    from transformers import OlmoeConfig
-    from transformers.models.olmoe.modeling_olmoe import OlmoeRMSNorm, OlmoeSparseMoeBlock
-    cfg = OlmoeConfig(hidden_size=h, intermediate_size=f, num_experts=e, num_experts_per_tok=k, norm_topk_prob=False)
-    cfg._experts_implementation = "batched_mm"
-    block = OlmoeSparseMoeBlock(cfg)
-    block.experts.config._experts_implementation = "batched_mm"
+    if family == "olmoe":
+        from transformers import OlmoeConfig as Config
+        from transformers.models.olmoe.modeling_olmoe import OlmoeRMSNorm as Norm, OlmoeSparseMoeBlock as Block
+        cfg = Config(hidden_size=h, intermediate_size=f, num_experts=e, num_experts_per_tok=k, norm_topk_prob=False)
+        cfg._experts_implementation = "batched_mm"
+    else:
+        from transformers import MixtralConfig as Config
+        from transformers.models.mixtral.modeling_mixtral import MixtralRMSNorm as Norm, MixtralSparseMoeBlock as Block
+        cfg = Config(hidden_size=h, intermediate_size=f, num_local_experts=e, num_experts_per_tok=k)
+    block = Block(cfg)
+    block.experts.config._experts_implementation = "batched_mm" if family == "olmoe" else "eager"
 
     class Sub(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.norm, self.moe = OlmoeRMSNorm(h, eps=cfg.rms_norm_eps), block
+            self.norm, self.moe = Norm(h, eps=cfg.rms_norm_eps), block
 
         def forward(self, x):
             y = self.moe(self.norm(x))
@@ -167,50 +177,14 @@ def pytorch_olmoe_model(path, h, f, e, k, seed=0):
         for _, p in model.named_parameters():  # transformers leaves them uninitialised outside from_pretrained
             p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen) if p.dim() == 1
                     else 0.02 * torch.randn(p.shape, generator=gen))
-    seq = torch.export.Dim("seq", min=1, max=4096)
-    torch.onnx.export(model, (torch.randn(1, 4, h),), path, dynamo=True, input_names=["hidden_states"],
-                      output_names=["output"], dynamic_shapes=({1: seq},), external_data=True, verbose=False)
-    np.savez(path + ".router.npz", norm=model.norm.weight.detach().numpy(),
-             gate=block.gate.weight.detach().numpy().T.copy(), eps=cfg.rms_norm_eps)
-
-
-def torchscript_mixtral_model(path, h, f, e, k, seed=0):
-    """Mixtral's sparse block (`transformers`' MixtralSparseMoeBlock with its default eager experts, RMSNorm and
-    residual) as the TorchScript exporter (`torch.onnx.export(dynamo=False)`, Optimum's and older scripts' path)
-    writes it: the loop over the experts a batch hits, traced with an input that hits all of them, so the graph
-    holds a NonZero / Gather / MatMul / ScatterElements body per expert. ONNX Runtime runs those ops; moec raises
-    them to one dispatch. Saves the norm and router weights next to it. Needs torch and transformers."""
-    if os.path.exists(path):
-        return
-    import logging
-    import warnings
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    import torch
-    from transformers import MixtralConfig
-    from transformers.models.mixtral.modeling_mixtral import MixtralRMSNorm, MixtralSparseMoeBlock
-    cfg = MixtralConfig(hidden_size=h, intermediate_size=f, num_local_experts=e, num_experts_per_tok=k)
-    block = MixtralSparseMoeBlock(cfg)
-    block.experts.config._experts_implementation = "eager"
-
-    class Sub(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.norm, self.moe = MixtralRMSNorm(h, eps=cfg.rms_norm_eps), block
-
-        def forward(self, x):
-            y = self.moe(self.norm(x))
-            return x + (y[0] if isinstance(y, tuple) else y)
-
-    model = Sub().eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen) if p.dim() == 1
-                    else 0.02 * torch.randn(p.shape, generator=gen))
-        torch.onnx.export(model, (torch.randn(1, 256, h, generator=gen),), path, dynamo=False, opset_version=17,
-                          input_names=["hidden_states"], output_names=["output"],
-                          dynamic_axes={"hidden_states": {1: "seq"}, "output": {1: "seq"}})
+        if family == "olmoe":
+            torch.onnx.export(model, (torch.randn(1, 4, h),), path, dynamo=True, input_names=["hidden_states"],
+                              output_names=["output"], dynamic_shapes=({1: torch.export.Dim("seq", min=1, max=4096)},),
+                              external_data=True, verbose=False)
+        else:
+            torch.onnx.export(model, (torch.randn(1, 256, h, generator=gen),), path, dynamo=False, opset_version=17,
+                              input_names=["hidden_states"], output_names=["output"],
+                              dynamic_axes={"hidden_states": {1: "seq"}, "output": {1: "seq"}})
     np.savez(path + ".router.npz", norm=model.norm.weight.detach().numpy(),
              gate=block.gate.weight.detach().numpy().T.copy(), eps=cfg.rms_norm_eps)
 
@@ -391,20 +365,20 @@ def main():
             model.close()
 
     # MoE blocks as exporters write them: ORT runs the unfused export, moec compiles the same file.
-    exported = [("olmoe_pytorch", pytorch_olmoe_model, 2048, 1024, 64, 8, [1, 8, 64],
+    exported = [("olmoe_pytorch", "olmoe", 2048, 1024, 64, 8, [1, 8, 64],
                  "OLMoE block as PyTorch exports it (64 experts, top-8, F=1024, RMSNorm + residual; ORT runs the "
                  "unfused export, moec compiles the same file)"),
-                ("mixtral_torchscript", torchscript_mixtral_model, 2048, 1024, 8, 2, [1, 8, 64, 512],
+                ("mixtral_torchscript", "mixtral", 2048, 1024, 8, 2, [1, 8, 64, 512],
                  "Mixtral-like block as the TorchScript exporter writes eager experts (8 experts, top-2, F=1024, "
                  "RMSNorm + residual; a NonZero/Gather/ScatterElements body per expert: ORT runs those ops, moec "
                  "compiles the same file to one dispatch)")]
-    for key, make, h, f, e, k, token_counts, title in exported:
+    for key, family, h, f, e, k, token_counts, title in exported:
         if args.quick or (only and key not in only):
             continue
         print(f"== {title}", flush=True)
         src = os.path.join(CACHE, f"{key}.onnx")
         try:
-            make(src, h, f, e, k)
+            exported_block_model(src, family, h, f, e, k)
         except ImportError as err:
             print(f"   skipped: {err} (needs torch and transformers)", flush=True)
             continue
