@@ -932,7 +932,9 @@ bool matchRouting(Matcher &m, Value ids, Value weights, int64_t e, int64_t k, Ro
     if (sel != scores) {
       auto add = defOp<ox::AddOp>(sel);
       Value bias = add ? otherOperand(add, scores) : Value();
-      if (!bias || !matchPattern(bias, m_Constant()) || rankOf(bias) != 1)
+      auto bt = bias ? dyn_cast<RankedTensorType>(bias.getType()) : RankedTensorType();
+      if (!bias || !matchPattern(bias, m_Constant()) || !bt ||
+          !(bt.getRank() == 1 || (bt.getRank() == 2 && bt.getDimSize(0) == 1))) // [N] or [1, N]
         return m.fail("the top-k input is not the scores plus a constant selection bias");
       m.ops.insert(add);
       r.selectionBias = bias;
@@ -1057,6 +1059,34 @@ bool matchRoutingMatrix(Matcher &m, Value dense, int64_t e, Experts &ex, Routing
   return matchRouting(m, ids, weights, e, ex.k, r);
 }
 
+/// N when `ids` are provably in [0, N): the indices of a TopK over the last axis of [.., N] scores, or a
+/// Concat along the last axis of ArgMaxes over it (PhiMoE's sparsemixer slots); -1 otherwise.
+int64_t routerWidth(Value ids) {
+  auto lastDim = [](Value v) {
+    auto t = dyn_cast<RankedTensorType>(v.getType());
+    return t && t.getRank() > 0 && !t.isDynamicDim(t.getRank() - 1) ? t.getShape().back() : int64_t(-1);
+  };
+  if (auto topk = defOp<ox::TopKOp>(ids))
+    return ids == topk.getIndices() && normAxis(topk.getAxis(), rankOf(ids)) == rankOf(ids) - 1
+               ? lastDim(topk.getX())
+               : -1;
+  auto cat = defOp<ox::ConcatOp>(ids);
+  if (!cat || normAxis(cat.getAxis(), rankOf(ids)) != rankOf(ids) - 1)
+    return -1;
+  int64_t n = -1;
+  for (Value slot : cat.getInputs()) {
+    auto am = defOp<ox::ArgMaxOp>(slot);
+    int64_t w =
+        am && normAxis(am.getAxis(), rankOf(am.getData())) == rankOf(am.getData()) - 1 && am.getKeepdims()
+            ? lastDim(am.getData())
+            : -1;
+    if (w < 0 || (n >= 0 && w != n))
+      return -1;
+    n = w;
+  }
+  return n;
+}
+
 /// The expert a loop body computes: a constant, or the i-th of the experts a batch hits, read as
 /// `Gather(Squeeze(Split(Transpose(NonZero(ReduceSum(one_hot(ids)) > 0)))[i]), 0)` (the TorchScript trace of
 /// transformers' eager experts). With one piece of size 1 per expert of the router, every expert must be hit
@@ -1104,9 +1134,7 @@ std::optional<int64_t> expertIndex(Value v) {
   if (!oh || classAxis != 2 || normAxis(oh.getAxis(), 3) != 2 || !values || values->size() != 2 ||
       (*values)[0] != 0 || (*values)[1] <= 0)
     return std::nullopt;
-  auto topk = defOp<ox::TopKOp>(oh.getIndices());
-  auto scores = topk ? dyn_cast<RankedTensorType>(topk.getX().getType()) : RankedTensorType();
-  if (!topk || oh.getIndices() != topk.getIndices() || !scores || scores.getShape().back() != pieces)
+  if (routerWidth(oh.getIndices()) != pieces)
     return std::nullopt;
   return piece;
 }
@@ -1808,8 +1836,7 @@ bool matchLoopSum(Matcher &m, Value root, LoopMoE &out) {
     return m.fail("the per-expert scatter-adds do not start from zeros");
   int64_t n = found.size();
   auto it = dyn_cast<RankedTensorType>(out.ids.getType());
-  auto topk = defOp<ox::TopKOp>(out.ids);
-  int64_t width = topk ? cast<RankedTensorType>(topk.getX().getType()).getShape().back() : -1;
+  int64_t width = routerWidth(out.ids);
   if (width != n)
     return m.fail("the loop has " + Twine(n) + " expert bodies for a router of " +
                   (width > 0 ? Twine(width) : Twine("unknown")) + " experts");
@@ -1863,6 +1890,12 @@ LogicalResult raise(PatternRewriter &rewriter, Operation *root, const Experts &e
                                                      r.logits, shape, rewriter.getI64IntegerAttr(0));
   }
   operands.selectionBias = r.selectionBias;
+  if (r.selectionBias && rankOf(r.selectionBias) == 2) { // [1, N]: the same bytes as [N]
+    auto bt = cast<RankedTensorType>(r.selectionBias.getType());
+    operands.selectionBias =
+        makeConstant(rewriter, loc, RankedTensorType::get({bt.getDimSize(1)}, bt.getElementType()),
+                     constantBytes(r.selectionBias), "selection_bias");
+  }
   operands.fc1 = ex.fc1Transposed ? transposedWeight(rewriter, loc, ex.fc1) : ex.fc1;
   operands.fc2 = ex.fc2Transposed ? transposedWeight(rewriter, loc, ex.fc2) : ex.fc2;
   if (!operands.fc1 || !operands.fc2)
@@ -2238,9 +2271,7 @@ std::string tracedExpertLoop(ox::NonZeroOp nz) {
   auto onehot = defOp<ox::OneHotOp>(hot);
   if (!onehot)
     return "";
-  auto topk = defOp<ox::TopKOp>(onehot.getIndices());
-  auto scores = topk ? dyn_cast<RankedTensorType>(topk.getX().getType()) : RankedTensorType();
-  int64_t experts = scores && scores.getRank() > 0 ? scores.getShape().back() : ShapedType::kDynamic;
+  int64_t experts = routerWidth(onehot.getIndices());
   // The unrolled bodies: a Split of the hit experts' indices into one piece per body.
   int64_t bodies = -1;
   for (Operation *user : nz->getUsers()) {
@@ -2253,7 +2284,7 @@ std::string tracedExpertLoop(ox::NonZeroOp nz) {
   if (bodies > 0 && bodies == experts)
     return "";
   std::string held = bodies > 0 ? std::to_string(bodies) + " expert bodies" : "one body per expert it hit";
-  if (!ShapedType::isDynamic(experts))
+  if (experts > 0)
     held += " for a router of " + std::to_string(experts) + " experts";
   return "a traced per-expert loop (TorchScript's export of eager experts): the graph holds " + held +
          ", the ones the example input hit, and is right only for inputs that hit exactly those; it runs as "

@@ -5,9 +5,9 @@
     block with transformers' default experts: NonZero for the experts hit and one per expert for its tokens,
     Gather'd expert weights, ScatterElements (made by tests/fixtures/torchscript/make_fixtures.py). It holds a
     body per expert, so moec raises it to one MoE dispatch. Inputs of 64 to 150 tokens (each hits all 8
-    experts, which the traced graph needs, as ONNX Runtime does). qwen3_moe_eager.onnx, gpt_oss_eager.onnx
-    and dbrx_eager.onnx: Qwen3-MoE's and GPT-OSS's blocks and DBRX's FFN (4 experts, L1-renormalised top-2)
-    the same way.
+    experts, which the traced graph needs, as ONNX Runtime does). qwen3_moe_eager, gpt_oss_eager, phimoe_eager,
+    ernie4_5_moe_eager and dbrx_eager: Qwen3-MoE's, GPT-OSS's, PhiMoE's and Ernie-4.5-MoE's blocks and DBRX's
+    FFN (4 experts, L1-renormalised top-2) the same way.
 
   - Optimum's merged-decoder layout, built here from tests/fixtures/transformers/past_qwen3_moe.onnx (a
     Qwen3-MoE decoder with KV caches, opset 20) the way Optimum's merge_decoders joins a decoder with and one
@@ -212,6 +212,8 @@ def main():
         for label, name, experts in [("TorchScript Mixtral block (eager experts)", "mixtral_eager", 8),
                                      ("TorchScript Qwen3-MoE block (eager experts)", "qwen3_moe_eager", 8),
                                      ("TorchScript GPT-OSS block (eager experts)", "gpt_oss_eager", 8),
+                                     ("TorchScript PhiMoE block (eager experts)", "phimoe_eager", 4),
+                                     ("TorchScript Ernie-4.5-MoE block (eager experts)", "ernie4_5_moe_eager", 8),
                                      ("TorchScript DBRX FFN", "dbrx_eager", 4)]:
             path = os.path.join(ROOT, "tests", "fixtures", "torchscript", f"{name}.onnx")
             nonzero = sum(n.op_type == "NonZero" for n in onnx.load(path).graph.node)
