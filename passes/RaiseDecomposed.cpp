@@ -1625,11 +1625,17 @@ bool matchRows(Matcher &m, Value v, Value &x, NzCoord &tok) {
     return false;
   }
   auto dt = dyn_cast<RankedTensorType>(data.getType());
-  if (!leadingUnits && (!dt || dt.getRank() < 2 || dt.getDimSize(0) == 1))
+  if (!dt || dt.getRank() < 2 || (!leadingUnits && dt.getDimSize(0) == 1))
     return false; // its first axis must be the tokens'
   x = m.peelViews(data, 2);
   auto c = matchNzCoord(m, idx);
-  if (!c || rankOf(x) != 2)
+  auto xt = dyn_cast<RankedTensorType>(x.getType());
+  // x [T, H] and the gathered view hold rows of the same length H (every other axis of the view a unit one).
+  int64_t units = 0;
+  for (int64_t d : dt.getShape())
+    units += d == 1;
+  if (!c || !xt || xt.getRank() != 2 || xt.isDynamicDim(1) || xt.getDimSize(1) != dt.getShape().back() ||
+      units != dt.getRank() - 2 + (dt.getShape().back() == 1))
     return false;
   tok = *c;
   return true;
@@ -1683,7 +1689,15 @@ bool matchSlotWeight(Matcher &m, Value v, NzCoord tok, NzCoord slot, Value &weig
     return false;
   }
   weights = m.peelViews(data, 2);
-  return rankOf(weights) == 2;
+  // The indexed view keeps w's [T, k] as its leading axes (the rest unit ones).
+  auto wt = dyn_cast<RankedTensorType>(weights.getType()), vt = dyn_cast<RankedTensorType>(data.getType());
+  if (!wt || wt.getRank() != 2 || wt.isDynamicDim(1) || !vt)
+    return false;
+  if (isa_and_nonnull<ox::GatherNDOp>(v.getDefiningOp()))
+    for (int64_t a = 1; a < vt.getRank(); ++a)
+      if (vt.getDimSize(a) != (a == 1 ? wt.getDimSize(1) : 1))
+        return false;
+  return true;
 }
 
 /// `Expand(u, shape)` that leaves `u` ([n, H]) as it is: the shape is that of one row, Shape(Slice(.., [0],
@@ -1715,15 +1729,17 @@ Value peelRowExpand(Matcher &m, Value v) {
 /// takes are distinct (top-k ids are), so that scatter writes each row once. Sets acc, upd and tok.
 bool matchScatterStep(Matcher &m, Value v, Value &acc, Value &upd, NzCoord &tok) {
   auto column = [&](Value idx) -> std::optional<NzCoord> {
-    if (auto ex = defOp<ox::ExpandOp>(idx)) { // the token column broadcast over the row
-      m.ops.insert(ex);
-      idx = ex.getInput();
-    }
-    return matchNzCoord(m, idx);
+    auto ex = defOp<ox::ExpandOp>(idx); // the token column [n, 1] broadcast over the row
+    auto ct = ex ? dyn_cast<RankedTensorType>(ex.getInput().getType()) : RankedTensorType();
+    if (!ct || ct.getRank() != 2 || ct.getDimSize(1) != 1)
+      return std::nullopt;
+    m.ops.insert(ex);
+    return matchNzCoord(m, ex.getInput());
   };
   if (auto sc = defOp<ox::ScatterNDOp>(v)) {
     auto it = dyn_cast<RankedTensorType>(sc.getIndices().getType());
-    if (sc.getReduction() != "add" || !it || it.getRank() != 2 || it.getDimSize(1) != 1)
+    if (sc.getReduction() != "add" || !it || it.getRank() != 2 || it.getDimSize(1) != 1 ||
+        rankOf(sc.getData()) != 2)
       return false;
     auto c = matchNzCoord(m, sc.getIndices());
     if (!c)
@@ -1739,7 +1755,10 @@ bool matchScatterStep(Matcher &m, Value v, Value &acc, Value &upd, NzCoord &tok)
     for (int i = 0; a && i < 2 && !sc; ++i)
       if (auto s = defOp<ox::ScatterElementsOp>(a->getOperand(i)); s && s.getReduction() == "none") {
         Matcher trial = m;
-        if (!isFill(trial, s.getData(), 0.0))
+        // Zeros of the accumulator's own shape (ConstantOfShape(Shape(acc))), so the Add does not broadcast.
+        auto fill = defOp<ox::ConstantOfShapeOp>(s.getData());
+        auto shape = fill ? defOp<ox::ShapeOp>(fill.getInput()) : ox::ShapeOp();
+        if (!shape || shape.getData() != a->getOperand(1 - i) || !isFill(trial, s.getData(), 0.0))
           continue;
         m = trial;
         sc = s, add = a, acc = a->getOperand(1 - i);
@@ -1834,6 +1853,12 @@ bool matchLoopSum(Matcher &m, Value root, LoopMoE &out) {
     return false;
   if (!isFill(m, acc, 0.0))
     return m.fail("the per-expert scatter-adds do not start from zeros");
+  // (of the tokens' shape, as zeros_like writes them: here, as far as the types say)
+  auto zt = dyn_cast<RankedTensorType>(acc.getType());
+  auto tt = cast<RankedTensorType>(out.experts.tokens.getType());
+  if (!zt || zt.getRank() != 2 || zt.getDimSize(1) != tt.getDimSize(1) ||
+      (!zt.isDynamicDim(0) && !tt.isDynamicDim(0) && zt.getDimSize(0) != tt.getDimSize(0)))
+    return m.fail("the per-expert scatter-adds start from zeros of another shape than the tokens'");
   int64_t n = found.size();
   auto it = dyn_cast<RankedTensorType>(out.ids.getType());
   int64_t width = routerWidth(out.ids);
