@@ -21,6 +21,7 @@ int ArtifactWriter::addSection(llvm::StringRef name, moert::proto::Section::Kind
   s->set_name(name.str());
   s->set_kind(kind);
   s->set_size(bytes.size());
+  s->set_checksum(fmt::checksum(bytes.data(), bytes.size()));
   payloads_.push_back(std::move(bytes));
   return meta_.sections_size() - 1;
 }
@@ -70,7 +71,7 @@ bool ArtifactWriter::write(llvm::StringRef path, std::string &error) {
   for (int i = 0; i < meta_.sections_size(); ++i)
     if (!payloads_[i].empty())
       std::memcpy(image.data() + meta_.sections(i).offset(), payloads_[i].data(), payloads_[i].size());
-  h.checksum = fmt::fileChecksum(image.data(), image.size());
+  h.checksum = fmt::headChecksum(image.data(), metaBytes.size());
   std::memcpy(image.data(), &h, sizeof h);
 
   std::error_code ec;

@@ -18,7 +18,7 @@
 namespace moert::format {
 
 inline constexpr char kMagic[8] = {'M', 'O', 'E', 'X', '\0', '\x1a', '\r', '\n'};
-inline constexpr uint32_t kVersion = 1;    // bump on any incompatible change
+inline constexpr uint32_t kVersion = 2;    // bump on any incompatible change (2: per-section checksums)
 inline constexpr uint64_t kAlignment = 64; // every section starts at a multiple of this
 
 struct FileHeader {
@@ -28,7 +28,7 @@ struct FileHeader {
   uint64_t fileSize;       // the whole file, in bytes
   uint64_t metadataOffset; // = 64
   uint64_t metadataSize;
-  uint64_t checksum;       // checksum() of the file with this field zeroed
+  uint64_t checksum;       // headChecksum(): the header (this field zeroed) and the metadata
   uint8_t reserved[16];    // zero
 };
 static_assert(sizeof(FileHeader) == 64, "the header is 64 bytes");
@@ -54,13 +54,15 @@ inline uint64_t checksum(const void *data, size_t n, uint64_t seed = 0x6d6f65632
   return h * kMul;
 }
 
-/// checksum() of a whole file image with the header's checksum field treated as zero.
-inline uint64_t fileChecksum(const unsigned char *file, size_t n) {
+/// checksum() of the header (its checksum field treated as zero) and the `metadataSize` bytes of metadata
+/// after it: what a reader checks before it trusts the section table. Each section's bytes have a checksum()
+/// of their own in the metadata (Section.checksum), checked when the section is first used.
+inline uint64_t headChecksum(const unsigned char *file, uint64_t metadataSize) {
   FileHeader h;
   std::memcpy(&h, file, sizeof h);
   h.checksum = 0;
   uint64_t a = checksum(&h, sizeof h);
-  return checksum(file + sizeof h, n - sizeof h, a);
+  return checksum(file + sizeof h, metadataSize, a);
 }
 
 inline uint64_t alignUp(uint64_t x) { return (x + kAlignment - 1) / kAlignment * kAlignment; }

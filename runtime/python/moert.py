@@ -128,6 +128,8 @@ class Runtime:
         lib.moert_input_kind.restype = ctypes.c_int
         lib.moert_result_free.argtypes = [vp]
         lib.moert_free.argtypes = [vp]
+        lib.moert_verify.restype = vp
+        lib.moert_verify.argtypes = [vp]
         lib.moert_session_create.argtypes = [vp, ctypes.POINTER(_SessionOptions), ctypes.POINTER(vp)]
         lib.moert_session_create.restype = vp
         lib.moert_session_free.argtypes = [vp]
@@ -165,10 +167,13 @@ class Runtime:
             raise Error(message)
 
     def load(self, path, threads=0, verify_checksum=True, device="cpu"):
+        """verify_checksum: True (the header, metadata and code at load, each weight section on its first use),
+        "all" (every section at load) or False."""
         handle = ctypes.c_void_p()
         if device not in DEVICES:
             raise ValueError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
-        opts = _LoadOptions(ctypes.sizeof(_LoadOptions), threads, int(verify_checksum), DEVICES[device])
+        level = 2 if verify_checksum == "all" else int(bool(verify_checksum))
+        opts = _LoadOptions(ctypes.sizeof(_LoadOptions), threads, level, DEVICES[device])
         self.check(self.lib.moert_load(str(path).encode(), ctypes.byref(opts), ctypes.byref(handle)))
         return Model(self, handle, path)
 
@@ -181,6 +186,10 @@ class Model:
         self.input_names = [lib.moert_input_name(handle, i).decode() for i in range(n)]
         self.input_dtypes = {self.input_names[i]: lib.moert_input_dtype(handle, i) for i in range(n)}
         self.input_kinds = {self.input_names[i]: lib.moert_input_kind(handle, i) for i in range(n)}
+
+    def verify(self):
+        """Checks every section's checksum now, weights included; raises moert.Error naming each corrupted one."""
+        self.rt.check(self.rt.lib.moert_verify(self.handle))
 
     def run(self, feeds):
         """feeds: {name: value} (or a list in input order). A value is an array; for an input the model declares

@@ -235,6 +235,44 @@ void moert::findLogitsStep(moert_model &m) {
   m.logitsStep = writer;
 }
 
+/// Checks section `i` once (its state says whether it was); empty when it matches, else the reason.
+static std::string checkSection(moert_model &m, int i) {
+  const pb::Section &s = m.meta.sections(i);
+  uint8_t state = m.sectionState[i].load(std::memory_order_acquire);
+  if (state == 0) {
+    state = fmt::checksum(m.map + s.offset(), s.size()) == s.checksum() ? 1 : 2;
+    m.sectionState[i].store(state, std::memory_order_release);
+  }
+  if (state == 1)
+    return "";
+  return "is corrupted: section '" + s.name() + "' (" + (s.kind() == pb::Section::CODE ? "code" : "weights") +
+         ", " + std::to_string(s.size()) + " bytes at offset " + std::to_string(s.offset()) +
+         ") fails its checksum";
+}
+
+moert_status moert::verifyStepSections(moert_model &m, int step) {
+  for (int sec : m.stepSections[step])
+    if (m.sectionState[sec].load(std::memory_order_acquire) != 1)
+      if (std::string why = checkSection(m, sec); !why.empty())
+        return makeError(m.path + ": " + why +
+                         " (found on its first use; `moert verify` checks every section)");
+  return nullptr;
+}
+
+moert_status moert::verifyAllSections(moert_model &m) {
+  std::string all;
+  int bad = 0;
+  for (int i = 0; i < m.meta.sections_size(); ++i)
+    if (std::string why = checkSection(m, i); !why.empty()) {
+      all += (bad ? "; " : "") + why.substr(why.find("section"));
+      ++bad;
+    }
+  if (!bad)
+    return nullptr;
+  return makeError(m.path + ": is corrupted: " + std::to_string(bad) + " of " +
+                   std::to_string(m.meta.sections_size()) + " sections fail their checksums: " + all);
+}
+
 moert_status moert::loadArtifact(const std::string &path, const moert_load_options &options, moert_model &m,
                                  bool loadCode) {
   auto bad = [&](const std::string &why) { return makeError(path + ": " + why); };
@@ -276,8 +314,9 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
                                  : "has " + std::to_string(size - h.fileSize) + " unexpected bytes after its end");
   if (h.metadataOffset != sizeof(fmt::FileHeader) || h.metadataSize > size - h.metadataOffset)
     return bad("has a corrupted header (metadata out of bounds)");
-  if (options.verify_checksum && fmt::fileChecksum(m.map, size) != h.checksum)
-    return bad("is corrupted (checksum mismatch)");
+  m.verifyLevel = std::clamp(options.verify_checksum, 0, 2);
+  if (m.verifyLevel && fmt::headChecksum(m.map, h.metadataSize) != h.checksum)
+    return bad("is corrupted (checksum mismatch in its header or metadata)");
   if (!m.meta.ParseFromArray(m.map + h.metadataOffset, static_cast<int>(h.metadataSize)))
     return bad("has corrupted metadata");
 
@@ -299,6 +338,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     if (s.kind() != pb::Section::WEIGHTS && s.kind() != pb::Section::CODE)
       return bad("has a section of unknown kind ('" + s.name() + "')");
   }
+  m.sectionState = std::make_unique<std::atomic<uint8_t>[]>(a.sections_size());
   // The program: every id in range, every value computed before it is read.
   const pb::Program &p = a.program();
   auto validId = [&](int64_t id) { return id >= 0 && id < p.values_size(); };
@@ -486,6 +526,25 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   for (int i = 0; i < p.values_size(); ++i)
     if (lastUse[i] >= 0 && lastUse[i] < int(m.flat.size()) && !p.values(i).has_constant_section())
       m.releaseAfter[lastUse[i]].push_back(i);
+  // The weight sections each step reads: its dispatch's, and the constants it (or a block of it) reads.
+  m.stepSections.assign(m.flat.size(), {});
+  for (size_t si = 0; si < m.flat.size(); ++si) {
+    const pb::Step &s = *m.flat[si];
+    std::vector<int> &secs = m.stepSections[si];
+    auto add = [&](int64_t sec) {
+      if (sec >= 0 && sec < a.sections_size() && std::find(secs.begin(), secs.end(), int(sec)) == secs.end())
+        secs.push_back(int(sec));
+    };
+    if (s.has_moe())
+      for (int64_t sec : s.moe().weight_sections())
+        add(sec);
+    if (s.has_linear())
+      for (int64_t sec : s.linear().weight_sections())
+        add(sec);
+    for (int64_t id : stepReads(s))
+      if (id >= 0 && id < p.values_size() && p.values(id).has_constant_section())
+        add(p.values(id).constant_section());
+  }
   const bool hasCode = dispatchCount + linearCount + attentionCount > 0;
   if (hasCode && (a.code_section() < 0 || a.code_section() >= a.sections_size() ||
                             a.sections(a.code_section()).kind() != pb::Section::CODE))
@@ -503,6 +562,11 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       return bad("has a corrupted constant '" + v.name() + "'");
   }
 
+  // Code is checked before anything runs it; weights at load only when asked (2), else on first use.
+  for (int i = 0; m.verifyLevel && i < a.sections_size(); ++i)
+    if (a.sections(i).kind() == pb::Section::CODE || m.verifyLevel == 2)
+      if (std::string why = checkSection(m, i); !why.empty())
+        return bad(why);
   if (!loadCode)
     return nullptr;
   uint64_t codeBytes = hasCode ? a.sections(a.code_section()).size() : 0;
@@ -619,6 +683,13 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
                                             m.map[a.sections(g.section()).offset() + a.sections(g.section()).size() - 1] != 0)))
         return bad("has a corrupted GPU code entry (" + g.arch() + ")");
     if (dispatchCount > 0) {
+      for (int si = 0; m.verifyLevel == 1 && si < int(m.flat.size()); ++si) // uploaded now: checked now
+        if (m.flat[si]->has_moe())
+          if (moert_status st = moert::verifyStepSections(m, si)) {
+            std::string why = st->message;
+            delete st;
+            return moert::makeError(why);
+          }
       std::string e = moert::gpu::open(options.device, a, m.flat, m.map, m.gpu);
       if (!e.empty())
         return moert::makeError(path + ": " + e);

@@ -9,6 +9,7 @@
 #include "moert/moert.h"
 #include "runtime/artifact.pb.h"
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -84,6 +85,14 @@ moert_status runProgram(struct ::moert_model *m, const moert_run_options *option
                         size_t numInputs, const CacheBinding *caches, moert_result **out,
                         bool lastLogitsOnly = false);
 
+/// Checks the checksums of the weight sections step `step` reads that no run has checked yet (artifact format
+/// 2: with moert_load_options.verify_checksum = 1 each weight section is checked before its first use, not at
+/// load). An error names the first corrupted section.
+moert_status verifyStepSections(struct ::moert_model &m, int step);
+
+/// Checks every section's checksum (moert_verify); the error names each corrupted section.
+moert_status verifyAllSections(struct ::moert_model &m);
+
 /// Loads and validates `path`; on success fills `m`. Every inconsistency is one error naming the file.
 /// `loadCode = false` validates everything but does not load the code section (the loader fuzzer: a crafted
 /// shared object is not something dlopen can be asked to survive; artifacts are code, trusted like a .so).
@@ -114,6 +123,12 @@ struct moert_model {
   std::vector<int> appendsCache;
   bool cachesConcatenated = false; // every present is Concat(past, new): the mask then spans past + new
   int logitsStep = -1; // the linear step writing the decoder's logits (moert::findLogitsStep), or -1
+  // Checksums: moert_load_options.verify_checksum (0 none; 1 header, metadata and code at load, each weight
+  // section before the first step reading it; 2 every section at load), each section's state (0 unchecked,
+  // 1 good, 2 corrupted: checked once, by whichever run gets there first) and the weight sections per step.
+  int verifyLevel = 1;
+  std::unique_ptr<std::atomic<uint8_t>[]> sectionState;
+  std::vector<std::vector<int>> stepSections;
   std::unique_ptr<moert::ThreadPool> pool;
   moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)
   std::string description;

@@ -59,6 +59,12 @@ moert_status moert_load(const char *path, const moert_load_options *options, moe
 
 void moert_free(moert_model *model) { delete model; }
 
+moert_status moert_verify(moert_model *model) {
+  if (!model)
+    return makeError("moert_verify: model must not be NULL");
+  return moert::verifyAllSections(*model);
+}
+
 moert_status moert_gpu_time(moert_model *m, size_t dispatch, int repeats, double *us, double *bytes) {
   if (!m || !us || !bytes || repeats < 1)
     return makeError("moert_gpu_time: model, us_per_call and weight_bytes must not be NULL, repeats >= 1");
@@ -415,6 +421,9 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     return why;
   };
   runStep = [&](int si) -> moert_status {
+    if (m->verifyLevel == 1 && !m->stepSections[si].empty())
+      if (moert_status st = moert::verifyStepSections(*m, si))
+        return st;
     const pb::Step &s = *m->flat[si];
     auto start = std::chrono::steady_clock::now();
     std::string label;

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Damaged artifacts are one clear error each, never a crash: `moert inspect` and `moert run` on a truncated,
-empty, bit-flipped, wrong-magic, newer-version, padded, wrong-target, wrong-CPU or garbage-metadata file must
-exit 1 with a single `moert: error: FILE: ...` line saying what is wrong (docs/artifact-format.md).
+empty, wrong-magic, newer-version, padded, wrong-target, wrong-CPU or garbage-metadata file, or one with a bit
+flipped in its metadata or code, must exit 1 with a single `moert: error: FILE: ...` line saying what is wrong
+(docs/artifact-format.md). A bit flipped in a weight section: loading (`inspect`) reads no weights and works;
+the first run reading it, `run --verify` and `moert verify` each fail naming the section.
 
 The checksum is recomputed here (an independent implementation of runtime/ArtifactFormat.h's) for the
 damage that must get past it: a different target or CPU feature, or unreadable metadata.
@@ -40,12 +42,17 @@ def checksum(data, seed=0x6D6F65632D6D6F65):
 
 
 def reseal(image):
-    """Recomputes the header checksum (bytes 40..48) of a whole-file image."""
+    """Recomputes the header checksum (bytes 40..48: the header with it zeroed, then the metadata) of an image."""
     image = bytearray(image)
     header = bytearray(image[:64])
     header[40:48] = b"\0" * 8
-    struct.pack_into("<Q", image, 40, checksum(bytes(image[64:]), checksum(bytes(header))))
+    meta_size = struct.unpack_from("<Q", image, 32)[0]
+    struct.pack_into("<Q", image, 40, checksum(bytes(image[64:64 + meta_size]), checksum(bytes(header))))
     return bytes(image)
+
+
+def flipped(image, at):
+    return image[:at] + bytes([image[at] ^ 0x10]) + image[at + 1:]
 
 
 def tiny_model(path):
@@ -86,16 +93,19 @@ def main():
             return reseal(fixed)
 
         half = len(image) // 2
+        code = image.index(b"\x7fELF", 64 + meta_size)  # the code section (a shared object) comes last
+        first_weights = (64 + meta_size + 63) // 64 * 64  # the first section: weights
         garbage_meta = bytearray(image)
         garbage_meta[64:64 + meta_size] = b"\xff" * meta_size
         cases = [
             ("truncated", image[:half], f"is truncated: the header says {len(image)} bytes, the file has {half}"),
             ("empty", b"", "is not a moec artifact: 0 bytes, shorter than the 64-byte header"),
             ("wrong_magic", b"ONNX" + image[4:], "is not a moec artifact (wrong magic bytes)"),
-            ("newer_version", image[:8] + struct.pack("<I", 2) + image[12:],
-             "was written by a newer moec (artifact format 2; this moert reads format 1)"),
-            ("bit_flip", image[:half] + bytes([image[half] ^ 0x10]) + image[half + 1:],
-             "is corrupted (checksum mismatch)"),
+            ("newer_version", image[:8] + struct.pack("<I", 3) + image[12:],
+             "was written by a newer moec (artifact format 3; this moert reads format 2)"),
+            ("metadata_bit_flip", flipped(image, 64 + meta_size // 2),
+             "is corrupted (checksum mismatch in its header or metadata)"),
+            ("code_bit_flip", flipped(image, code + 4096), "(code, "),
             ("trailing_bytes", image + b"\0" * 7, "has 7 unexpected bytes after its end"),
             ("wrong_target", patched_meta(b"\x12\x03cpu", b"\x12\x03hip"),
              "targets 'hip'; this moert runs cpu artifacts"),
@@ -117,11 +127,36 @@ def main():
                     print(f"FAIL {name} ({cmd[1]}): exit {r.returncode}, stderr {r.stderr.strip()!r}; expected {want!r}")
             if not failures:
                 print(f"ok   {name:20s} {want}")
+        # A flipped weight byte: loading reads no weights, so inspect works; the first run that reads the section
+        # fails naming it, as do `moert verify` and a load with --verify.
+        path = os.path.join(tmp, "weights_bit_flip.moex")
+        with open(path, "wb") as f:
+            f.write(flipped(image, first_weights + 5))
+        want = "fails its checksum"
+        for cmd, code_, extra in [([args.moert, "inspect", path], 0, None),
+                                  ([args.moert, "run", path, "--input", f"x={x}"], 1, "found on its first use"),
+                                  ([args.moert, "run", path, "--verify", "--input", f"x={x}"], 1, "(weights, "),
+                                  ([args.moert, "verify", path], 1, "1 of ")]:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            lines = r.stderr.strip().splitlines()
+            ok = r.returncode == code_ and (code_ == 0 or (len(lines) == 1 and want in lines[0] and extra in lines[0]
+                                                           and "(weights, " in lines[0]))
+            if not ok:
+                failures += 1
+                print(f"FAIL weights_bit_flip ({' '.join(cmd[1:2] + cmd[3:4])}): exit {r.returncode}, "
+                      f"stderr {r.stderr.strip()!r}")
+            else:
+                print(f"ok   weights_bit_flip     {cmd[1]}{' --verify' if '--verify' in cmd else ''}: "
+                      f"{lines[0] if lines else 'loads (no weight read)'}")
         r = subprocess.run([args.moert, "run", good, "--input", f"x={x}", "--output-dir", tmp], capture_output=True,
                            text=True)
         if r.returncode != 0:
             failures += 1
             print("FAIL the undamaged artifact does not run: " + r.stderr.strip())
+        r = subprocess.run([args.moert, "verify", good], capture_output=True, text=True)
+        if r.returncode != 0 or "every section's checksum matches" not in r.stdout:
+            failures += 1
+            print("FAIL moert verify on the undamaged artifact: " + r.stderr.strip())
         print(f"{len(cases) - (failures > 0)}/{len(cases)} damaged artifacts rejected with one clear error"
               if not failures else f"{failures} check(s) failed")
         return 1 if failures else 0

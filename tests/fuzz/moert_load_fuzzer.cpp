@@ -1,13 +1,15 @@
 //===- moert_load_fuzzer.cpp - libFuzzer target over the artifact loader ----===//
 //
-// Each input is an artifact image. The harness reseals its checksum (so mutations reach the header,
-// metadata, section-table and program checks behind it) and loads it without its code section; any crash
-// or sanitizer report is a bug in the loader's validation. Seeded with artifacts moec compiles.
+// Each input is an artifact image. The harness reseals its header checksum (so mutations reach the header,
+// metadata, section-table and program checks behind it; section checksums it leaves, so their checks run) and
+// loads it without its code section; any crash or sanitizer report is a bug in the loader's validation.
+// Seeded with artifacts moec compiles.
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/ArtifactFormat.h"
 #include "runtime/src/Model.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -22,7 +24,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     std::memcpy(&h, image.data(), sizeof h);
     h.checksum = 0;
     std::memcpy(image.data(), &h, sizeof h);
-    h.checksum = moert::format::fileChecksum(image.data(), image.size());
+    h.checksum = moert::format::headChecksum(
+        image.data(),
+        std::min<uint64_t>(h.metadataSize, image.size() - sizeof h)); // the reader checks bounds first
+    if (h.metadataSize > image.size() - sizeof h)
+      h.checksum = 0;
     std::memcpy(image.data(), &h, sizeof h);
   }
   static std::string path = "/tmp/moert-fuzz-" + std::to_string(getpid()) + ".moex";

@@ -1,8 +1,9 @@
 //===- moert.cpp - the moert CLI: run and inspect .moex artifacts ------------===//
 //
 //   moert run MODEL.moex --input NAME=FILE.npy ... [--output-dir DIR] [--threads N] [--repeat N]
-//                        [--warmup N] [--profile trace.json] [--no-verify]
+//                        [--warmup N] [--profile trace.json] [--verify | --no-verify]
 //   moert inspect MODEL.moex
+//   moert verify MODEL.moex
 //   moert generate MODEL.moex --prompt-ids ids.npy [--attention-mask mask.npy] [--max-new-tokens N]
 //                  [--greedy | --temperature T --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N]
 //                  [--kv-cache f32|bf16|f16] [--threads N] [--profile F] [--output ids.npy]
@@ -31,6 +32,7 @@ const char *kUsage =
     "usage:\n"
     "  moert run MODEL.moex --input NAME=FILE.npy ... [options]\n"
     "  moert inspect MODEL.moex [--device D]\n"
+    "  moert verify MODEL.moex   check every section's checksum (weights included); name each corrupted one\n"
     "  moert generate MODEL.moex --prompt-ids IDS.npy [options]   prefill, then decode token by token\n"
     "  moert devices [--device D] [--bandwidth]   the GPU moert would use (and its copy bandwidth)\n\n"
     "run options:\n"
@@ -46,7 +48,10 @@ const char *kUsage =
     "                          (device time per call, weight bytes read, GB/s)\n"
     "  --profile FILE.json     write a Chrome trace (chrome://tracing, Perfetto) of each step of the last "
     "call\n"
-    "  --no-verify             skip the whole-file checksum at load\n\n"
+    "  --verify                check every section's checksum at load (reads the whole file); by default\n"
+    "                          the header, metadata and code are checked at load and each weight section\n"
+    "                          on its first use, so loading reads no weights\n"
+    "  --no-verify             check no checksums\n\n"
     "generate options (a decoder with KV caches: `moert inspect` shows a 'decoder:' line):\n"
     "  --prompt-ids IDS.npy    the prompt's token ids (int64 or int32): shape [n] for one sequence, [B, n] "
     "for\n"
@@ -63,7 +68,7 @@ const char *kUsage =
     "  --profile FILE.json     write a Chrome trace of the last call's steps (the last decode step)\n"
     "  --output IDS.npy        also write the generated ids (int64) there ([B, new] for a batch; a sequence\n"
     "                          that stopped at --eos-id early is padded with that id)\n"
-    "  --threads N, --no-verify as for run\n"
+    "  --threads N, --verify, --no-verify as for run\n"
     "  (token ids in and out; for text, Python's moert.Model.generate(\"...\") reads the tokenizer.json next "
     "to\n"
     "  the model)\n";
@@ -116,6 +121,21 @@ int inspect(int argc, char **argv) {
     return rc;
   std::fputs(moert_describe(m), stdout);
   moert_free(m);
+  return 0;
+}
+
+int verify(int argc, char **argv) {
+  if (argc != 1)
+    return fail("usage: moert verify MODEL.moex");
+  moert_model *m = nullptr;
+  moert_load_options lo{sizeof lo, 1, 1, MOERT_DEVICE_CPU};
+  if (int rc = check(moert_load(argv[0], &lo, &m)))
+    return rc;
+  moert_status st = moert_verify(m);
+  moert_free(m);
+  if (int rc = check(st))
+    return rc;
+  std::printf("%s: every section's checksum matches\n", argv[0]);
   return 0;
 }
 
@@ -192,6 +212,8 @@ int run(int argc, char **argv) {
         return fail(std::string("--device ") + v + ": expected cpu, gpu, cuda or hip");
     } else if (a == "--no-verify") {
       verify = 0;
+    } else if (a == "--verify") {
+      verify = 2;
     } else if (!a.empty() && a[0] == '-') {
       return fail("unknown option " + a + " (see moert --help)");
     } else if (model.empty()) {
@@ -410,6 +432,8 @@ int generate(int argc, char **argv) {
       greedy = true;
     } else if (a == "--no-verify") {
       verify = 0;
+    } else if (a == "--verify") {
+      verify = 2;
     } else if (!a.empty() && a[0] == '-') {
       return fail("unknown option " + a + " (see moert --help)");
     } else if (model.empty()) {
@@ -551,7 +575,10 @@ int main(int argc, char **argv) {
     return inspect(argc - 2, argv + 2);
   if (cmd == "devices")
     return devices(argc - 2, argv + 2);
+  if (cmd == "verify")
+    return verify(argc - 2, argv + 2);
   if (cmd == "generate")
     return generate(argc - 2, argv + 2);
-  return fail("unknown command '" + cmd + "' (commands: run, inspect, generate, devices; see moert --help)");
+  return fail("unknown command '" + cmd +
+              "' (commands: run, inspect, verify, generate, devices; see moert --help)");
 }

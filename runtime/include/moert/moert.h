@@ -98,7 +98,9 @@ typedef enum moert_device {
 typedef struct moert_load_options {
   size_t struct_size;  /* sizeof(moert_load_options) */
   int threads;         /* worker threads; 0 = one per available core */
-  int verify_checksum; /* nonzero (default) to check the whole file's checksum at load */
+  int verify_checksum; /* 1 (default): the header, metadata and code are checked at load and each weight
+                          section before the first step that reads it (load reads no weight pages);
+                          2: every section at load (reads the whole file); 0: nothing */
   int device;          /* a moert_device; no driver or device for it is an error at load */
 } moert_load_options;
 
@@ -112,6 +114,8 @@ MOERT_API void moert_status_free(moert_status status);
 
 MOERT_API moert_status moert_load(const char *path, const moert_load_options *options, moert_model **out);
 MOERT_API void moert_free(moert_model *model);
+/* Checks every section's checksum now (weights included); the error names each corrupted section. */
+MOERT_API moert_status moert_verify(moert_model *model);
 
 /* What the model takes and gives. Dims are -1 where symbolic; `symbol` names it (e.g. "T"). */
 MOERT_API size_t moert_num_inputs(const moert_model *model);
