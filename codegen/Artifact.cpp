@@ -6,7 +6,6 @@
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
-#include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/raw_ostream.h"
 
 #include <algorithm>
@@ -58,7 +57,8 @@ bool ArtifactWriter::write(llvm::StringRef path, std::string &error) {
   for (const auto &s : meta_.sections())
     fileSize = std::max<uint64_t>(fileSize, s.offset() + s.size());
 
-  std::vector<unsigned char> image(fileSize, 0);
+  // The header and metadata (their checksum covers both; each section has its own, computed when added).
+  std::vector<unsigned char> head(sizeof(fmt::FileHeader) + metaBytes.size(), 0);
   fmt::FileHeader h{};
   std::memcpy(h.magic, fmt::kMagic, sizeof h.magic);
   h.version = fmt::kVersion;
@@ -66,29 +66,45 @@ bool ArtifactWriter::write(llvm::StringRef path, std::string &error) {
   h.fileSize = fileSize;
   h.metadataOffset = sizeof(fmt::FileHeader);
   h.metadataSize = metaBytes.size();
-  std::memcpy(image.data(), &h, sizeof h);
-  std::memcpy(image.data() + h.metadataOffset, metaBytes.data(), metaBytes.size());
-  for (int i = 0; i < meta_.sections_size(); ++i)
-    if (!payloads_[i].empty())
-      std::memcpy(image.data() + meta_.sections(i).offset(), payloads_[i].data(), payloads_[i].size());
-  h.checksum = fmt::headChecksum(image.data(), metaBytes.size());
-  std::memcpy(image.data(), &h, sizeof h);
+  std::memcpy(head.data(), &h, sizeof h);
+  std::memcpy(head.data() + h.metadataOffset, metaBytes.data(), metaBytes.size());
+  h.checksum = fmt::headChecksum(head.data(), metaBytes.size());
+  std::memcpy(head.data(), &h, sizeof h);
 
-  std::error_code ec;
-  llvm::ToolOutputFile out(path, ec, llvm::sys::fs::OF_None);
-  if (ec) {
+  // Streamed into a temporary file next to `path`, renamed into place when complete: a failed or killed
+  // compile leaves no artifact there, and no second copy of the weights is built in memory.
+  llvm::SmallString<256> tmp;
+  int fd = -1;
+  if (std::error_code ec = llvm::sys::fs::createUniqueFile(path + ".tmp-%%%%%%", fd, tmp)) {
     error = "cannot write '" + path.str() + "': " + ec.message();
     return false;
   }
-  out.os().write(reinterpret_cast<const char *>(image.data()), image.size());
-  out.os().flush();
-  if (out.os().has_error()) {
-    error = "cannot write '" + path.str() + "'";
-    out.os().clear_error();
-    return false;
+  bool ok = true;
+  {
+    llvm::raw_fd_ostream os(fd, /*shouldClose=*/true);
+    os.write(reinterpret_cast<const char *>(head.data()), head.size());
+    uint64_t at = head.size();
+    const std::vector<char> zeros(fmt::kAlignment, 0);
+    auto padTo = [&](uint64_t offset) {
+      for (; at < offset; at += std::min<uint64_t>(offset - at, zeros.size()))
+        os.write(zeros.data(), std::min<uint64_t>(offset - at, zeros.size()));
+    };
+    for (int i = 0; i < meta_.sections_size(); ++i) {
+      padTo(meta_.sections(i).offset());
+      os.write(payloads_[i].data(), payloads_[i].size());
+      at += payloads_[i].size();
+      std::vector<char>().swap(payloads_[i]); // written: its memory goes back
+    }
+    padTo(fileSize);
+    os.close();
+    ok = !os.has_error();
+    os.clear_error();
   }
-  out.keep();
-  return true;
+  if (ok && !llvm::sys::fs::rename(tmp, path))
+    return true;
+  llvm::sys::fs::remove(tmp);
+  error = "cannot write '" + path.str() + "'";
+  return false;
 }
 
 namespace {
