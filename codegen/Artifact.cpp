@@ -79,7 +79,7 @@ bool ArtifactWriter::write(llvm::StringRef path, std::string &error) {
     error = "cannot write '" + path.str() + "': " + ec.message();
     return false;
   }
-  bool ok = true;
+  std::error_code writeError;
   {
     llvm::raw_fd_ostream os(fd, /*shouldClose=*/true);
     os.write(reinterpret_cast<const char *>(head.data()), head.size());
@@ -97,13 +97,15 @@ bool ArtifactWriter::write(llvm::StringRef path, std::string &error) {
     }
     padTo(fileSize);
     os.close();
-    ok = !os.has_error();
+    writeError = os.error();
     os.clear_error();
   }
-  if (ok && !llvm::sys::fs::rename(tmp, path))
+  if (!writeError)
+    writeError = llvm::sys::fs::rename(tmp, path);
+  if (!writeError)
     return true;
   llvm::sys::fs::remove(tmp);
-  error = "cannot write '" + path.str() + "'";
+  error = "cannot write '" + path.str() + "': " + writeError.message();
   return false;
 }
 
@@ -216,7 +218,10 @@ bool moec::codegen::writeFileBytes(llvm::StringRef path, llvm::StringRef bytes) 
   if (ec)
     return false;
   os << bytes;
-  return !os.has_error();
+  os.close();
+  bool ok = !os.has_error();
+  os.clear_error(); // (an error left set is a fatal one when the stream is destroyed)
+  return ok;
 }
 
 bool moec::codegen::stageSources(llvm::StringRef dir, const std::vector<std::pair<std::string, std::string>> &files,

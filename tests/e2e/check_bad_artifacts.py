@@ -3,7 +3,8 @@
 empty, wrong-magic, newer-version, padded, wrong-target, wrong-CPU or garbage-metadata file, or one with a bit
 flipped in its metadata or code, must exit 1 with a single `moert: error: FILE: ...` line saying what is wrong
 (docs/artifact-format.md). A bit flipped in a weight section: loading (`inspect`) reads no weights and works;
-the first run reading it, `run --verify` and `moert verify` each fail naming the section.
+the first run reading it, `run --verify` and `moert verify` each fail naming the section. And a compile whose
+artifact write fails part way (a file-size limit) is one error line with nothing left at the output path.
 
 The checksum is recomputed here (an independent implementation of runtime/ArtifactFormat.h's) for the
 damage that must get past it: a different target or CPU feature, or unreadable metadata.
@@ -157,6 +158,25 @@ def main():
         if r.returncode != 0 or "every section's checksum matches" not in r.stdout:
             failures += 1
             print("FAIL moert verify on the undamaged artifact: " + r.stderr.strip())
+        # A compile whose artifact cannot be written whole (a file-size limit below its size: the write fails
+        # part way) is one error line and leaves nothing at the output path, not even a temporary file.
+        block = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "transformers",
+                             "mixtral.onnx")
+        full = os.path.join(tmp, "full.moex")
+        subprocess.run([args.moec, "compile", block, "-o", full, "--quiet"], check=True, capture_output=True)
+        limit_kib = (os.path.getsize(full) - 8192) // 1024
+        out = os.path.join(tmp, "limited.moex")
+        r = subprocess.run(["bash", "-c", f'ulimit -f {limit_kib}; exec "$0" compile "$1" -o "$2" --quiet',
+                            args.moec, block, out], capture_output=True, text=True)
+        lines = [ln for ln in r.stderr.strip().splitlines() if "warning:" not in ln]
+        left = [f for f in os.listdir(tmp) if f.startswith("limited.moex")]
+        if r.returncode != 1 or len(lines) != 1 or "moec: error:" not in lines[0] or "cannot write" not in lines[0] \
+                or left:
+            failures += 1
+            print(f"FAIL a compile over a {limit_kib} KiB file-size limit: exit {r.returncode}, stderr {lines!r}, "
+                  f"left {left}")
+        else:
+            print(f"ok   file-size limit      {lines[0].split(': ', 2)[-1]} (exit 1, nothing at the output path)")
         print(f"{len(cases) - (failures > 0)}/{len(cases)} damaged artifacts rejected with one clear error"
               if not failures else f"{failures} check(s) failed")
         return 1 if failures else 0

@@ -38,6 +38,7 @@
 #include "llvm/Support/WithColor.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <csignal>
 #include <map>
 
 using namespace llvm;
@@ -495,6 +496,9 @@ int runImport() {
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
+  // Past a file-size limit (ulimit -f) a write fails with EFBIG, reported as one error, instead of SIGXFSZ
+  // ending the process mid-write.
+  std::signal(SIGXFSZ, SIG_IGN);
   moec::registerMoECPasses();
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();
