@@ -123,15 +123,13 @@ struct Matcher {
     return {};
   }
   /// `v` through ops that keep its elements in row-major order (Reshape, Squeeze, Unsqueeze, Identity,
-  /// Flatten, a Cast to its own type, a Transpose that only moves size-1 axes), recording them; stops early
+  /// Flatten, a Transpose that only moves size-1 axes), recording them; stops early
   /// at a value of rank `untilRank`.
   Value peelViews(Value v, int64_t untilRank = -1) {
     while (Operation *op = v && rankOf(v) != untilRank ? v.getDefiningOp() : nullptr) {
       Value in;
       if (isa<ox::ReshapeOp, ox::SqueezeOp, ox::UnsqueezeOp, ox::IdentityOp, ox::FlattenOp>(op))
         in = op->getOperand(0);
-      else if (auto c = dyn_cast<ox::CastOp>(op); c && c.getInput().getType() == c.getType())
-        in = c.getInput();
       else if (auto t = dyn_cast<ox::TransposeOp>(op); t && t.getPerm())
         in = movesOnlyUnitAxes(t) ? t.getData() : Value();
       if (!in)
@@ -178,15 +176,6 @@ struct Matcher {
           changed = true;
         }
     }
-  }
-  /// `v` through Casts to the type it already has (TorchScript writes `.to(dtype)` as one), recording them.
-  Value peelNoOpCasts(Value v) {
-    for (auto c = defOp<ox::CastOp>(v); c && c.getInput().getType() == c.getType();
-         c = defOp<ox::CastOp>(v)) {
-      ops.insert(c);
-      v = c.getInput();
-    }
-    return v;
   }
   /// `v` with Squeeze(Unsqueeze(x, a), a) pairs (the exporter's no-op views) seen through.
   Value peelViewPairs(Value v) {
@@ -691,18 +680,17 @@ Value matchGroupMask(Matcher &m, ox::WhereOp where, Routing &r, bool &fillIsZero
 
 /// Softmax over the last axis or Sigmoid of `v`: sets the gate and returns the logits.
 Value matchScoreFunction(Matcher &m, Value v, moe::GateFunc &gate) {
-  v = m.peelNoOpCasts(v);
   if (auto sm = defOp<ox::SoftmaxOp>(v)) {
     if (normAxis(sm.getAxis(), rankOf(v)) != rankOf(v) - 1)
       return m.fail("softmax over the wrong axis (" + Twine(sm.getAxis()) + "; experts are the last dim)"),
              Value();
     m.ops.insert(sm);
     gate = moe::GateFunc::softmax;
-    return m.peelNoOpCasts(sm.getInput());
+    return sm.getInput();
   }
   if (auto sg = m.take<ox::SigmoidOp>(v)) {
     gate = moe::GateFunc::sigmoid;
-    return m.peelNoOpCasts(sg.getX());
+    return sg.getX();
   }
   return {};
 }
@@ -799,7 +787,6 @@ bool matchSparseMixer(Matcher &m, ox::ConcatOp ids, Value weights, int64_t k, Ro
 
 /// The routing half, from the top-k ids and weights the experts use.
 bool matchRouting(Matcher &m, Value ids, Value weights, int64_t e, int64_t k, Routing &r) {
-  weights = m.peelNoOpCasts(weights); // `.to(hidden_states.dtype)`
   bool skip = false;
   if (auto where = defOp<ox::WhereOp>(ids)) {
     auto zero = constantInts(where.getX());
@@ -1087,6 +1074,31 @@ int64_t routerWidth(Value ids) {
   return n;
 }
 
+/// The one-hot of the router's top-k ids whose hit list `nz` is: `NonZero(ReduceSum(one_hot(ids)) > 0)` with
+/// the sum over every axis but the class one (so entry c is hit when some top-k id is c); null otherwise.
+ox::OneHotOp hitExpertsOneHot(ox::NonZeroOp nz) {
+  auto gt = defOp<ox::GreaterOp>(nz.getX());
+  auto zero = gt ? constantInts(gt.getB()) : std::nullopt;
+  auto sum = gt ? defOp<ox::ReduceSumOp>(gt.getA()) : ox::ReduceSumOp();
+  if (!zero || zero->size() != 1 || (*zero)[0] != 0 || !sum || rankOf(sum.getResult()) != 1)
+    return {};
+  Value hot = sum.getData();
+  auto axes = sum.getAxes() ? constantInts(sum.getAxes()) : std::nullopt;
+  if (!axes || axes->size() != 2 || rankOf(hot) != 3)
+    return {};
+  int64_t classAxis = 3 - *normAxis((*axes)[0], 3) - *normAxis((*axes)[1], 3);
+  if (auto t = defOp<ox::TransposeOp>(hot); t && t.getPerm()) {
+    classAxis = cast<IntegerAttr>(t.getPermAttr()[classAxis]).getInt();
+    hot = t.getData();
+  }
+  auto oh = defOp<ox::OneHotOp>(hot);
+  auto values = oh ? constantInts(oh.getValues()) : std::nullopt;
+  if (!oh || classAxis != 2 || normAxis(oh.getAxis(), 3) != 2 || !values || values->size() != 2 ||
+      (*values)[0] != 0 || (*values)[1] <= 0)
+    return {};
+  return oh;
+}
+
 /// The expert a loop body computes: a constant, or the i-th of the experts a batch hits, read as
 /// `Gather(Squeeze(Split(Transpose(NonZero(ReduceSum(one_hot(ids)) > 0)))[i]), 0)` (the TorchScript trace of
 /// transformers' eager experts). With one piece of size 1 per expert of the router, every expert must be hit
@@ -1114,25 +1126,8 @@ std::optional<int64_t> expertIndex(Value v) {
     axis = 1 - axis;
   }
   auto nz = defOp<ox::NonZeroOp>(hit);
-  auto gt = nz ? defOp<ox::GreaterOp>(nz.getX()) : ox::GreaterOp();
-  auto zero = gt ? constantInts(gt.getB()) : std::nullopt;
-  auto sum = gt ? defOp<ox::ReduceSumOp>(gt.getA()) : ox::ReduceSumOp();
-  if (axis != 1 || !zero || zero->size() != 1 || (*zero)[0] != 0 || !sum || rankOf(sum.getResult()) != 1)
-    return std::nullopt;
-  // The counts are per one-hot class of the router's top-k ids.
-  Value hot = sum.getData();
-  auto axes = sum.getAxes() ? constantInts(sum.getAxes()) : std::nullopt;
-  if (!axes || axes->size() != 2 || rankOf(hot) != 3)
-    return std::nullopt;
-  int64_t classAxis = 3 - *normAxis((*axes)[0], 3) - *normAxis((*axes)[1], 3);
-  if (auto t = defOp<ox::TransposeOp>(hot); t && t.getPerm()) {
-    classAxis = cast<IntegerAttr>((*t.getPerm())[classAxis]).getInt();
-    hot = t.getData();
-  }
-  auto oh = defOp<ox::OneHotOp>(hot);
-  auto values = oh ? constantInts(oh.getValues()) : std::nullopt;
-  if (!oh || classAxis != 2 || normAxis(oh.getAxis(), 3) != 2 || !values || values->size() != 2 ||
-      (*values)[0] != 0 || (*values)[1] <= 0)
+  auto oh = nz ? hitExpertsOneHot(nz) : ox::OneHotOp();
+  if (axis != 1 || !oh)
     return std::nullopt;
   if (routerWidth(oh.getIndices()) != pieces)
     return std::nullopt;
@@ -1799,7 +1794,6 @@ bool matchLoopSum(Matcher &m, Value root, LoopMoE &out) {
     NzCoord tok;
     if (!matchScatterStep(trial, acc, next, upd, tok))
       break;
-    upd = trial.peelNoOpCasts(upd);
     // From here on the candidate is a loop body: say why it is not one.
     auto mul = trial.take<ox::MulOp>(upd);
     if (!mul)
@@ -2284,16 +2278,7 @@ struct FailureReasons : RewriterBase::Listener {
 /// not raised; the remark says why and what to do. With a body per expert it is the loop form (RaiseLoopMoE,
 /// see expertIndex). Returns the remark, or empty when `nz` is not such a loop or holds every expert.
 std::string tracedExpertLoop(ox::NonZeroOp nz) {
-  auto gt = defOp<ox::GreaterOp>(nz.getX());
-  Value counts = gt ? gt.getA() : Value();
-  auto zero = gt ? constantInts(gt.getB()) : std::nullopt;
-  auto sum = defOp<ox::ReduceSumOp>(counts);
-  if (!gt || !zero || zero->size() != 1 || (*zero)[0] != 0 || !sum)
-    return "";
-  Value hot = sum.getData();
-  while (auto t = defOp<ox::TransposeOp>(hot))
-    hot = t.getData();
-  auto onehot = defOp<ox::OneHotOp>(hot);
+  auto onehot = hitExpertsOneHot(nz);
   if (!onehot)
     return "";
   int64_t experts = routerWidth(onehot.getIndices());
