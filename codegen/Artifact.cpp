@@ -15,13 +15,43 @@
 using namespace moec::codegen;
 namespace fmt = moert::format;
 
-int ArtifactWriter::addSection(llvm::StringRef name, moert::proto::Section::Kind kind, std::vector<char> bytes) {
+ArtifactWriter::~ArtifactWriter() {
+  if (os_) { // not finished: nothing may be left behind
+    os_->close();
+    os_->clear_error();
+    llvm::sys::fs::remove(tmp_);
+  }
+}
+
+bool ArtifactWriter::open(llvm::StringRef path, std::string &error) {
+  path_ = path.str();
+  int fd = -1;
+  if (std::error_code ec = llvm::sys::fs::createUniqueFile(path + ".tmp-%%%%%%", fd, tmp_)) {
+    error = "cannot write '" + path_ + "': " + ec.message();
+    return false;
+  }
+  os_ = std::make_unique<llvm::raw_fd_ostream>(fd, /*shouldClose=*/true);
+  const char zeros[sizeof(fmt::FileHeader)] = {}; // the header, written last
+  os_->write(zeros, sizeof zeros);
+  at_ = sizeof zeros;
+  return true;
+}
+
+int ArtifactWriter::addSection(llvm::StringRef name, moert::proto::Section::Kind kind,
+                               llvm::ArrayRef<char> bytes) {
   auto *s = meta_.add_sections();
   s->set_name(name.str());
   s->set_kind(kind);
   s->set_size(bytes.size());
   s->set_checksum(fmt::checksum(bytes.data(), bytes.size()));
-  payloads_.push_back(std::move(bytes));
+  static const char zeros[fmt::kAlignment] = {};
+  const uint64_t offset = fmt::alignUp(at_);
+  s->set_offset(offset);
+  if (os_ && !os_->has_error()) {
+    os_->write(zeros, offset - at_);
+    os_->write(bytes.data(), bytes.size());
+  }
+  at_ = offset + bytes.size();
   return meta_.sections_size() - 1;
 }
 
@@ -33,79 +63,46 @@ uint64_t ArtifactWriter::sectionBytes(moert::proto::Section::Kind kind) const {
   return n;
 }
 
-bool ArtifactWriter::write(llvm::StringRef path, std::string &error) {
-  // Offsets depend on the metadata's size, which depends on the offsets' varint widths: iterate until the
-  // layout is stable (two rounds in practice).
-  uint64_t metaSize = 0;
-  std::string metaBytes;
-  for (int round = 0; round < 8; ++round) {
-    uint64_t at = fmt::alignUp(sizeof(fmt::FileHeader) + metaSize);
-    for (auto &s : *meta_.mutable_sections()) {
-      s.set_offset(at);
-      at = fmt::alignUp(at + s.size());
-    }
-    metaBytes.clear();
-    if (!meta_.SerializeToString(&metaBytes)) {
-      error = "cannot serialise the artifact metadata";
-      return false;
-    }
-    if (metaBytes.size() == metaSize)
-      break;
-    metaSize = metaBytes.size();
-  }
-  uint64_t fileSize = fmt::alignUp(sizeof(fmt::FileHeader) + metaBytes.size());
-  for (const auto &s : meta_.sections())
-    fileSize = std::max<uint64_t>(fileSize, s.offset() + s.size());
+std::string ArtifactWriter::error() const {
+  if (!os_)
+    return "cannot write '" + path_ + "': the artifact was not opened";
+  return os_->has_error() ? "cannot write '" + path_ + "': " + os_->error().message() : "";
+}
 
-  // The header and metadata (their checksum covers both; each section has its own, computed when added).
-  std::vector<unsigned char> head(sizeof(fmt::FileHeader) + metaBytes.size(), 0);
+bool ArtifactWriter::finish(std::string &error) {
+  if (!os_ || os_->has_error()) {
+    error = this->error();
+    return false;
+  }
+  // The metadata after the last section, then the header (its checksum covers both) at offset 0.
+  std::string metaBytes;
+  if (!meta_.SerializeToString(&metaBytes)) {
+    error = "cannot serialise the artifact metadata";
+    return false;
+  }
   fmt::FileHeader h{};
   std::memcpy(h.magic, fmt::kMagic, sizeof h.magic);
   h.version = fmt::kVersion;
   h.headerSize = sizeof(fmt::FileHeader);
-  h.fileSize = fileSize;
-  h.metadataOffset = sizeof(fmt::FileHeader);
+  h.metadataOffset = fmt::alignUp(at_);
   h.metadataSize = metaBytes.size();
-  std::memcpy(head.data(), &h, sizeof h);
-  std::memcpy(head.data() + h.metadataOffset, metaBytes.data(), metaBytes.size());
-  h.checksum = fmt::headChecksum(head.data(), metaBytes.size());
-  std::memcpy(head.data(), &h, sizeof h);
-
-  // Streamed into a temporary file next to `path`, renamed into place when complete: a failed or killed
-  // compile leaves no artifact there, and no second copy of the weights is built in memory.
-  llvm::SmallString<256> tmp;
-  int fd = -1;
-  if (std::error_code ec = llvm::sys::fs::createUniqueFile(path + ".tmp-%%%%%%", fd, tmp)) {
-    error = "cannot write '" + path.str() + "': " + ec.message();
-    return false;
-  }
-  std::error_code writeError;
-  {
-    llvm::raw_fd_ostream os(fd, /*shouldClose=*/true);
-    os.write(reinterpret_cast<const char *>(head.data()), head.size());
-    uint64_t at = head.size();
-    const std::vector<char> zeros(fmt::kAlignment, 0);
-    auto padTo = [&](uint64_t offset) {
-      for (; at < offset; at += std::min<uint64_t>(offset - at, zeros.size()))
-        os.write(zeros.data(), std::min<uint64_t>(offset - at, zeros.size()));
-    };
-    for (int i = 0; i < meta_.sections_size(); ++i) {
-      padTo(meta_.sections(i).offset());
-      os.write(payloads_[i].data(), payloads_[i].size());
-      at += payloads_[i].size();
-      std::vector<char>().swap(payloads_[i]); // written: its memory goes back
-    }
-    padTo(fileSize);
-    os.close();
-    writeError = os.error();
-    os.clear_error();
-  }
-  if (!writeError)
-    writeError = llvm::sys::fs::rename(tmp, path);
-  if (!writeError)
+  h.fileSize = h.metadataOffset + h.metadataSize;
+  h.checksum = fmt::headChecksum(h, reinterpret_cast<const unsigned char *>(metaBytes.data()));
+  static const char zeros[fmt::kAlignment] = {};
+  os_->write(zeros, h.metadataOffset - at_);
+  os_->write(metaBytes.data(), metaBytes.size());
+  os_->seek(0);
+  os_->write(reinterpret_cast<const char *>(&h), sizeof h);
+  os_->close();
+  std::error_code ec = os_->error();
+  os_->clear_error();
+  os_.reset();
+  if (!ec)
+    ec = llvm::sys::fs::rename(tmp_, path_);
+  if (!ec)
     return true;
-  llvm::sys::fs::remove(tmp);
-  error = "cannot write '" + path.str() + "': " + writeError.message();
+  llvm::sys::fs::remove(tmp_);
+  error = "cannot write '" + path_ + "': " + ec.message();
   return false;
 }
 

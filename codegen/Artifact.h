@@ -1,7 +1,9 @@
 //===- Artifact.h - writing a .moex artifact file ----------------------------===//
 //
-// Collects sections (weights, code) and the metadata, then writes the file in one go: header, metadata,
-// 64-byte-aligned sections, checksum (docs/artifact-format.md). The file appears only when complete.
+// Streams an artifact into a temporary file next to its path: each section (weights, code) is written and
+// checksummed when it is added, then freed, so a compile holds at most the section being packed; the metadata
+// (which locates every section) and the header follow at the end, and the file is renamed into place only
+// when complete (docs/artifact-format.md). A writer destroyed before finish() removes its temporary file.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOEC_CODEGEN_ARTIFACT_H
@@ -9,8 +11,12 @@
 
 #include "runtime/artifact.pb.h"
 
+#include "llvm/ADT/ArrayRef.h"
+#include "llvm/ADT/SmallString.h"
 #include "llvm/ADT/StringRef.h"
+#include "llvm/Support/raw_ostream.h"
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,17 +24,35 @@ namespace moec::codegen {
 
 class ArtifactWriter {
 public:
-  /// Adds a section and returns its index in the metadata's section list.
-  int addSection(llvm::StringRef name, moert::proto::Section::Kind kind, std::vector<char> bytes);
+  ArtifactWriter() = default;
+  ArtifactWriter(const ArtifactWriter &) = delete;
+  ArtifactWriter &operator=(const ArtifactWriter &) = delete;
+  ~ArtifactWriter();
+
+  /// Starts the artifact at `path`: creates the temporary file the sections stream into. False + `error`.
+  bool open(llvm::StringRef path, std::string &error);
+  /// Writes a section now (64-byte aligned) and returns its index in the metadata's section list. A failed
+  /// write is kept and reported by error() and finish().
+  int addSection(llvm::StringRef name, moert::proto::Section::Kind kind, llvm::ArrayRef<char> bytes);
+  int addSection(llvm::StringRef name, moert::proto::Section::Kind kind, std::vector<char> bytes) {
+    int index = addSection(name, kind, llvm::ArrayRef<char>(bytes));
+    std::vector<char>().swap(bytes); // written: its memory goes back now
+    return index;
+  }
   moert::proto::Artifact &meta() { return meta_; }
   uint64_t sectionBytes(moert::proto::Section::Kind kind) const;
-  /// Writes the artifact to `path` (atomically: a temporary file renamed into place). False + `error` on
-  /// failure.
-  bool write(llvm::StringRef path, std::string &error);
+  /// The first write error ("cannot write 'PATH': reason"), or "".
+  std::string error() const;
+  /// Writes the metadata and the header and renames the file into place. False + `error` on failure (the
+  /// temporary file is removed).
+  bool finish(std::string &error);
 
 private:
   moert::proto::Artifact meta_;
-  std::vector<std::vector<char>> payloads_;
+  std::string path_;
+  llvm::SmallString<256> tmp_;
+  std::unique_ptr<llvm::raw_fd_ostream> os_;
+  uint64_t at_ = 0; // bytes written so far
 };
 
 /// Writes `bytes` to `path` (replacing it); false on any error.

@@ -4,8 +4,13 @@
 // libmoert). Dependency-free. docs/artifact-format.md is the specification.
 //
 //   [0, 64)            FileHeader
-//   [64, ...)          metadata: a serialized moert.proto.Artifact (runtime/artifact.proto)
-//   64-byte aligned    sections (weights, code), located by the metadata
+//   64-byte aligned    sections (weights, code), from offset 64, located by the metadata
+//   after them         metadata: a serialized moert.proto.Artifact (runtime/artifact.proto), located by the
+//   header
+//
+// The metadata comes last so that a writer can stream each section into the file as it is packed (its offset
+// known when it is written) and describe them all at the end (version 2 put it at offset 64; readers take
+// both).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_ARTIFACT_FORMAT_H
@@ -18,7 +23,9 @@
 namespace moert::format {
 
 inline constexpr char kMagic[8] = {'M', 'O', 'E', 'X', '\0', '\x1a', '\r', '\n'};
-inline constexpr uint32_t kVersion = 2;    // bump on any incompatible change (2: per-section checksums)
+inline constexpr uint32_t kVersion =
+    3; // bump on any incompatible change (2: per-section checksums; 3: metadata last)
+inline constexpr uint32_t kOldestVersion = 2; // the oldest format this reader still reads
 inline constexpr uint64_t kAlignment = 64; // every section starts at a multiple of this
 
 struct FileHeader {
@@ -26,7 +33,7 @@ struct FileHeader {
   uint32_t version;
   uint32_t headerSize;     // sizeof(FileHeader) = 64
   uint64_t fileSize;       // the whole file, in bytes
-  uint64_t metadataOffset; // = 64
+  uint64_t metadataOffset; // after the last section (version 2: 64)
   uint64_t metadataSize;
   uint64_t checksum;       // headChecksum(): the header (this field zeroed) and the metadata
   uint8_t reserved[16];    // zero
@@ -54,15 +61,13 @@ inline uint64_t checksum(const void *data, size_t n, uint64_t seed = 0x6d6f65632
   return h * kMul;
 }
 
-/// checksum() of the header (its checksum field treated as zero) and the `metadataSize` bytes of metadata
-/// after it: what a reader checks before it trusts the section table. Each section's bytes have a checksum()
-/// of their own in the metadata (Section.checksum), checked when the section is first used.
-inline uint64_t headChecksum(const unsigned char *file, uint64_t metadataSize) {
-  FileHeader h;
-  std::memcpy(&h, file, sizeof h);
+/// checksum() of the header `h` (its checksum field treated as zero), then of the `h.metadataSize` bytes of
+/// `metadata`: what a reader checks before it trusts the section table. Each section's bytes have a
+/// checksum() of their own in the metadata (Section.checksum), checked when the section is first used.
+inline uint64_t headChecksum(FileHeader h, const unsigned char *metadata) {
   h.checksum = 0;
   uint64_t a = checksum(&h, sizeof h);
-  return checksum(file + sizeof h, metadataSize, a);
+  return checksum(metadata, h.metadataSize, a);
 }
 
 inline uint64_t alignUp(uint64_t x) { return (x + kAlignment - 1) / kAlignment * kAlignment; }

@@ -303,19 +303,24 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     return bad("is not a moec artifact (wrong magic bytes)");
   if (h.version > fmt::kVersion)
     return bad("was written by a newer moec (artifact format " + std::to_string(h.version) +
-               "; this moert reads format " + std::to_string(fmt::kVersion) + "): recompile it or update moert");
-  if (h.version != fmt::kVersion)
-    return bad("has unsupported artifact format " + std::to_string(h.version));
+               "; this moert reads formats " + std::to_string(fmt::kOldestVersion) + " to " +
+               std::to_string(fmt::kVersion) + "): recompile it or update moert");
+  if (h.version < fmt::kOldestVersion)
+    return bad("has unsupported artifact format " + std::to_string(h.version) +
+               " (recompile it with this moec)");
   if (h.headerSize != sizeof(fmt::FileHeader))
     return bad("has a corrupted header (header size " + std::to_string(h.headerSize) + ")");
   if (h.fileSize != size)
     return bad(h.fileSize > size ? "is truncated: the header says " + std::to_string(h.fileSize) +
                                        " bytes, the file has " + std::to_string(size)
                                  : "has " + std::to_string(size - h.fileSize) + " unexpected bytes after its end");
-  if (h.metadataOffset != sizeof(fmt::FileHeader) || h.metadataSize > size - h.metadataOffset)
+  // Version 2 put the metadata right after the header, version 3 after the sections.
+  if (h.metadataOffset < sizeof(fmt::FileHeader) || h.metadataOffset > size ||
+      h.metadataSize > size - h.metadataOffset ||
+      (h.version == 2 && h.metadataOffset != sizeof(fmt::FileHeader)))
     return bad("has a corrupted header (metadata out of bounds)");
   m.verifyLevel = std::clamp(options.verify_checksum, 0, 2);
-  if (m.verifyLevel && fmt::headChecksum(m.map, h.metadataSize) != h.checksum)
+  if (m.verifyLevel && fmt::headChecksum(h, m.map + h.metadataOffset) != h.checksum)
     return bad("is corrupted (checksum mismatch in its header or metadata)");
   if (!m.meta.ParseFromArray(m.map + h.metadataOffset, static_cast<int>(h.metadataSize)))
     return bad("has corrupted metadata");
@@ -332,8 +337,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
                  "' this machine lacks; recompile with --cpu=native (or x86-64-v3)");
   for (int i = 0; i < a.sections_size(); ++i) {
     const auto &s = a.sections(i);
-    if (s.offset() % fmt::kAlignment != 0 || s.offset() < h.metadataOffset + h.metadataSize ||
-        s.offset() > size || s.size() > size - s.offset())
+    const bool overlapsMetadata =
+        s.offset() < h.metadataOffset + h.metadataSize && h.metadataOffset < s.offset() + s.size();
+    if (s.offset() % fmt::kAlignment != 0 || s.offset() < sizeof(fmt::FileHeader) || s.offset() > size ||
+        s.size() > size - s.offset() || overlapsMetadata)
       return bad("has a corrupted section table (section '" + s.name() + "' out of bounds)");
     if (s.kind() != pb::Section::WEIGHTS && s.kind() != pb::Section::CODE)
       return bad("has a section of unknown kind ('" + s.name() + "')");

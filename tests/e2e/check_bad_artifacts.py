@@ -43,12 +43,14 @@ def checksum(data, seed=0x6D6F65632D6D6F65):
 
 
 def reseal(image):
-    """Recomputes the header checksum (bytes 40..48: the header with it zeroed, then the metadata) of an image."""
+    """Recomputes the header checksum (bytes 40..48: the header with it zeroed, then the metadata, which the header
+    locates: offset at 24, size at 32) of an image."""
     image = bytearray(image)
     header = bytearray(image[:64])
     header[40:48] = b"\0" * 8
-    meta_size = struct.unpack_from("<Q", image, 32)[0]
-    struct.pack_into("<Q", image, 40, checksum(bytes(image[64:64 + meta_size]), checksum(bytes(header))))
+    meta_offset, meta_size = struct.unpack_from("<QQ", image, 24)
+    struct.pack_into("<Q", image, 40,
+                     checksum(bytes(image[meta_offset:meta_offset + meta_size]), checksum(bytes(header))))
     return bytes(image)
 
 
@@ -81,30 +83,36 @@ def main():
         tiny_model(model)
         subprocess.run([args.moec, "compile", model, "-o", good, "--quiet"], check=True)
         image = open(good, "rb").read()
-        meta_size = struct.unpack_from("<Q", image, 32)[0]
-        meta = image[64:64 + meta_size]
+        meta_offset, meta_size = struct.unpack_from("<QQ", image, 24)
+        assert meta_offset + meta_size == len(image), "format 3: the metadata comes last"
+        meta = image[meta_offset:meta_offset + meta_size]
         x = os.path.join(tmp, "x.npy")
         np.save(x, np.ones((3, 8), np.float32))
 
         def patched_meta(old, new):
             assert meta.count(old) >= 1, old
             fixed = bytearray(image)
-            i = image.index(old, 64)
+            i = image.index(old, meta_offset)
             fixed[i:i + len(old)] = new
             return reseal(fixed)
 
         half = len(image) // 2
-        code = image.index(b"\x7fELF", 64 + meta_size)  # the code section (a shared object) comes last
-        first_weights = (64 + meta_size + 63) // 64 * 64  # the first section: weights
+        code = image.index(b"\x7fELF", 64)  # the code section (a shared object), the last before the metadata
+        first_weights = 64  # the first section: weights, right after the header
         garbage_meta = bytearray(image)
-        garbage_meta[64:64 + meta_size] = b"\xff" * meta_size
+        garbage_meta[meta_offset:] = b"\xff" * meta_size
+        overlapping = bytearray(image)  # a copy of the metadata inside the code section, the header pointing at it
+        overlapping[code + 64:code + 64 + meta_size] = meta
+        struct.pack_into("<Q", overlapping, 24, code + 64)
         cases = [
             ("truncated", image[:half], f"is truncated: the header says {len(image)} bytes, the file has {half}"),
             ("empty", b"", "is not a moec artifact: 0 bytes, shorter than the 64-byte header"),
             ("wrong_magic", b"ONNX" + image[4:], "is not a moec artifact (wrong magic bytes)"),
-            ("newer_version", image[:8] + struct.pack("<I", 3) + image[12:],
-             "was written by a newer moec (artifact format 3; this moert reads format 2)"),
-            ("metadata_bit_flip", flipped(image, 64 + meta_size // 2),
+            ("newer_version", image[:8] + struct.pack("<I", 4) + image[12:],
+             "was written by a newer moec (artifact format 4; this moert reads formats 2 to 3)"),
+            ("older_version", image[:8] + struct.pack("<I", 1) + image[12:],
+             "has unsupported artifact format 1 (recompile it with this moec)"),
+            ("metadata_bit_flip", flipped(image, meta_offset + meta_size // 2),
              "is corrupted (checksum mismatch in its header or metadata)"),
             ("code_bit_flip", flipped(image, code + 4096), "(code, "),
             ("trailing_bytes", image + b"\0" * 7, "has 7 unexpected bytes after its end"),
@@ -112,6 +120,7 @@ def main():
              "targets 'hip'; this moert runs cpu artifacts"),
             ("missing_cpu_feature", patched_meta(b"avx2", b"avx9"), "needs the CPU feature 'avx9'"),
             ("garbage_metadata", reseal(garbage_meta), "has corrupted metadata"),
+            ("metadata_over_section", reseal(overlapping), "(section 'code' out of bounds)"),
         ]
         failures = 0
         for name, data, want in cases:

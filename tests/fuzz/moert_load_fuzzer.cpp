@@ -22,13 +22,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size >= sizeof(moert::format::FileHeader)) {
     moert::format::FileHeader h;
     std::memcpy(&h, image.data(), sizeof h);
-    h.checksum = 0;
-    std::memcpy(image.data(), &h, sizeof h);
-    h.checksum = moert::format::headChecksum(
-        image.data(),
-        std::min<uint64_t>(h.metadataSize, image.size() - sizeof h)); // the reader checks bounds first
-    if (h.metadataSize > image.size() - sizeof h)
-      h.checksum = 0;
+    h.checksum = 0; // the reader checks the metadata's bounds first
+    if (h.metadataOffset <= image.size() && h.metadataSize <= image.size() - h.metadataOffset)
+      h.checksum = moert::format::headChecksum(h, image.data() + h.metadataOffset);
     std::memcpy(image.data(), &h, sizeof h);
   }
   static std::string path = "/tmp/moert-fuzz-" + std::to_string(getpid()) + ".moex";
