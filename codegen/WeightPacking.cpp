@@ -5,48 +5,71 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <thread>
+#include <vector>
 
 namespace moec::codegen {
 
-QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk,
-                   bool f16Scales) {
+void parallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)> &fn) {
+  static const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const int64_t parts = std::max<int64_t>(1, std::min(cores, n / std::max<int64_t>(grain, 1)));
+  if (parts == 1) {
+    if (n > 0)
+      fn(0, n);
+    return;
+  }
+  std::vector<std::thread> threads;
+  for (int64_t t = 1; t < parts; ++t)
+    threads.emplace_back([&, t] { fn(n * t / parts, n * (t + 1) / parts); });
+  fn(0, n / parts);
+  for (auto &t : threads)
+    t.join();
+}
+
+QRows quantizeRows(F32Span w, int64_t rows, int64_t k, int bits, int64_t blk, bool f16Scales) {
   QRows out;
   out.rows = rows, out.k = k, out.blk = blk, out.nb = (k + blk - 1) / blk;
   out.q.resize(rows * k);
   out.s.resize(rows * out.nb);
   const float qmax = bits == 8 ? 127.0f : 7.0f, qmin = bits == 8 ? -127.0f : -8.0f;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t b = 0; b < out.nb; ++b) {
-      int64_t c0 = b * blk, c1 = std::min(k, c0 + blk);
-      float m = 0.0f;
-      for (int64_t c = c0; c < c1; ++c)
-        m = std::max(m, std::fabs(w[r * k + c]));
-      float scale = m / qmax;
-      if (f16Scales) // NaN stays NaN (and makes every code 0, as an f32 NaN scale does)
-        scale = fromF16(toF16(std::min(scale, 65504.0f)));
-      out.s[r * out.nb + b] = scale;
-      for (int64_t c = c0; c < c1; ++c) {
-        float v = scale > 0.0f ? std::nearbyint(w[r * k + c] / scale) : 0.0f;
-        out.q[r * k + c] = static_cast<int8_t>(std::clamp(v, qmin, qmax));
+  parallelFor(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t b = 0; b < out.nb; ++b) {
+        int64_t c0 = b * blk, c1 = std::min(k, c0 + blk);
+        float m = 0.0f;
+        for (int64_t c = c0; c < c1; ++c)
+          m = std::max(m, std::fabs(w[r * k + c]));
+        float scale = m / qmax;
+        if (f16Scales) // NaN stays NaN (and makes every code 0, as an f32 NaN scale does)
+          scale = fromF16(toF16(std::min(scale, 65504.0f)));
+        out.s[r * out.nb + b] = scale;
+        for (int64_t c = c0; c < c1; ++c) {
+          float v = scale > 0.0f ? std::nearbyint(w[r * k + c] / scale) : 0.0f;
+          out.q[r * k + c] = static_cast<int8_t>(std::clamp(v, qmin, qmax));
+        }
       }
-    }
+  });
   return out;
 }
 
-std::vector<char> asBytes(const std::vector<float> &v) {
+std::vector<char> asBytes(F32Span v) {
   std::vector<char> b(v.size() * 4);
-  std::memcpy(b.data(), v.data(), b.size());
+  if (!v.empty())
+    std::memcpy(b.data(), v.begin(), b.size());
   return b;
 }
 
-std::vector<char> asBf16(const std::vector<float> &v) {
+std::vector<char> asBf16(F32Span v) {
   std::vector<char> b(v.size() * 2);
-  for (size_t i = 0; i < v.size(); ++i) {
-    uint32_t w;
-    std::memcpy(&w, &v[i], 4);
-    uint16_t h = std::isnan(v[i]) ? uint16_t((w >> 16) | 0x40) : uint16_t((w + 0x7fff + ((w >> 16) & 1)) >> 16);
-    std::memcpy(&b[2 * i], &h, 2);
-  }
+  parallelFor(int64_t(v.size()), 1 << 20, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      uint32_t w;
+      std::memcpy(&w, &v[i], 4);
+      uint16_t h =
+          std::isnan(v[i]) ? uint16_t((w >> 16) | 0x40) : uint16_t((w + 0x7fff + ((w >> 16) & 1)) >> 16);
+      std::memcpy(&b[2 * i], &h, 2);
+    }
+  });
   return b;
 }
 
@@ -79,12 +102,14 @@ float fromF16(uint16_t h) {
   return h & 0x8000u ? -a : a;
 }
 
-std::vector<char> asF16(const std::vector<float> &v) {
+std::vector<char> asF16(F32Span v) {
   std::vector<char> b(v.size() * 2);
-  for (size_t i = 0; i < v.size(); ++i) {
-    uint16_t h = toF16(v[i]);
-    std::memcpy(&b[2 * i], &h, 2);
-  }
+  parallelFor(int64_t(v.size()), 1 << 20, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      uint16_t h = toF16(v[i]);
+      std::memcpy(&b[2 * i], &h, 2);
+    }
+  });
   return b;
 }
 
@@ -92,8 +117,13 @@ std::vector<char> packBits(const std::vector<int8_t> &q, int bits) {
   if (bits == 8)
     return std::vector<char>(q.begin(), q.end());
   std::vector<char> out((q.size() + 1) / 2, 0);
-  for (size_t i = 0; i < q.size(); ++i)
-    out[i / 2] = char(uint8_t(out[i / 2]) | uint8_t(((q[i] + 8) & 15) << ((i & 1) * 4)));
+  parallelFor(int64_t(out.size()), 1 << 20, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const size_t i = 2 * b;
+      uint8_t lo = uint8_t((q[i] + 8) & 15), hi = i + 1 < q.size() ? uint8_t((q[i + 1] + 8) & 15) : 0;
+      out[b] = char(lo | (hi << 4));
+    }
+  });
   return out;
 }
 
@@ -128,23 +158,26 @@ void packCodes(PackedLinear &out, const std::vector<uint8_t> &codes, const std::
   const int64_t gk = bits == 4 ? 8 : 4, groups = (k + gk - 1) / gk, panelBytes = groups * NR * 4;
   std::vector<char> w(np * panelBytes, 0);
   std::vector<float> s(np * kb * NR, 0.0f), o(offsets ? np * kb * NR : 0, 0.0f);
-  for (int64_t c = 0; c < n; ++c) {
-    const int64_t p = c / NR, j = c % NR;
-    for (int64_t f = 0; f < k; ++f) {
-      const uint8_t code = codes[c * k + f];
-      const int64_t g = f / gk, q = f % gk;
-      char &byte = w[p * panelBytes + (g * NR + j) * 4 + q % 4];
-      if (bits == 8)
-        byte = char(code);
-      else
-        byte = char(uint8_t(byte) | ((code & 15) << (q / 4 * 4)));
+  // Panels in parallel: each writes only its own panel's bytes and scales.
+  parallelFor(np, std::max<int64_t>(1, 65536 / std::max<int64_t>(k * NR, 1)), [&](int64_t p0, int64_t p1) {
+    for (int64_t c = p0 * NR; c < std::min(n, p1 * NR); ++c) {
+      const int64_t p = c / NR, j = c % NR;
+      for (int64_t f = 0; f < k; ++f) {
+        const uint8_t code = codes[c * k + f];
+        const int64_t g = f / gk, q = f % gk;
+        char &byte = w[p * panelBytes + (g * NR + j) * 4 + q % 4];
+        if (bits == 8)
+          byte = char(code);
+        else
+          byte = char(uint8_t(byte) | ((code & 15) << (q / 4 * 4)));
+      }
+      for (int64_t b = 0; b < kb; ++b) {
+        s[(p * kb + b) * NR + j] = scales[c * kb + b];
+        if (offsets)
+          o[(p * kb + b) * NR + j] = (*offsets)[c * kb + b];
+      }
     }
-    for (int64_t b = 0; b < kb; ++b) {
-      s[(p * kb + b) * NR + j] = scales[c * kb + b];
-      if (offsets)
-        o[(p * kb + b) * NR + j] = (*offsets)[c * kb + b];
-    }
-  }
+  });
   out.slots[MOERT_LIN_W] = std::move(w);
   out.slots[MOERT_LIN_SCALES] = f16Scales ? asF16(s) : asBytes(s);
   if (offsets)
@@ -152,19 +185,24 @@ void packCodes(PackedLinear &out, const std::vector<uint8_t> &codes, const std::
 }
 } // namespace
 
-PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k, int64_t n,
-                        moert_storage storage, int64_t block, const std::vector<float> &bias,
-                        bool f16Scales) {
+PackedLinear packLinear(F32Span w, bool transposed, int64_t k, int64_t n, moert_storage storage,
+                        int64_t block, const std::vector<float> &bias, bool f16Scales) {
   PackedLinear out;
   out.slots[MOERT_LIN_BIAS] = packBias(bias, n);
   auto at = [&](int64_t f, int64_t c) { return transposed ? w[c * k + f] : w[f * n + c]; };
   if (storage == MOERT_STORAGE_INT8 || storage == MOERT_STORAGE_INT4) {
     const int bits = storage == MOERT_STORAGE_INT8 ? 8 : 4;
     std::vector<float> cols(n * k); // [N][K]: a column's features contiguous, as quantizeRows wants rows
-    for (int64_t c = 0; c < n; ++c)
-      for (int64_t f = 0; f < k; ++f)
-        cols[c * k + f] = at(f, c);
+    // In tiles of 64 x 64 (a transpose walking one side with a stride misses the cache on every element).
+    parallelFor((n + 63) / 64, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t c0 = t0 * 64; c0 < std::min(n, t1 * 64); c0 += 64)
+        for (int64_t f0 = 0; f0 < k; f0 += 64)
+          for (int64_t c = c0; c < std::min(n, c0 + 64); ++c)
+            for (int64_t f = f0; f < std::min(k, f0 + 64); ++f)
+              cols[c * k + f] = at(f, c);
+    });
     QRows q = quantizeRows(cols, n, k, bits, block, f16Scales);
+    std::vector<float>().swap(cols);
     std::vector<uint8_t> codes(n * k);
     for (size_t i = 0; i < codes.size(); ++i) // int8: the signed byte; int4: centred + 8
       codes[i] = bits == 8 ? uint8_t(q.q[i]) : uint8_t(q.q[i] + 8);
@@ -173,9 +211,12 @@ PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k,
   }
   const int64_t np = (n + NR - 1) / NR;
   std::vector<float> p(np * k * NR, 0.0f);
-  for (int64_t c = 0; c < n; ++c)
-    for (int64_t f = 0; f < k; ++f)
-      p[((c / NR) * k + f) * NR + c % NR] = at(f, c);
+  parallelFor(np, std::max<int64_t>(1, 65536 / std::max<int64_t>(k * NR, 1)), [&](int64_t p0, int64_t p1) {
+    for (int64_t pi = p0; pi < p1; ++pi)
+      for (int64_t f = 0; f < k; ++f)
+        for (int64_t c = pi * NR; c < std::min(n, (pi + 1) * NR); ++c)
+          p[(pi * k + f) * NR + c % NR] = at(f, c);
+  });
   out.slots[MOERT_LIN_W] = storage == MOERT_STORAGE_BF16 ? asBf16(p) : storage == MOERT_STORAGE_F16 ? asF16(p)
                                                                                                    : asBytes(p);
   return out;
@@ -213,8 +254,7 @@ PackedLinear packLinearCodes(const std::vector<uint8_t> &codes, const std::vecto
   return out;
 }
 
-PackedTable packEmbedding(const std::vector<float> &t, int64_t v, int64_t h, moert_storage storage,
-                          int64_t block) {
+PackedTable packEmbedding(F32Span t, int64_t v, int64_t h, moert_storage storage, int64_t block) {
   PackedTable out;
   switch (storage) {
   case MOERT_STORAGE_F32:

@@ -11,10 +11,29 @@
 #include "kernels/cpu/moert_kernel_abi.h"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 namespace moec::codegen {
+
+/// A read-only run of f32 values: a view of a constant's bytes where they lie (no copy), or of a vector.
+struct F32Span {
+  const float *p = nullptr;
+  size_t n = 0;
+  F32Span() = default;
+  F32Span(const float *data, size_t count) : p(data), n(count) {}
+  F32Span(const std::vector<float> &v) : p(v.data()), n(v.size()) {}
+  const float &operator[](size_t i) const { return p[i]; }
+  size_t size() const { return n; }
+  bool empty() const { return n == 0; }
+  const float *begin() const { return p; }
+  const float *end() const { return p + n; }
+};
+
+/// Runs fn(begin, end) over [0, n) split into contiguous ranges on all cores (the calling thread takes one);
+/// `grain`: the fewest items worth a thread. Packing is memory-bound loops over rows or columns.
+void parallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)> &fn);
 
 /// Weight-only quantised rows: `rows` rows of `k` centred integers (q - zero point) with one f32 scale per
 /// block of `blk` columns (`nb` blocks a row).
@@ -27,17 +46,16 @@ struct QRows {
 /// Symmetric quantisation of f32 rows: scale = max|w| / qmax per block, q = round-half-even(w / scale)
 /// clamped to the code range. `f16Scales`: each scale is first rounded to the nearest f16 (at most 65504; the
 /// codes then come from that scale), as the layers storing f16 scales keep it (MOERT_QSCALE_BYTES).
-QRows quantizeRows(const std::vector<float> &w, int64_t rows, int64_t k, int bits, int64_t blk,
-                   bool f16Scales = false);
+QRows quantizeRows(F32Span w, int64_t rows, int64_t k, int bits, int64_t blk, bool f16Scales = false);
 
-std::vector<char> asBytes(const std::vector<float> &v);
+std::vector<char> asBytes(F32Span v);
 /// f32 -> bf16, round to nearest even (NaN stays NaN).
-std::vector<char> asBf16(const std::vector<float> &v);
+std::vector<char> asBf16(F32Span v);
 /// f32 -> IEEE fp16, round to nearest even (overflow to infinity, as the conversion instructions do).
 uint16_t toF16(float f);
 /// IEEE fp16 -> f32 (exact).
 float fromF16(uint16_t h);
-std::vector<char> asF16(const std::vector<float> &v);
+std::vector<char> asF16(F32Span v);
 /// Kernel bytes of centred quantised rows: int8 as is, int4 as nibbles (centred + 8), two per byte, low first.
 std::vector<char> packBits(const std::vector<int8_t> &q, int bits);
 
@@ -50,9 +68,8 @@ struct PackedLinear {
 /// Packs W given as f32 `[K][N]` (`transposed`: `[N][K]`) into panels in `storage`, quantising per column
 /// and block of `block` input features when the storage is int8/int4, with f16 scales when `f16Scales` (the
 /// kernel's C::SCALE16) and f32 ones otherwise. `bias` ([N]) may be empty.
-PackedLinear packLinear(const std::vector<float> &w, bool transposed, int64_t k, int64_t n,
-                        moert_storage storage, int64_t block, const std::vector<float> &bias,
-                        bool f16Scales = false);
+PackedLinear packLinear(F32Span w, bool transposed, int64_t k, int64_t n, moert_storage storage,
+                        int64_t block, const std::vector<float> &bias, bool f16Scales = false);
 
 /// Packs already-quantised weights without re-quantising: `codes` [N][K] (one unsigned code per element,
 /// 0..2^bits-1), `scales` [N][KB], `zeros` [N][KB] zero points (empty: symmetric, 2^(bits-1)). With zero
@@ -70,8 +87,7 @@ struct PackedTable {
   int64_t rowBytes = 0;
 };
 /// Packs the f32 table `t` ([V][H]) in `storage`, quantising each row per block of `block` values.
-PackedTable packEmbedding(const std::vector<float> &t, int64_t v, int64_t h, moert_storage storage,
-                          int64_t block);
+PackedTable packEmbedding(F32Span t, int64_t v, int64_t h, moert_storage storage, int64_t block);
 
 } // namespace moec::codegen
 

@@ -575,7 +575,7 @@ void moec::frontend::registerImportDialects(DialectRegistry &registry) {
 namespace {
 OwningOpRef<ModuleOp> importLoaded(std::shared_ptr<OnnxModel> model, MLIRContext &context,
                                    const ImportOptions &options, std::string &error,
-                                   std::vector<std::string> *warnings) {
+                                   std::vector<std::string> *warnings, WeightsRead *read = nullptr) {
   if (!model)
     return nullptr;
   DialectRegistry registry;
@@ -598,14 +598,16 @@ OwningOpRef<ModuleOp> importLoaded(std::shared_ptr<OnnxModel> model, MLIRContext
   // Results libonnx left untyped (an opset it does not know, no value_info) get moec's own inference.
   if (module)
     moec::onnxir::refineShapes(*module);
+  if (read)
+    *read = model->weightsRead();
   return module;
 }
 } // namespace
 
 OwningOpRef<ModuleOp> moec::frontend::importOnnxModel(llvm::StringRef path, MLIRContext &context,
                                                       const ImportOptions &options, std::string &error,
-                                                      std::vector<std::string> *warnings) {
-  return importLoaded(OnnxModel::load(path, options.load, error), context, options, error, warnings);
+                                                      std::vector<std::string> *warnings, WeightsRead *read) {
+  return importLoaded(OnnxModel::load(path, options.load, error), context, options, error, warnings, read);
 }
 
 OwningOpRef<ModuleOp> moec::frontend::importOnnxModelFromMemory(llvm::StringRef bytes, llvm::StringRef name,

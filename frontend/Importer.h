@@ -28,11 +28,12 @@ void registerImportDialects(mlir::DialectRegistry &registry);
 
 /// Imports the ONNX model at `path` as one `func.func` (named after the graph) in a new module. On failure
 /// returns null and sets `error` to one line naming the file, node and problem. Non-fatal notes go to
-/// `warnings`. The module's large constants keep the loaded model alive for as long as the context holds
-/// them.
+/// `warnings`, what the weights came to in `read`. The module's large constants keep the loaded model alive
+/// for as long as the context holds them.
 mlir::OwningOpRef<mlir::ModuleOp> importOnnxModel(llvm::StringRef path, mlir::MLIRContext &context,
                                                   const ImportOptions &options, std::string &error,
-                                                  std::vector<std::string> *warnings = nullptr);
+                                                  std::vector<std::string> *warnings = nullptr,
+                                                  WeightsRead *read = nullptr);
 
 /// Same, for a binary model held in memory (used by the fuzzer); `name` stands for the file in messages.
 mlir::OwningOpRef<mlir::ModuleOp> importOnnxModelFromMemory(llvm::StringRef bytes, llvm::StringRef name,

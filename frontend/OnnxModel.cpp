@@ -4,6 +4,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "frontend/OnnxModel.h"
+#include "ir/Constants.h"
 
 #include "onnx/checker.h"
 #include "onnx/defs/parser.h"
@@ -215,7 +216,17 @@ llvm::StringRef moec::frontend::onnxDataTypeName(int dataType) {
 }
 
 OnnxModel::OnnxModel() : model(std::make_unique<onnx::ModelProto>()) {}
-OnnxModel::~OnnxModel() = default;
+OnnxModel::~OnnxModel() {
+  for (const auto &f : externalFiles)
+    if (f.second->getBufferKind() == llvm::MemoryBuffer::MemoryBuffer_MMap)
+      moec::forgetFileMapping(llvm::ArrayRef<char>(f.second->getBufferStart(), f.second->getBufferSize()));
+}
+
+WeightsRead OnnxModel::weightsRead() const {
+  WeightsRead r = read;
+  r.externalFiles = externalFiles.size();
+  return r;
+}
 
 std::unique_ptr<OnnxModel> OnnxModel::load(llvm::StringRef path, const LoadOptions &options,
                                            std::string &error) {
@@ -601,6 +612,10 @@ bool OnnxModel::tensorBytes(const onnx::TensorProto &t, TensorBytes &out, std::s
         return fail("cannot read external data file '" + file.str().str() +
                     "': " + mapped.getError().message());
       it = externalFiles.try_emplace(file, std::move(*mapped)).first;
+      // Codegen drops a weight's pages from memory once it is packed (they stay in the file).
+      if (it->second->getBufferKind() == llvm::MemoryBuffer::MemoryBuffer_MMap)
+        moec::noteFileMapping(
+            llvm::ArrayRef<char>(it->second->getBufferStart(), it->second->getBufferSize()));
     }
     llvm::StringRef whole = it->second->getBuffer();
     if (offset > whole.size() || expected > whole.size() - offset)
@@ -609,10 +624,14 @@ bool OnnxModel::tensorBytes(const onnx::TensorProto &t, TensorBytes &out, std::s
                   " bytes; truncated?)");
     out.data = llvm::ArrayRef<char>(whole.data() + offset, expected);
     out.external = true;
+    if (counted.insert(&t).second)
+      ++read.tensors, read.externalBytes += expected;
     return true;
   }
 
   out.external = false;
+  if (counted.insert(&t).second)
+    ++read.tensors, read.inlineBytes += expected;
   if (t.has_raw_data()) {
     if (t.raw_data().size() != expected)
       return fail("raw_data has " + std::to_string(t.raw_data().size()) + " bytes, its shape and type need " +

@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,13 @@ struct TensorBytes {
   llvm::ArrayRef<char> data;
   /// True when `data` points into a mapped external-data file (no copy was made).
   bool external = false;
+};
+
+/// What the weights read from a model came to: tensors (initializers and Constant values), bytes held in the
+/// model file itself, and bytes mapped from external data files (and how many files).
+struct WeightsRead {
+  uint64_t tensors = 0, inlineBytes = 0, externalBytes = 0;
+  size_t externalFiles = 0;
 };
 
 class OnnxModel {
@@ -79,6 +87,8 @@ public:
   /// Raw bytes of `tensor` (raw_data, typed fields or external data). Returns false and sets `error` when
   /// the data is missing, out of bounds or inconsistent with the tensor's shape.
   bool tensorBytes(const onnx::TensorProto &tensor, TensorBytes &out, std::string &error);
+  /// The tensors tensorBytes() handed out so far (each counted once).
+  WeightsRead weightsRead() const;
 
 private:
   OnnxModel();
@@ -91,6 +101,8 @@ private:
   /// Storage for tensors whose data is not laid out as raw bytes in the proto (e.g. f16 in int32_data).
   std::vector<std::unique_ptr<std::vector<char>>> converted;
   std::vector<std::string> notes;
+  std::set<const onnx::TensorProto *> counted; // tensors in `read`
+  WeightsRead read;
   LoadOptions loadOptions;
   bool inferenceSkipped = false;
   /// Nodes from expanded function bodies whose body was written for another opset: name -> opset.

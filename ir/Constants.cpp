@@ -5,7 +5,12 @@
 #include "mlir/IR/DialectResourceBlobManager.h"
 #include "mlir/IR/Matchers.h"
 
+#include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <vector>
 
 using namespace mlir;
 
@@ -51,6 +56,76 @@ std::vector<char> elementsBytes(Attribute attr) {
         return out;
       }
   return {};
+}
+
+ArrayRef<char> constantTensorView(Value v) {
+  Attribute attr;
+  if (!v || !matchPattern(v, m_Constant(&attr)))
+    return {};
+  auto typed = dyn_cast<TypedAttr>(attr);
+  auto type = typed ? dyn_cast<RankedTensorType>(typed.getType()) : RankedTensorType();
+  if (!type || !type.hasStaticShape() || !type.getElementType().isIntOrFloat() ||
+      type.getElementTypeBitWidth() % 8 != 0)
+    return {};
+  const size_t size = type.getNumElements() * (type.getElementTypeBitWidth() / 8);
+  if (auto dense = dyn_cast<DenseElementsAttr>(attr)) {
+    if (dense.isSplat() || dense.getRawData().size() != size)
+      return {};
+    return dense.getRawData();
+  }
+  if (auto res = dyn_cast<DenseResourceElementsAttr>(attr))
+    if (AsmResourceBlob *blob = res.getRawHandle().getBlob())
+      if (blob->getData().size() == size)
+        return blob->getData();
+  return {};
+}
+
+namespace {
+std::mutex mappingsLock;
+std::vector<ArrayRef<char>> mappings; // registered read-only file mappings
+
+/// The whole pages of `bytes` (rounded outwards) if they lie in a registered file mapping.
+bool mappedPages(ArrayRef<char> bytes, char *&begin, size_t &length) {
+  if (bytes.empty())
+    return false;
+  std::lock_guard<std::mutex> guard(mappingsLock);
+  for (ArrayRef<char> m : mappings)
+    if (bytes.data() >= m.data() && bytes.data() + bytes.size() <= m.data() + m.size()) {
+      static const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+      uintptr_t lo = uintptr_t(bytes.data()) & ~(page - 1);
+      uintptr_t hi = (uintptr_t(bytes.data() + bytes.size()) + page - 1) & ~(page - 1);
+      begin = reinterpret_cast<char *>(lo);
+      length = hi - lo;
+      return true;
+    }
+  return false;
+}
+} // namespace
+
+void noteFileMapping(ArrayRef<char> mapped) {
+  std::lock_guard<std::mutex> guard(mappingsLock);
+  mappings.push_back(mapped);
+}
+
+void forgetFileMapping(ArrayRef<char> mapped) {
+  std::lock_guard<std::mutex> guard(mappingsLock);
+  llvm::erase_if(mappings, [&](ArrayRef<char> m) { return m.data() == mapped.data(); });
+}
+
+void releaseConstantPages(Value v) {
+  char *begin;
+  size_t length;
+  // MADV_DONTNEED on a private read-only file mapping unmaps the pages; the next read faults them back in
+  // from the file (page cache). Never on anonymous memory, where it would zero them.
+  if (mappedPages(constantTensorView(v), begin, length))
+    madvise(begin, length, MADV_DONTNEED);
+}
+
+void prefetchConstantPages(Value v) {
+  char *begin;
+  size_t length;
+  if (mappedPages(constantTensorView(v), begin, length))
+    madvise(begin, length, MADV_WILLNEED);
 }
 
 ElementsAttr elementsFromBytes(RankedTensorType type, ArrayRef<char> bytes, StringRef name) {

@@ -25,6 +25,23 @@ std::vector<char> constantTensorBytes(mlir::Value v);
 /// The same for a tensor attribute itself (an op's `value`-like attribute): inline or resource-backed.
 std::vector<char> elementsBytes(mlir::Attribute attr);
 
+/// The row-major bytes of a constant tensor where they already lie in memory (a non-splat inline attribute of
+/// whole-byte elements, or a resource blob): no copy. Empty when `v` is no such constant; use
+/// constantTensorBytes() then.
+llvm::ArrayRef<char> constantTensorView(mlir::Value v);
+
+/// Constants whose bytes lie in a read-only file mapping (the model's external data) may have their pages
+/// dropped from the process once read: re-reading them faults them back in from the file. The importer
+/// registers each mapping here for as long as it is mapped.
+void noteFileMapping(llvm::ArrayRef<char> mapped);
+void forgetFileMapping(llvm::ArrayRef<char> mapped);
+/// Drops the pages of constant `v` from this process's memory if they lie in a registered file mapping (they
+/// stay in the page cache); a no-op otherwise. Codegen calls it once a weight is packed, so compiling a model
+/// holds the weights being packed, not every weight read so far.
+void releaseConstantPages(mlir::Value v);
+/// Asks the kernel to start reading constant `v`'s pages from a registered file mapping ahead of use.
+void prefetchConstantPages(mlir::Value v);
+
 /// A tensor attribute holding `bytes` (row-major) of `type`: inline when small, else a heap resource blob
 /// named `name`.
 mlir::ElementsAttr elementsFromBytes(mlir::RankedTensorType type, llvm::ArrayRef<char> bytes,

@@ -3,9 +3,10 @@
 #include "codegen/Artifact.h"
 #include "codegen/WeightPacking.h"
 #include "codegen/hip/GpuCodegen.h"
-#include "kernels/cpu/moert_kernel_abi.h"
+#include "ir/Constants.h"
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
+#include "kernels/cpu/moert_kernel_abi.h"
 #include "passes/MatchUtils.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -13,6 +14,7 @@
 #include "mlir/IR/Matchers.h"
 #include "llvm/ADT/APFloat.h"
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/ScopeExit.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FileSystem.h"
@@ -127,6 +129,22 @@ bool f32Constant(Value v, StringRef what, std::vector<float> &out, std::string &
   return true;
 }
 
+/// A constant f32 operand's values without a copy where they lie in memory (the mapped model's external data,
+/// or an attribute's own storage); otherwise copied into `own`. `out` is valid while the module and `own`
+/// are.
+bool f32Operand(Value v, StringRef what, std::vector<float> &own, F32Span &out, std::string &error) {
+  auto t = v ? dyn_cast<RankedTensorType>(v.getType()) : RankedTensorType();
+  ArrayRef<char> view = t && t.getElementType().isF32() ? constantTensorView(v) : ArrayRef<char>();
+  if (!view.empty() && reinterpret_cast<uintptr_t>(view.data()) % alignof(float) == 0) {
+    out = F32Span(reinterpret_cast<const float *>(view.data()), view.size() / 4);
+    return true;
+  }
+  if (!f32Constant(v, what, own, error))
+    return false;
+  out = own;
+  return true;
+}
+
 struct Emitter {
   const CpuOptions &opts;
   ArtifactWriter writer;
@@ -147,6 +165,7 @@ struct Emitter {
   std::map<std::string, std::string> attentionConfigs;
   std::string error;
   raw_ostream *progress;
+  uint64_t weightTotal = 0, weightDone = 0; // constant operand bytes of the function's ops, and those done
 
   explicit Emitter(const CpuOptions &o, raw_ostream *p)
       : opts(o), program(writer.meta().mutable_program()), steps(program->mutable_steps()), progress(p) {}
@@ -477,20 +496,31 @@ struct Emitter {
     int64_t qblock1 = 0, qblock2 = 0;
     bool fc2Panels = false;
     // Packs (x, j, part) rows of fc1 and fc2 columns for `ne` experts with `fdim` dims into `slot`s.
-    auto packExperts = [&](int64_t ne, int64_t fdim, const std::vector<float> &w1, const std::vector<float> &w2,
-                           const QRows *r1, const QRows *r2, int slot1, int slot2, int sslot1, int sslot2,
-                           StringRef name1, StringRef name2) {
+    auto packExperts = [&](int64_t ne, int64_t fdim, F32Span w1, F32Span w2, const QRows *r1, const QRows *r2,
+                           int slot1, int slot2, int sslot1, int sslot2, StringRef name1, StringRef name2) {
       if (!qbits) {
-        std::vector<float> p1(ne * fdim * g * h), p2(ne * fdim * h);
-        for (int64_t x = 0; x < ne; ++x)
-          for (int64_t j = 0; j < fdim; ++j) {
+        // fc1's rows regrouped, fc2 transposed in 64 x 64 tiles (a strided walk misses the cache on every
+        // element); experts and row ranges in parallel.
+        std::vector<float> p1(ne * fdim * g * h);
+        parallelFor(ne * fdim, std::max<int64_t>(1, 16384 / h), [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t x = r / fdim, j = r % fdim;
             for (int64_t part = 0; part < g; ++part)
-              std::memcpy(&p1[((x * fdim + j) * g + part) * h], &w1[(x * g * fdim + gatedRow(j, part, fdim)) * h],
-                          h * 4);
-            for (int64_t i = 0; i < h; ++i)
-              p2[(x * fdim + j) * h + i] = w2[(x * h + i) * fdim + j];
+              std::memcpy(&p1[(r * g + part) * h], &w1[(x * g * fdim + gatedRow(j, part, fdim)) * h], h * 4);
           }
+        });
         add(slot1, name1, std::move(p1));
+        std::vector<float> p2(ne * fdim * h);
+        const int64_t jt = (fdim + 63) / 64;
+        parallelFor(ne * jt, 1, [&](int64_t t0, int64_t t1) {
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t x = t / jt, j0 = t % jt * 64, j1 = std::min(fdim, j0 + 64);
+            for (int64_t i0 = 0; i0 < h; i0 += 64)
+              for (int64_t j = j0; j < j1; ++j)
+                for (int64_t i = i0; i < std::min(h, i0 + 64); ++i)
+                  p2[(x * fdim + j) * h + i] = w2[(x * h + i) * fdim + j];
+          }
+        });
         add(slot2, name2, std::move(p2));
         return;
       }
@@ -519,10 +549,16 @@ struct Emitter {
         // fc2 transposed: row f holds dim f's codes for every column, scales per column per row block
         std::vector<int8_t> q2(ne * fdim * h);
         std::vector<float> sc(ne * r2->nb * h);
-        for (int64_t x = 0; x < ne; ++x)
-          for (int64_t j = 0; j < fdim; ++j)
-            for (int64_t i = 0; i < h; ++i)
-              q2[(x * fdim + j) * h + i] = r2->q[(x * h + i) * fdim + j];
+        const int64_t jt = (fdim + 63) / 64;
+        parallelFor(ne * jt, 1, [&](int64_t t0, int64_t t1) { // transposed in 64 x 64 tiles
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t x = t / jt, j0 = t % jt * 64, j1 = std::min(fdim, j0 + 64);
+            for (int64_t i0 = 0; i0 < h; i0 += 64)
+              for (int64_t j = j0; j < j1; ++j)
+                for (int64_t i = i0; i < std::min(h, i0 + 64); ++i)
+                  q2[(x * fdim + j) * h + i] = r2->q[(x * h + i) * fdim + j];
+          }
+        });
         for (int64_t x = 0; x < ne; ++x)
           for (int64_t i = 0; i < h; ++i)
             for (int64_t b = 0; b < r2->nb; ++b)
@@ -545,7 +581,8 @@ struct Emitter {
     if (gpu && op.getNumRouterColumns() > 2048)
       return fail(op, "GPU kernels route over at most 2048 router columns; this layer has " +
                       Twine(op.getNumRouterColumns()));
-    std::vector<float> w1, w2;
+    std::vector<float> w1Copy, w2Copy;
+    F32Span w1, w2;
     QRows r1, r2;
     if (q1a) {
       if (!importedRows(op, op.getFc1(), op.getFc1Scales(), q1a, "fc1", e * g * f, h, r1) ||
@@ -557,8 +594,13 @@ struct Emitter {
       qblock1 = r1.blk;
       qblock2 = q2a.getBlockSize(); // 0: one scale per row of fc2 = per column of its transpose
     } else {
-      if (!f32Constant(op.getFc1(), "fc1", w1, error) || !f32Constant(op.getFc2(), "fc2", w2, error))
+      if (!f32Operand(op.getFc1(), "fc1", w1Copy, w1, error) ||
+          !f32Operand(op.getFc2(), "fc2", w2Copy, w2, error))
         return fail(op, error);
+      if (int64_t(w1.size()) != e * g * f * h || int64_t(w2.size()) != e * h * f)
+        return fail(op, "operands 'fc1' / 'fc2' hold " + Twine(w1.size()) + " / " + Twine(w2.size()) +
+                            " values; the layer's shape needs " + Twine(e * g * f * h) + " / " +
+                            Twine(e * h * f));
       if (qbits) {
         qblock1 = qblock2 = MOERT_EXPERT_QBLOCK;
         r1 = quantizeRows(w1, e * g * f, h, qbits, qblock1, scale16);
@@ -866,8 +908,9 @@ struct Emitter {
       affine = !zeros.empty();
       packed = packLinearCodes(codes, scales, zeros, qbits, k, n, block, bias);
     } else {
-      std::vector<float> w;
-      if (!f32Constant(op.getWeight(), "weight", w, error))
+      std::vector<float> copy;
+      F32Span w;
+      if (!f32Operand(op.getWeight(), "weight", copy, w, error))
         return fail(op, error);
       if (int64_t(w.size()) != k * n)
         return fail(op, "operand 'weight' holds " + Twine(w.size()) + " values, expected K * N = " + Twine(k * n));
@@ -1085,14 +1128,15 @@ struct Emitter {
     const int64_t block = int64_t(op.getBlockSize());
     if (quantised && (block < 16 || block % 8))
       return fail(op, "quantisation blocks of " + Twine(block) + " values (need a multiple of 8, >= 16)");
-    std::vector<float> t;
-    if (!f32Constant(op.getTable(), "table", t, error))
+    std::vector<float> copy;
+    F32Span t;
+    if (!f32Operand(op.getTable(), "table", copy, t, error))
       return fail(op, error);
     if (int64_t(t.size()) != v * h)
       return fail(op,
                   "operand 'table' holds " + Twine(t.size()) + " values, expected V * H = " + Twine(v * h));
     PackedTable packed = packEmbedding(t, v, h, storage, block);
-    t = {};
+    std::vector<float>().swap(copy);
     const std::string base = "embed" + std::to_string(program->values_size());
     const pb::DType rowType = storage == MOERT_STORAGE_F32    ? pb::F32
                               : storage == MOERT_STORAGE_BF16 ? pb::BF16
@@ -1215,7 +1259,33 @@ struct Emitter {
       auto window = fn.getArgAttrOfType<IntegerAttr>(i, "moe.window_cache");
       inputWindows.push_back(window ? window.getInt() : 0);
     }
-    for (Operation &op : fn.getBody().front()) {
+    // Weights stream through: while an op's weights are packed the kernel reads the next op's ahead, and once
+    // packed (written to the artifact) their pages leave this process. Progress counts the bytes read.
+    std::vector<Operation *> ops;
+    for (Operation &op : fn.getBody().front())
+      ops.push_back(&op);
+    llvm::DenseSet<Value> counted;
+    auto weightBytes = [&](Operation *op, bool count) {
+      uint64_t bytes = 0;
+      for (Value v : op->getOperands())
+        if (v.getDefiningOp() && v.getDefiningOp()->hasTrait<OpTrait::ConstantLike>())
+          if (auto t = dyn_cast<RankedTensorType>(v.getType()); t && t.hasStaticShape() &&
+                                                                t.getElementType().isIntOrFloat() &&
+                                                                (!count || counted.insert(v).second))
+            bytes += uint64_t(t.getNumElements()) * std::max(8u, t.getElementTypeBitWidth()) / 8;
+      return bytes;
+    };
+    for (Operation *op : ops)
+      weightTotal += weightBytes(op, /*count=*/true);
+    counted.clear();
+    const auto start = std::chrono::steady_clock::now();
+    auto lastReport = start;
+    bool reportedAll = false;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      Operation &op = *ops[i];
+      if (i + 1 < ops.size())
+        for (Value v : ops[i + 1]->getOperands())
+          prefetchConstantPages(v);
       if (auto ret = dyn_cast<func::ReturnOp>(op)) {
         if (!emitReturn(fn, ret))
           return false;
@@ -1225,6 +1295,24 @@ struct Emitter {
       if (std::string e = writer.error(); !e.empty()) { // a full disk: say so now, not after packing the rest
         error = e;
         return false;
+      }
+      for (Value v : op.getOperands())
+        releaseConstantPages(v);
+      weightDone += weightBytes(&op, /*count=*/true);
+      const auto now = std::chrono::steady_clock::now();
+      const bool last = weightDone == weightTotal && !reportedAll && lastReport != start;
+      if (progress && weightTotal >= (uint64_t(1) << 30) &&
+          (last || (weightDone < weightTotal && now - lastReport > std::chrono::seconds(5)))) {
+        lastReport = now;
+        reportedAll = last;
+        const double secs = std::chrono::duration<double>(now - start).count(), rate = weightDone / secs;
+        *progress << "moec: weights " << llvm::format("%.2f", weightDone / 1073741824.0) << " / "
+                  << llvm::format("%.2f", weightTotal / 1073741824.0) << " GiB packed ("
+                  << llvm::format("%.0f", 100.0 * weightDone / weightTotal) << "%, "
+                  << llvm::format("%.0f", rate / 1e6) << " MB/s)";
+        if (weightDone < weightTotal)
+          *progress << ", about " << llvm::format("%.0f", (weightTotal - weightDone) / rate) << " s left";
+        *progress << "\n";
       }
     }
     return true;

@@ -156,7 +156,7 @@ std::vector<float> normalised(const std::vector<float> &x, int64_t m, const std:
 }
 
 float bf16Round(float x) {
-  std::vector<char> b = asBf16({x});
+  std::vector<char> b = asBf16(F32Span(&x, 1));
   uint32_t w = uint32_t(uint8_t(b[0])) << 16 | uint32_t(uint8_t(b[1])) << 24;
   float f;
   std::memcpy(&f, &w, 4);

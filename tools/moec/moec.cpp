@@ -22,9 +22,9 @@
 #include "mlir/IR/AsmState.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/BuiltinDialect.h"
+#include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/DialectResourceBlobManager.h"
 #include "mlir/IR/MLIRContext.h"
-#include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/OperationSupport.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Pass/PassRegistry.h"
@@ -33,6 +33,7 @@
 #include "mlir/Transforms/Passes.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
@@ -443,11 +444,24 @@ int runImport() {
   options.load.runShapeInference = !noShapeInference;
   std::string message;
   std::vector<std::string> warnings;
-  auto module = moec::frontend::importOnnxModel(inputPath, context, options, message, &warnings);
+  moec::frontend::WeightsRead read;
+  auto module = moec::frontend::importOnnxModel(inputPath, context, options, message, &warnings, &read);
   for (const auto &w : warnings)
     WithColor::warning(errs(), "moec") << inputPath << ": " << w << "\n";
   if (!module)
     return error(message);
+  if (compileCmd && !quiet) {
+    auto size = [](uint64_t b) {
+      return b >= (uint64_t(1) << 30) ? formatv("{0:f2} GiB", b / double(1 << 30)).str()
+                                      : formatv("{0:f1} MiB", b / double(1 << 20)).str();
+    };
+    errs() << "moec: read " << inputPath << ": " << read.tensors << " weight tensor"
+           << (read.tensors == 1 ? "" : "s") << ", " << size(read.inlineBytes) << " in the model file";
+    if (read.externalFiles)
+      errs() << ", " << size(read.externalBytes) << " mapped from " << read.externalFiles
+             << " external data file" << (read.externalFiles == 1 ? "" : "s");
+    errs() << "\n";
+  }
 
   if (compileCmd && failed(runCompilePipeline(*module)))
     return 1;
