@@ -283,6 +283,8 @@ LogicalResult slice(NodeImporter &ni) {
     axes = ni.input(3);
     steps = ni.input(4);
     auto st = dyn_cast<RankedTensorType>(starts.getType());
+    if (st && st.getRank() != 1)
+      return ni.fail("input 'starts' must be 1-D, not of rank " + std::to_string(st.getRank()));
     if ((!axes || !steps) && (!st || st.isDynamicDim(0)))
       return ni.fail("omitted 'axes' or 'steps' need a static length of 'starts'");
     n = st ? st.getDimSize(0) : 0;
