@@ -3,6 +3,7 @@
 #   make test    install deps, build, run every test through ctest
 #   make build   configure + build only (tools land in build/bin/)
 #   make bench   moec vs ONNX Runtime vs the roofline (bench/run.py; BENCH_ARGS=--quick for ~1 minute)
+#   make bench-large  compile a 21 GB model under a 4 GB memory cap, load it, time its first steps (bench/large_model.py)
 #   make docs    re-render the ODS reference pages into docs/
 #   make clean   remove the build tree
 BUILD      ?= build
@@ -15,8 +16,9 @@ CC_19  := $(shell command -v clang-19 2>/dev/null)
 CXX_19 := $(shell command -v clang++-19 2>/dev/null)
 
 BENCH_ARGS ?=
+BENCH_LARGE_ARGS ?=
 
-.PHONY: all deps configure build test demo bench docs clean help
+.PHONY: all deps configure build test demo bench bench-large docs clean help
 all: build
 
 help:
@@ -49,6 +51,10 @@ demo: build
 bench: build
 	@python3 -m pip install -q -r bench/requirements.txt 2>/dev/null || python3 -m pip install -q --break-system-packages -r bench/requirements.txt
 	python3 bench/run.py --build $(BUILD) $(BENCH_ARGS)
+
+# Not part of `make bench` or CI: it writes 21 GB of model and up to 10.5 GB of artifact (about 5 minutes here).
+bench-large: build
+	python3 bench/large_model.py --build $(BUILD) $(BENCH_LARGE_ARGS)
 
 docs: build
 	python3 scripts/sync-docs.py --build $(BUILD)

@@ -1,5 +1,6 @@
 //===- Artifact.cpp - writing a .moex artifact file --------------------------===//
 #include "codegen/Artifact.h"
+#include "codegen/WeightPacking.h"
 #include "runtime/ArtifactFormat.h"
 
 #include "llvm/ADT/SmallString.h"
@@ -38,12 +39,22 @@ bool ArtifactWriter::open(llvm::StringRef path, std::string &error) {
 }
 
 int ArtifactWriter::addSection(llvm::StringRef name, moert::proto::Section::Kind kind,
-                               llvm::ArrayRef<char> bytes) {
+                               llvm::ArrayRef<char> bytes, int64_t chunks) {
   auto *s = meta_.add_sections();
   s->set_name(name.str());
   s->set_kind(kind);
   s->set_size(bytes.size());
-  s->set_checksum(fmt::checksum(bytes.data(), bytes.size()));
+  if (chunks > 1 && bytes.size() % chunks == 0) {
+    const size_t part = bytes.size() / chunks;
+    std::vector<uint64_t> sums(chunks);
+    parallelFor(chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        sums[c] = fmt::checksum(bytes.data() + c * part, part);
+    });
+    s->mutable_chunk_checksums()->Add(sums.begin(), sums.end());
+  } else {
+    s->set_checksum(fmt::checksum(bytes.data(), bytes.size()));
+  }
   static const char zeros[fmt::kAlignment] = {};
   const uint64_t offset = fmt::alignUp(at_);
   s->set_offset(offset);

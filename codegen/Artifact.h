@@ -33,9 +33,12 @@ public:
   bool open(llvm::StringRef path, std::string &error);
   /// Writes a section now (64-byte aligned) and returns its index in the metadata's section list. A failed
   /// write is kept and reported by error() and finish().
-  int addSection(llvm::StringRef name, moert::proto::Section::Kind kind, llvm::ArrayRef<char> bytes);
-  int addSection(llvm::StringRef name, moert::proto::Section::Kind kind, std::vector<char> bytes) {
-    int index = addSection(name, kind, llvm::ArrayRef<char>(bytes));
+  /// `chunks` > 1: the bytes are that many equal parts (a MoE dispatch's experts), checksummed one by one.
+  int addSection(llvm::StringRef name, moert::proto::Section::Kind kind, llvm::ArrayRef<char> bytes,
+                 int64_t chunks = 1);
+  int addSection(llvm::StringRef name, moert::proto::Section::Kind kind, std::vector<char> bytes,
+                 int64_t chunks = 1) {
+    int index = addSection(name, kind, llvm::ArrayRef<char>(bytes), chunks);
     std::vector<char>().swap(bytes); // written: its memory goes back now
     return index;
   }

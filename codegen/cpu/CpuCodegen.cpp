@@ -413,10 +413,11 @@ struct Emitter {
     return true;
   }
 
+  /// A MoE dispatch's weight section; the per-expert slots are checksummed per expert (run-time checks read
+  /// only the experts a run computes).
   int weightSection(moe::SparseMoEOp op, int slot, StringRef name, std::vector<char> bytes) {
-    (void)slot;
     return writer.addSection(("d" + std::to_string(dispatches) + "." + name).str(), pb::Section::WEIGHTS,
-                             std::move(bytes));
+                             std::move(bytes), MOERT_MOE_SLOT_PER_EXPERT(slot) ? op.getNumExperts() : 1);
   }
 
   /// ONNX Runtime QMoE's packed integers ([E, rows, K * bits / 8], low nibble first) and their scales
@@ -817,7 +818,7 @@ struct Emitter {
          << (sections[s] < 0 ? 0 : writer.meta().sections(sections[s]).size());
     os << "};\n  return slot >= 0 && slot < " << MOERT_MOE_SLOTS << " ? bytes[slot] : 0;\n}\n"
        << "extern \"C\" MOERT_EXPORT int64_t moert_dispatch_" << index
-       << "_dims(int which) { return which == 0 ? " << h << " : " << n << "; }\n";
+       << "_dims(int which) { return which == 0 ? " << h << " : which == 1 ? " << n << " : " << e << "; }\n";
     return true;
   }
 

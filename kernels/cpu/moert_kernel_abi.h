@@ -5,6 +5,9 @@
  *
  *   int    moert_dispatch_<i>(const moert_moe_args *args);               0 on success
  *   size_t moert_dispatch_<i>_scratch(int64_t tokens, int threads);      scratch bytes one call needs
+ *   uint64_t moert_dispatch_<i>_weight_bytes(int slot);                  bytes each weight slot must hold
+ *   int64_t  moert_dispatch_<i>_dims(int which);                         0: H, 1: N (router columns),
+ *                                                                        2: E (experts with weights)
  *
  * per linear dispatch `j` (kernels/cpu/linear.h):
  *
@@ -37,7 +40,7 @@
 extern "C" {
 #endif
 
-#define MOERT_KERNEL_ABI_VERSION 9
+#define MOERT_KERNEL_ABI_VERSION 10
 
 /* Runs fn(ctx, i) for i in [0, n) on the runtime's threads; returns when all are done. `thread` is the
  * index of the worker running the call, in [0, threads). */
@@ -101,7 +104,14 @@ typedef struct moert_moe_args {
   const void *weights[MOERT_MOE_SLOTS];  /* NULL where the layer has no such operand               */
   void *scratch;                         /* moert_dispatch_<i>_scratch(tokens, threads) bytes, 64-aligned */
   const moert_exec *exec;
+  uint8_t *touched; /* [E] or NULL: set to 1 for each expert whose weights the call read
+                       (the runtime then checks those experts' checksums)    */
 } moert_moe_args;
+/* Slots whose sections hold one equal part per expert, expert e's the e-th (checksummed per expert). */
+#define MOERT_MOE_SLOT_PER_EXPERT(slot)                                                                      \
+  ((slot) == MOERT_FC1 || (slot) == MOERT_FC2 || (slot) == MOERT_FC1_BIAS || (slot) == MOERT_FC2_BIAS ||     \
+   (slot) == MOERT_MASK || (slot) == MOERT_PRED_A || (slot) == MOERT_PRED_B || (slot) == MOERT_FC1_SCALES || \
+   (slot) == MOERT_FC2_SCALES)
 
 typedef int (*moert_moe_fn)(const moert_moe_args *args);
 

@@ -1429,6 +1429,10 @@ template <class C> struct Kernel {
         ++c.counts[c.chosen[i] + 1];
     for (int64_t e = 0; e < E; ++e)
       c.counts[e + 1] += c.counts[e];
+    if (a->touched)
+      for (int64_t e = 0; e < E; ++e)
+        if (c.counts[e + 1] > c.counts[e])
+          a->touched[e] = 1;
     int64_t fill[E];
     for (int64_t e = 0; e < E; ++e)
       fill[e] = c.counts[e];

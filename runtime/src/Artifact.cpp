@@ -235,35 +235,81 @@ void moert::findLogitsStep(moert_model &m) {
   m.logitsStep = writer;
 }
 
-/// Checks section `i` once (its state says whether it was); empty when it matches, else the reason.
+static std::string corrupted(const pb::Section &s, const std::string &part, uint64_t bytes, uint64_t offset) {
+  return "is corrupted: section '" + s.name() + "'" + part + " (" +
+         (s.kind() == pb::Section::CODE ? "code" : "weights") + ", " + std::to_string(bytes) +
+         " bytes at offset " + std::to_string(offset) + ") fails its checksum";
+}
+
+/// Checks chunk `c` of chunked section `i` once; empty when it matches, else the reason.
+static std::string checkChunk(moert_model &m, int i, int c) {
+  const pb::Section &s = m.meta.sections(i);
+  const uint64_t part = s.size() / s.chunk_checksums_size(), offset = s.offset() + c * part;
+  std::atomic<uint8_t> &st = m.chunkState[m.chunkBase[i] + c];
+  uint8_t state = st.load(std::memory_order_acquire);
+  if (state == 0) {
+    state = fmt::checksum(m.map + offset, part) == s.chunk_checksums(c) ? 1 : 2;
+    st.store(state, std::memory_order_release);
+  }
+  return state == 1 ? "" : corrupted(s, " expert " + std::to_string(c), part, offset);
+}
+
+/// Checks section `i` once (its state says whether it was; a chunked one chunk by chunk); empty when it
+/// matches, else the reason.
 static std::string checkSection(moert_model &m, int i) {
   const pb::Section &s = m.meta.sections(i);
   uint8_t state = m.sectionState[i].load(std::memory_order_acquire);
+  if (state == 0 && s.chunk_checksums_size() > 0) {
+    for (int c = 0; c < s.chunk_checksums_size(); ++c)
+      if (std::string why = checkChunk(m, i, c); !why.empty())
+        return why;
+    m.sectionState[i].store(1, std::memory_order_release);
+    return "";
+  }
   if (state == 0) {
     state = fmt::checksum(m.map + s.offset(), s.size()) == s.checksum() ? 1 : 2;
     m.sectionState[i].store(state, std::memory_order_release);
   }
-  if (state == 1)
-    return "";
-  return "is corrupted: section '" + s.name() + "' (" + (s.kind() == pb::Section::CODE ? "code" : "weights") +
-         ", " + std::to_string(s.size()) + " bytes at offset " + std::to_string(s.offset()) +
-         ") fails its checksum";
+  return state == 1 ? "" : corrupted(s, "", s.size(), s.offset());
 }
 
-moert_status moert::verifyStepSections(moert_model &m, int step) {
-  // A step's sections are read whole here, most likely for the first time since the file was written: ask
-  // for all of them at once (the kernel reads ahead in large requests instead of a page fault at a time).
+/// Asks the kernel to read [offset, offset + bytes) of the artifact ahead: a first check reads it whole,
+/// most likely for the first time since the file was written (large requests instead of a fault a page).
+static void readAhead(const moert_model &m, uint64_t offset, uint64_t bytes) {
+  const uintptr_t page = 4096, lo = uintptr_t(m.map + offset) & ~(page - 1);
+  madvise(reinterpret_cast<void *>(lo), uintptr_t(m.map + offset + bytes) - lo, MADV_WILLNEED);
+}
+
+moert_status moert::verifyStepSections(moert_model &m, int step, bool deferExperts) {
+  auto deferred = [&](int sec) { return deferExperts && m.meta.sections(sec).chunk_checksums_size() > 0; };
   for (int sec : m.stepSections[step])
-    if (m.sectionState[sec].load(std::memory_order_acquire) == 0) {
-      const pb::Section &s = m.meta.sections(sec);
-      const uintptr_t page = 4096, lo = uintptr_t(m.map + s.offset()) & ~(page - 1);
-      madvise(reinterpret_cast<void *>(lo), uintptr_t(m.map + s.offset() + s.size()) - lo, MADV_WILLNEED);
-    }
+    if (m.sectionState[sec].load(std::memory_order_acquire) == 0 && !deferred(sec))
+      readAhead(m, m.meta.sections(sec).offset(), m.meta.sections(sec).size());
   for (int sec : m.stepSections[step])
-    if (m.sectionState[sec].load(std::memory_order_acquire) != 1)
+    if (m.sectionState[sec].load(std::memory_order_acquire) != 1 && !deferred(sec))
       if (std::string why = checkSection(m, sec); !why.empty())
         return makeError(m.path + ": " + why +
                          " (found on its first use; `moert verify` checks every section)");
+  return nullptr;
+}
+
+moert_status moert::verifyStepExperts(moert_model &m, int step, const uint8_t *touched, int64_t experts) {
+  for (int pass = 0; pass < 2; ++pass) // read ahead, then check
+    for (int sec : m.stepSections[step]) {
+      const pb::Section &s = m.meta.sections(sec);
+      if (s.chunk_checksums_size() != experts || m.sectionState[sec].load(std::memory_order_acquire) == 1)
+        continue;
+      const uint64_t part = s.size() / experts;
+      for (int64_t e = 0; e < experts; ++e) {
+        if (!touched[e] || m.chunkState[m.chunkBase[sec] + e].load(std::memory_order_acquire) == 1)
+          continue;
+        if (pass == 0)
+          readAhead(m, s.offset() + e * part, part);
+        else if (std::string why = checkChunk(m, sec, int(e)); !why.empty())
+          return makeError(m.path + ": " + why +
+                           " (found on its first use; `moert verify` checks every section)");
+      }
+    }
   return nullptr;
 }
 
@@ -352,8 +398,15 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       return bad("has a corrupted section table (section '" + s.name() + "' out of bounds)");
     if (s.kind() != pb::Section::WEIGHTS && s.kind() != pb::Section::CODE)
       return bad("has a section of unknown kind ('" + s.name() + "')");
+    if (s.chunk_checksums_size() > 0 && s.size() % s.chunk_checksums_size() != 0)
+      return bad("has a corrupted section table (section '" + s.name() + "': " + std::to_string(s.size()) +
+                 " bytes in " + std::to_string(s.chunk_checksums_size()) + " equal chunks)");
   }
   m.sectionState = std::make_unique<std::atomic<uint8_t>[]>(a.sections_size());
+  m.chunkBase.assign(a.sections_size() + 1, 0);
+  for (int i = 0; i < a.sections_size(); ++i)
+    m.chunkBase[i + 1] = m.chunkBase[i] + uint32_t(a.sections(i).chunk_checksums_size());
+  m.chunkState = std::make_unique<std::atomic<uint8_t>[]>(m.chunkBase.back());
   // The program: every id in range, every value computed before it is read.
   const pb::Program &p = a.program();
   auto validId = [&](int64_t id) { return id >= 0 && id < p.values_size(); };
@@ -620,7 +673,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       return bad("its code lacks dispatch " + std::to_string(d.index()));
     x.hidden = dims(0);
     x.routerColumns = dims(1);
-    if (x.hidden != d.hidden())
+    x.experts = dims(2);
+    if (x.hidden != d.hidden() || x.experts != d.experts() || x.experts <= 0 || x.experts > x.routerColumns)
       return bad("has dispatch " + std::to_string(d.index()) + " metadata that disagrees with its code");
     for (int slot = 0; slot < MOERT_MOE_SLOTS; ++slot) {
       int64_t sec = d.weight_sections(slot);
@@ -632,6 +686,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       }
       if (sec >= a.sections_size() || a.sections(sec).kind() != pb::Section::WEIGHTS || a.sections(sec).size() != want)
         return bad("has a weight section of the wrong size for dispatch " + std::to_string(d.index()));
+      const int chunks = a.sections(sec).chunk_checksums_size();
+      if (chunks != 0 && (chunks != x.experts || !MOERT_MOE_SLOT_PER_EXPERT(slot)))
+        return bad("has a weight section checksummed in " + std::to_string(chunks) + " parts for dispatch " +
+                   std::to_string(d.index()) + " of " + std::to_string(x.experts) + " experts");
       x.weights[slot] = m.map + a.sections(sec).offset();
     }
   }

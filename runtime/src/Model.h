@@ -35,7 +35,7 @@ struct Dispatch {
   moert_moe_fn run = nullptr;
   moert_scratch_fn scratch = nullptr;
   const void *weights[MOERT_MOE_SLOTS] = {};
-  int64_t hidden = 0, routerColumns = 0;
+  int64_t hidden = 0, routerColumns = 0, experts = 0;
 };
 
 /// A linear dispatch's entry point and weights (moert_linear_<i>).
@@ -88,7 +88,13 @@ moert_status runProgram(struct ::moert_model *m, const moert_run_options *option
 /// Checks the checksums of the weight sections step `step` reads that no run has checked yet (artifact format
 /// 2: with moert_load_options.verify_checksum = 1 each weight section is checked before its first use, not at
 /// load). An error names the first corrupted section.
-moert_status verifyStepSections(struct ::moert_model &m, int step);
+/// `deferExperts`: a CPU MoE dispatch's per-expert sections are left to verifyStepExperts, after the dispatch
+/// has said which experts it read.
+moert_status verifyStepSections(struct ::moert_model &m, int step, bool deferExperts = false);
+
+/// Checks, in step `step`'s per-expert sections, the chunks of the experts with `touched[e]` set (e <
+/// experts) that no run has checked yet. An error names the section and the expert.
+moert_status verifyStepExperts(struct ::moert_model &m, int step, const uint8_t *touched, int64_t experts);
 
 /// Checks every section's checksum (moert_verify); the error names each corrupted section.
 moert_status verifyAllSections(struct ::moert_model &m);
@@ -128,6 +134,11 @@ struct moert_model {
   // 1 good, 2 corrupted: checked once, by whichever run gets there first) and the weight sections per step.
   int verifyLevel = 1;
   std::unique_ptr<std::atomic<uint8_t>[]> sectionState;
+  // Sections checksummed per chunk (Section.chunk_checksums: a MoE dispatch's per-expert slots): chunk c of
+  // section i has state chunkState[chunkBase[i] + c]; the section's own state turns 1 once every chunk is
+  // good.
+  std::vector<uint32_t> chunkBase;
+  std::unique_ptr<std::atomic<uint8_t>[]> chunkState;
   std::vector<std::vector<int>> stepSections;
   std::unique_ptr<moert::ThreadPool> pool;
   moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)

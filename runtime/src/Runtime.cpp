@@ -421,8 +421,11 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     return why;
   };
   runStep = [&](int si) -> moert_status {
+    // Weights are checked before their first use; a CPU MoE dispatch's experts after the dispatch has said
+    // which it read (before its output is used: a corrupted expert fails the run, as a section does).
     if (m->verifyLevel == 1 && !m->stepSections[si].empty())
-      if (moert_status st = moert::verifyStepSections(*m, si))
+      if (moert_status st =
+              moert::verifyStepSections(*m, si, /*deferExperts=*/m->flat[si]->has_moe() && !m->gpu))
         return st;
     const pb::Step &s = *m->flat[si];
     auto start = std::chrono::steady_clock::now();
@@ -729,9 +732,14 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         std::memcpy(args.weights, x.weights, sizeof args.weights);
         args.scratch = scratch.get();
         args.exec = &exec;
+        std::vector<uint8_t> touched(m->verifyLevel == 1 ? x.experts : 0, 0);
+        args.touched = touched.empty() ? nullptr : touched.data();
         if (int rc = x.run(&args))
           return makeError("dispatch " + std::to_string(d.index()) + " failed (code " + std::to_string(rc) +
                            ")");
+        if (!touched.empty())
+          if (moert_status st = moert::verifyStepExperts(*m, si, touched.data(), x.experts))
+            return st;
         values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
         measure(d.output());
         label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ")";

@@ -3,7 +3,8 @@
 empty, wrong-magic, newer-version, padded, wrong-target, wrong-CPU or garbage-metadata file, or one with a bit
 flipped in its metadata or code, must exit 1 with a single `moert: error: FILE: ...` line saying what is wrong
 (docs/artifact-format.md). A bit flipped in a weight section: loading (`inspect`) reads no weights and works;
-the first run reading it, `run --verify` and `moert verify` each fail naming the section. And a compile whose
+the first run reading it, `run --verify` and `moert verify` each fail naming the section and the expert (an
+expert no token of a run chose is not checked by that run). And a compile whose
 artifact write fails part way (a file-size limit) is one error line with nothing left at the output path.
 
 The checksum is recomputed here (an independent implementation of runtime/ArtifactFormat.h's) for the
@@ -137,27 +138,38 @@ def main():
                     print(f"FAIL {name} ({cmd[1]}): exit {r.returncode}, stderr {r.stderr.strip()!r}; expected {want!r}")
             if not failures:
                 print(f"ok   {name:20s} {want}")
-        # A flipped weight byte: loading reads no weights, so inspect works; the first run that reads the section
-        # fails naming it, as do `moert verify` and a load with --verify.
-        path = os.path.join(tmp, "weights_bit_flip.moex")
-        with open(path, "wb") as f:
-            f.write(flipped(image, first_weights + 5))
+        # A flipped weight byte: loading reads no weights, so inspect works; the first run that reads it fails
+        # naming the section (and the expert: experts are checksummed one by one, and a run checks those its
+        # tokens chose), as do `moert verify` and a load with --verify. A flip in an expert no token chose does
+        # not stop a run; --verify and `moert verify` still find it.
+        wr = numpy_helper.to_array(next(t for t in onnx.load(model).graph.initializer if t.name == "wr"))
+        logits = np.ones((1, 8)) @ wr.astype(np.float64)
+        chosen = sorted(np.argsort(-logits[0], kind="stable")[:2].tolist())
+        idle = [e for e in range(4) if e not in chosen][0]
+        per_expert = 6 * 8 * 4  # d0.fc1: [E = 4][F = 6][H = 8] f32, the first section
         want = "fails its checksum"
-        for cmd, code_, extra in [([args.moert, "inspect", path], 0, None),
-                                  ([args.moert, "run", path, "--input", f"x={x}"], 1, "found on its first use"),
-                                  ([args.moert, "run", path, "--verify", "--input", f"x={x}"], 1, "(weights, "),
-                                  ([args.moert, "verify", path], 1, "1 of ")]:
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            lines = r.stderr.strip().splitlines()
-            ok = r.returncode == code_ and (code_ == 0 or (len(lines) == 1 and want in lines[0] and extra in lines[0]
-                                                           and "(weights, " in lines[0]))
-            if not ok:
-                failures += 1
-                print(f"FAIL weights_bit_flip ({' '.join(cmd[1:2] + cmd[3:4])}): exit {r.returncode}, "
-                      f"stderr {r.stderr.strip()!r}")
-            else:
-                print(f"ok   weights_bit_flip     {cmd[1]}{' --verify' if '--verify' in cmd else ''}: "
-                      f"{lines[0] if lines else 'loads (no weight read)'}")
+        for expert, run_fails in [(chosen[1], True), (idle, False)]:
+            path = os.path.join(tmp, f"weights_bit_flip_{expert}.moex")
+            with open(path, "wb") as f:
+                f.write(flipped(image, first_weights + expert * per_expert + 5))
+            named = f"section 'd0.fc1' expert {expert} (weights, "
+            for cmd, code_, extra in [([args.moert, "inspect", path], 0, None),
+                                      ([args.moert, "run", path, "--input", f"x={x}", "--output-dir", tmp],
+                                       1 if run_fails else 0, "found on its first use"),
+                                      ([args.moert, "run", path, "--verify", "--input", f"x={x}"], 1, named),
+                                      ([args.moert, "verify", path], 1, "1 of ")]:
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                lines = r.stderr.strip().splitlines()
+                ok = r.returncode == code_ and (code_ == 0 or (len(lines) == 1 and want in lines[0] and extra in lines[0]
+                                                               and named in lines[0]))
+                what = f"weights_bit_flip in {'a chosen' if run_fails else 'an idle'} expert ({expert})"
+                if not ok:
+                    failures += 1
+                    print(f"FAIL {what} ({' '.join(cmd[1:2] + cmd[3:4])}): exit {r.returncode}, "
+                          f"stderr {r.stderr.strip()!r}")
+                else:
+                    print(f"ok   {what}: {cmd[1]}{' --verify' if '--verify' in cmd else ''}: "
+                          f"{lines[0] if lines else 'exit 0'}")
         r = subprocess.run([args.moert, "run", good, "--input", f"x={x}", "--output-dir", tmp], capture_output=True,
                            text=True)
         if r.returncode != 0:
