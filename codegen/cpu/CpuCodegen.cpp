@@ -163,6 +163,8 @@ struct Emitter {
   // Attention config structs by their constants: layers alike share one (one kernel instantiation per config
   // and cache storage, not per layer).
   std::map<std::string, std::string> attentionConfigs;
+  // MoE and linear config structs by their constants, shared the same way (a 26-layer model: one of each).
+  std::map<std::string, std::string> moeConfigs, linearConfigs;
   std::string error;
   raw_ostream *progress;
   uint64_t weightTotal = 0, weightDone = 0; // constant operand bytes of the function's ops, and those done
@@ -761,8 +763,7 @@ struct Emitter {
     auto b = [](bool v) { return v ? "true" : "false"; };
     std::string config;
     llvm::raw_string_ostream cs(config);
-    cs << "\n// dispatch " << index << ": " << desc << "\nnamespace {\nstruct C" << index << " {\n"
-       << "  using W = "
+    cs << "  using W = "
        << (qbits  ? "uint8_t; // quantised expert weights"
            : bf16 ? "uint16_t; // bf16 expert weights"
            : fp16 ? "_Float16; // fp16 expert weights"
@@ -791,26 +792,31 @@ struct Emitter {
        << ", ALPHA = " << floatLit(op.getActivationAlpha().convertToDouble())
        << ", BETA = " << floatLit(op.getActivationBeta().convertToDouble()) << ", LIMIT = "
        << floatLit(op.getActivationLimit() ? op.getActivationLimit()->convertToDouble() : -1.0)
-       << ", EPS = " << floatLit(op.getNormEpsilon().convertToDouble()) << ";\n};\n}\n";
+       << ", EPS = " << floatLit(op.getNormEpsilon().convertToDouble()) << ";\n";
+    // Layers alike share one config struct (one kernel instantiation for a model's identical MoE layers).
+    auto [configIt, fresh] = moeConfigs.try_emplace(config, "C" + std::to_string(index));
+    const std::string &cname = configIt->second;
+    const std::string head = "\n// dispatch " + std::to_string(index) + ": " + desc + "\n" +
+                             (fresh ? "namespace {\nstruct " + cname + " {\n" + config + "};\n}\n" : "");
     if (gpu) {
-      gpuSource += config;
+      gpuSource += head;
       std::vector<const char *> kernels = {"route", "up", "down"};
       if (linear)
         kernels.insert(kernels.begin(), "logits");
       for (const char *k : kernels)
-        gpuSource += "extern \"C\" GPU_GLOBAL GPU_LAUNCH_BOUNDS(MOERT_GPU_BLOCK) void moert_gpu_" + std::to_string(index) +
-                     "_" + k + "(moert_gpu_args a) { moert_gpu::Kernels<C" + std::to_string(index) + ">::" + k +
-                     "(a); }\n";
+        gpuSource += "extern \"C\" GPU_GLOBAL GPU_LAUNCH_BOUNDS(MOERT_GPU_BLOCK) void moert_gpu_" +
+                     std::to_string(index) + "_" + k + "(moert_gpu_args a) { moert_gpu::Kernels<" + cname +
+                     ">::" + k + "(a); }\n";
       auto *gs = step->mutable_gpu();
       gs->set_h(h), gs->set_f(f), gs->set_fs(fs), gs->set_e(e), gs->set_n(n), gs->set_k(op.getK());
       gs->set_norm(op.getNorm() != moe::NormKind::none);
     }
     llvm::raw_string_ostream os(source);
-    os << config
-       << "extern \"C\" MOERT_EXPORT int moert_dispatch_" << index
-       << "(const moert_moe_args *a) { return moert_cpu::Kernel<C" << index << ">::run(a); }\n"
+    os << head << "extern \"C\" MOERT_EXPORT int moert_dispatch_" << index
+       << "(const moert_moe_args *a) { return moert_cpu::Kernel<" << cname << ">::run(a); }\n"
        << "extern \"C\" MOERT_EXPORT size_t moert_dispatch_" << index
-       << "_scratch(int64_t t, int threads) { return moert_cpu::Kernel<C" << index << ">::scratch(t, threads); }\n"
+       << "_scratch(int64_t t, int threads) { return moert_cpu::Kernel<" << cname
+       << ">::scratch(t, threads); }\n"
        << "extern \"C\" MOERT_EXPORT uint64_t moert_dispatch_" << index << "_weight_bytes(int slot) {\n"
        << "  static const uint64_t bytes[] = {";
     for (int s = 0; s < MOERT_MOE_SLOTS; ++s)
@@ -1002,10 +1008,9 @@ struct Emitter {
     const char *w = storage == MOERT_STORAGE_BF16 ? "uint16_t" : storage == MOERT_STORAGE_F16 ? "_Float16"
                     : qbits                       ? "uint8_t"
                                                   : "float";
-    llvm::raw_string_ostream os(source);
-    std::string name = "L" + std::to_string(index);
-    os << "\n// linear " << index << ": " << desc << "\nnamespace {\nstruct " << name << " {\n"
-       << "  using W = " << w << ";\n"
+    std::string config;
+    llvm::raw_string_ostream os(config);
+    os << "  using W = " << w << ";\n"
        << "  static constexpr int64_t K = " << k << ", N = " << n << ", QBLOCK = " << (qbits ? block : k)
        << ";\n"
        << "  static constexpr int QBITS = " << qbits << ";\n"
@@ -1019,19 +1024,26 @@ struct Emitter {
        << "  static constexpr int64_t SPLIT[NOUT + 1] = {";
     for (size_t j = 0; j < split.size(); ++j)
       os << (j ? ", " : "") << split[j];
-    os << "};\n"
-       << "};\n}\n"
-       << "extern \"C\" MOERT_EXPORT int moert_linear_" << index << "(const moert_linear_args *a) { return "
-       << "moert_cpu::Linear<" << name << ">::run(a); }\n"
-       << "extern \"C\" MOERT_EXPORT uint64_t moert_linear_" << index << "_weight_bytes(int slot) { return "
-       << "moert_cpu::Linear<" << name << ">::weightBytes(slot); }\n"
-       << "extern \"C\" MOERT_EXPORT size_t moert_linear_" << index
-       << "_scratch(int64_t rows, int threads) { return "
-       << "moert_cpu::Linear<" << name << ">::scratch(rows, threads); }\n"
-       << "extern \"C\" MOERT_EXPORT int64_t moert_linear_" << index
-       << "_dims(int which) { return which == 0 ? " << k << " : which == 1 ? " << n << " : which == 2 ? "
-       << name << "::NOUT : which >= 3 && which - 3 < " << name << "::NOUT ? " << name
-       << "::SPLIT[which - 2] - " << name << "::SPLIT[which - 3] : -1; }\n";
+    os << "};\n";
+    // Layers alike (the same projection in every decoder layer) share one config: one instantiation.
+    auto [it, fresh] = linearConfigs.try_emplace(config, "L" + std::to_string(index));
+    const std::string &name = it->second;
+    os.flush();
+    llvm::raw_string_ostream src(source);
+    src << "\n// linear " << index << ": " << desc << "\n";
+    if (fresh)
+      src << "namespace {\nstruct " << name << " {\n" << config << "};\n}\n";
+    src << "extern \"C\" MOERT_EXPORT int moert_linear_" << index << "(const moert_linear_args *a) { return "
+        << "moert_cpu::Linear<" << name << ">::run(a); }\n"
+        << "extern \"C\" MOERT_EXPORT uint64_t moert_linear_" << index << "_weight_bytes(int slot) { return "
+        << "moert_cpu::Linear<" << name << ">::weightBytes(slot); }\n"
+        << "extern \"C\" MOERT_EXPORT size_t moert_linear_" << index
+        << "_scratch(int64_t rows, int threads) { return "
+        << "moert_cpu::Linear<" << name << ">::scratch(rows, threads); }\n"
+        << "extern \"C\" MOERT_EXPORT int64_t moert_linear_" << index
+        << "_dims(int which) { return which == 0 ? " << k << " : which == 1 ? " << n << " : which == 2 ? "
+        << name << "::NOUT : which >= 3 && which - 3 < " << name << "::NOUT ? " << name
+        << "::SPLIT[which - 2] - " << name << "::SPLIT[which - 3] : -1; }\n";
     return true;
   }
 
