@@ -59,14 +59,17 @@ std::vector<char> asBytes(F32Span v) {
   return b;
 }
 
+uint16_t toBf16(float f) {
+  uint32_t w;
+  std::memcpy(&w, &f, 4);
+  return std::isnan(f) ? uint16_t((w >> 16) | 0x40) : uint16_t((w + 0x7fff + ((w >> 16) & 1)) >> 16);
+}
+
 std::vector<char> asBf16(F32Span v) {
   std::vector<char> b(v.size() * 2);
   parallelFor(int64_t(v.size()), 1 << 20, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      uint32_t w;
-      std::memcpy(&w, &v[i], 4);
-      uint16_t h =
-          std::isnan(v[i]) ? uint16_t((w >> 16) | 0x40) : uint16_t((w + 0x7fff + ((w >> 16) & 1)) >> 16);
+      uint16_t h = toBf16(v[i]);
       std::memcpy(&b[2 * i], &h, 2);
     }
   });

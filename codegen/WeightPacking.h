@@ -50,6 +50,7 @@ QRows quantizeRows(F32Span w, int64_t rows, int64_t k, int bits, int64_t blk, bo
 
 std::vector<char> asBytes(F32Span v);
 /// f32 -> bf16, round to nearest even (NaN stays NaN).
+uint16_t toBf16(float f);
 std::vector<char> asBf16(F32Span v);
 /// f32 -> IEEE fp16, round to nearest even (overflow to infinity, as the conversion instructions do).
 uint16_t toF16(float f);

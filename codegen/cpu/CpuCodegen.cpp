@@ -470,10 +470,10 @@ struct Emitter {
     uint64_t weightBytes = 0;
     const moe::Storage storage = op.getStorage();
     const bool bf16 = storage == moe::Storage::bf16, fp16 = storage == moe::Storage::fp16;
+    // An f32 operand of the layer (router, biases, norm, predictor); the expert weights are packed in their
+    // storage by packExperts below.
     auto add = [&](int slot, StringRef name, std::vector<float> data) {
-      bool narrow = (bf16 || fp16) && (slot == MOERT_FC1 || slot == MOERT_FC2 || slot == MOERT_SHARED1 ||
-                                       slot == MOERT_SHARED2);
-      std::vector<char> bytes = !narrow ? asBytes(data) : bf16 ? asBf16(data) : asF16(data);
+      std::vector<char> bytes = asBytes(data);
       weightBytes += bytes.size();
       sections[slot] = weightSection(op, slot, name, std::move(bytes));
     };
@@ -503,17 +503,38 @@ struct Emitter {
                            int slot1, int slot2, int sslot1, int sslot2, StringRef name1, StringRef name2) {
       if (!qbits) {
         // fc1's rows regrouped, fc2 transposed in 64 x 64 tiles (a strided walk misses the cache on every
-        // element); experts and row ranges in parallel.
-        std::vector<float> p1(ne * fdim * g * h);
+        // element), each weight written straight in its storage (no f32 copy first); experts and row ranges
+        // in parallel.
+        const int64_t eb = bf16 || fp16 ? 2 : 4;
+        auto put = [&](char *dst, float v) {
+          if (eb == 4) {
+            std::memcpy(dst, &v, 4);
+          } else {
+            const uint16_t b = bf16 ? toBf16(v) : toF16(v);
+            std::memcpy(dst, &b, 2);
+          }
+        };
+        auto store = [&](int slot, StringRef name, std::vector<char> bytes) {
+          weightBytes += bytes.size();
+          sections[slot] = weightSection(op, slot, name, std::move(bytes));
+        };
+        std::vector<char> p1(ne * fdim * g * h * eb);
         parallelFor(ne * fdim, std::max<int64_t>(1, 16384 / h), [&](int64_t r0, int64_t r1) {
           for (int64_t r = r0; r < r1; ++r) {
             const int64_t x = r / fdim, j = r % fdim;
-            for (int64_t part = 0; part < g; ++part)
-              std::memcpy(&p1[(r * g + part) * h], &w1[(x * g * fdim + gatedRow(j, part, fdim)) * h], h * 4);
+            for (int64_t part = 0; part < g; ++part) {
+              const float *src = &w1[(x * g * fdim + gatedRow(j, part, fdim)) * h];
+              char *dst = &p1[(r * g + part) * h * eb];
+              if (eb == 4)
+                std::memcpy(dst, src, h * 4);
+              else
+                for (int64_t i = 0; i < h; ++i)
+                  put(dst + i * eb, src[i]);
+            }
           }
         });
-        add(slot1, name1, std::move(p1));
-        std::vector<float> p2(ne * fdim * h);
+        store(slot1, name1, std::move(p1));
+        std::vector<char> p2(ne * fdim * h * eb);
         const int64_t jt = (fdim + 63) / 64;
         parallelFor(ne * jt, 1, [&](int64_t t0, int64_t t1) {
           for (int64_t t = t0; t < t1; ++t) {
@@ -521,10 +542,10 @@ struct Emitter {
             for (int64_t i0 = 0; i0 < h; i0 += 64)
               for (int64_t j = j0; j < j1; ++j)
                 for (int64_t i = i0; i < std::min(h, i0 + 64); ++i)
-                  p2[(x * fdim + j) * h + i] = w2[(x * h + i) * fdim + j];
+                  put(&p2[((x * fdim + j) * h + i) * eb], w2[(x * h + i) * fdim + j]);
           }
         });
-        add(slot2, name2, std::move(p2));
+        store(slot2, name2, std::move(p2));
         return;
       }
       std::vector<int8_t> q1(ne * fdim * g * h);
