@@ -196,14 +196,7 @@ PackedLinear packLinear(F32Span w, bool transposed, int64_t k, int64_t n, moert_
   if (storage == MOERT_STORAGE_INT8 || storage == MOERT_STORAGE_INT4) {
     const int bits = storage == MOERT_STORAGE_INT8 ? 8 : 4;
     std::vector<float> cols(n * k); // [N][K]: a column's features contiguous, as quantizeRows wants rows
-    // In tiles of 64 x 64 (a transpose walking one side with a stride misses the cache on every element).
-    parallelFor((n + 63) / 64, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t c0 = t0 * 64; c0 < std::min(n, t1 * 64); c0 += 64)
-        for (int64_t f0 = 0; f0 < k; f0 += 64)
-          for (int64_t c = c0; c < std::min(n, c0 + 64); ++c)
-            for (int64_t f = f0; f < std::min(k, f0 + 64); ++f)
-              cols[c * k + f] = at(f, c);
-    });
+    forEachTiled(1, n, k, [&](int64_t, int64_t c, int64_t f) { cols[c * k + f] = at(f, c); });
     QRows q = quantizeRows(cols, n, k, bits, block, f16Scales);
     std::vector<float>().swap(cols);
     std::vector<uint8_t> codes(n * k);

@@ -35,6 +35,22 @@ struct F32Span {
 /// `grain`: the fewest items worth a thread. Packing is memory-bound loops over rows or columns.
 void parallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)> &fn);
 
+/// Calls fn(x, j, i) for every element of `batches` matrices of `rows` x `cols`, in 64 x 64 tiles (a
+/// transpose reads one side with a stride, so untiled it misses the cache on every element), tiles in
+/// parallel: the one transpose loop packing uses for experts' fc2 and linear weights.
+template <typename Fn> void forEachTiled(int64_t batches, int64_t rows, int64_t cols, const Fn &fn) {
+  const int64_t rt = (rows + 63) / 64;
+  parallelFor(batches * rt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t x = t / rt, j0 = t % rt * 64, j1 = j0 + 64 < rows ? j0 + 64 : rows;
+      for (int64_t i0 = 0; i0 < cols; i0 += 64)
+        for (int64_t j = j0; j < j1; ++j)
+          for (int64_t i = i0; i < (i0 + 64 < cols ? i0 + 64 : cols); ++i)
+            fn(x, j, i);
+    }
+  });
+}
+
 /// Weight-only quantised rows: `rows` rows of `k` centred integers (q - zero point) with one f32 scale per
 /// block of `blk` columns (`nb` blocks a row).
 struct QRows {

@@ -167,7 +167,6 @@ struct Emitter {
   std::map<std::string, std::string> moeConfigs, linearConfigs;
   std::string error;
   raw_ostream *progress;
-  uint64_t weightTotal = 0, weightDone = 0; // constant operand bytes of the function's ops, and those done
 
   explicit Emitter(const CpuOptions &o, raw_ostream *p)
       : opts(o), program(writer.meta().mutable_program()), steps(program->mutable_steps()), progress(p) {}
@@ -502,9 +501,8 @@ struct Emitter {
     auto packExperts = [&](int64_t ne, int64_t fdim, F32Span w1, F32Span w2, const QRows *r1, const QRows *r2,
                            int slot1, int slot2, int sslot1, int sslot2, StringRef name1, StringRef name2) {
       if (!qbits) {
-        // fc1's rows regrouped, fc2 transposed in 64 x 64 tiles (a strided walk misses the cache on every
-        // element), each weight written straight in its storage (no f32 copy first); experts and row ranges
-        // in parallel.
+        // fc1's rows regrouped, fc2 transposed (forEachTiled), each weight written straight in its storage
+        // (no f32 copy first); experts and row ranges in parallel.
         const int64_t eb = bf16 || fp16 ? 2 : 4;
         auto put = [&](char *dst, float v) {
           if (eb == 4) {
@@ -535,15 +533,8 @@ struct Emitter {
         });
         store(slot1, name1, std::move(p1));
         std::vector<char> p2(ne * fdim * h * eb);
-        const int64_t jt = (fdim + 63) / 64;
-        parallelFor(ne * jt, 1, [&](int64_t t0, int64_t t1) {
-          for (int64_t t = t0; t < t1; ++t) {
-            const int64_t x = t / jt, j0 = t % jt * 64, j1 = std::min(fdim, j0 + 64);
-            for (int64_t i0 = 0; i0 < h; i0 += 64)
-              for (int64_t j = j0; j < j1; ++j)
-                for (int64_t i = i0; i < std::min(h, i0 + 64); ++i)
-                  put(&p2[((x * fdim + j) * h + i) * eb], w2[(x * h + i) * fdim + j]);
-          }
+        forEachTiled(ne, fdim, h, [&](int64_t x, int64_t j, int64_t i) {
+          put(&p2[((x * fdim + j) * h + i) * eb], w2[(x * h + i) * fdim + j]);
         });
         store(slot2, name2, std::move(p2));
         return;
@@ -573,15 +564,8 @@ struct Emitter {
         // fc2 transposed: row f holds dim f's codes for every column, scales per column per row block
         std::vector<int8_t> q2(ne * fdim * h);
         std::vector<float> sc(ne * r2->nb * h);
-        const int64_t jt = (fdim + 63) / 64;
-        parallelFor(ne * jt, 1, [&](int64_t t0, int64_t t1) { // transposed in 64 x 64 tiles
-          for (int64_t t = t0; t < t1; ++t) {
-            const int64_t x = t / jt, j0 = t % jt * 64, j1 = std::min(fdim, j0 + 64);
-            for (int64_t i0 = 0; i0 < h; i0 += 64)
-              for (int64_t j = j0; j < j1; ++j)
-                for (int64_t i = i0; i < std::min(h, i0 + 64); ++i)
-                  q2[(x * fdim + j) * h + i] = r2->q[(x * h + i) * fdim + j];
-          }
+        forEachTiled(ne, fdim, h, [&](int64_t x, int64_t j, int64_t i) {
+          q2[(x * fdim + j) * h + i] = r2->q[(x * h + i) * fdim + j];
         });
         for (int64_t x = 0; x < ne; ++x)
           for (int64_t i = 0; i < h; ++i)
@@ -1049,7 +1033,6 @@ struct Emitter {
     // Layers alike (the same projection in every decoder layer) share one config: one instantiation.
     auto [it, fresh] = linearConfigs.try_emplace(config, "L" + std::to_string(index));
     const std::string &name = it->second;
-    os.flush();
     llvm::raw_string_ostream src(source);
     src << "\n// linear " << index << ": " << desc << "\n";
     if (fresh)
@@ -1298,19 +1281,19 @@ struct Emitter {
     std::vector<Operation *> ops;
     for (Operation &op : fn.getBody().front())
       ops.push_back(&op);
-    llvm::DenseSet<Value> counted;
-    auto weightBytes = [&](Operation *op, bool count) {
+    llvm::DenseSet<Value> counted; // each constant counted once, by its first reader
+    auto weightBytes = [&](Operation *op) {
       uint64_t bytes = 0;
       for (Value v : op->getOperands())
         if (v.getDefiningOp() && v.getDefiningOp()->hasTrait<OpTrait::ConstantLike>())
-          if (auto t = dyn_cast<RankedTensorType>(v.getType()); t && t.hasStaticShape() &&
-                                                                t.getElementType().isIntOrFloat() &&
-                                                                (!count || counted.insert(v).second))
+          if (auto t = dyn_cast<RankedTensorType>(v.getType());
+              t && t.hasStaticShape() && t.getElementType().isIntOrFloat() && counted.insert(v).second)
             bytes += uint64_t(t.getNumElements()) * std::max(8u, t.getElementTypeBitWidth()) / 8;
       return bytes;
     };
+    uint64_t weightTotal = 0, weightDone = 0;
     for (Operation *op : ops)
-      weightTotal += weightBytes(op, /*count=*/true);
+      weightTotal += weightBytes(op);
     counted.clear();
     const auto start = std::chrono::steady_clock::now();
     auto lastReport = start;
@@ -1332,7 +1315,7 @@ struct Emitter {
       }
       for (Value v : op.getOperands())
         releaseConstantPages(v);
-      weightDone += weightBytes(&op, /*count=*/true);
+      weightDone += weightBytes(&op);
       const auto now = std::chrono::steady_clock::now();
       const bool last = weightDone == weightTotal && !reportedAll && lastReport != start;
       if (progress && weightTotal >= (uint64_t(1) << 30) &&

@@ -309,8 +309,23 @@ moert_status moert::verifyStepExperts(moert_model &m, int step, const uint8_t *t
           return makeError(m.path + ": " + why +
                            " (found on its first use; `moert verify` checks every section)");
       }
+      if (pass == 1) { // every expert good: the section is, and later runs skip it
+        bool all = true;
+        for (int64_t e = 0; all && e < experts; ++e)
+          all = m.chunkState[m.chunkBase[sec] + e].load(std::memory_order_acquire) == 1;
+        if (all)
+          m.sectionState[sec].store(1, std::memory_order_release);
+      }
     }
   return nullptr;
+}
+
+bool moert::expertsChecked(const moert_model &m, int step) {
+  for (int sec : m.stepSections[step])
+    if (m.meta.sections(sec).chunk_checksums_size() > 0 &&
+        m.sectionState[sec].load(std::memory_order_acquire) != 1)
+      return false;
+  return true;
 }
 
 moert_status moert::verifyAllSections(moert_model &m) {

@@ -95,6 +95,9 @@ moert_status verifyStepSections(struct ::moert_model &m, int step, bool deferExp
 /// Checks, in step `step`'s per-expert sections, the chunks of the experts with `touched[e]` set (e <
 /// experts) that no run has checked yet. An error names the section and the expert.
 moert_status verifyStepExperts(struct ::moert_model &m, int step, const uint8_t *touched, int64_t experts);
+/// True when every per-expert section of step `step` has been checked whole (runs need not say which experts
+/// they read any more).
+bool expertsChecked(const struct ::moert_model &m, int step);
 
 /// Checks every section's checksum (moert_verify); the error names each corrupted section.
 moert_status verifyAllSections(struct ::moert_model &m);

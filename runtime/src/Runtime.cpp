@@ -732,7 +732,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         std::memcpy(args.weights, x.weights, sizeof args.weights);
         args.scratch = scratch.get();
         args.exec = &exec;
-        std::vector<uint8_t> touched(m->verifyLevel == 1 ? x.experts : 0, 0);
+        std::vector<uint8_t> touched(m->verifyLevel == 1 && !moert::expertsChecked(*m, si) ? x.experts : 0,
+                                     0);
         args.touched = touched.empty() ? nullptr : touched.data();
         if (int rc = x.run(&args))
           return makeError("dispatch " + std::to_string(d.index()) + " failed (code " + std::to_string(rc) +
