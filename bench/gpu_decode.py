@@ -8,7 +8,12 @@ Two phases, because moec (LLVM) runs here and the GPU is on a lent machine witho
                                                          bf16 weights), gzip artifacts (weights compress: constant)
   gpu_decode.py --moert build/bin/moert --run DIR        on the GPU: copy bandwidth, then each layer x T
 
-Shapes: OLMoE-like (H 2048, F 1024, E 64, k 8), Mixtral-like (H 4096, F 14336, E 8, k 2), each with bf16 and
+Linear layers (`moe.linear` dispatches): a Qwen3-MoE-like LM head (K 2048, N 32000) in fp32, bf16, int8 and
+int4, and merged Q/K/V projections (K 2048 -> 4096 + 512 + 512, bf16: one dispatch, three outputs), at M = 1 and 8 rows (decode: the GEMV,
+bandwidth-bound: bytes = all its weights) and M = 512 (prefill: the GEMM, reported in TFLOP/s), beside PyTorch's
+bf16 `F.linear` on the same GPU.
+
+MoE shapes: OLMoE-like (H 2048, F 1024, E 64, k 8), Mixtral-like (H 4096, F 14336, E 8, k 2), each with bf16 and
 int8 weights (`_int8`: one f16 scale per 32 weights, counted in the bytes), and a tiny layer (H 256, F 128, E 8,
 k 2) whose time is the per-layer fixed cost. Weights are constant (the timing of the
 kernels does not depend on values) so the artifacts compress for transfer; the router and inputs are random,
@@ -34,6 +39,50 @@ SHAPES = {
     "mixtral_int8": dict(h=4096, f=14336, e=8, k=2, weights="int8"),
 }
 TOKENS = [1, 2, 4, 8]
+LINEAR = {
+    "lm_head_fp32": dict(k=2048, n=[32000], weights="fp32"),
+    "lm_head": dict(k=2048, n=[32000], weights="bf16"),
+    "lm_head_int8": dict(k=2048, n=[32000], weights="int8"),
+    "lm_head_int4": dict(k=2048, n=[32000], weights="int4"),
+    "qkv": dict(k=2048, n=[4096, 512, 512], weights="bf16"),
+}
+LINEAR_ROWS = [1, 8, 512]
+
+
+def external(name, shape, out, data, fill=0.01):
+    """A constant f32 initializer written to the open external-data file `out` (named `data`)."""
+    from onnx import TensorProto
+    t = TensorProto()
+    t.name, t.data_type = name, TensorProto.FLOAT
+    t.dims.extend(shape)
+    offset = out.tell()
+    row = np.full(shape[1:], fill, np.float32).tobytes()
+    for _ in range(shape[0]):
+        out.write(row)
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", data), ("offset", str(offset)), ("length", str(out.tell() - offset))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    return t
+
+
+def make_linear_model(path, k, ns):
+    """x [T, k] times one constant weight [k, n] per entry of `ns` (several: projections of one input, which
+    moec merges into one dispatch)."""
+    import onnx
+    from onnx import TensorProto, helper
+    data = os.path.basename(path) + ".data"
+    with open(path + ".data", "wb") as out:
+        inits = [external(f"w{i}", (k, n), out, data) for i, n in enumerate(ns)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]) for i in range(len(ns))]
+    if len(ns) > 1:  # the projections' results feed one op (not graph outputs): moec merges them
+        nodes.append(helper.make_node("Concat", [f"y{i}" for i in range(len(ns))], ["y"], axis=-1))
+    g = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", k])],
+                          [helper.make_tensor_value_info("y" if len(ns) > 1 else "y0", TensorProto.FLOAT,
+                                                         ["T", sum(ns)])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
 
 
 def make_model(path, h, f, e, k):
@@ -43,21 +92,8 @@ def make_model(path, h, f, e, k):
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(1)
     data = os.path.basename(path) + ".data"
-    inits = []
     with open(path + ".data", "wb") as out:
-        for name, shape in (("w1", (e, 2 * f, h)), ("w2", (e, h, f))):
-            t = TensorProto()
-            t.name, t.data_type = name, TensorProto.FLOAT
-            t.dims.extend(shape)
-            offset = out.tell()
-            row = np.full(shape[1:], 0.01, np.float32).tobytes()
-            for _ in range(shape[0]):
-                out.write(row)
-            t.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data), ("offset", str(offset)), ("length", str(out.tell() - offset))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-            inits.append(t)
+        inits = [external(name, shape, out, data) for name, shape in (("w1", (e, 2 * f, h)), ("w2", (e, h, f)))]
     inits.append(numpy_helper.from_array(rng.standard_normal((h, e)).astype(np.float32), "wr"))
     nodes = [helper.make_node("MatMul", ["x", "wr"], ["logits"]),
              helper.make_node("MoE", ["x", "logits", "w1", "", "w2"], ["y"], domain="com.microsoft", k=k,
@@ -73,22 +109,63 @@ def make_model(path, h, f, e, k):
 def prepare(args):
     os.makedirs(args.prepare, exist_ok=True)
     rng = np.random.default_rng(2)
-    for name, s in SHAPES.items():
+    targets = [f"--target={args.targets}"] + ([f"--cuda-arch={args.cuda_arch}"] if args.cuda_arch else [])
+
+    def wanted(name):
+        return not args.only or any(part in name for part in args.only.split(","))
+
+    layers = {**{n: s for n, s in SHAPES.items()}, **{n: s for n, s in LINEAR.items()}}
+    for name, s in layers.items():
+        if not wanted(name):
+            continue
         onnx_path = os.path.join(args.prepare, name + ".onnx")
         moex = os.path.join(args.prepare, name + ".moex")
         print(f"{name}: generating and compiling {s}", flush=True)
-        make_model(onnx_path, s["h"], s["f"], s["e"], s["k"])
-        subprocess.run([args.moec, "compile", onnx_path, "-o", moex, "--target=cpu,hip,cuda",
+        if name in LINEAR:
+            make_linear_model(onnx_path, s["k"], s["n"])
+        else:
+            make_model(onnx_path, s["h"], s["f"], s["e"], s["k"])
+        subprocess.run([args.moec, "compile", onnx_path, "-o", moex, *targets,
                         f"--weights={s.get('weights', 'bf16')}", "--quiet"], check=True)
         os.remove(onnx_path)
         os.remove(onnx_path + ".data")
         with open(moex, "rb") as src, gzip.open(moex + ".gz", "wb", compresslevel=1) as dst:
             shutil.copyfileobj(src, dst, 1 << 24)
         os.remove(moex)
-        for t in TOKENS:
+        for t in TOKENS if name in SHAPES else []:  # the linear layers' inputs are made by --run (M = 512: 4 MB)
             np.save(os.path.join(args.prepare, f"{name}_x{t}.npy"), rng.standard_normal((t, s["h"])).astype(np.float32))
     with open(os.path.join(args.prepare, "shapes.json"), "w") as f:
-        json.dump({"shapes": SHAPES, "tokens": TOKENS}, f)
+        json.dump({"shapes": {n: s for n, s in SHAPES.items() if wanted(n)},
+                   "tokens": TOKENS, "linear": {n: s for n, s in LINEAR.items() if wanted(n)},
+                   "linear_rows": LINEAR_ROWS}, f)
+
+
+def cuda_us(layer, repeats):
+    """Device time per call of `layer()` (5 warm-up calls, then `repeats` between two CUDA events)."""
+    import torch
+    for _ in range(5):
+        layer()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        layer()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000.0 / repeats
+
+
+def torch_linear_us(k, ns, x_np, repeats=200):
+    """PyTorch eager: bf16 F.linear per weight (the input cast once), on the same GPU."""
+    import torch
+    ws = [torch.full((n, k), 0.01, dtype=torch.bfloat16, device="cuda") for n in ns]
+    x = torch.from_numpy(x_np).to("cuda")
+
+    def layer():
+        xb = x.to(torch.bfloat16)
+        return [torch.nn.functional.linear(xb, w) for w in ws]
+
+    return cuda_us(layer, repeats)
 
 
 def torch_layer_us(s, x_np, repeats=200):
@@ -114,16 +191,22 @@ def torch_layer_us(s, x_np, repeats=200):
             out.index_add_(0, tok, (a @ w2[ex].T).float() * w[tok, slot, None])
         return out
 
-    for _ in range(5):
-        layer()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        layer()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000.0 / repeats
+    return cuda_us(layer, repeats)
+
+
+def unpack(d, name):
+    """The prepared artifact `name`, gunzipped into /tmp."""
+    moex = os.path.join("/tmp", name + ".moex")
+    with gzip.open(os.path.join(d, name + ".moex.gz"), "rb") as src, open(moex, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 24)
+    return moex
+
+
+def timed_run(args, moex, x):
+    """moert run on the GPU, then each dispatch's kernels 200 times back to back (--gpu-time)."""
+    return subprocess.run([args.moert, "run", moex, "--input", f"x={x}", f"--device={args.device}",
+                           "--output-dir", "/tmp/gpu_decode_out", "--repeat", "20", "--gpu-time", "200"],
+                          capture_output=True, text=True)
 
 
 def run(args):
@@ -137,16 +220,41 @@ def run(args):
         return 77
     print(probe.stdout.strip())
     copy = float(re.search(r"copy (\d+) GB/s", probe.stdout).group(1))
-    rows = []
+    rows, lrows = [], []
+    for name, s in meta.get("linear", {}).items():
+        moex = unpack(d, name)
+        for t in meta["linear_rows"]:
+            x = os.path.join("/tmp", f"{name}_x{t}.npy")
+            np.save(x, np.random.default_rng(t).standard_normal((t, s["k"])).astype(np.float32))
+            r = timed_run(args, moex, x)
+            # Every linear dispatch of the layer (projections moec did not merge run one after another).
+            g = re.findall(r"gpu linear \d+: ([\d.]+) us per call .*?, ([\d.]+) MB of weights read", r.stdout)
+            if r.returncode != 0 or not g:
+                print(f"{name} M={t}: {r.stderr.strip() or r.stdout.strip()}")
+                return 1
+            call = re.search(r"best ([\d.]+) ms", r.stdout)
+            us, mb = sum(float(a) for a, _ in g), sum(float(b) for _, b in g)
+            try:
+                tus = torch_linear_us(s["k"], s["n"], np.load(x))
+            except Exception as e:  # noqa: BLE001 - the baseline is optional
+                tus = float("nan")
+                print(f"(PyTorch baseline failed: {e})")
+            flops = 2.0 * t * s["k"] * sum(s["n"])
+            lrows.append((name, s["weights"], t, us, float(call.group(1)) * 1000, mb, mb * 1e6 / (us * 1e-6) / 1e9,
+                          flops / (us * 1e-6) / 1e12, tus))
+        os.remove(moex)
+    if lrows:
+        print(f"\n| linear layer | weights | M | moec GPU kernels (µs) | moert run call (µs) | weights (MB) | GB/s | "
+              f"fraction of copy bandwidth ({copy:.0f} GB/s) | TFLOP/s | PyTorch bf16 F.linear (µs) | PyTorch / moec |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, w, t, us, call_us, mb, gbs, tf, tus in lrows:
+            print(f"| {name} | {w} | {t} | {us:.1f} | {call_us:.0f} | {mb:.1f} | {gbs:.0f} | {gbs / copy:.2f} | "
+                  f"{tf:.2f} | {tus:.1f} | {tus / us:.2f}x |")
     for name, s in meta["shapes"].items():
-        moex = os.path.join("/tmp", name + ".moex")
-        with gzip.open(os.path.join(d, name + ".moex.gz"), "rb") as src, open(moex, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 24)
+        moex = unpack(d, name)
         for t in meta["tokens"]:
             x = os.path.join(d, f"{name}_x{t}.npy")
-            r = subprocess.run([args.moert, "run", moex, "--input", f"x={x}", f"--device={args.device}",
-                                "--output-dir", "/tmp/gpu_decode_out", "--repeat", "20", "--gpu-time", "200"],
-                               capture_output=True, text=True)
+            r = timed_run(args, moex, x)
             if r.returncode != 0:
                 print(f"{name} T={t}: {r.stderr.strip()}")
                 return 1
@@ -176,6 +284,9 @@ def main():
     ap.add_argument("--device", default="gpu")
     ap.add_argument("--prepare", metavar="DIR")
     ap.add_argument("--run", metavar="DIR")
+    ap.add_argument("--targets", default="cpu,hip,cuda", help="moec --target for --prepare")
+    ap.add_argument("--cuda-arch", help="moec --cuda-arch for --prepare (default moec's)")
+    ap.add_argument("--only", help="prepare only the layers whose name contains one of these (comma-separated)")
     args = ap.parse_args()
     if args.prepare:
         prepare(args)

@@ -1048,6 +1048,20 @@ struct Emitter {
         << "_dims(int which) { return which == 0 ? " << k << " : which == 1 ? " << n << " : which == 2 ? "
         << name << "::NOUT : which >= 3 && which - 3 < " << name << "::NOUT ? " << name
         << "::SPLIT[which - 2] - " << name << "::SPLIT[which - 3] : -1; }\n";
+    if (!opts.hipArchs.empty() || !opts.cudaArchs.empty()) {
+      gpuSource += "\n// linear " + std::to_string(index) + ": " + desc + "\n";
+      if (fresh)
+        gpuSource += "namespace {\nstruct " + name + " {\n" + config + "};\n}\n";
+      for (const char *k : {"norm", "gemv", "reduce", "gemm"})
+        if (norm || std::string(k) != "norm")
+          gpuSource += "extern \"C\" GPU_GLOBAL GPU_LAUNCH_BOUNDS(MOERT_GPU_BLOCK) void moert_gpu_lin_" +
+                       std::to_string(index) + "_" + k +
+                       "(moert_gpu_linear_args a) { moert_gpu::LinearKernels<" + name + ">::" + k +
+                       "(a); }\n";
+      auto *g = step->mutable_gpu();
+      g->set_qbits(qbits);
+      g->set_norm(norm);
+    }
     return true;
   }
 

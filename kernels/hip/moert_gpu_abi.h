@@ -123,6 +123,113 @@ static inline int64_t moert_gpu_f_splits(const moert_gpu_shape *s, int64_t T) {
   return want < 1 ? 1 : want > most ? most : want;
 }
 
+/* The launches of one MoE call with T tokens, in order: `logits` on logits_grid (linear routers only: x = 0
+ * otherwise; `warps` per block: 8 on 32-lane GPUs, 4 on CDNA's 64-lane wavefronts), `route` on route_blocks,
+ * `up` on up_grid, `down` on down_grid (z = f_splits). `scratch` bytes of scratch. */
+typedef struct moert_gpu_moe_launches {
+  int64_t logits_grid[2], route_blocks, up_grid[2], down_grid[3], f_splits;
+  size_t scratch;
+} moert_gpu_moe_launches;
+static inline moert_gpu_moe_launches moert_gpu_moe_plan(const moert_gpu_shape *s, int64_t T,
+                                                        int linear_router, int warps) {
+  moert_gpu_moe_launches p;
+  int64_t tiles = moert_gpu_max_tiles(s, T);
+  p.logits_grid[0] = linear_router ? T : 0, p.logits_grid[1] = moert_gpu_logit_blocks(s, warps);
+  p.route_blocks = T;
+  p.up_grid[0] = tiles, p.up_grid[1] = moert_gpu_f_chunks(s);
+  p.f_splits = moert_gpu_f_splits(s, T);
+  p.down_grid[0] = tiles, p.down_grid[1] = moert_gpu_h_chunks(s), p.down_grid[2] = p.f_splits;
+  p.scratch = moert_gpu_scratch_layout(s, T).total;
+  return p;
+}
+
+/* ---- linear dispatches (kernels/hip/linear_gpu.h), per linear dispatch `j`:
+ *
+ *   moert_gpu_lin_<j>_norm   grid (M)                            the fused norm's rows into scratch (C::NORM
+ * only) moert_gpu_lin_<j>_gemv   grid (NP, k_splits)                 M <= MOERT_GPU_LIN_GEMV_ROWS: one block
+ * per panel of 16 columns and slice of K; k_splits > 1 writes partial sums to scratch
+ *   moert_gpu_lin_<j>_reduce grid (ceil(M * N / BLOCK))          the partial sums in split order + epilogue
+ *   moert_gpu_lin_<j>_gemm   grid (ceil(N / LIN_BN), ceil(M / LIN_BM))  more rows: a tiled GEMM
+ *
+ * each taking one `moert_gpu_linear_args` by value; weights in the CPU kernel's panel layout
+ * (moert_linear_slot). The epilogue adds the bias and the residual and writes each output's columns
+ * (C::SPLIT). */
+#define MOERT_GPU_LIN_GEMV_ROWS 8 /* rows the GEMV path takes; more go to the GEMM                 */
+#define MOERT_GPU_LIN_STAGE 4096  /* f32 inputs a GEMV block stages in shared memory (16 KiB)     */
+#define MOERT_GPU_LIN_UNITS 64    /* K units a GEMV block reads per pass (4 threads a unit)       */
+#define MOERT_GPU_LIN_BM 64       /* GEMM block tile: rows                                        */
+#define MOERT_GPU_LIN_BN 64       /*                  columns (4 panels)                          */
+#define MOERT_GPU_LIN_BK 16       /*                  input features per step                     */
+
+typedef struct moert_gpu_linear_args {
+  int64_t rows;                          /* M                                                   */
+  const float *input;                    /* [M][K] device memory                                */
+  const float *residual;                 /* [M][N] or NULL                                      */
+  float *outputs[MOERT_LIN_MAX_OUTPUTS]; /* [M][N_j] each                                       */
+  const void *weights[MOERT_LIN_SLOTS];  /* device copies of the weight sections, NULL if absent */
+  void *scratch;                         /* moert_gpu_linear_layout(...).total bytes             */
+  int64_t k_splits;                      /* the GEMV grid's y                                   */
+} moert_gpu_linear_args;
+
+/* Input features one K unit of a panel holds: one plain weight row, or a 4-byte group of int8 (4) / int4 (8)
+ * codes per column (MOERT_LIN_W). */
+static inline int64_t moert_gpu_lin_unit(int qbits) { return qbits == 4 ? 8 : qbits == 8 ? 4 : 1; }
+
+/* Scratch: the normalised rows (f32 [M][K], a fused norm only), then the GEMV's partial sums
+ * (f32 [k_splits][M][N], k_splits > 1 only). */
+typedef struct moert_gpu_linear_layout {
+  size_t x, partial, total;
+} moert_gpu_linear_layout;
+static inline moert_gpu_linear_layout moert_gpu_lin_layout(int64_t K, int64_t N, int norm, int64_t M,
+                                                           int64_t k_splits) {
+  moert_gpu_linear_layout l;
+  size_t at = 0;
+  l.x = at, at += norm ? moert_gpu_align(sizeof(float) * (size_t)(M * K)) : 0;
+  l.partial = at, at += k_splits > 1 ? moert_gpu_align(sizeof(float) * (size_t)(k_splits * M * N)) : 0;
+  l.total = at;
+  return l;
+}
+
+/* The GEMV's K splits for M rows: enough blocks (panels x splits) for about MOERT_GPU_TARGET_BLOCKS, each
+ * split's inputs fitting MOERT_GPU_LIN_STAGE floats, at least one pass of units a split. */
+static inline int64_t moert_gpu_lin_k_splits(int64_t K, int64_t N, int qbits, int64_t M) {
+  int64_t fu = moert_gpu_lin_unit(qbits), ku = (K + fu - 1) / fu,
+          np = (N + MOERT_LINEAR_NR - 1) / MOERT_LINEAR_NR;
+  int64_t most = (ku + MOERT_GPU_LIN_UNITS - 1) / MOERT_GPU_LIN_UNITS;
+  int64_t want = (MOERT_GPU_TARGET_BLOCKS + np - 1) / np;
+  int64_t fit = MOERT_GPU_LIN_STAGE / ((M < 1 ? 1 : M) * fu); /* units a split may stage */
+  int64_t least = (ku + fit - 1) / fit;
+  int64_t s = want < most ? want : most;
+  return s < least ? least : s < 1 ? 1 : s;
+}
+/* Units of K each split reads (the last split may read fewer). */
+static inline int64_t moert_gpu_lin_split_units(int64_t K, int qbits, int64_t k_splits) {
+  int64_t fu = moert_gpu_lin_unit(qbits), ku = (K + fu - 1) / fu;
+  return (ku + k_splits - 1) / k_splits;
+}
+
+/* The launches of one call with M rows, in order: `norm` (when the layer has one) on grid (M); then either
+ * `gemm` on gemm_grid, or `gemv` on gemv_grid followed, when k_splits > 1, by `reduce` on grid
+ * (reduce_blocks). `scratch` bytes of scratch. */
+typedef struct moert_gpu_linear_launches {
+  int gemm;
+  int64_t k_splits;
+  int64_t gemv_grid[2], gemm_grid[2], reduce_blocks;
+  size_t scratch;
+} moert_gpu_linear_launches;
+static inline moert_gpu_linear_launches moert_gpu_lin_plan(int64_t K, int64_t N, int qbits, int norm,
+                                                           int64_t M) {
+  moert_gpu_linear_launches p;
+  p.gemm = M > MOERT_GPU_LIN_GEMV_ROWS;
+  p.k_splits = p.gemm ? 1 : moert_gpu_lin_k_splits(K, N, qbits, M);
+  p.gemv_grid[0] = (N + MOERT_LINEAR_NR - 1) / MOERT_LINEAR_NR, p.gemv_grid[1] = p.k_splits;
+  p.gemm_grid[0] = (N + MOERT_GPU_LIN_BN - 1) / MOERT_GPU_LIN_BN,
+  p.gemm_grid[1] = (M + MOERT_GPU_LIN_BM - 1) / MOERT_GPU_LIN_BM;
+  p.reduce_blocks = p.k_splits > 1 ? (M * N + MOERT_GPU_BLOCK - 1) / MOERT_GPU_BLOCK : 0;
+  p.scratch = moert_gpu_lin_layout(K, N, norm, M, p.k_splits).total;
+  return p;
+}
+
 #ifdef __cplusplus
 }
 #endif

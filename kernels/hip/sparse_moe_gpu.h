@@ -27,7 +27,7 @@
 #ifndef MOERT_SPARSE_MOE_GPU_H
 #define MOERT_SPARSE_MOE_GPU_H
 
-#include "gpu_vendor.h"
+#include "gpu_common.h"
 #pragma clang force_cuda_host_device begin
 #include "moert_gpu_abi.h"
 #include "moert_kernel_abi.h"
@@ -56,29 +56,6 @@ GPU_INLINE float geluTanh(float a) {
   return 0.5f * a * (1.0f + tanhf(0.79788456080286536f * (a + 0.044715f * a * a * a)));
 }
 
-// Four consecutive weights widened to f32 (p 4-element aligned when H % 4 == 0).
-struct F4 {
-  float v[4];
-};
-GPU_INLINE F4 load4(const float *p) {
-  struct alignas(16) Q { float v[4]; };
-  Q q = *reinterpret_cast<const Q *>(p);
-  return F4{{q.v[0], q.v[1], q.v[2], q.v[3]}};
-}
-GPU_INLINE F4 load4(const uint16_t *p) { // bf16
-  struct alignas(8) Q { uint32_t lo, hi; };
-  Q q = *reinterpret_cast<const Q *>(p);
-  return F4{{__builtin_bit_cast(float, q.lo << 16), __builtin_bit_cast(float, q.lo & 0xffff0000u),
-             __builtin_bit_cast(float, q.hi << 16), __builtin_bit_cast(float, q.hi & 0xffff0000u)}};
-}
-GPU_INLINE F4 load4(const _Float16 *p) {
-  struct alignas(8) Q { _Float16 v[4]; };
-  Q q = *reinterpret_cast<const Q *>(p);
-  return F4{{float(q.v[0]), float(q.v[1]), float(q.v[2]), float(q.v[3])}};
-}
-GPU_INLINE float load1(const float *p) { return *p; }
-GPU_INLINE float load1(const uint16_t *p) { return __builtin_bit_cast(float, uint32_t(*p) << 16); }
-GPU_INLINE float load1(const _Float16 *p) { return float(*p); }
 template <bool F16> struct moert_gpu_scale { using type = float; };
 template <> struct moert_gpu_scale<true> { using type = _Float16; };
 
@@ -174,34 +151,9 @@ template <class C> struct Kernels {
   }
   static GPU_INLINE char *scratch(const moert_gpu_args &a) { return static_cast<char *>(a.scratch); }
 
-  // Sum over the block; every thread gets the result. `red` holds WARPS floats.
-  static GPU_INLINE float blockSum(float v, float *red) {
-    v = warpSum(v);
-    sync();
-    if (laneId() == 0)
-      red[warpId()] = v;
-    sync();
-    float s = 0.0f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w)
-      s += red[w];
-    return s;
-  }
-
   // RMSNorm / LayerNorm statistics of one token's row (block-wide; every thread gets them).
   static GPU_INLINE void normStats(const float *in, float *red, float &mean, float &inv) {
-    const int tid = threadId();
-    mean = 0.0f;
-    if (C::NORM == MOERT_NORM_LAYER) {
-      float s = 0.0f;
-      for (int64_t h = tid; h < H; h += BLOCK)
-        s += in[h];
-      mean = blockSum(s, red) / float(H);
-    }
-    float q = 0.0f;
-    for (int64_t h = tid; h < H; h += BLOCK)
-      q += (in[h] - mean) * (in[h] - mean);
-    inv = 1.0f / sqrtf(blockSum(q, red) / float(H) + C::EPS);
+    moert_gpu::normStats<WARPS, C::NORM>(in, H, C::EPS, red, mean, inv);
   }
 
   static GPU_INLINE float activate(float g, float u) {
@@ -313,7 +265,7 @@ template <class C> struct Kernels {
       float s = 0.0f;
       for (int64_t h = tid; h < H; h += BLOCK)
         s += g[h] * x[h];
-      sharedGate = sigmoid(blockSum(s, red));
+      sharedGate = sigmoid(blockSum<WARPS>(s, red));
     }
     sync();
 
@@ -358,6 +310,7 @@ template <class C> struct Kernels {
       if (C::GROUPS >
           1) { // grouped top-k: keep the GROUP_TOPK groups of best top-2 sum or max (lane 0, in order)
         constexpr int64_t per = N / C::GROUPS;
+        warpSync(); // every lane's scores written before lane 0 reads them (no lock-step to rely on)
         if (lane == 0) {
           float gs[C::GROUPS];
           bool keep[C::GROUPS];

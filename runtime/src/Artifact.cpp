@@ -770,9 +770,9 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
           (g.kind() == pb::GpuCode::PTX && (a.sections(g.section()).size() == 0 ||
                                             m.map[a.sections(g.section()).offset() + a.sections(g.section()).size() - 1] != 0)))
         return bad("has a corrupted GPU code entry (" + g.arch() + ")");
-    if (dispatchCount > 0) {
+    if (dispatchCount + linearCount > 0) {
       for (int si = 0; m.verifyLevel == 1 && si < int(m.flat.size()); ++si) // uploaded now: checked now
-        if (m.flat[si]->has_moe())
+        if (m.flat[si]->has_moe() || (m.flat[si]->has_linear() && m.flat[si]->linear().has_gpu()))
           if (moert_status st = moert::verifyStepSections(m, si)) {
             std::string why = st->message;
             delete st;
@@ -809,7 +809,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       os << (i ? ", " : "") << a.gpu_code(i).arch() << " (" << mib(a.sections(a.gpu_code(i).section()).size()) << ")";
     os << "; GPU ABI " << a.gpu_abi() << "\n";
   }
-  os << "runs on:  " << (m.gpu ? moert::gpu::describe(*m.gpu) + " (MoE dispatches; other ops on the CPU)" : "cpu")
+  os << "runs on:  "
+     << (m.gpu ? moert::gpu::describe(*m.gpu) + " (MoE and linear dispatches; other ops on the CPU)" : "cpu")
      << "\n";
   os << "inputs:\n";
   for (uint32_t id : p.inputs())
@@ -886,10 +887,11 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       os << "  attention " << s.attention().index() << ": " << s.attention().description() << "\n";
     else if (s.has_linear())
       os << "  linear " << s.linear().index() << ": " << s.linear().description() << " ("
-         << mib(s.linear().weight_bytes()) << " of weights)\n";
+         << mib(s.linear().weight_bytes()) << " of weights)"
+         << (m.gpu && moert::gpu::hasLinear(*m.gpu, int(s.linear().index())) ? " [gpu]" : "") << "\n";
     else
       os << "  dispatch " << s.moe().index() << ": " << s.moe().description() << " ("
-         << mib(s.moe().weight_bytes()) << " of weights)\n";
+         << mib(s.moe().weight_bytes()) << " of weights)" << (m.gpu ? " [gpu]" : "") << "\n";
   }
   if (p.has_decoder()) {
     const pb::Decoder &d = p.decoder();

@@ -129,6 +129,18 @@ struct Kernels {
   bool lastLogits = false, lastResidual = false;
 };
 
+struct LinearKernels {
+  void *norm = nullptr, *gemv = nullptr, *reduce = nullptr, *gemm = nullptr; // null: no GPU kernels
+  int64_t k = 0, n = 0;
+  int qbits = 0;
+  bool norm_ = false;
+  std::vector<int64_t> columns; // N_j per output
+  Ptr weights[MOERT_LIN_SLOTS] = {};
+  uint64_t weightBytes = 0; // all its weight sections
+  int64_t lastRows = 0;     // M of the last call (its inputs stay on the device)
+  bool lastResidual = false;
+};
+
 } // namespace
 
 class Device {
@@ -139,6 +151,7 @@ public:
   std::string label, arch;
   int warps = MOERT_GPU_BLOCK / 32; // warps per block: wave64 on CDNA (gfx9*) has half as many
   std::vector<Kernels> dispatches;
+  std::vector<LinearKernels> linears;
   std::vector<Ptr> allocations;
   // Per-call buffers, grown as needed (calls are serialised by `mutex`).
   std::mutex mutex;
@@ -300,8 +313,45 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
     return e;
   // Weights: each section a dispatch uses, uploaded once.
   std::map<int64_t, Ptr> uploaded;
+  auto upload = [&](int64_t sec, Ptr &p) -> std::string {
+    auto it = uploaded.find(sec);
+    if (it == uploaded.end()) {
+      const auto &section = a.sections(sec);
+      Ptr q = 0;
+      if (std::string e = d->alloc(section.size(), q); !e.empty())
+        return e;
+      if (std::string e =
+              d->check(d->drv.htod(q, map + section.offset(), section.size(), d->stream), "weight upload");
+          !e.empty())
+        return e;
+      it = uploaded.emplace(sec, q).first;
+    }
+    p = it->second;
+    return "";
+  };
   for (const pb::Step *sp : steps) { // every step, those in control-flow blocks too
     const pb::Step &s = *sp;
+    if (s.has_linear() && s.linear().has_gpu()) {
+      const auto &l = s.linear();
+      if (d->linears.size() <= l.index())
+        d->linears.resize(l.index() + 1);
+      LinearKernels &k = d->linears[l.index()];
+      k.k = l.k(), k.n = l.n(), k.qbits = l.gpu().qbits(), k.norm_ = l.gpu().norm();
+      k.columns.assign(l.output_columns().begin(), l.output_columns().end());
+      std::string base = "moert_gpu_lin_" + std::to_string(l.index()) + "_";
+      if (d->drv.moduleGetFunction(&k.gemv, d->module, (base + "gemv").c_str()) ||
+          d->drv.moduleGetFunction(&k.reduce, d->module, (base + "reduce").c_str()) ||
+          d->drv.moduleGetFunction(&k.gemm, d->module, (base + "gemm").c_str()) ||
+          (k.norm_ && d->drv.moduleGetFunction(&k.norm, d->module, (base + "norm").c_str())))
+        return "the GPU code lacks the kernels of linear dispatch " + std::to_string(l.index());
+      for (int slot = 0; slot < MOERT_LIN_SLOTS && slot < l.weight_sections_size(); ++slot)
+        if (int64_t sec = l.weight_sections(slot); sec >= 0) {
+          if (std::string e = upload(sec, k.weights[slot]); !e.empty())
+            return e;
+          k.weightBytes += a.sections(sec).size();
+        }
+      continue;
+    }
     if (!s.has_moe())
       continue;
     const auto &m = s.moe();
@@ -323,18 +373,8 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
       int64_t sec = m.weight_sections(slot);
       if (sec < 0)
         continue;
-      auto it = uploaded.find(sec);
-      if (it == uploaded.end()) {
-        const auto &section = a.sections(sec);
-        Ptr p = 0;
-        if (std::string e = d->alloc(section.size(), p); !e.empty())
-          return e;
-        if (std::string e = d->check(d->drv.htod(p, map + section.offset(), section.size(), d->stream), "weight upload");
-            !e.empty())
-          return e;
-        it = uploaded.emplace(sec, p).first;
-      }
-      k.weights[slot] = it->second;
+      if (std::string e = upload(sec, k.weights[slot]); !e.empty())
+        return e;
       k.weightBytes[slot] = a.sections(sec).size();
     }
     size_t stateBytes = moert_gpu_state_bytes(&k.shape);
@@ -349,10 +389,10 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
   return "";
 }
 
-/// The kernels of dispatch `k` on the device buffers (inputs already there).
+/// The kernels of dispatch `k` on the device buffers (inputs already there), as moert_gpu_moe_plan orders
+/// them.
 std::string launchAll(Device &d, const Kernels &k, int64_t T, bool logits, bool residual) {
-  const moert_gpu_shape &s = k.shape;
-  std::string e;
+  const moert_gpu_moe_launches plan = moert_gpu_moe_plan(&k.shape, T, k.logits != nullptr, d.warps);
   moert_gpu_args args{};
   args.tokens = T;
   args.input = reinterpret_cast<const float *>(d.in);
@@ -363,24 +403,41 @@ std::string launchAll(Device &d, const Kernels &k, int64_t T, bool logits, bool 
     args.weights[i] = reinterpret_cast<const void *>(k.weights[i]);
   args.scratch = reinterpret_cast<void *>(d.scratch);
   args.state = reinterpret_cast<void *>(k.state);
-  args.f_splits = moert_gpu_f_splits(&s, T);
+  args.f_splits = plan.f_splits;
   void *params[] = {&args};
-  unsigned tiles = unsigned(moert_gpu_max_tiles(&s, T));
-  if (k.logits && (e = d.check(d.drv.launch(k.logits, unsigned(T), unsigned(moert_gpu_logit_blocks(&s, d.warps)), 1,
-                                             MOERT_GPU_BLOCK, 1, 1, 0, d.stream, params, nullptr),
-                                "launch (logits)")).size())
+  auto launch = [&](void *fn, const int64_t(&grid)[3], const char *what) {
+    return d.check(d.drv.launch(fn, unsigned(grid[0]), unsigned(grid[1]), unsigned(grid[2]), MOERT_GPU_BLOCK,
+                                1, 1, 0, d.stream, params, nullptr),
+                   what);
+  };
+  std::string e;
+  if (plan.logits_grid[0] &&
+      (e = launch(k.logits, {plan.logits_grid[0], plan.logits_grid[1], 1}, "launch (logits)")).size())
     return e;
-  if ((e = d.check(d.drv.launch(k.route, unsigned(T), 1, 1, MOERT_GPU_BLOCK, 1, 1, 0, d.stream, params, nullptr),
-                   "launch (route)")).size() ||
-      (e = d.check(d.drv.launch(k.up, tiles, unsigned(moert_gpu_f_chunks(&s)), 1, MOERT_GPU_BLOCK, 1, 1, 0, d.stream,
-                                params, nullptr),
-                   "launch (up)")).size() ||
-      (e = d.check(d.drv.launch(k.down, tiles, unsigned(moert_gpu_h_chunks(&s)), unsigned(args.f_splits),
-                                MOERT_GPU_BLOCK, 1, 1, 0, d.stream, params, nullptr),
-                   "launch (down)")).size())
+  if ((e = launch(k.route, {plan.route_blocks, 1, 1}, "launch (route)")).size() ||
+      (e = launch(k.up, {plan.up_grid[0], plan.up_grid[1], 1}, "launch (up)")).size())
     return e;
+  return launch(k.down, plan.down_grid, "launch (down)");
+}
+
+namespace {
+/// `launch()` once to warm up, then `repeats` times back to back between two events: device time per call.
+template <class Launch> std::string timeRepeats(Device &d, int repeats, double &usPerCall, Launch launch) {
+  std::string e;
+  if ((e = launch()).size() || (e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
+    return e;
+  for (int r = 0; r < repeats; ++r)
+    if ((e = launch()).size())
+      return e;
+  if ((e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size() ||
+      (e = d.check(d.drv.streamSync(d.stream), "kernel run")).size())
+    return e;
+  float ms = 0;
+  d.drv.eventElapsed(&ms, d.ev0, d.ev1);
+  usPerCall = 1000.0 * ms / std::max(1, repeats);
   return "";
 }
+} // namespace
 
 std::string timeKernels(Device &d, int index, int repeats, double &usPerCall, double &weightBytes) {
   std::lock_guard<std::mutex> lock(d.mutex);
@@ -390,20 +447,10 @@ std::string timeKernels(Device &d, int index, int repeats, double &usPerCall, do
   const Kernels &k = d.dispatches[index];
   const moert_gpu_shape &s = k.shape;
   int64_t T = k.lastTokens;
-  std::string e;
-  if ((e = launchAll(d, k, T, k.lastLogits, k.lastResidual)).size()) // warm-up
+  std::string e =
+      timeRepeats(d, repeats, usPerCall, [&] { return launchAll(d, k, T, k.lastLogits, k.lastResidual); });
+  if (!e.empty())
     return e;
-  if ((e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
-    return e;
-  for (int r = 0; r < repeats; ++r)
-    if ((e = launchAll(d, k, T, k.lastLogits, k.lastResidual)).size())
-      return e;
-  if ((e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size() ||
-      (e = d.check(d.drv.streamSync(d.stream), "kernel run")).size())
-    return e;
-  float ms = 0;
-  d.drv.eventElapsed(&ms, d.ev0, d.ev1);
-  usPerCall = 1000.0 * ms / std::max(1, repeats);
   // Bytes read: the chosen experts' rows (tile table of the last call), the shared expert, router, mask.
   moert_gpu_layout l = moert_gpu_scratch_layout(&s, T);
   int64_t maxTiles = moert_gpu_max_tiles(&s, T);
@@ -439,10 +486,10 @@ std::string run(Device &d, int index, int64_t T, const float *input, const float
   if (T > (int64_t(1) << 31) / std::max<int64_t>(1, s.H + s.N + s.K + 1))
     return "dispatch " + std::to_string(index) + ": " + std::to_string(T) + " tokens are more than the GPU kernels index";
   size_t rows = sizeof(float) * size_t(T * s.H);
-  moert_gpu_layout layout = moert_gpu_scratch_layout(&s, T);
   std::string e;
   if ((e = d.grow(d.in, d.inBytes, rows)).size() || (e = d.grow(d.out, d.outBytes, rows)).size() ||
-      (e = d.grow(d.scratch, d.scratchBytes, layout.total)).size())
+      (e = d.grow(d.scratch, d.scratchBytes, moert_gpu_moe_plan(&s, T, k.logits != nullptr, d.warps).scratch))
+          .size())
     return e;
   if (logits && (e = d.grow(d.logits, d.logitsBytes, sizeof(float) * size_t(T * s.N))).size())
     return e;
@@ -472,6 +519,109 @@ std::string run(Device &d, int index, int64_t T, const float *input, const float
     d.drv.eventElapsed(&ms, d.ev0, d.ev1);
     *gpuMs = ms;
   }
+  return "";
+}
+
+bool hasLinear(const Device &d, int index) {
+  return index >= 0 && size_t(index) < d.linears.size() && d.linears[index].gemv;
+}
+
+namespace {
+/// The kernels of linear dispatch `k` on the device buffers (input, residual already there; the outputs
+/// one after another in `out`), as moert_gpu_lin_plan orders them.
+std::string launchLinear(Device &d, const LinearKernels &k, int64_t M, bool residual) {
+  const moert_gpu_linear_launches plan = moert_gpu_lin_plan(k.k, k.n, k.qbits, k.norm_, M);
+  moert_gpu_linear_args args{};
+  args.rows = M;
+  args.input = reinterpret_cast<const float *>(d.in);
+  args.residual = residual ? reinterpret_cast<const float *>(d.residual) : nullptr;
+  Ptr at = d.out;
+  for (size_t j = 0; j < k.columns.size() && j < MOERT_LIN_MAX_OUTPUTS; ++j) {
+    args.outputs[j] = reinterpret_cast<float *>(at);
+    at += sizeof(float) * size_t(M * k.columns[j]);
+  }
+  for (int i = 0; i < MOERT_LIN_SLOTS; ++i)
+    args.weights[i] = reinterpret_cast<const void *>(k.weights[i]);
+  args.scratch = reinterpret_cast<void *>(d.scratch);
+  args.k_splits = plan.k_splits;
+  void *params[] = {&args};
+  auto launch = [&](void *fn, int64_t x, int64_t y, const char *what) {
+    return d.check(
+        d.drv.launch(fn, unsigned(x), unsigned(y), 1, MOERT_GPU_BLOCK, 1, 1, 0, d.stream, params, nullptr),
+        what);
+  };
+  std::string e;
+  if (k.norm_ && (e = launch(k.norm, M, 1, "launch (linear norm)")).size())
+    return e;
+  if (plan.gemm)
+    return launch(k.gemm, plan.gemm_grid[0], plan.gemm_grid[1], "launch (linear gemm)");
+  if ((e = launch(k.gemv, plan.gemv_grid[0], plan.gemv_grid[1], "launch (linear gemv)")).size() ||
+      !plan.reduce_blocks)
+    return e;
+  return launch(k.reduce, plan.reduce_blocks, 1, "launch (linear reduce)");
+}
+} // namespace
+
+std::string runLinear(Device &d, int index, int64_t M, const float *input, const float *residual,
+                      float *const *outputs, double *gpuMs) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  if (!hasLinear(d, index))
+    return "internal: no GPU kernels for linear dispatch " + std::to_string(index);
+  LinearKernels &k = d.linears[index];
+  if (M <= 0)
+    return "";
+  if (M > (int64_t(1) << 31) / std::max<int64_t>(1, std::max(k.k, k.n)))
+    return "linear dispatch " + std::to_string(index) + ": " + std::to_string(M) +
+           " rows are more than the GPU "
+           "kernels index";
+  const size_t inBytes = sizeof(float) * size_t(M * k.k), outBytes = sizeof(float) * size_t(M * k.n);
+  const size_t scratchBytes = moert_gpu_lin_plan(k.k, k.n, k.qbits, k.norm_, M).scratch;
+  std::string e;
+  if ((e = d.grow(d.in, d.inBytes, inBytes)).size() || (e = d.grow(d.out, d.outBytes, outBytes)).size() ||
+      (e = d.grow(d.scratch, d.scratchBytes, scratchBytes)).size() ||
+      (residual && (e = d.grow(d.residual, d.residualBytes, outBytes)).size()))
+    return e;
+  if ((e = d.check(d.drv.htod(d.in, input, inBytes, d.stream), "input copy")).size() ||
+      (residual && (e = d.check(d.drv.htod(d.residual, residual, outBytes, d.stream), "copy")).size()))
+    return e;
+  if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
+    return e;
+  if ((e = launchLinear(d, k, M, residual != nullptr)).size())
+    return e;
+  if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size())
+    return e;
+  Ptr at = d.out;
+  for (size_t j = 0; j < k.columns.size(); ++j) {
+    const size_t bytes = sizeof(float) * size_t(M * k.columns[j]);
+    if ((e = d.check(d.drv.dtoh(outputs[j], at, bytes, d.stream), "output copy")).size())
+      return e;
+    at += bytes;
+  }
+  if ((e = d.check(d.drv.streamSync(d.stream), "kernel run")).size())
+    return "linear dispatch " + std::to_string(index) + ": " + e;
+  k.lastRows = M, k.lastResidual = residual != nullptr;
+  if (gpuMs) {
+    float ms = 0;
+    d.drv.eventElapsed(&ms, d.ev0, d.ev1);
+    *gpuMs = ms;
+  }
+  return "";
+}
+
+std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, double &weightBytes,
+                       int64_t &rows) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  if (!hasLinear(d, index) || d.linears[index].lastRows <= 0)
+    return "linear dispatch " + std::to_string(index) + " has not run on the GPU yet";
+  const LinearKernels &k = d.linears[index];
+  std::string e =
+      timeRepeats(d, repeats, usPerCall, [&] { return launchLinear(d, k, k.lastRows, k.lastResidual); });
+  if (!e.empty())
+    return e;
+  weightBytes = double(k.weightBytes);
+  rows = k.lastRows;
   return "";
 }
 

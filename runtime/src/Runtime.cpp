@@ -74,6 +74,17 @@ moert_status moert_gpu_time(moert_model *m, size_t dispatch, int repeats, double
   return e.empty() ? nullptr : makeError(e);
 }
 
+moert_status moert_gpu_time_linear(moert_model *m, size_t linear, int repeats, double *us, double *bytes) {
+  if (!m || !us || !bytes || repeats < 1)
+    return makeError(
+        "moert_gpu_time_linear: model, us_per_call and weight_bytes must not be NULL, repeats >= 1");
+  if (!m->gpu)
+    return makeError("moert_gpu_time_linear: the model was not loaded on a GPU");
+  int64_t rows = 0;
+  std::string e = moert::gpu::timeLinear(*m->gpu, int(linear), repeats, *us, *bytes, rows);
+  return e.empty() ? nullptr : makeError(e);
+}
+
 moert_status moert_device_probe(moert_device device, int measure_bandwidth, char **description) {
   if (!description)
     return makeError("moert_device_probe: description must not be NULL");
@@ -563,7 +574,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       }
       const int outputs = d.outputs_size();
       Tensor out[MOERT_LIN_MAX_OUTPUTS];
-      const size_t scratchBytes = x.scratch(rows, exec.threads);
+      const bool onGpu = m->gpu && moert::gpu::hasLinear(*m->gpu, int(d.index()));
+      const size_t scratchBytes = onGpu ? 0 : x.scratch(rows, exec.threads);
       auto scratch = scratchBytes ? moert::allocBlock(scratchBytes) : nullptr;
       if (scratchBytes && !scratch)
         return makeError("out of memory for " + what());
@@ -581,15 +593,29 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       args.residual = residual;
       std::memcpy(args.weights, x.weights, sizeof args.weights);
       args.exec = &exec;
-      if (int rc = x.run(&args))
+      double gpuMs = 0;
+      if (onGpu) {
+        std::string why = moert::gpu::runLinear(*m->gpu, int(d.index()), rows, input, residual, args.outputs,
+                                                profile ? &gpuMs : nullptr);
+        if (!why.empty())
+          return makeError(why);
+      } else if (int rc = x.run(&args)) {
         return makeError(what() + " failed (code " + std::to_string(rc) + ")");
+      }
       for (int j = 0; j < outputs; ++j) {
         values[d.outputs(j)] = std::move(out[j]);
         measure(d.outputs(j));
       }
-      if (profile)
-        label = "linear " + std::to_string(d.index()) + " (" + std::to_string(rows) + "x" + std::to_string(x.k) +
-                "x" + std::to_string(x.n) + ")";
+      if (profile) {
+        label = "linear " + std::to_string(d.index()) + " (" + std::to_string(rows) + "x" +
+                std::to_string(x.k) + "x" + std::to_string(x.n) + (onGpu ? ", gpu)" : ")");
+        if (onGpu) {
+          trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"gpu linear " << d.index() << " (M=" << rows
+                << ")\", \"ph\": \"X\", \"pid\": 0, \"tid\": 1, \"ts\": " << us(start)
+                << ", \"dur\": " << gpuMs * 1000.0 << "}";
+          firstEvent = false;
+        }
+      }
     } else if (s.has_attention()) {
       const auto &d = s.attention();
       const moert::Attention &x = m->attentions[d.index()];

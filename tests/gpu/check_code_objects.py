@@ -7,7 +7,8 @@ objects; sm_80, sm_90 PTX), then
   - `moert inspect` lists all five architectures;
   - `llvm-readelf-19 --notes` of each AMDGPU code object: the kernels of every dispatch are there, with
     no scratch (`.private_segment_fixed_size` 0), no VGPR/SGPR spills, at most 128 VGPRs (at least 4 waves per
-    SIMD on CDNA2/3, 12 on RDNA3) and at most 16 KiB of LDS per block (4 blocks per CU);
+    SIMD on CDNA2/3, 12 on RDNA3) and at most 16 KiB of LDS per block (4 blocks per CU) — MoE dispatches'
+    kernels and linear dispatches' (dense models in every storage, MatMulNBits, a decoder-with-past model);
   - the PTX of each sm_* declares the kernels of every dispatch.
 Options moec cannot serve (unknown architectures or targets) are one error line and no artifact. Where no GPU is usable (CI), also: `moert run --device=gpu` fails with one error line, a non-zero exit and no
 output file. Exits 1 with one line per violation.
@@ -43,6 +44,18 @@ def fixtures(tmp):
     for name, path, _, _ in e2e.sparse_moe_cases(tmp):
         if "predictor" not in name:
             yield name, path, []
+    # Linear dispatches in every storage (a fused LayerNorm, bias, residual, Gemm) and ONNX Runtime's MatMulNBits
+    # with zero points (affine codes); the decoder-with-past fixture's merged projections and LM head.
+    import check_linear_e2e as lin
+    dense = os.path.join(tmp, "dense.onnx")
+    lin.dense_model(dense)
+    for storage in ("fp32", "bf16", "fp16", "int8", "int4"):
+        yield f"linear/dense {storage}", dense, [f"--dense-weights={storage}"]
+    for i, (bits, zp) in enumerate([(4, True), (8, True), (4, False)]):
+        path = os.path.join(tmp, f"nbits{i}.onnx")
+        lin.nbits_model(path, 70, 17, bits, 32, zp, True, seed=i)
+        yield f"linear/MatMulNBits {bits}-bit{' zp' if zp else ''}", path, []
+    yield "past_qwen3_moe", os.path.join(ROOT, "tests", "fixtures", "transformers", "past_qwen3_moe.onnx"), []
 
 
 def kernels_in_notes(text):
@@ -120,6 +133,9 @@ def main():
             dispatches = sorted(set(re.findall(r"moert_gpu_(\d+)_route", src)))
             want = {f"moert_gpu_{d}_{k}" for d in dispatches for k in ("route", "up", "down")}
             want |= set(re.findall(r"void (moert_gpu_\d+_logits)\(", src))  # linear routers
+            linears = sorted(set(re.findall(r"moert_gpu_lin_(\d+)_gemv", src)))
+            want |= {f"moert_gpu_lin_{j}_{k}" for j in linears for k in ("gemv", "reduce", "gemm")}
+            want |= set(re.findall(r"void (moert_gpu_lin_\d+_norm)\(", src))  # fused norms
             inspect = subprocess.run([args.moert, "inspect", moex], capture_output=True, text=True).stdout
             gpu_line = next((ln for ln in inspect.splitlines() if ln.startswith("gpu code:")), "")
             for arch in AMD + NV:
@@ -152,7 +168,8 @@ def main():
                 if entries != want or f".target {arch}" not in ptx:
                     problems.append(f"{name} {arch}: PTX entries {sorted(entries)}, expected {sorted(want)}")
             print(f"{'ok  ' if not any(p.startswith(name + ' ') or p.startswith(name + ':') for p in problems) else 'FAIL'}"
-                  f" {name:48s} {len(want)} kernels ({len(dispatches)} dispatch(es)) x {len(AMD)} AMD + {len(NV)} NVIDIA archs")
+                  f" {name:48s} {len(want)} kernels ({len(dispatches)} MoE, {len(linears)} linear dispatch(es)) x "
+                  f"{len(AMD)} AMD + {len(NV)} NVIDIA archs")
         problems += bad_option_checks(args, tmp)
         if subprocess.run([args.moert, "devices"], capture_output=True).returncode != 0:
             problems += no_device_checks(args, tmp, moex)

@@ -2,11 +2,20 @@
 """The GPU kernels end to end: the CPU e2e fixtures compiled with `--target=cpu,hip,cuda`, run by
 `moert run --device=gpu`, compared with the same references as the CPU test (ONNX Runtime or the NumPy
 oracle) and with moert's own CPU run of the same artifact (int8/int4 weights, moec's own and ONNX Runtime QMoE's,
-included).
+included). Every output of a model is compared.
+
+Linear dispatches run on the GPU too: the whole models and decoder-with-past fixtures (their projections and
+LM heads; a prefill and a decode step with a past), check_linear_e2e's dense model (a fused LayerNorm, bias,
+a residual, a transposed weight, Gemm, odd N and K) in every storage against ONNX Runtime on the weights as
+stored, ONNX Runtime MatMulNBits models (4/8 bits, zero points, bias, K not a multiple of the block), and a
+wider layer stack (K 512: a fused LayerNorm in front of merged Q/K/V projections, an output projection with a
+residual, an LM head of 1001 columns) whose decode rows split K across blocks (the `reduce` kernel) and
+whose prefill rows take the GEMM.
 
 Two phases, so the GPU half runs where moec cannot (a lent GPU machine without LLVM):
 
-  check_gpu_e2e.py --moec build/bin/moec --moert build/bin/moert --prepare DIR   compile + references into DIR
+  check_gpu_e2e.py --moec build/bin/moec --moert build/bin/moert --prepare DIR [--targets cpu,cuda --cuda-arch sm_90]
+                                                                                 compile + references into DIR
   check_gpu_e2e.py --moert build/bin/moert --run DIR [--device cuda]             run them on the GPU and compare
   check_gpu_e2e.py --moec ... --moert ...                                        both (ctest `gpu-e2e`)
 
@@ -18,6 +27,7 @@ and to 1e-4 against moert's CPU run of the artifact. Layers with a low-rank pred
 cases are listed as not run.
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import shutil
@@ -32,6 +42,9 @@ sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 
 TOLERANCE = 1e-4
 TOKENS = [1, 3, 8, 40, 300]
+# Linear cases: rows up to MOERT_GPU_LIN_GEMV_ROWS (8) take the GEMV, more the GEMM (70: two row tiles); the
+# dense model's input is [2, T, H], so T = 4 is 8 rows and T = 9 is 18.
+LIN_TOKENS = [1, 3, 4, 9, 70]
 
 
 def rel_error(got, want):
@@ -39,8 +52,86 @@ def rel_error(got, want):
     return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / max(np.max(np.abs(want)), 1e-30))
 
 
+def stack_model(path):
+    """LayerNorm -> merged Q/K/V projections (K 512 -> 512 + 128 + 128: one dispatch with three outputs), Q's
+    output projection with a residual, an LM head of 1001 columns over the residual stream: outputs K and V
+    concatenated, and the logits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(17)
+    h, kv, vocab = 512, 128, 1001
+    w = {"wq": (h, h), "wk": (h, kv), "wv": (h, kv), "wo": (h, h), "wlm": (h, vocab)}
+    inits = [numpy_helper.from_array((rng.standard_normal(sh) / np.sqrt(sh[0])).astype(np.float32), n)
+             for n, sh in w.items()]
+    inits += [numpy_helper.from_array((1.0 + 0.2 * rng.standard_normal(h)).astype(np.float32), "ln_w"),
+              numpy_helper.from_array((0.1 * rng.standard_normal(h)).astype(np.float32), "ln_b")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "ln_w", "ln_b"], ["xn"], axis=-1, epsilon=1e-5),
+             helper.make_node("MatMul", ["xn", "wq"], ["q"]),
+             helper.make_node("MatMul", ["xn", "wk"], ["k"]),
+             helper.make_node("MatMul", ["xn", "wv"], ["v"]),
+             helper.make_node("Concat", ["k", "v"], ["kv"], axis=-1),
+             helper.make_node("MatMul", ["q", "wo"], ["o"]),
+             helper.make_node("Add", ["x", "o"], ["r"]),
+             helper.make_node("MatMul", ["r", "wlm"], ["logits"])]
+    out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "T", c])
+           for n, c in (("kv", 2 * kv), ("logits", vocab))]
+    graph = helper.make_graph(nodes, "stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", h])],
+                              out, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def linear_cases(tmp):
+    """(name, model, feeds(t, rng), reference, extra moec flags, tolerance) for the linear dispatches."""
+    import check_linear_e2e as lin
+    dense = os.path.join(tmp, "dense.onnx")
+    lin.dense_model(dense)
+
+    def dense_feeds(t, rng):
+        return {"x": rng.standard_normal((2, t, lin.H)).astype(np.float32)}
+
+    for storage in ("fp32", "bf16", "fp16", "int8", "int4"):
+        ref = dense
+        if storage != "fp32":
+            ref = os.path.join(tmp, f"dense_ref_{storage}.onnx")
+            lin.reference_copy(dense, ref, storage)
+        yield f"linear/dense {storage}", dense, dense_feeds, ref, (f"--dense-weights={storage}",), TOLERANCE
+    for i, (k, n, bits, block, zp, bias) in enumerate([(70, 17, 4, 32, True, True), (96, 3, 8, 16, True, False),
+                                                       (300, 33, 4, 128, False, True), (130, 1, 8, 128, True, True),
+                                                       (1000, 48, 4, 32, True, True)]):
+        path = os.path.join(tmp, f"nbits{i}.onnx")
+        lin.nbits_model(path, k, n, bits, block, zp, bias, seed=i)
+        yield (f"linear/MatMulNBits K={k} N={n} {bits}-bit block {block}{' zp' if zp else ''}{' bias' if bias else ''}",
+               path, lambda t, rng, k=k: {"A": rng.standard_normal((t, k)).astype(np.float32)}, path, (), TOLERANCE)
+    stack = os.path.join(tmp, "stack.onnx")
+    stack_model(stack)
+    for storage in ("fp32", "bf16", "int8", "int4"):
+        ref = stack
+        if storage != "fp32":  # the weights as stored (the LayerNorm's stay f32)
+            ref = os.path.join(tmp, f"stack_ref_{storage}.onnx")
+            import onnx
+            from onnx import numpy_helper
+            m = onnx.load(stack)
+            for init in m.graph.initializer:
+                if init.name.startswith("w"):
+                    init.CopyFrom(numpy_helper.from_array(
+                        lin.stored(storage, numpy_helper.to_array(init)).astype(np.float32), init.name))
+            onnx.save(m, ref)
+        yield (f"linear/stack K=512 {storage}", stack,
+               lambda t, rng: {"x": rng.standard_normal((1, t, 512)).astype(np.float32)}, ref,
+               (f"--dense-weights={storage}",), TOLERANCE)
+    # Decoder-with-past fixtures: a step of T new tokens after 5 cached positions (logits and presents).
+    for family in ("mixtral", "qwen3_moe"):
+        path = os.path.join(lin.FIXTURES, f"past_{family}.onnx")
+        yield (f"linear/past_{family} (past 5)", path,
+               lambda t, rng, path=path: lin.fixture_feeds(path, t, 5, rng), path, (), TOLERANCE)
+
+
 def gpu_cases(tmp):
     import check_cpu_e2e as e2e
+    for name, model, feeds, ref, extra, tolerance in linear_cases(tmp):
+        yield name, model, feeds, "ort", (ref, extra, tolerance, LIN_TOKENS), None
     cases = (list(e2e.transformers_cases()) + list(e2e.ort_moe_cases(tmp)) + list(e2e.qmoe_cases(tmp)) +
              list(e2e.sparse_moe_cases(tmp)))
     for name, model, feeds, reference in cases:
@@ -52,46 +143,64 @@ def gpu_cases(tmp):
         if "predictor" in name:
             yield name, None, None, None, None, "no GPU kernels yet (low-rank predictor)"
             continue
-        yield name, model, feeds, reference, (ref_model, tuple(extra), tolerance), None
+        yield name, model, feeds, reference, (ref_model, tuple(extra), tolerance, TOKENS), None
     # The bf16 transformers blocks (the weights a GPU deployment stores): against ONNX Runtime on the fp32 model
     # within the CPU test's stated bf16 bound, and against moert's CPU run of the same artifact within 1e-4.
     for family in ["mixtral", "qwen2_moe", "deepseek_v3"]:
         path = os.path.join(e2e.ROOT, "tests", "fixtures", "transformers", f"{family}.onnx")
         feeds = next(f for n, p, f, r in e2e.transformers_cases() if p == path)
-        yield (f"transformers/{family} (bf16)", path, feeds, "ort", (path, ("--weights=bf16",), e2e.DRIFT["bf16"]),
-               None)
+        yield (f"transformers/{family} (bf16)", path, feeds, "ort",
+               (path, ("--weights=bf16",), e2e.DRIFT["bf16"], TOKENS), None)
 
 
 def prepare(args, out):
-    import check_cpu_e2e as e2e
     os.makedirs(out, exist_ok=True)
     manifest = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, model, feeds, reference, ref, skip) in enumerate(gpu_cases(tmp)):
+            if not selected(args, name):
+                continue
             entry = {"name": name, "skip": skip, "runs": []}
             manifest.append(entry)
             if skip:
                 continue
-            ref_model, extra, entry["tolerance"] = ref
+            ref_model, extra, entry["tolerance"], tokens = ref
             artifact = os.path.join(out, f"case{i}.moex")
-            run = subprocess.run([args.moec, "compile", model, "-o", artifact, "--target=cpu,hip,cuda", "--quiet",
-                                  *extra], capture_output=True, text=True)
+            targets = [f"--target={args.targets}"] + ([f"--cuda-arch={args.cuda_arch}"] if args.cuda_arch else [])
+            run = subprocess.run([args.moec, "compile", model, "-o", artifact, *targets, "--quiet", *extra],
+                                 capture_output=True, text=True)
             if run.returncode != 0:
                 entry["skip"] = "moec compile failed: " + run.stderr.strip().splitlines()[-1]
                 continue
             entry["artifact"] = os.path.basename(artifact)
             rng = np.random.default_rng(3)
-            for t in TOKENS:
+            for t in tokens:
                 d = feeds(t, rng)
-                want = e2e.ort_run(ref_model, d) if reference == "ort" else reference(d)
+                want = all_outputs(ref_model, d) if reference == "ort" else [reference(d)]
                 files = {}
                 for k, v in d.items():
                     files[k] = f"case{i}_T{t}_{k}.npy"
                     np.save(os.path.join(out, files[k]), v)
-                np.save(os.path.join(out, f"case{i}_T{t}_want.npy"), np.asarray(want, np.float32))
-                entry["runs"].append({"T": t, "inputs": files, "want": f"case{i}_T{t}_want.npy"})
+                wants = []
+                for j, w in enumerate(want):
+                    wants.append(f"case{i}_T{t}_want{j}.npy")
+                    np.save(os.path.join(out, wants[-1]), np.asarray(w, np.float32))
+                entry["runs"].append({"T": t, "inputs": files, "want": wants})
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
+
+
+def selected(args, name):
+    return not args.only or any(part in name for part in args.only.split(","))
+
+
+def all_outputs(model, feeds):
+    """Every output of `model` under ONNX Runtime, in graph order."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
 
 
 def moert_run(moert, artifact, inputs, device, tmp):
@@ -103,8 +212,7 @@ def moert_run(moert, artifact, inputs, device, tmp):
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(run.stderr.strip())
-    outs = [ln.split(" -> ")[1] for ln in run.stdout.splitlines() if ln.startswith("output ")]
-    return np.load(outs[0])
+    return [np.load(ln.split(" -> ")[1]) for ln in run.stdout.splitlines() if ln.startswith("output ")]
 
 
 def run_all(args, where):
@@ -115,38 +223,50 @@ def run_all(args, where):
     print("device: " + probe.stdout.strip())
     with open(os.path.join(where, "manifest.json")) as f:
         manifest = json.load(f)
-    failures = ran = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for entry in manifest:
-            if entry["skip"]:
-                print(f"--   {entry['name']:48s} not run: {entry['skip']}")
+    entries = [e for e in manifest if selected(args, e["name"])]
+
+    def check(entry, tmp):
+        """(passed, report lines) of one case: each T on the GPU and on the CPU against the reference."""
+        if entry["skip"]:
+            return None, [f"--   {entry['name']:48s} not run: {entry['skip']}"]
+        os.makedirs(tmp, exist_ok=True)
+        errors, worst, worst_cpu = [], 0.0, 0.0
+        artifact = os.path.join(where, entry["artifact"])
+        for r in entry["runs"]:
+            inputs = {k: os.path.join(where, v) for k, v in r["inputs"].items()}
+            wants = [np.load(os.path.join(where, w)) for w in r["want"]]
+            try:
+                got = moert_run(args.moert, artifact, inputs, args.device, tmp)
+                cpu = moert_run(args.moert, artifact, inputs, "cpu", tmp)
+            except RuntimeError as e:
+                errors.append(f"T={r['T']}: {e}")
                 continue
+            shapes = [g.shape for g in got], [w.shape for w in wants]
+            if shapes[0] != shapes[1] or len(cpu) != len(got):
+                errors.append(f"T={r['T']}: output shapes {shapes[0]}, reference {shapes[1]}")
+                continue
+            err = max(rel_error(g, w) for g, w in zip(got, wants))
+            err_cpu = max(rel_error(g, c) for g, c in zip(got, cpu))
+            worst, worst_cpu = max(worst, err), max(worst_cpu, err_cpu)
+            if not (err <= entry["tolerance"] and err_cpu <= TOLERANCE):
+                errors.append(f"T={r['T']}: {err:.2e} from the reference, {err_cpu:.2e} from moert's CPU run")
+        lines = [f"{'ok  ' if not errors else 'FAIL'} {entry['name']:48s} T={[r['T'] for r in entry['runs']]} "
+                 f"max rel error {worst:.2e} (bound {entry['tolerance']:g}; vs CPU run {worst_cpu:.2e})"]
+        return not errors, lines + ["       " + e for e in errors]
+
+    # Cases run in parallel (--jobs; each its own moert processes and output folder), reported in order.
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = [os.path.join(tmp, str(i)) for i in range(len(entries))]
+        with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            results = list(pool.map(check, entries, dirs))
+    failures = ran = 0
+    for passed, lines in results:
+        print("\n".join(lines))
+        if passed is not None:
             ran += 1
-            errors, worst, worst_cpu = [], 0.0, 0.0
-            artifact = os.path.join(where, entry["artifact"])
-            for r in entry["runs"]:
-                inputs = {k: os.path.join(where, v) for k, v in r["inputs"].items()}
-                want = np.load(os.path.join(where, r["want"]))
-                try:
-                    got = moert_run(args.moert, artifact, inputs, args.device, tmp)
-                    cpu = moert_run(args.moert, artifact, inputs, "cpu", tmp)
-                except RuntimeError as e:
-                    errors.append(f"T={r['T']}: {e}")
-                    continue
-                if got.shape != want.shape:
-                    errors.append(f"T={r['T']}: shape {got.shape}, reference {want.shape}")
-                    continue
-                err, err_cpu = rel_error(got, want), rel_error(got, cpu)
-                worst, worst_cpu = max(worst, err), max(worst_cpu, err_cpu)
-                if not (err <= entry["tolerance"] and err_cpu <= TOLERANCE):
-                    errors.append(f"T={r['T']}: {err:.2e} from the reference, {err_cpu:.2e} from moert's CPU run")
-            print(f"{'ok  ' if not errors else 'FAIL'} {entry['name']:48s} T={[r['T'] for r in entry['runs']]} "
-                  f"max rel error {worst:.2e} (bound {entry['tolerance']:g}; vs CPU run {worst_cpu:.2e})")
-            for e in errors:
-                print("       " + e)
-            failures += bool(errors)
+            failures += not passed
     print(f"{ran - failures}/{ran} cases match within {TOLERANCE:g} on the GPU "
-          f"({sum(1 for e in manifest if e['skip'])} not run)")
+          f"({sum(1 for e in entries if e['skip'])} not run)")
     return 1 if failures else 0
 
 
@@ -156,7 +276,11 @@ def main():
     ap.add_argument("--moert", required=True)
     ap.add_argument("--device", default="gpu", choices=["gpu", "cuda", "hip"])
     ap.add_argument("--prepare", metavar="DIR")
+    ap.add_argument("--targets", default="cpu,hip,cuda", help="moec --target for --prepare (default cpu,hip,cuda)")
+    ap.add_argument("--cuda-arch", help="moec --cuda-arch for --prepare (default moec's)")
+    ap.add_argument("--only", help="prepare / run only the cases whose name contains one of these (comma-separated)")
     ap.add_argument("--run", metavar="DIR")
+    ap.add_argument("--jobs", type=int, default=1, help="cases run at once (default 1)")
     args = ap.parse_args()
     if args.prepare:
         if not args.moec:

@@ -40,8 +40,9 @@ const char *kUsage =
     "  --output-dir DIR        write each output as DIR/<output name>.npy (default: .)\n"
     "  --threads N             worker threads (default: one per core; they spin 500 us between jobs\n"
     "                          before sleeping, MOERT_SPIN_US=N sets it, 0 sleeps at once)\n"
-    "  --device D              where MoE dispatches run: cpu (default), gpu (CUDA, else HIP), cuda, hip;\n"
-    "                          other ops run on the CPU. No driver or device: an error, never a fallback\n"
+    "  --device D              where MoE and linear dispatches run: cpu (default), gpu (CUDA, else HIP),\n"
+    "                          cuda, hip; other ops run on the CPU. No driver or device: an error, never\n"
+    "                          a fallback\n"
     "  --repeat N              time N calls and print best and median (default 1)\n"
     "  --warmup N              untimed calls before timing (default: 1 when --repeat > 1)\n"
     "  --gpu-time N            after the run, time each dispatch's GPU kernels N times back to back\n"
@@ -333,23 +334,29 @@ int run(int argc, char **argv) {
   std::sort(sorted.begin(), sorted.end());
   std::printf("load %.2f ms; %d call%s: best %.3f ms, median %.3f ms per call\n", loadMs, repeat,
               repeat == 1 ? "" : "s", sorted.front(), sorted[sorted.size() / 2]);
-  for (size_t d = 0; gpuTime > 0; ++d) { // one line per dispatch that ran on the GPU
-    double us = 0, bytes = 0;
-    moert_status st = moert_gpu_time(m, d, gpuTime, &us, &bytes);
-    if (st) {
-      bool none = d == 0;
-      if (none)
-        std::fprintf(stderr, "moert: --gpu-time: %s\n", moert_status_message(st));
-      moert_status_free(st);
-      if (none) {
-        moert_result_free(res);
-        moert_free(m);
-        return 1;
+  // One line per MoE dispatch, then per linear dispatch, that ran on the GPU.
+  size_t timed = 0;
+  std::string lastError;
+  for (int linear = 0; gpuTime > 0 && linear < 2; ++linear)
+    for (size_t d = 0;; ++d) {
+      double us = 0, bytes = 0;
+      moert_status st = linear ? moert_gpu_time_linear(m, d, gpuTime, &us, &bytes)
+                               : moert_gpu_time(m, d, gpuTime, &us, &bytes);
+      if (st) {
+        if (d == 0)
+          lastError = moert_status_message(st);
+        moert_status_free(st);
+        break;
       }
-      break;
+      ++timed;
+      std::printf("gpu %s %zu: %.2f us per call (%d back to back), %.2f MB of weights read, %.0f GB/s\n",
+                  linear ? "linear" : "dispatch", d, us, gpuTime, bytes / 1e6, bytes / (us * 1e-6) / 1e9);
     }
-    std::printf("gpu dispatch %zu: %.2f us per call (%d back to back), %.2f MB of weights read, %.0f GB/s\n", d, us,
-                gpuTime, bytes / 1e6, bytes / (us * 1e-6) / 1e9);
+  if (gpuTime > 0 && timed == 0) {
+    std::fprintf(stderr, "moert: --gpu-time: %s\n", lastError.c_str());
+    moert_result_free(res);
+    moert_free(m);
+    return 1;
   }
   moert_result_free(res);
   moert_free(m);

@@ -137,6 +137,9 @@ MOERT_API moert_status moert_device_probe(moert_device device, int measure_bandw
  * the device time per call in microseconds and the weight bytes one call reads. */
 MOERT_API moert_status moert_gpu_time(moert_model *model, size_t dispatch, int repeats, double *us_per_call,
                                       double *weight_bytes);
+/* The same for linear dispatch `linear` (its weight bytes: every weight of the layer, read once a call). */
+MOERT_API moert_status moert_gpu_time_linear(moert_model *model, size_t linear, int repeats,
+                                             double *us_per_call, double *weight_bytes);
 
 /* Runs the model on `inputs` (all of them, by name or in order). Shapes and dtypes are checked against the
  * artifact; symbolic dims (the token count) are bound from the inputs. */

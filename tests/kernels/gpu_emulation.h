@@ -1,0 +1,242 @@
+//===- gpu_emulation.h - the GPU kernels' vendor primitives, emulated on the host ---===//
+//
+// Lets a test compile the GPU kernel templates (kernels/hip/*_gpu.h) as plain host C++ and run them where
+// no GPU is, to check their indexing, reductions, barriers and epilogues against a reference in CI. Include
+// this header before the kernel header: it defines what kernels/hip/gpu_vendor.h defines (and that header's
+// include guard), for the host.
+//
+// Each block's MOERT_GPU_BLOCK threads are fibers on the calling thread (stacks of their own, switched by a
+// six-register x86-64 context switch: ucontext's swapcontext makes a system call per switch), switched
+// round-robin whenever one waits: at a block barrier (`sync`), and at the warp barrier each warp shuffle
+// takes (a lane writes its value, waits for its warp, reads its partner's; values double-buffered, so one
+// barrier a shuffle). A warp's lanes run one after another between barriers, so a lane reading another
+// lane's shared-memory write with no barrier between them reads the stale value, every time: such races
+// fail here even where a GPU's lock-step execution hides them. Blocks run one after another, so
+// `GPU_SHARED` (function-local statics) is each block's shared memory in turn and block-order tricks (a
+// last-block ticket) see every earlier block finished. The warp width is MOERT_GPU_EMU_WARP (32: NVIDIA,
+// RDNA3; 64: CDNA's wavefronts). What this does not show: the device's memory model beyond that, timing,
+// resource limits (gpu-code-objects checks those). Fibers switch stacks under the compiler's feet:
+// sanitizer builds of these tests need fiber annotations.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_TESTS_GPU_EMULATION_H
+#define MOERT_TESTS_GPU_EMULATION_H
+
+#define MOERT_GPU_VENDOR_H 1 // kernels/hip/gpu_vendor.h: this header stands in for it
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#define GPU_GLOBAL
+#define GPU_DEVICE
+#define GPU_SHARED static
+#define GPU_INLINE inline
+#define GPU_LAUNCH_BOUNDS(n)
+
+#ifndef MOERT_GPU_EMU_WARP
+#define MOERT_GPU_EMU_WARP 32
+#endif
+
+// moert_emu_switch(&save, load): saves the callee-saved registers on the current stack and its pointer in
+// `save`, then resumes the stack `load` (one saved the same way, or a new fiber's prepared one).
+extern "C" void moert_emu_switch(void **save, void *load);
+asm(R"(
+  .text
+  .weak moert_emu_switch
+  .type moert_emu_switch, @function
+moert_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size moert_emu_switch, .-moert_emu_switch
+)");
+
+namespace moert_gpu {
+
+constexpr int kWarp = MOERT_GPU_EMU_WARP;
+
+/// The fibers of the block running now, and where the launch's grid is.
+struct Emulator {
+  static constexpr size_t kStack = 256 * 1024;
+  int threads = 0, current = 0, blockX = 0, blockY = 0, blockZ = 0, gridX = 1;
+  std::vector<void *> fibers; // each fiber's saved stack pointer
+  std::vector<std::unique_ptr<char[]>> stacks;
+  std::vector<char> done;
+  void *main = nullptr;
+  std::function<void()> kernel;
+  // Barriers: arrivals and a generation per scope (the block: index 0; warp w: 1 + w).
+  std::vector<int> arrived, generation;
+  std::vector<float> exchange[2];
+  std::vector<int> exchangeInt[2];
+  std::vector<int> parity; // per thread: the shuffle buffer its next shuffle writes
+  long long stalled = 0;   // switches in a row with every fiber waiting (a deadlock if it grows)
+
+  static Emulator &get() {
+    static Emulator e;
+    return e;
+  }
+
+  [[noreturn]] static void entry() {
+    Emulator &e = get();
+    e.kernel();
+    e.done[e.current] = 1;
+    e.next(); // never returns to a finished fiber
+    std::abort();
+  }
+
+  /// A new fiber's stack: six zero registers, then `entry` as the return address (16-byte aligned as a call
+  /// leaves it), then a zero return address `entry` never uses.
+  void prepare(int t) {
+    auto top = reinterpret_cast<uintptr_t>(stacks[t].get() + kStack) & ~uintptr_t(15);
+    void **sp = reinterpret_cast<void **>(top);
+    *--sp = nullptr;
+    *--sp = reinterpret_cast<void *>(&Emulator::entry);
+    for (int i = 0; i < 6; ++i)
+      *--sp = nullptr;
+    fibers[t] = sp;
+  }
+
+  /// Switches to the next unfinished fiber (the main context when none is left).
+  void next() {
+    int from = current;
+    for (int i = 1; i <= threads; ++i) {
+      int t = (from + i) % threads;
+      if (!done[t]) {
+        current = t;
+        if (t != from)
+          moert_emu_switch(&fibers[from], fibers[t]);
+        return;
+      }
+    }
+    moert_emu_switch(&fibers[from], main);
+  }
+
+  /// Waits until every member of `scope` (`members` threads) has arrived.
+  void barrier(int scope, int members) {
+    int g = generation[scope];
+    if (++arrived[scope] == members) {
+      arrived[scope] = 0;
+      ++generation[scope];
+      stalled = 0;
+      return;
+    }
+    while (generation[scope] == g) {
+      if (++stalled > 64LL * threads * threads) {
+        std::fprintf(stderr, "gpu emulation: deadlock (threads waiting at barriers that cannot complete)\n");
+        std::abort();
+      }
+      next();
+    }
+  }
+
+  /// Runs `fn` on a grid of (gx, gy, gz) blocks of `block` threads, blocks one after another.
+  void launch(int64_t gx, int64_t gy, int64_t gz, int block, std::function<void()> fn) {
+    threads = block;
+    kernel = std::move(fn);
+    fibers.resize(block);
+    done.assign(block, 0);
+    while (int(stacks.size()) < block)
+      stacks.emplace_back(new char[kStack]);
+    const int warps = (block + kWarp - 1) / kWarp;
+    for (auto &x : exchange)
+      x.assign(block, 0.0f);
+    for (auto &x : exchangeInt)
+      x.assign(block, 0);
+    gridX = int(gx);
+    for (blockZ = 0; blockZ < gz; ++blockZ)
+      for (blockY = 0; blockY < gy; ++blockY)
+        for (blockX = 0; blockX < gx; ++blockX) {
+          arrived.assign(1 + warps, 0);
+          generation.assign(1 + warps, 0);
+          parity.assign(block, 0);
+          done.assign(block, 0);
+          for (int t = 0; t < block; ++t)
+            prepare(t);
+          current = 0;
+          stalled = 0;
+          moert_emu_switch(&main, fibers[0]); // back here when every fiber has finished
+        }
+  }
+
+  template <class T> T shuffle(T v, int mask, std::vector<T> (&buf)[2]) {
+    const int t = current, lane = t % kWarp, base = t - lane, p = parity[t];
+    parity[t] ^= 1;
+    buf[p][t] = v;
+    const int warp = t / kWarp, members = threads - base < kWarp ? threads - base : kWarp;
+    barrier(1 + warp, members);
+    return buf[p][base + (lane ^ mask)];
+  }
+};
+
+inline int threadId() { return Emulator::get().current; }
+inline int blockX() { return Emulator::get().blockX; }
+inline int blockY() { return Emulator::get().blockY; }
+inline int blockZ() { return Emulator::get().blockZ; }
+inline int gridX() { return Emulator::get().gridX; }
+inline void sync() { Emulator::get().barrier(0, Emulator::get().threads); }
+inline void fenceDevice() {}
+inline void warpSync() {
+  Emulator &e = Emulator::get();
+  const int base = e.current - e.current % kWarp;
+  e.barrier(1 + e.current / kWarp, e.threads - base < kWarp ? e.threads - base : kWarp);
+}
+inline float shflXor(float v, int mask) { return Emulator::get().shuffle(v, mask, Emulator::get().exchange); }
+inline int shflXor(int v, int mask) { return Emulator::get().shuffle(v, mask, Emulator::get().exchangeInt); }
+inline float exp2f(float x) { return std::exp2(x); }
+inline void atomicAddF32(float *p, float v) { *p += v; } // fibers on one thread: no two at once
+inline int atomicAddI32(int *p, int v) {
+  int old = *p;
+  *p += v;
+  return old;
+}
+
+inline int laneId() { return threadId() & (kWarp - 1); }
+inline int warpId() { return threadId() / kWarp; }
+
+inline float expf(float x) { return exp2f(x * 1.4426950408889634f); }
+inline float sqrtf(float x) { return std::sqrt(x); }
+inline float minf(float a, float b) { return a < b ? a : b; }
+inline float maxf(float a, float b) { return a > b ? a : b; }
+
+template <class T> inline T warpSum(T v) {
+  for (int m = kWarp / 2; m > 0; m /= 2)
+    v += shflXor(v, m);
+  return v;
+}
+template <class T> inline T warpMax(T v) {
+  for (int m = kWarp / 2; m > 0; m /= 2) {
+    T o = shflXor(v, m);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
+/// Launches `kernel(args)` (a generated kernel's body: LinearKernels<C>::gemv, ...) on a grid of blocks of
+/// MOERT_GPU_BLOCK threads.
+template <class Args>
+void emulate(void (*kernel)(const Args &), const Args &args, int64_t gx, int64_t gy = 1, int64_t gz = 1,
+             int block = 256) {
+  Emulator::get().launch(gx, gy, gz, block, [&] { kernel(args); });
+}
+
+} // namespace moert_gpu
+
+#endif // MOERT_TESTS_GPU_EMULATION_H
