@@ -584,8 +584,6 @@ struct Emitter {
       raw(sslot2, (name2 + "_scales").str(), std::move(cs2));
     };
     const bool gpu = !opts.hipArchs.empty() || !opts.cudaArchs.empty();
-    if (gpu && op.getPredA())
-      return fail(op, "a low-rank dim predictor (dynamic keep) has no GPU kernels yet; static masks do");
     if (gpu && op.getNumRouterColumns() > 2048)
       return fail(op, "GPU kernels route over at most 2048 router columns; this layer has " +
                       Twine(op.getNumRouterColumns()));
@@ -808,6 +806,8 @@ struct Emitter {
       std::vector<const char *> kernels = {"route", "up", "down"};
       if (linear)
         kernels.insert(kernels.begin(), "logits");
+      if (op.getPredA())
+        kernels.insert(kernels.end() - 2, "predict");
       for (const char *k : kernels)
         gpuSource += "extern \"C\" GPU_GLOBAL GPU_LAUNCH_BOUNDS(MOERT_GPU_BLOCK) void moert_gpu_" +
                      std::to_string(index) + "_" + k + "(moert_gpu_args a) { moert_gpu::Kernels<" + cname +
@@ -815,6 +815,7 @@ struct Emitter {
       auto *gs = step->mutable_gpu();
       gs->set_h(h), gs->set_f(f), gs->set_fs(fs), gs->set_e(e), gs->set_n(n), gs->set_k(op.getK());
       gs->set_norm(op.getNorm() != moe::NormKind::none);
+      gs->set_pred(op.getPredA() != nullptr);
     }
     llvm::raw_string_ostream os(source);
     os << head << "extern \"C\" MOERT_EXPORT int moert_dispatch_" << index

@@ -1,6 +1,6 @@
 /*===- moert_gpu_abi.h - the ABI between moert and generated GPU kernels ---===*
  *
- * `moec compile --target=hip|cuda` builds, per fused MoE dispatch `i`, three or four kernels into one code
+ * `moec compile --target=hip|cuda` builds, per fused MoE dispatch `i`, three to five kernels into one code
  * object per GPU architecture (kernels/hip/sparse_moe_gpu.h, specialised like the CPU kernels):
  *
  *   moert_gpu_<i>_logits grid (T, ceil(N / warps))     router logits, one warp per column (linear routers
@@ -8,7 +8,9 @@
  *   moert_gpu_<i>_route  grid (T)                      norm, router, gate, top-k; output = residual or 0;
  *                                                       the last block to finish groups (token, slot) pairs
  *                                                       by expert into tiles of MOERT_GPU_TILE entries
- *   moert_gpu_<i>_up     grid (max_tiles, f_chunks)    gate/up projections of the kept dims + activation
+ *   moert_gpu_<i>_predict grid (T, K)                  a low-rank predictor's dim scores, the top KEEP dims
+ *                                                       of each (token, chosen expert) (predicted layers
+ *only) moert_gpu_<i>_up     grid (max_tiles, f_chunks)    gate/up projections of the kept dims + activation
  *   moert_gpu_<i>_down   grid (max_tiles, h_chunks, f_splits)  down projection, weighted combine (atomic
  *                                                       f32 adds into the output), fc2 bias
  *
@@ -59,6 +61,7 @@ typedef struct moert_gpu_args {
 typedef struct moert_gpu_shape {
   int64_t H, F, FS, E, N, K;
   int64_t norm; /* nonzero: the route kernel writes the normalised input to scratch */
+  int64_t pred; /* nonzero: a low-rank predictor keeps dims per (token, expert) (the `predict` kernel) */
 } moert_gpu_shape;
 
 /* Scratch layout (byte offsets; every part 256-byte aligned). */
@@ -70,6 +73,8 @@ typedef struct moert_gpu_layout {
   size_t tiles;   /* int32 [max_tiles][3] (expert or E for the shared one, begin, end); then the count */
   size_t x;       /* f32 [T][H] normalised input (norm only)                       */
   size_t act;     /* f32 [T*S][max(F, FS)] activations, by entry position          */
+  size_t pscore;  /* f32 [T*K][F] the predictor's dim scores (pred only)           */
+  size_t keep;    /* uint8 [T*S][F] dims the predictor keeps, by entry (pred only) */
   size_t total;
 } moert_gpu_layout;
 
@@ -97,6 +102,8 @@ static inline moert_gpu_layout moert_gpu_scratch_layout(const moert_gpu_shape *s
   l.tiles = at, at += moert_gpu_align(sizeof(int32_t) * (size_t)(3 * moert_gpu_max_tiles(s, T) + 1));
   l.x = at, at += s->norm ? moert_gpu_align(sizeof(float) * (size_t)(T * s->H)) : 0;
   l.act = at, at += moert_gpu_align(sizeof(float) * (size_t)(T * S * fmax));
+  l.pscore = at, at += s->pred ? moert_gpu_align(sizeof(float) * (size_t)(T * s->K * s->F)) : 0;
+  l.keep = at, at += s->pred ? moert_gpu_align((size_t)(T * S * s->F)) : 0;
   l.total = at;
   return l;
 }
@@ -125,9 +132,10 @@ static inline int64_t moert_gpu_f_splits(const moert_gpu_shape *s, int64_t T) {
 
 /* The launches of one MoE call with T tokens, in order: `logits` on logits_grid (linear routers only: x = 0
  * otherwise; `warps` per block: 8 on 32-lane GPUs, 4 on CDNA's 64-lane wavefronts), `route` on route_blocks,
- * `up` on up_grid, `down` on down_grid (z = f_splits). `scratch` bytes of scratch. */
+ * `predict` on predict_grid (a low-rank predictor only: x = 0 otherwise), `up` on up_grid, `down` on
+ * down_grid (z = f_splits). `scratch` bytes of scratch. */
 typedef struct moert_gpu_moe_launches {
-  int64_t logits_grid[2], route_blocks, up_grid[2], down_grid[3], f_splits;
+  int64_t logits_grid[2], route_blocks, predict_grid[2], up_grid[2], down_grid[3], f_splits;
   size_t scratch;
 } moert_gpu_moe_launches;
 static inline moert_gpu_moe_launches moert_gpu_moe_plan(const moert_gpu_shape *s, int64_t T,
@@ -136,6 +144,7 @@ static inline moert_gpu_moe_launches moert_gpu_moe_plan(const moert_gpu_shape *s
   int64_t tiles = moert_gpu_max_tiles(s, T);
   p.logits_grid[0] = linear_router ? T : 0, p.logits_grid[1] = moert_gpu_logit_blocks(s, warps);
   p.route_blocks = T;
+  p.predict_grid[0] = s->pred ? T : 0, p.predict_grid[1] = s->K;
   p.up_grid[0] = tiles, p.up_grid[1] = moert_gpu_f_chunks(s);
   p.f_splits = moert_gpu_f_splits(s, T);
   p.down_grid[0] = tiles, p.down_grid[1] = moert_gpu_h_chunks(s), p.down_grid[2] = p.f_splits;

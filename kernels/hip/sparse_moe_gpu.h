@@ -2,7 +2,7 @@
 //
 // `moec compile --target=hip|cuda` specialises these templates per `moe.sparse_moe` dispatch with the same
 // config struct `C` as the CPU kernels (kernels/cpu/sparse_moe.h: every shape, k, activation and flag a
-// compile-time constant) and exports three or four kernels (kernels/hip/moert_gpu_abi.h):
+// compile-time constant) and exports three to five kernels (kernels/hip/moert_gpu_abi.h):
 //
 //   logits (linear routers; block (t, y), one warp per router column): the router's dot products with the
 //     (normalised) input, so the router's weights stream through many SMs, not one;
@@ -11,6 +11,8 @@
 //     the shared expert's sigmoid gate; output row = residual or 0. Counts per expert with atomics; the last
 //     block to finish (a ticket counter) turns the counts into tiles of up to TILE (token, slot) entries per
 //     expert (prefix sum, entries in token order, like vLLM's moe_align_block_size) and zeroes the counts.
+//   predict (a low-rank predictor only; block (token, slot)): the chosen expert's dim scores and the KEEP
+//     dims kept for that entry (a keep row per entry; up computes only kept dims, zero for the others);
 //   up (tile x chunk of FCHUNK hidden dims): one warp per hidden dim reads the dim's gate and up rows once
 //     and applies them to every entry of the tile (fp32 accumulation, weights widened from bf16/fp16 or
 //     int8/int4 times their block scales), then
@@ -146,7 +148,7 @@ template <class C> struct Kernels {
   static constexpr int64_t NPL = (N + kWarp - 1) / kWarp; // router columns per lane in warp 0
 
   static GPU_INLINE moert_gpu_shape shape() {
-    moert_gpu_shape s{H, F, FS, E, N, K, C::NORM != MOERT_NORM_NONE};
+    moert_gpu_shape s{H, F, FS, E, N, K, C::NORM != MOERT_NORM_NONE, C::HAS_PRED};
     return s;
   }
   static GPU_INLINE char *scratch(const moert_gpu_args &a) { return static_cast<char *>(a.scratch); }
@@ -506,6 +508,54 @@ template <class C> struct Kernels {
     return true;
   }
 
+  // ---- predict (low-rank predictor): block (token, slot)
+  // --------------------------------------------------- The chosen expert's dim scores sc = (pred_a . x) .
+  // pred_b (pred_a's R rows dotted with the (normalised) input, then sc[f] = sum over r in order of p[r] *
+  // pred_b[r][f], as the CPU kernel sums them), and the KEEP best dims (ties: lower index) marked in the
+  // entry's keep row. O(F^2) comparisons a block: a dim is kept when fewer than KEEP dims beat it.
+  static GPU_INLINE void predict(const moert_gpu_args &a) {
+    if constexpr (C::HAS_PRED) {
+      GPU_SHARED float red[WARPS];
+      GPU_SHARED float p[C::R];
+      const int tid = threadId();
+      const int64_t T = a.tokens, t = blockX(), slot = blockY();
+      const moert_gpu_shape sh = shape();
+      const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, T);
+      const int64_t e = reinterpret_cast<const int32_t *>(scratch(a) + l.chosen)[t * K + slot];
+      const float *x =
+          (C::NORM != MOERT_NORM_NONE ? reinterpret_cast<const float *>(scratch(a) + l.x) : a.input) + t * H;
+      const float *pa = static_cast<const float *>(a.weights[MOERT_PRED_A]) + e * C::R * H;
+      const float *pb = static_cast<const float *>(a.weights[MOERT_PRED_B]) + e * C::R * F;
+      for (int64_t r = 0; r < C::R; ++r) {
+        float s = 0.0f;
+        for (int64_t h = tid; h < H; h += BLOCK)
+          s += pa[r * H + h] * x[h];
+        s = blockSum<WARPS>(s, red);
+        if (tid == 0)
+          p[r] = s;
+      }
+      sync();
+      float *sc = reinterpret_cast<float *>(scratch(a) + l.pscore) + (t * K + slot) * F;
+      for (int64_t f = tid; f < F; f += BLOCK) {
+        float v = 0.0f;
+        for (int64_t r = 0; r < C::R; ++r)
+          v += p[r] * pb[r * F + f];
+        sc[f] = v;
+      }
+      sync();
+      uint8_t *keep = reinterpret_cast<uint8_t *>(scratch(a) + l.keep) + (t * S + slot) * F;
+      for (int64_t f = tid; f < F; f += BLOCK) {
+        const float v = sc[f];
+        int64_t better = 0;
+        for (int64_t g = 0; g < F; ++g) {
+          const float u = sc[g];
+          better += u > v || (u == v && g < f);
+        }
+        keep[f] = better < C::KEEP;
+      }
+    }
+  }
+
   // ---- up: gate/up projections and activation for a tile x FCHUNK dims --------------------------------
   static GPU_INLINE void up(const moert_gpu_args &a) {
     const int64_t T = a.tokens;
@@ -530,12 +580,25 @@ template <class C> struct Kernels {
                               ? nullptr
                               : static_cast<const uint8_t *>(a.weights[MOERT_MASK]) + tl.expert * F;
     const float *xs[TILE];
+    const uint8_t *kept[TILE]; // a predicted layer's keep row per entry (routed experts only)
 #pragma unroll
-    for (int m = 0; m < TILE; ++m)
+    for (int m = 0; m < TILE; ++m) {
       xs[m] = X + (m < tl.n ? entries[tl.begin + m] / S : 0) * H;
+      kept[m] =
+          C::HAS_PRED && !isShared && m < tl.n
+              ? reinterpret_cast<const uint8_t *>(scratch(a) + l.keep) + int64_t(entries[tl.begin + m]) * F
+              : nullptr;
+    }
     const int lane = laneId();
     for (int64_t f = f0 + warpId(); f < f1; f += WARPS) {
-      if (mask && !mask[f]) {
+      bool any = true; // a predicted dim some entry of the tile keeps
+      if (C::HAS_PRED && !isShared) {
+        any = false;
+#pragma unroll
+        for (int m = 0; m < TILE; ++m)
+          any = any || (m < tl.n && kept[m][f]);
+      }
+      if ((mask && !mask[f]) || !any) {
         if (lane < tl.n)
           act[(tl.begin + lane) * FMAX + f] = 0.0f;
         continue;
@@ -598,7 +661,7 @@ template <class C> struct Kernels {
           float gv = warpSum(g[m]) + (b1 ? b1[f * G] : 0.0f);
           float uv = G == 2 ? warpSum(u[m]) + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
           if (lane == m)
-            act[(tl.begin + m) * FMAX + f] = activate(gv, uv);
+            act[(tl.begin + m) * FMAX + f] = kept[m] && !kept[m][f] ? 0.0f : activate(gv, uv);
         }
     }
   }

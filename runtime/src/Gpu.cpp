@@ -121,6 +121,7 @@ std::string openDriver(bool hip, Driver &d) {
 
 struct Kernels {
   void *logits = nullptr, *route = nullptr, *up = nullptr, *down = nullptr; // logits: linear routers only
+  void *predict = nullptr;                                                  // predicted layers only
   moert_gpu_shape shape{};
   Ptr weights[MOERT_GPU_SLOTS] = {};
   uint64_t weightBytes[MOERT_GPU_SLOTS] = {};
@@ -361,7 +362,7 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
       d->dispatches.resize(m.index() + 1);
     Kernels &k = d->dispatches[m.index()];
     const auto &g = m.gpu();
-    k.shape = moert_gpu_shape{g.h(), g.f(), g.fs(), g.e(), g.n(), g.k(), g.norm() ? 1 : 0};
+    k.shape = moert_gpu_shape{g.h(), g.f(), g.fs(), g.e(), g.n(), g.k(), g.norm() ? 1 : 0, g.pred() ? 1 : 0};
     std::string base = "moert_gpu_" + std::to_string(m.index()) + "_";
     if (d->drv.moduleGetFunction(&k.route, d->module, (base + "route").c_str()) ||
         d->drv.moduleGetFunction(&k.up, d->module, (base + "up").c_str()) ||
@@ -369,6 +370,8 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
       return "the GPU code lacks the kernels of dispatch " + std::to_string(m.index());
     if (d->drv.moduleGetFunction(&k.logits, d->module, (base + "logits").c_str()))
       k.logits = nullptr;
+    if (k.shape.pred && d->drv.moduleGetFunction(&k.predict, d->module, (base + "predict").c_str()))
+      return "the GPU code lacks the predictor kernel of dispatch " + std::to_string(m.index());
     for (int slot = 0; slot < MOERT_GPU_SLOTS && slot < m.weight_sections_size(); ++slot) {
       int64_t sec = m.weight_sections(slot);
       if (sec < 0)
@@ -415,6 +418,8 @@ std::string launchAll(Device &d, const Kernels &k, int64_t T, bool logits, bool 
       (e = launch(k.logits, {plan.logits_grid[0], plan.logits_grid[1], 1}, "launch (logits)")).size())
     return e;
   if ((e = launch(k.route, {plan.route_blocks, 1, 1}, "launch (route)")).size() ||
+      (plan.predict_grid[0] &&
+       (e = launch(k.predict, {plan.predict_grid[0], plan.predict_grid[1], 1}, "launch (predict)")).size()) ||
       (e = launch(k.up, {plan.up_grid[0], plan.up_grid[1], 1}, "launch (up)")).size())
     return e;
   return launch(k.down, plan.down_grid, "launch (down)");

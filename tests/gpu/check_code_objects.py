@@ -41,9 +41,8 @@ def fixtures(tmp):
     for name, path, _, _ in e2e.ort_moe_cases(tmp):
         if "(" not in name:
             yield name, path, ["--weights=fp16"] if "logits" in name else []
-    for name, path, _, _ in e2e.sparse_moe_cases(tmp):
-        if "predictor" not in name:
-            yield name, path, []
+    for name, path, _, _ in e2e.sparse_moe_cases(tmp):  # the low-rank predictor's case included
+        yield name, path, []
     # Linear dispatches in every storage (a fused LayerNorm, bias, residual, Gemm) and ONNX Runtime's MatMulNBits
     # with zero points (affine codes); the decoder-with-past fixture's merged projections and LM head.
     import check_linear_e2e as lin
@@ -132,7 +131,7 @@ def main():
             src = open(os.path.join(dump, "dispatches.hip")).read()
             dispatches = sorted(set(re.findall(r"moert_gpu_(\d+)_route", src)))
             want = {f"moert_gpu_{d}_{k}" for d in dispatches for k in ("route", "up", "down")}
-            want |= set(re.findall(r"void (moert_gpu_\d+_logits)\(", src))  # linear routers
+            want |= set(re.findall(r"void (moert_gpu_\d+_(?:logits|predict))\(", src))  # routers, predictors
             linears = sorted(set(re.findall(r"moert_gpu_lin_(\d+)_gemv", src)))
             want |= {f"moert_gpu_lin_{j}_{k}" for j in linears for k in ("gemv", "reduce", "gemm")}
             want |= set(re.findall(r"void (moert_gpu_lin_\d+_norm)\(", src))  # fused norms

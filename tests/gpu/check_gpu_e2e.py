@@ -23,8 +23,7 @@ With no GPU driver or device, exits 77 (ctest: skipped). Tolerance: max |gpu - r
 <= 1e-4 (f32 accumulation everywhere; the GPU sums slots and F splits with atomics, in no fixed order), and
 the same bound between the GPU and CPU runs. bf16 transformers blocks and the int8 ones with quantised shared
 experts are held to the CPU test's stated bounds (bf16 1e-2, int8 3e-2) against ONNX Runtime on the fp32 model,
-and to 1e-4 against moert's CPU run of the artifact. Layers with a low-rank predictor have no GPU kernels yet: their
-cases are listed as not run.
+and to 1e-4 against moert's CPU run of the artifact.
 """
 import argparse
 import concurrent.futures
@@ -140,9 +139,6 @@ def gpu_cases(tmp):
             reference, ref_model, extra, drift = reference
             if ref_model is None:  # only the stated bound against the fp32 model (quantised shared experts)
                 ref_model, tolerance = model, drift
-        if "predictor" in name:
-            yield name, None, None, None, None, "no GPU kernels yet (low-rank predictor)"
-            continue
         yield name, model, feeds, reference, (ref_model, tuple(extra), tolerance, TOKENS), None
     # The bf16 transformers blocks (the weights a GPU deployment stores): against ONNX Runtime on the fp32 model
     # within the CPU test's stated bf16 bound, and against moert's CPU run of the same artifact within 1e-4.

@@ -7,7 +7,8 @@
 // (it is checked against ONNX Runtime and the NumPy oracle end to end); the bound is gpu-e2e's between the
 // GPU and CPU runs: max |gpu - cpu| / max |cpu| <= 1e-4. Variants: softmax / sigmoid / identity / sparsemixer
 // gates, grouped routing scored by top-2 sums and by max, renormalisation and scale, SwiGLU with GPT-OSS's
-// alpha / beta / clamp, GELU with biases and a static mask, a shared expert with its gate, RMS / layer norms,
+// alpha / beta / clamp, GELU with biases and a static mask, a low-rank predictor keeping dims per token, a
+// shared expert with its gate, RMS / layer norms,
 // a residual, precomputed logits, and f32 / bf16 / fp16 / int8 / int4 weights; T = 1, 3, 8, 40 and 300
 // (tiles across many experts). Built for 32- and 64-lane warps.
 //
@@ -77,6 +78,12 @@ struct GeluMasked : Base {
 // QMoE router_weights: the logits are the routing weights (identity gate).
 struct Identity : Base {
   static constexpr bool LINEAR_ROUTER = false, IDENTITY_GATE = true, NORMALIZE = false;
+};
+// A low-rank predictor (rank 8) keeping 20 of each chosen expert's 48 dims per token, RMSNorm in front.
+struct Predicted : Base {
+  static constexpr int64_t R = 8, KEEP = 20;
+  static constexpr bool HAS_PRED = true;
+  static constexpr int NORM = MOERT_NORM_RMS;
 };
 template <class B> struct Bf16 : B { using W = uint16_t; };
 template <class B> struct Fp16 : B { using W = _Float16; };
@@ -178,6 +185,10 @@ template <class C> void check(const char *name, Extras x, std::mt19937 &rng) {
     for (auto &m : slot[MOERT_MASK])
       m = char(keep(rng));
   }
+  if (C::HAS_PRED) {
+    slot[MOERT_PRED_A] = floats(rng, E * C::R * H, 0.0f, 0.3f);
+    slot[MOERT_PRED_B] = floats(rng, E * C::R * F, 0.0f, 0.3f);
+  }
   if (C::NORM != MOERT_NORM_NONE) {
     slot[MOERT_NORM_W] = floats(rng, H, 1.0f, 0.2f);
     if (C::NORM == MOERT_NORM_LAYER)
@@ -241,6 +252,8 @@ template <class C> void check(const char *name, Extras x, std::mt19937 &rng) {
       if (plan.logits_grid[0])
         moert_gpu::emulate(&GK::logits, ga, plan.logits_grid[0], plan.logits_grid[1]);
       moert_gpu::emulate(&GK::route, ga, plan.route_blocks);
+      if (plan.predict_grid[0])
+        moert_gpu::emulate(&GK::predict, ga, plan.predict_grid[0], plan.predict_grid[1]);
       moert_gpu::emulate(&GK::up, ga, plan.up_grid[0], plan.up_grid[1]);
       moert_gpu::emulate(&GK::down, ga, plan.down_grid[0], plan.down_grid[1], plan.down_grid[2]);
       double diff = 0.0, mag = 0.0;
@@ -288,6 +301,7 @@ int main() {
   check<GptOss>("swiglu clamp biases", biases, rng);
   storages<GeluMasked>("logits gelu biases mask", masked, rng);
   check<Identity>("identity gate", {}, rng);
+  storages<Predicted>("predictor rms", {}, rng);
   std::printf("%d of %d cases within 1e-4 of the CPU kernel\n", cases - failures, cases);
   return failures ? 1 : 0;
 }
