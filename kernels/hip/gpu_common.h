@@ -44,6 +44,10 @@ GPU_INLINE float load1(const float *p) { return *p; }
 GPU_INLINE float load1(const uint16_t *p) { return __builtin_bit_cast(float, uint32_t(*p) << 16); }
 GPU_INLINE float load1(const _Float16 *p) { return float(*p); }
 
+/// A quantised block's scale as stored: f16 where moec quantised the weights (C::SCALE16), else f32.
+template <bool F16> struct moert_gpu_scale { using type = float; };
+template <> struct moert_gpu_scale<true> { using type = _Float16; };
+
 /// Sum over a block of WARPS warps; every thread gets the result. `red` holds WARPS floats of shared memory.
 template <int WARPS> GPU_INLINE float blockSum(float v, float *red) {
   v = warpSum(v);

@@ -33,20 +33,17 @@
 
 namespace moert_gpu {
 
-template <bool F16> struct LinScale { using type = float; };
-template <> struct LinScale<true> { using type = _Float16; };
-
 template <class C> struct LinearKernels {
   static constexpr int BLOCK = MOERT_GPU_BLOCK, WARPS = BLOCK / kWarp, NR = MOERT_LINEAR_NR;
   static constexpr int64_t K = C::K, N = C::N, NP = (N + NR - 1) / NR;
   static constexpr int QBITS = C::QBITS;
-  static constexpr int64_t FU = QBITS == 4 ? 8 : QBITS == 8 ? 4 : 1; // features a unit (moert_gpu_lin_unit)
+  static constexpr int64_t FU = MOERT_GPU_LIN_UNIT(QBITS); // input features a K unit holds
   static constexpr int64_t KU = (K + FU - 1) / FU, BLK = QBITS ? C::QBLOCK : K, KB = (K + BLK - 1) / BLK;
   static constexpr int64_t PANELB = QBITS ? KU * NR * 4 : K * NR * int64_t(sizeof(typename C::W));
   static constexpr int64_t MD = MOERT_GPU_LIN_GEMV_ROWS, UNITS = MOERT_GPU_LIN_UNITS;
   static constexpr int BM = MOERT_GPU_LIN_BM, BN = MOERT_GPU_LIN_BN, BK = MOERT_GPU_LIN_BK;
   using W = typename C::W;
-  using Scale = typename LinScale<C::SCALE16>::type;
+  using Scale = typename moert_gpu_scale<C::SCALE16>::type;
   static_assert(BLOCK == 4 * UNITS, "4 threads a unit");
   static_assert(!QBITS || BLK % FU == 0, "quantisation blocks of whole 4-byte groups");
   static_assert(BLOCK == (BM / 4) * (BN / 4), "4 x 4 outputs a GEMM thread");
@@ -94,16 +91,16 @@ template <class C> struct LinearKernels {
   }
 
   // ---- gemv: block (panel, split) ------------------------------------------------------------------------
-  // Weights of 4 columns of unit u of panel p (times the inputs x[0..FU) of each row) added to acc[m][0..3].
+  // Weights of 4 columns of unit u of panel p times the unit's inputs of each row (xs[m * stride + f], f <
+  // FU) added to acc[m][0..3].
   static GPU_INLINE void unit(const moert_gpu_linear_args &a, int64_t p, int64_t u, int c4, const float *xs,
                               int64_t stride, int64_t rows, float (&acc)[MD][4]) {
-    const float *x = xs; // x[m * stride + f], f < FU
     if constexpr (QBITS == 0) {
       F4 w = load4(static_cast<const W *>(a.weights[MOERT_LIN_W]) + (p * K + u) * NR + c4 * 4);
 #pragma unroll
       for (int m = 0; m < MD; ++m)
         if (m < rows) {
-          const float xv = x[m * stride];
+          const float xv = xs[m * stride];
 #pragma unroll
           for (int i = 0; i < 4; ++i)
             acc[m][i] += w.v[i] * xv;
@@ -126,7 +123,7 @@ template <class C> struct LinearKernels {
 #pragma unroll
       for (int m = 0; m < MD; ++m)
         if (m < rows) {
-          const float *xm = x + m * stride;
+          const float *xm = xs + m * stride;
           float xsum = 0.0f;
 #pragma unroll
           for (int f = 0; f < FU; ++f)
@@ -228,10 +225,9 @@ template <class C> struct LinearKernels {
     if constexpr (QBITS == 0) {
       return load1(static_cast<const W *>(a.weights[MOERT_LIN_W]) + (p * K + k) * NR + j);
     } else {
-      const uint8_t *g =
-          static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB + ((k / FU) * NR + j) * 4;
-      const int f = int(k % FU);
-      const float c = QBITS == 8 ? float(int8_t(g[f])) : float((g[f % 4] >> (4 * (f / 4))) & 15);
+      const uint32_t g = *reinterpret_cast<const uint32_t *>(
+          static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB + ((k / FU) * NR + j) * 4);
+      const float c = code(g, int(k % FU));
       const int64_t sb = (p * KB + k / BLK) * NR + j;
       const float s = float(static_cast<const Scale *>(a.weights[MOERT_LIN_SCALES])[sb]);
       const float o = C::AFFINE    ? static_cast<const float *>(a.weights[MOERT_LIN_OFFSETS])[sb]

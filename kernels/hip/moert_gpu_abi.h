@@ -182,7 +182,8 @@ typedef struct moert_gpu_linear_args {
 
 /* Input features one K unit of a panel holds: one plain weight row, or a 4-byte group of int8 (4) / int4 (8)
  * codes per column (MOERT_LIN_W). */
-static inline int64_t moert_gpu_lin_unit(int qbits) { return qbits == 4 ? 8 : qbits == 8 ? 4 : 1; }
+#define MOERT_GPU_LIN_UNIT(qbits) ((qbits) == 4 ? 8 : (qbits) == 8 ? 4 : 1) /* a constant expression too */
+static inline int64_t moert_gpu_lin_unit(int qbits) { return MOERT_GPU_LIN_UNIT(qbits); }
 
 /* Scratch: the normalised rows (f32 [M][K], a fused norm only), then the GEMV's partial sums
  * (f32 [k_splits][M][N], k_splits > 1 only). */

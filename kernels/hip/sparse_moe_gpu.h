@@ -58,9 +58,6 @@ GPU_INLINE float geluTanh(float a) {
   return 0.5f * a * (1.0f + tanhf(0.79788456080286536f * (a + 0.044715f * a * a * a)));
 }
 
-template <bool F16> struct moert_gpu_scale { using type = float; };
-template <> struct moert_gpu_scale<true> { using type = _Float16; };
-
 // The expert weights of one expert (or the shared one) as rows of f32 values, whatever their storage:
 // C::W elements (f32, bf16, fp16), or (C::QBITS 8 / 4) symmetric integers packed along H (int4: two a byte,
 // low nibble first, zero point 8) with f16 (C::SCALE16: moec quantised them) or f32 scales — fc1 rows one per

@@ -134,7 +134,7 @@ struct LinearKernels {
   void *norm = nullptr, *gemv = nullptr, *reduce = nullptr, *gemm = nullptr; // null: no GPU kernels
   int64_t k = 0, n = 0;
   int qbits = 0;
-  bool norm_ = false;
+  bool fusedNorm = false;       // the `norm` kernel runs first
   std::vector<int64_t> columns; // N_j per output
   Ptr weights[MOERT_LIN_SLOTS] = {};
   uint64_t weightBytes = 0; // all its weight sections
@@ -211,6 +211,13 @@ public:
     if (std::string e = check(drv.eventCreate(&ev0, 0), "event creation"); !e.empty())
       return e;
     return check(drv.eventCreate(&ev1, 0), "event creation");
+  }
+
+  /// Launches `fn` on a (x, y, z) grid of MOERT_GPU_BLOCK-thread blocks on the stream; "" or one error line.
+  std::string launch(void *fn, int64_t x, int64_t y, int64_t z, void **params, const char *what) const {
+    return check(drv.launch(fn, unsigned(x), unsigned(y), unsigned(z), MOERT_GPU_BLOCK, 1, 1, 0, stream,
+                            params, nullptr),
+                 what);
   }
 
   void setCurrent() const {
@@ -337,13 +344,13 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
       if (d->linears.size() <= l.index())
         d->linears.resize(l.index() + 1);
       LinearKernels &k = d->linears[l.index()];
-      k.k = l.k(), k.n = l.n(), k.qbits = l.gpu().qbits(), k.norm_ = l.gpu().norm();
+      k.k = l.k(), k.n = l.n(), k.qbits = l.gpu().qbits(), k.fusedNorm = l.gpu().norm();
       k.columns.assign(l.output_columns().begin(), l.output_columns().end());
       std::string base = "moert_gpu_lin_" + std::to_string(l.index()) + "_";
       if (d->drv.moduleGetFunction(&k.gemv, d->module, (base + "gemv").c_str()) ||
           d->drv.moduleGetFunction(&k.reduce, d->module, (base + "reduce").c_str()) ||
           d->drv.moduleGetFunction(&k.gemm, d->module, (base + "gemm").c_str()) ||
-          (k.norm_ && d->drv.moduleGetFunction(&k.norm, d->module, (base + "norm").c_str())))
+          (k.fusedNorm && d->drv.moduleGetFunction(&k.norm, d->module, (base + "norm").c_str())))
         return "the GPU code lacks the kernels of linear dispatch " + std::to_string(l.index());
       for (int slot = 0; slot < MOERT_LIN_SLOTS && slot < l.weight_sections_size(); ++slot)
         if (int64_t sec = l.weight_sections(slot); sec >= 0) {
@@ -392,10 +399,10 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
   return "";
 }
 
-/// The kernels of dispatch `k` on the device buffers (inputs already there), as moert_gpu_moe_plan orders
-/// them.
-std::string launchAll(Device &d, const Kernels &k, int64_t T, bool logits, bool residual) {
-  const moert_gpu_moe_launches plan = moert_gpu_moe_plan(&k.shape, T, k.logits != nullptr, d.warps);
+/// The kernels of dispatch `k` on the device buffers (inputs already there), in the order and on the grids
+/// of `plan` (moert_gpu_moe_plan for this call's T).
+std::string launchAll(Device &d, const Kernels &k, const moert_gpu_moe_launches &plan, int64_t T, bool logits,
+                      bool residual) {
   moert_gpu_args args{};
   args.tokens = T;
   args.input = reinterpret_cast<const float *>(d.in);
@@ -408,21 +415,21 @@ std::string launchAll(Device &d, const Kernels &k, int64_t T, bool logits, bool 
   args.state = reinterpret_cast<void *>(k.state);
   args.f_splits = plan.f_splits;
   void *params[] = {&args};
-  auto launch = [&](void *fn, const int64_t(&grid)[3], const char *what) {
-    return d.check(d.drv.launch(fn, unsigned(grid[0]), unsigned(grid[1]), unsigned(grid[2]), MOERT_GPU_BLOCK,
-                                1, 1, 0, d.stream, params, nullptr),
-                   what);
-  };
   std::string e;
   if (plan.logits_grid[0] &&
-      (e = launch(k.logits, {plan.logits_grid[0], plan.logits_grid[1], 1}, "launch (logits)")).size())
+      (e = d.launch(k.logits, plan.logits_grid[0], plan.logits_grid[1], 1, params, "launch (logits)")).size())
     return e;
-  if ((e = launch(k.route, {plan.route_blocks, 1, 1}, "launch (route)")).size() ||
+  if ((e = d.launch(k.route, plan.route_blocks, 1, 1, params, "launch (route)")).size() ||
       (plan.predict_grid[0] &&
-       (e = launch(k.predict, {plan.predict_grid[0], plan.predict_grid[1], 1}, "launch (predict)")).size()) ||
-      (e = launch(k.up, {plan.up_grid[0], plan.up_grid[1], 1}, "launch (up)")).size())
+       (e = d.launch(k.predict, plan.predict_grid[0], plan.predict_grid[1], 1, params, "launch (predict)"))
+           .size()) ||
+      (e = d.launch(k.up, plan.up_grid[0], plan.up_grid[1], 1, params, "launch (up)")).size())
     return e;
-  return launch(k.down, plan.down_grid, "launch (down)");
+  return d.launch(k.down, plan.down_grid[0], plan.down_grid[1], plan.down_grid[2], params, "launch (down)");
+}
+
+moert_gpu_moe_launches planOf(const Device &d, const Kernels &k, int64_t T) {
+  return moert_gpu_moe_plan(&k.shape, T, k.logits != nullptr, d.warps);
 }
 
 namespace {
@@ -452,8 +459,9 @@ std::string timeKernels(Device &d, int index, int repeats, double &usPerCall, do
   const Kernels &k = d.dispatches[index];
   const moert_gpu_shape &s = k.shape;
   int64_t T = k.lastTokens;
-  std::string e =
-      timeRepeats(d, repeats, usPerCall, [&] { return launchAll(d, k, T, k.lastLogits, k.lastResidual); });
+  const moert_gpu_moe_launches plan = planOf(d, k, T);
+  std::string e = timeRepeats(d, repeats, usPerCall,
+                              [&] { return launchAll(d, k, plan, T, k.lastLogits, k.lastResidual); });
   if (!e.empty())
     return e;
   // Bytes read: the chosen experts' rows (tile table of the last call), the shared expert, router, mask.
@@ -491,10 +499,10 @@ std::string run(Device &d, int index, int64_t T, const float *input, const float
   if (T > (int64_t(1) << 31) / std::max<int64_t>(1, s.H + s.N + s.K + 1))
     return "dispatch " + std::to_string(index) + ": " + std::to_string(T) + " tokens are more than the GPU kernels index";
   size_t rows = sizeof(float) * size_t(T * s.H);
+  const moert_gpu_moe_launches plan = planOf(d, k, T);
   std::string e;
   if ((e = d.grow(d.in, d.inBytes, rows)).size() || (e = d.grow(d.out, d.outBytes, rows)).size() ||
-      (e = d.grow(d.scratch, d.scratchBytes, moert_gpu_moe_plan(&s, T, k.logits != nullptr, d.warps).scratch))
-          .size())
+      (e = d.grow(d.scratch, d.scratchBytes, plan.scratch)).size())
     return e;
   if (logits && (e = d.grow(d.logits, d.logitsBytes, sizeof(float) * size_t(T * s.N))).size())
     return e;
@@ -508,7 +516,7 @@ std::string run(Device &d, int index, int64_t T, const float *input, const float
     return e;
   if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
     return e;
-  if ((e = launchAll(d, k, T, logits != nullptr, residual != nullptr)).size())
+  if ((e = launchAll(d, k, plan, T, logits != nullptr, residual != nullptr)).size())
     return e;
   if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size())
     return e;
@@ -533,9 +541,9 @@ bool hasLinear(const Device &d, int index) {
 
 namespace {
 /// The kernels of linear dispatch `k` on the device buffers (input, residual already there; the outputs
-/// one after another in `out`), as moert_gpu_lin_plan orders them.
-std::string launchLinear(Device &d, const LinearKernels &k, int64_t M, bool residual) {
-  const moert_gpu_linear_launches plan = moert_gpu_lin_plan(k.k, k.n, k.qbits, k.norm_, M);
+/// one after another in `out`), in the order and on the grids of `plan` (moert_gpu_lin_plan for M rows).
+std::string launchLinear(Device &d, const LinearKernels &k, const moert_gpu_linear_launches &plan, int64_t M,
+                         bool residual) {
   moert_gpu_linear_args args{};
   args.rows = M;
   args.input = reinterpret_cast<const float *>(d.in);
@@ -550,20 +558,20 @@ std::string launchLinear(Device &d, const LinearKernels &k, int64_t M, bool resi
   args.scratch = reinterpret_cast<void *>(d.scratch);
   args.k_splits = plan.k_splits;
   void *params[] = {&args};
-  auto launch = [&](void *fn, int64_t x, int64_t y, const char *what) {
-    return d.check(
-        d.drv.launch(fn, unsigned(x), unsigned(y), 1, MOERT_GPU_BLOCK, 1, 1, 0, d.stream, params, nullptr),
-        what);
-  };
   std::string e;
-  if (k.norm_ && (e = launch(k.norm, M, 1, "launch (linear norm)")).size())
+  if (k.fusedNorm && (e = d.launch(k.norm, M, 1, 1, params, "launch (linear norm)")).size())
     return e;
   if (plan.gemm)
-    return launch(k.gemm, plan.gemm_grid[0], plan.gemm_grid[1], "launch (linear gemm)");
-  if ((e = launch(k.gemv, plan.gemv_grid[0], plan.gemv_grid[1], "launch (linear gemv)")).size() ||
+    return d.launch(k.gemm, plan.gemm_grid[0], plan.gemm_grid[1], 1, params, "launch (linear gemm)");
+  if ((e = d.launch(k.gemv, plan.gemv_grid[0], plan.gemv_grid[1], 1, params, "launch (linear gemv)"))
+          .size() ||
       !plan.reduce_blocks)
     return e;
-  return launch(k.reduce, plan.reduce_blocks, 1, "launch (linear reduce)");
+  return d.launch(k.reduce, plan.reduce_blocks, 1, 1, params, "launch (linear reduce)");
+}
+
+moert_gpu_linear_launches planOf(const LinearKernels &k, int64_t M) {
+  return moert_gpu_lin_plan(k.k, k.n, k.qbits, k.fusedNorm, M);
 }
 } // namespace
 
@@ -581,10 +589,10 @@ std::string runLinear(Device &d, int index, int64_t M, const float *input, const
            " rows are more than the GPU "
            "kernels index";
   const size_t inBytes = sizeof(float) * size_t(M * k.k), outBytes = sizeof(float) * size_t(M * k.n);
-  const size_t scratchBytes = moert_gpu_lin_plan(k.k, k.n, k.qbits, k.norm_, M).scratch;
+  const moert_gpu_linear_launches plan = planOf(k, M);
   std::string e;
   if ((e = d.grow(d.in, d.inBytes, inBytes)).size() || (e = d.grow(d.out, d.outBytes, outBytes)).size() ||
-      (e = d.grow(d.scratch, d.scratchBytes, scratchBytes)).size() ||
+      (e = d.grow(d.scratch, d.scratchBytes, plan.scratch)).size() ||
       (residual && (e = d.grow(d.residual, d.residualBytes, outBytes)).size()))
     return e;
   if ((e = d.check(d.drv.htod(d.in, input, inBytes, d.stream), "input copy")).size() ||
@@ -592,7 +600,7 @@ std::string runLinear(Device &d, int index, int64_t M, const float *input, const
     return e;
   if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
     return e;
-  if ((e = launchLinear(d, k, M, residual != nullptr)).size())
+  if ((e = launchLinear(d, k, plan, M, residual != nullptr)).size())
     return e;
   if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size())
     return e;
@@ -614,19 +622,18 @@ std::string runLinear(Device &d, int index, int64_t M, const float *input, const
   return "";
 }
 
-std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, double &weightBytes,
-                       int64_t &rows) {
+std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, double &weightBytes) {
   std::lock_guard<std::mutex> lock(d.mutex);
   d.setCurrent();
   if (!hasLinear(d, index) || d.linears[index].lastRows <= 0)
     return "linear dispatch " + std::to_string(index) + " has not run on the GPU yet";
   const LinearKernels &k = d.linears[index];
-  std::string e =
-      timeRepeats(d, repeats, usPerCall, [&] { return launchLinear(d, k, k.lastRows, k.lastResidual); });
+  const moert_gpu_linear_launches plan = planOf(k, k.lastRows);
+  std::string e = timeRepeats(d, repeats, usPerCall,
+                              [&] { return launchLinear(d, k, plan, k.lastRows, k.lastResidual); });
   if (!e.empty())
     return e;
   weightBytes = double(k.weightBytes);
-  rows = k.lastRows;
   return "";
 }
 

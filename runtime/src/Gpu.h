@@ -53,10 +53,9 @@ bool hasLinear(const Device &d, int index);
 std::string runLinear(Device &d, int index, int64_t M, const float *input, const float *residual,
                       float *const *outputs, double *gpuMs);
 
-/// As timeKernels, for linear dispatch `index` on the rows of its last call (`rows`): the device time per
-/// call and the bytes of its weights.
-std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, double &weightBytes,
-                       int64_t &rows);
+/// As timeKernels, for linear dispatch `index` on the rows of its last call: the device time per call and the
+/// bytes of its weights (each read once a call).
+std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, double &weightBytes);
 
 /// "CUDA: NVIDIA H100 80GB HBM3 (sm_90)".
 std::string describe(const Device &d);

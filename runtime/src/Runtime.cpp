@@ -80,8 +80,7 @@ moert_status moert_gpu_time_linear(moert_model *m, size_t linear, int repeats, d
         "moert_gpu_time_linear: model, us_per_call and weight_bytes must not be NULL, repeats >= 1");
   if (!m->gpu)
     return makeError("moert_gpu_time_linear: the model was not loaded on a GPU");
-  int64_t rows = 0;
-  std::string e = moert::gpu::timeLinear(*m->gpu, int(linear), repeats, *us, *bytes, rows);
+  std::string e = moert::gpu::timeLinear(*m->gpu, int(linear), repeats, *us, *bytes);
   return e.empty() ? nullptr : makeError(e);
 }
 
