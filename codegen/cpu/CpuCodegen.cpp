@@ -583,7 +583,7 @@ struct Emitter {
       raw(sslot1, (name1 + "_scales").str(), scaleBytes(s1));
       raw(sslot2, (name2 + "_scales").str(), std::move(cs2));
     };
-    const bool gpu = !opts.hipArchs.empty() || !opts.cudaArchs.empty();
+    const bool gpu = opts.gpu();
     if (gpu && op.getNumRouterColumns() > 2048)
       return fail(op, "GPU kernels route over at most 2048 router columns; this layer has " +
                       Twine(op.getNumRouterColumns()));
@@ -809,9 +809,8 @@ struct Emitter {
       if (op.getPredA())
         kernels.insert(kernels.end() - 2, "predict");
       for (const char *k : kernels)
-        gpuSource += "extern \"C\" GPU_GLOBAL GPU_LAUNCH_BOUNDS(MOERT_GPU_BLOCK) void moert_gpu_" +
-                     std::to_string(index) + "_" + k + "(moert_gpu_args a) { moert_gpu::Kernels<" + cname +
-                     ">::" + k + "(a); }\n";
+        gpuSource += "MOERT_GPU_KERNEL(moert_gpu_" + std::to_string(index) + "_" + k +
+                     ", moert_gpu_args, moert_gpu::Kernels<" + cname + ">::" + k + ")\n";
       auto *gs = step->mutable_gpu();
       gs->set_h(h), gs->set_f(f), gs->set_fs(fs), gs->set_e(e), gs->set_n(n), gs->set_k(op.getK());
       gs->set_norm(op.getNorm() != moe::NormKind::none);
@@ -1049,16 +1048,14 @@ struct Emitter {
         << "_dims(int which) { return which == 0 ? " << k << " : which == 1 ? " << n << " : which == 2 ? "
         << name << "::NOUT : which >= 3 && which - 3 < " << name << "::NOUT ? " << name
         << "::SPLIT[which - 2] - " << name << "::SPLIT[which - 3] : -1; }\n";
-    if (!opts.hipArchs.empty() || !opts.cudaArchs.empty()) {
+    if (opts.gpu()) {
       gpuSource += "\n// linear " + std::to_string(index) + ": " + desc + "\n";
       if (fresh)
         gpuSource += "namespace {\nstruct " + name + " {\n" + config + "};\n}\n";
       for (const char *k : {"norm", "gemv", "reduce", "gemm"})
         if (norm || std::string(k) != "norm")
-          gpuSource += "extern \"C\" GPU_GLOBAL GPU_LAUNCH_BOUNDS(MOERT_GPU_BLOCK) void moert_gpu_lin_" +
-                       std::to_string(index) + "_" + k +
-                       "(moert_gpu_linear_args a) { moert_gpu::LinearKernels<" + name + ">::" + k +
-                       "(a); }\n";
+          gpuSource += "MOERT_GPU_KERNEL(moert_gpu_lin_" + std::to_string(index) + "_" + k +
+                       ", moert_gpu_linear_args, moert_gpu::LinearKernels<" + name + ">::" + k + ")\n";
       auto *g = step->mutable_gpu();
       g->set_qbits(qbits);
       g->set_norm(norm);
@@ -1567,9 +1564,8 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   }
   std::vector<char> bytes((*code)->getBufferStart(), (*code)->getBufferEnd());
   meta.set_code_section(em.writer.addSection("code", pb::Section::CODE, std::move(bytes)));
-  if (!options.hipArchs.empty() || !options.cudaArchs.empty()) {
-    GpuBuild gb{options.hipArchs, options.cudaArchs, cxx,
-                options.dumpKernelsDir};
+  if (options.gpu()) {
+    GpuBuild gb{options.hipArchs, options.cudaArchs, options.emuArchs, cxx, options.dumpKernelsDir};
     if (!compileGpuCode(gb, em.gpuSource, em.writer, error, progress))
       return false;
   }

@@ -30,6 +30,11 @@ struct CpuOptions {
   /// GPU code objects to build besides the CPU code (codegen/hip/GpuCodegen.h): AMD archs (gfx90a, gfx942,
   /// gfx1100) and NVIDIA ones (sm_80, sm_90, as PTX), built by the same clang as the CPU code. Empty: CPU only.
   std::vector<std::string> hipArchs, cudaArchs;
+  /// Host-emulated GPU code objects (emu-w32, emu-w64: the same kernels for the host against
+  /// kernels/hip/gpu_emulation.h, run by `moert --device=emu`; slow, for testing the GPU path without a GPU).
+  std::vector<std::string> emuArchs;
+
+  bool gpu() const { return !hipArchs.empty() || !cudaArchs.empty() || !emuArchs.empty(); }
 };
 
 /// The CPU names --cpu accepts (besides `native`), for --help and errors.

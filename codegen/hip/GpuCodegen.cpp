@@ -30,6 +30,10 @@ const std::vector<std::string> &moec::codegen::knownCudaArchs() {
   static const std::vector<std::string> archs = {"sm_80", "sm_90"};
   return archs;
 }
+const std::vector<std::string> &moec::codegen::knownEmuArchs() {
+  static const std::vector<std::string> archs = {"emu-w32", "emu-w64"};
+  return archs;
+}
 
 bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dispatchSource, ArtifactWriter &writer,
                                    std::string &error, llvm::raw_ostream *progress) {
@@ -47,25 +51,33 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
   for (const auto &[name, text] : kGpuKernelSources)
     files.emplace_back(name, text);
   files.emplace_back("dispatches.hip", unit);
+  if (!build.emuArchs.empty()) // the same unit for the host: the emulator stands in for gpu_vendor.h
+    files.emplace_back("emulated.cpp", "#include \"gpu_emulation.h\"\n" + unit);
   if (!stageSources(dir, files, build.dumpDir, error))
     return false;
-  llvm::SmallString<128> src(dir), log(dir);
+  llvm::SmallString<128> src(dir), emuSrc(dir), log(dir);
   llvm::sys::path::append(src, "dispatches.hip");
+  llvm::sys::path::append(emuSrc, "emulated.cpp");
   llvm::sys::path::append(log, "compile.log");
   auto &meta = writer.meta();
   meta.set_gpu_abi(MOERT_GPU_ABI_VERSION);
-  auto compileOne = [&](const std::string &arch, bool amd) {
+  enum Kind { Amd, Nvidia, Emu };
+  auto compileOne = [&](const std::string &arch, Kind kind) {
     auto started = std::chrono::steady_clock::now();
     llvm::SmallString<128> out(dir);
-    llvm::sys::path::append(out, arch + (amd ? ".co" : ".ptx"));
-    std::string archFlag = amd ? "--offload-arch=" + arch : "--cuda-gpu-arch=" + arch;
-    llvm::SmallVector<llvm::StringRef> args{build.clang, "-x", amd ? "hip" : "cuda", "-std=c++17", "-O3",
-                                            archFlag, "--cuda-device-only", "-fno-exceptions", "-w"};
-    if (amd)
-      args.append({"--no-gpu-bundle-output", "-nogpulib", "-nogpuinc", "-munsafe-fp-atomics"});
-    else
-      args.append({"-nocudainc", "-nocudalib", "-S"});
-    args.append({"-o", out, src});
+    llvm::sys::path::append(out, arch + (kind == Amd ? ".co" : kind == Nvidia ? ".ptx" : ".so"));
+    std::string archFlag = kind == Amd ? "--offload-arch=" + arch : "--cuda-gpu-arch=" + arch;
+    std::string warpFlag = "-DMOERT_GPU_EMU_WARP=" + arch.substr(arch.size() - 2); // emu-w32 / emu-w64
+    llvm::SmallVector<llvm::StringRef> args{build.clang, "-std=c++17", "-fno-exceptions", "-w"};
+    if (kind == Amd)
+      args.append({"-x", "hip", "-O3", archFlag, "--cuda-device-only", "--no-gpu-bundle-output", "-nogpulib",
+                   "-nogpuinc", "-munsafe-fp-atomics", "-o", out, src});
+    else if (kind == Nvidia)
+      args.append({"-x", "cuda", "-O3", archFlag, "--cuda-device-only", "-nocudainc", "-nocudalib", "-S",
+                   "-o", out, src});
+    else // a host shared object: -O2 (the emulator's fiber switches dominate, not the arithmetic)
+      args.append(
+          {"-x", "c++", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", warpFlag, "-o", out, emuSrc});
     std::optional<llvm::StringRef> redirects[] = {std::nullopt, llvm::StringRef(log), llvm::StringRef(log)};
     std::string execError;
     int rc = llvm::sys::ExecuteAndWait(build.clang, args, std::nullopt, redirects, 0, 0, &execError);
@@ -89,12 +101,14 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
         return false;
       }
     }
-    if (!amd)
+    if (kind == Nvidia)
       bytes.push_back('\0'); // the CUDA driver reads PTX as a C string
     size_t size = bytes.size();
     auto *g = meta.add_gpu_code();
     g->set_arch(arch);
-    g->set_kind(amd ? pb::GpuCode::AMDGPU_ELF : pb::GpuCode::PTX);
+    g->set_kind(kind == Amd      ? pb::GpuCode::AMDGPU_ELF
+                : kind == Nvidia ? pb::GpuCode::PTX
+                                 : pb::GpuCode::HOST_EMULATION);
     g->set_section(writer.addSection("gpu." + arch, pb::Section::CODE, std::move(bytes)));
     if (progress)
       *progress << "moec: GPU kernels for " << arch << " (" << size / 1024 << " KiB, "
@@ -103,10 +117,13 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
     return true;
   };
   for (const auto &arch : build.hipArchs)
-    if (!compileOne(arch, true))
+    if (!compileOne(arch, Amd))
       return false;
   for (const auto &arch : build.cudaArchs)
-    if (!compileOne(arch, false))
+    if (!compileOne(arch, Nvidia))
+      return false;
+  for (const auto &arch : build.emuArchs)
+    if (!compileOne(arch, Emu))
       return false;
   return true;
 }

@@ -24,6 +24,10 @@ typedef unsigned long size_t;
 #define GPU_SHARED __attribute__((shared))
 #define GPU_INLINE __attribute__((device, always_inline)) inline
 #define GPU_LAUNCH_BOUNDS(n) __attribute__((launch_bounds(n)))
+// A generated kernel entry point: codegen writes MOERT_GPU_KERNEL(moert_gpu_0_route, moert_gpu_args,
+// moert_gpu::Kernels<C0>::route) for each kernel; gpu_emulation.h defines it for the host.
+#define MOERT_GPU_KERNEL(name, Args, body)                                                                   \
+  extern "C" GPU_GLOBAL GPU_LAUNCH_BOUNDS(MOERT_GPU_BLOCK) void name(Args a) { body(a); }
 #ifndef INFINITY
 #define INFINITY __builtin_inff()
 #endif

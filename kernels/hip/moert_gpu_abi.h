@@ -9,13 +9,16 @@
  *                                                       the last block to finish groups (token, slot) pairs
  *                                                       by expert into tiles of MOERT_GPU_TILE entries
  *   moert_gpu_<i>_predict grid (T, K)                  a low-rank predictor's dim scores, the top KEEP dims
- *                                                       of each (token, chosen expert) (predicted layers
- *only) moert_gpu_<i>_up     grid (max_tiles, f_chunks)    gate/up projections of the kept dims + activation
+ *                                                       of each (token, chosen expert) (predictors only)
+ *   moert_gpu_<i>_up     grid (max_tiles, f_chunks)    gate/up projections of the kept dims + activation
  *   moert_gpu_<i>_down   grid (max_tiles, h_chunks, f_splits)  down projection, weighted combine (atomic
  *                                                       f32 adds into the output), fc2 bias
  *
  * each taking one `moert_gpu_args` by value. This header is plain C, included by the kernels (device side)
  * and by libmoert (host side), so both compute the same launch geometry and scratch layout.
+ *
+ * `--target=emu` builds the same kernels for the host instead (kernels/hip/gpu_emulation.h): a shared object
+ * whose kernel symbols are `moert_gpu_emu_entry` functions, run by libmoert's emulated device (--device=emu).
  *
  *===----------------------------------------------------------------------===*/
 #ifndef MOERT_GPU_ABI_H
@@ -43,6 +46,11 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* A kernel of a `--target=emu` code object: runs the (gx, gy, gz) grid of `block`-thread blocks on the
+ * calling thread before it returns; params[0] points at the kernel's argument struct (as a driver launch
+ * passes it). */
+typedef void (*moert_gpu_emu_entry)(unsigned gx, unsigned gy, unsigned gz, unsigned block, void **params);
 
 typedef struct moert_gpu_args {
   int64_t tokens;                        /* T                                                      */

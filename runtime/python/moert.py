@@ -92,7 +92,7 @@ class _GenerateStats(ctypes.Structure):
                 ("decode_ms", ctypes.c_double)]
 
 
-DEVICES = {"cpu": 0, "gpu": 1, "cuda": 2, "hip": 3}  # moert_device
+DEVICES = {"cpu": 0, "gpu": 1, "cuda": 2, "hip": 3, "emu": 4}  # moert_device
 
 
 class Error(RuntimeError):

@@ -763,7 +763,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   } // hasCode
 
   if (options.device != MOERT_DEVICE_CPU) {
-    if (options.device < MOERT_DEVICE_CPU || options.device > MOERT_DEVICE_HIP)
+    if (options.device < MOERT_DEVICE_CPU || options.device > MOERT_DEVICE_EMU)
       return moert::makeError("moert_load: options.device " + std::to_string(options.device) + " is not a moert_device");
     for (const auto &g : a.gpu_code())
       if (g.section() < 0 || g.section() >= a.sections_size() || a.sections(g.section()).kind() != pb::Section::CODE ||

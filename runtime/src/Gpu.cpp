@@ -4,8 +4,13 @@
 #include "kernels/hip/moert_gpu_abi.h"
 
 #include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -21,6 +26,7 @@ using Ptr = uint64_t; // a device address (CUdeviceptr; hipDeviceptr_t / void * 
 // they differ (stream and event creation, error strings) the table holds the form both have.
 struct Driver {
   bool hip = false;
+  bool emu = false; // the host emulator (namespace emu below): HIP's shapes, host memory, synchronous
   void *lib = nullptr;
   int (*init)(unsigned) = nullptr;
   int (*deviceGet)(int *, int) = nullptr;
@@ -51,10 +57,12 @@ struct Driver {
   int (*cuErrorString)(int, const char **) = nullptr;
   const char *(*hipErrorString)(int) = nullptr;
 
-  std::string name() const { return hip ? "HIP" : "CUDA"; }
+  std::string name() const { return emu ? "GPU emulator" : hip ? "HIP" : "CUDA"; }
   std::string errorText(int rc) const {
     const char *s = nullptr;
-    if (hip && hipErrorString)
+    if (emu)
+      s = rc == 2 ? "out of host memory" : "not found";
+    else if (hip && hipErrorString)
       s = hipErrorString(rc);
     else if (!hip && cuErrorString)
       cuErrorString(rc, &s);
@@ -66,6 +74,77 @@ template <class F> bool sym(void *lib, const char *name, F &out) {
   out = reinterpret_cast<F>(dlsym(lib, name));
   return out != nullptr;
 }
+
+/// The emulated device's driver: device memory is host memory, copies are memcpy, a launch calls the
+/// kernel's moert_gpu_emu_entry (which runs the whole grid before returning), events read the host clock.
+/// Error codes: 1 not found, 2 out of memory.
+namespace emu {
+using Clock = std::chrono::steady_clock;
+int stream = 0; // the one stream's handle: every call is synchronous
+int init(unsigned) { return 0; }
+int deviceGet(int *dev, int) { return *dev = 0; }
+int deviceGetName(char *name, int length, int) {
+  std::snprintf(name, size_t(length), "host emulator of a GPU (kernels/hip/gpu_emulation.h)");
+  return 0;
+}
+int setDevice(int) { return 0; }
+int moduleLoadData(void **, const void *) { return 1; } // loadCode loads its shared object
+int moduleGetFunction(void **fn, void *module, const char *name) {
+  return (*fn = dlsym(module, name)) ? 0 : 1;
+}
+int moduleUnload(void *module) { return dlclose(module) == 0 ? 0 : 1; }
+int memAlloc(Ptr *p, size_t bytes) {
+  void *q = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  *p = reinterpret_cast<Ptr>(q);
+  return q ? 0 : 2;
+}
+int memFree(Ptr p) {
+  std::free(reinterpret_cast<void *>(p));
+  return 0;
+}
+int htod(Ptr to, const void *from, size_t bytes, void *) {
+  return std::memcpy(reinterpret_cast<void *>(to), from, bytes), 0;
+}
+int dtoh(void *to, Ptr from, size_t bytes, void *) {
+  return std::memcpy(to, reinterpret_cast<void *>(from), bytes), 0;
+}
+int dtod(Ptr to, Ptr from, size_t bytes, void *) {
+  return std::memmove(reinterpret_cast<void *>(to), reinterpret_cast<void *>(from), bytes), 0;
+}
+int memsetD8(Ptr to, unsigned char v, size_t bytes, void *) {
+  return std::memset(reinterpret_cast<void *>(to), v, bytes), 0;
+}
+int launch(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned, unsigned, unsigned, void *,
+           void **params, void **) {
+  reinterpret_cast<moert_gpu_emu_entry>(fn)(gx, gy, gz, bx, params);
+  return 0;
+}
+int streamCreate(void **s, unsigned) { return *s = &stream, 0; }
+int streamSync(void *) { return 0; }
+int streamDestroy(void *) { return 0; }
+int eventCreate(void **e, unsigned) { return *e = new Clock::time_point(), 0; }
+int eventRecord(void *e, void *) { return *static_cast<Clock::time_point *>(e) = Clock::now(), 0; }
+int eventSync(void *) { return 0; }
+int eventElapsed(float *ms, void *a, void *b) {
+  *ms = std::chrono::duration<float, std::milli>(*static_cast<Clock::time_point *>(b) -
+                                                 *static_cast<Clock::time_point *>(a))
+            .count();
+  return 0;
+}
+int eventDestroy(void *e) { return delete static_cast<Clock::time_point *>(e), 0; }
+
+void open(Driver &d) {
+  d.emu = true, d.hip = true; // HIP's shapes: no context; setDevice makes the device current
+  d.init = init, d.deviceGet = deviceGet, d.deviceGetName = deviceGetName, d.setDevice = setDevice;
+  d.moduleLoadData = moduleLoadData, d.moduleGetFunction = moduleGetFunction, d.moduleUnload = moduleUnload;
+  d.memAlloc = memAlloc, d.memFree = memFree, d.htod = htod, d.dtoh = dtoh, d.dtod = dtod,
+  d.memsetD8 = memsetD8;
+  d.launch = launch, d.streamCreate = streamCreate, d.streamSync = streamSync,
+  d.streamDestroy = streamDestroy;
+  d.eventCreate = eventCreate, d.eventRecord = eventRecord, d.eventSync = eventSync;
+  d.eventElapsed = eventElapsed, d.eventDestroy = eventDestroy;
+}
+} // namespace emu
 
 /// Opens the vendor library; "" or why not.
 std::string openDriver(bool hip, Driver &d) {
@@ -182,10 +261,13 @@ public:
     return e;
   }
 
-  /// Driver, device, context, stream.
-  std::string start(bool hip) {
-    if (std::string e = openDriver(hip, drv); !e.empty())
+  /// Driver, device, context, stream for `device` (MOERT_DEVICE_CUDA, _HIP or _EMU).
+  std::string start(int device) {
+    if (device == MOERT_DEVICE_EMU)
+      emu::open(drv);
+    else if (std::string e = openDriver(device == MOERT_DEVICE_HIP, drv); !e.empty())
       return e;
+    const bool hip = drv.hip;
     if (int rc = drv.init(0))
       return "no usable " + drv.name() + " device (initialisation: " + drv.errorText(rc) + ")";
     if (int rc = drv.deviceGet(&dev, 0))
@@ -228,7 +310,7 @@ public:
   }
 
   ~Device() {
-    if (!drv.lib)
+    if (!drv.init) // no driver opened
       return;
     setCurrent();
     if (stream)
@@ -256,19 +338,51 @@ namespace {
 /// Opens CUDA, HIP, or (GPU) CUDA then HIP.
 std::string startAny(int device, std::unique_ptr<Device> &d) {
   d = std::make_unique<Device>();
-  if (device == MOERT_DEVICE_CUDA || device == MOERT_DEVICE_HIP)
-    return d->start(device == MOERT_DEVICE_HIP);
-  std::string cuda = d->start(false);
+  if (device != MOERT_DEVICE_GPU)
+    return d->start(device);
+  std::string cuda = d->start(MOERT_DEVICE_CUDA);
   if (cuda.empty())
     return "";
   d = std::make_unique<Device>();
-  std::string hip = d->start(true);
+  std::string hip = d->start(MOERT_DEVICE_HIP);
   return hip.empty() ? "" : cuda + "; " + hip;
+}
+
+/// The emulated device's code: the first host shared object, loaded from memory through a memfd (as the CPU
+/// code is); its kernels are moert_gpu_emu_entry functions.
+std::string loadEmulatedCode(Device &d, const pb::Artifact &a, const unsigned char *map) {
+  for (const auto &g : a.gpu_code()) {
+    if (g.kind() != pb::GpuCode::HOST_EMULATION)
+      continue;
+    const auto &section = a.sections(g.section());
+    int fd = memfd_create("moex-gpu-emu", MFD_CLOEXEC);
+    if (fd < 0)
+      return std::string("cannot create a memory file for the emulated GPU code: ") + std::strerror(errno);
+    bool written = true;
+    for (uint64_t done = 0; written && done < section.size();) {
+      ssize_t w = write(fd, map + section.offset() + done, section.size() - done);
+      written = w > 0;
+      done += written ? uint64_t(w) : 0;
+    }
+    void *module =
+        written ? dlopen(("/proc/self/fd/" + std::to_string(fd)).c_str(), RTLD_NOW | RTLD_LOCAL) : nullptr;
+    std::string why = written ? (module ? "" : dlerror()) : "cannot stage it";
+    close(fd); // the mapping stays
+    if (!module)
+      return "cannot load the emulated GPU code (" + g.arch() + "): " + why;
+    d.module = module;
+    d.arch = g.arch();
+    d.warps = MOERT_GPU_BLOCK / (d.arch == "emu-w64" ? 64 : 32);
+    return "";
+  }
+  return "the artifact has no emulated GPU code (compile it with moec compile --target=cpu,emu)";
 }
 
 /// Loads the code object for the device. CUDA: the PTX of the device's arch or the newest below it; HIP: the
 /// first code object the runtime accepts.
 std::string loadCode(Device &d, const pb::Artifact &a, const unsigned char *map) {
+  if (d.drv.emu)
+    return loadEmulatedCode(d, a, map);
   std::vector<std::string> have;
   const pb::GpuCode *pick = nullptr;
   int devCc = 0;
@@ -314,9 +428,10 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
   if (std::string e = startAny(device, d); !e.empty())
     return e;
   if (a.gpu_abi() != MOERT_GPU_ABI_VERSION)
-    return a.gpu_code_size() == 0 ? "the artifact has no GPU code (compile it with moec compile --target=cpu,cuda "
-                                    "or --target=cpu,hip)"
-                                  : "the artifact's GPU code is of another ABI";
+    return a.gpu_code_size() == 0
+               ? "the artifact has no GPU code (compile it with moec compile --target=cpu,cuda, "
+                 "--target=cpu,hip or --target=cpu,emu)"
+               : "the artifact's GPU code is of another ABI";
   if (std::string e = loadCode(*d, a, map); !e.empty())
     return e;
   // Weights: each section a dispatch uses, uploaded once.

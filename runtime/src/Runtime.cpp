@@ -92,7 +92,7 @@ moert_status moert_device_probe(moert_device device, int measure_bandwidth, char
     *description = strdup("cpu");
     return nullptr;
   }
-  if (device < MOERT_DEVICE_CPU || device > MOERT_DEVICE_HIP)
+  if (device < MOERT_DEVICE_CPU || device > MOERT_DEVICE_EMU)
     return makeError("moert_device_probe: " + std::to_string(int(device)) + " is not a moert_device");
   std::string text;
   std::string e = moert::gpu::probe(device, measure_bandwidth != 0, text);

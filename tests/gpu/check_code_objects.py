@@ -83,7 +83,8 @@ def bad_option_checks(args, tmp):
     problems = []
     for extra, says in ((["--target=cpu,hip", "--hip-arch=gfx999"], "--hip-arch=gfx999: not an architecture"),
                         (["--target=cpu,cuda", "--cuda-arch=sm_70"], "--cuda-arch=sm_70: not an architecture"),
-                        (["--target=cpu,metal"], "--target=metal: expected cpu, hip or cuda")):
+                        (["--target=cpu,emu", "--emu-arch=emu-w16"], "--emu-arch=emu-w16: not an architecture"),
+                        (["--target=cpu,metal"], "--target=metal: expected cpu, hip, cuda or emu")):
         r = subprocess.run([args.moec, "compile", model, "-o", out, "--quiet", *extra], capture_output=True, text=True)
         lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("moec: warning:")]
         if r.returncode == 0 or len(lines) != 1 or says not in lines[0] or os.path.exists(out):
@@ -94,13 +95,14 @@ def bad_option_checks(args, tmp):
 
 
 def no_device_checks(args, tmp, moex):
-    """Without a GPU: asking for one is one clear error line, exit 1, no output written."""
+    """Without a GPU: asking for one is one clear error line, exit 1, no output written (and so is asking for the
+    emulated device with an artifact that has no --target=emu code)."""
     import numpy as np
     out = os.path.join(tmp, "no-device-out")
     x = os.path.join(tmp, "x.npy")
     np.save(x, np.zeros((2, 16), np.float32))
     problems = []
-    for device in ("gpu", "cuda", "hip"):
+    for device in ("gpu", "cuda", "hip", "emu"):
         r = subprocess.run([args.moert, "run", moex, "--input", f"x={x}", f"--device={device}", "--output-dir", out],
                            capture_output=True, text=True)
         lines = r.stderr.strip().splitlines()
@@ -131,10 +133,10 @@ def main():
             src = open(os.path.join(dump, "dispatches.hip")).read()
             dispatches = sorted(set(re.findall(r"moert_gpu_(\d+)_route", src)))
             want = {f"moert_gpu_{d}_{k}" for d in dispatches for k in ("route", "up", "down")}
-            want |= set(re.findall(r"void (moert_gpu_\d+_(?:logits|predict))\(", src))  # routers, predictors
+            want |= set(re.findall(r"MOERT_GPU_KERNEL\((moert_gpu_\d+_(?:logits|predict)),", src))  # routers, predictors
             linears = sorted(set(re.findall(r"moert_gpu_lin_(\d+)_gemv", src)))
             want |= {f"moert_gpu_lin_{j}_{k}" for j in linears for k in ("gemv", "reduce", "gemm")}
-            want |= set(re.findall(r"void (moert_gpu_lin_\d+_norm)\(", src))  # fused norms
+            want |= set(re.findall(r"MOERT_GPU_KERNEL\((moert_gpu_lin_\d+_norm),", src))  # fused norms
             inspect = subprocess.run([args.moert, "inspect", moex], capture_output=True, text=True).stdout
             gpu_line = next((ln for ln in inspect.splitlines() if ln.startswith("gpu code:")), "")
             for arch in AMD + NV:

@@ -1,6 +1,6 @@
 //===- gpu_linear_emu_test.cpp - the GPU linear kernels, emulated, against a plain reference ---===//
 //
-// kernels/hip/linear_gpu.h compiled for the host against tests/kernels/gpu_emulation.h (each block's threads
+// kernels/hip/linear_gpu.h compiled for the host against kernels/hip/gpu_emulation.h (each block's threads
 // as fibers, warp shuffles through per-warp barriers) and launched as libmoert launches it on a device
 // (moert_gpu_lin_plan: norm, then gemv + reduce or gemm), on the weights codegen/WeightPacking packs - every
 // storage (f32, bf16, fp16, int8, int4, int8/int4 with zero points), odd shapes (N of 1, 3, 17; K not a
@@ -11,7 +11,7 @@
 // memory model, speed, register budgets) is for gpu-e2e on a device and gpu-code-objects.
 //
 //===----------------------------------------------------------------------===//
-#include "tests/kernels/gpu_emulation.h" // first: it stands in for kernels/hip/gpu_vendor.h
+#include "kernels/hip/gpu_emulation.h" // first: it stands in for kernels/hip/gpu_vendor.h
 
 #include "kernels/hip/linear_gpu.h"
 #include "tests/kernels/linear_cases.h"

@@ -1,6 +1,6 @@
 //===- gpu_moe_emu_test.cpp - the GPU MoE kernels, emulated, against the CPU kernel ---===//
 //
-// kernels/hip/sparse_moe_gpu.h compiled for the host against tests/kernels/gpu_emulation.h and launched as
+// kernels/hip/sparse_moe_gpu.h compiled for the host against kernels/hip/gpu_emulation.h and launched as
 // libmoert launches it (moert_gpu_moe_plan: router logits, route + grouping, up, down + combine, the state
 // zeroed once and reused across calls), beside kernels/cpu/sparse_moe.h on the same weights (random, in the
 // kernels' shared layouts: kernels/cpu/moert_kernel_abi.h) and inputs. The CPU kernel is the reference here
@@ -13,7 +13,7 @@
 // (tiles across many experts). Built for 32- and 64-lane warps.
 //
 //===----------------------------------------------------------------------===//
-#include "tests/kernels/gpu_emulation.h" // first: it stands in for kernels/hip/gpu_vendor.h
+#include "kernels/hip/gpu_emulation.h" // first: it stands in for kernels/hip/gpu_vendor.h
 
 #include "kernels/cpu/sparse_moe.h"
 #include "kernels/hip/sparse_moe_gpu.h"

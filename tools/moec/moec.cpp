@@ -61,17 +61,25 @@ cl::opt<std::string> emit("emit",
                           cl::desc("What to write: artifact (a .moex file for moert), mlir (the IR after fusion), "
                                    "or auto (default: mlir when writing to stdout or a .mlir file, else artifact)"),
                           cl::init("auto"), cl::sub(compileCmd), cl::cat(category));
-cl::opt<std::string> target("target",
-                            cl::desc("Code generation targets, comma-separated: cpu (default; always built: the "
-                                     "program runs anywhere), hip (AMD GPU code objects for --hip-arch), cuda "
-                                     "(NVIDIA PTX for --cuda-arch)"),
-                            cl::init("cpu"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string>
+    target("target",
+           cl::desc("Code generation targets, comma-separated: cpu (default; always built: the "
+                    "program runs anywhere), hip (AMD GPU code objects for --hip-arch), cuda "
+                    "(NVIDIA PTX for --cuda-arch), emu (the GPU kernels built for this CPU "
+                    "against a GPU emulator, for `moert --device=emu`: tests the GPU path "
+                    "without a GPU, slowly)"),
+           cl::init("cpu"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> hipArch("hip-arch",
                              cl::desc("AMD GPU architectures for --target=hip (default gfx90a,gfx942,gfx1100)"),
                              cl::init("gfx90a,gfx942,gfx1100"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> cudaArch("cuda-arch",
                               cl::desc("NVIDIA GPU architectures for --target=cuda (default sm_80,sm_90)"),
                               cl::init("sm_80,sm_90"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string>
+    emuArch("emu-arch",
+            cl::desc("Emulated GPUs for --target=emu: emu-w32 (32-lane warps, as NVIDIA and "
+                     "gfx1100; the default), emu-w64 (64-lane wavefronts, as gfx90a/gfx942)"),
+            cl::init("emu-w32"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> cpu("cpu",
                          cl::desc("CPU the code is generated for (-march): x86-64-v3 (default: AVX2, runs on "
                                   "most x86-64 machines of the last decade), x86-64-v4 (AVX-512), native (this "
@@ -386,12 +394,12 @@ int runImport() {
     if (artifact && outputPath == "-")
       return error("an artifact is a binary file: give its path with -o OUT.moex (or --emit=mlir for the IR)");
   }
-  std::vector<std::string> hipArchs, cudaArchs;
+  std::vector<std::string> hipArchs, cudaArchs, emuArchs;
   if (compileCmd) {
     SmallVector<StringRef> targets, archs;
     StringRef(target).split(targets, ',', -1, false);
     if (targets.empty())
-      return error("--target is empty (expected cpu, hip, cuda or a comma-separated list)");
+      return error("--target is empty (expected cpu, hip, cuda, emu or a comma-separated list)");
     auto archList = [&](StringRef flag, StringRef value, const std::vector<std::string> &known,
                         std::vector<std::string> &out) {
       archs.clear();
@@ -417,11 +425,14 @@ int runImport() {
       } else if (t == "cuda") {
         if (!archList("cuda-arch", cudaArch, moec::codegen::knownCudaArchs(), cudaArchs))
           return 1;
+      } else if (t == "emu") {
+        if (!archList("emu-arch", emuArch, moec::codegen::knownEmuArchs(), emuArchs))
+          return 1;
       } else if (t != "cpu") {
-        return error("--target=" + t.str() + ": expected cpu, hip or cuda (or a comma-separated list)");
+        return error("--target=" + t.str() + ": expected cpu, hip, cuda or emu (or a comma-separated list)");
       }
     }
-    if (!artifact && (!hipArchs.empty() || !cudaArchs.empty()) && emit == "mlir")
+    if (!artifact && (!hipArchs.empty() || !cudaArchs.empty() || !emuArchs.empty()) && emit == "mlir")
       return error("--target=" + target + " needs an artifact (-o OUT.moex), not --emit=mlir");
   }
 
@@ -472,6 +483,7 @@ int runImport() {
     cpuOptions.dumpKernelsDir = dumpKernels;
     cpuOptions.hipArchs = hipArchs;
     cpuOptions.cudaArchs = cudaArchs;
+    cpuOptions.emuArchs = emuArchs;
     std::string message;
     if (!moec::codegen::compileCpuArtifact(*module, cpuOptions, outputPath, inputPath, message,
                                            quiet ? nullptr : &errs()))

@@ -41,8 +41,9 @@ const char *kUsage =
     "  --threads N             worker threads (default: one per core; they spin 500 us between jobs\n"
     "                          before sleeping, MOERT_SPIN_US=N sets it, 0 sleeps at once)\n"
     "  --device D              where MoE and linear dispatches run: cpu (default), gpu (CUDA, else HIP),\n"
-    "                          cuda, hip; other ops run on the CPU. No driver or device: an error, never\n"
-    "                          a fallback\n"
+    "                          cuda, hip, emu (a host emulator of the GPU, for artifacts built with\n"
+    "                          --target=emu: tests the GPU path without a GPU, slowly); other ops run on\n"
+    "                          the CPU. No driver or device: an error, never a fallback\n"
     "  --repeat N              time N calls and print best and median (default 1)\n"
     "  --warmup N              untimed calls before timing (default: 1 when --repeat > 1)\n"
     "  --gpu-time N            after the run, time each dispatch's GPU kernels N times back to back\n"
@@ -97,8 +98,11 @@ bool parseInt(const char *s, int &out) {
 }
 
 bool parseDevice(const std::string &s, int &out) {
-  static const std::pair<const char *, int> names[] = {
-      {"cpu", MOERT_DEVICE_CPU}, {"gpu", MOERT_DEVICE_GPU}, {"cuda", MOERT_DEVICE_CUDA}, {"hip", MOERT_DEVICE_HIP}};
+  static const std::pair<const char *, int> names[] = {{"cpu", MOERT_DEVICE_CPU},
+                                                       {"gpu", MOERT_DEVICE_GPU},
+                                                       {"cuda", MOERT_DEVICE_CUDA},
+                                                       {"hip", MOERT_DEVICE_HIP},
+                                                       {"emu", MOERT_DEVICE_EMU}};
   for (const auto &[n, v] : names)
     if (s == n) {
       out = v;
@@ -111,7 +115,7 @@ int inspect(int argc, char **argv) {
   int device = MOERT_DEVICE_CPU;
   if (argc == 3 && std::string(argv[1]) == "--device") {
     if (!parseDevice(argv[2], device))
-      return fail(std::string("--device ") + argv[2] + ": expected cpu, gpu, cuda or hip");
+      return fail(std::string("--device ") + argv[2] + ": expected cpu, gpu, cuda, hip or emu");
     argc = 1;
   }
   if (argc != 1)
@@ -149,7 +153,7 @@ int devices(int argc, char **argv) {
     else if (a == "--device" && i + 1 < argc && parseDevice(argv[i + 1], device))
       ++i;
     else
-      return fail("usage: moert devices [--device gpu|cuda|hip] [--bandwidth]");
+      return fail("usage: moert devices [--device gpu|cuda|hip|emu] [--bandwidth]");
   }
   char *text = nullptr;
   if (int rc = check(moert_device_probe(static_cast<moert_device>(device), measure, &text)))
@@ -210,7 +214,7 @@ int run(int argc, char **argv) {
       if (!v)
         return 1;
       if (!parseDevice(v, device))
-        return fail(std::string("--device ") + v + ": expected cpu, gpu, cuda or hip");
+        return fail(std::string("--device ") + v + ": expected cpu, gpu, cuda, hip or emu");
     } else if (a == "--no-verify") {
       verify = 0;
     } else if (a == "--verify") {

@@ -87,12 +87,14 @@ typedef enum moert_type_kind {
   MOERT_TYPE_OPTIONAL_SEQUENCE = 3 /* a sequence or nothing */
 } moert_type_kind;
 
-/* Where fused MoE dispatches run (every other op runs on the CPU). */
+/* Where fused MoE and linear dispatches run (every other op runs on the CPU). */
 typedef enum moert_device {
   MOERT_DEVICE_CPU = 0,  /* default */
   MOERT_DEVICE_GPU = 1,  /* CUDA if its driver opens, else HIP */
   MOERT_DEVICE_CUDA = 2, /* NVIDIA, through libcuda.so.1 (the artifact needs --target=cuda code) */
-  MOERT_DEVICE_HIP = 3   /* AMD, through libamdhip64.so (the artifact needs --target=hip code) */
+  MOERT_DEVICE_HIP = 3,  /* AMD, through libamdhip64.so (the artifact needs --target=hip code) */
+  MOERT_DEVICE_EMU = 4   /* the GPU path on a host emulator of the GPU (the artifact needs --target=emu code):
+                            for testing without a GPU; slow */
 } moert_device;
 
 typedef struct moert_load_options {

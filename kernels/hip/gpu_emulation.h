@@ -1,9 +1,10 @@
 //===- gpu_emulation.h - the GPU kernels' vendor primitives, emulated on the host ---===//
 //
-// Lets a test compile the GPU kernel templates (kernels/hip/*_gpu.h) as plain host C++ and run them where
-// no GPU is, to check their indexing, reductions, barriers and epilogues against a reference in CI. Include
-// this header before the kernel header: it defines what kernels/hip/gpu_vendor.h defines (and that header's
-// include guard), for the host.
+// Compiles the GPU kernel templates (kernels/hip/*_gpu.h) as plain host C++ and runs them where no GPU is,
+// to check their indexing, reductions, barriers and epilogues in CI: the kernel tests (gpu-*-emu) include it,
+// and so does the code object moec builds for `--target=emu` (libmoert's emulated device, `--device=emu`,
+// which runs whole models through the GPU path). Include this header before the kernel headers: it defines
+// what kernels/hip/gpu_vendor.h defines (and that header's include guard), for the host.
 //
 // Each block's MOERT_GPU_BLOCK threads are fibers on the calling thread (stacks of their own, switched by a
 // six-register x86-64 context switch: ucontext's swapcontext makes a system call per switch), switched
@@ -31,6 +32,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #define GPU_GLOBAL
@@ -38,6 +40,16 @@
 #define GPU_SHARED static
 #define GPU_INLINE inline
 #define GPU_LAUNCH_BOUNDS(n)
+
+// A generated kernel entry point (gpu_vendor.h's on a device): an exported host function of the
+// moert_gpu_emu_entry type (moert_gpu_abi.h) that libmoert's emulated device calls with the launch's grid,
+// block size and parameter array (params[0] points at the Args), running the grid on the calling thread.
+#define MOERT_GPU_KERNEL(name, Args, body)                                                                   \
+  extern "C" __attribute__((visibility("default"))) void name(unsigned gx, unsigned gy, unsigned gz,         \
+                                                              unsigned block, void **params) {               \
+    moert_gpu::emulate(&body, *static_cast<const Args *>(params[0]), gx, gy, gz, int(block));                \
+  }                                                                                                          \
+  static_assert(std::is_same<decltype(&name), moert_gpu_emu_entry>::value, "a kernel entry's type");
 
 #ifndef MOERT_GPU_EMU_WARP
 #define MOERT_GPU_EMU_WARP 32
