@@ -104,9 +104,9 @@ template <typename T> bool resolve(void *handle, const std::string &name, T &out
   return out != nullptr;
 }
 
-/// The values a dispatch or op step reads (an absent optional operand as -1); a control-flow step reads
-/// what its blocks' steps read and yield, too.
-std::vector<int64_t> stepReads(const pb::Step &s) {
+} // namespace
+
+std::vector<int64_t> moert::stepReads(const pb::Step &s) {
   if (s.has_op()) {
     std::vector<int64_t> reads(s.op().inputs().begin(), s.op().inputs().end());
     for (const pb::Block &b : s.op().blocks()) {
@@ -129,7 +129,17 @@ std::vector<int64_t> stepReads(const pb::Step &s) {
   return {};
 }
 
-} // namespace
+std::vector<uint32_t> moert::stepWrites(const pb::Step &s) {
+  if (s.has_op())
+    return {s.op().outputs().begin(), s.op().outputs().end()};
+  if (s.has_linear())
+    return {s.linear().outputs().begin(), s.linear().outputs().end()};
+  if (s.has_attention())
+    return {s.attention().output()};
+  if (s.has_moe())
+    return {s.moe().output()};
+  return {};
+}
 
 void moert::findCacheAppends(moert_model &m) {
   const pb::Program &p = m.meta.program();

@@ -205,8 +205,7 @@ struct Kernels {
   Ptr weights[MOERT_GPU_SLOTS] = {};
   uint64_t weightBytes[MOERT_GPU_SLOTS] = {};
   Ptr state = 0;
-  int64_t lastTokens = 0; // T of the last call (its inputs stay on the device)
-  bool lastLogits = false, lastResidual = false;
+  moert_gpu_args last{}; // the last call's arguments (device addresses), for timeKernels
 };
 
 struct LinearKernels {
@@ -216,9 +215,8 @@ struct LinearKernels {
   bool fusedNorm = false;       // the `norm` kernel runs first
   std::vector<int64_t> columns; // N_j per output
   Ptr weights[MOERT_LIN_SLOTS] = {};
-  uint64_t weightBytes = 0; // all its weight sections
-  int64_t lastRows = 0;     // M of the last call (its inputs stay on the device)
-  bool lastResidual = false;
+  uint64_t weightBytes = 0;     // all its weight sections
+  moert_gpu_linear_args last{}; // the last call's arguments (device addresses), for timeLinear
 };
 
 } // namespace
@@ -233,10 +231,26 @@ public:
   std::vector<Kernels> dispatches;
   std::vector<LinearKernels> linears;
   std::vector<Ptr> allocations;
-  // Per-call buffers, grown as needed (calls are serialised by `mutex`).
+  // Calls are serialised by `mutex`; every device operation goes to the one stream, in order, so a buffer
+  // handed back to the pool may be reused by the next operation at once.
   std::mutex mutex;
-  Ptr in = 0, logits = 0, residual = 0, out = 0, scratch = 0;
-  size_t inBytes = 0, logitsBytes = 0, residualBytes = 0, outBytes = 0, scratchBytes = 0;
+  Ptr scratch = 0; // grown as needed
+  size_t scratchBytes = 0;
+  std::multimap<size_t, Ptr> pool; // free activation buffers by capacity (runs' Residency copies)
+
+  /// A buffer of at least `bytes` from the pool (one at most twice that), else a new one.
+  std::string take(size_t bytes, Ptr &p, size_t &capacity) {
+    bytes = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+    auto it = pool.lower_bound(bytes);
+    if (it != pool.end() && it->first <= 2 * bytes) {
+      capacity = it->first, p = it->second;
+      pool.erase(it);
+      return "";
+    }
+    capacity = bytes;
+    return alloc(bytes, p);
+  }
+  void give(Ptr p, size_t capacity) { pool.emplace(capacity, p); }
 
   std::string check(int rc, const char *what) const {
     return rc == 0 ? "" : drv.name() + " " + what + " failed: " + drv.errorText(rc);
@@ -514,21 +528,139 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
   return "";
 }
 
-/// The kernels of dispatch `k` on the device buffers (inputs already there), in the order and on the grids
-/// of `plan` (moert_gpu_moe_plan for this call's T).
-std::string launchAll(Device &d, const Kernels &k, const moert_gpu_moe_launches &plan, int64_t T, bool logits,
-                      bool residual) {
-  moert_gpu_args args{};
-  args.tokens = T;
-  args.input = reinterpret_cast<const float *>(d.in);
-  args.logits = logits ? reinterpret_cast<const float *>(d.logits) : nullptr;
-  args.residual = residual ? reinterpret_cast<const float *>(d.residual) : nullptr;
-  args.output = reinterpret_cast<float *>(d.out);
-  for (int i = 0; i < MOERT_GPU_SLOTS; ++i)
-    args.weights[i] = reinterpret_cast<const void *>(k.weights[i]);
-  args.scratch = reinterpret_cast<void *>(d.scratch);
-  args.state = reinterpret_cast<void *>(k.state);
-  args.f_splits = plan.f_splits;
+// ---- a run's device copies of host ranges ----------------------------------------------------------------
+
+class Residency {
+public:
+  explicit Residency(Device &d) : d(d) {}
+  Device &d;
+  /// A pooled device buffer, back to the pool when the last copy using it goes (callers hold d.mutex).
+  struct Buffer {
+    Device &d;
+    Ptr p;
+    size_t capacity;
+    ~Buffer() { d.give(p, capacity); }
+  };
+  struct Copy {
+    uintptr_t hi;                   // the host range [key, hi)
+    Ptr dev;                        // where its first byte is on the device
+    std::shared_ptr<Buffer> buffer; // shared by the pieces of a split copy
+    bool hostStale;                 // the device's bytes are newer than the host's
+  };
+  std::map<uintptr_t, Copy> copies; // by host start; ranges never overlap
+  uint64_t uploaded = 0, downloaded = 0;
+
+  /// Splits the copy straddling host address `at` (if any) into the pieces before and from it.
+  void cut(uintptr_t at) {
+    auto it = copies.upper_bound(at);
+    if (it == copies.begin())
+      return;
+    --it;
+    if (it->first < at && it->second.hi > at) {
+      Copy tail{it->second.hi, it->second.dev + (at - it->first), it->second.buffer, it->second.hostStale};
+      it->second.hi = at;
+      copies.emplace(at, tail);
+    }
+  }
+  /// After cut(lo), cut(hi): the copies inside [lo, hi).
+  std::map<uintptr_t, Copy>::iterator inside(uintptr_t lo) { return copies.lower_bound(lo); }
+
+  /// Makes the host's bytes of [lo, hi) current: downloads the parts only the device has. Never writes host
+  /// bytes outside the range (those may belong to another value by now).
+  std::string download(uintptr_t lo, uintptr_t hi) {
+    cut(lo), cut(hi);
+    bool any = false;
+    for (auto it = inside(lo); it != copies.end() && it->first < hi; ++it)
+      if (it->second.hostStale) {
+        const size_t bytes = it->second.hi - it->first;
+        if (std::string e =
+                d.check(d.drv.dtoh(reinterpret_cast<void *>(it->first), it->second.dev, bytes, d.stream),
+                        "copy to the host");
+            !e.empty())
+          return e;
+        it->second.hostStale = false;
+        downloaded += bytes;
+        any = true;
+      }
+    return any ? d.check(d.drv.streamSync(d.stream), "copy to the host") : "";
+  }
+  /// Forgets the device's copies of [lo, hi).
+  void drop(uintptr_t lo, uintptr_t hi) {
+    cut(lo), cut(hi);
+    for (auto it = inside(lo); it != copies.end() && it->first < hi;)
+      it = copies.erase(it);
+  }
+  /// A new copy of [lo, hi) (after drop); uploads the host's bytes unless `stale` (a GPU step's output).
+  std::string add(uintptr_t lo, uintptr_t hi, bool stale, Ptr &dev) {
+    Ptr p = 0;
+    size_t capacity = 0;
+    if (std::string e = d.take(hi - lo, p, capacity); !e.empty())
+      return e;
+    copies.emplace(lo, Copy{hi, p, std::shared_ptr<Buffer>(new Buffer{d, p, capacity}), stale});
+    dev = p;
+    if (stale)
+      return "";
+    uploaded += hi - lo;
+    return d.check(d.drv.htod(p, reinterpret_cast<const void *>(lo), hi - lo, d.stream),
+                   "copy to the device");
+  }
+  /// The device address of the current bytes of host range [p, p + bytes): a copy holding all of them, else
+  /// one made now (parts only the device had brought to the host first).
+  std::string input(const void *p, size_t bytes, Ptr &dev) {
+    const auto lo = reinterpret_cast<uintptr_t>(p), hi = lo + bytes;
+    auto it = copies.upper_bound(lo);
+    if (it != copies.begin() && std::prev(it)->first <= lo && std::prev(it)->second.hi >= hi) {
+      dev = std::prev(it)->second.dev + (lo - std::prev(it)->first);
+      return "";
+    }
+    if (std::string e = download(lo, hi); !e.empty())
+      return e;
+    drop(lo, hi);
+    return add(lo, hi, false, dev);
+  }
+  /// A device buffer for a GPU step's output, which becomes host range [p, p + bytes)'s current bytes.
+  std::string output(const void *p, size_t bytes, Ptr &dev) {
+    const auto lo = reinterpret_cast<uintptr_t>(p), hi = lo + bytes;
+    drop(lo, hi);
+    return add(lo, hi, true, dev);
+  }
+  ~Residency() {
+    std::lock_guard<std::mutex> lock(d.mutex);
+    copies.clear(); // buffers back to the pool
+  }
+};
+
+void ResidencyDeleter::operator()(Residency *r) const { delete r; }
+
+ResidencyPtr beginRun(Device &d) { return ResidencyPtr(new Residency(d)); }
+
+std::string toHost(Residency &r, const void *p, size_t bytes) {
+  if (r.copies.empty() || !bytes)
+    return "";
+  std::lock_guard<std::mutex> lock(r.d.mutex);
+  r.d.setCurrent();
+  const auto lo = reinterpret_cast<uintptr_t>(p);
+  return r.download(lo, lo + bytes);
+}
+
+void hostWrote(Residency &r, const void *p, size_t bytes) {
+  if (r.copies.empty() || !bytes)
+    return;
+  std::lock_guard<std::mutex> lock(r.d.mutex);
+  const auto lo = reinterpret_cast<uintptr_t>(p);
+  r.drop(lo, lo + bytes);
+}
+
+void traffic(const Residency &r, uint64_t &toDevice, uint64_t &toHostBytes) {
+  toDevice = r.uploaded, toHostBytes = r.downloaded;
+}
+
+// ---- MoE dispatches
+// ----------------------------------------------------------------------------------------
+
+/// The kernels of dispatch `k` on `args` (device addresses), in the order and on the grids of `plan`
+/// (moert_gpu_moe_plan for this call's T).
+std::string launchAll(Device &d, const Kernels &k, const moert_gpu_moe_launches &plan, moert_gpu_args args) {
   void *params[] = {&args};
   std::string e;
   if (plan.logits_grid[0] &&
@@ -564,19 +696,38 @@ template <class Launch> std::string timeRepeats(Device &d, int repeats, double &
   usPerCall = 1000.0 * ms / std::max(1, repeats);
   return "";
 }
+
+/// Records the start event when timing (`gpuMs`), runs `launch`, then records the end and waits for it.
+template <class Launch> std::string timed(Device &d, double *gpuMs, Launch launch) {
+  std::string e;
+  if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
+    return e;
+  if ((e = launch()).size() || !gpuMs)
+    return e;
+  if ((e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size() ||
+      (e = d.check(d.drv.streamSync(d.stream), "kernel run")).size())
+    return e;
+  float ms = 0;
+  d.drv.eventElapsed(&ms, d.ev0, d.ev1);
+  *gpuMs = ms;
+  return "";
+}
 } // namespace
 
 std::string timeKernels(Device &d, int index, int repeats, double &usPerCall, double &weightBytes) {
   std::lock_guard<std::mutex> lock(d.mutex);
   d.setCurrent();
-  if (index < 0 || size_t(index) >= d.dispatches.size() || d.dispatches[index].lastTokens <= 0)
+  if (index < 0 || size_t(index) >= d.dispatches.size() || d.dispatches[index].last.tokens <= 0)
     return "dispatch " + std::to_string(index) + " has not run on the GPU yet";
   const Kernels &k = d.dispatches[index];
   const moert_gpu_shape &s = k.shape;
-  int64_t T = k.lastTokens;
+  int64_t T = k.last.tokens;
   const moert_gpu_moe_launches plan = planOf(d, k, T);
-  std::string e = timeRepeats(d, repeats, usPerCall,
-                              [&] { return launchAll(d, k, plan, T, k.lastLogits, k.lastResidual); });
+  if (std::string e = d.grow(d.scratch, d.scratchBytes, plan.scratch); !e.empty())
+    return e;
+  moert_gpu_args args = k.last;
+  args.scratch = reinterpret_cast<void *>(d.scratch);
+  std::string e = timeRepeats(d, repeats, usPerCall, [&] { return launchAll(d, k, plan, args); });
   if (!e.empty())
     return e;
   // Bytes read: the chosen experts' rows (tile table of the last call), the shared expert, router, mask.
@@ -601,52 +752,40 @@ std::string timeKernels(Device &d, int index, int repeats, double &usPerCall, do
   return "";
 }
 
-std::string run(Device &d, int index, int64_t T, const float *input, const float *logits, const float *residual,
-                float *output, double *gpuMs) {
+std::string run(Device &d, Residency &r, int index, int64_t T, const float *input, const float *logits,
+                const float *residual, float *output, double *gpuMs) {
   std::lock_guard<std::mutex> lock(d.mutex);
   d.setCurrent();
   if (index < 0 || size_t(index) >= d.dispatches.size())
     return "internal: no GPU kernels for dispatch " + std::to_string(index);
-  const Kernels &k = d.dispatches[index];
+  Kernels &k = d.dispatches[index];
   const moert_gpu_shape &s = k.shape;
   if (T <= 0)
     return "";
   if (T > (int64_t(1) << 31) / std::max<int64_t>(1, s.H + s.N + s.K + 1))
     return "dispatch " + std::to_string(index) + ": " + std::to_string(T) + " tokens are more than the GPU kernels index";
-  size_t rows = sizeof(float) * size_t(T * s.H);
+  const size_t rows = sizeof(float) * size_t(T * s.H);
   const moert_gpu_moe_launches plan = planOf(d, k, T);
+  Ptr in = 0, lg = 0, res = 0, out = 0;
   std::string e;
-  if ((e = d.grow(d.in, d.inBytes, rows)).size() || (e = d.grow(d.out, d.outBytes, rows)).size() ||
-      (e = d.grow(d.scratch, d.scratchBytes, plan.scratch)).size())
-    return e;
-  if (logits && (e = d.grow(d.logits, d.logitsBytes, sizeof(float) * size_t(T * s.N))).size())
-    return e;
-  if (residual && (e = d.grow(d.residual, d.residualBytes, rows)).size())
-    return e;
-  if ((e = d.check(d.drv.htod(d.in, input, rows, d.stream), "input copy")).size())
-    return e;
-  if (logits && (e = d.check(d.drv.htod(d.logits, logits, sizeof(float) * size_t(T * s.N), d.stream), "copy")).size())
-    return e;
-  if (residual && (e = d.check(d.drv.htod(d.residual, residual, rows, d.stream), "copy")).size())
-    return e;
-  if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
-    return e;
-  if ((e = launchAll(d, k, plan, T, logits != nullptr, residual != nullptr)).size())
-    return e;
-  if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size())
-    return e;
-  if ((e = d.check(d.drv.dtoh(output, d.out, rows, d.stream), "output copy")).size())
-    return e;
-  if ((e = d.check(d.drv.streamSync(d.stream), "kernel run")).size())
+  if ((e = d.grow(d.scratch, d.scratchBytes, plan.scratch)).size() || (e = r.input(input, rows, in)).size() ||
+      (logits && (e = r.input(logits, sizeof(float) * size_t(T * s.N), lg)).size()) ||
+      (residual && (e = r.input(residual, rows, res)).size()) || (e = r.output(output, rows, out)).size())
     return "dispatch " + std::to_string(index) + ": " + e;
-  d.dispatches[index].lastTokens = T;
-  d.dispatches[index].lastLogits = logits != nullptr;
-  d.dispatches[index].lastResidual = residual != nullptr;
-  if (gpuMs) {
-    float ms = 0;
-    d.drv.eventElapsed(&ms, d.ev0, d.ev1);
-    *gpuMs = ms;
-  }
+  moert_gpu_args args{};
+  args.tokens = T;
+  args.input = reinterpret_cast<const float *>(in);
+  args.logits = reinterpret_cast<const float *>(lg);
+  args.residual = reinterpret_cast<const float *>(res);
+  args.output = reinterpret_cast<float *>(out);
+  for (int i = 0; i < MOERT_GPU_SLOTS; ++i)
+    args.weights[i] = reinterpret_cast<const void *>(k.weights[i]);
+  args.scratch = reinterpret_cast<void *>(d.scratch);
+  args.state = reinterpret_cast<void *>(k.state);
+  args.f_splits = plan.f_splits;
+  k.last = args;
+  if ((e = timed(d, gpuMs, [&] { return launchAll(d, k, plan, args); })).size())
+    return "dispatch " + std::to_string(index) + ": " + e;
   return "";
 }
 
@@ -654,27 +793,17 @@ bool hasLinear(const Device &d, int index) {
   return index >= 0 && size_t(index) < d.linears.size() && d.linears[index].gemv;
 }
 
+// ---- linear dispatches
+// -------------------------------------------------------------------------------------
+
 namespace {
-/// The kernels of linear dispatch `k` on the device buffers (input, residual already there; the outputs
-/// one after another in `out`), in the order and on the grids of `plan` (moert_gpu_lin_plan for M rows).
-std::string launchLinear(Device &d, const LinearKernels &k, const moert_gpu_linear_launches &plan, int64_t M,
-                         bool residual) {
-  moert_gpu_linear_args args{};
-  args.rows = M;
-  args.input = reinterpret_cast<const float *>(d.in);
-  args.residual = residual ? reinterpret_cast<const float *>(d.residual) : nullptr;
-  Ptr at = d.out;
-  for (size_t j = 0; j < k.columns.size() && j < MOERT_LIN_MAX_OUTPUTS; ++j) {
-    args.outputs[j] = reinterpret_cast<float *>(at);
-    at += sizeof(float) * size_t(M * k.columns[j]);
-  }
-  for (int i = 0; i < MOERT_LIN_SLOTS; ++i)
-    args.weights[i] = reinterpret_cast<const void *>(k.weights[i]);
-  args.scratch = reinterpret_cast<void *>(d.scratch);
-  args.k_splits = plan.k_splits;
+/// The kernels of linear dispatch `k` on `args` (device addresses), in the order and on the grids of `plan`
+/// (moert_gpu_lin_plan for M rows).
+std::string launchLinear(Device &d, const LinearKernels &k, const moert_gpu_linear_launches &plan,
+                         moert_gpu_linear_args args) {
   void *params[] = {&args};
   std::string e;
-  if (k.fusedNorm && (e = d.launch(k.norm, M, 1, 1, params, "launch (linear norm)")).size())
+  if (k.fusedNorm && (e = d.launch(k.norm, args.rows, 1, 1, params, "launch (linear norm)")).size())
     return e;
   if (plan.gemm)
     return d.launch(k.gemm, plan.gemm_grid[0], plan.gemm_grid[1], 1, params, "launch (linear gemm)");
@@ -690,8 +819,8 @@ moert_gpu_linear_launches planOf(const LinearKernels &k, int64_t M) {
 }
 } // namespace
 
-std::string runLinear(Device &d, int index, int64_t M, const float *input, const float *residual,
-                      float *const *outputs, double *gpuMs) {
+std::string runLinear(Device &d, Residency &r, int index, int64_t M, const float *input,
+                      const float *residual, float *const *outputs, double *gpuMs) {
   std::lock_guard<std::mutex> lock(d.mutex);
   d.setCurrent();
   if (!hasLinear(d, index))
@@ -699,53 +828,48 @@ std::string runLinear(Device &d, int index, int64_t M, const float *input, const
   LinearKernels &k = d.linears[index];
   if (M <= 0)
     return "";
+  const std::string what = "linear dispatch " + std::to_string(index);
   if (M > (int64_t(1) << 31) / std::max<int64_t>(1, std::max(k.k, k.n)))
-    return "linear dispatch " + std::to_string(index) + ": " + std::to_string(M) +
-           " rows are more than the GPU "
-           "kernels index";
-  const size_t inBytes = sizeof(float) * size_t(M * k.k), outBytes = sizeof(float) * size_t(M * k.n);
+    return what + ": " + std::to_string(M) + " rows are more than the GPU kernels index";
   const moert_gpu_linear_launches plan = planOf(k, M);
+  moert_gpu_linear_args args{};
+  args.rows = M;
+  Ptr in = 0, res = 0;
   std::string e;
-  if ((e = d.grow(d.in, d.inBytes, inBytes)).size() || (e = d.grow(d.out, d.outBytes, outBytes)).size() ||
-      (e = d.grow(d.scratch, d.scratchBytes, plan.scratch)).size() ||
-      (residual && (e = d.grow(d.residual, d.residualBytes, outBytes)).size()))
-    return e;
-  if ((e = d.check(d.drv.htod(d.in, input, inBytes, d.stream), "input copy")).size() ||
-      (residual && (e = d.check(d.drv.htod(d.residual, residual, outBytes, d.stream), "copy")).size()))
-    return e;
-  if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
-    return e;
-  if ((e = launchLinear(d, k, plan, M, residual != nullptr)).size())
-    return e;
-  if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size())
-    return e;
-  Ptr at = d.out;
-  for (size_t j = 0; j < k.columns.size(); ++j) {
-    const size_t bytes = sizeof(float) * size_t(M * k.columns[j]);
-    if ((e = d.check(d.drv.dtoh(outputs[j], at, bytes, d.stream), "output copy")).size())
-      return e;
-    at += bytes;
+  if ((e = d.grow(d.scratch, d.scratchBytes, plan.scratch)).size() ||
+      (e = r.input(input, sizeof(float) * size_t(M * k.k), in)).size() ||
+      (residual && (e = r.input(residual, sizeof(float) * size_t(M * k.n), res)).size()))
+    return what + ": " + e;
+  for (size_t j = 0; j < k.columns.size() && j < MOERT_LIN_MAX_OUTPUTS; ++j) {
+    Ptr out = 0;
+    if ((e = r.output(outputs[j], sizeof(float) * size_t(M * k.columns[j]), out)).size())
+      return what + ": " + e;
+    args.outputs[j] = reinterpret_cast<float *>(out);
   }
-  if ((e = d.check(d.drv.streamSync(d.stream), "kernel run")).size())
-    return "linear dispatch " + std::to_string(index) + ": " + e;
-  k.lastRows = M, k.lastResidual = residual != nullptr;
-  if (gpuMs) {
-    float ms = 0;
-    d.drv.eventElapsed(&ms, d.ev0, d.ev1);
-    *gpuMs = ms;
-  }
+  args.input = reinterpret_cast<const float *>(in);
+  args.residual = reinterpret_cast<const float *>(res);
+  for (int i = 0; i < MOERT_LIN_SLOTS; ++i)
+    args.weights[i] = reinterpret_cast<const void *>(k.weights[i]);
+  args.scratch = reinterpret_cast<void *>(d.scratch);
+  args.k_splits = plan.k_splits;
+  k.last = args;
+  if ((e = timed(d, gpuMs, [&] { return launchLinear(d, k, plan, args); })).size())
+    return what + ": " + e;
   return "";
 }
 
 std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, double &weightBytes) {
   std::lock_guard<std::mutex> lock(d.mutex);
   d.setCurrent();
-  if (!hasLinear(d, index) || d.linears[index].lastRows <= 0)
+  if (!hasLinear(d, index) || d.linears[index].last.rows <= 0)
     return "linear dispatch " + std::to_string(index) + " has not run on the GPU yet";
   const LinearKernels &k = d.linears[index];
-  const moert_gpu_linear_launches plan = planOf(k, k.lastRows);
-  std::string e = timeRepeats(d, repeats, usPerCall,
-                              [&] { return launchLinear(d, k, plan, k.lastRows, k.lastResidual); });
+  const moert_gpu_linear_launches plan = planOf(k, k.last.rows);
+  if (std::string e = d.grow(d.scratch, d.scratchBytes, plan.scratch); !e.empty())
+    return e;
+  moert_gpu_linear_args args = k.last;
+  args.scratch = reinterpret_cast<void *>(d.scratch);
+  std::string e = timeRepeats(d, repeats, usPerCall, [&] { return launchLinear(d, k, plan, args); });
   if (!e.empty())
     return e;
   weightBytes = double(k.weightBytes);

@@ -7,8 +7,10 @@
 //
 // At load: pick the code object for the device (CUDA: the PTX for the device's sm_XY, or the newest one not
 // above it, compiled by the driver; HIP: the first AMDGPU code object the runtime accepts), upload every
-// weight section a dispatch uses once, allocate each dispatch's zeroed state. Per dispatch call: inputs to
-// the device, three or four launches on one stream (kernels/hip/moert_gpu_abi.h), the output back.
+// weight section a dispatch uses once, allocate each dispatch's zeroed state. Per dispatch call: launches on
+// one stream (kernels/hip/moert_gpu_abi.h) on device copies of its inputs and outputs, which a run's
+// Residency keeps: a value a GPU step wrote stays on the device until a host step reads it, so consecutive
+// GPU steps (and views such as Reshape between them) pass activations without crossing to the host.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_SRC_GPU_H
@@ -35,23 +37,47 @@ using DevicePtr = std::unique_ptr<Device, DeviceDeleter>;
 std::string open(int device, const proto::Artifact &a, const std::vector<const proto::Step *> &steps,
                  const unsigned char *map, DevicePtr &out);
 
-/// Runs dispatch `index` on T tokens from host memory (`logits`, `residual` may be null). `gpuMs`, when
-/// given, receives the kernels' time measured with device events. Returns "" or one error line.
-std::string run(Device &d, int index, int64_t T, const float *input, const float *logits, const float *residual,
-                float *output, double *gpuMs);
+/// One run's device copies of host byte ranges (activations): keyed by the host range a value occupies (its
+/// arena slot or heap block, so views share their base's copy), each either current on both sides or newer
+/// on the device. The run loop tells it what host steps read (`toHost`) and write (`hostWrote`); GPU steps
+/// ask it for device addresses of their inputs (uploaded when no current copy exists) and outputs (the host
+/// copy stale until read). Buffers come from the device's pool and go back when the run ends.
+class Residency;
+struct ResidencyDeleter {
+  void operator()(Residency *r) const;
+};
+using ResidencyPtr = std::unique_ptr<Residency, ResidencyDeleter>;
+ResidencyPtr beginRun(Device &d);
 
-/// Re-runs dispatch `index`'s kernels `repeats` times back to back on the inputs of its last call (no copies,
-/// no host synchronisation between them) and gives the device time per call and the weight bytes one call
+/// Before host code reads [p, p + bytes): downloads the parts of it whose device copy is newer than the
+/// host's (never bytes outside the range: a dead value's copy may overlap a live value's host bytes there).
+/// "" or one error line.
+std::string toHost(Residency &r, const void *p, size_t bytes);
+/// After host code wrote [p, p + bytes): forgets the device's copies of that range (a copy the write covers
+/// in part keeps the rest).
+void hostWrote(Residency &r, const void *p, size_t bytes);
+/// Bytes moved between host and device so far in this run (uploads of inputs, downloads of outputs).
+void traffic(const Residency &r, uint64_t &toDevice, uint64_t &toHostBytes);
+
+/// Runs dispatch `index` on T tokens whose input, logits and residual (null: none) are host ranges the
+/// residency maps to device copies; the output's device copy is the new current value of `output`'s range.
+/// `gpuMs`, when given, receives the kernels' time measured with device events. Returns "" or one error line.
+std::string run(Device &d, Residency &r, int index, int64_t T, const float *input, const float *logits,
+                const float *residual, float *output, double *gpuMs);
+
+/// Re-runs dispatch `index`'s kernels `repeats` times back to back on the device buffers of its last call (no
+/// copies, no host synchronisation between them; later steps of that run may have reused those buffers, so
+/// the routing can differ from the call's) and gives the device time per call and the weight bytes one call
 /// reads (the chosen experts' fc1/fc2 rows, the shared expert's, the router's). Returns "" or one error line.
 std::string timeKernels(Device &d, int index, int repeats, double &usPerCall, double &weightBytes);
 
 /// Whether linear dispatch `index` has GPU kernels (artifacts built before moec had them run it on the CPU).
 bool hasLinear(const Device &d, int index);
 
-/// Runs linear dispatch `index` on M rows from host memory (`residual` may be null) into the host buffers
-/// `outputs` (one per output, [M][N_j]). Returns "" or one error line.
-std::string runLinear(Device &d, int index, int64_t M, const float *input, const float *residual,
-                      float *const *outputs, double *gpuMs);
+/// Runs linear dispatch `index` on M rows (`residual` may be null) into `outputs` (one per output, [M][N_j]),
+/// all host ranges the residency maps as `run` does. Returns "" or one error line.
+std::string runLinear(Device &d, Residency &r, int index, int64_t M, const float *input,
+                      const float *residual, float *const *outputs, double *gpuMs);
 
 /// As timeKernels, for linear dispatch `index` on the rows of its last call: the device time per call and the
 /// bytes of its weights (each read once a call).

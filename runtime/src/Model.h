@@ -62,6 +62,12 @@ struct CacheBinding {
   int dtype = proto::F32;
 };
 
+/// The values step `s` reads (an absent optional operand as -1); a control-flow step reads what its blocks'
+/// steps read and yield, too.
+std::vector<int64_t> stepReads(const proto::Step &s);
+/// The values step `s` writes.
+std::vector<uint32_t> stepWrites(const proto::Step &s);
+
 /// Marks (moert_model::appendsCache) the step appending each decoder cache's new positions when every cache
 /// can be appended in place: its past is read only by that `Concat(past, new)` along the length axis or
 /// `moec.KvCacheUpdate` (whose output is the present) and by `Shape`, and its present only by attention
@@ -145,6 +151,7 @@ struct moert_model {
   std::vector<std::vector<int>> stepSections;
   std::unique_ptr<moert::ThreadPool> pool;
   moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)
+  std::atomic<uint64_t> gpuToDevice{0}, gpuToHost{0}; // bytes copied by the last finished run (GPU only)
   std::string description;
   // The memory plan's buffer sizes, learned per input shape (the first run with a shape measures them; later
   // runs place every planned value in one arena), and one spare arena kept between runs.

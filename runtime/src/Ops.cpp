@@ -257,6 +257,8 @@ const OpEntry *findOp(const std::string &op) {
 
 const OpEntry *findOpKernel(const std::string &op) { return findOp(op); }
 
+bool isView(const OpEntry *e) { return e && (e->fn == reshapeLike || e->fn == identity); }
+
 std::string runOp(const OpEntry *e, const OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out,
                   ThreadPool *pool) {
   if (!e)

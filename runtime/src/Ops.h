@@ -64,6 +64,9 @@ std::shared_ptr<char> allocBlock(size_t bytes);
 /// An op's kernel, found by name once (at load); null when this moert has none.
 struct OpEntry;
 const OpEntry *findOpKernel(const std::string &op);
+/// Whether the op's tensor output is a view of its first input's bytes (Identity, Reshape, Flatten, Squeeze,
+/// Unsqueeze): it neither reads nor writes them.
+bool isView(const OpEntry *kernel);
 
 /// Runs one op: `out` arrives with each output's dtype set (from the program) and leaves computed. Returns
 /// an error message, empty on success.

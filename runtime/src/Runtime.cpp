@@ -74,6 +74,15 @@ moert_status moert_gpu_time(moert_model *m, size_t dispatch, int repeats, double
   return e.empty() ? nullptr : makeError(e);
 }
 
+moert_status moert_gpu_traffic(const moert_model *m, uint64_t *toDevice, uint64_t *toHost) {
+  if (!m || !toDevice || !toHost)
+    return makeError("moert_gpu_traffic: model, to_device and to_host must not be NULL");
+  if (!m->gpu)
+    return makeError("moert_gpu_traffic: the model was not loaded on a GPU");
+  *toDevice = m->gpuToDevice, *toHost = m->gpuToHost;
+  return nullptr;
+}
+
 moert_status moert_gpu_time_linear(moert_model *m, size_t linear, int repeats, double *us, double *bytes) {
   if (!m || !us || !bytes || repeats < 1)
     return makeError(
@@ -400,6 +409,12 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   };
   bool firstEvent = true;
   std::vector<std::pair<uint32_t, int64_t>> inPlace; // cache views appended in place: value id, capacity
+  // On a GPU: the run's device copies of activations (a GPU step's output stays on the device until a host
+  // step reads it). Host steps bring what they read up to date first and drop the copies of what they write.
+  moert::gpu::ResidencyPtr residency = m->gpu ? moert::gpu::beginRun(*m->gpu) : nullptr;
+  auto readOnHost = [&](const Tensor &t) -> std::string {
+    return residency && t.isTensor() && t.data ? moert::gpu::toHost(*residency, t.data, t.bytes()) : "";
+  };
   // A value whose bytes are in the arena (a planned buffer, or a view of one).
   auto inArena = [&](const Tensor &t) {
     return arena && t.owned && !t.owned.owner_before(arena) && !arena.owner_before(t.owned);
@@ -424,6 +439,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     for (int k = 0; why.empty() && k < blk.outputs_size(); ++k) {
       if (!values[blk.outputs(k)].present() || !values[blk.outputs(k)].computed())
         why = "internal: " + m->flat[si]->op().op() + " block yields a value not computed";
+      else
+        why = readOnHost(values[blk.outputs(k)]); // the control-flow op reads it on the host
       yielded.push_back(values[blk.outputs(k)]);
     }
     for (uint32_t id : info.defined)
@@ -440,6 +457,19 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     const pb::Step &s = *m->flat[si];
     auto start = std::chrono::steady_clock::now();
     std::string label;
+    // A step on the host (anything but a GPU dispatch) reads current host bytes; a view op (its output
+    // aliases its first input) neither reads nor writes that input's bytes.
+    const bool onDevice =
+        residency &&
+        (s.has_moe() || (s.has_linear() && moert::gpu::hasLinear(*m->gpu, int(s.linear().index()))));
+    const bool view = s.has_op() && moert::isView(m->opKernels[si]);
+    if (residency && !onDevice) {
+      const std::vector<int64_t> reads = moert::stepReads(s);
+      for (size_t k = view ? 1 : 0; k < reads.size(); ++k)
+        if (reads[k] >= 0)
+          if (std::string why = readOnHost(values[reads[k]]); !why.empty())
+            return makeError(why);
+    }
     if (caches && m->appendsCache[si] >= 0) {
       // A session's cache: the new positions go into its buffer after the past ones; the present is a view
       // of the buffer (rows `capacity` apart per head) that only attention dispatches and Shape read.
@@ -557,10 +587,14 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         const int64_t B = in.dims[0], S = in.dims[1];
         if (!(lastRows = moert::allocBlock(sizeof(float) * B * x.k)))
           return makeError("out of memory for " + what());
+        if (std::string why = readOnHost(in); !why.empty()) // gathered on the host
+          return makeError(why);
         for (int64_t b = 0; b < B; ++b)
           std::memcpy(lastRows.get() + sizeof(float) * b * x.k, input + ((b + 1) * S - 1) * x.k,
                       sizeof(float) * x.k);
         input = reinterpret_cast<const float *>(lastRows.get());
+        if (residency) // new host bytes in a fresh block: any device copy of that range is stale
+          moert::gpu::hostWrote(*residency, lastRows.get(), sizeof(float) * B * x.k);
         rows = B;
         outDims = {B, 1, x.n};
       }
@@ -594,8 +628,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       args.exec = &exec;
       double gpuMs = 0;
       if (onGpu) {
-        std::string why = moert::gpu::runLinear(*m->gpu, int(d.index()), rows, input, residual, args.outputs,
-                                                profile ? &gpuMs : nullptr);
+        std::string why = moert::gpu::runLinear(*m->gpu, *residency, int(d.index()), rows, input, residual,
+                                                args.outputs, profile ? &gpuMs : nullptr);
         if (!why.empty())
           return makeError(why);
       } else if (int rc = x.run(&args)) {
@@ -731,8 +765,9 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         if (!output)
           return makeError("out of memory for dispatch " + std::to_string(d.index()));
         double gpuMs = 0;
-        std::string why = moert::gpu::run(*m->gpu, int(d.index()), T, reinterpret_cast<const float *>(in.data), logits,
-                                          residual, reinterpret_cast<float *>(output.get()), profile ? &gpuMs : nullptr);
+        std::string why = moert::gpu::run(
+            *m->gpu, *residency, int(d.index()), T, reinterpret_cast<const float *>(in.data), logits,
+            residual, reinterpret_cast<float *>(output.get()), profile ? &gpuMs : nullptr);
         if (!why.empty())
           return makeError(why);
         values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
@@ -771,6 +806,10 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ")";
       }
     }
+    if (residency && !onDevice && !view) // what the host wrote: the device copies of those bytes are stale
+      for (uint32_t id : moert::stepWrites(s))
+        if (const Tensor &t = values[id]; t.isTensor() && t.data)
+          moert::gpu::hostWrote(*residency, t.data, t.bytes());
     for (uint32_t id : m->releaseAfter[si])
       values[id] = Tensor{};
     if (profile) {
@@ -784,6 +823,19 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   for (int si : m->topSteps)
     if (moert_status st = runStep(si))
       return st;
+  for (uint32_t id : p.outputs()) { // the caller reads the outputs on the host
+    const Tensor &t = values[id];
+    std::string why = readOnHost(t);
+    for (size_t e = 0; why.empty() && t.elements && e < t.elements->size(); ++e)
+      why = readOnHost((*t.elements)[e]);
+    if (!why.empty())
+      return makeError(why);
+  }
+  if (residency) {
+    uint64_t up = 0, down = 0;
+    moert::gpu::traffic(*residency, up, down);
+    m->gpuToDevice = up, m->gpuToHost = down;
+  }
 
   auto *res = new moert_result;
   // An output in its own allocation is handed over as it is; one in the arena (which the next run reuses),

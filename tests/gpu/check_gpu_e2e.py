@@ -165,6 +165,8 @@ def gpu_cases(tmp):
 def prepare(args, out):
     os.makedirs(out, exist_ok=True)
     manifest = []
+    targets = ([f"--target={args.targets}"] + ([f"--cuda-arch={args.cuda_arch}"] if args.cuda_arch else []) +
+               ([f"--emu-arch={args.emu_arch}"] if args.emu_arch else []))
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, model, feeds, reference, ref, skip) in enumerate(gpu_cases(tmp)):
             if not selected(args, name):
@@ -176,8 +178,6 @@ def prepare(args, out):
                 continue
             ref_model, extra, entry["tolerance"], tokens = ref
             artifact = os.path.join(out, f"case{i}.moex")
-            targets = ([f"--target={args.targets}"] + ([f"--cuda-arch={args.cuda_arch}"] if args.cuda_arch else []) +
-                       ([f"--emu-arch={args.emu_arch}"] if args.emu_arch else []))
             run = subprocess.run([args.moec, "compile", model, "-o", artifact, *targets, "--quiet", *extra],
                                  capture_output=True, text=True)
             if run.returncode != 0:
@@ -203,6 +203,23 @@ def prepare(args, out):
                     run["slack"] = f"case{i}_T{t}_slack.npy"
                     np.save(os.path.join(out, run["slack"]), np.asarray(slack, np.float32))
                 entry["runs"].append(run)
+    # `moert generate` on the decoder-with-past fixtures: greedy and seeded sampling, the same tokens as the CPU.
+    for family in ("mixtral", "qwen3_moe"):
+        name = f"generate/past_{family}"
+        if not selected(args, name):
+            continue
+        import onnx
+        import check_linear_e2e as lin
+        path = os.path.join(lin.FIXTURES, f"past_{family}.onnx")
+        logits = next(o for o in onnx.load(path, load_external_data=False).graph.output if o.name == "logits")
+        vocab = logits.type.tensor_type.shape.dim[-1].dim_value
+        entry = {"name": name, "skip": None, "generate": f"gen_{family}.moex", "prompt": f"gen_{family}_ids.npy"}
+        np.save(os.path.join(out, entry["prompt"]), np.random.default_rng(5).integers(0, vocab, 7, dtype=np.int64))
+        run = subprocess.run([args.moec, "compile", path, "-o", os.path.join(out, entry["generate"]), *targets,
+                              "--quiet"], capture_output=True, text=True)
+        if run.returncode != 0:
+            entry["skip"] = "moec compile failed: " + run.stderr.strip().splitlines()[-1]
+        manifest.append(entry)
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
 
@@ -220,7 +237,9 @@ def all_outputs(model, feeds):
     return sess.run(None, feeds)
 
 
-def moert_run(moert, artifact, inputs, device, tmp):
+def moert_run(moert, artifact, inputs, device, tmp, traffic=None):
+    """The outputs of `moert run`; with a list `traffic`, also appends the (to device, to host) bytes it
+    reports for a GPU run."""
     outdir = os.path.join(tmp, "out")
     shutil.rmtree(outdir, ignore_errors=True)
     cmd = [moert, "run", artifact, "--output-dir", outdir, f"--device={device}"]
@@ -229,7 +248,17 @@ def moert_run(moert, artifact, inputs, device, tmp):
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(run.stderr.strip())
+    for ln in run.stdout.splitlines():
+        if traffic is not None and ln.startswith("gpu copies (last call): "):
+            words = ln.split()
+            traffic.append((int(words[4]), int(words[9])))
     return [np.load(ln.split(" -> ")[1]) for ln in run.stdout.splitlines() if ln.startswith("output ")]
+
+
+# Cases whose GPU steps pass every intermediate on the device: a run copies exactly its inputs to the device
+# and its outputs back (the K-512 stack: Q reaches its output projection, and the residual stream the LM
+# head, without a host round trip; K and V go back for the host's Concat, which is an output's bytes).
+DEVICE_RESIDENT = ("linear/stack",)
 
 
 def run_all(args, where):
@@ -242,10 +271,27 @@ def run_all(args, where):
         manifest = json.load(f)
     entries = [e for e in manifest if selected(args, e["name"])]
 
+    def generate(entry, device, sampled):
+        cmd = [args.moert, "generate", os.path.join(where, entry["generate"]), "--prompt-ids",
+               os.path.join(where, entry["prompt"]), "--max-new-tokens", "12", f"--device={device}"]
+        run = subprocess.run(cmd + (["--temperature", "1", "--seed", "7"] if sampled else ["--greedy"]),
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(run.stderr.strip())
+        return next(ln for ln in run.stdout.splitlines() if ln.startswith("tokens:"))
+
     def check(entry, tmp):
         """(passed, report lines) of one case: each T on the GPU and on the CPU against the reference."""
         if entry["skip"]:
             return None, [f"--   {entry['name']:48s} not run: {entry['skip']}"]
+        if "generate" in entry:  # the device's tokens are the CPU's, greedy and sampled with one seed
+            try:
+                runs = [(generate(entry, args.device, s), generate(entry, "cpu", s)) for s in (False, True)]
+            except RuntimeError as e:
+                return False, [f"FAIL {entry['name']:48s} {e}"]
+            same = all(g == c for g, c in runs)
+            return same, [f"{'ok  ' if same else 'FAIL'} {entry['name']:48s} greedy {runs[0][0]}; sampled "
+                          f"{runs[1][0]}" + ("" if same else f" (CPU: {runs[0][1]}; {runs[1][1]})")]
         os.makedirs(tmp, exist_ok=True)
         errors, worst, worst_cpu = [], 0.0, 0.0
         artifact = os.path.join(where, entry["artifact"])
@@ -261,7 +307,8 @@ def run_all(args, where):
             wants = [np.load(os.path.join(where, w)) for w in r["want"]]
             slack = np.load(os.path.join(where, r["slack"])) if "slack" in r else 0.0
             try:
-                got = moert_run(args.moert, artifact, inputs, args.device, tmp)
+                traffic = []
+                got = moert_run(args.moert, artifact, inputs, args.device, tmp, traffic)
                 cpu = moert_run(args.moert, artifact, inputs, "cpu", tmp)
             except RuntimeError as e:
                 errors.append(f"T={r['T']}: {e}")
@@ -270,6 +317,10 @@ def run_all(args, where):
             if shapes[0] != shapes[1] or len(cpu) != len(got):
                 errors.append(f"T={r['T']}: output shapes {shapes[0]}, reference {shapes[1]}")
                 continue
+            if entry["name"].startswith(DEVICE_RESIDENT):
+                want_traffic = (sum(np.load(p).nbytes for p in inputs.values()), sum(g.nbytes for g in got))
+                if traffic[:1] != [want_traffic]:
+                    errors.append(f"T={r['T']}: copied {traffic} bytes (to device, to host), expected {want_traffic}")
             err = max(rel_error(g, w, slack) for g, w in zip(got, wants))
             err_cpu = max(rel_error(g, c) for g, c in zip(got, cpu))
             worst, worst_cpu = max(worst, err), max(worst_cpu, err_cpu)

@@ -70,7 +70,7 @@ const char *kUsage =
     "  --profile FILE.json     write a Chrome trace of the last call's steps (the last decode step)\n"
     "  --output IDS.npy        also write the generated ids (int64) there ([B, new] for a batch; a sequence\n"
     "                          that stopped at --eos-id early is padded with that id)\n"
-    "  --threads N, --verify, --no-verify as for run\n"
+    "  --threads N, --device D, --verify, --no-verify as for run\n"
     "  (token ids in and out; for text, Python's moert.Model.generate(\"...\") reads the tokenizer.json next "
     "to\n"
     "  the model)\n";
@@ -338,6 +338,12 @@ int run(int argc, char **argv) {
   std::sort(sorted.begin(), sorted.end());
   std::printf("load %.2f ms; %d call%s: best %.3f ms, median %.3f ms per call\n", loadMs, repeat,
               repeat == 1 ? "" : "s", sorted.front(), sorted[sorted.size() / 2]);
+  uint64_t toDevice = 0, toHost = 0;
+  if (moert_status st = moert_gpu_traffic(m, &toDevice, &toHost))
+    moert_status_free(st); // not on a GPU
+  else
+    std::printf("gpu copies (last call): %llu bytes to the device, %llu bytes to the host\n",
+                (unsigned long long)toDevice, (unsigned long long)toHost);
   // One line per MoE dispatch, then per linear dispatch, that ran on the GPU.
   size_t timed = 0;
   std::string lastError;
@@ -375,15 +381,23 @@ bool parseFloat(const char *s, float &out) {
 
 int generate(int argc, char **argv) {
   std::string model, promptPath, outPath, profile, maskPath;
-  int threads = 0, verify = 1, maxNew = 32, topK = 0, maxContext = 0;
+  int threads = 0, verify = 1, maxNew = 32, topK = 0, maxContext = 0, device = MOERT_DEVICE_CPU;
   moert_dtype cacheDtype = MOERT_F32;
   float temperature = 1.0f, topP = 1.0f;
   bool greedy = true;
   unsigned long long seed = 0;
   long long eos = -1;
   for (int i = 0; i < argc; ++i) {
-    std::string a = argv[i];
+    std::string a = argv[i], inlineValue;
+    bool hasInline = false;
+    if (a.rfind("--", 0) == 0 && a.find('=') != std::string::npos) { // --flag=value, as for run
+      inlineValue = a.substr(a.find('=') + 1);
+      a = a.substr(0, a.find('='));
+      hasInline = true;
+    }
     auto value = [&]() -> const char * {
+      if (hasInline)
+        return inlineValue.c_str();
       if (i + 1 >= argc) {
         fail(a + " needs a value");
         return nullptr;
@@ -391,6 +405,8 @@ int generate(int argc, char **argv) {
       return argv[++i];
     };
     const char *v = nullptr;
+    if (hasInline && (a == "--greedy" || a == "--verify" || a == "--no-verify"))
+      return fail(a + " takes no value");
     if (a == "--prompt-ids" || a == "--output" || a == "--profile" || a == "--attention-mask") {
       if (!(v = value()))
         return 1;
@@ -439,6 +455,11 @@ int generate(int argc, char **argv) {
         cacheDtype = MOERT_F16;
       else
         return fail("--kv-cache " + t + ": expected f32, bf16 or f16");
+    } else if (a == "--device") {
+      if (!(v = value()))
+        return 1;
+      if (!parseDevice(v, device))
+        return fail(std::string("--device ") + v + ": expected cpu, gpu, cuda, hip or emu");
     } else if (a == "--greedy") {
       greedy = true;
     } else if (a == "--no-verify") {
@@ -510,7 +531,7 @@ int generate(int argc, char **argv) {
   }
 
   moert_model *m = nullptr;
-  moert_load_options lo{sizeof lo, threads, verify, MOERT_DEVICE_CPU};
+  moert_load_options lo{sizeof lo, threads, verify, device};
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
   moert_session *s = nullptr;
@@ -526,6 +547,12 @@ int generate(int argc, char **argv) {
   moert_generate_stats st{};
   int rc = check(moert_generate_batch(s, ids.data(), n, mask.empty() ? nullptr : mask.data(), &go, out.data(),
                                       cap, made.data(), &st));
+  unsigned long long copies[2] = {0, 0}; // the last step's host <-> device bytes (GPU only)
+  uint64_t toDevice = 0, toHost = 0;
+  if (moert_status gs = device == MOERT_DEVICE_CPU ? nullptr : moert_gpu_traffic(m, &toDevice, &toHost))
+    moert_status_free(gs);
+  else
+    copies[0] = toDevice, copies[1] = toHost;
   if (!rc && !profile.empty()) {
     const char *json = moert_session_profile_json(s);
     FILE *f = std::fopen(profile.c_str(), "w");
@@ -549,6 +576,9 @@ int generate(int argc, char **argv) {
   }
   std::printf("prefill: %zu tokens in %.2f ms (%.1f tokens/s)\n", st.prompt_tokens, st.prefill_ms,
               st.prompt_tokens / (st.prefill_ms * 1e-3));
+  if (device != MOERT_DEVICE_CPU && copies[0] + copies[1] > 0)
+    std::printf("gpu copies (last decode step): %llu bytes to the device, %llu bytes to the host\n",
+                copies[0], copies[1]);
   // Each decode call after the prefill makes one more token per running sequence.
   const size_t decoded = st.new_tokens - std::min<size_t>(st.new_tokens, static_cast<size_t>(batch));
   if (longest > 1)

@@ -142,6 +142,10 @@ MOERT_API moert_status moert_gpu_time(moert_model *model, size_t dispatch, int r
 /* The same for linear dispatch `linear` (its weight bytes: every weight of the layer, read once a call). */
 MOERT_API moert_status moert_gpu_time_linear(moert_model *model, size_t linear, int repeats,
                                              double *us_per_call, double *weight_bytes);
+/* For models loaded on a GPU: the bytes the last finished moert_run copied to the device (inputs of GPU steps
+ * that had no current device copy) and back to the host (GPU steps' results read by host steps or returned).
+ * Activations passed from one GPU step to the next (views between them included) are not copied. */
+MOERT_API moert_status moert_gpu_traffic(const moert_model *model, uint64_t *to_device, uint64_t *to_host);
 
 /* Runs the model on `inputs` (all of them, by name or in order). Shapes and dtypes are checked against the
  * artifact; symbolic dims (the token count) are bound from the inputs. */
