@@ -61,7 +61,7 @@ struct Driver {
   std::string errorText(int rc) const {
     const char *s = nullptr;
     if (emu)
-      s = rc == 2 ? "out of host memory" : "not found";
+      s = rc == 2 ? "out of device memory" : rc == 3 ? "device lost (MOERT_EMU_FAIL_LAUNCH)" : "not found";
     else if (hip && hipErrorString)
       s = hipErrorString(rc);
     else if (!hip && cuErrorString)
@@ -77,10 +77,30 @@ template <class F> bool sym(void *lib, const char *name, F &out) {
 
 /// The emulated device's driver: device memory is host memory, copies are memcpy, a launch calls the
 /// kernel's moert_gpu_emu_entry (which runs the whole grid before returning), events read the host clock.
-/// Error codes: 1 not found, 2 out of memory.
+/// Error codes: 1 not found, 2 out of device memory, 3 device lost.
+///
+/// Test knobs, read from the environment when the device opens, for the failures a real GPU can have:
+/// MOERT_EMU_MEMORY=BYTES gives the device that much memory (an allocation past it fails as out of memory);
+/// MOERT_EMU_FAIL_LAUNCH=N makes the Nth kernel launch fail, and every device call after it, as a device lost
+/// mid-run does.
 namespace emu {
 using Clock = std::chrono::steady_clock;
 int stream = 0; // the one stream's handle: every call is synchronous
+struct Faults {
+  std::mutex mutex;
+  std::map<Ptr, size_t> sizes;
+  size_t used = 0, capacity = SIZE_MAX;
+  long long launches = 0, failAt = -1;
+  bool lost = false;
+};
+Faults &faults() {
+  static Faults f;
+  return f;
+}
+bool lost() {
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  return faults().lost;
+}
 int init(unsigned) { return 0; }
 int deviceGet(int *dev, int) { return *dev = 0; }
 int deviceGetName(char *name, int length, int) {
@@ -94,33 +114,54 @@ int moduleGetFunction(void **fn, void *module, const char *name) {
 }
 int moduleUnload(void *module) { return dlclose(module) == 0 ? 0 : 1; }
 int memAlloc(Ptr *p, size_t bytes) {
-  void *q = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  Faults &f = faults();
+  std::lock_guard<std::mutex> lock(f.mutex);
+  bytes = (bytes + 255) / 256 * 256;
+  if (f.lost)
+    return 3;
+  void *q = bytes <= f.capacity - f.used ? std::aligned_alloc(256, bytes) : nullptr;
+  if (!q)
+    return 2;
   *p = reinterpret_cast<Ptr>(q);
-  return q ? 0 : 2;
+  f.sizes[*p] = bytes;
+  f.used += bytes;
+  return 0;
 }
 int memFree(Ptr p) {
+  Faults &f = faults();
+  std::lock_guard<std::mutex> lock(f.mutex);
+  if (auto it = f.sizes.find(p); it != f.sizes.end()) {
+    f.used -= it->second;
+    f.sizes.erase(it);
+  }
   std::free(reinterpret_cast<void *>(p));
   return 0;
 }
 int htod(Ptr to, const void *from, size_t bytes, void *) {
-  return std::memcpy(reinterpret_cast<void *>(to), from, bytes), 0;
+  return lost() ? 3 : (std::memcpy(reinterpret_cast<void *>(to), from, bytes), 0);
 }
 int dtoh(void *to, Ptr from, size_t bytes, void *) {
-  return std::memcpy(to, reinterpret_cast<void *>(from), bytes), 0;
+  return lost() ? 3 : (std::memcpy(to, reinterpret_cast<void *>(from), bytes), 0);
 }
 int dtod(Ptr to, Ptr from, size_t bytes, void *) {
-  return std::memmove(reinterpret_cast<void *>(to), reinterpret_cast<void *>(from), bytes), 0;
+  return lost() ? 3 : (std::memmove(reinterpret_cast<void *>(to), reinterpret_cast<void *>(from), bytes), 0);
 }
 int memsetD8(Ptr to, unsigned char v, size_t bytes, void *) {
-  return std::memset(reinterpret_cast<void *>(to), v, bytes), 0;
+  return lost() ? 3 : (std::memset(reinterpret_cast<void *>(to), v, bytes), 0);
 }
 int launch(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned, unsigned, unsigned, void *,
            void **params, void **) {
+  {
+    Faults &f = faults();
+    std::lock_guard<std::mutex> lock(f.mutex);
+    if (f.lost || ++f.launches == f.failAt)
+      return f.lost = true, 3;
+  }
   reinterpret_cast<moert_gpu_emu_entry>(fn)(gx, gy, gz, bx, params);
   return 0;
 }
 int streamCreate(void **s, unsigned) { return *s = &stream, 0; }
-int streamSync(void *) { return 0; }
+int streamSync(void *) { return lost() ? 3 : 0; }
 int streamDestroy(void *) { return 0; }
 int eventCreate(void **e, unsigned) { return *e = new Clock::time_point(), 0; }
 int eventRecord(void *e, void *) { return *static_cast<Clock::time_point *>(e) = Clock::now(), 0; }
@@ -134,6 +175,14 @@ int eventElapsed(float *ms, void *a, void *b) {
 int eventDestroy(void *e) { return delete static_cast<Clock::time_point *>(e), 0; }
 
 void open(Driver &d) {
+  {
+    Faults &f = faults();
+    std::lock_guard<std::mutex> lock(f.mutex);
+    const char *memory = std::getenv("MOERT_EMU_MEMORY"), *fail = std::getenv("MOERT_EMU_FAIL_LAUNCH");
+    f.capacity = memory ? size_t(std::strtoull(memory, nullptr, 10)) : SIZE_MAX;
+    f.failAt = fail ? std::strtoll(fail, nullptr, 10) : -1;
+    f.launches = 0, f.lost = false;
+  }
   d.emu = true, d.hip = true; // HIP's shapes: no context; setDevice makes the device current
   d.init = init, d.deviceGet = deviceGet, d.deviceGetName = deviceGetName, d.setDevice = setDevice;
   d.moduleLoadData = moduleLoadData, d.moduleGetFunction = moduleGetFunction, d.moduleUnload = moduleUnload;

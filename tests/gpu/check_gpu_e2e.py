@@ -336,6 +336,8 @@ def run_all(args, where):
         dirs = [os.path.join(tmp, str(i)) for i in range(len(entries))]
         with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
             results = list(pool.map(check, entries, dirs))
+    if args.device == "emu":  # the emulated device's test knobs: a device too small, a device lost mid-run
+        results += fault_checks(args, where, entries)
     failures = ran = 0
     for passed, lines in results:
         print("\n".join(lines))
@@ -345,6 +347,46 @@ def run_all(args, where):
     print(f"{ran - failures}/{ran} cases match within {TOLERANCE:g} on the GPU "
           f"({sum(1 for e in entries if e['skip'])} not run)")
     return 1 if failures else 0
+
+
+def fault_checks(args, where, entries):
+    """On the emulated device (MOERT_EMU_MEMORY, MOERT_EMU_FAIL_LAUNCH; runtime/src/Gpu.cpp): a model larger
+    than the device's memory, activations that do not fit beside the weights, and a device lost at the first,
+    a middle and the last launch of a run or of `moert generate` (prefill and decode) are each one error line
+    naming the failure, exit 1 and no output written."""
+    stack = next((e for e in entries if e["name"] == "linear/stack K=512 fp32" and not e["skip"]), None)
+    gen = next((e for e in entries if e["name"] == "generate/past_qwen3_moe" and not e["skip"]), None)
+    checks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out")
+        if stack:
+            run = stack["runs"][-1]
+            cmd = [args.moert, "run", os.path.join(where, stack["artifact"]), "--device=emu", "--output-dir", out]
+            for k, v in run["inputs"].items():
+                cmd += ["--input", f"{k}={os.path.join(where, v)}"]
+            # the weights take 4.5 MiB: 1 MB of device memory cannot hold them, 4.7 MiB cannot hold activations too
+            checks += [(f"memory 1 MB, T={run['T']}", cmd, {"MOERT_EMU_MEMORY": "1000000"}, "out of device memory"),
+                       (f"memory 4.7 MiB, T={run['T']}", cmd, {"MOERT_EMU_MEMORY": str(4_930_000)},
+                        "out of device memory")]
+            checks += [(f"device lost at launch {n}", cmd, {"MOERT_EMU_FAIL_LAUNCH": str(n)}, "device lost")
+                       for n in (1, 2, 4)]
+        if gen:
+            cmd = [args.moert, "generate", os.path.join(where, gen["generate"]), "--prompt-ids",
+                   os.path.join(where, gen["prompt"]), "--max-new-tokens", "6", "--device=emu", "--output",
+                   os.path.join(out, "ids.npy")]
+            checks += [(f"generate: device lost at launch {n}", cmd, {"MOERT_EMU_FAIL_LAUNCH": str(n)},
+                        "device lost") for n in (3, 40)]
+        results = []
+        for what, cmd, env, says in checks:
+            r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+            lines = r.stderr.strip().splitlines()
+            ok = (r.returncode == 1 and len(lines) == 1 and lines[0].startswith("moert: error: ") and says in lines[0]
+                  and not os.path.exists(out))
+            results.append((ok, [f"{'ok  ' if ok else 'FAIL'} faults/{what:41s} "
+                                 f"{lines[0] if len(lines) == 1 else lines} (exit {r.returncode}"
+                                 f"{', output written' if os.path.exists(out) else ''})"]))
+            shutil.rmtree(out, ignore_errors=True)
+    return results
 
 
 def main():
