@@ -729,23 +729,6 @@ moert_gpu_moe_launches planOf(const Device &d, const Kernels &k, int64_t T) {
 }
 
 namespace {
-/// `launch()` once to warm up, then `repeats` times back to back between two events: device time per call.
-template <class Launch> std::string timeRepeats(Device &d, int repeats, double &usPerCall, Launch launch) {
-  std::string e;
-  if ((e = launch()).size() || (e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
-    return e;
-  for (int r = 0; r < repeats; ++r)
-    if ((e = launch()).size())
-      return e;
-  if ((e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size() ||
-      (e = d.check(d.drv.streamSync(d.stream), "kernel run")).size())
-    return e;
-  float ms = 0;
-  d.drv.eventElapsed(&ms, d.ev0, d.ev1);
-  usPerCall = 1000.0 * ms / std::max(1, repeats);
-  return "";
-}
-
 /// Records the start event when timing (`gpuMs`), runs `launch`, then records the end and waits for it.
 template <class Launch> std::string timed(Device &d, double *gpuMs, Launch launch) {
   std::string e;
@@ -760,6 +743,21 @@ template <class Launch> std::string timed(Device &d, double *gpuMs, Launch launc
   d.drv.eventElapsed(&ms, d.ev0, d.ev1);
   *gpuMs = ms;
   return "";
+}
+
+/// `launch()` once to warm up, then `repeats` times back to back between two events: device time per call.
+template <class Launch> std::string timeRepeats(Device &d, int repeats, double &usPerCall, Launch launch) {
+  double ms = 0;
+  std::string e = launch();
+  if (e.empty())
+    e = timed(d, &ms, [&] {
+      std::string why;
+      for (int r = 0; r < repeats && why.empty(); ++r)
+        why = launch();
+      return why;
+    });
+  usPerCall = 1000.0 * ms / std::max(1, repeats);
+  return e;
 }
 } // namespace
 

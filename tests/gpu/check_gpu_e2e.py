@@ -33,6 +33,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -257,8 +258,9 @@ def moert_run(moert, artifact, inputs, device, tmp, traffic=None):
 
 # Cases whose GPU steps pass every intermediate on the device: a run copies exactly its inputs to the device
 # and its outputs back (the K-512 stack: Q reaches its output projection, and the residual stream the LM
-# head, without a host round trip; K and V go back for the host's Concat, which is an output's bytes).
-DEVICE_RESIDENT = ("linear/stack",)
+# head, without a host round trip; K and V go back for the host's Concat, which is an output's bytes), and
+# `moert inspect` counts those copies: (values to the device, values back) = (x; K, V, logits).
+DEVICE_RESIDENT = {"linear/stack": (1, 3)}
 
 
 def run_all(args, where):
@@ -302,6 +304,11 @@ def run_all(args, where):
         if inspect.returncode != 0 or not steps or not all(ln.endswith("[gpu]") for ln in steps):
             return False, [f"FAIL {entry['name']:48s} not every dispatch runs on the device: "
                            f"{inspect.stderr.strip() or [ln for ln in steps if not ln.endswith('[gpu]')] or 'none'}"]
+        resident = next((v for k, v in DEVICE_RESIDENT.items() if entry["name"].startswith(k)), None)
+        copies = re.search(r"gpu copies per call: (\d+) values? to the device, (\d+) back", inspect.stdout)
+        if resident and (not copies or tuple(map(int, copies.groups())) != resident):
+            errors.append(f"moert inspect: {copies.group(0) if copies else 'no gpu copies line'}, expected "
+                          f"{resident[0]} to the device and {resident[1]} back")
         for r in entry["runs"]:
             inputs = {k: os.path.join(where, v) for k, v in r["inputs"].items()}
             wants = [np.load(os.path.join(where, w)) for w in r["want"]]
@@ -317,7 +324,7 @@ def run_all(args, where):
             if shapes[0] != shapes[1] or len(cpu) != len(got):
                 errors.append(f"T={r['T']}: output shapes {shapes[0]}, reference {shapes[1]}")
                 continue
-            if entry["name"].startswith(DEVICE_RESIDENT):
+            if resident:
                 want_traffic = (sum(np.load(p).nbytes for p in inputs.values()), sum(g.nbytes for g in got))
                 if traffic[:1] != [want_traffic]:
                     errors.append(f"T={r['T']}: copied {traffic} bytes (to device, to host), expected {want_traffic}")
