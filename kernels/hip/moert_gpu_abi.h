@@ -248,6 +248,39 @@ static inline moert_gpu_linear_launches moert_gpu_lin_plan(int64_t K, int64_t N,
   return p;
 }
 
+/* ---- graph ops on the device (kernels/hip/ops_gpu.h): one kernel, in every artifact with GPU code
+ * ----------
+ *
+ *   moert_gpu_op_strided grid (moert_gpu_op_blocks(n))  out[out_offset + sum c_d out_strides[d]] =
+ *                                                       a[sum c_d a_strides[d]] (MOERT_GPU_OP_COPY), or that
+ *                                                       op b[sum c_d b_strides[d]] (ADD, SUB, MUL, DIV), for
+ *                                                       every coordinate c of `dims`
+ *
+ * f32 elements. libmoert plans the strides per op step (runtime/src/Gpu.cpp, planOp): Add / Sub / Mul / Div
+ * with NumPy broadcasting (a stride of 0 along a broadcast dim), Transpose (the input's strides permuted),
+ * Concat (one launch per input into its place in the output). */
+#define MOERT_GPU_OP_RANK 6
+#define MOERT_GPU_OP_COPY 0
+#define MOERT_GPU_OP_ADD 1
+#define MOERT_GPU_OP_SUB 2
+#define MOERT_GPU_OP_MUL 3
+#define MOERT_GPU_OP_DIV 4
+typedef struct moert_gpu_op_args {
+  int64_t n;    /* elements: the product of dims[0 .. rank)                                        */
+  int32_t rank; /* <= MOERT_GPU_OP_RANK                                                            */
+  int32_t kind; /* MOERT_GPU_OP_*                                                                  */
+  int64_t dims[MOERT_GPU_OP_RANK];
+  int64_t a_strides[MOERT_GPU_OP_RANK], b_strides[MOERT_GPU_OP_RANK], out_strides[MOERT_GPU_OP_RANK];
+  int64_t out_offset;
+  const float *a, *b; /* b: NULL for a copy */
+  float *out;
+} moert_gpu_op_args;
+/* Blocks of MOERT_GPU_BLOCK threads for n elements (a grid-stride loop covers the rest). */
+static inline int64_t moert_gpu_op_blocks(int64_t n) {
+  int64_t b = (n + MOERT_GPU_BLOCK - 1) / MOERT_GPU_BLOCK;
+  return b < 1 ? 1 : b > 65535 ? 65535 : b;
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -820,7 +820,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     os << "; GPU ABI " << a.gpu_abi() << "\n";
   }
   os << "runs on:  "
-     << (m.gpu ? moert::gpu::describe(*m.gpu) + " (MoE and linear dispatches; other ops on the CPU)" : "cpu")
+     << (m.gpu ? moert::gpu::describe(*m.gpu) + " (the steps marked [gpu]; other ops on the CPU)" : "cpu")
      << "\n";
   os << "inputs:\n";
   for (uint32_t id : p.inputs())
@@ -828,6 +828,68 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   os << "outputs:\n";
   for (uint32_t id : p.outputs())
     os << "  " << p.values(id).name() << ": " << typeString(p.values(id)) << "\n";
+  // On a GPU: the steps that run there and the crossings a call makes, as the run's Residency will make them
+  // (where each value's current bytes are).
+  std::vector<char> devStep(m.flat.size(), 0);
+  std::string gpuCopies;
+  if (m.gpu) {
+    enum : uint8_t { kHost = 1, kDevice = 2 };
+    std::vector<uint32_t> root(p.values_size()); // a view's base value (they share bytes)
+    std::vector<uint8_t> at(p.values_size(), kHost);
+    for (int i = 0; i < p.values_size(); ++i)
+      root[i] = uint32_t(i);
+    int uploads = 0, downloads = 0;
+    std::map<std::string, int> readers; // host steps that read a GPU step's result
+    auto stepName = [&](const pb::Step &s) {
+      return s.has_op()          ? s.op().op()
+             : s.has_attention() ? "attention"
+             : s.has_linear()    ? "linear (CPU)"
+                                 : "MoE (CPU)";
+    };
+    for (size_t fi = 0; fi < m.flat.size(); ++fi) {
+      const pb::Step &s = *m.flat[fi];
+      bool device = s.has_moe() || (s.has_linear() && moert::gpu::hasLinear(*m.gpu, int(s.linear().index())));
+      if (s.has_op() && moert::gpu::hasOps(*m.gpu) && moert::gpu::isDeviceOp(s.op().op()) &&
+          s.op().outputs_size() == 1 && p.values(s.op().outputs(0)).type().dtype() == pb::F32) {
+        device = true; // on the device when its inputs are f32 and there already (and its shapes plan)
+        for (int64_t id : s.op().inputs())
+          device = device && id >= 0 && p.values(id).type().dtype() == pb::F32 &&
+                   (p.values(id).has_constant_section() || (at[root[id]] & kDevice));
+      }
+      devStep[fi] = device;
+      const bool view = s.has_op() && moert::isView(m.opKernels[fi]);
+      const std::vector<int64_t> reads = moert::stepReads(s);
+      for (size_t k = view ? 1 : 0; k < reads.size(); ++k) {
+        if (reads[k] < 0 || reads[k] >= p.values_size())
+          continue;
+        if (p.values(reads[k]).has_constant_section())
+          continue; // a device copy of a constant is made once, not per call
+        uint8_t &where = at[root[reads[k]]];
+        if (device && !(where & kDevice))
+          ++uploads, where |= kDevice;
+        else if (!device && !(where & kHost))
+          ++downloads, where |= kHost, ++readers[stepName(s)];
+      }
+      for (uint32_t id : moert::stepWrites(s))
+        if (id < uint32_t(p.values_size())) {
+          if (view && !reads.empty() && reads[0] >= 0)
+            root[id] = root[reads[0]];
+          else
+            at[id] = device ? kDevice : kHost;
+        }
+    }
+    for (uint32_t id : p.outputs())
+      if (id < uint32_t(p.values_size()) && !(at[root[id]] & kHost))
+        ++downloads, at[root[id]] |= kHost, ++readers["the caller (outputs)"];
+    std::ostringstream g;
+    g << "gpu copies per call: " << uploads << (uploads == 1 ? " value" : " values") << " to the device, "
+      << downloads << " back";
+    std::string sep = " (read on the host by ";
+    for (const auto &[name, n] : readers)
+      g << sep << name << (n > 1 ? " x" + std::to_string(n) : ""), sep = ", ";
+    g << (readers.empty() ? "" : ")") << "\n";
+    gpuCopies = g.str();
+  }
   os << "steps:\n";
   std::map<int, const char *> blockLabel; // the first step of each control-flow block
   for (size_t fi = 0; fi < m.flat.size(); ++fi)
@@ -892,7 +954,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       } else if (!consts.empty()) {
         os << " (constant input" << (consts.find(',') == std::string::npos ? " " : "s ") << consts << ")";
       }
-      os << "\n";
+      os << (devStep[fi] ? " [gpu]" : "") << "\n";
     } else if (s.has_attention())
       os << "  attention " << s.attention().index() << ": " << s.attention().description() << "\n";
     else if (s.has_linear())
@@ -903,54 +965,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       os << "  dispatch " << s.moe().index() << ": " << s.moe().description() << " ("
          << mib(s.moe().weight_bytes()) << " of weights)" << (m.gpu ? " [gpu]" : "") << "\n";
   }
-  if (m.gpu) { // the crossings a call makes, as the run's Residency will: where each value's current bytes
-               // are
-    enum : uint8_t { kHost = 1, kDevice = 2 };
-    std::vector<uint32_t> root(p.values_size()); // a view's base value (they share bytes)
-    std::vector<uint8_t> at(p.values_size(), kHost);
-    for (int i = 0; i < p.values_size(); ++i)
-      root[i] = uint32_t(i);
-    int uploads = 0, downloads = 0;
-    std::map<std::string, int> readers; // host steps that read a GPU step's result
-    auto stepName = [&](const pb::Step &s) {
-      return s.has_op()          ? s.op().op()
-             : s.has_attention() ? "attention"
-             : s.has_linear()    ? "linear (CPU)"
-                                 : "MoE (CPU)";
-    };
-    for (size_t fi = 0; fi < m.flat.size(); ++fi) {
-      const pb::Step &s = *m.flat[fi];
-      const bool device =
-          s.has_moe() || (s.has_linear() && moert::gpu::hasLinear(*m.gpu, int(s.linear().index())));
-      const bool view = s.has_op() && moert::isView(m.opKernels[fi]);
-      const std::vector<int64_t> reads = moert::stepReads(s);
-      for (size_t k = view ? 1 : 0; k < reads.size(); ++k) {
-        if (reads[k] < 0 || reads[k] >= p.values_size())
-          continue;
-        uint8_t &where = at[root[reads[k]]];
-        if (device && !(where & kDevice))
-          ++uploads, where |= kDevice;
-        else if (!device && !(where & kHost))
-          ++downloads, where |= kHost, ++readers[stepName(s)];
-      }
-      for (uint32_t id : moert::stepWrites(s))
-        if (id < uint32_t(p.values_size())) {
-          if (view && !reads.empty() && reads[0] >= 0)
-            root[id] = root[reads[0]];
-          else
-            at[id] = device ? kDevice : kHost;
-        }
-    }
-    for (uint32_t id : p.outputs())
-      if (id < uint32_t(p.values_size()) && !(at[root[id]] & kHost))
-        ++downloads, at[root[id]] |= kHost, ++readers["the caller (outputs)"];
-    os << "gpu copies per call: " << uploads << (uploads == 1 ? " value" : " values") << " to the device, "
-       << downloads << " back";
-    std::string sep = " (read on the host by ";
-    for (const auto &[name, n] : readers)
-      os << sep << name << (n > 1 ? " x" + std::to_string(n) : ""), sep = ", ";
-    os << (readers.empty() ? "" : ")") << "\n";
-  }
+  os << gpuCopies;
   if (p.has_decoder()) {
     const pb::Decoder &d = p.decoder();
     os << "decoder: " << d.caches_size() << " KV caches (" << p.values(p.inputs(d.caches(0).past())).name()

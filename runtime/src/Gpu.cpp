@@ -279,6 +279,7 @@ public:
   int warps = MOERT_GPU_BLOCK / 32; // warps per block: wave64 on CDNA (gfx9*) has half as many
   std::vector<Kernels> dispatches;
   std::vector<LinearKernels> linears;
+  void *strided = nullptr; // the graph ops' kernel (null: code from before it; graph ops on the host)
   std::vector<Ptr> allocations;
   // Calls are serialised by `mutex`; every device operation goes to the one stream, in order, so a buffer
   // handed back to the pool may be reused by the next operation at once.
@@ -286,6 +287,10 @@ public:
   Ptr scratch = 0; // grown as needed
   size_t scratchBytes = 0;
   std::multimap<size_t, Ptr> pool; // free activation buffers by capacity (runs' Residency copies)
+  // The artifact's mapping, and the device copies of constants in it a graph op read (each uploaded once,
+  // kept for the model's life: the mapping is read-only): host start -> (host end, device address).
+  uintptr_t mapLo = 0, mapHi = 0;
+  std::map<uintptr_t, std::pair<uintptr_t, Ptr>> constants;
 
   /// A buffer of at least `bytes` from the pool (one at most twice that), else a new one.
   std::string take(size_t bytes, Ptr &p, size_t &capacity) {
@@ -497,6 +502,11 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
                : "the artifact's GPU code is of another ABI";
   if (std::string e = loadCode(*d, a, map); !e.empty())
     return e;
+  if (d->drv.moduleGetFunction(&d->strided, d->module, "moert_gpu_op_strided"))
+    d->strided = nullptr;
+  d->mapLo = reinterpret_cast<uintptr_t>(map);
+  for (const auto &section : a.sections())
+    d->mapHi = std::max<uintptr_t>(d->mapHi, d->mapLo + section.offset() + section.size());
   // Weights: each section a dispatch uses, uploaded once.
   std::map<int64_t, Ptr> uploaded;
   auto upload = [&](int64_t sec, Ptr &p) -> std::string {
@@ -657,6 +667,20 @@ public:
   /// one made now (parts only the device had brought to the host first).
   std::string input(const void *p, size_t bytes, Ptr &dev) {
     const auto lo = reinterpret_cast<uintptr_t>(p), hi = lo + bytes;
+    if (lo >= d.mapLo && hi <= d.mapHi) { // a constant in the artifact: one device copy for the model's life
+      auto c = d.constants.find(lo);
+      if (c == d.constants.end() || c->second.first < hi) {
+        Ptr q = 0;
+        if (std::string e = d.alloc(hi - lo, q); !e.empty())
+          return e;
+        if (std::string e = d.check(d.drv.htod(q, p, hi - lo, d.stream), "copy to the device"); !e.empty())
+          return e;
+        uploaded += hi - lo;
+        c = d.constants.insert_or_assign(lo, std::make_pair(hi, q)).first;
+      }
+      dev = c->second.second;
+      return "";
+    }
     auto it = copies.upper_bound(lo);
     if (it != copies.begin() && std::prev(it)->first <= lo && std::prev(it)->second.hi >= hi) {
       dev = std::prev(it)->second.dev + (lo - std::prev(it)->first);
@@ -698,6 +722,12 @@ void hostWrote(Residency &r, const void *p, size_t bytes) {
   std::lock_guard<std::mutex> lock(r.d.mutex);
   const auto lo = reinterpret_cast<uintptr_t>(p);
   r.drop(lo, lo + bytes);
+}
+
+bool onDevice(Residency &r, const void *p, size_t bytes) {
+  const auto lo = reinterpret_cast<uintptr_t>(p), hi = lo + bytes;
+  auto it = r.copies.upper_bound(lo);
+  return it != r.copies.begin() && std::prev(it)->first <= lo && std::prev(it)->second.hi >= hi;
 }
 
 void traffic(const Residency &r, uint64_t &toDevice, uint64_t &toHostBytes) {
@@ -920,6 +950,173 @@ std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, dou
   if (!e.empty())
     return e;
   weightBytes = double(k.weightBytes);
+  return "";
+}
+
+// ---- graph ops --------------------------------------------------------------------------------------------
+
+bool isDeviceOp(const std::string &op) {
+  return op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Transpose" || op == "Concat";
+}
+
+bool hasOps(const Device &d) { return d.strided != nullptr; }
+
+namespace {
+/// Row-major element strides of `dims`.
+std::vector<int64_t> stridesOf(const std::vector<int64_t> &dims) {
+  std::vector<int64_t> s(dims.size(), 1);
+  for (size_t k = dims.size(); k-- > 1;)
+    s[k - 1] = s[k] * dims[k];
+  return s;
+}
+int64_t attrInt(const pb::OpStep &op, const char *name, int64_t fallback) {
+  for (const auto &at : op.attributes())
+    if (at.name() == name && at.ints_size() == 1)
+      return at.ints(0);
+  return fallback;
+}
+} // namespace
+
+bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, OpPlan &plan) {
+  plan = OpPlan{};
+  const std::string &name = op.op();
+  for (const auto &d : in)
+    if (d.size() > MOERT_GPU_OP_RANK)
+      return false;
+  auto launch = [&](const std::vector<int64_t> &dims, int a, int b) -> OpPlan::Launch & {
+    OpPlan::Launch l;
+    l.a = a, l.b = b;
+    l.args.rank = int32_t(dims.size());
+    l.args.n = 1;
+    for (size_t k = 0; k < dims.size(); ++k)
+      l.args.dims[k] = dims[k], l.args.n *= dims[k];
+    plan.launches.push_back(l);
+    return plan.launches.back();
+  };
+  if (name == "Add" || name == "Sub" || name == "Mul" || name == "Div") {
+    if (in.size() != 2)
+      return false;
+    const size_t rank = std::max(in[0].size(), in[1].size());
+    std::vector<int64_t> out(rank, 1);
+    for (size_t k = 0; k < rank; ++k) // NumPy broadcasting, dims aligned on the right
+      for (const auto &d : in) {
+        const int64_t x = k + d.size() >= rank ? d[k + d.size() - rank] : 1;
+        if (x != 1 && out[k] != 1 && x != out[k])
+          return false;
+        out[k] = x == 1 ? out[k] : x;
+      }
+    for (size_t k = 0; k < rank; ++k) // a 0-sized input dim against 1: the output is empty
+      for (const auto &d : in)
+        if (k + d.size() >= rank && d[k + d.size() - rank] == 0)
+          out[k] = 0;
+    plan.outDims = out;
+    OpPlan::Launch &l = launch(out, 0, 1);
+    l.args.kind = name == "Add"   ? MOERT_GPU_OP_ADD
+                  : name == "Sub" ? MOERT_GPU_OP_SUB
+                  : name == "Mul" ? MOERT_GPU_OP_MUL
+                                  : MOERT_GPU_OP_DIV;
+    const std::vector<int64_t> os = stridesOf(out);
+    for (int j = 0; j < 2; ++j) {
+      const std::vector<int64_t> s = stridesOf(in[j]);
+      int64_t *to = j ? l.args.b_strides : l.args.a_strides;
+      for (size_t k = 0; k < rank; ++k) {
+        const size_t at = k + in[j].size() - rank; // valid when k + size >= rank
+        to[k] = k + in[j].size() >= rank && in[j][at] != 1 ? s[at] : 0;
+      }
+    }
+    for (size_t k = 0; k < rank; ++k)
+      l.args.out_strides[k] = os[k];
+    return true;
+  }
+  if (name == "Transpose") {
+    if (in.size() != 1)
+      return false;
+    const size_t rank = in[0].size();
+    std::vector<int64_t> perm;
+    for (const auto &at : op.attributes())
+      if (at.name() == "perm")
+        perm.assign(at.ints().begin(), at.ints().end());
+    if (perm.empty())
+      for (size_t k = rank; k-- > 0;)
+        perm.push_back(int64_t(k));
+    if (perm.size() != rank)
+      return false;
+    std::vector<bool> seen(rank, false);
+    std::vector<int64_t> out(rank);
+    for (size_t k = 0; k < rank; ++k) {
+      if (perm[k] < 0 || perm[k] >= int64_t(rank) || seen[perm[k]])
+        return false;
+      seen[perm[k]] = true;
+      out[k] = in[0][perm[k]];
+    }
+    plan.outDims = out;
+    OpPlan::Launch &l = launch(out, 0, -1);
+    const std::vector<int64_t> s = stridesOf(in[0]), os = stridesOf(out);
+    for (size_t k = 0; k < rank; ++k)
+      l.args.a_strides[k] = s[perm[k]], l.args.out_strides[k] = os[k];
+    return true;
+  }
+  if (name == "Concat") {
+    if (in.empty())
+      return false;
+    const int64_t rank = int64_t(in[0].size());
+    int64_t axis = attrInt(op, "axis", 0);
+    if (axis < 0)
+      axis += rank;
+    if (axis < 0 || axis >= rank)
+      return false;
+    std::vector<int64_t> out = in[0];
+    out[axis] = 0;
+    for (const auto &d : in) {
+      if (int64_t(d.size()) != rank)
+        return false;
+      for (int64_t k = 0; k < rank; ++k)
+        if (k != axis && d[k] != out[k])
+          return false;
+      out[axis] += d[axis];
+    }
+    plan.outDims = out;
+    const std::vector<int64_t> os = stridesOf(out);
+    int64_t at = 0;
+    for (size_t j = 0; j < in.size(); ++j) {
+      OpPlan::Launch &l = launch(in[j], int(j), -1);
+      const std::vector<int64_t> s = stridesOf(in[j]);
+      for (int64_t k = 0; k < rank; ++k)
+        l.args.a_strides[k] = s[k], l.args.out_strides[k] = os[k];
+      l.args.out_offset = at * os[axis];
+      at += in[j][axis];
+    }
+    return true;
+  }
+  return false;
+}
+
+std::string runOp(Device &d, Residency &r, const OpPlan &plan,
+                  const std::vector<std::pair<const void *, size_t>> &inputs, void *output,
+                  size_t outputBytes) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  Ptr out = 0;
+  std::vector<Ptr> in(inputs.size(), 0);
+  std::string e;
+  for (const auto &l : plan.launches)
+    for (int j : {l.a, l.b})
+      if (j >= 0 && !in[j] && inputs[j].second &&
+          (e = r.input(inputs[j].first, inputs[j].second, in[j])).size())
+        return e;
+  if (outputBytes && (e = r.output(output, outputBytes, out)).size())
+    return e;
+  for (const auto &l : plan.launches) {
+    if (l.args.n == 0)
+      continue;
+    moert_gpu_op_args args = l.args;
+    args.a = reinterpret_cast<const float *>(in[l.a]);
+    args.b = l.b >= 0 ? reinterpret_cast<const float *>(in[l.b]) : nullptr;
+    args.out = reinterpret_cast<float *>(out);
+    void *params[] = {&args};
+    if ((e = d.launch(d.strided, moert_gpu_op_blocks(args.n), 1, 1, params, "launch (graph op)")).size())
+      return e;
+  }
   return "";
 }
 

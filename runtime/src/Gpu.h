@@ -16,6 +16,7 @@
 #ifndef MOERT_SRC_GPU_H
 #define MOERT_SRC_GPU_H
 
+#include "kernels/hip/moert_gpu_abi.h"
 #include "moert/moert.h"
 #include "runtime/artifact.pb.h"
 
@@ -56,6 +57,8 @@ std::string toHost(Residency &r, const void *p, size_t bytes);
 /// After host code wrote [p, p + bytes): forgets the device's copies of that range (a copy the write covers
 /// in part keeps the rest).
 void hostWrote(Residency &r, const void *p, size_t bytes);
+/// Whether [p, p + bytes) has a device copy (a GPU step's result not yet read back, or one uploaded).
+bool onDevice(Residency &r, const void *p, size_t bytes);
 /// Bytes moved between host and device so far in this run (uploads of inputs, downloads of outputs).
 void traffic(const Residency &r, uint64_t &toDevice, uint64_t &toHostBytes);
 
@@ -82,6 +85,26 @@ std::string runLinear(Device &d, Residency &r, int index, int64_t M, const float
 /// As timeKernels, for linear dispatch `index` on the rows of its last call: the device time per call and the
 /// bytes of its weights (each read once a call).
 std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, double &weightBytes);
+
+/// Graph op steps the device runs (kernels/hip/ops_gpu.h): f32 Add / Sub / Mul / Div (broadcasting),
+/// Transpose and Concat of rank <= MOERT_GPU_OP_RANK, in artifacts whose GPU code has the op kernel.
+bool isDeviceOp(const std::string &op);
+bool hasOps(const Device &d);
+struct OpPlan {
+  std::vector<int64_t> outDims;
+  struct Launch {
+    moert_gpu_op_args args{}; // pointers filled at run time
+    int a = -1, b = -1;       // the step inputs the launch reads
+  };
+  std::vector<Launch> launches;
+};
+/// Plans op step `op` on inputs of dims `in`; false when the device kernel cannot run it (a rank above
+/// MOERT_GPU_OP_RANK, shapes that do not broadcast, an axis out of range, ...): the host runs it then.
+bool planOp(const proto::OpStep &op, const std::vector<std::vector<int64_t>> &in, OpPlan &plan);
+/// Runs a planned op on host ranges (each input's bytes, the output's) through the residency.
+std::string runOp(Device &d, Residency &r, const OpPlan &plan,
+                  const std::vector<std::pair<const void *, size_t>> &inputs, void *output,
+                  size_t outputBytes);
 
 /// "CUDA: NVIDIA H100 80GB HBM3 (sm_90)".
 std::string describe(const Device &d);

@@ -459,9 +459,26 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     std::string label;
     // A step on the host (anything but a GPU dispatch) reads current host bytes; a view op (its output
     // aliases its first input) neither reads nor writes that input's bytes.
+    // A graph op the device runs (f32 Add / Sub / Mul / Div, Transpose, Concat that its kernel can plan),
+    // when its inputs are there already (constants aside): it then adds no copy, and its result stays there.
+    moert::gpu::OpPlan opPlan;
+    bool gpuOp = residency && s.has_op() && s.op().blocks_size() == 0 && s.op().outputs_size() == 1 &&
+                 !(caches && m->appendsCache[si] >= 0) && // a session's cache append writes its buffer here
+                 moert::gpu::hasOps(*m->gpu) && moert::gpu::isDeviceOp(s.op().op()) &&
+                 p.values(s.op().outputs(0)).type().dtype() == moert::proto::F32;
+    if (gpuOp) {
+      std::vector<std::vector<int64_t>> dims;
+      for (int64_t id : s.op().inputs()) {
+        const Tensor &t = id >= 0 ? values[id] : Tensor{};
+        gpuOp = gpuOp && id >= 0 && t.isTensor() && t.computed() && t.dtype == moert::proto::F32 &&
+                (p.values(id).has_constant_section() || moert::gpu::onDevice(*residency, t.data, t.bytes()));
+        dims.push_back(t.dims);
+      }
+      gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, opPlan);
+    }
     const bool onDevice =
         residency &&
-        (s.has_moe() || (s.has_linear() && moert::gpu::hasLinear(*m->gpu, int(s.linear().index()))));
+        (gpuOp || s.has_moe() || (s.has_linear() && moert::gpu::hasLinear(*m->gpu, int(s.linear().index()))));
     const bool view = s.has_op() && moert::isView(m->opKernels[si]);
     if (residency && !onDevice) {
       const std::vector<int64_t> reads = moert::stepReads(s);
@@ -524,7 +541,17 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         outs[k].dtype = p.values(o.outputs(k)).type().dtype();
         place(o.outputs(k), outs[k]);
       }
-      if (o.blocks_size() > 0) { // If / Loop / Scan
+      if (gpuOp) {
+        if (!outs[0].alloc(moert::proto::F32, opPlan.outDims))
+          return makeError("out of memory for " + o.op() + " '" + p.values(o.outputs(0)).name() + "'");
+        std::vector<std::pair<const void *, size_t>> ranges;
+        for (const Tensor &t : ins)
+          ranges.push_back({t.data, t.bytes()});
+        std::string why =
+            moert::gpu::runOp(*m->gpu, *residency, opPlan, ranges, outs[0].mut<char>(), outs[0].bytes());
+        if (!why.empty())
+          return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
+      } else if (o.blocks_size() > 0) { // If / Loop / Scan
         bool blockError = false;
         std::string why = moert::runControlFlow(
             o, ins, outs,

@@ -93,6 +93,33 @@ def stack_model(path):
     onnx.save(model, path)
 
 
+def graph_ops_model(path):
+    """Two projections of x (K 64 -> N 48; one linear dispatch, two outputs a and b), then graph ops the device
+    runs on them (kernels/hip/ops_gpu.h): Mul(a, b), Add of a [N] bias and Div by a [1, 1, N] scale
+    (broadcasting), Sub(., a), Transpose to [1, N, T] and a Concat with b transposed: outputs the Concat and
+    the Div's result."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(23)
+    k, n = 64, 48
+    inits = [numpy_helper.from_array((rng.standard_normal((k, n)) / 8).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((k, n)) / 8).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "bias"),
+             numpy_helper.from_array((1.0 + rng.random((1, 1, n))).astype(np.float32), "scale")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("MatMul", ["x", "w2"], ["b"]),
+             helper.make_node("Mul", ["a", "b"], ["c"]), helper.make_node("Add", ["c", "bias"], ["d"]),
+             helper.make_node("Div", ["d", "scale"], ["e"]), helper.make_node("Sub", ["e", "a"], ["f"]),
+             helper.make_node("Transpose", ["f"], ["g"], perm=[0, 2, 1]),
+             helper.make_node("Transpose", ["b"], ["bt"], perm=[0, 2, 1]),
+             helper.make_node("Concat", ["g", "bt"], ["cat"], axis=1)]
+    graph = helper.make_graph(nodes, "graph_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", k])],
+                              [helper.make_tensor_value_info("cat", TensorProto.FLOAT, [1, 2 * n, "T"]),
+                               helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, "T", n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
 def linear_cases(tmp):
     """(name, model, feeds(t, rng), reference, extra moec flags, tolerance) for the linear dispatches."""
     import check_linear_e2e as lin
@@ -132,6 +159,10 @@ def linear_cases(tmp):
         yield (f"linear/stack K=512 {storage}", stack,
                lambda t, rng: {"x": rng.standard_normal((1, t, 512)).astype(np.float32)}, ref,
                (f"--dense-weights={storage}",), TOLERANCE)
+    ops = os.path.join(tmp, "graph_ops.onnx")
+    graph_ops_model(ops)
+    yield ("linear/graph ops", ops, lambda t, rng: {"x": rng.standard_normal((1, t, 64)).astype(np.float32)}, ops,
+           (), TOLERANCE)
     # Decoder-with-past fixtures: a step of T new tokens after 5 cached positions (logits and presents).
     for family in ("mixtral", "qwen3_moe"):
         path = os.path.join(lin.FIXTURES, f"past_{family}.onnx")
@@ -238,12 +269,12 @@ def all_outputs(model, feeds):
     return sess.run(None, feeds)
 
 
-def moert_run(moert, artifact, inputs, device, tmp, traffic=None):
+def moert_run(moert, artifact, inputs, device, tmp, traffic=None, repeat=1):
     """The outputs of `moert run`; with a list `traffic`, also appends the (to device, to host) bytes it
-    reports for a GPU run."""
+    reports for a GPU run (its last call's: the second of two leaves out the constants the first uploaded)."""
     outdir = os.path.join(tmp, "out")
     shutil.rmtree(outdir, ignore_errors=True)
-    cmd = [moert, "run", artifact, "--output-dir", outdir, f"--device={device}"]
+    cmd = [moert, "run", artifact, "--output-dir", outdir, f"--device={device}", f"--repeat={repeat}"]
     for k, v in inputs.items():
         cmd += ["--input", f"{k}={v}"]
     run = subprocess.run(cmd, capture_output=True, text=True)
@@ -256,11 +287,11 @@ def moert_run(moert, artifact, inputs, device, tmp, traffic=None):
     return [np.load(ln.split(" -> ")[1]) for ln in run.stdout.splitlines() if ln.startswith("output ")]
 
 
-# Cases whose GPU steps pass every intermediate on the device: a run copies exactly its inputs to the device
-# and its outputs back (the K-512 stack: Q reaches its output projection, and the residual stream the LM
-# head, without a host round trip; K and V go back for the host's Concat, which is an output's bytes), and
-# `moert inspect` counts those copies: (values to the device, values back) = (x; K, V, logits).
-DEVICE_RESIDENT = {"linear/stack": (1, 3)}
+# Cases whose steps all run on the device: a run copies exactly its inputs to the device and its outputs back
+# (the K-512 stack: Q reaches its output projection, the residual stream the LM head, and K and V the
+# Concat on the device, kernels/hip/ops_gpu.h), and `moert inspect` counts those copies: (values to the
+# device, values back) = (x; the concatenated K and V, logits); the graph-ops model likewise (x; cat, e).
+DEVICE_RESIDENT = {"linear/stack": (1, 2), "linear/graph ops": (1, 2)}
 
 
 def run_all(args, where):
@@ -315,7 +346,7 @@ def run_all(args, where):
             slack = np.load(os.path.join(where, r["slack"])) if "slack" in r else 0.0
             try:
                 traffic = []
-                got = moert_run(args.moert, artifact, inputs, args.device, tmp, traffic)
+                got = moert_run(args.moert, artifact, inputs, args.device, tmp, traffic, 2 if resident else 1)
                 cpu = moert_run(args.moert, artifact, inputs, "cpu", tmp)
             except RuntimeError as e:
                 errors.append(f"T={r['T']}: {e}")
