@@ -457,8 +457,6 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     const pb::Step &s = *m->flat[si];
     auto start = std::chrono::steady_clock::now();
     std::string label;
-    // A step on the host (anything but a GPU dispatch) reads current host bytes; a view op (its output
-    // aliases its first input) neither reads nor writes that input's bytes.
     // A graph op the device runs (f32 Add / Sub / Mul / Div, Transpose, Concat that its kernel can plan),
     // when its inputs are there already (constants aside): it then adds no copy, and its result stays there.
     moert::gpu::OpPlan opPlan;
@@ -469,8 +467,10 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     if (gpuOp) {
       std::vector<std::vector<int64_t>> dims;
       for (int64_t id : s.op().inputs()) {
-        const Tensor &t = id >= 0 ? values[id] : Tensor{};
-        gpuOp = gpuOp && id >= 0 && t.isTensor() && t.computed() && t.dtype == moert::proto::F32 &&
+        if (!(gpuOp = gpuOp && id >= 0))
+          break;
+        const Tensor &t = values[id];
+        gpuOp = t.isTensor() && t.computed() && t.dtype == moert::proto::F32 &&
                 (p.values(id).has_constant_section() || moert::gpu::onDevice(*residency, t.data, t.bytes()));
         dims.push_back(t.dims);
       }
@@ -479,6 +479,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     const bool onDevice =
         residency &&
         (gpuOp || s.has_moe() || (s.has_linear() && moert::gpu::hasLinear(*m->gpu, int(s.linear().index()))));
+    // A step on the host reads current host bytes; a view op (its output aliases its first input) neither
+    // reads nor writes that input's bytes.
     const bool view = s.has_op() && moert::isView(m->opKernels[si]);
     if (residency && !onDevice) {
       const std::vector<int64_t> reads = moert::stepReads(s);
@@ -593,7 +595,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         values[o.outputs(k)] = std::move(outs[k]);
         measure(o.outputs(k));
       }
-      label = o.op();
+      label = gpuOp ? o.op() + " (gpu)" : o.op();
     } else if (s.has_linear()) {
       const auto &d = s.linear();
       const moert::Linear &x = m->linears[d.index()];
