@@ -28,6 +28,36 @@ namespace pb = moert::proto;
 
 moert_status moert::makeError(std::string message) { return new moert_status_s{std::move(message)}; }
 
+void *moert::loadFromMemory(const unsigned char *bytes, uint64_t size, const char *name, int &fd,
+                            std::string &why) {
+  fd = memfd_create(name, MFD_CLOEXEC);
+  if (fd < 0)
+    return why = std::string("cannot create a memory file: ") + std::strerror(errno), nullptr;
+  for (uint64_t done = 0; done < size;) {
+    ssize_t w = write(fd, bytes + done, size - done);
+    if (w <= 0)
+      return why = "cannot stage it in a memory file", nullptr;
+    done += static_cast<uint64_t>(w);
+  }
+  // dlopen matches loaded objects by path first: a library still loaded as /proc/self/fd/N (its number
+  // reused since) would come back instead of this one. Move to a number no loaded object is named by.
+  std::vector<int> held;
+  for (void *old; (old = dlopen(("/proc/self/fd/" + std::to_string(fd)).c_str(), RTLD_NOW | RTLD_NOLOAD));) {
+    dlclose(old);
+    held.push_back(fd);
+    if ((fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+      break;
+  }
+  for (int h : held)
+    close(h);
+  if (fd < 0)
+    return why = std::string("cannot duplicate a memory file: ") + std::strerror(errno), nullptr;
+  void *handle = dlopen(("/proc/self/fd/" + std::to_string(fd)).c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!handle)
+    why = dlerror();
+  return handle;
+}
+
 moert_model::~moert_model() {
   gpu.reset();
   dispatches.clear();
@@ -665,20 +695,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   uint64_t codeBytes = hasCode ? a.sections(a.code_section()).size() : 0;
   if (hasCode) {
   const auto &cs = a.sections(a.code_section());
-  // The code: from memory through a memfd, so nothing is written to disk.
-  m.codeFd = memfd_create("moex-code", MFD_CLOEXEC);
-  if (m.codeFd < 0)
-    return bad(std::string("cannot create a memory file for the code: ") + std::strerror(errno));
-  for (uint64_t done = 0; done < cs.size();) {
-    ssize_t w = write(m.codeFd, m.map + cs.offset() + done, cs.size() - done);
-    if (w <= 0)
-      return bad("cannot stage the code section");
-    done += static_cast<uint64_t>(w);
-  }
-  std::string fdPath = "/proc/self/fd/" + std::to_string(m.codeFd);
-  m.code = dlopen(fdPath.c_str(), RTLD_NOW | RTLD_LOCAL);
+  std::string why;
+  m.code = moert::loadFromMemory(m.map + cs.offset(), cs.size(), "moex-code", m.codeFd, why);
   if (!m.code)
-    return bad(std::string("cannot load its code section: ") + dlerror());
+    return bad("cannot load its code section: " + why);
   uint32_t (*abi)() = nullptr;
   if (!resolve(m.code, "moert_kernel_abi_version", abi) || abi() != MOERT_KERNEL_ABI_VERSION)
     return bad("has a code section of another kernel ABI");

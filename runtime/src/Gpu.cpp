@@ -1,5 +1,6 @@
 //===- Gpu.cpp - libmoert's GPU backends over the CUDA driver API and HIP ------===//
 #include "Gpu.h"
+#include "Model.h"
 
 #include "kernels/hip/moert_gpu_abi.h"
 
@@ -280,6 +281,7 @@ public:
   std::vector<Kernels> dispatches;
   std::vector<LinearKernels> linears;
   void *strided = nullptr; // the graph ops' kernel (null: code from before it; graph ops on the host)
+  int codeFd = -1;         // the emulated device's code: its memfd, closed after the module is
   std::vector<Ptr> allocations;
   // Calls are serialised by `mutex`; every device operation goes to the one stream, in order, so a buffer
   // handed back to the pool may be reused by the next operation at once.
@@ -391,6 +393,8 @@ public:
       drv.eventDestroy(ev1);
     if (module)
       drv.moduleUnload(module);
+    if (codeFd >= 0)
+      close(codeFd);
     if (stream)
       drv.streamDestroy(stream);
     // The driver library stays loaded: unloading CUDA or HIP at exit is known to misbehave.
@@ -423,19 +427,9 @@ std::string loadEmulatedCode(Device &d, const pb::Artifact &a, const unsigned ch
     if (g.kind() != pb::GpuCode::HOST_EMULATION)
       continue;
     const auto &section = a.sections(g.section());
-    int fd = memfd_create("moex-gpu-emu", MFD_CLOEXEC);
-    if (fd < 0)
-      return std::string("cannot create a memory file for the emulated GPU code: ") + std::strerror(errno);
-    bool written = true;
-    for (uint64_t done = 0; written && done < section.size();) {
-      ssize_t w = write(fd, map + section.offset() + done, section.size() - done);
-      written = w > 0;
-      done += written ? uint64_t(w) : 0;
-    }
+    std::string why;
     void *module =
-        written ? dlopen(("/proc/self/fd/" + std::to_string(fd)).c_str(), RTLD_NOW | RTLD_LOCAL) : nullptr;
-    std::string why = written ? (module ? "" : dlerror()) : "cannot stage it";
-    close(fd); // the mapping stays
+        moert::loadFromMemory(map + section.offset(), section.size(), "moex-gpu-emu", d.codeFd, why);
     if (!module)
       return "cannot load the emulated GPU code (" + g.arch() + "): " + why;
     d.module = module;

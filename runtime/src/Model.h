@@ -62,6 +62,10 @@ struct CacheBinding {
   int dtype = proto::F32;
 };
 
+/// Loads the shared object `bytes` from memory (a memfd; nothing written to disk) under a path no loaded
+/// library has. `fd` receives the memfd, to close after dlclose. Null + `why` on failure.
+void *loadFromMemory(const unsigned char *bytes, uint64_t size, const char *name, int &fd, std::string &why);
+
 /// The values step `s` reads (an absent optional operand as -1); a control-flow step reads what its blocks'
 /// steps read and yield, too.
 std::vector<int64_t> stepReads(const proto::Step &s);

@@ -376,6 +376,8 @@ def run_all(args, where):
             results = list(pool.map(check, entries, dirs))
     if args.device == "emu":  # the emulated device's test knobs: a device too small, a device lost mid-run
         results += fault_checks(args, where, entries)
+    if args.lib:
+        results += concurrency_checks(args, where, entries)
     failures = ran = 0
     for passed, lines in results:
         print("\n".join(lines))
@@ -385,6 +387,40 @@ def run_all(args, where):
     print(f"{ran - failures}/{ran} cases match within {TOLERANCE:g} on the GPU "
           f"({sum(1 for e in entries if e['skip'])} not run)")
     return 1 if failures else 0
+
+
+def concurrency_checks(args, where, entries):
+    """One model loaded on the device, 8 threads running it at once (3 calls each, token counts 1 to 70 and
+    their own inputs) through the C API: every result bitwise the one that input gives run alone (the device's
+    calls are serialised; each run has its own Residency; scratch, state and the buffer pool are shared)."""
+    import threading
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "runtime", "python"))
+    import moert
+    rt = moert.Runtime(args.lib)
+    results = []
+    for name in ("linear/graph ops", "transformers/qwen3_moe", "linear/past_qwen3_moe (past 5)"):
+        entry = next((e for e in entries if e["name"] == name and not e["skip"]), None)
+        if not entry:
+            continue
+        model = rt.load(os.path.join(where, entry["artifact"]), device=args.device, threads=1)
+        feeds = [{k: np.load(os.path.join(where, v)) for k, v in r["inputs"].items()} for r in entry["runs"]]
+        feeds = (feeds * 3)[:8]
+        alone = [model.run(f) for f in feeds]
+        bad = []
+
+        def work(i):
+            for rep in range(3):
+                got = model.run(feeds[i])
+                bad.extend((i, rep, k) for k in alone[i] if not np.array_equal(got[k], alone[i][k]))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(feeds))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        results.append((not bad, [f"{'ok  ' if not bad else 'FAIL'} concurrency/{name:36s} {len(feeds)} threads x 3 "
+                                  f"calls: {'each the result run alone gives' if not bad else bad[:4]}"]))
+    return results
 
 
 def fault_checks(args, where, entries):
@@ -439,6 +475,7 @@ def main():
     ap.add_argument("--only", help="prepare / run only the cases whose name contains one of these (comma-separated)")
     ap.add_argument("--run", metavar="DIR")
     ap.add_argument("--jobs", type=int, default=1, help="cases run at once (default 1)")
+    ap.add_argument("--lib", help="libmoert.so: also run one model from 8 threads at once (the C API)")
     args = ap.parse_args()
     if args.prepare:
         if not args.moec:
