@@ -868,9 +868,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     };
     for (size_t fi = 0; fi < m.flat.size(); ++fi) {
       const pb::Step &s = *m.flat[fi];
-      bool device = s.has_moe() || (s.has_linear() && moert::gpu::hasLinear(*m.gpu, int(s.linear().index())));
-      if (s.has_op() && moert::gpu::hasOps(*m.gpu) && moert::gpu::isDeviceOp(s.op().op()) &&
-          s.op().outputs_size() == 1 && p.values(s.op().outputs(0)).type().dtype() == pb::F32) {
+      bool device = moert::gpu::runsDispatch(*m.gpu, s);
+      if (moert::gpu::graphOpCandidate(*m.gpu, p, s)) {
         device = true; // on the device when its inputs are f32 and there already (and its shapes plan)
         for (int64_t id : s.op().inputs())
           device = device && id >= 0 && p.values(id).type().dtype() == pb::F32 &&
@@ -979,11 +978,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       os << "  attention " << s.attention().index() << ": " << s.attention().description() << "\n";
     else if (s.has_linear())
       os << "  linear " << s.linear().index() << ": " << s.linear().description() << " ("
-         << mib(s.linear().weight_bytes()) << " of weights)"
-         << (m.gpu && moert::gpu::hasLinear(*m.gpu, int(s.linear().index())) ? " [gpu]" : "") << "\n";
+         << mib(s.linear().weight_bytes()) << " of weights)" << (devStep[fi] ? " [gpu]" : "") << "\n";
     else
       os << "  dispatch " << s.moe().index() << ": " << s.moe().description() << " ("
-         << mib(s.moe().weight_bytes()) << " of weights)" << (m.gpu ? " [gpu]" : "") << "\n";
+         << mib(s.moe().weight_bytes()) << " of weights)" << (devStep[fi] ? " [gpu]" : "") << "\n";
   }
   os << gpuCopies;
   if (p.has_decoder()) {

@@ -5,11 +5,9 @@
 #include "kernels/hip/moert_gpu_abi.h"
 
 #include <dlfcn.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -949,11 +947,17 @@ std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, dou
 
 // ---- graph ops --------------------------------------------------------------------------------------------
 
-bool isDeviceOp(const std::string &op) {
-  return op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Transpose" || op == "Concat";
+bool runsDispatch(const Device &d, const pb::Step &s) {
+  return s.has_moe() || (s.has_linear() && hasLinear(d, int(s.linear().index())));
 }
 
-bool hasOps(const Device &d) { return d.strided != nullptr; }
+bool graphOpCandidate(const Device &d, const pb::Program &p, const pb::Step &s) {
+  if (!d.strided || !s.has_op() || s.op().blocks_size() || s.op().outputs_size() != 1 ||
+      p.values(s.op().outputs(0)).type().dtype() != pb::F32)
+    return false;
+  const std::string &op = s.op().op();
+  return op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Transpose" || op == "Concat";
+}
 
 namespace {
 /// Row-major element strides of `dims`.

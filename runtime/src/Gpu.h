@@ -86,10 +86,12 @@ std::string runLinear(Device &d, Residency &r, int index, int64_t M, const float
 /// bytes of its weights (each read once a call).
 std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, double &weightBytes);
 
-/// Graph op steps the device runs (kernels/hip/ops_gpu.h): f32 Add / Sub / Mul / Div (broadcasting),
-/// Transpose and Concat of rank <= MOERT_GPU_OP_RANK, in artifacts whose GPU code has the op kernel.
-bool isDeviceOp(const std::string &op);
-bool hasOps(const Device &d);
+/// A MoE or linear dispatch step the device has kernels for.
+bool runsDispatch(const Device &d, const proto::Step &s);
+/// An op step the graph-op kernel (kernels/hip/ops_gpu.h) may run: Add / Sub / Mul / Div (broadcasting),
+/// Transpose or Concat with one f32 output, in artifacts whose GPU code has the kernel. It runs there when
+/// its inputs are f32 and on the device already (constants aside) and planOp plans its shapes.
+bool graphOpCandidate(const Device &d, const proto::Program &p, const proto::Step &s);
 struct OpPlan {
   std::vector<int64_t> outDims;
   struct Launch {

@@ -460,10 +460,9 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     // A graph op the device runs (f32 Add / Sub / Mul / Div, Transpose, Concat that its kernel can plan),
     // when its inputs are there already (constants aside): it then adds no copy, and its result stays there.
     moert::gpu::OpPlan opPlan;
-    bool gpuOp = residency && s.has_op() && s.op().blocks_size() == 0 && s.op().outputs_size() == 1 &&
-                 !(caches && m->appendsCache[si] >= 0) && // a session's cache append writes its buffer here
-                 moert::gpu::hasOps(*m->gpu) && moert::gpu::isDeviceOp(s.op().op()) &&
-                 p.values(s.op().outputs(0)).type().dtype() == moert::proto::F32;
+    bool gpuOp = residency &&
+                 !(caches && m->appendsCache[si] >= 0) && // a cache append writes its buffer here
+                 moert::gpu::graphOpCandidate(*m->gpu, p, s);
     if (gpuOp) {
       std::vector<std::vector<int64_t>> dims;
       for (int64_t id : s.op().inputs()) {
@@ -476,9 +475,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       }
       gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, opPlan);
     }
-    const bool onDevice =
-        residency &&
-        (gpuOp || s.has_moe() || (s.has_linear() && moert::gpu::hasLinear(*m->gpu, int(s.linear().index()))));
+    const bool onDevice = residency && (gpuOp || moert::gpu::runsDispatch(*m->gpu, s));
     // A step on the host reads current host bytes; a view op (its output aliases its first input) neither
     // reads nor writes that input's bytes.
     const bool view = s.has_op() && moert::isView(m->opKernels[si]);
@@ -636,7 +633,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       }
       const int outputs = d.outputs_size();
       Tensor out[MOERT_LIN_MAX_OUTPUTS];
-      const bool onGpu = m->gpu && moert::gpu::hasLinear(*m->gpu, int(d.index()));
+      const bool onGpu = onDevice; // GPU kernels for this dispatch (runsDispatch)
       const size_t scratchBytes = onGpu ? 0 : x.scratch(rows, exec.threads);
       auto scratch = scratchBytes ? moert::allocBlock(scratchBytes) : nullptr;
       if (scratchBytes && !scratch)
