@@ -1,11 +1,19 @@
 # moec: the two set-up commands are `make demo` and `make test`; each installs what is missing first.
 #   make demo    install deps, build, run the demo (prints what it does)
 #   make test    install deps, build, run every test through ctest
+#                (SANITIZE=address,undefined or SANITIZE=thread: all of it sanitized, in build-<sanitizers>/)
 #   make build   configure + build only (tools land in build/bin/)
 #   make bench   moec vs ONNX Runtime vs the roofline (bench/run.py; BENCH_ARGS=--quick for ~1 minute)
 #   make bench-large  compile a 21 GB model under a 4 GB memory cap, load it, time its first steps (bench/large_model.py)
 #   make docs    re-render the ODS reference pages into docs/
 #   make clean   remove the build tree
+# SANITIZE=address,undefined | thread: moec, libmoert, the tests and the kernels moec generates are built with
+# clang's sanitizers in their own build tree (cmake/MoecSanitize.cmake), and the tests run under them.
+SANITIZE   ?=
+comma := ,
+ifneq ($(SANITIZE),)
+BUILD      ?= build-$(subst $(comma),-,$(SANITIZE))
+endif
 BUILD      ?= build
 BUILD_TYPE ?= Release
 JOBS       ?= $(shell nproc)
@@ -22,7 +30,7 @@ BENCH_LARGE_ARGS ?=
 all: build
 
 help:
-	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 	@echo "==> checking dependencies (scripts/install-deps.sh)"
@@ -33,7 +41,7 @@ $(BUILD)/build.ninja:
 	cmake -G Ninja -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
 	  -DCMAKE_C_COMPILER=$(or $(CC_19),clang-19) -DCMAKE_CXX_COMPILER=$(or $(CXX_19),clang++-19) \
 	  -DCMAKE_EXE_LINKER_FLAGS=-fuse-ld=lld -DCMAKE_SHARED_LINKER_FLAGS=-fuse-ld=lld \
-	  -DCMAKE_MODULE_LINKER_FLAGS=-fuse-ld=lld $(CMAKE_ARGS)
+	  -DCMAKE_MODULE_LINKER_FLAGS=-fuse-ld=lld $(if $(SANITIZE),-DMOEC_SANITIZE=$(SANITIZE)) $(CMAKE_ARGS)
 
 configure: deps $(BUILD)/build.ninja
 

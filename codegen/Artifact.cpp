@@ -4,6 +4,7 @@
 #include "runtime/ArtifactFormat.h"
 
 #include "llvm/ADT/SmallString.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
@@ -253,6 +254,19 @@ bool moec::codegen::stageSources(llvm::StringRef dir, const std::vector<std::pai
     }
   }
   return true;
+}
+
+const std::vector<std::string> &moec::codegen::knownSanitizers() {
+  static const std::vector<std::string> names = {"address", "undefined", "thread"};
+  return names;
+}
+
+std::vector<std::string> moec::codegen::sanitizerFlags(const std::vector<std::string> &sanitizers) {
+  if (sanitizers.empty())
+    return {};
+  // Every report fails the run (no recovering UBSan checks); frames kept for the reports' stacks.
+  return {"-fsanitize=" + llvm::join(sanitizers, ","), "-fno-sanitize-recover=all",
+          "-fno-omit-frame-pointer"};
 }
 
 std::string moec::codegen::firstErrorLine(llvm::StringRef logPath) {

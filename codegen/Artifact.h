@@ -66,6 +66,14 @@ bool writeFileBytes(llvm::StringRef path, llvm::StringRef bytes);
 bool stageSources(llvm::StringRef dir, const std::vector<std::pair<std::string, std::string>> &files,
                   const std::string &dumpDir, std::string &error);
 
+/// The sanitizers `moec compile --sanitize` accepts (clang's -fsanitize= names).
+const std::vector<std::string> &knownSanitizers();
+
+/// The compiler flags that build generated host code (CPU kernels, the emulated GPU's) with `sanitizers`
+/// (none when empty). The code's calls into the sanitizer runtime resolve against the process that loads it:
+/// a sanitizer build of libmoert (make SANITIZE=...).
+std::vector<std::string> sanitizerFlags(const std::vector<std::string> &sanitizers);
+
 /// The first `error:` line of a compiler log file (else its first line; "" when unreadable).
 std::string firstErrorLine(llvm::StringRef logPath);
 

@@ -10,6 +10,7 @@
 #include "mlir/IR/DialectResourceBlobManager.h"
 #include "mlir/IR/Matchers.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+#include "llvm/ADT/SetVector.h"
 
 #include <cstring>
 
@@ -191,7 +192,10 @@ bool usedOnlyWithin(ArrayRef<Operation *> ops, Operation *except) {
 }
 
 void eraseDeadOps(ArrayRef<Operation *> ops, RewriterBase *rewriter) {
-  SmallVector<Operation *> live(ops.begin(), ops.end());
+  // Each op once: a matcher may list an op twice (reached along two paths), and a second entry of an op
+  // already erased would be read after it is freed (found by ASan: `make test SANITIZE=address,undefined`).
+  llvm::SetVector<Operation *> unique(ops.begin(), ops.end());
+  SmallVector<Operation *> live(unique.begin(), unique.end());
   bool changed = true;
   while (changed) {
     changed = false;

@@ -12,6 +12,10 @@ config.test_source_root = config.moec_src_root
 config.test_exec_root = os.path.join(config.moec_obj_root, "tests", "lit-out")
 # Never descend into build trees, VCS data or per-test input folders.
 config.excludes = ["Inputs", ".git", "build", "lit-out", "__pycache__", "node_modules"]
+# Other build trees in the source folder (build-address-undefined/ of `make test SANITIZE=...`, ...): their
+# lit.site.cfg.py would make them suites of their own, run with their tools.
+config.excludes += [d for d in os.listdir(config.moec_src_root)
+                    if os.path.isfile(os.path.join(config.moec_src_root, d, "CMakeCache.txt"))]
 config.test_format = CollectTestFolders(execute_external=False)
 
 config.environment["PATH"] = os.pathsep.join(

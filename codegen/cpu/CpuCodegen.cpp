@@ -1546,6 +1546,10 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   SmallVector<StringRef> args{cxx, "-std=c++17", "-O3", march, "-fPIC", "-shared", "-fopenmp-simd",
                               "-fno-exceptions", "-fno-rtti", "-fvisibility=hidden", "-fno-math-errno",
                               "-w", "-o", so, src};
+  std::vector<std::string> sanitize = sanitizerFlags(options.sanitizers);
+  args.append(sanitize.begin(), sanitize.end());
+  for (const auto &s : options.sanitizers)
+    meta.add_sanitizers(s);
   if (progress)
     *progress << "moec: compiling the CPU kernels (" << march << ") with " << cxx << "\n";
   std::optional<StringRef> redirects[] = {std::nullopt, StringRef(log), StringRef(log)};
@@ -1565,7 +1569,8 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   std::vector<char> bytes((*code)->getBufferStart(), (*code)->getBufferEnd());
   meta.set_code_section(em.writer.addSection("code", pb::Section::CODE, std::move(bytes)));
   if (options.gpu()) {
-    GpuBuild gb{options.hipArchs, options.cudaArchs, options.emuArchs, cxx, options.dumpKernelsDir};
+    GpuBuild gb{options.hipArchs,       options.cudaArchs, options.emuArchs, cxx,
+                options.dumpKernelsDir, options.sanitizers};
     if (!compileGpuCode(gb, em.gpuSource, em.writer, error, progress))
       return false;
   }

@@ -33,6 +33,9 @@ struct CpuOptions {
   /// Host-emulated GPU code objects (emu-w32, emu-w64: the same kernels for the host against
   /// kernels/hip/gpu_emulation.h, run by `moert --device=emu`; slow, for testing the GPU path without a GPU).
   std::vector<std::string> emuArchs;
+  /// Sanitizers the generated CPU (and emulated GPU) code is built with (address, undefined, thread:
+  /// -fsanitize=...), for testing it inside a sanitizer build of libmoert. Empty: none.
+  std::vector<std::string> sanitizers;
 
   bool gpu() const { return !hipArchs.empty() || !cudaArchs.empty() || !emuArchs.empty(); }
 };

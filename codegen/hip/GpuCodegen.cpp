@@ -80,6 +80,9 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
     else // a host shared object: -O2 (the emulator's fiber switches dominate, not the arithmetic)
       args.append(
           {"-x", "c++", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", warpFlag, "-o", out, emuSrc});
+    std::vector<std::string> sanitize =
+        kind == Emu ? sanitizerFlags(build.sanitizers) : std::vector<std::string>{};
+    args.append(sanitize.begin(), sanitize.end());
     std::optional<llvm::StringRef> redirects[] = {std::nullopt, llvm::StringRef(log), llvm::StringRef(log)};
     std::string execError;
     int rc = llvm::sys::ExecuteAndWait(build.clang, args, std::nullopt, redirects, 0, 0, &execError);

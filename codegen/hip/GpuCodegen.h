@@ -24,6 +24,7 @@ struct GpuBuild {
   std::vector<std::string> emuArchs; // emu-w32 / emu-w64: host shared objects for moert's emulated device
   std::string clang;      // clang++-19
   std::string dumpDir;    // also write the sources here when set
+  std::vector<std::string> sanitizers; // the emulated code's -fsanitize= (CpuOptions::sanitizers)
 };
 
 /// The architectures --hip-arch / --cuda-arch accept.

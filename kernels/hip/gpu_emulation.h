@@ -16,14 +16,28 @@
 // `GPU_SHARED` (function-local statics) is each block's shared memory in turn and block-order tricks (a
 // last-block ticket) see every earlier block finished. The warp width is MOERT_GPU_EMU_WARP (32: NVIDIA,
 // RDNA3; 64: CDNA's wavefronts). What this does not show: the device's memory model beyond that, timing,
-// resource limits (gpu-code-objects checks those). Fibers switch stacks under the compiler's feet:
-// sanitizer builds of these tests need fiber annotations.
+// resource limits (gpu-code-objects checks those). Fibers switch stacks under the compiler's feet: built
+// with AddressSanitizer or ThreadSanitizer (make SANITIZE=..., moec --sanitize) each switch tells the
+// sanitizer (its fiber interface), so kernels' out-of-bounds accesses and races are reported, not the
+// switches.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_TESTS_GPU_EMULATION_H
 #define MOERT_TESTS_GPU_EMULATION_H
 
 #define MOERT_GPU_VENDOR_H 1 // kernels/hip/gpu_vendor.h: this header stands in for it
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOERT_GPU_EMU_ASAN 1
+#include <pthread.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if __has_feature(thread_sanitizer)
+#define MOERT_GPU_EMU_TSAN 1
+#include <sanitizer/tsan_interface.h>
+#endif
+#endif
 
 #include <cmath>
 #include <cstdint>
@@ -100,14 +114,43 @@ struct Emulator {
   std::vector<int> exchangeInt[2];
   std::vector<int> parity; // per thread: the shuffle buffer its next shuffle writes
   long long stalled = 0;   // switches in a row with every fiber waiting (a deadlock if it grows)
+#if MOERT_GPU_EMU_ASAN
+  std::vector<void *> fakeStacks; // per fiber, and the launching thread's (mainFake): ASan's saved state
+  void *mainFake = nullptr;
+  const void *mainBottom = nullptr;
+  size_t mainSize = 0;
+#endif
+#if MOERT_GPU_EMU_TSAN
+  std::vector<void *> tsanFibers;
+  void *tsanMain = nullptr;
+#endif
 
   static Emulator &get() {
     static Emulator e;
     return e;
   }
 
+  /// Switches from fiber `from` to fiber `to` (-1: the launching thread's own stack); returns when `from` is
+  /// switched back to (never when it has finished).
+  void jump(int from, int to) {
+#if MOERT_GPU_EMU_TSAN
+    __tsan_switch_to_fiber(to < 0 ? tsanMain : tsanFibers[to], 0);
+#endif
+#if MOERT_GPU_EMU_ASAN
+    void **fake = from >= 0 && done[from] ? nullptr : from < 0 ? &mainFake : &fakeStacks[from];
+    __sanitizer_start_switch_fiber(fake, to < 0 ? mainBottom : stacks[to].get(), to < 0 ? mainSize : kStack);
+#endif
+    moert_emu_switch(from < 0 ? &main : &fibers[from], to < 0 ? main : fibers[to]);
+#if MOERT_GPU_EMU_ASAN
+    __sanitizer_finish_switch_fiber(from < 0 ? mainFake : fakeStacks[from], nullptr, nullptr);
+#endif
+  }
+
   [[noreturn]] static void entry() {
     Emulator &e = get();
+#if MOERT_GPU_EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr); // a new fiber: no saved state
+#endif
     e.kernel();
     e.done[e.current] = 1;
     e.next(); // never returns to a finished fiber
@@ -134,11 +177,11 @@ struct Emulator {
       if (!done[t]) {
         current = t;
         if (t != from)
-          moert_emu_switch(&fibers[from], fibers[t]);
+          jump(from, t);
         return;
       }
     }
-    moert_emu_switch(&fibers[from], main);
+    jump(from, -1);
   }
 
   /// Waits until every member of `scope` (`members` threads) has arrived.
@@ -167,6 +210,21 @@ struct Emulator {
     done.assign(block, 0);
     while (int(stacks.size()) < block)
       stacks.emplace_back(new char[kStack]);
+#if MOERT_GPU_EMU_ASAN
+    fakeStacks.assign(block, nullptr);
+    pthread_attr_t attr;
+    void *bottom = nullptr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      pthread_attr_getstack(&attr, &bottom, &mainSize);
+      pthread_attr_destroy(&attr);
+    }
+    mainBottom = bottom;
+#endif
+#if MOERT_GPU_EMU_TSAN
+    tsanMain = __tsan_get_current_fiber();
+    while (int(tsanFibers.size()) < block)
+      tsanFibers.push_back(__tsan_create_fiber(0));
+#endif
     const int warps = (block + kWarp - 1) / kWarp;
     for (auto &x : exchange)
       x.assign(block, 0.0f);
@@ -184,7 +242,7 @@ struct Emulator {
             prepare(t);
           current = 0;
           stalled = 0;
-          moert_emu_switch(&main, fibers[0]); // back here when every fiber has finished
+          jump(-1, 0); // back here when every fiber has finished
         }
   }
 

@@ -72,6 +72,20 @@ moert_model::~moert_model() {
 
 namespace {
 
+/// Whether this libmoert is built with sanitizer `name` (clang's -fsanitize= name): code built with it calls
+/// into that sanitizer's runtime, which only a sanitizer build of moert has.
+bool builtWithSanitizer(const std::string &name) {
+#if defined(__has_feature)
+  if (name == "address")
+    return __has_feature(address_sanitizer);
+  if (name == "thread")
+    return __has_feature(thread_sanitizer);
+  if (name == "undefined")
+    return __has_feature(undefined_behavior_sanitizer);
+#endif
+  return false;
+}
+
 bool cpuHas(const std::string &f) {
   __builtin_cpu_init();
 #define MOERT_FEATURE(NAME)                                                                                    \
@@ -385,6 +399,9 @@ moert_status moert::verifyAllSections(moert_model &m) {
 moert_status moert::loadArtifact(const std::string &path, const moert_load_options &options, moert_model &m,
                                  bool loadCode) {
   auto bad = [&](const std::string &why) { return makeError(path + ": " + why); };
+  if (options.threads < 0 || options.threads > MOERT_MAX_THREADS)
+    return makeError("threads = " + std::to_string(options.threads) + ": expected 1 to " +
+                     std::to_string(MOERT_MAX_THREADS) + " (or 0: one per core)");
   m.path = path;
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
@@ -444,6 +461,12 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     if (!cpuHas(f))
       return bad("was compiled for --cpu=" + a.cpu() + ", which needs the CPU feature '" + f +
                  "' this machine lacks; recompile with --cpu=native (or x86-64-v3)");
+  for (const auto &s : a.sanitizers())
+    if (!builtWithSanitizer(s))
+      return bad(
+          "has kernels built with -fsanitize=" + s +
+          " (moec --sanitize), which only a moert built with that sanitizer (make SANITIZE=...) loads; "
+          "recompile without --sanitize");
   for (int i = 0; i < a.sections_size(); ++i) {
     const auto &s = a.sections(i);
     const bool overlapsMetadata =
@@ -832,7 +855,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       os << " " << f;
     os << ")";
   }
-  os << "; kernel ABI " << a.kernel_abi() << "; " << m.pool->threads() << " threads\n";
+  os << "; kernel ABI " << a.kernel_abi();
+  for (int i = 0; i < a.sanitizers_size(); ++i)
+    os << (i ? "," : "; built with -fsanitize=") << a.sanitizers(i);
+  os << "; " << m.pool->threads() << " threads\n";
   if (a.gpu_code_size()) {
     os << "gpu code: ";
     for (int i = 0; i < a.gpu_code_size(); ++i)

@@ -20,6 +20,25 @@ using moert::dtypeName;
 using moert::dtypeSize;
 using Tensor = moert::OpTensor;
 
+/// The most rows (tokens) one dispatch takes in one call: keeps every size the kernels compute from a row
+/// count (outputs, scratch, per-thread tiles) far from overflowing 64 bits.
+constexpr int64_t kMaxDispatchRows = (int64_t(1) << 31) - 1;
+
+/// "" when `rows` is within kMaxDispatchRows, else the error for dispatch `what`.
+std::string checkRows(const std::string &what, int64_t rows) {
+  if (rows <= kMaxDispatchRows)
+    return "";
+  return what + ": " + std::to_string(rows) + " rows in one call; a dispatch takes at most " +
+         std::to_string(kMaxDispatchRows) + " (split the input)";
+}
+
+std::string dimsText(const std::vector<int64_t> &d) {
+  std::string s;
+  for (size_t i = 0; i < d.size(); ++i)
+    s += (i ? "x" : "") + std::to_string(d[i]);
+  return d.empty() ? "(scalar)" : s;
+}
+
 int64_t numel(const std::vector<int64_t> &d) {
   int64_t n = 1;
   for (int64_t x : d)
@@ -249,6 +268,11 @@ std::string bindInput(const pb::Value &want, const moert_value &v, std::map<std:
                  std::to_string(dims[d]) + " but another input gives it " + std::to_string(it->second);
       }
     }
+    // Its byte count must fit a 64-bit size (a caller's dims are all the runtime knows of its data).
+    uint64_t bytes = std::max<size_t>(moert::dtypeSize(want.type().dtype()), 1);
+    for (int64_t d : dims)
+      if (__builtin_mul_overflow(bytes, uint64_t(d), &bytes) || bytes > (uint64_t(1) << 62))
+        return where + ": dims " + dimsText(dims) + " hold more bytes than a 64-bit size counts";
     static const char kEmpty[64] = {};
     elements.push_back(Tensor{want.type().dtype(), std::move(dims),
                               x.data ? static_cast<const char *>(x.data) : kEmpty, nullptr});
@@ -606,7 +630,9 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       outDims.back() = x.n;
       int64_t rows = 1;
       for (size_t i = 0; i + 1 < in.dims.size(); ++i)
-        rows *= in.dims[i];
+        rows *= in.dims[i]; // within 2^62 (every value's bytes are)
+      if (std::string why = checkRows(what(), rows); !why.empty())
+        return makeError(why);
       const float *input = reinterpret_cast<const float *>(in.data);
       std::shared_ptr<char> lastRows; // a session's logits: each sequence's last input row, [batch][k]
       if (lastLogitsOnly && si == m->logitsStep && in.dims.size() == 3 && in.dims[1] > 1) {
@@ -696,6 +722,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                          ", S, " + std::to_string(x.keyDim) + "], [B, " + std::to_string(x.kvHeads) +
                          ", T, " + std::to_string(x.keyDim) + "], [B, " + std::to_string(x.kvHeads) +
                          ", T, " + std::to_string(x.valueDim) + "]");
+      if (std::string why = checkRows(what(), std::max(B * S, B * T)); !why.empty())
+        return makeError(why);
       moert_attention_args args{};
       args.batch = B, args.q_len = S, args.kv_len = T;
       args.query = reinterpret_cast<const float *>(q.data);
@@ -768,6 +796,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         return makeError("dispatch " + std::to_string(d.index()) + ": input " + dimsString(in.dims) +
                          ", expected [T, " + std::to_string(x.hidden) + "]");
       int64_t T = in.dims[0];
+      if (std::string why = checkRows("dispatch " + std::to_string(d.index()), T); !why.empty())
+        return makeError(why);
       const float *logits = nullptr, *residual = nullptr;
       if (d.logits() >= 0) {
         const Tensor &l = values[d.logits()];

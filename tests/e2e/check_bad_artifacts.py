@@ -74,6 +74,86 @@ def tiny_model(path):
     onnx.save(m, path)
 
 
+def npy_header_only(path, shape, data_bytes):
+    """A float32 .npy file of `shape` whose data is `data_bytes` long (a sparse file: nothing written)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        f.truncate(f.tell() + data_bytes)
+
+
+def sanitizer_options(args, tmp, model):
+    """`moec compile --sanitize`: names it cannot build with are one error line and no artifact; an artifact
+    whose kernels are instrumented is refused by a moert that is not (one line naming why)."""
+    failures = 0
+    out = os.path.join(tmp, "sanitized.moex")
+    env = {k: v for k, v in os.environ.items() if k != "MOEC_SANITIZE"}
+    for flags, want in [(["--sanitize=memory"], "--sanitize=memory: 'memory' is not a sanitizer moec builds with"),
+                        (["--sanitize=address,thread"], "address and thread cannot be combined")]:
+        r = subprocess.run([args.moec, "compile", model, "-o", out, "--quiet"] + flags, capture_output=True,
+                           text=True, env=env)
+        lines = r.stderr.strip().splitlines()
+        if r.returncode != 1 or len(lines) != 1 or want not in lines[0] or os.path.exists(out):
+            failures += 1
+            print(f"FAIL moec {flags[0]}: exit {r.returncode}, stderr {r.stderr.strip()!r}; expected {want!r}")
+        else:
+            print(f"ok   moec {flags[0]:24s} {lines[0]}")
+    sanitized_moert = "libclang_rt" in subprocess.run(["ldd", args.moert], capture_output=True, text=True).stdout
+    if not sanitized_moert:
+        subprocess.run([args.moec, "compile", model, "-o", out, "--quiet", "--sanitize=address"], check=True, env=env)
+        r = subprocess.run([args.moert, "inspect", out], capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        want = "has kernels built with -fsanitize=address (moec --sanitize), which only a moert built with that"
+        if r.returncode != 1 or len(lines) != 1 or want not in lines[0]:
+            failures += 1
+            print(f"FAIL a sanitized artifact in a plain moert: exit {r.returncode}, stderr {r.stderr.strip()!r}")
+        else:
+            print(f"ok   sanitized artifact, plain moert: {lines[0].split(': ', 3)[-1]}")
+    return failures
+
+
+def resource_limits(args, tmp, good):
+    """Requests beyond what a run can have: one error line naming the request, exit 1, no output written."""
+    many = os.path.join(tmp, "many.npy")  # 2^33 tokens (256 GiB, a sparse file): more than a dispatch takes
+    npy_header_only(many, (1 << 33, 8), (1 << 33) * 8 * 4)
+    # Tokens whose output (32 bytes each) is more than this machine's memory and swap (Linux's default
+    # overcommit refuses such an allocation); the input as large (sparse).
+    info = dict(ln.split(":", 1) for ln in open("/proc/meminfo"))
+    memory = (int(info["MemTotal"].split()[0]) + int(info["SwapTotal"].split()[0])) * 1024
+    tokens = 1 << (memory // 32).bit_length()
+    assert tokens < 1 << 31, "a machine this large needs another way to exhaust its memory"
+    huge = os.path.join(tmp, "huge.npy")
+    npy_header_only(huge, (tokens, 8), tokens * 8 * 4)
+    overflow = os.path.join(tmp, "overflow.npy")  # a shape whose byte count overflows 64 bits
+    npy_header_only(overflow, (1 << 40, 1 << 40, 8), 64)
+    x = os.path.join(tmp, "x.npy")
+    out = os.path.join(tmp, "limits-out")
+    os.makedirs(out, exist_ok=True)
+    run = [args.moert, "run", good, "--output-dir", out]
+    cases = [("--threads 0", run + ["--input", f"x={x}", "--threads", "0"], "--threads 0: expected 1 to 1024"),
+             ("--threads 10000", run + ["--input", f"x={x}", "--threads", "10000"],
+              "--threads 10000: expected 1 to 1024"),
+             ("input of 2^33 tokens", run + ["--input", f"x={many}"],
+              "dispatch 0: 8589934592 rows in one call; a dispatch takes at most 2147483647"),
+             (f"input of 2^{tokens.bit_length() - 1} tokens", run + ["--input", f"x={huge}"],
+              "out of memory for dispatch 0"),
+             ("input shape overflowing", run + ["--input", f"x={overflow}"],
+              "has more bytes than a 64-bit size holds")]
+    if open("/proc/sys/vm/overcommit_memory").read().strip() != "0":
+        print("skip out-of-memory check: vm.overcommit_memory is not 0 (an allocation beyond memory would succeed)")
+        cases = [c for c in cases if "tokens" not in c[0] or "2^33" in c[0]]
+    failures = 0
+    for name, cmd, want in cases:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        written = os.listdir(out)
+        if r.returncode != 1 or len(lines) != 1 or want not in lines[0] or written:
+            failures += 1
+            print(f"FAIL {name}: exit {r.returncode}, stderr {r.stderr.strip()!r}, wrote {written}; expected {want!r}")
+        else:
+            print(f"ok   {name:20s} {lines[0]}")
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moec", required=True)
@@ -198,6 +278,8 @@ def main():
                   f"left {left}")
         else:
             print(f"ok   file-size limit      {lines[0].split(': ', 2)[-1]} (exit 1, nothing at the output path)")
+        failures += resource_limits(args, tmp, good)
+        failures += sanitizer_options(args, tmp, model)
         print(f"{len(cases) - (failures > 0)}/{len(cases)} damaged artifacts rejected with one clear error"
               if not failures else f"{failures} check(s) failed")
         return 1 if failures else 0

@@ -499,7 +499,7 @@ def main():
     ap.add_argument("--moec", required=True)
     ap.add_argument("--moert", required=True)
     ap.add_argument("--cpu", default="x86-64-v3")
-    ap.add_argument("--only", default="", help="run only the cases whose name contains this")
+    ap.add_argument("--only", default="", help="run only the cases whose name contains one of these (comma-separated)")
     args = ap.parse_args()
     failures = total = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -507,7 +507,7 @@ def main():
                  list(shared_expert_cases(tmp)) + list(qmoe_cases(tmp)) +
                  list(sparse_moe_cases(tmp)))
         for name, model, feeds, reference in cases:
-            if args.only not in name:
+            if not any(part in name for part in args.only.split(",")):
                 continue
             total += 1
             artifact = os.path.join(tmp, name.replace("/", "_") + ".moex")

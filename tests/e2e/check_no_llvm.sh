@@ -5,7 +5,7 @@
 set -euo pipefail
 status=0
 for f in "$@"; do
-  if ldd "$f" | grep -Ei 'libLLVM|libMLIR|libclang'; then
+  if ldd "$f" | grep -Ei 'libLLVM|libMLIR|libclang(-cpp)?\.so'; then  # (a sanitizer build's libclang_rt is fine)
     echo "FAIL $f links LLVM/MLIR (above)"
     status=1
   else

@@ -1,7 +1,9 @@
 //===- MoEDialectTest.cpp - C++ API of the moe dialect -------------------===//
 #include "ir/MoEOps.h"
+#include "passes/MatchUtils.h"
 #include "passes/MoECost.h"
 
+#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/Diagnostics.h"
@@ -103,3 +105,27 @@ TEST_F(MoEDialectTest, WeightQuantAttrRejectsUnsupportedBits) {
 }
 
 } // namespace
+
+// moec::eraseDeadOps with an op listed twice (matchers reach some ops along two paths): each erased once.
+// Under AddressSanitizer (make test SANITIZE=address,undefined) this read freed memory before the fix.
+TEST_F(MoEDialectTest, EraseDeadOpsTakesAnOpListedTwice) {
+  ctx.loadDialect<arith::ArithDialect>();
+  auto m = parse(R"mlir(
+    func.func @f(%a: f32) -> f32 {
+      %0 = arith.addf %a, %a : f32
+      %1 = arith.mulf %0, %0 : f32
+      return %a : f32
+    })mlir");
+  ASSERT_TRUE(m) << diagnostics;
+  SmallVector<Operation *> ops;
+  m->walk([&](Operation *op) {
+    if (isa<arith::AddFOp, arith::MulFOp>(op))
+      ops.push_back(op);
+  });
+  ASSERT_EQ(ops.size(), 2u);
+  SmallVector<Operation *> twice = {ops[1], ops[0], ops[1], ops[0]};
+  moec::eraseDeadOps(twice);
+  int left = 0;
+  m->walk([&](Operation *op) { left += isa<arith::AddFOp, arith::MulFOp>(op); });
+  EXPECT_EQ(left, 0);
+}

@@ -1,7 +1,8 @@
 //===- RuntimeTest.cpp - libmoert's C API: concurrency and input checks ------===//
 //
 // Compiles a transformers fixture (Qwen2-MoE block: norm, router, experts, shared expert, residual) with the
-// moec binary, then drives libmoert through its C API only. Sequences in and out: ONNX's SequenceInsert node
+// moec binary, then drives libmoert through its C API only; concurrency stress over it and over sessions of a
+// decoder fixture (bounded by MOERT_STRESS_SECONDS). Sequences in and out: ONNX's SequenceInsert node
 // test (libonnx-testdata), against the output its test data holds.
 //
 //===----------------------------------------------------------------------===//
@@ -9,6 +10,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -219,4 +224,159 @@ TEST(RuntimeTest, SequencesInAndOut) {
             "input 'sequence': given a tensor, the model takes a sequence");
   moert_status_free(st);
   moert_free(m);
+}
+
+namespace {
+/// Seconds each stress test runs (MOERT_STRESS_SECONDS; default 4).
+double stressSeconds() {
+  const char *s = std::getenv("MOERT_STRESS_SECONDS");
+  return s && std::atof(s) > 0 ? std::atof(s) : 4.0;
+}
+
+/// Runs `body(thread, iteration)` on `threads` threads until `seconds` have passed (each thread at least
+/// once); returns the calls made.
+template <class F> long hammer(int threads, double seconds, F body) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  std::atomic<long> calls{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      for (long i = 0; i == 0 || std::chrono::steady_clock::now() < end; ++i, ++calls)
+        body(t, i);
+    });
+  for (auto &t : pool)
+    t.join();
+  return calls.load();
+}
+
+/// A decoder with KV caches (the Qwen3-MoE-like fixture with past_key_values inputs, vocabulary 32).
+moert_model *loadDecoder(int threads) {
+  static std::string path = [] {
+    std::string p = std::string(::testing::TempDir()) + "moert_decoder_test.moex";
+    std::string cmd =
+        std::string(MOEC_BIN) + " compile " + MOEC_DECODER_FIXTURE + " -o " + p + " --quiet 2>/dev/null";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    return p;
+  }();
+  moert_load_options o{sizeof o, threads, 1, MOERT_DEVICE_CPU};
+  moert_model *m = nullptr;
+  moert_status st = moert_load(path.c_str(), &o, &m);
+  EXPECT_EQ(st, nullptr) << moert_status_message(st);
+  moert_status_free(st);
+  return m;
+}
+
+/// One conversation with a session: a prompt, then greedy tokens one at a time with a rewind in the middle
+/// (the last `back` positions forgotten and decoded again); every call's logits in order.
+std::vector<float> converse(moert_model *m, const std::vector<int64_t> &prompt, moert_dtype cache, int steps,
+                            size_t back) {
+  moert_session_options so{sizeof so, 256, 0, cache, 1};
+  moert_session *s = nullptr;
+  moert_status st = moert_session_create(m, &so, &s);
+  EXPECT_EQ(st, nullptr) << moert_status_message(st);
+  moert_status_free(st);
+  std::vector<float> all;
+  if (!s)
+    return all;
+  std::vector<int64_t> tokens = prompt;
+  size_t fed = 0;
+  for (int i = 0; i < steps; ++i) {
+    if (i == steps / 2 && back) { // forget the last `back` positions, feed them again
+      st = moert_session_rewind(s, moert_session_length(s) - back);
+      EXPECT_EQ(st, nullptr) << moert_status_message(st);
+      moert_status_free(st);
+      fed -= back;
+    }
+    const float *logits = nullptr;
+    size_t vocab = 0;
+    st = moert_session_append(s, tokens.data() + fed, tokens.size() - fed, &logits, &vocab);
+    EXPECT_EQ(st, nullptr) << moert_status_message(st);
+    moert_status_free(st);
+    if (!logits)
+      break;
+    fed = tokens.size();
+    all.insert(all.end(), logits, logits + vocab);
+    tokens.push_back(std::max_element(logits, logits + vocab) - logits);
+  }
+  moert_session_free(s);
+  return all;
+}
+} // namespace
+
+// Stress: one loaded model called from 8 threads for a bounded time, each call a token count from 1 to 64 and
+// one of 16 inputs: every result bitwise the one the same input gives alone. Under ThreadSanitizer
+// (make test SANITIZE=thread) this also checks the runtime's locking.
+TEST(RuntimeTest, StressRunsFromEightThreads) {
+  Model model(2);
+  ASSERT_NE(model.m, nullptr);
+  constexpr int kInputs = 16;
+  std::vector<std::vector<float>> inputs, expected;
+  std::vector<int64_t> tokens;
+  for (int i = 0; i < kInputs; ++i) {
+    tokens.push_back(1 + (i * 37) % 64);
+    inputs.push_back(randomInput(tokens[i], 500 + i));
+    expected.push_back(run(model.m, inputs[i], tokens[i]));
+  }
+  std::atomic<int> mismatches{0};
+  long calls = hammer(8, stressSeconds(), [&](int t, long i) {
+    const int k = int((t * 7 + i * 5) % kInputs);
+    std::vector<float> got = run(model.m, inputs[k], tokens[k]);
+    if (got.size() != expected[k].size() ||
+        std::memcmp(got.data(), expected[k].data(), got.size() * sizeof(float)) != 0)
+      ++mismatches;
+  });
+  std::printf("stress: %ld calls from 8 threads in %.1f s\n", calls, stressSeconds());
+  EXPECT_EQ(mismatches.load(), 0) << "of " << calls << " calls";
+}
+
+// Stress: 8 sessions of one decoder at once (f32 and f16 caches, prompts of 1 to 9 tokens, a rewind mid-way)
+// for a bounded time: every call's logits bitwise those of the same conversation alone.
+TEST(RuntimeTest, StressSessionsFromEightThreads) {
+  moert_model *m = loadDecoder(2);
+  ASSERT_NE(m, nullptr);
+  constexpr int kConversations = 8;
+  std::vector<std::vector<int64_t>> prompts;
+  std::vector<std::vector<float>> expected;
+  for (int i = 0; i < kConversations; ++i) {
+    std::vector<int64_t> p;
+    for (int j = 0; j <= i; ++j)
+      p.push_back((i * 11 + j * 5) % 32);
+    prompts.push_back(p);
+    expected.push_back(converse(m, p, i % 2 ? MOERT_F16 : MOERT_F32, 10, size_t(i % 3)));
+    ASSERT_EQ(expected.back().size(), 10u * 32u) << "conversation " << i;
+  }
+  std::atomic<int> mismatches{0};
+  long calls = hammer(8, stressSeconds(), [&](int t, long i) {
+    const int k = int((t + i * 3) % kConversations);
+    std::vector<float> got = converse(m, prompts[k], k % 2 ? MOERT_F16 : MOERT_F32, 10, size_t(k % 3));
+    if (got.size() != expected[k].size() ||
+        std::memcmp(got.data(), expected[k].data(), got.size() * sizeof(float)) != 0)
+      ++mismatches;
+  });
+  std::printf("stress: %ld conversations (10 calls each) from 8 threads in %.1f s\n", calls, stressSeconds());
+  EXPECT_EQ(mismatches.load(), 0) << "of " << calls << " conversations";
+  moert_free(m);
+}
+
+// Worker counts outside 1..MOERT_MAX_THREADS are one clear error at load (0 means one per core).
+TEST(RuntimeTest, ThreadCountsOutOfRangeAreAnError) {
+  for (int threads : {-1, MOERT_MAX_THREADS + 1, 10000}) {
+    moert_load_options o{sizeof o, threads, 1, MOERT_DEVICE_CPU};
+    moert_model *m = nullptr;
+    moert_status st = moert_load(artifact().c_str(), &o, &m);
+    ASSERT_NE(st, nullptr) << threads;
+    EXPECT_EQ(std::string(moert_status_message(st)),
+              "threads = " + std::to_string(threads) + ": expected 1 to 1024 (or 0: one per core)");
+    EXPECT_EQ(m, nullptr);
+    moert_status_free(st);
+  }
+}
+
+// A caller's dims whose byte count overflows 64 bits are refused before anything reads the data.
+TEST(RuntimeTest, OverflowingInputDimsAreAnError) {
+  Model model(1);
+  std::vector<float> x = randomInput(1, 1);
+  int64_t dims[3] = {2, int64_t(1) << 60, 32};
+  EXPECT_EQ(runError(model.m, {"hidden_states", MOERT_F32, 3, dims, x.data()}),
+            "input 'hidden_states': dims 2x1152921504606846976x32 hold more bytes than a 64-bit size counts");
 }

@@ -125,6 +125,13 @@ cl::opt<std::string> dumpKernels("dump-kernels", cl::desc("Also write the genera
                                  cl::value_desc("dir"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> cxxPath("cxx", cl::desc("C++ compiler for the CPU kernels (default: $MOEC_CXX, clang++-19)"),
                              cl::value_desc("path"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> sanitize(
+    "sanitize",
+    cl::desc(
+        "Build the generated kernels (CPU and emulated GPU) with these sanitizers, comma-separated: address, "
+        "undefined, thread (clang's -fsanitize=; default: $MOEC_SANITIZE, else none). Only a sanitizer build "
+        "of moert (make SANITIZE=...) loads such an artifact; for testing kernels, not for use"),
+    cl::value_desc("list"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> quiet("quiet", cl::desc("No progress lines on stderr"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> noCheck("no-check", cl::desc("Skip libonnx's model checker"), cl::sub(importCmd),
                       cl::sub(compileCmd), cl::cat(category));
@@ -394,7 +401,7 @@ int runImport() {
     if (artifact && outputPath == "-")
       return error("an artifact is a binary file: give its path with -o OUT.moex (or --emit=mlir for the IR)");
   }
-  std::vector<std::string> hipArchs, cudaArchs, emuArchs;
+  std::vector<std::string> hipArchs, cudaArchs, emuArchs, sanitizers;
   if (compileCmd) {
     SmallVector<StringRef> targets, archs;
     StringRef(target).split(targets, ',', -1, false);
@@ -434,6 +441,26 @@ int runImport() {
     }
     if (!artifact && (!hipArchs.empty() || !cudaArchs.empty() || !emuArchs.empty()) && emit == "mlir")
       return error("--target=" + target + " needs an artifact (-o OUT.moex), not --emit=mlir");
+    // --sanitize, else $MOEC_SANITIZE, else the sanitizers moec itself is built with (a sanitizer build).
+    std::string list = sanitize.getValue();
+    const char *from = "--sanitize";
+    if (!sanitize.getNumOccurrences()) {
+      const char *env = std::getenv("MOEC_SANITIZE");
+      list = env ? env : MOEC_DEFAULT_SANITIZE;
+      from = env ? "$MOEC_SANITIZE" : "this moec's build (MOEC_SANITIZE)";
+    }
+    SmallVector<StringRef> names;
+    StringRef(list).split(names, ',', -1, false);
+    for (StringRef n : names) {
+      if (!llvm::is_contained(moec::codegen::knownSanitizers(), n.str()))
+        return error(std::string(from) + "=" + list + ": '" + n.str() +
+                     "' is not a sanitizer moec builds with (" +
+                     llvm::join(moec::codegen::knownSanitizers(), ", ") + ")");
+      if (!llvm::is_contained(sanitizers, n.str()))
+        sanitizers.push_back(n.str());
+    }
+    if (llvm::is_contained(sanitizers, "thread") && llvm::is_contained(sanitizers, "address"))
+      return error(std::string(from) + "=" + list + ": address and thread cannot be combined");
   }
 
   mlir::DialectRegistry registry;
@@ -484,6 +511,7 @@ int runImport() {
     cpuOptions.hipArchs = hipArchs;
     cpuOptions.cudaArchs = cudaArchs;
     cpuOptions.emuArchs = emuArchs;
+    cpuOptions.sanitizers = sanitizers;
     std::string message;
     if (!moec::codegen::compileCpuArtifact(*module, cpuOptions, outputPath, inputPath, message,
                                            quiet ? nullptr : &errs()))

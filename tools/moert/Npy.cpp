@@ -3,8 +3,12 @@
 
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <sstream>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 using namespace moert::npy;
 
@@ -40,13 +44,25 @@ std::string field(const std::string &header, const std::string &key) {
 } // namespace
 
 bool moert::npy::read(const std::string &path, Array &out, std::string &error) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    error = path + ": cannot open";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    error = path + ": cannot open" + (fd >= 0 ? " (not a regular file)" : "");
+    if (fd >= 0)
+      ::close(fd);
     return false;
   }
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.size() < 10 || std::memcmp(bytes.data(), "\x93NUMPY", 6) != 0) {
+  const size_t size = static_cast<size_t>(st.st_size);
+  void *map = size ? ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+  ::close(fd);
+  if (map == MAP_FAILED) {
+    error = path + (size ? ": cannot map" : ": not a .npy file (empty)");
+    return false;
+  }
+  out.mapping =
+      std::shared_ptr<const void>(map, [size](const void *p) { ::munmap(const_cast<void *>(p), size); });
+  const char *bytes = static_cast<const char *>(map);
+  if (size < 10 || std::memcmp(bytes, "\x93NUMPY", 6) != 0) {
     error = path + ": not a .npy file";
     return false;
   }
@@ -56,7 +72,7 @@ bool moert::npy::read(const std::string &path, Array &out, std::string &error) {
     headerLen = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
     at = 10;
   } else if (major == 2 || major == 3) {
-    if (bytes.size() < 12) {
+    if (size < 12) {
       error = path + ": truncated .npy header";
       return false;
     }
@@ -68,11 +84,11 @@ bool moert::npy::read(const std::string &path, Array &out, std::string &error) {
     error = path + ": unsupported .npy version " + std::to_string(major);
     return false;
   }
-  if (bytes.size() < at + headerLen) {
+  if (size - at < headerLen) {
     error = path + ": truncated .npy header";
     return false;
   }
-  std::string header = bytes.substr(at, headerLen);
+  std::string header(bytes + at, headerLen);
   std::string descr = field(header, "descr"), order = field(header, "fortran_order"), shape = field(header, "shape");
   if (order.find("True") != std::string::npos) {
     error = path + ": Fortran-order arrays are not supported (save with np.ascontiguousarray)";
@@ -91,24 +107,31 @@ bool moert::npy::read(const std::string &path, Array &out, std::string &error) {
   std::string inner = shape.size() >= 2 ? shape.substr(1, shape.size() - 2) : "";
   std::stringstream ss(inner);
   std::string part;
-  int64_t count = 1;
+  uint64_t need = info->size; // bytes of data, checked for overflow as each dim multiplies it
+  bool overflow = false;
   while (std::getline(ss, part, ',')) {
     if (part.find_first_not_of(' ') == std::string::npos)
       continue;
-    long long d = std::atoll(part.c_str());
-    if (d < 0) {
+    char *end = nullptr;
+    long long d = std::strtoll(part.c_str(), &end, 10);
+    if (d < 0 || end == part.c_str()) {
       error = path + ": bad shape " + shape;
       return false;
     }
     out.dims.push_back(d);
-    count *= d;
+    overflow |= __builtin_mul_overflow(need, uint64_t(d), &need);
   }
-  size_t need = size_t(count) * info->size, have = bytes.size() - at - headerLen;
+  if (overflow) {
+    error = path + ": shape " + shape + " has more bytes than a 64-bit size holds";
+    return false;
+  }
+  const size_t have = size - at - headerLen;
   if (have < need) {
     error = path + ": truncated data (" + std::to_string(have) + " of " + std::to_string(need) + " bytes)";
     return false;
   }
-  out.data.assign(bytes.begin() + at + headerLen, bytes.begin() + at + headerLen + need);
+  out.data = bytes + at + headerLen;
+  out.bytes = need;
   return true;
 }
 

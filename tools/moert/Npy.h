@@ -5,6 +5,7 @@
 #include "moert/moert.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,10 +14,14 @@ namespace moert::npy {
 struct Array {
   moert_dtype dtype = MOERT_DTYPE_UNKNOWN;
   std::vector<int64_t> dims;
-  std::vector<char> data; // row-major, little-endian
+  const char *data = nullptr; // row-major, little-endian: in the file's read-only mapping
+  size_t bytes = 0;
+  std::shared_ptr<const void> mapping; // keeps `data` mapped
 };
 
-/// Reads a C-order .npy file of a supported dtype (f32, f16, i64, i32, i8, u8, bool). False + `error`.
+/// Maps a C-order .npy file of a supported dtype (f32, f16, f64, the integer types, bool): its data is read
+/// from the file as it is used, never copied, whatever its size. False + `error` (a truncated file, a shape
+/// whose size overflows, a dtype moert has no type for).
 bool read(const std::string &path, Array &out, std::string &error);
 /// Writes `t` as a .npy file (version 1.0). False + `error`.
 bool write(const std::string &path, const moert_tensor &t, std::string &error);

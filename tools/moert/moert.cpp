@@ -38,13 +38,15 @@ const char *kUsage =
     "run options:\n"
     "  --input NAME=FILE.npy   an input (repeat for each; NAME as `moert inspect` lists it)\n"
     "  --output-dir DIR        write each output as DIR/<output name>.npy (default: .)\n"
-    "  --threads N             worker threads (default: one per core; they spin 500 us between jobs\n"
+    "  --threads N             worker threads, 1 to 1024 (default: one per core; they spin 500 us between "
+    "jobs\n"
     "                          before sleeping, MOERT_SPIN_US=N sets it, 0 sleeps at once)\n"
     "  --device D              where MoE and linear dispatches run: cpu (default), gpu (CUDA, else HIP),\n"
     "                          cuda, hip, emu (a host emulator of the GPU, for artifacts built with\n"
     "                          --target=emu: tests the GPU path without a GPU, slowly); on a GPU also the\n"
     "                          graph ops it has kernels for whose inputs are there (moert inspect --device\n"
-    "                          marks them); other ops run on the CPU. No driver or device: an error, never a\n"
+    "                          marks them); other ops run on the CPU. No driver or device: an error, never "
+    "a\n"
     "                          fallback\n"
     "  --repeat N              time N calls and print best and median (default 1)\n"
     "  --warmup N              untimed calls before timing (default: 1 when --repeat > 1)\n"
@@ -97,6 +99,15 @@ bool parseInt(const char *s, int &out) {
     return false;
   out = static_cast<int>(v);
   return true;
+}
+
+/// --threads N: 1..MOERT_MAX_THREADS (leaving the flag out means one per core); else an error line.
+bool validThreads(int n) {
+  if (n >= 1 && n <= MOERT_MAX_THREADS)
+    return true;
+  fail("--threads " + std::to_string(n) + ": expected 1 to " + std::to_string(MOERT_MAX_THREADS) +
+       " (leave it out for one thread per core)");
+  return false;
 }
 
 bool parseDevice(const std::string &s, int &out) {
@@ -210,6 +221,8 @@ int run(int argc, char **argv) {
       int n;
       if (!v || !parseInt(v, n))
         return fail(a + " needs a non-negative integer");
+      if (a == "--threads" && !validThreads(n))
+        return 1;
       (a == "--threads" ? threads : a == "--repeat" ? repeat : a == "--warmup" ? warmup : gpuTime) = n;
     } else if (a == "--device") {
       const char *v = value("--device");
@@ -251,8 +264,9 @@ int run(int argc, char **argv) {
       moert_free(m);
       return fail("--input " + inputs[i].first + ": " + err);
     }
-    tensors.push_back(moert_tensor{inputs[i].first.c_str(), arrays[i].dtype, static_cast<int32_t>(arrays[i].dims.size()),
-                                   arrays[i].dims.data(), arrays[i].data.data()});
+    tensors.push_back(moert_tensor{inputs[i].first.c_str(), arrays[i].dtype,
+                                   static_cast<int32_t>(arrays[i].dims.size()), arrays[i].dims.data(),
+                                   const_cast<char *>(arrays[i].data)});
   }
   for (size_t i = 0; i < moert_num_inputs(m); ++i) {
     std::string name = moert_input_name(m, i);
@@ -422,6 +436,8 @@ int generate(int argc, char **argv) {
         return 1;
       if (!parseInt(v, n))
         return fail(a + " needs a non-negative integer");
+      if (a == "--threads" && !validThreads(n))
+        return 1;
       (a == "--max-new-tokens" ? maxNew
        : a == "--top-k"        ? topK
        : a == "--threads"      ? threads
@@ -498,11 +514,11 @@ int generate(int argc, char **argv) {
     const size_t count = static_cast<size_t>(dims[0] * dims[1]);
     if (arr.dtype == MOERT_I64) {
       out.resize(count);
-      std::memcpy(out.data(), arr.data.data(), count * 8);
+      std::memcpy(out.data(), arr.data, count * 8);
     } else if (arr.dtype == MOERT_I32) {
       for (size_t i = 0; i < count; ++i) {
         int32_t x;
-        std::memcpy(&x, arr.data.data() + 4 * i, 4);
+        std::memcpy(&x, arr.data + 4 * i, 4);
         out.push_back(x);
       }
     } else {

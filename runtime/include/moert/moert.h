@@ -97,9 +97,12 @@ typedef enum moert_device {
                             for testing without a GPU; slow */
 } moert_device;
 
+/* The most worker threads a model may have (moert_load_options.threads beyond it is an error). */
+#define MOERT_MAX_THREADS 1024
+
 typedef struct moert_load_options {
   size_t struct_size;  /* sizeof(moert_load_options) */
-  int threads;         /* worker threads; 0 = one per available core */
+  int threads;         /* worker threads, 1..MOERT_MAX_THREADS; 0 = one per available core */
   int verify_checksum; /* 1 (default): the header, metadata and code are checked at load and each weight
                           section before the first step that reads it (load reads no weight pages);
                           2: every section at load (reads the whole file); 0: nothing */
