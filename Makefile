@@ -5,6 +5,7 @@
 #   make build   configure + build only (tools land in build/bin/)
 #   make bench   moec vs ONNX Runtime vs the roofline (bench/run.py; BENCH_ARGS=--quick for ~1 minute)
 #   make bench-large  compile a 21 GB model under a 4 GB memory cap, load it, time its first steps (bench/large_model.py)
+#   make fuzz    run the fuzzers (ONNX importer, artifact loader, moert_run inputs) FUZZ_SECONDS each (default 600)
 #   make docs    re-render the ODS reference pages into docs/
 #   make clean   remove the build tree
 # SANITIZE=address,undefined | thread: moec, libmoert, the tests and the kernels moec generates are built with
@@ -24,13 +25,14 @@ CC_19  := $(shell command -v clang-19 2>/dev/null)
 CXX_19 := $(shell command -v clang++-19 2>/dev/null)
 
 BENCH_ARGS ?=
+FUZZ_SECONDS ?= 600
 BENCH_LARGE_ARGS ?=
 
-.PHONY: all deps configure build test demo bench bench-large docs clean help
+.PHONY: all deps configure build test demo bench bench-large fuzz docs clean help
 all: build
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 	@echo "==> checking dependencies (scripts/install-deps.sh)"
@@ -63,6 +65,15 @@ bench: build
 # Not part of `make bench` or CI: it writes 21 GB of model and up to 10.5 GB of artifact (about 5 minutes here).
 bench-large: build
 	python3 bench/large_model.py --build $(BUILD) $(BENCH_LARGE_ARGS)
+
+# Long fuzzing runs (ctest runs each for 15-20 s). Corpora grow in $(BUILD)/tests/fuzz/*/; a crash stops its
+# fuzzer and leaves the input in .../artifacts/ (add it to tests/fuzz/regressions/ with the fix).
+fuzz: build
+	bash tests/fuzz/run-fuzzer.sh $(BUILD)/tests/fuzz/onnx-import-fuzzer $(BUILD)/tests/fuzz/work $(FUZZ_SECONDS)
+	bash tests/fuzz/run-loader-fuzzer.sh $(BUILD)/tests/fuzz/moert-load-fuzzer $(BUILD)/bin/moec \
+	  $(BUILD)/tests/fuzz/loader-work $(FUZZ_SECONDS)
+	bash tests/fuzz/run-run-fuzzer.sh $(BUILD)/tests/fuzz/moert-run-fuzzer $(BUILD)/bin/moec \
+	  $(BUILD)/tests/fuzz/run-work $(FUZZ_SECONDS)
 
 docs: build
 	python3 scripts/sync-docs.py --build $(BUILD)
