@@ -54,10 +54,11 @@ function(moec_sanitizer_setup sanitizers prefix)
       "ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:${asan}"
       "LSAN_OPTIONS=suppressions=${supp}/lsan.supp"
       "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"
-      "TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=${supp}/tsan.supp" PARENT_SCOPE)
+      "TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:allocator_may_return_null=1:suppressions=${supp}/tsan.supp"
+      PARENT_SCOPE)
   set(${prefix}_PRELOAD_ENV "LD_PRELOAD=${runtime}" "ASAN_OPTIONS=detect_leaks=0:${asan}"
       "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"
-      "TSAN_OPTIONS=halt_on_error=1:suppressions=${supp}/tsan.supp" PARENT_SCOPE)
+      "TSAN_OPTIONS=halt_on_error=1:allocator_may_return_null=1:suppressions=${supp}/tsan.supp" PARENT_SCOPE)
 endfunction()
 
 if(MOEC_SANITIZE)

@@ -261,23 +261,29 @@ def main():
             print("FAIL moert verify on the undamaged artifact: " + r.stderr.strip())
         # A compile whose artifact cannot be written whole (a file-size limit below its size: the write fails
         # part way) is one error line and leaves nothing at the output path, not even a temporary file.
+        # (Not under ThreadSanitizer: its runtime dies of SIGBUS in moec once a write passes the limit, where
+        # the same moec without it, and under ASan, reports EFBIG as below.)
+        tsan = "libclang_rt.tsan" in subprocess.run(["ldd", args.moec], capture_output=True, text=True).stdout
         block = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "transformers",
                              "mixtral.onnx")
         full = os.path.join(tmp, "full.moex")
         subprocess.run([args.moec, "compile", block, "-o", full, "--quiet"], check=True, capture_output=True)
-        limit_kib = (os.path.getsize(full) - 8192) // 1024
-        out = os.path.join(tmp, "limited.moex")
-        r = subprocess.run(["bash", "-c", f'ulimit -f {limit_kib}; exec "$0" compile "$1" -o "$2" --quiet',
-                            args.moec, block, out], capture_output=True, text=True)
-        lines = [ln for ln in r.stderr.strip().splitlines() if "warning:" not in ln]
-        left = [f for f in os.listdir(tmp) if f.startswith("limited.moex")]
-        if r.returncode != 1 or len(lines) != 1 or "moec: error:" not in lines[0] or "cannot write" not in lines[0] \
-                or left:
-            failures += 1
-            print(f"FAIL a compile over a {limit_kib} KiB file-size limit: exit {r.returncode}, stderr {lines!r}, "
-                  f"left {left}")
+        if tsan:
+            print("skip file-size limit: moec is built with ThreadSanitizer")
         else:
-            print(f"ok   file-size limit      {lines[0].split(': ', 2)[-1]} (exit 1, nothing at the output path)")
+            limit_kib = (os.path.getsize(full) - 8192) // 1024
+            out = os.path.join(tmp, "limited.moex")
+            r = subprocess.run(["bash", "-c", f'ulimit -f {limit_kib}; exec "$0" compile "$1" -o "$2" --quiet',
+                                args.moec, block, out], capture_output=True, text=True)
+            lines = [ln for ln in r.stderr.strip().splitlines() if "warning:" not in ln]
+            left = [f for f in os.listdir(tmp) if f.startswith("limited.moex")]
+            if r.returncode != 1 or len(lines) != 1 or "moec: error:" not in lines[0] or "cannot write" not in lines[0] \
+                    or left:
+                failures += 1
+                print(f"FAIL a compile over a {limit_kib} KiB file-size limit: exit {r.returncode}, stderr {lines!r}, "
+                      f"left {left}")
+            else:
+                print(f"ok   file-size limit      {lines[0].split(': ', 2)[-1]} (exit 1, nothing at the output path)")
         failures += resource_limits(args, tmp, good)
         failures += sanitizer_options(args, tmp, model)
         print(f"{len(cases) - (failures > 0)}/{len(cases)} damaged artifacts rejected with one clear error"
