@@ -5,7 +5,7 @@
 # Fails on any crash or sanitizer report.
 #   run-fuzzer.sh FUZZER WORKDIR [SECONDS]
 set -euo pipefail
-fuzzer=$1 work=$2 seconds=${3:-20}
+fuzzer=$(realpath "$1") work=$(realpath -m "$2") seconds=${3:-20}
 corpus=$work/corpus
 mkdir -p "$corpus" "$work/artifacts"
 if [ -z "$(ls -A "$corpus")" ]; then

@@ -3,7 +3,7 @@
 # moec compiles from small MoE models. Fails on any crash or sanitizer report.
 #   run-loader-fuzzer.sh FUZZER MOEC WORKDIR [SECONDS]
 set -euo pipefail
-fuzzer=$1 moec=$2 work=$3 seconds=${4:-15}
+fuzzer=$(realpath "$1") moec=$(realpath "$2") work=$(realpath -m "$3") seconds=${4:-15}
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 corpus=$work/corpus
 mkdir -p "$corpus" "$work/artifacts"

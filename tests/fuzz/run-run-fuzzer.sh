@@ -4,7 +4,7 @@
 # so out-of-range ids reach the embedding Gather). Fails on any crash or sanitizer report.
 #   run-run-fuzzer.sh FUZZER MOEC WORKDIR [SECONDS]
 set -euo pipefail
-fuzzer=$1 moec=$2 work=$3 seconds=${4:-15}
+fuzzer=$(realpath "$1") moec=$(realpath "$2") work=$(realpath -m "$3") seconds=${4:-15}
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$work/corpus" "$work/artifacts"
 models=""
