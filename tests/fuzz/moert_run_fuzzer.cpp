@@ -73,6 +73,10 @@ extern "C" int LLVMFuzzerInitialize(int *, char ***) {
     }
     models.push_back(m);
   }
+  std::atexit([] { // freed at exit, so that LeakSanitizer judges only what the runs leave behind
+    for (moert_model *m : models)
+      moert_free(m);
+  });
   if (models.empty()) {
     std::fprintf(stderr, "moert_run_fuzzer: set MOERT_FUZZ_ARTIFACTS to artifacts to run\n");
     std::abort();
