@@ -123,7 +123,8 @@ std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
 }
 /// libonnx 1.12's inference of some ops indexes their input's dims without checking the rank, a null
 /// dereference the importer fuzzer found: STFT's signal of rank 0 or 1; LayerNormalization's input when its
-/// axis is out of range (a rank-0 input), declared or inferred. Those nodes are hidden from it (renamed to an
+/// axis is out of range (a rank-0 input), declared or inferred; GatherND whose batch_dims is not below both
+/// inputs' ranks (found by the structure-aware mutator). Those nodes are hidden from it (renamed to an
 /// op it has no schema for, which it skips) and restored after; their output types are then the model's or
 /// moec's own. A LayerNormalization whose input has a declared rank (graph input, value_info, initializer)
 /// its axis fits stays visible: that is every exported model, and keeps libonnx's inference of what follows.
@@ -141,19 +142,29 @@ void hideFromLibonnxInference(onnx::GraphProto &g, bool hide, std::map<std::stri
     for (const auto &t : g.initializer())
       ranks[t.name()] = t.dims_size();
   }
+  auto rankOf = [&](const onnx::NodeProto &n, int i) {
+    auto it = i < n.input_size() ? ranks.find(n.input(i)) : ranks.end();
+    return it == ranks.end() ? -1 : it->second;
+  };
+  auto intAttr = [](const onnx::NodeProto &n, const char *name, int64_t dflt) {
+    for (const auto &a : n.attribute())
+      if (a.name() == name)
+        return a.i();
+    return dflt;
+  };
   auto unsafe = [&](const onnx::NodeProto &n) {
     if (n.op_type() == "STFT")
       return true;
+    if (n.op_type() == "GatherND") { // batch_dims past either input's rank reads past its dims
+      const int r = rankOf(n, 0), q = rankOf(n, 1);
+      const int64_t b = intAttr(n, "batch_dims", 0);
+      return !(r >= 1 && q >= 1 && b >= 0 && b < std::min(r, q));
+    }
     if (n.op_type() != "LayerNormalization")
       return false;
-    auto it = n.input_size() ? ranks.find(n.input(0)) : ranks.end();
-    if (it == ranks.end())
-      return true;
-    int64_t axis = -1;
-    for (const auto &a : n.attribute())
-      if (a.name() == "axis")
-        axis = a.i();
-    return !(it->second >= 1 && axis >= -it->second && axis < it->second);
+    const int rank = rankOf(n, 0);
+    const int64_t axis = intAttr(n, "axis", -1);
+    return !(rank >= 1 && axis >= -rank && axis < rank);
   };
   for (auto &n : *g.mutable_node()) {
     if (n.domain().empty() || n.domain() == "ai.onnx") {

@@ -414,8 +414,10 @@ std::optional<Dims> infer(Operation *op, unsigned i) {
     auto data = in(0), idx = in(1);
     if (!data || !idx || idx->empty() || unknown(idx->back()))
       return std::nullopt;
-    const int64_t b = g.getBatchDims(), last = idx->back();
-    if (b + last > int64_t(data->size()))
+    const int64_t b = g.getBatchDims(), last = idx->back(), r = int64_t(data->size()),
+                  q = int64_t(idx->size());
+    if (b < 0 || b >= std::min(r, q) || last < 1 ||
+        last > r - b) // out of ONNX's range (the verifier says so)
       return std::nullopt;
     Dims out(idx->begin(), idx->end() - 1);
     out.append(data->begin() + b + last, data->end());
