@@ -6,6 +6,7 @@
 #include "ir/ONNXOps.h"
 #include "ir/ShapeInference.h"
 
+#include "onnx/defs/schema.h"
 #include "onnx/onnx_pb.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -18,6 +19,9 @@
 #include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/StringSet.h"
 #include "llvm/Support/raw_ostream.h"
+
+#include <algorithm>
+#include <limits>
 
 using namespace mlir;
 using namespace moec::frontend;
@@ -296,6 +300,30 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
                   " only; see docs/onnx-support.md for the supported ops");
     return fail(
         "unsupported op; see docs/onnx-support.md (or `moec import --list-ops`) for the supported ops");
+  }
+  // Input and output counts against ONNX's schema of the op at this opset (where libonnx has one): the
+  // builders read their required inputs unguarded (the structure-aware fuzzer's `Size` with no input). A
+  // model of a newer opset than libonnx knows is held to the minimums only (later opsets add inputs).
+  const int schemaVersion = int(std::clamp<int64_t>(currentOpset, 1, std::numeric_limits<int>::max()));
+  if (const onnx::OpSchema *schema =
+          onnx::OpSchemaRegistry::Schema(n.op_type(), schemaVersion, domain.str())) {
+    const bool newer = model->newerThanLibonnx();
+    if (n.input_size() < schema->min_input() || (!newer && n.input_size() > schema->max_input()))
+      return fail("has " + std::to_string(n.input_size()) + " inputs; opset " + std::to_string(currentOpset) +
+                  " takes " + std::to_string(schema->min_input()) +
+                  (schema->max_input() == schema->min_input()
+                       ? ""
+                       : " to " + (schema->max_input() == std::numeric_limits<int>::max()
+                                       ? std::string("any number")
+                                       : std::to_string(schema->max_input()))));
+    for (int i = 0; i < n.input_size() && i < int(schema->inputs().size()); ++i)
+      if (n.input(i).empty() && schema->inputs()[i].GetOption() == onnx::OpSchema::Single)
+        return fail("input " + std::to_string(i) + " ('" + schema->inputs()[i].GetName() +
+                    "') is required but left empty");
+    if (n.output_size() < schema->min_output() || (!newer && n.output_size() > schema->max_output()))
+      return fail("has " + std::to_string(n.output_size()) + " outputs; opset " +
+                  std::to_string(currentOpset) + " gives " + std::to_string(schema->min_output()) +
+                  (schema->max_output() == schema->min_output() ? "" : " or more"));
   }
   // Sequences and optionals flow only into the ops that take them; every other op's builder sees tensors.
   for (int i = 0; i < n.input_size() && !best->takesValues; ++i) {

@@ -67,6 +67,8 @@ public:
   int64_t opsetVersion(llvm::StringRef domain) const;
   /// Inferred or declared type of a value, or null if neither libonnx nor the model knows it.
   const onnx::TypeProto *valueType(llvm::StringRef name) const;
+  /// The model's opsets are newer than libonnx knows (its checker and shape inference were skipped).
+  bool newerThanLibonnx() const { return inferenceSkipped; }
   /// Notes for the user that are not errors (e.g. a model newer than the checker).
   const std::vector<std::string> &warnings() const { return notes; }
 
