@@ -183,6 +183,34 @@ void hideFromLibonnxInference(onnx::GraphProto &g, bool hide, std::map<std::stri
   }
 }
 
+/// Clears every negative dim_value of the value types declared in `g` and its subgraphs; returns how many.
+int64_t forgetNegativeDims(onnx::GraphProto &g) {
+  int64_t count = 0;
+  auto fix = [&](onnx::ValueInfoProto &v) {
+    if (!v.has_type() || !v.type().has_tensor_type() || !v.type().tensor_type().has_shape())
+      return;
+    for (auto &d : *v.mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim())
+      if (d.has_dim_value() && d.dim_value() < 0) {
+        d.clear_dim_value();
+        ++count;
+      }
+  };
+  for (auto &v : *g.mutable_input())
+    fix(v);
+  for (auto &v : *g.mutable_output())
+    fix(v);
+  for (auto &v : *g.mutable_value_info())
+    fix(v);
+  for (auto &n : *g.mutable_node())
+    for (auto &a : *n.mutable_attribute()) {
+      if (a.has_g())
+        count += forgetNegativeDims(*a.mutable_g());
+      for (auto &sub : *a.mutable_graphs())
+        count += forgetNegativeDims(sub);
+    }
+  return count;
+}
+
 /// libonnx's shape inference over `model`, with the nodes it cannot infer safely hidden from it.
 void inferShapes(onnx::ModelProto &model) {
   hideFromLibonnxInference(*model.mutable_graph(), true);
@@ -344,6 +372,11 @@ std::unique_ptr<OnnxModel> OnnxModel::parse(std::unique_ptr<OnnxModel> m, llvm::
   } catch (const std::exception &e) {
     return fail("ONNX checker: " + firstLine(e.what()));
   }
+  // A declared dim below zero is not ONNX (dims are >= 0 or named); libonnx's inference indexes with it (a
+  // SEGV the importer fuzzer found through GatherND). Such dims are read as unknown, with a note.
+  if (int64_t negative = forgetNegativeDims(*m->model->mutable_graph()))
+    m->notes.push_back(std::to_string(negative) + " declared dim" + (negative == 1 ? " is" : "s are") +
+                       " negative (not valid ONNX); read as unknown");
   if (options.runShapeInference && !newerOpset) {
     std::string why = libonnxInferenceHazard(proto.graph());
     if (!why.empty())
