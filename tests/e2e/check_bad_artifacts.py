@@ -81,6 +81,12 @@ def npy_header_only(path, shape, data_bytes):
         f.truncate(f.tell() + data_bytes)
 
 
+def links_sanitizer(binary, which):
+    """Whether `binary` links a shared sanitizer runtime (`which`: "" any, ".tsan", ".asan"...): a
+    sanitizer build's tools do (cmake/MoecSanitize.cmake)."""
+    return "libclang_rt" + which in subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+
+
 def sanitizer_options(args, tmp, model):
     """`moec compile --sanitize`: names it cannot build with are one error line and no artifact; an artifact
     whose kernels are instrumented is refused by a moert that is not (one line naming why)."""
@@ -97,7 +103,7 @@ def sanitizer_options(args, tmp, model):
             print(f"FAIL moec {flags[0]}: exit {r.returncode}, stderr {r.stderr.strip()!r}; expected {want!r}")
         else:
             print(f"ok   moec {flags[0]:24s} {lines[0]}")
-    sanitized_moert = "libclang_rt" in subprocess.run(["ldd", args.moert], capture_output=True, text=True).stdout
+    sanitized_moert = links_sanitizer(args.moert, "")
     if not sanitized_moert:
         subprocess.run([args.moec, "compile", model, "-o", out, "--quiet", "--sanitize=address"], check=True, env=env)
         r = subprocess.run([args.moert, "inspect", out], capture_output=True, text=True)
@@ -263,7 +269,7 @@ def main():
         # part way) is one error line and leaves nothing at the output path, not even a temporary file.
         # (Not under ThreadSanitizer: its runtime dies of SIGBUS in moec once a write passes the limit, where
         # the same moec without it, and under ASan, reports EFBIG as below.)
-        tsan = "libclang_rt.tsan" in subprocess.run(["ldd", args.moec], capture_output=True, text=True).stdout
+        tsan = links_sanitizer(args.moec, ".tsan")
         block = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "transformers",
                              "mixtral.onnx")
         full = os.path.join(tmp, "full.moex")
