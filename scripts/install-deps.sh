@@ -26,6 +26,7 @@ debs=(
   libamdhip64-dev rocm-device-libs
   libclang-rt-19-dev
   zlib1g-dev libzstd-dev libedit-dev libxml2-dev libcurl4-openssl-dev
+  libssl-dev openssl
 )
 
 missing=()

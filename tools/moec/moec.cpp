@@ -9,6 +9,7 @@
 // Errors are one line on stderr, the exit code is non-zero, and no output file is left behind.
 //
 //===----------------------------------------------------------------------===//
+#include "ArtifactSignature.h"
 #include "codegen/cpu/CpuCodegen.h"
 #include "codegen/hip/GpuCodegen.h"
 #include "frontend/Importer.h"
@@ -132,6 +133,12 @@ cl::opt<std::string> sanitize(
         "undefined, thread (clang's -fsanitize=; default: $MOEC_SANITIZE, else none). Only a sanitizer build "
         "of moert (make SANITIZE=...) loads such an artifact; for testing kernels, not for use"),
     cl::value_desc("list"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> signKey(
+    "sign-key",
+    cl::desc(
+        "Sign the artifact with this PEM private key (Ed25519 or Ed448; openssl genpkey -algorithm ed25519): "
+        "writes OUT.moex.sig, which moert --public-key checks before loading (docs/artifact-format.md)"),
+    cl::value_desc("key.pem"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> quiet("quiet", cl::desc("No progress lines on stderr"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> noCheck("no-check", cl::desc("Skip libonnx's model checker"), cl::sub(importCmd),
                       cl::sub(compileCmd), cl::cat(category));
@@ -401,6 +408,15 @@ int runImport() {
     if (artifact && outputPath == "-")
       return error("an artifact is a binary file: give its path with -o OUT.moex (or --emit=mlir for the IR)");
   }
+  // The signing key is read before the compile: a bad one fails in a moment, not after it.
+  std::unique_ptr<moec::signature::SigningKey> signingKey;
+  if (!signKey.empty()) {
+    if (!artifact)
+      return error("--sign-key signs artifacts: give -o OUT.moex");
+    std::string message;
+    if (!(signingKey = moec::signature::SigningKey::load(signKey, message)))
+      return error("--sign-key " + message);
+  }
   std::vector<std::string> hipArchs, cudaArchs, emuArchs, sanitizers;
   if (compileCmd) {
     SmallVector<StringRef> targets, archs;
@@ -516,6 +532,15 @@ int runImport() {
     if (!moec::codegen::compileCpuArtifact(*module, cpuOptions, outputPath, inputPath, message,
                                            quiet ? nullptr : &errs()))
       return error(inputPath + ": " + message);
+    if (signingKey) {
+      const std::string signature = moec::signature::defaultPath(outputPath);
+      if (!signingKey->sign(outputPath, signature, message)) {
+        sys::fs::remove(outputPath); // an artifact asked to be signed is not left unsigned
+        return error(message);
+      }
+      if (!quiet)
+        errs() << "moec: signed it: " << signature << "\n";
+    }
     if (!quiet)
       errs() << "moec: wrote " << outputPath << "\n";
     return 0;

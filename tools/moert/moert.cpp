@@ -3,16 +3,18 @@
 //   moert run MODEL.moex --input NAME=FILE.npy ... [--output-dir DIR] [--threads N] [--repeat N]
 //                        [--warmup N] [--profile trace.json] [--verify | --no-verify]
 //   moert inspect MODEL.moex
-//   moert verify MODEL.moex
+//   moert verify MODEL.moex [--public-key KEY.pub.pem [--signature SIG]]
 //   moert generate MODEL.moex --prompt-ids ids.npy [--attention-mask mask.npy] [--max-new-tokens N]
 //                  [--greedy | --temperature T --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N]
 //                  [--kv-cache f32|bf16|f16] [--threads N] [--profile F] [--output ids.npy]
 //
-// Links only libmoert (no LLVM, no MLIR). Errors are one line on stderr and a non-zero exit.
+// Links libmoert and, for --public-key, libcrypto (no LLVM, no MLIR). Errors are one line on stderr and a
+// non-zero exit.
 //
 //===----------------------------------------------------------------------===//
-#include "Npy.h"
 #include "moert/moert.h"
+#include "ArtifactSignature.h"
+#include "Npy.h"
 
 #include <sys/stat.h>
 
@@ -32,7 +34,9 @@ const char *kUsage =
     "usage:\n"
     "  moert run MODEL.moex --input NAME=FILE.npy ... [options]\n"
     "  moert inspect MODEL.moex [--device D]\n"
-    "  moert verify MODEL.moex   check every section's checksum (weights included); name each corrupted one\n"
+    "  moert verify MODEL.moex   check every section's checksum (weights included); name each corrupted "
+    "one;\n"
+    "                          with --public-key, the file's signature first\n"
     "  moert generate MODEL.moex --prompt-ids IDS.npy [options]   prefill, then decode token by token\n"
     "  moert devices [--device D] [--bandwidth]   the GPU moert would use (and its copy bandwidth)\n\n"
     "run options:\n"
@@ -57,7 +61,12 @@ const char *kUsage =
     "  --verify                check every section's checksum at load (reads the whole file); by default\n"
     "                          the header, metadata and code are checked at load and each weight section\n"
     "                          on its first use, so loading reads no weights\n"
-    "  --no-verify             check no checksums\n\n"
+    "  --no-verify             check no checksums\n"
+    "  --public-key KEY.pem    load the artifact only if its signature (moec compile --sign-key, or\n"
+    "                          openssl pkeyutl -sign -rawin; Ed25519 or Ed448) matches this PEM public key;\n"
+    "                          reads the whole file first. Also for inspect and verify. $MOERT_PUBLIC_KEY\n"
+    "                          sets it for every command (docs/artifact-format.md, \"Trust model\")\n"
+    "  --signature SIG         where that signature is (default: MODEL.moex.sig)\n\n"
     "generate options (a decoder with KV caches: `moert inspect` shows a 'decoder:' line):\n"
     "  --prompt-ids IDS.npy    the prompt's token ids (int64 or int32): shape [n] for one sequence, [B, n] "
     "for\n"
@@ -74,7 +83,7 @@ const char *kUsage =
     "  --profile FILE.json     write a Chrome trace of the last call's steps (the last decode step)\n"
     "  --output IDS.npy        also write the generated ids (int64) there ([B, new] for a batch; a sequence\n"
     "                          that stopped at --eos-id early is padded with that id)\n"
-    "  --threads N, --device D, --verify, --no-verify as for run\n"
+    "  --threads N, --device D, --verify, --no-verify, --public-key K, --signature S as for run\n"
     "  (token ids in and out; for text, Python's moert.Model.generate(\"...\") reads the tokenizer.json next "
     "to\n"
     "  the model)\n";
@@ -110,6 +119,38 @@ bool validThreads(int n) {
   return false;
 }
 
+/// Who produced an artifact: with a public key (--public-key, else $MOERT_PUBLIC_KEY) the file is loaded only
+/// if its detached signature matches (tools/signing/ArtifactSignature.h). Checked before moert_load maps it.
+struct Provenance {
+  std::string publicKey, signature;
+
+  /// Takes --public-key and --signature (true if `flag` was one of them; `value` is null when it lacks one).
+  bool parse(const std::string &flag, const char *value, bool &failed) {
+    if (flag != "--public-key" && flag != "--signature")
+      return false;
+    if (!value)
+      failed = true;
+    else
+      (flag == "--public-key" ? publicKey : signature) = value;
+    return true;
+  }
+
+  /// 0 when there is no key or the signature matches; else an error line's exit code.
+  int check(const std::string &model) {
+    if (publicKey.empty())
+      if (const char *env = std::getenv("MOERT_PUBLIC_KEY"); env && *env)
+        publicKey = env;
+    if (publicKey.empty())
+      return signature.empty() ? 0
+                               : fail("--signature " + signature + " needs --public-key KEY.pem to check it");
+    std::string error;
+    if (!moec::signature::verify(model, publicKey,
+                                 signature.empty() ? moec::signature::defaultPath(model) : signature, error))
+      return fail(error);
+    return 0;
+  }
+};
+
 bool parseDevice(const std::string &s, int &out) {
   static const std::pair<const char *, int> names[] = {{"cpu", MOERT_DEVICE_CPU},
                                                        {"gpu", MOERT_DEVICE_GPU},
@@ -124,18 +165,50 @@ bool parseDevice(const std::string &s, int &out) {
   return false;
 }
 
+/// The model path and options of inspect and verify: MODEL [--device D] [--public-key K] [--signature S].
+bool parseSimple(int argc, char **argv, bool takesDevice, std::string &model, int &device,
+                 Provenance &provenance, const char *usage) {
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    const char *v = nullptr;
+    if (a.rfind("--", 0) == 0 && a.find('=') != std::string::npos) {
+      v = argv[i] + a.find('=') + 1;
+      a = a.substr(0, a.find('='));
+    } else if (a.rfind("--", 0) == 0 && i + 1 < argc) {
+      v = argv[++i];
+    }
+    bool failed = false;
+    if (provenance.parse(a, v, failed)) {
+      if (failed)
+        return fail(a + " needs a value"), false;
+    } else if (takesDevice && a == "--device") {
+      if (!v)
+        return fail("--device needs a value"), false;
+      if (!parseDevice(v, device))
+        return fail(std::string("--device ") + v + ": expected cpu, gpu, cuda, hip or emu"), false;
+    } else if (a.rfind("-", 0) == 0 || !model.empty()) {
+      return fail(std::string("usage: ") + usage), false;
+    } else {
+      model = a;
+    }
+  }
+  if (model.empty())
+    return fail(std::string("usage: ") + usage), false;
+  return true;
+}
+
 int inspect(int argc, char **argv) {
   int device = MOERT_DEVICE_CPU;
-  if (argc == 3 && std::string(argv[1]) == "--device") {
-    if (!parseDevice(argv[2], device))
-      return fail(std::string("--device ") + argv[2] + ": expected cpu, gpu, cuda, hip or emu");
-    argc = 1;
-  }
-  if (argc != 1)
-    return fail("usage: moert inspect MODEL.moex [--device D]");
+  std::string model;
+  Provenance provenance;
+  if (!parseSimple(argc, argv, true, model, device, provenance,
+                   "moert inspect MODEL.moex [--device D] [--public-key KEY.pem [--signature SIG]]"))
+    return 1;
+  if (int rc = provenance.check(model))
+    return rc;
   moert_model *m = nullptr;
   moert_load_options lo{sizeof lo, 0, 1, device};
-  if (int rc = check(moert_load(argv[0], &lo, &m)))
+  if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
   std::fputs(moert_describe(m), stdout);
   moert_free(m);
@@ -143,17 +216,26 @@ int inspect(int argc, char **argv) {
 }
 
 int verify(int argc, char **argv) {
-  if (argc != 1)
-    return fail("usage: moert verify MODEL.moex");
+  int device = MOERT_DEVICE_CPU;
+  std::string model;
+  Provenance provenance;
+  if (!parseSimple(argc, argv, false, model, device, provenance,
+                   "moert verify MODEL.moex [--public-key KEY.pem [--signature SIG]]"))
+    return 1;
+  if (int rc = provenance.check(model))
+    return rc;
   moert_model *m = nullptr;
   moert_load_options lo{sizeof lo, 1, 1, MOERT_DEVICE_CPU};
-  if (int rc = check(moert_load(argv[0], &lo, &m)))
+  if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
   moert_status st = moert_verify(m);
   moert_free(m);
   if (int rc = check(st))
     return rc;
-  std::printf("%s: every section's checksum matches\n", argv[0]);
+  if (!provenance.publicKey.empty())
+    std::printf("%s: signed by the holder of %s's private key\n", model.c_str(),
+                provenance.publicKey.c_str());
+  std::printf("%s: every section's checksum matches\n", model.c_str());
   return 0;
 }
 
@@ -180,6 +262,7 @@ int run(int argc, char **argv) {
   std::string model, outDir = ".", profile;
   std::vector<std::pair<std::string, std::string>> inputs;
   int threads = 0, repeat = 1, warmup = -1, verify = 1, device = MOERT_DEVICE_CPU, gpuTime = 0;
+  Provenance provenance;
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i], inlineValue;
     bool hasInline = false;
@@ -197,7 +280,11 @@ int run(int argc, char **argv) {
       }
       return argv[++i];
     };
-    if (a == "--input") {
+    bool failed = false;
+    if (provenance.parse(a, a == "--public-key" || a == "--signature" ? value(a.c_str()) : "", failed)) {
+      if (failed)
+        return 1;
+    } else if (a == "--input") {
       const char *v = value("--input");
       if (!v)
         return 1;
@@ -249,6 +336,8 @@ int run(int argc, char **argv) {
   if (warmup < 0)
     warmup = repeat > 1 ? 1 : 0;
 
+  if (int rc = provenance.check(model))
+    return rc;
   moert_model *m = nullptr;
   moert_load_options lo{sizeof lo, threads, verify, device};
   auto t0 = std::chrono::steady_clock::now();
@@ -403,6 +492,7 @@ int generate(int argc, char **argv) {
   bool greedy = true;
   unsigned long long seed = 0;
   long long eos = -1;
+  Provenance provenance;
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i], inlineValue;
     bool hasInline = false;
@@ -423,7 +513,11 @@ int generate(int argc, char **argv) {
     const char *v = nullptr;
     if (hasInline && (a == "--greedy" || a == "--verify" || a == "--no-verify"))
       return fail(a + " takes no value");
-    if (a == "--prompt-ids" || a == "--output" || a == "--profile" || a == "--attention-mask") {
+    bool failed = false;
+    if (provenance.parse(a, a == "--public-key" || a == "--signature" ? value() : "", failed)) {
+      if (failed)
+        return 1;
+    } else if (a == "--prompt-ids" || a == "--output" || a == "--profile" || a == "--attention-mask") {
       if (!(v = value()))
         return 1;
       (a == "--prompt-ids" ? promptPath
@@ -548,6 +642,8 @@ int generate(int argc, char **argv) {
                       " has padding after a token; prompts are left-padded (zeros first)");
   }
 
+  if (int rc = provenance.check(model))
+    return rc;
   moert_model *m = nullptr;
   moert_load_options lo{sizeof lo, threads, verify, device};
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
