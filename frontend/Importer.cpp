@@ -593,6 +593,35 @@ Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<
       }
     }
   }
+  // GatherND: batch_dims below both ranks, and each index tuple no longer than the dims it indexes (ONNX's
+  // ranges; the runtime checks them too, for inputs of unknown rank).
+  if (auto g = dyn_cast<moec::onnxir::GatherNDOp>(op)) {
+    auto data = dyn_cast<RankedTensorType>(g.getData().getType());
+    auto idx = dyn_cast<RankedTensorType>(g.getIndices().getType());
+    const int64_t b = g.getBatchDims();
+    if (data && idx) {
+      const int64_t r = data.getRank(), q = idx.getRank();
+      if (b < 0 || b >= std::min(r, q)) {
+        op->erase();
+        (void)fail(
+            "attribute 'batch_dims' = " + Twine(b) + " is out of range for data of rank " + Twine(r) +
+            " and indices of rank " + Twine(q) +
+            (std::min(r, q) > 0 ? " (0 to " + Twine(std::min(r, q) - 1) + ")" : Twine(" (no valid value)")));
+        return nullptr;
+      }
+      if (const int64_t last = idx.getShape().back();
+          !ShapedType::isDynamic(last) && (last < 1 || last > r - b)) {
+        op->erase();
+        (void)fail("indices' last dim is " + Twine(last) + ", expected 1 to " + Twine(r - b) +
+                   " (the data's rank " + Twine(r) + " less batch_dims " + Twine(b) + ")");
+        return nullptr;
+      }
+    } else if (b < 0) {
+      op->erase();
+      (void)fail("attribute 'batch_dims' = " + Twine(b) + " is negative");
+      return nullptr;
+    }
+  }
   return op;
 }
 
