@@ -34,6 +34,20 @@ function(moec_add_unittest name)
   moec_target_flags(${name})
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests/unit)
   gtest_discover_tests(${name} PROPERTIES LABELS unit DISCOVERY_TIMEOUT 60)
+  if(MOEC_SANITIZE)
+    # In a sanitizer build the discovered tests run with the sanitizers' test options like every other test
+    # (cmake/MoecSanitize.cmake). gtest_discover_tests cannot pass a list-valued ENVIRONMENT through, so a
+    # file ctest reads after the one listing the discovered tests (${name}_TESTS) sets it on each of them.
+    set(env_file ${CMAKE_CURRENT_BINARY_DIR}/${name}_sanitizer_env.cmake)
+    set(quoted "")
+    foreach(e IN LISTS MOEC_SANITIZE_TEST_ENV)
+      string(APPEND quoted " [==[${e}]==]")
+    endforeach()
+    file(WRITE ${env_file} "set(_moec_env${quoted})\nif(DEFINED ${name}_TESTS)\n"
+                           "  set_tests_properties(\${${name}_TESTS} PROPERTIES ENVIRONMENT \"\${_moec_env}\")\n"
+                           "endif()\n")
+    set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES ${env_file})
+  endif()
 endfunction()
 
 # A test that needs a GPU: labelled `gpu`; the command exits 77 when no usable device exists, which ctest

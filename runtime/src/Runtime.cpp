@@ -32,13 +32,6 @@ std::string checkRows(const std::string &what, int64_t rows) {
          std::to_string(kMaxDispatchRows) + " (split the input)";
 }
 
-std::string dimsText(const std::vector<int64_t> &d) {
-  std::string s;
-  for (size_t i = 0; i < d.size(); ++i)
-    s += (i ? "x" : "") + std::to_string(d[i]);
-  return d.empty() ? "(scalar)" : s;
-}
-
 int64_t numel(const std::vector<int64_t> &d) {
   int64_t n = 1;
   for (int64_t x : d)
@@ -272,7 +265,7 @@ std::string bindInput(const pb::Value &want, const moert_value &v, std::map<std:
     uint64_t bytes = std::max<size_t>(moert::dtypeSize(want.type().dtype()), 1);
     for (int64_t d : dims)
       if (__builtin_mul_overflow(bytes, uint64_t(d), &bytes) || bytes > (uint64_t(1) << 62))
-        return where + ": dims " + dimsText(dims) + " hold more bytes than a 64-bit size counts";
+        return where + ": dims " + dimsString(dims) + " hold more bytes than a 64-bit size counts";
     static const char kEmpty[64] = {};
     elements.push_back(Tensor{want.type().dtype(), std::move(dims),
                               x.data ? static_cast<const char *>(x.data) : kEmpty, nullptr});

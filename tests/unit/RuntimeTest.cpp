@@ -353,6 +353,7 @@ TEST(RuntimeTest, OverflowingInputDimsAreAnError) {
   Model model(1);
   std::vector<float> x = randomInput(1, 1);
   int64_t dims[3] = {2, int64_t(1) << 60, 32};
-  EXPECT_EQ(runError(model.m, {"hidden_states", MOERT_F32, 3, dims, x.data()}),
-            "input 'hidden_states': dims 2x1152921504606846976x32 hold more bytes than a 64-bit size counts");
+  EXPECT_EQ(
+      runError(model.m, {"hidden_states", MOERT_F32, 3, dims, x.data()}),
+      "input 'hidden_states': dims [2, 1152921504606846976, 32] hold more bytes than a 64-bit size counts");
 }
