@@ -33,6 +33,8 @@ std::vector<char> elementsBytes(Attribute attr) {
     return {};
   size_t width = bits == 1 ? 1 : bits / 8, count = type.getNumElements();
   std::vector<char> out(width * count);
+  if (out.empty()) // a tensor with a zero dim (memcpy must not see its null data)
+    return out;
   if (auto dense = dyn_cast<DenseElementsAttr>(attr)) {
     if (bits == 1) { // MLIR packs i1 as bits; moec's tensors hold one byte per bool
       size_t i = 0;

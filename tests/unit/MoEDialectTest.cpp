@@ -1,4 +1,5 @@
 //===- MoEDialectTest.cpp - C++ API of the moe dialect -------------------===//
+#include "ir/Constants.h"
 #include "ir/MoEOps.h"
 #include "passes/MatchUtils.h"
 #include "passes/MoECost.h"
@@ -11,6 +12,8 @@
 #include "mlir/Parser/Parser.h"
 
 #include <gtest/gtest.h>
+
+#include <cstring>
 
 using namespace mlir;
 
@@ -128,4 +131,28 @@ TEST_F(MoEDialectTest, EraseDeadOpsTakesAnOpListedTwice) {
   int left = 0;
   m->walk([&](Operation *op) { left += isa<arith::AddFOp, arith::MulFOp>(op); });
   EXPECT_EQ(left, 0);
+}
+
+// moec::elementsBytes of a constant with a zero dim (ONNX Resize's empty roi) is no bytes; a small one is its
+// row-major bytes. Under UndefinedBehaviorSanitizer the empty case passed a null pointer to memcpy before the
+// fix (found by onnx-node-tests-run in the SANITIZE=address,undefined tree).
+TEST_F(MoEDialectTest, ElementsBytesOfEmptyAndSmallConstants) {
+  Builder b(&ctx);
+  auto empty = DenseElementsAttr::get(RankedTensorType::get({0}, b.getF32Type()), ArrayRef<float>{});
+  EXPECT_TRUE(moec::elementsBytes(empty).empty());
+  auto emptyRows = DenseElementsAttr::get(RankedTensorType::get({2, 0}, b.getI64Type()), ArrayRef<int64_t>{});
+  EXPECT_TRUE(moec::elementsBytes(emptyRows).empty());
+  const float values[3] = {1.5f, -2.0f, 0.25f};
+  auto small = DenseElementsAttr::get(RankedTensorType::get({3}, b.getF32Type()), ArrayRef<float>(values));
+  std::vector<char> bytes = moec::elementsBytes(small);
+  ASSERT_EQ(bytes.size(), sizeof values);
+  EXPECT_EQ(std::memcmp(bytes.data(), values, sizeof values), 0);
+  auto splat = DenseElementsAttr::get(RankedTensorType::get({2, 2}, b.getF32Type()), 3.0f);
+  std::vector<char> splatBytes = moec::elementsBytes(splat);
+  ASSERT_EQ(splatBytes.size(), 4 * sizeof(float));
+  for (int i = 0; i < 4; ++i) {
+    float x;
+    std::memcpy(&x, splatBytes.data() + i * sizeof x, sizeof x);
+    EXPECT_EQ(x, 3.0f);
+  }
 }
