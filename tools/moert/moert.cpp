@@ -608,7 +608,8 @@ int generate(int argc, char **argv) {
     const size_t count = static_cast<size_t>(dims[0] * dims[1]);
     if (arr.dtype == MOERT_I64) {
       out.resize(count);
-      std::memcpy(out.data(), arr.data, count * 8);
+      if (count) // an empty prompt maps no data (memcpy must not see a null pointer)
+        std::memcpy(out.data(), arr.data, count * 8);
     } else if (arr.dtype == MOERT_I32) {
       for (size_t i = 0; i < count; ++i) {
         int32_t x;
