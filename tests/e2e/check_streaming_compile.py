@@ -119,7 +119,12 @@ def main():
         else:
             print("ok   " + read[0])
         growth = peaks[6] - peaks[1]
-        if growth >= LAYER_BYTES:
+        if links_sanitizer(args.moec, ".tsan"):
+            # ThreadSanitizer keeps shadow memory for every byte touched (several times its size) and never
+            # returns it: under it the peak measures TSan, not what moec holds. The bound runs in the other trees.
+            print(f"skip peak bound under ThreadSanitizer (five more layers added {growth / 2**20:.0f} MiB with "
+                  "TSan's shadow memory)")
+        elif growth >= LAYER_BYTES:
             failures += 1
             print(f"FAIL five more layers added {growth / 2**20:.0f} MiB to the peak (bound: one layer's weights, "
                   f"{LAYER_BYTES / 2**20:.0f} MiB): the compile holds what it has packed")
