@@ -197,18 +197,26 @@ bool parseSimple(int argc, char **argv, bool takesDevice, std::string &model, in
   return true;
 }
 
-int inspect(int argc, char **argv) {
+/// inspect and verify: MODEL [options] parsed, its signature checked (with a public key), then loaded with
+/// `threads` workers (0: one per core). 0 with `m` set, else the exit code of the error already printed.
+int parseAndLoad(int argc, char **argv, bool takesDevice, int threads, const char *usage, std::string &model,
+                 Provenance &provenance, moert_model *&m) {
   int device = MOERT_DEVICE_CPU;
-  std::string model;
-  Provenance provenance;
-  if (!parseSimple(argc, argv, true, model, device, provenance,
-                   "moert inspect MODEL.moex [--device D] [--public-key KEY.pem [--signature SIG]]"))
+  if (!parseSimple(argc, argv, takesDevice, model, device, provenance, usage))
     return 1;
   if (int rc = provenance.check(model))
     return rc;
+  moert_load_options lo{sizeof lo, threads, 1, device};
+  return check(moert_load(model.c_str(), &lo, &m));
+}
+
+int inspect(int argc, char **argv) {
+  std::string model;
+  Provenance provenance;
   moert_model *m = nullptr;
-  moert_load_options lo{sizeof lo, 0, 1, device};
-  if (int rc = check(moert_load(model.c_str(), &lo, &m)))
+  if (int rc = parseAndLoad(argc, argv, true, 0,
+                            "moert inspect MODEL.moex [--device D] [--public-key KEY.pem [--signature SIG]]",
+                            model, provenance, m))
     return rc;
   std::fputs(moert_describe(m), stdout);
   moert_free(m);
@@ -216,17 +224,12 @@ int inspect(int argc, char **argv) {
 }
 
 int verify(int argc, char **argv) {
-  int device = MOERT_DEVICE_CPU;
   std::string model;
   Provenance provenance;
-  if (!parseSimple(argc, argv, false, model, device, provenance,
-                   "moert verify MODEL.moex [--public-key KEY.pem [--signature SIG]]"))
-    return 1;
-  if (int rc = provenance.check(model))
-    return rc;
   moert_model *m = nullptr;
-  moert_load_options lo{sizeof lo, 1, 1, MOERT_DEVICE_CPU};
-  if (int rc = check(moert_load(model.c_str(), &lo, &m)))
+  if (int rc = parseAndLoad(argc, argv, false, 1,
+                            "moert verify MODEL.moex [--public-key KEY.pem [--signature SIG]]", model,
+                            provenance, m))
     return rc;
   moert_status st = moert_verify(m);
   moert_free(m);
