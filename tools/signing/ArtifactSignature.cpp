@@ -61,6 +61,7 @@ public:
         return false;
       }
       data_ = static_cast<const unsigned char *>(p);
+      madvise(p, size_, MADV_SEQUENTIAL); // read once, front to back
     }
     ::close(fd);
     return true;
