@@ -601,7 +601,7 @@ Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<
     const int64_t b = g.getBatchDims();
     if (data && idx) {
       const int64_t r = data.getRank(), q = idx.getRank();
-      if (b < 0 || b >= std::min(r, q)) {
+      if (!moec::onnxir::gatherNDBatchDimsInRange(r, q, b)) {
         op->erase();
         (void)fail(
             "attribute 'batch_dims' = " + Twine(b) + " is out of range for data of rank " + Twine(r) +
@@ -610,7 +610,7 @@ Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<
         return nullptr;
       }
       if (const int64_t last = idx.getShape().back();
-          !ShapedType::isDynamic(last) && (last < 1 || last > r - b)) {
+          !ShapedType::isDynamic(last) && !moec::onnxir::gatherNDIndexLengthInRange(r, b, last)) {
         op->erase();
         (void)fail("indices' last dim is " + Twine(last) + ", expected 1 to " + Twine(r - b) +
                    " (the data's rank " + Twine(r) + " less batch_dims " + Twine(b) + ")");

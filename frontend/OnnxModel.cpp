@@ -5,6 +5,7 @@
 //===----------------------------------------------------------------------===//
 #include "frontend/OnnxModel.h"
 #include "ir/Constants.h"
+#include "ir/ShapeInference.h"
 
 #include "onnx/checker.h"
 #include "onnx/defs/parser.h"
@@ -158,7 +159,7 @@ void hideFromLibonnxInference(onnx::GraphProto &g, bool hide, std::map<std::stri
     if (n.op_type() == "GatherND") { // batch_dims past either input's rank reads past its dims
       const int r = rankOf(n, 0), q = rankOf(n, 1);
       const int64_t b = intAttr(n, "batch_dims", 0);
-      return !(r >= 1 && q >= 1 && b >= 0 && b < std::min(r, q));
+      return !(r >= 1 && q >= 1 && moec::onnxir::gatherNDBatchDimsInRange(r, q, b));
     }
     if (n.op_type() != "LayerNormalization")
       return false;

@@ -416,8 +416,8 @@ std::optional<Dims> infer(Operation *op, unsigned i) {
       return std::nullopt;
     const int64_t b = g.getBatchDims(), last = idx->back(), r = int64_t(data->size()),
                   q = int64_t(idx->size());
-    if (b < 0 || b >= std::min(r, q) || last < 1 ||
-        last > r - b) // out of ONNX's range (the verifier says so)
+    if (!moec::onnxir::gatherNDBatchDimsInRange(r, q, b) ||
+        !moec::onnxir::gatherNDIndexLengthInRange(r, b, last)) // the importer says so
       return std::nullopt;
     Dims out(idx->begin(), idx->end() - 1);
     out.append(data->begin() + b + last, data->end());

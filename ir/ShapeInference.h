@@ -14,6 +14,8 @@
 #include "mlir/IR/ValueRange.h"
 #include "llvm/ADT/SmallVector.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <optional>
 
 namespace moec::onnxir {
@@ -31,6 +33,14 @@ std::optional<llvm::SmallVector<int64_t>> matmulShape(mlir::Value a, mlir::Value
 /// Gather / Slice / Concat / (Un)Squeeze / Cast / Reshape / Add / Sub / Mul / Div make of them: the `Shape ->
 /// Gather -> Add -> Div` chains exporters write for `chunk` and `view`); nullopt when an element is dynamic.
 std::optional<llvm::SmallVector<int64_t>> staticIntValue(mlir::Value v);
+
+/// ONNX's ranges for GatherND of data of rank `r` and indices of rank `q`: batch_dims below both ranks, and
+/// the index tuple's length (the indices' last dim) from 1 to the dims left after the batch dims. The
+/// importer's errors, shape inference and the libonnx guard all ask these.
+inline bool gatherNDBatchDimsInRange(int64_t r, int64_t q, int64_t b) { return b >= 0 && b < std::min(r, q); }
+inline bool gatherNDIndexLengthInRange(int64_t r, int64_t b, int64_t last) {
+  return last >= 1 && last <= r - b;
+}
 
 } // namespace moec::onnxir
 
