@@ -27,6 +27,7 @@ debs=(
   libclang-rt-19-dev
   zlib1g-dev libzstd-dev libedit-dev libxml2-dev libcurl4-openssl-dev
   libssl-dev openssl
+  libopenmpi-dev openmpi-bin
 )
 
 missing=()

@@ -728,6 +728,13 @@ struct Emitter {
     step->set_residual(residual);
     for (int64_t s : sections)
       step->add_weight_sections(s);
+    if (int ranks = opts.expertParallel) {
+      if (!opts.expertMap.empty() && int64_t(opts.expertMap.size()) != e)
+        return fail(op, "--expert-map names the ranks of " + Twine(opts.expertMap.size()) +
+                            " experts, but this MoE layer has " + Twine(e));
+      for (int64_t x = 0; x < e; ++x)
+        step->add_expert_rank(opts.expertMap.empty() ? uint32_t(x * ranks / e) : uint32_t(opts.expertMap[x]));
+    }
     step->set_hidden(h);
     step->set_experts(e);
     step->set_top_k(op.getK());
@@ -830,6 +837,13 @@ struct Emitter {
     os << "};\n  return slot >= 0 && slot < " << MOERT_MOE_SLOTS << " ? bytes[slot] : 0;\n}\n"
        << "extern \"C\" MOERT_EXPORT int64_t moert_dispatch_" << index
        << "_dims(int which) { return which == 0 ? " << h << " : which == 1 ? " << n << " : " << e << "; }\n";
+    if (opts.expertParallel) // the routed experts alone, over rows other ranks send (moert_moe_phase)
+      os << "extern \"C\" MOERT_EXPORT int moert_dispatch_" << index
+         << "_rows(const moert_moe_args *a) { return moert_cpu::Kernel<moert_cpu::PreRouted<" << cname
+         << ">>::run(a); }\n"
+         << "extern \"C\" MOERT_EXPORT size_t moert_dispatch_" << index
+         << "_rows_scratch(int64_t t, int threads) { return moert_cpu::Kernel<moert_cpu::PreRouted<" << cname
+         << ">>::scratch(t, threads); }\n";
     return true;
   }
 
@@ -1499,6 +1513,11 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
     error = em.error;
     return false;
   }
+  if (options.expertParallel && em.dispatches == 0) {
+    error = "--expert-parallel: the model has no fused MoE layer whose experts could be split (moec compile "
+            "--report says why a layer was not fused)";
+    return false;
+  }
   recordDecoder(*em.program, em.inputWindows);
   planMemory(*em.program);
   if (progress)
@@ -1512,6 +1531,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   meta.set_producer("moec 0.1.0");
   meta.set_target("cpu");
   meta.set_cpu(options.cpu);
+  meta.set_expert_parallel(uint32_t(options.expertParallel));
   meta.set_kernel_abi(MOERT_KERNEL_ABI_VERSION);
   meta.set_source_model(llvm::sys::path::filename(sourceModel).str());
   meta.set_code_section(-1);

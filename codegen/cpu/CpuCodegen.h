@@ -36,6 +36,12 @@ struct CpuOptions {
   /// Sanitizers the generated CPU (and emulated GPU) code is built with (address, undefined, thread:
   /// -fsanitize=...), for testing it inside a sanitizer build of libmoert. Empty: none.
   std::vector<std::string> sanitizers;
+  /// Expert parallelism (moec compile --expert-parallel=N, docs/scale-out.md): the program runs on N ranks.
+  /// Each MoE dispatch also gets its rows entry point (moert_dispatch_<i>_rows) and records the rank holding
+  /// each expert: expertMap[e] when given (the same map for every MoE layer; its length must be the layer's
+  /// E), else contiguous ranges (rank r: experts E r / N to E (r + 1) / N - 1). 0: one process.
+  int expertParallel = 0;
+  std::vector<int> expertMap;
 
   bool gpu() const { return !hipArchs.empty() || !cudaArchs.empty() || !emuArchs.empty(); }
 };

@@ -40,7 +40,7 @@
 extern "C" {
 #endif
 
-#define MOERT_KERNEL_ABI_VERSION 10
+#define MOERT_KERNEL_ABI_VERSION 11
 
 /* Runs fn(ctx, i) for i in [0, n) on the runtime's threads; returns when all are done. `thread` is the
  * index of the worker running the call, in [0, threads). */
@@ -95,6 +95,21 @@ enum moert_activation {
 };
 enum moert_norm { MOERT_NORM_NONE = 0, MOERT_NORM_RMS = 1, MOERT_NORM_LAYER = 2 };
 
+/* What one call of moert_dispatch_<i> computes (moert_moe_args.phase). Expert parallelism runs a layer as
+ * ROUTE on each rank's own tokens, the routed experts on the ranks that hold them (moert_dispatch_<i>_rows on
+ * the rows each rank received), then COMBINE back on the tokens' rank. */
+enum moert_moe_phase {
+  MOERT_MOE_WHOLE = 0, /* the whole layer                                                                   */
+  MOERT_MOE_ROUTE =
+      1,                /* the norm and routing only: routes_out / route_weights_out [T][K] (expert ids in
+                           0..N-1, ids >= E zero experts; the weights as the experts' outputs are scaled by) and
+                           normed_out [T][H] (the rows the experts read: the normalised input, or the input).
+                           The scratch keeps what COMBINE needs: pass it, and the same tokens, to that call */
+  MOERT_MOE_COMBINE = 2 /* after ROUTE: the shared expert, then output = residual + each routed slot's result
+                           (slot_results + slot_index[t * K + s] * H: the expert's output times its weight;
+                           skipped for a zero expert) in slot order + the shared expert's */
+};
+
 typedef struct moert_moe_args {
   int64_t tokens;                        /* T                                                      */
   const float *input;                    /* [T][H]                                                 */
@@ -106,6 +121,15 @@ typedef struct moert_moe_args {
   const moert_exec *exec;
   uint8_t *touched; /* [E] or NULL: set to 1 for each expert whose weights the call read
                        (the runtime then checks those experts' checksums)    */
+  int32_t phase;    /* a moert_moe_phase (0: the whole layer)                                         */
+  int32_t *routes_out;        /* ROUTE: [T][K]                                                        */
+  float *route_weights_out;   /* ROUTE: [T][K]                                                        */
+  float *normed_out;          /* ROUTE: [T][H]                                                        */
+  const float *slot_results;  /* COMBINE: rows of H                                                   */
+  const int64_t *slot_index;  /* COMBINE: [T][K] row of slot_results per slot (-1: a zero expert)     */
+  const int32_t *routes;      /* moert_dispatch_<i>_rows: [T] each row's expert, in 0..E-1             */
+  const float *route_weights; /* moert_dispatch_<i>_rows: [T] each row's routing weight: output row t =
+                                 route_weights[t] * (expert(input row t) + fc2 bias)                    */
 } moert_moe_args;
 /* Slots whose sections hold one equal part per expert, expert e's the e-th (checksummed per expert). */
 #define MOERT_MOE_SLOT_PER_EXPERT(slot)                                                                      \

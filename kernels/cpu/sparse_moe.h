@@ -19,6 +19,10 @@
 //      result does not depend on which thread ran what (it does depend on the chunk count, which follows
 //      T and the thread count).
 //
+// Expert parallelism (moert_moe_phase, docs/scale-out.md) runs A alone (ROUTE), the routed experts of rows
+// other ranks sent through Kernel<PreRouted<C>> (B-D with one slot per row: moert_dispatch_<i>_rows), and
+// the shared expert and D over the returned slots (COMBINE): the same code as a whole layer, in pieces.
+//
 // Decode (few tokens) splits F into chunks so every thread streams a part of each chosen expert (bandwidth
 // bound); prefill uses token tiles of up to kTile tokens and one chunk: tiles of kGemmTokens or more run as
 // two GEMMs on gemm.h's micro-kernel (the one the linear dispatches use; each expert's rows packed into
@@ -37,6 +41,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -406,8 +411,24 @@ inline float gelu_tanh(float a) {
 
 constexpr size_t align64(size_t n) { return (n + 63) & ~size_t(63); }
 
+// Expert parallelism's rows (moert_dispatch_<i>_rows): a layer's config turned into one whose "tokens" are
+// rows that each name their expert and weight (moert_moe_args.routes / route_weights) and that need no norm,
+// router, shared expert or residual: one slot per row, the routed experts' code path unchanged.
+template <class C> struct PreRouted : C {
+  static constexpr int64_t K = 1, N = C::E, FS = 0, GROUPS = 1, GROUP_TOPK = 0;
+  static constexpr int NORM = MOERT_NORM_NONE;
+  static constexpr bool LINEAR_ROUTER = false, HAS_SHARED = false, NORMALIZE = false, SPARSEMIXER = false,
+                        PREROUTED = true;
+};
+template <class C, class = void> struct IsPreRouted : std::false_type {};
+template <class C>
+struct IsPreRouted<C, std::void_t<decltype(C::PREROUTED)>> : std::bool_constant<C::PREROUTED> {};
+
 template <class C> struct Kernel {
   static constexpr int64_t H = C::H, F = C::F, E = C::E, N = C::N, K = C::K;
+  static constexpr bool PREROUTED = IsPreRouted<C>::value;
+  static_assert(!PREROUTED || (K == 1 && !C::HAS_SHARED && C::NORM == MOERT_NORM_NONE),
+                "rows: one slot each");
   static constexpr int64_t G = (C::ACT == MOERT_ACT_SWIGLU || C::ACT == MOERT_ACT_GEGLU) ? 2 : 1;
   static constexpr int64_t S = K + (C::HAS_SHARED ? 1 : 0); // slots: k routed + the shared expert
   // Hidden dims per block in prefill: as many as keep their gate/up rows within kL2Budget (4..64).
@@ -576,6 +597,13 @@ template <class C> struct Kernel {
     const moert_moe_args &a = *c.a;
     const float *in = a.input + t * H;
     const float *x = in;
+    if constexpr (PREROUTED) { // a row sent to this expert's rank: its expert and weight come with it
+      c.chosen[t] = a.routes[t];
+      c.weight[t] = a.route_weights[t];
+      if constexpr (INT_FC1)
+        roundToken<C::QBITS>(x, H, c.xq + t * H, c.xs + t * XBS, c.xsq + t * XBS * kZpLanes);
+      return;
+    }
     if constexpr (C::NORM != MOERT_NORM_NONE) {
       float *xn = const_cast<float *>(c.X) + t * H;
       normRow<C::NORM>(in, static_cast<const float *>(a.weights[MOERT_NORM_W]),
@@ -1385,6 +1413,13 @@ template <class C> struct Kernel {
     for (int64_t s = 0; s < S; ++s) {
       if (s < K && c.chosen[t * K + s] >= E)
         continue; // a zero expert: a slot and a share of the weight, no output
+      if (s < K && a.slot_results) { // COMBINE: the slot's expert ran elsewhere (expert parallelism)
+        const float *src = a.slot_results + a.slot_index[t * K + s] * H;
+#pragma omp simd
+        for (int64_t h = 0; h < H; ++h)
+          out[h] += src[h];
+        continue;
+      }
       for (int64_t ch = 0; ch < c.l.chunks; ++ch) {
         const float *src = c.partial + ((t * S + s) * c.l.chunks + ch) * H;
 #pragma omp simd
@@ -1420,11 +1455,21 @@ template <class C> struct Kernel {
     c.gemm = base + c.l.gemm;
     c.dec = base + c.l.dec;
 
-    ex.parallel_for(ex.pool, T, &c, &route);
+    // Expert parallelism's phases (moert_moe_phase): ROUTE stops after A, leaving the routes, the normalised
+    // rows and the rounded tokens in the scratch for COMBINE, which runs the shared expert and D over them.
+    if (a->phase != MOERT_MOE_COMBINE)
+      ex.parallel_for(ex.pool, T, &c, &route);
+    if (a->phase == MOERT_MOE_ROUTE) {
+      std::memcpy(a->routes_out, c.chosen, sizeof(int32_t) * T * K);
+      std::memcpy(a->route_weights_out, c.weight, sizeof(float) * T * K);
+      std::memcpy(a->normed_out, c.X, sizeof(float) * T * H);
+      return 0;
+    }
+    const bool routed = a->phase != MOERT_MOE_COMBINE; // COMBINE: the routed slots' results are given
 
     // B: group (token, slot) pairs by expert, keeping token order (counting sort).
     std::memset(c.counts, 0, sizeof(int64_t) * (E + 1));
-    for (int64_t i = 0; i < T * K; ++i)
+    for (int64_t i = 0; routed && i < T * K; ++i)
       if (c.chosen[i] < E)
         ++c.counts[c.chosen[i] + 1];
     for (int64_t e = 0; e < E; ++e)
@@ -1436,7 +1481,7 @@ template <class C> struct Kernel {
     int64_t fill[E];
     for (int64_t e = 0; e < E; ++e)
       fill[e] = c.counts[e];
-    for (int64_t t = 0; t < T; ++t)
+    for (int64_t t = 0; routed && t < T; ++t)
       for (int64_t s = 0; s < K; ++s) {
         int32_t e = c.chosen[t * K + s];
         if (e >= E)

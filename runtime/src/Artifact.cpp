@@ -5,6 +5,7 @@
 // sizes its generated code was compiled for (so a bad file is an error, never an out-of-bounds read).
 //
 //===----------------------------------------------------------------------===//
+#include "ExpertParallel.h"
 #include "Model.h"
 #include "Ops.h"
 #include "ops/OpKernel.h"
@@ -59,6 +60,8 @@ void *moert::loadFromMemory(const unsigned char *bytes, uint64_t size, const cha
 }
 
 moert_model::~moert_model() {
+  if (freeComm && comm) // the communicator libmoert-mpi opened for this model (the library stays loaded)
+    freeComm(const_cast<moert_comm *>(comm));
   gpu.reset();
   dispatches.clear();
   pool.reset();
@@ -742,6 +745,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     x.hidden = dims(0);
     x.routerColumns = dims(1);
     x.experts = dims(2);
+    x.topK = d.top_k();
     if (x.hidden != d.hidden() || x.experts != d.experts() || x.experts <= 0 || x.experts > x.routerColumns)
       return bad("has dispatch " + std::to_string(d.index()) + " metadata that disagrees with its code");
     for (int slot = 0; slot < MOERT_MOE_SLOTS; ++slot) {
@@ -837,7 +841,17 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     }
   }
 
-  int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
+  if (a.expert_parallel()) {
+    if (!hasCode || dispatchCount == 0)
+      return bad("is corrupted: compiled for expert parallelism without a MoE dispatch");
+    if (m.gpu)
+      return moert::makeError(path +
+                              ": expert parallelism (--expert-parallel) runs on CPU ranks; load it with "
+                              "device cpu");
+    if (std::string why = moert::openExpertParallel(m, options.comm); !why.empty())
+      return bad(why);
+  }
+  int threads = options.threads > 0 ? options.threads : moert::defaultThreads(m);
   m.pool = std::make_unique<moert::ThreadPool>(std::max(1, threads));
 
   // The summary `moert inspect` prints.
@@ -868,6 +882,13 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   os << "runs on:  "
      << (m.gpu ? moert::gpu::describe(*m.gpu) + " (the steps marked [gpu]; other ops on the CPU)" : "cpu")
      << "\n";
+  if (a.expert_parallel()) {
+    os << "experts:  split between " << a.expert_parallel() << " ranks (--expert-parallel); ";
+    if (m.epError.empty())
+      os << "this process is rank " << m.comm->rank << " of " << m.comm->size << "\n";
+    else
+      os << "not runnable here: " << m.epError << "\n";
+  }
   os << "inputs:\n";
   for (uint32_t id : p.inputs())
     os << "  " << p.values(id).name() << ": " << typeString(p.values(id)) << "\n";

@@ -35,7 +35,12 @@ struct Dispatch {
   moert_moe_fn run = nullptr;
   moert_scratch_fn scratch = nullptr;
   const void *weights[MOERT_MOE_SLOTS] = {};
-  int64_t hidden = 0, routerColumns = 0, experts = 0;
+  int64_t hidden = 0, routerColumns = 0, experts = 0, topK = 0;
+  // Expert parallelism (moert_model::comm): the routed experts over rows other ranks send
+  // (moert_dispatch_<i>_rows), and the rank holding each expert.
+  moert_moe_fn rows = nullptr;
+  moert_scratch_fn rowsScratch = nullptr;
+  std::vector<int32_t> expertRank;
 };
 
 /// A linear dispatch's entry point and weights (moert_linear_<i>).
@@ -155,6 +160,14 @@ struct moert_model {
   std::vector<std::vector<int>> stepSections;
   std::unique_ptr<moert::ThreadPool> pool;
   moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)
+  // Expert parallelism (Artifact.expert_parallel; runtime/src/ExpertParallel.cpp): the ranks' communicator
+  // (the caller's, or libmoert-mpi's over MPI_COMM_WORLD, which `mpiLibrary` then holds and frees), and the
+  // lock that keeps the ranks' calls in one order.
+  const moert_comm *comm = nullptr;
+  void *mpiLibrary = nullptr;
+  void (*freeComm)(moert_comm *) = nullptr;
+  std::mutex commMutex;
+  std::string epError; // why this expert-parallel model cannot run here (no MPI, a wrong rank count)
   std::atomic<uint64_t> gpuToDevice{0}, gpuToHost{0}; // bytes copied by the last finished run (GPU only)
   std::string description;
   // The memory plan's buffer sizes, learned per input shape (the first run with a shape measures them; later

@@ -1,4 +1,5 @@
 //===- Runtime.cpp - the moert C API: load, describe, run --------------------===//
+#include "ExpertParallel.h"
 #include "Model.h"
 #include "Ops.h"
 #include "ops/OpKernel.h"
@@ -54,7 +55,7 @@ moert_status moert_load(const char *path, const moert_load_options *options, moe
   if (!path || !out)
     return makeError("moert_load: path and out must not be NULL");
   *out = nullptr;
-  moert_load_options opts{sizeof(moert_load_options), 0, 1, MOERT_DEVICE_CPU};
+  moert_load_options opts{sizeof(moert_load_options), 0, 1, MOERT_DEVICE_CPU, nullptr};
   if (options) {
     if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_load_options))
       return makeError("moert_load: options.struct_size must be sizeof(moert_load_options)");
@@ -70,6 +71,18 @@ moert_status moert_load(const char *path, const moert_load_options *options, moe
 }
 
 void moert_free(moert_model *model) { delete model; }
+
+void moert_ranks(const moert_model *m, int *rank, int *size) {
+  if (rank)
+    *rank = m && m->comm ? m->comm->rank : 0;
+  if (size)
+    *size = m && m->comm ? m->comm->size : 1;
+}
+
+void moert_abort_ranks(const moert_model *m, const char *message) {
+  if (m && m->comm && m->comm->size > 1)
+    m->comm->abort(m->comm->ctx, message);
+}
 
 moert_status moert_verify(moert_model *model) {
   if (!model)
@@ -288,6 +301,12 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   if (!m || !out || (numInputs && !inputs))
     return makeError("moert_run: model, inputs and out must not be NULL");
   *out = nullptr;
+  if (!m->epError.empty())
+    return makeError(m->path + ": " + m->epError);
+  // Expert parallelism: every rank makes the same calls in the same order (their MoE layers exchange tokens).
+  std::unique_lock<std::mutex> ranksInStep(m->commMutex, std::defer_lock);
+  if (m->comm)
+    ranksInStep.lock();
   bool profile = options && options->struct_size >= offsetof(moert_run_options, profile) + sizeof(int) &&
                  options->profile;
   const pb::Program &p = m->meta.program();
@@ -351,6 +370,31 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                        "': " + std::to_string(mask->dims[1]) + " positions, but the past caches hold " +
                        std::to_string(past.dims[2]) + " and '" + p.values(p.inputs(d.input_ids())).name() +
                        "' adds " + std::to_string(ids.dims[1]) + " (the mask covers both)");
+  }
+
+  if (m->comm) { // every rank must run the same data (a session's own caches are not inputs to compare)
+    std::vector<char> cache(p.inputs_size(), 0);
+    if (caches && p.has_decoder())
+      for (const pb::KvCache &c : p.decoder().caches())
+        cache[c.past()] = 1;
+    uint64_t h = moert::kHashSeed;
+    auto add = [&](const Tensor &t) {
+      h = moert::hashBytes(h, t.dims.data(), sizeof(int64_t) * t.dims.size());
+      if (t.data)
+        h = moert::hashBytes(h, t.data, t.bytes());
+    };
+    for (int i = 0; i < p.inputs_size(); ++i) {
+      const Tensor &t = values[p.inputs(i)];
+      if (cache[i])
+        continue;
+      h = moert::hashBytes(h, &t.kind, sizeof t.kind);
+      if (t.kind == Tensor::Kind::Tensor)
+        add(t);
+      for (size_t e = 0; t.elements && e < t.elements->size(); ++e)
+        add((*t.elements)[e]);
+    }
+    if (std::string why = moert::sameOnEveryRank(*m, h); !why.empty())
+      return makeError(why);
   }
 
   for (int i = 0; i < p.values_size(); ++i) {
@@ -826,6 +870,32 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
           trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"gpu kernels " << d.index() << " (T=" << T
                 << ")\", \"ph\": \"X\", \"pid\": 0, \"tid\": 1, \"ts\": " << us(start)
                 << ", \"dur\": " << gpuMs * 1000.0 << "}";
+          firstEvent = false;
+        }
+      } else if (m->comm) { // expert parallelism: the experts on their ranks
+        if (!output)
+          return makeError("out of memory for dispatch " + std::to_string(d.index()));
+        std::vector<uint8_t> touched(m->verifyLevel == 1 && !moert::expertsChecked(*m, si) ? x.experts : 0,
+                                     0);
+        moert::ExchangeStats ex;
+        std::string why = moert::runExpertParallel(
+            *m, x, int(d.index()), T, reinterpret_cast<const float *>(in.data), logits, residual,
+            reinterpret_cast<float *>(output.get()), exec, touched.empty() ? nullptr : touched.data(), ex);
+        if (!why.empty())
+          return makeError(why);
+        if (!touched.empty())
+          if (moert_status st = moert::verifyStepExperts(*m, si, touched.data(), x.experts))
+            return st;
+        values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
+        measure(d.output());
+        label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ", rank " +
+                std::to_string(m->comm->rank) + " of " + std::to_string(m->comm->size) + ")";
+        if (profile) { // the exchanges' share, for bench/expert_parallel.py
+          trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"exchange " << d.index()
+                << "\", \"ph\": \"X\", "
+                << "\"pid\": 0, \"tid\": 2, \"ts\": " << us(start) << ", \"dur\": " << ex.seconds * 1e6
+                << ", \"args\": {\"bytes_sent\": " << ex.bytes << ", \"rows_sent\": " << ex.rowsSent
+                << ", \"rows_received\": " << ex.rowsReceived << "}}";
           firstEvent = false;
         }
       } else {

@@ -139,6 +139,17 @@ cl::opt<std::string> signKey(
         "Sign the artifact with this PEM private key (Ed25519 or Ed448; openssl genpkey -algorithm ed25519): "
         "writes OUT.moex.sig, which moert --public-key checks before loading (docs/artifact-format.md)"),
     cl::value_desc("key.pem"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<int> expertParallel(
+    "expert-parallel",
+    cl::desc("Split every MoE layer's experts between N ranks (processes: mpirun -np N moert ...): each rank "
+             "reads only its experts' weights; tokens go to their experts' ranks and back (MPI all-to-all). "
+             "CPU targets; docs/scale-out.md"),
+    cl::value_desc("N"), cl::init(0), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> expertMap(
+    "expert-map",
+    cl::desc("With --expert-parallel: the rank holding each expert, comma-separated in expert order (e.g. "
+             "0,0,1,0,1,1,...; the same for every MoE layer). Default: contiguous ranges of experts"),
+    cl::value_desc("list"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> quiet("quiet", cl::desc("No progress lines on stderr"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> noCheck("no-check", cl::desc("Skip libonnx's model checker"), cl::sub(importCmd),
                       cl::sub(compileCmd), cl::cat(category));
@@ -478,6 +489,30 @@ int runImport() {
     if (llvm::is_contained(sanitizers, "thread") && llvm::is_contained(sanitizers, "address"))
       return error(std::string(from) + "=" + list + ": address and thread cannot be combined");
   }
+  std::vector<int> expertRanks;
+  if (expertParallel.getNumOccurrences()) {
+    if (expertParallel < 1 || expertParallel > 65536)
+      return error("--expert-parallel=" + std::to_string(expertParallel) +
+                   ": expected a rank count, 1 to 65536");
+    if (!artifact)
+      return error("--expert-parallel splits an artifact's experts: give -o OUT.moex");
+    if (!hipArchs.empty() || !cudaArchs.empty() || !emuArchs.empty())
+      return error("--expert-parallel runs on CPU ranks only (--target=cpu); GPU expert parallelism is not "
+                   "built yet (docs/scale-out.md)");
+  }
+  if (!expertMap.empty()) {
+    if (!expertParallel.getNumOccurrences())
+      return error("--expert-map needs --expert-parallel=N");
+    SmallVector<StringRef> items;
+    StringRef(expertMap).split(items, ',', -1, true);
+    for (StringRef item : items) {
+      unsigned rank = 0;
+      if (item.trim().getAsInteger(10, rank) || rank >= unsigned(expertParallel))
+        return error("--expert-map: '" + item.str() + "' (expert " + std::to_string(expertRanks.size()) +
+                     ") is not a rank in 0.." + std::to_string(expertParallel - 1));
+      expertRanks.push_back(int(rank));
+    }
+  }
 
   mlir::DialectRegistry registry;
   for (const auto &path : dialectPlugins) {
@@ -533,6 +568,8 @@ int runImport() {
     cpuOptions.cudaArchs = cudaArchs;
     cpuOptions.emuArchs = emuArchs;
     cpuOptions.sanitizers = sanitizers;
+    cpuOptions.expertParallel = expertParallel;
+    cpuOptions.expertMap = expertRanks;
     std::string message;
     if (!moec::codegen::compileCpuArtifact(*module, cpuOptions, outputPath, inputPath, message,
                                            quiet ? nullptr : &errs()))

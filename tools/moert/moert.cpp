@@ -88,9 +88,49 @@ const char *kUsage =
     "to\n"
     "  the model)\n";
 
+// Expert parallelism (mpirun -np N moert ...; docs/scale-out.md): once a model runs on several ranks, an
+// error on one ends them all (the others would wait for it in their next MoE layer), errors say which rank,
+// and only rank 0 prints results and writes files.
+const moert_model *gRanksModel = nullptr;
+int gRank = 0;
+
 int fail(const std::string &msg) {
-  std::fprintf(stderr, "moert: error: %s\n", msg.c_str());
+  if (gRanksModel)
+    std::fprintf(stderr, "moert: error: rank %d: %s\n", gRank, msg.c_str());
+  else
+    std::fprintf(stderr, "moert: error: %s\n", msg.c_str());
+  if (gRanksModel)
+    moert_abort_ranks(gRanksModel, "");
   return 1;
+}
+
+/// fail(), then frees `m` (after: with expert parallelism fail() ends every rank through it).
+int failFreeing(moert_model *m, const std::string &msg) {
+  int rc = fail(msg);
+  moert_free(m);
+  return rc;
+}
+
+/// After loading `m` for run or generate: joins its ranks (when it has several). False (after the error) when
+/// this process is one of several that mpirun started but the model runs on one process. `printer` is set
+/// for the process that prints and writes the results.
+bool joinRanks(const moert_model *m, const std::string &model, bool &printer) {
+  int rank = 0, size = 1;
+  moert_ranks(m, &rank, &size);
+  printer = rank == 0;
+  if (size > 1) {
+    gRanksModel = m, gRank = rank;
+    return true;
+  }
+  const char *launched = std::getenv("OMPI_COMM_WORLD_SIZE");
+  if (launched && std::atoi(launched) > 1) {
+    fail("started as one of " + std::string(launched) + " processes (mpirun), but " + model +
+         " runs on one process: each would run the whole model and write the same files (compile it with "
+         "moec compile --expert-parallel=" +
+         launched + ", or run it without mpirun)");
+    return false;
+  }
+  return true;
 }
 
 int check(moert_status st) {
@@ -206,7 +246,7 @@ int parseAndLoad(int argc, char **argv, bool takesDevice, int threads, const cha
     return 1;
   if (int rc = provenance.check(model))
     return rc;
-  moert_load_options lo{sizeof lo, threads, 1, device};
+  moert_load_options lo{sizeof lo, threads, 1, device, nullptr};
   return check(moert_load(model.c_str(), &lo, &m));
 }
 
@@ -342,19 +382,23 @@ int run(int argc, char **argv) {
   if (int rc = provenance.check(model))
     return rc;
   moert_model *m = nullptr;
-  moert_load_options lo{sizeof lo, threads, verify, device};
+  moert_load_options lo{sizeof lo, threads, verify, device, nullptr};
   auto t0 = std::chrono::steady_clock::now();
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
   double loadMs = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  bool printer = true;
+  if (!joinRanks(m, model, printer)) {
+    moert_free(m);
+    return 1;
+  }
 
   std::vector<moert::npy::Array> arrays(inputs.size());
   std::vector<moert_tensor> tensors;
   for (size_t i = 0; i < inputs.size(); ++i) {
     std::string err;
     if (!moert::npy::read(inputs[i].second, arrays[i], err)) {
-      moert_free(m);
-      return fail("--input " + inputs[i].first + ": " + err);
+      return failFreeing(m, "--input " + inputs[i].first + ": " + err);
     }
     tensors.push_back(moert_tensor{inputs[i].first.c_str(), arrays[i].dtype,
                                    static_cast<int32_t>(arrays[i].dims.size()), arrays[i].dims.data(),
@@ -364,15 +408,13 @@ int run(int argc, char **argv) {
     std::string name = moert_input_name(m, i);
     const moert_type_kind kind = moert_input_kind(m, i);
     if (kind == MOERT_TYPE_SEQUENCE || kind == MOERT_TYPE_OPTIONAL_SEQUENCE) {
-      moert_free(m);
-      return fail("input '" + name +
-                  "' is a sequence of tensors; `moert run` takes one .npy per input (run it "
-                  "through the C API's moert_run_values or the Python binding)");
+      return failFreeing(m, "input '" + name +
+                                "' is a sequence of tensors; `moert run` takes one .npy per input (run it "
+                                "through the C API's moert_run_values or the Python binding)");
     }
     bool given = std::any_of(inputs.begin(), inputs.end(), [&](auto &p) { return p.first == name; });
     if (!given) {
-      moert_free(m);
-      return fail("input '" + name + "' is missing (--input " + name + "=FILE.npy)");
+      return failFreeing(m, "input '" + name + "' is missing (--input " + name + "=FILE.npy)");
     }
   }
   for (const auto &[name, file] : inputs) {
@@ -380,8 +422,7 @@ int run(int argc, char **argv) {
     for (size_t i = 0; i < moert_num_inputs(m); ++i)
       known |= name == moert_input_name(m, i);
     if (!known) {
-      moert_free(m);
-      return fail("the model has no input '" + name + "'");
+      return failFreeing(m, "the model has no input '" + name + "'");
     }
   }
 
@@ -402,8 +443,9 @@ int run(int argc, char **argv) {
       times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s).count());
   }
 
-  mkdir(outDir.c_str(), 0755);
-  for (size_t i = 0; i < moert_result_num_outputs(res); ++i) {
+  if (printer)
+    mkdir(outDir.c_str(), 0755);
+  for (size_t i = 0; printer && i < moert_result_num_outputs(res); ++i) {
     // A tensor goes to NAME.npy; a sequence's tensors to NAME.0.npy, NAME.1.npy, ...; an empty optional
     // nowhere.
     const moert_value *v = moert_result_value(res, i);
@@ -420,14 +462,18 @@ int run(int argc, char **argv) {
       std::string path = outDir + "/" + file + ".npy", err;
       if (!moert::npy::write(path, t, err)) {
         moert_result_free(res);
-        moert_free(m);
-        return fail(err);
+        return failFreeing(m, err);
       }
       std::string shape;
       for (int d = 0; d < t.rank; ++d)
         shape += (d ? "x" : "") + std::to_string(t.dims[d]);
       std::printf("output %s: %s -> %s\n", file.c_str(), shape.c_str(), path.c_str());
     }
+  }
+  if (!printer) { // another rank prints the results
+    moert_result_free(res);
+    moert_free(m);
+    return 0;
   }
   if (!profile.empty()) {
     FILE *f = std::fopen(profile.c_str(), "w");
@@ -436,8 +482,7 @@ int run(int argc, char **argv) {
       if (f)
         std::fclose(f);
       moert_result_free(res);
-      moert_free(m);
-      return fail("cannot write the profile to " + profile);
+      return failFreeing(m, "cannot write the profile to " + profile);
     }
     std::fclose(f);
     std::printf("profile: %s\n", profile.c_str());
@@ -649,9 +694,14 @@ int generate(int argc, char **argv) {
   if (int rc = provenance.check(model))
     return rc;
   moert_model *m = nullptr;
-  moert_load_options lo{sizeof lo, threads, verify, device};
+  moert_load_options lo{sizeof lo, threads, verify, device, nullptr};
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
+  bool printer = true;
+  if (!joinRanks(m, model, printer)) {
+    moert_free(m);
+    return 1;
+  }
   moert_session *s = nullptr;
   moert_session_options so{sizeof so, maxContext, profile.empty() ? 0 : 1, cacheDtype, batch};
   if (int rc = check(moert_session_create(m, &so, &s))) {
@@ -671,7 +721,7 @@ int generate(int argc, char **argv) {
     moert_status_free(gs);
   else
     copies[0] = toDevice, copies[1] = toHost;
-  if (!rc && !profile.empty()) {
+  if (!rc && !profile.empty() && printer) {
     const char *json = moert_session_profile_json(s);
     FILE *f = std::fopen(profile.c_str(), "w");
     bool ok = f && json && std::fputs(json, f) >= 0;
@@ -682,7 +732,8 @@ int generate(int argc, char **argv) {
   }
   moert_session_free(s);
   moert_free(m);
-  if (rc)
+  gRanksModel = nullptr;
+  if (rc || !printer) // another rank prints the tokens
     return rc;
   size_t longest = 0;
   for (int64_t b = 0; b < batch; ++b) {

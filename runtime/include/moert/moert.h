@@ -100,6 +100,34 @@ typedef enum moert_device {
 /* The most worker threads a model may have (moert_load_options.threads beyond it is an error). */
 #define MOERT_MAX_THREADS 1024
 
+/* Expert parallelism (docs/scale-out.md). An artifact compiled with `moec compile --expert-parallel=N` runs
+ * on N ranks (processes) that each load it and make the same calls (moert_run, sessions, moert_generate) with
+ * the same inputs, and get the same outputs. Each rank reads only the weights of its own experts (and every
+ * weight outside the experts); in each MoE layer a rank routes its share of the tokens, sends each token to
+ * the ranks holding its experts and gets their outputs back, through this communicator. libmoert-mpi.so makes
+ * one over an MPI communicator (moert/moert_mpi.h). With no communicator given, libmoert opens
+ * libmoert-mpi.so with dlopen (beside libmoert.so, or $MOERT_MPI_LIBRARY) over MPI_COMM_WORLD: `mpirun -np N`
+ * needs no code. Each call returns NULL or an error message (valid until the next call); ranks must make the
+ * same calls in the same order, so libmoert runs one call at a time on such a model. */
+typedef struct moert_comm {
+  size_t struct_size; /* sizeof(moert_comm) */
+  void *ctx;
+  int rank;       /* this process, 0 .. size - 1 */
+  int size;       /* ranks */
+  int local_size; /* ranks on this machine (the default thread count is its cores / local_size) */
+  /* Sends send_counts[j] items of item_bytes to rank j (`send` holds them by destination, in rank order) and
+   * receives recv_counts[i] items from rank i into `recv` (by source, in rank order). */
+  const char *(*alltoallv)(void *ctx, const void *send, const int64_t *send_counts, void *recv,
+                           const int64_t *recv_counts, size_t item_bytes);
+  /* Every rank's counts[i] items into `recv`, in rank order; this rank's are at `send` (which may be their
+   * place in `recv`). */
+  const char *(*allgatherv)(void *ctx, const void *send, void *recv, const int64_t *counts,
+                            size_t item_bytes);
+  /* Ends the processes of every rank, after printing `message` (for a rank that cannot go on: the others
+   * would wait for it). Does not return. */
+  void (*abort)(void *ctx, const char *message);
+} moert_comm;
+
 typedef struct moert_load_options {
   size_t struct_size;  /* sizeof(moert_load_options) */
   int threads;         /* worker threads, 1..MOERT_MAX_THREADS; 0 = one per available core */
@@ -107,6 +135,8 @@ typedef struct moert_load_options {
                           section before the first step that reads it (load reads no weight pages);
                           2: every section at load (reads the whole file); 0: nothing */
   int device;          /* a moert_device; no driver or device for it is an error at load */
+  const moert_comm *comm; /* expert parallelism: the ranks' communicator (kept by the caller while the model
+                             is loaded), or NULL: libmoert-mpi's MPI_COMM_WORLD for artifacts that need one */
 } moert_load_options;
 
 typedef struct moert_run_options {
@@ -119,6 +149,11 @@ MOERT_API void moert_status_free(moert_status status);
 
 MOERT_API moert_status moert_load(const char *path, const moert_load_options *options, moert_model **out);
 MOERT_API void moert_free(moert_model *model);
+/* Expert parallelism: this process's rank and the number of ranks the model runs on (0 and 1 without). */
+MOERT_API void moert_ranks(const moert_model *model, int *rank, int *size);
+/* Expert parallelism: ends every rank's process after printing `message` (the others would wait for this one
+ * in their next MoE layer). Returns without doing anything for a model without expert parallelism. */
+MOERT_API void moert_abort_ranks(const moert_model *model, const char *message);
 /* Checks every section's checksum now (weights included); the error names each corrupted section. */
 MOERT_API moert_status moert_verify(moert_model *model);
 
