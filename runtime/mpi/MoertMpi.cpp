@@ -40,7 +40,7 @@ std::string mpiError(int code) {
 }
 
 const char *fail(Ctx &c, const std::string &what) {
-  c.error = "rank " + std::to_string(c.api.rank) + ": " + what;
+  c.error = what;
   return c.error.c_str();
 }
 

@@ -202,7 +202,11 @@ def norm_shared_residual_model(tmp, rng):
 
     inits = {"nw": (1 + arr(h)).astype(np.float32), "wr": arr(h, e), "w1": arr(e, 2 * f, h), "w2": arr(e, h, f),
              "s_gate": arr(h, fs), "s_up": arr(h, fs), "s_down": arr(fs, h), "s_g": arr(h, 1)}
-    nodes = [helper.make_node("SimplifiedLayerNormalization", ["x", "nw"], ["n"], axis=-1, epsilon=1e-6),
+    inits["two"], inits["eps"] = np.array(2.0, np.float32), np.array(1e-6, np.float32)
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"]),  # RMSNorm as transformers' exports write it
+             helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]), helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Div", ["x", "rms"], ["xn"]), helper.make_node("Mul", ["xn", "nw"], ["n"]),
              helper.make_node("MatMul", ["n", "wr"], ["logits"]),
              helper.make_node("MoE", ["n", "logits", "w1", "", "w2"], ["moe_y"], domain="com.microsoft", k=2,
                               activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=1),
