@@ -124,6 +124,18 @@ def run(build, layer="olmoe", tokens=(1, 8, 64, 512), ranks_list=(1, 2, 4), repe
     return dict(layer=title, rows=rows, alltoall=a2a, date=time.strftime("%Y-%m-%d %H:%M"), cores=cores)
 
 
+def table(result):
+    lines = ["| T | ranks | threads per rank | ms per call (best / median) | rank 0 sent MB | exchange ms of dispatch ms "
+             "(share) | peak RSS per rank MB |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['tokens']} | {r['ranks']} | {r['threads_per_rank']} | {r['best_ms']} / {r['median_ms']} | "
+                     f"{r['bytes_sent'] / 1e6:.2f} | {r['exchange_ms']} of {r['dispatch_ms']} ({r['exchange_share']:.0%}) "
+                     f"| {r['peak_rss_mb']} |")
+    lines += ["", "| ranks | bytes per pair | MPI_Alltoall us (best / median) |", "|---|---|---|"]
+    lines += [f"| {a['ranks']} | {a['bytes_per_pair']} | {a['best_us']} / {a['median_us']} |" for a in result["alltoall"]]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -137,6 +149,7 @@ def main():
                  [int(n) for n in args.ranks.split(",")], args.repeat)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+    print("\n" + table(result) + "\n")
     print(f"wrote {args.out}")
 
 

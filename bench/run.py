@@ -283,7 +283,7 @@ def main():
                     help="skip llama.cpp's ggml on the ZAYA1 and OLMoE-like layers (bench/ggml_peer.py)")
     ap.add_argument("--only", default=None,
                     help="run only these workloads, comma-separated: zaya1, olmoe, moepp, mixtral, olmoe_pytorch, "
-                         "mixtral_torchscript, stack32, whole (implies --no-readme)")
+                         "mixtral_torchscript, stack32, whole, ep (implies --no-readme)")
     args = ap.parse_args()
     import onnxruntime as ort
     os.makedirs(CACHE, exist_ok=True)
@@ -441,6 +441,15 @@ def main():
         except ImportError as err:
             print(f"   skipped: {err} (needs torch and transformers)", flush=True)
 
+    ep = None
+    if not args.quick and (not only or "ep" in only):  # one MoE layer on 1, 2, 4 ranks (bench/expert_parallel.py)
+        import shutil
+        import expert_parallel
+        if shutil.which("mpirun") and shutil.which("mpicc"):
+            ep = expert_parallel.run(args.build, "olmoe", repeat=min(args.repeat, 10), cores=args.threads)
+        else:
+            print("== expert parallelism: skipped (needs Open MPI: mpirun, mpicc)", flush=True)
+
     # The roofline once more at the end: a noisy moment at the start would understate the machine and inflate
     # every fraction. The best of the two measurements counts, and the fractions are computed from it.
     again = roofline(args.threads)
@@ -454,7 +463,8 @@ def main():
         row["roofline_fraction"] = round(bound_ms / row["moec_median_ms"], 2)
 
     result = dict(machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads, roofline=roof),
-                  date=time.strftime("%Y-%m-%d %H:%M"), quick=args.quick, rows=rows, stack=stack, whole=whole_rows)
+                  date=time.strftime("%Y-%m-%d %H:%M"), quick=args.quick, rows=rows, stack=stack, whole=whole_rows,
+                  expert_parallel=ep)
     with open(os.path.join(args.out, "latest.json"), "w") as f:
         json.dump(result, f, indent=1)
     lines = [f"Measured {result['date']} with {args.threads} threads. Roofline: read {roof['read_gbs']} GB/s, triad "
@@ -490,6 +500,11 @@ def main():
                   "file; llama.cpp runs the same weights as GGUF (F32 / BF16 / Q8_0 / Q4_0). Roofline: every byte a "
                   "call reads (weights, chosen experts, KV cache) at the read bandwidth, or its FLOPs at the FP32 peak.",
                   "", whole_model.table(whole_rows)]
+    if ep:
+        lines += ["", f"Expert parallelism ({ep['layer']}; `mpirun -np N moert run`, the ranks sharing this machine's "
+                  f"{ep['cores']} cores; bench/expert_parallel.py): time per layer call, and rank 0's exchanges (bytes "
+                  "it sent, their share of its dispatch time, waiting for the other ranks included).", "",
+                  expert_parallel.table(ep)]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "latest.md"), "w") as f:
         f.write(table)

@@ -42,6 +42,8 @@ struct CpuOptions {
   /// E), else contiguous ranges (rank r: experts E r / N to E (r + 1) / N - 1). 0: one process.
   int expertParallel = 0;
   std::vector<int> expertMap;
+  /// How the ranks exchange token rows and results: f32, or bf16 (half the bytes, rounded).
+  bool expertWireBf16 = false;
 
   bool gpu() const { return !hipArchs.empty() || !cudaArchs.empty() || !emuArchs.empty(); }
 };

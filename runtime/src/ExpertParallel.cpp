@@ -19,6 +19,7 @@
 #include "ExpertParallel.h"
 
 #include "Model.h"
+#include "ops/OpKernel.h"
 
 #include <chrono>
 #include <cstring>
@@ -209,10 +210,28 @@ std::string moert::runExpertParallel(moert_model &m, const Dispatch &x, int inde
   };
   std::vector<Route> sendRoutes(static_cast<size_t>(sent));
   std::vector<int64_t> slotIndex(size_t(own * K), -1);
-  auto sendRows = block(sizeof(float) * size_t(sent * H));
+  // Rows cross as f32, or as bf16 (Artifact.expert_wire): every row and result rounded, whichever rank holds
+  // its expert (this one included), so the outputs do not depend on the rank count.
+  const bool bf16 = m.meta.expert_wire() == pb::BF16;
+  const size_t rowBytes = size_t(H) * (bf16 ? sizeof(uint16_t) : sizeof(float));
+  auto narrow = [&](const float *src, char *dst) {
+    if (!bf16)
+      return (void)std::memcpy(dst, src, rowBytes);
+    for (int64_t h = 0; h < H; ++h) {
+      const uint16_t b = moert::ops::floatToBf16(src[h]);
+      std::memcpy(dst + 2 * h, &b, 2);
+    }
+  };
+  auto widen = [&](const char *src, float *dst, int64_t rows) {
+    for (int64_t i = 0; bf16 && i < rows * H; ++i) {
+      uint16_t b;
+      std::memcpy(&b, src + 2 * i, 2);
+      dst[i] = moert::ops::bf16ToFloat(b);
+    }
+  };
+  auto sendRows = block(rowBytes * size_t(sent));
   if (!sendRows)
     return "out of memory for " + what;
-  float *rowsOut = reinterpret_cast<float *>(sendRows.get());
   const float *xn = reinterpret_cast<const float *>(normed.get());
   for (int64_t i = 0; i < own * K; ++i) {
     const int32_t e = chosen[size_t(i)];
@@ -220,7 +239,7 @@ std::string moert::runExpertParallel(moert_model &m, const Dispatch &x, int inde
       continue; // a zero expert: no output
     const int64_t at = fill[size_t(x.expertRank[size_t(e)])]++;
     sendRoutes[size_t(at)] = Route{e, weight[size_t(i)]};
-    std::memcpy(rowsOut + at * H, xn + (i / K) * H, sizeof(float) * size_t(H));
+    narrow(xn + (i / K) * H, sendRows.get() + size_t(at) * rowBytes);
     slotIndex[size_t(i)] = at;
   }
   normed.reset();
@@ -230,13 +249,16 @@ std::string moert::runExpertParallel(moert_model &m, const Dispatch &x, int inde
   for (int64_t n : recvCounts)
     received += n;
   std::vector<Route> recvRoutes(static_cast<size_t>(received));
-  auto recvRows = block(sizeof(float) * size_t(received * H));
-  if (!recvRows)
+  auto recvWire = block(rowBytes * size_t(received));
+  auto recvRows = bf16 ? block(sizeof(float) * size_t(received * H)) : recvWire;
+  if (!recvWire || !recvRows)
     return "out of memory for " + what;
   if (const char *e = exchange(sendRoutes.data(), sendCounts, recvRoutes.data(), recvCounts, sizeof(Route)))
     return exchangeError(index, e);
-  if (const char *e = exchange(sendRows.get(), sendCounts, recvRows.get(), recvCounts, sizeof(float) * H))
+  if (const char *e = exchange(sendRows.get(), sendCounts, recvWire.get(), recvCounts, rowBytes))
     return exchangeError(index, e);
+  widen(recvWire.get(), reinterpret_cast<float *>(recvRows.get()), received);
+  recvWire.reset();
   stats.rowsSent += sent - sendCounts[size_t(me)];
   stats.rowsReceived += received - recvCounts[size_t(me)];
 
@@ -272,11 +294,18 @@ std::string moert::runExpertParallel(moert_model &m, const Dispatch &x, int inde
   rowsScratch.reset();
 
   // 4. The results go back where their tokens live; COMBINE adds them in slot order.
-  if (const char *e = exchange(results.get(), recvCounts, sendRows.get(), sendCounts, sizeof(float) * H))
+  if (bf16)
+    for (int64_t i = 0; i < received; ++i) // in place: row i's bf16 bytes end before row i + 1's f32 ones
+      narrow(reinterpret_cast<const float *>(results.get()) + i * H, results.get() + size_t(i) * rowBytes);
+  auto back = bf16 ? block(sizeof(float) * size_t(sent * H)) : sendRows;
+  if (!back)
+    return "out of memory for " + what;
+  if (const char *e = exchange(results.get(), recvCounts, sendRows.get(), sendCounts, rowBytes))
     return exchangeError(index, e);
   results.reset();
+  widen(sendRows.get(), reinterpret_cast<float *>(back.get()), sent);
   a.phase = MOERT_MOE_COMBINE;
-  a.slot_results = reinterpret_cast<const float *>(sendRows.get());
+  a.slot_results = reinterpret_cast<const float *>(back.get());
   a.slot_index = slotIndex.data();
   if (int rc = x.run(&a))
     return what + " failed (code " + std::to_string(rc) + ")";

@@ -150,6 +150,13 @@ cl::opt<std::string> expertMap(
     cl::desc("With --expert-parallel: the rank holding each expert, comma-separated in expert order (e.g. "
              "0,0,1,0,1,1,...; the same for every MoE layer). Default: contiguous ranges of experts"),
     cl::value_desc("list"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> expertWire(
+    "expert-wire",
+    cl::desc(
+        "With --expert-parallel: the dtype token rows and expert results cross between ranks in: f32 (the "
+        "default: outputs as one process gives them) or bf16 (half the bytes; each row and result rounded "
+        "to bf16 on the way, about 4e-3 relative)"),
+    cl::value_desc("f32|bf16"), cl::init("f32"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> quiet("quiet", cl::desc("No progress lines on stderr"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> noCheck("no-check", cl::desc("Skip libonnx's model checker"), cl::sub(importCmd),
                       cl::sub(compileCmd), cl::cat(category));
@@ -500,6 +507,12 @@ int runImport() {
       return error("--expert-parallel runs on CPU ranks only (--target=cpu); GPU expert parallelism is not "
                    "built yet (docs/scale-out.md)");
   }
+  if (expertWire.getNumOccurrences()) {
+    if (!expertParallel.getNumOccurrences())
+      return error("--expert-wire needs --expert-parallel=N");
+    if (expertWire != "f32" && expertWire != "bf16")
+      return error("--expert-wire=" + expertWire + ": expected f32 or bf16");
+  }
   if (!expertMap.empty()) {
     if (!expertParallel.getNumOccurrences())
       return error("--expert-map needs --expert-parallel=N");
@@ -570,6 +583,7 @@ int runImport() {
     cpuOptions.sanitizers = sanitizers;
     cpuOptions.expertParallel = expertParallel;
     cpuOptions.expertMap = expertRanks;
+    cpuOptions.expertWireBf16 = expertWire == "bf16";
     std::string message;
     if (!moec::codegen::compileCpuArtifact(*module, cpuOptions, outputPath, inputPath, message,
                                            quiet ? nullptr : &errs()))
