@@ -15,7 +15,8 @@ experts that dominate a model, each rank's peak RSS is about dense + experts / N
 margin for MPI's own memory). Bad input: a rank that stops (SIGSTOP) makes the others fail after
 $MOERT_EP_TIMEOUT seconds with an error naming the exchange, not hang; a rank killed ends the job; ranks given
 different inputs, the wrong rank count, mpirun on an artifact for one process, and moec's bad flags each end
-with one error line and a non-zero exit.
+with one error line and a non-zero exit. The C API (--comm-api, tests/e2e/ep_comm_api.cpp): two pairs of ranks,
+each on a communicator of its own made by moert_mpi_comm_create, each matching one process on its own input.
 
     check_expert_parallel.py --moec build/bin/moec --moert build/bin/moert [--only NAME,...]
 """
@@ -370,6 +371,23 @@ def check_memory(c, only):
                 f"{experts * (1 - 1 / n):.0f})")
 
 
+# ---- the C API with the caller's communicators ------------------------------------------------------------------
+def check_comm_api(c, only):
+    if not c.args.comm_api or (only and not any(o in "comm-api" for o in only)):
+        return
+    path = os.path.join(c.tmp, "k1_swiglu.onnx")
+    if not os.path.exists(path):
+        list(layer_cases(c.tmp))
+    one, two = os.path.join(c.tmp, "api.one.moex"), os.path.join(c.tmp, "api.two.moex")
+    c.compile(path, one)
+    c.compile(path, two, ["--expert-parallel=2"])
+    r = run([c.args.mpirun, "-np", "4", c.args.comm_api, one, two, "64"], env=c.env)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("rank ")]
+    c.check(r.returncode == 0 and len(lines) == 4,
+            f"C API: MPI_COMM_WORLD split into two pairs, each its own moert_comm (moert_mpi_comm_create) and input: "
+            f"{'; '.join(sorted(lines))} {r.stderr.strip()[-500:]}")
+
+
 # ---- bad input -------------------------------------------------------------------------------------------------
 def rank_pids(program, want):
     """{rank: pid} of the `program` processes tagged `want` (their environment says their rank)."""
@@ -485,6 +503,7 @@ def main():
     ap.add_argument("--moec", required=True)
     ap.add_argument("--moert", required=True)
     ap.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
+    ap.add_argument("--comm-api", help="tests/e2e/ep_comm_api.cpp built: the C API given communicators")
     ap.add_argument("--only", default="", help="comma-separated parts of case names (layers, models, memory, bad)")
     args = ap.parse_args()
     if not shutil.which(args.mpirun):
@@ -496,6 +515,7 @@ def main():
         check_layers(c, only)
         check_models(c, only)
         check_memory(c, only)
+        check_comm_api(c, only)
         check_bad(c, only)
     print(f"{c.count - len(c.failures)}/{c.count} checks passed")
     for f in c.failures:
