@@ -76,7 +76,7 @@ def main():
               "(if it fit) | exchange share |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for hname, hw in HW.items():
-            ranks = [8] if "N <= 8" in hname else [16, 32, 64, 128, 256]
+            ranks = [8] if "N <= 8" in hname else [16, 64, 256]
             for n in ranks:
                 if n > layer["E"]:
                     continue

@@ -128,6 +128,7 @@ class Runtime:
         lib.moert_input_kind.restype = ctypes.c_int
         lib.moert_result_free.argtypes = [vp]
         lib.moert_free.argtypes = [vp]
+        lib.moert_ranks.argtypes = [vp, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
         lib.moert_verify.restype = vp
         lib.moert_verify.argtypes = [vp]
         lib.moert_session_create.argtypes = [vp, ctypes.POINTER(_SessionOptions), ctypes.POINTER(vp)]
@@ -179,6 +180,14 @@ class Runtime:
 
 
 class Model:
+    @property
+    def ranks(self):
+        """(this process's rank, rank count): (0, 1) unless the artifact was compiled with --expert-parallel
+        (docs/scale-out.md), which runs under mpirun with every rank making the same calls."""
+        rank, size = ctypes.c_int(), ctypes.c_int()
+        self.rt.lib.moert_ranks(self.handle, ctypes.byref(rank), ctypes.byref(size))
+        return rank.value, size.value
+
     def __init__(self, rt, handle, path=None):
         self.rt, self.handle, self.path = rt, handle, path
         lib = rt.lib

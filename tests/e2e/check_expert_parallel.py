@@ -381,6 +381,23 @@ def check_comm_api(c, only):
     one, two = os.path.join(c.tmp, "api.one.moex"), os.path.join(c.tmp, "api.two.moex")
     c.compile(path, one)
     c.compile(path, two, ["--expert-parallel=2"])
+    if c.args.lib:  # the Python binding: libmoert opens MPI_COMM_WORLD itself
+        x = os.path.join(c.tmp, "api.x.npy")
+        np.save(x, np.random.default_rng(9).standard_normal((40, 64)).astype(np.float32))
+        want = c.moert_run(one, {"x": np.load(x)}, 1, "api.single")["y"]
+        np.save(os.path.join(c.tmp, "api.want.npy"), want)
+        script = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'runtime', 'python')!r}); import moert\n"
+                  "import numpy as np\n"
+                  f"m = moert.Runtime({c.args.lib!r}).load({two!r})\n"
+                  f"y = m.run({{'x': np.load({x!r})}})\n"
+                  "y = y['y'] if isinstance(y, dict) else y[0]\n"
+                  f"want = np.load({os.path.join(c.tmp, 'api.want.npy')!r})\n"
+                  "print('python', m.ranks, float(np.abs(y - want).max() / max(1.0, np.abs(want).max())))\n")
+        r = run([c.args.mpirun, "-np", "2", sys.executable, "-c", script], env=c.env)
+        lines = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("python"))
+        ok = r.returncode == 0 and len(lines) == 2 and all(f"({i}, 2)" in lines[i] for i in range(2))
+        ok = ok and all(float(ln.split()[-1]) <= BOUND for ln in lines)
+        c.check(ok, f"Python binding under mpirun -np 2: {lines} {r.stderr.strip()[-500:]}")
     r = run([c.args.mpirun, "-np", "4", c.args.comm_api, one, two, "64"], env=c.env)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("rank ")]
     c.check(r.returncode == 0 and len(lines) == 4,
@@ -504,6 +521,7 @@ def main():
     ap.add_argument("--moert", required=True)
     ap.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
     ap.add_argument("--comm-api", help="tests/e2e/ep_comm_api.cpp built: the C API given communicators")
+    ap.add_argument("--lib", help="libmoert.so: the Python binding under mpirun")
     ap.add_argument("--only", default="", help="comma-separated parts of case names (layers, models, memory, bad)")
     args = ap.parse_args()
     if not shutil.which(args.mpirun):
