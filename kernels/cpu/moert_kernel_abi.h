@@ -97,17 +97,19 @@ enum moert_norm { MOERT_NORM_NONE = 0, MOERT_NORM_RMS = 1, MOERT_NORM_LAYER = 2 
 
 /* What one call of moert_dispatch_<i> computes (moert_moe_args.phase). Expert parallelism runs a layer as
  * ROUTE on each rank's own tokens, the routed experts on the ranks that hold them (moert_dispatch_<i>_rows on
- * the rows each rank received), then COMBINE back on the tokens' rank. */
+ * the rows each rank received), then SHARED and COMBINE back on the tokens' rank. */
 enum moert_moe_phase {
   MOERT_MOE_WHOLE = 0, /* the whole layer                                                                   */
-  MOERT_MOE_ROUTE =
-      1,                /* the norm and routing only: routes_out / route_weights_out [T][K] (expert ids in
-                           0..N-1, ids >= E zero experts; the weights as the experts' outputs are scaled by) and
-                           normed_out [T][H] (the rows the experts read: the normalised input, or the input).
-                           The scratch keeps what COMBINE needs: pass it, and the same tokens, to that call */
-  MOERT_MOE_COMBINE = 2 /* after ROUTE: the shared expert, then output = residual + each routed slot's result
-                           (slot_results + slot_index[t * K + s] * H: the expert's output times its weight;
-                           skipped for a zero expert) in slot order + the shared expert's */
+  MOERT_MOE_ROUTE = 1, /* the norm and routing only: routes_out / route_weights_out [T][K] (expert ids in
+                          0..N-1, ids >= E zero experts; the weights as the experts' outputs are scaled by)
+                          and normed_out [T][H] (the rows the experts read: the normalised input, or the
+                          input). The scratch keeps what SHARED and COMBINE need: pass it, and the same
+                          tokens, to those calls */
+  MOERT_MOE_COMBINE = 2, /* after SHARED: output = residual + each routed slot's result (slot_results +
+                            slot_index[t * K + s] * H: the expert's output times its weight; skipped for a
+                            zero expert) in slot order + the shared expert's */
+  MOERT_MOE_SHARED = 3   /* after ROUTE: the shared expert's outputs, into the scratch (nothing without one),
+                            while the routed rows are away */
 };
 
 typedef struct moert_moe_args {

@@ -19,9 +19,10 @@
 //      result does not depend on which thread ran what (it does depend on the chunk count, which follows
 //      T and the thread count).
 //
-// Expert parallelism (moert_moe_phase, docs/scale-out.md) runs A alone (ROUTE), the routed experts of rows
-// other ranks sent through Kernel<PreRouted<C>> (B-D with one slot per row: moert_dispatch_<i>_rows), and
-// the shared expert and D over the returned slots (COMBINE): the same code as a whole layer, in pieces.
+// Expert parallelism (moert_moe_phase, docs/scale-out.md) runs A alone (ROUTE), the shared expert's items of
+// C (SHARED), the routed experts of rows other ranks sent through Kernel<PreRouted<C>> (B-D with one slot per
+// row: moert_dispatch_<i>_rows), and D over the returned slots (COMBINE): the same code as a whole layer, in
+// pieces.
 //
 // Decode (few tokens) splits F into chunks so every thread streams a part of each chosen expert (bandwidth
 // bound); prefill uses token tiles of up to kTile tokens and one chunk: tiles of kGemmTokens or more run as
@@ -1456,16 +1457,22 @@ template <class C> struct Kernel {
     c.dec = base + c.l.dec;
 
     // Expert parallelism's phases (moert_moe_phase): ROUTE stops after A, leaving the routes, the normalised
-    // rows and the rounded tokens in the scratch for COMBINE, which runs the shared expert and D over them.
-    if (a->phase != MOERT_MOE_COMBINE)
+    // rows and the rounded tokens in the scratch; SHARED runs the shared expert's items (C) over them into
+    // the scratch's partial sums; COMBINE runs D, the routed slots' results given.
+    const int phase = a->phase;
+    if (phase == MOERT_MOE_WHOLE || phase == MOERT_MOE_ROUTE)
       ex.parallel_for(ex.pool, T, &c, &route);
-    if (a->phase == MOERT_MOE_ROUTE) {
+    if (phase == MOERT_MOE_ROUTE) {
       std::memcpy(a->routes_out, c.chosen, sizeof(int32_t) * T * K);
       std::memcpy(a->route_weights_out, c.weight, sizeof(float) * T * K);
       std::memcpy(a->normed_out, c.X, sizeof(float) * T * H);
       return 0;
     }
-    const bool routed = a->phase != MOERT_MOE_COMBINE; // COMBINE: the routed slots' results are given
+    if (phase == MOERT_MOE_COMBINE) {
+      ex.parallel_for(ex.pool, T, &c, &combine);
+      return 0;
+    }
+    const bool routed = phase == MOERT_MOE_WHOLE; // SHARED: the shared expert alone
 
     // B: group (token, slot) pairs by expert, keeping token order (counting sort).
     std::memset(c.counts, 0, sizeof(int64_t) * (E + 1));
@@ -1515,6 +1522,8 @@ template <class C> struct Kernel {
     std::stable_sort(c.items, c.items + items,
                      [](const Item &x, const Item &y) { return x.end - x.begin > y.end - y.begin; });
     ex.parallel_for(ex.pool, items, &c, &work);
+    if (phase == MOERT_MOE_SHARED)
+      return 0;
     ex.parallel_for(ex.pool, T, &c, &combine);
     return 0;
   }

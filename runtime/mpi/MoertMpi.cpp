@@ -199,6 +199,9 @@ MOERT_MPI_EXPORT int moert_mpi_comm_create(MPI_Comm comm, double timeoutS, moert
   c->api.rank = rank;
   c->api.size = size;
   c->api.local_size = localSize;
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  c->api.any_thread = level >= MPI_THREAD_SERIALIZED;
   c->api.alltoallv = alltoallv;
   c->api.allgatherv = allgatherv;
   c->api.abort = abortAll;

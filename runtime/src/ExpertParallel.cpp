@@ -10,7 +10,7 @@
 //   3. moert_dispatch_<i>_rows runs the rank's experts on what it received (the same code path, tiles and
 //      GEMMs as a whole layer for those tokens), each result row scaled by its routing weight;
 //   4. the results go back by the reverse all-to-all; COMBINE adds the residual, each slot's result in slot
-//      order and the shared expert (run here, on the token's own rank);
+//      order and the shared expert (SHARED ran it here, on the token's own rank, while the rows travelled);
 //   5. an all-gather gives every rank every token's output, as the next (replicated) step needs.
 // Results equal a single process's up to the order of floating-point sums inside an expert (its hidden dims
 // split in fewer or more chunks for the rows a rank computes): docs/scale-out.md states the bound.
@@ -67,6 +67,16 @@ std::string openMpiWorld(moert_model &m, const moert_comm *&comm) {
   if (!comm)
     return std::string("cannot open MPI_COMM_WORLD: ") + error;
   return "";
+}
+
+// Whether a dispatch's rows travel while its shared expert runs: it has one, the communicator may be called
+// from another thread, and $MOERT_EP_OVERLAP is not 0 (for measuring the difference).
+bool overlap(const moert_model &m, const moert::Dispatch &x) {
+  static const bool enabled = [] {
+    const char *env = std::getenv("MOERT_EP_OVERLAP");
+    return !env || std::strcmp(env, "0") != 0;
+  }();
+  return enabled && m.comm->any_thread && x.weights[MOERT_SHARED1] != nullptr;
 }
 
 std::string exchangeError(int index, const char *what) {
@@ -253,10 +263,28 @@ std::string moert::runExpertParallel(moert_model &m, const Dispatch &x, int inde
   auto recvRows = bf16 ? block(sizeof(float) * size_t(received * H)) : recvWire;
   if (!recvWire || !recvRows)
     return "out of memory for " + what;
-  if (const char *e = exchange(sendRoutes.data(), sendCounts, recvRoutes.data(), recvCounts, sizeof(Route)))
-    return exchangeError(index, e);
-  if (const char *e = exchange(sendRows.get(), sendCounts, recvWire.get(), recvCounts, rowBytes))
-    return exchangeError(index, e);
+  // The rows travel while this rank runs its tokens' shared expert (SHARED), on a thread of their own when
+  // the communicator allows it (MPI progresses inside its calls: the waiting thread polls it).
+  const char *sendError = nullptr;
+  auto dispatchRows = [&] {
+    sendError = exchange(sendRoutes.data(), sendCounts, recvRoutes.data(), recvCounts, sizeof(Route));
+    if (!sendError)
+      sendError = exchange(sendRows.get(), sendCounts, recvWire.get(), recvCounts, rowBytes);
+  };
+  a.phase = MOERT_MOE_SHARED;
+  int rc = 0;
+  if (overlap(m, x)) {
+    std::thread rows(dispatchRows);
+    rc = x.run(&a);
+    rows.join();
+  } else {
+    dispatchRows();
+    rc = x.run(&a);
+  }
+  if (sendError)
+    return exchangeError(index, sendError);
+  if (rc)
+    return what + " failed (code " + std::to_string(rc) + ")";
   widen(recvWire.get(), reinterpret_cast<float *>(recvRows.get()), received);
   recvWire.reset();
   stats.rowsSent += sent - sendCounts[size_t(me)];
@@ -307,7 +335,7 @@ std::string moert::runExpertParallel(moert_model &m, const Dispatch &x, int inde
   a.phase = MOERT_MOE_COMBINE;
   a.slot_results = reinterpret_cast<const float *>(back.get());
   a.slot_index = slotIndex.data();
-  if (int rc = x.run(&a))
+  if ((rc = x.run(&a)))
     return what + " failed (code " + std::to_string(rc) + ")";
 
   // 5. Every rank gets every token's output.

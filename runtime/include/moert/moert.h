@@ -115,6 +115,9 @@ typedef struct moert_comm {
   int rank;       /* this process, 0 .. size - 1 */
   int size;       /* ranks */
   int local_size; /* ranks on this machine (the default thread count is its cores / local_size) */
+  int any_thread; /* nonzero: the functions may be called from another thread than the one running the model
+                     (never two at once; MPI_THREAD_SERIALIZED or more): the rows of a MoE layer with a shared
+                     expert then travel while the shared expert runs */
   /* Sends send_counts[j] items of item_bytes to rank j (`send` holds them by destination, in rank order) and
    * receives recv_counts[i] items from rank i into `recv` (by source, in rank order). */
   const char *(*alltoallv)(void *ctx, const void *send, const int64_t *send_counts, void *recv,
