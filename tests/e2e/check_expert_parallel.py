@@ -371,16 +371,22 @@ def check_memory(c, only):
                 f"{experts * (1 - 1 / n):.0f})")
 
 
+def k1_pair(c, tag):
+    """The k = 1 layer (H 64, 8 experts) and its artifacts for one process and for 2 ranks."""
+    path = os.path.join(c.tmp, "k1_swiglu.onnx")
+    if not os.path.exists(path):
+        list(layer_cases(c.tmp))
+    one, two = os.path.join(c.tmp, f"{tag}.one.moex"), os.path.join(c.tmp, f"{tag}.ep2.moex")
+    c.compile(path, one)
+    c.compile(path, two, ["--expert-parallel=2"])
+    return path, one, two
+
+
 # ---- the C API with the caller's communicators ------------------------------------------------------------------
 def check_comm_api(c, only):
     if not c.args.comm_api or (only and not any(o in "comm-api" for o in only)):
         return
-    path = os.path.join(c.tmp, "k1_swiglu.onnx")
-    if not os.path.exists(path):
-        list(layer_cases(c.tmp))
-    one, two = os.path.join(c.tmp, "api.one.moex"), os.path.join(c.tmp, "api.two.moex")
-    c.compile(path, one)
-    c.compile(path, two, ["--expert-parallel=2"])
+    path, one, two = k1_pair(c, "api")
     if c.args.lib:  # the Python binding: libmoert opens MPI_COMM_WORLD itself
         x = os.path.join(c.tmp, "api.x.npy")
         np.save(x, np.random.default_rng(9).standard_normal((40, 64)).astype(np.float32))
@@ -427,12 +433,7 @@ def rank_pids(program, want):
 def check_bad(c, only):
     if only and not any(o in "bad" for o in only):
         return
-    path = os.path.join(c.tmp, "k1_swiglu.onnx")
-    if not os.path.exists(path):
-        list(layer_cases(c.tmp))
-    single, ep2 = os.path.join(c.tmp, "bad.single.moex"), os.path.join(c.tmp, "bad.ep2.moex")
-    c.compile(path, single)
-    c.compile(path, ep2, ["--expert-parallel=2"])
+    path, single, ep2 = k1_pair(c, "bad")
     x = os.path.join(c.tmp, "bad.x.npy")
     np.save(x, np.random.default_rng(1).standard_normal((512, 64)).astype(np.float32))
 
