@@ -398,9 +398,12 @@ def check_comm_api(c, only):
                   f"y = m.run({{'x': np.load({x!r})}})\n"
                   "y = y['y'] if isinstance(y, dict) else y[0]\n"
                   f"want = np.load({os.path.join(c.tmp, 'api.want.npy')!r})\n"
-                  "print('python', m.ranks, float(np.abs(y - want).max() / max(1.0, np.abs(want).max())))\n")
+                  "line = f'python {m.ranks} {float(np.abs(y - want).max() / max(1.0, np.abs(want).max()))}'\n"
+                  f"open({os.path.join(c.tmp, 'api.python.')!r} + str(m.ranks[0]), 'w').write(line)\n")
         r = run([c.args.mpirun, "-np", "2", sys.executable, "-c", script], env=c.env)
-        lines = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("python"))
+        # each rank writes its own file (the ranks' stdout lines can interleave on mpirun's)
+        lines = [open(os.path.join(c.tmp, f"api.python.{i}")).read() if os.path.exists(os.path.join(
+            c.tmp, f"api.python.{i}")) else "" for i in range(2)]
         ok = r.returncode == 0 and len(lines) == 2 and all(f"({i}, 2)" in lines[i] for i in range(2))
         ok = ok and all(float(ln.split()[-1]) <= BOUND for ln in lines)
         c.check(ok, f"Python binding under mpirun -np 2: {lines} {r.stderr.strip()[-500:]}")
