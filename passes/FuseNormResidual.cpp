@@ -8,6 +8,8 @@
 //
 //   RMSNorm:   w * (x * Reciprocal(Sqrt(ReduceMean(x^2, -1) + eps)))   (also x / Sqrt(...), Mul(x, x))
 //   LayerNorm: onnx.LayerNormalization(x, w, b?) over the last axis
+//   either:    moe.norm (ONNX Runtime's SimplifiedLayerNormalization / Skip* norms, as the importer makes
+//   them)
 //
 //===----------------------------------------------------------------------===//
 #include "ir/MoEOps.h"

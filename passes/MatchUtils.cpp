@@ -366,6 +366,20 @@ bool matchNormalised(Value v, NormMatch &n) {
 
 std::optional<NormMatch> matchNorm(Value v, int64_t hdim) {
   NormMatch n;
+  // A norm the importer made one op already (ONNX Runtime's SimplifiedLayerNormalization and the Skip* norms
+  // are imported as moe.norm): always over the last axis.
+  if (auto norm = defOp<moe::NormOp>(v)) {
+    n.x = norm.getInput();
+    n.weight = norm.getWeight();
+    n.bias = norm.getBias();
+    n.kind = norm.getKind();
+    n.eps = norm.getEpsilon().convertToDouble();
+    n.ops.push_back(norm);
+    if (n.kind == moe::NormKind::none || rankOf(n.weight) != 1 ||
+        cast<RankedTensorType>(n.weight.getType()).getDimSize(0) != hdim)
+      return std::nullopt;
+    return n;
+  }
   if (auto ln = defOp<ox::LayerNormalizationOp>(v)) {
     if (normAxis(ln.getAxis(), rankOf(ln.getX())) != rankOf(ln.getX()) - 1 || !ln.getMean().use_empty() ||
         !ln.getInvStdDev().use_empty() || rankOf(ln.getScale()) != 1 || (ln.getB() && rankOf(ln.getB()) != 1))

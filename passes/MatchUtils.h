@@ -134,6 +134,7 @@ struct NormMatch {
 /// `v` as a norm over its last axis of size `hdim`:
 ///   RMSNorm:   w * (x * Reciprocal(Sqrt(ReduceMean(x^2, -1) + eps)))   (also x / Sqrt(...), Mul(x, x))
 ///   LayerNorm: onnx.LayerNormalization(x, w, b?) over the last axis
+///   either:    moe.norm (as the importer makes ONNX Runtime's SimplifiedLayerNormalization / Skip* norms)
 std::optional<NormMatch> matchNorm(mlir::Value v, int64_t hdim);
 
 /// With `remarks` on and a reason in `why`: a remark at `op`, "<what>: <why>" (why a fusion did not happen).

@@ -96,8 +96,8 @@ def MoEFuseNormResidualPass : Pass<"moe-fuse-norm-residual"> {
   let summary = "Fold the RMSNorm/LayerNorm in front of a MoE layer and the residual Add after it into the op";
   let description = [{
     When a `moe.sparse_moe`'s input is (through reshapes) an RMSNorm (`w * x / sqrt(mean(x^2) + eps)` in the
-    forms PyTorch exports) or an `onnx.LayerNormalization` over the last axis, and nothing else reads the
-    norm's output, the op takes the un-normalised tensor as input with `norm`, `norm_weight`
+    forms PyTorch exports), an `onnx.LayerNormalization` over the last axis or a `moe.norm` (ONNX Runtime's
+    `SimplifiedLayerNormalization` and `Skip*` norms as imported), and nothing else reads the norm's output, the op takes the un-normalised tensor as input with `norm`, `norm_weight`
     (`norm_bias`) and `norm_epsilon`. When the op's result (through reshapes) feeds exactly one `Add` of a
     same-shaped tensor, that tensor becomes the op's `residual` and the Add disappears. Both run as rewrite
     patterns on each layer under the greedy driver.

@@ -50,6 +50,22 @@ func.func @layer_norm(%x: tensor<?x2xf32>, %r: tensor<2x3xf32>, %w1: tensor<3x2x
 
 // -----
 
+// A norm imported as one op already (ONNX Runtime's SimplifiedLayerNormalization becomes moe.norm): it fuses
+// the same way.
+// CHECK-LABEL: func.func @imported_norm
+// CHECK-NOT: moe.norm
+// CHECK: moe.sparse_moe %arg0, %arg1, fc1 %arg2, fc2 %arg3 norm_weight %{{.*}} residual %arg0 {{{.*}}moe.fused = ["rms_norm", "residual_add"], norm = #moe.norm<rms>, norm_epsilon = 9.99999997E-7 : f32}
+func.func @imported_norm(%x: tensor<?x2xf32>, %r: tensor<2x3xf32>, %w1: tensor<3x2x2xf32>, %w2: tensor<3x2x2xf32>) -> tensor<?x2xf32> {
+  %s = onnx.Constant dense<[1.0, 2.0]> : tensor<2xf32>
+  %n = moe.norm %x, %s {kind = #moe.norm<rms>, epsilon = 1.0e-6 : f32} : (tensor<?x2xf32>, tensor<2xf32>) -> tensor<?x2xf32>
+  %y = moe.sparse_moe %n, %r, fc1 %w1, fc2 %w2 {k = 1, activation = #moe.activation<relu>}
+     : (tensor<?x2xf32>, tensor<2x3xf32>, tensor<3x2x2xf32>, tensor<3x2x2xf32>) -> tensor<?x2xf32>
+  %out = onnx.Add %x, %y : (tensor<?x2xf32>, tensor<?x2xf32>) -> tensor<?x2xf32>
+  return %out : tensor<?x2xf32>
+}
+
+// -----
+
 // Another op reads the normalised tensor: the norm stays, the residual still fuses.
 // CHECK-LABEL: func.func @norm_read_outside
 // CHECK: onnx.LayerNormalization
