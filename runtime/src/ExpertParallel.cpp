@@ -179,7 +179,7 @@ std::string moert::runExpertParallel(moert_model &m, const Dispatch &x, int inde
   };
   auto block = [](size_t bytes) { return moert::allocBlock(std::max<size_t>(bytes, 64)); };
 
-  // 1. Route this rank's tokens; the scratch keeps what COMBINE needs.
+  // 1. Route this rank's tokens; the scratch keeps what SHARED and COMBINE need.
   std::vector<int32_t> chosen(static_cast<size_t>(own * K));
   std::vector<float> weight(static_cast<size_t>(own * K));
   auto normed = block(sizeof(float) * size_t(own * H));
