@@ -29,20 +29,8 @@ LAYERS = {  # name: (title, H, F, E, k)
     "olmoe": ("OLMoE-like MoE layer (64 experts, top-8, H 2048, F 1024, fp32)", 2048, 1024, 64, 8),
     "zaya1": ("ZAYA1-8B MoE layer (16 experts, top-1, H 2048, F 2048, fp32)", 2048, 2048, 16, 1),
 }
-RSS_WRAPPER = r"""
-import os, resource, subprocess, sys
-rc = subprocess.call(sys.argv[2:])
-with open(sys.argv[1] + "." + os.environ.get("OMPI_COMM_WORLD_RANK", "0"), "w") as f:
-    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-sys.exit(rc)
-"""
-
-
-def mpi_env():
-    env = dict(os.environ)
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
-               OMPI_MCA_btl_vader_single_copy_mechanism="none")
-    return env
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from check_expert_parallel import RSS_WRAPPER, mpi_launch_env as mpi_env  # noqa: E402
 
 
 def exchange_stats(profile):

@@ -85,20 +85,6 @@ std::string exchangeError(int index, const char *what) {
 
 } // namespace
 
-uint64_t moert::hashBytes(uint64_t h, const void *bytes, size_t size) {
-  const unsigned char *p = static_cast<const unsigned char *>(bytes);
-  size_t i = 0;
-  for (; i + 8 <= size; i += 8) { // a word at a time (the inputs can be KV caches of many MB)
-    uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    h = (h ^ w) * 0x100000001b3ull;
-    h ^= h >> 29;
-  }
-  for (; i < size; ++i)
-    h = (h ^ p[i]) * 0x100000001b3ull;
-  return h ^ size;
-}
-
 std::string moert::openExpertParallel(moert_model &m, const moert_comm *comm) {
   const pb::Artifact &a = m.meta;
   const int ranks = int(a.expert_parallel());

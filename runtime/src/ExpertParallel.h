@@ -44,12 +44,8 @@ std::string runExpertParallel(moert_model &m, const Dispatch &x, int index, int6
                               const float *logits, const float *residual, float *output,
                               const moert_exec &exec, uint8_t *touched, ExchangeStats &stats);
 
-/// FNV-1a over `bytes`, continuing from `hash` (the inputs' fingerprint sameOnEveryRank compares).
-uint64_t hashBytes(uint64_t hash, const void *bytes, size_t size);
-constexpr uint64_t kHashSeed = 0xcbf29ce484222325ull;
-
-/// Fails unless every rank's `hash` (of its call's inputs) is rank 0's: ranks that computed on different data
-/// would exchange tokens that mean nothing.
+/// Fails unless every rank's `hash` (of its call's inputs, moert::format::checksum) is rank 0's: ranks that
+/// computed on different data would exchange tokens that mean nothing.
 std::string sameOnEveryRank(moert_model &m, uint64_t hash);
 
 } // namespace moert

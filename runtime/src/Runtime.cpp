@@ -3,6 +3,7 @@
 #include "Model.h"
 #include "Ops.h"
 #include "ops/OpKernel.h"
+#include "runtime/ArtifactFormat.h"
 
 #include <chrono>
 #include <cstdlib>
@@ -377,17 +378,17 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     if (caches && p.has_decoder())
       for (const pb::KvCache &c : p.decoder().caches())
         cache[c.past()] = 1;
-    uint64_t h = moert::kHashSeed;
+    uint64_t h = 0; // each input's dims and bytes, chained through the artifact checksum's seed
     auto add = [&](const Tensor &t) {
-      h = moert::hashBytes(h, t.dims.data(), sizeof(int64_t) * t.dims.size());
+      h = moert::format::checksum(t.dims.data(), sizeof(int64_t) * t.dims.size(), h);
       if (t.data)
-        h = moert::hashBytes(h, t.data, t.bytes());
+        h = moert::format::checksum(t.data, t.bytes(), h);
     };
     for (int i = 0; i < p.inputs_size(); ++i) {
       const Tensor &t = values[p.inputs(i)];
       if (cache[i])
         continue;
-      h = moert::hashBytes(h, &t.kind, sizeof t.kind);
+      h = moert::format::checksum(&t.kind, sizeof t.kind, h);
       if (t.kind == Tensor::Kind::Tensor)
         add(t);
       for (size_t e = 0; t.elements && e < t.elements->size(); ++e)
@@ -872,57 +873,52 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                 << ", \"dur\": " << gpuMs * 1000.0 << "}";
           firstEvent = false;
         }
-      } else if (m->comm) { // expert parallelism: the experts on their ranks
+      } else {
         if (!output)
           return makeError("out of memory for dispatch " + std::to_string(d.index()));
         std::vector<uint8_t> touched(m->verifyLevel == 1 && !moert::expertsChecked(*m, si) ? x.experts : 0,
                                      0);
-        moert::ExchangeStats ex;
-        std::string why = moert::runExpertParallel(
-            *m, x, int(d.index()), T, reinterpret_cast<const float *>(in.data), logits, residual,
-            reinterpret_cast<float *>(output.get()), exec, touched.empty() ? nullptr : touched.data(), ex);
-        if (!why.empty())
-          return makeError(why);
-        if (!touched.empty())
-          if (moert_status st = moert::verifyStepExperts(*m, si, touched.data(), x.experts))
-            return st;
-        values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
-        measure(d.output());
-        label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ", rank " +
-                std::to_string(m->comm->rank) + " of " + std::to_string(m->comm->size) + ")";
-        if (profile) { // the exchanges' share, for bench/expert_parallel.py
-          trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"exchange " << d.index()
-                << "\", \"ph\": \"X\", "
-                << "\"pid\": 0, \"tid\": 2, \"ts\": " << us(start) << ", \"dur\": " << ex.seconds * 1e6
-                << ", \"args\": {\"bytes_sent\": " << ex.bytes << ", \"rows_sent\": " << ex.rowsSent
-                << ", \"rows_received\": " << ex.rowsReceived << "}}";
-          firstEvent = false;
+        label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T);
+        if (m->comm) { // expert parallelism: the experts on their ranks
+          moert::ExchangeStats ex;
+          std::string why = moert::runExpertParallel(
+              *m, x, int(d.index()), T, reinterpret_cast<const float *>(in.data), logits, residual,
+              reinterpret_cast<float *>(output.get()), exec, touched.empty() ? nullptr : touched.data(), ex);
+          if (!why.empty())
+            return makeError(why);
+          label += ", rank " + std::to_string(m->comm->rank) + " of " + std::to_string(m->comm->size);
+          if (profile) { // the exchanges' share, for bench/expert_parallel.py
+            trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"exchange " << d.index()
+                  << "\", \"ph\": \"X\", "
+                  << "\"pid\": 0, \"tid\": 2, \"ts\": " << us(start) << ", \"dur\": " << ex.seconds * 1e6
+                  << ", \"args\": {\"bytes_sent\": " << ex.bytes << ", \"rows_sent\": " << ex.rowsSent
+                  << ", \"rows_received\": " << ex.rowsReceived << "}}";
+            firstEvent = false;
+          }
+        } else {
+          auto scratch = moert::allocBlock(x.scratch(T, exec.threads));
+          if (!scratch)
+            return makeError("out of memory for dispatch " + std::to_string(d.index()));
+          moert_moe_args args{};
+          args.tokens = T;
+          args.input = reinterpret_cast<const float *>(in.data);
+          args.logits = logits;
+          args.residual = residual;
+          args.output = reinterpret_cast<float *>(output.get());
+          std::memcpy(args.weights, x.weights, sizeof args.weights);
+          args.scratch = scratch.get();
+          args.exec = &exec;
+          args.touched = touched.empty() ? nullptr : touched.data();
+          if (int rc = x.run(&args))
+            return makeError("dispatch " + std::to_string(d.index()) + " failed (code " + std::to_string(rc) +
+                             ")");
         }
-      } else {
-        auto scratch = moert::allocBlock(x.scratch(T, exec.threads));
-        if (!output || !scratch)
-          return makeError("out of memory for dispatch " + std::to_string(d.index()));
-        moert_moe_args args{};
-        args.tokens = T;
-        args.input = reinterpret_cast<const float *>(in.data);
-        args.logits = logits;
-        args.residual = residual;
-        args.output = reinterpret_cast<float *>(output.get());
-        std::memcpy(args.weights, x.weights, sizeof args.weights);
-        args.scratch = scratch.get();
-        args.exec = &exec;
-        std::vector<uint8_t> touched(m->verifyLevel == 1 && !moert::expertsChecked(*m, si) ? x.experts : 0,
-                                     0);
-        args.touched = touched.empty() ? nullptr : touched.data();
-        if (int rc = x.run(&args))
-          return makeError("dispatch " + std::to_string(d.index()) + " failed (code " + std::to_string(rc) +
-                           ")");
+        label += ")";
         if (!touched.empty())
           if (moert_status st = moert::verifyStepExperts(*m, si, touched.data(), x.experts))
             return st;
         values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
         measure(d.output());
-        label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ")";
       }
     }
     if (residency && !onDevice && !view) // what the host wrote: the device copies of those bytes are stale

@@ -51,12 +51,18 @@ TOKENS = [1, 3, 64, 512]
 RANKS = [2, 4]
 
 
-def mpi_env():
+def mpi_launch_env():
+    """What mpirun needs here (bench/expert_parallel.py uses it too): root allowed, ranks sharing this
+    machine's cores, shared memory without cross-process reads (containers forbid them)."""
     env = dict(os.environ)
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               # ranks share this machine's cores; shared memory without cross-process reads (containers)
-               OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_btl_vader_single_copy_mechanism="none",
-               MOERT_SPIN_US="0")
+               OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_btl_vader_single_copy_mechanism="none")
+    return env
+
+
+def mpi_env():
+    env = mpi_launch_env()
+    env["MOERT_SPIN_US"] = "0"
     env.setdefault("MOERT_EP_TIMEOUT", "120")
     # In a sanitizer build (make test SANITIZE=...) memory errors and UB stay checked, but not leaks: what Open
     # MPI keeps at exit is reported from modules it has unloaded, which no suppression can name.
