@@ -515,6 +515,8 @@ LogicalResult RotaryOp::verify() {
     return emitOpError() << "rotary_dim " << r << " must be even, positive and at most the head dim " << d;
   if (seqAxis != 1 && seqAxis != 2)
     return emitOpError() << "seq_axis must be 1 or 2, got " << seqAxis;
+  if (getDeinterleave() && !getInterleaved())
+    return emitOpError() << "deinterleave needs interleaved pairs";
   const int64_t a1 = getTranspose() ? 2 : 1, a2 = getTranspose() ? 1 : 2;
   if (dimsConflict(oT.getDimSize(0), xT.getDimSize(0)) || dimsConflict(oT.getDimSize(a1), xT.getDimSize(1)) ||
       dimsConflict(oT.getDimSize(a2), xT.getDimSize(2)) || oT.getDimSize(3) != d)

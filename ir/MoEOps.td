@@ -335,6 +335,8 @@ def MoE_RotaryOp : MoE_Op<"rotary", [Pure]> {
           interleaved); s_i likewise from sin
     half-split (h = R / 2):  y_i = x_i c_i - x_{i+h} s_i  (i < h)       y_i = x_i c_i + x_{i-h} s_i  (h <= i < R)
     interleaved:             y_2j = x_2j c_2j - x_2j+1 s_2j            y_2j+1 = x_2j+1 c_2j+1 + x_2j s_2j+1
+    deinterleave (with interleaved): the interleaved result's even dims first, then its odd dims:
+                             y'_j = y_2j, y'_h+j = y_2j+1                (j < h)
     y_i = x_i                (R <= i < D: partial rotary)
     ```
 
@@ -342,7 +344,10 @@ def MoE_RotaryOp : MoE_Op<"rotary", [Pure]> {
     `[B, H, S, D]` out: the `Transpose` exporters write before the rotation, folded in). Raised by
     `moe-raise-rotary` from transformers' `apply_rotary_pos_emb` as exported
     (`q * cos + Concat(-q[..., h:R], q[..., :h]) * sin`, partial rotary concatenating the untouched dims),
-    folding the `Transpose` and the q/k RMSNorm before it; imported from ONNX Runtime's `GroupQueryAttention`
+    folding the `Transpose` and the q/k RMSNorm before it, and from the forms that rotate two halves taken
+    apart (`Concat(a * cos - b * sin, b * cos + a * sin)`: GPT-OSS's first / second halves, DeepSeek's MLA even /
+    odd dims, which `deinterleave` writes as halves) and Ernie-4.5's interleaved pairs
+    (`x * cos + Reshape(Concat(-x[..., 1::2, None], x[..., 0::2, None])) * sin`); imported from ONNX Runtime's `GroupQueryAttention`
     and `RotaryEmbedding`. It is an error at run time for `cos`/`sin` not to have S positions or a batch of
     1 or B. libmoert runs it as its `moec.Rotary` step (inputs in `MOERT_ROTARY_*` order,
     `kernels/cpu/moert_kernel_abi.h`), one pass over the input on all threads.
@@ -357,7 +362,8 @@ def MoE_RotaryOp : MoE_Op<"rotary", [Pure]> {
     UnitAttr:$interleaved,
     DefaultValuedAttr<I64Attr, "2">:$seq_axis,
     UnitAttr:$transpose,
-    DefaultValuedAttr<F32Attr, "1.0e-6f">:$norm_epsilon
+    DefaultValuedAttr<F32Attr, "1.0e-6f">:$norm_epsilon,
+    UnitAttr:$deinterleave
   );
   let results = (outs F32Tensor:$output);
 

@@ -162,7 +162,10 @@ def MoERaiseRotaryPass : Pass<"moe-raise-rotary"> {
     Matches transformers' `apply_rotary_pos_emb` as PyTorch exports it, `x * cos + Concat(-x[..., h:],
     x[..., :h]) * sin` on a rank-4 x (and, for partial rotary, `Concat(that over q[..., :R], q[..., R:])`),
     with cos / sin broadcast over the heads, and replaces it by one `moe.rotary` (cos / sin read as
-    `[B | 1, S, R]`). Then folds into each `moe.rotary` the `Transpose(perm [0, 2, 1, 3])` that feeds it and
+    `[B | 1, S, R]`); likewise the layouts other exports write: `Concat(a * cos - b * sin, b * cos + a * sin)`
+    over x's halves (GPT-OSS; cos / sin of R / 2 values) or its even / odd dims (DeepSeek's MLA:
+    `interleaved` + `deinterleave`), and `x * cos + Reshape(stack(-x[..., 1::2], x[..., 0::2])) * sin`
+    (Ernie-4.5: `interleaved`). Then folds into each `moe.rotary` the `Transpose(perm [0, 2, 1, 3])` that feeds it and
     nothing else (the op reads `[B, S, H, D]` and writes `[B, H, S, D]`) and an RMSNorm over the head dim in
     front of that (Qwen3's q_norm / k_norm). With `remarks`, every near miss says why.
   }];

@@ -1281,6 +1281,8 @@ struct Emitter {
       return false;
     intAttr(step, "rotary_dim", op.getRotaryDim());
     intAttr(step, "interleaved", op.getInterleaved() ? 1 : 0);
+    if (op.getDeinterleave())
+      intAttr(step, "deinterleave", 1);
     intAttr(step, "seq_axis", op.getSeqAxis());
     intAttr(step, "transpose", op.getTranspose() ? 1 : 0);
     floatAttr(step, "norm_epsilon", op.getNormEpsilon().convertToDouble());

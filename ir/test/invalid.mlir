@@ -398,6 +398,14 @@ func.func @rotary_dim_odd(%x: tensor<1x4x?x16xf32>, %c: tensor<1x?x7xf32>) -> te
 
 // -----
 
+func.func @rotary_deinterleave_half_split(%x: tensor<1x4x?x16xf32>, %c: tensor<1x?x8xf32>) -> tensor<1x4x?x16xf32> {
+  // expected-error @+1 {{deinterleave needs interleaved pairs}}
+  %y = moe.rotary %x, %c, %c {rotary_dim = 16 : i64, deinterleave} : (tensor<1x4x?x16xf32>, tensor<1x?x8xf32>, tensor<1x?x8xf32>) -> tensor<1x4x?x16xf32>
+  return %y : tensor<1x4x?x16xf32>
+}
+
+// -----
+
 func.func @rotary_table(%x: tensor<1x4x?x16xf32>, %c: tensor<1x?x6xf32>) -> tensor<1x4x?x16xf32> {
   // expected-error @+1 {{operand 'cos' [1, ?, 6] must be [1 or B, S, 16 or 8] for input [1, 4, ?, 16] (S on axis 2)}}
   %y = moe.rotary %x, %c, %c {rotary_dim = 16 : i64} : (tensor<1x4x?x16xf32>, tensor<1x?x6xf32>, tensor<1x?x6xf32>) -> tensor<1x4x?x16xf32>

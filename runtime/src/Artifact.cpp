@@ -996,13 +996,15 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
           os << "/" << block;
         os << " (" << mib(bytes) << ")";
       } else if (s.op().op() == "moec.Rotary" || s.op().op() == "moec.Norm") {
-        int64_t rot = 0, interleaved = 0, transpose = 0, kind = 0;
+        int64_t rot = 0, interleaved = 0, deinterleave = 0, transpose = 0, kind = 0;
         for (const auto &at : s.op().attributes()) {
           int64_t v = at.ints_size() ? at.ints(0) : 0;
           if (at.name() == "rotary_dim")
             rot = v;
           else if (at.name() == "interleaved")
             interleaved = v;
+          else if (at.name() == "deinterleave")
+            deinterleave = v;
           else if (at.name() == "transpose")
             transpose = v;
           else if (at.name() == "kind")
@@ -1011,7 +1013,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
         if (s.op().op() == "moec.Norm")
           os << ": " << (kind == 2 ? "LayerNorm" : "RMSNorm") << " rows";
         else
-          os << ": rotary embedding of " << rot << " dims" << (interleaved ? " (interleaved)" : "")
+          os << ": rotary embedding of " << rot << " dims"
+             << (interleaved ? (deinterleave ? " (interleaved, written as halves)" : " (interleaved)") : "")
              << (s.op().inputs_size() > MOERT_ROTARY_NORM_WEIGHT &&
                          s.op().inputs(MOERT_ROTARY_NORM_WEIGHT) >= 0
                      ? ", RMSNorm first"

@@ -46,13 +46,6 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "transformers")
 sys.path.insert(0, FIXTURES)
 import make_fixtures  # noqa: E402  (the family lists; it imports torch only when exporting)
 TOLERANCE = 1e-4
-# Whole models whose rotary embedding moe-raise-rotary does not raise yet (docs/attention.md, "Not done yet"):
-# their rotary runs as graph ops (checked against ONNX Runtime like the rest).
-ROTARY_NOT_RAISED = {
-    "whole_deepseek_v3": "MLA's rotary writes its rotated pairs de-interleaved",
-    "whole_gpt_oss": "GPT-OSS's rotary (first/second halves by chunk, cos/sin not repeated)",
-    "whole_ernie4_5_moe": "Ernie-4.5's interleaved rotary (even/odd pairs)",
-}
 # Stated bounds of each dense storage against the fp32 model on the dense model below (max |diff| / max |fp32
 # output|, Gaussian weights; measured bf16 ~2e-3, fp16 ~3e-4, int8 ~5e-3, int4 ~0.1).
 DRIFT = {"bf16": 1e-2, "fp16": 2e-3, "int8": 3e-2, "int4": 0.3}
@@ -172,10 +165,11 @@ def fixtures(args, tmp):
         check(f"fixture {name}: linear dispatches", not left and (linears > 0 or not whole),
               f"{linears} linear dispatches, MatMul/Gemm steps with a constant weight: {left or 'none'}")
         # Rotary embedding: one moec.Rotary step per query and per key (q/k norms and the Transpose folded
-        # in), except DeepSeek-V3's MLA rotary, which writes its rotated pairs de-interleaved (not raised);
-        # every RMSNorm inside a dispatch or a moec.Norm step.
+        # in), whichever way the family writes its pairs (rotate_half; GPT-OSS's halves; DeepSeek's MLA even /
+        # odd dims written as halves; Ernie-4.5's interleaved pairs); every RMSNorm inside a dispatch or a
+        # moec.Norm step.
         attention = len(re.findall(r"^\s*attention \d+:", text, re.M))
-        if attention and name not in ROTARY_NOT_RAISED:
+        if attention:
             rotary = len(re.findall(r"^\s*op moec\.Rotary ", text, re.M))
             leftover = re.findall(r"^\s*op (Neg|Pow) ", text, re.M)  # rotate_half's Neg; a norm's x^2
             check(f"fixture {name}: rotary steps", rotary == 2 * attention and not leftover,

@@ -9,6 +9,9 @@ Models built with onnx.helper, each a projection (MatMul) feeding what is tested
     on the transposed projection, cos/sin computed from position ids) with Qwen3's q_norm in front, and a partial
     rotary with the untouched dims concatenated: one `moec.Rotary` step with the norm and the transpose folded in,
     no Neg / Transpose / ReduceMean op step left;
+  - the pair layouts other families' exports write (GPT-OSS's halves by Split, halves by Slices, DeepSeek's MLA
+    even / odd dims written back as halves, Ernie-4.5's interleaved pairs with a repeat-interleaved table), full and
+    partial: one `moec.Rotary` step each, no Neg / Sub / Split / Transpose step left;
   - an RMSNorm as exported and a LayerNormalization: one `moec.Norm` step each;
 and every output matches ONNX Runtime within 1e-4 relative to the largest magnitude (the RotaryEmbedding cases
 also the NumPy oracle of moe.rotary's contract, tests/reference/attention.py), at batch 1 and 2 and several
@@ -53,7 +56,8 @@ class Graph:
         return self.const(name, (self.rng.standard_normal(shape) * 0.3).astype(np.float32))
 
     def save(self, path, inputs, outputs, opset=17):
-        g = helper.make_graph(self.nodes, "g", inputs, outputs, self.inits)
+        used = {i for n in self.nodes for i in n.input}  # (ONNX Runtime warns of unused initializers)
+        g = helper.make_graph(self.nodes, "g", inputs, outputs, [t for t in self.inits if t.name in used])
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)],
                               ir_version=8)
         onnx.save(m, path)
@@ -136,6 +140,78 @@ def exported_rotary(path, rng, heads, head_dim, rot, q_norm):
     g.node("Identity", [out], ["out"])
     g.save(path, [f32("x", ["B", "S", HID]), i64("pos", ["B", "S"])], [f32("out", ["B", heads, "S", head_dim])],
            opset=13)
+
+
+def exported_pairs_rotary(path, rng, heads, head_dim, rot, form):
+    """Rotary forms other exporters write, on the transposed projection [B, H, S, D] (cos / sin from position
+    ids, R / 2 frequencies):
+      - 'split' (GPT-OSS): a, b = Split(x) into halves; Concat(a * cos - b * sin, b * cos + a * sin), cos / sin of
+        R / 2 values per position;
+      - 'slices': the same with a, b = Slices [0, h), [h, R);
+      - 'even_odd' (DeepSeek's MLA): a, b = x[..., 0::2], x[..., 1::2] (pairs interleaved in x, written as halves);
+      - 'interleaved' (Ernie-4.5): x * cos + Reshape(stack(-x[..., 1::2], x[..., 0::2])) * sin with cos / sin the
+        first half of the duplicated table, repeat-interleaved.
+    With rot < head_dim the rotation reads q[..., :rot] and the untouched q[..., rot:] is concatenated after it."""
+    g = Graph(rng)
+    inv = (1.0 / (10000 ** (np.arange(0, rot, 2) / rot))).astype(np.float32)
+    g.const("inv_freq", inv.reshape(1, 1, -1))
+    p = g.node("Cast", ["pos"], ["pos_f"], to=TensorProto.FLOAT)
+    p = g.node("Unsqueeze", [p, g.const("ax_last", np.array([-1], np.int64))], ["pos_u"])
+    fr = g.node("Mul", [p, "inv_freq"], ["freqs"])
+    one = g.const("ax1", np.array([1], np.int64))
+    ax = g.const("ax3", np.array([3], np.int64))
+    step1, step2 = g.const("step1", np.array([1], np.int64)), g.const("step2", np.array([2], np.int64))
+    big = g.const("big", np.array([2 ** 63 - 1], np.int64))
+    zero = g.const("zero", np.array([0], np.int64))
+    half = g.const("half", np.array([rot // 2], np.int64))
+
+    def sl(x, b, e, name, step=step1):
+        return g.node("Slice", [x, b, e, ax, step], [name])
+
+    if form == "interleaved":
+        emb = g.node("Concat", [fr, fr], ["emb"], axis=-1)
+        tables = []
+        for fn in ("Cos", "Sin"):
+            t = g.node("Unsqueeze", [g.node(fn, [emb], [fn.lower()]), one], [fn.lower() + "_u"])
+            t = g.node("Unsqueeze", [sl(t, zero, half, fn.lower() + "_half"), "ax_last"], [fn.lower() + "_5d"])
+            t = g.node("Expand", [t, g.const(fn + "_rep", np.array([1, 1, 1, 1, 2], np.int64))], [fn.lower() + "_x"])
+            tables.append(g.node("Reshape", [t, g.const(fn + "_ri", np.array([0, 1, -1, rot], np.int64))],
+                                 [fn.lower() + "_ri"]))
+        cu, su = tables
+    else:
+        cu = g.node("Unsqueeze", [g.node("Cos", [fr], ["cos"]), one], ["cos_u"])
+        su = g.node("Unsqueeze", [g.node("Sin", [fr], ["sin"]), one], ["sin_u"])
+    y = g.node("MatMul", ["x", g.weight("w", HID, heads * head_dim)], ["proj"])
+    y = g.node("Reshape", [y, g.const("split", np.array([0, 0, heads, head_dim], np.int64))], ["view"])
+    q = g.node("Transpose", [y], ["q"], perm=[0, 2, 1, 3])
+    xr = q
+    if rot < head_dim:
+        xr = sl(q, zero, g.const("rot", np.array([rot], np.int64)), "q_rot")
+        qp = sl(q, "rot", big, "q_pass")
+    if form == "interleaved":
+        ev, od = sl(xr, zero, big, "even", step2), sl(xr, one, big, "odd", step2)
+        last = g.const("ax_new", np.array([-1], np.int64))
+        st = g.node("Concat", [g.node("Unsqueeze", [g.node("Neg", [od], ["neg"]), last], ["neg_u"]),
+                               g.node("Unsqueeze", [ev, last], ["even_u"])], ["stack"], axis=-1)
+        rh = g.node("Reshape", [st, g.const("merge", np.array([0, 0, -1, rot], np.int64))], ["rot_half"])
+        out = g.node("Add", [g.node("Mul", [xr, cu], ["xc"]), g.node("Mul", [rh, su], ["rs"])], ["rotated"])
+    else:
+        if form == "split":
+            a, b = "a", "b"
+            g.node("Split", [xr, g.const("halves", np.array([rot // 2, rot // 2], np.int64))], [a, b], axis=3)
+        elif form == "slices":
+            a, b = sl(xr, zero, half, "a"), sl(xr, half, big, "b")
+        else:
+            a, b = sl(xr, zero, big, "a", step2), sl(xr, one, big, "b", step2)
+        first = g.node("Sub", [g.node("Mul", [a, cu], ["ac"]), g.node("Mul", [b, su], ["bs"])], ["first"])
+        second = g.node("Add", [g.node("Mul", [su, a], ["as"]), g.node("Mul", [b, cu], ["bc"])], ["second"])
+        out = g.node("Concat", [first, second], ["rotated"], axis=-1)
+    if rot < head_dim:
+        out = g.node("Concat", [out, qp], ["rotated_all"], axis=-1)
+    g.node("Identity", [out], ["out"])
+    g.save(path, [f32("x", ["B", "S", HID]), i64("pos", ["B", "S"])], [f32("out", ["B", heads, "S", head_dim])],
+           opset=13)
+    return inv
 
 
 def norms(path, rng):
@@ -247,6 +323,28 @@ def main():
                     + (", rms_norm)" if q_norm else ")"))
             line = next((ln.strip() for ln in report.splitlines() if "rotary embeddings" in ln), "no rotary line")
             check(f"{what}: moec compile --report", line == want, line)
+
+        # Other exporters' pair layouts: one moec.Rotary step each, against ONNX Runtime and the oracle.
+        pair_cases = [("GPT-OSS halves by Split", "split", 16, 16, False, 0),
+                      ("halves by Slices over 8 of 16 dims", "slices", 16, 8, False, 0),
+                      ("DeepSeek MLA even / odd dims written as halves", "even_odd", 16, 16, True, 0),
+                      ("DeepSeek MLA even / odd over 8 of 16 dims", "even_odd", 16, 8, True, 0),
+                      # The tables' half Slices stay (the repeat-interleaved tables are the op's cos / sin).
+                      ("Ernie-4.5 interleaved pairs", "interleaved", 16, 16, True, 2)]
+        for what, form, d, rot, inter, table_slices in pair_cases:
+            inv = exported_pairs_rotary(path, rng, 4, d, rot, form)
+            init = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+
+            def oracle(feeds, d=d, rot=rot, inter=inter, form=form, init=init, inv=inv):
+                b, s = feeds["x"].shape[:2]
+                y = (feeds["x"].astype(np.float64) @ init["w"]).reshape(b, s, 4, d).transpose(0, 2, 1, 3)
+                fr = feeds["pos"].astype(np.float64)[..., None] * inv.astype(np.float64)
+                return reference_rotary(y, np.cos(fr), np.sin(fr), rot, interleaved=inter,
+                                        deinterleave=form == "even_odd")
+
+            compare(f"exported rotary, {what}", path, art, ids_feeds,
+                    {"moec.Rotary": 1, "Neg": 0, "Sub": 0, "Split": 0, "Transpose": 0, "Slice": table_slices},
+                    oracle)
 
         norms(path, rng)
         compare("RMSNorm and LayerNormalization", path, art, lambda b, s: {"x": x_of(b, s)},

@@ -44,11 +44,12 @@ def attention(q, k, v, mask=None, scale=None, nan_to_zero=True, sinks=None, soft
 
 
 def rotary(x, cos, sin, rotary_dim, interleaved=False, seq_axis=2, transpose=False, norm_weight=None,
-           norm_epsilon=1e-6):
+           norm_epsilon=1e-6, deinterleave=False):
     """moe.rotary from its contract (ir/MoEOps.td), float64: x [B, A1, A2, D] with the positions on `seq_axis`,
     cos / sin [1 or B, S, R or R / 2]; each row optionally RMS-normalised (times norm_weight), then rotated
     (half-split pairs (i, i + R/2) or interleaved pairs (2j, 2j + 1)) over its first R dims; with `transpose`
-    the output swaps axes 1 and 2."""
+    the output swaps axes 1 and 2; with `deinterleave` (interleaved pairs) the rotated dims are written even
+    dims first, then odd dims."""
     x = np.array(x, dtype=np.float64)
     if norm_weight is not None:
         x = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + norm_epsilon) * np.asarray(norm_weight, np.float64)
@@ -66,5 +67,9 @@ def rotary(x, cos, sin, rotary_dim, interleaved=False, seq_axis=2, transpose=Fal
     else:
         partner = np.concatenate([-xr[..., h:], xr[..., :h]], axis=-1)
     out = x.copy()
-    out[..., :r] = xr * cos + partner * sin
+    rotated = xr * cos + partner * sin
+    if deinterleave:
+        assert interleaved, "deinterleave needs interleaved pairs"
+        rotated = np.concatenate([rotated[..., 0::2], rotated[..., 1::2]], axis=-1)
+    out[..., :r] = rotated
     return out.transpose(0, 2, 1, 3) if transpose else out

@@ -184,7 +184,8 @@ def evaluate(text, inputs):
             out = attention_oracle.rotary(vals[0], vals[1], vals[2], _attr(props, "rotary_dim"),
                                           interleaved=unit("interleaved"), seq_axis=_attr(props, "seq_axis", 2),
                                           transpose=unit("transpose"), norm_weight=vals[3] if len(vals) > 3 else None,
-                                          norm_epsilon=_attr(props, "norm_epsilon", 1e-6))
+                                          norm_epsilon=_attr(props, "norm_epsilon", 1e-6),
+                                          deinterleave=unit("deinterleave"))
         elif name == "onnx.TopK":  # (values, indices); ties: the lower index first, as ONNX says
             x, k = vals[0], int(np.asarray(vals[1]).reshape(-1)[0])
             axis = _attr(props, "axis", -1)

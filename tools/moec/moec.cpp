@@ -297,7 +297,9 @@ void printReport(mlir::ModuleOp module, ArrayRef<std::string> misses) {
     if (rotary++ == 0) {
       raw_string_ostream os(rotaryForm);
       os << op.getRotaryDim() << " of " << op.getInput().getType().getDimSize(3) << " dims"
-         << (op.getInterleaved() ? ", interleaved" : ", half-split");
+         << (op.getInterleaved()
+                 ? (op.getDeinterleave() ? ", interleaved, written as halves" : ", interleaved")
+                 : ", half-split");
       if (auto fused = op->getAttrOfType<mlir::ArrayAttr>("moe.fused"))
         for (auto f : fused.getAsRange<mlir::StringAttr>())
           os << ", " << f.getValue();

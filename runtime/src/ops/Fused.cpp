@@ -118,7 +118,8 @@ bool fusedRotary(Ctx &c) {
   const OpTensor &x = c.in[MOERT_ROTARY_INPUT], &cs = c.in[MOERT_ROTARY_COS], &sn = c.in[MOERT_ROTARY_SIN],
                  &nw = c.in[MOERT_ROTARY_NORM_WEIGHT];
   const int64_t R = c.a.i("rotary_dim", 0), seqAxis = c.a.i("seq_axis", 2);
-  const bool interleaved = c.a.i("interleaved", 0) != 0, transpose = c.a.i("transpose", 0) != 0;
+  const bool interleaved = c.a.i("interleaved", 0) != 0, transpose = c.a.i("transpose", 0) != 0,
+             deinterleave = c.a.i("deinterleave", 0) != 0;
   const float eps = float(c.a.f("norm_epsilon", 1e-6));
   if (!isF32(x) || x.dims.size() != 4)
     return c.fail("input " + dimsString(x.dims) + " " + dtypeName(x.dtype) + ": expected f32 [B, A1, A2, D]");
@@ -127,6 +128,8 @@ bool fusedRotary(Ctx &c) {
     return c.fail("seq_axis " + std::to_string(seqAxis) + " (expected 1 or 2)");
   if (R <= 0 || R % 2 || R > D)
     return c.fail("rotary_dim " + std::to_string(R) + " for a head dim of " + std::to_string(D));
+  if (deinterleave && !interleaved)
+    return c.fail("deinterleave without interleaved pairs");
   const int64_t S = x.dims[seqAxis];
   if (!isF32(cs) || !isF32(sn) || cs.dims.size() != 3 || cs.dims != sn.dims ||
       (cs.dims[0] != 1 && cs.dims[0] != B) || cs.dims[1] != S || (cs.dims[2] != R && cs.dims[2] != R / 2))
@@ -162,15 +165,23 @@ bool fusedRotary(Ctx &c) {
           y[i] = xr[i] * cr[i] - xr[i + h] * sr[i];
         for (int64_t i = 0; i < h; ++i)
           y[i + h] = xr[i + h] * cr[i] + xr[i] * sr[i];
-      } else if (W == R) {
+      } else if (!deinterleave && W == R) {
         for (int64_t j = 0; j < h; ++j) {
           y[2 * j] = xr[2 * j] * cr[2 * j] - xr[2 * j + 1] * sr[2 * j];
           y[2 * j + 1] = xr[2 * j + 1] * cr[2 * j + 1] + xr[2 * j] * sr[2 * j + 1];
         }
-      } else {
+      } else if (!deinterleave) {
         for (int64_t j = 0; j < h; ++j) {
           y[2 * j] = xr[2 * j] * cr[j] - xr[2 * j + 1] * sr[j];
           y[2 * j + 1] = xr[2 * j + 1] * cr[j] + xr[2 * j] * sr[j];
+        }
+      } else {
+        // Interleaved pairs written as halves: pair j's even result to j, its odd result to h + j.
+        const int64_t wide = W == R ? 1 : 0;
+        for (int64_t j = 0; j < h; ++j) {
+          const int64_t ce = wide ? 2 * j : j, co = wide ? 2 * j + 1 : j;
+          y[j] = xr[2 * j] * cr[ce] - xr[2 * j + 1] * sr[ce];
+          y[h + j] = xr[2 * j + 1] * cr[co] + xr[2 * j] * sr[co];
         }
       }
       for (int64_t i = R; i < D; ++i)
