@@ -28,6 +28,7 @@ debs=(
   zlib1g-dev libzstd-dev libedit-dev libxml2-dev libcurl4-openssl-dev
   libssl-dev openssl
   libopenmpi-dev openmpi-bin
+  nlohmann-json3-dev libpcre2-dev libicu-dev
 )
 
 missing=()

@@ -427,7 +427,7 @@ def generate(args, art, prompt_path, *extra):
                           capture_output=True, text=True)
 
 
-def text_generation(rt, art, onnx_path, vocab, tmp, rng):
+def text_generation(rt, art, onnx_path, vocab, tmp, rng, moert_cli):
     """Text in, text out: a word-level tokenizer.json ("w0" .. "w{vocab-1}", made with the `tokenizers`
     package) next to a copy of the artifact; Model.generate("w3 w1 ...") must give ONNX Runtime's greedy tokens
     for those ids and their words as text; a text prompt without a tokenizer is one error."""
@@ -470,6 +470,40 @@ def text_generation(rt, art, onnx_path, vocab, tmp, rng):
         ok, msg = "needs a tokenizer" in str(err), str(err)
     model.close()
     check("a text prompt without a tokenizer: one error", ok, msg)
+    # The CLI the same way: `moert generate --prompt TEXT` (the tokenizer.json next to the model) prints ONNX
+    # Runtime's greedy tokens and their text; two --prompt a batch, left-padded; --tokenizer names one elsewhere.
+    name = os.path.basename(onnx_path)
+
+    def cli(model_path, *extra):
+        return subprocess.run([moert_cli, "generate", model_path, "--threads", "2", *extra], capture_output=True,
+                              text=True)
+
+    r = cli(copy, "--prompt", " ".join(f"w{i}" for i in prompt), "--max-new-tokens", "8")
+    lines = dict(ln.split(": ", 1) for ln in r.stdout.splitlines() if ": " in ln)
+    check(f"{name}: moert generate --prompt", r.returncode == 0 and lines.get("tokens", "").split() ==
+          [str(i) for i in want] and lines.get("text") == text, r.stdout.strip() or r.stderr.strip())
+    r = cli(copy, *[a for p in (prompt, short) for a in ("--prompt", " ".join(f"w{i}" for i in p))],
+            "--max-new-tokens", "6")
+    lines = dict(ln.split(": ", 1) for ln in r.stdout.splitlines() if ": " in ln)
+    got = [lines.get(f"tokens[{b}]", "").split() for b in range(2)]
+    check(f"{name}: moert generate with two --prompt (a batch)", r.returncode == 0 and
+          got == [[str(i) for i in row] for row in follow.tolist()] and
+          [lines.get(f"text[{b}]") for b in range(2)] == texts, r.stdout.strip() or r.stderr.strip())
+    r = cli(art, "--prompt", "w1 w2", "--tokenizer", os.path.join(d, "tokenizer.json"), "--max-new-tokens", "3")
+    check(f"{name}: moert generate --tokenizer", r.returncode == 0 and "text: " in r.stdout,
+          r.stdout.strip() or r.stderr.strip())
+    ids_path = os.path.join(tmp, "text_ids.npy")
+    np.save(ids_path, np.array(prompt, np.int64))
+    for what, model_path, extra, needle in (
+            ("--prompt without a tokenizer", art, ["--prompt", "w1"], "--prompt needs a tokenizer"),
+            ("--prompt and --prompt-ids", copy, ["--prompt", "w1", "--prompt-ids", ids_path], "one way"),
+            ("a tokenizer.json that is not one", art, ["--prompt", "w1", "--tokenizer", ids_path],
+             "not a tokenizer.json"),
+            ("a text that is no tokens", copy, ["--prompt", "   "], "the text is no tokens")):
+        r = cli(model_path, *extra)
+        errs = r.stderr.strip().splitlines()
+        check(f"moert generate: {what}: one error", r.returncode == 1 and len(errs) == 1 and needle in errs[0] and
+              not r.stdout, errs[-1] if errs else "(no error)")
 
 
 def tokens_of(run):
@@ -517,7 +551,7 @@ def main():
                 model.close()
                 check(f"{name}: Python generate, prompt of {p_len}", py.tolist() == want,
                       f"{py[:8].tolist()}..., {stats['new_tokens']} new tokens")
-            text_generation(rt, art, path, vocab, tmp, rng)
+            text_generation(rt, art, path, vocab, tmp, rng, args.moert)
             # The session API: logits of each step against ONNX Runtime's; rewinding to the prompt and feeding
             # the first generated token again gives that step's logits again.
             model = rt.load(art, threads=2)

@@ -7,14 +7,18 @@
 //   moert generate MODEL.moex --prompt-ids ids.npy [--attention-mask mask.npy] [--max-new-tokens N]
 //                  [--greedy | --temperature T --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N]
 //                  [--kv-cache f32|bf16|f16] [--threads N] [--profile F] [--output ids.npy]
+//   moert generate MODEL.moex --prompt TEXT [--prompt TEXT ...] [--tokenizer tokenizer.json] [options as
+//   above] moert tokenize MODEL.moex|tokenizer.json --text TEXT | --file F | --ids "1 2 3" | --jsonl F
+//   [--no-special]
 //
-// Links libmoert and, for --public-key, libcrypto (no LLVM, no MLIR). Errors are one line on stderr and a
-// non-zero exit.
+// Links libmoert, for --public-key libcrypto, and for text its tokenizer.json reader (Tokenizer.h:
+// nlohmann-json, PCRE2, ICU; no LLVM, no MLIR). Errors are one line on stderr and a non-zero exit.
 //
 //===----------------------------------------------------------------------===//
 #include "moert/moert.h"
 #include "ArtifactSignature.h"
 #include "Npy.h"
+#include "Tokenizer.h"
 
 #include <sys/stat.h>
 
@@ -24,6 +28,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -38,6 +44,15 @@ const char *kUsage =
     "one;\n"
     "                          with --public-key, the file's signature first\n"
     "  moert generate MODEL.moex --prompt-ids IDS.npy [options]   prefill, then decode token by token\n"
+    "  moert generate MODEL.moex --prompt TEXT [options]   the same from text (a tokenizer.json next to the\n"
+    "                          model, or --tokenizer); the new tokens are printed as text too\n"
+    "  moert tokenize MODEL.moex|TOKENIZER.json --text TEXT | --file F   text -> token ids (one line);\n"
+    "                          --ids \"1 2 3\"  token ids -> text; --jsonl F  each line a JSON string -> "
+    "one\n"
+    "                          JSON object a line ({\"ids\": [..], \"decoded\": \"..\"}); --no-special: "
+    "without the\n"
+    "                          special tokens the tokenizer adds (a BOS) or, decoding, keeping special "
+    "tokens\n"
     "  moert devices [--device D] [--bandwidth]   the GPU moert would use (and its copy bandwidth)\n"
     "  mpirun -np N moert run|generate MODEL.moex ...   an artifact compiled with --expert-parallel=N: "
     "every\n"
@@ -76,6 +91,11 @@ const char *kUsage =
     "  --prompt-ids IDS.npy    the prompt's token ids (int64 or int32): shape [n] for one sequence, [B, n] "
     "for\n"
     "                          a batch of B generated side by side\n"
+    "  --prompt TEXT           the prompt as text (repeat for a batch: left-padded, the padding masked);\n"
+    "                          encoded as Hugging Face's tokenizers does, with the special tokens it adds\n"
+    "  --tokenizer FILE        a tokenizer.json (default: the one next to the model, if any); with one, the\n"
+    "                          new tokens are also printed as text (special tokens skipped). BPE and\n"
+    "                          WordLevel models; other kinds are one error naming what is not supported\n"
     "  --attention-mask M.npy  [B, n] (int64 or int32): 0 at padding, 1 at tokens; prompts of different\n"
     "                          lengths are left-padded (default: no padding)\n"
     "  --max-new-tokens N      tokens to generate (default 32)\n"
@@ -88,10 +108,7 @@ const char *kUsage =
     "  --profile FILE.json     write a Chrome trace of the last call's steps (the last decode step)\n"
     "  --output IDS.npy        also write the generated ids (int64) there ([B, new] for a batch; a sequence\n"
     "                          that stopped at --eos-id early is padded with that id)\n"
-    "  --threads N, --device D, --verify, --no-verify, --public-key K, --signature S as for run\n"
-    "  (token ids in and out; for text, Python's moert.Model.generate(\"...\") reads the tokenizer.json next "
-    "to\n"
-    "  the model)\n";
+    "  --threads N, --device D, --verify, --no-verify, --public-key K, --signature S as for run\n";
 
 // Expert parallelism (mpirun -np N moert ...; docs/scale-out.md): once a model runs on several ranks, an
 // error on one ends them all (the others would wait for it in their next MoE layer), errors say which rank,
@@ -537,8 +554,109 @@ bool parseFloat(const char *s, float &out) {
   return end && !*end && std::isfinite(out);
 }
 
+/// The tokenizer.json next to `model` (in its directory), or "" when there is none.
+std::string tokenizerNextTo(const std::string &model) {
+  const size_t slash = model.rfind('/');
+  const std::string path =
+      (slash == std::string::npos ? std::string(".") : model.substr(0, slash)) + "/tokenizer.json";
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? path : "";
+}
+
+bool readFile(const std::string &path, std::string &out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  out = ss.str();
+  return !in.bad();
+}
+
+/// Token ids written "1 2 3" or "1,2,3"; false on anything else.
+bool parseIdList(const std::string &text, std::vector<int64_t> &ids) {
+  std::string t = text;
+  std::replace(t.begin(), t.end(), ',', ' ');
+  std::istringstream in(t);
+  std::string word;
+  while (in >> word) {
+    char *end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(word.c_str(), &end, 10);
+    if (!end || *end || errno)
+      return false;
+    ids.push_back(v);
+  }
+  return true;
+}
+
+// `moert tokenize SOURCE ...`: text <-> token ids with the tokenizer.json SOURCE is or sits next to.
+int tokenize(int argc, char **argv) {
+  std::string source, text, file, idsText, jsonl;
+  int given = 0;
+  bool special = true;
+  for (int i = 0; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--text" || a == "--file" || a == "--ids" || a == "--jsonl") {
+      if (i + 1 >= argc)
+        return fail(a + " needs a value");
+      (a == "--text" ? text : a == "--file" ? file : a == "--ids" ? idsText : jsonl) = argv[++i];
+      ++given;
+    } else if (a == "--no-special") {
+      special = false;
+    } else if (!a.empty() && a[0] == '-') {
+      return fail("unknown option " + a + " (see moert --help)");
+    } else if (source.empty()) {
+      source = a;
+    } else {
+      return fail("more than one tokenizer or model given ('" + source + "', '" + a + "')");
+    }
+  }
+  if (source.empty() || given != 1)
+    return fail("usage: moert tokenize MODEL.moex|TOKENIZER.json (--text TEXT | --file F | --ids \"1 2 3\" | "
+                "--jsonl F) [--no-special]");
+  const bool isJson = source.size() >= 5 && source.compare(source.size() - 5, 5, ".json") == 0;
+  const std::string path = isJson ? source : tokenizerNextTo(source);
+  if (path.empty())
+    return fail(source + ": no tokenizer.json next to it");
+  std::string err;
+  auto tok = moert::text::Tokenizer::load(path, err);
+  if (!tok)
+    return fail(err);
+  if (!idsText.empty()) {
+    std::vector<int64_t> ids;
+    std::string out;
+    if (!parseIdList(idsText, ids))
+      return fail("--ids '" + idsText + "': expected token ids (integers separated by spaces or commas)");
+    if (!tok->decode(ids, special, out, err))
+      return fail(err);
+    std::printf("%s\n", out.c_str());
+    return 0;
+  }
+  if (!file.empty() || !jsonl.empty()) {
+    const std::string &f = file.empty() ? jsonl : file;
+    if (!readFile(f, text))
+      return fail((file.empty() ? "--jsonl " : "--file ") + f + ": cannot read it");
+  }
+  if (!jsonl.empty()) {
+    std::string out;
+    if (!tok->encodeJsonLines(text, special, out, err))
+      return fail("--jsonl " + jsonl + ": " + err);
+    std::fputs(out.c_str(), stdout);
+    return 0;
+  }
+  std::vector<int64_t> ids;
+  if (!tok->encode(text, special, ids, err))
+    return fail(err);
+  for (size_t i = 0; i < ids.size(); ++i)
+    std::printf(i ? " %lld" : "%lld", static_cast<long long>(ids[i]));
+  std::printf("\n");
+  return 0;
+}
+
 int generate(int argc, char **argv) {
-  std::string model, promptPath, outPath, profile, maskPath;
+  std::string model, promptPath, outPath, profile, maskPath, tokenizerPath;
+  std::vector<std::string> prompts;
   int threads = 0, verify = 1, maxNew = 32, topK = 0, maxContext = 0, device = MOERT_DEVICE_CPU;
   moert_dtype cacheDtype = MOERT_F32;
   float temperature = 1.0f, topP = 1.0f;
@@ -570,13 +688,19 @@ int generate(int argc, char **argv) {
     if (provenance.parse(a, a == "--public-key" || a == "--signature" ? value() : "", failed)) {
       if (failed)
         return 1;
-    } else if (a == "--prompt-ids" || a == "--output" || a == "--profile" || a == "--attention-mask") {
+    } else if (a == "--prompt-ids" || a == "--output" || a == "--profile" || a == "--attention-mask" ||
+               a == "--tokenizer") {
       if (!(v = value()))
         return 1;
-      (a == "--prompt-ids" ? promptPath
-       : a == "--output"   ? outPath
-       : a == "--profile"  ? profile
-                           : maskPath) = v;
+      (a == "--prompt-ids"  ? promptPath
+       : a == "--output"    ? outPath
+       : a == "--profile"   ? profile
+       : a == "--tokenizer" ? tokenizerPath
+                            : maskPath) = v;
+    } else if (a == "--prompt") {
+      if (!(v = value()))
+        return 1;
+      prompts.push_back(v);
     } else if (a == "--max-new-tokens" || a == "--top-k" || a == "--threads" || a == "--max-context") {
       int n;
       if (!(v = value()))
@@ -639,9 +763,27 @@ int generate(int argc, char **argv) {
       return fail("more than one model given ('" + model + "', '" + a + "')");
     }
   }
-  if (model.empty() || promptPath.empty())
+  if (model.empty() || (promptPath.empty() && prompts.empty()))
     return fail(
-        "usage: moert generate MODEL.moex --prompt-ids IDS.npy [--max-new-tokens N] ... (see moert --help)");
+        "usage: moert generate MODEL.moex --prompt-ids IDS.npy | --prompt TEXT [--max-new-tokens N] ... "
+        "(see moert --help)");
+  if (!promptPath.empty() && !prompts.empty())
+    return fail("--prompt-ids and --prompt: give the prompt one way");
+  if (!prompts.empty() && !maskPath.empty())
+    return fail(
+        "--attention-mask is for --prompt-ids (text prompts of different lengths are padded and masked "
+        "by moert)");
+  // The tokenizer: --tokenizer, else the tokenizer.json next to the model (text out too when there is one).
+  std::unique_ptr<moert::text::Tokenizer> tok;
+  if (tokenizerPath.empty())
+    tokenizerPath = tokenizerNextTo(model);
+  if (!tokenizerPath.empty()) {
+    std::string terr;
+    if (!(tok = moert::text::Tokenizer::load(tokenizerPath, terr)))
+      return fail(terr);
+  } else if (!prompts.empty()) {
+    return fail("--prompt needs a tokenizer: a tokenizer.json next to " + model + ", or --tokenizer FILE");
+  }
   if (std::any_of(argv, argv + argc, [](const char *x) { return !std::strcmp(x, "--greedy"); }))
     greedy = true;
   std::string err;
@@ -676,8 +818,30 @@ int generate(int argc, char **argv) {
     return true;
   };
   std::vector<int64_t> ids, idsDims, mask, maskDims;
-  if (!readIds("--prompt-ids", promptPath, ids, idsDims))
+  if (!prompts.empty()) { // text: each prompt encoded; a batch left-padded with id 0, the padding masked
+    std::vector<std::vector<int64_t>> enc(prompts.size());
+    size_t longest = 0;
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      if (!tok->encode(prompts[b], true, enc[b], err))
+        return fail("--prompt " + std::to_string(b + 1) + ": " + err);
+      if (enc[b].empty())
+        return fail("--prompt " + std::to_string(b + 1) + ": the text is no tokens");
+      longest = std::max(longest, enc[b].size());
+    }
+    idsDims = {static_cast<int64_t>(prompts.size()), static_cast<int64_t>(longest)};
+    bool padded = false;
+    for (const auto &e : enc) {
+      ids.insert(ids.end(), longest - e.size(), 0);
+      ids.insert(ids.end(), e.begin(), e.end());
+      mask.insert(mask.end(), longest - e.size(), 0);
+      mask.insert(mask.end(), e.size(), 1);
+      padded = padded || e.size() < longest;
+    }
+    if (!padded)
+      mask.clear();
+  } else if (!readIds("--prompt-ids", promptPath, ids, idsDims)) {
     return 1;
+  }
   if (ids.empty())
     return fail("--prompt-ids " + promptPath + ": the prompt is empty");
   const int64_t batch = idsDims[0];
@@ -748,6 +912,16 @@ int generate(int argc, char **argv) {
     std::printf("\n");
     longest = std::max(longest, made[b]);
   }
+  for (int64_t b = 0; tok && b < batch; ++b) { // the new tokens as text (special tokens skipped)
+    std::string text;
+    if (!tok->decode(std::vector<int64_t>(out.begin() + b * cap, out.begin() + b * cap + made[b]), true, text,
+                     err))
+      return fail(err);
+    if (batch == 1)
+      std::printf("text: %s\n", text.c_str());
+    else
+      std::printf("text[%lld]: %s\n", static_cast<long long>(b), text.c_str());
+  }
   std::printf("prefill: %zu tokens in %.2f ms (%.1f tokens/s)\n", st.prompt_tokens, st.prefill_ms,
               st.prompt_tokens / (st.prefill_ms * 1e-3));
   if (device != MOERT_DEVICE_CPU && copies[0] + copies[1] > 0)
@@ -794,6 +968,8 @@ int main(int argc, char **argv) {
     return verify(argc - 2, argv + 2);
   if (cmd == "generate")
     return generate(argc - 2, argv + 2);
+  if (cmd == "tokenize")
+    return tokenize(argc - 2, argv + 2);
   return fail("unknown command '" + cmd +
-              "' (commands: run, inspect, verify, generate, devices; see moert --help)");
+              "' (commands: run, inspect, verify, generate, tokenize, devices; see moert --help)");
 }
