@@ -74,6 +74,8 @@ fuzz: build
 	  $(BUILD)/tests/fuzz/loader-work $(FUZZ_SECONDS)
 	bash tests/fuzz/run-run-fuzzer.sh $(BUILD)/tests/fuzz/moert-run-fuzzer $(BUILD)/bin/moec \
 	  $(BUILD)/tests/fuzz/run-work $(FUZZ_SECONDS)
+	bash tests/fuzz/run-tokenizer-fuzzer.sh $(BUILD)/tests/fuzz/tokenizer-fuzzer $(BUILD)/tests/fuzz/tokenizer-work \
+	  $(FUZZ_SECONDS)
 
 docs: build
 	python3 scripts/sync-docs.py --build $(BUILD)

@@ -1080,7 +1080,12 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string &path, std::string 
   }
   std::stringstream ss;
   ss << in.rdbuf();
-  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  return parse(ss.str(), path, err);
+}
+
+std::unique_ptr<Tokenizer> Tokenizer::parse(const std::string &text, const std::string &path,
+                                            std::string &err) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
     err = path + ": not a tokenizer.json (not a JSON object)";
     return nullptr;

@@ -22,6 +22,8 @@ class Tokenizer {
 public:
   /// Reads `path` (a tokenizer.json); null with `err` set ("<path>: <what>") when it cannot be used.
   static std::unique_ptr<Tokenizer> load(const std::string &path, std::string &err);
+  /// The same from the file's text; `name` starts error messages.
+  static std::unique_ptr<Tokenizer> parse(const std::string &json, const std::string &name, std::string &err);
   ~Tokenizer();
 
   /// `text` (UTF-8) -> token ids; with `addSpecial`, the post-processor's special tokens (a BOS) too.
