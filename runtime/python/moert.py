@@ -81,10 +81,14 @@ def _batch_ids(tokens, mask):
     return ids, m
 
 
+_ON_TOKEN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+
+
 class _GenerateOptions(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("max_new_tokens", ctypes.c_int), ("greedy", ctypes.c_int),
                 ("temperature", ctypes.c_float), ("top_k", ctypes.c_int), ("top_p", ctypes.c_float),
-                ("seed", ctypes.c_uint64), ("eos_token_id", ctypes.c_int64)]
+                ("seed", ctypes.c_uint64), ("eos_token_id", ctypes.c_int64), ("on_token", _ON_TOKEN),
+                ("user_data", ctypes.c_void_p)]
 
 
 class _GenerateStats(ctypes.Structure):
@@ -271,7 +275,8 @@ class Model:
         return tokenizer
 
     def generate(self, prompt, max_new_tokens=32, greedy=True, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-                 eos_token_id=-1, max_context=0, tokenizer=None, cache_dtype="f32", attention_mask=None):
+                 eos_token_id=-1, max_context=0, tokenizer=None, cache_dtype="f32", attention_mask=None,
+                 on_token=None):
         """A decoder with KV caches: runs `prompt` (token ids, or text given a tokenizer: see tokenizer()) in a
         fresh session, then picks up to max_new_tokens tokens (greedy, or sampled with temperature / top_k /
         top_p / seed); cache_dtype "bf16" / "f16" keeps the KV caches at half the bytes. Returns (tokens as an
@@ -280,7 +285,10 @@ class Model:
 
         A batch, generated side by side in one session: `prompt` [B, n] token ids, left-padded with
         attention_mask ([B, n], 0 at padding) when their lengths differ, or a list of texts (padded here).
-        Then tokens is a list of B arrays (one that stopped at eos_token_id is shorter) and "text" a list."""
+        Then tokens is a list of B arrays (one that stopped at eos_token_id is shorter) and "text" a list.
+
+        Streaming: `on_token(sequence, token)` is called with each token as it is picked, before the next step
+        runs; a true result stops the generation after this step (an exception it raises too, re-raised here)."""
         tok = self.tokenizer(tokenizer)
         texts = isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(isinstance(p, str) for p in prompt)
         if isinstance(prompt, str) or texts:
@@ -310,13 +318,24 @@ class Model:
             cap = max(max_new_tokens, 1)
             out = np.zeros((batch, cap), np.int64)
             made, stats = (ctypes.c_size_t * batch)(), _GenerateStats()
+            failed = []
+
+            def step(_, sequence, token):  # on_token(sequence, token) -> true stops; its errors end the call
+                try:
+                    return 1 if on_token(int(sequence), int(token)) else 0
+                except BaseException as err:  # noqa: BLE001 (re-raised below, after the C call returns)
+                    failed.append(err)
+                    return 1
+            callback = _ON_TOKEN(step) if on_token else _ON_TOKEN()
             go = _GenerateOptions(ctypes.sizeof(_GenerateOptions), max_new_tokens, int(greedy), temperature, top_k,
-                                  top_p, seed, eos_token_id)
+                                  top_p, seed, eos_token_id, callback, None)
             i64 = ctypes.POINTER(ctypes.c_int64)
             self.rt.check(lib.moert_generate_batch(session, ids.ctypes.data_as(i64), ids.shape[1],
                                                    mask.ctypes.data_as(i64) if mask is not None else None,
                                                    ctypes.byref(go), out.ctypes.data_as(i64), cap, made,
                                                    ctypes.byref(stats)))
+            if failed:
+                raise failed[0]
             tokens = [out[b, :made[b]].copy() for b in range(batch)]
             info = {name: getattr(stats, name) for name, _ in _GenerateStats._fields_}
             if tok is not None:

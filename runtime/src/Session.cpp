@@ -481,7 +481,7 @@ moert_status generateTokens(moert_session *s, const int64_t *prompt, size_t n, c
     return makeError(std::string(fn) + ": session, prompt, out and num_out must not be NULL");
   const int64_t B = s->batch;
   std::fill(numOut, numOut + B, size_t(0));
-  moert_generate_options o{sizeof(moert_generate_options), 32, 1, 1.0f, 0, 1.0f, 0, -1};
+  moert_generate_options o{sizeof(moert_generate_options), 32, 1, 1.0f, 0, 1.0f, 0, -1, nullptr, nullptr};
   if (options) {
     if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_generate_options))
       return makeError(std::string(fn) + ": options.struct_size must be sizeof(moert_generate_options)");
@@ -554,6 +554,7 @@ moert_status generateTokens(moert_session *s, const int64_t *prompt, size_t n, c
   std::vector<int64_t> last(static_cast<size_t>(B));
   std::vector<bool> done(static_cast<size_t>(B), false);
   int64_t running = B;
+  bool stop = false; // the caller's on_token asked to stop
   for (int i = 0; i < o.max_new_tokens && running > 0; ++i) {
     for (int64_t b = 0; b < B; ++b) {
       if (done[b])
@@ -562,8 +563,10 @@ moert_status generateTokens(moert_session *s, const int64_t *prompt, size_t n, c
       out[b * capacity + numOut[b]++] = last[b];
       if (last[b] == o.eos_token_id)
         done[b] = true, --running;
+      if (o.on_token && o.on_token(o.user_data, b, last[b]) != 0)
+        stop = true;
     }
-    if (running == 0 || i + 1 == o.max_new_tokens)
+    if (stop || running == 0 || i + 1 == o.max_new_tokens)
       break;
     if (moert_status st = appendTokens(s, last.data(), 1, nullptr, &logits, &vocab, fn))
       return st;

@@ -482,6 +482,26 @@ def text_generation(rt, art, onnx_path, vocab, tmp, rng, moert_cli):
     lines = dict(ln.split(": ", 1) for ln in r.stdout.splitlines() if ": " in ln)
     check(f"{name}: moert generate --prompt", r.returncode == 0 and lines.get("tokens", "").split() ==
           [str(i) for i in want] and lines.get("text") == text, r.stdout.strip() or r.stderr.strip())
+    r = cli(copy, "--prompt", " ".join(f"w{i}" for i in prompt), "--max-new-tokens", "8", "--stream")
+    lines = dict(ln.split(": ", 1) for ln in r.stdout.splitlines() if ": " in ln)
+    check(f"{name}: moert generate --prompt --stream (the text as each token comes)", r.returncode == 0 and
+          lines.get("tokens", "").split() == [str(i) for i in want] and lines.get("text") == text,
+          r.stdout.strip() or r.stderr.strip())
+    # Python's streaming hook: every token as it comes; a true result stops after that token; an exception in it
+    # ends the call with that exception.
+    model = rt.load(copy, threads=2)
+    seen = []
+    got, _ = model.generate(prompt, max_new_tokens=8, on_token=lambda b, t: seen.append(t))
+    stopped, _ = model.generate(prompt, max_new_tokens=8, on_token=lambda b, t: t == want[2] or None)
+    try:
+        model.generate(prompt, max_new_tokens=8, on_token=lambda b, t: 1 / 0)
+        raised = "no exception"
+    except ZeroDivisionError:
+        raised = "ZeroDivisionError"
+    model.close()
+    check(f"{name}: Model.generate(on_token=...)", seen == want and got.tolist() == want and
+          stopped.tolist() == want[:want.index(want[2]) + 1] and raised == "ZeroDivisionError",
+          f"streamed {seen}, stopped at {stopped.tolist()}, an exception in it: {raised}")
     r = cli(copy, *[a for p in (prompt, short) for a in ("--prompt", " ".join(f"w{i}" for i in p))],
             "--max-new-tokens", "6")
     lines = dict(ln.split(": ", 1) for ln in r.stdout.splitlines() if ": " in ln)

@@ -21,6 +21,7 @@
 #include "Tokenizer.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -96,6 +97,9 @@ const char *kUsage =
     "  --tokenizer FILE        a tokenizer.json (default: the one next to the model, if any); with one, the\n"
     "                          new tokens are also printed as text (special tokens skipped). BPE and\n"
     "                          WordLevel models; other kinds are one error naming what is not supported\n"
+    "  --stream, --no-stream   print the text as each token comes (one sequence, with a tokenizer); "
+    "default:\n"
+    "                          when the output is a terminal\n"
     "  --attention-mask M.npy  [B, n] (int64 or int32): 0 at padding, 1 at tokens; prompts of different\n"
     "                          lengths are left-padded (default: no padding)\n"
     "  --max-new-tokens N      tokens to generate (default 32)\n"
@@ -654,9 +658,49 @@ int tokenize(int argc, char **argv) {
   return 0;
 }
 
+/// `moert generate`'s streamed text: each new token's text printed as it comes (the decoded text so far minus
+/// what is printed; an incomplete UTF-8 character at the end waits for its next byte).
+struct TextStream {
+  const moert::text::Tokenizer *tok;
+  std::vector<int64_t> ids;
+  std::string printed;
+  bool diverged = false; // a decoder rewrote printed text (WordPiece's cleanup): the rest comes at the end
+
+  static int onToken(void *self, int64_t, int64_t token) {
+    auto &s = *static_cast<TextStream *>(self);
+    s.ids.push_back(token);
+    std::string text, err;
+    if (s.diverged || !s.tok->decode(s.ids, true, text, err))
+      return 0;
+    static const std::string kReplacement = "\xef\xbf\xbd"; // U+FFFD: a character still missing bytes
+    while (text.size() >= kReplacement.size() &&
+           !text.compare(text.size() - kReplacement.size(), kReplacement.size(), kReplacement))
+      text.resize(text.size() - kReplacement.size());
+    s.emit(text);
+    return 0;
+  }
+  void emit(const std::string &text) {
+    if (diverged || text.compare(0, printed.size(), printed) != 0) {
+      diverged = true;
+      return;
+    }
+    std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);
+    std::fflush(stdout);
+    printed = text;
+  }
+  /// The whole text at the end: what is not printed yet, or (diverged) the whole line again.
+  void finish(const std::string &text) {
+    emit(text);
+    if (diverged)
+      std::printf("\ntext: %s", text.c_str());
+    std::printf("\n");
+  }
+};
+
 int generate(int argc, char **argv) {
   std::string model, promptPath, outPath, profile, maskPath, tokenizerPath;
   std::vector<std::string> prompts;
+  int streamMode = -1; // --stream 1, --no-stream 0, default: when stdout is a terminal
   int threads = 0, verify = 1, maxNew = 32, topK = 0, maxContext = 0, device = MOERT_DEVICE_CPU;
   moert_dtype cacheDtype = MOERT_F32;
   float temperature = 1.0f, topP = 1.0f;
@@ -682,7 +726,8 @@ int generate(int argc, char **argv) {
       return argv[++i];
     };
     const char *v = nullptr;
-    if (hasInline && (a == "--greedy" || a == "--verify" || a == "--no-verify"))
+    if (hasInline &&
+        (a == "--greedy" || a == "--verify" || a == "--no-verify" || a == "--stream" || a == "--no-stream"))
       return fail(a + " takes no value");
     bool failed = false;
     if (provenance.parse(a, a == "--public-key" || a == "--signature" ? value() : "", failed)) {
@@ -751,6 +796,8 @@ int generate(int argc, char **argv) {
         return fail(std::string("--device ") + v + ": expected cpu, gpu, cuda, hip or emu");
     } else if (a == "--greedy") {
       greedy = true;
+    } else if (a == "--stream" || a == "--no-stream") {
+      streamMode = a == "--stream";
     } else if (a == "--no-verify") {
       verify = 0;
     } else if (a == "--verify") {
@@ -877,13 +924,29 @@ int generate(int argc, char **argv) {
     moert_free(m);
     return rc;
   }
-  moert_generate_options go{sizeof go, maxNew, greedy ? 1 : 0, temperature, topK, topP, seed, eos};
+  moert_generate_options go{sizeof go, maxNew, greedy ? 1 : 0, temperature, topK, topP,
+                            seed,      eos,    nullptr,        nullptr};
+  // Streaming (one sequence, a tokenizer, this process prints): the text as each token comes.
+  TextStream stream{tok.get(), {}, {}, false};
+  if (tok && batch == 1 && printer && (streamMode > 0 || (streamMode < 0 && isatty(STDOUT_FILENO)))) {
+    go.on_token = &TextStream::onToken;
+    go.user_data = &stream;
+    std::fputs("text: ", stdout);
+    std::fflush(stdout);
+  }
   const size_t cap = static_cast<size_t>(std::max(1, maxNew));
   std::vector<int64_t> out(static_cast<size_t>(batch) * cap);
   std::vector<size_t> made(static_cast<size_t>(batch));
   moert_generate_stats st{};
   int rc = check(moert_generate_batch(s, ids.data(), n, mask.empty() ? nullptr : mask.data(), &go, out.data(),
                                       cap, made.data(), &st));
+  if (go.on_token) { // the streamed line ends before anything else is printed
+    std::string text;
+    if (rc == 0 && tok->decode(std::vector<int64_t>(out.begin(), out.begin() + made[0]), true, text, err))
+      stream.finish(text);
+    else
+      std::printf("\n");
+  }
   unsigned long long copies[2] = {0, 0}; // the last step's host <-> device bytes (GPU only)
   uint64_t toDevice = 0, toHost = 0;
   if (moert_status gs = device == MOERT_DEVICE_CPU ? nullptr : moert_gpu_traffic(m, &toDevice, &toHost))
@@ -917,6 +980,8 @@ int generate(int argc, char **argv) {
     if (!tok->decode(std::vector<int64_t>(out.begin() + b * cap, out.begin() + b * cap + made[b]), true, text,
                      err))
       return fail(err);
+    if (go.on_token)
+      continue; // streamed
     if (batch == 1)
       std::printf("text: %s\n", text.c_str());
     else

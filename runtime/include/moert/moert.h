@@ -276,6 +276,11 @@ typedef struct moert_generate_options {
   float top_p;          /* sampling: the fewest most likely tokens whose probability reaches p (default 1) */
   uint64_t seed;        /* sampling: the random stream (same seed, same tokens) */
   int64_t eos_token_id; /* stop after generating it (-1 = never, default) */
+  /* Streaming: called with each token as it is picked (the sequence's index in the batch, the token), before
+   * the next step runs; a nonzero return stops the generation after this step (the tokens so far are the
+   * result). NULL (default): none. */
+  int (*on_token)(void *user_data, int64_t sequence, int64_t token);
+  void *user_data; /* passed to on_token */
 } moert_generate_options;
 
 typedef struct moert_generate_stats {
