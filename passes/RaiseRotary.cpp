@@ -281,6 +281,34 @@ std::optional<Rotation> matchRotation(ox::AddOp add, std::string &why) {
   return std::nullopt;
 }
 
+/// t when `v` = repeat_interleave(t, 2) along the last axis as exported: Reshape(Expand(Unsqueeze(t, -1),
+/// [1, .., 1, 2]), [.., 2 * t's last dim]) of a rank-4 t (Ernie-4.5's cos / sin); `ops` gets the three ops.
+Value repeatInterleaveSource(Value v, SmallVectorImpl<Operation *> &ops) {
+  auto reshape = defOp<ox::ReshapeOp>(v);
+  auto expand = reshape ? defOp<ox::ExpandOp>(reshape.getData()) : ox::ExpandOp();
+  auto unsq = expand ? defOp<ox::UnsqueezeOp>(expand.getInput()) : ox::UnsqueezeOp();
+  if (!unsq || rankOf(unsq.getData()) != 4 || rankOf(reshape.getResult()) != 4)
+    return {};
+  auto axes = constantInts(unsq.getAxes());
+  auto times = constantInts(expand.getShape());
+  auto shape = constantInts(reshape.getShape());
+  auto tT = cast<RankedTensorType>(unsq.getData().getType());
+  const int64_t w = tT.getDimSize(3);
+  if (!axes || axes->size() != 1 || normAxis((*axes)[0], 5) != std::optional<int64_t>(4) || !times ||
+      times->size() != 5 || (*times)[4] != 2 || !shape || shape->size() != 4 || ShapedType::isDynamic(w) ||
+      (*shape)[3] != 2 * w)
+    return {};
+  for (int i = 0; i < 4; ++i)
+    if ((*times)[i] != 1)
+      return {};
+  for (int i = 0; i < 3; ++i) // the leading dims kept: copied (0, without allowzero), the one -1, or equal
+    if (((*shape)[i] != 0 || reshape.getAllowzero() != 0) && (*shape)[i] != -1 &&
+        (*shape)[i] != tT.getDimSize(i))
+      return {};
+  ops.append({reshape, expand, unsq});
+  return unsq.getData();
+}
+
 /// `c` (cos or sin as multiplied, broadcastable to x [B, H, S, ..]) as the op's [Bc, S, r] table; null when
 /// it is not one.
 Value table(OpBuilder &b, Location loc, Value c, RankedTensorType xT, int64_t r, std::string &why) {
@@ -335,6 +363,16 @@ std::string raise(std::optional<Rotation> rot, std::string why) {
     ops.append({cat, rot->x.getDefiningOp(), cat.getInputs()[1].getDefiningOp()});
     root = cat;
     input = xs->data;
+  }
+  // Interleaved pairs whose tables repeat each pair's value twice (repeat_interleave): the op reads the half
+  // tables (W = R / 2) and the repeat goes.
+  if (rot->interleaved && !rot->deinterleave && rot->width == rot->rotaryDim) {
+    SmallVector<Operation *> repeats;
+    Value c = repeatInterleaveSource(rot->cos, repeats), s = repeatInterleaveSource(rot->sin, repeats);
+    if (c && s) {
+      rot->cos = c, rot->sin = s, rot->width = rot->rotaryDim / 2;
+      ops.append(repeats.begin(), repeats.end());
+    }
   }
   auto xT = dyn_cast<RankedTensorType>(input.getType());
   auto outT = dyn_cast<RankedTensorType>(root->getResult(0).getType());

@@ -206,6 +206,44 @@ func.func @ernie_interleaved(%q: tensor<1x2x?x8xf32>, %cu: tensor<1x1x?x8xf32>, 
 
 // -----
 
+// Ernie-4.5's tables as exported: the first half of cos / sin repeat-interleaved (Unsqueeze, Expand by
+// [1, 1, 1, 1, 2], Reshape); the op reads the half tables (W = R / 2, interleaved) and the repeat goes.
+// CHECK-LABEL: func.func @ernie_repeated_tables
+// CHECK: %[[R:.+]] = moe.rotary %arg0, %{{.+}}, %{{.+}} {interleaved, rotary_dim = 8 : i64}
+// CHECK-SAME: (tensor<1x2x?x8xf32>, tensor<1x?x4xf32>, tensor<1x?x4xf32>) -> tensor<1x2x?x8xf32>
+// CHECK-NOT: onnx.Expand
+// CHECK: return %[[R]]
+func.func @ernie_repeated_tables(%q: tensor<1x2x?x8xf32>, %ch: tensor<1x1x?x4xf32>, %sh: tensor<1x1x?x4xf32>) -> tensor<1x2x?x8xf32> {
+  %z = onnx.Constant dense<0> : tensor<1xi64>
+  %one = onnx.Constant dense<1> : tensor<1xi64>
+  %two = onnx.Constant dense<2> : tensor<1xi64>
+  %big = onnx.Constant dense<9223372036854775807> : tensor<1xi64>
+  %ax = onnx.Constant dense<3> : tensor<1xi64>
+  %last = onnx.Constant dense<-1> : tensor<1xi64>
+  %rep = onnx.Constant dense<[1, 1, 1, 1, 2]> : tensor<5xi64>
+  %tshape = onnx.Constant dense<[1, 1, -1, 8]> : tensor<4xi64>
+  %shape = onnx.Constant dense<[1, 2, -1, 8]> : tensor<4xi64>
+  %cu5 = onnx.Unsqueeze %ch, %last : (tensor<1x1x?x4xf32>, tensor<1xi64>) -> tensor<1x1x?x4x1xf32>
+  %cx = onnx.Expand %cu5, %rep : (tensor<1x1x?x4x1xf32>, tensor<5xi64>) -> tensor<1x1x?x4x2xf32>
+  %cu = onnx.Reshape %cx, %tshape {allowzero = 1 : i64} : (tensor<1x1x?x4x2xf32>, tensor<4xi64>) -> tensor<1x1x?x8xf32>
+  %su5 = onnx.Unsqueeze %sh, %last : (tensor<1x1x?x4xf32>, tensor<1xi64>) -> tensor<1x1x?x4x1xf32>
+  %sx = onnx.Expand %su5, %rep : (tensor<1x1x?x4x1xf32>, tensor<5xi64>) -> tensor<1x1x?x4x2xf32>
+  %su = onnx.Reshape %sx, %tshape {allowzero = 1 : i64} : (tensor<1x1x?x4x2xf32>, tensor<4xi64>) -> tensor<1x1x?x8xf32>
+  %qc = onnx.Mul %q, %cu : (tensor<1x2x?x8xf32>, tensor<1x1x?x8xf32>) -> tensor<1x2x?x8xf32>
+  %e = onnx.Slice %q, %z, %big, %ax, %two : (tensor<1x2x?x8xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<1x2x?x4xf32>
+  %o = onnx.Slice %q, %one, %big, %ax, %two : (tensor<1x2x?x8xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<1x2x?x4xf32>
+  %neg = onnx.Neg %o : (tensor<1x2x?x4xf32>) -> tensor<1x2x?x4xf32>
+  %nu = onnx.Unsqueeze %neg, %last : (tensor<1x2x?x4xf32>, tensor<1xi64>) -> tensor<1x2x?x4x1xf32>
+  %eu = onnx.Unsqueeze %e, %last : (tensor<1x2x?x4xf32>, tensor<1xi64>) -> tensor<1x2x?x4x1xf32>
+  %st = onnx.Concat %nu, %eu {axis = -1 : i64} : (tensor<1x2x?x4x1xf32>, tensor<1x2x?x4x1xf32>) -> tensor<1x2x?x4x2xf32>
+  %rh = onnx.Reshape %st, %shape {allowzero = 1 : i64} : (tensor<1x2x?x4x2xf32>, tensor<4xi64>) -> tensor<1x2x?x8xf32>
+  %rs = onnx.Mul %rh, %su : (tensor<1x2x?x8xf32>, tensor<1x1x?x8xf32>) -> tensor<1x2x?x8xf32>
+  %y = onnx.Add %qc, %rs : (tensor<1x2x?x8xf32>, tensor<1x2x?x8xf32>) -> tensor<1x2x?x8xf32>
+  return %y : tensor<1x2x?x8xf32>
+}
+
+// -----
+
 // Near miss: the halves form with the second half's sign flipped (b * cos - a * sin is the inverse rotation's).
 // CHECK-LABEL: func.func @halves_wrong_sign
 // CHECK: onnx.Split

@@ -329,7 +329,7 @@ def main():
                       ("halves by Slices over 8 of 16 dims", "slices", 16, 8, False, 0),
                       ("DeepSeek MLA even / odd dims written as halves", "even_odd", 16, 16, True, 0),
                       ("DeepSeek MLA even / odd over 8 of 16 dims", "even_odd", 16, 8, True, 0),
-                      # The tables' half Slices stay (the repeat-interleaved tables are the op's cos / sin).
+                      # The tables' half Slices stay (the op reads the half tables; their repeat goes).
                       ("Ernie-4.5 interleaved pairs", "interleaved", 16, 16, True, 2)]
         for what, form, d, rot, inter, table_slices in pair_cases:
             inv = exported_pairs_rotary(path, rng, 4, d, rot, form)
@@ -343,7 +343,8 @@ def main():
                                         deinterleave=form == "even_odd")
 
             compare(f"exported rotary, {what}", path, art, ids_feeds,
-                    {"moec.Rotary": 1, "Neg": 0, "Sub": 0, "Split": 0, "Transpose": 0, "Slice": table_slices},
+                    {"moec.Rotary": 1, "Neg": 0, "Sub": 0, "Split": 0, "Transpose": 0, "Expand": 0,
+                     "Slice": table_slices},
                     oracle)
 
         norms(path, rng)
