@@ -35,8 +35,10 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <queue>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 #include <unordered_map>
 
 namespace moert::text {
@@ -182,8 +184,14 @@ public:
     for (size_t at = 0; at <= s.size();) {
       const int rc = pcre2_match(regex.get(), reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), at,
                                  PCRE2_NO_UTF_CHECK, md.get(), nullptr);
-      if (rc < 0)
+      if (rc == PCRE2_ERROR_NOMATCH)
         break;
+      if (rc < 0) { // a match limit, say: an error, not silently other tokens
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(rc, msg, sizeof msg);
+        throw std::runtime_error(std::string("a regular expression failed on the text: ") +
+                                 reinterpret_cast<const char *>(msg));
+      }
       const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md.get());
       if (ov[1] > ov[0]) {
         out.emplace_back(ov[0], ov[1]);
@@ -662,6 +670,49 @@ struct Bpe : Model {
   }
   static uint64_t key(int64_t a, int64_t b) { return uint64_t(a) << 32 | uint64_t(uint32_t(b)); }
 
+  /// Merges the adjacent pair of the lowest rank (the leftmost of equals) until none is left: a heap of
+  /// candidate pairs over a linked list of symbols, so a long piece (a whole SentencePiece-style prompt is
+  /// one) takes O(n log n), not a scan per merge.
+  void mergeAll(std::vector<int64_t> &ids) const {
+    const int n = static_cast<int>(ids.size());
+    if (n < 2)
+      return;
+    std::vector<int> next(n), prev(n);
+    std::vector<bool> alive(n, true);
+    for (int i = 0; i < n; ++i)
+      next[i] = i + 1, prev[i] = i - 1;
+    using Cand = std::tuple<int64_t, int, int64_t>; // (rank, left position, the pair's key when pushed)
+    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    auto push = [&](int i) {
+      if (i < 0 || next[i] >= n)
+        return;
+      const uint64_t k = key(ids[i], ids[next[i]]);
+      if (auto m = merges.find(k); m != merges.end())
+        heap.emplace(m->second.first, i, int64_t(k));
+    };
+    for (int i = 0; i + 1 < n; ++i)
+      push(i);
+    while (!heap.empty()) {
+      auto [rank, i, k] = heap.top();
+      heap.pop();
+      // Stale: a side was merged away or changed since the pair was pushed.
+      if (!alive[i] || next[i] >= n || int64_t(key(ids[i], ids[next[i]])) != k)
+        continue;
+      const int j = next[i];
+      ids[i] = merges.at(uint64_t(k)).second;
+      alive[j] = false;
+      next[i] = next[j];
+      if (next[j] < n)
+        prev[next[j]] = i;
+      push(prev[i]);
+      push(i);
+    }
+    std::vector<int64_t> out;
+    for (int i = 0; i < n; i = next[i])
+      out.push_back(ids[i]);
+    ids = std::move(out);
+  }
+
   void tokenize(const std::string &piece, std::vector<int64_t> &out) const override {
     if (auto c = cache.find(piece); c != cache.end()) {
       out.insert(out.end(), c->second.begin(), c->second.end());
@@ -700,17 +751,7 @@ struct Bpe : Model {
           ids.push_back(*unk);
         lastUnk = unk.has_value();
       }
-      // Merge the adjacent pair of the lowest rank (the leftmost of equals) until none is left.
-      for (;;) {
-        int64_t best = -1, bestRank = INT64_MAX, merged = 0;
-        for (size_t i = 0; i + 1 < ids.size(); ++i)
-          if (auto m = merges.find(key(ids[i], ids[i + 1])); m != merges.end() && m->second.first < bestRank)
-            best = int64_t(i), bestRank = m->second.first, merged = m->second.second;
-        if (best < 0)
-          break;
-        ids[best] = merged;
-        ids.erase(ids.begin() + best + 1);
-      }
+      mergeAll(ids);
     }
     if (cache.size() < 100000)
       cache.emplace(piece, ids);
@@ -1009,6 +1050,8 @@ struct Tokenizer::Impl {
   std::unique_ptr<Decoder> decoder;
   std::vector<AddedToken> added;
   std::unordered_map<int64_t, size_t> addedById;
+  /// The added tokens each pass tries at a position, by the first byte they match: [normalized][byte].
+  std::array<std::array<std::vector<size_t>, 256>, 2> byFirst;
 
   /// Splits each open piece at the added tokens whose `normalized` flag is `normalizedPass` (leftmost, then
   /// longest; lstrip / rstrip take the whitespace beside a match along; single_word needs word boundaries).
@@ -1023,10 +1066,9 @@ struct Tokenizer::Impl {
       size_t at = 0, emitted = 0;
       while (at < s.size()) {
         const AddedToken *best = nullptr;
-        for (const AddedToken &t : added)
-          if (t.normalized == normalizedPass && !t.matched.empty() &&
-              !s.compare(at, t.matched.size(), t.matched) &&
-              (!best || t.matched.size() > best->matched.size())) {
+        for (size_t k : byFirst[normalizedPass][static_cast<unsigned char>(s[at])])
+          if (const AddedToken &t = added[k]; !s.compare(at, t.matched.size(), t.matched) &&
+                                              (!best || t.matched.size() > best->matched.size())) {
             if (t.singleWord) {
               size_t len;
               bool before = at > 0 && [&] {
@@ -1113,6 +1155,8 @@ std::unique_ptr<Tokenizer> Tokenizer::parse(const std::string &text, const std::
       t.normalized = flag(a, "normalized", !t.special);
       t.matched = t.normalized && impl->normalizer ? impl->normalizer->apply(t.content) : t.content;
       impl->addedById[t.id] = impl->added.size();
+      if (!t.matched.empty())
+        impl->byFirst[t.normalized][static_cast<unsigned char>(t.matched[0])].push_back(impl->added.size());
       impl->added.push_back(std::move(t));
     }
   } catch (const Unsupported &e) {
