@@ -1536,6 +1536,8 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   meta.set_expert_parallel(uint32_t(options.expertParallel));
   if (options.expertParallel)
     meta.set_expert_wire(options.expertWireBf16 ? pb::BF16 : pb::F32);
+  if (!options.tokenizerJson.empty())
+    meta.set_tokenizer_json(options.tokenizerJson);
   meta.set_kernel_abi(MOERT_KERNEL_ABI_VERSION);
   meta.set_source_model(llvm::sys::path::filename(sourceModel).str());
   meta.set_code_section(-1);

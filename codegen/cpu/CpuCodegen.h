@@ -44,6 +44,8 @@ struct CpuOptions {
   std::vector<int> expertMap;
   /// How the ranks exchange token rows and results: f32, or bf16 (half the bytes, rounded).
   bool expertWireBf16 = false;
+  /// The model's tokenizer.json, embedded as it is (Artifact.tokenizer_json); empty: none.
+  std::string tokenizerJson;
 
   bool gpu() const { return !hipArchs.empty() || !cudaArchs.empty() || !emuArchs.empty(); }
 };

@@ -126,6 +126,8 @@ class Runtime:
         lib.moert_result_output.argtypes = [vp, ctypes.c_size_t]
         lib.moert_run_values.argtypes = [vp, vp, ctypes.POINTER(_Value), ctypes.c_size_t, ctypes.POINTER(vp)]
         lib.moert_run_values.restype = vp
+        lib.moert_model_tokenizer.restype = ctypes.c_void_p
+        lib.moert_model_tokenizer.argtypes = [vp, ctypes.POINTER(ctypes.c_size_t)]
         lib.moert_result_value.restype = ctypes.POINTER(_Value)
         lib.moert_result_value.argtypes = [vp, ctypes.c_size_t]
         lib.moert_input_kind.argtypes = [vp, ctypes.c_size_t]
@@ -257,14 +259,25 @@ class Model:
 
     def tokenizer(self, tokenizer=None):
         """The tokenizer for text prompts: `tokenizer` itself (an object with encode / decode, as the
-        `tokenizers` package's), a tokenizer.json path, or (None) the tokenizer.json next to the artifact; None
-        when there is none. Reading a tokenizer.json needs the `tokenizers` package."""
+        `tokenizers` package's), a tokenizer.json path, or (None) the tokenizer.json next to the artifact, else
+        the one moec embedded in it (moec compile --tokenizer); None when there is none. Reading a
+        tokenizer.json needs the `tokenizers` package."""
         if tokenizer is None:
-            if not self.path:
-                return None
-            tokenizer = os.path.join(os.path.dirname(os.path.abspath(str(self.path))), "tokenizer.json")
-            if not os.path.exists(tokenizer):
-                return None
+            next_to = os.path.join(os.path.dirname(os.path.abspath(str(self.path))), "tokenizer.json") \
+                if self.path else None
+            if next_to and os.path.exists(next_to):
+                tokenizer = next_to
+            else:
+                size = ctypes.c_size_t()
+                ptr = self.rt.lib.moert_model_tokenizer(self.handle, ctypes.byref(size))
+                if not ptr:
+                    return None
+                try:
+                    from tokenizers import Tokenizer
+                except ImportError:
+                    raise Error("the artifact's tokenizer.json needs the `tokenizers` package "
+                                "(pip install tokenizers)") from None
+                return Tokenizer.from_str(ctypes.string_at(ptr, size.value).decode("utf-8"))
         if isinstance(tokenizer, (str, os.PathLike)):
             try:
                 from tokenizers import Tokenizer

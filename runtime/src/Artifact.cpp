@@ -873,6 +873,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   for (int i = 0; i < a.sanitizers_size(); ++i)
     os << (i ? "," : "; built with -fsanitize=") << a.sanitizers(i);
   os << "; " << m.pool->threads() << " threads\n";
+  if (!a.tokenizer_json().empty()) // moec compile --tokenizer: moert generate --prompt reads it
+    os << "tokenizer: tokenizer.json inside (" << mib(a.tokenizer_json().size()) << ")\n";
   if (a.gpu_code_size()) {
     os << "gpu code: ";
     for (int i = 0; i < a.gpu_code_size(); ++i)

@@ -73,6 +73,13 @@ moert_status moert_load(const char *path, const moert_load_options *options, moe
 
 void moert_free(moert_model *model) { delete model; }
 
+const char *moert_model_tokenizer(const moert_model *m, size_t *size) {
+  const bool has = m && !m->meta.tokenizer_json().empty();
+  if (size)
+    *size = has ? m->meta.tokenizer_json().size() : 0;
+  return has ? m->meta.tokenizer_json().data() : nullptr;
+}
+
 void moert_ranks(const moert_model *m, int *rank, int *size) {
   if (rank)
     *rank = m && m->comm ? m->comm->rank : 0;

@@ -427,7 +427,7 @@ def generate(args, art, prompt_path, *extra):
                           capture_output=True, text=True)
 
 
-def text_generation(rt, art, onnx_path, vocab, tmp, rng, moert_cli):
+def text_generation(rt, art, onnx_path, vocab, tmp, rng, moert_cli, moec_cli, cpu):
     """Text in, text out: a word-level tokenizer.json ("w0" .. "w{vocab-1}", made with the `tokenizers`
     package) next to a copy of the artifact; Model.generate("w3 w1 ...") must give ONNX Runtime's greedy tokens
     for those ids and their words as text; a text prompt without a tokenizer is one error."""
@@ -524,6 +524,63 @@ def text_generation(rt, art, onnx_path, vocab, tmp, rng, moert_cli):
         errs = r.stderr.strip().splitlines()
         check(f"moert generate: {what}: one error", r.returncode == 1 and len(errs) == 1 and needle in errs[0] and
               not r.stdout, errs[-1] if errs else "(no error)")
+    # The tokenizer inside the artifact: moec compile --tokenizer, and by default the tokenizer.json next to the
+    # ONNX file; moert generate --prompt, moert tokenize and Model.generate(text) read it when no tokenizer.json
+    # sits next to the artifact.
+    inside = os.path.join(tmp, "inside")
+    os.makedirs(inside, exist_ok=True)
+    src_dir = os.path.join(tmp, "src_with_tokenizer")
+    os.makedirs(src_dir, exist_ok=True)
+    with open(onnx_path, "rb") as f, open(os.path.join(src_dir, "model.onnx"), "wb") as g:
+        g.write(f.read())
+    tok.save(os.path.join(src_dir, "tokenizer.json"))
+    compiled = {}
+    for how, src, extra in (("--tokenizer", onnx_path, ["--tokenizer", os.path.join(d, "tokenizer.json")]),
+                            ("the tokenizer.json next to the ONNX file", os.path.join(src_dir, "model.onnx"), []),
+                            ("--no-tokenizer", os.path.join(src_dir, "model.onnx"), ["--no-tokenizer"])):
+        out = os.path.join(inside, f"m{len(compiled)}.moex")
+        c = subprocess.run([moec_cli, "compile", src, "-o", out, f"--cpu={cpu}", *extra], capture_output=True,
+                           text=True)
+        compiled[how] = (out, c)
+    for how in ("--tokenizer", "the tokenizer.json next to the ONNX file"):
+        out, c = compiled[how]
+        r = cli(out, "--prompt", " ".join(f"w{i}" for i in prompt), "--max-new-tokens", "8")
+        lines = dict(ln.split(": ", 1) for ln in r.stdout.splitlines() if ": " in ln)
+        inspect = subprocess.run([moert_cli, "inspect", out], capture_output=True, text=True).stdout
+        model = rt.load(out, threads=2)
+        py, py_stats = model.generate(" ".join(f"w{i}" for i in prompt), max_new_tokens=8)
+        model.close()
+        tk = subprocess.run([moert_cli, "tokenize", out, "--text", "w3 w9"], capture_output=True, text=True)
+        check(f"{name}: the tokenizer inside the artifact ({how})",
+              c.returncode == 0 and "embedding the tokenizer" in c.stderr and "tokenizer: tokenizer.json inside" in
+              inspect and lines.get("tokens", "").split() == [str(i) for i in want] and lines.get("text") == text
+              and py.tolist() == want and py_stats.get("text") == text and tk.stdout.split() == ["3", "9"],
+              f"moert: {lines.get('text')!r}, Python: {py_stats.get('text')!r}, tokenize: {tk.stdout.strip()!r}"
+              + (f"; compile: {c.stderr.strip()}" if c.returncode else ""))
+    out, c = compiled["--no-tokenizer"]
+    r = cli(out, "--prompt", "w1")
+    tk = subprocess.run([moert_cli, "tokenize", out, "--text", "w1"], capture_output=True, text=True)
+    check(f"{name}: moec compile --no-tokenizer leaves it out", c.returncode == 0 and r.returncode == 1 and
+          "--prompt needs a tokenizer" in r.stderr and tk.returncode == 1 and
+          "no tokenizer.json next to it or in it" in tk.stderr, r.stderr.strip() + " / " + tk.stderr.strip())
+    # Bad tokenizers at compile time: one error, no artifact; a JSON tokenizer moert's reader cannot use is
+    # embedded with a warning (the Python binding's tokenizers may read it).
+    unigram = os.path.join(tmp, "unigram.json")
+    with open(unigram, "w") as f:
+        json.dump({"version": "1.0", "model": {"type": "Unigram", "unk_id": 0, "vocab": [["w0", -1.0]]}}, f)
+    for what, extra, code, needle in (
+            ("a missing --tokenizer", ["--tokenizer", os.path.join(tmp, "none.json")], 1, "cannot read it"),
+            ("a --tokenizer that is not JSON", ["--tokenizer", ids_path], 1, "not a tokenizer.json"),
+            ("--tokenizer and --no-tokenizer", ["--tokenizer", unigram, "--no-tokenizer"], 1, "give one"),
+            ("a Unigram tokenizer", ["--tokenizer", unigram], 0, "model 'Unigram' is not supported")):
+        out = os.path.join(inside, "bad.moex")
+        if os.path.exists(out):
+            os.remove(out)
+        c = subprocess.run([moec_cli, "compile", onnx_path, "-o", out, f"--cpu={cpu}", "--quiet", *extra],
+                           capture_output=True, text=True)
+        errs = c.stderr.strip().splitlines()
+        check(f"moec compile: {what}", c.returncode == code and any(needle in e for e in errs) and
+              os.path.exists(out) == (code == 0), errs[-1] if errs else "(no message)")
 
 
 def tokens_of(run):
@@ -571,7 +628,7 @@ def main():
                 model.close()
                 check(f"{name}: Python generate, prompt of {p_len}", py.tolist() == want,
                       f"{py[:8].tolist()}..., {stats['new_tokens']} new tokens")
-            text_generation(rt, art, path, vocab, tmp, rng, args.moert)
+            text_generation(rt, art, path, vocab, tmp, rng, args.moert, args.moec, args.cpu)
             # The session API: logits of each step against ONNX Runtime's; rewinding to the prompt and feeding
             # the first generated token again gives that step's logits again.
             model = rt.load(art, threads=2)

@@ -19,6 +19,7 @@
 #include "passes/MoECost.h"
 #include "passes/Passes.h"
 #include "passes/Pipeline.h"
+#include "tools/moert/Tokenizer.h"
 
 #include "mlir/IR/AsmState.h"
 #include "mlir/IR/BuiltinAttributes.h"
@@ -36,6 +37,8 @@
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
 #include "llvm/Support/raw_ostream.h"
@@ -157,6 +160,14 @@ cl::opt<std::string> expertWire(
         "default: outputs as one process gives them) or bf16 (half the bytes; each row and result rounded "
         "to bf16 on the way, about 4e-3 relative)"),
     cl::value_desc("f32|bf16"), cl::init("f32"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> tokenizerFile(
+    "tokenizer",
+    cl::desc("Embed this tokenizer.json (Hugging Face tokenizers' file) in the artifact; default: the "
+             "tokenizer.json next to the model, if there is one. moert generate --prompt, moert tokenize and "
+             "the Python binding use it when no tokenizer.json sits next to the artifact"),
+    cl::value_desc("tokenizer.json"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<bool> noTokenizer("no-tokenizer", cl::desc("Embed no tokenizer, even one next to the model"),
+                          cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> quiet("quiet", cl::desc("No progress lines on stderr"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<bool> noCheck("no-check", cl::desc("Skip libonnx's model checker"), cl::sub(importCmd),
                       cl::sub(compileCmd), cl::cat(category));
@@ -498,6 +509,36 @@ int runImport() {
     if (llvm::is_contained(sanitizers, "thread") && llvm::is_contained(sanitizers, "address"))
       return error(std::string(from) + "=" + list + ": address and thread cannot be combined");
   }
+  // The tokenizer to embed: --tokenizer, else the tokenizer.json next to the model; read before the compile,
+  // so a bad one fails at once. A JSON file moert's reader cannot use is still embedded (with a warning): the
+  // Python binding reads it with `tokenizers`.
+  std::string tokenizerJson, tokenizerFrom;
+  if (tokenizerFile.getNumOccurrences() && noTokenizer)
+    return error("--tokenizer and --no-tokenizer: give one");
+  if (tokenizerFile.getNumOccurrences() && !artifact)
+    return error("--tokenizer embeds a tokenizer in an artifact: give -o OUT.moex");
+  if (compileCmd && artifact && !noTokenizer) {
+    std::string file = tokenizerFile;
+    if (file.empty()) {
+      SmallString<256> next = sys::path::parent_path(inputPath);
+      sys::path::append(next, "tokenizer.json");
+      if (sys::fs::is_regular_file(next))
+        file = next.str().str();
+    }
+    if (!file.empty()) {
+      auto buffer = MemoryBuffer::getFile(file, /*IsText=*/false, /*RequiresNullTerminator=*/false);
+      if (!buffer)
+        return error("--tokenizer " + file + ": cannot read it: " + buffer.getError().message());
+      tokenizerJson = (*buffer)->getBuffer().str();
+      if (!moert::text::Tokenizer::isJsonObject(tokenizerJson))
+        return error(file + ": not a tokenizer.json (not a JSON object)");
+      std::string why;
+      if (!moert::text::Tokenizer::parse(tokenizerJson, file, why))
+        WithColor::warning(errs(), "moec") << why << " (moert's own reader cannot use it; embedded for the "
+                                           << "Python binding, whose tokenizers package may)\n";
+      tokenizerFrom = file;
+    }
+  }
   std::vector<int> expertRanks;
   if (expertParallel.getNumOccurrences()) {
     if (expertParallel < 1 || expertParallel > 65536)
@@ -586,6 +627,10 @@ int runImport() {
     cpuOptions.expertParallel = expertParallel;
     cpuOptions.expertMap = expertRanks;
     cpuOptions.expertWireBf16 = expertWire == "bf16";
+    cpuOptions.tokenizerJson = tokenizerJson;
+    if (!tokenizerFrom.empty() && !quiet)
+      errs() << "moec: embedding the tokenizer " << tokenizerFrom << " ("
+             << formatv("{0:f1} MiB", tokenizerJson.size() / double(1 << 20)) << ")\n";
     std::string message;
     if (!moec::codegen::compileCpuArtifact(*module, cpuOptions, outputPath, inputPath, message,
                                            quiet ? nullptr : &errs()))

@@ -1125,6 +1125,11 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string &path, std::string 
   return parse(ss.str(), path, err);
 }
 
+bool Tokenizer::isJsonObject(const std::string &text) {
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  return !j.is_discarded() && j.is_object();
+}
+
 std::unique_ptr<Tokenizer> Tokenizer::parse(const std::string &text, const std::string &path,
                                             std::string &err) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);

@@ -567,6 +567,22 @@ std::string tokenizerNextTo(const std::string &model) {
   return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? path : "";
 }
 
+/// The tokenizer for `model`: `path` (--tokenizer), else the tokenizer.json next to the model, else the one
+/// moec embedded in the artifact (`m`, loaded); null without one (`err` empty) or when it cannot be read.
+std::unique_ptr<moert::text::Tokenizer> tokenizerFor(const std::string &model, std::string path,
+                                                     const moert_model *m, std::string &err) {
+  err.clear();
+  if (path.empty())
+    path = tokenizerNextTo(model);
+  if (!path.empty())
+    return moert::text::Tokenizer::load(path, err);
+  size_t size = 0;
+  const char *json = m ? moert_model_tokenizer(m, &size) : nullptr;
+  if (!json)
+    return nullptr;
+  return moert::text::Tokenizer::parse(std::string(json, size), model + " (its tokenizer.json)", err);
+}
+
 bool readFile(const std::string &path, std::string &out) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
@@ -620,11 +636,20 @@ int tokenize(int argc, char **argv) {
     return fail("usage: moert tokenize MODEL.moex|TOKENIZER.json (--text TEXT | --file F | --ids \"1 2 3\" | "
                 "--jsonl F) [--no-special]");
   const bool isJson = source.size() >= 5 && source.compare(source.size() - 5, 5, ".json") == 0;
-  const std::string path = isJson ? source : tokenizerNextTo(source);
-  if (path.empty())
-    return fail(source + ": no tokenizer.json next to it");
   std::string err;
-  auto tok = moert::text::Tokenizer::load(path, err);
+  std::unique_ptr<moert::text::Tokenizer> tok;
+  if (isJson || !tokenizerNextTo(source).empty()) {
+    tok = moert::text::Tokenizer::load(isJson ? source : tokenizerNextTo(source), err);
+  } else { // the tokenizer moec embedded in the artifact
+    moert_model *m = nullptr;
+    moert_load_options lo{sizeof lo, 1, 1, MOERT_DEVICE_CPU, nullptr};
+    if (int rc = check(moert_load(source.c_str(), &lo, &m)))
+      return rc;
+    tok = tokenizerFor(source, "", m, err);
+    moert_free(m);
+    if (!tok && err.empty())
+      return fail(source + ": no tokenizer.json next to it or in it (moec compile --tokenizer)");
+  }
   if (!tok)
     return fail(err);
   if (!idsText.empty()) {
@@ -820,99 +845,105 @@ int generate(int argc, char **argv) {
     return fail(
         "--attention-mask is for --prompt-ids (text prompts of different lengths are padded and masked "
         "by moert)");
-  // The tokenizer: --tokenizer, else the tokenizer.json next to the model (text out too when there is one).
-  std::unique_ptr<moert::text::Tokenizer> tok;
-  if (tokenizerPath.empty())
-    tokenizerPath = tokenizerNextTo(model);
-  if (!tokenizerPath.empty()) {
-    std::string terr;
-    if (!(tok = moert::text::Tokenizer::load(tokenizerPath, terr)))
-      return fail(terr);
-  } else if (!prompts.empty()) {
-    return fail("--prompt needs a tokenizer: a tokenizer.json next to " + model + ", or --tokenizer FILE");
-  }
-  if (std::any_of(argv, argv + argc, [](const char *x) { return !std::strcmp(x, "--greedy"); }))
-    greedy = true;
-  std::string err;
-  // Token ids and the padding mask: [n] or [B, n] integers.
-  auto readIds = [&](const std::string &flag, const std::string &path, std::vector<int64_t> &out,
-                     std::vector<int64_t> &dims) -> bool {
-    moert::npy::Array arr;
-    if (!moert::npy::read(path, arr, err)) {
-      fail(flag + ": " + err);
-      return false;
-    }
-    if (arr.dims.empty() || arr.dims.size() > 2) {
-      fail(flag + " " + path + ": expected shape [n] or [B, n]");
-      return false;
-    }
-    dims = arr.dims.size() == 2 ? arr.dims : std::vector<int64_t>{1, arr.dims[0]};
-    const size_t count = static_cast<size_t>(dims[0] * dims[1]);
-    if (arr.dtype == MOERT_I64) {
-      out.resize(count);
-      if (count) // an empty prompt maps no data (memcpy must not see a null pointer)
-        std::memcpy(out.data(), arr.data, count * 8);
-    } else if (arr.dtype == MOERT_I32) {
-      for (size_t i = 0; i < count; ++i) {
-        int32_t x;
-        std::memcpy(&x, arr.data + 4 * i, 4);
-        out.push_back(x);
-      }
-    } else {
-      fail(flag + " " + path + ": expected int64 or int32 values");
-      return false;
-    }
-    return true;
-  };
-  std::vector<int64_t> ids, idsDims, mask, maskDims;
-  if (!prompts.empty()) { // text: each prompt encoded; a batch left-padded with id 0, the padding masked
-    std::vector<std::vector<int64_t>> enc(prompts.size());
-    size_t longest = 0;
-    for (size_t b = 0; b < prompts.size(); ++b) {
-      if (!tok->encode(prompts[b], true, enc[b], err))
-        return fail("--prompt " + std::to_string(b + 1) + ": " + err);
-      if (enc[b].empty())
-        return fail("--prompt " + std::to_string(b + 1) + ": the text is no tokens");
-      longest = std::max(longest, enc[b].size());
-    }
-    idsDims = {static_cast<int64_t>(prompts.size()), static_cast<int64_t>(longest)};
-    bool padded = false;
-    for (const auto &e : enc) {
-      ids.insert(ids.end(), longest - e.size(), 0);
-      ids.insert(ids.end(), e.begin(), e.end());
-      mask.insert(mask.end(), longest - e.size(), 0);
-      mask.insert(mask.end(), e.size(), 1);
-      padded = padded || e.size() < longest;
-    }
-    if (!padded)
-      mask.clear();
-  } else if (!readIds("--prompt-ids", promptPath, ids, idsDims)) {
-    return 1;
-  }
-  if (ids.empty())
-    return fail("--prompt-ids " + promptPath + ": the prompt is empty");
-  const int64_t batch = idsDims[0];
-  const size_t n = static_cast<size_t>(idsDims[1]);
-  if (!maskPath.empty()) {
-    if (!readIds("--attention-mask", maskPath, mask, maskDims))
-      return 1;
-    if (maskDims != idsDims)
-      return fail("--attention-mask " + maskPath + ": shape [" + std::to_string(maskDims[0]) + ", " +
-                  std::to_string(maskDims[1]) + "], the prompt ids are [" + std::to_string(batch) + ", " +
-                  std::to_string(n) + "]");
-    for (int64_t b = 0; b < batch; ++b)
-      for (size_t j = 1; j < n; ++j)
-        if (mask[b * n + j - 1] != 0 && mask[b * n + j] == 0)
-          return fail("--attention-mask " + maskPath + ": sequence " + std::to_string(b) +
-                      " has padding after a token; prompts are left-padded (zeros first)");
-  }
-
   if (int rc = provenance.check(model))
     return rc;
   moert_model *m = nullptr;
   moert_load_options lo{sizeof lo, threads, verify, device, nullptr};
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
+  if (std::any_of(argv, argv + argc, [](const char *x) { return !std::strcmp(x, "--greedy"); }))
+    greedy = true;
+  // The tokenizer (text out too when there is one) and the prompt: after loading the model, whose artifact
+  // may carry the tokenizer; an error here frees it.
+  std::unique_ptr<moert::text::Tokenizer> tok;
+  std::string err;
+  std::vector<int64_t> ids, idsDims, mask, maskDims;
+  const int prepared = [&]() -> int {
+    if (!(tok = tokenizerFor(model, tokenizerPath, m, err)) && !err.empty())
+      return fail(err);
+    if (!tok && !prompts.empty())
+      return fail("--prompt needs a tokenizer: a tokenizer.json next to " + model +
+                  " or in it (moec compile --tokenizer), or --tokenizer FILE");
+    // Token ids and the padding mask: [n] or [B, n] integers.
+    auto readIds = [&](const std::string &flag, const std::string &path, std::vector<int64_t> &out,
+                       std::vector<int64_t> &dims) -> bool {
+      moert::npy::Array arr;
+      if (!moert::npy::read(path, arr, err)) {
+        fail(flag + ": " + err);
+        return false;
+      }
+      if (arr.dims.empty() || arr.dims.size() > 2) {
+        fail(flag + " " + path + ": expected shape [n] or [B, n]");
+        return false;
+      }
+      dims = arr.dims.size() == 2 ? arr.dims : std::vector<int64_t>{1, arr.dims[0]};
+      const size_t count = static_cast<size_t>(dims[0] * dims[1]);
+      if (arr.dtype == MOERT_I64) {
+        out.resize(count);
+        if (count) // an empty prompt maps no data (memcpy must not see a null pointer)
+          std::memcpy(out.data(), arr.data, count * 8);
+      } else if (arr.dtype == MOERT_I32) {
+        for (size_t i = 0; i < count; ++i) {
+          int32_t x;
+          std::memcpy(&x, arr.data + 4 * i, 4);
+          out.push_back(x);
+        }
+      } else {
+        fail(flag + " " + path + ": expected int64 or int32 values");
+        return false;
+      }
+      return true;
+    };
+    if (!prompts.empty()) { // text: each prompt encoded; a batch left-padded with id 0, the padding masked
+      std::vector<std::vector<int64_t>> enc(prompts.size());
+      size_t longest = 0;
+      for (size_t b = 0; b < prompts.size(); ++b) {
+        if (!tok->encode(prompts[b], true, enc[b], err))
+          return fail("--prompt " + std::to_string(b + 1) + ": " + err);
+        if (enc[b].empty())
+          return fail("--prompt " + std::to_string(b + 1) + ": the text is no tokens");
+        longest = std::max(longest, enc[b].size());
+      }
+      idsDims = {static_cast<int64_t>(prompts.size()), static_cast<int64_t>(longest)};
+      bool padded = false;
+      for (const auto &e : enc) {
+        ids.insert(ids.end(), longest - e.size(), 0);
+        ids.insert(ids.end(), e.begin(), e.end());
+        mask.insert(mask.end(), longest - e.size(), 0);
+        mask.insert(mask.end(), e.size(), 1);
+        padded = padded || e.size() < longest;
+      }
+      if (!padded)
+        mask.clear();
+    } else if (!readIds("--prompt-ids", promptPath, ids, idsDims)) {
+      return 1;
+    }
+    if (ids.empty())
+      return fail("--prompt-ids " + promptPath + ": the prompt is empty");
+    const int64_t batch = idsDims[0];
+    const size_t n = static_cast<size_t>(idsDims[1]);
+    if (!maskPath.empty()) {
+      if (!readIds("--attention-mask", maskPath, mask, maskDims))
+        return 1;
+      if (maskDims != idsDims)
+        return fail("--attention-mask " + maskPath + ": shape [" + std::to_string(maskDims[0]) + ", " +
+                    std::to_string(maskDims[1]) + "], the prompt ids are [" + std::to_string(batch) + ", " +
+                    std::to_string(n) + "]");
+      for (int64_t b = 0; b < batch; ++b)
+        for (size_t j = 1; j < n; ++j)
+          if (mask[b * n + j - 1] != 0 && mask[b * n + j] == 0)
+            return fail("--attention-mask " + maskPath + ": sequence " + std::to_string(b) +
+                        " has padding after a token; prompts are left-padded (zeros first)");
+    }
+    return 0;
+  }();
+  if (prepared) {
+    moert_free(m);
+    return prepared;
+  }
+  const int64_t batch = idsDims[0];
+  const size_t n = static_cast<size_t>(idsDims[1]);
+
   bool printer = true;
   if (!joinRanks(m, model, printer)) {
     moert_free(m);

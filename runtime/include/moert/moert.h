@@ -152,6 +152,9 @@ MOERT_API void moert_status_free(moert_status status);
 
 MOERT_API moert_status moert_load(const char *path, const moert_load_options *options, moert_model **out);
 MOERT_API void moert_free(moert_model *model);
+/* The tokenizer.json moec embedded in the artifact (moec compile --tokenizer, or the one next to the ONNX
+ * file) and its size in bytes, valid while the model is loaded; NULL (size 0) when there is none. */
+MOERT_API const char *moert_model_tokenizer(const moert_model *model, size_t *size);
 /* Expert parallelism: this process's rank and the number of ranks the model runs on (0 and 1 without). */
 MOERT_API void moert_ranks(const moert_model *model, int *rank, int *size);
 /* Expert parallelism: ends every rank's process after printing `message` (the others would wait for this one
