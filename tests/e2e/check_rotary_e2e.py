@@ -93,16 +93,22 @@ def ort_rotary(path, rng, heads, head_dim, rot, interleaved, layout, positions, 
     g.save(path, [f32("x", ["B", "S", HID]), i64("pos", pos_shape)], [f32("out", out_shape)])
 
 
+def frequencies(g, rot):
+    """The rotary frequencies as transformers computes them in the graph: position ids [B, S] (input 'pos') times
+    inv_freq (R / 2 values) -> 'freqs' [B, S, R / 2]; returns (inv_freq, the freqs' name)."""
+    inv = (1.0 / (10000 ** (np.arange(0, rot, 2) / rot))).astype(np.float32)
+    g.const("inv_freq", inv.reshape(1, 1, -1))
+    p = g.node("Cast", ["pos"], ["pos_f"], to=TensorProto.FLOAT)
+    p = g.node("Unsqueeze", [p, g.const("ax_last", np.array([-1], np.int64))], ["pos_u"])
+    return inv, g.node("Mul", [p, "inv_freq"], ["freqs"])
+
+
 def exported_rotary(path, rng, heads, head_dim, rot, q_norm):
     """transformers' attention-side rotary as the dynamo exporter writes it: cos/sin from position ids and
     inv_freq, the projection viewed [B, S, H, D], q_norm (RMSNorm over D), Transpose, rotate_half; a partial
     rotary (rot < head_dim) rotates q[..., :rot] and concatenates q[..., rot:]."""
     g = Graph(rng)
-    inv = (1.0 / (10000 ** (np.arange(0, rot, 2) / rot))).astype(np.float32)
-    g.const("inv_freq", inv.reshape(1, 1, -1))
-    p = g.node("Cast", ["pos"], ["pos_f"], to=TensorProto.FLOAT)
-    p = g.node("Unsqueeze", [p, g.const("ax_last", np.array([-1], np.int64))], ["pos_u"])
-    fr = g.node("Mul", [p, "inv_freq"], ["freqs"])
+    inv, fr = frequencies(g, rot)
     emb = g.node("Concat", [fr, fr], ["emb"], axis=-1)
     g.node("Cos", [emb], ["cos"])
     g.node("Sin", [emb], ["sin"])
@@ -153,11 +159,7 @@ def exported_pairs_rotary(path, rng, heads, head_dim, rot, form):
         first half of the duplicated table, repeat-interleaved.
     With rot < head_dim the rotation reads q[..., :rot] and the untouched q[..., rot:] is concatenated after it."""
     g = Graph(rng)
-    inv = (1.0 / (10000 ** (np.arange(0, rot, 2) / rot))).astype(np.float32)
-    g.const("inv_freq", inv.reshape(1, 1, -1))
-    p = g.node("Cast", ["pos"], ["pos_f"], to=TensorProto.FLOAT)
-    p = g.node("Unsqueeze", [p, g.const("ax_last", np.array([-1], np.int64))], ["pos_u"])
-    fr = g.node("Mul", [p, "inv_freq"], ["freqs"])
+    inv, fr = frequencies(g, rot)
     one = g.const("ax1", np.array([1], np.int64))
     ax = g.const("ax3", np.array([3], np.int64))
     step1, step2 = g.const("step1", np.array([1], np.int64)), g.const("step2", np.array([2], np.int64))
