@@ -603,6 +603,8 @@ struct Model {
   void readVocab(const json &v, const char *what) {
     if (!v.is_object())
       throw Unsupported(std::string("model ") + what + ": vocab is not an object of token -> id");
+    vocab.reserve(v.size());
+    tokens.reserve(v.size());
     for (auto it = v.begin(); it != v.end(); ++it) {
       if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0)
         throw Unsupported(std::string("model ") + what + ": vocab entry '" + it.key() + "' has no id");
@@ -648,6 +650,7 @@ struct Bpe : Model {
     if (auto u = vocab.find(str(j, "unk_token")); u != vocab.end())
       unk = u->second;
     const json &m = j.at("merges");
+    merges.reserve(m.size());
     for (size_t r = 0; r < m.size(); ++r) {
       std::string a, b;
       if (m[r].is_string()) { // "left right"
