@@ -52,6 +52,18 @@ want, got = ort_greedy(sys.argv[2], [3, 1, 4, 1, 5, 9], 32), np.load(sys.argv[3]
 print(f"   ONNX Runtime's greedy loop on the same file: {'the same 32 tokens' if got == want else 'DIFFERENT: ' + str(want)}")
 sys.exit(0 if got == want else 1)
 PY
+echo "-- 0e. text in and out: a word-level tokenizer.json for the decoder's 32 ids (w0 .. w31, made with Hugging Face's"
+echo "--     tokenizers) goes into the artifact; moert generate --prompt encodes the text and streams the new words"
+python3 - "$tmp/tokenizer.json" <<'PY'
+import sys
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(32)}, unk_token="w0"))
+tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+tok.decoder = decoders.WordPiece(prefix="##")
+tok.save(sys.argv[1])
+PY
+run "$build/bin/moec" compile "$decoder" -o "$tmp/decoder_text.moex" --cpu=native --quiet --tokenizer "$tmp/tokenizer.json"
+run "$build/bin/moert" generate "$tmp/decoder_text.moex" --prompt "w3 w1 w4 w1 w5 w9" --max-new-tokens 12 --stream
 echo "-- the MoE layers in examples/mlir/moe_layers.mlir through moec-opt"
 echo "-- 1. cost of each layer per token (moe-print-cost; remarks go to stderr)"
 run "$opt" "$example" --moe-print-cost -o /dev/null 2>&1
