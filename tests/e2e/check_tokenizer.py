@@ -42,7 +42,7 @@ WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "token"
          "日本語", "中文", "한국어", "привет", "مرحبا", "🙂", "🚀🚀", "e\u0301", "Å", "ﬁ", "①", "½", "x²", "3.14",
          "1234567", "42", "-7", "$100", "50%", "a_b", "foo-bar", "(paren)", "[x]", "{y}", "<tag>", "path/to/file",
          "email@example.com", "#hash", "...", "?!", "\"quoted\"", "'single'", "tab\tsep", "line\nbreak", "\r\n",
-         "  ", "   ", "\u00a0", "\u3000"]
+         "  ", "   ", "\u00a0", "\u3000", "x²", "①②", "H₂O", "10⁴", "Ⅳ", "ªº", "a\u200db", "nai\u0308ve", "µs"]
 
 
 def sample_text(rng, specials):
@@ -68,6 +68,37 @@ def sample_text(rng, specials):
 
 def corpus(rng, n=3000):
     return [sample_text(rng, []) for _ in range(n)]
+
+
+def _mixes():
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers as pt
+    return {
+        "bytelevel prefix space": lambda: dict(pre=pt.ByteLevel(add_prefix_space=True), dec=decoders.ByteLevel()),
+        "bytelevel after a split": lambda: dict(pre=pt.Sequence([
+            pt.Split(Regex(r"\d+"), behavior="isolated"), pt.ByteLevel(add_prefix_space=True, use_regex=False)]),
+            dec=decoders.ByteLevel()),
+        "metaspace always": lambda: dict(pre=pt.Metaspace(prepend_scheme="always", split=True),
+                                         dec=decoders.Metaspace(prepend_scheme="always")),
+        "metaspace never, unsplit": lambda: dict(pre=pt.Metaspace(prepend_scheme="never", split=False),
+                                                 dec=decoders.Metaspace(prepend_scheme="never")),
+        "split removed": lambda: dict(pre=pt.Split(Regex(r"\s+"), behavior="removed")),
+        "split merged with previous": lambda: dict(pre=pt.Split(" ", behavior="merged_with_previous")),
+        "split merged with next": lambda: dict(pre=pt.Split(Regex(r"[,.]"), behavior="merged_with_next")),
+        "split contiguous": lambda: dict(pre=pt.Split(Regex(r"[a-z]"), behavior="contiguous")),
+        # \w as Oniguruma reads it (superscripts, circled digits, combining marks): PCRE2's differs
+        "split inverted words": lambda: dict(pre=pt.Split(Regex(r"\w+"), behavior="isolated", invert=True)),
+        "digit runs, punctuation merged": lambda: dict(pre=pt.Sequence([
+            pt.WhitespaceSplit(), pt.Digits(individual_digits=False), pt.Punctuation(behavior="merged_with_previous")])),
+        # \w as Rust's regex reads it (Whitespace), after NFD's combining marks
+        "nfd, regex replace, strip, lowercase": lambda: dict(norm=normalizers.Sequence([
+            normalizers.NFD(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(left=True, right=False),
+            normalizers.Lowercase()]), pre=pt.Whitespace(), dec=decoders.WordPiece()),
+        "nfkd": lambda: dict(norm=normalizers.NFKD(), pre=pt.ByteLevel(), dec=decoders.ByteLevel()),
+    }
+
+
+COMPONENT_MIXES = _mixes()
+KINDS = ("gpt2", "llama3", "sentencepiece", "metaspace", "mixed", "wordlevel", *COMPONENT_MIXES)
 
 
 def build(kind, rng, tmp):
@@ -140,13 +171,27 @@ def build(kind, rng, tmp):
         tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
                                                        ("[CLS]", tok.token_to_id("[CLS]")))
         specials = ["[SEP]"]
+    elif kind in COMPONENT_MIXES:  # one pipeline option each, a small BPE trained under it
+        parts = COMPONENT_MIXES[kind]()
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        if "norm" in parts:
+            tok.normalizer = parts["norm"]
+        tok.pre_tokenizer = parts["pre"]
+        if "dec" in parts:
+            tok.decoder = parts["dec"]
+        byte_level = kind.startswith("bytelevel") or kind == "nfkd"
+        tok.train_from_iterator(texts, trainers.BpeTrainer(
+            vocab_size=500, special_tokens=["[UNK]", "<s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if byte_level else []))
+        tok.add_tokens(["<extra>"])
+        specials = ["<s>", "<extra>"]
     else:  # wordlevel
         words = {w: i for i, w in enumerate(["[UNK]"] + sorted({w for t in texts for w in t.split()}))}
         tok = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         tok.decoder = decoders.WordPiece(prefix="##")
         specials = []
-    path = os.path.join(tmp, f"{kind}.json")
+    path = os.path.join(tmp, kind.replace(" ", "_").replace(",", "") + ".json")
     tok.save(path)
     return path, specials
 
@@ -159,11 +204,11 @@ def main():
     from tokenizers import Tokenizer
     rng = np.random.default_rng(11)
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("gpt2", "llama3", "sentencepiece", "metaspace", "mixed", "wordlevel"):
+        for kind in KINDS:
             path, specials = build(kind, rng, tmp)
             ref = Tokenizer.from_file(path)
             strings = [sample_text(rng, specials) for _ in range(args.strings)] + ["", " ", "a", "\n\n", "🙂"]
-            lines = os.path.join(tmp, f"{kind}.jsonl")
+            lines = path[:-len(".json")] + ".jsonl"
             with open(lines, "w", encoding="utf-8") as f:
                 for s in strings:
                     f.write(json.dumps(s) + "\n")

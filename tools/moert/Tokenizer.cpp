@@ -146,17 +146,51 @@ const std::array<char32_t, 256> &byteChars() {
 
 using Ranges = std::vector<std::pair<size_t, size_t>>;
 
+/// `re` with `\w` / `\W` spelled as `tokenizers` reads them, where PCRE2 10.42's `\w` takes every number
+/// (U+2460 CIRCLED DIGIT ONE) and no combining mark (NFD's accents). The Regex patterns of tokenizer.json
+/// files go through Oniguruma: alphabetic characters, marks, decimal digits, connector punctuation, and (its
+/// Latin-1 table) superscripts 1-3 and the vulgar fractions; Rust's regex crate, which the Whitespace
+/// pre-tokenizer uses, takes ZWNJ / ZWJ instead of those (probed against `tokenizers`, check_tokenizer.py).
+/// `\W` inside a bracket class stays PCRE2's.
+enum class WordClass { Oniguruma, RustRegex };
+std::string spellWords(const std::string &re, WordClass flavor) {
+  static const std::string onig = R"(\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{B2}\x{B3}\x{B9}\x{BC}-\x{BE})",
+                           rust = R"(\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D})";
+  const std::string &word = flavor == WordClass::Oniguruma ? onig : rust;
+  std::string out;
+  int depth = 0; // inside a [...] class
+  for (size_t i = 0; i < re.size(); ++i) {
+    const char c = re[i];
+    if (c == '\\' && i + 1 < re.size()) {
+      const char e = re[++i];
+      if (e == 'w')
+        out += depth ? word : "[" + word + "]";
+      else if (e == 'W' && !depth)
+        out += "[^" + word + "]";
+      else
+        out += std::string(1, c) + e;
+      continue;
+    }
+    if (c == '[')
+      ++depth;
+    else if (c == ']' && depth)
+      --depth;
+    out += c;
+  }
+  return out;
+}
+
 /// A tokenizer.json pattern: {"String": literal} or {"Regex": PCRE2-compatible expression}.
 class Pattern {
 public:
-  explicit Pattern(const json &j, const std::string &where) {
+  explicit Pattern(const json &j, const std::string &where, WordClass words = WordClass::Oniguruma) {
     if (j.is_object() && j.contains("String") && j["String"].is_string()) {
       literal = j["String"].get<std::string>();
       return;
     }
     if (!j.is_object() || !j.contains("Regex") || !j["Regex"].is_string())
       throw Unsupported(where + ": pattern is neither {\"String\": ...} nor {\"Regex\": ...}");
-    const std::string re = j["Regex"].get<std::string>();
+    const std::string re = spellWords(j["Regex"].get<std::string>(), words);
     int code = 0;
     PCRE2_SIZE at = 0;
     regex.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(re.data()), re.size(), PCRE2_UTF | PCRE2_UCP,
@@ -517,7 +551,7 @@ struct WhitespaceSplitPre : PreTokenizer {
 };
 
 struct WhitespacePre : PreTokenizer {
-  Pattern words{json{{"Regex", R"(\w+|[^\w\s]+)"}}, "pre-tokenizer Whitespace"};
+  Pattern words{json{{"Regex", R"(\w+|[^\w\s]+)"}}, "pre-tokenizer Whitespace", WordClass::RustRegex};
   void apply(std::vector<Piece> &pieces) const override {
     splitEach(pieces, [&](Piece &p) { return splitAt(p.text, words.find(p.text), Behavior::Removed, true); });
   }
