@@ -128,6 +128,15 @@ Value matchRotateHalf(Value v, SmallVectorImpl<Operation *> &ops) {
   return hi->data;
 }
 
+/// True when a Reshape to `shape` (rank 4) keeps the first three dims of `t`: each copied (0, without
+/// allowzero), equal to t's static dim, or the one -1 (the last dim is the caller's to check).
+bool keepsLeadingDims(ox::ReshapeOp reshape, ArrayRef<int64_t> shape, RankedTensorType t) {
+  for (int i = 0; i < 3; ++i)
+    if ((shape[i] != 0 || reshape.getAllowzero() != 0) && shape[i] != -1 && shape[i] != t.getDimSize(i))
+      return false;
+  return true;
+}
+
 /// The `Concat(Unsqueeze(..., -1), Unsqueeze(..., -1))` of two rank-4 tensors along a new last axis
 /// (`stack`).
 ox::ConcatOp stackOf(Value v) {
@@ -158,16 +167,12 @@ Value matchRotateInterleaved(Value v, SmallVectorImpl<Operation *> &ops) {
   Value x = neg ? matchEvenOdd(evenU.getData(), neg.getX(), slices) : Value();
   if (!x)
     return {};
-  // The Reshape merges the stacked pairs back into x's layout: [d0, d1, d2, D] with each of d0..d2 copied (0,
-  // without allowzero), equal to x's static dim, or the one -1.
+  // The Reshape merges the stacked pairs back into x's layout [d0, d1, d2, D].
   auto shape = constantInts(reshape.getShape());
   auto xT = cast<RankedTensorType>(x.getType());
-  if (!shape || shape->size() != 4 || (*shape)[3] != xT.getDimSize(3))
+  if (!shape || shape->size() != 4 || (*shape)[3] != xT.getDimSize(3) ||
+      !keepsLeadingDims(reshape, *shape, xT))
     return {};
-  for (int i = 0; i < 3; ++i)
-    if (((*shape)[i] != 0 || reshape.getAllowzero() != 0) && (*shape)[i] != -1 &&
-        (*shape)[i] != xT.getDimSize(i))
-      return {};
   ops.append({reshape, cat, negU, evenU, neg});
   ops.append(slices.begin(), slices.end());
   return x;
@@ -296,14 +301,10 @@ Value repeatInterleaveSource(Value v, SmallVectorImpl<Operation *> &ops) {
   const int64_t w = tT.getDimSize(3);
   if (!axes || axes->size() != 1 || normAxis((*axes)[0], 5) != std::optional<int64_t>(4) || !times ||
       times->size() != 5 || (*times)[4] != 2 || !shape || shape->size() != 4 || ShapedType::isDynamic(w) ||
-      (*shape)[3] != 2 * w)
+      (*shape)[3] != 2 * w || !keepsLeadingDims(reshape, *shape, tT))
     return {};
   for (int i = 0; i < 4; ++i)
     if ((*times)[i] != 1)
-      return {};
-  for (int i = 0; i < 3; ++i) // the leading dims kept: copied (0, without allowzero), the one -1, or equal
-    if (((*shape)[i] != 0 || reshape.getAllowzero() != 0) && (*shape)[i] != -1 &&
-        (*shape)[i] != tT.getDimSize(i))
       return {};
   ops.append({reshape, expand, unsq});
   return unsq.getData();

@@ -81,6 +81,16 @@ def _batch_ids(tokens, mask):
     return ids, m
 
 
+def _tokenizer_class(what):
+    """The `tokenizers` package's Tokenizer, which reads tokenizer.json files; one Error when it is missing."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise Error(f"{what}: reading a tokenizer.json needs the `tokenizers` package (pip install tokenizers)") \
+            from None
+    return Tokenizer
+
+
 _ON_TOKEN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
 
@@ -272,19 +282,10 @@ class Model:
                 ptr = self.rt.lib.moert_model_tokenizer(self.handle, ctypes.byref(size))
                 if not ptr:
                     return None
-                try:
-                    from tokenizers import Tokenizer
-                except ImportError:
-                    raise Error("the artifact's tokenizer.json needs the `tokenizers` package "
-                                "(pip install tokenizers)") from None
-                return Tokenizer.from_str(ctypes.string_at(ptr, size.value).decode("utf-8"))
+                return _tokenizer_class("the artifact's tokenizer.json").from_str(
+                    ctypes.string_at(ptr, size.value).decode("utf-8"))
         if isinstance(tokenizer, (str, os.PathLike)):
-            try:
-                from tokenizers import Tokenizer
-            except ImportError:
-                raise Error(f"{tokenizer}: reading a tokenizer.json needs the `tokenizers` package "
-                            "(pip install tokenizers)") from None
-            return Tokenizer.from_file(str(tokenizer))
+            return _tokenizer_class(str(tokenizer)).from_file(str(tokenizer))
         return tokenizer
 
     def generate(self, prompt, max_new_tokens=32, greedy=True, temperature=1.0, top_k=0, top_p=1.0, seed=0,

@@ -530,10 +530,11 @@ int runImport() {
       if (!buffer)
         return error("--tokenizer " + file + ": cannot read it: " + buffer.getError().message());
       tokenizerJson = (*buffer)->getBuffer().str();
-      if (!moert::text::Tokenizer::isJsonObject(tokenizerJson))
-        return error(file + ": not a tokenizer.json (not a JSON object)");
       std::string why;
-      if (!moert::text::Tokenizer::parse(tokenizerJson, file, why))
+      bool isJson = false;
+      if (!moert::text::Tokenizer::parse(tokenizerJson, file, why, &isJson) && !isJson)
+        return error(why);
+      if (!why.empty())
         WithColor::warning(errs(), "moec") << why << " (moert's own reader cannot use it; embedded for the "
                                            << "Python binding, whose tokenizers package may)\n";
       tokenizerFrom = file;

@@ -1162,14 +1162,11 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string &path, std::string 
   return parse(ss.str(), path, err);
 }
 
-bool Tokenizer::isJsonObject(const std::string &text) {
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  return !j.is_discarded() && j.is_object();
-}
-
 std::unique_ptr<Tokenizer> Tokenizer::parse(const std::string &text, const std::string &path,
-                                            std::string &err) {
+                                            std::string &err, bool *isJson) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (isJson)
+    *isJson = !j.is_discarded() && j.is_object();
   if (j.is_discarded() || !j.is_object()) {
     err = path + ": not a tokenizer.json (not a JSON object)";
     return nullptr;

@@ -22,11 +22,11 @@ class Tokenizer {
 public:
   /// Reads `path` (a tokenizer.json); null with `err` set ("<path>: <what>") when it cannot be used.
   static std::unique_ptr<Tokenizer> load(const std::string &path, std::string &err);
-  /// True when `text` parses as a JSON object (what moec embeds; a file moert's reader cannot use may still
-  /// be one the Python binding's `tokenizers` reads).
-  static bool isJsonObject(const std::string &text);
-  /// The same from the file's text; `name` starts error messages.
-  static std::unique_ptr<Tokenizer> parse(const std::string &json, const std::string &name, std::string &err);
+  /// The same from the file's text; `name` starts error messages. `isJson` (when given) says whether the text
+  /// was a JSON object at all (what moec embeds: a file moert's reader cannot use may still be one the Python
+  /// binding's `tokenizers` reads).
+  static std::unique_ptr<Tokenizer> parse(const std::string &json, const std::string &name, std::string &err,
+                                          bool *isJson = nullptr);
   ~Tokenizer();
 
   /// `text` (UTF-8) -> token ids; with `addSpecial`, the post-processor's special tokens (a BOS) too.

@@ -639,10 +639,8 @@ int tokenize(int argc, char **argv) {
                 "--jsonl F) [--no-special]");
   const bool isJson = source.size() >= 5 && source.compare(source.size() - 5, 5, ".json") == 0;
   std::string err;
-  std::unique_ptr<moert::text::Tokenizer> tok;
-  if (isJson || !tokenizerNextTo(source).empty()) {
-    tok = moert::text::Tokenizer::load(isJson ? source : tokenizerNextTo(source), err);
-  } else { // the tokenizer moec embedded in the artifact
+  std::unique_ptr<moert::text::Tokenizer> tok = tokenizerFor(source, isJson ? source : "", nullptr, err);
+  if (!tok && err.empty()) { // none next to the artifact: the one moec embedded in it
     moert_model *m = nullptr;
     moert_load_options lo{sizeof lo, 1, 1, MOERT_DEVICE_CPU, nullptr};
     if (int rc = check(moert_load(source.c_str(), &lo, &m)))
@@ -1008,13 +1006,12 @@ int generate(int argc, char **argv) {
     std::printf("\n");
     longest = std::max(longest, made[b]);
   }
-  for (int64_t b = 0; tok && b < batch; ++b) { // the new tokens as text (special tokens skipped)
+  // The new tokens as text (special tokens skipped); a streamed sequence's text is printed already.
+  for (int64_t b = 0; tok && !go.on_token && b < batch; ++b) {
     std::string text;
     if (!tok->decode(std::vector<int64_t>(out.begin() + b * cap, out.begin() + b * cap + made[b]), true, text,
                      err))
       return fail(err);
-    if (go.on_token)
-      continue; // streamed
     if (batch == 1)
       std::printf("text: %s\n", text.c_str());
     else
