@@ -521,7 +521,7 @@ int runImport() {
     std::string file = tokenizerFile;
     if (file.empty()) {
       SmallString<256> next = sys::path::parent_path(inputPath);
-      sys::path::append(next, "tokenizer.json");
+      sys::path::append(next, moert::text::kTokenizerFile);
       if (sys::fs::is_regular_file(next))
         file = next.str().str();
     }

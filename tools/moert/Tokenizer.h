@@ -18,6 +18,9 @@
 
 namespace moert::text {
 
+/// The file name moec and moert look for next to a model (the ONNX file, the artifact).
+constexpr const char *kTokenizerFile = "tokenizer.json";
+
 class Tokenizer {
 public:
   /// Reads `path` (a tokenizer.json); null with `err` set ("<path>: <what>") when it cannot be used.

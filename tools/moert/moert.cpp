@@ -563,8 +563,8 @@ bool parseFloat(const char *s, float &out) {
 /// The tokenizer.json next to `model` (in its directory), or "" when there is none.
 std::string tokenizerNextTo(const std::string &model) {
   const size_t slash = model.rfind('/');
-  const std::string path =
-      (slash == std::string::npos ? std::string(".") : model.substr(0, slash)) + "/tokenizer.json";
+  const std::string path = (slash == std::string::npos ? std::string(".") : model.substr(0, slash)) + "/" +
+                           moert::text::kTokenizerFile;
   struct stat st;
   return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? path : "";
 }
