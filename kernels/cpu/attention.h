@@ -15,8 +15,9 @@
 // softmax online (flash-style: running max m and sum l per row, the accumulated output rescaled when the
 // max grows), so no S x T score matrix exists. A key block whose mask is at or below kAttnMasked for every
 // row of the item is skipped (causal blocks past the diagonal, padding) when every row has some key above
-// it: those terms are exactly 0 after the exponential. Keys and values are f32, or bf16 / fp16 when a
-// session keeps its caches narrow (args.kv_storage): widened on load, everything else in f32. Key chunks
+// it: those terms are exactly 0 after the exponential. Keys and values are f32, or bf16 / fp16 / int8 rows
+// with block scales when a session keeps its caches narrow (args.kv_storage; KvRead): widened on load,
+// everything else in f32. Key chunks
 // write (output, m, l) per row to scratch, and a second pass merges them. Attention sinks (args.sinks, one
 // logit per query head) start each row's running max and sum, so they count once in the softmax's denominator
 // and weigh no value.
@@ -57,6 +58,30 @@ struct Prefetch {
       p += 128;
     }
   }
+};
+
+/// Reads a key or value row of D dims in each cache storage: f32 / bf16 / fp16 elements, or an int8 row
+/// (moert_kernel_abi.h, MOERT_KV_INT8_BLOCK: codes, then a scale per block of 32 dims). load(row, d) widens
+/// dims [d, d + VW) (d a multiple of VW, inside one scale block since 32 % VW == 0); at(row, d) one dim.
+template <int64_t D> struct KvRead {
+  static_assert(MOERT_KV_INT8_BLOCK % VW == 0, "a vector of int8 codes shares one scale");
+  template <class KV> static vf load(const KV *row, int64_t d) { return loadv(row + d); }
+  template <class KV> static float at(const KV *row, int64_t d) { return tofloat(row[d]); }
+  static float scale(const int8_t *row, int64_t d) {
+    float s;
+    std::memcpy(&s,
+                reinterpret_cast<const char *>(row) + moert_kv_int8_codes_bytes(D) +
+                    4 * (d / MOERT_KV_INT8_BLOCK),
+                4);
+    return s;
+  }
+  static vf load(const int8_t *row, int64_t d) {
+    typedef int8_t i8xv __attribute__((vector_size(VW)));
+    i8xv q;
+    std::memcpy(&q, row + d, sizeof q);
+    return __builtin_convertvector(q, vf) * splat(scale(row, d));
+  }
+  static float at(const int8_t *row, int64_t d) { return float(row[d]) * scale(row, d); }
 };
 
 template <class C> struct Attention {
@@ -111,10 +136,10 @@ template <class C> struct Attention {
           vf acc = {};
           int64_t d = 0;
           for (; d + VW <= DK; d += VW)
-            acc += loadv(qp[r] + d) * loadv(kr + d);
+            acc += loadv(qp[r] + d) * KvRead<DK>::load(kr, d);
           float s = hsum(acc);
           for (; d < DK; ++d)
-            s += qp[r][d] * tofloat(kr[d]);
+            s += qp[r][d] * KvRead<DK>::at(kr, d);
           sc[r * kAttnKB + j] = s;
         }
       }
@@ -126,7 +151,7 @@ template <class C> struct Attention {
         for (int64_t d0 = 0; d0 < DK; d0 += VW) {
           vf r[VW];
           for (int i = 0; i < VW; ++i)
-            r[i] = j0 + i < nk ? loadv(k0 + (j0 + i) * ks + d0) : vf{};
+            r[i] = j0 + i < nk ? KvRead<DK>::load(k0 + (j0 + i) * ks, d0) : vf{};
           transpose(r);
           for (int i = 0; i < VW; ++i)
             storev(kt + (d0 + i) * kAttnKB + j0, r[i]);
@@ -134,7 +159,7 @@ template <class C> struct Attention {
     } else {
       for (int64_t d = 0; d < DK; ++d)
         for (int64_t j = 0; j < kAttnKB; ++j)
-          kt[d * kAttnKB + j] = j < nk ? tofloat(k0[j * ks + d]) : 0.0f;
+          kt[d * kAttnKB + j] = j < nk ? KvRead<DK>::at(k0 + j * ks, d) : 0.0f;
     }
     int64_t r = 0;
     for (; r + RB <= nr; r += RB)
@@ -187,7 +212,7 @@ template <class C> struct Attention {
             x[i][c] = c < nc ? loadv(ar[i] + c0 + c * VW) : vf{};
         for (int64_t j = 0; j < nk; ++j) {
           pf.step();
-          const KV *vr = v0 + j * vs + c0;
+          const KV *vr = v0 + j * vs;
           vf w[RA];
 #pragma unroll
           for (int i = 0; i < RA; ++i)
@@ -195,7 +220,7 @@ template <class C> struct Attention {
 #pragma unroll
           for (int c = 0; c < CV; ++c)
             if (c < nc) {
-              const vf vv = loadv(vr + c * VW);
+              const vf vv = KvRead<DV>::load(vr, c0 + c * VW);
 #pragma unroll
               for (int i = 0; i < RA; ++i)
                 x[i][c] += w[i] * vv;
@@ -207,7 +232,7 @@ template <class C> struct Attention {
       }
       for (int64_t d = VEC; d < DV; ++d)
         for (int64_t j = 0; j < nk; ++j) {
-          const float vv = tofloat(v0[j * vs + d]);
+          const float vv = KvRead<DV>::at(v0 + j * vs, d);
           for (int i = 0; i < nrr; ++i)
             ar[i][d] += pr[i][j] * vv;
         }
@@ -278,17 +303,17 @@ template <class C> struct Attention {
           continue;
       }
       // The next block's keys stream in during this block's scores, its values during this block's sums (each
-      // block's positions are contiguous: the row stride is the head dim).
+      // block's positions are contiguous: the row stride is the row's size, an int8 row's scales included).
       const int64_t nn = std::min<int64_t>(kAttnKB, te - t0 - kAttnKB);
-      auto ahead = [&](const KV *base, int64_t stride, int64_t dim) {
+      auto ahead = [&](const KV *base, int64_t stride) {
         Prefetch f;
         if (nn > 0) {
           f.p = reinterpret_cast<const char *>(base + (t0 + kAttnKB) * stride);
-          f.end = f.p + (nn - 1) * stride * int64_t(sizeof(KV)) + dim * int64_t(sizeof(KV));
+          f.end = f.p + nn * stride * int64_t(sizeof(KV));
         }
         return f;
       };
-      Prefetch pk = ahead(kb, a.k_strides[2], DK), pv = ahead(vb, a.v_strides[2], DV);
+      Prefetch pk = ahead(kb, a.k_strides[2]), pv = ahead(vb, a.v_strides[2]);
       scores(qp, nr, kb + t0 * a.k_strides[2], a.k_strides[2], nk, kt, sc, pk);
       for (int64_t r = 0; r < nr; ++r) {
         float *row = sc + r * kAttnKB;
@@ -385,7 +410,7 @@ template <class C> struct Attention {
     if (a->batch < 0 || a->q_len < 0 || a->kv_len < 0)
       return 1;
     if (a->kv_storage != MOERT_STORAGE_F32 && a->kv_storage != MOERT_STORAGE_BF16 &&
-        a->kv_storage != MOERT_STORAGE_F16)
+        a->kv_storage != MOERT_STORAGE_F16 && a->kv_storage != MOERT_STORAGE_INT8)
       return 2;
     if (a->batch == 0 || a->q_len == 0)
       return 0;
@@ -395,9 +420,10 @@ template <class C> struct Attention {
     c.thread0 = base;
     c.partials = base + threadFloats() * std::max(1, ex.threads);
     ex.parallel_for(ex.pool, c.p.items, &c,
-                    a->kv_storage == MOERT_STORAGE_BF16  ? &work<uint16_t>
-                    : a->kv_storage == MOERT_STORAGE_F16 ? &work<_Float16>
-                                                         : &work<float>);
+                    a->kv_storage == MOERT_STORAGE_BF16   ? &work<uint16_t>
+                    : a->kv_storage == MOERT_STORAGE_F16  ? &work<_Float16>
+                    : a->kv_storage == MOERT_STORAGE_INT8 ? &work<int8_t>
+                                                          : &work<float>);
     if (c.p.chunks > 1)
       ex.parallel_for(ex.pool, c.p.base, &c, &merge);
     return 0;

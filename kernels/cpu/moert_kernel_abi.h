@@ -257,7 +257,8 @@ typedef struct moert_attention_args {
   int64_t batch, q_len, kv_len;     /* B, S, T                                                */
   const float *query;               /* [B][HQ][S][DK]                                         */
   const void *key, *value;          /* [B][HKV][T][DK], [B][HKV][T][DV]: kv_storage elements   */
-  int32_t kv_storage;               /* MOERT_STORAGE_F32, _BF16 or _F16 (a session's narrow cache) */
+  int32_t kv_storage; /* MOERT_STORAGE_F32, _BF16, _F16 or _INT8 (a session's narrow cache; int8: rows of
+                         moert_kv_int8_row_bytes(D) bytes, the strides counting bytes)                  */
   int64_t q_strides[3], k_strides[3], v_strides[3], out_strides[3];
   const float *mask; /* additive, broadcast to [B][HQ][S][T], or NULL           */
   int64_t mask_strides[4];
@@ -266,6 +267,16 @@ typedef struct moert_attention_args {
   void *scratch; /* moert_attention_<j>_scratch(...) bytes, 64-aligned      */
   const moert_exec *exec;
 } moert_attention_args;
+
+/* A session's int8 KV cache (moert_session_options.cache_dtype MOERT_I8) holds each position's key or value
+ * row of D dims as D int8 codes (padded to a multiple of 4 bytes) followed by ceil(D / MOERT_KV_INT8_BLOCK)
+ * f32 scales, block j covering dims [32 j, min(32 j + 32, D)): each block rounded as int8 activations are
+ * (q = round-half-even(x * (127 / max|x|)), scale max|x| / 127; roundInt8 in simd.h), read as q * scale. */
+#define MOERT_KV_INT8_BLOCK 32
+static inline int64_t moert_kv_int8_codes_bytes(int64_t dim) { return (dim + 3) / 4 * 4; }
+static inline int64_t moert_kv_int8_row_bytes(int64_t dim) {
+  return moert_kv_int8_codes_bytes(dim) + 4 * ((dim + MOERT_KV_INT8_BLOCK - 1) / MOERT_KV_INT8_BLOCK);
+}
 
 typedef int (*moert_attention_fn)(const moert_attention_args *args);
 typedef size_t (*moert_attention_scratch_fn)(int64_t batch, int64_t q_len, int64_t kv_len, int threads);

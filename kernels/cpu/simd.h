@@ -1,11 +1,14 @@
 //===- simd.h - vector types and loads shared by moec's CPU kernel templates ----===//
 //
 // One vector type `vf` of VW floats and loads that widen every weight storage moec writes (f32, bf16, fp16)
-// to it. Included by every kernel template (sparse_moe.h, linear.h); they may share one translation unit.
+// to it, and a KV cache's int8 rows. Included by every kernel template (sparse_moe.h, linear.h, attention.h);
+// they may share one translation unit.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_SIMD_H
 #define MOERT_KERNELS_CPU_SIMD_H
+
+#include "moert_kernel_abi.h"
 
 #include <algorithm>
 #include <cmath>
@@ -154,6 +157,21 @@ template <class Put> inline int32_t roundInt8(const float *x, int64_t n, float &
   }
   scale = amax / 127.0f;
   return sum;
+}
+
+/// One position's key or value row (D floats) as a session's int8 KV cache stores it (moert_kernel_abi.h,
+/// MOERT_KV_INT8_BLOCK): the codes of each block of 32 dims by roundInt8, then the blocks' f32 scales, into
+/// moert_kv_int8_row_bytes(D) bytes at `row`.
+inline void encodeKvInt8Row(const float *x, int64_t D, char *row) {
+  std::memset(row + D, 0, size_t(moert_kv_int8_codes_bytes(D) - D));
+  char *scales = row + moert_kv_int8_codes_bytes(D);
+  for (int64_t b = 0; b * MOERT_KV_INT8_BLOCK < D; ++b) {
+    const int64_t d0 = b * MOERT_KV_INT8_BLOCK;
+    float s;
+    roundInt8(x + d0, std::min<int64_t>(MOERT_KV_INT8_BLOCK, D - d0), s,
+              [&](int64_t i, int8_t q) { row[d0 + i] = char(q); });
+    std::memcpy(scales + 4 * b, &s, 4);
+  }
 }
 
 inline float hsum(vf v) {

@@ -58,12 +58,12 @@ class _SessionOptions(ctypes.Structure):
                 ("cache_dtype", ctypes.c_int), ("batch", ctypes.c_int64)]
 
 
-CACHE_DTYPES = {"f32": 1, "fp32": 1, "bf16": 3, "f16": 2, "fp16": 2}  # moert_dtype for a session's KV caches
+CACHE_DTYPES = {"f32": 1, "fp32": 1, "bf16": 3, "f16": 2, "fp16": 2, "int8": 6, "i8": 6}  # moert_dtype for a session's KV caches
 
 
 def _session_options(max_context, profile, cache_dtype, batch=1):
     if cache_dtype not in CACHE_DTYPES:
-        raise Error(f"cache_dtype {cache_dtype!r}: expected one of f32, bf16, f16")
+        raise Error(f"cache_dtype {cache_dtype!r}: expected one of f32, bf16, f16, int8")
     return _SessionOptions(ctypes.sizeof(_SessionOptions), max_context, 1 if profile else 0, CACHE_DTYPES[cache_dtype],
                            batch)
 
@@ -293,7 +293,8 @@ class Model:
                  on_token=None):
         """A decoder with KV caches: runs `prompt` (token ids, or text given a tokenizer: see tokenizer()) in a
         fresh session, then picks up to max_new_tokens tokens (greedy, or sampled with temperature / top_k /
-        top_p / seed); cache_dtype "bf16" / "f16" keeps the KV caches at half the bytes. Returns (tokens as an
+        top_p / seed); cache_dtype "bf16" / "f16" keeps the KV caches at half the bytes, "int8" at 0.28x
+        (int8 codes, an f32 scale per 32 values). Returns (tokens as an
         int64 array, {"prompt_tokens", "new_tokens", "prefill_ms", "decode_ms"} and, with a tokenizer, "text":
         the new tokens decoded).
 
@@ -362,7 +363,8 @@ class Model:
     def session(self, max_context=0, profile=False, cache_dtype="f32", batch=1):
         """A generation session over this decoder (moert_session_*): append(tokens) -> the last token's logits,
         rewind(length), len(session); with profile, profile() is the last call's Chrome trace (JSON text);
-        cache_dtype "bf16" / "f16" stores the KV caches at half the bytes (rounded to nearest even). With
+        cache_dtype "bf16" / "f16" stores the KV caches at half the bytes (rounded to nearest even), "int8"
+        as int8 codes with an f32 scale per 32 values (0.28x the bytes at head dim 128). With
         batch > 1 it holds that many sequences side by side: append([B, n] tokens, mask=None) -> [B, vocab];
         reset_sequence(b) ends sequence b so a new one can take its place."""
         return Session(self, max_context, profile, cache_dtype, batch)

@@ -58,14 +58,18 @@ struct Attention {
   int64_t qHeads = 0, kvHeads = 0, keyDim = 0, valueDim = 0;
 };
 
-/// A session's KV cache, appended in place by a run: [batch][heads][capacity][head dim] elements of
-/// `dtype` (f32, or bf16 / f16: the appended rows rounded to nearest even), of which the first `length`
-/// positions (the past input's length) are filled.
+/// A session's KV cache, appended in place by a run: [batch][heads][capacity] rows of a head dim each in
+/// `dtype` (f32; bf16 / f16: the appended rows rounded to nearest even; i8: int8 rows with block scales,
+/// MOERT_KV_INT8_BLOCK), of which the first `length` positions (the past input's length) are filled.
 struct CacheBinding {
   char *data = nullptr;
   int64_t capacity = 0;
   int dtype = proto::F32;
 };
+/// Bytes of one position's row of `dim` values in a session cache of `dtype` (a CacheBinding's).
+inline size_t cacheRowBytes(int dtype, int64_t dim) {
+  return dtype == proto::I8 ? size_t(moert_kv_int8_row_bytes(dim)) : dtypeSize(dtype) * size_t(dim);
+}
 
 /// Loads the shared object `bytes` from memory (a memfd; nothing written to disk) under a path no loaded
 /// library has. `fd` receives the memfd, to close after dlclose. Null + `why` on failure.

@@ -2,6 +2,7 @@
 #include "ExpertParallel.h"
 #include "Model.h"
 #include "Ops.h"
+#include "kernels/cpu/simd.h"
 #include "ops/OpKernel.h"
 #include "runtime/ArtifactFormat.h"
 
@@ -585,13 +586,17 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                          dimsString(add.dims) + " do not extend the session's cache " +
                          dimsString(past.dims) + " (room for " + std::to_string(cb.capacity) + " positions)");
       const int64_t B = past.dims[0], H = past.dims[1], P = past.dims[2], S = add.dims[2], D = past.dims[3];
+      const size_t row = moert::cacheRowBytes(cb.dtype, D);
       for (int64_t h = 0; h < B * H; ++h) { // every (sequence, head)
         const float *src = add.as<float>() + h * S * D;
-        const int64_t at = (h * cb.capacity + P) * D;
+        char *dst = cb.data + (size_t(h * cb.capacity) + P) * row;
         if (cb.dtype == moert::proto::F32)
-          std::memcpy(reinterpret_cast<float *>(cb.data) + at, src, sizeof(float) * S * D);
+          std::memcpy(dst, src, sizeof(float) * S * D);
+        else if (cb.dtype == moert::proto::I8)
+          for (int64_t i = 0; i < S; ++i)
+            moert_cpu::encodeKvInt8Row(src + i * D, D, dst + i * row);
         else
-          moert::ops::narrowInto(src, S * D, cb.dtype, reinterpret_cast<uint16_t *>(cb.data) + at);
+          moert::ops::narrowInto(src, S * D, cb.dtype, reinterpret_cast<uint16_t *>(dst));
       }
       values[o.outputs(0)] = Tensor{cb.dtype, {B, H, P + S, D}, cb.data, nullptr};
       inPlace.push_back({o.outputs(0), cb.capacity});
@@ -751,8 +756,13 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       const moert::Attention &x = m->attentions[d.index()];
       const Tensor &q = values[d.query()], &k = values[d.key()], &v = values[d.value()];
       auto what = [&] { return "attention dispatch " + std::to_string(d.index()); };
-      // Keys and values are f32, or both bf16 / f16 when they are a session's narrow cache.
-      const bool kvOk = (k.dtype == moert::proto::F32 || moert::ops::isHalf(k.dtype)) && v.dtype == k.dtype;
+      // Keys and values are f32, or both bf16 / f16 / int8 rows when they are a session's narrow cache.
+      bool kvInPlace = false;
+      for (auto [id, capacity] : inPlace)
+        kvInPlace |= id == d.key() || id == d.value();
+      const bool kvOk = (k.dtype == moert::proto::F32 || moert::ops::isHalf(k.dtype) ||
+                         (kvInPlace && k.dtype == moert::proto::I8)) &&
+                        v.dtype == k.dtype;
       for (auto [t, name] :
            {std::pair<const Tensor *, const char *>{&q, "query"}, {&k, "key"}, {&v, "value"}})
         if ((t == &q ? t->dtype != moert::proto::F32 : !kvOk) || t->dims.size() != 4)
@@ -776,20 +786,25 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       args.value = v.data;
       args.kv_storage = k.dtype == moert::proto::BF16  ? MOERT_STORAGE_BF16
                         : k.dtype == moert::proto::F16 ? MOERT_STORAGE_F16
+                        : k.dtype == moert::proto::I8  ? MOERT_STORAGE_INT8
                                                        : MOERT_STORAGE_F32;
-      auto strides = [](const std::vector<int64_t> &dims, int64_t *out) {
-        out[2] = dims[3], out[1] = dims[2] * out[2], out[0] = dims[1] * out[1];
+      auto strides = [](const std::vector<int64_t> &dims, int64_t *out, int64_t row) {
+        out[2] = row, out[1] = dims[2] * out[2], out[0] = dims[1] * out[1];
       };
-      strides(q.dims, args.q_strides);
-      strides(k.dims, args.k_strides);
-      strides(v.dims, args.v_strides);
+      // Elements apart (an int8 cache's rows: bytes, scales included).
+      auto rowStride = [&](const Tensor &t) {
+        return t.dtype == moert::proto::I8 ? moert_kv_int8_row_bytes(t.dims[3]) : t.dims[3];
+      };
+      strides(q.dims, args.q_strides, q.dims[3]);
+      strides(k.dims, args.k_strides, rowStride(k));
+      strides(v.dims, args.v_strides, rowStride(v));
       for (auto [id, capacity] : inPlace) // a session's cache: `capacity` positions apart per head
         for (auto [kv, st] :
              {std::pair<uint32_t, int64_t *>{d.key(), args.k_strides}, {d.value(), args.v_strides}})
           if (kv == id)
             st[1] = capacity * st[2], st[0] = x.kvHeads * st[1];
       const std::vector<int64_t> outDims{B, x.qHeads, S, x.valueDim};
-      strides(outDims, args.out_strides);
+      strides(outDims, args.out_strides, x.valueDim);
       if (d.mask() >= 0) {
         const Tensor &mk = values[d.mask()];
         const int64_t full[4] = {B, x.qHeads, S, T};
@@ -824,7 +839,10 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       args.scratch = scratch.get();
       args.exec = &exec;
       if (int rc = x.run(&args))
-        return makeError(what() + " failed (code " + std::to_string(rc) + ")");
+        return makeError(what() + " failed (code " + std::to_string(rc) + ")" +
+                         (rc == 2 ? std::string(": its kernel does not read ") + dtypeName(k.dtype) +
+                                        " caches (compiled by an older moec; compile the model again)"
+                                  : ""));
       values[d.output()] = std::move(out);
       measure(d.output());
       if (profile)

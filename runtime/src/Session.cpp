@@ -30,12 +30,12 @@ struct moert_session {
   // [batch][length]: 1 where a sequence's cached position is a token, 0 where it is padding (the attention
   // mask of the next call begins with it).
   std::vector<std::vector<uint8_t>> valid;
-  int cacheDtype = moert::proto::F32; // f32, or bf16 / f16 (in place only)
+  int cacheDtype = moert::proto::F32; // f32, or bf16 / f16 / i8 (in place only; moert::cacheRowBytes)
   struct Cache {
     int64_t heads = 0, dim = 0;
-    // [batch][heads][capacity][dim] of cacheDtype, the first `length` positions filled. In place: runs
-    // append to it (it grows by doubling up to the context). Otherwise: the last run's present, taken over
-    // (capacity == length).
+    // [batch][heads][capacity] rows of `dim` values in cacheDtype, the first `length` positions filled. In
+    // place: runs append to it (it grows by doubling up to the context). Otherwise: the last run's present,
+    // taken over (capacity == length).
     std::shared_ptr<char> data;
     int64_t capacity = 0;
     // > 0: a window-sized buffer (KvCache.window, GroupQueryAttention's sliding_window_cache) of `capacity`
@@ -115,17 +115,20 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
     break;
   case MOERT_BF16:
   case MOERT_F16:
+  case MOERT_I8:
     if (!s->inPlace)
-      return makeError("moert_session_create: " + model->path +
-                       " does not append to its caches in place (an op step reads them; `moert inspect`), so "
-                       "they stay f32: a bf16/f16 cache needs a model compiled with attention dispatches");
-    static_assert(int(MOERT_BF16) == moert::proto::BF16 && int(MOERT_F16) == moert::proto::F16,
+      return makeError(
+          "moert_session_create: " + model->path +
+          " does not append to its caches in place (an op step reads them; `moert inspect`), so "
+          "they stay f32: a bf16/f16/int8 cache needs a model compiled with attention dispatches");
+    static_assert(int(MOERT_BF16) == moert::proto::BF16 && int(MOERT_F16) == moert::proto::F16 &&
+                      int(MOERT_I8) == moert::proto::I8,
                   "moert_dtype values are the artifact's dtypes");
     s->cacheDtype = opts.cache_dtype;
     break;
   default:
     return makeError("moert_session_create: cache_dtype " + std::to_string(int(opts.cache_dtype)) +
-                     " is not MOERT_F32, MOERT_BF16 or MOERT_F16");
+                     " is not MOERT_F32, MOERT_BF16, MOERT_F16 or MOERT_I8");
   }
   const pb::Value &ids = inputValue(model, p.decoder().input_ids());
   if (ids.type().dims_size() == 2 && ids.type().dims(0).size() > 0 && ids.type().dims(0).size() != s->batch)
@@ -198,7 +201,7 @@ moert_status moert_session_rewind(moert_session *s, size_t length) {
     if (c.window >
         0) // its first `keep` rows are the kept positions; the rest is not read (the mask's length)
       continue;
-    const size_t row = moert::dtypeSize(s->cacheDtype) * c.dim;
+    const size_t row = moert::cacheRowBytes(s->cacheDtype, c.dim);
     std::shared_ptr<char> kept = moert::allocBlock(size_t(s->batch * c.heads) * keep * row);
     if (!kept)
       return makeError("moert_session_rewind: out of memory");
@@ -233,7 +236,7 @@ moert_status compact(moert_session *s, const char *fn) {
       return makeError(std::string(fn) + ": padding cannot be dropped from window-sized KV caches "
                                          "(sliding_window_cache), which keep the last positions only");
   for (auto &c : s->caches) {
-    const size_t row = moert::dtypeSize(s->cacheDtype) * c.dim;
+    const size_t row = moert::cacheRowBytes(s->cacheDtype, c.dim);
     // In place: within the buffer (room for `capacity` positions); else a new [batch, heads, keep, dim]
     // block.
     std::shared_ptr<char> dst =
@@ -332,7 +335,7 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
     for (auto &c : s->caches) {
       if (total > c.capacity) { // grow by doubling, up to the context
         const int64_t cap = std::min(s->maxContext, std::max({total, 2 * c.capacity, int64_t(256)}));
-        const size_t row = moert::dtypeSize(s->cacheDtype) * c.dim;
+        const size_t row = moert::cacheRowBytes(s->cacheDtype, c.dim);
         std::shared_ptr<char> grown = moert::allocBlock(size_t(B * c.heads) * cap * row);
         if (!grown)
           return makeError(std::string(fn) + ": out of memory for the KV caches (" + std::to_string(cap) +

@@ -7,13 +7,15 @@ token at a time with the presents fed back as pasts and an all-ones attention_ma
 token (the lowest id on ties). `moert generate --greedy` must give the same 32 tokens, and so must the Python
 binding's Model.generate (also given text, with a word-level tokenizer.json next to the model: the same tokens
 and their words back as text); the session API's logits match ONNX Runtime's call by call and repeat after a rewind;
-sessions with bf16 / f16 caches match ONNX Runtime on the model with its new keys/values rounded the same way
-(Cast there and back before the cache's Concat), logits within 1e-4 and the same greedy tokens; a
+sessions with bf16 / f16 / int8 caches match ONNX Runtime on the model with its new keys/values rounded the same
+way (Cast there and back before the cache's Concat; int8: Round per block of 32 dims as the cache stores them),
+logits within 1e-4 and the same greedy tokens; a
 batch of two with left padding matches ONNX Runtime over a prefill and three decode steps through Model.run, and
 through a session of batch 2 (prompt + 5 decode steps, a rewind), `moert generate --attention-mask` and
 Model.generate(attention_mask=) give ONNX Runtime's greedy tokens for each sequence of such a batch; sequences
 leave and join a running batch session (moert_session_reset_sequence) with every sequence's logits matching ONNX
-Runtime on that sequence alone (a fixture given a position_ids input). Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
+Runtime on that sequence alone (a fixture given a position_ids input; f32, f16 and int8 caches, the last against
+the int8-rounded model within 1e-4). Sampling: top-k 1 is greedy whatever the temperature; the same seed gives the same
 tokens; every token is in the vocabulary. Bad input is one error line and a non-zero exit: a prompt longer than
 --max-context, an empty prompt, ids of rank 3, a padding mask with padding after a token, of another shape than
 the ids, or with a sequence of padding only, float ids, an unknown --kv-cache, bf16 caches for a model
@@ -233,11 +235,12 @@ def position_ids_model(path, out_path):
     onnx.save(m, out_path)
 
 
-def check_continuous_batch(rt, path, art, rng, cache_dtype="f32"):
+def check_continuous_batch(rt, path, art, rng, cache_dtype="f32", bound=None):
     """Sequences leaving and joining a running batch (moert_session_reset_sequence): a session of two where B
     ends, its place sits a call out, C joins with a prompt while A decodes, then A ends and D joins. Every
     sequence's logits at every call against ONNX Runtime running that sequence alone (its own tokens, no
-    padding, positions from 0; 1e-4 with f32 caches, 1e-2 with f16), the idle place's logits NaN, and the
+    padding, positions from 0; 1e-4 with f32 caches, 1e-2 with f16, `bound` when the reference rounds as the
+    caches do), the idle place's logits NaN, and the
     length after each reset the most tokens any sequence still holds (the padding dropped). `path` takes
     position_ids (position_ids_model): the session gives each token its count of earlier tokens."""
     name = os.path.basename(art)[:-5]
@@ -280,7 +283,7 @@ def check_continuous_batch(rt, path, art, rng, cache_dtype="f32"):
     sess.close()
     model.close()
     err = max(errs)
-    bound = 1e-4 if cache_dtype == "f32" else 1e-2
+    bound = bound or (1e-4 if cache_dtype == "f32" else 1e-2)
     check(f"{name}: sequences leave and join a running batch ({cache_dtype} caches)",
           err <= bound and idle and lengths == [6, 5, 7],
           f"{len(errs)} sequence-calls, logits max rel error {err:.2e} vs ONNX Runtime per sequence (bound "
@@ -349,33 +352,66 @@ def no_mask_model(path, out_path):
     onnx.save(m, out_path)
 
 
+def int8_rows(x, out, dim, opset):
+    """Nodes rounding x [B, H, S, dim] (f32) as a session's int8 cache stores it (kernels/cpu/moert_kernel_abi.h,
+    MOERT_KV_INT8_BLOCK), written independently of moert: per block of 32 dims (the last one shorter, zero
+    padded here, which leaves its max alone) q = Round(x * (127 / max|x|)) (ONNX's Round: half to even; 0 for a
+    block of zeros), back as q * (max|x| / 127)."""
+    nb, p = -(-dim // 32), x + "_i8"
+    c = lambda name, v: helper.make_node("Constant", [], [f"{p}_{name}"], value=numpy_helper.from_array(
+        np.array(v, dtype=np.int64 if isinstance(v, list) else np.float32), f"{p}_{name}"))
+    nodes = [c("pads", [0, 0, 0, 0, 0, 0, 0, nb * 32 - dim]), c("blocks", [0, 0, 0, nb, 32]),
+             c("rows", [0, 0, 0, nb * 32]), c("axis", [-1]), c("start", [0]), c("end", [dim]), c("qmax", 127.0),
+             c("zero", 0.0),
+             helper.make_node("Pad", [x, f"{p}_pads"], [f"{p}_padded"]),
+             helper.make_node("Reshape", [f"{p}_padded", f"{p}_blocks"], [f"{p}_x"]),
+             helper.make_node("Abs", [f"{p}_x"], [f"{p}_abs"]),
+             helper.make_node("ReduceMax", [f"{p}_abs", f"{p}_axis"], [f"{p}_amax"], keepdims=1),
+             helper.make_node("Greater", [f"{p}_amax", f"{p}_zero"], [f"{p}_live"]),
+             helper.make_node("Div", [f"{p}_qmax", f"{p}_amax"], [f"{p}_inv_any"]),
+             helper.make_node("Where", [f"{p}_live", f"{p}_inv_any", f"{p}_zero"], [f"{p}_inv"]),
+             helper.make_node("Mul", [f"{p}_x", f"{p}_inv"], [f"{p}_scaled"]),
+             helper.make_node("Round", [f"{p}_scaled"], [f"{p}_q"]),
+             helper.make_node("Div", [f"{p}_amax", f"{p}_qmax"], [f"{p}_scale"]),
+             helper.make_node("Mul", [f"{p}_q", f"{p}_scale"], [f"{p}_deq"]),
+             helper.make_node("Reshape", [f"{p}_deq", f"{p}_rows"], [f"{p}_flat"]),
+             helper.make_node("Slice", [f"{p}_flat", f"{p}_start", f"{p}_end", f"{p}_axis"], [out])]
+    assert opset >= 18, "ReduceMax with axes as an input"
+    return nodes
+
+
 def rounded_cache_model(path, out_path, dtype):
-    """The ONNX file with every new key/value rounded to `dtype` (Cast there and back) before it joins its
-    cache: ONNX Runtime's Cast rounds to nearest even, as a session appending to a bf16/f16 cache does, so this
-    model's logits are what a session with narrow caches must give (past and new keys alike are rounded)."""
-    from onnx import TensorProto, helper
+    """The ONNX file with every new key/value rounded to `dtype` before it joins its cache: bf16 / f16 by a Cast
+    there and back (ONNX Runtime's Cast rounds to nearest even, as a session appending to a bf16/f16 cache
+    does), int8 by int8_rows. This model's logits are what a session with narrow caches must give (past and new
+    keys alike are rounded)."""
     m = onnx.load(path)
     producer = {o: n for n in m.graph.node for o in n.output}
-    to = {"bf16": TensorProto.BFLOAT16, "f16": TensorProto.FLOAT16}[dtype]
-    casts = []
+    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in m.graph.output}
+    added = []
     for out in m.graph.output:
         if not out.name.startswith("present."):
             continue
         n = producer[out.name]
         assert n.op_type == "Concat" and n.input[0].startswith("past_key_values."), (out.name, n.op_type)
         narrow, back = n.input[1] + "_narrow", n.input[1] + "_rounded"
-        casts += [helper.make_node("Cast", [n.input[1]], [narrow], to=to),
-                  helper.make_node("Cast", [narrow], [back], to=TensorProto.FLOAT)]
+        if dtype == "int8":
+            added += int8_rows(n.input[1], back, dims[out.name][3], opset)
+        else:
+            to = {"bf16": TensorProto.BFLOAT16, "f16": TensorProto.FLOAT16}[dtype]
+            added += [helper.make_node("Cast", [n.input[1]], [narrow], to=to),
+                      helper.make_node("Cast", [narrow], [back], to=TensorProto.FLOAT)]
         n.input[1] = back
-    m.graph.node.extend(casts)
+    m.graph.node.extend(added)
     onnx.save(m, out_path)
 
 
 def check_narrow_caches(args, rt, path, art, tmp, rng):
-    """Sessions keeping bf16 / f16 caches: logits call by call and greedy tokens against ONNX Runtime on the
-    model with its new keys/values rounded the same way (rounded_cache_model), within 1e-4."""
+    """Sessions keeping bf16 / f16 / int8 caches: logits call by call and greedy tokens against ONNX Runtime on
+    the model with its new keys/values rounded the same way (rounded_cache_model), within 1e-4."""
     name = os.path.basename(path)[:-5]
-    for dtype in ("bf16", "f16"):
+    for dtype in ("bf16", "f16", "int8"):
         ref_path = os.path.join(tmp, f"{name}_{dtype}.onnx")
         rounded_cache_model(path, ref_path, dtype)
         prompt = rng.integers(0, 32, 250).tolist()
@@ -665,6 +701,10 @@ def main():
                                check=True, capture_output=True)
                 check_continuous_batch(rt, pos_path, pos_art, rng)
                 check_continuous_batch(rt, pos_path, pos_art, rng, cache_dtype="f16")
+                # int8 rows (codes and scales) move whole: against ONNX Runtime on the int8-rounded model.
+                rounded_pos = os.path.join(tmp, "past_qwen3_moe_positions_int8.onnx")
+                rounded_cache_model(pos_path, rounded_pos, "int8")
+                check_continuous_batch(rt, rounded_pos, pos_art, rng, cache_dtype="int8", bound=1e-4)
                 plain_pos = os.path.join(tmp, "past_qwen3_moe_positions_plain.moex")
                 subprocess.run([args.moec, "compile", pos_path, "-o", plain_pos, f"--cpu={args.cpu}", "--quiet",
                                 "--no-fusion"], check=True, capture_output=True)
@@ -759,7 +799,7 @@ def main():
                "a sequence of padding only": (np.zeros((2, 3), np.int64),
                                               ["--attention-mask", os.path.join(tmp, "mask_empty.npy")], "padding"),
                "float ids": (np.zeros(3, np.float32), [], "int64 or int32"),
-               "an unknown cache dtype": (np.arange(3, dtype=np.int64), ["--kv-cache", "int8"], "--kv-cache")}
+               "an unknown cache dtype": (np.arange(3, dtype=np.int64), ["--kv-cache", "int4"], "--kv-cache")}
         for what, (ids, extra, needle) in bad.items():
             p = os.path.join(tmp, "bad.npy")
             np.save(p, ids)

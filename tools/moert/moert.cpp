@@ -6,7 +6,7 @@
 //   moert verify MODEL.moex [--public-key KEY.pub.pem [--signature SIG]]
 //   moert generate MODEL.moex --prompt-ids ids.npy [--attention-mask mask.npy] [--max-new-tokens N]
 //                  [--greedy | --temperature T --top-k K --top-p P --seed S] [--eos-id ID] [--max-context N]
-//                  [--kv-cache f32|bf16|f16] [--threads N] [--profile F] [--output ids.npy]
+//                  [--kv-cache f32|bf16|f16|int8] [--threads N] [--profile F] [--output ids.npy]
 //   moert generate MODEL.moex --prompt TEXT [--prompt TEXT ...] [--tokenizer tokenizer.json] [options as
 //   above] moert tokenize MODEL.moex|tokenizer.json --text TEXT | --file F | --ids "1 2 3" | --jsonl F
 //   [--no-special]
@@ -110,7 +110,8 @@ const char *kUsage =
     "  --eos-id ID             stop after generating ID\n"
     "  --max-context N         positions the KV caches hold (default 4096)\n"
     "  --kv-cache T            how the KV caches are stored: f32 (default), bf16 or f16 (half the bytes\n"
-    "                          read per token; keys and values rounded to nearest even as appended)\n"
+    "                          read per token; keys and values rounded to nearest even as appended), int8\n"
+    "                          (0.28x the bytes at head dim 128: int8 codes, an f32 scale per 32 values)\n"
     "  --profile FILE.json     write a Chrome trace of the last call's steps (the last decode step)\n"
     "  --output IDS.npy        also write the generated ids (int64) there ([B, new] for a batch; a sequence\n"
     "                          that stopped at --eos-id early is padded with that id)\n"
@@ -812,8 +813,10 @@ int generate(int argc, char **argv) {
         cacheDtype = MOERT_BF16;
       else if (t == "f16" || t == "fp16")
         cacheDtype = MOERT_F16;
+      else if (t == "int8" || t == "i8")
+        cacheDtype = MOERT_I8;
       else
-        return fail("--kv-cache " + t + ": expected f32, bf16 or f16");
+        return fail("--kv-cache " + t + ": expected f32, bf16, f16 or int8");
     } else if (a == "--device") {
       if (!(v = value()))
         return 1;

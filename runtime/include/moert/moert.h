@@ -232,8 +232,10 @@ typedef struct moert_session_options {
   int profile;         /* nonzero: keep a Chrome trace of each call's steps (moert_session_profile_json) */
   moert_dtype cache_dtype; /* how the KV caches are stored: MOERT_F32 (default; also 0), MOERT_BF16 or
                               MOERT_F16 (half the bytes to read per token; keys and values rounded to
-                              nearest even as they are appended; needs a model whose caches are appended
-                              in place, `moert inspect`) */
+                              nearest even as they are appended), MOERT_I8 (int8 codes with an f32 scale per
+                              32 values: 0.28x the bytes of f32 at head dim 128; each block rounded as
+                              round-half-even(x * 127 / max|x|)); narrow caches need a model whose caches are
+                              appended in place, `moert inspect` */
   int64_t batch;           /* sequences held side by side (0 = 1); more than one: moert_session_append_batch,
                               moert_generate_batch */
 } moert_session_options;
