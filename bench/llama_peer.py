@@ -14,7 +14,10 @@ Equal bits: moec int8/int4 store one f16 scale per 32 weights (8.5 / 4.5 bits a 
 Q4_0 do; the layouts differ (moec's panels and rows, ggml's blocks). With int8 activations (`+a8`) both multiply
 integers on activations rounded per block of 32; without them moec multiplies the codes by f32 activations.
 
-    python3 bench/llama_peer.py [--threads N] [--types f32,bf16,q8_0,q4_0]
+    python3 bench/llama_peer.py [--threads N] [--types f32,bf16,q8_0,q4_0] [--kv-cache f16,q8_0]
+
+With --kv-cache q8_0 (whole_model.py asks for it next to moec's `--kv-cache int8` rows) llama.cpp also decodes
+with its KV cache in Q8_0 (32 values and an f16 scale a block; moec's int8 cache keeps an f32 scale per 32).
 """
 import argparse
 import json
@@ -85,10 +88,13 @@ def write_gguf(path, qtype):
     w.close()
 
 
-def time_llama(path, threads, repeat):
+def time_llama(path, threads, repeat, kv="f16"):
+    """Times llama.cpp on `path`: out[(step, T, past)] = (best ms, median ms). kv "q8_0": its KV cache in Q8_0
+    (keys and values; flash attention on, which a quantised V cache needs), decode rows only."""
     from llama_cpp import Llama
+    quantised = dict(type_k=llama_cpp_q8_0(), type_v=llama_cpp_q8_0(), flash_attn=True) if kv == "q8_0" else {}
     llm = Llama(model_path=path, n_ctx=4224, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads,
-                logits_all=True, verbose=False)
+                logits_all=True, verbose=False, **quantised)
     rng = np.random.default_rng(0)
     out = {}
 
@@ -105,9 +111,11 @@ def time_llama(path, threads, repeat):
                 times.append((time.perf_counter() - t0) * 1e3)
             out[(kind, t, 0)] = (min(times[1:]), statistics.median(times[1:]))
 
-    prompts("prefill")  # every token's logits (logits_all, as the ONNX model computes)
+    if kv == "f16":
+        prompts("prefill")  # every token's logits (logits_all, as the ONNX model computes)
     llm._logits_all = False  # the prompt rows: the last token's logits only (llama.cpp's default)
-    prompts("prompt")
+    if kv == "f16":
+        prompts("prompt")
     for past in (128, 1024, 4096):
         times = []
         llm.reset()
@@ -122,8 +130,14 @@ def time_llama(path, threads, repeat):
     return out
 
 
-def run(threads, types, repeat=5):
-    """{(moec storage, step, T, past): (best ms, median ms, llama.cpp type)}; empty when llama.cpp is missing."""
+def llama_cpp_q8_0():
+    import llama_cpp
+    return llama_cpp.GGML_TYPE_Q8_0
+
+
+def run(threads, types, repeat=5, kv_caches=("f16",)):
+    """{(moec storage, step, T, past, llama.cpp KV cache type): (best ms, median ms, llama.cpp type)}; empty when
+    llama.cpp is missing. kv_caches: "f16" (llama.cpp's default: every row) and / or "q8_0" (decode rows)."""
     try:
         import gguf  # noqa: F401
         import llama_cpp  # noqa: F401
@@ -141,10 +155,11 @@ def run(threads, types, repeat=5):
             write_gguf(path + ".tmp", qt)
             os.replace(path + ".tmp", path)
             print(f"   wrote {os.path.basename(path)} in {time.time() - t0:.0f} s", flush=True)
-        for (step, t, past), (best, med) in time_llama(path, threads, repeat).items():
-            res[(PAIRS[qt], step, t, past)] = (best, med, qt)
-            print(f"   llama.cpp {qt:5s} {step:7s} T={t:3d} past={past:4d}: {best:8.2f} ms (median {med:.2f})",
-                  flush=True)
+        for kv in kv_caches:
+            for (step, t, past), (best, med) in time_llama(path, threads, repeat, kv).items():
+                res[(PAIRS[qt], step, t, past, kv)] = (best, med, qt)
+                print(f"   llama.cpp {qt:5s} {kv} cache {step:7s} T={t:3d} past={past:4d}: {best:8.2f} ms (median "
+                      f"{med:.2f})", flush=True)
     return res
 
 
@@ -153,8 +168,9 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--types", default="f32,bf16,q8_0,q4_0")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--kv-cache", default="f16", help="llama.cpp KV cache types: f16 (its default), q8_0 (decode)")
     args = ap.parse_args()
-    run(args.threads, args.types.split(","), args.repeat)
+    run(args.threads, args.types.split(","), args.repeat, args.kv_cache.split(","))
 
 
 if __name__ == "__main__":

@@ -23,10 +23,12 @@ dispatches (linear, MoE, attention) vs op steps, from a profile of one call (the
 `moert run --profile` trace for prefill).
 
 llama.cpp runs the same weights (bench/llama_peer.py: GGUF F32 / BF16 / Q8_0 / Q4_0 next to moec's fp32 / bf16 /
-int8 / int4, its KV cache in f16, llama.cpp's default: compare with moec's `--kv-cache f16` rows) when
-llama-cpp-python and gguf are installed.
+int8 / int4, its KV cache in f16, llama.cpp's default: compare with moec's `--kv-cache f16` rows; moec's
+`--kv-cache int8` decode rows are set next to llama.cpp with its KV cache in Q8_0) when llama-cpp-python and gguf
+are installed.
 
-    python3 bench/whole_model.py [--build build] [--threads N] [--weights fp32,bf16,int8,int4] [--kv-cache f32,bf16]
+    python3 bench/whole_model.py [--build build] [--threads N] [--weights fp32,bf16,int8,int4]
+                                 [--kv-cache f32,bf16,f16,int8]
                                  [--batch 1,4] [--no-llama] [--no-ort] [--baseline BUILD] [--json FILE]
     (also run by bench/run.py: `make bench`, or `--only whole`)
 """
@@ -45,8 +47,19 @@ ROOT = os.path.dirname(HERE)
 CACHE = os.path.join(HERE, ".cache")
 sys.path.insert(0, os.path.join(ROOT, "runtime", "python"))
 
-KV_BYTES = {"f32": 4, "bf16": 2, "f16": 2}  # bytes per cached key/value element, per session cache_dtype
 CFG = dict(hidden=2048, heads=32, kv_heads=4, head_dim=128, experts=32, top_k=4, ffn=768, vocab=32000, layers=2)
+
+
+def _int8_row_bytes(dim):
+    """Bytes of a cached key/value row in an int8 cache: moert_kv_int8_row_bytes in moert_kernel_abi.h (codes
+    padded to 4 bytes, one f32 scale per MOERT_KV_INT8_BLOCK dims)."""
+    from run import _abi_define
+    block = _abi_define("MOERT_KV_INT8_BLOCK")
+    return -(-dim // 4) * 4 + 4 * -(-dim // block)
+
+
+# Bytes per cached key/value element, per session cache_dtype.
+KV_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "int8": _int8_row_bytes(CFG["head_dim"]) / CFG["head_dim"]}
 
 
 def export(path, hf_dir):
@@ -262,12 +275,16 @@ def add_baseline(rows, build, args):
 
 
 def add_peer(rows, peer):
-    """Adds llama.cpp's times (bench/llama_peer.py: {(storage, step, T): (best, median, type)}) to the rows."""
+    """Adds llama.cpp's times (bench/llama_peer.py: {(storage, step, T, past, KV type): (best, median, type)}) to
+    the rows: moec's int8-cache rows next to llama.cpp's Q8_0 cache, every other row next to its f16 cache (its
+    default, whatever moec's row keeps)."""
     from run import variant_storage
     for r in rows:
-        hit = peer.get((variant_storage(r["storage"]), r["kind"], r["tokens"], r["past"]))
-        if hit and r.get("batch", 1) == 1:  # llama.cpp runs one sequence  # llama.cpp keeps its KV cache in f16 (its default) whatever moec's row uses
-            r["llama_ms"], r["llama_median_ms"], r["llama_type"] = round(hit[0], 2), round(hit[1], 2), hit[2]
+        kv = "q8_0" if r.get("kv_cache") == "int8" else "f16"
+        hit = peer.get((variant_storage(r["storage"]), r["kind"], r["tokens"], r["past"], kv))
+        if hit and r.get("batch", 1) == 1:  # llama.cpp runs one sequence
+            r["llama_ms"], r["llama_median_ms"] = round(hit[0], 2), round(hit[1], 2)
+            r["llama_type"] = hit[2] + (", q8_0 cache" if kv == "q8_0" else "")
             r["vs_llama"] = round(hit[0] / r["moec_ms"], 2)
 
 
@@ -307,7 +324,7 @@ def main():
                     "before the main run): the table gets its times and the speed-up over it")
     ap.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     ap.add_argument("--kv-cache", default="f32", help="KV cache storages to decode with (sessions' cache_dtype): "
-                    "e.g. f32,bf16")
+                    "e.g. f32,bf16,f16,int8")
     ap.add_argument("--batch", default="1", help="sequences per decode session (e.g. 1,4): rows per batch, "
                     "tokens/s counting every sequence's token (ONNX Runtime and llama.cpp at batch 1 only)")
     args = ap.parse_args()
@@ -324,7 +341,8 @@ def main():
     if not args.no_llama:
         import llama_peer
         types = [t for t, s in llama_peer.PAIRS.items() if s in map(variant_storage, args.weights.split(","))]
-        add_peer(rows, llama_peer.run(args.threads, types, args.repeat))
+        kv = ["f16"] + (["q8_0"] if "int8" in args.kv_cache.split(",") else [])
+        add_peer(rows, llama_peer.run(args.threads, types, args.repeat, kv))
     if args.json:
         json.dump(rows, open(args.json, "w"), indent=1)
     print("\n" + table(rows))

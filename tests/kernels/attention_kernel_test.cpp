@@ -1,0 +1,342 @@
+//===- attention_kernel_test.cpp - the attention kernel against a plain reference ------===//
+//
+// The ggml way of testing kernels: kernels/cpu/attention.h for every KV storage a session keeps (f32, bf16,
+// f16 elements; int8 rows with a scale per 32 dims, moert_kernel_abi.h) x its paths: fewer than 4 rows per
+// item (dot products) and more (keys transposed, with head dims that are and are not a multiple of the vector
+// width), value dims with a tail, decode with the keys split into chunks and merged, prefill over several key
+// blocks with causal blocks skipped, padding masks, attention sinks, softcapping, int8 rows of one, several
+// and a partial block - each run on keys/values stored in the cache's layout (rows `capacity` positions apart
+// per head, as a session's buffer), against a double-precision attention over the values the storage holds
+// (decoded here from the layout the ABI header describes, independently of the kernel's reader). Built twice:
+// 8-lane and 16-lane vectors.
+//
+//   attention_kernel_test          test mode: exit 0 when every case is within tolerance
+//   attention_kernel_test --perf   perf mode: a decode step per storage, 32 query / 4 KV heads of 128, over
+//                                  1024 and 4096 cached positions (all threads): ms and GB/s of cache read
+//
+// Tolerance: |kernel - reference| <= 2e-5 * max |v| + 1e-6 per output (an output is a convex combination of
+// value rows: f32 scores and sums against double).
+//
+//===----------------------------------------------------------------------===//
+#include "kernels/cpu/attention.h"
+#include "tests/kernels/kernel_exec.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace kernel_exec;
+
+namespace {
+
+enum Storage { F32, BF16, F16, INT8 };
+const char *storageName(Storage s) {
+  return s == F32 ? "f32" : s == BF16 ? "bf16" : s == F16 ? "f16" : "int8";
+}
+int32_t abiStorage(Storage s) {
+  return s == F32    ? MOERT_STORAGE_F32
+         : s == BF16 ? MOERT_STORAGE_BF16
+         : s == F16  ? MOERT_STORAGE_F16
+                     : MOERT_STORAGE_INT8;
+}
+
+template <int64_t HQ_, int64_t HKV_, int64_t DK_, int64_t DV_, bool CAP_ = false> struct Cfg {
+  static constexpr int64_t HQ = HQ_, HKV = HKV_, DK = DK_, DV = DV_;
+  static constexpr float SCALE = 0.3f;
+  static constexpr bool NAN_ZERO = CAP_;
+  static constexpr float SOFTCAP = CAP_ ? 0.5f : 0.0f;
+};
+
+/// Rows of D values in a storage, `cap` positions per (batch, head): what a session's cache holds.
+struct Cache {
+  Storage storage;
+  int64_t D, rowBytes;
+  std::vector<char> bytes;
+  Cache(Storage s, int64_t D, int64_t rows) : storage(s), D(D) {
+    // The int8 row as moert_kernel_abi.h states it: D codes padded to 4 bytes, then one f32 per 32 dims.
+    rowBytes = s == F32 ? 4 * D : s == INT8 ? (D + 3) / 4 * 4 + 4 * ((D + 31) / 32) : 2 * D;
+    bytes.assign(size_t(rows * rowBytes), 0);
+  }
+  int64_t strideElems() const { return storage == F32 ? D : storage == INT8 ? rowBytes : D; }
+  void put(int64_t row, const float *x) {
+    char *p = bytes.data() + row * rowBytes;
+    switch (storage) {
+    case F32:
+      std::memcpy(p, x, 4 * D);
+      break;
+    case BF16:
+      for (int64_t d = 0; d < D; ++d) { // round to nearest even
+        uint32_t w;
+        std::memcpy(&w, x + d, 4);
+        const uint16_t h = uint16_t((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
+        std::memcpy(p + 2 * d, &h, 2);
+      }
+      break;
+    case F16:
+      for (int64_t d = 0; d < D; ++d) {
+        const _Float16 h = _Float16(x[d]);
+        std::memcpy(p + 2 * d, &h, 2);
+      }
+      break;
+    case INT8:
+      moert_cpu::encodeKvInt8Row(x, D, p);
+      break;
+    }
+  }
+  /// The value the storage holds for dim d of row `row`, decoded from the bytes.
+  double get(int64_t row, int64_t d) const {
+    const char *p = bytes.data() + row * rowBytes;
+    switch (storage) {
+    case F32: {
+      float f;
+      std::memcpy(&f, p + 4 * d, 4);
+      return f;
+    }
+    case BF16: {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * d, 2);
+      const uint32_t w = uint32_t(h) << 16;
+      float f;
+      std::memcpy(&f, &w, 4);
+      return f;
+    }
+    case F16: {
+      _Float16 h;
+      std::memcpy(&h, p + 2 * d, 2);
+      return double(h);
+    }
+    case INT8: {
+      float s;
+      std::memcpy(&s, p + (D + 3) / 4 * 4 + 4 * (d / 32), 4);
+      return double(int8_t(p[d])) * s;
+    }
+    }
+    return 0;
+  }
+};
+
+int failures = 0, cases = 0;
+
+enum Mask { NONE, CAUSAL, PADDING };
+const char *maskName(Mask m) { return m == NONE ? "no mask" : m == CAUSAL ? "causal" : "padding"; }
+
+template <class C>
+void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool sinks, std::mt19937 &rng) {
+  using A = moert_cpu::Attention<C>;
+  constexpr int64_t HQ = C::HQ, HKV = C::HKV, DK = C::DK, DV = C::DV, G = HQ / HKV;
+  const int64_t cap = T + 5; // rows a head apart, as a session's buffer with room for more
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> q(B * HQ * S * DK), row(std::max(DK, DV));
+  for (float &v : q)
+    v = g(rng);
+  Cache k(storage, DK, B * HKV * cap), v(storage, DV, B * HKV * cap);
+  for (int64_t r = 0; r < B * HKV * cap; ++r) {
+    for (int64_t d = 0; d < DK; ++d) // rows of different magnitudes, some with zero blocks
+      row[d] = (r % 7 == 3 && d < 32) ? 0.0f : g(rng) * (1.0f + float(r % 5));
+    k.put(r, row.data());
+    for (int64_t d = 0; d < DV; ++d)
+      row[d] = g(rng) * (1.0f + float(r % 3));
+    v.put(r, row.data());
+  }
+  // Masks [B][1][S][T]: causal over the last S positions (finite minimum above the diagonal), or padding:
+  // sequence b's first 3b + 1 keys -inf.
+  std::vector<float> mask;
+  if (maskKind != NONE) {
+    mask.assign(B * S * T, 0.0f);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t t = 0; t < T; ++t)
+          if (maskKind == CAUSAL ? t > T - S + s : t < 3 * b + 1)
+            mask[(b * S + s) * T + t] = maskKind == CAUSAL ? std::numeric_limits<float>::lowest()
+                                                           : -std::numeric_limits<float>::infinity();
+  }
+  std::vector<float> sink(HQ);
+  for (float &x : sink)
+    x = 2.0f * g(rng);
+
+  for (int threads : {1, 4}) {
+    moert_exec ex{&reverseFor, nullptr, threads};
+    std::vector<float> out(B * HQ * S * DV, -7.0f);
+    std::vector<char> scratch(A::scratch(B, S, T, threads) + 64);
+    moert_attention_args a{};
+    a.batch = B, a.q_len = S, a.kv_len = T;
+    a.query = q.data();
+    a.key = k.bytes.data(), a.value = v.bytes.data();
+    a.kv_storage = abiStorage(storage);
+    a.q_strides[2] = DK, a.q_strides[1] = S * DK, a.q_strides[0] = HQ * S * DK;
+    a.k_strides[2] = k.strideElems(), a.k_strides[1] = cap * a.k_strides[2],
+    a.k_strides[0] = HKV * a.k_strides[1];
+    a.v_strides[2] = v.strideElems(), a.v_strides[1] = cap * a.v_strides[2],
+    a.v_strides[0] = HKV * a.v_strides[1];
+    a.out_strides[2] = DV, a.out_strides[1] = S * DV, a.out_strides[0] = HQ * S * DV;
+    if (!mask.empty()) {
+      a.mask = mask.data();
+      a.mask_strides[0] = S * T, a.mask_strides[1] = 0, a.mask_strides[2] = T, a.mask_strides[3] = 1;
+    }
+    a.sinks = sinks ? sink.data() : nullptr;
+    a.output = out.data();
+    a.scratch = scratch.data();
+    a.exec = &ex;
+    const int rc = A::run(&a);
+    double worst = 0.0; // the largest error / tolerance
+    int64_t bad = 0;
+    std::vector<double> sc(T), acc(DV);
+    for (int64_t b = 0; b < B && rc == 0; ++b)
+      for (int64_t h = 0; h < HQ; ++h)
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t base = (b * HKV + h / G) * cap;
+          double mx = sinks ? double(sink[h]) : -INFINITY, vmax = 0.0;
+          for (int64_t t = 0; t < T; ++t) {
+            double dot = 0.0;
+            for (int64_t d = 0; d < DK; ++d)
+              dot += double(q[((b * HQ + h) * S + s) * DK + d]) * k.get(base + t, d);
+            dot *= C::SCALE;
+            if (C::SOFTCAP > 0.0f)
+              dot = C::SOFTCAP * std::tanh(dot / C::SOFTCAP);
+            sc[t] = dot + (mask.empty() ? 0.0 : double(mask[(b * S + s) * T + t]));
+            mx = std::max(mx, sc[t]);
+          }
+          double l = sinks ? std::exp(double(sink[h]) - mx) : 0.0;
+          std::fill(acc.begin(), acc.end(), 0.0);
+          for (int64_t t = 0; t < T; ++t) {
+            const double p = std::exp(sc[t] - mx);
+            l += p;
+            for (int64_t d = 0; d < DV; ++d) {
+              acc[d] += p * v.get(base + t, d);
+              vmax = std::max(vmax, std::fabs(v.get(base + t, d)));
+            }
+          }
+          const double tol = 2e-5 * vmax + 1e-6;
+          for (int64_t d = 0; d < DV; ++d) {
+            const double want = acc[d] / l, got = out[((b * HQ + h) * S + s) * DV + d];
+            const double err = std::fabs(got - want);
+            if (!(err <= tol))
+              ++bad;
+            worst = std::max(worst, err / tol);
+          }
+        }
+    ++cases;
+    const bool ok = rc == 0 && bad == 0;
+    std::printf(
+        "%s %-4s HQ=%lld HKV=%lld DK=%lld DV=%lld B=%lld S=%lld T=%lld %s%s%s threads=%d: %s\n",
+        ok ? "ok  " : "FAIL", storageName(storage), (long long)HQ, (long long)HKV, (long long)DK,
+        (long long)DV, (long long)B, (long long)S, (long long)T, maskName(maskKind), sinks ? " sinks" : "",
+        C::SOFTCAP > 0.0f ? " softcap" : "", threads,
+        rc ? ("kernel returned " + std::to_string(rc)).c_str()
+           : (std::to_string(bad) + " outputs off; worst error " + std::to_string(worst) + " x the bound")
+                 .c_str());
+    failures += !ok;
+  }
+}
+
+template <class C> void checkAll(int64_t B, int64_t S, int64_t T, Mask m, bool sinks, std::mt19937 &rng) {
+  for (Storage s : {F32, BF16, F16, INT8})
+    check<C>(s, B, S, T, m, sinks, rng);
+}
+
+/// Every int8 code times its block's scale is within half a scale of the value encoded, and the scale is the
+/// block's max |x| / 127 (the rounding the ABI states), for a row with a partial last block.
+void checkEncoding(std::mt19937 &rng) {
+  constexpr int64_t D = 70;
+  std::normal_distribution<float> g(0.0f, 3.0f);
+  std::vector<float> x(D);
+  for (float &f : x)
+    f = g(rng);
+  for (int64_t d = 32; d < 64; ++d)
+    x[d] = 0.0f; // a block of zeros: codes and scale 0
+  Cache c(INT8, D, 1);
+  c.put(0, x.data());
+  int64_t bad = 0;
+  for (int64_t b = 0; b * 32 < D; ++b) {
+    float amax = 0.0f, s;
+    for (int64_t d = b * 32; d < std::min<int64_t>(D, b * 32 + 32); ++d)
+      amax = std::max(amax, std::fabs(x[d]));
+    std::memcpy(&s, c.bytes.data() + (D + 3) / 4 * 4 + 4 * b, 4);
+    bad += s != amax / 127.0f;
+    for (int64_t d = b * 32; d < std::min<int64_t>(D, b * 32 + 32); ++d)
+      bad += !(std::fabs(c.get(0, d) - x[d]) <= 0.5 * s * (1 + 1e-6));
+  }
+  ++cases;
+  failures += bad != 0;
+  std::printf("%s int8 row encoding (D=%lld, a block of zeros, a partial block): %lld values off\n",
+              bad ? "FAIL" : "ok  ", (long long)D, (long long)bad);
+}
+
+template <class C> void perf(Storage storage, int64_t T, Pool &pool, int threads) {
+  using A = moert_cpu::Attention<C>;
+  constexpr int64_t HQ = C::HQ, HKV = C::HKV, DK = C::DK, DV = C::DV;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> q(HQ * DK), out(HQ * DV), row(DK);
+  for (float &x : q)
+    x = g(rng);
+  Cache k(storage, DK, HKV * T), v(storage, DV, HKV * T);
+  for (int64_t r = 0; r < HKV * T; ++r) {
+    for (float &x : row)
+      x = g(rng);
+    k.put(r, row.data());
+    v.put(r, row.data());
+  }
+  moert_exec ex{&Pool::run, &pool, threads};
+  std::vector<char> scratch(A::scratch(1, 1, T, threads) + 64);
+  moert_attention_args a{};
+  a.batch = 1, a.q_len = 1, a.kv_len = T, a.query = q.data(), a.output = out.data();
+  a.key = k.bytes.data(), a.value = v.bytes.data(), a.kv_storage = abiStorage(storage);
+  a.q_strides[2] = DK, a.q_strides[1] = DK, a.q_strides[0] = HQ * DK;
+  a.k_strides[2] = k.strideElems(), a.k_strides[1] = T * a.k_strides[2],
+  a.k_strides[0] = HKV * a.k_strides[1];
+  a.v_strides[2] = v.strideElems(), a.v_strides[1] = T * a.v_strides[2],
+  a.v_strides[0] = HKV * a.v_strides[1];
+  a.out_strides[2] = DV, a.out_strides[1] = DV, a.out_strides[0] = HQ * DV;
+  a.scratch = scratch.data(), a.exec = &ex;
+  std::vector<double> ms;
+  for (int i = 0; i < 30; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    A::run(&a);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  const double bytes = double(k.bytes.size() + v.bytes.size());
+  std::printf("perf %-4s HQ=%lld HKV=%lld D=%lld T=%-5lld %7.3f ms best %7.3f median  %6.1f GB/s of cache  "
+              "%5.2f MB\n",
+              storageName(storage), (long long)HQ, (long long)HKV, (long long)DK, (long long)T, ms[0],
+              ms[ms.size() / 2], bytes / ms[0] / 1e6, bytes / 1e6);
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  if (argc > 1 && std::string(argv[1]) == "--perf") {
+    const int threads = std::max(1u, std::thread::hardware_concurrency());
+    Pool pool(threads);
+    std::printf("perf mode: %d threads, %d-lane vectors\n", threads, moert_cpu::VW);
+    for (int64_t T : {1024, 4096})
+      for (Storage s : {F32, BF16, F16, INT8})
+        perf<Cfg<32, 4, 128, 128>>(s, T, pool, threads);
+    return 0;
+  }
+  std::mt19937 rng(5);
+  checkEncoding(rng);
+  using Gqa = Cfg<8, 2, 128, 128>;              // 4 query heads a key/value head: 4 rows a position
+  checkAll<Gqa>(1, 1, 300, NONE, false, rng);   // decode: keys split in chunks, merged
+  checkAll<Gqa>(2, 1, 130, PADDING, true, rng); // padding blocks, sinks
+  checkAll<Gqa>(2, 70, 70, CAUSAL, false, rng); // prefill: causal blocks skipped
+  checkAll<Gqa>(1, 3, 200, CAUSAL, true, rng);  // new positions after a past
+  using Mha = Cfg<4, 4, 80, 40>;                // one row a position: dot products; int8 blocks 32 + 32 + 16
+  checkAll<Mha>(2, 1, 100, PADDING, false, rng);
+  checkAll<Mha>(1, 9, 100, CAUSAL, false, rng);
+  using Odd = Cfg<6, 2, 20, 6>; // 3 rows a position, head dims not a multiple of the vector width
+  checkAll<Odd>(1, 1, 40, NONE, false, rng);
+  checkAll<Odd>(2, 5, 40, CAUSAL, true, rng);
+  using Cap = Cfg<16, 2, 64, 64, true>; // softcap, rows of 8 heads
+  checkAll<Cap>(1, 1, 1000, NONE, true, rng);
+  checkAll<Cap>(1, 20, 90, CAUSAL, false, rng);
+  std::printf("%d of %d cases passed\n", cases - failures, cases);
+  return failures ? 1 : 0;
+}
