@@ -101,8 +101,9 @@ struct Known {
 };
 
 /// Evaluates `v` when it is a constant or computed from constants and static dims by shape arithmetic
-/// (Shape, Gather / Slice of a 1-D value, Cast, reshapes, comparisons, logic, Add / Sub / Mul), with at most
-/// 64 elements anywhere; nullopt otherwise. Lets an If whose condition only depends on shapes fold.
+/// (Shape, Gather / Slice of a 1-D value, Range, Cast, reshapes, comparisons, logic, Add / Sub / Mul), with
+/// at most 64 elements in a constant and 4096 in a Range; nullopt otherwise. Lets an If whose condition only
+/// depends on shapes fold, and tells a ScatterND's indices (FoldSliceScatter).
 std::optional<Known> evaluate(Value v, int depth = 0) {
   constexpr int64_t kMaxElements = 64;
   auto type = dyn_cast<RankedTensorType>(v.getType());
@@ -149,9 +150,19 @@ std::optional<Known> evaluate(Value v, int depth = 0) {
   // Ops that keep the values and give them the result's (static) shape.
   if (isa<IdentityOp, ReshapeOp, SqueezeOp, UnsqueezeOp, CastOp>(def)) {
     auto in = arg(0);
-    if (!in || !type.hasStaticShape())
+    if (!in || type.getNumDynamicDims() > 1)
       return std::nullopt;
     out.shape.assign(type.getShape().begin(), type.getShape().end());
+    if (type.getNumDynamicDims() == 1) { // the one dim the element count leaves
+      int64_t rest = 1;
+      for (int64_t d : out.shape)
+        rest *= ShapedType::isDynamic(d) ? 1 : d;
+      if (rest == 0 || in->values.size() % size_t(rest) != 0)
+        return std::nullopt;
+      for (int64_t &d : out.shape)
+        if (ShapedType::isDynamic(d))
+          d = int64_t(in->values.size()) / rest;
+    }
     out.values = in->values;
     Type e = type.getElementType();
     for (double &x : out.values)
@@ -159,6 +170,22 @@ std::optional<Known> evaluate(Value v, int depth = 0) {
     return out;
   }
   if (auto g = dyn_cast<GatherOp>(def)) {
+    // Dims of a Shape: known when the dims picked are static, whatever the others are.
+    auto shape = g.getData().getDefiningOp<ShapeOp>();
+    auto in = shape ? dyn_cast<RankedTensorType>(shape.getData().getType()) : RankedTensorType();
+    if (in && !shape.getEnd() && int64_t(shape.getStart()) == 0 && int64_t(g.getAxis()) == 0) {
+      auto idx = arg(1);
+      if (!idx)
+        return std::nullopt;
+      for (double i : idx->values) {
+        const int64_t k = int64_t(i) < 0 ? int64_t(i) + in.getRank() : int64_t(i);
+        if (k < 0 || k >= in.getRank() || in.isDynamicDim(k))
+          return std::nullopt;
+        out.values.push_back(double(in.getDimSize(k)));
+      }
+      out.shape = idx->shape;
+      return out;
+    }
     auto data = arg(0), idx = arg(1);
     if (!data || !idx || data->shape.size() != 1 || (int64_t(g.getAxis()) != 0 && int64_t(g.getAxis()) != -1))
       return std::nullopt;
@@ -192,6 +219,20 @@ std::optional<Known> evaluate(Value v, int depth = 0) {
     for (int64_t k = b; step > 0 ? k < e : k > e; k += step)
       out.values.push_back(data->values[k]);
     out.shape = {int64_t(out.values.size())};
+    return out;
+  }
+  if (isa<RangeOp>(def)) {
+    auto start = arg(0), limit = arg(1), delta = arg(2);
+    if (!start || !limit || !delta || start->values.size() != 1 || limit->values.size() != 1 ||
+        delta->values.size() != 1 || delta->values[0] == 0)
+      return std::nullopt;
+    const double a = start->values[0], d = delta->values[0];
+    const double n = std::max(0.0, std::ceil((limit->values[0] - a) / d));
+    if (n > 4096)
+      return std::nullopt;
+    for (int64_t i = 0; i < int64_t(n); ++i)
+      out.values.push_back(a + double(i) * d);
+    out.shape = {int64_t(n)};
     return out;
   }
   if (isa<NotOp>(def)) {
@@ -267,10 +308,92 @@ struct FoldConstantIf : OpRewritePattern<IfOp> {
     return success();
   }
 };
+/// PyTorch's `slice_scatter` into a new tensor, as the dynamo exporter writes it (DeepSeek's attention builds
+/// its keys so: `k = zeros(...); k[..., :nope] = k_nope; k[..., nope:] = k_pe`): per write
+/// `Transpose_p'(ScatterND(Transpose_p(D), [[lo], ..., [hi - 1]], Transpose_p(U)))`, p moving the written
+/// axis a = p[0] to the front and p' undoing it, from a `ConstantOfShape` through earlier writes. When the
+/// writes' index ranges (known at compile time) tile axis a of a static size exactly, the result is the
+/// Concat of the written values along a, whatever the constant was: one op instead of about six per write.
+struct FoldSliceScatter : OpRewritePattern<TransposeOp> {
+  using OpRewritePattern::OpRewritePattern;
+  struct Write {
+    int64_t lo, hi;
+    Value value;
+  };
+  /// The write `out` is (the Transpose after a ScatterND), or nullopt; `base` receives the data written into.
+  static std::optional<Write> write(TransposeOp out, int64_t &axis, Value &base) {
+    auto scatter = out.getData().getDefiningOp<ScatterNDOp>();
+    if (!scatter || scatter.getReduction() != "none" || !out.getPerm())
+      return std::nullopt;
+    auto data = scatter.getData().getDefiningOp<TransposeOp>();
+    auto upd = scatter.getUpdates().getDefiningOp<TransposeOp>();
+    if (!data || !upd || !data.getPerm() || !upd.getPerm() || data.getPerm() != upd.getPerm())
+      return std::nullopt;
+    SmallVector<int64_t> p, q;
+    const ArrayAttr pa = *data.getPerm(), qa = *out.getPerm();
+    for (Attribute a : pa)
+      p.push_back(cast<IntegerAttr>(a).getInt());
+    for (Attribute a : qa)
+      q.push_back(cast<IntegerAttr>(a).getInt());
+    if (p.size() != q.size() || p.empty())
+      return std::nullopt;
+    for (size_t i = 0; i < p.size(); ++i) // q undoes p
+      if (p[i] < 0 || p[i] >= int64_t(p.size()) || q[p[i]] != int64_t(i))
+        return std::nullopt;
+    std::optional<Known> idx = evaluate(scatter.getIndices());
+    if (!idx || idx->shape.size() != 2 || idx->shape[1] != 1 || idx->values.empty())
+      return std::nullopt;
+    for (size_t i = 1; i < idx->values.size(); ++i) // contiguous and ascending
+      if (idx->values[i] != idx->values[0] + double(i))
+        return std::nullopt;
+    axis = p[0];
+    base = data.getData();
+    return Write{int64_t(idx->values.front()), int64_t(idx->values.back()) + 1, upd.getData()};
+  }
+  LogicalResult matchAndRewrite(TransposeOp op, PatternRewriter &rewriter) const override {
+    auto type = dyn_cast<RankedTensorType>(op.getType());
+    int64_t axis = -1;
+    Value base;
+    std::optional<Write> w = write(op, axis, base);
+    if (!type || !w || type.isDynamicDim(axis))
+      return failure();
+    SmallVector<Write> writes{*w};
+    while (auto t = base.getDefiningOp<TransposeOp>()) { // earlier writes along the same axis
+      int64_t a = -1;
+      Value below;
+      std::optional<Write> e = write(t, a, below);
+      if (!e || a != axis)
+        return failure();
+      writes.push_back(*e);
+      base = below;
+    }
+    if (!base.getDefiningOp<ConstantOfShapeOp>() || base.getType() != op.getType())
+      return failure();
+    llvm::sort(writes, [](const Write &a, const Write &b) { return a.lo < b.lo; });
+    int64_t at = 0;
+    SmallVector<Value> parts;
+    for (const Write &x : writes) { // they tile [0, size) in order, each value as wide as its range
+      auto vt = dyn_cast<RankedTensorType>(x.value.getType());
+      if (x.lo != at || !vt || vt.getRank() != type.getRank() || vt.isDynamicDim(axis) ||
+          vt.getDimSize(axis) != x.hi - x.lo)
+        return failure();
+      at = x.hi;
+      parts.push_back(x.value);
+    }
+    if (at != type.getDimSize(axis))
+      return failure();
+    rewriter.replaceOpWithNewOp<ConcatOp>(op, type, parts, rewriter.getI64IntegerAttr(axis));
+    return success();
+  }
+};
 } // namespace
 
 void IfOp::getCanonicalizationPatterns(RewritePatternSet &results, MLIRContext *context) {
   results.add<FoldConstantIf>(context);
+}
+
+void TransposeOp::getCanonicalizationPatterns(RewritePatternSet &results, MLIRContext *context) {
+  results.add<FoldSliceScatter>(context);
 }
 
 LogicalResult LoopOp::verify() {

@@ -295,6 +295,7 @@ def ONNX_ReshapeOp : ONNX_Op<"Reshape"> {
 def ONNX_TransposeOp : ONNX_Op<"Transpose"> {
   let arguments = (ins AnyTensor:$data, OptionalAttr<I64ArrayAttr>:$perm);
   let results = (outs AnyTensor:$transposed);
+  let hasCanonicalizer = 1; // PyTorch's slice_scatter into a new tensor (ScatterND between Transposes) -> Concat
 }
 
 def ONNX_SqueezeOp : ONNX_Op<"Squeeze"> {

@@ -3,7 +3,9 @@
 
   1. Every MatMul / Gemm with a constant weight becomes a linear dispatch: in every transformers fixture
      (MoE blocks, whole models, decoder-with-past models: a prefill and decode steps), `moert inspect` shows no MatMul / Gemm op step that
-     reads a constant, and the whole models have linear dispatches; their outputs match ONNX Runtime.
+     reads a constant, and the whole models have linear dispatches; their outputs match ONNX Runtime. Whole
+     models with attention also have one moec.Rotary step per query and key, and no ScatterND step (DeepSeek's
+     keys, a slice_scatter into zeros, become one Concat).
   2. A dense model made here (a LayerNormalization fused into the layer after it, MatMul + bias Add, MatMul of
      a transposed constant, a residual Add, Gemm with transB and C, an LM head, 3-D and 2-D inputs, odd
      sizes): fp32 against ONNX Runtime; every narrower
@@ -175,6 +177,10 @@ def fixtures(args, tmp):
             check(f"fixture {name}: rotary steps", rotary == 2 * attention and not leftover,
                   f"{rotary} moec.Rotary steps for {attention} attention layers; Neg/Pow steps: "
                   f"{leftover or 'none'}")
+            # Keys built by slice_scatter into zeros (DeepSeek-V3: k_nope next to the shared k_pe) are one
+            # Concat (FoldSliceScatter), not ScatterNDs between Transposes.
+            scatters = len(re.findall(r"^\s*op ScatterND ", text, re.M))
+            check(f"fixture {name}: no ScatterND steps", scatters == 0, f"{scatters} ScatterND op steps")
         worst = 0.0
         # Decoder-with-past models: a prefill step (no past) and decode steps; the others: sequence lengths.
         steps = [(5, 0), (1, 5), (2, 9)] if name.startswith("past_") else [(1, 0), (3, 0), (9, 0)]
