@@ -239,6 +239,33 @@ template <class C> struct Attention {
     }
   }
 
+  /// [lo, hi): from the first to past the last of the T mask values m[t * mt] above kAttnMasked (a NaN
+  /// counts as above); lo == hi when there is none. Contiguous rows (mt == 1) are scanned a vector at a time
+  /// from both ends, so a window's or a causal row's masked stretch costs T / VW comparisons.
+  static void keptRange(const float *m, int64_t mt, int64_t T, int64_t &lo, int64_t &hi) {
+    auto kept = [&](int64_t t) { return !(m[t * mt] <= kAttnMasked); };
+    auto anyKept = [&](int64_t t) { // t .. t + VW - 1, mt == 1
+      typedef int32_t vi __attribute__((vector_size(VW * 4)));
+      const vi masked = loadv(m + t) <= splat(kAttnMasked);
+      int32_t all = -1;
+      for (int i = 0; i < VW; ++i)
+        all &= masked[i];
+      return all == 0;
+    };
+    lo = 0;
+    if (mt == 1)
+      while (lo + VW <= T && !anyKept(lo))
+        lo += VW;
+    while (lo < T && !kept(lo))
+      ++lo;
+    hi = T;
+    if (mt == 1)
+      while (hi - VW >= lo && !anyKept(hi - VW))
+        hi -= VW;
+    while (hi > lo && !kept(hi - 1))
+      --hi;
+  }
+
   /// One row's result from its accumulated output, sum and max.
   static void finish(const float *acc, float l, float *out) {
     if (!(l > 0.0f)) { // every score -inf (or no keys)
@@ -280,26 +307,36 @@ template <class C> struct Attention {
       for (int64_t d = 0; d < DVP; ++d)
         acc[r * DVP + d] = 0.0f;
     }
+    // Each row's keys the mask leaves lie in [lo, hi) (outside it every mask value is at or below
+    // kAttnMasked); rows of one position share a mask row when the mask is broadcast over heads. Blocks may
+    // be skipped only when every row has some key the mask leaves (else the row is all masked and its softmax
+    // is over every key): then only blocks meeting some row's range are computed.
     const int64_t mt = a.mask_strides[3];
-    // Blocks may be skipped only when every row has some key the mask leaves (else the row is all masked
-    // and its softmax is over every key).
+    int64_t lo[R], hi[R], first = tb, last = te;
     bool skippable = a.mask != nullptr;
     for (int64_t r = 0; r < nr && skippable; ++r) {
-      bool any = false;
-      for (int64_t t = 0; t < a.kv_len && !any; ++t)
-        any = mp[r][t * mt] > kAttnMasked;
-      skippable = any;
+      if (r > 0 && mp[r] == mp[r - 1])
+        lo[r] = lo[r - 1], hi[r] = hi[r - 1];
+      else
+        keptRange(mp[r], mt, a.kv_len, lo[r], hi[r]);
+      skippable = lo[r] < hi[r];
+    }
+    if (skippable) {
+      int64_t minLo = hi[0], maxHi = lo[0];
+      for (int64_t r = 0; r < nr; ++r)
+        minLo = std::min(minLo, lo[r]), maxHi = std::max(maxHi, hi[r]);
+      first = tb + std::max<int64_t>(0, minLo - tb) / kAttnKB * kAttnKB; // block starts stay tb + 64 k
+      last = std::min(te, maxHi);
     }
     const KV *kb = static_cast<const KV *>(a.key) + b * a.k_strides[0] + hk * a.k_strides[1];
     const KV *vb = static_cast<const KV *>(a.value) + b * a.v_strides[0] + hk * a.v_strides[1];
-    for (int64_t t0 = tb; t0 < te; t0 += kAttnKB) {
+    for (int64_t t0 = first; t0 < last; t0 += kAttnKB) {
       const int64_t nk = std::min<int64_t>(kAttnKB, te - t0);
       if (skippable) {
-        bool all = true;
-        for (int64_t r = 0; r < nr && all; ++r)
-          for (int64_t j = 0; j < nk && all; ++j)
-            all = mp[r][(t0 + j) * mt] <= kAttnMasked;
-        if (all)
+        bool outside = true;
+        for (int64_t r = 0; r < nr && outside; ++r)
+          outside = t0 + nk <= lo[r] || t0 >= hi[r];
+        if (outside)
           continue;
       }
       // The next block's keys stream in during this block's scores, its values during this block's sums (each

@@ -4,7 +4,8 @@
 // f16 elements; int8 rows with a scale per 32 dims, moert_kernel_abi.h) x its paths: fewer than 4 rows per
 // item (dot products) and more (keys transposed, with head dims that are and are not a multiple of the vector
 // width), value dims with a tail, decode with the keys split into chunks and merged, prefill over several key
-// blocks with causal blocks skipped, padding masks, attention sinks, softcapping, int8 rows of one, several
+// blocks with causal blocks skipped, padding masks, sliding windows, masked keys inside a row's kept range,
+// attention sinks, softcapping, int8 rows of one, several
 // and a partial block - each run on keys/values stored in the cache's layout (rows `capacity` positions apart
 // per head, as a session's buffer), against a double-precision attention over the values the storage holds
 // (decoded here from the layout the ABI header describes, independently of the kernel's reader). Built twice:
@@ -12,7 +13,9 @@
 //
 //   attention_kernel_test          test mode: exit 0 when every case is within tolerance
 //   attention_kernel_test --perf   perf mode: a decode step per storage, 32 query / 4 KV heads of 128, over
-//                                  1024 and 4096 cached positions (all threads): ms and GB/s of cache read
+//                                  1024 and 4096 cached positions (all threads): ms and GB/s of cache read;
+//                                  GPT-OSS's attention (64 / 8 heads of 64) decoding and on a 512-token
+//                                  prompt after 3584 positions, unmasked, causal and in a 128-key window
 //
 // Tolerance: |kernel - reference| <= 2e-5 * max |v| + 1e-6 per output (an output is a convex combination of
 // value rows: f32 scores and sums against double).
@@ -123,8 +126,14 @@ struct Cache {
 
 int failures = 0, cases = 0;
 
-enum Mask { NONE, CAUSAL, PADDING };
-const char *maskName(Mask m) { return m == NONE ? "no mask" : m == CAUSAL ? "causal" : "padding"; }
+enum Mask { NONE, CAUSAL, PADDING, WINDOW, HOLES };
+const char *maskName(Mask m) {
+  return m == NONE      ? "no mask"
+         : m == CAUSAL  ? "causal"
+         : m == PADDING ? "padding"
+         : m == WINDOW  ? "window"
+                        : "holes";
+}
 
 template <class C>
 void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool sinks, std::mt19937 &rng) {
@@ -144,17 +153,29 @@ void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool
       row[d] = g(rng) * (1.0f + float(r % 3));
     v.put(r, row.data());
   }
-  // Masks [B][1][S][T]: causal over the last S positions (finite minimum above the diagonal), or padding:
-  // sequence b's first 3b + 1 keys -inf.
+  // Masks [B][1][S][T]: causal over the last S positions (finite minimum above the diagonal); padding:
+  // sequence b's first 3b + 1 keys -inf; window: causal and the 70 latest keys only (-inf), as GPT-OSS's
+  // sliding layers; holes: causal with a third of the keys before the diagonal masked (finite minimum) at
+  // random, so a row's kept keys are not one range.
   std::vector<float> mask;
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
   if (maskKind != NONE) {
     mask.assign(B * S * T, 0.0f);
+    const float inf = std::numeric_limits<float>::infinity(), lowest = std::numeric_limits<float>::lowest();
     for (int64_t b = 0; b < B; ++b)
       for (int64_t s = 0; s < S; ++s)
-        for (int64_t t = 0; t < T; ++t)
-          if (maskKind == CAUSAL ? t > T - S + s : t < 3 * b + 1)
-            mask[(b * S + s) * T + t] = maskKind == CAUSAL ? std::numeric_limits<float>::lowest()
-                                                           : -std::numeric_limits<float>::infinity();
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t pos = T - S + s;
+          float &m = mask[(b * S + s) * T + t];
+          if (maskKind == CAUSAL)
+            m = t > pos ? lowest : 0.0f;
+          else if (maskKind == PADDING)
+            m = t < 3 * b + 1 ? -inf : 0.0f;
+          else if (maskKind == WINDOW)
+            m = t > pos || t <= pos - 70 ? -inf : 0.0f;
+          else
+            m = t > pos || (t < pos && u(rng) < 0.33f) ? lowest : 0.0f;
+        }
   }
   std::vector<float> sink(HQ);
   for (float &x : sink)
@@ -268,12 +289,13 @@ void checkEncoding(std::mt19937 &rng) {
               bad ? "FAIL" : "ok  ", (long long)D, (long long)bad);
 }
 
-template <class C> void perf(Storage storage, int64_t T, Pool &pool, int threads) {
+template <class C>
+void perf(Storage storage, int64_t T, Pool &pool, int threads, int64_t S = 1, int64_t window = 0) {
   using A = moert_cpu::Attention<C>;
   constexpr int64_t HQ = C::HQ, HKV = C::HKV, DK = C::DK, DV = C::DV;
   std::mt19937 rng(1);
   std::normal_distribution<float> g(0.0f, 1.0f);
-  std::vector<float> q(HQ * DK), out(HQ * DV), row(DK);
+  std::vector<float> q(HQ * S * DK), out(HQ * S * DV), row(DK);
   for (float &x : q)
     x = g(rng);
   Cache k(storage, DK, HKV * T), v(storage, DV, HKV * T);
@@ -284,16 +306,28 @@ template <class C> void perf(Storage storage, int64_t T, Pool &pool, int threads
     v.put(r, row.data());
   }
   moert_exec ex{&Pool::run, &pool, threads};
-  std::vector<char> scratch(A::scratch(1, 1, T, threads) + 64);
+  std::vector<char> scratch(A::scratch(1, S, T, threads) + 64);
+  // A sliding window (as GPT-OSS's exporter writes it: an additive [1, 1, S, T] mask, causal too).
+  std::vector<float> mask(window ? S * T : 0, 0.0f);
+  for (int64_t s = 0; s < S && window; ++s)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t pos = T - S + s;
+      if (t > pos || t <= pos - window)
+        mask[s * T + t] = -INFINITY;
+    }
   moert_attention_args a{};
-  a.batch = 1, a.q_len = 1, a.kv_len = T, a.query = q.data(), a.output = out.data();
+  a.batch = 1, a.q_len = S, a.kv_len = T, a.query = q.data(), a.output = out.data();
+  if (window) {
+    a.mask = mask.data();
+    a.mask_strides[0] = S * T, a.mask_strides[1] = 0, a.mask_strides[2] = T, a.mask_strides[3] = 1;
+  }
   a.key = k.bytes.data(), a.value = v.bytes.data(), a.kv_storage = abiStorage(storage);
-  a.q_strides[2] = DK, a.q_strides[1] = DK, a.q_strides[0] = HQ * DK;
+  a.q_strides[2] = DK, a.q_strides[1] = S * DK, a.q_strides[0] = HQ * S * DK;
   a.k_strides[2] = k.strideElems(), a.k_strides[1] = T * a.k_strides[2],
   a.k_strides[0] = HKV * a.k_strides[1];
   a.v_strides[2] = v.strideElems(), a.v_strides[1] = T * a.v_strides[2],
   a.v_strides[0] = HKV * a.v_strides[1];
-  a.out_strides[2] = DV, a.out_strides[1] = DV, a.out_strides[0] = HQ * DV;
+  a.out_strides[2] = DV, a.out_strides[1] = S * DV, a.out_strides[0] = HQ * S * DV;
   a.scratch = scratch.data(), a.exec = &ex;
   std::vector<double> ms;
   for (int i = 0; i < 30; ++i) {
@@ -303,10 +337,14 @@ template <class C> void perf(Storage storage, int64_t T, Pool &pool, int threads
   }
   std::sort(ms.begin(), ms.end());
   const double bytes = double(k.bytes.size() + v.bytes.size());
-  std::printf("perf %-4s HQ=%lld HKV=%lld D=%lld T=%-5lld %7.3f ms best %7.3f median  %6.1f GB/s of cache  "
-              "%5.2f MB\n",
-              storageName(storage), (long long)HQ, (long long)HKV, (long long)DK, (long long)T, ms[0],
-              ms[ms.size() / 2], bytes / ms[0] / 1e6, bytes / 1e6);
+  std::printf(
+      "perf %-4s HQ=%lld HKV=%lld D=%lld S=%-3lld T=%-5lld %-10s %8.3f ms best %8.3f median  %6.1f GB/s "
+      "of cache  %5.2f MB\n",
+      storageName(storage), (long long)HQ, (long long)HKV, (long long)DK, (long long)S, (long long)T,
+      window > T ? "causal"
+      : window   ? ("window " + std::to_string(window)).c_str()
+                 : "",
+      ms[0], ms[ms.size() / 2], bytes / ms[0] / 1e6, bytes / 1e6);
 }
 
 } // namespace
@@ -319,6 +357,11 @@ int main(int argc, char **argv) {
     for (int64_t T : {1024, 4096})
       for (Storage s : {F32, BF16, F16, INT8})
         perf<Cfg<32, 4, 128, 128>>(s, T, pool, threads);
+    // GPT-OSS's attention (64 query / 8 key-value heads of 64): full, and its sliding-window layers (128
+    // positions through the mask), a decode step and a 512-token prompt part after 3584 positions.
+    for (int64_t S : {1, 512})
+      for (int64_t window : {int64_t(0), int64_t(1) << 40, int64_t(128)}) // none, causal, sliding
+        perf<Cfg<64, 8, 64, 64>>(F16, 4096, pool, threads, S, window);
     return 0;
   }
   std::mt19937 rng(5);
@@ -328,12 +371,16 @@ int main(int argc, char **argv) {
   checkAll<Gqa>(2, 1, 130, PADDING, true, rng); // padding blocks, sinks
   checkAll<Gqa>(2, 70, 70, CAUSAL, false, rng); // prefill: causal blocks skipped
   checkAll<Gqa>(1, 3, 200, CAUSAL, true, rng);  // new positions after a past
+  checkAll<Gqa>(1, 1, 700, WINDOW, false, rng); // decode: only the window's blocks, keys split in chunks
+  checkAll<Gqa>(2, 90, 400, WINDOW, true, rng); // prefill after a past: windows slide across blocks
+  checkAll<Gqa>(2, 40, 300, HOLES, false, rng); // masked keys inside a row's range
   using Mha = Cfg<4, 4, 80, 40>;                // one row a position: dot products; int8 blocks 32 + 32 + 16
   checkAll<Mha>(2, 1, 100, PADDING, false, rng);
   checkAll<Mha>(1, 9, 100, CAUSAL, false, rng);
   using Odd = Cfg<6, 2, 20, 6>; // 3 rows a position, head dims not a multiple of the vector width
   checkAll<Odd>(1, 1, 40, NONE, false, rng);
   checkAll<Odd>(2, 5, 40, CAUSAL, true, rng);
+  checkAll<Odd>(1, 7, 150, WINDOW, false, rng);
   using Cap = Cfg<16, 2, 64, 64, true>; // softcap, rows of 8 heads
   checkAll<Cap>(1, 1, 1000, NONE, true, rng);
   checkAll<Cap>(1, 20, 90, CAUSAL, false, rng);
