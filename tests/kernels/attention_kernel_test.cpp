@@ -126,6 +126,32 @@ struct Cache {
 
 int failures = 0, cases = 0;
 
+/// The kernel's arguments for q [B][HQ][S][DK], k / v caches of `cap` positions a head, a [B][1][S][T] mask
+/// (or none), out [B][HQ][S][DV].
+template <class C>
+moert_attention_args makeArgs(int64_t B, int64_t S, int64_t T, int64_t cap, const std::vector<float> &q,
+                              const Cache &k, const Cache &v, const std::vector<float> &mask,
+                              std::vector<float> &out, std::vector<char> &scratch, const moert_exec &ex) {
+  constexpr int64_t HQ = C::HQ, HKV = C::HKV, DK = C::DK, DV = C::DV;
+  moert_attention_args a{};
+  a.batch = B, a.q_len = S, a.kv_len = T;
+  a.query = q.data();
+  a.key = k.bytes.data(), a.value = v.bytes.data();
+  a.kv_storage = abiStorage(k.storage);
+  a.q_strides[2] = DK, a.q_strides[1] = S * DK, a.q_strides[0] = HQ * S * DK;
+  a.k_strides[2] = k.strideElems(), a.k_strides[1] = cap * a.k_strides[2], a.k_strides[0] = HKV * a.k_strides[1];
+  a.v_strides[2] = v.strideElems(), a.v_strides[1] = cap * a.v_strides[2], a.v_strides[0] = HKV * a.v_strides[1];
+  a.out_strides[2] = DV, a.out_strides[1] = S * DV, a.out_strides[0] = HQ * S * DV;
+  if (!mask.empty()) {
+    a.mask = mask.data();
+    a.mask_strides[0] = S * T, a.mask_strides[1] = 0, a.mask_strides[2] = T, a.mask_strides[3] = 1;
+  }
+  a.output = out.data();
+  a.scratch = scratch.data();
+  a.exec = &ex;
+  return a;
+}
+
 enum Mask { NONE, CAUSAL, PADDING, WINDOW, HOLES };
 const char *maskName(Mask m) {
   return m == NONE      ? "no mask"
@@ -185,25 +211,8 @@ void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool
     moert_exec ex{&reverseFor, nullptr, threads};
     std::vector<float> out(B * HQ * S * DV, -7.0f);
     std::vector<char> scratch(A::scratch(B, S, T, threads) + 64);
-    moert_attention_args a{};
-    a.batch = B, a.q_len = S, a.kv_len = T;
-    a.query = q.data();
-    a.key = k.bytes.data(), a.value = v.bytes.data();
-    a.kv_storage = abiStorage(storage);
-    a.q_strides[2] = DK, a.q_strides[1] = S * DK, a.q_strides[0] = HQ * S * DK;
-    a.k_strides[2] = k.strideElems(), a.k_strides[1] = cap * a.k_strides[2],
-    a.k_strides[0] = HKV * a.k_strides[1];
-    a.v_strides[2] = v.strideElems(), a.v_strides[1] = cap * a.v_strides[2],
-    a.v_strides[0] = HKV * a.v_strides[1];
-    a.out_strides[2] = DV, a.out_strides[1] = S * DV, a.out_strides[0] = HQ * S * DV;
-    if (!mask.empty()) {
-      a.mask = mask.data();
-      a.mask_strides[0] = S * T, a.mask_strides[1] = 0, a.mask_strides[2] = T, a.mask_strides[3] = 1;
-    }
+    moert_attention_args a = makeArgs<C>(B, S, T, cap, q, k, v, mask, out, scratch, ex);
     a.sinks = sinks ? sink.data() : nullptr;
-    a.output = out.data();
-    a.scratch = scratch.data();
-    a.exec = &ex;
     const int rc = A::run(&a);
     double worst = 0.0; // the largest error / tolerance
     int64_t bad = 0;
@@ -315,20 +324,7 @@ void perf(Storage storage, int64_t T, Pool &pool, int threads, int64_t S = 1, in
       if (t > pos || t <= pos - window)
         mask[s * T + t] = -INFINITY;
     }
-  moert_attention_args a{};
-  a.batch = 1, a.q_len = S, a.kv_len = T, a.query = q.data(), a.output = out.data();
-  if (window) {
-    a.mask = mask.data();
-    a.mask_strides[0] = S * T, a.mask_strides[1] = 0, a.mask_strides[2] = T, a.mask_strides[3] = 1;
-  }
-  a.key = k.bytes.data(), a.value = v.bytes.data(), a.kv_storage = abiStorage(storage);
-  a.q_strides[2] = DK, a.q_strides[1] = S * DK, a.q_strides[0] = HQ * S * DK;
-  a.k_strides[2] = k.strideElems(), a.k_strides[1] = T * a.k_strides[2],
-  a.k_strides[0] = HKV * a.k_strides[1];
-  a.v_strides[2] = v.strideElems(), a.v_strides[1] = T * a.v_strides[2],
-  a.v_strides[0] = HKV * a.v_strides[1];
-  a.out_strides[2] = DV, a.out_strides[1] = S * DV, a.out_strides[0] = HQ * S * DV;
-  a.scratch = scratch.data(), a.exec = &ex;
+  moert_attention_args a = makeArgs<C>(1, S, T, T, q, k, v, mask, out, scratch, ex);
   std::vector<double> ms;
   for (int i = 0; i < 30; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
