@@ -58,7 +58,10 @@ class _SessionOptions(ctypes.Structure):
                 ("cache_dtype", ctypes.c_int), ("batch", ctypes.c_int64)]
 
 
-CACHE_DTYPES = {"f32": 1, "fp32": 1, "bf16": 3, "f16": 2, "fp16": 2, "int8": 6, "i8": 6}  # moert_dtype for a session's KV caches
+# moert_dtype for a session's KV caches (bf16 has no NumPy dtype: _DTYPES' 3)
+CACHE_DTYPES = {"f32": _CODES[np.dtype(np.float32)], "fp32": _CODES[np.dtype(np.float32)], "bf16": 3,
+                "f16": _CODES[np.dtype(np.float16)], "fp16": _CODES[np.dtype(np.float16)],
+                "int8": _CODES[np.dtype(np.int8)], "i8": _CODES[np.dtype(np.int8)]}
 
 
 def _session_options(max_context, profile, cache_dtype, batch=1):

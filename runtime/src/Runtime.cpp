@@ -793,7 +793,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       };
       // Elements apart (an int8 cache's rows: bytes, scales included).
       auto rowStride = [&](const Tensor &t) {
-        return t.dtype == moert::proto::I8 ? moert_kv_int8_row_bytes(t.dims[3]) : t.dims[3];
+        return int64_t(moert::cacheRowBytes(t.dtype, t.dims[3]) / moert::dtypeSize(t.dtype));
       };
       strides(q.dims, args.q_strides, q.dims[3]);
       strides(k.dims, args.k_strides, rowStride(k));
