@@ -236,7 +236,10 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
         if (auto fn = dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp()))
           fn.setArgAttr(arg.getArgNumber(), "moe.window_cache", g.b.getI64IntegerAttr(window));
     Value lPast = resident(pastB);
-    Value total = g.op<ox::AddOp>(vec(g.i64), {pastB, s});
+    // Sequence b's total T = seqlens_k[b] + 1: past_b + S, but for a right-padded first prompt (a batch of
+    // prompts of different lengths, which ONNX Runtime 1.31 refuses with window-sized caches) its tokens
+    // only.
+    Value total = g.op<ox::AddOp>(vec(g.i64), {lens, g.ints({1})});
     len = g.op<ox::AddOp>(g.t({1}, g.i64), {cap, s});
     keysK = update(pastK, k, lPast, len);
     keysV = update(pastV, v, lPast, len);
@@ -244,8 +247,10 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
       return failure();
     row = g.op<ox::AddOp>(bt(g.i64), {g.unsqueeze(lPast, {1}, g.t({kDyn, 1}, g.i64)),
                                       g.unsqueeze(steps, {0}, g.t({1, kDyn}, g.i64))});
-    // present row i of sequence b = keys row min(first_b + i, C + S - 1), first_b = L(past_b) + S - L(T).
-    Value first = g.op<ox::SubOp>(vec(g.i64), {g.op<ox::AddOp>(vec(g.i64), {lPast, s}), resident(total)});
+    // present row i of sequence b = keys row min(first_b + i, C + S - 1), first_b = L(past_b) + T - past_b -
+    // L(T) (T - past_b = S but for a padded prompt).
+    Value fresh = g.op<ox::SubOp>(vec(g.i64), {total, pastB});
+    Value first = g.op<ox::SubOp>(vec(g.i64), {g.op<ox::AddOp>(vec(g.i64), {lPast, fresh}), resident(total)});
     Value capScalar = g.op<ox::SqueezeOp>(g.t({}, g.i64), {cap, g.ints({0})});
     Value i = g.unsqueeze(g.op<ox::RangeOp>(vec(g.i64), {g.scalarI64(0), capScalar, g.scalarI64(1)}), {0},
                           g.t({1, kDyn}, g.i64));

@@ -192,9 +192,15 @@ void moert::findCacheAppends(moert_model &m) {
   const pb::Program &p = m.meta.program();
   m.appendsCache.assign(m.flat.size(), -1);
   m.cachesConcatenated = false;
+  m.perSequenceCaches = false;
   if (!p.has_decoder())
     return;
   const pb::Decoder &d = p.decoder();
+  for (const pb::KvCache &c : d.caches())
+    for (const pb::Step &s : p.steps())
+      m.perSequenceCaches |= s.has_op() && s.op().op() == "moec.KvCacheUpdate" &&
+                             s.op().inputs_size() == MOERT_KV_UPDATE_INPUTS &&
+                             s.op().inputs(MOERT_KV_UPDATE_PAST) == int64_t(p.inputs(c.past()));
   auto isConcat = [&](const pb::OpStep &o, uint32_t past, uint32_t present) {
     return o.op() == "Concat" && o.inputs_size() == 2 && o.inputs(0) == int64_t(past) &&
            o.outputs_size() == 1 && o.outputs(0) == present &&
@@ -1045,7 +1051,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
                ? "appending to the caches in place"
                : "copying the caches each call (a cache is read by more than its Concat, attention and "
                  "Shape)")
-       << "\n";
+       << (m.perSequenceCaches ? "; each sequence's positions from row 0 (seqlens_k)" : "") << "\n";
   }
   os << "memory plan: " << p.buffers() << " buffers for the intermediates (sized per input shape at run time)\n";
   os << "sections: " << a.sections_size() << " (weights " << mib(weights) << ", code " << mib(codeBytes)

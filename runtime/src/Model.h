@@ -84,7 +84,7 @@ std::vector<uint32_t> stepWrites(const proto::Step &s);
 /// Marks (moert_model::appendsCache) the step appending each decoder cache's new positions when every cache
 /// can be appended in place: its past is read only by that `Concat(past, new)` along the length axis or
 /// `moec.KvCacheUpdate` (whose output is the present) and by `Shape`, and its present only by attention
-/// dispatches' keys/values, `Shape` and the graph output.
+/// dispatches' keys/values, `Shape` and the graph output. Also sets moert_model::perSequenceCaches.
 void findCacheAppends(struct ::moert_model &m);
 
 /// Sets moert_model::logitsStep: the linear dispatch step that writes the decoder's logits output, when
@@ -94,15 +94,16 @@ void findLogitsStep(struct ::moert_model &m);
 /// moert_run's body. With `caches` (one per decoder cache, for a session): the past inputs point into those
 /// buffers, each cache's append step writes the new positions there instead of concatenating, attention
 /// dispatches read the keys/values in place, and the presents come back as dims without data. With
-/// `lastLogitsOnly` (a session, which returns each sequence's last logits), the logits step (findLogitsStep)
-/// multiplies only each sequence's last row: the logits come back as [batch, 1, vocab].
+/// `logitsRows` ([batch]: a session, which returns one row of logits per sequence, its last token's), the
+/// logits step (findLogitsStep) multiplies only row logitsRows[b] of sequence b: the logits come back as
+/// [batch, 1, vocab].
 moert_status runProgram(struct ::moert_model *m, const moert_run_options *options, const moert_value *inputs,
                         size_t numInputs, const CacheBinding *caches, moert_result **out,
-                        bool lastLogitsOnly = false);
+                        const int64_t *logitsRows = nullptr);
 /// The same with tensor inputs only.
 moert_status runProgram(struct ::moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
                         size_t numInputs, const CacheBinding *caches, moert_result **out,
-                        bool lastLogitsOnly = false);
+                        const int64_t *logitsRows = nullptr);
 
 /// Checks the checksums of the weight sections step `step` reads that no run has checked yet (artifact format
 /// 2: with moert_load_options.verify_checksum = 1 each weight section is checked before its first use, not at
@@ -150,6 +151,10 @@ struct moert_model {
   // session can run that append in place (moert::findCacheAppends), else -1. All -1 unless every cache can.
   std::vector<int> appendsCache;
   bool cachesConcatenated = false; // every present is Concat(past, new): the mask then spans past + new
+  // A moec.KvCacheUpdate extends a decoder past (GroupQueryAttention's caches): the caches hold each
+  // sequence's positions from row 0, as many as its attention mask counts, not the batch's at one common
+  // length.
+  bool perSequenceCaches = false;
   int logitsStep = -1; // the linear step writing the decoder's logits (moert::findLogitsStep), or -1
   // Checksums: moert_load_options.verify_checksum (0 none; 1 header, metadata and code at load, each weight
   // section before the first step reading it; 2 every section at load), each section's state (0 unchecked,

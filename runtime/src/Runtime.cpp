@@ -211,13 +211,13 @@ void moert_result_free(moert_result *r) { delete r; }
 
 moert_status moert::runProgram(moert_model *m, const moert_run_options *options, const moert_tensor *inputs,
                                size_t numInputs, const CacheBinding *caches, moert_result **out,
-                               bool lastLogitsOnly) {
+                               const int64_t *logitsRows) {
   if (numInputs && !inputs)
     return makeError("moert_run: model, inputs and out must not be NULL");
   std::vector<moert_value> values(numInputs);
   for (size_t i = 0; i < numInputs; ++i)
     values[i] = moert_value{inputs[i].name, MOERT_VALUE_TENSOR, inputs[i].dtype, &inputs[i], 1};
-  return runProgram(m, options, values.data(), numInputs, caches, out, lastLogitsOnly);
+  return runProgram(m, options, values.data(), numInputs, caches, out, logitsRows);
 }
 
 namespace {
@@ -306,7 +306,7 @@ std::string bindInput(const pb::Value &want, const moert_value &v, std::map<std:
 
 moert_status moert::runProgram(moert_model *m, const moert_run_options *options, const moert_value *inputs,
                                size_t numInputs, const CacheBinding *caches, moert_result **out,
-                               bool lastLogitsOnly) {
+                               const int64_t *logitsRows) {
   if (!m || !out || (numInputs && !inputs))
     return makeError("moert_run: model, inputs and out must not be NULL");
   *out = nullptr;
@@ -565,19 +565,24 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       const Tensor &past = values[o.inputs(update ? MOERT_KV_UPDATE_PAST : 0)],
                    &add = values[o.inputs(update ? MOERT_KV_UPDATE_FRESH : 1)];
       const CacheBinding &cb = caches[c];
-      if (update) { // in place only as a plain append: the past all filled, the present just past + new
+      // Where each sequence's new positions go: after the past's (a Concat's), or after its own past length
+      // (moec.KvCacheUpdate: GroupQueryAttention's seqlens_k, at most the past's; then the present's rows
+      // past them are zeros up to its length, which must be just past + new: the buffer's rows).
+      std::vector<int64_t> at;
+      if (update) {
         const Tensor &lens = values[o.inputs(MOERT_KV_UPDATE_PAST_LENGTHS)],
                      &len = values[o.inputs(MOERT_KV_UPDATE_LENGTH)];
-        bool plain = lens.dtype == moert::proto::I64 && lens.dims.size() == 1 && past.dims.size() == 4 &&
-                     lens.dims[0] == past.dims[0] && len.dtype == moert::proto::I64 && len.numel() == 1 &&
-                     add.dims.size() == 4 && len.as<int64_t>()[0] == past.dims[2] + add.dims[2];
-        for (int64_t b = 0; plain && b < lens.dims[0]; ++b) // every sequence's past all filled
-          plain = lens.as<int64_t>()[b] == past.dims[2];
-        if (!plain)
-          return makeError(
-              "cache '" + p.values(o.outputs(0)).name() +
-              "': the session's cache is not appended at its end (past lengths or present length "
-              "disagree with the cached positions; a padded batch needs caches that are concatenated)");
+        bool fits = lens.dtype == moert::proto::I64 && lens.dims.size() == 1 && past.dims.size() == 4 &&
+                    lens.dims[0] == past.dims[0] && len.dtype == moert::proto::I64 && len.numel() == 1 &&
+                    add.dims.size() == 4 && len.as<int64_t>()[0] == past.dims[2] + add.dims[2];
+        for (int64_t b = 0; fits && b < lens.dims[0]; ++b) {
+          at.push_back(lens.as<int64_t>()[b]);
+          fits = at.back() >= 0 && at.back() <= past.dims[2];
+        }
+        if (!fits)
+          return makeError("cache '" + p.values(o.outputs(0)).name() +
+                           "': the new positions do not fit the session's cache (past lengths beyond the "
+                           "cached positions, or a present longer than past + new)");
       }
       if (add.dtype != moert::proto::F32 || add.dims.size() != 4 || past.dims.size() != 4 ||
           add.dims[0] != past.dims[0] || add.dims[1] != past.dims[1] || add.dims[3] != past.dims[3] ||
@@ -589,7 +594,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       const size_t row = moert::cacheRowBytes(cb.dtype, D);
       for (int64_t h = 0; h < B * H; ++h) { // every (sequence, head)
         const float *src = add.as<float>() + h * S * D;
-        char *dst = cb.data + (size_t(h * cb.capacity) + P) * row;
+        const int64_t first = at.empty() ? P : at[h / H];
+        char *dst = cb.data + (size_t(h * cb.capacity) + first) * row;
         if (cb.dtype == moert::proto::F32)
           std::memcpy(dst, src, sizeof(float) * S * D);
         else if (cb.dtype == moert::proto::I8)
@@ -597,6 +603,10 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
             moert_cpu::encodeKvInt8Row(src + i * D, D, dst + i * row);
         else
           moert::ops::narrowInto(src, S * D, cb.dtype, reinterpret_cast<uint16_t *>(dst));
+        // Rows past the new ones are zeros in the present. Those below P already are (a session zeroes
+        // what a sequence's padding wrote); the ones the buffer grows by are not yet.
+        const int64_t zeroFrom = std::max(first + S, P);
+        std::memset(cb.data + (size_t(h * cb.capacity) + zeroFrom) * row, 0, size_t(P + S - zeroFrom) * row);
       }
       values[o.outputs(0)] = Tensor{cb.dtype, {B, H, P + S, D}, cb.data, nullptr};
       inPlace.push_back({o.outputs(0), cb.capacity});
@@ -684,15 +694,19 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       if (std::string why = checkRows(what(), rows); !why.empty())
         return makeError(why);
       const float *input = reinterpret_cast<const float *>(in.data);
-      std::shared_ptr<char> lastRows; // a session's logits: each sequence's last input row, [batch][k]
-      if (lastLogitsOnly && si == m->logitsStep && in.dims.size() == 3 && in.dims[1] > 1) {
+      std::shared_ptr<char> lastRows; // a session's logits: one input row per sequence, [batch][k]
+      if (logitsRows && si == m->logitsStep && in.dims.size() == 3 && in.dims[1] > 1) {
         const int64_t B = in.dims[0], S = in.dims[1];
+        for (int64_t b = 0; b < B; ++b)
+          if (logitsRows[b] < 0 || logitsRows[b] >= S)
+            return makeError("internal: logits row " + std::to_string(logitsRows[b]) + " of " +
+                             std::to_string(S));
         if (!(lastRows = moert::allocBlock(sizeof(float) * B * x.k)))
           return makeError("out of memory for " + what());
         if (std::string why = readOnHost(in); !why.empty()) // gathered on the host
           return makeError(why);
         for (int64_t b = 0; b < B; ++b)
-          std::memcpy(lastRows.get() + sizeof(float) * b * x.k, input + ((b + 1) * S - 1) * x.k,
+          std::memcpy(lastRows.get() + sizeof(float) * b * x.k, input + (b * S + logitsRows[b]) * x.k,
                       sizeof(float) * x.k);
         input = reinterpret_cast<const float *>(lastRows.get());
         if (residency) // new host bytes in a fresh block: any device copy of that range is stale

@@ -28,8 +28,12 @@ struct moert_session {
   int64_t batch = 1;
   int64_t length = 0;
   // [batch][length]: 1 where a sequence's cached position is a token, 0 where it is padding (the attention
-  // mask of the next call begins with it).
+  // mask of the next call begins with it). With perSequence each row is its tokens, then padding.
   std::vector<std::vector<uint8_t>> valid;
+  // moert_model::perSequenceCaches (GroupQueryAttention): each sequence's positions sit from row 0 of its
+  // caches, as many as the attention mask counts; a padded first prompt goes in right-padded, and later calls
+  // append as many tokens to every sequence.
+  bool perSequence = false;
   int cacheDtype = moert::proto::F32; // f32, or bf16 / f16 / i8 (in place only; moert::cacheRowBytes)
   struct Cache {
     int64_t heads = 0, dim = 0;
@@ -109,6 +113,7 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
   s->profile = opts.profile != 0;
   s->inPlace =
       std::any_of(model->appendsCache.begin(), model->appendsCache.end(), [](int c) { return c >= 0; });
+  s->perSequence = model->perSequenceCaches;
   switch (opts.cache_dtype) {
   case MOERT_DTYPE_UNKNOWN:
   case MOERT_F32:
@@ -282,6 +287,13 @@ moert_status moert_session_reset_sequence(moert_session *s, size_t sequence) {
   if (static_cast<int64_t>(sequence) >= s->batch)
     return makeError("moert_session_reset_sequence: sequence " + std::to_string(sequence) +
                      " is not in the session's batch of " + std::to_string(s->batch));
+  if (s->batch > 1 && s->perSequence)
+    return makeError(
+        "moert_session_reset_sequence: " + s->model->path +
+        " keeps each sequence's positions from the start of its caches (GroupQueryAttention's "
+        "seqlens_k), and every call after the first prompt takes as many tokens for each sequence: "
+        "sequences cannot leave or join a running batch (reset the whole session with "
+        "moert_session_rewind(s, 0))");
   if (s->batch > 1 && s->decoder->position_ids() < 0)
     return makeError("moert_session_reset_sequence: " + s->model->path +
                      " takes no position_ids input, so its rotary positions are cache indices: a sequence "
@@ -302,8 +314,10 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
   if (n == 0)
     return makeError(std::string(fn) + ": no tokens given");
   const int64_t B = s->batch;
-  // Dropping padding may make room (not when positions are cache indices: it would move them).
-  if (s->length + static_cast<int64_t>(n) > s->maxContext && s->decoder->position_ids() >= 0)
+  // Dropping padding may make room (not when positions are cache indices: it would move them; with
+  // per-sequence lengths there is none to drop).
+  if (s->length + static_cast<int64_t>(n) > s->maxContext && s->decoder->position_ids() >= 0 &&
+      !s->perSequence)
     if (moert_status st = compact(s, fn))
       return st;
   const int64_t total = s->length + static_cast<int64_t>(n);
@@ -327,9 +341,37 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
     }
   moert_model *m = s->model;
   const pb::Decoder &d = *s->decoder;
-  if (mask && d.attention_mask() < 0 && std::find(mask, mask + s->batch * n, 0) != mask + s->batch * n)
+  const bool padded = mask && std::find(mask, mask + B * n, 0) != mask + B * n;
+  if (padded && d.attention_mask() < 0)
     return makeError(std::string(fn) + ": the decoder takes no attention_mask input, so padding cannot be "
                                        "masked; give sequences of one length");
+  // Per-sequence lengths: a padded first prompt goes in right-padded (each sequence's tokens to the front of
+  // its row, as ONNX Runtime's GroupQueryAttention reads a batch of prompts); later calls take no padding.
+  std::vector<int64_t> movedTokens, movedMask;
+  if (padded && s->perSequence) {
+    if (s->length > 0)
+      return makeError(std::string(fn) + ": " + m->path +
+                       " keeps each sequence's positions from the start of its caches (GroupQueryAttention's "
+                       "seqlens_k), so after the first prompt every sequence takes the same number of new "
+                       "tokens: no padding (mask 0) then");
+    movedTokens.assign(tokens, tokens + B * n);
+    movedMask.assign(size_t(B * n), 0);
+    for (int64_t b = 0; b < B; ++b) {
+      size_t k = 0;
+      for (size_t i = 0; i < n; ++i)
+        if (mask[b * n + i])
+          movedTokens[b * n + k] = tokens[b * n + i], movedMask[b * n + k++] = 1;
+      if (k == 0)
+        return makeError(std::string(fn) + ": sequence " + std::to_string(b) +
+                         "'s prompt is padding only (mask 0); a decoder whose caches hold each sequence "
+                         "from row 0 needs a token in every sequence");
+      for (size_t i = 0, j = k; i < n; ++i) // the padding's ids after the tokens, in order
+        if (!mask[b * n + i])
+          movedTokens[b * n + j++] = tokens[b * n + i];
+    }
+    tokens = movedTokens.data();
+    mask = movedMask.data();
+  }
   std::vector<moert::CacheBinding> bindings;
   if (s->inPlace) {
     for (auto &c : s->caches) {
@@ -358,6 +400,16 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
     cacheOf[d.caches(c).past()] = c;
   const int64_t N = static_cast<int64_t>(n);
   auto isToken = [&](int64_t b, int64_t i) { return !mask || mask[b * N + i] != 0; };
+  // Each sequence's logits row: its last token's (N - 1 but for right-padded prompts), and its count of
+  // tokens before the call and after it.
+  std::vector<int64_t> logitsRow(size_t(B), N - 1), before(static_cast<size_t>(B)), after(before);
+  for (int64_t b = 0; b < B; ++b) {
+    before[b] = std::count(s->valid[b].begin(), s->valid[b].end(), uint8_t(1));
+    after[b] = before[b];
+    for (int64_t j = 0; j < N; ++j)
+      if (isToken(b, j))
+        logitsRow[b] = j, ++after[b];
+  }
   for (size_t i = 0; i < numInputs; ++i) {
     const moert_dtype dtype = moert_input_dtype(m, i);
     ins[i].name = moert_input_name(m, i);
@@ -368,6 +420,11 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
       dims[i] = {B, N};
     } else if (static_cast<int>(i) == d.attention_mask()) {
       for (int64_t b = 0; b < B; ++b) {
+        if (s->perSequence) { // its tokens, then padding
+          values.insert(values.end(), size_t(after[b]), 1);
+          values.insert(values.end(), size_t(total - after[b]), 0);
+          continue;
+        }
         values.insert(values.end(), s->valid[b].begin(), s->valid[b].end());
         for (int64_t j = 0; j < N; ++j)
           values.push_back(isToken(b, j));
@@ -375,9 +432,9 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
       dims[i] = {B, total};
     } else if (static_cast<int>(i) == d.position_ids()) {
       for (int64_t b = 0; b < B; ++b) { // earlier tokens of the sequence; padding at 1
-        int64_t before = std::count(s->valid[b].begin(), s->valid[b].end(), uint8_t(1));
+        int64_t at = before[b];
         for (int64_t j = 0; j < N; ++j)
-          values.push_back(isToken(b, j) ? before++ : 1);
+          values.push_back(isToken(b, j) ? at++ : 1);
       }
       dims[i] = {B, N};
     } else if (cacheOf[i] >= 0) {
@@ -409,9 +466,8 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
   }
   moert_result *res = nullptr;
   moert_run_options ro{sizeof(moert_run_options), s->profile ? 1 : 0};
-  if (moert_status st =
-          moert::runProgram(m, &ro, ins.data(), ins.size(), s->inPlace ? bindings.data() : nullptr, &res,
-                            /*lastLogitsOnly=*/true))
+  if (moert_status st = moert::runProgram(m, &ro, ins.data(), ins.size(),
+                                          s->inPlace ? bindings.data() : nullptr, &res, logitsRow.data()))
     return st;
   std::unique_ptr<moert_result, void (*)(moert_result *)> hold(res, moert_result_free);
   const moert_tensor *lt = moert_result_output(res, d.logits());
@@ -437,13 +493,30 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
   }
   s->logits.resize(size_t(B * v));
   for (int64_t b = 0; b < B; ++b) {
-    const float *last = static_cast<const float *>(lt->data) + ((b + 1) * rowsPer - 1) * v;
-    if (isToken(b, N - 1))
+    const float *last =
+        static_cast<const float *>(lt->data) + (b * rowsPer + (rowsPer == 1 ? 0 : logitsRow[b])) * v;
+    if (after[b] > before[b])
       std::copy(last, last + v, s->logits.begin() + b * v);
     else // sat the call out
       std::fill(s->logits.begin() + b * v, s->logits.begin() + (b + 1) * v, std::nanf(""));
-    for (int64_t j = 0; j < N; ++j)
-      s->valid[b].push_back(isToken(b, j));
+    if (s->perSequence) {
+      s->valid[b].assign(size_t(after[b]), 1);
+      s->valid[b].resize(size_t(total), 0);
+    } else {
+      for (int64_t j = 0; j < N; ++j)
+        s->valid[b].push_back(isToken(b, j));
+    }
+  }
+  // A right-padded prompt appended in place wrote its padding's keys and values after each sequence's
+  // tokens: those rows become zeros, as the present past a sequence's length is (moec.KvCacheUpdate), so
+  // that the next append's present is the buffer as it stands.
+  for (size_t c = 0; padded && s->perSequence && s->inPlace && c < s->caches.size(); ++c) {
+    const auto &cache = s->caches[c];
+    const size_t row = moert::cacheRowBytes(s->cacheDtype, cache.dim);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < cache.heads; ++h)
+        std::memset(cache.data.get() + (size_t(b * cache.heads + h) * cache.capacity + after[b]) * row, 0,
+                    size_t(total - after[b]) * row);
   }
   if (s->profile)
     s->trace = res->profile;

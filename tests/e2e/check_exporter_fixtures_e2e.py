@@ -23,7 +23,9 @@
     holds C >= window positions (C = 8 and 12), prefill of 11 tokens (more than the window) then 6 decode
     steps, at batch 1 and 2, each runtime fed its own presents. Compared: the logits, and the valid rows of
     the presents (full layers: the T positions so far; sliding layer: the L(T) rows ONNX Runtime's contract
-    says it keeps); and a session (`moert generate`) over it, greedy tokens against ONNX Runtime's.
+    says it keeps); and a session (`moert generate`) over it, greedy tokens against ONNX Runtime's, and a
+    padded batch session (prompts of 11 and 5 tokens), each sequence's logits against ONNX Runtime running it
+    alone.
 
 Every output matches ONNX Runtime within 1e-5 relative to the largest magnitude (1e-4 for the decoders).
 
@@ -179,6 +181,34 @@ def gpt_oss(moec, rt, tmp, ort):
     got_tokens, _ = m.generate(prompt[0], max_new_tokens=6)
     check("gpt-oss: a session's greedy tokens over window-sized caches are ONNX Runtime's",
           [int(t) for t in got_tokens] == want_tokens, f"{[int(t) for t in got_tokens]} vs {want_tokens}")
+    # Prompts of 11 and 5 tokens as one left-padded batch (the session moves each sequence's tokens to the front
+    # of its row: right padding, which ONNX Runtime 1.31 refuses with window-sized caches), then 5 greedy decode
+    # steps: each sequence's logits at every call against ONNX Runtime running it alone as above (1e-4).
+    def alone(tokens, steps):
+        st = {i.name: np.zeros((1, 2, min(window.values()) if i.name in window else max_len, 16), np.float32)
+              for i in pasts}
+        ids, total, logits = np.array([tokens]), 0, []
+        for _ in range(steps + 1):
+            total += ids.shape[1]
+            out = dict(zip([o.name for o in sess.get_outputs()],
+                           sess.run(None, dict(st, input_ids=ids, attention_mask=np.ones((1, total), np.int64)))))
+            st = {k: out[k.replace("past_key_values", "present")] for k in st}
+            logits.append(out["logits"][0, -1])
+            ids = out["logits"][:, -1:].argmax(-1).astype(np.int64)
+        return logits
+    seqs = [rng.integers(0, 96, 11).tolist(), rng.integers(0, 96, 5).tolist()]
+    refs = [alone(t, 5) for t in seqs]
+    session = m.session(batch=2, max_context=max_len)
+    got = session.append(np.array([seqs[0], [0] * 6 + seqs[1]]), np.array([[1] * 11, [0] * 6 + [1] * 5]))
+    errs = []
+    for step in range(6):
+        errs += [float(np.abs(got[j] - refs[j][step]).max() / np.abs(refs[j][step]).max()) for j in range(2)]
+        if step < 5:
+            got = session.append(got.argmax(-1).astype(np.int64)[:, None])
+    session.close()
+    check("gpt-oss: a padded batch session (prompts of 11 and 5 tokens) over window-sized caches",
+          max(errs) <= 1e-4, f"{len(errs)} sequence-calls, logits max rel error {max(errs):.2e} vs ONNX Runtime "
+          "per sequence")
     # Evicted positions cannot be rewound to: one error line.
     session = m.session()
     session.append(prompt[0])

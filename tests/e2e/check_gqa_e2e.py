@@ -14,7 +14,12 @@ LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, 
     and 2, match ONNX Runtime's logits and presents within 1e-4 (relative to the largest magnitude);
   - the fixed-size cache form (past buffers of a fixed length, `seqlens_k` saying how much is filled) too;
   - `moert generate --greedy` gives the same 16 tokens as a greedy loop over ONNX Runtime, for one prompt and for
-    each of a batch of two (a padded batch is one error: its caches are not appended at their ends);
+    each of a batch of two, also with prompts of different lengths (left-padded as moert takes them);
+  - a padded batch session (its caches hold each sequence from row 0, as seqlens_k says: the session moves
+    each sequence's prompt to the front of its row), caches appended in place (f32 and f16) and taken over
+    per call (--no-fusion): each sequence's logits at every call against ONNX Runtime running it alone (1e-4;
+    f16 caches 1e-2), also after a rewind to 0 over the stale rows; padding after the prompt and a sequence
+    leaving the batch are one error each;
   - a sliding window (local_window_size), head sinks, smooth_softmax, softcap, and position_ids (shifted
     rotary positions) with an attention_bias match too;
   - attributes out of range (local_window_size 0, softcap -1, sliding_window_cache without a window) are one
@@ -139,6 +144,47 @@ def run_steps(ort_sess, model, head_dim, batch, prompt_len, steps, rng, fixed=0)
     return worst
 
 
+def padded_session(rt, path, art, rng, what, cache_dtype="f32", bound=1e-4):
+    """A session of two whose prompts (5 and 2 tokens) are a left-padded batch, then 4 greedy decode steps: each
+    sequence's logits at every call against ONNX Runtime running that sequence alone (its own tokens, no
+    padding); then a rewind to 0 and the same prompts again (the caches' rows now stale); then the errors."""
+    import moert
+    from check_generate import OrtDecoder
+    seqs = [rng.integers(0, VOCAB, 5).tolist(), rng.integers(0, VOCAB, 2).tolist()]
+    refs = [OrtDecoder(path), OrtDecoder(path)]
+    model = rt.load(art, threads=2)
+    sess = model.session(batch=2, max_context=32, cache_dtype=cache_dtype)
+    ids = np.array([seqs[0], [7, 7, 7] + seqs[1]], np.int64)
+    mask = np.array([[1] * 5, [0, 0, 0, 1, 1]], np.int64)
+    rel = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())  # noqa: E731
+    got = sess.append(ids, mask)
+    first = [refs[i].step(seqs[i]) for i in range(2)]
+    errs = [rel(got[i], first[i]) for i in range(2)]
+    for _ in range(4):
+        nxt = [int(np.argmax(got[i])) for i in range(2)]
+        got = sess.append(np.array(nxt, np.int64)[:, None])
+        errs += [rel(got[i], refs[i].step([nxt[i]])) for i in range(2)]
+    length = len(sess)  # the longer sequence's 9
+    sess.rewind(0)
+    got = sess.append(ids, mask)
+    errs += [rel(got[i], first[i]) for i in range(2)]
+    errors = []
+    for call in (lambda: sess.append(ids, mask), lambda: sess.reset_sequence(1)):
+        try:
+            call()
+            errors.append("no error")
+        except moert.Error as e:
+            errors.append(str(e))
+    sess.close()
+    model.close()
+    err = max(errs)
+    check(f"a padded batch session, {what}", err <= bound and length == 9,
+          f"{len(errs)} sequence-calls, logits max rel error {err:.2e} vs ONNX Runtime per sequence (bound "
+          f"{bound:g}); length {length} (want 9)")
+    check(f"bad input ({what}): padding after the prompt, a sequence leaving the batch",
+          "no padding (mask 0) then" in errors[0] and "cannot leave or join" in errors[1], " | ".join(errors))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moec", required=True)
@@ -174,8 +220,9 @@ def main():
             text = subprocess.run([args.moert, "inspect", art], capture_output=True, text=True).stdout
             attention = sum(ln.strip().startswith("attention ") for ln in text.splitlines())
             check(f"{what}: one attention dispatch per layer", attention == LAYERS, f"{attention} attention dispatches")
-            check(f"{what}: sessions append to the caches in place", "appending to the caches in place" in text,
-                  next((ln for ln in text.splitlines() if ln.startswith("decoder")), "no decoder line"))
+            decoder = next((ln for ln in text.splitlines() if ln.startswith("decoder")), "no decoder line")
+            check(f"{what}: sessions append to the caches in place, each sequence from row 0",
+                  "appending to the caches in place" in decoder and "positions from row 0" in decoder, decoder)
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -198,8 +245,7 @@ def main():
                 got = tokens_of(r)
                 check("moert generate --greedy", got == tokens, f"moert {got} ONNX Runtime {tokens} {r.stderr.strip()}")
                 # A batch of two prompts of one length (no padding): each sequence's tokens are its own greedy
-                # loop's. A padded batch is refused: GroupQueryAttention's caches hold each sequence's positions
-                # from the start of its buffer, which a session's in-place append does not do.
+                # loop's.
                 prompts = np.stack([prompt, rng.integers(0, VOCAB, 4).astype(np.int64)])
                 want = [tokens, ort_greedy(path, prompts[1].tolist(), 16)]
                 np.save(os.path.join(tmp, "prompts.npy"), prompts)
@@ -207,13 +253,22 @@ def main():
                                     "--greedy", "--max-new-tokens", "16", "--threads", "2"], capture_output=True, text=True)
                 rows = [[int(x) for x in ln.split()[1:]] for ln in r.stdout.splitlines() if ln.startswith("tokens[")]
                 check("moert generate, a batch of two", rows == want, f"moert {rows} ONNX Runtime {want} {r.stderr.strip()}")
-                np.save(os.path.join(tmp, "mask.npy"), np.array([[1, 1, 1, 1], [0, 1, 1, 1]], np.int64))
+                # Prompts of 4 and 2 tokens, left-padded: each sequence's tokens are its own greedy loop's.
+                short = prompts[1, 2:]
+                np.save(os.path.join(tmp, "mask.npy"), np.array([[1, 1, 1, 1], [0, 0, 1, 1]], np.int64))
+                want = [tokens, ort_greedy(path, short.tolist(), 16)]
                 r = subprocess.run([args.moert, "generate", art, "--prompt-ids", os.path.join(tmp, "prompts.npy"),
-                                    "--attention-mask", os.path.join(tmp, "mask.npy"), "--threads", "2"],
-                                   capture_output=True, text=True)
-                lines = r.stderr.strip().splitlines()
-                check("bad input: a padded batch of a GroupQueryAttention decoder", r.returncode != 0 and
-                      len(lines) == 1 and "concatenated" in lines[0], lines[0] if lines else "(no error)")
+                                    "--attention-mask", os.path.join(tmp, "mask.npy"), "--greedy",
+                                    "--max-new-tokens", "16", "--threads", "2"], capture_output=True, text=True)
+                rows = [[int(x) for x in ln.split()[1:]] for ln in r.stdout.splitlines() if ln.startswith("tokens[")]
+                check("moert generate, a padded batch of two (prompts of 4 and 2 tokens)", rows == want,
+                      f"moert {rows} ONNX Runtime {want} {r.stderr.strip()}")
+                padded_session(rt, path, art, rng, "in place, f32 caches")
+                padded_session(rt, path, art, rng, "in place, f16 caches", cache_dtype="f16", bound=1e-2)
+                plain = os.path.join(tmp, "plain.moex")
+                subprocess.run([args.moec, "compile", path, "-o", plain, f"--cpu={args.cpu}", "--quiet",
+                                "--no-fusion"], check=True, capture_output=True)
+                padded_session(rt, path, plain, rng, "caches taken over per call (--no-fusion)")
         # Unsupported attributes: one error naming the node, no artifact.
         for attrs, needle in (({"local_window_size": 0}, "local_window_size"), ({"softcap": -1.0}, "softcap"),
                               ({"sliding_window_cache": 1}, "sliding_window_cache needs local_window_size")):

@@ -252,7 +252,10 @@ MOERT_API moert_status moert_session_append(moert_session *session, const int64_
  * not be padding unless its whole row is (it sits the call out: an idle place of the batch, its logits NaN).
  * *logits is [batch][*vocab]: each sequence's last token's logits, valid until the next call on the session.
  * When the call would pass the context, padding no sequence needs is dropped first (as
- * moert_session_reset_sequence does; decoders that take position_ids). */
+ * moert_session_reset_sequence does; decoders that take position_ids). GroupQueryAttention decoders (`moert
+ * inspect`: "each sequence's positions from row 0") keep each sequence from the start of its caches: the
+ * session moves each sequence's tokens of a padded first prompt to the front of its row (right padding, as
+ * ONNX Runtime reads them), and later calls take no padding (an error) and no idle rows. */
 MOERT_API moert_status moert_session_append_batch(moert_session *session, const int64_t *tokens, size_t n,
                                                   const int64_t *mask, const float **logits, size_t *vocab);
 /* Ends sequence `sequence` of the batch and frees its place for a new one (continuous batching): its cached
@@ -262,7 +265,7 @@ MOERT_API moert_status moert_session_append_batch(moert_session *session, const 
  * sequence joins with moert_session_append_batch: its prompt in its row, the others' next tokens
  * right-aligned after padding; a row of padding only sits a call out. Needs a decoder that takes position_ids
  * (each token gets its count of earlier tokens; without them positions are cache indices and a batch of more
- * than one is refused); GroupQueryAttention decoders take no padding. */
+ * than one is refused); refused for GroupQueryAttention decoders (see moert_session_append_batch). */
 MOERT_API moert_status moert_session_reset_sequence(moert_session *session, size_t sequence);
 /* Cached positions (the batch's common length: every sequence's tokens and padding). */
 MOERT_API size_t moert_session_length(const moert_session *session);
