@@ -496,7 +496,7 @@ struct Emitter {
     const bool scale16 = qbits && !q1a;
     auto scaleBytes = [&](const std::vector<float> &sc) { return scale16 ? asF16(sc) : asBytes(sc); };
     int64_t qblock1 = 0, qblock2 = 0;
-    bool fc2Panels = false;
+    bool panels = false;
     // Packs (x, j, part) rows of fc1 and fc2 columns for `ne` experts with `fdim` dims into `slot`s.
     auto packExperts = [&](int64_t ne, int64_t fdim, F32Span w1, F32Span w2, const QRows *r1, const QRows *r2,
                            int slot1, int slot2, int sslot1, int sslot2, StringRef name1, StringRef name2) {
@@ -539,17 +539,40 @@ struct Emitter {
         store(slot2, name2, std::move(p2));
         return;
       }
-      std::vector<int8_t> q1(ne * fdim * g * h);
-      std::vector<float> s1(ne * fdim * g * r1->nb);
-      for (int64_t x = 0; x < ne; ++x)
-        for (int64_t j = 0; j < fdim; ++j)
-          for (int64_t part = 0; part < g; ++part) {
-            int64_t src = x * g * fdim + gatedRow(j, part, fdim), dst = (x * fdim + j) * g + part;
-            std::memcpy(&q1[dst * h], &r1->q[src * h], h);
-            std::memcpy(&s1[dst * r1->nb], &r1->s[src * r1->nb], r1->nb * 4);
-          }
-      std::vector<char> c2, cs2; // fc2's codes and scales
-      if (fc2Panels) {
+      std::vector<char> c1, cs1, c2, cs2; // fc1's and fc2's codes and scales
+      if (panels) {
+        // each expert's fc1 as a linear layer of h inputs and fdim * g outputs, in the linear kernel's
+        // panels: panel p * g + part holds part `part` of dims p * NR .. p * NR + NR - 1
+        constexpr int64_t nr = MOERT_LINEAR_NR;
+        for (int64_t x = 0; x < ne; ++x) {
+          std::vector<uint8_t> codes(fdim * g * h);
+          std::vector<float> scales(fdim * g * r1->nb);
+          for (int64_t j = 0; j < fdim; ++j)
+            for (int64_t part = 0; part < g; ++part) {
+              const int64_t src = x * g * fdim + gatedRow(j, part, fdim),
+                            dst = ((j / nr) * g + part) * nr + j % nr;
+              for (int64_t i = 0; i < h; ++i) // unsigned codes, zero point 2^(bits-1)
+                codes[dst * h + i] = uint8_t(r1->q[src * h + i] + (1 << (qbits - 1)));
+              std::memcpy(&scales[dst * r1->nb], &r1->s[src * r1->nb], r1->nb * 4);
+            }
+          PackedLinear pl = packLinearCodes(codes, scales, {}, qbits, h, fdim * g, r1->blk, {}, scale16);
+          c1.insert(c1.end(), pl.slots[MOERT_LIN_W].begin(), pl.slots[MOERT_LIN_W].end());
+          cs1.insert(cs1.end(), pl.slots[MOERT_LIN_SCALES].begin(), pl.slots[MOERT_LIN_SCALES].end());
+        }
+      } else {
+        std::vector<int8_t> q1(ne * fdim * g * h);
+        std::vector<float> s1(ne * fdim * g * r1->nb);
+        for (int64_t x = 0; x < ne; ++x)
+          for (int64_t j = 0; j < fdim; ++j)
+            for (int64_t part = 0; part < g; ++part) {
+              int64_t src = x * g * fdim + gatedRow(j, part, fdim), dst = (x * fdim + j) * g + part;
+              std::memcpy(&q1[dst * h], &r1->q[src * h], h);
+              std::memcpy(&s1[dst * r1->nb], &r1->s[src * r1->nb], r1->nb * 4);
+            }
+        c1 = packBits(q1, qbits);
+        cs1 = scaleBytes(s1);
+      }
+      if (panels) {
         // each expert's fc2 as a linear layer of fdim inputs and h outputs, in the linear kernel's panels
         for (int64_t x = 0; x < ne; ++x) {
           std::vector<uint8_t> codes(h * fdim);
@@ -578,9 +601,9 @@ struct Emitter {
         weightBytes += bytes.size();
         sections[slot] = weightSection(op, slot, name, std::move(bytes));
       };
-      raw(slot1, name1, packBits(q1, qbits));
+      raw(slot1, name1, std::move(c1));
       raw(slot2, name2, std::move(c2));
-      raw(sslot1, (name1 + "_scales").str(), scaleBytes(s1));
+      raw(sslot1, (name1 + "_scales").str(), std::move(cs1));
       raw(sslot2, (name2 + "_scales").str(), std::move(cs2));
     };
     const bool gpu = opts.gpu();
@@ -613,16 +636,18 @@ struct Emitter {
         r2 = quantizeRows(w2, e * h, f, qbits, qblock2, scale16);
       }
     }
-    // With int8 activations on a CPU target, fc2 goes in the linear kernel's panels and multiplies integers
-    // (C::FC2_PANELS, MOERT_FC2) where the kernel's integer paths apply: integer fc1 (blocks and H whole
-    // input blocks / code steps), no predictor, H whole column panels, F and the shared expert's dims whole
-    // input blocks, fc2 blocks of whole input blocks. GPU kernels read fc2's rows.
+    // With int8 activations on a CPU target, fc1 and fc2 go in the linear kernel's panels and multiply
+    // integers (C::PANELS, MOERT_FC1 / MOERT_FC2) where the kernel's integer paths apply: fc1 blocks and H
+    // whole input blocks / code steps, no predictor, H whole column panels, F and the shared expert's dims
+    // whole input blocks (so whole fc1 panels too), fc2 blocks of whole input blocks. GPU kernels read rows.
     const int64_t fsDims =
         op.getSharedFc2() ? cast<RankedTensorType>(op.getSharedFc2().getType()).getDimSize(1) : 0;
     const int64_t xb = MOERT_INT8_ACT_BLOCK;
-    fc2Panels = qbits && op.getInt8Activations() && !gpu && !op.getPredA() &&
-                (qblock1 ? qblock1 : h) % xb == 0 && h % (qbits == 4 ? 2 * xb : xb) == 0 &&
-                h % MOERT_LINEAR_NR == 0 && f % xb == 0 && fsDims % xb == 0 && qblock2 % xb == 0;
+    static_assert(MOERT_INT8_ACT_BLOCK % MOERT_LINEAR_NR == 0,
+                  "dims in whole input blocks: whole fc1 panels");
+    panels = qbits && op.getInt8Activations() && !gpu && !op.getPredA() &&
+             (qblock1 ? qblock1 : h) % xb == 0 && h % (qbits == 4 ? 2 * xb : xb) == 0 &&
+             h % MOERT_LINEAR_NR == 0 && f % xb == 0 && fsDims % xb == 0 && qblock2 % xb == 0;
     packExperts(e, f, w1, w2, &r1, &r2, MOERT_FC1, MOERT_FC2, MOERT_FC1_SCALES, MOERT_FC2_SCALES, "fc1",
                 "fc2");
     bool linear = op.getRouterKind() == moe::RouterKind::linear;
@@ -783,7 +808,7 @@ struct Emitter {
        << "  static constexpr int64_t QBLOCK1 = " << (qblock1 ? qblock1 : h) << ", QBLOCK2 = " << qblock2
        << ";\n"
        << "  static constexpr bool INT8_ACT = " << b(qbits && op.getInt8Activations())
-       << ", FC2_PANELS = " << b(fc2Panels) << ", SCALE16 = " << b(scale16) << ";\n"
+       << ", PANELS = " << b(panels) << ", SCALE16 = " << b(scale16) << ";\n"
        << "  static constexpr int64_t H = " << h << ", F = " << f << ", E = " << e << ", N = " << n
        << ", K = " << op.getK() << ", R = " << r << ", KEEP = " << keep << ", FS = " << fs
        << ", GROUPS = " << op.getExpertGroups()

@@ -53,29 +53,33 @@ typedef struct moert_exec {
 
 /* Weight slots of a sparse MoE dispatch (pointers into the artifact's 64-byte-aligned weight sections). */
 enum moert_moe_slot {
-  MOERT_FC1 = 0,         /* [E][F][2][H] gated (gate, up rows per hidden dim) or [E][F][H]; f32, bf16, fp16,
-                            int8, or int4 (two per byte along H, low nibble first, zero point 8)     */
-  MOERT_FC2 = 1,         /* [E][F][H]: fc2 transposed, so hidden dim f's column is one row; with C::FC2_PANELS
-                            (int8 activations on a CPU target, see codegen) each expert's fc2 is instead a linear
-                            layer's weights (K = F dims, N = H columns) in MOERT_LIN_W's panel layout           */
-  MOERT_ROUTER = 2,      /* [N][H]: router weights transposed (router_kind = linear)               */
-  MOERT_ROUTER_BIAS = 3, /* [N]                                                                    */
-  MOERT_SEL_BIAS = 4,    /* [N]                                                                    */
-  MOERT_FC1_BIAS = 5,    /* [E][F][2] or [E][F]                                                     */
-  MOERT_FC2_BIAS = 6,    /* [E][H]                                                                 */
-  MOERT_MASK = 7,        /* [E][F] uint8, nonzero = keep                                            */
-  MOERT_PRED_A = 8,      /* [E][R][H]: pred_a transposed                                            */
-  MOERT_PRED_B = 9,      /* [E][R][F]                                                               */
-  MOERT_NORM_W = 10,     /* [H]                                                                    */
-  MOERT_NORM_B = 11,     /* [H]                                                                    */
-  MOERT_SHARED1 = 12,    /* [Fs][2][H] or [Fs][H]                                                   */
-  MOERT_SHARED2 = 13,    /* [Fs][H]: shared_fc2 transposed                                          */
-  MOERT_SHARED_GATE = 14,    /* [H]                                                                    */
-  MOERT_FC1_SCALES = 15,     /* quantised fc1: [E][F][G][ceil(H / QBLOCK1)], one per block of a row: f16
-                                with C::SCALE16 (moec quantised them, MOERT_QSCALE_BYTES), else f32 (QMoE) */
-  MOERT_FC2_SCALES = 16,     /* quantised fc2: [E][ceil(F / QBLOCK2)][H], one per column per row block
-                                (C::FC2_PANELS: [E] of MOERT_LIN_SCALES' [NP][KB][NR], the same values);
-                                f16 with C::SCALE16, else f32                                             */
+  MOERT_FC1 = 0,          /* [E][F][2][H] gated (gate, up rows per hidden dim) or [E][F][H]; f32, bf16, fp16,
+                             int8, or int4 (two per byte along H, low nibble first, zero point 8); with
+                             C::PANELS (int8 activations on a CPU target, see codegen) each expert's fc1 is
+                             instead a linear layer's weights (K = H, N = F * G) in MOERT_LIN_W's panel layout,
+                             panel (f / MOERT_LINEAR_NR) * G + part holding that part of MOERT_LINEAR_NR dims */
+  MOERT_FC2 = 1,          /* [E][F][H]: fc2 transposed, so hidden dim f's column is one row; with C::PANELS
+                             each expert's fc2 is instead a linear layer's weights (K = F dims, N = H columns)
+                             in MOERT_LIN_W's panel layout                                                      */
+  MOERT_ROUTER = 2,       /* [N][H]: router weights transposed (router_kind = linear)               */
+  MOERT_ROUTER_BIAS = 3,  /* [N]                                                                    */
+  MOERT_SEL_BIAS = 4,     /* [N]                                                                    */
+  MOERT_FC1_BIAS = 5,     /* [E][F][2] or [E][F]                                                     */
+  MOERT_FC2_BIAS = 6,     /* [E][H]                                                                 */
+  MOERT_MASK = 7,         /* [E][F] uint8, nonzero = keep                                            */
+  MOERT_PRED_A = 8,       /* [E][R][H]: pred_a transposed                                            */
+  MOERT_PRED_B = 9,       /* [E][R][F]                                                               */
+  MOERT_NORM_W = 10,      /* [H]                                                                    */
+  MOERT_NORM_B = 11,      /* [H]                                                                    */
+  MOERT_SHARED1 = 12,     /* [Fs][2][H] or [Fs][H]                                                   */
+  MOERT_SHARED2 = 13,     /* [Fs][H]: shared_fc2 transposed                                          */
+  MOERT_SHARED_GATE = 14, /* [H]                                                                    */
+  MOERT_FC1_SCALES = 15,  /* quantised fc1: [E][F][G][ceil(H / QBLOCK1)], one per block of a row: f16
+                             with C::SCALE16 (moec quantised them, MOERT_QSCALE_BYTES), else f32 (QMoE);
+                             C::PANELS: [E] of MOERT_LIN_SCALES' [NP][KB][NR], the same values        */
+  MOERT_FC2_SCALES = 16,  /* quantised fc2: [E][ceil(F / QBLOCK2)][H], one per column per row block
+                             (C::PANELS: [E] of MOERT_LIN_SCALES' [NP][KB][NR], the same values);
+                             f16 with C::SCALE16, else f32                                             */
   MOERT_SHARED1_SCALES = 17, /* as FC1_SCALES for the shared expert (Fs dims)                        */
   MOERT_SHARED2_SCALES = 18, /* as FC2_SCALES for the shared expert                                  */
   MOERT_MOE_SLOTS = 19
@@ -179,8 +183,8 @@ enum moert_linear_slot {
  * multiple of it): q = round-half-even(x * (127 / max|x|)), x ~ q * max|x| / 127. The result is then sum_k
  * w[k][n] * x~[k] with exact integer sums per block and f32 across blocks, as ggml computes Q8_0 x Q4_0 /
  * Q8_0, whatever the number of rows. Without it inputs are multiplied as they are. In a MoE dispatch with
- * C::FC2_PANELS every expert rounds its tokens (fc1's input) and its fc2 input (routing weight x activation,
- * per block of 32 dims counted from dim 0, dims not kept 0), whatever its token count; without fc2 panels
+ * C::PANELS every expert rounds its tokens (fc1's input) and its fc2 input (routing weight x activation,
+ * per block of 32 dims counted from dim 0, dims not kept 0), whatever its token count; without panels
  * (a GPU target, or shapes that do not allow them) an expert computing fewer than 16 tokens of a call (a
  * token tile below a GEMM's) rounds its tokens only, and bigger tiles multiply f32. */
 /* Bytes of each block scale of the weights moec quantises itself (--weights / --dense-weights int8, int4:

@@ -377,11 +377,15 @@ template <class C> struct QuantRows {
   }
   R1 row1(int64_t r) const { return {q1 + r * RB, s1 + r * NB1}; }
   R2 row2(int64_t f) const { return {q2 + f * RB, s2 + (f / blk2) * C::H}; }
+  // C::PANELS: fc1 is instead the linear kernel's panels (MOERT_FC1), panel p = (f / kGemmNR) * G + part
+  // holding part `part` of kGemmNR dims, and its scales ([KB][kGemmNR] a panel).
+  const uint8_t *panel1(int64_t p) const { return q1 + p * RB * kGemmNR; }
+  const Scale *panelScales1(int64_t p) const { return s1 + p * NB1 * kGemmNR; }
 };
 template <class C> struct ExpertRows<C, 8> : QuantRows<C> { using QuantRows<C>::QuantRows; };
 template <class C> struct ExpertRows<C, 4> : QuantRows<C> { using QuantRows<C>::QuantRows; };
 
-/// An expert's weights as the linear kernel (linear.h) sees them, for the integer tiles of C::FC2_PANELS: K_
+/// An expert's weights as the linear kernel (linear.h) sees them, for the integer tiles of C::PANELS: K_
 /// features in, N_ columns out, blocks of QBLOCK_ features, symmetric codes with f16 (S16) or f32 scales,
 /// rounded int8 inputs.
 template <class C, int64_t K_, int64_t N_, int64_t QBLOCK_, bool S16> struct ExpertLayer {
@@ -393,16 +397,15 @@ template <class C, int64_t K_, int64_t N_, int64_t QBLOCK_, bool S16> struct Exp
   static constexpr float EPS = 0.0f;
   static constexpr int64_t SPLIT[2] = {0, N_};
 };
-/// The fc2 of an expert with FD hidden dims stored in the linear kernel's panels (C::FC2_PANELS, see
+/// The fc2 of an expert with FD hidden dims stored in the linear kernel's panels (C::PANELS, see
 /// MOERT_FC2): K = FD dims in, N = H columns out, blocks of QBLOCK2 dims (one block when 0), scales as
 /// stored.
 template <class C, int64_t FD>
 using Fc2Layer = ExpertLayer<C, FD, C::H, (C::QBLOCK2 > 0 ? C::QBLOCK2 : FD), C::SCALE16>;
-/// fc1's rows of one panel of kGemmNR hidden dims (one part of a gated pair) in integer GEMM tiles: K = H
-/// features in, blocks of QBLOCK1, the rows repacked into one of the linear kernel's panels per tile
-/// (Kernel::packFc1Ints), with the scales widened to f32 there.
+/// One panel of fc1 (kGemmNR hidden dims, one part of a gated pair) as stored with C::PANELS (see MOERT_FC1):
+/// K = H features in, blocks of QBLOCK1, scales as stored.
 template <class C>
-using Fc1Layer = ExpertLayer<C, C::H, kGemmNR, (C::QBLOCK1 > 0 ? C::QBLOCK1 : C::H), false>;
+using Fc1Layer = ExpertLayer<C, C::H, kGemmNR, (C::QBLOCK1 > 0 ? C::QBLOCK1 : C::H), C::SCALE16>;
 
 inline float sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
 inline float gelu_erf(float a) { return 0.5f * a * (1.0f + std::erf(a * 0.70710678118654752f)); }
@@ -442,20 +445,22 @@ template <class C> struct Kernel {
   static constexpr bool INT_FC1 =
       C::QBITS != 0 && C::INT8_ACT && C::QBLOCK1 % kXBlock == 0 && H % (C::QBITS == 4 ? 64 : 32) == 0;
   static constexpr int64_t XBS = INT_FC1 ? H / kXBlock : 0; // input blocks of a token
-  // C::FC2_PANELS (codegen's choice, with INT8_ACT on CPU targets): fc2 is stored in the linear kernel's
-  // panels (MOERT_FC2) and every expert rounds its fc2 inputs (the activations times the routing weight) to
-  // int8 per block of kXBlock dims too, so fc2 is integer dot products on linear.h's code (Fc2<FD>::intTile).
-  // Token tiles of kGemmTokens or more compute fc1 on that code as well (Fc1::intTile, its rows repacked
-  // into a panel per tile): with fc2 panels every expert, whatever its token count, multiplies integers.
-  // Chunks of dims start at multiples of kXBlock, so the rounding blocks are the same whatever the chunking.
-  static constexpr bool INT_FC2 = C::FC2_PANELS;
+  // C::PANELS (codegen's choice, with INT8_ACT on CPU targets): fc1 and fc2 are stored in the linear
+  // kernel's panels (MOERT_FC1, MOERT_FC2); every expert rounds its tokens per tile and its fc2 inputs (the
+  // activations times the routing weight) to int8 per block of kXBlock dims, and both layers are integer dot
+  // products on linear.h's code (Fc1::intTile, Fc2<FD>::intTile), whatever the expert's token count.
+  // Chunks of dims start at multiples of kXBlock, so the rounding blocks are the same whatever the chunking,
+  // and fc1's panels are whole.
+  static constexpr bool INT_FC2 = C::PANELS;
+  // Tokens rounded once in the routing pass (QTok form, for fc1's rows): integer fc1 without panels.
+  static constexpr bool ROUND_IN_ROUTE = INT_FC1 && !INT_FC2;
   static constexpr int64_t FSX = C::HAS_SHARED ? C::FS : F; // the shared expert's dims (F without one)
   template <int64_t FD> using Fc2 = Linear<Fc2Layer<C, FD>>;
   using Fc1 = Linear<Fc1Layer<C>>;
-  static_assert(
-      !INT_FC2 || (INT_FC1 && !C::HAS_PRED && H % kGemmNR == 0 && F % kXBlock == 0 && FSX % kXBlock == 0 &&
-                   C::QBLOCK2 % kXBlock == 0),
-      "fc2 panels need integer fc1, no predictor, whole column panels and whole input blocks of dims");
+  static_assert(!INT_FC2 || (INT_FC1 && !C::HAS_PRED && H % kGemmNR == 0 && F % kXBlock == 0 &&
+                             FSX % kXBlock == 0 && C::QBLOCK2 % kXBlock == 0),
+                "panels need integer fc1, no predictor, whole column panels and whole input blocks of dims");
+  static_assert(!INT_FC2 || kXBlock % kGemmNR == 0, "chunks of dims are whole fc1 panels");
   static constexpr int64_t DIM_GRAIN = INT_FC2 ? kXBlock : 1; // chunks of dims start at multiples of this
 
   struct Item {
@@ -481,35 +486,32 @@ template <class C> struct Kernel {
                            GCF = kTileRows * kMoeFB, GB2 = kGemmPW * kMoeKC * kGemmNR, GO = kTileRows * LDO;
   static constexpr size_t kF32GemmBytes = sizeof(float) * (GA + GB1 + GH1 + GCF + GB2 + GO) + 6 * 64;
   // intGemm's (INT_FC2): the tile's tokens rounded to int8 ([kTile][Fc1::KPAD]) with their scales and sums
-  // of q ([kTile][Fc1::KX] each), one fc1 panel and its scales, fc1's outputs for it ([kTile][G][NR]), the
-  // fc2 inputs of a super block of dims ([kTile][kMoeFB]) and them rounded ([kTile][kMoeFB], scales and
-  // sums [kTile][kMoeFB / kXBlock]).
+  // of q ([kTile][Fc1::KX] each), fc1's outputs for a panel ([kTile][G][NR]), the fc2 inputs of a super block
+  // of dims ([kTile][kMoeFB]) and them rounded ([kTile][kMoeFB], scales and sums [kTile][kMoeFB / kXBlock]).
   struct IntBufs {
     int8_t *xq;
     float *xs, *xsq;
-    uint8_t *panel;
-    float *psc, *h, *cf;
+    float *h, *cf;
     int8_t *q2;
     float *qs, *qsum;
   };
   static constexpr size_t kIntXq = align64(size_t(kTile) * Fc1::KPAD),
                           kIntXs = align64(sizeof(float) * kTile * Fc1::KX),
-                          kIntPanel = align64(size_t(Fc1::PANELB)),
-                          kIntPsc = align64(sizeof(float) * Fc1::KB * kGemmNR),
                           kIntH = align64(sizeof(float) * kTile * G * kGemmNR),
                           kIntCf = align64(sizeof(float) * kTile * kMoeFB),
                           kIntQ2 = align64(size_t(kTile) * kMoeFB),
                           kIntQs = align64(sizeof(float) * kTile * (kMoeFB / kXBlock));
-  static constexpr size_t kIntGemmBytes =
-      kIntXq + 2 * kIntXs + kIntPanel + kIntPsc + kIntH + kIntCf + kIntQ2 + 2 * kIntQs + 64;
+  static constexpr size_t kIntGemmBytes = kIntXq + 2 * kIntXs + kIntH + kIntCf + kIntQ2 + 2 * kIntQs + 64;
   static constexpr size_t kGemmThreadBytes = INT_FC2 ? kIntGemmBytes : kF32GemmBytes;
   // intDecode's (INT_FC2), for tiles of up to `rows` tokens: the fc2 inputs of a pass of DFB dims
-  // ([rows][DFB]) and them rounded ([rows][DFB], scales and sums [rows][DFB / kXBlock]).
+  // ([rows][DFB]) and them rounded ([rows][DFB], scales and sums [rows][DFB / kXBlock]), the tokens rounded
+  // ([rows][Fc1::KPAD], scales and sums [rows][Fc1::KX]) and fc1's outputs for a panel ([rows][G][NR]).
   static constexpr int64_t DFB =
       std::min<int64_t>(kMoeDecodeFB, (std::max<int64_t>(F, FSX) + kXBlock - 1) / kXBlock * kXBlock);
   static constexpr size_t decBytes(int64_t rows) {
     return align64(sizeof(float) * rows * DFB) + align64(size_t(rows) * DFB) +
-           2 * align64(sizeof(float) * rows * (DFB / kXBlock));
+           2 * align64(sizeof(float) * rows * (DFB / kXBlock)) + align64(size_t(rows) * Fc1::KPAD) +
+           2 * align64(sizeof(float) * rows * Fc1::KX) + align64(sizeof(float) * rows * G * kGemmNR);
   }
   static constexpr int64_t decRows(int64_t T) { return std::min<int64_t>(T, kGemmTokens); }
   static IntBufs intBufs(char *mine) {
@@ -523,8 +525,6 @@ template <class C> struct Kernel {
     b.xq = reinterpret_cast<int8_t *>(take(kIntXq));
     b.xs = reinterpret_cast<float *>(take(kIntXs));
     b.xsq = reinterpret_cast<float *>(take(kIntXs));
-    b.panel = reinterpret_cast<uint8_t *>(take(kIntPanel));
-    b.psc = reinterpret_cast<float *>(take(kIntPsc));
     b.h = reinterpret_cast<float *>(take(kIntH));
     b.cf = reinterpret_cast<float *>(take(kIntCf));
     b.q2 = reinterpret_cast<int8_t *>(take(kIntQ2));
@@ -563,9 +563,10 @@ template <class C> struct Kernel {
     l.pred = take(C::HAS_PRED ? (sizeof(float) * (C::R + F) + sizeof(int32_t) * F) * threads : 0);
     l.fmax = std::max<int64_t>(F, C::FS);
     l.coef = take(sizeof(float) * kTile * kDimBlock * threads);
-    l.xq = take(INT_FC1 ? size_t(T * H) : 0);
-    l.xs = take(sizeof(float) * T * XBS);
-    l.xsq = take(C::QBITS == 4 ? sizeof(int32_t) * T * XBS * kZpLanes : 0); // int4 zero points (QTok::zp)
+    l.xq = take(ROUND_IN_ROUTE ? size_t(T * H) : 0);
+    l.xs = take(ROUND_IN_ROUTE ? sizeof(float) * T * XBS : 0);
+    // int4 zero points (QTok::zp)
+    l.xsq = take(ROUND_IN_ROUTE && C::QBITS == 4 ? sizeof(int32_t) * T * XBS * kZpLanes : 0);
     l.gemm = take(!C::HAS_PRED && T >= kGemmTokens ? kGemmThreadBytes * threads : 0);
     l.dec = take(INT_FC2 ? decBytes(decRows(T)) * threads : 0);
     l.total = off;
@@ -584,7 +585,7 @@ template <class C> struct Kernel {
     float *partial;
     char *pred;
     float *coef; // per thread: [kTile][kDimBlock] activations times routing weight
-    int8_t *xq;  // INT_FC1: each token rounded to int8 ([T][H]), scales ([T][XBS]), zero-point terms
+    int8_t *xq;  // ROUND_IN_ROUTE: each token rounded to int8 ([T][H]), scales ([T][XBS]), zero-point terms
                  // ([T][XBS][kZpLanes], see QTok)
     float *xs;
     int32_t *xsq;
@@ -601,7 +602,7 @@ template <class C> struct Kernel {
     if constexpr (PREROUTED) { // a row sent to this expert's rank: its expert and weight come with it
       c.chosen[t] = a.routes[t];
       c.weight[t] = a.route_weights[t];
-      if constexpr (INT_FC1)
+      if constexpr (ROUND_IN_ROUTE)
         roundToken<C::QBITS>(x, H, c.xq + t * H, c.xs + t * XBS, c.xsq + t * XBS * kZpLanes);
       return;
     }
@@ -611,7 +612,7 @@ template <class C> struct Kernel {
                        static_cast<const float *>(a.weights[MOERT_NORM_B]), C::EPS, H, xn);
       x = xn;
     }
-    if constexpr (INT_FC1)
+    if constexpr (ROUND_IN_ROUTE)
       roundToken<C::QBITS>(x, H, c.xq + t * H, c.xs + t * XBS, c.xsq + t * XBS * kZpLanes);
     float logits[N], scores[N], choice[N];
     if (C::LINEAR_ROUTER) {
@@ -830,132 +831,90 @@ template <class C> struct Kernel {
     }
   }
 
-  /// Decode and token tiles smaller than a GEMM's with fc2 panels (INT_FC2), for an expert with FD dims: per
-  /// pass of up to DFB dims, the tokens' fc2 inputs (routing weight times activation, masked dims 0; fc1 by
-  /// integer dot products on its rows, each row pair used by every token while in L1), then fc2Ints (in
-  /// `thread`'s buffers, c.dec).
-  template <int64_t FD, class Coef>
+  /// fc1 on integer tiles (INT_FC2) for dims [fb, fe) (whole panels) of n tokens rounded as Fc1's inputs
+  /// (`xq` [n][KPAD], `xs` / `xsq` [n][KX]): per panel of kGemmNR dims, both parts' sums for every token
+  /// (into `h`, [n][G][NR]), then cf[i * ldc + f - fb] = ws[i] * activate(gate, up), fc1's bias added, masked
+  /// dims 0.
+  static void fc1Ints(const ExpertRows<C> &rows, int64_t fb, int64_t fe, int64_t n, const int8_t *xq,
+                      const float *xs, const float *xsq, const float *ws, const float *b1,
+                      const uint8_t *mask, float *h, float *cf, int64_t ldc) {
+    constexpr int64_t NR = kGemmNR, MR = kGemmMR, KPAD = Fc1::KPAD, KX = Fc1::KX;
+    for (int64_t f0 = fb; f0 < fe; f0 += NR) {
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t p = (f0 / NR) * G + g;
+        for (int64_t i0 = 0; i0 < n; i0 += MR)
+          gemmRows(std::min<int64_t>(MR, n - i0), [&](auto m) {
+            constexpr int M = decltype(m)::value;
+            vf acc[M][kGemmNV] = {};
+            const typename Fc1::Rounded rx{xq + i0 * KPAD, xs + i0 * KX, xsq + i0 * KX, KPAD, KX, 0};
+            Fc1::template intTile<M>(rows.panel1(p), rows.panelScales1(p), nullptr, rx, 0, H, acc);
+#pragma unroll
+            for (int i = 0; i < M; ++i)
+#pragma unroll
+              for (int64_t v = 0; v < kGemmNV; ++v)
+                storev(h + ((i0 + i) * G + g) * NR + v * VW, acc[i][v]);
+          });
+      }
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < NR && f0 + j < fe; ++j) {
+          const int64_t f = f0 + j;
+          float v = 0.0f;
+          if (!mask || mask[f]) {
+            const float gv = h[(i * G) * NR + j] + (b1 ? b1[f * G] : 0.0f);
+            const float uv = G == 2 ? h[(i * G + 1) * NR + j] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+            v = ws[i] * activate(gv, uv);
+          }
+          cf[i * ldc + (f - fb)] = v;
+        }
+    }
+  }
+
+  /// Decode and token tiles smaller than a GEMM's with panels (INT_FC2), for an expert with FD dims: the
+  /// tokens rounded, then per pass of up to DFB dims their fc2 inputs (fc1Ints) and fc2Ints (in `thread`'s
+  /// buffers, c.dec).
+  template <int64_t FD>
   static void intDecode(const Ctx &c, int thread, const ExpertRows<C> &rows, const Item &it, int64_t n,
-                        Coef &&coefAt, const uint8_t *mask, float *const *dst) {
-    constexpr int64_t SB = DFB, XN = SB / kXBlock;
+                        const float *const *xs, const float *ws, const float *b1, const uint8_t *mask,
+                        float *const *dst) {
+    constexpr int64_t SB = DFB, XN = SB / kXBlock, KPAD = Fc1::KPAD, KX = Fc1::KX;
     const int64_t R = decRows(c.l.T);
     char *p = c.dec + size_t(thread) * decBytes(R);
-    float *cf = reinterpret_cast<float *>(p);
-    int8_t *q = reinterpret_cast<int8_t *>(p + align64(sizeof(float) * R * SB));
-    float *qs = reinterpret_cast<float *>(p + align64(sizeof(float) * R * SB) + align64(size_t(R) * SB));
-    float *qsum = qs + align64(sizeof(float) * R * XN) / sizeof(float);
+    auto take = [&](size_t bytes) {
+      char *at = p;
+      p += align64(bytes);
+      return at;
+    };
+    float *cf = reinterpret_cast<float *>(take(sizeof(float) * R * SB));
+    int8_t *q = reinterpret_cast<int8_t *>(take(size_t(R) * SB));
+    float *qs = reinterpret_cast<float *>(take(sizeof(float) * R * XN));
+    float *qsum = reinterpret_cast<float *>(take(sizeof(float) * R * XN));
+    int8_t *xq = reinterpret_cast<int8_t *>(take(size_t(R) * KPAD));
+    float *xsc = reinterpret_cast<float *>(take(sizeof(float) * R * KX));
+    float *xsq = reinterpret_cast<float *>(take(sizeof(float) * R * KX));
+    float *h = reinterpret_cast<float *>(take(sizeof(float) * R * G * kGemmNR));
+    for (int64_t i = 0; i < n; ++i)
+      Fc1::quantizeRange(xs[i], 0, H, xq + i * KPAD, xsc + i * KX, xsq + i * KX);
     for (int64_t fb = it.f0; fb < it.f1; fb += SB) {
       const int64_t fe = std::min<int64_t>(it.f1, fb + SB);
-      for (int64_t f = fb; f < fe; ++f) {
-        const bool keep = !mask || mask[f];
-        for (int64_t i = 0; i < n; ++i)
-          cf[i * SB + (f - fb)] = keep ? coefAt(i, f) : 0.0f;
-      }
+      fc1Ints(rows, fb, fe, n, xq, xsc, xsq, ws, b1, mask, h, cf, SB);
       fc2Ints<FD, SB>(rows, cf, SB, n, fb, fe, q, qs, qsum, dst);
     }
   }
 
-  /// A row's 32-bit word as a panel group's (see packFc1Ints).
-  template <class Word> static inline Word groupWord(Word w) { // one lane or a vector of them
-    if constexpr (C::QBITS == 4) // int4: nibbles (0 1)(2 3)(4 5)(6 7) of a row -> (0 4)(1 5)(2 6)(3 7)
-      return (w & 0xF0000000u) | (w & 0xFu) | ((w >> 12) & 0xF0u) | ((w << 4) & 0xF00u) |
-             ((w >> 8) & 0xF000u) | ((w << 8) & 0xF0000u) | ((w >> 4) & 0xF00000u) | ((w << 12) & 0xF000000u);
-    else
-      return w;
-  }
-  /// Part g of fc1's rows for the kGemmNR dims from f0 (those at fe or past it zero) as one of the linear
-  /// kernel's panels (Fc1::PANELB bytes: [KG][NR][4], see linear.h) and its scales ([KB][NR]). A 32-bit word
-  /// of a row holds the same features as a column's group of the panel (int8: 4 codes; int4: 8 nibbles, as
-  /// pairs (k, k + 1) in the row and (k, k + 4) in the panel), so words are transposed VW rows x VW words at
-  /// a time and int4 ones have their nibbles reordered.
-  static void packFc1Ints(const ExpertRows<C> &rows, int64_t f0, int64_t fe, int64_t g, uint8_t *panel,
-                          float *psc) {
-    constexpr int64_t NR = kGemmNR, KG = Fc1::KG, KB = Fc1::KB;
-    static_assert(Fc1::PANELB == KG * NR * 4 && KG * 4 == QuantRows<C>::RB, "a row's words are its groups");
-    for (int64_t j0 = 0; j0 < NR; j0 += VW) {
-      const uint8_t *row[VW];
-      bool live[VW];
-      for (int64_t l = 0; l < VW; ++l) {
-        live[l] = f0 + j0 + l < fe;
-        row[l] = rows.row1((live[l] ? f0 + j0 + l : f0) * G + g).q;
-      }
-      int64_t k = 0;
-      for (; k + VW <= KG; k += VW) {
-        vf r[VW];
-#pragma unroll
-        for (int l = 0; l < VW; ++l) {
-          if (live[l])
-            std::memcpy(&r[l], row[l] + 4 * k, sizeof(vf));
-          else
-            r[l] = vf{};
-        }
-        transpose(r); // bit patterns moved, never computed on
-#pragma unroll
-        for (int l = 0; l < VW; ++l) {
-          u32xv w;
-          std::memcpy(&w, &r[l], sizeof w);
-          w = groupWord(w);
-          std::memcpy(panel + ((k + l) * NR + j0) * 4, &w, sizeof w);
-        }
-      }
-      for (; k < KG; ++k)
-        for (int64_t l = 0; l < VW; ++l) {
-          uint32_t w = 0;
-          if (live[l])
-            std::memcpy(&w, row[l] + 4 * k, 4);
-          w = groupWord(w);
-          std::memcpy(panel + (k * NR + j0 + l) * 4, &w, 4);
-        }
-    }
-    for (int64_t j = 0; j < NR; ++j) {
-      const auto *sr = f0 + j < fe ? rows.row1((f0 + j) * G + g).s : nullptr;
-      for (int64_t b = 0; b < KB; ++b)
-        psc[b * NR + j] = sr ? tofloat(sr[b]) : 0.0f;
-    }
-  }
-
-  /// A token tile of kGemmTokens or more with fc2 panels (INT_FC2), for an expert with FD dims: the tokens
-  /// rounded to int8 once; per super block of kMoeDB dims, fc1 panel by panel (the rows of kGemmNR dims and
-  /// one part repacked by packFc1Ints, then every row tile's integer sums on it: Fc1::intTile), the
-  /// activations times the routing weights (masked dims 0), then fc2Ints. dst rows are zeroed by the caller.
+  /// A token tile of kGemmTokens or more with panels (INT_FC2), for an expert with FD dims: the tokens
+  /// rounded to int8 once; per super block of kMoeFB dims, fc1Ints then fc2Ints. dst rows are zeroed by the
+  /// caller.
   template <int64_t FD>
   static void intGemm(const Ctx &c, const Item &it, const ExpertRows<C> &rows, int64_t n,
                       const float *const *xs, float *const *dst, const float *ws, const float *b1,
                       const uint8_t *mask, int thread) {
-    constexpr int64_t SB = kMoeFB, NR = kGemmNR, MR = kGemmMR, KPAD = Fc1::KPAD, KX = Fc1::KX;
+    constexpr int64_t SB = kMoeFB, KPAD = Fc1::KPAD, KX = Fc1::KX;
     const IntBufs b = intBufs(c.gemm + size_t(thread) * kGemmThreadBytes);
     for (int64_t i = 0; i < n; ++i)
       Fc1::quantizeRange(xs[i], 0, H, b.xq + i * KPAD, b.xs + i * KX, b.xsq + i * KX);
     for (int64_t fb = it.f0; fb < it.f1; fb += SB) {
       const int64_t fe = std::min<int64_t>(it.f1, fb + SB);
-      for (int64_t f0 = fb; f0 < fe; f0 += NR) {
-        for (int64_t g = 0; g < G; ++g) {
-          packFc1Ints(rows, f0, fe, g, b.panel, b.psc);
-          for (int64_t i0 = 0; i0 < n; i0 += MR)
-            gemmRows(std::min<int64_t>(MR, n - i0), [&](auto m) {
-              constexpr int M = decltype(m)::value;
-              vf acc[M][kGemmNV] = {};
-              const typename Fc1::Rounded rx{b.xq + i0 * KPAD, b.xs + i0 * KX, b.xsq + i0 * KX, KPAD, KX, 0};
-              Fc1::template intTile<M>(b.panel, b.psc, nullptr, rx, 0, H, acc);
-#pragma unroll
-              for (int i = 0; i < M; ++i)
-#pragma unroll
-                for (int64_t v = 0; v < kGemmNV; ++v)
-                  storev(b.h + ((i0 + i) * G + g) * NR + v * VW, acc[i][v]);
-            });
-        }
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < NR && f0 + j < fe; ++j) {
-            const int64_t f = f0 + j;
-            float v = 0.0f;
-            if (!mask || mask[f]) {
-              const float gv = b.h[(i * G) * NR + j] + (b1 ? b1[f * G] : 0.0f);
-              const float uv = G == 2 ? b.h[(i * G + 1) * NR + j] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
-              v = ws[i] * activate(gv, uv);
-            }
-            b.cf[i * SB + (f - fb)] = v;
-          }
-      }
+      fc1Ints(rows, fb, fe, n, b.xq, b.xs, b.xsq, ws, b1, mask, b.h, b.cf, SB);
       fc2Ints<FD, kMoeFB>(rows, b.cf, SB, n, fb, fe, b.q2, b.qs, b.qsum, dst);
     }
   }
@@ -1317,9 +1276,9 @@ template <class C> struct Kernel {
     } else if (INT_FC2) {
       if constexpr (INT_FC2) {
         if (n < kGemmTokens && it.expert >= 0)
-          intDecode<F>(c, thread, rows, it, n, coefAt, mask, dst);
+          intDecode<F>(c, thread, rows, it, n, xs, ws, b1, mask, dst);
         else if (n < kGemmTokens)
-          intDecode<FSX>(c, thread, rows, it, n, coefAt, mask, dst);
+          intDecode<FSX>(c, thread, rows, it, n, xs, ws, b1, mask, dst);
         else if (it.expert >= 0)
           intGemm<F>(c, it, rows, n, xs, dst, ws, b1, mask, thread);
         else

@@ -212,7 +212,7 @@ def int8_activations_reference(path, k, normalize):
     """The oracle on an ONNX Runtime swiglu MoE model with given logits (`path`: its weights as moec stores
     them, see quantized_reference_model) and int8 activations: every expert multiplies its tokens and its fc2
     inputs rounded to int8 (tests/reference/sparse_moe.py, int8_below; these layers' fc2 is stored in panels,
-    C::FC2_PANELS in kernels/cpu/sparse_moe.h, so token tiles of any size multiply integers). Returns (output,
+    C::PANELS in kernels/cpu/sparse_moe.h, so token tiles of any size multiply integers). Returns (output,
     slack): an fc2 input the oracle finds within a hair of a rounding tie may round the other way in the
     kernel's f32 arithmetic, and slack bounds what that changes (zero elsewhere)."""
     w = {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
