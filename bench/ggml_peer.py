@@ -148,7 +148,7 @@ def run_layer(key, w1, w2, wr, k, inputs, types, threads):
 
 def main():
     import argparse
-    from run import layer_weights
+    from run import fresh_inputs, layer_weights
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--types", default="f32,q8_0,q4_0")
@@ -157,8 +157,7 @@ def main():
     args = ap.parse_args()
     h, f, e, k = 2048, 2048, 16, 1
     _, w1, w2, wr = layer_weights(0, h, f, e)
-    inputs = {t: [np.random.default_rng(1000 + t).standard_normal((t, h), dtype=np.float32)
-                  for _ in range(args.repeat + 1)] for t in map(int, args.tokens.split(","))}
+    inputs = {t: fresh_inputs(1000 + t, (t, h), args.repeat + 1) for t in map(int, args.tokens.split(","))}
     run_layer("zaya1", w1, w2, wr, k, inputs, args.types.split(","), args.threads)
     return 0
 

@@ -77,6 +77,13 @@ def external(arrays, path):
     return protos
 
 
+def fresh_inputs(seed, shape, n):
+    """n different random f32 inputs from one generator: each call of a timing gets its own (so its tokens pick
+    other experts, read from memory, not the cache the previous call left warm)."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape, dtype=np.float32) for _ in range(n)]
+
+
 def layer_weights(seed, h, f, e):
     """A layer's expert weights (fc1 [E, 2F, H], fc2 [E, H, F]) and router [H, E], always drawn in this order
     from `seed`, so the timing loop can regenerate the router both sides use."""
@@ -211,8 +218,13 @@ import ggml_peer  # noqa: E402  (bench/ggml_peer.py: llama.cpp's ggml on the sam
 
 # ---- timing -------------------------------------------------------------------------------------------------
 
-def time_calls(fn, inputs):
-    fn(inputs[0])  # warm-up (page faults, thread start)
+def time_calls(fn, inputs, warm_all=False):
+    """(best, median) ms over inputs[1:] after a warm-up call on inputs[0] (page faults, thread start), or with
+    `warm_all` on every input: each weight a timed call reads was used once before (mapped in, checksummed,
+    resident, as the weights ggml holds in its own buffers are), while consecutive calls still read other
+    experts, from memory."""
+    for x in inputs if warm_all else inputs[:1]:
+        fn(x)
     times = []
     for x in inputs[1:]:
         t0 = time.perf_counter()
@@ -332,9 +344,8 @@ def main():
         print(f"   models generated in {time.time() - t0:.1f} s", flush=True)
         sess = ort_session(ort, ort_path, args.threads)
         wr = layer_weights(0, h, f, e)[3]  # the router both models were generated with
-        inputs = {t: [np.random.default_rng(1000 + t).standard_normal((t, h), dtype=np.float32)
-                      for _ in range(args.repeat + 1)] for t in tokens}
-        ort_times = {t: time_calls(lambda x: sess.run(None, {"x": x}), inputs[t]) for t in tokens}
+        inputs = {t: fresh_inputs(1000 + t, (t, h), args.repeat + 1) for t in tokens}
+        ort_times = {t: time_calls(lambda x: sess.run(None, {"x": x}), inputs[t], warm_all=True) for t in tokens}
         touched = {t: statistics.median(len(np.unique(routed_experts(x, wr, k))) for x in inputs[t][1:])
                    for t in tokens}
         del sess
@@ -354,7 +365,7 @@ def main():
             per_expert = 3 * h * active_f * WEIGHT_BYTES[variant_storage(w)] + ((h * 64 + 64 * f) * 4 if kind == "moepp" else 0)
             print(f"   {w}: compiled in {compile_s:.1f} s, loaded in {load_ms:.0f} ms", flush=True)
             for t in tokens:
-                m_best, m_med = time_calls(lambda x: model.run({"x": x}), inputs[t])
+                m_best, m_med = time_calls(lambda x: model.run({"x": x}), inputs[t], warm_all=True)
                 o_best, o_med = ort_times[t]
                 bytes_touched = touched[t] * per_expert + h * e * 4
                 flops = t * k * 6 * h * active_f + 2 * t * h * e
