@@ -15,6 +15,8 @@ LM head; inputs `input_ids`, `attention_mask`, `past_key_values.{i}.key/value`, 
   - the fixed-size cache form (past buffers of a fixed length, `seqlens_k` saying how much is filled) too;
   - `moert generate --greedy` gives the same 16 tokens as a greedy loop over ONNX Runtime, for one prompt and for
     each of a batch of two, also with prompts of different lengths (left-padded as moert takes them);
+  - a right-padded batch through moert_run (the form ONNX Runtime takes a batch of prompts in: each sequence's
+    mask ones then zeros) and 3 decode steps against ONNX Runtime on the same inputs (1e-4);
   - a padded batch session (its caches hold each sequence from row 0, as seqlens_k says: the session moves
     each sequence's prompt to the front of its row), caches appended in place (f32 and f16) and taken over
     per call (--no-fusion): each sequence's logits at every call against ONNX Runtime running it alone (1e-4;
@@ -144,6 +146,39 @@ def run_steps(ort_sess, model, head_dim, batch, prompt_len, steps, rng, fixed=0)
     return worst
 
 
+def padded_run(ort_sess, model, head_dim, rng, steps=3):
+    """A right-padded batch (prompts of 5 and 2 tokens, the mask ones then zeros, as ONNX Runtime takes a batch of
+    first prompts), then `steps` greedy decode steps with each sequence's mask of its own count, through
+    moert_run and ONNX Runtime, each fed its own presents: the worst relative error over the real tokens'
+    logits and each sequence's filled present rows."""
+    counts = [5, 2]
+    ids = rng.integers(0, VOCAB, (2, 5)).astype(np.int64)
+    pasts = {f"past_key_values.{i}.{k}": np.zeros((2, HKV, 0, head_dim), np.float32)
+             for i in range(LAYERS) for k in ("key", "value")}
+    ort_pasts, moe_pasts = dict(pasts), dict(pasts)
+    names = [o.name for o in ort_sess.get_outputs()]
+    worst, total = 0.0, 5
+    for step in range(steps + 1):
+        mask = np.array([[1] * c + [0] * (total - c) for c in counts], np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        want = dict(zip(names, ort_sess.run(None, {**feeds, **ort_pasts})))
+        got = model.run({**feeds, **moe_pasts})
+        rows = [c - 1 for c in counts] if step == 0 else [0, 0]
+        for b in range(2):
+            w, g = want["logits"][b, rows[b]], got["logits"][b, rows[b]]
+            worst = max(worst, float(np.abs(g - w).max() / np.abs(w).max()))
+            for k in pasts:
+                name = "present." + k[len("past_key_values."):]
+                w, g = want[name][b, :, :counts[b]], got[name][b, :, :counts[b]]
+                worst = max(worst, np.inf if g.shape != w.shape else float(np.abs(g - w).max() / np.abs(w).max()))
+        ort_pasts = {k: want["present." + k[len("past_key_values."):]] for k in pasts}
+        moe_pasts = {k: got["present." + k[len("past_key_values."):]] for k in pasts}
+        ids = np.array([[int(want["logits"][b, rows[b]].argmax())] for b in range(2)], np.int64)
+        counts = [c + 1 for c in counts]
+        total += 1
+    return worst
+
+
 def padded_session(rt, path, art, rng, what, cache_dtype="f32", bound=1e-4):
     """A session of two whose prompts (5 and 2 tokens) are a left-padded batch, then 4 greedy decode steps: each
     sequence's logits at every call against ONNX Runtime running that sequence alone (its own tokens, no
@@ -231,6 +266,10 @@ def main():
                 err = run_steps(sess, model, head_dim, batch, 5, 4, rng)
                 check(f"{what}: batch {batch}, prefill 5 + 4 decode steps", err <= 1e-4,
                       f"logits and presents max rel error {err:.2e} vs ONNX Runtime")
+            if not isinstance(sinks, tuple):  # (position_ids and a bias would need padding of their own)
+                err = padded_run(sess, model, head_dim, rng)
+                check(f"{what}: a right-padded batch (prompts of 5 and 2) + 3 decode steps", err <= 1e-4,
+                      f"real tokens' logits and filled present rows, max rel error {err:.2e} vs ONNX Runtime")
             if not isinstance(sinks, tuple):  # (an attention_bias spans the total length, not the buffer)
                 err = run_steps(sess, model, head_dim, 1, 5, 4, rng, fixed=16)
                 check(f"{what}: fixed-size caches of 16 positions", err <= 1e-4,
