@@ -540,6 +540,14 @@ struct Emitter {
         return;
       }
       std::vector<char> c1, cs1, c2, cs2; // fc1's and fc2's codes and scales
+      // One expert's layer (`codes` [n][k] unsigned, zero point 2^(bits-1); `scales` [n][k / blk]) appended
+      // in the linear kernel's panels.
+      auto appendPanels = [&](const std::vector<uint8_t> &codes, const std::vector<float> &scales, int64_t k,
+                              int64_t n, int64_t blk, std::vector<char> &c, std::vector<char> &cs) {
+        PackedLinear pl = packLinearCodes(codes, scales, {}, qbits, k, n, blk, {}, scale16);
+        c.insert(c.end(), pl.slots[MOERT_LIN_W].begin(), pl.slots[MOERT_LIN_W].end());
+        cs.insert(cs.end(), pl.slots[MOERT_LIN_SCALES].begin(), pl.slots[MOERT_LIN_SCALES].end());
+      };
       if (panels) {
         // each expert's fc1 as a linear layer of h inputs and fdim * g outputs, in the linear kernel's
         // panels: panel p * g + part holds part `part` of dims p * NR .. p * NR + NR - 1
@@ -555,9 +563,15 @@ struct Emitter {
                 codes[dst * h + i] = uint8_t(r1->q[src * h + i] + (1 << (qbits - 1)));
               std::memcpy(&scales[dst * r1->nb], &r1->s[src * r1->nb], r1->nb * 4);
             }
-          PackedLinear pl = packLinearCodes(codes, scales, {}, qbits, h, fdim * g, r1->blk, {}, scale16);
-          c1.insert(c1.end(), pl.slots[MOERT_LIN_W].begin(), pl.slots[MOERT_LIN_W].end());
-          cs1.insert(cs1.end(), pl.slots[MOERT_LIN_SCALES].begin(), pl.slots[MOERT_LIN_SCALES].end());
+          appendPanels(codes, scales, h, fdim * g, r1->blk, c1, cs1);
+        }
+        // each expert's fc2 as a linear layer of fdim inputs and h outputs
+        for (int64_t x = 0; x < ne; ++x) {
+          std::vector<uint8_t> codes(h * fdim);
+          for (int64_t i = 0; i < h * fdim; ++i)
+            codes[i] = uint8_t(r2->q[x * h * fdim + i] + (1 << (qbits - 1)));
+          std::vector<float> scales(r2->s.begin() + x * h * r2->nb, r2->s.begin() + (x + 1) * h * r2->nb);
+          appendPanels(codes, scales, fdim, h, r2->blk, c2, cs2);
         }
       } else {
         std::vector<int8_t> q1(ne * fdim * g * h);
@@ -571,19 +585,6 @@ struct Emitter {
             }
         c1 = packBits(q1, qbits);
         cs1 = scaleBytes(s1);
-      }
-      if (panels) {
-        // each expert's fc2 as a linear layer of fdim inputs and h outputs, in the linear kernel's panels
-        for (int64_t x = 0; x < ne; ++x) {
-          std::vector<uint8_t> codes(h * fdim);
-          for (int64_t i = 0; i < h * fdim; ++i) // unsigned codes, zero point 2^(bits-1)
-            codes[i] = uint8_t(r2->q[x * h * fdim + i] + (1 << (qbits - 1)));
-          std::vector<float> scales(r2->s.begin() + x * h * r2->nb, r2->s.begin() + (x + 1) * h * r2->nb);
-          PackedLinear pl = packLinearCodes(codes, scales, {}, qbits, fdim, h, r2->blk, {}, scale16);
-          c2.insert(c2.end(), pl.slots[MOERT_LIN_W].begin(), pl.slots[MOERT_LIN_W].end());
-          cs2.insert(cs2.end(), pl.slots[MOERT_LIN_SCALES].begin(), pl.slots[MOERT_LIN_SCALES].end());
-        }
-      } else {
         // fc2 transposed: row f holds dim f's codes for every column, scales per column per row block
         std::vector<int8_t> q2(ne * fdim * h);
         std::vector<float> sc(ne * r2->nb * h);

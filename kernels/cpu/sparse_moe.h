@@ -876,7 +876,7 @@ template <class C> struct Kernel {
   static void intDecode(const Ctx &c, int thread, const ExpertRows<C> &rows, const Item &it, int64_t n,
                         const float *const *xs, const float *ws, const float *b1, const uint8_t *mask,
                         float *const *dst) {
-    constexpr int64_t SB = DFB, XN = SB / kXBlock, KPAD = Fc1::KPAD, KX = Fc1::KX;
+    constexpr int64_t SB = DFB, XN = SB / kXBlock;
     const int64_t R = decRows(c.l.T);
     char *p = c.dec + size_t(thread) * decBytes(R);
     auto take = [&](size_t bytes) {
@@ -888,15 +888,24 @@ template <class C> struct Kernel {
     int8_t *q = reinterpret_cast<int8_t *>(take(size_t(R) * SB));
     float *qs = reinterpret_cast<float *>(take(sizeof(float) * R * XN));
     float *qsum = reinterpret_cast<float *>(take(sizeof(float) * R * XN));
-    int8_t *xq = reinterpret_cast<int8_t *>(take(size_t(R) * KPAD));
-    float *xsc = reinterpret_cast<float *>(take(sizeof(float) * R * KX));
-    float *xsq = reinterpret_cast<float *>(take(sizeof(float) * R * KX));
+    int8_t *xq = reinterpret_cast<int8_t *>(take(size_t(R) * Fc1::KPAD));
+    float *xsc = reinterpret_cast<float *>(take(sizeof(float) * R * Fc1::KX));
+    float *xsq = reinterpret_cast<float *>(take(sizeof(float) * R * Fc1::KX));
     float *h = reinterpret_cast<float *>(take(sizeof(float) * R * G * kGemmNR));
+    intPasses<FD, SB>(rows, it, n, xs, ws, b1, mask, dst, xq, xsc, xsq, h, cf, q, qs, qsum);
+  }
+
+  /// intDecode's and intGemm's body, in their buffers: the n tokens rounded as Fc1's inputs (xq, xs, xsq),
+  /// then per pass of SB dims of the item fc1Ints (h, cf) and fc2Ints (q, qs, qsum).
+  template <int64_t FD, int64_t SB>
+  static void intPasses(const ExpertRows<C> &rows, const Item &it, int64_t n, const float *const *x,
+                        const float *ws, const float *b1, const uint8_t *mask, float *const *dst, int8_t *xq,
+                        float *xs, float *xsq, float *h, float *cf, int8_t *q, float *qs, float *qsum) {
     for (int64_t i = 0; i < n; ++i)
-      Fc1::quantizeRange(xs[i], 0, H, xq + i * KPAD, xsc + i * KX, xsq + i * KX);
+      Fc1::quantizeRange(x[i], 0, H, xq + i * Fc1::KPAD, xs + i * Fc1::KX, xsq + i * Fc1::KX);
     for (int64_t fb = it.f0; fb < it.f1; fb += SB) {
       const int64_t fe = std::min<int64_t>(it.f1, fb + SB);
-      fc1Ints(rows, fb, fe, n, xq, xsc, xsq, ws, b1, mask, h, cf, SB);
+      fc1Ints(rows, fb, fe, n, xq, xs, xsq, ws, b1, mask, h, cf, SB);
       fc2Ints<FD, SB>(rows, cf, SB, n, fb, fe, q, qs, qsum, dst);
     }
   }
@@ -908,15 +917,9 @@ template <class C> struct Kernel {
   static void intGemm(const Ctx &c, const Item &it, const ExpertRows<C> &rows, int64_t n,
                       const float *const *xs, float *const *dst, const float *ws, const float *b1,
                       const uint8_t *mask, int thread) {
-    constexpr int64_t SB = kMoeFB, KPAD = Fc1::KPAD, KX = Fc1::KX;
     const IntBufs b = intBufs(c.gemm + size_t(thread) * kGemmThreadBytes);
-    for (int64_t i = 0; i < n; ++i)
-      Fc1::quantizeRange(xs[i], 0, H, b.xq + i * KPAD, b.xs + i * KX, b.xsq + i * KX);
-    for (int64_t fb = it.f0; fb < it.f1; fb += SB) {
-      const int64_t fe = std::min<int64_t>(it.f1, fb + SB);
-      fc1Ints(rows, fb, fe, n, b.xq, b.xs, b.xsq, ws, b1, mask, b.h, b.cf, SB);
-      fc2Ints<FD, kMoeFB>(rows, b.cf, SB, n, fb, fe, b.q2, b.qs, b.qsum, dst);
-    }
+    intPasses<FD, kMoeFB>(rows, it, n, xs, ws, b1, mask, dst, b.xq, b.xs, b.xsq, b.h, b.cf, b.q2, b.qs,
+                          b.qsum);
   }
 
   /// d[2i] += e[i] * s[2i] and d[2i + 1] += o[i] * s[2i + 1] for i < VW: even and odd columns' sums put back
