@@ -1,4 +1,4 @@
-//===- AttentionImport.cpp - ONNX Runtime's GroupQueryAttention and RotaryEmbedding ---===//
+//===- AttentionImport.cpp - GroupQueryAttention, Attention and RotaryEmbedding ---===//
 //
 // com.microsoft.GroupQueryAttention (the op ONNX Runtime GenAI's model builder writes for every attention
 // layer) becomes graph ops for what it does around attention -- split of a packed QKV, heads to [B, H, S, D],
@@ -23,6 +23,13 @@
 // com.microsoft.RotaryEmbedding becomes one moe.rotary: input [B, S, H * D] (heads from num_heads, else
 // D = 2 * cos_cache.dim(1)) or [B, H, S, D]; cos/sin rows gathered at position_ids [B, S] or, given one
 // offset o, at o .. o + S - 1; half-split or interleaved over rotary_embedding_dim (default: all of D).
+//
+// ONNX's own Attention (opset 23; 24: nonpad_kv_seqlen) becomes one moe.attention (nan_to_zero: a row masked
+// entirely is 0, the spec's 1.23 errata) over Q/K/V as [B, H, S, D], K and V after Concat(past, new) (the
+// presents), with one additive mask: the causal frontier (key j <= query i + offset; offset the past
+// length, nonpad_kv_seqlen[b] - S, else 0), padding keys past nonpad_kv_seqlen[b], attn_mask (bool: -inf
+// where false; f32: added). ONNX's RotaryEmbedding (opset 23) is one moe.rotary (cos/sin tables gathered
+// at position_ids, or rows already per position without them).
 //
 //===----------------------------------------------------------------------===//
 #include "frontend/GraphBuilder.h"
@@ -317,6 +324,30 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
   return success();
 }
 
+namespace {
+/// One moe.rotary over `x` ([B, S, heads * d], or [B, heads, S, d]) with cos / sin already at each position
+/// ([B or 1, S, rot / 2]); the result in x's shape, null after an error.
+Value emitRotary(NodeImporter &ni, Graph &g, Value x, RankedTensorType xT, int64_t heads, int64_t d,
+                 int64_t rot, bool interleaved, Value cos, Value sin) {
+  const int64_t seqAxis = xT.getRank() == 3 ? 1 : 2;
+  SmallVector<NamedAttribute> attrs{g.b.getNamedAttr("rotary_dim", g.b.getI64IntegerAttr(rot)),
+                                    g.b.getNamedAttr("seq_axis", g.b.getI64IntegerAttr(seqAxis))};
+  if (interleaved)
+    attrs.push_back(g.b.getNamedAttr("interleaved", g.b.getUnitAttr()));
+  Value in = xT.getRank() == 4
+                 ? x
+                 : g.op<ox::ReshapeOp>(g.t({xT.getDimSize(0), xT.getDimSize(1), heads, d}, g.f32),
+                                       {x, g.ints({0, 0, heads, d})});
+  Operation *op = ni.createOp(moe::RotaryOp::getOperationName(), {in, cos, sin}, attrs, {in.getType()});
+  if (!op)
+    return Value();
+  Value out = op->getResult(0);
+  if (xT.getRank() == 3)
+    out = g.op<ox::ReshapeOp>(xT, {out, g.ints({0, 0, xT.getDimSize(2)})});
+  return out;
+}
+} // namespace
+
 LogicalResult moec::frontend::importOrtRotaryEmbedding(NodeImporter &ni) {
   if (failed(onlyKnownAttributes(
           ni, {"interleaved", "is_packed_batching", "num_heads", "rotary_embedding_dim", "scale"})))
@@ -377,22 +408,227 @@ LogicalResult moec::frontend::importOrtRotaryEmbedding(NodeImporter &ni) {
   auto table = [&](Value cache) {
     return g.op<ox::GatherOp>(g.t({kDyn, kDyn, half}, g.f32), {cache, pos}, {g.attr("axis", 0)});
   };
-  SmallVector<NamedAttribute> attrs{g.b.getNamedAttr("rotary_dim", g.b.getI64IntegerAttr(rot)),
-                                    g.b.getNamedAttr("seq_axis", g.b.getI64IntegerAttr(seqAxis))};
-  if (interleaved)
-    attrs.push_back(g.b.getNamedAttr("interleaved", g.b.getUnitAttr()));
-  Value in = xT.getRank() == 4
-                 ? x
-                 : g.op<ox::ReshapeOp>(g.t({xT.getDimSize(0), xT.getDimSize(1), heads, d}, g.f32),
-                                       {x, g.ints({0, 0, heads, d})});
-  Operation *op = ni.createOp(moe::RotaryOp::getOperationName(), {in, table(cosCache), table(sinCache)},
-                              attrs, {in.getType()});
-  if (!op)
+  Value out = emitRotary(ni, g, x, xT, heads, d, rot, interleaved, table(cosCache), table(sinCache));
+  if (!out)
     return failure();
-  Value out = op->getResult(0);
-  if (xT.getRank() == 3)
-    out = g.op<ox::ReshapeOp>(xT, {out, g.ints({0, 0, xT.getDimSize(2)})});
   SmallVector<Value> results{out};
   ni.setOutputs(results);
+  return success();
+}
+
+LogicalResult moec::frontend::importOnnxRotaryEmbedding(NodeImporter &ni) {
+  if (failed(onlyKnownAttributes(ni, {"interleaved", "num_heads", "rotary_embedding_dim"})))
+    return failure();
+  const bool interleaved = intAttr(ni, "interleaved", 0) != 0;
+  int64_t heads = intAttr(ni, "num_heads", 0), rot = intAttr(ni, "rotary_embedding_dim", 0);
+  Graph g(ni);
+  Value x = ni.input(0), cosCache = ni.input(1), sinCache = ni.input(2), posIds = ni.input(3);
+  auto xT = dyn_cast_or_null<RankedTensorType>(x ? x.getType() : Type());
+  auto cT = dyn_cast_or_null<RankedTensorType>(cosCache ? cosCache.getType() : Type());
+  auto sT = dyn_cast_or_null<RankedTensorType>(sinCache ? sinCache.getType() : Type());
+  if (!xT || !xT.getElementType().isF32() || (xT.getRank() != 3 && xT.getRank() != 4) ||
+      xT.isDynamicDim(xT.getRank() - 1) || (xT.getRank() == 4 && xT.isDynamicDim(1)))
+    return ni.fail("input 'X' must be f32 [batch, sequence, hidden] or [batch, heads, sequence, head size] "
+                   "with known heads and last dim");
+  // With position_ids the caches are tables [positions, rot / 2]; without, rows already at each position
+  // [batch, sequence, rot / 2].
+  const int64_t cacheRank = posIds ? 2 : 3;
+  if (!cT || !sT || cT != sT || cT.getRank() != cacheRank || !cT.getElementType().isF32() ||
+      cT.isDynamicDim(cacheRank - 1))
+    return ni.fail(std::string("'cos_cache' and 'sin_cache' must be f32 of one shape ") +
+                   (posIds ? "[positions, rotary dim / 2] (with position_ids)"
+                           : "[batch, sequence, rotary dim / 2] (without position_ids)"));
+  if (auto pT = dyn_cast_or_null<RankedTensorType>(posIds ? posIds.getType() : Type());
+      posIds && (!pT || pT.getRank() != 2 || !isa<IntegerType>(pT.getElementType())))
+    return ni.fail("input 'position_ids' must be integer [batch, sequence]");
+  int64_t d;
+  if (xT.getRank() == 4) {
+    d = xT.getDimSize(3);
+    heads = xT.getDimSize(1);
+  } else {
+    if (heads <= 0 || xT.getDimSize(2) % heads)
+      return ni.fail("a 3-D input needs num_heads dividing its hidden size " +
+                     std::to_string(xT.getDimSize(2)));
+    d = xT.getDimSize(2) / heads;
+  }
+  if (rot == 0)
+    rot = d;
+  const int64_t half = cT.getDimSize(cacheRank - 1);
+  if (rot != 2 * half || rot > d || rot <= 0)
+    return ni.fail("rotary dim " + std::to_string(rot) + ", cos_cache of " + std::to_string(half) +
+                   " per position and head size " + std::to_string(d) + " do not agree");
+  Value cos = cosCache, sin = sinCache;
+  if (posIds) {
+    Value pos = cast<RankedTensorType>(posIds.getType()).getElementType().isInteger(64)
+                    ? posIds
+                    : g.castLike(posIds, g.i64);
+    cos = g.op<ox::GatherOp>(g.t({kDyn, kDyn, half}, g.f32), {cosCache, pos}, {g.attr("axis", 0)});
+    sin = g.op<ox::GatherOp>(g.t({kDyn, kDyn, half}, g.f32), {sinCache, pos}, {g.attr("axis", 0)});
+  }
+  Value out = emitRotary(ni, g, x, xT, heads, d, rot, interleaved, cos, sin);
+  if (!out)
+    return failure();
+  SmallVector<Value> results{out};
+  ni.setOutputs(results);
+  return success();
+}
+
+LogicalResult moec::frontend::importOnnxAttention(NodeImporter &ni) {
+  if (failed(onlyKnownAttributes(ni, {"is_causal", "kv_num_heads", "q_num_heads", "qk_matmul_output_mode",
+                                      "scale", "softcap", "softmax_precision"})))
+    return failure();
+  if (ni.numOutputs() > 3 && !ni.node().output(3).empty())
+    return ni.fail("output 'qk_matmul_output' (the scores) is not supported");
+  const bool causal = intAttr(ni, "is_causal", 0) != 0;
+  const float softcap = floatAttr(ni, "softcap").value_or(0.0f);
+  if (!(softcap >= 0.0f))
+    return ni.fail("softcap " + std::to_string(softcap) + " (0 for none, else positive)");
+  Graph g(ni);
+  Value query = ni.input(0), key = ni.input(1), value = ni.input(2), attnMask = ni.input(3),
+        pastK = ni.input(4), pastV = ni.input(5), nonpad = ni.input(6);
+  if (!pastK != !pastV)
+    return ni.fail("'past_key' and 'past_value' come both or neither");
+  const bool presents = ni.numOutputs() > 1 && !ni.node().output(1).empty();
+  if (presents != (ni.numOutputs() > 2 && !ni.node().output(2).empty()))
+    return ni.fail("outputs 'present_key' and 'present_value' come both or neither");
+  if (nonpad && (pastK || presents))
+    return ni.fail("'nonpad_kv_seqlen' (a cache updated outside the op) with past / present caches");
+  auto typeOf = [](Value v) { return dyn_cast_or_null<RankedTensorType>(v ? v.getType() : Type()); };
+  auto qT = typeOf(query), kT = typeOf(key), vT = typeOf(value);
+  if (!qT || !kT || !vT || !qT.getElementType().isF32() || !kT.getElementType().isF32() ||
+      !vT.getElementType().isF32())
+    return ni.fail("Q, K and V must be f32 tensors of known rank (f16 / bf16 are not supported)");
+  const int64_t rank = qT.getRank();
+  if ((rank != 3 && rank != 4) || kT.getRank() != rank || vT.getRank() != rank)
+    return ni.fail("Q, K and V must all be 3-D [batch, sequence, heads * head size] or all 4-D [batch, "
+                   "heads, sequence, head size]");
+  int64_t hq, hkv, d, dv;
+  if (rank == 4) {
+    hq = qT.getDimSize(1), hkv = kT.getDimSize(1), d = qT.getDimSize(3), dv = vT.getDimSize(3);
+    if (ShapedType::isDynamic(hq) || ShapedType::isDynamic(hkv) || ShapedType::isDynamic(d) ||
+        ShapedType::isDynamic(dv) || vT.getDimSize(1) != hkv || kT.getDimSize(3) != d)
+      return ni.fail("4-D Q [B, Hq, S, D], K [B, Hkv, L, D] and V [B, Hkv, L, Dv] need known, agreeing head "
+                     "counts and sizes");
+  } else {
+    hq = intAttr(ni, "q_num_heads", 0), hkv = intAttr(ni, "kv_num_heads", 0);
+    if (hq <= 0 || hkv <= 0)
+      return ni.fail("3-D inputs need the q_num_heads and kv_num_heads attributes");
+    const int64_t wq = qT.getDimSize(2), wk = kT.getDimSize(2), wv = vT.getDimSize(2);
+    if (ShapedType::isDynamic(wq) || ShapedType::isDynamic(wk) || ShapedType::isDynamic(wv) || wq % hq ||
+        wk % hkv || wv % hkv || wq / hq != wk / hkv)
+      return ni.fail("3-D Q, K and V widths must be known multiples of their head counts, with one head size "
+                     "for Q and K");
+    d = wq / hq, dv = wv / hkv;
+  }
+  if (hq % hkv)
+    return ni.fail("q heads " + std::to_string(hq) + " must be a multiple of kv heads " +
+                   std::to_string(hkv));
+  for (auto [past, width] : {std::pair{pastK, d}, std::pair{pastV, dv}}) {
+    auto pT = typeOf(past);
+    if (past && (!pT || pT.getRank() != 4 || !pT.getElementType().isF32() ||
+                 (!pT.isDynamicDim(1) && pT.getDimSize(1) != hkv) ||
+                 (!pT.isDynamicDim(3) && pT.getDimSize(3) != width)))
+      return ni.fail("past caches must be f32 [batch, " + std::to_string(hkv) + ", past length, head size]");
+  }
+  auto mT = typeOf(attnMask);
+  if (attnMask && (!mT || mT.getRank() < 2 || mT.getRank() > 4 ||
+                   !(mT.getElementType().isF32() || mT.getElementType().isInteger(1))))
+    return ni.fail("input 'attn_mask' must be bool or f32 of rank 2 to 4, broadcastable to [batch, heads, "
+                   "sequence, total length]");
+  if (auto nT = typeOf(nonpad); nonpad && (!nT || nT.getRank() != 1 || !nT.getElementType().isInteger(64)))
+    return ni.fail("input 'nonpad_kv_seqlen' must be i64 [batch]");
+
+  // Q, K, V as [B, H, S, D].
+  auto heads4 = [&](Value x, int64_t h, int64_t w) -> Value {
+    if (rank == 4)
+      return x;
+    Value r = g.op<ox::ReshapeOp>(g.t({kDyn, kDyn, h, w}, g.f32), {x, g.ints({0, 0, h, w})});
+    return g.op<ox::TransposeOp>(g.t({kDyn, h, kDyn, w}, g.f32), {r},
+                                 {g.b.getNamedAttr("perm", g.b.getI64ArrayAttr({0, 2, 1, 3}))});
+  };
+  Value q = heads4(query, hq, d), k = heads4(key, hkv, d), v = heads4(value, hkv, dv);
+  // present = past ++ new along the sequence (the Concat libmoert's sessions append in place).
+  if (pastK) {
+    k = g.op<ox::ConcatOp>(g.t({kDyn, hkv, kDyn, d}, g.f32), {pastK, k}, {g.attr("axis", 2)});
+    v = g.op<ox::ConcatOp>(g.t({kDyn, hkv, kDyn, dv}, g.f32), {pastV, v}, {g.attr("axis", 2)});
+  }
+
+  // The additive mask [B or 1, 1 or Hq, S, L]: -inf where the causal frontier (query i sees key j iff
+  // j <= i + offset: offset = past length, nonpad_kv_seqlen[b] - S, else 0) or padding keys (j >=
+  // nonpad_kv_seqlen[b]) or a false attn_mask entry rules a key out; a float attn_mask added.
+  const float inf = std::numeric_limits<float>::infinity();
+  Value mask;
+  auto additive = [&](Value allowed, RankedTensorType t) {
+    return g.op<ox::WhereOp>(t.clone(g.f32), {allowed, g.scalarF32(0.0f), g.scalarF32(-inf)});
+  };
+  if (causal || nonpad) {
+    Value s = g.op<ox::SqueezeOp>(g.t({}, g.i64), {g.shape(q, 2, 3), g.ints({0})});
+    Value l = g.op<ox::SqueezeOp>(g.t({}, g.i64), {g.shape(k, 2, 3), g.ints({0})});
+    auto range = [&](Value n, RankedTensorType t, ArrayRef<int64_t> axes) {
+      return g.unsqueeze(g.op<ox::RangeOp>(g.t({kDyn}, g.i64), {g.scalarI64(0), n, g.scalarI64(1)}), axes, t);
+    };
+    Value i = range(s, g.t({1, 1, kDyn, 1}, g.i64), {0, 1, 3}),
+          j = range(l, g.t({1, 1, 1, kDyn}, g.i64), {0, 1, 2});
+    Value nb = nonpad ? g.unsqueeze(nonpad, {1, 2, 3}, g.t({kDyn, 1, 1, 1}, g.i64)) : Value();
+    const int64_t bDim = nonpad ? kDyn : 1;
+    auto bsl = g.t({bDim, 1, kDyn, kDyn}, g.i1);
+    Value allowed;
+    if (causal) {
+      Value offset = pastK ? g.shape(pastK, 2, 3) : g.ints({0});
+      if (nonpad)
+        offset = g.op<ox::SubOp>(g.t({kDyn, 1, 1, 1}, g.i64), {nb, s});
+      Value limit = g.op<ox::AddOp>(g.t({bDim, 1, kDyn, 1}, g.i64), {i, offset});
+      allowed = g.op<ox::LessOrEqualOp>(bsl, {j, limit});
+    }
+    if (nonpad) {
+      Value real = g.op<ox::LessOp>(g.t({kDyn, 1, 1, kDyn}, g.i1), {j, nb});
+      allowed = allowed ? g.op<ox::AndOp>(bsl, {allowed, real}) : real;
+    }
+    mask = additive(allowed, cast<RankedTensorType>(allowed.getType()));
+  }
+  if (attnMask) {
+    SmallVector<int64_t> front;
+    for (int64_t a = 0; a < 4 - mT.getRank(); ++a)
+      front.push_back(a);
+    SmallVector<int64_t> dims(front.size(), 1);
+    dims.append(mT.getShape().begin(), mT.getShape().end());
+    Value m = front.empty() ? attnMask : g.unsqueeze(attnMask, front, g.t(dims, mT.getElementType()));
+    if (mT.getElementType().isInteger(1))
+      m = additive(m, g.t(dims, g.i1));
+    auto size = [&](int64_t a, int64_t b) { return a == 1 ? b : b == 1 ? a : a == b ? a : kDyn; };
+    if (mask) {
+      auto aT = cast<RankedTensorType>(mask.getType());
+      SmallVector<int64_t> out;
+      for (int64_t a = 0; a < 4; ++a)
+        out.push_back(size(aT.getDimSize(a), dims[a]));
+      mask = g.op<ox::AddOp>(g.t(out, g.f32), {mask, m});
+    } else {
+      mask = m;
+    }
+  }
+
+  const float scale = floatAttr(ni, "scale").value_or(1.0f / std::sqrt(static_cast<float>(d)));
+  SmallVector<NamedAttribute> attrs{g.b.getNamedAttr("scale", g.b.getF32FloatAttr(scale)),
+                                    g.b.getNamedAttr("nan_to_zero", g.b.getUnitAttr())};
+  if (softcap > 0.0f)
+    attrs.push_back(g.b.getNamedAttr("softcap", g.b.getF32FloatAttr(softcap)));
+  attrs.push_back(
+      g.b.getNamedAttr("operandSegmentSizes", g.b.getDenseI32ArrayAttr({1, 1, 1, mask ? 1 : 0, 0})));
+  SmallVector<Value> operands{q, k, v};
+  if (mask)
+    operands.push_back(mask);
+  Operation *att =
+      ni.createOp(moe::AttentionOp::getOperationName(), operands, attrs, {g.t({kDyn, hq, kDyn, dv}, g.f32)});
+  if (!att)
+    return failure();
+  att->setAttr("moe.source", g.b.getStringAttr("Attention"));
+  Value out = att->getResult(0);
+  if (rank == 3) {
+    out = g.op<ox::TransposeOp>(g.t({kDyn, kDyn, hq, dv}, g.f32), {out},
+                                {g.b.getNamedAttr("perm", g.b.getI64ArrayAttr({0, 2, 1, 3}))});
+    out = g.op<ox::ReshapeOp>(g.t({kDyn, kDyn, hq * dv}, g.f32), {out, g.ints({0, 0, hq * dv})});
+  }
+  SmallVector<Value> results{out, k, v, out}; // the last a placeholder: qk_matmul_output is refused above
+  ni.setOutputs(ArrayRef<Value>(results).take_front(std::min<unsigned>(ni.numOutputs(), 4)));
   return success();
 }

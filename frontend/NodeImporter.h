@@ -119,6 +119,11 @@ mlir::LogicalResult importOrtGelu(NodeImporter &ni);
 mlir::LogicalResult importOrtGroupQueryAttention(NodeImporter &ni);
 /// ONNX Runtime's com.microsoft.RotaryEmbedding (AttentionImport.cpp): one moe.rotary.
 mlir::LogicalResult importOrtRotaryEmbedding(NodeImporter &ni);
+/// ONNX's own Attention (opset 23, 24: nonpad_kv_seqlen) and RotaryEmbedding (opset 23), as torch.onnx's
+/// dynamo exporter writes them at opset 23 (AttentionImport.cpp): one moe.attention with its present caches
+/// as Concats and its causal / padding / attn_mask as one additive mask; one moe.rotary.
+mlir::LogicalResult importOnnxAttention(NodeImporter &ni);
+mlir::LogicalResult importOnnxRotaryEmbedding(NodeImporter &ni);
 /// Ops written out as other graph ops (ComposedImport.cpp): the quantized convolutions and matmul through
 /// f64 Conv / MatMul, training-mode BatchNormalization through the batch statistics.
 mlir::LogicalResult importConvInteger(NodeImporter &ni);

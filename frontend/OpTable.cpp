@@ -963,6 +963,9 @@ const OpTableEntry kTable[] = {
     // Attention (AttentionImport.cpp).
     {"com.microsoft", "GroupQueryAttention", 1, importOrtGroupQueryAttention},
     {"com.microsoft", "RotaryEmbedding", 1, importOrtRotaryEmbedding},
+    {"", "Attention", 23, importOnnxAttention},
+    {"", "RotaryEmbedding", 23, importOnnxRotaryEmbedding},
+    {"", "RMSNormalization", 23, importOrtSimplifiedLayerNorm},
     {"com.microsoft", "GatherBlockQuantized", 1, importOrtGatherBlockQuantized},
 };
 

@@ -12,7 +12,8 @@
 // codegen turns it into an attention dispatch (kernels/cpu/attention.h). Eager logit softcapping,
 // c * Tanh(scores / c) before the mask, becomes the op's softcap. The additive mask stays computed by the
 // graph (shared by every layer); the past-cache Concat stays an op step (sessions run it in place), rotary
-// embedding is moe-raise-rotary's.
+// embedding is moe-raise-rotary's. A moe.attention imported whole (ONNX's Attention op) whose K and V are
+// repeat_kv's reads the unrepeated ones too.
 //
 //===----------------------------------------------------------------------===//
 #include "ir/MoEOps.h"
@@ -453,6 +454,28 @@ struct MoERaiseAttentionPass final : moec::impl::MoERaiseAttentionPassBase<MoERa
       std::string why = raise(s);
       if (!why.empty())
         remarkIfUnfused(remarks, where, "attention not raised", why);
+    }
+    // Attention imported as one op (ONNX's own Attention: torch.onnx's exporter at opset 23 writes it after
+    // repeat_kv) reads the unrepeated keys and values too.
+    SmallVector<moe::AttentionOp> imported;
+    getOperation()->walk([&](moe::AttentionOp a) { imported.push_back(a); });
+    for (moe::AttentionOp a : imported) {
+      SmallVector<Operation *> ops;
+      Value kRep = a.getKey(), vRep = a.getValue();
+      Value k = unrepeat(kRep, ops), v = unrepeat(vRep, ops);
+      if (k == kRep || v == vRep ||
+          cast<RankedTensorType>(k.getType()).getDimSize(1) !=
+              cast<RankedTensorType>(v.getType()).getDimSize(1))
+        continue;
+      a.getKeyMutable().assign(k);
+      a.getValueMutable().assign(v);
+      if (failed(mlir::verify(a))) {
+        a.getKeyMutable().assign(kRep);
+        a.getValueMutable().assign(vRep);
+        continue;
+      }
+      noteFused(a, "repeat_kv");
+      eraseDeadOps(ops);
     }
   }
 };

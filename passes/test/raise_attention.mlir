@@ -241,3 +241,35 @@ func.func @near_misses(%q: tensor<1x2x4x8xf32>, %k: tensor<1x2x4x8xf32>, %v: ten
   %o2 = onnx.MatMul %p2, %v : (tensor<2x2x4x4xf32>, tensor<1x2x4x8xf32>) -> tensor<2x2x4x8xf32>
   return %o, %o2 : tensor<1x2x4x8xf32>, tensor<2x2x4x8xf32>
 }
+
+// -----
+
+// A moe.attention imported whole (ONNX's Attention, torch.onnx at opset 23) over repeat_kv's K and V reads
+// the unrepeated ones; the repeats go.
+// CHECK-LABEL: func.func @imported_repeat_kv
+// CHECK: moe.attention %arg0, %arg1, %arg2 mask %arg3 {moe.fused = ["repeat_kv"], moe.source = "Attention", nan_to_zero, scale = 2.500000e-01 : f32} : (tensor<1x4x?x16xf32>, tensor<1x2x?x16xf32>, tensor<1x2x?x16xf32>, tensor<1x1x?x?xf32>) -> tensor<1x4x?x16xf32>
+// CHECK-NOT: onnx.Expand
+func.func @imported_repeat_kv(%q: tensor<1x4x?x16xf32>, %k: tensor<1x2x?x16xf32>, %v: tensor<1x2x?x16xf32>, %mask: tensor<1x1x?x?xf32>) -> tensor<1x4x?x16xf32> {
+  %ax2 = onnx.Constant dense<2> : tensor<1xi64>
+  %z1 = onnx.Constant dense<0> : tensor<1xi64>
+  %o1 = onnx.Constant dense<1> : tensor<1xi64>
+  %g = onnx.Constant dense<2> : tensor<1xi64>
+  %big = onnx.Constant dense<9223372036854775807> : tensor<1xi64>
+  %rep = onnx.Constant dense<[1, 4, -1, 16]> : tensor<4xi64>
+  %ks = onnx.Shape %k : (tensor<1x2x?x16xf32>) -> tensor<4xi64>
+  %kbh = onnx.Slice %ks, %z1, %ax2, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<2xi64>
+  %ktd = onnx.Slice %ks, %ax2, %big, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<2xi64>
+  %tgt = onnx.Concat %kbh, %g, %ktd {axis = 0 : i64} : (tensor<2xi64>, tensor<1xi64>, tensor<2xi64>) -> tensor<5xi64>
+  %ku = onnx.Unsqueeze %k, %ax2 : (tensor<1x2x?x16xf32>, tensor<1xi64>) -> tensor<1x2x1x?x16xf32>
+  %ke = onnx.Expand %ku, %tgt : (tensor<1x2x1x?x16xf32>, tensor<5xi64>) -> tensor<1x2x2x?x16xf32>
+  %kr = onnx.Reshape %ke, %rep : (tensor<1x2x2x?x16xf32>, tensor<4xi64>) -> tensor<1x4x?x16xf32>
+  %vs = onnx.Shape %v : (tensor<1x2x?x16xf32>) -> tensor<4xi64>
+  %vbh = onnx.Slice %vs, %z1, %ax2, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<2xi64>
+  %vtd = onnx.Slice %vs, %ax2, %big, %z1, %o1 : (tensor<4xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<2xi64>
+  %vtgt = onnx.Concat %vbh, %g, %vtd {axis = 0 : i64} : (tensor<2xi64>, tensor<1xi64>, tensor<2xi64>) -> tensor<5xi64>
+  %vu = onnx.Unsqueeze %v, %ax2 : (tensor<1x2x?x16xf32>, tensor<1xi64>) -> tensor<1x2x1x?x16xf32>
+  %ve = onnx.Expand %vu, %vtgt : (tensor<1x2x1x?x16xf32>, tensor<5xi64>) -> tensor<1x2x2x?x16xf32>
+  %vr = onnx.Reshape %ve, %rep : (tensor<1x2x2x?x16xf32>, tensor<4xi64>) -> tensor<1x4x?x16xf32>
+  %a = moe.attention %q, %kr, %vr mask %mask {moe.source = "Attention", nan_to_zero, scale = 0.25 : f32} : (tensor<1x4x?x16xf32>, tensor<1x4x?x16xf32>, tensor<1x4x?x16xf32>, tensor<1x1x?x?xf32>) -> tensor<1x4x?x16xf32>
+  return %a : tensor<1x4x?x16xf32>
+}
