@@ -325,10 +325,10 @@ LogicalResult moec::frontend::importOrtGroupQueryAttention(NodeImporter &ni) {
 }
 
 namespace {
-/// One moe.rotary over `x` ([B, S, heads * d], or [B, heads, S, d]) with cos / sin already at each position
-/// ([B or 1, S, rot / 2]); the result in x's shape, null after an error.
-Value emitRotary(NodeImporter &ni, Graph &g, Value x, RankedTensorType xT, int64_t heads, int64_t d,
-                 int64_t rot, bool interleaved, Value cos, Value sin) {
+/// The node's output: one moe.rotary over `x` ([B, S, heads * d], or [B, heads, S, d]) with cos / sin already
+/// at each position ([B or 1, S, rot / 2]), in x's shape.
+LogicalResult rotaryOutput(NodeImporter &ni, Graph &g, Value x, RankedTensorType xT, int64_t heads, int64_t d,
+                           int64_t rot, bool interleaved, Value cos, Value sin) {
   const int64_t seqAxis = xT.getRank() == 3 ? 1 : 2;
   SmallVector<NamedAttribute> attrs{g.b.getNamedAttr("rotary_dim", g.b.getI64IntegerAttr(rot)),
                                     g.b.getNamedAttr("seq_axis", g.b.getI64IntegerAttr(seqAxis))};
@@ -340,11 +340,12 @@ Value emitRotary(NodeImporter &ni, Graph &g, Value x, RankedTensorType xT, int64
                                        {x, g.ints({0, 0, heads, d})});
   Operation *op = ni.createOp(moe::RotaryOp::getOperationName(), {in, cos, sin}, attrs, {in.getType()});
   if (!op)
-    return Value();
+    return failure();
   Value out = op->getResult(0);
   if (xT.getRank() == 3)
     out = g.op<ox::ReshapeOp>(xT, {out, g.ints({0, 0, xT.getDimSize(2)})});
-  return out;
+  ni.setOutputs(out);
+  return success();
 }
 } // namespace
 
@@ -408,12 +409,7 @@ LogicalResult moec::frontend::importOrtRotaryEmbedding(NodeImporter &ni) {
   auto table = [&](Value cache) {
     return g.op<ox::GatherOp>(g.t({kDyn, kDyn, half}, g.f32), {cache, pos}, {g.attr("axis", 0)});
   };
-  Value out = emitRotary(ni, g, x, xT, heads, d, rot, interleaved, table(cosCache), table(sinCache));
-  if (!out)
-    return failure();
-  SmallVector<Value> results{out};
-  ni.setOutputs(results);
-  return success();
+  return rotaryOutput(ni, g, x, xT, heads, d, rot, interleaved, table(cosCache), table(sinCache));
 }
 
 LogicalResult moec::frontend::importOnnxRotaryEmbedding(NodeImporter &ni) {
@@ -465,12 +461,7 @@ LogicalResult moec::frontend::importOnnxRotaryEmbedding(NodeImporter &ni) {
     cos = g.op<ox::GatherOp>(g.t({kDyn, kDyn, half}, g.f32), {cosCache, pos}, {g.attr("axis", 0)});
     sin = g.op<ox::GatherOp>(g.t({kDyn, kDyn, half}, g.f32), {sinCache, pos}, {g.attr("axis", 0)});
   }
-  Value out = emitRotary(ni, g, x, xT, heads, d, rot, interleaved, cos, sin);
-  if (!out)
-    return failure();
-  SmallVector<Value> results{out};
-  ni.setOutputs(results);
-  return success();
+  return rotaryOutput(ni, g, x, xT, heads, d, rot, interleaved, cos, sin);
 }
 
 LogicalResult moec::frontend::importOnnxAttention(NodeImporter &ni) {
