@@ -19,12 +19,15 @@ RMSNorms as `RMSNormalization`). Checked here:
     attention layer one attention dispatch reading the unrepeated KV heads, caches appended in place; a
     prefill and a decode step against ONNX Runtime (1e-4); `moert generate --greedy` gives ONNX Runtime's
     greedy loop's 16 tokens; a session's logits over a prompt and 3 steps against ONNX Runtime (1e-4).
+    whole_mixtral_opset23.onnx and whole_deepseek_v3_opset23.onnx (no cache; DeepSeek's Dv != Dk): every
+    Attention node one dispatch, logits against ONNX Runtime at 3 lengths (1e-4).
   - bad input: the qk_matmul_output output, 3-D inputs without head counts, f16 inputs, past_key without
     past_value: one error line naming the node, a non-zero exit, no artifact.
 
     check_onnx_attention_e2e.py --moec build/bin/moec --moert build/bin/moert --lib build/lib/libmoert.so
 """
 import argparse
+import glob
 import os
 import subprocess
 import sys
@@ -304,6 +307,31 @@ def exported_decoder(args, rt, ort, tmp, rng):
           f"max rel error vs ONNX Runtime {err:.2e} (bound 1e-4)")
 
 
+def whole_models(args, rt, ort, tmp, rng):
+    """The whole tiny models exported at opset 23 (no KV cache): every Attention node one dispatch, logits
+    against ONNX Runtime at several lengths."""
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "transformers", "whole_*_opset23.onnx"))):
+        name = os.path.basename(path)[:-5]
+        art = os.path.join(tmp, name + ".moex")
+        c = subprocess.run([args.moec, "compile", path, "-o", art, "--quiet"], capture_output=True, text=True)
+        if c.returncode:
+            check(name, False, "compile: " + c.stderr.strip())
+            continue
+        text = subprocess.run([args.moert, "inspect", art], capture_output=True, text=True).stdout
+        atts = len([ln for ln in text.splitlines() if ": attention " in ln])
+        nodes = [n.op_type for n in onnx.load(path).graph.node].count("Attention")
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        m = rt.load(art, threads=2)
+        saved = np.load(path[:-5] + ".npz")
+        feeds = [saved["input_ids"]] + [rng.integers(0, 32, (1, t)).astype(np.int64) for t in (3, 9)]
+        err = max(rel(m.run({"input_ids": ids})["logits"], sess.run(None, {"input_ids": ids})[0]) for ids in feeds)
+        m.close()
+        check(f"{name}: every Attention node one dispatch, logits vs ONNX Runtime",
+              atts == nodes > 0 and "op Softmax" not in text and err <= 1e-4,
+              f"{nodes} Attention nodes, {atts} attention dispatches; lengths 6, 3, 9: max rel error {err:.2e} "
+              "(bound 1e-4)")
+
+
 def bad_input(args, tmp):
     f4 = lambda n, s: (n, TensorProto.FLOAT, s)  # noqa: E731
     cases = [
@@ -346,6 +374,7 @@ def main():
             run_attention_case(args, rt, ort, tmp, case)
         rotary_and_norm_cases(args, rt, ort, tmp, rng)
         exported_decoder(args, rt, ort, tmp, rng)
+        whole_models(args, rt, ort, tmp, rng)
         bad_input(args, tmp)
     print(f"{len(failures)} failed" if failures else "all passed")
     return 1 if failures else 0
