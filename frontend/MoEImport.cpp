@@ -552,7 +552,9 @@ LogicalResult moec::frontend::importOrtSimplifiedLayerNorm(NodeImporter &ni) {
     return failure();
   auto rank = dyn_cast<RankedTensorType>(ni.input(0).getType());
   int64_t axis = intAttr(ni, "axis", -1);
-  if (!rank || (axis != -1 && axis != rank.getRank() - 1))
+  if (!rank)
+    return ni.fail("needs an input of known rank at import (the model declares no type for it: value_info)");
+  if (axis != -1 && axis != rank.getRank() - 1)
     return ni.fail("only the last axis is supported (axis " + std::to_string(axis) + ")");
   if (intAttr(ni, "stash_type", 1) != 1)
     return ni.fail("stash_type other than 1 (f32) is not supported");
