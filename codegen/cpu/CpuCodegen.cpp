@@ -1168,6 +1168,15 @@ struct Emitter {
        << ">::scratch(b, s, t, threads); }\n"
        << "extern \"C\" MOERT_EXPORT int64_t " << fn << "_dims(int which) { return which == 0 ? " << hq
        << " : which == 1 ? " << hkv << " : which == 2 ? " << dk << " : " << dv << "; }\n";
+    if (opts.gpu()) { // the same config instantiates kernels/hip/attention_gpu.h
+      gpuSource += "\n// attention " + std::to_string(index) + ": " + desc + "\n";
+      if (fresh)
+        gpuSource += "namespace {\nstruct " + name + " {\n" + config + "};\n}\n";
+      for (const char *k : {"attend", "attend_bf16", "attend_f16", "merge"})
+        gpuSource += "MOERT_GPU_KERNEL(moert_gpu_attn_" + std::to_string(index) + "_" + k +
+                     ", moert_gpu_attention_args, moert_gpu::AttentionKernels<" + name + ">::" + k + ")\n";
+      step->set_gpu(true);
+    }
     return true;
   }
 

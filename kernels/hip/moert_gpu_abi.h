@@ -14,7 +14,8 @@
  *   moert_gpu_<i>_down   grid (max_tiles, h_chunks, f_splits)  down projection, weighted combine (atomic
  *                                                       f32 adds into the output), fc2 bias
  *
- * each taking one `moert_gpu_args` by value. This header is plain C, included by the kernels (device side)
+ * each taking one `moert_gpu_args` by value; per linear and attention dispatch the kernels further below.
+ * This header is plain C, included by the kernels (device side)
  * and by libmoert (host side), so both compute the same launch geometry and scratch layout.
  *
  * `--target=emu` builds the same kernels for the host instead (kernels/hip/gpu_emulation.h): a shared object
@@ -245,6 +246,48 @@ static inline moert_gpu_linear_launches moert_gpu_lin_plan(int64_t K, int64_t N,
   p.gemm_grid[1] = (M + MOERT_GPU_LIN_BM - 1) / MOERT_GPU_LIN_BM;
   p.reduce_blocks = p.k_splits > 1 ? (M * N + MOERT_GPU_BLOCK - 1) / MOERT_GPU_BLOCK : 0;
   p.scratch = moert_gpu_lin_layout(K, N, norm, M, p.k_splits).total;
+  return p;
+}
+
+/* ---- attention dispatches (kernels/hip/attention_gpu.h), per attention dispatch `j`:
+ *
+ *   moert_gpu_attn_<j>_attend grid (row_blocks, B * HKV, splits)  one warp per query row (S * G rows of each
+ *                                                       key/value head, `warps` a block), keys split `splits`
+ *                                                       ways; splits > 1 writes partial results to scratch
+ *                                                       (f32 keys and values; _attend_bf16 / _attend_f16 the
+ *                                                       same for bf16 / fp16 ones)
+ *   moert_gpu_attn_<j>_merge  grid (merge_blocks)       the splits' partial results in split order
+ *
+ * each taking one `moert_gpu_attention_args` by value: the CPU kernel's arguments (device addresses; exec
+ * unused) and the split count. */
+#define MOERT_GPU_ATTN_KEYS 256 /* keys a split reads at least                                   */
+#define MOERT_GPU_ATTN_KU 4     /* keys whose scores a warp sums at once                         */
+
+typedef struct moert_gpu_attention_args {
+  moert_attention_args a; /* scratch: moert_gpu_attn_plan(...).scratch bytes */
+  int64_t splits;
+} moert_gpu_attention_args;
+
+typedef struct moert_gpu_attention_launches {
+  int64_t attend_grid[3], merge_blocks, splits; /* merge_blocks 0: no merge (one split) */
+  size_t scratch;
+} moert_gpu_attention_launches;
+/* The launches of one call: B batches, S query positions, T keys, G = HQ / HKV query heads per key/value
+ * head, `warps` per block. Keys are split until the grid has about MOERT_GPU_TARGET_BLOCKS blocks, each split
+ * at least MOERT_GPU_ATTN_KEYS keys; scratch holds (DV outputs, m, l) per row and split. */
+static inline moert_gpu_attention_launches moert_gpu_attn_plan(int64_t B, int64_t HKV, int64_t G, int64_t DV,
+                                                               int64_t S, int64_t T, int warps) {
+  moert_gpu_attention_launches p;
+  int64_t rows = S * G, row_blocks = (rows + warps - 1) / warps, base = B * HKV * row_blocks;
+  int64_t want = (MOERT_GPU_TARGET_BLOCKS + base - 1) / (base < 1 ? 1 : base);
+  int64_t most = (T + MOERT_GPU_ATTN_KEYS - 1) / MOERT_GPU_ATTN_KEYS;
+  p.splits = want < most ? want : most;
+  if (p.splits < 1)
+    p.splits = 1;
+  p.attend_grid[0] = row_blocks, p.attend_grid[1] = B * HKV, p.attend_grid[2] = p.splits;
+  p.merge_blocks = p.splits > 1 ? (B * HKV * rows + warps - 1) / warps : 0;
+  p.scratch =
+      p.splits > 1 ? moert_gpu_align(sizeof(float) * (size_t)(B * HKV * rows * p.splits * (DV + 2))) : 0;
   return p;
 }
 

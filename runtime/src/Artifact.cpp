@@ -1033,7 +1033,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       }
       os << (devStep[fi] ? " [gpu]" : "") << "\n";
     } else if (s.has_attention())
-      os << "  attention " << s.attention().index() << ": " << s.attention().description() << "\n";
+      os << "  attention " << s.attention().index() << ": " << s.attention().description()
+         << (devStep[fi] ? " [gpu]" : "") << "\n";
     else if (s.has_linear())
       os << "  linear " << s.linear().index() << ": " << s.linear().description() << " ("
          << mib(s.linear().weight_bytes()) << " of weights)" << (devStep[fi] ? " [gpu]" : "") << "\n";

@@ -267,6 +267,11 @@ struct LinearKernels {
   moert_gpu_linear_args last{}; // the last call's arguments (device addresses), for timeLinear
 };
 
+struct AttentionKernels {
+  void *attend[3] = {}, *merge = nullptr; // per key/value type (f32, bf16, fp16); null: no GPU kernels
+  int64_t hkv = 0, g = 0, dv = 0;         // key/value heads, query heads per key/value head, value dim
+};
+
 } // namespace
 
 class Device {
@@ -278,6 +283,7 @@ public:
   int warps = MOERT_GPU_BLOCK / 32; // warps per block: wave64 on CDNA (gfx9*) has half as many
   std::vector<Kernels> dispatches;
   std::vector<LinearKernels> linears;
+  std::vector<AttentionKernels> attentions;
   void *strided = nullptr; // the graph ops' kernel (null: code from before it; graph ops on the host)
   int codeFd = -1;         // the emulated device's code: its memfd, closed after the module is
   std::vector<Ptr> allocations;
@@ -538,6 +544,21 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
             return e;
           k.weightBytes += a.sections(sec).size();
         }
+      continue;
+    }
+    if (s.has_attention() && s.attention().gpu()) {
+      const auto &at = s.attention();
+      if (d->attentions.size() <= at.index())
+        d->attentions.resize(at.index() + 1);
+      AttentionKernels &k = d->attentions[at.index()];
+      k.hkv = at.kv_heads(), k.g = at.kv_heads() > 0 ? at.q_heads() / at.kv_heads() : 0,
+      k.dv = at.value_dim();
+      std::string base = "moert_gpu_attn_" + std::to_string(at.index()) + "_";
+      if (d->drv.moduleGetFunction(&k.attend[0], d->module, (base + "attend").c_str()) ||
+          d->drv.moduleGetFunction(&k.attend[1], d->module, (base + "attend_bf16").c_str()) ||
+          d->drv.moduleGetFunction(&k.attend[2], d->module, (base + "attend_f16").c_str()) ||
+          d->drv.moduleGetFunction(&k.merge, d->module, (base + "merge").c_str()))
+        return "the GPU code lacks the kernels of attention dispatch " + std::to_string(at.index());
       continue;
     }
     if (!s.has_moe())
@@ -945,10 +966,73 @@ std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, dou
   return "";
 }
 
+// ---- attention dispatches ---------------------------------------------------------------------------------
+
+bool hasAttention(const Device &d, int index) {
+  return index >= 0 && size_t(index) < d.attentions.size() && d.attentions[index].attend[0];
+}
+
+std::string runAttention(Device &d, Residency &r, int index, const moert_attention_args &host, size_t qBytes,
+                         size_t kBytes, size_t vBytes, size_t maskBytes, size_t sinkBytes, size_t outBytes,
+                         double *gpuMs) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  if (!hasAttention(d, index))
+    return "internal: no GPU kernels for attention dispatch " + std::to_string(index);
+  const AttentionKernels &k = d.attentions[index];
+  const std::string what = "attention dispatch " + std::to_string(index);
+  if (host.batch <= 0 || host.q_len <= 0)
+    return "";
+  void *attend = host.kv_storage == MOERT_STORAGE_F32    ? k.attend[0]
+                 : host.kv_storage == MOERT_STORAGE_BF16 ? k.attend[1]
+                 : host.kv_storage == MOERT_STORAGE_F16  ? k.attend[2]
+                                                         : nullptr;
+  if (!attend) // (int8: a session's cache, appended in place: the run loop keeps those on the CPU)
+    return "internal: " + what + ": the GPU kernels do not read keys and values of storage " +
+           std::to_string(host.kv_storage);
+  const moert_gpu_attention_launches plan =
+      moert_gpu_attn_plan(host.batch, k.hkv, k.g, k.dv, host.q_len, host.kv_len, d.warps);
+  if (plan.attend_grid[1] > 65535 || plan.attend_grid[0] > (int64_t(1) << 31) - 1)
+    return what + ": " + std::to_string(host.batch) + " batches of " + std::to_string(host.q_len) +
+           " positions are more than the GPU kernels' grid holds";
+  moert_gpu_attention_args args{};
+  args.a = host;
+  args.a.exec = nullptr;
+  args.splits = plan.splits;
+  Ptr q = 0, kk = 0, v = 0, mask = 0, sinks = 0, out = 0;
+  std::string e;
+  if ((e = d.grow(d.scratch, d.scratchBytes, plan.scratch)).size() ||
+      (e = r.input(host.query, qBytes, q)).size() ||
+      (host.kv_len > 0 &&
+       ((e = r.input(host.key, kBytes, kk)).size() || (e = r.input(host.value, vBytes, v)).size())) ||
+      (host.mask && maskBytes && (e = r.input(host.mask, maskBytes, mask)).size()) ||
+      (host.sinks && (e = r.input(host.sinks, sinkBytes, sinks)).size()) ||
+      (e = r.output(host.output, outBytes, out)).size())
+    return what + ": " + e;
+  args.a.query = reinterpret_cast<const float *>(q);
+  args.a.key = reinterpret_cast<const void *>(kk);
+  args.a.value = reinterpret_cast<const void *>(v);
+  args.a.mask = host.mask ? reinterpret_cast<const float *>(mask) : nullptr;
+  args.a.sinks = host.sinks ? reinterpret_cast<const float *>(sinks) : nullptr;
+  args.a.output = reinterpret_cast<float *>(out);
+  args.a.scratch = reinterpret_cast<void *>(d.scratch);
+  if ((e = timed(d, gpuMs, [&] {
+         void *params[] = {&args};
+         std::string le = d.launch(attend, plan.attend_grid[0], plan.attend_grid[1], plan.attend_grid[2],
+                                   params, "launch (attention)");
+         if (le.empty() && plan.merge_blocks)
+           le = d.launch(k.merge, plan.merge_blocks, 1, 1, params, "launch (attention merge)");
+         return le;
+       })).size())
+    return what + ": " + e;
+  return "";
+}
+
 // ---- graph ops --------------------------------------------------------------------------------------------
 
 bool runsDispatch(const Device &d, const pb::Step &s) {
-  return s.has_moe() || (s.has_linear() && hasLinear(d, int(s.linear().index())));
+  return s.has_moe() || (s.has_linear() && hasLinear(d, int(s.linear().index()))) ||
+         (s.has_attention() && hasAttention(d, int(s.attention().index())));
 }
 
 bool graphOpCandidate(const Device &d, const pb::Program &p, const pb::Step &s) {

@@ -1,9 +1,9 @@
 //===- Gpu.h - libmoert's GPU backends (CUDA driver API, HIP), loaded with dlopen --===//
 //
-// A model loaded with `device` = GPU / CUDA / HIP runs its fused MoE and linear dispatches on the GPU; every
-// other op step stays on libmoert's CPU op kernels. The vendor library (libcuda.so.1 or libamdhip64.so) is
-// opened with dlopen at load time, so libmoert builds, links and runs without either; asking for a GPU where
-// there is no driver or device is one clear error.
+// A model loaded with `device` = GPU / CUDA / HIP runs its fused MoE, linear and attention dispatches on the
+// GPU; every other op step stays on libmoert's CPU op kernels. The vendor library (libcuda.so.1 or
+// libamdhip64.so) is opened with dlopen at load time, so libmoert builds, links and runs without either;
+// asking for a GPU where there is no driver or device is one clear error.
 //
 // At load: pick the code object for the device (CUDA: the PTX for the device's sm_XY, or the newest one not
 // above it, compiled by the driver; HIP: the first AMDGPU code object the runtime accepts), upload every
@@ -86,7 +86,20 @@ std::string runLinear(Device &d, Residency &r, int index, int64_t M, const float
 /// bytes of its weights (each read once a call).
 std::string timeLinear(Device &d, int index, int repeats, double &usPerCall, double &weightBytes);
 
-/// A MoE or linear dispatch step the device has kernels for.
+/// Whether attention dispatch `index` has GPU kernels (artifacts built before moec had them run it on the
+/// CPU).
+bool hasAttention(const Device &d, int index);
+
+/// Runs attention dispatch `index` on `args` as the CPU kernel takes them (host pointers; exec and scratch
+/// unused): query, key, value, mask (may be null) and sinks (may be null) are host ranges of `*Bytes` bytes
+/// the residency maps as `run` does, the output's device copy becomes `args.output`'s current bytes
+/// (`outBytes`). Keys and values f32, bf16 or fp16. Returns "" or one error line.
+std::string runAttention(Device &d, Residency &r, int index, const moert_attention_args &args, size_t qBytes,
+                         size_t kBytes, size_t vBytes, size_t maskBytes, size_t sinkBytes, size_t outBytes,
+                         double *gpuMs);
+
+/// A MoE, linear or attention dispatch step the device has kernels for (an attention over a session's cache
+/// appended in place still runs on the CPU: the run loop decides that one).
 bool runsDispatch(const Device &d, const proto::Step &s);
 /// An op step the graph-op kernel (kernels/hip/ops_gpu.h) may run: Add / Sub / Mul / Div (broadcasting),
 /// Transpose or Concat with one f32 output, in artifacts whose GPU code has the kernel. It runs there when

@@ -545,7 +545,12 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       }
       gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, opPlan);
     }
-    const bool onDevice = residency && (gpuOp || moert::gpu::runsDispatch(*m->gpu, s));
+    // An attention over a session's cache appended in place reads the cache's host buffer (CPU kernel).
+    bool kvInPlace = false;
+    if (s.has_attention())
+      for (auto [id, capacity] : inPlace)
+        kvInPlace |= id == s.attention().key() || id == s.attention().value();
+    const bool onDevice = residency && (gpuOp || (moert::gpu::runsDispatch(*m->gpu, s) && !kvInPlace));
     // A step on the host reads current host bytes; a view op (its output aliases its first input) neither
     // reads nor writes that input's bytes.
     const bool view = s.has_op() && moert::isView(m->opKernels[si]);
@@ -771,9 +776,6 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       const Tensor &q = values[d.query()], &k = values[d.key()], &v = values[d.value()];
       auto what = [&] { return "attention dispatch " + std::to_string(d.index()); };
       // Keys and values are f32, or both bf16 / f16 / int8 rows when they are a session's narrow cache.
-      bool kvInPlace = false;
-      for (auto [id, capacity] : inPlace)
-        kvInPlace |= id == d.key() || id == d.value();
       const bool kvOk = (k.dtype == moert::proto::F32 || moert::ops::isHalf(k.dtype) ||
                          (kvInPlace && k.dtype == moert::proto::I8)) &&
                         v.dtype == k.dtype;
@@ -845,23 +847,43 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       }
       Tensor out;
       place(d.output(), out);
-      const size_t scratchBytes = x.scratch(B, S, T, exec.threads);
-      auto scratch = scratchBytes ? moert::allocBlock(scratchBytes) : nullptr;
-      if (!out.alloc(moert::proto::F32, outDims) || (scratchBytes && !scratch))
+      if (!out.alloc(moert::proto::F32, outDims))
         return makeError("out of memory for " + what());
       args.output = out.mut<float>();
-      args.scratch = scratch.get();
-      args.exec = &exec;
-      if (int rc = x.run(&args))
-        return makeError(what() + " failed (code " + std::to_string(rc) + ")" +
-                         (rc == 2 ? std::string(": its kernel does not read ") + dtypeName(k.dtype) +
-                                        " caches (compiled by an older moec; compile the model again)"
-                                  : ""));
+      double gpuMs = 0.0;
+      if (onDevice) { // the GPU kernels (kernels/hip/attention_gpu.h) on the residency's copies
+        const size_t maskBytes = d.mask() >= 0 ? values[d.mask()].bytes() : 0;
+        const size_t sinkBytes = d.sinks() >= 0 ? values[d.sinks()].bytes() : 0;
+        if (std::string why = moert::gpu::runAttention(*m->gpu, *residency, int(d.index()), args, q.bytes(),
+                                                       k.bytes(), v.bytes(), maskBytes, sinkBytes,
+                                                       out.bytes(), profile ? &gpuMs : nullptr);
+            !why.empty())
+          return makeError(why);
+      } else {
+        const size_t scratchBytes = x.scratch(B, S, T, exec.threads);
+        auto scratch = scratchBytes ? moert::allocBlock(scratchBytes) : nullptr;
+        if (scratchBytes && !scratch)
+          return makeError("out of memory for " + what());
+        args.scratch = scratch.get();
+        args.exec = &exec;
+        if (int rc = x.run(&args))
+          return makeError(what() + " failed (code " + std::to_string(rc) + ")" +
+                           (rc == 2 ? std::string(": its kernel does not read ") + dtypeName(k.dtype) +
+                                          " caches (compiled by an older moec; compile the model again)"
+                                    : ""));
+      }
       values[d.output()] = std::move(out);
       measure(d.output());
-      if (profile)
+      if (profile) {
         label = "attention " + std::to_string(d.index()) + " (" + std::to_string(S) + "x" +
-                std::to_string(T) + ")";
+                std::to_string(T) + (onDevice ? ", gpu)" : ")");
+        if (onDevice) {
+          trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"gpu attention " << d.index() << " (" << S
+                << "x" << T << ")\", \"ph\": \"X\", \"pid\": 0, \"tid\": 1, \"ts\": " << us(start)
+                << ", \"dur\": " << gpuMs * 1000.0 << "}";
+          firstEvent = false;
+        }
+      }
     } else {
       const auto &d = s.moe();
       const moert::Dispatch &x = m->dispatches[d.index()];

@@ -8,7 +8,8 @@ objects; sm_80, sm_90 PTX), then
   - `llvm-readelf-19 --notes` of each AMDGPU code object: the kernels of every dispatch are there, with
     no scratch (`.private_segment_fixed_size` 0), no VGPR/SGPR spills, at most 128 VGPRs (at least 4 waves per
     SIMD on CDNA2/3, 12 on RDNA3) and at most 16 KiB of LDS per block (4 blocks per CU) — MoE dispatches'
-    kernels and linear dispatches' (dense models in every storage, MatMulNBits, a decoder-with-past model);
+    kernels, linear dispatches' (dense models in every storage, MatMulNBits, a decoder-with-past model) and
+    attention dispatches' (the whole and decoder-with-past models);
   - the PTX of each sm_* declares the kernels of every dispatch.
 Options moec cannot serve (unknown architectures or targets) are one error line and no artifact. Where no GPU is usable (CI), also: `moert run --device=gpu` fails with one error line, a non-zero exit and no
 output file. Exits 1 with one line per violation.
@@ -138,6 +139,9 @@ def main():
             linears = sorted(set(re.findall(r"moert_gpu_lin_(\d+)_gemv", src)))
             want |= {f"moert_gpu_lin_{j}_{k}" for j in linears for k in ("gemv", "reduce", "gemm")}
             want |= set(re.findall(r"MOERT_GPU_KERNEL\((moert_gpu_lin_\d+_norm),", src))  # fused norms
+            attentions = sorted(set(re.findall(r"moert_gpu_attn_(\d+)_attend", src)))
+            want |= {f"moert_gpu_attn_{j}_{k}" for j in attentions
+                     for k in ("attend", "attend_bf16", "attend_f16", "merge")}
             inspect = subprocess.run([args.moert, "inspect", moex], capture_output=True, text=True).stdout
             gpu_line = next((ln for ln in inspect.splitlines() if ln.startswith("gpu code:")), "")
             for arch in AMD + NV:
@@ -170,7 +174,8 @@ def main():
                 if entries != want or f".target {arch}" not in ptx:
                     problems.append(f"{name} {arch}: PTX entries {sorted(entries)}, expected {sorted(want)}")
             print(f"{'ok  ' if not any(p.startswith(name + ' ') or p.startswith(name + ':') for p in problems) else 'FAIL'}"
-                  f" {name:48s} {len(want)} kernels ({len(dispatches)} MoE, {len(linears)} linear dispatch(es)) x "
+                  f" {name:48s} {len(want)} kernels ({len(dispatches)} MoE, {len(linears)} linear, "
+                  f"{len(attentions)} attention dispatch(es)) x "
                   f"{len(AMD)} AMD + {len(NV)} NVIDIA archs")
         problems += bad_option_checks(args, tmp)
         if subprocess.run([args.moert, "devices"], capture_output=True).returncode != 0:

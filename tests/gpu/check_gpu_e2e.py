@@ -163,11 +163,12 @@ def linear_cases(tmp):
     graph_ops_model(ops)
     yield ("linear/graph ops", ops, lambda t, rng: {"x": rng.standard_normal((1, t, 64)).astype(np.float32)}, ops,
            (), TOLERANCE)
-    # Decoder-with-past fixtures: a step of T new tokens after 5 cached positions (logits and presents).
-    for family in ("mixtral", "qwen3_moe"):
+    # Decoder-with-past fixtures: a step of T new tokens after 5 cached positions (logits and presents), and
+    # after 600 (the attention kernel splits a decode step's keys across blocks and merges them).
+    for family, past in (("mixtral", 5), ("qwen3_moe", 5), ("qwen3_moe", 600)):
         path = os.path.join(lin.FIXTURES, f"past_{family}.onnx")
-        yield (f"linear/past_{family} (past 5)", path,
-               lambda t, rng, path=path: lin.fixture_feeds(path, t, 5, rng), path, (), TOLERANCE)
+        yield (f"linear/past_{family} (past {past})", path,
+               lambda t, rng, path=path, past=past: lin.fixture_feeds(path, t, past, rng), path, (), TOLERANCE)
 
 
 def gpu_cases(tmp):
@@ -328,10 +329,12 @@ def run_all(args, where):
         os.makedirs(tmp, exist_ok=True)
         errors, worst, worst_cpu = [], 0.0, 0.0
         artifact = os.path.join(where, entry["artifact"])
-        # Every MoE and linear dispatch step must run on the device (`moert inspect` marks those `[gpu]`).
+        # Every MoE, linear and attention dispatch step must run on the device (`moert inspect` marks those
+        # `[gpu]`).
         inspect = subprocess.run([args.moert, "inspect", artifact, "--device", args.device], capture_output=True,
                                  text=True)
-        steps = [ln for ln in inspect.stdout.splitlines() if ln.lstrip().startswith(("dispatch ", "linear "))]
+        steps = [ln for ln in inspect.stdout.splitlines()
+                 if ln.lstrip().startswith(("dispatch ", "linear ", "attention "))]
         if inspect.returncode != 0 or not steps or not all(ln.endswith("[gpu]") for ln in steps):
             return False, [f"FAIL {entry['name']:48s} not every dispatch runs on the device: "
                            f"{inspect.stderr.strip() or [ln for ln in steps if not ln.endswith('[gpu]')] or 'none'}"]

@@ -21,6 +21,11 @@
 // value rows: f32 scores and sums against double).
 //
 //===----------------------------------------------------------------------===//
+#ifdef MOERT_ATTENTION_TEST_GPU
+#include "kernels/hip/gpu_emulation.h" // first: it stands in for kernels/hip/gpu_vendor.h
+
+#include "kernels/hip/attention_gpu.h"
+#endif
 #include "kernels/cpu/attention.h"
 #include "tests/kernels/kernel_exec.h"
 
@@ -126,6 +131,39 @@ struct Cache {
 
 int failures = 0, cases = 0;
 
+#ifdef MOERT_ATTENTION_TEST_GPU
+// The GPU kernels (kernels/hip/attention_gpu.h) on the emulated device: attend, then merge when the keys are
+// split (moert_gpu_attn_plan, as libmoert launches them).
+constexpr bool kGpu = true;
+template <class C> moert_gpu_attention_launches gpuPlan(int64_t B, int64_t S, int64_t T) {
+  return moert_gpu_attn_plan(B, C::HKV, C::HQ / C::HKV, C::DV, S, T, MOERT_GPU_BLOCK / moert_gpu::kWarp);
+}
+template <class C> size_t kernelScratch(int64_t B, int64_t S, int64_t T, int) {
+  return gpuPlan<C>(B, S, T).scratch;
+}
+int64_t lastSplits = 1;
+template <class C> int runKernel(const moert_attention_args &a) {
+  using K = moert_gpu::AttentionKernels<C>;
+  const moert_gpu_attention_launches plan = gpuPlan<C>(a.batch, a.q_len, a.kv_len);
+  const moert_gpu_attention_args ga{a, plan.splits};
+  moert_gpu::emulate(a.kv_storage == MOERT_STORAGE_BF16  ? &K::attend_bf16
+                     : a.kv_storage == MOERT_STORAGE_F16 ? &K::attend_f16
+                                                         : &K::attend,
+                     ga, plan.attend_grid[0], plan.attend_grid[1], plan.attend_grid[2]);
+  if (plan.merge_blocks)
+    moert_gpu::emulate(&K::merge, ga, plan.merge_blocks);
+  lastSplits = plan.splits;
+  return 0;
+}
+#else
+constexpr bool kGpu = false;
+template <class C> size_t kernelScratch(int64_t B, int64_t S, int64_t T, int threads) {
+  return moert_cpu::Attention<C>::scratch(B, S, T, threads);
+}
+int64_t lastSplits = 0; // (not printed)
+template <class C> int runKernel(const moert_attention_args &a) { return moert_cpu::Attention<C>::run(&a); }
+#endif
+
 /// The kernel's arguments for q [B][HQ][S][DK], k / v caches of `cap` positions a head, a [B][1][S][T] mask
 /// (or none), out [B][HQ][S][DV].
 template <class C>
@@ -163,7 +201,6 @@ const char *maskName(Mask m) {
 
 template <class C>
 void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool sinks, std::mt19937 &rng) {
-  using A = moert_cpu::Attention<C>;
   constexpr int64_t HQ = C::HQ, HKV = C::HKV, DK = C::DK, DV = C::DV, G = HQ / HKV;
   const int64_t cap = T + 5; // rows a head apart, as a session's buffer with room for more
   std::normal_distribution<float> g(0.0f, 1.0f);
@@ -208,12 +245,14 @@ void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool
     x = 2.0f * g(rng);
 
   for (int threads : {1, 4}) {
+    if (kGpu && threads > 1) // (one grid: the emulator runs its blocks in order)
+      break;
     moert_exec ex{&reverseFor, nullptr, threads};
     std::vector<float> out(B * HQ * S * DV, -7.0f);
-    std::vector<char> scratch(A::scratch(B, S, T, threads) + 64);
+    std::vector<char> scratch(kernelScratch<C>(B, S, T, threads) + 64);
     moert_attention_args a = makeArgs<C>(B, S, T, cap, q, k, v, mask, out, scratch, ex);
     a.sinks = sinks ? sink.data() : nullptr;
-    const int rc = A::run(&a);
+    const int rc = runKernel<C>(a);
     double worst = 0.0; // the largest error / tolerance
     int64_t bad = 0;
     std::vector<double> sc(T), acc(DV);
@@ -254,10 +293,11 @@ void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool
     ++cases;
     const bool ok = rc == 0 && bad == 0;
     std::printf(
-        "%s %-4s HQ=%lld HKV=%lld DK=%lld DV=%lld B=%lld S=%lld T=%lld %s%s%s threads=%d: %s\n",
+        "%s %-4s HQ=%lld HKV=%lld DK=%lld DV=%lld B=%lld S=%lld T=%lld %s%s%s %s%d: %s\n",
         ok ? "ok  " : "FAIL", storageName(storage), (long long)HQ, (long long)HKV, (long long)DK,
         (long long)DV, (long long)B, (long long)S, (long long)T, maskName(maskKind), sinks ? " sinks" : "",
-        C::SOFTCAP > 0.0f ? " softcap" : "", threads,
+        C::SOFTCAP > 0.0f ? " softcap" : "",
+        kGpu ? "key splits=" : "threads=", kGpu ? int(lastSplits) : threads,
         rc ? ("kernel returned " + std::to_string(rc)).c_str()
            : (std::to_string(bad) + " outputs off; worst error " + std::to_string(worst) + " x the bound")
                  .c_str());
@@ -267,7 +307,8 @@ void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool
 
 template <class C> void checkAll(int64_t B, int64_t S, int64_t T, Mask m, bool sinks, std::mt19937 &rng) {
   for (Storage s : {F32, BF16, F16, INT8})
-    check<C>(s, B, S, T, m, sinks, rng);
+    if (!(kGpu && s == INT8)) // int8 session caches are read by the CPU kernel only
+      check<C>(s, B, S, T, m, sinks, rng);
 }
 
 /// Every int8 code times its block's scale is within half a scale of the value encoded, and the scale is the
@@ -347,6 +388,10 @@ void perf(Storage storage, int64_t T, Pool &pool, int threads, int64_t S = 1, in
 
 int main(int argc, char **argv) {
   if (argc > 1 && std::string(argv[1]) == "--perf") {
+    if (kGpu) {
+      std::printf("--perf: the emulated device's speed means nothing; time the GPU kernels on a GPU\n");
+      return 1;
+    }
     const int threads = std::max(1u, std::thread::hardware_concurrency());
     Pool pool(threads);
     std::printf("perf mode: %d threads, %d-lane vectors\n", threads, moert_cpu::VW);
