@@ -48,7 +48,9 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
       "// (kernels/hip/moert_gpu_abi.h), and the graph ops' strided kernel (kernels/hip/ops_gpu.h).\n"
       "#include \"sparse_moe_gpu.h\"\n#include \"linear_gpu.h\"\n#include \"attention_gpu.h\"\n"
       "#include \"ops_gpu.h\"\n"
-      "MOERT_GPU_KERNEL(moert_gpu_op_strided, moert_gpu_op_args, moert_gpu::GraphOps::strided)\n" +
+      "MOERT_GPU_KERNEL(moert_gpu_op_strided, moert_gpu_op_args, moert_gpu::GraphOps::strided)\n"
+      "MOERT_GPU_KERNEL(moert_gpu_op_rotary, moert_gpu_rotary_args, moert_gpu::GraphOps::rotary)\n"
+      "MOERT_GPU_KERNEL(moert_gpu_op_norm, moert_gpu_norm_args, moert_gpu::GraphOps::norm)\n" +
       dispatchSource;
   std::vector<std::pair<std::string, std::string>> files;
   for (const auto &[name, text] : kGpuKernelSources)

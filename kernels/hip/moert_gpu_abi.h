@@ -318,6 +318,29 @@ typedef struct moert_gpu_op_args {
   const float *a, *b; /* b: NULL for a copy */
   float *out;
 } moert_gpu_op_args;
+/* The row-wise fused ops (runtime/src/ops/Fused.cpp's contracts, ir/MoEOps.td), planned the same way:
+ *
+ *   moert_gpu_op_rotary grid (ceil(rows / warps))      moec.Rotary (moe.rotary): one warp per row of D
+ *                                                       (rows = B * A1 * A2), the q/k RMSNorm first when
+ *                                                       norm_weight is set, heads transposed on the way
+ *   moert_gpu_op_norm   grid (rows)                     moec.Norm (moe.norm): one block per row of d
+ */
+typedef struct moert_gpu_rotary_args {
+  int64_t rows, A1, A2, D; /* input [B, A1, A2, D]; S = A1 or A2 (seq_axis)                          */
+  int64_t R, W, S;         /* rotary dims, table width (R or R / 2), positions                        */
+  int32_t seq_axis, interleaved, deinterleave, transpose, cos_batch; /* cos_batch: tables per batch  */
+  float eps;
+  const float *x, *cos, *sin, *norm_weight; /* norm_weight [D] or NULL                               */
+  float *out;
+} moert_gpu_rotary_args;
+typedef struct moert_gpu_norm_args {
+  int64_t rows, d;
+  int32_t kind; /* moert_norm: MOERT_NORM_RMS or MOERT_NORM_LAYER */
+  float eps;
+  const float *x, *w, *b; /* b [d] or NULL */
+  float *out;
+} moert_gpu_norm_args;
+
 /* Blocks of MOERT_GPU_BLOCK threads for n elements (a grid-stride loop covers the rest). */
 static inline int64_t moert_gpu_op_blocks(int64_t n) {
   int64_t b = (n + MOERT_GPU_BLOCK - 1) / MOERT_GPU_BLOCK;

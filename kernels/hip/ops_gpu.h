@@ -5,7 +5,8 @@
 // reads the inputs at their own strides (0 along a broadcast dim; permuted for a transpose) and writes the
 // output at its strides plus an offset (a Concat input's place). libmoert plans the strides per op step and
 // launches `moert_gpu_op_strided` (kernels/hip/moert_gpu_abi.h), so such steps run on the device and their
-// values stay there (runtime/src/Gpu.cpp's Residency).
+// values stay there (runtime/src/Gpu.cpp's Residency). The row-wise fused ops moec makes of rotary embeddings
+// and norms (`moec.Rotary`, `moec.Norm`) have a kernel each here too.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_OPS_GPU_H
@@ -39,6 +40,60 @@ struct GraphOps {
       }
       a.out[io] = y;
     }
+  }
+
+  // moec.Rotary: one warp per row (Fused.cpp's fusedRotary, output by output).
+  static GPU_INLINE void rotary(const moert_gpu_rotary_args &a) {
+    constexpr int WARPS = MOERT_GPU_BLOCK / kWarp;
+    const int64_t r = int64_t(blockX()) * WARPS + warpId(), lane = laneId();
+    if (r >= a.rows)
+      return;
+    const int64_t D = a.D, R = a.R, h = R / 2, i2 = r % a.A2, i1 = (r / a.A2) % a.A1, b = r / (a.A1 * a.A2);
+    const int64_t s = a.seq_axis == 1 ? i1 : i2;
+    const float *xr = a.x + r * D;
+    float *y = a.out + (a.transpose ? ((b * a.A2 + i2) * a.A1 + i1) * D : r * D);
+    float inv = 1.0f;
+    if (a.norm_weight) { // y = w * (x * (1 / sqrt(mean(x^2) + eps)))
+      float ss = 0.0f;
+      for (int64_t i = lane; i < D; i += kWarp)
+        ss += xr[i] * xr[i];
+      inv = 1.0f / sqrtf(warpSum(ss) / float(D) + a.eps);
+    }
+    auto xv = [&](int64_t i) { return a.norm_weight ? a.norm_weight[i] * (xr[i] * inv) : xr[i]; };
+    const float *cr = a.cos + (b * a.cos_batch * a.S + s) * a.W,
+                *sr = a.sin + (b * a.cos_batch * a.S + s) * a.W;
+    const bool wide = a.W == R;
+    for (int64_t i = lane; i < D; i += kWarp) {
+      float v;
+      if (i >= R) {
+        v = xv(i);
+      } else if (!a.interleaved) { // halves: i with i + h
+        const int64_t c = i < h || wide ? i : i - h;
+        v = i < h ? xv(i) * cr[c] - xv(i + h) * sr[c] : xv(i) * cr[c] + xv(i - h) * sr[c];
+      } else if (!a.deinterleave) { // pairs (2j, 2j + 1)
+        const int64_t c = wide ? i : i / 2;
+        v = i % 2 == 0 ? xv(i) * cr[c] - xv(i + 1) * sr[c] : xv(i) * cr[c] + xv(i - 1) * sr[c];
+      } else { // pair j's even result to j, its odd result to h + j
+        const int64_t j = i < h ? i : i - h, c = wide ? 2 * j + (i < h ? 0 : 1) : j;
+        v = i < h ? xv(2 * j) * cr[c] - xv(2 * j + 1) * sr[c] : xv(2 * j + 1) * cr[c] + xv(2 * j) * sr[c];
+      }
+      y[i] = v;
+    }
+  }
+
+  // moec.Norm: one block per row (y = (x - mean) * inv * w (+ b); mean 0 for RMSNorm).
+  static GPU_INLINE void norm(const moert_gpu_norm_args &a) {
+    constexpr int WARPS = MOERT_GPU_BLOCK / kWarp;
+    GPU_SHARED float red[WARPS];
+    const int64_t r = blockX();
+    const float *xr = a.x + r * a.d;
+    float mean = 0.0f, inv = 1.0f;
+    if (a.kind == MOERT_NORM_LAYER)
+      normStats<WARPS, MOERT_NORM_LAYER>(xr, a.d, a.eps, red, mean, inv);
+    else
+      normStats<WARPS, MOERT_NORM_RMS>(xr, a.d, a.eps, red, mean, inv);
+    for (int64_t i = threadId(); i < a.d; i += MOERT_GPU_BLOCK)
+      a.out[r * a.d + i] = a.w[i] * ((xr[i] - mean) * inv) + (a.b ? a.b[i] : 0.0f);
   }
 };
 

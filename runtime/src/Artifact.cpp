@@ -926,9 +926,13 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       bool device = moert::gpu::runsDispatch(*m.gpu, s);
       if (moert::gpu::graphOpCandidate(*m.gpu, p, s)) {
         device = true; // on the device when its inputs are f32 and there already (and its shapes plan)
-        for (int64_t id : s.op().inputs())
-          device = device && id >= 0 && p.values(id).type().dtype() == pb::F32 &&
-                   (p.values(id).has_constant_section() || (at[root[id]] & kDevice));
+        for (int k = 0; k < s.op().inputs_size(); ++k) {
+          const int64_t id = s.op().inputs(k);
+          const bool side = moert::gpu::sideInput(s.op(), k); // uploaded, or absent
+          device = device && (id >= 0 || side) &&
+                   (id < 0 || (p.values(id).type().dtype() == pb::F32 &&
+                               (side || p.values(id).has_constant_section() || (at[root[id]] & kDevice))));
+        }
       }
       devStep[fi] = device;
       const bool view = s.has_op() && moert::isView(m.opKernels[fi]);

@@ -285,6 +285,7 @@ public:
   std::vector<LinearKernels> linears;
   std::vector<AttentionKernels> attentions;
   void *strided = nullptr; // the graph ops' kernel (null: code from before it; graph ops on the host)
+  void *rotary = nullptr, *norm = nullptr; // moec.Rotary's and moec.Norm's (null: code from before them)
   int codeFd = -1;         // the emulated device's code: its memfd, closed after the module is
   std::vector<Ptr> allocations;
   // Calls are serialised by `mutex`; every device operation goes to the one stream, in order, so a buffer
@@ -502,6 +503,10 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
     return e;
   if (d->drv.moduleGetFunction(&d->strided, d->module, "moert_gpu_op_strided"))
     d->strided = nullptr;
+  if (d->drv.moduleGetFunction(&d->rotary, d->module, "moert_gpu_op_rotary"))
+    d->rotary = nullptr;
+  if (d->drv.moduleGetFunction(&d->norm, d->module, "moert_gpu_op_norm"))
+    d->norm = nullptr;
   d->mapLo = reinterpret_cast<uintptr_t>(map);
   for (const auto &section : a.sections())
     d->mapHi = std::max<uintptr_t>(d->mapHi, d->mapLo + section.offset() + section.size());
@@ -1036,11 +1041,20 @@ bool runsDispatch(const Device &d, const pb::Step &s) {
 }
 
 bool graphOpCandidate(const Device &d, const pb::Program &p, const pb::Step &s) {
-  if (!d.strided || !s.has_op() || s.op().blocks_size() || s.op().outputs_size() != 1 ||
+  if (!s.has_op() || s.op().blocks_size() || s.op().outputs_size() != 1 ||
       p.values(s.op().outputs(0)).type().dtype() != pb::F32)
     return false;
   const std::string &op = s.op().op();
-  return op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Transpose" || op == "Concat";
+  if (op == "moec.Rotary")
+    return d.rotary;
+  if (op == "moec.Norm")
+    return d.norm;
+  return d.strided &&
+         (op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Transpose" || op == "Concat");
+}
+
+bool sideInput(const pb::OpStep &op, int k) {
+  return k > 0 && (op.op() == "moec.Rotary" || op.op() == "moec.Norm");
 }
 
 namespace {
@@ -1055,6 +1069,12 @@ int64_t attrInt(const pb::OpStep &op, const char *name, int64_t fallback) {
   for (const auto &at : op.attributes())
     if (at.name() == name && at.ints_size() == 1)
       return at.ints(0);
+  return fallback;
+}
+float attrFloat(const pb::OpStep &op, const char *name, float fallback) {
+  for (const auto &at : op.attributes())
+    if (at.name() == name && at.floats_size() == 1)
+      return at.floats(0);
   return fallback;
 }
 } // namespace
@@ -1075,6 +1095,50 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, O
     plan.launches.push_back(l);
     return plan.launches.back();
   };
+  // The row-wise fused ops: the checks of Fused.cpp's fusedRotary / fusedNorm (anything else runs on the
+  // host, which reports it); an absent optional input has no dims.
+  auto isVector = [&](size_t k, int64_t n) { return in.size() > k && in[k] == std::vector<int64_t>{n}; };
+  if (name == "moec.Rotary") {
+    if (in.size() != MOERT_ROTARY_INPUTS || in[MOERT_ROTARY_INPUT].size() != 4)
+      return false;
+    const std::vector<int64_t> &x = in[MOERT_ROTARY_INPUT], &cs = in[MOERT_ROTARY_COS];
+    moert_gpu_rotary_args &r = plan.rotary;
+    r.A1 = x[1], r.A2 = x[2], r.D = x[3], r.rows = x[0] * x[1] * x[2];
+    r.R = attrInt(op, "rotary_dim", 0), r.seq_axis = int32_t(attrInt(op, "seq_axis", 2));
+    r.interleaved = attrInt(op, "interleaved", 0) != 0, r.deinterleave = attrInt(op, "deinterleave", 0) != 0;
+    r.transpose = attrInt(op, "transpose", 0) != 0, r.eps = attrFloat(op, "norm_epsilon", 1e-6f);
+    if ((r.seq_axis != 1 && r.seq_axis != 2) || r.R <= 0 || r.R % 2 || r.R > r.D ||
+        (r.deinterleave && !r.interleaved))
+      return false;
+    r.S = x[r.seq_axis];
+    if (cs.size() != 3 || cs != in[MOERT_ROTARY_SIN] || (cs[0] != 1 && cs[0] != x[0]) || cs[1] != r.S ||
+        (cs[2] != r.R && cs[2] != r.R / 2))
+      return false;
+    const bool normed = !in[MOERT_ROTARY_NORM_WEIGHT].empty();
+    if (normed && !isVector(MOERT_ROTARY_NORM_WEIGHT, r.D))
+      return false;
+    r.W = cs[2], r.cos_batch = cs[0] == 1 ? 0 : 1;
+    plan.fused = 1;
+    plan.outDims = r.transpose ? std::vector<int64_t>{x[0], x[2], x[1], x[3]} : x;
+    return true;
+  }
+  if (name == "moec.Norm") {
+    const int64_t kind = attrInt(op, "kind", 0);
+    if (in.size() != MOERT_NORM_INPUTS || in[MOERT_NORM_INPUT].empty() || (kind != 1 && kind != 2))
+      return false;
+    const int64_t dim = in[MOERT_NORM_INPUT].back();
+    if (!isVector(MOERT_NORM_WEIGHT, dim) ||
+        (!in[MOERT_NORM_BIAS].empty() && !isVector(MOERT_NORM_BIAS, dim)))
+      return false;
+    moert_gpu_norm_args &n = plan.norm;
+    n.d = dim, n.rows = 1, n.kind = int32_t(kind), n.eps = attrFloat(op, "epsilon", 1e-5f);
+    for (int64_t v : in[MOERT_NORM_INPUT])
+      n.rows *= v;
+    n.rows = dim ? n.rows / dim : 0;
+    plan.fused = 2;
+    plan.outDims = in[MOERT_NORM_INPUT];
+    return true;
+  }
   if (name == "Add" || name == "Sub" || name == "Mul" || name == "Div") {
     if (in.size() != 2)
       return false;
@@ -1181,6 +1245,31 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
   Ptr out = 0;
   std::vector<Ptr> in(inputs.size(), 0);
   std::string e;
+  if (plan.fused) { // every present input (the side ones uploaded when not there), then one launch
+    for (size_t j = 0; j < inputs.size(); ++j)
+      if (inputs[j].first && inputs[j].second &&
+          (e = r.input(inputs[j].first, inputs[j].second, in[j])).size())
+        return e;
+    if (outputBytes && (e = r.output(output, outputBytes, out)).size())
+      return e;
+    auto at = [&](size_t j) {
+      return j < in.size() && in[j] ? reinterpret_cast<const float *>(in[j]) : nullptr;
+    };
+    void *params[1];
+    if (plan.fused == 1) {
+      moert_gpu_rotary_args a = plan.rotary;
+      a.x = at(MOERT_ROTARY_INPUT), a.cos = at(MOERT_ROTARY_COS), a.sin = at(MOERT_ROTARY_SIN);
+      a.norm_weight = at(MOERT_ROTARY_NORM_WEIGHT), a.out = reinterpret_cast<float *>(out);
+      params[0] = &a;
+      const int64_t blocks = (a.rows + d.warps - 1) / d.warps;
+      return blocks ? d.launch(d.rotary, blocks, 1, 1, params, "launch (rotary)") : "";
+    }
+    moert_gpu_norm_args a = plan.norm;
+    a.x = at(MOERT_NORM_INPUT), a.w = at(MOERT_NORM_WEIGHT), a.b = at(MOERT_NORM_BIAS);
+    a.out = reinterpret_cast<float *>(out);
+    params[0] = &a;
+    return a.rows ? d.launch(d.norm, a.rows, 1, 1, params, "launch (norm)") : "";
+  }
   for (const auto &l : plan.launches)
     for (int j : {l.a, l.b})
       if (j >= 0 && !in[j] && inputs[j].second &&

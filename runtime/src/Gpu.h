@@ -101,12 +101,20 @@ std::string runAttention(Device &d, Residency &r, int index, const moert_attenti
 /// A MoE, linear or attention dispatch step the device has kernels for (an attention over a session's cache
 /// appended in place still runs on the CPU: the run loop decides that one).
 bool runsDispatch(const Device &d, const proto::Step &s);
-/// An op step the graph-op kernel (kernels/hip/ops_gpu.h) may run: Add / Sub / Mul / Div (broadcasting),
-/// Transpose or Concat with one f32 output, in artifacts whose GPU code has the kernel. It runs there when
-/// its inputs are f32 and on the device already (constants aside) and planOp plans its shapes.
+/// An op step the graph-op kernels (kernels/hip/ops_gpu.h) may run: Add / Sub / Mul / Div (broadcasting),
+/// Transpose or Concat with one f32 output, moec.Rotary or moec.Norm, in artifacts whose GPU code has the
+/// kernel. It runs there when its inputs are f32 and on the device already (constants and side inputs aside)
+/// and planOp plans its shapes.
 bool graphOpCandidate(const Device &d, const proto::Program &p, const proto::Step &s);
+/// Input k of a candidate that may be uploaded rather than be on the device already (absent, when optional):
+/// moec.Rotary's cos / sin tables and norm weight, moec.Norm's weight and bias (small; the row input
+/// decides).
+bool sideInput(const proto::OpStep &op, int k);
 struct OpPlan {
   std::vector<int64_t> outDims;
+  int fused = 0; // 1: moec.Rotary (`rotary`), 2: moec.Norm (`norm`), one launch each; 0: `launches`
+  moert_gpu_rotary_args rotary{};
+  moert_gpu_norm_args norm{};
   struct Launch {
     moert_gpu_op_args args{}; // pointers filled at run time
     int a = -1, b = -1;       // the step inputs the launch reads

@@ -527,20 +527,27 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     const pb::Step &s = *m->flat[si];
     auto start = std::chrono::steady_clock::now();
     std::string label;
-    // A graph op the device runs (f32 Add / Sub / Mul / Div, Transpose, Concat that its kernel can plan),
-    // when its inputs are there already (constants aside): it then adds no copy, and its result stays there.
+    // A graph op the device runs (f32 Add / Sub / Mul / Div, Transpose, Concat that its kernel can plan,
+    // moec.Rotary, moec.Norm), when its inputs are there already (constants and side inputs aside: those are
+    // uploaded): it then adds no copy, and its result stays there.
     moert::gpu::OpPlan opPlan;
     bool gpuOp = residency &&
                  !(caches && m->appendsCache[si] >= 0) && // a cache append writes its buffer here
                  moert::gpu::graphOpCandidate(*m->gpu, p, s);
     if (gpuOp) {
       std::vector<std::vector<int64_t>> dims;
-      for (int64_t id : s.op().inputs()) {
-        if (!(gpuOp = gpuOp && id >= 0))
-          break;
+      for (int k = 0; gpuOp && k < s.op().inputs_size(); ++k) {
+        const int64_t id = s.op().inputs(k);
+        const bool side = moert::gpu::sideInput(s.op(), k);
+        if (id < 0) { // an absent optional input
+          gpuOp = side;
+          dims.emplace_back();
+          continue;
+        }
         const Tensor &t = values[id];
         gpuOp = t.isTensor() && t.computed() && t.dtype == moert::proto::F32 &&
-                (p.values(id).has_constant_section() || moert::gpu::onDevice(*residency, t.data, t.bytes()));
+                (side || p.values(id).has_constant_section() ||
+                 moert::gpu::onDevice(*residency, t.data, t.bytes()));
         dims.push_back(t.dims);
       }
       gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, opPlan);

@@ -17,7 +17,11 @@ and every output matches ONNX Runtime within 1e-4 relative to the largest magnit
 also the NumPy oracle of moe.rotary's contract, tests/reference/attention.py), at batch 1 and 2 and several
 sequence lengths. Bad RotaryEmbedding attributes are one error naming the node, and no artifact.
 
-    check_rotary_e2e.py --moec build/bin/moec --moert build/bin/moert --lib build/lib/libmoert.so
+With `--device emu` the artifacts also carry GPU code for the emulated device (`--target=cpu,emu`) and run there:
+every moec.Rotary / moec.Norm step must be marked `[gpu]` by `moert inspect --device emu` (their kernels in
+kernels/hip/ops_gpu.h), against the same references and bound (ctest `rotary-e2e-emu`).
+
+    check_rotary_e2e.py --moec build/bin/moec --moert build/bin/moert --lib build/lib/libmoert.so [--device emu]
 """
 import argparse
 import os
@@ -241,7 +245,10 @@ def main():
     ap.add_argument("--moert", required=True)
     ap.add_argument("--lib", required=True, help="libmoert.so, for the Python binding")
     ap.add_argument("--cpu", default="x86-64-v3")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "emu"],
+                    help="emu: GPU code for the emulated device too, and the models run there")
     args = ap.parse_args()
+    targets = ["--target=cpu,emu"] if args.device == "emu" else []
     import onnxruntime as ort
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "runtime", "python"))
     import moert
@@ -251,7 +258,7 @@ def main():
     rng = np.random.default_rng(5)
 
     def compile_model(path, art):
-        return subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet"],
+        return subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet", *targets],
                               capture_output=True, text=True)
 
     def compare(what, path, art, feeds_of, expect, oracle=None):
@@ -259,11 +266,16 @@ def main():
         if c.returncode != 0:
             check(what, False, "moec compile failed: " + c.stderr.strip())
             return
-        text = subprocess.run([args.moert, "inspect", art], capture_output=True, text=True).stdout
+        text = subprocess.run([args.moert, "inspect", art, "--device", args.device], capture_output=True,
+                              text=True).stdout
         counts = {op: steps_of(text, op) for op in expect}
         check(f"{what}: steps", counts == expect, f"{counts} (want {expect})")
+        if args.device != "cpu":
+            fused = [ln.strip() for ln in text.splitlines() if re.match(r"\s*op moec\.(Rotary|Norm) ", ln)]
+            check(f"{what}: on the device", bool(fused) and all(ln.endswith("[gpu]") for ln in fused),
+                  "; ".join(fused) or "no moec.Rotary / moec.Norm step")
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        model = rt.load(art, threads=2)
+        model = rt.load(art, threads=2, device=args.device)
         worst, worst_oracle = 0.0, 0.0
         for batch, seq in ((1, 1), (1, 7), (2, 5), (2, 70)):
             feeds = feeds_of(batch, seq)
