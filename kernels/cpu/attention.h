@@ -37,7 +37,7 @@ namespace moert_cpu {
 
 constexpr int64_t kAttnKB = 64;       // keys per block: a row's scores of a block are kAttnKB / VW vectors
 constexpr int64_t kAttnRows = 64;     // query rows per work item at most (G heads x positions)
-constexpr float kAttnMasked = -1e30f; // mask values at or below this make a score's term exactly 0
+constexpr float kAttnMasked = MOERT_ATTN_MASKED; // mask values at or below this make a score's term exactly 0
 
 inline float hmax(vf v) {
   float m = v[0];

@@ -257,6 +257,10 @@ typedef size_t (*moert_scratch_fn)(int64_t tokens, int threads);
  *   out[b][h][s] = sum_t softmax_t(scale * q[b][h][s] . k[b][h / G][t] + mask[b][h][s][t]) v[b][h / G][t].
  * Each tensor is addressed by element strides per dim (batch, head, position); its head dim is contiguous.
  * The mask is optional (NULL); its strides are 0 along broadcast dims. */
+/* Mask values at or below this make a score's term exactly 0 after the exponential (against any kept key's):
+ * the kernels skip such keys when the row keeps some key (the row's softmax is over every key otherwise). */
+#define MOERT_ATTN_MASKED (-1e30f)
+
 typedef struct moert_attention_args {
   int64_t batch, q_len, kv_len;     /* B, S, T                                                */
   const float *query;               /* [B][HQ][S][DK]                                         */

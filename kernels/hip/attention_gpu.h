@@ -21,7 +21,9 @@
 // starts the first split's running max and sum, a row whose every score is -inf gives 0 (NAN_ZERO) or NaN.
 // Keys and values are f32, bf16 or fp16 (args.kv_storage picks the kernel); int8 session caches stay on
 // the CPU kernel.
-// Unlike the CPU kernel no key is skipped for its mask: a masked key's term is computed and is exactly 0.
+// Keys are skipped for their mask as the CPU kernel skips them: a warp first finds the first and last key its
+// row's mask leaves (above MOERT_ATTN_MASKED) and, when there are any, reads only that range (causal prefill:
+// the keys up to the position; a sliding window: the window's).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_ATTENTION_GPU_H
@@ -84,8 +86,18 @@ template <class C> struct AttentionKernels {
     for (int i = 0; i < VL; ++i)
       acc[i] = 0.0f;
     const int64_t ks = a.k_strides[2], vs = a.v_strides[2], ms = a.mask_strides[3];
-    const KV *kr = kb + tb * ks, *vr = vb + tb * vs;
-    const float *mr = mrow ? mrow + tb * ms : nullptr;
+    int64_t t = tb, end = te;
+    if (mrow) { // only the keys the mask leaves: [lo, hi] of the whole row, when it leaves any
+      int lo = -int(a.kv_len), hi = -1; // (lo negated: a warp max)
+      for (int64_t k = lane; k < a.kv_len; k += kWarp)
+        if (!(mrow[k * ms] <= MOERT_ATTN_MASKED))
+          lo = lo > -int(k) ? lo : -int(k), hi = int(k);
+      lo = -warpMax(lo), hi = warpMax(hi);
+      if (hi >= lo)
+        t = t > lo ? t : lo, end = end < hi + 1 ? end : hi + 1;
+    }
+    const KV *kr = kb + t * ks, *vr = vb + t * vs;
+    const float *mr = mrow ? mrow + t * ms : nullptr;
     // One key's term: score x (its dot product summed over the warp) scaled, capped, masked; online softmax.
     auto term = [&](float dot, const KV *v, const float *mk) {
       float x = dot * C::SCALE;
@@ -114,8 +126,7 @@ template <class C> struct AttentionKernels {
       }
       return dot;
     };
-    int64_t t = tb;
-    for (; t + KU <= te; t += KU, kr += KU * ks, vr += KU * vs, mr = mr ? mr + KU * ms : nullptr) {
+    for (; t + KU <= end; t += KU, kr += KU * ks, vr += KU * vs, mr = mr ? mr + KU * ms : nullptr) {
       float sc[KU];
 #pragma unroll
       for (int u = 0; u < KU; ++u)
@@ -127,7 +138,7 @@ template <class C> struct AttentionKernels {
       for (int u = 0; u < KU; ++u)
         term(sc[u], vr + u * vs, mr ? mr + u * ms : nullptr);
     }
-    for (; t < te; ++t, kr += ks, vr += vs, mr = mr ? mr + ms : nullptr)
+    for (; t < end; ++t, kr += ks, vr += vs, mr = mr ? mr + ms : nullptr)
       term(warpSum(dotOf(kr)), vr, mr);
     const int64_t row = (b * HKV + hk) * a.q_len * G + r;
     if (ga.splits == 1) {

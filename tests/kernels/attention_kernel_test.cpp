@@ -190,13 +190,14 @@ moert_attention_args makeArgs(int64_t B, int64_t S, int64_t T, int64_t cap, cons
   return a;
 }
 
-enum Mask { NONE, CAUSAL, PADDING, WINDOW, HOLES };
+enum Mask { NONE, CAUSAL, PADDING, WINDOW, HOLES, LEFT_OUT };
 const char *maskName(Mask m) {
   return m == NONE      ? "no mask"
          : m == CAUSAL  ? "causal"
          : m == PADDING ? "padding"
          : m == WINDOW  ? "window"
-                        : "holes";
+         : m == HOLES   ? "holes"
+                        : "causal, sequence 1 all masked";
 }
 
 template <class C>
@@ -219,7 +220,8 @@ void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool
   // Masks [B][1][S][T]: causal over the last S positions (finite minimum above the diagonal); padding:
   // sequence b's first 3b + 1 keys -inf; window: causal and the 70 latest keys only (-inf), as GPT-OSS's
   // sliding layers; holes: causal with a third of the keys before the diagonal masked (finite minimum) at
-  // random, so a row's kept keys are not one range.
+  // random, so a row's kept keys are not one range; left out: causal, and every key of sequence 1 at the
+  // finite minimum (a row that keeps no key: its softmax is over every key, nothing may be skipped).
   std::vector<float> mask;
   std::uniform_real_distribution<float> u(0.0f, 1.0f);
   if (maskKind != NONE) {
@@ -236,6 +238,8 @@ void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool
             m = t < 3 * b + 1 ? -inf : 0.0f;
           else if (maskKind == WINDOW)
             m = t > pos || t <= pos - 70 ? -inf : 0.0f;
+          else if (maskKind == LEFT_OUT)
+            m = t > pos || b == 1 ? lowest : 0.0f;
           else
             m = t > pos || (t < pos && u(rng) < 0.33f) ? lowest : 0.0f;
         }
@@ -415,6 +419,7 @@ int main(int argc, char **argv) {
   checkAll<Gqa>(1, 1, 700, WINDOW, false, rng); // decode: only the window's blocks, keys split in chunks
   checkAll<Gqa>(2, 90, 400, WINDOW, true, rng); // prefill after a past: windows slide across blocks
   checkAll<Gqa>(2, 40, 300, HOLES, false, rng); // masked keys inside a row's range
+  checkAll<Gqa>(2, 3, 600, LEFT_OUT, false, rng); // a sequence whose rows keep no key
   using Mha = Cfg<4, 4, 80, 40>;                // one row a position: dot products; int8 blocks 32 + 32 + 16
   checkAll<Mha>(2, 1, 100, PADDING, false, rng);
   checkAll<Mha>(1, 9, 100, CAUSAL, false, rng);
