@@ -50,7 +50,8 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
       "#include \"ops_gpu.h\"\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_strided, moert_gpu_op_args, moert_gpu::GraphOps::strided)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_rotary, moert_gpu_rotary_args, moert_gpu::GraphOps::rotary)\n"
-      "MOERT_GPU_KERNEL(moert_gpu_op_norm, moert_gpu_norm_args, moert_gpu::GraphOps::norm)\n" +
+      "MOERT_GPU_KERNEL(moert_gpu_op_norm, moert_gpu_norm_args, moert_gpu::GraphOps::norm)\n"
+      "MOERT_GPU_KERNEL(moert_gpu_op_kv_append, moert_gpu_kv_append_args, moert_gpu::GraphOps::kvAppend)\n" +
       dispatchSource;
   std::vector<std::pair<std::string, std::string>> files;
   for (const auto &[name, text] : kGpuKernelSources)

@@ -162,6 +162,44 @@ enum moert_storage {
   MOERT_STORAGE_INT8 = 3,
   MOERT_STORAGE_INT4 = 4
 };
+/* An f32 value as MOERT_STORAGE_BF16 / _F16 hold it (rounded to nearest even; a NaN stays a quiet NaN, its
+ * payload dropped for f16), in integer arithmetic only: one definition for libmoert's host code (Cast,
+ * narrow KV caches) and the GPU kernels (a session's cache appended on the device), so both store the same
+ * bits. */
+static inline uint16_t moert_f32_to_bf16(float f) {
+  union {
+    float f;
+    uint32_t u;
+  } w;
+  w.f = f;
+  if ((w.u & 0x7fffffffu) > 0x7f800000u)
+    return (uint16_t)((w.u >> 16) | 0x40u);
+  return (uint16_t)((w.u + 0x7fffu + ((w.u >> 16) & 1u)) >> 16);
+}
+static inline uint16_t moert_f32_to_f16(float f) {
+  union {
+    float f;
+    uint32_t u;
+  } w;
+  w.f = f;
+  const uint32_t sign = (w.u >> 16) & 0x8000u, ax = w.u & 0x7fffffffu;
+  if (ax >= 0x7f800000u) /* inf or NaN */
+    return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+  if (ax >= 0x477ff000u) /* rounds to 65520 or more: inf */
+    return (uint16_t)(sign | 0x7c00u);
+  if (ax < 0x38800000u) { /* a subnormal half (or zero): the value in units of 2^-24, rounded */
+    if (ax < 0x33000000u) /* below 2^-25 (2^-25 itself ties to 0) */
+      return (uint16_t)sign;
+    const uint32_t m = (ax & 0x7fffffu) | 0x800000u, shift = 126u - (ax >> 23); /* 14 .. 24 */
+    const uint32_t r = m >> shift, rest = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    return (uint16_t)(sign | (r + (rest > half || (rest == half && (r & 1u)) ? 1u : 0u)));
+  }
+  uint32_t h = (((ax >> 23) - 127u + 15u) << 10) | ((ax & 0x7fffffu) >> 13);
+  const uint32_t rest = ax & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+    ++h; /* a carry into the exponent is the next binade (or inf), as it should be */
+  return (uint16_t)(sign | h);
+}
 /* Input features per scale of expert weights stored int8/int4 by moec (fc1 rows; fc2 column blocks). */
 #define MOERT_EXPERT_QBLOCK 32
 enum moert_linear_slot {

@@ -341,6 +341,23 @@ typedef struct moert_gpu_norm_args {
   float *out;
 } moert_gpu_norm_args;
 
+/* A session's KV cache kept in device memory (runtime/src/Session.cpp, Gpu.cpp) is appended there, as
+ * libmoert appends a host cache in place (runtime/src/Runtime.cpp):
+ *
+ *   moert_gpu_op_kv_append grid (B * heads * S)          row i of (sequence b, head h)'s S new f32 positions
+ *                                                       to row first[b] + i of the buffer (first NULL: past),
+ *                                                       in the cache's storage (moert_f32_to_bf16 / _f16);
+ *                                                       then rows [max(first[b] + S, past), past + S) zeros
+ *
+ * The buffer is [B][heads][capacity] rows of D values; f32, bf16 or fp16 (int8 caches stay on the host). */
+typedef struct moert_gpu_kv_append_args {
+  int64_t heads, S, D, past, capacity;
+  int32_t storage;      /* MOERT_STORAGE_F32, _BF16 or _F16 */
+  const float *src;     /* [B, heads, S, D] */
+  const int64_t *first; /* [B]: where each sequence's new rows go, or NULL (after `past`) */
+  void *cache;
+} moert_gpu_kv_append_args;
+
 /* Blocks of MOERT_GPU_BLOCK threads for n elements (a grid-stride loop covers the rest). */
 static inline int64_t moert_gpu_op_blocks(int64_t n) {
   int64_t b = (n + MOERT_GPU_BLOCK - 1) / MOERT_GPU_BLOCK;

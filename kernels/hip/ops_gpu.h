@@ -42,6 +42,29 @@ struct GraphOps {
     }
   }
 
+  // A session cache's append on the device: one block per new row (moert_gpu_kv_append_args).
+  static GPU_INLINE void kvAppend(const moert_gpu_kv_append_args &a) {
+    const int64_t blk = blockX(), i = blk % a.S, bh = blk / a.S, b = bh / a.heads;
+    const int64_t first = a.first ? a.first[b] : a.past;
+    const int64_t zeroFrom = first + a.S > a.past ? first + a.S : a.past;
+    const float *src = a.src + (bh * a.S + i) * a.D;
+    const int64_t at = (bh * a.capacity + first + i) * a.D, zero = (bh * a.capacity + a.past + i) * a.D;
+    const bool clear = a.past + i >= zeroFrom;
+    for (int64_t d = threadId(); d < a.D; d += MOERT_GPU_BLOCK) {
+      const float x = src[d];
+      if (a.storage == MOERT_STORAGE_F32) {
+        static_cast<float *>(a.cache)[at + d] = x;
+        if (clear)
+          static_cast<float *>(a.cache)[zero + d] = 0.0f;
+      } else {
+        uint16_t *c = static_cast<uint16_t *>(a.cache);
+        c[at + d] = a.storage == MOERT_STORAGE_BF16 ? moert_f32_to_bf16(x) : moert_f32_to_f16(x);
+        if (clear)
+          c[zero + d] = 0;
+      }
+    }
+  }
+
   // moec.Rotary: one warp per row (Fused.cpp's fusedRotary, output by output).
   static GPU_INLINE void rotary(const moert_gpu_rotary_args &a) {
     constexpr int WARPS = MOERT_GPU_BLOCK / kWarp;

@@ -179,6 +179,8 @@ class Runtime:
         lib.moert_session_length.restype = ctypes.c_size_t
         lib.moert_session_profile_json.argtypes = [vp]
         lib.moert_session_profile_json.restype = ctypes.c_char_p
+        lib.moert_gpu_traffic.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64)]
+        lib.moert_gpu_traffic.restype = vp
 
     def check(self, status):
         if status:
@@ -362,6 +364,13 @@ class Model:
             return (tokens if batched else tokens[0]), info
         finally:
             lib.moert_session_free(session)
+
+    def gpu_copies(self):
+        """(bytes to the device, bytes to the host) of the last finished run or session call on a GPU
+        (moert_gpu_traffic)."""
+        up, down = ctypes.c_uint64(), ctypes.c_uint64()
+        self.rt.check(self.rt.lib.moert_gpu_traffic(self.handle, ctypes.byref(up), ctypes.byref(down)))
+        return up.value, down.value
 
     def session(self, max_context=0, profile=False, cache_dtype="f32", batch=1):
         """A generation session over this decoder (moert_session_*): append(tokens) -> the last token's logits,

@@ -936,8 +936,9 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
       }
       devStep[fi] = device;
       const bool view = s.has_op() && moert::isView(m.opKernels[fi]);
+      const bool dimsOnly = s.has_op() && moert::readsDimsOnly(m.opKernels[fi]);
       const std::vector<int64_t> reads = moert::stepReads(s);
-      for (size_t k = view ? 1 : 0; k < reads.size(); ++k) {
+      for (size_t k = view ? 1 : 0; k < reads.size() && !dimsOnly; ++k) {
         if (reads[k] < 0 || reads[k] >= p.values_size())
           continue;
         if (p.values(reads[k]).has_constant_section())

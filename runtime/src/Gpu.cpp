@@ -286,6 +286,7 @@ public:
   std::vector<AttentionKernels> attentions;
   void *strided = nullptr; // the graph ops' kernel (null: code from before it; graph ops on the host)
   void *rotary = nullptr, *norm = nullptr; // moec.Rotary's and moec.Norm's (null: code from before them)
+  void *kvAppend = nullptr; // a session cache's append (null: code from before it; caches stay on the host)
   int codeFd = -1;         // the emulated device's code: its memfd, closed after the module is
   std::vector<Ptr> allocations;
   // Calls are serialised by `mutex`; every device operation goes to the one stream, in order, so a buffer
@@ -507,6 +508,8 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
     d->rotary = nullptr;
   if (d->drv.moduleGetFunction(&d->norm, d->module, "moert_gpu_op_norm"))
     d->norm = nullptr;
+  if (d->drv.moduleGetFunction(&d->kvAppend, d->module, "moert_gpu_op_kv_append"))
+    d->kvAppend = nullptr;
   d->mapLo = reinterpret_cast<uintptr_t>(map);
   for (const auto &section : a.sections())
     d->mapHi = std::max<uintptr_t>(d->mapHi, d->mapLo + section.offset() + section.size());
@@ -611,12 +614,17 @@ class Residency {
 public:
   explicit Residency(Device &d) : d(d) {}
   Device &d;
-  /// A pooled device buffer, back to the pool when the last copy using it goes (callers hold d.mutex).
+  /// A pooled device buffer, back to the pool when the last copy using it goes (callers hold d.mutex); or a
+  /// session cache's buffer (not pooled: the CacheCopy owns it).
   struct Buffer {
     Device &d;
     Ptr p;
     size_t capacity;
-    ~Buffer() { d.give(p, capacity); }
+    bool pooled = true;
+    ~Buffer() {
+      if (pooled)
+        d.give(p, capacity);
+    }
   };
   struct Copy {
     uintptr_t hi;                   // the host range [key, hi)
@@ -626,6 +634,12 @@ public:
   };
   std::map<uintptr_t, Copy> copies; // by host start; ranges never overlap
   uint64_t uploaded = 0, downloaded = 0;
+  struct Bound {
+    CacheCopy *cache;
+    uintptr_t lo;
+    std::shared_ptr<Buffer> buffer;
+  };
+  std::vector<Bound> bound; // the session caches bound to this run (bindCache)
 
   /// Splits the copy straddling host address `at` (if any) into the pieces before and from it.
   void cut(uintptr_t at) {
@@ -715,11 +729,164 @@ public:
     drop(lo, hi);
     return add(lo, hi, true, dev);
   }
-  ~Residency() {
+  /// Whether [lo, hi) is all copies in `buffer` at their own offsets (a bound cache nothing took back), and
+  /// whether any piece of it is newer on the device.
+  bool covered(uintptr_t lo, uintptr_t hi, const Buffer *buffer, bool &deviceNewer) {
+    deviceNewer = false;
+    uintptr_t at = lo;
+    for (auto it = copies.lower_bound(lo); it != copies.end() && it->first < hi; ++it) {
+      if (it->first != at || it->second.buffer.get() != buffer || it->second.dev != buffer->p + (at - lo))
+        return false;
+      deviceNewer |= it->second.hostStale;
+      at = it->second.hi;
+    }
+    return at >= hi;
+  }
+  /// Bound cache `b`'s range as one copy in its own buffer again, the host's bytes made current and uploaded
+  /// first when another copy had taken part of it.
+  std::string rebind(const Bound &b, size_t bytes) {
+    bool newer = false;
+    if (covered(b.lo, b.lo + bytes, b.buffer.get(), newer))
+      return "";
+    if (std::string e = download(b.lo, b.lo + bytes); !e.empty())
+      return e;
+    drop(b.lo, b.lo + bytes);
+    copies.emplace(b.lo, Copy{b.lo + bytes, b.buffer->p, b.buffer, false});
+    uploaded += bytes;
+    return d.check(d.drv.htod(b.buffer->p, reinterpret_cast<const void *>(b.lo), bytes, d.stream),
+                   "copy to the device");
+  }
+  ~Residency();
+};
+
+// ---- a session's KV caches in device memory ------------------------------------------------------------
+
+class CacheCopy {
+public:
+  CacheCopy(Device &d, Ptr p, size_t bytes) : d(d), p(p), bytes(bytes) {}
+  Device &d;
+  Ptr p;
+  size_t bytes;
+  enum State { Stale, Same, DeviceNewer } state = Stale; // Stale: the host's bytes are the newer
+  ~CacheCopy() {
     std::lock_guard<std::mutex> lock(d.mutex);
-    copies.clear(); // buffers back to the pool
+    d.setCurrent();
+    d.drv.streamSync(d.stream); // no kernel reads it any more
+    d.drv.memFree(p);
+    d.allocations.erase(std::find(d.allocations.begin(), d.allocations.end(), p));
   }
 };
+
+void CacheCopyDeleter::operator()(CacheCopy *c) const { delete c; }
+
+Residency::~Residency() {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  for (const Bound &b : bound) { // which side holds each bound cache's newest bytes now
+    bool newer = false;
+    if (covered(b.lo, b.lo + b.cache->bytes, b.buffer.get(), newer)) {
+      b.cache->state = newer ? CacheCopy::DeviceNewer : CacheCopy::Same;
+    } else { // a host step took part of it back: the host's bytes, made whole, are the newest
+      d.setCurrent();
+      download(b.lo, b.lo + b.cache->bytes); // a failed copy (device lost) fails the session's next call too
+      b.cache->state = CacheCopy::Stale;
+    }
+  }
+  copies.clear(); // pooled buffers back to the pool
+}
+
+bool keepsCaches(const Device &d, int dtype) {
+  if (!d.kvAppend || d.attentions.empty() || (dtype != pb::F32 && dtype != pb::BF16 && dtype != pb::F16))
+    return false;
+  for (const AttentionKernels &a : d.attentions)
+    if (!a.attend[0])
+      return false;
+  return true;
+}
+
+std::string newCacheCopy(Device &d, size_t bytes, CacheCopyPtr &out) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  Ptr p = 0;
+  if (std::string e = d.alloc(bytes, p); !e.empty())
+    return e;
+  out.reset(new CacheCopy(d, p, bytes));
+  return "";
+}
+
+std::string cacheToHost(CacheCopy &c, void *host, bool willWrite) {
+  std::lock_guard<std::mutex> lock(c.d.mutex);
+  if (c.state == CacheCopy::DeviceNewer) {
+    c.d.setCurrent();
+    if (std::string e = c.d.check(c.d.drv.dtoh(host, c.p, c.bytes, c.d.stream), "copy to the host");
+        !e.empty())
+      return e;
+    if (std::string e = c.d.check(c.d.drv.streamSync(c.d.stream), "copy to the host"); !e.empty())
+      return e;
+    c.state = CacheCopy::Same;
+  }
+  if (willWrite)
+    c.state = CacheCopy::Stale;
+  return "";
+}
+
+std::string bindCache(Residency &r, CacheCopy &c, const void *host) {
+  Device &d = r.d;
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  if (c.state == CacheCopy::Stale) {
+    if (std::string e = d.check(d.drv.htod(c.p, host, c.bytes, d.stream), "copy to the device"); !e.empty())
+      return e;
+    r.uploaded += c.bytes;
+    c.state = CacheCopy::Same;
+  }
+  const auto lo = reinterpret_cast<uintptr_t>(host);
+  std::shared_ptr<Residency::Buffer> buffer(new Residency::Buffer{d, c.p, c.bytes, false});
+  r.drop(lo, lo + c.bytes);
+  r.copies.emplace(lo, Residency::Copy{lo + c.bytes, c.p, buffer, c.state == CacheCopy::DeviceNewer});
+  r.bound.push_back({&c, lo, buffer});
+  return "";
+}
+
+std::string appendCache(Device &d, Residency &r, CacheCopy &c, const void *host, const float *src,
+                        size_t srcBytes, const int64_t *first, int64_t B, int64_t heads, int64_t S, int64_t D,
+                        int64_t past, int64_t capacity, int dtype) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  const auto lo = reinterpret_cast<uintptr_t>(host);
+  auto b = std::find_if(r.bound.begin(), r.bound.end(),
+                        [&](const Residency::Bound &x) { return x.cache == &c && x.lo == lo; });
+  if (b == r.bound.end())
+    return "internal: a KV cache appended on the device is not bound to the run";
+  if (std::string e = r.rebind(*b, c.bytes); !e.empty())
+    return e;
+  moert_gpu_kv_append_args a{};
+  a.heads = heads, a.S = S, a.D = D, a.past = past, a.capacity = capacity;
+  a.storage = dtype == pb::BF16  ? MOERT_STORAGE_BF16
+              : dtype == pb::F16 ? MOERT_STORAGE_F16
+                                 : MOERT_STORAGE_F32;
+  Ptr in = 0;
+  if (std::string e = r.input(src, srcBytes, in); !e.empty())
+    return e;
+  a.src = reinterpret_cast<const float *>(in);
+  if (first) { // each sequence's first new row, through the scratch (stream-ordered after earlier kernels)
+    if (std::string e = d.grow(d.scratch, d.scratchBytes, sizeof(int64_t) * size_t(B)); !e.empty())
+      return e;
+    if (std::string e = d.check(d.drv.htod(d.scratch, first, sizeof(int64_t) * size_t(B), d.stream),
+                                "copy to the device");
+        !e.empty())
+      return e;
+    r.uploaded += sizeof(int64_t) * size_t(B);
+    a.first = reinterpret_cast<const int64_t *>(d.scratch);
+  }
+  a.cache = reinterpret_cast<void *>(c.p);
+  void *params[] = {&a};
+  if (B * heads * S > 0)
+    if (std::string e = d.launch(d.kvAppend, B * heads * S, 1, 1, params, "launch (KV cache append)");
+        !e.empty())
+      return e;
+  r.copies.find(lo)->second.hostStale = true; // one copy after rebind: the device's bytes are the newer
+  return "";
+}
 
 void ResidencyDeleter::operator()(Residency *r) const { delete r; }
 

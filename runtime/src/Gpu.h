@@ -62,6 +62,36 @@ bool onDevice(Residency &r, const void *p, size_t bytes);
 /// Bytes moved between host and device so far in this run (uploads of inputs, downloads of outputs).
 void traffic(const Residency &r, uint64_t &toDevice, uint64_t &toHostBytes);
 
+/// A session's KV cache kept in device memory between its runs: a device buffer of the host buffer's size and
+/// layout ([batch][heads][capacity] rows). Which side holds the newest bytes is tracked here: runs append to
+/// the device's and attend over it; the session's own host code (padding moves, growing the buffer) asks for
+/// the host's bytes first. Freed before the model (its Device) is.
+class CacheCopy;
+struct CacheCopyDeleter {
+  void operator()(CacheCopy *c) const;
+};
+using CacheCopyPtr = std::unique_ptr<CacheCopy, CacheCopyDeleter>;
+/// Whether the device keeps a session's caches of `dtype` (a proto dtype): f32, bf16 or fp16, in an artifact
+/// whose GPU code has the append kernel and attention kernels for every attention dispatch.
+bool keepsCaches(const Device &d, int dtype);
+/// A device copy for a host cache buffer of `bytes` bytes (its bytes are taken from the host when a run first
+/// binds it). "" or one error line (out of device memory).
+std::string newCacheCopy(Device &d, size_t bytes, CacheCopyPtr &out);
+/// Before the session's host code reads the host buffer `host` (the copy's size): downloads the device's
+/// bytes when they are newer. `willWrite`: the host's bytes become the newer ones (uploaded at the next run).
+std::string cacheToHost(CacheCopy &c, void *host, bool willWrite);
+/// In run `r`: host range [host, host + the copy's bytes) is `c`'s device buffer (the host's bytes uploaded
+/// first when they are the newer). When the run ends, `c` learns which side holds the newest bytes (a host
+/// step that wrote the range takes the cache back to the host). "" or one error line.
+std::string bindCache(Residency &r, CacheCopy &c, const void *host);
+/// Appends S new positions to bound cache `c` (host buffer `host`) on the device: `src` (host range of
+/// `srcBytes`, f32 [B, heads, S, D], its device copy used) into rows `first[b]` (host values; null: `past`)
+/// onwards of each (sequence, head) in `dtype`, zeroing the rows after them up to past + S
+/// (moert_gpu_kv_append_args). "" or one error line.
+std::string appendCache(Device &d, Residency &r, CacheCopy &c, const void *host, const float *src,
+                        size_t srcBytes, const int64_t *first, int64_t B, int64_t heads, int64_t S, int64_t D,
+                        int64_t past, int64_t capacity, int dtype);
+
 /// Runs dispatch `index` on T tokens whose input, logits and residual (null: none) are host ranges the
 /// residency maps to device copies; the output's device copy is the new current value of `output`'s range.
 /// `gpuMs`, when given, receives the kernels' time measured with device events. Returns "" or one error line.

@@ -61,10 +61,13 @@ struct Attention {
 /// A session's KV cache, appended in place by a run: [batch][heads][capacity] rows of a head dim each in
 /// `dtype` (f32; bf16 / f16: the appended rows rounded to nearest even; i8: int8 rows with block scales,
 /// MOERT_KV_INT8_BLOCK), of which the first `length` positions (the past input's length) are filled.
+/// On a GPU, `device` (when set) is the session's copy of the buffer in device memory: the run appends and
+/// attends there (gpu::bindCache).
 struct CacheBinding {
   char *data = nullptr;
   int64_t capacity = 0;
   int dtype = proto::F32;
+  gpu::CacheCopy *device = nullptr;
 };
 /// Bytes of one position's row of `dim` values in a session cache of `dtype` (a CacheBinding's).
 inline size_t cacheRowBytes(int dtype, int64_t dim) {

@@ -259,6 +259,8 @@ const OpEntry *findOpKernel(const std::string &op) { return findOp(op); }
 
 bool isView(const OpEntry *e) { return e && (e->fn == reshapeLike || e->fn == identity); }
 
+bool readsDimsOnly(const OpEntry *e) { return e && e->fn == shapeOp; }
+
 std::string runOp(const OpEntry *e, const OpStep &s, const std::vector<OpTensor> &in, std::vector<OpTensor> &out,
                   ThreadPool *pool) {
   if (!e)

@@ -67,6 +67,8 @@ const OpEntry *findOpKernel(const std::string &op);
 /// Whether the op's tensor output is a view of its first input's bytes (Identity, Reshape, Flatten, Squeeze,
 /// Unsqueeze): it neither reads nor writes them.
 bool isView(const OpEntry *kernel);
+/// Whether the op reads only its inputs' dims, never their bytes (Shape): a GPU value it reads stays there.
+bool readsDimsOnly(const OpEntry *kernel);
 
 /// Runs one op: `out` arrives with each output's dtype set (from the program) and leaves computed. Returns
 /// an error message, empty on success.

@@ -478,10 +478,21 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     return std::chrono::duration<double, std::micro>(t - t0).count();
   };
   bool firstEvent = true;
-  std::vector<std::pair<uint32_t, int64_t>> inPlace; // cache views appended in place: value id, capacity
+  struct InPlace {
+    uint32_t id;      // a cache view appended in place
+    int64_t capacity; // positions apart per head
+    bool device;      // appended on the device (the session's device copy)
+  };
+  std::vector<InPlace> inPlace;
   // On a GPU: the run's device copies of activations (a GPU step's output stays on the device until a host
   // step reads it). Host steps bring what they read up to date first and drop the copies of what they write.
   moert::gpu::ResidencyPtr residency = m->gpu ? moert::gpu::beginRun(*m->gpu) : nullptr;
+  // A session's caches kept on the device: their host buffers map to the session's device copies this run.
+  for (int c = 0; residency && caches && c < p.decoder().caches_size(); ++c)
+    if (caches[c].device)
+      if (std::string why = moert::gpu::bindCache(*residency, *caches[c].device, caches[c].data);
+          !why.empty())
+        return makeError(why);
   auto readOnHost = [&](const Tensor &t) -> std::string {
     return residency && t.isTensor() && t.data ? moert::gpu::toHost(*residency, t.data, t.bytes()) : "";
   };
@@ -552,16 +563,23 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       }
       gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, opPlan);
     }
-    // An attention over a session's cache appended in place reads the cache's host buffer (CPU kernel).
-    bool kvInPlace = false;
+    // An attention over a session's cache appended in place reads the cache's host buffer (CPU kernel),
+    // unless the session keeps that cache on the device too.
+    bool kvInPlace = false, kvHost = false;
     if (s.has_attention())
-      for (auto [id, capacity] : inPlace)
-        kvInPlace |= id == s.attention().key() || id == s.attention().value();
-    const bool onDevice = residency && (gpuOp || (moert::gpu::runsDispatch(*m->gpu, s) && !kvInPlace));
+      for (const InPlace &c : inPlace)
+        if (c.id == s.attention().key() || c.id == s.attention().value())
+          kvInPlace = true, kvHost |= !c.device;
+    // A session cache's append runs where the session keeps the cache.
+    const bool deviceAppend =
+        residency && caches && m->appendsCache[si] >= 0 && caches[m->appendsCache[si]].device;
+    const bool onDevice =
+        residency && (gpuOp || deviceAppend || (moert::gpu::runsDispatch(*m->gpu, s) && !kvHost));
     // A step on the host reads current host bytes; a view op (its output aliases its first input) neither
-    // reads nor writes that input's bytes.
+    // reads nor writes that input's bytes, and Shape / Size read only dims.
     const bool view = s.has_op() && moert::isView(m->opKernels[si]);
-    if (residency && !onDevice) {
+    const bool dimsOnly = s.has_op() && moert::readsDimsOnly(m->opKernels[si]);
+    if (residency && !onDevice && !dimsOnly) {
       const std::vector<int64_t> reads = moert::stepReads(s);
       for (size_t k = view ? 1 : 0; k < reads.size(); ++k)
         if (reads[k] >= 0)
@@ -584,6 +602,9 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       if (update) {
         const Tensor &lens = values[o.inputs(MOERT_KV_UPDATE_PAST_LENGTHS)],
                      &len = values[o.inputs(MOERT_KV_UPDATE_LENGTH)];
+        for (const Tensor *t : {&lens, &len}) // read here, whichever side appends
+          if (std::string why = readOnHost(*t); !why.empty())
+            return makeError(why);
         bool fits = lens.dtype == moert::proto::I64 && lens.dims.size() == 1 && past.dims.size() == 4 &&
                     lens.dims[0] == past.dims[0] && len.dtype == moert::proto::I64 && len.numel() == 1 &&
                     add.dims.size() == 4 && len.as<int64_t>()[0] == past.dims[2] + add.dims[2];
@@ -596,6 +617,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                            "': the new positions do not fit the session's cache (past lengths beyond the "
                            "cached positions, or a present longer than past + new)");
       }
+
       if (add.dtype != moert::proto::F32 || add.dims.size() != 4 || past.dims.size() != 4 ||
           add.dims[0] != past.dims[0] || add.dims[1] != past.dims[1] || add.dims[3] != past.dims[3] ||
           past.dims[2] + add.dims[2] > cb.capacity)
@@ -604,7 +626,14 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                          dimsString(past.dims) + " (room for " + std::to_string(cb.capacity) + " positions)");
       const int64_t B = past.dims[0], H = past.dims[1], P = past.dims[2], S = add.dims[2], D = past.dims[3];
       const size_t row = moert::cacheRowBytes(cb.dtype, D);
-      for (int64_t h = 0; h < B * H; ++h) { // every (sequence, head)
+      if (deviceAppend) { // into the session's device copy (kernels/hip/ops_gpu.h, kvAppend)
+        if (std::string why = moert::gpu::appendCache(
+                *m->gpu, *residency, *cb.device, cb.data, add.as<float>(), add.bytes(),
+                at.empty() ? nullptr : at.data(), B, H, S, D, P, cb.capacity, cb.dtype);
+            !why.empty())
+          return makeError("cache '" + p.values(o.outputs(0)).name() + "': " + why);
+      }
+      for (int64_t h = 0; h < B * H && !deviceAppend; ++h) { // every (sequence, head)
         const float *src = add.as<float>() + h * S * D;
         const int64_t first = at.empty() ? P : at[h / H];
         char *dst = cb.data + (size_t(h * cb.capacity) + first) * row;
@@ -621,8 +650,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         std::memset(cb.data + (size_t(h * cb.capacity) + zeroFrom) * row, 0, size_t(P + S - zeroFrom) * row);
       }
       values[o.outputs(0)] = Tensor{cb.dtype, {B, H, P + S, D}, cb.data, nullptr};
-      inPlace.push_back({o.outputs(0), cb.capacity});
-      label = o.op() + " (cache append in place)";
+      inPlace.push_back({o.outputs(0), cb.capacity, deviceAppend});
+      label = o.op() + (deviceAppend ? " (cache append in place, gpu)" : " (cache append in place)");
     } else if (s.has_op()) {
       const auto &o = s.op();
       std::vector<Tensor> ins;
@@ -821,11 +850,11 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       strides(q.dims, args.q_strides, q.dims[3]);
       strides(k.dims, args.k_strides, rowStride(k));
       strides(v.dims, args.v_strides, rowStride(v));
-      for (auto [id, capacity] : inPlace) // a session's cache: `capacity` positions apart per head
+      for (const InPlace &c : inPlace) // a session's cache: `capacity` positions apart per head
         for (auto [kv, st] :
              {std::pair<uint32_t, int64_t *>{d.key(), args.k_strides}, {d.value(), args.v_strides}})
-          if (kv == id)
-            st[1] = capacity * st[2], st[0] = x.kvHeads * st[1];
+          if (kv == c.id)
+            st[1] = c.capacity * st[2], st[0] = x.kvHeads * st[1];
       const std::vector<int64_t> outDims{B, x.qHeads, S, x.valueDim};
       strides(outDims, args.out_strides, x.valueDim);
       if (d.mask() >= 0) {
@@ -1006,8 +1035,13 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   for (int si : m->topSteps)
     if (moert_status st = runStep(si))
       return st;
-  for (uint32_t id : p.outputs()) { // the caller reads the outputs on the host
-    const Tensor &t = values[id];
+  for (int i = 0; i < p.outputs_size(); ++i) { // the caller reads the outputs on the host
+    bool inSession = false; // a session's cache: its buffer, which the session keeps (on the device, too)
+    for (int c = 0; caches && c < p.decoder().caches_size(); ++c)
+      inSession |= int(p.decoder().caches(c).present()) == i;
+    if (inSession)
+      continue;
+    const Tensor &t = values[p.outputs(i)];
     std::string why = readOnHost(t);
     for (size_t e = 0; why.empty() && t.elements && e < t.elements->size(); ++e)
       why = readOnHost((*t.elements)[e]);

@@ -46,6 +46,9 @@ struct moert_session {
     // (= window) positions, the most recent ones from row 0: each run's present is the next past, whatever
     // the session's length.
     int64_t window = 0;
+    // On a GPU whose kernels append and attend in place (gpu::keepsCaches): the buffer's copy in device
+    // memory, where runs append to it; host code here asks for the host's bytes first (gpu::cacheToHost).
+    moert::gpu::CacheCopyPtr device;
   };
   std::vector<Cache> caches;
   bool inPlace = false; // the model's appends run in place (moert_model::appendsCache)
@@ -242,6 +245,9 @@ moert_status compact(moert_session *s, const char *fn) {
                                          "(sliding_window_cache), which keep the last positions only");
   for (auto &c : s->caches) {
     const size_t row = moert::cacheRowBytes(s->cacheDtype, c.dim);
+    if (c.device) // the moves below are the host's
+      if (std::string why = moert::gpu::cacheToHost(*c.device, c.data.get(), true); !why.empty())
+        return makeError(std::string(fn) + ": " + why);
     // In place: within the buffer (room for `capacity` positions); else a new [batch, heads, keep, dim]
     // block.
     std::shared_ptr<char> dst =
@@ -375,9 +381,14 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
   std::vector<moert::CacheBinding> bindings;
   if (s->inPlace) {
     for (auto &c : s->caches) {
+      const size_t row = moert::cacheRowBytes(s->cacheDtype, c.dim);
       if (total > c.capacity) { // grow by doubling, up to the context
         const int64_t cap = std::min(s->maxContext, std::max({total, 2 * c.capacity, int64_t(256)}));
-        const size_t row = moert::cacheRowBytes(s->cacheDtype, c.dim);
+        if (c.device) { // grown on the host from its newest bytes; a new device copy of the new size below
+          if (std::string why = moert::gpu::cacheToHost(*c.device, c.data.get(), false); !why.empty())
+            return makeError(std::string(fn) + ": " + why);
+          c.device.reset();
+        }
         std::shared_ptr<char> grown = moert::allocBlock(size_t(B * c.heads) * cap * row);
         if (!grown)
           return makeError(std::string(fn) + ": out of memory for the KV caches (" + std::to_string(cap) +
@@ -388,7 +399,13 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
         c.data = std::move(grown);
         c.capacity = cap;
       }
-      bindings.push_back({c.data.get(), c.capacity, s->cacheDtype});
+      if (!c.device && m->gpu && c.window == 0 && moert::gpu::keepsCaches(*m->gpu, s->cacheDtype))
+        if (std::string why =
+                moert::gpu::newCacheCopy(*m->gpu, size_t(B * c.heads) * c.capacity * row, c.device);
+            !why.empty())
+          return makeError(std::string(fn) + ": the KV caches on the device (" + std::to_string(c.capacity) +
+                           " positions): " + why);
+      bindings.push_back({c.data.get(), c.capacity, s->cacheDtype, c.device.get()});
     }
   }
   const size_t numInputs = moert_num_inputs(m);
@@ -513,6 +530,9 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
   for (size_t c = 0; padded && s->perSequence && s->inPlace && c < s->caches.size(); ++c) {
     const auto &cache = s->caches[c];
     const size_t row = moert::cacheRowBytes(s->cacheDtype, cache.dim);
+    if (cache.device)
+      if (std::string why = moert::gpu::cacheToHost(*cache.device, cache.data.get(), true); !why.empty())
+        return makeError(std::string(fn) + ": " + why);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < cache.heads; ++h)
         std::memset(cache.data.get() + (size_t(b * cache.heads + h) * cache.capacity + after[b]) * row, 0,

@@ -188,7 +188,9 @@ MOERT_API moert_status moert_gpu_time_linear(moert_model *model, size_t linear, 
                                              double *us_per_call, double *weight_bytes);
 /* For models loaded on a GPU: the bytes the last finished moert_run copied to the device (inputs of GPU steps
  * that had no current device copy) and back to the host (GPU steps' results read by host steps or returned).
- * Activations passed from one GPU step to the next (views between them included) are not copied. */
+ * Activations passed from one GPU step to the next (views between them included) are not copied. A session's
+ * KV caches stay in device memory between its calls (appended and attended there; copied whole only when the
+ * session moves positions on the host: a sequence leaving a batch, a buffer growing). */
 MOERT_API moert_status moert_gpu_traffic(const moert_model *model, uint64_t *to_device, uint64_t *to_host);
 
 /* Runs the model on `inputs` (all of them, by name or in order). Shapes and dtypes are checked against the

@@ -11,6 +11,7 @@
 
 #include "../Ops.h"
 #include "../ThreadPool.h"
+#include "kernels/cpu/moert_kernel_abi.h"
 
 #include <algorithm>
 #include <cmath>
@@ -64,28 +65,7 @@ inline float halfToFloat(uint16_t h) {
   return f;
 }
 
-inline uint16_t floatToHalf(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  uint16_t sign = uint16_t((x >> 16) & 0x8000);
-  uint32_t ax = x & 0x7fffffffu;
-  if (ax >= 0x7f800000u) // inf or NaN
-    return uint16_t(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));
-  if (ax >= 0x477ff000u) // rounds to >= 65520: inf
-    return uint16_t(sign | 0x7c00);
-  if (ax < 0x38800000u) { // subnormal half (or zero): round to nearest even at 2^-24
-    float v;
-    std::memcpy(&v, &ax, 4);
-    float scaled = v * 16777216.0f; // exact: v / 2^-24
-    float r = std::nearbyint(scaled);
-    return uint16_t(sign | uint16_t(r));
-  }
-  uint32_t e = (ax >> 23) - 127 + 15, m = ax & 0x7fffff;
-  uint32_t h = e << 10 | m >> 13, rest = m & 0x1fff;
-  if (rest > 0x1000 || (rest == 0x1000 && (h & 1)))
-    ++h;
-  return uint16_t(sign | h);
-}
+inline uint16_t floatToHalf(float f) { return moert_f32_to_f16(f); }
 
 inline float bf16ToFloat(uint16_t h) {
   uint32_t bits = uint32_t(h) << 16;
@@ -94,13 +74,7 @@ inline float bf16ToFloat(uint16_t h) {
   return f;
 }
 
-inline uint16_t floatToBf16(float f) {
-  uint32_t w;
-  std::memcpy(&w, &f, 4);
-  if (std::isnan(f))
-    return uint16_t((w >> 16) | 0x40);
-  return uint16_t((w + 0x7fff + ((w >> 16) & 1)) >> 16);
-}
+inline uint16_t floatToBf16(float f) { return moert_f32_to_bf16(f); }
 
 inline bool isHalf(int dt) { return dt == proto::F16 || dt == proto::BF16; }
 

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""A session's KV caches in device memory: sessions on the GPU (or the emulated device) against the same
+artifact's sessions on the CPU, call by call.
+
+On a device whose code has the cache-append kernel, a session keeps each cache (f32, bf16, fp16) in device
+memory: runs append the new positions there and the attention dispatches read it there, so a decode step sends
+back only the logits. Checked here, per cache storage, on the decoder-with-past fixture past_qwen3_moe:
+
+  - every call's logits (a 7-token prompt, decode steps, a 260-token append that grows the buffers past 256
+    positions, a rewind to 100 and more tokens) against a CPU session fed the same tokens, within a bound
+    relative to the largest logit (f32 1e-5; bf16 / fp16 caches 1e-3: both sides round the same rows,
+    but their projections differ in the last bits, and a row may round the other way);
+  - the attention and cache-append steps run on the device (the session's profile), and a decode step copies
+    to the host only the logits (moert_gpu_traffic); int8 caches stay on the host and are checked the same way;
+
+and, on a GroupQueryAttention decoder (each sequence's positions from row 0), a left-padded batch of two (each
+sequence's new rows at its own length, the prompt's padding rows cleared on the host afterwards), 4 decode
+steps, a rewind to 0 and the prompts again, against the CPU session.
+
+Exit 77 (skipped) when the device does not open.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "..", "..")
+sys.path.insert(0, os.path.join(ROOT, "runtime", "python"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+BOUND = {"f32": 1e-5, "bf16": 1e-3, "f16": 1e-3, "int8": 1e-5}
+failed = []
+
+
+def check(name, ok, detail):
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
+    if not ok:
+        failed.append(name)
+
+
+def rel(a, b):
+    """max |a - b| / max |b|; infinite when either holds a NaN or an infinity (max() would skip a NaN)."""
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def steps_on(trace, what):
+    return [e["name"] for e in json.loads(trace)["traceEvents"] if e["name"].startswith(what)]
+
+
+def decoder_case(rt, art, device, cache_dtype):
+    dev, cpu = rt.load(art, threads=2, device=device), rt.load(art, threads=2)
+    sd = dev.session(max_context=600, cache_dtype=cache_dtype, profile=True)
+    sc = cpu.session(max_context=600, cache_dtype=cache_dtype)
+    rng = np.random.default_rng(11)
+    errs, copies, vocab = [], [], None
+
+    def both(tokens, decode=False):
+        nonlocal vocab
+        a, b = sd.append(tokens), sc.append(tokens)
+        vocab = b.size
+        errs.append(rel(a, b))
+        if decode:
+            copies.append(dev.gpu_copies()[1])
+        return b
+
+    logits = both(rng.integers(0, 32, 7))
+    for _ in range(5):
+        logits = both([int(np.argmax(logits))], decode=True)
+    trace = sd.profile()
+    attention, appends = steps_on(trace, "attention "), steps_on(trace, "Concat (cache append")
+    logits = both(rng.integers(0, 32, 260))  # 272 positions: the buffers grow past 256
+    for _ in range(3):
+        logits = both([int(np.argmax(logits))], decode=True)
+    sd.rewind(100), sc.rewind(100)
+    logits = both(rng.integers(0, 32, 2))
+    for _ in range(2):
+        logits = both([int(np.argmax(logits))], decode=True)
+    length = (len(sd), len(sc))
+    sd.close(), sc.close(), dev.close(), cpu.close()
+    bound = BOUND[cache_dtype]
+    check(f"past_qwen3_moe, {cache_dtype} caches: {len(errs)} session calls on the device vs the CPU",
+          max(errs) <= bound and length == (104, 104),
+          f"logits max rel error {max(errs):.2e} (bound {bound:g}); lengths {length} (want 104)")
+    on_device = cache_dtype != "int8"
+    ran = all(n.endswith(", gpu)") for n in attention + appends) and attention and appends
+    check(f"past_qwen3_moe, {cache_dtype} caches: attention and cache appends "
+          + ("on the device" if on_device else "on the host (int8 caches)"),
+          bool(ran) == on_device, f"{attention + appends}")
+    if on_device:
+        check(f"past_qwen3_moe, {cache_dtype} caches: a decode step copies back only the logits",
+              all(c == 4 * vocab for c in copies), f"bytes to the host per decode step {sorted(set(copies))} "
+              f"(the logits: {4 * vocab})")
+
+
+def gqa_case(rt, moec, targets, tmp, device):
+    import check_gqa_e2e as gqa
+    rng = np.random.default_rng(3)
+    path, art = os.path.join(tmp, "gqa.onnx"), os.path.join(tmp, "gqa.moex")
+    gqa.build(path, 16, 16, False, True, rng)
+    c = subprocess.run([moec, "compile", path, "-o", art, f"--target={targets}", "--quiet"], capture_output=True,
+                       text=True)
+    if c.returncode != 0:
+        check("GroupQueryAttention decoder", False, "moec compile failed: " + c.stderr.strip())
+        return
+    dev, cpu = rt.load(art, threads=2, device=device), rt.load(art, threads=2)
+    sd, sc = (m.session(batch=2, max_context=32, profile=m is dev) for m in (dev, cpu))
+    ids = np.array([rng.integers(0, gqa.VOCAB, 5), [7, 7, 7, *rng.integers(0, gqa.VOCAB, 2)]], np.int64)
+    mask = np.array([[1] * 5, [0, 0, 0, 1, 1]], np.int64)
+    errs = []
+    for _round in range(2):
+        a, b = sd.append(ids, mask), sc.append(ids, mask)
+        errs.append(rel(a, b))
+        for _ in range(4):
+            nxt = np.argmax(b, axis=1).astype(np.int64)[:, None]
+            a, b = sd.append(nxt), sc.append(nxt)
+            errs.append(rel(a, b))
+        sd.rewind(0), sc.rewind(0)
+    attention = steps_on(sd.profile(), "attention ")
+    sd.close(), sc.close(), dev.close(), cpu.close()
+    check("GroupQueryAttention decoder: a left-padded batch of two, 4 decode steps, a rewind to 0 and again",
+          max(errs) <= 1e-4 and attention and all(n.endswith(", gpu)") for n in attention),
+          f"{len(errs)} calls, logits max rel error {max(errs):.2e} vs the CPU session (bound 1e-4); "
+          f"attention steps {attention}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--moec", required=True)
+    ap.add_argument("--moert", required=True)
+    ap.add_argument("--lib", required=True, help="libmoert.so, for the Python binding")
+    ap.add_argument("--device", default="emu", help="emu (default), gpu, cuda or hip")
+    ap.add_argument("--targets", default=None, help="moec targets (default: cpu,emu for emu, else cpu,cuda,hip)")
+    args = ap.parse_args()
+    probe = subprocess.run([args.moert, "devices", "--device", args.device], capture_output=True, text=True)
+    if probe.returncode != 0:
+        print("skipped: " + probe.stderr.strip())
+        return 77
+    targets = args.targets or ("cpu,emu" if args.device == "emu" else "cpu,cuda,hip")
+    import moert
+    rt = moert.Runtime(args.lib)
+    with tempfile.TemporaryDirectory() as tmp:
+        art = os.path.join(tmp, "past_qwen3_moe.moex")
+        c = subprocess.run([args.moec, "compile", os.path.join(ROOT, "tests", "fixtures", "transformers",
+                                                               "past_qwen3_moe.onnx"),
+                            "-o", art, f"--target={targets}", "--quiet"], capture_output=True, text=True)
+        if c.returncode != 0:
+            check("past_qwen3_moe", False, "moec compile failed: " + c.stderr.strip())
+        else:
+            for cache_dtype in ("f32", "bf16", "f16", "int8"):
+                decoder_case(rt, art, args.device, cache_dtype)
+        gqa_case(rt, args.moec, targets, tmp, args.device)
+    print(f"{'FAILED: ' + ', '.join(failed) if failed else 'all passed'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
