@@ -417,6 +417,7 @@ LogicalResult moec::frontend::importOnnxRotaryEmbedding(NodeImporter &ni) {
     return failure();
   const bool interleaved = intAttr(ni, "interleaved", 0) != 0;
   int64_t heads = intAttr(ni, "num_heads", 0), rot = intAttr(ni, "rotary_embedding_dim", 0);
+  ni.refineInputs();
   Graph g(ni);
   Value x = ni.input(0), cosCache = ni.input(1), sinCache = ni.input(2), posIds = ni.input(3);
   auto xT = dyn_cast_or_null<RankedTensorType>(x ? x.getType() : Type());
@@ -474,6 +475,7 @@ LogicalResult moec::frontend::importOnnxAttention(NodeImporter &ni) {
   const float softcap = floatAttr(ni, "softcap").value_or(0.0f);
   if (!(softcap >= 0.0f))
     return ni.fail("softcap " + std::to_string(softcap) + " (0 for none, else positive)");
+  ni.refineInputs();
   Graph g(ni);
   Value query = ni.input(0), key = ni.input(1), value = ni.input(2), attnMask = ni.input(3),
         pastK = ni.input(4), pastV = ni.input(5), nonpad = ni.input(6);

@@ -502,6 +502,21 @@ const onnx::GraphProto *NodeImporter::graphAttribute(StringRef name) const {
   return a && a->type() == onnx::AttributeProto::GRAPH ? &a->g() : nullptr;
 }
 
+void NodeImporter::refineInputs() {
+  bool unranked = false;
+  for (unsigned i = 0; i < numInputs(); ++i)
+    if (Value v = input(i))
+      unranked |= isa<UnrankedTensorType>(v.getType());
+  Block *block = builder().getInsertionBlock();
+  if (!unranked || !block || !block->getParentOp())
+    return;
+  Operation *fn = block->getParentOp();
+  if (!isa<func::FuncOp>(fn))
+    fn = fn->getParentOfType<func::FuncOp>();
+  if (fn)
+    moec::onnxir::refineShapes(fn);
+}
+
 Operation *NodeImporter::createOp(StringRef name, ValueRange operands, ArrayRef<NamedAttribute> attrs,
                                   TypeRange resultTypes, unsigned numRegions,
                                   function_ref<LogicalResult(Operation *)> fillRegions) {

@@ -550,6 +550,7 @@ Value addValues(NodeImporter &ni, Value a, Value b) {
 LogicalResult moec::frontend::importOrtSimplifiedLayerNorm(NodeImporter &ni) {
   if (failed(onlyKnownAttributes(ni, {"axis", "epsilon", "stash_type"})))
     return failure();
+  ni.refineInputs();
   auto rank = dyn_cast<RankedTensorType>(ni.input(0).getType());
   int64_t axis = intAttr(ni, "axis", -1);
   if (!rank)

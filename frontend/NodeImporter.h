@@ -37,6 +37,11 @@ public:
   virtual unsigned numInputs() const = 0;
   /// Input `i`, or null when absent or given as "" (an omitted optional input).
   virtual mlir::Value input(unsigned i) const = 0;
+  /// For importers that need their inputs' ranks and dims at import (ONNX's opset-23 Attention,
+  /// RotaryEmbedding, RMSNormalization): when an input is unranked (a model without value_info for an opset
+  /// libonnx does not know), gives the function built so far moec's own result types first (refineShapes),
+  /// as the import does for the whole model at its end.
+  void refineInputs();
   virtual const onnx::AttributeProto *attribute(llvm::StringRef name) const = 0;
   /// The node's attributes converted to MLIR attributes under their ONNX names; fails with an error
   /// for attribute kinds moec cannot represent.

@@ -1,5 +1,6 @@
 //===- ShapeInference.cpp - result shapes of ONNX-dialect ops moec computes itself ---===//
 #include "ir/ShapeInference.h"
+#include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -29,6 +30,10 @@ std::optional<Dims> shapeOf(Value v) {
   if (symbolic)
     if (auto it = symbolic->find(v); it != symbolic->end())
       return it->second;
+  // A moe.norm the importer made of an (RMS)LayerNormalization has its input's shape, symbols included (its
+  // type holds only the static dims), so a Reshape's -1 after it still resolves.
+  if (auto norm = v.getDefiningOp<moec::moe::NormOp>())
+    return shapeOf(norm.getOperand(0));
   if (auto t = dyn_cast<RankedTensorType>(v.getType()))
     return Dims(t.getShape());
   return std::nullopt;
