@@ -1238,12 +1238,6 @@ int64_t attrInt(const pb::OpStep &op, const char *name, int64_t fallback) {
       return at.ints(0);
   return fallback;
 }
-float attrFloat(const pb::OpStep &op, const char *name, float fallback) {
-  for (const auto &at : op.attributes())
-    if (at.name() == name && at.floats_size() == 1)
-      return at.floats(0);
-  return fallback;
-}
 } // namespace
 
 bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, OpPlan &plan) {
@@ -1262,46 +1256,31 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, O
     plan.launches.push_back(l);
     return plan.launches.back();
   };
-  // The row-wise fused ops: the checks of Fused.cpp's fusedRotary / fusedNorm (anything else runs on the
-  // host, which reports it); an absent optional input has no dims.
-  auto isVector = [&](size_t k, int64_t n) { return in.size() > k && in[k] == std::vector<int64_t>{n}; };
+  // The row-wise fused ops, planned by the CPU op's own checks (planRotary / planNorm; anything else runs on
+  // the host, which reports it); an absent optional input has no dims.
+  auto optional = [&](size_t k) { return in.size() > k && !in[k].empty() ? &in[k] : nullptr; };
   if (name == "moec.Rotary") {
-    if (in.size() != MOERT_ROTARY_INPUTS || in[MOERT_ROTARY_INPUT].size() != 4)
+    RotaryPlan g;
+    if (in.size() != MOERT_ROTARY_INPUTS ||
+        !planRotary(op, in[MOERT_ROTARY_INPUT], in[MOERT_ROTARY_COS], in[MOERT_ROTARY_SIN],
+                    optional(MOERT_ROTARY_NORM_WEIGHT), g)
+             .empty())
       return false;
-    const std::vector<int64_t> &x = in[MOERT_ROTARY_INPUT], &cs = in[MOERT_ROTARY_COS];
     moert_gpu_rotary_args &r = plan.rotary;
-    r.A1 = x[1], r.A2 = x[2], r.D = x[3], r.rows = x[0] * x[1] * x[2];
-    r.R = attrInt(op, "rotary_dim", 0), r.seq_axis = int32_t(attrInt(op, "seq_axis", 2));
-    r.interleaved = attrInt(op, "interleaved", 0) != 0, r.deinterleave = attrInt(op, "deinterleave", 0) != 0;
-    r.transpose = attrInt(op, "transpose", 0) != 0, r.eps = attrFloat(op, "norm_epsilon", 1e-6f);
-    if ((r.seq_axis != 1 && r.seq_axis != 2) || r.R <= 0 || r.R % 2 || r.R > r.D ||
-        (r.deinterleave && !r.interleaved))
-      return false;
-    r.S = x[r.seq_axis];
-    if (cs.size() != 3 || cs != in[MOERT_ROTARY_SIN] || (cs[0] != 1 && cs[0] != x[0]) || cs[1] != r.S ||
-        (cs[2] != r.R && cs[2] != r.R / 2))
-      return false;
-    const bool normed = !in[MOERT_ROTARY_NORM_WEIGHT].empty();
-    if (normed && !isVector(MOERT_ROTARY_NORM_WEIGHT, r.D))
-      return false;
-    r.W = cs[2], r.cos_batch = cs[0] == 1 ? 0 : 1;
+    r.A1 = g.A1, r.A2 = g.A2, r.D = g.D, r.rows = g.B * g.A1 * g.A2, r.R = g.R, r.W = g.W, r.S = g.S;
+    r.seq_axis = g.seqAxis, r.interleaved = g.interleaved, r.deinterleave = g.deinterleave;
+    r.transpose = g.transpose, r.cos_batch = g.cosBatch, r.eps = g.eps;
     plan.fused = 1;
-    plan.outDims = r.transpose ? std::vector<int64_t>{x[0], x[2], x[1], x[3]} : x;
+    plan.outDims = g.outDims;
     return true;
   }
   if (name == "moec.Norm") {
-    const int64_t kind = attrInt(op, "kind", 0);
-    if (in.size() != MOERT_NORM_INPUTS || in[MOERT_NORM_INPUT].empty() || (kind != 1 && kind != 2))
-      return false;
-    const int64_t dim = in[MOERT_NORM_INPUT].back();
-    if (!isVector(MOERT_NORM_WEIGHT, dim) ||
-        (!in[MOERT_NORM_BIAS].empty() && !isVector(MOERT_NORM_BIAS, dim)))
+    NormPlan g;
+    if (in.size() != MOERT_NORM_INPUTS ||
+        !planNorm(op, in[MOERT_NORM_INPUT], in[MOERT_NORM_WEIGHT], optional(MOERT_NORM_BIAS), g).empty())
       return false;
     moert_gpu_norm_args &n = plan.norm;
-    n.d = dim, n.rows = 1, n.kind = int32_t(kind), n.eps = attrFloat(op, "epsilon", 1e-5f);
-    for (int64_t v : in[MOERT_NORM_INPUT])
-      n.rows *= v;
-    n.rows = dim ? n.rows / dim : 0;
+    n.d = g.d, n.rows = g.rows, n.kind = int32_t(g.kind), n.eps = g.eps;
     plan.fused = 2;
     plan.outDims = in[MOERT_NORM_INPUT];
     return true;

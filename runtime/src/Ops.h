@@ -61,6 +61,28 @@ struct OpTensor {
 /// faults per call at a 4096-token context). Null when memory runs out.
 std::shared_ptr<char> allocBlock(size_t bytes);
 
+/// moec.Rotary's geometry (ir/MoEOps.td's contract) from the step's attributes and its inputs' dims: x [B,
+/// A1, A2, D], cos and sin [1 or B, S, R or R / 2], the folded norm's weight [D] (null: none). What the CPU
+/// op (ops/Fused.cpp) and the GPU kernel (gpu::planOp) both check: "" or what does not fit.
+struct RotaryPlan {
+  int64_t B = 0, A1 = 0, A2 = 0, D = 0, R = 0, S = 0, W = 0; // W: the tables' width (R or R / 2)
+  int seqAxis = 2;
+  bool interleaved = false, deinterleave = false, transpose = false, cosBatch = false, normed = false;
+  float eps = 1e-6f;
+  std::vector<int64_t> outDims;
+};
+std::string planRotary(const proto::OpStep &op, const std::vector<int64_t> &x,
+                       const std::vector<int64_t> &cos, const std::vector<int64_t> &sin,
+                       const std::vector<int64_t> *normWeight, RotaryPlan &p);
+/// moec.Norm's: x [..., d], weight [d], bias [d] (null: none); kind 1 RMSNorm, 2 LayerNorm.
+struct NormPlan {
+  int64_t rows = 0, d = 0;
+  int kind = 0;
+  float eps = 1e-5f;
+};
+std::string planNorm(const proto::OpStep &op, const std::vector<int64_t> &x,
+                     const std::vector<int64_t> &weight, const std::vector<int64_t> *bias, NormPlan &p);
+
 /// An op's kernel, found by name once (at load); null when this moert has none.
 struct OpEntry;
 const OpEntry *findOpKernel(const std::string &op);

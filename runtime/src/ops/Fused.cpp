@@ -76,20 +76,20 @@ bool fusedNorm(Ctx &c) {
       !c.in[MOERT_NORM_WEIGHT].present() || c.out.size() != 1)
     return c.fail("needs an input, a weight and an optional bias");
   const OpTensor &x = c.in[MOERT_NORM_INPUT], &w = c.in[MOERT_NORM_WEIGHT], &b = c.in[MOERT_NORM_BIAS];
-  const int64_t kind = c.a.i("kind", 0);
-  const float eps = float(c.a.f("epsilon", 1e-5));
-  if (kind != 1 && kind != 2)
-    return c.fail("norm kind " + std::to_string(kind) + " (expected 1 rms or 2 layer)");
-  if (!isF32(x) || x.dims.empty())
-    return c.fail("input " + dimsString(x.dims) + " " + dtypeName(x.dtype) + ": expected f32 [..., D]");
-  const int64_t d = x.dims.back();
-  for (const OpTensor *t : {&w, &b})
-    if (t->present() && (!isF32(*t) || t->dims.size() != 1 || t->dims[0] != d))
-      return c.fail(std::string(t == &w ? "weight " : "bias ") + dimsString(t->dims) + " " +
-                    dtypeName(t->dtype) + ": expected f32 [" + std::to_string(d) + "]");
+  for (const OpTensor *t : {&x, &w, &b})
+    if (t->present() && !isF32(*t))
+      return c.fail(std::string(t == &x   ? "input "
+                                : t == &w ? "weight "
+                                          : "bias ") +
+                    dimsString(t->dims) + " " + dtypeName(t->dtype) + ": expected f32");
+  NormPlan plan;
+  if (std::string why = planNorm(c.s, x.dims, w.dims, b.present() ? &b.dims : nullptr, plan); !why.empty())
+    return c.fail(why);
+  const int64_t kind = plan.kind, d = plan.d;
+  const float eps = plan.eps;
   if (!c.alloc(0, x.dims))
     return false;
-  const int64_t rows = d ? x.numel() / d : 0;
+  const int64_t rows = plan.rows;
   const float *px = x.as<float>(), *pw = w.as<float>(), *pb = b.present() ? b.as<float>() : nullptr;
   float *po = c.out[0].mut<float>();
   forRows(c.pool, rows, d, [&](int64_t r0, int64_t r1) {
@@ -117,30 +117,22 @@ bool fusedRotary(Ctx &c) {
     return c.fail("needs an input, cos, sin and an optional norm weight");
   const OpTensor &x = c.in[MOERT_ROTARY_INPUT], &cs = c.in[MOERT_ROTARY_COS], &sn = c.in[MOERT_ROTARY_SIN],
                  &nw = c.in[MOERT_ROTARY_NORM_WEIGHT];
-  const int64_t R = c.a.i("rotary_dim", 0), seqAxis = c.a.i("seq_axis", 2);
-  const bool interleaved = c.a.i("interleaved", 0) != 0, transpose = c.a.i("transpose", 0) != 0,
-             deinterleave = c.a.i("deinterleave", 0) != 0;
-  const float eps = float(c.a.f("norm_epsilon", 1e-6));
-  if (!isF32(x) || x.dims.size() != 4)
-    return c.fail("input " + dimsString(x.dims) + " " + dtypeName(x.dtype) + ": expected f32 [B, A1, A2, D]");
-  const int64_t B = x.dims[0], A1 = x.dims[1], A2 = x.dims[2], D = x.dims[3];
-  if (seqAxis != 1 && seqAxis != 2)
-    return c.fail("seq_axis " + std::to_string(seqAxis) + " (expected 1 or 2)");
-  if (R <= 0 || R % 2 || R > D)
-    return c.fail("rotary_dim " + std::to_string(R) + " for a head dim of " + std::to_string(D));
-  if (deinterleave && !interleaved)
-    return c.fail("deinterleave without interleaved pairs");
-  const int64_t S = x.dims[seqAxis];
-  if (!isF32(cs) || !isF32(sn) || cs.dims.size() != 3 || cs.dims != sn.dims ||
-      (cs.dims[0] != 1 && cs.dims[0] != B) || cs.dims[1] != S || (cs.dims[2] != R && cs.dims[2] != R / 2))
-    return c.fail("cos " + dimsString(cs.dims) + " / sin " + dimsString(sn.dims) + " for input " +
-                  dimsString(x.dims) + ": expected f32 [1 or " + std::to_string(B) + ", " +
-                  std::to_string(S) + ", " + std::to_string(R) + " or " + std::to_string(R / 2) + "]");
-  if (nw.present() && (!isF32(nw) || nw.dims.size() != 1 || nw.dims[0] != D))
-    return c.fail("norm weight " + dimsString(nw.dims) + ": expected f32 [" + std::to_string(D) + "]");
-  if (!c.alloc(0, transpose ? Dims{B, A2, A1, D} : x.dims))
+  for (const OpTensor *t : {&x, &cs, &sn, &nw})
+    if (t->present() && !isF32(*t))
+      return c.fail(std::string(t == &x    ? "input "
+                                : t == &nw ? "norm weight "
+                                           : "cos / sin ") +
+                    dimsString(t->dims) + " " + dtypeName(t->dtype) + ": expected f32");
+  RotaryPlan g;
+  if (std::string why = planRotary(c.s, x.dims, cs.dims, sn.dims, nw.present() ? &nw.dims : nullptr, g);
+      !why.empty())
+    return c.fail(why);
+  if (!c.alloc(0, g.outDims))
     return false;
-  const int64_t W = cs.dims[2], h = R / 2, cosBatch = cs.dims[0] == 1 ? 0 : 1;
+  const int64_t B = g.B, A1 = g.A1, A2 = g.A2, D = g.D, R = g.R, S = g.S, W = g.W, h = R / 2,
+                cosBatch = g.cosBatch ? 1 : 0, seqAxis = g.seqAxis;
+  const bool interleaved = g.interleaved, transpose = g.transpose, deinterleave = g.deinterleave;
+  const float eps = g.eps;
   const float *px = x.as<float>(), *pc = cs.as<float>(), *ps = sn.as<float>(),
               *pw = nw.present() ? nw.as<float>() : nullptr;
   float *po = c.out[0].mut<float>();
@@ -192,3 +184,58 @@ bool fusedRotary(Ctx &c) {
 }
 
 } // namespace moert::ops
+
+namespace moert {
+
+std::string planNorm(const proto::OpStep &op, const std::vector<int64_t> &x,
+                     const std::vector<int64_t> &weight, const std::vector<int64_t> *bias, NormPlan &p) {
+  const ops::Attrs a{op};
+  p.kind = int(a.i("kind", 0));
+  p.eps = float(a.f("epsilon", 1e-5));
+  if (p.kind != 1 && p.kind != 2)
+    return "norm kind " + std::to_string(p.kind) + " (expected 1 rms or 2 layer)";
+  if (x.empty())
+    return "input " + dimsString(x) + ": expected [..., D]";
+  p.d = x.back();
+  for (const std::vector<int64_t> *t : {&weight, bias})
+    if (t && (t->size() != 1 || (*t)[0] != p.d))
+      return std::string(t == &weight ? "weight " : "bias ") + dimsString(*t) + ": expected [" +
+             std::to_string(p.d) + "]";
+  int64_t n = 1;
+  for (int64_t v : x)
+    n *= v;
+  p.rows = p.d ? n / p.d : 0;
+  return "";
+}
+
+std::string planRotary(const proto::OpStep &op, const std::vector<int64_t> &x,
+                       const std::vector<int64_t> &cos, const std::vector<int64_t> &sin,
+                       const std::vector<int64_t> *normWeight, RotaryPlan &p) {
+  const ops::Attrs a{op};
+  p.R = a.i("rotary_dim", 0), p.seqAxis = int(a.i("seq_axis", 2));
+  p.interleaved = a.i("interleaved", 0) != 0, p.transpose = a.i("transpose", 0) != 0;
+  p.deinterleave = a.i("deinterleave", 0) != 0, p.eps = float(a.f("norm_epsilon", 1e-6));
+  if (x.size() != 4)
+    return "input " + dimsString(x) + ": expected [B, A1, A2, D]";
+  p.B = x[0], p.A1 = x[1], p.A2 = x[2], p.D = x[3];
+  if (p.seqAxis != 1 && p.seqAxis != 2)
+    return "seq_axis " + std::to_string(p.seqAxis) + " (expected 1 or 2)";
+  if (p.R <= 0 || p.R % 2 || p.R > p.D)
+    return "rotary_dim " + std::to_string(p.R) + " for a head dim of " + std::to_string(p.D);
+  if (p.deinterleave && !p.interleaved)
+    return "deinterleave without interleaved pairs";
+  p.S = x[p.seqAxis];
+  if (cos.size() != 3 || cos != sin || (cos[0] != 1 && cos[0] != p.B) || cos[1] != p.S ||
+      (cos[2] != p.R && cos[2] != p.R / 2))
+    return "cos " + dimsString(cos) + " / sin " + dimsString(sin) + " for input " + dimsString(x) +
+           ": expected [1 or " + std::to_string(p.B) + ", " + std::to_string(p.S) + ", " +
+           std::to_string(p.R) + " or " + std::to_string(p.R / 2) + "]";
+  p.normed = normWeight != nullptr;
+  if (normWeight && (normWeight->size() != 1 || (*normWeight)[0] != p.D))
+    return "norm weight " + dimsString(*normWeight) + ": expected [" + std::to_string(p.D) + "]";
+  p.W = cos[2], p.cosBatch = cos[0] != 1;
+  p.outDims = p.transpose ? std::vector<int64_t>{p.B, p.A2, p.A1, p.D} : x;
+  return "";
+}
+
+} // namespace moert
