@@ -576,7 +576,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     const bool onDevice =
         residency && (gpuOp || deviceAppend || (moert::gpu::runsDispatch(*m->gpu, s) && !kvHost));
     // A step on the host reads current host bytes; a view op (its output aliases its first input) neither
-    // reads nor writes that input's bytes, and Shape / Size read only dims.
+    // reads nor writes that input's bytes, and Shape reads only dims.
     const bool view = s.has_op() && moert::isView(m->opKernels[si]);
     const bool dimsOnly = s.has_op() && moert::readsDimsOnly(m->opKernels[si]);
     if (residency && !onDevice && !dimsOnly) {
@@ -617,7 +617,6 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                            "': the new positions do not fit the session's cache (past lengths beyond the "
                            "cached positions, or a present longer than past + new)");
       }
-
       if (add.dtype != moert::proto::F32 || add.dims.size() != 4 || past.dims.size() != 4 ||
           add.dims[0] != past.dims[0] || add.dims[1] != past.dims[1] || add.dims[3] != past.dims[3] ||
           past.dims[2] + add.dims[2] > cb.capacity)
@@ -1035,11 +1034,13 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   for (int si : m->topSteps)
     if (moert_status st = runStep(si))
       return st;
+  // Outputs that are a session's caches: already in its buffers (on the device too, where it keeps them).
+  std::vector<char> inSession(p.outputs_size(), 0);
+  for (int c = 0; caches && c < p.decoder().caches_size(); ++c)
+    if (p.decoder().caches(c).present() < uint32_t(p.outputs_size()))
+      inSession[p.decoder().caches(c).present()] = 1;
   for (int i = 0; i < p.outputs_size(); ++i) { // the caller reads the outputs on the host
-    bool inSession = false; // a session's cache: its buffer, which the session keeps (on the device, too)
-    for (int c = 0; caches && c < p.decoder().caches_size(); ++c)
-      inSession |= int(p.decoder().caches(c).present()) == i;
-    if (inSession)
+    if (inSession[i])
       continue;
     const Tensor &t = values[p.outputs(i)];
     std::string why = readOnHost(t);
@@ -1097,10 +1098,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       return makeError("output '" + v.name() + "' was not computed");
     }
     res->dims.push_back(t.dims);
-    bool inSession = false; // a session's cache: already in its buffer
-    for (int c = 0; caches && c < p.decoder().caches_size(); ++c)
-      inSession |= int(p.decoder().caches(c).present()) == int(i);
-    if (inSession) {
+    if (inSession[i]) {
       res->data.emplace_back();
       continue;
     }
