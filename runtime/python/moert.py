@@ -382,6 +382,7 @@ class Model:
         return Session(self, max_context, profile, cache_dtype, batch)
 
     def close(self):
+        """Frees this handle's hold on the model; its open sessions keep it loaded until they are closed."""
         if self.handle:
             self.rt.lib.moert_free(self.handle)
             self.handle = None

@@ -73,6 +73,11 @@ moert_model::~moert_model() {
     munmap(const_cast<unsigned char *>(map), mapSize);
 }
 
+void moert::releaseModel(moert_model *m) {
+  if (m && m->holders.fetch_sub(1) == 1)
+    delete m;
+}
+
 namespace {
 
 /// Whether this libmoert is built with sanitizer `name` (clang's -fsanitize= name): code built with it calls

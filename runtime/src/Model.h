@@ -131,9 +131,16 @@ moert_status verifyAllSections(struct ::moert_model &m);
 moert_status loadArtifact(const std::string &path, const moert_load_options &options, struct ::moert_model &m,
                           bool loadCode = true);
 
+/// Gives back one hold on `m` (moert_model::holders); the last unloads it. Null is ignored.
+void releaseModel(struct ::moert_model *m);
+
 } // namespace moert
 
 struct moert_model {
+  // Who holds the model: moert_free's caller and each open session (moert_session_create takes a hold,
+  // moert_session_free gives it back), so a session may outlive moert_free; the last release unloads it
+  // (moert::releaseModel).
+  std::atomic<int> holders{1};
   std::string path;
   const unsigned char *map = nullptr; // the whole file, mmap'd read-only
   size_t mapSize = 0;

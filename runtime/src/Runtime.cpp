@@ -72,7 +72,7 @@ moert_status moert_load(const char *path, const moert_load_options *options, moe
   return nullptr;
 }
 
-void moert_free(moert_model *model) { delete model; }
+void moert_free(moert_model *model) { moert::releaseModel(model); }
 
 const char *moert_model_tokenizer(const moert_model *m, size_t *size) {
   const bool has = m && !m->meta.tokenizer_json().empty();

@@ -173,11 +173,18 @@ moert_status moert_session_create(moert_model *model, const moert_session_option
     }
     s->caches.push_back(std::move(cache));
   }
+  ++model->holders; // the session keeps the model loaded (moert_model::holders)
   *out = s.release();
   return nullptr;
 }
 
-void moert_session_free(moert_session *s) { delete s; }
+void moert_session_free(moert_session *s) {
+  if (!s)
+    return;
+  moert_model *m = s->model;
+  delete s; // its device copies first: they need the model's device
+  moert::releaseModel(m);
+}
 
 const char *moert_session_profile_json(const moert_session *s) {
   return s && s->profile && !s->trace.empty() ? s->trace.c_str() : nullptr;

@@ -243,13 +243,18 @@ moert_model *loadDecoder(int threads) {
 
 /// One conversation with a session: a prompt, then greedy tokens one at a time with a rewind in the middle
 /// (the last `back` positions forgotten and decoded again); every call's logits in order.
-std::vector<float> converse(moert_model *m, const std::vector<int64_t> &prompt, moert_dtype cache, int steps,
-                            size_t back) {
+moert_session *newSession(moert_model *m, moert_dtype cache) {
   moert_session_options so{sizeof so, 256, 0, cache, 1};
   moert_session *s = nullptr;
   moert_status st = moert_session_create(m, &so, &s);
   EXPECT_EQ(st, nullptr) << moert_status_message(st);
   moert_status_free(st);
+  return s;
+}
+
+/// The conversation on session `s` (freed by the caller).
+std::vector<float> converseOn(moert_session *s, const std::vector<int64_t> &prompt, int steps, size_t back) {
+  moert_status st = nullptr;
   std::vector<float> all;
   if (!s)
     return all;
@@ -273,6 +278,13 @@ std::vector<float> converse(moert_model *m, const std::vector<int64_t> &prompt, 
     all.insert(all.end(), logits, logits + vocab);
     tokens.push_back(std::max_element(logits, logits + vocab) - logits);
   }
+  return all;
+}
+
+std::vector<float> converse(moert_model *m, const std::vector<int64_t> &prompt, moert_dtype cache, int steps,
+                            size_t back) {
+  moert_session *s = newSession(m, cache);
+  std::vector<float> all = converseOn(s, prompt, steps, back);
   moert_session_free(s);
   return all;
 }
@@ -332,6 +344,30 @@ TEST(RuntimeTest, StressSessionsFromEightThreads) {
   std::printf("stress: %ld conversations (10 calls each) from 8 threads in %.1f s\n", calls, stressSeconds());
   EXPECT_EQ(mismatches.load(), 0) << "of " << calls << " conversations";
   moert_free(m);
+}
+
+// A session keeps its model loaded: moert_free while sessions are open leaves them working (the same logits,
+// bitwise, as before it), and the last moert_session_free unloads the model (under ASan + LeakSanitizer,
+// sanitize-runtime-unit: no use after free, no leak).
+TEST(RuntimeTest, SessionsOutliveMoertFree) {
+  moert_model *m = loadDecoder(2);
+  ASSERT_NE(m, nullptr);
+  const std::vector<int64_t> prompt{3, 17, 5, 29};
+  const std::vector<float> f32 = converse(m, prompt, MOERT_F32, 8, 2),
+                           f16 = converse(m, prompt, MOERT_F16, 8, 2);
+  ASSERT_EQ(f32.size(), 8u * 32u);
+  moert_session *a = newSession(m, MOERT_F32), *b = newSession(m, MOERT_F16);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  moert_free(m); // the caller's hold only
+  const std::vector<float> gotA = converseOn(a, prompt, 8, 2);
+  moert_session_free(a);
+  const std::vector<float> gotB = converseOn(b, prompt, 8, 2); // the model is still loaded for b
+  moert_session_free(b);                                       // and unloaded here
+  ASSERT_EQ(gotA.size(), f32.size());
+  ASSERT_EQ(gotB.size(), f16.size());
+  EXPECT_EQ(std::memcmp(gotA.data(), f32.data(), f32.size() * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(gotB.data(), f16.data(), f16.size() * sizeof(float)), 0);
 }
 
 // Worker counts outside 1..MOERT_MAX_THREADS are one clear error at load (0 means one per core).

@@ -151,6 +151,8 @@ MOERT_API const char *moert_status_message(moert_status status);
 MOERT_API void moert_status_free(moert_status status);
 
 MOERT_API moert_status moert_load(const char *path, const moert_load_options *options, moert_model **out);
+/* Frees the caller's hold on the model; sessions of it that are still open keep it loaded and working until
+ * the last of them is freed (the handle itself must not be used after moert_free). */
 MOERT_API void moert_free(moert_model *model);
 /* The tokenizer.json moec embedded in the artifact (moec compile --tokenizer, or the one next to the ONNX
  * file) and its size in bytes, valid while the model is loaded; NULL (size 0) when there is none. */
@@ -225,7 +227,8 @@ MOERT_API void moert_result_free(moert_result *result);
  * (ones, or the padding mask given) and `position_ids` (each new token's count of earlier non-padding
  * positions in its sequence; 1 for padding, as transformers' generate makes them) are made by the session.
  * Sequences of different lengths in one batch are left-padded: the padded positions' mask is 0. One session
- * per thread; many sessions may share a model. */
+ * per thread; many sessions may share a model, and each keeps it loaded (moert_free while one is open is
+ * safe). */
 typedef struct moert_session moert_session;
 
 typedef struct moert_session_options {
