@@ -22,6 +22,15 @@ constexpr int64_t kDyn = ShapedType::kDynamic;
 constexpr int64_t kSym = kDyn + 1, kSymEnd = kDyn + (int64_t(1) << 30);
 bool unknown(int64_t d) { return d < kSymEnd; }
 using Dims = SmallVector<int64_t>;
+// The most dims a result's rank is inferred with from a shape operand's length: real tensors have a few; a
+// longer (or negative) declared length is a malformed model, whose result is then left unranked.
+constexpr int64_t kMaxInferredRank = 64;
+/// The length of a 1-D shape operand of shape `s` when it is known and at most kMaxInferredRank.
+std::optional<size_t> shapeLength(const std::optional<Dims> &s) {
+  if (!s || s->size() != 1 || unknown((*s)[0]) || (*s)[0] < 0 || (*s)[0] > kMaxInferredRank)
+    return std::nullopt;
+  return size_t((*s)[0]);
+}
 
 /// The symbolic shapes of the values seen so far in this refinement (refineShapes' own).
 thread_local llvm::DenseMap<Value, Dims> *symbolic = nullptr;
@@ -248,10 +257,10 @@ std::optional<Dims> infer(Operation *op, unsigned i) {
   }
   // A shape operand of known length (computed at run time): the rank, its dims unknown.
   auto rankFromShape = [&](Value shape, size_t atLeast) -> std::optional<Dims> {
-    auto s = shapeOf(shape);
-    if (!s || s->size() != 1 || unknown((*s)[0]))
+    auto n = shapeLength(shapeOf(shape));
+    if (!n)
       return std::nullopt;
-    return Dims(std::max<size_t>(size_t((*s)[0]), atLeast), kDyn);
+    return Dims(std::max(*n, atLeast), kDyn);
   };
   if (isa<ox::ReshapeOp>(op)) {
     auto target = partialValue(op->getOperand(1));
@@ -515,8 +524,8 @@ std::optional<Dims> infer(Operation *op, unsigned i) {
   if (isa<ox::ConstantOfShapeOp>(op)) {
     if (auto dims = partialValue(op->getOperand(0)))
       return dims;
-    if (auto s = in(0); s && s->size() == 1 && !unknown((*s)[0]))
-      return Dims((*s)[0], kDyn);
+    if (auto n = shapeLength(in(0)))
+      return Dims(*n, kDyn);
     return std::nullopt;
   }
   if (isa<ox::RangeOp>(op))
