@@ -22,10 +22,11 @@ constexpr int64_t kDyn = ShapedType::kDynamic;
 constexpr int64_t kSym = kDyn + 1, kSymEnd = kDyn + (int64_t(1) << 30);
 bool unknown(int64_t d) { return d < kSymEnd; }
 using Dims = SmallVector<int64_t>;
-// The most dims a result's rank is inferred with from a shape operand's length: real tensors have a few; a
-// longer (or negative) declared length is a malformed model, whose result is then left unranked.
+// The longest shape operand inference builds a rank (or a ConstantOfShape value) from: real tensors have a
+// few dims; a longer (or negative) length is a malformed model, whose result is then left unranked.
 constexpr int64_t kMaxInferredRank = 64;
-/// The length of a 1-D shape operand of shape `s` when it is known and at most kMaxInferredRank.
+/// The length of a 1-D shape operand of shape `s` (or of a 1-D partial value) when known,
+/// 0..kMaxInferredRank.
 std::optional<size_t> shapeLength(const std::optional<Dims> &s) {
   if (!s || s->size() != 1 || unknown((*s)[0]) || (*s)[0] < 0 || (*s)[0] > kMaxInferredRank)
     return std::nullopt;
@@ -112,9 +113,10 @@ std::optional<Dims> partialValue(Value v, int depth = 0) {
   if (auto c = dyn_cast<ox::ConstantOfShapeOp>(op)) { // a 1-D integer fill (TorchScript's `repeat`: ones)
     auto n = partialValue(c.getInput(), depth + 1);
     auto fill = c.getValue() ? dyn_cast<DenseIntElementsAttr>(*c.getValue()) : DenseIntElementsAttr();
-    if (!fill || !n || n->size() != 1 || unknown((*n)[0]) || (*n)[0] > 64 || fill.getNumElements() != 1)
+    auto length = shapeLength(n);
+    if (!fill || !length || fill.getNumElements() != 1)
       return std::nullopt;
-    return Dims((*n)[0], (*fill.getValues<APInt>().begin()).getSExtValue());
+    return Dims(*length, (*fill.getValues<APInt>().begin()).getSExtValue());
   }
   if (auto g = dyn_cast<ox::GatherOp>(op)) {
     auto data = partialValue(g.getData(), depth + 1);

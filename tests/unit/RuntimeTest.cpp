@@ -241,8 +241,6 @@ moert_model *loadDecoder(int threads) {
   return m;
 }
 
-/// One conversation with a session: a prompt, then greedy tokens one at a time with a rewind in the middle
-/// (the last `back` positions forgotten and decoded again); every call's logits in order.
 moert_session *newSession(moert_model *m, moert_dtype cache) {
   moert_session_options so{sizeof so, 256, 0, cache, 1};
   moert_session *s = nullptr;
@@ -252,7 +250,9 @@ moert_session *newSession(moert_model *m, moert_dtype cache) {
   return s;
 }
 
-/// The conversation on session `s` (freed by the caller).
+/// One conversation with a session: a prompt, then greedy tokens one at a time with a rewind in the middle
+/// (the last `back` positions forgotten and decoded again); every call's logits in order. `s` stays the
+/// caller's to free.
 std::vector<float> converseOn(moert_session *s, const std::vector<int64_t> &prompt, int steps, size_t back) {
   moert_status st = nullptr;
   std::vector<float> all;
@@ -281,6 +281,7 @@ std::vector<float> converseOn(moert_session *s, const std::vector<int64_t> &prom
   return all;
 }
 
+/// The same conversation on a new session of `m`.
 std::vector<float> converse(moert_model *m, const std::vector<int64_t> &prompt, moert_dtype cache, int steps,
                             size_t back) {
   moert_session *s = newSession(m, cache);
