@@ -62,12 +62,14 @@ struct Attention {
 /// `dtype` (f32; bf16 / f16: the appended rows rounded to nearest even; i8: int8 rows with block scales,
 /// MOERT_KV_INT8_BLOCK), of which the first `length` positions (the past input's length) are filled.
 /// On a GPU, `device` (when set) is the session's copy of the buffer in device memory: the run appends and
-/// attends there (gpu::bindCache).
+/// attends there (gpu::bindCache). The past input and the present are views of the buffer (their dims say
+/// the filled positions, not its layout): on a GPU the run moves the cache's bytes as `bytes` from `data`.
 struct CacheBinding {
   char *data = nullptr;
   int64_t capacity = 0;
   int dtype = proto::F32;
   gpu::CacheCopy *device = nullptr;
+  size_t bytes = 0; // the buffer's: [batch][heads][capacity] rows
 };
 /// Bytes of one position's row of `dim` values in a session cache of `dtype` (a CacheBinding's).
 inline size_t cacheRowBytes(int dtype, int64_t dim) {

@@ -12,6 +12,7 @@
 #include "Ops.h"
 
 #include "ops/OpKernel.h"
+#include <malloc.h>
 #include <map>
 #include <mutex>
 
@@ -171,6 +172,8 @@ std::shared_ptr<char> allocBlock(size_t bytes) {
     cache.cached += size;
   });
 }
+
+size_t blockBytes(const char *block) { return malloc_usable_size(const_cast<char *>(block)); }
 
 struct OpEntry {
   const char *name;

@@ -60,6 +60,8 @@ struct OpTensor {
 /// scratch then reuse the pages of the step before instead of faulting in fresh ones (measured: ~13,700 page
 /// faults per call at a 4096-token context). Null when memory runs out.
 std::shared_ptr<char> allocBlock(size_t bytes);
+/// The bytes usable from the start of a block allocBlock returned (at least those asked for).
+size_t blockBytes(const char *block);
 
 /// moec.Rotary's geometry (ir/MoEOps.td's contract) from the step's attributes and its inputs' dims: x [B,
 /// A1, A2, D], cos and sin [1 or B, S, R or R / 2], the folded norm's weight [D] (null: none). What the CPU

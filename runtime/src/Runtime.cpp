@@ -493,12 +493,36 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       if (std::string why = moert::gpu::bindCache(*residency, *caches[c].device, caches[c].data);
           !why.empty())
         return makeError(why);
-  auto readOnHost = [&](const Tensor &t) -> std::string {
-    return residency && t.isTensor() && t.data ? moert::gpu::toHost(*residency, t.data, t.bytes()) : "";
-  };
   // A value whose bytes are in the arena (a planned buffer, or a view of one).
   auto inArena = [&](const Tensor &t) {
     return arena && t.owned && !t.owned.owner_before(arena) && !arena.owner_before(t.owned);
+  };
+  // The host bytes a value's device copies are kept for: its own; a session cache's past or present (a view
+  // whose dims say the filled positions: rows `capacity` apart, int8 rows with their scales, the past typed
+  // as the program declares it, f32) the cache's whole buffer. Never more than the value's memory: a copy
+  // brought back over a longer range would write into memory the value does not own.
+  auto hostRange = [&](const Tensor &t) -> std::pair<const char *, size_t> {
+    for (int c = 0; caches && c < p.decoder().caches_size(); ++c)
+      if (t.data == caches[c].data)
+        return {caches[c].data, caches[c].bytes};
+    return {t.data, t.bytes()};
+  };
+  // A block of its own (not an arena slot; a session cache's buffer): where the range must end by.
+  auto blockOf = [&](const Tensor &t) -> const char * {
+    for (int c = 0; caches && c < p.decoder().caches_size(); ++c)
+      if (t.data == caches[c].data)
+        return caches[c].data;
+    return t.owned && t.data == t.owned.get() && !inArena(t) ? t.data : nullptr;
+  };
+  auto readOnHost = [&](const Tensor &t) -> std::string {
+    if (!residency || !t.isTensor() || !t.data)
+      return "";
+    auto [data, bytes] = hostRange(t);
+    if (const char *block = blockOf(t); block && bytes > moert::blockBytes(block))
+      return "internal: a value of " + dimsString(t.dims) + " " + dtypeName(t.dtype) +
+             " would be brought to the host over " + std::to_string(bytes) + " bytes, past the " +
+             std::to_string(moert::blockBytes(block)) + " of its memory";
+    return moert::gpu::toHost(*residency, data, bytes);
   };
   std::function<moert_status(int)> runStep;
   // Block `b` of control-flow step `si`: binds its inputs, runs its steps, hands back what it yields and
@@ -791,6 +815,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       } else if (int rc = x.run(&args)) {
         return makeError(what() + " failed (code " + std::to_string(rc) + ")");
       }
+      if (residency && lastRows) // freed at the end of this step
+        moert::gpu::hostFreed(*residency, lastRows.get(), sizeof(float) * rows * x.k);
       for (int j = 0; j < outputs; ++j) {
         values[d.outputs(j)] = std::move(out[j]);
         measure(d.outputs(j));
@@ -1019,10 +1045,18 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     }
     if (residency && !onDevice && !view) // what the host wrote: the device copies of those bytes are stale
       for (uint32_t id : moert::stepWrites(s))
-        if (const Tensor &t = values[id]; t.isTensor() && t.data)
-          moert::gpu::hostWrote(*residency, t.data, t.bytes());
-    for (uint32_t id : m->releaseAfter[si])
+        if (const Tensor &t = values[id]; t.isTensor() && t.data) {
+          auto [data, bytes] = hostRange(t);
+          moert::gpu::hostWrote(*residency, data, bytes);
+        }
+    for (uint32_t id : m->releaseAfter[si]) {
+      // A block freed now (no view of it left, not the arena): its device copies go too, back to the pool
+      // for the steps after, and none is left to be brought back into memory that is no longer the value's.
+      if (Tensor &t = values[id];
+          residency && t.isTensor() && t.data == t.owned.get() && t.owned.use_count() == 1 && !inArena(t))
+        moert::gpu::hostFreed(*residency, t.data, t.bytes());
       values[id] = Tensor{};
+    }
     if (profile) {
       auto end = std::chrono::steady_clock::now();
       trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"" << label << "\", \"ph\": \"X\", \"pid\": 0, \"tid\": 0, "

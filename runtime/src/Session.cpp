@@ -412,7 +412,8 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
             !why.empty())
           return makeError(std::string(fn) + ": the KV caches on the device (" + std::to_string(c.capacity) +
                            " positions): " + why);
-      bindings.push_back({c.data.get(), c.capacity, s->cacheDtype, c.device.get()});
+      bindings.push_back(
+          {c.data.get(), c.capacity, s->cacheDtype, c.device.get(), size_t(B * c.heads) * c.capacity * row});
     }
   }
   const size_t numInputs = moert_num_inputs(m);
