@@ -230,7 +230,7 @@ def main():
             out = os.path.join(folder, f"model_{storage}.moex")
             print(f"== moec compile --weights={storage}", flush=True)
             rc, wall, rss, err = run_measured(
-                [moec, "compile", model, "-o", out, f"--weights={storage}", "--cpu=native"], cap)
+                [moec, "compile", model, "-o", out, f"--weights={storage}", "--cpu=native", "--kernel-cache=off"], cap)
             sys.stderr.write("".join(l + "\n" for l in err.splitlines() if "packed" in l or "error" in l)[-2000:])
             row = {"storage": storage, "rc": rc, "compile_s": round(wall, 1), "peak_rss_gb": round(rss / 1e9, 2),
                    "packed_mb_s": round(total / 1e6 / wall), "fp32_gb": round(total / 1e9, 2)}

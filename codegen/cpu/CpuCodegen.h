@@ -27,6 +27,9 @@ struct CpuOptions {
   std::string cxx;
   /// When set, the generated C++ (and GPU) sources are also written here.
   std::string dumpKernelsDir;
+  /// Where compiled kernel code is kept for reuse (codegen/KernelCache.h: a directory, or "off"); empty: the
+  /// default ($MOEC_KERNEL_CACHE, else ~/.cache/moec/kernels).
+  std::string kernelCache;
   /// GPU code objects to build besides the CPU code (codegen/hip/GpuCodegen.h): AMD archs (gfx90a, gfx942,
   /// gfx1100) and NVIDIA ones (sm_80, sm_90, as PTX), built by the same clang as the CPU code. Empty: CPU only.
   std::vector<std::string> hipArchs, cudaArchs;

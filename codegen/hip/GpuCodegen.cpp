@@ -6,6 +6,7 @@
 #include "llvm/ADT/SmallString.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/Program.h"
@@ -87,21 +88,15 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
     std::vector<std::string> sanitize =
         kind == Emu ? sanitizerFlags(build.sanitizers) : std::vector<std::string>{};
     args.append(sanitize.begin(), sanitize.end());
-    std::optional<llvm::StringRef> redirects[] = {std::nullopt, llvm::StringRef(log), llvm::StringRef(log)};
-    std::string execError;
-    int rc = llvm::sys::ExecuteAndWait(build.clang, args, std::nullopt, redirects, 0, 0, &execError);
-    if (rc != 0) {
-      std::string first = firstErrorLine(log);
+    std::vector<char> bytes;
+    KernelCompileResult r = compileOrReuse(build.cache, {build.clang, args, dir, &files, out, log}, bytes);
+    if (r.rc != 0) {
+      std::string first = r.rc > 0 ? firstErrorLine(log) : "";
       error = "compiling the GPU kernels for " + arch + " failed (" +
-              (execError.empty() ? "exit " + std::to_string(rc) : execError) + ")" + (first.empty() ? "" : ": " + first);
+              (r.execError.empty() ? "exit " + std::to_string(r.rc) : r.execError) + ")" +
+              (first.empty() ? "" : ": " + first);
       return false;
     }
-    auto code = llvm::MemoryBuffer::getFile(out);
-    if (!code) {
-      error = "cannot read the compiled GPU kernels for " + arch;
-      return false;
-    }
-    std::vector<char> bytes((*code)->getBufferStart(), (*code)->getBufferEnd());
     if (!build.dumpDir.empty()) { // the code objects too, for llvm-readelf / llvm-objdump / ptxas
       llvm::SmallString<128> d(build.dumpDir);
       llvm::sys::path::append(d, llvm::sys::path::filename(out));
@@ -121,8 +116,12 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
     g->set_section(writer.addSection("gpu." + arch, pb::Section::CODE, std::move(bytes)));
     if (progress)
       *progress << "moec: GPU kernels for " << arch << " (" << size / 1024 << " KiB, "
-                << llvm::format("%.1f", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count())
-                << " s)\n";
+                << (r.reused ? std::string("from the kernel cache")
+                             : llvm::formatv("{0:f1} s", std::chrono::duration<double>(
+                                                             std::chrono::steady_clock::now() - started)
+                                                             .count())
+                                   .str())
+                << ")\n";
     return true;
   };
   for (const auto &arch : build.hipArchs)

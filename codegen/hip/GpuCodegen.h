@@ -11,6 +11,7 @@
 #define MOEC_CODEGEN_HIP_GPUCODEGEN_H
 
 #include "codegen/Artifact.h"
+#include "codegen/KernelCache.h"
 
 #include "llvm/Support/raw_ostream.h"
 
@@ -25,6 +26,7 @@ struct GpuBuild {
   std::string clang;      // clang++-19
   std::string dumpDir;    // also write the sources here when set
   std::vector<std::string> sanitizers; // the emulated code's -fsanitize= (CpuOptions::sanitizers)
+  KernelCache cache;                   // compiled code kept for reuse (CpuOptions::kernelCache)
 };
 
 /// The architectures --hip-arch / --cuda-arch accept.

@@ -127,6 +127,12 @@ cl::opt<std::string> activations(
     cl::init("f32"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> dumpKernels("dump-kernels", cl::desc("Also write the generated kernel sources to this folder"),
                                  cl::value_desc("dir"), cl::sub(compileCmd), cl::cat(category));
+cl::opt<std::string> kernelCache(
+    "kernel-cache",
+    cl::desc("Where compiled kernel code is kept and reused when the same kernels are compiled again "
+             "(default: $MOEC_KERNEL_CACHE, else ~/.cache/moec/kernels, 1 GiB at most: "
+             "$MOEC_KERNEL_CACHE_MB); 'off' compiles every time"),
+    cl::value_desc("dir|off"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> cxxPath("cxx", cl::desc("C++ compiler for the CPU kernels (default: $MOEC_CXX, clang++-19)"),
                              cl::value_desc("path"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> sanitize(
@@ -621,6 +627,7 @@ int runImport() {
     cpuOptions.cpu = cpu;
     cpuOptions.cxx = cxxPath;
     cpuOptions.dumpKernelsDir = dumpKernels;
+    cpuOptions.kernelCache = kernelCache;
     cpuOptions.hipArchs = hipArchs;
     cpuOptions.cudaArchs = cudaArchs;
     cpuOptions.emuArchs = emuArchs;
