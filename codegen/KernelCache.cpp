@@ -54,6 +54,7 @@ std::string keyOf(const KernelCompile &c) {
   add(std::to_string(llvm::sys::ExecuteAndWait(c.compiler, versionArgs, std::nullopt, redirects)));
   if (auto text = llvm::MemoryBuffer::getFile(version))
     add((*text)->getBuffer());
+  add(c.context);
   for (llvm::StringRef a : c.args)
     add(a.starts_with(c.stage) ? "<stage>" + a.substr(c.stage.size()).str() : a.str());
   for (const auto &[name, text] : *c.files) {

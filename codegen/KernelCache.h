@@ -40,6 +40,7 @@ struct KernelCompile {
   llvm::StringRef stage; // the directory the sources are staged in (paths under it are not part of the key)
   const std::vector<std::pair<std::string, std::string>> *files; // the staged files: name, bytes
   llvm::StringRef output, log;
+  std::string context; // what else the output depends on (-march=native: the host CPU's name and features)
   std::function<void()> starting = nullptr; // called just before the compiler runs (not when reused)
 };
 

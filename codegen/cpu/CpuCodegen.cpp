@@ -1614,9 +1614,20 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   for (const auto &s : options.sanitizers)
     meta.add_sanitizers(s);
   const KernelCache cache = KernelCache::open(options.kernelCache);
+  std::string host; // -march=native means this CPU: its name and features are part of the cache key
+  if (options.cpu == "native") {
+    host = llvm::sys::getHostCPUName().str();
+    std::vector<std::string> on;
+    for (const auto &f : llvm::sys::getHostCPUFeatures())
+      if (f.second)
+        on.push_back(f.first().str());
+    std::sort(on.begin(), on.end());
+    for (const auto &f : on)
+      host += " +" + f;
+  }
   std::vector<char> bytes;
   KernelCompileResult r = compileOrReuse(cache,
-                                         {cxx, args, dir, &files, so, log,
+                                         {cxx, args, dir, &files, so, log, host,
                                           [&] {
                                             if (progress)
                                               *progress << "moec: compiling the CPU kernels (" << march

@@ -89,7 +89,8 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
         kind == Emu ? sanitizerFlags(build.sanitizers) : std::vector<std::string>{};
     args.append(sanitize.begin(), sanitize.end());
     std::vector<char> bytes;
-    KernelCompileResult r = compileOrReuse(build.cache, {build.clang, args, dir, &files, out, log}, bytes);
+    KernelCompileResult r =
+        compileOrReuse(build.cache, {build.clang, args, dir, &files, out, log, ""}, bytes);
     if (r.rc != 0) {
       std::string first = r.rc > 0 ? firstErrorLine(log) : "";
       error = "compiling the GPU kernels for " + arch + " failed (" +
