@@ -501,18 +501,26 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   // whose dims say the filled positions: rows `capacity` apart, int8 rows with their scales, the past typed
   // as the program declares it, f32) the cache's whole buffer. Never more than the value's memory: a copy
   // brought back over a longer range would write into memory the value does not own.
-  auto hostRange = [&](const Tensor &t) -> std::pair<const char *, size_t> {
+  auto cacheOf = [&](const Tensor &t) -> const CacheBinding * { // a view of a session cache's buffer
     for (int c = 0; caches && c < p.decoder().caches_size(); ++c)
       if (t.data == caches[c].data)
-        return {caches[c].data, caches[c].bytes};
-    return {t.data, t.bytes()};
+        return &caches[c];
+    return nullptr;
   };
-  // A block of its own (not an arena slot; a session cache's buffer): where the range must end by.
+  auto hostRange = [&](const Tensor &t) -> std::pair<const char *, size_t> {
+    const CacheBinding *cb = cacheOf(t);
+    return cb ? std::pair<const char *, size_t>{cb->data, cb->bytes} : std::pair{t.data, t.bytes()};
+  };
+  // Whether a value owns a heap block from its start (allocBlock's, not an arena slot); with `last`, with no
+  // view of it left either (releasing it frees the block).
+  auto ownBlock = [&](const Tensor &t, bool last = false) {
+    return t.owned && t.data == t.owned.get() && !inArena(t) && (!last || t.owned.use_count() == 1);
+  };
+  // The heap block a value's range must end within: a session cache's buffer, or its own block (none for an
+  // arena slot, a caller's input or a constant).
   auto blockOf = [&](const Tensor &t) -> const char * {
-    for (int c = 0; caches && c < p.decoder().caches_size(); ++c)
-      if (t.data == caches[c].data)
-        return caches[c].data;
-    return t.owned && t.data == t.owned.get() && !inArena(t) ? t.data : nullptr;
+    const CacheBinding *cb = cacheOf(t);
+    return cb ? cb->data : ownBlock(t) ? t.data : nullptr;
   };
   auto readOnHost = [&](const Tensor &t) -> std::string {
     if (!residency || !t.isTensor() || !t.data)
@@ -1052,8 +1060,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     for (uint32_t id : m->releaseAfter[si]) {
       // A block freed now (no view of it left, not the arena): its device copies go too, back to the pool
       // for the steps after, and none is left to be brought back into memory that is no longer the value's.
-      if (Tensor &t = values[id];
-          residency && t.isTensor() && t.data == t.owned.get() && t.owned.use_count() == 1 && !inArena(t))
+      if (Tensor &t = values[id]; residency && t.isTensor() && ownBlock(t, /*last=*/true))
         moert::gpu::hostFreed(*residency, t.data, t.bytes());
       values[id] = Tensor{};
     }
