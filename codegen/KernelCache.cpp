@@ -3,7 +3,6 @@
 
 #include "llvm/ADT/SmallString.h"
 #include "llvm/ADT/StringExtras.h"
-#include "llvm/Support/Chrono.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
@@ -14,6 +13,7 @@
 #include "llvm/Support/xxhash.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -43,8 +43,7 @@ std::string keyOf(const KernelCompile &c) {
   llvm::sys::fs::file_status st;
   if (!llvm::sys::fs::status(c.compiler, st)) {
     add(std::to_string(st.getSize()));
-    add(std::to_string(llvm::sys::toTimeT(st.getLastModificationTime())) + "." +
-        std::to_string(st.getLastModificationTime().time_since_epoch().count()));
+    add(std::to_string(st.getLastModificationTime().time_since_epoch().count()));
   }
   llvm::SmallString<256> version(c.stage);
   llvm::sys::path::append(version, "compiler-version.txt");

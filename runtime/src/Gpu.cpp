@@ -909,8 +909,6 @@ void hostWrote(Residency &r, const void *p, size_t bytes) {
   r.drop(lo, lo + bytes);
 }
 
-void hostFreed(Residency &r, const void *p, size_t bytes) { hostWrote(r, p, bytes); }
-
 bool onDevice(Residency &r, const void *p, size_t bytes) {
   const auto lo = reinterpret_cast<uintptr_t>(p), hi = lo + bytes;
   auto it = r.copies.upper_bound(lo);

@@ -54,12 +54,9 @@ ResidencyPtr beginRun(Device &d);
 /// host's (never bytes outside the range: a dead value's copy may overlap a live value's host bytes there).
 /// "" or one error line.
 std::string toHost(Residency &r, const void *p, size_t bytes);
-/// After host code wrote [p, p + bytes): forgets the device's copies of that range (a copy the write covers
-/// in part keeps the rest).
+/// After host code wrote [p, p + bytes), or before that memory is freed: forgets the device's copies of that
+/// range (a copy the write covers in part keeps the rest; buffers no copy uses go back to the pool).
 void hostWrote(Residency &r, const void *p, size_t bytes);
-/// Before host memory [p, p + bytes) is freed: forgets the device's copies of it (their buffers back to the
-/// pool).
-void hostFreed(Residency &r, const void *p, size_t bytes);
 /// Whether [p, p + bytes) has a device copy (a GPU step's result not yet read back, or one uploaded).
 bool onDevice(Residency &r, const void *p, size_t bytes);
 /// Bytes moved between host and device so far in this run (uploads of inputs, downloads of outputs).

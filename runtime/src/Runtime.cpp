@@ -824,7 +824,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         return makeError(what() + " failed (code " + std::to_string(rc) + ")");
       }
       if (residency && lastRows) // freed at the end of this step
-        moert::gpu::hostFreed(*residency, lastRows.get(), sizeof(float) * rows * x.k);
+        moert::gpu::hostWrote(*residency, lastRows.get(), sizeof(float) * rows * x.k);
       for (int j = 0; j < outputs; ++j) {
         values[d.outputs(j)] = std::move(out[j]);
         measure(d.outputs(j));
@@ -1061,7 +1061,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       // A block freed now (no view of it left, not the arena): its device copies go too, back to the pool
       // for the steps after, and none is left to be brought back into memory that is no longer the value's.
       if (Tensor &t = values[id]; residency && t.isTensor() && ownBlock(t, /*last=*/true))
-        moert::gpu::hostFreed(*residency, t.data, t.bytes());
+        moert::gpu::hostWrote(*residency, t.data, t.bytes());
       values[id] = Tensor{};
     }
     if (profile) {

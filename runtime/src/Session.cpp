@@ -406,14 +406,12 @@ moert_status appendTokens(moert_session *s, const int64_t *tokens, size_t n, con
         c.data = std::move(grown);
         c.capacity = cap;
       }
+      const size_t bytes = size_t(B * c.heads) * c.capacity * row; // the buffer's
       if (!c.device && m->gpu && c.window == 0 && moert::gpu::keepsCaches(*m->gpu, s->cacheDtype))
-        if (std::string why =
-                moert::gpu::newCacheCopy(*m->gpu, size_t(B * c.heads) * c.capacity * row, c.device);
-            !why.empty())
+        if (std::string why = moert::gpu::newCacheCopy(*m->gpu, bytes, c.device); !why.empty())
           return makeError(std::string(fn) + ": the KV caches on the device (" + std::to_string(c.capacity) +
                            " positions): " + why);
-      bindings.push_back(
-          {c.data.get(), c.capacity, s->cacheDtype, c.device.get(), size_t(B * c.heads) * c.capacity * row});
+      bindings.push_back({c.data.get(), c.capacity, s->cacheDtype, c.device.get(), bytes});
     }
   }
   const size_t numInputs = moert_num_inputs(m);
