@@ -36,10 +36,14 @@ static_assert(kGemmNR % VW == 0, "a panel row is whole vectors");
 
 /// acc[i][j * NV + v] += sum over features k < kn of a(i, k) * panel j's row k (see the file comment). Decode
 /// (M <= 2, one panel) keeps two accumulator sets over alternate features so the FMA chains overlap.
+/// `ahead` (bytes, 0 for none): each panel's cache lines that far past the features being read are
+/// prefetched (decode streaming panels one after another from memory).
 template <int M, int P, bool PACKED, class T>
 __attribute__((always_inline)) inline void gemmMicro(const T *b, int64_t pstride, const float *a, int64_t lda,
-                                                     int64_t kn, vf (&acc)[M][P * kGemmNV]) {
+                                                     int64_t kn, vf (&acc)[M][P * kGemmNV],
+                                                     int64_t ahead = 0) {
   constexpr int U = M <= 2 && P == 1 ? 2 : 1;
+  constexpr int64_t STEP_BYTES = U * kGemmNR * int64_t(sizeof(T)); // panel bytes one loop step reads
   vf part[U][M][P * kGemmNV] = {};
   auto step = [&](int64_t k, int u) __attribute__((always_inline)) {
     vf w[P * kGemmNV];
@@ -57,10 +61,17 @@ __attribute__((always_inline)) inline void gemmMicro(const T *b, int64_t pstride
     }
   };
   int64_t k = 0;
-  for (; k + U <= kn; k += U)
+  for (; k + U <= kn; k += U) {
+    if (ahead)
+#pragma unroll
+      for (int j = 0; j < P; ++j)
+#pragma unroll
+        for (int64_t off = 0; off < STEP_BYTES; off += 64)
+          __builtin_prefetch(reinterpret_cast<const char *>(b + j * pstride + k * kGemmNR) + off + ahead);
 #pragma unroll
     for (int u = 0; u < U; ++u)
       step(k + u, u);
+  }
   for (; k < kn; ++k)
     step(k, 0);
 #pragma unroll

@@ -218,12 +218,6 @@ inline void axpy(float *y, float a, const float *x, int64_t n) { axpy(y, a, Plai
 // 64 columns' even ones first, then the odd ones: one byte multiply-add per nibble half.
 constexpr int64_t kXBlock = MOERT_INT8_ACT_BLOCK;
 constexpr int64_t kQAhead = 2048; // bytes of quantised rows prefetched ahead of the decode loops
-// Bytes of fc1's panels (read one after another) prefetched ahead of the integer tiles' first row tile: the
-// hardware prefetchers alone left one decoded token at 0.8 of the read roofline (measured, OLMoE-like int4 +
-// int8 activations, T = 1, 2 threads, fresh inputs, artifacts alternating in one process: best / median
-// 1.17 / 1.37 ms without, 0.97 / 1.14 at 2 KiB, 0.90 / 1.12 at 4 KiB, 0.88 / 1.11 at 8 KiB, 0.90 / 1.12 at
-// 16 KiB).
-constexpr int64_t kFc1Ahead = 8192;
 constexpr int64_t kZpLanes = 4;   // i32 lanes of an AVX2 vector one input block's int4 products land in
 struct QTok {
   const int8_t *q;   // [H] (int4 rows: per 64 columns, the even ones then the odd ones)
@@ -854,7 +848,7 @@ template <class C> struct Kernel {
             vf acc[M][kGemmNV] = {};
             const typename Fc1::Rounded rx{xq + i0 * KPAD, xs + i0 * KX, xsq + i0 * KX, KPAD, KX, 0};
             Fc1::template intTile<M>(rows.panel1(p), rows.panelScales1(p), nullptr, rx, 0, H, acc,
-                                     i0 == 0 ? kFc1Ahead : 0);
+                                     i0 == 0 ? kLinIntAhead : 0);
 #pragma unroll
             for (int i = 0; i < M; ++i)
 #pragma unroll
