@@ -23,7 +23,7 @@ ROOT = os.path.dirname(HERE)
 def ours(threads):
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "perf")
-        subprocess.run(["clang++-19", "-std=c++17", "-O3", "-march=native", "-Wno-psabi", f"-I{ROOT}",
+        subprocess.run(["clang++-19", "-std=c++17", "-O3", "-march=native", "-Wno-psabi", "-Wno-invalid-feature-combination", f"-I{ROOT}",
                         f"-I{os.path.join(ROOT, 'kernels', 'cpu')}",
                         os.path.join(ROOT, "tests", "kernels", "linear_kernel_test.cpp"),
                         os.path.join(ROOT, "codegen", "WeightPacking.cpp"), "-o", exe, "-lpthread"], check=True)
