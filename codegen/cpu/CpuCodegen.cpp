@@ -1492,10 +1492,17 @@ void recordDecoder(pb::Program &p, ArrayRef<int64_t> inputWindows) {
 }
 
 std::string findCompiler(const CpuOptions &o) {
+  // --cxx or $MOEC_CXX; a bare name (no '/') is looked up on PATH, as a shell would
+  auto onPath = [](std::string c) {
+    if (c.find('/') == std::string::npos)
+      if (auto p = llvm::sys::findProgramByName(c))
+        return *p;
+    return c;
+  };
   if (!o.cxx.empty())
-    return o.cxx;
+    return onPath(o.cxx);
   if (const char *env = std::getenv("MOEC_CXX"))
-    return env;
+    return onPath(env);
   if (auto p = llvm::sys::findProgramByName("clang++-19"))
     return *p;
   if (llvm::sys::fs::can_execute("/usr/lib/llvm-19/bin/clang++"))

@@ -133,7 +133,9 @@ cl::opt<std::string> kernelCache(
              "(default: $MOEC_KERNEL_CACHE, else ~/.cache/moec/kernels, 1 GiB at most: "
              "$MOEC_KERNEL_CACHE_MB); 'off' compiles every time"),
     cl::value_desc("dir|off"), cl::sub(compileCmd), cl::cat(category));
-cl::opt<std::string> cxxPath("cxx", cl::desc("C++ compiler for the CPU kernels (default: $MOEC_CXX, clang++-19)"),
+cl::opt<std::string> cxxPath("cxx",
+                             cl::desc("C++ compiler for the CPU kernels: a path, or a name looked up on PATH "
+                                      "(default: $MOEC_CXX, clang++-19)"),
                              cl::value_desc("path"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> sanitize(
     "sanitize",
