@@ -80,6 +80,7 @@ constexpr int64_t kTileRows = (kTile + kGemmMR - 1) / kGemmMR * kGemmMR; // a ti
 template <typename T> struct Plain {
   const T *p;
   vf load(int64_t h) const { return loadv(p + h); }
+  void prefetch(int64_t h) const { __builtin_prefetch(p + h); }
   float at(int64_t h) const { return tofloat(p[h]); }
   Plain off(int64_t h) const { return {p + h}; }
 };
@@ -123,6 +124,7 @@ template <int BITS, int64_t BLK, class S> struct QBlock {
   const S *s;
   vf load(int64_t h) const { return loadQ<BITS>(q, h) * tofloat(s[h / BLK]); }
   float at(int64_t h) const { return atQ<BITS>(q, h) * tofloat(s[h / BLK]); }
+  void prefetch(int64_t h) const { __builtin_prefetch(q + h * BITS / 8); }
 };
 
 template <int BITS, class S> struct QVec {
@@ -131,6 +133,7 @@ template <int BITS, class S> struct QVec {
   vf load(int64_t h) const { return loadQ<BITS>(q, h) * loadv(s + h); }
   float at(int64_t h) const { return atQ<BITS>(q, h) * tofloat(s[h]); }
   QVec off(int64_t h) const { return {q + h * BITS / 8, s + h}; }
+  void prefetch(int64_t h) const { __builtin_prefetch(q + h * BITS / 8); }
 };
 
 /// a . b with four independent vector accumulators (hides the FMA latency of a single chain).
@@ -1024,11 +1027,15 @@ template <class C> struct Kernel {
             live[l] = f < de && (!mask || mask[f]);
             row[l] = rows.row1((live[l] ? f : db) * G + g);
           }
+          const bool next = k1 < H; // the next K block of these rows, read by the next call
           for (int64_t k = k0; k < kv; k += VW) {
             vf r[VW];
 #pragma unroll
-            for (int l = 0; l < VW; ++l)
+            for (int l = 0; l < VW; ++l) {
+              if (next && live[l])
+                row[l].prefetch(k + kMoeKC);
               r[l] = live[l] ? row[l].load(k) : vf{};
+            }
             transpose(r);
 #pragma unroll
             for (int l = 0; l < VW; ++l)
@@ -1057,11 +1064,15 @@ template <class C> struct Kernel {
       };
       shared ? deq(Fc2<FSX>{}) : deq(Fc2<F>{});
     } else {
+      const bool next = h0 + pw * NR < H; // these rows' next columns, read by the next set of panels
       for (int64_t f = kb; f < ke; ++f) {
         const auto row = rows.row2(f);
         for (int64_t j = 0; j < pw; ++j)
-          for (int64_t v = 0; v < kGemmNV; ++v)
+          for (int64_t v = 0; v < kGemmNV; ++v) {
+            if (next)
+              row.prefetch(h0 + (pw + j) * NR + v * VW);
             storev(out + j * kMoeKC * NR + (f - kb) * NR + v * VW, row.load(h0 + j * NR + v * VW));
+          }
       }
     }
   }
