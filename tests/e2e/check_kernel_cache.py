@@ -80,6 +80,11 @@ def main():
         n0, plain, _, _ = compile_("plain", cache_arg="off")
         check("--kernel-cache=off", n0 == 1 and entries() == [], f"{n0} compile(s), cache entries {entries()}")
 
+        # A compiler named without a path is looked up on PATH (as the default clang++-19 is).
+        nb, bare, _, _ = compile_("bare", "--cxx=cxx.sh", cache_arg="off",
+                                  extra_env={"PATH": tmp + os.pathsep + os.environ.get("PATH", "")})
+        check("--cxx given as a name on PATH", nb == 1 and bare == plain, f"{nb} compile(s), same bytes: {bare == plain}")
+
         n1, first, _, art = compile_("first")
         err = error_of(art)
         check("first compile", n1 == 1 and first == plain and len(entries()) == 1 and err <= TOLERANCE,
