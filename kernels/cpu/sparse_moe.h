@@ -78,6 +78,7 @@ constexpr int64_t kTileRows = (kTile + kGemmMR - 1) / kGemmMR * kGemmMR; // a ti
 //   QVec<BITS>:        fc2 rows (fc2 transposed), one scale per column, shared by a block of rows.
 // 8-bit values are int8; 4-bit ones are nibbles (low first, zero point 8), two per byte along the row.
 template <typename T> struct Plain {
+  static constexpr int64_t LINE = 64 / int64_t(sizeof(T)); // elements per cache line
   const T *p;
   vf load(int64_t h) const { return loadv(p + h); }
   void prefetch(int64_t h) const { __builtin_prefetch(p + h); }
@@ -120,6 +121,7 @@ template <int BITS> inline float atQ(const uint8_t *q, int64_t h) {
 }
 
 template <int BITS, int64_t BLK, class S> struct QBlock {
+  static constexpr int64_t LINE = 64 * 8 / BITS;
   const uint8_t *q;
   const S *s;
   vf load(int64_t h) const { return loadQ<BITS>(q, h) * tofloat(s[h / BLK]); }
@@ -128,6 +130,7 @@ template <int BITS, int64_t BLK, class S> struct QBlock {
 };
 
 template <int BITS, class S> struct QVec {
+  static constexpr int64_t LINE = 64 * 8 / BITS;
   const uint8_t *q;
   const S *s;
   vf load(int64_t h) const { return loadQ<BITS>(q, h) * loadv(s + h); }
@@ -136,11 +139,15 @@ template <int BITS, class S> struct QVec {
   void prefetch(int64_t h) const { __builtin_prefetch(q + h * BITS / 8); }
 };
 
-/// a . b with four independent vector accumulators (hides the FMA latency of a single chain).
-template <class Row> inline float dot(Row a, const float *__restrict b, int64_t n) {
+/// a . b with four independent vector accumulators (hides the FMA latency of a single chain). AHEAD (bytes, 0
+/// for none): the row's cache lines that far on are prefetched (decode reads rows one after another).
+template <int64_t AHEAD = 0, class Row> inline float dot(Row a, const float *__restrict b, int64_t n) {
   vf s0 = {}, s1 = {}, s2 = {}, s3 = {};
   int64_t i = 0;
   for (; i + 4 * VW <= n; i += 4 * VW) {
+    if constexpr (AHEAD > 0)
+      for (int64_t e = 0; e < 4 * VW; e += Row::LINE)
+        a.prefetch(i + e + AHEAD / 64 * Row::LINE);
     s0 += a.load(i) * loadv(b + i);
     s1 += a.load(i + VW) * loadv(b + i + VW);
     s2 += a.load(i + 2 * VW) * loadv(b + i + 2 * VW);
@@ -203,11 +210,15 @@ inline void dotsTokens(Row ra, Row rb, const float *const *x, int64_t nt, int64_
   }
 }
 
-template <class Row> inline void axpy(float *__restrict y, float a, Row x, int64_t n) {
+template <int64_t AHEAD = 0, class Row> inline void axpy(float *__restrict y, float a, Row x, int64_t n) {
   int64_t i = 0;
   const vf av = splat(a);
-  for (; i + VW <= n; i += VW)
+  for (; i + VW <= n; i += VW) {
+    if constexpr (AHEAD > 0)
+      if (i % Row::LINE == 0) // AHEAD as dot's
+        x.prefetch(i + AHEAD / 64 * Row::LINE);
     storev(y + i, loadv(y + i) + av * x.load(i));
+  }
   for (; i < n; ++i)
     y[i] += a * x.at(i);
 }
@@ -220,7 +231,7 @@ inline void axpy(float *y, float a, const float *x, int64_t n) { axpy(y, a, Plai
 // hold column 2i in byte i's low nibble and 2i + 1 in its high one, so the rounded token is stored with each
 // 64 columns' even ones first, then the odd ones: one byte multiply-add per nibble half.
 constexpr int64_t kXBlock = MOERT_INT8_ACT_BLOCK;
-constexpr int64_t kQAhead = 2048; // bytes of quantised rows prefetched ahead of the decode loops
+constexpr int64_t kQAhead = 2048; // bytes of rows prefetched ahead of the decode loops
 constexpr int64_t kZpLanes = 4;   // i32 lanes of an AVX2 vector one input block's int4 products land in
 struct QTok {
   const int8_t *q;   // [H] (int4 rows: per 64 columns, the even ones then the odd ones)
@@ -710,7 +721,7 @@ template <class C> struct Kernel {
       return qdot<C::QBITS, C::QBLOCK1, H>(row.q, row.s,
                                            QTok{c.xq + t * H, c.xs + t * XBS, c.xsq + t * XBS * kZpLanes});
     } else {
-      return dot(rows.row1(r), x, H);
+      return dot<kQAhead>(rows.row1(r), x, H);
     }
   }
 
@@ -1286,7 +1297,7 @@ template <class C> struct Kernel {
       std::sort(idx, idx + C::KEEP);
       for (int64_t j = 0; j < C::KEEP; ++j) {
         const int64_t f = idx[j];
-        axpy(dst[0], lone(f), rows.row2(f), H);
+        axpy<kQAhead>(dst[0], lone(f), rows.row2(f), H);
       }
     } else if (INT_FC2) {
       if constexpr (INT_FC2) {
@@ -1329,7 +1340,7 @@ template <class C> struct Kernel {
       for (int64_t f = it.f0; f < it.f1; ++f) {
         if (mask && !mask[f])
           continue;
-        axpy(dst[0], lone(f), rows.row2(f), H);
+        axpy<kQAhead>(dst[0], lone(f), rows.row2(f), H);
       }
     } else if (gemm) {
       gemmTile(c, it, rows, n, xs, dst, ws, b1, mask, thread);
