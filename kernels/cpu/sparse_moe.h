@@ -165,11 +165,18 @@ inline float dot(const float *a, const float *b, int64_t n) { return dot(Plain<f
 /// For NT tokens at once: g[i] = ra . x[i] and (TWO) u[i] = rb . x[i]. Each weight chunk is loaded once for
 /// all NT tokens, with 2 * NT independent accumulators in registers (the blocking that lets prefill use the
 /// FMA units instead of waiting on loads).
-template <bool TWO, int NT, class Row>
+/// AHEAD: as dot's (the rows' first reader prefetches them; later token blocks find them in L2).
+template <bool TWO, int NT, int64_t AHEAD, class Row>
 inline void dotsN(Row ra, Row rb, const float *const *x, int64_t n, float *g, float *u) {
   vf ag[NT] = {}, au[NT] = {};
   int64_t h = 0;
   for (; h + VW <= n; h += VW) {
+    if constexpr (AHEAD > 0)
+      if (h % Row::LINE == 0) {
+        ra.prefetch(h + AHEAD / 64 * Row::LINE);
+        if (TWO)
+          rb.prefetch(h + AHEAD / 64 * Row::LINE);
+      }
     vf wa = ra.load(h);
     vf wb = TWO ? rb.load(h) : vf{};
 #pragma unroll
@@ -192,21 +199,21 @@ inline void dotsN(Row ra, Row rb, const float *const *x, int64_t n, float *g, fl
   }
 }
 
-template <bool TWO, class Row>
+template <bool TWO, int64_t AHEAD, class Row>
 inline void dotsTokens(Row ra, Row rb, const float *const *x, int64_t nt, int64_t n, float *g, float *u) {
   switch (nt) {
   case 6:
-    return dotsN<TWO, 6>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 6, AHEAD>(ra, rb, x, n, g, u);
   case 5:
-    return dotsN<TWO, 5>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 5, AHEAD>(ra, rb, x, n, g, u);
   case 4:
-    return dotsN<TWO, 4>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 4, AHEAD>(ra, rb, x, n, g, u);
   case 3:
-    return dotsN<TWO, 3>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 3, AHEAD>(ra, rb, x, n, g, u);
   case 2:
-    return dotsN<TWO, 2>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 2, AHEAD>(ra, rb, x, n, g, u);
   default:
-    return dotsN<TWO, 1>(ra, rb, x, n, g, u);
+    return dotsN<TWO, 1, AHEAD>(ra, rb, x, n, g, u);
   }
 }
 
@@ -951,8 +958,10 @@ template <class C> struct Kernel {
     storev(d + VW, loadv(d + VW) + hi * loadv(s + VW));
   }
 
-  /// d[i][h] += sum_{j < fn} c[i * kDimBlock + j] * row2(f0 + j)[h] for NT tokens, h in [h0, h1).
-  template <int NT, class Rows>
+  /// d[i][h] += sum_{j < fn} c[i * kDimBlock + j] * row2(f0 + j)[h] for NT tokens, h in [h0, h1). PF: the
+  /// rows' first reader: each row's columns 8 vectors on are prefetched (the fn rows advance side by side,
+  /// more streams than the hardware prefetcher follows).
+  template <int NT, bool PF, class Rows>
   static void downN(const Rows &rows, int64_t f0, int64_t fn, const float *c, float *const *d, int64_t h0,
                     int64_t h1) {
     int64_t h = h0;
@@ -965,6 +974,13 @@ template <class C> struct Kernel {
       }
       for (int64_t j = 0; j < fn; ++j) {
         auto r = rows.row2(f0 + j);
+        if constexpr (PF) {
+          using Row = decltype(r);
+          if (h % Row::LINE == 0 || 2 * VW > Row::LINE)
+#pragma unroll
+            for (int64_t e = 0; e < std::max<int64_t>(2 * VW, Row::LINE); e += Row::LINE)
+              r.prefetch(h + 8 * VW + e);
+        }
         vf w0 = r.load(h), w1 = r.load(h + VW);
 #pragma unroll
         for (int i = 0; i < NT; ++i) {
@@ -990,17 +1006,21 @@ template <class C> struct Kernel {
 
   template <class Rows>
   static void down4(const Rows &rows, int64_t f0, int64_t fn, const float *c, float *const *d, int64_t nt,
-                    int64_t h0, int64_t h1) {
-    switch (nt) {
-    case 4:
-      return downN<4>(rows, f0, fn, c, d, h0, h1);
-    case 3:
-      return downN<3>(rows, f0, fn, c, d, h0, h1);
-    case 2:
-      return downN<2>(rows, f0, fn, c, d, h0, h1);
-    default:
-      return downN<1>(rows, f0, fn, c, d, h0, h1);
-    }
+                    int64_t h0, int64_t h1, bool first) {
+    auto run = [&](auto pf) {
+      constexpr bool PF = decltype(pf)::value;
+      switch (nt) {
+      case 4:
+        return downN<4, PF>(rows, f0, fn, c, d, h0, h1);
+      case 3:
+        return downN<3, PF>(rows, f0, fn, c, d, h0, h1);
+      case 2:
+        return downN<2, PF>(rows, f0, fn, c, d, h0, h1);
+      default:
+        return downN<1, PF>(rows, f0, fn, c, d, h0, h1);
+      }
+    };
+    first ? run(std::true_type{}) : run(std::false_type{});
   }
 
   // ---- C, prefill: a token tile on gemm.h's micro-kernel ------------------------------------------------
@@ -1363,7 +1383,10 @@ template <class C> struct Kernel {
               continue;
             }
             float g[kTokBlock], u[kTokBlock];
-            dotsTokens<G == 2>(rows.row1(f * G), rows.row1(f * G + (G - 1)), xs + i0, nt, H, g, u);
+            if (i0 == 0) // the rows come from memory once, for the first token block
+              dotsTokens<G == 2, kQAhead>(rows.row1(f * G), rows.row1(f * G + (G - 1)), xs + i0, nt, H, g, u);
+            else
+              dotsTokens<G == 2, 0>(rows.row1(f * G), rows.row1(f * G + (G - 1)), xs + i0, nt, H, g, u);
             for (int64_t i = 0; i < nt; ++i) {
               float gg = g[i] + (b1 ? b1[f * G] : 0.0f);
               float uu = G == 2 ? u[i] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
@@ -1378,7 +1401,7 @@ template <class C> struct Kernel {
         for (int64_t hb = 0; hb < H; hb += kBlock) {
           const int64_t he = std::min<int64_t>(H, hb + kBlock);
           for (int64_t i0 = 0; i0 < n; i0 += 4)
-            down4(rows, fb, fn, cf + i0 * kDimBlock, dst + i0, std::min<int64_t>(4, n - i0), hb, he);
+            down4(rows, fb, fn, cf + i0 * kDimBlock, dst + i0, std::min<int64_t>(4, n - i0), hb, he, i0 == 0);
         }
       }
     }
