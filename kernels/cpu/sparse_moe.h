@@ -139,6 +139,15 @@ template <int BITS, class S> struct QVec {
   void prefetch(int64_t h) const { __builtin_prefetch(q + h * BITS / 8); }
 };
 
+/// Prefetches row r's cache lines `ahead` elements past [h, h + SPAN), for a loop that reads SPAN elements a
+/// step: each line once (a step shorter than a line asks on the steps that start one).
+template <int64_t SPAN, class Row> inline void prefetchAhead(const Row &r, int64_t h, int64_t ahead) {
+  if (SPAN < Row::LINE && h % Row::LINE != 0)
+    return;
+  for (int64_t e = 0; e < std::max<int64_t>(SPAN, Row::LINE); e += Row::LINE)
+    r.prefetch(h + ahead + e);
+}
+
 /// a . b with four independent vector accumulators (hides the FMA latency of a single chain). AHEAD (bytes, 0
 /// for none): the row's cache lines that far on are prefetched (decode reads rows one after another).
 template <int64_t AHEAD = 0, class Row> inline float dot(Row a, const float *__restrict b, int64_t n) {
@@ -146,8 +155,7 @@ template <int64_t AHEAD = 0, class Row> inline float dot(Row a, const float *__r
   int64_t i = 0;
   for (; i + 4 * VW <= n; i += 4 * VW) {
     if constexpr (AHEAD > 0)
-      for (int64_t e = 0; e < 4 * VW; e += Row::LINE)
-        a.prefetch(i + e + AHEAD / 64 * Row::LINE);
+      prefetchAhead<4 * VW>(a, i, AHEAD / 64 * Row::LINE);
     s0 += a.load(i) * loadv(b + i);
     s1 += a.load(i + VW) * loadv(b + i + VW);
     s2 += a.load(i + 2 * VW) * loadv(b + i + 2 * VW);
@@ -171,12 +179,11 @@ inline void dotsN(Row ra, Row rb, const float *const *x, int64_t n, float *g, fl
   vf ag[NT] = {}, au[NT] = {};
   int64_t h = 0;
   for (; h + VW <= n; h += VW) {
-    if constexpr (AHEAD > 0)
-      if (h % Row::LINE == 0) {
-        ra.prefetch(h + AHEAD / 64 * Row::LINE);
-        if (TWO)
-          rb.prefetch(h + AHEAD / 64 * Row::LINE);
-      }
+    if constexpr (AHEAD > 0) {
+      prefetchAhead<VW>(ra, h, AHEAD / 64 * Row::LINE);
+      if (TWO)
+        prefetchAhead<VW>(rb, h, AHEAD / 64 * Row::LINE);
+    }
     vf wa = ra.load(h);
     vf wb = TWO ? rb.load(h) : vf{};
 #pragma unroll
@@ -221,9 +228,8 @@ template <int64_t AHEAD = 0, class Row> inline void axpy(float *__restrict y, fl
   int64_t i = 0;
   const vf av = splat(a);
   for (; i + VW <= n; i += VW) {
-    if constexpr (AHEAD > 0)
-      if (i % Row::LINE == 0) // AHEAD as dot's
-        x.prefetch(i + AHEAD / 64 * Row::LINE);
+    if constexpr (AHEAD > 0) // as dot's
+      prefetchAhead<VW>(x, i, AHEAD / 64 * Row::LINE);
     storev(y + i, loadv(y + i) + av * x.load(i));
   }
   for (; i < n; ++i)
@@ -974,13 +980,8 @@ template <class C> struct Kernel {
       }
       for (int64_t j = 0; j < fn; ++j) {
         auto r = rows.row2(f0 + j);
-        if constexpr (PF) {
-          using Row = decltype(r);
-          if (h % Row::LINE == 0 || 2 * VW > Row::LINE)
-#pragma unroll
-            for (int64_t e = 0; e < std::max<int64_t>(2 * VW, Row::LINE); e += Row::LINE)
-              r.prefetch(h + 8 * VW + e);
-        }
+        if constexpr (PF)
+          prefetchAhead<2 * VW>(r, h, 8 * VW);
         vf w0 = r.load(h), w1 = r.load(h + VW);
 #pragma unroll
         for (int i = 0; i < NT; ++i) {
