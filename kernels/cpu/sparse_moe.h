@@ -56,10 +56,12 @@ constexpr int64_t kL2Budget = 192 * 1024; // bytes of a dim block's gate/up rows
 constexpr int64_t kMaxChunks = 16;        // hidden-dim chunks per expert visit (parallelism in decode)
 // Token tiles of at least kGemmTokens tokens run on gemm.h's micro-kernel (see Kernel::gemmTile). Both
 // GEMMs walk K in blocks of kMoeKC features, so that PW panels' slices (kMoeKC x PW x NR floats: 32 KiB on
-// AVX-512) stay in L1 while every row tile of the tile's tokens uses them; fc1's weights are packed kMoeDB
-// dims at a time, and fc2 runs after each super block of kMoeFB dims' activations.
+// AVX-512) stay in L1 while every row tile of the tile's tokens uses them; fc1's weights are packed up to
+// kMoeDB dims at a time (every feature: a copy of up to kMoePackBytes, which stays in L2 while the GEMM reads
+// it), and fc2 runs after each super block of kMoeFB dims' activations.
 constexpr int64_t kGemmTokens = 16;
 constexpr int64_t kMoeKC = 128;
+constexpr int64_t kMoePackBytes = 1 << 20;
 constexpr int64_t kMoeFB = 512;
 // Decode and token tiles under kGemmTokens with fc2 panels (Kernel::intDecode) take up to kMoeDecodeFB dims a
 // pass: fc2's panels are then read whole when an expert's dims fit one pass, one stream instead of a slice
@@ -501,16 +503,24 @@ template <class C> struct Kernel {
     size_t x, chosen, weight, counts, entries, items, partial, pred, coef, xq, xs, xsq, gemm, dec, total;
   };
 
+  // gemmTile's copies of an expert's weights: fc1's rows for DB1 dims (a multiple of NR, at most kMoeDB) and
+  // fc2's rows for KC2 dims (at most kMoeKC), each over every feature / column, so a copy reads whole rows
+  // (one contiguous stretch of the expert's weights) and its f32 panels stay in L2 (kMoePackBytes) while the
+  // GEMM reads them.
+  static constexpr int64_t H16 = H / kGemmNR * kGemmNR; // columns in whole panels
+  static constexpr int64_t DB1 = std::clamp<int64_t>(kMoePackBytes / int64_t(sizeof(float) * G * H) / kGemmNR *
+                                                         kGemmNR,
+                                                     kGemmNR, kMoeDB);
+  static constexpr int64_t KC2 = std::clamp<int64_t>(kMoePackBytes / int64_t(sizeof(float) * H), 1, kMoeKC);
   // Per-thread buffers of gemmTile (floats): the tile's tokens packed for the micro-kernel ([row
-  // tile][H][MR]), fc1's panels for kMoeDB dims and kMoeKC features ([G * kMoeDB / NR panels][kMoeKC][NR]),
-  // their outputs
-  // ([kTileRows][G * kMoeDB]), the coefficients of a super block of dims ([row tile][kMoeFB][MR]) and fc2's
-  // panels for kMoeKC dims and PW panels of columns, in f32 ([PW][kMoeKC][NR]), and the tile's output rows
-  // (LDO floats apart: H plus a cache line, so rows do not share cache sets the way the partial buffers'
-  // rows, 64 KiB apart with 8 slots of H = 2048, do).
+  // tile][H][MR]), fc1's panels for DB1 dims ([G * DB1 / NR panels][H][NR]), their outputs ([kTileRows][G *
+  // DB1]), the coefficients of a super block of dims ([row tile][kMoeFB][MR]), fc2's panels for KC2 dims in
+  // f32 ([H16 / NR panels][KC2][NR]), and the tile's output rows (LDO floats apart: H plus a cache line, so
+  // rows do not share cache sets the way the partial buffers' rows, 64 KiB apart with 8 slots of H = 2048,
+  // do).
   static constexpr int64_t LDO = H + 16;
-  static constexpr int64_t GA = kTileRows * H, GB1 = G * kMoeDB * kMoeKC, GH1 = kTileRows * G * kMoeDB,
-                           GCF = kTileRows * kMoeFB, GB2 = kGemmPW * kMoeKC * kGemmNR, GO = kTileRows * LDO;
+  static constexpr int64_t GA = kTileRows * H, GB1 = G * DB1 * H, GH1 = kTileRows * G * DB1,
+                           GCF = kTileRows * kMoeFB, GB2 = KC2 * H16, GO = kTileRows * LDO;
   static constexpr size_t kF32GemmBytes = sizeof(float) * (GA + GB1 + GH1 + GCF + GB2 + GO) + 6 * 64;
   // intGemm's (INT_FC2): the tile's tokens rounded to int8 ([kTile][Fc1::KPAD]) with their scales and sums
   // of q ([kTile][Fc1::KX] each), fc1's outputs for a panel ([kTile][G][NR]), the fc2 inputs of a super block
@@ -1026,31 +1036,33 @@ template <class C> struct Kernel {
 
   // ---- C, prefill: a token tile on gemm.h's micro-kernel ------------------------------------------------
   // fc1 is a GEMM of the tile's tokens (rows, packed once: [row tile][H][MR]) by fc1's rows for a block of
-  // kMoeDB dims, packed here into K-major panels of NR dims per part (gate, up), kMoeKC features at a time
-  // (int8/int4 rows dequantised once per tile, not once per token block); the activations of a super block
-  // of kMoeFB dims become fc2's packed left operand ([row tile][dim][MR], times the routing weight), and fc2
-  // is a GEMM over those dims, its rows (fc2 transposed: row f holds dim f's weights for every column) copied
-  // into f32 panels kMoeKC dims x PW panels of columns at a time. Columns past the last whole panel (H not a
-  // multiple of NR) take a scalar loop. This is the packing of a BLAS GEMM done per tile (the weights stay in
-  // the row layout the decode loops and the GPU kernels read); its cost is a pass over the expert's weights
-  // per tile, against 2 x (tokens in the tile) FLOPs per weight, which is why small tiles keep the loops
-  // below.
+  // DB1 dims, packed here into K-major panels of NR dims per part (gate, up) over every feature (int8/int4
+  // rows dequantised once per tile, not once per token block), then walked kMoeKC features at a time; the
+  // activations of a super block of kMoeFB dims become fc2's packed left operand ([row tile][dim][MR], times
+  // the routing weight), and fc2 is a GEMM over those dims, its rows (fc2 transposed: row f holds dim f's
+  // weights for every column) copied into f32 panels of every column KC2 dims at a time. Columns past the
+  // last whole panel (H not a multiple of NR) take a scalar loop. This is the packing of a BLAS GEMM done per
+  // tile (the weights stay in the row layout the decode loops and the GPU kernels read); its cost is a pass
+  // over the expert's weights per tile, against 2 x (tokens in the tile) FLOPs per weight, which is why small
+  // tiles keep the loops below. Each copy reads whole rows, one stretch of memory: copies of a 512-byte slice
+  // of 128 rows 8 KiB apart (kMoeKC features at a time) were 3-6% slower over a whole layer (ZAYA1-like
+  // T = 512 fp32 87.7 -> 84.7 ms, bf16 75.0 -> 70.7, OLMoE-like fp32 268.5 -> 260.9; 2 threads, A/B in one
+  // process). Prefetching the next copy's stretch while the GEMM runs (a stream stepped by the micro-kernel)
+  // gained nothing more: its misses compete with the GEMM's own reads of the L2-resident panels.
   static float *alignTo64(char *p) {
     return reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
   }
 
-  /// Part g of fc1's rows for dims [db, de) as panels of NR dims over features [k0, k1): panel q * G + g,
-  /// feature k, dim db + q * NR + j at out[(q * G + g) * kMoeKC * NR + (k - k0) * NR + j]; dims past de and
-  /// masked ones are zero.
-  static void packFc1(const ExpertRows<C> &rows, const uint8_t *mask, int64_t db, int64_t de, int64_t k0,
-                      int64_t k1, float *out) {
-    constexpr int64_t NR = kGemmNR;
+  /// Part g of fc1's rows for dims [db, de) as panels of NR dims over every feature: panel q * G + g,
+  /// feature k, dim db + q * NR + j at out[(q * G + g) * H * NR + k * NR + j]; dims past de and masked ones
+  /// are zero.
+  static void packFc1(const ExpertRows<C> &rows, const uint8_t *mask, int64_t db, int64_t de, float *out) {
+    constexpr int64_t NR = kGemmNR, KV = H / VW * VW;
     using Row = decltype(rows.row1(0));
-    const int64_t kn = k1 - k0, kv = k0 + (kn / VW) * VW;
     const int64_t panels = (de - db + NR - 1) / NR;
     for (int64_t q = 0; q < panels; ++q)
       for (int64_t g = 0; g < G; ++g) {
-        float *dst = out + (q * G + g) * kMoeKC * NR;
+        float *dst = out + (q * G + g) * H * NR;
         for (int64_t j0 = 0; j0 < NR; j0 += VW) { // VW dims at a time: VW x VW blocks transposed in registers
           Row row[VW];
           bool live[VW];
@@ -1059,52 +1071,42 @@ template <class C> struct Kernel {
             live[l] = f < de && (!mask || mask[f]);
             row[l] = rows.row1((live[l] ? f : db) * G + g);
           }
-          const bool next = k1 < H; // the next K block of these rows, read by the next call
-          for (int64_t k = k0; k < kv; k += VW) {
+          for (int64_t k = 0; k < KV; k += VW) {
             vf r[VW];
 #pragma unroll
-            for (int l = 0; l < VW; ++l) {
-              if (next && live[l])
-                row[l].prefetch(k + kMoeKC);
+            for (int l = 0; l < VW; ++l)
               r[l] = live[l] ? row[l].load(k) : vf{};
-            }
             transpose(r);
 #pragma unroll
             for (int l = 0; l < VW; ++l)
-              storev(dst + (k - k0 + l) * NR + j0, r[l]);
+              storev(dst + (k + l) * NR + j0, r[l]);
           }
-          for (int64_t k = kv; k < k1; ++k)
+          for (int64_t k = KV; k < H; ++k)
             for (int64_t l = 0; l < VW; ++l)
-              dst[(k - k0) * NR + j0 + l] = live[l] ? row[l].at(k) : 0.0f;
+              dst[k * NR + j0 + l] = live[l] ? row[l].at(k) : 0.0f;
         }
       }
   }
 
-  /// fc2's weights for dims [kb, ke) and columns [h0, h0 + pw * NR) as f32 panels ([pw][kMoeKC][NR]): its
-  /// rows (fc2 transposed) copied, or its panels (INT_FC2) dequantised.
-  static void packFc2(const ExpertRows<C> &rows, bool shared, int64_t kb, int64_t ke, int64_t h0, int64_t pw,
-                      float *out) {
+  /// fc2's weights for dims [kb, ke) and the columns of every whole panel as f32 panels ([H16 / NR][KC2][NR]):
+  /// its rows (fc2 transposed) copied, or its panels (INT_FC2) dequantised.
+  static void packFc2(const ExpertRows<C> &rows, bool shared, int64_t kb, int64_t ke, float *out) {
     constexpr int64_t NR = kGemmNR;
     if constexpr (INT_FC2) {
       auto deq = [&](auto fc2) {
         using L = decltype(fc2);
-        for (int64_t j = 0; j < pw; ++j) {
-          const int64_t p = h0 / NR + j;
+        for (int64_t p = 0; p < H16 / NR; ++p)
           L::dequantPanel(rows.q2 + p * L::PANELB, rows.s2 + p * L::KB * NR, nullptr, kb, ke,
-                          out + j * kMoeKC * NR);
-        }
+                          out + p * KC2 * NR);
       };
       shared ? deq(Fc2<FSX>{}) : deq(Fc2<F>{});
     } else {
-      const bool next = h0 + pw * NR < H; // these rows' next columns, read by the next set of panels
       for (int64_t f = kb; f < ke; ++f) {
         const auto row = rows.row2(f);
-        for (int64_t j = 0; j < pw; ++j)
-          for (int64_t v = 0; v < kGemmNV; ++v) {
-            if (next)
-              row.prefetch(h0 + (pw + j) * NR + v * VW);
-            storev(out + j * kMoeKC * NR + (f - kb) * NR + v * VW, row.load(h0 + j * NR + v * VW));
-          }
+        for (int64_t p = 0; p < H16 / NR; ++p)
+#pragma unroll
+          for (int64_t v = 0; v < kGemmNV; ++v)
+            storev(out + p * KC2 * NR + (f - kb) * NR + v * VW, row.load(p * NR + v * VW));
       }
     }
   }
@@ -1155,7 +1157,7 @@ template <class C> struct Kernel {
   static void gemmTile(const Ctx &c, const Item &it, const ExpertRows<C> &rows, int64_t n,
                        const float *const *xs, float *const *dst, const float *ws, const float *b1,
                        const uint8_t *mask, int thread) {
-    constexpr int64_t MR = kGemmMR, NR = kGemmNR, PW = kGemmPW, KC = kMoeKC, FB = kMoeFB;
+    constexpr int64_t MR = kGemmMR, NR = kGemmNR, KC = kMoeKC, FB = kMoeFB;
     if (it.f0 >= it.f1) { // no dims in this chunk: no contribution
       for (int64_t r = 0; r < n; ++r)
         std::memset(dst[r], 0, sizeof(float) * H);
@@ -1183,26 +1185,25 @@ template <class C> struct Kernel {
             d[h * MR] = 0.0f;
         }
       }
-    constexpr int64_t LD1 = G * kMoeDB; // h1's row length
+    constexpr int64_t LD1 = G * DB1; // h1's row length
     float *h1rows[kTile], *orows[kTile];
     for (int64_t r = 0; r < n; ++r) {
       h1rows[r] = h1 + r * LD1;
       orows[r] = ot + r * LDO;
     }
-    const int64_t H16 = H / NR * NR;
     for (int64_t r = 0; r < n; ++r) // the first fc2 block stores its panels' columns; the rest add
       for (int64_t h = H16; h < H; ++h)
         orows[r][h] = 0.0f;
     for (int64_t fb = it.f0; fb < it.f1; fb += FB) {
       const int64_t fe = std::min<int64_t>(it.f1, fb + FB);
-      // fc1 and the activations, kMoeDB dims at a time
-      for (int64_t db = fb; db < fe; db += kMoeDB) {
-        const int64_t de = std::min<int64_t>(fe, db + kMoeDB);
+      // fc1 and the activations, DB1 dims at a time
+      for (int64_t db = fb; db < fe; db += DB1) {
+        const int64_t de = std::min<int64_t>(fe, db + DB1);
         const int64_t np = (de - db + NR - 1) / NR * G;
+        packFc1(rows, mask, db, de, b1p);
         for (int64_t k0 = 0; k0 < H; k0 += KC) {
           const int64_t k1 = std::min<int64_t>(H, k0 + KC);
-          packFc1(rows, mask, db, de, k0, k1, b1p);
-          gemmPanels(n, ap + k0 * MR, H * MR, b1p, np, KC * NR, k1 - k0, h1rows, 0, k0 == 0);
+          gemmPanels(n, ap + k0 * MR, H * MR, b1p + k0 * NR, np, H * NR, k1 - k0, h1rows, 0, k0 == 0);
         }
         for (int64_t r = 0; r < n; ++r) {
           float *cf = cfp + (r / MR) * FB * MR + r % MR;
@@ -1219,17 +1220,12 @@ template <class C> struct Kernel {
           }
         }
       }
-      // fc2 over the super block's dims: dst[r][h] += sum_f cf[r][f] * fc2t[f][h], PW panels of columns at a
-      // time, kMoeKC dims at a time (their rows copied into f32 panels: read from memory once per tile; in
-      // place, rows H floats apart would walk a page per dim)
-      for (int64_t h0 = 0; h0 < H16;) {
-        const int64_t pw = H16 - h0 >= PW * NR ? PW : 1;
-        for (int64_t kb = fb; kb < fe; kb += KC) {
-          const int64_t ke = std::min<int64_t>(fe, kb + KC);
-          packFc2(rows, it.expert < 0, kb, ke, h0, pw, b2p);
-          gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, b2p, pw, KC * NR, ke - kb, orows, h0, kb == it.f0);
-        }
-        h0 += pw * NR;
+      // fc2 over the super block's dims: dst[r][h] += sum_f cf[r][f] * fc2t[f][h], KC2 dims at a time (their
+      // rows copied into f32 panels of every column), PW panels of columns at a time
+      for (int64_t kb = fb; kb < fe; kb += KC2) {
+        const int64_t ke = std::min<int64_t>(fe, kb + KC2);
+        packFc2(rows, it.expert < 0, kb, ke, b2p);
+        gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, b2p, H16 / NR, KC2 * NR, ke - kb, orows, 0, kb == it.f0);
       }
       for (int64_t r = 0; r < n; ++r) // the columns past the last whole panel
         for (int64_t h = H16; h < H; ++h) {

@@ -383,7 +383,7 @@ class Model:
 
     def close(self):
         """Frees this handle's hold on the model; its open sessions keep it loaded until they are closed."""
-        if self.handle:
+        if getattr(self, "handle", None):  # (None when __init__ was called with wrong arguments)
             self.rt.lib.moert_free(self.handle)
             self.handle = None
 
@@ -434,7 +434,7 @@ class Session:
         return p.decode() if p else None
 
     def close(self):
-        if self.handle:
+        if getattr(self, "handle", None):
             self.lib.moert_session_free(self.handle)
             self.handle = None
 

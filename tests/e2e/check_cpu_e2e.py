@@ -349,6 +349,9 @@ def ort_moe_cases(tmp):
         # token tiles past one register tile of panels (64 tokens), fc1 K blocks (H past 512, the last partial),
         # a partial column panel (H not a multiple of 16) and several dim blocks (F past 64)
         dict(h=552, f=144, e=3, k=2, act="swiglu", normalize=1, bias=True, router="matmul", tokens=[1, 3, 130]),
+        # H past 2048: GEMM tiles copy fc1's rows for fewer dims than kMoeDB (48 here) and fc2's for fewer than
+        # kMoeKC (113), so their copies stay within kMoePackBytes; a partial column panel (H = 2328)
+        dict(h=2328, f=200, e=2, k=1, act="swiglu", normalize=1, bias=True, router="matmul", tokens=[1, 40]),
         # int8 activations' integer fc1 dot products: whole runs of 256 columns and a 64-column tail (H = 320),
         # token tiles of several tokens below a GEMM's
         dict(h=320, f=32, e=4, k=2, act="swiglu", normalize=1, bias=False, router="logits", tokens=[1, 6, 20, 70]),
