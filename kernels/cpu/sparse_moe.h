@@ -508,9 +508,8 @@ template <class C> struct Kernel {
   // (one contiguous stretch of the expert's weights) and its f32 panels stay in L2 (kMoePackBytes) while the
   // GEMM reads them.
   static constexpr int64_t H16 = H / kGemmNR * kGemmNR; // columns in whole panels
-  static constexpr int64_t DB1 = std::clamp<int64_t>(kMoePackBytes / int64_t(sizeof(float) * G * H) / kGemmNR *
-                                                         kGemmNR,
-                                                     kGemmNR, kMoeDB);
+  static constexpr int64_t DB1 = std::clamp<int64_t>(
+      kMoePackBytes / int64_t(sizeof(float) * G * H) / kGemmNR * kGemmNR, kGemmNR, kMoeDB);
   static constexpr int64_t KC2 = std::clamp<int64_t>(kMoePackBytes / int64_t(sizeof(float) * H), 1, kMoeKC);
   // Per-thread buffers of gemmTile (floats): the tile's tokens packed for the micro-kernel ([row
   // tile][H][MR]), fc1's panels for DB1 dims ([G * DB1 / NR panels][H][NR]), their outputs ([kTileRows][G *
@@ -1088,8 +1087,8 @@ template <class C> struct Kernel {
       }
   }
 
-  /// fc2's weights for dims [kb, ke) and the columns of every whole panel as f32 panels ([H16 / NR][KC2][NR]):
-  /// its rows (fc2 transposed) copied, or its panels (INT_FC2) dequantised.
+  /// fc2's weights for dims [kb, ke) and the columns of every whole panel as f32 panels ([H16 /
+  /// NR][KC2][NR]): its rows (fc2 transposed) copied, or its panels (INT_FC2) dequantised.
   static void packFc2(const ExpertRows<C> &rows, bool shared, int64_t kb, int64_t ke, float *out) {
     constexpr int64_t NR = kGemmNR;
     if constexpr (INT_FC2) {
