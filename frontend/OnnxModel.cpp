@@ -125,27 +125,63 @@ std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
 /// libonnx 1.12's inference of some ops indexes their input's dims without checking the rank, a null
 /// dereference the importer fuzzer found: STFT's signal of rank 0 or 1; LayerNormalization's input when its
 /// axis is out of range (a rank-0 input), declared or inferred; GatherND whose batch_dims is not below both
-/// inputs' ranks (found by the structure-aware mutator). Those nodes are hidden from it (renamed to an
-/// op it has no schema for, which it skips) and restored after; their output types are then the model's or
-/// moec's own. A LayerNormalization whose input has a declared rank (graph input, value_info, initializer)
-/// its axis fits stays visible: that is every exported model, and keeps libonnx's inference of what follows.
-void hideFromLibonnxInference(onnx::GraphProto &g, bool hide, std::map<std::string, int> ranks = {}) {
+/// inputs' ranks (found by the structure-aware mutator). And it builds the result of ConstantOfShape,
+/// Reshape, Expand and Unsqueeze with as many dims as their shape (axes) operand is long: one declared
+/// [INT64_MAX] allocated dims until the fuzzer's 4 GB limit (CI's fuzz-onnx-import, 2026-12-06). Those nodes
+/// are hidden from it (renamed to an op it has no schema for, which it skips) and restored after; their
+/// output types are then the model's or moec's own. A LayerNormalization whose input has a declared rank
+/// (graph input, value_info, initializer) its axis fits stays visible: that is every exported model, and
+/// keeps libonnx's inference of what follows; so does a shape operand whose length is not known to exceed
+/// kMaxInferredRank (declared, or through Identity / Cast / Concat of declared ones).
+void hideFromLibonnxInference(onnx::GraphProto &g, bool hide, std::map<std::string, int> ranks = {},
+                              std::map<std::string, int64_t> lengths = {}) {
   static const std::string kSuffix = " (hidden from libonnx's shape inference)";
   auto declare = [&](const onnx::ValueInfoProto &v) {
-    if (v.type().has_tensor_type() && v.type().tensor_type().has_shape())
-      ranks[v.name()] = v.type().tensor_type().shape().dim_size();
+    if (!v.type().has_tensor_type() || !v.type().tensor_type().has_shape())
+      return;
+    const auto &shape = v.type().tensor_type().shape();
+    ranks[v.name()] = shape.dim_size();
+    if (shape.dim_size() == 1 && shape.dim(0).has_dim_value())
+      lengths[v.name()] = shape.dim(0).dim_value();
   };
   if (hide) {
     for (const auto &v : g.input())
       declare(v);
     for (const auto &v : g.value_info())
       declare(v);
-    for (const auto &t : g.initializer())
+    for (const auto &v : g.output())
+      declare(v);
+    for (const auto &t : g.initializer()) {
       ranks[t.name()] = t.dims_size();
+      if (t.dims_size() == 1)
+        lengths[t.name()] = t.dims(0);
+    }
   }
   auto rankOf = [&](const onnx::NodeProto &n, int i) {
     auto it = i < n.input_size() ? ranks.find(n.input(i)) : ranks.end();
     return it == ranks.end() ? -1 : it->second;
+  };
+  // The known length of a node's 1-D input i, else -1 (a declared dim is >= 0 here: forgetNegativeDims).
+  auto lengthOf = [&](const onnx::NodeProto &n, int i) -> int64_t {
+    auto it = i < n.input_size() ? lengths.find(n.input(i)) : lengths.end();
+    return it == lengths.end() ? -1 : it->second;
+  };
+  // Lengths libonnx would pass on: Identity and Cast keep their input's, Concat (of 1-D values) adds them.
+  auto propagate = [&](const onnx::NodeProto &n) {
+    if (n.output_size() < 1)
+      return;
+    int64_t length = -1;
+    if (n.op_type() == "Identity" || n.op_type() == "Cast")
+      length = lengthOf(n, 0);
+    else if (n.op_type() == "Concat" && n.input_size() > 0) {
+      length = 0;
+      for (int i = 0; i < n.input_size() && length >= 0; ++i) {
+        const int64_t l = lengthOf(n, i);
+        length = l < 0 ? -1 : std::min<int64_t>(length + std::min<int64_t>(l, INT64_MAX / 2), INT64_MAX / 2);
+      }
+    }
+    if (length >= 0)
+      lengths[n.output(0)] = length;
   };
   auto intAttr = [](const onnx::NodeProto &n, const char *name, int64_t dflt) {
     for (const auto &a : n.attribute())
@@ -161,6 +197,11 @@ void hideFromLibonnxInference(onnx::GraphProto &g, bool hide, std::map<std::stri
       const int64_t b = intAttr(n, "batch_dims", 0);
       return !(r >= 1 && q >= 1 && moec::onnxir::gatherNDBatchDimsInRange(r, q, b));
     }
+    // ops whose result has as many dims as this input is long
+    static const std::map<std::string, int> kShapeOperand = {
+        {"ConstantOfShape", 0}, {"Reshape", 1}, {"Expand", 1}, {"Unsqueeze", 1}};
+    if (auto it = kShapeOperand.find(n.op_type()); it != kShapeOperand.end())
+      return lengthOf(n, it->second) > moec::onnxir::kMaxInferredRank;
     if (n.op_type() != "LayerNormalization")
       return false;
     const int rank = rankOf(n, 0);
@@ -169,6 +210,8 @@ void hideFromLibonnxInference(onnx::GraphProto &g, bool hide, std::map<std::stri
   };
   for (auto &n : *g.mutable_node()) {
     if (n.domain().empty() || n.domain() == "ai.onnx") {
+      if (hide)
+        propagate(n);
       if (hide && unsafe(n))
         n.set_op_type(n.op_type() + kSuffix);
       else if (!hide && n.op_type().size() > kSuffix.size() &&
@@ -177,9 +220,9 @@ void hideFromLibonnxInference(onnx::GraphProto &g, bool hide, std::map<std::stri
     }
     for (auto &a : *n.mutable_attribute()) {
       if (a.has_g())
-        hideFromLibonnxInference(*a.mutable_g(), hide, ranks);
+        hideFromLibonnxInference(*a.mutable_g(), hide, ranks, lengths);
       for (auto &sub : *a.mutable_graphs())
-        hideFromLibonnxInference(sub, hide, ranks);
+        hideFromLibonnxInference(sub, hide, ranks, lengths);
     }
   }
 }

@@ -22,13 +22,10 @@ constexpr int64_t kDyn = ShapedType::kDynamic;
 constexpr int64_t kSym = kDyn + 1, kSymEnd = kDyn + (int64_t(1) << 30);
 bool unknown(int64_t d) { return d < kSymEnd; }
 using Dims = SmallVector<int64_t>;
-// The longest shape operand inference builds a rank (or a ConstantOfShape value) from: real tensors have a
-// few dims; a longer (or negative) length is a malformed model, whose result is then left unranked.
-constexpr int64_t kMaxInferredRank = 64;
 /// The length of a 1-D shape operand of shape `s` (or of a 1-D partial value) when known,
-/// 0..kMaxInferredRank.
+/// 0..ox::kMaxInferredRank.
 std::optional<size_t> shapeLength(const std::optional<Dims> &s) {
-  if (!s || s->size() != 1 || unknown((*s)[0]) || (*s)[0] < 0 || (*s)[0] > kMaxInferredRank)
+  if (!s || s->size() != 1 || unknown((*s)[0]) || (*s)[0] < 0 || (*s)[0] > ox::kMaxInferredRank)
     return std::nullopt;
   return size_t((*s)[0]);
 }

@@ -34,6 +34,11 @@ std::optional<llvm::SmallVector<int64_t>> matmulShape(mlir::Value a, mlir::Value
 /// Gather -> Add -> Div` chains exporters write for `chunk` and `view`); nullopt when an element is dynamic.
 std::optional<llvm::SmallVector<int64_t>> staticIntValue(mlir::Value v);
 
+/// The longest shape operand inference builds a rank (or a ConstantOfShape value) from: real tensors have a
+/// few dims; a longer (or negative) length is a malformed model, whose result is then left unranked (by
+/// moec's inference, and hidden from libonnx's, which would build a result of that many dims).
+constexpr int64_t kMaxInferredRank = 64;
+
 /// ONNX's ranges for GatherND of data of rank `r` and indices of rank `q`: batch_dims below both ranks, and
 /// the index tuple's length (the indices' last dim) from 1 to the dims left after the batch dims. The
 /// importer's errors, shape inference and the libonnx guard all ask these.
