@@ -90,9 +90,12 @@ LogicalResult requantize(NodeImporter &ni, GraphBuilder &g, Value scaled, Value 
 }
 
 /// Conv of f64 operands with the node's attributes.
+/// A Conv of x and w with the node's attributes; null (the error said) when an attribute is not of the kind
+/// Conv takes: created through createOp, which checks them (the typed builder aborts on a wrong kind: a
+/// STRING 'pads' of a ConvInteger whose opset is newer than libonnx's checker knows, found by the fuzzer).
 Value conv(GraphBuilder &g, Value x, Value w, ArrayRef<NamedAttribute> attrs) {
-  return g.b.create<ox::ConvOp>(g.ni.loc(), TypeRange{unranked(g.f64)}, ValueRange{x, w}, attrs)
-      ->getResult(0);
+  Operation *op = g.ni.createOp(ox::ConvOp::getOperationName(), {x, w}, attrs, {unranked(g.f64)});
+  return op ? op->getResult(0) : Value();
 }
 
 } // namespace
@@ -107,6 +110,8 @@ LogicalResult moec::frontend::importConvInteger(NodeImporter &ni) {
     return ni.fail("needs x and a weight w of known rank >= 3");
   GraphBuilder g(ni);
   Value y = conv(g, centred(g, x, ni.input(2), *r, 1), centred(g, w, ni.input(3), *r, 0), attrs);
+  if (!y)
+    return failure();
   Operation *out = ni.createOp(ox::CastOp::getOperationName(), {y},
                                {g.b.getNamedAttr("to", TypeAttr::get(g.b.getI32Type()))},
                                {ni.outputType(0, g.b.getI32Type())});
@@ -129,6 +134,8 @@ LogicalResult moec::frontend::importQLinearConv(NodeImporter &ni) {
     return ni.fail("needs a weight w of known rank >= 3");
   GraphBuilder g(ni);
   Value acc = conv(g, centred(g, x, ni.input(2), *r, 1), centred(g, w, ni.input(5), *r, 0), attrs);
+  if (!acc)
+    return failure();
   if (Value bias = ni.numInputs() > 8 ? ni.input(8) : Value())
     acc = g.op<ox::AddOp>(unranked(g.f64), {acc, perChannel(g, g.castLike(bias, g.f64), *r, 1)});
   // x_scale * w_scale / y_scale in f32 (the scales' type), w_scale per output channel.
