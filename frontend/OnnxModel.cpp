@@ -127,7 +127,8 @@ std::string libonnxInferenceHazard(const onnx::GraphProto &graph) {
 /// axis is out of range (a rank-0 input), declared or inferred; GatherND whose batch_dims is not below both
 /// inputs' ranks (found by the structure-aware mutator). And it builds the result of ConstantOfShape,
 /// Reshape, Expand and Unsqueeze with as many dims as their shape (axes) operand is long: one declared
-/// [INT64_MAX] allocated dims until the fuzzer's 4 GB limit (CI's fuzz-onnx-import, 2026-12-06). Those nodes
+/// [INT64_MAX] allocated dims until the fuzzer's 4 GB limit; and Scan's sizes vectors by its num_scan_inputs
+/// (the importer refuses one past its input count, after inference). Those nodes
 /// are hidden from it (renamed to an op it has no schema for, which it skips) and restored after; their
 /// output types are then the model's or moec's own. A LayerNormalization whose input has a declared rank
 /// (graph input, value_info, initializer) its axis fits stays visible: that is every exported model, and
@@ -196,6 +197,10 @@ void hideFromLibonnxInference(onnx::GraphProto &g, bool hide, std::map<std::stri
       const int r = rankOf(n, 0), q = rankOf(n, 1);
       const int64_t b = intAttr(n, "batch_dims", 0);
       return !(r >= 1 && q >= 1 && moec::onnxir::gatherNDBatchDimsInRange(r, q, b));
+    }
+    if (n.op_type() == "Scan") { // its inference sizes vectors by num_scan_inputs (INT32_MAX: 16 GB)
+      const int64_t scans = intAttr(n, "num_scan_inputs", 0);
+      return scans < 1 || scans > n.input_size();
     }
     // ops whose result has as many dims as this input is long
     static const std::map<std::string, int> kShapeOperand = {

@@ -289,6 +289,14 @@ LogicalResult slice(NodeImporter &ni) {
       return ni.fail("omitted 'axes' or 'steps' need a static length of 'starts'");
     n = st ? st.getDimSize(0) : 0;
   }
+  // One start per sliced axis: no more than the data's dims (the default axes and steps are built n long;
+  // a declared length of INT32_MAX exhausted memory, found by the fuzzer).
+  auto dt = data ? dyn_cast<RankedTensorType>(data.getType()) : RankedTensorType();
+  const int64_t most = dt ? dt.getRank() : moec::onnxir::kMaxInferredRank;
+  if (int64_t(n) > most)
+    return ni.fail("'starts' has " + std::to_string(n) + " elements, more than the " +
+                   (dt ? "data's " + std::to_string(most) + " dims"
+                       : std::to_string(most) + " dims a tensor may have here"));
   if (!axes) {
     SmallVector<int64_t> all;
     for (size_t i = 0; i < n; ++i)
