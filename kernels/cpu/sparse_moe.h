@@ -1369,8 +1369,13 @@ template <class C> struct Kernel {
       float *cf = c.coef + size_t(thread) * kTile * kDimBlock;
       for (int64_t fb = it.f0; fb < it.f1; fb += DB) {
         const int64_t fe = std::min<int64_t>(it.f1, fb + DB), fn = fe - fb;
-        for (int64_t i0 = 0; i0 < n; i0 += kTokBlock) {
-          int64_t nt = std::min<int64_t>(kTokBlock, n - i0);
+        // Rows widened on load (bf16 / fp16, int8 / int4): token blocks of equal size (8 tokens 4 + 4, not
+        // 6 + 2, whose second block widens every row again for 2 tokens; OLMoE-like bf16 T = 64 58.6 -> 56.7
+        // ms). f32 rows keep kTokBlock (4 + 4 measured 1.4% slower there: fewer FMAs per load).
+        const int64_t nblocks = (n + kTokBlock - 1) / kTokBlock;
+        const int64_t tb = WBITS == 32 ? kTokBlock : (n + nblocks - 1) / nblocks;
+        for (int64_t i0 = 0; i0 < n; i0 += tb) {
+          int64_t nt = std::min<int64_t>(tb, n - i0);
           for (int64_t f = fb; f < fe; ++f) {
             float *col = cf + (f - fb);
             if (mask && !mask[f]) {
