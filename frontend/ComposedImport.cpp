@@ -89,7 +89,6 @@ LogicalResult requantize(NodeImporter &ni, GraphBuilder &g, Value scaled, Value 
   return success();
 }
 
-/// Conv of f64 operands with the node's attributes.
 /// A Conv of x and w with the node's attributes; null (the error said) when an attribute is not of the kind
 /// Conv takes: created through createOp, which checks them (the typed builder aborts on a wrong kind: a
 /// STRING 'pads' of a ConvInteger whose opset is newer than libonnx's checker knows, found by the fuzzer).

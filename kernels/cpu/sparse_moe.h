@@ -54,11 +54,11 @@ constexpr int64_t kTokBlock = 6;  // tokens sharing each gate/up weight load (re
 constexpr int64_t kDimBlock = 64; // the most hidden dims per block (the coefficient buffer's row length)
 constexpr int64_t kL2Budget = 192 * 1024; // bytes of a dim block's gate/up rows meant to stay in L2
 constexpr int64_t kMaxChunks = 16;        // hidden-dim chunks per expert visit (parallelism in decode)
-// Token tiles of at least kGemmTokens tokens run on gemm.h's micro-kernel (see Kernel::gemmTile). Both
-// GEMMs walk K in blocks of kMoeKC features, so that PW panels' slices (kMoeKC x PW x NR floats: 32 KiB on
-// AVX-512) stay in L1 while every row tile of the tile's tokens uses them; fc1's weights are packed up to
-// kMoeDB dims at a time (every feature: a copy of up to kMoePackBytes, which stays in L2 while the GEMM reads
-// it), and fc2 runs after each super block of kMoeFB dims' activations.
+// Token tiles of at least kGemmTokens tokens run on gemm.h's micro-kernel (see Kernel::gemmTile). fc1 walks K
+// in blocks of kMoeKC features and fc2 in blocks of up to kMoeKC dims, so that PW panels' slices (kMoeKC x PW
+// x NR floats: 32 KiB on AVX-512) stay in L1 while every row tile of the tile's tokens uses them; each copy of
+// an expert's rows (fc1: up to kMoeDB dims, every feature; fc2: every column) is at most kMoePackBytes and
+// stays in L2 while the GEMM reads it; fc2 runs after each super block of kMoeFB dims' activations.
 constexpr int64_t kGemmTokens = 16;
 constexpr int64_t kMoeKC = 128;
 constexpr int64_t kMoePackBytes = 1 << 20;
@@ -1044,9 +1044,8 @@ template <class C> struct Kernel {
   // tile (the weights stay in the row layout the decode loops and the GPU kernels read); its cost is a pass
   // over the expert's weights per tile, against 2 x (tokens in the tile) FLOPs per weight, which is why small
   // tiles keep the loops below. Each copy reads whole rows, one stretch of memory: copies of a 512-byte slice
-  // of 128 rows 8 KiB apart (kMoeKC features at a time) were 3-6% slower over a whole layer (ZAYA1-like
-  // T = 512 fp32 87.7 -> 84.7 ms, bf16 75.0 -> 70.7, OLMoE-like fp32 268.5 -> 260.9; 2 threads, A/B in one
-  // process). Prefetching the next copy's stretch while the GEMM runs (a stream stepped by the micro-kernel)
+  // of 128 rows 8 KiB apart (kMoeKC features at a time) were 3-7% slower over a whole layer (docs/linear.md,
+  // "The MoE GEMM tiles copy whole rows"). Prefetching the next copy's stretch while the GEMM runs (a stream stepped by the micro-kernel)
   // gained nothing more: its misses compete with the GEMM's own reads of the L2-resident panels.
   static float *alignTo64(char *p) {
     return reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
@@ -1367,13 +1366,13 @@ template <class C> struct Kernel {
       // projection by column blocks, whose rows for the dim block stay in L1. (Measured: larger down blocks,
       // reading the partial sums less often, are slower here; their rows leave L1.)
       float *cf = c.coef + size_t(thread) * kTile * kDimBlock;
+      // Rows widened on load (bf16 / fp16, int8 / int4): token blocks of equal size (8 tokens 4 + 4, not
+      // 6 + 2, whose second block widens every row again for 2 tokens; OLMoE-like bf16 T = 64 58.6 -> 56.6
+      // ms). f32 rows keep kTokBlock (4 + 4 measured 1.4% slower there: fewer FMAs per load).
+      const int64_t nblocks = (n + kTokBlock - 1) / kTokBlock;
+      const int64_t tb = WBITS == 32 ? kTokBlock : (n + nblocks - 1) / nblocks;
       for (int64_t fb = it.f0; fb < it.f1; fb += DB) {
         const int64_t fe = std::min<int64_t>(it.f1, fb + DB), fn = fe - fb;
-        // Rows widened on load (bf16 / fp16, int8 / int4): token blocks of equal size (8 tokens 4 + 4, not
-        // 6 + 2, whose second block widens every row again for 2 tokens; OLMoE-like bf16 T = 64 58.6 -> 56.7
-        // ms). f32 rows keep kTokBlock (4 + 4 measured 1.4% slower there: fewer FMAs per load).
-        const int64_t nblocks = (n + kTokBlock - 1) / kTokBlock;
-        const int64_t tb = WBITS == 32 ? kTokBlock : (n + nblocks - 1) / nblocks;
         for (int64_t i0 = 0; i0 < n; i0 += tb) {
           int64_t nt = std::min<int64_t>(tb, n - i0);
           for (int64_t f = fb; f < fe; ++f) {
