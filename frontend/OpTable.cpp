@@ -11,6 +11,7 @@
 #include "ir/ShapeInference.h"
 
 #include "mlir/IR/Matchers.h"
+#include "llvm/Support/MathExtras.h"
 
 #include "onnx/onnx_pb.h"
 
@@ -306,6 +307,53 @@ LogicalResult slice(NodeImporter &ni) {
   if (!steps)
     steps = ni.constantI64(SmallVector<int64_t>(n, 1));
   return finish<ox::SliceOp>(ni, {data, starts, ends, axes, steps}, {}, resultTypes(ni, 1));
+}
+
+/// Reshape: a target shape known at compile time is checked against ONNX's rules and, when the input's
+/// shape is static, its element count: a malformed one is one error here, not a failure at run time.
+LogicalResult reshape(NodeImporter &ni) {
+  auto target = ni.numInputs() > 1 && ni.input(0) && ni.input(1) ? moec::onnxir::staticIntValue(ni.input(1))
+                                                                 : std::nullopt;
+  if (!target)
+    return generic<ox::ReshapeOp>(ni);
+  const auto *az = ni.attribute("allowzero");
+  const bool allowZero = az && az->i() != 0;
+  auto shown = [&] {
+    std::string s = "[";
+    for (auto [k, d] : llvm::enumerate(*target))
+      s += (k ? ", " : "") + std::to_string(d);
+    return s + "]";
+  };
+  auto dt = dyn_cast<RankedTensorType>(ni.input(0).getType());
+  int64_t minus = -1, product = 1;
+  bool zero = false;
+  for (auto [k, d] : llvm::enumerate(*target)) {
+    if (d < -1)
+      return ni.fail("'shape' " + shown() + " has " + std::to_string(d) + " at " + std::to_string(k) +
+                     " (a dim is >= 0, or -1 to infer)");
+    if (d == -1 && minus >= 0)
+      return ni.fail("'shape' " + shown() + " has more than one -1");
+    if (d == -1)
+      minus = int64_t(k);
+    zero |= d == 0;
+    if (d == 0 && !allowZero && dt && int64_t(k) >= dt.getRank())
+      return ni.fail("'shape' " + shown() + " has 0 (copy the input's dim) at " + std::to_string(k) +
+                     ", past the input's " + std::to_string(dt.getRank()) + " dims");
+    const int64_t dim = d == 0 && !allowZero ? (dt && !dt.isDynamicDim(k) ? dt.getDimSize(k) : -2) : d;
+    if (dim == -2 || product < 0)
+      product = -1;
+    else if (dim >= 0)
+      product = llvm::MulOverflow(product, dim, product) ? -1 : product;
+  }
+  if (allowZero && zero && minus >= 0)
+    return ni.fail("'shape' " + shown() + " holds both 0 and -1 with allowzero = 1");
+  if (dt && dt.hasStaticShape() && product >= 0) {
+    const int64_t elements = dt.getNumElements();
+    if (minus < 0 ? product != elements : product == 0 ? elements != 0 : elements % product != 0)
+      return ni.fail("'shape' " + shown() + " does not fit the input's " + std::to_string(elements) +
+                     " elements");
+  }
+  return generic<ox::ReshapeOp>(ni);
 }
 
 #define UNARY(NAME, SINCE)                                                                                   \
@@ -872,7 +920,7 @@ const OpTableEntry kTable[] = {
     {"", "Trilu", 14, generic<ox::TriluOp>},
     // Shapes and data movement.
     {"", "Cast", 6, castOp},
-    {"", "Reshape", 5, generic<ox::ReshapeOp>},
+    {"", "Reshape", 5, reshape},
     {"", "Transpose", 1, generic<ox::TransposeOp>},
     {"", "Squeeze", 1, axesAttrToInput<ox::SqueezeOp>},
     {"", "Squeeze", 13, generic<ox::SqueezeOp>},
