@@ -517,6 +517,40 @@ struct Emitter {
           weightBytes += bytes.size();
           sections[slot] = weightSection(op, slot, name, std::move(bytes));
         };
+        if (panels) {
+          // Each expert's fc1 and fc2 as linear layers in the linear kernel's panels of NR columns, K-major:
+          // fc1 (K = H) panel (j / NR) * g + part holds part `part` of dims j .. j + NR - 1; fc2 (K = fdim)
+          // panel p holds columns p * NR .. p * NR + NR - 1 (fc2 is [E, H, F]: column i's dims are one row).
+          constexpr int64_t nr = MOERT_LINEAR_NR;
+          const int64_t np1 = fdim / nr * g, np2 = h / nr; // panels per expert
+          std::vector<char> p1(ne * fdim * g * h * eb);
+          parallelFor(ne * np1, 1, [&](int64_t q0, int64_t q1) {
+            for (int64_t q = q0; q < q1; ++q) {
+              const int64_t x = q / np1, blk = q % np1 / g, part = q % np1 % g;
+              char *dst = &p1[q * h * nr * eb];
+              for (int64_t l = 0; l < nr; ++l) {
+                const float *src = &w1[(x * g * fdim + gatedRow(blk * nr + l, part, fdim)) * h];
+                for (int64_t i = 0; i < h; ++i)
+                  put(dst + (i * nr + l) * eb, src[i]);
+              }
+            }
+          });
+          store(slot1, name1, std::move(p1));
+          std::vector<char> p2(ne * fdim * h * eb);
+          parallelFor(ne * np2, 1, [&](int64_t q0, int64_t q1) {
+            for (int64_t q = q0; q < q1; ++q) {
+              const int64_t x = q / np2, p = q % np2;
+              char *dst = &p2[q * fdim * nr * eb];
+              for (int64_t l = 0; l < nr; ++l) {
+                const float *src = &w2[(x * h + p * nr + l) * fdim];
+                for (int64_t j = 0; j < fdim; ++j)
+                  put(dst + (j * nr + l) * eb, src[j]);
+              }
+            }
+          });
+          store(slot2, name2, std::move(p2));
+          return;
+        }
         std::vector<char> p1(ne * fdim * g * h * eb);
         parallelFor(ne * fdim, std::max<int64_t>(1, 16384 / h), [&](int64_t r0, int64_t r1) {
           for (int64_t r = r0; r < r1; ++r) {
@@ -638,10 +672,12 @@ struct Emitter {
         r2 = quantizeRows(w2, e * h, f, qbits, qblock2, scale16);
       }
     }
-    // With int8 activations on a CPU target, fc1 and fc2 go in the linear kernel's panels and multiply
-    // integers (C::PANELS, MOERT_FC1 / MOERT_FC2) where the kernel's integer paths apply: fc1 blocks and H
-    // whole input blocks / code steps, no predictor, H whole column panels, F and the shared expert's dims
-    // whole input blocks (so whole fc1 panels too), fc2 blocks of whole input blocks. GPU kernels read rows.
+    // On a CPU target fc1 and fc2 go in the linear kernel's panels (C::PANELS, MOERT_FC1 / MOERT_FC2), where
+    // the kernel's paths for them apply. Quantised experts with int8 activations multiply integers there:
+    // fc1 blocks and H whole input blocks / code steps, no predictor, H whole column panels, F and the shared
+    // expert's dims whole input blocks (so whole fc1 panels too), fc2 blocks of whole input blocks. Plain
+    // ones (f32, bf16, fp16) run gemm.h's micro-kernel on them whatever the token count: no predictor, H, F
+    // and the shared expert's dims whole panels. GPU kernels read rows.
     const int64_t fsDims =
         op.getSharedFc2() ? cast<RankedTensorType>(op.getSharedFc2().getType()).getDimSize(1) : 0;
     const int64_t xb = MOERT_INT8_ACT_BLOCK;
@@ -650,6 +686,8 @@ struct Emitter {
     panels = qbits && op.getInt8Activations() && !gpu && !op.getPredA() &&
              (qblock1 ? qblock1 : h) % xb == 0 && h % (qbits == 4 ? 2 * xb : xb) == 0 &&
              h % MOERT_LINEAR_NR == 0 && f % xb == 0 && fsDims % xb == 0 && qblock2 % xb == 0;
+    panels |= !qbits && !gpu && !op.getPredA() && h % MOERT_LINEAR_NR == 0 && f % MOERT_LINEAR_NR == 0 &&
+              fsDims % MOERT_LINEAR_NR == 0;
     packExperts(e, f, w1, w2, &r1, &r2, MOERT_FC1, MOERT_FC2, MOERT_FC1_SCALES, MOERT_FC2_SCALES, "fc1",
                 "fc2");
     bool linear = op.getRouterKind() == moe::RouterKind::linear;

@@ -3,7 +3,8 @@
 //
 // The register-blocked core of the CPU kernels' GEMMs: the linear dispatches (kernels/cpu/linear.h: decode
 // and prefill, weights packed in panels at compile time) and the MoE kernel's token tiles of 16 tokens or
-// more (kernels/cpu/sparse_moe.h: each expert's rows packed into panels per tile, as a BLAS packs B). One
+// more (kernels/cpu/sparse_moe.h: each expert's panels as stored, or its rows packed into panels per tile
+// as a BLAS packs B), and, with f32 / bf16 / fp16 experts in panels, the MoE kernel's decode too. One
 // call adds to an M x (P * NR) block of the output held in registers:
 //
 //   acc[i][j * NV + v] += sum_{k < kn} a(i, k) * b(j, k)[v * VW ..]

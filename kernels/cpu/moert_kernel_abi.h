@@ -55,7 +55,8 @@ typedef struct moert_exec {
 enum moert_moe_slot {
   MOERT_FC1 = 0,          /* [E][F][2][H] gated (gate, up rows per hidden dim) or [E][F][H]; f32, bf16, fp16,
                              int8, or int4 (two per byte along H, low nibble first, zero point 8); with
-                             C::PANELS (int8 activations on a CPU target, see codegen) each expert's fc1 is
+                             C::PANELS (CPU targets: f32 / bf16 / fp16 experts, or int8 / int4 ones with
+                             int8 activations, where the shapes allow, see codegen) each expert's fc1 is
                              instead a linear layer's weights (K = H, N = F * G) in MOERT_LIN_W's panel layout,
                              panel (f / MOERT_LINEAR_NR) * G + part holding that part of MOERT_LINEAR_NR dims */
   MOERT_FC2 = 1,          /* [E][F][H]: fc2 transposed, so hidden dim f's column is one row; with C::PANELS

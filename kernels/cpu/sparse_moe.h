@@ -28,6 +28,9 @@
 // bound); prefill uses token tiles of up to kTile tokens and one chunk: tiles of kGemmTokens or more run as
 // two GEMMs on gemm.h's micro-kernel (the one the linear dispatches use; each expert's rows packed into
 // panels per tile), smaller ones reuse each weight row for the tile's tokens in register-blocked loops.
+// Where codegen stores the experts in the linear kernel's panels (C::PANELS: f32 / bf16 / fp16 experts, and
+// int8 / int4 ones with int8 activations, on CPU targets), every tile runs on them: the same micro-kernel
+// reading the panels where they lie (plain), or linear.h's integer tiles.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_SPARSE_MOE_H
@@ -69,6 +72,9 @@ constexpr int64_t kMoeFB = 512;
 // passes of kMoeFB dims: 1.01-1.03x median, within noise at best).
 constexpr int64_t kMoeDecodeFB = 2048;
 constexpr int64_t kMoeDB = 64;
+// Plain panels' decode (Kernel::plainDecode) prefetches the next fc2 panel's slice when a slice is at most
+// this long (see there).
+constexpr int64_t kNextSliceBytes = 16 * 1024;
 constexpr int64_t kTileRows = (kTile + kGemmMR - 1) / kGemmMR * kGemmMR; // a tile's tokens in whole row tiles
 
 // ---- weight rows
@@ -370,7 +376,8 @@ template <class C, int BITS = C::QBITS> struct ExpertRows {
   using R1 = Plain<typename C::W>;
   using R2 = Plain<typename C::W>;
   const typename C::W *w1, *w2;
-  ExpertRows(const moert_moe_args &a, int64_t e, int64_t fdim, int64_t g) {
+  int64_t fdim;
+  ExpertRows(const moert_moe_args &a, int64_t e, int64_t fdim, int64_t g) : fdim(fdim) {
     bool shared = e < 0;
     w1 = static_cast<const typename C::W *>(a.weights[shared ? MOERT_SHARED1 : MOERT_FC1]) +
          (shared ? 0 : e * fdim * g * C::H);
@@ -379,6 +386,11 @@ template <class C, int BITS = C::QBITS> struct ExpertRows {
   }
   R1 row1(int64_t r) const { return {w1 + r * C::H}; } // r = f * G + part
   R2 row2(int64_t f) const { return {w2 + f * C::H}; }
+  // C::PANELS: fc1 and fc2 are instead the linear kernel's panels of kGemmNR columns, K-major: fc1's panel
+  // p = (f / kGemmNR) * G + part over the H features ([H][NR]), fc2's panel p over the expert's fdim dims
+  // ([fdim][NR], columns p * NR ..).
+  const typename C::W *panel1(int64_t p) const { return w1 + p * C::H * kGemmNR; }
+  const typename C::W *panel2(int64_t p) const { return w2 + p * fdim * kGemmNR; }
 };
 
 template <class C> struct QuantRows {
@@ -480,7 +492,12 @@ template <class C> struct Kernel {
   // products on linear.h's code (Fc1::intTile, Fc2<FD>::intTile), whatever the expert's token count.
   // Chunks of dims start at multiples of kXBlock, so the rounding blocks are the same whatever the chunking,
   // and fc1's panels are whole.
-  static constexpr bool INT_FC2 = C::PANELS;
+  static constexpr bool INT_FC2 = C::PANELS && C::QBITS != 0;
+  // C::PANELS with plain weights (f32, bf16, fp16; codegen's choice on CPU targets): fc1 and fc2 are stored
+  // in the linear kernel's panels (MOERT_FC1, MOERT_FC2; ExpertRows::panel1 / panel2), so GEMM tiles read
+  // them where they lie instead of copying each expert's rows into panels per tile, and decode and smaller
+  // tiles run the same micro-kernel on them (plainDecode). Chunks of dims are whole fc1 panels.
+  static constexpr bool PLAIN_PANELS = C::PANELS && C::QBITS == 0;
   // Tokens rounded once in the routing pass (QTok form, for fc1's rows): integer fc1 without panels.
   static constexpr bool ROUND_IN_ROUTE = INT_FC1 && !INT_FC2;
   static constexpr int64_t FSX = C::HAS_SHARED ? C::FS : F; // the shared expert's dims (F without one)
@@ -490,7 +507,10 @@ template <class C> struct Kernel {
                              FSX % kXBlock == 0 && C::QBLOCK2 % kXBlock == 0),
                 "panels need integer fc1, no predictor, whole column panels and whole input blocks of dims");
   static_assert(!INT_FC2 || kXBlock % kGemmNR == 0, "chunks of dims are whole fc1 panels");
-  static constexpr int64_t DIM_GRAIN = INT_FC2 ? kXBlock : 1; // chunks of dims start at multiples of this
+  static_assert(!PLAIN_PANELS || (!C::HAS_PRED && H % kGemmNR == 0 && F % kGemmNR == 0 && FSX % kGemmNR == 0),
+                "plain panels need no predictor and whole panels of columns and of dims");
+  // chunks of dims start at multiples of this
+  static constexpr int64_t DIM_GRAIN = INT_FC2 ? kXBlock : PLAIN_PANELS ? kGemmNR : 1;
 
   struct Item {
     int32_t expert;     // -1: shared expert
@@ -518,8 +538,9 @@ template <class C> struct Kernel {
   // rows do not share cache sets the way the partial buffers' rows, 64 KiB apart with 8 slots of H = 2048,
   // do).
   static constexpr int64_t LDO = H + 16;
-  static constexpr int64_t GA = kTileRows * H, GB1 = G * DB1 * H, GH1 = kTileRows * G * DB1,
-                           GCF = kTileRows * kMoeFB, GB2 = KC2 * H16, GO = kTileRows * LDO;
+  static constexpr int64_t GA = kTileRows * H, GB1 = PLAIN_PANELS ? 0 : G * DB1 * H,
+                           GH1 = kTileRows * G * DB1, GCF = kTileRows * kMoeFB,
+                           GB2 = PLAIN_PANELS ? 0 : KC2 * H16, GO = kTileRows * LDO;
   static constexpr size_t kF32GemmBytes = sizeof(float) * (GA + GB1 + GH1 + GCF + GB2 + GO) + 6 * 64;
   // intGemm's (INT_FC2): the tile's tokens rounded to int8 ([kTile][Fc1::KPAD]) with their scales and sums
   // of q ([kTile][Fc1::KX] each), fc1's outputs for a panel ([kTile][G][NR]), the fc2 inputs of a super block
@@ -544,7 +565,15 @@ template <class C> struct Kernel {
   // ([rows][Fc1::KPAD], scales and sums [rows][Fc1::KX]) and fc1's outputs for a panel ([rows][G][NR]).
   static constexpr int64_t DFB =
       std::min<int64_t>(kMoeDecodeFB, (std::max<int64_t>(F, FSX) + kXBlock - 1) / kXBlock * kXBlock);
+  // plainDecode's (PLAIN_PANELS), for tiles of up to `rows` tokens in whole row tiles RT: the tokens packed
+  // for the micro-kernel ([RT][H]), fc1's outputs for a panel ([rows][G][NR]) and the fc2 inputs of a pass
+  // of DFB dims packed ([RT][DFB]).
   static constexpr size_t decBytes(int64_t rows) {
+    if (PLAIN_PANELS) {
+      const int64_t rt = (rows + kGemmMR - 1) / kGemmMR * kGemmMR;
+      return align64(sizeof(float) * rt * H) + align64(sizeof(float) * rows * G * kGemmNR) +
+             align64(sizeof(float) * rt * DFB) + 64;
+    }
     return align64(sizeof(float) * rows * DFB) + align64(size_t(rows) * DFB) +
            2 * align64(sizeof(float) * rows * (DFB / kXBlock)) + align64(size_t(rows) * Fc1::KPAD) +
            2 * align64(sizeof(float) * rows * Fc1::KX) + align64(sizeof(float) * rows * G * kGemmNR);
@@ -604,7 +633,7 @@ template <class C> struct Kernel {
     // int4 zero points (QTok::zp)
     l.xsq = take(ROUND_IN_ROUTE && C::QBITS == 4 ? sizeof(int32_t) * T * XBS * kZpLanes : 0);
     l.gemm = take(!C::HAS_PRED && T >= kGemmTokens ? kGemmThreadBytes * threads : 0);
-    l.dec = take(INT_FC2 ? decBytes(decRows(T)) * threads : 0);
+    l.dec = take(C::PANELS ? decBytes(decRows(T)) * threads : 0);
     l.total = off;
     return l;
   }
@@ -959,6 +988,81 @@ template <class C> struct Kernel {
                           b.qsum);
   }
 
+  /// Decode and token tiles smaller than a GEMM's with plain panels (PLAIN_PANELS), for an expert with FD
+  /// dims, in `thread`'s buffers (c.dec): the tokens packed for gemm.h's micro-kernel, then per pass of up to
+  /// DFB dims of the item fc1 panel by panel (both parts of NR dims for every row tile, the panels read one
+  /// after another; activations times the routing weight packed as fc2's input, masked dims 0) and fc2 column
+  /// panel by column panel (the pass's slice of each panel, the next panel's slice prefetched), added to each
+  /// token's row dst[i]. A panel's slice is read from memory by the first row tile and from cache by the
+  /// rest.
+  template <int64_t FD>
+  static void plainDecode(const Ctx &c, int thread, const ExpertRows<C> &rows, const Item &it, int64_t n,
+                          const float *const *xs, const float *ws, const float *b1, const uint8_t *mask,
+                          float *const *dst) {
+    constexpr int64_t NR = kGemmNR, MR = kGemmMR, NV = kGemmNV, SB = DFB;
+    using W = typename C::W;
+    const int64_t R = decRows(c.l.T), RT = (R + MR - 1) / MR * MR;
+    char *p = reinterpret_cast<char *>(alignTo64(c.dec + size_t(thread) * decBytes(R)));
+    float *ap = reinterpret_cast<float *>(p);
+    float *h = reinterpret_cast<float *>(p + align64(sizeof(float) * RT * H));
+    float *cf = reinterpret_cast<float *>(reinterpret_cast<char *>(h) + align64(sizeof(float) * R * G * NR));
+    for (int64_t i = 0; i < n; ++i) // [n][H]
+      std::memcpy(ap + i * H, xs[i], sizeof(float) * H);
+    for (int64_t fb = it.f0; fb < it.f1; fb += SB) {
+      const int64_t fe = std::min<int64_t>(it.f1, fb + SB);
+      for (int64_t f0 = fb; f0 < fe; f0 += NR) {
+        for (int64_t g = 0; g < G; ++g) {
+          const W *panel = rows.panel1(f0 / NR * G + g);
+          for (int64_t i0 = 0; i0 < n; i0 += MR)
+            gemmRows(std::min<int64_t>(MR, n - i0), [&](auto m) {
+              constexpr int M = decltype(m)::value;
+              vf acc[M][NV] = {};
+              gemmMicro<M, 1, false>(panel, 0, ap + i0 * H, H, H, acc, i0 == 0 ? kLinAhead : 0);
+#pragma unroll
+              for (int i = 0; i < M; ++i)
+#pragma unroll
+                for (int64_t v = 0; v < NV; ++v)
+                  storev(h + ((i0 + i) * G + g) * NR + v * VW, acc[i][v]);
+            });
+        }
+        for (int64_t i = 0; i < n; ++i) // [n][SB]
+          for (int64_t j = 0; j < NR; ++j) {
+            const int64_t f = f0 + j;
+            float v = 0.0f;
+            if (!mask || mask[f]) {
+              const float gv = h[(i * G) * NR + j] + (b1 ? b1[f * G] : 0.0f);
+              const float uv = G == 2 ? h[(i * G + 1) * NR + j] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+              v = ws[i] * activate(gv, uv);
+            }
+            cf[i * SB + (f - fb)] = v;
+          }
+      }
+      // fc2's panels are read a slice of (fe - fb) x NR weights each, FD * NR weights apart. Software
+      // prefetch, measured (2 threads, best of 20-40 calls against the row layout's decode): short slices
+      // (OLMoE-like f32, 256 dims a chunk: 16 KiB) gain from the next panel's slice prefetched while this one
+      // is read (T = 8: 33.8 -> 31.7 ms), longer ones (ZAYA1-like f32, 512 dims: 32 KiB) lose (T = 1: 1.64 ->
+      // 1.95 ms) and keep 2 KiB ahead in the slice (bf16 T = 8: 6.36 ms without any, 5.80 with).
+      const int64_t slice = (fe - fb) * NR * int64_t(sizeof(W));
+      const int64_t ahead = slice <= kNextSliceBytes ? FD * NR * int64_t(sizeof(W)) : kLinAhead;
+      for (int64_t q = 0; q < H / NR; ++q) {
+        const W *panel = rows.panel2(q) + fb * NR;
+        for (int64_t i0 = 0; i0 < n; i0 += MR)
+          gemmRows(std::min<int64_t>(MR, n - i0), [&](auto m) {
+            constexpr int M = decltype(m)::value;
+            vf acc[M][NV] = {};
+            gemmMicro<M, 1, false>(panel, 0, cf + i0 * SB, SB, fe - fb, acc, i0 == 0 ? ahead : 0);
+#pragma unroll
+            for (int i = 0; i < M; ++i)
+#pragma unroll
+              for (int64_t v = 0; v < NV; ++v) {
+                float *d = dst[i0 + i] + q * NR + v * VW;
+                storev(d, loadv(d) + acc[i][v]);
+              }
+          });
+      }
+    }
+  }
+
   /// d[2i] += e[i] * s[2i] and d[2i + 1] += o[i] * s[2i + 1] for i < VW: even and odd columns' sums put back
   /// in column order, then scaled.
   template <class S> static void storeInterleaved(float *d, const S *s, vf e, vf o) {
@@ -1045,8 +1149,11 @@ template <class C> struct Kernel {
   // over the expert's weights per tile, against 2 x (tokens in the tile) FLOPs per weight, which is why small
   // tiles keep the loops below. Each copy reads whole rows, one stretch of memory: copies of a 512-byte slice
   // of 128 rows 8 KiB apart (kMoeKC features at a time) were 3-7% slower over a whole layer (docs/linear.md,
-  // "The MoE GEMM tiles copy whole rows"). Prefetching the next copy's stretch while the GEMM runs (a stream stepped by the micro-kernel)
-  // gained nothing more: its misses compete with the GEMM's own reads of the L2-resident panels.
+  // "The MoE GEMM tiles copy whole rows"). Prefetching the next copy's stretch while the GEMM runs (a stream
+  // stepped by the micro-kernel) gained nothing more: its misses compete with the GEMM's own reads of the
+  // L2-resident panels. With plain panels (PLAIN_PANELS: f32 / bf16 / fp16 experts on CPU targets) nothing is
+  // copied: fc1's and fc2's panels are stored in this layout at compile time and the GEMMs read them where
+  // they lie (bf16 / fp16 widened on load), fc2's panel slices FD * NR weights apart.
   static float *alignTo64(char *p) {
     return reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
   }
@@ -1110,9 +1217,9 @@ template <class C> struct Kernel {
   }
 
   /// acc = rows c[i] at column col (or zero) for M rows x P panels, then the micro-kernel, then back.
-  template <int M, int P>
+  template <int M, int P, class T>
   __attribute__((always_inline)) static inline void gemmInto(float *const *c, int64_t col, bool zero,
-                                                             const float *b, int64_t pstride, const float *ap,
+                                                             const T *b, int64_t pstride, const float *ap,
                                                              int64_t kn) {
     constexpr int64_t NV = kGemmNV;
     vf acc[M][P * NV];
@@ -1132,12 +1239,13 @@ template <class C> struct Kernel {
   /// Rows c[0..n) at column col (+= or, `zero`, =) the n packed rows (row tile t at ap + t * apstride) times
   /// panels [0, np) of b (pstride apart, kn features): PW panels at a time where there are as many, each set
   /// used by every row tile while it is in L1.
-  static void gemmPanels(int64_t n, const float *ap, int64_t apstride, const float *b, int64_t np,
+  template <class T>
+  static void gemmPanels(int64_t n, const float *ap, int64_t apstride, const T *b, int64_t np,
                          int64_t pstride, int64_t kn, float *const *c, int64_t col, bool zero) {
     constexpr int MR = kGemmMR, PW = kGemmPW;
     for (int64_t p = 0; p < np;) {
       const int64_t pw = np - p >= PW ? PW : 1;
-      const float *bp = b + p * pstride;
+      const T *bp = b + p * pstride;
       for (int64_t r = 0; r < n; r += MR) {
         const float *at = ap + (r / MR) * apstride;
         gemmRows(std::min<int64_t>(MR, n - r), [&](auto m) {
@@ -1198,10 +1306,17 @@ template <class C> struct Kernel {
       for (int64_t db = fb; db < fe; db += DB1) {
         const int64_t de = std::min<int64_t>(fe, db + DB1);
         const int64_t np = (de - db + NR - 1) / NR * G;
-        packFc1(rows, mask, db, de, b1p);
+        // fc1's panels for these dims: as stored (PLAIN_PANELS: db is a multiple of NR; masked dims get
+        // their activations zeroed below) or copied
+        const auto *b1s = [&] {
+          if constexpr (PLAIN_PANELS)
+            return rows.panel1(db / NR * G);
+          else
+            return (packFc1(rows, mask, db, de, b1p), static_cast<const float *>(b1p));
+        }();
         for (int64_t k0 = 0; k0 < H; k0 += KC) {
           const int64_t k1 = std::min<int64_t>(H, k0 + KC);
-          gemmPanels(n, ap + k0 * MR, H * MR, b1p + k0 * NR, np, H * NR, k1 - k0, h1rows, 0, k0 == 0);
+          gemmPanels(n, ap + k0 * MR, H * MR, b1s + k0 * NR, np, H * NR, k1 - k0, h1rows, 0, k0 == 0);
         }
         for (int64_t r = 0; r < n; ++r) {
           float *cf = cfp + (r / MR) * FB * MR + r % MR;
@@ -1222,8 +1337,14 @@ template <class C> struct Kernel {
       // rows copied into f32 panels of every column), PW panels of columns at a time
       for (int64_t kb = fb; kb < fe; kb += KC2) {
         const int64_t ke = std::min<int64_t>(fe, kb + KC2);
-        packFc2(rows, it.expert < 0, kb, ke, b2p);
-        gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, b2p, H16 / NR, KC2 * NR, ke - kb, orows, 0, kb == it.f0);
+        if constexpr (PLAIN_PANELS) {
+          gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, rows.panel2(0) + kb * NR, H / NR, rows.fdim * NR,
+                     ke - kb, orows, 0, kb == it.f0);
+        } else {
+          packFc2(rows, it.expert < 0, kb, ke, b2p);
+          gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, static_cast<const float *>(b2p), H16 / NR, KC2 * NR,
+                     ke - kb, orows, 0, kb == it.f0);
+        }
       }
       for (int64_t r = 0; r < n; ++r) // the columns past the last whole panel
         for (int64_t h = H16; h < H; ++h) {
@@ -1324,6 +1445,13 @@ template <class C> struct Kernel {
           intGemm<F>(c, it, rows, n, xs, dst, ws, b1, mask, thread);
         else
           intGemm<FSX>(c, it, rows, n, xs, dst, ws, b1, mask, thread);
+      }
+    } else if (PLAIN_PANELS && !gemm) {
+      if constexpr (PLAIN_PANELS) {
+        if (it.expert >= 0)
+          plainDecode<F>(c, thread, rows, it, n, xs, ws, b1, mask, dst);
+        else
+          plainDecode<FSX>(c, thread, rows, it, n, xs, ws, b1, mask, dst);
       }
     } else if (C::QBITS != 0 && (n == 1 || (INT_FC1 && n < kGemmTokens))) {
       // Decode, quantised (one token, or with integer fc1 dot products a tile smaller than a GEMM's): per run
