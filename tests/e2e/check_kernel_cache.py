@@ -108,9 +108,15 @@ def main():
         check("another --cpu", n4 == 1 and len(entries()) == 2 and err <= TOLERANCE,
               f"{n4} compile(s), {len(entries())} entries, max rel error {err:.2e}")
 
+        # With a GPU target the experts keep their rows (GPU kernels read rows; CPU-only artifacts store f32
+        # experts in panels), so the CPU code is another entry too; a second GPU target over the same rows
+        # reuses it.
         n5, _, _, _ = compile_("emu", "--target=cpu,emu")
-        check("a GPU target: its code object is an entry of its own, the CPU code reused",
-              n5 == 1 and len(entries()) == 3, f"{n5} compile(s), {len(entries())} entries")
+        check("a GPU target: its code object and the CPU code over rows are entries of their own",
+              n5 == 2 and len(entries()) == 4, f"{n5} compile(s), {len(entries())} entries")
+        n5b, _, _, _ = compile_("emu64", "--target=cpu,emu", "--emu-arch=emu-w64")
+        check("another GPU target: its code object is an entry of its own, the CPU code reused",
+              n5b == 1 and len(entries()) == 5, f"{n5b} compile(s), {len(entries())} entries")
 
         # A changed compiler (another wrapper: another executable, another --version) is another key.
         with open(wrapper, "a") as f:
