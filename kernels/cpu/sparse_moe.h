@@ -921,18 +921,26 @@ template <class C> struct Kernel {
                 storev(h + ((i0 + i) * G + g) * NR + v * VW, acc[i][v]);
           });
       }
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < NR && f0 + j < fe; ++j) {
-          const int64_t f = f0 + j;
-          float v = 0.0f;
-          if (!mask || mask[f]) {
-            const float gv = h[(i * G) * NR + j] + (b1 ? b1[f * G] : 0.0f);
-            const float uv = G == 2 ? h[(i * G + 1) * NR + j] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
-            v = ws[i] * activate(gv, uv);
-          }
-          cf[i * ldc + (f - fb)] = v;
-        }
+      activatePanel(h, n, f0, fe, fb, ws, b1, mask, cf, ldc);
     }
+  }
+
+  /// One fc1 panel's results for n tokens (`h`, [n][G][NR], dims f0 .. f0 + NR - 1 up to fe) turned into
+  /// fc2 inputs: cf[i * ldc + f - fb] = ws[i] * activate(gate, up), fc1's bias added, masked dims 0.
+  static void activatePanel(const float *h, int64_t n, int64_t f0, int64_t fe, int64_t fb, const float *ws,
+                            const float *b1, const uint8_t *mask, float *cf, int64_t ldc) {
+    constexpr int64_t NR = kGemmNR;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < NR && f0 + j < fe; ++j) {
+        const int64_t f = f0 + j;
+        float v = 0.0f;
+        if (!mask || mask[f]) {
+          const float gv = h[(i * G) * NR + j] + (b1 ? b1[f * G] : 0.0f);
+          const float uv = G == 2 ? h[(i * G + 1) * NR + j] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+          v = ws[i] * activate(gv, uv);
+        }
+        cf[i * ldc + (f - fb)] = v;
+      }
   }
 
   /// Decode and token tiles smaller than a GEMM's with panels (INT_FC2), for an expert with FD dims: the
@@ -1025,17 +1033,7 @@ template <class C> struct Kernel {
                   storev(h + ((i0 + i) * G + g) * NR + v * VW, acc[i][v]);
             });
         }
-        for (int64_t i = 0; i < n; ++i) // [n][SB]
-          for (int64_t j = 0; j < NR; ++j) {
-            const int64_t f = f0 + j;
-            float v = 0.0f;
-            if (!mask || mask[f]) {
-              const float gv = h[(i * G) * NR + j] + (b1 ? b1[f * G] : 0.0f);
-              const float uv = G == 2 ? h[(i * G + 1) * NR + j] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
-              v = ws[i] * activate(gv, uv);
-            }
-            cf[i * SB + (f - fb)] = v;
-          }
+        activatePanel(h, n, f0, fe, fb, ws, b1, mask, cf, SB); // [n][SB]
       }
       // fc2's panels are read a slice of (fe - fb) x NR weights each, FD * NR weights apart. Software
       // prefetch, measured (2 threads, best of 20-40 calls against the row layout's decode): short slices
