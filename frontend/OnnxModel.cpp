@@ -17,11 +17,9 @@
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Path.h"
 
-#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <functional>
-#include <iterator>
 #include <map>
 #include <set>
 
@@ -263,72 +261,78 @@ int64_t forgetNegativeDims(onnx::GraphProto &g) {
   return count;
 }
 
-/// The names of every value `g` and its subgraphs type: inputs, value_info, outputs, initializers.
-void collectDeclared(const onnx::GraphProto &g, std::set<std::string> &declared) {
-  for (const auto &v : g.input())
-    declared.insert(v.name());
-  for (const auto &v : g.value_info())
-    declared.insert(v.name());
-  for (const auto &v : g.output())
-    declared.insert(v.name());
-  for (const auto &t : g.initializer())
-    declared.insert(t.name());
+/// Calls `fn` on `g` and, recursively, on every subgraph of its nodes (If branches, Loop / Scan bodies).
+void forEachGraph(const onnx::GraphProto &g, const std::function<void(const onnx::GraphProto &)> &fn) {
+  fn(g);
   for (const auto &n : g.node())
     for (const auto &a : n.attribute()) {
       if (a.has_g())
-        collectDeclared(a.g(), declared);
+        forEachGraph(a.g(), fn);
       for (const auto &sub : a.graphs())
-        collectDeclared(sub, declared);
+        forEachGraph(sub, fn);
     }
 }
+void forEachGraph(onnx::GraphProto &g, const std::function<void(onnx::GraphProto &)> &fn) {
+  fn(g);
+  for (auto &n : *g.mutable_node())
+    for (auto &a : *n.mutable_attribute()) {
+      if (a.has_g())
+        forEachGraph(*a.mutable_g(), fn);
+      for (auto &sub : *a.mutable_graphs())
+        forEachGraph(sub, fn);
+    }
+}
+
 /// libonnx 1.12's data propagation of Shape dereferences its input's type unchecked: a Shape of a value
 /// inference left untyped (the result of an op it has no schema for, of one hidden above, or of one whose
 /// inference failed, like a Reshape to [0, 0, -1] of a rank-1 input: the importer fuzzer's find) was a null
-/// dereference. Each Shape input with no type declared anywhere in the model gets a placeholder value_info
-/// (a tensor of undefined element type) in the graph of that Shape, which inference fills in where it can;
-/// with `remove`, takes the ones named in `declared` that it left empty out again.
-void typeShapeInputs(onnx::GraphProto &g, std::set<std::string> &declared, bool remove) {
-  if (remove) {
+/// dereference. Each Shape input with no type declared anywhere in the model (graph inputs, value_info,
+/// outputs, initializers, subgraphs' too) gets a placeholder value_info (a tensor of undefined element type)
+/// in the graph of that Shape, which inference fills in where it can; returns their names.
+std::set<std::string> addShapePlaceholders(onnx::ModelProto &model) {
+  std::set<std::string> declared, added;
+  forEachGraph(model.graph(), [&](const onnx::GraphProto &g) {
+    for (const auto *infos : {&g.input(), &g.value_info(), &g.output()})
+      for (const auto &v : *infos)
+        declared.insert(v.name());
+    for (const auto &t : g.initializer())
+      declared.insert(t.name());
+  });
+  forEachGraph(*model.mutable_graph(), [&](onnx::GraphProto &g) {
+    for (const auto &n : g.node())
+      if ((n.domain().empty() || n.domain() == "ai.onnx") && n.op_type() == "Shape" && n.input_size() > 0 &&
+          !n.input(0).empty() && declared.insert(n.input(0)).second) {
+        auto *v = g.add_value_info();
+        v->set_name(n.input(0));
+        v->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::UNDEFINED);
+        added.insert(n.input(0));
+      }
+  });
+  return added;
+}
+/// Takes the placeholders named in `added` that inference left empty out again.
+void removeShapePlaceholders(onnx::ModelProto &model, const std::set<std::string> &added) {
+  forEachGraph(*model.mutable_graph(), [&](onnx::GraphProto &g) {
     auto *infos = g.mutable_value_info();
     for (int i = infos->size() - 1; i >= 0; --i) {
       const auto &t = infos->Get(i).type();
       if (t.has_tensor_type() && t.tensor_type().elem_type() == onnx::TensorProto::UNDEFINED &&
-          !t.tensor_type().has_shape() && declared.count(infos->Get(i).name()))
+          !t.tensor_type().has_shape() && added.count(infos->Get(i).name()))
         infos->DeleteSubrange(i, 1);
     }
-  }
-  for (auto &n : *g.mutable_node()) {
-    if (!remove && (n.domain().empty() || n.domain() == "ai.onnx") && n.op_type() == "Shape" &&
-        n.input_size() > 0 && !n.input(0).empty() && declared.insert(n.input(0)).second) {
-      auto *v = g.add_value_info();
-      v->set_name(n.input(0));
-      v->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::UNDEFINED);
-    }
-    for (auto &a : *n.mutable_attribute()) {
-      if (a.has_g())
-        typeShapeInputs(*a.mutable_g(), declared, remove);
-      for (auto &sub : *a.mutable_graphs())
-        typeShapeInputs(sub, declared, remove);
-    }
-  }
+  });
 }
 
 /// libonnx's shape inference over `model`, with the nodes it cannot infer safely hidden from it and every
-/// Shape's input typed (typeShapeInputs).
+/// Shape's input typed (addShapePlaceholders).
 void inferShapes(onnx::ModelProto &model) {
   hideFromLibonnxInference(*model.mutable_graph(), true);
-  std::set<std::string> declared;
-  collectDeclared(model.graph(), declared);
-  const std::set<std::string> before = declared;
-  typeShapeInputs(*model.mutable_graph(), declared, false);
-  std::set<std::string> placeholders;
-  std::set_difference(declared.begin(), declared.end(), before.begin(), before.end(),
-                      std::inserter(placeholders, placeholders.end()));
+  const std::set<std::string> placeholders = addShapePlaceholders(model);
   struct Restore {
     onnx::ModelProto &m;
-    std::set<std::string> &placeholders;
+    const std::set<std::string> &placeholders;
     ~Restore() {
-      typeShapeInputs(*m.mutable_graph(), placeholders, true);
+      removeShapePlaceholders(m, placeholders);
       hideFromLibonnxInference(*m.mutable_graph(), false);
     }
   } restore{model, placeholders};
@@ -508,20 +512,6 @@ std::unique_ptr<OnnxModel> OnnxModel::parse(std::unique_ptr<OnnxModel> m, llvm::
   m->collectTypes();
   return m;
 }
-
-namespace {
-/// Calls `fn` on `g` and, recursively, on every subgraph of its nodes (If branches, Loop / Scan bodies).
-void forEachGraph(const onnx::GraphProto &g, const std::function<void(const onnx::GraphProto &)> &fn) {
-  fn(g);
-  for (const auto &n : g.node())
-    for (const auto &a : n.attribute()) {
-      if (a.has_g())
-        forEachGraph(a.g(), fn);
-      for (const auto &sub : a.graphs())
-        forEachGraph(sub, fn);
-    }
-}
-} // namespace
 
 void OnnxModel::collectTypes() {
   types.clear();

@@ -501,6 +501,12 @@ struct Emitter {
     // Packs (x, j, part) rows of fc1 and fc2 columns for `ne` experts with `fdim` dims into `slot`s.
     auto packExperts = [&](int64_t ne, int64_t fdim, F32Span w1, F32Span w2, const QRows *r1, const QRows *r2,
                            int slot1, int slot2, int sslot1, int sslot2, StringRef name1, StringRef name2) {
+      // With panels, each expert's fc1 is a linear layer of h inputs and fdim * g outputs whose panel
+      // (j / NR) * g + part holds part `part` of dims j / NR * NR .. + NR - 1: the output of (j, part).
+      auto panelRow = [&](int64_t j, int64_t part) {
+        constexpr int64_t nr = MOERT_LINEAR_NR;
+        return ((j / nr) * g + part) * nr + j % nr;
+      };
       if (!qbits) {
         // fc1's rows regrouped, fc2 transposed (forEachTiled), each weight written straight in its storage
         // (no f32 copy first); experts and row ranges in parallel.
@@ -518,36 +524,25 @@ struct Emitter {
           sections[slot] = weightSection(op, slot, name, std::move(bytes));
         };
         if (panels) {
-          // Each expert's fc1 and fc2 as linear layers in the linear kernel's panels of NR columns, K-major:
-          // fc1 (K = H) panel (j / NR) * g + part holds part `part` of dims j .. j + NR - 1; fc2 (K = fdim)
-          // panel p holds columns p * NR .. p * NR + NR - 1 (fc2 is [E, H, F]: column i's dims are one row).
-          constexpr int64_t nr = MOERT_LINEAR_NR;
-          const int64_t np1 = fdim / nr * g, np2 = h / nr; // panels per expert
-          std::vector<char> p1(ne * fdim * g * h * eb);
-          parallelFor(ne * np1, 1, [&](int64_t q0, int64_t q1) {
-            for (int64_t q = q0; q < q1; ++q) {
-              const int64_t x = q / np1, blk = q % np1 / g, part = q % np1 % g;
-              char *dst = &p1[q * h * nr * eb];
-              for (int64_t l = 0; l < nr; ++l) {
-                const float *src = &w1[(x * g * fdim + gatedRow(blk * nr + l, part, fdim)) * h];
-                for (int64_t i = 0; i < h; ++i)
-                  put(dst + (i * nr + l) * eb, src[i]);
-              }
-            }
-          });
+          // Each expert's fc1 (rows in panelRow's order) and fc2 ([H][F] per expert: its transpose) as linear
+          // layers in the linear kernel's panels, by packLinear.
+          const moert_storage st = moert_storage(storage);
+          std::vector<char> p1, p2;
+          std::vector<float> rows1(fdim * g * h);
+          for (int64_t x = 0; x < ne; ++x) {
+            parallelFor(fdim, std::max<int64_t>(1, 16384 / h), [&](int64_t j0, int64_t j1) {
+              for (int64_t j = j0; j < j1; ++j)
+                for (int64_t part = 0; part < g; ++part)
+                  std::memcpy(&rows1[panelRow(j, part) * h],
+                              &w1[(x * g * fdim + gatedRow(j, part, fdim)) * h], h * 4);
+            });
+            const std::vector<char> a = packLinear(rows1, true, h, fdim * g, st, 0, {}).slots[MOERT_LIN_W];
+            p1.insert(p1.end(), a.begin(), a.end());
+            const std::vector<char> b =
+                packLinear(F32Span(&w2[x * h * fdim], h * fdim), true, fdim, h, st, 0, {}).slots[MOERT_LIN_W];
+            p2.insert(p2.end(), b.begin(), b.end());
+          }
           store(slot1, name1, std::move(p1));
-          std::vector<char> p2(ne * fdim * h * eb);
-          parallelFor(ne * np2, 1, [&](int64_t q0, int64_t q1) {
-            for (int64_t q = q0; q < q1; ++q) {
-              const int64_t x = q / np2, p = q % np2;
-              char *dst = &p2[q * fdim * nr * eb];
-              for (int64_t l = 0; l < nr; ++l) {
-                const float *src = &w2[(x * h + p * nr + l) * fdim];
-                for (int64_t j = 0; j < fdim; ++j)
-                  put(dst + (j * nr + l) * eb, src[j]);
-              }
-            }
-          });
           store(slot2, name2, std::move(p2));
           return;
         }
@@ -584,16 +579,13 @@ struct Emitter {
         cs.insert(cs.end(), pl.slots[MOERT_LIN_SCALES].begin(), pl.slots[MOERT_LIN_SCALES].end());
       };
       if (panels) {
-        // each expert's fc1 as a linear layer of h inputs and fdim * g outputs, in the linear kernel's
-        // panels: panel p * g + part holds part `part` of dims p * NR .. p * NR + NR - 1
-        constexpr int64_t nr = MOERT_LINEAR_NR;
+        // each expert's fc1 as a linear layer (panelRow's order), in the linear kernel's panels
         for (int64_t x = 0; x < ne; ++x) {
           std::vector<uint8_t> codes(fdim * g * h);
           std::vector<float> scales(fdim * g * r1->nb);
           for (int64_t j = 0; j < fdim; ++j)
             for (int64_t part = 0; part < g; ++part) {
-              const int64_t src = x * g * fdim + gatedRow(j, part, fdim),
-                            dst = ((j / nr) * g + part) * nr + j % nr;
+              const int64_t src = x * g * fdim + gatedRow(j, part, fdim), dst = panelRow(j, part);
               for (int64_t i = 0; i < h; ++i) // unsigned codes, zero point 2^(bits-1)
                 codes[dst * h + i] = uint8_t(r1->q[src * h + i] + (1 << (qbits - 1)));
               std::memcpy(&scales[dst * r1->nb], &r1->s[src * r1->nb], r1->nb * 4);

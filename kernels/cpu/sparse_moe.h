@@ -565,15 +565,13 @@ template <class C> struct Kernel {
   // ([rows][Fc1::KPAD], scales and sums [rows][Fc1::KX]) and fc1's outputs for a panel ([rows][G][NR]).
   static constexpr int64_t DFB =
       std::min<int64_t>(kMoeDecodeFB, (std::max<int64_t>(F, FSX) + kXBlock - 1) / kXBlock * kXBlock);
-  // plainDecode's (PLAIN_PANELS), for tiles of up to `rows` tokens in whole row tiles RT: the tokens packed
-  // for the micro-kernel ([RT][H]), fc1's outputs for a panel ([rows][G][NR]) and the fc2 inputs of a pass
-  // of DFB dims packed ([RT][DFB]).
+  // plainDecode's (PLAIN_PANELS), for tiles of up to `rows` tokens: the tokens' rows side by side
+  // ([rows][H]), fc1's outputs for a panel ([rows][G][NR]) and the fc2 inputs of a pass of DFB dims
+  // ([rows][DFB]).
   static constexpr size_t decBytes(int64_t rows) {
-    if (PLAIN_PANELS) {
-      const int64_t rt = (rows + kGemmMR - 1) / kGemmMR * kGemmMR;
-      return align64(sizeof(float) * rt * H) + align64(sizeof(float) * rows * G * kGemmNR) +
-             align64(sizeof(float) * rt * DFB) + 64;
-    }
+    if (PLAIN_PANELS)
+      return align64(sizeof(float) * rows * H) + align64(sizeof(float) * rows * G * kGemmNR) +
+             align64(sizeof(float) * rows * DFB);
     return align64(sizeof(float) * rows * DFB) + align64(size_t(rows) * DFB) +
            2 * align64(sizeof(float) * rows * (DFB / kXBlock)) + align64(size_t(rows) * Fc1::KPAD) +
            2 * align64(sizeof(float) * rows * Fc1::KX) + align64(sizeof(float) * rows * G * kGemmNR);
@@ -997,10 +995,10 @@ template <class C> struct Kernel {
   }
 
   /// Decode and token tiles smaller than a GEMM's with plain panels (PLAIN_PANELS), for an expert with FD
-  /// dims, in `thread`'s buffers (c.dec): the tokens packed for gemm.h's micro-kernel, then per pass of up to
-  /// DFB dims of the item fc1 panel by panel (both parts of NR dims for every row tile, the panels read one
-  /// after another; activations times the routing weight packed as fc2's input, masked dims 0) and fc2 column
-  /// panel by column panel (the pass's slice of each panel, the next panel's slice prefetched), added to each
+  /// dims, in `thread`'s buffers (c.dec): the tokens' rows side by side (the micro-kernel's rows), then per
+  /// pass of up to DFB dims of the item fc1 panel by panel (both parts of NR dims for every row tile, the
+  /// panels read one after another; activations times the routing weight as fc2's input, masked dims 0) and
+  /// fc2 column panel by column panel (the pass's slice of each panel, prefetched as below), added to each
   /// token's row dst[i]. A panel's slice is read from memory by the first row tile and from cache by the
   /// rest.
   template <int64_t FD>
@@ -1009,10 +1007,10 @@ template <class C> struct Kernel {
                           float *const *dst) {
     constexpr int64_t NR = kGemmNR, MR = kGemmMR, NV = kGemmNV, SB = DFB;
     using W = typename C::W;
-    const int64_t R = decRows(c.l.T), RT = (R + MR - 1) / MR * MR;
-    char *p = reinterpret_cast<char *>(alignTo64(c.dec + size_t(thread) * decBytes(R)));
+    const int64_t R = decRows(c.l.T);
+    char *p = c.dec + size_t(thread) * decBytes(R);
     float *ap = reinterpret_cast<float *>(p);
-    float *h = reinterpret_cast<float *>(p + align64(sizeof(float) * RT * H));
+    float *h = reinterpret_cast<float *>(p + align64(sizeof(float) * R * H));
     float *cf = reinterpret_cast<float *>(reinterpret_cast<char *>(h) + align64(sizeof(float) * R * G * NR));
     for (int64_t i = 0; i < n; ++i) // [n][H]
       std::memcpy(ap + i * H, xs[i], sizeof(float) * H);
