@@ -2,7 +2,7 @@
 """moec's linear kernel vs a BLAS on the same shapes, in one run: which one should linear dispatches use?
 
 Compiles tests/kernels/linear_kernel_test.cpp for this CPU (-march=native) and runs its --perf mode (K = N =
-2048, M = 1, 8, 128, 512, every storage, all threads), then times the BLAS numpy links (OpenBLAS in the PyPI
+2048, M = 1, 8, 128, 512, every storage, bf16 with bf16 activations too, all threads), then times the BLAS numpy links (OpenBLAS in the PyPI
 wheels) on the same f32 GEMMs with the same threads. A BLAS only multiplies f32 (or bf16) matrices, so the
 narrow storages have no BLAS counterpart: decode with int8/int4 weights must read them as stored.
 
@@ -66,12 +66,14 @@ def main():
     cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     o = ours(args.threads)
     print(f"K = N = 2048, {args.threads} threads; BLAS: {cfg.get('name')} {cfg.get('version')} (numpy's)\n")
-    print("| M | BLAS f32 ms | moec f32 ms | moec bf16 ms | moec int8 ms | moec int4 ms | moec int8+a8 ms | "
-          "moec int4+a8 ms | moec f32 GFLOP/s | BLAS GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| M | BLAS f32 ms | moec f32 ms | moec bf16 ms | moec bf16+a16 ms | moec int8 ms | moec int4 ms | "
+          "moec int8+a8 ms | moec int4+a8 ms | moec f32 GFLOP/s | moec bf16+a16 GFLOP/s | BLAS GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in (1, 8, 128, 512):
-        cells = " | ".join(f"{o[(k, m)][0]:.3f}" for k in ("fp32", "bf16", "int8", "int4", "int8+a8", "int4+a8"))
-        print(f"| {m} | {b[m][0]:.3f} | {cells} | {o[('fp32', m)][1]:.1f} | {b[m][1]:.1f} |")
+        cells = " | ".join(f"{o[(k, m)][0]:.3f}"
+                           for k in ("fp32", "bf16", "bf16+a16", "int8", "int4", "int8+a8", "int4+a8"))
+        print(f"| {m} | {b[m][0]:.3f} | {cells} | {o[('fp32', m)][1]:.1f} | {o[('bf16+a16', m)][1]:.1f} | "
+              f"{b[m][1]:.1f} |")
 
 
 if __name__ == "__main__":

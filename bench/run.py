@@ -253,15 +253,17 @@ def ort_session(ort, path, threads):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def bound(bytes_touched, flops, roof):
-    """The roofline's time in ms: reading the touched weights once at the read bandwidth, or the FLOPs at peak."""
-    return max(bytes_touched / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
+def bound(bytes_touched, flops, roof, weights=""):
+    """The roofline's time in ms: reading the touched weights once at the read bandwidth, or the FLOPs at peak
+    (the BF16 dot-product peak for a variant with bf16 activations, where the CPU has one)."""
+    peak = roof.get("bf16_gflops") if weights.endswith("+a16") else None
+    return max(bytes_touched / (roof["read_gbs"] * 1e9), flops / ((peak or roof["fp32_gflops"]) * 1e9)) * 1e3
 
 
 def report_row(key, weights, title, t, moec, ort_, bytes_touched, flops, roof, compile_s, load_ms):
     """One table row (printed as it is measured): times (best, median) for moec and ORT, the roofline bound."""
     """`ort_` is None where ONNX Runtime cannot run the file (the row says "fails")."""
-    bound_ms = bound(bytes_touched, flops, roof)
+    bound_ms = bound(bytes_touched, flops, roof, weights)
     ort_ = ort_ or (None, None)
     row = dict(workload=key, weights=weights, title=title, tokens=t, moec_ms=round(moec[0], 3),
                moec_median_ms=round(moec[1], 3),
@@ -308,9 +310,10 @@ def main():
 
     variants = (args.weights or ("fp32,int8" if args.quick else "fp32,bf16,int8,int4")).split(",")
     for w in variants:
-        if variant_storage(w) not in WEIGHT_BYTES or w.partition("+")[2] not in ("", "a8"):
+        act = w.partition("+")[2]
+        if variant_storage(w) not in WEIGHT_BYTES or not (act in ("", "a8") or act == "a16" and w == "bf16+a16"):
             ap.error(f"--weights: unknown storage '{w}' (fp32, bf16, fp16, int8, int4; int8+a8, int4+a8: with "
-                     "int8 activations)")
+                     "int8 activations; bf16+a16: with bf16 activations)")
 
     roof = roofline(args.threads)
     bf16_peak = roof.get("bf16_gflops")
@@ -472,7 +475,7 @@ def main():
     print(f"roofline at the end: read {again['read_gbs']} GB/s, FP32 peak {again['fp32_gflops']} GFLOP/s; using the "
           f"best: read {roof['read_gbs']} GB/s, FP32 peak {roof['fp32_gflops']} GFLOP/s", flush=True)
     for row in rows:
-        bound_ms = bound(row["bytes_touched"], row["flops"], roof)
+        bound_ms = bound(row["bytes_touched"], row["flops"], roof, row["weights"])
         row["roofline_ms"] = round(bound_ms, 3)
         row["roofline_fraction"] = round(bound_ms / row["moec_median_ms"], 2)
 
@@ -549,10 +552,11 @@ WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1 + _SCALE, "int4": 0.5
 
 
 def variant_flags(v):
-    """moec flags of a bench variant: a storage (`int4`), or a storage with int8 activations (`int4+a8`:
-    --activations=int8, integer dot products in decode)."""
+    """moec flags of a bench variant: a storage (`int4`), a storage with int8 activations (`int4+a8`:
+    --activations=int8, integer dot products in decode) or bf16 with bf16 activations (`bf16+a16`:
+    --activations=bf16, bf16 pair products in prefill)."""
     storage, _, act = v.partition("+")
-    return [f"--weights={storage}"] + (["--activations=int8"] if act == "a8" else [])
+    return [f"--weights={storage}"] + {"a8": ["--activations=int8"], "a16": ["--activations=bf16"]}.get(act, [])
 
 
 def variant_storage(v):

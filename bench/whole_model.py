@@ -191,7 +191,7 @@ def run(build, threads, storages, roof, repeat=5, with_ort=True, kv_caches=("f32
     """Times every storage; returns table rows (dicts)."""
     import onnxruntime as ort
     import moert
-    from run import time_calls, variant_flags
+    from run import bound, time_calls, variant_flags
     os.makedirs(CACHE, exist_ok=True)
     src = os.path.join(CACHE, "qwen3moe_decoder.onnx")  # (batch dynamic; "qwen3moe_whole.onnx" had batch 1)
     if not os.path.exists(src):
@@ -237,7 +237,7 @@ def run(build, threads, storages, roof, repeat=5, with_ort=True, kv_caches=("f32
                 with tempfile.TemporaryDirectory() as tmp:
                     shares = profile_shares(moert_cli, art, inputs[(t, p)][0], threads, tmp)
             bytes_, flops = token_cost(s, t, p, KV_BYTES[kv], b, last_logits=kind == "prompt")
-            bound_ms = max(bytes_ / (roof["read_gbs"] * 1e9), flops / (roof["fp32_gflops"] * 1e9)) * 1e3
+            bound_ms = bound(bytes_, flops, roof, s)
             ort_run = b == 1 and kind != "prompt"  # ORT: batch 1, every token's logits
             o_best, o_med = ort_times[(t, p)] if ort_run else (float("nan"), float("nan"))
             row = dict(storage=s, kind=kind, tokens=t, past=p, kv_cache=kv, batch=b, moec_ms=round(best, 2),

@@ -85,7 +85,11 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     expert's dims multiples of 32), its input (routing weight x activation) is rounded the same way per 32 dims
     and `fc2` multiplies integers too, in every expert whatever its token count; otherwise only experts
     computing fewer than 16 tokens in a call round their tokens. Outputs move by about 1e-2 relative; without
-    it every product takes the input as it is.
+    it every product takes the input as it is. With `bf16_activations` (`moec --activations=bf16`) and `bf16`
+    storage, where the experts are stored as linear-layer panels (a CPU-only target), experts computing 16
+    tokens or more in a call round their tokens and `fc2`'s inputs (routing weight x activation) to bf16
+    (round to nearest even) and multiply bf16 pairs with f32 accumulation, as AVX512-BF16's `vdpbf16ps`
+    does (each input moves by at most 2^-9 relative); smaller tiles take the inputs as they are.
 
     Example, a Mixtral-style layer (8 experts, top-2, renormalised, SwiGLU) with a dynamic token count:
 
@@ -140,7 +144,8 @@ def MoE_SparseMoEOp : MoE_Op<"sparse_moe", [Pure, AttrSizedOperandSegments]> {
     DefaultValuedAttr<MoE_NormAttr, "NormKind::none">:$norm,
     DefaultValuedAttr<F32Attr, "1.0e-5f">:$norm_epsilon,
     DefaultValuedAttr<MoE_StorageAttr, "Storage::fp32">:$storage,
-    UnitAttr:$int8_activations
+    UnitAttr:$int8_activations,
+    UnitAttr:$bf16_activations
   );
   let results = (outs MoE_FloatTensor:$output);
 
@@ -208,7 +213,11 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
     With `int8_activations` (`moec --activations=int8`) and `int8` / `int4` storage, each input row is first
     rounded to int8 per block of 32 features (or of `block_size` when that is not a multiple of 32):
     `q = round-half-even(x * 127 / max|x|)`, and the layer multiplies integers, as ggml's Q8_0 x Q4_0 dot
-    products do (outputs move by about 1e-2 relative). Without it inputs are multiplied as they are.
+    products do (outputs move by about 1e-2 relative). With `bf16_activations` (`moec --activations=bf16`)
+    and `bf16` storage, calls of more than 6 rows (prefill) round each input to bf16 (round to nearest even:
+    at most 2^-9 relative) and multiply bf16 pairs with f32 accumulation, as AVX512-BF16's `vdpbf16ps` does;
+    calls of up to 6 rows (decode) take the inputs as they are. Without either, inputs are multiplied as they
+    are.
 
     Several results (at most 4, `MOERT_LIN_MAX_OUTPUTS`) split the `[..., N]` result along its last dim, in
     order: result `j` holds columns `[N_0 + ... + N_{j-1}, ... + N_j)` (`[..., N_j]`). `moe-raise-linear`
@@ -231,7 +240,8 @@ def MoE_LinearOp : MoE_Op<"linear", [Pure, AttrSizedOperandSegments]> {
     OptionalAttr<MoE_WeightQuantAttr>:$weight_quant,
     UnitAttr:$int8_activations,
     DefaultValuedAttr<MoE_NormAttr, "NormKind::none">:$norm,
-    DefaultValuedAttr<F32Attr, "1.0e-5f">:$norm_epsilon
+    DefaultValuedAttr<F32Attr, "1.0e-5f">:$norm_epsilon,
+    UnitAttr:$bf16_activations
   );
   let results = (outs Variadic<MoE_FloatTensor>:$outputs);
 

@@ -195,7 +195,9 @@ def MoESetWeightStoragePass : Pass<"moe-set-weight-storage"> {
     wider. `moe.embedding` tables get `embeddings` (default: `dense`). Layers whose weights arrive quantised
     (`fc1_quant`, `weight_quant`: QMoE, MatMulNBits) keep them. `block-size` is the quantisation block of
     int8/int4 linear layers and embedding rows (features per scale, a multiple of 8). `int8-activations` marks every dispatch with int8/int4 weights `int8_activations`: decode rounds its
-    inputs to int8 per block of 32 and multiplies integers (see the ops' descriptions).
+    inputs to int8 per block of 32 and multiplies integers; `bf16-activations` marks every dispatch with
+    bf16 weights `bf16_activations`: prefill rounds its inputs to bf16 and multiplies bf16 pairs (see the
+    ops' descriptions).
   }];
   let options = [
     Option<"experts", "experts", "std::string", "\"fp32\"", "Storage of MoE expert weights">,
@@ -204,7 +206,9 @@ def MoESetWeightStoragePass : Pass<"moe-set-weight-storage"> {
     Option<"embeddings", "embeddings", "std::string", "\"\"", "Storage of moe.embedding tables (default: dense)">,
     Option<"blockSize", "block-size", "int64_t", "32", "Input features per scale for int8/int4 linear layers">,
     Option<"int8Activations", "int8-activations", "bool", "false",
-           "Decode of int8/int4 dispatches multiplies inputs rounded to int8 (integer dot products)">
+           "Decode of int8/int4 dispatches multiplies inputs rounded to int8 (integer dot products)">,
+    Option<"bf16Activations", "bf16-activations", "bool", "false",
+           "Prefill of bf16 dispatches multiplies inputs rounded to bf16 (bf16 pair products)">
   ];
 }
 

@@ -53,12 +53,15 @@ struct MoESetWeightStoragePass final : moec::impl::MoESetWeightStoragePassBase<M
         if (!m.getFc1QuantAttr()) // QMoE layers keep their own integers
           m.setStorageAttr(moe::StorageAttr::get(ctx, experts));
         m.setInt8Activations(int8Activations && (m.getFc1QuantAttr() || quantised(m.getStorage())));
+        m.setBf16Activations(bf16Activations && !m.getFc1QuantAttr() && m.getStorage() == moe::Storage::bf16);
       } else if (auto l = dyn_cast<moe::LinearOp>(op)) {
         if (!l.getWeightQuantAttr()) { // MatMulNBits: kept as imported
           l.setStorageAttr(moe::StorageAttr::get(ctx, isGraphOutput(l.getOutput()) ? head : dense));
           l.setBlockSize(blockSize);
         }
         l.setInt8Activations(int8Activations && quantised(l.getStorage()));
+        l.setBf16Activations(bf16Activations && !l.getWeightQuantAttr() &&
+                             l.getStorage() == moe::Storage::bf16);
       } else if (auto e = dyn_cast<moe::EmbeddingOp>(op)) {
         e.setStorageAttr(moe::StorageAttr::get(ctx, embeddings));
         e.setBlockSize(blockSize);

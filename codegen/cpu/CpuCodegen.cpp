@@ -814,6 +814,9 @@ struct Emitter {
       ds << ", " << moe::stringifyNormKind(op.getNorm()) << " norm";
     if (qbits && op.getInt8Activations())
       ds << ", int8 activations";
+    const bool bf16Act = bf16 && panels && op.getBf16Activations();
+    if (bf16Act)
+      ds << ", bf16 activations";
     if (op.getResidual())
       ds << ", residual";
     step->set_description(desc);
@@ -840,7 +843,7 @@ struct Emitter {
        << "  static constexpr int64_t QBLOCK1 = " << (qblock1 ? qblock1 : h) << ", QBLOCK2 = " << qblock2
        << ";\n"
        << "  static constexpr bool INT8_ACT = " << b(qbits && op.getInt8Activations())
-       << ", PANELS = " << b(panels) << ", SCALE16 = " << b(scale16) << ";\n"
+       << ", BF16_ACT = " << b(bf16Act) << ", PANELS = " << b(panels) << ", SCALE16 = " << b(scale16) << ";\n"
        << "  static constexpr int64_t H = " << h << ", F = " << f << ", E = " << e << ", N = " << n
        << ", K = " << op.getK() << ", R = " << r << ", KEEP = " << keep << ", FS = " << fs
        << ", GROUPS = " << op.getExpertGroups()
@@ -1058,6 +1061,9 @@ struct Emitter {
       ds << "/" << block << (qa ? " (kept as imported" + std::string(affine ? ", zero points)" : ")") : "");
     if (qbits && op.getInt8Activations())
       ds << ", int8 activations";
+    const bool bf16Act = storage == MOERT_STORAGE_BF16 && op.getBf16Activations();
+    if (bf16Act)
+      ds << ", bf16 activations";
     if (norm)
       ds << ", " << (op.getNorm() == moe::NormKind::rms ? "rms" : "layer") << " norm";
     if (op.getBias())
@@ -1092,7 +1098,7 @@ struct Emitter {
        << "  static constexpr int QBITS = " << qbits << ";\n"
        << "  static constexpr bool SCALE16 = " << b(scale16) << ";\n"
        << "  static constexpr bool AFFINE = " << b(affine) << ", HAS_BIAS = " << b(op.getBias() != nullptr)
-       << ", INT8_ACT = " << b(qbits && op.getInt8Activations())
+       << ", INT8_ACT = " << b(qbits && op.getInt8Activations()) << ", BF16_ACT = " << b(bf16Act)
        << ", HAS_NORM_BIAS = " << b(op.getNormBias() != nullptr) << ";\n"
        << "  static constexpr int NORM = " << static_cast<int>(op.getNorm()) << ";\n"
        << "  static constexpr float EPS = " << floatLit(op.getNormEpsilon().convertToDouble()) << ";\n"

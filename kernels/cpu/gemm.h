@@ -25,6 +25,7 @@
 #include "simd.h"
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 namespace moert_cpu {
@@ -84,6 +85,85 @@ __attribute__((always_inline)) inline void gemmMicro(const T *b, int64_t pstride
         t += part[U - 1][i][v];
       acc[i][v] += t;
     }
+}
+
+// ---- bf16 dot products (`--activations=bf16`: bf16 weights times inputs rounded to bf16) ----------------
+// The same register tile on bf16 pairs: each 32-bit lane holds two consecutive features (the even one in the
+// low half) of one column (a panel's slice re-laid as pairs, pairPanels) or of one row (the inputs, packed
+// [k / 2][MR]), and dpbf16 (simd.h: AVX512-BF16's vdpbf16ps) adds both products per lane, twice the FMA's
+// products per instruction. Panels are stored as for the f32 path ([K][NR] bf16) and re-laid per K block
+// into per-thread scratch, once for every row tile that uses them.
+
+/// Features [0, kn) of np bf16 panels (b, pstride elements apart, [k][NR]) as pairs: panel j's pair q of
+/// column c at out[j * ostride + q * NR + c] (an odd kn's last pair has a zero high half).
+inline void pairPanels(const uint16_t *b, int64_t pstride, int64_t np, int64_t kn, uint32_t *out,
+                       int64_t ostride) {
+  const int64_t kp = (kn + 1) / 2;
+  for (int64_t j = 0; j < np; ++j) {
+    const uint16_t *src = b + j * pstride;
+    uint32_t *dst = out + j * ostride;
+    for (int64_t q = 0; q < kn / 2; ++q) {
+      const uint16_t *e = src + 2 * q * kGemmNR, *o = e + kGemmNR;
+#pragma unroll
+      for (int64_t v = 0; v < kGemmNV; ++v) {
+        u16xv ev, ov;
+        std::memcpy(&ev, e + v * VW, sizeof ev);
+        std::memcpy(&ov, o + v * VW, sizeof ov);
+        const u32xv pair = __builtin_convertvector(ev, u32xv) | __builtin_convertvector(ov, u32xv) << 16;
+        std::memcpy(dst + q * kGemmNR + v * VW, &pair, sizeof pair);
+      }
+    }
+    if (kn % 2)
+      for (int64_t c = 0; c < kGemmNR; ++c)
+        dst[(kp - 1) * kGemmNR + c] = src[(kn - 1) * kGemmNR + c];
+  }
+}
+
+/// Two inputs rounded to bf16 (moert_f32_to_bf16) as one pair.
+inline uint32_t bf16Pair(float even, float odd) {
+  return uint32_t(moert_f32_to_bf16(even)) | uint32_t(moert_f32_to_bf16(odd)) << 16;
+}
+
+/// Rows [0, m) of x (ldx floats apart, kn features) as the packed pairs of gemmMicroPairs: row i's pair q at
+/// out[(i / MR) * tstride + q * MR + i % MR], rounded to bf16 (an odd kn's last pair has a zero high half;
+/// the last tile's rows past m are left as they are: the micro-kernel reads only the tile's rows).
+inline void packBf16Pairs(const float *x, int64_t ldx, int64_t m, int64_t kn, uint32_t *out,
+                          int64_t tstride) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float *src = x + i * ldx;
+    uint32_t *dst = out + (i / kGemmMR) * tstride + i % kGemmMR;
+    int64_t q = 0;
+    for (; 2 * q + 2 * VW <= kn; q += VW) {
+      const u32xv p = bf16Pairs(src + 2 * q);
+#pragma unroll
+      for (int j = 0; j < VW; ++j)
+        dst[(q + j) * kGemmMR] = p[j];
+    }
+    for (; 2 * q < kn; ++q)
+      dst[q * kGemmMR] = bf16Pair(src[2 * q], 2 * q + 1 < kn ? src[2 * q + 1] : 0.0f);
+  }
+}
+
+/// gemmMicro on pairs: acc[i][j * NV + v] += the kp feature pairs of row i (a[q * MR + i]) times panel j's
+/// (b + j * pstride + q * NR, pstride in pairs).
+template <int M, int P>
+__attribute__((always_inline)) inline void
+gemmMicroPairs(const uint32_t *b, int64_t pstride, const uint32_t *a, int64_t kp, vf (&acc)[M][P * kGemmNV]) {
+  for (int64_t q = 0; q < kp; ++q) {
+    u32xv w[P * kGemmNV];
+#pragma unroll
+    for (int j = 0; j < P; ++j)
+#pragma unroll
+      for (int v = 0; v < kGemmNV; ++v)
+        std::memcpy(&w[j * kGemmNV + v], b + j * pstride + q * kGemmNR + v * VW, sizeof(u32xv));
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      const u32xv x = splatu(a[q * kGemmMR + i]);
+#pragma unroll
+      for (int v = 0; v < P * kGemmNV; ++v)
+        acc[i][v] = dpbf16(acc[i][v], x, w[v]);
+    }
+  }
 }
 
 /// Calls f(std::integral_constant<int, m>{}) for a run-time row count 1 <= m <= kGemmMR (tiles of fewer rows

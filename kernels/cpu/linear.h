@@ -29,6 +29,10 @@
 //     the i32 sums are scaled once per block (w = code * s + o: sum w x = s xs sum code q + o xs sum q).
 //     Results are those of the quantised weights on the rounded inputs, f32-accurate
 //     (kernels/cpu/moert_kernel_abi.h states it).
+//   - with BF16_ACT (moec --activations=bf16) and bf16 weights, prefill (more than MR rows) rounds the
+//     inputs to bf16 as it packs them and multiplies bf16 pairs (gemm.h's gemmMicroPairs: AVX512-BF16's
+//     vdpbf16ps, twice the FMA's products per instruction), each panel's K block re-laid as pairs once per
+//     work item; decode reads the panels as stored with f32 inputs, as without it.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_LINEAR_H
@@ -81,7 +85,8 @@ typedef float f32x16 __attribute__((vector_size(64)));
 /// given: unsigned codes, w = code * scale + offset; else int8 codes are signed and int4 ones centred on 8);
 /// HAS_BIAS; NORM (moert_norm: the rows are
 /// normalised first, into the scratch), EPS, HAS_NORM_BIAS; INT8_ACT (decode rounds the
-/// inputs to int8 and multiplies integers, see below); NOUT and SPLIT[NOUT + 1] (the outputs the N columns
+/// inputs to int8 and multiplies integers, see below); BF16_ACT (bf16 weights: prefill rounds the inputs to
+/// bf16 and multiplies bf16 pairs); NOUT and SPLIT[NOUT + 1] (the outputs the N columns
 /// go to: output j holds columns [SPLIT[j], SPLIT[j + 1]), SPLIT[0] = 0, SPLIT[NOUT] = N).
 template <class C> struct Linear {
   static constexpr int64_t K = C::K, N = C::N, NR = kGemmNR, NV = kGemmNV, NP = (N + NR - 1) / NR;
@@ -96,6 +101,11 @@ template <class C> struct Linear {
   static constexpr int64_t GK = QBITS == 4 ? 8 : 4, KG = (K + GK - 1) / GK, KPAD = KG * GK;
   static constexpr int64_t PANELB = QBITS ? KG * NR * 4 : K * NR * int64_t(QBITS ? 1 : sizeof(typename C::W));
   static constexpr int64_t KC = K <= kLinKC ? K : kLinKC;
+  // bf16 pairs (BF16_ACT): a K block's feature pairs
+  static constexpr bool PAIRS = C::BF16_ACT;
+  static constexpr int64_t KCP = (KC + 1) / 2, KP = (K + 1) / 2;
+  static_assert(!C::BF16_ACT || (QBITS == 0 && std::is_same_v<typename C::W, uint16_t>),
+                "bf16 activations with bf16 weights only");
   // Integer decode: inputs rounded per block of XB features (MOERT_INT8_ACT_BLOCK, or the weight block when
   // that is not a multiple of it), rows of up to MQ (MR, fewer when MR rounded rows would not fit kLinQBytes
   // of stack).
@@ -146,6 +156,8 @@ template <class C> struct Linear {
     return C::NORM != MOERT_NORM_NONE ? (size_t(M) * K * sizeof(float) + 63) / 64 * 64 + 64 : 0;
   }
   static size_t rowScratch(int64_t M, int) {
+    if (PAIRS) // prefill's rows as bf16 pairs, [row tile][KP][MR]
+      return M > MR ? size_t((M + MR - 1) / MR) * KP * MR * sizeof(uint32_t) + 128 : 0;
     if (!QBITS || !C::INT8_ACT || M <= MQ)
       return 0;
     return size_t(M) * (KPAD + 8 * KX) + 128;
@@ -475,10 +487,12 @@ template <class C> struct Linear {
     const int8_t *xq;
     const float *xs, *xsq;
     const float *xsum; // int8/int4 decode in f32: each row's input sum per block ([M][KB])
+    const uint32_t *xp; // PAIRS prefill: the rows rounded to bf16 pairs, [row tile][KP][MR]
   };
 
-  // plain panels; a dequantised f32 slice; codes times f32 inputs (decode); integer dot products (decode)
-  enum Mode { PLAIN, DEQ, CODES, INT };
+  // plain panels; a dequantised f32 slice; codes times f32 inputs (decode); integer dot products (decode);
+  // bf16 pairs (prefill with BF16_ACT: `deq` holds the panels' pairs, KCP * NR apart, `ap` the rows' pairs)
+  enum Mode { PLAIN, DEQ, CODES, INT, PAIR };
 
   /// Rows [r, r + M) x panels [p, p + P) over features [k0, k1): the first K block starts from the bias (or
   /// zero), the others from the output so far; the last adds the residual. Columns past N (the last panel's
@@ -486,7 +500,8 @@ template <class C> struct Linear {
   template <int M, Mode MODE, bool PK, int P = 1>
   static void block(const moert_linear_args &a, const Ctx &c, const float *deq, const float *ap,
                     const Rounded *rx, int64_t r, int64_t p, int64_t k0, int64_t k1, int64_t ahead = 0) {
-    static_assert(P == 1 || MODE == PLAIN || MODE == DEQ, "several panels at once only in f32");
+    static_assert(P == 1 || MODE == PLAIN || MODE == DEQ || MODE == PAIR,
+                  "several panels at once only in f32 and bf16 pairs");
     const uint8_t *w = static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) + p * PANELB;
     vf acc[M][P * NV];
     const float *bias = C::HAS_BIAS ? static_cast<const float *>(a.weights[MOERT_LIN_BIAS]) : nullptr;
@@ -509,7 +524,11 @@ template <class C> struct Linear {
       }
     }
     const float *in = PK ? ap : a.input + r * K;
-    if constexpr (MODE == DEQ) {
+    if constexpr (MODE == PAIR) {
+      static_assert(PK, "pairs are packed");
+      gemmMicroPairs<M, P>(reinterpret_cast<const uint32_t *>(deq), KCP * NR,
+                           reinterpret_cast<const uint32_t *>(ap), (k1 - k0 + 1) / 2, acc);
+    } else if constexpr (MODE == DEQ) {
       gemmMicro<M, P, PK>(deq, KC * NR, PK ? in : in + k0, K, k1 - k0, acc);
     } else if constexpr (MODE == CODES) {
       const Scale *sc = static_cast<const Scale *>(a.weights[MOERT_LIN_SCALES]) + p * KB * NR;
@@ -597,9 +616,32 @@ template <class C> struct Linear {
   }
 
   /// Prefill: per K block, the item's input rows packed tile by tile (L2-resident), then for each set of PW
-  /// panels (int8/int4: dequantised once into f32 slices) every row tile runs the micro-kernel on them.
+  /// panels (int8/int4: dequantised once into f32 slices; BF16_ACT: re-laid as bf16 pairs) every row tile
+  /// runs the micro-kernel on them.
   __attribute__((noinline)) static void prefill(const Ctx &c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     const moert_linear_args &a = *c.a;
+    if constexpr (PAIRS) { // the rows' pairs packed once per call (layer); panels re-laid per K block
+      alignas(64) uint32_t bp[PW * KCP * NR];
+      const uint16_t *w = static_cast<const uint16_t *>(a.weights[MOERT_LIN_W]);
+      for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t k1 = std::min(K, k0 + KC);
+        for (int64_t pp = p0; pp < p1;) {
+          const int64_t np = p1 - pp >= PW ? PW : 1;
+          pairPanels(w + pp * K * NR + k0 * NR, K * NR, np, k1 - k0, bp, KCP * NR);
+          for (int64_t r = r0; r < r1; r += MR) {
+            const float *at = reinterpret_cast<const float *>(c.xp + r / MR * KP * MR + k0 / 2 * MR);
+            const float *bf = reinterpret_cast<const float *>(bp);
+            const int64_t m = std::min<int64_t>(MR, r1 - r);
+            if (np == PW)
+              rows<PAIR, true, PW>(a, c, bf, at, nullptr, m, r, pp, k0, k1);
+            else
+              rows<PAIR, true>(a, c, bf, at, nullptr, m, r, pp, k0, k1);
+          }
+          pp += np;
+        }
+      }
+      return;
+    }
     alignas(64) float ap[kLinMC * KC];
     alignas(64) float deq[QBITS ? PW * KC * NR : 1];
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
@@ -694,6 +736,20 @@ template <class C> struct Linear {
         }
       } round{a, const_cast<int8_t *>(c.xq), const_cast<float *>(c.xs), const_cast<float *>(c.xsq)};
       ex.parallel_for(ex.pool, M, &round, &Round::row);
+    }
+    if (PAIRS && M > MR) { // prefill with bf16 activations: the rows rounded to pairs once, in parallel
+      c.xp =
+          reinterpret_cast<const uint32_t *>((reinterpret_cast<uintptr_t>(a->scratch) + 63) & ~uintptr_t(63));
+      struct Pack {
+        const moert_linear_args *a;
+        uint32_t *xp;
+        static void tile(void *p, int64_t t, int) {
+          const Pack &k = *static_cast<const Pack *>(p);
+          packBf16Pairs(k.a->input + t * MR * K, K, std::min<int64_t>(MR, k.a->rows - t * MR), K,
+                        k.xp + t * KP * MR, KP * MR);
+        }
+      } pack{a, const_cast<uint32_t *>(c.xp)};
+      ex.parallel_for(ex.pool, (M + MR - 1) / MR, &pack, &Pack::tile);
     }
     float xsum[CODE_ROWS ? CODE_ROWS * KB : 1];
     if (CODE_ROWS && M <= CODE_ROWS) {

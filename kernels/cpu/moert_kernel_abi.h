@@ -226,6 +226,12 @@ enum moert_linear_slot {
  * per block of 32 dims counted from dim 0, dims not kept 0), whatever its token count; without panels
  * (a GPU target, or shapes that do not allow them) an expert computing fewer than 16 tokens of a call (a
  * token tile below a GEMM's) rounds its tokens only, and bigger tiles multiply f32. */
+/* bf16 weights compiled with bf16 activations (moec --activations=bf16, C::BF16_ACT) multiply bf16 pairs:
+ * a linear dispatch called with more than kGemmMR (6) rows, and a MoE dispatch's experts computing at least
+ * 16 tokens of a call (GEMM tiles; the experts stored in panels, C::PANELS), round each input (the tokens;
+ * fc2's input, routing weight x activation) to bf16 as moert_f32_to_bf16 does and sum products of bf16
+ * values in f32: sum_k w[k][n] * bf16(x[k]), two products per step (AVX512-BF16's vdpbf16ps; elsewhere the
+ * same sums by f32 FMAs). Fewer rows (decode) take the inputs as they are. */
 /* Bytes of each block scale of the weights moec quantises itself (--weights / --dense-weights int8, int4:
  * linear layers' MOERT_LIN_SCALES and experts' MOERT_FC1_SCALES ... MOERT_SHARED2_SCALES, the kernels'
  * C::SCALE16): IEEE f16, as ggml's Q8_0 / Q4_0 keep theirs (scale = f16(max|w| / qmax), at most 65504, codes

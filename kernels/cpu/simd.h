@@ -127,6 +127,55 @@ inline vf loadv(const _Float16 *p) {
   std::memcpy(&h, p, sizeof h);
   return __builtin_convertvector(h, vf);
 }
+// bf16 dot products (`--activations=bf16`, bf16 weights): each 32-bit lane holds two bf16 of consecutive
+// features (the even one in the low half).
+inline u32xv splatu(uint32_t a) {
+  u32xv v;
+#pragma unroll
+  for (int i = 0; i < VW; ++i)
+    v[i] = a;
+  return v;
+}
+/// 2 VW inputs x[0..2 VW) rounded to bf16 as moert_f32_to_bf16 does (nearest even; a NaN stays a quiet NaN),
+/// as VW pairs: lane j holds x[2j] in its low half and x[2j + 1] in its high one.
+inline u32xv bf16Pairs(const float *x) {
+  auto round = [](vf v) {
+    const u32xv u = __builtin_bit_cast(u32xv, v);
+    const u32xv r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r;
+  };
+  const u32xv lo = round(loadv(x)), hi = round(loadv(x + VW));
+#if MOERT_VW == 16
+  const u32xv even =
+      __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const u32xv odd =
+      __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+#else
+  const u32xv even = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
+  const u32xv odd = __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15);
+#endif
+  return even | odd << 16;
+}
+/// acc + a.odd x b.odd + a.even x b.even in every f32 lane, a and b holding bf16 pairs: AVX512-BF16's
+/// vdpbf16ps where the build has it, else the same two products in the same order as f32 FMAs (a product of
+/// two bf16 is exact in f32, so only the instruction's flush of denormals differs).
+inline vf dpbf16(vf acc, u32xv a, u32xv b) {
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+  typedef __bf16 bfv __attribute__((vector_size(VW * 4)));
+#if MOERT_VW == 16
+  return __builtin_ia32_dpbf16ps_512(acc, __builtin_bit_cast(bfv, a), __builtin_bit_cast(bfv, b));
+#else
+  return __builtin_ia32_dpbf16ps_256(acc, __builtin_bit_cast(bfv, a), __builtin_bit_cast(bfv, b));
+#endif
+#else
+  constexpr uint32_t HI = 0xffff0000u;
+  const vf ao = __builtin_bit_cast(vf, a & HI), bo = __builtin_bit_cast(vf, b & HI);
+  const vf ae = __builtin_bit_cast(vf, a << 16), be = __builtin_bit_cast(vf, b << 16);
+  acc += ao * bo;
+  acc += ae * be;
+  return acc;
+#endif
+}
 inline float tofloat(_Float16 x) { return float(x); }
 inline float tofloat(float x) { return x; }
 inline float tofloat(uint16_t x) {

@@ -433,7 +433,8 @@ template <class C, int64_t K_, int64_t N_, int64_t QBLOCK_, bool S16> struct Exp
   using W = uint8_t;
   static constexpr int QBITS = C::QBITS, NORM = MOERT_NORM_NONE, NOUT = 1;
   static constexpr int64_t K = K_, N = N_, QBLOCK = QBLOCK_;
-  static constexpr bool AFFINE = false, HAS_BIAS = false, HAS_NORM_BIAS = false, INT8_ACT = true;
+  static constexpr bool AFFINE = false, HAS_BIAS = false, HAS_NORM_BIAS = false, INT8_ACT = true,
+                        BF16_ACT = false;
   static constexpr bool SCALE16 = S16;
   static constexpr float EPS = 0.0f;
   static constexpr int64_t SPLIT[2] = {0, N_};
@@ -498,6 +499,12 @@ template <class C> struct Kernel {
   // them where they lie instead of copying each expert's rows into panels per tile, and decode and smaller
   // tiles run the same micro-kernel on them (plainDecode). Chunks of dims are whole fc1 panels.
   static constexpr bool PLAIN_PANELS = C::PANELS && C::QBITS == 0;
+  // C::BF16_ACT (codegen's choice with --activations=bf16, bf16 experts in panels): GEMM tiles round their
+  // tokens and fc2's inputs to bf16 and multiply bf16 pairs (gemm.h's gemmMicroPairs), each panel set's K
+  // block re-laid as pairs once for every row tile; decode and smaller tiles (plainDecode) take f32 inputs.
+  static constexpr bool PAIRS = C::BF16_ACT;
+  static_assert(!PAIRS || (PLAIN_PANELS && std::is_same_v<typename C::W, uint16_t>),
+                "bf16 activations need bf16 experts in panels");
   // Tokens rounded once in the routing pass (QTok form, for fc1's rows): integer fc1 without panels.
   static constexpr bool ROUND_IN_ROUTE = INT_FC1 && !INT_FC2;
   static constexpr int64_t FSX = C::HAS_SHARED ? C::FS : F; // the shared expert's dims (F without one)
@@ -530,15 +537,21 @@ template <class C> struct Kernel {
   static constexpr int64_t H16 = H / kGemmNR * kGemmNR; // columns in whole panels
   static constexpr int64_t DB1 = std::clamp<int64_t>(
       kMoePackBytes / int64_t(sizeof(float) * G * H) / kGemmNR * kGemmNR, kGemmNR, kMoeDB);
-  static constexpr int64_t KC2 = std::clamp<int64_t>(kMoePackBytes / int64_t(sizeof(float) * H), 1, kMoeKC);
+  static constexpr int64_t KC2 = std::clamp<int64_t>(kMoePackBytes / int64_t(sizeof(float) * H), 1, kMoeKC) /
+                                 (PAIRS ? 2 : 1) * (PAIRS ? 2 : 1); // whole pairs of dims with PAIRS
+  static_assert(KC2 >= 1 && kMoeKC % 2 == 0, "fc1's K blocks and fc2's are whole pairs");
   // Per-thread buffers of gemmTile (floats): the tile's tokens packed for the micro-kernel ([row
   // tile][H][MR]), fc1's panels for DB1 dims ([G * DB1 / NR panels][H][NR]), their outputs ([kTileRows][G *
   // DB1]), the coefficients of a super block of dims ([row tile][kMoeFB][MR]), fc2's panels for KC2 dims in
   // f32 ([H16 / NR panels][KC2][NR]), and the tile's output rows (LDO floats apart: H plus a cache line, so
   // rows do not share cache sets the way the partial buffers' rows, 64 KiB apart with 8 slots of H = 2048,
-  // do).
+  // do). With PAIRS the tokens and coefficients are bf16 pairs in the first half of theirs, and GB1 holds a
+  // panel set's pairs for a K block instead.
   static constexpr int64_t LDO = H + 16;
-  static constexpr int64_t GA = kTileRows * H, GB1 = PLAIN_PANELS ? 0 : G * DB1 * H,
+  static constexpr int64_t GA = kTileRows * H,
+                           GB1 = PAIRS          ? kGemmPW * kMoeKC / 2 * kGemmNR
+                                 : PLAIN_PANELS ? 0
+                                                : G * DB1 * H,
                            GH1 = kTileRows * G * DB1, GCF = kTileRows * kMoeFB,
                            GB2 = PLAIN_PANELS ? 0 : KC2 * H16, GO = kTileRows * LDO;
   static constexpr size_t kF32GemmBytes = sizeof(float) * (GA + GB1 + GH1 + GCF + GB2 + GO) + 6 * 64;
@@ -1212,11 +1225,11 @@ template <class C> struct Kernel {
     }
   }
 
-  /// acc = rows c[i] at column col (or zero) for M rows x P panels, then the micro-kernel, then back.
-  template <int M, int P, class T>
-  __attribute__((always_inline)) static inline void gemmInto(float *const *c, int64_t col, bool zero,
-                                                             const T *b, int64_t pstride, const float *ap,
-                                                             int64_t kn) {
+  /// acc = rows c[i] at column col (or zero) for M rows x P panels, then the micro-kernel (PAIRS_: on bf16
+  /// pairs, kn of them), then back.
+  template <int M, int P, bool PAIRS_ = false, class T, class A>
+  __attribute__((always_inline)) static inline void
+  gemmInto(float *const *c, int64_t col, bool zero, const T *b, int64_t pstride, const A *ap, int64_t kn) {
     constexpr int64_t NV = kGemmNV;
     vf acc[M][P * NV];
 #pragma unroll
@@ -1224,7 +1237,10 @@ template <class C> struct Kernel {
 #pragma unroll
       for (int v = 0; v < P * NV; ++v)
         acc[i][v] = zero ? vf{} : loadv(c[i] + col + v * VW);
-    gemmMicro<M, P, true>(b, pstride, ap, 0, kn, acc);
+    if constexpr (PAIRS_)
+      gemmMicroPairs<M, P>(b, pstride, ap, kn, acc);
+    else
+      gemmMicro<M, P, true>(b, pstride, ap, 0, kn, acc);
 #pragma unroll
     for (int i = 0; i < M; ++i)
 #pragma unroll
@@ -1256,6 +1272,31 @@ template <class C> struct Kernel {
     }
   }
 
+  /// gemmPanels on bf16 pairs (PAIRS): the row tiles of `ap` hold the rows' feature pairs ([kn / 2][MR],
+  /// apstride pairs apart), `b` the bf16 panels as stored; each set of PW panels (or one) is re-laid as pairs
+  /// into `bp` once, then every row tile uses it.
+  static void gemmPanelsPairs(int64_t n, const uint32_t *ap, int64_t apstride, const uint16_t *b, int64_t np,
+                              int64_t pstride, int64_t kn, float *const *c, int64_t col, bool zero,
+                              uint32_t *bp) {
+    constexpr int MR = kGemmMR, PW = kGemmPW;
+    const int64_t kp = (kn + 1) / 2;
+    for (int64_t p = 0; p < np;) {
+      const int64_t pw = np - p >= PW ? PW : 1;
+      pairPanels(b + p * pstride, pstride, pw, kn, bp, kp * kGemmNR);
+      for (int64_t r = 0; r < n; r += MR) {
+        const uint32_t *at = ap + (r / MR) * apstride;
+        gemmRows(std::min<int64_t>(MR, n - r), [&](auto m) {
+          constexpr int M = decltype(m)::value;
+          if (pw == PW)
+            gemmInto<M, PW, true>(c + r, col + p * kGemmNR, zero, bp, kp * kGemmNR, at, kp);
+          else
+            gemmInto<M, 1, true>(c + r, col + p * kGemmNR, zero, bp, kp * kGemmNR, at, kp);
+        });
+      }
+      p += pw;
+    }
+  }
+
   static void gemmTile(const Ctx &c, const Item &it, const ExpertRows<C> &rows, int64_t n,
                        const float *const *xs, float *const *dst, const float *ws, const float *b1,
                        const uint8_t *mask, int thread) {
@@ -1273,20 +1314,31 @@ template <class C> struct Kernel {
     float *b2p = alignTo64(reinterpret_cast<char *>(cfp + GCF));
     float *ot = alignTo64(reinterpret_cast<char *>(b2p + GB2));
     const int64_t rowTiles = (n + MR - 1) / MR;
-    // the tokens, packed for the micro-kernel (rows past n zero)
-    for (int64_t t = 0; t < rowTiles; ++t)
-      for (int64_t i = 0; i < MR; ++i) {
-        float *d = ap + t * H * MR + i;
-        const int64_t r = t * MR + i;
-        if (r < n) {
-          const float *x = xs[r];
-          for (int64_t h = 0; h < H; ++h)
-            d[h * MR] = x[h];
-        } else {
-          for (int64_t h = 0; h < H; ++h)
-            d[h * MR] = 0.0f;
+    uint32_t *app = reinterpret_cast<uint32_t *>(ap), *bpp = reinterpret_cast<uint32_t *>(b1p); // PAIRS
+    uint16_t *cfh = reinterpret_cast<uint16_t *>(cfp); // PAIRS: the coefficients' pairs, as bf16 halves
+    // the tokens, packed for the micro-kernel (rows past n zero; PAIRS: as bf16 pairs, [H / 2][MR] a tile)
+    if constexpr (PAIRS)
+      for (int64_t t = 0; t < rowTiles; ++t)
+        for (int64_t i = 0; i < MR; ++i) {
+          uint32_t *d = app + t * (H / 2) * MR + i;
+          const int64_t r = t * MR + i;
+          for (int64_t q = 0; q < H / 2; ++q)
+            d[q * MR] = r < n ? bf16Pair(xs[r][2 * q], xs[r][2 * q + 1]) : 0u;
         }
-      }
+    else
+      for (int64_t t = 0; t < rowTiles; ++t)
+        for (int64_t i = 0; i < MR; ++i) {
+          float *d = ap + t * H * MR + i;
+          const int64_t r = t * MR + i;
+          if (r < n) {
+            const float *x = xs[r];
+            for (int64_t h = 0; h < H; ++h)
+              d[h * MR] = x[h];
+          } else {
+            for (int64_t h = 0; h < H; ++h)
+              d[h * MR] = 0.0f;
+          }
+        }
     constexpr int64_t LD1 = G * DB1; // h1's row length
     float *h1rows[kTile], *orows[kTile];
     for (int64_t r = 0; r < n; ++r) {
@@ -1312,7 +1364,11 @@ template <class C> struct Kernel {
         }();
         for (int64_t k0 = 0; k0 < H; k0 += KC) {
           const int64_t k1 = std::min<int64_t>(H, k0 + KC);
-          gemmPanels(n, ap + k0 * MR, H * MR, b1s + k0 * NR, np, H * NR, k1 - k0, h1rows, 0, k0 == 0);
+          if constexpr (PAIRS)
+            gemmPanelsPairs(n, app + k0 / 2 * MR, H / 2 * MR, b1s + k0 * NR, np, H * NR, k1 - k0, h1rows, 0,
+                            k0 == 0, bpp);
+          else
+            gemmPanels(n, ap + k0 * MR, H * MR, b1s + k0 * NR, np, H * NR, k1 - k0, h1rows, 0, k0 == 0);
         }
         for (int64_t r = 0; r < n; ++r) {
           float *cf = cfp + (r / MR) * FB * MR + r % MR;
@@ -1325,7 +1381,11 @@ template <class C> struct Kernel {
               const float u = G == 2 ? hr[(q * G + 1) * NR + j] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
               v = ws[r] * activate(g, u);
             }
-            cf[(f - fb) * MR] = v;
+            if constexpr (PAIRS)
+              cfh[((r / MR) * (FB / 2) * MR + (f - fb) / 2 * MR + r % MR) * 2 + (f - fb) % 2] =
+                  moert_f32_to_bf16(v);
+            else
+              cf[(f - fb) * MR] = v;
           }
         }
       }
@@ -1333,7 +1393,11 @@ template <class C> struct Kernel {
       // rows copied into f32 panels of every column), PW panels of columns at a time
       for (int64_t kb = fb; kb < fe; kb += KC2) {
         const int64_t ke = std::min<int64_t>(fe, kb + KC2);
-        if constexpr (PLAIN_PANELS) {
+        if constexpr (PAIRS) {
+          gemmPanelsPairs(n, reinterpret_cast<const uint32_t *>(cfh) + (kb - fb) / 2 * MR, FB / 2 * MR,
+                          rows.panel2(0) + kb * NR, H / NR, rows.fdim * NR, ke - kb, orows, 0, kb == it.f0,
+                          bpp);
+        } else if constexpr (PLAIN_PANELS) {
           gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, rows.panel2(0) + kb * NR, H / NR, rows.fdim * NR,
                      ke - kb, orows, 0, kb == it.f0);
         } else {

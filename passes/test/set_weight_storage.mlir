@@ -3,6 +3,9 @@
 // RUN: moec-opt %s --moe-set-weight-storage="experts=int8 dense=int4 lm-head=bf16 block-size=64" | FileCheck %s
 // RUN: not moec-opt %s --moe-set-weight-storage="dense=int3" 2>&1 | FileCheck %s --check-prefix=BAD
 // RUN: moec-opt %s --moe-set-weight-storage="dense=int8 embeddings=fp16" | FileCheck %s --check-prefix=WIDE
+// Narrow activations mark only the dispatches whose storage they apply to: int8 ones int8/int4 weights, bf16
+// ones bf16 weights.
+// RUN: moec-opt %s --moe-set-weight-storage="experts=bf16 dense=int4 lm-head=bf16 int8-activations=true bf16-activations=true" | FileCheck %s --check-prefix=ACT
 
 // CHECK-LABEL: func.func @model
 // CHECK: moe.embedding %{{.+}}, %arg5 {block_size = 64 : i64, storage = #moe.storage<int4>}
@@ -11,6 +14,10 @@
 // CHECK: moe.linear %{{.+}}, %{{.+}} {block_size = 64 : i64, storage = #moe.storage<bf16>}
 // WIDE: moe.embedding {{.*}}storage = #moe.storage<fp16>
 // WIDE: moe.linear {{.*}}storage = #moe.storage<int8>
+// ACT: moe.linear %arg0, %{{.+}} {int8_activations, storage = #moe.storage<int4>}
+// ACT: moe.sparse_moe {{.*}}bf16_activations{{.*}}storage = #moe.storage<bf16>
+// ACT-NOT: int8_activations
+// ACT: moe.linear %{{.+}}, %{{.+}} {bf16_activations, storage = #moe.storage<bf16>}
 // BAD: error: moe-set-weight-storage: dense='int3' is not a storage (fp32, bf16, fp16, int8, int4)
 func.func @model(%x: tensor<?x4xf32>, %r: tensor<4x2xf32>, %w1: tensor<2x2x4xf32>, %w2: tensor<2x4x2xf32>,
                  %head: tensor<4x8xf32>, %ids: tensor<3xi64>) -> (tensor<?x8xf32>, tensor<3x4xf32>) {

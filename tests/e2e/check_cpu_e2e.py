@@ -165,11 +165,7 @@ def save_layer(path, op, node_inputs, inits, attrs, h, e, router, rng, extra_inp
     onnx.save(model, path)
 
 
-def bf16_round(a):
-    """f32 -> nearest bf16 (ties to even), back as f32: what `moec compile --weights=bf16` stores."""
-    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-    return r.astype(np.uint32).view(np.float32)
+bf16_round = oracle.round_bf16  # what `--weights=bf16` stores (check_linear_e2e uses it too)
 
 
 def bf16_reference_model(path, out, rounding=None):
@@ -208,19 +204,21 @@ def quantize_rows(w, bits, block=32, scale_dtype=np.float16):
 round_int8 = oracle.round_int8  # what --activations=int8 does to a row (check_linear_e2e uses it too)
 
 
-def int8_activations_reference(path, k, normalize):
+def activations_reference(path, k, normalize, **rounding):
     """The oracle on an ONNX Runtime swiglu MoE model with given logits (`path`: its weights as moec stores
-    them, see quantized_reference_model) and int8 activations: every expert multiplies its tokens and its fc2
-    inputs rounded to int8 (tests/reference/sparse_moe.py, int8_below; these layers' fc2 is stored in panels,
-    C::PANELS in kernels/cpu/sparse_moe.h, so token tiles of any size multiply integers). Returns (output,
-    slack): an fc2 input the oracle finds within a hair of a rounding tie may round the other way in the
-    kernel's f32 arithmetic, and slack bounds what that changes (zero elsewhere)."""
+    them, see quantized_reference_model / bf16_reference_model) with rounded activations (`rounding`, see
+    tests/reference/sparse_moe.py): int8_below=math.inf, int8 activations, every expert multiplies its tokens
+    and its fc2 inputs rounded to int8 (these layers' fc2 is stored in panels, C::PANELS in
+    kernels/cpu/sparse_moe.h, so token tiles of any size multiply integers); bf16_from=16, bf16 activations,
+    experts computing 16 tokens or more (GEMM tiles) round them to bf16. Returns (output, slack): an fc2
+    input the oracle finds within a hair of a rounding tie may round the other way in the kernel's f32
+    arithmetic, and slack bounds what that changes (zero elsewhere)."""
     w = {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
 
     def reference(d):
         return oracle.sparse_moe(d["x"], d["logits"], w["w1"], w["w2"], k=k, router_kind="logits",
                                  normalize=bool(normalize), activation="swiglu", gated_layout="interleaved",
-                                 fc1_bias=w.get("b1"), fc2_bias=w.get("b2"), int8_below=math.inf, return_slack=True)
+                                 fc1_bias=w.get("b1"), fc2_bias=w.get("b2"), return_slack=True, **rounding)
     return reference
 
 
@@ -386,11 +384,17 @@ def ort_moe_cases(tmp):
                     # and fc2: decode, small token tiles and GEMM tiles): against the oracle doing the same on
                     # the same stored weights
                     yield (name + f" (int{bits}, int8 activations)", path, feeds,
-                           (int8_activations_reference(ref, c["k"], c["normalize"]), ref,
+                           (activations_reference(ref, c["k"], c["normalize"], int8_below=math.inf), ref,
                             (f"--weights=int{bits}", "--activations=int8"), DRIFT[bits]))
             ref = path.replace(".onnx", "_bf16ref.onnx")
             bf16_reference_model(path, ref)
             yield name + " (bf16)", path, feeds, ("ort", ref, ["--weights=bf16"], DRIFT["bf16"])
+            if c["h"] % 16 == 0 and c["f"] % 16 == 0 and c["router"] == "logits" and c["act"] == "swiglu":
+                # bf16 activations (experts in panels): GEMM tiles (16+ tokens an expert) round their tokens
+                # and fc2 inputs to bf16 and multiply bf16 pairs; smaller ones take them as they are
+                yield (name + " (bf16, bf16 activations)", path, feeds,
+                       (activations_reference(ref, c["k"], c["normalize"], bf16_from=16), ref,
+                        ("--weights=bf16", "--activations=bf16"), DRIFT["bf16"]))
             ref = path.replace(".onnx", "_fp16ref.onnx")
             bf16_reference_model(path, ref, fp16_round)
             yield name + " (fp16)", path, feeds, ("ort", ref, ["--weights=fp16"], DRIFT["fp16"])
@@ -434,6 +438,14 @@ def shared_expert_cases(tmp):
                                      int8_below=math.inf, return_slack=True)
         yield (f"shared_expert/silu_H{h}_F{f}_Fs{fs} (int{bits}, int8 activations)", path, feeds,
                (reference, path, (f"--weights=int{bits}", "--activations=int8"), DRIFT[bits]))
+
+    def bf16_reference(d):  # bf16 activations: the shared expert's 40 tokens and experts with 16+ round them
+        r = bf16_round
+        return oracle.sparse_moe(d["x"], d["logits"], r(w1), r(w2), k=k, router_kind="logits", normalize=True,
+                                 activation="silu", shared_fc1=r(up.T), shared_fc2=r(down.T), bf16_from=16,
+                                 return_slack=True)
+    yield (f"shared_expert/silu_H{h}_F{f}_Fs{fs} (bf16, bf16 activations)", path, feeds,
+           (bf16_reference, path, ("--weights=bf16", "--activations=bf16"), DRIFT["bf16"]))
 
 
 def sparse_moe_cases(tmp):

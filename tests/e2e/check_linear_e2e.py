@@ -54,6 +54,9 @@ DRIFT = {"bf16": 1e-2, "fp16": 2e-3, "int8": 3e-2, "int4": 0.3}
 # --activations=int8 against the same stored weights multiplied in f32 (each layer's decode input rounded to
 # int8 per block of 32: about 1/254 of its block's largest value per element).
 ACT_DRIFT = 3e-2
+# --activations=bf16 against the same stored weights multiplied in f32 (each layer's prefill input rounded to
+# bf16: 2^-9 relative per element at most).
+BF16_ACT_DRIFT = 1e-2
 
 failures = []
 
@@ -263,6 +266,32 @@ def reference_copy(path, out, storage, skip=()):
     onnx.save(m, out)
 
 
+def bf16_activations(args, tmp, path, ref, feeds):
+    """--activations=bf16 on the dense model with bf16 weights (`ref`: ONNX Runtime's copy on those weights):
+    every layer marked, the Gemm on the model's input exact against ONNX Runtime fed that input rounded to bf16
+    when the call has more than 6 rows (prefill) and as it is otherwise (decode), and the whole model within a
+    stated bound (every layer's prefill inputs rounded)."""
+    art = os.path.join(tmp, "dense_bf16_act.moex")
+    run = compile_model(args, path, art, "--dense-weights=bf16", "--activations=bf16")
+    if run.returncode != 0:
+        check("dense bf16, bf16 activations", False, "moec compile failed: " + run.stderr.strip().splitlines()[-1])
+        return
+    lines = re.findall(r"^\s*linear \d+: (.*)$", inspect(args, art), re.M)
+    check("dense bf16, bf16 activations: dispatches", len(lines) == 5 and all("bf16 activations" in ln for ln in lines),
+          "; ".join(lines))
+    exact = drift = 0.0
+    for f in feeds:
+        got = moert_run(args, art, f, tmp)
+        rows = f["x"].shape[0] * f["x"].shape[1]
+        want_g = ort_run(ref, {"x": bf16_round(f["x"])} if rows > 6 else f)[1]
+        exact = max(exact, rel_error(got["g"], want_g))
+        drift = max(drift, max(rel_error(got[n], w) for n, w in zip(("logits", "g"), ort_run(ref, f))))
+    check("dense bf16, bf16 activations: the Gemm on the input vs ONNX Runtime on its rounded input",
+          exact <= TOLERANCE, f"max rel error {exact:.2e} (2, 6 and 80 rows)")
+    check("dense bf16, bf16 activations: vs ONNX Runtime on the stored weights", drift <= BF16_ACT_DRIFT,
+          f"max rel error {drift:.2e} (bound {BF16_ACT_DRIFT}: every layer's prefill inputs rounded to bf16)")
+
+
 def dense(args, tmp):
     path = os.path.join(tmp, "dense.onnx")
     dense_model(path)
@@ -297,6 +326,8 @@ def dense(args, tmp):
         if storage != "fp32":
             check(f"dense {storage}: drift vs the fp32 model", drift <= DRIFT[storage],
                   f"{drift:.2e} (bound {DRIFT[storage]})")
+        if storage == "bf16":  # bf16 activations: calls of more than 6 rows round every layer's inputs
+            bf16_activations(args, tmp, path, ref, feeds)
         if storage in ("int8", "int4"):  # rounded inputs in decode: every layer's, so a stated bound only
             art = os.path.join(tmp, f"dense_{storage}_act.moex")
             run = compile_model(args, path, art, f"--dense-weights={storage}", "--activations=int8")
@@ -403,7 +434,8 @@ def bad_input(args, tmp):
               "MatMulNBits" in err[0], err[-1] if err else "no error")
     path = os.path.join(tmp, "nbits0.onnx")
     for flags, needle in ((["--weights=int3"], "--weights=int3"), (["--dense-weights=fp8"], "--dense-weights=fp8"),
-                          (["--weight-block=15"], "--weight-block=15")):
+                          (["--weight-block=15"], "--weight-block=15"), (["--activations=fp8"], "--activations=fp8"),
+                          (["--activations=bf16,bf16"], "--activations=bf16,bf16")):
         art = os.path.join(tmp, "bad_flag.moex")
         run = compile_model(args, path, art, *flags)
         err = run.stderr.strip().splitlines()

@@ -33,7 +33,7 @@ struct Base {
   using W = float;
   static constexpr int QBITS = 0;
   static constexpr int64_t QBLOCK1 = 64, QBLOCK2 = 0;
-  static constexpr bool INT8_ACT = false, PANELS = false, SCALE16 = false;
+  static constexpr bool INT8_ACT = false, BF16_ACT = false, PANELS = false, SCALE16 = false;
   static constexpr int64_t H = 64, F = 48, E = 8, N = 8, K = 2, R = 0, KEEP = 0, FS = 0, GROUPS = 1,
                            GROUP_TOPK = 0;
   static constexpr bool GROUP_MAX = false;

@@ -33,13 +33,16 @@ template <Kind KIND> struct WType { using type = float; };
 template <> struct WType<BF16> { using type = uint16_t; };
 template <> struct WType<F16> { using type = _Float16; };
 
-template <Kind KIND, int64_t K_, int64_t N_, bool BIAS, int64_t BLOCK = 32, bool INT8ACT = false,
+/// ACT: the storage's narrow activations - int8 for int8 / int4 weights (`--activations=int8`), bf16 for
+/// bf16 ones (`--activations=bf16`).
+template <Kind KIND, int64_t K_, int64_t N_, bool BIAS, int64_t BLOCK = 32, bool ACT = false,
           int NORM_ = MOERT_NORM_NONE, bool NORM_BIAS = false>
 struct Cfg {
   using W = typename WType<KIND>::type;
   static constexpr int64_t K = K_, N = N_, QBLOCK = BLOCK;
   static constexpr int QBITS = KIND == I8 || KIND == I8Z ? 8 : KIND == I4 || KIND == I4Z ? 4 : 0;
-  static constexpr bool AFFINE = KIND == I8Z || KIND == I4Z, HAS_BIAS = BIAS, INT8_ACT = INT8ACT;
+  static constexpr bool AFFINE = KIND == I8Z || KIND == I4Z, HAS_BIAS = BIAS;
+  static constexpr bool INT8_ACT = ACT && QBITS != 0, BF16_ACT = ACT && KIND == BF16;
   static constexpr bool SCALE16 = KIND == I8 || KIND == I4; // moec's own quantisation: f16 scales
   static constexpr int NORM = NORM_;                        // a fused RMS / layer norm in front (moert_norm)
   static constexpr bool HAS_NORM_BIAS = NORM_BIAS;
@@ -158,6 +161,15 @@ Case makeCase(Kind kind, int64_t k, int64_t n, int64_t block, bool bias, std::mt
 /// round-half-even(x * (127 / max|x|)), x = q * max|x| / 127 (moert_kernel_abi.h).
 template <class C> std::vector<double> inputsAsMultiplied(const std::vector<float> &x, int64_t m) {
   std::vector<double> r(x.begin(), x.end());
+  if (C::BF16_ACT && m > 6) { // bf16 activations: prefill (more rows than gemm.h's 6-row tile) rounds them
+    for (size_t i = 0; i < x.size(); ++i) {
+      const uint32_t b = uint32_t(moert_f32_to_bf16(x[i])) << 16;
+      float f;
+      std::memcpy(&f, &b, sizeof f);
+      r[i] = f;
+    }
+    return r;
+  }
   if (!C::QBITS || !C::INT8_ACT)
     return r;
   const int64_t xb = C::QBLOCK % 32 == 0 ? 32 : C::QBLOCK;

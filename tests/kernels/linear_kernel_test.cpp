@@ -2,10 +2,10 @@
 //
 // The ggml way of testing kernels: every variant of kernels/cpu/linear.h - weight storage (f32, bf16, fp16,
 // int8, int4, and int8/int4 with zero points as MatMulNBits stores them; int8/int4 with and without int8
-// activations) x decode / prefill paths (M from 1 to past one row block) x odd shapes (N of 1, 3, 17; K not a
-// multiple of the quantisation block nor of the K block) - packed by codegen/WeightPacking and run, against a
-// double-precision matmul over the weights the packing meant (rounded or dequantised independently of the
-// kernel). Built twice: 8-lane and 16-lane vectors.
+// activations; bf16 with and without bf16 activations) x decode / prefill paths (M from 1 to past one row
+// block) x odd shapes (N of 1, 3, 17; K not a multiple of the quantisation block nor of the K block) - packed
+// by codegen/WeightPacking and run, against a double-precision matmul over the weights the packing meant
+// (rounded or dequantised independently of the kernel). Built twice: 8-lane and 16-lane vectors.
 //
 //   linear_kernel_test            test mode: exit 0 when every case is within tolerance
 //   linear_kernel_test --perf     perf mode: GFLOP/s and weight GB/s per storage at K = N = 2048 (all
@@ -84,26 +84,29 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
   }
   std::printf("ok   %-8s K=%-4lld N=%-3lld block=%-3lld%s%s%s%s (M = 1..150%s)\n", kindName(kind),
               (long long)C::K, (long long)C::N, (long long)C::QBLOCK, C::HAS_BIAS ? " bias" : "",
-              C::INT8_ACT ? " int8-activations" : "", C::NOUT > 1 ? " 3 outputs" : "",
+              C::INT8_ACT   ? " int8-activations"
+              : C::BF16_ACT ? " bf16-activations"
+                            : "",
+              C::NOUT > 1 ? " 3 outputs" : "",
               C::NORM == MOERT_NORM_RMS     ? " rms-norm"
               : C::NORM == MOERT_NORM_LAYER ? " layer-norm"
                                             : "",
               C::NOUT > 1 ? "" : ", with and without residual");
 }
 
-template <Kind KIND, bool INT8ACT = false> void shapes(std::mt19937 &rng) {
-  check<Cfg<KIND, 64, 1, false, 32, INT8ACT>>(KIND, rng);
-  check<Cfg<KIND, 70, 3, true, 32, INT8ACT>>(KIND, rng); // K past a block, 3 columns
-  check<Cfg<KIND, 300, 17, true, 32, INT8ACT>>(KIND, rng); // K not a multiple of 32
+template <Kind KIND, bool ACT = false> void shapes(std::mt19937 &rng) {
+  check<Cfg<KIND, 64, 1, false, 32, ACT>>(KIND, rng);
+  check<Cfg<KIND, 70, 3, true, 32, ACT>>(KIND, rng);   // K past a block, 3 columns
+  check<Cfg<KIND, 300, 17, true, 32, ACT>>(KIND, rng); // K not a multiple of 32
   // K past the prefill K block (512); 25 panels, the last partial: work items of 4-panel register tiles
   // (16-lane vectors) and single panels
-  check<Cfg<KIND, 600, 390, true, 32, INT8ACT>>(KIND, rng);
-  check<Cfg<KIND, 96, 48, false, 16, INT8ACT>>(KIND, rng);
-  check<Cfg<KIND, 520, 33, true, 128, INT8ACT>>(KIND,
-                                                rng); // MatMulNBits-sized blocks, K not a multiple of them
+  check<Cfg<KIND, 600, 390, true, 32, ACT>>(KIND, rng);
+  check<Cfg<KIND, 96, 48, false, 16, ACT>>(KIND, rng);
+  check<Cfg<KIND, 520, 33, true, 128, ACT>>(KIND,
+                                            rng); // MatMulNBits-sized blocks, K not a multiple of them
   // Three outputs (merged Q/K/V): on panel edges (96 = 64 + 16 + 16), and straddling panels (390 columns)
-  check<Split3<Cfg<KIND, 96, 96, true, 16, INT8ACT>, 64, 80>>(KIND, rng);
-  check<Split3<Cfg<KIND, 600, 390, false, 32, INT8ACT>, 250, 333>>(KIND, rng);
+  check<Split3<Cfg<KIND, 96, 96, true, 16, ACT>, 64, 80>>(KIND, rng);
+  check<Split3<Cfg<KIND, 600, 390, false, 32, ACT>, 250, 333>>(KIND, rng);
 }
 
 template <class C> void perf(Kind kind, Pool &pool, int threads) {
@@ -125,8 +128,9 @@ template <class C> void perf(Kind kind, Pool &pool, int threads) {
       L::run(&a);
       best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    const std::string name =
-        std::string(kindName(kind)) + (C::INT8_ACT ? "+a8" : ""); // +a8: int8 activations
+    const std::string name = std::string(kindName(kind)) + (C::INT8_ACT   ? "+a8"  // int8 activations
+                                                            : C::BF16_ACT ? "+a16" // bf16 activations
+                                                                          : "");
     std::printf("perf %-8s K=%lld N=%lld M=%-4lld %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n",
                 name.c_str(), (long long)C::K, (long long)C::N, (long long)m, best * 1e3,
                 2.0 * m * C::K * C::N / best / 1e9, c.packed.bytes() / best / 1e9);
@@ -142,12 +146,19 @@ int main(int argc, char **argv) {
     return 77;
   }
 #endif
+#ifdef MOERT_KERNEL_TEST_NEEDS_BF16
+  if (!__builtin_cpu_supports("avx512bf16")) {
+    std::printf("skipped: this CPU lacks AVX512-BF16 (the build this binary tests)\n");
+    return 77;
+  }
+#endif
   if (argc > 1 && std::string(argv[1]) == "--perf") {
     int threads = int(std::thread::hardware_concurrency());
     Pool pool(threads);
     std::printf("perf mode: %d threads, %d-lane vectors\n", threads, moert_cpu::VW);
     perf<Cfg<F32, 2048, 2048, false>>(F32, pool, threads);
     perf<Cfg<BF16, 2048, 2048, false>>(BF16, pool, threads);
+    perf<Cfg<BF16, 2048, 2048, false, 32, true>>(BF16, pool, threads);
     perf<Cfg<F16, 2048, 2048, false>>(F16, pool, threads);
     perf<Cfg<I8, 2048, 2048, false>>(I8, pool, threads);
     perf<Cfg<I4, 2048, 2048, false>>(I4, pool, threads);
@@ -164,7 +175,8 @@ int main(int argc, char **argv) {
   shapes<I4>(rng);
   shapes<I8Z>(rng);
   shapes<I4Z>(rng);
-  shapes<I8, true>(rng); // int8-activation decode: integer dot products on rounded inputs
+  shapes<BF16, true>(rng); // bf16-activation prefill: bf16 pair products on rounded inputs
+  shapes<I8, true>(rng);   // int8-activation decode: integer dot products on rounded inputs
   shapes<I4, true>(rng);
   shapes<I8Z, true>(rng);
   shapes<I4Z, true>(rng);

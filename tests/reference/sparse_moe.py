@@ -92,6 +92,24 @@ def round_int8(x, block=32):
     return out
 
 
+def round_bf16(x):
+    """f32 -> nearest bf16 (ties to even; moert_f32_to_bf16 in kernels/cpu/moert_kernel_abi.h), back as f32:
+    what `--weights=bf16` stores and `--activations=bf16` does to an input."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(np.float32)
+
+
+def bf16_tie(c):
+    """Which f32 values lie within TIE_WINDOW of a bf16 step of a rounding tie (a kernel computing them in f32
+    may round them the other way), and the step (one bf16 unit in the last place) of each."""
+    c32 = np.asarray(c, np.float32)
+    u = c32.view(np.uint32)
+    frac = (u & 0xFFFF).astype(np.float64) / 65536.0
+    step = np.abs((u & 0xFFFF0000).view(np.float32).astype(np.float64)) * 2.0 ** -7
+    return np.abs(frac - 0.5) < TIE_WINDOW, step
+
+
 def norm_rows(x, norm, weight, bias=None, eps=1e-5):
     """The norm in front of a dispatch (moe.sparse_moe's and moe.linear's `norm`) over the last axis, float64:
     "rms" x / sqrt(mean(x^2) + eps) * w; "layer" (x - mean) / sqrt(var + eps) * w (+ b); None: x."""
@@ -111,7 +129,7 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
                router_bias=None, selection_bias=None, expert_groups=1, group_topk=None, group_score="top2_sum", jitter_eps=None, fc1_bias=None,
                fc2_bias=None, mask=None, pred_a=None, pred_b=None, keep=None, norm=None, norm_weight=None,
                norm_bias=None, norm_epsilon=1e-5, shared_fc1=None, shared_fc2=None, shared_gate=None,
-               residual=None, int8_below=None, return_slack=False):
+               residual=None, int8_below=None, bf16_from=None, return_slack=False):
     """Y[t] = sum over chosen experts e < E of w[t, e] * (fc2[e][:, D] @ act(fc1[e][D, :] @ x[t] + b1) + b2)
     (+ shared expert + residual), with x = norm(input) when `norm` is "rms" or "layer".
 
@@ -121,7 +139,11 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
     and fc2 by its input, w[t, e] * act(...) over all F dims (0 where not kept), rounded the same way per block
     of 32 dims. With return_slack the result is (Y, slack): slack[t, h]
     bounds what rounding an fc2 input within TIE_WINDOW of a tie the other way would change in Y[t, h] (one
-    step of its block, amax / 127, times |fc2[e][h, f]|), zero where there are no such ties."""
+    step of its block, amax / 127, times |fc2[e][h, f]|), zero where there are no such ties.
+
+    bf16_from=n: bf16 activations (`moec --activations=bf16` on bf16 experts in panels): an expert computing
+    at least n of the call's tokens (the shared expert: a call of at least n tokens) multiplies fc1 by its
+    tokens rounded to bf16 and fc2 by its input rounded to bf16 (round_bf16); slack as above, one bf16 step."""
     x = norm_rows(x, norm, norm_weight, norm_bias, norm_epsilon)
     fc1 = np.asarray(fc1, dtype=np.float64)
     fc2 = np.asarray(fc2, dtype=np.float64)
@@ -135,6 +157,13 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
     out = np.zeros_like(x)
     slack = np.zeros_like(x)
     xr = round_int8(x).astype(np.float64) if int8_below else x
+    xb = round_bf16(x).astype(np.float64) if bf16_from else x
+
+    def round_bf16_fc2(t, c, w2):
+        near, step = bf16_tie(c)
+        for j in np.nonzero(near)[0]:
+            slack[t] += step[j] * np.abs(w2[:, j])
+        return round_bf16(c).astype(np.float64)
 
     def round_fc2(t, c, w2):
         c32 = np.asarray(c, np.float32)
@@ -192,7 +221,8 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
     for t, (chosen, w) in enumerate(routes):
         for e_idx, weight in zip(chosen, w):
             small = int8_below is not None and counts[e_idx] < int8_below
-            xt = xr[t] if small else x[t]
+            large = bf16_from is not None and counts[e_idx] >= bf16_from
+            xt = xr[t] if small else xb[t] if large else x[t]
             if e_idx >= n_experts:
                 continue  # zero expert: takes a slot and a share of the weight, adds nothing
             if pred_a is not None:
@@ -211,6 +241,8 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
             c[dims] = weight * a
             if small:
                 c = round_fc2(t, c, fc2[e_idx])
+            elif large:
+                c = round_bf16_fc2(t, c, fc2[e_idx])
             out[t] += fc2[e_idx] @ c
             if fc2_bias is not None:
                 out[t] += weight * np.asarray(fc2_bias, np.float64)[e_idx]
@@ -218,12 +250,16 @@ def sparse_moe(x, router, fc1, fc2, *, k=1, router_kind="linear", gate="softmax"
         s1, s2 = np.asarray(shared_fc1, np.float64), np.asarray(shared_fc2, np.float64)
         fs = s2.shape[1]
         small = int8_below is not None and n_tokens < int8_below
+        large = bf16_from is not None and n_tokens >= bf16_from
         for t in range(n_tokens):
-            c = _activation(s1 @ (xr[t] if small else x[t]), activation, fs, gated_layout, alpha, beta, limit)
+            xt = xr[t] if small else xb[t] if large else x[t]
+            c = _activation(s1 @ xt, activation, fs, gated_layout, alpha, beta, limit)
             if shared_gate is not None:
                 c = c * sigmoid(x[t] @ np.asarray(shared_gate, np.float64))
             if small:
                 c = round_fc2(t, c, s2)
+            elif large:
+                c = round_bf16_fc2(t, c, s2)
             out[t] += s2 @ c
     if residual is not None:
         out = out + np.asarray(residual, np.float64)
