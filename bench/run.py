@@ -364,7 +364,9 @@ def main():
                 del w1, w2
             except (ImportError, subprocess.CalledProcessError) as err:
                 print(f"   ggml peer skipped: {err} (pip install llama-cpp-python)", flush=True)
-        for w in (["bf16"] if kind == "moe-bf16" else variants):
+        # (the Mixtral-like layer runs bf16 weights only: those of the variants asked for, else plain bf16)
+        for w in ([v for v in variants if variant_storage(v) == "bf16"] or ["bf16"] if kind == "moe-bf16"
+                  else variants):
             model, compile_s, load_ms = compile_and_load(moec, rt, moec_src, os.path.join(CACHE, f"{key}_{w}.moex"),
                                                          args.threads, *variant_flags(w))
             active_f = max(1, f // 10) if kind == "moepp" else f
