@@ -29,10 +29,11 @@
 //     the i32 sums are scaled once per block (w = code * s + o: sum w x = s xs sum code q + o xs sum q).
 //     Results are those of the quantised weights on the rounded inputs, f32-accurate
 //     (kernels/cpu/moert_kernel_abi.h states it).
-//   - with BF16_ACT (moec --activations=bf16) and bf16 weights, prefill (more than MR rows) rounds the
-//     inputs to bf16 as it packs them and multiplies bf16 pairs (gemm.h's gemmMicroPairs: AVX512-BF16's
-//     vdpbf16ps, twice the FMA's products per instruction), each panel's K block re-laid as pairs once per
-//     work item; decode reads the panels as stored with f32 inputs, as without it.
+//   - with BF16_ACT (moec --activations=bf16) and bf16 weights, prefill (more than MR rows) rounds the call's
+//     rows to bf16 pairs once (in parallel, into the scratch) and multiplies bf16 pairs (gemm.h's
+//     gemmMicroPairs: AVX512-BF16's vdpbf16ps, twice the FMA's products per instruction), each work item
+//     re-laying its panels' K block as pairs once for all its row tiles; decode reads the panels as stored
+//     with f32 inputs, as without it.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_LINEAR_H
@@ -149,7 +150,7 @@ template <class C> struct Linear {
   }
 
   /// Scratch bytes of a call: int8 activations with more rows than the stack holds keep the rounded rows
-  /// there.
+  /// there, bf16 activations in prefill their pairs.
   static size_t scratch(int64_t M, int threads) { return normBytes(M) + rowScratch(M, threads); }
   /// The normalised rows (a fused norm), ahead of the rest of the scratch.
   static size_t normBytes(int64_t M) {

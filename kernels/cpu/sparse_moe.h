@@ -1318,13 +1318,8 @@ template <class C> struct Kernel {
     uint16_t *cfh = reinterpret_cast<uint16_t *>(cfp); // PAIRS: the coefficients' pairs, as bf16 halves
     // the tokens, packed for the micro-kernel (rows past n zero; PAIRS: as bf16 pairs, [H / 2][MR] a tile)
     if constexpr (PAIRS)
-      for (int64_t t = 0; t < rowTiles; ++t)
-        for (int64_t i = 0; i < MR; ++i) {
-          uint32_t *d = app + t * (H / 2) * MR + i;
-          const int64_t r = t * MR + i;
-          for (int64_t q = 0; q < H / 2; ++q)
-            d[q * MR] = r < n ? bf16Pair(xs[r][2 * q], xs[r][2 * q + 1]) : 0u;
-        }
+      for (int64_t r = 0; r < n; ++r) // (the last tile's rows past n are not read)
+        packBf16Pairs(xs[r], H, 1, H, app + (r / MR) * (H / 2) * MR + r % MR, (H / 2) * MR);
     else
       for (int64_t t = 0; t < rowTiles; ++t)
         for (int64_t i = 0; i < MR; ++i) {

@@ -176,6 +176,9 @@ int main(int argc, char **argv) {
   shapes<I8Z>(rng);
   shapes<I4Z>(rng);
   shapes<BF16, true>(rng); // bf16-activation prefill: bf16 pair products on rounded inputs
+  // ... with an odd K: a last pair of one feature, alone and after two whole K blocks
+  check<Cfg<BF16, 301, 17, true, 32, true>>(BF16, rng);
+  check<Cfg<BF16, 1031, 40, false, 32, true>>(BF16, rng);
   shapes<I8, true>(rng);   // int8-activation decode: integer dot products on rounded inputs
   shapes<I4, true>(rng);
   shapes<I8Z, true>(rng);
