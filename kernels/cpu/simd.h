@@ -129,14 +129,9 @@ inline vf loadv(const _Float16 *p) {
 }
 // bf16 dot products (`--activations=bf16`, bf16 weights): each 32-bit lane holds two bf16 of consecutive
 // features (the even one in the low half).
-inline u32xv splatu(uint32_t a) {
-  u32xv v;
-#pragma unroll
-  for (int i = 0; i < VW; ++i)
-    v[i] = a;
-  return v;
-}
-/// 2 VW inputs x[0..2 VW) rounded to bf16 as moert_f32_to_bf16 does (nearest even; a NaN stays a quiet NaN),
+inline u32xv splatu(uint32_t a) { return __builtin_bit_cast(u32xv, splat(__builtin_bit_cast(float, a))); }
+/// 2 VW inputs x[0..2 VW) rounded to bf16 as moert_f32_to_bf16 does (its vector form: nearest even; a NaN
+/// stays a quiet NaN),
 /// as VW pairs: lane j holds x[2j] in its low half and x[2j + 1] in its high one.
 inline u32xv bf16Pairs(const float *x) {
   auto round = [](vf v) {
