@@ -48,13 +48,15 @@ inline float hmax(vf v) {
 
 /// Software prefetch of a byte range spread over a loop: each step() asks for the next two cache lines, so
 /// the next key block streams in while this one computes (a burst of prefetches would stall the loads behind
-/// it instead).
+/// it instead). Into L2, not L1: a block of f32 keys (32 KB at a head dim of 128) is an L1 of its own, and
+/// the block computing now (with its transposed copy) would evict what was fetched for the next one before
+/// use.
 struct Prefetch {
   const char *p = nullptr, *end = nullptr;
   void step() {
     if (p < end) {
-      __builtin_prefetch(p);
-      __builtin_prefetch(p + 64);
+      __builtin_prefetch(p, 0, 2);
+      __builtin_prefetch(p + 64, 0, 2);
       p += 128;
     }
   }

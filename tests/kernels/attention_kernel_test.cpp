@@ -13,7 +13,8 @@
 //
 //   attention_kernel_test          test mode: exit 0 when every case is within tolerance
 //   attention_kernel_test --perf   perf mode: a decode step per storage, 32 query / 4 KV heads of 128, over
-//                                  1024 and 4096 cached positions (all threads): ms and GB/s of cache read;
+//                                  1024 and 4096 cached positions (all threads): ms and GB/s of cache read
+//                                  (at 4096 also from memory, copies of the caches in turn);
 //                                  GPT-OSS's attention (64 / 8 heads of 64) decoding and on a 512-token
 //                                  prompt after 3584 positions, unmasked, causal and in a 128-key window
 //
@@ -344,7 +345,8 @@ void checkEncoding(std::mt19937 &rng) {
 }
 
 template <class C>
-void perf(Storage storage, int64_t T, Pool &pool, int threads, int64_t S = 1, int64_t window = 0) {
+void perf(Storage storage, int64_t T, Pool &pool, int threads, int64_t S = 1, int64_t window = 0,
+          bool cold = false) {
   using A = moert_cpu::Attention<C>;
   constexpr int64_t HQ = C::HQ, HKV = C::HKV, DK = C::DK, DV = C::DV;
   std::mt19937 rng(1);
@@ -352,13 +354,18 @@ void perf(Storage storage, int64_t T, Pool &pool, int threads, int64_t S = 1, in
   std::vector<float> q(HQ * S * DK), out(HQ * S * DV), row(DK);
   for (float &x : q)
     x = g(rng);
-  Cache k(storage, DK, HKV * T), v(storage, DV, HKV * T);
-  for (int64_t r = 0; r < HKV * T; ++r) {
-    for (float &x : row)
-      x = g(rng);
-    k.put(r, row.data());
-    v.put(r, row.data());
-  }
+  // cold: as many copies of the caches as fill 96 MB, used in turn (a whole model's layers and weights
+  // evict a layer's cache from the last-level cache between its steps), else one, read from the caches.
+  std::vector<Cache> ks, vs;
+  do {
+    ks.emplace_back(storage, DK, HKV * T), vs.emplace_back(storage, DV, HKV * T);
+    for (int64_t r = 0; r < HKV * T; ++r) {
+      for (float &x : row)
+        x = g(rng);
+      ks.back().put(r, row.data());
+      vs.back().put(r, row.data());
+    }
+  } while (cold && double(ks.size()) * double(ks[0].bytes.size() + vs[0].bytes.size()) < 96e6);
   moert_exec ex{&Pool::run, &pool, threads};
   std::vector<char> scratch(A::scratch(1, S, T, threads) + 64);
   // A sliding window (as GPT-OSS's exporter writes it: an additive [1, 1, S, T] mask, causal too).
@@ -369,23 +376,26 @@ void perf(Storage storage, int64_t T, Pool &pool, int threads, int64_t S = 1, in
       if (t > pos || t <= pos - window)
         mask[s * T + t] = -INFINITY;
     }
-  moert_attention_args a = makeArgs<C>(1, S, T, T, q, k, v, mask, out, scratch, ex);
+  std::vector<moert_attention_args> args;
+  for (size_t c = 0; c < ks.size(); ++c)
+    args.push_back(makeArgs<C>(1, S, T, T, q, ks[c], vs[c], mask, out, scratch, ex));
   std::vector<double> ms;
   for (int i = 0; i < 30; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    A::run(&a);
+    A::run(&args[i % args.size()]);
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ms.begin(), ms.end());
-  const double bytes = double(k.bytes.size() + v.bytes.size());
+  const double bytes = double(ks[0].bytes.size() + vs[0].bytes.size());
   std::printf(
       "perf %-4s HQ=%lld HKV=%lld D=%lld S=%-3lld T=%-5lld %-10s %8.3f ms best %8.3f median  %6.1f GB/s "
-      "of cache  %5.2f MB\n",
+      "of cache  %5.2f MB%s\n",
       storageName(storage), (long long)HQ, (long long)HKV, (long long)DK, (long long)S, (long long)T,
       window > T ? "causal"
       : window   ? ("window " + std::to_string(window)).c_str()
                  : "",
-      ms[0], ms[ms.size() / 2], bytes / ms[0] / 1e6, bytes / 1e6);
+      ms[0], ms[ms.size() / 2], bytes / ms[0] / 1e6, bytes / 1e6,
+      cold ? (" (" + std::to_string(ks.size()) + " copies in turn: from memory)").c_str() : "");
 }
 
 } // namespace
@@ -402,6 +412,8 @@ int main(int argc, char **argv) {
     for (int64_t T : {1024, 4096})
       for (Storage s : {F32, BF16, F16, INT8})
         perf<Cfg<32, 4, 128, 128>>(s, T, pool, threads);
+    for (Storage s : {F32, BF16, F16, INT8}) // as in a whole model: the caches come from memory
+      perf<Cfg<32, 4, 128, 128>>(s, 4096, pool, threads, 1, 0, true);
     // GPT-OSS's attention (64 query / 8 key-value heads of 64): full, and its sliding-window layers (128
     // positions through the mask), a decode step and a 512-token prompt part after 3584 positions.
     for (int64_t S : {1, 512})
