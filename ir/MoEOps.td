@@ -411,6 +411,13 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure, AttrSizedOperandSegments]> {
     `MatMul -> (Mul | Div scale) -> (Add mask) -> Softmax -> (Where IsNaN) -> MatMul` chain exporters write,
     with sinks from GPT-OSS's `Concat(scores, sinks) -> (Sub max) -> Softmax -> Slice(all but the last)` and
     softcap from eager attention's `Div c -> Tanh -> Mul c` before the mask.
+
+    With `bf16_activations` (`moec --activations=bf16`), a CPU run over bf16 key/value caches (a session's
+    `cache_dtype=bf16`) rounds each query to bf16 (nearest even, `moert_f32_to_bf16`) for the scores and each
+    softmax term `exp(score - running max)` to bf16 for the sum of values, and sums bf16 x bf16 products in f32
+    (AVX512-BF16's `vdpbf16ps`); the softmax's denominator keeps the terms unrounded. An output then moves by
+    at most 2^-9 of the largest value magnitude beyond what the rounded queries give. Other caches, and the
+    GPU kernels, compute as without it. Needs an even `Dk`.
   }];
 
   let arguments = (ins
@@ -421,7 +428,8 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure, AttrSizedOperandSegments]> {
     Optional<F32Tensor>:$sinks,
     F32Attr:$scale,
     UnitAttr:$nan_to_zero,
-    DefaultValuedAttr<F32Attr, "0.0f">:$softcap
+    DefaultValuedAttr<F32Attr, "0.0f">:$softcap,
+    UnitAttr:$bf16_activations
   );
   let results = (outs F32Tensor:$output);
 

@@ -197,7 +197,8 @@ def MoESetWeightStoragePass : Pass<"moe-set-weight-storage"> {
     int8/int4 linear layers and embedding rows (features per scale, a multiple of 8). `int8-activations` marks every dispatch with int8/int4 weights `int8_activations`: decode rounds its
     inputs to int8 per block of 32 and multiplies integers; `bf16-activations` marks every dispatch with
     bf16 weights `bf16_activations`: prefill rounds its inputs to bf16 and multiplies bf16 pairs (see the
-    ops' descriptions).
+    ops' descriptions), and every attention dispatch (with an even key head dim): over bf16 caches it rounds
+    queries and softmax terms to bf16 and multiplies bf16 pairs.
   }];
   let options = [
     Option<"experts", "experts", "std::string", "\"fp32\"", "Storage of MoE expert weights">,
@@ -208,7 +209,7 @@ def MoESetWeightStoragePass : Pass<"moe-set-weight-storage"> {
     Option<"int8Activations", "int8-activations", "bool", "false",
            "Decode of int8/int4 dispatches multiplies inputs rounded to int8 (integer dot products)">,
     Option<"bf16Activations", "bf16-activations", "bool", "false",
-           "Prefill of bf16 dispatches multiplies inputs rounded to bf16 (bf16 pair products)">
+           "Prefill of bf16 dispatches, and attention over bf16 caches, multiply inputs rounded to bf16 (bf16 pair products)">
   ];
 }
 

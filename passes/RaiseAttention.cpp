@@ -421,7 +421,7 @@ std::string raise(ox::SoftmaxOp sm) {
     return "the P x V product has no rank-4 type";
   auto op = b.create<moe::AttentionOp>(
       pv.getLoc(), outT, q, k, v, mask, sinks, b.getF32FloatAttr(static_cast<float>(scale)),
-      nanToZero ? b.getUnitAttr() : UnitAttr(), b.getF32FloatAttr(static_cast<float>(softcap)));
+      nanToZero ? b.getUnitAttr() : UnitAttr(), b.getF32FloatAttr(static_cast<float>(softcap)), UnitAttr());
   if (failed(mlir::verify(op))) {
     op->erase();
     return "the matched shapes do not make a valid moe.attention";

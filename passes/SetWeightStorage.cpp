@@ -62,6 +62,9 @@ struct MoESetWeightStoragePass final : moec::impl::MoESetWeightStoragePassBase<M
         l.setInt8Activations(int8Activations && quantised(l.getStorage()));
         l.setBf16Activations(bf16Activations && !l.getWeightQuantAttr() &&
                              l.getStorage() == moe::Storage::bf16);
+      } else if (auto a = dyn_cast<moe::AttentionOp>(op)) { // over bf16 caches (a session's choice)
+        auto keyT = cast<ShapedType>(a.getKey().getType());
+        a.setBf16Activations(bf16Activations && keyT.getDimSize(3) % 2 == 0);
       } else if (auto e = dyn_cast<moe::EmbeddingOp>(op)) {
         e.setStorageAttr(moe::StorageAttr::get(ctx, embeddings));
         e.setBlockSize(blockSize);

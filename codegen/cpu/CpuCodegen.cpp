@@ -1177,6 +1177,9 @@ struct Emitter {
        << (sinks >= 0 ? ", sinks" : "") << (op.getNanToZero() ? ", masked rows 0" : "");
     if (const float c = op.getSoftcap().convertToFloat(); c > 0.0f)
       ds << ", softcap " << llvm::format("%.6g", c);
+    const bool bf16Act = op.getBf16Activations() && dk % 2 == 0;
+    if (bf16Act)
+      ds << ", bf16 activations over bf16 caches";
     if (auto src = op->getAttrOfType<StringAttr>("moe.source"))
       ds << " (" << src.getValue() << ")";
     step->set_description(desc);
@@ -1192,7 +1195,8 @@ struct Emitter {
        << ";\n"
        << "  static constexpr float SCALE = " << floatLit(scale) << ";\n"
        << "  static constexpr bool NAN_ZERO = " << (op.getNanToZero() ? "true" : "false") << ";\n"
-       << "  static constexpr float SOFTCAP = " << floatLit(op.getSoftcap().convertToFloat()) << ";\n";
+       << "  static constexpr float SOFTCAP = " << floatLit(op.getSoftcap().convertToFloat()) << ";\n"
+       << "  static constexpr bool BF16_ACT = " << (bf16Act ? "true" : "false") << ";\n";
     auto [it, fresh] = attentionConfigs.try_emplace(config, "A" + std::to_string(index));
     const std::string &name = it->second;
     os << "\n// attention " << index << ": " << desc << "\n";

@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 namespace moert_cpu {
 
@@ -95,6 +96,12 @@ template <class C> struct Attention {
   static constexpr int64_t NV = kAttnKB / VW;                       // score vectors per row and block
   static constexpr int64_t RB = VW == 16 ? 4 : 1;                   // rows per score micro-tile
   static constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+  /// bf16 pair products over bf16 caches (C::BF16_ACT, `moec --activations=bf16`): the queries and the
+  /// softmax's probabilities rounded to bf16, each lane summing two bf16 x bf16 products (dpbf16).
+  static constexpr bool PAIRS = C::BF16_ACT;
+  static_assert(!PAIRS || DK % 2 == 0, "bf16 pair products take an even key head dim");
+  static constexpr int64_t DKP = DK / 2;      // a key's dim pairs
+  static constexpr int64_t KBP = kAttnKB / 2; // a block's key pairs
 
   struct Plan {
     int64_t sBlocks, base, chunks, chunkKeys, items;
@@ -112,7 +119,9 @@ template <class C> struct Attention {
     p.items = p.base * p.chunks;
     return p;
   }
-  static constexpr size_t threadFloats() { return DK * kAttnKB + R * kAttnKB + R * DVP + 2 * R + 16; }
+  static constexpr size_t threadFloats() {
+    return DK * kAttnKB + R * kAttnKB + R * DVP + 2 * R + 16 + (PAIRS ? R * DKP + R * KBP + KBP * DVP : 0);
+  }
   static size_t partialFloats(const Plan &p) { return p.chunks > 1 ? size_t(p.items) * R * (DVP + 2) : 0; }
   static size_t scratch(int64_t B, int64_t S, int64_t T, int threads) {
     return sizeof(float) * (threadFloats() * std::max(1, threads) + partialFloats(plan(B, S, T, threads))) +
@@ -126,52 +135,92 @@ template <class C> struct Attention {
     float *partials; // chunks > 1: per item R x (DVP + 2)
   };
 
-  /// The rows' scores for keys [t0, t0 + nk) into sc[r][j] (unscaled q . k).
-  template <class KV>
-  static void scores(const float *const *qp, int64_t nr, const KV *k0, int64_t ks, int64_t nk, float *kt,
-                     float *sc, Prefetch &pf) {
-    if (nr < 4) { // a few rows: dot products along the head dim
+  /// The rows' scores for keys [t0, t0 + nk) into sc[r][j] (unscaled q . k): dot products along the head dim
+  /// for fewer than 4 rows, else the block's keys transposed into kt[d][j] (zero past nk, VW x VW at a time)
+  /// and a register-blocked product. With bf16 pair products (P: bf16 keys, the rows' queries rounded into
+  /// pairs, qb[r][i] = bf16 dims 2i and 2i + 1 of row r's query) the same on dim pairs: a pair is 32 bits, so
+  /// the f32 transposes move them into kt[i][j], and each step of the product is dpbf16's two products.
+  template <bool P, class KV>
+  static void scores(const float *const *qp, const uint32_t *qb, int64_t nr, const KV *k0, int64_t ks,
+                     int64_t nk, float *kt, float *sc, Prefetch &pf) {
+    constexpr int64_t DD = P ? DKP : DK; // the product's depth: dims, or dim pairs
+    auto pairAt = [](const KV *row, int64_t i) {
+      uint32_t u;
+      std::memcpy(&u, row + 2 * i, 4);
+      return u;
+    };
+    if (nr < 4) {
       for (int64_t j = 0; j < nk; ++j) {
         pf.step();
         const KV *kr = k0 + j * ks;
         for (int64_t r = 0; r < nr; ++r) {
           vf acc = {};
           int64_t d = 0;
-          for (; d + VW <= DK; d += VW)
-            acc += loadv(qp[r] + d) * KvRead<DK>::load(kr, d);
-          float s = hsum(acc);
-          for (; d < DK; ++d)
-            s += qp[r][d] * KvRead<DK>::at(kr, d);
+          float s;
+          if constexpr (P) {
+            for (; d + VW <= DD; d += VW) {
+              u32xv qv, kv;
+              std::memcpy(&qv, qb + r * DKP + d, sizeof qv);
+              std::memcpy(&kv, kr + 2 * d, sizeof kv);
+              acc = dpbf16(acc, qv, kv);
+            }
+            s = hsum(acc);
+            for (; d < DD; ++d) { // one pair's two products, in dpbf16's order
+              const uint32_t q = qb[r * DKP + d], k = pairAt(kr, d);
+              s += pairHi(q) * pairHi(k) + pairLo(q) * pairLo(k);
+            }
+          } else {
+            for (; d + VW <= DD; d += VW)
+              acc += loadv(qp[r] + d) * KvRead<DK>::load(kr, d);
+            s = hsum(acc);
+            for (; d < DD; ++d)
+              s += qp[r][d] * KvRead<DK>::at(kr, d);
+          }
           sc[r * kAttnKB + j] = s;
         }
       }
       return;
     }
-    // Keys transposed into kt[d][j] (zero past nk), VW x VW at a time.
-    if constexpr (DK % VW == 0) {
+    if constexpr (DD % VW == 0) {
       for (int64_t j0 = 0; j0 < kAttnKB; j0 += VW)
-        for (int64_t d0 = 0; d0 < DK; d0 += VW) {
+        for (int64_t d0 = 0; d0 < DD; d0 += VW) {
           vf r[VW];
-          for (int i = 0; i < VW; ++i)
-            r[i] = j0 + i < nk ? KvRead<DK>::load(k0 + (j0 + i) * ks, d0) : vf{};
+          for (int i = 0; i < VW; ++i) {
+            r[i] = vf{};
+            if (j0 + i >= nk)
+              continue;
+            if constexpr (P)
+              std::memcpy(&r[i], k0 + (j0 + i) * ks + 2 * d0, sizeof r[i]);
+            else
+              r[i] = KvRead<DK>::load(k0 + (j0 + i) * ks, d0);
+          }
           transpose(r);
           for (int i = 0; i < VW; ++i)
             storev(kt + (d0 + i) * kAttnKB + j0, r[i]);
         }
     } else {
-      for (int64_t d = 0; d < DK; ++d)
-        for (int64_t j = 0; j < kAttnKB; ++j)
-          kt[d * kAttnKB + j] = j < nk ? KvRead<DK>::at(k0 + j * ks, d) : 0.0f;
+      for (int64_t d = 0; d < DD; ++d)
+        for (int64_t j = 0; j < kAttnKB; ++j) {
+          if constexpr (P)
+            kt[d * kAttnKB + j] = __builtin_bit_cast(float, j < nk ? pairAt(k0 + j * ks, d) : 0u);
+          else
+            kt[d * kAttnKB + j] = j < nk ? KvRead<DK>::at(k0 + j * ks, d) : 0.0f;
+        }
     }
     int64_t r = 0;
     for (; r + RB <= nr; r += RB)
-      scoreTile<RB>(qp + r, kt, sc + r * kAttnKB, pf);
+      scoreTile<RB, P>(qp + r, qb + r * DKP, kt, sc + r * kAttnKB, pf);
     for (; r < nr; ++r)
-      scoreTile<1>(qp + r, kt, sc + r * kAttnKB, pf);
+      scoreTile<1, P>(qp + r, qb + r * DKP, kt, sc + r * kAttnKB, pf);
   }
-  template <int M> static void scoreTile(const float *const *qp, const float *kt, float *sc, Prefetch &pf) {
+  /// A bf16 pair's two values (dims 2i and 2i + 1) as f32.
+  static float pairLo(uint32_t u) { return __builtin_bit_cast(float, u << 16); }
+  static float pairHi(uint32_t u) { return __builtin_bit_cast(float, u & 0xffff0000u); }
+  template <int M, bool P>
+  static void scoreTile(const float *const *qp, const uint32_t *qb, const float *kt, float *sc,
+                        Prefetch &pf) {
     vf acc[M][NV] = {};
-    for (int64_t d = 0; d < DK; ++d) {
+    for (int64_t d = 0; d < (P ? DKP : DK); ++d) {
       pf.step();
       vf kv[NV];
 #pragma unroll
@@ -179,10 +228,17 @@ template <class C> struct Attention {
         kv[v] = loadv(kt + d * kAttnKB + v * VW);
 #pragma unroll
       for (int i = 0; i < M; ++i) {
-        const vf q = splat(qp[i][d]);
+        if constexpr (P) {
+          const u32xv q = splatu(qb[i * DKP + d]);
 #pragma unroll
-        for (int v = 0; v < NV; ++v)
-          acc[i][v] += q * kv[v];
+          for (int v = 0; v < NV; ++v)
+            acc[i][v] = dpbf16(acc[i][v], q, __builtin_bit_cast(u32xv, kv[v]));
+        } else {
+          const vf q = splat(qp[i][d]);
+#pragma unroll
+          for (int v = 0; v < NV; ++v)
+            acc[i][v] += q * kv[v];
+        }
       }
     }
     for (int i = 0; i < M; ++i)
@@ -191,19 +247,48 @@ template <class C> struct Attention {
   }
 
   /// acc[r] += sum_j p[r][j] v[j] for keys [0, nk) of the block: RA rows at a time, CV vectors of each (16
-  /// accumulators at VW 16, 8 at VW 8), so each value vector loaded (and widened) serves RA rows.
+  /// accumulators at VW 16, 8 at VW 8), so each value vector loaded (and widened) serves RA rows. With bf16
+  /// pair products (P: bf16 values) acc[r] += sum_j bf16(p[r][j]) v[j], two keys a step: the block's values
+  /// are first laid out in key pairs (vp[jp][d] = values of keys 2jp and 2jp + 1 at dim d; a missing odd key
+  /// is 0) and the rows' probabilities rounded into pairs (pp).
   static constexpr int64_t RA = VW == 16 ? 4 : 2;
-  template <class KV>
+  template <bool P, class KV>
   static void accumulate(int64_t nr, const KV *v0, int64_t vs, int64_t nk, const float *p, float *acc,
-                         Prefetch &pf) {
+                         uint32_t *pp, uint32_t *vp, Prefetch &pf) {
     constexpr int64_t VEC = DV / VW * VW; // vector part of a row
     constexpr int64_t CV = 4;
+    const int64_t n = P ? (nk + 1) / 2 : nk; // steps: keys, or key pairs
+    if constexpr (P) {
+      const int64_t steps = (4 * vs + 127) / 128; // prefetch steps covering two value rows
+      for (int64_t jp = 0; jp < n; ++jp) {
+        for (int64_t i = 0; i < steps; ++i)
+          pf.step();
+        const KV *a = v0 + 2 * jp * vs, *b = 2 * jp + 1 < nk ? a + vs : nullptr;
+        for (int64_t d = 0; d < VEC; d += VW) {
+          u16xv ha, hb = {};
+          std::memcpy(&ha, a + d, sizeof ha);
+          if (b)
+            std::memcpy(&hb, b + d, sizeof hb);
+          const u32xv w = __builtin_convertvector(ha, u32xv) | __builtin_convertvector(hb, u32xv) << 16;
+          std::memcpy(vp + jp * DVP + d, &w, sizeof w);
+        }
+        for (int64_t d = VEC; d < DV; ++d)
+          vp[jp * DVP + d] = uint32_t(a[d]) | uint32_t(b ? b[d] : 0) << 16;
+      }
+      for (int64_t r = 0; r < nr; ++r) // probabilities past nk are 0 (exp(-inf))
+        for (int64_t jp = 0; jp < KBP; jp += VW) {
+          const u32xv w = bf16Pairs(p + r * kAttnKB + 2 * jp);
+          std::memcpy(pp + r * KBP + jp, &w, sizeof w);
+        }
+    }
     for (int64_t r = 0; r < nr; r += RA) {
       const int64_t nrr = std::min<int64_t>(RA, nr - r);
-      const float *pr[RA];
+      const float *pr[RA]; // the rows' probabilities: f32, or (P) bf16 pairs
+      const uint32_t *pq[RA];
       float *ar[RA];
       for (int i = 0; i < RA; ++i) { // rows past nr repeat the last one (computed, not stored)
         pr[i] = p + (r + std::min<int64_t>(i, nrr - 1)) * kAttnKB;
+        pq[i] = pp + (r + std::min<int64_t>(i, nrr - 1)) * KBP;
         ar[i] = acc + (r + std::min<int64_t>(i, nrr - 1)) * DVP;
       }
       for (int64_t c0 = 0; c0 < VEC; c0 += CV * VW) {
@@ -212,20 +297,28 @@ template <class C> struct Attention {
         for (int i = 0; i < RA; ++i)
           for (int c = 0; c < CV; ++c)
             x[i][c] = c < nc ? loadv(ar[i] + c0 + c * VW) : vf{};
-        for (int64_t j = 0; j < nk; ++j) {
-          pf.step();
-          const KV *vr = v0 + j * vs;
+        for (int64_t j = 0; j < n; ++j) {
+          if constexpr (!P)
+            pf.step();
           vf w[RA];
 #pragma unroll
           for (int i = 0; i < RA; ++i)
-            w[i] = splat(pr[i][j]);
+            w[i] = P ? __builtin_bit_cast(vf, splatu(pq[i][j])) : splat(pr[i][j]);
 #pragma unroll
           for (int c = 0; c < CV; ++c)
             if (c < nc) {
-              const vf vv = KvRead<DV>::load(vr, c0 + c * VW);
+              if constexpr (P) {
+                u32xv vv;
+                std::memcpy(&vv, vp + j * DVP + c0 + c * VW, sizeof vv);
 #pragma unroll
-              for (int i = 0; i < RA; ++i)
-                x[i][c] += w[i] * vv;
+                for (int i = 0; i < RA; ++i)
+                  x[i][c] = dpbf16(x[i][c], __builtin_bit_cast(u32xv, w[i]), vv);
+              } else {
+                const vf vv = KvRead<DV>::load(v0 + j * vs, c0 + c * VW);
+#pragma unroll
+                for (int i = 0; i < RA; ++i)
+                  x[i][c] += w[i] * vv;
+              }
             }
         }
         for (int i = 0; i < nrr; ++i)
@@ -233,11 +326,14 @@ template <class C> struct Attention {
             storev(ar[i] + c0 + c * VW, x[i][c]);
       }
       for (int64_t d = VEC; d < DV; ++d)
-        for (int64_t j = 0; j < nk; ++j) {
-          const float vv = KvRead<DV>::at(v0 + j * vs, d);
+        for (int64_t j = 0; j < n; ++j)
           for (int i = 0; i < nrr; ++i)
-            ar[i][d] += pr[i][j] * vv;
-        }
+            if constexpr (P) {
+              const uint32_t pw = pq[i][j], vv = vp[j * DVP + d];
+              ar[i][d] += pairHi(pw) * pairHi(vv) + pairLo(pw) * pairLo(vv);
+            } else {
+              ar[i][d] += pr[i][j] * KvRead<DV>::at(v0 + j * vs, d);
+            }
     }
   }
 
@@ -292,6 +388,9 @@ template <class C> struct Attention {
     const int64_t tb = chunk * p.chunkKeys, te = std::min<int64_t>(a.kv_len, tb + p.chunkKeys);
     float *kt = x.thread0 + size_t(thread) * threadFloats();
     float *sc = kt + DK * kAttnKB, *acc = sc + R * kAttnKB, *m = acc + R * DVP, *l = m + R;
+    // bf16 pair products (bf16 caches): the rows' rounded queries, probabilities and a block's value pairs.
+    constexpr bool P = PAIRS && std::is_same_v<KV, uint16_t>;
+    uint32_t *qb = reinterpret_cast<uint32_t *>(l + R + 16), *pp = qb + R * DKP, *vp = pp + R * KBP;
     const float *qp[R];
     const float *mp[R];
     for (int64_t si = 0; si < ns; ++si)
@@ -301,6 +400,11 @@ template <class C> struct Attention {
         mp[r] =
             a.mask ? a.mask + b * a.mask_strides[0] + h * a.mask_strides[1] + s * a.mask_strides[2] : nullptr;
       }
+    if constexpr (P)
+      for (int64_t r = 0; r < nr; ++r)
+        for (int64_t i = 0; i < DKP; ++i)
+          qb[r * DKP + i] =
+              uint32_t(moert_f32_to_bf16(qp[r][2 * i])) | uint32_t(moert_f32_to_bf16(qp[r][2 * i + 1])) << 16;
     for (int64_t r = 0; r < nr; ++r) {
       // An attention sink is one more term of the softmax that weighs no value: the running max starts at
       // it with its exp(0) = 1 in the sum (in the first key chunk only; the merge adds the chunks).
@@ -353,7 +457,7 @@ template <class C> struct Attention {
         return f;
       };
       Prefetch pk = ahead(kb, a.k_strides[2]), pv = ahead(vb, a.v_strides[2]);
-      scores(qp, nr, kb + t0 * a.k_strides[2], a.k_strides[2], nk, kt, sc, pk);
+      scores<P>(qp, qb, nr, kb + t0 * a.k_strides[2], a.k_strides[2], nk, kt, sc, pk);
       for (int64_t r = 0; r < nr; ++r) {
         float *row = sc + r * kAttnKB;
         if constexpr (C::SOFTCAP > 0.0f) { // c tanh(x / c) = c - 2c / (e^(2x / c) + 1)
@@ -392,7 +496,7 @@ template <class C> struct Attention {
         l[r] = l[r] * corr + hsum(sum);
         m[r] = mnew;
       }
-      accumulate(nr, vb + t0 * a.v_strides[2], a.v_strides[2], nk, sc, acc, pv);
+      accumulate<P>(nr, vb + t0 * a.v_strides[2], a.v_strides[2], nk, sc, acc, pp, vp, pv);
     }
     if (p.chunks == 1) {
       for (int64_t si = 0; si < ns; ++si)

@@ -231,7 +231,10 @@ enum moert_linear_slot {
  * 16 tokens of a call (GEMM tiles; the experts stored in panels, C::PANELS), round each input (the tokens;
  * fc2's input, routing weight x activation) to bf16 as moert_f32_to_bf16 does and sum products of bf16
  * values in f32: sum_k w[k][n] * bf16(x[k]), two products per step (AVX512-BF16's vdpbf16ps; elsewhere the
- * same sums by f32 FMAs). Fewer rows (decode) take the inputs as they are. */
+ * same sums by f32 FMAs). Fewer rows (decode) take the inputs as they are. An attention dispatch compiled
+ * so (C::BF16_ACT, an even key head dim) and called over MOERT_STORAGE_BF16 caches rounds each query to bf16
+ * for its scores and each softmax term exp(score - running max) to bf16 for its sum of values (the
+ * denominator sums the f32 terms), decode and prefill alike; over other caches it computes as without. */
 /* Bytes of each block scale of the weights moec quantises itself (--weights / --dense-weights int8, int4:
  * linear layers' MOERT_LIN_SCALES and experts' MOERT_FC1_SCALES ... MOERT_SHARED2_SCALES, the kernels'
  * C::SCALE16): IEEE f16, as ggml's Q8_0 / Q4_0 keep theirs (scale = f16(max|w| / qmax), at most 65504, codes

@@ -30,3 +30,20 @@ func.func @model(%x: tensor<?x4xf32>, %r: tensor<4x2xf32>, %w1: tensor<2x2x4xf32
   %y = moe.linear %m, %head : (tensor<?x4xf32>, tensor<4x8xf32>) -> tensor<?x8xf32>
   return %y, %e : tensor<?x8xf32>, tensor<3x4xf32>
 }
+
+// bf16 activations also mark attention (its rounding applies over bf16 caches, a session's choice), when the
+// key head dim is even (pairs of dims).
+// ACT-LABEL: func.func @attention
+// ACT: moe.attention %arg0, %arg1, %arg2 {bf16_activations, scale = 1.000000e+00 : f32}
+// ACT: moe.attention %arg3, %arg4, %arg5 {scale = 1.000000e+00 : f32}
+// CHECK-LABEL: func.func @attention
+// CHECK-NOT: bf16_activations
+func.func @attention(%q: tensor<1x2x?x8xf32>, %k: tensor<1x1x?x8xf32>, %v: tensor<1x1x?x8xf32>,
+                     %q5: tensor<1x2x?x5xf32>, %k5: tensor<1x1x?x5xf32>, %v5: tensor<1x1x?x5xf32>)
+    -> (tensor<1x2x?x8xf32>, tensor<1x2x?x5xf32>) {
+  %a = moe.attention %q, %k, %v {scale = 1.0 : f32}
+     : (tensor<1x2x?x8xf32>, tensor<1x1x?x8xf32>, tensor<1x1x?x8xf32>) -> tensor<1x2x?x8xf32>
+  %b = moe.attention %q5, %k5, %v5 {scale = 1.0 : f32}
+     : (tensor<1x2x?x5xf32>, tensor<1x1x?x5xf32>, tensor<1x1x?x5xf32>) -> tensor<1x2x?x5xf32>
+  return %a, %b : tensor<1x2x?x8xf32>, tensor<1x2x?x5xf32>
+}

@@ -431,6 +431,51 @@ def check_narrow_caches(args, rt, path, art, tmp, rng):
               f"{'' if run.returncode == 0 else ' ' + run.stderr.strip()}")
 
 
+def check_bf16_attention(args, rt, path, art, tmp, rng):
+    """`--activations=bf16`: attention over bf16 caches multiplies bf16 pairs. With bf16 caches the logits stay
+    near ONNX Runtime's on the model with its keys/values rounded to bf16 (and differ from the plain artifact's:
+    the rounding is on); with f32 caches they equal the plain artifact's bit for bit.
+
+    The bound: rounding each query and softmax term to bf16 (2^-9 relative; moe.attention's contract) perturbs
+    the same products by the same relative amount as rounding the keys and values into the cache does, so the
+    logits may move from the rounded-cache reference by about as much as the rounded cache moves them from the
+    f32 model: twice that is the bound (measured 2026-12-06: 1.1e-3 against a bound of 5.0e-3 on the Qwen3
+    fixture, 1.25e-2 against 2.6e-2 on the Mixtral one)."""
+    name = os.path.basename(path)[:-5]
+    act = os.path.join(tmp, name + "_bf16act.moex")
+    c = subprocess.run([args.moec, "compile", path, "-o", act, f"--cpu={args.cpu}", "--quiet", "--activations=bf16"],
+                       capture_output=True, text=True)
+    if c.returncode != 0:
+        check(f"{name}: --activations=bf16", False, "moec compile failed: " + c.stderr.strip())
+        return
+    text = subprocess.run([args.moert, "inspect", act], capture_output=True, text=True).stdout
+    marked = [ln for ln in text.splitlines() if ln.strip().startswith("attention ")]
+    check(f"{name}: --activations=bf16 marks every attention dispatch",
+          marked and all("bf16 activations over bf16 caches" in ln for ln in marked),
+          f"{len(marked)} attention dispatches: {marked[0].strip() if marked else 'none'}")
+    ref_path = os.path.join(tmp, f"{name}_bf16.onnx")
+    rounded_cache_model(path, ref_path, "bf16")
+    prompt = rng.integers(0, 32, 250).tolist()
+    got, follow = session_greedy(rt, act, prompt, 10, max_context=1024, cache_dtype="bf16")
+    model = rt.load(art, threads=2)  # the plain artifact on the same tokens
+    sess = model.session(max_context=1024, cache_dtype="bf16")
+    plain = [sess.append(prompt)] + [sess.append([t]) for t in follow]
+    sess.close()
+    model.close()
+    err = max_rel(got, ort_logits(ref_path, prompt, follow))
+    bound = 2 * max_rel(plain, ort_logits(path, prompt, follow))  # the rounded cache's own drift, twice
+    moved = max_rel(got, plain)
+    check(f"{name}: bf16 attention over bf16 caches", err <= bound and moved > 0,
+          f"250 prompt tokens then 10 decode steps: logits max rel error {err:.2e} vs ONNX Runtime with keys/values "
+          f"rounded to bf16 (bound {bound:.2e}: twice the bf16 cache's own drift from the f32 model); {moved:.2e} "
+          "from the artifact without --activations=bf16")
+    same, _ = session_greedy(rt, act, prompt[:40], 3, max_context=64)
+    plain32, _ = session_greedy(rt, art, prompt[:40], 3, max_context=64)
+    check(f"{name}: --activations=bf16 with f32 caches", all(np.array_equal(a, b) for a, b in zip(same, plain32)),
+          "logits equal to the plain artifact's over 4 calls" if all(np.array_equal(a, b) for a, b in zip(same, plain32))
+          else f"logits differ by {max_rel(same, plain32):.2e}")
+
+
 def check_bad_caches(rt, art):
     """Inconsistent caches given to Model.run: one error naming the input."""
     model = rt.load(art, threads=2)
@@ -689,6 +734,7 @@ def main():
                   f"250 prompt tokens then 12 decode steps to 262 positions: logits max rel error {err:.2e} vs "
                   "ONNX Runtime")
             check_narrow_caches(args, rt, path, art, tmp, rng)
+            check_bf16_attention(args, rt, path, art, tmp, rng)
             # A batch of two, the second left-padded by two positions, through Model.run: the prefill and three
             # greedy decode steps, presents fed back as pasts, every output against ONNX Runtime's.
             check_batch(rt, path, art, rng)

@@ -55,12 +55,23 @@ int32_t abiStorage(Storage s) {
                      : MOERT_STORAGE_INT8;
 }
 
-template <int64_t HQ_, int64_t HKV_, int64_t DK_, int64_t DV_, bool CAP_ = false> struct Cfg {
+template <int64_t HQ_, int64_t HKV_, int64_t DK_, int64_t DV_, bool CAP_ = false, bool BF16_ = false>
+struct Cfg {
   static constexpr int64_t HQ = HQ_, HKV = HKV_, DK = DK_, DV = DV_;
   static constexpr float SCALE = 0.3f;
   static constexpr bool NAN_ZERO = CAP_;
   static constexpr float SOFTCAP = CAP_ ? 0.5f : 0.0f;
+  static constexpr bool BF16_ACT = BF16_; // bf16 pair products over bf16 caches
 };
+
+/// x rounded to bf16 (nearest even), as the kernel rounds queries with BF16_ACT.
+float roundBf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
 
 /// Rows of D values in a storage, `cap` positions per (batch, head): what a session's cache holds.
 struct Cache {
@@ -205,6 +216,10 @@ template <class C>
 void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool sinks, std::mt19937 &rng) {
   constexpr int64_t HQ = C::HQ, HKV = C::HKV, DK = C::DK, DV = C::DV, G = HQ / HKV;
   const int64_t cap = T + 5; // rows a head apart, as a session's buffer with room for more
+  // bf16 pair products (BF16_ACT over a bf16 cache, the CPU kernel): the reference rounds the queries as the
+  // kernel does; the kernel also rounds each probability (2^-9 relative), which moves an output (a convex
+  // combination of value rows) by at most 2^-9 max |v| more.
+  const bool pairs = C::BF16_ACT && storage == BF16 && !kGpu;
   std::normal_distribution<float> g(0.0f, 1.0f);
   std::vector<float> q(B * HQ * S * DK), row(std::max(DK, DV));
   for (float &v : q)
@@ -268,8 +283,10 @@ void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool
           double mx = sinks ? double(sink[h]) : -INFINITY, vmax = 0.0;
           for (int64_t t = 0; t < T; ++t) {
             double dot = 0.0;
-            for (int64_t d = 0; d < DK; ++d)
-              dot += double(q[((b * HQ + h) * S + s) * DK + d]) * k.get(base + t, d);
+            for (int64_t d = 0; d < DK; ++d) {
+              const float qd = q[((b * HQ + h) * S + s) * DK + d];
+              dot += double(pairs ? roundBf16(qd) : qd) * k.get(base + t, d);
+            }
             dot *= C::SCALE;
             if (C::SOFTCAP > 0.0f)
               dot = C::SOFTCAP * std::tanh(dot / C::SOFTCAP);
@@ -286,7 +303,7 @@ void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool
               vmax = std::max(vmax, std::fabs(v.get(base + t, d)));
             }
           }
-          const double tol = 2e-5 * vmax + 1e-6;
+          const double tol = (pairs ? 2e-5 + std::ldexp(1.0, -9) : 2e-5) * vmax + 1e-6;
           for (int64_t d = 0; d < DV; ++d) {
             const double want = acc[d] / l, got = out[((b * HQ + h) * S + s) * DV + d];
             const double err = std::fabs(got - want);
@@ -298,10 +315,10 @@ void check(Storage storage, int64_t B, int64_t S, int64_t T, Mask maskKind, bool
     ++cases;
     const bool ok = rc == 0 && bad == 0;
     std::printf(
-        "%s %-4s HQ=%lld HKV=%lld DK=%lld DV=%lld B=%lld S=%lld T=%lld %s%s%s %s%d: %s\n",
+        "%s %-4s HQ=%lld HKV=%lld DK=%lld DV=%lld B=%lld S=%lld T=%lld %s%s%s%s %s%d: %s\n",
         ok ? "ok  " : "FAIL", storageName(storage), (long long)HQ, (long long)HKV, (long long)DK,
         (long long)DV, (long long)B, (long long)S, (long long)T, maskName(maskKind), sinks ? " sinks" : "",
-        C::SOFTCAP > 0.0f ? " softcap" : "",
+        C::SOFTCAP > 0.0f ? " softcap" : "", C::BF16_ACT ? " bf16-act" : "",
         kGpu ? "key splits=" : "threads=", kGpu ? int(lastSplits) : threads,
         rc ? ("kernel returned " + std::to_string(rc)).c_str()
            : (std::to_string(bad) + " outputs off; worst error " + std::to_string(worst) + " x the bound")
@@ -401,6 +418,12 @@ void perf(Storage storage, int64_t T, Pool &pool, int threads, int64_t S = 1, in
 } // namespace
 
 int main(int argc, char **argv) {
+#ifdef MOERT_KERNEL_TEST_NEEDS_BF16
+  if (!__builtin_cpu_supports("avx512bf16")) {
+    std::printf("skipped: this CPU lacks AVX512-BF16 (the build this binary tests)\n");
+    return 77;
+  }
+#endif
   if (argc > 1 && std::string(argv[1]) == "--perf") {
     if (kGpu) {
       std::printf("--perf: the emulated device's speed means nothing; time the GPU kernels on a GPU\n");
@@ -442,6 +465,21 @@ int main(int argc, char **argv) {
   using Cap = Cfg<16, 2, 64, 64, true>; // softcap, rows of 8 heads
   checkAll<Cap>(1, 1, 1000, NONE, true, rng);
   checkAll<Cap>(1, 20, 90, CAUSAL, false, rng);
+  // bf16 activations: pair products over bf16 caches (the other storages as without), each path: transposed
+  // key pairs (4 rows and more), dot products (fewer), head dims whose pairs are not whole vectors, an odd
+  // key count (the last value pair half empty), softcapping.
+  using GqaBf = Cfg<8, 2, 128, 128, false, true>;
+  checkAll<GqaBf>(1, 1, 301, NONE, false, rng);
+  checkAll<GqaBf>(2, 70, 70, CAUSAL, true, rng);
+  checkAll<GqaBf>(2, 40, 301, HOLES, false, rng);
+  using MhaBf = Cfg<4, 4, 80, 40, false, true>;
+  checkAll<MhaBf>(2, 1, 101, PADDING, false, rng);
+  checkAll<MhaBf>(1, 9, 100, CAUSAL, false, rng);
+  using OddBf = Cfg<6, 2, 20, 6, false, true>;
+  checkAll<OddBf>(2, 5, 41, CAUSAL, true, rng);
+  using CapBf = Cfg<16, 2, 64, 64, true, true>;
+  checkAll<CapBf>(1, 1, 1000, NONE, true, rng);
+  checkAll<CapBf>(1, 20, 90, CAUSAL, false, rng);
   std::printf("%d of %d cases passed\n", cases - failures, cases);
   return failures ? 1 : 0;
 }
