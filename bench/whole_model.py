@@ -15,7 +15,8 @@ file) it times
   - prefill: T = 128 and 512 tokens from an empty cache (tokens per second), logits for every token (as the
     ONNX model computes them: `moert run`),
   - prompt: the same T tokens through a session, as `moert generate` reads a prompt: logits for the last
-    token only (llama.cpp: its default, `logits_all=False`; ONNX Runtime has no such mode: not run),
+    token only (llama.cpp: its default, `logits_all=False`; ONNX Runtime has no such mode: not run), the
+    cache stored as each of `--kv-cache`,
 and reports the whole-token roofline: every weight byte a token reads (attention projections, LM head, the
 router, the 4 chosen experts of each layer, one embedding row, the KV cache) at the measured read bandwidth,
 or the FLOPs at the FP32 peak, as a fraction of moec's time; and the share of moec's time in compiled
@@ -160,10 +161,10 @@ def session_decode(model, past, repeat, rng, cache_dtype="f32", batch=1):
     return times[0], times[len(times) // 2], shares
 
 
-def session_prompt(model, t, repeat, rng):
-    """A prompt of t tokens as `moert generate` reads it: one session call into an empty cache, the logits of
-    the last token only; (best ms, median ms, the shares of the last call's time)."""
-    sess = model.session(max_context=t, profile=True)
+def session_prompt(model, t, repeat, rng, cache_dtype="f32"):
+    """A prompt of t tokens as `moert generate` reads it: one session call into an empty cache (stored as
+    `cache_dtype`), the logits of the last token only; (best ms, median ms, the shares of the last call's time)."""
+    sess = model.session(max_context=t, profile=True, cache_dtype=cache_dtype)
     times = []
     for _ in range(repeat + 1):
         ids = rng.integers(0, CFG["vocab"], (1, t))
@@ -226,12 +227,12 @@ def run(build, threads, storages, roof, repeat=5, with_ort=True, kv_caches=("f32
         compile_s = time.time() - t0
         model = rt.load(art, threads=threads)
         for kind, t, p, kv, b in [(k, t, p, kv, b) for k, t, p in cases
-                                  for kv in (kv_caches if k == "decode" else ["f32"])
+                                  for kv in (kv_caches if k in ("decode", "prompt") else ["f32"])
                                   for b in (batches if k == "decode" else [1])]:
             if kind == "decode":
                 best, med, shares = session_decode(model, p, repeat, rng, kv, b)
             elif kind == "prompt":
-                best, med, shares = session_prompt(model, t, repeat, rng)
+                best, med, shares = session_prompt(model, t, repeat, rng, kv)
             else:
                 best, med = time_calls(lambda f: model.run(f), inputs[(t, p)])
                 with tempfile.TemporaryDirectory() as tmp:
@@ -323,8 +324,8 @@ def main():
     ap.add_argument("--baseline", metavar="BUILD", help="also time moec from this build directory (a child process "
                     "before the main run): the table gets its times and the speed-up over it")
     ap.add_argument("--json", metavar="FILE", help="write the rows as JSON")
-    ap.add_argument("--kv-cache", default="f32", help="KV cache storages to decode with (sessions' cache_dtype): "
-                    "e.g. f32,bf16,f16,int8")
+    ap.add_argument("--kv-cache", default="f32", help="KV cache storages to decode and read prompts with "
+                    "(sessions' cache_dtype): e.g. f32,bf16,f16,int8")
     ap.add_argument("--batch", default="1", help="sequences per decode session (e.g. 1,4): rows per batch, "
                     "tokens/s counting every sequence's token (ONNX Runtime and llama.cpp at batch 1 only)")
     args = ap.parse_args()
