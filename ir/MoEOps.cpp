@@ -554,6 +554,8 @@ LogicalResult AttentionOp::verify() {
   if (hq % hkv)
     return emitOpError() << "query heads (" << hq << ") must be a multiple of key/value heads (" << hkv
                          << ")";
+  if (getBf16Activations() && dk % 2)
+    return emitOpError() << "bf16_activations multiplies pairs of key dims: key head dim " << dk << " is odd";
   if (dimsConflict(kT.getDimSize(3), dk) || dimsConflict(vT.getDimSize(1), hkv) ||
       dimsConflict(kT.getDimSize(2), vT.getDimSize(2)) || dimsConflict(kT.getDimSize(0), qT.getDimSize(0)) ||
       dimsConflict(vT.getDimSize(0), qT.getDimSize(0)))

@@ -1177,7 +1177,7 @@ struct Emitter {
        << (sinks >= 0 ? ", sinks" : "") << (op.getNanToZero() ? ", masked rows 0" : "");
     if (const float c = op.getSoftcap().convertToFloat(); c > 0.0f)
       ds << ", softcap " << llvm::format("%.6g", c);
-    const bool bf16Act = op.getBf16Activations() && dk % 2 == 0;
+    const bool bf16Act = op.getBf16Activations(); // an even key head dim (the op's verifier)
     if (bf16Act)
       ds << ", bf16 activations over bf16 caches";
     if (auto src = op->getAttrOfType<StringAttr>("moe.source"))

@@ -390,6 +390,15 @@ func.func @attention_softcap_negative(%q: tensor<1x4x3x8xf32>, %k: tensor<1x2x5x
 
 // -----
 
+func.func @attention_bf16_odd_dim(%q: tensor<1x4x3x5xf32>, %k: tensor<1x2x5x5xf32>, %v: tensor<1x2x5x8xf32>) -> tensor<1x4x3x8xf32> {
+  // expected-error @+1 {{bf16_activations multiplies pairs of key dims: key head dim 5 is odd}}
+  %o = moe.attention %q, %k, %v {scale = 1.0 : f32, bf16_activations}
+     : (tensor<1x4x3x5xf32>, tensor<1x2x5x5xf32>, tensor<1x2x5x8xf32>) -> tensor<1x4x3x8xf32>
+  return %o : tensor<1x4x3x8xf32>
+}
+
+// -----
+
 func.func @rotary_dim_odd(%x: tensor<1x4x?x16xf32>, %c: tensor<1x?x7xf32>) -> tensor<1x4x?x16xf32> {
   // expected-error @+1 {{rotary_dim 7 must be even, positive and at most the head dim 16}}
   %y = moe.rotary %x, %c, %c {rotary_dim = 7 : i64} : (tensor<1x4x?x16xf32>, tensor<1x?x7xf32>, tensor<1x?x7xf32>) -> tensor<1x4x?x16xf32>

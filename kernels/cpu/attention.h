@@ -165,10 +165,8 @@ template <class C> struct Attention {
               acc = dpbf16(acc, qv, kv);
             }
             s = hsum(acc);
-            for (; d < DD; ++d) { // one pair's two products, in dpbf16's order
-              const uint32_t q = qb[r * DKP + d], k = pairAt(kr, d);
-              s += pairHi(q) * pairHi(k) + pairLo(q) * pairLo(k);
-            }
+            for (; d < DD; ++d)
+              s = dpbf16(s, qb[r * DKP + d], pairAt(kr, d));
           } else {
             for (; d + VW <= DD; d += VW)
               acc += loadv(qp[r] + d) * KvRead<DK>::load(kr, d);
@@ -213,9 +211,6 @@ template <class C> struct Attention {
     for (; r < nr; ++r)
       scoreTile<1, P>(qp + r, qb + r * DKP, kt, sc + r * kAttnKB, pf);
   }
-  /// A bf16 pair's two values (dims 2i and 2i + 1) as f32.
-  static float pairLo(uint32_t u) { return __builtin_bit_cast(float, u << 16); }
-  static float pairHi(uint32_t u) { return __builtin_bit_cast(float, u & 0xffff0000u); }
   template <int M, bool P>
   static void scoreTile(const float *const *qp, const uint32_t *qb, const float *kt, float *sc,
                         Prefetch &pf) {
@@ -329,8 +324,7 @@ template <class C> struct Attention {
         for (int64_t j = 0; j < n; ++j)
           for (int i = 0; i < nrr; ++i)
             if constexpr (P) {
-              const uint32_t pw = pq[i][j], vv = vp[j * DVP + d];
-              ar[i][d] += pairHi(pw) * pairHi(vv) + pairLo(pw) * pairLo(vv);
+              ar[i][d] = dpbf16(ar[i][d], pq[i][j], vp[j * DVP + d]);
             } else {
               ar[i][d] += pr[i][j] * KvRead<DV>::at(v0 + j * vs, d);
             }
@@ -401,10 +395,15 @@ template <class C> struct Attention {
             a.mask ? a.mask + b * a.mask_strides[0] + h * a.mask_strides[1] + s * a.mask_strides[2] : nullptr;
       }
     if constexpr (P)
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t i = 0; i < DKP; ++i)
-          qb[r * DKP + i] =
-              uint32_t(moert_f32_to_bf16(qp[r][2 * i])) | uint32_t(moert_f32_to_bf16(qp[r][2 * i + 1])) << 16;
+      for (int64_t r = 0; r < nr; ++r) {
+        int64_t i = 0;
+        for (; i + VW <= DKP; i += VW) {
+          const u32xv w = bf16Pairs(qp[r] + 2 * i);
+          std::memcpy(qb + r * DKP + i, &w, sizeof w);
+        }
+        for (; i < DKP; ++i)
+          qb[r * DKP + i] = bf16Pair(qp[r][2 * i], qp[r][2 * i + 1]);
+      }
     for (int64_t r = 0; r < nr; ++r) {
       // An attention sink is one more term of the softmax that weighs no value: the running max starts at
       // it with its exp(0) = 1 in the sum (in the first key chunk only; the merge adds the chunks).

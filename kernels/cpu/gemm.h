@@ -119,11 +119,6 @@ inline void pairPanels(const uint16_t *b, int64_t pstride, int64_t np, int64_t k
   }
 }
 
-/// Two inputs rounded to bf16 (moert_f32_to_bf16) as one pair.
-inline uint32_t bf16Pair(float even, float odd) {
-  return uint32_t(moert_f32_to_bf16(even)) | uint32_t(moert_f32_to_bf16(odd)) << 16;
-}
-
 /// Rows [0, m) of x (ldx floats apart, kn features) as the packed pairs of gemmMicroPairs: row i's pair q at
 /// out[(i / MR) * tstride + q * MR + i % MR], rounded to bf16 (an odd kn's last pair has a zero high half;
 /// the last tile's rows past m are left as they are: the micro-kernel reads only the tile's rows).

@@ -151,6 +151,10 @@ inline u32xv bf16Pairs(const float *x) {
 #endif
   return even | odd << 16;
 }
+/// Two inputs rounded to bf16 (moert_f32_to_bf16) as one pair: bf16Pairs' scalar form.
+inline uint32_t bf16Pair(float even, float odd) {
+  return uint32_t(moert_f32_to_bf16(even)) | uint32_t(moert_f32_to_bf16(odd)) << 16;
+}
 /// acc + a.odd x b.odd + a.even x b.even in every f32 lane, a and b holding bf16 pairs: AVX512-BF16's
 /// vdpbf16ps where the build has it, else the same two products in the same order as f32 FMAs (a product of
 /// two bf16 is exact in f32, so only the instruction's flush of denormals differs).
@@ -170,6 +174,12 @@ inline vf dpbf16(vf acc, u32xv a, u32xv b) {
   acc += ae * be;
   return acc;
 #endif
+}
+/// One lane of dpbf16 (a tail past whole vectors): acc + a.odd x b.odd + a.even x b.even, in that order.
+inline float dpbf16(float acc, uint32_t a, uint32_t b) {
+  acc += __builtin_bit_cast(float, a & 0xffff0000u) * __builtin_bit_cast(float, b & 0xffff0000u);
+  acc += __builtin_bit_cast(float, a << 16) * __builtin_bit_cast(float, b << 16);
+  return acc;
 }
 inline float tofloat(_Float16 x) { return float(x); }
 inline float tofloat(float x) { return x; }
