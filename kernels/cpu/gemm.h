@@ -89,35 +89,13 @@ __attribute__((always_inline)) inline void gemmMicro(const T *b, int64_t pstride
 
 // ---- bf16 dot products (`--activations=bf16`: bf16 weights times inputs rounded to bf16) ----------------
 // The same register tile on bf16 pairs: each 32-bit lane holds two consecutive features (the even one in the
-// low half) of one column (a panel's slice re-laid as pairs, pairPanels) or of one row (the inputs, packed
-// [k / 2][MR]), and dpbf16 (simd.h: AVX512-BF16's vdpbf16ps) adds both products per lane, twice the FMA's
-// products per instruction. Panels are stored as for the f32 path ([K][NR] bf16) and re-laid per K block
-// into per-thread scratch, once for every row tile that uses them.
-
-/// Features [0, kn) of np bf16 panels (b, pstride elements apart, [k][NR]) as pairs: panel j's pair q of
-/// column c at out[j * ostride + q * NR + c] (an odd kn's last pair has a zero high half).
-inline void pairPanels(const uint16_t *b, int64_t pstride, int64_t np, int64_t kn, uint32_t *out,
-                       int64_t ostride) {
-  const int64_t kp = (kn + 1) / 2;
-  for (int64_t j = 0; j < np; ++j) {
-    const uint16_t *src = b + j * pstride;
-    uint32_t *dst = out + j * ostride;
-    for (int64_t q = 0; q < kn / 2; ++q) {
-      const uint16_t *e = src + 2 * q * kGemmNR, *o = e + kGemmNR;
-#pragma unroll
-      for (int64_t v = 0; v < kGemmNV; ++v) {
-        u16xv ev, ov;
-        std::memcpy(&ev, e + v * VW, sizeof ev);
-        std::memcpy(&ov, o + v * VW, sizeof ov);
-        const u32xv pair = __builtin_convertvector(ev, u32xv) | __builtin_convertvector(ov, u32xv) << 16;
-        std::memcpy(dst + q * kGemmNR + v * VW, &pair, sizeof pair);
-      }
-    }
-    if (kn % 2)
-      for (int64_t c = 0; c < kGemmNR; ++c)
-        dst[(kp - 1) * kGemmNR + c] = src[(kn - 1) * kGemmNR + c];
-  }
-}
+// low half) of one column (two rows of a panel as stored, [K][NR] bf16, interleaved in registers as they are
+// loaded: pairRows) or of one row (the inputs, packed [k / 2][MR]), and dpbf16 (simd.h: AVX512-BF16's
+// vdpbf16ps) adds both products per lane, twice the FMA's products per instruction. Interleaving on load
+// (one permute per vector of pairs) replaced a copy of each panel set's K block as pairs into scratch, made
+// once for all the row tiles using it: that copy was the first reader of the panels, so it took their cache
+// misses outside the micro-kernel (ZAYA1-like MoE layer, bf16 + `--activations=bf16`, T = 512, 2 threads,
+// see docs/linear.md).
 
 /// Rows [0, m) of x (ldx floats apart, kn features) as the packed pairs of gemmMicroPairs: row i's pair q at
 /// out[(i / MR) * tstride + q * MR + i % MR], rounded to bf16 (an odd kn's last pair has a zero high half;
@@ -139,18 +117,19 @@ inline void packBf16Pairs(const float *x, int64_t ldx, int64_t m, int64_t kn, ui
   }
 }
 
-/// gemmMicro on pairs: acc[i][j * NV + v] += the kp feature pairs of row i (a[q * MR + i]) times panel j's
-/// (b + j * pstride + q * NR, pstride in pairs).
+/// gemmMicro on pairs: acc[i][j * NV + v] += the features [0, kn) of row i (its pairs a[q * MR + i], an odd
+/// kn's last with a zero high half) times panel j's (b + j * pstride + k * NR: bf16 panels as stored; an odd
+/// kn's last row is read alone, nothing past it).
 template <int M, int P>
 __attribute__((always_inline)) inline void
-gemmMicroPairs(const uint32_t *b, int64_t pstride, const uint32_t *a, int64_t kp, vf (&acc)[M][P * kGemmNV]) {
-  for (int64_t q = 0; q < kp; ++q) {
+gemmMicroPairs(const uint16_t *b, int64_t pstride, const uint32_t *a, int64_t kn, vf (&acc)[M][P * kGemmNV]) {
+  auto step = [&](int64_t q, auto load) __attribute__((always_inline)) {
     u32xv w[P * kGemmNV];
 #pragma unroll
     for (int j = 0; j < P; ++j)
 #pragma unroll
       for (int v = 0; v < kGemmNV; ++v)
-        std::memcpy(&w[j * kGemmNV + v], b + j * pstride + q * kGemmNR + v * VW, sizeof(u32xv));
+        w[j * kGemmNV + v] = load(b + j * pstride + 2 * q * kGemmNR + v * VW);
 #pragma unroll
     for (int i = 0; i < M; ++i) {
       const u32xv x = splatu(a[q * kGemmMR + i]);
@@ -158,7 +137,14 @@ gemmMicroPairs(const uint32_t *b, int64_t pstride, const uint32_t *a, int64_t kp
       for (int v = 0; v < P * kGemmNV; ++v)
         acc[i][v] = dpbf16(acc[i][v], x, w[v]);
     }
-  }
+  };
+  int64_t q = 0;
+  for (; 2 * q + 2 <= kn; ++q)
+    step(
+        q, [](const uint16_t *r) __attribute__((always_inline)) { return pairRows(r, r + kGemmNR); });
+  if (kn % 2)
+    step(
+        q, [](const uint16_t *r) __attribute__((always_inline)) { return pairRows(r); });
 }
 
 /// Calls f(std::integral_constant<int, m>{}) for a run-time row count 1 <= m <= kGemmMR (tiles of fewer rows

@@ -31,9 +31,8 @@
 //     (kernels/cpu/moert_kernel_abi.h states it).
 //   - with BF16_ACT (moec --activations=bf16) and bf16 weights, prefill (more than MR rows) rounds the call's
 //     rows to bf16 pairs once (in parallel, into the scratch) and multiplies bf16 pairs (gemm.h's
-//     gemmMicroPairs: AVX512-BF16's vdpbf16ps, twice the FMA's products per instruction), each work item
-//     re-laying its panels' K block as pairs once for all its row tiles; decode reads the panels as stored
-//     with f32 inputs, as without it.
+//     gemmMicroPairs: AVX512-BF16's vdpbf16ps, twice the FMA's products per instruction) on the panels as
+//     stored, pairing their rows as it loads them; decode reads the panels with f32 inputs, as without it.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_LINEAR_H
@@ -104,7 +103,7 @@ template <class C> struct Linear {
   static constexpr int64_t KC = K <= kLinKC ? K : kLinKC;
   // bf16 pairs (BF16_ACT): a K block's feature pairs
   static constexpr bool PAIRS = C::BF16_ACT;
-  static constexpr int64_t KCP = (KC + 1) / 2, KP = (K + 1) / 2;
+  static constexpr int64_t KP = (K + 1) / 2;
   static_assert(!C::BF16_ACT || (QBITS == 0 && std::is_same_v<typename C::W, uint16_t>),
                 "bf16 activations with bf16 weights only");
   // Integer decode: inputs rounded per block of XB features (MOERT_INT8_ACT_BLOCK, or the weight block when
@@ -492,7 +491,7 @@ template <class C> struct Linear {
   };
 
   // plain panels; a dequantised f32 slice; codes times f32 inputs (decode); integer dot products (decode);
-  // bf16 pairs (prefill with BF16_ACT: `deq` holds the panels' pairs, KCP * NR apart, `ap` the rows' pairs)
+  // bf16 pairs (prefill with BF16_ACT: the panels as stored, paired on load; `ap` the rows' pairs)
   enum Mode { PLAIN, DEQ, CODES, INT, PAIR };
 
   /// Rows [r, r + M) x panels [p, p + P) over features [k0, k1): the first K block starts from the bias (or
@@ -527,8 +526,8 @@ template <class C> struct Linear {
     const float *in = PK ? ap : a.input + r * K;
     if constexpr (MODE == PAIR) {
       static_assert(PK, "pairs are packed");
-      gemmMicroPairs<M, P>(reinterpret_cast<const uint32_t *>(deq), KCP * NR,
-                           reinterpret_cast<const uint32_t *>(ap), (k1 - k0 + 1) / 2, acc);
+      gemmMicroPairs<M, P>(reinterpret_cast<const uint16_t *>(w) + k0 * NR, PANELB / 2,
+                           reinterpret_cast<const uint32_t *>(ap), k1 - k0, acc);
     } else if constexpr (MODE == DEQ) {
       gemmMicro<M, P, PK>(deq, KC * NR, PK ? in : in + k0, K, k1 - k0, acc);
     } else if constexpr (MODE == CODES) {
@@ -617,26 +616,22 @@ template <class C> struct Linear {
   }
 
   /// Prefill: per K block, the item's input rows packed tile by tile (L2-resident), then for each set of PW
-  /// panels (int8/int4: dequantised once into f32 slices; BF16_ACT: re-laid as bf16 pairs) every row tile
-  /// runs the micro-kernel on them.
+  /// panels (int8/int4: dequantised once into f32 slices; BF16_ACT: read as stored, paired on load) every row
+  /// tile runs the micro-kernel on them.
   __attribute__((noinline)) static void prefill(const Ctx &c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     const moert_linear_args &a = *c.a;
-    if constexpr (PAIRS) { // the rows' pairs packed once per call (layer); panels re-laid per K block
-      alignas(64) uint32_t bp[PW * KCP * NR];
-      const uint16_t *w = static_cast<const uint16_t *>(a.weights[MOERT_LIN_W]);
+    if constexpr (PAIRS) { // the rows' pairs packed once per call (layer); panels paired as they are loaded
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int64_t k1 = std::min(K, k0 + KC);
         for (int64_t pp = p0; pp < p1;) {
           const int64_t np = p1 - pp >= PW ? PW : 1;
-          pairPanels(w + pp * K * NR + k0 * NR, K * NR, np, k1 - k0, bp, KCP * NR);
           for (int64_t r = r0; r < r1; r += MR) {
             const float *at = reinterpret_cast<const float *>(c.xp + r / MR * KP * MR + k0 / 2 * MR);
-            const float *bf = reinterpret_cast<const float *>(bp);
             const int64_t m = std::min<int64_t>(MR, r1 - r);
             if (np == PW)
-              rows<PAIR, true, PW>(a, c, bf, at, nullptr, m, r, pp, k0, k1);
+              rows<PAIR, true, PW>(a, c, nullptr, at, nullptr, m, r, pp, k0, k1);
             else
-              rows<PAIR, true>(a, c, bf, at, nullptr, m, r, pp, k0, k1);
+              rows<PAIR, true>(a, c, nullptr, at, nullptr, m, r, pp, k0, k1);
           }
           pp += np;
         }

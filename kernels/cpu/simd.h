@@ -151,6 +151,36 @@ inline u32xv bf16Pairs(const float *x) {
 #endif
   return even | odd << 16;
 }
+/// Two rows of VW bf16 as VW pairs: lane j holds even[j] in its low half and odd[j] in its high one (one
+/// permute of the two loads); pairRows(even) leaves the high halves zero.
+inline u32xv pairRows(const uint16_t *even, const uint16_t *odd) {
+  u16xv e, o;
+#if MOERT_VW == 16
+  if (odd == even + VW) { // one load and a one-source permute (vpermw) where the rows are adjacent
+    typedef uint16_t u16x2v __attribute__((vector_size(VW * 4)));
+    u16x2v eo;
+    std::memcpy(&eo, even, sizeof eo);
+    return __builtin_bit_cast(u32xv, __builtin_shufflevector(eo, eo, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21,
+                                                             6, 22, 7, 23, 8, 24, 9, 25, 10, 26, 11, 27, 12,
+                                                             28, 13, 29, 14, 30, 15, 31));
+  }
+#endif
+  std::memcpy(&e, even, sizeof e);
+  std::memcpy(&o, odd, sizeof o);
+#if MOERT_VW == 16
+  return __builtin_bit_cast(u32xv, __builtin_shufflevector(e, o, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6,
+                                                           22, 7, 23, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28,
+                                                           13, 29, 14, 30, 15, 31));
+#else
+  return __builtin_bit_cast(
+      u32xv, __builtin_shufflevector(e, o, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15));
+#endif
+}
+inline u32xv pairRows(const uint16_t *even) {
+  u16xv e;
+  std::memcpy(&e, even, sizeof e);
+  return __builtin_convertvector(e, u32xv);
+}
 /// Two inputs rounded to bf16 (moert_f32_to_bf16) as one pair: bf16Pairs' scalar form.
 inline uint32_t bf16Pair(float even, float odd) {
   return uint32_t(moert_f32_to_bf16(even)) | uint32_t(moert_f32_to_bf16(odd)) << 16;

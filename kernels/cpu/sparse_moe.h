@@ -500,8 +500,8 @@ template <class C> struct Kernel {
   // tiles run the same micro-kernel on them (plainDecode). Chunks of dims are whole fc1 panels.
   static constexpr bool PLAIN_PANELS = C::PANELS && C::QBITS == 0;
   // C::BF16_ACT (codegen's choice with --activations=bf16, bf16 experts in panels): GEMM tiles round their
-  // tokens and fc2's inputs to bf16 and multiply bf16 pairs (gemm.h's gemmMicroPairs), each panel set's K
-  // block re-laid as pairs once for every row tile; decode and smaller tiles (plainDecode) take f32 inputs.
+  // tokens and fc2's inputs to bf16 and multiply bf16 pairs (gemm.h's gemmMicroPairs, pairing the panels'
+  // rows as it loads them); decode and smaller tiles (plainDecode) take f32 inputs.
   static constexpr bool PAIRS = C::BF16_ACT;
   static_assert(!PAIRS || (PLAIN_PANELS && std::is_same_v<typename C::W, uint16_t>),
                 "bf16 activations need bf16 experts in panels");
@@ -545,13 +545,9 @@ template <class C> struct Kernel {
   // DB1]), the coefficients of a super block of dims ([row tile][kMoeFB][MR]), fc2's panels for KC2 dims in
   // f32 ([H16 / NR panels][KC2][NR]), and the tile's output rows (LDO floats apart: H plus a cache line, so
   // rows do not share cache sets the way the partial buffers' rows, 64 KiB apart with 8 slots of H = 2048,
-  // do). With PAIRS the tokens and coefficients are bf16 pairs in the first half of theirs, and GB1 holds a
-  // panel set's pairs for a K block instead.
+  // do). With PAIRS the tokens and coefficients are bf16 pairs in the first half of theirs.
   static constexpr int64_t LDO = H + 16;
-  static constexpr int64_t GA = kTileRows * H,
-                           GB1 = PAIRS          ? kGemmPW * kMoeKC / 2 * kGemmNR
-                                 : PLAIN_PANELS ? 0
-                                                : G * DB1 * H,
+  static constexpr int64_t GA = kTileRows * H, GB1 = PLAIN_PANELS ? 0 : G * DB1 * H,
                            GH1 = kTileRows * G * DB1, GCF = kTileRows * kMoeFB,
                            GB2 = PLAIN_PANELS ? 0 : KC2 * H16, GO = kTileRows * LDO;
   static constexpr size_t kF32GemmBytes = sizeof(float) * (GA + GB1 + GH1 + GCF + GB2 + GO) + 6 * 64;
@@ -1225,8 +1221,8 @@ template <class C> struct Kernel {
     }
   }
 
-  /// acc = rows c[i] at column col (or zero) for M rows x P panels, then the micro-kernel (PAIRS_: on bf16
-  /// pairs, kn of them), then back.
+  /// acc = rows c[i] at column col (or zero) for M rows x P panels, then the micro-kernel over kn features
+  /// (PAIRS_: on bf16 pairs), then back.
   template <int M, int P, bool PAIRS_ = false, class T, class A>
   __attribute__((always_inline)) static inline void
   gemmInto(float *const *c, int64_t col, bool zero, const T *b, int64_t pstride, const A *ap, int64_t kn) {
@@ -1273,24 +1269,22 @@ template <class C> struct Kernel {
   }
 
   /// gemmPanels on bf16 pairs (PAIRS): the row tiles of `ap` hold the rows' feature pairs ([kn / 2][MR],
-  /// apstride pairs apart), `b` the bf16 panels as stored; each set of PW panels (or one) is re-laid as pairs
-  /// into `bp` once, then every row tile uses it.
+  /// apstride pairs apart), `b` the bf16 panels as stored (interleaved into pairs as the micro-kernel loads
+  /// them); each set of PW panels (or one) is used by every row tile while it is in L1.
   static void gemmPanelsPairs(int64_t n, const uint32_t *ap, int64_t apstride, const uint16_t *b, int64_t np,
-                              int64_t pstride, int64_t kn, float *const *c, int64_t col, bool zero,
-                              uint32_t *bp) {
+                              int64_t pstride, int64_t kn, float *const *c, int64_t col, bool zero) {
     constexpr int MR = kGemmMR, PW = kGemmPW;
-    const int64_t kp = (kn + 1) / 2;
     for (int64_t p = 0; p < np;) {
       const int64_t pw = np - p >= PW ? PW : 1;
-      pairPanels(b + p * pstride, pstride, pw, kn, bp, kp * kGemmNR);
+      const uint16_t *bp = b + p * pstride;
       for (int64_t r = 0; r < n; r += MR) {
         const uint32_t *at = ap + (r / MR) * apstride;
         gemmRows(std::min<int64_t>(MR, n - r), [&](auto m) {
           constexpr int M = decltype(m)::value;
           if (pw == PW)
-            gemmInto<M, PW, true>(c + r, col + p * kGemmNR, zero, bp, kp * kGemmNR, at, kp);
+            gemmInto<M, PW, true>(c + r, col + p * kGemmNR, zero, bp, pstride, at, kn);
           else
-            gemmInto<M, 1, true>(c + r, col + p * kGemmNR, zero, bp, kp * kGemmNR, at, kp);
+            gemmInto<M, 1, true>(c + r, col + p * kGemmNR, zero, bp, pstride, at, kn);
         });
       }
       p += pw;
@@ -1314,7 +1308,7 @@ template <class C> struct Kernel {
     float *b2p = alignTo64(reinterpret_cast<char *>(cfp + GCF));
     float *ot = alignTo64(reinterpret_cast<char *>(b2p + GB2));
     const int64_t rowTiles = (n + MR - 1) / MR;
-    uint32_t *app = reinterpret_cast<uint32_t *>(ap), *bpp = reinterpret_cast<uint32_t *>(b1p); // PAIRS
+    uint32_t *app = reinterpret_cast<uint32_t *>(ap);  // PAIRS
     uint16_t *cfh = reinterpret_cast<uint16_t *>(cfp); // PAIRS: the coefficients' pairs, as bf16 halves
     // the tokens, packed for the micro-kernel (rows past n zero; PAIRS: as bf16 pairs, [H / 2][MR] a tile)
     if constexpr (PAIRS)
@@ -1361,7 +1355,7 @@ template <class C> struct Kernel {
           const int64_t k1 = std::min<int64_t>(H, k0 + KC);
           if constexpr (PAIRS)
             gemmPanelsPairs(n, app + k0 / 2 * MR, H / 2 * MR, b1s + k0 * NR, np, H * NR, k1 - k0, h1rows, 0,
-                            k0 == 0, bpp);
+                            k0 == 0);
           else
             gemmPanels(n, ap + k0 * MR, H * MR, b1s + k0 * NR, np, H * NR, k1 - k0, h1rows, 0, k0 == 0);
         }
@@ -1390,8 +1384,7 @@ template <class C> struct Kernel {
         const int64_t ke = std::min<int64_t>(fe, kb + KC2);
         if constexpr (PAIRS) {
           gemmPanelsPairs(n, reinterpret_cast<const uint32_t *>(cfh) + (kb - fb) / 2 * MR, FB / 2 * MR,
-                          rows.panel2(0) + kb * NR, H / NR, rows.fdim * NR, ke - kb, orows, 0, kb == it.f0,
-                          bpp);
+                          rows.panel2(0) + kb * NR, H / NR, rows.fdim * NR, ke - kb, orows, 0, kb == it.f0);
         } else if constexpr (PLAIN_PANELS) {
           gemmPanels(n, cfp + (kb - fb) * MR, FB * MR, rows.panel2(0) + kb * NR, H / NR, rows.fdim * NR,
                      ke - kb, orows, 0, kb == it.f0);
