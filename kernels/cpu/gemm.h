@@ -119,10 +119,18 @@ inline void packBf16Pairs(const float *x, int64_t ldx, int64_t m, int64_t kn, ui
 
 /// gemmMicro on pairs: acc[i][j * NV + v] += the features [0, kn) of row i (its pairs a[q * MR + i], an odd
 /// kn's last with a zero high half) times panel j's (b + j * pstride + k * NR: bf16 panels as stored; an odd
-/// kn's last row is read alone, nothing past it).
+/// kn's last row is read alone, nothing past it). The sums build in a local copy of acc, which stays in
+/// registers: a caller indexing acc at run time (a layer with several outputs) otherwise had every
+/// accumulator stored back on each step (measured: a merged Q/K/V layer, K 2048, N 5120, M 512, 2x slower).
 template <int M, int P>
 __attribute__((always_inline)) inline void
 gemmMicroPairs(const uint16_t *b, int64_t pstride, const uint32_t *a, int64_t kn, vf (&acc)[M][P * kGemmNV]) {
+  vf sum[M][P * kGemmNV];
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int v = 0; v < P * kGemmNV; ++v)
+      sum[i][v] = acc[i][v];
   auto step = [&](int64_t q, auto load) __attribute__((always_inline)) {
     u32xv w[P * kGemmNV];
 #pragma unroll
@@ -135,7 +143,7 @@ gemmMicroPairs(const uint16_t *b, int64_t pstride, const uint32_t *a, int64_t kn
       const u32xv x = splatu(a[q * kGemmMR + i]);
 #pragma unroll
       for (int v = 0; v < P * kGemmNV; ++v)
-        acc[i][v] = dpbf16(acc[i][v], x, w[v]);
+        sum[i][v] = dpbf16(sum[i][v], x, w[v]);
     }
   };
   int64_t q = 0;
@@ -145,6 +153,11 @@ gemmMicroPairs(const uint16_t *b, int64_t pstride, const uint32_t *a, int64_t kn
   if (kn % 2)
     step(
         q, [](const uint16_t *r) __attribute__((always_inline)) { return pairRows(r); });
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int v = 0; v < P * kGemmNV; ++v)
+      acc[i][v] = sum[i][v];
 }
 
 /// Calls f(std::integral_constant<int, m>{}) for a run-time row count 1 <= m <= kGemmMR (tiles of fewer rows

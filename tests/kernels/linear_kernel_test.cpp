@@ -9,7 +9,7 @@
 //
 //   linear_kernel_test            test mode: exit 0 when every case is within tolerance
 //   linear_kernel_test --perf     perf mode: GFLOP/s and weight GB/s per storage at K = N = 2048 (all
-//   threads)
+//   threads; bf16+a16 also as a merged Q/K/V layer, K 2048, N 5120 in three outputs)
 //
 // Tolerance: |kernel - reference| <= 1e-5 * sum_k |x[m][k] * w[k][n]| + 1e-6 per element (f32 accumulation
 // against double; the bound scales with the terms summed, not with K alone).
@@ -114,11 +114,16 @@ template <class C> void perf(Kind kind, Pool &pool, int threads) {
   std::mt19937 rng(1);
   Case c = makeCase(kind, C::K, C::N, C::QBLOCK, false, rng);
   for (int64_t m : {1, 8, 128, 512}) {
-    std::vector<float> x(m * C::K, 0.5f), y(m * C::N);
+    std::vector<float> x(m * C::K, 0.5f);
+    std::vector<std::vector<float>> ys(C::NOUT);
     moert_exec ex{&Pool::run, &pool, threads};
     std::vector<char> scratch(L::scratch(m, threads));
     moert_linear_args a{};
-    a.rows = m, a.input = x.data(), a.outputs[0] = y.data(), a.exec = &ex, a.scratch = scratch.data();
+    a.rows = m, a.input = x.data(), a.exec = &ex, a.scratch = scratch.data();
+    for (int j = 0; j < C::NOUT; ++j) {
+      ys[j].resize(m * (C::SPLIT[j + 1] - C::SPLIT[j]));
+      a.outputs[j] = ys[j].data();
+    }
     for (int s = 0; s < MOERT_LIN_SLOTS; ++s)
       a.weights[s] = c.packed.slots[s].empty() ? nullptr : c.packed.slots[s].data();
     double best = 1e30;
@@ -131,9 +136,9 @@ template <class C> void perf(Kind kind, Pool &pool, int threads) {
     const std::string name = std::string(kindName(kind)) + (C::INT8_ACT   ? "+a8"  // int8 activations
                                                             : C::BF16_ACT ? "+a16" // bf16 activations
                                                                           : "");
-    std::printf("perf %-8s K=%lld N=%lld M=%-4lld %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n",
-                name.c_str(), (long long)C::K, (long long)C::N, (long long)m, best * 1e3,
-                2.0 * m * C::K * C::N / best / 1e9, c.packed.bytes() / best / 1e9);
+    std::printf("perf %-8s K=%lld N=%lld%s M=%-4lld %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n",
+                name.c_str(), (long long)C::K, (long long)C::N, C::NOUT > 1 ? " (3 outputs)" : "",
+                (long long)m, best * 1e3, 2.0 * m * C::K * C::N / best / 1e9, c.packed.bytes() / best / 1e9);
   }
 }
 
@@ -159,6 +164,8 @@ int main(int argc, char **argv) {
     perf<Cfg<F32, 2048, 2048, false>>(F32, pool, threads);
     perf<Cfg<BF16, 2048, 2048, false>>(BF16, pool, threads);
     perf<Cfg<BF16, 2048, 2048, false, 32, true>>(BF16, pool, threads);
+    // merged Q/K/V (three outputs): the accumulators must stay in registers here too
+    perf<Split3<Cfg<BF16, 2048, 5120, false, 32, true>, 4096, 4608>>(BF16, pool, threads);
     perf<Cfg<F16, 2048, 2048, false>>(F16, pool, threads);
     perf<Cfg<I8, 2048, 2048, false>>(I8, pool, threads);
     perf<Cfg<I4, 2048, 2048, false>>(I4, pool, threads);
