@@ -64,11 +64,15 @@ struct Cfg {
   static constexpr bool BF16_ACT = BF16_; // bf16 pair products over bf16 caches
 };
 
-/// x rounded to bf16 (nearest even), as the kernel rounds queries with BF16_ACT.
-float roundBf16(float x) {
+/// x as bf16 bits, rounded to nearest even (the test's own arithmetic, independent of the kernel's): how the
+/// test stores a bf16 cache and rounds queries for the BF16_ACT reference.
+uint16_t bf16Bits(float x) {
   uint32_t u;
   std::memcpy(&u, &x, 4);
-  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+float roundBf16(float x) {
+  const uint32_t u = uint32_t(bf16Bits(x)) << 16;
   std::memcpy(&x, &u, 4);
   return x;
 }
@@ -91,10 +95,8 @@ struct Cache {
       std::memcpy(p, x, 4 * D);
       break;
     case BF16:
-      for (int64_t d = 0; d < D; ++d) { // round to nearest even
-        uint32_t w;
-        std::memcpy(&w, x + d, 4);
-        const uint16_t h = uint16_t((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
+      for (int64_t d = 0; d < D; ++d) {
+        const uint16_t h = bf16Bits(x[d]);
         std::memcpy(p + 2 * d, &h, 2);
       }
       break;
