@@ -260,11 +260,7 @@ template <class C> struct Attention {
           pf.step();
         const KV *a = v0 + 2 * jp * vs, *b = 2 * jp + 1 < nk ? a + vs : nullptr;
         for (int64_t d = 0; d < VEC; d += VW) {
-          u16xv ha, hb = {};
-          std::memcpy(&ha, a + d, sizeof ha);
-          if (b)
-            std::memcpy(&hb, b + d, sizeof hb);
-          const u32xv w = __builtin_convertvector(ha, u32xv) | __builtin_convertvector(hb, u32xv) << 16;
+          const u32xv w = b ? pairRows(a + d, b + d) : pairRows(a + d);
           std::memcpy(vp + jp * DVP + d, &w, sizeof w);
         }
         for (int64_t d = VEC; d < DV; ++d)
