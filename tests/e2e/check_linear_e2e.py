@@ -16,7 +16,8 @@
   3. ONNX Runtime's com.microsoft.MatMulNBits (4 and 8 bits, blocks of 16/32/128, K not a multiple of the
      block, with and without zero points and bias) imports and runs against ONNX Runtime, without re-quantising.
   4. Bad input is one clear error and no artifact: a MatMulNBits with a block size or scale count that
-     disagrees with its weights, an unknown storage, a bad --weight-block.
+     disagrees with its weights, a weight whose packed size overflows an artifact section, an unknown storage,
+     a bad --weight-block.
   5. Token embeddings: a Gather of rows of a constant table whose width is the model's hidden size becomes
      `moec.Embedding` with the table in every storage (--embedding-weights, default --dense-weights), against
      ONNX Runtime on the table as stored (odd H, int4 rows of odd length, blocks of 16 and 32, negative
@@ -432,6 +433,27 @@ def bad_input(args, tmp):
         err = run.stderr.strip().splitlines()
         check(f"MatMulNBits with {what}", run.returncode != 0 and not os.path.exists(art) and len(err) == 1 and
               "MatMulNBits" in err[0], err[-1] if err else "no error")
+    # A weight whose packed size overflows what an artifact holds: K = 2^31 + 8 features of one column, its
+    # 8 GiB of external data a sparse file (nothing reads it before the check).
+    k = (1 << 31) + 8
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[k, 1], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "huge.bin"), ("offset", "0"), ("length", str(4 * k))):
+        weight.external_data.add(key=key, value=value)
+    with open(os.path.join(tmp, "huge.bin"), "wb") as f:
+        f.truncate(4 * k)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "huge",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path, art = os.path.join(tmp, "huge.onnx"), os.path.join(tmp, "huge.moex")
+    onnx.save(model, path)
+    run = compile_model(args, path, art)
+    os.remove(os.path.join(tmp, "huge.bin"))
+    err = run.stderr.strip().splitlines()
+    check("a weight whose packed size overflows an artifact section", run.returncode != 0 and
+          not os.path.exists(art) and len(err) == 1 and f"weight [{k}, 1]" in err[0] and "overflows" in err[0],
+          err[-1] if err else "no error")
     path = os.path.join(tmp, "nbits0.onnx")
     for flags, needle in ((["--weights=int3"], "--weights=int3"), (["--dense-weights=fp8"], "--dense-weights=fp8"),
                           (["--weight-block=15"], "--weight-block=15"), (["--activations=fp8"], "--activations=fp8"),
