@@ -2,6 +2,7 @@
 #include "frontend/Importer.h"
 
 #include "frontend/NodeImporter.h"
+#include "ir/Locations.h"
 #include "ir/MoEDialect.h"
 #include "ir/ONNXOps.h"
 #include "ir/ShapeInference.h"
@@ -277,8 +278,7 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &n) {
   current = &n;
   llvm::StringRef domain = n.domain() == "ai.onnx" ? "" : llvm::StringRef(n.domain());
   currentOpset = model->nodeOpset(n);
-  currentLoc = NameLoc::get(b.getStringAttr(n.name().empty() ? n.op_type() : n.name()),
-                            FileLineColLoc::get(b.getStringAttr(model->path()), nodeIndex + 1, 0));
+  currentLoc = moec::nodeLocation(&ctx, model->path(), n.name().empty() ? n.op_type() : n.name(), nodeIndex);
   for (int i = 0; i < n.input_size(); ++i)
     if (!n.input(i).empty() && !values.count(n.input(i)))
       return fail("input '" + n.input(i) +

@@ -5,6 +5,7 @@
 #include "codegen/WeightPacking.h"
 #include "codegen/hip/GpuCodegen.h"
 #include "ir/Constants.h"
+#include "ir/Locations.h"
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
 #include "kernels/cpu/moert_kernel_abi.h"
@@ -175,10 +176,7 @@ struct Emitter {
   pb::Step *addStep() { return steps->Add(); }
 
   bool fail(Operation *op, const Twine &msg) {
-    std::string loc;
-    llvm::raw_string_ostream os(loc);
-    op->getLoc().print(os);
-    error = loc + ": " + msg.str();
+    error = describeLocation(op->getLoc()) + ": " + msg.str();
     return false;
   }
 

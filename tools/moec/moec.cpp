@@ -13,6 +13,7 @@
 #include "codegen/cpu/CpuCodegen.h"
 #include "codegen/hip/GpuCodegen.h"
 #include "frontend/Importer.h"
+#include "ir/Locations.h"
 #include "ir/MoEDialect.h"
 #include "ir/MoEOps.h"
 #include "ir/ONNXOps.h"
@@ -254,9 +255,7 @@ void printReport(mlir::ModuleOp module, ArrayRef<std::string> misses) {
          << (layers.size() == 1 ? "" : "s") << " (one fused dispatch each)\n";
   auto dim = [](int64_t d) { return mlir::ShapedType::isDynamic(d) ? std::string("?") : std::to_string(d); };
   for (auto [i, op] : llvm::enumerate(layers)) {
-    std::string loc;
-    raw_string_ostream los(loc);
-    op.getLoc().print(los);
+    const std::string loc = moec::describeLocation(op.getLoc());
     auto source = op->getAttrOfType<mlir::StringAttr>("moe.source");
     errs() << "  [" << i << "] " << loc << "\n      form: " << (source ? source.getValue() : "moe.sparse_moe")
            << "; E=" << dim(op.getNumExperts());
@@ -426,10 +425,7 @@ mlir::LogicalResult runCompilePipeline(mlir::ModuleOp module) {
   mlir::ScopedDiagnosticHandler handler(ctx, [&](mlir::Diagnostic &d) {
     if (d.getSeverity() != mlir::DiagnosticSeverity::Remark || !report)
       return mlir::failure(); // the default handler prints it
-    std::string loc;
-    raw_string_ostream los(loc);
-    d.getLocation().print(los);
-    misses.push_back(loc + ": " + d.str());
+    misses.push_back(moec::describeLocation(d.getLocation()) + ": " + d.str());
     return mlir::success();
   });
   if (mlir::failed(pm.run(module)))
