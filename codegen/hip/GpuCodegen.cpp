@@ -52,6 +52,7 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
       "MOERT_GPU_KERNEL(moert_gpu_op_strided, moert_gpu_op_args, moert_gpu::GraphOps::strided)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_rotary, moert_gpu_rotary_args, moert_gpu::GraphOps::rotary)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_norm, moert_gpu_norm_args, moert_gpu::GraphOps::norm)\n"
+      "MOERT_GPU_KERNEL(moert_gpu_op_embedding, moert_gpu_embed_args, moert_gpu::GraphOps::embedding)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_kv_append, moert_gpu_kv_append_args, moert_gpu::GraphOps::kvAppend)\n" +
       dispatchSource;
   std::vector<std::pair<std::string, std::string>> files;

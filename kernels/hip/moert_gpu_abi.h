@@ -341,6 +341,24 @@ typedef struct moert_gpu_norm_args {
   float *out;
 } moert_gpu_norm_args;
 
+/* Token embeddings (moec.Embedding, moe.embedding; runtime/src/ops/Movement.cpp's contract):
+ *
+ *   moert_gpu_op_embedding grid (n)                     one block per index: row idx[j] (negative: from the
+ *                                                       end) of the table, widened to f32, to out[j][0 .. h)
+ *
+ * The table is stored as moert_kernel_abi.h's MOERT_EMBED_* say: rows of h values in the storage's row
+ * format, row_bytes each (f32 / bf16 / fp16, int8 codes, int4 codes two to a byte, low nibble first, code -
+ * 8), int8 / int4 with f32 scales [rows][nb], one per `block` values. libmoert checks the indices on the host
+ * (where they are) before it uploads them: the kernel reads only rows that exist. */
+typedef struct moert_gpu_embed_args {
+  int64_t n, h, rows, row_bytes, block, nb;
+  int32_t storage; /* moert_storage */
+  int32_t idx64;   /* indices int64 (1) or int32 (0) */
+  const void *table, *idx;
+  const float *scales; /* int8 / int4: [rows][nb]; else NULL */
+  float *out;          /* [n][h] */
+} moert_gpu_embed_args;
+
 /* A session's KV cache kept in device memory (runtime/src/Session.cpp, Gpu.cpp) is appended there, as
  * libmoert appends a host cache in place (runtime/src/Runtime.cpp):
  *

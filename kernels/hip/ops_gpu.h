@@ -6,7 +6,7 @@
 // output at its strides plus an offset (a Concat input's place). libmoert plans the strides per op step and
 // launches `moert_gpu_op_strided` (kernels/hip/moert_gpu_abi.h), so such steps run on the device and their
 // values stay there (runtime/src/Gpu.cpp's Residency). The row-wise fused ops moec makes of rotary embeddings
-// and norms (`moec.Rotary`, `moec.Norm`) have a kernel each here too.
+// and norms (`moec.Rotary`, `moec.Norm`) and token embeddings (`moec.Embedding`) have a kernel each here too.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_OPS_GPU_H
@@ -62,6 +62,31 @@ struct GraphOps {
         if (clear)
           c[zero + d] = 0;
       }
+    }
+  }
+
+  // moec.Embedding: one block per index (moert_gpu_embed_args; the indices checked by the host).
+  static GPU_INLINE void embedding(const moert_gpu_embed_args &a) {
+    const int64_t j = blockX();
+    int64_t r = a.idx64 ? static_cast<const int64_t *>(a.idx)[j] : static_cast<const int32_t *>(a.idx)[j];
+    if (r < 0)
+      r += a.rows;
+    const uint8_t *row = static_cast<const uint8_t *>(a.table) + r * a.row_bytes;
+    const float *scale = a.scales ? a.scales + r * a.nb : nullptr;
+    float *y = a.out + j * a.h;
+    for (int64_t k = threadId(); k < a.h; k += MOERT_GPU_BLOCK) {
+      float v;
+      if (a.storage == MOERT_STORAGE_F32)
+        v = load1(reinterpret_cast<const float *>(row) + k);
+      else if (a.storage == MOERT_STORAGE_BF16)
+        v = load1(reinterpret_cast<const uint16_t *>(row) + k);
+      else if (a.storage == MOERT_STORAGE_F16)
+        v = load1(reinterpret_cast<const _Float16 *>(row) + k);
+      else if (a.storage == MOERT_STORAGE_INT8)
+        v = float(int8_t(row[k])) * scale[k / a.block];
+      else
+        v = float(int((row[k >> 1] >> ((k & 1) * 4)) & 15) - 8) * scale[k / a.block];
+      y[k] = v;
     }
   }
 

@@ -935,7 +935,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
           const int64_t id = s.op().inputs(k);
           const bool side = moert::gpu::sideInput(s.op(), k); // uploaded, or absent
           device = device && (id >= 0 || side) &&
-                   (id < 0 || (p.values(id).type().dtype() == pb::F32 &&
+                   (id < 0 || (moert::gpu::inputDtypeOk(s.op(), k, p.values(id).type().dtype()) &&
                                (side || p.values(id).has_constant_section() || (at[root[id]] & kDevice))));
         }
       }

@@ -286,6 +286,7 @@ public:
   std::vector<AttentionKernels> attentions;
   void *strided = nullptr; // the graph ops' kernel (null: code from before it; graph ops on the host)
   void *rotary = nullptr, *norm = nullptr; // moec.Rotary's and moec.Norm's (null: code from before them)
+  void *embedding = nullptr;               // moec.Embedding's (null: code from before it)
   void *kvAppend = nullptr; // a session cache's append (null: code from before it; caches stay on the host)
   int codeFd = -1;         // the emulated device's code: its memfd, closed after the module is
   std::vector<Ptr> allocations;
@@ -508,6 +509,8 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
     d->rotary = nullptr;
   if (d->drv.moduleGetFunction(&d->norm, d->module, "moert_gpu_op_norm"))
     d->norm = nullptr;
+  if (d->drv.moduleGetFunction(&d->embedding, d->module, "moert_gpu_op_embedding"))
+    d->embedding = nullptr;
   if (d->drv.moduleGetFunction(&d->kvAppend, d->module, "moert_gpu_op_kv_append"))
     d->kvAppend = nullptr;
   d->mapLo = reinterpret_cast<uintptr_t>(map);
@@ -1216,12 +1219,18 @@ bool graphOpCandidate(const Device &d, const pb::Program &p, const pb::Step &s) 
     return d.rotary;
   if (op == "moec.Norm")
     return d.norm;
+  if (op == "moec.Embedding")
+    return d.embedding;
   return d.strided &&
          (op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Transpose" || op == "Concat");
 }
 
 bool sideInput(const pb::OpStep &op, int k) {
-  return k > 0 && (op.op() == "moec.Rotary" || op.op() == "moec.Norm");
+  return (k > 0 && (op.op() == "moec.Rotary" || op.op() == "moec.Norm")) || op.op() == "moec.Embedding";
+}
+
+bool inputDtypeOk(const pb::OpStep &op, int, int dtype) {
+  return dtype == pb::F32 || op.op() == "moec.Embedding";
 }
 
 namespace {
@@ -1240,7 +1249,8 @@ int64_t attrInt(const pb::OpStep &op, const char *name, int64_t fallback) {
 }
 } // namespace
 
-bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, OpPlan &plan) {
+bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, const std::vector<int> &dtypes,
+            OpPlan &plan) {
   plan = OpPlan{};
   const std::string &name = op.op();
   for (const auto &d : in)
@@ -1271,6 +1281,17 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, O
     r.seq_axis = g.seqAxis, r.interleaved = g.interleaved, r.deinterleave = g.deinterleave;
     r.transpose = g.transpose, r.cos_batch = g.cosBatch, r.eps = g.eps;
     plan.fused = 1;
+    plan.outDims = g.outDims;
+    return true;
+  }
+  if (name == "moec.Embedding") {
+    EmbeddingPlan &g = plan.embedding;
+    if (in.size() != MOERT_EMBED_SLOTS + 1 || dtypes.size() != in.size() ||
+        !planEmbedding(op, in[MOERT_EMBED_ROWS], dtypes[MOERT_EMBED_ROWS], optional(MOERT_EMBED_SCALES),
+                       dtypes[MOERT_EMBED_SCALES], in[MOERT_EMBED_SLOTS], dtypes[MOERT_EMBED_SLOTS], g)
+             .empty())
+      return false;
+    plan.fused = 3;
     plan.outDims = g.outDims;
     return true;
   }
@@ -1402,6 +1423,27 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
       return j < in.size() && in[j] ? reinterpret_cast<const float *>(in[j]) : nullptr;
     };
     void *params[1];
+    if (plan.fused == 3) { // the indices are checked where they are (the host) before a block reads a row
+      const EmbeddingPlan &g = plan.embedding;
+      const void *idx = inputs[MOERT_EMBED_SLOTS].first;
+      for (int64_t j = 0, row = 0; j < g.n; ++j)
+        if (std::string why = embeddingRow(
+                g, g.idx64 ? static_cast<const int64_t *>(idx)[j] : static_cast<const int32_t *>(idx)[j],
+                row);
+            !why.empty())
+          return why;
+      moert_gpu_embed_args a{};
+      a.n = g.n, a.h = g.h, a.rows = g.rows, a.block = g.block, a.nb = g.nb;
+      a.row_bytes = g.rowBytes * (g.storage == MOERT_STORAGE_F32                                      ? 4
+                                  : g.storage == MOERT_STORAGE_BF16 || g.storage == MOERT_STORAGE_F16 ? 2
+                                                                                                      : 1);
+      a.storage = g.storage, a.idx64 = g.idx64;
+      a.table = reinterpret_cast<const void *>(in[MOERT_EMBED_ROWS]);
+      a.idx = reinterpret_cast<const void *>(in[MOERT_EMBED_SLOTS]);
+      a.scales = at(MOERT_EMBED_SCALES), a.out = reinterpret_cast<float *>(out);
+      params[0] = &a;
+      return a.n ? d.launch(d.embedding, a.n, 1, 1, params, "launch (embedding)") : "";
+    }
     if (plan.fused == 1) {
       moert_gpu_rotary_args a = plan.rotary;
       a.x = at(MOERT_ROTARY_INPUT), a.cos = at(MOERT_ROTARY_COS), a.sin = at(MOERT_ROTARY_SIN);

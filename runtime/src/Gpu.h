@@ -16,6 +16,7 @@
 #ifndef MOERT_SRC_GPU_H
 #define MOERT_SRC_GPU_H
 
+#include "Ops.h"
 #include "kernels/hip/moert_gpu_abi.h"
 #include "moert/moert.h"
 #include "runtime/artifact.pb.h"
@@ -132,28 +133,36 @@ std::string runAttention(Device &d, Residency &r, int index, const moert_attenti
 /// appended in place still runs on the CPU: the run loop decides that one).
 bool runsDispatch(const Device &d, const proto::Step &s);
 /// An op step the graph-op kernels (kernels/hip/ops_gpu.h) may run: Add / Sub / Mul / Div (broadcasting),
-/// Transpose or Concat with one f32 output, moec.Rotary or moec.Norm, in artifacts whose GPU code has the
-/// kernel. It runs there when its inputs are f32 and on the device already (constants and side inputs aside)
-/// and planOp plans its shapes.
+/// Transpose or Concat with one f32 output, moec.Rotary, moec.Norm or moec.Embedding, in artifacts whose GPU
+/// code has the kernel. It runs there when its inputs are f32 (inputDtypeOk) and on the device already
+/// (constants and side inputs aside) and planOp plans its shapes.
 bool graphOpCandidate(const Device &d, const proto::Program &p, const proto::Step &s);
 /// Input k of a candidate that may be uploaded rather than be on the device already (absent, when optional):
 /// moec.Rotary's cos / sin tables and norm weight, moec.Norm's weight and bias (small; the row input
-/// decides).
+/// decides), every input of moec.Embedding (its table is a constant, uploaded once; its indices come from the
+/// host, a few bytes for a row of H floats).
 bool sideInput(const proto::OpStep &op, int k);
+/// Whether input k of a candidate may have `dtype` (a proto::DType): f32, but for moec.Embedding's table in
+/// its storage and its int64 / int32 indices (planOp checks those).
+bool inputDtypeOk(const proto::OpStep &op, int k, int dtype);
 struct OpPlan {
   std::vector<int64_t> outDims;
-  int fused = 0; // 1: moec.Rotary (`rotary`), 2: moec.Norm (`norm`), one launch each; 0: `launches`
+  int fused = 0; // 1: moec.Rotary (`rotary`), 2: moec.Norm (`norm`), 3: moec.Embedding (`embedding`), one
+                 // launch each; 0: `launches`
   moert_gpu_rotary_args rotary{};
   moert_gpu_norm_args norm{};
+  EmbeddingPlan embedding; // its indices checked on the host before the launch
   struct Launch {
     moert_gpu_op_args args{}; // pointers filled at run time
     int a = -1, b = -1;       // the step inputs the launch reads
   };
   std::vector<Launch> launches;
 };
-/// Plans op step `op` on inputs of dims `in`; false when the device kernel cannot run it (a rank above
-/// MOERT_GPU_OP_RANK, shapes that do not broadcast, an axis out of range, ...): the host runs it then.
-bool planOp(const proto::OpStep &op, const std::vector<std::vector<int64_t>> &in, OpPlan &plan);
+/// Plans op step `op` on inputs of dims `in` and dtypes `dtypes` (proto::DType; -1 for an absent input);
+/// false when the device kernel cannot run it (a rank above MOERT_GPU_OP_RANK, shapes that do not broadcast,
+/// an axis out of range, ...): the host runs it then.
+bool planOp(const proto::OpStep &op, const std::vector<std::vector<int64_t>> &in,
+            const std::vector<int> &dtypes, OpPlan &plan);
 /// Runs a planned op on host ranges (each input's bytes, the output's) through the residency.
 std::string runOp(Device &d, Residency &r, const OpPlan &plan,
                   const std::vector<std::pair<const void *, size_t>> &inputs, void *output,

@@ -85,6 +85,24 @@ struct NormPlan {
 std::string planNorm(const proto::OpStep &op, const std::vector<int64_t> &x,
                      const std::vector<int64_t> &weight, const std::vector<int64_t> *bias, NormPlan &p);
 
+/// moec.Embedding's table and indices (moert_kernel_abi.h's MOERT_EMBED_* row formats) from the step's
+/// attributes (storage, block, width) and its inputs: rows [V, row bytes] in the storage's dtype, scales
+/// [V, ceil(H / block)] f32 for int8 / int4 (null: absent), indices int64 or int32. What the CPU op
+/// (ops/Movement.cpp) and the GPU kernel (gpu::planOp) both check: "" or what does not fit. The indices'
+/// values are checked where they are read (checkEmbeddingIndex).
+struct EmbeddingPlan {
+  int storage = -1, bits = 0;
+  int64_t rows = 0, h = 0, block = 0, nb = 0, rowBytes = 0, n = 0; // rowBytes: elements of the rows' dtype
+  bool quantised = false, idx64 = true;
+  std::vector<int64_t> outDims; // the indices' dims, then H
+};
+std::string planEmbedding(const proto::OpStep &op, const std::vector<int64_t> &table, int tableDtype,
+                          const std::vector<int64_t> *scales, int scalesDtype,
+                          const std::vector<int64_t> &idx, int idxDtype, EmbeddingPlan &p);
+/// Index r of `p`'s table as a row number (negative indices count from the end), or the error for one out of
+/// range.
+std::string embeddingRow(const EmbeddingPlan &p, int64_t r, int64_t &row);
+
 /// An op's kernel, found by name once (at load); null when this moert has none.
 struct OpEntry;
 const OpEntry *findOpKernel(const std::string &op);

@@ -571,29 +571,32 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     auto start = std::chrono::steady_clock::now();
     std::string label;
     // A graph op the device runs (f32 Add / Sub / Mul / Div, Transpose, Concat that its kernel can plan,
-    // moec.Rotary, moec.Norm), when its inputs are there already (constants and side inputs aside: those are
-    // uploaded): it then adds no copy, and its result stays there.
+    // moec.Rotary, moec.Norm, moec.Embedding), when its inputs are there already (constants and side inputs
+    // aside: those are uploaded): it then adds no copy, and its result stays there.
     moert::gpu::OpPlan opPlan;
     bool gpuOp = residency &&
                  !(caches && m->appendsCache[si] >= 0) && // a cache append writes its buffer here
                  moert::gpu::graphOpCandidate(*m->gpu, p, s);
     if (gpuOp) {
       std::vector<std::vector<int64_t>> dims;
+      std::vector<int> dtypes;
       for (int k = 0; gpuOp && k < s.op().inputs_size(); ++k) {
         const int64_t id = s.op().inputs(k);
         const bool side = moert::gpu::sideInput(s.op(), k);
         if (id < 0) { // an absent optional input
           gpuOp = side;
           dims.emplace_back();
+          dtypes.push_back(-1);
           continue;
         }
         const Tensor &t = values[id];
-        gpuOp = t.isTensor() && t.computed() && t.dtype == moert::proto::F32 &&
+        gpuOp = t.isTensor() && t.computed() && moert::gpu::inputDtypeOk(s.op(), k, t.dtype) &&
                 (side || p.values(id).has_constant_section() ||
                  moert::gpu::onDevice(*residency, t.data, t.bytes()));
         dims.push_back(t.dims);
+        dtypes.push_back(t.dtype);
       }
-      gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, opPlan);
+      gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, dtypes, opPlan);
     }
     // An attention over a session's cache appended in place reads the cache's host buffer (CPU kernel),
     // unless the session keeps that cache on the device too.

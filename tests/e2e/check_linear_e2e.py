@@ -487,6 +487,24 @@ def embedding_model(path, v, h, n):
     onnx.save(model, path)
 
 
+def embedding_reference(path, out, storage, block, projection):
+    """A copy of embedding_model's file `path` with its table as `storage` stores it in blocks of `block`
+    (NumPy: bf16 / fp16 rounded to nearest even, int8 / int4 symmetric per row and block, f32 scales), and with
+    `projection` the MatMul's weights as --weights stores them (blocks of 32); the rotary-like table stays
+    exact."""
+    m = onnx.load(path)
+    for init in m.graph.initializer:
+        if init.name == "table":
+            t = numpy_helper.to_array(init)
+            t = (bf16_round(t) if storage == "bf16" else fp16_round(t) if storage == "fp16" else
+                 quantize_rows(t, 8 if storage == "int8" else 4, block, scale_dtype=np.float32)
+                 if storage in ("int8", "int4") else t)
+            init.CopyFrom(numpy_helper.from_array(t.astype(np.float32), "table"))
+        elif init.name == "w" and projection:
+            init.CopyFrom(numpy_helper.from_array(stored(storage, numpy_helper.to_array(init)), "w"))
+    onnx.save(m, out)
+
+
 def embeddings(args, tmp):
     rng = np.random.default_rng(13)
     for v, h, block in ((40, 48, 32), (33, 45, 16)):  # H past a block; H odd (int4 rows padded), blocks of 16
@@ -504,18 +522,7 @@ def embeddings(args, tmp):
             steps = re.findall(r"^\s*op moec\.Embedding .*$", text, re.M)
             gathers = re.findall(r"^\s*op Gather ", text, re.M)
             ref = os.path.join(tmp, f"embed{h}_ref.onnx")
-            m = onnx.load(path)
-            for init in m.graph.initializer:  # the table as stored; the rotary-like table stays exact
-                if init.name == "table":
-                    t = numpy_helper.to_array(init)
-                    t = (bf16_round(t) if storage == "bf16" else fp16_round(t) if storage == "fp16" else
-                         quantize_rows(t, 8 if storage == "int8" else 4, block, scale_dtype=np.float32)
-                         if storage in ("int8", "int4") else t)
-                    init.CopyFrom(numpy_helper.from_array(t.astype(np.float32), "table"))
-                elif init.name == "w":
-                    init.CopyFrom(numpy_helper.from_array(stored(storage, numpy_helper.to_array(init)), "w")
-                                  if block == 32 else init)
-            onnx.save(m, ref)
+            embedding_reference(path, ref, storage, block, projection=block == 32)
             err = 0.0
             for i in ids:
                 got, want = moert_run(args, art, {"ids": i}, tmp), ort_run(ref, {"ids": i})

@@ -10,7 +10,8 @@ a residual, a transposed weight, Gemm, odd N and K) in every storage against ONN
 stored, ONNX Runtime MatMulNBits models (4/8 bits, zero points, bias, K not a multiple of the block), and a
 wider layer stack (K 512: a fused LayerNorm in front of merged Q/K/V projections, an output projection with a
 residual, an LM head of 1001 columns) whose decode rows split K across blocks (the `reduce` kernel) and
-whose prefill rows take the GEMM.
+whose prefill rows take the GEMM. Token embeddings (moec.Embedding) run on the device too: a table in every
+storage against ONNX Runtime on the table as stored, and an index past the table is one error line.
 
 Two phases, so the GPU half runs where moec cannot (a lent GPU machine without LLVM):
 
@@ -159,6 +160,19 @@ def linear_cases(tmp):
         yield (f"linear/stack K=512 {storage}", stack,
                lambda t, rng: {"x": rng.standard_normal((1, t, 512)).astype(np.float32)}, ref,
                (f"--dense-weights={storage}",), TOLERANCE)
+    # Token embeddings (moec.Embedding on the device): every storage, negative indices; 48 columns in blocks of
+    # 32 with the projection stored as --weights says, and 45 (int4 rows of odd length) in blocks of 16 with an
+    # fp32 projection.
+    for v, h, block in ((40, 48, 32), (33, 45, 16)):
+        path = os.path.join(tmp, f"embed{h}.onnx")
+        lin.embedding_model(path, v, h, 7)
+        for storage in ("fp32", "bf16", "fp16", "int8", "int4"):
+            ref = os.path.join(tmp, f"embed{h}_ref_{storage}.onnx")
+            lin.embedding_reference(path, ref, storage, block, projection=block == 32)
+            flags = ((f"--weights={storage}",) if block == 32 else
+                     ("--dense-weights=fp32", f"--embedding-weights={storage}")) + (f"--weight-block={block}",)
+            yield (f"linear/embedding {v}x{h} {storage}/{block}", path,
+                   lambda t, rng, v=v: {"ids": rng.integers(-v, v, (2, t)).astype(np.int64)}, ref, flags, TOLERANCE)
     ops = os.path.join(tmp, "graph_ops.onnx")
     graph_ops_model(ops)
     yield ("linear/graph ops", ops, lambda t, rng: {"x": rng.standard_normal((1, t, 64)).astype(np.float32)}, ops,
@@ -329,12 +343,12 @@ def run_all(args, where):
         os.makedirs(tmp, exist_ok=True)
         errors, worst, worst_cpu = [], 0.0, 0.0
         artifact = os.path.join(where, entry["artifact"])
-        # Every MoE, linear and attention dispatch step must run on the device (`moert inspect` marks those
-        # `[gpu]`).
+        # Every MoE, linear and attention dispatch step, and every token embedding, must run on the device
+        # (`moert inspect` marks those `[gpu]`).
         inspect = subprocess.run([args.moert, "inspect", artifact, "--device", args.device], capture_output=True,
                                  text=True)
         steps = [ln for ln in inspect.stdout.splitlines()
-                 if ln.lstrip().startswith(("dispatch ", "linear ", "attention "))]
+                 if ln.lstrip().startswith(("dispatch ", "linear ", "attention ", "op moec.Embedding "))]
         if inspect.returncode != 0 or not steps or not all(ln.endswith("[gpu]") for ln in steps):
             return False, [f"FAIL {entry['name']:48s} not every dispatch runs on the device: "
                            f"{inspect.stderr.strip() or [ln for ln in steps if not ln.endswith('[gpu]')] or 'none'}"]
@@ -367,6 +381,15 @@ def run_all(args, where):
             worst, worst_cpu = max(worst, err), max(worst_cpu, err_cpu)
             if not (err <= entry["tolerance"] and err_cpu <= entry.get("cpu_tolerance", TOLERANCE)):
                 errors.append(f"T={r['T']}: {err:.2e} from the reference, {err_cpu:.2e} from moert's CPU run")
+        if entry["name"].startswith("linear/embedding 40x48"):  # an index past the table, checked on the host
+            bad = os.path.join(tmp, "bad_ids.npy")
+            np.save(bad, np.array([[3, -40], [40, 1]], np.int64))
+            run = subprocess.run([args.moert, "run", artifact, "--input", f"ids={bad}", f"--device={args.device}",
+                                  "--output-dir", os.path.join(tmp, "bad")], capture_output=True, text=True)
+            err = run.stderr.strip().splitlines()
+            if run.returncode == 0 or len(err) != 1 or "index 40 out of range" not in err[0] or \
+                    os.path.exists(os.path.join(tmp, "bad")):
+                errors.append(f"an index past the table: {err or 'no error'} (exit {run.returncode})")
         lines = [f"{'ok  ' if not errors else 'FAIL'} {entry['name']:48s} T={[r['T'] for r in entry['runs']]} "
                  f"max rel error {worst:.2e} (bound {entry['tolerance']:g}; vs CPU run {worst_cpu:.2e}, bound "
                  f"{entry.get('cpu_tolerance', TOLERANCE):g})"]

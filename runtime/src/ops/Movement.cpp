@@ -362,53 +362,36 @@ bool embedding(Ctx &c) {
   if (c.in.size() != 3 || !c.in[0].present() || !c.in[2].present() || c.out.size() != 1)
     return c.fail("needs a table, optional scales and indices");
   const OpTensor &t = c.in[0], &sc = c.in[1], &idx = c.in[2];
-  const int64_t storage = c.a.i("storage", -1), block = c.a.i("block", 0), h = c.a.i("width", 0);
-  const bool quantised = storage == MOERT_STORAGE_INT8 || storage == MOERT_STORAGE_INT4;
-  const int bits = storage == MOERT_STORAGE_INT4 ? 4 : 8;
-  const int want = storage == MOERT_STORAGE_F32    ? int(proto::F32)
-                   : storage == MOERT_STORAGE_BF16 ? int(proto::BF16)
-                   : storage == MOERT_STORAGE_F16  ? int(proto::F16)
-                   : quantised                     ? int(proto::U8)
-                                                   : -1;
-  if (want < 0 || t.dtype != want || t.dims.size() != 2 || h <= 0 || block <= 0 ||
-      c.out[0].dtype != proto::F32)
-    return c.fail("has an inconsistent table (storage " + std::to_string(storage) + ", " +
-                  dimsString(t.dims) + " " + dtypeName(t.dtype) + ", width " + std::to_string(h) + ")");
-  const int64_t v = t.dims[0], nb = (h + block - 1) / block;
-  const int64_t rowBytes = quantised ? (bits == 4 ? (h + 1) / 2 : h) : h;
-  if (t.dims[1] != rowBytes ||
-      (quantised && (!sc.present() || sc.dtype != int(proto::F32) || sc.dims != Dims{v, nb})))
-    return c.fail("has a table " + dimsString(t.dims) + " or scales that do not hold " + std::to_string(v) +
-                  " rows of " + std::to_string(h) + " values");
-  if (idx.dtype != proto::I64 && idx.dtype != proto::I32)
-    return c.fail("indices must be int64 or int32");
-  Dims od = idx.dims;
-  od.push_back(h);
-  if (!c.alloc(0, od))
+  if (c.out[0].dtype != proto::F32)
+    return c.fail("writes f32 rows");
+  EmbeddingPlan g;
+  if (std::string why = planEmbedding(c.s, t.dims, t.dtype, sc.present() ? &sc.dims : nullptr, sc.dtype,
+                                      idx.dims, idx.dtype, g);
+      !why.empty())
+    return c.fail(why);
+  if (!c.alloc(0, g.outDims))
     return false;
   float *o = c.out[0].mut<float>();
+  const int64_t h = g.h, block = g.block;
   const size_t esz = dtypeSize(t.dtype);
-  for (int64_t j = 0, n = idx.numel(); j < n; ++j) {
-    int64_t r = readInt(idx, j);
-    if (r < -v || r >= v)
-      return c.fail("index " + std::to_string(r) + " out of range for a table of " + std::to_string(v) +
-                    " rows");
-    if (r < 0)
-      r += v;
-    const uint8_t *row = reinterpret_cast<const uint8_t *>(t.data) + size_t(r) * size_t(rowBytes) * esz;
+  for (int64_t j = 0; j < g.n; ++j) {
+    int64_t r = 0;
+    if (std::string why = embeddingRow(g, readInt(idx, j), r); !why.empty())
+      return c.fail(why);
+    const uint8_t *row = reinterpret_cast<const uint8_t *>(t.data) + size_t(r) * size_t(g.rowBytes) * esz;
     float *y = o + j * h;
-    if (storage == MOERT_STORAGE_F32) {
+    if (g.storage == MOERT_STORAGE_F32) {
       std::memcpy(y, row, size_t(h) * 4);
-    } else if (!quantised) {
+    } else if (!g.quantised) {
       for (int64_t k = 0; k < h; ++k) {
         uint16_t b;
         std::memcpy(&b, row + 2 * k, 2);
-        y[k] = storage == MOERT_STORAGE_BF16 ? bf16ToFloat(b) : halfToFloat(b);
+        y[k] = g.storage == MOERT_STORAGE_BF16 ? bf16ToFloat(b) : halfToFloat(b);
       }
     } else {
-      const float *s = sc.as<float>() + r * nb;
+      const float *s = sc.as<float>() + r * g.nb;
       for (int64_t k = 0; k < h; ++k) {
-        int code = bits == 8 ? int(int8_t(row[k])) : int((row[k >> 1] >> ((k & 1) * 4)) & 15) - 8;
+        int code = g.bits == 8 ? int(int8_t(row[k])) : int((row[k >> 1] >> ((k & 1) * 4)) & 15) - 8;
         y[k] = float(code) * s[k / block];
       }
     }
@@ -1118,3 +1101,46 @@ bool resize(Ctx &c) {
 }
 
 } // namespace moert::ops
+
+namespace moert {
+
+std::string planEmbedding(const proto::OpStep &op, const std::vector<int64_t> &table, int tableDtype,
+                          const std::vector<int64_t> *scales, int scalesDtype,
+                          const std::vector<int64_t> &idx, int idxDtype, EmbeddingPlan &p) {
+  const ops::Attrs a{op};
+  p.storage = int(a.i("storage", -1)), p.block = a.i("block", 0), p.h = a.i("width", 0);
+  p.quantised = p.storage == MOERT_STORAGE_INT8 || p.storage == MOERT_STORAGE_INT4;
+  p.bits = p.storage == MOERT_STORAGE_INT4 ? 4 : 8;
+  const int want = p.storage == MOERT_STORAGE_F32    ? int(proto::F32)
+                   : p.storage == MOERT_STORAGE_BF16 ? int(proto::BF16)
+                   : p.storage == MOERT_STORAGE_F16  ? int(proto::F16)
+                   : p.quantised                     ? int(proto::U8)
+                                                     : -1;
+  if (want < 0 || tableDtype != want || table.size() != 2 || p.h <= 0 || p.block <= 0)
+    return "has an inconsistent table (storage " + std::to_string(p.storage) + ", " + dimsString(table) +
+           " " + dtypeName(tableDtype) + ", width " + std::to_string(p.h) + ")";
+  p.rows = table[0], p.nb = (p.h + p.block - 1) / p.block;
+  p.rowBytes = p.quantised ? (p.bits == 4 ? (p.h + 1) / 2 : p.h) : p.h;
+  if (table[1] != p.rowBytes || (p.quantised && (!scales || scalesDtype != int(proto::F32) ||
+                                                 *scales != std::vector<int64_t>{p.rows, p.nb})))
+    return "has a table " + dimsString(table) + " or scales that do not hold " + std::to_string(p.rows) +
+           " rows of " + std::to_string(p.h) + " values";
+  if (idxDtype != proto::I64 && idxDtype != proto::I32)
+    return "indices must be int64 or int32";
+  p.idx64 = idxDtype == proto::I64;
+  p.n = 1;
+  for (int64_t d : idx)
+    p.n *= d;
+  p.outDims = idx;
+  p.outDims.push_back(p.h);
+  return "";
+}
+
+std::string embeddingRow(const EmbeddingPlan &p, int64_t r, int64_t &row) {
+  if (r < -p.rows || r >= p.rows)
+    return "index " + std::to_string(r) + " out of range for a table of " + std::to_string(p.rows) + " rows";
+  row = r < 0 ? r + p.rows : r;
+  return "";
+}
+
+} // namespace moert
