@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""moec's linear kernel vs a BLAS on the same shapes, in one run: which one should linear dispatches use?
+"""moec's linear kernel vs GEMM libraries on the same shapes, in one run: which one should linear dispatches use?
 
 Compiles tests/kernels/linear_kernel_test.cpp for this CPU (-march=native) and runs its --perf mode (K = N =
-2048, M = 1, 8, 128, 512, every storage, bf16 with bf16 activations too, all threads), then times the BLAS numpy links (OpenBLAS in the PyPI
-wheels) on the same f32 GEMMs with the same threads. A BLAS only multiplies f32 (or bf16) matrices, so the
-narrow storages have no BLAS counterpart: decode with int8/int4 weights must read them as stored.
+2048, M = 1, 8, 128, 512, every storage, bf16 with bf16 activations too, all threads), then times the BLAS numpy
+links (OpenBLAS in the PyPI wheels) on the same f32 GEMMs with the same threads, and the Debian packages'
+libraries bench/gemm_libs.cpp is built with where they are installed (`apt-get install libdnnl-dev libblis-dev
+libxsmm-dev`): oneDNN's f32 sgemm, its bf16 matmul (weights reordered once into its own layout) and its
+u8 x s8 -> s32 gemm, BLIS's and libxsmm's f32 gemm. None of them reads moec's block-quantised int8 / int4 rows
+(a scale per 32 input features): oneDNN's integer gemm is the nearest (one scale for the whole product).
 
     python3 bench/gemm_candidates.py [--threads N]
 """
@@ -53,6 +56,30 @@ def blas(threads):
     return res
 
 
+def libraries(threads):
+    """{(library, M): ms} of bench/gemm_libs.cpp built with the libraries installed here (g++: their OpenMP)."""
+    have = [("HAVE_DNNL", "/usr/include/oneapi/dnnl/dnnl.hpp", ["-ldnnl"]),
+            ("HAVE_BLIS", "/usr/include/x86_64-linux-gnu/blis-openmp/cblas.h",
+             ["-L/usr/lib/x86_64-linux-gnu/blis-openmp", "-lblis"]),
+            ("HAVE_XSMM", "/usr/include/libxsmm.h", ["-lxsmmext", "-lxsmm", "-lxsmmnoblas"])]
+    found = [(d, libs) for d, header, libs in have if os.path.exists(header)]
+    missing = [d for d, header, _ in have if not os.path.exists(header)]
+    if missing:
+        print(f"(not installed: {', '.join(missing)}; apt-get install libdnnl-dev libblis-dev libxsmm-dev)")
+    if not found:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "libs")
+        cmd = ["g++", "-std=c++17", "-O2", "-march=native", "-I/usr/include/x86_64-linux-gnu",
+               os.path.join(HERE, "gemm_libs.cpp"), "-o", exe]
+        cmd += [f"-D{d}" for d, _ in found] + [x for _, libs in found for x in libs] + ["-fopenmp", "-ldl"]
+        subprocess.run(cmd, check=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), BLIS_NUM_THREADS=str(threads))
+        out = subprocess.run([exe], capture_output=True, text=True, check=True, env=env).stdout
+    return {(m.group(1), int(m.group(2))): float(m.group(3))
+            for m in re.finditer(r"lib (\S+) M=(\d+) ([\d.]+) ms", out)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -74,6 +101,19 @@ def main():
                            for k in ("fp32", "bf16", "bf16+a16", "int8", "int4", "int8+a8", "int4+a8"))
         print(f"| {m} | {b[m][0]:.3f} | {cells} | {o[('fp32', m)][1]:.1f} | {o[('bf16+a16', m)][1]:.1f} | "
               f"{b[m][1]:.1f} |")
+    lib = libraries(args.threads)
+    if lib:
+        names = sorted({k for k, _ in lib})
+        ours_for = {"onednn-f32": "fp32", "blis-f32": "fp32", "libxsmm-f32": "fp32", "onednn-bf16": "bf16+a16",
+                    "onednn-u8s8s32": "int8+a8"}
+        print("\nLibraries (ms; in brackets moec's time for the same work over theirs: above 1, the library is"
+              " faster):\n")
+        print("| M | " + " | ".join(f"{n} ms (moec {ours_for.get(n, '?')} / it)" for n in names) + " |")
+        print("|---|" + "---|" * len(names))
+        for m in (1, 8, 128, 512):
+            print(f"| {m} | " + " | ".join(
+                f"{lib[(n, m)]:.3f} ({o[(ours_for[n], m)][0] / lib[(n, m)]:.2f})" if (n, m) in lib else "-"
+                for n in names) + " |")
 
 
 if __name__ == "__main__":
