@@ -47,6 +47,12 @@ struct DimRef {
   int64_t value = 0;
   bool isDim(Value v, int64_t d) const { return src == v && dim == d; }
   bool isConst(int64_t c) const { return !src && value == c; }
+  /// Dim `d` of `v`, or a constant equal to that dim where it is static (an export with static shapes folds
+  /// the shape vectors into constants).
+  bool isDimOrItsValue(Value v, int64_t d) const {
+    auto t = dyn_cast<RankedTensorType>(v.getType());
+    return isDim(v, d) || (!src && t && d < t.getRank() && !t.isDynamicDim(d) && value == t.getDimSize(d));
+  }
 };
 
 /// The entries of a 1-D integer shape vector built from constants, `Shape`, `Slice` of a shape and
@@ -199,9 +205,9 @@ Value untranspose(Value kt, SmallVectorImpl<Operation *> &ops) {
     return {};
   Value x = inner.getData();
   auto s3 = shapeVector(inner.getShape()), s4 = shapeVector(outer.getShape());
-  if (!s3 || !s4 || s3->size() != 3 || s4->size() != 4 || !(*s3)[0].isConst(-1) || !(*s3)[1].isDim(x, 2) ||
-      !(*s3)[2].isDim(x, 3) || !(*s4)[0].isDim(x, 0) || !(*s4)[1].isDim(x, 1) || !(*s4)[2].isDim(x, 3) ||
-      !(*s4)[3].isDim(x, 2))
+  if (!s3 || !s4 || s3->size() != 3 || s4->size() != 4 || !(*s3)[0].isConst(-1) ||
+      !(*s3)[1].isDimOrItsValue(x, 2) || !(*s3)[2].isDimOrItsValue(x, 3) || !(*s4)[0].isDimOrItsValue(x, 0) ||
+      !(*s4)[1].isDimOrItsValue(x, 1) || !(*s4)[2].isDimOrItsValue(x, 3) || !(*s4)[3].isDimOrItsValue(x, 2))
     return {};
   ops.append({outer, tr, inner});
   return x;
@@ -250,7 +256,7 @@ Value unrepeat(Value x, SmallVectorImpl<Operation *> &ops) {
   bool dOk = dd.isConst(d) || dd.isDim(kv, 3) || dd.isDim(e.getOutput(), 4);
   // With the batch, head and head dims exact, the element count fixes the length, however it is written
   // (-1, a dim of the keys, or a length the graph computes).
-  bool tOk = t.isConst(-1) || t.isDim(kv, 2) || t.isDim(e.getOutput(), 3) || (t.src && bOk && dOk);
+  bool tOk = t.isConst(-1) || t.isDimOrItsValue(kv, 2) || t.isDim(e.getOutput(), 3) || (t.src && bOk && dOk);
   if (!bOk || !tOk || !dOk)
     return x;
   ops.append({r, e, u});

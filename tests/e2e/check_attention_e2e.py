@@ -10,7 +10,8 @@ dispatch and no Softmax / MatMul op step. The shapes cover every path of kernels
 the keys split into chunks and merged, prefill over several key blocks with causal and padding blocks skipped,
 fewer than 4 rows (plain dot products), head dims that are not a multiple of the vector width, Dv != Dk, masks
 broadcast along batch, heads or rows, rows masked entirely (-inf: 0 with the guard, NaN without; the finite
-minimum: the uniform softmax), batch > 1, and no mask at all.
+minimum: the uniform softmax), batch > 1, and no mask at all; and a static-shape export (the shape vectors
+constants) with SDPA's bool attn_mask made additive by Where.
 
 Tolerance: max |moec - reference| / max |reference| <= 1e-4 (NaN where the reference has NaN).
 
@@ -52,8 +53,13 @@ def rel_error(got, want):
     return float(np.max(np.abs(got[fin] - want[fin])) / max(np.max(np.abs(want[fin])), 1e-30))
 
 
-def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard, sinks=None, softcap=0.0):
-    """q [B, hq, S, dk], k [B, hkv, T, dk], v [B, hkv, T, dv] (+ mask of `mask_dims`, symbols or 1) -> [B, hq, S, dv]."""
+def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard, sinks=None, softcap=0.0, static=None,
+               bool_mask=False):
+    """q [B, hq, S, dk], k [B, hkv, T, dk], v [B, hkv, T, dv] (+ mask of `mask_dims`, symbols or 1) -> [B, hq, S, dv].
+    `static` (B, S, T): every shape fixed, as an export with static shapes writes it: the shape vectors of the
+    GQA repeat and of K^T's Reshape-Transpose-Reshape folded into constants. `bool_mask`: the mask a bool input
+    (True: attend) made additive by Where(mask, 0, the f32 minimum), as the exporter writes SDPA's bool
+    attn_mask."""
     g = hq // hkv
     nodes, inits = [], []
 
@@ -71,6 +77,11 @@ def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard, sinks
     def repeat(x, d):
         if g == 1:
             return x
+        if static:
+            b, _, t = static
+            e = node("Expand", [node("Unsqueeze", [x, i2], x + "_u"), const(x + "_target", [b, hkv, g, t, d])],
+                     x + "_e")
+            return node("Reshape", [e, const(x + "_rshape", [b, hq, t, d])], x + "_rep")
         shape = node("Shape", [x], x + "_shape")
         bh = node("Slice", [shape, i0, i2, i0, i1], x + "_bh")
         td = node("Slice", [shape, i2, imax, i0, i1], x + "_td")
@@ -82,6 +93,10 @@ def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard, sinks
     k, v = repeat("k", dk), repeat("v", dv)
     if kt_form == "transpose":
         kt = node("Transpose", [k], "kt", perm=[0, 1, 3, 2])
+    elif static:
+        b, _, t = static
+        k3t = node("Transpose", [node("Reshape", [k, const("s3", [-1, t, dk])], "k3")], "k3t", perm=[0, 2, 1])
+        kt = node("Reshape", [k3t, const("s4", [b, hq, dk, t])], "kt")
     else:  # the exporter's Reshape -> Transpose -> Reshape over Shape slices
         s = node("Shape", [k], "ks")
         d = node("Slice", [s, im1, imax, i0, i1], "kd")
@@ -99,7 +114,11 @@ def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard, sinks
         sc = node("Mul", [node("Tanh", [node("Div", [sc, const("cap", softcap, np.float32)], "sc_div")], "sc_tanh"),
                           "cap"], "capped")
     if mask_dims is not None:
-        sc = node("Add", [sc, "mask"], "masked")
+        m = "mask"
+        if bool_mask:
+            m = node("Where", ["mask", const("attend", 0.0, np.float32),
+                               const("masked_out", np.finfo(np.float32).min, np.float32)], "mask_f")
+        sc = node("Add", [sc, m], "masked")
     if sinks is not None:  # GPT-OSS: Concat the sinks as a last column, less the row max, softmax, drop it
         qs = node("Shape", ["q"], "q_shape")
         target = node("Concat", [node("Slice", [qs, i0, i1, i0, i1], "q_b"), const("hq", [hq]),
@@ -114,12 +133,13 @@ def sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, nan_guard, sinks
         p = node("Slice", [p, i0, im1, im1, i1], "p_keys")
     node("MatMul", [p, v], "out")
     f = TensorProto.FLOAT
-    inputs = [helper.make_tensor_value_info("q", f, ["B", hq, "S", dk]),
-              helper.make_tensor_value_info("k", f, ["B", hkv, "T", dk]),
-              helper.make_tensor_value_info("v", f, ["B", hkv, "T", dv])]
+    b, s, t = static or ("B", "S", "T")
+    inputs = [helper.make_tensor_value_info("q", f, [b, hq, s, dk]),
+              helper.make_tensor_value_info("k", f, [b, hkv, t, dk]),
+              helper.make_tensor_value_info("v", f, [b, hkv, t, dv])]
     if mask_dims is not None:
-        inputs.append(helper.make_tensor_value_info("mask", f, mask_dims))
-    graph = helper.make_graph(nodes, "attention", inputs, [helper.make_tensor_value_info("out", f, ["B", hq, "S", dv])],
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.BOOL if bool_mask else f, mask_dims))
+    graph = helper.make_graph(nodes, "attention", inputs, [helper.make_tensor_value_info("out", f, [b, hq, s, dv])],
                               initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
@@ -155,6 +175,11 @@ CASES = [
      True, "softcap"),
     ("softcap 0.5: decode, keys split in chunks", (8, 2, 64, 64), (1, 1, 300), "row", "mul", "reshape", True,
      "softcap"),
+    # A static-shape export (constant shape vectors) with SDPA's bool attn_mask (Where(mask, 0, min) + Add).
+    ("static shapes, bool mask: prefill causal + padding, GQA 2:1", (4, 2, 32, 32), (2, 20, 20), "causal", "mul",
+     "reshape", True, "static", "bool"),
+    ("static shapes: decode GQA 4:1, keys split in chunks", (8, 2, 64, 64), (1, 1, 300), "row", "mul", "reshape",
+     True, "static"),
 ]
 
 
@@ -199,7 +224,11 @@ def main():
             mask, mask_dims = make_mask(mk, b, hq, s, t, rng)
             sinks = rng.standard_normal(hq).astype(np.float32) * 2 if "sinks" in extra else None
             cap = 0.5 if "softcap" in extra else 0.0
-            model = sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, guard, sinks, cap)
+            static = (b, s, t) if "static" in extra else None
+            bool_mask = "bool" in extra
+            if static and mask_dims is not None:
+                mask_dims = [x if isinstance(x, int) else {"B": b, "S": s, "T": t}[x] for x in mask_dims]
+            model = sdpa_model(hq, hkv, dk, dv, mask_dims, scale_form, kt_form, guard, sinks, cap, static, bool_mask)
             path, art = os.path.join(tmp, f"a{i}.onnx"), os.path.join(tmp, f"a{i}.moex")
             onnx.save(model, path)
             c = subprocess.run([args.moec, "compile", path, "-o", art, f"--cpu={args.cpu}", "--quiet"],
@@ -217,7 +246,7 @@ def main():
                      "k": rng.standard_normal((b, hkv, t, dk)).astype(np.float32),
                      "v": rng.standard_normal((b, hkv, t, dv)).astype(np.float32)}
             if mask is not None:
-                feeds["mask"] = mask
+                feeds["mask"] = mask == 0 if bool_mask else mask  # bool: True where a key is attended
             cmd = [args.moert, "run", art, "--output-dir", os.path.join(tmp, f"out{i}"), "--threads", "2"]
             for k, val in feeds.items():
                 np.save(os.path.join(tmp, f"{i}_{k}.npy"), val)
