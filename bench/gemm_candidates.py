@@ -70,7 +70,7 @@ def libraries(threads):
         return {}
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "libs")
-        cmd = ["g++", "-std=c++17", "-O2", "-march=native", "-I/usr/include/x86_64-linux-gnu",
+        cmd = ["g++", "-std=c++17", "-O2", "-march=native", f"-I{ROOT}", "-I/usr/include/x86_64-linux-gnu",
                os.path.join(HERE, "gemm_libs.cpp"), "-o", exe]
         cmd += [f"-D{d}" for d, _ in found] + [x for _, libs in found for x in libs] + ["-fopenmp", "-ldl"]
         subprocess.run(cmd, check=True)

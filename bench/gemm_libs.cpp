@@ -11,9 +11,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <vector>
+
+#include "kernels/cpu/moert_kernel_abi.h" // moert_f32_to_bf16: the rounding moec's bf16 storage uses
 
 #ifdef HAVE_DNNL
 #include <oneapi/dnnl/dnnl.h>
@@ -67,15 +68,10 @@ int main() {
     engine eng(engine::kind::cpu, 0);
     stream s(eng);
     std::vector<uint16_t> wb(K * N), xb(512 * K);
-    auto bf16 = [](float f) {
-      uint32_t u;
-      std::memcpy(&u, &f, 4);
-      return uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-    };
     for (size_t i = 0; i < wb.size(); ++i)
-      wb[i] = bf16(w[i]);
+      wb[i] = moert_f32_to_bf16(w[i]);
     for (size_t i = 0; i < xb.size(); ++i)
-      xb[i] = bf16(x[i]);
+      xb[i] = moert_f32_to_bf16(x[i]);
     for (int64_t m : kRows) {
       memory::desc a({m, K}, dt::bf16, tag::ab), bAny({K, N}, dt::bf16, tag::any),
           bPlain({K, N}, dt::bf16, tag::ab), c({m, N}, dt::f32, tag::ab);

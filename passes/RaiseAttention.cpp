@@ -241,8 +241,7 @@ Value unrepeat(Value x, SmallVectorImpl<Operation *> &ops) {
   for (int i : {0, 1, 3, 4}) {
     int64_t kd = i < 2 ? i : i - 1;
     const DimRef &t = (*target)[i];
-    bool ok = t.isConst(1) || sameDim(t, kv, kd) ||
-              (!t.src && !ShapedType::isDynamic(kvT.getDimSize(kd)) && t.value == kvT.getDimSize(kd)) ||
+    bool ok = t.isConst(1) || sameDim(t, kv, kd) || t.isDimOrItsValue(kv, kd) ||
               (i == 3 && t.src); // the keys' length, computed (past + new): Expand cannot change it
     if (!ok)
       return x;
@@ -252,7 +251,7 @@ Value unrepeat(Value x, SmallVectorImpl<Operation *> &ops) {
     return x;
   const DimRef &b = (*shape)[0], &t = (*shape)[2], &dd = (*shape)[3];
   bool bOk = sameDim(b, kv, 0) || b.isDim(e.getOutput(), 0) || (b.isConst(0) && r.getAllowzero() == 0) ||
-             (!b.src && !ShapedType::isDynamic(kvT.getDimSize(0)) && b.value == kvT.getDimSize(0));
+             b.isDimOrItsValue(kv, 0);
   bool dOk = dd.isConst(d) || dd.isDim(kv, 3) || dd.isDim(e.getOutput(), 4);
   // With the batch, head and head dims exact, the element count fixes the length, however it is written
   // (-1, a dim of the keys, or a length the graph computes).

@@ -1434,9 +1434,7 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
           return why;
       moert_gpu_embed_args a{};
       a.n = g.n, a.h = g.h, a.rows = g.rows, a.block = g.block, a.nb = g.nb;
-      a.row_bytes = g.rowBytes * (g.storage == MOERT_STORAGE_F32                                      ? 4
-                                  : g.storage == MOERT_STORAGE_BF16 || g.storage == MOERT_STORAGE_F16 ? 2
-                                                                                                      : 1);
+      a.row_bytes = g.rowBytes;
       a.storage = g.storage, a.idx64 = g.idx64;
       a.table = reinterpret_cast<const void *>(in[MOERT_EMBED_ROWS]);
       a.idx = reinterpret_cast<const void *>(in[MOERT_EMBED_SLOTS]);

@@ -89,10 +89,11 @@ std::string planNorm(const proto::OpStep &op, const std::vector<int64_t> &x,
 /// attributes (storage, block, width) and its inputs: rows [V, row bytes] in the storage's dtype, scales
 /// [V, ceil(H / block)] f32 for int8 / int4 (null: absent), indices int64 or int32. What the CPU op
 /// (ops/Movement.cpp) and the GPU kernel (gpu::planOp) both check: "" or what does not fit. The indices'
-/// values are checked where they are read (checkEmbeddingIndex).
+/// values are checked where they are read (embeddingRow).
 struct EmbeddingPlan {
   int storage = -1, bits = 0;
-  int64_t rows = 0, h = 0, block = 0, nb = 0, rowBytes = 0, n = 0; // rowBytes: elements of the rows' dtype
+  int64_t rows = 0, h = 0, block = 0, nb = 0, n = 0;
+  int64_t rowBytes = 0; // bytes from one stored row to the next
   bool quantised = false, idx64 = true;
   std::vector<int64_t> outDims; // the indices' dims, then H
 };

@@ -373,12 +373,11 @@ bool embedding(Ctx &c) {
     return false;
   float *o = c.out[0].mut<float>();
   const int64_t h = g.h, block = g.block;
-  const size_t esz = dtypeSize(t.dtype);
   for (int64_t j = 0; j < g.n; ++j) {
     int64_t r = 0;
     if (std::string why = embeddingRow(g, readInt(idx, j), r); !why.empty())
       return c.fail(why);
-    const uint8_t *row = reinterpret_cast<const uint8_t *>(t.data) + size_t(r) * size_t(g.rowBytes) * esz;
+    const uint8_t *row = reinterpret_cast<const uint8_t *>(t.data) + size_t(r) * size_t(g.rowBytes);
     float *y = o + j * h;
     if (g.storage == MOERT_STORAGE_F32) {
       std::memcpy(y, row, size_t(h) * 4);
@@ -1120,9 +1119,10 @@ std::string planEmbedding(const proto::OpStep &op, const std::vector<int64_t> &t
     return "has an inconsistent table (storage " + std::to_string(p.storage) + ", " + dimsString(table) +
            " " + dtypeName(tableDtype) + ", width " + std::to_string(p.h) + ")";
   p.rows = table[0], p.nb = (p.h + p.block - 1) / p.block;
-  p.rowBytes = p.quantised ? (p.bits == 4 ? (p.h + 1) / 2 : p.h) : p.h;
-  if (table[1] != p.rowBytes || (p.quantised && (!scales || scalesDtype != int(proto::F32) ||
-                                                 *scales != std::vector<int64_t>{p.rows, p.nb})))
+  const int64_t rowElems = p.quantised ? (p.bits == 4 ? (p.h + 1) / 2 : p.h) : p.h;
+  p.rowBytes = rowElems * int64_t(dtypeSize(tableDtype));
+  if (table[1] != rowElems || (p.quantised && (!scales || scalesDtype != int(proto::F32) ||
+                                               *scales != std::vector<int64_t>{p.rows, p.nb})))
     return "has a table " + dimsString(table) + " or scales that do not hold " + std::to_string(p.rows) +
            " rows of " + std::to_string(p.h) + " values";
   if (idxDtype != proto::I64 && idxDtype != proto::I32)
