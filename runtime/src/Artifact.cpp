@@ -933,10 +933,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
         device = true; // on the device when its inputs are f32 and there already (and its shapes plan)
         for (int k = 0; k < s.op().inputs_size(); ++k) {
           const int64_t id = s.op().inputs(k);
-          const bool side = moert::gpu::sideInput(s.op(), k); // uploaded, or absent
-          device = device && (id >= 0 || side) &&
-                   (id < 0 || (moert::gpu::inputDtypeOk(s.op(), k, p.values(id).type().dtype()) &&
-                               (side || p.values(id).has_constant_section() || (at[root[id]] & kDevice))));
+          device = device && moert::gpu::inputQualifies(s.op(), k, id >= 0,
+                                                        id >= 0 ? int(p.values(id).type().dtype()) : -1,
+                                                        id >= 0 && p.values(id).has_constant_section(),
+                                                        id >= 0 && (at[root[id]] & kDevice));
         }
       }
       devStep[fi] = device;

@@ -1225,12 +1225,19 @@ bool graphOpCandidate(const Device &d, const pb::Program &p, const pb::Step &s) 
          (op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Transpose" || op == "Concat");
 }
 
+namespace {
+/// Input k of a candidate that may be uploaded rather than be on the device already (inputQualifies).
 bool sideInput(const pb::OpStep &op, int k) {
   return (k > 0 && (op.op() == "moec.Rotary" || op.op() == "moec.Norm")) || op.op() == "moec.Embedding";
 }
 
-bool inputDtypeOk(const pb::OpStep &op, int, int dtype) {
-  return dtype == pb::F32 || op.op() == "moec.Embedding";
+} // namespace
+
+bool inputQualifies(const pb::OpStep &op, int k, bool present, int dtype, bool constant, bool onDevice) {
+  const bool side = sideInput(op, k);
+  if (!present)
+    return side;
+  return (dtype == pb::F32 || op.op() == "moec.Embedding") && (side || constant || onDevice);
 }
 
 namespace {

@@ -134,17 +134,17 @@ std::string runAttention(Device &d, Residency &r, int index, const moert_attenti
 bool runsDispatch(const Device &d, const proto::Step &s);
 /// An op step the graph-op kernels (kernels/hip/ops_gpu.h) may run: Add / Sub / Mul / Div (broadcasting),
 /// Transpose or Concat with one f32 output, moec.Rotary, moec.Norm or moec.Embedding, in artifacts whose GPU
-/// code has the kernel. It runs there when its inputs are f32 (inputDtypeOk) and on the device already
-/// (constants and side inputs aside) and planOp plans its shapes.
+/// code has the kernel. It runs there when every input qualifies (inputQualifies) and planOp plans its
+/// shapes.
 bool graphOpCandidate(const Device &d, const proto::Program &p, const proto::Step &s);
-/// Input k of a candidate that may be uploaded rather than be on the device already (absent, when optional):
-/// moec.Rotary's cos / sin tables and norm weight, moec.Norm's weight and bias (small; the row input
-/// decides), every input of moec.Embedding (its table is a constant, uploaded once; its indices come from the
-/// host, a few bytes for a row of H floats).
-bool sideInput(const proto::OpStep &op, int k);
-/// Whether input k of a candidate may have `dtype` (a proto::DType): f32, but for moec.Embedding's table in
-/// its storage and its int64 / int32 indices (planOp checks those).
-bool inputDtypeOk(const proto::OpStep &op, int k, int dtype);
+/// Whether input k of a candidate lets it run on the device: absent only where it is a side input; present,
+/// of a dtype the kernel takes (f32, but moec.Embedding's table in its storage and its int64 / int32 indices:
+/// planOp checks those) and a side input, a constant or already on the device. Side inputs may be uploaded
+/// rather than be there already: moec.Rotary's cos / sin tables and norm weight, moec.Norm's weight and bias
+/// (small; the row input decides), every input of moec.Embedding (its table a constant, uploaded once; its
+/// indices from the host, a few bytes for a row of H floats). The run loop and `moert inspect`'s plan both
+/// ask this.
+bool inputQualifies(const proto::OpStep &op, int k, bool present, int dtype, bool constant, bool onDevice);
 struct OpPlan {
   std::vector<int64_t> outDims;
   int fused = 0; // 1: moec.Rotary (`rotary`), 2: moec.Norm (`norm`), 3: moec.Embedding (`embedding`), one

@@ -582,17 +582,16 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       std::vector<int> dtypes;
       for (int k = 0; gpuOp && k < s.op().inputs_size(); ++k) {
         const int64_t id = s.op().inputs(k);
-        const bool side = moert::gpu::sideInput(s.op(), k);
         if (id < 0) { // an absent optional input
-          gpuOp = side;
+          gpuOp = moert::gpu::inputQualifies(s.op(), k, false, -1, false, false);
           dims.emplace_back();
           dtypes.push_back(-1);
           continue;
         }
         const Tensor &t = values[id];
-        gpuOp = t.isTensor() && t.computed() && moert::gpu::inputDtypeOk(s.op(), k, t.dtype) &&
-                (side || p.values(id).has_constant_section() ||
-                 moert::gpu::onDevice(*residency, t.data, t.bytes()));
+        gpuOp = t.isTensor() && t.computed() &&
+                moert::gpu::inputQualifies(s.op(), k, true, t.dtype, p.values(id).has_constant_section(),
+                                           moert::gpu::onDevice(*residency, t.data, t.bytes()));
         dims.push_back(t.dims);
         dtypes.push_back(t.dtype);
       }
