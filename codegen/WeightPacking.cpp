@@ -206,6 +206,19 @@ PackedLinear packLinear(F32Span w, bool transposed, int64_t k, int64_t n, moert_
     return out;
   }
   const int64_t np = (n + NR - 1) / NR;
+  if (storage == MOERT_STORAGE_BF16) { // feature pairs: [NP][KP][NR] 32-bit lanes, 2q low, 2q + 1 high
+    const int64_t kp = (k + 1) / 2;
+    std::vector<char> b(size_t(MOERT_LIN_PLAIN_PANEL_BYTES(k, 2, 1) * np), 0);
+    uint16_t *h = reinterpret_cast<uint16_t *>(b.data());
+    parallelFor(np, std::max<int64_t>(1, 65536 / std::max<int64_t>(k * NR, 1)), [&](int64_t p0, int64_t p1) {
+      for (int64_t pi = p0; pi < p1; ++pi)
+        for (int64_t f = 0; f < k; ++f)
+          for (int64_t c = pi * NR; c < std::min(n, (pi + 1) * NR); ++c)
+            h[((pi * kp + f / 2) * NR + c % NR) * 2 + f % 2] = toBf16(at(f, c));
+    });
+    out.slots[MOERT_LIN_W] = std::move(b);
+    return out;
+  }
   std::vector<float> p(np * k * NR, 0.0f);
   parallelFor(np, std::max<int64_t>(1, 65536 / std::max<int64_t>(k * NR, 1)), [&](int64_t p0, int64_t p1) {
     for (int64_t pi = p0; pi < p1; ++pi)
@@ -213,8 +226,7 @@ PackedLinear packLinear(F32Span w, bool transposed, int64_t k, int64_t n, moert_
         for (int64_t c = pi * NR; c < std::min(n, (pi + 1) * NR); ++c)
           p[(pi * k + f) * NR + c % NR] = at(f, c);
   });
-  out.slots[MOERT_LIN_W] = storage == MOERT_STORAGE_BF16 ? asBf16(p) : storage == MOERT_STORAGE_F16 ? asF16(p)
-                                                                                                   : asBytes(p);
+  out.slots[MOERT_LIN_W] = storage == MOERT_STORAGE_F16 ? asF16(p) : asBytes(p);
   return out;
 }
 

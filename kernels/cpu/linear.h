@@ -32,7 +32,8 @@
 //   - with BF16_ACT (moec --activations=bf16) and bf16 weights, prefill (more than MR rows) rounds the call's
 //     rows to bf16 pairs once (in parallel, into the scratch) and multiplies bf16 pairs (gemm.h's
 //     gemmMicroPairs: AVX512-BF16's vdpbf16ps, twice the FMA's products per instruction) on the panels as
-//     stored, pairing their rows as it loads them; decode reads the panels with f32 inputs, as without it.
+//     stored (bf16 panels hold feature pairs, MOERT_LIN_W); decode reads the panels with f32 inputs, as
+//     without it (each pair widened by a shift and a mask).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_KERNELS_CPU_LINEAR_H
@@ -57,6 +58,13 @@ namespace moert_cpu {
 // the PW panels' slices (KC x PW x NR floats) in L2 (measured: 256 and 1024 are slower here on AVX2 and
 // AVX-512 alike).
 constexpr int64_t kLinKC = 512;
+// The same for bf16 pairs (BF16_ACT prefill): the PW panels' slices (KC x PW x NR bf16, 256 KiB at 2048) stay
+// in L2 while the item's row tiles use them, and a K block fewer means one pass of the outputs fewer (each
+// block reads the partial sums back through the outputs). Measured (linear_kernel_test --perf, K 2048, N
+// 2048, 2 threads, 3 interleaved runs, ms at M = 128 / 512): 128 features 3.9-5.5 / 15.1-21.8, 256 3.2-4.2 /
+// 12.5-16.5, 512 2.8-3.9 / 11.2-16.3, 1024 2.7-2.9 / 11.0-11.9, 2048 2.5-2.7 / 10.3-11.1; a merged Q/K/V
+// layer (N 5120, 3 outputs) at M = 512 31.1-36.8 ms at 512 features, 26.5-27.1 at 2048.
+constexpr int64_t kLinKCPairs = 2048;
 constexpr int64_t kLinMC = 72;   // rows per work item in prefill (a multiple of every MR)
 constexpr int64_t kLinMaxGroup = 8; // panels per work item at most
 constexpr int64_t kLinQRows = 16;   // rows int8/int4 decode rounds and multiplies as integers, at most
@@ -99,8 +107,12 @@ template <class C> struct Linear {
   // Quantised panels: 4 bytes per column per group of GK features (int8: 4 codes; int4: byte q holds feature
   // q in its low nibble and feature q + 4 in its high one), groups of a panel consecutive: [KG][NR][4] bytes.
   static constexpr int64_t GK = QBITS == 4 ? 8 : 4, KG = (K + GK - 1) / GK, KPAD = KG * GK;
-  static constexpr int64_t PANELB = QBITS ? KG * NR * 4 : K * NR * int64_t(QBITS ? 1 : sizeof(typename C::W));
+  static constexpr int64_t PANELB =
+      QBITS
+          ? KG * NR * 4
+          : MOERT_LIN_PLAIN_PANEL_BYTES(K, sizeof(typename C::W), (std::is_same_v<typename C::W, uint16_t>));
   static constexpr int64_t KC = K <= kLinKC ? K : kLinKC;
+  static constexpr int64_t KCP = K <= kLinKCPairs ? K : kLinKCPairs; // K block of bf16 pairs (BF16_ACT)
   // bf16 pairs (BF16_ACT): a K block's feature pairs
   static constexpr bool PAIRS = C::BF16_ACT;
   static constexpr int64_t KP = (K + 1) / 2;
@@ -491,7 +503,7 @@ template <class C> struct Linear {
   };
 
   // plain panels; a dequantised f32 slice; codes times f32 inputs (decode); integer dot products (decode);
-  // bf16 pairs (prefill with BF16_ACT: the panels as stored, paired on load; `ap` the rows' pairs)
+  // bf16 pairs (prefill with BF16_ACT: the panels' pairs as stored; `ap` the rows' pairs)
   enum Mode { PLAIN, DEQ, CODES, INT, PAIR };
 
   /// Rows [r, r + M) x panels [p, p + P) over features [k0, k1): the first K block starts from the bias (or
@@ -616,13 +628,13 @@ template <class C> struct Linear {
   }
 
   /// Prefill: per K block, the item's input rows packed tile by tile (L2-resident), then for each set of PW
-  /// panels (int8/int4: dequantised once into f32 slices; BF16_ACT: read as stored, paired on load) every row
+  /// panels (int8/int4: dequantised once into f32 slices; BF16_ACT: the stored pairs) every row
   /// tile runs the micro-kernel on them.
   __attribute__((noinline)) static void prefill(const Ctx &c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     const moert_linear_args &a = *c.a;
-    if constexpr (PAIRS) { // the rows' pairs packed once per call (layer); panels paired as they are loaded
-      for (int64_t k0 = 0; k0 < K; k0 += KC) {
-        const int64_t k1 = std::min(K, k0 + KC);
+    if constexpr (PAIRS) { // the rows' pairs packed once per call (layer); the panels' pairs as stored
+      for (int64_t k0 = 0; k0 < K; k0 += KCP) {
+        const int64_t k1 = std::min(K, k0 + KCP);
         for (int64_t pp = p0; pp < p1;) {
           const int64_t np = p1 - pp >= PW ? PW : 1;
           for (int64_t r = r0; r < r1; r += MR) {

@@ -152,6 +152,10 @@ typedef int (*moert_moe_fn)(const moert_moe_args *args);
  * so a micro-kernel reads one panel row (NR weights of one input feature) per step. NP = ceil(N / NR),
  * KB = ceil(K / QBLOCK) quantisation blocks along K. */
 #define MOERT_LINEAR_NR 16
+/* Bytes of one panel of plain weights (MOERT_LIN_W) over K features, `elem` bytes a weight; `pairs`: bf16,
+ * stored as feature pairs (K rounded up to even). A constant expression for the kernels' configs. */
+#define MOERT_LIN_PLAIN_PANEL_BYTES(K, elem, pairs)                                                          \
+  ((int64_t)((pairs) ? ((K) + 1) / 2 * 2 : (K)) * MOERT_LINEAR_NR * (int64_t)(elem))
 
 /* How a dispatch stores its weights (the IR's #moe.storage, codegen's packing and the kernels' configs all
  * use these values). Quantised storage is weight-only: integer codes with a scale per block (f16 where moec
@@ -204,11 +208,14 @@ static inline uint16_t moert_f32_to_f16(float f) {
 /* Input features per scale of expert weights stored int8/int4 by moec (fc1 rows; fc2 column blocks). */
 #define MOERT_EXPERT_QBLOCK 32
 enum moert_linear_slot {
-  MOERT_LIN_W = 0,       /* plain: [NP][K][NR] f32, bf16 or fp16. int8/int4: [NP][KG][NR][4] bytes, a column's
-                            features in groups of GK (4 for int8, 8 for int4; KG = ceil(K / GK), the last group
-                            zero-padded) of 4 bytes: int8 feature GK g + q is byte q (a signed code); int4 feature
-                            GK g + q (q < 4) is byte q's low nibble and GK g + 4 + q its high one (unsigned codes;
-                            zero point 8 without offsets)                                               */
+  MOERT_LIN_W = 0, /* f32 / fp16: [NP][K][NR]. bf16: [NP][KP][NR] 32-bit feature pairs (KP = ceil(K / 2)):
+                      features 2q (low half) and 2q + 1 (high half, zero past K) of a column in one lane,
+                      the operand order of a bf16 pair product (vdpbf16ps); widening a lane is a shift and a
+                      mask, no permute. int8/int4: [NP][KG][NR][4] bytes, a column's
+                      features in groups of GK (4 for int8, 8 for int4; KG = ceil(K / GK), the last group
+                      zero-padded) of 4 bytes: int8 feature GK g + q is byte q (a signed code); int4 feature
+                      GK g + q (q < 4) is byte q's low nibble and GK g + 4 + q its high one (unsigned codes;
+                      zero point 8 without offsets)                                               */
   MOERT_LIN_SCALES = 1,  /* quantised: [NP][KB][NR] f32, one per column per block of QBLOCK input features;
                             f16 with C::SCALE16 (the layers moec quantises itself, MOERT_QSCALE_BYTES) */
   MOERT_LIN_OFFSETS = 2, /* quantised with zero points: [NP][KB][NR] f32; w = code * scale + offset        */

@@ -57,9 +57,11 @@ constexpr int64_t kTokBlock = 6;  // tokens sharing each gate/up weight load (re
 constexpr int64_t kDimBlock = 64; // the most hidden dims per block (the coefficient buffer's row length)
 constexpr int64_t kL2Budget = 192 * 1024; // bytes of a dim block's gate/up rows meant to stay in L2
 constexpr int64_t kMaxChunks = 16;        // hidden-dim chunks per expert visit (parallelism in decode)
-// Token tiles of at least kGemmTokens tokens run on gemm.h's micro-kernel (see Kernel::gemmTile). fc1 walks K
-// in blocks of kMoeKC features and fc2 in blocks of up to kMoeKC dims, so that PW panels' slices (kMoeKC x PW
-// x NR floats: 32 KiB on AVX-512) stay in L1 while every row tile of the tile's tokens uses them; each copy of
+// Token tiles of at least kGemmTokens tokens run on gemm.h's micro-kernel (see Kernel::gemmTile). With the
+// experts' rows copied into panels per tile, fc1 walks K in blocks of kMoeKC features and fc2 in blocks of up
+// to kMoeKC dims, so that PW panels' slices (kMoeKC x PW x NR floats: 32 KiB on AVX-512) stay in L1 while
+// every row tile of the tile's tokens uses them (panels stored at compile time take the linear kernel's
+// longer blocks, see gemmTile); each copy of
 // an expert's rows (fc1: up to kMoeDB dims, every feature; fc2: every column) is at most kMoePackBytes and
 // stays in L2 while the GEMM reads it; fc2 runs after each super block of kMoeFB dims' activations.
 constexpr int64_t kGemmTokens = 16;
@@ -500,8 +502,8 @@ template <class C> struct Kernel {
   // tiles run the same micro-kernel on them (plainDecode). Chunks of dims are whole fc1 panels.
   static constexpr bool PLAIN_PANELS = C::PANELS && C::QBITS == 0;
   // C::BF16_ACT (codegen's choice with --activations=bf16, bf16 experts in panels): GEMM tiles round their
-  // tokens and fc2's inputs to bf16 and multiply bf16 pairs (gemm.h's gemmMicroPairs, pairing the panels'
-  // rows as it loads them); decode and smaller tiles (plainDecode) take f32 inputs.
+  // tokens and fc2's inputs to bf16 and multiply bf16 pairs (gemm.h's gemmMicroPairs on the panels' pairs as
+  // stored, MOERT_LIN_W); decode and smaller tiles (plainDecode) take f32 inputs.
   static constexpr bool PAIRS = C::BF16_ACT;
   static_assert(!PAIRS || (PLAIN_PANELS && std::is_same_v<typename C::W, uint16_t>),
                 "bf16 activations need bf16 experts in panels");
@@ -1158,7 +1160,8 @@ template <class C> struct Kernel {
   // stepped by the micro-kernel) gained nothing more: its misses compete with the GEMM's own reads of the
   // L2-resident panels. With plain panels (PLAIN_PANELS: f32 / bf16 / fp16 experts on CPU targets) nothing is
   // copied: fc1's and fc2's panels are stored in this layout at compile time and the GEMMs read them where
-  // they lie (bf16 / fp16 widened on load), fc2's panel slices FD * NR weights apart.
+  // they lie (bf16 / fp16 widened on load), fc2's panel slices FD * NR weights apart (bf16: FD / 2 pairs of
+  // NR; slices start at even dims).
   static float *alignTo64(char *p) {
     return reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
   }
@@ -1269,8 +1272,8 @@ template <class C> struct Kernel {
   }
 
   /// gemmPanels on bf16 pairs (PAIRS): the row tiles of `ap` hold the rows' feature pairs ([kn / 2][MR],
-  /// apstride pairs apart), `b` the bf16 panels as stored (interleaved into pairs as the micro-kernel loads
-  /// them); each set of PW panels (or one) is used by every row tile while it is in L1.
+  /// apstride pairs apart), `b` the bf16 panels as stored (feature pairs, MOERT_LIN_W); each set of PW panels
+  /// (or one) is used by every row tile while it is in L1.
   static void gemmPanelsPairs(int64_t n, const uint32_t *ap, int64_t apstride, const uint16_t *b, int64_t np,
                               int64_t pstride, int64_t kn, float *const *c, int64_t col, bool zero) {
     constexpr int MR = kGemmMR, PW = kGemmPW;
@@ -1294,7 +1297,15 @@ template <class C> struct Kernel {
   static void gemmTile(const Ctx &c, const Item &it, const ExpertRows<C> &rows, int64_t n,
                        const float *const *xs, float *const *dst, const float *ws, const float *b1,
                        const uint8_t *mask, int thread) {
-    constexpr int64_t MR = kGemmMR, NR = kGemmNR, KC = kMoeKC, FB = kMoeFB;
+    constexpr int64_t MR = kGemmMR, NR = kGemmNR, FB = kMoeFB;
+    // K blocks: fc1's features and fc2's dims a pass of the micro-kernel sums before its partial sums go
+    // back through memory. Copied panels: kMoeKC (L1-resident slices). Panels as stored (PLAIN_PANELS): the
+    // linear kernel's blocks (kLinKC features, kLinKCPairs with PAIRS), slices read from L2, and fc2 over the
+    // super block's dims at once. Measured (ZAYA1-like layer, T = 512, 2 threads, old and new artifacts
+    // alternating in one process, best ms): kMoeKC everywhere 74.0-74.8 (f32) and 40.5-41.9 (bf16+a16);
+    // these blocks 67.9-68.1 and 37.2-38.1.
+    constexpr int64_t KC1 = !PLAIN_PANELS ? kMoeKC : std::min<int64_t>(H, PAIRS ? kLinKCPairs : kLinKC);
+    constexpr int64_t KB2 = PLAIN_PANELS ? FB : KC2;
     if (it.f0 >= it.f1) { // no dims in this chunk: no contribution
       for (int64_t r = 0; r < n; ++r)
         std::memset(dst[r], 0, sizeof(float) * H);
@@ -1351,8 +1362,8 @@ template <class C> struct Kernel {
           else
             return (packFc1(rows, mask, db, de, b1p), static_cast<const float *>(b1p));
         }();
-        for (int64_t k0 = 0; k0 < H; k0 += KC) {
-          const int64_t k1 = std::min<int64_t>(H, k0 + KC);
+        for (int64_t k0 = 0; k0 < H; k0 += KC1) {
+          const int64_t k1 = std::min<int64_t>(H, k0 + KC1);
           if constexpr (PAIRS)
             gemmPanelsPairs(n, app + k0 / 2 * MR, H / 2 * MR, b1s + k0 * NR, np, H * NR, k1 - k0, h1rows, 0,
                             k0 == 0);
@@ -1380,8 +1391,8 @@ template <class C> struct Kernel {
       }
       // fc2 over the super block's dims: dst[r][h] += sum_f cf[r][f] * fc2t[f][h], KC2 dims at a time (their
       // rows copied into f32 panels of every column), PW panels of columns at a time
-      for (int64_t kb = fb; kb < fe; kb += KC2) {
-        const int64_t ke = std::min<int64_t>(fe, kb + KC2);
+      for (int64_t kb = fb; kb < fe; kb += KB2) {
+        const int64_t ke = std::min<int64_t>(fe, kb + KB2);
         if constexpr (PAIRS) {
           gemmPanelsPairs(n, reinterpret_cast<const uint32_t *>(cfh) + (kb - fb) / 2 * MR, FB / 2 * MR,
                           rows.panel2(0) + kb * NR, H / NR, rows.fdim * NR, ke - kb, orows, 0, kb == it.f0);

@@ -3,16 +3,19 @@
 // `moec compile --target=hip|cuda` specialises these templates per linear dispatch (`moe.linear`) with the
 // same config struct `C` as the CPU kernel (kernels/cpu/linear.h: K, N, the weights' storage W / QBITS /
 // QBLOCK / SCALE16 / AFFINE, HAS_BIAS, NORM, EPS, NOUT, SPLIT) and reads the same packed weights: panels of
-// 16 output columns, K-major, plain rows of W or 4-byte groups of int8 / int4 codes with per-block scales
-// (kernels/cpu/moert_kernel_abi.h, MOERT_LIN_W). Launch geometry and scratch: kernels/hip/moert_gpu_abi.h.
+// 16 output columns, K-major, plain rows of W (bf16: 32-bit feature pairs) or 4-byte groups of int8 / int4
+// codes with per-block scales (kernels/cpu/moert_kernel_abi.h, MOERT_LIN_W). Launch geometry and scratch:
+// kernels/hip/moert_gpu_abi.h.
 //
 //   norm (a fused RMSNorm / LayerNorm; one block per row): the normalised rows into scratch.
 //   gemv (M <= MOERT_GPU_LIN_GEMV_ROWS; block (panel, K split)): the split's inputs staged in shared memory;
 //     each thread owns 4 of the panel's columns and walks K units (4 threads a unit: one 16-byte load of
-//     f32 / int8 / int4 weights, 8 bytes of bf16 / fp16), so a warp reads 8 consecutive units of the panel
-//     and every weight is read once; int8 / int4 units are scaled once per unit (w = code * s + o:
-//     sum w x = s sum code x + o sum x). Warp shuffles and one shared-memory pass sum the threads of a
-//     column; one split writes the result (+ bias, + residual) to its output, several write partial sums.
+//     f32 / int8 / int4 weights, 8 bytes of fp16, 16 bytes of bf16 pairs of which the unit's feature is one
+//     half: the pair's other unit reads the same bytes, in the same warp), so a warp reads 8 consecutive
+//     units of the panel and every weight is read once from memory; int8 / int4 units are scaled once per
+//     unit (w = code * s + o: sum w x = s sum code x + o sum x). Warp shuffles and one shared-memory pass sum
+//     the threads of a column; one split writes the result (+ bias, + residual) to its output, several write
+//     partial sums.
 //   reduce: the partial sums of the splits in split order (deterministic), then the epilogue.
 //   gemm (more rows): 64 x 64 output tiles, 16 input features a step staged in shared memory (weights
 //     widened / dequantised to f32 once per tile), 4 x 4 outputs a thread, f32 FMAs.
@@ -39,7 +42,9 @@ template <class C> struct LinearKernels {
   static constexpr int QBITS = C::QBITS;
   static constexpr int64_t FU = MOERT_GPU_LIN_UNIT(QBITS); // input features a K unit holds
   static constexpr int64_t KU = (K + FU - 1) / FU, BLK = QBITS ? C::QBLOCK : K, KB = (K + BLK - 1) / BLK;
-  static constexpr int64_t PANELB = QBITS ? KU * NR * 4 : K * NR * int64_t(sizeof(typename C::W));
+  static constexpr bool PAIRS = !QBITS && __is_same(typename C::W, uint16_t); // bf16: feature pairs
+  static constexpr int64_t PANELB =
+      QBITS ? KU * NR * 4 : MOERT_LIN_PLAIN_PANEL_BYTES(K, sizeof(typename C::W), PAIRS);
   static constexpr int64_t MD = MOERT_GPU_LIN_GEMV_ROWS, UNITS = MOERT_GPU_LIN_UNITS;
   static constexpr int BM = MOERT_GPU_LIN_BM, BN = MOERT_GPU_LIN_BN, BK = MOERT_GPU_LIN_BK;
   using W = typename C::W;
@@ -96,7 +101,19 @@ template <class C> struct LinearKernels {
   static GPU_INLINE void unit(const moert_gpu_linear_args &a, int64_t p, int64_t u, int c4, const float *xs,
                               int64_t stride, int64_t rows, float (&acc)[MD][4]) {
     if constexpr (QBITS == 0) {
-      F4 w = load4(static_cast<const W *>(a.weights[MOERT_LIN_W]) + (p * K + u) * NR + c4 * 4);
+      F4 w;
+      if constexpr (PAIRS) { // 4 columns' pairs holding feature u: its half of each
+        struct alignas(16) Q {
+          uint32_t g[4];
+        };
+        const Q q = *reinterpret_cast<const Q *>(static_cast<const uint8_t *>(a.weights[MOERT_LIN_W]) +
+                                                 p * PANELB + ((u / 2) * NR + c4 * 4) * 4);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          w.v[i] = __builtin_bit_cast(float, u % 2 ? q.g[i] & 0xffff0000u : q.g[i] << 16);
+      } else {
+        w = load4(static_cast<const W *>(a.weights[MOERT_LIN_W]) + (p * K + u) * NR + c4 * 4);
+      }
 #pragma unroll
       for (int m = 0; m < MD; ++m)
         if (m < rows) {
@@ -222,7 +239,10 @@ template <class C> struct LinearKernels {
     if (k >= K || n >= NP * NR)
       return 0.0f;
     const int64_t p = n / NR, j = n % NR;
-    if constexpr (QBITS == 0) {
+    if constexpr (PAIRS) {
+      return load1(static_cast<const W *>(a.weights[MOERT_LIN_W]) + p * (PANELB / 2) +
+                   ((k / 2) * NR + j) * 2 + k % 2);
+    } else if constexpr (QBITS == 0) {
       return load1(static_cast<const W *>(a.weights[MOERT_LIN_W]) + (p * K + k) * NR + j);
     } else {
       const uint32_t g = *reinterpret_cast<const uint32_t *>(
