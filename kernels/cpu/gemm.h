@@ -36,6 +36,20 @@ constexpr int kGemmMR = 6;                   // rows of a register tile
 constexpr int kGemmPW = VW == 16 ? 4 : 1;    // panels of a register tile
 static_assert(kGemmNR % VW == 0, "a panel row is whole vectors");
 
+/// acc += the micro-kernels' accumulator sets (U = 1 or 2, see gemmMicro), summed set by set.
+template <int U, int M, int NA>
+__attribute__((always_inline)) inline void addParts(const vf (&part)[U][M][NA], vf (&acc)[M][NA]) {
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int v = 0; v < NA; ++v) {
+      vf t = part[0][i][v];
+      if (U == 2)
+        t += part[U - 1][i][v];
+      acc[i][v] += t;
+    }
+}
+
 /// gemmMicro on bf16 panels as stored (MOERT_LIN_W: [K / 2][NR] 32-bit pairs, b + j * pstride + k * NR
 /// uint16_t at an even feature k): one load a pair, widened by a shift (the even feature, low half) and a
 /// mask (the odd one), two FMAs per row. The sums are gemmMicro's on the widened weights, in the same order:
@@ -85,15 +99,7 @@ __attribute__((always_inline)) inline void gemmMicroBf16(const uint16_t *b, int6
   }
   if (kn % 2)
     step(q, std::false_type{});
-#pragma unroll
-  for (int i = 0; i < M; ++i)
-#pragma unroll
-    for (int v = 0; v < P * kGemmNV; ++v) {
-      vf t = part[0][i][v];
-      if (U == 2)
-        t += part[U - 1][i][v];
-      acc[i][v] += t;
-    }
+  addParts(part, acc);
 }
 
 /// acc[i][j * NV + v] += sum over features k < kn of a(i, k) * panel j's row k (see the file comment). Decode
@@ -138,15 +144,7 @@ __attribute__((always_inline)) inline void gemmMicro(const T *b, int64_t pstride
   }
   for (; k < kn; ++k)
     step(k, 0);
-#pragma unroll
-  for (int i = 0; i < M; ++i)
-#pragma unroll
-    for (int v = 0; v < P * kGemmNV; ++v) {
-      vf t = part[0][i][v];
-      if (U == 2)
-        t += part[U - 1][i][v];
-      acc[i][v] += t;
-    }
+  addParts(part, acc);
 }
 
 // ---- bf16 dot products (`--activations=bf16`: bf16 weights times inputs rounded to bf16) ----------------
