@@ -182,9 +182,12 @@ inline void packBf16Pairs(const float *x, int64_t ldx, int64_t m, int64_t kn, ui
 /// copy of acc, which stays in registers: a caller indexing acc at run time (a layer with several outputs)
 /// otherwise had every accumulator stored back on each step (measured: a merged Q/K/V layer, K 2048, N 5120,
 /// M 512, 2x slower).
+/// `pf` (or null): one cache line a pair step is prefetched from there on, kn / 2 lines in all (the same K
+/// block of a panel the caller reads next, so its first reader does not wait on memory).
 template <int M, int P>
 __attribute__((always_inline)) inline void
-gemmMicroPairs(const uint16_t *b, int64_t pstride, const uint32_t *a, int64_t kn, vf (&acc)[M][P * kGemmNV]) {
+gemmMicroPairs(const uint16_t *b, int64_t pstride, const uint32_t *a, int64_t kn, vf (&acc)[M][P * kGemmNV],
+               const char *pf = nullptr) {
   vf sum[M][P * kGemmNV];
 #pragma unroll
   for (int i = 0; i < M; ++i)
@@ -206,21 +209,21 @@ gemmMicroPairs(const uint16_t *b, int64_t pstride, const uint32_t *a, int64_t kn
         sum[i][v] = dpbf16(sum[i][v], x, w[v]);
     }
   };
+  auto pairs = [](const uint16_t *r) __attribute__((always_inline)) {
+    u32xv w;
+    std::memcpy(&w, r, sizeof w);
+    return w;
+  };
+  // an odd kn's last pair: its odd feature is past kn, its half dropped
+  auto even = [&](const uint16_t *r) __attribute__((always_inline)) { return pairs(r) & 0xffffu; };
   int64_t q = 0;
-  for (; 2 * q + 2 <= kn; ++q)
-    step(
-        q, [](const uint16_t *r) __attribute__((always_inline)) {
-          u32xv w;
-          std::memcpy(&w, r, sizeof w);
-          return w;
-        });
-  if (kn % 2) // the last pair's odd feature is past kn: its half dropped
-    step(
-        q, [](const uint16_t *r) __attribute__((always_inline)) {
-          u32xv w;
-          std::memcpy(&w, r, sizeof w);
-          return w & 0xffffu;
-        });
+  for (; 2 * q + 2 <= kn; ++q) {
+    if (pf)
+      __builtin_prefetch(pf + q * 64);
+    step(q, pairs);
+  }
+  if (kn % 2)
+    step(q, even);
 #pragma unroll
   for (int i = 0; i < M; ++i)
 #pragma unroll
