@@ -44,6 +44,26 @@ GPU_INLINE float load1(const float *p) { return *p; }
 GPU_INLINE float load1(const uint16_t *p) { return __builtin_bit_cast(float, uint32_t(*p) << 16); }
 GPU_INLINE float load1(const _Float16 *p) { return float(*p); }
 
+// Activations written with exp2 (no device library).
+GPU_INLINE float sigmoid(float a) { return 1.0f / (1.0f + expf(-a)); }
+// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): no device library here.
+GPU_INLINE float erff(float x) {
+  float s = x < 0.0f ? -1.0f : 1.0f, a = x * s;
+  float t = 1.0f / (1.0f + 0.3275911f * a);
+  float y =
+      ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+  return s * (1.0f - y * expf(-a * a));
+}
+GPU_INLINE float tanhf(float x) {
+  float e = expf(-2.0f * (x < 0.0f ? -x : x));
+  float r = (1.0f - e) / (1.0f + e);
+  return x < 0.0f ? -r : r;
+}
+GPU_INLINE float geluErf(float a) { return 0.5f * a * (1.0f + erff(a * 0.70710678118654752f)); }
+GPU_INLINE float geluTanh(float a) {
+  return 0.5f * a * (1.0f + tanhf(0.79788456080286536f * (a + 0.044715f * a * a * a)));
+}
+
 /// A quantised block's scale as stored: f16 where moec quantised the weights (C::SCALE16), else f32.
 template <bool F16> struct moert_gpu_scale { using type = float; };
 template <> struct moert_gpu_scale<true> { using type = _Float16; };

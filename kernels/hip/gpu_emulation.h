@@ -271,6 +271,7 @@ inline void warpSync() {
 inline float shflXor(float v, int mask) { return Emulator::get().shuffle(v, mask, Emulator::get().exchange); }
 inline int shflXor(int v, int mask) { return Emulator::get().shuffle(v, mask, Emulator::get().exchangeInt); }
 inline float exp2f(float x) { return std::exp2(x); }
+inline float log2f(float x) { return std::log2(x); }
 inline void atomicAddF32(float *p, float v) { *p += v; } // fibers on one thread: no two at once
 inline int atomicAddI32(int *p, int v) {
   int old = *p;
@@ -282,6 +283,7 @@ inline int laneId() { return threadId() & (kWarp - 1); }
 inline int warpId() { return threadId() / kWarp; }
 
 inline float expf(float x) { return exp2f(x * 1.4426950408889634f); }
+inline float logf(float x) { return log2f(x) * 0.6931471805599453f; }
 inline float sqrtf(float x) { return std::sqrt(x); }
 inline float minf(float a, float b) { return a < b ? a : b; }
 inline float maxf(float a, float b) { return a > b ? a : b; }

@@ -61,6 +61,7 @@ GPU_INLINE int shflXor(int v, int mask) {
   return __builtin_amdgcn_ds_bpermute((lane ^ mask) << 2, v);
 }
 GPU_INLINE float exp2f(float x) { return __builtin_amdgcn_exp2f(x); }
+GPU_INLINE float log2f(float x) { return __builtin_amdgcn_logf(x); }
 GPU_INLINE void atomicAddF32(float *p, float v) {
   __hip_atomic_fetch_add(p, v, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_AGENT);
 }
@@ -80,6 +81,7 @@ GPU_INLINE void warpSync() { __nvvm_bar_warp_sync(0xffffffffu); }
 GPU_INLINE float shflXor(float v, int mask) { return __nvvm_shfl_sync_bfly_f32(0xffffffffu, v, mask, 0x1f); }
 GPU_INLINE int shflXor(int v, int mask) { return __nvvm_shfl_sync_bfly_i32(0xffffffffu, v, mask, 0x1f); }
 GPU_INLINE float exp2f(float x) { return __nvvm_ex2_approx_f(x); }
+GPU_INLINE float log2f(float x) { return __nvvm_lg2_approx_f(x); }
 GPU_INLINE void atomicAddF32(float *p, float v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 GPU_INLINE int atomicAddI32(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 #else
@@ -90,6 +92,7 @@ GPU_INLINE int laneId() { return threadId() & (kWarp - 1); }
 GPU_INLINE int warpId() { return threadId() / kWarp; }
 
 GPU_INLINE float expf(float x) { return exp2f(x * 1.4426950408889634f); }
+GPU_INLINE float logf(float x) { return log2f(x) * 0.6931471805599453f; }
 GPU_INLINE float sqrtf(float x) { return __builtin_sqrtf(x); }
 GPU_INLINE float minf(float a, float b) { return a < b ? a : b; }
 GPU_INLINE float maxf(float a, float b) { return a > b ? a : b; }

@@ -36,7 +36,7 @@
 #include "kernels/cpu/moert_kernel_abi.h"
 #endif
 
-#define MOERT_GPU_ABI_VERSION 1
+#define MOERT_GPU_ABI_VERSION 2
 #define MOERT_GPU_SLOTS MOERT_MOE_SLOTS /* the CPU dispatch's weight slots: the same weight layouts */
 #define MOERT_GPU_BLOCK 256 /* threads per block, every kernel                                         */
 #define MOERT_GPU_TILE 4    /* (token, slot) entries per expert tile: each weight row read once a tile  */
@@ -291,33 +291,93 @@ static inline moert_gpu_attention_launches moert_gpu_attn_plan(int64_t B, int64_
   return p;
 }
 
-/* ---- graph ops on the device (kernels/hip/ops_gpu.h): one kernel, in every artifact with GPU code
- * ----------
+/* ---- graph ops on the device (kernels/hip/ops_gpu.h): in every artifact with GPU code ----------------
  *
  *   moert_gpu_op_strided grid (moert_gpu_op_blocks(n))  out[out_offset + sum c_d out_strides[d]] =
- *                                                       a[sum c_d a_strides[d]] (MOERT_GPU_OP_COPY), or that
- *                                                       op b[sum c_d b_strides[d]] (ADD, SUB, MUL, DIV), for
- *                                                       every coordinate c of `dims`
+ *                                                       f(a[a_offset + sum c_d a_strides[d]]
+ *                                                        [, b[sum c_d b_strides[d]]]) for every coordinate c
+ *                                                       of `dims`: a copy, a binary op, or a unary one
  *
- * f32 elements. libmoert plans the strides per op step (runtime/src/Gpu.cpp, planOp): Add / Sub / Mul / Div
- * with NumPy broadcasting (a stride of 0 along a broadcast dim), Transpose (the input's strides permuted),
- * Concat (one launch per input into its place in the output). */
+ * f32 elements. libmoert plans the strides per op step (runtime/src/Gpu.cpp, planOp): the binary ops with
+ * NumPy broadcasting (a stride of 0 along a broadcast dim), the unary ones (alpha / beta: the op's
+ * parameters), Transpose (the input's strides permuted), Concat (one launch per input into its place in the
+ * output), Slice (a_offset at the starts, strides times the steps), Split (one launch per output), Expand (0
+ * strides), Gather of a few indices (one launch per index). The kinds' functions are the CPU ops'
+ * (runtime/src/ops/ Elementwise.cpp); exp, erf, tanh and log through the vendor header's exp2 / log2 (no
+ * device library). */
 #define MOERT_GPU_OP_RANK 6
 #define MOERT_GPU_OP_COPY 0
+/* binary: a op b */
 #define MOERT_GPU_OP_ADD 1
 #define MOERT_GPU_OP_SUB 2
 #define MOERT_GPU_OP_MUL 3
 #define MOERT_GPU_OP_DIV 4
+#define MOERT_GPU_OP_POW 5
+#define MOERT_GPU_OP_MAX 6
+#define MOERT_GPU_OP_MIN 7
+#define MOERT_GPU_OP_PRELU 8 /* a < 0 ? a * b : a */
+/* unary: f(a) */
+#define MOERT_GPU_OP_NEG 16
+#define MOERT_GPU_OP_ABS 17
+#define MOERT_GPU_OP_RELU 18
+#define MOERT_GPU_OP_EXP 19
+#define MOERT_GPU_OP_LOG 20
+#define MOERT_GPU_OP_SQRT 21
+#define MOERT_GPU_OP_RECIPROCAL 22
+#define MOERT_GPU_OP_SIGMOID 23
+#define MOERT_GPU_OP_TANH 24
+#define MOERT_GPU_OP_ERF 25
+#define MOERT_GPU_OP_GELU_ERF 26
+#define MOERT_GPU_OP_GELU_TANH 27
+#define MOERT_GPU_OP_SOFTPLUS 28
+#define MOERT_GPU_OP_SOFTSIGN 29
+#define MOERT_GPU_OP_LEAKY_RELU 32          /* alpha */
+#define MOERT_GPU_OP_ELU 33                 /* alpha */
+#define MOERT_GPU_OP_HARD_SIGMOID 34        /* max(0, min(1, alpha a + beta)) */
+#define MOERT_GPU_OP_CLIP 35                /* min(max(a, alpha), beta) */
+#define MOERT_GPU_OP_UNARY MOERT_GPU_OP_NEG /* kinds from here take no b */
 typedef struct moert_gpu_op_args {
   int64_t n;    /* elements: the product of dims[0 .. rank)                                        */
   int32_t rank; /* <= MOERT_GPU_OP_RANK                                                            */
   int32_t kind; /* MOERT_GPU_OP_*                                                                  */
   int64_t dims[MOERT_GPU_OP_RANK];
   int64_t a_strides[MOERT_GPU_OP_RANK], b_strides[MOERT_GPU_OP_RANK], out_strides[MOERT_GPU_OP_RANK];
-  int64_t out_offset;
-  const float *a, *b; /* b: NULL for a copy */
+  int64_t a_offset, out_offset;
+  float alpha, beta;
+  const float *a, *b; /* b: NULL for a copy or a unary op */
   float *out;
 } moert_gpu_op_args;
+
+/* Reductions and softmax along axes (kernels/hip/ops_gpu.h), one warp per row:
+ *
+ *   moert_gpu_op_reduce grid (ceil(rows / warps))       row r (its coordinates c over `dims`, input offset
+ *                                                       sum c_d strides[d]) reduces the n elements at the
+ *                                                       offsets over red_dims / red_strides; a reduction
+ *                                                       writes out[r], SOFTMAX / LOG_SOFTMAX write each
+ *                                                       element at its own input offset
+ *
+ * The CPU ops' definitions (runtime/src/ops/Reduce.cpp): MAX / MIN keep a NaN, MEAN divides the sum by n, L2
+ * is the root of the sum of squares. */
+#define MOERT_GPU_RED_SUM 0
+#define MOERT_GPU_RED_MEAN 1
+#define MOERT_GPU_RED_MAX 2
+#define MOERT_GPU_RED_MIN 3
+#define MOERT_GPU_RED_L1 4
+#define MOERT_GPU_RED_L2 5
+#define MOERT_GPU_RED_SUM_SQUARE 6
+#define MOERT_GPU_RED_LOG_SUM_EXP 7
+#define MOERT_GPU_RED_SOFTMAX 8
+#define MOERT_GPU_RED_LOG_SOFTMAX 9
+typedef struct moert_gpu_reduce_args {
+  int64_t rows, n;
+  int32_t rank, red_rank; /* <= MOERT_GPU_OP_RANK each */
+  int32_t kind;           /* MOERT_GPU_RED_* */
+  int32_t pad_;
+  int64_t dims[MOERT_GPU_OP_RANK], strides[MOERT_GPU_OP_RANK];
+  int64_t red_dims[MOERT_GPU_OP_RANK], red_strides[MOERT_GPU_OP_RANK];
+  const float *x;
+  float *out;
+} moert_gpu_reduce_args;
 /* The row-wise fused ops (runtime/src/ops/Fused.cpp's contracts, ir/MoEOps.td), planned the same way:
  *
  *   moert_gpu_op_rotary grid (ceil(rows / warps))      moec.Rotary (moe.rotary): one warp per row of D

@@ -19,27 +19,166 @@
 
 namespace moert_gpu {
 
+// f(x [, z]) of a strided op's kind (moert_gpu_op_args; the CPU ops' definitions, runtime/src/ops/
+// Elementwise.cpp).
+GPU_INLINE float powf(float x, float z) {
+  if (z == 2.0f)
+    return x * x;
+  if (z == 1.0f)
+    return x;
+  if (z == 0.0f)
+    return 1.0f;
+  if (z == 0.5f && x >= 0.0f)
+    return sqrtf(x);
+  const float zi = __builtin_truncf(z);
+  if (zi == z && (z < 0.0f ? -z : z) <= 64.0f) { // an integer exponent: repeated squaring, any sign of x
+    float r = 1.0f, b = x;
+    for (int e = int(z < 0.0f ? -z : z); e; e >>= 1, b *= b)
+      if (e & 1)
+        r *= b;
+    return z < 0.0f ? 1.0f / r : r;
+  }
+  if (x < 0.0f)
+    return __builtin_nanf("");
+  return x == 0.0f ? (z > 0.0f ? 0.0f : __builtin_inff()) : exp2f(z * log2f(x));
+}
+GPU_INLINE float applyOp(int kind, float x, float z, float alpha, float beta) {
+  switch (kind) {
+  case MOERT_GPU_OP_ADD:
+    return x + z;
+  case MOERT_GPU_OP_SUB:
+    return x - z;
+  case MOERT_GPU_OP_MUL:
+    return x * z;
+  case MOERT_GPU_OP_DIV:
+    return x / z;
+  case MOERT_GPU_OP_POW:
+    return powf(x, z);
+  case MOERT_GPU_OP_MAX: // a NaN wins, as on the host
+    return x != x || z != z ? x + z : x > z ? x : z;
+  case MOERT_GPU_OP_MIN:
+    return x != x || z != z ? x + z : x < z ? x : z;
+  case MOERT_GPU_OP_PRELU:
+    return x < 0.0f ? x * z : x;
+  case MOERT_GPU_OP_NEG:
+    return -x;
+  case MOERT_GPU_OP_ABS:
+    return x < 0.0f ? -x : x;
+  case MOERT_GPU_OP_RELU:
+    return x > 0.0f ? x : 0.0f;
+  case MOERT_GPU_OP_EXP:
+    return expf(x);
+  case MOERT_GPU_OP_LOG:
+    return logf(x);
+  case MOERT_GPU_OP_SQRT:
+    return sqrtf(x);
+  case MOERT_GPU_OP_RECIPROCAL:
+    return 1.0f / x;
+  case MOERT_GPU_OP_SIGMOID:
+    return sigmoid(x);
+  case MOERT_GPU_OP_TANH:
+    return tanhf(x);
+  case MOERT_GPU_OP_ERF:
+    return erff(x);
+  case MOERT_GPU_OP_GELU_ERF:
+    return geluErf(x);
+  case MOERT_GPU_OP_GELU_TANH:
+    return geluTanh(x);
+  case MOERT_GPU_OP_SOFTPLUS: // log(1 + e^x) without overflow for large x
+    return x > 0.0f ? x + logf(1.0f + expf(-x)) : logf(1.0f + expf(x));
+  case MOERT_GPU_OP_SOFTSIGN:
+    return x / (1.0f + (x < 0.0f ? -x : x));
+  case MOERT_GPU_OP_LEAKY_RELU:
+    return x < 0.0f ? alpha * x : x;
+  case MOERT_GPU_OP_ELU:
+    return x < 0.0f ? alpha * (expf(x) - 1.0f) : x;
+  case MOERT_GPU_OP_HARD_SIGMOID:
+    return maxf(0.0f, minf(1.0f, alpha * x + beta));
+  case MOERT_GPU_OP_CLIP:
+    return x < alpha ? alpha : x > beta ? beta : x;
+  default: // MOERT_GPU_OP_COPY
+    return x;
+  }
+}
+
 struct GraphOps {
   static GPU_INLINE void strided(const moert_gpu_op_args &a) {
     const int64_t step = int64_t(gridX()) * MOERT_GPU_BLOCK;
     for (int64_t i = int64_t(blockX()) * MOERT_GPU_BLOCK + threadId(); i < a.n; i += step) {
-      int64_t rest = i, ia = 0, ib = 0, io = a.out_offset;
+      int64_t rest = i, ia = a.a_offset, ib = 0, io = a.out_offset;
       for (int d = a.rank - 1; d >= 0; --d) { // the coordinate of element i, innermost dim first
         const int64_t c = rest % a.dims[d];
         rest /= a.dims[d];
         ia += c * a.a_strides[d], ib += c * a.b_strides[d], io += c * a.out_strides[d];
       }
-      const float x = a.a[ia];
-      float y = x;
-      if (a.kind != MOERT_GPU_OP_COPY) {
-        const float z = a.b[ib];
-        y = a.kind == MOERT_GPU_OP_ADD   ? x + z
-            : a.kind == MOERT_GPU_OP_SUB ? x - z
-            : a.kind == MOERT_GPU_OP_MUL ? x * z
-                                         : x / z;
-      }
-      a.out[io] = y;
+      const bool binary = a.kind != MOERT_GPU_OP_COPY && a.kind < MOERT_GPU_OP_UNARY;
+      a.out[io] = applyOp(a.kind, a.a[ia], binary ? a.b[ib] : 0.0f, a.alpha, a.beta);
     }
+  }
+
+  // Reductions and softmax: one warp per row (moert_gpu_reduce_args).
+  static GPU_INLINE void reduce(const moert_gpu_reduce_args &a) {
+    constexpr int WARPS = MOERT_GPU_BLOCK / kWarp;
+    const int64_t r = int64_t(blockX()) * WARPS + warpId(), lane = laneId();
+    if (r >= a.rows)
+      return;
+    int64_t base = 0;
+    for (int64_t d = a.rank - 1, rest = r; d >= 0; --d) {
+      base += (rest % a.dims[d]) * a.strides[d];
+      rest /= a.dims[d];
+    }
+    auto at = [&](int64_t j) { // the input offset of the row's j-th reduced element
+      int64_t o = base;
+      for (int64_t d = a.red_rank - 1; d >= 0; --d) {
+        o += (j % a.red_dims[d]) * a.red_strides[d];
+        j /= a.red_dims[d];
+      }
+      return o;
+    };
+    const int kind = a.kind;
+    const bool extreme = kind == MOERT_GPU_RED_MAX || kind == MOERT_GPU_RED_MIN ||
+                         kind == MOERT_GPU_RED_LOG_SUM_EXP || kind >= MOERT_GPU_RED_SOFTMAX;
+    float m = kind == MOERT_GPU_RED_MIN ? __builtin_inff() : -__builtin_inff();
+    if (extreme) {
+      const bool isMin = kind == MOERT_GPU_RED_MIN;
+      for (int64_t j = lane; j < a.n; j += kWarp) {
+        const float v = a.x[at(j)];
+        m = v != v || (isMin ? v < m : v > m) ? v : m;
+      }
+#pragma unroll
+      for (int s = kWarp / 2; s > 0; s /= 2) { // a NaN anywhere wins
+        const float o = shflXor(m, s);
+        m = o != o || (isMin ? o < m : o > m) ? o : m;
+      }
+      if (kind == MOERT_GPU_RED_MAX || kind == MOERT_GPU_RED_MIN) {
+        if (lane == 0)
+          a.out[r] = m;
+        return;
+      }
+    }
+    float sum = 0.0f;
+    for (int64_t j = lane; j < a.n; j += kWarp) {
+      const float v = a.x[at(j)];
+      sum += extreme                                                        ? expf(v - m)
+             : kind == MOERT_GPU_RED_L1                                     ? (v < 0.0f ? -v : v)
+             : kind == MOERT_GPU_RED_L2 || kind == MOERT_GPU_RED_SUM_SQUARE ? v * v
+                                                                            : v;
+    }
+    sum = warpSum(sum);
+    if (kind >= MOERT_GPU_RED_SOFTMAX) {
+      const float inv = 1.0f / sum, logSum = logf(sum);
+      for (int64_t j = lane; j < a.n; j += kWarp) {
+        const int64_t o = at(j);
+        const float e = a.x[o] - m;
+        a.out[o] = kind == MOERT_GPU_RED_LOG_SOFTMAX ? e - logSum : expf(e) * inv;
+      }
+      return;
+    }
+    if (lane == 0)
+      a.out[r] = kind == MOERT_GPU_RED_MEAN          ? (a.n ? sum / float(a.n) : 0.0f)
+                 : kind == MOERT_GPU_RED_L2          ? sqrtf(sum)
+                 : kind == MOERT_GPU_RED_LOG_SUM_EXP ? m + logf(sum)
+                                                     : sum;
   }
 
   // A session cache's append on the device: one block per new row (moert_gpu_kv_append_args).

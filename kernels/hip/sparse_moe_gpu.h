@@ -40,24 +40,6 @@ namespace moert_gpu {
 constexpr int BLOCK = MOERT_GPU_BLOCK, TILE = MOERT_GPU_TILE, WARPS = BLOCK / kWarp;
 constexpr int PIECE = 128; // activations staged in shared memory per step of `down`
 
-GPU_INLINE float sigmoid(float a) { return 1.0f / (1.0f + expf(-a)); }
-// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): no device library here.
-GPU_INLINE float erff(float x) {
-  float s = x < 0.0f ? -1.0f : 1.0f, a = x * s;
-  float t = 1.0f / (1.0f + 0.3275911f * a);
-  float y = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
-  return s * (1.0f - y * expf(-a * a));
-}
-GPU_INLINE float tanhf(float x) {
-  float e = expf(-2.0f * (x < 0.0f ? -x : x));
-  float r = (1.0f - e) / (1.0f + e);
-  return x < 0.0f ? -r : r;
-}
-GPU_INLINE float geluErf(float a) { return 0.5f * a * (1.0f + erff(a * 0.70710678118654752f)); }
-GPU_INLINE float geluTanh(float a) {
-  return 0.5f * a * (1.0f + tanhf(0.79788456080286536f * (a + 0.044715f * a * a * a)));
-}
-
 // The expert weights of one expert (or the shared one) as rows of f32 values, whatever their storage:
 // C::W elements (f32, bf16, fp16), or (C::QBITS 8 / 4) symmetric integers packed along H (int4: two a byte,
 // low nibble first, zero point 8) with f16 (C::SCALE16: moec quantised them) or f32 scales — fc1 rows one per

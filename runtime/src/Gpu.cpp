@@ -284,7 +284,8 @@ public:
   std::vector<Kernels> dispatches;
   std::vector<LinearKernels> linears;
   std::vector<AttentionKernels> attentions;
-  void *strided = nullptr; // the graph ops' kernel (null: code from before it; graph ops on the host)
+  void *strided = nullptr; // the graph ops' kernels (null: code from before them; graph ops on the host)
+  void *reduce = nullptr;  // reductions and softmax
   void *rotary = nullptr, *norm = nullptr; // moec.Rotary's and moec.Norm's (null: code from before them)
   void *embedding = nullptr;               // moec.Embedding's (null: code from before it)
   void *kvAppend = nullptr; // a session cache's append (null: code from before it; caches stay on the host)
@@ -500,11 +501,15 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
     return a.gpu_code_size() == 0
                ? "the artifact has no GPU code (compile it with moec compile --target=cpu,cuda, "
                  "--target=cpu,hip or --target=cpu,emu)"
-               : "the artifact's GPU code is of another ABI";
+               : "the artifact's GPU code is of GPU ABI " + std::to_string(a.gpu_abi()) +
+                     ", this moert runs " + std::to_string(MOERT_GPU_ABI_VERSION) +
+                     " (compile the model again with this moec)";
   if (std::string e = loadCode(*d, a, map); !e.empty())
     return e;
   if (d->drv.moduleGetFunction(&d->strided, d->module, "moert_gpu_op_strided"))
     d->strided = nullptr;
+  if (d->drv.moduleGetFunction(&d->reduce, d->module, "moert_gpu_op_reduce"))
+    d->reduce = nullptr;
   if (d->drv.moduleGetFunction(&d->rotary, d->module, "moert_gpu_op_rotary"))
     d->rotary = nullptr;
   if (d->drv.moduleGetFunction(&d->norm, d->module, "moert_gpu_op_norm"))
@@ -1210,10 +1215,70 @@ bool runsDispatch(const Device &d, const pb::Step &s) {
          (s.has_attention() && hasAttention(d, int(s.attention().index())));
 }
 
+namespace {
+/// The strided kernel's kind for an elementwise op name (MOERT_GPU_OP_*), or -1.
+int elementwiseKind(const std::string &op) {
+  static const std::pair<const char *, int> kKinds[] = {
+      {"Add", MOERT_GPU_OP_ADD},
+      {"Sub", MOERT_GPU_OP_SUB},
+      {"Mul", MOERT_GPU_OP_MUL},
+      {"Div", MOERT_GPU_OP_DIV},
+      {"Pow", MOERT_GPU_OP_POW},
+      {"Max", MOERT_GPU_OP_MAX},
+      {"Min", MOERT_GPU_OP_MIN},
+      {"PRelu", MOERT_GPU_OP_PRELU},
+      {"Neg", MOERT_GPU_OP_NEG},
+      {"Abs", MOERT_GPU_OP_ABS},
+      {"Relu", MOERT_GPU_OP_RELU},
+      {"Exp", MOERT_GPU_OP_EXP},
+      {"Log", MOERT_GPU_OP_LOG},
+      {"Sqrt", MOERT_GPU_OP_SQRT},
+      {"Reciprocal", MOERT_GPU_OP_RECIPROCAL},
+      {"Sigmoid", MOERT_GPU_OP_SIGMOID},
+      {"Tanh", MOERT_GPU_OP_TANH},
+      {"Erf", MOERT_GPU_OP_ERF},
+      {"Gelu", MOERT_GPU_OP_GELU_ERF}, // approximate = "tanh": MOERT_GPU_OP_GELU_TANH (planOp)
+      {"Softplus", MOERT_GPU_OP_SOFTPLUS},
+      {"Softsign", MOERT_GPU_OP_SOFTSIGN},
+      {"LeakyRelu", MOERT_GPU_OP_LEAKY_RELU},
+      {"Elu", MOERT_GPU_OP_ELU},
+      {"HardSigmoid", MOERT_GPU_OP_HARD_SIGMOID},
+      {"Clip", MOERT_GPU_OP_CLIP}};
+  for (const auto &[name, kind] : kKinds)
+    if (op == name)
+      return kind;
+  return -1;
+}
+/// The reduce kernel's kind for a reduction or softmax op name (MOERT_GPU_RED_*), or -1.
+int reduceKind(const std::string &op) {
+  static const std::pair<const char *, int> kKinds[] = {{"ReduceSum", MOERT_GPU_RED_SUM},
+                                                        {"ReduceMean", MOERT_GPU_RED_MEAN},
+                                                        {"ReduceMax", MOERT_GPU_RED_MAX},
+                                                        {"ReduceMin", MOERT_GPU_RED_MIN},
+                                                        {"ReduceL1", MOERT_GPU_RED_L1},
+                                                        {"ReduceL2", MOERT_GPU_RED_L2},
+                                                        {"ReduceSumSquare", MOERT_GPU_RED_SUM_SQUARE},
+                                                        {"ReduceLogSumExp", MOERT_GPU_RED_LOG_SUM_EXP},
+                                                        {"Softmax", MOERT_GPU_RED_SOFTMAX},
+                                                        {"LogSoftmax", MOERT_GPU_RED_LOG_SOFTMAX}};
+  for (const auto &[name, kind] : kKinds)
+    if (op == name)
+      return kind;
+  return -1;
+}
+bool movementOp(const std::string &op) {
+  return op == "Transpose" || op == "Concat" || op == "Slice" || op == "Split" || op == "Expand" ||
+         op == "Gather";
+}
+} // namespace
+
 bool graphOpCandidate(const Device &d, const pb::Program &p, const pb::Step &s) {
-  if (!s.has_op() || s.op().blocks_size() || s.op().outputs_size() != 1 ||
-      p.values(s.op().outputs(0)).type().dtype() != pb::F32)
+  if (!s.has_op() || s.op().blocks_size() || s.op().outputs_size() < 1 ||
+      (s.op().outputs_size() > 1 && s.op().op() != "Split"))
     return false;
+  for (int64_t id : s.op().outputs())
+    if (id < 0 || p.values(id).type().dtype() != pb::F32)
+      return false;
   const std::string &op = s.op().op();
   if (op == "moec.Rotary")
     return d.rotary;
@@ -1221,23 +1286,39 @@ bool graphOpCandidate(const Device &d, const pb::Program &p, const pb::Step &s) 
     return d.norm;
   if (op == "moec.Embedding")
     return d.embedding;
-  return d.strided &&
-         (op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Transpose" || op == "Concat");
+  if (reduceKind(op) >= 0)
+    return d.reduce;
+  return d.strided && (elementwiseKind(op) >= 0 || movementOp(op));
 }
 
 namespace {
-/// Input k of a candidate that may be uploaded rather than be on the device already (inputQualifies).
+/// Input k of a candidate that may be uploaded rather than be on the device already (opQualifies).
 bool sideInput(const pb::OpStep &op, int k) {
   return (k > 0 && (op.op() == "moec.Rotary" || op.op() == "moec.Norm")) || op.op() == "moec.Embedding";
 }
-
 } // namespace
 
-bool inputQualifies(const pb::OpStep &op, int k, bool present, int dtype, bool constant, bool onDevice) {
-  const bool side = sideInput(op, k);
-  if (!present)
-    return side;
-  return (dtype == pb::F32 || op.op() == "moec.Embedding") && (side || constant || onDevice);
+bool parameterInput(const pb::OpStep &op, int k) {
+  const std::string &n = op.op();
+  return k > 0 && (n == "Slice" || n == "Split" || n == "Expand" || n == "Gather" || n == "Clip" ||
+                   n.rfind("Reduce", 0) == 0);
+}
+
+bool opQualifies(const pb::OpStep &op, const std::vector<OpInput> &in) {
+  for (int k = 0; k < int(in.size()); ++k) {
+    const OpInput &x = in[k];
+    const bool side = sideInput(op, k);
+    if (parameterInput(op, k)) { // integers are the host's; Clip's f32 bounds only as constants
+      if (x.present && x.dtype != pb::I64 && x.dtype != pb::I32 && !(x.dtype == pb::F32 && x.constant))
+        return false;
+      continue;
+    }
+    if (!x.present
+            ? !side
+            : (x.dtype != pb::F32 && op.op() != "moec.Embedding") || !(side || x.constant || x.onDevice))
+      return false;
+  }
+  return true;
 }
 
 namespace {
@@ -1248,16 +1329,60 @@ std::vector<int64_t> stridesOf(const std::vector<int64_t> &dims) {
     s[k - 1] = s[k] * dims[k];
   return s;
 }
-int64_t attrInt(const pb::OpStep &op, const char *name, int64_t fallback) {
+const pb::Attribute *attr(const pb::OpStep &op, const char *name) {
   for (const auto &at : op.attributes())
-    if (at.name() == name && at.ints_size() == 1)
-      return at.ints(0);
-  return fallback;
+    if (at.name() == name)
+      return &at;
+  return nullptr;
+}
+int64_t attrInt(const pb::OpStep &op, const char *name, int64_t fallback) {
+  const pb::Attribute *a = attr(op, name);
+  return a && a->ints_size() == 1 ? a->ints(0) : fallback;
+}
+float attrFloat(const pb::OpStep &op, const char *name, float fallback) {
+  const pb::Attribute *a = attr(op, name);
+  return a && a->floats_size() == 1 ? float(a->floats(0)) : fallback;
+}
+/// NumPy broadcasting of `a` and `b` (dims aligned on the right) into `out`; false when they do not.
+bool broadcastDims(const std::vector<int64_t> &a, const std::vector<int64_t> &b, std::vector<int64_t> &out) {
+  const size_t rank = std::max(a.size(), b.size());
+  out.assign(rank, 1);
+  for (size_t k = 0; k < rank; ++k)
+    for (const auto *d : {&a, &b}) {
+      const int64_t x = k + d->size() >= rank ? (*d)[k + d->size() - rank] : 1;
+      if (x != 1 && out[k] != 1 && x != out[k])
+        return false;
+      out[k] = x == 1 ? out[k] : x;
+    }
+  for (size_t k = 0; k < rank; ++k) // a 0-sized input dim against 1: the output is empty
+    for (const auto *d : {&a, &b})
+      if (k + d->size() >= rank && (*d)[k + d->size() - rank] == 0)
+        out[k] = 0;
+  return true;
+}
+/// The element strides that read `in` broadcast to `out` (0 along a broadcast dim).
+void broadcastStrides(const std::vector<int64_t> &in, const std::vector<int64_t> &out, int64_t *to) {
+  const size_t rank = out.size();
+  const std::vector<int64_t> s = stridesOf(in);
+  for (size_t k = 0; k < rank; ++k) {
+    const size_t at = k + in.size() - rank; // valid when k + size >= rank
+    to[k] = k + in.size() >= rank && in[at] != 1 ? s[at] : 0;
+  }
+}
+/// The integers of a parameter input (int64 or int32 host bytes of `dims`); false when it is not one.
+bool readInts(const std::vector<int64_t> &dims, int dtype, const void *host, std::vector<int64_t> &v) {
+  if (!host || (dtype != pb::I64 && dtype != pb::I32) || dims.size() > 1)
+    return false;
+  const int64_t n = dims.empty() ? 1 : dims[0];
+  v.resize(size_t(n));
+  for (int64_t i = 0; i < n; ++i)
+    v[i] = dtype == pb::I64 ? static_cast<const int64_t *>(host)[i] : static_cast<const int32_t *>(host)[i];
+  return true;
 }
 } // namespace
 
 bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, const std::vector<int> &dtypes,
-            OpPlan &plan) {
+            const std::vector<const void *> &host, OpPlan &plan) {
   plan = OpPlan{};
   const std::string &name = op.op();
   for (const auto &d : in)
@@ -1273,6 +1398,18 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
     plan.launches.push_back(l);
     return plan.launches.back();
   };
+  // A launch that reads input `a` at `strides` from `offset` into all of output `out` (of `dims`) at `at`.
+  auto copy = [&](const std::vector<int64_t> &dims, int a, const std::vector<int64_t> &strides,
+                  int64_t offset, int out, const std::vector<int64_t> &outStrides, int64_t at) {
+    OpPlan::Launch &l = launch(dims, a, -1);
+    for (size_t k = 0; k < dims.size(); ++k)
+      l.args.a_strides[k] = strides[k], l.args.out_strides[k] = outStrides[k];
+    l.args.a_offset = offset, l.args.out_offset = at, l.out = out;
+  };
+  auto ints = [&](size_t k, std::vector<int64_t> &v) {
+    return k < in.size() && k < dtypes.size() && k < host.size() && readInts(in[k], dtypes[k], host[k], v);
+  };
+  auto present = [&](size_t k) { return k < in.size() && k < dtypes.size() && dtypes[k] >= 0; };
   // The row-wise fused ops, planned by the CPU op's own checks (planRotary / planNorm; anything else runs on
   // the host, which reports it); an absent optional input has no dims.
   auto optional = [&](size_t k) { return in.size() > k && !in[k].empty() ? &in[k] : nullptr; };
@@ -1288,7 +1425,7 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
     r.seq_axis = g.seqAxis, r.interleaved = g.interleaved, r.deinterleave = g.deinterleave;
     r.transpose = g.transpose, r.cos_batch = g.cosBatch, r.eps = g.eps;
     plan.fused = 1;
-    plan.outDims = g.outDims;
+    plan.outDims = {g.outDims};
     return true;
   }
   if (name == "moec.Embedding") {
@@ -1299,7 +1436,7 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
              .empty())
       return false;
     plan.fused = 3;
-    plan.outDims = g.outDims;
+    plan.outDims = {g.outDims};
     return true;
   }
   if (name == "moec.Norm") {
@@ -1310,101 +1447,212 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
     moert_gpu_norm_args &n = plan.norm;
     n.d = g.d, n.rows = g.rows, n.kind = int32_t(g.kind), n.eps = g.eps;
     plan.fused = 2;
-    plan.outDims = in[MOERT_NORM_INPUT];
+    plan.outDims = {in[MOERT_NORM_INPUT]};
     return true;
   }
-  if (name == "Add" || name == "Sub" || name == "Mul" || name == "Div") {
-    if (in.size() != 2)
+  if (in.empty() || !present(0))
+    return false;
+  const std::vector<int64_t> &x = in[0];
+  if (const int red = reduceKind(name); red >= 0) {
+    // Kept dims (the rows) and reduced dims, each with its element strides in x; the output is the kept
+    // dims (keepdims or not: the same bytes), or x's own shape for softmax.
+    std::vector<bool> reduced;
+    std::vector<int64_t> axes;
+    if (red >= MOERT_GPU_RED_SOFTMAX) {
+      const int64_t ax = attrInt(op, "axis", -1) + (attrInt(op, "axis", -1) < 0 ? int64_t(x.size()) : 0);
+      if (x.empty() || ax < 0 || ax >= int64_t(x.size()))
+        return false;
+      reduced.assign(x.size(), false);
+      reduced[ax] = true;
+    } else if ((present(1) && !ints(1, axes)) ||
+               !reducedAxes(x.size(), axes, attrInt(op, "noop_with_empty_axes", 0) != 0, reduced).empty()) {
       return false;
-    const size_t rank = std::max(in[0].size(), in[1].size());
-    std::vector<int64_t> out(rank, 1);
-    for (size_t k = 0; k < rank; ++k) // NumPy broadcasting, dims aligned on the right
-      for (const auto &d : in) {
-        const int64_t x = k + d.size() >= rank ? d[k + d.size() - rank] : 1;
-        if (x != 1 && out[k] != 1 && x != out[k])
-          return false;
-        out[k] = x == 1 ? out[k] : x;
-      }
-    for (size_t k = 0; k < rank; ++k) // a 0-sized input dim against 1: the output is empty
-      for (const auto &d : in)
-        if (k + d.size() >= rank && d[k + d.size() - rank] == 0)
-          out[k] = 0;
-    plan.outDims = out;
-    OpPlan::Launch &l = launch(out, 0, 1);
-    l.args.kind = name == "Add"   ? MOERT_GPU_OP_ADD
-                  : name == "Sub" ? MOERT_GPU_OP_SUB
-                  : name == "Mul" ? MOERT_GPU_OP_MUL
-                                  : MOERT_GPU_OP_DIV;
-    const std::vector<int64_t> os = stridesOf(out);
-    for (int j = 0; j < 2; ++j) {
-      const std::vector<int64_t> s = stridesOf(in[j]);
-      int64_t *to = j ? l.args.b_strides : l.args.a_strides;
-      for (size_t k = 0; k < rank; ++k) {
-        const size_t at = k + in[j].size() - rank; // valid when k + size >= rank
-        to[k] = k + in[j].size() >= rank && in[j][at] != 1 ? s[at] : 0;
+    }
+    moert_gpu_reduce_args &r = plan.reduce;
+    r.kind = red;
+    r.rows = 1, r.n = 1;
+    const std::vector<int64_t> xs = stridesOf(x);
+    std::vector<int64_t> out;
+    const bool keep = attrInt(op, "keepdims", 1) != 0;
+    for (size_t k = 0; k < x.size(); ++k) {
+      if (reduced[k]) {
+        r.red_dims[r.red_rank] = x[k], r.red_strides[r.red_rank++] = xs[k], r.n *= x[k];
+        if (keep)
+          out.push_back(1);
+      } else {
+        r.dims[r.rank] = x[k], r.strides[r.rank++] = xs[k], r.rows *= x[k];
+        out.push_back(x[k]);
       }
     }
-    for (size_t k = 0; k < rank; ++k)
-      l.args.out_strides[k] = os[k];
+    if ((r.n == 0 && red != MOERT_GPU_RED_SUM && red != MOERT_GPU_RED_MEAN) || r.rows == 0)
+      return false; // the host's empty-axis rules
+    plan.fused = 4;
+    plan.outDims = {red >= MOERT_GPU_RED_SOFTMAX ? x : out};
     return true;
   }
+  if (const int kind = elementwiseKind(name); kind >= 0) {
+    if (kind != MOERT_GPU_OP_COPY && kind < MOERT_GPU_OP_UNARY &&
+        !((name == "Max" || name == "Min") && in.size() == 1)) { // binary, broadcasting
+      std::vector<int64_t> out;
+      if (in.size() != 2 || !present(1) || !broadcastDims(x, in[1], out))
+        return false;
+      plan.outDims = {out};
+      OpPlan::Launch &l = launch(out, 0, 1);
+      l.args.kind = kind;
+      broadcastStrides(x, out, l.args.a_strides);
+      broadcastStrides(in[1], out, l.args.b_strides);
+      const std::vector<int64_t> os = stridesOf(out);
+      for (size_t k = 0; k < out.size(); ++k)
+        l.args.out_strides[k] = os[k];
+      return true;
+    }
+    // Unary, as one run of numel elements.
+    if (in.size() > (name == "Clip" ? 3u : 1u))
+      return false;
+    int64_t n = 1;
+    for (int64_t v : x)
+      n *= v;
+    plan.outDims = {x};
+    OpPlan::Launch &l = launch({n}, 0, -1);
+    l.args.kind = name == "Gelu" && attr(op, "approximate") && attr(op, "approximate")->s() == "tanh"
+                      ? MOERT_GPU_OP_GELU_TANH
+                  : kind < MOERT_GPU_OP_UNARY ? MOERT_GPU_OP_COPY // Max / Min of one input
+                                              : kind;
+    l.args.a_strides[0] = l.args.out_strides[0] = 1;
+    l.args.alpha = name == "LeakyRelu"     ? attrFloat(op, "alpha", 0.01f)
+                   : name == "Elu"         ? attrFloat(op, "alpha", 1.0f)
+                   : name == "HardSigmoid" ? attrFloat(op, "alpha", 0.2f)
+                                           : 0.0f;
+    l.args.beta = name == "HardSigmoid" ? attrFloat(op, "beta", 0.5f) : 0.0f;
+    if (name == "Clip") { // bounds from constant f32 scalars (opQualifies), else the f32 range
+      l.args.alpha = -std::numeric_limits<float>::max(), l.args.beta = std::numeric_limits<float>::max();
+      for (size_t k = 1; k < in.size(); ++k) {
+        if (!present(k))
+          continue;
+        int64_t count = 1;
+        for (int64_t v : in[k])
+          count *= v;
+        if (dtypes[k] != pb::F32 || count > 1 || !host[k])
+          return false;
+        if (count == 1)
+          (k == 1 ? l.args.alpha : l.args.beta) = *static_cast<const float *>(host[k]);
+      }
+    }
+    return true;
+  }
+  const size_t rank = x.size();
+  const std::vector<int64_t> xs = stridesOf(x);
   if (name == "Transpose") {
     if (in.size() != 1)
       return false;
-    const size_t rank = in[0].size();
     std::vector<int64_t> perm;
-    for (const auto &at : op.attributes())
-      if (at.name() == "perm")
-        perm.assign(at.ints().begin(), at.ints().end());
+    if (const pb::Attribute *a = attr(op, "perm"))
+      perm.assign(a->ints().begin(), a->ints().end());
     if (perm.empty())
       for (size_t k = rank; k-- > 0;)
         perm.push_back(int64_t(k));
     if (perm.size() != rank)
       return false;
     std::vector<bool> seen(rank, false);
-    std::vector<int64_t> out(rank);
+    std::vector<int64_t> out(rank), st(rank);
     for (size_t k = 0; k < rank; ++k) {
       if (perm[k] < 0 || perm[k] >= int64_t(rank) || seen[perm[k]])
         return false;
       seen[perm[k]] = true;
-      out[k] = in[0][perm[k]];
+      out[k] = x[perm[k]], st[k] = xs[perm[k]];
     }
-    plan.outDims = out;
-    OpPlan::Launch &l = launch(out, 0, -1);
-    const std::vector<int64_t> s = stridesOf(in[0]), os = stridesOf(out);
-    for (size_t k = 0; k < rank; ++k)
-      l.args.a_strides[k] = s[perm[k]], l.args.out_strides[k] = os[k];
+    plan.outDims = {out};
+    copy(out, 0, st, 0, 0, stridesOf(out), 0);
     return true;
   }
   if (name == "Concat") {
-    if (in.empty())
-      return false;
-    const int64_t rank = int64_t(in[0].size());
     int64_t axis = attrInt(op, "axis", 0);
     if (axis < 0)
-      axis += rank;
-    if (axis < 0 || axis >= rank)
+      axis += int64_t(rank);
+    if (axis < 0 || axis >= int64_t(rank))
       return false;
-    std::vector<int64_t> out = in[0];
+    std::vector<int64_t> out = x;
     out[axis] = 0;
     for (const auto &d : in) {
-      if (int64_t(d.size()) != rank)
+      if (d.size() != rank)
         return false;
-      for (int64_t k = 0; k < rank; ++k)
+      for (int64_t k = 0; k < int64_t(rank); ++k)
         if (k != axis && d[k] != out[k])
           return false;
       out[axis] += d[axis];
     }
-    plan.outDims = out;
+    plan.outDims = {out};
     const std::vector<int64_t> os = stridesOf(out);
     int64_t at = 0;
     for (size_t j = 0; j < in.size(); ++j) {
-      OpPlan::Launch &l = launch(in[j], int(j), -1);
-      const std::vector<int64_t> s = stridesOf(in[j]);
-      for (int64_t k = 0; k < rank; ++k)
-        l.args.a_strides[k] = s[k], l.args.out_strides[k] = os[k];
-      l.args.out_offset = at * os[axis];
+      copy(in[j], int(j), stridesOf(in[j]), 0, 0, os, at * os[axis]);
       at += in[j][axis];
+    }
+    return true;
+  }
+  if (name == "Slice") { // starts, ends, axes, steps: opset 10's inputs (parameters)
+    std::vector<int64_t> starts, ends, axes, steps;
+    SlicePlan g;
+    if (in.size() < 3 || !ints(1, starts) || !ints(2, ends) || (present(3) && !ints(3, axes)) ||
+        (present(4) && !ints(4, steps)) || !planSlice(x, starts, ends, axes, steps, g).empty())
+      return false;
+    plan.outDims = {g.outDims};
+    copy(g.outDims, 0, g.strides, g.start, 0, stridesOf(g.outDims), 0);
+    return true;
+  }
+  if (name == "Split") {
+    int64_t axis = attrInt(op, "axis", 0);
+    if (axis < 0)
+      axis += int64_t(rank);
+    std::vector<int64_t> given, sizes;
+    const int64_t n = op.outputs_size();
+    if (axis < 0 || axis >= int64_t(rank) || (present(1) && !ints(1, given)) ||
+        !splitSizes(x[axis], n, given, sizes).empty())
+      return false;
+    int64_t at = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      std::vector<int64_t> out = x;
+      out[axis] = sizes[j];
+      plan.outDims.push_back(out);
+      copy(out, 0, xs, at * xs[axis], int(j), stridesOf(out), 0);
+      at += sizes[j];
+    }
+    return true;
+  }
+  if (name == "Expand") {
+    std::vector<int64_t> shape, out;
+    if (in.size() != 2 || !ints(1, shape) || !broadcastDims(x, shape, out) || out.size() > MOERT_GPU_OP_RANK)
+      return false;
+    std::vector<int64_t> st(out.size());
+    broadcastStrides(x, out, st.data());
+    plan.outDims = {out};
+    copy(out, 0, st, 0, 0, stridesOf(out), 0);
+    return true;
+  }
+  if (name == "Gather") { // a few indices: one copy of x's slab at each
+    std::vector<int64_t> idx;
+    int64_t axis = attrInt(op, "axis", 0);
+    if (axis < 0)
+      axis += int64_t(rank);
+    if (in.size() != 2 || axis < 0 || axis >= int64_t(rank) || in[1].size() > 1 || !ints(1, idx) ||
+        idx.size() > 16)
+      return false;
+    std::vector<int64_t> out(x.begin(), x.begin() + axis);
+    out.insert(out.end(), in[1].begin(), in[1].end());
+    out.insert(out.end(), x.begin() + axis + 1, x.end());
+    if (out.size() > MOERT_GPU_OP_RANK)
+      return false;
+    plan.outDims = {out};
+    int64_t outer = 1, inner = 1;
+    for (int64_t k = 0; k < int64_t(rank); ++k)
+      (k < axis ? outer : inner) *= k == axis ? 1 : x[k];
+    const int64_t len = x[axis], ni = int64_t(idx.size());
+    for (int64_t j = 0; j < ni; ++j) {
+      int64_t i = idx[j];
+      if (i < -len || i >= len)
+        return false; // the host reports the index
+      i += i < 0 ? len : 0;
+      copy({outer, inner}, 0, {len * inner, 1}, i * inner, 0, {ni * inner, 1}, j * inner);
     }
     return true;
   }
@@ -1412,24 +1660,30 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
 }
 
 std::string runOp(Device &d, Residency &r, const OpPlan &plan,
-                  const std::vector<std::pair<const void *, size_t>> &inputs, void *output,
-                  size_t outputBytes) {
+                  const std::vector<std::pair<const void *, size_t>> &inputs,
+                  const std::vector<std::pair<void *, size_t>> &outputs) {
   std::lock_guard<std::mutex> lock(d.mutex);
   d.setCurrent();
-  Ptr out = 0;
-  std::vector<Ptr> in(inputs.size(), 0);
+  std::vector<Ptr> in(inputs.size(), 0), out(outputs.size(), 0);
   std::string e;
   if (plan.fused) { // every present input (the side ones uploaded when not there), then one launch
     for (size_t j = 0; j < inputs.size(); ++j)
-      if (inputs[j].first && inputs[j].second &&
+      if (inputs[j].first && inputs[j].second && (plan.fused != 4 || j == 0) &&
           (e = r.input(inputs[j].first, inputs[j].second, in[j])).size())
         return e;
-    if (outputBytes && (e = r.output(output, outputBytes, out)).size())
+    if (outputs[0].second && (e = r.output(outputs[0].first, outputs[0].second, out[0])).size())
       return e;
     auto at = [&](size_t j) {
       return j < in.size() && in[j] ? reinterpret_cast<const float *>(in[j]) : nullptr;
     };
     void *params[1];
+    if (plan.fused == 4) {
+      moert_gpu_reduce_args a = plan.reduce;
+      a.x = at(0), a.out = reinterpret_cast<float *>(out[0]);
+      params[0] = &a;
+      const int64_t blocks = (a.rows + d.warps - 1) / d.warps;
+      return blocks ? d.launch(d.reduce, blocks, 1, 1, params, "launch (reduction)") : "";
+    }
     if (plan.fused == 3) { // the indices are checked where they are (the host) before a block reads a row
       const EmbeddingPlan &g = plan.embedding;
       const void *idx = inputs[MOERT_EMBED_SLOTS].first;
@@ -1445,21 +1699,21 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
       a.storage = g.storage, a.idx64 = g.idx64;
       a.table = reinterpret_cast<const void *>(in[MOERT_EMBED_ROWS]);
       a.idx = reinterpret_cast<const void *>(in[MOERT_EMBED_SLOTS]);
-      a.scales = at(MOERT_EMBED_SCALES), a.out = reinterpret_cast<float *>(out);
+      a.scales = at(MOERT_EMBED_SCALES), a.out = reinterpret_cast<float *>(out[0]);
       params[0] = &a;
       return a.n ? d.launch(d.embedding, a.n, 1, 1, params, "launch (embedding)") : "";
     }
     if (plan.fused == 1) {
       moert_gpu_rotary_args a = plan.rotary;
       a.x = at(MOERT_ROTARY_INPUT), a.cos = at(MOERT_ROTARY_COS), a.sin = at(MOERT_ROTARY_SIN);
-      a.norm_weight = at(MOERT_ROTARY_NORM_WEIGHT), a.out = reinterpret_cast<float *>(out);
+      a.norm_weight = at(MOERT_ROTARY_NORM_WEIGHT), a.out = reinterpret_cast<float *>(out[0]);
       params[0] = &a;
       const int64_t blocks = (a.rows + d.warps - 1) / d.warps;
       return blocks ? d.launch(d.rotary, blocks, 1, 1, params, "launch (rotary)") : "";
     }
     moert_gpu_norm_args a = plan.norm;
     a.x = at(MOERT_NORM_INPUT), a.w = at(MOERT_NORM_WEIGHT), a.b = at(MOERT_NORM_BIAS);
-    a.out = reinterpret_cast<float *>(out);
+    a.out = reinterpret_cast<float *>(out[0]);
     params[0] = &a;
     return a.rows ? d.launch(d.norm, a.rows, 1, 1, params, "launch (norm)") : "";
   }
@@ -1468,15 +1722,16 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
       if (j >= 0 && !in[j] && inputs[j].second &&
           (e = r.input(inputs[j].first, inputs[j].second, in[j])).size())
         return e;
-  if (outputBytes && (e = r.output(output, outputBytes, out)).size())
-    return e;
+  for (size_t j = 0; j < outputs.size(); ++j)
+    if (outputs[j].second && (e = r.output(outputs[j].first, outputs[j].second, out[j])).size())
+      return e;
   for (const auto &l : plan.launches) {
     if (l.args.n == 0)
       continue;
     moert_gpu_op_args args = l.args;
     args.a = reinterpret_cast<const float *>(in[l.a]);
     args.b = l.b >= 0 ? reinterpret_cast<const float *>(in[l.b]) : nullptr;
-    args.out = reinterpret_cast<float *>(out);
+    args.out = reinterpret_cast<float *>(out[l.out]);
     void *params[] = {&args};
     if ((e = d.launch(d.strided, moert_gpu_op_blocks(args.n), 1, 1, params, "launch (graph op)")).size())
       return e;

@@ -132,41 +132,57 @@ std::string runAttention(Device &d, Residency &r, int index, const moert_attenti
 /// A MoE, linear or attention dispatch step the device has kernels for (an attention over a session's cache
 /// appended in place still runs on the CPU: the run loop decides that one).
 bool runsDispatch(const Device &d, const proto::Step &s);
-/// An op step the graph-op kernels (kernels/hip/ops_gpu.h) may run: Add / Sub / Mul / Div (broadcasting),
-/// Transpose or Concat with one f32 output, moec.Rotary, moec.Norm or moec.Embedding, in artifacts whose GPU
-/// code has the kernel. It runs there when every input qualifies (inputQualifies) and planOp plans its
-/// shapes.
+/// An op step the graph-op kernels (kernels/hip/ops_gpu.h) may run, in artifacts whose GPU code has them: the
+/// f32 elementwise ops (Add, Sub, Mul, Div, Pow, Max, Min, PRelu with broadcasting; the unary ops and
+/// activations of graphOpKind), Transpose, Concat, Slice, Split, Expand, Gather, the reductions (ReduceSum,
+/// ReduceMean, ReduceMax, ReduceMin, ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSumExp), Softmax and
+/// LogSoftmax, with f32 outputs; moec.Rotary, moec.Norm and moec.Embedding. It runs there when every input
+/// qualifies (opQualifies) and planOp plans its shapes.
 bool graphOpCandidate(const Device &d, const proto::Program &p, const proto::Step &s);
-/// Whether input k of a candidate lets it run on the device: absent only where it is a side input; present,
-/// of a dtype the kernel takes (f32, but moec.Embedding's table in its storage and its int64 / int32 indices:
-/// planOp checks those) and a side input, a constant or already on the device. Side inputs may be uploaded
-/// rather than be there already: moec.Rotary's cos / sin tables and norm weight, moec.Norm's weight and bias
-/// (small; the row input decides), every input of moec.Embedding (its table a constant, uploaded once; its
-/// indices from the host, a few bytes for a row of H floats). The run loop and `moert inspect`'s plan both
-/// ask this.
-bool inputQualifies(const proto::OpStep &op, int k, bool present, int dtype, bool constant, bool onDevice);
+/// Where a candidate's input is (absent: present false; dtype a proto::DType).
+struct OpInput {
+  bool present = false;
+  int dtype = -1;
+  bool constant = false, onDevice = false;
+};
+/// Whether a candidate may run on the device, given its inputs: each present, of a dtype the kernel takes
+/// (f32, but moec.Embedding's table in its storage and its int64 / int32 indices: planOp checks those) and a
+/// side input, a parameter, a constant or already on the device; absent only where it is a side input or a
+/// parameter. Side inputs may be uploaded rather than be there already: moec.Rotary's cos / sin tables and
+/// norm weight, moec.Norm's weight and bias (small; the row input decides), every input of moec.Embedding
+/// (its table a constant, uploaded once; its indices from the host, a few bytes for a row of H floats).
+/// Parameters are read on the host by planOp: Slice's starts / ends / axes / steps, Split's sizes, Expand's
+/// shape, Gather's indices, a reduction's axes (integers: never on the device), Clip's bounds (constants).
+/// The run loop and `moert inspect`'s plan both ask this; the load-time plan also keeps on the host the ops
+/// whose results only host steps read (moert_model::gpuOps).
+bool opQualifies(const proto::OpStep &op, const std::vector<OpInput> &in);
+/// Whether input k of a candidate is a parameter (above): read on the host, never copied to the device.
+bool parameterInput(const proto::OpStep &op, int k);
 struct OpPlan {
-  std::vector<int64_t> outDims;
-  int fused = 0; // 1: moec.Rotary (`rotary`), 2: moec.Norm (`norm`), 3: moec.Embedding (`embedding`), one
-                 // launch each; 0: `launches`
+  std::vector<std::vector<int64_t>> outDims; // each output's
+  int fused = 0; // 1: moec.Rotary (`rotary`), 2: moec.Norm (`norm`), 3: moec.Embedding (`embedding`),
+                 // 4: a reduction or softmax (`reduce`), one launch each; 0: `launches`
   moert_gpu_rotary_args rotary{};
   moert_gpu_norm_args norm{};
+  moert_gpu_reduce_args reduce{};
   EmbeddingPlan embedding; // its indices checked on the host before the launch
   struct Launch {
     moert_gpu_op_args args{}; // pointers filled at run time
     int a = -1, b = -1;       // the step inputs the launch reads
+    int out = 0;              // the output it writes
   };
   std::vector<Launch> launches;
 };
 /// Plans op step `op` on inputs of dims `in` and dtypes `dtypes` (proto::DType; -1 for an absent input);
-/// false when the device kernel cannot run it (a rank above MOERT_GPU_OP_RANK, shapes that do not broadcast,
-/// an axis out of range, ...): the host runs it then.
+/// `host`: each input's host bytes where planOp reads them (its parameters, see opQualifies), else null.
+/// False when the device kernel cannot run it (a rank above MOERT_GPU_OP_RANK, shapes that do not broadcast,
+/// an axis out of range, an index outside the axis, ...): the host runs it then, and reports what is wrong.
 bool planOp(const proto::OpStep &op, const std::vector<std::vector<int64_t>> &in,
-            const std::vector<int> &dtypes, OpPlan &plan);
-/// Runs a planned op on host ranges (each input's bytes, the output's) through the residency.
+            const std::vector<int> &dtypes, const std::vector<const void *> &host, OpPlan &plan);
+/// Runs a planned op on host ranges (each input's bytes, each output's) through the residency.
 std::string runOp(Device &d, Residency &r, const OpPlan &plan,
-                  const std::vector<std::pair<const void *, size_t>> &inputs, void *output,
-                  size_t outputBytes);
+                  const std::vector<std::pair<const void *, size_t>> &inputs,
+                  const std::vector<std::pair<void *, size_t>> &outputs);
 
 /// "CUDA: NVIDIA H100 80GB HBM3 (sm_90)".
 std::string describe(const Device &d);

@@ -104,6 +104,24 @@ std::string planEmbedding(const proto::OpStep &op, const std::vector<int64_t> &t
 /// range.
 std::string embeddingRow(const EmbeddingPlan &p, int64_t r, int64_t &row);
 
+/// Slice's geometry from x's dims and its starts, ends, axes and steps (axes, steps empty: 0, 1, ... and
+/// ones): the output's dims, the input's element strides along them and the first element's offset. What
+/// the CPU op (ops/Movement.cpp) and the GPU kernel (gpu::planOp) both use: "" or what does not fit.
+struct SlicePlan {
+  std::vector<int64_t> outDims, strides;
+  int64_t start = 0;
+};
+std::string planSlice(const std::vector<int64_t> &x, const std::vector<int64_t> &starts,
+                      const std::vector<int64_t> &ends, std::vector<int64_t> axes, std::vector<int64_t> steps,
+                      SlicePlan &p);
+/// Split's output sizes along an axis of `len` into `n` outputs: `given` (its split input), or when empty
+/// equal parts, the last smaller. "" or what does not fit.
+std::string splitSizes(int64_t len, int64_t n, std::vector<int64_t> given, std::vector<int64_t> &sizes);
+/// Which of a reduction's `rank` axes it reduces (`axes`: its axes input, maybe negative; empty: all, or none
+/// with noop_with_empty_axes). "" or the axis out of range.
+std::string reducedAxes(size_t rank, const std::vector<int64_t> &axes, bool noopWithEmpty,
+                        std::vector<bool> &reduced);
+
 /// An op's kernel, found by name once (at load); null when this moert has none.
 struct OpEntry;
 const OpEntry *findOpKernel(const std::string &op);

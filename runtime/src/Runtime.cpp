@@ -570,9 +570,9 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     const pb::Step &s = *m->flat[si];
     auto start = std::chrono::steady_clock::now();
     std::string label;
-    // A graph op the device runs (f32 Add / Sub / Mul / Div, Transpose, Concat that its kernel can plan,
+    // A graph op the device runs (gpu::graphOpCandidate: f32 elementwise ops, movement, reductions, softmax,
     // moec.Rotary, moec.Norm, moec.Embedding), when its inputs are there already (constants and side inputs
-    // aside: those are uploaded): it then adds no copy, and its result stays there.
+    // aside: those are uploaded; parameters are read here): it then adds no copy, and its results stay there.
     moert::gpu::OpPlan opPlan;
     bool gpuOp = residency &&
                  !(caches && m->appendsCache[si] >= 0) && // a cache append writes its buffer here
@@ -580,22 +580,27 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     if (gpuOp) {
       std::vector<std::vector<int64_t>> dims;
       std::vector<int> dtypes;
+      std::vector<const void *> host; // what planOp may read on the host: integers and constants
+      std::vector<moert::gpu::OpInput> where;
       for (int k = 0; gpuOp && k < s.op().inputs_size(); ++k) {
         const int64_t id = s.op().inputs(k);
-        if (id < 0) { // an absent optional input
-          gpuOp = moert::gpu::inputQualifies(s.op(), k, false, -1, false, false);
-          dims.emplace_back();
-          dtypes.push_back(-1);
+        dims.emplace_back();
+        dtypes.push_back(-1);
+        host.push_back(nullptr);
+        where.emplace_back();
+        if (id < 0) // an absent optional input
           continue;
-        }
         const Tensor &t = values[id];
-        gpuOp = t.isTensor() && t.computed() &&
-                moert::gpu::inputQualifies(s.op(), k, true, t.dtype, p.values(id).has_constant_section(),
-                                           moert::gpu::onDevice(*residency, t.data, t.bytes()));
-        dims.push_back(t.dims);
-        dtypes.push_back(t.dtype);
+        gpuOp = t.isTensor() && t.computed();
+        const bool constant = p.values(id).has_constant_section();
+        where.back() = {true, t.dtype, constant, moert::gpu::onDevice(*residency, t.data, t.bytes())};
+        dims.back() = t.dims;
+        dtypes.back() = t.dtype;
+        if (constant || t.dtype == moert::proto::I64 || t.dtype == moert::proto::I32)
+          host.back() = t.data;
       }
-      gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, dtypes, opPlan);
+      gpuOp = gpuOp && m->gpuOps[si] && moert::gpu::opQualifies(s.op(), where);
+      gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, dtypes, host, opPlan);
     }
     // An attention over a session's cache appended in place reads the cache's host buffer (CPU kernel),
     // unless the session keeps that cache on the device too.
@@ -699,13 +704,16 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         place(o.outputs(k), outs[k]);
       }
       if (gpuOp) {
-        if (!outs[0].alloc(moert::proto::F32, opPlan.outDims))
-          return makeError("out of memory for " + o.op() + " '" + p.values(o.outputs(0)).name() + "'");
+        std::vector<std::pair<void *, size_t>> made;
+        for (int k = 0; k < o.outputs_size(); ++k) {
+          if (!outs[k].alloc(moert::proto::F32, opPlan.outDims[k]))
+            return makeError("out of memory for " + o.op() + " '" + p.values(o.outputs(k)).name() + "'");
+          made.push_back({outs[k].mut<char>(), outs[k].bytes()});
+        }
         std::vector<std::pair<const void *, size_t>> ranges;
         for (const Tensor &t : ins)
           ranges.push_back({t.data, t.bytes()});
-        std::string why =
-            moert::gpu::runOp(*m->gpu, *residency, opPlan, ranges, outs[0].mut<char>(), outs[0].bytes());
+        std::string why = moert::gpu::runOp(*m->gpu, *residency, opPlan, ranges, made);
         if (!why.empty())
           return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
       } else if (o.blocks_size() > 0) { // If / Loop / Scan

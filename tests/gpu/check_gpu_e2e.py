@@ -121,6 +121,76 @@ def graph_ops_model(path):
     onnx.save(model, path)
 
 
+def more_graph_ops_model(path):
+    """The rest of the graph ops the device runs (kernels/hip/ops_gpu.h), each on a projection of x (a and b,
+    [1, T, 48]: one linear dispatch with two outputs, so every op's input is on the device): activations and
+    unary ops, Pow (integer and fractional exponents), Max / Min / PRelu, Clip with constant bounds; Slice
+    (steps 2 and -3), Split (two outputs), Expand, Gather (three indices, and one scalar index); the
+    reductions over the last axis, over T (keepdims 0) and over everything; Softmax over the last axis and
+    over T (strided), LogSoftmax. Outputs: each group concatenated on the device."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(29)
+    k, n = 64, 48
+    c = {"w1": (rng.standard_normal((k, n)) / 4).astype(np.float32),
+         "w2": (rng.standard_normal((k, n)) / 4).astype(np.float32),
+         "one": np.ones(1, np.float32), "lo": np.array(-0.5, np.float32), "hi": np.array(0.75, np.float32),
+         "p15": np.array(1.5, np.float32), "p3": np.array(3.0, np.float32), "p2": np.array(2.0, np.float32),
+         "slope": rng.uniform(0.05, 0.5, n).astype(np.float32),
+         "s_st": np.array([1], np.int64), "s_en": np.array([-1], np.int64), "ax2": np.array([2], np.int64),
+         "s_step": np.array([2], np.int64), "r_st": np.array([-1], np.int64),
+         "r_en": np.array([-1000], np.int64), "r_step": np.array([-3], np.int64),
+         "sizes": np.array([16, 32], np.int64), "shape": np.array([1, 1, 8], np.int64),
+         "idx": np.array([5, -1, 0], np.int64), "idx0": np.array(0, np.int64), "ax1": np.array([1], np.int64)}
+    inits = [numpy_helper.from_array(v, name) for name, v in c.items()]
+    N = helper.make_node
+    nodes = [N("MatMul", ["x", "w1"], ["a"]), N("MatMul", ["x", "w2"], ["b"]),
+             N("Abs", ["a"], ["abs_a"]), N("Abs", ["b"], ["abs_b"]), N("Add", ["abs_b", "one"], ["b1"]),
+             N("Sigmoid", ["a"], ["sig"]), N("Mul", ["a", "sig"], ["silu"]),
+             N("Gelu", ["b"], ["gelu_t"], approximate="tanh"), N("Gelu", ["a"], ["gelu"]),
+             N("Tanh", ["a"], ["tanh"]), N("Erf", ["b"], ["erf"]), N("Neg", ["abs_a"], ["neg"]),
+             N("Exp", ["neg"], ["exp"]), N("Log", ["b1"], ["log"]), N("Sqrt", ["abs_a"], ["sqrt"]),
+             N("Reciprocal", ["b1"], ["recip"]), N("Relu", ["a"], ["relu"]),
+             N("LeakyRelu", ["b"], ["leaky"], alpha=0.2), N("Elu", ["a"], ["elu"], alpha=0.7),
+             N("HardSigmoid", ["b"], ["hsig"], alpha=0.3, beta=0.4), N("Softplus", ["a"], ["softplus"]),
+             N("Softsign", ["b"], ["softsign"]), N("Clip", ["a", "lo", "hi"], ["clip"]),
+             N("Pow", ["sig", "p15"], ["pow15"]), N("Pow", ["clip", "p3"], ["pow3"]), N("Pow", ["sig", "p2"], ["pow2"]),
+             N("Max", ["a", "b"], ["max"]), N("Min", ["a", "b"], ["min"]), N("PRelu", ["a", "slope"], ["prelu"]),
+             N("Concat", ["silu", "gelu_t", "gelu", "tanh", "erf", "exp", "log", "sqrt", "recip", "relu", "leaky",
+                          "elu", "hsig", "softplus", "softsign", "clip", "pow15", "pow3", "pow2", "max", "min",
+                          "prelu"], ["elem"], axis=2),
+             N("Slice", ["a", "s_st", "s_en", "ax2", "s_step"], ["sl1"]),
+             N("Slice", ["b", "r_st", "r_en", "ax2", "r_step"], ["sl2"]),
+             N("Split", ["b", "sizes"], ["sp1", "sp2"], axis=2),
+             N("ReduceMean", ["a", "ax2"], ["mean_row"], keepdims=1),
+             N("Expand", ["mean_row", "shape"], ["expand"]),
+             N("Gather", ["a", "idx"], ["gat"], axis=2),
+             N("Concat", ["sl1", "sl2", "sp2", "expand", "gat"], ["move"], axis=2),
+             N("Gather", ["b", "idx0"], ["gat0"], axis=1),
+             N("ReduceSum", ["a", "ax1"], ["sum_t"], keepdims=0),
+             N("ReduceMax", ["b", "ax2"], ["rmax"]), N("ReduceMin", ["b", "ax2"], ["rmin"]),
+             N("ReduceL1", ["a", "ax2"], ["rl1"]), N("ReduceL2", ["a", "ax2"], ["rl2"]),
+             N("ReduceSumSquare", ["b", "ax2"], ["rss"]), N("ReduceLogSumExp", ["b", "ax2"], ["rlse"]),
+             N("Concat", ["mean_row", "rmax", "rmin", "rl1", "rl2", "rss", "rlse"], ["rows"], axis=2),
+             N("ReduceMean", ["b"], ["mean_all"], keepdims=1),
+             N("Softmax", ["a"], ["sm"], axis=-1), N("Softmax", ["b"], ["sm_t"], axis=1),
+             N("LogSoftmax", ["a"], ["lsm"], axis=2),
+             N("Concat", ["sm", "sm_t", "lsm"], ["soft"], axis=2)]
+    f = TensorProto.FLOAT
+    outs = [helper.make_tensor_value_info("elem", f, [1, "T", 22 * n]),
+            helper.make_tensor_value_info("move", f, [1, "T", 23 + 16 + 32 + 8 + 3]),
+            helper.make_tensor_value_info("sp1", f, [1, "T", 16]),
+            helper.make_tensor_value_info("gat0", f, [1, n]), helper.make_tensor_value_info("sum_t", f, [1, n]),
+            helper.make_tensor_value_info("rows", f, [1, "T", 7]),
+            helper.make_tensor_value_info("mean_all", f, [1, 1, 1]),
+            helper.make_tensor_value_info("soft", f, [1, "T", 3 * n])]
+    graph = helper.make_graph(nodes, "more_graph_ops", [helper.make_tensor_value_info("x", f, [1, "T", k])], outs,
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
 def linear_cases(tmp):
     """(name, model, feeds(t, rng), reference, extra moec flags, tolerance) for the linear dispatches."""
     import check_linear_e2e as lin
@@ -177,6 +247,10 @@ def linear_cases(tmp):
     graph_ops_model(ops)
     yield ("linear/graph ops", ops, lambda t, rng: {"x": rng.standard_normal((1, t, 64)).astype(np.float32)}, ops,
            (), TOLERANCE)
+    more = os.path.join(tmp, "more_graph_ops.onnx")
+    more_graph_ops_model(more)
+    yield ("linear/more graph ops", more, lambda t, rng: {"x": rng.standard_normal((1, t, 64)).astype(np.float32)},
+           more, (), TOLERANCE)
     # Decoder-with-past fixtures: a step of T new tokens after 5 cached positions (logits and presents), and
     # after 600 (the attention kernel splits a decode step's keys across blocks and merges them).
     for family, past in (("mixtral", 5), ("qwen3_moe", 5), ("qwen3_moe", 600)):
@@ -306,7 +380,7 @@ def moert_run(moert, artifact, inputs, device, tmp, traffic=None, repeat=1):
 # (the K-512 stack: Q reaches its output projection, the residual stream the LM head, and K and V the
 # Concat on the device, kernels/hip/ops_gpu.h), and `moert inspect` counts those copies: (values to the
 # device, values back) = (x; the concatenated K and V, logits); the graph-ops model likewise (x; cat, e).
-DEVICE_RESIDENT = {"linear/stack": (1, 2), "linear/graph ops": (1, 2)}
+DEVICE_RESIDENT = {"linear/stack": (1, 2), "linear/graph ops": (1, 2), "linear/more graph ops": (1, 8)}
 
 
 def run_all(args, where):

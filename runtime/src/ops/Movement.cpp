@@ -198,23 +198,17 @@ bool split(Ctx &c) {
     return c.fail("axis out of range");
   Dims sizes;
   int64_t n = int64_t(c.out.size()), len = x.dims[axis];
-  if (c.in.size() > 1 && c.in[1].present()) {
-    sizes = readInts(c.in[1]);
-  } else {
-    int64_t each = (len + n - 1) / std::max<int64_t>(n, 1);
-    for (int64_t i = 0; i < n; ++i)
-      sizes.push_back(std::max<int64_t>(0, std::min(each, len - i * each)));
-  }
-  if (int64_t(sizes.size()) != n || std::accumulate(sizes.begin(), sizes.end(), int64_t(0)) != len)
-    return c.fail("split sizes " + dimsString(sizes) + " do not cover an axis of " + std::to_string(len) +
-                  " in " + std::to_string(n) + " outputs");
+  if (std::string why =
+          splitSizes(len, n, c.in.size() > 1 && c.in[1].present() ? readInts(c.in[1]) : Dims{}, sizes);
+      !why.empty())
+    return c.fail(why);
   size_t w = dtypeSize(x.dtype);
   int64_t outer = product(x.dims, 0, axis), inner = product(x.dims, axis + 1), at = 0;
   for (int64_t k = 0; k < n; ++k) {
     Dims od = x.dims;
     od[axis] = sizes[k];
-    if (sizes[k] < 0 || !c.alloc(k, od))
-      return c.err.empty() ? c.fail("negative split size") : false;
+    if (!c.alloc(k, od))
+      return false;
     int64_t block = sizes[k] * inner * int64_t(w);
     for (int64_t r = 0; r < outer; ++r)
       std::memcpy(c.out[k].mut<char>() + r * block, x.data + (r * len * inner) * int64_t(w) + at,
@@ -228,55 +222,17 @@ bool slice(Ctx &c) {
   if (!c.need(3))
     return false;
   const OpTensor &x = c.in[0];
-  size_t r = x.dims.size();
   Dims starts = readInts(c.in[1]), ends = readInts(c.in[2]), axes, steps;
   if (c.in.size() > 3 && c.in[3].present())
     axes = readInts(c.in[3]);
-  else
-    for (size_t i = 0; i < starts.size(); ++i)
-      axes.push_back(int64_t(i));
   if (c.in.size() > 4 && c.in[4].present())
     steps = readInts(c.in[4]);
-  else
-    steps.assign(starts.size(), 1);
-  if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
-    return c.fail("starts, ends, axes and steps differ in length");
-  Dims st(r, 0), step(r, 1), od = x.dims;
-  for (size_t i = 0; i < r; ++i)
-    st[i] = 0;
-  for (size_t i = 0; i < starts.size(); ++i) {
-    int64_t ax = normAxis(axes[i], int64_t(r));
-    if (ax < 0)
-      return c.fail("axis " + std::to_string(axes[i]) + " out of range");
-    int64_t dim = x.dims[ax], s = starts[i], e = ends[i], k = steps[i];
-    if (k == 0)
-      return c.fail("step 0");
-    if (s < 0)
-      s += dim;
-    if (e < 0)
-      e += dim;
-    if (k > 0) {
-      s = std::clamp<int64_t>(s, 0, dim);
-      e = std::clamp<int64_t>(e, 0, dim);
-      od[ax] = e > s ? (e - s + k - 1) / k : 0;
-    } else {
-      s = std::clamp<int64_t>(s, -1, dim - 1);
-      e = std::clamp<int64_t>(e, -1, dim - 1);
-      od[ax] = s > e ? (s - e + (-k) - 1) / (-k) : 0;
-    }
-    st[ax] = s;
-    step[ax] = k;
-  }
-  if (!c.alloc(0, od))
+  SlicePlan g;
+  if (std::string why = planSlice(x.dims, starts, ends, axes, steps, g); !why.empty())
+    return c.fail(why);
+  if (!c.alloc(0, g.outDims))
     return false;
-  Dims xs = stridesOf(x.dims), ss(r);
-  int64_t start = 0;
-  for (size_t i = 0; i < r; ++i) {
-    ss[i] = xs[i] * step[i];
-    if (od[i] > 0)
-      start += st[i] * xs[i];
-  }
-  gatherStrided(x, c.out[0], od, ss, start);
+  gatherStrided(x, c.out[0], g.outDims, g.strides, g.start);
   return true;
 }
 
@@ -1140,6 +1096,72 @@ std::string embeddingRow(const EmbeddingPlan &p, int64_t r, int64_t &row) {
   if (r < -p.rows || r >= p.rows)
     return "index " + std::to_string(r) + " out of range for a table of " + std::to_string(p.rows) + " rows";
   row = r < 0 ? r + p.rows : r;
+  return "";
+}
+
+std::string splitSizes(int64_t len, int64_t n, std::vector<int64_t> given, std::vector<int64_t> &sizes) {
+  sizes = std::move(given);
+  if (sizes.empty()) {
+    int64_t each = (len + n - 1) / std::max<int64_t>(n, 1);
+    for (int64_t i = 0; i < n; ++i)
+      sizes.push_back(std::max<int64_t>(0, std::min(each, len - i * each)));
+  }
+  int64_t sum = 0;
+  for (int64_t k : sizes) {
+    if (k < 0)
+      return "negative split size";
+    sum += k;
+  }
+  if (int64_t(sizes.size()) != n || sum != len)
+    return "split sizes " + dimsString(sizes) + " do not cover an axis of " + std::to_string(len) + " in " +
+           std::to_string(n) + " outputs";
+  return "";
+}
+
+std::string planSlice(const std::vector<int64_t> &x, const std::vector<int64_t> &starts,
+                      const std::vector<int64_t> &ends, std::vector<int64_t> axes, std::vector<int64_t> steps,
+                      SlicePlan &p) {
+  if (axes.empty())
+    for (size_t i = 0; i < starts.size(); ++i)
+      axes.push_back(int64_t(i));
+  if (steps.empty())
+    steps.assign(starts.size(), 1);
+  if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
+    return "starts, ends, axes and steps differ in length";
+  const size_t r = x.size();
+  std::vector<int64_t> st(r, 0), step(r, 1);
+  p.outDims = x;
+  for (size_t i = 0; i < starts.size(); ++i) {
+    int64_t ax = ops::normAxis(axes[i], int64_t(r));
+    if (ax < 0)
+      return "axis " + std::to_string(axes[i]) + " out of range";
+    int64_t dim = x[ax], s = starts[i], e = ends[i], k = steps[i];
+    if (k == 0)
+      return "step 0";
+    if (s < 0)
+      s += dim;
+    if (e < 0)
+      e += dim;
+    if (k > 0) {
+      s = std::clamp<int64_t>(s, 0, dim);
+      e = std::clamp<int64_t>(e, 0, dim);
+      p.outDims[ax] = e > s ? (e - s + k - 1) / k : 0;
+    } else {
+      s = std::clamp<int64_t>(s, -1, dim - 1);
+      e = std::clamp<int64_t>(e, -1, dim - 1);
+      p.outDims[ax] = s > e ? (s - e + (-k) - 1) / (-k) : 0;
+    }
+    st[ax] = s;
+    step[ax] = k;
+  }
+  const std::vector<int64_t> xs = ops::stridesOf(x);
+  p.strides.assign(r, 0);
+  p.start = 0;
+  for (size_t i = 0; i < r; ++i) {
+    p.strides[i] = xs[i] * step[i];
+    if (p.outDims[i] > 0)
+      p.start += st[i] * xs[i];
+  }
   return "";
 }
 

@@ -10,23 +10,12 @@ namespace moert::ops {
 // -- reductions and along-one-axis ops --
 
 bool reduceAxes(Ctx &c, const OpTensor &x, std::vector<bool> &reduced) {
-  size_t rank = x.dims.size();
-  reduced.assign(rank, false);
   Dims axes;
   if (c.in.size() > 1 && c.in[1].present())
     axes = readInts(c.in[1]);
-  if (axes.empty()) {
-    if (c.a.i("noop_with_empty_axes", 0))
-      return true;
-    reduced.assign(rank, true);
-    return true;
-  }
-  for (int64_t ax : axes) {
-    int64_t n = normAxis(ax, int64_t(rank));
-    if (n < 0)
-      return c.fail("axis " + std::to_string(ax) + " out of range for rank " + std::to_string(rank));
-    reduced[n] = true;
-  }
+  if (std::string why = reducedAxes(x.dims.size(), axes, c.a.i("noop_with_empty_axes", 0) != 0, reduced);
+      !why.empty())
+    return c.fail(why);
   return true;
 }
 
@@ -536,3 +525,19 @@ bool unique(Ctx &c) {
 }
 
 } // namespace moert::ops
+
+namespace moert {
+
+std::string reducedAxes(size_t rank, const std::vector<int64_t> &axes, bool noopWithEmpty,
+                        std::vector<bool> &reduced) {
+  reduced.assign(rank, axes.empty() && !noopWithEmpty);
+  for (int64_t ax : axes) {
+    int64_t n = ops::normAxis(ax, int64_t(rank));
+    if (n < 0)
+      return "axis " + std::to_string(ax) + " out of range for rank " + std::to_string(rank);
+    reduced[n] = true;
+  }
+  return "";
+}
+
+} // namespace moert
