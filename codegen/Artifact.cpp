@@ -2,6 +2,7 @@
 #include "codegen/Artifact.h"
 #include "codegen/WeightPacking.h"
 #include "runtime/ArtifactFormat.h"
+#include "runtime/src/GpuPlan.h"
 
 #include "llvm/ADT/SmallString.h"
 #include "llvm/ADT/StringExtras.h"
@@ -219,6 +220,38 @@ void moec::codegen::planMemory(moert::proto::Program &p) {
     }
   }
   p.set_buffers(buffers);
+}
+
+std::string moec::codegen::gpuCrossings(const moert::proto::Program &p) {
+  namespace pb = moert::proto;
+  std::vector<moert::gpu::PlanStep> steps; // pre-order, a control-flow block's steps after its op
+  std::function<void(const pb::Step &)> add = [&](const pb::Step &s) {
+    const bool dispatch =
+        s.has_moe() || (s.has_linear() && s.linear().has_gpu()) || (s.has_attention() && s.attention().gpu());
+    const std::string op = s.has_op() ? s.op().op() : "";
+    steps.push_back({&s, dispatch, isViewOp(op) || op == "Flatten", op == "Shape"});
+    if (s.has_op())
+      for (const pb::Block &b : s.op().blocks())
+        for (const pb::Step &inner : b.steps())
+          add(inner);
+  };
+  for (const pb::Step &s : p.steps())
+    add(s);
+  moert::gpu::OpKernels every; // an artifact with GPU code has every graph-op kernel
+  every.strided = every.reduce = every.rotary = every.norm = every.embedding = true;
+  const moert::gpu::Placement plan = moert::gpu::planPlacement(p, steps, every);
+  std::string line;
+  int back = 0;
+  for (const auto &[name, n] : plan.readers)
+    if (name != "the caller (outputs)") {
+      line += (line.empty() ? "" : ", ") + name + (n > 1 ? " x" + std::to_string(n) : "");
+      back += n;
+    }
+  if (line.empty())
+    return "";
+  return "on a GPU, " + std::to_string(back) + (back == 1 ? " value comes" : " values come") +
+         " back to the host each call for steps the CPU runs: " + line +
+         " (`moert inspect --device=gpu` shows where each step runs)";
 }
 
 bool moec::codegen::writeFileBytes(llvm::StringRef path, llvm::StringRef bytes) {

@@ -83,6 +83,11 @@ std::string firstErrorLine(llvm::StringRef logPath);
 /// `Program.buffers`; buffer sizes depend on the symbolic dims and are resolved by the runtime.
 void planMemory(moert::proto::Program &program);
 
+/// For a program with GPU kernels: "" when a call keeps every value on the device between its dispatches,
+/// else one line naming the host steps that bring device values back each call, by op and count (libmoert's
+/// load-time plan, runtime/src/GpuPlan.h, as `moert inspect --device` prints it).
+std::string gpuCrossings(const moert::proto::Program &program);
+
 } // namespace moec::codegen
 
 #endif // MOEC_CODEGEN_ARTIFACT_H

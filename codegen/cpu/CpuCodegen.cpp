@@ -1690,6 +1690,8 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
     *progress << "moec: the CPU kernels (" << march << ") from the kernel cache (" << cache.dir << ")\n";
   meta.set_code_section(em.writer.addSection("code", pb::Section::CODE, std::move(bytes)));
   if (options.gpu()) {
+    if (std::string crossings = gpuCrossings(*em.program); !crossings.empty() && progress)
+      *progress << "moec: note: " << crossings << "\n";
     GpuBuild gb{options.hipArchs,
                 options.cudaArchs,
                 options.emuArchs,

@@ -158,41 +158,6 @@ template <typename T> bool resolve(void *handle, const std::string &name, T &out
 
 } // namespace
 
-std::vector<int64_t> moert::stepReads(const pb::Step &s) {
-  if (s.has_op()) {
-    std::vector<int64_t> reads(s.op().inputs().begin(), s.op().inputs().end());
-    for (const pb::Block &b : s.op().blocks()) {
-      for (const pb::Step &inner : b.steps()) {
-        std::vector<int64_t> more = stepReads(inner);
-        reads.insert(reads.end(), more.begin(), more.end());
-      }
-      reads.insert(reads.end(), b.outputs().begin(), b.outputs().end());
-    }
-    return reads;
-  }
-  if (s.has_linear())
-    return {int64_t(s.linear().input()), s.linear().residual()};
-  if (s.has_attention()) {
-    const auto &a = s.attention();
-    return {int64_t(a.query()), int64_t(a.key()), int64_t(a.value()), a.mask(), a.sinks()};
-  }
-  if (s.has_moe())
-    return {int64_t(s.moe().input()), s.moe().logits(), s.moe().residual()};
-  return {};
-}
-
-std::vector<uint32_t> moert::stepWrites(const pb::Step &s) {
-  if (s.has_op())
-    return {s.op().outputs().begin(), s.op().outputs().end()};
-  if (s.has_linear())
-    return {s.linear().outputs().begin(), s.linear().outputs().end()};
-  if (s.has_attention())
-    return {s.attention().output()};
-  if (s.has_moe())
-    return {s.moe().output()};
-  return {};
-}
-
 void moert::findCacheAppends(moert_model &m) {
   const pb::Program &p = m.meta.program();
   m.appendsCache.assign(m.flat.size(), -1);
@@ -913,97 +878,16 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
   std::vector<char> devStep(m.flat.size(), 0);
   std::string gpuCopies;
   if (m.gpu) {
-    enum : uint8_t { kHost = 1, kDevice = 2 };
-    std::vector<uint32_t> root(p.values_size()); // a view's base value (they share bytes)
-    std::vector<uint8_t> at(p.values_size(), kHost);
-    int uploads = 0, downloads = 0;
-    std::map<std::string, int> readers; // host steps that read a GPU step's result
-    auto stepName = [&](const pb::Step &s) {
-      return s.has_op()          ? s.op().op()
-             : s.has_attention() ? "attention"
-             : s.has_linear()    ? "linear (CPU)"
-                                 : "MoE (CPU)";
-    };
-    // A graph op runs on the device only when its result feeds a dispatch there (through graph ops there), or
-    // when what it reads is on the device only: one whose inputs are all current on the host (constants, the
-    // host's values, values copied up for another step) and whose result only host steps read stays there (a
-    // Gather of constant expert weights for a host MatMul). The plan is made again without such steps until
-    // every one left qualifies.
-    m.gpuOps.assign(m.flat.size(), 1);
-    for (bool again = true; again;) {
-      again = false;
-      for (int i = 0; i < p.values_size(); ++i)
-        root[i] = uint32_t(i);
-      std::fill(at.begin(), at.end(), kHost);
-      uploads = downloads = 0;
-      readers.clear();
-      std::vector<char> hostToo(m.flat.size(), 0);
-      for (size_t fi = 0; fi < m.flat.size(); ++fi) {
-        const pb::Step &s = *m.flat[fi];
-        bool device = moert::gpu::runsDispatch(*m.gpu, s);
-        if (moert::gpu::graphOpCandidate(*m.gpu, p, s)) {
-          // On the device when its inputs are there already (and its shapes plan at run time).
-          std::vector<moert::gpu::OpInput> where(s.op().inputs_size());
-          for (int k = 0; k < s.op().inputs_size(); ++k)
-            if (const int64_t id = s.op().inputs(k); id >= 0)
-              where[k] = {true, int(p.values(id).type().dtype()), p.values(id).has_constant_section(),
-                          (at[root[id]] & kDevice) != 0};
-          device = moert::gpu::opQualifies(s.op(), where) && m.gpuOps[fi];
-          hostToo[fi] = true; // every input it reads current on the host (or a constant)
-          for (int k = 0; k < s.op().inputs_size(); ++k)
-            if (const int64_t id = s.op().inputs(k); id >= 0 && !p.values(id).has_constant_section())
-              hostToo[fi] = hostToo[fi] && (at[root[id]] & kHost);
-        }
-        devStep[fi] = device;
-        const bool view = s.has_op() && moert::isView(m.opKernels[fi]);
-        const bool dimsOnly = s.has_op() && moert::readsDimsOnly(m.opKernels[fi]);
-        const std::vector<int64_t> reads = moert::stepReads(s);
-        for (size_t k = view ? 1 : 0; k < reads.size() && !dimsOnly; ++k) {
-          if (reads[k] < 0 || reads[k] >= p.values_size())
-            continue;
-          if (p.values(reads[k]).has_constant_section())
-            continue; // a device copy of a constant is made once, not per call
-          if (device && s.has_op() && moert::gpu::parameterInput(s.op(), int(k)))
-            continue; // read on the host where it is
-          uint8_t &where = at[root[reads[k]]];
-          if (device && !(where & kDevice))
-            ++uploads, where |= kDevice;
-          else if (!device && !(where & kHost))
-            ++downloads, where |= kHost, ++readers[stepName(s)];
-        }
-        for (uint32_t id : moert::stepWrites(s))
-          if (id < uint32_t(p.values_size())) {
-            if (view && !reads.empty() && reads[0] >= 0)
-              root[id] = root[reads[0]];
-            else
-              at[id] = device ? kDevice : kHost;
-          }
-      }
-      // What the device's dispatches read, and what the device's graph ops read to make it: a value is needed
-      // there when a dispatch reads it or a graph op on the device reads it to make a needed one.
-      std::vector<char> needed(p.values_size(), 0);
-      for (size_t fi = m.flat.size(); fi-- > 0;) {
-        const pb::Step &s = *m.flat[fi];
-        if (!devStep[fi])
-          continue;
-        bool feeds = !s.has_op();
-        for (uint32_t id : moert::stepWrites(s))
-          feeds = feeds || (id < uint32_t(p.values_size()) && needed[root[id]]);
-        if (!feeds) {
-          if (hostToo[fi])
-            m.gpuOps[fi] = 0, again = true;
-          continue;
-        }
-        const std::vector<int64_t> reads = moert::stepReads(s);
-        for (size_t k = 0; k < reads.size(); ++k)
-          if (reads[k] >= 0 && reads[k] < p.values_size() &&
-              !(s.has_op() && moert::gpu::parameterInput(s.op(), int(k))))
-            needed[root[reads[k]]] = 1;
-      }
-    }
-    for (uint32_t id : p.outputs())
-      if (id < uint32_t(p.values_size()) && !(at[root[id]] & kHost))
-        ++downloads, at[root[id]] |= kHost, ++readers["the caller (outputs)"];
+    std::vector<moert::gpu::PlanStep> steps(m.flat.size());
+    for (size_t fi = 0; fi < m.flat.size(); ++fi)
+      steps[fi] = {m.flat[fi], moert::gpu::runsDispatch(*m.gpu, *m.flat[fi]),
+                   m.flat[fi]->has_op() && moert::isView(m.opKernels[fi]),
+                   m.flat[fi]->has_op() && moert::readsDimsOnly(m.opKernels[fi])};
+    moert::gpu::Placement plan = moert::gpu::planPlacement(p, steps, moert::gpu::opKernels(*m.gpu));
+    devStep = plan.device;
+    m.gpuOps = plan.gpuOps;
+    const int uploads = plan.uploads, downloads = plan.downloads;
+    const std::map<std::string, int> &readers = plan.readers;
     std::ostringstream g;
     g << "gpu copies per call: " << uploads << (uploads == 1 ? " value" : " values") << " to the device, "
       << downloads << " back";

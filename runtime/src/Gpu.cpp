@@ -1210,115 +1210,15 @@ std::string runAttention(Device &d, Residency &r, int index, const moert_attenti
 
 // ---- graph ops --------------------------------------------------------------------------------------------
 
+OpKernels opKernels(const Device &d) {
+  OpKernels k;
+  k.strided = d.strided, k.reduce = d.reduce, k.rotary = d.rotary, k.norm = d.norm, k.embedding = d.embedding;
+  return k;
+}
+
 bool runsDispatch(const Device &d, const pb::Step &s) {
   return s.has_moe() || (s.has_linear() && hasLinear(d, int(s.linear().index()))) ||
          (s.has_attention() && hasAttention(d, int(s.attention().index())));
-}
-
-namespace {
-/// The strided kernel's kind for an elementwise op name (MOERT_GPU_OP_*), or -1.
-int elementwiseKind(const std::string &op) {
-  static const std::pair<const char *, int> kKinds[] = {
-      {"Add", MOERT_GPU_OP_ADD},
-      {"Sub", MOERT_GPU_OP_SUB},
-      {"Mul", MOERT_GPU_OP_MUL},
-      {"Div", MOERT_GPU_OP_DIV},
-      {"Pow", MOERT_GPU_OP_POW},
-      {"Max", MOERT_GPU_OP_MAX},
-      {"Min", MOERT_GPU_OP_MIN},
-      {"PRelu", MOERT_GPU_OP_PRELU},
-      {"Neg", MOERT_GPU_OP_NEG},
-      {"Abs", MOERT_GPU_OP_ABS},
-      {"Relu", MOERT_GPU_OP_RELU},
-      {"Exp", MOERT_GPU_OP_EXP},
-      {"Log", MOERT_GPU_OP_LOG},
-      {"Sqrt", MOERT_GPU_OP_SQRT},
-      {"Reciprocal", MOERT_GPU_OP_RECIPROCAL},
-      {"Sigmoid", MOERT_GPU_OP_SIGMOID},
-      {"Tanh", MOERT_GPU_OP_TANH},
-      {"Erf", MOERT_GPU_OP_ERF},
-      {"Gelu", MOERT_GPU_OP_GELU_ERF}, // approximate = "tanh": MOERT_GPU_OP_GELU_TANH (planOp)
-      {"Softplus", MOERT_GPU_OP_SOFTPLUS},
-      {"Softsign", MOERT_GPU_OP_SOFTSIGN},
-      {"LeakyRelu", MOERT_GPU_OP_LEAKY_RELU},
-      {"Elu", MOERT_GPU_OP_ELU},
-      {"HardSigmoid", MOERT_GPU_OP_HARD_SIGMOID},
-      {"Clip", MOERT_GPU_OP_CLIP}};
-  for (const auto &[name, kind] : kKinds)
-    if (op == name)
-      return kind;
-  return -1;
-}
-/// The reduce kernel's kind for a reduction or softmax op name (MOERT_GPU_RED_*), or -1.
-int reduceKind(const std::string &op) {
-  static const std::pair<const char *, int> kKinds[] = {{"ReduceSum", MOERT_GPU_RED_SUM},
-                                                        {"ReduceMean", MOERT_GPU_RED_MEAN},
-                                                        {"ReduceMax", MOERT_GPU_RED_MAX},
-                                                        {"ReduceMin", MOERT_GPU_RED_MIN},
-                                                        {"ReduceL1", MOERT_GPU_RED_L1},
-                                                        {"ReduceL2", MOERT_GPU_RED_L2},
-                                                        {"ReduceSumSquare", MOERT_GPU_RED_SUM_SQUARE},
-                                                        {"ReduceLogSumExp", MOERT_GPU_RED_LOG_SUM_EXP},
-                                                        {"Softmax", MOERT_GPU_RED_SOFTMAX},
-                                                        {"LogSoftmax", MOERT_GPU_RED_LOG_SOFTMAX}};
-  for (const auto &[name, kind] : kKinds)
-    if (op == name)
-      return kind;
-  return -1;
-}
-bool movementOp(const std::string &op) {
-  return op == "Transpose" || op == "Concat" || op == "Slice" || op == "Split" || op == "Expand" ||
-         op == "Gather";
-}
-} // namespace
-
-bool graphOpCandidate(const Device &d, const pb::Program &p, const pb::Step &s) {
-  if (!s.has_op() || s.op().blocks_size() || s.op().outputs_size() < 1 ||
-      (s.op().outputs_size() > 1 && s.op().op() != "Split"))
-    return false;
-  for (int64_t id : s.op().outputs())
-    if (id < 0 || p.values(id).type().dtype() != pb::F32)
-      return false;
-  const std::string &op = s.op().op();
-  if (op == "moec.Rotary")
-    return d.rotary;
-  if (op == "moec.Norm")
-    return d.norm;
-  if (op == "moec.Embedding")
-    return d.embedding;
-  if (reduceKind(op) >= 0)
-    return d.reduce;
-  return d.strided && (elementwiseKind(op) >= 0 || movementOp(op));
-}
-
-namespace {
-/// Input k of a candidate that may be uploaded rather than be on the device already (opQualifies).
-bool sideInput(const pb::OpStep &op, int k) {
-  return (k > 0 && (op.op() == "moec.Rotary" || op.op() == "moec.Norm")) || op.op() == "moec.Embedding";
-}
-} // namespace
-
-bool parameterInput(const pb::OpStep &op, int k) {
-  const std::string &n = op.op();
-  return k > 0 && (n == "Slice" || n == "Split" || n == "Expand" || n == "Gather" || n == "Clip" ||
-                   n.rfind("Reduce", 0) == 0);
-}
-
-bool opQualifies(const pb::OpStep &op, const std::vector<OpInput> &in) {
-  for (int k = 0; k < int(in.size()); ++k) {
-    const OpInput &x = in[k];
-    const bool side = sideInput(op, k);
-    if (parameterInput(op, k)) { // integers are the host's; Clip's f32 bounds only as constants
-      if (x.present && x.dtype != pb::I64 && x.dtype != pb::I32 && !(x.dtype == pb::F32 && x.constant))
-        return false;
-      continue;
-    }
-    if (!x.present
-            ? !side
-            : (x.dtype != pb::F32 && op.op() != "moec.Embedding") || !(side || x.constant || x.onDevice))
-      return false;
-  }
-  return true;
 }
 
 namespace {

@@ -16,6 +16,7 @@
 #ifndef MOERT_SRC_GPU_H
 #define MOERT_SRC_GPU_H
 
+#include "GpuPlan.h"
 #include "Ops.h"
 #include "kernels/hip/moert_gpu_abi.h"
 #include "moert/moert.h"
@@ -132,32 +133,8 @@ std::string runAttention(Device &d, Residency &r, int index, const moert_attenti
 /// A MoE, linear or attention dispatch step the device has kernels for (an attention over a session's cache
 /// appended in place still runs on the CPU: the run loop decides that one).
 bool runsDispatch(const Device &d, const proto::Step &s);
-/// An op step the graph-op kernels (kernels/hip/ops_gpu.h) may run, in artifacts whose GPU code has them: the
-/// f32 elementwise ops (Add, Sub, Mul, Div, Pow, Max, Min, PRelu with broadcasting; the unary ops and
-/// activations of graphOpKind), Transpose, Concat, Slice, Split, Expand, Gather, the reductions (ReduceSum,
-/// ReduceMean, ReduceMax, ReduceMin, ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSumExp), Softmax and
-/// LogSoftmax, with f32 outputs; moec.Rotary, moec.Norm and moec.Embedding. It runs there when every input
-/// qualifies (opQualifies) and planOp plans its shapes.
-bool graphOpCandidate(const Device &d, const proto::Program &p, const proto::Step &s);
-/// Where a candidate's input is (absent: present false; dtype a proto::DType).
-struct OpInput {
-  bool present = false;
-  int dtype = -1;
-  bool constant = false, onDevice = false;
-};
-/// Whether a candidate may run on the device, given its inputs: each present, of a dtype the kernel takes
-/// (f32, but moec.Embedding's table in its storage and its int64 / int32 indices: planOp checks those) and a
-/// side input, a parameter, a constant or already on the device; absent only where it is a side input or a
-/// parameter. Side inputs may be uploaded rather than be there already: moec.Rotary's cos / sin tables and
-/// norm weight, moec.Norm's weight and bias (small; the row input decides), every input of moec.Embedding
-/// (its table a constant, uploaded once; its indices from the host, a few bytes for a row of H floats).
-/// Parameters are read on the host by planOp: Slice's starts / ends / axes / steps, Split's sizes, Expand's
-/// shape, Gather's indices, a reduction's axes (integers: never on the device), Clip's bounds (constants).
-/// The run loop and `moert inspect`'s plan both ask this; the load-time plan also keeps on the host the ops
-/// whose results only host steps read (moert_model::gpuOps).
-bool opQualifies(const proto::OpStep &op, const std::vector<OpInput> &in);
-/// Whether input k of a candidate is a parameter (above): read on the host, never copied to the device.
-bool parameterInput(const proto::OpStep &op, int k);
+/// The graph-op kernels the device's code has (GpuPlan.h's rules read them).
+OpKernels opKernels(const Device &d);
 struct OpPlan {
   std::vector<std::vector<int64_t>> outDims; // each output's
   int fused = 0; // 1: moec.Rotary (`rotary`), 2: moec.Norm (`norm`), 3: moec.Embedding (`embedding`),

@@ -80,11 +80,7 @@ inline size_t cacheRowBytes(int dtype, int64_t dim) {
 /// library has. `fd` receives the memfd, to close after dlclose. Null + `why` on failure.
 void *loadFromMemory(const unsigned char *bytes, uint64_t size, const char *name, int &fd, std::string &why);
 
-/// The values step `s` reads (an absent optional operand as -1); a control-flow step reads what its blocks'
-/// steps read and yield, too.
-std::vector<int64_t> stepReads(const proto::Step &s);
-/// The values step `s` writes.
-std::vector<uint32_t> stepWrites(const proto::Step &s);
+// stepReads / stepWrites: GpuPlan.h (included through Gpu.h).
 
 /// Marks (moert_model::appendsCache) the step appending each decoder cache's new positions when every cache
 /// can be appended in place: its past is read only by that `Concat(past, new)` along the length axis or

@@ -576,7 +576,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     moert::gpu::OpPlan opPlan;
     bool gpuOp = residency &&
                  !(caches && m->appendsCache[si] >= 0) && // a cache append writes its buffer here
-                 moert::gpu::graphOpCandidate(*m->gpu, p, s);
+                 moert::gpu::graphOpCandidate(moert::gpu::opKernels(*m->gpu), p, s);
     if (gpuOp) {
       std::vector<std::vector<int64_t>> dims;
       std::vector<int> dtypes;

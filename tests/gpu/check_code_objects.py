@@ -11,7 +11,8 @@ objects; sm_80, sm_90 PTX), then
     kernels, linear dispatches' (dense models in every storage, MatMulNBits, a decoder-with-past model) and
     attention dispatches' (the whole and decoder-with-past models);
   - the PTX of each sm_* declares the kernels of every dispatch.
-Options moec cannot serve (unknown architectures or targets) are one error line and no artifact. Where no GPU is usable (CI), also: `moert run --device=gpu` fails with one error line, a non-zero exit and no
+Options moec cannot serve (unknown architectures or targets) are one error line and no artifact. moec's
+compile-time note on the values a GPU call brings back to the host names the steps `moert inspect` does. Where no GPU is usable (CI), also: `moert run --device=gpu` fails with one error line, a non-zero exit and no
 output file. Exits 1 with one line per violation.
 """
 import argparse
@@ -92,6 +93,29 @@ def bad_option_checks(args, tmp):
             problems.append(f"moec {' '.join(extra)}: exit {r.returncode}, stderr {lines!r}")
         else:
             print(f"ok   moec {' '.join(extra)}: {lines[0]}")
+    return problems
+
+
+def crossing_checks(args, tmp):
+    """moec's compile-time note on the values a GPU call brings back to the host for steps the CPU runs is
+    libmoert's load-time plan (`moert inspect --device=emu` of the same artifact): the same steps, counted the
+    same; none for a model whose every step between its dispatches runs on the device."""
+    problems = []
+    for family, want in (("whole_zaya", "Conv x2"), ("whole_deepseek_v3", None)):
+        model = os.path.join(ROOT, "tests", "fixtures", "transformers", f"{family}.onnx")
+        out = os.path.join(tmp, f"{family}.moex")
+        r = subprocess.run([args.moec, "compile", model, "-o", out, "--target=cpu,emu"], capture_output=True,
+                           text=True)
+        note = next((ln for ln in r.stderr.splitlines() if ln.startswith("moec: note: on a GPU")), None)
+        insp = subprocess.run([args.moert, "inspect", out, "--device=emu"], capture_output=True, text=True)
+        m = re.search(r"gpu copies per call: .* back(?: \(read on the host by (.*)\))?", insp.stdout)
+        readers = [x for x in (m.group(1) or "").split(", ") if x and x != "the caller (outputs)"] if m else None
+        noted = re.search(r"for steps the CPU runs: (.*) \(", note).group(1).split(", ") if note else []
+        if r.returncode != 0 or readers is None or noted != readers or (want is None) != (note is None) or \
+                (want and want not in noted):
+            problems.append(f"{family}: moec's note {note!r}, moert inspect's host readers {readers!r}")
+        else:
+            print(f"ok   {family}: {note or 'no note (every step between dispatches on the device)'}")
     return problems
 
 
@@ -180,6 +204,7 @@ def main():
                   f"{len(attentions)} attention dispatch(es)) x "
                   f"{len(AMD)} AMD + {len(NV)} NVIDIA archs")
         problems += bad_option_checks(args, tmp)
+        problems += crossing_checks(args, tmp)
         if subprocess.run([args.moert, "devices"], capture_output=True).returncode != 0:
             problems += no_device_checks(args, tmp, moex)
     for p in problems:
