@@ -378,6 +378,23 @@ typedef struct moert_gpu_reduce_args {
   const float *x;
   float *out;
 } moert_gpu_reduce_args;
+/* Conv (runtime/src/ops/Linalg.cpp's op, its geometry moert::planConv):
+ *
+ *   moert_gpu_op_conv grid (moert_gpu_op_blocks(n))     one thread per output element (n of them) of Y [N,
+ *                                                       M, out...]: its bias (or 0), then for each kernel
+ *                                                       position inside X, the group's C / group channels
+ *                                                       (the CPU op's order of sums)
+ *
+ * 1 to 3 spatial dims; pads at their starts (the ends only bound the output's dims). */
+#define MOERT_GPU_CONV_DIMS 3
+typedef struct moert_gpu_conv_args {
+  int64_t n, N, C, M, group, sp;
+  int64_t in_dims[MOERT_GPU_CONV_DIMS], out_dims[MOERT_GPU_CONV_DIMS], kern[MOERT_GPU_CONV_DIMS];
+  int64_t strides[MOERT_GPU_CONV_DIMS], dil[MOERT_GPU_CONV_DIMS], pads[MOERT_GPU_CONV_DIMS];
+  const float *x, *w, *b; /* b [M] or NULL */
+  float *y;
+} moert_gpu_conv_args;
+
 /* The row-wise fused ops (runtime/src/ops/Fused.cpp's contracts, ir/MoEOps.td), planned the same way:
  *
  *   moert_gpu_op_rotary grid (ceil(rows / warps))      moec.Rotary (moe.rotary): one warp per row of D

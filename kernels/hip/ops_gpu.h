@@ -181,6 +181,40 @@ struct GraphOps {
                                                      : sum;
   }
 
+  // Conv: one thread per output element (moert_gpu_conv_args; the CPU op's sums in its order).
+  static GPU_INLINE void conv(const moert_gpu_conv_args &a) {
+    const int64_t step = int64_t(gridX()) * MOERT_GPU_BLOCK, cg = a.C / a.group, mg = a.M / a.group;
+    int64_t outPix = 1, inPix = 1, kPix = 1;
+    for (int64_t d = 0; d < a.sp; ++d)
+      outPix *= a.out_dims[d], inPix *= a.in_dims[d], kPix *= a.kern[d];
+    for (int64_t i = int64_t(blockX()) * MOERT_GPU_BLOCK + threadId(); i < a.n; i += step) {
+      const int64_t op = i % outPix, m = (i / outPix) % a.M, b = i / (outPix * a.M), g = m / mg;
+      int64_t oi[MOERT_GPU_CONV_DIMS] = {0, 0, 0};
+      for (int64_t d = a.sp, r = op; d-- > 0; r /= a.out_dims[d])
+        oi[d] = r % a.out_dims[d];
+      float acc = a.b ? a.b[m] : 0.0f;
+      for (int64_t kp = 0; kp < kPix; ++kp) {
+        int64_t off = 0;
+        bool inside = true;
+        for (int64_t d = a.sp, r = kp; d-- > 0; r /= a.kern[d]) {
+          const int64_t pos = oi[d] * a.strides[d] - a.pads[d] + (r % a.kern[d]) * a.dil[d];
+          inside = inside && pos >= 0 && pos < a.in_dims[d];
+        }
+        if (!inside)
+          continue;
+        for (int64_t d = 0, div = kPix; d < a.sp; ++d) {
+          div /= a.kern[d];
+          const int64_t k = (kp / div) % a.kern[d];
+          off = off * a.in_dims[d] + (oi[d] * a.strides[d] - a.pads[d] + k * a.dil[d]);
+        }
+        const float *x = a.x + (b * a.C + g * cg) * inPix + off, *w = a.w + m * cg * kPix + kp;
+        for (int64_t c = 0; c < cg; ++c)
+          acc += x[c * inPix] * w[c * kPix];
+      }
+      a.y[i] = acc;
+    }
+  }
+
   // A session cache's append on the device: one block per new row (moert_gpu_kv_append_args).
   static GPU_INLINE void kvAppend(const moert_gpu_kv_append_args &a) {
     const int64_t blk = blockX(), i = blk % a.S, bh = blk / a.S, b = bh / a.heads;

@@ -286,6 +286,7 @@ public:
   std::vector<AttentionKernels> attentions;
   void *strided = nullptr; // the graph ops' kernels (null: code from before them; graph ops on the host)
   void *reduce = nullptr;  // reductions and softmax
+  void *conv = nullptr;
   void *rotary = nullptr, *norm = nullptr; // moec.Rotary's and moec.Norm's (null: code from before them)
   void *embedding = nullptr;               // moec.Embedding's (null: code from before it)
   void *kvAppend = nullptr; // a session cache's append (null: code from before it; caches stay on the host)
@@ -510,6 +511,8 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
     d->strided = nullptr;
   if (d->drv.moduleGetFunction(&d->reduce, d->module, "moert_gpu_op_reduce"))
     d->reduce = nullptr;
+  if (d->drv.moduleGetFunction(&d->conv, d->module, "moert_gpu_op_conv"))
+    d->conv = nullptr;
   if (d->drv.moduleGetFunction(&d->rotary, d->module, "moert_gpu_op_rotary"))
     d->rotary = nullptr;
   if (d->drv.moduleGetFunction(&d->norm, d->module, "moert_gpu_op_norm"))
@@ -1212,7 +1215,8 @@ std::string runAttention(Device &d, Residency &r, int index, const moert_attenti
 
 OpKernels opKernels(const Device &d) {
   OpKernels k;
-  k.strided = d.strided, k.reduce = d.reduce, k.rotary = d.rotary, k.norm = d.norm, k.embedding = d.embedding;
+  k.strided = d.strided, k.reduce = d.reduce, k.conv = d.conv, k.rotary = d.rotary, k.norm = d.norm;
+  k.embedding = d.embedding;
   return k;
 }
 
@@ -1353,6 +1357,23 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
   if (in.empty() || !present(0))
     return false;
   const std::vector<int64_t> &x = in[0];
+  if (name == "Conv") { // X on the device, W and B side inputs (constants: uploaded once)
+    ConvPlan g;
+    if (in.size() < 2 || !present(1) || !planConv(op, x, in[1], g).empty() ||
+        g.kern.size() > MOERT_GPU_CONV_DIMS || (present(2) && (in[2].size() != 1 || in[2][0] != g.M)))
+      return false;
+    moert_gpu_conv_args &c = plan.conv;
+    c.N = g.N, c.C = g.C, c.M = g.M, c.group = g.group, c.sp = int64_t(g.kern.size());
+    c.n = 1;
+    for (int64_t v : g.outDims)
+      c.n *= v;
+    for (size_t d = 0; d < g.kern.size(); ++d)
+      c.in_dims[d] = g.inSp[d], c.out_dims[d] = g.outSp[d], c.kern[d] = g.kern[d],
+      c.strides[d] = g.strides[d], c.dil[d] = g.dil[d], c.pads[d] = g.pads[d];
+    plan.fused = 5;
+    plan.outDims = {g.outDims};
+    return true;
+  }
   if (const int red = reduceKind(name); red >= 0) {
     // Kept dims (the rows) and reduced dims, each with its element strides in x; the output is the kept
     // dims (keepdims or not: the same bytes), or x's own shape for softmax.
@@ -1577,6 +1598,12 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
       return j < in.size() && in[j] ? reinterpret_cast<const float *>(in[j]) : nullptr;
     };
     void *params[1];
+    if (plan.fused == 5) {
+      moert_gpu_conv_args a = plan.conv;
+      a.x = at(0), a.w = at(1), a.b = at(2), a.y = reinterpret_cast<float *>(out[0]);
+      params[0] = &a;
+      return a.n ? d.launch(d.conv, moert_gpu_op_blocks(a.n), 1, 1, params, "launch (conv)") : "";
+    }
     if (plan.fused == 4) {
       moert_gpu_reduce_args a = plan.reduce;
       a.x = at(0), a.out = reinterpret_cast<float *>(out[0]);

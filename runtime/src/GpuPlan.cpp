@@ -120,13 +120,16 @@ bool graphOpCandidate(const OpKernels &d, const pb::Program &p, const pb::Step &
     return d.embedding;
   if (reduceKind(op) >= 0)
     return d.reduce;
+  if (op == "Conv")
+    return d.conv;
   return d.strided && (elementwiseKind(op) >= 0 || movementOp(op));
 }
 
 namespace {
 /// Input k of a candidate that may be uploaded rather than be on the device already (opQualifies).
 bool sideInput(const pb::OpStep &op, int k) {
-  return (k > 0 && (op.op() == "moec.Rotary" || op.op() == "moec.Norm")) || op.op() == "moec.Embedding";
+  return (k > 0 && (op.op() == "moec.Rotary" || op.op() == "moec.Norm" || op.op() == "Conv")) ||
+         op.op() == "moec.Embedding";
 }
 } // namespace
 

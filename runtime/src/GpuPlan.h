@@ -27,7 +27,7 @@ namespace gpu {
 
 /// Which graph-op kernels (kernels/hip/ops_gpu.h) a GPU code object has.
 struct OpKernels {
-  bool strided = false, reduce = false, rotary = false, norm = false, embedding = false;
+  bool strided = false, reduce = false, conv = false, rotary = false, norm = false, embedding = false;
 };
 
 /// The strided kernel's kind for an elementwise op name (MOERT_GPU_OP_*), or -1.
@@ -38,9 +38,10 @@ int reduceKind(const std::string &op);
 /// An op step the graph-op kernels may run, in artifacts whose GPU code has them: the f32 elementwise ops
 /// (Add, Sub, Mul, Div, Pow, Max, Min, PRelu with broadcasting; the unary ops and activations of
 /// elementwiseKind), Transpose, Concat, Slice, Split, Expand, Gather, the reductions (ReduceSum, ReduceMean,
-/// ReduceMax, ReduceMin, ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSumExp), Softmax and LogSoftmax, with
-/// f32 outputs; moec.Rotary, moec.Norm and moec.Embedding. It runs there when every input qualifies
-/// (opQualifies), the load-time plan keeps it there (planPlacement) and planOp plans its shapes.
+/// ReduceMax, ReduceMin, ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSumExp), Softmax and LogSoftmax, Conv
+/// (1 to 3 spatial dims), with f32 outputs; moec.Rotary, moec.Norm and moec.Embedding. It runs there when
+/// every input qualifies (opQualifies), the load-time plan keeps it there (planPlacement) and planOp plans
+/// its shapes.
 bool graphOpCandidate(const OpKernels &k, const proto::Program &p, const proto::Step &s);
 /// Where a candidate's input is (absent: present false; dtype a proto::DType).
 struct OpInput {

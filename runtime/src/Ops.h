@@ -122,6 +122,17 @@ std::string splitSizes(int64_t len, int64_t n, std::vector<int64_t> given, std::
 std::string reducedAxes(size_t rank, const std::vector<int64_t> &axes, bool noopWithEmpty,
                         std::vector<bool> &reduced);
 
+/// Conv's geometry from its attributes and X [N, C, spatial...], W [M, C / group, kernel...]: strides,
+/// dilations, pads (auto_pad resolved; the starts first, then the ends), the spatial dims in and out and
+/// the output's dims. What the CPU op (ops/Linalg.cpp) and the GPU kernel (gpu::planOp) both use: "" or what
+/// does not fit.
+struct ConvPlan {
+  int64_t N = 0, C = 0, M = 0, group = 1;
+  std::vector<int64_t> kern, strides, dil, pads, inSp, outSp, outDims;
+};
+std::string planConv(const proto::OpStep &op, const std::vector<int64_t> &x, const std::vector<int64_t> &w,
+                     ConvPlan &p);
+
 /// An op's kernel, found by name once (at load); null when this moert has none.
 struct OpEntry;
 const OpEntry *findOpKernel(const std::string &op);

@@ -176,23 +176,16 @@ bool conv(Ctx &c) {
   if (!c.need(2))
     return false;
   const OpTensor &X = c.in[0], &W = c.in[1];
-  size_t sp = X.dims.size() < 3 ? 0 : X.dims.size() - 2;
-  if (sp == 0 || W.dims.size() != X.dims.size())
-    return c.fail("X " + dimsString(X.dims) + " and W " + dimsString(W.dims) + " are not N x C x spatial");
-  int64_t N = X.dims[0], C = X.dims[1], M = W.dims[0], group = c.a.i("group", 1);
-  if (group <= 0 || C % group || M % group || W.dims[1] != C / group)
-    return c.fail("channels " + std::to_string(C) + " / W " + dimsString(W.dims) + " / group " +
-                  std::to_string(group) + " disagree");
-  Window win;
-  if (!window(c, X.dims, Dims(W.dims.begin() + 2, W.dims.end()), false, win))
+  ConvPlan g;
+  if (std::string why = planConv(c.s, X.dims, W.dims, g); !why.empty())
+    return c.fail(why);
+  if (!c.alloc(0, g.outDims))
     return false;
-  const Dims &kern = win.kern, &strides = win.strides, &dil = win.dil, &pads = win.pads;
-  Dims od{N, M};
-  od.insert(od.end(), win.out.begin(), win.out.end());
-  if (!c.alloc(0, od))
-    return false;
+  const int64_t N = g.N, C = g.C, M = g.M, group = g.group;
+  const size_t sp = g.kern.size();
+  const Dims &kern = g.kern, &strides = g.strides, &dil = g.dil, &pads = g.pads;
   bool hasB = c.in.size() > 2 && c.in[2].present();
-  Dims outSp(od.begin() + 2, od.end()), inSp(X.dims.begin() + 2, X.dims.end());
+  const Dims &outSp = g.outSp, &inSp = g.inSp;
   int64_t outPix = product(outSp), inPix = product(inSp), kPix = product(kern), cg = C / group,
           mg = M / group;
   return withFloat(X.dtype,
@@ -918,3 +911,28 @@ bool recurrent(Ctx &c) {
 }
 
 } // namespace moert::ops
+
+namespace moert {
+
+std::string planConv(const proto::OpStep &op, const std::vector<int64_t> &x, const std::vector<int64_t> &w,
+                     ConvPlan &p) {
+  const size_t sp = x.size() < 3 ? 0 : x.size() - 2;
+  if (sp == 0 || w.size() != x.size())
+    return "X " + dimsString(x) + " and W " + dimsString(w) + " are not N x C x spatial";
+  std::vector<OpTensor> none;
+  ops::Ctx c(op, none, none, nullptr);
+  p.N = x[0], p.C = x[1], p.M = w[0], p.group = c.a.i("group", 1);
+  if (p.group <= 0 || p.C % p.group || p.M % p.group || w[1] != p.C / p.group)
+    return "channels " + std::to_string(p.C) + " / W " + dimsString(w) + " / group " +
+           std::to_string(p.group) + " disagree";
+  ops::Window win;
+  if (!ops::window(c, x, ops::Dims(w.begin() + 2, w.end()), false, win))
+    return c.err;
+  p.kern = win.kern, p.strides = win.strides, p.dil = win.dil, p.pads = win.pads, p.outSp = win.out;
+  p.inSp.assign(x.begin() + 2, x.end());
+  p.outDims = {p.N, p.M};
+  p.outDims.insert(p.outDims.end(), win.out.begin(), win.out.end());
+  return "";
+}
+
+} // namespace moert
