@@ -19,6 +19,17 @@ k 2) whose time is the per-layer fixed cost. Weights are constant (the timing of
 kernels does not depend on values) so the artifacts compress for transfer; the router and inputs are random,
 so tokens pick different experts. Bytes = weights read by one call (chosen experts' rows + router), from the
 tile table the kernels built. Time = device time per call, 200 calls back to back (no host sync in between).
+
+Whole model (`whole`): bench/whole_model.py's Qwen3-MoE-like decoder (2 layers of hidden 2048, 32 query / 4
+KV heads of 128, 32 experts top-4 of F 768, vocab 32000), bf16 weights (constant but for the routers, so the
+artifact compresses), run as `moert generate --device=gpu` runs it, through libmoert's Python binding: a
+session's decode step after 128 / 1024 / 4096 cached positions (bf16 KV caches in device memory; wall time
+per token, the host's part of a step included) and a prompt of 128 / 512 tokens into an empty cache. Bytes a
+token reads = whole_model.token_cost (the weights of the attention projections, LM head, routers, the 4 chosen
+experts of each layer, the KV cache), as a fraction of the copy bandwidth; beside transformers' eager
+Qwen3MoeForCausalLM in bf16 on the same GPU with the same config (when transformers is installed there).
+`whole_tiny` is the same at toy sizes, to try the path on the emulated device
+(`--targets cpu,emu --only whole_tiny`, then `--run DIR --device emu`).
 """
 import argparse
 import gzip
@@ -30,6 +41,9 @@ import subprocess
 import sys
 
 import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
 SHAPES = {
     "tiny": dict(h=256, f=128, e=8, k=2),
@@ -47,6 +61,11 @@ LINEAR = {
     "qkv": dict(k=2048, n=[4096, 512, 512], weights="bf16"),
 }
 LINEAR_ROWS = [1, 8, 512]
+# Whole models: bench/whole_model.py's CFG with these sizes changed.
+WHOLE = {"whole": {},
+         "whole_tiny": dict(hidden=64, heads=4, kv_heads=2, head_dim=16, experts=8, top_k=2, ffn=32, vocab=256)}
+WHOLE_PAST = {"whole": [128, 1024, 4096], "whole_tiny": [16]}
+WHOLE_PROMPT = {"whole": [128, 512], "whole_tiny": [8]}
 
 
 def external(name, shape, out, data, fill=0.01):
@@ -114,6 +133,25 @@ def prepare(args):
     def wanted(name):
         return not args.only or any(part in name for part in args.only.split(","))
 
+    whole = {}
+    for name, sizes in WHOLE.items():
+        if not wanted(name) or (name == "whole_tiny" and not args.only):  # the toy model only when asked for
+            continue
+        sys.path.insert(0, HERE)
+        import whole_model
+        cfg = {**whole_model.CFG, **sizes}
+        onnx_path, moex = os.path.join(args.prepare, name + ".onnx"), os.path.join(args.prepare, name + ".moex")
+        print(f"{name}: exporting and compiling {cfg}", flush=True)
+        whole_model.export(onnx_path, None, cfg, constant=True)
+        subprocess.run([args.moec, "compile", onnx_path, "-o", moex, *targets, "--weights=bf16", "--quiet"],
+                       check=True)
+        for f in os.listdir(args.prepare):  # the export's external data files
+            if f.startswith(name + ".onnx"):
+                os.remove(os.path.join(args.prepare, f))
+        with open(moex, "rb") as src, gzip.open(moex + ".gz", "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+        os.remove(moex)
+        whole[name] = cfg
     layers = {**{n: s for n, s in SHAPES.items()}, **{n: s for n, s in LINEAR.items()}}
     for name, s in layers.items():
         if not wanted(name):
@@ -137,7 +175,7 @@ def prepare(args):
     with open(os.path.join(args.prepare, "shapes.json"), "w") as f:
         json.dump({"shapes": {n: s for n, s in SHAPES.items() if wanted(n)},
                    "tokens": TOKENS, "linear": {n: s for n, s in LINEAR.items() if wanted(n)},
-                   "linear_rows": LINEAR_ROWS}, f)
+                   "linear_rows": LINEAR_ROWS, "whole": whole}, f)
 
 
 def cuda_us(layer, repeats):
@@ -194,6 +232,109 @@ def torch_layer_us(s, x_np, repeats=200):
     return cuda_us(layer, repeats)
 
 
+def torch_whole(cfg, past, prompt, repeats=20, device="cuda"):
+    """transformers' eager Qwen3MoeForCausalLM (bf16, the same config) on the GPU: (ms per decode token after each
+    `past`, ms per prompt of each `prompt` length), wall time with a device sync per call."""
+    import time
+    import torch
+    import whole_model
+    from transformers import AutoModelForCausalLM, DynamicCache
+    model = AutoModelForCausalLM.from_config(whole_model.hf_config(cfg)).to(device, torch.bfloat16).eval()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def timed(f):
+        best = float("inf")
+        for _ in range(repeats + 2):
+            sync()
+            t0 = time.perf_counter()
+            f()
+            sync()
+            best = min(best, (time.perf_counter() - t0) * 1e3)
+        return best
+
+    decode, prompts = {}, {}
+    with torch.no_grad():
+        for p in past:
+            ids = torch.randint(0, cfg["vocab"], (1, p), device=device)
+            cache = DynamicCache(config=model.config)
+            model(input_ids=ids, past_key_values=cache, use_cache=True)
+            one = torch.randint(0, cfg["vocab"], (1, 1), device=device)
+
+            def step():
+                model(input_ids=one, past_key_values=cache, use_cache=True)
+                cache.crop(-1)  # back to p positions
+
+            decode[p] = timed(step)
+        for t in prompt:
+            ids = torch.randint(0, cfg["vocab"], (1, t), device=device)
+            prompts[t] = timed(lambda: model(input_ids=ids, logits_to_keep=1))
+    return decode, prompts
+
+
+def run_whole(args, d, meta, copy):
+    """The whole-model rows: moec's decode and prompt through a device session, beside transformers eager."""
+    sys.path.insert(0, HERE)
+    sys.path.insert(0, os.path.join(ROOT, "runtime", "python"))
+    import time
+    import moert
+    import whole_model
+    lib = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.moert))), "lib", "libmoert.so")
+    rt = moert.Runtime(lib)
+    rows = []
+    for name, cfg in meta.get("whole", {}).items():
+        moex = unpack(d, name)
+        model = rt.load(moex, device=args.device)
+        rng = np.random.default_rng(0)
+        past, prompt = WHOLE_PAST[name], WHOLE_PROMPT[name]
+        reps = 20 if args.device != "emu" else 2
+        try:
+            ref_decode, ref_prompt = torch_whole(cfg, past, prompt) if args.device != "emu" else ({}, {})
+        except Exception as e:  # noqa: BLE001 - the baseline is optional
+            print(f"(transformers baseline failed: {e})")
+            ref_decode, ref_prompt = {}, {}
+        for p in past:
+            sess = model.session(max_context=p + 1, cache_dtype="bf16")
+            for p0 in range(0, p, 512):
+                sess.append(rng.integers(0, cfg["vocab"], min(512, p - p0)))
+            times = []
+            for _ in range(reps + 1):
+                t0 = time.perf_counter()
+                sess.append(rng.integers(0, cfg["vocab"], 1))
+                times.append((time.perf_counter() - t0) * 1e3)
+                sess.rewind(p)
+            up, down = model.gpu_copies()
+            sess.close()
+            best = min(times[1:])
+            bytes_, _ = whole_model.token_cost("bf16", 1, p, 2, c=cfg)
+            rows.append((name, f"decode after {p}", best, 1e3 / best, bytes_ / 1e6, bytes_ / (best * 1e-3) / 1e9 / copy,
+                         up + down, ref_decode.get(p, float("nan"))))
+        for t in prompt:
+            sess = model.session(max_context=t, cache_dtype="bf16")
+            times = []
+            for _ in range(reps + 1):
+                ids = rng.integers(0, cfg["vocab"], t)
+                t0 = time.perf_counter()
+                sess.append(ids)
+                times.append((time.perf_counter() - t0) * 1e3)
+                sess.rewind(0)
+            up, down = model.gpu_copies()
+            sess.close()
+            best = min(times[1:])
+            bytes_, _ = whole_model.token_cost("bf16", t, 0, 2, last_logits=True, c=cfg)
+            rows.append((name, f"prompt {t}", best, t * 1e3 / best, bytes_ / 1e6,
+                         bytes_ / (best * 1e-3) / 1e9 / copy, up + down, ref_prompt.get(t, float("nan"))))
+        model.close()
+        os.remove(moex)
+    if rows:
+        print(f"\n| whole model (bf16) | step | moec (ms) | tokens/s | bytes read (MB) | fraction of copy bandwidth "
+              f"({copy:.0f} GB/s) | host <-> device bytes a step | transformers eager bf16 (ms) | eager / moec |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, what, ms, tps, mb, frac, copied, ref in rows:
+            print(f"| {name} | {what} | {ms:.2f} | {tps:.0f} | {mb:.1f} | {frac:.2f} | {copied} | {ref:.2f} | "
+                  f"{ref / ms:.2f}x |")
+    return 0
+
+
 def unpack(d, name):
     """The prepared artifact `name`, gunzipped into /tmp."""
     moex = os.path.join("/tmp", name + ".moex")
@@ -220,6 +361,8 @@ def run(args):
         return 77
     print(probe.stdout.strip())
     copy = float(re.search(r"copy (\d+) GB/s", probe.stdout).group(1))
+    if run_whole(args, d, meta, copy):
+        return 1
     rows, lrows = [], []
     for name, s in meta.get("linear", {}).items():
         moex = unpack(d, name)
@@ -268,6 +411,8 @@ def run(args):
                 print(f"(PyTorch baseline failed: {e})")
             rows.append((name, t, us, float(call.group(1)) * 1000, mb, gbs, gbs / copy, tus))
         os.remove(moex)
+    if not rows:
+        return 0
     print(f"\n| layer | T | moec GPU kernels (µs) | moert run call (µs, host copies incl.) | weights read (MB) | "
           f"GB/s | fraction of copy bandwidth ({copy:.0f} GB/s) | PyTorch eager (µs) | PyTorch / moec |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -63,29 +63,39 @@ def _int8_row_bytes(dim):
 KV_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "int8": _int8_row_bytes(CFG["head_dim"]) / CFG["head_dim"]}
 
 
-def export(path, hf_dir):
-    """Random-initialised Qwen3-MoE-like decoder with past, exported once (about 2 minutes here)."""
-    import torch
+def hf_config(c=CFG):
+    """The transformers config of a Qwen3-MoE-like model of sizes `c` (CFG's keys)."""
     import transformers as tf
-    from transformers import AutoModelForCausalLM
-    sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures", "transformers"))
-    from make_fixtures import with_past  # the same decoder-with-past wrapper as the test fixtures
-    c = CFG
     cfg = tf.Qwen3MoeConfig(hidden_size=c["hidden"], num_attention_heads=c["heads"], num_key_value_heads=c["kv_heads"],
                             head_dim=c["head_dim"], num_experts=c["experts"], num_experts_per_tok=c["top_k"],
                             moe_intermediate_size=c["ffn"], intermediate_size=c["ffn"] * 4, vocab_size=c["vocab"],
                             num_hidden_layers=c["layers"], max_position_embeddings=4096, norm_topk_prob=True,
                             tie_word_embeddings=False)
     cfg._experts_implementation = "batched_mm"
+    return cfg
+
+
+def export(path, hf_dir, c=CFG, constant=False):
+    """Random-initialised Qwen3-MoE-like decoder with past, exported once (about 2 minutes here). With
+    `constant`, every weight but the routers' is 0.01 (norms 1): the file then compresses to almost nothing,
+    for carrying a compiled artifact to a lent GPU (bench/gpu_decode.py), and the bytes a token reads are the
+    same; `hf_dir` None: the transformers checkpoint is not written."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures", "transformers"))
+    from make_fixtures import with_past  # the same decoder-with-past wrapper as the test fixtures
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg).eval()
+    model = AutoModelForCausalLM.from_config(hf_config(c)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
+            elif constant and not name.endswith("mlp.gate.weight"):
+                p.fill_(0.01)
             else:
                 p.normal_(0.0, 0.02)
-    model.save_pretrained(hf_dir)  # the same weights for llama.cpp's converter
+    if hf_dir:
+        model.save_pretrained(hf_dir)  # the same weights for llama.cpp's converter
     layers = c["layers"]
     wrapped, names, outs = with_past(model, torch)
     # Batch, new tokens and past length are dynamic (traced at batch 2: torch.export specialises a size-1 dim).
@@ -109,11 +119,10 @@ def feeds(t, past, rng):
     return f
 
 
-def token_cost(storage, t, past, kv_element=4, batch=1, last_logits=False):
+def token_cost(storage, t, past, kv_element=4, batch=1, last_logits=False, c=CFG):
     """(bytes, FLOPs) of one call of `batch` sequences of t new tokens: weights read once per call (the experts
     its tokens choose: all 32 once T is large, top-4 per layer at T = 1), each sequence's KV cache, and 2 FLOPs
     per weight per token plus attention (`last_logits`: the LM head for each sequence's last token only)."""
-    c = CFG
     h, q, kv = c["hidden"], c["heads"] * c["head_dim"], c["kv_heads"] * c["head_dim"]
     dense = c["layers"] * (h * q + 2 * h * kv + q * h) + h * c["vocab"]
     expert = 3 * h * c["ffn"]
