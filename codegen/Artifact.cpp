@@ -238,7 +238,7 @@ std::string moec::codegen::gpuCrossings(const moert::proto::Program &p) {
   for (const pb::Step &s : p.steps())
     add(s);
   moert::gpu::OpKernels every; // an artifact with GPU code has every graph-op kernel
-  every.strided = every.reduce = every.conv = every.rotary = every.norm = every.embedding = true;
+  every.strided = every.reduce = every.conv = every.topk = every.rotary = every.norm = every.embedding = true;
   const moert::gpu::Placement plan = moert::gpu::planPlacement(p, steps, every);
   std::string line;
   int back = 0;

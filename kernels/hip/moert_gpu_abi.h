@@ -378,6 +378,22 @@ typedef struct moert_gpu_reduce_args {
   const float *x;
   float *out;
 } moert_gpu_reduce_args;
+/* TopK (runtime/src/ops/Reduce.cpp's op), one warp per row along the axis:
+ *
+ *   moert_gpu_op_topk grid (ceil(rows / warps))         row r = (a, b) of the [outer, n, inner] view: its k
+ *                                                       best values (largest or smallest; equal values by
+ *                                                       index) in order, to values / indices [outer, k,
+ * inner]
+ *
+ * k passes over the row, each taking the best element after the last one taken (k small: routers). */
+typedef struct moert_gpu_topk_args {
+  int64_t rows, n, k, inner;
+  int32_t largest, pad_;
+  const float *x;
+  float *values;
+  int64_t *indices;
+} moert_gpu_topk_args;
+
 /* Conv (runtime/src/ops/Linalg.cpp's op, its geometry moert::planConv):
  *
  *   moert_gpu_op_conv grid (moert_gpu_op_blocks(n))     one thread per output element (n of them) of Y [N,

@@ -181,6 +181,45 @@ struct GraphOps {
                                                      : sum;
   }
 
+  // TopK: one warp per row, k passes (moert_gpu_topk_args).
+  static GPU_INLINE void topk(const moert_gpu_topk_args &a) {
+    constexpr int WARPS = MOERT_GPU_BLOCK / kWarp;
+    const int64_t r = int64_t(blockX()) * WARPS + warpId(), lane = laneId();
+    if (r >= a.rows)
+      return;
+    const int64_t outer = r / a.inner, in = r % a.inner;
+    const float *x = a.x + outer * a.n * a.inner + in;
+    const bool largest = a.largest != 0;
+    // (u, i) ranks before (w, j): the better value, or the lower index of equal ones.
+    auto before = [&](float u, int64_t i, float w, int64_t j) {
+      return u == w ? i < j : largest ? u > w : u < w;
+    };
+    float pv = 0.0f;
+    int64_t pi = -1; // the last one taken (none yet)
+    for (int64_t j = 0; j < a.k; ++j) {
+      float bv = 0.0f;
+      int bi = -1; // this lane's best after (pv, pi)
+      for (int64_t i = lane; i < a.n; i += kWarp) {
+        const float v = x[i * a.inner];
+        if ((pi < 0 || before(pv, pi, v, i)) && (bi < 0 || before(v, i, bv, bi)))
+          bv = v, bi = int(i);
+      }
+#pragma unroll
+      for (int s = kWarp / 2; s > 0; s /= 2) {
+        const float ov = shflXor(bv, s);
+        const int oi = shflXor(bi, s);
+        if (oi >= 0 && (bi < 0 || before(ov, oi, bv, bi)))
+          bv = ov, bi = oi;
+      }
+      if (lane == 0) {
+        const int64_t o = (outer * a.k + j) * a.inner + in;
+        a.values[o] = bi >= 0 ? bv : __builtin_nanf("");
+        a.indices[o] = bi;
+      }
+      pv = bv, pi = bi;
+    }
+  }
+
   // Conv: one thread per output element (moert_gpu_conv_args; the CPU op's sums in its order).
   static GPU_INLINE void conv(const moert_gpu_conv_args &a) {
     const int64_t step = int64_t(gridX()) * MOERT_GPU_BLOCK, cg = a.C / a.group, mg = a.M / a.group;

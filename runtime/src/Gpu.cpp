@@ -287,6 +287,7 @@ public:
   void *strided = nullptr; // the graph ops' kernels (null: code from before them; graph ops on the host)
   void *reduce = nullptr;  // reductions and softmax
   void *conv = nullptr;
+  void *topk = nullptr;
   void *rotary = nullptr, *norm = nullptr; // moec.Rotary's and moec.Norm's (null: code from before them)
   void *embedding = nullptr;               // moec.Embedding's (null: code from before it)
   void *kvAppend = nullptr; // a session cache's append (null: code from before it; caches stay on the host)
@@ -513,6 +514,8 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
     d->reduce = nullptr;
   if (d->drv.moduleGetFunction(&d->conv, d->module, "moert_gpu_op_conv"))
     d->conv = nullptr;
+  if (d->drv.moduleGetFunction(&d->topk, d->module, "moert_gpu_op_topk"))
+    d->topk = nullptr;
   if (d->drv.moduleGetFunction(&d->rotary, d->module, "moert_gpu_op_rotary"))
     d->rotary = nullptr;
   if (d->drv.moduleGetFunction(&d->norm, d->module, "moert_gpu_op_norm"))
@@ -1215,7 +1218,8 @@ std::string runAttention(Device &d, Residency &r, int index, const moert_attenti
 
 OpKernels opKernels(const Device &d) {
   OpKernels k;
-  k.strided = d.strided, k.reduce = d.reduce, k.conv = d.conv, k.rotary = d.rotary, k.norm = d.norm;
+  k.strided = d.strided, k.reduce = d.reduce, k.conv = d.conv, k.topk = d.topk, k.rotary = d.rotary;
+  k.norm = d.norm;
   k.embedding = d.embedding;
   return k;
 }
@@ -1357,6 +1361,26 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
   if (in.empty() || !present(0))
     return false;
   const std::vector<int64_t> &x = in[0];
+  if (name == "TopK") { // the CPU op's checks; K read on the host
+    std::vector<int64_t> kk;
+    int64_t axis = attrInt(op, "axis", -1);
+    axis += axis < 0 ? int64_t(x.size()) : 0;
+    if (in.size() != 2 || x.empty() || axis < 0 || axis >= int64_t(x.size()) || !ints(1, kk) ||
+        kk.size() != 1 || kk[0] < 0 || kk[0] > x[axis] || x[axis] > (int64_t(1) << 30))
+      return false;
+    moert_gpu_topk_args &t = plan.topk;
+    t.n = x[axis], t.k = kk[0], t.largest = attrInt(op, "largest", 1) != 0;
+    t.inner = 1, t.rows = 1;
+    for (size_t d = 0; d < x.size(); ++d)
+      if (int64_t(d) != axis)
+        (int64_t(d) > axis ? t.inner : t.rows) *= x[d];
+    t.rows *= t.inner;
+    std::vector<int64_t> out = x;
+    out[axis] = t.k;
+    plan.fused = 6;
+    plan.outDims = {out, out};
+    return true;
+  }
   if (name == "Conv") { // X on the device, W and B side inputs (constants: uploaded once)
     ConvPlan g;
     if (in.size() < 2 || !present(1) || !planConv(op, x, in[1], g).empty() ||
@@ -1589,7 +1613,7 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
   std::string e;
   if (plan.fused) { // every present input (the side ones uploaded when not there), then one launch
     for (size_t j = 0; j < inputs.size(); ++j)
-      if (inputs[j].first && inputs[j].second && (plan.fused != 4 || j == 0) &&
+      if (inputs[j].first && inputs[j].second && ((plan.fused != 4 && plan.fused != 6) || j == 0) &&
           (e = r.input(inputs[j].first, inputs[j].second, in[j])).size())
         return e;
     if (outputs[0].second && (e = r.output(outputs[0].first, outputs[0].second, out[0])).size())
@@ -1598,6 +1622,17 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
       return j < in.size() && in[j] ? reinterpret_cast<const float *>(in[j]) : nullptr;
     };
     void *params[1];
+    if (plan.fused == 6) {
+      moert_gpu_topk_args a = plan.topk;
+      if (outputs.size() != 2 ||
+          (outputs[1].second && (e = r.output(outputs[1].first, outputs[1].second, out[1])).size()))
+        return e.empty() ? "internal: TopK without its indices" : e;
+      a.x = at(0), a.values = reinterpret_cast<float *>(out[0]),
+      a.indices = reinterpret_cast<int64_t *>(out[1]);
+      params[0] = &a;
+      const int64_t blocks = (a.rows + d.warps - 1) / d.warps;
+      return blocks && a.k ? d.launch(d.topk, blocks, 1, 1, params, "launch (topk)") : "";
+    }
     if (plan.fused == 5) {
       moert_gpu_conv_args a = plan.conv;
       a.x = at(0), a.w = at(1), a.b = at(2), a.y = reinterpret_cast<float *>(out[0]);

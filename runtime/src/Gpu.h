@@ -138,11 +138,13 @@ OpKernels opKernels(const Device &d);
 struct OpPlan {
   std::vector<std::vector<int64_t>> outDims; // each output's
   int fused = 0; // 1: moec.Rotary (`rotary`), 2: moec.Norm (`norm`), 3: moec.Embedding (`embedding`),
-                 // 4: a reduction or softmax (`reduce`), 5: Conv (`conv`), one launch each; 0: `launches`
+                 // 4: a reduction or softmax (`reduce`), 5: Conv (`conv`), 6: TopK (`topk`), one launch each;
+                 // 0: `launches`
   moert_gpu_rotary_args rotary{};
   moert_gpu_norm_args norm{};
   moert_gpu_reduce_args reduce{};
   moert_gpu_conv_args conv{};
+  moert_gpu_topk_args topk{};
   EmbeddingPlan embedding; // its indices checked on the host before the launch
   struct Launch {
     moert_gpu_op_args args{}; // pointers filled at run time

@@ -105,13 +105,18 @@ bool movementOp(const std::string &op) {
 } // namespace
 
 bool graphOpCandidate(const OpKernels &d, const pb::Program &p, const pb::Step &s) {
-  if (!s.has_op() || s.op().blocks_size() || s.op().outputs_size() < 1 ||
-      (s.op().outputs_size() > 1 && s.op().op() != "Split"))
+  if (!s.has_op() || s.op().blocks_size() || s.op().outputs_size() < 1)
+    return false;
+  const std::string &op = s.op().op();
+  if (op == "TopK") // values and indices
+    return d.topk && s.op().outputs_size() == 2 && s.op().outputs(0) >= 0 && s.op().outputs(1) >= 0 &&
+           p.values(s.op().outputs(0)).type().dtype() == pb::F32 &&
+           p.values(s.op().outputs(1)).type().dtype() == pb::I64;
+  if (s.op().outputs_size() > 1 && op != "Split")
     return false;
   for (int64_t id : s.op().outputs())
     if (id < 0 || p.values(id).type().dtype() != pb::F32)
       return false;
-  const std::string &op = s.op().op();
   if (op == "moec.Rotary")
     return d.rotary;
   if (op == "moec.Norm")
@@ -136,7 +141,7 @@ bool sideInput(const pb::OpStep &op, int k) {
 bool parameterInput(const pb::OpStep &op, int k) {
   const std::string &n = op.op();
   return k > 0 && (n == "Slice" || n == "Split" || n == "Expand" || n == "Gather" || n == "Clip" ||
-                   n.rfind("Reduce", 0) == 0);
+                   n == "TopK" || n.rfind("Reduce", 0) == 0);
 }
 
 bool opQualifies(const pb::OpStep &op, const std::vector<OpInput> &in) {

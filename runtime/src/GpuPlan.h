@@ -27,7 +27,8 @@ namespace gpu {
 
 /// Which graph-op kernels (kernels/hip/ops_gpu.h) a GPU code object has.
 struct OpKernels {
-  bool strided = false, reduce = false, conv = false, rotary = false, norm = false, embedding = false;
+  bool strided = false, reduce = false, conv = false, topk = false, rotary = false, norm = false,
+       embedding = false;
 };
 
 /// The strided kernel's kind for an elementwise op name (MOERT_GPU_OP_*), or -1.
@@ -39,9 +40,9 @@ int reduceKind(const std::string &op);
 /// (Add, Sub, Mul, Div, Pow, Max, Min, PRelu with broadcasting; the unary ops and activations of
 /// elementwiseKind), Transpose, Concat, Slice, Split, Expand, Gather, the reductions (ReduceSum, ReduceMean,
 /// ReduceMax, ReduceMin, ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSumExp), Softmax and LogSoftmax, Conv
-/// (1 to 3 spatial dims), with f32 outputs; moec.Rotary, moec.Norm and moec.Embedding. It runs there when
-/// every input qualifies (opQualifies), the load-time plan keeps it there (planPlacement) and planOp plans
-/// its shapes.
+/// (1 to 3 spatial dims), with f32 outputs; TopK (f32 values, int64 indices); moec.Rotary, moec.Norm and
+/// moec.Embedding. It runs there when every input qualifies (opQualifies), the load-time plan keeps it there
+/// (planPlacement) and planOp plans its shapes.
 bool graphOpCandidate(const OpKernels &k, const proto::Program &p, const proto::Step &s);
 /// Where a candidate's input is (absent: present false; dtype a proto::DType).
 struct OpInput {
@@ -56,7 +57,8 @@ struct OpInput {
 /// norm weight, moec.Norm's weight and bias (small; the row input decides), every input of moec.Embedding
 /// (its table a constant, uploaded once; its indices from the host, a few bytes for a row of H floats).
 /// Parameters are read on the host by planOp: Slice's starts / ends / axes / steps, Split's sizes, Expand's
-/// shape, Gather's indices, a reduction's axes (integers: never on the device), Clip's bounds (constants).
+/// shape, Gather's indices, a reduction's axes, TopK's k (integers: never on the device), Clip's bounds
+/// (constants).
 bool opQualifies(const proto::OpStep &op, const std::vector<OpInput> &in);
 /// Whether input k of a candidate is a parameter (above): read on the host, never copied to the device.
 bool parameterInput(const proto::OpStep &op, int k);

@@ -706,7 +706,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       if (gpuOp) {
         std::vector<std::pair<void *, size_t>> made;
         for (int k = 0; k < o.outputs_size(); ++k) {
-          if (!outs[k].alloc(moert::proto::F32, opPlan.outDims[k]))
+          if (!outs[k].alloc(p.values(o.outputs(k)).type().dtype(), opPlan.outDims[k]))
             return makeError("out of memory for " + o.op() + " '" + p.values(o.outputs(k)).name() + "'");
           made.push_back({outs[k].mut<char>(), outs[k].bytes()});
         }
