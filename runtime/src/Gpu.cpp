@@ -508,22 +508,15 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
                      " (compile the model again with this moec)";
   if (std::string e = loadCode(*d, a, map); !e.empty())
     return e;
-  if (d->drv.moduleGetFunction(&d->strided, d->module, "moert_gpu_op_strided"))
-    d->strided = nullptr;
-  if (d->drv.moduleGetFunction(&d->reduce, d->module, "moert_gpu_op_reduce"))
-    d->reduce = nullptr;
-  if (d->drv.moduleGetFunction(&d->conv, d->module, "moert_gpu_op_conv"))
-    d->conv = nullptr;
-  if (d->drv.moduleGetFunction(&d->topk, d->module, "moert_gpu_op_topk"))
-    d->topk = nullptr;
-  if (d->drv.moduleGetFunction(&d->rotary, d->module, "moert_gpu_op_rotary"))
-    d->rotary = nullptr;
-  if (d->drv.moduleGetFunction(&d->norm, d->module, "moert_gpu_op_norm"))
-    d->norm = nullptr;
-  if (d->drv.moduleGetFunction(&d->embedding, d->module, "moert_gpu_op_embedding"))
-    d->embedding = nullptr;
-  if (d->drv.moduleGetFunction(&d->kvAppend, d->module, "moert_gpu_op_kv_append"))
-    d->kvAppend = nullptr;
+  // The graph ops' kernels: each one missing (code from before it) leaves its ops on the host.
+  const std::pair<void **, const char *> graphOps[] = {
+      {&d->strided, "moert_gpu_op_strided"},     {&d->reduce, "moert_gpu_op_reduce"},
+      {&d->conv, "moert_gpu_op_conv"},           {&d->topk, "moert_gpu_op_topk"},
+      {&d->rotary, "moert_gpu_op_rotary"},       {&d->norm, "moert_gpu_op_norm"},
+      {&d->embedding, "moert_gpu_op_embedding"}, {&d->kvAppend, "moert_gpu_op_kv_append"}};
+  for (const auto &[fn, name] : graphOps)
+    if (d->drv.moduleGetFunction(fn, d->module, name))
+      *fn = nullptr;
   d->mapLo = reinterpret_cast<uintptr_t>(map);
   for (const auto &section : a.sections())
     d->mapHi = std::max<uintptr_t>(d->mapHi, d->mapLo + section.offset() + section.size());
