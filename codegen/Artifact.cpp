@@ -120,9 +120,10 @@ bool ArtifactWriter::finish(std::string &error) {
 }
 
 namespace {
+/// libmoert's views (moert::format::viewOp), and the optional ops, which pass their input on (counted as
+/// views here: the plan then keeps the input's buffer for as long as the output is read).
 bool isViewOp(const std::string &op) {
-  return op == "Reshape" || op == "Squeeze" || op == "Unsqueeze" || op == "Identity" || op == "Optional" ||
-         op == "OptionalGetElement";
+  return moert::format::viewOp(op.c_str()) || op == "Optional" || op == "OptionalGetElement";
 }
 } // namespace
 
@@ -229,7 +230,7 @@ std::string moec::codegen::gpuCrossings(const moert::proto::Program &p) {
     const bool dispatch =
         s.has_moe() || (s.has_linear() && s.linear().has_gpu()) || (s.has_attention() && s.attention().gpu());
     const std::string op = s.has_op() ? s.op().op() : "";
-    steps.push_back({&s, dispatch, isViewOp(op) || op == "Flatten", op == "Shape"});
+    steps.push_back({&s, dispatch, moert::format::viewOp(op.c_str()), op == "Shape"});
     if (s.has_op())
       for (const pb::Block &b : s.op().blocks())
         for (const pb::Step &inner : b.steps())

@@ -79,7 +79,8 @@ std::string firstErrorLine(llvm::StringRef logPath);
 
 /// The static memory plan: assigns every intermediate that owns its bytes (an op or dispatch output that is
 /// not a view) one of a few buffers, reusing a buffer once everything reading its value - directly or
-/// through views (Reshape, Squeeze, Unsqueeze, Identity alias their input) - has run. Sets `Value.buffer` and
+/// through views (the ops libmoert runs as views of their input, moert::format::viewOp, and the optional ops)
+/// - has run. Sets `Value.buffer` and
 /// `Program.buffers`; buffer sizes depend on the symbolic dims and are resolved by the runtime.
 void planMemory(moert::proto::Program &program);
 

@@ -70,6 +70,18 @@ inline uint64_t headChecksum(FileHeader h, const unsigned char *metadata) {
   return checksum(metadata, h.metadataSize, a);
 }
 
+/// The ops whose output is a view of their first input's bytes when libmoert runs them (runtime/src/Ops.cpp's
+/// isView), so the program's memory plan (codegen/Artifact.cpp) counts a read of the output as a read of the
+/// input's buffer. One list: a view the plan did not know of read a buffer the plan had given to a later
+/// value.
+inline bool viewOp(const char *op) {
+  static const char *const kViews[] = {"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"};
+  for (const char *v : kViews)
+    if (std::strcmp(op, v) == 0)
+      return true;
+  return false;
+}
+
 inline uint64_t alignUp(uint64_t x) { return (x + kAlignment - 1) / kAlignment * kAlignment; }
 
 } // namespace moert::format

@@ -574,6 +574,12 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
           if (!m.opKernels[si])
             return why = "uses op '" + o.op() + "', which this moert cannot run (written by a newer moec?)",
                    false;
+          // A view with a buffer of its own: a memory plan made without knowing it aliases its input (moec
+          // before Flatten was one), which could give that input's buffer away while the view is still read.
+          for (int64_t id : o.outputs())
+            if (moert::isView(m.opKernels[si]) && validId(id) && p.values(id).has_buffer() &&
+                p.values(id).buffer() >= 0)
+              m.planIgnoresViews = true;
         }
         if (o.blocks_size() != std::max(wantBlocks, 0))
           return why = "has a corrupted program (op " + o.op() + " with " + std::to_string(o.blocks_size()) +

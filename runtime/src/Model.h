@@ -193,6 +193,7 @@ struct moert_model {
   std::string description;
   // The memory plan's buffer sizes, learned per input shape (the first run with a shape measures them; later
   // runs place every planned value in one arena), and one spare arena kept between runs.
+  bool planIgnoresViews = false; // the artifact's plan gives a view a buffer: runs do not use the plan
   std::mutex planMutex;
   std::map<std::vector<int64_t>, std::vector<uint64_t>> bufferBytes;
   std::shared_ptr<char> spareArena;

@@ -436,7 +436,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       }
     }
   }
-  const int buffers = p.buffers();
+  const int buffers = m->planIgnoresViews ? 0 : p.buffers(); // no plan: every value in a block of its own
   std::vector<uint64_t> planned, offset(buffers, 0), observed(buffers, 0);
   std::shared_ptr<char> arena;
   size_t arenaBytes = 0;
