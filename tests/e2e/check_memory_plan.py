@@ -2,7 +2,9 @@
 """The artifact's memory plan at work: one loaded model runs a sequence of shapes (repeats reuse the learned
 buffer sizes and the arena; new shapes grow them), each result checked against ONNX Runtime (max relative
 error <= 1e-4), on whole transformers models (attention, embeddings, two MoE dispatches), a MoE layer, and a
-chain of the ops libmoert runs as views of their input, each read after later values were made.
+chain of the ops libmoert runs as views of their input, each read after later values were made; and an
+artifact whose plan gives a view a buffer of its own (as an older moec's did for Flatten), which must run
+without the plan.
 
   check_memory_plan.py --moec build/bin/moec --lib build/lib/libmoert.so
 """
@@ -52,6 +54,59 @@ def views_model(path):
     onnx.save(model, path)
 
 
+def old_plan_check(args, rt, tmp):
+    """An artifact whose plan gives a view a buffer of its own (as moec did for Flatten before the view list was
+    one), its Flatten's input buffer handed to the next value: libmoert must run it without the plan. Made by
+    rewriting the plan in a fresh artifact's metadata (protoc's Python classes for runtime/artifact.proto)."""
+    import struct
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+    from check_bad_artifacts import reseal
+    N = helper.make_node
+    nodes = [N("Relu", ["x"], ["r"]), N("Flatten", ["r"], ["f"], axis=1), N("Neg", ["x"], ["n"]),
+             N("Exp", ["n"], ["e"]), N("Reshape", ["f", "back"], ["fb"]), N("Add", ["fb", "e"], ["y"])]
+    graph = helper.make_graph(nodes, "old_plan", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", 8])],
+                              [numpy_helper.from_array(np.array([-1, 8], np.int64), "back")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path, artifact = os.path.join(tmp, "old_plan.onnx"), os.path.join(tmp, "old_plan.moex")
+    onnx.save(model, path)
+    subprocess.run([args.moec, "compile", path, "-o", artifact, "--quiet"], check=True, stderr=subprocess.DEVNULL)
+    subprocess.run(["protoc", f"--python_out={tmp}", f"-I{os.path.join(ROOT, 'runtime')}",
+                    os.path.join(ROOT, "runtime", "artifact.proto")], check=True)
+    sys.path.insert(0, tmp)
+    import artifact_pb2
+    image = open(artifact, "rb").read()
+    offset, size = struct.unpack_from("<QQ", image, 24)
+    meta = artifact_pb2.Artifact()
+    meta.ParseFromString(image[offset:offset + size])
+    p = meta.program
+    ops = [s.op for s in p.steps if s.HasField("op")]
+    flatten = next(o for o in ops if o.op == b"Flatten")
+    neg = next(o for o in ops if o.op == b"Neg")
+    p.values[neg.outputs[0]].buffer = p.values[flatten.inputs[0]].buffer  # the Relu's buffer, free after Flatten
+    p.values[flatten.outputs[0]].buffer = p.buffers  # the view given a buffer of its own
+    p.buffers += 1
+    new = meta.SerializeToString()
+    image = bytearray(image[:offset] + new)
+    struct.pack_into("<QQQ", image, 16, len(image), offset, len(new))  # file size, metadata offset and size
+    open(artifact, "wb").write(reseal(bytes(image)))
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    m = rt.load(artifact, threads=2)
+    rng = np.random.default_rng(1)
+    worst = 0.0
+    for t in SEQUENCE:
+        d = {"x": rng.standard_normal((t, 8)).astype(np.float32)}
+        got, want = list(m.run(d).values())[0], sess.run(None, d)[0]
+        worst = max(worst, float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)))
+    m.close()
+    ok = worst <= 1e-4
+    print(f"{'ok  ' if ok else 'FAIL'} {'old plan (a view with a buffer)':20s} T={SEQUENCE} max rel error {worst:.2e}")
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moec", required=True)
@@ -92,6 +147,7 @@ def main():
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {name:20s} T={SEQUENCE} max rel error {worst:.2e}{why}")
             m.close()
+        failures += not old_plan_check(args, rt, tmp)
     return 1 if failures else 0
 
 
