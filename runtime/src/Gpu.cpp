@@ -1,6 +1,7 @@
 //===- Gpu.cpp - libmoert's GPU backends over the CUDA driver API and HIP ------===//
 #include "Gpu.h"
 #include "Model.h"
+#include "ops/OpKernel.h"
 
 #include "kernels/hip/moert_gpu_abi.h"
 
@@ -1223,53 +1224,7 @@ bool runsDispatch(const Device &d, const pb::Step &s) {
 }
 
 namespace {
-/// Row-major element strides of `dims`.
-std::vector<int64_t> stridesOf(const std::vector<int64_t> &dims) {
-  std::vector<int64_t> s(dims.size(), 1);
-  for (size_t k = dims.size(); k-- > 1;)
-    s[k - 1] = s[k] * dims[k];
-  return s;
-}
-const pb::Attribute *attr(const pb::OpStep &op, const char *name) {
-  for (const auto &at : op.attributes())
-    if (at.name() == name)
-      return &at;
-  return nullptr;
-}
-int64_t attrInt(const pb::OpStep &op, const char *name, int64_t fallback) {
-  const pb::Attribute *a = attr(op, name);
-  return a && a->ints_size() == 1 ? a->ints(0) : fallback;
-}
-float attrFloat(const pb::OpStep &op, const char *name, float fallback) {
-  const pb::Attribute *a = attr(op, name);
-  return a && a->floats_size() == 1 ? float(a->floats(0)) : fallback;
-}
-/// NumPy broadcasting of `a` and `b` (dims aligned on the right) into `out`; false when they do not.
-bool broadcastDims(const std::vector<int64_t> &a, const std::vector<int64_t> &b, std::vector<int64_t> &out) {
-  const size_t rank = std::max(a.size(), b.size());
-  out.assign(rank, 1);
-  for (size_t k = 0; k < rank; ++k)
-    for (const auto *d : {&a, &b}) {
-      const int64_t x = k + d->size() >= rank ? (*d)[k + d->size() - rank] : 1;
-      if (x != 1 && out[k] != 1 && x != out[k])
-        return false;
-      out[k] = x == 1 ? out[k] : x;
-    }
-  for (size_t k = 0; k < rank; ++k) // a 0-sized input dim against 1: the output is empty
-    for (const auto *d : {&a, &b})
-      if (k + d->size() >= rank && (*d)[k + d->size() - rank] == 0)
-        out[k] = 0;
-  return true;
-}
-/// The element strides that read `in` broadcast to `out` (0 along a broadcast dim).
-void broadcastStrides(const std::vector<int64_t> &in, const std::vector<int64_t> &out, int64_t *to) {
-  const size_t rank = out.size();
-  const std::vector<int64_t> s = stridesOf(in);
-  for (size_t k = 0; k < rank; ++k) {
-    const size_t at = k + in.size() - rank; // valid when k + size >= rank
-    to[k] = k + in.size() >= rank && in[at] != 1 ? s[at] : 0;
-  }
-}
+using ops::stridesOf;
 /// The integers of a parameter input (int64 or int32 host bytes of `dims`); false when it is not one.
 bool readInts(const std::vector<int64_t> &dims, int dtype, const void *host, std::vector<int64_t> &v) {
   if (!host || (dtype != pb::I64 && dtype != pb::I32) || dims.size() > 1)
@@ -1286,6 +1241,7 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
             const std::vector<const void *> &host, OpPlan &plan) {
   plan = OpPlan{};
   const std::string &name = op.op();
+  const ops::Attrs attrs{op};
   for (const auto &d : in)
     if (d.size() > MOERT_GPU_OP_RANK)
       return false;
@@ -1356,13 +1312,13 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
   const std::vector<int64_t> &x = in[0];
   if (name == "TopK") { // the CPU op's checks; K read on the host
     std::vector<int64_t> kk;
-    int64_t axis = attrInt(op, "axis", -1);
+    int64_t axis = attrs.i("axis", -1);
     axis += axis < 0 ? int64_t(x.size()) : 0;
     if (in.size() != 2 || x.empty() || axis < 0 || axis >= int64_t(x.size()) || !ints(1, kk) ||
         kk.size() != 1 || kk[0] < 0 || kk[0] > x[axis] || x[axis] > (int64_t(1) << 30))
       return false;
     moert_gpu_topk_args &t = plan.topk;
-    t.n = x[axis], t.k = kk[0], t.largest = attrInt(op, "largest", 1) != 0;
+    t.n = x[axis], t.k = kk[0], t.largest = attrs.i("largest", 1) != 0;
     t.inner = 1, t.rows = 1;
     for (size_t d = 0; d < x.size(); ++d)
       if (int64_t(d) != axis)
@@ -1397,13 +1353,13 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
     std::vector<bool> reduced;
     std::vector<int64_t> axes;
     if (red >= MOERT_GPU_RED_SOFTMAX) {
-      const int64_t ax = attrInt(op, "axis", -1) + (attrInt(op, "axis", -1) < 0 ? int64_t(x.size()) : 0);
+      const int64_t ax = ops::normAxis(attrs.i("axis", -1), int64_t(x.size()));
       if (x.empty() || ax < 0 || ax >= int64_t(x.size()))
         return false;
       reduced.assign(x.size(), false);
       reduced[ax] = true;
     } else if ((present(1) && !ints(1, axes)) ||
-               !reducedAxes(x.size(), axes, attrInt(op, "noop_with_empty_axes", 0) != 0, reduced).empty()) {
+               !reducedAxes(x.size(), axes, attrs.i("noop_with_empty_axes", 0) != 0, reduced).empty()) {
       return false;
     }
     moert_gpu_reduce_args &r = plan.reduce;
@@ -1411,7 +1367,7 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
     r.rows = 1, r.n = 1;
     const std::vector<int64_t> xs = stridesOf(x);
     std::vector<int64_t> out;
-    const bool keep = attrInt(op, "keepdims", 1) != 0;
+    const bool keep = attrs.i("keepdims", 1) != 0;
     for (size_t k = 0; k < x.size(); ++k) {
       if (reduced[k]) {
         r.red_dims[r.red_rank] = x[k], r.red_strides[r.red_rank++] = xs[k], r.n *= x[k];
@@ -1431,16 +1387,16 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
   if (const int kind = elementwiseKind(name); kind >= 0) {
     if (kind != MOERT_GPU_OP_COPY && kind < MOERT_GPU_OP_UNARY &&
         !((name == "Max" || name == "Min") && in.size() == 1)) { // binary, broadcasting
-      std::vector<int64_t> out;
-      if (in.size() != 2 || !present(1) || !broadcastDims(x, in[1], out))
+      ops::Broadcast b;
+      std::string why;
+      if (in.size() != 2 || !present(1) || !ops::broadcast({&x, &in[1]}, b, why))
         return false;
+      const std::vector<int64_t> &out = b.dims, os = stridesOf(out);
       plan.outDims = {out};
       OpPlan::Launch &l = launch(out, 0, 1);
       l.args.kind = kind;
-      broadcastStrides(x, out, l.args.a_strides);
-      broadcastStrides(in[1], out, l.args.b_strides);
-      const std::vector<int64_t> os = stridesOf(out);
       for (size_t k = 0; k < out.size(); ++k)
+        l.args.a_strides[k] = b.strides[0][k], l.args.b_strides[k] = b.strides[1][k],
         l.args.out_strides[k] = os[k];
       return true;
     }
@@ -1452,16 +1408,15 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
       n *= v;
     plan.outDims = {x};
     OpPlan::Launch &l = launch({n}, 0, -1);
-    l.args.kind = name == "Gelu" && attr(op, "approximate") && attr(op, "approximate")->s() == "tanh"
-                      ? MOERT_GPU_OP_GELU_TANH
+    l.args.kind = name == "Gelu" && attrs.str("approximate", "none") == "tanh" ? MOERT_GPU_OP_GELU_TANH
                   : kind < MOERT_GPU_OP_UNARY ? MOERT_GPU_OP_COPY // Max / Min of one input
                                               : kind;
     l.args.a_strides[0] = l.args.out_strides[0] = 1;
-    l.args.alpha = name == "LeakyRelu"     ? attrFloat(op, "alpha", 0.01f)
-                   : name == "Elu"         ? attrFloat(op, "alpha", 1.0f)
-                   : name == "HardSigmoid" ? attrFloat(op, "alpha", 0.2f)
+    l.args.alpha = name == "LeakyRelu"     ? float(attrs.f("alpha", 0.01f))
+                   : name == "Elu"         ? float(attrs.f("alpha", 1.0f))
+                   : name == "HardSigmoid" ? float(attrs.f("alpha", 0.2f))
                                            : 0.0f;
-    l.args.beta = name == "HardSigmoid" ? attrFloat(op, "beta", 0.5f) : 0.0f;
+    l.args.beta = name == "HardSigmoid" ? float(attrs.f("beta", 0.5f)) : 0.0f;
     if (name == "Clip") { // bounds from constant f32 scalars (opQualifies), else the f32 range
       l.args.alpha = -std::numeric_limits<float>::max(), l.args.beta = std::numeric_limits<float>::max();
       for (size_t k = 1; k < in.size(); ++k) {
@@ -1484,8 +1439,7 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
     if (in.size() != 1)
       return false;
     std::vector<int64_t> perm;
-    if (const pb::Attribute *a = attr(op, "perm"))
-      perm.assign(a->ints().begin(), a->ints().end());
+    perm = attrs.ints("perm");
     if (perm.empty())
       for (size_t k = rank; k-- > 0;)
         perm.push_back(int64_t(k));
@@ -1504,7 +1458,7 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
     return true;
   }
   if (name == "Concat") {
-    int64_t axis = attrInt(op, "axis", 0);
+    int64_t axis = attrs.i("axis", 0);
     if (axis < 0)
       axis += int64_t(rank);
     if (axis < 0 || axis >= int64_t(rank))
@@ -1539,7 +1493,7 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
     return true;
   }
   if (name == "Split") {
-    int64_t axis = attrInt(op, "axis", 0);
+    int64_t axis = attrs.i("axis", 0);
     if (axis < 0)
       axis += int64_t(rank);
     std::vector<int64_t> given, sizes;
@@ -1558,18 +1512,19 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
     return true;
   }
   if (name == "Expand") {
-    std::vector<int64_t> shape, out;
-    if (in.size() != 2 || !ints(1, shape) || !broadcastDims(x, shape, out) || out.size() > MOERT_GPU_OP_RANK)
+    std::vector<int64_t> shape;
+    ops::Broadcast b;
+    std::string why;
+    if (in.size() != 2 || !ints(1, shape) || !ops::broadcast({&x, &shape}, b, why) ||
+        b.dims.size() > MOERT_GPU_OP_RANK)
       return false;
-    std::vector<int64_t> st(out.size());
-    broadcastStrides(x, out, st.data());
-    plan.outDims = {out};
-    copy(out, 0, st, 0, 0, stridesOf(out), 0);
+    plan.outDims = {b.dims};
+    copy(b.dims, 0, b.strides[0], 0, 0, stridesOf(b.dims), 0);
     return true;
   }
   if (name == "Gather") { // a few indices: one copy of x's slab at each
     std::vector<int64_t> idx;
-    int64_t axis = attrInt(op, "axis", 0);
+    int64_t axis = attrs.i("axis", 0);
     if (axis < 0)
       axis += int64_t(rank);
     if (in.size() != 2 || axis < 0 || axis >= int64_t(rank) || in[1].size() > 1 || !ints(1, idx) ||
@@ -1606,7 +1561,7 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
   std::string e;
   if (plan.fused) { // every present input (the side ones uploaded when not there), then one launch
     for (size_t j = 0; j < inputs.size(); ++j)
-      if (inputs[j].first && inputs[j].second && ((plan.fused != 4 && plan.fused != 6) || j == 0) &&
+      if (inputs[j].first && inputs[j].second &&
           (e = r.input(inputs[j].first, inputs[j].second, in[j])).size())
         return e;
     if (outputs[0].second && (e = r.output(outputs[0].first, outputs[0].second, out[0])).size())

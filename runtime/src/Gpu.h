@@ -159,7 +159,8 @@ struct OpPlan {
 /// an axis out of range, an index outside the axis, ...): the host runs it then, and reports what is wrong.
 bool planOp(const proto::OpStep &op, const std::vector<std::vector<int64_t>> &in,
             const std::vector<int> &dtypes, const std::vector<const void *> &host, OpPlan &plan);
-/// Runs a planned op on host ranges (each input's bytes, each output's) through the residency.
+/// Runs a planned op on host ranges (each input's bytes, null for a parameter; each output's) through the
+/// residency.
 std::string runOp(Device &d, Residency &r, const OpPlan &plan,
                   const std::vector<std::pair<const void *, size_t>> &inputs,
                   const std::vector<std::pair<void *, size_t>> &outputs);

@@ -710,9 +710,11 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
             return makeError("out of memory for " + o.op() + " '" + p.values(o.outputs(k)).name() + "'");
           made.push_back({outs[k].mut<char>(), outs[k].bytes()});
         }
-        std::vector<std::pair<const void *, size_t>> ranges;
-        for (const Tensor &t : ins)
-          ranges.push_back({t.data, t.bytes()});
+        std::vector<std::pair<const void *, size_t>> ranges; // parameters stay on the host (planOp read them)
+        for (size_t k = 0; k < ins.size(); ++k)
+          ranges.push_back(moert::gpu::parameterInput(o, int(k))
+                               ? std::pair<const void *, size_t>{nullptr, 0}
+                               : std::pair<const void *, size_t>{ins[k].data, ins[k].bytes()});
         std::string why = moert::gpu::runOp(*m->gpu, *residency, opPlan, ranges, made);
         if (!why.empty())
           return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
