@@ -1623,9 +1623,32 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   meta.set_kernel_abi(MOERT_KERNEL_ABI_VERSION);
   meta.set_source_model(llvm::sys::path::filename(sourceModel).str());
   meta.set_code_section(-1);
+  // A GPU target: the graph ops' kernels (and each dispatch's), for every model.
+  auto gpuCode = [&](const std::string &cxx, const KernelCache &cache) {
+    if (std::string crossings = gpuCrossings(*em.program); !crossings.empty() && progress)
+      *progress << "moec: note: " << crossings << "\n";
+    GpuBuild gb{options.hipArchs,
+                options.cudaArchs,
+                options.emuArchs,
+                cxx,
+                options.dumpKernelsDir,
+                options.sanitizers,
+                cache};
+    return compileGpuCode(gb, em.gpuSource, em.writer, error, progress);
+  };
   if (em.dispatches == 0 && em.linears == 0 && em.attentions == 0 &&
-      options.dumpKernelsDir.empty()) // only graph ops: libmoert's kernels run them all
+      options.dumpKernelsDir.empty()) { // only graph ops: libmoert's kernels run them all on the CPU
+    if (options.gpu()) {
+      std::string cxx = findCompiler(options);
+      if (cxx.empty()) {
+        error = "no clang for the GPU kernels: install clang-19 (Debian: clang-19) or set MOEC_CXX";
+        return false;
+      }
+      if (!gpuCode(cxx, KernelCache::open(options.kernelCache)))
+        return false;
+    }
     return em.writer.finish(error);
+  }
   for (const auto &f : features)
     meta.add_cpu_features(f);
   // Sources into a private directory, compiled to one shared object.
@@ -1689,18 +1712,7 @@ bool moec::codegen::compileCpuArtifact(ModuleOp module, const CpuOptions &option
   if (progress && r.reused)
     *progress << "moec: the CPU kernels (" << march << ") from the kernel cache (" << cache.dir << ")\n";
   meta.set_code_section(em.writer.addSection("code", pb::Section::CODE, std::move(bytes)));
-  if (options.gpu()) {
-    if (std::string crossings = gpuCrossings(*em.program); !crossings.empty() && progress)
-      *progress << "moec: note: " << crossings << "\n";
-    GpuBuild gb{options.hipArchs,
-                options.cudaArchs,
-                options.emuArchs,
-                cxx,
-                options.dumpKernelsDir,
-                options.sanitizers,
-                cache};
-    if (!compileGpuCode(gb, em.gpuSource, em.writer, error, progress))
-      return false;
-  }
+  if (options.gpu() && !gpuCode(cxx, cache))
+    return false;
   return em.writer.finish(error);
 }

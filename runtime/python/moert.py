@@ -50,7 +50,7 @@ def _array(t):
 
 class _LoadOptions(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("verify_checksum", ctypes.c_int),
-                ("device", ctypes.c_int)]
+                ("device", ctypes.c_int), ("comm", ctypes.c_void_p), ("no_round_trips", ctypes.c_int)]
 
 
 class _SessionOptions(ctypes.Structure):
@@ -181,6 +181,9 @@ class Runtime:
         lib.moert_session_profile_json.restype = ctypes.c_char_p
         lib.moert_gpu_traffic.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64)]
         lib.moert_gpu_traffic.restype = vp
+        lib.moert_gpu_activation_memory.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64),
+                                                    ctypes.POINTER(ctypes.c_uint64)]
+        lib.moert_gpu_activation_memory.restype = vp
 
     def check(self, status):
         if status:
@@ -188,14 +191,15 @@ class Runtime:
             self.lib.moert_status_free(status)
             raise Error(message)
 
-    def load(self, path, threads=0, verify_checksum=True, device="cpu"):
+    def load(self, path, threads=0, verify_checksum=True, device="cpu", no_round_trips=False):
         """verify_checksum: True (the header, metadata and code at load, each weight section on its first use),
-        "all" (every section at load) or False."""
+        "all" (every section at load) or False. no_round_trips (on a GPU): a step the CPU runs that reads a value
+        a GPU step made fails the run (moert_load_options.no_round_trips) instead of copying it back."""
         handle = ctypes.c_void_p()
         if device not in DEVICES:
             raise ValueError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
         level = 2 if verify_checksum == "all" else int(bool(verify_checksum))
-        opts = _LoadOptions(ctypes.sizeof(_LoadOptions), threads, level, DEVICES[device])
+        opts = _LoadOptions(ctypes.sizeof(_LoadOptions), threads, level, DEVICES[device], None, int(no_round_trips))
         self.check(self.lib.moert_load(str(path).encode(), ctypes.byref(opts), ctypes.byref(handle)))
         return Model(self, handle, path)
 
@@ -371,6 +375,14 @@ class Model:
         up, down = ctypes.c_uint64(), ctypes.c_uint64()
         self.rt.check(self.rt.lib.moert_gpu_traffic(self.handle, ctypes.byref(up), ctypes.byref(down)))
         return up.value, down.value
+
+    def gpu_activation_memory(self):
+        """(bytes in device arenas, bytes in pooled device buffers) held for activations now, on a GPU
+        (moert_gpu_activation_memory)."""
+        arenas, pooled = ctypes.c_uint64(), ctypes.c_uint64()
+        self.rt.check(self.rt.lib.moert_gpu_activation_memory(self.handle, ctypes.byref(arenas),
+                                                              ctypes.byref(pooled)))
+        return arenas.value, pooled.value
 
     def session(self, max_context=0, profile=False, cache_dtype="f32", batch=1):
         """A generation session over this decoder (moert_session_*): append(tokens) -> the last token's logits,

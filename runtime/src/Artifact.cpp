@@ -809,7 +809,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
           (g.kind() == pb::GpuCode::PTX && (a.sections(g.section()).size() == 0 ||
                                             m.map[a.sections(g.section()).offset() + a.sections(g.section()).size() - 1] != 0)))
         return bad("has a corrupted GPU code entry (" + g.arch() + ")");
-    if (dispatchCount + linearCount > 0) {
+    { // an artifact without GPU code: one error line (gpu::open)
       for (int si = 0; m.verifyLevel == 1 && si < int(m.flat.size()); ++si) // uploaded now: checked now
         if (m.flat[si]->has_moe() || (m.flat[si]->has_linear() && m.flat[si]->linear().has_gpu()))
           if (moert_status st = moert::verifyStepSections(m, si)) {
@@ -822,6 +822,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
         return moert::makeError(path + ": " + e);
     }
   }
+
+  m.noRoundTrips = m.gpu && options.no_round_trips;
 
   if (a.expert_parallel()) {
     if (!hasCode || dispatchCount == 0)

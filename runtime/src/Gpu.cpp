@@ -300,6 +300,11 @@ public:
   Ptr scratch = 0; // grown as needed
   size_t scratchBytes = 0;
   std::multimap<size_t, Ptr> pool; // free activation buffers by capacity (runs' Residency copies)
+  size_t poolBytes = 0;            // the capacities of every buffer the pool made (free or in use)
+  // The device arena a run's memory-planned values take (a mirror of its host arena, Residency); the largest
+  // one a finished run gave back is kept for the next run, as the host keeps its spare arena.
+  Ptr spareArena = 0;
+  size_t spareArenaBytes = 0, arenaBytes = 0; // arenaBytes: the spare's and those runs hold
   // The artifact's mapping, and the device copies of constants in it a graph op read (each uploaded once,
   // kept for the model's life: the mapping is read-only): host start -> (host end, device address).
   uintptr_t mapLo = 0, mapHi = 0;
@@ -315,9 +320,38 @@ public:
       return "";
     }
     capacity = bytes;
-    return alloc(bytes, p);
+    std::string e = alloc(bytes, p);
+    if (e.empty())
+      poolBytes += bytes;
+    return e;
   }
   void give(Ptr p, size_t capacity) { pool.emplace(capacity, p); }
+  void free(Ptr p) {
+    drv.memFree(p);
+    allocations.erase(std::find(allocations.begin(), allocations.end(), p));
+  }
+  /// A device arena of at least `bytes` for a run: the spare one when it is large enough, else a new one
+  /// (0 when that cannot be allocated: the run's values then take pooled buffers).
+  Ptr takeArena(size_t bytes, size_t &capacity) {
+    Ptr p = 0;
+    if (spareArena && spareArenaBytes >= bytes) {
+      std::swap(p, spareArena), capacity = spareArenaBytes, spareArenaBytes = 0;
+      return p;
+    }
+    if (spareArena) // too small for this run's plan: freed before the larger one is made
+      free(spareArena), arenaBytes -= spareArenaBytes, spareArena = 0, spareArenaBytes = 0;
+    if (!alloc(bytes, p).empty())
+      return 0;
+    arenaBytes += capacity = bytes;
+    return p;
+  }
+  /// A run's arena back: kept as the spare when it is the largest, else freed.
+  void giveArena(Ptr p, size_t capacity) {
+    if (capacity > spareArenaBytes)
+      std::swap(p, spareArena), std::swap(capacity, spareArenaBytes);
+    if (p)
+      free(p), arenaBytes -= capacity;
+  }
 
   std::string check(int rc, const char *what) const {
     return rc == 0 ? "" : drv.name() + " " + what + " failed: " + drv.errorText(rc);
@@ -331,10 +365,8 @@ public:
   std::string grow(Ptr &p, size_t &have, size_t want) {
     if (want <= have)
       return "";
-    if (p) {
-      drv.memFree(p);
-      allocations.erase(std::find(allocations.begin(), allocations.end(), p));
-    }
+    if (p)
+      free(p);
     p = 0, have = 0;
     std::string e = alloc(want, p);
     if (e.empty())
@@ -622,16 +654,18 @@ class Residency {
 public:
   explicit Residency(Device &d) : d(d) {}
   Device &d;
-  /// A pooled device buffer, back to the pool when the last copy using it goes (callers hold d.mutex); or a
-  /// session cache's buffer (not pooled: the CacheCopy owns it).
+  /// A pooled device buffer, back to the pool when the last copy using it goes (callers hold d.mutex); the
+  /// run's arena, back to the device when the run ends; or a session cache's buffer (the CacheCopy owns it).
   struct Buffer {
     Device &d;
     Ptr p;
     size_t capacity;
-    bool pooled = true;
+    enum Kind { Pooled, Arena, Cache } kind = Pooled;
     ~Buffer() {
-      if (pooled)
+      if (kind == Pooled)
         d.give(p, capacity);
+      else if (kind == Arena)
+        d.giveArena(p, capacity);
     }
   };
   struct Copy {
@@ -648,6 +682,12 @@ public:
     std::shared_ptr<Buffer> buffer;
   };
   std::vector<Bound> bound; // the session caches bound to this run (bindCache)
+  // The run's host arena [arenaLo, arenaHi) (the memory plan's buffers) and its device mirror: a copy of a
+  // host range in it sits at the same offset in `arena` (the plan keeps live values apart, so live copies
+  // are apart too, and a planned value's device address is fixed by the layout).
+  uintptr_t arenaLo = 0, arenaHi = 0;
+  std::shared_ptr<Buffer> arena; // made when a copy first falls in the host arena
+  bool noArena = false;          // it could not be: the arena's copies take pooled buffers
 
   /// Splits the copy straddling host address `at` (if any) into the pieces before and from it.
   void cut(uintptr_t at) {
@@ -692,10 +732,21 @@ public:
   /// A new copy of [lo, hi) (after drop); uploads the host's bytes unless `stale` (a GPU step's output).
   std::string add(uintptr_t lo, uintptr_t hi, bool stale, Ptr &dev) {
     Ptr p = 0;
-    size_t capacity = 0;
-    if (std::string e = d.take(hi - lo, p, capacity); !e.empty())
-      return e;
-    copies.emplace(lo, Copy{hi, p, std::shared_ptr<Buffer>(new Buffer{d, p, capacity}), stale});
+    if (!arena && !noArena && lo >= arenaLo && hi <= arenaHi) {
+      size_t capacity = 0;
+      if (Ptr a = d.takeArena(arenaHi - arenaLo, capacity))
+        arena.reset(new Buffer{d, a, capacity, Buffer::Arena});
+      noArena = !arena;
+    }
+    if (arena && lo >= arenaLo && hi <= arenaHi) {
+      p = arena->p + (lo - arenaLo);
+      copies.emplace(lo, Copy{hi, p, arena, stale});
+    } else {
+      size_t capacity = 0;
+      if (std::string e = d.take(hi - lo, p, capacity); !e.empty())
+        return e;
+      copies.emplace(lo, Copy{hi, p, std::shared_ptr<Buffer>(new Buffer{d, p, capacity}), stale});
+    }
     dev = p;
     if (stale)
       return "";
@@ -800,6 +851,7 @@ Residency::~Residency() {
     }
   }
   copies.clear(); // pooled buffers back to the pool
+  arena.reset();  // the arena back to the device (after every copy in it)
 }
 
 bool keepsCaches(const Device &d, int dtype) {
@@ -848,7 +900,7 @@ std::string bindCache(Residency &r, CacheCopy &c, const void *host) {
     c.state = CacheCopy::Same;
   }
   const auto lo = reinterpret_cast<uintptr_t>(host);
-  std::shared_ptr<Residency::Buffer> buffer(new Residency::Buffer{d, c.p, c.bytes, false});
+  std::shared_ptr<Residency::Buffer> buffer(new Residency::Buffer{d, c.p, c.bytes, Residency::Buffer::Cache});
   r.drop(lo, lo + c.bytes);
   r.copies.emplace(lo, Residency::Copy{lo + c.bytes, c.p, buffer, c.state == CacheCopy::DeviceNewer});
   r.bound.push_back({&c, lo, buffer});
@@ -898,7 +950,12 @@ std::string appendCache(Device &d, Residency &r, CacheCopy &c, const void *host,
 
 void ResidencyDeleter::operator()(Residency *r) const { delete r; }
 
-ResidencyPtr beginRun(Device &d) { return ResidencyPtr(new Residency(d)); }
+ResidencyPtr beginRun(Device &d, const void *arena, size_t arenaBytes) {
+  ResidencyPtr r(new Residency(d));
+  if (arena)
+    r->arenaLo = reinterpret_cast<uintptr_t>(arena), r->arenaHi = r->arenaLo + arenaBytes;
+  return r;
+}
 
 std::string toHost(Residency &r, const void *p, size_t bytes) {
   if (r.copies.empty() || !bytes)
@@ -921,6 +978,44 @@ bool onDevice(Residency &r, const void *p, size_t bytes) {
   const auto lo = reinterpret_cast<uintptr_t>(p), hi = lo + bytes;
   auto it = r.copies.upper_bound(lo);
   return it != r.copies.begin() && std::prev(it)->first <= lo && std::prev(it)->second.hi >= hi;
+}
+
+std::string gatherRows(Device &d, Residency &r, const void *src, size_t srcBytes, void *dst, size_t rowBytes,
+                       const std::vector<int64_t> &rows) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  Ptr from = 0, to = 0;
+  if (std::string e = r.input(src, srcBytes, from); !e.empty())
+    return e;
+  if (std::string e = r.output(dst, rows.size() * rowBytes, to); !e.empty())
+    return e;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i] < 0 || size_t(rows[i] + 1) * rowBytes > srcBytes)
+      return "internal: row " + std::to_string(rows[i]) + " gathered past " + std::to_string(srcBytes) +
+             " bytes";
+    if (std::string e =
+            d.check(d.drv.dtod(to + i * rowBytes, from + size_t(rows[i]) * rowBytes, rowBytes, d.stream),
+                    "copy on the device");
+        !e.empty())
+      return e;
+  }
+  return "";
+}
+
+bool deviceNewer(Residency &r, const void *p, size_t bytes) {
+  const auto lo = reinterpret_cast<uintptr_t>(p), hi = lo + bytes;
+  auto it = r.copies.upper_bound(lo);
+  if (it != r.copies.begin() && std::prev(it)->second.hi > lo)
+    --it;
+  for (; it != r.copies.end() && it->first < hi; ++it)
+    if (it->second.hostStale)
+      return true;
+  return false;
+}
+
+void activationBytes(Device &d, uint64_t &arenas, uint64_t &pool) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  arenas = d.arenaBytes, pool = d.poolBytes;
 }
 
 void traffic(const Residency &r, uint64_t &toDevice, uint64_t &toHostBytes) {

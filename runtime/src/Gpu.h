@@ -44,13 +44,18 @@ std::string open(int device, const proto::Artifact &a, const std::vector<const p
 /// arena slot or heap block, so views share their base's copy), each either current on both sides or newer
 /// on the device. The run loop tells it what host steps read (`toHost`) and write (`hostWrote`); GPU steps
 /// ask it for device addresses of their inputs (uploaded when no current copy exists) and outputs (the host
-/// copy stale until read). Buffers come from the device's pool and go back when the run ends.
+/// copy stale until read). A copy of a range in the run's host arena (the memory plan's buffers) sits at the
+/// same offset in a device arena of the same size (the device keeps the largest a run gave back for the
+/// next); other copies take buffers from the device's pool. Both go back when the run ends.
 class Residency;
 struct ResidencyDeleter {
   void operator()(Residency *r) const;
 };
 using ResidencyPtr = std::unique_ptr<Residency, ResidencyDeleter>;
-ResidencyPtr beginRun(Device &d);
+/// A run's residency; `arena` (may be null) the run's host arena of `arenaBytes`.
+ResidencyPtr beginRun(Device &d, const void *arena, size_t arenaBytes);
+/// Device memory held for activations: arenas (the spare one and those runs hold) and the pool's buffers.
+void activationBytes(Device &d, uint64_t &arenas, uint64_t &pool);
 
 /// Before host code reads [p, p + bytes): downloads the parts of it whose device copy is newer than the
 /// host's (never bytes outside the range: a dead value's copy may overlap a live value's host bytes there).
@@ -61,6 +66,13 @@ std::string toHost(Residency &r, const void *p, size_t bytes);
 void hostWrote(Residency &r, const void *p, size_t bytes);
 /// Whether [p, p + bytes) has a device copy (a GPU step's result not yet read back, or one uploaded).
 bool onDevice(Residency &r, const void *p, size_t bytes);
+/// Whether some of [p, p + bytes) is newer on the device than on the host (toHost would copy it).
+bool deviceNewer(Residency &r, const void *p, size_t bytes);
+/// Gathers rows on the device: host range `dst` ([rows.size()][rowBytes]) gets rows `rows[i]` of host range
+/// `src` (`srcBytes`), device copy to device copy (src's uploaded first if it has none). "" or one error
+/// line.
+std::string gatherRows(Device &d, Residency &r, const void *src, size_t srcBytes, void *dst, size_t rowBytes,
+                       const std::vector<int64_t> &rows);
 /// Bytes moved between host and device so far in this run (uploads of inputs, downloads of outputs).
 void traffic(const Residency &r, uint64_t &toDevice, uint64_t &toHostBytes);
 

@@ -190,12 +190,18 @@ struct moert_model {
   std::mutex commMutex;
   std::string epError; // why this expert-parallel model cannot run here (no MPI, a wrong rank count)
   std::atomic<uint64_t> gpuToDevice{0}, gpuToHost{0}; // bytes copied by the last finished run (GPU only)
+  bool noRoundTrips =
+      false; // moert_load_options.no_round_trips: a host step reading a GPU step's value fails
   std::string description;
-  // The memory plan's buffer sizes, learned per input shape (the first run with a shape measures them; later
-  // runs place every planned value in one arena), and one spare arena kept between runs.
+  // The memory plan's buffer sizes, learned per input shape (a run measures them; later runs with the shape
+  // place every planned value in one arena), and one spare arena kept between runs. A run with a shape not
+  // seen before (each decode step: its past is one longer) uses `grownBufferBytes`, the most each buffer has
+  // held in any run, grown by half at least when it grows: a value that does not fit its buffer gets a block
+  // of its own, and the layout (on a GPU, the device addresses too) stays the same over many decode steps.
   bool planIgnoresViews = false; // the artifact's plan gives a view a buffer: runs do not use the plan
   std::mutex planMutex;
   std::map<std::vector<int64_t>, std::vector<uint64_t>> bufferBytes;
+  std::vector<uint64_t> grownBufferBytes;
   std::shared_ptr<char> spareArena;
   size_t spareArenaBytes = 0;
   ~moert_model();

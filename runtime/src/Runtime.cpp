@@ -27,6 +27,19 @@ using Tensor = moert::OpTensor;
 /// count (outputs, scratch, per-thread tiles) far from overflowing 64 bits.
 constexpr int64_t kMaxDispatchRows = (int64_t(1) << 31) - 1;
 
+/// How errors name step `s` of program `p`: an op by its kind and first output, a dispatch by its kind and
+/// index.
+std::string stepLabel(const pb::Program &p, const pb::Step &s) {
+  if (s.has_op())
+    return s.op().op() + (s.op().outputs_size() && int64_t(s.op().outputs(0)) < p.values_size()
+                              ? " '" + p.values(s.op().outputs(0)).name() + "'"
+                              : std::string());
+  return s.has_linear()      ? "linear dispatch " + std::to_string(s.linear().index())
+         : s.has_attention() ? "attention dispatch " + std::to_string(s.attention().index())
+         : s.has_moe()       ? "MoE dispatch " + std::to_string(s.moe().index())
+                             : std::string("a step");
+}
+
 /// "" when `rows` is within kMaxDispatchRows, else the error for dispatch `what`.
 std::string checkRows(const std::string &what, int64_t rows) {
   if (rows <= kMaxDispatchRows)
@@ -57,7 +70,7 @@ moert_status moert_load(const char *path, const moert_load_options *options, moe
   if (!path || !out)
     return makeError("moert_load: path and out must not be NULL");
   *out = nullptr;
-  moert_load_options opts{sizeof(moert_load_options), 0, 1, MOERT_DEVICE_CPU, nullptr};
+  moert_load_options opts{sizeof(moert_load_options), 0, 1, MOERT_DEVICE_CPU, nullptr, 0};
   if (options) {
     if (options->struct_size < sizeof(size_t) || options->struct_size > sizeof(moert_load_options))
       return makeError("moert_load: options.struct_size must be sizeof(moert_load_options)");
@@ -114,6 +127,15 @@ moert_status moert_gpu_traffic(const moert_model *m, uint64_t *toDevice, uint64_
   if (!m->gpu)
     return makeError("moert_gpu_traffic: the model was not loaded on a GPU");
   *toDevice = m->gpuToDevice, *toHost = m->gpuToHost;
+  return nullptr;
+}
+
+moert_status moert_gpu_activation_memory(const moert_model *m, uint64_t *arenas, uint64_t *pooled) {
+  if (!m || !arenas || !pooled)
+    return makeError("moert_gpu_activation_memory: model, arenas and pooled must not be NULL");
+  if (!m->gpu)
+    return makeError("moert_gpu_activation_memory: the model was not loaded on a GPU");
+  moert::gpu::activationBytes(*m->gpu, *arenas, *pooled);
   return nullptr;
 }
 
@@ -417,7 +439,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                        reinterpret_cast<const char *>(m->map + m->meta.sections(v.constant_section()).offset()),
                        nullptr};
   }
-  // The memory plan: with this input shape seen before, every planned value goes to its buffer in one arena.
+  // The memory plan: every planned value goes to its buffer in one arena, sized as runs with this input shape
+  // measured them (a shape not seen before: as large as any run's, grown; what does not fit goes elsewhere).
   std::vector<int64_t> signature;
   for (int i = 0; i < p.inputs_size(); ++i) {
     const Tensor &t = values[p.inputs(i)];
@@ -443,8 +466,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   {
     std::lock_guard<std::mutex> lock(m->planMutex);
     auto it = m->bufferBytes.find(signature);
-    if (it != m->bufferBytes.end()) {
-      planned = it->second;
+    if (it != m->bufferBytes.end() || !m->grownBufferBytes.empty()) {
+      planned = it != m->bufferBytes.end() ? it->second : m->grownBufferBytes;
       for (int b = 0; b < buffers; ++b) {
         offset[b] = arenaBytes;
         arenaBytes += (planned[b] + 63) & ~uint64_t(63);
@@ -486,7 +509,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
   std::vector<InPlace> inPlace;
   // On a GPU: the run's device copies of activations (a GPU step's output stays on the device until a host
   // step reads it). Host steps bring what they read up to date first and drop the copies of what they write.
-  moert::gpu::ResidencyPtr residency = m->gpu ? moert::gpu::beginRun(*m->gpu) : nullptr;
+  moert::gpu::ResidencyPtr residency =
+      m->gpu ? moert::gpu::beginRun(*m->gpu, arena.get(), arenaBytes) : nullptr;
   // A session's caches kept on the device: their host buffers map to the session's device copies this run.
   for (int c = 0; residency && caches && c < p.decoder().caches_size(); ++c)
     if (caches[c].device)
@@ -532,6 +556,19 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
              std::to_string(moert::blockBytes(block)) + " of its memory";
     return moert::gpu::toHost(*residency, data, bytes);
   };
+  // Host step `step` (of the flat program) reads value `id` (its current bytes brought to the host first);
+  // loaded with no_round_trips, bytes only the device has are an error instead.
+  auto hostReads = [&](int step, int64_t id) -> std::string {
+    const Tensor &t = values[id];
+    if (m->noRoundTrips && residency && t.isTensor() && t.data) {
+      auto [data, bytes] = hostRange(t);
+      if (moert::gpu::deviceNewer(*residency, data, bytes))
+        return stepLabel(p, *m->flat[step]) + " runs on the CPU and reads '" + p.values(id).name() +
+               "', which a GPU step made: a copy back to the host in every call, refused (the model was "
+               "loaded with no_round_trips; `moert inspect --device=gpu` shows where each step runs)";
+    }
+    return readOnHost(t);
+  };
   std::function<moert_status(int)> runStep;
   // Block `b` of control-flow step `si`: binds its inputs, runs its steps, hands back what it yields and
   // drops the values it defined (they live for one run of the block).
@@ -553,7 +590,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       if (!values[blk.outputs(k)].present() || !values[blk.outputs(k)].computed())
         why = "internal: " + m->flat[si]->op().op() + " block yields a value not computed";
       else
-        why = readOnHost(values[blk.outputs(k)]); // the control-flow op reads it on the host
+        why = hostReads(si, blk.outputs(k)); // the control-flow op reads it on the host
       yielded.push_back(values[blk.outputs(k)]);
     }
     for (uint32_t id : info.defined)
@@ -622,7 +659,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       const std::vector<int64_t> reads = moert::stepReads(s);
       for (size_t k = view ? 1 : 0; k < reads.size(); ++k)
         if (reads[k] >= 0)
-          if (std::string why = readOnHost(values[reads[k]]); !why.empty())
+          if (std::string why = hostReads(si, reads[k]); !why.empty())
             return makeError(why);
     }
     if (caches && m->appendsCache[si] >= 0) {
@@ -641,8 +678,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       if (update) {
         const Tensor &lens = values[o.inputs(MOERT_KV_UPDATE_PAST_LENGTHS)],
                      &len = values[o.inputs(MOERT_KV_UPDATE_LENGTH)];
-        for (const Tensor *t : {&lens, &len}) // read here, whichever side appends
-          if (std::string why = readOnHost(*t); !why.empty())
+        for (int input : {MOERT_KV_UPDATE_PAST_LENGTHS, MOERT_KV_UPDATE_LENGTH}) // read here, either way
+          if (std::string why = hostReads(si, o.inputs(input)); !why.empty())
             return makeError(why);
         bool fits = lens.dtype == moert::proto::I64 && lens.dims.size() == 1 && past.dims.size() == 4 &&
                     lens.dims[0] == past.dims[0] && len.dtype == moert::proto::I64 && len.numel() == 1 &&
@@ -787,14 +824,24 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                              std::to_string(S));
         if (!(lastRows = moert::allocBlock(sizeof(float) * B * x.k)))
           return makeError("out of memory for " + what());
-        if (std::string why = readOnHost(in); !why.empty()) // gathered on the host
-          return makeError(why);
-        for (int64_t b = 0; b < B; ++b)
-          std::memcpy(lastRows.get() + sizeof(float) * b * x.k, input + (b * S + logitsRows[b]) * x.k,
-                      sizeof(float) * x.k);
+        if (onDevice && moert::gpu::onDevice(*residency, in.data, in.bytes())) { // gathered there
+          std::vector<int64_t> at(B);
+          for (int64_t b = 0; b < B; ++b)
+            at[b] = b * S + logitsRows[b];
+          if (std::string why = moert::gpu::gatherRows(*m->gpu, *residency, in.data, in.bytes(),
+                                                       lastRows.get(), sizeof(float) * x.k, at);
+              !why.empty())
+            return makeError(what() + ": " + why);
+        } else { // gathered on the host
+          if (std::string why = hostReads(si, d.input()); !why.empty())
+            return makeError(why);
+          for (int64_t b = 0; b < B; ++b)
+            std::memcpy(lastRows.get() + sizeof(float) * b * x.k, input + (b * S + logitsRows[b]) * x.k,
+                        sizeof(float) * x.k);
+          if (residency) // new host bytes in a fresh block: any device copy of that range is stale
+            moert::gpu::hostWrote(*residency, lastRows.get(), sizeof(float) * B * x.k);
+        }
         input = reinterpret_cast<const float *>(lastRows.get());
-        if (residency) // new host bytes in a fresh block: any device copy of that range is stale
-          moert::gpu::hostWrote(*residency, lastRows.get(), sizeof(float) * B * x.k);
         rows = B;
         outDims = {B, 1, x.n};
       }
@@ -1186,8 +1233,12 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       m->bufferBytes.clear(); // many shapes: forget the others
     std::vector<uint64_t> &sizes = m->bufferBytes[signature];
     sizes.resize(buffers, 0);
-    for (int b = 0; b < buffers; ++b)
+    m->grownBufferBytes.resize(buffers, 0);
+    for (int b = 0; b < buffers; ++b) {
       sizes[b] = std::max(sizes[b], observed[b]);
+      if (uint64_t &grown = m->grownBufferBytes[b]; observed[b] > grown)
+        grown = std::max(observed[b], grown + grown / 2);
+    }
     if (arena && arena.use_count() == 1 && arenaBytes > m->spareArenaBytes) {
       m->spareArena = std::move(arena);
       m->spareArenaBytes = arenaBytes;

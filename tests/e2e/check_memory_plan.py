@@ -6,7 +6,12 @@ chain of the ops libmoert runs as views of their input, each read after later va
 artifact whose plan gives a view a buffer of its own (as an older moec's did for Flatten), which must run
 without the plan.
 
-  check_memory_plan.py --moec build/bin/moec --lib build/lib/libmoert.so
+With `--device emu` (or gpu), the same models compiled for the CPU and that device run there: a run's planned
+values then sit in a device arena laid out as its host arena (the same offsets), which the check also asks
+libmoert to have made for the models with dispatches (moert_gpu_activation_memory; the views chain runs on the
+host: its ops feed no device step).
+
+  check_memory_plan.py --moec build/bin/moec --lib build/lib/libmoert.so [--device emu]
 """
 import argparse
 import os
@@ -54,6 +59,12 @@ def views_model(path):
     onnx.save(model, path)
 
 
+def compile_for(args, model, artifact):
+    target = [] if args.device == "cpu" else [f"--target=cpu,{'emu' if args.device == 'emu' else 'gpu'}"]
+    subprocess.run([args.moec, "compile", model, "-o", artifact, "--quiet"] + target, check=True,
+                   stderr=subprocess.DEVNULL)
+
+
 def old_plan_check(args, rt, tmp):
     """An artifact whose plan gives a view a buffer of its own (as moec did for Flatten before the view list was
     one), its Flatten's input buffer handed to the next value: libmoert must run it without the plan. Made by
@@ -73,7 +84,7 @@ def old_plan_check(args, rt, tmp):
     model.ir_version = 8
     path, artifact = os.path.join(tmp, "old_plan.onnx"), os.path.join(tmp, "old_plan.moex")
     onnx.save(model, path)
-    subprocess.run([args.moec, "compile", path, "-o", artifact, "--quiet"], check=True, stderr=subprocess.DEVNULL)
+    compile_for(args, path, artifact)
     subprocess.run(["protoc", f"--python_out={tmp}", f"-I{os.path.join(ROOT, 'runtime')}",
                     os.path.join(ROOT, "runtime", "artifact.proto")], check=True)
     sys.path.insert(0, tmp)
@@ -94,7 +105,7 @@ def old_plan_check(args, rt, tmp):
     struct.pack_into("<QQQ", image, 16, len(image), offset, len(new))  # file size, metadata offset and size
     open(artifact, "wb").write(reseal(bytes(image)))
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    m = rt.load(artifact, threads=2)
+    m = rt.load(artifact, threads=2, device=args.device)
     rng = np.random.default_rng(1)
     worst = 0.0
     for t in SEQUENCE:
@@ -111,6 +122,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moec", required=True)
     ap.add_argument("--lib", required=True)
+    ap.add_argument("--device", default="cpu", help="cpu (default), emu (libmoert's emulated GPU) or gpu")
     args = ap.parse_args()
     import onnxruntime as ort
     rt = moert.Runtime(args.lib)
@@ -125,10 +137,15 @@ def main():
         for name, feeds in cases:
             model = os.path.join(tmp if name == "views" else fixtures, name + ".onnx")
             artifact = os.path.join(tmp, name + ".moex")
-            subprocess.run([args.moec, "compile", model, "-o", artifact, "--quiet"], check=True,
-                           stderr=subprocess.DEVNULL)
+            compile_for(args, model, artifact)
             sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-            m = rt.load(artifact, threads=2)
+            try:
+                m = rt.load(artifact, threads=2, device=args.device)
+            except moert.Error as e:
+                if args.device == "gpu" and "no " in str(e).lower():
+                    print(f"skipped: no GPU ({e})")
+                    return 77
+                raise
             rng = np.random.default_rng(0)
             worst = 0.0
             why = ""
@@ -143,6 +160,8 @@ def main():
                     break
                 err = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
                 worst = max(worst, err if got.shape == want.shape else np.inf)
+            if args.device != "cpu" and name != "views" and not why and m.gpu_activation_memory()[0] == 0:
+                why, worst = " (no device arena was made: the planned values took pooled buffers)", np.inf
             ok = worst <= 1e-4
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {name:20s} T={SEQUENCE} max rel error {worst:.2e}{why}")

@@ -58,11 +58,11 @@ int main(int argc, char **argv) {
   moert_comm *comm = nullptr;
   if (moert_mpi_comm_create(pairComm, 30.0, &comm, error, sizeof error) != 0)
     return fail(rank, error);
-  moert_load_options lo{sizeof lo, 1, 1, MOERT_DEVICE_CPU, comm};
+  moert_load_options lo{sizeof lo, 1, 1, MOERT_DEVICE_CPU, comm, 0};
   moert_model *ep = nullptr, *one = nullptr;
   if (moert_status st = moert_load(argv[2], &lo, &ep))
     return fail(rank, "loading the expert-parallel artifact", st);
-  moert_load_options plain{sizeof plain, 1, 1, MOERT_DEVICE_CPU, nullptr};
+  moert_load_options plain{sizeof plain, 1, 1, MOERT_DEVICE_CPU, nullptr, 0};
   if (moert_status st = moert_load(argv[1], &plain, &one))
     return fail(rank, "loading the one-process artifact", st);
   int r = -1, n = -1;

@@ -33,7 +33,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   std::fwrite(image.data(), 1, image.size(), f);
   std::fclose(f);
-  moert_load_options options{sizeof options, 1, 1, MOERT_DEVICE_CPU, nullptr};
+  moert_load_options options{sizeof options, 1, 1, MOERT_DEVICE_CPU, nullptr, 0};
   moert_model model;
   if (moert_status st = moert::loadArtifact(path, options, model, /*loadCode=*/false))
     delete st;

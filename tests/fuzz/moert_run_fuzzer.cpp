@@ -65,7 +65,7 @@ extern "C" int LLVMFuzzerInitialize(int *, char ***) {
     size_t end = all.find(':', at);
     std::string path = all.substr(at, end == std::string::npos ? std::string::npos : end - at);
     at = end == std::string::npos ? all.size() : end + 1;
-    moert_load_options o{sizeof o, 2, 1, MOERT_DEVICE_CPU, nullptr};
+    moert_load_options o{sizeof o, 2, 1, MOERT_DEVICE_CPU, nullptr, 0};
     moert_model *m = nullptr;
     if (moert_status st = moert_load(path.c_str(), &o, &m)) {
       std::fprintf(stderr, "moert_run_fuzzer: %s\n", moert_status_message(st));

@@ -32,6 +32,7 @@ and to 1e-4 against moert's CPU run of the artifact.
 """
 import argparse
 import concurrent.futures
+import glob
 import json
 import os
 import re
@@ -543,11 +544,17 @@ def concurrency_checks(args, where, entries):
 def fault_checks(args, where, entries):
     """On the emulated device (MOERT_EMU_MEMORY, MOERT_EMU_FAIL_LAUNCH; runtime/src/Gpu.cpp): a model larger
     than the device's memory, activations that do not fit beside the weights, and a device lost at the first,
-    a middle and the last launch of a run or of `moert generate` (prefill and decode) are each one error line
-    naming the failure, exit 1 and no output written."""
+    a middle and the last launch of a run or of `moert generate` (prefill and decode), and an artifact of graph
+    ops only compiled without GPU code (which once ran on the CPU without a word) are each one error line naming
+    the failure, exit 1 and no output written. With --no-round-trips (moert_load_options.no_round_trips), a step
+    the CPU runs that reads a GPU step's value (the Llama-4-like block's residual Add) is one error naming the
+    step, while a whole model and `moert generate` (its prompt's last rows gathered on the device) run as they
+    do without it: the same outputs and tokens."""
     stack = next((e for e in entries if e["name"] == "linear/stack K=512 fp32" and not e["skip"]), None)
     gen = next((e for e in entries if e["name"] == "generate/past_qwen3_moe" and not e["skip"]), None)
-    checks = []
+    llama4 = next((e for e in entries if e["name"] == "transformers/llama4" and not e["skip"]), None)
+    whole = next((e for e in entries if e["name"] == "transformers/whole_deepseek_v3" and not e["skip"]), None)
+    checks, same = [], []  # same: (what, command) that must do exactly what it does without --no-round-trips
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out")
         if stack:
@@ -567,6 +574,34 @@ def fault_checks(args, where, entries):
                    os.path.join(out, "ids.npy")]
             checks += [(f"generate: device lost at launch {n}", cmd, {"MOERT_EMU_FAIL_LAUNCH": str(n)},
                         "device lost") for n in (3, 40)]
+            same.append(("generate", cmd))
+        for entry, must in ((llama4, "Add 'output' runs on the CPU and reads"), (whole, None)):
+            if not entry:
+                continue
+            run = entry["runs"][-1]
+            cmd = [args.moert, "run", os.path.join(where, entry["artifact"]), "--device=emu", "--output-dir", out]
+            for k, v in run["inputs"].items():
+                cmd += ["--input", f"{k}={os.path.join(where, v)}"]
+            if must:
+                checks.append((f"{entry['name'].split('/')[-1]} with --no-round-trips", cmd + ["--no-round-trips"], {},
+                               must))
+            else:
+                same.append((entry["name"].split("/")[-1], cmd))
+        import onnx
+        from onnx import TensorProto, helper
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+        relu = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        relu.ir_version = 8
+        onnx.save(relu, os.path.join(tmp, "relu.onnx"))
+        np.save(os.path.join(tmp, "x.npy"), np.ones((2, 3), np.float32))
+        subprocess.run([args.moec, "compile", os.path.join(tmp, "relu.onnx"), "-o", os.path.join(tmp, "relu.moex"),
+                        "--quiet"], check=True)  # no --target: CPU code only
+        checks.append(("graph ops only, no GPU code", [args.moert, "run", os.path.join(tmp, "relu.moex"),
+                                                        f"--device={args.device}", "--input",
+                                                        f"x={os.path.join(tmp, 'x.npy')}", "--output-dir", out],
+                       {}, "has no GPU code"))
         results = []
         for what, cmd, env, says in checks:
             r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
@@ -577,6 +612,18 @@ def fault_checks(args, where, entries):
                                  f"{lines[0] if len(lines) == 1 else lines} (exit {r.returncode}"
                                  f"{', output written' if os.path.exists(out) else ''})"]))
             shutil.rmtree(out, ignore_errors=True)
+        for what, cmd in same:  # the same files and the same tokens with and without --no-round-trips
+            got = []
+            for strict in ([], ["--no-round-trips"]):
+                os.makedirs(out, exist_ok=True)
+                r = subprocess.run(cmd + strict, capture_output=True, text=True)
+                files = sorted(glob.glob(os.path.join(out, "*.npy")))
+                got.append((r.returncode, r.stderr.strip(), [np.load(f).tobytes() for f in files],
+                            [ln for ln in r.stdout.splitlines() if ln.startswith("tokens")]))
+                shutil.rmtree(out, ignore_errors=True)
+            ok = got[0][0] == 0 and got[0] == got[1] and got[0][2]
+            results.append((ok, [f"{'ok  ' if ok else 'FAIL'} faults/{what + ' with --no-round-trips':41s} "
+                                 f"{'the same outputs as without it' if ok else got[1][:2]}"]))
     return results
 
 

@@ -36,7 +36,7 @@ const std::string &artifact() {
 struct Model {
   moert_model *m = nullptr;
   explicit Model(int threads) {
-    moert_load_options o{sizeof o, threads, 1, MOERT_DEVICE_CPU, nullptr};
+    moert_load_options o{sizeof o, threads, 1, MOERT_DEVICE_CPU, nullptr, 0};
     moert_status st = moert_load(artifact().c_str(), &o, &m);
     EXPECT_EQ(st, nullptr) << moert_status_message(st);
     moert_status_free(st);
@@ -233,7 +233,7 @@ moert_model *loadDecoder(int threads) {
     EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
     return p;
   }();
-  moert_load_options o{sizeof o, threads, 1, MOERT_DEVICE_CPU, nullptr};
+  moert_load_options o{sizeof o, threads, 1, MOERT_DEVICE_CPU, nullptr, 0};
   moert_model *m = nullptr;
   moert_status st = moert_load(path.c_str(), &o, &m);
   EXPECT_EQ(st, nullptr) << moert_status_message(st);
@@ -374,7 +374,7 @@ TEST(RuntimeTest, SessionsOutliveMoertFree) {
 // Worker counts outside 1..MOERT_MAX_THREADS are one clear error at load (0 means one per core).
 TEST(RuntimeTest, ThreadCountsOutOfRangeAreAnError) {
   for (int threads : {-1, MOERT_MAX_THREADS + 1, 10000}) {
-    moert_load_options o{sizeof o, threads, 1, MOERT_DEVICE_CPU, nullptr};
+    moert_load_options o{sizeof o, threads, 1, MOERT_DEVICE_CPU, nullptr, 0};
     moert_model *m = nullptr;
     moert_status st = moert_load(artifact().c_str(), &o, &m);
     ASSERT_NE(st, nullptr) << threads;

@@ -74,6 +74,10 @@ const char *kUsage =
     "                          marks them); other ops run on the CPU. No driver or device: an error, never "
     "a\n"
     "                          fallback\n"
+    "  --no-round-trips        on a GPU: a step the CPU runs that reads a value a GPU step made (a copy "
+    "back\n"
+    "                          inside every call; moert inspect --device lists them) is an error naming it,\n"
+    "                          not a copy (also for generate)\n"
     "  --repeat N              time N calls and print best and median (default 1)\n"
     "  --warmup N              untimed calls before timing (default: 1 when --repeat > 1)\n"
     "  --gpu-time N            after the run, time each dispatch's GPU kernels N times back to back\n"
@@ -275,7 +279,7 @@ int parseAndLoad(int argc, char **argv, bool takesDevice, int threads, const cha
     return 1;
   if (int rc = provenance.check(model))
     return rc;
-  moert_load_options lo{sizeof lo, threads, 1, device, nullptr};
+  moert_load_options lo{sizeof lo, threads, 1, device, nullptr, 0};
   return check(moert_load(model.c_str(), &lo, &m));
 }
 
@@ -333,7 +337,8 @@ int devices(int argc, char **argv) {
 int run(int argc, char **argv) {
   std::string model, outDir = ".", profile;
   std::vector<std::pair<std::string, std::string>> inputs;
-  int threads = 0, repeat = 1, warmup = -1, verify = 1, device = MOERT_DEVICE_CPU, gpuTime = 0;
+  int threads = 0, repeat = 1, warmup = -1, verify = 1, device = MOERT_DEVICE_CPU, gpuTime = 0,
+      noRoundTrips = 0;
   Provenance provenance;
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i], inlineValue;
@@ -393,6 +398,8 @@ int run(int argc, char **argv) {
       verify = 0;
     } else if (a == "--verify") {
       verify = 2;
+    } else if (a == "--no-round-trips") {
+      noRoundTrips = 1;
     } else if (!a.empty() && a[0] == '-') {
       return fail("unknown option " + a + " (see moert --help)");
     } else if (model.empty()) {
@@ -411,7 +418,7 @@ int run(int argc, char **argv) {
   if (int rc = provenance.check(model))
     return rc;
   moert_model *m = nullptr;
-  moert_load_options lo{sizeof lo, threads, verify, device, nullptr};
+  moert_load_options lo{sizeof lo, threads, verify, device, nullptr, noRoundTrips};
   auto t0 = std::chrono::steady_clock::now();
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
@@ -526,6 +533,12 @@ int run(int argc, char **argv) {
   else
     std::printf("gpu copies (last call): %llu bytes to the device, %llu bytes to the host\n",
                 (unsigned long long)toDevice, (unsigned long long)toHost);
+  uint64_t arenas = 0, pooled = 0;
+  if (moert_status st = moert_gpu_activation_memory(m, &arenas, &pooled))
+    moert_status_free(st);
+  else
+    std::printf("gpu activations: %llu bytes in arenas, %llu bytes in pooled buffers\n",
+                (unsigned long long)arenas, (unsigned long long)pooled);
   // One line per MoE dispatch, then per linear dispatch, that ran on the GPU.
   size_t timed = 0;
   std::string lastError;
@@ -643,7 +656,7 @@ int tokenize(int argc, char **argv) {
   std::unique_ptr<moert::text::Tokenizer> tok = tokenizerFor(source, isJson ? source : "", nullptr, err);
   if (!tok && err.empty()) { // none next to the artifact: the one moec embedded in it
     moert_model *m = nullptr;
-    moert_load_options lo{sizeof lo, 1, 1, MOERT_DEVICE_CPU, nullptr};
+    moert_load_options lo{sizeof lo, 1, 1, MOERT_DEVICE_CPU, nullptr, 0};
     if (int rc = check(moert_load(source.c_str(), &lo, &m)))
       return rc;
     tok = tokenizerFor(source, "", m, err);
@@ -727,7 +740,8 @@ int generate(int argc, char **argv) {
   std::string model, promptPath, outPath, profile, maskPath, tokenizerPath;
   std::vector<std::string> prompts;
   int streamMode = -1; // --stream 1, --no-stream 0, default: when stdout is a terminal
-  int threads = 0, verify = 1, maxNew = 32, topK = 0, maxContext = 0, device = MOERT_DEVICE_CPU;
+  int threads = 0, verify = 1, maxNew = 32, topK = 0, maxContext = 0, device = MOERT_DEVICE_CPU,
+      noRoundTrips = 0;
   moert_dtype cacheDtype = MOERT_F32;
   float temperature = 1.0f, topP = 1.0f;
   bool greedy = true;
@@ -830,6 +844,8 @@ int generate(int argc, char **argv) {
       verify = 0;
     } else if (a == "--verify") {
       verify = 2;
+    } else if (a == "--no-round-trips") {
+      noRoundTrips = 1;
     } else if (!a.empty() && a[0] == '-') {
       return fail("unknown option " + a + " (see moert --help)");
     } else if (model.empty()) {
@@ -851,7 +867,7 @@ int generate(int argc, char **argv) {
   if (int rc = provenance.check(model))
     return rc;
   moert_model *m = nullptr;
-  moert_load_options lo{sizeof lo, threads, verify, device, nullptr};
+  moert_load_options lo{sizeof lo, threads, verify, device, nullptr, noRoundTrips};
   if (int rc = check(moert_load(model.c_str(), &lo, &m)))
     return rc;
   if (std::any_of(argv, argv + argc, [](const char *x) { return !std::strcmp(x, "--greedy"); }))

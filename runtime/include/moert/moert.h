@@ -140,6 +140,11 @@ typedef struct moert_load_options {
   int device;          /* a moert_device; no driver or device for it is an error at load */
   const moert_comm *comm; /* expert parallelism: the ranks' communicator (kept by the caller while the model
                              is loaded), or NULL: libmoert-mpi's MPI_COMM_WORLD for artifacts that need one */
+  int no_round_trips;     /* on a GPU, nonzero: a step the CPU runs that reads a value a GPU step made (a copy
+                             back to the host inside every call) fails the run with one error naming the step
+                             and the value, instead of copying it; the outputs are copied back as always.
+                             `moert inspect --device=gpu` lists such steps (a session's cache appends run on
+                             the device and are none). 0 (default): copied */
 } moert_load_options;
 
 typedef struct moert_run_options {
@@ -194,6 +199,12 @@ MOERT_API moert_status moert_gpu_time_linear(moert_model *model, size_t linear, 
  * KV caches stay in device memory between its calls (appended and attended there; copied whole only when the
  * session moves positions on the host: a sequence leaving a batch, a buffer growing). */
 MOERT_API moert_status moert_gpu_traffic(const moert_model *model, uint64_t *to_device, uint64_t *to_host);
+/* For models loaded on a GPU: the device memory held for activations now. A run whose input shape libmoert
+ * has seen (or any after the first: sizes from earlier runs, grown) places the memory plan's values in one
+ * device arena laid out as its host arena; `arenas` counts the one kept between runs and those runs hold.
+ * Values outside the plan (inputs, a first run's) take buffers from a pool that keeps them: `pooled`. */
+MOERT_API moert_status moert_gpu_activation_memory(const moert_model *model, uint64_t *arenas,
+                                                   uint64_t *pooled);
 
 /* Runs the model on `inputs` (all of them, by name or in order). Shapes and dtypes are checked against the
  * artifact; symbolic dims (the token count) are bound from the inputs. */
