@@ -136,51 +136,16 @@ void moec::codegen::planMemory(moert::proto::Program &p) {
   std::vector<char> owns(n, 0);
   for (int s = 0; s < steps; ++s) {
     const pb::Step &st = p.steps(s);
-    std::vector<int64_t> reads;
-    std::vector<uint32_t> writes;
-    bool view = false;
-    if (st.has_moe()) {
-      reads = {st.moe().input(), st.moe().logits(), st.moe().residual()};
-      writes = {st.moe().output()};
-    } else if (st.has_linear()) {
-      reads = {st.linear().input(), st.linear().residual()};
-      writes.assign(st.linear().outputs().begin(), st.linear().outputs().end());
-    } else if (st.has_attention()) {
-      const auto &a = st.attention();
-      reads = {a.query(), a.key(), a.value(), a.mask()};
-      writes = {a.output()};
-    } else {
-      reads.assign(st.op().inputs().begin(), st.op().inputs().end());
-      writes.assign(st.op().outputs().begin(), st.op().outputs().end());
-      view = isViewOp(st.op().op());
-      if (st.op().blocks_size() > 0) {
-        // Control flow: what its blocks read counts as read here (a loop reads it on every iteration);
-        // the values its blocks define and its own outputs get no buffer (they are allocated as they are
-        // made, and an output the runtime finds in the arena is copied out of it).
-        std::function<void(const pb::OpStep &)> nested = [&](const pb::OpStep &o) {
-          for (const pb::Block &b : o.blocks()) {
-            for (const pb::Step &inner : b.steps()) {
-              if (inner.has_op()) {
-                reads.insert(reads.end(), inner.op().inputs().begin(), inner.op().inputs().end());
-                nested(inner.op());
-              } else if (inner.has_moe()) {
-                reads.insert(reads.end(),
-                             {inner.moe().input(), inner.moe().logits(), inner.moe().residual()});
-              } else if (inner.has_linear()) {
-                reads.insert(reads.end(), {inner.linear().input(), inner.linear().residual()});
-              } else if (inner.has_attention()) {
-                const auto &a = inner.attention();
-                reads.insert(reads.end(), {a.query(), a.key(), a.value(), a.mask(), a.sinks()});
-              }
-            }
-            reads.insert(reads.end(), b.outputs().begin(), b.outputs().end());
-          }
-        };
-        nested(st.op());
-        for (uint32_t id : writes)
-          def[id] = s;
-        writes.clear();
-      }
+    // What a step reads: a control-flow op's blocks' reads count as read here (a loop reads them on every
+    // iteration); the values its blocks define and its own outputs get no buffer (they are allocated as they
+    // are made, and an output the runtime finds in the arena is copied out of it).
+    const std::vector<int64_t> reads = moert::stepReads(st);
+    std::vector<uint32_t> writes = moert::stepWrites(st);
+    const bool view = st.has_op() && isViewOp(st.op().op());
+    if (st.has_op() && st.op().blocks_size() > 0) {
+      for (uint32_t id : writes)
+        def[id] = s;
+      writes.clear();
     }
     for (int64_t id : reads)
       if (id >= 0)

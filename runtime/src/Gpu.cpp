@@ -334,11 +334,11 @@ public:
   /// (0 when that cannot be allocated: the run's values then take pooled buffers).
   Ptr takeArena(size_t bytes, size_t &capacity) {
     Ptr p = 0;
-    if (spareArena && spareArenaBytes >= bytes) {
+    if (spareArena && spareArenaBytes >= bytes && spareArenaBytes <= 2 * bytes) {
       std::swap(p, spareArena), capacity = spareArenaBytes, spareArenaBytes = 0;
       return p;
     }
-    if (spareArena) // too small for this run's plan: freed before the larger one is made
+    if (spareArena) // too small for this run's plan, or far too large: freed before a new one is made
       free(spareArena), arenaBytes -= spareArenaBytes, spareArena = 0, spareArenaBytes = 0;
     if (!alloc(bytes, p).empty())
       return 0;

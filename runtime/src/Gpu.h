@@ -46,7 +46,8 @@ std::string open(int device, const proto::Artifact &a, const std::vector<const p
 /// ask it for device addresses of their inputs (uploaded when no current copy exists) and outputs (the host
 /// copy stale until read). A copy of a range in the run's host arena (the memory plan's buffers) sits at the
 /// same offset in a device arena of the same size (the device keeps the largest a run gave back for the
-/// next); other copies take buffers from the device's pool. Both go back when the run ends.
+/// next, freed when a run needs under half of it); other copies take buffers from the device's pool. Both go
+/// back when the run ends.
 class Residency;
 struct ResidencyDeleter {
   void operator()(Residency *r) const;

@@ -195,9 +195,11 @@ struct moert_model {
   std::string description;
   // The memory plan's buffer sizes, learned per input shape (a run measures them; later runs with the shape
   // place every planned value in one arena), and one spare arena kept between runs. A run with a shape not
-  // seen before (each decode step: its past is one longer) uses `grownBufferBytes`, the most each buffer has
-  // held in any run, grown by half at least when it grows: a value that does not fit its buffer gets a block
-  // of its own, and the layout (on a GPU, the device addresses too) stays the same over many decode steps.
+  // seen before (each decode step: its past is one longer) uses `grownBufferBytes`: each buffer's size in the
+  // runs so far, rounded up to a power of two when it grows, and cut back to the one over a run's when that
+  // run's is under a quarter of it (decode after a long prompt). A value that does not fit its buffer gets a
+  // block of its own, and the layout (on a GPU, the device addresses too) stays the same over many decode
+  // steps. A spare arena over twice the size a run asks for is let go rather than kept.
   bool planIgnoresViews = false; // the artifact's plan gives a view a buffer: runs do not use the plan
   std::mutex planMutex;
   std::map<std::vector<int64_t>, std::vector<uint64_t>> bufferBytes;

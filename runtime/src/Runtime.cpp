@@ -472,10 +472,13 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         offset[b] = arenaBytes;
         arenaBytes += (planned[b] + 63) & ~uint64_t(63);
       }
-      if (m->spareArena && m->spareArenaBytes >= arenaBytes) {
+      if (m->spareArena && m->spareArenaBytes >= arenaBytes && m->spareArenaBytes <= 2 * arenaBytes) {
         arena = std::move(m->spareArena);
         arenaBytes = m->spareArenaBytes;
         m->spareArena.reset();
+      } else if (m->spareArenaBytes > 2 * arenaBytes) { // kept for larger shapes than these: let it go
+        m->spareArena.reset();
+        m->spareArenaBytes = 0;
       }
     }
   }
@@ -1236,8 +1239,17 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     m->grownBufferBytes.resize(buffers, 0);
     for (int b = 0; b < buffers; ++b) {
       sizes[b] = std::max(sizes[b], observed[b]);
+      // Powers of two: buffers whose values grow with the past step up together, and seldom.
+      auto pow2 = [](uint64_t x) {
+        uint64_t p = 64;
+        while (p < x)
+          p *= 2;
+        return p;
+      };
       if (uint64_t &grown = m->grownBufferBytes[b]; observed[b] > grown)
-        grown = std::max(observed[b], grown + grown / 2);
+        grown = pow2(observed[b]);
+      else if (observed[b] && observed[b] < grown / 4) // far smaller shapes now (decode after a long prompt)
+        grown = pow2(observed[b]);
     }
     if (arena && arena.use_count() == 1 && arenaBytes > m->spareArenaBytes) {
       m->spareArena = std::move(arena);
