@@ -30,6 +30,13 @@ experts of each layer, the KV cache), as a fraction of the copy bandwidth; besid
 Qwen3MoeForCausalLM in bf16 on the same GPU with the same config (when transformers is installed there).
 `whole_tiny` is the same at toy sizes, to try the path on the emulated device
 (`--targets cpu,emu --only whole_tiny`, then `--run DIR --device emu`).
+
+Fixed cost per layer (`fixed`): that toy decoder with 2 and with 8 layers, decoded by `moert generate` (128
+tokens after a 16-token prompt, best of 3): at toy sizes the kernels take next to nothing, so a decode step is
+the runtime's fixed costs, and (t8 - t2) / 6 is the cost of a layer (the target: under 10 µs), t2 - 2 x that
+the cost of a token outside the layers (its session, sampling, the mask and positions). On the emulated device
+(`--device emu`) kernels are skipped (MOERT_EMU_SKIP_KERNELS=1: launches counted, not run), so the rows give
+libmoert's own host-side cost and the launches a token makes.
 """
 import argparse
 import gzip
@@ -65,6 +72,7 @@ LINEAR_ROWS = [1, 8, 512]
 WHOLE = {"whole": {},
          "whole_tiny": dict(hidden=64, heads=4, kv_heads=2, head_dim=16, experts=8, top_k=2, ffn=32, vocab=256)}
 WHOLE_PAST = {"whole": [128, 1024, 4096], "whole_tiny": [16]}
+FIXED_LAYERS = [2, 8]  # the toy decoder's layer counts for the fixed-cost rows
 WHOLE_PROMPT = {"whole": [128, 512], "whole_tiny": [8]}
 
 
@@ -152,6 +160,27 @@ def prepare(args):
             shutil.copyfileobj(src, dst, 1 << 24)
         os.remove(moex)
         whole[name] = cfg
+    fixed = {}
+    for n in FIXED_LAYERS:
+        name = f"fixed{n}"
+        if not wanted(name):
+            continue
+        sys.path.insert(0, HERE)
+        import whole_model
+        cfg = {**whole_model.CFG, **WHOLE["whole_tiny"], "layers": n}
+        onnx_path, moex = os.path.join(args.prepare, name + ".onnx"), os.path.join(args.prepare, name + ".moex")
+        print(f"{name}: exporting and compiling the toy decoder with {n} layers", flush=True)
+        whole_model.export(onnx_path, None, cfg, constant=True)
+        subprocess.run([args.moec, "compile", onnx_path, "-o", moex, *targets, "--weights=bf16", "--quiet"],
+                       check=True)
+        for f in os.listdir(args.prepare):
+            if f.startswith(name + ".onnx"):
+                os.remove(os.path.join(args.prepare, f))
+        with open(moex, "rb") as src, gzip.open(moex + ".gz", "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+        os.remove(moex)
+        np.save(os.path.join(args.prepare, "fixed_prompt.npy"), rng.integers(0, cfg["vocab"], 16, dtype=np.int64))
+        fixed[name] = n
     layers = {**{n: s for n, s in SHAPES.items()}, **{n: s for n, s in LINEAR.items()}}
     for name, s in layers.items():
         if not wanted(name):
@@ -175,7 +204,7 @@ def prepare(args):
     with open(os.path.join(args.prepare, "shapes.json"), "w") as f:
         json.dump({"shapes": {n: s for n, s in SHAPES.items() if wanted(n)},
                    "tokens": TOKENS, "linear": {n: s for n, s in LINEAR.items() if wanted(n)},
-                   "linear_rows": LINEAR_ROWS, "whole": whole}, f)
+                   "linear_rows": LINEAR_ROWS, "whole": whole, "fixed": fixed}, f)
 
 
 def cuda_us(layer, repeats):
@@ -335,6 +364,44 @@ def run_whole(args, d, meta, copy):
     return 0
 
 
+def run_fixed(args, d, meta):
+    """The fixed-cost rows: `moert generate` decode time of the toy decoder at 2 and 8 layers."""
+    env = dict(os.environ)
+    if args.device == "emu":
+        env["MOERT_EMU_SKIP_KERNELS"] = "1"
+    rows = {}
+    for name, layers in meta.get("fixed", {}).items():
+        moex = unpack(d, name)
+        best, launches = float("inf"), {}
+        for tokens in (129, 129, 129, 17):
+            r = subprocess.run([args.moert, "generate", moex, "--prompt-ids", os.path.join(d, "fixed_prompt.npy"),
+                                f"--device={args.device}", "--max-new-tokens", str(tokens)],
+                               capture_output=True, text=True, env=env)
+            m = re.search(r"decode: (\d+) tokens in ([\d.]+) ms", r.stdout)
+            if r.returncode != 0 or not m:
+                print(f"{name}: {r.stderr.strip() or r.stdout.strip()}")
+                return 1
+            if tokens == 129:
+                best = min(best, float(m.group(2)) * 1e3 / int(m.group(1)))
+            if k := re.search(r"(\d+) kernel launches", r.stderr):
+                launches[tokens] = int(k.group(1))
+        per_token = (launches[129] - launches[17]) / 112 if len(launches) == 2 else float("nan")
+        rows[layers] = (best, per_token)
+        os.remove(moex)
+    if len(rows) < 2:
+        return 0
+    (l0, (t0, n0)), (l1, (t1, n1)) = sorted(rows.items())[:2]
+    layer = (t1 - t0) / (l1 - l0)
+    what = "host only: kernels skipped" if args.device == "emu" else "kernels at toy size"
+    print(f"\n| toy decoder ({what}) | layers | decode µs per token | kernel launches per token |")
+    print("|---|---|---|---|")
+    for layers, (t, n) in sorted(rows.items()):
+        print(f"| fixed{layers} | {layers} | {t:.1f} | {n:.1f} |")
+    print(f"per layer: {layer:.1f} µs and {(n1 - n0) / (l1 - l0):.1f} launches; per token outside the layers: "
+          f"{t0 - l0 * layer:.1f} µs")
+    return 0
+
+
 def unpack(d, name):
     """The prepared artifact `name`, gunzipped into /tmp."""
     moex = os.path.join("/tmp", name + ".moex")
@@ -361,7 +428,7 @@ def run(args):
         return 77
     print(probe.stdout.strip())
     copy = float(re.search(r"copy (\d+) GB/s", probe.stdout).group(1))
-    if run_whole(args, d, meta, copy):
+    if run_fixed(args, d, meta) or run_whole(args, d, meta, copy):
         return 1
     rows, lrows = [], []
     for name, s in meta.get("linear", {}).items():

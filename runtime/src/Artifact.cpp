@@ -893,7 +893,10 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
                    m.flat[fi]->has_op() && moert::readsDimsOnly(m.opKernels[fi])};
     moert::gpu::Placement plan = moert::gpu::planPlacement(p, steps, moert::gpu::opKernels(*m.gpu));
     devStep = plan.device;
-    m.gpuOps = plan.gpuOps;
+    m.gpuOps = plan.gpuOps; // then only the graph-op candidates among them (the run loop asks no more)
+    for (size_t fi = 0; fi < m.flat.size(); ++fi)
+      m.gpuOps[fi] =
+          m.gpuOps[fi] && moert::gpu::graphOpCandidate(moert::gpu::opKernels(*m.gpu), p, *m.flat[fi]);
     const int uploads = plan.uploads, downloads = plan.downloads;
     const std::map<std::string, int> &readers = plan.readers;
     std::ostringstream g;

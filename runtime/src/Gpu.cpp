@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -82,7 +83,9 @@ template <class F> bool sym(void *lib, const char *name, F &out) {
 /// Test knobs, read from the environment when the device opens, for the failures a real GPU can have:
 /// MOERT_EMU_MEMORY=BYTES gives the device that much memory (an allocation past it fails as out of memory);
 /// MOERT_EMU_FAIL_LAUNCH=N makes the Nth kernel launch fail, and every device call after it, as a device lost
-/// mid-run does.
+/// mid-run does. And one for measuring libmoert's own cost: MOERT_EMU_SKIP_KERNELS=1 counts launches without
+/// running them (results are garbage; the time left is the host's planning, bookkeeping and copies), and at
+/// exit prints the launches to stderr.
 namespace emu {
 using Clock = std::chrono::steady_clock;
 int stream = 0; // the one stream's handle: every call is synchronous
@@ -91,7 +94,11 @@ struct Faults {
   std::map<Ptr, size_t> sizes;
   size_t used = 0, capacity = SIZE_MAX;
   long long launches = 0, failAt = -1;
-  bool lost = false;
+  bool lost = false, skip = false;
+  ~Faults() {
+    if (skip)
+      std::fprintf(stderr, "moert: MOERT_EMU_SKIP_KERNELS: %lld kernel launches, none run\n", launches);
+  }
 };
 Faults &faults() {
   static Faults f;
@@ -157,7 +164,8 @@ int launch(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigne
     if (f.lost || ++f.launches == f.failAt)
       return f.lost = true, 3;
   }
-  reinterpret_cast<moert_gpu_emu_entry>(fn)(gx, gy, gz, bx, params);
+  if (!faults().skip)
+    reinterpret_cast<moert_gpu_emu_entry>(fn)(gx, gy, gz, bx, params);
   return 0;
 }
 int streamCreate(void **s, unsigned) { return *s = &stream, 0; }
@@ -182,6 +190,8 @@ void open(Driver &d) {
     f.capacity = memory ? size_t(std::strtoull(memory, nullptr, 10)) : SIZE_MAX;
     f.failAt = fail ? std::strtoll(fail, nullptr, 10) : -1;
     f.launches = 0, f.lost = false;
+    const char *skip = std::getenv("MOERT_EMU_SKIP_KERNELS");
+    f.skip = skip && *skip && std::strcmp(skip, "0") != 0;
   }
   d.emu = true, d.hip = true; // HIP's shapes: no context; setDevice makes the device current
   d.init = init, d.deviceGet = deviceGet, d.deviceGetName = deviceGetName, d.setDevice = setDevice;

@@ -8,6 +8,7 @@
 #include "kernels/hip/moert_gpu_abi.h"
 
 #include <algorithm>
+#include <unordered_map>
 
 namespace moert {
 namespace pb = proto;
@@ -50,7 +51,7 @@ std::vector<uint32_t> stepWrites(const pb::Step &s) {
 namespace gpu {
 
 int elementwiseKind(const std::string &op) {
-  static const std::pair<const char *, int> kKinds[] = {
+  static const std::unordered_map<std::string, int> kKinds = {
       {"Add", MOERT_GPU_OP_ADD},
       {"Sub", MOERT_GPU_OP_SUB},
       {"Mul", MOERT_GPU_OP_MUL},
@@ -76,26 +77,22 @@ int elementwiseKind(const std::string &op) {
       {"Elu", MOERT_GPU_OP_ELU},
       {"HardSigmoid", MOERT_GPU_OP_HARD_SIGMOID},
       {"Clip", MOERT_GPU_OP_CLIP}};
-  for (const auto &[name, kind] : kKinds)
-    if (op == name)
-      return kind;
-  return -1;
+  auto it = kKinds.find(op); // asked for each graph op of each run: hashed, not compared name by name
+  return it == kKinds.end() ? -1 : it->second;
 }
 int reduceKind(const std::string &op) {
-  static const std::pair<const char *, int> kKinds[] = {{"ReduceSum", MOERT_GPU_RED_SUM},
-                                                        {"ReduceMean", MOERT_GPU_RED_MEAN},
-                                                        {"ReduceMax", MOERT_GPU_RED_MAX},
-                                                        {"ReduceMin", MOERT_GPU_RED_MIN},
-                                                        {"ReduceL1", MOERT_GPU_RED_L1},
-                                                        {"ReduceL2", MOERT_GPU_RED_L2},
-                                                        {"ReduceSumSquare", MOERT_GPU_RED_SUM_SQUARE},
-                                                        {"ReduceLogSumExp", MOERT_GPU_RED_LOG_SUM_EXP},
-                                                        {"Softmax", MOERT_GPU_RED_SOFTMAX},
-                                                        {"LogSoftmax", MOERT_GPU_RED_LOG_SOFTMAX}};
-  for (const auto &[name, kind] : kKinds)
-    if (op == name)
-      return kind;
-  return -1;
+  static const std::unordered_map<std::string, int> kKinds = {{"ReduceSum", MOERT_GPU_RED_SUM},
+                                                              {"ReduceMean", MOERT_GPU_RED_MEAN},
+                                                              {"ReduceMax", MOERT_GPU_RED_MAX},
+                                                              {"ReduceMin", MOERT_GPU_RED_MIN},
+                                                              {"ReduceL1", MOERT_GPU_RED_L1},
+                                                              {"ReduceL2", MOERT_GPU_RED_L2},
+                                                              {"ReduceSumSquare", MOERT_GPU_RED_SUM_SQUARE},
+                                                              {"ReduceLogSumExp", MOERT_GPU_RED_LOG_SUM_EXP},
+                                                              {"Softmax", MOERT_GPU_RED_SOFTMAX},
+                                                              {"LogSoftmax", MOERT_GPU_RED_LOG_SOFTMAX}};
+  auto it = kKinds.find(op);
+  return it == kKinds.end() ? -1 : it->second;
 }
 namespace {
 bool movementOp(const std::string &op) {

@@ -177,9 +177,9 @@ struct moert_model {
   std::vector<std::vector<int>> stepSections;
   std::unique_ptr<moert::ThreadPool> pool;
   moert::gpu::DevicePtr gpu; // set when dispatches run on a GPU (moert_load_options.device)
-  // Per step: whether a graph op may run on the device (gpu::opQualifies decides at run time): not when the
-  // load-time plan (moert inspect's) finds its inputs current on the host and its result read by host steps
-  // only.
+  // Per step: whether it is a graph op the device's kernels run (gpu::graphOpCandidate) that may run there
+  // (gpu::opQualifies and planOp decide at run time): not when the load-time plan (moert inspect's) finds its
+  // inputs current on the host and its result read by host steps only.
   std::vector<char> gpuOps;
   // Expert parallelism (Artifact.expert_parallel; runtime/src/ExpertParallel.cpp): the ranks' communicator
   // (the caller's, or libmoert-mpi's over MPI_COMM_WORLD, which `mpiLibrary` then holds and frees), and the

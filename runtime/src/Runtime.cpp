@@ -608,15 +608,14 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
               moert::verifyStepSections(*m, si, /*deferExperts=*/m->flat[si]->has_moe() && !m->gpu))
         return st;
     const pb::Step &s = *m->flat[si];
-    auto start = std::chrono::steady_clock::now();
-    std::string label;
+    const auto start = profile ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+    std::string label; // the profile's name for the step (built only when profiling)
     // A graph op the device runs (gpu::graphOpCandidate: f32 elementwise ops, movement, reductions, softmax,
     // moec.Rotary, moec.Norm, moec.Embedding), when its inputs are there already (constants and side inputs
     // aside: those are uploaded; parameters are read here): it then adds no copy, and its results stay there.
     moert::gpu::OpPlan opPlan;
-    bool gpuOp = residency &&
-                 !(caches && m->appendsCache[si] >= 0) && // a cache append writes its buffer here
-                 moert::gpu::graphOpCandidate(moert::gpu::opKernels(*m->gpu), p, s);
+    bool gpuOp = residency && m->gpuOps[si] &&          // a candidate the load-time plan leaves to the device
+                 !(caches && m->appendsCache[si] >= 0); // a cache append writes its buffer here
     if (gpuOp) {
       std::vector<std::vector<int64_t>> dims;
       std::vector<int> dtypes;
@@ -639,7 +638,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         if (constant || t.dtype == moert::proto::I64 || t.dtype == moert::proto::I32)
           host.back() = t.data;
       }
-      gpuOp = gpuOp && m->gpuOps[si] && moert::gpu::opQualifies(s.op(), where);
+      gpuOp = gpuOp && moert::gpu::opQualifies(s.op(), where);
       gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, dtypes, host, opPlan);
     }
     // An attention over a session's cache appended in place reads the cache's host buffer (CPU kernel),
@@ -729,7 +728,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       }
       values[o.outputs(0)] = Tensor{cb.dtype, {B, H, P + S, D}, cb.data, nullptr};
       inPlace.push_back({o.outputs(0), cb.capacity, deviceAppend});
-      label = o.op() + (deviceAppend ? " (cache append in place, gpu)" : " (cache append in place)");
+      if (profile)
+        label = o.op() + (deviceAppend ? " (cache append in place, gpu)" : " (cache append in place)");
     } else if (s.has_op()) {
       const auto &o = s.op();
       std::vector<Tensor> ins;
@@ -800,7 +800,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         values[o.outputs(k)] = std::move(outs[k]);
         measure(o.outputs(k));
       }
-      label = gpuOp ? o.op() + " (gpu)" : o.op();
+      if (profile)
+        label = gpuOp ? o.op() + " (gpu)" : o.op();
     } else if (s.has_linear()) {
       const auto &d = s.linear();
       const moert::Linear &x = m->linears[d.index()];
@@ -1058,8 +1059,8 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
           return makeError(why);
         values[d.output()] = Tensor{moert::proto::F32, in.dims, output.get(), output};
         measure(d.output());
-        label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ", gpu)";
         if (profile) {
+          label = "moe dispatch " + std::to_string(d.index()) + " (T=" + std::to_string(T) + ", gpu)";
           trace << (firstEvent ? "" : ",\n") << "  {\"name\": \"gpu kernels " << d.index() << " (T=" << T
                 << ")\", \"ph\": \"X\", \"pid\": 0, \"tid\": 1, \"ts\": " << us(start)
                 << ", \"dur\": " << gpuMs * 1000.0 << "}";
