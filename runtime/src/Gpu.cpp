@@ -717,6 +717,8 @@ public:
   /// Makes the host's bytes of [lo, hi) current: downloads the parts only the device has. Never writes host
   /// bytes outside the range (those may belong to another value by now).
   std::string download(uintptr_t lo, uintptr_t hi) {
+    if (!newer(lo, hi)) // the common case (a host step reading host values): no splits
+      return "";
     cut(lo), cut(hi);
     bool any = false;
     for (auto it = inside(lo); it != copies.end() && it->first < hi; ++it)
@@ -733,8 +735,24 @@ public:
       }
     return any ? d.check(d.drv.streamSync(d.stream), "copy to the host") : "";
   }
+  /// The first copy that ends after `lo` (it may start before).
+  std::map<uintptr_t, Copy>::iterator from(uintptr_t lo) {
+    auto it = copies.upper_bound(lo);
+    if (it != copies.begin() && std::prev(it)->second.hi > lo)
+      --it;
+    return it;
+  }
+  /// Whether some of [lo, hi) is newer on the device.
+  bool newer(uintptr_t lo, uintptr_t hi) {
+    for (auto it = from(lo); it != copies.end() && it->first < hi; ++it)
+      if (it->second.hostStale)
+        return true;
+    return false;
+  }
   /// Forgets the device's copies of [lo, hi).
   void drop(uintptr_t lo, uintptr_t hi) {
+    if (auto it = from(lo); it == copies.end() || it->first >= hi) // none there
+      return;
     cut(lo), cut(hi);
     for (auto it = inside(lo); it != copies.end() && it->first < hi;)
       it = copies.erase(it);
@@ -971,8 +989,10 @@ std::string toHost(Residency &r, const void *p, size_t bytes) {
   if (r.copies.empty() || !bytes)
     return "";
   std::lock_guard<std::mutex> lock(r.d.mutex);
-  r.d.setCurrent();
   const auto lo = reinterpret_cast<uintptr_t>(p);
+  if (!r.newer(lo, lo + bytes)) // nothing to copy: no driver call
+    return "";
+  r.d.setCurrent();
   return r.download(lo, lo + bytes);
 }
 
@@ -1013,14 +1033,8 @@ std::string gatherRows(Device &d, Residency &r, const void *src, size_t srcBytes
 }
 
 bool deviceNewer(Residency &r, const void *p, size_t bytes) {
-  const auto lo = reinterpret_cast<uintptr_t>(p), hi = lo + bytes;
-  auto it = r.copies.upper_bound(lo);
-  if (it != r.copies.begin() && std::prev(it)->second.hi > lo)
-    --it;
-  for (; it != r.copies.end() && it->first < hi; ++it)
-    if (it->second.hostStale)
-      return true;
-  return false;
+  const auto lo = reinterpret_cast<uintptr_t>(p);
+  return r.newer(lo, lo + bytes);
 }
 
 void activationBytes(Device &d, uint64_t &arenas, uint64_t &pool) {
