@@ -141,10 +141,9 @@ def prepare(args):
     def wanted(name):
         return not args.only or any(part in name for part in args.only.split(","))
 
-    whole = {}
-    for name, sizes in WHOLE.items():
-        if not wanted(name) or (name == "whole_tiny" and not args.only):  # the toy model only when asked for
-            continue
+    def decoder(name, sizes):
+        """whole_model.py's decoder with `sizes` changed, exported (constant weights but for the routers),
+        compiled in bf16 and gzipped as DIR/<name>.moex.gz; its config."""
         sys.path.insert(0, HERE)
         import whole_model
         cfg = {**whole_model.CFG, **sizes}
@@ -159,28 +158,16 @@ def prepare(args):
         with open(moex, "rb") as src, gzip.open(moex + ".gz", "wb", compresslevel=1) as dst:
             shutil.copyfileobj(src, dst, 1 << 24)
         os.remove(moex)
-        whole[name] = cfg
+        return cfg
+
+    whole = {name: decoder(name, sizes) for name, sizes in WHOLE.items()
+             if wanted(name) and (name != "whole_tiny" or args.only)}  # the toy model only when asked for
     fixed = {}
     for n in FIXED_LAYERS:
-        name = f"fixed{n}"
-        if not wanted(name):
-            continue
-        sys.path.insert(0, HERE)
-        import whole_model
-        cfg = {**whole_model.CFG, **WHOLE["whole_tiny"], "layers": n}
-        onnx_path, moex = os.path.join(args.prepare, name + ".onnx"), os.path.join(args.prepare, name + ".moex")
-        print(f"{name}: exporting and compiling the toy decoder with {n} layers", flush=True)
-        whole_model.export(onnx_path, None, cfg, constant=True)
-        subprocess.run([args.moec, "compile", onnx_path, "-o", moex, *targets, "--weights=bf16", "--quiet"],
-                       check=True)
-        for f in os.listdir(args.prepare):
-            if f.startswith(name + ".onnx"):
-                os.remove(os.path.join(args.prepare, f))
-        with open(moex, "rb") as src, gzip.open(moex + ".gz", "wb", compresslevel=1) as dst:
-            shutil.copyfileobj(src, dst, 1 << 24)
-        os.remove(moex)
-        np.save(os.path.join(args.prepare, "fixed_prompt.npy"), rng.integers(0, cfg["vocab"], 16, dtype=np.int64))
-        fixed[name] = n
+        if wanted(f"fixed{n}"):
+            cfg = decoder(f"fixed{n}", {**WHOLE["whole_tiny"], "layers": n})
+            np.save(os.path.join(args.prepare, "fixed_prompt.npy"), rng.integers(0, cfg["vocab"], 16, dtype=np.int64))
+            fixed[f"fixed{n}"] = n
     layers = {**{n: s for n, s in SHAPES.items()}, **{n: s for n, s in LINEAR.items()}}
     for name, s in layers.items():
         if not wanted(name):

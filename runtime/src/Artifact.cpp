@@ -809,18 +809,17 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
           (g.kind() == pb::GpuCode::PTX && (a.sections(g.section()).size() == 0 ||
                                             m.map[a.sections(g.section()).offset() + a.sections(g.section()).size() - 1] != 0)))
         return bad("has a corrupted GPU code entry (" + g.arch() + ")");
-    { // an artifact without GPU code: one error line (gpu::open)
-      for (int si = 0; m.verifyLevel == 1 && si < int(m.flat.size()); ++si) // uploaded now: checked now
-        if (m.flat[si]->has_moe() || (m.flat[si]->has_linear() && m.flat[si]->linear().has_gpu()))
-          if (moert_status st = moert::verifyStepSections(m, si)) {
-            std::string why = st->message;
-            delete st;
-            return moert::makeError(why);
-          }
-      std::string e = moert::gpu::open(options.device, a, m.flat, m.map, m.gpu);
-      if (!e.empty())
-        return moert::makeError(path + ": " + e);
-    }
+    for (int si = 0; m.verifyLevel == 1 && si < int(m.flat.size()); ++si) // uploaded now: checked now
+      if (m.flat[si]->has_moe() || (m.flat[si]->has_linear() && m.flat[si]->linear().has_gpu()))
+        if (moert_status st = moert::verifyStepSections(m, si)) {
+          std::string why = st->message;
+          delete st;
+          return moert::makeError(why);
+        }
+    // Every artifact asked for a GPU opens it (one without GPU code: one error line, gpu::open's).
+    std::string e = moert::gpu::open(options.device, a, m.flat, m.map, m.gpu);
+    if (!e.empty())
+      return moert::makeError(path + ": " + e);
   }
 
   m.noRoundTrips = m.gpu && options.no_round_trips;
@@ -893,10 +892,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
                    m.flat[fi]->has_op() && moert::readsDimsOnly(m.opKernels[fi])};
     moert::gpu::Placement plan = moert::gpu::planPlacement(p, steps, moert::gpu::opKernels(*m.gpu));
     devStep = plan.device;
-    m.gpuOps = plan.gpuOps; // then only the graph-op candidates among them (the run loop asks no more)
-    for (size_t fi = 0; fi < m.flat.size(); ++fi)
-      m.gpuOps[fi] =
-          m.gpuOps[fi] && moert::gpu::graphOpCandidate(moert::gpu::opKernels(*m.gpu), p, *m.flat[fi]);
+    m.gpuOps = plan.gpuOps;
     const int uploads = plan.uploads, downloads = plan.downloads;
     const std::map<std::string, int> &readers = plan.readers;
     std::ostringstream g;

@@ -344,7 +344,7 @@ public:
   /// (0 when that cannot be allocated: the run's values then take pooled buffers).
   Ptr takeArena(size_t bytes, size_t &capacity) {
     Ptr p = 0;
-    if (spareArena && spareArenaBytes >= bytes && spareArenaBytes <= 2 * bytes) {
+    if (spareArena && spareArenaServes(spareArenaBytes, bytes)) {
       std::swap(p, spareArena), capacity = spareArenaBytes, spareArenaBytes = 0;
       return p;
     }
@@ -717,8 +717,9 @@ public:
   /// Makes the host's bytes of [lo, hi) current: downloads the parts only the device has. Never writes host
   /// bytes outside the range (those may belong to another value by now).
   std::string download(uintptr_t lo, uintptr_t hi) {
-    if (!newer(lo, hi)) // the common case (a host step reading host values): no splits
+    if (!newer(lo, hi)) // the common case (a host step reading host values): no splits, no driver call
       return "";
+    d.setCurrent();
     cut(lo), cut(hi);
     bool any = false;
     for (auto it = inside(lo); it != copies.end() && it->first < hi; ++it)
@@ -873,13 +874,13 @@ Residency::~Residency() {
     if (covered(b.lo, b.lo + b.cache->bytes, b.buffer.get(), newer)) {
       b.cache->state = newer ? CacheCopy::DeviceNewer : CacheCopy::Same;
     } else { // a host step took part of it back: the host's bytes, made whole, are the newest
-      d.setCurrent();
       download(b.lo, b.lo + b.cache->bytes); // a failed copy (device lost) fails the session's next call too
       b.cache->state = CacheCopy::Stale;
     }
   }
   copies.clear(); // pooled buffers back to the pool
-  arena.reset();  // the arena back to the device (after every copy in it)
+  if (arena)      // back to the device after every copy in it (freed there when not kept: a driver call)
+    d.setCurrent(), arena.reset();
 }
 
 bool keepsCaches(const Device &d, int dtype) {
@@ -990,9 +991,6 @@ std::string toHost(Residency &r, const void *p, size_t bytes) {
     return "";
   std::lock_guard<std::mutex> lock(r.d.mutex);
   const auto lo = reinterpret_cast<uintptr_t>(p);
-  if (!r.newer(lo, lo + bytes)) // nothing to copy: no driver call
-    return "";
-  r.d.setCurrent();
   return r.download(lo, lo + bytes);
 }
 

@@ -171,7 +171,10 @@ Placement planPlacement(const pb::Program &p, const std::vector<PlanStep> &steps
                                : "MoE (CPU)";
   };
   auto valid = [&](int64_t id) { return id >= 0 && id < p.values_size(); };
-  out.gpuOps.assign(n, 1);
+  std::vector<char> candidate(n); // asked once: the run loop reads gpuOps, not graphOpCandidate
+  for (size_t fi = 0; fi < n; ++fi)
+    candidate[fi] = graphOpCandidate(k, p, *steps[fi].step);
+  out.gpuOps = candidate;
   for (bool again = true; again;) {
     again = false;
     for (int i = 0; i < p.values_size(); ++i)
@@ -184,7 +187,7 @@ Placement planPlacement(const pb::Program &p, const std::vector<PlanStep> &steps
     for (size_t fi = 0; fi < n; ++fi) {
       const pb::Step &s = *steps[fi].step;
       bool device = steps[fi].dispatch;
-      if (graphOpCandidate(k, p, s)) { // there when its inputs are there already (and its shapes plan)
+      if (candidate[fi]) { // there when its inputs are there already (and its shapes plan)
         std::vector<OpInput> where(s.op().inputs_size());
         hostToo[fi] = true; // every input it reads current on the host (or a constant)
         for (int j = 0; j < s.op().inputs_size(); ++j)

@@ -70,12 +70,12 @@ struct PlanStep {
   bool dispatch = false, view = false, dimsOnly = false;
 };
 /// Where each step runs and what one call copies, as the run's Residency will make them when every shape
-/// plans (the steps in program order, a control-flow block's after its op). `gpuOps[i]`: whether graph op
-/// step i may run on the device: not when its inputs are all current on the host (constants, host values,
-/// values copied up for another step) and its result feeds no dispatch on the device (through graph ops
-/// there), e.g. a Gather of constant expert weights for a MatMul the host runs; the plan is made again
-/// without such steps until every one left does. `readers`: the host steps (by op, or "the caller (outputs)")
-/// that bring a device value back.
+/// plans (the steps in program order, a control-flow block's after its op). `gpuOps[i]`: whether step i is a
+/// graph op (graphOpCandidate) that may run on the device: not when its inputs are all current on the host
+/// (constants, host values, values copied up for another step) and its result feeds no dispatch on the device
+/// (through graph ops there), e.g. a Gather of constant expert weights for a MatMul the host runs; the plan
+/// is made again without such steps until every one left does. `readers`: the host steps (by op, or "the
+/// caller (outputs)") that bring a device value back.
 struct Placement {
   std::vector<char> device, gpuOps;
   int uploads = 0, downloads = 0;

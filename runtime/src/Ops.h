@@ -60,6 +60,10 @@ struct OpTensor {
 /// scratch then reuse the pages of the step before instead of faulting in fresh ones (measured: ~13,700 page
 /// faults per call at a 4096-token context). Null when memory runs out.
 std::shared_ptr<char> allocBlock(size_t bytes);
+/// Whether a spare arena of `spare` bytes, kept from an earlier run, serves a run that needs `need`: large
+/// enough and at most twice that (a larger one is let go rather than held for shapes no longer run). The
+/// host's arenas (runProgram) and the device's (gpu::Residency) keep their spares by it.
+inline bool spareArenaServes(size_t spare, size_t need) { return spare >= need && spare <= 2 * need; }
 /// The bytes usable from the start of a block allocBlock returned (at least those asked for).
 size_t blockBytes(const char *block);
 

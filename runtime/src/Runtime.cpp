@@ -440,7 +440,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                        nullptr};
   }
   // The memory plan: every planned value goes to its buffer in one arena, sized as runs with this input shape
-  // measured them (a shape not seen before: as large as any run's, grown; what does not fit goes elsewhere).
+  // measured them (a shape not seen before: moert_model::grownBufferBytes; what does not fit goes elsewhere).
   std::vector<int64_t> signature;
   for (int i = 0; i < p.inputs_size(); ++i) {
     const Tensor &t = values[p.inputs(i)];
@@ -472,11 +472,11 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         offset[b] = arenaBytes;
         arenaBytes += (planned[b] + 63) & ~uint64_t(63);
       }
-      if (m->spareArena && m->spareArenaBytes >= arenaBytes && m->spareArenaBytes <= 2 * arenaBytes) {
+      if (m->spareArena && moert::spareArenaServes(m->spareArenaBytes, arenaBytes)) {
         arena = std::move(m->spareArena);
         arenaBytes = m->spareArenaBytes;
         m->spareArena.reset();
-      } else if (m->spareArenaBytes > 2 * arenaBytes) { // kept for larger shapes than these: let it go
+      } else if (m->spareArenaBytes > arenaBytes) { // kept for larger shapes than these: let it go
         m->spareArena.reset();
         m->spareArenaBytes = 0;
       }
@@ -1238,15 +1238,15 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     std::vector<uint64_t> &sizes = m->bufferBytes[signature];
     sizes.resize(buffers, 0);
     m->grownBufferBytes.resize(buffers, 0);
+    // Powers of two: buffers whose values grow with the past step up together, and seldom.
+    auto pow2 = [](uint64_t x) {
+      uint64_t p = 64;
+      while (p < x)
+        p *= 2;
+      return p;
+    };
     for (int b = 0; b < buffers; ++b) {
       sizes[b] = std::max(sizes[b], observed[b]);
-      // Powers of two: buffers whose values grow with the past step up together, and seldom.
-      auto pow2 = [](uint64_t x) {
-        uint64_t p = 64;
-        while (p < x)
-          p *= 2;
-        return p;
-      };
       if (uint64_t &grown = m->grownBufferBytes[b]; observed[b] > grown)
         grown = pow2(observed[b]);
       else if (observed[b] && observed[b] < grown / 4) // far smaller shapes now (decode after a long prompt)
