@@ -113,6 +113,8 @@ struct Emulator {
   std::vector<float> exchange[2];
   std::vector<int> exchangeInt[2];
   std::vector<int> parity; // per thread: the shuffle buffer its next shuffle writes
+  std::vector<uint32_t> mmaIn[2]; // per thread: its mma16 operands (kMmaA + kMmaB registers), double-buffered
+  std::vector<int> mmaParity;
   long long stalled = 0;   // switches in a row with every fiber waiting (a deadlock if it grows)
 #if MOERT_GPU_EMU_ASAN
   std::vector<void *> fakeStacks; // per fiber, and the launching thread's (mainFake): ASan's saved state
@@ -230,6 +232,8 @@ struct Emulator {
       x.assign(block, 0.0f);
     for (auto &x : exchangeInt)
       x.assign(block, 0);
+    for (auto &x : mmaIn)
+      x.assign(size_t(block) * 16, 0);
     gridX = int(gx);
     for (blockZ = 0; blockZ < gz; ++blockZ)
       for (blockY = 0; blockY < gy; ++blockY)
@@ -237,6 +241,7 @@ struct Emulator {
           arrived.assign(1 + warps, 0);
           generation.assign(1 + warps, 0);
           parity.assign(block, 0);
+          mmaParity.assign(block, 0);
           done.assign(block, 0);
           for (int t = 0; t < block; ++t)
             prepare(t);
@@ -281,6 +286,77 @@ inline int atomicAddI32(int *p, int v) {
 
 inline int laneId() { return threadId() & (kWarp - 1); }
 inline int warpId() { return threadId() / kWarp; }
+
+// Matrix cores (gpu_vendor.h's mma16): the layout of the warp width's vendor unless MOERT_GPU_MMA says
+// otherwise (1: NVIDIA mma.sync.m16n8k16, 32 lanes; 2: CDNA v_mfma_f32_16x16x16bf16_1k, 64 lanes).
+#ifndef MOERT_GPU_MMA
+#define MOERT_GPU_MMA (MOERT_GPU_EMU_WARP == 64 ? 2 : 1)
+#endif
+#if MOERT_GPU_MMA == 1
+static_assert(kWarp == 32, "mma.sync is a 32-lane instruction");
+constexpr int kMmaA = 4, kMmaB = 4, kMmaAcc = 8;
+#elif MOERT_GPU_MMA == 2
+static_assert(kWarp == 64, "v_mfma_f32_16x16x16bf16_1k is a 64-lane instruction");
+constexpr int kMmaA = 2, kMmaB = 2, kMmaAcc = 4;
+#else
+#error "unknown MOERT_GPU_MMA layout"
+#endif
+
+/// Where the instruction finds A (m, k), B (k, n) and puts D (m, n): the lane, its register (of the operand's
+/// kMmaA / kMmaB / kMmaAcc) and the 16-bit half, as the ISA documents state it (element -> lane), written
+/// apart from gpu_mma.h's loads (lane -> elements), which these check.
+struct MmaSlot {
+  int lane, reg, half;
+};
+#if MOERT_GPU_MMA == 1
+// PTX ISA, mma.m16n8k16 (.bf16): groupID = lane >> 2, threadID_in_group = lane % 4; A a_i: row groupID (+ 8
+// for a2, a3, a6, a7), column 2 threadID_in_group + i % 2 (+ 8 for a4 .. a7); B b_i: row 2 threadID_in_group
+// + i % 2 (+ 8 for b2, b3), column groupID; C c_i: row groupID (+ 8 for c2, c3), column 2 threadID_in_group +
+// i % 2. Two instructions: columns 0-7 (B registers 0, 1; D 0-3) and 8-15 (B 2, 3; D 4-7).
+inline MmaSlot mmaSlotA(int m, int k) { return {4 * (m % 8) + (k % 8) / 2, m / 8 + 2 * (k / 8), k % 2}; }
+inline MmaSlot mmaSlotB(int k, int n) { return {4 * (n % 8) + (k % 8) / 2, 2 * (n / 8) + k / 8, k % 2}; }
+inline MmaSlot mmaSlotD(int m, int n) {
+  return {4 * (m % 8) + (n % 8) / 2, 4 * (n / 8) + 2 * (m / 8) + n % 2, 0};
+}
+#else
+// AMD matrix instruction calculator, v_mfma_f32_16x16x16bf16_1k: A[i][k] in lane i + 16 (k / 4), item k % 4;
+// B[k][j] in lane j + 16 (k / 4), item k % 4; D[i][j] in lane j + 16 (i / 4), item i % 4 (two bf16 items a
+// 32-bit register).
+inline MmaSlot mmaSlotA(int m, int k) { return {m + 16 * (k / 4), (k % 4) / 2, k % 2}; }
+inline MmaSlot mmaSlotB(int k, int n) { return {n + 16 * (k / 4), (k % 4) / 2, k % 2}; }
+inline MmaSlot mmaSlotD(int m, int n) { return {n + 16 * (m / 4), m % 4, 0}; }
+#endif
+
+/// One warp's D += A B on the registers its lanes hold (every lane of the warp calls it).
+inline void mma16(float (&d)[kMmaAcc], const uint32_t (&a)[kMmaA], const uint32_t (&b)[kMmaB]) {
+  Emulator &e = Emulator::get();
+  const int t = e.current, lane = t % kWarp, base = t - lane, p = e.mmaParity[t];
+  constexpr int R = kMmaA + kMmaB;
+  e.mmaParity[t] ^= 1;
+  for (int r = 0; r < kMmaA; ++r)
+    e.mmaIn[p][t * R + r] = a[r];
+  for (int r = 0; r < kMmaB; ++r)
+    e.mmaIn[p][t * R + kMmaA + r] = b[r];
+  if (e.threads - base < kWarp) {
+    std::fprintf(stderr, "gpu emulation: mma16 in a partial warp\n");
+    std::abort();
+  }
+  e.barrier(1 + t / kWarp, kWarp);
+  auto value = [&](MmaSlot s, int offset) {
+    const uint32_t reg = e.mmaIn[p][(base + s.lane) * R + offset + s.reg];
+    return __builtin_bit_cast(float, (s.half ? reg >> 16 : reg & 0xffffu) << 16);
+  };
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n) {
+      const MmaSlot o = mmaSlotD(m, n);
+      if (o.lane != lane)
+        continue;
+      float sum = 0.0f; // bf16 products are exact in f32
+      for (int k = 0; k < 16; ++k)
+        sum += value(mmaSlotA(m, k), 0) * value(mmaSlotB(k, n), kMmaA);
+      d[o.reg] += sum;
+    }
+}
 
 inline float expf(float x) { return exp2f(x * 1.4426950408889634f); }
 inline float logf(float x) { return log2f(x) * 0.6931471805599453f; }

@@ -88,6 +88,37 @@ GPU_INLINE int atomicAddI32(int *p, int v) { return __atomic_fetch_add(p, v, __A
 #error "gpu_vendor.h is for device compilation (clang -x hip / -x cuda --cuda-device-only)"
 #endif
 
+// Matrix cores, where the architecture has the instruction: mma16(d, a, b) is one warp's
+// D (16 x 16, f32) += A (16 x 16, bf16) B (16 x 16, bf16), the operands in registers as the instruction lays
+// them out (kernels/hip/gpu_mma.h loads them from shared memory): kMmaA / kMmaB 32-bit registers of bf16
+// pairs, kMmaAcc floats of D a lane. MOERT_GPU_MMA says which layout: 1 = NVIDIA mma.sync.m16n8k16 (sm_80 and
+// later; two of them, one per 8 columns), 2 = CDNA v_mfma_f32_16x16x16bf16_1k (gfx90a, gfx942); not defined
+// elsewhere (RDNA3's WMMA is not used yet: the kernels take their FMA paths there).
+#if defined(__NVPTX__) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define MOERT_GPU_MMA 1
+constexpr int kMmaA = 4, kMmaB = 4, kMmaAcc = 8;
+GPU_INLINE void mma16(float (&d)[kMmaAcc], const uint32_t (&a)[kMmaA], const uint32_t (&b)[kMmaB]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[4 * h]), "+f"(d[4 * h + 1]), "+f"(d[4 * h + 2]), "+f"(d[4 * h + 3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[2 * h]), "r"(b[2 * h + 1]));
+}
+#elif defined(__gfx90a__) || defined(__gfx942__)
+#define MOERT_GPU_MMA 2
+constexpr int kMmaA = 2, kMmaB = 2, kMmaAcc = 4;
+typedef short MmaShort4 __attribute__((ext_vector_type(4)));
+typedef float MmaFloat4 __attribute__((ext_vector_type(4)));
+GPU_INLINE void mma16(float (&d)[kMmaAcc], const uint32_t (&a)[kMmaA], const uint32_t (&b)[kMmaB]) {
+  const MmaShort4 va = {short(a[0]), short(a[0] >> 16), short(a[1]), short(a[1] >> 16)},
+                  vb = {short(b[0]), short(b[0] >> 16), short(b[1]), short(b[1] >> 16)};
+  MmaFloat4 c = {d[0], d[1], d[2], d[3]};
+  c = __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(va, vb, c, 0, 0, 0);
+  d[0] = c[0], d[1] = c[1], d[2] = c[2], d[3] = c[3];
+}
+#endif
+
 GPU_INLINE int laneId() { return threadId() & (kWarp - 1); }
 GPU_INLINE int warpId() { return threadId() / kWarp; }
 

@@ -18,7 +18,9 @@
 //     partial sums.
 //   reduce: the partial sums of the splits in split order (deterministic), then the epilogue.
 //   gemm (more rows): 64 x 64 output tiles, 16 input features a step staged in shared memory (weights
-//     widened / dequantised to f32 once per tile), 4 x 4 outputs a thread, f32 FMAs.
+//     widened / dequantised to f32 once per tile). On matrix cores (NVIDIA sm_80+, CDNA gfx90a / gfx942:
+//     gpu_mma.h) a warp computes 16 x 16 tiles from the staged inputs and weights split into three bf16
+//     parts each (f32 accuracy); elsewhere (RDNA3) 4 x 4 outputs a thread, f32 FMAs.
 //
 // Accumulation is f32 throughout. With int8 activations (moec --activations=int8, a CPU kernel mode) the GPU
 // kernels still multiply f32 inputs by the stored weights: the CPU and GPU runs of such an artifact differ by
@@ -29,6 +31,7 @@
 #define MOERT_LINEAR_GPU_H
 
 #include "gpu_common.h"
+#include "gpu_mma.h"
 #pragma clang force_cuda_host_device begin
 #include "moert_gpu_abi.h"
 #include "moert_kernel_abi.h"
@@ -257,7 +260,17 @@ template <class C> struct LinearKernels {
     }
   }
 
+  // The GEMM entry: on matrix cores where the architecture has them (gpu_vendor.h's MOERT_GPU_MMA), else
+  // with f32 FMAs.
   static GPU_INLINE void gemm(const moert_gpu_linear_args &a) {
+#if defined(MOERT_GPU_MMA)
+    gemmMma(a);
+#else
+    gemmFma(a);
+#endif
+  }
+
+  static GPU_INLINE void gemmFma(const moert_gpu_linear_args &a) {
     GPU_SHARED float as[BK][BM + 4], bs[BK][BN];
     const int tid = threadId(), tr = tid / (BN / 4), tc = tid % (BN / 4);
     const int64_t n0 = int64_t(blockX()) * BN, m0 = int64_t(blockY()) * BM, rows = a.rows;
@@ -299,6 +312,68 @@ template <class C> struct LinearKernels {
           store(a, m, n, acc[i][j]);
       }
   }
+
+#if defined(MOERT_GPU_MMA)
+  // ---- gemm on matrix cores: the same 64 x 64 output tile a block, as 16 x 16 tiles of one warp each
+  // (a warp's tiles share their rows); BK features a step staged in shared memory as three bf16 parts
+  // (gpu_mma.h's bf16Split3) of the inputs and of the weights (widened / dequantised to f32 first, as the FMA
+  // path does), multiplied part by part with f32 accumulation, the products of parts i, j with i + j <= 2
+  // (6; 3 for bf16 weights, which are exact: one part): what is left out is below 2^-26 of each product, so
+  // the sums are as close to the f32 ones as f32 FMAs in another order are.
+  static constexpr int MT = 16, LDS = BK + 2; // 16-bit features a staged row (+2: rows 9 banks apart)
+  static constexpr int TILES = (BM / MT) * (BN / MT), TPW = TILES / WARPS;
+  static constexpr int WP = PAIRS ? 1 : 3; // the weights' parts
+  static_assert(BK == MT && TILES % WARPS == 0 && (BN / MT) % TPW == 0, "a warp's tiles in one row of tiles");
+
+  static GPU_INLINE void gemmMma(const moert_gpu_linear_args &a) {
+    GPU_SHARED uint16_t xs[3][BM][LDS], ws[WP][BN][LDS];
+    const int tid = threadId(), t0 = warpId() * TPW, tm = t0 / (BN / MT), tn0 = t0 % (BN / MT);
+    const int64_t n0 = int64_t(blockX()) * BN, m0 = int64_t(blockY()) * BM, rows = a.rows;
+    const float *in = rowsIn(a);
+    float acc[TPW][kMmaAcc] = {};
+    for (int64_t k0 = 0; k0 < K; k0 += BK) {
+#pragma unroll
+      for (int i = 0; i < BM * BK / BLOCK; ++i) {
+        const int e = tid + i * BLOCK, r = e / BK, kk = e % BK;
+        const int64_t m = m0 + r, k = k0 + kk;
+        bf16Split3(m < rows && k < K ? in[m * K + k] : 0.0f, xs[0][r][kk], xs[1][r][kk], xs[2][r][kk]);
+      }
+#pragma unroll
+      for (int i = 0; i < BN * BK / BLOCK; ++i) {
+        const int e = tid + i * BLOCK, kk = e / BN, c = e % BN;
+        const float w = weightAt(a, k0 + kk, n0 + c);
+        if constexpr (WP == 1)
+          ws[0][c][kk] = bf16Bits(w);
+        else
+          bf16Split3(w, ws[0][c][kk], ws[WP - 2][c][kk], ws[WP - 1][c][kk]);
+      }
+      sync();
+      uint32_t x[3][kMmaA];
+#pragma unroll
+      for (int p = 0; p < 3; ++p)
+        mmaLoadA(x[p], &xs[p][tm * MT][0], LDS);
+#pragma unroll
+      for (int j = 0; j < TPW; ++j)
+#pragma unroll
+        for (int q = 0; q < WP; ++q) {
+          uint32_t w[kMmaB];
+          mmaLoadB(w, &ws[q][(tn0 + j) * MT][0], LDS);
+#pragma unroll
+          for (int p = 2 - q; p >= 0; --p) // the inputs' smaller parts first
+            mma16(acc[j], x[p], w);
+        }
+      sync();
+    }
+#pragma unroll
+    for (int j = 0; j < TPW; ++j)
+#pragma unroll
+      for (int i = 0; i < kMmaAcc; ++i) {
+        const int64_t m = m0 + tm * MT + mmaRow(i), n = n0 + (tn0 + j) * MT + mmaCol(i);
+        if (m < rows && n < N)
+          store(a, m, n, acc[j][i]);
+      }
+  }
+#endif
 };
 
 } // namespace moert_gpu

@@ -10,7 +10,9 @@ objects; sm_80, sm_90 PTX), then
     SIMD on CDNA2/3, 12 on RDNA3) and at most 16 KiB of LDS per block (4 blocks per CU) — MoE dispatches'
     kernels, linear dispatches' (dense models in every storage, MatMulNBits, a decoder-with-past model) and
     attention dispatches' (the whole and decoder-with-past models);
-  - the PTX of each sm_* declares the kernels of every dispatch.
+  - the PTX of each sm_* declares the kernels of every dispatch and, where the machine has the CUDA
+    toolkit's `ptxas`, assembles for its architecture (the matrix-core GEMM's inline `mma.sync` included),
+    the GEMM with no register spills (other kernels' spills are listed).
 Options moec cannot serve (unknown architectures or targets) are one error line and no artifact. moec's
 compile-time note on the values a GPU call brings back to the host names the steps `moert inspect` does. Where no GPU is usable (CI), also: `moert run --device=gpu` fails with one error line, a non-zero exit and no
 output file. Exits 1 with one line per violation.
@@ -148,6 +150,36 @@ def no_device_checks(args, tmp, moex):
     return problems
 
 
+def find_ptxas():
+    """The CUDA toolkit's PTX assembler where this machine has one (PATH, /usr/local/cuda*/bin), else None."""
+    import glob
+    import shutil
+    found = shutil.which("ptxas")
+    return found or next(iter(sorted(glob.glob("/usr/local/cuda*/bin/ptxas"), reverse=True)), None)
+
+
+def assemble_ptx(ptxas, path, arch):
+    """Assembles one PTX file for `arch` as the driver would load it: (kernels, most registers, problems,
+    kernels that spill). A problem is an assembler error (an instruction the architecture lacks, a malformed
+    inline asm) or a matrix-core GEMM that spills; other kernels' spills are reported, not failed (this ptxas
+    is not the driver's JIT, and a few bytes of spills there predate the check)."""
+    run = subprocess.run([ptxas, f"-arch={arch}", "-v", "-o", os.devnull, path], capture_output=True, text=True)
+    if run.returncode != 0:
+        return 0, 0, [f"ptxas failed: {(run.stderr.strip().splitlines() or ['?'])[0]}"], []
+    kernels, regs, bad, spilled, current = 0, 0, [], [], "?"
+    for line in run.stderr.splitlines():
+        if m := re.search(r"Compiling entry function '(\w+)'", line):
+            current, kernels = m.group(1), kernels + 1
+        if m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            if int(m.group(1)) or int(m.group(2)):
+                spilled.append(re.sub(r"_\d+_", "_<i>_", current))
+                if re.fullmatch(r"moert_gpu_lin_\d+_gemm", current):
+                    bad.append(f"{current}: register spills ({m.group(0)})")
+        if m := re.search(r"Used (\d+) registers", line):
+            regs = max(regs, int(m.group(1)))
+    return kernels, regs, bad, spilled
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moec", required=True)
@@ -155,6 +187,7 @@ def main():
     ap.add_argument("--readelf", default="llvm-readelf-19")
     args = ap.parse_args()
     problems, checked, most_vgprs, most_lds = [], 0, 0, 0
+    ptxas, ptx_checked, most_regs, spills = find_ptxas(), 0, 0, set()
     with tempfile.TemporaryDirectory() as tmp:
         for name, path, extra in fixtures(tmp):
             tag = name.replace("/", "_")
@@ -208,6 +241,11 @@ def main():
                 entries = set(re.findall(r"\.entry (moert_gpu_\w+)\(", ptx))
                 if entries != want or f".target {arch}" not in ptx:
                     problems.append(f"{name} {arch}: PTX entries {sorted(entries)}, expected {sorted(want)}")
+                if ptxas:
+                    n, regs, bad, spilled = assemble_ptx(ptxas, os.path.join(dump, arch + ".ptx"), arch)
+                    ptx_checked, most_regs = ptx_checked + n, max(most_regs, regs)
+                    problems += [f"{name} {arch} {b}" for b in bad]
+                    spills |= {f"{arch} {k}" for k in spilled}
             print(f"{'ok  ' if not any(p.startswith(name + ' ') or p.startswith(name + ':') for p in problems) else 'FAIL'}"
                   f" {name:48s} {len(want)} kernels ({len(dispatches)} MoE, {len(linears)} linear, "
                   f"{len(attentions)} attention dispatch(es)) x "
@@ -219,7 +257,10 @@ def main():
     for p in problems:
         print("  " + p)
     print(f"{checked} AMDGPU kernels checked (most VGPRs {most_vgprs}, most LDS {most_lds} bytes); "
-          f"{len(problems)} problem(s)")
+          + (f"{ptx_checked} NVIDIA kernels assembled by {ptxas} (most registers {most_regs}; spilling: "
+             f"{', '.join(sorted(spills)) or 'none'}); " if ptxas else
+             "no ptxas found: the PTX was not assembled; ")
+          + f"{len(problems)} problem(s)")
     return 1 if problems else 0
 
 

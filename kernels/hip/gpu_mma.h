@@ -1,0 +1,85 @@
+//===- gpu_mma.h - one warp's 16 x 16 x 16 bf16 tile product on matrix cores ------===//
+//
+// The operand loads and the accumulator's coordinates for the instruction kernels/hip/gpu_vendor.h's mma16
+// issues (MOERT_GPU_MMA: 1 = NVIDIA mma.sync.m16n8k16, 2 = CDNA v_mfma_f32_16x16x16bf16_1k), so a kernel
+// written against them runs on either:
+//
+//   mmaLoadA(a, p, ld)   A (16 x 16, row m, feature k) = p[m * ld + k]  (bf16 bits in shared memory)
+//   mmaLoadB(b, p, ld)   B (16 x 16, feature k, column n) = p[n * ld + k]
+//   mma16(d, a, b)       d += A B
+//   mmaRow(i), mmaCol(i) where the lane's d[i] sits in D
+//
+// ld even (pairs of features are read as one 32-bit word). The emulated device (gpu_emulation.h) runs the
+// instruction from the ISA's own statement of which lane holds which element, so the loads here are checked
+// against it in CI; that statement and these loads are both taken from the vendors' documentation (PTX ISA
+// "Matrix Fragments for mma.m16n8k16 with floating point type"; AMD's matrix instruction calculator), and
+// only a device shows they match the silicon.
+//
+// Also the f32 -> bf16 split the GEMMs use to keep f32 accuracy on bf16 matrix cores: x = p0 + p1 + p2 + e,
+// each part bf16, |p1| <= 2^-9 |x|, |p2| <= 2^-18 |x|, |e| <= 2^-27 |x|.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_GPU_MMA_H
+#define MOERT_GPU_MMA_H
+
+#include "gpu_common.h"
+
+namespace moert_gpu {
+
+/// f32 -> bf16 bits, rounded to nearest even (NaN stays NaN).
+GPU_INLINE uint16_t bf16Bits(float f) {
+  uint32_t u = __builtin_bit_cast(uint32_t, f);
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    return uint16_t((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+GPU_INLINE float bf16Value(uint16_t h) { return __builtin_bit_cast(float, uint32_t(h) << 16); }
+/// x as p[0] + p[1] + p[2], each bf16 (each part the rounded remainder of those before it, exact in f32).
+GPU_INLINE void bf16Split3(float x, uint16_t &p0, uint16_t &p1, uint16_t &p2) {
+  p0 = bf16Bits(x);
+  const float r = x - bf16Value(p0);
+  p1 = bf16Bits(r);
+  p2 = bf16Bits(r - bf16Value(p1));
+}
+
+#if defined(MOERT_GPU_MMA)
+/// Features k and k + 1 of a row (k even): one 32-bit register, feature k in the low half.
+GPU_INLINE uint32_t bf16Pair(const uint16_t *p) { return uint32_t(p[0]) | uint32_t(p[1]) << 16; }
+
+#if MOERT_GPU_MMA == 1
+// mma.m16n8k16: lane = 4 g + t. A's registers: rows g, g + 8 (register 0, 1), features 2t, 2t + 1, then the
+// same 8 features on (registers 2, 3). B's, per 8 columns h: column 8h + g, features 2t, 2t + 1 (register 2h)
+// and 8 on (2h + 1). D, per 8 columns h: rows g, g + 8, columns 8h + 2t, 8h + 2t + 1.
+GPU_INLINE void mmaLoadA(uint32_t (&a)[kMmaA], const uint16_t *p, int ld) {
+  const int g = laneId() >> 2, t = laneId() & 3;
+  a[0] = bf16Pair(p + g * ld + 2 * t), a[1] = bf16Pair(p + (g + 8) * ld + 2 * t);
+  a[2] = bf16Pair(p + g * ld + 2 * t + 8), a[3] = bf16Pair(p + (g + 8) * ld + 2 * t + 8);
+}
+GPU_INLINE void mmaLoadB(uint32_t (&b)[kMmaB], const uint16_t *p, int ld) {
+  const int g = laneId() >> 2, t = laneId() & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+    b[2 * h] = bf16Pair(p + (8 * h + g) * ld + 2 * t),
+          b[2 * h + 1] = bf16Pair(p + (8 * h + g) * ld + 2 * t + 8);
+}
+GPU_INLINE int mmaRow(int i) { return (laneId() >> 2) + 8 * ((i & 3) >> 1); }
+GPU_INLINE int mmaCol(int i) { return 8 * (i >> 2) + 2 * (laneId() & 3) + (i & 1); }
+#elif MOERT_GPU_MMA == 2
+// v_mfma_f32_16x16x16bf16_1k (64 lanes): lane = r + 16 q holds A's row r, features 4q .. 4q + 3; B's column
+// r, the same features; D's column r, rows 4q .. 4q + 3.
+GPU_INLINE void mmaLoadA(uint32_t (&a)[kMmaA], const uint16_t *p, int ld) {
+  const int r = laneId() & 15, q = laneId() >> 4;
+  a[0] = bf16Pair(p + r * ld + 4 * q), a[1] = bf16Pair(p + r * ld + 4 * q + 2);
+}
+GPU_INLINE void mmaLoadB(uint32_t (&b)[kMmaB], const uint16_t *p, int ld) { mmaLoadA(b, p, ld); }
+GPU_INLINE int mmaRow(int i) { return 4 * (laneId() >> 4) + i; }
+GPU_INLINE int mmaCol(int) { return laneId() & 15; }
+#else
+#error "unknown MOERT_GPU_MMA layout"
+#endif
+#endif // MOERT_GPU_MMA
+
+} // namespace moert_gpu
+
+#endif // MOERT_GPU_MMA_H
