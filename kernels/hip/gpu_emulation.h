@@ -288,7 +288,8 @@ inline int laneId() { return threadId() & (kWarp - 1); }
 inline int warpId() { return threadId() / kWarp; }
 
 // Matrix cores (gpu_vendor.h's mma16): the layout of the warp width's vendor unless MOERT_GPU_MMA says
-// otherwise (1: NVIDIA mma.sync.m16n8k16, 32 lanes; 2: CDNA v_mfma_f32_16x16x16bf16_1k, 64 lanes).
+// otherwise (1: NVIDIA mma.sync.m16n8k16, 32 lanes; 2: CDNA v_mfma_f32_16x16x16bf16_1k, 64 lanes; 3: RDNA3
+// v_wmma_f32_16x16x16_bf16, 32 lanes).
 #ifndef MOERT_GPU_MMA
 #define MOERT_GPU_MMA (MOERT_GPU_EMU_WARP == 64 ? 2 : 1)
 #endif
@@ -298,6 +299,9 @@ constexpr int kMmaA = 4, kMmaB = 4, kMmaAcc = 8;
 #elif MOERT_GPU_MMA == 2
 static_assert(kWarp == 64, "v_mfma_f32_16x16x16bf16_1k is a 64-lane instruction");
 constexpr int kMmaA = 2, kMmaB = 2, kMmaAcc = 4;
+#elif MOERT_GPU_MMA == 3
+static_assert(kWarp == 32, "v_wmma_f32_16x16x16_bf16 is a wave32 instruction here");
+constexpr int kMmaA = 8, kMmaB = 8, kMmaAcc = 8;
 #else
 #error "unknown MOERT_GPU_MMA layout"
 #endif
@@ -318,6 +322,13 @@ inline MmaSlot mmaSlotB(int k, int n) { return {4 * (n % 8) + (k % 8) / 2, 2 * (
 inline MmaSlot mmaSlotD(int m, int n) {
   return {4 * (m % 8) + (n % 8) / 2, 4 * (n / 8) + 2 * (m / 8) + n % 2, 0};
 }
+#elif MOERT_GPU_MMA == 3
+// AMD matrix instruction calculator, v_wmma_f32_16x16x16_bf16 (gfx1100): A[i][k] in lane i and lane i + 16
+// (both halves of the wave hold A), item k; B[k][j] in lanes j and j + 16, item k; D[i][j] in lane
+// j + 16 (i % 2), register i / 2. mma16 checks that both halves hold the same A and B.
+inline MmaSlot mmaSlotA(int m, int k) { return {m, k / 2, k % 2}; }
+inline MmaSlot mmaSlotB(int k, int n) { return {n, k / 2, k % 2}; }
+inline MmaSlot mmaSlotD(int m, int n) { return {n + 16 * (m % 2), m / 2, 0}; }
 #else
 // AMD matrix instruction calculator, v_mfma_f32_16x16x16bf16_1k: A[i][k] in lane i + 16 (k / 4), item k % 4;
 // B[k][j] in lane j + 16 (k / 4), item k % 4; D[i][j] in lane j + 16 (i / 4), item i % 4 (two bf16 items a
@@ -342,6 +353,14 @@ inline void mma16(float (&d)[kMmaAcc], const uint32_t (&a)[kMmaA], const uint32_
     std::abort();
   }
   e.barrier(1 + t / kWarp, kWarp);
+#if MOERT_GPU_MMA == 3
+  for (int r = 0; r < R; ++r) // the wave's halves hold the same A and B
+    if (e.mmaIn[p][(base + lane % 16) * R + r] != e.mmaIn[p][(base + 16 + lane % 16) * R + r]) {
+      std::fprintf(stderr, "gpu emulation: mma16 (WMMA) with lanes %d and %d holding different operands\n",
+                   lane % 16, 16 + lane % 16);
+      std::abort();
+    }
+#endif
   auto value = [&](MmaSlot s, int offset) {
     const uint32_t reg = e.mmaIn[p][(base + s.lane) * R + offset + s.reg];
     return __builtin_bit_cast(float, (s.half ? reg >> 16 : reg & 0xffffu) << 16);

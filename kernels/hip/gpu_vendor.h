@@ -92,8 +92,8 @@ GPU_INLINE int atomicAddI32(int *p, int v) { return __atomic_fetch_add(p, v, __A
 // D (16 x 16, f32) += A (16 x 16, bf16) B (16 x 16, bf16), the operands in registers as the instruction lays
 // them out (kernels/hip/gpu_mma.h loads them from shared memory): kMmaA / kMmaB 32-bit registers of bf16
 // pairs, kMmaAcc floats of D a lane. MOERT_GPU_MMA says which layout: 1 = NVIDIA mma.sync.m16n8k16 (sm_80 and
-// later; two of them, one per 8 columns), 2 = CDNA v_mfma_f32_16x16x16bf16_1k (gfx90a, gfx942); not defined
-// elsewhere (RDNA3's WMMA is not used yet: the kernels take their FMA paths there).
+// later; two of them, one per 8 columns), 2 = CDNA v_mfma_f32_16x16x16bf16_1k (gfx90a, gfx942), 3 = RDNA3
+// v_wmma_f32_16x16x16_bf16 (gfx1100, wave32); not defined elsewhere (the kernels take their FMA paths).
 #if defined(__NVPTX__) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define MOERT_GPU_MMA 1
 constexpr int kMmaA = 4, kMmaB = 4, kMmaAcc = 8;
@@ -111,11 +111,21 @@ constexpr int kMmaA = 2, kMmaB = 2, kMmaAcc = 4;
 typedef short MmaShort4 __attribute__((ext_vector_type(4)));
 typedef float MmaFloat4 __attribute__((ext_vector_type(4)));
 GPU_INLINE void mma16(float (&d)[kMmaAcc], const uint32_t (&a)[kMmaA], const uint32_t (&b)[kMmaB]) {
-  const MmaShort4 va = {short(a[0]), short(a[0] >> 16), short(a[1]), short(a[1] >> 16)},
-                  vb = {short(b[0]), short(b[0] >> 16), short(b[1]), short(b[1] >> 16)};
-  MmaFloat4 c = {d[0], d[1], d[2], d[3]};
-  c = __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(va, vb, c, 0, 0, 0);
-  d[0] = c[0], d[1] = c[1], d[2] = c[2], d[3] = c[3];
+  MmaFloat4 c = __builtin_bit_cast(MmaFloat4, d);
+  c = __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(__builtin_bit_cast(MmaShort4, a),
+                                                __builtin_bit_cast(MmaShort4, b), c, 0, 0, 0);
+  __builtin_memcpy(d, &c, sizeof d);
+}
+#elif defined(__gfx1100__)
+#define MOERT_GPU_MMA 3
+constexpr int kMmaA = 8, kMmaB = 8, kMmaAcc = 8;
+typedef short MmaShort16 __attribute__((ext_vector_type(16)));
+typedef float MmaFloat8 __attribute__((ext_vector_type(8)));
+GPU_INLINE void mma16(float (&d)[kMmaAcc], const uint32_t (&a)[kMmaA], const uint32_t (&b)[kMmaB]) {
+  MmaFloat8 c = __builtin_bit_cast(MmaFloat8, d);
+  c = __builtin_amdgcn_wmma_f32_16x16x16_bf16_w32(__builtin_bit_cast(MmaShort16, a),
+                                                  __builtin_bit_cast(MmaShort16, b), c);
+  __builtin_memcpy(d, &c, sizeof d);
 }
 #endif
 

@@ -18,9 +18,9 @@
 //     partial sums.
 //   reduce: the partial sums of the splits in split order (deterministic), then the epilogue.
 //   gemm (more rows): 64 x 64 output tiles, 16 input features a step staged in shared memory (weights
-//     widened / dequantised to f32 once per tile). On matrix cores (NVIDIA sm_80+, CDNA gfx90a / gfx942:
-//     gpu_mma.h) a warp computes 16 x 16 tiles from the staged inputs and weights split into three bf16
-//     parts each (f32 accuracy); elsewhere (RDNA3) 4 x 4 outputs a thread, f32 FMAs.
+//     widened / dequantised to f32 once per tile). On matrix cores (NVIDIA sm_80+, CDNA gfx90a / gfx942,
+//     RDNA3 gfx1100: gpu_mma.h) a warp computes 16 x 16 tiles from the staged inputs and weights split into
+//     three bf16 parts each (f32 accuracy); elsewhere 4 x 4 outputs a thread, f32 FMAs.
 //
 // Accumulation is f32 throughout. With int8 activations (moec --activations=int8, a CPU kernel mode) the GPU
 // kernels still multiply f32 inputs by the stored weights: the CPU and GPU runs of such an artifact differ by
@@ -331,6 +331,8 @@ template <class C> struct LinearKernels {
     const int64_t n0 = int64_t(blockX()) * BN, m0 = int64_t(blockY()) * BM, rows = a.rows;
     const float *in = rowsIn(a);
     float acc[TPW][kMmaAcc] = {};
+#pragma unroll 1 // K is a constant: unrolled steps' operands would all be live at once (past 128 VGPRs on
+                 // RDNA3)
     for (int64_t k0 = 0; k0 < K; k0 += BK) {
 #pragma unroll
       for (int i = 0; i < BM * BK / BLOCK; ++i) {
@@ -353,7 +355,7 @@ template <class C> struct LinearKernels {
       for (int p = 0; p < 3; ++p)
         mmaLoadA(x[p], &xs[p][tm * MT][0], LDS);
 #pragma unroll
-      for (int j = 0; j < TPW; ++j)
+      for (int j = 0; j < TPW; ++j) {
 #pragma unroll
         for (int q = 0; q < WP; ++q) {
           uint32_t w[kMmaB];
@@ -362,6 +364,7 @@ template <class C> struct LinearKernels {
           for (int p = 2 - q; p >= 0; --p) // the inputs' smaller parts first
             mma16(acc[j], x[p], w);
         }
+      }
       sync();
     }
 #pragma unroll

@@ -7,10 +7,10 @@
 // multiple of the block), a fused RMS / layer norm, three outputs, a residual, rows on both paths (1..8: the
 // GEMV, with K split across blocks where the plan splits it; 9, 70: the GEMM, on the emulated matrix cores
 // and with FMAs) - against the same double-precision reference as the CPU kernel's test
-// (tests/kernels/linear_cases.h), with its tolerance. Built twice: 32-lane warps (NVIDIA, RDNA3; the matrix
-// cores in mma.sync's layout) and 64-lane wavefronts (CDNA; MFMA's layout). What it cannot show (the device's
-// memory model, speed, register budgets, that the vendors' documented layouts are the silicon's) is for
-// gpu-e2e on a device and gpu-code-objects.
+// (tests/kernels/linear_cases.h), with its tolerance. Built three times: 32-lane warps with the matrix cores
+// in mma.sync's layout (NVIDIA) and in WMMA's (RDNA3), 64-lane wavefronts with MFMA's (CDNA). What it cannot
+// show (the device's memory model, speed, register budgets, that the vendors' documented layouts are the
+// silicon's) is for gpu-e2e on a device and gpu-code-objects.
 //
 //===----------------------------------------------------------------------===//
 #include "kernels/hip/gpu_emulation.h" // first: it stands in for kernels/hip/gpu_vendor.h
@@ -109,7 +109,11 @@ template <Kind KIND> void shapes(std::mt19937 &rng) {
 
 int main() {
   std::mt19937 rng(20261204);
-  std::printf("GPU linear kernels, emulated with %d-lane warps\n", moert_gpu::kWarp);
+  std::printf("GPU linear kernels, emulated with %d-lane warps; matrix cores in the layout of %s\n",
+              moert_gpu::kWarp,
+              MOERT_GPU_MMA == 1   ? "NVIDIA mma.sync.m16n8k16"
+              : MOERT_GPU_MMA == 2 ? "CDNA v_mfma_f32_16x16x16bf16_1k"
+                                   : "RDNA3 v_wmma_f32_16x16x16_bf16");
   shapes<F32>(rng);
   shapes<BF16>(rng);
   shapes<F16>(rng);
