@@ -10,8 +10,9 @@ Two phases, because moec (LLVM) runs here and the GPU is on a lent machine witho
 
 Linear layers (`moe.linear` dispatches): a Qwen3-MoE-like LM head (K 2048, N 32000) in fp32, bf16, int8 and
 int4, and merged Q/K/V projections (K 2048 -> 4096 + 512 + 512, bf16: one dispatch, three outputs), at M = 1 and 8 rows (decode: the GEMV,
-bandwidth-bound: bytes = all its weights) and M = 512 (prefill: the GEMM, reported in TFLOP/s), beside PyTorch's
-bf16 `F.linear` on the same GPU.
+bandwidth-bound: bytes = all its weights) and M = 512 (prefill: the GEMM, reported in TFLOP/s and as a fraction
+of the bf16 matmul rate PyTorch reaches in the same run, an 8192^3 bf16 matmul: the matrix-core peak the
+issue's prefill target is a fraction of), beside PyTorch's bf16 `F.linear` on the same GPU.
 
 MoE shapes: OLMoE-like (H 2048, F 1024, E 64, k 8), Mixtral-like (H 4096, F 14336, E 8, k 2), each with bf16 and
 int8 weights (`_int8`: one f16 scale per 32 weights, counted in the bytes), and a tiny layer (H 256, F 128, E 8,
@@ -220,6 +221,16 @@ def torch_linear_us(k, ns, x_np, repeats=200):
         return [torch.nn.functional.linear(xb, w) for w in ws]
 
     return cuda_us(layer, repeats)
+
+
+def torch_bf16_peak_tflops(n=8192, repeats=20):
+    """The device's bf16 matrix-core rate as PyTorch (cuBLAS / hipBLASLt) reaches it: an n x n x n bf16 matmul,
+    `repeats` back to back, in TFLOP/s (the peak the prefill GEMM rows are a fraction of)."""
+    import torch
+    a = torch.full((n, n), 0.01, dtype=torch.bfloat16, device="cuda")
+    b = torch.full((n, n), 0.01, dtype=torch.bfloat16, device="cuda")
+    us = cuda_us(lambda: a @ b, repeats)
+    return 2.0 * n * n * n / (us * 1e-6) / 1e12
 
 
 def torch_layer_us(s, x_np, repeats=200):
@@ -441,12 +452,18 @@ def run(args):
                           flops / (us * 1e-6) / 1e12, tus))
         os.remove(moex)
     if lrows:
+        try:
+            peak = torch_bf16_peak_tflops()
+        except Exception as e:  # noqa: BLE001 - the peak needs PyTorch on the device machine
+            peak = float("nan")
+            print(f"(bf16 matmul peak not measured: {e})")
         print(f"\n| linear layer | weights | M | moec GPU kernels (µs) | moert run call (µs) | weights (MB) | GB/s | "
-              f"fraction of copy bandwidth ({copy:.0f} GB/s) | TFLOP/s | PyTorch bf16 F.linear (µs) | PyTorch / moec |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+              f"fraction of copy bandwidth ({copy:.0f} GB/s) | TFLOP/s | fraction of the bf16 matmul rate "
+              f"({peak:.0f} TFLOP/s) | PyTorch bf16 F.linear (µs) | PyTorch / moec |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, w, t, us, call_us, mb, gbs, tf, tus in lrows:
             print(f"| {name} | {w} | {t} | {us:.1f} | {call_us:.0f} | {mb:.1f} | {gbs:.0f} | {gbs / copy:.2f} | "
-                  f"{tf:.2f} | {tus:.1f} | {tus / us:.2f}x |")
+                  f"{tf:.2f} | {tf / peak:.2f} | {tus:.1f} | {tus / us:.2f}x |")
     for name, s in meta["shapes"].items():
         moex = unpack(d, name)
         for t in meta["tokens"]:
