@@ -260,6 +260,10 @@ template <class C> struct LinearKernels {
     }
   }
 
+  // A GEMM input as the products take it: rounded to bf16 with --activations=bf16 (C::BF16_ACT, bf16 weights:
+  // prefill rounds its inputs, as the CPU kernel does), else as it is.
+  static GPU_INLINE float asMultiplied(float x) { return C::BF16_ACT ? bf16Value(bf16Bits(x)) : x; }
+
   // The GEMM entry: on matrix cores where the architecture has them (gpu_vendor.h's MOERT_GPU_MMA), else
   // with f32 FMAs.
   static GPU_INLINE void gemm(const moert_gpu_linear_args &a) {
@@ -281,7 +285,7 @@ template <class C> struct LinearKernels {
       for (int i = 0; i < BM * BK / BLOCK; ++i) {
         const int e = tid + i * BLOCK, r = e / BK, kk = e % BK;
         const int64_t m = m0 + r, k = k0 + kk;
-        as[kk][r] = m < rows && k < K ? in[m * K + k] : 0.0f;
+        as[kk][r] = m < rows && k < K ? asMultiplied(in[m * K + k]) : 0.0f;
       }
 #pragma unroll
       for (int i = 0; i < BN * BK / BLOCK; ++i) {
@@ -319,14 +323,16 @@ template <class C> struct LinearKernels {
   // (gpu_mma.h's bf16Split3) of the inputs and of the weights (widened / dequantised to f32 first, as the FMA
   // path does), multiplied part by part with f32 accumulation, the products of parts i, j with i + j <= 2
   // (6; 3 for bf16 weights, which are exact: one part): what is left out is below 2^-26 of each product, so
-  // the sums are as close to the f32 ones as f32 FMAs in another order are.
+  // the sums are as close to the f32 ones as f32 FMAs in another order are. With --activations=bf16 (bf16
+  // weights) the inputs are rounded to bf16 as the CPU kernel's prefill rounds them: one product.
   static constexpr int MT = 16, LDS = BK + 2; // 16-bit features a staged row (+2: rows 9 banks apart)
   static constexpr int TILES = (BM / MT) * (BN / MT), TPW = TILES / WARPS;
-  static constexpr int WP = PAIRS ? 1 : 3; // the weights' parts
+  static constexpr int WP = PAIRS ? 1 : 3;       // the weights' parts
+  static constexpr int XP = C::BF16_ACT ? 1 : 3; // the inputs' (--activations=bf16: rounded, one part)
   static_assert(BK == MT && TILES % WARPS == 0 && (BN / MT) % TPW == 0, "a warp's tiles in one row of tiles");
 
   static GPU_INLINE void gemmMma(const moert_gpu_linear_args &a) {
-    GPU_SHARED uint16_t xs[3][BM][LDS], ws[WP][BN][LDS];
+    GPU_SHARED uint16_t xs[XP][BM][LDS], ws[WP][BN][LDS];
     const int tid = threadId(), t0 = warpId() * TPW, tm = t0 / (BN / MT), tn0 = t0 % (BN / MT);
     const int64_t n0 = int64_t(blockX()) * BN, m0 = int64_t(blockY()) * BM, rows = a.rows;
     const float *in = rowsIn(a);
@@ -338,7 +344,11 @@ template <class C> struct LinearKernels {
       for (int i = 0; i < BM * BK / BLOCK; ++i) {
         const int e = tid + i * BLOCK, r = e / BK, kk = e % BK;
         const int64_t m = m0 + r, k = k0 + kk;
-        bf16Split3(m < rows && k < K ? in[m * K + k] : 0.0f, xs[0][r][kk], xs[1][r][kk], xs[2][r][kk]);
+        const float x = m < rows && k < K ? in[m * K + k] : 0.0f;
+        if constexpr (XP == 1)
+          xs[0][r][kk] = bf16Bits(x);
+        else
+          bf16Split3(x, xs[0][r][kk], xs[XP - 2][r][kk], xs[XP - 1][r][kk]);
       }
 #pragma unroll
       for (int i = 0; i < BN * BK / BLOCK; ++i) {
@@ -350,9 +360,9 @@ template <class C> struct LinearKernels {
           bf16Split3(w, ws[0][c][kk], ws[WP - 2][c][kk], ws[WP - 1][c][kk]);
       }
       sync();
-      uint32_t x[3][kMmaA];
+      uint32_t x[XP][kMmaA];
 #pragma unroll
-      for (int p = 0; p < 3; ++p)
+      for (int p = 0; p < XP; ++p)
         mmaLoadA(x[p], &xs[p][tm * MT][0], LDS);
 #pragma unroll
       for (int j = 0; j < TPW; ++j) {
@@ -361,7 +371,7 @@ template <class C> struct LinearKernels {
           uint32_t w[kMmaB];
           mmaLoadB(w, &ws[q][(tn0 + j) * MT][0], LDS);
 #pragma unroll
-          for (int p = 2 - q; p >= 0; --p) // the inputs' smaller parts first
+          for (int p = (2 - q < XP - 1 ? 2 - q : XP - 1); p >= 0; --p) // the inputs' smaller parts first
             mma16(acc[j], x[p], w);
         }
       }

@@ -76,7 +76,7 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
       launch<C>(c, m, x.data(), residual ? res.data() : nullptr, outs, splits, fma);
       mostSplits = std::max(mostSplits, splits);
       const std::vector<float> y = joinOutputs<C>(outs, m);
-      const double worst = worstError<C>(c, y, x, m, res, nw, nb);
+      const double worst = worstError<C>(c, y, x, m, res, nw, nb, MOERT_GPU_LIN_GEMV_ROWS);
       ++cases;
       if (!(worst <= 1.0)) {
         ++failures, ok = false;
@@ -86,14 +86,15 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
       }
     }
   }
-  std::printf("%s %-8s K=%-4lld N=%-3lld block=%-3lld%s%s%s (M = 1, 3, 8 gemv, K in up to %lld splits; 9, 70 "
-              "gemm on matrix cores and with FMAs)\n",
-              ok ? "ok  " : "FAIL", kindName(kind), (long long)C::K, (long long)C::N, (long long)C::QBLOCK,
-              C::HAS_BIAS ? " bias" : "", C::NOUT > 1 ? " 3 outputs" : "",
-              C::NORM == MOERT_NORM_RMS     ? " rms-norm"
-              : C::NORM == MOERT_NORM_LAYER ? " layer-norm"
-                                            : "",
-              (long long)mostSplits);
+  std::printf(
+      "%s %-8s K=%-4lld N=%-3lld block=%-3lld%s%s%s%s (M = 1, 3, 8 gemv, K in up to %lld splits; 9, 70 "
+      "gemm on matrix cores and with FMAs)\n",
+      ok ? "ok  " : "FAIL", kindName(kind), (long long)C::K, (long long)C::N, (long long)C::QBLOCK,
+      C::HAS_BIAS ? " bias" : "", C::NOUT > 1 ? " 3 outputs" : "", C::BF16_ACT ? " bf16-activations" : "",
+      C::NORM == MOERT_NORM_RMS     ? " rms-norm"
+      : C::NORM == MOERT_NORM_LAYER ? " layer-norm"
+                                    : "",
+      (long long)mostSplits);
 }
 
 template <Kind KIND> void shapes(std::mt19937 &rng) {
@@ -128,6 +129,11 @@ int main() {
   check<Cfg<BF16, 300, 17, true, 32, false, MOERT_NORM_LAYER, true>>(BF16, rng);
   check<Cfg<I8, 520, 33, false, 32, false, MOERT_NORM_LAYER, true>>(I8, rng);
   check<Split3<Cfg<F32, 300, 40, true, 32, false, MOERT_NORM_RMS>, 17, 33>>(F32, rng);
+  // --activations=bf16 (bf16 weights): the GEMM's rows rounded to bf16 (one matrix-core product), the GEMV's
+  // not
+  check<Cfg<BF16, 300, 17, true, 32, true>>(BF16, rng);
+  check<Cfg<BF16, 520, 33, false, 128, true>>(BF16, rng); // (no norm: its rows, computed apart, round apart)
+  check<Split3<Cfg<BF16, 96, 96, true, 16, true>, 40, 88>>(BF16, rng);
   std::printf("%d of %d cases within tolerance\n", cases - failures, cases);
   return failures ? 1 : 0;
 }

@@ -159,9 +159,12 @@ Case makeCase(Kind kind, int64_t k, int64_t n, int64_t block, bool bias, std::mt
 /// The inputs the kernel is meant to multiply: as given, or - int8/int4 weights with int8 activations - each
 /// row rounded to int8 per block of 32 features (the weight block when it is not a multiple of 32): q =
 /// round-half-even(x * (127 / max|x|)), x = q * max|x| / 127 (moert_kernel_abi.h).
-template <class C> std::vector<double> inputsAsMultiplied(const std::vector<float> &x, int64_t m) {
+/// With bf16 activations, calls of more than `bf16Above` rows (prefill: gemm.h's 6-row tile on the CPU, the
+/// GEMV's MOERT_GPU_LIN_GEMV_ROWS on a GPU) round them to bf16.
+template <class C>
+std::vector<double> inputsAsMultiplied(const std::vector<float> &x, int64_t m, int64_t bf16Above = 6) {
   std::vector<double> r(x.begin(), x.end());
-  if (C::BF16_ACT && m > 6) { // bf16 activations: prefill (more rows than gemm.h's 6-row tile) rounds them
+  if (C::BF16_ACT && m > bf16Above) {
     for (size_t i = 0; i < x.size(); ++i) {
       const uint32_t b = uint32_t(moert_f32_to_bf16(x[i])) << 16;
       float f;
@@ -190,8 +193,9 @@ template <class C> std::vector<double> inputsAsMultiplied(const std::vector<floa
 /// tolerance |y - ref| <= 1e-5 * sum_k |x[m][k] * w[k][n]| + 1e-6 (f32 accumulation against double).
 template <class C>
 double worstError(const Case &c, const std::vector<float> &y, const std::vector<float> &x, int64_t m,
-                  const std::vector<float> &res, const std::vector<float> &nw, const std::vector<float> &nb) {
-  const std::vector<double> xr = inputsAsMultiplied<C>(normalised<C>(x, m, nw, nb), m);
+                  const std::vector<float> &res, const std::vector<float> &nw, const std::vector<float> &nb,
+                  int64_t bf16Above = 6) {
+  const std::vector<double> xr = inputsAsMultiplied<C>(normalised<C>(x, m, nw, nb), m, bf16Above);
   double worst = 0.0;
   for (int64_t i = 0; i < m; ++i)
     for (int64_t col = 0; col < C::N; ++col) {
