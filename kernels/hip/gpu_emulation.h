@@ -361,20 +361,38 @@ inline void mma16(float (&d)[kMmaAcc], const uint32_t (&a)[kMmaA], const uint32_
       std::abort();
     }
 #endif
+  // The slots as tables, made once: A's and B's by element, and which element each lane's D register holds.
+  struct Tables {
+    MmaSlot a[16][16], b[16][16];
+    int dm[kWarp][kMmaAcc], dn[kWarp][kMmaAcc];
+    Tables() {
+      int hits[kWarp][kMmaAcc] = {};
+      for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 16; ++j) {
+          a[i][j] = mmaSlotA(i, j), b[i][j] = mmaSlotB(i, j);
+          const MmaSlot o = mmaSlotD(i, j);
+          dm[o.lane][o.reg] = i, dn[o.lane][o.reg] = j, ++hits[o.lane][o.reg];
+        }
+      for (int l = 0; l < kWarp; ++l)
+        for (int r = 0; r < kMmaAcc; ++r)
+          if (hits[l][r] != 1) {
+            std::fprintf(stderr, "gpu emulation: mma16's D layout is not one element a register\n");
+            std::abort();
+          }
+    }
+  };
+  static const Tables tables;
   auto value = [&](MmaSlot s, int offset) {
     const uint32_t reg = e.mmaIn[p][(base + s.lane) * R + offset + s.reg];
     return __builtin_bit_cast(float, (s.half ? reg >> 16 : reg & 0xffffu) << 16);
   };
-  for (int m = 0; m < 16; ++m)
-    for (int n = 0; n < 16; ++n) {
-      const MmaSlot o = mmaSlotD(m, n);
-      if (o.lane != lane)
-        continue;
-      float sum = 0.0f; // bf16 products are exact in f32
-      for (int k = 0; k < 16; ++k)
-        sum += value(mmaSlotA(m, k), 0) * value(mmaSlotB(k, n), kMmaA);
-      d[o.reg] += sum;
-    }
+  for (int r = 0; r < kMmaAcc; ++r) {
+    const int m = tables.dm[lane][r], n = tables.dn[lane][r];
+    float sum = 0.0f; // bf16 products are exact in f32
+    for (int k = 0; k < 16; ++k)
+      sum += value(tables.a[m][k], 0) * value(tables.b[k][n], kMmaA);
+    d[r] += sum;
+  }
 }
 
 inline float expf(float x) { return exp2f(x * 1.4426950408889634f); }
