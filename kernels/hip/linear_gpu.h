@@ -322,9 +322,10 @@ template <class C> struct LinearKernels {
   // (a warp's tiles share their rows); BK features a step staged in shared memory as three bf16 parts
   // (gpu_mma.h's bf16Split3) of the inputs and of the weights (widened / dequantised to f32 first, as the FMA
   // path does), multiplied part by part with f32 accumulation, the products of parts i, j with i + j <= 2
-  // (6; 3 for bf16 weights, which are exact: one part): what is left out is below 2^-26 of each product, so
-  // the sums are as close to the f32 ones as f32 FMAs in another order are. With --activations=bf16 (bf16
-  // weights) the inputs are rounded to bf16 as the CPU kernel's prefill rounds them: one product.
+  // (6; 3 for bf16 weights, which are exact: one part): what is left out is about 2^-25 of each product (f32
+  // rounds to 2^-24), so the sums are as close to the f32 ones as f32 FMAs in another order are. With
+  // --activations=bf16 (bf16 weights) the inputs are rounded to bf16 as the CPU kernel's prefill rounds them:
+  // one product.
   static constexpr int MT = 16, LDS = BK + 2; // 16-bit features a staged row (+2: rows 9 banks apart)
   static constexpr int TILES = (BM / MT) * (BN / MT), TPW = TILES / WARPS;
   static constexpr int WP = PAIRS ? 1 : 3;       // the weights' parts
