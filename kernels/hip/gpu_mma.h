@@ -47,6 +47,12 @@ GPU_INLINE void bf16Split3(float x, uint16_t &p0, uint16_t &p1, uint16_t &p2) {
 #if defined(MOERT_GPU_MMA)
 /// Features k and k + 1 of a row (k even, so 4-byte aligned): one 32-bit load, feature k in the low half.
 GPU_INLINE uint32_t bf16Pair(const uint16_t *p) {
+#if !defined(MOERT_GPU_DEVICE_CODE) // emulated: what a device would fault on (or read wrongly)
+  if (reinterpret_cast<uintptr_t>(p) % 4) {
+    std::fprintf(stderr, "gpu emulation: a bf16 pair read from an address not 4-byte aligned\n");
+    std::abort();
+  }
+#endif
   uint32_t v;
   __builtin_memcpy(&v, __builtin_assume_aligned(p, 4), sizeof v);
   return v;

@@ -327,13 +327,16 @@ template <class C> struct LinearKernels {
   // --activations=bf16 (bf16 weights) the inputs are rounded to bf16 as the CPU kernel's prefill rounds them:
   // one product.
   static constexpr int MT = 16, LDS = BK + 2; // 16-bit features a staged row (+2: rows 9 banks apart)
+  static_assert(LDS % 2 == 0, "rows of whole 32-bit words");
   static constexpr int TILES = (BM / MT) * (BN / MT), TPW = TILES / WARPS;
   static constexpr int WP = PAIRS ? 1 : 3;       // the weights' parts
   static constexpr int XP = C::BF16_ACT ? 1 : 3; // the inputs' (--activations=bf16: rounded, one part)
   static_assert(BK == MT && TILES % WARPS == 0 && (BN / MT) % TPW == 0, "a warp's tiles in one row of tiles");
 
   static GPU_INLINE void gemmMma(const moert_gpu_linear_args &a) {
-    GPU_SHARED uint16_t xs[XP][BM][LDS], ws[WP][BN][LDS];
+    // 4-byte aligned at least: gpu_mma.h reads feature pairs as 32-bit words (a uint16_t array alone gets 2)
+    alignas(16) GPU_SHARED uint16_t xs[XP][BM][LDS];
+    alignas(16) GPU_SHARED uint16_t ws[WP][BN][LDS];
     const int tid = threadId(), t0 = warpId() * TPW, tm = t0 / (BN / MT), tn0 = t0 % (BN / MT);
     const int64_t n0 = int64_t(blockX()) * BN, m0 = int64_t(blockY()) * BM, rows = a.rows;
     const float *in = rowsIn(a);
