@@ -27,24 +27,19 @@
 
 namespace moert_gpu {
 
-/// f32 -> bf16 bits, rounded to nearest even (NaN stays NaN).
-GPU_INLINE uint16_t bf16Bits(float f) {
-  uint32_t u = __builtin_bit_cast(uint32_t, f);
-  if ((u & 0x7fffffffu) > 0x7f800000u)
-    return uint16_t((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-GPU_INLINE float bf16Value(uint16_t h) { return __builtin_bit_cast(float, uint32_t(h) << 16); }
 /// x as p[0] + p[1] + p[2], each bf16 (each part the rounded remainder of those before it, exact in f32).
+/// (moert_f32_to_bf16 rounds, gpu_common.h's load1 widens.)
 GPU_INLINE void bf16Split3(float x, uint16_t &p0, uint16_t &p1, uint16_t &p2) {
-  p0 = bf16Bits(x);
-  const float r = x - bf16Value(p0);
-  p1 = bf16Bits(r);
-  p2 = bf16Bits(r - bf16Value(p1));
+  p0 = moert_f32_to_bf16(x);
+  const float r = x - load1(&p0);
+  p1 = moert_f32_to_bf16(r);
+  p2 = moert_f32_to_bf16(r - load1(&p1));
 }
 
-#if defined(MOERT_GPU_MMA)
+#if !defined(MOERT_GPU_MMA)
+#error "no matrix-core instruction for this architecture (gpu_vendor.h's MOERT_GPU_MMA)"
+#endif
+
 /// Features k and k + 1 of a row (k even, so 4-byte aligned): one 32-bit load, feature k in the low half.
 GPU_INLINE uint32_t bf16Pair(const uint16_t *p) {
 #if !defined(MOERT_GPU_DEVICE_CODE) // emulated: what a device would fault on (or read wrongly)
@@ -101,7 +96,6 @@ GPU_INLINE int mmaCol(int) { return laneId() & 15; }
 #else
 #error "unknown MOERT_GPU_MMA layout"
 #endif
-#endif // MOERT_GPU_MMA
 
 } // namespace moert_gpu
 

@@ -93,7 +93,8 @@ GPU_INLINE int atomicAddI32(int *p, int v) { return __atomic_fetch_add(p, v, __A
 // them out (kernels/hip/gpu_mma.h loads them from shared memory): kMmaA / kMmaB 32-bit registers of bf16
 // pairs, kMmaAcc floats of D a lane. MOERT_GPU_MMA says which layout: 1 = NVIDIA mma.sync.m16n8k16 (sm_80 and
 // later; two of them, one per 8 columns), 2 = CDNA v_mfma_f32_16x16x16bf16_1k (gfx90a, gfx942), 3 = RDNA3
-// v_wmma_f32_16x16x16_bf16 (gfx1100, wave32); not defined elsewhere (the kernels take their FMA paths).
+// v_wmma_f32_16x16x16_bf16 (gfx1100, wave32). Every architecture moec builds for has one; gpu_mma.h refuses
+// an architecture without.
 #if defined(__NVPTX__) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define MOERT_GPU_MMA 1
 constexpr int kMmaA = 4, kMmaB = 4, kMmaAcc = 8;

@@ -18,9 +18,9 @@
 //     partial sums.
 //   reduce: the partial sums of the splits in split order (deterministic), then the epilogue.
 //   gemm (more rows): 64 x 64 output tiles, 16 input features a step staged in shared memory (weights
-//     widened / dequantised to f32 once per tile). On matrix cores (NVIDIA sm_80+, CDNA gfx90a / gfx942,
-//     RDNA3 gfx1100: gpu_mma.h) a warp computes 16 x 16 tiles from the staged inputs and weights split into
-//     three bf16 parts each (f32 accuracy); elsewhere 4 x 4 outputs a thread, f32 FMAs.
+//     widened / dequantised to f32 once per tile), on matrix cores (NVIDIA sm_80+, CDNA gfx90a / gfx942,
+//     RDNA3 gfx1100: gpu_mma.h): a warp computes 16 x 16 tiles from the staged inputs and weights split into
+//     three bf16 parts each (f32 accuracy).
 //
 // Accumulation is f32 throughout. With int8 activations (moec --activations=int8, a CPU kernel mode) the GPU
 // kernels still multiply f32 inputs by the stored weights: the CPU and GPU runs of such an artifact differ by
@@ -260,68 +260,10 @@ template <class C> struct LinearKernels {
     }
   }
 
-  // A GEMM input as the products take it: rounded to bf16 with --activations=bf16 (C::BF16_ACT, bf16 weights:
-  // prefill rounds its inputs, as the CPU kernel does), else as it is.
-  static GPU_INLINE float asMultiplied(float x) { return C::BF16_ACT ? bf16Value(bf16Bits(x)) : x; }
-
-  // The GEMM entry: on matrix cores where the architecture has them (gpu_vendor.h's MOERT_GPU_MMA), else
-  // with f32 FMAs.
-  static GPU_INLINE void gemm(const moert_gpu_linear_args &a) {
-#if defined(MOERT_GPU_MMA)
-    gemmMma(a);
-#else
-    gemmFma(a);
-#endif
-  }
-
-  static GPU_INLINE void gemmFma(const moert_gpu_linear_args &a) {
-    GPU_SHARED float as[BK][BM + 4], bs[BK][BN];
-    const int tid = threadId(), tr = tid / (BN / 4), tc = tid % (BN / 4);
-    const int64_t n0 = int64_t(blockX()) * BN, m0 = int64_t(blockY()) * BM, rows = a.rows;
-    const float *in = rowsIn(a);
-    float acc[4][4] = {};
-    for (int64_t k0 = 0; k0 < K; k0 += BK) {
-#pragma unroll
-      for (int i = 0; i < BM * BK / BLOCK; ++i) {
-        const int e = tid + i * BLOCK, r = e / BK, kk = e % BK;
-        const int64_t m = m0 + r, k = k0 + kk;
-        as[kk][r] = m < rows && k < K ? asMultiplied(in[m * K + k]) : 0.0f;
-      }
-#pragma unroll
-      for (int i = 0; i < BN * BK / BLOCK; ++i) {
-        const int e = tid + i * BLOCK, kk = e / BN, c = e % BN;
-        bs[kk][c] = weightAt(a, k0 + kk, n0 + c);
-      }
-      sync();
-#pragma unroll 4
-      for (int kk = 0; kk < BK; ++kk) {
-        float x[4], w[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          x[i] = as[kk][tr * 4 + i], w[i] = bs[kk][tc * 4 + i];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            acc[i][j] += x[i] * w[j];
-      }
-      sync();
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int64_t m = m0 + tr * 4 + i, n = n0 + tc * 4 + j;
-        if (m < rows && n < N)
-          store(a, m, n, acc[i][j]);
-      }
-  }
-
-#if defined(MOERT_GPU_MMA)
-  // ---- gemm on matrix cores: the same 64 x 64 output tile a block, as 16 x 16 tiles of one warp each
+  // ---- gemm on matrix cores: a 64 x 64 output tile a block, as 16 x 16 tiles of one warp each
   // (a warp's tiles share their rows); BK features a step staged in shared memory as three bf16 parts
-  // (gpu_mma.h's bf16Split3) of the inputs and of the weights (widened / dequantised to f32 first, as the FMA
-  // path does), multiplied part by part with f32 accumulation, the products of parts i, j with i + j <= 2
+  // (gpu_mma.h's bf16Split3) of the inputs and of the weights (widened / dequantised to f32 first, weightAt),
+  // multiplied part by part with f32 accumulation, the products of parts i, j with i + j <= 2
   // (6; 3 for bf16 weights, which are exact: one part): what is left out is about 2^-25 of each product (f32
   // rounds to 2^-24), so the sums are as close to the f32 ones as f32 FMAs in another order are. With
   // --activations=bf16 (bf16 weights) the inputs are rounded to bf16 as the CPU kernel's prefill rounds them:
@@ -333,7 +275,7 @@ template <class C> struct LinearKernels {
   static constexpr int XP = C::BF16_ACT ? 1 : 3; // the inputs' (--activations=bf16: rounded, one part)
   static_assert(BK == MT && TILES % WARPS == 0 && (BN / MT) % TPW == 0, "a warp's tiles in one row of tiles");
 
-  static GPU_INLINE void gemmMma(const moert_gpu_linear_args &a) {
+  static GPU_INLINE void gemm(const moert_gpu_linear_args &a) {
     // 4-byte aligned at least: gpu_mma.h reads feature pairs as 32-bit words (a uint16_t array alone gets 2)
     alignas(16) GPU_SHARED uint16_t xs[XP][BM][LDS];
     alignas(16) GPU_SHARED uint16_t ws[WP][BN][LDS];
@@ -350,7 +292,7 @@ template <class C> struct LinearKernels {
         const int64_t m = m0 + r, k = k0 + kk;
         const float x = m < rows && k < K ? in[m * K + k] : 0.0f;
         if constexpr (XP == 1)
-          xs[0][r][kk] = bf16Bits(x);
+          xs[0][r][kk] = moert_f32_to_bf16(x);
         else
           bf16Split3(x, xs[0][r][kk], xs[XP - 2][r][kk], xs[XP - 1][r][kk]);
       }
@@ -359,7 +301,7 @@ template <class C> struct LinearKernels {
         const int e = tid + i * BLOCK, kk = e / BN, c = e % BN;
         const float w = weightAt(a, k0 + kk, n0 + c);
         if constexpr (WP == 1)
-          ws[0][c][kk] = bf16Bits(w);
+          ws[0][c][kk] = moert_f32_to_bf16(w);
         else
           bf16Split3(w, ws[0][c][kk], ws[WP - 2][c][kk], ws[WP - 1][c][kk]);
       }
@@ -390,7 +332,6 @@ template <class C> struct LinearKernels {
           store(a, m, n, acc[j][i]);
       }
   }
-#endif
 };
 
 } // namespace moert_gpu

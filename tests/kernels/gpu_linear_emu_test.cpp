@@ -5,8 +5,8 @@
 // (moert_gpu_lin_plan: norm, then gemv + reduce or gemm), on the weights codegen/WeightPacking packs - every
 // storage (f32, bf16, fp16, int8, int4, int8/int4 with zero points), odd shapes (N of 1, 3, 17; K not a
 // multiple of the block), a fused RMS / layer norm, three outputs, a residual, rows on both paths (1..8: the
-// GEMV, with K split across blocks where the plan splits it; 9, 70: the GEMM, on the emulated matrix cores
-// and with FMAs) - against the same double-precision reference as the CPU kernel's test
+// GEMV, with K split across blocks where the plan splits it; 9, 70: the GEMM, on the emulated matrix cores)
+// - against the same double-precision reference as the CPU kernel's test
 // (tests/kernels/linear_cases.h), with its tolerance. Built three times: 32-lane warps with the matrix cores
 // in mma.sync's layout (NVIDIA) and in WMMA's (RDNA3), 64-lane wavefronts with MFMA's (CDNA). What it cannot
 // show (the device's memory model, speed, register budgets, that the vendors' documented layouts are the
@@ -29,7 +29,7 @@ int failures = 0, cases = 0;
 /// One call as libmoert makes it on a device: the plan's launches on host buffers standing for device ones.
 template <class C>
 void launch(const Case &c, int64_t m, const float *x, const float *res, std::vector<std::vector<float>> &outs,
-            int64_t &splits, bool fma) {
+            int64_t &splits) {
   using G = moert_gpu::LinearKernels<C>;
   const moert_gpu_linear_launches plan =
       moert_gpu_lin_plan(C::K, C::N, C::QBITS, C::NORM != MOERT_NORM_NONE, m);
@@ -43,7 +43,7 @@ void launch(const Case &c, int64_t m, const float *x, const float *res, std::vec
   if (C::NORM != MOERT_NORM_NONE)
     moert_gpu::emulate(&G::norm, a, m);
   if (plan.gemm) {
-    moert_gpu::emulate(fma ? &G::gemmFma : &G::gemm, a, plan.gemm_grid[0], plan.gemm_grid[1]);
+    moert_gpu::emulate(&G::gemm, a, plan.gemm_grid[0], plan.gemm_grid[1]);
   } else {
     moert_gpu::emulate(&G::gemv, a, plan.gemv_grid[0], plan.gemv_grid[1]);
     if (plan.reduce_blocks)
@@ -60,8 +60,7 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
   int64_t mostSplits = 1;
   bool ok = true;
   for (int64_t m : {1, 3, 8, 9, 70}) {
-    for (int path = 0; path < (m > MOERT_GPU_LIN_GEMV_ROWS ? 4 : 2); ++path) {
-      const bool residual = path & 1, fma = path & 2; // the GEMM's matrix-core and FMA paths both
+    for (bool residual : {false, true}) {
       if (residual && C::NOUT > 1)
         continue; // a residual needs a single output
       std::vector<float> x(m * C::K), res(residual ? m * C::N : 0);
@@ -73,22 +72,21 @@ template <class C> void check(Kind kind, std::mt19937 &rng) {
       for (int j = 0; j < C::NOUT; ++j)
         outs[j].assign(m * (C::SPLIT[j + 1] - C::SPLIT[j]), -7.0f);
       int64_t splits = 1;
-      launch<C>(c, m, x.data(), residual ? res.data() : nullptr, outs, splits, fma);
+      launch<C>(c, m, x.data(), residual ? res.data() : nullptr, outs, splits);
       mostSplits = std::max(mostSplits, splits);
       const std::vector<float> y = joinOutputs<C>(outs, m);
       const double worst = worstError<C>(c, y, x, m, res, nw, nb, MOERT_GPU_LIN_GEMV_ROWS);
       ++cases;
       if (!(worst <= 1.0)) {
         ++failures, ok = false;
-        std::printf("FAIL %-8s K=%-4lld N=%-3lld M=%-3lld%s%s: error %.2fx the tolerance\n", kindName(kind),
-                    (long long)C::K, (long long)C::N, (long long)m, residual ? " +residual" : "",
-                    fma ? " (FMA GEMM)" : "", worst);
+        std::printf("FAIL %-8s K=%-4lld N=%-3lld M=%-3lld%s: error %.2fx the tolerance\n", kindName(kind),
+                    (long long)C::K, (long long)C::N, (long long)m, residual ? " +residual" : "", worst);
       }
     }
   }
   std::printf(
       "%s %-8s K=%-4lld N=%-3lld block=%-3lld%s%s%s%s (M = 1, 3, 8 gemv, K in up to %lld splits; 9, 70 "
-      "gemm on matrix cores and with FMAs)\n",
+      "gemm on matrix cores)\n",
       ok ? "ok  " : "FAIL", kindName(kind), (long long)C::K, (long long)C::N, (long long)C::QBLOCK,
       C::HAS_BIAS ? " bias" : "", C::NOUT > 1 ? " 3 outputs" : "", C::BF16_ACT ? " bf16-activations" : "",
       C::NORM == MOERT_NORM_RMS     ? " rms-norm"
