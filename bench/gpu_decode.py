@@ -20,6 +20,9 @@ k 2) whose time is the per-layer fixed cost. Weights are constant (the timing of
 kernels does not depend on values) so the artifacts compress for transfer; the router and inputs are random,
 so tokens pick different experts. Bytes = weights read by one call (chosen experts' rows + router), from the
 tile table the kernels built. Time = device time per call, 200 calls back to back (no host sync in between).
+MoE prefill (the bf16 OLMoE-like and Mixtral-like layers at T = 512: the experts on matrix cores, `up_mma` /
+`down_mma`): TFLOP/s of the experts' products (6 T k H F) and that as a fraction of the same bf16 matmul rate,
+beside the PyTorch eager layer.
 
 Whole model (`whole`): bench/whole_model.py's Qwen3-MoE-like decoder (2 layers of hidden 2048, 32 query / 4
 KV heads of 128, 32 experts top-4 of F 768, vocab 32000), bf16 weights (constant but for the routers, so the
@@ -61,6 +64,7 @@ SHAPES = {
     "mixtral_int8": dict(h=4096, f=14336, e=8, k=2, weights="int8"),
 }
 TOKENS = [1, 2, 4, 8]
+MOE_PREFILL = {"olmoe": [512], "mixtral": [512]}  # T of the MoE prefill rows (inputs made by --run: 8 MB)
 LINEAR = {
     "lm_head_fp32": dict(k=2048, n=[32000], weights="fp32"),
     "lm_head": dict(k=2048, n=[32000], weights="bf16"),
@@ -192,7 +196,8 @@ def prepare(args):
     with open(os.path.join(args.prepare, "shapes.json"), "w") as f:
         json.dump({"shapes": {n: s for n, s in SHAPES.items() if wanted(n)},
                    "tokens": TOKENS, "linear": {n: s for n, s in LINEAR.items() if wanted(n)},
-                   "linear_rows": LINEAR_ROWS, "whole": whole, "fixed": fixed}, f)
+                   "linear_rows": LINEAR_ROWS, "whole": whole, "fixed": fixed,
+                   "moe_prefill": {n: t for n, t in MOE_PREFILL.items() if wanted(n)}}, f)
 
 
 def cuda_us(layer, repeats):
@@ -451,12 +456,38 @@ def run(args):
             lrows.append((name, s["weights"], t, us, float(call.group(1)) * 1000, mb, mb * 1e6 / (us * 1e-6) / 1e9,
                           flops / (us * 1e-6) / 1e12, tus))
         os.remove(moex)
-    if lrows:
+    prows = []
+    for name, ts in meta.get("moe_prefill", {}).items():
+        s, moex = meta["shapes"][name], unpack(d, name)
+        for t in ts:
+            x = os.path.join("/tmp", f"{name}_x{t}.npy")
+            np.save(x, np.random.default_rng(t).standard_normal((t, s["h"])).astype(np.float32))
+            r = timed_run(args, moex, x)
+            g = re.search(r"gpu dispatch 0: ([\d.]+) us per call", r.stdout)
+            if r.returncode != 0 or not g:
+                print(f"{name} T={t}: {r.stderr.strip() or r.stdout.strip()}")
+                return 1
+            us = float(g.group(1))
+            try:
+                tus = torch_layer_us(s, np.load(x), repeats=20)
+            except Exception as e:  # noqa: BLE001 - the baseline is optional
+                tus = float("nan")
+                print(f"(PyTorch baseline failed: {e})")
+            prows.append((name, t, us, 6.0 * t * s["k"] * s["h"] * s["f"] / (us * 1e-6) / 1e12, tus))
+        os.remove(moex)
+    peak = float("nan")
+    if lrows or prows:
         try:
             peak = torch_bf16_peak_tflops()
         except Exception as e:  # noqa: BLE001 - the peak needs PyTorch on the device machine
-            peak = float("nan")
             print(f"(bf16 matmul peak not measured: {e})")
+    if prows:
+        print(f"\n| MoE layer, prefill (bf16) | T | moec GPU kernels (µs) | experts' TFLOP/s | fraction of the bf16 "
+              f"matmul rate ({peak:.0f} TFLOP/s) | PyTorch eager (µs) | PyTorch / moec |")
+        print("|---|---|---|---|---|---|---|")
+        for name, t, us, tf, tus in prows:
+            print(f"| {name} | {t} | {us:.1f} | {tf:.2f} | {tf / peak:.2f} | {tus:.1f} | {tus / us:.2f}x |")
+    if lrows:
         print(f"\n| linear layer | weights | M | moec GPU kernels (µs) | moert run call (µs) | weights (MB) | GB/s | "
               f"fraction of copy bandwidth ({copy:.0f} GB/s) | TFLOP/s | fraction of the bf16 matmul rate "
               f"({peak:.0f} TFLOP/s) | PyTorch bf16 F.linear (µs) | PyTorch / moec |")

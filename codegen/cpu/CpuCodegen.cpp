@@ -868,14 +868,16 @@ struct Emitter {
                              (fresh ? "namespace {\nstruct " + cname + " {\n" + config + "};\n}\n" : "");
     if (gpu) {
       gpuSource += head;
-      std::vector<const char *> kernels = {"route", "up", "down"};
+      // (kernel name suffix, Kernels<C> member): kernels/hip/moert_gpu_abi.h lists them
+      std::vector<std::pair<const char *, const char *>> kernels = {
+          {"route", "route"}, {"up", "up"}, {"down", "down"}, {"up_mma", "upMma"}, {"down_mma", "downMma"}};
       if (linear)
-        kernels.insert(kernels.begin(), "logits");
+        kernels.insert(kernels.begin(), {"logits", "logits"});
       if (op.getPredA())
-        kernels.insert(kernels.end() - 2, "predict");
-      for (const char *k : kernels)
-        gpuSource += "MOERT_GPU_KERNEL(moert_gpu_" + std::to_string(index) + "_" + k +
-                     ", moert_gpu_args, moert_gpu::Kernels<" + cname + ">::" + k + ")\n";
+        kernels.push_back({"predict", "predict"});
+      for (const auto &[name, member] : kernels)
+        gpuSource += "MOERT_GPU_KERNEL(moert_gpu_" + std::to_string(index) + "_" + name +
+                     ", moert_gpu_args, moert_gpu::Kernels<" + cname + ">::" + member + ")\n";
       auto *gs = step->mutable_gpu();
       gs->set_h(h), gs->set_f(f), gs->set_fs(fs), gs->set_e(e), gs->set_n(n), gs->set_k(op.getK());
       gs->set_norm(op.getNorm() != moe::NormKind::none);

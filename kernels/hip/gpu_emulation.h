@@ -283,6 +283,19 @@ inline int atomicAddI32(int *p, int v) {
   *p += v;
   return old;
 }
+/// gpu_vendor.h's uniform (AMD: the warp's first lane's value in a scalar register): here every lane of the
+/// warp must pass the same value, or the kernel was wrong to call it uniform.
+inline int uniform(int v) {
+  Emulator &e = Emulator::get();
+  const int first = e.shuffle(v, e.current % kWarp, e.exchangeInt); // lane ^ lane: lane 0
+  if (first != v) {
+    std::fprintf(stderr,
+                 "gpu emulation: uniform() of a value that differs across the warp (%d, lane 0: %d)\n", v,
+                 first);
+    std::abort();
+  }
+  return v;
+}
 
 inline int laneId() { return threadId() & (kWarp - 1); }
 inline int warpId() { return threadId() / kWarp; }

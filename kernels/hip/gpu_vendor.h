@@ -68,6 +68,7 @@ GPU_INLINE void atomicAddF32(float *p, float v) {
 GPU_INLINE int atomicAddI32(int *p, int v) {
   return __hip_atomic_fetch_add(p, v, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_AGENT);
 }
+GPU_INLINE int uniform(int v) { return __builtin_amdgcn_readfirstlane(v); }
 #elif defined(__NVPTX__)
 constexpr int kWarp = 32;
 GPU_INLINE int threadId() { return __nvvm_read_ptx_sreg_tid_x(); }
@@ -84,6 +85,7 @@ GPU_INLINE float exp2f(float x) { return __nvvm_ex2_approx_f(x); }
 GPU_INLINE float log2f(float x) { return __nvvm_lg2_approx_f(x); }
 GPU_INLINE void atomicAddF32(float *p, float v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 GPU_INLINE int atomicAddI32(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+GPU_INLINE int uniform(int v) { return v; }
 #else
 #error "gpu_vendor.h is for device compilation (clang -x hip / -x cuda --cuda-device-only)"
 #endif

@@ -260,76 +260,29 @@ template <class C> struct LinearKernels {
     }
   }
 
-  // ---- gemm on matrix cores: a 64 x 64 output tile a block, as 16 x 16 tiles of one warp each
-  // (a warp's tiles share their rows); BK features a step staged in shared memory as three bf16 parts
-  // (gpu_mma.h's bf16Split3) of the inputs and of the weights (widened / dequantised to f32 first, weightAt),
-  // multiplied part by part with f32 accumulation, the products of parts i, j with i + j <= 2
-  // (6; 3 for bf16 weights, which are exact: one part): what is left out is about 2^-25 of each product (f32
-  // rounds to 2^-24), so the sums are as close to the f32 ones as f32 FMAs in another order are. With
-  // --activations=bf16 (bf16 weights) the inputs are rounded to bf16 as the CPU kernel's prefill rounds them:
-  // one product.
-  static constexpr int MT = 16, LDS = BK + 2; // 16-bit features a staged row (+2: rows 9 banks apart)
-  static_assert(LDS % 2 == 0, "rows of whole 32-bit words");
-  static constexpr int TILES = (BM / MT) * (BN / MT), TPW = TILES / WARPS;
+  // ---- gemm on matrix cores: a 64 x 64 output tile a block (gpu_mma.h's MmaBlockTile: 16 x 16 tiles of one
+  // warp each, inputs and weights, widened / dequantised to f32 first (weightAt), in three bf16 parts: f32
+  // accuracy; bf16 weights are exact in one part). With --activations=bf16 (bf16 weights) the inputs are
+  // rounded to bf16 as the CPU kernel's prefill rounds them: one product a step.
   static constexpr int WP = PAIRS ? 1 : 3;       // the weights' parts
   static constexpr int XP = C::BF16_ACT ? 1 : 3; // the inputs' (--activations=bf16: rounded, one part)
-  static_assert(BK == MT && TILES % WARPS == 0 && (BN / MT) % TPW == 0, "a warp's tiles in one row of tiles");
+  using Tile = MmaBlockTile<BM, BN, XP, WP, false>;
+  static_assert(BK == Tile::BK, "the staged step is the tile's");
 
   static GPU_INLINE void gemm(const moert_gpu_linear_args &a) {
-    // 4-byte aligned at least: gpu_mma.h reads feature pairs as 32-bit words (a uint16_t array alone gets 2)
-    alignas(16) GPU_SHARED uint16_t xs[XP][BM][LDS];
-    alignas(16) GPU_SHARED uint16_t ws[WP][BN][LDS];
-    const int tid = threadId(), t0 = warpId() * TPW, tm = t0 / (BN / MT), tn0 = t0 % (BN / MT);
     const int64_t n0 = int64_t(blockX()) * BN, m0 = int64_t(blockY()) * BM, rows = a.rows;
     const float *in = rowsIn(a);
-    float acc[TPW][kMmaAcc] = {};
-#pragma unroll 1 // K is a constant: unrolled steps' operands would all be live at once (past 128 VGPRs on
-                 // RDNA3)
-    for (int64_t k0 = 0; k0 < K; k0 += BK) {
+    Tile t;
+    t.run(
+        0, K, [&](int r, int64_t k) { return m0 + r < rows ? in[(m0 + r) * K + k] : 0.0f; },
+        [&](int c, int64_t k) { return weightAt(a, k, n0 + c); });
 #pragma unroll
-      for (int i = 0; i < BM * BK / BLOCK; ++i) {
-        const int e = tid + i * BLOCK, r = e / BK, kk = e % BK;
-        const int64_t m = m0 + r, k = k0 + kk;
-        const float x = m < rows && k < K ? in[m * K + k] : 0.0f;
-        if constexpr (XP == 1)
-          xs[0][r][kk] = moert_f32_to_bf16(x);
-        else
-          bf16Split3(x, xs[0][r][kk], xs[XP - 2][r][kk], xs[XP - 1][r][kk]);
-      }
-#pragma unroll
-      for (int i = 0; i < BN * BK / BLOCK; ++i) {
-        const int e = tid + i * BLOCK, kk = e / BN, c = e % BN;
-        const float w = weightAt(a, k0 + kk, n0 + c);
-        if constexpr (WP == 1)
-          ws[0][c][kk] = moert_f32_to_bf16(w);
-        else
-          bf16Split3(w, ws[0][c][kk], ws[WP - 2][c][kk], ws[WP - 1][c][kk]);
-      }
-      sync();
-      uint32_t x[XP][kMmaA];
-#pragma unroll
-      for (int p = 0; p < XP; ++p)
-        mmaLoadA(x[p], &xs[p][tm * MT][0], LDS);
-#pragma unroll
-      for (int j = 0; j < TPW; ++j) {
-#pragma unroll
-        for (int q = 0; q < WP; ++q) {
-          uint32_t w[kMmaB];
-          mmaLoadB(w, &ws[q][(tn0 + j) * MT][0], LDS);
-#pragma unroll
-          for (int p = (2 - q < XP - 1 ? 2 - q : XP - 1); p >= 0; --p) // the inputs' smaller parts first
-            mma16(acc[j], x[p], w);
-        }
-      }
-      sync();
-    }
-#pragma unroll
-    for (int j = 0; j < TPW; ++j)
+    for (int j = 0; j < Tile::TPW; ++j)
 #pragma unroll
       for (int i = 0; i < kMmaAcc; ++i) {
-        const int64_t m = m0 + tm * MT + mmaRow(i), n = n0 + (tn0 + j) * MT + mmaCol(i);
+        const int64_t m = m0 + t.row(i), n = n0 + t.col(j, i);
         if (m < rows && n < N)
-          store(a, m, n, acc[j][i]);
+          store(a, m, n, t.acc[j][i]);
       }
   }
 };

@@ -7,12 +7,18 @@
  *                                                       only: the runtime launches it when it exists)
  *   moert_gpu_<i>_route  grid (T)                      norm, router, gate, top-k; output = residual or 0;
  *                                                       the last block to finish groups (token, slot) pairs
- *                                                       by expert into tiles of MOERT_GPU_TILE entries
+ *                                                       by expert into tiles (moert_gpu_tile_entries)
  *   moert_gpu_<i>_predict grid (T, K)                  a low-rank predictor's dim scores, the top KEEP dims
  *                                                       of each (token, chosen expert) (predictors only)
  *   moert_gpu_<i>_up     grid (max_tiles, f_chunks)    gate/up projections of the kept dims + activation
  *   moert_gpu_<i>_down   grid (max_tiles, h_chunks, f_splits)  down projection, weighted combine (atomic
  *                                                       f32 adds into the output), fc2 bias
+ *
+ *   moert_gpu_<i>_up_mma, moert_gpu_<i>_down_mma   `up` and `down` on matrix cores, on the same grids
+ *
+ * Decode-sized calls group entries into tiles of MOERT_GPU_TILE (`up` and `down`, FMA: each weight row read
+ * once a tile, the grid wide); calls with MOERT_GPU_MMA_MIN_PAIRS (token, slot) pairs an expert or more on
+ * average into tiles of MOERT_GPU_MMA_TILE, multiplied on matrix cores (`up_mma`, `down_mma`: prefill).
  *
  * each taking one `moert_gpu_args` by value; per linear and attention dispatch the kernels further below.
  * This header is plain C, included by the kernels (device side)
@@ -36,10 +42,13 @@
 #include "kernels/cpu/moert_kernel_abi.h"
 #endif
 
-#define MOERT_GPU_ABI_VERSION 2
+#define MOERT_GPU_ABI_VERSION 3
 #define MOERT_GPU_SLOTS MOERT_MOE_SLOTS /* the CPU dispatch's weight slots: the same weight layouts */
 #define MOERT_GPU_BLOCK 256 /* threads per block, every kernel                                         */
 #define MOERT_GPU_TILE 4    /* (token, slot) entries per expert tile: each weight row read once a tile  */
+#define MOERT_GPU_MMA_TILE 64 /* entries per tile on matrix cores: `up` and `down` blocks of 64 rows     */
+#define MOERT_GPU_MMA_MIN_PAIRS 16 /* pairs an expert (mean) from which tiles have MMA_TILE entries */
+#define MOERT_GPU_MMA_COLS 64 /* output columns per `down` block on matrix cores                        */
 #define MOERT_GPU_FCHUNK 32 /* hidden dims per `up` block                                              */
 #define MOERT_GPU_DOWN_COLS 1024 /* output columns per `down` block (4 per thread)                      */
 #define MOERT_GPU_TARGET_BLOCKS 1024 /* `down` splits F until about this many blocks (decode parallelism) */
@@ -89,12 +98,18 @@ typedef struct moert_gpu_layout {
 
 static inline int64_t moert_gpu_slots(const moert_gpu_shape *s) { return s->K + (s->FS > 0 ? 1 : 0); }
 
-/* An upper bound of the tiles a call makes: sum over experts of ceil(count / TILE). */
+/* Entries per tile of a call with T tokens: MOERT_GPU_MMA_TILE (the tiles run on matrix cores) when the
+ * routed experts get MOERT_GPU_MMA_MIN_PAIRS (token, slot) pairs each on average, else MOERT_GPU_TILE. */
+static inline int64_t moert_gpu_tile_entries(const moert_gpu_shape *s, int64_t T) {
+  return T * s->K >= MOERT_GPU_MMA_MIN_PAIRS * s->E ? MOERT_GPU_MMA_TILE : MOERT_GPU_TILE;
+}
+
+/* An upper bound of the tiles a call makes: sum over experts of ceil(count / entries a tile). */
 static inline int64_t moert_gpu_max_tiles(const moert_gpu_shape *s, int64_t T) {
-  int64_t pairs = T * s->K, touched = pairs < s->E ? pairs : s->E;
-  int64_t tiles = pairs / MOERT_GPU_TILE + touched;
+  int64_t R = moert_gpu_tile_entries(s, T), pairs = T * s->K, touched = pairs < s->E ? pairs : s->E;
+  int64_t tiles = pairs / R + touched;
   if (s->FS > 0)
-    tiles += (T + MOERT_GPU_TILE - 1) / MOERT_GPU_TILE;
+    tiles += (T + R - 1) / R;
   return tiles < 1 ? 1 : tiles;
 }
 
@@ -128,13 +143,18 @@ static inline int64_t moert_gpu_f_chunks(const moert_gpu_shape *s) {
 static inline int64_t moert_gpu_logit_blocks(const moert_gpu_shape *s, int warps) {
   return (s->N + warps - 1) / warps;
 }
-static inline int64_t moert_gpu_h_chunks(const moert_gpu_shape *s) {
-  return (s->H + MOERT_GPU_DOWN_COLS - 1) / MOERT_GPU_DOWN_COLS;
+/* Output columns per `down` block: 1024 (4 a thread) for FMA tiles, MOERT_GPU_MMA_COLS on matrix cores. */
+static inline int64_t moert_gpu_down_cols(const moert_gpu_shape *s, int64_t T) {
+  return moert_gpu_tile_entries(s, T) == MOERT_GPU_MMA_TILE ? MOERT_GPU_MMA_COLS : MOERT_GPU_DOWN_COLS;
+}
+static inline int64_t moert_gpu_h_chunks(const moert_gpu_shape *s, int64_t T) {
+  int64_t cols = moert_gpu_down_cols(s, T);
+  return (s->H + cols - 1) / cols;
 }
 /* F is split among `down` blocks (each adds its partial sums atomically) until the grid has about
  * MOERT_GPU_TARGET_BLOCKS blocks for the tiles this call can have; at most one split per FCHUNK dims. */
 static inline int64_t moert_gpu_f_splits(const moert_gpu_shape *s, int64_t T) {
-  int64_t base = moert_gpu_max_tiles(s, T) * moert_gpu_h_chunks(s);
+  int64_t base = moert_gpu_max_tiles(s, T) * moert_gpu_h_chunks(s, T);
   int64_t want = (MOERT_GPU_TARGET_BLOCKS + base - 1) / base, most = moert_gpu_f_chunks(s);
   return want < 1 ? 1 : want > most ? most : want;
 }
@@ -145,6 +165,7 @@ static inline int64_t moert_gpu_f_splits(const moert_gpu_shape *s, int64_t T) {
  * down_grid (z = f_splits). `scratch` bytes of scratch. */
 typedef struct moert_gpu_moe_launches {
   int64_t logits_grid[2], route_blocks, predict_grid[2], up_grid[2], down_grid[3], f_splits;
+  int mma; /* nonzero: `up_mma` and `down_mma` take up_grid and down_grid (tiles of MOERT_GPU_MMA_TILE) */
   size_t scratch;
 } moert_gpu_moe_launches;
 static inline moert_gpu_moe_launches moert_gpu_moe_plan(const moert_gpu_shape *s, int64_t T,
@@ -156,7 +177,8 @@ static inline moert_gpu_moe_launches moert_gpu_moe_plan(const moert_gpu_shape *s
   p.predict_grid[0] = s->pred ? T : 0, p.predict_grid[1] = s->K;
   p.up_grid[0] = tiles, p.up_grid[1] = moert_gpu_f_chunks(s);
   p.f_splits = moert_gpu_f_splits(s, T);
-  p.down_grid[0] = tiles, p.down_grid[1] = moert_gpu_h_chunks(s), p.down_grid[2] = p.f_splits;
+  p.down_grid[0] = tiles, p.down_grid[1] = moert_gpu_h_chunks(s, T), p.down_grid[2] = p.f_splits;
+  p.mma = moert_gpu_tile_entries(s, T) == MOERT_GPU_MMA_TILE;
   p.scratch = moert_gpu_scratch_layout(s, T).total;
   return p;
 }

@@ -30,6 +30,7 @@
 #define MOERT_SPARSE_MOE_GPU_H
 
 #include "gpu_common.h"
+#include "gpu_mma.h"
 #pragma clang force_cuda_host_device begin
 #include "moert_gpu_abi.h"
 #include "moert_kernel_abi.h"
@@ -416,7 +417,7 @@ template <class C> struct Kernels {
     volatile const int32_t *chosen = reinterpret_cast<int32_t *>(scratch(a) + l.chosen);
     int32_t *entries = reinterpret_cast<int32_t *>(scratch(a) + l.entries);
     int32_t *tiles = reinterpret_cast<int32_t *>(scratch(a) + l.tiles);
-    const int64_t maxTiles = moert_gpu_max_tiles(&sh, T);
+    const int64_t maxTiles = moert_gpu_max_tiles(&sh, T), R = moert_gpu_tile_entries(&sh, T);
     for (int64_t e = tid; e < E; e += BLOCK) // every count at once (the loads are L2 round trips)
       count[e] = counts[e];
     sync();
@@ -425,20 +426,20 @@ template <class C> struct Kernels {
       for (int64_t e = 0; e < E; ++e) {
         int32_t c = count[e];
         offset[e] = at;
-        for (int32_t b = 0; b < c; b += TILE) {
+        for (int32_t b = 0; b < c; b += int32_t(R)) {
           tiles[3 * nt] = int32_t(e);
           tiles[3 * nt + 1] = at + b;
-          tiles[3 * nt + 2] = at + (b + TILE < c ? b + TILE : c);
+          tiles[3 * nt + 2] = at + (b + R < c ? b + int32_t(R) : c);
           ++nt;
         }
         at += c;
       }
       offset[E] = at;
       if (C::HAS_SHARED)
-        for (int64_t b = 0; b < T; b += TILE) {
+        for (int64_t b = 0; b < T; b += R) {
           tiles[3 * nt] = int32_t(E);
           tiles[3 * nt + 1] = at + int32_t(b);
-          tiles[3 * nt + 2] = at + int32_t(b + TILE < T ? b + TILE : T);
+          tiles[3 * nt + 2] = at + int32_t(b + R < T ? b + R : T);
           ++nt;
         }
       tiles[3 * maxTiles] = nt;
@@ -479,11 +480,11 @@ template <class C> struct Kernels {
   static GPU_INLINE bool tile(const moert_gpu_args &a, const moert_gpu_layout &l, int64_t maxTiles, Tile &tl) {
     const int32_t *tiles = reinterpret_cast<const int32_t *>(scratch(a) + l.tiles);
     int64_t i = blockX();
-    if (i >= tiles[3 * maxTiles])
+    if (i >= uniform(tiles[3 * maxTiles])) // read by every thread: the same values (in scalar registers)
       return false;
-    tl.expert = tiles[3 * i];
-    tl.begin = tiles[3 * i + 1];
-    tl.n = tiles[3 * i + 2] - tl.begin;
+    tl.expert = uniform(tiles[3 * i]);
+    tl.begin = uniform(tiles[3 * i + 1]);
+    tl.n = uniform(tiles[3 * i + 2]) - tl.begin;
     return true;
   }
 
@@ -717,6 +718,117 @@ template <class C> struct Kernels {
         for (int c = 0; c < 4; ++c)
           if (c0 + c < H)
             atomicAddF32(a.output + t * H + c0 + c, w * (acc[m][c] + (b2 ? b2[c0 + c] : 0.0f)));
+      }
+  }
+
+  // ---- up_mma and down_mma, `up` and `down` on matrix cores: the kernels of calls whose tiles have MR
+  // entries (prefill-sized calls, moert_gpu_tile_entries) ----------------------------------------------
+  // gpu_mma.h's MmaBlockTile: inputs and weights (widened / dequantised to f32) in three bf16 parts each,
+  // f32 accuracy (bf16 weights are exact in one part). Every dim of the chunk is computed; masked dims and
+  // dims a predictor does not keep for an entry get activation 0, as on the FMA path.
+  static constexpr int64_t MR = MOERT_GPU_MMA_TILE;
+  static constexpr int WP = C::QBITS == 0 && __is_same(typename C::W, uint16_t) ? 1 : 3;
+  using UpTile = MmaBlockTile<MR, MOERT_GPU_FCHUNK * G, 3, WP, true>;
+  using DownTile = MmaBlockTile<MR, MOERT_GPU_MMA_COLS, 3, WP, false>;
+  static_assert(UpTile::TPW % G == 0 && MOERT_GPU_FCHUNK % 16 == 0, "a lane holds a dim's gate and up");
+
+  // up: block (tile, chunk of FCHUNK dims) = the tile's rows x the chunk's G * FCHUNK fc1 rows. Staged
+  // column c is dim f0 + 16 (c / 16 / G) + c % 16, the gate (tile c / 16 even) or the up projection (odd)
+  // of gated activations: a warp's tiles j, j + 1 (j even) hold the gate and up of the same dims, so each
+  // lane has both for the activation.
+  static GPU_INLINE void upMma(const moert_gpu_args &a) {
+    GPU_SHARED int32_t tok[MR]; // the token of each row (-1 past the tile's entries)
+    const moert_gpu_shape sh = shape();
+    const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, a.tokens);
+    Tile tl;
+    if (!tile(a, l, moert_gpu_max_tiles(&sh, a.tokens), tl))
+      return;
+    const bool isShared = tl.expert == E;
+    const int64_t fdim = isShared ? FS : F, f0 = int64_t(blockY()) * MOERT_GPU_FCHUNK;
+    if (f0 >= fdim)
+      return;
+    const int32_t *entries = reinterpret_cast<const int32_t *>(scratch(a) + l.entries);
+    for (int m = threadId(); m < MR; m += BLOCK)
+      tok[m] = m < tl.n ? entries[tl.begin + m] / int32_t(S) : -1;
+    sync();
+    const float *X = C::NORM != MOERT_NORM_NONE ? reinterpret_cast<const float *>(scratch(a) + l.x) : a.input;
+    const Rows<C> rows(a, isShared, isShared ? 0 : tl.expert, fdim, G);
+    auto dim = [&](int c) { return f0 + (c / 16 / G) * 16 + c % 16; };
+    UpTile t;
+    t.run(
+        0, H, [&](int r, int64_t h) { return tok[r] >= 0 ? X[int64_t(tok[r]) * H + h] : 0.0f; },
+        [&](int c, int64_t h) {
+          const int64_t f = dim(c);
+          return f < fdim ? rows.at1(f * G + (c / 16) % G, h) : 0.0f;
+        });
+    float *act = reinterpret_cast<float *>(scratch(a) + l.act);
+    const float *b1 = isShared || !a.weights[MOERT_FC1_BIAS]
+                          ? nullptr
+                          : static_cast<const float *>(a.weights[MOERT_FC1_BIAS]) + tl.expert * F * G;
+    const uint8_t *mask = isShared || !a.weights[MOERT_MASK]
+                              ? nullptr
+                              : static_cast<const uint8_t *>(a.weights[MOERT_MASK]) + tl.expert * F;
+#pragma unroll
+    for (int j = 0; j < UpTile::TPW; j += G)
+#pragma unroll
+      for (int i = 0; i < kMmaAcc; ++i) {
+        const int m = t.row(i);
+        const int64_t f = dim(t.col(j, i)), ent = tl.begin + m;
+        if (m >= tl.n || f >= fdim)
+          continue;
+        bool off = mask && !mask[f];
+        if (C::HAS_PRED && !isShared)
+          off = off || !reinterpret_cast<const uint8_t *>(scratch(a) + l.keep)[int64_t(entries[ent]) * F + f];
+        const float gv = t.acc[j][i] + (b1 ? b1[f * G] : 0.0f);
+        const float uv = G == 2 ? t.acc[j + G - 1][i] + (b1 ? b1[f * G + 1] : 0.0f) : 0.0f;
+        act[ent * FMAX + f] = off ? 0.0f : activate(gv, uv);
+      }
+  }
+
+  // down: block (tile, MMA_COLS output columns, split of F) = the tile's activation rows x fc2's columns
+  // over the split's dims (masked dims' rows read as 0); the weighted sums go to the output with f32 atomics.
+  static GPU_INLINE void downMma(const moert_gpu_args &a) {
+    GPU_SHARED int32_t rowOut[MR];             // each row's output row (its token)
+    GPU_SHARED float rowW[MR];                 // and its combine weight
+    GPU_SHARED float bias[MOERT_GPU_MMA_COLS]; // fc2's bias of the block's columns (0: none, or not split 0)
+    const moert_gpu_shape sh = shape();
+    const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, a.tokens);
+    Tile tl;
+    if (!tile(a, l, moert_gpu_max_tiles(&sh, a.tokens), tl))
+      return;
+    const bool isShared = tl.expert == E;
+    const int64_t fdim = isShared ? FS : F, splits = a.f_splits, z = blockZ();
+    const int fa = uniform(int(fdim * z / splits)), fb = uniform(int(fdim * (z + 1) / splits));
+    if (fa >= fb)
+      return;
+    const int32_t *entries = reinterpret_cast<const int32_t *>(scratch(a) + l.entries);
+    const float *weight = reinterpret_cast<const float *>(scratch(a) + l.weight);
+    for (int m = threadId(); m < tl.n; m += BLOCK) {
+      const int32_t ent = entries[tl.begin + m];
+      rowOut[m] = ent / int32_t(S), rowW[m] = weight[ent];
+    }
+    const int n = int(tl.n), h0 = int(blockY()) * MOERT_GPU_MMA_COLS, hc = int(H) - h0;
+    const float *b2 = isShared || z != 0 || !a.weights[MOERT_FC2_BIAS]
+                          ? nullptr
+                          : static_cast<const float *>(a.weights[MOERT_FC2_BIAS]) + tl.expert * H;
+    for (int c = threadId(); c < MOERT_GPU_MMA_COLS; c += BLOCK)
+      bias[c] = b2 && c < hc ? b2[h0 + c] : 0.0f;
+    const float *act = reinterpret_cast<const float *>(scratch(a) + l.act) + tl.begin * FMAX;
+    const Rows<C> rows(a, isShared, isShared ? 0 : tl.expert, fdim, G);
+    const uint8_t *mask = isShared || !a.weights[MOERT_MASK]
+                              ? nullptr
+                              : static_cast<const uint8_t *>(a.weights[MOERT_MASK]) + tl.expert * F;
+    DownTile t; // 32-bit offsets from the tile's rows (fewer registers than 64-bit addresses a value)
+    t.run(
+        fa, fb, [&](int r, int64_t f) { return r < n ? act[int(r * FMAX + f)] : 0.0f; },
+        [&](int c, int64_t f) { return c < hc && !(mask && !mask[f]) ? rows.at2(int(f), h0 + c) : 0.0f; });
+#pragma unroll
+    for (int j = 0; j < DownTile::TPW; ++j)
+#pragma unroll
+      for (int i = 0; i < kMmaAcc; ++i) {
+        const int m = t.row(i), c = t.col(j, i);
+        if (m < n && c < hc)
+          atomicAddF32(a.output + int64_t(rowOut[m]) * H + h0 + c, rowW[m] * (t.acc[j][i] + bias[c]));
       }
   }
 };

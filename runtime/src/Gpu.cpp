@@ -259,6 +259,7 @@ std::string openDriver(bool hip, Driver &d) {
 
 struct Kernels {
   void *logits = nullptr, *route = nullptr, *up = nullptr, *down = nullptr; // logits: linear routers only
+  void *upMma = nullptr, *downMma = nullptr; // up and down on matrix cores (moert_gpu_moe_launches::mma)
   void *predict = nullptr;                                                  // predicted layers only
   moert_gpu_shape shape{};
   Ptr weights[MOERT_GPU_SLOTS] = {};
@@ -632,7 +633,9 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
     std::string base = "moert_gpu_" + std::to_string(m.index()) + "_";
     if (d->drv.moduleGetFunction(&k.route, d->module, (base + "route").c_str()) ||
         d->drv.moduleGetFunction(&k.up, d->module, (base + "up").c_str()) ||
-        d->drv.moduleGetFunction(&k.down, d->module, (base + "down").c_str()))
+        d->drv.moduleGetFunction(&k.down, d->module, (base + "down").c_str()) ||
+        d->drv.moduleGetFunction(&k.upMma, d->module, (base + "up_mma").c_str()) ||
+        d->drv.moduleGetFunction(&k.downMma, d->module, (base + "down_mma").c_str()))
       return "the GPU code lacks the kernels of dispatch " + std::to_string(m.index());
     if (d->drv.moduleGetFunction(&k.logits, d->module, (base + "logits").c_str()))
       k.logits = nullptr;
@@ -1059,9 +1062,12 @@ std::string launchAll(Device &d, const Kernels &k, const moert_gpu_moe_launches 
       (plan.predict_grid[0] &&
        (e = d.launch(k.predict, plan.predict_grid[0], plan.predict_grid[1], 1, params, "launch (predict)"))
            .size()) ||
-      (e = d.launch(k.up, plan.up_grid[0], plan.up_grid[1], 1, params, "launch (up)")).size())
+      (e = d.launch(plan.mma ? k.upMma : k.up, plan.up_grid[0], plan.up_grid[1], 1, params,
+                    plan.mma ? "launch (up_mma)" : "launch (up)"))
+          .size())
     return e;
-  return d.launch(k.down, plan.down_grid[0], plan.down_grid[1], plan.down_grid[2], params, "launch (down)");
+  return d.launch(plan.mma ? k.downMma : k.down, plan.down_grid[0], plan.down_grid[1], plan.down_grid[2],
+                  params, plan.mma ? "launch (down_mma)" : "launch (down)");
 }
 
 moert_gpu_moe_launches planOf(const Device &d, const Kernels &k, int64_t T) {

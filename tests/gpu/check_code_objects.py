@@ -12,7 +12,7 @@ objects; sm_80, sm_90 PTX), then
     attention dispatches' (the whole and decoder-with-past models);
   - the PTX of each sm_* declares the kernels of every dispatch and, where the machine has the CUDA
     toolkit's `ptxas`, assembles for its architecture (the matrix-core GEMM's inline `mma.sync` included),
-    the GEMM with no register spills (other kernels' spills are listed).
+    the matrix-core GEMMs with no register spills (other kernels' spills are listed).
 Options moec cannot serve (unknown architectures or targets) are one error line and no artifact. moec's
 compile-time note on the values a GPU call brings back to the host names the steps `moert inspect` does. Where no GPU is usable (CI), also: `moert run --device=gpu` fails with one error line, a non-zero exit and no
 output file. Exits 1 with one line per violation.
@@ -161,7 +161,7 @@ def find_ptxas():
 def assemble_ptx(ptxas, path, arch):
     """Assembles one PTX file for `arch` as the driver would load it: (kernels, most registers, problems,
     kernels that spill). A problem is an assembler error (an instruction the architecture lacks, a malformed
-    inline asm) or a matrix-core GEMM that spills; other kernels' spills are reported, not failed (this ptxas
+    inline asm) or a matrix-core GEMM (the linear layers', the MoE experts') that spills; other kernels' spills are reported, not failed (this ptxas
     is not the driver's JIT, and a few bytes of spills there predate the check)."""
     run = subprocess.run([ptxas, f"-arch={arch}", "-v", "-o", os.devnull, path], capture_output=True, text=True)
     if run.returncode != 0:
@@ -173,7 +173,7 @@ def assemble_ptx(ptxas, path, arch):
         if m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
             if int(m.group(1)) or int(m.group(2)):
                 spilled.append(re.sub(r"_\d+_", "_<i>_", current))
-                if re.fullmatch(r"moert_gpu_lin_\d+_gemm", current):
+                if re.fullmatch(r"moert_gpu_(lin_\d+_gemm|\d+_(up|down)_mma)", current):
                     bad.append(f"{current}: register spills ({m.group(0)})")
         if m := re.search(r"Used (\d+) registers", line):
             regs = max(regs, int(m.group(1)))
@@ -199,7 +199,7 @@ def main():
                 continue
             src = open(os.path.join(dump, "dispatches.hip")).read()
             dispatches = sorted(set(re.findall(r"moert_gpu_(\d+)_route", src)))
-            want = {f"moert_gpu_{d}_{k}" for d in dispatches for k in ("route", "up", "down")}
+            want = {f"moert_gpu_{d}_{k}" for d in dispatches for k in ("route", "up", "down", "up_mma", "down_mma")}
             # the graph ops' kernels (kernels/hip/ops_gpu.h), in every artifact
             want |= {"moert_gpu_op_strided", "moert_gpu_op_reduce", "moert_gpu_op_conv", "moert_gpu_op_topk",
                      "moert_gpu_op_rotary", "moert_gpu_op_norm", "moert_gpu_op_kv_append", "moert_gpu_op_embedding"}

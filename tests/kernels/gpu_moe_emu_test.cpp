@@ -254,8 +254,9 @@ template <class C> void check(const char *name, Extras x, std::mt19937 &rng) {
       moert_gpu::emulate(&GK::route, ga, plan.route_blocks);
       if (plan.predict_grid[0])
         moert_gpu::emulate(&GK::predict, ga, plan.predict_grid[0], plan.predict_grid[1]);
-      moert_gpu::emulate(&GK::up, ga, plan.up_grid[0], plan.up_grid[1]);
-      moert_gpu::emulate(&GK::down, ga, plan.down_grid[0], plan.down_grid[1], plan.down_grid[2]);
+      moert_gpu::emulate(plan.mma ? &GK::upMma : &GK::up, ga, plan.up_grid[0], plan.up_grid[1]);
+      moert_gpu::emulate(plan.mma ? &GK::downMma : &GK::down, ga, plan.down_grid[0], plan.down_grid[1],
+                         plan.down_grid[2]);
       double diff = 0.0, mag = 0.0;
       for (int64_t i = 0; i < T * H; ++i) {
         diff = std::max(diff, std::fabs(double(gpu[i]) - cpu[i]));
