@@ -812,9 +812,11 @@ struct Emitter {
       ds << ", " << moe::stringifyNormKind(op.getNorm()) << " norm";
     if (qbits && op.getInt8Activations())
       ds << ", int8 activations";
-    const bool bf16Act = bf16 && panels && op.getBf16Activations();
+    // bf16 activations: on the CPU where the experts are in panels (CPU targets), on a GPU in its matrix-core
+    // calls (GPU targets; the artifact's CPU kernels then take f32 inputs)
+    const bool bf16Act = bf16 && (panels || gpu) && op.getBf16Activations();
     if (bf16Act)
-      ds << ", bf16 activations";
+      ds << (panels ? ", bf16 activations" : ", bf16 activations on the GPU (prefill)");
     if (op.getResidual())
       ds << ", residual";
     step->set_description(desc);

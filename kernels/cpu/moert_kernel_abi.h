@@ -177,9 +177,10 @@ static inline uint16_t moert_f32_to_bf16(float f) {
     uint32_t u;
   } w;
   w.f = f;
-  if ((w.u & 0x7fffffffu) > 0x7f800000u)
-    return (uint16_t)((w.u >> 16) | 0x40u);
-  return (uint16_t)((w.u + 0x7fffu + ((w.u >> 16) & 1u)) >> 16);
+  /* both results, then a select: no branch (a divergent one on a GPU: the GEMMs stage values through it) */
+  const uint16_t nan = (uint16_t)((w.u >> 16) | 0x40u);
+  const uint16_t rounded = (uint16_t)((w.u + 0x7fffu + ((w.u >> 16) & 1u)) >> 16);
+  return (w.u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
 }
 static inline uint16_t moert_f32_to_f16(float f) {
   union {

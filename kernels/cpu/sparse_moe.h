@@ -501,12 +501,14 @@ template <class C> struct Kernel {
   // them where they lie instead of copying each expert's rows into panels per tile, and decode and smaller
   // tiles run the same micro-kernel on them (plainDecode). Chunks of dims are whole fc1 panels.
   static constexpr bool PLAIN_PANELS = C::PANELS && C::QBITS == 0;
-  // C::BF16_ACT (codegen's choice with --activations=bf16, bf16 experts in panels): GEMM tiles round their
+  // C::BF16_ACT (--activations=bf16, bf16 experts) with the experts in panels: GEMM tiles round their
   // tokens and fc2's inputs to bf16 and multiply bf16 pairs (gemm.h's gemmMicroPairs on the panels' pairs as
-  // stored, MOERT_LIN_W); decode and smaller tiles (plainDecode) take f32 inputs.
-  static constexpr bool PAIRS = C::BF16_ACT;
-  static_assert(!PAIRS || (PLAIN_PANELS && std::is_same_v<typename C::W, uint16_t>),
-                "bf16 activations need bf16 experts in panels");
+  // stored, MOERT_LIN_W); decode and smaller tiles (plainDecode) take f32 inputs. Experts in rows (an
+  // artifact with GPU code) take f32 inputs here; the GPU's matrix-core kernels round (sparse_moe_gpu.h).
+  static constexpr bool PAIRS = C::BF16_ACT && C::PANELS;
+  static_assert(!C::BF16_ACT || std::is_same_v<typename C::W, uint16_t>,
+                "bf16 activations need bf16 experts");
+  static_assert(!PAIRS || PLAIN_PANELS, "bf16 pairs in plain panels");
   // Tokens rounded once in the routing pass (QTok form, for fc1's rows): integer fc1 without panels.
   static constexpr bool ROUND_IN_ROUTE = INT_FC1 && !INT_FC2;
   static constexpr int64_t FSX = C::HAS_SHARED ? C::FS : F; // the shared expert's dims (F without one)

@@ -724,12 +724,16 @@ template <class C> struct Kernels {
   // ---- up_mma and down_mma, `up` and `down` on matrix cores: the kernels of calls whose tiles have MR
   // entries (prefill-sized calls, moert_gpu_tile_entries) ----------------------------------------------
   // gpu_mma.h's MmaBlockTile: inputs and weights (widened / dequantised to f32) in three bf16 parts each,
-  // f32 accuracy (bf16 weights are exact in one part). Every dim of the chunk is computed; masked dims and
-  // dims a predictor does not keep for an entry get activation 0, as on the FMA path.
+  // f32 accuracy (bf16 weights are exact in one part); with C::BF16_ACT (--activations=bf16, bf16 experts)
+  // the tokens and fc2's inputs rounded to bf16 instead, one product a step (the CPU kernel's GEMM tiles
+  // round the same; decode-sized calls, on `up` / `down`, take f32 inputs as its small tiles do). Every dim
+  // of the chunk is computed; masked dims and dims a predictor does not keep for an entry get activation 0,
+  // as on the FMA path.
   static constexpr int64_t MR = MOERT_GPU_MMA_TILE;
   static constexpr int WP = C::QBITS == 0 && __is_same(typename C::W, uint16_t) ? 1 : 3;
-  using UpTile = MmaBlockTile<MR, MOERT_GPU_FCHUNK * G, 3, WP, true>;
-  using DownTile = MmaBlockTile<MR, MOERT_GPU_MMA_COLS, 3, WP, false>;
+  static constexpr int XP = C::BF16_ACT ? 1 : 3;
+  using UpTile = MmaBlockTile<MR, MOERT_GPU_FCHUNK * G, XP, WP, true>;
+  using DownTile = MmaBlockTile<MR, MOERT_GPU_MMA_COLS, XP, WP, false>;
   static_assert(UpTile::TPW % G == 0 && MOERT_GPU_FCHUNK % 16 == 0, "a lane holds a dim's gate and up");
 
   // up: block (tile, chunk of FCHUNK dims) = the tile's rows x the chunk's G * FCHUNK fc1 rows. Staged

@@ -9,8 +9,9 @@
 // gates, grouped routing scored by top-2 sums and by max, renormalisation and scale, SwiGLU with GPT-OSS's
 // alpha / beta / clamp, GELU with biases and a static mask, a low-rank predictor keeping dims per token, a
 // shared expert with its gate, RMS / layer norms,
-// a residual, precomputed logits, and f32 / bf16 / fp16 / int8 / int4 weights; T = 1, 3, 8, 40 and 300
-// (tiles across many experts). Built for 32- and 64-lane warps.
+// a residual, precomputed logits, and f32 / bf16 / fp16 / int8 / int4 weights, bf16 weights with bf16
+// activations (within 1e-2, rounded on matrix cores); T = 1, 3, 8, 40 and 300 (tiles across many experts;
+// T = 300 on the matrix-core kernels). Built for 32- and 64-lane warps and RDNA3's WMMA layout.
 //
 //===----------------------------------------------------------------------===//
 #include "kernels/hip/gpu_emulation.h" // first: it stands in for kernels/hip/gpu_vendor.h
@@ -86,6 +87,9 @@ struct Predicted : Base {
   static constexpr int NORM = MOERT_NORM_RMS;
 };
 template <class B> struct Bf16 : B { using W = uint16_t; };
+// --activations=bf16 (an artifact with GPU code: experts in rows): the CPU kernel takes f32 inputs, the GPU's
+// matrix-core calls round the tokens and fc2's inputs to bf16.
+template <class B> struct Bf16Act : Bf16<B> { static constexpr bool BF16_ACT = true; };
 template <class B> struct Fp16 : B { using W = _Float16; };
 template <class B, int BITS> struct Quant : B {
   using W = uint8_t;
@@ -162,6 +166,11 @@ void serialFor(void *, int64_t n, void *ctx, moert_task_fn fn) {
   for (int64_t i = 0; i < n; ++i)
     fn(ctx, i, 0);
 }
+
+// The bound between the GPU and CPU runs: gpu-e2e's 1e-4, or with bf16 activations the CPU test's bound for
+// the mode (1e-2), where the GPU's matrix-core calls must also differ from the f32 inputs' results by more
+// than f32 rounding does (the inputs were rounded: 1e-5 at least).
+constexpr double kBound = 1e-4, kBf16ActBound = 1e-2, kBf16ActMin = 1e-5;
 
 template <class C> void check(const char *name, Extras x, std::mt19937 &rng) {
   constexpr int64_t H = C::H, F = C::F, E = C::E, N = C::N, FS = C::FS;
@@ -265,10 +274,12 @@ template <class C> void check(const char *name, Extras x, std::mt19937 &rng) {
       const double err = diff / std::max(mag, 1e-30);
       worst = std::max(worst, err);
       ++cases;
-      if (!(err <= 1e-4)) {
+      const bool rounded = C::BF16_ACT && plan.mma;
+      if (!(err <= (C::BF16_ACT ? kBf16ActBound : kBound)) || (rounded && !(err >= kBf16ActMin))) {
         ++failures, ok = false;
-        std::printf("FAIL %-28s T=%-3lld%s: max |gpu - cpu| / max |cpu| = %.2e\n", name, (long long)T,
-                    residual ? " +residual" : "", err);
+        std::printf("FAIL %-28s T=%-3lld%s: max |gpu - cpu| / max |cpu| = %.2e%s\n", name, (long long)T,
+                    residual ? " +residual" : "", err,
+                    rounded ? " (bf16 activations: expected rounding)" : "");
       }
     }
   }
@@ -281,6 +292,7 @@ template <class C> void storages(const char *name, Extras x, std::mt19937 &rng) 
   std::string n(name);
   check<C>(name, x, rng);
   check<Bf16<C>>((n + " bf16").c_str(), x, rng);
+  check<Bf16Act<C>>((n + " bf16 act").c_str(), x, rng);
   check<Fp16<C>>((n + " fp16").c_str(), x, rng);
   check<Quant<C, 8>>((n + " int8").c_str(), x, rng);
   check<Quant<C, 4>>((n + " int4").c_str(), x, rng);
@@ -303,6 +315,7 @@ int main() {
   storages<GeluMasked>("logits gelu biases mask", masked, rng);
   check<Identity>("identity gate", {}, rng);
   storages<Predicted>("predictor rms", {}, rng);
-  std::printf("%d of %d cases within 1e-4 of the CPU kernel\n", cases - failures, cases);
+  std::printf("%d of %d cases within 1e-4 of the CPU kernel (bf16 activations: 1e-2)\n", cases - failures,
+              cases);
   return failures ? 1 : 0;
 }

@@ -129,7 +129,8 @@ cl::opt<std::string> activations(
         "weights: prefill rounds its inputs to bf16 and multiplies bf16 pairs, as llama.cpp's BF16 does; "
         "1.4-1.7x faster prefill on CPUs with AVX512-BF16, inputs within 2^-9 relative; attention over bf16 "
         "KV caches also rounds its queries; on GPUs the linear layers' prefill GEMM takes one matrix-core "
-        "product instead of three); or int8,bf16 for both"),
+        "product instead of three, and so do MoE layers' prefill-sized calls (their CPU kernels in an "
+        "artifact with GPU code take f32 inputs)); or int8,bf16 for both"),
     cl::init("f32"), cl::sub(compileCmd), cl::cat(category));
 cl::opt<std::string> dumpKernels("dump-kernels", cl::desc("Also write the generated kernel sources to this folder"),
                                  cl::value_desc("dir"), cl::sub(compileCmd), cl::cat(category));
