@@ -420,6 +420,22 @@ def timed_run(args, moex, x):
                           capture_output=True, text=True)
 
 
+LINEAR_TIMES = r"gpu linear \d+: ([\d.]+) us per call .*?, ([\d.]+) MB of weights read"  # moert run --gpu-time
+
+
+def run_rows(args, moex, name, rows, width, pattern):
+    """moert run (timed_run) on `rows` random rows of `width` inputs (a file in /tmp): (the rows' file, the
+    run, re.findall(pattern) of its output), or None after printing why when it failed."""
+    x = os.path.join("/tmp", f"{name}_x{rows}.npy")
+    np.save(x, np.random.default_rng(rows).standard_normal((rows, width)).astype(np.float32))
+    r = timed_run(args, moex, x)
+    g = re.findall(pattern, r.stdout)
+    if r.returncode != 0 or not g:
+        print(f"{name} rows={rows}: {r.stderr.strip() or r.stdout.strip()}")
+        return None
+    return x, r, g
+
+
 def run(args):
     d = args.run
     with open(os.path.join(d, "shapes.json")) as f:
@@ -437,14 +453,11 @@ def run(args):
     for name, s in meta.get("linear", {}).items():
         moex = unpack(d, name)
         for t in meta["linear_rows"]:
-            x = os.path.join("/tmp", f"{name}_x{t}.npy")
-            np.save(x, np.random.default_rng(t).standard_normal((t, s["k"])).astype(np.float32))
-            r = timed_run(args, moex, x)
             # Every linear dispatch of the layer (projections moec did not merge run one after another).
-            g = re.findall(r"gpu linear \d+: ([\d.]+) us per call .*?, ([\d.]+) MB of weights read", r.stdout)
-            if r.returncode != 0 or not g:
-                print(f"{name} M={t}: {r.stderr.strip() or r.stdout.strip()}")
+            got = run_rows(args, moex, name, t, s["k"], LINEAR_TIMES)
+            if not got:
                 return 1
+            x, r, g = got
             call = re.search(r"best ([\d.]+) ms", r.stdout)
             us, mb = sum(float(a) for a, _ in g), sum(float(b) for _, b in g)
             try:
@@ -460,14 +473,11 @@ def run(args):
     for name, ts in meta.get("moe_prefill", {}).items():
         s, moex = meta["shapes"][name], unpack(d, name)
         for t in ts:
-            x = os.path.join("/tmp", f"{name}_x{t}.npy")
-            np.save(x, np.random.default_rng(t).standard_normal((t, s["h"])).astype(np.float32))
-            r = timed_run(args, moex, x)
-            g = re.search(r"gpu dispatch 0: ([\d.]+) us per call", r.stdout)
-            if r.returncode != 0 or not g:
-                print(f"{name} T={t}: {r.stderr.strip() or r.stdout.strip()}")
+            got = run_rows(args, moex, name, t, s["h"], r"gpu dispatch 0: ([\d.]+) us per call")
+            if not got:
                 return 1
-            us = float(g.group(1))
+            x, _, g = got
+            us = float(g[0])
             try:
                 tus = torch_layer_us(s, np.load(x), repeats=20)
             except Exception as e:  # noqa: BLE001 - the baseline is optional

@@ -473,11 +473,14 @@ template <class C> struct Kernels {
       counts[e] = 0;
   }
 
-  // The tile this block works on; false when the call has fewer tiles.
+  // The tile this block works on and the call's scratch layout `l`; false when the call has fewer tiles.
   struct Tile {
     int64_t expert, begin, n;
   };
-  static GPU_INLINE bool tile(const moert_gpu_args &a, const moert_gpu_layout &l, int64_t maxTiles, Tile &tl) {
+  static GPU_INLINE bool tile(const moert_gpu_args &a, moert_gpu_layout &l, Tile &tl) {
+    const moert_gpu_shape sh = shape();
+    l = moert_gpu_scratch_layout(&sh, a.tokens);
+    const int64_t maxTiles = moert_gpu_max_tiles(&sh, a.tokens);
     const int32_t *tiles = reinterpret_cast<const int32_t *>(scratch(a) + l.tiles);
     int64_t i = blockX();
     if (i >= uniform(tiles[3 * maxTiles])) // read by every thread: the same values (in scalar registers)
@@ -538,11 +541,9 @@ template <class C> struct Kernels {
 
   // ---- up: gate/up projections and activation for a tile x FCHUNK dims --------------------------------
   static GPU_INLINE void up(const moert_gpu_args &a) {
-    const int64_t T = a.tokens;
-    const moert_gpu_shape sh = shape();
-    const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, T);
+    moert_gpu_layout l;
     Tile tl;
-    if (!tile(a, l, moert_gpu_max_tiles(&sh, T), tl))
+    if (!tile(a, l, tl))
       return;
     const bool isShared = tl.expert == E;
     const int64_t fdim = isShared ? FS : F, f0 = int64_t(blockY()) * MOERT_GPU_FCHUNK;
@@ -649,11 +650,9 @@ template <class C> struct Kernels {
   // ---- down: fc2 over a split of F for 4 columns per thread, weighted atomic combine ------------------
   static GPU_INLINE void down(const moert_gpu_args &a) {
     GPU_SHARED float hs[TILE][PIECE];
-    const int64_t T = a.tokens;
-    const moert_gpu_shape sh = shape();
-    const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, T);
+    moert_gpu_layout l;
     Tile tl;
-    if (!tile(a, l, moert_gpu_max_tiles(&sh, T), tl))
+    if (!tile(a, l, tl))
       return;
     const bool isShared = tl.expert == E;
     const int64_t fdim = isShared ? FS : F, splits = a.f_splits, z = blockZ();
@@ -742,10 +741,9 @@ template <class C> struct Kernels {
   // lane has both for the activation.
   static GPU_INLINE void upMma(const moert_gpu_args &a) {
     GPU_SHARED int32_t tok[MR]; // the token of each row (-1 past the tile's entries)
-    const moert_gpu_shape sh = shape();
-    const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, a.tokens);
+    moert_gpu_layout l;
     Tile tl;
-    if (!tile(a, l, moert_gpu_max_tiles(&sh, a.tokens), tl))
+    if (!tile(a, l, tl))
       return;
     const bool isShared = tl.expert == E;
     const int64_t fdim = isShared ? FS : F, f0 = int64_t(blockY()) * MOERT_GPU_FCHUNK;
@@ -795,10 +793,9 @@ template <class C> struct Kernels {
     GPU_SHARED int32_t rowOut[MR];             // each row's output row (its token)
     GPU_SHARED float rowW[MR];                 // and its combine weight
     GPU_SHARED float bias[MOERT_GPU_MMA_COLS]; // fc2's bias of the block's columns (0: none, or not split 0)
-    const moert_gpu_shape sh = shape();
-    const moert_gpu_layout l = moert_gpu_scratch_layout(&sh, a.tokens);
+    moert_gpu_layout l;
     Tile tl;
-    if (!tile(a, l, moert_gpu_max_tiles(&sh, a.tokens), tl))
+    if (!tile(a, l, tl))
       return;
     const bool isShared = tl.expert == E;
     const int64_t fdim = isShared ? FS : F, splits = a.f_splits, z = blockZ();
