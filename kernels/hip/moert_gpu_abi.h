@@ -1,6 +1,6 @@
 /*===- moert_gpu_abi.h - the ABI between moert and generated GPU kernels ---===*
  *
- * `moec compile --target=hip|cuda` builds, per fused MoE dispatch `i`, three to five kernels into one code
+ * `moec compile --target=hip|cuda` builds, per fused MoE dispatch `i`, five to seven kernels into one code
  * object per GPU architecture (kernels/hip/sparse_moe_gpu.h, specialised like the CPU kernels):
  *
  *   moert_gpu_<i>_logits grid (T, ceil(N / warps))     router logits, one warp per column (linear routers

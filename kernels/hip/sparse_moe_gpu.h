@@ -2,7 +2,8 @@
 //
 // `moec compile --target=hip|cuda` specialises these templates per `moe.sparse_moe` dispatch with the same
 // config struct `C` as the CPU kernels (kernels/cpu/sparse_moe.h: every shape, k, activation and flag a
-// compile-time constant) and exports three to five kernels (kernels/hip/moert_gpu_abi.h):
+// compile-time constant) and exports five to seven kernels (kernels/hip/moert_gpu_abi.h), of which a call
+// launches three to five:
 //
 //   logits (linear routers; block (t, y), one warp per router column): the router's dot products with the
 //     (normalised) input, so the router's weights stream through many SMs, not one;
@@ -20,6 +21,8 @@
 //   down (tile x 1024 output columns x a split of F): each thread owns 4 columns and the tile's entries;
 //     the fc2 row of each kept dim is read once per tile; the weighted sums go to the output with f32
 //     atomic adds (the weighted combine is the epilogue), plus the fc2 bias once per entry.
+//   up_mma, down_mma: `up` and `down` on matrix cores (gpu_mma.h's MmaBlockTile), for calls whose tiles have
+//     64 entries (prefill-sized calls: moert_gpu_tile_entries).
 //
 // Decode (T <= 8): 4 launches per layer (3 with precomputed logits), all reading weights of chosen experts
 // and kept dims only; `down` splits F so the grid fills the GPU. Summation order across slots and F splits
