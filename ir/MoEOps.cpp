@@ -561,10 +561,13 @@ LogicalResult AttentionOp::verify() {
       dimsConflict(vT.getDimSize(0), qT.getDimSize(0)))
     return emitOpError() << "key " << shapeStr(kT) << " and value " << shapeStr(vT)
                          << " must be [B, Hkv, T, Dk] and [B, Hkv, T, Dv] for query " << shapeStr(qT);
-  if (dimsConflict(oT.getDimSize(0), qT.getDimSize(0)) || dimsConflict(oT.getDimSize(1), hq) ||
-      dimsConflict(oT.getDimSize(2), qT.getDimSize(2)) || dimsConflict(oT.getDimSize(3), dv))
-    return emitOpError() << "result " << shapeStr(oT) << " must be [B, Hq, S, Dv] = [" << qT.getDimSize(0)
-                         << ", " << hq << ", " << qT.getDimSize(2) << ", " << dv << "]";
+  const bool seqMajor = getTransposeOutput(); // [B, S, Hq, Dv]
+  if (dimsConflict(oT.getDimSize(0), qT.getDimSize(0)) || dimsConflict(oT.getDimSize(seqMajor ? 2 : 1), hq) ||
+      dimsConflict(oT.getDimSize(seqMajor ? 1 : 2), qT.getDimSize(2)) || dimsConflict(oT.getDimSize(3), dv))
+    return emitOpError() << "result " << shapeStr(oT) << " must be "
+                         << (seqMajor ? "[B, S, Hq, Dv] = [" : "[B, Hq, S, Dv] = [") << qT.getDimSize(0)
+                         << ", " << (seqMajor ? qT.getDimSize(2) : hq) << ", "
+                         << (seqMajor ? hq : qT.getDimSize(2)) << ", " << dv << "]";
   if (Value m = getMask()) {
     auto mT = cast<RankedTensorType>(m.getType());
     if (mT.getRank() != 4)

@@ -412,6 +412,10 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure, AttrSizedOperandSegments]> {
     with sinks from GPT-OSS's `Concat(scores, sinks) -> (Sub max) -> Softmax -> Slice(all but the last)` and
     softcap from eager attention's `Div c -> Tanh -> Mul c` before the mask.
 
+    With `transpose_output` the output is `[B, S, Hq, Dv]` (`output[b, s, h, :]`): the
+    `Transpose(perm [0, 2, 1, 3])` exporters write after attention (before the `Reshape` to `[B, S, Hq Dv]`
+    that feeds the output projection), folded in by `moe-raise-attention`; the kernels write each row there.
+
     With `bf16_activations` (`moec --activations=bf16`), a CPU run over bf16 key/value caches (a session's
     `cache_dtype=bf16`) rounds each query to bf16 (nearest even, `moert_f32_to_bf16`) for the scores and each
     softmax term `exp(score - running max)` to bf16 for the sum of values, and sums bf16 x bf16 products in f32
@@ -429,7 +433,8 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure, AttrSizedOperandSegments]> {
     F32Attr:$scale,
     UnitAttr:$nan_to_zero,
     DefaultValuedAttr<F32Attr, "0.0f">:$softcap,
-    UnitAttr:$bf16_activations
+    UnitAttr:$bf16_activations,
+    UnitAttr:$transpose_output
   );
   let results = (outs F32Tensor:$output);
 

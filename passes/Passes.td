@@ -148,7 +148,9 @@ def MoERaiseAttentionPass : Pass<"moe-raise-attention"> {
     keys' last two dims or PyTorch's `Reshape -> Transpose -> Reshape` over `Shape` slices of the keys (checked
     entry by entry); K and V repeated for grouped-query heads (`Unsqueeze(2) -> Expand -> Reshape`, the
     `repeat_kv` export) are read unrepeated; the other operand of the `Add` is the mask (f32, rank 4,
-    broadcastable); eager logit softcapping `c * Tanh(scores / c)` becomes `softcap`. Rotary embedding is
+    broadcastable); eager logit softcapping `c * Tanh(scores / c)` becomes `softcap`. Then, on every
+    `moe.attention` (raised or imported) whose only reader is a `Transpose(perm [0, 2, 1, 3])`, the transpose
+    becomes the op's `transpose_output` (the kernels write `[B, S, Hq, Dv]`). Rotary embedding is
     `moe-raise-rotary`'s; the past-cache `Concat` and the mask's construction stay op steps.
     With `remarks`, every softmax not raised says why.
   }];

@@ -186,8 +186,9 @@ Value untranspose(Value kt, SmallVectorImpl<Operation *> &ops) {
   if (auto t = defOp<ox::TransposeOp>(kt)) {
     auto perm = t.getPerm();
     SmallVector<int64_t> p;
-    for (Attribute a : perm ? *perm : ArrayAttr())
-      p.push_back(cast<IntegerAttr>(a).getInt());
+    if (perm)
+      for (Attribute a : *perm)
+        p.push_back(cast<IntegerAttr>(a).getInt());
     if (rankOf(t.getData()) == 4 && p == SmallVector<int64_t>{0, 1, 3, 2}) {
       ops.push_back(t);
       return t.getData();
@@ -426,7 +427,8 @@ std::string raise(ox::SoftmaxOp sm) {
     return "the P x V product has no rank-4 type";
   auto op = b.create<moe::AttentionOp>(
       pv.getLoc(), outT, q, k, v, mask, sinks, b.getF32FloatAttr(static_cast<float>(scale)),
-      nanToZero ? b.getUnitAttr() : UnitAttr(), b.getF32FloatAttr(static_cast<float>(softcap)), UnitAttr());
+      nanToZero ? b.getUnitAttr() : UnitAttr(), b.getF32FloatAttr(static_cast<float>(softcap)), UnitAttr(),
+      UnitAttr());
   if (failed(mlir::verify(op))) {
     op->erase();
     return "the matched shapes do not make a valid moe.attention";
@@ -482,6 +484,47 @@ struct MoERaiseAttentionPass final : moec::impl::MoERaiseAttentionPassBase<MoERa
       noteFused(a, "repeat_kv");
       eraseDeadOps(ops);
     }
+    // The Transpose back to [B, S, Hq, Dv] exporters write after attention (before the Reshape that merges
+    // the heads for the output projection) becomes the op's output layout: the kernels write each row there,
+    // and the model loses a copy of the attention output (and, on a GPU, a launch) per layer.
+    SmallVector<moe::AttentionOp> all;
+    getOperation()->walk([&](moe::AttentionOp a) { all.push_back(a); });
+    for (moe::AttentionOp a : all)
+      foldOutputTranspose(a);
+  }
+
+  static void foldOutputTranspose(moe::AttentionOp a) {
+    if (a.getTransposeOutput() || !a.getResult().hasOneUse())
+      return;
+    auto t = dyn_cast<ox::TransposeOp>(*a.getResult().getUsers().begin());
+    auto perm = t ? t.getPerm() : std::nullopt; // none: the dims reversed, no candidate at rank 4
+    SmallVector<int64_t> p;
+    if (perm)
+      for (Attribute e : *perm)
+        p.push_back(cast<IntegerAttr>(e).getInt());
+    if (p != SmallVector<int64_t>{0, 2, 1, 3})
+      return;
+    auto oT = cast<RankedTensorType>(a.getResult().getType());
+    auto tT = dyn_cast<RankedTensorType>(t.getTransposed().getType());
+    // The op's dims in the new order, each made static where the Transpose's type knows it.
+    SmallVector<int64_t> dims{oT.getDimSize(0), oT.getDimSize(2), oT.getDimSize(1), oT.getDimSize(3)};
+    for (int i = 0; tT && tT.getRank() == 4 && i < 4; ++i) {
+      const int64_t d = tT.getDimSize(i);
+      if (!ShapedType::isDynamic(d) && !ShapedType::isDynamic(dims[i]) && d != dims[i])
+        return;
+      if (!ShapedType::isDynamic(d))
+        dims[i] = d;
+    }
+    a.setTransposeOutput(true);
+    a.getResult().setType(RankedTensorType::get(dims, oT.getElementType()));
+    if (failed(mlir::verify(a))) {
+      a.setTransposeOutput(false);
+      a.getResult().setType(oT);
+      return;
+    }
+    noteFused(a, "transpose");
+    t.getTransposed().replaceAllUsesWith(a.getResult());
+    t->erase();
   }
 };
 

@@ -23,8 +23,8 @@
 namespace moert::format {
 
 inline constexpr char kMagic[8] = {'M', 'O', 'E', 'X', '\0', '\x1a', '\r', '\n'};
-inline constexpr uint32_t kVersion =
-    3; // bump on any incompatible change (2: per-section checksums; 3: metadata last)
+inline constexpr uint32_t kVersion = 4; // bump on any change an older reader would misread (2: per-section
+                                        // checksums; 3: metadata last; 4: attention steps' transpose_output)
 inline constexpr uint32_t kOldestVersion = 2; // the oldest format this reader still reads
 inline constexpr uint64_t kAlignment = 64; // every section starts at a multiple of this
 

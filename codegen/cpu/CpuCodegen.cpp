@@ -1169,6 +1169,7 @@ struct Emitter {
     step->set_kv_heads(hkv);
     step->set_key_dim(dk);
     step->set_value_dim(dv);
+    step->set_transpose_output(op.getTransposeOutput());
     const float scale = op.getScale().convertToFloat();
     std::string desc;
     llvm::raw_string_ostream ds(desc);
@@ -1182,6 +1183,8 @@ struct Emitter {
     const bool bf16Act = op.getBf16Activations(); // an even key head dim (the op's verifier)
     if (bf16Act)
       ds << ", bf16 activations over bf16 caches";
+    if (op.getTransposeOutput())
+      ds << ", output [B, S, H, D]";
     if (auto src = op->getAttrOfType<StringAttr>("moe.source"))
       ds << " (" << src.getValue() << ")";
     step->set_description(desc);

@@ -273,3 +273,43 @@ func.func @imported_repeat_kv(%q: tensor<1x4x?x16xf32>, %k: tensor<1x2x?x16xf32>
   %a = moe.attention %q, %kr, %vr mask %mask {moe.source = "Attention", nan_to_zero, scale = 0.25 : f32} : (tensor<1x4x?x16xf32>, tensor<1x4x?x16xf32>, tensor<1x4x?x16xf32>, tensor<1x1x?x?xf32>) -> tensor<1x4x?x16xf32>
   return %a : tensor<1x4x?x16xf32>
 }
+
+// -----
+
+// The Transpose back to [B, S, H, D] after attention becomes the op's output layout (`transpose_output`),
+// its static dims kept; the Reshape merging the heads reads the op directly.
+// CHECK-LABEL: func.func @output_transpose
+// CHECK: %[[A:.+]] = moe.attention %arg0, %arg1, %arg2 {moe.fused = ["transpose"], moe.source = "sdpa", scale = 1.250000e-01 : f32, transpose_output}
+// CHECK-SAME: -> tensor<2x?x2x64xf32>
+// CHECK-NOT: onnx.Transpose
+// CHECK: onnx.Reshape %[[A]]
+func.func @output_transpose(%q: tensor<?x2x?x64xf32>, %k: tensor<?x2x?x64xf32>, %v: tensor<?x2x?x64xf32>) -> tensor<2x?x128xf32> {
+  %c = onnx.Constant dense<8.0> : tensor<f32>
+  %shape = onnx.Constant dense<[2, -1, 128]> : tensor<3xi64>
+  %kt = onnx.Transpose %k {perm = [0, 1, 3, 2]} : (tensor<?x2x?x64xf32>) -> tensor<?x2x64x?xf32>
+  %sc = onnx.MatMul %q, %kt : (tensor<?x2x?x64xf32>, tensor<?x2x64x?xf32>) -> tensor<?x2x?x?xf32>
+  %sd = onnx.Div %sc, %c : (tensor<?x2x?x?xf32>, tensor<f32>) -> tensor<?x2x?x?xf32>
+  %p = onnx.Softmax %sd {axis = -1 : i64} : (tensor<?x2x?x?xf32>) -> tensor<?x2x?x?xf32>
+  %o = onnx.MatMul %p, %v : (tensor<?x2x?x?xf32>, tensor<?x2x?x64xf32>) -> tensor<?x2x?x64xf32>
+  %t = onnx.Transpose %o {perm = [0, 2, 1, 3]} : (tensor<?x2x?x64xf32>) -> tensor<2x?x2x64xf32>
+  %r = onnx.Reshape %t, %shape : (tensor<2x?x2x64xf32>, tensor<3xi64>) -> tensor<2x?x128xf32>
+  return %r : tensor<2x?x128xf32>
+}
+
+// -----
+
+// Not folded: the output read by something besides the Transpose, and a Transpose to another layout.
+// CHECK-LABEL: func.func @output_transpose_near_misses
+// CHECK: %[[A:.+]] = moe.attention %arg0, %arg1, %arg2 {moe.source = "Attention", scale = 1.250000e-01 : f32} :
+// CHECK-SAME: -> tensor<1x2x4x8xf32>
+// CHECK: onnx.Transpose %[[A]] {perm = [0, 2, 1, 3]}
+// CHECK: %[[B:.+]] = moe.attention %arg0, %arg1, %arg2 {moe.source = "Attention", scale = 1.250000e-01 : f32} :
+// CHECK-SAME: -> tensor<1x2x4x8xf32>
+// CHECK: onnx.Transpose %[[B]] {perm = [0, 2, 3, 1]}
+func.func @output_transpose_near_misses(%q: tensor<1x2x4x8xf32>, %k: tensor<1x2x4x8xf32>, %v: tensor<1x2x4x8xf32>) -> (tensor<1x4x2x8xf32>, tensor<1x2x4x8xf32>, tensor<1x4x8x2xf32>) {
+  %a = moe.attention %q, %k, %v {moe.source = "Attention", scale = 0.125 : f32} : (tensor<1x2x4x8xf32>, tensor<1x2x4x8xf32>, tensor<1x2x4x8xf32>) -> tensor<1x2x4x8xf32>
+  %t = onnx.Transpose %a {perm = [0, 2, 1, 3]} : (tensor<1x2x4x8xf32>) -> tensor<1x4x2x8xf32>
+  %b = moe.attention %q, %k, %v {moe.source = "Attention", scale = 0.125 : f32} : (tensor<1x2x4x8xf32>, tensor<1x2x4x8xf32>, tensor<1x2x4x8xf32>) -> tensor<1x2x4x8xf32>
+  %u = onnx.Transpose %b {perm = [0, 2, 3, 1]} : (tensor<1x2x4x8xf32>) -> tensor<1x4x8x2xf32>
+  return %t, %a, %u : tensor<1x4x2x8xf32>, tensor<1x2x4x8xf32>, tensor<1x4x8x2xf32>
+}

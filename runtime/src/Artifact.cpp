@@ -419,7 +419,7 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     return bad(h.fileSize > size ? "is truncated: the header says " + std::to_string(h.fileSize) +
                                        " bytes, the file has " + std::to_string(size)
                                  : "has " + std::to_string(size - h.fileSize) + " unexpected bytes after its end");
-  // Version 2 put the metadata right after the header, version 3 after the sections.
+  // Version 2 put the metadata right after the header, versions 3 and 4 after the sections.
   if (h.metadataOffset < sizeof(fmt::FileHeader) || h.metadataOffset > size ||
       h.metadataSize > size - h.metadataOffset ||
       (h.version == 2 && h.metadataOffset != sizeof(fmt::FileHeader)))

@@ -951,8 +951,13 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
              {std::pair<uint32_t, int64_t *>{d.key(), args.k_strides}, {d.value(), args.v_strides}})
           if (kv == c.id)
             st[1] = c.capacity * st[2], st[0] = x.kvHeads * st[1];
-      const std::vector<int64_t> outDims{B, x.qHeads, S, x.valueDim};
-      strides(outDims, args.out_strides, x.valueDim);
+      // [B, HQ, S, DV], or [B, S, HQ, DV] when the model's Transpose after attention was folded in
+      const std::vector<int64_t> outDims = d.transpose_output()
+                                               ? std::vector<int64_t>{B, S, x.qHeads, x.valueDim}
+                                               : std::vector<int64_t>{B, x.qHeads, S, x.valueDim};
+      strides({B, x.qHeads, S, x.valueDim}, args.out_strides, x.valueDim);
+      if (d.transpose_output())
+        args.out_strides[1] = x.valueDim, args.out_strides[2] = x.qHeads * x.valueDim;
       if (d.mask() >= 0) {
         const Tensor &mk = values[d.mask()];
         const int64_t full[4] = {B, x.qHeads, S, T};

@@ -171,7 +171,7 @@ def main():
         subprocess.run([args.moec, "compile", model, "-o", good, "--quiet"], check=True)
         image = open(good, "rb").read()
         meta_offset, meta_size = struct.unpack_from("<QQ", image, 24)
-        assert meta_offset + meta_size == len(image), "format 3: the metadata comes last"
+        assert meta_offset + meta_size == len(image), "formats 3 and 4: the metadata comes last"
         meta = image[meta_offset:meta_offset + meta_size]
         x = os.path.join(tmp, "x.npy")
         np.save(x, np.ones((3, 8), np.float32))
@@ -195,8 +195,8 @@ def main():
             ("truncated", image[:half], f"is truncated: the header says {len(image)} bytes, the file has {half}"),
             ("empty", b"", "is not a moec artifact: 0 bytes, shorter than the 64-byte header"),
             ("wrong_magic", b"ONNX" + image[4:], "is not a moec artifact (wrong magic bytes)"),
-            ("newer_version", image[:8] + struct.pack("<I", 4) + image[12:],
-             "was written by a newer moec (artifact format 4; this moert reads formats 2 to 3)"),
+            ("newer_version", image[:8] + struct.pack("<I", 5) + image[12:],
+             "was written by a newer moec (artifact format 5; this moert reads formats 2 to 4)"),
             ("older_version", image[:8] + struct.pack("<I", 1) + image[12:],
              "has unsupported artifact format 1 (recompile it with this moec)"),
             ("metadata_bit_flip", flipped(image, meta_offset + meta_size // 2),
