@@ -313,3 +313,18 @@ func.func @output_transpose_near_misses(%q: tensor<1x2x4x8xf32>, %k: tensor<1x2x
   %u = onnx.Transpose %b {perm = [0, 2, 3, 1]} : (tensor<1x2x4x8xf32>) -> tensor<1x4x8x2xf32>
   return %t, %a, %u : tensor<1x4x2x8xf32>, tensor<1x2x4x8xf32>, tensor<1x4x8x2xf32>
 }
+
+// -----
+
+// A Transpose without perm (all dims reversed) is no K^T and no output layout: nothing raised or folded.
+// CHECK-LABEL: func.func @transpose_without_perm
+// CHECK-NOT: moe.attention
+func.func @transpose_without_perm(%q: tensor<2x2x2x2xf32>, %k: tensor<2x2x2x2xf32>, %v: tensor<2x2x2x2xf32>) -> tensor<2x2x2x2xf32> {
+  %kt = onnx.Transpose %k : (tensor<2x2x2x2xf32>) -> tensor<2x2x2x2xf32>
+  %sc = onnx.MatMul %q, %kt : (tensor<2x2x2x2xf32>, tensor<2x2x2x2xf32>) -> tensor<2x2x2x2xf32>
+  // expected-remark @+1 {{attention not raised: K^T is not a Transpose of the keys' last two dims}}
+  %p = onnx.Softmax %sc {axis = -1 : i64} : (tensor<2x2x2x2xf32>) -> tensor<2x2x2x2xf32>
+  %o = onnx.MatMul %p, %v : (tensor<2x2x2x2xf32>, tensor<2x2x2x2xf32>) -> tensor<2x2x2x2xf32>
+  %t = onnx.Transpose %o : (tensor<2x2x2x2xf32>) -> tensor<2x2x2x2xf32>
+  return %t : tensor<2x2x2x2xf32>
+}
