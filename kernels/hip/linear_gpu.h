@@ -7,7 +7,9 @@
 // codes with per-block scales (kernels/cpu/moert_kernel_abi.h, MOERT_LIN_W). Launch geometry and scratch:
 // kernels/hip/moert_gpu_abi.h.
 //
-//   norm (a fused RMSNorm / LayerNorm; one block per row): the normalised rows into scratch.
+//   norm (a fused RMSNorm / LayerNorm, before a GEMM; one block per row): the normalised rows into scratch.
+//     The GEMV normalises the rows it stages itself (each block sums its rows' squares over all of K, from
+//     L2 after the first: a launch less a decode step for K x M floats read again per block).
 //   gemv (M <= MOERT_GPU_LIN_GEMV_ROWS; block (panel, K split)): the split's inputs staged in shared memory;
 //     each thread owns 4 of the panel's columns and walks K units (4 threads a unit: one 16-byte load of
 //     f32 / int8 / int4 weights, 8 bytes of fp16, 16 bytes of bf16 pairs of which the unit's feature is one
@@ -57,7 +59,7 @@ template <class C> struct LinearKernels {
   static_assert(BLOCK == (BM / 4) * (BN / 4), "4 x 4 outputs a GEMM thread");
 
   static GPU_INLINE char *scratch(const moert_gpu_linear_args &a) { return static_cast<char *>(a.scratch); }
-  // The rows the products read: the input, or the normalised rows in scratch.
+  // The rows the GEMM reads: the input, or the normalised rows the norm kernel wrote to scratch.
   static GPU_INLINE const float *rowsIn(const moert_gpu_linear_args &a) {
     if (C::NORM == MOERT_NORM_NONE)
       return a.input;
@@ -171,11 +173,36 @@ template <class C> struct LinearKernels {
     const int64_t p = blockX(), split = blockY(), rows = a.rows;
     const int64_t su = moert_gpu_lin_split_units(K, QBITS, a.k_splits), u0 = split * su;
     const int64_t u1 = u0 + su < KU ? u0 + su : KU, sf = su * FU, f0 = u0 * FU; // staged features per row
-    const float *in = rowsIn(a);
-    // Stage the split's inputs, [m][sf]; features past K are zero (int4 codes there hold 0, not the centre).
-    for (int64_t i = tid; i < rows * sf; i += BLOCK) {
-      const int64_t m = i / sf, f = f0 + i % sf;
-      xs[i] = f < K ? in[m * K + f] : 0.0f;
+    const float *in = a.input;
+    if constexpr (C::NORM != MOERT_NORM_NONE) { // the rows normalised here (the norm kernel's arithmetic)
+      // Each row's statistics in registers (constant indices: the rows unrolled); xs holds the block sums
+      // until the staging.
+      float mean[MD], inv[MD];
+#pragma unroll
+      for (int m = 0; m < MD; ++m) {
+        mean[m] = 0.0f, inv[m] = 1.0f;
+        if (m < rows)
+          normStats<WARPS, C::NORM>(in + m * K, K, C::EPS, xs, mean[m], inv[m]);
+      }
+      sync();
+      const float *nw = static_cast<const float *>(a.weights[MOERT_LIN_NORM_W]);
+      const float *nb = static_cast<const float *>(a.weights[MOERT_LIN_NORM_B]);
+#pragma unroll
+      for (int m = 0; m < MD; ++m)
+        if (m < rows)
+          for (int64_t j = tid; j < sf; j += BLOCK) {
+            const int64_t f = f0 + j;
+            xs[m * sf + j] = f < K ? (in[m * K + f] - mean[m]) * inv[m] * nw[f] +
+                                         (C::NORM == MOERT_NORM_LAYER && C::HAS_NORM_BIAS ? nb[f] : 0.0f)
+                                   : 0.0f;
+          }
+    } else {
+      // Stage the split's inputs, [m][sf]; features past K are zero (int4 codes there hold 0, not the
+      // centre).
+      for (int64_t i = tid; i < rows * sf; i += BLOCK) {
+        const int64_t m = i / sf, f = f0 + i % sf;
+        xs[i] = f < K ? in[m * K + f] : 0.0f;
+      }
     }
     sync();
     float acc[MD][4];

@@ -249,11 +249,13 @@ static inline int64_t moert_gpu_lin_split_units(int64_t K, int qbits, int64_t k_
   return (ku + k_splits - 1) / k_splits;
 }
 
-/* The launches of one call with M rows, in order: `norm` (when the layer has one) on grid (M); then either
- * `gemm` on gemm_grid, or `gemv` on gemv_grid followed, when k_splits > 1, by `reduce` on grid
- * (reduce_blocks). `scratch` bytes of scratch. */
+/* The launches of one call with M rows, in order: `norm` on grid (norm_blocks) when norm_blocks > 0 (a layer
+ * with a fused norm, on the GEMM path: the GEMV normalises the rows it stages itself, one launch less a
+ * decode step); then either `gemm` on gemm_grid, or `gemv` on gemv_grid followed, when k_splits > 1, by
+ * `reduce` on grid (reduce_blocks). `scratch` bytes of scratch. */
 typedef struct moert_gpu_linear_launches {
   int gemm;
+  int64_t norm_blocks;
   int64_t k_splits;
   int64_t gemv_grid[2], gemm_grid[2], reduce_blocks;
   size_t scratch;
@@ -262,6 +264,7 @@ static inline moert_gpu_linear_launches moert_gpu_lin_plan(int64_t K, int64_t N,
                                                            int64_t M) {
   moert_gpu_linear_launches p;
   p.gemm = M > MOERT_GPU_LIN_GEMV_ROWS;
+  p.norm_blocks = norm && p.gemm ? M : 0;
   p.k_splits = p.gemm ? 1 : moert_gpu_lin_k_splits(K, N, qbits, M);
   p.gemv_grid[0] = (N + MOERT_LINEAR_NR - 1) / MOERT_LINEAR_NR, p.gemv_grid[1] = p.k_splits;
   p.gemm_grid[0] = (N + MOERT_GPU_LIN_BN - 1) / MOERT_GPU_LIN_BN,

@@ -1196,7 +1196,8 @@ std::string launchLinear(Device &d, const LinearKernels &k, const moert_gpu_line
                          moert_gpu_linear_args args) {
   void *params[] = {&args};
   std::string e;
-  if (k.fusedNorm && (e = d.launch(k.norm, args.rows, 1, 1, params, "launch (linear norm)")).size())
+  if (plan.norm_blocks &&
+      (e = d.launch(k.norm, plan.norm_blocks, 1, 1, params, "launch (linear norm)")).size())
     return e;
   if (plan.gemm)
     return d.launch(k.gemm, plan.gemm_grid[0], plan.gemm_grid[1], 1, params, "launch (linear gemm)");

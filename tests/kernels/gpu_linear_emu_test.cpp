@@ -40,8 +40,8 @@ void launch(const Case &c, int64_t m, const float *x, const float *res, std::vec
     a.outputs[j] = outs[j].data();
   for (int s = 0; s < MOERT_LIN_SLOTS; ++s)
     a.weights[s] = c.packed.slots[s].empty() ? nullptr : c.packed.slots[s].data();
-  if (C::NORM != MOERT_NORM_NONE)
-    moert_gpu::emulate(&G::norm, a, m);
+  if (plan.norm_blocks)
+    moert_gpu::emulate(&G::norm, a, plan.norm_blocks);
   if (plan.gemm) {
     moert_gpu::emulate(&G::gemm, a, plan.gemm_grid[0], plan.gemm_grid[1]);
   } else {
