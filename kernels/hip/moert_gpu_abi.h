@@ -42,7 +42,7 @@
 #include "kernels/cpu/moert_kernel_abi.h"
 #endif
 
-#define MOERT_GPU_ABI_VERSION 3
+#define MOERT_GPU_ABI_VERSION 4
 #define MOERT_GPU_SLOTS MOERT_MOE_SLOTS /* the CPU dispatch's weight slots: the same weight layouts */
 #define MOERT_GPU_BLOCK 256 /* threads per block, every kernel                                         */
 #define MOERT_GPU_TILE 4    /* (token, slot) entries per expert tile: each weight row read once a tile  */
@@ -361,10 +361,21 @@ static inline moert_gpu_attention_launches moert_gpu_attn_plan(int64_t B, int64_
 #define MOERT_GPU_OP_HARD_SIGMOID 34        /* max(0, min(1, alpha a + beta)) */
 #define MOERT_GPU_OP_CLIP 35                /* min(max(a, alpha), beta) */
 #define MOERT_GPU_OP_UNARY MOERT_GPU_OP_NEG /* kinds from here take no b */
+/* A session's KV cache on the device as the destination of the op that makes its new positions (a rotary
+ * embedding of the keys, the values' Transpose: libmoert's producer of an append in place, see
+ * moert::findCacheAppends): the [B, heads, S, D] result's row (b, h, s) goes to row
+ * (b heads + h) capacity + past + s of the cache's D-value rows, in its storage (f32, or rounded to bf16 /
+ * fp16 as moert_gpu_op_kv_append rounds), instead of to `out`. */
+typedef struct moert_gpu_cache_dest {
+  int64_t heads, capacity, past;
+  int32_t storage; /* MOERT_STORAGE_F32, _BF16 or _F16 */
+  void *cache;     /* NULL: no cache, the op writes `out` */
+} moert_gpu_cache_dest;
 typedef struct moert_gpu_op_args {
   int64_t n;    /* elements: the product of dims[0 .. rank)                                        */
   int32_t rank; /* <= MOERT_GPU_OP_RANK                                                            */
   int32_t kind; /* MOERT_GPU_OP_*                                                                  */
+  int32_t out_storage; /* MOERT_STORAGE_F32, or _BF16 / _F16: `out` holds uint16 values (a cache)   */
   int64_t dims[MOERT_GPU_OP_RANK];
   int64_t a_strides[MOERT_GPU_OP_RANK], b_strides[MOERT_GPU_OP_RANK], out_strides[MOERT_GPU_OP_RANK];
   int64_t a_offset, out_offset;
@@ -450,6 +461,8 @@ typedef struct moert_gpu_rotary_args {
   float eps;
   const float *x, *cos, *sin, *norm_weight; /* norm_weight [D] or NULL                               */
   float *out;
+  moert_gpu_cache_dest dest; /* dest.cache set: the rows go there ([B, H, S, D] out: transposed, or
+                                seq_axis 2), not to `out` */
 } moert_gpu_rotary_args;
 typedef struct moert_gpu_norm_args {
   int64_t rows, d;

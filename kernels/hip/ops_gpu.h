@@ -101,6 +101,11 @@ GPU_INLINE float applyOp(int kind, float x, float z, float alpha, float beta) {
   }
 }
 
+/// An f32 value in a bf16 / fp16 cache's storage (MOERT_STORAGE_BF16 / _F16), rounded to nearest even.
+GPU_INLINE uint16_t narrow(float x, int storage) {
+  return storage == MOERT_STORAGE_BF16 ? moert_f32_to_bf16(x) : moert_f32_to_f16(x);
+}
+
 struct GraphOps {
   static GPU_INLINE void strided(const moert_gpu_op_args &a) {
     const int64_t step = int64_t(gridX()) * MOERT_GPU_BLOCK;
@@ -112,7 +117,11 @@ struct GraphOps {
         ia += c * a.a_strides[d], ib += c * a.b_strides[d], io += c * a.out_strides[d];
       }
       const bool binary = a.kind != MOERT_GPU_OP_COPY && a.kind < MOERT_GPU_OP_UNARY;
-      a.out[io] = applyOp(a.kind, a.a[ia], binary ? a.b[ib] : 0.0f, a.alpha, a.beta);
+      const float v = applyOp(a.kind, a.a[ia], binary ? a.b[ib] : 0.0f, a.alpha, a.beta);
+      if (a.out_storage == MOERT_STORAGE_F32)
+        a.out[io] = v;
+      else // a session cache's bf16 / fp16 rows (moert_gpu_cache_dest)
+        reinterpret_cast<uint16_t *>(a.out)[io] = narrow(v, a.out_storage);
     }
   }
 
@@ -270,7 +279,7 @@ struct GraphOps {
           static_cast<float *>(a.cache)[zero + d] = 0.0f;
       } else {
         uint16_t *c = static_cast<uint16_t *>(a.cache);
-        c[at + d] = a.storage == MOERT_STORAGE_BF16 ? moert_f32_to_bf16(x) : moert_f32_to_f16(x);
+        c[at + d] = narrow(x, a.storage);
         if (clear)
           c[zero + d] = 0;
       }
@@ -311,7 +320,11 @@ struct GraphOps {
     const int64_t D = a.D, R = a.R, h = R / 2, i2 = r % a.A2, i1 = (r / a.A2) % a.A1, b = r / (a.A1 * a.A2);
     const int64_t s = a.seq_axis == 1 ? i1 : i2;
     const float *xr = a.x + r * D;
-    float *y = a.out + (a.transpose ? ((b * a.A2 + i2) * a.A1 + i1) * D : r * D);
+    // The output row: [B, A2, A1, D] transposed, else the input's; or a session cache's row of (b, h, s).
+    const int64_t h2 = a.seq_axis == 1 ? i2 : i1; // the head
+    const int64_t y0 = a.dest.cache  ? ((b * a.dest.heads + h2) * a.dest.capacity + a.dest.past + s) * D
+                       : a.transpose ? ((b * a.A2 + i2) * a.A1 + i1) * D
+                                     : r * D;
     float inv = 1.0f;
     if (a.norm_weight) { // y = w * (x * (1 / sqrt(mean(x^2) + eps)))
       float ss = 0.0f;
@@ -337,7 +350,10 @@ struct GraphOps {
         const int64_t j = i < h ? i : i - h, c = wide ? 2 * j + (i < h ? 0 : 1) : j;
         v = i < h ? xv(2 * j) * cr[c] - xv(2 * j + 1) * sr[c] : xv(2 * j + 1) * cr[c] + xv(2 * j) * sr[c];
       }
-      y[i] = v;
+      if (!a.dest.cache || a.dest.storage == MOERT_STORAGE_F32)
+        (a.dest.cache ? static_cast<float *>(a.dest.cache) : a.out)[y0 + i] = v;
+      else
+        static_cast<uint16_t *>(a.dest.cache)[y0 + i] = narrow(v, a.dest.storage);
     }
   }
 

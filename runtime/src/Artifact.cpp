@@ -161,6 +161,7 @@ template <typename T> bool resolve(void *handle, const std::string &name, T &out
 void moert::findCacheAppends(moert_model &m) {
   const pb::Program &p = m.meta.program();
   m.appendsCache.assign(m.flat.size(), -1);
+  m.cacheProducer.assign(m.flat.size(), -1);
   m.cachesConcatenated = false;
   m.perSequenceCaches = false;
   if (!p.has_decoder())
@@ -244,6 +245,33 @@ void moert::findCacheAppends(moert_model &m) {
     found[append] = c;
   }
   m.appendsCache = std::move(found);
+  // The producers of the appended positions: a top-level moec.Rotary writing [B, H, S, D] (heads transposed
+  // from [B, S, H, D], or not transposed over [B, H, S, D]) or Transpose(perm [0, 2, 1, 3]), whose output
+  // only the append reads.
+  std::vector<int> readers(p.values_size(), 0);
+  for (const pb::Step *s : m.flat)
+    for (int64_t id : stepReads(*s))
+      if (id >= 0 && id < int64_t(readers.size()))
+        ++readers[id];
+  for (uint32_t id : p.outputs())
+    ++readers[id];
+  for (int si : m.topSteps) {
+    if (m.appendsCache[si] < 0 || m.flat[si]->op().op() != "Concat")
+      continue;
+    const int64_t fresh = m.flat[si]->op().inputs(1);
+    for (int pi : m.topSteps) {
+      const pb::Step &s = *m.flat[pi];
+      if (pi >= si || !s.has_op() || s.op().outputs_size() != 1 || s.op().outputs(0) != fresh)
+        continue;
+      const moert::ops::Attrs attrs{s.op()};
+      const bool rotary =
+          s.op().op() == "moec.Rotary" && (attrs.i("transpose", 0) != 0) == (attrs.i("seq_axis", 2) == 1);
+      const bool transpose =
+          s.op().op() == "Transpose" && attrs.ints("perm") == std::vector<int64_t>{0, 2, 1, 3};
+      if ((rotary || transpose) && readers[fresh] == 1)
+        m.cacheProducer[pi] = m.appendsCache[si];
+    }
+  }
 }
 
 void moert::findLogitsStep(moert_model &m) {

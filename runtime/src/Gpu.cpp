@@ -939,23 +939,36 @@ std::string bindCache(Residency &r, CacheCopy &c, const void *host) {
   return "";
 }
 
-std::string appendCache(Device &d, Residency &r, CacheCopy &c, const void *host, const float *src,
-                        size_t srcBytes, const int64_t *first, int64_t B, int64_t heads, int64_t S, int64_t D,
-                        int64_t past, int64_t capacity, int dtype) {
-  std::lock_guard<std::mutex> lock(d.mutex);
-  d.setCurrent();
+namespace {
+int32_t cacheStorage(int dtype) {
+  return dtype == pb::BF16 ? MOERT_STORAGE_BF16 : dtype == pb::F16 ? MOERT_STORAGE_F16 : MOERT_STORAGE_F32;
+}
+/// Bound cache `c` (host buffer `host`) made the current copy of its host range, about to be written on the
+/// device (callers hold d.mutex).
+std::string cacheForWrite(Residency &r, CacheCopy &c, const void *host) {
   const auto lo = reinterpret_cast<uintptr_t>(host);
   auto b = std::find_if(r.bound.begin(), r.bound.end(),
                         [&](const Residency::Bound &x) { return x.cache == &c && x.lo == lo; });
   if (b == r.bound.end())
     return "internal: a KV cache appended on the device is not bound to the run";
-  if (std::string e = r.rebind(*b, c.bytes); !e.empty())
+  return r.rebind(*b, c.bytes);
+}
+/// After a kernel wrote bound cache `host` on the device: the device's bytes are the newer.
+void cacheWritten(Residency &r, const void *host) {
+  r.copies.find(reinterpret_cast<uintptr_t>(host))->second.hostStale = true;
+}
+} // namespace
+
+std::string appendCache(Device &d, Residency &r, CacheCopy &c, const void *host, const float *src,
+                        size_t srcBytes, const int64_t *first, int64_t B, int64_t heads, int64_t S, int64_t D,
+                        int64_t past, int64_t capacity, int dtype) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  if (std::string e = cacheForWrite(r, c, host); !e.empty())
     return e;
   moert_gpu_kv_append_args a{};
   a.heads = heads, a.S = S, a.D = D, a.past = past, a.capacity = capacity;
-  a.storage = dtype == pb::BF16  ? MOERT_STORAGE_BF16
-              : dtype == pb::F16 ? MOERT_STORAGE_F16
-                                 : MOERT_STORAGE_F32;
+  a.storage = cacheStorage(dtype);
   Ptr in = 0;
   if (std::string e = r.input(src, srcBytes, in); !e.empty())
     return e;
@@ -976,7 +989,7 @@ std::string appendCache(Device &d, Residency &r, CacheCopy &c, const void *host,
     if (std::string e = d.launch(d.kvAppend, B * heads * S, 1, 1, params, "launch (KV cache append)");
         !e.empty())
       return e;
-  r.copies.find(lo)->second.hostStale = true; // one copy after rebind: the device's bytes are the newer
+  cacheWritten(r, host); // one copy after rebind: the device's bytes are the newer
   return "";
 }
 
@@ -1678,17 +1691,26 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
 
 std::string runOp(Device &d, Residency &r, const OpPlan &plan,
                   const std::vector<std::pair<const void *, size_t>> &inputs,
-                  const std::vector<std::pair<void *, size_t>> &outputs) {
+                  const std::vector<std::pair<void *, size_t>> &outputs, const CacheWrite *dest) {
   std::lock_guard<std::mutex> lock(d.mutex);
   d.setCurrent();
   std::vector<Ptr> in(inputs.size(), 0), out(outputs.size(), 0);
   std::string e;
+  if (dest && ((plan.fused && plan.fused != 1) || (!plan.fused && plan.launches.size() != 1)))
+    return "internal: only a rotary embedding or a one-launch copy writes a KV cache";
+  moert_gpu_cache_dest cd{};
+  if (dest) { // the output's host range gets no device copy: the cache's rows are the result
+    if ((e = cacheForWrite(r, *dest->cache, dest->host)).size())
+      return e;
+    cd.heads = dest->heads, cd.capacity = dest->capacity, cd.past = dest->past;
+    cd.storage = cacheStorage(dest->dtype), cd.cache = reinterpret_cast<void *>(dest->cache->p);
+  }
   if (plan.fused) { // every present input (the side ones uploaded when not there), then one launch
     for (size_t j = 0; j < inputs.size(); ++j)
       if (inputs[j].first && inputs[j].second &&
           (e = r.input(inputs[j].first, inputs[j].second, in[j])).size())
         return e;
-    if (outputs[0].second && (e = r.output(outputs[0].first, outputs[0].second, out[0])).size())
+    if (!dest && outputs[0].second && (e = r.output(outputs[0].first, outputs[0].second, out[0])).size())
       return e;
     auto at = [&](size_t j) {
       return j < in.size() && in[j] ? reinterpret_cast<const float *>(in[j]) : nullptr;
@@ -1741,9 +1763,14 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
       moert_gpu_rotary_args a = plan.rotary;
       a.x = at(MOERT_ROTARY_INPUT), a.cos = at(MOERT_ROTARY_COS), a.sin = at(MOERT_ROTARY_SIN);
       a.norm_weight = at(MOERT_ROTARY_NORM_WEIGHT), a.out = reinterpret_cast<float *>(out[0]);
+      a.dest = cd;
       params[0] = &a;
       const int64_t blocks = (a.rows + d.warps - 1) / d.warps;
-      return blocks ? d.launch(d.rotary, blocks, 1, 1, params, "launch (rotary)") : "";
+      if (blocks && (e = d.launch(d.rotary, blocks, 1, 1, params, "launch (rotary)")).size())
+        return e;
+      if (dest)
+        cacheWritten(r, dest->host);
+      return "";
     }
     moert_gpu_norm_args a = plan.norm;
     a.x = at(MOERT_NORM_INPUT), a.w = at(MOERT_NORM_WEIGHT), a.b = at(MOERT_NORM_BIAS);
@@ -1757,7 +1784,7 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
           (e = r.input(inputs[j].first, inputs[j].second, in[j])).size())
         return e;
   for (size_t j = 0; j < outputs.size(); ++j)
-    if (outputs[j].second && (e = r.output(outputs[j].first, outputs[j].second, out[j])).size())
+    if (!dest && outputs[j].second && (e = r.output(outputs[j].first, outputs[j].second, out[j])).size())
       return e;
   for (const auto &l : plan.launches) {
     if (l.args.n == 0)
@@ -1766,10 +1793,20 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
     args.a = reinterpret_cast<const float *>(in[l.a]);
     args.b = l.b >= 0 ? reinterpret_cast<const float *>(in[l.b]) : nullptr;
     args.out = reinterpret_cast<float *>(out[l.out]);
+    if (dest) { // [B, H, S, D] out: row (b, h, s) of the cache
+      if (args.rank != 4)
+        return "internal: a KV cache written from a rank-" + std::to_string(args.rank) + " result";
+      const int64_t D = args.dims[3];
+      args.out_strides[3] = 1, args.out_strides[2] = D, args.out_strides[1] = cd.capacity * D;
+      args.out_strides[0] = cd.heads * cd.capacity * D, args.out_offset = cd.past * D;
+      args.out_storage = cd.storage, args.out = static_cast<float *>(cd.cache);
+    }
     void *params[] = {&args};
     if ((e = d.launch(d.strided, moert_gpu_op_blocks(args.n), 1, 1, params, "launch (graph op)")).size())
       return e;
   }
+  if (dest)
+    cacheWritten(r, dest->host);
   return "";
 }
 

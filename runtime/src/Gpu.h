@@ -107,6 +107,17 @@ std::string appendCache(Device &d, Residency &r, CacheCopy &c, const void *host,
                         size_t srcBytes, const int64_t *first, int64_t B, int64_t heads, int64_t S, int64_t D,
                         int64_t past, int64_t capacity, int dtype);
 
+/// A bound cache `c` (host buffer `host`) as the destination of the op step making its next positions (a
+/// rotary embedding of the keys, the values' Transpose): runOp writes the op's [B, heads, S, D] result into
+/// rows past .. past + S of each (sequence, head) of the cache's device copy (moert_gpu_cache_dest) instead
+/// of the op's output, and the append step that follows launches nothing (`cacheWritten`).
+struct CacheWrite {
+  CacheCopy *cache = nullptr;
+  const void *host = nullptr;
+  int64_t heads = 0, capacity = 0, past = 0;
+  int dtype = 0; // proto dtype: F32, BF16 or F16
+};
+
 /// Runs dispatch `index` on T tokens whose input, logits and residual (null: none) are host ranges the
 /// residency maps to device copies; the output's device copy is the new current value of `output`'s range.
 /// `gpuMs`, when given, receives the kernels' time measured with device events. Returns "" or one error line.
@@ -173,10 +184,12 @@ struct OpPlan {
 bool planOp(const proto::OpStep &op, const std::vector<std::vector<int64_t>> &in,
             const std::vector<int> &dtypes, const std::vector<const void *> &host, OpPlan &plan);
 /// Runs a planned op on host ranges (each input's bytes, null for a parameter; each output's) through the
-/// residency.
+/// residency. With `dest` (a moec.Rotary writing [B, H, S, D] rows, or a one-launch copy such as a
+/// Transpose, whose output has that layout) the result goes into that session cache's device copy, and the
+/// output's host range gets no device copy.
 std::string runOp(Device &d, Residency &r, const OpPlan &plan,
                   const std::vector<std::pair<const void *, size_t>> &inputs,
-                  const std::vector<std::pair<void *, size_t>> &outputs);
+                  const std::vector<std::pair<void *, size_t>> &outputs, const CacheWrite *dest = nullptr);
 
 /// "CUDA: NVIDIA H100 80GB HBM3 (sm_90)".
 std::string describe(const Device &d);

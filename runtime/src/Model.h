@@ -158,6 +158,10 @@ struct moert_model {
   // Per step: the decoder cache (Program.decoder.caches index) whose past this step's Concat extends, when a
   // session can run that append in place (moert::findCacheAppends), else -1. All -1 unless every cache can.
   std::vector<int> appendsCache;
+  // Per step: the decoder cache whose append (a Concat(past, new) in appendsCache) reads this step's output
+  // and nothing else does: a moec.Rotary or a Transpose(perm [0, 2, 1, 3]) making the new positions, which
+  // on a GPU writes them into the session's device cache itself (gpu::CacheWrite); else -1.
+  std::vector<int> cacheProducer;
   bool cachesConcatenated = false; // every present is Concat(past, new): the mask then spans past + new
   // A moec.KvCacheUpdate extends a decoder past (GroupQueryAttention's caches): the caches hold each
   // sequence's positions from row 0, as many as its attention mask counts, not the batch's at one common

@@ -510,6 +510,9 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     bool device;      // appended on the device (the session's device copy)
   };
   std::vector<InPlace> inPlace;
+  // Per decoder cache: this run's new positions are in its device copy already, written by the step that
+  // made them (moert_model::cacheProducer), so its append launches nothing.
+  std::vector<char> writtenEarly(caches ? size_t(p.decoder().caches_size()) : 0, 0);
   // On a GPU: the run's device copies of activations (a GPU step's output stays on the device until a host
   // step reads it). Host steps bring what they read up to date first and drop the copies of what they write.
   moert::gpu::ResidencyPtr residency =
@@ -703,7 +706,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
                          dimsString(past.dims) + " (room for " + std::to_string(cb.capacity) + " positions)");
       const int64_t B = past.dims[0], H = past.dims[1], P = past.dims[2], S = add.dims[2], D = past.dims[3];
       const size_t row = moert::cacheRowBytes(cb.dtype, D);
-      if (deviceAppend) { // into the session's device copy (kernels/hip/ops_gpu.h, kvAppend)
+      if (deviceAppend && !writtenEarly[c]) { // into the session's device copy (ops_gpu.h, kvAppend)
         if (std::string why = moert::gpu::appendCache(
                 *m->gpu, *residency, *cb.device, cb.data, add.as<float>(), add.bytes(),
                 at.empty() ? nullptr : at.data(), B, H, S, D, P, cb.capacity, cb.dtype);
@@ -729,7 +732,9 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       values[o.outputs(0)] = Tensor{cb.dtype, {B, H, P + S, D}, cb.data, nullptr};
       inPlace.push_back({o.outputs(0), cb.capacity, deviceAppend});
       if (profile)
-        label = o.op() + (deviceAppend ? " (cache append in place, gpu)" : " (cache append in place)");
+        label = o.op() + (writtenEarly[c] ? " (cache append in place: written by the step making it, gpu)"
+                          : deviceAppend  ? " (cache append in place, gpu)"
+                                          : " (cache append in place)");
     } else if (s.has_op()) {
       const auto &o = s.op();
       std::vector<Tensor> ins;
@@ -755,9 +760,24 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
           ranges.push_back(moert::gpu::parameterInput(o, int(k))
                                ? std::pair<const void *, size_t>{nullptr, 0}
                                : std::pair<const void *, size_t>{ins[k].data, ins[k].bytes()});
-        std::string why = moert::gpu::runOp(*m->gpu, *residency, opPlan, ranges, made);
+        // The new positions of a session cache kept on the device go straight into it when they fit (the
+        // append step checks the same and reports what does not); only that append reads this output.
+        moert::gpu::CacheWrite into;
+        const int c = caches ? m->cacheProducer[si] : -1;
+        if (c >= 0 && caches[c].device) {
+          const Tensor &past = values[p.inputs(p.decoder().caches(c).past())];
+          const std::vector<int64_t> &nd = opPlan.outDims[0];
+          if (past.dims.size() == 4 && nd.size() == 4 && nd[0] == past.dims[0] && nd[1] == past.dims[1] &&
+              nd[3] == past.dims[3] && past.dims[2] + nd[2] <= caches[c].capacity)
+            into = {caches[c].device,   caches[c].data, past.dims[1],
+                    caches[c].capacity, past.dims[2],   caches[c].dtype};
+        }
+        std::string why =
+            moert::gpu::runOp(*m->gpu, *residency, opPlan, ranges, made, into.cache ? &into : nullptr);
         if (!why.empty())
           return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
+        if (into.cache)
+          writtenEarly[c] = 1;
       } else if (o.blocks_size() > 0) { // If / Loop / Scan
         bool blockError = false;
         std::string why = moert::runControlFlow(
@@ -801,7 +821,10 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         measure(o.outputs(k));
       }
       if (profile)
-        label = gpuOp ? o.op() + " (gpu)" : o.op();
+        label = gpuOp ? o.op() + (caches && m->cacheProducer[si] >= 0 && writtenEarly[m->cacheProducer[si]]
+                                      ? " (into the cache, gpu)"
+                                      : " (gpu)")
+                      : o.op();
     } else if (s.has_linear()) {
       const auto &d = s.linear();
       const moert::Linear &x = m->linears[d.index()];
