@@ -1021,6 +1021,11 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
                : "copying the caches each call (a cache is read by more than its Concat, attention and "
                  "Shape)")
        << (m.perSequenceCaches ? "; each sequence's positions from row 0 (seqlens_k)" : "") << "\n";
+    const auto producers =
+        std::count_if(m.cacheProducer.begin(), m.cacheProducer.end(), [](int c) { return c >= 0; });
+    if (producers && m.gpu)
+      os << "  on the device, " << producers << " of its appends launch nothing: the rotary embedding or "
+         << "Transpose making the new positions writes them into the cache\n";
   }
   os << "memory plan: " << p.buffers() << " buffers for the intermediates (sized per input shape at run time)\n";
   os << "sections: " << a.sections_size() << " (weights " << mib(weights) << ", code " << mib(codeBytes)

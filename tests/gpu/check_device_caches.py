@@ -75,6 +75,7 @@ def decoder_case(rt, art, device, cache_dtype):
         logits = both([int(np.argmax(logits))], decode=True)
     trace = sd.profile()
     attention, appends = steps_on(trace, "attention "), steps_on(trace, "Concat (cache append")
+    producers = steps_on(trace, "moec.Rotary (into the cache") + steps_on(trace, "Transpose (into the cache")
     logits = both(rng.integers(0, 32, 260))  # 272 positions: the buffers grow past 256
     for _ in range(3):
         logits = both([int(np.argmax(logits))], decode=True)
@@ -93,7 +94,11 @@ def decoder_case(rt, art, device, cache_dtype):
     check(f"past_qwen3_moe, {cache_dtype} caches: attention and cache appends "
           + ("on the device" if on_device else "on the host (int8 caches)"),
           bool(ran) == on_device, f"{attention + appends}")
-    if on_device:
+    if on_device:  # both layers' keys (rotary) and values (Transpose) written into the caches by their producers
+        check(f"past_qwen3_moe, {cache_dtype} caches: the new keys and values written into the caches by the "
+              "steps that make them, the appends launching nothing",
+              len(producers) == 4 and all("written by the step making it" in n for n in appends),
+              f"{producers + appends}")
         check(f"past_qwen3_moe, {cache_dtype} caches: a decode step copies back only the logits",
               all(c == 4 * vocab for c in copies), f"bytes to the host per decode step {sorted(set(copies))} "
               f"(the logits: {4 * vocab})")
