@@ -53,7 +53,7 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
       "MOERT_GPU_KERNEL(moert_gpu_op_reduce, moert_gpu_reduce_args, moert_gpu::GraphOps::reduce)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_conv, moert_gpu_conv_args, moert_gpu::GraphOps::conv)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_topk, moert_gpu_topk_args, moert_gpu::GraphOps::topk)\n"
-      "MOERT_GPU_KERNEL(moert_gpu_op_rotary, moert_gpu_rotary_args, moert_gpu::GraphOps::rotary)\n"
+      "MOERT_GPU_KERNEL(moert_gpu_op_rotary, moert_gpu_rotary_launch, moert_gpu::GraphOps::rotary)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_norm, moert_gpu_norm_args, moert_gpu::GraphOps::norm)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_embedding, moert_gpu_embed_args, moert_gpu::GraphOps::embedding)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_kv_append, moert_gpu_kv_append_args, moert_gpu::GraphOps::kvAppend)\n" +

@@ -451,7 +451,10 @@ typedef struct moert_gpu_conv_args {
  *
  *   moert_gpu_op_rotary grid (ceil(rows / warps))      moec.Rotary (moe.rotary): one warp per row of D
  *                                                       (rows = B * A1 * A2), the q/k RMSNorm first when
- *                                                       norm_weight is set, heads transposed on the way
+ *                                                       norm_weight is set, heads transposed on the way;
+ *                                                       two of them at once (a moert_gpu_rotary_launch:
+ *                                                       the queries' and the keys', rows of part[0] then
+ *                                                       of part[1]; a single one has part[1].rows 0)
  *   moert_gpu_op_norm   grid (rows)                     moec.Norm (moe.norm): one block per row of d
  */
 typedef struct moert_gpu_rotary_args {
@@ -464,6 +467,13 @@ typedef struct moert_gpu_rotary_args {
   moert_gpu_cache_dest dest; /* dest.cache set: the rows go there ([B, H, S, D] out: transposed, or
                                 seq_axis 2), not to `out` */
 } moert_gpu_rotary_args;
+typedef struct moert_gpu_rotary_launch {
+  moert_gpu_rotary_args part[2];
+} moert_gpu_rotary_launch;
+/* Blocks of a rotary launch: `warps` rows a block over both parts. */
+static inline int64_t moert_gpu_rotary_blocks(const moert_gpu_rotary_launch *l, int warps) {
+  return (l->part[0].rows + l->part[1].rows + warps - 1) / warps;
+}
 typedef struct moert_gpu_norm_args {
   int64_t rows, d;
   int32_t kind; /* moert_norm: MOERT_NORM_RMS or MOERT_NORM_LAYER */

@@ -311,12 +311,18 @@ struct GraphOps {
     }
   }
 
-  // moec.Rotary: one warp per row (Fused.cpp's fusedRotary, output by output).
-  static GPU_INLINE void rotary(const moert_gpu_rotary_args &a) {
+  // moec.Rotary: one warp per row (Fused.cpp's fusedRotary, output by output); the rows of part[0], then
+  // those of part[1] (each part's fields read at constant offsets: a branch, not a selected struct).
+  static GPU_INLINE void rotary(const moert_gpu_rotary_launch &l) {
     constexpr int WARPS = MOERT_GPU_BLOCK / kWarp;
-    const int64_t r = int64_t(blockX()) * WARPS + warpId(), lane = laneId();
-    if (r >= a.rows)
-      return;
+    const int64_t r = int64_t(blockX()) * WARPS + warpId();
+    if (r < l.part[0].rows)
+      rotaryRow(l.part[0], r);
+    else if (r - l.part[0].rows < l.part[1].rows)
+      rotaryRow(l.part[1], r - l.part[0].rows);
+  }
+  static GPU_INLINE void rotaryRow(const moert_gpu_rotary_args &a, int64_t r) {
+    const int64_t lane = laneId();
     const int64_t D = a.D, R = a.R, h = R / 2, i2 = r % a.A2, i1 = (r / a.A2) % a.A1, b = r / (a.A1 * a.A2);
     const int64_t s = a.seq_axis == 1 ? i1 : i2;
     const float *xr = a.x + r * D;

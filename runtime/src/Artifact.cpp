@@ -162,6 +162,7 @@ void moert::findCacheAppends(moert_model &m) {
   const pb::Program &p = m.meta.program();
   m.appendsCache.assign(m.flat.size(), -1);
   m.cacheProducer.assign(m.flat.size(), -1);
+  m.rotaryPartner.assign(m.flat.size(), -1);
   m.cachesConcatenated = false;
   m.perSequenceCaches = false;
   if (!p.has_decoder())
@@ -271,6 +272,44 @@ void moert::findCacheAppends(moert_model &m) {
       if ((rotary || transpose) && readers[fresh] == 1)
         m.cacheProducer[pi] = m.appendsCache[si];
     }
+  }
+  // Each such rotary embedding (the keys') and the rotary embedding before it over the same tables (the
+  // queries'), when everything the keys' reads is made before the queries' step.
+  std::vector<int> madeAt(p.values_size(), -1); // the top-level step making each value (-1: an input)
+  for (int si : m.topSteps) {
+    const pb::Step &s = *m.flat[si];
+    std::vector<int64_t> outs;
+    if (s.has_op())
+      outs.assign(s.op().outputs().begin(), s.op().outputs().end());
+    else if (s.has_linear())
+      outs.assign(s.linear().outputs().begin(), s.linear().outputs().end());
+    else if (s.has_moe())
+      outs.push_back(s.moe().output());
+    else if (s.has_attention())
+      outs.push_back(s.attention().output());
+    for (int64_t id : outs)
+      if (id >= 0 && id < int64_t(madeAt.size()))
+        madeAt[id] = si;
+  }
+  auto isRotary = [&](int si) {
+    return m.flat[si]->has_op() && m.flat[si]->op().op() == "moec.Rotary" &&
+           m.flat[si]->op().inputs_size() == MOERT_ROTARY_INPUTS;
+  };
+  int previous = -1; // the last top-level rotary embedding seen
+  for (int si : m.topSteps) {
+    if (!isRotary(si))
+      continue;
+    if (m.cacheProducer[si] >= 0 && previous >= 0 && m.cacheProducer[previous] < 0 &&
+        m.rotaryPartner[previous] < 0) {
+      const pb::OpStep &k = m.flat[si]->op(), &q = m.flat[previous]->op();
+      bool ready = k.inputs(MOERT_ROTARY_COS) == q.inputs(MOERT_ROTARY_COS) &&
+                   k.inputs(MOERT_ROTARY_SIN) == q.inputs(MOERT_ROTARY_SIN);
+      for (int64_t id : k.inputs())
+        ready &= id < 0 || madeAt[id] < previous;
+      if (ready)
+        m.rotaryPartner[previous] = si;
+    }
+    previous = si;
   }
 }
 

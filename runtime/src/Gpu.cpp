@@ -1689,22 +1689,66 @@ bool planOp(const pb::OpStep &op, const std::vector<std::vector<int64_t>> &in, c
   return false;
 }
 
+namespace {
+/// The destination of an op writing a session cache's new positions (callers hold d.mutex).
+std::string cacheDest(Residency &r, const CacheWrite &w, moert_gpu_cache_dest &cd) {
+  if (std::string e = cacheForWrite(r, *w.cache, w.host); !e.empty())
+    return e;
+  cd.heads = w.heads, cd.capacity = w.capacity, cd.past = w.past;
+  cd.storage = cacheStorage(w.dtype), cd.cache = reinterpret_cast<void *>(w.cache->p);
+  return "";
+}
+/// One rotary embedding's part of a launch: its inputs' device copies, its output's (or its cache's rows).
+std::string rotaryPart(Residency &r, const OpRun &op, moert_gpu_rotary_args &a) {
+  std::vector<Ptr> in(op.inputs.size(), 0);
+  std::string e;
+  for (size_t j = 0; j < op.inputs.size(); ++j)
+    if (op.inputs[j].first && op.inputs[j].second &&
+        (e = r.input(op.inputs[j].first, op.inputs[j].second, in[j])).size())
+      return e;
+  Ptr out = 0;
+  a = op.plan.rotary;
+  if (op.dest ? (e = cacheDest(r, *op.dest, a.dest)).size()
+              : op.outputs[0].second && (e = r.output(op.outputs[0].first, op.outputs[0].second, out)).size())
+    return e;
+  auto at = [&](size_t j) {
+    return j < in.size() && in[j] ? reinterpret_cast<const float *>(in[j]) : nullptr;
+  };
+  a.x = at(MOERT_ROTARY_INPUT), a.cos = at(MOERT_ROTARY_COS), a.sin = at(MOERT_ROTARY_SIN);
+  a.norm_weight = at(MOERT_ROTARY_NORM_WEIGHT), a.out = reinterpret_cast<float *>(out);
+  return "";
+}
+} // namespace
+
 std::string runOp(Device &d, Residency &r, const OpPlan &plan,
                   const std::vector<std::pair<const void *, size_t>> &inputs,
-                  const std::vector<std::pair<void *, size_t>> &outputs, const CacheWrite *dest) {
+                  const std::vector<std::pair<void *, size_t>> &outputs, const CacheWrite *dest,
+                  const OpRun *with) {
   std::lock_guard<std::mutex> lock(d.mutex);
   d.setCurrent();
   std::vector<Ptr> in(inputs.size(), 0), out(outputs.size(), 0);
   std::string e;
-  if (dest && ((plan.fused && plan.fused != 1) || (!plan.fused && plan.launches.size() != 1)))
-    return "internal: only a rotary embedding or a one-launch copy writes a KV cache";
-  moert_gpu_cache_dest cd{};
-  if (dest) { // the output's host range gets no device copy: the cache's rows are the result
-    if ((e = cacheForWrite(r, *dest->cache, dest->host)).size())
+  if (plan.fused == 1) { // moec.Rotary, and another one (`with`) in the same launch
+    if (with && with->plan.fused != 1)
+      return "internal: a rotary embedding launched with another kind of op";
+    moert_gpu_rotary_launch l{};
+    if ((e = rotaryPart(r, OpRun{plan, inputs, outputs, dest}, l.part[0])).size() ||
+        (with && (e = rotaryPart(r, *with, l.part[1])).size()))
       return e;
-    cd.heads = dest->heads, cd.capacity = dest->capacity, cd.past = dest->past;
-    cd.storage = cacheStorage(dest->dtype), cd.cache = reinterpret_cast<void *>(dest->cache->p);
+    void *params[] = {&l};
+    const int64_t blocks = moert_gpu_rotary_blocks(&l, d.warps);
+    if (blocks && (e = d.launch(d.rotary, blocks, 1, 1, params, "launch (rotary)")).size())
+      return e;
+    for (const CacheWrite *w : {dest, with ? with->dest : nullptr})
+      if (w)
+        cacheWritten(r, w->host);
+    return "";
   }
+  if (with || (dest && (plan.fused || plan.launches.size() != 1)))
+    return "internal: only a rotary embedding or a one-launch copy writes a KV cache";
+  moert_gpu_cache_dest cd{}; // the output's host range gets no device copy: the cache's rows are the result
+  if (dest && (e = cacheDest(r, *dest, cd)).size())
+    return e;
   if (plan.fused) { // every present input (the side ones uploaded when not there), then one launch
     for (size_t j = 0; j < inputs.size(); ++j)
       if (inputs[j].first && inputs[j].second &&
@@ -1758,19 +1802,6 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
       a.scales = at(MOERT_EMBED_SCALES), a.out = reinterpret_cast<float *>(out[0]);
       params[0] = &a;
       return a.n ? d.launch(d.embedding, a.n, 1, 1, params, "launch (embedding)") : "";
-    }
-    if (plan.fused == 1) {
-      moert_gpu_rotary_args a = plan.rotary;
-      a.x = at(MOERT_ROTARY_INPUT), a.cos = at(MOERT_ROTARY_COS), a.sin = at(MOERT_ROTARY_SIN);
-      a.norm_weight = at(MOERT_ROTARY_NORM_WEIGHT), a.out = reinterpret_cast<float *>(out[0]);
-      a.dest = cd;
-      params[0] = &a;
-      const int64_t blocks = (a.rows + d.warps - 1) / d.warps;
-      if (blocks && (e = d.launch(d.rotary, blocks, 1, 1, params, "launch (rotary)")).size())
-        return e;
-      if (dest)
-        cacheWritten(r, dest->host);
-      return "";
     }
     moert_gpu_norm_args a = plan.norm;
     a.x = at(MOERT_NORM_INPUT), a.w = at(MOERT_NORM_WEIGHT), a.b = at(MOERT_NORM_BIAS);

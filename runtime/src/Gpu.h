@@ -187,9 +187,18 @@ bool planOp(const proto::OpStep &op, const std::vector<std::vector<int64_t>> &in
 /// residency. With `dest` (a moec.Rotary writing [B, H, S, D] rows, or a one-launch copy such as a
 /// Transpose, whose output has that layout) the result goes into that session cache's device copy, and the
 /// output's host range gets no device copy.
+/// `with`: another moec.Rotary (plan is one too) in the same launch: the queries' and the keys' rotary
+/// embeddings of a layer, one launch (moert_gpu_rotary_launch).
+struct OpRun {
+  const OpPlan &plan;
+  const std::vector<std::pair<const void *, size_t>> &inputs;
+  const std::vector<std::pair<void *, size_t>> &outputs;
+  const CacheWrite *dest = nullptr;
+};
 std::string runOp(Device &d, Residency &r, const OpPlan &plan,
                   const std::vector<std::pair<const void *, size_t>> &inputs,
-                  const std::vector<std::pair<void *, size_t>> &outputs, const CacheWrite *dest = nullptr);
+                  const std::vector<std::pair<void *, size_t>> &outputs, const CacheWrite *dest = nullptr,
+                  const OpRun *with = nullptr);
 
 /// "CUDA: NVIDIA H100 80GB HBM3 (sm_90)".
 std::string describe(const Device &d);

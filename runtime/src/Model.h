@@ -162,6 +162,10 @@ struct moert_model {
   // and nothing else does: a moec.Rotary or a Transpose(perm [0, 2, 1, 3]) making the new positions, which
   // on a GPU writes them into the session's device cache itself (gpu::CacheWrite); else -1.
   std::vector<int> cacheProducer;
+  // Per step: a later moec.Rotary launched with this one on a GPU (the keys' with the queries': one launch),
+  // else -1. The later one writes its cache (cacheProducer), reads the same cos / sin tables, and everything
+  // it reads is made before this step.
+  std::vector<int> rotaryPartner;
   bool cachesConcatenated = false; // every present is Concat(past, new): the mask then spans past + new
   // A moec.KvCacheUpdate extends a decoder past (GroupQueryAttention's caches): the caches hold each
   // sequence's positions from row 0, as many as its attention mask counts, not the batch's at one common

@@ -603,6 +603,64 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       values[id] = Tensor{};
     return why;
   };
+  // Whether op step `si` runs on the device now (its inputs computed and where the kernels want them), and
+  // its plan (gpu::planOp).
+  auto planGpuOp = [&](int si, moert::gpu::OpPlan &plan) {
+    const pb::OpStep &o = m->flat[si]->op();
+    std::vector<std::vector<int64_t>> dims;
+    std::vector<int> dtypes;
+    std::vector<const void *> host; // what planOp may read on the host: integers and constants
+    std::vector<moert::gpu::OpInput> where;
+    for (int k = 0; k < o.inputs_size(); ++k) {
+      const int64_t id = o.inputs(k);
+      dims.emplace_back();
+      dtypes.push_back(-1);
+      host.push_back(nullptr);
+      where.emplace_back();
+      if (id < 0) // an absent optional input
+        continue;
+      const Tensor &t = values[id];
+      if (!t.isTensor() || !t.computed())
+        return false;
+      const bool constant = p.values(id).has_constant_section();
+      where.back() = {true, t.dtype, constant, moert::gpu::onDevice(*residency, t.data, t.bytes())};
+      dims.back() = t.dims;
+      dtypes.back() = t.dtype;
+      if (constant || t.dtype == moert::proto::I64 || t.dtype == moert::proto::I32)
+        host.back() = t.data;
+    }
+    return moert::gpu::opQualifies(o, where) && moert::gpu::planOp(o, dims, dtypes, host, plan);
+  };
+  // The session cache op step `si` writes its [B, H, S, D] result into on the device (moert_model::
+  // cacheProducer), when the cache is there and the new positions fit (the append step checks the same and
+  // reports what does not); else none (`into.cache` null).
+  auto cacheWrite = [&](int si, const moert::gpu::OpPlan &plan, moert::gpu::CacheWrite &into) {
+    const int c = caches ? m->cacheProducer[si] : -1;
+    into = {};
+    if (c < 0 || !caches[c].device)
+      return;
+    const Tensor &past = values[p.inputs(p.decoder().caches(c).past())];
+    const std::vector<int64_t> &nd = plan.outDims[0];
+    if (past.dims.size() == 4 && nd.size() == 4 && nd[0] == past.dims[0] && nd[1] == past.dims[1] &&
+        nd[3] == past.dims[3] && past.dims[2] + nd[2] <= caches[c].capacity)
+      into = {caches[c].device,   caches[c].data, past.dims[1],
+              caches[c].capacity, past.dims[2],   caches[c].dtype};
+  };
+  // The host ranges an op step's device kernels read (parameters stay on the host: planOp read them).
+  auto gpuOpInputs = [&](const pb::OpStep &o) {
+    std::vector<std::pair<const void *, size_t>> ranges;
+    for (int k = 0; k < o.inputs_size(); ++k) {
+      const int64_t id = o.inputs(k);
+      ranges.push_back(id < 0 || moert::gpu::parameterInput(o, k)
+                           ? std::pair<const void *, size_t>{nullptr, 0}
+                           : std::pair<const void *, size_t>{values[id].data, values[id].bytes()});
+    }
+    return ranges;
+  };
+  // Rotary embeddings launched with an earlier one (moert_model::rotaryPartner): nothing to launch at their
+  // own step.
+  std::vector<char> launchedEarly(m->flat.size(), 0);
+  moert::gpu::OpPlan earlyPlan; // the plan of the one launched early, kept for its own step
   runStep = [&](int si) -> moert_status {
     // Weights are checked before their first use; a CPU MoE dispatch's experts after the dispatch has said
     // which it read (before its output is used: a corrupted expert fails the run, as a section does).
@@ -619,31 +677,10 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
     moert::gpu::OpPlan opPlan;
     bool gpuOp = residency && m->gpuOps[si] &&          // a candidate the load-time plan leaves to the device
                  !(caches && m->appendsCache[si] >= 0); // a cache append writes its buffer here
-    if (gpuOp) {
-      std::vector<std::vector<int64_t>> dims;
-      std::vector<int> dtypes;
-      std::vector<const void *> host; // what planOp may read on the host: integers and constants
-      std::vector<moert::gpu::OpInput> where;
-      for (int k = 0; gpuOp && k < s.op().inputs_size(); ++k) {
-        const int64_t id = s.op().inputs(k);
-        dims.emplace_back();
-        dtypes.push_back(-1);
-        host.push_back(nullptr);
-        where.emplace_back();
-        if (id < 0) // an absent optional input
-          continue;
-        const Tensor &t = values[id];
-        gpuOp = t.isTensor() && t.computed();
-        const bool constant = p.values(id).has_constant_section();
-        where.back() = {true, t.dtype, constant, moert::gpu::onDevice(*residency, t.data, t.bytes())};
-        dims.back() = t.dims;
-        dtypes.back() = t.dtype;
-        if (constant || t.dtype == moert::proto::I64 || t.dtype == moert::proto::I32)
-          host.back() = t.data;
-      }
-      gpuOp = gpuOp && moert::gpu::opQualifies(s.op(), where);
-      gpuOp = gpuOp && moert::gpu::planOp(s.op(), dims, dtypes, host, opPlan);
-    }
+    if (gpuOp && launchedEarly[si])                     // planned (and launched) at the step before
+      opPlan = std::move(earlyPlan);
+    else
+      gpuOp = gpuOp && planGpuOp(si, opPlan);
     // An attention over a session's cache appended in place reads the cache's host buffer (CPU kernel),
     // unless the session keeps that cache on the device too.
     bool kvInPlace = false, kvHost = false;
@@ -755,29 +792,30 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
             return makeError("out of memory for " + o.op() + " '" + p.values(o.outputs(k)).name() + "'");
           made.push_back({outs[k].mut<char>(), outs[k].bytes()});
         }
-        std::vector<std::pair<const void *, size_t>> ranges; // parameters stay on the host (planOp read them)
-        for (size_t k = 0; k < ins.size(); ++k)
-          ranges.push_back(moert::gpu::parameterInput(o, int(k))
-                               ? std::pair<const void *, size_t>{nullptr, 0}
-                               : std::pair<const void *, size_t>{ins[k].data, ins[k].bytes()});
-        // The new positions of a session cache kept on the device go straight into it when they fit (the
-        // append step checks the same and reports what does not); only that append reads this output.
+        // The new positions of a session cache kept on the device go straight into it (cacheWrite).
         moert::gpu::CacheWrite into;
-        const int c = caches ? m->cacheProducer[si] : -1;
-        if (c >= 0 && caches[c].device) {
-          const Tensor &past = values[p.inputs(p.decoder().caches(c).past())];
-          const std::vector<int64_t> &nd = opPlan.outDims[0];
-          if (past.dims.size() == 4 && nd.size() == 4 && nd[0] == past.dims[0] && nd[1] == past.dims[1] &&
-              nd[3] == past.dims[3] && past.dims[2] + nd[2] <= caches[c].capacity)
-            into = {caches[c].device,   caches[c].data, past.dims[1],
-                    caches[c].capacity, past.dims[2],   caches[c].dtype};
-        }
-        std::string why =
-            moert::gpu::runOp(*m->gpu, *residency, opPlan, ranges, made, into.cache ? &into : nullptr);
+        cacheWrite(si, opPlan, into);
+        // The keys' rotary embedding in the same launch as the queries' when it can run now (its inputs are
+        // made before this step: moert_model::rotaryPartner) and writes its cache.
+        const int partner = m->rotaryPartner.empty() ? -1 : m->rotaryPartner[si];
+        moert::gpu::OpPlan partnerPlan;
+        moert::gpu::CacheWrite partnerInto;
+        if (partner >= 0 && !launchedEarly[si] && m->gpuOps[partner] && planGpuOp(partner, partnerPlan))
+          cacheWrite(partner, partnerPlan, partnerInto);
+        const auto partnerRanges = partnerInto.cache ? gpuOpInputs(m->flat[partner]->op())
+                                                     : std::vector<std::pair<const void *, size_t>>{};
+        const std::vector<std::pair<void *, size_t>> noOutputs;
+        const moert::gpu::OpRun with{partnerPlan, partnerRanges, noOutputs, &partnerInto};
+        std::string why = launchedEarly[si] ? ""
+                                            : moert::gpu::runOp(*m->gpu, *residency, opPlan, gpuOpInputs(o),
+                                                                made, into.cache ? &into : nullptr,
+                                                                partnerInto.cache ? &with : nullptr);
         if (!why.empty())
           return makeError(o.op() + " '" + p.values(o.outputs(0)).name() + "': " + why);
         if (into.cache)
-          writtenEarly[c] = 1;
+          writtenEarly[m->cacheProducer[si]] = 1;
+        if (partnerInto.cache)
+          launchedEarly[partner] = 1, earlyPlan = std::move(partnerPlan);
       } else if (o.blocks_size() > 0) { // If / Loop / Scan
         bool blockError = false;
         std::string why = moert::runControlFlow(
@@ -821,10 +859,13 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
         measure(o.outputs(k));
       }
       if (profile)
-        label = gpuOp ? o.op() + (caches && m->cacheProducer[si] >= 0 && writtenEarly[m->cacheProducer[si]]
-                                      ? " (into the cache, gpu)"
-                                      : " (gpu)")
-                      : o.op();
+        label =
+            gpuOp
+                ? o.op() + (caches && m->cacheProducer[si] >= 0 && writtenEarly[m->cacheProducer[si]]
+                                ? (launchedEarly[si] ? " (into the cache, launched with the step before, gpu)"
+                                                     : " (into the cache, gpu)")
+                                : " (gpu)")
+                : o.op();
     } else if (s.has_linear()) {
       const auto &d = s.linear();
       const moert::Linear &x = m->linears[d.index()];

@@ -99,6 +99,9 @@ def decoder_case(rt, art, device, cache_dtype):
               "steps that make them, the appends launching nothing",
               len(producers) == 4 and all("written by the step making it" in n for n in appends),
               f"{producers + appends}")
+        keys = steps_on(trace, "moec.Rotary (into the cache")
+        check(f"past_qwen3_moe, {cache_dtype} caches: each layer's keys' rotary embedding launched with its "
+              "queries'", len(keys) == 2 and all("launched with the step before" in n for n in keys), f"{keys}")
         check(f"past_qwen3_moe, {cache_dtype} caches: a decode step copies back only the logits",
               all(c == 4 * vocab for c in copies), f"bytes to the host per decode step {sorted(set(copies))} "
               f"(the logits: {4 * vocab})")
