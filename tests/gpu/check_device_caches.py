@@ -12,6 +12,9 @@ back only the logits. Checked here, per cache storage, on the decoder-with-past 
     but their projections differ in the last bits, and a row may round the other way);
   - the attention and cache-append steps run on the device (the session's profile), and a decode step copies
     to the host only the logits (moert_gpu_traffic); int8 caches stay on the host and are checked the same way;
+  - the keys' rotary embeddings and the values' Transposes write the new positions into the caches (the
+    appends launch nothing), the keys' rotary in the queries' launch;
+  - `moert generate` of a left-padded batch of two gives the CPU's tokens (f32 and bf16 caches);
 
 and, on a GroupQueryAttention decoder (each sequence's positions from row 0), a left-padded batch of two (each
 sequence's new rows at its own length, the prompt's padding rows cleared on the host afterwards), 4 decode
@@ -138,6 +141,24 @@ def gqa_case(rt, moec, targets, tmp, device):
           f"attention steps {attention}")
 
 
+def padded_batch_case(moert_cli, art, device, tmp):
+    """`moert generate` of a left-padded batch of two on past_qwen3_moe (Concat-appended caches, their new
+    positions written by the rotary / Transpose steps on the device): the CPU's tokens, greedy."""
+    rng = np.random.default_rng(3)
+    ids, mask = rng.integers(0, 32, (2, 9)).astype(np.int64), np.ones((2, 9), np.int64)
+    ids[1, :3], mask[1, :3] = 0, 0
+    np.save(os.path.join(tmp, "ids.npy"), ids), np.save(os.path.join(tmp, "mask.npy"), mask)
+    for cache in ("f32", "bf16"):
+        runs = [subprocess.run([moert_cli, "generate", art, "--prompt-ids", os.path.join(tmp, "ids.npy"),
+                                "--attention-mask", os.path.join(tmp, "mask.npy"), "--max-new-tokens", "12",
+                                "--greedy", "--kv-cache", cache, f"--device={d}"], capture_output=True, text=True)
+                for d in (device, "cpu")]
+        tokens = [[ln for ln in r.stdout.splitlines() if ln.startswith("tokens[")] for r in runs]
+        check(f"past_qwen3_moe, {cache} caches: a left-padded batch of two generated on the device",
+              all(r.returncode == 0 for r in runs) and tokens[0] == tokens[1] and len(tokens[0]) == 2,
+              f"device {tokens[0] or runs[0].stderr.strip()}, CPU {tokens[1] or runs[1].stderr.strip()}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moec", required=True)
@@ -163,6 +184,7 @@ def main():
         else:
             for cache_dtype in ("f32", "bf16", "f16", "int8"):
                 decoder_case(rt, art, args.device, cache_dtype)
+            padded_batch_case(args.moert, art, args.device, tmp)
         gqa_case(rt, args.moec, targets, tmp, args.device)
     print(f"{'FAILED: ' + ', '.join(failed) if failed else 'all passed'}")
     return 1 if failed else 0
