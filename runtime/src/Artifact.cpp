@@ -246,6 +246,12 @@ void moert::findCacheAppends(moert_model &m) {
     found[append] = c;
   }
   m.appendsCache = std::move(found);
+  // The top-level step making each value (-1: an input or a constant).
+  std::vector<int> madeAt(p.values_size(), -1);
+  for (int si : m.topSteps)
+    for (uint32_t id : stepWrites(*m.flat[si]))
+      if (id < madeAt.size())
+        madeAt[id] = si;
   // The producers of the appended positions: a top-level moec.Rotary writing [B, H, S, D] (heads transposed
   // from [B, S, H, D], or not transposed over [B, H, S, D]) or Transpose(perm [0, 2, 1, 3]), whose output
   // only the append reads.
@@ -260,37 +266,19 @@ void moert::findCacheAppends(moert_model &m) {
     if (m.appendsCache[si] < 0 || m.flat[si]->op().op() != "Concat")
       continue;
     const int64_t fresh = m.flat[si]->op().inputs(1);
-    for (int pi : m.topSteps) {
-      const pb::Step &s = *m.flat[pi];
-      if (pi >= si || !s.has_op() || s.op().outputs_size() != 1 || s.op().outputs(0) != fresh)
-        continue;
-      const moert::ops::Attrs attrs{s.op()};
-      const bool rotary =
-          s.op().op() == "moec.Rotary" && (attrs.i("transpose", 0) != 0) == (attrs.i("seq_axis", 2) == 1);
-      const bool transpose =
-          s.op().op() == "Transpose" && attrs.ints("perm") == std::vector<int64_t>{0, 2, 1, 3};
-      if ((rotary || transpose) && readers[fresh] == 1)
-        m.cacheProducer[pi] = m.appendsCache[si];
-    }
+    const int pi = fresh >= 0 && fresh < int64_t(madeAt.size()) ? madeAt[fresh] : -1;
+    if (pi < 0 || !m.flat[pi]->has_op() || m.flat[pi]->op().outputs_size() != 1 || readers[fresh] != 1)
+      continue;
+    const pb::OpStep &o = m.flat[pi]->op();
+    const moert::ops::Attrs attrs{o};
+    const bool rotary =
+        o.op() == "moec.Rotary" && (attrs.i("transpose", 0) != 0) == (attrs.i("seq_axis", 2) == 1);
+    const bool transpose = o.op() == "Transpose" && attrs.ints("perm") == std::vector<int64_t>{0, 2, 1, 3};
+    if (rotary || transpose)
+      m.cacheProducer[pi] = m.appendsCache[si];
   }
   // Each such rotary embedding (the keys') and the rotary embedding before it over the same tables (the
   // queries'), when everything the keys' reads is made before the queries' step.
-  std::vector<int> madeAt(p.values_size(), -1); // the top-level step making each value (-1: an input)
-  for (int si : m.topSteps) {
-    const pb::Step &s = *m.flat[si];
-    std::vector<int64_t> outs;
-    if (s.has_op())
-      outs.assign(s.op().outputs().begin(), s.op().outputs().end());
-    else if (s.has_linear())
-      outs.assign(s.linear().outputs().begin(), s.linear().outputs().end());
-    else if (s.has_moe())
-      outs.push_back(s.moe().output());
-    else if (s.has_attention())
-      outs.push_back(s.attention().output());
-    for (int64_t id : outs)
-      if (id >= 0 && id < int64_t(madeAt.size()))
-        madeAt[id] = si;
-  }
   auto isRotary = [&](int si) {
     return m.flat[si]->has_op() && m.flat[si]->op().op() == "moec.Rotary" &&
            m.flat[si]->op().inputs_size() == MOERT_ROTARY_INPUTS;

@@ -940,9 +940,6 @@ std::string bindCache(Residency &r, CacheCopy &c, const void *host) {
 }
 
 namespace {
-int32_t cacheStorage(int dtype) {
-  return dtype == pb::BF16 ? MOERT_STORAGE_BF16 : dtype == pb::F16 ? MOERT_STORAGE_F16 : MOERT_STORAGE_F32;
-}
 /// Bound cache `c` (host buffer `host`) made the current copy of its host range, about to be written on the
 /// device (callers hold d.mutex).
 std::string cacheForWrite(Residency &r, CacheCopy &c, const void *host) {
@@ -968,7 +965,7 @@ std::string appendCache(Device &d, Residency &r, CacheCopy &c, const void *host,
     return e;
   moert_gpu_kv_append_args a{};
   a.heads = heads, a.S = S, a.D = D, a.past = past, a.capacity = capacity;
-  a.storage = cacheStorage(dtype);
+  a.storage = kvStorage(dtype);
   Ptr in = 0;
   if (std::string e = r.input(src, srcBytes, in); !e.empty())
     return e;
@@ -1695,7 +1692,7 @@ std::string cacheDest(Residency &r, const CacheWrite &w, moert_gpu_cache_dest &c
   if (std::string e = cacheForWrite(r, *w.cache, w.host); !e.empty())
     return e;
   cd.heads = w.heads, cd.capacity = w.capacity, cd.past = w.past;
-  cd.storage = cacheStorage(w.dtype), cd.cache = reinterpret_cast<void *>(w.cache->p);
+  cd.storage = kvStorage(w.dtype), cd.cache = reinterpret_cast<void *>(w.cache->p);
   return "";
 }
 /// One rotary embedding's part of a launch: its inputs' device copies, its output's (or its cache's rows).
@@ -1726,7 +1723,6 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
                   const OpRun *with) {
   std::lock_guard<std::mutex> lock(d.mutex);
   d.setCurrent();
-  std::vector<Ptr> in(inputs.size(), 0), out(outputs.size(), 0);
   std::string e;
   if (plan.fused == 1) { // moec.Rotary, and another one (`with`) in the same launch
     if (with && with->plan.fused != 1)
@@ -1749,6 +1745,7 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
   moert_gpu_cache_dest cd{}; // the output's host range gets no device copy: the cache's rows are the result
   if (dest && (e = cacheDest(r, *dest, cd)).size())
     return e;
+  std::vector<Ptr> in(inputs.size(), 0), out(outputs.size(), 0);
   if (plan.fused) { // every present input (the side ones uploaded when not there), then one launch
     for (size_t j = 0; j < inputs.size(); ++j)
       if (inputs[j].first && inputs[j].second &&

@@ -71,6 +71,14 @@ struct CacheBinding {
   gpu::CacheCopy *device = nullptr;
   size_t bytes = 0; // the buffer's: [batch][heads][capacity] rows
 };
+/// The kernels' storage (moert_storage) of keys / values of `dtype` (proto): f32, or a session's bf16 / f16 /
+/// int8 cache.
+inline int32_t kvStorage(int dtype) {
+  return dtype == proto::BF16  ? MOERT_STORAGE_BF16
+         : dtype == proto::F16 ? MOERT_STORAGE_F16
+         : dtype == proto::I8  ? MOERT_STORAGE_INT8
+                               : MOERT_STORAGE_F32;
+}
 /// Bytes of one position's row of `dim` values in a session cache of `dtype` (a CacheBinding's).
 inline size_t cacheRowBytes(int dtype, int64_t dim) {
   return dtype == proto::I8 ? size_t(moert_kv_int8_row_bytes(dim)) : dtypeSize(dtype) * size_t(dim);

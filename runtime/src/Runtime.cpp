@@ -996,10 +996,7 @@ moert_status moert::runProgram(moert_model *m, const moert_run_options *options,
       args.query = reinterpret_cast<const float *>(q.data);
       args.key = k.data;
       args.value = v.data;
-      args.kv_storage = k.dtype == moert::proto::BF16  ? MOERT_STORAGE_BF16
-                        : k.dtype == moert::proto::F16 ? MOERT_STORAGE_F16
-                        : k.dtype == moert::proto::I8  ? MOERT_STORAGE_INT8
-                                                       : MOERT_STORAGE_F32;
+      args.kv_storage = moert::kvStorage(k.dtype);
       auto strides = [](const std::vector<int64_t> &dims, int64_t *out, int64_t row) {
         out[2] = row, out[1] = dims[2] * out[2], out[0] = dims[1] * out[1];
       };
