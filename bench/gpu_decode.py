@@ -40,7 +40,10 @@ tokens after a 16-token prompt, best of 3): at toy sizes the kernels take next t
 the runtime's fixed costs, and (t8 - t2) / 6 is the cost of a layer (the target: under 10 µs), t2 - 2 x that
 the cost of a token outside the layers (its session, sampling, the mask and positions). On the emulated device
 (`--device emu`) kernels are skipped (MOERT_EMU_SKIP_KERNELS=1: launches counted, not run), so the rows give
-libmoert's own host-side cost and the launches a token makes.
+libmoert's own host-side cost and the kernels a token makes (staged uploads' copy kernels included). With graphs
+on (the default; MOERT_GPU_GRAPHS=0 in the environment launches each kernel directly) the rows also give the
+graphs launched, their nodes updated in place and graphs built per decode step (`gpu graphs:` of moert generate):
+on a real driver those, not the kernels, are the driver calls a step makes.
 """
 import argparse
 import gzip
@@ -375,7 +378,7 @@ def run_fixed(args, d, meta):
     rows = {}
     for name, layers in meta.get("fixed", {}).items():
         moex = unpack(d, name)
-        best, launches = float("inf"), {}
+        best, launches, graphs = float("inf"), {}, {}
         for tokens in (129, 129, 129, 17):
             r = subprocess.run([args.moert, "generate", moex, "--prompt-ids", os.path.join(d, "fixed_prompt.npy"),
                                 f"--device={args.device}", "--max-new-tokens", str(tokens)],
@@ -388,20 +391,30 @@ def run_fixed(args, d, meta):
                 best = min(best, float(m.group(2)) * 1e3 / int(m.group(1)))
             if k := re.search(r"(\d+) kernel launches", r.stderr):
                 launches[tokens] = int(k.group(1))
+            if g := re.search(r"gpu graphs: (on|off).*: (\d+) launched, (\d+) built, (\d+) nodes updated", r.stdout):
+                graphs[tokens] = (g.group(1), *map(int, g.group(2, 4, 3)))  # launched, updated, built
         per_token = (launches[129] - launches[17]) / 112 if len(launches) == 2 else float("nan")
-        rows[layers] = (best, per_token)
+        if len(graphs) == 2 and graphs[129][0] == "on":  # graphs launched and nodes updated a decode step
+            g = tuple((a - b) / 112 for a, b in zip(graphs[129][1:], graphs[17][1:]))
+        else:
+            g = None
+        rows[layers] = (best, per_token, g)
         os.remove(moex)
     if len(rows) < 2:
         return 0
-    (l0, (t0, n0)), (l1, (t1, n1)) = sorted(rows.items())[:2]
+    (l0, (t0, n0, g0)), (l1, (t1, n1, g1)) = sorted(rows.items())[:2]
     layer = (t1 - t0) / (l1 - l0)
     what = "host only: kernels skipped" if args.device == "emu" else "kernels at toy size"
-    print(f"\n| toy decoder ({what}) | layers | decode µs per token | kernel launches per token |")
-    print("|---|---|---|---|")
-    for layers, (t, n) in sorted(rows.items()):
-        print(f"| fixed{layers} | {layers} | {t:.1f} | {n:.1f} |")
-    print(f"per layer: {layer:.1f} µs and {(n1 - n0) / (l1 - l0):.1f} launches; per token outside the layers: "
-          f"{t0 - l0 * layer:.1f} µs")
+    print(f"\n| toy decoder ({what}) | layers | decode µs per token | kernels per token | graphs launched per "
+          "token | graph nodes updated per token | graphs built per token |")
+    print("|---|---|---|---|---|---|---|")
+    for layers, (t, n, g) in sorted(rows.items()):
+        gs = " | ".join(f"{v:.2f}" for v in g) if g else "graphs off | - | -"
+        print(f"| fixed{layers} | {layers} | {t:.1f} | {n:.1f} | {gs} |")
+    graphs = (f", {(g1[0] - g0[0]) / (l1 - l0):.2f} graphs and {(g1[1] - g0[1]) / (l1 - l0):.2f} node updates"
+              if g0 and g1 else "")
+    print(f"per layer: {layer:.1f} µs and {(n1 - n0) / (l1 - l0):.1f} kernels{graphs}; per token outside the "
+          f"layers: {t0 - l0 * layer:.1f} µs")
     return 0
 
 

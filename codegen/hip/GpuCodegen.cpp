@@ -56,7 +56,8 @@ bool moec::codegen::compileGpuCode(const GpuBuild &build, const std::string &dis
       "MOERT_GPU_KERNEL(moert_gpu_op_rotary, moert_gpu_rotary_launch, moert_gpu::GraphOps::rotary)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_norm, moert_gpu_norm_args, moert_gpu::GraphOps::norm)\n"
       "MOERT_GPU_KERNEL(moert_gpu_op_embedding, moert_gpu_embed_args, moert_gpu::GraphOps::embedding)\n"
-      "MOERT_GPU_KERNEL(moert_gpu_op_kv_append, moert_gpu_kv_append_args, moert_gpu::GraphOps::kvAppend)\n" +
+      "MOERT_GPU_KERNEL(moert_gpu_op_kv_append, moert_gpu_kv_append_args, moert_gpu::GraphOps::kvAppend)\n"
+      "MOERT_GPU_KERNEL(moert_gpu_op_copy, moert_gpu_copy_args, moert_gpu::GraphOps::copy)\n" +
       dispatchSource;
   std::vector<std::pair<std::string, std::string>> files;
   for (const auto &[name, text] : kGpuKernelSources)

@@ -517,6 +517,19 @@ typedef struct moert_gpu_kv_append_args {
   void *cache;
 } moert_gpu_kv_append_args;
 
+/* Bytes copied device to device inside a graph (runtime/src/Gpu.cpp records a run's launches and replays
+ * them as CUDA / HIP graphs; an upload it records goes to a device staging buffer first, and this kernel
+ * moves it where the run wanted it, at its place among the kernels):
+ *
+ *   moert_gpu_op_copy grid (moert_gpu_op_blocks(ceil(bytes / 4)))  dst[0 .. bytes) = src[0 .. bytes)
+ *
+ * Words of 4 bytes when src, dst and bytes are multiples of 4, else bytes. */
+typedef struct moert_gpu_copy_args {
+  const void *src;
+  void *dst;
+  int64_t bytes;
+} moert_gpu_copy_args;
+
 /* Blocks of MOERT_GPU_BLOCK threads for n elements (a grid-stride loop covers the rest). */
 static inline int64_t moert_gpu_op_blocks(int64_t n) {
   int64_t b = (n + MOERT_GPU_BLOCK - 1) / MOERT_GPU_BLOCK;

@@ -263,6 +263,23 @@ struct GraphOps {
     }
   }
 
+  // Bytes from one device buffer to another (moert_gpu_copy_args): a staged upload inside a graph.
+  static GPU_INLINE void copy(const moert_gpu_copy_args &a) {
+    const int64_t step = int64_t(gridX()) * MOERT_GPU_BLOCK,
+                  first = int64_t(blockX()) * MOERT_GPU_BLOCK + threadId();
+    if (((reinterpret_cast<size_t>(a.src) | reinterpret_cast<size_t>(a.dst) | size_t(a.bytes)) & 3) == 0) {
+      const uint32_t *src = static_cast<const uint32_t *>(a.src);
+      uint32_t *dst = static_cast<uint32_t *>(a.dst);
+      for (int64_t i = first; i < a.bytes / 4; i += step)
+        dst[i] = src[i];
+      return;
+    }
+    const uint8_t *src = static_cast<const uint8_t *>(a.src);
+    uint8_t *dst = static_cast<uint8_t *>(a.dst);
+    for (int64_t i = first; i < a.bytes; i += step)
+      dst[i] = src[i];
+  }
+
   // A session cache's append on the device: one block per new row (moert_gpu_kv_append_args).
   static GPU_INLINE void kvAppend(const moert_gpu_kv_append_args &a) {
     const int64_t blk = blockX(), i = blk % a.S, bh = blk / a.S, b = bh / a.heads;

@@ -109,6 +109,11 @@ class _GenerateStats(ctypes.Structure):
                 ("decode_ms", ctypes.c_double)]
 
 
+class _GraphStats(ctypes.Structure):
+    _fields_ = [("state", ctypes.c_char_p), ("graphs", ctypes.c_uint64), ("builds", ctypes.c_uint64),
+                ("updates", ctypes.c_uint64), ("staged", ctypes.c_uint64)]
+
+
 DEVICES = {"cpu": 0, "gpu": 1, "cuda": 2, "hip": 3, "emu": 4}  # moert_device
 
 
@@ -184,6 +189,8 @@ class Runtime:
         lib.moert_gpu_activation_memory.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64),
                                                     ctypes.POINTER(ctypes.c_uint64)]
         lib.moert_gpu_activation_memory.restype = vp
+        lib.moert_gpu_graphs.argtypes = [vp, ctypes.POINTER(_GraphStats)]
+        lib.moert_gpu_graphs.restype = vp
 
     def check(self, status):
         if status:
@@ -383,6 +390,14 @@ class Model:
         self.rt.check(self.rt.lib.moert_gpu_activation_memory(self.handle, ctypes.byref(arenas),
                                                               ctypes.byref(pooled)))
         return arenas.value, pooled.value
+
+    def gpu_graphs(self):
+        """How runs sent their kernels to the GPU (moert_gpu_graphs): {"state": "on (...)" or "off (why)",
+        "graphs": launched, "builds", "updates": nodes updated in place, "staged": uploads staged}."""
+        g = _GraphStats()
+        self.rt.check(self.rt.lib.moert_gpu_graphs(self.handle, ctypes.byref(g)))
+        return {"state": g.state.decode(), "graphs": g.graphs, "builds": g.builds, "updates": g.updates,
+                "staged": g.staged}
 
     def session(self, max_context=0, profile=False, cache_dtype="f32", batch=1):
         """A generation session over this decoder (moert_session_*): append(tokens) -> the last token's logits,

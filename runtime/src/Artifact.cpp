@@ -957,6 +957,8 @@ moert_status moert::loadArtifact(const std::string &path, const moert_load_optio
     for (const auto &[name, n] : readers)
       g << sep << name << (n > 1 ? " x" + std::to_string(n) : ""), sep = ", ";
     g << (readers.empty() ? "" : ")") << "\n";
+    moert::gpu::GraphStats stats;
+    g << "gpu graphs: " << moert::gpu::graphs(*m.gpu, stats) << "\n";
     gpuCopies = g.str();
   }
   os << "steps:\n";

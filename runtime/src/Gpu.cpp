@@ -15,6 +15,8 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 namespace moert::gpu {
@@ -55,6 +57,16 @@ struct Driver {
   int (*eventSync)(void *) = nullptr;
   int (*eventElapsed)(float *, void *, void *) = nullptr;
   int (*eventDestroy)(void *) = nullptr;
+  // Optional (graphs: Device::flush; pinned staging memory): null where the driver lacks them.
+  int (*graphCreate)(void **, unsigned) = nullptr;
+  int (*graphAddKernelNode)(void **, void *, void *const *, size_t, const void *) = nullptr;
+  int (*graphInstantiate)(void **, void *, unsigned long long) = nullptr;
+  int (*graphExecKernelNodeSetParams)(void *, void *, const void *) = nullptr;
+  int (*graphLaunch)(void *, void *) = nullptr;
+  int (*graphExecDestroy)(void *) = nullptr;
+  int (*graphDestroy)(void *) = nullptr;
+  int (*hostAlloc)(void **, size_t, unsigned) = nullptr;
+  int (*hostFree)(void *) = nullptr;
   int (*cuErrorString)(int, const char **) = nullptr;
   const char *(*hipErrorString)(int) = nullptr;
 
@@ -249,6 +261,23 @@ std::string openDriver(bool hip, Driver &d) {
          sym(d.lib, "hipEventElapsedTime", d.eventElapsed) && sym(d.lib, "hipEventDestroy", d.eventDestroy) &&
          sym(d.lib, "hipGetErrorString", d.hipErrorString);
   }
+  if (ok) { // graphs and pinned memory: optional (each missing one leaves graphs off or staging pageable)
+    const char *v2 = hip ? "" : "_v2";
+    const std::string p = hip ? "hip" : "cu";
+    auto opt = [&](const std::string &name, const char *suffix, auto &out) {
+      if (!sym(d.lib, (name + suffix).c_str(), out))
+        sym(d.lib, name.c_str(), out);
+    };
+    opt(p + "GraphCreate", "", d.graphCreate);
+    opt(p + "GraphAddKernelNode", v2, d.graphAddKernelNode); // v2 layout: v1's fields, then two more
+    opt(p + "GraphInstantiateWithFlags", "", d.graphInstantiate);
+    opt(p + "GraphExecKernelNodeSetParams", v2, d.graphExecKernelNodeSetParams);
+    opt(p + "GraphLaunch", "", d.graphLaunch);
+    opt(p + "GraphExecDestroy", "", d.graphExecDestroy);
+    opt(p + "GraphDestroy", "", d.graphDestroy);
+    opt(hip ? "hipHostMalloc" : "cuMemHostAlloc", "", d.hostAlloc);
+    opt(hip ? "hipHostFree" : "cuMemFreeHost", "", d.hostFree);
+  }
   if (!ok) {
     dlclose(d.lib);
     d.lib = nullptr;
@@ -336,8 +365,13 @@ public:
       poolBytes += bytes;
     return e;
   }
-  void give(Ptr p, size_t capacity) { pool.emplace(capacity, p); }
-  void free(Ptr p) {
+  /// Back to the pool, first in line among those of its capacity (the next run's same value takes the same
+  /// buffer: a graph's arguments stay the same).
+  void give(Ptr p, size_t capacity) { pool.emplace_hint(pool.lower_bound(capacity), capacity, p); }
+  /// Frees `p`, after the recorded kernels (which may use it) unless `unused` says none does.
+  void free(Ptr p, bool unused = false) {
+    if (!unused)
+      flush(); // (a failure here fails the next call too: the device is lost)
     drv.memFree(p);
     allocations.erase(std::find(allocations.begin(), allocations.end(), p));
   }
@@ -349,8 +383,9 @@ public:
       std::swap(p, spareArena), capacity = spareArenaBytes, spareArenaBytes = 0;
       return p;
     }
-    if (spareArena) // too small for this run's plan, or far too large: freed before a new one is made
-      free(spareArena), arenaBytes -= spareArenaBytes, spareArena = 0, spareArenaBytes = 0;
+    if (spareArena) // too small for this run's plan, or far too large: freed before a new one is made (no
+                    // recorded kernel uses it: the run that gave it back sent its own)
+      free(spareArena, true), arenaBytes -= spareArenaBytes, spareArena = 0, spareArenaBytes = 0;
     if (!alloc(bytes, p).empty())
       return 0;
     arenaBytes += capacity = bytes;
@@ -419,11 +454,327 @@ public:
     return check(drv.eventCreate(&ev1, 0), "event creation");
   }
 
-  /// Launches `fn` on a (x, y, z) grid of MOERT_GPU_BLOCK-thread blocks on the stream; "" or one error line.
-  std::string launch(void *fn, int64_t x, int64_t y, int64_t z, void **params, const char *what) const {
-    return check(drv.launch(fn, unsigned(x), unsigned(y), unsigned(z), MOERT_GPU_BLOCK, 1, 1, 0, stream,
-                            params, nullptr),
-                 what);
+  /// Launches `fn` with argument `args` (every kernel takes one struct by value) on a (x, y, z) grid of
+  /// MOERT_GPU_BLOCK-thread blocks on the stream, or records it for the run's next graph; "" or one error
+  /// line.
+  template <class T>
+  std::string launch(void *fn, int64_t x, int64_t y, int64_t z, const T &args, const char *what) {
+    static_assert(std::is_trivially_copyable_v<T> && alignof(T) <= alignof(uint64_t), "a kernel argument");
+    if (!recording || !graphNodes) {
+      void *params[] = {const_cast<T *>(&args)};
+      return check(drv.launch(fn, unsigned(x), unsigned(y), unsigned(z), MOERT_GPU_BLOCK, 1, 1, 0, stream,
+                              params, nullptr),
+                   what);
+    }
+    Node n{fn,
+           {unsigned(x), unsigned(y), unsigned(z)},
+           uint32_t(pending.params.size()),
+           uint32_t(sizeof(T)),
+           what};
+    pending.params.resize(pending.params.size() + (sizeof(T) + 7) / 8);
+    std::memcpy(pending.params.data() + n.at, &args, sizeof(T));
+    pending.nodes.push_back(n);
+    return pending.nodes.size() >= graphNodes ? flush() : "";
+  }
+
+  // ---- graphs: a run's launches recorded and replayed as CUDA / HIP graphs --------------------------------
+  // While a run is open (Residency), kernel launches and small uploads are recorded (`pending`) instead of
+  // issued, up to graphNodes of them; then, or before anything that needs the stream's work done or a
+  // buffer freed (a copy to the host, a synchronisation, an event, a free, the run's end), they go to the
+  // device as one graph. The k-th graph of a run reuses the k-th of the run before when it launches the same
+  // kernels in the same order, the nodes whose arguments or grid changed updated in place (a decode step
+  // repeats the one before it but for its cache lengths and positions), else is built anew. An upload is
+  // copied into a staging slot at record time, to the slot's device mirror by one copy before its graph, and
+  // to its place by a moert_gpu_op_copy node among the kernels. MOERT_GPU_GRAPHS=N sets the kernels per graph
+  // (0: every launch direct, as with code from before moert_gpu_op_copy).
+  struct Node {
+    void *fn;
+    unsigned grid[3];
+    uint32_t at, size; // its argument's bytes: params[at ..] (8-byte words), `size` bytes
+    const char *what;
+  };
+  struct Recording {
+    std::vector<Node> nodes;
+    std::vector<uint64_t> params;
+  };
+  /// Whether node `a` of `ra` and node `b` of `rb` launch on the same grid with the same argument bytes.
+  static bool same(const Recording &ra, const Node &a, const Recording &rb, const Node &b) {
+    return a.size == b.size && std::equal(a.grid, a.grid + 3, b.grid) &&
+           std::memcmp(ra.params.data() + a.at, rb.params.data() + b.at, a.size) == 0;
+  }
+  static constexpr int kSlots = 4; // staging slots, used in turn by the graphs with uploads
+  static constexpr size_t kSlotBytes = size_t(1) << 20; // an upload over a quarter of it goes directly
+  struct Slot {
+    unsigned char *host = nullptr; // pinned where the driver has it (then `done` says when it is free again)
+    bool pinned = false, busy = false;
+    Ptr dev = 0;
+    void *done = nullptr;
+  };
+  struct Exec {
+    void *graph = nullptr, *exec = nullptr; // the driver's (none on the emulated device)
+    std::vector<void *> handles;            // its kernel nodes, in order
+    Recording nodes;                        // what it launches now
+  };
+  Recording pending, sending; // (sending: the one flush sends, kept for its buffers)
+  size_t stageUsed = 0;       // bytes of slot `slot` the pending uploads took
+  int slot = -1;              // the staging slot of the pending uploads (-1: none yet)
+  Slot slots[kSlots];
+  // Graphs by the kernels they launch (a hash of the sequence), then by their turn among those in a run: a
+  // flush out of the usual place (a buffer freed) makes a graph of its own without moving the others.
+  std::unordered_map<uint64_t, std::vector<Exec>> execs;
+  std::unordered_map<uint64_t, size_t> turns; // this run's graphs so far, by hash
+  size_t graphsThisRun = 0, execCount = 0;
+  int recording = 0;     // runs open
+  size_t graphNodes = 0; // kernels a graph (0: graphs off)
+  std::string graphsOff; // why graphs are off (empty while on)
+  void *copy = nullptr;  // moert_gpu_op_copy
+  GraphStats stats;
+
+  /// Graphs on unless the environment, the code or the driver says no (after the code is loaded).
+  void startGraphs() {
+    const char *env = std::getenv("MOERT_GPU_GRAPHS");
+    const long n = env && *env ? std::strtol(env, nullptr, 10) : 16;
+    graphNodes = 0;
+    if (n <= 0)
+      graphsOff = "off (MOERT_GPU_GRAPHS=" + std::string(env) + ")";
+    else if (!copy)
+      graphsOff = "off (the GPU code predates moert_gpu_op_copy: compile the model again)";
+    else if (!drv.emu && (!drv.graphCreate || !drv.graphAddKernelNode || !drv.graphInstantiate ||
+                          !drv.graphExecKernelNodeSetParams || !drv.graphLaunch || !drv.graphExecDestroy ||
+                          !drv.graphDestroy))
+      graphsOff = "off (the " + drv.name() + " driver has no graph API)";
+    else
+      graphNodes = size_t(std::min<long>(n, 4096)), graphsOff.clear();
+  }
+  /// A run opens / ends (its graphs launched).
+  void beginRecording() { ++recording; }
+  std::string endRecording() {
+    std::string e = flush();
+    if (--recording == 0) {
+      graphsThisRun = 0;
+      for (auto &turn : turns)
+        turn.second = 0;
+    }
+    return e;
+  }
+
+  /// An upload of host bytes [src, src + bytes) to `dst`: recorded (staged) while graphs are on, else
+  /// issued after the recorded work.
+  std::string upload(Ptr dst, const void *src, size_t bytes, const char *what) {
+    if (!bytes)
+      return "";
+    if (recording && graphNodes && bytes <= kSlotBytes / 4) {
+      if (stageUsed + bytes > kSlotBytes)
+        if (std::string e = flush(); !e.empty())
+          return e;
+      if (stageUsed == 0) { // the graph's turn in the run picks the slot (the same one step after step, so
+                            // its copies' sources do not change); its last copy must be done first
+        slot = int(graphsThisRun % kSlots);
+        if (std::string e = stagingSlot(slots[slot]); !e.empty())
+          return e;
+      }
+      Slot &sl = slots[slot];
+      std::memcpy(sl.host + stageUsed, src, bytes);
+      moert_gpu_copy_args a{reinterpret_cast<const void *>(sl.dev + stageUsed), reinterpret_cast<void *>(dst),
+                            int64_t(bytes)};
+      stageUsed += (bytes + 255) / 256 * 256;
+      ++stats.staged;
+      return launch(copy, moert_gpu_op_blocks((int64_t(bytes) + 3) / 4), 1, 1, a, what);
+    }
+    if (std::string e = flush(); !e.empty())
+      return e;
+    return check(drv.htod(dst, src, bytes, stream), what);
+  }
+  /// A copy of device bytes to the host, waited for (after the recorded work).
+  std::string download(void *dst, Ptr src, size_t bytes, const char *what) {
+    std::string e = flush();
+    if (e.empty())
+      e = check(drv.dtoh(dst, src, bytes, stream), what);
+    return e.empty() ? sync(what) : e;
+  }
+  /// Waits for everything issued and recorded.
+  std::string sync(const char *what) {
+    std::string e = flush();
+    return e.empty() ? check(drv.streamSync(stream), what) : e;
+  }
+  /// Records event `ev` after everything issued and recorded.
+  std::string event(void *ev) {
+    std::string e = flush();
+    return e.empty() ? check(drv.eventRecord(ev, stream), "event") : e;
+  }
+
+  /// Slot `sl` ready for new bytes: its buffers made on first use, its last copy to the device waited for.
+  std::string stagingSlot(Slot &sl) {
+    if (!sl.host) {
+      void *h = nullptr;
+      if (drv.hostAlloc && drv.eventCreate && !drv.emu && drv.hostAlloc(&h, kSlotBytes, 0) == 0 &&
+          drv.eventCreate(&sl.done, 0) == 0)
+        sl.pinned = true;
+      else if (h)
+        drv.hostFree(h), h = nullptr;
+      if (!h && !(h = std::malloc(kSlotBytes)))
+        return "cannot allocate " + std::to_string(kSlotBytes) + " bytes of host memory for GPU uploads";
+      sl.host = static_cast<unsigned char *>(h);
+      if (std::string e = alloc(kSlotBytes, sl.dev); !e.empty())
+        return e;
+    }
+    if (sl.busy) {
+      sl.busy = false;
+      return check(drv.eventSync(sl.done), "copy to the device (staging)");
+    }
+    return "";
+  }
+
+  /// Sends the recorded work to the device: the staged uploads, then the kernels as the run's next graph.
+  std::string flush() {
+    if (pending.nodes.empty())
+      return "";
+    std::swap(sending, pending);
+    std::string e;
+    if (stageUsed) {
+      Slot &sl = slots[slot];
+      e = check(drv.htod(sl.dev, sl.host, stageUsed, stream), "copy to the device (staged uploads)");
+      if (e.empty() && sl.pinned)
+        e = check(drv.eventRecord(sl.done, stream), "event"), sl.busy = e.empty();
+      stageUsed = 0, slot = -1;
+    }
+    if (e.empty())
+      e = replay(sending);
+    sending.nodes.clear(), sending.params.clear();
+    return e;
+  }
+
+  /// Launches `rec` as the run's next graph (reused, updated, or built), or node by node once graphs failed.
+  std::string replay(const Recording &rec) {
+    ++graphsThisRun;
+    uint64_t hash = 1469598103934665603ull; // FNV-1a over the kernels
+    for (const Node &n : rec.nodes)
+      hash = (hash ^ reinterpret_cast<uintptr_t>(n.fn)) * 1099511628211ull;
+    const size_t turn = turns[hash]++;
+    if (execs[hash].size() <= turn) {
+      if (execCount >= 1024) // (shapes that never repeat: start again rather than grow without bound)
+        dropGraphs(false, "");
+      ++execCount;
+      execs[hash].resize(turn + 1);
+    }
+    Exec &x = execs[hash][turn];
+    bool reuse = x.nodes.nodes.size() == rec.nodes.size();
+    for (size_t i = 0; reuse && i < rec.nodes.size(); ++i)
+      reuse = x.nodes.nodes[i].fn == rec.nodes[i].fn;
+    std::string why;
+    if (reuse) {
+      for (size_t i = 0; i < rec.nodes.size() && why.empty(); ++i)
+        if (!same(x.nodes, x.nodes.nodes[i], rec, rec.nodes[i]))
+          why = setNode(x, i, rec);
+    } else {
+      why = build(x, rec);
+    }
+    if (why.empty()) {
+      ++stats.graphs;
+      return launchGraph(x);
+    }
+    // The driver refused the graph (not a failed launch): graphs off from now, this one launched directly.
+    dropGraphs(true, "off (" + why + ")");
+    for (const Node &n : rec.nodes) {
+      void *params[] = {const_cast<uint64_t *>(rec.params.data() + n.at)};
+      if (std::string e = check(drv.launch(n.fn, n.grid[0], n.grid[1], n.grid[2], MOERT_GPU_BLOCK, 1, 1, 0,
+                                           stream, params, nullptr),
+                                n.what);
+          !e.empty())
+        return e;
+    }
+    return "";
+  }
+  /// The driver's kernel node parameters for node `n` of `r` (CUDA's v2 layout, HIP's own).
+  struct CuNode {
+    void *func;
+    unsigned grid[3], block[3], shared;
+    void **params, **extra;
+    void *kern, *ctx;
+  };
+  struct HipNode {
+    unsigned block[3];
+    void **extra;
+    void *func;
+    unsigned grid[3];
+    void **params;
+    unsigned shared;
+  };
+  template <class F> int withParams(const Recording &r, const Node &n, F f) {
+    void *args[] = {const_cast<uint64_t *>(r.params.data() + n.at)};
+    if (drv.hip) {
+      HipNode p{{MOERT_GPU_BLOCK, 1, 1}, nullptr, n.fn, {n.grid[0], n.grid[1], n.grid[2]}, args, 0};
+      return f(static_cast<const void *>(&p));
+    }
+    CuNode p{n.fn,   {n.grid[0], n.grid[1], n.grid[2]}, {MOERT_GPU_BLOCK, 1, 1}, 0, args, nullptr, nullptr,
+             nullptr};
+    return f(static_cast<const void *>(&p));
+  }
+  /// Node i of `x` becomes rec's node i (same kernel; its argument or grid changed).
+  std::string setNode(Exec &x, size_t i, const Recording &rec) {
+    const Node &n = rec.nodes[i];
+    ++stats.updates;
+    if (!drv.emu)
+      if (int rc = withParams(rec, n, [&](const void *p) {
+            return drv.graphExecKernelNodeSetParams(x.exec, x.handles[i], p);
+          }))
+        return "updating a graph node failed: " + drv.errorText(rc);
+    Node &m = x.nodes.nodes[i];
+    if (m.size != n.size) { // (a kernel takes one argument type: never, but keep the bytes whole)
+      m.at = uint32_t(x.nodes.params.size()), x.nodes.params.resize(m.at + (n.size + 7) / 8);
+    }
+    m.size = n.size, std::copy(n.grid, n.grid + 3, m.grid), m.what = n.what;
+    std::memcpy(x.nodes.params.data() + m.at, rec.params.data() + n.at, n.size);
+    return "";
+  }
+  /// `x` made anew for `rec`: a chain of kernel nodes, instantiated.
+  std::string build(Exec &x, const Recording &rec) {
+    destroyExec(x);
+    ++stats.builds;
+    if (!drv.emu) {
+      if (int rc = drv.graphCreate(&x.graph, 0))
+        return "graph creation failed: " + drv.errorText(rc);
+      x.handles.assign(rec.nodes.size(), nullptr);
+      for (size_t i = 0; i < rec.nodes.size(); ++i)
+        if (int rc = withParams(rec, rec.nodes[i], [&](const void *p) {
+              return drv.graphAddKernelNode(&x.handles[i], x.graph, i ? &x.handles[i - 1] : nullptr,
+                                            i ? 1 : 0, p);
+            }))
+          return "adding a graph node failed: " + drv.errorText(rc);
+      if (int rc = drv.graphInstantiate(&x.exec, x.graph, 0))
+        return "graph instantiation failed: " + drv.errorText(rc);
+    }
+    x.nodes = rec;
+    return "";
+  }
+  std::string launchGraph(const Exec &x) {
+    if (!drv.emu)
+      return check(drv.graphLaunch(x.exec, stream), "graph launch");
+    for (const Node &n : x.nodes.nodes) { // the emulator replays the graph's own copy of the arguments
+      void *params[] = {const_cast<uint64_t *>(x.nodes.params.data() + n.at)};
+      if (std::string e = check(drv.launch(n.fn, n.grid[0], n.grid[1], n.grid[2], MOERT_GPU_BLOCK, 1, 1, 0,
+                                           stream, params, nullptr),
+                                n.what);
+          !e.empty())
+        return e;
+    }
+    return "";
+  }
+  void destroyExec(Exec &x) {
+    if (x.exec)
+      drv.graphExecDestroy(x.exec);
+    if (x.graph)
+      drv.graphDestroy(x.graph);
+    x = Exec{};
+  }
+  /// Every graph destroyed; `off`: graphs off from now, for reason `why`.
+  void dropGraphs(bool off, const std::string &why) {
+    if (off)
+      graphNodes = 0, graphsOff = why;
+    for (auto &[hash, list] : execs)
+      for (Exec &x : list)
+        destroyExec(x);
+    execs.clear(), execCount = 0;
   }
 
   void setCurrent() const {
@@ -437,8 +788,16 @@ public:
     if (!drv.init) // no driver opened
       return;
     setCurrent();
+    flush();
     if (stream)
       drv.streamSync(stream);
+    dropGraphs(true, "");
+    for (Slot &sl : slots) {
+      if (sl.pinned)
+        drv.hostFree(sl.host), drv.eventDestroy(sl.done);
+      else
+        std::free(sl.host);
+    }
     for (Ptr p : allocations)
       drv.memFree(p);
     if (ev0)
@@ -456,6 +815,12 @@ public:
 };
 
 void destroy(Device *d) { delete d; }
+
+std::string graphs(Device &d, GraphStats &stats) {
+  std::lock_guard<std::mutex> lock(d.mutex);
+  stats = d.stats;
+  return d.graphNodes ? "on (" + std::to_string(d.graphNodes) + " kernels a graph at most)" : d.graphsOff;
+}
 
 std::string describe(const Device &d) { return d.label + (d.arch.empty() ? "" : " (" + d.arch + ")"); }
 
@@ -553,11 +918,15 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
   if (std::string e = loadCode(*d, a, map); !e.empty())
     return e;
   // The graph ops' kernels: each one missing (code from before it) leaves its ops on the host.
-  const std::pair<void **, const char *> graphOps[] = {
-      {&d->strided, "moert_gpu_op_strided"},     {&d->reduce, "moert_gpu_op_reduce"},
-      {&d->conv, "moert_gpu_op_conv"},           {&d->topk, "moert_gpu_op_topk"},
-      {&d->rotary, "moert_gpu_op_rotary"},       {&d->norm, "moert_gpu_op_norm"},
-      {&d->embedding, "moert_gpu_op_embedding"}, {&d->kvAppend, "moert_gpu_op_kv_append"}};
+  const std::pair<void **, const char *> graphOps[] = {{&d->strided, "moert_gpu_op_strided"},
+                                                       {&d->reduce, "moert_gpu_op_reduce"},
+                                                       {&d->conv, "moert_gpu_op_conv"},
+                                                       {&d->topk, "moert_gpu_op_topk"},
+                                                       {&d->rotary, "moert_gpu_op_rotary"},
+                                                       {&d->norm, "moert_gpu_op_norm"},
+                                                       {&d->embedding, "moert_gpu_op_embedding"},
+                                                       {&d->kvAppend, "moert_gpu_op_kv_append"},
+                                                       {&d->copy, "moert_gpu_op_copy"}};
   for (const auto &[fn, name] : graphOps)
     if (d->drv.moduleGetFunction(fn, d->module, name))
       *fn = nullptr;
@@ -657,6 +1026,7 @@ std::string open(int device, const pb::Artifact &a, const std::vector<const pb::
   }
   if (std::string e = d->check(d->drv.streamSync(d->stream), "weight upload"); !e.empty())
     return e;
+  d->startGraphs();
   out.reset(d.release());
   return "";
 }
@@ -723,6 +1093,8 @@ public:
     if (!newer(lo, hi)) // the common case (a host step reading host values): no splits, no driver call
       return "";
     d.setCurrent();
+    if (std::string e = d.flush(); !e.empty()) // the recorded kernels write what is read back
+      return e;
     cut(lo), cut(hi);
     bool any = false;
     for (auto it = inside(lo); it != copies.end() && it->first < hi; ++it)
@@ -737,7 +1109,7 @@ public:
         downloaded += bytes;
         any = true;
       }
-    return any ? d.check(d.drv.streamSync(d.stream), "copy to the host") : "";
+    return any ? d.sync("copy to the host") : "";
   }
   /// The first copy that ends after `lo` (it may start before).
   std::map<uintptr_t, Copy>::iterator from(uintptr_t lo) {
@@ -783,8 +1155,7 @@ public:
     if (stale)
       return "";
     uploaded += hi - lo;
-    return d.check(d.drv.htod(p, reinterpret_cast<const void *>(lo), hi - lo, d.stream),
-                   "copy to the device");
+    return d.upload(p, reinterpret_cast<const void *>(lo), hi - lo, "copy to the device");
   }
   /// The device address of the current bytes of host range [p, p + bytes): a copy holding all of them, else
   /// one made now (parts only the device had brought to the host first).
@@ -796,7 +1167,7 @@ public:
         Ptr q = 0;
         if (std::string e = d.alloc(hi - lo, q); !e.empty())
           return e;
-        if (std::string e = d.check(d.drv.htod(q, p, hi - lo, d.stream), "copy to the device"); !e.empty())
+        if (std::string e = d.upload(q, p, hi - lo, "copy to the device"); !e.empty())
           return e;
         uploaded += hi - lo;
         c = d.constants.insert_or_assign(lo, std::make_pair(hi, q)).first;
@@ -844,8 +1215,7 @@ public:
     drop(b.lo, b.lo + bytes);
     copies.emplace(b.lo, Copy{b.lo + bytes, b.buffer->p, b.buffer, false});
     uploaded += bytes;
-    return d.check(d.drv.htod(b.buffer->p, reinterpret_cast<const void *>(b.lo), bytes, d.stream),
-                   "copy to the device");
+    return d.upload(b.buffer->p, reinterpret_cast<const void *>(b.lo), bytes, "copy to the device");
   }
   ~Residency();
 };
@@ -862,7 +1232,7 @@ public:
   ~CacheCopy() {
     std::lock_guard<std::mutex> lock(d.mutex);
     d.setCurrent();
-    d.drv.streamSync(d.stream); // no kernel reads it any more
+    d.sync("cache release"); // no kernel reads it any more
     d.drv.memFree(p);
     d.allocations.erase(std::find(d.allocations.begin(), d.allocations.end(), p));
   }
@@ -872,6 +1242,8 @@ void CacheCopyDeleter::operator()(CacheCopy *c) const { delete c; }
 
 Residency::~Residency() {
   std::lock_guard<std::mutex> lock(d.mutex);
+  d.setCurrent();
+  d.endRecording();              // a failed launch (device lost) fails the session's next call too
   for (const Bound &b : bound) { // which side holds each bound cache's newest bytes now
     bool newer = false;
     if (covered(b.lo, b.lo + b.cache->bytes, b.buffer.get(), newer)) {
@@ -909,10 +1281,7 @@ std::string cacheToHost(CacheCopy &c, void *host, bool willWrite) {
   std::lock_guard<std::mutex> lock(c.d.mutex);
   if (c.state == CacheCopy::DeviceNewer) {
     c.d.setCurrent();
-    if (std::string e = c.d.check(c.d.drv.dtoh(host, c.p, c.bytes, c.d.stream), "copy to the host");
-        !e.empty())
-      return e;
-    if (std::string e = c.d.check(c.d.drv.streamSync(c.d.stream), "copy to the host"); !e.empty())
+    if (std::string e = c.d.download(host, c.p, c.bytes, "copy to the host"); !e.empty())
       return e;
     c.state = CacheCopy::Same;
   }
@@ -926,7 +1295,7 @@ std::string bindCache(Residency &r, CacheCopy &c, const void *host) {
   std::lock_guard<std::mutex> lock(d.mutex);
   d.setCurrent();
   if (c.state == CacheCopy::Stale) {
-    if (std::string e = d.check(d.drv.htod(c.p, host, c.bytes, d.stream), "copy to the device"); !e.empty())
+    if (std::string e = d.upload(c.p, host, c.bytes, "copy to the device"); !e.empty())
       return e;
     r.uploaded += c.bytes;
     c.state = CacheCopy::Same;
@@ -973,18 +1342,15 @@ std::string appendCache(Device &d, Residency &r, CacheCopy &c, const void *host,
   if (first) { // each sequence's first new row, through the scratch (stream-ordered after earlier kernels)
     if (std::string e = d.grow(d.scratch, d.scratchBytes, sizeof(int64_t) * size_t(B)); !e.empty())
       return e;
-    if (std::string e = d.check(d.drv.htod(d.scratch, first, sizeof(int64_t) * size_t(B), d.stream),
-                                "copy to the device");
+    if (std::string e = d.upload(d.scratch, first, sizeof(int64_t) * size_t(B), "copy to the device");
         !e.empty())
       return e;
     r.uploaded += sizeof(int64_t) * size_t(B);
     a.first = reinterpret_cast<const int64_t *>(d.scratch);
   }
   a.cache = reinterpret_cast<void *>(c.p);
-  void *params[] = {&a};
   if (B * heads * S > 0)
-    if (std::string e = d.launch(d.kvAppend, B * heads * S, 1, 1, params, "launch (KV cache append)");
-        !e.empty())
+    if (std::string e = d.launch(d.kvAppend, B * heads * S, 1, 1, a, "launch (KV cache append)"); !e.empty())
       return e;
   cacheWritten(r, host); // one copy after rebind: the device's bytes are the newer
   return "";
@@ -994,6 +1360,10 @@ void ResidencyDeleter::operator()(Residency *r) const { delete r; }
 
 ResidencyPtr beginRun(Device &d, const void *arena, size_t arenaBytes) {
   ResidencyPtr r(new Residency(d));
+  {
+    std::lock_guard<std::mutex> lock(d.mutex);
+    d.beginRecording();
+  }
   if (arena)
     r->arenaLo = reinterpret_cast<uintptr_t>(arena), r->arenaHi = r->arenaLo + arenaBytes;
   return r;
@@ -1034,6 +1404,8 @@ std::string gatherRows(Device &d, Residency &r, const void *src, size_t srcBytes
     if (rows[i] < 0 || size_t(rows[i] + 1) * rowBytes > srcBytes)
       return "internal: row " + std::to_string(rows[i]) + " gathered past " + std::to_string(srcBytes) +
              " bytes";
+    if (std::string e = d.flush(); !e.empty()) // (copies between device buffers are not recorded)
+      return e;
     if (std::string e =
             d.check(d.drv.dtod(to + i * rowBytes, from + size_t(rows[i]) * rowBytes, rowBytes, d.stream),
                     "copy on the device");
@@ -1062,22 +1434,22 @@ void traffic(const Residency &r, uint64_t &toDevice, uint64_t &toHostBytes) {
 
 /// The kernels of dispatch `k` on `args` (device addresses), in the order and on the grids of `plan`
 /// (moert_gpu_moe_plan for this call's T).
-std::string launchAll(Device &d, const Kernels &k, const moert_gpu_moe_launches &plan, moert_gpu_args args) {
-  void *params[] = {&args};
+std::string launchAll(Device &d, const Kernels &k, const moert_gpu_moe_launches &plan,
+                      const moert_gpu_args &args) {
   std::string e;
   if (plan.logits_grid[0] &&
-      (e = d.launch(k.logits, plan.logits_grid[0], plan.logits_grid[1], 1, params, "launch (logits)")).size())
+      (e = d.launch(k.logits, plan.logits_grid[0], plan.logits_grid[1], 1, args, "launch (logits)")).size())
     return e;
-  if ((e = d.launch(k.route, plan.route_blocks, 1, 1, params, "launch (route)")).size() ||
+  if ((e = d.launch(k.route, plan.route_blocks, 1, 1, args, "launch (route)")).size() ||
       (plan.predict_grid[0] &&
-       (e = d.launch(k.predict, plan.predict_grid[0], plan.predict_grid[1], 1, params, "launch (predict)"))
+       (e = d.launch(k.predict, plan.predict_grid[0], plan.predict_grid[1], 1, args, "launch (predict)"))
            .size()) ||
-      (e = d.launch(plan.mma ? k.upMma : k.up, plan.up_grid[0], plan.up_grid[1], 1, params,
+      (e = d.launch(plan.mma ? k.upMma : k.up, plan.up_grid[0], plan.up_grid[1], 1, args,
                     plan.mma ? "launch (up_mma)" : "launch (up)"))
           .size())
     return e;
   return d.launch(plan.mma ? k.downMma : k.down, plan.down_grid[0], plan.down_grid[1], plan.down_grid[2],
-                  params, plan.mma ? "launch (down_mma)" : "launch (down)");
+                  args, plan.mma ? "launch (down_mma)" : "launch (down)");
 }
 
 moert_gpu_moe_launches planOf(const Device &d, const Kernels &k, int64_t T) {
@@ -1088,12 +1460,11 @@ namespace {
 /// Records the start event when timing (`gpuMs`), runs `launch`, then records the end and waits for it.
 template <class Launch> std::string timed(Device &d, double *gpuMs, Launch launch) {
   std::string e;
-  if (gpuMs && (e = d.check(d.drv.eventRecord(d.ev0, d.stream), "event")).size())
+  if (gpuMs && (e = d.event(d.ev0)).size())
     return e;
   if ((e = launch()).size() || !gpuMs)
     return e;
-  if ((e = d.check(d.drv.eventRecord(d.ev1, d.stream), "event")).size() ||
-      (e = d.check(d.drv.streamSync(d.stream), "kernel run")).size())
+  if ((e = d.event(d.ev1)).size() || (e = d.sync("kernel run")).size())
     return e;
   float ms = 0;
   d.drv.eventElapsed(&ms, d.ev0, d.ev1);
@@ -1137,8 +1508,7 @@ std::string timeKernels(Device &d, int index, int repeats, double &usPerCall, do
   moert_gpu_layout l = moert_gpu_scratch_layout(&s, T);
   int64_t maxTiles = moert_gpu_max_tiles(&s, T);
   std::vector<int32_t> tiles(3 * maxTiles + 1);
-  if ((e = d.check(d.drv.dtoh(tiles.data(), d.scratch + l.tiles, tiles.size() * 4, d.stream), "copy")).size() ||
-      (e = d.check(d.drv.streamSync(d.stream), "copy")).size())
+  if ((e = d.download(tiles.data(), d.scratch + l.tiles, tiles.size() * 4, "copy")).size())
     return e;
   std::vector<bool> used(s.E + 1, false);
   for (int32_t i = 0; i < tiles[3 * maxTiles] && i < maxTiles; ++i)
@@ -1204,18 +1574,15 @@ namespace {
 /// (moert_gpu_lin_plan for M rows).
 std::string launchLinear(Device &d, const LinearKernels &k, const moert_gpu_linear_launches &plan,
                          moert_gpu_linear_args args) {
-  void *params[] = {&args};
   std::string e;
-  if (plan.norm_blocks &&
-      (e = d.launch(k.norm, plan.norm_blocks, 1, 1, params, "launch (linear norm)")).size())
+  if (plan.norm_blocks && (e = d.launch(k.norm, plan.norm_blocks, 1, 1, args, "launch (linear norm)")).size())
     return e;
   if (plan.gemm)
-    return d.launch(k.gemm, plan.gemm_grid[0], plan.gemm_grid[1], 1, params, "launch (linear gemm)");
-  if ((e = d.launch(k.gemv, plan.gemv_grid[0], plan.gemv_grid[1], 1, params, "launch (linear gemv)"))
-          .size() ||
+    return d.launch(k.gemm, plan.gemm_grid[0], plan.gemm_grid[1], 1, args, "launch (linear gemm)");
+  if ((e = d.launch(k.gemv, plan.gemv_grid[0], plan.gemv_grid[1], 1, args, "launch (linear gemv)")).size() ||
       !plan.reduce_blocks)
     return e;
-  return d.launch(k.reduce, plan.reduce_blocks, 1, 1, params, "launch (linear reduce)");
+  return d.launch(k.reduce, plan.reduce_blocks, 1, 1, args, "launch (linear reduce)");
 }
 
 moert_gpu_linear_launches planOf(const LinearKernels &k, int64_t M) {
@@ -1331,11 +1698,10 @@ std::string runAttention(Device &d, Residency &r, int index, const moert_attenti
   args.a.output = reinterpret_cast<float *>(out);
   args.a.scratch = reinterpret_cast<void *>(d.scratch);
   if ((e = timed(d, gpuMs, [&] {
-         void *params[] = {&args};
          std::string le = d.launch(attend, plan.attend_grid[0], plan.attend_grid[1], plan.attend_grid[2],
-                                   params, "launch (attention)");
+                                   args, "launch (attention)");
          if (le.empty() && plan.merge_blocks)
-           le = d.launch(k.merge, plan.merge_blocks, 1, 1, params, "launch (attention merge)");
+           le = d.launch(k.merge, plan.merge_blocks, 1, 1, args, "launch (attention merge)");
          return le;
        })).size())
     return what + ": " + e;
@@ -1731,9 +2097,8 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
     if ((e = rotaryPart(r, OpRun{plan, inputs, outputs, dest}, l.part[0])).size() ||
         (with && (e = rotaryPart(r, *with, l.part[1])).size()))
       return e;
-    void *params[] = {&l};
     const int64_t blocks = moert_gpu_rotary_blocks(&l, d.warps);
-    if (blocks && (e = d.launch(d.rotary, blocks, 1, 1, params, "launch (rotary)")).size())
+    if (blocks && (e = d.launch(d.rotary, blocks, 1, 1, l, "launch (rotary)")).size())
       return e;
     for (const CacheWrite *w : {dest, with ? with->dest : nullptr})
       if (w)
@@ -1756,7 +2121,6 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
     auto at = [&](size_t j) {
       return j < in.size() && in[j] ? reinterpret_cast<const float *>(in[j]) : nullptr;
     };
-    void *params[1];
     if (plan.fused == 6) {
       moert_gpu_topk_args a = plan.topk;
       if (outputs.size() != 2 ||
@@ -1764,22 +2128,19 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
         return e.empty() ? "internal: TopK without its indices" : e;
       a.x = at(0), a.values = reinterpret_cast<float *>(out[0]),
       a.indices = reinterpret_cast<int64_t *>(out[1]);
-      params[0] = &a;
       const int64_t blocks = (a.rows + d.warps - 1) / d.warps;
-      return blocks && a.k ? d.launch(d.topk, blocks, 1, 1, params, "launch (topk)") : "";
+      return blocks && a.k ? d.launch(d.topk, blocks, 1, 1, a, "launch (topk)") : "";
     }
     if (plan.fused == 5) {
       moert_gpu_conv_args a = plan.conv;
       a.x = at(0), a.w = at(1), a.b = at(2), a.y = reinterpret_cast<float *>(out[0]);
-      params[0] = &a;
-      return a.n ? d.launch(d.conv, moert_gpu_op_blocks(a.n), 1, 1, params, "launch (conv)") : "";
+      return a.n ? d.launch(d.conv, moert_gpu_op_blocks(a.n), 1, 1, a, "launch (conv)") : "";
     }
     if (plan.fused == 4) {
       moert_gpu_reduce_args a = plan.reduce;
       a.x = at(0), a.out = reinterpret_cast<float *>(out[0]);
-      params[0] = &a;
       const int64_t blocks = (a.rows + d.warps - 1) / d.warps;
-      return blocks ? d.launch(d.reduce, blocks, 1, 1, params, "launch (reduction)") : "";
+      return blocks ? d.launch(d.reduce, blocks, 1, 1, a, "launch (reduction)") : "";
     }
     if (plan.fused == 3) { // the indices are checked where they are (the host) before a block reads a row
       const EmbeddingPlan &g = plan.embedding;
@@ -1797,14 +2158,12 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
       a.table = reinterpret_cast<const void *>(in[MOERT_EMBED_ROWS]);
       a.idx = reinterpret_cast<const void *>(in[MOERT_EMBED_SLOTS]);
       a.scales = at(MOERT_EMBED_SCALES), a.out = reinterpret_cast<float *>(out[0]);
-      params[0] = &a;
-      return a.n ? d.launch(d.embedding, a.n, 1, 1, params, "launch (embedding)") : "";
+      return a.n ? d.launch(d.embedding, a.n, 1, 1, a, "launch (embedding)") : "";
     }
     moert_gpu_norm_args a = plan.norm;
     a.x = at(MOERT_NORM_INPUT), a.w = at(MOERT_NORM_WEIGHT), a.b = at(MOERT_NORM_BIAS);
     a.out = reinterpret_cast<float *>(out[0]);
-    params[0] = &a;
-    return a.rows ? d.launch(d.norm, a.rows, 1, 1, params, "launch (norm)") : "";
+    return a.rows ? d.launch(d.norm, a.rows, 1, 1, a, "launch (norm)") : "";
   }
   for (const auto &l : plan.launches)
     for (int j : {l.a, l.b})
@@ -1829,8 +2188,7 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
       args.out_strides[0] = cd.heads * cd.capacity * D, args.out_offset = cd.past * D;
       args.out_storage = cd.storage, args.out = static_cast<float *>(cd.cache);
     }
-    void *params[] = {&args};
-    if ((e = d.launch(d.strided, moert_gpu_op_blocks(args.n), 1, 1, params, "launch (graph op)")).size())
+    if ((e = d.launch(d.strided, moert_gpu_op_blocks(args.n), 1, 1, args, "launch (graph op)")).size())
       return e;
   }
   if (dest)

@@ -200,6 +200,16 @@ std::string runOp(Device &d, Residency &r, const OpPlan &plan,
                   const std::vector<std::pair<void *, size_t>> &outputs, const CacheWrite *dest = nullptr,
                   const OpRun *with = nullptr);
 
+/// A run's kernel launches go to the device as CUDA / HIP graphs (Gpu.cpp, Device::flush): how they went.
+struct GraphStats {
+  uint64_t graphs = 0;  // graphs launched
+  uint64_t builds = 0;  // graphs built (none in their place yet, or one launching other kernels)
+  uint64_t updates = 0; // nodes updated in place (their arguments or grid changed since the last launch)
+  uint64_t staged = 0;  // uploads staged into graphs
+};
+/// "on (N kernels a graph at most)" or "off (why)"; the counts so far in `stats`.
+std::string graphs(Device &d, GraphStats &stats);
+
 /// "CUDA: NVIDIA H100 80GB HBM3 (sm_90)".
 std::string describe(const Device &d);
 

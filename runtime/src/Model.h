@@ -206,6 +206,7 @@ struct moert_model {
   std::mutex commMutex;
   std::string epError; // why this expert-parallel model cannot run here (no MPI, a wrong rank count)
   std::atomic<uint64_t> gpuToDevice{0}, gpuToHost{0}; // bytes copied by the last finished run (GPU only)
+  std::string gpuGraphs;                              // moert_gpu_graphs's state, as last asked
   bool noRoundTrips =
       false; // moert_load_options.no_round_trips: a host step reading a GPU step's value fails
   std::string description;

@@ -130,6 +130,17 @@ moert_status moert_gpu_traffic(const moert_model *m, uint64_t *toDevice, uint64_
   return nullptr;
 }
 
+moert_status moert_gpu_graphs(moert_model *m, moert_gpu_graph_stats *out) {
+  if (!m || !out)
+    return makeError("moert_gpu_graphs: model and out must not be NULL");
+  if (!m->gpu)
+    return makeError("moert_gpu_graphs: the model was not loaded on a GPU");
+  moert::gpu::GraphStats s;
+  m->gpuGraphs = moert::gpu::graphs(*m->gpu, s);
+  *out = {m->gpuGraphs.c_str(), s.graphs, s.builds, s.updates, s.staged};
+  return nullptr;
+}
+
 moert_status moert_gpu_activation_memory(const moert_model *m, uint64_t *arenas, uint64_t *pooled) {
   if (!m || !arenas || !pooled)
     return makeError("moert_gpu_activation_memory: model, arenas and pooled must not be NULL");

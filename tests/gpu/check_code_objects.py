@@ -202,7 +202,8 @@ def main():
             want = {f"moert_gpu_{d}_{k}" for d in dispatches for k in ("route", "up", "down", "up_mma", "down_mma")}
             # the graph ops' kernels (kernels/hip/ops_gpu.h), in every artifact
             want |= {"moert_gpu_op_strided", "moert_gpu_op_reduce", "moert_gpu_op_conv", "moert_gpu_op_topk",
-                     "moert_gpu_op_rotary", "moert_gpu_op_norm", "moert_gpu_op_kv_append", "moert_gpu_op_embedding"}
+                     "moert_gpu_op_rotary", "moert_gpu_op_norm", "moert_gpu_op_kv_append", "moert_gpu_op_embedding",
+                     "moert_gpu_op_copy"}
             want |= set(re.findall(r"MOERT_GPU_KERNEL\((moert_gpu_\d+_(?:logits|predict)),", src))  # routers, predictors
             linears = sorted(set(re.findall(r"moert_gpu_lin_(\d+)_gemv", src)))
             want |= {f"moert_gpu_lin_{j}_{k}" for j in linears for k in ("gemv", "reduce", "gemm")}

@@ -15,6 +15,8 @@ back only the logits. Checked here, per cache storage, on the decoder-with-past 
   - the keys' rotary embeddings and the values' Transposes write the new positions into the caches (the
     appends launch nothing), the keys' rotary in the queries' launch;
   - `moert generate` of a left-padded batch of two gives the CPU's tokens (f32 and bf16 caches);
+  - kernels sent as CUDA / HIP graphs (default 16 kernels a graph, 3, and off): the same logits, and decode
+    steps reusing their graphs (nodes updated in place, none built);
 
 and, on a GroupQueryAttention decoder (each sequence's positions from row 0), a left-padded batch of two (each
 sequence's new rows at its own length, the prompt's padding rows cleared on the host afterwards), 4 decode
@@ -110,6 +112,60 @@ def decoder_case(rt, art, device, cache_dtype):
               f"(the logits: {4 * vocab})")
 
 
+def graphs_case(rt, art, device):
+    """A session's kernels sent as graphs of up to 16 kernels (the default), of 3 (many graph boundaries, the
+    staging slots taken in turn) and launched one by one (MOERT_GPU_GRAPHS=0): the same logits call by call,
+    within the f32 bound of the CPU session, and bit for bit alike on the emulated device (it runs a kernel's
+    blocks in order, so only a node's stale arguments or a misplaced upload could make them differ); decode
+    steps reuse the graphs of the step before, updating nodes in place, building none."""
+    models = {}
+    for n in ("0", "3", "16"):
+        os.environ["MOERT_GPU_GRAPHS"] = n
+        models[n] = rt.load(art, threads=2, device=device)
+    del os.environ["MOERT_GPU_GRAPHS"]
+    cpu = rt.load(art, threads=2)
+    sessions = {n: m.session(max_context=300) for n, m in models.items()}
+    sc = cpu.session(max_context=300)
+    rng = np.random.default_rng(5)
+    errs, same, steady = [], True, {}
+
+    def call(tokens):
+        nonlocal same
+        b = sc.append(tokens)
+        outs = {n: s.append(tokens) for n, s in sessions.items()}
+        errs.extend(rel(a, b) for a in outs.values())
+        same = same and all(np.array_equal(outs["0"], a) for a in outs.values())
+        return b
+
+    logits = call(rng.integers(0, 32, 9))
+    for step in range(30):
+        if step == 10:  # decode steps warmed up: the next 20 should build nothing
+            steady = {n: m.gpu_graphs() for n, m in models.items()}
+        logits = call([int(np.argmax(logits))])
+    after = {n: m.gpu_graphs() for n, m in models.items()}
+    logits = call(rng.integers(0, 32, 40))  # a longer append, then decode again
+    for _ in range(3):
+        logits = call([int(np.argmax(logits))])
+    for s in [*sessions.values(), sc]:
+        s.close()
+    for m in [*models.values(), cpu]:
+        m.close()
+    check("past_qwen3_moe: graphs of 16 and of 3 kernels, and every kernel launched directly, vs the CPU",
+          max(errs) <= BOUND["f32"] and (same or device != "emu"),
+          f"{len(errs)} results, logits max rel error {max(errs):.2e} (bound {BOUND['f32']:g})"
+          + (f"; bit for bit alike: {same}" if device == "emu" else ""))
+    states = {n: after[n]["state"] for n in after}
+    check("past_qwen3_moe: graphs on by default, off with MOERT_GPU_GRAPHS=0",
+          states["0"] == "off (MOERT_GPU_GRAPHS=0)" and after["0"]["graphs"] == 0
+          and states["16"].startswith("on (16 ") and states["3"].startswith("on (3 "), f"{states}")
+    for n in ("16", "3"):
+        a, b = steady[n], after[n]
+        launched, built, updated = (b[k] - a[k] for k in ("graphs", "builds", "updates"))
+        check(f"past_qwen3_moe, graphs of up to {n} kernels: 20 decode steps reuse the graphs of the steps before",
+              built == 0 and launched >= 20 and updated > 0,
+              f"{launched} graphs launched, {built} built, {updated} nodes updated in place")
+
+
 def gqa_case(rt, moec, targets, tmp, device):
     import check_gqa_e2e as gqa
     rng = np.random.default_rng(3)
@@ -185,6 +241,7 @@ def main():
             for cache_dtype in ("f32", "bf16", "f16", "int8"):
                 decoder_case(rt, art, args.device, cache_dtype)
             padded_batch_case(args.moert, art, args.device, tmp)
+            graphs_case(rt, art, args.device)
         gqa_case(rt, args.moec, targets, tmp, args.device)
     print(f"{'FAILED: ' + ', '.join(failed) if failed else 'all passed'}")
     return 1 if failed else 0

@@ -73,7 +73,9 @@ const char *kUsage =
     "                          graph ops it has kernels for whose inputs are there (moert inspect --device\n"
     "                          marks them); other ops run on the CPU. No driver or device: an error, never "
     "a\n"
-    "                          fallback\n"
+    "                          fallback. Kernels go to the device as CUDA / HIP graphs, updated in place\n"
+    "                          from one call to the next (MOERT_GPU_GRAPHS=N kernels a graph, default 16;\n"
+    "                          0: each launched directly)\n"
     "  --no-round-trips        on a GPU: a step the CPU runs that reads a value a GPU step made (a copy "
     "back\n"
     "                          inside every call; moert inspect --device lists them) is an error naming it,\n"
@@ -281,6 +283,22 @@ int parseAndLoad(int argc, char **argv, bool takesDevice, int threads, const cha
     return rc;
   moert_load_options lo{sizeof lo, threads, 1, device, nullptr, 0};
   return check(moert_load(model.c_str(), &lo, &m));
+}
+
+/// On a GPU: how the runs' kernels went to the device (graphs built, launched, nodes updated); else "".
+std::string graphsLine(moert_model *m) {
+  moert_gpu_graph_stats g{};
+  if (moert_status st = moert_gpu_graphs(m, &g)) {
+    moert_status_free(st); // not on a GPU
+    return "";
+  }
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "gpu graphs: %s: %llu launched, %llu built, %llu nodes updated, %llu uploads "
+                "staged\n",
+                g.state, (unsigned long long)g.graphs, (unsigned long long)g.builds,
+                (unsigned long long)g.updates, (unsigned long long)g.staged);
+  return line;
 }
 
 int inspect(int argc, char **argv) {
@@ -533,6 +551,7 @@ int run(int argc, char **argv) {
   else
     std::printf("gpu copies (last call): %llu bytes to the device, %llu bytes to the host\n",
                 (unsigned long long)toDevice, (unsigned long long)toHost);
+  std::fputs(graphsLine(m).c_str(), stdout);
   uint64_t arenas = 0, pooled = 0;
   if (moert_status st = moert_gpu_activation_memory(m, &arenas, &pooled))
     moert_status_free(st);
@@ -997,6 +1016,7 @@ int generate(int argc, char **argv) {
     else
       std::printf("\n");
   }
+  const std::string graphs = device == MOERT_DEVICE_CPU ? "" : graphsLine(m);
   unsigned long long copies[2] = {0, 0}; // the last step's host <-> device bytes (GPU only)
   uint64_t toDevice = 0, toHost = 0;
   if (moert_status gs = device == MOERT_DEVICE_CPU ? nullptr : moert_gpu_traffic(m, &toDevice, &toHost))
@@ -1041,6 +1061,7 @@ int generate(int argc, char **argv) {
   if (device != MOERT_DEVICE_CPU && copies[0] + copies[1] > 0)
     std::printf("gpu copies (last decode step): %llu bytes to the device, %llu bytes to the host\n",
                 copies[0], copies[1]);
+  std::fputs(graphs.c_str(), stdout);
   // Each decode call after the prefill makes one more token per running sequence.
   const size_t decoded = st.new_tokens - std::min<size_t>(st.new_tokens, static_cast<size_t>(batch));
   if (longest > 1)

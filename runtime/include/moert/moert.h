@@ -199,6 +199,22 @@ MOERT_API moert_status moert_gpu_time_linear(moert_model *model, size_t linear, 
  * KV caches stay in device memory between its calls (appended and attended there; copied whole only when the
  * session moves positions on the host: a sequence leaving a batch, a buffer growing). */
 MOERT_API moert_status moert_gpu_traffic(const moert_model *model, uint64_t *to_device, uint64_t *to_host);
+/* For models loaded on a GPU: how runs send their kernels to the device. While a run is open, its kernel
+ * launches and small uploads are recorded and go to the device as CUDA / HIP graphs of at most
+ * MOERT_GPU_GRAPHS kernels (environment, read at load; default 16; 0 launches every kernel directly), sent
+ * when full or when the host needs the device's work done (a copy back, the run's end). The k-th graph of a
+ * run is the k-th of the run before, its nodes' arguments and grids updated in place, when it launches the
+ * same kernels (decode steps repeat), else it is built anew. `state`: "on (...)" or "off (why)" (the
+ * environment, GPU code from before graphs, a driver without the graph API, or the driver refusing one),
+ * valid while the model is; the counts are since the load. */
+typedef struct moert_gpu_graph_stats {
+  const char *state;
+  uint64_t graphs;  /* graphs launched */
+  uint64_t builds;  /* graphs built */
+  uint64_t updates; /* graph nodes updated in place */
+  uint64_t staged;  /* uploads staged into graphs */
+} moert_gpu_graph_stats;
+MOERT_API moert_status moert_gpu_graphs(moert_model *model, moert_gpu_graph_stats *out);
 /* For models loaded on a GPU: the device memory held for activations now. A run whose input shape libmoert
  * has seen (or any after the first: sizes from earlier runs, grown) places the memory plan's values in one
  * device arena laid out as its host arena; `arenas` counts the one kept between runs and those runs hold.
