@@ -95,9 +95,10 @@ template <class F> bool sym(void *lib, const char *name, F &out) {
 /// Test knobs, read from the environment when the device opens, for the failures a real GPU can have:
 /// MOERT_EMU_MEMORY=BYTES gives the device that much memory (an allocation past it fails as out of memory);
 /// MOERT_EMU_FAIL_LAUNCH=N makes the Nth kernel launch fail, and every device call after it, as a device lost
-/// mid-run does. And one for measuring libmoert's own cost: MOERT_EMU_SKIP_KERNELS=1 counts launches without
-/// running them (results are garbage; the time left is the host's planning, bookkeeping and copies), and at
-/// exit prints the launches to stderr.
+/// mid-run does; MOERT_EMU_REFUSE_GRAPHS=1 refuses to build a graph, as a driver without graphs of module
+/// kernels would (libmoert then turns graphs off and launches directly). And one for measuring libmoert's own
+/// cost: MOERT_EMU_SKIP_KERNELS=1 counts launches without running them (results are garbage; the time left is
+/// the host's planning, bookkeeping and copies), and at exit prints the launches to stderr.
 namespace emu {
 using Clock = std::chrono::steady_clock;
 int stream = 0; // the one stream's handle: every call is synchronous
@@ -106,7 +107,7 @@ struct Faults {
   std::map<Ptr, size_t> sizes;
   size_t used = 0, capacity = SIZE_MAX;
   long long launches = 0, failAt = -1;
-  bool lost = false, skip = false;
+  bool lost = false, skip = false, refuseGraphs = false;
   ~Faults() {
     if (skip)
       std::fprintf(stderr, "moert: MOERT_EMU_SKIP_KERNELS: %lld kernel launches, none run\n", launches);
@@ -119,6 +120,10 @@ Faults &faults() {
 bool lost() {
   std::lock_guard<std::mutex> lock(faults().mutex);
   return faults().lost;
+}
+bool refusesGraphs() {
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  return faults().refuseGraphs;
 }
 int init(unsigned) { return 0; }
 int deviceGet(int *dev, int) { return *dev = 0; }
@@ -204,6 +209,8 @@ void open(Driver &d) {
     f.launches = 0, f.lost = false;
     const char *skip = std::getenv("MOERT_EMU_SKIP_KERNELS");
     f.skip = skip && *skip && std::strcmp(skip, "0") != 0;
+    const char *refuse = std::getenv("MOERT_EMU_REFUSE_GRAPHS");
+    f.refuseGraphs = refuse && *refuse && std::strcmp(refuse, "0") != 0;
   }
   d.emu = true, d.hip = true; // HIP's shapes: no context; setDevice makes the device current
   d.init = init, d.deviceGet = deviceGet, d.deviceGetName = deviceGetName, d.setDevice = setDevice;
@@ -731,6 +738,8 @@ public:
   std::string build(Exec &x, const Recording &rec) {
     destroyExec(x);
     ++stats.builds;
+    if (drv.emu && emu::refusesGraphs())
+      return "graph creation failed: refused (MOERT_EMU_REFUSE_GRAPHS)";
     if (!drv.emu) {
       if (int rc = drv.graphCreate(&x.graph, 0))
         return "graph creation failed: " + drv.errorText(rc);

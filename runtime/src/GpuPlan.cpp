@@ -106,8 +106,7 @@ bool graphOpCandidate(const OpKernels &d, const pb::Program &p, const pb::Step &
     return false;
   const std::string &op = s.op().op();
   if (op == "TopK") // values and indices
-    return d.topk && s.op().outputs_size() == 2 && s.op().outputs(0) >= 0 && s.op().outputs(1) >= 0 &&
-           p.values(s.op().outputs(0)).type().dtype() == pb::F32 &&
+    return d.topk && s.op().outputs_size() == 2 && p.values(s.op().outputs(0)).type().dtype() == pb::F32 &&
            p.values(s.op().outputs(1)).type().dtype() == pb::I64;
   if (s.op().outputs_size() > 1 && op != "Split")
     return false;

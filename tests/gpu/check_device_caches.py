@@ -164,6 +164,23 @@ def graphs_case(rt, art, device):
         check(f"past_qwen3_moe, graphs of up to {n} kernels: 20 decode steps reuse the graphs of the steps before",
               built == 0 and launched >= 20 and updated > 0,
               f"{launched} graphs launched, {built} built, {updated} nodes updated in place")
+    if device != "emu":
+        return
+    # A driver that refuses a graph (HIP without graphs of module kernels, say): graphs off from the first one,
+    # the recorded kernels launched directly, the same results.
+    os.environ["MOERT_EMU_REFUSE_GRAPHS"] = "1"
+    try:
+        dev = rt.load(art, threads=2, device=device)
+    finally:
+        del os.environ["MOERT_EMU_REFUSE_GRAPHS"]
+    cpu = rt.load(art, threads=2)
+    sd, sc = dev.session(max_context=64), cpu.session(max_context=64)
+    errs = [rel(sd.append(t), sc.append(t)) for t in ([3, 1, 4, 1, 5], [9], [2], [6])]
+    state = dev.gpu_graphs()
+    sd.close(), sc.close(), dev.close(), cpu.close()
+    check("past_qwen3_moe: a driver refusing graphs: graphs off, every kernel launched directly, the same logits",
+          max(errs) <= BOUND["f32"] and state["state"].startswith("off (graph creation failed: refused")
+          and state["graphs"] == 0, f"logits max rel error {max(errs):.2e}; {state}")
 
 
 def gqa_case(rt, moec, targets, tmp, device):
