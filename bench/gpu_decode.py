@@ -43,7 +43,9 @@ the cost of a token outside the layers (its session, sampling, the mask and posi
 libmoert's own host-side cost and the kernels a token makes (staged uploads' copy kernels included). With graphs
 on (the default; MOERT_GPU_GRAPHS=0 in the environment launches each kernel directly) the rows also give the
 graphs launched, their nodes updated in place and graphs built per decode step (`gpu graphs:` of moert generate):
-on a real driver those, not the kernels, are the driver calls a step makes.
+on a real driver those, not the kernels, are the driver calls a step makes. Each row is measured twice in the
+same run, alternating: graphs (the default, or MOERT_GPU_GRAPHS from the environment) and direct launches
+(MOERT_GPU_GRAPHS=0).
 """
 import argparse
 import gzip
@@ -371,50 +373,59 @@ def run_whole(args, d, meta, copy):
 
 
 def run_fixed(args, d, meta):
-    """The fixed-cost rows: `moert generate` decode time of the toy decoder at 2 and 8 layers."""
+    """The fixed-cost rows: `moert generate` decode time of the toy decoder at 2 and 8 layers, with the kernels
+    sent as graphs (the default) and launched one by one (MOERT_GPU_GRAPHS=0), alternating, in the same run."""
     env = dict(os.environ)
     if args.device == "emu":
         env["MOERT_EMU_SKIP_KERNELS"] = "1"
-    rows = {}
+    modes = {"graphs": env.get("MOERT_GPU_GRAPHS", "16"), "direct": "0"}
+    rows = {mode: {} for mode in modes}
     for name, layers in meta.get("fixed", {}).items():
         moex = unpack(d, name)
-        best, launches, graphs = float("inf"), {}, {}
+        for mode, graphs_env in modes.items():
+            rows[mode][layers] = (float("inf"), {}, {})
         for tokens in (129, 129, 129, 17):
-            r = subprocess.run([args.moert, "generate", moex, "--prompt-ids", os.path.join(d, "fixed_prompt.npy"),
-                                f"--device={args.device}", "--max-new-tokens", str(tokens)],
-                               capture_output=True, text=True, env=env)
-            m = re.search(r"decode: (\d+) tokens in ([\d.]+) ms", r.stdout)
-            if r.returncode != 0 or not m:
-                print(f"{name}: {r.stderr.strip() or r.stdout.strip()}")
-                return 1
-            if tokens == 129:
-                best = min(best, float(m.group(2)) * 1e3 / int(m.group(1)))
-            if k := re.search(r"(\d+) kernel launches", r.stderr):
-                launches[tokens] = int(k.group(1))
-            if g := re.search(r"gpu graphs: (on|off).*: (\d+) launched, (\d+) built, (\d+) nodes updated", r.stdout):
-                graphs[tokens] = (g.group(1), *map(int, g.group(2, 4, 3)))  # launched, updated, built
-        per_token = (launches[129] - launches[17]) / 112 if len(launches) == 2 else float("nan")
-        if len(graphs) == 2 and graphs[129][0] == "on":  # graphs launched and nodes updated a decode step
-            g = tuple((a - b) / 112 for a, b in zip(graphs[129][1:], graphs[17][1:]))
-        else:
-            g = None
-        rows[layers] = (best, per_token, g)
+            for mode, graphs_env in modes.items():
+                best, launches, graphs = rows[mode][layers]
+                r = subprocess.run([args.moert, "generate", moex, "--prompt-ids",
+                                    os.path.join(d, "fixed_prompt.npy"), f"--device={args.device}",
+                                    "--max-new-tokens", str(tokens)],
+                                   capture_output=True, text=True, env={**env, "MOERT_GPU_GRAPHS": graphs_env})
+                m = re.search(r"decode: (\d+) tokens in ([\d.]+) ms", r.stdout)
+                if r.returncode != 0 or not m:
+                    print(f"{name}: {r.stderr.strip() or r.stdout.strip()}")
+                    return 1
+                if tokens == 129:
+                    best = min(best, float(m.group(2)) * 1e3 / int(m.group(1)))
+                if k := re.search(r"(\d+) kernel launches", r.stderr):
+                    launches[tokens] = int(k.group(1))
+                if g := re.search(r"gpu graphs: (on|off).*: (\d+) launched, (\d+) built, (\d+) nodes updated",
+                                  r.stdout):
+                    graphs[tokens] = (g.group(1), *map(int, g.group(2, 4, 3)))  # launched, updated, built
+                rows[mode][layers] = (best, launches, graphs)
         os.remove(moex)
-    if len(rows) < 2:
-        return 0
-    (l0, (t0, n0, g0)), (l1, (t1, n1, g1)) = sorted(rows.items())[:2]
-    layer = (t1 - t0) / (l1 - l0)
     what = "host only: kernels skipped" if args.device == "emu" else "kernels at toy size"
-    print(f"\n| toy decoder ({what}) | layers | decode µs per token | kernels per token | graphs launched per "
-          "token | graph nodes updated per token | graphs built per token |")
-    print("|---|---|---|---|---|---|---|")
-    for layers, (t, n, g) in sorted(rows.items()):
-        gs = " | ".join(f"{v:.2f}" for v in g) if g else "graphs off | - | -"
-        print(f"| fixed{layers} | {layers} | {t:.1f} | {n:.1f} | {gs} |")
-    graphs = (f", {(g1[0] - g0[0]) / (l1 - l0):.2f} graphs and {(g1[1] - g0[1]) / (l1 - l0):.2f} node updates"
-              if g0 and g1 else "")
-    print(f"per layer: {layer:.1f} µs and {(n1 - n0) / (l1 - l0):.1f} kernels{graphs}; per token outside the "
-          f"layers: {t0 - l0 * layer:.1f} µs")
+    for mode, by_layers in rows.items():
+        if len(by_layers) < 2:
+            return 0
+        table = {}
+        for layers, (best, launches, graphs) in by_layers.items():
+            per_token = (launches[129] - launches[17]) / 112 if len(launches) == 2 else float("nan")
+            g = (tuple((a - b) / 112 for a, b in zip(graphs[129][1:], graphs[17][1:]))
+                 if len(graphs) == 2 and graphs[129][0] == "on" else None)
+            table[layers] = (best, per_token, g)
+        (l0, (t0, n0, g0)), (l1, (t1, n1, g1)) = sorted(table.items())[:2]
+        layer = (t1 - t0) / (l1 - l0)
+        print(f"\n| toy decoder ({what}; {mode}) | layers | decode µs per token | kernels per token | graphs "
+              "launched per token | graph nodes updated per token | graphs built per token |")
+        print("|---|---|---|---|---|---|---|")
+        for layers, (t, n, g) in sorted(table.items()):
+            gs = " | ".join(f"{v:.2f}" for v in g) if g else "graphs off | - | -"
+            print(f"| fixed{layers} | {layers} | {t:.1f} | {n:.1f} | {gs} |")
+        graphs = (f", {(g1[0] - g0[0]) / (l1 - l0):.2f} graphs and {(g1[1] - g0[1]) / (l1 - l0):.2f} node "
+                  "updates" if g0 and g1 else "")
+        print(f"per layer ({mode}): {layer:.1f} µs and {(n1 - n0) / (l1 - l0):.1f} kernels{graphs}; per token "
+              f"outside the layers: {t0 - l0 * layer:.1f} µs")
     return 0
 
 
