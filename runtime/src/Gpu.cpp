@@ -96,9 +96,11 @@ template <class F> bool sym(void *lib, const char *name, F &out) {
 /// MOERT_EMU_MEMORY=BYTES gives the device that much memory (an allocation past it fails as out of memory);
 /// MOERT_EMU_FAIL_LAUNCH=N makes the Nth kernel launch fail, and every device call after it, as a device lost
 /// mid-run does; MOERT_EMU_REFUSE_GRAPHS=1 refuses to build a graph, as a driver without graphs of module
-/// kernels would (libmoert then turns graphs off and launches directly). And one for measuring libmoert's own
-/// cost: MOERT_EMU_SKIP_KERNELS=1 counts launches without running them (results are garbage; the time left is
-/// the host's planning, bookkeeping and copies), and at exit prints the launches to stderr.
+/// kernels would (libmoert then turns graphs off and launches directly); MOERT_EMU_STALE_GRAPH_UPDATES=1
+/// accepts node updates and ignores them, as a faulty driver might (libmoert's self-test at load must
+/// notice). And one for measuring libmoert's own cost: MOERT_EMU_SKIP_KERNELS=1 counts launches without
+/// running them (results are garbage; the time left is the host's planning, bookkeeping and copies), and at
+/// exit prints the launches to stderr.
 namespace emu {
 using Clock = std::chrono::steady_clock;
 int stream = 0; // the one stream's handle: every call is synchronous
@@ -107,7 +109,8 @@ struct Faults {
   std::map<Ptr, size_t> sizes;
   size_t used = 0, capacity = SIZE_MAX;
   long long launches = 0, failAt = -1;
-  bool lost = false, skip = false, refuseGraphs = false;
+  bool lost = false, skip = false, refuseGraphs = false, staleUpdates = false;
+  bool quiet = false; // libmoert's own check at load (Device::graphSelfTest): run, not counted, not failed
   ~Faults() {
     if (skip)
       std::fprintf(stderr, "moert: MOERT_EMU_SKIP_KERNELS: %lld kernel launches, none run\n", launches);
@@ -124,6 +127,10 @@ bool lost() {
 bool refusesGraphs() {
   std::lock_guard<std::mutex> lock(faults().mutex);
   return faults().refuseGraphs;
+}
+bool staleUpdates() {
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  return faults().staleUpdates;
 }
 int init(unsigned) { return 0; }
 int deviceGet(int *dev, int) { return *dev = 0; }
@@ -175,15 +182,23 @@ int memsetD8(Ptr to, unsigned char v, size_t bytes, void *) {
 }
 int launch(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned, unsigned, unsigned, void *,
            void **params, void **) {
+  bool run = true;
   {
     Faults &f = faults();
     std::lock_guard<std::mutex> lock(f.mutex);
-    if (f.lost || ++f.launches == f.failAt)
+    if (f.lost || (!f.quiet && ++f.launches == f.failAt))
       return f.lost = true, 3;
+    run = f.quiet || !f.skip;
   }
-  if (!faults().skip)
+  if (run)
     reinterpret_cast<moert_gpu_emu_entry>(fn)(gx, gy, gz, bx, params);
   return 0;
+}
+/// While libmoert checks its graphs at load: launches run (even with MOERT_EMU_SKIP_KERNELS) and are not
+/// counted (MOERT_EMU_FAIL_LAUNCH counts the model's).
+void quiet(bool on) {
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  faults().quiet = on;
 }
 int streamCreate(void **s, unsigned) { return *s = &stream, 0; }
 int streamSync(void *) { return lost() ? 3 : 0; }
@@ -211,6 +226,8 @@ void open(Driver &d) {
     f.skip = skip && *skip && std::strcmp(skip, "0") != 0;
     const char *refuse = std::getenv("MOERT_EMU_REFUSE_GRAPHS");
     f.refuseGraphs = refuse && *refuse && std::strcmp(refuse, "0") != 0;
+    const char *stale = std::getenv("MOERT_EMU_STALE_GRAPH_UPDATES");
+    f.staleUpdates = stale && *stale && std::strcmp(stale, "0") != 0;
   }
   d.emu = true, d.hip = true; // HIP's shapes: no context; setDevice makes the device current
   d.init = init, d.deviceGet = deviceGet, d.deviceGetName = deviceGetName, d.setDevice = setDevice;
@@ -552,6 +569,47 @@ public:
       graphsOff = "off (the " + drv.name() + " driver has no graph API)";
     else
       graphNodes = size_t(std::min<long>(n, 4096)), graphsOff.clear();
+    if (graphNodes)
+      graphSelfTest();
+  }
+  /// Graphs checked before a run uses them: two uploads and a copy between device buffers, as one graph, its
+  /// result read back; then the same graph with other bytes and the copy's source changed (its nodes updated
+  /// in place), read back again. A driver that gets either wrong (or refuses: graphs go off in replay) leaves
+  /// graphs off, every launch direct; a failing device is left for the first run to report.
+  void graphSelfTest() {
+    constexpr size_t n = 64;
+    Ptr buf = 0;
+    if (!alloc(3 * 256, buf).empty())
+      return;
+    if (drv.emu)
+      emu::quiet(true);
+    std::string why;
+    ++recording;
+    for (int round = 0; round < 2 && why.empty() && graphNodes; ++round) {
+      unsigned char a[n], b[n], got[n] = {};
+      for (size_t i = 0; i < n; ++i)
+        a[i] = uint8_t(i * 7 + 1 + round * 13), b[i] = uint8_t(250 - i * 3 - round * 5);
+      moert_gpu_copy_args c{reinterpret_cast<const void *>(buf + (round ? 256 : 0)),
+                            reinterpret_cast<void *>(buf + 512), int64_t(n)};
+      if ((why = upload(buf, a, n, "graph self-test")).empty() &&
+          (why = upload(buf + 256, b, n, "graph self-test")).empty() &&
+          (why = launch(copy, moert_gpu_op_blocks(n / 4), 1, 1, c, "graph self-test")).empty() &&
+          (why = download(got, buf + 512, n, "graph self-test")).empty() &&
+          std::memcmp(got, round ? b : a, n) != 0)
+        why = std::string(round ? "an updated" : "a") + " graph's copies gave other bytes";
+      graphsThisRun = 0; // as a new run: the next round's graph is this one's
+      for (auto &turn : turns)
+        turn.second = 0;
+    }
+    --recording;
+    stats = GraphStats{}; // the counts are the model's runs'
+    if (drv.emu)
+      emu::quiet(false);
+    free(buf);
+    if (!why.empty() && graphNodes)
+      dropGraphs(true, "off (self-test at load: " + why + ")");
+    else
+      dropGraphs(false, "");
   }
   /// A run opens / ends (its graphs launched).
   void beginRecording() { ++recording; }
@@ -726,6 +784,8 @@ public:
             return drv.graphExecKernelNodeSetParams(x.exec, x.handles[i], p);
           }))
         return "updating a graph node failed: " + drv.errorText(rc);
+    if (drv.emu && emu::staleUpdates())
+      return "";
     Node &m = x.nodes.nodes[i];
     if (m.size != n.size) { // (a kernel takes one argument type: never, but keep the bytes whole)
       m.at = uint32_t(x.nodes.params.size()), x.nodes.params.resize(m.at + (n.size + 7) / 8);

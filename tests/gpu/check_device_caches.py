@@ -181,6 +181,20 @@ def graphs_case(rt, art, device):
     check("past_qwen3_moe: a driver refusing graphs: graphs off, every kernel launched directly, the same logits",
           max(errs) <= BOUND["f32"] and state["state"].startswith("off (graph creation failed: refused")
           and state["graphs"] == 0, f"logits max rel error {max(errs):.2e}; {state}")
+    # A driver that accepts node updates and ignores them: the self-test at load turns graphs off.
+    os.environ["MOERT_EMU_STALE_GRAPH_UPDATES"] = "1"
+    try:
+        dev = rt.load(art, threads=2, device=device)
+    finally:
+        del os.environ["MOERT_EMU_STALE_GRAPH_UPDATES"]
+    cpu = rt.load(art, threads=2)
+    sd, sc = dev.session(max_context=64), cpu.session(max_context=64)
+    errs = [rel(sd.append(t), sc.append(t)) for t in ([3, 1, 4, 1, 5], [9], [2], [6])]
+    state = dev.gpu_graphs()
+    sd.close(), sc.close(), dev.close(), cpu.close()
+    check("past_qwen3_moe: a driver ignoring graph node updates: the self-test at load turns graphs off",
+          max(errs) <= BOUND["f32"] and state["state"] == "off (self-test at load: an updated graph's copies gave "
+          "other bytes)" and state["graphs"] == 0, f"logits max rel error {max(errs):.2e}; {state}")
 
 
 def gqa_case(rt, moec, targets, tmp, device):
