@@ -639,12 +639,14 @@ public:
           return e;
       }
       Slot &sl = slots[slot];
-      std::memcpy(sl.host + stageUsed, src, bytes);
-      moert_gpu_copy_args a{reinterpret_cast<const void *>(sl.dev + stageUsed), reinterpret_cast<void *>(dst),
-                            int64_t(bytes)};
-      stageUsed += (bytes + 255) / 256 * 256;
-      ++stats.staged;
-      return launch(copy, moert_gpu_op_blocks((int64_t(bytes) + 3) / 4), 1, 1, a, what);
+      if (sl.host) {
+        std::memcpy(sl.host + stageUsed, src, bytes);
+        moert_gpu_copy_args a{reinterpret_cast<const void *>(sl.dev + stageUsed),
+                              reinterpret_cast<void *>(dst), int64_t(bytes)};
+        stageUsed += (bytes + 255) / 256 * 256;
+        ++stats.staged;
+        return launch(copy, moert_gpu_op_blocks((int64_t(bytes) + 3) / 4), 1, 1, a, what);
+      } // (no memory for a staging slot: this upload goes directly, as a large one does)
     }
     if (std::string e = flush(); !e.empty())
       return e;
@@ -670,18 +672,21 @@ public:
 
   /// Slot `sl` ready for new bytes: its buffers made on first use, its last copy to the device waited for.
   std::string stagingSlot(Slot &sl) {
-    if (!sl.host) {
+    if (!sl.host) { // (no memory for it: `ready` stays false, uploads go directly)
+      if (!alloc(kSlotBytes, sl.dev).empty())
+        return "";
       void *h = nullptr;
-      if (drv.hostAlloc && drv.eventCreate && !drv.emu && drv.hostAlloc(&h, kSlotBytes, 0) == 0 &&
-          drv.eventCreate(&sl.done, 0) == 0)
-        sl.pinned = true;
-      else if (h)
-        drv.hostFree(h), h = nullptr;
-      if (!h && !(h = std::malloc(kSlotBytes)))
-        return "cannot allocate " + std::to_string(kSlotBytes) + " bytes of host memory for GPU uploads";
+      if (drv.hostAlloc && drv.hostFree && !drv.emu && drv.hostAlloc(&h, kSlotBytes, 0) == 0) {
+        if (drv.eventCreate(&sl.done, 0) == 0)
+          sl.pinned = true;
+        else
+          drv.hostFree(h);
+      }
+      if (!sl.pinned && !(h = std::malloc(kSlotBytes))) {
+        free(sl.dev, true), sl.dev = 0;
+        return "";
+      }
       sl.host = static_cast<unsigned char *>(h);
-      if (std::string e = alloc(kSlotBytes, sl.dev); !e.empty())
-        return e;
     }
     if (sl.busy) {
       sl.busy = false;
