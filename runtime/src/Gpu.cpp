@@ -745,8 +745,12 @@ public:
     }
     // The driver refused the graph (not a failed launch): graphs off from now, this one launched directly.
     dropGraphs(true, "off (" + why + ")");
-    for (const Node &n : rec.nodes) {
-      void *params[] = {const_cast<uint64_t *>(rec.params.data() + n.at)};
+    return launchNodes(rec);
+  }
+  /// `r`'s kernels launched one by one, each with its recorded argument bytes.
+  std::string launchNodes(const Recording &r) {
+    for (const Node &n : r.nodes) {
+      void *params[] = {const_cast<uint64_t *>(r.params.data() + n.at)};
       if (std::string e = check(drv.launch(n.fn, n.grid[0], n.grid[1], n.grid[2], MOERT_GPU_BLOCK, 1, 1, 0,
                                            stream, params, nullptr),
                                 n.what);
@@ -822,17 +826,8 @@ public:
     return "";
   }
   std::string launchGraph(const Exec &x) {
-    if (!drv.emu)
-      return check(drv.graphLaunch(x.exec, stream), "graph launch");
-    for (const Node &n : x.nodes.nodes) { // the emulator replays the graph's own copy of the arguments
-      void *params[] = {const_cast<uint64_t *>(x.nodes.params.data() + n.at)};
-      if (std::string e = check(drv.launch(n.fn, n.grid[0], n.grid[1], n.grid[2], MOERT_GPU_BLOCK, 1, 1, 0,
-                                           stream, params, nullptr),
-                                n.what);
-          !e.empty())
-        return e;
-    }
-    return "";
+    // (the emulator replays the graph's own copy of the arguments)
+    return drv.emu ? launchNodes(x.nodes) : check(drv.graphLaunch(x.exec, stream), "graph launch");
   }
   void destroyExec(Exec &x) {
     if (x.exec)

@@ -167,34 +167,26 @@ def graphs_case(rt, art, device):
     if device != "emu":
         return
     # A driver that refuses a graph (HIP without graphs of module kernels, say): graphs off from the first one,
-    # the recorded kernels launched directly, the same results.
-    os.environ["MOERT_EMU_REFUSE_GRAPHS"] = "1"
-    try:
-        dev = rt.load(art, threads=2, device=device)
-    finally:
-        del os.environ["MOERT_EMU_REFUSE_GRAPHS"]
-    cpu = rt.load(art, threads=2)
-    sd, sc = dev.session(max_context=64), cpu.session(max_context=64)
-    errs = [rel(sd.append(t), sc.append(t)) for t in ([3, 1, 4, 1, 5], [9], [2], [6])]
-    state = dev.gpu_graphs()
-    sd.close(), sc.close(), dev.close(), cpu.close()
-    check("past_qwen3_moe: a driver refusing graphs: graphs off, every kernel launched directly, the same logits",
-          max(errs) <= BOUND["f32"] and state["state"].startswith("off (graph creation failed: refused")
-          and state["graphs"] == 0, f"logits max rel error {max(errs):.2e}; {state}")
-    # A driver that accepts node updates and ignores them: the self-test at load turns graphs off.
-    os.environ["MOERT_EMU_STALE_GRAPH_UPDATES"] = "1"
-    try:
-        dev = rt.load(art, threads=2, device=device)
-    finally:
-        del os.environ["MOERT_EMU_STALE_GRAPH_UPDATES"]
-    cpu = rt.load(art, threads=2)
-    sd, sc = dev.session(max_context=64), cpu.session(max_context=64)
-    errs = [rel(sd.append(t), sc.append(t)) for t in ([3, 1, 4, 1, 5], [9], [2], [6])]
-    state = dev.gpu_graphs()
-    sd.close(), sc.close(), dev.close(), cpu.close()
-    check("past_qwen3_moe: a driver ignoring graph node updates: the self-test at load turns graphs off",
-          max(errs) <= BOUND["f32"] and state["state"] == "off (self-test at load: an updated graph's copies gave "
-          "other bytes)" and state["graphs"] == 0, f"logits max rel error {max(errs):.2e}; {state}")
+    # the recorded kernels launched directly, the same results. One that accepts node updates and ignores them:
+    # the self-test at load turns graphs off.
+    for knob, what, want in (("MOERT_EMU_REFUSE_GRAPHS", "refusing graphs: graphs off, every kernel launched "
+                              "directly", "off (graph creation failed: refused (MOERT_EMU_REFUSE_GRAPHS))"),
+                             ("MOERT_EMU_STALE_GRAPH_UPDATES", "ignoring graph node updates: the self-test at "
+                              "load turns graphs off", "off (self-test at load: an updated graph's copies gave "
+                              "other bytes)")):
+        os.environ[knob] = "1"
+        try:
+            dev = rt.load(art, threads=2, device=device)
+        finally:
+            del os.environ[knob]
+        cpu = rt.load(art, threads=2)
+        sd, sc = dev.session(max_context=64), cpu.session(max_context=64)
+        errs = [rel(sd.append(t), sc.append(t)) for t in ([3, 1, 4, 1, 5], [9], [2], [6])]
+        state = dev.gpu_graphs()
+        sd.close(), sc.close(), dev.close(), cpu.close()
+        check(f"past_qwen3_moe: a driver {what}, the same logits",
+              max(errs) <= BOUND["f32"] and state["state"] == want and state["graphs"] == 0,
+              f"logits max rel error {max(errs):.2e}; {state}")
 
 
 def gqa_case(rt, moec, targets, tmp, device):
