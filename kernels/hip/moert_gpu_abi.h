@@ -521,7 +521,7 @@ typedef struct moert_gpu_kv_append_args {
  * them as CUDA / HIP graphs; an upload it records goes to a device staging buffer first, and this kernel
  * moves it where the run wanted it, at its place among the kernels):
  *
- *   moert_gpu_op_copy grid (moert_gpu_op_blocks(ceil(bytes / 4)))  dst[0 .. bytes) = src[0 .. bytes)
+ *   moert_gpu_op_copy grid (moert_gpu_copy_blocks(bytes))  dst[0 .. bytes) = src[0 .. bytes)
  *
  * Words of 4 bytes when src, dst and bytes are multiples of 4, else bytes. */
 typedef struct moert_gpu_copy_args {
@@ -535,6 +535,8 @@ static inline int64_t moert_gpu_op_blocks(int64_t n) {
   int64_t b = (n + MOERT_GPU_BLOCK - 1) / MOERT_GPU_BLOCK;
   return b < 1 ? 1 : b > 65535 ? 65535 : b;
 }
+/* moert_gpu_op_copy's blocks for `bytes` (a thread a 4-byte word). */
+static inline int64_t moert_gpu_copy_blocks(int64_t bytes) { return moert_gpu_op_blocks((bytes + 3) / 4); }
 
 #ifdef __cplusplus
 }

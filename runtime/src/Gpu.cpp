@@ -222,12 +222,13 @@ void open(Driver &d) {
     f.capacity = memory ? size_t(std::strtoull(memory, nullptr, 10)) : SIZE_MAX;
     f.failAt = fail ? std::strtoll(fail, nullptr, 10) : -1;
     f.launches = 0, f.lost = false;
-    const char *skip = std::getenv("MOERT_EMU_SKIP_KERNELS");
-    f.skip = skip && *skip && std::strcmp(skip, "0") != 0;
-    const char *refuse = std::getenv("MOERT_EMU_REFUSE_GRAPHS");
-    f.refuseGraphs = refuse && *refuse && std::strcmp(refuse, "0") != 0;
-    const char *stale = std::getenv("MOERT_EMU_STALE_GRAPH_UPDATES");
-    f.staleUpdates = stale && *stale && std::strcmp(stale, "0") != 0;
+    auto flag = [](const char *name) {
+      const char *v = std::getenv(name);
+      return v && *v && std::strcmp(v, "0") != 0;
+    };
+    f.skip = flag("MOERT_EMU_SKIP_KERNELS");
+    f.refuseGraphs = flag("MOERT_EMU_REFUSE_GRAPHS");
+    f.staleUpdates = flag("MOERT_EMU_STALE_GRAPH_UPDATES");
   }
   d.emu = true, d.hip = true; // HIP's shapes: no context; setDevice makes the device current
   d.init = init, d.deviceGet = deviceGet, d.deviceGetName = deviceGetName, d.setDevice = setDevice;
@@ -584,8 +585,8 @@ public:
     if (drv.emu)
       emu::quiet(true);
     std::string why;
-    ++recording;
-    for (int round = 0; round < 2 && why.empty() && graphNodes; ++round) {
+    for (int round = 0; round < 2 && why.empty() && graphNodes; ++round) { // each round as a run of its own
+      beginRecording();
       unsigned char a[n], b[n], got[n] = {};
       for (size_t i = 0; i < n; ++i)
         a[i] = uint8_t(i * 7 + 1 + round * 13), b[i] = uint8_t(250 - i * 3 - round * 5);
@@ -593,15 +594,12 @@ public:
                             reinterpret_cast<void *>(buf + 512), int64_t(n)};
       if ((why = upload(buf, a, n, "graph self-test")).empty() &&
           (why = upload(buf + 256, b, n, "graph self-test")).empty() &&
-          (why = launch(copy, moert_gpu_op_blocks(n / 4), 1, 1, c, "graph self-test")).empty() &&
+          (why = launch(copy, moert_gpu_copy_blocks(n), 1, 1, c, "graph self-test")).empty() &&
           (why = download(got, buf + 512, n, "graph self-test")).empty() &&
           std::memcmp(got, round ? b : a, n) != 0)
         why = std::string(round ? "an updated" : "a") + " graph's copies gave other bytes";
-      graphsThisRun = 0; // as a new run: the next round's graph is this one's
-      for (auto &turn : turns)
-        turn.second = 0;
+      endRecording(); // (nothing left to send: the copy back sent it)
     }
-    --recording;
     stats = GraphStats{}; // the counts are the model's runs'
     if (drv.emu)
       emu::quiet(false);
@@ -645,7 +643,7 @@ public:
                               reinterpret_cast<void *>(dst), int64_t(bytes)};
         stageUsed += (bytes + 255) / 256 * 256;
         ++stats.staged;
-        return launch(copy, moert_gpu_op_blocks((int64_t(bytes) + 3) / 4), 1, 1, a, what);
+        return launch(copy, moert_gpu_copy_blocks(int64_t(bytes)), 1, 1, a, what);
       } // (no memory for a staging slot: this upload goes directly, as a large one does)
     }
     if (std::string e = flush(); !e.empty())
@@ -672,7 +670,7 @@ public:
 
   /// Slot `sl` ready for new bytes: its buffers made on first use, its last copy to the device waited for.
   std::string stagingSlot(Slot &sl) {
-    if (!sl.host) { // (no memory for it: `ready` stays false, uploads go directly)
+    if (!sl.host) { // (no memory for it: the slot stays unmade, its uploads go directly)
       if (!alloc(kSlotBytes, sl.dev).empty())
         return "";
       void *h = nullptr;
@@ -721,13 +719,14 @@ public:
     for (const Node &n : rec.nodes)
       hash = (hash ^ reinterpret_cast<uintptr_t>(n.fn)) * 1099511628211ull;
     const size_t turn = turns[hash]++;
-    if (execs[hash].size() <= turn) {
+    std::vector<Exec> *list = &execs[hash];
+    if (list->size() <= turn) {
       if (execCount >= 1024) // (shapes that never repeat: start again rather than grow without bound)
-        dropGraphs(false, "");
-      ++execCount;
-      execs[hash].resize(turn + 1);
+        dropGraphs(false, ""), list = &execs[hash];
+      execCount += turn + 1 - list->size();
+      list->resize(turn + 1);
     }
-    Exec &x = execs[hash][turn];
+    Exec &x = (*list)[turn];
     bool reuse = x.nodes.nodes.size() == rec.nodes.size();
     for (size_t i = 0; reuse && i < rec.nodes.size(); ++i)
       reuse = x.nodes.nodes[i].fn == rec.nodes[i].fn;
@@ -795,11 +794,8 @@ public:
         return "updating a graph node failed: " + drv.errorText(rc);
     if (drv.emu && emu::staleUpdates())
       return "";
-    Node &m = x.nodes.nodes[i];
-    if (m.size != n.size) { // (a kernel takes one argument type: never, but keep the bytes whole)
-      m.at = uint32_t(x.nodes.params.size()), x.nodes.params.resize(m.at + (n.size + 7) / 8);
-    }
-    m.size = n.size, std::copy(n.grid, n.grid + 3, m.grid), m.what = n.what;
+    Node &m = x.nodes.nodes[i]; // the same kernel: the same argument type and size
+    std::copy(n.grid, n.grid + 3, m.grid), m.what = n.what;
     std::memcpy(x.nodes.params.data() + m.at, rec.params.data() + n.at, n.size);
     return "";
   }
@@ -1302,8 +1298,7 @@ public:
     std::lock_guard<std::mutex> lock(d.mutex);
     d.setCurrent();
     d.sync("cache release"); // no kernel reads it any more
-    d.drv.memFree(p);
-    d.allocations.erase(std::find(d.allocations.begin(), d.allocations.end(), p));
+    d.free(p, true);
   }
 };
 
